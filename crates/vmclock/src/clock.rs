@@ -1,0 +1,127 @@
+//! `Clock`: bounded time read straight from a mapped page, with no system call.
+
+use crate::abi::{self, PAGE_SIZE};
+use crate::error::{ClockError, TimeError};
+use crate::map::Mapping;
+use crate::seqlock::{self, PageMemory};
+use crate::snapshot::{Bounded, PageTime, Snapshot};
+use crate::time::{Tai, Utc};
+use std::path::Path;
+use std::time::Duration;
+
+/// A vmclock page mapped read-only, for applications.
+#[derive(Debug)]
+pub struct Clock<M: PageMemory = Mapping> {
+    mem: M,
+    max_wait: Duration,
+}
+
+/// One bounded reading of the clock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Now {
+    /// The time and its bounds, in the page's timescale.
+    pub time: PageTime,
+    /// The counter value the time was computed for.
+    pub counter: u64,
+    /// `clock_status` (UNKNOWN when absent).
+    pub status: u8,
+    /// `disruption_marker` of the page the time came from.
+    pub disruption_marker: u64,
+    /// TAI − UTC, when the page gives it.
+    pub tai_offset: Option<i16>,
+}
+
+impl Now {
+    /// The time in TAI (a UTC page needs a valid TAI offset).
+    pub fn tai(&self) -> Result<Bounded<Tai>, TimeError> {
+        match self.time {
+            PageTime::Tai(t) => Ok(t),
+            PageTime::Utc(t) => {
+                let off = self.tai_offset.ok_or(TimeError::NoTaiOffset { from: "UTC", to: "TAI" })?;
+                t.map(|ts| ts.to_tai(off)).ok_or(TimeError::Overflow)
+            }
+            PageTime::Monotonic(_) => Err(TimeError::NotWallClock("TAI")),
+        }
+    }
+
+    /// The time in UTC (a TAI page needs a valid TAI offset).
+    pub fn utc(&self) -> Result<Bounded<Utc>, TimeError> {
+        match self.time {
+            PageTime::Utc(t) => Ok(t),
+            PageTime::Tai(t) => {
+                let off = self.tai_offset.ok_or(TimeError::NoTaiOffset { from: "TAI", to: "UTC" })?;
+                t.map(|ts| ts.to_utc(off)).ok_or(TimeError::Overflow)
+            }
+            PageTime::Monotonic(_) => Err(TimeError::NotWallClock("UTC")),
+        }
+    }
+
+    /// Whether the page says its time may be relied upon (SYNCHRONIZED or FREERUNNING).
+    pub fn is_reliable(&self) -> bool {
+        matches!(self.status, abi::status::SYNCHRONIZED | abi::status::FREERUNNING)
+    }
+}
+
+impl Clock<Mapping> {
+    /// Maps `path` (`/dev/vmclock0` or a page file) read-only. The page is checked once here;
+    /// every `now()` validates its copy again.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, ClockError> {
+        let path = path.as_ref();
+        let mem = Mapping::open(path).map_err(|source| ClockError::Map { path: path.display().to_string(), source })?;
+        let clock = Clock::new(mem);
+        clock.snapshot()?;
+        Ok(clock)
+    }
+}
+
+impl<M: PageMemory> Clock<M> {
+    /// A clock over any page memory.
+    pub fn new(mem: M) -> Self {
+        Clock { mem, max_wait: seqlock::DEFAULT_MAX_WAIT }
+    }
+
+    /// How long a read waits for a busy writer before failing (default 100 ms, as the kernel).
+    pub fn with_max_wait(mut self, max_wait: Duration) -> Self {
+        self.max_wait = max_wait;
+        self
+    }
+
+    /// The page memory.
+    pub fn memory(&self) -> &M {
+        &self.mem
+    }
+
+    /// One consistent copy of the page.
+    pub fn snapshot(&self) -> Result<Snapshot, ClockError> {
+        Ok(seqlock::read(&self.mem, self.max_wait)?)
+    }
+
+    /// Earliest, latest and best time now: one seqlock copy and one counter read; no system
+    /// call unless the writer is busy for a while.
+    #[inline]
+    pub fn now(&self) -> Result<Now, ClockError> {
+        let snap = self.snapshot()?;
+        let counter = crate::counter::read();
+        Ok(now_at(&snap, counter)?)
+    }
+}
+
+/// The bounded time a snapshot gives at `counter`, if the counter is this CPU's.
+pub fn now_at(snap: &Snapshot, counter: u64) -> Result<Now, TimeError> {
+    let id = snap.counter_id();
+    if id != abi::counter_id::INVALID && id != crate::counter::NATIVE {
+        return Err(TimeError::CounterMismatch {
+            page: abi::counter_name(id),
+            cpu: abi::counter_name(crate::counter::NATIVE),
+        });
+    }
+    Ok(Now {
+        time: snap.time_at(counter)?,
+        counter,
+        status: snap.clock_status().unwrap_or(abi::status::UNKNOWN),
+        disruption_marker: snap.disruption_marker(),
+        tai_offset: snap.tai_offset(),
+    })
+}
+
+const _: () = assert!(PAGE_SIZE >= abi::ABI_SIZE);

@@ -1,0 +1,35 @@
+//! The Linux vmclock ABI, exactly.
+//!
+//! * [`abi`]: the page layout (`struct vmclock_abi`, version 1, 112 bytes, little-endian),
+//!   proven by const assertions, and every named constant.
+//! * [`Snapshot`]: a validated copy; absent fields are `None`, never zero.
+//! * [`seqlock`]: the fenced reader (bounded wait, never spins forever) and writer.
+//! * [`time`]: typed fixed-point instants ([`Timestamp<Tai>`], [`Timestamp<Utc>`]).
+//! * [`Clock`]: bounded `now()` from a mapped page with no system call.
+//! * [`PageBuilder`]: writes valid pages for producers, tests and demos.
+//!
+//! No I/O beyond mapping a page.
+#![cfg_attr(loom, allow(dead_code, unused_imports))]
+
+pub mod abi;
+pub mod builder;
+#[cfg(not(loom))]
+pub mod clock;
+pub mod counter;
+pub mod error;
+#[cfg(not(loom))]
+pub mod map;
+pub mod seqlock;
+pub mod snapshot;
+pub mod time;
+
+pub use abi::VmclockAbi;
+pub use builder::{PageBuilder, Period};
+#[cfg(not(loom))]
+pub use clock::{now_at, Clock, Now};
+pub use error::{ClockError, PageError, ReadError, TimeError};
+#[cfg(not(loom))]
+pub use map::{Mapping, WritableMapping};
+pub use seqlock::{PageBuf, PageMemory, WritableMemory, Writer};
+pub use snapshot::{Bounded, PageTime, Reference, Snapshot};
+pub use time::{Monotonic, Span, Tai, Timescale, Timestamp, Utc};

@@ -1,0 +1,120 @@
+//! Mapping a page file or device (`/dev/vmclock0`, a published page) into memory.
+
+use crate::abi::{ABI_SIZE, PAGE_SIZE};
+use crate::seqlock::{AtomicU32, PageMemory, WritableMemory};
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::io::AsRawFd;
+use std::path::Path;
+use std::ptr::NonNull;
+
+/// One page of a file or device, mapped shared. Read-only unless opened for writing.
+#[derive(Debug)]
+pub struct Mapping {
+    ptr: NonNull<u8>,
+    available: usize,
+    writable: bool,
+}
+
+// SAFETY: the mapping is plain shared memory accessed only through atomics; the pointer is
+// valid for the lifetime of the value on any thread.
+unsafe impl Send for Mapping {}
+// SAFETY: as above: all access goes through `&[AtomicU32]`, which is `Sync`.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    /// Maps the first page of `path` read-only. A regular file must not be empty (a mapped page
+    /// wholly beyond the end of a file faults); a character device (`/dev/vmclock0`) is mapped
+    /// as exactly one page at offset 0, as its driver requires.
+    pub fn open(path: &Path) -> io::Result<Self> {
+        Self::map(&File::open(path)?, false)
+    }
+
+    /// Maps the first page of `path` for reading and writing (a producer's own page file, which
+    /// must already be at least one page long).
+    pub fn open_rw(path: &Path) -> io::Result<Self> {
+        Self::map(&OpenOptions::new().read(true).write(true).open(path)?, true)
+    }
+
+    /// Maps the first page of an open file.
+    pub fn map(file: &File, writable: bool) -> io::Result<Self> {
+        let meta = file.metadata()?;
+        let available = if meta.file_type().is_char_device() {
+            PAGE_SIZE
+        } else {
+            let len = meta.len();
+            if len == 0 {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, "the file is empty"));
+            }
+            if writable && len < PAGE_SIZE as u64 {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, "a writable page file must be at least 4096 bytes"));
+            }
+            (len as usize).min(PAGE_SIZE)
+        };
+        let prot = if writable { libc::PROT_READ | libc::PROT_WRITE } else { libc::PROT_READ };
+        // SAFETY: a fresh mapping (addr null) of one page of a valid open fd; the kernel checks
+        // the fd's mode against `prot`. The result is checked for MAP_FAILED before use.
+        let ptr = unsafe { libc::mmap(std::ptr::null_mut(), PAGE_SIZE, prot, libc::MAP_SHARED, file.as_raw_fd(), 0) };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned null"))?;
+        Ok(Mapping { ptr, available, writable })
+    }
+
+    /// Whether the mapping may be written.
+    pub fn is_writable(&self) -> bool {
+        self.writable
+    }
+}
+
+impl PageMemory for Mapping {
+    fn words(&self) -> &[AtomicU32] {
+        // SAFETY: `ptr` is page-aligned (mmap) and valid for PAGE_SIZE bytes until `drop`, which
+        // needs `&mut self`, so it outlives the returned borrow. AtomicU32 has the size and
+        // alignment of u32. Concurrent writers in other processes or the hypervisor are outside
+        // the Rust abstract machine; within this process every access is atomic. A read-only
+        // mapping is only ever loaded from (atomic loads of ≤ word size on read-only memory are
+        // allowed); only `WritableMapping`, checked at construction, implements WritableMemory.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().cast::<AtomicU32>(), ABI_SIZE / 4) }
+    }
+    fn available(&self) -> usize {
+        self.available
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: `ptr` came from a successful PAGE_SIZE mmap and no borrow of it outlives self.
+        unsafe {
+            libc::munmap(self.ptr.as_ptr().cast(), PAGE_SIZE);
+        }
+    }
+}
+
+/// A mapping proven writable: the only way to give a file mapping to a [`crate::Writer`].
+#[derive(Debug)]
+pub struct WritableMapping(Mapping);
+
+impl WritableMapping {
+    /// Accepts only a mapping opened for writing.
+    pub fn new(m: Mapping) -> io::Result<Self> {
+        if m.writable {
+            Ok(WritableMapping(m))
+        } else {
+            Err(io::Error::new(io::ErrorKind::PermissionDenied, "the mapping is read-only"))
+        }
+    }
+}
+
+impl PageMemory for WritableMapping {
+    fn words(&self) -> &[AtomicU32] {
+        self.0.words()
+    }
+    fn available(&self) -> usize {
+        self.0.available()
+    }
+}
+
+impl WritableMemory for WritableMapping {}

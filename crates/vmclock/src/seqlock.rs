@@ -1,0 +1,190 @@
+//! The seqlock that guards the page: a fenced reader that never spins forever, and the writer
+//! order producers must follow.
+//!
+//! The page is accessed as 32-bit atomic words (`seq_count` is one whole word at 0x0c), so every
+//! access is an atomic of one size and the protocol is data-race free in the Rust memory model,
+//! whatever the other side is (a hypervisor, another process, a thread).
+//!
+//! Writer: `seq` odd (relaxed) → release fence → body (relaxed) → release fence → `seq` even.
+//! Reader: `seq` (acquire) → body (relaxed) → acquire fence → `seq` again (relaxed); the copy is
+//! consistent when both reads are equal and even.
+
+#[cfg(loom)]
+pub(crate) use loom::sync::atomic::{fence, AtomicU32, Ordering};
+#[cfg(not(loom))]
+pub(crate) use core::sync::atomic::{fence, AtomicU32, Ordering};
+
+use crate::abi::{VmclockAbi, ABI_SIZE, PAGE_SIZE};
+use crate::error::ReadError;
+use crate::snapshot::Snapshot;
+use zerocopy::{FromBytes, IntoBytes};
+
+/// Number of 32-bit words in the v1 structure.
+pub const WORDS: usize = ABI_SIZE / 4;
+/// Index of the `seq_count` word.
+pub const SEQ_WORD: usize = 0x0c / 4;
+
+/// Memory holding a vmclock page, seen as 32-bit atomic words.
+pub trait PageMemory {
+    /// At least the first [`WORDS`] words of the page.
+    fn words(&self) -> &[AtomicU32];
+    /// How many bytes of the region are available (the `size` field may not claim more).
+    fn available(&self) -> usize;
+}
+
+/// Memory a [`Writer`] may store to. Read-only mappings do not implement it.
+pub trait WritableMemory: PageMemory {}
+
+/// A page in ordinary memory, for tests, simulations and producers that share it by threads.
+#[derive(Debug)]
+pub struct PageBuf {
+    words: Box<[AtomicU32]>,
+    available: usize,
+}
+
+impl PageBuf {
+    /// A zeroed 4096-byte page.
+    pub fn new() -> Self {
+        Self::with_available(PAGE_SIZE)
+    }
+
+    /// A page whose region claims `available` bytes (for validation tests).
+    pub fn with_available(available: usize) -> Self {
+        let words = (0..WORDS.max(available.div_ceil(4))).map(|_| AtomicU32::new(0)).collect();
+        PageBuf { words, available }
+    }
+
+    /// Stores raw bytes at the start of the page without the seqlock (set-up and tests only).
+    pub fn store_bytes(&self, bytes: &[u8]) {
+        for (i, chunk) in bytes.chunks(4).enumerate() {
+            let mut w = [0u8; 4];
+            w[..chunk.len()].copy_from_slice(chunk);
+            self.words[i].store(u32::from_ne_bytes(w), Ordering::Relaxed);
+        }
+    }
+}
+
+impl WritableMemory for PageBuf {}
+
+impl Default for PageBuf {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PageMemory for PageBuf {
+    fn words(&self) -> &[AtomicU32] {
+        &self.words
+    }
+    fn available(&self) -> usize {
+        self.available
+    }
+}
+
+/// One attempt: a consistent copy of the structure's bytes, or `None` if the writer was busy.
+pub fn try_read(words: &[AtomicU32]) -> Option<[u8; ABI_SIZE]> {
+    let words = &words[..WORDS];
+    let seq1 = words[SEQ_WORD].load(Ordering::Acquire);
+    if u32::from_le(seq1) & 1 != 0 {
+        return None;
+    }
+    let mut bytes = [0u8; ABI_SIZE];
+    for (dst, w) in bytes.chunks_exact_mut(4).zip(words) {
+        // Native-endian bytes of the loaded word are exactly the bytes in memory.
+        dst.copy_from_slice(&w.load(Ordering::Relaxed).to_ne_bytes());
+    }
+    fence(Ordering::Acquire);
+    let seq2 = words[SEQ_WORD].load(Ordering::Relaxed);
+    (seq1 == seq2).then_some(bytes)
+}
+
+/// Reads a consistent snapshot, retrying while the writer is busy. `give_up(attempts)` is asked
+/// after each failed attempt and ends the wait with [`ReadError::Timeout`] when it says so.
+pub fn read_with(
+    mem: &impl PageMemory,
+    mut give_up: impl FnMut(u32) -> Option<u64>,
+) -> Result<Snapshot, ReadError> {
+    let mut attempts = 0u32;
+    loop {
+        if let Some(bytes) = try_read(mem.words()) {
+            let abi = VmclockAbi::read_from_bytes(&bytes).expect("exact size");
+            return Ok(Snapshot::new(abi, mem.available())?);
+        }
+        attempts += 1;
+        if let Some(waited_us) = give_up(attempts) {
+            return Err(ReadError::Timeout { attempts, waited_us });
+        }
+        core::hint::spin_loop();
+    }
+}
+
+/// The kernel driver's limit: 100 ms of an odd or changing `seq_count`.
+pub const DEFAULT_MAX_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Reads a consistent snapshot, giving up after `max_wait` of a busy writer. The clock is
+/// consulted only after the first 64 failed attempts, so the uncontended path makes no call.
+#[cfg(not(loom))]
+pub fn read(mem: &impl PageMemory, max_wait: std::time::Duration) -> Result<Snapshot, ReadError> {
+    let mut start = None;
+    read_with(mem, |attempts| {
+        if attempts % 64 != 0 {
+            return None;
+        }
+        let t0 = *start.get_or_insert_with(std::time::Instant::now);
+        let waited = t0.elapsed();
+        if waited >= max_wait {
+            return Some(waited.as_micros() as u64);
+        }
+        if attempts >= 1024 {
+            std::thread::yield_now();
+        }
+        None
+    })
+}
+
+/// The single writer of a page. It is not `Clone`: one page, one writer.
+#[derive(Debug)]
+pub struct Writer<M: WritableMemory> {
+    mem: M,
+}
+
+impl<M: WritableMemory> Writer<M> {
+    /// Takes the memory as its writer. The caller guarantees no other writer exists.
+    pub fn new(mem: M) -> Self {
+        Writer { mem }
+    }
+
+    /// The memory, for readers in the same process.
+    pub fn memory(&self) -> &M {
+        &self.mem
+    }
+
+    /// The current `seq_count`.
+    pub fn seq_count(&self) -> u32 {
+        u32::from_le(self.mem.words()[SEQ_WORD].load(Ordering::Relaxed))
+    }
+
+    /// Publishes `abi` (its `seq_count` is ignored) under the seqlock and returns the new even
+    /// count. A count left odd by a writer that died mid-update is completed, not reused.
+    pub fn publish(&mut self, abi: &VmclockAbi) -> u32 {
+        let words = &self.mem.words()[..WORDS];
+        let seq = self.seq_count();
+        let odd = seq | 1;
+        let even = odd.wrapping_add(1);
+        words[SEQ_WORD].store(odd.to_le(), Ordering::Relaxed);
+        fence(Ordering::Release);
+        for (i, (w, src)) in words.iter().zip(abi.as_bytes().chunks_exact(4)).enumerate() {
+            if i != SEQ_WORD {
+                w.store(u32::from_ne_bytes(src.try_into().expect("4 bytes")), Ordering::Relaxed);
+            }
+        }
+        fence(Ordering::Release);
+        words[SEQ_WORD].store(even.to_le(), Ordering::Relaxed);
+        even
+    }
+
+    /// Gives the memory back.
+    pub fn into_inner(self) -> M {
+        self.mem
+    }
+}

@@ -1,0 +1,403 @@
+//! A validated, consistent copy of a page, and the exact time and bound math on it.
+
+use crate::abi::{self, field, flags, VmclockAbi, ABI_SIZE, MAGIC, MIN_SIZE, VERSION};
+use crate::error::{PageError, TimeError};
+use crate::time::{nanos_to_frac_ceil, Monotonic, Span, Tai, Timescale, Timestamp, Utc};
+use zerocopy::{FromBytes, IntoBytes};
+
+/// One consistent, validated copy of a vmclock page.
+///
+/// Fields that lie beyond the page's `size` are *absent*: their accessors return `None`, never
+/// zero. Fields whose meaning depends on a VALID flag return `None` when the flag is clear.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    abi: VmclockAbi,
+}
+
+impl Snapshot {
+    /// Validates a copy of the structure. `available` is how many bytes of the region were
+    /// mapped or given (the `size` field may not claim more).
+    pub fn new(abi: VmclockAbi, available: usize) -> Result<Self, PageError> {
+        if abi.magic.get() != MAGIC {
+            return Err(PageError::BadMagic { found: abi.magic.get() });
+        }
+        if abi.version.get() != VERSION {
+            return Err(PageError::UnsupportedVersion { found: abi.version.get() });
+        }
+        let size = abi.size.get();
+        if size < MIN_SIZE {
+            return Err(PageError::TooSmall { size, min: MIN_SIZE });
+        }
+        if size as usize > available {
+            return Err(PageError::LargerThanMapping { size, mapped: available });
+        }
+        Ok(Snapshot { abi })
+    }
+
+    /// Decodes and validates the first bytes of a region (any length; bytes past the slice are
+    /// treated as not available).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, PageError> {
+        let mut buf = [0u8; ABI_SIZE];
+        let n = bytes.len().min(ABI_SIZE);
+        buf[..n].copy_from_slice(&bytes[..n]);
+        let abi = VmclockAbi::read_from_bytes(&buf).expect("buffer has the exact size");
+        Self::new(abi, bytes.len())
+    }
+
+    /// The raw structure, every field as stored.
+    pub fn raw(&self) -> &VmclockAbi {
+        &self.abi
+    }
+
+    /// The structure's bytes.
+    pub fn to_bytes(&self) -> [u8; ABI_SIZE] {
+        let mut out = [0u8; ABI_SIZE];
+        out.copy_from_slice(self.abi.as_bytes());
+        out
+    }
+
+    fn present(&self, f: abi::Field) -> bool {
+        f.present_in(self.abi.size.get())
+    }
+
+    fn opt<T>(&self, f: abi::Field, v: T) -> Option<T> {
+        self.present(f).then_some(v)
+    }
+
+    /// The `size` field.
+    pub fn size(&self) -> u32 {
+        self.abi.size.get()
+    }
+    /// `counter_id`.
+    pub fn counter_id(&self) -> u8 {
+        self.abi.counter_id
+    }
+    /// `time_type`.
+    pub fn time_type(&self) -> u8 {
+        self.abi.time_type
+    }
+    /// The (even) `seq_count` of this copy.
+    pub fn seq_count(&self) -> u32 {
+        self.abi.seq_count.get()
+    }
+    /// `disruption_marker`.
+    pub fn disruption_marker(&self) -> u64 {
+        self.abi.disruption_marker.get()
+    }
+    /// `flags`.
+    pub fn flags(&self) -> u64 {
+        self.abi.flags.get()
+    }
+    /// Whether every bit of `f` is set.
+    pub fn has(&self, f: u64) -> bool {
+        self.flags() & f == f
+    }
+    /// `clock_status`, if present.
+    pub fn clock_status(&self) -> Option<u8> {
+        self.opt(field::CLOCK_STATUS, self.abi.clock_status)
+    }
+    /// `leap_second_smearing_hint`, if present.
+    pub fn smearing_hint(&self) -> Option<u8> {
+        self.opt(field::SMEARING_HINT, self.abi.leap_second_smearing_hint)
+    }
+    /// `tai_offset_sec` as stored, if present (whether or not it is flagged valid).
+    pub fn tai_offset_raw(&self) -> Option<i16> {
+        self.opt(field::TAI_OFFSET, self.abi.tai_offset_sec.get() as i16)
+    }
+    /// TAI − UTC in seconds, only if present and TAI_OFFSET_VALID is set.
+    pub fn tai_offset(&self) -> Option<i16> {
+        self.tai_offset_raw().filter(|_| self.has(flags::TAI_OFFSET_VALID))
+    }
+    /// `leap_indicator`, if present.
+    pub fn leap_indicator(&self) -> Option<u8> {
+        self.opt(field::LEAP_INDICATOR, self.abi.leap_indicator)
+    }
+    /// `counter_period_shift`, if present.
+    pub fn counter_period_shift(&self) -> Option<u8> {
+        self.opt(field::PERIOD_SHIFT, self.abi.counter_period_shift)
+    }
+    /// `counter_value`, if present.
+    pub fn counter_value(&self) -> Option<u64> {
+        self.opt(field::COUNTER_VALUE, self.abi.counter_value.get())
+    }
+    /// `counter_period_frac_sec`, if present.
+    pub fn counter_period(&self) -> Option<u64> {
+        self.opt(field::PERIOD, self.abi.counter_period_frac_sec.get())
+    }
+    /// The period's estimated error rate, if present and PERIOD_ESTERROR_VALID.
+    pub fn period_esterror(&self) -> Option<u64> {
+        self.opt(field::PERIOD_ESTERROR, self.abi.counter_period_esterror_rate_frac_sec.get())
+            .filter(|_| self.has(flags::PERIOD_ESTERROR_VALID))
+    }
+    /// The period's maximum error rate, if present and PERIOD_MAXERROR_VALID.
+    pub fn period_maxerror(&self) -> Option<u64> {
+        self.opt(field::PERIOD_MAXERROR, self.abi.counter_period_maxerror_rate_frac_sec.get())
+            .filter(|_| self.has(flags::PERIOD_MAXERROR_VALID))
+    }
+    /// `time_sec`, if present.
+    pub fn time_sec(&self) -> Option<u64> {
+        self.opt(field::TIME_SEC, self.abi.time_sec.get())
+    }
+    /// `time_frac_sec`, if present.
+    pub fn time_frac_sec(&self) -> Option<u64> {
+        self.opt(field::TIME_FRAC, self.abi.time_frac_sec.get())
+    }
+    /// `time_esterror_nanosec`, if present and TIME_ESTERROR_VALID.
+    pub fn time_esterror_ns(&self) -> Option<u64> {
+        self.opt(field::TIME_ESTERROR, self.abi.time_esterror_nanosec.get())
+            .filter(|_| self.has(flags::TIME_ESTERROR_VALID))
+    }
+    /// `time_maxerror_nanosec`, if present and TIME_MAXERROR_VALID.
+    pub fn time_maxerror_ns(&self) -> Option<u64> {
+        self.opt(field::TIME_MAXERROR, self.abi.time_maxerror_nanosec.get())
+            .filter(|_| self.has(flags::TIME_MAXERROR_VALID))
+    }
+    /// `vm_generation_counter`, if present and VM_GEN_COUNTER_PRESENT.
+    pub fn vm_generation_counter(&self) -> Option<u64> {
+        self.opt(field::VM_GENERATION, self.abi.vm_generation_counter.get())
+            .filter(|_| self.has(flags::VM_GEN_COUNTER_PRESENT))
+    }
+
+    /// The counter-to-time relation the page gives, or why it gives none.
+    pub fn reference(&self) -> Result<Reference, TimeError> {
+        if self.abi.counter_id == abi::counter_id::INVALID {
+            return Err(TimeError::NoCounter);
+        }
+        if !self.present(field::TIME_FRAC) {
+            return Err(TimeError::NoTimeFields { size: self.size() });
+        }
+        let time_type = self.abi.time_type;
+        if !matches!(time_type, abi::time_type::UTC | abi::time_type::TAI | abi::time_type::MONOTONIC) {
+            return Err(TimeError::UnsupportedTimeType(time_type));
+        }
+        let shift = self.abi.counter_period_shift;
+        if shift >= 128 {
+            return Err(TimeError::UnusableShift(shift));
+        }
+        Ok(Reference {
+            counter_id: self.abi.counter_id,
+            time_type,
+            counter_value: self.abi.counter_value.get(),
+            period: self.abi.counter_period_frac_sec.get(),
+            shift,
+            time: ((self.abi.time_sec.get() as u128) << 64) | self.abi.time_frac_sec.get() as u128,
+            maxerror: ErrorModel { time_ns: self.time_maxerror_ns(), rate: self.period_maxerror() },
+            esterror: ErrorModel { time_ns: self.time_esterror_ns(), rate: self.period_esterror() },
+        })
+    }
+
+    /// The time (in the page's timescale) and bounds at counter value `counter`.
+    pub fn time_at(&self, counter: u64) -> Result<PageTime, TimeError> {
+        self.reference()?.time_at(counter)
+    }
+
+    /// The TAI time and bounds at `counter` (a UTC page needs a valid TAI offset).
+    pub fn tai_at(&self, counter: u64) -> Result<Bounded<Tai>, TimeError> {
+        match self.time_at(counter)? {
+            PageTime::Tai(t) => Ok(t),
+            PageTime::Utc(t) => {
+                let off = self.tai_offset().ok_or(TimeError::NoTaiOffset { from: "UTC", to: "TAI" })?;
+                t.map(|ts| ts.to_tai(off)).ok_or(TimeError::Overflow)
+            }
+            PageTime::Monotonic(_) => Err(TimeError::NotWallClock("TAI")),
+        }
+    }
+
+    /// The UTC time and bounds at `counter` (a TAI page needs a valid TAI offset).
+    pub fn utc_at(&self, counter: u64) -> Result<Bounded<Utc>, TimeError> {
+        match self.time_at(counter)? {
+            PageTime::Utc(t) => Ok(t),
+            PageTime::Tai(t) => {
+                let off = self.tai_offset().ok_or(TimeError::NoTaiOffset { from: "TAI", to: "UTC" })?;
+                t.map(|ts| ts.to_utc(off)).ok_or(TimeError::Overflow)
+            }
+            PageTime::Monotonic(_) => Err(TimeError::NotWallClock("UTC")),
+        }
+    }
+}
+
+/// An error bound's two terms, each present only when its VALID flag is set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ErrorModel {
+    /// Error of the reference time, ns.
+    pub time_ns: Option<u64>,
+    /// Error of the period, 2^-(64 + shift) s per counter tick.
+    pub rate: Option<u64>,
+}
+
+/// The counter-to-time relation of a page: T(C) = T1 + P·(C − C1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reference {
+    /// Which counter C is.
+    pub counter_id: u8,
+    /// Which timescale T is.
+    pub time_type: u8,
+    /// C1.
+    pub counter_value: u64,
+    /// P in 2^-(64 + shift) s.
+    pub period: u64,
+    /// The period's extra shift.
+    pub shift: u8,
+    /// T1, 64.64 fixed-point seconds.
+    pub time: u128,
+    /// Maximum error terms.
+    pub maxerror: ErrorModel,
+    /// Estimated error terms.
+    pub esterror: ErrorModel,
+}
+
+impl Reference {
+    /// C − C1 as a signed count. Counters wrap at 2^64, so the difference is taken modulo 2^64
+    /// and read as two's complement: a counter just before C1 is a small negative delta, and a
+    /// reference on either side of a wrap works.
+    pub fn delta(&self, counter: u64) -> i64 {
+        counter.wrapping_sub(self.counter_value) as i64
+    }
+
+    /// P·(C − C1) in 2^-64 s, rounded towards negative infinity (exact: the product of a 64-bit
+    /// signed delta and a 64-bit period always fits 128 bits).
+    pub fn elapsed(&self, counter: u64) -> Span {
+        let product = self.delta(counter) as i128 * self.period as i128;
+        Span(product >> self.shift)
+    }
+
+    /// T(C) as raw 64.64 seconds.
+    pub fn raw_time_at(&self, counter: u64) -> Result<u128, TimeError> {
+        let e = self.elapsed(counter).0;
+        let t = if e >= 0 { self.time.checked_add(e as u128) } else { self.time.checked_sub(e.unsigned_abs()) };
+        t.ok_or(TimeError::Overflow)
+    }
+
+    fn bound(&self, model: ErrorModel, counter: u64) -> Option<u128> {
+        let time = nanos_to_frac_ceil(model.time_ns?);
+        let delta = self.delta(counter).unsigned_abs() as u128;
+        if delta == 0 {
+            return Some(time);
+        }
+        let x = model.rate? as u128 * delta; // < 2^128
+        let rate = (x >> self.shift) + u128::from(x & ((1u128 << self.shift) - 1) != 0);
+        Some(time.saturating_add(rate))
+    }
+
+    /// The maximum error at `counter` in 2^-64 s (rounded up), or `None` if the page does not
+    /// give it: TIME_MAXERROR_VALID is required, and PERIOD_MAXERROR_VALID too away from C1.
+    pub fn maxerror_at(&self, counter: u64) -> Option<u128> {
+        self.bound(self.maxerror, counter)
+    }
+
+    /// The estimated error at `counter`, under the same rules with the ESTERROR flags.
+    pub fn esterror_at(&self, counter: u64) -> Option<u128> {
+        self.bound(self.esterror, counter)
+    }
+
+    /// The time and bounds at `counter`, in the page's timescale.
+    pub fn time_at(&self, counter: u64) -> Result<PageTime, TimeError> {
+        let raw = self.raw_time_at(counter)?;
+        let maxerror = self.maxerror_at(counter);
+        let esterror = self.esterror_at(counter);
+        fn mk<S: Timescale>(raw: u128, maxerror: Option<u128>, esterror: Option<u128>) -> Bounded<S> {
+            Bounded { time: Timestamp::from_raw(raw), maxerror, esterror }
+        }
+        Ok(match self.time_type {
+            abi::time_type::TAI => PageTime::Tai(mk(raw, maxerror, esterror)),
+            abi::time_type::UTC => PageTime::Utc(mk(raw, maxerror, esterror)),
+            abi::time_type::MONOTONIC => PageTime::Monotonic(mk(raw, maxerror, esterror)),
+            other => return Err(TimeError::UnsupportedTimeType(other)),
+        })
+    }
+}
+
+/// A time with its error bounds (each in 2^-64 s, `None` when the page does not give it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bounded<S: Timescale> {
+    /// The best estimate.
+    pub time: Timestamp<S>,
+    /// True time lies within `time ± maxerror`.
+    pub maxerror: Option<u128>,
+    /// The estimated error (one standard deviation, as NTP's esterror).
+    pub esterror: Option<u128>,
+}
+
+impl<S: Timescale> Bounded<S> {
+    /// The earliest the true time can be, if the page bounds it.
+    pub fn earliest(&self) -> Option<Timestamp<S>> {
+        self.maxerror.map(|e| Timestamp::from_raw(self.time.raw().saturating_sub(e)))
+    }
+    /// The latest the true time can be, if the page bounds it.
+    pub fn latest(&self) -> Option<Timestamp<S>> {
+        self.maxerror.map(|e| Timestamp::from_raw(self.time.raw().saturating_add(e)))
+    }
+    /// The maximum error in ns, rounded up.
+    pub fn maxerror_ns(&self) -> Option<u128> {
+        self.maxerror.map(frac_to_nanos_ceil)
+    }
+    /// The estimated error in ns, rounded up.
+    pub fn esterror_ns(&self) -> Option<u128> {
+        self.esterror.map(frac_to_nanos_ceil)
+    }
+    /// The same bounds around a time moved into another timescale.
+    pub fn map<T: Timescale>(self, f: impl FnOnce(Timestamp<S>) -> Option<Timestamp<T>>) -> Option<Bounded<T>> {
+        Some(Bounded { time: f(self.time)?, maxerror: self.maxerror, esterror: self.esterror })
+    }
+}
+
+/// 2^-64 s units to ns, rounded up.
+pub fn frac_to_nanos_ceil(x: u128) -> u128 {
+    let whole = (x >> 64) * 1_000_000_000;
+    let frac = x & (crate::time::ONE_SEC - 1);
+    whole + (frac * 1_000_000_000).div_ceil(crate::time::ONE_SEC)
+}
+
+/// A bounded time in whichever timescale the page uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PageTime {
+    /// A UTC page.
+    Utc(Bounded<Utc>),
+    /// A TAI page.
+    Tai(Bounded<Tai>),
+    /// A MONOTONIC page.
+    Monotonic(Bounded<Monotonic>),
+}
+
+impl PageTime {
+    /// The timescale's name.
+    pub fn timescale(&self) -> &'static str {
+        match self {
+            PageTime::Utc(_) => Utc::NAME,
+            PageTime::Tai(_) => Tai::NAME,
+            PageTime::Monotonic(_) => Monotonic::NAME,
+        }
+    }
+    /// The raw 64.64 time, whatever the timescale.
+    pub fn raw(&self) -> u128 {
+        match self {
+            PageTime::Utc(b) => b.time.raw(),
+            PageTime::Tai(b) => b.time.raw(),
+            PageTime::Monotonic(b) => b.time.raw(),
+        }
+    }
+    /// The maximum error, 2^-64 s.
+    pub fn maxerror(&self) -> Option<u128> {
+        match self {
+            PageTime::Utc(b) => b.maxerror,
+            PageTime::Tai(b) => b.maxerror,
+            PageTime::Monotonic(b) => b.maxerror,
+        }
+    }
+    /// The estimated error, 2^-64 s.
+    pub fn esterror(&self) -> Option<u128> {
+        match self {
+            PageTime::Utc(b) => b.esterror,
+            PageTime::Tai(b) => b.esterror,
+            PageTime::Monotonic(b) => b.esterror,
+        }
+    }
+    /// The time formatted with its timescale.
+    pub fn display(&self) -> String {
+        match self {
+            PageTime::Utc(b) => b.time.to_string(),
+            PageTime::Tai(b) => b.time.to_string(),
+            PageTime::Monotonic(b) => b.time.to_string(),
+        }
+    }
+}

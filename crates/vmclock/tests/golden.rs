@@ -1,0 +1,214 @@
+//! Golden vectors: a page built byte by byte from the Linux header's offsets decodes to the
+//! expected fields, and the spec's 1 GHz period is reproduced exactly.
+use vmclock::abi::{self, flags};
+use vmclock::{PageBuilder, PageError, Period, Snapshot, Tai, TimeError, Timestamp, Utc};
+
+struct Raw([u8; 4096]);
+impl Raw {
+    fn new() -> Self {
+        Raw([0; 4096])
+    }
+    fn u8(&mut self, off: usize, v: u8) -> &mut Self {
+        self.0[off] = v;
+        self
+    }
+    fn u16(&mut self, off: usize, v: u16) -> &mut Self {
+        self.0[off..off + 2].copy_from_slice(&v.to_le_bytes());
+        self
+    }
+    fn u32(&mut self, off: usize, v: u32) -> &mut Self {
+        self.0[off..off + 4].copy_from_slice(&v.to_le_bytes());
+        self
+    }
+    fn u64(&mut self, off: usize, v: u64) -> &mut Self {
+        self.0[off..off + 8].copy_from_slice(&v.to_le_bytes());
+        self
+    }
+}
+
+const SPEC_1GHZ_PERIOD: u64 = 0x89705F4136B4A597;
+
+fn full_page() -> Raw {
+    let mut r = Raw::new();
+    r.u32(0x00, 0x4b4c4356)
+        .u32(0x04, 4096)
+        .u16(0x08, 1)
+        .u8(0x0a, 1) // X86_TSC
+        .u8(0x0b, 1) // TAI
+        .u32(0x0c, 42)
+        .u64(0x10, 0x1122_3344_5566_7788)
+        .u64(0x18, 0x3ff)
+        .u8(0x22, 2) // SYNCHRONIZED
+        .u8(0x23, 1) // NOON_LINEAR
+        .u16(0x24, 37)
+        .u8(0x26, 1) // PRE_POS
+        .u8(0x27, 29)
+        .u64(0x28, 1_000_000_000_000)
+        .u64(0x30, SPEC_1GHZ_PERIOD)
+        .u64(0x38, 1 << 20)
+        .u64(0x40, 1 << 30)
+        .u64(0x48, 1_795_000_037)
+        .u64(0x50, 1 << 63)
+        .u64(0x58, 100)
+        .u64(0x60, 1_000)
+        .u64(0x68, 7);
+    r
+}
+
+#[test]
+fn spec_example_period_for_1ghz() {
+    let p = Period::from_hz(1_000_000_000).unwrap();
+    assert_eq!(p, Period { frac: SPEC_1GHZ_PERIOD, shift: 29 });
+    // Other frequencies keep the top bit of frac set (full precision) and round to nearest.
+    for hz in [2u64, 3, 19_200_000, 2_500_000_000, 3_000_000_007, u32::MAX as u64 * 7] {
+        let p = Period::from_hz(hz).unwrap();
+        assert!(p.frac >> 63 == 1, "{hz}: {p:?}");
+        let exact = num_bigint::BigUint::from(1u8) << (64 + p.shift as usize);
+        let q = &exact / hz;
+        let r = &exact % hz;
+        let rounded = if r * 2u8 >= num_bigint::BigUint::from(hz) { q + 1u8 } else { q };
+        assert_eq!(rounded, num_bigint::BigUint::from(p.frac), "{hz}");
+    }
+    assert_eq!(Period::from_hz(0), None);
+    assert_eq!(Period::from_hz(1), None, "a period of 1 s does not fit below 2^64 units");
+}
+
+#[test]
+fn page_built_byte_by_byte_decodes() {
+    let s = Snapshot::from_bytes(&full_page().0).unwrap();
+    assert_eq!(s.size(), 4096);
+    assert_eq!(s.counter_id(), abi::counter_id::X86_TSC);
+    assert_eq!(s.time_type(), abi::time_type::TAI);
+    assert_eq!(s.seq_count(), 42);
+    assert_eq!(s.disruption_marker(), 0x1122_3344_5566_7788);
+    assert_eq!(s.flags(), 0x3ff);
+    assert!(s.has(flags::TIME_MONOTONIC | flags::NOTIFICATION_PRESENT | flags::VM_GEN_COUNTER_PRESENT));
+    assert_eq!(s.clock_status(), Some(abi::status::SYNCHRONIZED));
+    assert_eq!(s.smearing_hint(), Some(abi::smearing::NOON_LINEAR));
+    assert_eq!(s.tai_offset(), Some(37));
+    assert_eq!(s.leap_indicator(), Some(abi::leap::PRE_POS));
+    assert_eq!(s.counter_period_shift(), Some(29));
+    assert_eq!(s.counter_value(), Some(1_000_000_000_000));
+    assert_eq!(s.counter_period(), Some(SPEC_1GHZ_PERIOD));
+    assert_eq!(s.period_esterror(), Some(1 << 20));
+    assert_eq!(s.period_maxerror(), Some(1 << 30));
+    assert_eq!(s.time_sec(), Some(1_795_000_037));
+    assert_eq!(s.time_frac_sec(), Some(1 << 63));
+    assert_eq!(s.time_esterror_ns(), Some(100));
+    assert_eq!(s.time_maxerror_ns(), Some(1_000));
+    assert_eq!(s.vm_generation_counter(), Some(7));
+    // The builder produces the same bytes.
+    let built = PageBuilder::new()
+        .reference(
+            abi::counter_id::X86_TSC,
+            1_000_000_000_000,
+            Timestamp::<Tai>::from_parts(1_795_000_037, 1 << 63),
+            Period::from_hz(1_000_000_000).unwrap(),
+        )
+        .disruption_marker(0x1122_3344_5566_7788)
+        .status(abi::status::SYNCHRONIZED)
+        .smearing(abi::smearing::NOON_LINEAR)
+        .tai_offset(37)
+        .leap(abi::leap::PRE_POS)
+        .esterror(100, 1 << 20)
+        .maxerror(1_000, 1 << 30)
+        .vm_generation(7)
+        .flag(flags::DISRUPTION_SOON | flags::DISRUPTION_IMMINENT | flags::TIME_MONOTONIC | flags::NOTIFICATION_PRESENT, true)
+        .page_bytes();
+    let mut expect = full_page().0;
+    expect[0x0c..0x10].fill(0); // the builder leaves seq_count to the writer
+    assert_eq!(built, expect.to_vec());
+}
+
+#[test]
+fn one_second_of_a_1ghz_counter_is_exact() {
+    let s = Snapshot::from_bytes(&full_page().0).unwrap();
+    let t = s.tai_at(1_000_000_000_000 + 1_000_000_000).unwrap();
+    // P is 2^93/1e9 rounded down by 0.19 units: 1e9 ticks fall short of 1 s by 0.35·2^-64 s,
+    // which the floor turns into exactly one unit.
+    assert_eq!(t.time, Timestamp::<Tai>::from_parts(1_795_000_038, (1 << 63) - 1));
+    // Bounds: 1000 ns + 2^30 · 1e9 / 2^29 units = 1000 ns + 2e9 · 2^-64 s (~0.108 ns): rounded up.
+    assert_eq!(t.maxerror_ns(), Some(1_001));
+    let utc = s.utc_at(1_000_000_000_000).unwrap();
+    assert_eq!(utc.time, Timestamp::<Utc>::from_parts(1_795_000_000, 1 << 63));
+    assert_eq!(utc.time.to_string(), "2026-11-18T11:06:40.500000000 UTC");
+    // One tick before the reference is a negative delta, not a wrapped huge one.
+    let before = s.tai_at(999_999_999_999).unwrap();
+    assert!(before.time < Timestamp::<Tai>::from_parts(1_795_000_037, 1 << 63));
+    assert!(before.time > Timestamp::<Tai>::from_parts(1_795_000_037, (1 << 63) - 20_000_000_000));
+}
+
+#[test]
+fn absent_is_not_zero() {
+    // A page that ends right after `flags`: every later field is absent.
+    let mut r = full_page();
+    r.u32(0x04, abi::MIN_SIZE);
+    let s = Snapshot::from_bytes(&r.0).unwrap();
+    assert_eq!(s.clock_status(), None);
+    assert_eq!(s.tai_offset(), None);
+    assert_eq!(s.counter_value(), None);
+    assert_eq!(s.vm_generation_counter(), None);
+    assert_eq!(s.reference(), Err(TimeError::NoTimeFields { size: 0x20 }));
+    // The generation counter needs all its 8 bytes.
+    r.u32(0x04, 0x6f);
+    let s = Snapshot::from_bytes(&r.0).unwrap();
+    assert_eq!(s.vm_generation_counter(), None);
+    assert_eq!(s.time_maxerror_ns(), Some(1_000));
+}
+
+#[test]
+fn unknown_bounds_are_unknown() {
+    let mut r = full_page();
+    r.u64(0x18, flags::TIME_MAXERROR_VALID); // time error valid, period error not
+    let s = Snapshot::from_bytes(&r.0).unwrap();
+    let at_ref = s.time_at(1_000_000_000_000).unwrap();
+    assert!(at_ref.maxerror().is_some(), "at C1 only the time term is needed");
+    let later = s.time_at(1_000_000_000_001).unwrap();
+    assert_eq!(later.maxerror(), None, "away from C1 the rate term is unknown");
+    assert_eq!(later.esterror(), None);
+    // Without TAI_OFFSET_VALID a TAI page gives no UTC, and says why.
+    let err = s.utc_at(1_000_000_000_000).unwrap_err();
+    assert_eq!(err, TimeError::NoTaiOffset { from: "TAI", to: "UTC" });
+    assert!(err.to_string().contains("TAI_OFFSET_VALID"));
+}
+
+#[test]
+fn validation_errors() {
+    let mut r = full_page();
+    r.u32(0x00, 0x12345678);
+    assert_eq!(Snapshot::from_bytes(&r.0), Err(PageError::BadMagic { found: 0x12345678 }));
+    let mut r = full_page();
+    r.u16(0x08, 2);
+    assert_eq!(Snapshot::from_bytes(&r.0), Err(PageError::UnsupportedVersion { found: 2 }));
+    let mut r = full_page();
+    r.u32(0x04, 0x1f);
+    assert_eq!(Snapshot::from_bytes(&r.0), Err(PageError::TooSmall { size: 0x1f, min: 0x20 }));
+    let r = full_page();
+    assert_eq!(Snapshot::from_bytes(&r.0[..2048]), Err(PageError::LargerThanMapping { size: 4096, mapped: 2048 }));
+    let mut r = full_page();
+    r.u8(0x0a, abi::counter_id::INVALID);
+    assert_eq!(Snapshot::from_bytes(&r.0).unwrap().reference(), Err(TimeError::NoCounter));
+    let mut r = full_page();
+    r.u8(0x0b, abi::time_type::INVALID_SMEARED);
+    assert_eq!(Snapshot::from_bytes(&r.0).unwrap().reference(), Err(TimeError::UnsupportedTimeType(3)));
+    let mut r = full_page();
+    r.u8(0x27, 200);
+    assert_eq!(Snapshot::from_bytes(&r.0).unwrap().reference(), Err(TimeError::UnusableShift(200)));
+    let mut r = full_page();
+    r.u64(0x48, u64::MAX);
+    r.u8(0x27, 0);
+    let s = Snapshot::from_bytes(&r.0).unwrap();
+    assert_eq!(s.time_at(u64::MAX / 2).unwrap_err(), TimeError::Overflow);
+}
+
+#[test]
+fn utc_page_to_tai() {
+    let page = PageBuilder::new()
+        .reference(abi::counter_id::X86_TSC, 0, Timestamp::<Utc>::from_parts(1_795_000_000, 0), Period::from_hz(1_000_000_000).unwrap())
+        .tai_offset(37)
+        .build();
+    let s = Snapshot::new(page, 4096).unwrap();
+    assert_eq!(s.tai_at(0).unwrap().time, Timestamp::<Tai>::from_parts(1_795_000_037, 0));
+    let s = Snapshot::new(PageBuilder::new().reference(abi::counter_id::X86_TSC, 0, Timestamp::<Utc>::from_parts(5, 0), Period::from_hz(2).unwrap()).build(), 4096).unwrap();
+    assert_eq!(s.tai_at(0).unwrap_err(), TimeError::NoTaiOffset { from: "UTC", to: "TAI" });
+}
