@@ -37,7 +37,10 @@ impl Now {
         match self.time {
             PageTime::Tai(t) => Ok(t),
             PageTime::Utc(t) => {
-                let off = self.tai_offset.ok_or(TimeError::NoTaiOffset { from: "UTC", to: "TAI" })?;
+                let off = self.tai_offset.ok_or(TimeError::NoTaiOffset {
+                    from: "UTC",
+                    to: "TAI",
+                })?;
                 t.map(|ts| ts.to_tai(off)).ok_or(TimeError::Overflow)
             }
             PageTime::Monotonic(_) => Err(TimeError::NotWallClock("TAI")),
@@ -49,7 +52,10 @@ impl Now {
         match self.time {
             PageTime::Utc(t) => Ok(t),
             PageTime::Tai(t) => {
-                let off = self.tai_offset.ok_or(TimeError::NoTaiOffset { from: "TAI", to: "UTC" })?;
+                let off = self.tai_offset.ok_or(TimeError::NoTaiOffset {
+                    from: "TAI",
+                    to: "UTC",
+                })?;
                 t.map(|ts| ts.to_utc(off)).ok_or(TimeError::Overflow)
             }
             PageTime::Monotonic(_) => Err(TimeError::NotWallClock("UTC")),
@@ -58,7 +64,10 @@ impl Now {
 
     /// Whether the page says its time may be relied upon (SYNCHRONIZED or FREERUNNING).
     pub fn is_reliable(&self) -> bool {
-        matches!(self.status, abi::status::SYNCHRONIZED | abi::status::FREERUNNING)
+        matches!(
+            self.status,
+            abi::status::SYNCHRONIZED | abi::status::FREERUNNING
+        )
     }
 }
 
@@ -67,7 +76,10 @@ impl Clock<Mapping> {
     /// every `now()` validates its copy again.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, ClockError> {
         let path = path.as_ref();
-        let mem = Mapping::open(path).map_err(|source| ClockError::Map { path: path.display().to_string(), source })?;
+        let mem = Mapping::open(path).map_err(|source| ClockError::Map {
+            path: path.display().to_string(),
+            source,
+        })?;
         let clock = Clock::new(mem);
         clock.snapshot()?;
         Ok(clock)
@@ -77,7 +89,10 @@ impl Clock<Mapping> {
 impl<M: PageMemory> Clock<M> {
     /// A clock over any page memory.
     pub fn new(mem: M) -> Self {
-        Clock { mem, max_wait: seqlock::DEFAULT_MAX_WAIT }
+        Clock {
+            mem,
+            max_wait: seqlock::DEFAULT_MAX_WAIT,
+        }
     }
 
     /// How long a read waits for a busy writer before failing (default 100 ms, as the kernel).

@@ -33,7 +33,9 @@ pub fn read() -> u64 {
     let v: u64;
     // SAFETY: CNTVCT_EL0 is readable from EL0 on Linux (the kernel enables it for the vDSO);
     // ISB and MRS touch no memory and the asm uses no stack.
-    unsafe { core::arch::asm!("isb", "mrs {v}, cntvct_el0", v = out(reg) v, options(nostack, preserves_flags)) };
+    unsafe {
+        core::arch::asm!("isb", "mrs {v}, cntvct_el0", v = out(reg) v, options(nostack, preserves_flags))
+    };
     v
 }
 

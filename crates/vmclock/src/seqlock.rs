@@ -9,15 +9,15 @@
 //! Reader: `seq` (acquire) → body (relaxed) → acquire fence → `seq` again (relaxed); the copy is
 //! consistent when both reads are equal and even.
 
-#[cfg(loom)]
-pub(crate) use loom::sync::atomic::{fence, AtomicU32, Ordering};
 #[cfg(not(loom))]
-pub(crate) use core::sync::atomic::{fence, AtomicU32, Ordering};
+pub use core::sync::atomic::{fence, AtomicU32, Ordering};
+#[cfg(loom)]
+pub use loom::sync::atomic::{fence, AtomicU32, Ordering};
 
 use crate::abi::{VmclockAbi, ABI_SIZE, PAGE_SIZE};
 use crate::error::ReadError;
 use crate::snapshot::Snapshot;
-use zerocopy::{FromBytes, IntoBytes};
+use zerocopy::IntoBytes;
 
 /// Number of 32-bit words in the v1 structure.
 pub const WORDS: usize = ABI_SIZE / 4;
@@ -31,6 +31,17 @@ pub trait PageMemory {
     /// How many bytes of the region are available (the `size` field may not claim more).
     fn available(&self) -> usize;
 }
+
+impl<T: PageMemory + ?Sized> PageMemory for &T {
+    fn words(&self) -> &[AtomicU32] {
+        (**self).words()
+    }
+    fn available(&self) -> usize {
+        (**self).available()
+    }
+}
+
+impl<T: WritableMemory + ?Sized> WritableMemory for &T {}
 
 /// Memory a [`Writer`] may store to. Read-only mappings do not implement it.
 pub trait WritableMemory: PageMemory {}
@@ -50,7 +61,9 @@ impl PageBuf {
 
     /// A page whose region claims `available` bytes (for validation tests).
     pub fn with_available(available: usize) -> Self {
-        let words = (0..WORDS.max(available.div_ceil(4))).map(|_| AtomicU32::new(0)).collect();
+        let words = (0..WORDS.max(available.div_ceil(4)))
+            .map(|_| AtomicU32::new(0))
+            .collect();
         PageBuf { words, available }
     }
 
@@ -83,50 +96,95 @@ impl PageMemory for PageBuf {
 
 /// One attempt: a consistent copy of the structure's bytes, or `None` if the writer was busy.
 pub fn try_read(words: &[AtomicU32]) -> Option<[u8; ABI_SIZE]> {
-    let words = &words[..WORDS];
+    let mut bytes = [0u8; ABI_SIZE];
+    try_read_into(words, &mut bytes).then_some(bytes)
+}
+
+/// The reader's protocol over the first `out.len() / 4` words (the count word is
+/// [`SEQ_WORD`]): acquire load of the count, relaxed copy, acquire fence, relaxed re-load.
+/// Returns whether the copy is consistent. Exposed with its length free so that the loom model
+/// can check this very function on a small region.
+pub fn try_read_into(words: &[AtomicU32], out: &mut [u8]) -> bool {
+    let words = &words[..out.len() / 4];
     let seq1 = words[SEQ_WORD].load(Ordering::Acquire);
     if u32::from_le(seq1) & 1 != 0 {
-        return None;
+        return false;
     }
-    let mut bytes = [0u8; ABI_SIZE];
-    for (dst, w) in bytes.chunks_exact_mut(4).zip(words) {
+    for (dst, w) in out.chunks_exact_mut(4).zip(words) {
         // Native-endian bytes of the loaded word are exactly the bytes in memory.
         dst.copy_from_slice(&w.load(Ordering::Relaxed).to_ne_bytes());
     }
     fence(Ordering::Acquire);
     let seq2 = words[SEQ_WORD].load(Ordering::Relaxed);
-    (seq1 == seq2).then_some(bytes)
+    seq1 == seq2
 }
 
-/// Reads a consistent snapshot, retrying while the writer is busy. `give_up(attempts)` is asked
-/// after each failed attempt and ends the wait with [`ReadError::Timeout`] when it says so.
-pub fn read_with(
+/// The writer's protocol over the first `body.len() / 4` words: count odd (relaxed), release
+/// fence, every other word (relaxed), release fence, count even (relaxed). Returns the new even
+/// count. A count left odd by a writer that died mid-update is completed, not reused. The
+/// caller must be the only writer.
+pub fn publish_words(words: &[AtomicU32], body: &[u8]) -> u32 {
+    let words = &words[..body.len() / 4];
+    let seq = u32::from_le(words[SEQ_WORD].load(Ordering::Relaxed));
+    let odd = seq | 1;
+    let even = odd.wrapping_add(1);
+    words[SEQ_WORD].store(odd.to_le(), Ordering::Relaxed);
+    fence(Ordering::Release);
+    for (i, (w, src)) in words.iter().zip(body.chunks_exact(4)).enumerate() {
+        if i != SEQ_WORD {
+            w.store(
+                u32::from_ne_bytes(src.try_into().expect("4 bytes")),
+                Ordering::Relaxed,
+            );
+        }
+    }
+    fence(Ordering::Release);
+    words[SEQ_WORD].store(even.to_le(), Ordering::Relaxed);
+    even
+}
+
+/// Reads a consistent copy of the structure's bytes, retrying while the writer is busy.
+/// `give_up(attempts)` is asked after each failed attempt and ends the wait with
+/// [`ReadError::Timeout`] when it returns the time waited (µs).
+pub fn read_bytes_with(
     mem: &impl PageMemory,
     mut give_up: impl FnMut(u32) -> Option<u64>,
-) -> Result<Snapshot, ReadError> {
+) -> Result<[u8; ABI_SIZE], ReadError> {
     let mut attempts = 0u32;
     loop {
         if let Some(bytes) = try_read(mem.words()) {
-            let abi = VmclockAbi::read_from_bytes(&bytes).expect("exact size");
-            return Ok(Snapshot::new(abi, mem.available())?);
+            return Ok(bytes);
         }
         attempts += 1;
         if let Some(waited_us) = give_up(attempts) {
-            return Err(ReadError::Timeout { attempts, waited_us });
+            return Err(ReadError::Timeout {
+                attempts,
+                waited_us,
+            });
         }
         core::hint::spin_loop();
     }
 }
 
+/// [`read_bytes_with`], then validation: a consistent [`Snapshot`].
+pub fn read_with(
+    mem: &impl PageMemory,
+    give_up: impl FnMut(u32) -> Option<u64>,
+) -> Result<Snapshot, ReadError> {
+    let bytes = read_bytes_with(mem, give_up)?;
+    Ok(Snapshot::decode(&bytes, mem.available())?)
+}
+
 /// The kernel driver's limit: 100 ms of an odd or changing `seq_count`.
 pub const DEFAULT_MAX_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// Reads a consistent snapshot, giving up after `max_wait` of a busy writer. The clock is
-/// consulted only after the first 64 failed attempts, so the uncontended path makes no call.
+/// A `give_up` policy for [`read_bytes_with`]: fail after `max_wait` of a busy writer. The clock
+/// is consulted only after every 64 failed attempts, so the uncontended path makes no call; after
+/// 1024 attempts the thread yields between tries.
 #[cfg(not(loom))]
-pub fn read(mem: &impl PageMemory, max_wait: std::time::Duration) -> Result<Snapshot, ReadError> {
+pub fn deadline(max_wait: std::time::Duration) -> impl FnMut(u32) -> Option<u64> {
     let mut start = None;
-    read_with(mem, |attempts| {
+    move |attempts| {
         if attempts % 64 != 0 {
             return None;
         }
@@ -139,7 +197,22 @@ pub fn read(mem: &impl PageMemory, max_wait: std::time::Duration) -> Result<Snap
             std::thread::yield_now();
         }
         None
-    })
+    }
+}
+
+/// Reads a consistent snapshot, giving up after `max_wait` of a busy writer.
+#[cfg(not(loom))]
+pub fn read(mem: &impl PageMemory, max_wait: std::time::Duration) -> Result<Snapshot, ReadError> {
+    read_with(mem, deadline(max_wait))
+}
+
+/// Reads a consistent copy of the bytes (not validated), giving up after `max_wait`.
+#[cfg(not(loom))]
+pub fn read_bytes(
+    mem: &impl PageMemory,
+    max_wait: std::time::Duration,
+) -> Result<[u8; ABI_SIZE], ReadError> {
+    read_bytes_with(mem, deadline(max_wait))
 }
 
 /// The single writer of a page. It is not `Clone`: one page, one writer.
@@ -165,22 +238,9 @@ impl<M: WritableMemory> Writer<M> {
     }
 
     /// Publishes `abi` (its `seq_count` is ignored) under the seqlock and returns the new even
-    /// count. A count left odd by a writer that died mid-update is completed, not reused.
+    /// count (see [`publish_words`]).
     pub fn publish(&mut self, abi: &VmclockAbi) -> u32 {
-        let words = &self.mem.words()[..WORDS];
-        let seq = self.seq_count();
-        let odd = seq | 1;
-        let even = odd.wrapping_add(1);
-        words[SEQ_WORD].store(odd.to_le(), Ordering::Relaxed);
-        fence(Ordering::Release);
-        for (i, (w, src)) in words.iter().zip(abi.as_bytes().chunks_exact(4)).enumerate() {
-            if i != SEQ_WORD {
-                w.store(u32::from_ne_bytes(src.try_into().expect("4 bytes")), Ordering::Relaxed);
-            }
-        }
-        fence(Ordering::Release);
-        words[SEQ_WORD].store(even.to_le(), Ordering::Relaxed);
-        even
+        publish_words(self.mem.words(), abi.as_bytes())
     }
 
     /// Gives the memory back.

@@ -3,7 +3,7 @@
 use crate::abi::{self, field, flags, VmclockAbi, ABI_SIZE, MAGIC, MIN_SIZE, VERSION};
 use crate::error::{PageError, TimeError};
 use crate::time::{nanos_to_frac_ceil, Monotonic, Span, Tai, Timescale, Timestamp, Utc};
-use zerocopy::{FromBytes, IntoBytes};
+use zerocopy::IntoBytes;
 
 /// One consistent, validated copy of a vmclock page.
 ///
@@ -19,19 +19,34 @@ impl Snapshot {
     /// mapped or given (the `size` field may not claim more).
     pub fn new(abi: VmclockAbi, available: usize) -> Result<Self, PageError> {
         if abi.magic.get() != MAGIC {
-            return Err(PageError::BadMagic { found: abi.magic.get() });
+            return Err(PageError::BadMagic {
+                found: abi.magic.get(),
+            });
         }
         if abi.version.get() != VERSION {
-            return Err(PageError::UnsupportedVersion { found: abi.version.get() });
+            return Err(PageError::UnsupportedVersion {
+                found: abi.version.get(),
+            });
         }
         let size = abi.size.get();
         if size < MIN_SIZE {
-            return Err(PageError::TooSmall { size, min: MIN_SIZE });
+            return Err(PageError::TooSmall {
+                size,
+                min: MIN_SIZE,
+            });
         }
         if size as usize > available {
-            return Err(PageError::LargerThanMapping { size, mapped: available });
+            return Err(PageError::LargerThanMapping {
+                size,
+                mapped: available,
+            });
         }
         Ok(Snapshot { abi })
+    }
+
+    /// Decodes and validates a copy of the structure's bytes from a region of `available` bytes.
+    pub fn decode(bytes: &[u8; ABI_SIZE], available: usize) -> Result<Self, PageError> {
+        Self::new(VmclockAbi::from_le_bytes(bytes), available)
     }
 
     /// Decodes and validates the first bytes of a region (any length; bytes past the slice are
@@ -40,8 +55,7 @@ impl Snapshot {
         let mut buf = [0u8; ABI_SIZE];
         let n = bytes.len().min(ABI_SIZE);
         buf[..n].copy_from_slice(&bytes[..n]);
-        let abi = VmclockAbi::read_from_bytes(&buf).expect("buffer has the exact size");
-        Self::new(abi, bytes.len())
+        Self::new(VmclockAbi::from_le_bytes(&buf), bytes.len())
     }
 
     /// The raw structure, every field as stored.
@@ -106,7 +120,8 @@ impl Snapshot {
     }
     /// TAI − UTC in seconds, only if present and TAI_OFFSET_VALID is set.
     pub fn tai_offset(&self) -> Option<i16> {
-        self.tai_offset_raw().filter(|_| self.has(flags::TAI_OFFSET_VALID))
+        self.tai_offset_raw()
+            .filter(|_| self.has(flags::TAI_OFFSET_VALID))
     }
     /// `leap_indicator`, if present.
     pub fn leap_indicator(&self) -> Option<u8> {
@@ -126,13 +141,19 @@ impl Snapshot {
     }
     /// The period's estimated error rate, if present and PERIOD_ESTERROR_VALID.
     pub fn period_esterror(&self) -> Option<u64> {
-        self.opt(field::PERIOD_ESTERROR, self.abi.counter_period_esterror_rate_frac_sec.get())
-            .filter(|_| self.has(flags::PERIOD_ESTERROR_VALID))
+        self.opt(
+            field::PERIOD_ESTERROR,
+            self.abi.counter_period_esterror_rate_frac_sec.get(),
+        )
+        .filter(|_| self.has(flags::PERIOD_ESTERROR_VALID))
     }
     /// The period's maximum error rate, if present and PERIOD_MAXERROR_VALID.
     pub fn period_maxerror(&self) -> Option<u64> {
-        self.opt(field::PERIOD_MAXERROR, self.abi.counter_period_maxerror_rate_frac_sec.get())
-            .filter(|_| self.has(flags::PERIOD_MAXERROR_VALID))
+        self.opt(
+            field::PERIOD_MAXERROR,
+            self.abi.counter_period_maxerror_rate_frac_sec.get(),
+        )
+        .filter(|_| self.has(flags::PERIOD_MAXERROR_VALID))
     }
     /// `time_sec`, if present.
     pub fn time_sec(&self) -> Option<u64> {
@@ -167,7 +188,10 @@ impl Snapshot {
             return Err(TimeError::NoTimeFields { size: self.size() });
         }
         let time_type = self.abi.time_type;
-        if !matches!(time_type, abi::time_type::UTC | abi::time_type::TAI | abi::time_type::MONOTONIC) {
+        if !matches!(
+            time_type,
+            abi::time_type::UTC | abi::time_type::TAI | abi::time_type::MONOTONIC
+        ) {
             return Err(TimeError::UnsupportedTimeType(time_type));
         }
         let shift = self.abi.counter_period_shift;
@@ -181,8 +205,14 @@ impl Snapshot {
             period: self.abi.counter_period_frac_sec.get(),
             shift,
             time: ((self.abi.time_sec.get() as u128) << 64) | self.abi.time_frac_sec.get() as u128,
-            maxerror: ErrorModel { time_ns: self.time_maxerror_ns(), rate: self.period_maxerror() },
-            esterror: ErrorModel { time_ns: self.time_esterror_ns(), rate: self.period_esterror() },
+            maxerror: ErrorModel {
+                time_ns: self.time_maxerror_ns(),
+                rate: self.period_maxerror(),
+            },
+            esterror: ErrorModel {
+                time_ns: self.time_esterror_ns(),
+                rate: self.period_esterror(),
+            },
         })
     }
 
@@ -196,7 +226,10 @@ impl Snapshot {
         match self.time_at(counter)? {
             PageTime::Tai(t) => Ok(t),
             PageTime::Utc(t) => {
-                let off = self.tai_offset().ok_or(TimeError::NoTaiOffset { from: "UTC", to: "TAI" })?;
+                let off = self.tai_offset().ok_or(TimeError::NoTaiOffset {
+                    from: "UTC",
+                    to: "TAI",
+                })?;
                 t.map(|ts| ts.to_tai(off)).ok_or(TimeError::Overflow)
             }
             PageTime::Monotonic(_) => Err(TimeError::NotWallClock("TAI")),
@@ -208,7 +241,10 @@ impl Snapshot {
         match self.time_at(counter)? {
             PageTime::Utc(t) => Ok(t),
             PageTime::Tai(t) => {
-                let off = self.tai_offset().ok_or(TimeError::NoTaiOffset { from: "TAI", to: "UTC" })?;
+                let off = self.tai_offset().ok_or(TimeError::NoTaiOffset {
+                    from: "TAI",
+                    to: "UTC",
+                })?;
                 t.map(|ts| ts.to_utc(off)).ok_or(TimeError::Overflow)
             }
             PageTime::Monotonic(_) => Err(TimeError::NotWallClock("UTC")),
@@ -264,7 +300,11 @@ impl Reference {
     /// T(C) as raw 64.64 seconds.
     pub fn raw_time_at(&self, counter: u64) -> Result<u128, TimeError> {
         let e = self.elapsed(counter).0;
-        let t = if e >= 0 { self.time.checked_add(e as u128) } else { self.time.checked_sub(e.unsigned_abs()) };
+        let t = if e >= 0 {
+            self.time.checked_add(e as u128)
+        } else {
+            self.time.checked_sub(e.unsigned_abs())
+        };
         t.ok_or(TimeError::Overflow)
     }
 
@@ -295,8 +335,16 @@ impl Reference {
         let raw = self.raw_time_at(counter)?;
         let maxerror = self.maxerror_at(counter);
         let esterror = self.esterror_at(counter);
-        fn mk<S: Timescale>(raw: u128, maxerror: Option<u128>, esterror: Option<u128>) -> Bounded<S> {
-            Bounded { time: Timestamp::from_raw(raw), maxerror, esterror }
+        fn mk<S: Timescale>(
+            raw: u128,
+            maxerror: Option<u128>,
+            esterror: Option<u128>,
+        ) -> Bounded<S> {
+            Bounded {
+                time: Timestamp::from_raw(raw),
+                maxerror,
+                esterror,
+            }
         }
         Ok(match self.time_type {
             abi::time_type::TAI => PageTime::Tai(mk(raw, maxerror, esterror)),
@@ -321,11 +369,13 @@ pub struct Bounded<S: Timescale> {
 impl<S: Timescale> Bounded<S> {
     /// The earliest the true time can be, if the page bounds it.
     pub fn earliest(&self) -> Option<Timestamp<S>> {
-        self.maxerror.map(|e| Timestamp::from_raw(self.time.raw().saturating_sub(e)))
+        self.maxerror
+            .map(|e| Timestamp::from_raw(self.time.raw().saturating_sub(e)))
     }
     /// The latest the true time can be, if the page bounds it.
     pub fn latest(&self) -> Option<Timestamp<S>> {
-        self.maxerror.map(|e| Timestamp::from_raw(self.time.raw().saturating_add(e)))
+        self.maxerror
+            .map(|e| Timestamp::from_raw(self.time.raw().saturating_add(e)))
     }
     /// The maximum error in ns, rounded up.
     pub fn maxerror_ns(&self) -> Option<u128> {
@@ -336,8 +386,15 @@ impl<S: Timescale> Bounded<S> {
         self.esterror.map(frac_to_nanos_ceil)
     }
     /// The same bounds around a time moved into another timescale.
-    pub fn map<T: Timescale>(self, f: impl FnOnce(Timestamp<S>) -> Option<Timestamp<T>>) -> Option<Bounded<T>> {
-        Some(Bounded { time: f(self.time)?, maxerror: self.maxerror, esterror: self.esterror })
+    pub fn map<T: Timescale>(
+        self,
+        f: impl FnOnce(Timestamp<S>) -> Option<Timestamp<T>>,
+    ) -> Option<Bounded<T>> {
+        Some(Bounded {
+            time: f(self.time)?,
+            maxerror: self.maxerror,
+            esterror: self.esterror,
+        })
     }
 }
 

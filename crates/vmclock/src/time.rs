@@ -114,7 +114,10 @@ pub struct Timestamp<S: Timescale> {
 impl<S: Timescale> Timestamp<S> {
     /// From the raw 64.64 value (seconds in the high half, 2^-64 s fraction in the low half).
     pub const fn from_raw(raw: u128) -> Self {
-        Timestamp { raw, _scale: PhantomData }
+        Timestamp {
+            raw,
+            _scale: PhantomData,
+        }
     }
 
     /// From whole seconds and a 2^-64 s fraction, as in the page.
@@ -174,7 +177,8 @@ impl<S: Timescale> Timestamp<S> {
     /// Re-labels the timescale after adding `offset_sec` seconds (the one place where one
     /// timescale becomes another).
     fn shifted<T: Timescale>(self, offset_sec: i64) -> Option<Timestamp<T>> {
-        self.checked_add(Span::from_secs(offset_sec)).map(|t| Timestamp::from_raw(t.raw))
+        self.checked_add(Span::from_secs(offset_sec))
+            .map(|t| Timestamp::from_raw(t.raw))
     }
 }
 
@@ -252,7 +256,13 @@ mod tests {
 
     #[test]
     fn nanos_round_trip() {
-        for ns in [0u128, 1, 999_999_999, 1_000_000_000, 1_795_000_000_123_456_789] {
+        for ns in [
+            0u128,
+            1,
+            999_999_999,
+            1_000_000_000,
+            1_795_000_000_123_456_789,
+        ] {
             assert_eq!(Timestamp::<Tai>::from_nanos(ns).as_nanos(), ns);
         }
     }
@@ -286,7 +296,10 @@ mod tests {
             assert_eq!(Span::from_nanos(ns).as_nanos_round(), ns as i128);
         }
         // Floor of a hair under -1 ns is -2 ns.
-        assert_eq!(Span(-(ONE_SEC as i128) / 1_000_000_000 - 1).as_nanos_floor(), -2);
+        assert_eq!(
+            Span(-(ONE_SEC as i128) / 1_000_000_000 - 1).as_nanos_floor(),
+            -2
+        );
         assert_eq!(Span::from_secs(-3).as_nanos_floor(), -3_000_000_000);
         assert_eq!(nanos_to_frac_ceil(1_000_000_000), ONE_SEC);
         assert!(nanos_to_frac_ceil(1) > 0);

@@ -1,0 +1,105 @@
+//! Seqlock stress: one writer publishes at full speed pages whose fields are all functions of
+//! one value; several readers must never see a mix. Bounded by the writer's count, not by time.
+#![cfg(not(loom))]
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use vmclock::abi::{self, flags};
+use vmclock::seqlock::{self, PageMemory};
+use vmclock::{PageBuf, PageBuilder, Period, Snapshot, Tai, Timestamp, Writer};
+
+fn page_for(v: u64) -> vmclock::VmclockAbi {
+    PageBuilder::new()
+        .reference(
+            abi::counter_id::X86_TSC,
+            v,
+            Timestamp::<Tai>::from_parts(v.wrapping_mul(3), !v),
+            Period {
+                frac: v | 1 << 63,
+                shift: 29,
+            },
+        )
+        .disruption_marker(v ^ 0x5555_5555_5555_5555)
+        .maxerror(v.rotate_left(17), v.rotate_left(31))
+        .esterror(v.rotate_left(7), v.rotate_left(45))
+        .vm_generation(v.wrapping_add(11))
+        .tai_offset((v % 1000) as i16)
+        .status((v % 5) as u8)
+        .leap((v % 6) as u8)
+        .build()
+}
+
+fn consistent(s: &Snapshot) -> bool {
+    let v = s.counter_value().unwrap();
+    let mut expect = page_for(v);
+    expect.seq_count = s.raw().seq_count;
+    *s.raw() == expect && s.has(flags::VM_GEN_COUNTER_PRESENT)
+}
+
+#[test]
+fn readers_never_see_a_mix() {
+    const WRITES: u64 = 300_000;
+    const READERS: usize = 3;
+    let buf = PageBuf::new();
+    let mut writer = Writer::new(&buf);
+    writer.publish(&page_for(0));
+    let done = AtomicBool::new(false);
+    let (total, busy_total) = std::thread::scope(|scope| {
+        let readers: Vec<_> = (0..READERS)
+            .map(|_| {
+                let (done, buf) = (&done, &buf);
+                scope.spawn(move || {
+                    let (mut checked, mut busy, mut last) = (0u64, 0u64, 0u64);
+                    while !done.load(Ordering::Relaxed) {
+                        match seqlock::try_read(buf.words()) {
+                            Some(bytes) => {
+                                let s =
+                                    Snapshot::decode(&bytes, buf.available()).expect("valid page");
+                                assert!(consistent(&s), "torn read: {:?}", s.raw());
+                                let v = s.counter_value().unwrap();
+                                assert!(v >= last, "went back from {last} to {v}");
+                                last = v;
+                                checked += 1;
+                            }
+                            None => busy += 1,
+                        }
+                    }
+                    (checked, busy)
+                })
+            })
+            .collect();
+        for v in 1..=WRITES {
+            let seq = writer.publish(&page_for(v));
+            assert_eq!(seq % 2, 0);
+        }
+        done.store(true, Ordering::Relaxed);
+        readers
+            .into_iter()
+            .map(|r| r.join().unwrap())
+            .fold((0, 0), |(a, b), (c, d)| (a + c, b + d))
+    });
+    eprintln!("seqlock stress: {WRITES} writes, {total} consistent reads checked, {busy_total} busy attempts retried");
+    assert!(total > 0);
+    let final_snap = seqlock::read(&buf, seqlock::DEFAULT_MAX_WAIT).unwrap();
+    assert_eq!(final_snap.counter_value(), Some(WRITES));
+}
+
+#[test]
+fn dead_writer_times_out() {
+    let buf = PageBuf::new();
+    buf.store_bytes(&vmclock::PageBuilder::new().page_bytes());
+    // A writer that died mid-update leaves seq_count odd.
+    buf.store_bytes(&{
+        let mut b = PageBuilder::new().page_bytes();
+        b[0x0c] = 1;
+        b
+    });
+    let t0 = std::time::Instant::now();
+    let err = seqlock::read(&buf, std::time::Duration::from_millis(20)).unwrap_err();
+    assert!(matches!(err, vmclock::ReadError::Timeout { .. }), "{err}");
+    assert!(t0.elapsed() >= std::time::Duration::from_millis(20));
+    assert!(err.to_string().contains("writer stuck"));
+    // The next writer completes the odd count instead of reusing it.
+    let mut w = Writer::new(buf);
+    assert_eq!(w.publish(&PageBuilder::new().build()), 2);
+    assert!(seqlock::read(w.memory(), seqlock::DEFAULT_MAX_WAIT).is_ok());
+}

@@ -1,0 +1,30 @@
+//! The sans-IO logic of vmtime. Inputs in, results and `#[must_use]` actions out; nothing here
+//! reads a clock or touches the system.
+#![forbid(unsafe_code)]
+
+pub mod check;
+pub mod leapsecs;
+pub mod stats;
+
+/// One (kernel clock, counter, kernel clock) reading: the counter was read at an instant
+/// between `before_ns` and `after_ns` of the kernel clock (ns since its epoch).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AbaSample {
+    /// The clock before the counter read, ns.
+    pub before_ns: i128,
+    /// The counter.
+    pub counter: u64,
+    /// The clock after the counter read, ns.
+    pub after_ns: i128,
+}
+
+impl AbaSample {
+    /// The width of the window, ns.
+    pub fn window_ns(&self) -> i128 {
+        self.after_ns - self.before_ns
+    }
+    /// The middle of the window, ns (rounded down).
+    pub fn mid_ns(&self) -> i128 {
+        self.before_ns + self.window_ns().div_euclid(2)
+    }
+}

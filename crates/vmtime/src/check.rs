@@ -1,0 +1,119 @@
+//! `vmtime check PAGE`: the page against the kernel clock, with (clock, counter, clock) samples.
+
+use crate::page::Page;
+use anyhow::{bail, Context, Result};
+use clap::Args as ClapArgs;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use vmclock::{abi, seqlock};
+use vmtime_core::check::{check, scale_for, CheckReport, Scale};
+use vmtime_core::stats::Summary;
+use vmtime_sys::{aba_sample, ClockId};
+
+#[derive(ClapArgs, Debug)]
+pub struct Args {
+    /// The page: /dev/vmclock0 or a page file.
+    #[arg(default_value = crate::DEFAULT_GUEST_PAGE)]
+    page: PathBuf,
+    /// Number of (clock, counter, clock) samples.
+    #[arg(long, default_value_t = 1000)]
+    samples: usize,
+    /// Slack allowed on each side of a sample's window, ns.
+    #[arg(long, default_value_t = 0)]
+    tolerance: u64,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Samples against one unchanged page (retried if the page is updated meanwhile).
+pub fn sample(page: &Page, n: usize) -> Result<(vmclock::Snapshot, Vec<vmtime_core::AbaSample>)> {
+    for _ in 0..10 {
+        let before = seqlock::read(&page.map, seqlock::DEFAULT_MAX_WAIT)?;
+        let samples = (0..n)
+            .map(|_| aba_sample(ClockId::Realtime))
+            .collect::<std::io::Result<Vec<_>>>()?;
+        let after = seqlock::read(&page.map, seqlock::DEFAULT_MAX_WAIT)?;
+        if before.seq_count() == after.seq_count() {
+            return Ok((after, samples));
+        }
+    }
+    bail!("the page changed during every one of 10 sampling rounds")
+}
+
+fn row(name: &str, s: &Summary) {
+    println!(
+        "  {name:<16} {:>10.1} {:>10.1} {:>10.1} {:>10.1}",
+        s.min, s.p50, s.p99, s.max
+    );
+}
+
+fn print_human(path: &str, r: &CheckReport) {
+    let how = match r.scale {
+        Scale::Utc => "a UTC page against CLOCK_REALTIME".to_string(),
+        Scale::Tai { offset, source } => {
+            format!("a TAI page against CLOCK_REALTIME + {offset} s (TAI offset from the {source})")
+        }
+    };
+    println!(
+        "vmtime check {path}: {} samples of (CLOCK_REALTIME, counter, CLOCK_REALTIME), {how}",
+        r.samples
+    );
+    println!(
+        "  {:<16} {:>10} {:>10} {:>10} {:>10}   (ns)",
+        "", "min", "p50", "p99", "max"
+    );
+    row("page − kernel", &r.error_ns);
+    row("window", &r.window_ns);
+    row("outside window", &r.outside_ns);
+    if let Some(m) = &r.maxerror_ns {
+        row("page maxerror", m);
+    }
+    let pct = 100.0 * r.inside as f64 / r.samples as f64;
+    println!(
+        "inside [before − {t} ns, after + {t} ns]: {}/{} ({pct:.2} %)",
+        r.inside,
+        r.samples,
+        t = r.tolerance_ns
+    );
+    if r.bounded > 0 {
+        println!(
+            "kernel clock within the page's maximum error: {}/{}",
+            r.within_bounds, r.bounded
+        );
+    } else {
+        println!("the page gives no maximum error");
+    }
+    println!("{}", if r.passed() { "PASS" } else { "FAIL" });
+}
+
+pub fn run(a: Args) -> Result<ExitCode> {
+    if a.samples == 0 {
+        bail!("--samples must be at least 1");
+    }
+    let page = Page::open(&a.page)?;
+    let (snap, samples) = sample(&page, a.samples)?;
+    if snap.counter_id() != vmclock::counter::NATIVE {
+        bail!(
+            "the page's counter is {} but this CPU reads {}: it cannot be checked here",
+            abi::counter_name(snap.counter_id()),
+            abi::counter_name(vmclock::counter::NATIVE)
+        );
+    }
+    let kernel_tai = vmtime_sys::read_timex().context("adjtimex")?.tai;
+    let scale = scale_for(&snap, kernel_tai)?;
+    let r = check(&snap, scale, &samples, a.tolerance)?;
+    if a.json {
+        let mut v = serde_json::to_value(&r)?;
+        v["page"] = a.page.display().to_string().into();
+        v["passed"] = r.passed().into();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print_human(&a.page.display().to_string(), &r);
+    }
+    Ok(if r.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

@@ -1,0 +1,59 @@
+//! `vmtime`: accurate, bounded time for virtual machines.
+#![forbid(unsafe_code)]
+
+mod check;
+mod gen;
+mod now;
+mod page;
+mod show;
+mod tai;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Accurate, bounded time for virtual machines (Linux vmclock).
+#[derive(Parser, Debug)]
+#[command(name = "vmtime", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Decode a vmclock page: every field with its meaning, validation, and the time it gives.
+    Show(show::Args),
+    /// Check a page against the kernel clock with (clock, counter, clock) samples.
+    Check(check::Args),
+    /// Print bounded time now (earliest, latest, status), read straight from the page.
+    Now(now::Args),
+    /// Write a valid page for a given counter/time relation (tests and demos).
+    Gen(gen::Args),
+}
+
+/// The default page of a guest.
+pub const DEFAULT_GUEST_PAGE: &str = "/dev/vmclock0";
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result: Result<ExitCode> = match cli.command {
+        Command::Show(a) => show::run(a),
+        Command::Check(a) => check::run(a),
+        Command::Now(a) => now::run(a),
+        Command::Gen(a) => gen::run(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("vmtime: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// A path argument with the guest default.
+pub fn page_or_default(p: Option<PathBuf>) -> PathBuf {
+    p.unwrap_or_else(|| PathBuf::from(DEFAULT_GUEST_PAGE))
+}

@@ -1,0 +1,27 @@
+//! Opening a page for the commands: map it and take consistent copies.
+
+use anyhow::{Context, Result};
+use std::path::Path;
+use vmclock::seqlock::{self, PageMemory};
+use vmclock::{abi::ABI_SIZE, Mapping, ReadError};
+
+/// A mapped page (device or file).
+pub struct Page {
+    pub map: Mapping,
+}
+
+impl Page {
+    pub fn open(path: &Path) -> Result<Page> {
+        let map = Mapping::open(path).with_context(|| format!("cannot map {}", path.display()))?;
+        Ok(Page { map })
+    }
+
+    /// A consistent copy of the structure's bytes, validated or not.
+    pub fn bytes(&self) -> Result<[u8; ABI_SIZE], ReadError> {
+        seqlock::read_bytes(&self.map, seqlock::DEFAULT_MAX_WAIT)
+    }
+
+    pub fn available(&self) -> usize {
+        self.map.available()
+    }
+}
