@@ -139,19 +139,7 @@ pub mod leap {
 /// `struct vmclock_abi`, byte for byte. Every multi-byte field is little-endian whatever the
 /// host's endianness; the struct has alignment 1, so it has no padding of its own.
 #[repr(C)]
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    FromBytes,
-    IntoBytes,
-    KnownLayout,
-    Immutable,
-    Unaligned,
-)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
 pub struct VmclockAbi {
     /// [`MAGIC`].
     pub magic: U32,
@@ -255,11 +243,7 @@ pub struct Field {
 
 macro_rules! field {
     ($f:ident, $t:ty) => {
-        Field {
-            name: stringify!($f),
-            offset: offset_of!(VmclockAbi, $f),
-            len: size_of::<$t>(),
-        }
+        Field { name: stringify!($f), offset: offset_of!(VmclockAbi, $f), len: size_of::<$t>() }
     };
 }
 
@@ -379,8 +363,7 @@ mod tests {
 
     #[test]
     fn flag_names_and_unknown_bits() {
-        let (names, unknown) =
-            flags::names(flags::TIME_MONOTONIC | flags::NOTIFICATION_PRESENT | 1 << 40);
+        let (names, unknown) = flags::names(flags::TIME_MONOTONIC | flags::NOTIFICATION_PRESENT | 1 << 40);
         assert_eq!(names, ["TIME_MONOTONIC", "NOTIFICATION_PRESENT"]);
         assert_eq!(unknown, 1 << 40);
         assert_eq!(flags::VM_GEN_COUNTER_PRESENT, 0x100);

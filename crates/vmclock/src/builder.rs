@@ -53,10 +53,7 @@ impl Period {
         if frac >> 64 != 0 || k > 127 {
             return None; // rounding carried past 2^64: never for a valid num/den < 1.
         }
-        Some(Period {
-            frac: frac as u64,
-            shift: k as u8,
-        })
+        Some(Period { frac: frac as u64, shift: k as u8 })
     }
 
     /// The frequency in Hz this period stands for (for display).
@@ -97,13 +94,7 @@ impl PageBuilder {
     }
 
     /// The reference pair: counter `counter` of kind `counter_id` at time `time`, and the period.
-    pub fn reference<S: Timescale>(
-        mut self,
-        counter_id: u8,
-        counter: u64,
-        time: Timestamp<S>,
-        period: Period,
-    ) -> Self {
+    pub fn reference<S: Timescale>(mut self, counter_id: u8, counter: u64, time: Timestamp<S>, period: Period) -> Self {
         self.abi.counter_id = counter_id;
         self.abi.time_type = S::TIME_TYPE;
         self.abi.counter_value = U64::new(counter);
@@ -142,20 +133,14 @@ impl PageBuilder {
     pub fn maxerror(mut self, time_ns: u64, rate: u64) -> Self {
         self.abi.time_maxerror_nanosec = U64::new(time_ns);
         self.abi.counter_period_maxerror_rate_frac_sec = U64::new(rate);
-        self.flag(
-            flags::TIME_MAXERROR_VALID | flags::PERIOD_MAXERROR_VALID,
-            true,
-        )
+        self.flag(flags::TIME_MAXERROR_VALID | flags::PERIOD_MAXERROR_VALID, true)
     }
 
     /// Estimated error: of the time (ns) and of the period; both flags.
     pub fn esterror(mut self, time_ns: u64, rate: u64) -> Self {
         self.abi.time_esterror_nanosec = U64::new(time_ns);
         self.abi.counter_period_esterror_rate_frac_sec = U64::new(rate);
-        self.flag(
-            flags::TIME_ESTERROR_VALID | flags::PERIOD_ESTERROR_VALID,
-            true,
-        )
+        self.flag(flags::TIME_ESTERROR_VALID | flags::PERIOD_ESTERROR_VALID, true)
     }
 
     /// `disruption_marker`.

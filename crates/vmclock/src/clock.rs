@@ -5,7 +5,7 @@ use crate::error::{ClockError, TimeError};
 use crate::map::Mapping;
 use crate::seqlock::{self, PageMemory};
 use crate::snapshot::{Bounded, PageTime, Snapshot};
-use crate::time::{Tai, Utc};
+use crate::time::{Tai, Timescale, Timestamp, Utc};
 use std::path::Path;
 use std::time::Duration;
 
@@ -16,11 +16,18 @@ pub struct Clock<M: PageMemory = Mapping> {
     max_wait: Duration,
 }
 
-/// One bounded reading of the clock.
+/// One bounded reading of the clock. Flat, so it is returned in registers and a few stores;
+/// the typed views ([`Now::time`], [`Now::tai`], [`Now::utc`]) are built on demand.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Now {
-    /// The time and its bounds, in the page's timescale.
-    pub time: PageTime,
+    /// The page's `time_type` (UTC, TAI or MONOTONIC; anything else is refused before).
+    pub time_type: u8,
+    /// The time at `counter`, 64.64 fixed-point seconds in the page's timescale.
+    pub raw: u128,
+    /// Maximum error, 2^-64 s (`None`: the page does not bound it).
+    pub maxerror: Option<u128>,
+    /// Estimated error, 2^-64 s.
+    pub esterror: Option<u128>,
     /// The counter value the time was computed for.
     pub counter: u64,
     /// `clock_status` (UNKNOWN when absent).
@@ -32,42 +39,49 @@ pub struct Now {
 }
 
 impl Now {
+    fn bounded<S: Timescale>(&self) -> Bounded<S> {
+        Bounded { time: Timestamp::from_raw(self.raw), maxerror: self.maxerror, esterror: self.esterror }
+    }
+
+    /// The time and its bounds, in the page's timescale.
+    #[inline]
+    pub fn time(&self) -> PageTime {
+        match self.time_type {
+            abi::time_type::TAI => PageTime::Tai(self.bounded()),
+            abi::time_type::UTC => PageTime::Utc(self.bounded()),
+            _ => PageTime::Monotonic(self.bounded()),
+        }
+    }
+
     /// The time in TAI (a UTC page needs a valid TAI offset).
+    #[inline]
     pub fn tai(&self) -> Result<Bounded<Tai>, TimeError> {
-        match self.time {
-            PageTime::Tai(t) => Ok(t),
-            PageTime::Utc(t) => {
-                let off = self.tai_offset.ok_or(TimeError::NoTaiOffset {
-                    from: "UTC",
-                    to: "TAI",
-                })?;
-                t.map(|ts| ts.to_tai(off)).ok_or(TimeError::Overflow)
+        match self.time_type {
+            abi::time_type::TAI => Ok(self.bounded()),
+            abi::time_type::UTC => {
+                let off = self.tai_offset.ok_or(TimeError::NoTaiOffset { from: "UTC", to: "TAI" })?;
+                self.bounded::<Utc>().map(|ts| ts.to_tai(off)).ok_or(TimeError::Overflow)
             }
-            PageTime::Monotonic(_) => Err(TimeError::NotWallClock("TAI")),
+            _ => Err(TimeError::NotWallClock("TAI")),
         }
     }
 
     /// The time in UTC (a TAI page needs a valid TAI offset).
+    #[inline]
     pub fn utc(&self) -> Result<Bounded<Utc>, TimeError> {
-        match self.time {
-            PageTime::Utc(t) => Ok(t),
-            PageTime::Tai(t) => {
-                let off = self.tai_offset.ok_or(TimeError::NoTaiOffset {
-                    from: "TAI",
-                    to: "UTC",
-                })?;
-                t.map(|ts| ts.to_utc(off)).ok_or(TimeError::Overflow)
+        match self.time_type {
+            abi::time_type::UTC => Ok(self.bounded()),
+            abi::time_type::TAI => {
+                let off = self.tai_offset.ok_or(TimeError::NoTaiOffset { from: "TAI", to: "UTC" })?;
+                self.bounded::<Tai>().map(|ts| ts.to_utc(off)).ok_or(TimeError::Overflow)
             }
-            PageTime::Monotonic(_) => Err(TimeError::NotWallClock("UTC")),
+            _ => Err(TimeError::NotWallClock("UTC")),
         }
     }
 
     /// Whether the page says its time may be relied upon (SYNCHRONIZED or FREERUNNING).
     pub fn is_reliable(&self) -> bool {
-        matches!(
-            self.status,
-            abi::status::SYNCHRONIZED | abi::status::FREERUNNING
-        )
+        matches!(self.status, abi::status::SYNCHRONIZED | abi::status::FREERUNNING)
     }
 }
 
@@ -76,10 +90,7 @@ impl Clock<Mapping> {
     /// every `now()` validates its copy again.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, ClockError> {
         let path = path.as_ref();
-        let mem = Mapping::open(path).map_err(|source| ClockError::Map {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let mem = Mapping::open(path).map_err(|source| ClockError::Map { path: path.display().to_string(), source })?;
         let clock = Clock::new(mem);
         clock.snapshot()?;
         Ok(clock)
@@ -89,10 +100,7 @@ impl Clock<Mapping> {
 impl<M: PageMemory> Clock<M> {
     /// A clock over any page memory.
     pub fn new(mem: M) -> Self {
-        Clock {
-            mem,
-            max_wait: seqlock::DEFAULT_MAX_WAIT,
-        }
+        Clock { mem, max_wait: seqlock::DEFAULT_MAX_WAIT }
     }
 
     /// How long a read waits for a busy writer before failing (default 100 ms, as the kernel).
@@ -107,6 +115,7 @@ impl<M: PageMemory> Clock<M> {
     }
 
     /// One consistent copy of the page.
+    #[inline]
     pub fn snapshot(&self) -> Result<Snapshot, ClockError> {
         Ok(seqlock::read(&self.mem, self.max_wait)?)
     }
@@ -122,6 +131,7 @@ impl<M: PageMemory> Clock<M> {
 }
 
 /// The bounded time a snapshot gives at `counter`, if the counter is this CPU's.
+#[inline]
 pub fn now_at(snap: &Snapshot, counter: u64) -> Result<Now, TimeError> {
     let id = snap.counter_id();
     if id != abi::counter_id::INVALID && id != crate::counter::NATIVE {
@@ -130,8 +140,12 @@ pub fn now_at(snap: &Snapshot, counter: u64) -> Result<Now, TimeError> {
             cpu: abi::counter_name(crate::counter::NATIVE),
         });
     }
+    let r = snap.reference()?;
     Ok(Now {
-        time: snap.time_at(counter)?,
+        time_type: r.time_type,
+        raw: r.raw_time_at(counter)?,
+        maxerror: r.maxerror_at(counter),
+        esterror: r.esterror_at(counter),
         counter,
         status: snap.clock_status().unwrap_or(abi::status::UNKNOWN),
         disruption_marker: snap.disruption_marker(),

@@ -18,12 +18,10 @@ pub const NATIVE: u8 = counter_id::INVALID;
 #[inline(always)]
 pub fn read() -> u64 {
     use core::arch::x86_64::{_mm_lfence, _rdtsc};
-    // SAFETY: LFENCE (SSE2, part of the x86_64 baseline) and RDTSC have no memory effects and no
-    // preconditions beyond the CPU supporting them, which every x86_64 CPU does.
-    unsafe {
-        _mm_lfence();
-        _rdtsc()
-    }
+    // SAFETY: LFENCE is SSE2, part of the x86_64 baseline; it has no memory effects.
+    unsafe { _mm_lfence() };
+    // SAFETY: RDTSC has no preconditions on x86_64 (Linux leaves CR4.TSD clear for user space).
+    unsafe { _rdtsc() }
 }
 
 /// Reads the virtual counter after an ISB, so it is not read ahead of earlier instructions.
@@ -33,9 +31,7 @@ pub fn read() -> u64 {
     let v: u64;
     // SAFETY: CNTVCT_EL0 is readable from EL0 on Linux (the kernel enables it for the vDSO);
     // ISB and MRS touch no memory and the asm uses no stack.
-    unsafe {
-        core::arch::asm!("isb", "mrs {v}, cntvct_el0", v = out(reg) v, options(nostack, preserves_flags))
-    };
+    unsafe { core::arch::asm!("isb", "mrs {v}, cntvct_el0", v = out(reg) v, options(nostack, preserves_flags)) };
     v
 }
 

@@ -7,10 +7,7 @@ use thiserror::Error;
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum PageError {
     /// `magic` is not "VCLK".
-    #[error(
-        "bad magic {found:#010x}: not a vmclock page (expected {:#010x}, \"VCLK\")",
-        crate::abi::MAGIC
-    )]
+    #[error("bad magic {found:#010x}: not a vmclock page (expected {:#010x}, \"VCLK\")", crate::abi::MAGIC)]
     BadMagic {
         /// The value found.
         found: u32,
@@ -43,9 +40,7 @@ pub enum PageError {
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum TimeError {
     /// `counter_id` is INVALID: the page carries markers only.
-    #[error(
-        "the page has no counter (counter_id INVALID): it carries disruption markers only, no time"
-    )]
+    #[error("the page has no counter (counter_id INVALID): it carries disruption markers only, no time")]
     NoCounter,
     /// The page's counter is not the one this CPU reads.
     #[error("the page's counter is {page} but this CPU reads {cpu}")]
@@ -68,9 +63,7 @@ pub enum TimeError {
     #[error("counter_period_shift {0} is unusable (must be below 128)")]
     UnusableShift(u8),
     /// The result does not fit: the counter is too far from the reference, or time_sec is absurd.
-    #[error(
-        "time computation overflows (counter too far from the reference, or time_sec out of range)"
-    )]
+    #[error("time computation overflows (counter too far from the reference, or time_sec out of range)")]
     Overflow,
     /// The page is TAI but does not give TAI − UTC, so UTC cannot be derived (or vice versa).
     #[error("the page's time is {from} and it gives no valid TAI offset (TAI_OFFSET_VALID clear), so {to} cannot be derived from it")]

@@ -45,10 +45,7 @@ impl Mapping {
         } else {
             let len = meta.len();
             if len == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "the file is empty",
-                ));
+                return Err(io::Error::new(io::ErrorKind::InvalidData, "the file is empty"));
             }
             if writable && len < PAGE_SIZE as u64 {
                 return Err(io::Error::new(
@@ -58,33 +55,15 @@ impl Mapping {
             }
             (len as usize).min(PAGE_SIZE)
         };
-        let prot = if writable {
-            libc::PROT_READ | libc::PROT_WRITE
-        } else {
-            libc::PROT_READ
-        };
+        let prot = if writable { libc::PROT_READ | libc::PROT_WRITE } else { libc::PROT_READ };
         // SAFETY: a fresh mapping (addr null) of one page of a valid open fd; the kernel checks
         // the fd's mode against `prot`. The result is checked for MAP_FAILED before use.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                PAGE_SIZE,
-                prot,
-                libc::MAP_SHARED,
-                file.as_raw_fd(),
-                0,
-            )
-        };
+        let ptr = unsafe { libc::mmap(std::ptr::null_mut(), PAGE_SIZE, prot, libc::MAP_SHARED, file.as_raw_fd(), 0) };
         if ptr == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        let ptr =
-            NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned null"))?;
-        Ok(Mapping {
-            ptr,
-            available,
-            writable,
-        })
+        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned null"))?;
+        Ok(Mapping { ptr, available, writable })
     }
 
     /// Whether the mapping may be written.
@@ -127,10 +106,7 @@ impl WritableMapping {
         if m.writable {
             Ok(WritableMapping(m))
         } else {
-            Err(io::Error::new(
-                io::ErrorKind::PermissionDenied,
-                "the mapping is read-only",
-            ))
+            Err(io::Error::new(io::ErrorKind::PermissionDenied, "the mapping is read-only"))
         }
     }
 }

@@ -61,9 +61,7 @@ impl PageBuf {
 
     /// A page whose region claims `available` bytes (for validation tests).
     pub fn with_available(available: usize) -> Self {
-        let words = (0..WORDS.max(available.div_ceil(4)))
-            .map(|_| AtomicU32::new(0))
-            .collect();
+        let words = (0..WORDS.max(available.div_ceil(4))).map(|_| AtomicU32::new(0)).collect();
         PageBuf { words, available }
     }
 
@@ -94,25 +92,29 @@ impl PageMemory for PageBuf {
     }
 }
 
-/// One attempt: a consistent copy of the structure's bytes, or `None` if the writer was busy.
-pub fn try_read(words: &[AtomicU32]) -> Option<[u8; ABI_SIZE]> {
-    let mut bytes = [0u8; ABI_SIZE];
-    try_read_into(words, &mut bytes).then_some(bytes)
+/// The structure as loaded: [`WORDS`] words whose native-endian bytes are the page's bytes.
+pub type RawWords = [u32; WORDS];
+
+/// One attempt: a consistent copy of the structure, or `None` if the writer was busy.
+#[inline]
+pub fn try_read(words: &[AtomicU32]) -> Option<RawWords> {
+    let mut out = [0u32; WORDS];
+    try_read_into(words, &mut out).then_some(out)
 }
 
-/// The reader's protocol over the first `out.len() / 4` words (the count word is
-/// [`SEQ_WORD`]): acquire load of the count, relaxed copy, acquire fence, relaxed re-load.
-/// Returns whether the copy is consistent. Exposed with its length free so that the loom model
-/// can check this very function on a small region.
-pub fn try_read_into(words: &[AtomicU32], out: &mut [u8]) -> bool {
-    let words = &words[..out.len() / 4];
+/// The reader's protocol over the first `out.len()` words (the count word is [`SEQ_WORD`]):
+/// acquire load of the count, relaxed copy, acquire fence, relaxed re-load. Returns whether the
+/// copy is consistent. Its length is free so that the loom model checks this very function on a
+/// small region.
+#[inline]
+pub fn try_read_into(words: &[AtomicU32], out: &mut [u32]) -> bool {
+    let words = &words[..out.len()];
     let seq1 = words[SEQ_WORD].load(Ordering::Acquire);
     if u32::from_le(seq1) & 1 != 0 {
         return false;
     }
-    for (dst, w) in out.chunks_exact_mut(4).zip(words) {
-        // Native-endian bytes of the loaded word are exactly the bytes in memory.
-        dst.copy_from_slice(&w.load(Ordering::Relaxed).to_ne_bytes());
+    for (dst, w) in out.iter_mut().zip(words) {
+        *dst = w.load(Ordering::Relaxed);
     }
     fence(Ordering::Acquire);
     let seq2 = words[SEQ_WORD].load(Ordering::Relaxed);
@@ -132,10 +134,7 @@ pub fn publish_words(words: &[AtomicU32], body: &[u8]) -> u32 {
     fence(Ordering::Release);
     for (i, (w, src)) in words.iter().zip(body.chunks_exact(4)).enumerate() {
         if i != SEQ_WORD {
-            w.store(
-                u32::from_ne_bytes(src.try_into().expect("4 bytes")),
-                Ordering::Relaxed,
-            );
+            w.store(u32::from_ne_bytes(src.try_into().expect("4 bytes")), Ordering::Relaxed);
         }
     }
     fence(Ordering::Release);
@@ -143,13 +142,14 @@ pub fn publish_words(words: &[AtomicU32], body: &[u8]) -> u32 {
     even
 }
 
-/// Reads a consistent copy of the structure's bytes, retrying while the writer is busy.
+/// Reads a consistent copy of the structure, retrying while the writer is busy.
 /// `give_up(attempts)` is asked after each failed attempt and ends the wait with
 /// [`ReadError::Timeout`] when it returns the time waited (µs).
-pub fn read_bytes_with(
+#[inline]
+pub fn read_raw_with(
     mem: &impl PageMemory,
     mut give_up: impl FnMut(u32) -> Option<u64>,
-) -> Result<[u8; ABI_SIZE], ReadError> {
+) -> Result<RawWords, ReadError> {
     let mut attempts = 0u32;
     loop {
         if let Some(bytes) = try_read(mem.words()) {
@@ -157,37 +157,32 @@ pub fn read_bytes_with(
         }
         attempts += 1;
         if let Some(waited_us) = give_up(attempts) {
-            return Err(ReadError::Timeout {
-                attempts,
-                waited_us,
-            });
+            return Err(ReadError::Timeout { attempts, waited_us });
         }
         core::hint::spin_loop();
     }
 }
 
-/// [`read_bytes_with`], then validation: a consistent [`Snapshot`].
-pub fn read_with(
-    mem: &impl PageMemory,
-    give_up: impl FnMut(u32) -> Option<u64>,
-) -> Result<Snapshot, ReadError> {
-    let bytes = read_bytes_with(mem, give_up)?;
-    Ok(Snapshot::decode(&bytes, mem.available())?)
+/// [`read_raw_with`], then validation: a consistent [`Snapshot`].
+#[inline]
+pub fn read_with(mem: &impl PageMemory, give_up: impl FnMut(u32) -> Option<u64>) -> Result<Snapshot, ReadError> {
+    let raw = read_raw_with(mem, give_up)?;
+    Ok(Snapshot::from_words(raw, mem.available())?)
 }
 
 /// The kernel driver's limit: 100 ms of an odd or changing `seq_count`.
 pub const DEFAULT_MAX_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// A `give_up` policy for [`read_bytes_with`]: fail after `max_wait` of a busy writer. The clock
+/// A `give_up` policy for [`read_raw_with`]: fail after `max_wait` of a busy writer. The clock
 /// is consulted only after every 64 failed attempts, so the uncontended path makes no call; after
 /// 1024 attempts the thread yields between tries.
 #[cfg(not(loom))]
+#[inline]
 pub fn deadline(max_wait: std::time::Duration) -> impl FnMut(u32) -> Option<u64> {
     let mut start = None;
-    move |attempts| {
-        if attempts % 64 != 0 {
-            return None;
-        }
+    #[inline(never)]
+    #[cold]
+    fn slow(start: &mut Option<std::time::Instant>, max_wait: std::time::Duration, attempts: u32) -> Option<u64> {
         let t0 = *start.get_or_insert_with(std::time::Instant::now);
         let waited = t0.elapsed();
         if waited >= max_wait {
@@ -198,21 +193,20 @@ pub fn deadline(max_wait: std::time::Duration) -> impl FnMut(u32) -> Option<u64>
         }
         None
     }
+    move |attempts| if attempts % 64 != 0 { None } else { slow(&mut start, max_wait, attempts) }
 }
 
 /// Reads a consistent snapshot, giving up after `max_wait` of a busy writer.
 #[cfg(not(loom))]
+#[inline]
 pub fn read(mem: &impl PageMemory, max_wait: std::time::Duration) -> Result<Snapshot, ReadError> {
     read_with(mem, deadline(max_wait))
 }
 
-/// Reads a consistent copy of the bytes (not validated), giving up after `max_wait`.
+/// Reads a consistent copy of the structure (not validated), giving up after `max_wait`.
 #[cfg(not(loom))]
-pub fn read_bytes(
-    mem: &impl PageMemory,
-    max_wait: std::time::Duration,
-) -> Result<[u8; ABI_SIZE], ReadError> {
-    read_bytes_with(mem, deadline(max_wait))
+pub fn read_raw(mem: &impl PageMemory, max_wait: std::time::Duration) -> Result<RawWords, ReadError> {
+    read_raw_with(mem, deadline(max_wait))
 }
 
 /// The single writer of a page. It is not `Clone`: one page, one writer.

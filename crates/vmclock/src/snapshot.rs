@@ -2,51 +2,89 @@
 
 use crate::abi::{self, field, flags, VmclockAbi, ABI_SIZE, MAGIC, MIN_SIZE, VERSION};
 use crate::error::{PageError, TimeError};
+use crate::seqlock::RawWords;
 use crate::time::{nanos_to_frac_ceil, Monotonic, Span, Tai, Timescale, Timestamp, Utc};
-use zerocopy::IntoBytes;
+use zerocopy::{FromBytes, IntoBytes};
+
+/// Byte offsets of the fields, from the layout (each proven by the const assertions in `abi`).
+mod off {
+    use crate::abi::VmclockAbi;
+    use core::mem::offset_of;
+    pub const MAGIC: usize = offset_of!(VmclockAbi, magic);
+    pub const SIZE: usize = offset_of!(VmclockAbi, size);
+    pub const VERSION: usize = offset_of!(VmclockAbi, version);
+    pub const COUNTER_ID: usize = offset_of!(VmclockAbi, counter_id);
+    pub const TIME_TYPE: usize = offset_of!(VmclockAbi, time_type);
+    pub const SEQ: usize = offset_of!(VmclockAbi, seq_count);
+    pub const DISRUPTION: usize = offset_of!(VmclockAbi, disruption_marker);
+    pub const FLAGS: usize = offset_of!(VmclockAbi, flags);
+    pub const STATUS: usize = offset_of!(VmclockAbi, clock_status);
+    pub const SMEARING: usize = offset_of!(VmclockAbi, leap_second_smearing_hint);
+    pub const TAI: usize = offset_of!(VmclockAbi, tai_offset_sec);
+    pub const LEAP: usize = offset_of!(VmclockAbi, leap_indicator);
+    pub const SHIFT: usize = offset_of!(VmclockAbi, counter_period_shift);
+    pub const COUNTER: usize = offset_of!(VmclockAbi, counter_value);
+    pub const PERIOD: usize = offset_of!(VmclockAbi, counter_period_frac_sec);
+    pub const PERIOD_EST: usize = offset_of!(VmclockAbi, counter_period_esterror_rate_frac_sec);
+    pub const PERIOD_MAX: usize = offset_of!(VmclockAbi, counter_period_maxerror_rate_frac_sec);
+    pub const TIME_SEC: usize = offset_of!(VmclockAbi, time_sec);
+    pub const TIME_FRAC: usize = offset_of!(VmclockAbi, time_frac_sec);
+    pub const TIME_EST: usize = offset_of!(VmclockAbi, time_esterror_nanosec);
+    pub const TIME_MAX: usize = offset_of!(VmclockAbi, time_maxerror_nanosec);
+    pub const VM_GEN: usize = offset_of!(VmclockAbi, vm_generation_counter);
+    // Every u64 field is 4-aligned: it spans exactly two loaded words.
+    const _: () = assert!(DISRUPTION % 4 == 0 && FLAGS % 4 == 0 && COUNTER % 4 == 0 && VM_GEN % 4 == 0);
+}
 
 /// One consistent, validated copy of a vmclock page.
 ///
 /// Fields that lie beyond the page's `size` are *absent*: their accessors return `None`, never
 /// zero. Fields whose meaning depends on a VALID flag return `None` when the flag is clear.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Snapshot {
-    abi: VmclockAbi,
+    /// The structure exactly as loaded: the words' native-endian bytes are the page's bytes, so
+    /// [`Snapshot::raw`] views them in place as the little-endian structure, with no copy.
+    words: RawWords,
+}
+
+impl core::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        self.raw().fmt(f)
+    }
 }
 
 impl Snapshot {
     /// Validates a copy of the structure. `available` is how many bytes of the region were
     /// mapped or given (the `size` field may not claim more).
     pub fn new(abi: VmclockAbi, available: usize) -> Result<Self, PageError> {
-        if abi.magic.get() != MAGIC {
-            return Err(PageError::BadMagic {
-                found: abi.magic.get(),
-            });
+        Self::from_words(RawWords::read_from_bytes(abi.as_bytes()).expect("exact size"), available)
+    }
+
+    /// Validates a copy of the structure as loaded from the page's words.
+    #[inline]
+    pub fn from_words(words: RawWords, available: usize) -> Result<Self, PageError> {
+        let snap = Snapshot { words };
+        let magic = snap.u32_at(off::MAGIC);
+        if magic != MAGIC {
+            return Err(PageError::BadMagic { found: magic });
         }
-        if abi.version.get() != VERSION {
-            return Err(PageError::UnsupportedVersion {
-                found: abi.version.get(),
-            });
+        let version = snap.u16_at(off::VERSION);
+        if version != VERSION {
+            return Err(PageError::UnsupportedVersion { found: version });
         }
-        let size = abi.size.get();
+        let size = snap.size();
         if size < MIN_SIZE {
-            return Err(PageError::TooSmall {
-                size,
-                min: MIN_SIZE,
-            });
+            return Err(PageError::TooSmall { size, min: MIN_SIZE });
         }
         if size as usize > available {
-            return Err(PageError::LargerThanMapping {
-                size,
-                mapped: available,
-            });
+            return Err(PageError::LargerThanMapping { size, mapped: available });
         }
-        Ok(Snapshot { abi })
+        Ok(snap)
     }
 
     /// Decodes and validates a copy of the structure's bytes from a region of `available` bytes.
     pub fn decode(bytes: &[u8; ABI_SIZE], available: usize) -> Result<Self, PageError> {
-        Self::new(VmclockAbi::from_le_bytes(bytes), available)
+        Self::from_words(RawWords::read_from_bytes(bytes).expect("exact size"), available)
     }
 
     /// Decodes and validates the first bytes of a region (any length; bytes past the slice are
@@ -55,181 +93,197 @@ impl Snapshot {
         let mut buf = [0u8; ABI_SIZE];
         let n = bytes.len().min(ABI_SIZE);
         buf[..n].copy_from_slice(&bytes[..n]);
-        Self::new(VmclockAbi::from_le_bytes(&buf), bytes.len())
+        Self::decode(&buf, bytes.len())
     }
 
-    /// The raw structure, every field as stored.
+    /// The raw structure, every field as stored (a view, not a copy).
+    #[inline]
     pub fn raw(&self) -> &VmclockAbi {
-        &self.abi
+        VmclockAbi::ref_from_bytes(self.words.as_bytes()).expect("exact size, alignment 1")
     }
 
     /// The structure's bytes.
     pub fn to_bytes(&self) -> [u8; ABI_SIZE] {
         let mut out = [0u8; ABI_SIZE];
-        out.copy_from_slice(self.abi.as_bytes());
+        out.copy_from_slice(self.words.as_bytes());
         out
     }
 
-    fn present(&self, f: abi::Field) -> bool {
-        f.present_in(self.abi.size.get())
+    /// A little-endian u64 at a 4-aligned byte offset of the structure (const-folded).
+    #[inline(always)]
+    fn u64_at(&self, off: usize) -> u64 {
+        let i = off / 4;
+        u32::from_le(self.words[i]) as u64 | (u32::from_le(self.words[i + 1]) as u64) << 32
+    }
+    #[inline(always)]
+    fn u32_at(&self, off: usize) -> u32 {
+        u32::from_le(self.words[off / 4])
+    }
+    #[inline(always)]
+    fn u16_at(&self, off: usize) -> u16 {
+        (self.u32_at(off & !3) >> ((off % 4) * 8)) as u16
+    }
+    #[inline(always)]
+    fn u8_at(&self, off: usize) -> u8 {
+        (self.u32_at(off & !3) >> ((off % 4) * 8)) as u8
     }
 
+    #[inline(always)]
+    fn present(&self, f: abi::Field) -> bool {
+        f.present_in(self.u32_at(off::SIZE))
+    }
+
+    #[inline(always)]
     fn opt<T>(&self, f: abi::Field, v: T) -> Option<T> {
         self.present(f).then_some(v)
     }
 
     /// The `size` field.
+    #[inline]
     pub fn size(&self) -> u32 {
-        self.abi.size.get()
+        self.u32_at(off::SIZE)
     }
     /// `counter_id`.
+    #[inline]
     pub fn counter_id(&self) -> u8 {
-        self.abi.counter_id
+        self.u8_at(off::COUNTER_ID)
     }
     /// `time_type`.
+    #[inline]
     pub fn time_type(&self) -> u8 {
-        self.abi.time_type
+        self.u8_at(off::TIME_TYPE)
     }
     /// The (even) `seq_count` of this copy.
     pub fn seq_count(&self) -> u32 {
-        self.abi.seq_count.get()
+        self.u32_at(off::SEQ)
     }
     /// `disruption_marker`.
+    #[inline]
     pub fn disruption_marker(&self) -> u64 {
-        self.abi.disruption_marker.get()
+        self.u64_at(off::DISRUPTION)
     }
     /// `flags`.
+    #[inline]
     pub fn flags(&self) -> u64 {
-        self.abi.flags.get()
+        self.u64_at(off::FLAGS)
     }
     /// Whether every bit of `f` is set.
+    #[inline]
     pub fn has(&self, f: u64) -> bool {
         self.flags() & f == f
     }
     /// `clock_status`, if present.
+    #[inline]
     pub fn clock_status(&self) -> Option<u8> {
-        self.opt(field::CLOCK_STATUS, self.abi.clock_status)
+        self.opt(field::CLOCK_STATUS, self.u8_at(off::STATUS))
     }
     /// `leap_second_smearing_hint`, if present.
     pub fn smearing_hint(&self) -> Option<u8> {
-        self.opt(field::SMEARING_HINT, self.abi.leap_second_smearing_hint)
+        self.opt(field::SMEARING_HINT, self.u8_at(off::SMEARING))
     }
     /// `tai_offset_sec` as stored, if present (whether or not it is flagged valid).
+    #[inline]
     pub fn tai_offset_raw(&self) -> Option<i16> {
-        self.opt(field::TAI_OFFSET, self.abi.tai_offset_sec.get() as i16)
+        self.opt(field::TAI_OFFSET, self.u16_at(off::TAI) as i16)
     }
     /// TAI − UTC in seconds, only if present and TAI_OFFSET_VALID is set.
+    #[inline]
     pub fn tai_offset(&self) -> Option<i16> {
-        self.tai_offset_raw()
-            .filter(|_| self.has(flags::TAI_OFFSET_VALID))
+        self.tai_offset_raw().filter(|_| self.has(flags::TAI_OFFSET_VALID))
     }
     /// `leap_indicator`, if present.
     pub fn leap_indicator(&self) -> Option<u8> {
-        self.opt(field::LEAP_INDICATOR, self.abi.leap_indicator)
+        self.opt(field::LEAP_INDICATOR, self.u8_at(off::LEAP))
     }
     /// `counter_period_shift`, if present.
     pub fn counter_period_shift(&self) -> Option<u8> {
-        self.opt(field::PERIOD_SHIFT, self.abi.counter_period_shift)
+        self.opt(field::PERIOD_SHIFT, self.u8_at(off::SHIFT))
     }
     /// `counter_value`, if present.
     pub fn counter_value(&self) -> Option<u64> {
-        self.opt(field::COUNTER_VALUE, self.abi.counter_value.get())
+        self.opt(field::COUNTER_VALUE, self.u64_at(off::COUNTER))
     }
     /// `counter_period_frac_sec`, if present.
     pub fn counter_period(&self) -> Option<u64> {
-        self.opt(field::PERIOD, self.abi.counter_period_frac_sec.get())
+        self.opt(field::PERIOD, self.u64_at(off::PERIOD))
     }
     /// The period's estimated error rate, if present and PERIOD_ESTERROR_VALID.
+    #[inline]
     pub fn period_esterror(&self) -> Option<u64> {
-        self.opt(
-            field::PERIOD_ESTERROR,
-            self.abi.counter_period_esterror_rate_frac_sec.get(),
-        )
-        .filter(|_| self.has(flags::PERIOD_ESTERROR_VALID))
+        self.opt(field::PERIOD_ESTERROR, self.u64_at(off::PERIOD_EST))
+            .filter(|_| self.has(flags::PERIOD_ESTERROR_VALID))
     }
     /// The period's maximum error rate, if present and PERIOD_MAXERROR_VALID.
+    #[inline]
     pub fn period_maxerror(&self) -> Option<u64> {
-        self.opt(
-            field::PERIOD_MAXERROR,
-            self.abi.counter_period_maxerror_rate_frac_sec.get(),
-        )
-        .filter(|_| self.has(flags::PERIOD_MAXERROR_VALID))
+        self.opt(field::PERIOD_MAXERROR, self.u64_at(off::PERIOD_MAX))
+            .filter(|_| self.has(flags::PERIOD_MAXERROR_VALID))
     }
     /// `time_sec`, if present.
     pub fn time_sec(&self) -> Option<u64> {
-        self.opt(field::TIME_SEC, self.abi.time_sec.get())
+        self.opt(field::TIME_SEC, self.u64_at(off::TIME_SEC))
     }
     /// `time_frac_sec`, if present.
     pub fn time_frac_sec(&self) -> Option<u64> {
-        self.opt(field::TIME_FRAC, self.abi.time_frac_sec.get())
+        self.opt(field::TIME_FRAC, self.u64_at(off::TIME_FRAC))
     }
     /// `time_esterror_nanosec`, if present and TIME_ESTERROR_VALID.
+    #[inline]
     pub fn time_esterror_ns(&self) -> Option<u64> {
-        self.opt(field::TIME_ESTERROR, self.abi.time_esterror_nanosec.get())
-            .filter(|_| self.has(flags::TIME_ESTERROR_VALID))
+        self.opt(field::TIME_ESTERROR, self.u64_at(off::TIME_EST)).filter(|_| self.has(flags::TIME_ESTERROR_VALID))
     }
     /// `time_maxerror_nanosec`, if present and TIME_MAXERROR_VALID.
+    #[inline]
     pub fn time_maxerror_ns(&self) -> Option<u64> {
-        self.opt(field::TIME_MAXERROR, self.abi.time_maxerror_nanosec.get())
-            .filter(|_| self.has(flags::TIME_MAXERROR_VALID))
+        self.opt(field::TIME_MAXERROR, self.u64_at(off::TIME_MAX)).filter(|_| self.has(flags::TIME_MAXERROR_VALID))
     }
     /// `vm_generation_counter`, if present and VM_GEN_COUNTER_PRESENT.
     pub fn vm_generation_counter(&self) -> Option<u64> {
-        self.opt(field::VM_GENERATION, self.abi.vm_generation_counter.get())
-            .filter(|_| self.has(flags::VM_GEN_COUNTER_PRESENT))
+        self.opt(field::VM_GENERATION, self.u64_at(off::VM_GEN)).filter(|_| self.has(flags::VM_GEN_COUNTER_PRESENT))
     }
 
     /// The counter-to-time relation the page gives, or why it gives none.
+    #[inline]
     pub fn reference(&self) -> Result<Reference, TimeError> {
-        if self.abi.counter_id == abi::counter_id::INVALID {
+        if self.u8_at(off::COUNTER_ID) == abi::counter_id::INVALID {
             return Err(TimeError::NoCounter);
         }
         if !self.present(field::TIME_FRAC) {
             return Err(TimeError::NoTimeFields { size: self.size() });
         }
-        let time_type = self.abi.time_type;
-        if !matches!(
-            time_type,
-            abi::time_type::UTC | abi::time_type::TAI | abi::time_type::MONOTONIC
-        ) {
+        let time_type = self.u8_at(off::TIME_TYPE);
+        if !matches!(time_type, abi::time_type::UTC | abi::time_type::TAI | abi::time_type::MONOTONIC) {
             return Err(TimeError::UnsupportedTimeType(time_type));
         }
-        let shift = self.abi.counter_period_shift;
+        let shift = self.u8_at(off::SHIFT);
         if shift >= 128 {
             return Err(TimeError::UnusableShift(shift));
         }
         Ok(Reference {
-            counter_id: self.abi.counter_id,
+            counter_id: self.u8_at(off::COUNTER_ID),
             time_type,
-            counter_value: self.abi.counter_value.get(),
-            period: self.abi.counter_period_frac_sec.get(),
+            counter_value: self.u64_at(off::COUNTER),
+            period: self.u64_at(off::PERIOD),
             shift,
-            time: ((self.abi.time_sec.get() as u128) << 64) | self.abi.time_frac_sec.get() as u128,
-            maxerror: ErrorModel {
-                time_ns: self.time_maxerror_ns(),
-                rate: self.period_maxerror(),
-            },
-            esterror: ErrorModel {
-                time_ns: self.time_esterror_ns(),
-                rate: self.period_esterror(),
-            },
+            time: ((self.u64_at(off::TIME_SEC) as u128) << 64) | self.u64_at(off::TIME_FRAC) as u128,
+            maxerror: ErrorModel { time_ns: self.time_maxerror_ns(), rate: self.period_maxerror() },
+            esterror: ErrorModel { time_ns: self.time_esterror_ns(), rate: self.period_esterror() },
         })
     }
 
     /// The time (in the page's timescale) and bounds at counter value `counter`.
+    #[inline]
     pub fn time_at(&self, counter: u64) -> Result<PageTime, TimeError> {
         self.reference()?.time_at(counter)
     }
 
     /// The TAI time and bounds at `counter` (a UTC page needs a valid TAI offset).
+    #[inline]
     pub fn tai_at(&self, counter: u64) -> Result<Bounded<Tai>, TimeError> {
         match self.time_at(counter)? {
             PageTime::Tai(t) => Ok(t),
             PageTime::Utc(t) => {
-                let off = self.tai_offset().ok_or(TimeError::NoTaiOffset {
-                    from: "UTC",
-                    to: "TAI",
-                })?;
+                let off = self.tai_offset().ok_or(TimeError::NoTaiOffset { from: "UTC", to: "TAI" })?;
                 t.map(|ts| ts.to_tai(off)).ok_or(TimeError::Overflow)
             }
             PageTime::Monotonic(_) => Err(TimeError::NotWallClock("TAI")),
@@ -237,14 +291,12 @@ impl Snapshot {
     }
 
     /// The UTC time and bounds at `counter` (a TAI page needs a valid TAI offset).
+    #[inline]
     pub fn utc_at(&self, counter: u64) -> Result<Bounded<Utc>, TimeError> {
         match self.time_at(counter)? {
             PageTime::Utc(t) => Ok(t),
             PageTime::Tai(t) => {
-                let off = self.tai_offset().ok_or(TimeError::NoTaiOffset {
-                    from: "TAI",
-                    to: "UTC",
-                })?;
+                let off = self.tai_offset().ok_or(TimeError::NoTaiOffset { from: "TAI", to: "UTC" })?;
                 t.map(|ts| ts.to_utc(off)).ok_or(TimeError::Overflow)
             }
             PageTime::Monotonic(_) => Err(TimeError::NotWallClock("UTC")),
@@ -286,28 +338,28 @@ impl Reference {
     /// C − C1 as a signed count. Counters wrap at 2^64, so the difference is taken modulo 2^64
     /// and read as two's complement: a counter just before C1 is a small negative delta, and a
     /// reference on either side of a wrap works.
+    #[inline]
     pub fn delta(&self, counter: u64) -> i64 {
         counter.wrapping_sub(self.counter_value) as i64
     }
 
     /// P·(C − C1) in 2^-64 s, rounded towards negative infinity (exact: the product of a 64-bit
     /// signed delta and a 64-bit period always fits 128 bits).
+    #[inline]
     pub fn elapsed(&self, counter: u64) -> Span {
         let product = self.delta(counter) as i128 * self.period as i128;
         Span(product >> self.shift)
     }
 
     /// T(C) as raw 64.64 seconds.
+    #[inline]
     pub fn raw_time_at(&self, counter: u64) -> Result<u128, TimeError> {
         let e = self.elapsed(counter).0;
-        let t = if e >= 0 {
-            self.time.checked_add(e as u128)
-        } else {
-            self.time.checked_sub(e.unsigned_abs())
-        };
+        let t = if e >= 0 { self.time.checked_add(e as u128) } else { self.time.checked_sub(e.unsigned_abs()) };
         t.ok_or(TimeError::Overflow)
     }
 
+    #[inline]
     fn bound(&self, model: ErrorModel, counter: u64) -> Option<u128> {
         let time = nanos_to_frac_ceil(model.time_ns?);
         let delta = self.delta(counter).unsigned_abs() as u128;
@@ -321,11 +373,13 @@ impl Reference {
 
     /// The maximum error at `counter` in 2^-64 s (rounded up), or `None` if the page does not
     /// give it: TIME_MAXERROR_VALID is required, and PERIOD_MAXERROR_VALID too away from C1.
+    #[inline]
     pub fn maxerror_at(&self, counter: u64) -> Option<u128> {
         self.bound(self.maxerror, counter)
     }
 
     /// The estimated error at `counter`, under the same rules with the ESTERROR flags.
+    #[inline]
     pub fn esterror_at(&self, counter: u64) -> Option<u128> {
         self.bound(self.esterror, counter)
     }
@@ -335,16 +389,9 @@ impl Reference {
         let raw = self.raw_time_at(counter)?;
         let maxerror = self.maxerror_at(counter);
         let esterror = self.esterror_at(counter);
-        fn mk<S: Timescale>(
-            raw: u128,
-            maxerror: Option<u128>,
-            esterror: Option<u128>,
-        ) -> Bounded<S> {
-            Bounded {
-                time: Timestamp::from_raw(raw),
-                maxerror,
-                esterror,
-            }
+        #[inline(always)]
+        fn mk<S: Timescale>(raw: u128, maxerror: Option<u128>, esterror: Option<u128>) -> Bounded<S> {
+            Bounded { time: Timestamp::from_raw(raw), maxerror, esterror }
         }
         Ok(match self.time_type {
             abi::time_type::TAI => PageTime::Tai(mk(raw, maxerror, esterror)),
@@ -368,14 +415,14 @@ pub struct Bounded<S: Timescale> {
 
 impl<S: Timescale> Bounded<S> {
     /// The earliest the true time can be, if the page bounds it.
+    #[inline]
     pub fn earliest(&self) -> Option<Timestamp<S>> {
-        self.maxerror
-            .map(|e| Timestamp::from_raw(self.time.raw().saturating_sub(e)))
+        self.maxerror.map(|e| Timestamp::from_raw(self.time.raw().saturating_sub(e)))
     }
     /// The latest the true time can be, if the page bounds it.
+    #[inline]
     pub fn latest(&self) -> Option<Timestamp<S>> {
-        self.maxerror
-            .map(|e| Timestamp::from_raw(self.time.raw().saturating_add(e)))
+        self.maxerror.map(|e| Timestamp::from_raw(self.time.raw().saturating_add(e)))
     }
     /// The maximum error in ns, rounded up.
     pub fn maxerror_ns(&self) -> Option<u128> {
@@ -386,15 +433,9 @@ impl<S: Timescale> Bounded<S> {
         self.esterror.map(frac_to_nanos_ceil)
     }
     /// The same bounds around a time moved into another timescale.
-    pub fn map<T: Timescale>(
-        self,
-        f: impl FnOnce(Timestamp<S>) -> Option<Timestamp<T>>,
-    ) -> Option<Bounded<T>> {
-        Some(Bounded {
-            time: f(self.time)?,
-            maxerror: self.maxerror,
-            esterror: self.esterror,
-        })
+    #[inline]
+    pub fn map<T: Timescale>(self, f: impl FnOnce(Timestamp<S>) -> Option<Timestamp<T>>) -> Option<Bounded<T>> {
+        Some(Bounded { time: f(self.time)?, maxerror: self.maxerror, esterror: self.esterror })
     }
 }
 
@@ -426,6 +467,7 @@ impl PageTime {
         }
     }
     /// The raw 64.64 time, whatever the timescale.
+    #[inline]
     pub fn raw(&self) -> u128 {
         match self {
             PageTime::Utc(b) => b.time.raw(),
@@ -434,6 +476,7 @@ impl PageTime {
         }
     }
     /// The maximum error, 2^-64 s.
+    #[inline]
     pub fn maxerror(&self) -> Option<u128> {
         match self {
             PageTime::Utc(b) => b.maxerror,
@@ -442,6 +485,7 @@ impl PageTime {
         }
     }
     /// The estimated error, 2^-64 s.
+    #[inline]
     pub fn esterror(&self) -> Option<u128> {
         match self {
             PageTime::Utc(b) => b.esterror,

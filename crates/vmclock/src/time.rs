@@ -60,6 +60,7 @@ impl Span {
     }
 
     /// From whole seconds.
+    #[inline]
     pub fn from_secs(s: i64) -> Span {
         Span((s as i128) << 64)
     }
@@ -97,11 +98,17 @@ impl core::ops::Neg for Span {
     }
 }
 
-/// Converts whole nanoseconds into 2^-64 s units, rounding up (bounds are widened, never
-/// narrowed).
+/// floor(2^128 / 10^9): one nanosecond in 2^-64 s units, as 64.64 fixed point.
+const NS_IN_FRAC_Q64: u128 = u128::MAX / NS_PER_SEC;
+
+/// Converts whole nanoseconds into 2^-64 s units, never rounding down: the result is at least
+/// the exact value and at most 2 units (1.1e-19 s) above it. Bounds are widened, never
+/// narrowed; multiplications only (no 128-bit division on the read path).
+#[inline]
 pub fn nanos_to_frac_ceil(ns: u64) -> u128 {
-    let ns = ns as u128;
-    ((ns / NS_PER_SEC) << 64) + ((ns % NS_PER_SEC) << 64).div_ceil(NS_PER_SEC)
+    let (hi, lo) = ((NS_IN_FRAC_Q64 >> 64) as u64, NS_IN_FRAC_Q64 as u64);
+    // ns · Q / 2^64 = ns·hi + (ns·lo) / 2^64; each floor loses < 1 unit, Q itself < 1 unit·ns/2^64.
+    (ns as u128 * hi as u128) + ((ns as u128 * lo as u128) >> 64) + 2
 }
 
 /// An instant in timescale `S`: 64.64 fixed-point seconds since the timescale's epoch.
@@ -113,11 +120,9 @@ pub struct Timestamp<S: Timescale> {
 
 impl<S: Timescale> Timestamp<S> {
     /// From the raw 64.64 value (seconds in the high half, 2^-64 s fraction in the low half).
+    #[inline]
     pub const fn from_raw(raw: u128) -> Self {
-        Timestamp {
-            raw,
-            _scale: PhantomData,
-        }
+        Timestamp { raw, _scale: PhantomData }
     }
 
     /// From whole seconds and a 2^-64 s fraction, as in the page.
@@ -133,6 +138,7 @@ impl<S: Timescale> Timestamp<S> {
     }
 
     /// The raw 64.64 value.
+    #[inline]
     pub const fn raw(self) -> u128 {
         self.raw
     }
@@ -165,6 +171,7 @@ impl<S: Timescale> Timestamp<S> {
     }
 
     /// `self + span`, or `None` if the result is before the epoch or beyond `u64` seconds.
+    #[inline]
     pub fn checked_add(self, span: Span) -> Option<Self> {
         let raw = if span.0 >= 0 {
             self.raw.checked_add(span.0 as u128)?
@@ -176,14 +183,15 @@ impl<S: Timescale> Timestamp<S> {
 
     /// Re-labels the timescale after adding `offset_sec` seconds (the one place where one
     /// timescale becomes another).
+    #[inline]
     fn shifted<T: Timescale>(self, offset_sec: i64) -> Option<Timestamp<T>> {
-        self.checked_add(Span::from_secs(offset_sec))
-            .map(|t| Timestamp::from_raw(t.raw))
+        self.checked_add(Span::from_secs(offset_sec)).map(|t| Timestamp::from_raw(t.raw))
     }
 }
 
 impl Timestamp<Utc> {
     /// TAI = UTC + (TAI − UTC).
+    #[inline]
     pub fn to_tai(self, tai_minus_utc: i16) -> Option<Timestamp<Tai>> {
         self.shifted(tai_minus_utc as i64)
     }
@@ -191,6 +199,7 @@ impl Timestamp<Utc> {
 
 impl Timestamp<Tai> {
     /// UTC = TAI − (TAI − UTC).
+    #[inline]
     pub fn to_utc(self, tai_minus_utc: i16) -> Option<Timestamp<Utc>> {
         self.shifted(-(tai_minus_utc as i64))
     }
@@ -256,13 +265,7 @@ mod tests {
 
     #[test]
     fn nanos_round_trip() {
-        for ns in [
-            0u128,
-            1,
-            999_999_999,
-            1_000_000_000,
-            1_795_000_000_123_456_789,
-        ] {
+        for ns in [0u128, 1, 999_999_999, 1_000_000_000, 1_795_000_000_123_456_789] {
             assert_eq!(Timestamp::<Tai>::from_nanos(ns).as_nanos(), ns);
         }
     }
@@ -296,12 +299,12 @@ mod tests {
             assert_eq!(Span::from_nanos(ns).as_nanos_round(), ns as i128);
         }
         // Floor of a hair under -1 ns is -2 ns.
-        assert_eq!(
-            Span(-(ONE_SEC as i128) / 1_000_000_000 - 1).as_nanos_floor(),
-            -2
-        );
+        assert_eq!(Span(-(ONE_SEC as i128) / 1_000_000_000 - 1).as_nanos_floor(), -2);
         assert_eq!(Span::from_secs(-3).as_nanos_floor(), -3_000_000_000);
-        assert_eq!(nanos_to_frac_ceil(1_000_000_000), ONE_SEC);
-        assert!(nanos_to_frac_ceil(1) > 0);
+        for ns in [0u64, 1, 999, 1_000_000_000, u64::MAX] {
+            let exact = ((ns as u128) << 64).div_ceil(NS_PER_SEC);
+            let got = nanos_to_frac_ceil(ns);
+            assert!(got >= exact && got <= exact + 2, "{ns}: {got} vs {exact}");
+        }
     }
 }

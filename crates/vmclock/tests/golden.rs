@@ -58,40 +58,19 @@ fn full_page() -> Raw {
 #[test]
 fn spec_example_period_for_1ghz() {
     let p = Period::from_hz(1_000_000_000).unwrap();
-    assert_eq!(
-        p,
-        Period {
-            frac: SPEC_1GHZ_PERIOD,
-            shift: 29
-        }
-    );
+    assert_eq!(p, Period { frac: SPEC_1GHZ_PERIOD, shift: 29 });
     // Other frequencies keep the top bit of frac set (full precision) and round to nearest.
-    for hz in [
-        2u64,
-        3,
-        19_200_000,
-        2_500_000_000,
-        3_000_000_007,
-        u32::MAX as u64 * 7,
-    ] {
+    for hz in [2u64, 3, 19_200_000, 2_500_000_000, 3_000_000_007, u32::MAX as u64 * 7] {
         let p = Period::from_hz(hz).unwrap();
         assert!(p.frac >> 63 == 1, "{hz}: {p:?}");
         let exact = num_bigint::BigUint::from(1u8) << (64 + p.shift as usize);
         let q = &exact / hz;
         let r = &exact % hz;
-        let rounded = if r * 2u8 >= num_bigint::BigUint::from(hz) {
-            q + 1u8
-        } else {
-            q
-        };
+        let rounded = if r * 2u8 >= num_bigint::BigUint::from(hz) { q + 1u8 } else { q };
         assert_eq!(rounded, num_bigint::BigUint::from(p.frac), "{hz}");
     }
     assert_eq!(Period::from_hz(0), None);
-    assert_eq!(
-        Period::from_hz(1),
-        None,
-        "a period of 1 s does not fit below 2^64 units"
-    );
+    assert_eq!(Period::from_hz(1), None, "a period of 1 s does not fit below 2^64 units");
 }
 
 #[test]
@@ -103,9 +82,7 @@ fn page_built_byte_by_byte_decodes() {
     assert_eq!(s.seq_count(), 42);
     assert_eq!(s.disruption_marker(), 0x1122_3344_5566_7788);
     assert_eq!(s.flags(), 0x3ff);
-    assert!(
-        s.has(flags::TIME_MONOTONIC | flags::NOTIFICATION_PRESENT | flags::VM_GEN_COUNTER_PRESENT)
-    );
+    assert!(s.has(flags::TIME_MONOTONIC | flags::NOTIFICATION_PRESENT | flags::VM_GEN_COUNTER_PRESENT));
     assert_eq!(s.clock_status(), Some(abi::status::SYNCHRONIZED));
     assert_eq!(s.smearing_hint(), Some(abi::smearing::NOON_LINEAR));
     assert_eq!(s.tai_offset(), Some(37));
@@ -137,10 +114,7 @@ fn page_built_byte_by_byte_decodes() {
         .maxerror(1_000, 1 << 30)
         .vm_generation(7)
         .flag(
-            flags::DISRUPTION_SOON
-                | flags::DISRUPTION_IMMINENT
-                | flags::TIME_MONOTONIC
-                | flags::NOTIFICATION_PRESENT,
+            flags::DISRUPTION_SOON | flags::DISRUPTION_IMMINENT | flags::TIME_MONOTONIC | flags::NOTIFICATION_PRESENT,
             true,
         )
         .page_bytes();
@@ -155,17 +129,11 @@ fn one_second_of_a_1ghz_counter_is_exact() {
     let t = s.tai_at(1_000_000_000_000 + 1_000_000_000).unwrap();
     // P is 2^93/1e9 rounded down by 0.19 units: 1e9 ticks fall short of 1 s by 0.35·2^-64 s,
     // which the floor turns into exactly one unit.
-    assert_eq!(
-        t.time,
-        Timestamp::<Tai>::from_parts(1_795_000_038, (1 << 63) - 1)
-    );
+    assert_eq!(t.time, Timestamp::<Tai>::from_parts(1_795_000_038, (1 << 63) - 1));
     // Bounds: 1000 ns + 2^30 · 1e9 / 2^29 units = 1000 ns + 2e9 · 2^-64 s (~0.108 ns): rounded up.
     assert_eq!(t.maxerror_ns(), Some(1_001));
     let utc = s.utc_at(1_000_000_000_000).unwrap();
-    assert_eq!(
-        utc.time,
-        Timestamp::<Utc>::from_parts(1_795_000_000, 1 << 63)
-    );
+    assert_eq!(utc.time, Timestamp::<Utc>::from_parts(1_795_000_000, 1 << 63));
     assert_eq!(utc.time.to_string(), "2026-11-18T11:06:40.500000000 UTC");
     // One tick before the reference is a negative delta, not a wrapped huge one.
     let before = s.tai_at(999_999_999_999).unwrap();
@@ -197,26 +165,13 @@ fn unknown_bounds_are_unknown() {
     r.u64(0x18, flags::TIME_MAXERROR_VALID); // time error valid, period error not
     let s = Snapshot::from_bytes(&r.0).unwrap();
     let at_ref = s.time_at(1_000_000_000_000).unwrap();
-    assert!(
-        at_ref.maxerror().is_some(),
-        "at C1 only the time term is needed"
-    );
+    assert!(at_ref.maxerror().is_some(), "at C1 only the time term is needed");
     let later = s.time_at(1_000_000_000_001).unwrap();
-    assert_eq!(
-        later.maxerror(),
-        None,
-        "away from C1 the rate term is unknown"
-    );
+    assert_eq!(later.maxerror(), None, "away from C1 the rate term is unknown");
     assert_eq!(later.esterror(), None);
     // Without TAI_OFFSET_VALID a TAI page gives no UTC, and says why.
     let err = s.utc_at(1_000_000_000_000).unwrap_err();
-    assert_eq!(
-        err,
-        TimeError::NoTaiOffset {
-            from: "TAI",
-            to: "UTC"
-        }
-    );
+    assert_eq!(err, TimeError::NoTaiOffset { from: "TAI", to: "UTC" });
     assert!(err.to_string().contains("TAI_OFFSET_VALID"));
 }
 
@@ -224,51 +179,24 @@ fn unknown_bounds_are_unknown() {
 fn validation_errors() {
     let mut r = full_page();
     r.u32(0x00, 0x12345678);
-    assert_eq!(
-        Snapshot::from_bytes(&r.0),
-        Err(PageError::BadMagic { found: 0x12345678 })
-    );
+    assert_eq!(Snapshot::from_bytes(&r.0), Err(PageError::BadMagic { found: 0x12345678 }));
     let mut r = full_page();
     r.u16(0x08, 2);
-    assert_eq!(
-        Snapshot::from_bytes(&r.0),
-        Err(PageError::UnsupportedVersion { found: 2 })
-    );
+    assert_eq!(Snapshot::from_bytes(&r.0), Err(PageError::UnsupportedVersion { found: 2 }));
     let mut r = full_page();
     r.u32(0x04, 0x1f);
-    assert_eq!(
-        Snapshot::from_bytes(&r.0),
-        Err(PageError::TooSmall {
-            size: 0x1f,
-            min: 0x20
-        })
-    );
+    assert_eq!(Snapshot::from_bytes(&r.0), Err(PageError::TooSmall { size: 0x1f, min: 0x20 }));
     let r = full_page();
-    assert_eq!(
-        Snapshot::from_bytes(&r.0[..2048]),
-        Err(PageError::LargerThanMapping {
-            size: 4096,
-            mapped: 2048
-        })
-    );
+    assert_eq!(Snapshot::from_bytes(&r.0[..2048]), Err(PageError::LargerThanMapping { size: 4096, mapped: 2048 }));
     let mut r = full_page();
     r.u8(0x0a, abi::counter_id::INVALID);
-    assert_eq!(
-        Snapshot::from_bytes(&r.0).unwrap().reference(),
-        Err(TimeError::NoCounter)
-    );
+    assert_eq!(Snapshot::from_bytes(&r.0).unwrap().reference(), Err(TimeError::NoCounter));
     let mut r = full_page();
     r.u8(0x0b, abi::time_type::INVALID_SMEARED);
-    assert_eq!(
-        Snapshot::from_bytes(&r.0).unwrap().reference(),
-        Err(TimeError::UnsupportedTimeType(3))
-    );
+    assert_eq!(Snapshot::from_bytes(&r.0).unwrap().reference(), Err(TimeError::UnsupportedTimeType(3)));
     let mut r = full_page();
     r.u8(0x27, 200);
-    assert_eq!(
-        Snapshot::from_bytes(&r.0).unwrap().reference(),
-        Err(TimeError::UnusableShift(200))
-    );
+    assert_eq!(Snapshot::from_bytes(&r.0).unwrap().reference(), Err(TimeError::UnusableShift(200)));
     let mut r = full_page();
     r.u64(0x48, u64::MAX);
     r.u8(0x27, 0);
@@ -288,27 +216,13 @@ fn utc_page_to_tai() {
         .tai_offset(37)
         .build();
     let s = Snapshot::new(page, 4096).unwrap();
-    assert_eq!(
-        s.tai_at(0).unwrap().time,
-        Timestamp::<Tai>::from_parts(1_795_000_037, 0)
-    );
+    assert_eq!(s.tai_at(0).unwrap().time, Timestamp::<Tai>::from_parts(1_795_000_037, 0));
     let s = Snapshot::new(
         PageBuilder::new()
-            .reference(
-                abi::counter_id::X86_TSC,
-                0,
-                Timestamp::<Utc>::from_parts(5, 0),
-                Period::from_hz(2).unwrap(),
-            )
+            .reference(abi::counter_id::X86_TSC, 0, Timestamp::<Utc>::from_parts(5, 0), Period::from_hz(2).unwrap())
             .build(),
         4096,
     )
     .unwrap();
-    assert_eq!(
-        s.tai_at(0).unwrap_err(),
-        TimeError::NoTaiOffset {
-            from: "UTC",
-            to: "TAI"
-        }
-    );
+    assert_eq!(s.tai_at(0).unwrap_err(), TimeError::NoTaiOffset { from: "UTC", to: "TAI" });
 }

@@ -20,28 +20,16 @@ fn body(v: u32) -> [u8; N * 4] {
 }
 
 fn region() -> Arc<Vec<AtomicU32>> {
-    Arc::new(
-        (0..N)
-            .map(|i| AtomicU32::new(if i == SEQ_WORD { 0 } else { 1 }))
-            .collect(),
-    )
+    Arc::new((0..N).map(|i| AtomicU32::new(if i == SEQ_WORD { 0 } else { 1 })).collect())
 }
 
 /// Reads at most 3 times; a consistent copy must be wholly version 1 or wholly version 2.
 fn read_and_check(words: &[AtomicU32]) -> bool {
     for _ in 0..3 {
-        let mut out = [0u8; N * 4];
+        let mut out = [0u32; N];
         if try_read_into(words, &mut out) {
-            let vals: Vec<u32> = out
-                .chunks_exact(4)
-                .enumerate()
-                .filter(|(i, _)| *i != SEQ_WORD)
-                .map(|(_, c)| u32::from_ne_bytes(c.try_into().unwrap()))
-                .collect();
-            assert!(
-                vals == [1; N - 1] || vals == [2; N - 1],
-                "torn read: {vals:?}"
-            );
+            let vals: Vec<u32> = out.iter().enumerate().filter(|(i, _)| *i != SEQ_WORD).map(|(_, v)| *v).collect();
+            assert!(vals == [1; N - 1] || vals == [2; N - 1], "torn read: {vals:?}");
             return true;
         }
         loom::thread::yield_now();
@@ -66,9 +54,9 @@ fn reader_sees_old_or_new_never_a_mix() {
         read_and_check(&words);
         w.join().unwrap();
         // After the writer, a read is consistent and new.
-        let mut out = [0u8; N * 4];
+        let mut out = [0u32; N];
         assert!(try_read_into(&words, &mut out));
-        assert_eq!(out[..4], 2u32.to_ne_bytes());
+        assert_eq!(out[0], 2);
     });
 }
 
@@ -108,16 +96,10 @@ fn reader_without_fence_is_caught() {
         };
         let seq1 = words[SEQ_WORD].load(Ordering::Acquire);
         if seq1 & 1 == 0 {
-            let vals: Vec<u32> = (0..N)
-                .filter(|&i| i != SEQ_WORD)
-                .map(|i| words[i].load(Ordering::Relaxed))
-                .collect();
+            let vals: Vec<u32> = (0..N).filter(|&i| i != SEQ_WORD).map(|i| words[i].load(Ordering::Relaxed)).collect();
             let seq2 = words[SEQ_WORD].load(Ordering::Relaxed);
             if seq1 == seq2 {
-                assert!(
-                    vals == [1; N - 1] || vals == [2; N - 1],
-                    "torn read: {vals:?}"
-                );
+                assert!(vals == [1; N - 1] || vals == [2; N - 1], "torn read: {vals:?}");
             }
         }
         w.join().unwrap();

@@ -35,11 +35,7 @@ fn model_bound(ns: u64, rate: u64, shift: u8, delta_abs: u64) -> BigInt {
     let scaled: BigInt = big(ns) << 64;
     let billion = big(1_000_000_000u64);
     let time: BigInt = (&scaled + &billion - one()) / &billion;
-    let rate: BigInt = if delta_abs == 0 {
-        big(0u8)
-    } else {
-        ceil_shr(&(big(rate) * big(delta_abs)), shift)
-    };
+    let rate: BigInt = if delta_abs == 0 { big(0u8) } else { ceil_shr(&(big(rate) * big(delta_abs)), shift) };
     (time + rate).min((one() << 128) - one())
 }
 
@@ -49,10 +45,7 @@ fn page(sec: u64, frac: u64, cv: u64, period: u64, shift: u8, max_ns: u64, rate:
             abi::counter_id::X86_TSC,
             cv,
             Timestamp::<Tai>::from_parts(sec, frac),
-            Period {
-                frac: period,
-                shift,
-            },
+            Period { frac: period, shift },
         )
         .maxerror(max_ns, rate)
         .build();
@@ -94,7 +87,9 @@ proptest! {
         let r = s.reference().unwrap();
         let delta_abs = (c.wrapping_sub(cv) as i64).unsigned_abs();
         let got = r.maxerror_at(c).unwrap();
-        prop_assert_eq!(big(got), model_bound(max_ns, rate, shift, delta_abs));
+        // Never below the exact bound, at most 2 units (1.1e-19 s) above it.
+        let model = model_bound(max_ns, rate, shift, delta_abs);
+        prop_assert!(big(got) >= model && big(got) <= model.clone() + 2u8, "got {}, model {}", got, model);
         // The bracket contains the time, and esterror is unknown (flags clear).
         let t = s.time_at(c);
         if let Ok(t) = t {

@@ -13,10 +13,7 @@ fn page_for(v: u64) -> vmclock::VmclockAbi {
             abi::counter_id::X86_TSC,
             v,
             Timestamp::<Tai>::from_parts(v.wrapping_mul(3), !v),
-            Period {
-                frac: v | 1 << 63,
-                shift: 29,
-            },
+            Period { frac: v | 1 << 63, shift: 29 },
         )
         .disruption_marker(v ^ 0x5555_5555_5555_5555)
         .maxerror(v.rotate_left(17), v.rotate_left(31))
@@ -51,9 +48,8 @@ fn readers_never_see_a_mix() {
                     let (mut checked, mut busy, mut last) = (0u64, 0u64, 0u64);
                     while !done.load(Ordering::Relaxed) {
                         match seqlock::try_read(buf.words()) {
-                            Some(bytes) => {
-                                let s =
-                                    Snapshot::decode(&bytes, buf.available()).expect("valid page");
+                            Some(words) => {
+                                let s = Snapshot::from_words(words, buf.available()).expect("valid page");
                                 assert!(consistent(&s), "torn read: {:?}", s.raw());
                                 let v = s.counter_value().unwrap();
                                 assert!(v >= last, "went back from {last} to {v}");
@@ -72,10 +68,7 @@ fn readers_never_see_a_mix() {
             assert_eq!(seq % 2, 0);
         }
         done.store(true, Ordering::Relaxed);
-        readers
-            .into_iter()
-            .map(|r| r.join().unwrap())
-            .fold((0, 0), |(a, b), (c, d)| (a + c, b + d))
+        readers.into_iter().map(|r| r.join().unwrap()).fold((0, 0), |(a, b), (c, d)| (a + c, b + d))
     });
     eprintln!("seqlock stress: {WRITES} writes, {total} consistent reads checked, {busy_total} busy attempts retried");
     assert!(total > 0);

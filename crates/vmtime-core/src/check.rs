@@ -47,14 +47,8 @@ pub fn scale_for(snap: &Snapshot, kernel_tai: i32) -> Result<Scale, CheckError> 
     match snap.time_type() {
         time_type::UTC => Ok(Scale::Utc),
         time_type::TAI => match snap.tai_offset() {
-            Some(offset) => Ok(Scale::Tai {
-                offset,
-                source: "page",
-            }),
-            None if kernel_tai != 0 => Ok(Scale::Tai {
-                offset: kernel_tai as i16,
-                source: "kernel",
-            }),
+            Some(offset) => Ok(Scale::Tai { offset, source: "page" }),
+            None if kernel_tai != 0 => Ok(Scale::Tai { offset: kernel_tai as i16, source: "kernel" }),
             None => Err(CheckError::NoTaiOffset),
         },
         _ => Err(CheckError::Monotonic),
@@ -203,13 +197,7 @@ mod tests {
     fn an_exact_page_passes_with_zero_tolerance() {
         let snap = tai_page(0);
         let scale = scale_for(&snap, 0).unwrap();
-        assert_eq!(
-            scale,
-            Scale::Tai {
-                offset: 37,
-                source: "page"
-            }
-        );
+        assert_eq!(scale, Scale::Tai { offset: 37, source: "page" });
         let r = check(&snap, scale, &samples(30), 0).unwrap();
         assert!(r.passed(), "{r:?}");
         assert!(r.error_ns.max.abs() <= 1.0 && r.error_ns.min.abs() <= 1.0);
@@ -244,13 +232,7 @@ mod tests {
         let snap = Snapshot::new(abi, 4096).unwrap();
         assert_eq!(scale_for(&snap, 0), Err(CheckError::NoTaiOffset));
         let scale = scale_for(&snap, 37).unwrap();
-        assert_eq!(
-            scale,
-            Scale::Tai {
-                offset: 37,
-                source: "kernel"
-            }
-        );
+        assert_eq!(scale, Scale::Tai { offset: 37, source: "kernel" });
         assert!(check(&snap, scale, &samples(20), 0).unwrap().passed());
     }
 

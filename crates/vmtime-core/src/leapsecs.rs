@@ -69,14 +69,8 @@ impl LeapSeconds {
                 continue;
             }
             let mut it = body.split_whitespace();
-            let ntp: i64 = it
-                .next()
-                .and_then(|s| s.parse().ok())
-                .ok_or_else(|| syntax("bad NTP time"))?;
-            let off: i16 = it
-                .next()
-                .and_then(|s| s.parse().ok())
-                .ok_or_else(|| syntax("bad offset"))?;
+            let ntp: i64 = it.next().and_then(|s| s.parse().ok()).ok_or_else(|| syntax("bad NTP time"))?;
+            let off: i16 = it.next().and_then(|s| s.parse().ok()).ok_or_else(|| syntax("bad offset"))?;
             let unix = ntp - NTP_UNIX_OFFSET;
             if entries.last().is_some_and(|&(t, _)| t >= unix) {
                 return Err(syntax("entries out of order"));
@@ -86,10 +80,7 @@ impl LeapSeconds {
         if entries.is_empty() {
             return Err(LeapError::Empty);
         }
-        Ok(LeapSeconds {
-            entries,
-            expires: expires.ok_or(LeapError::NoExpiry)?,
-        })
+        Ok(LeapSeconds { entries, expires: expires.ok_or(LeapError::NoExpiry)? })
     }
 
     /// TAI − UTC at Unix time `t` (UTC seconds). Before the first entry (1972) the list says
@@ -100,10 +91,7 @@ impl LeapSeconds {
         if t < self.expires {
             TaiOffset::Known(value)
         } else {
-            TaiOffset::Expired {
-                last: value,
-                expired: self.expires,
-            }
+            TaiOffset::Expired { last: value, expired: self.expires }
         }
     }
 
@@ -139,13 +127,7 @@ mod tests {
         assert_eq!(l.entries.len(), 4);
         assert_eq!(l.offset_at(1_483_228_800 - 1), TaiOffset::Known(36)); // 2016-12-31T23:59:59
         assert_eq!(l.offset_at(1_483_228_800), TaiOffset::Known(37)); // 2017-01-01
-        assert_eq!(
-            l.offset_at(1_795_000_000),
-            TaiOffset::Expired {
-                last: 37,
-                expired: 1_782_604_800
-            }
-        );
+        assert_eq!(l.offset_at(1_795_000_000), TaiOffset::Expired { last: 37, expired: 1_782_604_800 });
         assert_eq!(l.next_after(1_400_000_000), Some((1_435_708_800, 1)));
         assert_eq!(l.next_after(1_500_000_000), None);
     }
@@ -153,17 +135,8 @@ mod tests {
     #[test]
     fn rejects_garbage() {
         assert_eq!(LeapSeconds::parse(""), Err(LeapError::Empty));
-        assert_eq!(
-            LeapSeconds::parse("2272060800 10\n"),
-            Err(LeapError::NoExpiry)
-        );
-        assert!(matches!(
-            LeapSeconds::parse("#@ 1\nabc 10\n"),
-            Err(LeapError::Syntax { line: 2, .. })
-        ));
-        assert!(matches!(
-            LeapSeconds::parse("#@ 1\n20 10\n10 11\n"),
-            Err(LeapError::Syntax { line: 3, .. })
-        ));
+        assert_eq!(LeapSeconds::parse("2272060800 10\n"), Err(LeapError::NoExpiry));
+        assert!(matches!(LeapSeconds::parse("#@ 1\nabc 10\n"), Err(LeapError::Syntax { line: 2, .. })));
+        assert!(matches!(LeapSeconds::parse("#@ 1\n20 10\n10 11\n"), Err(LeapError::Syntax { line: 3, .. })));
     }
 }

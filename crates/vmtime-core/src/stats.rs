@@ -23,12 +23,7 @@ impl Summary {
         }
         values.sort_by(f64::total_cmp);
         let rank = |q: f64| values[((values.len() - 1) as f64 * q).round() as usize];
-        Some(Summary {
-            min: values[0],
-            p50: rank(0.5),
-            p99: rank(0.99),
-            max: values[values.len() - 1],
-        })
+        Some(Summary { min: values[0], p50: rank(0.5), p99: rank(0.99), max: values[values.len() - 1] })
     }
 }
 

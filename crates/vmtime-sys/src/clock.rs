@@ -29,10 +29,7 @@ impl ClockId {
 /// Reads a clock, in nanoseconds since its epoch (vDSO: no system call for these clocks).
 #[inline]
 pub fn gettime(clock: ClockId) -> io::Result<i128> {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: `ts` is a valid, writable timespec for the duration of the call.
     let rc = unsafe { libc::clock_gettime(clock.raw(), &mut ts) };
     if rc != 0 {
@@ -50,11 +47,7 @@ pub fn aba_sample(clock: ClockId) -> io::Result<AbaSample> {
     let before_ns = gettime(clock)?;
     let counter = vmclock::counter::read();
     let after_ns = gettime(clock)?;
-    Ok(AbaSample {
-        before_ns,
-        counter,
-        after_ns,
-    })
+    Ok(AbaSample { before_ns, counter, after_ns })
 }
 
 /// The tightest of `n` samples (smallest window).

@@ -93,11 +93,7 @@ mod tests {
     fn reading_needs_no_privilege_and_is_sane() {
         let tx = read_timex().unwrap();
         assert!((0..=5).contains(&tx.state));
-        assert!(
-            tx.freq.abs() <= 500 << 16,
-            "freq within ±500 ppm: {}",
-            tx.freq
-        );
+        assert!(tx.freq.abs() <= 500 << 16, "freq within ±500 ppm: {}", tx.freq);
         assert!(tx.tick > 9_000 && tx.tick < 11_000, "tick {}", tx.tick);
     }
 }

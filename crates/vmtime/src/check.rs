@@ -30,9 +30,7 @@ pub struct Args {
 pub fn sample(page: &Page, n: usize) -> Result<(vmclock::Snapshot, Vec<vmtime_core::AbaSample>)> {
     for _ in 0..10 {
         let before = seqlock::read(&page.map, seqlock::DEFAULT_MAX_WAIT)?;
-        let samples = (0..n)
-            .map(|_| aba_sample(ClockId::Realtime))
-            .collect::<std::io::Result<Vec<_>>>()?;
+        let samples = (0..n).map(|_| aba_sample(ClockId::Realtime)).collect::<std::io::Result<Vec<_>>>()?;
         let after = seqlock::read(&page.map, seqlock::DEFAULT_MAX_WAIT)?;
         if before.seq_count() == after.seq_count() {
             return Ok((after, samples));
@@ -42,10 +40,7 @@ pub fn sample(page: &Page, n: usize) -> Result<(vmclock::Snapshot, Vec<vmtime_co
 }
 
 fn row(name: &str, s: &Summary) {
-    println!(
-        "  {name:<16} {:>10.1} {:>10.1} {:>10.1} {:>10.1}",
-        s.min, s.p50, s.p99, s.max
-    );
+    println!("  {name:<16} {:>10.1} {:>10.1} {:>10.1} {:>10.1}", s.min, s.p50, s.p99, s.max);
 }
 
 fn print_human(path: &str, r: &CheckReport) {
@@ -55,14 +50,8 @@ fn print_human(path: &str, r: &CheckReport) {
             format!("a TAI page against CLOCK_REALTIME + {offset} s (TAI offset from the {source})")
         }
     };
-    println!(
-        "vmtime check {path}: {} samples of (CLOCK_REALTIME, counter, CLOCK_REALTIME), {how}",
-        r.samples
-    );
-    println!(
-        "  {:<16} {:>10} {:>10} {:>10} {:>10}   (ns)",
-        "", "min", "p50", "p99", "max"
-    );
+    println!("vmtime check {path}: {} samples of (CLOCK_REALTIME, counter, CLOCK_REALTIME), {how}", r.samples);
+    println!("  {:<16} {:>10} {:>10} {:>10} {:>10}   (ns)", "", "min", "p50", "p99", "max");
     row("page − kernel", &r.error_ns);
     row("window", &r.window_ns);
     row("outside window", &r.outside_ns);
@@ -70,17 +59,9 @@ fn print_human(path: &str, r: &CheckReport) {
         row("page maxerror", m);
     }
     let pct = 100.0 * r.inside as f64 / r.samples as f64;
-    println!(
-        "inside [before − {t} ns, after + {t} ns]: {}/{} ({pct:.2} %)",
-        r.inside,
-        r.samples,
-        t = r.tolerance_ns
-    );
+    println!("inside [before − {t} ns, after + {t} ns]: {}/{} ({pct:.2} %)", r.inside, r.samples, t = r.tolerance_ns);
     if r.bounded > 0 {
-        println!(
-            "kernel clock within the page's maximum error: {}/{}",
-            r.within_bounds, r.bounded
-        );
+        println!("kernel clock within the page's maximum error: {}/{}", r.within_bounds, r.bounded);
     } else {
         println!("the page gives no maximum error");
     }
@@ -111,9 +92,5 @@ pub fn run(a: Args) -> Result<ExitCode> {
     } else {
         print_human(&a.page.display().to_string(), &r);
     }
-    Ok(if r.passed() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(if r.passed() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }

@@ -100,18 +100,13 @@ fn calibrate(ms: u64) -> Result<(Period, u64, i128)> {
     if dc == 0 || dns == 0 {
         bail!("the counter or the clock did not advance during calibration");
     }
-    let period =
-        Period::from_ratio(dns, dc * 1_000_000_000).context("counter period out of range")?;
+    let period = Period::from_ratio(dns, dc * 1_000_000_000).context("counter period out of range")?;
     Ok((period, b.counter, b.mid_ns()))
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
     let (period, counter, realtime_ns) = match (a.counter_hz, a.counter, a.time_ns) {
-        (Some(hz), Some(c), Some(t)) => (
-            Period::from_hz(hz).context("--counter-hz must be at least 2")?,
-            c,
-            t as i128,
-        ),
+        (Some(hz), Some(c), Some(t)) => (Period::from_hz(hz).context("--counter-hz must be at least 2")?, c, t as i128),
         (hz, None, None) => {
             let (p, c, t) = calibrate(a.calibrate_ms)?;
             let p = match hz {
@@ -155,23 +150,12 @@ pub fn run(a: Args) -> Result<ExitCode> {
             let ns = if explicit_time {
                 realtime_ns
             } else {
-                let off = tai
-                    .context("a TAI page needs TAI − UTC: pass --tai-offset, or --time-type utc")?;
+                let off = tai.context("a TAI page needs TAI − UTC: pass --tai-offset, or --time-type utc")?;
                 realtime_ns + off as i128 * 1_000_000_000
             };
-            b.reference(
-                id,
-                counter,
-                Timestamp::<Tai>::from_nanos(ns as u128),
-                period,
-            )
+            b.reference(id, counter, Timestamp::<Tai>::from_nanos(ns as u128), period)
         }
-        TimeType::Utc => b.reference(
-            id,
-            counter,
-            Timestamp::<Utc>::from_nanos(realtime_ns as u128),
-            period,
-        ),
+        TimeType::Utc => b.reference(id, counter, Timestamp::<Utc>::from_nanos(realtime_ns as u128), period),
     };
     if let Some(o) = tai {
         b = b.tai_offset(o);
@@ -207,13 +191,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         .disruption_marker(a.disruption_marker)
         .flag(flags::TIME_MONOTONIC, false)
         .page_bytes();
-    vmtime_sys::pagefile::create(&a.page, &bytes)
-        .with_context(|| format!("cannot write {}", a.page.display()))?;
-    eprintln!(
-        "wrote {} (counter {} at {:.3} Hz)",
-        a.page.display(),
-        abi::counter_name(id),
-        period.hz()
-    );
+    vmtime_sys::pagefile::create(&a.page, &bytes).with_context(|| format!("cannot write {}", a.page.display()))?;
+    eprintln!("wrote {} (counter {} at {:.3} Hz)", a.page.display(), abi::counter_name(id), period.hz());
     Ok(ExitCode::SUCCESS)
 }

@@ -35,7 +35,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let path = crate::page_or_default(a.page);
     let clock = Clock::open(&path)?;
     let n = clock.now()?;
-    let t = n.time;
+    let t = n.time();
     let ns = |x: u128| vmclock::Timestamp::<vmclock::Tai>::from_raw(x).as_nanos();
     let (raw, maxerror) = (t.raw(), t.maxerror());
     let out = NowJson {
@@ -58,9 +58,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let fmt = |x: u128| match t {
         vmclock::PageTime::Tai(_) => vmclock::Timestamp::<vmclock::Tai>::from_raw(x).to_string(),
         vmclock::PageTime::Utc(_) => vmclock::Timestamp::<vmclock::Utc>::from_raw(x).to_string(),
-        vmclock::PageTime::Monotonic(_) => {
-            vmclock::Timestamp::<vmclock::Monotonic>::from_raw(x).to_string()
-        }
+        vmclock::PageTime::Monotonic(_) => vmclock::Timestamp::<vmclock::Monotonic>::from_raw(x).to_string(),
     };
     match maxerror {
         Some(e) => {
@@ -82,11 +80,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     println!(
         "status    {} ({})",
         out.status,
-        if out.reliable {
-            "may be relied upon"
-        } else {
-            "must not be relied upon"
-        }
+        if out.reliable { "may be relied upon" } else { "must not be relied upon" }
     );
     println!("disruption_marker {:#x}", n.disruption_marker);
     Ok(ExitCode::SUCCESS)

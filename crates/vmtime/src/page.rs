@@ -18,7 +18,12 @@ impl Page {
 
     /// A consistent copy of the structure's bytes, validated or not.
     pub fn bytes(&self) -> Result<[u8; ABI_SIZE], ReadError> {
-        seqlock::read_bytes(&self.map, seqlock::DEFAULT_MAX_WAIT)
+        let words = seqlock::read_raw(&self.map, seqlock::DEFAULT_MAX_WAIT)?;
+        let mut bytes = [0u8; ABI_SIZE];
+        for (b, w) in bytes.chunks_exact_mut(4).zip(words) {
+            b.copy_from_slice(&w.to_ne_bytes());
+        }
+        Ok(bytes)
     }
 
     pub fn available(&self) -> usize {

@@ -86,10 +86,7 @@ struct Report {
 }
 
 fn named(value: u8, name: fn(u8) -> &'static str) -> Named {
-    Named {
-        value: value as u64,
-        name: name(value),
-    }
+    Named { value: value as u64, name: name(value) }
 }
 
 fn fields(a: &VmclockAbi, present_size: u32) -> Fields {
@@ -150,12 +147,7 @@ fn time_now(snap: &Snapshot, counter: u64) -> Result<TimeNow, vmclock::TimeError
     })
 }
 
-fn report(
-    path: &str,
-    bytes: &[u8; abi::ABI_SIZE],
-    available: usize,
-    counter: Option<u64>,
-) -> Report {
+fn report(path: &str, bytes: &[u8; abi::ABI_SIZE], available: usize, counter: Option<u64>) -> Report {
     let a = VmclockAbi::from_le_bytes(bytes);
     let validated = Snapshot::decode(bytes, available);
     // For an invalid page, show what its bytes say as far as they are available.
@@ -199,8 +191,7 @@ fn report(
 }
 
 fn opt<T: std::fmt::Display>(v: &Option<T>) -> String {
-    v.as_ref()
-        .map_or_else(|| "absent (beyond size)".to_string(), |x| x.to_string())
+    v.as_ref().map_or_else(|| "absent (beyond size)".to_string(), |x| x.to_string())
 }
 
 fn status_meaning(s: u64) -> &'static str {
@@ -239,59 +230,31 @@ fn print_human(r: &Report) {
         None => println!("{}: valid vmclock page", r.path),
         Some(e) => println!("{}: INVALID: {e}", r.path),
     }
-    row(
-        "magic",
-        format!("{:#010x}", f.magic),
-        if f.magic == abi::MAGIC {
-            "\"VCLK\""
-        } else {
-            "not \"VCLK\""
-        },
-    );
-    row(
-        "size",
-        f.size.to_string(),
-        "bytes of the region holding the structure",
-    );
+    row("magic", format!("{:#010x}", f.magic), if f.magic == abi::MAGIC { "\"VCLK\"" } else { "not \"VCLK\"" });
+    row("size", f.size.to_string(), "bytes of the region holding the structure");
     row("version", f.version.to_string(), "");
     row(
         "counter_id",
         format!("{} {}", f.counter_id.value, f.counter_id.name),
         &format!("this CPU: {}", abi::counter_name(vmclock::counter::NATIVE)),
     );
-    row(
-        "time_type",
-        format!("{} {}", f.time_type.value, f.time_type.name),
-        "",
-    );
+    row("time_type", format!("{} {}", f.time_type.value, f.time_type.name), "");
     row(
         "seq_count",
         f.seq_count.to_string(),
-        if f.seq_count % 2 == 0 {
-            "even: stable"
-        } else {
-            "odd: update in progress"
-        },
+        if f.seq_count % 2 == 0 { "even: stable" } else { "odd: update in progress" },
     );
     row(
         "disruption_marker",
         format!("{:#x}", f.disruption_marker),
         "changes when the counter's calibration is disrupted",
     );
-    row(
-        "flags",
-        format!("{:#x}", f.flags),
-        &f.flag_names.join(" | "),
-    );
+    row("flags", format!("{:#x}", f.flags), &f.flag_names.join(" | "));
     if f.unknown_flags != 0 {
         row("", format!("{:#x}", f.unknown_flags), "unknown bits");
     }
     match &f.clock_status {
-        Some(s) => row(
-            "clock_status",
-            format!("{} {}", s.value, s.name),
-            status_meaning(s.value),
-        ),
+        Some(s) => row("clock_status", format!("{} {}", s.value, s.name), status_meaning(s.value)),
         None => row("clock_status", opt::<u8>(&None), ""),
     }
     match &f.leap_second_smearing_hint {
@@ -317,36 +280,19 @@ fn print_human(r: &Report) {
         },
     );
     match &f.leap_indicator {
-        Some(s) => row(
-            "leap_indicator",
-            format!("{} {}", s.value, s.name),
-            leap_meaning(s.value),
-        ),
+        Some(s) => row("leap_indicator", format!("{} {}", s.value, s.name), leap_meaning(s.value)),
         None => row("leap_indicator", opt::<u8>(&None), ""),
     }
     row("counter_period_shift", opt(&f.counter_period_shift), "");
-    row(
-        "counter_value",
-        opt(&f.counter_value),
-        "the counter of the reference pair",
-    );
-    let freq = r
-        .frequency_hz
-        .map(|hz| format!("{:.3} ns/tick, {:.3} Hz", 1e9 / hz, hz))
-        .unwrap_or_default();
+    row("counter_value", opt(&f.counter_value), "the counter of the reference pair");
+    let freq = r.frequency_hz.map(|hz| format!("{:.3} ns/tick, {:.3} Hz", 1e9 / hz, hz)).unwrap_or_default();
     row(
         "counter_period_frac_sec",
-        f.counter_period_frac_sec
-            .map(|v| format!("{v:#018x}"))
-            .unwrap_or_else(|| opt::<u8>(&None)),
+        f.counter_period_frac_sec.map(|v| format!("{v:#018x}")).unwrap_or_else(|| opt::<u8>(&None)),
         &freq,
     );
     let valid = |bit: u64, extra: Option<f64>| -> String {
-        let v = if f.flags & bit != 0 {
-            "valid"
-        } else {
-            "not valid"
-        };
+        let v = if f.flags & bit != 0 { "valid" } else { "not valid" };
         extra.map_or(v.to_string(), |x| format!("{v}, {x:.3} ppb"))
     };
     row(
@@ -360,23 +306,9 @@ fn print_human(r: &Report) {
         &valid(flags::PERIOD_MAXERROR_VALID, r.period_maxerror_ppb),
     );
     row("time_sec", opt(&f.time_sec), "");
-    row(
-        "time_frac_sec",
-        f.time_frac_sec
-            .map(|v| format!("{v:#018x}"))
-            .unwrap_or_else(|| opt::<u8>(&None)),
-        "2^-64 s",
-    );
-    row(
-        "time_esterror_nanosec",
-        opt(&f.time_esterror_nanosec),
-        &valid(flags::TIME_ESTERROR_VALID, None),
-    );
-    row(
-        "time_maxerror_nanosec",
-        opt(&f.time_maxerror_nanosec),
-        &valid(flags::TIME_MAXERROR_VALID, None),
-    );
+    row("time_frac_sec", f.time_frac_sec.map(|v| format!("{v:#018x}")).unwrap_or_else(|| opt::<u8>(&None)), "2^-64 s");
+    row("time_esterror_nanosec", opt(&f.time_esterror_nanosec), &valid(flags::TIME_ESTERROR_VALID, None));
+    row("time_maxerror_nanosec", opt(&f.time_maxerror_nanosec), &valid(flags::TIME_MAXERROR_VALID, None));
     row(
         "vm_generation_counter",
         opt(&f.vm_generation_counter),
@@ -406,10 +338,7 @@ fn print_human(r: &Report) {
                 t.earliest_ns.unwrap(),
                 t.latest_ns.unwrap()
             ),
-            None => println!(
-                "  {:<38} unknown (the page does not bound it)",
-                "maximum error"
-            ),
+            None => println!("  {:<38} unknown (the page does not bound it)", "maximum error"),
         }
         if let Some(e) = t.esterror_ns {
             println!("  {:<38} ±{e} ns", "estimated error");
@@ -423,20 +352,11 @@ fn print_human(r: &Report) {
 pub fn run(a: Args) -> Result<ExitCode> {
     let page = Page::open(&a.page)?;
     let bytes = page.bytes().map_err(anyhow::Error::from)?;
-    let r = report(
-        &a.page.display().to_string(),
-        &bytes,
-        page.available(),
-        a.counter,
-    );
+    let r = report(&a.page.display().to_string(), &bytes, page.available(), a.counter);
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
         print_human(&r);
     }
-    Ok(if r.valid {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(if r.valid { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }

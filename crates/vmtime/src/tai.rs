@@ -21,34 +21,22 @@ pub enum Found {
 /// Looks for TAI − UTC at Unix time `now_s`.
 pub fn find(kernel_tai: i32, list: &Path, now_s: i64) -> Found {
     if kernel_tai != 0 {
-        return Found::Known {
-            offset: kernel_tai as i16,
-            source: "the kernel (adjtimex tai)".into(),
-        };
+        return Found::Known { offset: kernel_tai as i16, source: "the kernel (adjtimex tai)".into() };
     }
     let text = match std::fs::read_to_string(list) {
         Ok(t) => t,
         Err(e) => {
             return Found::Unknown {
-                why: format!(
-                    "the kernel's TAI offset is unset and {} cannot be read: {e}",
-                    list.display()
-                ),
+                why: format!("the kernel's TAI offset is unset and {} cannot be read: {e}", list.display()),
             }
         }
     };
     match LeapSeconds::parse(&text) {
-        Err(e) => Found::Unknown {
-            why: format!(
-                "the kernel's TAI offset is unset and {} is malformed: {e}",
-                list.display()
-            ),
-        },
+        Err(e) => {
+            Found::Unknown { why: format!("the kernel's TAI offset is unset and {} is malformed: {e}", list.display()) }
+        }
         Ok(l) => match l.offset_at(now_s) {
-            TaiOffset::Known(offset) => Found::Known {
-                offset,
-                source: list.display().to_string(),
-            },
+            TaiOffset::Known(offset) => Found::Known { offset, source: list.display().to_string() },
             TaiOffset::Expired { last, expired } => {
                 let d = vmclock::time::civil_from_days(expired.div_euclid(86_400));
                 Found::Stale {

@@ -1,0 +1,94 @@
+//! The `vmtime` binary end to end on page files in a temporary directory.
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn vmtime(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vmtime")).args(args).output().expect("run vmtime")
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("JSON output")
+}
+
+fn gen(page: &Path, extra: &[&str]) {
+    let mut args = vec!["gen", page.to_str().unwrap(), "--tai-offset", "37", "--calibrate-ms", "50"];
+    args.extend_from_slice(extra);
+    let out = vmtime(&args);
+    assert!(out.status.success(), "gen failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn gen_then_check_passes_against_this_kernel() {
+    let dir = tempfile::tempdir().unwrap();
+    let page = dir.path().join("page");
+    gen(&page, &["--maxerror-ns", "2000", "--period-maxerror-ppb", "1000"]);
+    let r = json(&vmtime(&["check", page.to_str().unwrap(), "--samples", "2000", "--tolerance", "2000", "--json"]));
+    assert_eq!(r["passed"], true, "{r}");
+    assert_eq!(r["samples"], 2000);
+    assert_eq!(r["scale"]["Tai"]["offset"], 37);
+    assert!(r["error_ns"]["p50"].as_f64().unwrap().abs() < 2000.0, "{r}");
+}
+
+#[test]
+fn check_fails_on_a_page_that_is_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let page = dir.path().join("page");
+    // A page one second ahead: counter 0 at a time far from now, evaluated with the TSC.
+    gen(&page, &["--counter-hz", "1000000000", "--counter", "0", "--time-ns", "1000000000000000000"]);
+    let out = vmtime(&["check", page.to_str().unwrap(), "--samples", "10"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("FAIL"));
+}
+
+#[test]
+fn show_decodes_every_field_and_now_is_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let page = dir.path().join("page");
+    gen(&page, &["--maxerror-ns", "1000", "--vm-generation", "9", "--disruption-marker", "77", "--leap", "pre-pos"]);
+    let r = json(&vmtime(&["show", page.to_str().unwrap(), "--json"]));
+    assert_eq!(r["valid"], true);
+    let f = &r["fields"];
+    assert_eq!(f["magic"], 0x4b4c4356);
+    assert_eq!(f["tai_offset_sec"], 37);
+    assert_eq!(f["vm_generation_counter"], 9);
+    assert_eq!(f["disruption_marker"], 77);
+    assert_eq!(f["leap_indicator"]["name"], "PRE_POS");
+    assert_eq!(f["clock_status"]["name"], "SYNCHRONIZED");
+    assert!(f["flag_names"].as_array().unwrap().iter().any(|n| n == "VM_GEN_COUNTER_PRESENT"));
+    assert_eq!(r["now"]["timescale"], "TAI");
+    assert!(r["now"]["maxerror_ns"].as_u64().unwrap() >= 1000);
+
+    let n = json(&vmtime(&["now", page.to_str().unwrap(), "--json"]));
+    let (e, t, l) =
+        (n["earliest_ns"].as_u64().unwrap(), n["time_ns"].as_u64().unwrap(), n["latest_ns"].as_u64().unwrap());
+    assert!(e < t && t < l && l - e >= 2000, "{n}");
+    assert_eq!(n["status"], "SYNCHRONIZED");
+    // TAI − UTC = 37 s: the page's TAI is within a minute of this machine's UTC + 37 s.
+    let realtime = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i128;
+    assert!(((t as i128) - (realtime + 37_000_000_000)).abs() < 60_000_000_000);
+}
+
+#[test]
+fn show_reports_invalid_pages_and_absent_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad");
+    std::fs::write(&bad, [0u8; 4096]).unwrap();
+    let out = vmtime(&["show", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("bad magic"));
+
+    // A page whose size ends after `flags`: later fields are absent (null), not zero.
+    let small = dir.path().join("small");
+    gen(&small, &["--size", "32"]);
+    let r = vmtime(&["show", small.to_str().unwrap(), "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    assert_eq!(v["valid"], true);
+    assert!(v["fields"]["clock_status"].is_null());
+    assert!(v["fields"]["vm_generation_counter"].is_null());
+    assert!(v["time_error"].as_str().unwrap().contains("carries no time"));
+
+    let missing = vmtime(&["now", dir.path().join("nope").to_str().unwrap()]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot map"));
+}
