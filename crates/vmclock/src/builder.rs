@@ -24,9 +24,9 @@ impl Period {
     }
 
     /// A period of `num / den` seconds per tick, full precision, rounded to nearest; `None` when
-    /// it is zero, ≥ 1 s, or the inputs exceed 2^63.
+    /// it is zero, ≥ 1 s, or an input reaches 2^126.
     pub fn from_ratio(num: u128, den: u128) -> Option<Period> {
-        if num == 0 || den == 0 || num >= den || num >> 63 != 0 || den >> 63 != 0 {
+        if num == 0 || den == 0 || num >= den || num >> 126 != 0 || den >> 126 != 0 {
             return None;
         }
         // period · 2^(64 + shift) = num · 2^(64 + shift) / den must lie in [2^63, 2^64).
@@ -36,8 +36,8 @@ impl Period {
             k += 1;
         }
         // Now num·2^k ∈ [den/2, den). frac = round(num · 2^(64 + k) / den), and shift = k.
-        // Long division: 64 bits of quotient from remainder num·2^k (< den < 2^63·2^k…); do it
-        // bit by bit to stay within u128.
+        // Long division, bit by bit so every value stays below 2^127: the remainder is always
+        // below den < 2^126, and doubling it stays below 2^127.
         let mut rem = num << k;
         let mut q: u128 = 0;
         for _ in 0..65 {

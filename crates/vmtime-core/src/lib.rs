@@ -3,6 +3,8 @@
 #![forbid(unsafe_code)]
 
 pub mod check;
+pub mod host;
+pub mod kernel;
 pub mod leapsecs;
 pub mod stats;
 

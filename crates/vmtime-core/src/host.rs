@@ -1,0 +1,592 @@
+//! The host publisher, sans-IO: kernel clock observations in, vmclock pages out.
+//!
+//! Each [`Observation`] carries a (RAW, counter, RAW) sample, a burst of (clock, counter, clock)
+//! samples of the kernel's TAI or UTC clock, and the kernel's NTP state. From them:
+//!
+//! * **Period**: the counter is calibrated against CLOCK_MONOTONIC_RAW (linear in the counter)
+//!   over an ever longer baseline, then scaled by the kernel's second length from adjtimex
+//!   (tick, freq, and the PLL's chunk of the offset it is still slewing): see [`crate::kernel`].
+//! * **Reference**: the intersection of every sample's window, moved to one counter value with
+//!   that period; its midpoint is the reference time, its half-width the pairing error.
+//! * **Updates** only when something meaningful changes (rate, status, TAI offset, leap state, a
+//!   step, the counter) or when the self-check finds the page more than `threshold_ns` off.
+//! * **TIME_MONOTONIC**: a new page never gives, at the update, an earlier time than the old one.
+//!   When the kernel clock is *behind* the page, the new page keeps continuity at the update
+//!   point and closes the gap through its period (a linear slew, at most `max_slew_ppb`, sized
+//!   to finish by the next observation); beyond `step_ns` it is a step: the page follows the
+//!   kernel, TIME_MONOTONIC is clear on that page, and the disruption marker changes.
+//! * **Disruption marker** changes on a step, a counter/clocksource change, an update that would
+//!   leave the old page's advertised bounds, and a restart that cannot prove continuity.
+
+use crate::kernel::{KernelTimex, STA_DEL, STA_INS, TIME_DEL, TIME_INS, TIME_OOP};
+use crate::AbaSample;
+use serde::Serialize;
+use vmclock::abi::{self, flags, leap, status, VmclockAbi};
+use vmclock::{PageBuilder, Period, Reference, Snapshot, Tai, Timestamp, Utc};
+
+/// 2^64, one second in the page's fraction unit.
+const UNIT: i128 = 1 << 64;
+const NS: i128 = 1_000_000_000;
+
+/// Settings of the publisher.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct HostConfig {
+    /// The page's counter (this CPU's; INVALID publishes markers only).
+    pub counter_id: u8,
+    /// Self-check threshold: republish when the page is this far off the kernel clock, ns.
+    pub threshold_ns: u64,
+    /// `leap_second_smearing_hint` to publish.
+    pub smearing_hint: u8,
+    /// Frequency tolerance of the kernel clock against true time, ppb: the period's maximum
+    /// error rate (RFC 5905's PHI is 15 ppm).
+    pub tolerance_ppb: u64,
+    /// Fastest slew used to close a backward gap, ppb.
+    pub max_slew_ppb: u64,
+    /// A backward gap beyond this is a step (the page follows, flagged non-monotonic), ns.
+    pub step_ns: u64,
+    /// RAW baseline before the calibration is trusted (INITIALIZING until then), ns.
+    pub calibration_ns: i128,
+    /// The interval to the next observation, ns: slews are sized to end by then.
+    pub interval_ns: i128,
+    /// Worst delay between an observation and the page write, in counter ticks (monotonic
+    /// margin when the period shrinks).
+    pub latency_ticks: u64,
+    /// The first disruption marker (a fresh random value: markers must not repeat).
+    pub marker_seed: u64,
+    /// Whether subscribers are notified of updates (NOTIFICATION_PRESENT).
+    pub notify: bool,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        HostConfig {
+            counter_id: abi::counter_id::X86_TSC,
+            threshold_ns: 20,
+            smearing_hint: abi::smearing::STRICT,
+            tolerance_ppb: 15_000,
+            max_slew_ppb: 500_000,
+            step_ns: 1_000_000,
+            calibration_ns: NS,
+            interval_ns: NS,
+            latency_ticks: 50_000_000,
+            marker_seed: 1,
+            notify: true,
+        }
+    }
+}
+
+/// Which kernel clock the samples are of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Sampled {
+    /// CLOCK_TAI, with the kernel's TAI offset set.
+    Tai,
+    /// CLOCK_REALTIME; TAI − UTC from elsewhere (leap-second list), `None` if unknown.
+    Utc {
+        /// TAI − UTC at the samples (outside a leap second).
+        tai_offset: Option<i16>,
+    },
+}
+
+/// One observation of the host clock.
+#[derive(Clone, Copy, Debug)]
+pub struct Observation<'a> {
+    /// The tightest (RAW, counter, RAW) sample.
+    pub raw: AbaSample,
+    /// Which clock `samples` are of.
+    pub clock: Sampled,
+    /// A burst of (clock, counter, clock) samples.
+    pub samples: &'a [AbaSample],
+    /// The kernel's NTP state.
+    pub kernel: KernelTimex,
+}
+
+/// Something seen outside the observations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostEvent {
+    /// The kernel clock was set (timerfd TFD_TIMER_CANCEL_ON_SET fired): settimeofday,
+    /// ADJ_SETOFFSET, or a leap second.
+    Stepped,
+    /// The clocksource changed; `usable` says whether the counter still drives it.
+    CounterChanged {
+        /// The counter drives the new clocksource.
+        usable: bool,
+    },
+}
+
+/// Why a page was published.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Reason {
+    /// The first page (or the first after a counter change).
+    Initial,
+    /// The calibration baseline reached `calibration_ns`.
+    Calibrated,
+    /// The kernel clock's rate changed.
+    Rate,
+    /// `clock_status` changed.
+    Status,
+    /// The leap indicator changed.
+    Leap,
+    /// The TAI offset (or its validity) changed.
+    TaiOffset,
+    /// The self-check found the page off by more than the threshold.
+    Drift,
+    /// A slew reached its end.
+    SlewDone,
+    /// The kernel clock was stepped.
+    Step,
+    /// A restart whose continuity with the page found could not be proven.
+    Restart,
+}
+
+/// What to do.
+#[must_use]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HostAction {
+    /// Write this page (under the seqlock) and notify subscribers.
+    Publish {
+        /// The structure.
+        page: VmclockAbi,
+        /// Why.
+        reason: Reason,
+        /// Whether the disruption marker changed with it.
+        disrupted: bool,
+    },
+}
+
+/// The publisher's view of itself, for `vmtime status`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct HostStats {
+    /// Pages published.
+    pub published: u64,
+    /// The last reason.
+    pub last_reason: Option<Reason>,
+    /// Disruptions (marker changes).
+    pub disruptions: u64,
+    /// Page − kernel clock at the last observation, ns.
+    pub last_error_ns: f64,
+    /// Half-width of the last pairing intersection, ns.
+    pub pairing_ns: f64,
+    /// RAW calibration baseline, s.
+    pub baseline_s: f64,
+    /// The kernel clock's rate against RAW, ppb.
+    pub kernel_rate_ppb: f64,
+    /// Whether a slew is in progress.
+    pub slewing: bool,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Last {
+    snap: Snapshot,
+    status: u8,
+    leap: u8,
+    tai: Option<i16>,
+    time_type: u8,
+    slewing: bool,
+}
+
+/// The publisher.
+#[derive(Debug)]
+pub struct Publisher {
+    cfg: HostConfig,
+    raw_base: Option<AbaSample>,
+    counter_usable: bool,
+    marker: u64,
+    pending: Option<Reason>,
+    stepped: bool,
+    resumed: Option<Snapshot>,
+    last: Option<Last>,
+    prev_state: i32,
+    post_leap: Option<(u8, u128)>,
+    stats: HostStats,
+}
+
+/// The kernel clock at one counter value, from a burst of samples.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelRef {
+    /// The counter value.
+    pub counter: u64,
+    /// Its time, 64.64 in the page's timescale.
+    pub time: i128,
+    /// Half-width of the intersection, 2^-64 s.
+    pub half: i128,
+}
+
+/// ns → 64.64, rounded down.
+fn ns_to_frac(ns: i128) -> i128 {
+    ns.div_euclid(NS) * UNIT + ns.rem_euclid(NS) * UNIT / NS
+}
+
+fn frac_to_ns_f64(x: i128) -> f64 {
+    x as f64 * 1e9 / UNIT as f64
+}
+
+/// The kernel clock at the tightest sample's counter: every sample's window, moved along the
+/// period to that counter, is intersected. With an empty intersection (the rate moved mid-burst)
+/// the tightest window alone is used.
+pub fn kernel_reference(samples: &[AbaSample], period: Period, offset_s: i64) -> Option<KernelRef> {
+    let best = samples.iter().min_by_key(|s| s.window_ns())?;
+    let r = Reference {
+        counter_id: 0,
+        time_type: 0,
+        counter_value: best.counter,
+        period: period.frac,
+        shift: period.shift,
+        time: 0,
+        maxerror: vmclock::snapshot::ErrorModel { time_ns: None, rate: None },
+        esterror: vmclock::snapshot::ErrorModel { time_ns: None, rate: None },
+    };
+    let anchor = best.before_ns;
+    let (mut lo, mut hi) = (i128::MIN, i128::MAX);
+    for s in samples {
+        let e = r.elapsed(s.counter).0;
+        lo = lo.max(ns_to_frac(s.before_ns - anchor) - e);
+        hi = hi.min(ns_to_frac(s.after_ns - anchor) - e + 1);
+    }
+    if lo > hi {
+        lo = 0;
+        hi = ns_to_frac(best.window_ns()) + 1;
+    }
+    let base = ns_to_frac(anchor + offset_s as i128 * NS);
+    Some(KernelRef { counter: best.counter, time: base + (lo + hi) / 2, half: (hi - lo + 1) / 2 })
+}
+
+/// `period · (1e9 − slew_ppb) / 1e9`.
+fn slowed(p: Period, slew_ppb: u64) -> Period {
+    let frac = p.frac as u128 * (1_000_000_000 - slew_ppb.min(999_999_999) as u128) / 1_000_000_000;
+    Period { frac: frac as u64, shift: p.shift }
+}
+
+/// Reduces num/den (both shifted right together) until both are below 2^125.
+fn fit(mut num: u128, mut den: u128) -> (u128, u128) {
+    while num >> 125 != 0 || den >> 125 != 0 {
+        num >>= 1;
+        den >>= 1;
+    }
+    (num, den)
+}
+
+impl Publisher {
+    /// A publisher starting from nothing.
+    pub fn new(cfg: HostConfig) -> Self {
+        Publisher {
+            marker: cfg.marker_seed,
+            cfg,
+            raw_base: None,
+            counter_usable: true,
+            pending: Some(Reason::Initial),
+            stepped: false,
+            resumed: None,
+            last: None,
+            prev_state: 0,
+            post_leap: None,
+            stats: HostStats::default(),
+        }
+    }
+
+    /// A publisher restarting over a page it published before: it keeps the page's marker and
+    /// continuity if its first measurement lies within the page's advertised bounds, and changes
+    /// the marker otherwise.
+    pub fn resume(cfg: HostConfig, prev: Snapshot) -> Self {
+        let mut p = Self::new(cfg);
+        p.marker = prev.disruption_marker();
+        p.resumed = Some(prev);
+        p.pending = None;
+        p
+    }
+
+    /// The current disruption marker.
+    pub fn marker(&self) -> u64 {
+        self.marker
+    }
+
+    /// Statistics for status reports.
+    pub fn stats(&self) -> &HostStats {
+        &self.stats
+    }
+
+    /// The page last published.
+    pub fn last_page(&self) -> Option<Snapshot> {
+        self.last.map(|l| l.snap)
+    }
+
+    /// Handles an event; the next observation acts on it.
+    pub fn handle_event(&mut self, ev: HostEvent) {
+        match ev {
+            HostEvent::Stepped => self.stepped = true,
+            HostEvent::CounterChanged { usable } => {
+                self.raw_base = None;
+                self.counter_usable = usable;
+                self.pending = Some(Reason::Step);
+            }
+        }
+    }
+
+    fn disrupt(&mut self) {
+        self.marker = self.marker.wrapping_add(1);
+        self.stats.disruptions += 1;
+    }
+
+    /// The model period: RAW calibration scaled by the kernel's second length.
+    fn model(&self, raw: AbaSample, kernel: &KernelTimex) -> Option<(Period, i128)> {
+        let base = self.raw_base?;
+        let d_raw = raw.mid_ns() - base.mid_ns();
+        let d_c = raw.counter.wrapping_sub(base.counter) as u128;
+        if d_raw < 10_000_000 || d_c == 0 {
+            return None;
+        }
+        // seconds per tick = d_raw·L / (d_c · 1e9 · 1e9 · 2^16), L in 2^-16 ns per second.
+        let l = kernel.second_length_q16();
+        if l <= 0 {
+            return None;
+        }
+        let (num, den) = fit(d_raw as u128 * l as u128, d_c * 1_000_000_000 * (1_000_000_000u128 << 16));
+        Period::from_ratio(num, den).map(|p| (p, d_raw))
+    }
+
+    fn leap_state(&mut self, kernel: &KernelTimex, now: i128) -> u8 {
+        let was = self.prev_state;
+        self.prev_state = kernel.state;
+        let day = 86_400 * UNIT as u128;
+        match kernel.state {
+            TIME_OOP => return leap::POS,
+            TIME_INS => return leap::PRE_POS,
+            TIME_DEL => return leap::PRE_NEG,
+            _ => {}
+        }
+        if matches!(was, TIME_OOP | TIME_INS) && !matches!(kernel.state, TIME_INS | TIME_OOP) {
+            self.post_leap = Some((leap::POST_POS, now as u128 + day));
+        } else if was == TIME_DEL && kernel.state != TIME_DEL {
+            self.post_leap = Some((leap::POST_NEG, now as u128 + day));
+        }
+        if kernel.status & STA_INS != 0 {
+            return leap::PRE_POS;
+        }
+        if kernel.status & STA_DEL != 0 {
+            return leap::PRE_NEG;
+        }
+        match self.post_leap {
+            Some((l, until)) if (now as u128) < until => l,
+            _ => {
+                self.post_leap = None;
+                leap::NONE
+            }
+        }
+    }
+
+    /// Handles one observation; returns the page to publish, if any.
+    pub fn handle_observation(&mut self, obs: &Observation<'_>) -> Option<HostAction> {
+        if self.raw_base.is_none() {
+            self.raw_base = Some(obs.raw);
+            return None;
+        }
+        let (model, baseline) = self.model(obs.raw, &obs.kernel)?;
+        self.stats.baseline_s = baseline as f64 / 1e9;
+        self.stats.kernel_rate_ppb = obs.kernel.rate_ppb();
+        // The timescale and the offset the samples need.
+        let (time_type, tai, offset_s) = match obs.clock {
+            Sampled::Tai => (abi::time_type::TAI, Some(obs.kernel.tai as i16), 0),
+            Sampled::Utc { tai_offset: Some(o) } => {
+                // During an inserted second CLOCK_REALTIME repeats 23:59:59: TAI − UTC is one more.
+                let o = o + i16::from(obs.kernel.state == TIME_OOP);
+                (abi::time_type::TAI, Some(o), o as i64)
+            }
+            Sampled::Utc { tai_offset: None } => (abi::time_type::UTC, None, 0),
+        };
+        let k = kernel_reference(obs.samples, model, offset_s)?;
+        self.stats.pairing_ns = frac_to_ns_f64(k.half);
+        let st = if !self.counter_usable {
+            status::UNRELIABLE
+        } else if baseline < self.cfg.calibration_ns
+            && self.resumed.is_none()
+            && self.last.is_none_or(|l| l.status == status::INITIALIZING)
+        {
+            status::INITIALIZING
+        } else if obs.kernel.synchronized() {
+            status::SYNCHRONIZED
+        } else {
+            status::FREERUNNING
+        };
+        let lp = self.leap_state(&obs.kernel, k.time);
+        let stepped = std::mem::take(&mut self.stepped);
+        let base = self.raw_base.expect("set above");
+        let calib_ppb =
+            (((base.window_ns() + obs.raw.window_ns()) as f64 / 2.0 / baseline as f64 * 1e9).ceil() as u64).max(1);
+        let n = Next { k, model, status: st, leap: lp, tai, time_type, kernel: obs.kernel, calib_ppb };
+
+        // A restart: continuity is proven when the kernel now lies within the old page's bounds.
+        if let Some(prev) = self.resumed.take() {
+            let ok = prev.counter_id() == self.cfg.counter_id
+                && prev.time_type() == time_type
+                && prev
+                    .reference()
+                    .ok()
+                    .and_then(|r| Some((r.raw_time_at(k.counter).ok()?, r.maxerror_at(k.counter)?)))
+                    .is_some_and(|(t, m)| (t as i128 - k.time).unsigned_abs() <= m);
+            self.last = Some(Last {
+                snap: prev,
+                status: prev.clock_status().unwrap_or(0),
+                leap: prev.leap_indicator().unwrap_or(0),
+                tai: prev.tai_offset(),
+                time_type: prev.time_type(),
+                slewing: false,
+            });
+            if !ok {
+                self.disrupt();
+                self.last = None;
+                return Some(self.publish(Reason::Restart, &n, true));
+            }
+        }
+
+        let Some(last) = self.last else {
+            let reason = self.pending.take().unwrap_or(Reason::Initial);
+            return Some(self.publish(reason, &n, false));
+        };
+        let r = last.snap.reference().ok()?;
+        let err = r.raw_time_at(k.counter).ok()? as i128 - k.time;
+        self.stats.last_error_ns = frac_to_ns_f64(err);
+        let threshold = ns_to_frac(self.cfg.threshold_ns as i128);
+        // How far the old model and the new drift apart over one interval.
+        let ticks = (self.cfg.interval_ns as f64 / 1e9 * model.hz()) as u64;
+        let drift_next = (r.elapsed(last.snap.counter_value()?.wrapping_add(ticks)).0 - {
+            let mut m = r;
+            m.period = model.frac;
+            m.shift = model.shift;
+            m.elapsed(last.snap.counter_value()?.wrapping_add(ticks)).0
+        })
+        .abs();
+
+        let reason = if let Some(p) = self.pending.take() {
+            Some(p)
+        } else if stepped && err.abs() > threshold {
+            Some(Reason::Step)
+        } else if last.time_type != time_type || last.tai != tai {
+            Some(Reason::TaiOffset)
+        } else if last.status != st {
+            Some(if last.status == status::INITIALIZING { Reason::Calibrated } else { Reason::Status })
+        } else if last.leap != lp {
+            Some(Reason::Leap)
+        } else if last.slewing {
+            // A slew ends when the gap has closed; otherwise it is planned again.
+            Some(if err.abs() <= threshold { Reason::SlewDone } else { Reason::Drift })
+        } else if err.abs() > threshold {
+            Some(Reason::Drift)
+        } else if !last.slewing && drift_next > threshold / 2 {
+            Some(Reason::Rate)
+        } else {
+            None
+        };
+        let reason = reason?;
+        Some(self.publish(reason, &n, reason == Reason::Step))
+    }
+
+    /// Builds the next page, keeping TIME_MONOTONIC and the old page's bounds where it can.
+    fn publish(&mut self, reason: Reason, n: &Next, mut disrupted: bool) -> HostAction {
+        let k = n.k;
+        let mut time = k.time;
+        let mut period = n.model;
+        let mut slew_ppb = 0u64;
+        let mut monotonic = true;
+        let mut gap_frac = 0i128;
+        let same_scale = self.last.filter(|l| l.time_type == n.time_type);
+        if let (true, Some(last)) = (disrupted, same_scale) {
+            // A forced step follows the kernel; going back, it cannot promise monotonic time.
+            let old = last.snap.reference().expect("published pages have a reference");
+            monotonic = old.raw_time_at(k.counter).is_ok_and(|o| k.time >= o as i128);
+        }
+        let prev = same_scale.filter(|_| !disrupted);
+        if let Some(last) = prev {
+            let old = last.snap.reference().expect("published pages have a reference");
+            let o = old.raw_time_at(k.counter).map(|t| t as i128).unwrap_or(k.time);
+            let gap = k.time - o; // kernel − old page
+                                  // If the period shrinks, keep the new page ahead of the old one until it is written.
+            let later = k.counter.wrapping_add(self.cfg.latency_ticks);
+            let elapsed_new = |p: Period| Reference { period: p.frac, shift: p.shift, ..old }.elapsed(later).0;
+            if gap >= 0 {
+                let margin = (old.elapsed(later).0 - elapsed_new(period)).max(0);
+                time = k.time.max(o + margin);
+                if old.maxerror_at(k.counter).is_some_and(|m| gap as u128 > m) {
+                    disrupted = true; // the old page's bounds did not hold
+                }
+            } else if gap.unsigned_abs() <= ns_to_frac(self.cfg.step_ns as i128) as u128 {
+                // Continuity at the update point; the gap closes through the period by the next
+                // observation.
+                gap_frac = -gap;
+                let ns = frac_to_ns_f64(-gap);
+                slew_ppb = ((ns / self.cfg.interval_ns as f64 * 1e9).ceil() as u64).clamp(1, self.cfg.max_slew_ppb);
+                period = slowed(n.model, slew_ppb);
+                let margin = (old.elapsed(later).0 - elapsed_new(period)).max(0);
+                time = o + margin;
+            } else {
+                monotonic = false;
+                disrupted = true;
+            }
+            // A period change beyond the old page's advertised rate error breaks its bounds for
+            // earlier counter values: that is a disruption too.
+            let as_q128 = |frac: u64, shift: u8| (frac as u128) << (64 - shift.min(64));
+            let old_rate = old.maxerror.rate.map_or(0, |r| as_q128(r, old.shift));
+            if as_q128(period.frac, period.shift).abs_diff(as_q128(old.period, old.shift)) > old_rate {
+                disrupted = true;
+            }
+        }
+        if disrupted && self.last.is_some() {
+            self.disrupt();
+        }
+        let half_ns = frac_to_ns_f64(k.half).ceil() as u64;
+        let gap_ns = frac_to_ns_f64(gap_frac).ceil() as u64;
+        let kernel_ns = |us: i64| (us.max(0) as u64).saturating_mul(1000);
+        let maxerror_ns = kernel_ns(n.kernel.maxerror_us) + half_ns + gap_ns + 1;
+        let esterror_ns = kernel_ns(n.kernel.esterror_us) + half_ns;
+        let rate = |ppb: u64| (period.frac as u128 * ppb as u128).div_ceil(1_000_000_000) as u64;
+        let mut b = PageBuilder::new();
+        if self.cfg.counter_id == abi::counter_id::INVALID {
+            b = b.status(status::UNKNOWN);
+        } else {
+            let t = time.max(0) as u128;
+            let id = self.cfg.counter_id;
+            b = match n.time_type {
+                abi::time_type::TAI => b.reference(id, k.counter, Timestamp::<Tai>::from_raw(t), period),
+                _ => b.reference(id, k.counter, Timestamp::<Utc>::from_raw(t), period),
+            };
+            b = b
+                .status(n.status)
+                .leap(n.leap)
+                .maxerror(maxerror_ns, rate(self.cfg.tolerance_ppb + slew_ppb))
+                .esterror(esterror_ns, rate(n.calib_ppb))
+                .flag(flags::TIME_MONOTONIC, monotonic);
+            if let Some(o) = n.tai {
+                b = b.tai_offset(o);
+            }
+        }
+        let page = b
+            .smearing(self.cfg.smearing_hint)
+            .disruption_marker(self.marker)
+            .flag(flags::NOTIFICATION_PRESENT, self.cfg.notify)
+            .build();
+        let snap = Snapshot::new(page, vmclock::abi::PAGE_SIZE).expect("the builder makes valid pages");
+        self.last = Some(Last {
+            snap,
+            status: n.status,
+            leap: n.leap,
+            tai: n.tai,
+            time_type: n.time_type,
+            slewing: slew_ppb > 0,
+        });
+        self.stats.published += 1;
+        self.stats.last_reason = Some(reason);
+        self.stats.slewing = slew_ppb > 0;
+        HostAction::Publish { page, reason, disrupted }
+    }
+}
+
+/// Everything a new page is made from.
+#[derive(Clone, Copy, Debug)]
+struct Next {
+    k: KernelRef,
+    model: Period,
+    status: u8,
+    leap: u8,
+    tai: Option<i16>,
+    time_type: u8,
+    kernel: KernelTimex,
+    calib_ppb: u64,
+}
