@@ -69,10 +69,12 @@ impl KernelTimex {
         self.status & STA_UNSYNC == 0 && self.maxerror_us < MAXERROR_LIMIT_US
     }
 
-    /// The PLL's correction over the coming second, ns (arithmetic shift, as the kernel's
-    /// `shift_right`).
+    /// The PLL's correction during the current second, ns. At each second the kernel takes
+    /// `chunk = offset >> s` (s = SHIFT_PLL + constant) and reports `offset − chunk`, so the
+    /// chunk in force is the reported offset / (2^s − 1).
     pub fn pll_chunk_ns(&self) -> i64 {
-        self.offset_ns >> (SHIFT_PLL + self.constant.clamp(0, 32))
+        let s = (SHIFT_PLL + self.constant.clamp(0, 30)) as u32;
+        self.offset_ns / ((1i64 << s) - 1)
     }
 
     /// The kernel clock's length of one raw second, in 2^-16 ns: tick·USER_HZ·1000·2^16 +
@@ -103,8 +105,8 @@ mod tests {
         tx.tick = 10_001; // +100 ppm
         assert!((tx.rate_ppb() - 100_000.0).abs() < 1e-6);
         tx.tick = 10_000;
-        tx.offset_ns = -1_600;
-        tx.constant = 2; // chunk = -1600 >> 4 = -100 ns per second
+        tx.offset_ns = -1_500;
+        tx.constant = 2; // the kernel took 1/16 of −1600: −100 ns this second, −1500 left
         assert_eq!(tx.pll_chunk_ns(), -100);
         assert!((tx.rate_ppb() + 100.0).abs() < 1e-6);
     }

@@ -1,0 +1,366 @@
+//! A simulated host: oscillator, counter, RAW clock and a Linux-like kernel clock.
+
+use crate::Rng;
+use vmtime_core::kernel::{KernelTimex, STA_DEL, STA_INS, STA_NANO, STA_PLL, STA_UNSYNC, TIME_DEL, TIME_INS, TIME_OK, TIME_OOP, TIME_WAIT};
+use vmtime_core::AbaSample;
+
+const NS: i128 = 1_000_000_000;
+/// Fixed-point fraction bits of the kernel's ns-per-tick.
+const Q: u32 = 48;
+
+/// Which clock to sample.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Clock {
+    /// CLOCK_REALTIME.
+    Realtime,
+    /// CLOCK_TAI (REALTIME + the kernel's tai).
+    Tai,
+    /// CLOCK_MONOTONIC_RAW.
+    Raw,
+}
+
+/// The simulated host.
+#[derive(Clone, Debug)]
+pub struct SimHost {
+    /// True time, TAI ns since 1970.
+    t: i128,
+    /// TAI − UTC of the real world at `t` (changes at leap seconds the scenario announces).
+    pub true_tai_offset: i64,
+    /// Counter ticks per second × 2^16 (nominal × (1 + error)).
+    hz_q16: i128,
+    /// Nominal counter frequency (the kernel's idea), Hz.
+    pub nominal_hz: i128,
+    c0: i128,
+    raw_q: i128,
+    // Kernel clock segment: at counter `seg_c` its REALTIME is `seg_k` (ns << Q); ns per tick `kq`.
+    seg_c: i128,
+    seg_k: i128,
+    kq: i128,
+    /// The PLL's correction applied during the current second, ns.
+    chunk: i64,
+    /// The kernel's NTP state.
+    pub tx: KernelTimex,
+    /// Sampling noise generator.
+    pub rng: Rng,
+    /// Sampling window, ns (each side drawn from this range).
+    pub window_ns: (u64, u64),
+    /// Per-mille of samples that get a long window (preemption).
+    pub outlier_permille: u64,
+    /// Counts of leap seconds the kernel applied (+1 inserted, −1 deleted).
+    pub leaps_applied: Vec<(i128, i8)>,
+}
+
+impl SimHost {
+    /// A host at true TAI time `t_tai_ns`, counter at `hz` nominal with `ppm_err` (×1000 = ppb),
+    /// kernel REALTIME set to truth − `tai_offset` + `kernel_err_ns`.
+    pub fn new(seed: u64, t_tai_ns: i128, hz: i128, err_ppb: i64, tai_offset: i64, kernel_err_ns: i128) -> Self {
+        let hz_q16 = (hz << 16) + (hz << 16) * err_ppb as i128 / NS;
+        let raw_q = (NS << Q) / hz;
+        let mut h = SimHost {
+            t: t_tai_ns,
+            true_tai_offset: tai_offset,
+            hz_q16,
+            nominal_hz: hz,
+            c0: 1_000_000_007,
+            raw_q,
+            seg_c: 0,
+            seg_k: 0,
+            kq: raw_q,
+            chunk: 0,
+            tx: KernelTimex { tick: 10_000, constant: 2, status: STA_UNSYNC | STA_NANO | STA_PLL, maxerror_us: 16_000_000, esterror_us: 16_000_000, ..Default::default() },
+            rng: Rng::new(seed),
+            window_ns: (8, 30),
+            outlier_permille: 5,
+            leaps_applied: Vec::new(),
+        };
+        h.seg_c = h.counter_at(h.t);
+        h.seg_k = (t_tai_ns - tai_offset as i128 * NS + kernel_err_ns) << Q;
+        h.recompute_rate();
+        h
+    }
+
+    /// True time (TAI ns).
+    pub fn now(&self) -> i128 {
+        self.t
+    }
+
+    /// The counter now.
+    pub fn counter(&self) -> u64 {
+        self.counter_at(self.t) as u64
+    }
+
+    fn counter_at(&self, t: i128) -> i128 {
+        self.c0 + t * self.hz_q16 / (NS << 16)
+    }
+
+    /// True TAI at counter `c` (inverse of the oscillator), ns.
+    pub fn truth_at_counter(&self, c: u64) -> i128 {
+        ((c as i128 - self.c0) * (NS << 16)) / self.hz_q16
+    }
+
+    /// Changes the oscillator's frequency error (a migration or a temperature step), keeping the
+    /// counter continuous.
+    pub fn set_oscillator_error(&mut self, err_ppb: i64) {
+        let c = self.counter_at(self.t);
+        let hz = self.nominal_hz;
+        self.hz_q16 = (hz << 16) + (hz << 16) * err_ppb as i128 / NS;
+        self.c0 = c - self.t * self.hz_q16 / (NS << 16);
+    }
+
+    /// RAW at counter `c`, ns.
+    fn raw_at(&self, c: i128) -> i128 {
+        (c * self.raw_q) >> Q
+    }
+
+    /// REALTIME at counter `c` (ns << Q), within the current segment.
+    fn k_at(&self, c: i128) -> i128 {
+        self.seg_k + (c - self.seg_c) * self.kq
+    }
+
+    fn recompute_rate(&mut self) {
+        // ns per tick = raw ns per tick × second length / 1e9, the second length being the
+        // kernel's tick_length: tick and freq, plus the PLL chunk fixed at the last second.
+        let len = (self.tx.tick as i128 * 100 * 1000 << 16) + self.tx.freq as i128 * 1000 + ((self.chunk as i128) << 16);
+        self.kq = self.raw_q * len / (NS << 16);
+    }
+
+    /// Advances true time by `dt_ns`, running the kernel's once-a-second work on the way.
+    pub fn advance(&mut self, dt_ns: i128) {
+        let target = self.t + dt_ns;
+        loop {
+            // The next REALTIME second boundary, as a counter value.
+            let k = self.k_at(self.counter_at(self.t)) >> Q;
+            let next = (k.div_euclid(NS) + 1) * NS;
+            let c_b = self.seg_c + (((next << Q) - self.seg_k) + self.kq - 1) / self.kq;
+            if c_b > self.counter_at(target) {
+                break;
+            }
+            // Move to the boundary and run second_overflow there.
+            self.seg_k = self.k_at(c_b);
+            self.seg_c = c_b;
+            self.t = ((c_b - self.c0) * (NS << 16) + self.hz_q16 - 1) / self.hz_q16;
+            self.second_overflow(next / NS);
+        }
+        self.t = target;
+    }
+
+    fn second_overflow(&mut self, secs: i128) {
+        let tx = &mut self.tx;
+        let mut leap = 0i128;
+        match tx.state {
+            TIME_OK => {
+                if tx.status & STA_INS != 0 {
+                    tx.state = TIME_INS;
+                } else if tx.status & STA_DEL != 0 {
+                    tx.state = TIME_DEL;
+                }
+            }
+            TIME_INS => {
+                if tx.status & STA_INS == 0 {
+                    tx.state = TIME_OK;
+                } else if secs % 86_400 == 0 {
+                    leap = -1;
+                    tx.state = TIME_OOP;
+                }
+            }
+            TIME_DEL => {
+                if tx.status & STA_DEL == 0 {
+                    tx.state = TIME_OK;
+                } else if (secs + 1) % 86_400 == 0 {
+                    leap = 1;
+                    tx.state = TIME_WAIT;
+                }
+            }
+            TIME_OOP => tx.state = TIME_WAIT,
+            _ => {
+                if tx.status & (STA_INS | STA_DEL) == 0 {
+                    tx.state = TIME_OK;
+                }
+            }
+        }
+        if leap != 0 {
+            self.seg_k += (leap * NS) << Q;
+            if tx.tai != 0 {
+                tx.tai -= leap as i32;
+            }
+            self.leaps_applied.push((secs, -leap as i8));
+        }
+        tx.maxerror_us += 500;
+        if tx.maxerror_us > 16_000_000 {
+            tx.maxerror_us = 16_000_000;
+            tx.status |= STA_UNSYNC;
+        }
+        // The PLL: this second takes offset >> (SHIFT_PLL + constant) of the remaining offset.
+        self.chunk = tx.offset_ns >> (2 + tx.constant.clamp(0, 32));
+        tx.offset_ns -= self.chunk;
+        self.recompute_rate();
+    }
+
+    // --- adjtimex writes (only ever on this simulated kernel) ---
+
+    /// ADJ_FREQUENCY, in ppb.
+    pub fn set_freq_ppb(&mut self, ppb: i64) {
+        self.rebase();
+        self.tx.freq = ppb * 65_536 / 1000;
+        self.recompute_rate();
+    }
+
+    /// ADJ_TICK.
+    pub fn set_tick(&mut self, tick: i64) {
+        self.rebase();
+        self.tx.tick = tick;
+        self.recompute_rate();
+    }
+
+    /// ADJ_OFFSET (PLL mode, ns): slewed by the kernel from the next second on.
+    pub fn set_offset_ns(&mut self, ns: i64) {
+        self.tx.offset_ns = ns;
+    }
+
+    /// ADJ_SETOFFSET: steps REALTIME by `ns`.
+    pub fn step(&mut self, ns: i128) {
+        self.rebase();
+        self.seg_k += ns << Q;
+    }
+
+    /// ADJ_STATUS bits on/off.
+    pub fn set_status(&mut self, bits: i32, on: bool) {
+        if on {
+            self.tx.status |= bits;
+        } else {
+            self.tx.status &= !bits;
+        }
+    }
+
+    /// ADJ_TAI.
+    pub fn set_kernel_tai(&mut self, tai: i32) {
+        self.tx.tai = tai;
+    }
+
+    /// What an NTP daemon does when it is synchronised: maxerror and esterror from its error
+    /// estimate, STA_UNSYNC cleared.
+    pub fn ntp_sync(&mut self, maxerror_us: i64, esterror_us: i64) {
+        self.tx.maxerror_us = maxerror_us;
+        self.tx.esterror_us = esterror_us;
+        self.tx.status &= !STA_UNSYNC;
+    }
+
+    fn rebase(&mut self) {
+        let c = self.counter_at(self.t);
+        self.seg_k = self.k_at(c);
+        self.seg_c = c;
+    }
+
+    // --- reads ---
+
+    /// The kernel's REALTIME now, ns (exact, for the checks).
+    pub fn kernel_realtime_ns(&self) -> i128 {
+        self.k_at(self.counter_at(self.t)) >> Q
+    }
+
+    /// The kernel's error against true time (REALTIME + true TAI − UTC − truth), ns.
+    pub fn kernel_error_ns(&self) -> i128 {
+        self.kernel_realtime_ns() + self.true_tai_offset as i128 * NS - self.t
+    }
+
+    /// `adjtimex` (modes 0).
+    pub fn timex(&self) -> KernelTimex {
+        self.tx
+    }
+
+    /// One (clock, counter, clock) sample now, with random windows; time moves on by the
+    /// sample's length.
+    pub fn sample(&mut self, clock: Clock) -> AbaSample {
+        let (lo, hi) = self.window_ns;
+        let mut d1 = self.rng.range(lo, hi) as i128;
+        let d2 = self.rng.range(lo, hi) as i128;
+        if self.rng.chance(self.outlier_permille, 1000) {
+            d1 += self.rng.range(100, 5_000) as i128;
+        }
+        let t = self.t;
+        let c_before = self.counter_at(t);
+        let c = self.counter_at(t + d1);
+        let c_after = self.counter_at(t + d1 + d2);
+        let read = |h: &SimHost, c: i128| match clock {
+            Clock::Raw => h.raw_at(c),
+            Clock::Realtime => h.k_at(c) >> Q,
+            Clock::Tai => (h.k_at(c) >> Q) + h.tx.tai as i128 * NS,
+        };
+        let s = AbaSample { before_ns: read(self, c_before), counter: c as u64, after_ns: read(self, c_after) };
+        self.t = t + d1 + d2;
+        s
+    }
+
+    /// The tightest of `n` samples.
+    pub fn tightest(&mut self, clock: Clock, n: usize) -> AbaSample {
+        (0..n).map(|_| self.sample(clock)).min_by_key(|s| s.window_ns()).expect("n > 0")
+    }
+
+    /// A burst of `n` samples.
+    pub fn burst(&mut self, clock: Clock, n: usize) -> Vec<AbaSample> {
+        (0..n).map(|_| self.sample(clock)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_follows_freq_and_pll() {
+        let mut h = SimHost::new(1, 1_800_000_037 * NS, 2_500_000_000, 20_000, 37, 0);
+        h.window_ns = (0, 0);
+        h.outlier_permille = 0;
+        let k0 = h.kernel_realtime_ns();
+        h.advance(100 * NS);
+        // Nominal kernel on a +20 ppm oscillator gains 20 ppm against truth.
+        let gained = h.kernel_realtime_ns() - k0 - 100 * NS;
+        assert!((gained - 2_000_000).abs() < 10, "{gained}");
+        // Cancel it with freq −20 ppm.
+        h.set_freq_ppb(-20_000);
+        let k1 = h.kernel_realtime_ns();
+        h.advance(100 * NS);
+        assert!((h.kernel_realtime_ns() - k1 - 100 * NS).abs() < 100);
+        // The PLL slews an offset away, a quarter-or-so each second (constant 2: 1/16).
+        h.set_offset_ns(1_000_000);
+        let e0 = h.kernel_error_ns();
+        h.advance(100 * NS);
+        let moved = h.kernel_error_ns() - e0;
+        assert!((moved - 1_000_000).abs() < 2_000, "{moved}");
+        assert!(h.timex().offset_ns.abs() < 2_000, "1 ms × (15/16)^100 ≈ 1.6 µs left");
+    }
+
+    #[test]
+    fn leap_insertion_at_midnight() {
+        // 10 s before midnight UTC of day 20_000.
+        let midnight_utc = 20_000 * 86_400 * NS;
+        let mut h = SimHost::new(2, midnight_utc - 10 * NS + 37 * NS, 1_000_000_000, 0, 37, 0);
+        h.set_kernel_tai(37);
+        h.set_status(STA_INS, true);
+        h.advance(9 * NS + 500_000_000);
+        assert_eq!(h.tx.state, TIME_INS);
+        assert_eq!(h.kernel_realtime_ns(), midnight_utc - NS / 2);
+        h.advance(NS); // into 23:59:60: REALTIME repeats 23:59:59
+        assert_eq!(h.tx.state, TIME_OOP);
+        assert_eq!(h.kernel_realtime_ns(), midnight_utc - NS / 2);
+        assert_eq!(h.tx.tai, 38);
+        // CLOCK_TAI is continuous.
+        h.window_ns = (0, 0);
+        h.outlier_permille = 0;
+        let s = h.sample(Clock::Tai);
+        assert_eq!(s.before_ns, midnight_utc + 38 * NS - NS / 2);
+        h.advance(NS);
+        assert_eq!(h.tx.state, TIME_WAIT);
+        assert_eq!(h.leaps_applied, vec![(20_000 * 86_400, 1)]);
+    }
+
+    #[test]
+    fn same_seed_same_samples() {
+        let run = |seed| {
+            let mut h = SimHost::new(seed, 1_800_000_037 * NS, 2_500_000_000, 5_000, 37, 1_000);
+            (0..100).map(|_| h.sample(Clock::Realtime)).collect::<Vec<_>>()
+        };
+        assert_eq!(run(7), run(7));
+        assert_ne!(run(7), run(8));
+    }
+}
