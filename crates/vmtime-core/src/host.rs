@@ -18,7 +18,7 @@
 //! * **Disruption marker** changes on a step, a counter/clocksource change, an update that would
 //!   leave the old page's advertised bounds, and a restart that cannot prove continuity.
 
-use crate::kernel::{KernelTimex, STA_DEL, STA_INS, TIME_DEL, TIME_INS, TIME_OOP};
+use crate::kernel::{KernelTimex, STA_DEL, STA_INS, TIME_DEL, TIME_INS, TIME_OK, TIME_OOP};
 use crate::AbaSample;
 use serde::Serialize;
 use vmclock::abi::{self, flags, leap, status, VmclockAbi};
@@ -198,6 +198,8 @@ pub struct Publisher {
     prev_state: i32,
     post_leap: Option<(u8, u128)>,
     stats: HostStats,
+    last_key: Option<(i64, i64, i32, i32, i32, i64)>,
+    last_offset: i64,
 }
 
 /// The kernel clock at one counter value, from a burst of samples.
@@ -280,6 +282,8 @@ impl Publisher {
             prev_state: 0,
             post_leap: None,
             stats: HostStats::default(),
+            last_key: None,
+            last_offset: 0,
         }
     }
 
@@ -307,6 +311,21 @@ impl Publisher {
     /// The page last published.
     pub fn last_page(&self) -> Option<Snapshot> {
         self.last.map(|l| l.snap)
+    }
+
+    /// Whether a full observation is due: the kernel's NTP state changed in a way that matters
+    /// (tick, freq, status bits, leap state, TAI offset, PLL time constant, a new offset), an
+    /// event is pending, or `interval_ns` has passed since the last one. The daemon asks this
+    /// after every cheap `adjtimex` read (every 10 ms), so a frequency change reaches the page
+    /// within one poll.
+    pub fn wants_observation(&mut self, tx: &KernelTimex, since_last_ns: i128) -> bool {
+        let key = (tx.tick, tx.freq, tx.status, tx.state, tx.tai, tx.constant);
+        let changed = self.last_key.is_some_and(|k| k != key);
+        // A new ADJ_OFFSET shows as the offset growing in magnitude (the PLL only shrinks it).
+        let new_offset = tx.offset_ns.unsigned_abs() > self.last_offset.unsigned_abs();
+        self.last_key = Some(key);
+        self.last_offset = tx.offset_ns;
+        changed || new_offset || self.stepped || self.pending.is_some() || since_last_ns >= self.cfg.interval_ns
     }
 
     /// Handles an event; the next observation acts on it.
@@ -358,10 +377,11 @@ impl Publisher {
         } else if was == TIME_DEL && kernel.state != TIME_DEL {
             self.post_leap = Some((leap::POST_NEG, now as u128 + day));
         }
-        if kernel.status & STA_INS != 0 {
+        // STA_INS/STA_DEL stay set after the leap (TIME_WAIT) until the NTP daemon clears them.
+        if kernel.state == TIME_OK && kernel.status & STA_INS != 0 {
             return leap::PRE_POS;
         }
-        if kernel.status & STA_DEL != 0 {
+        if kernel.state == TIME_OK && kernel.status & STA_DEL != 0 {
             return leap::PRE_NEG;
         }
         match self.post_leap {
@@ -499,10 +519,13 @@ impl Publisher {
             let o = old.raw_time_at(k.counter).map(|t| t as i128).unwrap_or(k.time);
             let gap = k.time - o; // kernel − old page
                                   // If the period shrinks, keep the new page ahead of the old one until it is written.
+            // Over the write latency, how far the old page would run ahead of a new one with
+            // period `p` (0 if the new one runs faster).
             let later = k.counter.wrapping_add(self.cfg.latency_ticks);
-            let elapsed_new = |p: Period| Reference { period: p.frac, shift: p.shift, ..old }.elapsed(later).0;
+            let over_latency = |frac: u64, shift: u8| Reference { counter_value: k.counter, period: frac, shift, ..old }.elapsed(later).0;
+            let margin_for = |p: Period| (over_latency(old.period, old.shift) - over_latency(p.frac, p.shift)).max(0);
             if gap >= 0 {
-                let margin = (old.elapsed(later).0 - elapsed_new(period)).max(0);
+                let margin = margin_for(period);
                 time = k.time.max(o + margin);
                 if old.maxerror_at(k.counter).is_some_and(|m| gap as u128 > m) {
                     disrupted = true; // the old page's bounds did not hold
@@ -514,18 +537,24 @@ impl Publisher {
                 let ns = frac_to_ns_f64(-gap);
                 slew_ppb = ((ns / self.cfg.interval_ns as f64 * 1e9).ceil() as u64).clamp(1, self.cfg.max_slew_ppb);
                 period = slowed(n.model, slew_ppb);
-                let margin = (old.elapsed(later).0 - elapsed_new(period)).max(0);
-                time = o + margin;
+                time = o + margin_for(period);
             } else {
                 monotonic = false;
                 disrupted = true;
             }
-            // A period change beyond the old page's advertised rate error breaks its bounds for
-            // earlier counter values: that is a disruption too.
-            let as_q128 = |frac: u64, shift: u8| (frac as u128) << (64 - shift.min(64));
-            let old_rate = old.maxerror.rate.map_or(0, |r| as_q128(r, old.shift));
-            if as_q128(period.frac, period.shift).abs_diff(as_q128(old.period, old.shift)) > old_rate {
-                disrupted = true;
+            // For every counter value since the old reference, the new page must stay inside the
+            // bounds the old page advertised; otherwise the marker changes. The difference of
+            // the two pages is linear in the counter and the bound is linear too, so checking
+            // both ends is exact.
+            if !disrupted {
+                let new_ref = Reference { counter_value: k.counter, period: period.frac, shift: period.shift, time: time.max(0) as u128, ..old };
+                for c in [old.counter_value, k.counter] {
+                    let inside = match (old.raw_time_at(c), new_ref.raw_time_at(c), old.maxerror_at(c)) {
+                        (Ok(to), Ok(tn), Some(m)) => tn.abs_diff(to) <= m,
+                        _ => false,
+                    };
+                    disrupted |= !inside;
+                }
             }
         }
         if disrupted && self.last.is_some() {

@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 pub mod host;
+pub mod host_run;
 
 pub use host::{Clock, SimHost};
 

@@ -1,0 +1,166 @@
+//! Runs the real host publisher ([`vmtime_core::host::Publisher`]) against a [`SimHost`] and
+//! judges every page: TIME_MONOTONIC at each update, the old page's bounds for earlier counter
+//! values, true time inside the bounds, and the page's error against the kernel clock.
+
+use crate::host::{Clock, SimHost};
+use vmclock::{abi::flags, Snapshot};
+use vmtime_core::host::{HostAction, HostConfig, Observation, Publisher, Reason, Sampled};
+
+const NS: i128 = 1_000_000_000;
+
+/// Violations found; all must be 0.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Violations {
+    /// A new page flagged TIME_MONOTONIC gave an earlier time than the old one at the update.
+    pub monotonic: u64,
+    /// Without a marker change, a new page left the old page's bounds at an earlier counter.
+    pub bound_consistency: u64,
+    /// True time lay outside the page's [earliest, latest].
+    pub truth_outside: u64,
+}
+
+/// One page published during a run.
+#[derive(Clone, Debug)]
+pub struct Published {
+    /// True time of the update, ns.
+    pub at_ns: i128,
+    /// Why.
+    pub reason: Reason,
+    /// Whether the marker changed.
+    pub disrupted: bool,
+    /// The page.
+    pub snap: Snapshot,
+}
+
+/// A host, its publisher, and what was seen.
+#[derive(Debug)]
+pub struct HostRun {
+    /// The simulated host (the scenario changes its kernel).
+    pub host: SimHost,
+    /// The publisher under test.
+    pub publisher: Publisher,
+    /// Which clock is sampled: CLOCK_TAI when the kernel's TAI offset is set.
+    pub sampled: Sampled,
+    /// The page readers see.
+    pub current: Option<Snapshot>,
+    /// Every page published.
+    pub pages: Vec<Published>,
+    /// Violations.
+    pub violations: Violations,
+    /// Page − kernel clock at each poll, ns (after the first page).
+    pub page_vs_kernel_ns: Vec<f64>,
+    /// Truth checks made.
+    pub truth_checks: u64,
+    /// With UTC sampling: the leap-second list the daemon reads TAI − UTC from, looked up at
+    /// the kernel's REALTIME second of each observation.
+    pub leap_list: Option<vmtime_core::leapsecs::LeapSeconds>,
+    last_observation: i128,
+}
+
+impl HostRun {
+    /// A run on `host` with `cfg`.
+    pub fn new(host: SimHost, cfg: HostConfig, sampled: Sampled) -> Self {
+        HostRun {
+            host,
+            publisher: Publisher::new(cfg),
+            sampled,
+            current: None,
+            pages: Vec::new(),
+            violations: Violations::default(),
+            page_vs_kernel_ns: Vec::new(),
+            truth_checks: 0,
+            leap_list: None,
+            last_observation: i128::MIN / 2,
+        }
+    }
+
+    fn clock(&self) -> Clock {
+        match self.sampled {
+            Sampled::Tai => Clock::Tai,
+            Sampled::Utc { .. } => Clock::Realtime,
+        }
+    }
+
+    /// One full observation, as the daemon makes it.
+    pub fn observe(&mut self) {
+        if let Some(list) = &self.leap_list {
+            let second = self.host.kernel_realtime_ns().div_euclid(NS) as i64;
+            let tai_offset = match list.offset_at(second) {
+                vmtime_core::leapsecs::TaiOffset::Known(o) => Some(o),
+                vmtime_core::leapsecs::TaiOffset::Expired { .. } => None,
+            };
+            self.sampled = Sampled::Utc { tai_offset };
+        }
+        let raw = self.host.tightest(Clock::Raw, 8);
+        let samples = self.host.burst(self.clock(), 64);
+        let kernel = self.host.timex();
+        self.last_observation = self.host.now();
+        let obs = Observation { raw, clock: self.sampled, samples: &samples, kernel };
+        if let Some(HostAction::Publish { page, reason, disrupted }) = self.publisher.handle_observation(&obs) {
+            // The write lands a few µs after the burst.
+            self.host.advance(5_000);
+            let snap = Snapshot::new(page, 4096).expect("valid page");
+            if let Some(old) = self.current {
+                self.judge_update(&old, &snap);
+            }
+            self.pages.push(Published { at_ns: self.host.now(), reason, disrupted, snap });
+            self.current = Some(snap);
+        }
+    }
+
+    fn judge_update(&mut self, old: &Snapshot, new: &Snapshot) {
+        let c = self.host.counter();
+        let (Ok(o), Ok(n)) = (old.reference(), new.reference()) else { return };
+        if new.has(flags::TIME_MONOTONIC) && old.time_type() == new.time_type() && n.raw_time_at(c).ok() < o.raw_time_at(c).ok() {
+            self.violations.monotonic += 1;
+        }
+        if new.disruption_marker() == old.disruption_marker() && old.time_type() == new.time_type() {
+            let cv = o.counter_value;
+            for probe in [cv, cv.wrapping_add(c.wrapping_sub(cv) / 2), c] {
+                let (Ok(to), Ok(tn), Some(m)) = (o.raw_time_at(probe), n.raw_time_at(probe), o.maxerror_at(probe)) else { continue };
+                if tn.abs_diff(to) > m {
+                    self.violations.bound_consistency += 1;
+                }
+            }
+        }
+    }
+
+    /// True time inside the current page's bounds, and the page against the kernel clock.
+    pub fn check_now(&mut self) {
+        let Some(snap) = self.current else { return };
+        let Ok(r) = snap.reference() else { return };
+        let c = self.host.counter();
+        let Ok(t) = r.raw_time_at(c) else { return };
+        let truth_tai = self.host.truth_at_counter(c);
+        let truth = if snap.time_type() == vmclock::abi::time_type::TAI { truth_tai } else { truth_tai - self.host.true_tai_offset as i128 * NS };
+        let t_ns = vmclock::Timestamp::<vmclock::Tai>::from_raw(t).as_nanos() as i128;
+        if let Some(m) = r.maxerror_at(c) {
+            self.truth_checks += 1;
+            let m_ns = vmclock::snapshot::frac_to_nanos_ceil(m) as i128;
+            if (t_ns - truth).abs() > m_ns + 1 {
+                self.violations.truth_outside += 1;
+            }
+        }
+        let kernel = self.host.kernel_realtime_ns()
+            + match (snap.time_type(), self.sampled) {
+                (vmclock::abi::time_type::TAI, Sampled::Tai) => self.host.tx.tai as i128 * NS,
+                (vmclock::abi::time_type::TAI, _) => snap.tai_offset().unwrap_or(0) as i128 * NS,
+                _ => 0,
+            };
+        self.page_vs_kernel_ns.push((t_ns - kernel) as f64);
+    }
+
+    /// Runs for `dur_ns`, polling the kernel state every `poll_ns` as the daemon does.
+    pub fn run_for(&mut self, dur_ns: i128, poll_ns: i128) {
+        let end = self.host.now() + dur_ns;
+        while self.host.now() < end {
+            let tx = self.host.timex();
+            let since = self.host.now() - self.last_observation;
+            if self.publisher.wants_observation(&tx, since) {
+                self.observe();
+            }
+            self.check_now();
+            self.host.advance(poll_ns);
+        }
+    }
+}

@@ -1,0 +1,210 @@
+//! The host publisher against the simulated host: steady state, frequency changes, slews both
+//! ways, steps, leap seconds, unsync/resync, restart; and long random runs.
+use vmclock::abi::{flags, leap, status};
+use vmtime_core::host::{HostConfig, Reason, Sampled};
+use vmtime_core::kernel::{STA_DEL, STA_INS};
+use vmtime_sim::host_run::HostRun;
+use vmtime_sim::SimHost;
+
+const NS: i128 = 1_000_000_000;
+const MS: i128 = 1_000_000;
+/// 2026-11-22T12:00:00Z in TAI ns.
+const T0: i128 = (1_795_348_800 + 37) * NS;
+
+fn synced_host(seed: u64) -> SimHost {
+    // A +20 ppm oscillator, corrected by the kernel's freq; kernel 2 µs off truth, NTP says ±10 µs.
+    let mut h = SimHost::new(seed, T0, 2_500_000_000, 20_000, 37, 2_000);
+    h.set_freq_ppb(-20_000);
+    h.set_kernel_tai(37);
+    h.ntp_sync(10, 5);
+    h
+}
+
+fn run(seed: u64, sampled: Sampled) -> HostRun {
+    let cfg = HostConfig { marker_seed: 0x5eed_0000 + seed, ..HostConfig::default() };
+    HostRun::new(synced_host(seed), cfg, sampled)
+}
+
+fn p99(v: &[f64]) -> f64 {
+    let mut a: Vec<f64> = v.iter().map(|x| x.abs()).collect();
+    a.sort_by(f64::total_cmp);
+    a[((a.len() - 1) as f64 * 0.99) as usize]
+}
+
+fn assert_clean(r: &HostRun) {
+    assert_eq!(r.violations, Default::default(), "violations; pages: {:#?}", r.pages.iter().map(|p| (p.at_ns, p.reason, p.disrupted)).collect::<Vec<_>>());
+}
+
+#[test]
+fn steady_state_is_quiet_and_tight() {
+    let mut r = run(1, Sampled::Tai);
+    r.run_for(600 * NS, 10 * MS);
+    assert_clean(&r);
+    let last = r.current.unwrap();
+    assert_eq!(last.clock_status(), Some(status::SYNCHRONIZED));
+    assert_eq!(last.tai_offset(), Some(37));
+    assert!(last.has(flags::TIME_MONOTONIC | flags::TIME_MAXERROR_VALID | flags::PERIOD_MAXERROR_VALID));
+    // Error against the kernel clock once calibrated (skip the first 5 s).
+    let settled = &r.page_vs_kernel_ns[500..];
+    let e = p99(settled);
+    eprintln!("steady: {} pages in 600 s, |page − kernel| p99 {e:.1} ns, truth checks {}", r.pages.len(), r.truth_checks);
+    assert!(e <= 20.0, "p99 {e}");
+    assert!(r.pages.len() < 40, "idle updates: {}", r.pages.len());
+    assert!(r.truth_checks > 50_000);
+}
+
+/// The first page with `reason` after true time `t`.
+fn first_after(r: &HostRun, t: i128, reason: Reason) -> Option<&vmtime_sim::host_run::Published> {
+    r.pages.iter().find(|p| p.at_ns >= t && p.reason == reason)
+}
+
+#[test]
+fn frequency_change_reaches_the_page_within_one_poll() {
+    let mut r = run(2, Sampled::Tai);
+    r.run_for(30 * NS, 10 * MS);
+    let t = r.host.now();
+    r.host.set_freq_ppb(-17_000); // NTP changes the frequency by 3 ppm
+    r.run_for(30 * NS, 10 * MS);
+    let p = first_after(&r, t, Reason::Rate).expect("a Rate update");
+    let delay = p.at_ns - t;
+    eprintln!("frequency change → new page: {:.3} ms", delay as f64 / 1e6);
+    assert!(delay <= 10 * MS + MS, "{delay}");
+    assert!(p99(&r.page_vs_kernel_ns[r.page_vs_kernel_ns.len() - 2000..]) <= 20.0);
+    assert_clean(&r);
+}
+
+#[test]
+fn slews_in_both_directions_keep_every_promise() {
+    for (seed, offset) in [(3u64, 200_000i64), (4, -200_000), (5, 5_000_000), (6, -5_000_000)] {
+        let mut r = run(seed, Sampled::Tai);
+        r.run_for(20 * NS, 10 * MS);
+        let marker = r.current.unwrap().disruption_marker();
+        r.host.set_offset_ns(offset); // the kernel PLL slews it over the next minute or so
+        r.host.ntp_sync(offset.unsigned_abs() as i64 / 1000 + 10, 5); // NTP's maxerror covers what it found
+        r.run_for(300 * NS, 10 * MS);
+        assert_clean(&r);
+        assert_eq!(r.current.unwrap().disruption_marker(), marker, "a slew is not a disruption");
+        let tail = &r.page_vs_kernel_ns[r.page_vs_kernel_ns.len() - 3000..];
+        eprintln!("slew {offset} ns: {} pages, tail p99 {:.1} ns", r.pages.len(), p99(tail));
+        assert!(p99(tail) <= 20.0);
+    }
+}
+
+#[test]
+fn steps_change_the_marker_and_backward_steps_are_not_monotonic() {
+    for (seed, step) in [(7u64, 10 * MS), (8, -10 * MS), (9, -300_000)] {
+        let mut r = run(seed, Sampled::Tai);
+        r.run_for(20 * NS, 10 * MS);
+        let before = r.current.unwrap();
+        let t = r.host.now();
+        r.host.step(step);
+        r.publisher.handle_event(vmtime_core::host::HostEvent::Stepped);
+        r.run_for(5 * NS, 10 * MS);
+        let p = r.pages.iter().find(|p| p.at_ns >= t).expect("an update");
+        assert!(p.at_ns - t <= 11 * MS, "reacts within a poll");
+        // Every detected step changes the marker; a backward one cannot promise monotonic time.
+        assert!(p.disrupted && p.snap.disruption_marker() != before.disruption_marker(), "{step}");
+        assert_eq!(p.snap.has(flags::TIME_MONOTONIC), step > 0, "{step}");
+        assert_clean(&r);
+        assert!(r.page_vs_kernel_ns.last().unwrap().abs() <= 20.0);
+    }
+}
+
+fn leap_run(seed: u64, insert: bool, sampled: Sampled) -> HostRun {
+    // Start 30 s before midnight UTC of 2026-12-31 (a leap day in this scenario).
+    let midnight = 20_818 * 86_400 * NS;
+    let mut h = SimHost::new(seed, midnight - 30 * NS + 37 * NS, 2_500_000_000, 0, 37, 1_000);
+    h.ntp_sync(10, 5);
+    if sampled == Sampled::Tai {
+        h.set_kernel_tai(37);
+    }
+    h.set_status(if insert { STA_INS } else { STA_DEL }, true);
+    let mut r = HostRun::new(h, HostConfig { marker_seed: seed, ..HostConfig::default() }, sampled);
+    if let Sampled::Utc { .. } = sampled {
+        let day = 20_819 * 86_400; // the first second after the leap
+        r.leap_list = Some(vmtime_core::leapsecs::LeapSeconds { entries: vec![(1_483_228_800, 37), (day, if insert { 38 } else { 36 })], expires: day + 86_400 * 180 });
+    }
+    r.run_for(25 * NS, 10 * MS);
+    let pre = r.current.unwrap();
+    assert_eq!(pre.leap_indicator(), Some(if insert { leap::PRE_POS } else { leap::PRE_NEG }));
+    // Through midnight; the true TAI − UTC changes with the leap.
+    r.run_for(5 * NS, 10 * MS);
+    r.host.true_tai_offset = if insert { 38 } else { 36 };
+    r.run_for(10 * NS, 10 * MS);
+    r.host.set_status(STA_INS | STA_DEL, false);
+    r.run_for(20 * NS, 10 * MS);
+    r
+}
+
+#[test]
+fn leap_seconds_keep_tai_continuous() {
+    for (seed, insert, sampled) in [
+        (10u64, true, Sampled::Tai),
+        (11, false, Sampled::Tai),
+        (12, true, Sampled::Utc { tai_offset: Some(37) }),
+        (16, false, Sampled::Utc { tai_offset: Some(37) }),
+    ] {
+        let r = leap_run(seed, insert, sampled);
+        assert_eq!(r.host.leaps_applied.len(), 1, "the kernel applied the leap");
+        assert_clean(&r);
+        let markers: std::collections::BTreeSet<u64> = r.pages.iter().map(|p| p.snap.disruption_marker()).collect();
+        assert_eq!(markers.len(), 1, "a leap second is not a disruption of a TAI page");
+        let leaps: Vec<u8> = r.pages.iter().filter_map(|p| p.snap.leap_indicator()).collect();
+        let want_post = if insert { leap::POST_POS } else { leap::POST_NEG };
+        assert!(leaps.contains(&want_post), "{leaps:?}");
+        if insert && sampled == Sampled::Tai {
+            assert!(leaps.contains(&leap::POS), "23:59:60 is announced: {leaps:?}");
+        }
+        let tail = &r.page_vs_kernel_ns[r.page_vs_kernel_ns.len() - 1000..];
+        assert!(p99(tail) <= 20.0, "{insert} {sampled:?}: {}", p99(tail));
+    }
+}
+
+#[test]
+fn unsync_and_resync_change_the_status() {
+    let mut r = run(13, Sampled::Tai);
+    r.run_for(10 * NS, 10 * MS);
+    assert_eq!(r.current.unwrap().clock_status(), Some(status::SYNCHRONIZED));
+    r.host.set_status(vmtime_core::kernel::STA_UNSYNC, true);
+    r.run_for(2 * NS, 10 * MS);
+    assert_eq!(r.current.unwrap().clock_status(), Some(status::FREERUNNING));
+    r.host.ntp_sync(20, 5);
+    r.run_for(2 * NS, 10 * MS);
+    assert_eq!(r.current.unwrap().clock_status(), Some(status::SYNCHRONIZED));
+    assert!(r.pages.iter().any(|p| p.reason == Reason::Status));
+    assert_clean(&r);
+}
+
+#[test]
+fn unknown_tai_offset_publishes_utc_never_tai() {
+    let mut r = run(14, Sampled::Utc { tai_offset: None });
+    r.run_for(5 * NS, 10 * MS);
+    let p = r.current.unwrap();
+    assert_eq!(p.time_type(), vmclock::abi::time_type::UTC);
+    assert!(!p.has(flags::TAI_OFFSET_VALID));
+    assert_clean(&r);
+}
+
+#[test]
+fn restart_keeps_the_marker_only_with_continuity() {
+    let mut r = run(15, Sampled::Tai);
+    r.run_for(20 * NS, 10 * MS);
+    let page = r.current.unwrap();
+    // Same host, a new publisher over the page it left.
+    let cfg = HostConfig { marker_seed: 999, ..HostConfig::default() };
+    let mut again = HostRun::new(r.host.clone(), cfg.clone(), Sampled::Tai);
+    again.publisher = vmtime_core::host::Publisher::resume(cfg.clone(), page);
+    again.current = Some(page);
+    again.run_for(3 * NS, 10 * MS);
+    assert_eq!(again.current.unwrap().disruption_marker(), page.disruption_marker(), "continuity proven");
+    assert_clean(&again);
+    // The host clock was stepped while the daemon was down: the marker must change.
+    let mut stepped = r.host.clone();
+    stepped.step(50 * MS);
+    let mut again = HostRun::new(stepped, cfg.clone(), Sampled::Tai);
+    again.publisher = vmtime_core::host::Publisher::resume(cfg, page);
+    again.current = Some(page);
+    again.run_for(3 * NS, 10 * MS);
+    assert_ne!(again.current.unwrap().disruption_marker(), page.disruption_marker());
+    assert_eq!(again.pages[0].reason, Reason::Restart);
+}
