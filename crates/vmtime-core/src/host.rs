@@ -38,7 +38,10 @@ pub struct HostConfig {
     /// `leap_second_smearing_hint` to publish.
     pub smearing_hint: u8,
     /// Frequency tolerance of the kernel clock against true time, ppb: the period's maximum
-    /// error rate (RFC 5905's PHI is 15 ppm).
+    /// error rate. The default is the kernel's own MAXFREQ (500 ppm), the rate at which it grows
+    /// its maxerror, so the page's bounds hold whenever the kernel's do, whatever the NTP daemon
+    /// does to the frequency (slews included). A host whose NTP daemon never moves the frequency
+    /// faster may lower it (RFC 5905's PHI is 15 ppm).
     pub tolerance_ppb: u64,
     /// Fastest slew used to close a backward gap, ppb.
     pub max_slew_ppb: u64,
@@ -63,7 +66,7 @@ impl Default for HostConfig {
             counter_id: abi::counter_id::X86_TSC,
             threshold_ns: 20,
             smearing_hint: abi::smearing::STRICT,
-            tolerance_ppb: 15_000,
+            tolerance_ppb: 500_000,
             max_slew_ppb: 500_000,
             step_ns: 1_000_000,
             calibration_ns: NS,
@@ -519,11 +522,16 @@ impl Publisher {
             let o = old.raw_time_at(k.counter).map(|t| t as i128).unwrap_or(k.time);
             let gap = k.time - o; // kernel − old page
                                   // If the period shrinks, keep the new page ahead of the old one until it is written.
-            // Over the write latency, how far the old page would run ahead of a new one with
-            // period `p` (0 if the new one runs faster).
+                                  // Over the write latency, how far the old page would run ahead of a new one with
+                                  // period `p` (0 if the new one runs faster).
             let later = k.counter.wrapping_add(self.cfg.latency_ticks);
-            let over_latency = |frac: u64, shift: u8| Reference { counter_value: k.counter, period: frac, shift, ..old }.elapsed(later).0;
-            let margin_for = |p: Period| (over_latency(old.period, old.shift) - over_latency(p.frac, p.shift)).max(0);
+            let over_latency = |frac: u64, shift: u8| {
+                Reference { counter_value: k.counter, period: frac, shift, ..old }.elapsed(later).0
+            };
+            // Plus 2 units (1e-19 s): floor(a) + floor(b) can fall 1 short of floor(a + b), so the
+            // old page evaluated over its whole span may lead the new one by a unit.
+            let margin_for =
+                |p: Period| (over_latency(old.period, old.shift) - over_latency(p.frac, p.shift)).max(0) + 2;
             if gap >= 0 {
                 let margin = margin_for(period);
                 time = k.time.max(o + margin);
@@ -547,7 +555,13 @@ impl Publisher {
             // the two pages is linear in the counter and the bound is linear too, so checking
             // both ends is exact.
             if !disrupted {
-                let new_ref = Reference { counter_value: k.counter, period: period.frac, shift: period.shift, time: time.max(0) as u128, ..old };
+                let new_ref = Reference {
+                    counter_value: k.counter,
+                    period: period.frac,
+                    shift: period.shift,
+                    time: time.max(0) as u128,
+                    ..old
+                };
                 for c in [old.counter_value, k.counter] {
                     let inside = match (old.raw_time_at(c), new_ref.raw_time_at(c), old.maxerror_at(c)) {
                         (Ok(to), Ok(tn), Some(m)) => tn.abs_diff(to) <= m,

@@ -80,14 +80,14 @@ impl KernelTimex {
     /// The kernel clock's length of one raw second, in 2^-16 ns: tick·USER_HZ·1000·2^16 +
     /// freq·1000 + pll_chunk·2^16.
     pub fn second_length_q16(&self) -> i128 {
-        (self.tick as i128 * USER_HZ as i128 * 1000 << 16)
+        ((self.tick as i128 * USER_HZ as i128 * 1000) << 16)
             + self.freq as i128 * 1000
             + ((self.pll_chunk_ns() as i128) << 16)
     }
 
     /// The rate relative to CLOCK_MONOTONIC_RAW minus one, in parts per 10^9 (for display).
     pub fn rate_ppb(&self) -> f64 {
-        (self.second_length_q16() as f64 / 65536.0 - 1e9) as f64
+        self.second_length_q16() as f64 / 65536.0 - 1e9
     }
 }
 

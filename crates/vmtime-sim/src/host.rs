@@ -1,7 +1,9 @@
 //! A simulated host: oscillator, counter, RAW clock and a Linux-like kernel clock.
 
 use crate::Rng;
-use vmtime_core::kernel::{KernelTimex, STA_DEL, STA_INS, STA_NANO, STA_PLL, STA_UNSYNC, TIME_DEL, TIME_INS, TIME_OK, TIME_OOP, TIME_WAIT};
+use vmtime_core::kernel::{
+    KernelTimex, STA_DEL, STA_INS, STA_NANO, STA_PLL, STA_UNSYNC, TIME_DEL, TIME_INS, TIME_OK, TIME_OOP, TIME_WAIT,
+};
 use vmtime_core::AbaSample;
 
 const NS: i128 = 1_000_000_000;
@@ -67,7 +69,14 @@ impl SimHost {
             seg_k: 0,
             kq: raw_q,
             chunk: 0,
-            tx: KernelTimex { tick: 10_000, constant: 2, status: STA_UNSYNC | STA_NANO | STA_PLL, maxerror_us: 16_000_000, esterror_us: 16_000_000, ..Default::default() },
+            tx: KernelTimex {
+                tick: 10_000,
+                constant: 2,
+                status: STA_UNSYNC | STA_NANO | STA_PLL,
+                maxerror_us: 16_000_000,
+                esterror_us: 16_000_000,
+                ..Default::default()
+            },
             rng: Rng::new(seed),
             window_ns: (8, 30),
             outlier_permille: 5,
@@ -120,7 +129,8 @@ impl SimHost {
     fn recompute_rate(&mut self) {
         // ns per tick = raw ns per tick × second length / 1e9, the second length being the
         // kernel's tick_length: tick and freq, plus the PLL chunk fixed at the last second.
-        let len = (self.tx.tick as i128 * 100 * 1000 << 16) + self.tx.freq as i128 * 1000 + ((self.chunk as i128) << 16);
+        let len =
+            ((self.tx.tick as i128 * 100 * 1000) << 16) + self.tx.freq as i128 * 1000 + ((self.chunk as i128) << 16);
         self.kq = self.raw_q * len / (NS << 16);
     }
 

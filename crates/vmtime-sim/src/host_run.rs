@@ -51,6 +51,8 @@ pub struct HostRun {
     pub page_vs_kernel_ns: Vec<f64>,
     /// Truth checks made.
     pub truth_checks: u64,
+    /// What each violation was, for diagnosis.
+    pub violation_log: Vec<String>,
     /// With UTC sampling: the leap-second list the daemon reads TAI − UTC from, looked up at
     /// the kernel's REALTIME second of each observation.
     pub leap_list: Option<vmtime_core::leapsecs::LeapSeconds>,
@@ -69,6 +71,7 @@ impl HostRun {
             violations: Violations::default(),
             page_vs_kernel_ns: Vec::new(),
             truth_checks: 0,
+            violation_log: Vec::new(),
             leap_list: None,
             last_observation: i128::MIN / 2,
         }
@@ -111,13 +114,29 @@ impl HostRun {
     fn judge_update(&mut self, old: &Snapshot, new: &Snapshot) {
         let c = self.host.counter();
         let (Ok(o), Ok(n)) = (old.reference(), new.reference()) else { return };
-        if new.has(flags::TIME_MONOTONIC) && old.time_type() == new.time_type() && n.raw_time_at(c).ok() < o.raw_time_at(c).ok() {
+        if new.has(flags::TIME_MONOTONIC)
+            && old.time_type() == new.time_type()
+            && n.raw_time_at(c).ok() < o.raw_time_at(c).ok()
+        {
             self.violations.monotonic += 1;
+            let back = o.raw_time_at(c).unwrap_or(0) as i128 - n.raw_time_at(c).unwrap_or(0) as i128;
+            self.violation_log.push(format!(
+                "monotonic at {}: back {:.3} ns, reason {:?}, period {} -> {}, status {:?}",
+                self.host.now(),
+                back as f64 * 1e9 / 18446744073709551616.0,
+                self.publisher.stats().last_reason,
+                o.period,
+                n.period,
+                new.clock_status()
+            ));
         }
         if new.disruption_marker() == old.disruption_marker() && old.time_type() == new.time_type() {
             let cv = o.counter_value;
             for probe in [cv, cv.wrapping_add(c.wrapping_sub(cv) / 2), c] {
-                let (Ok(to), Ok(tn), Some(m)) = (o.raw_time_at(probe), n.raw_time_at(probe), o.maxerror_at(probe)) else { continue };
+                let (Ok(to), Ok(tn), Some(m)) = (o.raw_time_at(probe), n.raw_time_at(probe), o.maxerror_at(probe))
+                else {
+                    continue;
+                };
                 if tn.abs_diff(to) > m {
                     self.violations.bound_consistency += 1;
                 }
@@ -132,7 +151,11 @@ impl HostRun {
         let c = self.host.counter();
         let Ok(t) = r.raw_time_at(c) else { return };
         let truth_tai = self.host.truth_at_counter(c);
-        let truth = if snap.time_type() == vmclock::abi::time_type::TAI { truth_tai } else { truth_tai - self.host.true_tai_offset as i128 * NS };
+        let truth = if snap.time_type() == vmclock::abi::time_type::TAI {
+            truth_tai
+        } else {
+            truth_tai - self.host.true_tai_offset as i128 * NS
+        };
         let t_ns = vmclock::Timestamp::<vmclock::Tai>::from_raw(t).as_nanos() as i128;
         if let Some(m) = r.maxerror_at(c) {
             self.truth_checks += 1;

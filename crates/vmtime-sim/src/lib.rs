@@ -1,8 +1,8 @@
 //! Deterministic simulation of the clocks vmtime works with. Everything is integer arithmetic
 //! driven by a seeded generator: the same seed gives the same run, bit for bit.
 //!
-//! * [`Rng`]: splitmix64.
-//! * [`SimHost`]: true time (TAI, ns), the CPU counter of an oscillator with a frequency error,
+//! * [`Rng`], splitmix64.
+//! * [`SimHost`], true time (TAI, ns), the CPU counter of an oscillator with a frequency error,
 //!   CLOCK_MONOTONIC_RAW (the counter at its nominal rate), and a kernel clock with the
 //!   adjtimex semantics of `kernel/time/ntp.c`: a second length from tick and freq, the PLL
 //!   taking `offset >> (2 + constant)` of its remaining offset each second, ADJ_SETOFFSET steps,
