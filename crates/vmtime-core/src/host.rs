@@ -458,6 +458,9 @@ impl Publisher {
                 self.last = None;
                 return Some(self.publish(Reason::Restart, &n, true));
             }
+            // Continuity holds: keep the marker, refresh the page once so readers see a live
+            // publisher.
+            self.pending = Some(Reason::Restart);
         }
 
         let Some(last) = self.last else {

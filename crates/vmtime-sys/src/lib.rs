@@ -5,8 +5,9 @@
 //! those exist in this build's read-only modules.
 
 pub mod clock;
+pub mod event;
 pub mod pagefile;
 pub mod timex;
 
 pub use clock::{aba_sample, gettime, AbaSample, ClockId};
-pub use timex::{read_timex, Timex};
+pub use timex::{read_timex, KernelTimex};

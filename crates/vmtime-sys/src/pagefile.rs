@@ -23,6 +23,19 @@ pub fn create(path: &Path, contents: &[u8]) -> io::Result<File> {
     result.map(|_| f)
 }
 
+/// Opens an existing page file (mode 0444) for writing, for a daemon taking over its own page
+/// after a restart: readers keep their mappings of the same file. The owner may write a file
+/// it owns once it adds the write bit, which is removed again at once.
+pub fn open_existing(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path)?;
+    let mode = meta.permissions().mode();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode | 0o200))?;
+    let f = OpenOptions::new().read(true).write(true).open(path);
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    f
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,10 +3,13 @@
 
 mod check;
 mod gen;
+mod host;
 mod now;
 mod page;
 mod show;
+mod status;
 mod tai;
+mod watch;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -31,6 +34,12 @@ enum Command {
     Now(now::Args),
     /// Write a valid page for a given counter/time relation (tests and demos).
     Gen(gen::Args),
+    /// Publish this machine's kernel clock as a vmclock page (a daemon; reads the clock only).
+    Host(host::Args),
+    /// Print each update of a page with the fields that changed.
+    Watch(watch::Args),
+    /// Ask a running vmtime daemon for its state (JSON over its control socket).
+    Status(status::Args),
 }
 
 /// The default page of a guest.
@@ -43,6 +52,9 @@ fn main() -> ExitCode {
         Command::Check(a) => check::run(a),
         Command::Now(a) => now::run(a),
         Command::Gen(a) => gen::run(a),
+        Command::Host(a) => host::run(a),
+        Command::Watch(a) => watch::run(a),
+        Command::Status(a) => status::run(a),
     };
     match result {
         Ok(code) => code,

@@ -190,6 +190,25 @@ fn report(path: &str, bytes: &[u8; abi::ABI_SIZE], available: usize, counter: Op
     }
 }
 
+/// Every field of a page's bytes as a flat JSON object (absent fields are null).
+pub fn fields_json(bytes: &[u8; abi::ABI_SIZE], available: usize) -> serde_json::Value {
+    let a = VmclockAbi::from_le_bytes(bytes);
+    serde_json::to_value(fields(&a, a.size.get().min(available as u32))).unwrap_or_default()
+}
+
+/// A short summary of a page's fields.
+pub fn one_line(f: &serde_json::Value) -> String {
+    format!(
+        "status {} time_type {} marker {} tai_offset {} maxerror_ns {} leap {}",
+        f["clock_status"]["name"],
+        f["time_type"]["name"],
+        f["disruption_marker"],
+        f["tai_offset_sec"],
+        f["time_maxerror_nanosec"],
+        f["leap_indicator"]["name"]
+    )
+}
+
 fn opt<T: std::fmt::Display>(v: &Option<T>) -> String {
     v.as_ref().map_or_else(|| "absent (beyond size)".to_string(), |x| x.to_string())
 }
