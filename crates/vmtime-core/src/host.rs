@@ -180,6 +180,8 @@ pub struct HostStats {
 #[derive(Clone, Copy, Debug)]
 struct Last {
     snap: Snapshot,
+    /// The model period the page was made from (before any slew).
+    model: Period,
     status: u8,
     leap: u8,
     tai: Option<i16>,
@@ -447,6 +449,7 @@ impl Publisher {
                     .is_some_and(|(t, m)| (t as i128 - k.time).unsigned_abs() <= m);
             self.last = Some(Last {
                 snap: prev,
+                model,
                 status: prev.clock_status().unwrap_or(0),
                 leap: prev.leap_indicator().unwrap_or(0),
                 tai: prev.tai_offset(),
@@ -471,15 +474,10 @@ impl Publisher {
         let err = r.raw_time_at(k.counter).ok()? as i128 - k.time;
         self.stats.last_error_ns = frac_to_ns_f64(err);
         let threshold = ns_to_frac(self.cfg.threshold_ns as i128);
-        // How far the old model and the new drift apart over one interval.
+        // How far the last model and the new one drift apart over one interval.
         let ticks = (self.cfg.interval_ns as f64 / 1e9 * model.hz()) as u64;
-        let drift_next = (r.elapsed(last.snap.counter_value()?.wrapping_add(ticks)).0 - {
-            let mut m = r;
-            m.period = model.frac;
-            m.shift = model.shift;
-            m.elapsed(last.snap.counter_value()?.wrapping_add(ticks)).0
-        })
-        .abs();
+        let over = |p: Period| Reference { counter_value: 0, period: p.frac, shift: p.shift, ..r }.elapsed(ticks).0;
+        let drift_next = (over(last.model) - over(model)).abs();
 
         let reason = if let Some(p) = self.pending.take() {
             Some(p)
@@ -491,13 +489,13 @@ impl Publisher {
             Some(if last.status == status::INITIALIZING { Reason::Calibrated } else { Reason::Status })
         } else if last.leap != lp {
             Some(Reason::Leap)
+        } else if drift_next > threshold / 2 {
+            Some(Reason::Rate)
         } else if last.slewing {
             // A slew ends when the gap has closed; otherwise it is planned again.
             Some(if err.abs() <= threshold { Reason::SlewDone } else { Reason::Drift })
         } else if err.abs() > threshold {
             Some(Reason::Drift)
-        } else if !last.slewing && drift_next > threshold / 2 {
-            Some(Reason::Rate)
         } else {
             None
         };
@@ -611,6 +609,7 @@ impl Publisher {
         let snap = Snapshot::new(page, vmclock::abi::PAGE_SIZE).expect("the builder makes valid pages");
         self.last = Some(Last {
             snap,
+            model: n.model,
             status: n.status,
             leap: n.leap,
             tai: n.tai,

@@ -57,6 +57,7 @@ pub struct HostRun {
     /// the kernel's REALTIME second of each observation.
     pub leap_list: Option<vmtime_core::leapsecs::LeapSeconds>,
     last_observation: i128,
+    next_poll: i128,
 }
 
 impl HostRun {
@@ -74,6 +75,7 @@ impl HostRun {
             violation_log: Vec::new(),
             leap_list: None,
             last_observation: i128::MIN / 2,
+            next_poll: i128::MIN / 2,
         }
     }
 
@@ -162,6 +164,16 @@ impl HostRun {
             let m_ns = vmclock::snapshot::frac_to_nanos_ceil(m) as i128;
             if (t_ns - truth).abs() > m_ns + 1 {
                 self.violations.truth_outside += 1;
+                self.violation_log.push(format!(
+                    "truth outside at {}: page − truth {} ns, maxerror {} ns, kernel error {} ns, kernel maxerror {} µs, page age {} s, last {:?}",
+                    self.host.now(),
+                    t_ns - truth,
+                    m_ns,
+                    self.host.kernel_error_ns(),
+                    self.host.tx.maxerror_us,
+                    (c.wrapping_sub(r.counter_value) as f64) / self.host.nominal_hz as f64,
+                    self.publisher.stats().last_reason
+                ));
             }
         }
         let kernel = self.host.kernel_realtime_ns()
@@ -173,17 +185,29 @@ impl HostRun {
         self.page_vs_kernel_ns.push((t_ns - kernel) as f64);
     }
 
-    /// Runs for `dur_ns`, polling the kernel state every `poll_ns` as the daemon does.
+    /// Runs for `dur_ns`, polling the kernel state every `poll_ns` as the daemon does (the poll
+    /// schedule carries over from one call to the next, so a change made between calls waits
+    /// for the next scheduled poll).
     pub fn run_for(&mut self, dur_ns: i128, poll_ns: i128) {
         let end = self.host.now() + dur_ns;
-        while self.host.now() < end {
-            let tx = self.host.timex();
-            let since = self.host.now() - self.last_observation;
-            if self.publisher.wants_observation(&tx, since) {
-                self.observe();
+        loop {
+            if self.host.now() >= self.next_poll {
+                let tx = self.host.timex();
+                let since = self.host.now() - self.last_observation;
+                if self.publisher.wants_observation(&tx, since) {
+                    self.observe();
+                }
+                self.check_now();
+                self.next_poll += poll_ns;
+                if self.next_poll <= self.host.now() {
+                    self.next_poll = self.host.now() + poll_ns;
+                }
             }
-            self.check_now();
-            self.host.advance(poll_ns);
+            let step = (self.next_poll.min(end) - self.host.now()).max(0);
+            if self.host.now() >= end {
+                break;
+            }
+            self.host.advance(step.max(1));
         }
     }
 }

@@ -15,7 +15,7 @@ use vmclock::{Mapping, PageBuilder, Snapshot, WritableMapping, Writer};
 use vmtime_core::host::{HostAction, HostConfig, HostEvent, Observation, Publisher, Sampled};
 use vmtime_core::leapsecs::{LeapSeconds, TaiOffset};
 use vmtime_sys::clock::{aba_sample, tightest, ClockId};
-use vmtime_sys::event::{self, Interval, StepDetector};
+use vmtime_sys::event::{self, StepDetector};
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
@@ -312,26 +312,34 @@ pub fn run(a: Args) -> Result<ExitCode> {
         d.publisher.handle_event(HostEvent::CounterChanged { usable: false });
     }
     let steps = StepDetector::new()?;
-    let tick = Interval::new(Duration::from_millis(a.poll_ms.max(1)))?;
+    let poll_every = Duration::from_millis(a.poll_ms.max(1));
+    let mut next_poll = Instant::now();
     let mut last_obs = Instant::now() - Duration::from_secs(3600);
     let mut last_line = Instant::now();
     let mut last_cs_check = Instant::now();
     let end = a.duration_s.map(|s| Instant::now() + Duration::from_secs(s));
     loop {
-        let fds = [steps.fd(), tick.fd(), listener.as_raw_fd()];
-        let ready = event::poll_readable(&fds, 1000)?;
+        // One system call per wake-up: poll() sleeps until the next adjtimex read is due, a step
+        // or a control connection.
+        let wait = next_poll.saturating_duration_since(Instant::now());
+        let fds = [steps.fd(), listener.as_raw_fd()];
+        let ready = event::poll_readable(&fds, wait.as_micros().div_ceil(1000).min(1000) as i32)?;
         if ready[0] && steps.stepped()? {
             eprintln!("the kernel clock was set");
             d.publisher.handle_event(HostEvent::Stepped);
+            next_poll = Instant::now();
         }
-        if ready[2] {
+        if ready[1] {
             while let Ok((conn, _)) = listener.accept() {
                 let _ = conn.set_nonblocking(false);
                 d.control(conn);
             }
         }
-        if ready[1] {
-            tick.ack()?;
+        if Instant::now() >= next_poll {
+            next_poll += poll_every;
+            if next_poll < Instant::now() {
+                next_poll = Instant::now() + poll_every;
+            }
             if last_cs_check.elapsed() >= Duration::from_secs(1) {
                 last_cs_check = Instant::now();
                 let cs = event::current_clocksource().unwrap_or_default();
