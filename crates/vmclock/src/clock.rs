@@ -56,27 +56,13 @@ impl Now {
     /// The time in TAI (a UTC page needs a valid TAI offset).
     #[inline]
     pub fn tai(&self) -> Result<Bounded<Tai>, TimeError> {
-        match self.time_type {
-            abi::time_type::TAI => Ok(self.bounded()),
-            abi::time_type::UTC => {
-                let off = self.tai_offset.ok_or(TimeError::NoTaiOffset { from: "UTC", to: "TAI" })?;
-                self.bounded::<Utc>().map(|ts| ts.to_tai(off)).ok_or(TimeError::Overflow)
-            }
-            _ => Err(TimeError::NotWallClock("TAI")),
-        }
+        self.time().tai(self.tai_offset)
     }
 
     /// The time in UTC (a TAI page needs a valid TAI offset).
     #[inline]
     pub fn utc(&self) -> Result<Bounded<Utc>, TimeError> {
-        match self.time_type {
-            abi::time_type::UTC => Ok(self.bounded()),
-            abi::time_type::TAI => {
-                let off = self.tai_offset.ok_or(TimeError::NoTaiOffset { from: "TAI", to: "UTC" })?;
-                self.bounded::<Tai>().map(|ts| ts.to_utc(off)).ok_or(TimeError::Overflow)
-            }
-            _ => Err(TimeError::NotWallClock("UTC")),
-        }
+        self.time().utc(self.tai_offset)
     }
 
     /// Whether the page says its time may be relied upon (SYNCHRONIZED or FREERUNNING).

@@ -280,27 +280,13 @@ impl Snapshot {
     /// The TAI time and bounds at `counter` (a UTC page needs a valid TAI offset).
     #[inline]
     pub fn tai_at(&self, counter: u64) -> Result<Bounded<Tai>, TimeError> {
-        match self.time_at(counter)? {
-            PageTime::Tai(t) => Ok(t),
-            PageTime::Utc(t) => {
-                let off = self.tai_offset().ok_or(TimeError::NoTaiOffset { from: "UTC", to: "TAI" })?;
-                t.map(|ts| ts.to_tai(off)).ok_or(TimeError::Overflow)
-            }
-            PageTime::Monotonic(_) => Err(TimeError::NotWallClock("TAI")),
-        }
+        self.time_at(counter)?.tai(self.tai_offset())
     }
 
     /// The UTC time and bounds at `counter` (a TAI page needs a valid TAI offset).
     #[inline]
     pub fn utc_at(&self, counter: u64) -> Result<Bounded<Utc>, TimeError> {
-        match self.time_at(counter)? {
-            PageTime::Utc(t) => Ok(t),
-            PageTime::Tai(t) => {
-                let off = self.tai_offset().ok_or(TimeError::NoTaiOffset { from: "TAI", to: "UTC" })?;
-                t.map(|ts| ts.to_utc(off)).ok_or(TimeError::Overflow)
-            }
-            PageTime::Monotonic(_) => Err(TimeError::NotWallClock("UTC")),
-        }
+        self.time_at(counter)?.utc(self.tai_offset())
     }
 }
 
@@ -458,6 +444,32 @@ pub enum PageTime {
 }
 
 impl PageTime {
+    /// In TAI: a UTC time needs TAI − UTC (`tai_offset`); a monotonic one has none.
+    #[inline]
+    pub fn tai(self, tai_offset: Option<i16>) -> Result<Bounded<Tai>, TimeError> {
+        match self {
+            PageTime::Tai(t) => Ok(t),
+            PageTime::Utc(t) => {
+                let off = tai_offset.ok_or(TimeError::NoTaiOffset { from: "UTC", to: "TAI" })?;
+                t.map(|ts| ts.to_tai(off)).ok_or(TimeError::Overflow)
+            }
+            PageTime::Monotonic(_) => Err(TimeError::NotWallClock("TAI")),
+        }
+    }
+
+    /// In UTC: a TAI time needs TAI − UTC (`tai_offset`); a monotonic one has none.
+    #[inline]
+    pub fn utc(self, tai_offset: Option<i16>) -> Result<Bounded<Utc>, TimeError> {
+        match self {
+            PageTime::Utc(t) => Ok(t),
+            PageTime::Tai(t) => {
+                let off = tai_offset.ok_or(TimeError::NoTaiOffset { from: "TAI", to: "UTC" })?;
+                t.map(|ts| ts.to_utc(off)).ok_or(TimeError::Overflow)
+            }
+            PageTime::Monotonic(_) => Err(TimeError::NotWallClock("UTC")),
+        }
+    }
+
     /// The timescale's name.
     pub fn timescale(&self) -> &'static str {
         match self {
