@@ -6,6 +6,7 @@ pub mod check;
 pub mod host;
 pub mod kernel;
 pub mod leapsecs;
+pub mod relay;
 pub mod stats;
 
 /// One (kernel clock, counter, kernel clock) reading: the counter was read at an instant

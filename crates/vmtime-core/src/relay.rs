@@ -1,0 +1,416 @@
+//! The VMM relay: turns the host page into each guest's page, in the guest's counter domain, and
+//! owns each guest's disruption marker and generation counter.
+//!
+//! KVM gives a guest `guest_tsc = ((host_tsc · ratio) >> frac_bits) + offset` (mod 2^64; Intel
+//! uses 48 fraction bits, AMD 32; arm64 an offset only). The guest page keeps the host's
+//! reference time, maps `counter_value`, divides the period by the ratio (renormalising the
+//! shift to keep 64 significant bits), scales the period error rates likewise, and widens the
+//! time bounds by what the mapping's truncation can add (one guest tick, rounded up to ns).
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+use vmclock::abi::{flags, VmclockAbi};
+use vmclock::seqlock::WritableMemory;
+use vmclock::{Snapshot, Writer};
+
+/// `guest = ((host · ratio) >> frac_bits) + offset`, mod 2^64.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CounterMap {
+    /// Added after scaling (wrapping).
+    pub offset: u64,
+    /// Scale factor in 2^-frac_bits units (1 << frac_bits is 1.0).
+    pub ratio: u64,
+    /// Fraction bits of `ratio` (KVM: 48 on Intel, 32 on AMD).
+    pub frac_bits: u8,
+}
+
+/// Why a map or a transform is refused.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum RelayError {
+    /// A ratio of 0, or fraction bits beyond 63.
+    #[error("invalid counter map: ratio {ratio} with {frac_bits} fraction bits")]
+    BadMap {
+        /// The ratio.
+        ratio: u64,
+        /// The fraction bits.
+        frac_bits: u8,
+    },
+    /// The guest period does not fit the page's representation.
+    #[error("the guest period cannot be represented (ratio too far from 1)")]
+    PeriodRange,
+}
+
+impl CounterMap {
+    /// The identity: the guest sees the host counter.
+    pub const IDENTITY: CounterMap = CounterMap { offset: 0, ratio: 1, frac_bits: 0 };
+
+    /// A map, checked.
+    pub fn new(offset: u64, ratio: u64, frac_bits: u8) -> Result<Self, RelayError> {
+        if ratio == 0 || frac_bits > 63 {
+            return Err(RelayError::BadMap { ratio, frac_bits });
+        }
+        Ok(CounterMap { offset, ratio, frac_bits })
+    }
+
+    /// An offset only (arm64, or no TSC scaling).
+    pub fn offset_only(offset: u64) -> Self {
+        CounterMap { offset, ratio: 1, frac_bits: 0 }
+    }
+
+    /// The guest counter for a host counter value, exactly as KVM computes it.
+    #[inline]
+    pub fn guest(&self, host: u64) -> u64 {
+        (((host as u128 * self.ratio as u128) >> self.frac_bits) as u64).wrapping_add(self.offset)
+    }
+
+    /// Whether this is the identity.
+    pub fn is_identity(&self) -> bool {
+        self.offset == 0 && self.ratio == 1u64 << self.frac_bits
+    }
+}
+
+/// round(n / d · 2^k) normalised into [2^63, 2^64), with its k. `None` for n = 0.
+fn normalise(n: u128, d: u64) -> Option<(u64, i32)> {
+    if n == 0 || d == 0 {
+        return None;
+    }
+    let d128 = d as u128;
+    let mut q = n / d128;
+    let mut k = 0i32;
+    if q >> 64 != 0 {
+        // Too large: divide by 2^j with j chosen so the quotient has 65 bits, then round.
+        let j = 128 - q.leading_zeros() as i32 - 65;
+        let q65 = n / (d128 << j); // d < 2^64 and j ≤ 63: fits
+        let m = (q65 + 1) >> 1;
+        return if m >> 64 != 0 { Some(((m >> 1) as u64, -j - 2)) } else { Some((m as u64, -j - 1)) };
+    }
+    let mut r = n % d128;
+    while q >> 64 == 0 {
+        q <<= 1;
+        r <<= 1;
+        if r >= d128 {
+            r -= d128;
+            q |= 1;
+        }
+        k += 1;
+    }
+    // q has 65 bits at scale 2^k: round off the last one.
+    let m = (q + 1) >> 1;
+    if m >> 64 != 0 {
+        Some(((m >> 1) as u64, k - 2))
+    } else {
+        Some((m as u64, k - 1))
+    }
+}
+
+/// ceil(a · 2^e / d), saturating at u64::MAX.
+fn scale_ceil(a: u64, e: i32, d: u64) -> u64 {
+    if a == 0 {
+        return 0;
+    }
+    let (num, den) = if e >= 0 {
+        if 64 - a.leading_zeros() as i32 + e > 127 {
+            return u64::MAX;
+        }
+        ((a as u128) << e, d as u128)
+    } else {
+        if -e >= 64 {
+            return 1; // tiny but not zero: stay conservative
+        }
+        (a as u128, (d as u128) << -e)
+    };
+    u64::try_from(num.div_ceil(den)).unwrap_or(u64::MAX)
+}
+
+/// The guest page for a host page under `map` (markers and the two embedder flags are the
+/// caller's). A host page without time is copied as it is.
+pub fn transform(host: &Snapshot, map: &CounterMap) -> Result<VmclockAbi, RelayError> {
+    let mut g = *host.raw();
+    let Ok(r) = host.reference() else {
+        return Ok(g);
+    };
+    if map.is_identity() {
+        return Ok(g);
+    }
+    // P_g = P_h · 2^fb / ratio (units 2^-(64+s_h)), renormalised to units 2^-(64+s_g).
+    let n = (r.period as u128) << map.frac_bits;
+    let (frac, k) = normalise(n, map.ratio).ok_or(RelayError::PeriodRange)?;
+    let shift = r.shift as i32 + k;
+    if !(0..=127).contains(&shift) {
+        return Err(RelayError::PeriodRange);
+    }
+    g.counter_value.set(map.guest(r.counter_value));
+    g.counter_period_frac_sec.set(frac);
+    g.counter_period_shift = shift as u8;
+    let e = map.frac_bits as i32 + k;
+    let est = g.counter_period_esterror_rate_frac_sec.get();
+    g.counter_period_esterror_rate_frac_sec.set(scale_ceil(est, e, map.ratio));
+    let max = g.counter_period_maxerror_rate_frac_sec.get();
+    g.counter_period_maxerror_rate_frac_sec.set(scale_ceil(max, e, map.ratio));
+    // The mapping truncates: a guest counter can lag the exact image of a host counter by less
+    // than one guest tick, at the reference and at the reading. Widen by one tick, in ns, up.
+    let tick_ns = ((frac as u128 * 1_000_000_000) >> (64 + shift as u32).min(127)) as u64 + 1;
+    for (field, valid) in [
+        (&mut g.time_maxerror_nanosec, flags::TIME_MAXERROR_VALID),
+        (&mut g.time_esterror_nanosec, flags::TIME_ESTERROR_VALID),
+    ] {
+        if host.has(valid) {
+            field.set(field.get().saturating_add(tick_ns));
+        }
+    }
+    Ok(g)
+}
+
+/// What a relay remembers for one guest; serialisable, so markers survive a VMM restart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestState {
+    /// The guest's counter map.
+    pub map: CounterMap,
+    /// The guest's disruption marker.
+    pub disruption_marker: u64,
+    /// The guest's VM generation counter.
+    pub vm_generation: u64,
+    /// The host marker last relayed (a host disruption is the guest's too).
+    pub last_host_marker: Option<u64>,
+    /// Whether the embedder notifies the guest (NOTIFICATION_PRESENT).
+    pub notify: bool,
+}
+
+/// One guest's relay: markers and transform.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GuestRelay {
+    state: GuestState,
+}
+
+impl GuestRelay {
+    /// A new guest: `seed` starts both markers (a fresh random value).
+    pub fn new(map: CounterMap, seed: u64, notify: bool) -> Self {
+        GuestRelay {
+            state: GuestState {
+                map,
+                disruption_marker: seed,
+                vm_generation: seed.rotate_left(32),
+                last_host_marker: None,
+                notify,
+            },
+        }
+    }
+
+    /// A guest restored from saved state (a VMM restart).
+    pub fn from_state(state: GuestState) -> Self {
+        GuestRelay { state }
+    }
+
+    /// The state to save.
+    pub fn state(&self) -> &GuestState {
+        &self.state
+    }
+
+    /// The guest came in by live migration under a new map: its counter calibration is broken.
+    pub fn migrated_in(&mut self, map: CounterMap) {
+        self.state.map = map;
+        self.state.disruption_marker = self.state.disruption_marker.wrapping_add(1);
+    }
+
+    /// The guest was loaded from a snapshot (or cloned): both markers change.
+    pub fn restored_from_snapshot(&mut self) {
+        self.state.disruption_marker = self.state.disruption_marker.wrapping_add(1);
+        self.state.vm_generation = self.state.vm_generation.wrapping_add(1);
+    }
+
+    /// The guest page for this host page.
+    #[must_use = "the page must be written to the guest"]
+    pub fn guest_page(&mut self, host: &Snapshot) -> Result<VmclockAbi, RelayError> {
+        if self.state.last_host_marker.is_some_and(|m| m != host.disruption_marker()) {
+            self.state.disruption_marker = self.state.disruption_marker.wrapping_add(1);
+        }
+        self.state.last_host_marker = Some(host.disruption_marker());
+        let mut g = transform(host, &self.state.map)?;
+        g.disruption_marker.set(self.state.disruption_marker);
+        g.vm_generation_counter.set(self.state.vm_generation);
+        let mut f = g.flags.get() | flags::VM_GEN_COUNTER_PRESENT;
+        f = if self.state.notify { f | flags::NOTIFICATION_PRESENT } else { f & !flags::NOTIFICATION_PRESENT };
+        g.flags.set(f);
+        Ok(g)
+    }
+}
+
+/// A relay that writes a guest's page into memory the VMM hands in (vm-memory, a shared file,
+/// a buffer) and calls `notify` with each new even `seq_count` (the VMM's ACPI Notify or
+/// interrupt).
+pub struct GuestPageWriter<M: WritableMemory, F: FnMut(u32)> {
+    relay: GuestRelay,
+    writer: Writer<M>,
+    notify: F,
+}
+
+impl<M: WritableMemory, F: FnMut(u32)> core::fmt::Debug for GuestPageWriter<M, F> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("GuestPageWriter").field("relay", &self.relay).finish_non_exhaustive()
+    }
+}
+
+impl<M: WritableMemory, F: FnMut(u32)> GuestPageWriter<M, F> {
+    /// Writes `relay`'s pages into `mem`; `notify` is called after each write when the guest is
+    /// told of notifications (`GuestState::notify`).
+    pub fn new(relay: GuestRelay, mem: M, notify: F) -> Self {
+        GuestPageWriter { relay, writer: Writer::new(mem), notify }
+    }
+
+    /// The relay (markers, state).
+    pub fn relay(&mut self) -> &mut GuestRelay {
+        &mut self.relay
+    }
+
+    /// The guest memory.
+    pub fn memory(&self) -> &M {
+        self.writer.memory()
+    }
+
+    /// Relays one host page: transform, seqlock write, notification. Returns the new seq_count.
+    pub fn update(&mut self, host: &Snapshot) -> Result<u32, RelayError> {
+        let page = self.relay.guest_page(host)?;
+        let seq = self.writer.publish(&page);
+        if self.relay.state.notify {
+            (self.notify)(seq);
+        }
+        Ok(seq)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use vmclock::abi::{counter_id, status};
+    use vmclock::{PageBuf, PageBuilder, Period, Tai, Timestamp};
+
+    fn host_page(cv: u64, hz: u64) -> Snapshot {
+        let abi = PageBuilder::new()
+            .reference(
+                counter_id::X86_TSC,
+                cv,
+                Timestamp::<Tai>::from_parts(1_795_000_037, 1 << 62),
+                Period::from_hz(hz).unwrap(),
+            )
+            .tai_offset(37)
+            .status(status::SYNCHRONIZED)
+            .maxerror(1_000, 1 << 20)
+            .esterror(100, 1 << 10)
+            .disruption_marker(7)
+            .flag(flags::TIME_MONOTONIC, true)
+            .build();
+        Snapshot::new(abi, 4096).unwrap()
+    }
+
+    #[test]
+    fn identity_is_the_host_page() {
+        let h = host_page(123_456_789, 2_500_000_000);
+        let g = transform(&h, &CounterMap::IDENTITY).unwrap();
+        assert_eq!(&g, h.raw());
+        let g = transform(&h, &CounterMap::new(0, 1 << 48, 48).unwrap()).unwrap();
+        assert_eq!(&g, h.raw());
+    }
+
+    #[test]
+    fn normalise_is_exact() {
+        assert_eq!(normalise(1 << 63, 1), Some((1 << 63, 0)));
+        assert_eq!(normalise(1 << 64, 1), Some((1 << 63, -1)));
+        assert_eq!(normalise(1, 3), Some((0xAAAA_AAAA_AAAA_AAAB, 65)));
+        assert_eq!(normalise(u128::MAX >> 1, 1), Some((1 << 63, -64)));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2048, ..ProptestConfig::default() })]
+
+        /// For counters within ±1 day of the reference, the guest page at guest_tsc(c) gives the
+        /// host page's time at c within ±1 ns, over ratios 0.5–2.0, both fraction-bit widths,
+        /// offsets across the whole u64 range (wrap-around included), and host counters
+        /// anywhere in u64.
+        #[test]
+        fn guest_time_equals_host_time(
+            cv in any::<u64>(),
+            hz in 2_000_000_000u64..4_000_000_000,
+            ratio_milli in 500u64..=2000,
+            intel in any::<bool>(),
+            offset in any::<u64>(),
+            dt_ns in -86_400_000_000_000i64..86_400_000_000_000,
+            jitter in any::<u64>(),
+        ) {
+            let fb = if intel { 48 } else { 32 };
+            let ratio = ((ratio_milli as u128) << fb) / 1000 + (jitter % 1000) as u128;
+            let map = CounterMap::new(offset, ratio as u64, fb).unwrap();
+            let h = host_page(cv, hz);
+            let g = Snapshot::new(transform(&h, &map).unwrap(), 4096).unwrap();
+            let c = cv.wrapping_add((dt_ns as i128 * hz as i128 / 1_000_000_000) as i64 as u64);
+            let th = h.tai_at(c).unwrap();
+            let tg = g.tai_at(map.guest(c)).unwrap();
+            let diff = th.time.raw() as i128 - tg.time.raw() as i128;
+            prop_assert!(diff.abs() <= (1i128 << 64) / 1_000_000_000, "diff {} ns", diff as f64 * 1e9 / 2f64.powi(64));
+            // The guest's bounds cover the host's (widened by the mapping's rounding).
+            prop_assert!(tg.maxerror.unwrap() + (1u128 << 64) / 1_000_000_000 >= th.maxerror.unwrap());
+            prop_assert_eq!(g.counter_value(), Some(map.guest(cv)));
+        }
+    }
+
+    #[test]
+    fn markers_change_exactly_when_they_should() {
+        let h = host_page(1, 2_500_000_000);
+        let mut r = GuestRelay::new(CounterMap::offset_only(5), 1000, true);
+        let p1 = r.guest_page(&h).unwrap();
+        assert_eq!(p1.disruption_marker.get(), 1000);
+        assert!(p1.flags.get() & flags::VM_GEN_COUNTER_PRESENT != 0);
+        assert!(p1.flags.get() & flags::NOTIFICATION_PRESENT != 0);
+        let p2 = r.guest_page(&h).unwrap();
+        assert_eq!(
+            (p2.disruption_marker.get(), p2.vm_generation_counter.get()),
+            (p1.disruption_marker.get(), p1.vm_generation_counter.get()),
+            "a plain update changes nothing"
+        );
+        r.migrated_in(CounterMap::offset_only(99));
+        let p3 = r.guest_page(&h).unwrap();
+        assert_eq!(p3.disruption_marker.get(), 1001);
+        assert_eq!(p3.vm_generation_counter.get(), p1.vm_generation_counter.get(), "migration keeps the generation");
+        assert_eq!(p3.counter_value.get(), 100);
+        r.restored_from_snapshot();
+        let p4 = r.guest_page(&h).unwrap();
+        assert_eq!(p4.disruption_marker.get(), 1002);
+        assert_eq!(p4.vm_generation_counter.get(), p1.vm_generation_counter.get() + 1);
+        // A host disruption is the guest's too.
+        let mut h2 = *h.raw();
+        h2.disruption_marker.set(8);
+        let p5 = r.guest_page(&Snapshot::new(h2, 4096).unwrap()).unwrap();
+        assert_eq!(p5.disruption_marker.get(), 1003);
+        // The state survives a VMM restart (serialised), and nothing moves back.
+        let saved = serde_json::to_string(r.state()).unwrap();
+        let mut again = GuestRelay::from_state(serde_json::from_str(&saved).unwrap());
+        let p6 = again.guest_page(&Snapshot::new(h2, 4096).unwrap()).unwrap();
+        assert_eq!(p6.disruption_marker.get(), 1003);
+        assert_eq!(p6.vm_generation_counter.get(), p4.vm_generation_counter.get());
+    }
+
+    #[test]
+    fn the_writer_notifies_each_even_seq() {
+        let h = host_page(1, 2_500_000_000);
+        let buf = PageBuf::new();
+        let mut seen = Vec::new();
+        {
+            let mut w = GuestPageWriter::new(GuestRelay::new(CounterMap::IDENTITY, 1, true), &buf, |s| seen.push(s));
+            w.update(&h).unwrap();
+            w.update(&h).unwrap();
+        }
+        assert_eq!(seen, [2, 4]);
+        let g = vmclock::seqlock::read(&buf, vmclock::seqlock::DEFAULT_MAX_WAIT).unwrap();
+        assert_eq!(g.seq_count(), 4);
+        // Without notification the callback is not called and the flag is clear.
+        let mut calls = 0;
+        let mut w =
+            GuestPageWriter::new(GuestRelay::new(CounterMap::IDENTITY, 1, false), PageBuf::new(), |_| calls += 1);
+        w.update(&h).unwrap();
+        assert!(!vmclock::seqlock::read(w.memory(), vmclock::seqlock::DEFAULT_MAX_WAIT)
+            .unwrap()
+            .has(flags::NOTIFICATION_PRESENT));
+        drop(w);
+        assert_eq!(calls, 0);
+    }
+}
