@@ -75,7 +75,14 @@ mod tests {
         let mem: GuestMemoryMmap = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         let addr = GuestAddress(0xfe000);
         let mut w = Writer::new(GuestPage::new(&mem, addr).unwrap());
-        let page = PageBuilder::new().reference(counter_id::X86_TSC, 5, Timestamp::<Tai>::from_parts(9, 0), Period::from_hz(1_000_000_000).unwrap()).build();
+        let page = PageBuilder::new()
+            .reference(
+                counter_id::X86_TSC,
+                5,
+                Timestamp::<Tai>::from_parts(9, 0),
+                Period::from_hz(1_000_000_000).unwrap(),
+            )
+            .build();
         assert_eq!(w.publish(&page), 2);
         // What the guest sees through vm-memory's own accessors.
         let mut bytes = [0u8; PAGE_SIZE];

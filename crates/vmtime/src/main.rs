@@ -6,6 +6,7 @@ mod gen;
 mod host;
 mod now;
 mod page;
+mod relay;
 mod show;
 mod status;
 mod tai;
@@ -36,6 +37,8 @@ enum Command {
     Gen(gen::Args),
     /// Publish this machine's kernel clock as a vmclock page (a daemon; reads the clock only).
     Host(host::Args),
+    /// Relay a host page to one guest's page (TSC offset and scaling), owning its markers.
+    Relay(relay::Args),
     /// Print each update of a page with the fields that changed.
     Watch(watch::Args),
     /// Ask a running vmtime daemon for its state (JSON over its control socket).
@@ -53,6 +56,7 @@ fn main() -> ExitCode {
         Command::Now(a) => now::run(a),
         Command::Gen(a) => gen::run(a),
         Command::Host(a) => host::run(a),
+        Command::Relay(a) => relay::run(a),
         Command::Watch(a) => watch::run(a),
         Command::Status(a) => status::run(a),
     };

@@ -15,6 +15,10 @@ pub struct Args {
     /// Print the raw JSON.
     #[arg(long)]
     json: bool,
+    /// Send this request instead of "status" (a relay takes "migrated [OFFSET [RATIO BITS]]" and
+    /// "restored").
+    #[arg(long)]
+    request: Option<String>,
 }
 
 /// Sends one request line and returns the first reply line.
@@ -28,7 +32,7 @@ pub fn request(socket: &std::path::Path, what: &str) -> Result<(String, UnixStre
 
 pub fn run(a: Args) -> Result<ExitCode> {
     let socket = a.socket.unwrap_or_else(|| crate::host::socket_for(&crate::host::default_page()));
-    let (line, _) = request(&socket, "status")?;
+    let (line, _) = request(&socket, a.request.as_deref().unwrap_or("status"))?;
     let v: serde_json::Value = serde_json::from_str(&line).context("the daemon's reply is not JSON")?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&v)?);

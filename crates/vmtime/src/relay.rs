@@ -1,0 +1,306 @@
+//! `vmtime relay`: follows a host page and publishes one guest's page in the guest's counter
+//! domain, owning its disruption marker and generation counter (see `vmtime_core::relay`).
+
+use anyhow::{bail, Context, Result};
+use clap::Args as ClapArgs;
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+use vmclock::seqlock::{self, PageMemory};
+use vmclock::{Mapping, PageBuilder, WritableMapping};
+use vmtime_core::relay::{CounterMap, GuestPageWriter, GuestRelay, GuestState};
+use vmtime_sys::event;
+
+#[derive(ClapArgs, Debug)]
+pub struct Args {
+    /// The host page to follow (from `vmtime host`).
+    #[arg(long)]
+    host_page: Option<PathBuf>,
+    /// The guest page to publish (a file the VMM shares with the guest, e.g. an ivshmem backend).
+    #[arg(long)]
+    guest_page: PathBuf,
+    /// KVM's TSC offset for this guest (added after scaling, mod 2^64; negative values wrap).
+    #[arg(long, allow_hyphen_values = true, default_value = "0")]
+    tsc_offset: String,
+    /// The TSC scaling ratio (guest ticks per host tick).
+    #[arg(long, default_value_t = 1.0)]
+    tsc_ratio: f64,
+    /// Fraction bits of KVM's ratio (Intel 48, AMD 32).
+    #[arg(long, default_value_t = 48)]
+    tsc_frac_bits: u8,
+    /// Where the guest's markers are kept across restarts (default: guest page + ".state.json").
+    #[arg(long)]
+    state: Option<PathBuf>,
+    /// The guest has just been live-migrated in: change its disruption marker.
+    #[arg(long)]
+    migrated: bool,
+    /// The guest has just been restored from a snapshot: change both markers.
+    #[arg(long)]
+    restored: bool,
+    /// The VMM does not notify the guest (NOTIFICATION_PRESENT clear).
+    #[arg(long)]
+    no_notify: bool,
+    /// Exit after this many seconds.
+    #[arg(long)]
+    duration_s: Option<u64>,
+}
+
+/// Parses an offset given as u64, or as a negative i64 (wrapping).
+fn parse_offset(s: &str) -> Result<u64> {
+    if let Some(rest) = s.strip_prefix('-') {
+        let v: u64 = rest.parse().with_context(|| format!("bad TSC offset {s}"))?;
+        return Ok(v.wrapping_neg());
+    }
+    let v = if let Some(hex) = s.strip_prefix("0x") { u64::from_str_radix(hex, 16) } else { s.parse() };
+    v.with_context(|| format!("bad TSC offset {s}"))
+}
+
+/// The KVM map for an offset, a ratio and its fraction bits.
+pub fn counter_map(offset: u64, ratio: f64, frac_bits: u8) -> Result<CounterMap> {
+    if !(ratio > 0.0 && ratio < 256.0) {
+        bail!("--tsc-ratio must lie in (0, 256): {ratio}");
+    }
+    let r = (ratio * 2f64.powi(frac_bits as i32)).round() as u64;
+    Ok(CounterMap::new(offset, r, frac_bits)?)
+}
+
+fn save(path: &Path, st: &GuestState) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(st)?)?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot save {}", path.display()))
+}
+
+struct Relay<F: FnMut(u32)> {
+    host_path: PathBuf,
+    host: Mapping,
+    host_ino: u64,
+    writer: GuestPageWriter<WritableMapping, F>,
+    state_path: PathBuf,
+    subscribers: Vec<UnixStream>,
+    last_host_seq: Option<u32>,
+    relayed: u64,
+    last_latency_us: f64,
+}
+
+impl<F: FnMut(u32)> Relay<F> {
+    fn relay(&mut self, force: bool, woke: Instant) -> Result<()> {
+        let host = seqlock::read(&self.host, seqlock::DEFAULT_MAX_WAIT).context("reading the host page")?;
+        if !force && self.last_host_seq == Some(host.seq_count()) {
+            return Ok(());
+        }
+        let before = *self.writer.relay().state();
+        let seq = self.writer.update(&host)?;
+        self.last_latency_us = woke.elapsed().as_secs_f64() * 1e6;
+        self.last_host_seq = Some(host.seq_count());
+        self.relayed += 1;
+        let after = *self.writer.relay().state();
+        if (before.disruption_marker, before.vm_generation) != (after.disruption_marker, after.vm_generation)
+            || before.map != after.map
+        {
+            save(&self.state_path, &after)?;
+            eprintln!(
+                "guest page {seq}: disruption marker {:#x}, generation {}",
+                after.disruption_marker, after.vm_generation
+            );
+        }
+        let msg = format!("{seq}\n");
+        self.subscribers.retain_mut(|s| s.write_all(msg.as_bytes()).is_ok());
+        Ok(())
+    }
+
+    /// Remaps the host page if its file was replaced.
+    fn follow_host_file(&mut self) -> Result<()> {
+        let ino = std::fs::metadata(&self.host_path).map(|m| m.ino()).unwrap_or(self.host_ino);
+        if ino != self.host_ino {
+            self.host = Mapping::open(&self.host_path)?;
+            self.host_ino = ino;
+            eprintln!("the host page was replaced: following the new file");
+        }
+        Ok(())
+    }
+
+    fn status_json(&mut self) -> serde_json::Value {
+        let st = *self.writer.relay().state();
+        let g = seqlock::read(self.writer.memory(), seqlock::DEFAULT_MAX_WAIT).ok();
+        serde_json::json!({
+            "role": "relay",
+            "host_page": self.host_path.display().to_string(),
+            "state": st,
+            "relayed": self.relayed,
+            "last_host_seq": self.last_host_seq,
+            "guest_seq": g.map(|s| s.seq_count()),
+            "guest_status": g.and_then(|s| s.clock_status()).map(vmclock::abi::status_name),
+            "last_latency_us": self.last_latency_us,
+            "subscribers": self.subscribers.len(),
+        })
+    }
+
+    fn control(&mut self, conn: UnixStream) -> Result<()> {
+        let _ = conn.set_read_timeout(Some(Duration::from_millis(200)));
+        let mut line = String::new();
+        BufReader::new(&conn).read_line(&mut line)?;
+        let mut conn = conn;
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["status"] => writeln!(conn, "{}", self.status_json())?,
+            ["subscribe"] => {
+                let seq = self.writer.memory().words()[vmclock::seqlock::SEQ_WORD].load(std::sync::atomic::Ordering::Acquire);
+                writeln!(conn, "{}", u32::from_le(seq))?;
+                self.subscribers.push(conn);
+            }
+            ["migrated", rest @ ..] => {
+                let map = match rest {
+                    [] => self.writer.relay().state().map,
+                    [off] => CounterMap { offset: parse_offset(off)?, ..self.writer.relay().state().map },
+                    [off, ratio, bits] => counter_map(parse_offset(off)?, ratio.parse()?, bits.parse()?)?,
+                    _ => bail!("usage: migrated [OFFSET [RATIO FRAC_BITS]]"),
+                };
+                self.writer.relay().migrated_in(map);
+                self.relay(true, Instant::now())?;
+                writeln!(conn, "{}", self.status_json())?;
+            }
+            ["restored"] => {
+                self.writer.relay().restored_from_snapshot();
+                self.relay(true, Instant::now())?;
+                writeln!(conn, "{}", self.status_json())?;
+            }
+            _ => writeln!(conn, "{{\"error\": \"unknown request: send status, subscribe, migrated [OFFSET [RATIO BITS]] or restored\"}}")?,
+        }
+        Ok(())
+    }
+}
+
+/// Subscribes to the host daemon's notifications, if it is there.
+fn subscribe_host(host_page: &Path) -> Option<UnixStream> {
+    let (_, s) = crate::status::request(&crate::host::socket_for(host_page), "subscribe").ok()?;
+    s.set_nonblocking(true).ok()?;
+    Some(s)
+}
+
+/// Drains a non-blocking subscription; false when the publisher hung up.
+fn drain(s: &mut UnixStream) -> bool {
+    let mut buf = [0u8; 256];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return false,
+            Ok(_) => continue,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+pub fn run(a: Args) -> Result<ExitCode> {
+    let host_path = a.host_page.unwrap_or_else(crate::host::default_page);
+    let map = counter_map(parse_offset(&a.tsc_offset)?, a.tsc_ratio, a.tsc_frac_bits)?;
+    let state_path = a.state.unwrap_or_else(|| {
+        let mut s = a.guest_page.as_os_str().to_owned();
+        s.push(".state.json");
+        PathBuf::from(s)
+    });
+    let mut relay = match std::fs::read(&state_path) {
+        Ok(bytes) => {
+            let st: GuestState = serde_json::from_slice(&bytes)
+                .with_context(|| format!("{} is not a relay state", state_path.display()))?;
+            let mut r = GuestRelay::from_state(GuestState { notify: !a.no_notify, ..st });
+            if st.map != map && !a.migrated {
+                eprintln!(
+                    "warning: the TSC map changed since the last run without --migrated: treating it as a migration"
+                );
+                r.migrated_in(map);
+            }
+            r
+        }
+        Err(_) => GuestRelay::new(map, event::random_u64()?, !a.no_notify),
+    };
+    if a.migrated {
+        relay.migrated_in(map);
+    }
+    if a.restored {
+        relay.restored_from_snapshot();
+    }
+    save(&state_path, relay.state())?;
+
+    let host = Mapping::open(&host_path)
+        .with_context(|| format!("cannot map the host page {} (is vmtime host running?)", host_path.display()))?;
+    let host_ino = std::fs::metadata(&host_path)?.ino();
+    let guest_file = match vmtime_sys::pagefile::open_existing(&a.guest_page) {
+        Ok(f) if f.metadata()?.len() >= vmclock::abi::PAGE_SIZE as u64 => f,
+        _ => vmtime_sys::pagefile::create(&a.guest_page, &PageBuilder::new().page_bytes())?,
+    };
+    let mem = WritableMapping::new(Mapping::map(&guest_file, true)?)?;
+    let guest_socket = crate::host::socket_for(&a.guest_page);
+    let _ = std::fs::remove_file(&guest_socket);
+    let listener =
+        UnixListener::bind(&guest_socket).with_context(|| format!("cannot listen on {}", guest_socket.display()))?;
+    listener.set_nonblocking(true)?;
+    let mut r = Relay {
+        host_path: host_path.clone(),
+        host,
+        host_ino,
+        writer: GuestPageWriter::new(relay, mem, |_| {}),
+        state_path,
+        subscribers: Vec::new(),
+        last_host_seq: None,
+        relayed: 0,
+        last_latency_us: 0.0,
+    };
+    let st = *r.writer.relay().state();
+    eprintln!("vmtime relay: {} → {}", host_path.display(), a.guest_page.display());
+    eprintln!("  map: guest = ((host · {}) >> {}) + {:#x}", st.map.ratio, st.map.frac_bits, st.map.offset);
+    eprintln!(
+        "  disruption marker {:#x}, generation {}, state {}",
+        st.disruption_marker,
+        st.vm_generation,
+        r.state_path.display()
+    );
+    eprintln!("  control socket {} (status, subscribe, migrated, restored)", guest_socket.display());
+    r.relay(true, Instant::now())?;
+
+    let mut host_sub = subscribe_host(&host_path);
+    eprintln!("  following the host by {}", if host_sub.is_some() { "notification" } else { "polling every 1 ms" });
+    let end = a.duration_s.map(|s| Instant::now() + Duration::from_secs(s));
+    let mut last_file_check = Instant::now();
+    loop {
+        let mut fds = vec![listener.as_raw_fd()];
+        if let Some(s) = &host_sub {
+            fds.push(s.as_raw_fd());
+        }
+        let timeout = if host_sub.is_some() { 1000 } else { 1 };
+        let ready = event::poll_readable(&fds, timeout)?;
+        let woke = Instant::now();
+        if ready.get(1).copied().unwrap_or(false) {
+            if !drain(host_sub.as_mut().expect("polled")) {
+                eprintln!("the host daemon went away: polling the page");
+                host_sub = None;
+            }
+            r.relay(false, woke)?;
+        } else if host_sub.is_none() {
+            r.relay(false, woke)?;
+        }
+        if ready[0] {
+            while let Ok((conn, _)) = listener.accept() {
+                let _ = conn.set_nonblocking(false);
+                if let Err(e) = r.control(conn) {
+                    eprintln!("control request failed: {e:#}");
+                }
+            }
+        }
+        if last_file_check.elapsed() >= Duration::from_secs(1) {
+            last_file_check = Instant::now();
+            r.follow_host_file()?;
+            if host_sub.is_none() {
+                host_sub = subscribe_host(&host_path);
+            }
+        }
+        if end.is_some_and(|e| Instant::now() >= e) {
+            break;
+        }
+    }
+    let _ = std::fs::remove_file(&guest_socket);
+    Ok(ExitCode::SUCCESS)
+}

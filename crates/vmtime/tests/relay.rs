@@ -1,0 +1,63 @@
+//! `vmtime host` + `vmtime relay` on this machine: the guest page checks out, migration and
+//! restore change the markers exactly when they should, and the markers survive a relay restart.
+mod common;
+use common::*;
+use std::path::Path;
+
+fn start_relay(dir: &Path, extra: &[&str]) -> Daemon {
+    let host = dir.join("host.page");
+    let guest = dir.join("guest.page");
+    let mut args = vec![
+        "relay",
+        "--host-page",
+        host.to_str().unwrap(),
+        "--guest-page",
+        guest.to_str().unwrap(),
+        "--duration-s",
+        "120",
+    ];
+    args.extend_from_slice(extra);
+    start(&args, "following the host").0
+}
+
+fn markers(page: &Path) -> (u64, u64) {
+    let f = show(page)["fields"].clone();
+    (f["disruption_marker"].as_u64().unwrap(), f["vm_generation_counter"].as_u64().unwrap())
+}
+
+#[test]
+fn relay_follows_migrates_restores_and_remembers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (host, guest) = (dir.path().join("host.page"), dir.path().join("guest.page"));
+    let (_h, _) = start_host(&host);
+    wait_calibrated(&host);
+    let marker0;
+    {
+        let _r = start_relay(dir.path(), &[]);
+        let g = wait_calibrated(&guest);
+        assert!(g["fields"]["flag_names"].as_array().unwrap().iter().any(|n| n == "VM_GEN_COUNTER_PRESENT"));
+        // Identity map: the guest page is this machine's clock too, and checks out.
+        let r = json(&["check", guest.to_str().unwrap(), "--samples", "2000", "--tolerance", "2000", "--json"]);
+        assert_eq!(r["passed"], true, "{r}");
+        marker0 = markers(&guest);
+
+        // Live migration to a host with another TSC offset: the marker changes, the generation
+        // does not, and the reference counter moves by the offset.
+        let st = json(&["status", "--socket", &socket(&guest), "--request", "migrated 1000", "--json"]);
+        assert_eq!(st["role"], "relay");
+        let after = markers(&guest);
+        assert_eq!(after, (marker0.0.wrapping_add(1), marker0.1));
+        let (h, g) = (show(&host)["fields"].clone(), show(&guest)["fields"].clone());
+        if h["seq_count"].as_u64().unwrap() == st["last_host_seq"].as_u64().unwrap() {
+            assert_eq!(g["counter_value"].as_u64().unwrap(), h["counter_value"].as_u64().unwrap().wrapping_add(1000));
+        }
+    } // the relay stops here
+      // A restart keeps the markers (from its state file) …
+    {
+        let _r = start_relay(dir.path(), &["--tsc-offset", "1000"]);
+        assert_eq!(markers(&guest), (marker0.0.wrapping_add(1), marker0.1));
+    }
+    // … and a restore from a snapshot changes both.
+    let _r = start_relay(dir.path(), &["--tsc-offset", "1000", "--restored"]);
+    assert_eq!(markers(&guest), (marker0.0.wrapping_add(2), marker0.1.wrapping_add(1)));
+}
