@@ -7,7 +7,12 @@ use vmtime_core::relay::{CounterMap, GuestPageWriter, GuestRelay};
 
 fn host() -> Snapshot {
     let abi = PageBuilder::new()
-        .reference(counter_id::X86_TSC, 1 << 40, Timestamp::<Tai>::from_parts(1_795_000_037, 12345), Period::from_hz(2_500_000_000).unwrap())
+        .reference(
+            counter_id::X86_TSC,
+            1 << 40,
+            Timestamp::<Tai>::from_parts(1_795_000_037, 12345),
+            Period::from_hz(2_500_000_000).unwrap(),
+        )
         .tai_offset(37)
         .status(status::SYNCHRONIZED)
         .maxerror(1_000, 1 << 20)
@@ -29,14 +34,17 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("relay");
     g.bench_function("clock_gettime_realtime", |b| b.iter(|| black_box(clock_gettime())));
     let map = CounterMap::new(0x1234_5678_9abc, (1u64 << 48) * 3 / 2, 48).unwrap();
-    g.bench_function("transform", |b| b.iter(|| black_box(vmtime_core::relay::transform(black_box(&h), &map).unwrap())));
+    g.bench_function("transform", |b| {
+        b.iter(|| black_box(vmtime_core::relay::transform(black_box(&h), &map).unwrap()))
+    });
     let mut one = GuestPageWriter::new(GuestRelay::new(map, 1, true), PageBuf::new(), |s| {
         black_box(s);
     });
     g.bench_function("one_guest_update", |b| b.iter(|| black_box(one.update(black_box(&h)).unwrap())));
     let mut fleet: Vec<_> = (0..1000u64)
         .map(|i| {
-            let map = CounterMap::new(i.wrapping_mul(0x9e37_79b9_7f4a_7c15), (1u64 << 48) / 2 + i * 12_345_678, 48).unwrap();
+            let map =
+                CounterMap::new(i.wrapping_mul(0x9e37_79b9_7f4a_7c15), (1u64 << 48) / 2 + i * 12_345_678, 48).unwrap();
             GuestPageWriter::new(GuestRelay::new(map, i, true), PageBuf::new(), |s| {
                 black_box(s);
             })

@@ -210,12 +210,15 @@ impl GuestRelay {
     pub fn migrated_in(&mut self, map: CounterMap) {
         self.state.map = map;
         self.state.disruption_marker = self.state.disruption_marker.wrapping_add(1);
+        // The new host's page has its own marker: adopt it without a second change.
+        self.state.last_host_marker = None;
     }
 
     /// The guest was loaded from a snapshot (or cloned): both markers change.
     pub fn restored_from_snapshot(&mut self) {
         self.state.disruption_marker = self.state.disruption_marker.wrapping_add(1);
         self.state.vm_generation = self.state.vm_generation.wrapping_add(1);
+        self.state.last_host_marker = None;
     }
 
     /// The guest page for this host page.
