@@ -101,6 +101,12 @@ pub struct Observation<'a> {
     pub samples: &'a [AbaSample],
     /// The kernel's NTP state.
     pub kernel: KernelTimex,
+    /// The kernel's own page (`/dev/vmclock_host`, from the RFC patch), when it has one: its
+    /// counter-to-clock relation replaces the sampled one. It carries no bounds, leap state or
+    /// disruption marker; those still come from the kernel state and this publisher. The RFC
+    /// labels CLOCK_TAI as TAI, which is REALTIME when the kernel's TAI offset is unset: its time
+    /// is taken to be of the clock `clock` says was sampled.
+    pub kernel_page: Option<Snapshot>,
 }
 
 /// Something seen outside the observations.
@@ -417,7 +423,20 @@ impl Publisher {
             }
             Sampled::Utc { tai_offset: None } => (abi::time_type::UTC, None, 0),
         };
-        let k = kernel_reference(obs.samples, model, offset_s)?;
+        // The kernel's own page, if any, gives the relation exactly: its period and its time at
+        // the newest counter value seen.
+        let from_page = obs.kernel_page.and_then(|p| {
+            let r = p.reference().ok()?;
+            let c = obs.samples.iter().map(|s| s.counter).max().unwrap_or(obs.raw.counter);
+            Some((
+                Period { frac: r.period, shift: r.shift },
+                KernelRef { counter: c, time: r.raw_time_at(c).ok()? as i128 + offset_s as i128 * UNIT, half: 0 },
+            ))
+        });
+        let (model, k) = match from_page {
+            Some(found) => found,
+            None => (model, kernel_reference(obs.samples, model, offset_s)?),
+        };
         self.stats.pairing_ns = frac_to_ns_f64(k.half);
         let st = if !self.counter_usable {
             status::UNRELIABLE

@@ -273,6 +273,27 @@ impl SimHost {
         self.kernel_realtime_ns() + self.true_tai_offset as i128 * NS - self.t
     }
 
+    /// The kernel's own vmclock page, as the RFC's `/dev/vmclock_host` publishes it: the
+    /// current segment of the kernel clock (counter value, CLOCK_TAI time, period), no bounds.
+    pub fn kernel_page(&self) -> vmclock::Snapshot {
+        let c = self.counter_at(self.t);
+        let k = self.k_at(c) + ((self.tx.tai as i128 * NS) << Q); // ns << Q, CLOCK_TAI
+        let ns = k >> Q;
+        let sub = k & ((1 << Q) - 1); // fraction of a ns, 2^-Q
+        let frac_ns = ((ns % NS) as u128) << 64;
+        let time = ((ns / NS) as u128) << 64 | (frac_ns / NS as u128 + ((sub as u128) << (64 - Q)) / NS as u128);
+        let period = vmclock::Period::from_ratio(self.kq as u128, (NS as u128) << Q).expect("a sane period");
+        let abi = vmclock::PageBuilder::new()
+            .reference(
+                vmclock::abi::counter_id::X86_TSC,
+                c as u64,
+                vmclock::Timestamp::<vmclock::Tai>::from_raw(time),
+                period,
+            )
+            .build();
+        vmclock::Snapshot::new(abi, 4096).expect("valid")
+    }
+
     /// `adjtimex` (modes 0).
     pub fn timex(&self) -> KernelTimex {
         self.tx

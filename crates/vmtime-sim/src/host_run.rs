@@ -56,6 +56,8 @@ pub struct HostRun {
     /// With UTC sampling: the leap-second list the daemon reads TAI − UTC from, looked up at
     /// the kernel's REALTIME second of each observation.
     pub leap_list: Option<vmtime_core::leapsecs::LeapSeconds>,
+    /// Give the publisher the kernel's own page (the RFC's /dev/vmclock_host).
+    pub use_kernel_page: bool,
     last_observation: i128,
     next_poll: i128,
 }
@@ -74,6 +76,7 @@ impl HostRun {
             truth_checks: 0,
             violation_log: Vec::new(),
             leap_list: None,
+            use_kernel_page: false,
             last_observation: i128::MIN / 2,
             next_poll: i128::MIN / 2,
         }
@@ -100,7 +103,8 @@ impl HostRun {
         let samples = self.host.burst(self.clock(), 64);
         let kernel = self.host.timex();
         self.last_observation = self.host.now();
-        let obs = Observation { raw, clock: self.sampled, samples: &samples, kernel };
+        let kernel_page = self.use_kernel_page.then(|| self.host.kernel_page());
+        let obs = Observation { raw, clock: self.sampled, samples: &samples, kernel, kernel_page };
         if let Some(HostAction::Publish { page, reason, disrupted }) = self.publisher.handle_observation(&obs) {
             // The write lands a few µs after the burst.
             self.host.advance(5_000);

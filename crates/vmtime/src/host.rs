@@ -45,6 +45,13 @@ pub struct Args {
     /// leap_second_smearing_hint to publish.
     #[arg(long, value_enum, default_value_t = Smearing::Strict)]
     smearing: Smearing,
+    /// The kernel's own vmclock page (RFC "/dev/vmclock_host"): used as the source of the
+    /// counter-to-clock relation when present; vmtime adds bounds, leap state, status and markers.
+    #[arg(long, default_value = "/dev/vmclock_host")]
+    vmclock_host: PathBuf,
+    /// Ignore the kernel's page even when it exists (sample the clock instead).
+    #[arg(long)]
+    no_vmclock_host: bool,
     /// No live status line.
     #[arg(long)]
     quiet: bool,
@@ -115,6 +122,7 @@ impl TaiSource {
 
 struct Daemon {
     page: PathBuf,
+    kernel_page: Option<Mapping>,
     writer: Writer<WritableMapping>,
     publisher: Publisher,
     tai: TaiSource,
@@ -131,7 +139,14 @@ impl Daemon {
         let (sampled, clock) = self.tai.sampled(kernel.tai);
         let raw = tightest(ClockId::MonotonicRaw, 16)?;
         let samples = (0..64).map(|_| aba_sample(clock)).collect::<std::io::Result<Vec<_>>>()?;
-        let obs = Observation { raw, clock: sampled, samples: &samples, kernel };
+        let kernel_page = match &self.kernel_page {
+            Some(m) => Some(
+                vmclock::seqlock::read(m, vmclock::seqlock::DEFAULT_MAX_WAIT)
+                    .context("reading the kernel's vmclock_host page")?,
+            ),
+            None => None,
+        };
+        let obs = Observation { raw, clock: sampled, samples: &samples, kernel, kernel_page };
         if let Some(HostAction::Publish { page, reason, disrupted }) = self.publisher.handle_observation(&obs) {
             let seq = self.writer.publish(&page);
             self.notify(seq);
@@ -277,6 +292,30 @@ pub fn run(a: Args) -> Result<ExitCode> {
         UnixListener::bind(&socket_path).with_context(|| format!("cannot listen on {}", socket_path.display()))?;
     listener.set_nonblocking(true)?;
 
+    let mut source_note = "source: (clock, counter, clock) samples of the kernel clock".to_string();
+    let kernel_page = if a.no_vmclock_host {
+        None
+    } else {
+        match Mapping::open(&a.vmclock_host) {
+            Ok(m) => {
+                let ok = vmclock::seqlock::read(&m, vmclock::seqlock::DEFAULT_MAX_WAIT)
+                    .ok()
+                    .is_some_and(|s| s.reference().is_ok());
+                if ok {
+                    source_note = format!(
+                        "source: the kernel's own page {} (bounds, leap, status and markers added)",
+                        a.vmclock_host.display()
+                    );
+                    Some(m)
+                } else {
+                    source_note =
+                        format!("{} gives no usable time: sampling the kernel clock instead", a.vmclock_host.display());
+                    None
+                }
+            }
+            Err(_) => None,
+        }
+    };
     eprintln!(
         "vmtime host: publishing {} ({})",
         page_path.display(),
@@ -294,11 +333,13 @@ pub fn run(a: Args) -> Result<ExitCode> {
         kernel.maxerror_us,
         kernel.freq as f64 / 65536.0
     );
+    eprintln!("  {source_note}");
     eprintln!("  control socket {} (vmtime status; vmtime watch)", socket_path.display());
     eprintln!("  calibrating the counter against CLOCK_MONOTONIC_RAW …");
 
     let mut d = Daemon {
         page: page_path,
+        kernel_page,
         writer: Writer::new(mem),
         publisher,
         tai,

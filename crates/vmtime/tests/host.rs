@@ -62,3 +62,36 @@ fn a_restarted_host_takes_its_page_over_and_keeps_the_marker() {
     let v = wait_calibrated(&page);
     assert_eq!(v["fields"]["disruption_marker"], marker, "continuity proven: same marker");
 }
+
+#[test]
+fn the_kernels_own_page_is_the_source_when_present() {
+    // A page file stands in for the RFC's /dev/vmclock_host: this machine's clock as `vmtime gen`
+    // writes it (UTC here, as the kernel's TAI offset is unset).
+    let dir = tempfile::tempdir().unwrap();
+    let fake = dir.path().join("vmclock_host");
+    let out = vmtime(&["gen", fake.to_str().unwrap(), "--time-type", "utc", "--calibrate-ms", "100"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let page = dir.path().join("host.page");
+    let (_d, banner) = start(
+        &[
+            "host",
+            "--page",
+            page.to_str().unwrap(),
+            "--vmclock-host",
+            fake.to_str().unwrap(),
+            "--quiet",
+            "--duration-s",
+            "60",
+        ],
+        "control socket",
+    );
+    assert!(banner.iter().any(|l| l.contains("source: the kernel's own page")), "{banner:?}");
+    let v = wait_calibrated(&page);
+    let k = show(&fake);
+    assert_eq!(
+        v["fields"]["counter_period_frac_sec"], k["fields"]["counter_period_frac_sec"],
+        "the kernel's period is used as it is"
+    );
+    assert_eq!(v["fields"]["counter_period_shift"], k["fields"]["counter_period_shift"]);
+    assert!(v["fields"]["flag_names"].as_array().unwrap().iter().any(|n| n == "TIME_MAXERROR_VALID"), "bounds added");
+}
