@@ -8,6 +8,7 @@ pub mod kernel;
 pub mod leapsecs;
 pub mod relay;
 pub mod stats;
+pub mod sync;
 
 /// One (kernel clock, counter, kernel clock) reading: the counter was read at an instant
 /// between `before_ns` and `after_ns` of the kernel clock (ns since its epoch).

@@ -215,6 +215,32 @@ impl SimHost {
         self.recompute_rate();
     }
 
+    /// ADJ_FREQUENCY in the kernel's unit (2^-16 ppm), clamped to ±500 ppm as the kernel does.
+    pub fn set_freq_scaled(&mut self, freq: i64) {
+        self.rebase();
+        self.tx.freq = freq.clamp(-500 << 16, 500 << 16);
+        self.recompute_rate();
+    }
+
+    /// CLOCK_MONOTONIC_RAW now, ns.
+    pub fn raw_now(&self) -> i128 {
+        self.raw_at(self.counter_at(self.t))
+    }
+
+    /// The counter jumps by `ticks` (a restore or a migration without TSC offset compensation);
+    /// the kernel clock follows the counter, as a TSC clocksource does.
+    pub fn jump_counter(&mut self, ticks: i128) {
+        self.rebase();
+        self.c0 += ticks;
+        let c = self.counter_at(self.t);
+        self.seg_c = c;
+    }
+
+    /// True seconds per counter tick, as a vmclock period.
+    pub fn true_period(&self) -> vmclock::Period {
+        vmclock::Period::from_ratio(1 << 16, self.hz_q16 as u128).expect("a sane counter")
+    }
+
     /// ADJ_TICK.
     pub fn set_tick(&mut self, tick: i64) {
         self.rebase();

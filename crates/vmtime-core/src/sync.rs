@@ -1,0 +1,343 @@
+//! Guest discipline, sans-IO: keeps the guest kernel's CLOCK_REALTIME locked to a vmclock page.
+//!
+//! Each [`SyncObservation`] carries a consistent copy of the page, (REALTIME, counter, REALTIME)
+//! samples of the guest kernel, a (RAW, counter, RAW) sample and the kernel's NTP state. The
+//! discipline answers with [`SyncAction`]s for the caller to apply with adjtimex (or to print,
+//! with `--dry-run`):
+//!
+//! * **Feed-forward frequency.** CLOCK_MONOTONIC_RAW is linear in the counter; its ns per tick
+//!   is calibrated over an ever longer baseline. The page gives the true seconds per tick. The
+//!   kernel must therefore run at `page period / raw period` times RAW: that rate is set with
+//!   ADJ_TICK (steps of 100 ppm) and ADJ_FREQUENCY (the rest), and set again when the page changes.
+//! * **Phase** by linear slews: a temporary frequency offset for a computed time (the offset
+//!   divided by the slew rate, at most half an interval), never the kernel PLL.
+//! * **Steps**: at start-up when the offset exceeds `step_threshold_ns` (chrony's makestep), and
+//!   at once when the page's disruption marker changes; a changed VM generation also runs the hook.
+//! * **Kernel state**: ADJ_TAI from the page, STA_INS / STA_DEL armed on the last day of the month
+//!   of an announced leap second, maxerror / esterror from the page's bounds plus the measurement,
+//!   STA_UNSYNC cleared while synchronised.
+//! * **Holdover** (source lost, or a page that is FREERUNNING, UNRELIABLE, not bounded or without a
+//!   counter): the last frequency is kept, no step, STA_UNSYNC set; the kernel grows maxerror by
+//!   500 µs per second (its MAXFREQ), which is the rate at which the bound widens.
+
+use crate::host::kernel_reference;
+use crate::kernel::{KernelTimex, STA_DEL, STA_INS};
+use crate::AbaSample;
+use serde::Serialize;
+use vmclock::abi::{leap, status};
+use vmclock::{Period, Snapshot};
+
+const NS: i128 = 1_000_000_000;
+const UNIT: i128 = 1 << 64;
+
+/// Settings.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SyncConfig {
+    /// Step when the offset exceeds this during start-up, ns.
+    pub step_threshold_ns: i64,
+    /// How many first updates may step (chrony's makestep limit); disruptions always step.
+    pub step_updates: u32,
+    /// Interval between observations, ns.
+    pub interval_ns: i128,
+    /// Fastest phase slew, ppb (on top of the feed-forward frequency).
+    pub max_slew_ppb: i64,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        SyncConfig { step_threshold_ns: 1_000_000, step_updates: 3, interval_ns: NS, max_slew_ppb: 200_000 }
+    }
+}
+
+/// One observation.
+#[derive(Clone, Copy, Debug)]
+pub struct SyncObservation<'a> {
+    /// A consistent copy of the source page.
+    pub page: Snapshot,
+    /// The tightest (RAW, counter, RAW) sample.
+    pub raw: AbaSample,
+    /// A burst of (REALTIME, counter, REALTIME) samples.
+    pub samples: &'a [AbaSample],
+    /// The kernel's NTP state.
+    pub kernel: KernelTimex,
+}
+
+/// What to do to the kernel clock.
+#[must_use]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum SyncAction {
+    /// ADJ_SETOFFSET | ADJ_NANO: step CLOCK_REALTIME by this much.
+    Step {
+        /// ns to add.
+        delta_ns: i64,
+    },
+    /// ADJ_TICK and ADJ_FREQUENCY.
+    SetFrequency {
+        /// µs per 1/USER_HZ s.
+        tick: i64,
+        /// 2^-16 ppm.
+        freq: i64,
+    },
+    /// ADJ_TAI.
+    SetTai(i32),
+    /// ADJ_STATUS: STA_INS / STA_DEL / STA_UNSYNC, and ADJ_MAXERROR | ADJ_ESTERROR.
+    SetState {
+        /// Arm a leap second insertion at the next midnight UTC.
+        insert: bool,
+        /// Arm a leap second deletion.
+        delete: bool,
+        /// Clear STA_UNSYNC.
+        synchronized: bool,
+        /// µs.
+        maxerror_us: i64,
+        /// µs.
+        esterror_us: i64,
+    },
+    /// Run the configured hook (the VM was restored or cloned).
+    RunHook,
+}
+
+/// The discipline's state, for `vmtime status`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct SyncStatus {
+    /// "starting", "synchronised", "holdover".
+    pub state: &'static str,
+    /// Kernel − source at the last observation, ns.
+    pub offset_ns: f64,
+    /// Half-width of the pairing intersection, ns.
+    pub pairing_ns: f64,
+    /// The feed-forward frequency, ppb against RAW.
+    pub frequency_ppb: f64,
+    /// The slew in force, ppb.
+    pub slew_ppb: f64,
+    /// The page's maximum error at the last observation, ns.
+    pub source_maxerror_ns: Option<f64>,
+    /// Steps taken.
+    pub steps: u32,
+    /// Disruptions seen (marker changes).
+    pub disruptions: u32,
+    /// Updates made.
+    pub updates: u64,
+    /// The RAW calibration baseline, s.
+    pub baseline_s: f64,
+}
+
+/// The discipline.
+#[derive(Debug)]
+pub struct Discipline {
+    cfg: SyncConfig,
+    raw_base: Option<AbaSample>,
+    marker: Option<u64>,
+    generation: Option<u64>,
+    ff_ppb: Option<f64>,
+    status: SyncStatus,
+    slew_end_raw_ns: Option<i128>,
+    last_freq: Option<(i64, i64)>,
+    last_state: Option<(bool, bool, bool)>,
+}
+
+/// The kernel's (tick, freq) for a rate `ppb` away from RAW.
+pub fn tick_freq(ppb: f64) -> (i64, i64) {
+    let tick = 10_000 + (ppb / 100_000.0).round() as i64;
+    let rest = ppb - (tick - 10_000) as f64 * 100_000.0;
+    (tick, (rest * 65.536).round() as i64)
+}
+
+impl Discipline {
+    /// A discipline starting from nothing.
+    pub fn new(cfg: SyncConfig) -> Self {
+        Discipline {
+            cfg,
+            raw_base: None,
+            marker: None,
+            generation: None,
+            ff_ppb: None,
+            status: SyncStatus { state: "starting", ..Default::default() },
+            slew_end_raw_ns: None,
+            last_freq: None,
+            last_state: None,
+        }
+    }
+
+    /// The state, for status reports.
+    pub fn status(&self) -> &SyncStatus {
+        &self.status
+    }
+
+    /// How long until the next observation: 100 ms while the frequency is still being
+    /// calibrated (the first second), then the configured interval.
+    pub fn poll_interval_ns(&self) -> i128 {
+        if self.ff_ppb.is_none() || self.status.baseline_s < 1.0 {
+            (self.cfg.interval_ns / 10).max(1)
+        } else {
+            self.cfg.interval_ns
+        }
+    }
+
+    /// When the running slew ends (RAW ns); the caller calls [`Discipline::handle_tick`] then.
+    pub fn next_deadline(&self) -> Option<i128> {
+        self.slew_end_raw_ns
+    }
+
+    fn set_rate(&mut self, slew_ppb: f64, out: &mut Vec<SyncAction>) {
+        let Some(ff) = self.ff_ppb else { return };
+        self.status.slew_ppb = slew_ppb;
+        let (tick, freq) = tick_freq(ff + slew_ppb);
+        if self.last_freq != Some((tick, freq)) {
+            self.last_freq = Some((tick, freq));
+            out.push(SyncAction::SetFrequency { tick, freq });
+        }
+    }
+
+    /// Ends a slew whose time has come.
+    pub fn handle_tick(&mut self, now_raw_ns: i128) -> Vec<SyncAction> {
+        let mut out = Vec::new();
+        if self.slew_end_raw_ns.is_some_and(|t| now_raw_ns >= t) {
+            self.slew_end_raw_ns = None;
+            self.set_rate(0.0, &mut out);
+        }
+        out
+    }
+
+    fn holdover(&mut self, kernel: &KernelTimex, out: &mut Vec<SyncAction>) {
+        self.status.state = "holdover";
+        self.slew_end_raw_ns = None;
+        self.set_rate(0.0, out);
+        if self.last_state.is_none_or(|(_, _, s)| s) {
+            self.last_state = Some((false, false, false));
+            // maxerror stays as the kernel has it and grows by 500 µs/s from there.
+            out.push(SyncAction::SetState {
+                insert: false,
+                delete: false,
+                synchronized: false,
+                maxerror_us: kernel.maxerror_us,
+                esterror_us: kernel.esterror_us,
+            });
+        }
+    }
+
+    /// The source is gone (no page, or no consistent read): holdover.
+    pub fn handle_source_lost(&mut self, kernel: &KernelTimex) -> Vec<SyncAction> {
+        let mut out = Vec::new();
+        self.holdover(kernel, &mut out);
+        out
+    }
+
+    /// One observation.
+    pub fn handle_observation(&mut self, obs: &SyncObservation<'_>) -> Vec<SyncAction> {
+        let mut out = Vec::new();
+        let page = &obs.page;
+        // A usable, bounded, synchronised source.
+        let usable = matches!(page.clock_status(), Some(status::SYNCHRONIZED))
+            && page.reference().is_ok()
+            && page.time_maxerror_ns().is_some();
+        // Markers first: a disruption is acted on even in holdover.
+        let marker_changed = self.marker.is_some_and(|m| m != page.disruption_marker());
+        let generation_changed = page.vm_generation_counter().is_some()
+            && self.generation.is_some_and(|g| Some(g) != page.vm_generation_counter());
+        self.marker = Some(page.disruption_marker());
+        self.generation = page.vm_generation_counter().or(self.generation);
+        if marker_changed {
+            self.status.disruptions += 1;
+        }
+        if generation_changed {
+            out.push(SyncAction::RunHook);
+        }
+        // Calibration of RAW against the counter (its slope survives counter jumps).
+        let base = *self.raw_base.get_or_insert(obs.raw);
+        let d_raw = obs.raw.mid_ns() - base.mid_ns();
+        let d_c = obs.raw.counter.wrapping_sub(base.counter) as i64 as i128;
+        self.status.baseline_s = d_raw as f64 / 1e9;
+        if !usable {
+            self.holdover(&obs.kernel, &mut out);
+            return out;
+        }
+        let r = page.reference().expect("checked");
+        let period = Period { frac: r.period, shift: r.shift };
+        // The guest kernel's REALTIME at one counter value, and the source's UTC there.
+        let Some(k) = kernel_reference(obs.samples, period, 0) else { return out };
+        let Ok(src) = page.utc_at(k.counter) else {
+            self.holdover(&obs.kernel, &mut out);
+            return out;
+        };
+        let offset = k.time - src.time.raw() as i128; // kernel − source, 2^-64 s
+        let offset_ns = offset as f64 * 1e9 / UNIT as f64;
+        self.status.offset_ns = offset_ns;
+        self.status.pairing_ns = k.half as f64 * 1e9 / UNIT as f64;
+        self.status.source_maxerror_ns = src.maxerror_ns().map(|m| m as f64);
+        // Feed-forward: kernel rate against RAW = (page s/tick) / (RAW s/tick).
+        if d_raw > 10_000_000 && d_c > 0 {
+            let page_s_per_tick = r.period as f64 / 2f64.powi(64 + r.shift as i32);
+            let raw_s_per_tick = d_raw as f64 / d_c as f64 / 1e9;
+            self.ff_ppb = Some((page_s_per_tick / raw_s_per_tick - 1.0) * 1e9);
+            self.status.frequency_ppb = self.ff_ppb.unwrap_or(0.0);
+        }
+        // Phase.
+        let may_step = self.status.updates < self.cfg.step_updates as u64 || marker_changed;
+        let step = marker_changed
+            || (may_step && offset_ns.abs() > self.cfg.step_threshold_ns as f64)
+            || self.status.updates == 0 && offset_ns.abs() > 1_000.0;
+        if step {
+            out.push(SyncAction::Step { delta_ns: (-offset_ns).round() as i64 });
+            self.status.steps += 1;
+            self.slew_end_raw_ns = None;
+            self.set_rate(0.0, &mut out);
+        } else if self.ff_ppb.is_some() {
+            // A linear slew: a rate for a computed time, done within half an interval.
+            let min_ppb = offset_ns.abs() / (self.poll_interval_ns() as f64 / 2.0) * 1e9;
+            let rate = min_ppb.max(offset_ns.abs().min(1.0) * 1e3).min(self.cfg.max_slew_ppb as f64);
+            if rate > 0.0 {
+                let duration_ns = offset_ns.abs() / rate * 1e9;
+                self.set_rate(-offset_ns.signum() * rate, &mut out);
+                self.slew_end_raw_ns = Some(obs.raw.mid_ns() + duration_ns as i128);
+            }
+        }
+        // Kernel state: TAI, leap, bounds, sync.
+        if let Some(tai) = page.tai_offset() {
+            if obs.kernel.tai != tai as i32 {
+                out.push(SyncAction::SetTai(tai as i32));
+            }
+        }
+        let (insert, delete) = leap_arming(page, &src.time);
+        let residual_ns = if step { self.status.pairing_ns } else { offset_ns.abs() + self.status.pairing_ns };
+        let maxerror_us = ((src.maxerror_ns().unwrap_or(0) as f64 + residual_ns) / 1000.0).ceil() as i64 + 1;
+        let esterror_us = ((src.esterror_ns().unwrap_or(0) as f64 + self.status.pairing_ns) / 1000.0).ceil() as i64;
+        self.last_state = Some((insert, delete, true));
+        let _ = (STA_INS, STA_DEL);
+        out.push(SyncAction::SetState { insert, delete, synchronized: true, maxerror_us, esterror_us });
+        self.status.state = "synchronised";
+        self.status.updates += 1;
+        out
+    }
+}
+
+/// Arms the kernel's leap second on the last day of the month the page announces one for.
+fn leap_arming(page: &Snapshot, utc: &vmclock::Timestamp<vmclock::Utc>) -> (bool, bool) {
+    let li = page.leap_indicator().unwrap_or(leap::NONE);
+    let day = (utc.sec() / 86_400) as i64;
+    let last_day_of_month = vmclock::time::civil_from_days(day + 1).2 == 1;
+    match li {
+        leap::PRE_POS if last_day_of_month => (true, false),
+        leap::PRE_NEG if last_day_of_month => (false, true),
+        // During the inserted second the kernel is in TIME_OOP and needs STA_INS kept.
+        leap::POS => (true, false),
+        _ => (false, false),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tick_and_freq_split() {
+        assert_eq!(tick_freq(0.0), (10_000, 0));
+        assert_eq!(tick_freq(12_000.0), (10_000, 786_432)); // 12 ppm × 2^16
+        let (t, f) = tick_freq(750_000.0); // 750 ppm: beyond ADJ_FREQUENCY's ±500
+        assert_eq!(t, 10_008);
+        assert!((f as f64 / 65.536 - -50_000.0).abs() < 1.0);
+        let (t, f) = tick_freq(-1_234_567.0);
+        assert_eq!(t, 9_988);
+        assert!(((t - 10_000) as f64 * 100_000.0 + f as f64 / 65.536 - -1_234_567.0).abs() < 0.02);
+    }
+}

@@ -1,0 +1,147 @@
+//! Guest sync against the simulated guest kernel (the real clock of this machine is never
+//! changed): the targets of the sync issue.
+use vmclock::abi::{leap, status};
+use vmtime_core::sync::{SyncAction, SyncConfig};
+use vmtime_sim::sync_run::{p99_abs, SyncRun};
+use vmtime_sim::SimHost;
+
+const NS: i128 = 1_000_000_000;
+const MS: i128 = 1_000_000;
+const T0: i128 = (1_795_348_800 + 37) * NS;
+
+/// A guest whose kernel starts `err_ns` off true time, on a +30 ppm oscillator, unsynchronised.
+fn guest(seed: u64, err_ns: i128) -> SyncRun {
+    let g = SimHost::new(seed, T0, 2_500_000_000, 30_000, 37, err_ns);
+    SyncRun::new(g, SyncConfig::default())
+}
+
+fn steps(r: &SyncRun, from: i128) -> usize {
+    r.actions.iter().filter(|(t, a)| *t >= from && matches!(a, SyncAction::Step { .. })).count()
+}
+
+#[test]
+fn startup_from_two_seconds_off() {
+    let mut r = guest(1, 2 * NS);
+    let t0 = r.guest.now();
+    r.run_for(10 * NS, NS, 10 * MS);
+    let at = r.converged_at(t0, 1_000).expect("converges");
+    eprintln!("start-up from 2 s off: within 1 µs after {:.3} s, {} step(s)", (at - t0) as f64 / 1e9, steps(&r, t0));
+    assert!(at - t0 <= 2 * NS, "{}", at - t0);
+    assert_eq!(r.guest.tx.tai, 37, "ADJ_TAI from the page");
+    assert!(r.guest.tx.status & vmtime_core::kernel::STA_UNSYNC == 0, "synchronised");
+}
+
+#[test]
+fn steady_state_offset() {
+    let mut r = guest(2, 5 * MS);
+    r.run_for(60 * NS, NS, 10 * MS);
+    let from = r.guest.now();
+    r.run_for(600 * NS, NS, 10 * MS);
+    let p = p99_abs(r.trace.iter().filter(|(t, _, _)| *t >= from).map(|(_, e, _)| *e - 3)); // minus the page's 3 ns host error
+    let max = r.trace.iter().filter(|(t, _, _)| *t >= from).map(|(_, e, _)| (*e - 3).abs()).max().unwrap();
+    eprintln!("steady state over 600 s: |offset| p99 {p} ns, max {max} ns, {} steps", steps(&r, from));
+    assert!(p <= 50, "{p}");
+    assert_eq!(steps(&r, from), 0);
+}
+
+#[test]
+fn migration_steps_at_once_and_settles() {
+    let mut r = guest(3, 0);
+    r.run_for(30 * NS, NS, 10 * MS);
+    // Migration: a 50 ppm frequency step and a counter step; the page's marker changes and the
+    // host notifies.
+    r.guest.set_oscillator_error(80_000);
+    r.guest.jump_counter(1_234_567);
+    r.spec.marker += 1;
+    let t = r.guest.now();
+    r.notify();
+    r.run_for(5 * NS, NS, 10 * MS);
+    let at = r.converged_at(t, 1_000).expect("converges");
+    eprintln!("migration: within 1 µs {:.3} ms after the notification", (at - t) as f64 / 1e6);
+    assert!(at - t <= NS);
+    assert!(steps(&r, t) >= 1, "stepped at once");
+    assert_eq!(r.hooks, 0, "migration does not run the restore hook");
+}
+
+#[test]
+fn restore_from_a_snapshot_ten_minutes_old() {
+    let mut r = guest(4, 0);
+    r.run_for(30 * NS, NS, 10 * MS);
+    // The VM was snapshotted, and restored 10 minutes later: its kernel clock is 10 min behind.
+    r.guest.step(-600 * NS);
+    r.spec.marker += 1;
+    r.spec.generation += 1;
+    let t = r.guest.now();
+    r.notify();
+    let first = r.actions.iter().find(|(at, a)| *at >= t && matches!(a, SyncAction::Step { .. })).map(|(at, _)| *at);
+    assert!(first.is_some_and(|at| at - t < MS), "stepped at once (within the observation itself)");
+    assert_eq!(r.hooks, 1, "the hook ran");
+    r.run_for(2 * NS, NS, 10 * MS);
+    assert!(r.trace.last().unwrap().1.abs() < 1_000);
+}
+
+#[test]
+fn leap_insertion_and_deletion_at_midnight() {
+    for insert in [true, false] {
+        // 40 s before midnight UTC at the end of 2026-12-31.
+        let midnight = 20_819 * 86_400 * NS;
+        let g = SimHost::new(5, midnight - 40 * NS + 37 * NS, 2_500_000_000, 30_000, 37, 0);
+        let mut r = SyncRun::new(g, SyncConfig::default());
+        r.spec.leap_at = Some((midnight, if insert { 1 } else { -1 }));
+        r.run_for(30 * NS, NS, 10 * MS);
+        assert!(
+            r.guest.tx.status & if insert { vmtime_core::kernel::STA_INS } else { vmtime_core::kernel::STA_DEL } != 0,
+            "armed on the last day"
+        );
+        // Midnight passes; the page's TAI − UTC and leap indicator follow true time.
+        r.run_for(30 * NS, NS, 10 * MS);
+        assert_eq!(r.page().leap_indicator(), Some(if insert { leap::POST_POS } else { leap::POST_NEG }));
+        // The kernel applied it exactly at midnight UTC.
+        let secs = 20_819 * 86_400;
+        assert_eq!(r.guest.leaps_applied, vec![(if insert { secs } else { secs - 1 }, if insert { 1 } else { -1 })]);
+        // TAI stayed continuous: once settled, the kernel's TAI (REALTIME + tai) never left truth
+        // by more than 1 µs, through the leap.
+        let settled = r.trace[0].0 + 5 * NS;
+        let worst = r.trace.iter().filter(|(t, _, _)| *t >= settled).map(|(_, e, _)| e.abs()).max().unwrap();
+        assert!(worst < 1_000, "{insert}: {worst}");
+        assert_eq!(r.guest.tx.tai, if insert { 38 } else { 36 });
+        assert_eq!(steps(&r, settled), 0, "the leap is the kernel's, not a step of ours");
+    }
+}
+
+#[test]
+fn source_loss_is_holdover() {
+    let mut r = guest(6, 0);
+    r.run_for(60 * NS, NS, 10 * MS);
+    let t = r.guest.now();
+    r.source_up = false;
+    r.run_for(600 * NS, NS, 10 * MS);
+    assert_eq!(steps(&r, t), 0, "no step in holdover");
+    assert!(r.guest.tx.status & vmtime_core::kernel::STA_UNSYNC != 0);
+    assert_eq!(r.discipline.status().state, "holdover");
+    // The kernel's bound (its maxerror, growing 500 µs/s) always contains the truth.
+    for &(_, e, maxerr_us) in r.trace.iter().filter(|(at, _, _)| *at >= t) {
+        assert!(e.unsigned_abs() <= maxerr_us as u128 * 1000, "{e} ns outside ±{maxerr_us} µs");
+    }
+    let drift = r.trace.last().unwrap().1;
+    eprintln!("10 min holdover: drift {drift} ns, maxerror {} µs", r.trace.last().unwrap().2);
+    // The source comes back: synchronised again, by slewing (no step for a small offset).
+    r.source_up = true;
+    let back = r.guest.now();
+    r.run_for(10 * NS, NS, 10 * MS);
+    assert_eq!(r.discipline.status().state, "synchronised");
+    assert!(r.trace.last().unwrap().1.abs() < 1_000);
+    let _ = back;
+}
+
+#[test]
+fn an_unsynchronised_host_page_is_holdover_too() {
+    let mut r = guest(7, 0);
+    r.run_for(10 * NS, NS, 10 * MS);
+    r.spec.status = status::FREERUNNING;
+    r.run_for(5 * NS, NS, 10 * MS);
+    assert_eq!(r.discipline.status().state, "holdover");
+    r.spec.status = status::SYNCHRONIZED;
+    r.run_for(3 * NS, NS, 10 * MS);
+    assert_eq!(r.discipline.status().state, "synchronised");
+}
