@@ -9,6 +9,7 @@ mod page;
 mod relay;
 mod show;
 mod status;
+mod sync;
 mod tai;
 mod watch;
 
@@ -39,6 +40,8 @@ enum Command {
     Host(host::Args),
     /// Relay a host page to one guest's page (TSC offset and scaling), owning its markers.
     Relay(relay::Args),
+    /// Keep this guest's CLOCK_REALTIME locked to a vmclock page (--dry-run: change nothing).
+    Sync(sync::Args),
     /// Print each update of a page with the fields that changed.
     Watch(watch::Args),
     /// Ask a running vmtime daemon for its state (JSON over its control socket).
@@ -57,6 +60,7 @@ fn main() -> ExitCode {
         Command::Gen(a) => gen::run(a),
         Command::Host(a) => host::run(a),
         Command::Relay(a) => relay::run(a),
+        Command::Sync(a) => sync::run(a),
         Command::Watch(a) => watch::run(a),
         Command::Status(a) => status::run(a),
     };

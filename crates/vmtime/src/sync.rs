@@ -1,0 +1,296 @@
+//! `vmtime sync`: keeps this guest's CLOCK_REALTIME locked to a vmclock page (see
+//! `vmtime_core::sync`). With `--dry-run` it prints what it would do and changes nothing: the only
+//! mode to use on a machine whose clock must not be touched.
+
+use anyhow::{bail, Context, Result};
+use clap::Args as ClapArgs;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+use vmclock::abi::{self, flags};
+use vmclock::{seqlock, Mapping};
+use vmtime_core::sync::{Discipline, SyncAction, SyncConfig, SyncObservation};
+use vmtime_sys::clock::{aba_sample, tightest, ClockId};
+use vmtime_sys::event;
+
+#[derive(ClapArgs, Debug)]
+pub struct Args {
+    /// The source: a vmclock device or page file (default: the first /dev/vmclock*).
+    #[arg(long)]
+    source: Option<PathBuf>,
+    /// Print the actions instead of applying them: nothing is changed.
+    #[arg(long)]
+    dry_run: bool,
+    /// Interval between observations without notification, ms.
+    #[arg(long, default_value_t = 1000)]
+    interval_ms: u64,
+    /// Step instead of slewing when the offset exceeds this during the first updates, ns
+    /// (chrony's makestep).
+    #[arg(long, default_value_t = 1_000_000)]
+    makestep_ns: i64,
+    /// How many first updates may step (disruptions always step).
+    #[arg(long, default_value_t = 3)]
+    makestep_updates: u32,
+    /// Command run (by sh -c) when the VM generation changes: reseed entropy, reset connections.
+    #[arg(long)]
+    hook: Option<String>,
+    /// Control socket (default: sync.sock beside the host page's default).
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// Exit after this many seconds.
+    #[arg(long)]
+    duration_s: Option<u64>,
+}
+
+/// The first vmclock device, if any.
+fn find_device() -> Option<PathBuf> {
+    (0..8).map(|i| PathBuf::from(format!("/dev/vmclock{i}"))).find(|p| p.exists())
+}
+
+fn describe(a: &SyncAction) -> String {
+    match *a {
+        SyncAction::Step { delta_ns } => format!("step CLOCK_REALTIME by {:+.3} µs", delta_ns as f64 / 1e3),
+        SyncAction::SetFrequency { tick, freq } => {
+            format!("set tick {tick} and frequency {:+.6} ppm", freq as f64 / 65536.0)
+        }
+        SyncAction::SetTai(t) => format!("set the TAI offset to {t} s"),
+        SyncAction::SetState { insert, delete, synchronized, maxerror_us, esterror_us } => format!(
+            "set {}{}{}, maxerror {maxerror_us} µs, esterror {esterror_us} µs",
+            if synchronized { "synchronised (STA_UNSYNC clear)" } else { "unsynchronised (STA_UNSYNC)" },
+            if insert { ", STA_INS (leap second at midnight)" } else { "" },
+            if delete { ", STA_DEL (leap second deleted at midnight)" } else { "" }
+        ),
+        SyncAction::RunHook => "run the generation hook".into(),
+    }
+}
+
+struct Sync {
+    source: PathBuf,
+    map: Mapping,
+    device: Option<File>,
+    discipline: Discipline,
+    dry_run: bool,
+    hook: Option<String>,
+    applied: u64,
+    last_marker: Option<u64>,
+    /// Dry run: the last line printed for each kind of action (only changes are printed).
+    printed: std::collections::HashMap<std::mem::Discriminant<SyncAction>, String>,
+    ino: u64,
+}
+
+impl Sync {
+    fn apply(&mut self, actions: Vec<SyncAction>) -> Result<()> {
+        for a in actions {
+            self.applied += 1;
+            if self.dry_run {
+                // The kernel is not changed, so the same action comes back: print changes only.
+                let line = describe(&a);
+                let kind = std::mem::discriminant(&a);
+                if matches!(a, SyncAction::Step { .. } | SyncAction::RunHook) || self.printed.get(&kind) != Some(&line)
+                {
+                    println!("dry run: would {line}");
+                    self.printed.insert(kind, line);
+                }
+                continue;
+            }
+            match a {
+                SyncAction::RunHook => {
+                    if let Some(h) = &self.hook {
+                        eprintln!("VM generation changed: running {h}");
+                        let _ = std::process::Command::new("sh").arg("-c").arg(h).status();
+                    }
+                }
+                a => vmtime_sys::timex::apply(&a).with_context(|| {
+                    format!("cannot {} (vmtime sync needs CAP_SYS_TIME; use --dry-run to watch)", describe(&a))
+                })?,
+            }
+            if matches!(a, SyncAction::Step { .. }) {
+                eprintln!("{}", describe(&a));
+            }
+        }
+        Ok(())
+    }
+
+    /// A page file replaced by its publisher (a new inode) is mapped again.
+    fn follow_file(&mut self) -> Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let ino = std::fs::metadata(&self.source).map(|m| m.ino()).unwrap_or(self.ino);
+        if ino != self.ino {
+            self.map = Mapping::open(&self.source)?;
+            self.ino = ino;
+        }
+        Ok(())
+    }
+
+    fn observe(&mut self) -> Result<()> {
+        self.follow_file()?;
+        let kernel = vmtime_sys::read_timex()?;
+        let page = match seqlock::read(&self.map, seqlock::DEFAULT_MAX_WAIT) {
+            Ok(p) if p.counter_id() == vmclock::counter::NATIVE => p,
+            Ok(_) | Err(_) => {
+                let a = self.discipline.handle_source_lost(&kernel);
+                return self.apply(a);
+            }
+        };
+        if self.last_marker.is_some_and(|m| m != page.disruption_marker()) {
+            eprintln!(
+                "disruption marker changed: {:#x} → {:#x}",
+                self.last_marker.unwrap_or(0),
+                page.disruption_marker()
+            );
+        }
+        self.last_marker = Some(page.disruption_marker());
+        let raw = tightest(ClockId::MonotonicRaw, 16)?;
+        let samples = (0..64).map(|_| aba_sample(ClockId::Realtime)).collect::<std::io::Result<Vec<_>>>()?;
+        let a = self.discipline.handle_observation(&SyncObservation { page, raw, samples: &samples, kernel });
+        self.apply(a)
+    }
+
+    fn status_json(&self) -> serde_json::Value {
+        let page = seqlock::read(&self.map, seqlock::DEFAULT_MAX_WAIT).ok();
+        serde_json::json!({
+            "role": "sync",
+            "source": self.source.display().to_string(),
+            "dry_run": self.dry_run,
+            "discipline": self.discipline.status(),
+            "source_status": page.and_then(|p| p.clock_status()).map(abi::status_name),
+            "disruption_marker": page.map(|p| p.disruption_marker()),
+            "vm_generation_counter": page.and_then(|p| p.vm_generation_counter()),
+            "notified": self.device.is_some(),
+        })
+    }
+}
+
+pub fn run(a: Args) -> Result<ExitCode> {
+    let source = match a.source.clone().or_else(find_device) {
+        Some(s) => s,
+        None => bail!("no vmclock device (/dev/vmclock*) here: give --source PAGE (a page file, e.g. a relayed guest page); PHC sources are not supported yet"),
+    };
+    let map = Mapping::open(&source).with_context(|| format!("cannot map {}", source.display()))?;
+    let first = seqlock::read(&map, seqlock::DEFAULT_MAX_WAIT)?;
+    if first.counter_id() != vmclock::counter::NATIVE {
+        bail!(
+            "{} gives no time for this CPU's counter (counter_id {}): nothing to synchronise to",
+            source.display(),
+            abi::counter_name(first.counter_id())
+        );
+    }
+    // Notification: the device's poll() (read() acknowledges), or a publisher's socket.
+    let is_device = std::fs::metadata(&source)?.file_type().is_char_device();
+    let device = (is_device && first.has(flags::NOTIFICATION_PRESENT)).then(|| File::open(&source)).transpose()?;
+    let mut sub = if is_device {
+        None
+    } else {
+        crate::status::request(&crate::host::socket_for(&source), "subscribe").ok().map(|(_, s)| s)
+    };
+    if let Some(s) = &sub {
+        s.set_nonblocking(true)?;
+    }
+    let socket = a.socket.unwrap_or_else(|| crate::host::default_page().with_file_name("sync.sock"));
+    if let Some(d) = socket.parent() {
+        std::fs::create_dir_all(d)?;
+    }
+    let _ = std::fs::remove_file(&socket);
+    let listener = UnixListener::bind(&socket).with_context(|| format!("cannot listen on {}", socket.display()))?;
+    listener.set_nonblocking(true)?;
+    let cfg = SyncConfig {
+        step_threshold_ns: a.makestep_ns,
+        step_updates: a.makestep_updates,
+        interval_ns: a.interval_ms as i128 * 1_000_000,
+        ..SyncConfig::default()
+    };
+    let ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&source)?);
+    let mut s = Sync {
+        source: source.clone(),
+        map,
+        device,
+        discipline: Discipline::new(cfg),
+        dry_run: a.dry_run,
+        hook: a.hook,
+        applied: 0,
+        last_marker: None,
+        printed: Default::default(),
+        ino,
+    };
+    eprintln!(
+        "vmtime sync: {} → CLOCK_REALTIME{}",
+        source.display(),
+        if a.dry_run { " (dry run: nothing is changed)" } else { "" }
+    );
+    eprintln!(
+        "  source: {} {}, status {}, marker {:#x}",
+        abi::time_type_name(first.time_type()),
+        first.tai_offset().map_or("without a TAI offset".to_string(), |o| format!("with TAI − UTC = {o} s")),
+        first.clock_status().map_or("absent", abi::status_name),
+        first.disruption_marker()
+    );
+    eprintln!(
+        "  woken by {}",
+        if s.device.is_some() {
+            "the device's notifications"
+        } else if sub.is_some() {
+            "the publisher's socket"
+        } else {
+            "polling"
+        }
+    );
+    eprintln!("  control socket {}", socket.display());
+
+    let end = a.duration_s.map(|d| Instant::now() + Duration::from_secs(d));
+    let mut next_obs = Instant::now();
+    loop {
+        let now = Instant::now();
+        let raw_now = vmtime_sys::gettime(ClockId::MonotonicRaw)?;
+        let slew_wait = s.discipline.next_deadline().map(|d| Duration::from_nanos((d - raw_now).max(0) as u64));
+        let wait = [Some(next_obs.saturating_duration_since(now)), slew_wait]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(Duration::from_secs(1));
+        let mut fds = vec![listener.as_raw_fd()];
+        if let Some(d) = &s.device {
+            fds.push(d.as_raw_fd());
+        } else if let Some(x) = &sub {
+            fds.push(x.as_raw_fd());
+        }
+        let ready = event::poll_readable(&fds, wait.as_micros().div_ceil(1000).min(1000) as i32)?;
+        let notified = ready.get(1).copied().unwrap_or(false);
+        if notified {
+            if let Some(d) = &s.device {
+                let mut buf = [0u8; abi::ABI_SIZE];
+                let _ = d.read_at(&mut buf, 0); // acknowledges this seq_count to the driver
+            } else if let Some(x) = sub.as_mut() {
+                let mut buf = [0u8; 256];
+                if matches!(x.read(&mut buf), Ok(0)) {
+                    sub = None;
+                }
+            }
+        }
+        if notified || Instant::now() >= next_obs {
+            s.observe()?;
+            next_obs = Instant::now() + Duration::from_nanos(s.discipline.poll_interval_ns() as u64);
+        }
+        let a2 = s.discipline.handle_tick(vmtime_sys::gettime(ClockId::MonotonicRaw)?);
+        s.apply(a2)?;
+        if ready[0] {
+            while let Ok((conn, _)) = listener.accept() {
+                let _ = conn.set_nonblocking(false);
+                let _ = conn.set_read_timeout(Some(Duration::from_millis(200)));
+                let mut line = String::new();
+                let _ = BufReader::new(&conn).read_line(&mut line);
+                let mut conn: UnixStream = conn;
+                let _ = writeln!(conn, "{}", s.status_json());
+            }
+        }
+        if end.is_some_and(|e| Instant::now() >= e) {
+            break;
+        }
+    }
+    let _ = std::fs::remove_file(&socket);
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,83 @@
+//! `vmtime sync --dry-run` on this machine: it follows a page, reports its offset, reacts to a
+//! disruption, and changes nothing (this machine's NTP state is read before and after).
+mod common;
+use common::*;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+fn gen(page: &std::path::Path, marker: &str) {
+    let out = vmtime(&[
+        "gen",
+        page.to_str().unwrap(),
+        "--tai-offset",
+        "37",
+        "--maxerror-ns",
+        "1000",
+        "--period-maxerror-ppb",
+        "100",
+        "--calibrate-ms",
+        "200",
+        "--disruption-marker",
+        marker,
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn dry_run_follows_a_page_and_changes_nothing() {
+    let before = vmtime_sys::read_timex().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let page = dir.path().join("guest.page");
+    let sock = dir.path().join("sync.sock");
+    gen(&page, "1");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vmtime"))
+        .args([
+            "sync",
+            "--source",
+            page.to_str().unwrap(),
+            "--dry-run",
+            "--duration-s",
+            "60",
+            "--socket",
+            sock.to_str().unwrap(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Lines arrive on a channel so the test can give up instead of hanging.
+    let (tx, rx) = mpsc::channel();
+    let out = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    let next = || rx.recv_timeout(Duration::from_secs(20)).expect("the daemon keeps talking");
+    let mut lines = vec![next()];
+    while !lines.iter().any(|l| l.contains("synchronised")) {
+        lines.push(next());
+    }
+    assert!(lines.iter().any(|l| l.contains("would set the TAI offset to 37 s")), "{lines:?}");
+    let st = json(&["status", "--socket", sock.to_str().unwrap(), "--json"]);
+    assert_eq!(st["dry_run"], true);
+    assert_eq!(st["discipline"]["state"], "synchronised");
+    // The page was made from this machine's clock moments ago: the offset is small.
+    assert!(st["discipline"]["offset_ns"].as_f64().unwrap().abs() < 50_000.0, "{st}");
+
+    // A new disruption marker: it would step at once.
+    gen(&page, "2");
+    let stepped = (0..200).map(|_| next()).any(|l| l.contains("would step"));
+    assert!(stepped, "a disruption makes it step");
+    let _ = child.kill();
+    let _ = child.wait();
+
+    // Nothing on this machine was changed.
+    let after = vmtime_sys::read_timex().unwrap();
+    assert_eq!(
+        (before.freq, before.tick, before.tai, before.status & 0x70),
+        (after.freq, after.tick, after.tai, after.status & 0x70)
+    );
+}
