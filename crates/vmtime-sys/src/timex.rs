@@ -28,19 +28,6 @@ pub fn read_timex() -> io::Result<KernelTimex> {
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reading_needs_no_privilege_and_is_sane() {
-        let tx = read_timex().unwrap();
-        assert!((0..=5).contains(&tx.state));
-        assert!(tx.freq.abs() <= 500 << 16, "freq within ±500 ppm: {}", tx.freq);
-        assert!(tx.tick > 9_000 && tx.tick < 11_000, "tick {}", tx.tick);
-    }
-}
-
 /// Applies one discipline action to CLOCK_REALTIME with `clock_adjtime`. **This changes the
 /// machine's clock**: only `vmtime sync` without `--dry-run` calls it, inside a guest (or a lab
 /// VM). Tests never do; they drive the simulated kernel instead. `RunHook` is the caller's.
@@ -89,4 +76,17 @@ pub fn apply(action: &vmtime_core::sync::SyncAction) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reading_needs_no_privilege_and_is_sane() {
+        let tx = read_timex().unwrap();
+        assert!((0..=5).contains(&tx.state));
+        assert!(tx.freq.abs() <= 500 << 16, "freq within ±500 ppm: {}", tx.freq);
+        assert!(tx.tick > 9_000 && tx.tick < 11_000, "tick {}", tx.tick);
+    }
 }
