@@ -6,6 +6,7 @@ pub mod check;
 pub mod host;
 pub mod kernel;
 pub mod leapsecs;
+pub mod phc;
 pub mod relay;
 pub mod stats;
 pub mod sync;

@@ -17,6 +17,7 @@
 
 pub mod host;
 pub mod host_run;
+pub mod phc;
 pub mod sync_run;
 
 pub use host::{Clock, SimHost};
