@@ -110,12 +110,12 @@ pub fn read_with(dev: &mut dyn PhcDevice, method: Method, n: usize) -> io::Resul
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "the device returned no readings"))
 }
 
+/// The methods that failed, with their errors.
+pub type Failures = Vec<(Method, String)>;
+
 /// Reads with the best method that works: PRECISE, else EXTENDED, else basic (chrony's and
 /// phc_ctl's order). Returns the errors of the methods that failed too.
-pub fn read_best(
-    dev: &mut dyn PhcDevice,
-    n: usize,
-) -> Result<(PhcMeasurement, Vec<(Method, String)>), Vec<(Method, String)>> {
+pub fn read_best(dev: &mut dyn PhcDevice, n: usize) -> Result<(PhcMeasurement, Failures), Failures> {
     let mut failed = Vec::new();
     for m in [Method::Precise, Method::Extended, Method::Basic] {
         match read_with(dev, m, n) {
