@@ -7,6 +7,7 @@
 pub mod clock;
 pub mod event;
 pub mod pagefile;
+pub mod phc;
 pub mod timex;
 
 pub use clock::{aba_sample, gettime, AbaSample, ClockId};

@@ -6,6 +6,7 @@ mod gen;
 mod host;
 mod now;
 mod page;
+mod phc;
 mod relay;
 mod show;
 mod status;
@@ -40,6 +41,8 @@ enum Command {
     Host(host::Args),
     /// Relay a host page to one guest's page (TSC offset and scaling), owning its markers.
     Relay(relay::Args),
+    /// PTP hardware clocks: list them, read them.
+    Phc(phc::Args),
     /// Keep this guest's CLOCK_REALTIME locked to a vmclock page (--dry-run: change nothing).
     Sync(sync::Args),
     /// Print each update of a page with the fields that changed.
@@ -60,6 +63,7 @@ fn main() -> ExitCode {
         Command::Gen(a) => gen::run(a),
         Command::Host(a) => host::run(a),
         Command::Relay(a) => relay::run(a),
+        Command::Phc(a) => phc::run(a),
         Command::Sync(a) => sync::run(a),
         Command::Watch(a) => watch::run(a),
         Command::Status(a) => status::run(a),

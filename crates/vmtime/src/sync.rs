@@ -45,6 +45,71 @@ pub struct Args {
     /// Exit after this many seconds.
     #[arg(long)]
     duration_s: Option<u64>,
+    /// The timescale of a PHC source (required unless its driver is known: ptp_kvm is UTC).
+    #[arg(long, value_enum)]
+    phc_timescale: Option<Timescale>,
+    /// TAI − UTC, to read a TAI PHC.
+    #[arg(long, default_value_t = 37)]
+    tai_offset: i16,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum Timescale {
+    Utc,
+    Tai,
+}
+
+/// A pure PHC, if there is one.
+fn find_phc() -> Option<(PathBuf, String)> {
+    vmtime_sys::phc::list()
+        .into_iter()
+        .find(|i| vmtime_core::phc::pure_source(&i.clock_name).is_some())
+        .map(|i| (i.dev, i.clock_name))
+}
+
+/// The PHC path: measurements every interval, the PI servo, the same actions.
+fn run_phc(a: &Args, dev: PathBuf, clock_name: &str) -> Result<ExitCode> {
+    use vmtime_core::phc::{pure_source, read_best, PhcServo, PhcServoConfig, PhcTimescale};
+    let timescale = match (a.phc_timescale, pure_source(clock_name).flatten()) {
+        (Some(Timescale::Utc), _) => PhcTimescale::Utc,
+        (Some(Timescale::Tai), _) => PhcTimescale::Tai,
+        (None, Some(t)) => t,
+        (None, None) => bail!(
+            "{} ({clock_name:?}): its timescale is not known; give --phc-timescale utc|tai (it is never guessed)",
+            dev.display()
+        ),
+    };
+    let mut d = vmtime_sys::phc::PhcFile::open(&dev).with_context(|| format!("cannot open {}", dev.display()))?;
+    let mut servo = PhcServo::new(PhcServoConfig { timescale, tai_offset: a.tai_offset, ..PhcServoConfig::default() });
+    eprintln!(
+        "vmtime sync: {} ({clock_name}, {timescale:?}) → CLOCK_REALTIME{}",
+        dev.display(),
+        if a.dry_run { " (dry run: nothing is changed)" } else { "" }
+    );
+    let interval = Duration::from_millis(a.interval_ms.max(10));
+    let end = a.duration_s.map(|d| Instant::now() + Duration::from_secs(d));
+    while end.is_none_or(|e| Instant::now() < e) {
+        let tx = vmtime_sys::read_timex()?;
+        match read_best(&mut d, 25) {
+            Ok((m, _)) => {
+                for act in servo.handle_measurement(&m, tx.tick, tx.freq, interval.as_secs_f64()) {
+                    if a.dry_run {
+                        println!(
+                            "dry run: would {} (offset {:+.1} ns by {:?})",
+                            describe(&act),
+                            servo.last_offset_ns,
+                            m.method
+                        );
+                    } else {
+                        vmtime_sys::timex::apply(&act).with_context(|| format!("cannot {}", describe(&act)))?;
+                    }
+                }
+            }
+            Err(failed) => eprintln!("{}: no reading method works: {failed:?}", dev.display()),
+        }
+        std::thread::sleep(interval);
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The first vmclock device, if any.
@@ -167,10 +232,19 @@ impl Sync {
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
+    // --source auto: a vmclock device first, then a pure PHC; or the path given.
     let source = match a.source.clone().or_else(find_device) {
         Some(s) => s,
-        None => bail!("no vmclock device (/dev/vmclock*) here: give --source PAGE (a page file, e.g. a relayed guest page); PHC sources are not supported yet"),
+        None => match find_phc() {
+            Some((dev, name)) => return run_phc(&a, dev, &name),
+            None => bail!("no source here: no /dev/vmclock* and no pure PHC (ptp_kvm, VMclock, hyperv, VMware, virtio-rtc, s390); give --source PAGE"),
+        },
     };
+    if source.to_string_lossy().starts_with("/dev/ptp") {
+        let name =
+            vmtime_sys::phc::list().into_iter().find(|i| i.dev == source).map(|i| i.clock_name).unwrap_or_default();
+        return run_phc(&a, source, &name);
+    }
     let map = Mapping::open(&source).with_context(|| format!("cannot map {}", source.display()))?;
     let first = seqlock::read(&map, seqlock::DEFAULT_MAX_WAIT)?;
     if first.counter_id() != vmclock::counter::NATIVE {
