@@ -50,6 +50,10 @@ pub struct SimHost {
     pub outlier_permille: u64,
     /// Counts of leap seconds the kernel applied (+1 inserted, −1 deleted).
     pub leaps_applied: Vec<(i128, i8)>,
+    /// Random-walk wander of the oscillator: each second its frequency error moves by up to
+    /// ± this many ppb (uniform).
+    pub wander_ppb: i64,
+    err_ppb: i64,
 }
 
 impl SimHost {
@@ -81,6 +85,8 @@ impl SimHost {
             window_ns: (8, 30),
             outlier_permille: 5,
             leaps_applied: Vec::new(),
+            wander_ppb: 0,
+            err_ppb,
         };
         h.seg_c = h.counter_at(h.t);
         h.seg_k = (t_tai_ns - tai_offset as i128 * NS + kernel_err_ns) << Q;
@@ -110,6 +116,7 @@ impl SimHost {
     /// Changes the oscillator's frequency error (a migration or a temperature step), keeping the
     /// counter continuous.
     pub fn set_oscillator_error(&mut self, err_ppb: i64) {
+        self.err_ppb = err_ppb;
         let c = self.counter_at(self.t);
         let hz = self.nominal_hz;
         self.hz_q16 = (hz << 16) + (hz << 16) * err_ppb as i128 / NS;
@@ -155,6 +162,10 @@ impl SimHost {
     }
 
     fn second_overflow(&mut self, secs: i128) {
+        if self.wander_ppb > 0 {
+            let w = self.rng.range(0, 2 * self.wander_ppb as u64) as i64 - self.wander_ppb;
+            self.set_oscillator_error(self.err_ppb + w);
+        }
         let tx = &mut self.tx;
         let mut leap = 0i128;
         match tx.state {

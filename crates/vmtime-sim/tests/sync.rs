@@ -34,6 +34,7 @@ fn startup_from_two_seconds_off() {
 #[test]
 fn steady_state_offset() {
     let mut r = guest(2, 5 * MS);
+    r.guest.wander_ppb = 2; // a random walk of ±2 ppb per second
     r.run_for(60 * NS, NS, 10 * MS);
     let from = r.guest.now();
     r.run_for(600 * NS, NS, 10 * MS);
