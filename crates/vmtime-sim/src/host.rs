@@ -54,6 +54,9 @@ pub struct SimHost {
     /// ± this many ppb (uniform).
     pub wander_ppb: i64,
     err_ppb: i64,
+    /// For a guest: its counter is this map of the host's (the oscillator fields are the host's,
+    /// copied by [`SimHost::follow`]).
+    map: Option<vmtime_core::relay::CounterMap>,
 }
 
 impl SimHost {
@@ -87,6 +90,7 @@ impl SimHost {
             leaps_applied: Vec::new(),
             wander_ppb: 0,
             err_ppb,
+            map: None,
         };
         h.seg_c = h.counter_at(h.t);
         h.seg_k = (t_tai_ns - tai_offset as i128 * NS + kernel_err_ns) << Q;
@@ -105,12 +109,66 @@ impl SimHost {
     }
 
     fn counter_at(&self, t: i128) -> i128 {
-        self.c0 + t * self.hz_q16 / (NS << 16)
+        let c = self.c0 + t * self.hz_q16 / (NS << 16);
+        match self.map {
+            None => c,
+            Some(m) => m.guest(c as u64) as i128,
+        }
     }
 
-    /// True TAI at counter `c` (inverse of the oscillator), ns.
+    /// True TAI at counter `c` (inverse of the oscillator, and of the map for a guest), ns.
     pub fn truth_at_counter(&self, c: u64) -> i128 {
-        ((c as i128 - self.c0) * (NS << 16)) / self.hz_q16
+        let c = match self.map {
+            None => c as i128,
+            Some(m) => ((((c.wrapping_sub(m.offset)) as u128) << m.frac_bits) / m.ratio as u128) as i128,
+        };
+        ((c - self.c0) * (NS << 16)) / self.hz_q16
+    }
+
+    /// A guest machine on `host`'s oscillator, seeing its counter through `map` (KVM's TSC
+    /// offset and scaling), with its own kernel `kernel_err_ns` off truth, unsynchronised.
+    pub fn guest_of(host: &SimHost, map: vmtime_core::relay::CounterMap, seed: u64, kernel_err_ns: i128) -> SimHost {
+        let ratio = map.ratio as f64 / 2f64.powi(map.frac_bits as i32);
+        let nominal = (host.nominal_hz as f64 * ratio).round() as i128;
+        let mut g = SimHost::new(seed, host.t, nominal, 0, host.true_tai_offset, kernel_err_ns);
+        g.map = Some(map);
+        g.follow(host);
+        g.seg_c = g.counter_at(g.t);
+        g.seg_k = (host.t - host.true_tai_offset as i128 * NS + kernel_err_ns) << Q;
+        g.recompute_rate();
+        g
+    }
+
+    /// A guest takes over its host's oscillator state (after the host's wander or a change)
+    /// and moves on to the host's time if it is behind.
+    pub fn follow(&mut self, host: &SimHost) {
+        if self.map.is_none() {
+            return;
+        }
+        self.rebase();
+        self.c0 = host.c0;
+        self.hz_q16 = host.hz_q16;
+        self.err_ppb = host.err_ppb;
+        // The counter is continuous by construction (the host rebased at its change); the
+        // kernel segment keeps its origin.
+        if host.t > self.t {
+            self.advance(host.t - self.t);
+        }
+    }
+
+    /// A guest's counter map changes (a migration to a host with another TSC offset, or a
+    /// restore): its counter jumps accordingly; the kernel clock follows the counter.
+    pub fn set_map(&mut self, map: vmtime_core::relay::CounterMap) {
+        self.rebase();
+        let before = self.counter_at(self.t);
+        self.map = Some(map);
+        let after = self.counter_at(self.t);
+        self.seg_c += after - before;
+    }
+
+    /// The guest's counter map.
+    pub fn map(&self) -> Option<vmtime_core::relay::CounterMap> {
+        self.map
     }
 
     /// Changes the oscillator's frequency error (a migration or a temperature step), keeping the
@@ -162,7 +220,7 @@ impl SimHost {
     }
 
     fn second_overflow(&mut self, secs: i128) {
-        if self.wander_ppb > 0 {
+        if self.wander_ppb > 0 && self.map.is_none() {
             let w = self.rng.range(0, 2 * self.wander_ppb as u64) as i64 - self.wander_ppb;
             self.set_oscillator_error(self.err_ppb + w);
         }
@@ -430,5 +488,28 @@ mod tests {
         };
         assert_eq!(run(7), run(7));
         assert_ne!(run(7), run(8));
+    }
+}
+
+#[cfg(test)]
+mod guest_tests {
+    use super::*;
+    use vmtime_core::relay::CounterMap;
+
+    #[test]
+    fn a_guest_counter_is_the_map_of_the_hosts() {
+        let mut h = SimHost::new(1, 1_800_000_037 * NS, 2_500_000_000, 12_000, 37, 0);
+        h.wander_ppb = 50;
+        let map = CounterMap::new(0x1234_5678, (1u64 << 48) * 3 / 2, 48).unwrap();
+        let mut g = SimHost::guest_of(&h, map, 2, 1_000);
+        for _ in 0..100 {
+            h.advance(NS / 3);
+            g.follow(&h);
+            assert_eq!(g.counter(), map.guest(h.counter()));
+            // Truth through the guest's counter is the host's truth at the same instant.
+            let tc = g.truth_at_counter(g.counter());
+            assert!((tc - h.truth_at_counter(h.counter())).abs() <= 1, "{}", tc - h.now());
+        }
+        assert!(g.kernel_realtime_ns() != 0);
     }
 }
