@@ -125,6 +125,19 @@ impl SimHost {
         ((c - self.c0) * (NS << 16)) / self.hz_q16
     }
 
+    /// The first true time at which the counter reads at least `c` (through the map for a
+    /// guest), ns.
+    fn time_at_counter_ceil(&self, c: i128) -> i128 {
+        let c_host = match self.map {
+            None => c,
+            Some(m) => {
+                let d = (c as u64).wrapping_sub(m.offset) as u128;
+                (((d << m.frac_bits) + m.ratio as u128 - 1) / m.ratio as u128) as i128
+            }
+        };
+        ((c_host - self.c0) * (NS << 16) + self.hz_q16 - 1) / self.hz_q16
+    }
+
     /// A guest machine on `host`'s oscillator, seeing its counter through `map` (KVM's TSC
     /// offset and scaling), with its own kernel `kernel_err_ns` off truth, unsynchronised.
     pub fn guest_of(host: &SimHost, map: vmtime_core::relay::CounterMap, seed: u64, kernel_err_ns: i128) -> SimHost {
@@ -204,7 +217,8 @@ impl SimHost {
         let target = self.t + dt_ns;
         loop {
             // The next REALTIME second boundary, as a counter value.
-            let k = self.k_at(self.counter_at(self.t)) >> Q;
+            // (Never behind the segment start, so every boundary is processed once.)
+            let k = self.k_at(self.counter_at(self.t).max(self.seg_c)) >> Q;
             let next = (k.div_euclid(NS) + 1) * NS;
             let c_b = self.seg_c + (((next << Q) - self.seg_k) + self.kq - 1) / self.kq;
             if c_b > self.counter_at(target) {
@@ -213,7 +227,7 @@ impl SimHost {
             // Move to the boundary and run second_overflow there.
             self.seg_k = self.k_at(c_b);
             self.seg_c = c_b;
-            self.t = ((c_b - self.c0) * (NS << 16) + self.hz_q16 - 1) / self.hz_q16;
+            self.t = self.time_at_counter_ceil(c_b).max(self.t);
             self.second_overflow(next / NS);
         }
         self.t = target;
@@ -289,6 +303,11 @@ impl SimHost {
         self.rebase();
         self.tx.freq = freq.clamp(-500 << 16, 500 << 16);
         self.recompute_rate();
+    }
+
+    /// The oscillator's frequency error, ppb.
+    pub fn oscillator_error_ppb(&self) -> i64 {
+        self.err_ppb
     }
 
     /// CLOCK_MONOTONIC_RAW now, ns.

@@ -15,9 +15,12 @@
 //! singleshot slew, and scheduling delays other than the sampling windows.
 #![forbid(unsafe_code)]
 
+pub mod chain;
 pub mod host;
 pub mod host_run;
 pub mod phc;
+pub mod plot;
+pub mod scenario;
 pub mod sync_run;
 
 pub use host::{Clock, SimHost};

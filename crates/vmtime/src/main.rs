@@ -9,6 +9,7 @@ mod page;
 mod phc;
 mod relay;
 mod show;
+mod sim;
 mod status;
 mod sync;
 mod tai;
@@ -41,6 +42,8 @@ enum Command {
     Host(host::Args),
     /// Relay a host page to one guest's page (TSC offset and scaling), owning its markers.
     Relay(relay::Args),
+    /// Simulate the whole chain, host to guest: summary, CSV and SVG plots.
+    Sim(sim::Args),
     /// PTP hardware clocks: list them, read them.
     Phc(phc::Args),
     /// Keep this guest's CLOCK_REALTIME locked to a vmclock page (--dry-run: change nothing).
@@ -64,6 +67,7 @@ fn main() -> ExitCode {
         Command::Host(a) => host::run(a),
         Command::Relay(a) => relay::run(a),
         Command::Phc(a) => phc::run(a),
+        Command::Sim(a) => sim::run(a),
         Command::Sync(a) => sync::run(a),
         Command::Watch(a) => watch::run(a),
         Command::Status(a) => status::run(a),

@@ -1,0 +1,114 @@
+//! Every built-in scenario of `vmtime sim`, on the whole chain (the real publisher, relay and
+//! discipline), with assertions on its summary; determinism; TOML scenarios.
+use vmtime_sim::scenario::{self, csv, Scenario, ScenarioError};
+
+fn run(name: &str, duration: Option<u64>) -> scenario::Outcome {
+    let s = Scenario::builtin(name).unwrap();
+    let o = scenario::run(&s, 1, duration, |_| {});
+    let m = &o.summary;
+    eprintln!(
+        "{name}: conv {:?} s, |guest−host| p99 {:.0} ns max {:.0}, |guest−truth| p99 {:.0} ns, steps {}, pages {}",
+        m.convergence_s, m.chain_offset_ns.p99, m.chain_offset_ns.max, m.truth_offset_ns.p99, m.steps, m.host_pages
+    );
+    assert_eq!(m.bound_violations, 0, "{name}: bound violations");
+    assert_eq!(m.monotonic_violations, 0, "{name}: MONOTONIC violations");
+    o
+}
+
+/// |guest − host| at the first row at or after `t_s`.
+fn chain_at(o: &scenario::Outcome, t_s: f64) -> f64 {
+    let r = o.rows.iter().find(|r| r.t_s >= t_s).unwrap();
+    (r.guest_ns - r.host_ns).abs()
+}
+
+#[test]
+fn steady_and_startup() {
+    let o = run("steady", Some(600));
+    assert!(o.summary.chain_offset_ns.p99 <= 50.0, "{:?}", o.summary.chain_offset_ns);
+    assert_eq!(o.summary.steps, 1, "only the start-up step");
+    let o = run("startup", None);
+    assert!(o.summary.convergence_s.unwrap() <= 2.0);
+}
+
+#[test]
+fn migration_and_restore() {
+    let o = run("migration", None);
+    assert!(chain_at(&o, 301.0) < 1_000.0, "within 1 µs a second after the migration");
+    assert_eq!((o.summary.steps, o.summary.disruptions), (2, 1));
+    let o = run("restore", None);
+    assert!(chain_at(&o, 901.0) < 1_000.0, "within 1 µs a second after the restore");
+    assert_eq!(o.summary.disruptions, 1);
+}
+
+#[test]
+fn leap_seconds() {
+    for name in ["leap-insert", "leap-delete"] {
+        let o = run(name, None);
+        // Through the leap second, the guest follows the host to well within 1 µs.
+        assert!(o.summary.chain_offset_ns.max < 1_000.0, "{name}: {:?}", o.summary.chain_offset_ns);
+        assert_eq!(o.summary.steps, 1, "{name}: no step for a leap second");
+    }
+}
+
+#[test]
+fn source_loss_and_host_slews() {
+    let o = run("source-loss", None);
+    assert_eq!(o.summary.steps, 1, "no step in holdover or after it");
+    // The host is stepped (a disruption: the guest steps too), then loses NTP for 200 s: its
+    // page says FREERUNNING and guests hold over on their own frequency, drifting from the
+    // host by well under a microsecond.
+    let o = run("host-slews", None);
+    assert_eq!((o.summary.steps, o.summary.disruptions), (2, 1));
+    assert!(o.summary.chain_offset_ns.max < 1_000.0, "{:?}", o.summary.chain_offset_ns);
+}
+
+#[test]
+fn fleet_short() {
+    // The full fleet (1,000 guests, 1 h) is `vmtime sim fleet`; here 30 simulated seconds.
+    let o = run("fleet", Some(30));
+    assert_eq!(o.summary.guests, 1000);
+    assert!(o.summary.relayed >= 1000);
+    assert!(o.summary.worst_guest_ns < 1_000.0, "{}", o.summary.worst_guest_ns);
+}
+
+#[test]
+fn same_seed_same_bytes() {
+    let s = Scenario::builtin("migration").unwrap();
+    let a = scenario::run(&s, 7, Some(400), |_| {});
+    let b = scenario::run(&s, 7, Some(400), |_| {});
+    let c = scenario::run(&s, 8, Some(400), |_| {});
+    assert_eq!(csv(&a), csv(&b));
+    assert_eq!(serde_json::to_string(&a.summary).unwrap(), serde_json::to_string(&b.summary).unwrap());
+    assert_eq!(vmtime_sim::plot::plots(&a), vmtime_sim::plot::plots(&b));
+    assert_ne!(csv(&a), csv(&c));
+}
+
+#[test]
+fn toml_scenarios_are_checked() {
+    let s = Scenario::from_toml(
+        r#"
+name = "my migration"
+duration_s = 200
+host_oscillator_ppm = -40
+guests = 2
+[[events]]
+kind = "migrate"
+at_s = 100
+oscillator_ppm = 30
+host_error_us = 3
+counter_step = 5000
+"#,
+    )
+    .unwrap();
+    assert_eq!(s.guests, 2);
+    let o = scenario::run(&s, 3, None, |_| {});
+    assert_eq!(o.summary.bound_violations, 0);
+    let e = Scenario::from_toml("name = \"x\"\nduraton_s = 5\n").unwrap_err();
+    assert!(matches!(e, ScenarioError::Parse(ref m) if m.contains("duraton_s")), "{e}");
+    let e = Scenario::from_toml("name = \"x\"\ntsc_ratio = 7\n").unwrap_err();
+    assert_eq!(e.to_string(), "tsc_ratio: must lie in 0.5–2.0");
+    let e =
+        Scenario::from_toml("name = \"x\"\n[[events]]\nkind = \"restore\"\nat_s = 9999\npause_s = 1\n").unwrap_err();
+    assert!(e.to_string().contains("within the run"));
+    assert!(matches!(Scenario::builtin("nope"), Err(ScenarioError::Unknown(_))));
+}
