@@ -132,7 +132,7 @@ impl SimHost {
             None => c,
             Some(m) => {
                 let d = (c as u64).wrapping_sub(m.offset) as u128;
-                (((d << m.frac_bits) + m.ratio as u128 - 1) / m.ratio as u128) as i128
+                (d << m.frac_bits).div_ceil(m.ratio as u128) as i128
             }
         };
         ((c_host - self.c0) * (NS << 16) + self.hz_q16 - 1) / self.hz_q16

@@ -228,7 +228,7 @@ impl Scenario {
         if self.duration_s == 0 || self.duration_s > 30 * 86_400 {
             return bad("duration_s", "must be 1 s to 30 days");
         }
-        if !(self.host_oscillator_ppm.abs() <= 500.0) {
+        if !within(self.host_oscillator_ppm, 500.0) {
             return bad("host_oscillator_ppm", "must lie within ±500 ppm");
         }
         if !(0.5..=2.0).contains(&self.tsc_ratio) {
@@ -237,7 +237,7 @@ impl Scenario {
         if self.guests == 0 || self.guests > 10_000 {
             return bad("guests", "must be 1 to 10,000");
         }
-        if !(self.guest_error_s.abs() <= 86_400.0) || !(self.host_error_us.abs() <= 1e6) {
+        if !within(self.guest_error_s, 86_400.0) || !within(self.host_error_us, 1e6) {
             return bad("guest_error_s / host_error_us", "out of range");
         }
         if self.ntp_poll_s == 0 || self.wander_ppb < 0 {
@@ -252,25 +252,30 @@ impl Scenario {
                     *at_s
                 }
                 Event::Restore { at_s, pause_s } => {
-                    if !(*pause_s >= 0.0) {
+                    if !within(*pause_s, f64::MAX) || *pause_s < 0.0 {
                         return bad("events.pause_s", "must not be negative");
                     }
                     *at_s
                 }
                 Event::SourceLoss { at_s, for_s } | Event::NtpLoss { at_s, for_s } => {
-                    if !(*for_s >= 0.0) {
+                    if !within(*for_s, f64::MAX) || *for_s < 0.0 {
                         return bad("events.for_s", "must not be negative");
                     }
                     *at_s
                 }
                 Event::HostStep { at_s, .. } => *at_s,
             };
-            if !(at >= 0.0 && at < self.duration_s as f64) {
+            if !within(at, f64::MAX) || at < 0.0 || at >= self.duration_s as f64 {
                 return bad("events.at_s", "must lie within the run");
             }
         }
         Ok(())
     }
+}
+
+/// A finite value within ±`limit` (NaN is not).
+fn within(x: f64, limit: f64) -> bool {
+    x.is_finite() && x.abs() <= limit
 }
 
 /// |x| statistics.
