@@ -53,6 +53,12 @@ pub struct SimHost {
     /// Random-walk wander of the oscillator: each second its frequency error moves by up to
     /// ± this many ppb (uniform).
     pub wander_ppb: i64,
+    /// Temperature-like drift: a sinusoid of this amplitude (ppb) on the frequency error…
+    pub temperature_ppb: i64,
+    /// …with this period, s.
+    pub temperature_period_s: i64,
+    /// The error without the temperature term (base + wander so far), ppb.
+    walk_ppb: i64,
     err_ppb: i64,
     /// For a guest: its counter is this map of the host's (the oscillator fields are the host's,
     /// copied by [`SimHost::follow`]).
@@ -89,6 +95,9 @@ impl SimHost {
             outlier_permille: 5,
             leaps_applied: Vec::new(),
             wander_ppb: 0,
+            temperature_ppb: 0,
+            temperature_period_s: 3600,
+            walk_ppb: err_ppb,
             err_ppb,
             map: None,
         };
@@ -188,6 +197,7 @@ impl SimHost {
     /// counter continuous.
     pub fn set_oscillator_error(&mut self, err_ppb: i64) {
         self.err_ppb = err_ppb;
+        self.walk_ppb = err_ppb;
         let c = self.counter_at(self.t);
         let hz = self.nominal_hz;
         self.hz_q16 = (hz << 16) + (hz << 16) * err_ppb as i128 / NS;
@@ -234,9 +244,17 @@ impl SimHost {
     }
 
     fn second_overflow(&mut self, secs: i128) {
-        if self.wander_ppb > 0 && self.map.is_none() {
-            let w = self.rng.range(0, 2 * self.wander_ppb as u64) as i64 - self.wander_ppb;
-            self.set_oscillator_error(self.err_ppb + w);
+        if (self.wander_ppb > 0 || self.temperature_ppb != 0) && self.map.is_none() {
+            if self.wander_ppb > 0 {
+                self.walk_ppb += self.rng.range(0, 2 * self.wander_ppb as u64) as i64 - self.wander_ppb;
+            }
+            // The phase of the temperature cycle from whole seconds of true time (deterministic).
+            let phase = (self.t / NS).rem_euclid(self.temperature_period_s.max(1) as i128) as f64
+                / self.temperature_period_s.max(1) as f64;
+            let temp = (self.temperature_ppb as f64 * (phase * std::f64::consts::TAU).sin()).round() as i64;
+            let walk = self.walk_ppb;
+            self.set_oscillator_error(walk + temp);
+            self.walk_ppb = walk;
         }
         let tx = &mut self.tx;
         let mut leap = 0i128;

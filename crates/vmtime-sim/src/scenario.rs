@@ -29,6 +29,12 @@ pub struct Scenario {
     /// Random-walk wander of the oscillator, ± ppb per second.
     #[serde(default = "d_wander")]
     pub wander_ppb: i64,
+    /// Temperature-like drift of the oscillator: a sinusoid of this amplitude, ppb…
+    #[serde(default)]
+    pub temperature_ppb: i64,
+    /// …and this period, s.
+    #[serde(default = "d_temp_period")]
+    pub temperature_period_s: i64,
     /// The host kernel's error at the start, µs.
     #[serde(default = "d_host_err")]
     pub host_error_us: f64,
@@ -123,6 +129,9 @@ fn d_osc() -> f64 {
 fn d_wander() -> i64 {
     2
 }
+fn d_temp_period() -> i64 {
+    3600
+}
 fn d_host_err() -> f64 {
     5.0
 }
@@ -177,7 +186,10 @@ impl Scenario {
     pub fn builtin(name: &str) -> Result<Scenario, ScenarioError> {
         let mut s = Scenario::base(name);
         match name {
-            "steady" => s.duration_s = 3600,
+            "steady" => {
+                s.duration_s = 3600;
+                s.temperature_ppb = 100;
+            }
             "startup" => s.duration_s = 120,
             "migration" => {
                 s.events = vec![Event::Migrate {
@@ -239,6 +251,9 @@ impl Scenario {
         }
         if !within(self.guest_error_s, 86_400.0) || !within(self.host_error_us, 1e6) {
             return bad("guest_error_s / host_error_us", "out of range");
+        }
+        if self.temperature_ppb.abs() > 100_000 || self.temperature_period_s < 1 {
+            return bad("temperature_ppb / temperature_period_s", "at most ±100 ppm, over at least 1 s");
         }
         if self.ntp_poll_s == 0 || self.wander_ppb < 0 {
             return bad("ntp_poll_s / wander_ppb", "must be positive");
@@ -369,6 +384,8 @@ pub fn run(s: &Scenario, seed: u64, duration_s: Option<u64>, mut progress: impl 
         (s.guest_error_s * 1e9) as i128,
     );
     c.ntp = NtpModel { poll_s: s.ntp_poll_s as i128, slews: s.host_slews, ..NtpModel::default() };
+    c.host.host.temperature_ppb = s.temperature_ppb;
+    c.host.host.temperature_period_s = s.temperature_period_s.max(1);
     if let Some(k) = s.leap {
         let sign = if k == LeapKind::Insert { 1 } else { -1 };
         c.leap_at = Some((LEAP_MIDNIGHT, sign));
