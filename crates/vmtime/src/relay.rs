@@ -5,7 +5,6 @@ use anyhow::{bail, Context, Result};
 use clap::Args as ClapArgs;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -75,9 +74,7 @@ fn save(path: &Path, st: &GuestState) -> Result<()> {
 }
 
 struct Relay<F: FnMut(u32)> {
-    host_path: PathBuf,
-    host: Mapping,
-    host_ino: u64,
+    host: crate::page::FollowedPage,
     writer: GuestPageWriter<WritableMapping, F>,
     state_path: PathBuf,
     subscribers: Vec<UnixStream>,
@@ -88,7 +85,7 @@ struct Relay<F: FnMut(u32)> {
 
 impl<F: FnMut(u32)> Relay<F> {
     fn relay(&mut self, force: bool, woke: Instant) -> Result<()> {
-        let host = seqlock::read(&self.host, seqlock::DEFAULT_MAX_WAIT).context("reading the host page")?;
+        let host = seqlock::read(&self.host.map, seqlock::DEFAULT_MAX_WAIT).context("reading the host page")?;
         if !force && self.last_host_seq == Some(host.seq_count()) {
             return Ok(());
         }
@@ -114,10 +111,7 @@ impl<F: FnMut(u32)> Relay<F> {
 
     /// Remaps the host page if its file was replaced.
     fn follow_host_file(&mut self) -> Result<()> {
-        let ino = std::fs::metadata(&self.host_path).map(|m| m.ino()).unwrap_or(self.host_ino);
-        if ino != self.host_ino {
-            self.host = Mapping::open(&self.host_path)?;
-            self.host_ino = ino;
+        if self.host.refresh()? {
             eprintln!("the host page was replaced: following the new file");
         }
         Ok(())
@@ -128,7 +122,7 @@ impl<F: FnMut(u32)> Relay<F> {
         let g = seqlock::read(self.writer.memory(), seqlock::DEFAULT_MAX_WAIT).ok();
         serde_json::json!({
             "role": "relay",
-            "host_page": self.host_path.display().to_string(),
+            "host_page": self.host.path.display().to_string(),
             "state": st,
             "relayed": self.relayed,
             "last_host_seq": self.last_host_seq,
@@ -225,9 +219,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     }
     save(&state_path, relay.state())?;
 
-    let host = Mapping::open(&host_path)
-        .with_context(|| format!("cannot map the host page {} (is vmtime host running?)", host_path.display()))?;
-    let host_ino = std::fs::metadata(&host_path)?.ino();
+    let host = crate::page::FollowedPage::open(&host_path).context("is vmtime host running?")?;
     let guest_file = match vmtime_sys::pagefile::open_existing(&a.guest_page) {
         Ok(f) if f.metadata()?.len() >= vmclock::abi::PAGE_SIZE as u64 => f,
         _ => vmtime_sys::pagefile::create(&a.guest_page, &PageBuilder::new().page_bytes())?,
@@ -239,9 +231,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         UnixListener::bind(&guest_socket).with_context(|| format!("cannot listen on {}", guest_socket.display()))?;
     listener.set_nonblocking(true)?;
     let mut r = Relay {
-        host_path: host_path.clone(),
         host,
-        host_ino,
         writer: GuestPageWriter::new(relay, mem, |_| {}),
         state_path,
         subscribers: Vec::new(),

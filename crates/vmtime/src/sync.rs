@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use vmclock::abi::{self, flags};
-use vmclock::{seqlock, Mapping};
+use vmclock::seqlock;
 use vmtime_core::sync::{Discipline, SyncAction, SyncConfig, SyncObservation};
 use vmtime_sys::clock::{aba_sample, tightest, ClockId};
 use vmtime_sys::event;
@@ -135,8 +135,7 @@ fn describe(a: &SyncAction) -> String {
 }
 
 struct Sync {
-    source: PathBuf,
-    map: Mapping,
+    page: crate::page::FollowedPage,
     device: Option<File>,
     discipline: Discipline,
     dry_run: bool,
@@ -145,7 +144,6 @@ struct Sync {
     last_marker: Option<u64>,
     /// Dry run: the last line printed for each kind of action (only changes are printed).
     printed: std::collections::HashMap<std::mem::Discriminant<SyncAction>, String>,
-    ino: u64,
 }
 
 impl Sync {
@@ -181,21 +179,10 @@ impl Sync {
         Ok(())
     }
 
-    /// A page file replaced by its publisher (a new inode) is mapped again.
-    fn follow_file(&mut self) -> Result<()> {
-        use std::os::unix::fs::MetadataExt;
-        let ino = std::fs::metadata(&self.source).map(|m| m.ino()).unwrap_or(self.ino);
-        if ino != self.ino {
-            self.map = Mapping::open(&self.source)?;
-            self.ino = ino;
-        }
-        Ok(())
-    }
-
     fn observe(&mut self) -> Result<()> {
-        self.follow_file()?;
+        self.page.refresh()?;
         let kernel = vmtime_sys::read_timex()?;
-        let page = match seqlock::read(&self.map, seqlock::DEFAULT_MAX_WAIT) {
+        let page = match seqlock::read(&self.page.map, seqlock::DEFAULT_MAX_WAIT) {
             Ok(p) if p.counter_id() == vmclock::counter::NATIVE => p,
             Ok(_) | Err(_) => {
                 let a = self.discipline.handle_source_lost(&kernel);
@@ -217,10 +204,10 @@ impl Sync {
     }
 
     fn status_json(&self) -> serde_json::Value {
-        let page = seqlock::read(&self.map, seqlock::DEFAULT_MAX_WAIT).ok();
+        let page = seqlock::read(&self.page.map, seqlock::DEFAULT_MAX_WAIT).ok();
         serde_json::json!({
             "role": "sync",
-            "source": self.source.display().to_string(),
+            "source": self.page.path.display().to_string(),
             "dry_run": self.dry_run,
             "discipline": self.discipline.status(),
             "source_status": page.and_then(|p| p.clock_status()).map(abi::status_name),
@@ -245,8 +232,8 @@ pub fn run(a: Args) -> Result<ExitCode> {
             vmtime_sys::phc::list().into_iter().find(|i| i.dev == source).map(|i| i.clock_name).unwrap_or_default();
         return run_phc(&a, source, &name);
     }
-    let map = Mapping::open(&source).with_context(|| format!("cannot map {}", source.display()))?;
-    let first = seqlock::read(&map, seqlock::DEFAULT_MAX_WAIT)?;
+    let page = crate::page::FollowedPage::open(&source)?;
+    let first = seqlock::read(&page.map, seqlock::DEFAULT_MAX_WAIT)?;
     if first.counter_id() != vmclock::counter::NATIVE {
         bail!(
             "{} gives no time for this CPU's counter (counter_id {}): nothing to synchronise to",
@@ -278,10 +265,8 @@ pub fn run(a: Args) -> Result<ExitCode> {
         interval_ns: a.interval_ms as i128 * 1_000_000,
         ..SyncConfig::default()
     };
-    let ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&source)?);
     let mut s = Sync {
-        source: source.clone(),
-        map,
+        page,
         device,
         discipline: Discipline::new(cfg),
         dry_run: a.dry_run,
@@ -289,7 +274,6 @@ pub fn run(a: Args) -> Result<ExitCode> {
         applied: 0,
         last_marker: None,
         printed: Default::default(),
-        ino,
     };
     eprintln!(
         "vmtime sync: {} → CLOCK_REALTIME{}",
