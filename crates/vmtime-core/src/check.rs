@@ -90,13 +90,6 @@ impl CheckReport {
 const UNIT: i128 = 1 << 64;
 const NS: i128 = 1_000_000_000;
 
-/// ns since the epoch to 64.64, rounded down (`ceil` false) or up.
-fn to_frac(ns: i128, ceil: bool) -> i128 {
-    let (s, r) = (ns.div_euclid(NS), ns.rem_euclid(NS));
-    let f = r * UNIT;
-    s * UNIT + if ceil { (f + NS - 1) / NS } else { f / NS }
-}
-
 /// Checks `samples` (CLOCK_REALTIME windows) against the page.
 pub fn check(
     snap: &Snapshot,
@@ -112,7 +105,7 @@ pub fn check(
         Scale::Utc => 0,
         Scale::Tai { offset, .. } => offset as i128 * NS,
     };
-    let tol = to_frac(tolerance_ns as i128, true);
+    let tol = crate::ns_to_frac(tolerance_ns as i128, true);
     let mut errors = Vec::with_capacity(samples.len());
     let mut outside = Vec::with_capacity(samples.len());
     let mut windows = Vec::with_capacity(samples.len());
@@ -120,8 +113,8 @@ pub fn check(
     let (mut inside, mut within_bounds) = (0, 0);
     for s in samples {
         let t = reference.raw_time_at(s.counter)? as i128;
-        let lo = to_frac(s.before_ns + shift_ns, false);
-        let hi = to_frac(s.after_ns + shift_ns, true);
+        let lo = crate::ns_to_frac(s.before_ns + shift_ns, false);
+        let hi = crate::ns_to_frac(s.after_ns + shift_ns, true);
         let mid = lo + (hi - lo) / 2;
         errors.push((t - mid) as f64 * 1e9 / UNIT as f64);
         windows.push(s.window_ns() as f64);

@@ -224,11 +224,6 @@ pub struct KernelRef {
     pub half: i128,
 }
 
-/// ns → 64.64, rounded down.
-fn ns_to_frac(ns: i128) -> i128 {
-    ns.div_euclid(NS) * UNIT + ns.rem_euclid(NS) * UNIT / NS
-}
-
 fn frac_to_ns_f64(x: i128) -> f64 {
     x as f64 * 1e9 / UNIT as f64
 }
@@ -252,14 +247,14 @@ pub fn kernel_reference(samples: &[AbaSample], period: Period, offset_s: i64) ->
     let (mut lo, mut hi) = (i128::MIN, i128::MAX);
     for s in samples {
         let e = r.elapsed(s.counter).0;
-        lo = lo.max(ns_to_frac(s.before_ns - anchor) - e);
-        hi = hi.min(ns_to_frac(s.after_ns - anchor) - e + 1);
+        lo = lo.max(crate::ns_to_frac(s.before_ns - anchor, false) - e);
+        hi = hi.min(crate::ns_to_frac(s.after_ns - anchor, false) - e + 1);
     }
     if lo > hi {
         lo = 0;
-        hi = ns_to_frac(best.window_ns()) + 1;
+        hi = crate::ns_to_frac(best.window_ns(), false) + 1;
     }
-    let base = ns_to_frac(anchor + offset_s as i128 * NS);
+    let base = crate::ns_to_frac(anchor + offset_s as i128 * NS, false);
     Some(KernelRef { counter: best.counter, time: base + (lo + hi) / 2, half: (hi - lo + 1) / 2 })
 }
 
@@ -492,7 +487,7 @@ impl Publisher {
         let r = last.snap.reference().ok()?;
         let err = r.raw_time_at(k.counter).ok()? as i128 - k.time;
         self.stats.last_error_ns = frac_to_ns_f64(err);
-        let threshold = ns_to_frac(self.cfg.threshold_ns as i128);
+        let threshold = crate::ns_to_frac(self.cfg.threshold_ns as i128, false);
         // How far the last model and the new one drift apart over one interval.
         let ticks = (self.cfg.interval_ns as f64 / 1e9 * model.hz()) as u64;
         let over = |p: Period| Reference { counter_value: 0, period: p.frac, shift: p.shift, ..r }.elapsed(ticks).0;
@@ -558,7 +553,7 @@ impl Publisher {
                 if old.maxerror_at(k.counter).is_some_and(|m| gap as u128 > m) {
                     disrupted = true; // the old page's bounds did not hold
                 }
-            } else if gap.unsigned_abs() <= ns_to_frac(self.cfg.step_ns as i128) as u128 {
+            } else if gap.unsigned_abs() <= crate::ns_to_frac(self.cfg.step_ns as i128, false) as u128 {
                 // Continuity at the update point; the gap closes through the period by the next
                 // observation.
                 gap_frac = -gap;

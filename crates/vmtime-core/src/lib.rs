@@ -11,6 +11,14 @@ pub mod relay;
 pub mod stats;
 pub mod sync;
 
+/// ns since an epoch → 64.64 fixed-point seconds, rounded down or (`ceil`) up.
+pub(crate) fn ns_to_frac(ns: i128, ceil: bool) -> i128 {
+    const NS: i128 = 1_000_000_000;
+    let (s, r) = (ns.div_euclid(NS), ns.rem_euclid(NS));
+    let f = r << 64;
+    (s << 64) + if ceil { (f + NS - 1) / NS } else { f / NS }
+}
+
 /// One (kernel clock, counter, kernel clock) reading: the counter was read at an instant
 /// between `before_ns` and `after_ns` of the kernel clock (ns since its epoch).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

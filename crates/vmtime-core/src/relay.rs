@@ -329,7 +329,7 @@ mod tests {
         /// For counters within ±1 day of the reference, the guest page at guest_tsc(c) gives the
         /// host page's time at c within ±1 ns, over ratios 0.5–2.0, both fraction-bit widths,
         /// offsets across the whole u64 range (wrap-around included), and host counters
-        /// anywhere in u64.
+        /// anywhere in u64 (not wrapping under scaling: see below).
         #[test]
         fn guest_time_equals_host_time(
             cv in any::<u64>(),
@@ -345,7 +345,14 @@ mod tests {
             let map = CounterMap::new(offset, ratio as u64, fb).unwrap();
             let h = host_page(cv, hz);
             let g = Snapshot::new(transform(&h, &map).unwrap(), 4096).unwrap();
-            let c = cv.wrapping_add((dt_ns as i128 * hz as i128 / 1_000_000_000) as i64 as u64);
+            let ticks = dt_ns as i128 * hz as i128 / 1_000_000_000;
+            // A host counter that wraps past 2^64 between the reference and the reading makes
+            // KVM's scaled guest counter jump ((host · ratio) >> bits is not continuous there),
+            // so no page can describe it; a host TSC wraps after ~146 years. Offsets, which are
+            // continuous mod 2^64, still wrap freely.
+            let exact_one = ratio == 1u128 << fb;
+            prop_assume!(exact_one || (0..=u64::MAX as i128).contains(&(cv as i128 + ticks)));
+            let c = cv.wrapping_add(ticks as i64 as u64);
             let th = h.tai_at(c).unwrap();
             let tg = g.tai_at(map.guest(c)).unwrap();
             let diff = th.time.raw() as i128 - tg.time.raw() as i128;

@@ -21,7 +21,7 @@
 //!   500 µs per second (its MAXFREQ), which is the rate at which the bound widens.
 
 use crate::host::kernel_reference;
-use crate::kernel::{KernelTimex, STA_DEL, STA_INS};
+use crate::kernel::KernelTimex;
 use crate::AbaSample;
 use serde::Serialize;
 use vmclock::abi::{leap, status};
@@ -303,7 +303,6 @@ impl Discipline {
         let maxerror_us = ((src.maxerror_ns().unwrap_or(0) as f64 + residual_ns) / 1000.0).ceil() as i64 + 1;
         let esterror_us = ((src.esterror_ns().unwrap_or(0) as f64 + self.status.pairing_ns) / 1000.0).ceil() as i64;
         self.last_state = Some((insert, delete, true));
-        let _ = (STA_INS, STA_DEL);
         out.push(SyncAction::SetState { insert, delete, synchronized: true, maxerror_us, esterror_us });
         self.status.state = "synchronised";
         self.status.updates += 1;

@@ -316,6 +316,30 @@ impl SimHost {
         self.recompute_rate();
     }
 
+    /// Applies one `vmtime sync` action as adjtimex would (the simulator's counterpart of
+    /// `vmtime_sys::timex::apply`). Returns true for `RunHook`, which is the caller's.
+    pub fn apply(&mut self, a: &vmtime_core::sync::SyncAction) -> bool {
+        use vmtime_core::kernel::STA_UNSYNC;
+        use vmtime_core::sync::SyncAction;
+        match *a {
+            SyncAction::Step { delta_ns } => self.step(delta_ns as i128),
+            SyncAction::SetFrequency { tick, freq } => {
+                self.set_tick(tick);
+                self.set_freq_scaled(freq);
+            }
+            SyncAction::SetTai(t) => self.set_kernel_tai(t),
+            SyncAction::SetState { insert, delete, synchronized, maxerror_us, esterror_us } => {
+                self.set_status(STA_INS, insert);
+                self.set_status(STA_DEL, delete);
+                self.set_status(STA_UNSYNC, !synchronized);
+                self.tx.maxerror_us = maxerror_us;
+                self.tx.esterror_us = esterror_us;
+            }
+            SyncAction::RunHook => return true,
+        }
+        false
+    }
+
     /// ADJ_FREQUENCY in the kernel's unit (2^-16 ppm), clamped to ±500 ppm as the kernel does.
     pub fn set_freq_scaled(&mut self, freq: i64) {
         self.rebase();

@@ -5,7 +5,6 @@
 use crate::host::{Clock, SimHost};
 use vmclock::abi::{counter_id, flags, status};
 use vmclock::{PageBuilder, Snapshot, Tai, Timestamp};
-use vmtime_core::kernel::{STA_DEL, STA_INS, STA_UNSYNC};
 use vmtime_core::sync::{Discipline, SyncAction, SyncConfig, SyncObservation};
 
 const NS: i128 = 1_000_000_000;
@@ -124,22 +123,7 @@ impl SyncRun {
 
     fn apply(&mut self, actions: Vec<SyncAction>) {
         for a in actions {
-            match a {
-                SyncAction::Step { delta_ns } => self.guest.step(delta_ns as i128),
-                SyncAction::SetFrequency { tick, freq } => {
-                    self.guest.set_tick(tick);
-                    self.guest.set_freq_scaled(freq);
-                }
-                SyncAction::SetTai(t) => self.guest.set_kernel_tai(t),
-                SyncAction::SetState { insert, delete, synchronized, maxerror_us, esterror_us } => {
-                    self.guest.set_status(STA_INS, insert);
-                    self.guest.set_status(STA_DEL, delete);
-                    self.guest.set_status(STA_UNSYNC, !synchronized);
-                    self.guest.tx.maxerror_us = maxerror_us;
-                    self.guest.tx.esterror_us = esterror_us;
-                }
-                SyncAction::RunHook => self.hooks += 1,
-            }
+            self.hooks += u32::from(self.guest.apply(&a));
             self.actions.push((self.guest.now(), a));
         }
     }

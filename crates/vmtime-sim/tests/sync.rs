@@ -163,14 +163,7 @@ fn a_phc_with_20us_jitter_converges_and_holds() {
         };
         let tx = g.timex();
         for a in servo.handle_measurement(&m, tx.tick, tx.freq, 1.0) {
-            match a {
-                SyncAction::Step { delta_ns } => g.step(delta_ns as i128),
-                SyncAction::SetFrequency { tick, freq } => {
-                    g.set_tick(tick);
-                    g.set_freq_scaled(freq);
-                }
-                _ => {}
-            }
+            g.apply(&a);
         }
         g.advance(NS);
         trace.push((g.now() - start, g.kernel_error_ns()));

@@ -210,6 +210,5 @@ mod tests {
             [("/dev/ptp0".to_string(), "igb"), ("/dev/ptp1".to_string(), "KVM virtual PTP")]
         );
         std::fs::remove_dir_all(&d).unwrap();
-        assert!(list().is_empty() || std::path::Path::new("/sys/class/ptp").exists());
     }
 }

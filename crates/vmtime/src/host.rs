@@ -76,7 +76,6 @@ pub fn default_page() -> PathBuf {
     if let Some(x) = std::env::var_os("XDG_RUNTIME_DIR") {
         return PathBuf::from(x).join("vmtime/host.page");
     }
-    // SAFETY-free: the uid only names a directory.
     PathBuf::from(format!("/tmp/vmtime-{}/host.page", std::env::var("USER").unwrap_or_else(|_| "user".into())))
 }
 
@@ -129,7 +128,6 @@ struct Daemon {
     subscribers: Vec<UnixStream>,
     started: Instant,
     clocksource: String,
-    last_error_ns: f64,
     tai_note: String,
 }
 
@@ -172,7 +170,6 @@ impl Daemon {
                 );
             }
         }
-        self.last_error_ns = self.publisher.stats().last_error_ns;
         Ok(())
     }
 
@@ -346,7 +343,6 @@ pub fn run(a: Args) -> Result<ExitCode> {
         subscribers: Vec::new(),
         started: Instant::now(),
         clocksource,
-        last_error_ns: 0.0,
         tai_note,
     };
     if !usable {
@@ -405,7 +401,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
                 "pages {}, last {:?}, page − kernel {:+.1} ns, pairing ±{:.1} ns, baseline {:.0} s, subscribers {}",
                 s.published,
                 s.last_reason,
-                d.last_error_ns,
+                s.last_error_ns,
                 s.pairing_ns,
                 s.baseline_s,
                 d.subscribers.len()
