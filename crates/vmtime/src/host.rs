@@ -132,8 +132,8 @@ struct Daemon {
 }
 
 impl Daemon {
-    fn observe(&mut self) -> Result<()> {
-        let kernel = vmtime_sys::read_timex()?;
+    /// A full observation; `kernel` is the NTP state the poll has just read.
+    fn observe(&mut self, kernel: vmtime_core::kernel::KernelTimex) -> Result<()> {
         let (sampled, clock) = self.tai.sampled(kernel.tai);
         let raw = tightest(ClockId::MonotonicRaw, 16)?;
         let samples = (0..64).map(|_| aba_sample(clock)).collect::<std::io::Result<Vec<_>>>()?;
@@ -391,7 +391,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
             let since = last_obs.elapsed().as_nanos() as i128;
             if d.publisher.wants_observation(&tx, since) {
                 last_obs = Instant::now();
-                d.observe()?;
+                d.observe(tx)?;
             }
         }
         if !a.quiet && last_line.elapsed() >= Duration::from_secs(5) {
