@@ -15,10 +15,14 @@
 //!   at once when the page's disruption marker changes; a changed VM generation also runs the hook.
 //! * **Kernel state**: ADJ_TAI from the page, STA_INS / STA_DEL armed on the last day of the month
 //!   of an announced leap second, maxerror / esterror from the page's bounds plus the measurement,
-//!   STA_UNSYNC cleared while synchronised.
-//! * **Holdover** (source lost, or a page that is FREERUNNING, UNRELIABLE, not bounded or without a
-//!   counter): the last frequency is kept, no step, STA_UNSYNC set; the kernel grows maxerror by
-//!   500 µs per second (its MAXFREQ), which is the rate at which the bound widens.
+//!   STA_UNSYNC cleared while the source is SYNCHRONIZED.
+//! * **A FREERUNNING source** (a host that lost its own reference) is followed all the same, as the
+//!   ABI allows: its time and bounds are still the best the guest has (the guest runs on the same
+//!   oscillator, so holding over would drift from the host for nothing, and a guest booting with a
+//!   wrong clock must still be set), but STA_UNSYNC stays set.
+//! * **Holdover** (source lost, or a page that is UNRELIABLE, not bounded or without a counter):
+//!   the last frequency is kept, no step, STA_UNSYNC set; the kernel grows maxerror by 500 µs per
+//!   second (its MAXFREQ), which is the rate at which the bound widens.
 
 use crate::host::kernel_reference;
 use crate::kernel::KernelTimex;
@@ -100,7 +104,7 @@ pub enum SyncAction {
 /// The discipline's state, for `vmtime status`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
 pub struct SyncStatus {
-    /// "starting", "synchronised", "holdover".
+    /// "starting", "synchronised", "following a free-running source", "holdover".
     pub state: &'static str,
     /// Kernel − source at the last observation, ns.
     pub offset_ns: f64,
@@ -227,8 +231,9 @@ impl Discipline {
     pub fn handle_observation(&mut self, obs: &SyncObservation<'_>) -> Vec<SyncAction> {
         let mut out = Vec::new();
         let page = &obs.page;
-        // A usable, bounded, synchronised source.
-        let usable = matches!(page.clock_status(), Some(status::SYNCHRONIZED))
+        // A usable, bounded source: synchronised, or free-running (followed, kernel left unsynchronised).
+        let synchronized = page.clock_status() == Some(status::SYNCHRONIZED);
+        let usable = (synchronized || page.clock_status() == Some(status::FREERUNNING))
             && page.reference().is_ok()
             && page.time_maxerror_ns().is_some();
         // Markers first: a disruption is acted on even in holdover.
@@ -302,9 +307,9 @@ impl Discipline {
         let residual_ns = if step { self.status.pairing_ns } else { offset_ns.abs() + self.status.pairing_ns };
         let maxerror_us = ((src.maxerror_ns().unwrap_or(0) as f64 + residual_ns) / 1000.0).ceil() as i64 + 1;
         let esterror_us = ((src.esterror_ns().unwrap_or(0) as f64 + self.status.pairing_ns) / 1000.0).ceil() as i64;
-        self.last_state = Some((insert, delete, true));
-        out.push(SyncAction::SetState { insert, delete, synchronized: true, maxerror_us, esterror_us });
-        self.status.state = "synchronised";
+        self.last_state = Some((insert, delete, synchronized));
+        out.push(SyncAction::SetState { insert, delete, synchronized, maxerror_us, esterror_us });
+        self.status.state = if synchronized { "synchronised" } else { "following a free-running source" };
         self.status.updates += 1;
         out
     }

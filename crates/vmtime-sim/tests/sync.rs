@@ -136,10 +136,15 @@ fn source_loss_is_holdover() {
 }
 
 #[test]
-fn an_unsynchronised_host_page_is_holdover_too() {
+fn a_free_running_host_is_followed_with_the_kernel_unsynchronised() {
     let mut r = guest(7, 0);
     r.run_for(10 * NS, NS, 10 * MS);
     r.spec.status = status::FREERUNNING;
+    r.run_for(5 * NS, NS, 10 * MS);
+    assert_eq!(r.discipline.status().state, "following a free-running source");
+    assert!(r.trace.last().unwrap().1.abs() < 1_000, "still within 1 µs of the host");
+    assert_ne!(r.guest.timex().status & vmtime_core::kernel::STA_UNSYNC, 0, "the kernel is told it is unsynchronised");
+    r.spec.status = status::UNRELIABLE;
     r.run_for(5 * NS, NS, 10 * MS);
     assert_eq!(r.discipline.status().state, "holdover");
     r.spec.status = status::SYNCHRONIZED;

@@ -1,0 +1,50 @@
+//! The real-guest lab (see lab/README.md): `vmtime-lab run` boots a Linux guest under QEMU and
+//! proves vmtime inside it; `echo` and `leapwatch` are the lab's own helpers that run in the guest.
+#![forbid(unsafe_code)]
+
+mod checks;
+mod cpio;
+mod echo;
+mod leap;
+mod vm;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(about = "vmtime's real-guest lab")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build the initramfs, boot the guest, run every check, print one PASS/FAIL line each.
+    Run(checks::Args),
+    /// (In the guest) answer the host's counter echo through a shared-memory mailbox.
+    Echo {
+        #[arg(long)]
+        mailbox: PathBuf,
+        /// The guest's vmclock page, whose time goes into each answer.
+        #[arg(long)]
+        page: Option<PathBuf>,
+    },
+    /// (In the guest) sample CLOCK_REALTIME and CLOCK_TAI across a leap second; print a JSON summary.
+    Leapwatch(leap::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let r: Result<ExitCode> = match cli.cmd {
+        Cmd::Run(a) => checks::run(a),
+        Cmd::Echo { mailbox, page } => echo::serve(&mailbox, page.as_deref()).map(|()| ExitCode::SUCCESS),
+        Cmd::Leapwatch(a) => leap::watch(&a).map(|()| ExitCode::SUCCESS),
+    };
+    r.unwrap_or_else(|e| {
+        eprintln!("vmtime-lab: {e:#}");
+        ExitCode::FAILURE
+    })
+}
