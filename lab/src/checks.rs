@@ -174,7 +174,10 @@ impl Lab {
         ensure!(f["magic"] == abi::MAGIC, "bad magic: {}", f["magic"]);
         Ok(format!(
             "/dev/vmclock0: version {}, counter {}, status {}, disruption_marker {:#x} (QEMU fills only these)",
-            f["version"], f["counter_id"]["name"], f["clock_status"]["name"], f["disruption_marker"].as_u64().unwrap_or(0)
+            f["version"],
+            f["counter_id"]["name"],
+            f["clock_status"]["name"],
+            f["disruption_marker"].as_u64().unwrap_or(0)
         ))
     }
 
@@ -182,7 +185,9 @@ impl Lab {
         if self.mailbox.is_none() {
             let h = echo::Host::open(&self.a.work.join("mailbox"))?;
             self.vm.sh_ok(
-                &format!("vmtime-lab echo --mailbox {GUEST_MAILBOX} --page {GUEST_PAGE} </dev/null >/tmp/echo.log 2>&1 &"),
+                &format!(
+                    "vmtime-lab echo --mailbox {GUEST_MAILBOX} --page {GUEST_PAGE} </dev/null >/tmp/echo.log 2>&1 &"
+                ),
                 5 * SEC,
             )?;
             if let Err(e) = h.wait_ready(Duration::from_secs(20)) {
@@ -232,7 +237,8 @@ impl Lab {
     ///    the time the guest reads from it against this machine's clock.
     fn relay(&mut self) -> Result<String> {
         let (offset, width) = self.measure_offset()?;
-        let host_hz = read_page(&self.host_page)?.reference().map(|r| Period { frac: r.period, shift: r.shift }.hz())?;
+        let host_hz =
+            read_page(&self.host_page)?.reference().map(|r| Period { frac: r.period, shift: r.shift }.hz())?;
         self.start_relay(&self.host_page.clone(), offset)?;
         let out = self.vm.sh_ok(&format!("vmtime show {GUEST_PAGE} --json"), 10 * SEC)?;
         let v: serde_json::Value = serde_json::from_str(&out)?;
@@ -305,6 +311,7 @@ impl Lab {
         let period = Period { frac: r.period, shift: r.shift };
         // 2017-01-01T00:00:00Z, and TAI then (TAI − UTC was 36 s before the leap, 37 after).
         let midnight_utc = 1_483_228_800u64;
+        let midnight_tai_oop = Timestamp::<Tai>::from_parts(midnight_utc + 36, 0);
         let midnight_tai = Timestamp::<Tai>::from_parts(midnight_utc + 37, 0);
         let start = Timestamp::<Tai>::from_parts(midnight_utc + 36 - 12, 0); // 23:59:48 UTC
         let c0 = vmclock::counter::read();
@@ -315,19 +322,27 @@ impl Lab {
                 .status(status::SYNCHRONIZED)
                 .leap(leap_state)
                 .maxerror(1_000, 1)
-                .page_bytes()
         };
+        // The lab publishes this page as a host would: one file, updated in place (seqlock).
         let leap_page = self.a.work.join("leap.page");
-        vmtime_sys::pagefile::create(&leap_page, &page(leap::PRE_POS, 36))?;
+        let file = vmtime_sys::pagefile::create(&leap_page, &page(leap::PRE_POS, 36).page_bytes())?;
+        let mut writer = vmclock::Writer::new(vmclock::WritableMapping::new(vmclock::Mapping::map(&file, true)?)?);
         let offset = self.offset.context("no counter map")?.0;
         self.start_relay(&leap_page, offset)?;
-        // The counter value of midnight (TAI page: continuous), then flip the page's state there.
+        // The counter values where the page's state changes (a TAI page is continuous): the
+        // inserted second 23:59:60 starts at TAI midnight+36 s (POS, and the TAI offset is already
+        // 37 there, as `vmtime host` publishes it from a kernel in TIME_OOP) and ends at +37 s.
         let hz = period.hz();
-        let to_midnight = midnight_tai.checked_sub(start).context("span")?.as_nanos_floor() as f64 / 1e9;
-        let c_mid = c0.wrapping_add((to_midnight * hz) as u64);
+        let counter_at = |t: Timestamp<Tai>| -> Result<u64> {
+            let s = t.checked_sub(start).context("span")?.as_nanos_floor() as f64 / 1e9;
+            Ok(c0.wrapping_add((s * hz) as u64))
+        };
+        let c_oop = counter_at(midnight_tai_oop)?;
+        let c_mid = counter_at(midnight_tai)?;
         // Wait until the guest has stepped to the leap page (its marker changed), then watch.
         let t = Instant::now();
-        while self.mailbox()?.ask()?.guest_realtime < i128::from(midnight_utc - 30) * 1_000_000_000 {
+        let near = |t: i128| (t / 1_000_000_000 - i128::from(midnight_utc)).abs() < 30;
+        while !near(self.mailbox()?.ask()?.guest_realtime) {
             ensure!(t.elapsed() < Duration::from_secs(10), "the guest did not step to the leap page");
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -337,11 +352,13 @@ impl Lab {
         )?;
         ensure!(watch.1 == 0, "leapwatch: {}", watch.0);
         let deadline = Instant::now() + Duration::from_secs(30);
-        while (vmclock::counter::read().wrapping_sub(c_mid) as i64) < 0 {
-            ensure!(Instant::now() < deadline, "midnight did not come");
-            std::thread::sleep(Duration::from_millis(1));
+        for (at, state) in [(c_oop, leap::POS), (c_mid, leap::POST_POS)] {
+            while (vmclock::counter::read().wrapping_sub(at) as i64) < 0 {
+                ensure!(Instant::now() < deadline, "midnight did not come");
+                std::hint::spin_loop();
+            }
+            writer.publish(&page(state, 37).build());
         }
-        vmtime_sys::pagefile::create(&leap_page, &page(leap::POST_POS, 37))?;
         // leapwatch ends 3 s after midnight (guest time).
         let t = Instant::now();
         let out = loop {
@@ -354,16 +371,20 @@ impl Lab {
         let v: serde_json::Value = serde_json::from_str(out.trim()).with_context(|| format!("leapwatch: {out}"))?;
         let steps = v["utc_steps"].as_array().cloned().unwrap_or_default();
         let jump = v["tai_jump_max_ns"].as_i64().unwrap_or(i64::MAX);
-        ensure!(steps.len() == 1, "expected one UTC step, saw {steps:?}");
-        let d = steps[0]["delta_ns"].as_i64().unwrap_or(0);
-        ensure!((d + 1_000_000_000).abs() < 10_000_000, "the UTC step was {d} ns, not −1 s");
-        ensure!(jump < 10_000_000, "CLOCK_TAI jumped by {jump} ns");
-        ensure!(
-            v["tai_offset_before"] == 36 && v["tai_offset_after"] == 37,
-            "TAI offset {} → {}",
-            v["tai_offset_before"],
-            v["tai_offset_after"]
-        );
+        let d = steps.first().and_then(|s| s["delta_ns"].as_i64()).unwrap_or(0);
+        let verdict = if steps.len() != 1 || (d + 1_000_000_000).abs() > 10_000_000 {
+            Err(format!("expected one UTC step of −1 s, saw {steps:?}"))
+        } else if jump > 10_000_000 {
+            Err(format!("CLOCK_TAI jumped by {jump} ns"))
+        } else if v["tai_offset_before"] != 36 || v["tai_offset_after"] != 37 {
+            Err(format!("TAI offset {} → {}", v["tai_offset_before"], v["tai_offset_after"]))
+        } else {
+            Ok(())
+        };
+        if let Err(why) = verdict {
+            let log = self.vm.sh("tail -n 12 /tmp/sync.log", 5 * SEC)?.0;
+            bail!("{why}; leapwatch {v}; sync log: {log}");
+        }
         Ok(format!(
             "UTC stepped {:+.3} ms at 2016-12-31T23:59:60 (inserted by the guest kernel); CLOCK_TAI's largest jump \
              against MONOTONIC over {} ms samples: {}; TAI − UTC 36 → 37",
@@ -390,7 +411,8 @@ fn summary_of_check(c: &serde_json::Value) -> String {
 pub fn run(a: Args) -> Result<ExitCode> {
     let mut lab = Lab::start(a)?;
     type Check = fn(&mut Lab) -> Result<String>;
-    let checks: [(&str, Check); 4] = [("show", Lab::show), ("relay", Lab::relay), ("sync", Lab::sync), ("leap", Lab::leap)];
+    let checks: [(&str, Check); 4] =
+        [("show", Lab::show), ("relay", Lab::relay), ("sync", Lab::sync), ("leap", Lab::leap)];
     let mut failed = 0;
     let mut lines = Vec::new();
     for (name, f) in checks {

@@ -58,7 +58,8 @@ pub fn serve(mailbox: &Path, page: Option<&Path>) -> Result<()> {
         let (t, half) = match snap.map(|s| vmclock::now_at(&s, g).map(|n| n.utc())) {
             Some(Ok(Ok(b))) => {
                 // 2^-64 s → ns, rounded up; an unbounded page says so with the largest width.
-                let half = b.maxerror.and_then(|m| m.checked_mul(1_000_000_000)).map_or(u64::MAX, |x| (x >> 64) as u64 + 1);
+                let half =
+                    b.maxerror.and_then(|m| m.checked_mul(1_000_000_000)).map_or(u64::MAX, |x| (x >> 64) as u64 + 1);
                 (b.time.as_nanos() as i64, half)
             }
             _ => (i64::MIN, 0),

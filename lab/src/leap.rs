@@ -46,7 +46,8 @@ pub fn watch(a: &Args) -> Result<()> {
         let dm = s.mono - prev.mono;
         let utc_vs_mono = (s.real - prev.real) - dm;
         if utc_vs_mono.abs() > 100_000_000 {
-            utc_steps.push(serde_json::json!({ "before_unix_ns": prev.real.to_string(), "delta_ns": utc_vs_mono as i64 }));
+            utc_steps
+                .push(serde_json::json!({ "before_unix_ns": prev.real.to_string(), "delta_ns": utc_vs_mono as i64 }));
         }
         tai_jump_max = tai_jump_max.max(((s.tai - prev.tai) - dm).abs());
         prev = s;
@@ -57,6 +58,7 @@ pub fn watch(a: &Args) -> Result<()> {
         "{}",
         serde_json::json!({
             "samples": n,
+            "first_unix_ns": first.real.to_string(),
             "utc_steps": utc_steps,
             "tai_jump_max_ns": tai_jump_max as i64,
             "tai_offset_before": offset(&first),

@@ -169,7 +169,9 @@ impl Vm {
                 Ok(0) => bail!("the guest's shell port closed"),
                 Ok(_) if l.trim() == "@ready" => return Ok(()),
                 Ok(_) => {}
-                Err(e) => bail!("the guest did not reach its shell within {timeout:?} ({e}); see {}", self.console.display()),
+                Err(e) => {
+                    bail!("the guest did not reach its shell within {timeout:?} ({e}); see {}", self.console.display())
+                }
             }
         }
     }

@@ -95,10 +95,12 @@ impl<F: FnMut(u32)> Relay<F> {
         self.last_host_seq = Some(host.seq_count());
         self.relayed += 1;
         let after = *self.writer.relay().state();
-        if (before.disruption_marker, before.vm_generation) != (after.disruption_marker, after.vm_generation)
-            || before.map != after.map
-        {
+        if before != after {
+            // Includes the host marker last relayed: a relay restarted on another host's page
+            // (or after the host's marker changed while it was down) then changes the guest's.
             save(&self.state_path, &after)?;
+        }
+        if (before.disruption_marker, before.vm_generation) != (after.disruption_marker, after.vm_generation) {
             eprintln!(
                 "guest page {seq}: disruption marker {:#x}, generation {}",
                 after.disruption_marker, after.vm_generation
@@ -109,10 +111,12 @@ impl<F: FnMut(u32)> Relay<F> {
         Ok(())
     }
 
-    /// Remaps the host page if its file was replaced.
+    /// Remaps the host page if its file was replaced, and relays the new file's page (its
+    /// seq_count says nothing against the old file's).
     fn follow_host_file(&mut self) -> Result<()> {
         if self.host.refresh()? {
             eprintln!("the host page was replaced: following the new file");
+            self.relay(true, Instant::now())?;
         }
         Ok(())
     }
