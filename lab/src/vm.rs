@@ -7,7 +7,7 @@
 use anyhow::{bail, Context, Result};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -101,7 +101,8 @@ impl Vm {
             cmd.arg("-object")
                 .arg(format!("memory-backend-file,id=shm{i},mem-path={},size=4096,share=on", f.display()))
                 .arg("-device")
-                .arg(format!("ivshmem-plain,memdev=shm{i},addr={:#x}", 4 + i));
+                // master=on: this side owns the memory, so the VM may be saved and loaded.
+                .arg(format!("ivshmem-plain,memdev=shm{i},master=on,addr={:#x}", 4 + i));
         }
         let log = std::fs::File::create(c.work.join("qemu.log"))?;
         cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
@@ -281,17 +282,7 @@ impl Gdb {
             .map(|i| u8::from_str_radix(&r[2 * i..2 * i + 2], 16).context("gdbstub: bad memory reply"))
             .collect()
     }
-
-    /// Detaches; QEMU resumes the VM.
-    pub fn detach(mut self) -> Result<()> {
-        self.request("D")?;
-        Ok(())
-    }
 }
 
 /// The guest-physical address of QEMU's vmclock page (its ACPI device, x86).
 pub const QEMU_VMCLOCK_ADDR: u64 = 0xfeff_b000;
-
-pub fn exists(p: &Path) -> bool {
-    p.exists()
-}
