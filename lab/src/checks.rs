@@ -463,9 +463,7 @@ impl Lab {
         );
         // Our page keeps QEMU's new marker; the generation changes too (a restore).
         let generation = saved.vm_generation_counter().unwrap_or(0).wrapping_add(1);
-        let resumed = Instant::now();
         let (predicted, budget) = self.write_qemu_page_and_resume(frozen, loaded.disruption_marker(), generation)?;
-        let resumed_after = resumed.elapsed();
         let t = Instant::now();
         let mut first = None;
         while t.elapsed() < Duration::from_secs(5) {
@@ -481,11 +479,10 @@ impl Lab {
         let Some((within, _)) = first else {
             bail!("the guest did not step back within 5 ms of the host in 5 s: {log}")
         };
-        let step = log.lines().filter(|l| l.contains("step CLOCK_REALTIME")).last().unwrap_or("no step").to_string();
+        let step = log.lines().rfind(|l| l.contains("step CLOCK_REALTIME")).unwrap_or("no step").to_string();
         ensure!(log.contains("disruption marker changed"), "sync did not see the marker change: {log}");
         let e = self.echoes(50, Duration::from_millis(20))?;
         let (p50, _, max) = quantiles(e.iter().map(|e| e.clock_error().abs() as f64).collect());
-        let _ = resumed_after;
         Ok(format!(
             "QEMU changed the marker {:#x} → {:#x} on loadvm; sync (on /dev/vmclock0): \"{step}\" within {:.0} ms of \
              the resume; then |guest − host| p50 {} max {} (QEMU's page is off by its map prediction: {map})",
@@ -591,7 +588,7 @@ impl Lab {
 
 fn summary_of_check(c: &serde_json::Value) -> String {
     let e = &c["error_ns"];
-    let ns = |k: &str| e[k].as_f64().map_or("?".into(), |x| us(x));
+    let ns = |k: &str| e[k].as_f64().map_or("?".into(), us);
     format!(
         "page − guest clock p50 {} p99 {} max {}, {}/{} samples inside their window",
         ns("p50"),
