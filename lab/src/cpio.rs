@@ -77,7 +77,7 @@ mod tests {
         let out = c.finish().unwrap();
         // Every header starts on a 4-byte boundary with the newc magic.
         assert_eq!(&out[..6], b"070701");
-        let second = 110 + 4; // header + "bin\0"
+        let second = (110 + 4usize).next_multiple_of(4); // header + "bin\0", padded to 4 bytes
         assert_eq!(&out[second..second + 6], b"070701");
         // The file's mode and size fields, as the kernel reads them.
         let hdr = std::str::from_utf8(&out[second..second + 110]).unwrap();

@@ -61,3 +61,41 @@ fn relay_follows_migrates_restores_and_remembers() {
     let _r = start_relay(dir.path(), &["--tsc-offset", "1000", "--restored"]);
     assert_eq!(markers(&guest), (marker0.0.wrapping_add(2), marker0.1.wrapping_add(1)));
 }
+
+#[test]
+fn a_relay_restarted_on_another_host_page_changes_the_guest_marker() {
+    // Found by the lab: the host marker last relayed was never saved, so a relay restarted on
+    // another host's page (different marker) kept the guest's marker.
+    let dir = tempfile::tempdir().unwrap();
+    let (host, guest) = (dir.path().join("host.page"), dir.path().join("guest.page"));
+    vmtime(&[
+        "gen",
+        host.to_str().unwrap(),
+        "--counter-hz",
+        "1000000000",
+        "--maxerror-ns",
+        "1000",
+        "--disruption-marker",
+        "7",
+    ]);
+    let first;
+    {
+        let _r = start_relay(dir.path(), &[]);
+        // The relay writes the guest page before it says it is following the host.
+        first = markers(&guest).0;
+    }
+    // Another host's page (its own marker) replaces the file while the relay is down.
+    vmtime(&[
+        "gen",
+        host.to_str().unwrap(),
+        "--counter-hz",
+        "1000000000",
+        "--maxerror-ns",
+        "1000",
+        "--disruption-marker",
+        "9",
+    ]);
+    let _r = start_relay(dir.path(), &[]);
+    let second = markers(&guest).0;
+    assert_ne!(second, first, "the guest's marker must change with the host's");
+}
