@@ -68,16 +68,12 @@ fn a_relay_restarted_on_another_host_page_changes_the_guest_marker() {
     // another host's page (different marker) kept the guest's marker.
     let dir = tempfile::tempdir().unwrap();
     let (host, guest) = (dir.path().join("host.page"), dir.path().join("guest.page"));
-    vmtime(&[
-        "gen",
-        host.to_str().unwrap(),
-        "--counter-hz",
-        "1000000000",
-        "--maxerror-ns",
-        "1000",
-        "--disruption-marker",
-        "7",
-    ]);
+    let host_page = |marker: u64| {
+        let m = marker.to_string();
+        let h = host.to_str().unwrap();
+        vmtime(&["gen", h, "--counter-hz", "1000000000", "--maxerror-ns", "1000", "--disruption-marker", &m]);
+    };
+    host_page(7);
     let first;
     {
         let _r = start_relay(dir.path(), &[]);
@@ -85,16 +81,7 @@ fn a_relay_restarted_on_another_host_page_changes_the_guest_marker() {
         first = markers(&guest).0;
     }
     // Another host's page (its own marker) replaces the file while the relay is down.
-    vmtime(&[
-        "gen",
-        host.to_str().unwrap(),
-        "--counter-hz",
-        "1000000000",
-        "--maxerror-ns",
-        "1000",
-        "--disruption-marker",
-        "9",
-    ]);
+    host_page(9);
     let _r = start_relay(dir.path(), &[]);
     let second = markers(&guest).0;
     assert_ne!(second, first, "the guest's marker must change with the host's");
