@@ -113,6 +113,12 @@ fn read_page(p: &Path) -> Result<Snapshot> {
     Ok(vmclock::seqlock::read(&m, vmclock::seqlock::DEFAULT_MAX_WAIT)?)
 }
 
+/// A page's counter period.
+fn period_of(page: &Snapshot) -> Result<Period> {
+    let r = page.reference()?;
+    Ok(Period { frac: r.period, shift: r.shift })
+}
+
 /// QEMU's vmclock page, read through the gdbstub (the region is a whole page).
 fn qemu_page(gdb: &mut crate::vm::Gdb) -> Result<Snapshot> {
     let bytes: [u8; abi::ABI_SIZE] =
@@ -255,8 +261,7 @@ impl Lab {
     ///    the time the guest reads from it against this machine's clock.
     fn relay(&mut self) -> Result<String> {
         let (offset, width) = self.measure_offset()?;
-        let host_hz =
-            read_page(&self.host_page)?.reference().map(|r| Period { frac: r.period, shift: r.shift }.hz())?;
+        let host_hz = period_of(&read_page(&self.host_page)?)?.hz();
         self.start_relay(&self.host_page.clone(), offset)?;
         let out = self.vm.sh_ok(&format!("vmtime show {GUEST_PAGE} --json"), 10 * SEC)?;
         let v: serde_json::Value = serde_json::from_str(&out)?;
@@ -339,7 +344,7 @@ impl Lab {
     fn write_qemu_page_and_resume(&mut self, frozen: (u64, u64), marker: u64, generation: u64) -> Result<(u64, u64)> {
         use vmclock::abi::flags;
         let host = read_page(&self.host_page)?;
-        let hz = host.reference().map(|r| Period { frac: r.period, shift: r.shift }.hz())?;
+        let hz = period_of(&host)?.hz();
         let mut gdb = self.vm.gdb()?;
         let old = qemu_page(&mut gdb).ok();
         let seq = old.map_or(0, |s| s.seq_count());
@@ -371,7 +376,7 @@ impl Lab {
     /// (ivshmem page) moved to it.
     fn after_resume(&mut self, predicted: u64, budget: u64) -> Result<String> {
         let (measured, _) = self.measure_offset()?;
-        let hz = read_page(&self.host_page)?.reference().map(|r| Period { frac: r.period, shift: r.shift }.hz())?;
+        let hz = period_of(&read_page(&self.host_page)?)?.hz();
         let err = predicted.wrapping_sub(measured) as i64;
         let ns = |t: i64| t as f64 / hz * 1e9;
         ensure!(
@@ -498,8 +503,7 @@ impl Lab {
     ///    guest kernel, armed by vmtime sync, inserts it; CLOCK_TAI stays continuous.
     fn leap(&mut self) -> Result<String> {
         let host = read_page(&self.host_page)?;
-        let r = host.reference()?;
-        let period = Period { frac: r.period, shift: r.shift };
+        let period = period_of(&host)?;
         // 2017-01-01T00:00:00Z, and TAI then (TAI − UTC was 36 s before the leap, 37 after).
         let midnight_utc = 1_483_228_800u64;
         let midnight_tai_oop = Timestamp::<Tai>::from_parts(midnight_utc + 36, 0);
