@@ -7,6 +7,7 @@ mod host;
 mod now;
 mod page;
 mod phc;
+mod qemu;
 mod relay;
 mod show;
 mod sim;
@@ -50,6 +51,8 @@ enum Command {
     Sync(sync::Args),
     /// Print each update of a page with the fields that changed.
     Watch(watch::Args),
+    /// Give a stock guest under an unmodified QEMU a vmclock device on a page file: SSDT + QEMU arguments.
+    Qemu(qemu::Args),
     /// Ask a running vmtime daemon for its state (JSON over its control socket).
     Status(status::Args),
 }
@@ -71,6 +74,7 @@ fn main() -> ExitCode {
         Command::Sync(a) => sync::run(a),
         Command::Watch(a) => watch::run(a),
         Command::Status(a) => status::run(a),
+        Command::Qemu(a) => qemu::run(a),
     };
     match result {
         Ok(code) => code,
