@@ -275,7 +275,15 @@ impl Lab {
             "control socket",
         )
         .context("start vmtime host")?;
-        let hz = period_of(&read_page(&host_page)?)?.hz();
+        // The host page has a counter once `vmtime host` made its first observation.
+        let t = Instant::now();
+        let hz = loop {
+            match read_page(&host_page).and_then(|p| period_of(&p)) {
+                Ok(p) => break p.hz(),
+                Err(e) if t.elapsed() > Duration::from_secs(10) => bail!("vmtime host's page has no counter: {e:#}"),
+                Err(_) => std::thread::sleep(Duration::from_millis(50)), // polls a file, deadline above
+            }
+        };
         let root = &a.qemu_root;
         let lib = |p: &str| root.join(p).display().to_string();
         let mut cfg = VmConfig {
@@ -290,6 +298,7 @@ impl Lab {
             shared: vec![(mailbox, MAILBOX_SLOT)],
             qemu_vmclock: setup == Setup::QemuVmclock,
             extra: Vec::new(),
+            tsc_khz: (hz / 1e3).round() as u64,
             state_disk: a.state_disk.clone(),
         };
         let mut relay = None;
@@ -576,7 +585,13 @@ impl Lab {
     /// After a resume: the measured map, how far the prediction was from it, and the relay
     /// (ivshmem page) moved to it. A prediction beyond its budget (QEMU took longer than 5 ms to
     /// act on `cont`: a busy machine) is made again, stop, write, resume, up to 4 times.
-    fn after_resume(&mut self, mut predicted: u64, mut budget: u64, marker: u64, generation: u64) -> Result<String> {
+    fn after_resume(
+        &mut self,
+        mut predicted: u64,
+        mut budget: u64,
+        mut marker: u64,
+        generation: u64,
+    ) -> Result<String> {
         let hz = self.hz;
         let ns = move |t: i64| t as f64 / hz * 1e9;
         let mut misses = Vec::new();
@@ -588,7 +603,11 @@ impl Lab {
                 let again = if misses.is_empty() {
                     String::new()
                 } else {
-                    format!("; made again after predictions {} off (load average {})", misses.join(", "), loadavg())
+                    format!(
+                        "; made again, with a new marker, after predictions {} off (load average {})",
+                        misses.join(", "),
+                        loadavg()
+                    )
                 };
                 return Ok(format!(
                     "map predicted {} from the measured one (budget ±{}){again}",
@@ -604,6 +623,9 @@ impl Lab {
                 misses.join(", "),
                 loadavg()
             );
+            // The stop moved the guest's counter again: a new disruption for the guest (its
+            // clock stood still meanwhile), so the page says so with a new marker.
+            marker = marker.wrapping_add(1);
             let frozen = self.stop()?;
             (predicted, budget) = self.write_qemu_page_and_resume(frozen, marker, generation)?;
         }
@@ -864,6 +886,14 @@ impl Lab {
             serde_json::from_str(&self.vm.sh_ok("vmtime phc read /dev/ptp0 --json", 20 * SEC)?)?;
         let a = page_minus_rt(&self.mailbox()?.ask()?);
         // The 7.3 driver's PHC reads TAI: TAI − UTC = 37 s (as `vmtime host --tai-offset 37`).
+        // Page − CLOCK_REALTIME moves only as fast as the guest clock's rate error (it is not
+        // disciplined yet): more than 1 ms across one PHC read means a guest clock too wrong
+        // to compare with.
+        ensure!(
+            (a - b).abs() < 1_000_000,
+            "page − guest CLOCK_REALTIME moved {} during one PHC read: the guest clock's rate is wrong",
+            us((a - b) as f64)
+        );
         let expect = (a + b) / 2 + 37_000_000_000;
         let tol = 200_000 + (a - b).abs();
         let mut agree = Vec::new();

@@ -29,6 +29,11 @@ pub struct VmConfig {
     pub qemu_vmclock: bool,
     /// More arguments (what `vmtime qemu` prints).
     pub extra: Vec<String>,
+    /// This machine's TSC frequency, kHz: the guest's too under TCG. Given to the guest kernel
+    /// (`tsc_early_khz`), whose own calibration against emulated timers can be off by several
+    /// times on a busy machine (seen: a guest clock running 8× fast), beyond what adjtimex can
+    /// correct.
+    pub tsc_khz: u64,
     /// A qcow2 image for savevm/loadvm.
     pub state_disk: PathBuf,
 }
@@ -88,7 +93,11 @@ impl Vm {
             .arg(&c.kernel)
             .arg("-initrd")
             .arg(&c.initrd)
-            .args(["-append", "console=ttyS0 panic=-1 quiet loglevel=4 tsc=reliable clocksource=tsc"])
+            .arg("-append")
+            .arg(format!(
+                "console=ttyS0 panic=-1 quiet loglevel=4 tsc=reliable clocksource=tsc tsc_early_khz={}",
+                c.tsc_khz
+            ))
             .args(["-rtc", &format!("base={},clock=host", c.rtc_base)])
             .arg("-serial")
             .arg(format!("file:{}", console.display()))
