@@ -932,8 +932,9 @@ impl Lab {
                 "vmtime sync --source /dev/vmclock0 --socket /tmp/sync.sock </dev/null >/tmp/sync.log 2>&1 &",
             )
         };
-        self.vm.sh_ok(start, 5 * SEC)?;
+        // From the moment the command is sent (its serial round trip counts for both).
         let t0 = Instant::now();
+        self.vm.sh_ok(start, 5 * SEC)?;
         let within_1ms = self.converge_from(t0, 1_000_000, Duration::from_secs(60))?;
         let within_10us = self.converge_from(t0, 10_000, Duration::from_secs(60))?;
         let Some(_) = within_1ms else {
