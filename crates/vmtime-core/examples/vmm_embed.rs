@@ -34,7 +34,7 @@ fn host_page(path: Option<&str>) -> Result<Snapshot, Box<dyn std::error::Error>>
             Timestamp::<Tai>::from_parts(1_795_000_037, 0),
             Period::from_hz(2_500_000_000).ok_or("period")?,
         )
-        .tai_offset(37)
+        .tai_minus_utc(37)
         .status(status::SYNCHRONIZED)
         .maxerror(1_000, 1 << 20)
         .build();
