@@ -202,9 +202,9 @@ fn leap_run(seed: u64, insert: bool, sampled: Sampled) -> HostRun {
     let pre = r.current.unwrap();
     assert_eq!(pre.leap_indicator(), Some(if insert { leap::PRE_POS } else { leap::PRE_NEG }));
     // Through midnight; the true TAI − UTC changes with the leap.
-    r.run_for(5 * NS, 10 * MS);
-    r.host.true_tai_offset = if insert { 38 } else { 36 };
-    r.run_for(10 * NS, 10 * MS);
+    let switch = if insert { midnight + 37 * NS } else { midnight - NS + 37 * NS };
+    r.host.world_leap = Some((switch, if insert { 38 } else { 36 }));
+    r.run_for(15 * NS, 10 * MS);
     r.host.set_status(STA_INS | STA_DEL, false);
     r.run_for(20 * NS, 10 * MS);
     r
