@@ -241,10 +241,15 @@ impl GuestRelay {
 /// A relay that writes a guest's page into memory the VMM hands in (vm-memory, a shared file,
 /// a buffer) and calls `notify` with each new even `seq_count` (the VMM's ACPI Notify or
 /// interrupt).
+///
+/// NOTIFICATION_PRESENT tells the guest to wait in `poll()` for the hypervisor's notification, so
+/// it is set only when a notifier is wired in ([`GuestPageWriter::new`]) and the guest's state asks
+/// for it; a writer made by [`GuestPageWriter::without_notifier`] never sets it (a guest told to
+/// wait for notifications that never come would wait forever).
 pub struct GuestPageWriter<M: WritableMemory, F: FnMut(u32)> {
     relay: GuestRelay,
     writer: Writer<M>,
-    notify: F,
+    notify: Option<F>,
 }
 
 impl<M: WritableMemory, F: FnMut(u32)> core::fmt::Debug for GuestPageWriter<M, F> {
@@ -257,7 +262,7 @@ impl<M: WritableMemory, F: FnMut(u32)> GuestPageWriter<M, F> {
     /// Writes `relay`'s pages into `mem`; `notify` is called after each write when the guest is
     /// told of notifications (`GuestState::notify`).
     pub fn new(relay: GuestRelay, mem: M, notify: F) -> Self {
-        GuestPageWriter { relay, writer: Writer::new(mem), notify }
+        GuestPageWriter { relay, writer: Writer::new(mem), notify: Some(notify) }
     }
 
     /// The relay (markers, state).
@@ -275,9 +280,20 @@ impl<M: WritableMemory, F: FnMut(u32)> GuestPageWriter<M, F> {
         let page = self.relay.guest_page(host)?;
         let seq = self.writer.publish(&page);
         if self.relay.state.notify {
-            (self.notify)(seq);
+            if let Some(n) = self.notify.as_mut() {
+                n(seq);
+            }
         }
         Ok(seq)
+    }
+}
+
+impl<M: WritableMemory> GuestPageWriter<M, fn(u32)> {
+    /// A writer with no way to notify the guest (a page in a shared file, polled by the guest):
+    /// NOTIFICATION_PRESENT stays clear whatever the saved state says.
+    pub fn without_notifier(mut relay: GuestRelay, mem: M) -> Self {
+        relay.state.notify = false;
+        GuestPageWriter { relay, writer: Writer::new(mem), notify: None }
     }
 }
 
@@ -422,5 +438,12 @@ mod tests {
             .has(flags::NOTIFICATION_PRESENT));
         drop(w);
         assert_eq!(calls, 0);
+        // No notifier wired in: the flag is clear even when the saved state asked for it.
+        let mut w = GuestPageWriter::without_notifier(GuestRelay::new(CounterMap::IDENTITY, 1, true), PageBuf::new());
+        w.update(&h).unwrap();
+        assert!(!vmclock::seqlock::read(w.memory(), vmclock::seqlock::DEFAULT_MAX_WAIT)
+            .unwrap()
+            .has(flags::NOTIFICATION_PRESENT));
+        assert!(!w.relay().state().notify);
     }
 }

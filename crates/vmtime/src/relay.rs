@@ -40,8 +40,10 @@ pub struct Args {
     /// The guest has just been restored from a snapshot: change both markers.
     #[arg(long)]
     restored: bool,
-    /// The VMM does not notify the guest (NOTIFICATION_PRESENT clear).
-    #[arg(long)]
+    /// Accepted for old command lines: this relay has no way to notify the guest, so
+    /// NOTIFICATION_PRESENT is always clear (a VMM that notifies uses the library's
+    /// `GuestPageWriter::new` with its notifier).
+    #[arg(long, hide = true)]
     no_notify: bool,
     /// Exit after this many seconds.
     #[arg(long)]
@@ -73,9 +75,9 @@ fn save(path: &Path, st: &GuestState) -> Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("cannot save {}", path.display()))
 }
 
-struct Relay<F: FnMut(u32)> {
+struct Relay {
     host: crate::page::FollowedPage,
-    writer: GuestPageWriter<WritableMapping, F>,
+    writer: GuestPageWriter<WritableMapping, fn(u32)>,
     state_path: PathBuf,
     subscribers: Vec<UnixStream>,
     last_host_seq: Option<u32>,
@@ -83,7 +85,7 @@ struct Relay<F: FnMut(u32)> {
     last_latency_us: f64,
 }
 
-impl<F: FnMut(u32)> Relay<F> {
+impl Relay {
     fn relay(&mut self, force: bool, woke: Instant) -> Result<()> {
         let host = seqlock::read(&self.host.map, seqlock::DEFAULT_MAX_WAIT).context("reading the host page")?;
         if !force && self.last_host_seq == Some(host.seq_count()) {
@@ -204,7 +206,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         Ok(bytes) => {
             let st: GuestState = serde_json::from_slice(&bytes)
                 .with_context(|| format!("{} is not a relay state", state_path.display()))?;
-            let mut r = GuestRelay::from_state(GuestState { notify: !a.no_notify, ..st });
+            let mut r = GuestRelay::from_state(st);
             if st.map != map && !a.migrated {
                 eprintln!(
                     "warning: the TSC map changed since the last run without --migrated: treating it as a migration"
@@ -213,7 +215,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
             }
             r
         }
-        Err(_) => GuestRelay::new(map, event::random_u64()?, !a.no_notify),
+        Err(_) => GuestRelay::new(map, event::random_u64()?, false),
     };
     if a.migrated {
         relay.migrated_in(map);
@@ -236,7 +238,8 @@ pub fn run(a: Args) -> Result<ExitCode> {
     listener.set_nonblocking(true)?;
     let mut r = Relay {
         host,
-        writer: GuestPageWriter::new(relay, mem, |_| {}),
+        // The guest polls its page: no notifier, so NOTIFICATION_PRESENT stays clear.
+        writer: GuestPageWriter::without_notifier(relay, mem),
         state_path,
         subscribers: Vec::new(),
         last_host_seq: None,
