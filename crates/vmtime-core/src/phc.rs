@@ -524,6 +524,20 @@ mod tests {
     }
 
     #[test]
+    fn a_disruption_steps_at_once() {
+        let mut s = PhcServo::new(PhcServoConfig::default());
+        for _ in 0..5 {
+            let _ = s.handle_measurement(&measurement(0.0), 10_000, 0, 1.0);
+        }
+        // 5 ms off after a restore: slewed normally, stepped after a disruption.
+        let a = s.handle_measurement(&measurement(5e6), 10_000, 0, 1.0);
+        assert!(!a.iter().any(|a| matches!(a, SyncAction::Step { .. })), "{a:?}");
+        s.disrupted();
+        let a = s.handle_measurement(&measurement(5e6), 10_000, 0, 1.0);
+        assert_eq!(a, vec![SyncAction::Step { delta_ns: 5_000_000 }]);
+    }
+
+    #[test]
     fn timescales_are_known_or_must_be_configured() {
         assert_eq!(pure_source("KVM virtual PTP"), Some(Some(PhcTimescale::Utc)));
         assert_eq!(pure_source("Virtio PTP type 0/variant 0"), Some(None));

@@ -487,7 +487,11 @@ mod tests {
         )
         .unwrap()
         .unwrap();
-        assert_eq!((got.0.seq_count(), got.0.disruption_marker(), got.1), (4, 2, 2), "the second samples, the new page");
+        assert_eq!(
+            (got.0.seq_count(), got.0.disruption_marker(), got.1),
+            (4, 2, 2),
+            "the second samples, the new page"
+        );
         // A page that never holds still gives no observation (and no stale pairing).
         let none = sample_under_page::<(), ()>(3, || Ok(page(2, 1, None)), || Ok(()), || 5).unwrap();
         assert!(none.is_none());
@@ -509,11 +513,8 @@ mod tests {
     fn markers_only_pages_are_watched() {
         // QEMU/Firecracker: counter INVALID, status UNKNOWN, markers only.
         let mk = |marker, generation| {
-            let abi = PageBuilder::new()
-                .status(status::UNKNOWN)
-                .disruption_marker(marker)
-                .vm_generation(generation)
-                .build();
+            let abi =
+                PageBuilder::new().status(status::UNKNOWN).disruption_marker(marker).vm_generation(generation).build();
             Snapshot::new(abi, 4096).unwrap()
         };
         let p = mk(5, 1);

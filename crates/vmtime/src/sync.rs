@@ -13,8 +13,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use vmclock::abi::{self, flags};
-use vmclock::seqlock;
-use vmtime_core::sync::{Discipline, SyncAction, SyncConfig, SyncObservation};
+use vmclock::seqlock::{self, PageMemory};
+use vmtime_core::sync::{
+    gives_time, sample_under_page, Discipline, MarkerWatch, NotifyCheck, SyncAction, SyncConfig, SyncObservation,
+    Wakeup,
+};
 use vmtime_sys::clock::{aba_sample, tightest, ClockId};
 use vmtime_sys::event;
 
@@ -45,12 +48,13 @@ pub struct Args {
     /// Exit after this many seconds.
     #[arg(long)]
     duration_s: Option<u64>,
-    /// The timescale of a PHC source (required unless its driver is known: ptp_kvm is UTC).
+    /// The timescale of a PHC source, used only when the machine cannot tell: its vmclock page,
+    /// the kernel's timescale attribute and a driver of fixed timescale (ptp_kvm: UTC) come first.
     #[arg(long, value_enum)]
     phc_timescale: Option<Timescale>,
-    /// TAI − UTC, to read a TAI PHC.
-    #[arg(long, default_value_t = 37)]
-    tai_offset: i16,
+    /// TAI − UTC, to read a TAI PHC when neither the kernel (adjtimex) nor the page has it.
+    #[arg(long)]
+    tai_offset: Option<i16>,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -60,56 +64,246 @@ enum Timescale {
 }
 
 /// A pure PHC, if there is one.
-fn find_phc() -> Option<(PathBuf, String)> {
-    vmtime_sys::phc::list()
-        .into_iter()
-        .find(|i| vmtime_core::phc::pure_source(&i.clock_name).is_some())
-        .map(|i| (i.dev, i.clock_name))
+fn find_phc() -> Option<vmtime_sys::phc::PhcInfo> {
+    vmtime_sys::phc::list().into_iter().find(|i| vmtime_core::phc::pure_source(&i.clock_name).is_some())
 }
 
-/// The PHC path: measurements every interval, the PI servo, the same actions.
-fn run_phc(a: &Args, dev: PathBuf, clock_name: &str) -> Result<ExitCode> {
-    use vmtime_core::phc::{pure_source, read_best, PhcServo, PhcServoConfig, PhcTimescale};
-    let timescale = match (a.phc_timescale, pure_source(clock_name).flatten()) {
-        (Some(Timescale::Utc), _) => PhcTimescale::Utc,
-        (Some(Timescale::Tai), _) => PhcTimescale::Tai,
-        (None, Some(t)) => t,
-        (None, None) => bail!(
-            "{} ({clock_name:?}): its timescale is not known; give --phc-timescale utc|tai (it is never guessed)",
-            dev.display()
-        ),
-    };
+fn timescale_of(t: Option<Timescale>) -> Option<vmtime_core::phc::PhcTimescale> {
+    use vmtime_core::phc::PhcTimescale;
+    t.map(|t| match t {
+        Timescale::Utc => PhcTimescale::Utc,
+        Timescale::Tai => PhcTimescale::Tai,
+    })
+}
+
+/// Runs the hook for a new VM generation (prints it in a dry run).
+fn run_hook(hook: &Option<String>, dry_run: bool) {
+    if dry_run {
+        println!("dry run: would {}", describe(&SyncAction::RunHook));
+    } else if let Some(h) = hook {
+        tracing::info!("VM generation changed: running {h}");
+        let _ = std::process::Command::new("sh").arg("-c").arg(h).status();
+    }
+}
+
+/// The PHC path: measurements every interval, the PI servo, the same actions. `markers` is a
+/// vmclock page that carries markers only (QEMU, Firecracker): its VM generation runs the hook
+/// and its disruption marker makes the next measurement step.
+fn run_phc(a: &Args, info: vmtime_sys::phc::PhcInfo, markers: Option<crate::page::FollowedPage>) -> Result<ExitCode> {
+    use vmtime_core::phc::{decide_timescale, pure_source, read_best, PhcServo, PhcServoConfig, PhcSourceState};
+    let dev = info.dev.clone();
+    let clock_name = info.clock_name.clone();
     let mut d = vmtime_sys::phc::PhcFile::open(&dev).with_context(|| format!("cannot open {}", dev.display()))?;
-    let mut servo = PhcServo::new(PhcServoConfig { timescale, tai_offset: a.tai_offset, ..PhcServoConfig::default() });
+    // The page of the vmclock device that registered this PHC, if any: its status, TAI − UTC,
+    // and a reading against it decide the PHC's timescale.
+    let own_page = vmtime_sys::phc::vmclock_device(&info, std::path::Path::new("/dev"))
+        .and_then(|p| vmclock::Mapping::open(&p).ok());
+    let kernel = vmtime_sys::read_timex()?;
+    let facts = vmtime_core::phc::TimescaleFacts {
+        attribute: None, // no released kernel has the PTP timescale attributes yet
+        page: own_page.as_ref().and_then(|m| vmtime_sys::phc::compare_with_page(&mut d, m, kernel.tai)),
+        driver: pure_source(&clock_name).flatten(),
+        configured: timescale_of(a.phc_timescale),
+    };
+    let (timescale, by) = match decide_timescale(&facts) {
+        Ok(t) => t,
+        Err(e) => bail!("{} ({clock_name}): {e}", dev.display()),
+    };
+    if facts.configured.is_some_and(|c| c != timescale) {
+        tracing::warn!("{}: --phc-timescale ignored: {by} shows the PHC keeps {timescale:?}", dev.display());
+    }
+    let mut servo = PhcServo::new(PhcServoConfig { timescale, ..PhcServoConfig::default() });
     eprintln!(
-        "vmtime sync: {} ({clock_name}, {timescale:?}) → CLOCK_REALTIME{}",
+        "vmtime sync: {} ({clock_name}, {timescale:?} by {by}) → CLOCK_REALTIME{}",
         dev.display(),
         if a.dry_run { " (dry run: nothing is changed)" } else { "" }
     );
+    if let Some(m) = &markers {
+        eprintln!("  {} carries markers only: watching them for the hook and for steps", m.path.display());
+    }
     let interval = Duration::from_millis(a.interval_ms.max(10));
     let end = a.duration_s.map(|d| Instant::now() + Duration::from_secs(d));
+    let mut watch = MarkerWatch::default();
+    let mut printed = String::new();
+    let mut say = |act: &SyncAction, offset: f64, how: &str| {
+        let line = format!("dry run: would {} (offset {offset:+.1} ns{how})", describe(act));
+        if matches!(act, SyncAction::Step { .. }) || line != printed {
+            println!("{line}");
+            printed = line;
+        }
+    };
     while end.is_none_or(|e| Instant::now() < e) {
         let tx = vmtime_sys::read_timex()?;
-        match read_best(&mut d, 25) {
-            Ok((m, _)) => {
-                for act in servo.handle_measurement(&m, tx.tick, tx.freq, interval.as_secs_f64()) {
-                    if a.dry_run {
-                        println!(
-                            "dry run: would {} (offset {:+.1} ns by {:?})",
-                            describe(&act),
-                            servo.last_offset_ns,
-                            m.method
-                        );
-                    } else {
-                        vmtime_sys::timex::apply(&act).with_context(|| format!("cannot {}", describe(&act)))?;
-                    }
+        if let Some(m) = &markers {
+            if let Ok(p) = vmclock::seqlock::read(&m.map, vmclock::seqlock::DEFAULT_MAX_WAIT) {
+                let c = watch.observe(&p);
+                if c.disrupted {
+                    tracing::info!("disruption marker changed: {:#x}; stepping from the PHC", p.disruption_marker());
+                    servo.disrupted();
+                }
+                if c.new_generation {
+                    run_hook(&a.hook, a.dry_run);
                 }
             }
-            Err(failed) => eprintln!("{}: no reading method works: {failed:?}", dev.display()),
+        }
+        let page = own_page.as_ref().and_then(|m| vmclock::seqlock::read(m, vmclock::seqlock::DEFAULT_MAX_WAIT).ok());
+        let page_status = page.and_then(|p| p.clock_status());
+        servo.set_source(PhcSourceState {
+            synchronized: page.is_none() || page_status == Some(vmclock::abi::status::SYNCHRONIZED),
+            unreliable: page_status == Some(vmclock::abi::status::UNRELIABLE),
+            tai_minus_utc: page
+                .and_then(|p| p.tai_offset())
+                .or((tx.tai != 0).then_some(tx.tai as i16))
+                .or(a.tai_offset),
+        });
+        let actions = match read_best(&mut d, 25) {
+            Ok((m, _)) => {
+                let acts = servo.handle_measurement(&m, tx.tick, tx.freq, interval.as_secs_f64());
+                if a.dry_run {
+                    for act in &acts {
+                        say(act, servo.last_offset_ns, &format!(" by {:?}", m.method));
+                    }
+                }
+                acts
+            }
+            Err(failed) => {
+                let first = failed.first().map(|(_, e)| e.as_str()).unwrap_or("no reading");
+                tracing::warn!("{}: no reading method works ({first}): holdover", dev.display());
+                servo.handle_failure(tx.maxerror_us, tx.esterror_us)
+            }
+        };
+        for act in actions {
+            if a.dry_run {
+                say(&act, servo.last_offset_ns, "");
+            } else {
+                vmtime_sys::timex::apply(&act).with_context(|| format!("cannot {}", describe(&act)))?;
+            }
         }
         std::thread::sleep(interval);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A page with markers only and no PHC on this machine: no time source. The markers are still
+/// watched and the hook run; the clock is left alone.
+fn run_markers_only(a: &Args, mut page: crate::page::FollowedPage, socket: &std::path::Path) -> Result<ExitCode> {
+    let listener = listen(socket)?;
+    let interval = Duration::from_millis(a.interval_ms.max(10));
+    eprintln!(
+        "vmtime sync: {} carries markers only and this machine has no PHC: no time source; watching its disruption_marker and vm_generation_counter{}",
+        page.path.display(),
+        if a.hook.is_some() { " for the hook" } else { "" }
+    );
+    eprintln!("  control socket {}", socket.display());
+    let end = a.duration_s.map(|d| Instant::now() + Duration::from_secs(d));
+    let mut watch = MarkerWatch::default();
+    let mut hooks = 0u64;
+    let mut last = None;
+    while end.is_none_or(|e| Instant::now() < e) {
+        page.refresh()?;
+        if let Ok(p) = vmclock::seqlock::read(&page.map, vmclock::seqlock::DEFAULT_MAX_WAIT) {
+            let c = watch.observe(&p);
+            if c.disrupted {
+                tracing::info!("disruption marker changed: {:#x} (no time source to step from)", p.disruption_marker());
+            }
+            if c.new_generation {
+                hooks += 1;
+                run_hook(&a.hook, a.dry_run);
+            }
+            last = Some(p);
+        }
+        let ready = event::poll_readable(&[listener.as_raw_fd()], interval.as_millis().min(1000) as i32)?;
+        if ready[0] {
+            let status = serde_json::json!({
+                "role": "sync",
+                "source": page.path.display().to_string(),
+                "dry_run": a.dry_run,
+                "discipline": { "state": "no time source (markers only)" },
+                "disruption_marker": last.map(|p| p.disruption_marker()),
+                "vm_generation_counter": last.and_then(|p| p.vm_generation_counter()),
+                "hooks_run": hooks,
+            });
+            answer(&listener, &status);
+        }
+    }
+    let _ = std::fs::remove_file(socket);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Binds the control socket (replacing a stale one).
+fn listen(socket: &std::path::Path) -> Result<UnixListener> {
+    if let Some(d) = socket.parent() {
+        std::fs::create_dir_all(d)?;
+    }
+    let _ = std::fs::remove_file(socket);
+    let listener = UnixListener::bind(socket).with_context(|| format!("cannot listen on {}", socket.display()))?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+/// Answers every waiting control connection with `status`.
+fn answer(listener: &UnixListener, status: &serde_json::Value) {
+    while let Ok((conn, _)) = listener.accept() {
+        let _ = conn.set_nonblocking(false);
+        let _ = conn.set_read_timeout(Some(Duration::from_millis(200)));
+        let mut line = String::new();
+        let _ = BufReader::new(&conn).read_line(&mut line);
+        let mut conn: UnixStream = conn;
+        let _ = writeln!(conn, "{status}");
+    }
+}
+
+/// How the daemon is woken: the device's `poll()` (checked: a 6.13–6.19 driver's is always
+/// readable), or a publisher's socket.
+struct Waker {
+    device: Option<File>,
+    sub: Option<UnixStream>,
+    check: NotifyCheck,
+}
+
+impl Waker {
+    /// Waits for `timeout`, a control connection on `control`, or a notification. Returns
+    /// (control ready, the page changed). `seq_now` reads the page's seq_count; `last_seq` is the
+    /// one last observed.
+    fn wait(
+        &mut self,
+        control: std::os::fd::RawFd,
+        timeout: Duration,
+        last_seq: Option<u32>,
+        seq_now: impl Fn() -> u32,
+    ) -> Result<(bool, bool)> {
+        let mut fds = vec![control];
+        if let Some(d) = &self.device {
+            fds.push(d.as_raw_fd());
+        } else if let Some(x) = &self.sub {
+            fds.push(x.as_raw_fd());
+        }
+        let ready = event::poll_readable(&fds, timeout.as_micros().div_ceil(1000).min(1000) as i32)?;
+        let mut changed = false;
+        if ready.get(1).copied().unwrap_or(false) {
+            if let Some(d) = &self.device {
+                let mut buf = [0u8; abi::ABI_SIZE];
+                let _ = d.read_at(&mut buf, 0); // acknowledges this seq_count to the driver
+                match self.check.readable(last_seq, seq_now()) {
+                    Wakeup::Update => changed = true,
+                    Wakeup::Spurious => {}
+                    Wakeup::NoPoll => {
+                        tracing::warn!(
+                            "the vmclock driver's poll() is always readable (Linux 6.13–6.19 has no .poll): observing on the interval instead"
+                        );
+                        self.device = None;
+                    }
+                }
+            } else if let Some(x) = self.sub.as_mut() {
+                let mut buf = [0u8; 256];
+                if matches!(x.read(&mut buf), Ok(0)) {
+                    self.sub = None;
+                }
+                changed = true;
+            }
+        }
+        Ok((ready[0], changed))
+    }
 }
 
 /// The first vmclock device, if any.
@@ -136,14 +330,22 @@ fn describe(a: &SyncAction) -> String {
 
 struct Sync {
     page: crate::page::FollowedPage,
-    device: Option<File>,
     discipline: Discipline,
     dry_run: bool,
     hook: Option<String>,
     applied: u64,
     last_marker: Option<u64>,
+    /// The seq_count of the page last observed.
+    last_seq: Option<u32>,
+    /// Observations redone because the page changed while their samples were taken.
+    redone: u64,
     /// Dry run: the last line printed for each kind of action (only changes are printed).
     printed: std::collections::HashMap<std::mem::Discriminant<SyncAction>, String>,
+}
+
+/// The page's seq_count now.
+fn seq_now(m: &impl PageMemory) -> u32 {
+    u32::from_le(m.words()[seqlock::SEQ_WORD].load(std::sync::atomic::Ordering::Acquire))
 }
 
 impl Sync {
@@ -162,12 +364,7 @@ impl Sync {
                 continue;
             }
             match a {
-                SyncAction::RunHook => {
-                    if let Some(h) = &self.hook {
-                        eprintln!("VM generation changed: running {h}");
-                        let _ = std::process::Command::new("sh").arg("-c").arg(h).status();
-                    }
-                }
+                SyncAction::RunHook => run_hook(&self.hook, false),
                 a => vmtime_sys::timex::apply(&a).with_context(|| {
                     format!("cannot {} (vmtime sync needs CAP_SYS_TIME; use --dry-run to watch)", describe(&a))
                 })?,
@@ -182,28 +379,51 @@ impl Sync {
     fn observe(&mut self) -> Result<()> {
         self.page.refresh()?;
         let kernel = vmtime_sys::read_timex()?;
-        let page = match seqlock::read(&self.page.map, seqlock::DEFAULT_MAX_WAIT) {
-            Ok(p) if p.counter_id() == vmclock::counter::NATIVE => p,
-            Ok(_) | Err(_) => {
+        let map = &self.page.map;
+        // The samples are paired with the page that was current while they were taken: if the
+        // seq_count moved meanwhile, the observation is taken again.
+        let mut tries = 0u64;
+        let got = sample_under_page(
+            4,
+            || {
+                tries += 1;
+                seqlock::read(map, seqlock::DEFAULT_MAX_WAIT).map_err(anyhow::Error::from)
+            },
+            || -> Result<_> {
+                let raw = tightest(ClockId::MonotonicRaw, 16)?;
+                let samples = (0..64).map(|_| aba_sample(ClockId::Realtime)).collect::<std::io::Result<Vec<_>>>()?;
+                Ok((raw, samples))
+            },
+            || seq_now(map),
+        );
+        self.redone += tries.saturating_sub(1);
+        let (page, (raw, samples)) = match got {
+            Ok(Some((p, s))) if gives_time(&p, vmclock::counter::NATIVE) => (p, s),
+            Ok(Some((p, _))) => {
+                // No time for this CPU's counter on this page now: holdover, the hook still runs.
+                self.last_seq = Some(p.seq_count());
+                let a = self.discipline.handle_source_lost(&kernel);
+                return self.apply(a);
+            }
+            Ok(None) | Err(_) => {
                 let a = self.discipline.handle_source_lost(&kernel);
                 return self.apply(a);
             }
         };
+        self.last_seq = Some(page.seq_count());
         if self.last_marker.is_some_and(|m| m != page.disruption_marker()) {
-            eprintln!(
+            tracing::info!(
                 "disruption marker changed: {:#x} → {:#x}",
                 self.last_marker.unwrap_or(0),
                 page.disruption_marker()
             );
         }
         self.last_marker = Some(page.disruption_marker());
-        let raw = tightest(ClockId::MonotonicRaw, 16)?;
-        let samples = (0..64).map(|_| aba_sample(ClockId::Realtime)).collect::<std::io::Result<Vec<_>>>()?;
         let a = self.discipline.handle_observation(&SyncObservation { page, raw, samples: &samples, kernel });
         self.apply(a)
     }
 
-    fn status_json(&self) -> serde_json::Value {
+    fn status_json(&self, woken_by: &str) -> serde_json::Value {
         let page = seqlock::read(&self.page.map, seqlock::DEFAULT_MAX_WAIT).ok();
         serde_json::json!({
             "role": "sync",
@@ -213,7 +433,8 @@ impl Sync {
             "source_status": page.and_then(|p| p.clock_status()).map(abi::status_name),
             "disruption_marker": page.map(|p| p.disruption_marker()),
             "vm_generation_counter": page.and_then(|p| p.vm_generation_counter()),
-            "notified": self.device.is_some(),
+            "woken_by": woken_by,
+            "observations_redone": self.redone,
         })
     }
 }
@@ -223,28 +444,33 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let source = match a.source.clone().or_else(find_device) {
         Some(s) => s,
         None => match find_phc() {
-            Some((dev, name)) => return run_phc(&a, dev, &name),
+            Some(info) => return run_phc(&a, info, None),
             None => bail!("no source here: no /dev/vmclock* and no pure PHC (ptp_kvm, VMclock, hyperv, VMware, virtio-rtc, s390); give --source PAGE"),
         },
     };
     if source.to_string_lossy().starts_with("/dev/ptp") {
-        let name =
-            vmtime_sys::phc::list().into_iter().find(|i| i.dev == source).map(|i| i.clock_name).unwrap_or_default();
-        return run_phc(&a, source, &name);
+        let info = vmtime_sys::phc::list().into_iter().find(|i| i.dev == source).unwrap_or(vmtime_sys::phc::PhcInfo {
+            dev: source.clone(),
+            clock_name: String::new(),
+            driver: None,
+        });
+        return run_phc(&a, info, None);
     }
     let page = crate::page::FollowedPage::open(&source)?;
     let first = seqlock::read(&page.map, seqlock::DEFAULT_MAX_WAIT)?;
-    if first.counter_id() != vmclock::counter::NATIVE {
-        bail!(
-            "{} gives no time for this CPU's counter (counter_id {}): nothing to synchronise to",
-            source.display(),
-            abi::counter_name(first.counter_id())
-        );
+    let socket = a.socket.clone().unwrap_or_else(|| crate::host::default_page().with_file_name("sync.sock"));
+    if !gives_time(&first, vmclock::counter::NATIVE) {
+        // Markers only (QEMU, Firecracker: counter INVALID, status UNKNOWN): time from a PHC if
+        // there is one, the markers from the page either way.
+        return match find_phc() {
+            Some(info) => run_phc(&a, info, Some(page)),
+            None => run_markers_only(&a, page, &socket),
+        };
     }
     // Notification: the device's poll() (read() acknowledges), or a publisher's socket.
     let is_device = std::fs::metadata(&source)?.file_type().is_char_device();
     let device = (is_device && first.has(flags::NOTIFICATION_PRESENT)).then(|| File::open(&source)).transpose()?;
-    let mut sub = if is_device {
+    let sub = if is_device {
         None
     } else {
         crate::status::request(&crate::host::socket_for(&source), "subscribe").ok().map(|(_, s)| s)
@@ -252,27 +478,23 @@ pub fn run(a: Args) -> Result<ExitCode> {
     if let Some(s) = &sub {
         s.set_nonblocking(true)?;
     }
-    let socket = a.socket.unwrap_or_else(|| crate::host::default_page().with_file_name("sync.sock"));
-    if let Some(d) = socket.parent() {
-        std::fs::create_dir_all(d)?;
-    }
-    let _ = std::fs::remove_file(&socket);
-    let listener = UnixListener::bind(&socket).with_context(|| format!("cannot listen on {}", socket.display()))?;
-    listener.set_nonblocking(true)?;
+    let listener = listen(&socket)?;
     let cfg = SyncConfig {
         step_threshold_ns: a.makestep_ns,
         step_updates: a.makestep_updates,
         interval_ns: a.interval_ms as i128 * 1_000_000,
         ..SyncConfig::default()
     };
+    let mut waker = Waker { device, sub, check: NotifyCheck::default() };
     let mut s = Sync {
         page,
-        device,
         discipline: Discipline::new(cfg),
         dry_run: a.dry_run,
         hook: a.hook,
         applied: 0,
         last_marker: None,
+        last_seq: None,
+        redone: 0,
         printed: Default::default(),
     };
     eprintln!(
@@ -287,16 +509,16 @@ pub fn run(a: Args) -> Result<ExitCode> {
         first.clock_status().map_or("absent", abi::status_name),
         first.disruption_marker()
     );
-    eprintln!(
-        "  woken by {}",
-        if s.device.is_some() {
+    let woken_by = |w: &Waker| {
+        if w.device.is_some() {
             "the device's notifications"
-        } else if sub.is_some() {
+        } else if w.sub.is_some() {
             "the publisher's socket"
         } else {
             "polling"
         }
-    );
+    };
+    eprintln!("  woken by {}", woken_by(&waker));
     eprintln!("  control socket {}", socket.display());
 
     let end = a.duration_s.map(|d| Instant::now() + Duration::from_secs(d));
@@ -310,40 +532,15 @@ pub fn run(a: Args) -> Result<ExitCode> {
             .flatten()
             .min()
             .unwrap_or(Duration::from_secs(1));
-        let mut fds = vec![listener.as_raw_fd()];
-        if let Some(d) = &s.device {
-            fds.push(d.as_raw_fd());
-        } else if let Some(x) = &sub {
-            fds.push(x.as_raw_fd());
-        }
-        let ready = event::poll_readable(&fds, wait.as_micros().div_ceil(1000).min(1000) as i32)?;
-        let notified = ready.get(1).copied().unwrap_or(false);
-        if notified {
-            if let Some(d) = &s.device {
-                let mut buf = [0u8; abi::ABI_SIZE];
-                let _ = d.read_at(&mut buf, 0); // acknowledges this seq_count to the driver
-            } else if let Some(x) = sub.as_mut() {
-                let mut buf = [0u8; 256];
-                if matches!(x.read(&mut buf), Ok(0)) {
-                    sub = None;
-                }
-            }
-        }
+        let (control, notified) = waker.wait(listener.as_raw_fd(), wait, s.last_seq, || seq_now(&s.page.map))?;
         if notified || Instant::now() >= next_obs {
             s.observe()?;
             next_obs = Instant::now() + Duration::from_nanos(s.discipline.poll_interval_ns() as u64);
         }
         let a2 = s.discipline.handle_tick(vmtime_sys::gettime(ClockId::MonotonicRaw)?);
         s.apply(a2)?;
-        if ready[0] {
-            while let Ok((conn, _)) = listener.accept() {
-                let _ = conn.set_nonblocking(false);
-                let _ = conn.set_read_timeout(Some(Duration::from_millis(200)));
-                let mut line = String::new();
-                let _ = BufReader::new(&conn).read_line(&mut line);
-                let mut conn: UnixStream = conn;
-                let _ = writeln!(conn, "{}", s.status_json());
-            }
+        if control {
+            answer(&listener, &s.status_json(woken_by(&waker)));
         }
         if end.is_some_and(|e| Instant::now() >= e) {
             break;
@@ -351,4 +548,36 @@ pub fn run(a: Args) -> Result<ExitCode> {
     }
     let _ = std::fs::remove_file(&socket);
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 6.13–6.19 driver's poll() is always readable. A regular file is too: the daemon must
+    /// find that out after a few wake-ups and then wait out its intervals, not spin.
+    #[test]
+    fn an_always_readable_device_falls_back_to_the_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = dir.path().join("vmclock0");
+        std::fs::write(&dev, vec![0u8; 4096]).unwrap();
+        let (rx, _tx) = UnixStream::pair().unwrap(); // a control socket nobody writes to
+        let mut w = Waker { device: Some(File::open(&dev).unwrap()), sub: None, check: NotifyCheck::default() };
+        let seq = 2u32; // the page never changes
+        let start = Instant::now();
+        let mut wakeups = 0;
+        let mut updates = 0;
+        for _ in 0..10 {
+            let (control, changed) = w.wait(rx.as_raw_fd(), Duration::from_millis(20), Some(seq), || seq).unwrap();
+            assert!(!control);
+            wakeups += 1;
+            updates += u32::from(changed);
+        }
+        assert_eq!(updates, 0, "no wake-up was an update");
+        assert!(w.device.is_none(), "the device is no longer polled");
+        // 10 waits: at most NotifyCheck::LIMIT return at once, the rest wait their 20 ms.
+        let waited = start.elapsed();
+        assert!(waited >= Duration::from_millis(20 * (10 - NotifyCheck::LIMIT as u64)), "{waited:?}");
+        assert_eq!(wakeups, 10);
+    }
 }
