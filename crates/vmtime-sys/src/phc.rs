@@ -204,6 +204,11 @@ fn frac_to_ns(t: u128) -> i128 {
 /// from the page, else from the kernel (`kernel_tai`, 0 when unset).
 pub fn compare_with_page(phc: &mut dyn PhcDevice, page: &impl PageMemory, kernel_tai: i32) -> Option<PageComparison> {
     let snap = vmclock::seqlock::read(page, vmclock::seqlock::DEFAULT_MAX_WAIT).ok()?;
+    // Only a page whose time may be relied upon (not a placeholder, not UNRELIABLE).
+    use vmclock::abi::status::{FREERUNNING, SYNCHRONIZED};
+    if !matches!(snap.clock_status(), Some(SYNCHRONIZED | FREERUNNING)) {
+        return None;
+    }
     let r = snap.reference().ok()?;
     let (m, _) = read_best(phc, 5).ok()?;
     let s = crate::clock::aba_sample(crate::clock::ClockId::Realtime).ok()?;
@@ -256,6 +261,7 @@ mod tests {
                 Timestamp::<Tai>::from_parts((now / 1_000_000_000) as u64, 0),
                 Period::from_hz(2_000_000_000).unwrap(),
             )
+            .status(vmclock::abi::status::SYNCHRONIZED)
             .tai_offset(37);
         let page = PageBuf::new();
         page.store_bytes(&b.page_bytes());

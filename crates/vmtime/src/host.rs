@@ -223,8 +223,8 @@ impl Daemon {
 }
 
 /// Opens the page for writing: reuses our own page file so readers' mappings stay valid, or
-/// creates a new one atomically.
-fn open_page(path: &Path) -> Result<(WritableMapping, Option<Snapshot>)> {
+/// creates a new one atomically, as `placeholder` (its constant fields already final).
+fn open_page(path: &Path, placeholder: PageBuilder) -> Result<(WritableMapping, Option<Snapshot>)> {
     if let Ok(bytes) = std::fs::read(path) {
         if bytes.len() >= PAGE_SIZE {
             if let Ok(prev) = Snapshot::from_bytes(&bytes[..PAGE_SIZE]) {
@@ -235,8 +235,8 @@ fn open_page(path: &Path) -> Result<(WritableMapping, Option<Snapshot>)> {
             }
         }
     }
-    let blank = PageBuilder::new().page_bytes();
-    let f = vmtime_sys::pagefile::create(path, &blank).with_context(|| format!("cannot create {}", path.display()))?;
+    let f = vmtime_sys::pagefile::create(path, &placeholder.page_bytes())
+        .with_context(|| format!("cannot create {}", path.display()))?;
     Ok((WritableMapping::new(Mapping::map(&f, true)?)?, None))
 }
 
@@ -265,7 +265,12 @@ pub fn run(a: Args) -> Result<ExitCode> {
         },
     };
 
-    let (mem, prev) = open_page(&page_path)?;
+    // The page's time type is fixed now, for its life: TAI when TAI − UTC is known at start.
+    let time_type = match tai {
+        TaiSource::Unknown => abi::time_type::UTC,
+        TaiSource::List(ref l) if !matches!(l.offset_at(now_s), TaiOffset::Known(_)) => abi::time_type::UTC,
+        _ => abi::time_type::TAI,
+    };
     let cfg = HostConfig {
         counter_id: if usable { vmclock::counter::NATIVE } else { abi::counter_id::INVALID },
         threshold_ns: a.threshold_ns,
@@ -277,8 +282,11 @@ pub fn run(a: Args) -> Result<ExitCode> {
         tolerance_ppb: (a.tolerance_ppm * 1000.0) as u64,
         interval_ns: a.interval_ms as i128 * 1_000_000,
         marker_seed: event::random_u64()?,
+        time_type: Some(time_type),
         ..HostConfig::default()
     };
+    let placeholder = Publisher::new(cfg.clone()).placeholder().expect("the time type is fixed");
+    let (mem, prev) = open_page(&page_path, placeholder)?;
     let resumed = prev.is_some();
     let publisher = match prev {
         Some(p) => Publisher::resume(cfg, p),
