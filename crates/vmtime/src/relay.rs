@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use vmclock::seqlock::{self, PageMemory};
-use vmclock::{Mapping, PageBuilder, WritableMapping};
+use vmclock::{Mapping, WritableMapping};
 use vmtime_core::relay::{CounterMap, GuestPageWriter, GuestRelay, GuestState};
 use vmtime_sys::event;
 
@@ -92,7 +92,18 @@ impl Relay {
             return Ok(());
         }
         let before = *self.writer.relay().state();
+        let was_unconvertible = self.writer.relay().unconvertible();
         let seq = self.writer.update(&host)?;
+        let unconvertible = self.writer.relay().unconvertible();
+        if unconvertible && !was_unconvertible {
+            tracing::warn!(
+                "the host page is {} without a valid TAI offset, the guest page {}: it cannot be converted, so the guest page says UNRELIABLE until it can",
+                vmclock::abi::time_type_name(host.time_type()),
+                vmclock::abi::time_type_name(self.writer.relay().state().constants.map_or(0, |c| c.1))
+            );
+        } else if was_unconvertible && !unconvertible {
+            tracing::info!("the host page can be converted to the guest's time type again");
+        }
         self.last_latency_us = woke.elapsed().as_secs_f64() * 1e6;
         self.last_host_seq = Some(host.seq_count());
         self.relayed += 1;
@@ -223,12 +234,16 @@ pub fn run(a: Args) -> Result<ExitCode> {
     if a.restored {
         relay.restored_from_snapshot();
     }
-    save(&state_path, relay.state())?;
-
     let host = crate::page::FollowedPage::open(&host_path).context("is vmtime host running?")?;
+    // The guest page's constant fields are fixed when it is created, from the host page now
+    // (or kept from the saved state): a host restarted with another time type changes nothing.
+    let now = seqlock::read(&host.map, seqlock::DEFAULT_MAX_WAIT).context("reading the host page")?;
+    let (counter_id, time_type) = relay.fix_constants(now.counter_id(), now.time_type());
+    save(&state_path, relay.state())?;
+    let placeholder = relay.placeholder().expect("the constants are fixed");
     let guest_file = match vmtime_sys::pagefile::open_existing(&a.guest_page) {
         Ok(f) if f.metadata()?.len() >= vmclock::abi::PAGE_SIZE as u64 => f,
-        _ => vmtime_sys::pagefile::create(&a.guest_page, &PageBuilder::new().page_bytes())?,
+        _ => vmtime_sys::pagefile::create(&a.guest_page, &placeholder.page_bytes())?,
     };
     let mem = WritableMapping::new(Mapping::map(&guest_file, true)?)?;
     let guest_socket = crate::host::socket_for(&a.guest_page);
@@ -249,6 +264,11 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let st = *r.writer.relay().state();
     eprintln!("vmtime relay: {} → {}", host_path.display(), a.guest_page.display());
     eprintln!("  map: guest = ((host · {}) >> {}) + {:#x}", st.map.ratio, st.map.frac_bits, st.map.offset);
+    eprintln!(
+        "  guest page: counter {}, time type {} (constant for the page's life)",
+        vmclock::abi::counter_name(counter_id),
+        vmclock::abi::time_type_name(time_type)
+    );
     eprintln!(
         "  disruption marker {:#x}, generation {}, state {}",
         st.disruption_marker,

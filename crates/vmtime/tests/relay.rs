@@ -89,3 +89,18 @@ fn a_relay_restarted_on_another_host_page_changes_the_guest_marker() {
     let second = markers(&guest).0;
     assert_ne!(second, first, "the guest's marker must change with the host's");
 }
+
+#[test]
+fn the_guest_page_has_its_constant_fields_from_the_start() {
+    // Started together: the host has not calibrated yet. The guest page must still carry its
+    // counter and time type (a guest driver reads them once, at probe), never counter INVALID.
+    let dir = tempfile::tempdir().unwrap();
+    let (host, guest) = (dir.path().join("host.page"), dir.path().join("guest.page"));
+    let (_h, _) = start_host(&host);
+    let _r = start_relay(dir.path(), &[]);
+    let first = show(&guest)["fields"].clone();
+    assert_eq!(first["counter_id"]["name"], "X86_TSC", "{first}");
+    let g = wait_calibrated(&guest);
+    assert_eq!(g["fields"]["time_type"], first["time_type"], "time_type is constant");
+    assert_eq!(g["fields"]["counter_id"], first["counter_id"]);
+}
