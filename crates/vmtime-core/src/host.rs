@@ -91,8 +91,8 @@ pub enum Sampled {
     Tai,
     /// CLOCK_REALTIME; TAI − UTC from elsewhere (leap-second list), `None` if unknown.
     Utc {
-        /// TAI − UTC at the samples (outside a leap second).
-        tai_offset: Option<i16>,
+        /// TAI − UTC (positive: 37) at the samples (outside a leap second).
+        tai_minus_utc: Option<i16>,
     },
 }
 
@@ -318,7 +318,7 @@ impl Publisher {
         {
             p.time_type = Some(prev.time_type());
         }
-        p.last_known_tai = prev.tai_offset();
+        p.last_known_tai = prev.tai_minus_utc();
         p.resumed = Some(prev);
         p.pending = None;
         p
@@ -457,7 +457,9 @@ impl Publisher {
         let (known, sampled_tai) = match obs.clock {
             Sampled::Tai => (Some(obs.kernel.tai as i16), true),
             // During an inserted second CLOCK_REALTIME repeats 23:59:59: TAI − UTC is one more.
-            Sampled::Utc { tai_offset } => (tai_offset.map(|o| o + i16::from(obs.kernel.state == TIME_OOP)), false),
+            Sampled::Utc { tai_minus_utc } => {
+                (tai_minus_utc.map(|o| o + i16::from(obs.kernel.state == TIME_OOP)), false)
+            }
         };
         if known.is_some() {
             self.last_known_tai = known;
@@ -527,7 +529,7 @@ impl Publisher {
                 model,
                 status: prev.clock_status().unwrap_or(0),
                 leap: prev.leap_indicator().unwrap_or(0),
-                tai: prev.tai_offset(),
+                tai: prev.tai_minus_utc(),
                 time_type: prev.time_type(),
                 slewing: false,
             });
@@ -673,7 +675,7 @@ impl Publisher {
                 .esterror(esterror_ns, rate(n.calib_ppb))
                 .flag(flags::TIME_MONOTONIC, monotonic);
             if let Some(o) = n.tai {
-                b = b.tai_offset(o);
+                b = b.tai_minus_utc(o);
             }
         }
         let page = b

@@ -172,7 +172,7 @@ impl Chain {
         })
     }
 
-    fn world_tai_offset(&self, t: i128) -> i64 {
+    fn world_tai_minus_utc(&self, t: i128) -> i64 {
         match self.world_leap() {
             Some((switch, after)) if t >= switch => after,
             _ => 37,
@@ -305,7 +305,7 @@ impl Chain {
             now - 60 * NS,
             2_500_000_000,
             err_ppb,
-            self.world_tai_offset(now - 60 * NS),
+            self.world_tai_minus_utc(now - 60 * NS),
             kernel_err_ns,
         );
         h.world_leap = self.world_leap();

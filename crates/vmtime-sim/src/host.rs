@@ -27,9 +27,9 @@ pub struct SimHost {
     /// True time, TAI ns since 1970.
     t: i128,
     /// TAI − UTC of the real world (before [`SimHost::world_leap`], if one is set).
-    pub true_tai_offset: i64,
+    pub true_tai_minus_utc: i64,
     /// A leap second of the real world: from this true TAI instant (ns) on, TAI − UTC is this.
-    /// Truth is judged against [`SimHost::world_tai_offset`], a function of true time, so a
+    /// Truth is judged against [`SimHost::world_tai_minus_utc`], a function of true time, so a
     /// leap second counts from its exact instant, whatever step the simulation takes across it.
     pub world_leap: Option<(i128, i64)>,
     /// Counter ticks per second × 2^16 (nominal × (1 + error)).
@@ -71,13 +71,13 @@ pub struct SimHost {
 
 impl SimHost {
     /// A host at true TAI time `t_tai_ns`, counter at `hz` nominal with `ppm_err` (×1000 = ppb),
-    /// kernel REALTIME set to truth − `tai_offset` + `kernel_err_ns`.
-    pub fn new(seed: u64, t_tai_ns: i128, hz: i128, err_ppb: i64, tai_offset: i64, kernel_err_ns: i128) -> Self {
+    /// kernel REALTIME set to truth − `tai_minus_utc` + `kernel_err_ns`.
+    pub fn new(seed: u64, t_tai_ns: i128, hz: i128, err_ppb: i64, tai_minus_utc: i64, kernel_err_ns: i128) -> Self {
         let hz_q16 = (hz << 16) + (hz << 16) * err_ppb as i128 / NS;
         let raw_q = (NS << Q) / hz;
         let mut h = SimHost {
             t: t_tai_ns,
-            true_tai_offset: tai_offset,
+            true_tai_minus_utc: tai_minus_utc,
             world_leap: None,
             hz_q16,
             nominal_hz: hz,
@@ -107,7 +107,7 @@ impl SimHost {
             map: None,
         };
         h.seg_c = h.counter_at(h.t);
-        h.seg_k = (t_tai_ns - tai_offset as i128 * NS + kernel_err_ns) << Q;
+        h.seg_k = (t_tai_ns - tai_minus_utc as i128 * NS + kernel_err_ns) << Q;
         h.recompute_rate();
         h
     }
@@ -118,16 +118,16 @@ impl SimHost {
     }
 
     /// The real world's TAI − UTC at true TAI time `t`, s.
-    pub fn world_tai_offset_at(&self, t: i128) -> i64 {
+    pub fn world_tai_minus_utc_at(&self, t: i128) -> i64 {
         match self.world_leap {
             Some((at, after)) if t >= at => after,
-            _ => self.true_tai_offset,
+            _ => self.true_tai_minus_utc,
         }
     }
 
     /// The real world's TAI − UTC now, s.
-    pub fn world_tai_offset(&self) -> i64 {
-        self.world_tai_offset_at(self.t)
+    pub fn world_tai_minus_utc(&self) -> i64 {
+        self.world_tai_minus_utc_at(self.t)
     }
 
     /// The counter now.
@@ -170,12 +170,12 @@ impl SimHost {
     pub fn guest_of(host: &SimHost, map: vmtime_core::relay::CounterMap, seed: u64, kernel_err_ns: i128) -> SimHost {
         let ratio = map.ratio as f64 / 2f64.powi(map.frac_bits as i32);
         let nominal = (host.nominal_hz as f64 * ratio).round() as i128;
-        let mut g = SimHost::new(seed, host.t, nominal, 0, host.world_tai_offset(), kernel_err_ns);
+        let mut g = SimHost::new(seed, host.t, nominal, 0, host.world_tai_minus_utc(), kernel_err_ns);
         g.world_leap = host.world_leap;
         g.map = Some(map);
         g.follow(host);
         g.seg_c = g.counter_at(g.t);
-        g.seg_k = (host.t - host.world_tai_offset() as i128 * NS + kernel_err_ns) << Q;
+        g.seg_k = (host.t - host.world_tai_minus_utc() as i128 * NS + kernel_err_ns) << Q;
         g.recompute_rate();
         g
     }
@@ -453,7 +453,7 @@ impl SimHost {
     /// judged apart, by [`SimHost::leap_disagreement_ns`].
     pub fn kernel_error_ns(&self) -> i128 {
         let kernel_leaps: i64 = self.leaps_applied.iter().map(|&(_, l)| l as i64).sum();
-        self.kernel_realtime_ns() + (self.true_tai_offset + kernel_leaps) as i128 * NS - self.t
+        self.kernel_realtime_ns() + (self.true_tai_minus_utc + kernel_leaps) as i128 * NS - self.t
     }
 
     /// 0 while this kernel and the world agree on how many leap seconds have happened;
@@ -463,7 +463,7 @@ impl SimHost {
     /// check compares this with maxerror too.
     pub fn leap_disagreement_ns(&self) -> i128 {
         let kernel_leaps: i64 = self.leaps_applied.iter().map(|&(_, l)| l as i64).sum();
-        if self.true_tai_offset + kernel_leaps == self.world_tai_offset() {
+        if self.true_tai_minus_utc + kernel_leaps == self.world_tai_minus_utc() {
             return 0;
         }
         match self.world_leap {

@@ -88,7 +88,8 @@ fn steady_state_is_quiet_and_tight() {
     assert_clean(&r);
     let last = r.current.unwrap();
     assert_eq!(last.clock_status(), Some(status::SYNCHRONIZED));
-    assert_eq!(last.tai_offset(), Some(37));
+    assert_eq!(last.tai_minus_utc(), Some(37));
+    assert_eq!(last.tai_offset_raw(), Some(-37), "the page stores UTC − TAI, as the driver reads it");
     assert!(last.has(flags::TIME_MONOTONIC | flags::TIME_MAXERROR_VALID | flags::PERIOD_MAXERROR_VALID));
     // Error against the kernel clock once calibrated (skip the first 5 s).
     let settled = &r.page_vs_kernel_ns[500..];
@@ -215,8 +216,8 @@ fn leap_seconds_keep_tai_continuous() {
     for (seed, insert, sampled) in [
         (10u64, true, Sampled::Tai),
         (11, false, Sampled::Tai),
-        (12, true, Sampled::Utc { tai_offset: Some(37) }),
-        (16, false, Sampled::Utc { tai_offset: Some(37) }),
+        (12, true, Sampled::Utc { tai_minus_utc: Some(37) }),
+        (16, false, Sampled::Utc { tai_minus_utc: Some(37) }),
     ] {
         let r = leap_run(seed, insert, sampled);
         assert_eq!(r.host.leaps_applied.len(), 1, "the kernel applied the leap");
@@ -251,7 +252,7 @@ fn unsync_and_resync_change_the_status() {
 
 #[test]
 fn unknown_tai_offset_publishes_utc_never_tai() {
-    let mut r = run(14, Sampled::Utc { tai_offset: None });
+    let mut r = run(14, Sampled::Utc { tai_minus_utc: None });
     r.run_for(5 * NS, 10 * MS);
     let p = r.current.unwrap();
     assert_eq!(p.time_type(), vmclock::abi::time_type::UTC);
@@ -362,37 +363,37 @@ fn constants(r: &HostRun) -> Vec<(u8, u8)> {
 #[test]
 fn a_utc_page_stays_utc_when_the_tai_offset_becomes_known() {
     // Issue 11, item 4: the host used to switch the page to TAI here, keeping the marker.
-    let mut r = run(21, Sampled::Utc { tai_offset: None });
+    let mut r = run(21, Sampled::Utc { tai_minus_utc: None });
     r.run_for(5 * NS, 10 * MS);
     let marker = r.current.unwrap().disruption_marker();
-    r.sampled = Sampled::Utc { tai_offset: Some(37) };
+    r.sampled = Sampled::Utc { tai_minus_utc: Some(37) };
     r.run_for(5 * NS, 10 * MS);
     let p = r.current.unwrap();
     assert_eq!(constants(&r), [(vmclock::abi::counter_id::X86_TSC, vmclock::abi::time_type::UTC)]);
     // The offset is a dynamic field: filled in, with its own update.
     assert!(p.has(flags::TAI_OFFSET_VALID));
-    assert_eq!(p.tai_offset(), Some(37));
+    assert_eq!(p.tai_minus_utc(), Some(37));
     assert!(r.pages.iter().any(|p| p.reason == Reason::TaiOffset));
     assert_eq!(p.disruption_marker(), marker);
     // The time stays UTC: the page's TAI at the counter is truth (within its bounds).
     assert_clean(&r);
     // The same from CLOCK_TAI samples (the kernel's TAI offset set later by the NTP daemon).
-    let mut r = run(22, Sampled::Utc { tai_offset: None });
+    let mut r = run(22, Sampled::Utc { tai_minus_utc: None });
     r.run_for(5 * NS, 10 * MS);
     r.sampled = Sampled::Tai;
     r.run_for(5 * NS, 10 * MS);
     assert_eq!(constants(&r), [(vmclock::abi::counter_id::X86_TSC, vmclock::abi::time_type::UTC)]);
-    assert_eq!(r.current.unwrap().tai_offset(), Some(37));
+    assert_eq!(r.current.unwrap().tai_minus_utc(), Some(37));
     assert_clean(&r);
 }
 
 #[test]
 fn a_tai_page_stays_tai_when_the_offset_stops_being_known() {
     // An expired leap-second list: the host used to switch the page to UTC.
-    let mut r = run(23, Sampled::Utc { tai_offset: Some(37) });
+    let mut r = run(23, Sampled::Utc { tai_minus_utc: Some(37) });
     r.run_for(5 * NS, 10 * MS);
     let before = r.current.unwrap();
-    r.sampled = Sampled::Utc { tai_offset: None };
+    r.sampled = Sampled::Utc { tai_minus_utc: None };
     r.run_for(5 * NS, 10 * MS);
     let p = r.current.unwrap();
     assert_eq!(constants(&r), [(vmclock::abi::counter_id::X86_TSC, vmclock::abi::time_type::TAI)]);
@@ -402,7 +403,7 @@ fn a_tai_page_stays_tai_when_the_offset_stops_being_known() {
     assert_eq!(p.disruption_marker(), before.disruption_marker());
     assert_clean(&r);
     // Known again: the bound comes back.
-    r.sampled = Sampled::Utc { tai_offset: Some(37) };
+    r.sampled = Sampled::Utc { tai_minus_utc: Some(37) };
     r.run_for(3 * NS, 10 * MS);
     assert!(r.current.unwrap().time_maxerror_ns().unwrap() < 100_000_000);
     assert_clean(&r);
@@ -415,7 +416,7 @@ fn a_restarted_host_keeps_its_pages_time_type() {
     r.run_for(10 * NS, 10 * MS);
     let page = r.current.unwrap();
     let cfg = HostConfig { marker_seed: 7, time_type: Some(vmclock::abi::time_type::UTC), ..HostConfig::default() };
-    let mut again = HostRun::new(r.host.clone(), cfg.clone(), Sampled::Utc { tai_offset: None });
+    let mut again = HostRun::new(r.host.clone(), cfg.clone(), Sampled::Utc { tai_minus_utc: None });
     again.publisher = vmtime_core::host::Publisher::resume(cfg, page);
     again.current = Some(page);
     again.run_for(3 * NS, 10 * MS);

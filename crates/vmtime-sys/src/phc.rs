@@ -213,7 +213,7 @@ pub fn compare_with_page(phc: &mut dyn PhcDevice, page: &impl PageMemory, kernel
     let (m, _) = read_best(phc, 5).ok()?;
     let s = crate::clock::aba_sample(crate::clock::ClockId::Realtime).ok()?;
     let page_minus_rt = frac_to_ns(r.raw_time_at(s.counter).ok()?) - s.mid_ns();
-    let tai_minus_utc = snap.tai_offset().or((kernel_tai != 0).then_some(kernel_tai as i16));
+    let tai_minus_utc = snap.tai_minus_utc().or((kernel_tai != 0).then_some(kernel_tai as i16));
     Some(PageComparison {
         phc_minus_page_ns: m.offset_ns - page_minus_rt as f64,
         page_time_type: snap.time_type(),
@@ -262,7 +262,7 @@ mod tests {
                 Period::from_hz(2_000_000_000).unwrap(),
             )
             .status(vmclock::abi::status::SYNCHRONIZED)
-            .tai_offset(37);
+            .tai_minus_utc(37);
         let page = PageBuf::new();
         page.store_bytes(&b.page_bytes());
         let mut judged = Vec::new();

@@ -52,9 +52,10 @@ pub struct Args {
     /// the kernel's timescale attribute and a driver of fixed timescale (ptp_kvm: UTC) come first.
     #[arg(long, value_enum)]
     phc_timescale: Option<Timescale>,
-    /// TAI − UTC, to read a TAI PHC when neither the kernel (adjtimex) nor the page has it.
-    #[arg(long)]
-    tai_offset: Option<i16>,
+    /// TAI − UTC in s (positive: 37), to read a TAI PHC when neither the kernel (adjtimex) nor
+    /// the page has it.
+    #[arg(long = "tai-offset", value_parser = clap::value_parser!(i16).range(0..))]
+    tai_minus_utc: Option<i16>,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -152,9 +153,9 @@ fn run_phc(a: &Args, info: vmtime_sys::phc::PhcInfo, markers: Option<crate::page
             synchronized: page.is_none() || page_status == Some(vmclock::abi::status::SYNCHRONIZED),
             unreliable: page_status == Some(vmclock::abi::status::UNRELIABLE),
             tai_minus_utc: page
-                .and_then(|p| p.tai_offset())
+                .and_then(|p| p.tai_minus_utc())
                 .or((tx.tai != 0).then_some(tx.tai as i16))
-                .or(a.tai_offset),
+                .or(a.tai_minus_utc),
         });
         let actions = match read_best(&mut d, 25) {
             Ok((m, _)) => {
@@ -422,6 +423,7 @@ impl Sync {
             );
         }
         self.last_marker = Some(page.disruption_marker());
+        crate::page::warn_legacy_tai(&self.page.path, &page);
         let a = self.discipline.handle_observation(&SyncObservation { page, raw, samples: &samples, kernel });
         self.apply(a)
     }
@@ -507,7 +509,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     eprintln!(
         "  source: {} {}, status {}, marker {:#x}",
         abi::time_type_name(first.time_type()),
-        first.tai_offset().map_or("without a TAI offset".to_string(), |o| format!("with TAI − UTC = {o} s")),
+        first.tai_minus_utc().map_or("without a TAI offset".to_string(), |o| format!("with TAI − UTC = {o} s")),
         first.clock_status().map_or("absent", abi::status_name),
         first.disruption_marker()
     );
