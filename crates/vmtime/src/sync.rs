@@ -110,12 +110,16 @@ fn run_phc(a: &Args, info: vmtime_sys::phc::PhcInfo, markers: Option<crate::page
         Ok(t) => t,
         Err(e) => bail!("{} ({clock_name}): {e}", dev.display()),
     };
+    let scale = match timescale {
+        vmtime_core::phc::PhcTimescale::Utc => "UTC",
+        vmtime_core::phc::PhcTimescale::Tai => "TAI",
+    };
     if facts.configured.is_some_and(|c| c != timescale) {
-        tracing::warn!("{}: --phc-timescale ignored: {by} shows the PHC keeps {timescale:?}", dev.display());
+        tracing::warn!("{}: --phc-timescale ignored: {by} shows the PHC keeps {scale}", dev.display());
     }
     let mut servo = PhcServo::new(PhcServoConfig { timescale, ..PhcServoConfig::default() });
     eprintln!(
-        "vmtime sync: {} ({clock_name}, {timescale:?} by {by}) → CLOCK_REALTIME{}",
+        "vmtime sync: {} ({clock_name}, {scale} by {by}) → CLOCK_REALTIME{}",
         dev.display(),
         if a.dry_run { " (dry run: nothing is changed)" } else { "" }
     );
@@ -162,7 +166,12 @@ fn run_phc(a: &Args, info: vmtime_sys::phc::PhcInfo, markers: Option<crate::page
                 let acts = servo.handle_measurement(&m, tx.tick, tx.freq, interval.as_secs_f64());
                 if a.dry_run {
                     for act in &acts {
-                        say(act, servo.last_offset_ns, &format!(" by {:?}", m.method));
+                        let how = match m.method {
+                            vmtime_core::phc::Method::Precise => " by PTP_SYS_OFFSET_PRECISE",
+                            vmtime_core::phc::Method::Extended => " by PTP_SYS_OFFSET_EXTENDED",
+                            vmtime_core::phc::Method::Basic => " by PTP_SYS_OFFSET",
+                        };
+                        say(act, servo.last_offset_ns, how);
                     }
                 }
                 acts
