@@ -240,6 +240,24 @@ pub struct PhcSourceState {
     pub tai_minus_utc: Option<i16>,
 }
 
+impl PhcSourceState {
+    /// The state from the PHC's own vmclock page (if it has one), the kernel's TAI offset
+    /// (adjtimex, 0 when unset) and a configured TAI − UTC, in that order for the offset. Without
+    /// a page the source is taken as synchronised (ptp_kvm says nothing more).
+    pub fn from_facts(page: Option<&vmclock::Snapshot>, kernel_tai: i32, configured: Option<i16>) -> Self {
+        use vmclock::abi::status::{SYNCHRONIZED, UNRELIABLE};
+        let st = page.and_then(|p| p.clock_status());
+        PhcSourceState {
+            synchronized: page.is_none() || st == Some(SYNCHRONIZED),
+            unreliable: st == Some(UNRELIABLE),
+            tai_minus_utc: page
+                .and_then(|p| p.tai_minus_utc())
+                .or((kernel_tai > 0).then_some(kernel_tai as i16))
+                .or(configured),
+        }
+    }
+}
+
 impl Default for PhcSourceState {
     fn default() -> Self {
         PhcSourceState { synchronized: true, unreliable: false, tai_minus_utc: None }
@@ -521,6 +539,27 @@ mod tests {
         let a = s.handle_measurement(&measurement(0.0), 10_000, 0, 1.0);
         assert!(!s.in_holdover());
         assert!(a.iter().any(|a| matches!(a, SyncAction::SetState { synchronized: false, .. })), "{a:?}");
+    }
+
+    #[test]
+    fn the_source_state_comes_from_the_page_then_the_kernel() {
+        use vmclock::abi::status;
+        let page = |st: u8, tai: Option<i16>| {
+            let mut b = vmclock::PageBuilder::new().status(st);
+            if let Some(t) = tai {
+                b = b.tai_minus_utc(t);
+            }
+            vmclock::Snapshot::new(b.build(), 4096).unwrap()
+        };
+        let s = PhcSourceState::from_facts(Some(&page(status::UNRELIABLE, Some(37))), 0, None);
+        assert_eq!(s, PhcSourceState { synchronized: false, unreliable: true, tai_minus_utc: Some(37) });
+        let s = PhcSourceState::from_facts(Some(&page(status::FREERUNNING, None)), 37, Some(36));
+        assert_eq!(s, PhcSourceState { synchronized: false, unreliable: false, tai_minus_utc: Some(37) });
+        let s = PhcSourceState::from_facts(Some(&page(status::SYNCHRONIZED, Some(38))), 37, None);
+        assert_eq!(s, PhcSourceState { synchronized: true, unreliable: false, tai_minus_utc: Some(38) });
+        // No page (ptp_kvm), no kernel offset: the configured one, else none (no built-in 37).
+        assert_eq!(PhcSourceState::from_facts(None, 0, Some(37)).tai_minus_utc, Some(37));
+        assert_eq!(PhcSourceState::from_facts(None, 0, None), PhcSourceState::default());
     }
 
     #[test]

@@ -152,15 +152,7 @@ fn run_phc(a: &Args, info: vmtime_sys::phc::PhcInfo, markers: Option<crate::page
             }
         }
         let page = own_page.as_ref().and_then(|m| vmclock::seqlock::read(m, vmclock::seqlock::DEFAULT_MAX_WAIT).ok());
-        let page_status = page.and_then(|p| p.clock_status());
-        servo.set_source(PhcSourceState {
-            synchronized: page.is_none() || page_status == Some(vmclock::abi::status::SYNCHRONIZED),
-            unreliable: page_status == Some(vmclock::abi::status::UNRELIABLE),
-            tai_minus_utc: page
-                .and_then(|p| p.tai_minus_utc())
-                .or((tx.tai != 0).then_some(tx.tai as i16))
-                .or(a.tai_minus_utc),
-        });
+        servo.set_source(PhcSourceState::from_facts(page.as_ref(), tx.tai, a.tai_minus_utc));
         let actions = match read_best(&mut d, 25) {
             Ok((m, _)) => {
                 let acts = servo.handle_measurement(&m, tx.tick, tx.freq, interval.as_secs_f64());
