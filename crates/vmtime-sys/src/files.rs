@@ -45,7 +45,9 @@ pub enum FileError {
     #[error("{path}: another daemon is listening there: stop it first, or give another socket path")]
     SocketInUse { path: String },
     /// A file too large for what it should hold.
-    #[error("{path} is {len} bytes, more than the {max} a {what} can be: it is not one (remove it or give another path)")]
+    #[error(
+        "{path} is {len} bytes, more than the {max} a {what} can be: it is not one (remove it or give another path)"
+    )]
     TooLarge { path: String, len: u64, max: u64, what: &'static str },
     /// A system call failed.
     #[error("cannot {op} {path}: {err}")]
@@ -105,8 +107,8 @@ pub fn runtime_dir() -> PathBuf {
         return PathBuf::from("/run/vmtime");
     }
     if let Some(x) = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from) {
-        let ours = x.is_absolute()
-            && rfs::stat(&x).is_ok_and(|s| s.st_uid == uid && s.st_mode & 0o077 == 0 && is_dir(&s));
+        let ours =
+            x.is_absolute() && rfs::stat(&x).is_ok_and(|s| s.st_uid == uid && s.st_mode & 0o077 == 0 && is_dir(&s));
         if ours {
             return x.join("vmtime");
         }
@@ -152,7 +154,10 @@ pub fn check_dir(dir: &Path, owner: u32) -> Result<()> {
     if s.st_uid != owner {
         return Err(FileError::UnsafeDir {
             path: d.clone(),
-            why: format!("owned by uid {}, not uid {owner}: anyone who owns it can forge the time kept there", s.st_uid),
+            why: format!(
+                "owned by uid {}, not uid {owner}: anyone who owns it can forge the time kept there",
+                s.st_uid
+            ),
             fix: format!("remove it (rm -r {d}) or give it to uid {owner} (chown {owner} {d}; chmod 700 {d})"),
         });
     }
@@ -180,8 +185,13 @@ pub fn ensure_private_dir(dir: &Path) -> Result<()> {
             Err(e) => return Err(FileError::io("create directory", dir, e)),
         }
         // The umask may have removed bits, never added any; set exactly 0700 on what we made.
-        let fd = rfs::openat(CWD, dir, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
-            .map_err(|e| FileError::io("open directory", dir, e))?;
+        let fd = rfs::openat(
+            CWD,
+            dir,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| FileError::io("open directory", dir, e))?;
         let s = rfs::fstat(&fd).map_err(|e| FileError::io("inspect", dir, e))?;
         if s.st_uid == uid {
             rfs::fchmod(&fd, Mode::from_raw_mode(0o700)).map_err(|e| FileError::io("chmod", dir, e))?;
@@ -234,12 +244,7 @@ pub fn ensure_dir_for(file: &Path) -> Result<()> {
 /// Who holds a lock on the file open as `fd`, from `/proc/locks` ("pid N", or a description).
 fn lock_holder(fd: impl AsFd) -> String {
     let Ok(s) = rfs::fstat(fd) else { return "pid unknown".into() };
-    let want = format!(
-        "{:02x}:{:02x}:{}",
-        rfs::major(s.st_dev),
-        rfs::minor(s.st_dev),
-        s.st_ino
-    );
+    let want = format!("{:02x}:{:02x}:{}", rfs::major(s.st_dev), rfs::minor(s.st_dev), s.st_ino);
     let locks = std::fs::read_to_string("/proc/locks").unwrap_or_default();
     for line in locks.lines() {
         let w: Vec<&str> = line.split_whitespace().collect();
@@ -318,8 +323,9 @@ pub fn inspect_page(path: &Path, action: &'static str) -> Result<PageTarget> {
         FileType::Symlink => return Err(FileError::Symlink { path: disp(path) }),
         t => return Err(FileError::NotAPage { path: disp(path), found: kind_name(t).into(), action }),
     }
-    let fd = rfs::openat(CWD, path, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC, Mode::empty())
-        .map_err(|e| FileError::io("open", path, e))?;
+    let fd =
+        rfs::openat(CWD, path, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC, Mode::empty())
+            .map_err(|e| FileError::io("open", path, e))?;
     classify(&File::from(fd), path, action)
 }
 
@@ -424,8 +430,9 @@ pub fn create_page(path: &Path, contents: &[u8]) -> Result<PageFile> {
 /// exclusively. A read-only (0444) page of one's own is opened by adding the owner's write bit
 /// for the moment of the open.
 pub fn open_page(path: &Path) -> Result<PageFile> {
-    let ro = rfs::openat(CWD, path, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC, Mode::empty())
-        .map_err(|e| match e {
+    let ro =
+        rfs::openat(CWD, path, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC, Mode::empty())
+            .map_err(|e| match e {
             Errno::LOOP => FileError::Symlink { path: disp(path) },
             e => FileError::io("open", path, e),
         })?;
@@ -485,7 +492,12 @@ pub const MAX_STATE: u64 = 64 * 1024;
 /// Reads a state file: `Ok(None)` only when it does not exist (ENOENT); any other problem
 /// (permissions, a link, not a regular file, too large, an I/O error) is an error.
 pub fn read_state(path: &Path) -> Result<Option<Vec<u8>>> {
-    let fd = match rfs::openat(CWD, path, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC, Mode::empty()) {
+    let fd = match rfs::openat(
+        CWD,
+        path,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
         Ok(fd) => fd,
         Err(Errno::NOENT) => return Ok(None),
         Err(Errno::LOOP) => return Err(FileError::Symlink { path: disp(path) }),
@@ -497,7 +509,12 @@ pub fn read_state(path: &Path) -> Result<Option<Vec<u8>>> {
         return Err(FileError::NotAPage { path: disp(path), found: kind_name(t).into(), action: "read as state" });
     }
     if s.st_size as u64 > MAX_STATE {
-        return Err(FileError::TooLarge { path: disp(path), len: s.st_size as u64, max: MAX_STATE, what: "state file" });
+        return Err(FileError::TooLarge {
+            path: disp(path),
+            len: s.st_size as u64,
+            max: MAX_STATE,
+            what: "state file",
+        });
     }
     let mut v = Vec::new();
     File::from(fd).take(MAX_STATE + 1).read_to_end(&mut v).map_err(|e| FileError::io("read state", path, e))?;

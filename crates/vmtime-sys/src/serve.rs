@@ -238,8 +238,13 @@ impl Server {
         }
         let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
         let tmp = dir.join(format!(".vmtime-sock.{:016x}", crate::event::random_u64().unwrap_or(0)));
-        let fd = rnet::socket_with(rnet::AddressFamily::UNIX, SocketType::STREAM, SocketFlags::CLOEXEC | SocketFlags::NONBLOCK, None)
-            .map_err(|e| io_err("create a socket for", e))?;
+        let fd = rnet::socket_with(
+            rnet::AddressFamily::UNIX,
+            SocketType::STREAM,
+            SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+            None,
+        )
+        .map_err(|e| io_err("create a socket for", e))?;
         let addr = SocketAddrUnix::new(&tmp).map_err(|e| io_err("bind (path too long?)", e))?;
         rnet::bind(&fd, &addr).map_err(|e| io_err("bind", e))?;
         let done = (|| {
@@ -628,7 +633,10 @@ pub fn request(socket: &Path, line: &str, timeout: Duration) -> Result<(String, 
             Err(e) => return Err(io_err(e)),
         };
         if n == 0 {
-            return Err(ClientError::Io { path, err: io::Error::new(io::ErrorKind::UnexpectedEof, "the daemon closed the connection without an answer") });
+            return Err(ClientError::Io {
+                path,
+                err: io::Error::new(io::ErrorKind::UnexpectedEof, "the daemon closed the connection without an answer"),
+            });
         }
         // Read one byte at a time past the newline would be slow; daemons send nothing after
         // the first line until the next notification, which the caller reads itself.

@@ -4,10 +4,10 @@
 use crate::page::Page;
 use anyhow::Result;
 use clap::Args as ClapArgs;
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
+use vmtime_sys::serve::{self, Poller, Subscription};
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
@@ -33,23 +33,37 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let mut last = read()?;
     println!("seq {}: {}", last["seq_count"], crate::show::one_line(&last));
     let socket = crate::host::socket_for(&a.page);
-    let mut sub = crate::status::request(&socket, "subscribe").ok().map(|(_, s)| BufReader::new(s));
+    // The subscription is a wake-up only: the page is read after each one, and also every
+    // poll interval when the publisher is silent or gone (it may be stuck; the page is not).
+    let mut sub = Subscription::open(&socket, crate::status::TIMEOUT).ok();
     if sub.is_some() {
         eprintln!("(notified by {})", socket.display());
     }
+    let poll = Duration::from_millis(a.poll_ms.max(1));
+    let mut poller = Poller::new();
     let mut seen = 0u64;
     while a.count.is_none_or(|c| seen < c) {
-        match sub.as_mut() {
-            Some(r) => {
-                let mut line = String::new();
-                if r.read_line(&mut line)? == 0 {
-                    eprintln!("the publisher went away");
-                    return Ok(ExitCode::from(1));
-                }
-            }
-            None => std::thread::sleep(Duration::from_millis(a.poll_ms.max(1))),
+        poller.clear();
+        let t = sub.as_ref().map(|s| poller.add(s.fd(), serve::READABLE));
+        poller.wait(Some(if sub.is_some() { poll.max(Duration::from_secs(1)) } else { poll }))?;
+        if t.is_some_and(|t| poller.readable(t)) && !sub.as_mut().is_some_and(|s| s.drain()) {
+            eprintln!("the publisher went away: polling the page every {} ms", poll.as_millis());
+            sub = None;
         }
-        let now = read()?;
+        let now = match read() {
+            Ok(v) => v,
+            Err(e) => {
+                // A truncated or unreadable page: say so once, keep watching.
+                if last.get("unreadable").is_none() {
+                    eprintln!("{e:#}");
+                    last["unreadable"] = true.into();
+                }
+                continue;
+            }
+        };
+        if let Some(o) = last.as_object_mut() {
+            o.remove("unreadable");
+        }
         if now["seq_count"] != last["seq_count"] {
             seen += 1;
             let ch = changes(&last, &now);
