@@ -1,7 +1,7 @@
 //! `vmtime watch PAGE`: prints each update of a page with the fields that changed. Waits on the
 //! publisher's socket when there is one (PAGE.sock), else polls the page.
 
-use crate::page::Page;
+use crate::page::FollowedPage;
 use anyhow::Result;
 use clap::Args as ClapArgs;
 use std::path::PathBuf;
@@ -28,9 +28,12 @@ fn changes(old: &serde_json::Value, new: &serde_json::Value) -> Vec<String> {
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
-    let page = Page::open(&a.page)?;
-    let read = || -> Result<serde_json::Value> { Ok(crate::show::fields_json(&page.bytes()?, page.available())) };
-    let mut last = read()?;
+    let mut page = FollowedPage::open(&a.page)?;
+    let read = |page: &FollowedPage| -> Result<serde_json::Value> {
+        let (bytes, available) = page.reader().bytes()?;
+        Ok(crate::show::fields_json(&bytes, available))
+    };
+    let mut last = read(&page)?;
     println!("seq {}: {}", last["seq_count"], crate::show::one_line(&last));
     let socket = crate::host::socket_for(&a.page);
     // The subscription is a wake-up only: the page is read after each one, and also every
@@ -50,7 +53,10 @@ pub fn run(a: Args) -> Result<ExitCode> {
             eprintln!("the publisher went away: polling the page every {} ms", poll.as_millis());
             sub = None;
         }
-        let now = match read() {
+        if page.refresh() {
+            eprintln!("the page file was replaced: following the new file");
+        }
+        let now = match read(&page) {
             Ok(v) => v,
             Err(e) => {
                 // A truncated or unreadable page: say so once, keep watching.
