@@ -382,15 +382,15 @@ fn write_new(path: &Path, contents: &[u8], mode: u32, replace: bool, lock_it: bo
         OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         Mode::from_raw_mode(mode),
     )
-    .map_err(|e| FileError::io("create", &tmp, e))?;
+    .map_err(|e| FileError::io("create a new file in the directory of", path, e))?;
     let mut f = File::from(fd);
     let result = (|| {
         if lock_it {
             lock(&f, path)?;
         }
-        rfs::fchmod(&f, Mode::from_raw_mode(mode)).map_err(|e| FileError::io("chmod", &tmp, e))?;
-        f.write_all(contents).map_err(|e| FileError::io("write", &tmp, e))?;
-        f.sync_all().map_err(|e| FileError::io("fsync", &tmp, e))?;
+        rfs::fchmod(&f, Mode::from_raw_mode(mode)).map_err(|e| FileError::io("set the mode of a new", path, e))?;
+        f.write_all(contents).map_err(|e| FileError::io("write a new", path, e))?;
+        f.sync_all().map_err(|e| FileError::io("fsync a new", path, e))?;
         let flags = if replace { RenameFlags::empty() } else { RenameFlags::NOREPLACE };
         rfs::renameat_with(CWD, &tmp, CWD, path, flags).map_err(|e| match e {
             Errno::EXIST => FileError::io("create (something appeared there meanwhile)", path, e),

@@ -619,7 +619,9 @@ pub fn request(socket: &Path, line: &str, timeout: Duration) -> Result<(String, 
         Err(e) => return Err(ClientError::NoDaemon { path, err: e.into() }),
     }
     let mut s = UnixStream::from(fd);
-    s.write_all(format!("{line}\n").as_bytes()).map_err(io_err)?;
+    // A daemon that refuses the connection (busy) may close it before reading: its answer is
+    // still there to read, so a failed write is reported only if no answer comes.
+    let write_err = s.write_all(format!("{line}\n").as_bytes()).err();
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
@@ -630,16 +632,16 @@ pub fn request(socket: &Path, line: &str, timeout: Duration) -> Result<(String, 
         let n = match s.read(&mut buf) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(io_err(e)),
+            Err(e) => return Err(io_err(write_err.unwrap_or(e))),
         };
         if n == 0 {
-            return Err(ClientError::Io {
-                path,
-                err: io::Error::new(io::ErrorKind::UnexpectedEof, "the daemon closed the connection without an answer"),
+            let err = write_err.unwrap_or_else(|| {
+                io::Error::new(io::ErrorKind::UnexpectedEof, "the daemon closed the connection without an answer")
             });
+            return Err(ClientError::Io { path, err });
         }
-        // Read one byte at a time past the newline would be slow; daemons send nothing after
-        // the first line until the next notification, which the caller reads itself.
+        // Daemons send nothing after the first line until the next notification, which a
+        // subscriber reads itself: nothing is lost by reading whole buffers here.
         if let Some(end) = buf[..n].iter().position(|&b| b == b'\n') {
             got.extend_from_slice(&buf[..end]);
             break;

@@ -147,7 +147,7 @@ fn class1_connections_beyond_the_limit_are_told_busy_and_closed() {
     turn_until(&mut s, &mut p, 50, |s| s.stats().accepted == 10);
     assert_eq!(s.stats().refused_busy, 6);
     assert_eq!(s.connections(), 4);
-    let busy = idle.iter_mut().skip(4).map(|c| read_line(c)).collect::<Vec<_>>();
+    let busy = idle.iter_mut().skip(4).map(read_line).collect::<Vec<_>>();
     for b in busy {
         let v: serde_json::Value = serde_json::from_str(&b).unwrap();
         assert!(v["error"].as_str().unwrap().starts_with("busy"), "{b}");
