@@ -19,8 +19,8 @@ use vmtime_sys::signals::{SignalEvent, Signals};
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
-    /// Where to publish the page (default: /run/vmtime/host.page, or under $XDG_RUNTIME_DIR or
-    /// /tmp when /run/vmtime cannot be created).
+    /// Where to publish the page (default: /run/vmtime/host.page for root, else
+    /// $XDG_RUNTIME_DIR/vmtime/host.page or /tmp/vmtime-UID/host.page).
     #[arg(long)]
     page: Option<PathBuf>,
     /// Control socket (default: the page path + ".sock").
