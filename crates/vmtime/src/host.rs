@@ -2,7 +2,7 @@
 //! `vmtime_core::host` for the model). It only reads the clock; it never writes it.
 
 use crate::tai::{self, Found};
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::{Args as ClapArgs, ValueEnum};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -114,7 +114,10 @@ impl TaiSource {
 
 struct Daemon {
     page: PathBuf,
-    kernel_page: Option<Mapping>,
+    /// The kernel's own page (a device, or a file read with pread: never a SIGBUS).
+    kernel_page: Option<vmtime_sys::follow::PageReader>,
+    /// The kernel's page could not be read at the last observation (logged once).
+    kernel_page_failing: bool,
     writer: Writer<WritableMapping>,
     /// The page file, locked: held for the daemon's life (one writer per page).
     _page_file: PageFile,
@@ -136,11 +139,21 @@ impl Daemon {
         let (sampled, clock) = self.tai.sampled(kernel.tai);
         let raw = tightest(ClockId::MonotonicRaw, 16)?;
         let samples = (0..64).map(|_| aba_sample(clock)).collect::<std::io::Result<Vec<_>>>()?;
-        let kernel_page = match &self.kernel_page {
-            Some(m) => Some(
-                vmclock::seqlock::read(m, vmclock::seqlock::DEFAULT_MAX_WAIT)
-                    .context("reading the kernel's vmclock_host page")?,
-            ),
+        // An unreadable kernel page (a file that shrank, a stuck writer) is not fatal: this
+        // observation samples the kernel clock instead, and it is said once.
+        let kernel_page = match self.kernel_page.as_ref().map(|r| r.read()) {
+            Some(Ok(p)) => {
+                if std::mem::take(&mut self.kernel_page_failing) {
+                    eprintln!("the kernel's page is readable again: using it");
+                }
+                Some(p)
+            }
+            Some(Err(e)) => {
+                if !std::mem::replace(&mut self.kernel_page_failing, true) {
+                    eprintln!("{e}: sampling the kernel clock until it is readable again");
+                }
+                None
+            }
             None => None,
         };
         let obs = Observation { raw, clock: sampled, samples: &samples, kernel, kernel_page };
@@ -300,11 +313,9 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let kernel_page = if a.no_vmclock_host {
         None
     } else {
-        match Mapping::open(&a.vmclock_host) {
+        match vmtime_sys::follow::PageReader::open(&a.vmclock_host) {
             Ok(m) => {
-                let ok = vmclock::seqlock::read(&m, vmclock::seqlock::DEFAULT_MAX_WAIT)
-                    .ok()
-                    .is_some_and(|s| s.reference().is_ok());
+                let ok = m.read().ok().is_some_and(|s| s.reference().is_ok());
                 if ok {
                     source_note = format!(
                         "source: the kernel's own page {} (bounds, leap, status and markers added)",
@@ -344,6 +355,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let mut d = Daemon {
         page: page_path,
         kernel_page,
+        kernel_page_failing: false,
         writer: Writer::new(mem),
         _page_file: page_file,
         publisher,

@@ -87,6 +87,8 @@ fn run_phc(a: &Args, dev: PathBuf, clock_name: &str) -> Result<ExitCode> {
     );
     let interval = Duration::from_millis(a.interval_ms.max(10));
     let end = a.duration_s.map(|d| Instant::now() + Duration::from_secs(d));
+    let mut signals = Signals::install()?;
+    let mut poller = Poller::new();
     while end.is_none_or(|e| Instant::now() < e) {
         let tx = vmtime_sys::read_timex()?;
         match read_best(&mut d, 25) {
@@ -106,7 +108,20 @@ fn run_phc(a: &Args, dev: PathBuf, clock_name: &str) -> Result<ExitCode> {
             }
             Err(failed) => eprintln!("{}: no reading method works: {failed:?}", dev.display()),
         }
-        std::thread::sleep(interval);
+        // The wait between measurements is also where signals arrive.
+        poller.clear();
+        signals.register(&mut poller);
+        poller.wait(Some(interval))?;
+        match signals.take(&poller) {
+            Some(SignalEvent::Terminate(name)) => {
+                eprintln!("{name}: stopping (the clock is left as it is)");
+                break;
+            }
+            Some(SignalEvent::Reload) => {
+                eprintln!("SIGHUP: vmtime sync has no configuration file to reload; ignored");
+            }
+            None => {}
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

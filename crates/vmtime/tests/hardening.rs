@@ -630,3 +630,34 @@ fn class6_markers_never_go_backwards_across_restarts() {
         assert!(r.wait_exit().success());
     }
 }
+
+#[test]
+fn class5_the_host_survives_its_kernel_page_shrinking() {
+    // A page file stands in for /dev/vmclock_host (as in the host tests); it is truncated under
+    // the running host, which samples the kernel clock meanwhile and uses the page again after.
+    let d = tempfile::tempdir().unwrap();
+    let fake = d.path().join("vmclock_host");
+    let o = vmtime(&["gen", fake.to_str().unwrap(), "--time-type", "utc", "--calibrate-ms", "50"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let good = std::fs::read(&fake).unwrap();
+    let page = d.path().join("host.page");
+    let mut h = spawn(&[
+        "host",
+        "--page",
+        page.to_str().unwrap(),
+        "--vmclock-host",
+        fake.to_str().unwrap(),
+        "--quiet",
+        "--duration-s",
+        "120",
+    ]);
+    h.wait_line("source: the kernel's own page");
+    h.wait_line("control socket");
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::OpenOptions::new().write(true).open(&fake).unwrap().set_len(0).unwrap();
+    h.wait_line("sampling the kernel clock until it is readable again");
+    assert_eq!(status(&sock(&page))["role"], "host");
+    std::fs::write(&fake, &good).unwrap();
+    h.wait_line("readable again: using it");
+    assert!(h.running());
+}
