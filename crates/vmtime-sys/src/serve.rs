@@ -237,7 +237,8 @@ impl Server {
             }
         }
         let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        let tmp = dir.join(format!(".vmtime-sock.{:016x}", crate::event::random_u64().unwrap_or(0)));
+        // Short, so that it fits sun_path wherever the final name does.
+        let tmp = dir.join(format!(".s{:08x}", crate::event::random_u64().unwrap_or(0) as u32));
         let fd = rnet::socket_with(
             rnet::AddressFamily::UNIX,
             SocketType::STREAM,

@@ -80,9 +80,16 @@ impl Proc {
         }
     }
 
+    /// Sends a signal to this process (by its pid).
     fn signal(&self, sig: &str) {
-        let ok = Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status().unwrap();
-        assert!(ok.success());
+        use rustix::process::{kill_process, Pid, Signal};
+        let sig = match sig {
+            "TERM" => Signal::TERM,
+            "INT" => Signal::INT,
+            "HUP" => Signal::HUP,
+            other => panic!("no signal {other}"),
+        };
+        kill_process(Pid::from_raw(self.pid() as i32).unwrap(), sig).unwrap();
     }
 
     fn running(&mut self) -> bool {
