@@ -114,6 +114,7 @@ impl Relay {
                 return Ok(());
             }
         };
+        crate::page::warn_legacy_tai(self.host.path(), &host);
         if !force && self.last_host_seq == Some(host.seq_count()) {
             return Ok(());
         }
