@@ -392,7 +392,13 @@ fn write_new(path: &Path, contents: &[u8], mode: u32, replace: bool, lock_it: bo
         f.write_all(contents).map_err(|e| FileError::io("write a new", path, e))?;
         f.sync_all().map_err(|e| FileError::io("fsync a new", path, e))?;
         let flags = if replace { RenameFlags::empty() } else { RenameFlags::NOREPLACE };
-        rfs::renameat_with(CWD, &tmp, CWD, path, flags).map_err(|e| match e {
+        let renamed = match rfs::renameat_with(CWD, &tmp, CWD, path, flags) {
+            // A filesystem without RENAME_NOREPLACE: link(2) never replaces either.
+            Err(Errno::INVAL) if !replace => rfs::linkat(CWD, &tmp, CWD, path, AtFlags::empty())
+                .and_then(|_| rfs::unlinkat(CWD, &tmp, AtFlags::empty())),
+            r => r,
+        };
+        renamed.map_err(|e| match e {
             Errno::EXIST => FileError::io("create (something appeared there meanwhile)", path, e),
             e => FileError::io("rename a new file to", path, e),
         })?;

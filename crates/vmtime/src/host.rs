@@ -120,6 +120,8 @@ struct Daemon {
     kernel_page: Option<vmtime_sys::follow::PageReader>,
     /// The kernel's page could not be read at the last observation (logged once).
     kernel_page_failing: bool,
+    /// The observation's samples (reused).
+    samples: Vec<vmtime_core::AbaSample>,
     writer: Writer<WritableMapping>,
     /// The page file, locked: held for the daemon's life (one writer per page).
     _page_file: PageFile,
@@ -140,7 +142,12 @@ impl Daemon {
     fn observe(&mut self, kernel: vmtime_core::kernel::KernelTimex) -> Result<Option<u32>> {
         let (sampled, clock) = self.tai.sampled(kernel.tai);
         let raw = tightest(ClockId::MonotonicRaw, 16)?;
-        let samples = (0..64).map(|_| aba_sample(clock)).collect::<std::io::Result<Vec<_>>>()?;
+        // Reused buffer: the publishing path allocates nothing once it has run.
+        let mut samples = std::mem::take(&mut self.samples);
+        samples.clear();
+        for _ in 0..64 {
+            samples.push(aba_sample(clock)?);
+        }
         // An unreadable kernel page (a file that shrank, a stuck writer) is not fatal: this
         // observation samples the kernel clock instead, and it is said once.
         let kernel_page = match self.kernel_page.as_ref().map(|r| r.read()) {
@@ -159,8 +166,10 @@ impl Daemon {
             None => None,
         };
         let obs = Observation { raw, clock: sampled, samples: &samples, kernel, kernel_page };
+        let action = self.publisher.handle_observation(&obs);
+        self.samples = samples;
         let mut published = None;
-        if let Some(HostAction::Publish { page, reason, disrupted }) = self.publisher.handle_observation(&obs) {
+        if let Some(HostAction::Publish { page, reason, disrupted }) = action {
             let seq = self.writer.publish(&page);
             published = Some(seq);
             let st = abi::status_name(page.clock_status);
@@ -358,6 +367,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         page: page_path,
         kernel_page,
         kernel_page_failing: false,
+        samples: Vec::with_capacity(64),
         writer: Writer::new(mem),
         _page_file: page_file,
         publisher,
