@@ -668,3 +668,66 @@ fn class5_the_host_survives_its_kernel_page_shrinking() {
     h.wait_line("readable again: using it");
     assert!(h.running());
 }
+
+#[test]
+fn class1_the_relay_keeps_relaying_while_its_clients_misbehave() {
+    let d = tempfile::tempdir().unwrap();
+    let host_page = d.path().join("host.page");
+    gen(&host_page);
+    std::fs::set_permissions(&host_page, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let guest = d.path().join("guest.page");
+    let _r = relay(&host_page, &guest, &[]);
+    let s = sock(&guest);
+    // A well-behaved subscriber (another guest's VMM, say) and a stopped one.
+    let mut good = UnixStream::connect(&s).unwrap();
+    good.write_all(b"subscribe\n").unwrap();
+    good.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut good = BufReader::new(good);
+    let mut first = String::new();
+    good.read_line(&mut first).unwrap();
+    let mut stopped = UnixStream::connect(&s).unwrap();
+    stopped.write_all(b"subscribe\n").unwrap();
+    // A 1.5 GB request line, then 200 idle connections held throughout.
+    let mut c = UnixStream::connect(&s).unwrap();
+    let chunk = vec![b'x'; 1 << 20];
+    let mut sent = 0u64;
+    while sent < 1_500_000_000 {
+        match c.write(&chunk) {
+            Ok(n) => sent += n as u64,
+            Err(_) => break,
+        }
+    }
+    let idle: Vec<UnixStream> = (0..200).filter_map(|_| UnixStream::connect(&s).ok()).collect();
+    // The host page changes 50 times (written in place, as a publisher does); each change must
+    // reach the good subscriber.
+    let mut bytes = std::fs::read(&host_page).unwrap();
+    let mut slowest = Duration::ZERO;
+    for k in 1..=50u32 {
+        bytes[12..16].copy_from_slice(&(2 * k).to_le_bytes());
+        let t = Instant::now();
+        std::fs::write(&host_page, &bytes).unwrap();
+        let mut line = String::new();
+        assert!(good.read_line(&mut line).unwrap() > 0, "the relay hung up");
+        slowest = slowest.max(t.elapsed());
+    }
+    drop(idle);
+    let end = Instant::now() + DEADLINE;
+    let st = loop {
+        let v = status(&s);
+        if v.get("error").is_none() {
+            break v;
+        }
+        assert!(Instant::now() < end, "still busy: {v}");
+    };
+    let srv = &st["server"];
+    println!(
+        "FIGURES relay: slowest host page write → guest notification over 50 updates under attack {:.1} ms \
+         (the relay polls the page every 1 ms); server {srv}",
+        slowest.as_secs_f64() * 1e3
+    );
+    assert_eq!(st["last_host_seq"], 100);
+    assert!(slowest < Duration::from_secs(1), "a client delayed the relay {slowest:?}");
+    assert_eq!(srv["dropped_subscribers"], 1, "the stopped subscriber is dropped: {srv}");
+    assert_eq!(srv["too_long"], 1, "{srv}");
+    drop(stopped);
+}
