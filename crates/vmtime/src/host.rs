@@ -120,6 +120,8 @@ struct Daemon {
     kernel_page: Option<vmtime_sys::follow::PageReader>,
     /// The kernel's page could not be read at the last observation (logged once).
     kernel_page_failing: bool,
+    /// SIGHUPs received (each one a reload request).
+    reload_requests: u64,
     /// The observation's samples (reused).
     samples: Vec<vmtime_core::AbaSample>,
     writer: Writer<WritableMapping>,
@@ -153,13 +155,13 @@ impl Daemon {
         let kernel_page = match self.kernel_page.as_ref().map(|r| r.read()) {
             Some(Ok(p)) => {
                 if std::mem::take(&mut self.kernel_page_failing) {
-                    eprintln!("the kernel's page is readable again: using it");
+                    tracing::info!("the kernel's page is readable again: using it");
                 }
                 Some(p)
             }
             Some(Err(e)) => {
                 if !std::mem::replace(&mut self.kernel_page_failing, true) {
-                    eprintln!("{e}: sampling the kernel clock until it is readable again");
+                    tracing::warn!("{e}: sampling the kernel clock until it is readable again");
                 }
                 None
             }
@@ -201,6 +203,8 @@ impl Daemon {
         let snap = vmclock::seqlock::read(self.writer.memory(), vmclock::seqlock::DEFAULT_MAX_WAIT).ok();
         serde_json::json!({
             "role": "host",
+            "reload_requests": self.reload_requests,
+            "kernel_page_readable": self.kernel_page.as_ref().map(|_| !self.kernel_page_failing),
             "page": self.page.display().to_string(),
             "uptime_s": self.started.elapsed().as_secs_f64(),
             "clocksource": self.clocksource,
@@ -368,6 +372,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         kernel_page,
         kernel_page_failing: false,
         samples: Vec::with_capacity(64),
+        reload_requests: 0,
         writer: Writer::new(mem),
         _page_file: page_file,
         publisher,
@@ -401,13 +406,14 @@ pub fn run(a: Args) -> Result<ExitCode> {
         poller.wait(Some(wake.saturating_duration_since(Instant::now()).min(Duration::from_secs(1))))?;
         match signals.take(&poller) {
             Some(SignalEvent::Terminate(name)) => {
-                eprintln!("{name}: stopping (the page stays valid; the socket is removed)");
+                tracing::info!("{name}: stopping (the page stays valid; the socket is removed)");
                 break;
             }
             Some(SignalEvent::Reload) => {
                 // The hook for a configuration file: re-read it here and apply what may change
                 // while running. Until there is one, SIGHUP is logged and ignored.
-                eprintln!("SIGHUP: vmtime host has no configuration file to reload; ignored");
+                d.reload_requests += 1;
+                tracing::info!("SIGHUP: vmtime host has no configuration file to reload; ignored");
             }
             None => {}
         }

@@ -96,6 +96,8 @@ struct Relay {
     holding: bool,
     /// A guest update the subscribers have not been told of.
     pending_notify: Option<u32>,
+    /// SIGHUPs received (each one a reload request).
+    reload_requests: u64,
 }
 
 impl Relay {
@@ -103,13 +105,13 @@ impl Relay {
         let host = match self.host.read() {
             Ok(h) => {
                 if std::mem::take(&mut self.holding) {
-                    eprintln!("the host page is readable again: relaying");
+                    tracing::info!("the host page is readable again: relaying");
                 }
                 h
             }
             Err(e) => {
                 if !std::mem::replace(&mut self.holding, true) {
-                    eprintln!("{e}: the guest page keeps its last update (holdover)");
+                    tracing::warn!("{e}: the guest page keeps its last update (holdover)");
                 }
                 return Ok(());
             }
@@ -157,6 +159,7 @@ impl Relay {
         let g = seqlock::read(self.writer.memory(), seqlock::DEFAULT_MAX_WAIT).ok();
         serde_json::json!({
             "role": "relay",
+            "reload_requests": self.reload_requests,
             "host_page": self.host.path().display().to_string(),
             "state": st,
             "relayed": self.relayed,
@@ -276,6 +279,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         last_latency_us: 0.0,
         holding: false,
         pending_notify: None,
+        reload_requests: 0,
     };
     let st = *r.relay.state();
     eprintln!("vmtime relay: {} → {}", host_path.display(), a.guest_page.display());
@@ -307,18 +311,19 @@ pub fn run(a: Args) -> Result<ExitCode> {
         let woke = Instant::now();
         match signals.take(&poller) {
             Some(SignalEvent::Terminate(name)) => {
-                eprintln!("{name}: stopping (the guest page stays valid; the socket is removed)");
+                tracing::info!("{name}: stopping (the guest page stays valid; the socket is removed)");
                 break;
             }
             Some(SignalEvent::Reload) => {
                 // The hook for a configuration file; until there is one, logged and ignored.
-                eprintln!("SIGHUP: vmtime relay has no configuration file to reload; ignored");
+                r.reload_requests += 1;
+                tracing::info!("SIGHUP: vmtime relay has no configuration file to reload; ignored");
             }
             None => {}
         }
         let notified = t_sub.is_some_and(|t| poller.readable(t));
         if notified && !host_sub.as_mut().is_some_and(|s| s.drain()) {
-            eprintln!("the host daemon went away: polling the page");
+            tracing::warn!("the host daemon went away: polling the page");
             host_sub = None;
         }
         // A publisher that stays silent is not trusted to notify: the page is read anyway.
@@ -341,7 +346,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         match result {
             Err(e) if format!("{e:#}") != last_error => {
                 last_error = format!("{e:#}");
-                eprintln!("cannot relay: {last_error}");
+                tracing::error!("cannot relay: {last_error}");
             }
             Err(_) => {}
             Ok(()) => last_error.clear(),

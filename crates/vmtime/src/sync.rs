@@ -115,11 +115,11 @@ fn run_phc(a: &Args, dev: PathBuf, clock_name: &str) -> Result<ExitCode> {
         poller.wait(Some(interval))?;
         match signals.take(&poller) {
             Some(SignalEvent::Terminate(name)) => {
-                eprintln!("{name}: stopping (the clock is left as it is)");
+                tracing::info!("{name}: stopping (the clock is left as it is)");
                 break;
             }
             Some(SignalEvent::Reload) => {
-                eprintln!("SIGHUP: vmtime sync has no configuration file to reload; ignored");
+                tracing::info!("SIGHUP: vmtime sync has no configuration file to reload; ignored");
             }
             None => {}
         }
@@ -159,6 +159,8 @@ struct Sync {
     last_marker: Option<u64>,
     /// Dry run: the last line printed for each kind of action (only changes are printed).
     printed: std::collections::HashMap<std::mem::Discriminant<SyncAction>, String>,
+    /// SIGHUPs received (each one a reload request).
+    reload_requests: u64,
 }
 
 impl Sync {
@@ -225,6 +227,7 @@ impl Sync {
         let page = self.page.read().ok();
         serde_json::json!({
             "role": "sync",
+            "reload_requests": self.reload_requests,
             "source": self.page.path().display().to_string(),
             "dry_run": self.dry_run,
             "discipline": self.discipline.status(),
@@ -288,6 +291,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         applied: 0,
         last_marker: None,
         printed: Default::default(),
+        reload_requests: 0,
     };
     eprintln!(
         "vmtime sync: {} → CLOCK_REALTIME{}",
@@ -339,12 +343,13 @@ pub fn run(a: Args) -> Result<ExitCode> {
         poller.wait(wake.map(|w| w.saturating_duration_since(Instant::now())))?;
         match signals.take(&poller) {
             Some(SignalEvent::Terminate(name)) => {
-                eprintln!("{name}: stopping (the clock is left as it is; the socket is removed)");
+                tracing::info!("{name}: stopping (the clock is left as it is; the socket is removed)");
                 break;
             }
             Some(SignalEvent::Reload) => {
                 // The hook for a configuration file; until there is one, logged and ignored.
-                eprintln!("SIGHUP: vmtime sync has no configuration file to reload; ignored");
+                s.reload_requests += 1;
+                tracing::info!("SIGHUP: vmtime sync has no configuration file to reload; ignored");
             }
             None => {}
         }
@@ -354,7 +359,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
                 let mut buf = [0u8; abi::ABI_SIZE];
                 let _ = d.read_at(&mut buf, 0); // acknowledges this seq_count to the driver
             } else if !sub.as_mut().is_some_and(|x| x.drain()) {
-                eprintln!("the publisher went away: polling the page");
+                tracing::warn!("the publisher went away: polling the page");
                 sub = None;
             }
         }
