@@ -45,6 +45,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let poll = Duration::from_millis(a.poll_ms.max(1));
     let mut poller = Poller::new();
     let mut seen = 0u64;
+    let mut unreadable = false;
     while a.count.is_none_or(|c| seen < c) {
         poller.clear();
         let t = sub.as_ref().map(|s| poller.add(s.fd(), serve::READABLE));
@@ -60,16 +61,13 @@ pub fn run(a: Args) -> Result<ExitCode> {
             Ok(v) => v,
             Err(e) => {
                 // A truncated or unreadable page: say so once, keep watching.
-                if last.get("unreadable").is_none() {
+                if !std::mem::replace(&mut unreadable, true) {
                     eprintln!("{e:#}");
-                    last["unreadable"] = true.into();
                 }
                 continue;
             }
         };
-        if let Some(o) = last.as_object_mut() {
-            o.remove("unreadable");
-        }
+        unreadable = false;
         if now["seq_count"] != last["seq_count"] {
             seen += 1;
             let ch = changes(&last, &now);
