@@ -29,6 +29,9 @@ pub enum FileError {
     /// Something other than a page is at a page path.
     #[error("{path}: {found} is there, not a vmclock page: refusing to {action} it (give the path of a new file or of a vmclock page file)")]
     NotAPage { path: String, found: String, action: &'static str },
+    /// Something other than a regular file where a state or lock file belongs.
+    #[error("{path}: {found} is there, not a {what}: remove it or give another path")]
+    WrongKind { path: String, found: String, what: &'static str },
     /// A symbolic link where vmtime writes.
     #[error("{path} is a symbolic link: vmtime never writes through one (give the link's target path instead)")]
     Symlink { path: String },
@@ -287,7 +290,7 @@ impl LockFile {
         let s = rfs::fstat(&fd).map_err(|e| FileError::io("inspect", path, e))?;
         let t = FileType::from_raw_mode(s.st_mode);
         if t != FileType::RegularFile {
-            return Err(FileError::NotAPage { path: disp(path), found: kind_name(t).into(), action: "lock" });
+            return Err(FileError::WrongKind { path: disp(path), found: kind_name(t).into(), what: "lock file" });
         }
         lock(&fd, path)?;
         Ok(LockFile { _fd: fd })
@@ -512,7 +515,7 @@ pub fn read_state(path: &Path) -> Result<Option<Vec<u8>>> {
     let s = rfs::fstat(&fd).map_err(|e| FileError::io("inspect", path, e))?;
     let t = FileType::from_raw_mode(s.st_mode);
     if t != FileType::RegularFile {
-        return Err(FileError::NotAPage { path: disp(path), found: kind_name(t).into(), action: "read as state" });
+        return Err(FileError::WrongKind { path: disp(path), found: kind_name(t).into(), what: "state file" });
     }
     if s.st_size as u64 > MAX_STATE {
         return Err(FileError::TooLarge {
@@ -539,7 +542,7 @@ pub fn write_state(path: &Path, contents: &[u8]) -> Result<()> {
                 return Err(FileError::Symlink { path: disp(path) });
             }
             if t != FileType::RegularFile {
-                return Err(FileError::NotAPage { path: disp(path), found: kind_name(t).into(), action: "replace" });
+                return Err(FileError::WrongKind { path: disp(path), found: kind_name(t).into(), what: "state file" });
             }
         }
         Err(e) => return Err(FileError::io("inspect", path, e)),

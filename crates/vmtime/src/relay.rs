@@ -255,13 +255,13 @@ pub fn run(a: Args) -> Result<ExitCode> {
     if a.restored {
         relay.restored_from_snapshot();
     }
-    save(&state_path, relay.state())?;
 
     let host = crate::page::FollowedPage::open(&host_path).context("is vmtime host running?")?;
     // The guest page is written in place (the VMM maps it): a vmclock page or a zero-filled
-    // file, or a new file; anything else is refused.
+    // file, or a new file; anything else is refused (before any state is written).
     let (guest_file, _) = files::open_or_create_page(&a.guest_page, &PageBuilder::new().page_bytes())?;
     let mem = WritableMapping::new(Mapping::map(guest_file.file(), true)?)?;
+    save(&state_path, relay.state())?;
     let guest_socket = crate::host::socket_for(&a.guest_page);
     let mut server = Server::bind_unix(&guest_socket, 0o600, None, serve::Limits::default())?;
     let mut signals = Signals::install()?;

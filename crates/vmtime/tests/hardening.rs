@@ -305,6 +305,7 @@ fn class2_daemons_refuse_devices_and_foreign_files_and_leave_them_intact() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("not a vmclock page"), "{}", stderr(&o));
     assert_eq!(std::fs::read(&other).unwrap(), vec![b'n'; 8192]);
+    assert!(!d.path().join("notes.state.json").exists(), "no state is written for a refused page");
     // --socket never deletes a file that is not a socket.
     let keep = d.path().join("keep");
     std::fs::write(&keep, b"keep").unwrap();
@@ -471,11 +472,14 @@ fn class5_signals_stop_cleanly_or_are_logged() {
     let mut h = host(&page);
     let guest = d.path().join("guest.page");
     let mut r = relay(&page, &guest, &[]);
+    // sync follows a page of its own (the host's may not be calibrated yet).
+    let src = d.path().join("src.page");
+    gen(&src);
     let sync_sock = d.path().join("sync.sock");
     let mut s = spawn(&[
         "sync",
         "--source",
-        guest.to_str().unwrap(),
+        src.to_str().unwrap(),
         "--dry-run",
         "--socket",
         sync_sock.to_str().unwrap(),
