@@ -405,3 +405,16 @@ fn class6_only_enoent_means_no_state() {
     std::fs::write(&big, vec![b' '; 100_000]).unwrap();
     assert!(matches!(files::read_state(&big).unwrap_err(), FileError::TooLarge { .. }));
 }
+
+#[test]
+fn class3_a_socket_for_a_group_is_0660_with_that_group() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("g.sock");
+    let gid = rustix::process::getegid().as_raw();
+    let s = Server::bind_unix(&p, 0o660, Some(gid), Limits::default()).unwrap();
+    let m = std::fs::symlink_metadata(&p).unwrap();
+    assert_eq!(m.permissions().mode() & 0o777, 0o660);
+    assert_eq!(m.gid(), gid);
+    assert!(std::fs::read_dir(d.path()).unwrap().count() == 1, "no temporary socket left");
+    drop(s);
+}
