@@ -507,7 +507,12 @@ impl Server {
         match next {
             Next::Keep => {}
             Next::Close => {
-                self.conns.swap_remove(i);
+                let c = self.conns.swap_remove(i);
+                // Say we are done, and discard what the client sent beyond its line (HTTP
+                // headers): a TCP close with unread input would reset the connection and could
+                // lose the answer. Never waits.
+                let _ = rnet::shutdown(&c.fd, rnet::Shutdown::Write);
+                let _ = drain_alive(&c.fd);
             }
             Next::Subscribe => {
                 let c = self.conns.swap_remove(i);
