@@ -6,6 +6,7 @@
 
 pub mod clock;
 pub mod event;
+pub mod feed;
 pub mod pagefile;
 pub mod phc;
 pub mod timex;
