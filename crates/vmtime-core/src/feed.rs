@@ -401,7 +401,12 @@ pub mod clockbound {
 
     impl Default for ClockBoundConfig {
         fn default() -> Self {
-            ClockBoundConfig { life_ns: 5 * NS, drift_margin_ppb: 15_000, disruption_support: false, holdoff_ns: 2 * NS }
+            ClockBoundConfig {
+                life_ns: 5 * NS,
+                drift_margin_ppb: 15_000,
+                disruption_support: false,
+                holdoff_ns: 2 * NS,
+            }
         }
     }
 
@@ -588,9 +593,17 @@ mod tests {
         assert_eq!(f.handle(&obs(again, &s, 11 * NS)), ChronyAction::Hold(Hold::Disrupted));
         assert!(matches!(f.handle(&obs(again, &s, 12 * NS)), ChronyAction::Send(_)));
         // A page updated during the measurement is not used.
-        let o = Observation { before: page(5, 9, status::SYNCHRONIZED, 0, 0), after: page(6, 9, status::SYNCHRONIZED, 0, 0), samples: &s, mono_ns: 13 * NS };
+        let o = Observation {
+            before: page(5, 9, status::SYNCHRONIZED, 0, 0),
+            after: page(6, 9, status::SYNCHRONIZED, 0, 0),
+            samples: &s,
+            mono_ns: 13 * NS,
+        };
         assert_eq!(f.handle(&o), ChronyAction::Hold(Hold::ChangedDuringMeasurement));
-        assert_eq!(f.handle(&obs(page(6, 9, status::SYNCHRONIZED, 0, 0), &[], 13 * NS)), ChronyAction::Hold(Hold::NoSamples));
+        assert_eq!(
+            f.handle(&obs(page(6, 9, status::SYNCHRONIZED, 0, 0), &[], 13 * NS)),
+            ChronyAction::Hold(Hold::NoSamples)
+        );
     }
 
     #[test]
@@ -675,7 +688,11 @@ mod tests {
         // One second later REALTIME has gained 20 µs on the page (20 ppm).
         let later: Vec<AbaSample> = s
             .iter()
-            .map(|x| AbaSample { before_ns: x.before_ns + NS + 20_000, counter: x.counter + HZ, after_ns: x.after_ns + NS + 20_000 })
+            .map(|x| AbaSample {
+                before_ns: x.before_ns + NS + 20_000,
+                counter: x.counter + HZ,
+                after_ns: x.after_ns + NS + 20_000,
+            })
             .collect();
         let eb = f.handle(&obs(page(1, 7, status::SYNCHRONIZED, 0, 0), &later, 1), NS);
         let r = f.rate_ppb.unwrap();

@@ -105,13 +105,13 @@ impl ClockBoundSegment {
     fn generation_word(&self) -> &AtomicU16 {
         // SAFETY: offset 14 of a page-aligned mapping of SEGMENT_SIZE bytes is 2-aligned and in
         // bounds; the mapping outlives `&self`; all accesses in this process are atomic.
-        unsafe { &*self.ptr.as_ptr().add(14).cast::<AtomicU16>() }
+        unsafe { &*self.ptr.as_ptr().wrapping_add(14).cast::<AtomicU16>() }
     }
 
     fn body_words(&self) -> &[AtomicU64] {
         // SAFETY: offset 16 is 8-aligned (the mapping is page-aligned) and BODY_SIZE bytes from
         // it lie within the mapping; AtomicU64 has u64's size and alignment.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(HEADER_SIZE).cast::<AtomicU64>(), BODY_SIZE / 8) }
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().wrapping_add(HEADER_SIZE).cast::<AtomicU64>(), BODY_SIZE / 8) }
     }
 
     /// The current generation.
@@ -184,7 +184,11 @@ mod tests {
     }
 
     fn tempfile_dir() -> PathBuf {
-        let d = std::env::temp_dir().join(format!("vmtime-feed-{}-{}", std::process::id(), crate::event::random_u64().unwrap()));
+        let d = std::env::temp_dir().join(format!(
+            "vmtime-feed-{}-{}",
+            std::process::id(),
+            crate::event::random_u64().unwrap()
+        ));
         std::fs::create_dir_all(&d).unwrap();
         d
     }

@@ -155,9 +155,7 @@ fn run_chrony(a: ChronyArgs) -> Result<ExitCode> {
     let (mut last, mut send_failing) = (None, false);
     loop {
         let action = match m.measure(a.common.burst) {
-            Ok((before, after, mono_ns)) => {
-                feed.handle(&Observation { before, after, samples: &m.samples, mono_ns })
-            }
+            Ok((before, after, mono_ns)) => feed.handle(&Observation { before, after, samples: &m.samples, mono_ns }),
             Err(e) => {
                 eprintln!("{}: {e:#}", a.common.source.display());
                 ChronyAction::Hold(Hold::NoTime)
@@ -197,7 +195,11 @@ fn run_chrony(a: ChronyArgs) -> Result<ExitCode> {
 fn run_clockbound(a: ClockBoundArgs) -> Result<ExitCode> {
     let interval = validate(&a.common)?;
     if a.life_ms < 2 * a.common.interval_ms || a.life_ms > 3_600_000 {
-        bail!("--life-ms {}: give at least two intervals ({} ms) and at most 3600000", a.life_ms, 2 * a.common.interval_ms);
+        bail!(
+            "--life-ms {}: give at least two intervals ({} ms) and at most 3600000",
+            a.life_ms,
+            2 * a.common.interval_ms
+        );
     }
     if a.drift_margin_ppb >= 100_000_000 {
         bail!("--drift-margin-ppb {}: out of range; give less than 100000000 (10 %)", a.drift_margin_ppb);
