@@ -111,7 +111,9 @@ impl ClockBoundSegment {
     fn body_words(&self) -> &[AtomicU64] {
         // SAFETY: offset 16 is 8-aligned (the mapping is page-aligned) and BODY_SIZE bytes from
         // it lie within the mapping; AtomicU64 has u64's size and alignment.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().wrapping_add(HEADER_SIZE).cast::<AtomicU64>(), BODY_SIZE / 8) }
+        unsafe {
+            std::slice::from_raw_parts(self.ptr.as_ptr().wrapping_add(HEADER_SIZE).cast::<AtomicU64>(), BODY_SIZE / 8)
+        }
     }
 
     /// The current generation.
