@@ -39,9 +39,11 @@ pub struct Args {
     /// error rate; 500 is the kernel's own MAXFREQ).
     #[arg(long, default_value_t = 500.0)]
     tolerance_ppm: f64,
-    /// TAI − UTC, s (default: the kernel's, else the system leap-second list if current).
-    #[arg(long)]
-    tai_offset: Option<i16>,
+    /// TAI − UTC in s, positive (37 in 2026); the page stores its negation, UTC − TAI, as the
+    /// driver and spec v1.1 read it (default: the kernel's, else the system leap-second list if
+    /// current).
+    #[arg(long = "tai-offset", value_parser = clap::value_parser!(i16).range(0..))]
+    tai_minus_utc: Option<i16>,
     /// leap_second_smearing_hint to publish.
     #[arg(long, value_enum, default_value_t = Smearing::Strict)]
     smearing: Smearing,
@@ -105,16 +107,16 @@ impl TaiSource {
     fn sampled(&self, kernel_tai: i32) -> (Sampled, ClockId) {
         match self {
             _ if kernel_tai != 0 => (Sampled::Tai, ClockId::Tai),
-            TaiSource::Fixed(o) => (Sampled::Utc { tai_offset: Some(*o) }, ClockId::Realtime),
+            TaiSource::Fixed(o) => (Sampled::Utc { tai_minus_utc: Some(*o) }, ClockId::Realtime),
             TaiSource::List(l) => {
                 let now_s = vmtime_sys::gettime(ClockId::Realtime).map(|ns| (ns / 1_000_000_000) as i64).unwrap_or(0);
-                let tai_offset = match l.offset_at(now_s) {
+                let tai_minus_utc = match l.offset_at(now_s) {
                     TaiOffset::Known(o) => Some(o),
                     TaiOffset::Expired { .. } => None,
                 };
-                (Sampled::Utc { tai_offset }, ClockId::Realtime)
+                (Sampled::Utc { tai_minus_utc }, ClockId::Realtime)
             }
-            TaiSource::Kernel | TaiSource::Unknown => (Sampled::Utc { tai_offset: None }, ClockId::Realtime),
+            TaiSource::Kernel | TaiSource::Unknown => (Sampled::Utc { tai_minus_utc: None }, ClockId::Realtime),
         }
     }
 }
@@ -189,7 +191,7 @@ impl Daemon {
             "seq_count": snap.map(|s| s.seq_count()),
             "status": snap.and_then(|s| s.clock_status()).map(abi::status_name),
             "time_type": snap.map(|s| abi::time_type_name(s.time_type())),
-            "tai_offset": snap.and_then(|s| s.tai_offset()),
+            "tai_minus_utc": snap.and_then(|s| s.tai_minus_utc()),
             "disruption_marker": snap.map(|s| s.disruption_marker()),
             "maxerror_ns": snap.and_then(|s| s.time_maxerror_ns()),
             "leap_indicator": snap.and_then(|s| s.leap_indicator()).map(abi::leap_name),
@@ -252,7 +254,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     // TAI − UTC: the kernel's, a stated one, or the leap-second list while it is current.
     let kernel = vmtime_sys::read_timex()?;
     let now_s = (vmtime_sys::gettime(ClockId::Realtime)? / 1_000_000_000) as i64;
-    let (tai, tai_note) = match a.tai_offset {
+    let (tai, tai_note) = match a.tai_minus_utc {
         Some(o) => (TaiSource::Fixed(o), format!("TAI − UTC = {o} s, as given"))
         ,
         None => match tai::find(kernel.tai, Path::new(tai::LEAP_SECONDS_LIST), now_s) {

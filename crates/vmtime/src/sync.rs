@@ -48,9 +48,9 @@ pub struct Args {
     /// The timescale of a PHC source (required unless its driver is known: ptp_kvm is UTC).
     #[arg(long, value_enum)]
     phc_timescale: Option<Timescale>,
-    /// TAI − UTC, to read a TAI PHC.
-    #[arg(long, default_value_t = 37)]
-    tai_offset: i16,
+    /// TAI − UTC in s (positive: 37), to read a TAI PHC.
+    #[arg(long = "tai-offset", default_value_t = 37, value_parser = clap::value_parser!(i16).range(0..))]
+    tai_minus_utc: i16,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -80,7 +80,8 @@ fn run_phc(a: &Args, dev: PathBuf, clock_name: &str) -> Result<ExitCode> {
         ),
     };
     let mut d = vmtime_sys::phc::PhcFile::open(&dev).with_context(|| format!("cannot open {}", dev.display()))?;
-    let mut servo = PhcServo::new(PhcServoConfig { timescale, tai_offset: a.tai_offset, ..PhcServoConfig::default() });
+    let mut servo =
+        PhcServo::new(PhcServoConfig { timescale, tai_minus_utc: a.tai_minus_utc, ..PhcServoConfig::default() });
     eprintln!(
         "vmtime sync: {} ({clock_name}, {timescale:?}) → CLOCK_REALTIME{}",
         dev.display(),
@@ -197,6 +198,7 @@ impl Sync {
             );
         }
         self.last_marker = Some(page.disruption_marker());
+        crate::page::warn_legacy_tai(&self.page.path, &page);
         let raw = tightest(ClockId::MonotonicRaw, 16)?;
         let samples = (0..64).map(|_| aba_sample(ClockId::Realtime)).collect::<std::io::Result<Vec<_>>>()?;
         let a = self.discipline.handle_observation(&SyncObservation { page, raw, samples: &samples, kernel });
@@ -283,7 +285,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     eprintln!(
         "  source: {} {}, status {}, marker {:#x}",
         abi::time_type_name(first.time_type()),
-        first.tai_offset().map_or("without a TAI offset".to_string(), |o| format!("with TAI − UTC = {o} s")),
+        first.tai_minus_utc().map_or("without a TAI offset".to_string(), |o| format!("with TAI − UTC = {o} s")),
         first.clock_status().map_or("absent", abi::status_name),
         first.disruption_marker()
     );
