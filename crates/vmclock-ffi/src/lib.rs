@@ -238,7 +238,7 @@ pub unsafe extern "C" fn vmclock_now(c: *const vmclock, out: *mut vmclock_now) -
         r.maxerror_ns = m;
         r.flags |= VMCLOCK_NOW_BOUNDED;
     }
-    if let Some(t) = now.tai_offset {
+    if let Some(t) = now.tai_minus_utc {
         r.tai_minus_utc = t as i32;
         r.flags |= VMCLOCK_NOW_TAI_VALID;
     }
@@ -316,7 +316,7 @@ mod tests {
                 Timestamp::<Tai>::from_parts(1_795_000_037, 0),
                 Period::from_hz(2_500_000_000).unwrap(),
             )
-            .tai_offset(37)
+            .tai_minus_utc(37)
             .maxerror(1_000, 100)
             .esterror(100, 10)
             .status(status)

@@ -20,7 +20,7 @@ fn page(dir: &Path) -> PathBuf {
     let p = dir.join("page");
     let bytes = PageBuilder::new()
         .reference(vmclock_rs::counter::NATIVE, c1, Timestamp::<Utc>::from_nanos(t1), period)
-        .tai_offset(37)
+        .tai_minus_utc(37)
         .maxerror(1_000_000, 0)
         .status(abi::status::SYNCHRONIZED)
         .flag(flags::TIME_MONOTONIC, true)

@@ -29,7 +29,7 @@ fn bench(c: &mut Criterion) {
             Timestamp::<Utc>::from_nanos(t1),
             Period::from_ratio(t1 - t0, (c1 - c0) as u128 * 1_000_000_000).unwrap(),
         )
-        .tai_offset(37)
+        .tai_minus_utc(37)
         .maxerror(10_000, 1 << 20)
         .status(abi::status::SYNCHRONIZED)
         .flag(flags::TIME_MONOTONIC, true)
