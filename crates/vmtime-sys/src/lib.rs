@@ -6,6 +6,7 @@
 
 pub mod clock;
 pub mod event;
+pub mod feed;
 pub mod files;
 pub mod follow;
 pub mod pagefile;
