@@ -5,21 +5,20 @@
 use anyhow::{bail, Context, Result};
 use clap::Args as ClapArgs;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, FileTypeExt};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::fd::AsFd;
+use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use vmclock::abi::{self, flags};
-use vmclock::seqlock::{self, PageMemory};
 use vmtime_core::sync::{
     gives_time, sample_under_page, Discipline, MarkerWatch, NotifyCheck, SyncAction, SyncConfig, SyncObservation,
     Wakeup,
 };
 use vmtime_sys::clock::{aba_sample, tightest, ClockId};
-use vmtime_sys::event;
+use vmtime_sys::files;
+use vmtime_sys::serve::{self, Poller, Reply, Server, Subscription};
+use vmtime_sys::signals::{SignalEvent, Signals};
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
@@ -124,10 +123,12 @@ fn run_phc(a: &Args, info: vmtime_sys::phc::PhcInfo, markers: Option<crate::page
         if a.dry_run { " (dry run: nothing is changed)" } else { "" }
     );
     if let Some(m) = &markers {
-        eprintln!("  {} carries markers only: watching them for the hook and for steps", m.path.display());
+        eprintln!("  {} carries markers only: watching them for the hook and for steps", m.path().display());
     }
     let interval = Duration::from_millis(a.interval_ms.max(10));
     let end = a.duration_s.map(|d| Instant::now() + Duration::from_secs(d));
+    let mut signals = Signals::install()?;
+    let mut poller = Poller::new();
     let mut watch = MarkerWatch::default();
     let mut printed = String::new();
     let mut say = |act: &SyncAction, offset: f64, how: &str| {
@@ -140,7 +141,7 @@ fn run_phc(a: &Args, info: vmtime_sys::phc::PhcInfo, markers: Option<crate::page
     while end.is_none_or(|e| Instant::now() < e) {
         let tx = vmtime_sys::read_timex()?;
         if let Some(m) = &markers {
-            if let Ok(p) = vmclock::seqlock::read(&m.map, vmclock::seqlock::DEFAULT_MAX_WAIT) {
+            if let Ok(p) = m.read() {
                 let c = watch.observe(&p);
                 if c.disrupted {
                     tracing::info!("disruption marker changed: {:#x}; stepping from the PHC", p.disruption_marker());
@@ -181,19 +182,33 @@ fn run_phc(a: &Args, info: vmtime_sys::phc::PhcInfo, markers: Option<crate::page
                 vmtime_sys::timex::apply(&act).with_context(|| format!("cannot {}", describe(&act)))?;
             }
         }
-        std::thread::sleep(interval);
+        // The wait between measurements is also where signals arrive.
+        poller.clear();
+        signals.register(&mut poller);
+        poller.wait(Some(interval))?;
+        match signals.take(&poller) {
+            Some(SignalEvent::Terminate(name)) => {
+                tracing::info!("{name}: stopping (the clock is left as it is)");
+                break;
+            }
+            Some(SignalEvent::Reload) => {
+                tracing::info!("SIGHUP: vmtime sync has no configuration file to reload; ignored");
+            }
+            None => {}
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
 
 /// A page with markers only and no PHC on this machine: no time source. The markers are still
 /// watched and the hook run; the clock is left alone.
-fn run_markers_only(a: &Args, mut page: crate::page::FollowedPage, socket: &std::path::Path) -> Result<ExitCode> {
-    let listener = listen(socket)?;
+fn run_markers_only(a: &Args, mut page: crate::page::FollowedPage, socket: PathBuf) -> Result<ExitCode> {
+    let mut server = Server::bind_unix(&socket, 0o600, None, serve::Limits::default())?;
+    let mut signals = Signals::install()?;
     let interval = Duration::from_millis(a.interval_ms.max(10));
     eprintln!(
         "vmtime sync: {} carries markers only and this machine has no PHC: no time source; watching its disruption_marker and vm_generation_counter{}",
-        page.path.display(),
+        page.path().display(),
         if a.hook.is_some() { " for the hook" } else { "" }
     );
     eprintln!("  control socket {}", socket.display());
@@ -201,117 +216,87 @@ fn run_markers_only(a: &Args, mut page: crate::page::FollowedPage, socket: &std:
     let mut watch = MarkerWatch::default();
     let mut hooks = 0u64;
     let mut last = None;
+    let mut poller = Poller::new();
+    let mut next = Instant::now();
     while end.is_none_or(|e| Instant::now() < e) {
-        page.refresh()?;
-        if let Ok(p) = vmclock::seqlock::read(&page.map, vmclock::seqlock::DEFAULT_MAX_WAIT) {
-            let c = watch.observe(&p);
-            if c.disrupted {
-                tracing::info!("disruption marker changed: {:#x} (no time source to step from)", p.disruption_marker());
+        if Instant::now() >= next {
+            next = Instant::now() + interval;
+            page.refresh();
+            if let Ok(p) = page.read() {
+                let c = watch.observe(&p);
+                if c.disrupted {
+                    tracing::info!(
+                        "disruption marker changed: {:#x} (no time source to step from)",
+                        p.disruption_marker()
+                    );
+                }
+                if c.new_generation {
+                    hooks += 1;
+                    run_hook(&a.hook, a.dry_run);
+                }
+                last = Some(p);
             }
-            if c.new_generation {
-                hooks += 1;
-                run_hook(&a.hook, a.dry_run);
-            }
-            last = Some(p);
         }
-        let ready = event::poll_readable(&[listener.as_raw_fd()], interval.as_millis().min(1000) as i32)?;
-        if ready[0] {
-            let status = serde_json::json!({
-                "role": "sync",
-                "source": page.path.display().to_string(),
-                "dry_run": a.dry_run,
-                "discipline": { "state": "no time source (markers only)" },
-                "disruption_marker": last.map(|p| p.disruption_marker()),
-                "vm_generation_counter": last.and_then(|p| p.vm_generation_counter()),
-                "hooks_run": hooks,
-            });
-            answer(&listener, &status);
+        let wake = serve::earliest(Some(next), server.next_deadline());
+        poller.clear();
+        signals.register(&mut poller);
+        server.register(&mut poller);
+        poller.wait(wake.map(|w| w.saturating_duration_since(Instant::now())))?;
+        if let Some(SignalEvent::Terminate(name)) = signals.take(&poller) {
+            tracing::info!("{name}: stopping (the socket is removed)");
+            break;
         }
+        let status = serde_json::json!({
+            "role": "sync",
+            "source": page.path().display().to_string(),
+            "dry_run": a.dry_run,
+            "discipline": { "state": "no time source (markers only)" },
+            "disruption_marker": last.map(|p| p.disruption_marker()),
+            "vm_generation_counter": last.and_then(|p| p.vm_generation_counter()),
+            "hooks_run": hooks,
+        });
+        server.handle(&poller, |line| match line.trim() {
+            "status" => Reply::Line(status.to_string()),
+            _ => Reply::Line(serve::error_json("unknown request: send status")),
+        });
     }
-    let _ = std::fs::remove_file(socket);
+    drop(server); // removes our socket (only if it is still ours)
     Ok(ExitCode::SUCCESS)
 }
 
-/// Binds the control socket (replacing a stale one).
-fn listen(socket: &std::path::Path) -> Result<UnixListener> {
-    if let Some(d) = socket.parent() {
-        std::fs::create_dir_all(d)?;
-    }
-    let _ = std::fs::remove_file(socket);
-    let listener = UnixListener::bind(socket).with_context(|| format!("cannot listen on {}", socket.display()))?;
-    listener.set_nonblocking(true)?;
-    Ok(listener)
-}
-
-/// Answers every waiting control connection with `status`.
-fn answer(listener: &UnixListener, status: &serde_json::Value) {
-    while let Ok((conn, _)) = listener.accept() {
-        let _ = conn.set_nonblocking(false);
-        let _ = conn.set_read_timeout(Some(Duration::from_millis(200)));
-        let mut line = String::new();
-        let _ = BufReader::new(&conn).read_line(&mut line);
-        let mut conn: UnixStream = conn;
-        let _ = writeln!(conn, "{status}");
-    }
-}
-
-/// How the daemon is woken: the device's `poll()` (checked: a 6.13–6.19 driver's is always
-/// readable), or a publisher's socket.
-struct Waker {
+/// The device's notifications, checked: a 6.13–6.19 driver's `poll()` is always readable.
+struct DeviceNotes {
     device: Option<File>,
-    sub: Option<UnixStream>,
     check: NotifyCheck,
     /// The seq_count the device's read() last returned (what the driver's poll() compares with).
     acked: Option<u32>,
 }
 
-impl Waker {
-    /// Waits for `timeout`, a control connection on `control`, or a notification. Returns
-    /// (control ready, the page changed). `seq_now` reads the page's seq_count (used when the
-    /// device's read() fails).
-    fn wait(
-        &mut self,
-        control: std::os::fd::RawFd,
-        timeout: Duration,
-        seq_now: impl Fn() -> u32,
-    ) -> Result<(bool, bool)> {
-        let mut fds = vec![control];
-        if let Some(d) = &self.device {
-            fds.push(d.as_raw_fd());
-        } else if let Some(x) = &self.sub {
-            fds.push(x.as_raw_fd());
-        }
-        let ready = event::poll_readable(&fds, timeout.as_micros().div_ceil(1000).min(1000) as i32)?;
-        let mut changed = false;
-        if ready.get(1).copied().unwrap_or(false) {
-            if let Some(d) = &self.device {
-                // read() acknowledges this seq_count to the driver and says which it is: the
-                // driver's poll() wakes a file only for a seq other than the one it last read.
-                let mut buf = [0u8; abi::ABI_SIZE];
-                let seq = match d.read_at(&mut buf, 0) {
-                    Ok(n) if n >= 16 => u32::from_le_bytes([buf[12], buf[13], buf[14], buf[15]]),
-                    _ => seq_now(),
-                };
-                let last = self.acked.replace(seq);
-                match self.check.readable(last, seq) {
-                    Wakeup::Update => changed = true,
-                    Wakeup::Spurious => {}
-                    Wakeup::NoPoll => {
-                        tracing::warn!(
-                            "the vmclock driver's poll() is always readable (Linux 6.13–6.19 has no .poll): observing on the interval instead"
-                        );
-                        self.device = None;
-                    }
-                }
-            } else if let Some(x) = self.sub.as_mut() {
-                let mut buf = [0u8; 256];
-                if matches!(x.read(&mut buf), Ok(0)) {
-                    self.sub = None;
-                }
-                changed = true;
+impl DeviceNotes {
+    /// The device was readable: acknowledges with read() and says whether the page changed.
+    /// `seq_now` reads the page's seq_count when read() fails. After [`NotifyCheck::LIMIT`]
+    /// readable wake-ups in a row with nothing new, the device is no longer polled.
+    fn readable(&mut self, seq_now: impl Fn() -> u32) -> bool {
+        let Some(d) = &self.device else { return false };
+        // read() acknowledges this seq_count to the driver and says which it is: the driver's
+        // poll() wakes a file only for a seq other than the one it last read.
+        let mut buf = [0u8; abi::ABI_SIZE];
+        let seq = match d.read_at(&mut buf, 0) {
+            Ok(n) if n >= 16 => u32::from_le_bytes([buf[12], buf[13], buf[14], buf[15]]),
+            _ => seq_now(),
+        };
+        let last = self.acked.replace(seq);
+        match self.check.readable(last, seq) {
+            Wakeup::Update => true,
+            Wakeup::Spurious => false,
+            Wakeup::NoPoll => {
+                tracing::warn!(
+                    "the vmclock driver's poll() is always readable (Linux 6.13–6.19 has no .poll): observing on the interval instead"
+                );
+                self.device = None;
+                false
             }
         }
-        Ok((ready[0], changed))
     }
 }
 
@@ -339,20 +324,18 @@ fn describe(a: &SyncAction) -> String {
 
 struct Sync {
     page: crate::page::FollowedPage,
+    notes: DeviceNotes,
     discipline: Discipline,
     dry_run: bool,
     hook: Option<String>,
     applied: u64,
     last_marker: Option<u64>,
-    /// Observations redone because the page changed while their samples were taken.
-    redone: u64,
     /// Dry run: the last line printed for each kind of action (only changes are printed).
     printed: std::collections::HashMap<std::mem::Discriminant<SyncAction>, String>,
-}
-
-/// The page's seq_count now.
-fn seq_now(m: &impl PageMemory) -> u32 {
-    u32::from_le(m.words()[seqlock::SEQ_WORD].load(std::sync::atomic::Ordering::Acquire))
+    /// SIGHUPs received (each one a reload request).
+    reload_requests: u64,
+    /// Observations redone because the page changed while their samples were taken.
+    redone: u64,
 }
 
 impl Sync {
@@ -384,62 +367,59 @@ impl Sync {
     }
 
     fn observe(&mut self) -> Result<()> {
-        self.page.refresh()?;
+        self.page.refresh();
         let kernel = vmtime_sys::read_timex()?;
-        let map = &self.page.map;
-        // The samples are paired with the page that was current while they were taken: if the
-        // seq_count moved meanwhile, the observation is taken again.
+        // A page that cannot be read (a truncated file, a stuck writer) is a lost source:
+        // holdover, never a crash. The samples are paired with the page that was current while
+        // they were taken: if the seq_count moved meanwhile, the observation is taken again.
+        let page_src = &self.page;
         let mut tries = 0u64;
         let got = sample_under_page(
             4,
             || {
                 tries += 1;
-                seqlock::read(map, seqlock::DEFAULT_MAX_WAIT).map_err(anyhow::Error::from)
+                page_src.read().map_err(anyhow::Error::from)
             },
             || -> Result<_> {
                 let raw = tightest(ClockId::MonotonicRaw, 16)?;
                 let samples = (0..64).map(|_| aba_sample(ClockId::Realtime)).collect::<std::io::Result<Vec<_>>>()?;
                 Ok((raw, samples))
             },
-            || seq_now(map),
+            || page_src.read().map_or(u32::MAX, |p| p.seq_count()),
         );
         self.redone += tries.saturating_sub(1);
         let (page, (raw, samples)) = match got {
             Ok(Some((p, s))) if gives_time(&p, vmclock::counter::NATIVE) => (p, s),
-            Ok(Some(_)) => {
-                // No time for this CPU's counter on this page now: holdover.
-                let a = self.discipline.handle_source_lost(&kernel);
-                return self.apply(a);
-            }
-            Ok(None) | Err(_) => {
+            Ok(_) | Err(_) => {
                 let a = self.discipline.handle_source_lost(&kernel);
                 return self.apply(a);
             }
         };
         if self.last_marker.is_some_and(|m| m != page.disruption_marker()) {
-            tracing::info!(
+            eprintln!(
                 "disruption marker changed: {:#x} → {:#x}",
                 self.last_marker.unwrap_or(0),
                 page.disruption_marker()
             );
         }
         self.last_marker = Some(page.disruption_marker());
-        crate::page::warn_legacy_tai(&self.page.path, &page);
+        crate::page::warn_legacy_tai(self.page.path(), &page);
         let a = self.discipline.handle_observation(&SyncObservation { page, raw, samples: &samples, kernel });
         self.apply(a)
     }
 
-    fn status_json(&self, woken_by: &str) -> serde_json::Value {
-        let page = seqlock::read(&self.page.map, seqlock::DEFAULT_MAX_WAIT).ok();
+    fn status_json(&self) -> serde_json::Value {
+        let page = self.page.read().ok();
         serde_json::json!({
             "role": "sync",
-            "source": self.page.path.display().to_string(),
+            "reload_requests": self.reload_requests,
+            "source": self.page.path().display().to_string(),
             "dry_run": self.dry_run,
             "discipline": self.discipline.status(),
             "source_status": page.and_then(|p| p.clock_status()).map(abi::status_name),
             "disruption_marker": page.map(|p| p.disruption_marker()),
             "vm_generation_counter": page.and_then(|p| p.vm_generation_counter()),
-            "woken_by": woken_by,
+            "notified": self.notes.device.is_some(),
             "observations_redone": self.redone,
         })
     }
@@ -463,44 +443,46 @@ pub fn run(a: Args) -> Result<ExitCode> {
         return run_phc(&a, info, None);
     }
     let page = crate::page::FollowedPage::open(&source)?;
-    let first = seqlock::read(&page.map, seqlock::DEFAULT_MAX_WAIT)?;
-    let socket = a.socket.clone().unwrap_or_else(|| crate::host::default_page().with_file_name("sync.sock"));
+    let first = page.read()?;
+    let socket = match a.socket.clone() {
+        Some(s) => s,
+        None => {
+            files::ensure_private_dir(&files::runtime_dir())?;
+            files::runtime_dir().join("sync.sock")
+        }
+    };
     if !gives_time(&first, vmclock::counter::NATIVE) {
         // Markers only (QEMU, Firecracker: counter INVALID, status UNKNOWN): time from a PHC if
         // there is one, the markers from the page either way.
         return match find_phc() {
             Some(info) => run_phc(&a, info, Some(page)),
-            None => run_markers_only(&a, page, &socket),
+            None => run_markers_only(&a, page, socket),
         };
     }
     // Notification: the device's poll() (read() acknowledges), or a publisher's socket.
-    let is_device = std::fs::metadata(&source)?.file_type().is_char_device();
+    let is_device = page.reader().is_device();
     let device = (is_device && first.has(flags::NOTIFICATION_PRESENT)).then(|| File::open(&source)).transpose()?;
-    let sub = if is_device {
-        None
-    } else {
-        crate::status::request(&crate::host::socket_for(&source), "subscribe").ok().map(|(_, s)| s)
-    };
-    if let Some(s) = &sub {
-        s.set_nonblocking(true)?;
-    }
-    let listener = listen(&socket)?;
+    let subscribe = || Subscription::open(&crate::host::socket_for(&source), Duration::from_secs(2)).ok();
+    let mut sub = if is_device { None } else { subscribe() };
+    let mut server = Server::bind_unix(&socket, 0o600, None, serve::Limits::default())?;
+    let mut signals = Signals::install()?;
     let cfg = SyncConfig {
         step_threshold_ns: a.makestep_ns,
         step_updates: a.makestep_updates,
         interval_ns: a.interval_ms as i128 * 1_000_000,
         ..SyncConfig::default()
     };
-    let mut waker = Waker { device, sub, check: NotifyCheck::default(), acked: None };
     let mut s = Sync {
         page,
+        notes: DeviceNotes { device, check: NotifyCheck::default(), acked: None },
         discipline: Discipline::new(cfg),
         dry_run: a.dry_run,
         hook: a.hook,
         applied: 0,
         last_marker: None,
-        redone: 0,
         printed: Default::default(),
+        reload_requests: 0,
+        redone: 0,
     };
     eprintln!(
         "vmtime sync: {} → CLOCK_REALTIME{}",
@@ -514,20 +496,22 @@ pub fn run(a: Args) -> Result<ExitCode> {
         first.clock_status().map_or("absent", abi::status_name),
         first.disruption_marker()
     );
-    let woken_by = |w: &Waker| {
-        if w.device.is_some() {
+    eprintln!(
+        "  woken by {}",
+        if s.notes.device.is_some() {
             "the device's notifications"
-        } else if w.sub.is_some() {
+        } else if sub.is_some() {
             "the publisher's socket"
         } else {
             "polling"
         }
-    };
-    eprintln!("  woken by {}", woken_by(&waker));
+    );
     eprintln!("  control socket {}", socket.display());
 
     let end = a.duration_s.map(|d| Instant::now() + Duration::from_secs(d));
     let mut next_obs = Instant::now();
+    let mut last_resubscribe = Instant::now();
+    let mut poller = Poller::new();
     loop {
         let now = Instant::now();
         let raw_now = vmtime_sys::gettime(ClockId::MonotonicRaw)?;
@@ -536,22 +520,59 @@ pub fn run(a: Args) -> Result<ExitCode> {
             .into_iter()
             .flatten()
             .min()
-            .unwrap_or(Duration::from_secs(1));
-        let (control, notified) = waker.wait(listener.as_raw_fd(), wait, || seq_now(&s.page.map))?;
+            .unwrap_or(Duration::from_secs(1))
+            .min(Duration::from_secs(1));
+        let wake = serve::earliest(Some(now + wait), server.next_deadline());
+        poller.clear();
+        signals.register(&mut poller);
+        server.register(&mut poller);
+        let t_note = if let Some(d) = &s.notes.device {
+            Some(poller.add(d.as_fd(), serve::READABLE))
+        } else {
+            sub.as_ref().map(|x| poller.add(x.fd(), serve::READABLE))
+        };
+        poller.wait(wake.map(|w| w.saturating_duration_since(Instant::now())))?;
+        match signals.take(&poller) {
+            Some(SignalEvent::Terminate(name)) => {
+                tracing::info!("{name}: stopping (the clock is left as it is; the socket is removed)");
+                break;
+            }
+            Some(SignalEvent::Reload) => {
+                // The hook for a configuration file; until there is one, logged and ignored.
+                s.reload_requests += 1;
+                tracing::info!("SIGHUP: vmtime sync has no configuration file to reload; ignored");
+            }
+            None => {}
+        }
+        let mut notified = t_note.is_some_and(|t| poller.readable(t));
+        if notified {
+            if s.notes.device.is_some() {
+                let page = &s.page;
+                notified = s.notes.readable(|| page.read().map_or(u32::MAX, |p| p.seq_count()));
+            } else if !sub.as_mut().is_some_and(|x| x.drain()) {
+                tracing::warn!("the publisher went away: polling the page");
+                sub = None;
+            }
+        }
         if notified || Instant::now() >= next_obs {
             s.observe()?;
             next_obs = Instant::now() + Duration::from_nanos(s.discipline.poll_interval_ns() as u64);
         }
         let a2 = s.discipline.handle_tick(vmtime_sys::gettime(ClockId::MonotonicRaw)?);
         s.apply(a2)?;
-        if control {
-            answer(&listener, &s.status_json(woken_by(&waker)));
+        server.handle(&poller, |line| match line.trim() {
+            "status" => Reply::Line(s.status_json().to_string()),
+            _ => Reply::Line(serve::error_json("unknown request: send status")),
+        });
+        if !is_device && sub.is_none() && last_resubscribe.elapsed() >= Duration::from_secs(1) {
+            last_resubscribe = Instant::now();
+            sub = subscribe();
         }
         if end.is_some_and(|e| Instant::now() >= e) {
             break;
         }
     }
-    let _ = std::fs::remove_file(&socket);
+    drop(server); // removes our socket (only if it is still ours)
     Ok(ExitCode::SUCCESS)
 }
 
@@ -566,19 +587,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let dev = dir.path().join("vmclock0");
         std::fs::write(&dev, vec![0u8; 4096]).unwrap();
-        let (rx, _tx) = UnixStream::pair().unwrap(); // a control socket nobody writes to
-        let mut w =
-            Waker { device: Some(File::open(&dev).unwrap()), sub: None, check: NotifyCheck::default(), acked: None };
+        let mut notes =
+            DeviceNotes { device: Some(File::open(&dev).unwrap()), check: NotifyCheck::default(), acked: None };
+        let mut poller = Poller::new();
         let start = Instant::now();
         let mut updates = 0;
         for _ in 0..10 {
-            // The file reads as a page whose seq_count is always 0: it never changes.
-            let (control, changed) = w.wait(rx.as_raw_fd(), Duration::from_millis(20), || 0).unwrap();
-            assert!(!control);
-            updates += u32::from(changed);
+            // The daemon's wait: the device (while it is polled) and a 20 ms interval.
+            poller.clear();
+            let t = notes.device.as_ref().map(|d| poller.add(d.as_fd(), serve::READABLE));
+            poller.wait(Some(Duration::from_millis(20))).unwrap();
+            if t.is_some_and(|t| poller.readable(t)) {
+                // The file reads as a page whose seq_count is always 0: it never changes.
+                updates += u32::from(notes.readable(|| 0));
+            }
         }
         assert_eq!(updates, 1, "only the first wake-up (nothing read before it) counts as an update");
-        assert!(w.device.is_none(), "the device is no longer polled");
+        assert!(notes.device.is_none(), "the device is no longer polled");
         // 10 waits: at most 1 + NotifyCheck::LIMIT return at once, the rest wait their 20 ms.
         let waited = start.elapsed();
         assert!(waited >= Duration::from_millis(20 * (10 - 1 - NotifyCheck::LIMIT as u64)), "{waited:?}");
