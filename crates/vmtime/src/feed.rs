@@ -114,16 +114,23 @@ impl Measurer {
         Ok(seqlock::read(&self.page.map, seqlock::DEFAULT_MAX_WAIT)?)
     }
 
-    /// (before, after, monotonic ns), the burst left in `self.samples`.
+    /// (before, after, monotonic ns), the burst left in `self.samples`. A page updated during
+    /// the burst is measured again (up to 4 times; then the core holds for this interval).
     fn measure(&mut self, burst: usize) -> Result<(Snapshot, Snapshot, i128)> {
         self.page.refresh()?;
-        let before = self.read()?;
-        self.samples.clear();
-        for _ in 0..burst {
-            self.samples.push(aba_sample(ClockId::Realtime)?);
+        let mut attempt = 0;
+        loop {
+            let before = self.read()?;
+            self.samples.clear();
+            for _ in 0..burst {
+                self.samples.push(aba_sample(ClockId::Realtime)?);
+            }
+            let after = self.read()?;
+            attempt += 1;
+            if after.seq_count() == before.seq_count() || attempt == 4 {
+                return Ok((before, after, gettime(ClockId::Monotonic)?));
+            }
         }
-        let after = self.read()?;
-        Ok((before, after, gettime(ClockId::Monotonic)?))
     }
 }
 
