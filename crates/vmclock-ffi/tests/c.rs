@@ -10,11 +10,25 @@ fn realtime_ns() -> u128 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
 }
 
-/// A UTC page of this machine's clock (counter frequency calibrated over 50 ms), maxerror 1 ms.
+/// (CLOCK_REALTIME, counter) from the tightest of 32 (clock, counter, clock) readings.
+fn pair() -> (u128, u64) {
+    (0..32)
+        .map(|_| {
+            let a = realtime_ns();
+            let c = vmclock_rs::counter::read();
+            let b = realtime_ns();
+            (b - a, a + (b - a) / 2, c)
+        })
+        .min()
+        .map(|(_, t, c)| (t, c))
+        .unwrap()
+}
+
+/// A UTC page of this machine's clock (counter frequency calibrated over 200 ms), maxerror 1 ms.
 fn page(dir: &Path) -> PathBuf {
-    let (t0, c0) = (realtime_ns(), vmclock_rs::counter::read());
-    std::thread::sleep(std::time::Duration::from_millis(50)); // a calibration baseline, not a synchronisation
-    let (t1, c1) = (realtime_ns(), vmclock_rs::counter::read());
+    let (t0, c0) = pair();
+    std::thread::sleep(std::time::Duration::from_millis(200)); // a calibration baseline, not a synchronisation
+    let (t1, c1) = pair();
     // Seconds per tick = (t1 − t0) ns / 1e9 / (c1 − c0) ticks.
     let period = Period::from_ratio(t1 - t0, (c1 - c0) as u128 * 1_000_000_000).unwrap();
     let p = dir.join("page");
@@ -78,7 +92,7 @@ fn check_now_output(out: &str) {
     assert!(out.contains("status SYNCHRONIZED"), "{out}");
     // The page is this machine's clock: CLOCK_REALTIME read right after is within 1 ms.
     let d = field(out, "clock_realtime_minus_page_ns ");
-    assert!((0..1_000_000).contains(&d), "CLOCK_REALTIME − page = {d} ns");
+    assert!((-1_000_000..1_000_000).contains(&d), "CLOCK_REALTIME − page = {d} ns");
 }
 
 #[test]
