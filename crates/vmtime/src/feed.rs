@@ -111,7 +111,7 @@ impl Measurer {
     }
 
     fn read(&self) -> Result<Snapshot> {
-        Ok(self.page.reader().read()?)
+        Ok(self.page.read()?)
     }
 
     /// (before, after, monotonic ns), the burst left in `self.samples`. A page updated during
