@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod check;
+mod feed;
 mod gen;
 mod host;
 mod now;
@@ -53,6 +54,8 @@ enum Command {
     Watch(watch::Args),
     /// Give a stock guest under an unmodified QEMU a vmclock device on a page file: SSDT + QEMU arguments.
     Qemu(qemu::Args),
+    /// Feed vmtime's page to chrony (SOCK refclock) or ClockBound's clients (shared memory).
+    Feed(feed::Args),
     /// Ask a running vmtime daemon for its state (JSON over its control socket).
     Status(status::Args),
 }
@@ -75,6 +78,7 @@ fn main() -> ExitCode {
         Command::Watch(a) => watch::run(a),
         Command::Status(a) => status::run(a),
         Command::Qemu(a) => qemu::run(a),
+        Command::Feed(a) => feed::run(a),
     };
     match result {
         Ok(code) => code,
