@@ -37,6 +37,16 @@ pub enum FollowError {
 enum Source {
     Device(Mapping),
     File(File),
+    /// A file on sysfs: a PCI memory BAR (`/sys/bus/pci/devices/…/resourceN`, e.g. an ivshmem
+    /// page in a guest) can only be mapped (`pread` fails with EIO), and the kernel fixes its size.
+    Sysfs(Mapping),
+}
+
+/// statfs f_type of sysfs (linux/magic.h).
+const SYSFS_MAGIC: u64 = 0x6265_6572;
+
+fn on_sysfs(f: &File) -> bool {
+    rustix::fs::fstatfs(f).is_ok_and(|s| s.f_type as u64 == SYSFS_MAGIC)
 }
 
 /// A page to read: a device mapped once, or a file read with `pread`.
@@ -60,6 +70,8 @@ impl PageReader {
         let m = f.metadata().map_err(io_err)?;
         let source = if m.file_type().is_char_device() {
             Source::Device(Mapping::map(&f, false).map_err(io_err)?)
+        } else if m.file_type().is_file() && on_sysfs(&f) {
+            Source::Sysfs(Mapping::map(&f, false).map_err(io_err)?)
         } else if m.file_type().is_file() {
             Source::File(f)
         } else {
@@ -89,7 +101,7 @@ impl PageReader {
     /// A consistent copy of the structure and how many bytes of the page exist.
     pub fn read_raw(&self) -> Result<(RawWords, usize), FollowError> {
         match &self.source {
-            Source::Device(m) => {
+            Source::Device(m) | Source::Sysfs(m) => {
                 let w = seqlock::read_raw(m, seqlock::DEFAULT_MAX_WAIT)
                     .map_err(|err| FollowError::Busy { path: self.name(), err })?;
                 Ok((w, PAGE_SIZE))
