@@ -290,7 +290,12 @@ impl Lab {
         let t = Instant::now();
         let hz = loop {
             match read_page(&host_page).and_then(|p| period_of(&p)) {
-                Ok(p) => break p.hz(),
+                // Its first pages may carry no calibrated period yet (0: an infinite rate).
+                Ok(p) if (1e6..1e11).contains(&p.hz()) => break p.hz(),
+                Ok(p) if t.elapsed() > Duration::from_secs(10) => {
+                    bail!("vmtime host's page has no plausible period after 10 s ({} Hz)", p.hz())
+                }
+                Ok(_) => std::thread::sleep(Duration::from_millis(50)), // polls a file, deadline above
                 Err(e) if t.elapsed() > Duration::from_secs(10) => bail!("vmtime host's page has no counter: {e:#}"),
                 Err(_) => std::thread::sleep(Duration::from_millis(50)), // polls a file, deadline above
             }
