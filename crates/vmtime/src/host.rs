@@ -58,6 +58,8 @@ pub struct Args {
     /// Exit after this many seconds (tests, measurements).
     #[arg(long)]
     duration_s: Option<u64>,
+    #[command(flatten)]
+    metrics: crate::metrics::MetricsArgs,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -129,6 +131,8 @@ struct Daemon {
     started: Instant,
     clocksource: String,
     tai_note: String,
+    /// The figures offered to the metrics server.
+    m: crate::metrics::HostMetrics,
 }
 
 impl Daemon {
@@ -148,6 +152,7 @@ impl Daemon {
         if let Some(HostAction::Publish { page, reason, disrupted }) = self.publisher.handle_observation(&obs) {
             let seq = self.writer.publish(&page);
             self.notify(seq);
+            self.m.published_page(self.writer.memory(), self.publisher.stats());
             let st = abi::status_name(page.clock_status);
             let stats = self.publisher.stats();
             if disrupted {
@@ -175,7 +180,9 @@ impl Daemon {
 
     fn notify(&mut self, seq: u32) {
         let msg = format!("{seq}\n");
+        let before = self.subscribers.len();
         self.subscribers.retain_mut(|s| s.write_all(msg.as_bytes()).is_ok());
+        self.m.subscribers_dropped += (before - self.subscribers.len()) as u64;
     }
 
     fn status_json(&self) -> serde_json::Value {
@@ -344,7 +351,11 @@ pub fn run(a: Args) -> Result<ExitCode> {
         started: Instant::now(),
         clocksource,
         tai_note,
+        m: Default::default(),
     };
+    let board = crate::metrics::Board::new(d.m.clone());
+    crate::metrics::start(&a.metrics, &board)?;
+    let mut supervisor = crate::service::Supervisor::new();
     if !usable {
         d.publisher.handle_event(HostEvent::CounterChanged { usable: false });
     }
@@ -407,10 +418,17 @@ pub fn run(a: Args) -> Result<ExitCode> {
                 d.subscribers.len()
             );
         }
+        d.m.subscribers = d.subscribers.len();
+        board.offer(&d.m);
+        if d.m.published > 0 {
+            supervisor.ready(&format!("publishing {}", d.page.display()));
+        }
+        supervisor.tick();
         if end.is_some_and(|e| Instant::now() >= e) {
             break;
         }
     }
+    supervisor.stopping();
     let _ = std::fs::remove_file(&socket_path);
     if d.publisher.stats().published == 0 {
         bail!("no page was published");

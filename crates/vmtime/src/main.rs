@@ -3,11 +3,15 @@
 
 mod check;
 mod gen;
+mod generate;
 mod host;
+mod logging;
+mod metrics;
 mod now;
 mod page;
 mod phc;
 mod relay;
+mod service;
 mod show;
 mod sim;
 mod status;
@@ -24,6 +28,9 @@ use std::process::ExitCode;
 #[derive(Parser, Debug)]
 #[command(name = "vmtime", version, about, long_about = None)]
 struct Cli {
+    /// How much the daemons log: error, warn, info, debug or trace.
+    #[arg(long, global = true, value_enum, default_value_t = logging::LogLevel::Info)]
+    log_level: logging::LogLevel,
     #[command(subcommand)]
     command: Command,
 }
@@ -52,6 +59,9 @@ enum Command {
     Watch(watch::Args),
     /// Ask a running vmtime daemon for its state (JSON over its control socket).
     Status(status::Args),
+    /// Write the man pages or shell completions (packaging).
+    #[command(hide = true)]
+    Generate(generate::Args),
 }
 
 /// The default page of a guest.
@@ -59,6 +69,7 @@ pub const DEFAULT_GUEST_PAGE: &str = "/dev/vmclock0";
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    logging::init(cli.log_level);
     let result: Result<ExitCode> = match cli.command {
         Command::Show(a) => show::run(a),
         Command::Check(a) => check::run(a),
@@ -71,6 +82,7 @@ fn main() -> ExitCode {
         Command::Sync(a) => sync::run(a),
         Command::Watch(a) => watch::run(a),
         Command::Status(a) => status::run(a),
+        Command::Generate(a) => generate::run(a),
     };
     match result {
         Ok(code) => code,

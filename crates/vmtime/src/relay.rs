@@ -46,6 +46,8 @@ pub struct Args {
     /// Exit after this many seconds.
     #[arg(long)]
     duration_s: Option<u64>,
+    #[command(flatten)]
+    metrics: crate::metrics::MetricsArgs,
 }
 
 /// Parses an offset given as u64, or as a negative i64 (wrapping).
@@ -81,6 +83,8 @@ struct Relay<F: FnMut(u32)> {
     last_host_seq: Option<u32>,
     relayed: u64,
     last_latency_us: f64,
+    /// The figures offered to the metrics server.
+    m: crate::metrics::RelayMetrics,
 }
 
 impl<F: FnMut(u32)> Relay<F> {
@@ -95,6 +99,7 @@ impl<F: FnMut(u32)> Relay<F> {
         self.last_host_seq = Some(host.seq_count());
         self.relayed += 1;
         let after = *self.writer.relay().state();
+        let before_marker = before.disruption_marker;
         if before != after {
             // Includes the host marker last relayed: a relay restarted on another host's page
             // (or after the host's marker changed while it was down) then changes the guest's.
@@ -107,7 +112,15 @@ impl<F: FnMut(u32)> Relay<F> {
             );
         }
         let msg = format!("{seq}\n");
+        let before = self.subscribers.len();
         self.subscribers.retain_mut(|s| s.write_all(msg.as_bytes()).is_ok());
+        self.m.subscribers_dropped += (before - self.subscribers.len()) as u64;
+        self.m.relayed_page(
+            self.writer.memory(),
+            self.relayed,
+            self.last_latency_us,
+            before_marker != after.disruption_marker,
+        );
         Ok(())
     }
 
@@ -242,7 +255,11 @@ pub fn run(a: Args) -> Result<ExitCode> {
         last_host_seq: None,
         relayed: 0,
         last_latency_us: 0.0,
+        m: Default::default(),
     };
+    let board = crate::metrics::Board::new(r.m.clone());
+    crate::metrics::start(&a.metrics, &board)?;
+    let mut supervisor = crate::service::Supervisor::new();
     let st = *r.writer.relay().state();
     eprintln!("vmtime relay: {} → {}", host_path.display(), a.guest_page.display());
     eprintln!("  map: guest = ((host · {}) >> {}) + {:#x}", st.map.ratio, st.map.frac_bits, st.map.offset);
@@ -291,10 +308,17 @@ pub fn run(a: Args) -> Result<ExitCode> {
                 host_sub = subscribe_host(&host_path);
             }
         }
+        r.m.subscribers = r.subscribers.len();
+        board.offer(&r.m);
+        if r.relayed > 0 {
+            supervisor.ready(&format!("relaying {} to {}", host_path.display(), a.guest_page.display()));
+        }
+        supervisor.tick();
         if end.is_some_and(|e| Instant::now() >= e) {
             break;
         }
     }
+    supervisor.stopping();
     let _ = std::fs::remove_file(&guest_socket);
     Ok(ExitCode::SUCCESS)
 }

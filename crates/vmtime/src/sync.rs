@@ -51,6 +51,8 @@ pub struct Args {
     /// TAI − UTC, to read a TAI PHC.
     #[arg(long, default_value_t = 37)]
     tai_offset: i16,
+    #[command(flatten)]
+    metrics: crate::metrics::MetricsArgs,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -144,6 +146,8 @@ struct Sync {
     last_marker: Option<u64>,
     /// Dry run: the last line printed for each kind of action (only changes are printed).
     printed: std::collections::HashMap<std::mem::Discriminant<SyncAction>, String>,
+    /// The figures offered to the metrics server.
+    m: crate::metrics::SyncMetrics,
 }
 
 impl Sync {
@@ -186,6 +190,7 @@ impl Sync {
             Ok(p) if p.counter_id() == vmclock::counter::NATIVE => p,
             Ok(_) | Err(_) => {
                 let a = self.discipline.handle_source_lost(&kernel);
+                self.m.discipline(self.discipline.status(), false);
                 return self.apply(a);
             }
         };
@@ -200,6 +205,7 @@ impl Sync {
         let raw = tightest(ClockId::MonotonicRaw, 16)?;
         let samples = (0..64).map(|_| aba_sample(ClockId::Realtime)).collect::<std::io::Result<Vec<_>>>()?;
         let a = self.discipline.handle_observation(&SyncObservation { page, raw, samples: &samples, kernel });
+        self.m.discipline(self.discipline.status(), true);
         self.apply(a)
     }
 
@@ -274,7 +280,11 @@ pub fn run(a: Args) -> Result<ExitCode> {
         applied: 0,
         last_marker: None,
         printed: Default::default(),
+        m: crate::metrics::SyncMetrics { dry_run: a.dry_run, ..Default::default() },
     };
+    let board = crate::metrics::Board::new(s.m.clone());
+    crate::metrics::start(&a.metrics, &board)?;
+    let mut supervisor = crate::service::Supervisor::new();
     eprintln!(
         "vmtime sync: {} → CLOCK_REALTIME{}",
         source.display(),
@@ -345,10 +355,16 @@ pub fn run(a: Args) -> Result<ExitCode> {
                 let _ = writeln!(conn, "{}", s.status_json());
             }
         }
+        board.offer(&s.m);
+        if s.m.updates > 0 {
+            supervisor.ready(&format!("following {}", s.page.path.display()));
+        }
+        supervisor.tick();
         if end.is_some_and(|e| Instant::now() >= e) {
             break;
         }
     }
+    supervisor.stopping();
     let _ = std::fs::remove_file(&socket);
     Ok(ExitCode::SUCCESS)
 }
