@@ -8,6 +8,7 @@ pub mod clock;
 pub mod event;
 pub mod pagefile;
 pub mod phc;
+pub mod procs;
 pub mod timex;
 
 pub use clock::{aba_sample, gettime, AbaSample, ClockId};

@@ -14,6 +14,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use vmclock::abi::{self, flags};
 use vmclock::seqlock;
+use vmtime_core::rival::{ClockWatch, Interference};
 use vmtime_core::sync::{Discipline, SyncAction, SyncConfig, SyncObservation};
 use vmtime_sys::clock::{aba_sample, tightest, ClockId};
 use vmtime_sys::event;
@@ -51,6 +52,10 @@ pub struct Args {
     /// TAI − UTC, to read a TAI PHC.
     #[arg(long, default_value_t = 37)]
     tai_offset: i16,
+    /// Start even while another time daemon (chronyd, ntpd, systemd-timesyncd, …) runs or the
+    /// kernel's PLL is on, and keep running when another process changes the clock's state.
+    #[arg(long)]
+    allow_other_daemon: bool,
     #[command(flatten)]
     metrics: crate::metrics::MetricsArgs,
 }
@@ -90,8 +95,14 @@ fn run_phc(a: &Args, dev: PathBuf, clock_name: &str) -> Result<ExitCode> {
     );
     let interval = Duration::from_millis(a.interval_ms.max(10));
     let end = a.duration_s.map(|d| Instant::now() + Duration::from_secs(d));
+    let mut watch = (!a.allow_other_daemon).then(ClockWatch::new);
     while end.is_none_or(|e| Instant::now() < e) {
         let tx = vmtime_sys::read_timex()?;
+        if let Some(w) = &mut watch {
+            if let Err(i) = w.check(&tx) {
+                return stopped_by(Interfered(i).into());
+            }
+        }
         match read_best(&mut d, 25) {
             Ok((m, _)) => {
                 for act in servo.handle_measurement(&m, tx.tick, tx.freq, interval.as_secs_f64()) {
@@ -104,6 +115,9 @@ fn run_phc(a: &Args, dev: PathBuf, clock_name: &str) -> Result<ExitCode> {
                         );
                     } else {
                         vmtime_sys::timex::apply(&act).with_context(|| format!("cannot {}", describe(&act)))?;
+                        if let Some(w) = &mut watch {
+                            w.applied(&act);
+                        }
                     }
                 }
             }
@@ -148,6 +162,8 @@ struct Sync {
     printed: std::collections::HashMap<std::mem::Discriminant<SyncAction>, String>,
     /// The figures offered to the metrics server.
     m: crate::metrics::SyncMetrics,
+    /// Changes to the kernel's NTP state that this daemon did not make.
+    watch: Option<ClockWatch>,
 }
 
 impl Sync {
@@ -172,9 +188,14 @@ impl Sync {
                         let _ = std::process::Command::new("sh").arg("-c").arg(h).status();
                     }
                 }
-                a => vmtime_sys::timex::apply(&a).with_context(|| {
-                    format!("cannot {} (vmtime sync needs CAP_SYS_TIME; use --dry-run to watch)", describe(&a))
-                })?,
+                a => {
+                    vmtime_sys::timex::apply(&a).with_context(|| {
+                        format!("cannot {} (vmtime sync needs CAP_SYS_TIME; use --dry-run to watch)", describe(&a))
+                    })?;
+                    if let Some(w) = &mut self.watch {
+                        w.applied(&a);
+                    }
+                }
             }
             if matches!(a, SyncAction::Step { .. }) {
                 eprintln!("{}", describe(&a));
@@ -186,6 +207,9 @@ impl Sync {
     fn observe(&mut self) -> Result<()> {
         self.page.refresh()?;
         let kernel = vmtime_sys::read_timex()?;
+        if let Some(w) = &mut self.watch {
+            w.check(&kernel).map_err(Interfered)?;
+        }
         let page = match seqlock::read(&self.page.map, seqlock::DEFAULT_MAX_WAIT) {
             Ok(p) if p.counter_id() == vmclock::counter::NATIVE => p,
             Ok(_) | Err(_) => {
@@ -224,7 +248,60 @@ impl Sync {
     }
 }
 
+/// Another process changed the kernel's NTP state.
+#[derive(Debug)]
+struct Interfered(Interference);
+
+impl std::fmt::Display for Interfered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: vmtime sync stops so that two daemons do not fight over the clock; stop the other one, or \
+             run vmtime sync with --allow-other-daemon",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for Interfered {}
+
+/// Exit status when another daemon is in the way (the unit does not restart on it).
+pub const EXIT_OTHER_DAEMON: u8 = 3;
+
+/// Ends the daemon: with [`EXIT_OTHER_DAEMON`] for interference, else the error.
+fn stopped_by(e: anyhow::Error) -> Result<ExitCode> {
+    match e.downcast_ref::<Interfered>() {
+        Some(i) => {
+            tracing::error!("{i}");
+            Ok(ExitCode::from(EXIT_OTHER_DAEMON))
+        }
+        None => Err(e),
+    }
+}
+
+/// Refuses to start next to another time daemon (a dry run only warns: it changes nothing).
+fn check_rivals(a: &Args) -> Result<Option<ExitCode>> {
+    if a.allow_other_daemon {
+        return Ok(None);
+    }
+    let procs = vmtime_sys::procs::list().context("cannot list the processes in /proc")?;
+    match vmtime_core::rival::may_start(&procs, &vmtime_sys::read_timex()?) {
+        Ok(()) => Ok(None),
+        Err(r) if a.dry_run => {
+            tracing::warn!("{r} (dry run: going on, nothing is changed)");
+            Ok(None)
+        }
+        Err(r) => {
+            tracing::error!("vmtime sync does not start: {r}");
+            Ok(Some(ExitCode::from(EXIT_OTHER_DAEMON)))
+        }
+    }
+}
+
 pub fn run(a: Args) -> Result<ExitCode> {
+    if let Some(code) = check_rivals(&a)? {
+        return Ok(code);
+    }
     // --source auto: a vmclock device first, then a pure PHC; or the path given.
     let source = match a.source.clone().or_else(find_device) {
         Some(s) => s,
@@ -281,6 +358,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         last_marker: None,
         printed: Default::default(),
         m: crate::metrics::SyncMetrics { dry_run: a.dry_run, ..Default::default() },
+        watch: (!a.allow_other_daemon).then(ClockWatch::new),
     };
     let board = crate::metrics::Board::new(s.m.clone());
     crate::metrics::start(&a.metrics, &board)?;
@@ -340,7 +418,9 @@ pub fn run(a: Args) -> Result<ExitCode> {
             }
         }
         if notified || Instant::now() >= next_obs {
-            s.observe()?;
+            if let Err(e) = s.observe() {
+                return stopped_by(e);
+            }
             next_obs = Instant::now() + Duration::from_nanos(s.discipline.poll_interval_ns() as u64);
         }
         let a2 = s.discipline.handle_tick(vmtime_sys::gettime(ClockId::MonotonicRaw)?);
