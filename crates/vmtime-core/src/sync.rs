@@ -298,7 +298,7 @@ impl Discipline {
             }
         }
         // Kernel state: TAI, leap, bounds, sync.
-        if let Some(tai) = page.tai_offset() {
+        if let Some(tai) = page.tai_minus_utc() {
             if obs.kernel.tai != tai as i32 {
                 out.push(SyncAction::SetTai(tai as i32));
             }

@@ -6,9 +6,14 @@
 
 pub mod clock;
 pub mod event;
+pub mod feed;
+pub mod files;
+pub mod follow;
 pub mod pagefile;
 pub mod phc;
 pub mod procs;
+pub mod serve;
+pub mod signals;
 pub mod timex;
 
 pub use clock::{aba_sample, gettime, AbaSample, ClockId};

@@ -32,9 +32,10 @@ pub struct Args {
     /// The page's timescale.
     #[arg(long, value_enum, default_value_t = TimeType::Tai)]
     time_type: TimeType,
-    /// TAI − UTC, s (default: the kernel's, else the system leap-second list).
-    #[arg(long)]
-    tai_offset: Option<i16>,
+    /// TAI − UTC in s, positive (37 in 2026); the page stores its negation, UTC − TAI, as the
+    /// driver and spec v1.1 read it (default: the kernel's, else the system leap-second list).
+    #[arg(long = "tai-offset", value_parser = clap::value_parser!(i16).range(0..))]
+    tai_minus_utc: Option<i16>,
     /// clock_status.
     #[arg(long, value_enum, default_value_t = Status::Synchronized)]
     status: Status,
@@ -119,7 +120,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         _ => bail!("give both --counter and --time-ns, or neither"),
     };
     let explicit_time = a.time_ns.is_some();
-    let tai = match a.tai_offset {
+    let tai = match a.tai_minus_utc {
         Some(o) => Some(o),
         None => {
             let kernel_tai = vmtime_sys::read_timex()?.tai;
@@ -158,7 +159,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         TimeType::Utc => b.reference(id, counter, Timestamp::<Utc>::from_nanos(realtime_ns as u128), period),
     };
     if let Some(o) = tai {
-        b = b.tai_offset(o);
+        b = b.tai_minus_utc(o);
     }
     if let Some(ns) = a.maxerror_ns {
         let rate = (a.period_maxerror_ppb * 1e-9 * period.frac as f64).ceil() as u64;
@@ -191,7 +192,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         .disruption_marker(a.disruption_marker)
         .flag(flags::TIME_MONOTONIC, false)
         .page_bytes();
-    vmtime_sys::pagefile::create(&a.page, &bytes).with_context(|| format!("cannot write {}", a.page.display()))?;
+    vmtime_sys::pagefile::create(&a.page, &bytes)?;
     eprintln!("wrote {} (counter {} at {:.3} Hz)", a.page.display(), abi::counter_name(id), period.hz());
     Ok(ExitCode::SUCCESS)
 }

@@ -5,19 +5,18 @@
 use anyhow::{bail, Context, Result};
 use clap::Args as ClapArgs;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, FileTypeExt};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::fd::AsFd;
+use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use vmclock::abi::{self, flags};
-use vmclock::seqlock;
 use vmtime_core::rival::{ClockWatch, Interference};
 use vmtime_core::sync::{Discipline, SyncAction, SyncConfig, SyncObservation};
 use vmtime_sys::clock::{aba_sample, tightest, ClockId};
-use vmtime_sys::event;
+use vmtime_sys::files;
+use vmtime_sys::serve::{self, Poller, Reply, Server, Subscription};
+use vmtime_sys::signals::{SignalEvent, Signals};
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
@@ -49,9 +48,9 @@ pub struct Args {
     /// The timescale of a PHC source (required unless its driver is known: ptp_kvm is UTC).
     #[arg(long, value_enum)]
     phc_timescale: Option<Timescale>,
-    /// TAI − UTC, to read a TAI PHC.
-    #[arg(long, default_value_t = 37)]
-    tai_offset: i16,
+    /// TAI − UTC in s (positive: 37), to read a TAI PHC.
+    #[arg(long = "tai-offset", default_value_t = 37, value_parser = clap::value_parser!(i16).range(0..))]
+    tai_minus_utc: i16,
     /// Start even while another time daemon (chronyd, ntpd, systemd-timesyncd, …) runs or the
     /// kernel's PLL is on, and keep running when another process changes the clock's state.
     #[arg(long)]
@@ -87,7 +86,8 @@ fn run_phc(a: &Args, dev: PathBuf, clock_name: &str) -> Result<ExitCode> {
         ),
     };
     let mut d = vmtime_sys::phc::PhcFile::open(&dev).with_context(|| format!("cannot open {}", dev.display()))?;
-    let mut servo = PhcServo::new(PhcServoConfig { timescale, tai_offset: a.tai_offset, ..PhcServoConfig::default() });
+    let mut servo =
+        PhcServo::new(PhcServoConfig { timescale, tai_minus_utc: a.tai_minus_utc, ..PhcServoConfig::default() });
     eprintln!(
         "vmtime sync: {} ({clock_name}, {timescale:?}) → CLOCK_REALTIME{}",
         dev.display(),
@@ -95,6 +95,8 @@ fn run_phc(a: &Args, dev: PathBuf, clock_name: &str) -> Result<ExitCode> {
     );
     let interval = Duration::from_millis(a.interval_ms.max(10));
     let end = a.duration_s.map(|d| Instant::now() + Duration::from_secs(d));
+    let mut signals = Signals::install()?;
+    let mut poller = Poller::new();
     let mut watch = (!a.allow_other_daemon).then(ClockWatch::new);
     while end.is_none_or(|e| Instant::now() < e) {
         let tx = vmtime_sys::read_timex()?;
@@ -123,7 +125,20 @@ fn run_phc(a: &Args, dev: PathBuf, clock_name: &str) -> Result<ExitCode> {
             }
             Err(failed) => eprintln!("{}: no reading method works: {failed:?}", dev.display()),
         }
-        std::thread::sleep(interval);
+        // The wait between measurements is also where signals arrive.
+        poller.clear();
+        signals.register(&mut poller);
+        poller.wait(Some(interval))?;
+        match signals.take(&poller) {
+            Some(SignalEvent::Terminate(name)) => {
+                tracing::info!("{name}: stopping (the clock is left as it is)");
+                break;
+            }
+            Some(SignalEvent::Reload) => {
+                tracing::info!("SIGHUP: vmtime sync has no configuration file to reload; ignored");
+            }
+            None => {}
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -160,6 +175,8 @@ struct Sync {
     last_marker: Option<u64>,
     /// Dry run: the last line printed for each kind of action (only changes are printed).
     printed: std::collections::HashMap<std::mem::Discriminant<SyncAction>, String>,
+    /// SIGHUPs received (each one a reload request).
+    reload_requests: u64,
     /// The figures offered to the metrics server.
     m: crate::metrics::SyncMetrics,
     /// Changes to the kernel's NTP state that this daemon did not make.
@@ -205,12 +222,14 @@ impl Sync {
     }
 
     fn observe(&mut self) -> Result<()> {
-        self.page.refresh()?;
+        self.page.refresh();
         let kernel = vmtime_sys::read_timex()?;
         if let Some(w) = &mut self.watch {
             w.check(&kernel).map_err(Interfered)?;
         }
-        let page = match seqlock::read(&self.page.map, seqlock::DEFAULT_MAX_WAIT) {
+        // A page that cannot be read (a truncated file, a stuck writer) is a lost source:
+        // holdover, never a crash.
+        let page = match self.page.read() {
             Ok(p) if p.counter_id() == vmclock::counter::NATIVE => p,
             Ok(_) | Err(_) => {
                 let a = self.discipline.handle_source_lost(&kernel);
@@ -226,6 +245,7 @@ impl Sync {
             );
         }
         self.last_marker = Some(page.disruption_marker());
+        crate::page::warn_legacy_tai(self.page.path(), &page);
         let raw = tightest(ClockId::MonotonicRaw, 16)?;
         let samples = (0..64).map(|_| aba_sample(ClockId::Realtime)).collect::<std::io::Result<Vec<_>>>()?;
         let a = self.discipline.handle_observation(&SyncObservation { page, raw, samples: &samples, kernel });
@@ -234,10 +254,11 @@ impl Sync {
     }
 
     fn status_json(&self) -> serde_json::Value {
-        let page = seqlock::read(&self.page.map, seqlock::DEFAULT_MAX_WAIT).ok();
+        let page = self.page.read().ok();
         serde_json::json!({
             "role": "sync",
-            "source": self.page.path.display().to_string(),
+            "reload_requests": self.reload_requests,
+            "source": self.page.path().display().to_string(),
             "dry_run": self.dry_run,
             "discipline": self.discipline.status(),
             "source_status": page.and_then(|p| p.clock_status()).map(abi::status_name),
@@ -316,7 +337,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         return run_phc(&a, source, &name);
     }
     let page = crate::page::FollowedPage::open(&source)?;
-    let first = seqlock::read(&page.map, seqlock::DEFAULT_MAX_WAIT)?;
+    let first = page.read()?;
     if first.counter_id() != vmclock::counter::NATIVE {
         bail!(
             "{} gives no time for this CPU's counter (counter_id {}): nothing to synchronise to",
@@ -325,23 +346,19 @@ pub fn run(a: Args) -> Result<ExitCode> {
         );
     }
     // Notification: the device's poll() (read() acknowledges), or a publisher's socket.
-    let is_device = std::fs::metadata(&source)?.file_type().is_char_device();
+    let is_device = page.reader().is_device();
     let device = (is_device && first.has(flags::NOTIFICATION_PRESENT)).then(|| File::open(&source)).transpose()?;
-    let mut sub = if is_device {
-        None
-    } else {
-        crate::status::request(&crate::host::socket_for(&source), "subscribe").ok().map(|(_, s)| s)
+    let subscribe = || Subscription::open(&crate::host::socket_for(&source), Duration::from_secs(2)).ok();
+    let mut sub = if is_device { None } else { subscribe() };
+    let socket = match a.socket {
+        Some(s) => s,
+        None => {
+            files::ensure_private_dir(&files::runtime_dir())?;
+            files::runtime_dir().join("sync.sock")
+        }
     };
-    if let Some(s) = &sub {
-        s.set_nonblocking(true)?;
-    }
-    let socket = a.socket.unwrap_or_else(|| crate::host::default_page().with_file_name("sync.sock"));
-    if let Some(d) = socket.parent() {
-        std::fs::create_dir_all(d)?;
-    }
-    let _ = std::fs::remove_file(&socket);
-    let listener = UnixListener::bind(&socket).with_context(|| format!("cannot listen on {}", socket.display()))?;
-    listener.set_nonblocking(true)?;
+    let mut server = Server::bind_unix(&socket, 0o600, None, serve::Limits::default())?;
+    let mut signals = Signals::install()?;
     let cfg = SyncConfig {
         step_threshold_ns: a.makestep_ns,
         step_updates: a.makestep_updates,
@@ -357,6 +374,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         applied: 0,
         last_marker: None,
         printed: Default::default(),
+        reload_requests: 0,
         m: crate::metrics::SyncMetrics { dry_run: a.dry_run, ..Default::default() },
         watch: (!a.allow_other_daemon).then(ClockWatch::new),
     };
@@ -371,7 +389,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     eprintln!(
         "  source: {} {}, status {}, marker {:#x}",
         abi::time_type_name(first.time_type()),
-        first.tai_offset().map_or("without a TAI offset".to_string(), |o| format!("with TAI − UTC = {o} s")),
+        first.tai_minus_utc().map_or("without a TAI offset".to_string(), |o| format!("with TAI − UTC = {o} s")),
         first.clock_status().map_or("absent", abi::status_name),
         first.disruption_marker()
     );
@@ -389,6 +407,8 @@ pub fn run(a: Args) -> Result<ExitCode> {
 
     let end = a.duration_s.map(|d| Instant::now() + Duration::from_secs(d));
     let mut next_obs = Instant::now();
+    let mut last_resubscribe = Instant::now();
+    let mut poller = Poller::new();
     loop {
         let now = Instant::now();
         let raw_now = vmtime_sys::gettime(ClockId::MonotonicRaw)?;
@@ -397,24 +417,38 @@ pub fn run(a: Args) -> Result<ExitCode> {
             .into_iter()
             .flatten()
             .min()
-            .unwrap_or(Duration::from_secs(1));
-        let mut fds = vec![listener.as_raw_fd()];
-        if let Some(d) = &s.device {
-            fds.push(d.as_raw_fd());
-        } else if let Some(x) = &sub {
-            fds.push(x.as_raw_fd());
+            .unwrap_or(Duration::from_secs(1))
+            .min(Duration::from_secs(1));
+        let wake = serve::earliest(Some(now + wait), server.next_deadline());
+        poller.clear();
+        signals.register(&mut poller);
+        server.register(&mut poller);
+        let t_note = if let Some(d) = &s.device {
+            Some(poller.add(d.as_fd(), serve::READABLE))
+        } else {
+            sub.as_ref().map(|x| poller.add(x.fd(), serve::READABLE))
+        };
+        poller.wait(wake.map(|w| w.saturating_duration_since(Instant::now())))?;
+        match signals.take(&poller) {
+            Some(SignalEvent::Terminate(name)) => {
+                tracing::info!("{name}: stopping (the clock is left as it is; the socket is removed)");
+                break;
+            }
+            Some(SignalEvent::Reload) => {
+                // The hook for a configuration file; until there is one, logged and ignored.
+                s.reload_requests += 1;
+                tracing::info!("SIGHUP: vmtime sync has no configuration file to reload; ignored");
+            }
+            None => {}
         }
-        let ready = event::poll_readable(&fds, wait.as_micros().div_ceil(1000).min(1000) as i32)?;
-        let notified = ready.get(1).copied().unwrap_or(false);
+        let notified = t_note.is_some_and(|t| poller.readable(t));
         if notified {
             if let Some(d) = &s.device {
                 let mut buf = [0u8; abi::ABI_SIZE];
                 let _ = d.read_at(&mut buf, 0); // acknowledges this seq_count to the driver
-            } else if let Some(x) = sub.as_mut() {
-                let mut buf = [0u8; 256];
-                if matches!(x.read(&mut buf), Ok(0)) {
-                    sub = None;
-                }
+            } else if !sub.as_mut().is_some_and(|x| x.drain()) {
+                tracing::warn!("the publisher went away: polling the page");
+                sub = None;
             }
         }
         if notified || Instant::now() >= next_obs {
@@ -425,19 +459,17 @@ pub fn run(a: Args) -> Result<ExitCode> {
         }
         let a2 = s.discipline.handle_tick(vmtime_sys::gettime(ClockId::MonotonicRaw)?);
         s.apply(a2)?;
-        if ready[0] {
-            while let Ok((conn, _)) = listener.accept() {
-                let _ = conn.set_nonblocking(false);
-                let _ = conn.set_read_timeout(Some(Duration::from_millis(200)));
-                let mut line = String::new();
-                let _ = BufReader::new(&conn).read_line(&mut line);
-                let mut conn: UnixStream = conn;
-                let _ = writeln!(conn, "{}", s.status_json());
-            }
+        server.handle(&poller, |line| match line.trim() {
+            "status" => Reply::Line(s.status_json().to_string()),
+            _ => Reply::Line(serve::error_json("unknown request: send status")),
+        });
+        if !is_device && sub.is_none() && last_resubscribe.elapsed() >= Duration::from_secs(1) {
+            last_resubscribe = Instant::now();
+            sub = subscribe();
         }
         board.offer(&s.m);
         if s.m.updates > 0 {
-            supervisor.ready(&format!("following {}", s.page.path.display()));
+            supervisor.ready(&format!("following {}", s.page.path().display()));
         }
         supervisor.tick();
         if end.is_some_and(|e| Instant::now() >= e) {
@@ -445,6 +477,6 @@ pub fn run(a: Args) -> Result<ExitCode> {
         }
     }
     supervisor.stopping();
-    let _ = std::fs::remove_file(&socket);
+    drop(server); // removes our socket (only if it is still ours)
     Ok(ExitCode::SUCCESS)
 }
