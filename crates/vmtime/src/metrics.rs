@@ -494,6 +494,29 @@ impl SyncMetrics {
     }
 }
 
+impl SyncMetrics {
+    /// A PTP clock measurement the servo has used (offset in ns).
+    pub fn phc_measured(&mut self, offset_ns: f64) {
+        self.offset_ns = Some(offset_ns);
+        self.updates += 1;
+        self.last_good = Some(Instant::now());
+        self.state = Some("synchronised");
+    }
+
+    /// An action of the PTP servo (its steps and frequency).
+    pub fn phc_action(&mut self, a: &vmtime_core::sync::SyncAction) {
+        use vmtime_core::sync::SyncAction;
+        match *a {
+            SyncAction::Step { .. } => self.steps += 1,
+            // tick: µs per 1/100 s (10 000 nominal, 100 ppm per µs); freq: 2^-16 ppm.
+            SyncAction::SetFrequency { tick, freq } => {
+                self.frequency_ppb = Some((tick - 10_000) as f64 * 100_000.0 + freq as f64 * 1000.0 / 65536.0)
+            }
+            _ => {}
+        }
+    }
+}
+
 impl Expose for SyncMetrics {
     fn render(&self, now: Instant, e: &mut Exposition) {
         e.build_info("sync");
@@ -585,6 +608,19 @@ mod tests {
         assert!(!text.contains("vmtime_host_page_esterror_seconds"));
         assert_eq!(value(f64::NAN), "NaN");
         assert_eq!(value(f64::NEG_INFINITY), "-Inf");
+    }
+
+    #[test]
+    fn the_phc_servos_actions_count() {
+        use vmtime_core::sync::SyncAction;
+        let mut m = SyncMetrics::default();
+        m.phc_action(&SyncAction::Step { delta_ns: 5 });
+        m.phc_action(&SyncAction::SetFrequency { tick: 10_001, freq: 65_536 });
+        m.phc_measured(-12.5);
+        assert_eq!((m.steps, m.updates, m.frequency_ppb, m.offset_ns), (1, 1, Some(101_000.0), Some(-12.5)));
+        let text = render(&m, Instant::now());
+        assert!(text.contains("\nvmtime_sync_frequency_ratio 0.000101\n"), "{text}");
+        assert!(text.contains("vmtime_sync_state{state=\"synchronised\"} 1\n"));
     }
 
     #[test]

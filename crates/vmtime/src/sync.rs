@@ -98,6 +98,10 @@ fn run_phc(a: &Args, dev: PathBuf, clock_name: &str) -> Result<ExitCode> {
     let mut signals = Signals::install()?;
     let mut poller = Poller::new();
     let mut watch = (!a.allow_other_daemon).then(ClockWatch::new);
+    let mut fig = crate::metrics::SyncMetrics { dry_run: a.dry_run, state: Some("starting"), ..Default::default() };
+    let board = crate::metrics::Board::new(fig.clone());
+    crate::metrics::start(&a.metrics, &board)?;
+    let mut supervisor = crate::service::Supervisor::new();
     while end.is_none_or(|e| Instant::now() < e) {
         let tx = vmtime_sys::read_timex()?;
         if let Some(w) = &mut watch {
@@ -108,6 +112,7 @@ fn run_phc(a: &Args, dev: PathBuf, clock_name: &str) -> Result<ExitCode> {
         match read_best(&mut d, 25) {
             Ok((m, _)) => {
                 for act in servo.handle_measurement(&m, tx.tick, tx.freq, interval.as_secs_f64()) {
+                    fig.phc_action(&act);
                     if a.dry_run {
                         println!(
                             "dry run: would {} (offset {:+.1} ns by {:?})",
@@ -122,9 +127,15 @@ fn run_phc(a: &Args, dev: PathBuf, clock_name: &str) -> Result<ExitCode> {
                         }
                     }
                 }
+                fig.phc_measured(servo.last_offset_ns);
             }
             Err(failed) => eprintln!("{}: no reading method works: {failed:?}", dev.display()),
         }
+        board.offer(&fig);
+        if fig.updates > 0 {
+            supervisor.ready(&format!("following {}", dev.display()));
+        }
+        supervisor.tick();
         // The wait between measurements is also where signals arrive.
         poller.clear();
         signals.register(&mut poller);
@@ -140,6 +151,7 @@ fn run_phc(a: &Args, dev: PathBuf, clock_name: &str) -> Result<ExitCode> {
             None => {}
         }
     }
+    supervisor.stopping();
     Ok(ExitCode::SUCCESS)
 }
 
