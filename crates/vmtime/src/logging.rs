@@ -71,14 +71,30 @@ pub fn detect_style() -> Style {
     }
 }
 
-/// Installs the subscriber. Called once, by `main`; a second call (tests) is ignored.
+/// Changes the level of the installed subscriber (see [`set_level`]).
+static LEVEL: std::sync::OnceLock<
+    tracing_subscriber::reload::Handle<tracing_subscriber::filter::LevelFilter, tracing_subscriber::Registry>,
+> = std::sync::OnceLock::new();
+
+/// Installs the subscriber. Called once, by `main`; a second call (tests) is ignored. A daemon
+/// that learns its level later (from its configuration, or on SIGHUP) calls [`set_level`].
 pub fn init(level: LogLevel) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let style = detect_style();
-    let _ = tracing_subscriber::fmt()
-        .with_max_level(level.filter())
-        .with_writer(std::io::stderr)
-        .event_format(LineFormat { style })
-        .try_init();
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(level.filter());
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).event_format(LineFormat { style });
+    if tracing_subscriber::registry().with(filter).with(fmt).try_init().is_ok() {
+        let _ = LEVEL.set(handle);
+    }
+}
+
+/// Sets the level from now on (a daemon's configured `log_level`, re-read on SIGHUP).
+#[allow(dead_code)] // until the daemons read their configured level
+pub fn set_level(level: LogLevel) {
+    if let Some(h) = LEVEL.get() {
+        let _ = h.modify(|f| *f = level.filter());
+    }
 }
 
 /// The syslog priority journald reads from a `<N>` prefix.
@@ -213,6 +229,16 @@ mod tests {
             tracing::error!("e");
         });
         assert_eq!(out, "<3>e\n");
+    }
+
+    #[test]
+    fn the_level_can_change_after_start() {
+        use tracing::level_filters::LevelFilter;
+        init(LogLevel::Info);
+        set_level(LogLevel::Debug);
+        assert_eq!(LevelFilter::current(), LevelFilter::DEBUG);
+        set_level(LogLevel::Error);
+        assert_eq!(LevelFilter::current(), LevelFilter::ERROR);
     }
 
     #[test]
