@@ -483,6 +483,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
                 server.subscribers()
             );
         }
+        d.m.last_observation = Some(last_obs);
         d.m.subscribers = server.subscribers();
         d.m.subscribers_dropped = server.stats().dropped_subscribers;
         board.offer(&d.m);

@@ -306,6 +306,8 @@ const STATUSES: &[&str] = &["UNKNOWN", "INITIALIZING", "SYNCHRONIZED", "FREERUNN
 #[derive(Clone, Debug, Default)]
 pub struct HostMetrics {
     pub published: u64,
+    /// When the kernel clock was last observed (at least every --interval-ms, page or not).
+    pub last_observation: Option<Instant>,
     pub disruptions: u64,
     pub last_publish: Option<Instant>,
     pub maxerror_ns: Option<u64>,
@@ -341,6 +343,11 @@ impl Expose for HostMetrics {
             "vmtime_host_page_age_seconds",
             "Time since the host page was last published.",
             age(now, self.last_publish),
+        );
+        e.gauge(
+            "vmtime_host_last_observation_age_seconds",
+            "Time since the kernel clock was last observed (the page is checked against it then, republished only if it drifted).",
+            age(now, self.last_observation),
         );
         e.counter("vmtime_host_pages_published_total", "Pages published since the daemon started.", self.published);
         e.counter(
@@ -386,6 +393,8 @@ impl Expose for HostMetrics {
 #[derive(Clone, Debug, Default)]
 pub struct RelayMetrics {
     pub relayed: u64,
+    /// The host page cannot be read: the guest page keeps its last update.
+    pub holdover: bool,
     pub disruptions: u64,
     pub last_publish: Option<Instant>,
     pub maxerror_ns: Option<u64>,
@@ -426,6 +435,11 @@ impl Expose for RelayMetrics {
             age(now, self.last_publish),
         );
         e.counter("vmtime_relay_guest_pages_total", "Guest pages written (relayed host pages).", self.relayed);
+        e.gauge(
+            "vmtime_relay_holdover",
+            "1 while the host page cannot be read and the guest page keeps its last update.",
+            Some(f64::from(u8::from(self.holdover))),
+        );
         e.counter(
             "vmtime_relay_disruptions_total",
             "Guest disruption marker changes (host disruptions, migrations, restores).",

@@ -386,6 +386,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
             Err(_) => {}
             Ok(()) => last_error.clear(),
         }
+        r.m.holdover = r.holding;
         r.m.subscribers = server.subscribers();
         r.m.subscribers_dropped = server.stats().dropped_subscribers;
         board.offer(&r.m);

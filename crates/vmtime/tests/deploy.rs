@@ -119,6 +119,7 @@ fn each_daemon_serves_its_metrics_and_promtool_accepts_them() {
     assert!(sample(&host, "vmtime_host_pages_published_total").unwrap() >= 1.0, "{host}");
     let age = sample(&host, "vmtime_host_page_age_seconds").unwrap();
     assert!((0.0..5.0).contains(&age), "page age {age}");
+    assert!(sample(&host, "vmtime_host_last_observation_age_seconds").unwrap() < 5.0, "{host}");
     assert!(sample(&host, "vmtime_host_page_maxerror_seconds").unwrap() > 0.0);
     assert!(sample(&host, "vmtime_host_page_error_seconds").unwrap().abs() < 1e-3);
     assert!(host.contains("vmtime_host_subscribers "));
@@ -131,6 +132,7 @@ fn each_daemon_serves_its_metrics_and_promtool_accepts_them() {
     let relay = scrape(rp);
     assert!(sample(&relay, "vmtime_relay_guest_pages_total").unwrap() >= 1.0, "{relay}");
     assert!(sample(&relay, "vmtime_relay_page_age_seconds").unwrap() < 5.0, "{relay}");
+    assert_eq!(sample(&relay, "vmtime_relay_holdover"), Some(0.0), "{relay}");
     let sync = scrape(sp);
     assert!(sample(&sync, "vmtime_sync_updates_total").unwrap() >= 1.0, "{sync}");
     assert!(sample(&sync, "vmtime_sync_offset_seconds").unwrap().abs() < 1.0, "{sync}");
