@@ -74,7 +74,11 @@ impl ClockBoundSegment {
             }
             r?;
         }
-        let f = OpenOptions::new().read(true).write(true).open(path)?;
+        // Never through a link, and only a regular file (a planted link or device is refused).
+        let f = OpenOptions::new().read(true).write(true).custom_flags(libc::O_NOFOLLOW).open(path)?;
+        if !f.metadata()?.file_type().is_file() {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));
+        }
         if f.metadata()?.len() != SEGMENT_SIZE as u64 {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "the segment file changed size while opened"));
         }

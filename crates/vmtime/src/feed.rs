@@ -7,7 +7,6 @@ use clap::{Args as ClapArgs, Subcommand, ValueEnum};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
-use vmclock::seqlock;
 use vmclock::Snapshot;
 use vmtime_core::feed::chrony::{ChronyAction, ChronyFeed};
 use vmtime_core::feed::clockbound::{CbStatus, ClockBoundConfig, ClockBoundFeed, ErrorBound};
@@ -16,6 +15,8 @@ use vmtime_core::AbaSample;
 use vmtime_sys::clock::{aba_sample, gettime, ClockId};
 use vmtime_sys::event;
 use vmtime_sys::feed::{ChronySocket, ClockBoundSegment};
+use vmtime_sys::serve::{Poller, READABLE};
+use vmtime_sys::signals::{SignalEvent, Signals};
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
@@ -111,12 +112,13 @@ impl Measurer {
     }
 
     fn read(&self) -> Result<Snapshot> {
-        Ok(seqlock::read(&self.page.map, seqlock::DEFAULT_MAX_WAIT)?)
+        // A page file is read with pread: one that shrinks is an error here, never a SIGBUS.
+        Ok(self.page.read()?)
     }
 
     /// (before, after, monotonic ns), the burst left in `self.samples`.
     fn measure(&mut self, burst: usize) -> Result<(Snapshot, Snapshot, i128)> {
-        self.page.refresh()?;
+        self.page.refresh();
         let before = self.read()?;
         self.samples.clear();
         for _ in 0..burst {
@@ -124,6 +126,31 @@ impl Measurer {
         }
         let after = self.read()?;
         Ok((before, after, gettime(ClockId::Monotonic)?))
+    }
+}
+
+/// Waits for the next tick; signals arrive here too. Returns false when asked to stop
+/// (SIGTERM/SIGINT); SIGHUP is logged and ignored (there is no configuration to reload).
+fn wait_tick(poller: &mut Poller, signals: &mut Signals, timer: &event::Interval) -> Result<bool> {
+    loop {
+        poller.clear();
+        signals.register(poller);
+        let t = poller.add(timer.as_fd(), READABLE);
+        poller.wait(None)?;
+        match signals.take(poller) {
+            Some(SignalEvent::Terminate(name)) => {
+                tracing::info!("{name}: stopping");
+                return Ok(false);
+            }
+            Some(SignalEvent::Reload) => {
+                tracing::info!("SIGHUP: vmtime feed has no configuration file to reload; ignored");
+            }
+            None => {}
+        }
+        if poller.readable(t) {
+            timer.ack()?;
+            return Ok(true);
+        }
     }
 }
 
@@ -144,6 +171,7 @@ fn run_chrony(a: ChronyArgs) -> Result<ExitCode> {
     let sock = ChronySocket::new(&a.socket)?;
     let mut feed = ChronyFeed::new(interval.as_nanos() as i128);
     let timer = event::Interval::new(interval)?;
+    let (mut poller, mut signals) = (Poller::new(), Signals::install()?);
     eprintln!(
         "vmtime feed chrony: {} → {} every {} ms (chrony.conf: refclock SOCK {})",
         a.common.source.display(),
@@ -186,8 +214,9 @@ fn run_chrony(a: ChronyArgs) -> Result<ExitCode> {
         if end.is_some_and(|e| Instant::now() >= e) {
             break;
         }
-        event::poll_readable(&[timer.fd()], -1)?;
-        timer.ack()?;
+        if !wait_tick(&mut poller, &mut signals, &timer)? {
+            break;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -210,8 +239,8 @@ fn run_clockbound(a: ClockBoundArgs) -> Result<ExitCode> {
         DisruptionSupport::Auto => a.common.source == Path::new(crate::DEFAULT_GUEST_PAGE),
     };
     let mut m = Measurer::open(&a.common.source, a.common.burst)?;
-    std::fs::create_dir_all(&a.dir).with_context(|| format!("cannot create {}", a.dir.display()))?;
     let path = a.dir.join("shm0");
+    vmtime_sys::files::ensure_dir_for(&path)?;
     let mut seg = ClockBoundSegment::open_or_create(&path)
         .with_context(|| format!("cannot create the ClockBound segment {}", path.display()))?;
     let cfg = ClockBoundConfig {
@@ -222,6 +251,7 @@ fn run_clockbound(a: ClockBoundArgs) -> Result<ExitCode> {
     };
     let mut feed = ClockBoundFeed::new(cfg);
     let timer = event::Interval::new(interval)?;
+    let (mut poller, mut signals) = (Poller::new(), Signals::install()?);
     let end = a.common.duration_s.map(|d| Instant::now() + Duration::from_secs(d));
     let mut last = None;
     let mut first = true;
@@ -261,8 +291,9 @@ fn run_clockbound(a: ClockBoundArgs) -> Result<ExitCode> {
         if end.is_some_and(|e| Instant::now() >= e) {
             break;
         }
-        event::poll_readable(&[timer.fd()], -1)?;
-        timer.ack()?;
+        if !wait_tick(&mut poller, &mut signals, &timer)? {
+            break;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -747,3 +747,57 @@ fn class1_the_relay_keeps_relaying_while_its_clients_misbehave() {
     assert_eq!(srv["too_long"], 1, "{srv}");
     drop(stopped);
 }
+
+#[test]
+fn class5_the_clockbound_feed_survives_a_shrinking_page_and_stops_cleanly() {
+    let d = tempfile::tempdir().unwrap();
+    let page = d.path().join("src.page");
+    gen(&page);
+    let good = std::fs::read(&page).unwrap();
+    let cb = d.path().join("clockbound");
+    let mut f = spawn(&[
+        "feed",
+        "clockbound",
+        "--source",
+        page.to_str().unwrap(),
+        "--dir",
+        cb.to_str().unwrap(),
+        "--interval-ms",
+        "20",
+        "--life-ms",
+        "2000",
+        "--duration-s",
+        "120",
+    ]);
+    f.wait_line("vmtime feed clockbound");
+    f.signal("HUP");
+    std::fs::set_permissions(&page, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::OpenOptions::new().write(true).open(&page).unwrap().set_len(0).unwrap();
+    f.wait_line("only 0 bytes");
+    std::fs::write(&page, &good).unwrap();
+    f.wait_line("clockbound feed: running");
+    assert!(f.running(), "alive after SIGHUP and a truncated page");
+    f.signal("TERM");
+    assert!(f.wait_exit().success(), "{:?}", f.seen);
+    // A planted link where the segment goes is refused, its target untouched.
+    let d2 = d.path().join("cb2");
+    std::fs::create_dir(&d2).unwrap();
+    let target = d.path().join("target");
+    std::fs::write(&target, b"keep").unwrap();
+    std::os::unix::fs::symlink(&target, d2.join("shm0")).unwrap();
+    let o = vmtime(&[
+        "feed",
+        "clockbound",
+        "--source",
+        page.to_str().unwrap(),
+        "--dir",
+        d2.to_str().unwrap(),
+        "--interval-ms",
+        "20",
+        "--life-ms",
+        "2000",
+        "--duration-s",
+        "1",
+    ]);
+    assert_eq!(std::fs::read(&target).unwrap(), b"keep", "{}", stderr(&o));
+}
