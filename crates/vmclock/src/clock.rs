@@ -182,7 +182,7 @@ impl<M: PageMemory> Clock<M> {
         let b = snap.to_bytes();
         let word = u32::from_ne_bytes([b[8], b[9], b[10], b[11]]);
         let mut absent = 0u64;
-        let size = snap.size();
+        let size = snap.present_size();
         if !abi::field::TIME_MAXERROR.present_in(size) {
             absent |= flags::TIME_MAXERROR_VALID;
         }
