@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod check;
+mod feed;
 mod gen;
 mod host;
 mod now;
@@ -50,6 +51,8 @@ enum Command {
     Sync(sync::Args),
     /// Print each update of a page with the fields that changed.
     Watch(watch::Args),
+    /// Feed vmtime's page to chrony (SOCK refclock) or ClockBound's clients (shared memory).
+    Feed(feed::Args),
     /// Ask a running vmtime daemon for its state (JSON over its control socket).
     Status(status::Args),
 }
@@ -71,6 +74,7 @@ fn main() -> ExitCode {
         Command::Sync(a) => sync::run(a),
         Command::Watch(a) => watch::run(a),
         Command::Status(a) => status::run(a),
+        Command::Feed(a) => feed::run(a),
     };
     match result {
         Ok(code) => code,
