@@ -7,7 +7,6 @@ use clap::{Args as ClapArgs, Subcommand, ValueEnum};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
-use vmclock::seqlock;
 use vmclock::Snapshot;
 use vmtime_core::feed::chrony::{ChronyAction, ChronyFeed};
 use vmtime_core::feed::clockbound::{CbStatus, ClockBoundConfig, ClockBoundFeed, ErrorBound};
@@ -111,12 +110,12 @@ impl Measurer {
     }
 
     fn read(&self) -> Result<Snapshot> {
-        Ok(seqlock::read(&self.page.map, seqlock::DEFAULT_MAX_WAIT)?)
+        Ok(self.page.read()?)
     }
 
     /// (before, after, monotonic ns), the burst left in `self.samples`.
     fn measure(&mut self, burst: usize) -> Result<(Snapshot, Snapshot, i128)> {
-        self.page.refresh()?;
+        self.page.refresh();
         let before = self.read()?;
         self.samples.clear();
         for _ in 0..burst {
