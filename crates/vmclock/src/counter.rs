@@ -124,3 +124,21 @@ mod tests {
         assert_ne!(super::RDTSCP.load(core::sync::atomic::Ordering::Relaxed), 0);
     }
 }
+
+#[cfg(all(test, any(target_arch = "x86_64", target_arch = "aarch64")))]
+mod read_tests {
+    /// The ordered read runs (on arm64: ISB, MRS CNTVCT_EL0, the dependent dummy load) and the
+    /// counter moves forward.
+    #[test]
+    fn the_counter_moves_forward() {
+        let a = super::read();
+        let mut b = super::read();
+        for _ in 0..1_000_000 {
+            if b > a {
+                break;
+            }
+            b = super::read();
+        }
+        assert!(b > a, "{a} then {b}");
+    }
+}
