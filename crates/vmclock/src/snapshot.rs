@@ -469,6 +469,11 @@ impl Reference {
     /// T(C) as raw 64.64 seconds.
     #[inline]
     pub fn raw_time_at(&self, counter: u64) -> Result<u128, TimeError> {
+        let d = counter.wrapping_sub(self.counter_value);
+        if (d as i64) >= 0 {
+            // At or after the reference (the usual case): one unsigned 64×64 multiply.
+            return self.time.checked_add((d as u128 * self.period as u128) >> self.shift).ok_or(TimeError::Overflow);
+        }
         let e = self.elapsed(counter).0;
         let t = if e >= 0 { self.time.checked_add(e as u128) } else { self.time.checked_sub(e.unsigned_abs()) };
         t.ok_or(TimeError::Overflow)
