@@ -10,11 +10,27 @@ fn realtime_ns() -> u128 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
 }
 
-/// A UTC page of this machine's clock (counter frequency calibrated over 50 ms), maxerror 1 ms.
+/// A (CLOCK_REALTIME, counter) pair: the counter read between two clock reads, the tightest of 16.
+fn pair() -> (u128, u64) {
+    (0..16)
+        .map(|_| {
+            let a = realtime_ns();
+            let c = vmclock_rs::counter::read();
+            let b = realtime_ns();
+            (b - a, a + (b - a) / 2, c)
+        })
+        .min()
+        .map(|(_, t, c)| (t, c))
+        .unwrap()
+}
+
+/// A UTC page of this machine's clock (counter frequency calibrated over 200 ms with tight pairs),
+/// maxerror 1 ms. Written just before each run, so the period's calibration error has little time
+/// to grow.
 fn page(dir: &Path) -> PathBuf {
-    let (t0, c0) = (realtime_ns(), vmclock_rs::counter::read());
-    std::thread::sleep(std::time::Duration::from_millis(50)); // a calibration baseline, not a synchronisation
-    let (t1, c1) = (realtime_ns(), vmclock_rs::counter::read());
+    let (t0, c0) = pair();
+    std::thread::sleep(std::time::Duration::from_millis(200)); // a calibration baseline, not a synchronisation
+    let (t1, c1) = pair();
     // Seconds per tick = (t1 − t0) ns / 1e9 / (c1 − c0) ticks.
     let period = Period::from_ratio(t1 - t0, (c1 - c0) as u128 * 1_000_000_000).unwrap();
     let p = dir.join("page");
@@ -76,9 +92,10 @@ fn check_now_output(out: &str) {
     assert!(e <= t && t <= l && l - e <= 2_000_002, "{out}");
     assert_eq!(field(out, "tai_minus_utc "), 37);
     assert!(out.contains("status SYNCHRONIZED"), "{out}");
-    // The page is this machine's clock: CLOCK_REALTIME read right after is within 1 ms.
+    // The page is this machine's clock, written just before: CLOCK_REALTIME read right after is
+    // within its 1 ms maxerror (either side: the calibration may be a little fast or slow).
     let d = field(out, "clock_realtime_minus_page_ns ");
-    assert!((0..1_000_000).contains(&d), "CLOCK_REALTIME − page = {d} ns");
+    assert!((-1_000_000..1_000_000).contains(&d), "CLOCK_REALTIME − page = {d} ns");
 }
 
 #[test]
@@ -88,15 +105,16 @@ fn c_example_runs_against_the_static_and_the_shared_library() {
     }
     let lib = build_lib();
     let dir = tempfile::tempdir().unwrap();
-    let p = page(dir.path());
     let stat = dir.path().join("now-static");
     cc(&stat, "now.c", &[lib.join("libvmclock.a").to_str().unwrap(), "-lpthread", "-ldl", "-lm"]);
+    let shared = dir.path().join("now-shared");
+    cc(&shared, "now.c", &["-L", lib.to_str().unwrap(), "-lvmclock"]);
+    let p = page(dir.path());
     let out = Command::new(&stat).arg(&p).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     check_now_output(&String::from_utf8_lossy(&out.stdout));
 
-    let shared = dir.path().join("now-shared");
-    cc(&shared, "now.c", &["-L", lib.to_str().unwrap(), "-lvmclock"]);
+    let p = page(dir.path());
     let out = Command::new(&shared).arg(&p).env("LD_LIBRARY_PATH", &lib).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     check_now_output(&String::from_utf8_lossy(&out.stdout));
