@@ -2,6 +2,7 @@
 
 use crate::page::Page;
 use anyhow::{bail, Context, Result};
+use crate::values::{Samples, ToleranceNs};
 use clap::Args as ClapArgs;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -16,11 +17,11 @@ pub struct Args {
     #[arg(default_value = crate::DEFAULT_GUEST_PAGE)]
     page: PathBuf,
     /// Number of (clock, counter, clock) samples.
-    #[arg(long, default_value_t = 1000)]
-    samples: usize,
+    #[arg(long, default_value = "1000")]
+    samples: Samples,
     /// Slack allowed on each side of a sample's window, ns.
-    #[arg(long, default_value_t = 0)]
-    tolerance: u64,
+    #[arg(long, default_value = "0")]
+    tolerance: ToleranceNs,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -69,11 +70,8 @@ fn print_human(path: &str, r: &CheckReport) {
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
-    if a.samples == 0 {
-        bail!("--samples must be at least 1");
-    }
     let page = Page::open(&a.page)?;
-    let (snap, samples) = sample(&page, a.samples)?;
+    let (snap, samples) = sample(&page, a.samples.get() as usize)?;
     if snap.counter_id() != vmclock::counter::NATIVE {
         bail!(
             "the page's counter is {} but this CPU reads {}: it cannot be checked here",
@@ -83,7 +81,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     }
     let kernel_tai = vmtime_sys::read_timex().context("adjtimex")?.tai;
     let scale = scale_for(&snap, kernel_tai)?;
-    let r = check(&snap, scale, &samples, a.tolerance)?;
+    let r = check(&snap, scale, &samples, a.tolerance.get())?;
     if a.json {
         let mut v = serde_json::to_value(&r)?;
         v["page"] = a.page.display().to_string().into();

@@ -4,6 +4,7 @@
 
 use crate::tai::{self, Found};
 use anyhow::{bail, Context, Result};
+use crate::values::*;
 use clap::{Args as ClapArgs, ValueEnum};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -19,49 +20,49 @@ pub struct Args {
     page: PathBuf,
     /// The counter's frequency in Hz (default: calibrated against CLOCK_REALTIME).
     #[arg(long)]
-    counter_hz: Option<u64>,
+    counter_hz: Option<CounterHz>,
     /// Calibration time, ms.
-    #[arg(long, default_value_t = 200)]
-    calibrate_ms: u64,
+    #[arg(long, default_value = "200")]
+    calibrate_ms: CalibrateMs,
     /// The reference counter value (with --time-ns; default: a fresh reading).
     #[arg(long, requires = "time_ns")]
-    counter: Option<u64>,
+    counter: Option<AnyU64>,
     /// The reference time in the page's timescale, ns since its epoch (with --counter).
     #[arg(long, requires = "counter")]
-    time_ns: Option<u128>,
+    time_ns: Option<AnyU64>,
     /// The page's timescale.
     #[arg(long, value_enum, default_value_t = TimeType::Tai)]
     time_type: TimeType,
     /// TAI − UTC, s (default: the kernel's, else the system leap-second list).
     #[arg(long)]
-    tai_offset: Option<i16>,
+    tai_offset: Option<TaiUtcS>,
     /// clock_status.
     #[arg(long, value_enum, default_value_t = Status::Synchronized)]
     status: Status,
     /// Maximum error of the time, ns (sets TIME_MAXERROR_VALID and PERIOD_MAXERROR_VALID).
     #[arg(long)]
-    maxerror_ns: Option<u64>,
+    maxerror_ns: Option<AnyU64>,
     /// Maximum error of the period, parts per billion (with --maxerror-ns).
-    #[arg(long, default_value_t = 0.0)]
-    period_maxerror_ppb: f64,
+    #[arg(long, default_value = "0")]
+    period_maxerror_ppb: PeriodPpb,
     /// Estimated error of the time, ns (sets the ESTERROR flags).
     #[arg(long)]
-    esterror_ns: Option<u64>,
+    esterror_ns: Option<AnyU64>,
     /// disruption_marker.
-    #[arg(long, default_value_t = 0)]
-    disruption_marker: u64,
+    #[arg(long, default_value = "0")]
+    disruption_marker: AnyU64,
     /// vm_generation_counter (sets VM_GEN_COUNTER_PRESENT).
     #[arg(long)]
-    vm_generation: Option<u64>,
+    vm_generation: Option<AnyU64>,
     /// leap_indicator.
     #[arg(long, value_enum, default_value_t = Leap::None)]
     leap: Leap,
     /// The `size` field.
-    #[arg(long, default_value_t = 4096)]
-    size: u32,
+    #[arg(long, default_value = "4096")]
+    size: PageSize,
     /// The counter id (default: this CPU's).
     #[arg(long)]
-    counter_id: Option<u8>,
+    counter_id: Option<CounterIdByte>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -105,10 +106,11 @@ fn calibrate(ms: u64) -> Result<(Period, u64, i128)> {
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
-    let (period, counter, realtime_ns) = match (a.counter_hz, a.counter, a.time_ns) {
+    let (period, counter, realtime_ns) =
+        match (a.counter_hz.map(CounterHz::get), a.counter.map(AnyU64::get), a.time_ns.map(AnyU64::get)) {
         (Some(hz), Some(c), Some(t)) => (Period::from_hz(hz).context("--counter-hz must be at least 2")?, c, t as i128),
         (hz, None, None) => {
-            let (p, c, t) = calibrate(a.calibrate_ms)?;
+            let (p, c, t) = calibrate(a.calibrate_ms.get())?;
             let p = match hz {
                 Some(hz) => Period::from_hz(hz).context("--counter-hz must be at least 2")?,
                 None => p,
@@ -119,7 +121,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         _ => bail!("give both --counter and --time-ns, or neither"),
     };
     let explicit_time = a.time_ns.is_some();
-    let tai = match a.tai_offset {
+    let tai = match a.tai_offset.map(TaiUtcS::get) {
         Some(o) => Some(o),
         None => {
             let kernel_tai = vmtime_sys::read_timex()?.tai;
@@ -143,8 +145,8 @@ pub fn run(a: Args) -> Result<ExitCode> {
             }
         }
     };
-    let id = a.counter_id.unwrap_or(vmclock::counter::NATIVE);
-    let mut b = PageBuilder::new().size(a.size);
+    let id = a.counter_id.map_or(vmclock::counter::NATIVE, CounterIdByte::get);
+    let mut b = PageBuilder::new().size(a.size.get());
     b = match a.time_type {
         TimeType::Tai => {
             let ns = if explicit_time {
@@ -160,14 +162,14 @@ pub fn run(a: Args) -> Result<ExitCode> {
     if let Some(o) = tai {
         b = b.tai_offset(o);
     }
-    if let Some(ns) = a.maxerror_ns {
-        let rate = (a.period_maxerror_ppb * 1e-9 * period.frac as f64).ceil() as u64;
+    if let Some(ns) = a.maxerror_ns.map(AnyU64::get) {
+        let rate = (a.period_maxerror_ppb.get() * 1e-9 * period.frac as f64).ceil() as u64;
         b = b.maxerror(ns, rate);
     }
-    if let Some(ns) = a.esterror_ns {
+    if let Some(ns) = a.esterror_ns.map(AnyU64::get) {
         b = b.esterror(ns, 0);
     }
-    if let Some(g) = a.vm_generation {
+    if let Some(g) = a.vm_generation.map(AnyU64::get) {
         b = b.vm_generation(g);
     }
     let status = match a.status {
@@ -188,7 +190,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let bytes = b
         .status(status)
         .leap(leap)
-        .disruption_marker(a.disruption_marker)
+        .disruption_marker(a.disruption_marker.get())
         .flag(flags::TIME_MONOTONIC, false)
         .page_bytes();
     vmtime_sys::pagefile::create(&a.page, &bytes).with_context(|| format!("cannot write {}", a.page.display()))?;

@@ -3,7 +3,10 @@
 
 use crate::tai::{self, Found};
 use anyhow::{bail, Context, Result};
-use clap::{Args as ClapArgs, ValueEnum};
+use crate::config::{HostSettings, LogLevel, Smearing};
+use crate::values::*;
+use clap::Args as ClapArgs;
+use serde::Serialize;
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -17,8 +20,14 @@ use vmtime_core::leapsecs::{LeapSeconds, TaiOffset};
 use vmtime_sys::clock::{aba_sample, tightest, ClockId};
 use vmtime_sys::event::{self, StepDetector};
 
-#[derive(ClapArgs, Debug)]
+/// `vmtime host`'s flags: each one is also a key of the configuration's `[host]` section
+/// (crate::config::HostSettings has the defaults); a flag overrides the file.
+#[derive(ClapArgs, Debug, Serialize)]
 pub struct Args {
+    /// The configuration file (default: /etc/vmtime/vmtime.toml, if it exists).
+    #[arg(long)]
+    #[serde(skip)]
+    config: Option<PathBuf>,
     /// Where to publish the page (default: /run/vmtime/host.page, or under $XDG_RUNTIME_DIR or
     /// /tmp when /run/vmtime cannot be created).
     #[arg(long)]
@@ -27,28 +36,28 @@ pub struct Args {
     #[arg(long)]
     socket: Option<PathBuf>,
     /// Longest time between full observations, ms.
-    #[arg(long, default_value_t = 1000)]
-    interval_ms: u64,
+    #[arg(long)]
+    interval_ms: Option<IntervalMs>,
     /// How often the kernel's NTP state is read (cheap adjtimex), ms.
-    #[arg(long, default_value_t = 10)]
-    poll_ms: u64,
+    #[arg(long)]
+    poll_ms: Option<PollMs>,
     /// Republish when the page is this far off the kernel clock, ns.
-    #[arg(long, default_value_t = 20)]
-    threshold_ns: u64,
+    #[arg(long)]
+    threshold_ns: Option<ThresholdNs>,
     /// Rate tolerance of the kernel clock against true time, ppm (the page's period maximum
     /// error rate; 500 is the kernel's own MAXFREQ).
-    #[arg(long, default_value_t = 500.0)]
-    tolerance_ppm: f64,
+    #[arg(long)]
+    tolerance_ppm: Option<TolerancePpm>,
     /// TAI − UTC, s (default: the kernel's, else the system leap-second list if current).
     #[arg(long)]
-    tai_offset: Option<i16>,
+    tai_offset: Option<TaiUtcS>,
     /// leap_second_smearing_hint to publish.
-    #[arg(long, value_enum, default_value_t = Smearing::Strict)]
-    smearing: Smearing,
+    #[arg(long, value_enum)]
+    smearing: Option<Smearing>,
     /// The kernel's own vmclock page (RFC "/dev/vmclock_host"): used as the source of the
     /// counter-to-clock relation when present; vmtime adds bounds, leap state, status and markers.
-    #[arg(long, default_value = "/dev/vmclock_host")]
-    vmclock_host: PathBuf,
+    #[arg(long)]
+    vmclock_host: Option<PathBuf>,
     /// Ignore the kernel's page even when it exists (sample the clock instead).
     #[arg(long)]
     no_vmclock_host: bool,
@@ -57,14 +66,21 @@ pub struct Args {
     quiet: bool,
     /// Exit after this many seconds (tests, measurements).
     #[arg(long)]
-    duration_s: Option<u64>,
+    duration_s: Option<DurationS>,
+    /// Log level: error, warn, info, debug or trace.
+    #[arg(long, value_enum)]
+    log_level: Option<LogLevel>,
+    /// Serve Prometheus metrics on this loopback address (default: [metrics] listen; off).
+    #[arg(long)]
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum Smearing {
-    Strict,
-    NoonLinear,
-    UtcSls,
+impl Args {
+    /// The settings: these flags over the configuration file over the defaults. Called again on
+    /// SIGHUP: an error there keeps the old settings.
+    pub fn settings(&self) -> Result<HostSettings> {
+        crate::config::host(self.config.as_deref(), self)
+    }
 }
 
 /// The default page path for this user.
@@ -240,7 +256,8 @@ fn open_page(path: &Path) -> Result<(WritableMapping, Option<Snapshot>)> {
     Ok((WritableMapping::new(Mapping::map(&f, true)?)?, None))
 }
 
-pub fn run(a: Args) -> Result<ExitCode> {
+pub fn run(args: Args) -> Result<ExitCode> {
+    let a = args.settings()?;
     let page_path = a.page.unwrap_or_else(default_page);
     if let Some(dir) = page_path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -252,7 +269,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     // TAI − UTC: the kernel's, a stated one, or the leap-second list while it is current.
     let kernel = vmtime_sys::read_timex()?;
     let now_s = (vmtime_sys::gettime(ClockId::Realtime)? / 1_000_000_000) as i64;
-    let (tai, tai_note) = match a.tai_offset {
+    let (tai, tai_note) = match a.tai_offset.map(TaiUtcS::get) {
         Some(o) => (TaiSource::Fixed(o), format!("TAI − UTC = {o} s, as given"))
         ,
         None => match tai::find(kernel.tai, Path::new(tai::LEAP_SECONDS_LIST), now_s) {
@@ -268,14 +285,14 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let (mem, prev) = open_page(&page_path)?;
     let cfg = HostConfig {
         counter_id: if usable { vmclock::counter::NATIVE } else { abi::counter_id::INVALID },
-        threshold_ns: a.threshold_ns,
+        threshold_ns: a.threshold_ns.get(),
         smearing_hint: match a.smearing {
             Smearing::Strict => abi::smearing::STRICT,
             Smearing::NoonLinear => abi::smearing::NOON_LINEAR,
             Smearing::UtcSls => abi::smearing::UTC_SLS,
         },
-        tolerance_ppb: (a.tolerance_ppm * 1000.0) as u64,
-        interval_ns: a.interval_ms as i128 * 1_000_000,
+        tolerance_ppb: a.tolerance_ppm.fine(),
+        interval_ns: a.interval_ms.get() as i128 * 1_000_000,
         marker_seed: event::random_u64()?,
         ..HostConfig::default()
     };
@@ -349,12 +366,12 @@ pub fn run(a: Args) -> Result<ExitCode> {
         d.publisher.handle_event(HostEvent::CounterChanged { usable: false });
     }
     let steps = StepDetector::new()?;
-    let poll_every = Duration::from_millis(a.poll_ms.max(1));
+    let poll_every = Duration::from_millis(a.poll_ms.get());
     let mut next_poll = Instant::now();
     let mut last_obs = Instant::now() - Duration::from_secs(3600);
     let mut last_line = Instant::now();
     let mut last_cs_check = Instant::now();
-    let end = a.duration_s.map(|s| Instant::now() + Duration::from_secs(s));
+    let end = a.duration_s.map(|s| Instant::now() + Duration::from_secs(s.get()));
     loop {
         // One system call per wake-up: poll() sleeps until the next adjtimex read is due, a step
         // or a control connection.

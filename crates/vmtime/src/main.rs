@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod check;
+mod config;
 mod gen;
 mod host;
 mod now;
@@ -13,10 +14,11 @@ mod sim;
 mod status;
 mod sync;
 mod tai;
+mod values;
 mod watch;
 
 use anyhow::Result;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -52,13 +54,72 @@ enum Command {
     Watch(watch::Args),
     /// Ask a running vmtime daemon for its state (JSON over its control socket).
     Status(status::Args),
+    /// The configuration file: check it, print the effective or the default configuration.
+    Config(config::Args),
 }
 
 /// The default page of a guest.
 pub const DEFAULT_GUEST_PAGE: &str = "/dev/vmclock0";
 
+/// The command line with what the value types know added: each numeric flag takes values that
+/// start with '-' (so `--tai-offset -5` is a number, refused with its range, not a flag) and its
+/// help gives the allowed range and, for a daemon, the default from the configuration's defaults.
+fn command() -> clap::Command {
+    let defaults = toml::Table::try_from(config::FileConfig::default()).unwrap_or_default();
+    harden(Cli::command(), &defaults)
+}
+
+fn harden(cmd: clap::Command, defaults: &toml::Table) -> clap::Command {
+    let section = defaults.get(cmd.get_name()).and_then(|v| v.as_table()).cloned();
+    let cmd = cmd.mut_args(|arg| {
+        let id = arg.get_value_parser().type_id();
+        let numeric = values::NUMERIC.iter().find(|n| id == (n.type_id)()).map(|n| (n.allowed)());
+        let default = section.as_ref().and_then(|t| t.get(arg.get_id().as_str())).map(|v| match v {
+            toml::Value::String(s) => s.clone(),
+            v => v.to_string(),
+        });
+        let mut extra = String::new();
+        if let Some(allowed) = &numeric {
+            extra.push_str(&format!(" [allowed: {allowed}]"));
+        }
+        if let Some(d) = default.filter(|d| d != "false") {
+            extra.push_str(&format!(" [default: {d}]"));
+        }
+        let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+        let arg = if numeric.is_some() { arg.allow_hyphen_values(true) } else { arg };
+        if extra.is_empty() { arg } else { arg.help(format!("{help}{extra}")) }
+    });
+    cmd.mut_subcommands(|sub| harden(sub, defaults))
+}
+
+/// Parses the command line; a mistake is one line naming the flag and what is allowed.
+fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Cli, (ExitCode, String)> {
+    use clap::error::ErrorKind;
+    let matches = command().try_get_matches_from(args).and_then(|m| Cli::from_arg_matches(&m));
+    matches.map_err(|e| match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            (ExitCode::SUCCESS, String::new())
+        }
+        _ => {
+            let text = e.render().to_string();
+            let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("invalid command line");
+            let first = first.trim().strip_prefix("error: ").unwrap_or(first.trim());
+            (ExitCode::from(2), format!("vmtime: {first} (see vmtime --help)"))
+        }
+    })
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse(std::env::args_os()) {
+        Ok(c) => c,
+        Err((code, line)) => {
+            if !line.is_empty() {
+                eprintln!("{line}");
+            }
+            return code;
+        }
+    };
     let result: Result<ExitCode> = match cli.command {
         Command::Show(a) => show::run(a),
         Command::Check(a) => check::run(a),
@@ -71,6 +132,7 @@ fn main() -> ExitCode {
         Command::Sync(a) => sync::run(a),
         Command::Watch(a) => watch::run(a),
         Command::Status(a) => status::run(a),
+        Command::Config(a) => config::run(a),
     };
     match result {
         Ok(code) => code,

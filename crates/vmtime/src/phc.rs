@@ -1,6 +1,7 @@
 //! `vmtime phc list` and `vmtime phc read DEV`: PTP clocks and how they read.
 
 use anyhow::{Context, Result};
+use crate::values::PhcReadings;
 use clap::{Args as ClapArgs, Subcommand};
 use serde::Serialize;
 use std::path::PathBuf;
@@ -27,8 +28,8 @@ enum Cmd {
         /// The device, e.g. /dev/ptp0.
         dev: PathBuf,
         /// Readings per method (at most 25 for EXTENDED and basic).
-        #[arg(short, long, default_value_t = 10)]
-        n: usize,
+        #[arg(short, long, default_value = "10")]
+        n: PhcReadings,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -109,7 +110,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         }
         Cmd::Read { dev, n, json } => {
             let mut d = PhcFile::open(&dev).with_context(|| format!("cannot open {}", dev.display()))?;
-            let results = methods(&mut d, n);
+            let results = methods(&mut d, n.get() as usize);
             if json {
                 println!("{}", serde_json::to_string_pretty(&results)?);
             } else {

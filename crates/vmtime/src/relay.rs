@@ -2,7 +2,10 @@
 //! domain, owning its disruption marker and generation counter (see `vmtime_core::relay`).
 
 use anyhow::{bail, Context, Result};
+use crate::config::{LogLevel, RelaySettings};
+use crate::values::*;
 use clap::Args as ClapArgs;
+use serde::Serialize;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -14,57 +17,90 @@ use vmclock::{Mapping, PageBuilder, WritableMapping};
 use vmtime_core::relay::{CounterMap, GuestPageWriter, GuestRelay, GuestState};
 use vmtime_sys::event;
 
-#[derive(ClapArgs, Debug)]
+/// `vmtime relay`'s flags: each one, except the one-shot --migrated and --restored, is also a
+/// key of the configuration's `[relay]` section; a flag overrides the file.
+#[derive(ClapArgs, Debug, Serialize)]
 pub struct Args {
+    /// The configuration file (default: /etc/vmtime/vmtime.toml, if it exists).
+    #[arg(long)]
+    #[serde(skip)]
+    config: Option<PathBuf>,
     /// The host page to follow (from `vmtime host`).
     #[arg(long)]
     host_page: Option<PathBuf>,
     /// The guest page to publish (a file the VMM shares with the guest, e.g. an ivshmem backend).
     #[arg(long)]
-    guest_page: PathBuf,
+    guest_page: Option<PathBuf>,
     /// KVM's TSC offset for this guest (added after scaling, mod 2^64; negative values wrap).
-    #[arg(long, allow_hyphen_values = true, default_value = "0")]
-    tsc_offset: String,
+    #[arg(long)]
+    tsc_offset: Option<TscOffset>,
     /// The TSC scaling ratio (guest ticks per host tick).
-    #[arg(long, default_value_t = 1.0)]
-    tsc_ratio: f64,
+    #[arg(long)]
+    tsc_ratio: Option<TscRatio>,
     /// Fraction bits of KVM's ratio (Intel 48, AMD 32).
-    #[arg(long, default_value_t = 48)]
-    tsc_frac_bits: u8,
+    #[arg(long)]
+    tsc_frac_bits: Option<FracBits>,
     /// Where the guest's markers are kept across restarts (default: guest page + ".state.json").
     #[arg(long)]
     state: Option<PathBuf>,
-    /// The guest has just been live-migrated in: change its disruption marker.
+    /// The guest has just been live-migrated in: change its disruption marker (this run only).
     #[arg(long)]
+    #[serde(skip)]
     migrated: bool,
-    /// The guest has just been restored from a snapshot: change both markers.
+    /// The guest has just been restored from a snapshot: change both markers (this run only).
     #[arg(long)]
+    #[serde(skip)]
     restored: bool,
     /// The VMM does not notify the guest (NOTIFICATION_PRESENT clear).
     #[arg(long)]
     no_notify: bool,
     /// Exit after this many seconds.
     #[arg(long)]
-    duration_s: Option<u64>,
+    duration_s: Option<DurationS>,
+    /// Log level: error, warn, info, debug or trace.
+    #[arg(long, value_enum)]
+    log_level: Option<LogLevel>,
+    /// Serve Prometheus metrics on this loopback address (default: [metrics] listen; off).
+    #[arg(long)]
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
-/// Parses an offset given as u64, or as a negative i64 (wrapping).
+impl Args {
+    /// The settings: these flags over the configuration file over the defaults. Called again on
+    /// SIGHUP: an error there keeps the old settings.
+    pub fn settings(&self) -> Result<RelaySettings> {
+        crate::config::relay(self.config.as_deref(), self)
+    }
+}
+
+/// Parses an offset given on the control socket: the same rules as --tsc-offset.
 fn parse_offset(s: &str) -> Result<u64> {
-    if let Some(rest) = s.strip_prefix('-') {
-        let v: u64 = rest.parse().with_context(|| format!("bad TSC offset {s}"))?;
-        return Ok(v.wrapping_neg());
-    }
-    let v = if let Some(hex) = s.strip_prefix("0x") { u64::from_str_radix(hex, 16) } else { s.parse() };
-    v.with_context(|| format!("bad TSC offset {s}"))
+    s.parse::<TscOffset>().map(TscOffset::get).map_err(|e| anyhow::anyhow!("TSC offset {s:?}: {e}"))
 }
 
-/// The KVM map for an offset, a ratio and its fraction bits.
-pub fn counter_map(offset: u64, ratio: f64, frac_bits: u8) -> Result<CounterMap> {
-    if !(ratio > 0.0 && ratio < 256.0) {
-        bail!("--tsc-ratio must lie in (0, 256): {ratio}");
+/// The KVM map for an offset, a ratio and its fraction bits, and a notice when the ratio had to
+/// be rounded to the nearest value KVM can hold (a multiple of 2^-frac_bits). A ratio that does
+/// not fit in 64 bits with that many fraction bits is refused.
+pub fn counter_map(offset: u64, ratio: TscRatio, frac_bits: FracBits) -> Result<(CounterMap, Option<String>)> {
+    let bits = frac_bits.get();
+    let scaled = ratio.get() * 2f64.powi(bits as i32);
+    let r = scaled.round();
+    if !(r >= 1.0 && r < 2f64.powi(64)) {
+        bail!(
+            "--tsc-ratio {} with --tsc-frac-bits {bits}: the ratio must lie in [2^-{bits}, 2^{}) to fit KVM's 64-bit fixed point; lower --tsc-frac-bits",
+            ratio.get(),
+            64 - bits as u32
+        );
     }
-    let r = (ratio * 2f64.powi(frac_bits as i32)).round() as u64;
-    Ok(CounterMap::new(offset, r, frac_bits)?)
+    let notice = (r != scaled).then(|| {
+        format!(
+            "--tsc-ratio {} is not a multiple of 2^-{bits}: using {} ({:#x} / 2^{bits}), the nearest KVM can hold",
+            ratio.get(),
+            r / 2f64.powi(bits as i32),
+            r as u64
+        )
+    });
+    Ok((CounterMap::new(offset, r as u64, bits)?, notice))
 }
 
 fn save(path: &Path, st: &GuestState) -> Result<()> {
@@ -154,7 +190,11 @@ impl<F: FnMut(u32)> Relay<F> {
                 let map = match rest {
                     [] => self.writer.relay().state().map,
                     [off] => CounterMap { offset: parse_offset(off)?, ..self.writer.relay().state().map },
-                    [off, ratio, bits] => counter_map(parse_offset(off)?, ratio.parse()?, bits.parse()?)?,
+                    [off, ratio, bits] => {
+                        let ratio = ratio.parse::<TscRatio>().map_err(|e| anyhow::anyhow!("ratio {ratio:?}: {e}"))?;
+                        let bits = bits.parse::<FracBits>().map_err(|e| anyhow::anyhow!("fraction bits {bits:?}: {e}"))?;
+                        counter_map(parse_offset(off)?, ratio, bits)?.0
+                    }
                     _ => bail!("usage: migrated [OFFSET [RATIO FRAC_BITS]]"),
                 };
                 self.writer.relay().migrated_in(map);
@@ -192,11 +232,18 @@ fn drain(s: &mut UnixStream) -> bool {
     }
 }
 
-pub fn run(a: Args) -> Result<ExitCode> {
+pub fn run(args: Args) -> Result<ExitCode> {
+    let a = args.settings()?;
+    let Some(guest_page) = a.guest_page.clone() else {
+        bail!("no guest page: give --guest-page PATH (or [relay] guest_page in the configuration)");
+    };
     let host_path = a.host_page.unwrap_or_else(crate::host::default_page);
-    let map = counter_map(parse_offset(&a.tsc_offset)?, a.tsc_ratio, a.tsc_frac_bits)?;
+    let (map, notice) = counter_map(a.tsc_offset.get(), a.tsc_ratio, a.tsc_frac_bits)?;
+    if let Some(n) = notice {
+        tracing::warn!("{n}");
+    }
     let state_path = a.state.unwrap_or_else(|| {
-        let mut s = a.guest_page.as_os_str().to_owned();
+        let mut s = guest_page.as_os_str().to_owned();
         s.push(".state.json");
         PathBuf::from(s)
     });
@@ -205,7 +252,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
             let st: GuestState = serde_json::from_slice(&bytes)
                 .with_context(|| format!("{} is not a relay state", state_path.display()))?;
             let mut r = GuestRelay::from_state(GuestState { notify: !a.no_notify, ..st });
-            if st.map != map && !a.migrated {
+            if st.map != map && !args.migrated {
                 eprintln!(
                     "warning: the TSC map changed since the last run without --migrated: treating it as a migration"
                 );
@@ -215,21 +262,21 @@ pub fn run(a: Args) -> Result<ExitCode> {
         }
         Err(_) => GuestRelay::new(map, event::random_u64()?, !a.no_notify),
     };
-    if a.migrated {
+    if args.migrated {
         relay.migrated_in(map);
     }
-    if a.restored {
+    if args.restored {
         relay.restored_from_snapshot();
     }
     save(&state_path, relay.state())?;
 
     let host = crate::page::FollowedPage::open(&host_path).context("is vmtime host running?")?;
-    let guest_file = match vmtime_sys::pagefile::open_existing(&a.guest_page) {
+    let guest_file = match vmtime_sys::pagefile::open_existing(&guest_page) {
         Ok(f) if f.metadata()?.len() >= vmclock::abi::PAGE_SIZE as u64 => f,
-        _ => vmtime_sys::pagefile::create(&a.guest_page, &PageBuilder::new().page_bytes())?,
+        _ => vmtime_sys::pagefile::create(&guest_page, &PageBuilder::new().page_bytes())?,
     };
     let mem = WritableMapping::new(Mapping::map(&guest_file, true)?)?;
-    let guest_socket = crate::host::socket_for(&a.guest_page);
+    let guest_socket = crate::host::socket_for(&guest_page);
     let _ = std::fs::remove_file(&guest_socket);
     let listener =
         UnixListener::bind(&guest_socket).with_context(|| format!("cannot listen on {}", guest_socket.display()))?;
@@ -244,7 +291,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         last_latency_us: 0.0,
     };
     let st = *r.writer.relay().state();
-    eprintln!("vmtime relay: {} → {}", host_path.display(), a.guest_page.display());
+    eprintln!("vmtime relay: {} → {}", host_path.display(), guest_page.display());
     eprintln!("  map: guest = ((host · {}) >> {}) + {:#x}", st.map.ratio, st.map.frac_bits, st.map.offset);
     eprintln!(
         "  disruption marker {:#x}, generation {}, state {}",
@@ -257,7 +304,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
 
     let mut host_sub = subscribe_host(&host_path);
     eprintln!("  following the host by {}", if host_sub.is_some() { "notification" } else { "polling every 1 ms" });
-    let end = a.duration_s.map(|s| Instant::now() + Duration::from_secs(s));
+    let end = a.duration_s.map(|s| Instant::now() + Duration::from_secs(s.get()));
     let mut last_file_check = Instant::now();
     loop {
         let mut fds = vec![listener.as_raw_fd()];

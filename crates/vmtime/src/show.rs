@@ -2,6 +2,7 @@
 
 use crate::page::Page;
 use anyhow::Result;
+use crate::values::AnyU64;
 use clap::Args as ClapArgs;
 use serde::Serialize;
 use std::path::PathBuf;
@@ -19,7 +20,7 @@ pub struct Args {
     json: bool,
     /// Compute the time at this counter value instead of now.
     #[arg(long)]
-    counter: Option<u64>,
+    counter: Option<AnyU64>,
 }
 
 /// A value with its name.
@@ -371,7 +372,7 @@ fn print_human(r: &Report) {
 pub fn run(a: Args) -> Result<ExitCode> {
     let page = Page::open(&a.page)?;
     let bytes = page.bytes().map_err(anyhow::Error::from)?;
-    let r = report(&a.page.display().to_string(), &bytes, page.available(), a.counter);
+    let r = report(&a.page.display().to_string(), &bytes, page.available(), a.counter.map(AnyU64::get));
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {

@@ -3,7 +3,10 @@
 //! mode to use on a machine whose clock must not be touched.
 
 use anyhow::{bail, Context, Result};
+use crate::config::{LogLevel, SyncSettings, Timescale};
+use crate::values::*;
 use clap::Args as ClapArgs;
+use serde::Serialize;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::AsRawFd;
@@ -18,8 +21,14 @@ use vmtime_core::sync::{Discipline, SyncAction, SyncConfig, SyncObservation};
 use vmtime_sys::clock::{aba_sample, tightest, ClockId};
 use vmtime_sys::event;
 
-#[derive(ClapArgs, Debug)]
+/// `vmtime sync`'s flags: each one is also a key of the configuration's `[sync]` section; a flag
+/// overrides the file.
+#[derive(ClapArgs, Debug, Serialize)]
 pub struct Args {
+    /// The configuration file (default: /etc/vmtime/vmtime.toml, if it exists).
+    #[arg(long)]
+    #[serde(skip)]
+    config: Option<PathBuf>,
     /// The source: a vmclock device or page file (default: the first /dev/vmclock*).
     #[arg(long)]
     source: Option<PathBuf>,
@@ -27,15 +36,19 @@ pub struct Args {
     #[arg(long)]
     dry_run: bool,
     /// Interval between observations without notification, ms.
-    #[arg(long, default_value_t = 1000)]
-    interval_ms: u64,
+    #[arg(long)]
+    interval_ms: Option<IntervalMs>,
     /// Step instead of slewing when the offset exceeds this during the first updates, ns
     /// (chrony's makestep).
-    #[arg(long, default_value_t = 1_000_000)]
-    makestep_ns: i64,
-    /// How many first updates may step (disruptions always step).
-    #[arg(long, default_value_t = 3)]
-    makestep_updates: u32,
+    #[arg(long)]
+    makestep_ns: Option<MakestepNs>,
+    /// How many first updates may step (disruptions step too, up to --max-step-s).
+    #[arg(long)]
+    makestep_updates: Option<MakestepUpdates>,
+    /// After start-up, a step larger than this (a disruption, or a source gone wrong) is refused
+    /// and the clock holds over, s.
+    #[arg(long)]
+    max_step_s: Option<MaxStepS>,
     /// Command run (by sh -c) when the VM generation changes: reseed entropy, reset connections.
     #[arg(long)]
     hook: Option<String>,
@@ -44,19 +57,27 @@ pub struct Args {
     socket: Option<PathBuf>,
     /// Exit after this many seconds.
     #[arg(long)]
-    duration_s: Option<u64>,
+    duration_s: Option<DurationS>,
     /// The timescale of a PHC source (required unless its driver is known: ptp_kvm is UTC).
     #[arg(long, value_enum)]
     phc_timescale: Option<Timescale>,
-    /// TAI − UTC, to read a TAI PHC.
-    #[arg(long, default_value_t = 37)]
-    tai_offset: i16,
+    /// TAI − UTC, to read a TAI PHC, s.
+    #[arg(long)]
+    tai_offset: Option<TaiUtcS>,
+    /// Log level: error, warn, info, debug or trace.
+    #[arg(long, value_enum)]
+    log_level: Option<LogLevel>,
+    /// Serve Prometheus metrics on this loopback address (default: [metrics] listen; off).
+    #[arg(long)]
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
-enum Timescale {
-    Utc,
-    Tai,
+impl Args {
+    /// The settings: these flags over the configuration file over the defaults. Called again on
+    /// SIGHUP: an error there keeps the old settings.
+    pub fn settings(&self) -> Result<SyncSettings> {
+        crate::config::sync(self.config.as_deref(), self)
+    }
 }
 
 /// A pure PHC, if there is one.
@@ -68,7 +89,7 @@ fn find_phc() -> Option<(PathBuf, String)> {
 }
 
 /// The PHC path: measurements every interval, the PI servo, the same actions.
-fn run_phc(a: &Args, dev: PathBuf, clock_name: &str) -> Result<ExitCode> {
+fn run_phc(a: &SyncSettings, dev: PathBuf, clock_name: &str) -> Result<ExitCode> {
     use vmtime_core::phc::{pure_source, read_best, PhcServo, PhcServoConfig, PhcTimescale};
     let timescale = match (a.phc_timescale, pure_source(clock_name).flatten()) {
         (Some(Timescale::Utc), _) => PhcTimescale::Utc,
@@ -80,14 +101,14 @@ fn run_phc(a: &Args, dev: PathBuf, clock_name: &str) -> Result<ExitCode> {
         ),
     };
     let mut d = vmtime_sys::phc::PhcFile::open(&dev).with_context(|| format!("cannot open {}", dev.display()))?;
-    let mut servo = PhcServo::new(PhcServoConfig { timescale, tai_offset: a.tai_offset, ..PhcServoConfig::default() });
+    let mut servo = PhcServo::new(PhcServoConfig { timescale, tai_offset: a.tai_offset.get(), ..PhcServoConfig::default() });
     eprintln!(
         "vmtime sync: {} ({clock_name}, {timescale:?}) → CLOCK_REALTIME{}",
         dev.display(),
         if a.dry_run { " (dry run: nothing is changed)" } else { "" }
     );
-    let interval = Duration::from_millis(a.interval_ms.max(10));
-    let end = a.duration_s.map(|d| Instant::now() + Duration::from_secs(d));
+    let interval = Duration::from_millis(a.interval_ms.get());
+    let end = a.duration_s.map(|d| Instant::now() + Duration::from_secs(d.get()));
     while end.is_none_or(|e| Instant::now() < e) {
         let tx = vmtime_sys::read_timex()?;
         match read_best(&mut d, 25) {
@@ -218,7 +239,8 @@ impl Sync {
     }
 }
 
-pub fn run(a: Args) -> Result<ExitCode> {
+pub fn run(args: Args) -> Result<ExitCode> {
+    let a = args.settings()?;
     // --source auto: a vmclock device first, then a pure PHC; or the path given.
     let source = match a.source.clone().or_else(find_device) {
         Some(s) => s,
@@ -260,9 +282,9 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let listener = UnixListener::bind(&socket).with_context(|| format!("cannot listen on {}", socket.display()))?;
     listener.set_nonblocking(true)?;
     let cfg = SyncConfig {
-        step_threshold_ns: a.makestep_ns,
-        step_updates: a.makestep_updates,
-        interval_ns: a.interval_ms as i128 * 1_000_000,
+        step_threshold_ns: a.makestep_ns.get() as i64,
+        step_updates: a.makestep_updates.get(),
+        interval_ns: a.interval_ms.get() as i128 * 1_000_000,
         ..SyncConfig::default()
     };
     let mut s = Sync {
@@ -299,7 +321,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     );
     eprintln!("  control socket {}", socket.display());
 
-    let end = a.duration_s.map(|d| Instant::now() + Duration::from_secs(d));
+    let end = a.duration_s.map(|d| Instant::now() + Duration::from_secs(d.get()));
     let mut next_obs = Instant::now();
     loop {
         let now = Instant::now();

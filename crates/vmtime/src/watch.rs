@@ -3,6 +3,7 @@
 
 use crate::page::Page;
 use anyhow::Result;
+use crate::values::{Count, PollMs};
 use clap::Args as ClapArgs;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -16,10 +17,10 @@ pub struct Args {
     page: PathBuf,
     /// Stop after this many updates.
     #[arg(long)]
-    count: Option<u64>,
+    count: Option<Count>,
     /// Poll interval when no notification is available, ms.
-    #[arg(long, default_value_t = 10)]
-    poll_ms: u64,
+    #[arg(long, default_value = "10")]
+    poll_ms: PollMs,
 }
 
 fn changes(old: &serde_json::Value, new: &serde_json::Value) -> Vec<String> {
@@ -38,7 +39,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         eprintln!("(notified by {})", socket.display());
     }
     let mut seen = 0u64;
-    while a.count.is_none_or(|c| seen < c) {
+    while a.count.is_none_or(|c| seen < c.get()) {
         match sub.as_mut() {
             Some(r) => {
                 let mut line = String::new();
@@ -47,7 +48,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
                     return Ok(ExitCode::from(1));
                 }
             }
-            None => std::thread::sleep(Duration::from_millis(a.poll_ms.max(1))),
+            None => std::thread::sleep(Duration::from_millis(a.poll_ms.get())),
         }
         let now = read()?;
         if now["seq_count"] != last["seq_count"] {
