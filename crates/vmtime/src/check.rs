@@ -1,8 +1,8 @@
 //! `vmtime check PAGE`: the page against the kernel clock, with (clock, counter, clock) samples.
 
 use crate::page::Page;
-use anyhow::{bail, Context, Result};
 use crate::values::{Samples, ToleranceNs};
+use anyhow::{bail, Context, Result};
 use clap::Args as ClapArgs;
 use std::path::PathBuf;
 use std::process::ExitCode;

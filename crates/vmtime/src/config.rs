@@ -322,8 +322,7 @@ pub fn load(explicit: Option<&Path>) -> Result<Loaded> {
         Err(e) => bail!("cannot read the configuration {}: {e}", path.display()),
     };
     let table: toml::Table = text.parse().map_err(|e| syntax_error(path, &text, &e))?;
-    let file: FileConfig =
-        typed(toml::Value::Table(table.clone())).map_err(|m| anyhow!("{}: {m}", path.display()))?;
+    let file: FileConfig = typed(toml::Value::Table(table.clone())).map_err(|m| anyhow!("{}: {m}", path.display()))?;
     file.validate().map_err(|e| anyhow!("{}: {e}", path.display()))?;
     Ok(Loaded { path: Some(path.to_path_buf()), table, file })
 }

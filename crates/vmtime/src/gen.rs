@@ -3,8 +3,8 @@
 //! CLOCK_REALTIME; every field can be given instead.
 
 use crate::tai::{self, Found};
-use anyhow::{bail, Context, Result};
 use crate::values::*;
+use anyhow::{bail, Context, Result};
 use clap::{Args as ClapArgs, ValueEnum};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -108,18 +108,20 @@ fn calibrate(ms: u64) -> Result<(Period, u64, i128)> {
 pub fn run(a: Args) -> Result<ExitCode> {
     let (period, counter, realtime_ns) =
         match (a.counter_hz.map(CounterHz::get), a.counter.map(AnyU64::get), a.time_ns.map(AnyU64::get)) {
-        (Some(hz), Some(c), Some(t)) => (Period::from_hz(hz).context("--counter-hz must be at least 2")?, c, t as i128),
-        (hz, None, None) => {
-            let (p, c, t) = calibrate(a.calibrate_ms.get())?;
-            let p = match hz {
-                Some(hz) => Period::from_hz(hz).context("--counter-hz must be at least 2")?,
-                None => p,
-            };
-            (p, c, t)
-        }
-        (None, Some(_), Some(_)) => bail!("--counter and --time-ns need --counter-hz"),
-        _ => bail!("give both --counter and --time-ns, or neither"),
-    };
+            (Some(hz), Some(c), Some(t)) => {
+                (Period::from_hz(hz).context("--counter-hz must be at least 2")?, c, t as i128)
+            }
+            (hz, None, None) => {
+                let (p, c, t) = calibrate(a.calibrate_ms.get())?;
+                let p = match hz {
+                    Some(hz) => Period::from_hz(hz).context("--counter-hz must be at least 2")?,
+                    None => p,
+                };
+                (p, c, t)
+            }
+            (None, Some(_), Some(_)) => bail!("--counter and --time-ns need --counter-hz"),
+            _ => bail!("give both --counter and --time-ns, or neither"),
+        };
     let explicit_time = a.time_ns.is_some();
     let tai = match a.tai_offset.map(TaiUtcS::get) {
         Some(o) => Some(o),

@@ -1,10 +1,10 @@
 //! `vmtime host`: publishes this machine's kernel clock as a vmclock page (see
 //! `vmtime_core::host` for the model). It only reads the clock; it never writes it.
 
-use crate::tai::{self, Found};
-use anyhow::{bail, Context, Result};
 use crate::config::{HostSettings, LogLevel, Smearing};
+use crate::tai::{self, Found};
 use crate::values::*;
+use anyhow::{bail, Context, Result};
 use clap::Args as ClapArgs;
 use serde::Serialize;
 use std::io::{BufRead, BufReader, Write};

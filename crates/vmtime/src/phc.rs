@@ -1,7 +1,7 @@
 //! `vmtime phc list` and `vmtime phc read DEV`: PTP clocks and how they read.
 
-use anyhow::{Context, Result};
 use crate::values::PhcReadings;
+use anyhow::{Context, Result};
 use clap::{Args as ClapArgs, Subcommand};
 use serde::Serialize;
 use std::path::PathBuf;

@@ -1,9 +1,9 @@
 //! `vmtime relay`: follows a host page and publishes one guest's page in the guest's counter
 //! domain, owning its disruption marker and generation counter (see `vmtime_core::relay`).
 
-use anyhow::{bail, Context, Result};
 use crate::config::{LogLevel, RelaySettings};
 use crate::values::*;
+use anyhow::{bail, Context, Result};
 use clap::Args as ClapArgs;
 use serde::Serialize;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};

@@ -1,8 +1,8 @@
 //! `vmtime show PAGE`: every field with its name and meaning, validation, and the time now.
 
 use crate::page::Page;
-use anyhow::Result;
 use crate::values::AnyU64;
+use anyhow::Result;
 use clap::Args as ClapArgs;
 use serde::Serialize;
 use std::path::PathBuf;

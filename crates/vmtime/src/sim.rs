@@ -1,7 +1,7 @@
 //! `vmtime sim SCENARIO`: the whole chain, host to guest, simulated deterministically.
 
-use anyhow::{Context, Result};
 use crate::values::{AnyU64, SimDuration};
+use anyhow::{Context, Result};
 use clap::Args as ClapArgs;
 use std::io::Write;
 use std::path::PathBuf;

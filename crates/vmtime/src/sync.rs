@@ -2,9 +2,9 @@
 //! `vmtime_core::sync`). With `--dry-run` it prints what it would do and changes nothing: the only
 //! mode to use on a machine whose clock must not be touched.
 
-use anyhow::{bail, Context, Result};
 use crate::config::{LogLevel, SyncSettings, Timescale};
 use crate::values::*;
+use anyhow::{bail, Context, Result};
 use clap::Args as ClapArgs;
 use serde::Serialize;
 use std::fs::File;
@@ -101,7 +101,8 @@ fn run_phc(a: &SyncSettings, dev: PathBuf, clock_name: &str) -> Result<ExitCode>
         ),
     };
     let mut d = vmtime_sys::phc::PhcFile::open(&dev).with_context(|| format!("cannot open {}", dev.display()))?;
-    let mut servo = PhcServo::new(PhcServoConfig { timescale, tai_offset: a.tai_offset.get(), ..PhcServoConfig::default() });
+    let mut servo =
+        PhcServo::new(PhcServoConfig { timescale, tai_offset: a.tai_offset.get(), ..PhcServoConfig::default() });
     eprintln!(
         "vmtime sync: {} ({clock_name}, {timescale:?}) → CLOCK_REALTIME{}",
         dev.display(),

@@ -54,6 +54,8 @@ pub struct Numeric {
     pub type_id: fn() -> std::any::TypeId,
     /// What is allowed.
     pub allowed: fn() -> String,
+    /// Whether a text is allowed.
+    pub accepts: fn(&str) -> bool,
 }
 
 macro_rules! int_value {
@@ -98,7 +100,7 @@ macro_rules! int_value {
 
             /// The registry entry.
             pub const NUMERIC: Numeric =
-                Numeric { type_id: std::any::TypeId::of::<$name>, allowed: $name::allowed };
+                Numeric { type_id: std::any::TypeId::of::<$name>, allowed: $name::allowed, accepts: |s| s.parse::<$name>().is_ok() };
         }
 
         impl FromStr for $name {
@@ -216,7 +218,7 @@ macro_rules! fixed_value {
 
             /// The registry entry.
             pub const NUMERIC: Numeric =
-                Numeric { type_id: std::any::TypeId::of::<$name>, allowed: $name::allowed };
+                Numeric { type_id: std::any::TypeId::of::<$name>, allowed: $name::allowed, accepts: |s| s.parse::<$name>().is_ok() };
         }
 
         impl FromStr for $name {
@@ -272,7 +274,7 @@ macro_rules! float_value {
 
             /// The registry entry.
             pub const NUMERIC: Numeric =
-                Numeric { type_id: std::any::TypeId::of::<$name>, allowed: $name::allowed };
+                Numeric { type_id: std::any::TypeId::of::<$name>, allowed: $name::allowed, accepts: |s| s.parse::<$name>().is_ok() };
         }
 
         impl FromStr for $name {
@@ -368,8 +370,8 @@ int_value!(
     AnyU64: u64, 0, u64::MAX, ""
 );
 int_value!(
-    /// The page's `size` field: at least the structure, at most one page.
-    PageSize: u32, vmclock::abi::ABI_SIZE as u32, vmclock::abi::PAGE_SIZE as u32, "bytes"
+    /// The page's `size` field: at least the header through `flags`, at most one page.
+    PageSize: u32, vmclock::abi::MIN_SIZE, vmclock::abi::PAGE_SIZE as u32, "bytes"
 );
 int_value!(
     /// A counter id (the ABI's counter_id byte).
@@ -411,7 +413,11 @@ impl TscOffset {
     }
 
     /// The registry entry.
-    pub const NUMERIC: Numeric = Numeric { type_id: std::any::TypeId::of::<TscOffset>, allowed: TscOffset::allowed };
+    pub const NUMERIC: Numeric = Numeric {
+        type_id: std::any::TypeId::of::<TscOffset>,
+        allowed: TscOffset::allowed,
+        accepts: |s| s.parse::<TscOffset>().is_ok(),
+    };
 
     fn from_i128(v: Option<i128>, got: &str) -> Result<Self, ValueError> {
         match v {
@@ -499,8 +505,11 @@ impl SimDuration {
     }
 
     /// The registry entry.
-    pub const NUMERIC: Numeric =
-        Numeric { type_id: std::any::TypeId::of::<SimDuration>, allowed: SimDuration::allowed };
+    pub const NUMERIC: Numeric = Numeric {
+        type_id: std::any::TypeId::of::<SimDuration>,
+        allowed: SimDuration::allowed,
+        accepts: |s| s.parse::<SimDuration>().is_ok(),
+    };
 }
 
 impl FromStr for SimDuration {

@@ -2,8 +2,8 @@
 //! publisher's socket when there is one (PAGE.sock), else polls the page.
 
 use crate::page::Page;
-use anyhow::Result;
 use crate::values::{Count, PollMs};
+use anyhow::Result;
 use clap::Args as ClapArgs;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;

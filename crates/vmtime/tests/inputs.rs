@@ -1,0 +1,96 @@
+//! Hostile numbers and configuration files against the real binary: exit status 2, one line on
+//! stderr naming the flag or key and the allowed range, never a panic (issue 12, class 7).
+use std::process::{Command, Output};
+
+fn vmtime(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vmtime")).args(args).output().expect("run vmtime")
+}
+
+fn refused(args: &[&str], needles: &[&str]) {
+    let out = vmtime(args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+    assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+    assert!(!err.contains("panicked"), "{args:?}: {err}");
+    for n in needles {
+        assert!(err.contains(n), "{args:?}: {n:?} missing from {err}");
+    }
+}
+
+#[test]
+fn the_issue_cases_are_refused_with_their_range() {
+    refused(&["host", "--duration-s", "18446744073709551615"], &["--duration-s", "allowed: an integer in [1, "]);
+    for v in ["NaN", "-1", "1e30", "0", "inf"] {
+        refused(&["host", "--tolerance-ppm", v], &["--tolerance-ppm", "allowed: a number in [0.001, 100000] (ppm)"]);
+    }
+    refused(&["host", "--poll-ms", "18446744073709551615"], &["--poll-ms", "[1, 1000]"]);
+    refused(&["check", "--samples", "100000000"], &["--samples", "[1, 1000000]"]);
+    refused(
+        &["gen", "p", "--counter", "1", "--counter-hz", "1000", "--time-ns", "18446744073709551616"],
+        &["--time-ns"],
+    );
+    refused(&["gen", "p", "--size", "0"], &["--size", "allowed: an integer in ["]);
+    refused(&["sim", "steady", "--duration", "18446744073709551615d"], &["--duration", "from 1 s to 366 d"]);
+    refused(&["host", "--tai-offset", "-5"], &["--tai-offset", "allowed: an integer in [0, 1000]"]);
+    refused(&["sync", "--dry-run", "--makestep-ns", "-1"], &["--makestep-ns"]);
+    refused(&["relay", "--guest-page", "g", "--tsc-frac-bits", "64"], &["--tsc-frac-bits", "[1, 63]"]);
+}
+
+#[test]
+fn a_ratio_kvm_cannot_hold_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = dir.path().join("g");
+    refused(
+        &["relay", "--guest-page", g.to_str().unwrap(), "--tsc-ratio", "2.5", "--tsc-frac-bits", "63"],
+        &["--tsc-ratio 2.5 with --tsc-frac-bits 63", "lower --tsc-frac-bits"],
+    );
+    assert!(!g.exists(), "nothing is written before the arguments are checked");
+}
+
+#[test]
+fn config_check_names_the_key_or_prints_the_effective_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("vmtime.toml");
+    std::fs::write(&f, "[sync]\ninterval_ms = 5\n").unwrap();
+    refused(
+        &["config", "check", f.to_str().unwrap()],
+        &["vmtime.toml: [sync] interval_ms: 5 is refused; allowed: an integer in [10, 600000] (ms)"],
+    );
+    std::fs::write(&f, "[sync]\ninterval_ms = 500\n[metrics]\nlisten = \"127.0.0.1:9100\"\n").unwrap();
+    let out = vmtime(&["config", "check", f.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let effective: toml::Table = String::from_utf8_lossy(&out.stdout).parse().unwrap();
+    assert_eq!(effective["sync"]["interval_ms"].as_integer(), Some(500));
+    assert_eq!(effective["host"]["interval_ms"].as_integer(), Some(1000), "defaults are filled in");
+    assert_eq!(effective["metrics"]["listen"].as_str(), Some("127.0.0.1:9100"));
+    // The daemons refuse the same file with the same line.
+    std::fs::write(&f, "[host]\npoll_ms = 0\n").unwrap();
+    refused(
+        &["host", "--config", f.to_str().unwrap(), "--page", dir.path().join("p").to_str().unwrap()],
+        &["[host] poll_ms: 0 is refused; allowed: an integer in [1, 1000] (ms)"],
+    );
+    assert!(!dir.path().join("p").exists());
+}
+
+#[test]
+fn a_flag_overrides_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("vmtime.toml");
+    let page = dir.path().join("page");
+    // The file asks for a page elsewhere; the flag wins. An invalid key in another section
+    // would be refused, so the whole file is read.
+    std::fs::write(&f, format!("[host]\npage = \"{}/other\"\nquiet = true\n", dir.path().display())).unwrap();
+    let out = vmtime(&[
+        "host",
+        "--config",
+        f.to_str().unwrap(),
+        "--page",
+        page.to_str().unwrap(),
+        "--no-vmclock-host",
+        "--duration-s",
+        "1",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(page.exists());
+    assert!(!dir.path().join("other").exists());
+}
