@@ -205,6 +205,8 @@ pub struct Publisher {
     pending: Option<Reason>,
     stepped: bool,
     resumed: Option<Snapshot>,
+    /// The next page cannot promise TIME_MONOTONIC (a restart onto a page it may be behind).
+    not_monotonic: bool,
     last: Option<Last>,
     prev_state: i32,
     post_leap: Option<(u8, u128)>,
@@ -284,6 +286,7 @@ impl Publisher {
             pending: Some(Reason::Initial),
             stepped: false,
             resumed: None,
+            not_monotonic: false,
             last: None,
             prev_state: 0,
             post_leap: None,
@@ -454,7 +457,11 @@ impl Publisher {
 
         // A restart: continuity is proven when the kernel now lies within the old page's bounds.
         if let Some(prev) = self.resumed.take() {
-            let ok = prev.counter_id() == self.cfg.counter_id
+            // A page left with an odd seq_count was being written when its writer died: its
+            // body may be torn, so nothing about it can be proven.
+            let whole = prev.seq_count() % 2 == 0;
+            let ok = whole
+                && prev.counter_id() == self.cfg.counter_id
                 && prev.time_type() == time_type
                 && prev
                     .reference()
@@ -471,6 +478,15 @@ impl Publisher {
                 slewing: false,
             });
             if !ok {
+                // The new page is monotonic with the old one only if it is provably not behind it.
+                let behind_or_unknown = !whole
+                    || prev.time_type() != time_type
+                    || prev
+                        .reference()
+                        .ok()
+                        .and_then(|r| r.raw_time_at(k.counter).ok())
+                        .is_none_or(|o| k.time < o as i128);
+                self.not_monotonic = behind_or_unknown;
                 self.disrupt();
                 self.last = None;
                 return Some(self.publish(Reason::Restart, &n, true));
@@ -523,7 +539,7 @@ impl Publisher {
         let mut time = k.time;
         let mut period = n.model;
         let mut slew_ppb = 0u64;
-        let mut monotonic = true;
+        let mut monotonic = !std::mem::take(&mut self.not_monotonic);
         let mut gap_frac = 0i128;
         let same_scale = self.last.filter(|l| l.time_type == n.time_type);
         if let (true, Some(last)) = (disrupted, same_scale) {
