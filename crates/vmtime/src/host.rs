@@ -251,7 +251,8 @@ fn open_page(path: &Path) -> Result<(WritableMapping, Option<Snapshot>)> {
             }
         }
     }
-    let blank = PageBuilder::new().page_bytes();
+    // INITIALIZING until the first page: `vmtime check` then says "not yet calibrated".
+    let blank = PageBuilder::new().status(abi::status::INITIALIZING).page_bytes();
     let f = vmtime_sys::pagefile::create(path, &blank).with_context(|| format!("cannot create {}", path.display()))?;
     Ok((WritableMapping::new(Mapping::map(&f, true)?)?, None))
 }

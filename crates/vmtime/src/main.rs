@@ -124,6 +124,10 @@ fn main() -> ExitCode {
             return code;
         }
     };
+    // The one-shot commands stop quietly when their reader goes away (`vmtime show | head`).
+    if !matches!(cli.command, Command::Host(_) | Command::Relay(_) | Command::Sync(_)) {
+        vmtime_sys::sigpipe_default();
+    }
     let result: Result<ExitCode> = match cli.command {
         Command::Show(a) => show::run(a),
         Command::Check(a) => check::run(a),
