@@ -608,8 +608,9 @@ impl Publisher {
         let half_ns = frac_to_ns_f64(k.half).ceil() as u64;
         let gap_ns = frac_to_ns_f64(gap_frac).ceil() as u64;
         let kernel_ns = |us: i64| (us.max(0) as u64).saturating_mul(1000);
-        let maxerror_ns = kernel_ns(n.kernel.maxerror_us) + half_ns + gap_ns + 1;
-        let esterror_ns = kernel_ns(n.kernel.esterror_us) + half_ns;
+        let maxerror_ns =
+            kernel_ns(n.kernel.maxerror_us).saturating_add(half_ns).saturating_add(gap_ns).saturating_add(1);
+        let esterror_ns = kernel_ns(n.kernel.esterror_us).saturating_add(half_ns);
         let rate = |ppb: u64| (period.frac as u128 * ppb as u128).div_ceil(1_000_000_000) as u64;
         let mut b = PageBuilder::new();
         if self.cfg.counter_id == abi::counter_id::INVALID {

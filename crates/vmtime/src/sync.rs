@@ -201,6 +201,17 @@ impl Sync {
         Ok(())
     }
 
+    /// Logs what the discipline refused (a source beyond the kernel's range, a step beyond the
+    /// limit) and when it recovers.
+    fn log_notices(&mut self) {
+        for n in self.discipline.take_notices() {
+            match n {
+                vmtime_core::sync::SyncNotice::Recovered => tracing::info!("{}: {n}", self.page.path.display()),
+                _ => tracing::warn!("{}: {n}", self.page.path.display()),
+            }
+        }
+    }
+
     fn observe(&mut self) -> Result<()> {
         self.page.refresh()?;
         let kernel = vmtime_sys::read_timex()?;
@@ -208,6 +219,7 @@ impl Sync {
             Ok(p) if p.counter_id() == vmclock::counter::NATIVE => p,
             Ok(_) | Err(_) => {
                 let a = self.discipline.handle_source_lost(&kernel);
+                self.log_notices();
                 return self.apply(a);
             }
         };
@@ -222,6 +234,7 @@ impl Sync {
         let raw = tightest(ClockId::MonotonicRaw, 16)?;
         let samples = (0..64).map(|_| aba_sample(ClockId::Realtime)).collect::<std::io::Result<Vec<_>>>()?;
         let a = self.discipline.handle_observation(&SyncObservation { page, raw, samples: &samples, kernel });
+        self.log_notices();
         self.apply(a)
     }
 
@@ -286,6 +299,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         step_threshold_ns: a.makestep_ns.get() as i64,
         step_updates: a.makestep_updates.get(),
         interval_ns: a.interval_ms.get() as i128 * 1_000_000,
+        max_step_ns: (a.max_step_s.get() as i64).saturating_mul(1_000_000_000),
         ..SyncConfig::default()
     };
     let mut s = Sync {
