@@ -12,7 +12,7 @@ fuzz_target!(|data: &[u8]| {
     let counter = u64::from_le_bytes(data[..8].try_into().unwrap());
     let region = &data[8..];
     let Ok(s) = Snapshot::from_bytes(region) else { return };
-    let _ = (s.clock_status(), s.tai_offset(), s.leap_indicator(), s.vm_generation_counter());
+    let _ = (s.clock_status(), s.tai_minus_utc(), s.tai_offset_is_legacy(), s.leap_indicator(), s.vm_generation_counter());
     if let Ok(r) = s.reference() {
         if let Ok(t) = r.raw_time_at(counter) {
             // The elapsed part is exact: going back from the result gives the reference.

@@ -510,10 +510,10 @@ impl Lab {
         let midnight_tai = Timestamp::<Tai>::from_parts(midnight_utc + 37, 0);
         let start = Timestamp::<Tai>::from_parts(midnight_utc + 36 - 12, 0); // 23:59:48 UTC
         let c0 = vmclock::counter::read();
-        let page = |leap_state: u8, tai: i16| {
+        let page = |leap_state: u8, tai: i16 /* TAI − UTC */| {
             PageBuilder::new()
                 .reference(abi::counter_id::X86_TSC, c0, start, period)
-                .tai_offset(tai)
+                .tai_minus_utc(tai)
                 .status(status::SYNCHRONIZED)
                 .leap(leap_state)
                 .maxerror(1_000, 1)
@@ -558,7 +558,7 @@ impl Lab {
         let t = Instant::now();
         let out = loop {
             let (o, _) = self.vm.sh("cat /tmp/leap.json", 5 * SEC)?;
-            if o.contains("tai_offset_after") || o.contains("vmtime-lab") || t.elapsed() > Duration::from_secs(20) {
+            if o.contains("tai_minus_utc_after") || o.contains("vmtime-lab") || t.elapsed() > Duration::from_secs(20) {
                 break o;
             }
             std::thread::sleep(Duration::from_millis(200));
@@ -571,8 +571,8 @@ impl Lab {
             Err(format!("expected one UTC step of −1 s, saw {steps:?}"))
         } else if jump > 10_000_000 {
             Err(format!("CLOCK_TAI jumped by {jump} ns"))
-        } else if v["tai_offset_before"] != 36 || v["tai_offset_after"] != 37 {
-            Err(format!("TAI offset {} → {}", v["tai_offset_before"], v["tai_offset_after"]))
+        } else if v["tai_minus_utc_before"] != 36 || v["tai_minus_utc_after"] != 37 {
+            Err(format!("TAI offset {} → {}", v["tai_minus_utc_before"], v["tai_minus_utc_after"]))
         } else {
             Ok(())
         };

@@ -61,8 +61,8 @@ pub fn watch(a: &Args) -> Result<()> {
             "first_unix_ns": first.real.to_string(),
             "utc_steps": utc_steps,
             "tai_jump_max_ns": tai_jump_max as i64,
-            "tai_offset_before": offset(&first),
-            "tai_offset_after": offset(&prev),
+            "tai_minus_utc_before": offset(&first),
+            "tai_minus_utc_after": offset(&prev),
         })
     );
     Ok(())

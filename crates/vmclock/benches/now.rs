@@ -23,7 +23,7 @@ fn bench(c: &mut Criterion) {
             Timestamp::<Tai>::from_parts(1_795_000_037, 0),
             Period::from_hz(2_500_000_000).unwrap(),
         )
-        .tai_offset(37)
+        .tai_minus_utc(37)
         .maxerror(1_000, 100)
         .esterror(100, 10)
         .status(abi::status::SYNCHRONIZED)

@@ -163,7 +163,9 @@ pub struct VmclockAbi {
     pub clock_status: u8,
     /// One of [`smearing`].
     pub leap_second_smearing_hint: u8,
-    /// TAI − UTC in seconds, two's complement.
+    /// UTC − TAI in seconds, two's complement (−37 in 2026), as the Linux driver and spec v1.1
+    /// read it; a positive value is the legacy TAI − UTC convention. Read it through
+    /// `Snapshot::tai_minus_utc`.
     pub tai_offset_sec: U16,
     /// One of [`leap`].
     pub leap_indicator: u8,

@@ -105,9 +105,16 @@ impl PageBuilder {
         self
     }
 
-    /// TAI − UTC, flagged valid.
-    pub fn tai_offset(mut self, sec: i16) -> Self {
-        self.abi.tai_offset_sec = U16::new(sec as u16);
+    /// TAI − UTC (37 in 2026), flagged valid. The page stores its negation, UTC − TAI (−37),
+    /// the convention of the Linux driver and spec v1.1.
+    pub fn tai_minus_utc(self, sec: i16) -> Self {
+        self.tai_offset_raw(sec.wrapping_neg())
+    }
+
+    /// `tai_offset_sec` exactly as given, flagged valid (for legacy and test pages: a positive
+    /// value is the legacy TAI − UTC convention).
+    pub fn tai_offset_raw(mut self, raw: i16) -> Self {
+        self.abi.tai_offset_sec = U16::new(raw as u16);
         self.flag(flags::TAI_OFFSET_VALID, true)
     }
 

@@ -34,8 +34,8 @@ pub struct Now {
     pub status: u8,
     /// `disruption_marker` of the page the time came from.
     pub disruption_marker: u64,
-    /// TAI − UTC, when the page gives it.
-    pub tai_offset: Option<i16>,
+    /// TAI − UTC (positive: 37), when the page gives it (see [`Snapshot::tai_minus_utc`]).
+    pub tai_minus_utc: Option<i16>,
 }
 
 impl Now {
@@ -56,13 +56,13 @@ impl Now {
     /// The time in TAI (a UTC page needs a valid TAI offset).
     #[inline]
     pub fn tai(&self) -> Result<Bounded<Tai>, TimeError> {
-        self.time().tai(self.tai_offset)
+        self.time().tai(self.tai_minus_utc)
     }
 
     /// The time in UTC (a TAI page needs a valid TAI offset).
     #[inline]
     pub fn utc(&self) -> Result<Bounded<Utc>, TimeError> {
-        self.time().utc(self.tai_offset)
+        self.time().utc(self.tai_minus_utc)
     }
 
     /// Whether the page says its time may be relied upon (SYNCHRONIZED or FREERUNNING).
@@ -135,7 +135,7 @@ pub fn now_at(snap: &Snapshot, counter: u64) -> Result<Now, TimeError> {
         counter,
         status: snap.clock_status().unwrap_or(abi::status::UNKNOWN),
         disruption_marker: snap.disruption_marker(),
-        tai_offset: snap.tai_offset(),
+        tai_minus_utc: snap.tai_minus_utc(),
     })
 }
 

@@ -186,10 +186,27 @@ impl Snapshot {
     pub fn tai_offset_raw(&self) -> Option<i16> {
         self.opt(field::TAI_OFFSET, self.u16_at(off::TAI) as i16)
     }
-    /// TAI − UTC in seconds, only if present and TAI_OFFSET_VALID is set.
+    /// TAI − UTC in seconds (37 in 2026), only if present and TAI_OFFSET_VALID is set.
+    ///
+    /// The field stores UTC − TAI (−37), as the Linux driver reads it in every version and as
+    /// spec v1.1 says. A *positive* stored value is the legacy convention (the RFC
+    /// `/dev/vmclock_host`, older vmtime pages): TAI − UTC has been ≥ 10 s since 1972, so the sign
+    /// alone tells the two apart, and a positive value is taken as TAI − UTC as it is (see
+    /// [`Snapshot::tai_offset_is_legacy`]). `i16::MIN` has no positive counterpart: `None`.
     #[inline]
-    pub fn tai_offset(&self) -> Option<i16> {
-        self.tai_offset_raw().filter(|_| self.has(flags::TAI_OFFSET_VALID))
+    pub fn tai_minus_utc(&self) -> Option<i16> {
+        let v = self.tai_offset_raw().filter(|_| self.has(flags::TAI_OFFSET_VALID))?;
+        if v < 0 {
+            v.checked_neg()
+        } else {
+            Some(v)
+        }
+    }
+    /// Whether the page holds a valid TAI offset written in the legacy convention (a positive
+    /// stored value, meaning TAI − UTC). Readers should warn once per page.
+    #[inline]
+    pub fn tai_offset_is_legacy(&self) -> bool {
+        self.has(flags::TAI_OFFSET_VALID) && self.tai_offset_raw().is_some_and(|v| v > 0)
     }
     /// `leap_indicator`, if present.
     pub fn leap_indicator(&self) -> Option<u8> {
@@ -280,13 +297,13 @@ impl Snapshot {
     /// The TAI time and bounds at `counter` (a UTC page needs a valid TAI offset).
     #[inline]
     pub fn tai_at(&self, counter: u64) -> Result<Bounded<Tai>, TimeError> {
-        self.time_at(counter)?.tai(self.tai_offset())
+        self.time_at(counter)?.tai(self.tai_minus_utc())
     }
 
     /// The UTC time and bounds at `counter` (a TAI page needs a valid TAI offset).
     #[inline]
     pub fn utc_at(&self, counter: u64) -> Result<Bounded<Utc>, TimeError> {
-        self.time_at(counter)?.utc(self.tai_offset())
+        self.time_at(counter)?.utc(self.tai_minus_utc())
     }
 }
 
@@ -444,26 +461,28 @@ pub enum PageTime {
 }
 
 impl PageTime {
-    /// In TAI: a UTC time needs TAI − UTC (`tai_offset`); a monotonic one has none.
+    /// In TAI: a UTC time needs TAI − UTC (`tai_minus_utc`, positive: 37); a monotonic one has
+    /// none.
     #[inline]
-    pub fn tai(self, tai_offset: Option<i16>) -> Result<Bounded<Tai>, TimeError> {
+    pub fn tai(self, tai_minus_utc: Option<i16>) -> Result<Bounded<Tai>, TimeError> {
         match self {
             PageTime::Tai(t) => Ok(t),
             PageTime::Utc(t) => {
-                let off = tai_offset.ok_or(TimeError::NoTaiOffset { from: "UTC", to: "TAI" })?;
+                let off = tai_minus_utc.ok_or(TimeError::NoTaiOffset { from: "UTC", to: "TAI" })?;
                 t.map(|ts| ts.to_tai(off)).ok_or(TimeError::Overflow)
             }
             PageTime::Monotonic(_) => Err(TimeError::NotWallClock("TAI")),
         }
     }
 
-    /// In UTC: a TAI time needs TAI − UTC (`tai_offset`); a monotonic one has none.
+    /// In UTC: a TAI time needs TAI − UTC (`tai_minus_utc`, positive: 37); a monotonic one has
+    /// none.
     #[inline]
-    pub fn utc(self, tai_offset: Option<i16>) -> Result<Bounded<Utc>, TimeError> {
+    pub fn utc(self, tai_minus_utc: Option<i16>) -> Result<Bounded<Utc>, TimeError> {
         match self {
             PageTime::Utc(t) => Ok(t),
             PageTime::Tai(t) => {
-                let off = tai_offset.ok_or(TimeError::NoTaiOffset { from: "TAI", to: "UTC" })?;
+                let off = tai_minus_utc.ok_or(TimeError::NoTaiOffset { from: "TAI", to: "UTC" })?;
                 t.map(|ts| ts.to_utc(off)).ok_or(TimeError::Overflow)
             }
             PageTime::Monotonic(_) => Err(TimeError::NotWallClock("UTC")),

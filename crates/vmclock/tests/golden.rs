@@ -40,7 +40,7 @@ fn full_page() -> Raw {
         .u64(0x18, 0x3ff)
         .u8(0x22, 2) // SYNCHRONIZED
         .u8(0x23, 1) // NOON_LINEAR
-        .u16(0x24, 37)
+        .u16(0x24, (-37i16) as u16) // UTC − TAI, as the driver and spec v1.1
         .u8(0x26, 1) // PRE_POS
         .u8(0x27, 29)
         .u64(0x28, 1_000_000_000_000)
@@ -85,7 +85,9 @@ fn page_built_byte_by_byte_decodes() {
     assert!(s.has(flags::TIME_MONOTONIC | flags::NOTIFICATION_PRESENT | flags::VM_GEN_COUNTER_PRESENT));
     assert_eq!(s.clock_status(), Some(abi::status::SYNCHRONIZED));
     assert_eq!(s.smearing_hint(), Some(abi::smearing::NOON_LINEAR));
-    assert_eq!(s.tai_offset(), Some(37));
+    assert_eq!(s.tai_offset_raw(), Some(-37));
+    assert_eq!(s.tai_minus_utc(), Some(37));
+    assert!(!s.tai_offset_is_legacy());
     assert_eq!(s.leap_indicator(), Some(abi::leap::PRE_POS));
     assert_eq!(s.counter_period_shift(), Some(29));
     assert_eq!(s.counter_value(), Some(1_000_000_000_000));
@@ -108,7 +110,7 @@ fn page_built_byte_by_byte_decodes() {
         .disruption_marker(0x1122_3344_5566_7788)
         .status(abi::status::SYNCHRONIZED)
         .smearing(abi::smearing::NOON_LINEAR)
-        .tai_offset(37)
+        .tai_minus_utc(37)
         .leap(abi::leap::PRE_POS)
         .esterror(100, 1 << 20)
         .maxerror(1_000, 1 << 30)
@@ -148,7 +150,7 @@ fn absent_is_not_zero() {
     r.u32(0x04, abi::MIN_SIZE);
     let s = Snapshot::from_bytes(&r.0).unwrap();
     assert_eq!(s.clock_status(), None);
-    assert_eq!(s.tai_offset(), None);
+    assert_eq!(s.tai_minus_utc(), None);
     assert_eq!(s.counter_value(), None);
     assert_eq!(s.vm_generation_counter(), None);
     assert_eq!(s.reference(), Err(TimeError::NoTimeFields { size: 0x20 }));
@@ -213,7 +215,7 @@ fn utc_page_to_tai() {
             Timestamp::<Utc>::from_parts(1_795_000_000, 0),
             Period::from_hz(1_000_000_000).unwrap(),
         )
-        .tai_offset(37)
+        .tai_minus_utc(37)
         .build();
     let s = Snapshot::new(page, 4096).unwrap();
     assert_eq!(s.tai_at(0).unwrap().time, Timestamp::<Tai>::from_parts(1_795_000_037, 0));
@@ -225,4 +227,44 @@ fn utc_page_to_tai() {
     )
     .unwrap();
     assert_eq!(s.tai_at(0).unwrap_err(), TimeError::NoTaiOffset { from: "UTC", to: "TAI" });
+}
+
+/// The sign of `tai_offset_sec`: the driver and spec v1.1 store UTC − TAI (−37); a positive
+/// value is the legacy TAI − UTC (the RFC host, older vmtime pages). Both read as TAI − UTC = 37.
+#[test]
+fn tai_offset_sign_driver_and_legacy() {
+    let page = |raw: Option<i16>, ts: u8| {
+        let mut r = full_page();
+        r.u8(0x0b, ts);
+        match raw {
+            Some(v) => r.u16(0x24, v as u16),
+            None => r.u64(0x18, 0x3ff & !flags::TAI_OFFSET_VALID),
+        };
+        Snapshot::from_bytes(&r.0).unwrap()
+    };
+    let c = 1_000_000_000_000;
+    for ts in [abi::time_type::TAI, abi::time_type::UTC] {
+        let driver = page(Some(-37), ts);
+        let legacy = page(Some(37), ts);
+        assert_eq!((driver.tai_offset_raw(), driver.tai_minus_utc()), (Some(-37), Some(37)));
+        assert_eq!((legacy.tai_offset_raw(), legacy.tai_minus_utc()), (Some(37), Some(37)));
+        assert!(!driver.tai_offset_is_legacy() && legacy.tai_offset_is_legacy());
+        assert_eq!(driver.tai_at(c), legacy.tai_at(c));
+        assert_eq!(driver.utc_at(c), legacy.utc_at(c));
+    }
+    // The driver's arithmetic on a TAI page: UTC = TAI + tai_offset_sec (6.13–6.19 driver).
+    let tai_page = page(Some(-37), abi::time_type::TAI);
+    assert_eq!(tai_page.utc_at(c).unwrap().time, Timestamp::<Utc>::from_parts(1_795_000_000, 1 << 63));
+    // ... and on a UTC page: TAI = UTC − tai_offset_sec (the TAI-returning driver).
+    let utc_page = page(Some(-37), abi::time_type::UTC);
+    assert_eq!(utc_page.tai_at(c).unwrap().time, Timestamp::<Tai>::from_parts(1_795_000_074, 1 << 63));
+    assert_eq!(page(Some(0), abi::time_type::TAI).tai_minus_utc(), Some(0));
+    assert_eq!(page(Some(i16::MIN), abi::time_type::TAI).tai_minus_utc(), None, "no positive counterpart");
+    let invalid = page(None, abi::time_type::TAI);
+    assert_eq!(invalid.tai_minus_utc(), None);
+    assert!(!invalid.tai_offset_is_legacy());
+    // The builder stores the negation; tai_offset_raw stores as given.
+    let b = |f: fn(PageBuilder) -> PageBuilder| Snapshot::new(f(PageBuilder::new()).build(), 4096).unwrap();
+    assert_eq!(b(|p| p.tai_minus_utc(37)).tai_offset_raw(), Some(-37));
+    assert_eq!(b(|p| p.tai_offset_raw(37)).tai_offset_raw(), Some(37));
 }

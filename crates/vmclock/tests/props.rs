@@ -111,7 +111,7 @@ proptest! {
             let _ = s.time_at(c);
             let _ = s.tai_at(c);
             let _ = s.utc_at(c);
-            let _ = (s.clock_status(), s.tai_offset(), s.vm_generation_counter(), flags::names(s.flags()));
+            let _ = (s.clock_status(), s.tai_minus_utc(), s.tai_offset_is_legacy(), s.vm_generation_counter(), flags::names(s.flags()));
         }
     }
 

@@ -19,7 +19,7 @@ fn page_for(v: u64) -> vmclock::VmclockAbi {
         .maxerror(v.rotate_left(17), v.rotate_left(31))
         .esterror(v.rotate_left(7), v.rotate_left(45))
         .vm_generation(v.wrapping_add(11))
-        .tai_offset((v % 1000) as i16)
+        .tai_offset_raw((v % 1000) as i16 - 500)
         .status((v % 5) as u8)
         .leap((v % 6) as u8)
         .build()

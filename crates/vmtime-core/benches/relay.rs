@@ -13,7 +13,7 @@ fn host() -> Snapshot {
             Timestamp::<Tai>::from_parts(1_795_000_037, 12345),
             Period::from_hz(2_500_000_000).unwrap(),
         )
-        .tai_offset(37)
+        .tai_minus_utc(37)
         .status(status::SYNCHRONIZED)
         .maxerror(1_000, 1 << 20)
         .esterror(100, 1 << 10)

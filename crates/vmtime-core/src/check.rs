@@ -17,7 +17,7 @@ pub enum Scale {
     /// The page is TAI: compare with CLOCK_REALTIME + this offset (s), and where it came from.
     Tai {
         /// TAI − UTC used.
-        offset: i16,
+        tai_minus_utc: i16,
         /// "page" (TAI_OFFSET_VALID) or "kernel" (adjtimex tai).
         source: &'static str,
     },
@@ -46,9 +46,9 @@ pub fn scale_for(snap: &Snapshot, kernel_tai: i32) -> Result<Scale, CheckError> 
     snap.reference()?;
     match snap.time_type() {
         time_type::UTC => Ok(Scale::Utc),
-        time_type::TAI => match snap.tai_offset() {
-            Some(offset) => Ok(Scale::Tai { offset, source: "page" }),
-            None if kernel_tai != 0 => Ok(Scale::Tai { offset: kernel_tai as i16, source: "kernel" }),
+        time_type::TAI => match snap.tai_minus_utc() {
+            Some(tai_minus_utc) => Ok(Scale::Tai { tai_minus_utc, source: "page" }),
+            None if kernel_tai != 0 => Ok(Scale::Tai { tai_minus_utc: kernel_tai as i16, source: "kernel" }),
             None => Err(CheckError::NoTaiOffset),
         },
         _ => Err(CheckError::Monotonic),
@@ -139,7 +139,7 @@ pub fn check(
     let reference = snap.reference()?;
     let shift_ns = match scale {
         Scale::Utc => 0,
-        Scale::Tai { offset, .. } => offset as i128 * NS,
+        Scale::Tai { tai_minus_utc, .. } => tai_minus_utc as i128 * NS,
     };
     let tol = crate::ns_to_frac(tolerance_ns as i128, true);
     let mut errors = Vec::with_capacity(samples.len());
@@ -203,7 +203,7 @@ mod tests {
                 Timestamp::<Tai>::from_nanos(ref_ns),
                 Period::from_hz(1_000_000_000).unwrap(),
             )
-            .tai_offset(37)
+            .tai_minus_utc(37)
             .maxerror(100, 0)
             .build();
         Snapshot::new(abi, 4096).unwrap()
@@ -226,7 +226,7 @@ mod tests {
     fn an_exact_page_passes_with_zero_tolerance() {
         let snap = tai_page(0);
         let scale = scale_for(&snap, 0).unwrap();
-        assert_eq!(scale, Scale::Tai { offset: 37, source: "page" });
+        assert_eq!(scale, Scale::Tai { tai_minus_utc: 37, source: "page" });
         let r = check(&snap, scale, &samples(30), 0).unwrap();
         assert!(r.passed(), "{r:?}");
         assert!(r.error_ns.max.abs() <= 1.0 && r.error_ns.min.abs() <= 1.0);
@@ -261,7 +261,7 @@ mod tests {
         let snap = Snapshot::new(abi, 4096).unwrap();
         assert_eq!(scale_for(&snap, 0), Err(CheckError::NoTaiOffset));
         let scale = scale_for(&snap, 37).unwrap();
-        assert_eq!(scale, Scale::Tai { offset: 37, source: "kernel" });
+        assert_eq!(scale, Scale::Tai { tai_minus_utc: 37, source: "kernel" });
         assert!(check(&snap, scale, &samples(20), 0).unwrap().passed());
         let r = check(&snap, scale, &samples(20), 0).unwrap();
         assert_eq!(Verdict::of(&r, Some(vmclock::abi::status::SYNCHRONIZED)), Verdict::Pass);

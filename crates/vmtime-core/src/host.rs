@@ -85,8 +85,8 @@ pub enum Sampled {
     Tai,
     /// CLOCK_REALTIME; TAI − UTC from elsewhere (leap-second list), `None` if unknown.
     Utc {
-        /// TAI − UTC at the samples (outside a leap second).
-        tai_offset: Option<i16>,
+        /// TAI − UTC (positive: 37) at the samples (outside a leap second).
+        tai_minus_utc: Option<i16>,
     },
 }
 
@@ -414,12 +414,12 @@ impl Publisher {
         // The timescale and the offset the samples need.
         let (time_type, tai, offset_s) = match obs.clock {
             Sampled::Tai => (abi::time_type::TAI, Some(obs.kernel.tai as i16), 0),
-            Sampled::Utc { tai_offset: Some(o) } => {
+            Sampled::Utc { tai_minus_utc: Some(o) } => {
                 // During an inserted second CLOCK_REALTIME repeats 23:59:59: TAI − UTC is one more.
                 let o = o + i16::from(obs.kernel.state == TIME_OOP);
                 (abi::time_type::TAI, Some(o), o as i64)
             }
-            Sampled::Utc { tai_offset: None } => (abi::time_type::UTC, None, 0),
+            Sampled::Utc { tai_minus_utc: None } => (abi::time_type::UTC, None, 0),
         };
         // The kernel's own page, if any, gives the relation exactly: its period and its time at
         // the newest counter value seen.
@@ -473,7 +473,7 @@ impl Publisher {
                 model,
                 status: prev.clock_status().unwrap_or(0),
                 leap: prev.leap_indicator().unwrap_or(0),
-                tai: prev.tai_offset(),
+                tai: prev.tai_minus_utc(),
                 time_type: prev.time_type(),
                 slewing: false,
             });
@@ -629,7 +629,7 @@ impl Publisher {
                 .esterror(esterror_ns, rate(n.calib_ppb))
                 .flag(flags::TIME_MONOTONIC, monotonic);
             if let Some(o) = n.tai {
-                b = b.tai_offset(o);
+                b = b.tai_minus_utc(o);
             }
         }
         let page = b

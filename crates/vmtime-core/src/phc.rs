@@ -158,15 +158,15 @@ pub struct PhcServoConfig {
     pub tau_s: f64,
     /// Step when the first measurement is off by more than this, ns.
     pub step_threshold_ns: f64,
-    /// TAI − UTC, to read a TAI PHC.
-    pub tai_offset: i16,
+    /// TAI − UTC (positive: 37), to read a TAI PHC.
+    pub tai_minus_utc: i16,
     /// The PHC's timescale.
     pub timescale: PhcTimescale,
 }
 
 impl Default for PhcServoConfig {
     fn default() -> Self {
-        PhcServoConfig { tau_s: 8.0, step_threshold_ns: 1_000_000.0, tai_offset: 37, timescale: PhcTimescale::Utc }
+        PhcServoConfig { tau_s: 8.0, step_threshold_ns: 1_000_000.0, tai_minus_utc: 37, timescale: PhcTimescale::Utc }
     }
 }
 
@@ -199,7 +199,7 @@ impl PhcServo {
     pub fn handle_measurement(&mut self, m: &PhcMeasurement, tick: i64, freq: i64, interval_s: f64) -> Vec<SyncAction> {
         let to_utc = match self.cfg.timescale {
             PhcTimescale::Utc => 0.0,
-            PhcTimescale::Tai => self.cfg.tai_offset as f64 * 1e9,
+            PhcTimescale::Tai => self.cfg.tai_minus_utc as f64 * 1e9,
         };
         let offset = -(m.offset_ns - to_utc); // kernel − source
         self.last_offset_ns = offset;

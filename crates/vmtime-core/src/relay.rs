@@ -123,9 +123,15 @@ fn scale_ceil(a: u64, e: i32, d: u64) -> u64 {
 }
 
 /// The guest page for a host page under `map` (markers and the two embedder flags are the
-/// caller's). A host page without time is copied as it is.
+/// caller's). A host page without time is copied as it is, except that a legacy TAI offset
+/// (positive, TAI − UTC) is written in the driver's convention (UTC − TAI, negative).
 pub fn transform(host: &Snapshot, map: &CounterMap) -> Result<VmclockAbi, RelayError> {
     let mut g = *host.raw();
+    if host.tai_offset_is_legacy() {
+        if let Some(v) = host.tai_minus_utc() {
+            g.tai_offset_sec.set(v.wrapping_neg() as u16);
+        }
+    }
     let Ok(r) = host.reference() else {
         return Ok(g);
     };
@@ -296,7 +302,7 @@ mod tests {
                 Timestamp::<Tai>::from_parts(1_795_000_037, 1 << 62),
                 Period::from_hz(hz).unwrap(),
             )
-            .tai_offset(37)
+            .tai_minus_utc(37)
             .status(status::SYNCHRONIZED)
             .maxerror(1_000, 1 << 20)
             .esterror(100, 1 << 10)
@@ -313,6 +319,26 @@ mod tests {
         assert_eq!(&g, h.raw());
         let g = transform(&h, &CounterMap::new(0, 1 << 48, 48).unwrap()).unwrap();
         assert_eq!(&g, h.raw());
+    }
+
+    #[test]
+    fn a_legacy_host_offset_reaches_the_guest_in_the_driver_convention() {
+        for map in [CounterMap::IDENTITY, CounterMap::new(99, 3 << 47, 48).unwrap()] {
+            // A legacy host page: +37 stored (TAI − UTC, the RFC /dev/vmclock_host).
+            let mut legacy = *host_page(1_000, 2_500_000_000).raw();
+            legacy.tai_offset_sec.set(37);
+            let h = Snapshot::new(legacy, 4096).unwrap();
+            assert!(h.tai_offset_is_legacy());
+            let g = Snapshot::new(transform(&h, &map).unwrap(), 4096).unwrap();
+            assert_eq!(g.tai_offset_raw(), Some(-37), "the guest page stores UTC − TAI");
+            assert_eq!(g.tai_minus_utc(), Some(37));
+            assert!(!g.tai_offset_is_legacy());
+            assert_eq!(g.utc_at(map.guest(1_000)).unwrap().time, h.utc_at(1_000).unwrap().time);
+            // A host page already in the driver's convention is copied as it is.
+            let h = host_page(1_000, 2_500_000_000);
+            let g = Snapshot::new(transform(&h, &map).unwrap(), 4096).unwrap();
+            assert_eq!(g.tai_offset_raw(), Some(-37));
+        }
     }
 
     #[test]

@@ -61,7 +61,7 @@ impl Default for SyncConfig {
             step_updates: 3,
             interval_ns: NS,
             max_slew_ppb: 200_000,
-            max_step_ns: 86_400 * NS as i64,
+            max_step_ns: 366 * 86_400 * NS as i64,
         }
     }
 }
@@ -393,7 +393,7 @@ impl Discipline {
             }
         }
         // Kernel state: TAI, leap, bounds, sync.
-        if let Some(tai) = page.tai_offset() {
+        if let Some(tai) = page.tai_minus_utc() {
             if obs.kernel.tai != tai as i32 {
                 out.push(SyncAction::SetTai(tai as i32));
             }

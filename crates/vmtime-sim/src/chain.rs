@@ -164,7 +164,7 @@ impl Chain {
         self.events.push((t, what.into()));
     }
 
-    fn world_tai_offset(&self, t: i128) -> i64 {
+    fn world_tai_minus_utc(&self, t: i128) -> i64 {
         match self.leap_at {
             Some((midnight, sign)) => {
                 let switch = if sign > 0 { midnight + 37 * NS } else { midnight - NS + 37 * NS };
@@ -198,7 +198,7 @@ impl Chain {
         let host_page = self.host.current;
         let g = &mut self.guests[i];
         g.sim.follow(&self.host.host);
-        g.sim.true_tai_offset = self.host.host.true_tai_offset;
+        g.sim.true_tai_minus_utc = self.host.host.true_tai_minus_utc;
         if let Some(hp) = host_page {
             if g.last_host != Some(hp) {
                 g.last_host = Some(hp);
@@ -248,8 +248,8 @@ impl Chain {
         let end = self.host.host.now() + dur_ns;
         while self.host.host.now() < end {
             let now = self.host.host.now();
-            let off = self.world_tai_offset(now);
-            self.host.host.true_tai_offset = off;
+            let off = self.world_tai_minus_utc(now);
+            self.host.host.true_tai_minus_utc = off;
             if now >= self.next_ntp {
                 self.ntp_update();
                 self.next_ntp = now + self.ntp.poll_s * NS;
@@ -299,7 +299,7 @@ impl Chain {
             now - 60 * NS,
             2_500_000_000,
             err_ppb,
-            self.world_tai_offset(now - 60 * NS),
+            self.world_tai_minus_utc(now - 60 * NS),
             kernel_err_ns,
         );
         h.set_kernel_tai(37);

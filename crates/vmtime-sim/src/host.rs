@@ -27,7 +27,7 @@ pub struct SimHost {
     /// True time, TAI ns since 1970.
     t: i128,
     /// TAI − UTC of the real world at `t` (changes at leap seconds the scenario announces).
-    pub true_tai_offset: i64,
+    pub true_tai_minus_utc: i64,
     /// Counter ticks per second × 2^16 (nominal × (1 + error)).
     hz_q16: i128,
     /// Nominal counter frequency (the kernel's idea), Hz.
@@ -67,13 +67,13 @@ pub struct SimHost {
 
 impl SimHost {
     /// A host at true TAI time `t_tai_ns`, counter at `hz` nominal with `ppm_err` (×1000 = ppb),
-    /// kernel REALTIME set to truth − `tai_offset` + `kernel_err_ns`.
-    pub fn new(seed: u64, t_tai_ns: i128, hz: i128, err_ppb: i64, tai_offset: i64, kernel_err_ns: i128) -> Self {
+    /// kernel REALTIME set to truth − `tai_minus_utc` + `kernel_err_ns`.
+    pub fn new(seed: u64, t_tai_ns: i128, hz: i128, err_ppb: i64, tai_minus_utc: i64, kernel_err_ns: i128) -> Self {
         let hz_q16 = (hz << 16) + (hz << 16) * err_ppb as i128 / NS;
         let raw_q = (NS << Q) / hz;
         let mut h = SimHost {
             t: t_tai_ns,
-            true_tai_offset: tai_offset,
+            true_tai_minus_utc: tai_minus_utc,
             hz_q16,
             nominal_hz: hz,
             c0: 1_000_000_007,
@@ -102,7 +102,7 @@ impl SimHost {
             map: None,
         };
         h.seg_c = h.counter_at(h.t);
-        h.seg_k = (t_tai_ns - tai_offset as i128 * NS + kernel_err_ns) << Q;
+        h.seg_k = (t_tai_ns - tai_minus_utc as i128 * NS + kernel_err_ns) << Q;
         h.recompute_rate();
         h
     }
@@ -152,11 +152,11 @@ impl SimHost {
     pub fn guest_of(host: &SimHost, map: vmtime_core::relay::CounterMap, seed: u64, kernel_err_ns: i128) -> SimHost {
         let ratio = map.ratio as f64 / 2f64.powi(map.frac_bits as i32);
         let nominal = (host.nominal_hz as f64 * ratio).round() as i128;
-        let mut g = SimHost::new(seed, host.t, nominal, 0, host.true_tai_offset, kernel_err_ns);
+        let mut g = SimHost::new(seed, host.t, nominal, 0, host.true_tai_minus_utc, kernel_err_ns);
         g.map = Some(map);
         g.follow(host);
         g.seg_c = g.counter_at(g.t);
-        g.seg_k = (host.t - host.true_tai_offset as i128 * NS + kernel_err_ns) << Q;
+        g.seg_k = (host.t - host.true_tai_minus_utc as i128 * NS + kernel_err_ns) << Q;
         g.recompute_rate();
         g
     }
@@ -426,7 +426,7 @@ impl SimHost {
 
     /// The kernel's error against true time (REALTIME + true TAI − UTC − truth), ns.
     pub fn kernel_error_ns(&self) -> i128 {
-        self.kernel_realtime_ns() + self.true_tai_offset as i128 * NS - self.t
+        self.kernel_realtime_ns() + self.true_tai_minus_utc as i128 * NS - self.t
     }
 
     /// The kernel's own vmclock page, as the RFC's `/dev/vmclock_host` publishes it: the

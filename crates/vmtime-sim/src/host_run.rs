@@ -93,11 +93,11 @@ impl HostRun {
     pub fn observe(&mut self) {
         if let Some(list) = &self.leap_list {
             let second = self.host.kernel_realtime_ns().div_euclid(NS) as i64;
-            let tai_offset = match list.offset_at(second) {
+            let tai_minus_utc = match list.offset_at(second) {
                 vmtime_core::leapsecs::TaiOffset::Known(o) => Some(o),
                 vmtime_core::leapsecs::TaiOffset::Expired { .. } => None,
             };
-            self.sampled = Sampled::Utc { tai_offset };
+            self.sampled = Sampled::Utc { tai_minus_utc };
         }
         let raw = self.host.tightest(Clock::Raw, 8);
         let samples = self.host.burst(self.clock(), 64);
@@ -160,7 +160,7 @@ impl HostRun {
         let truth = if snap.time_type() == vmclock::abi::time_type::TAI {
             truth_tai
         } else {
-            truth_tai - self.host.true_tai_offset as i128 * NS
+            truth_tai - self.host.true_tai_minus_utc as i128 * NS
         };
         let t_ns = vmclock::Timestamp::<vmclock::Tai>::from_raw(t).as_nanos() as i128;
         if let Some(m) = r.maxerror_at(c) {
@@ -183,7 +183,7 @@ impl HostRun {
         let kernel = self.host.kernel_realtime_ns()
             + match (snap.time_type(), self.sampled) {
                 (vmclock::abi::time_type::TAI, Sampled::Tai) => self.host.tx.tai as i128 * NS,
-                (vmclock::abi::time_type::TAI, _) => snap.tai_offset().unwrap_or(0) as i128 * NS,
+                (vmclock::abi::time_type::TAI, _) => snap.tai_minus_utc().unwrap_or(0) as i128 * NS,
                 _ => 0,
             };
         self.page_vs_kernel_ns.push((t_ns - kernel) as f64);

@@ -20,8 +20,8 @@ pub struct PageSpec {
     pub status: u8,
     /// leap_indicator.
     pub leap: u8,
-    /// TAI − UTC.
-    pub tai_offset: i16,
+    /// TAI − UTC (positive: 37).
+    pub tai_minus_utc: i16,
     /// disruption_marker.
     pub marker: u64,
     /// vm_generation_counter.
@@ -41,7 +41,7 @@ impl Default for PageSpec {
             maxerror_ns: 200,
             status: status::SYNCHRONIZED,
             leap: 0,
-            tai_offset: 37,
+            tai_minus_utc: 37,
             marker: 1,
             generation: 1,
             leap_at: None,
@@ -87,8 +87,8 @@ impl SyncRun {
 
     /// TAI − UTC and the leap indicator at true TAI time `t`.
     fn leap_state(&self, t: i128) -> (i16, u8) {
-        let Some((midnight, sign)) = self.spec.leap_at else { return (self.spec.tai_offset, self.spec.leap) };
-        let before = self.spec.tai_offset as i128;
+        let Some((midnight, sign)) = self.spec.leap_at else { return (self.spec.tai_minus_utc, self.spec.leap) };
+        let before = self.spec.tai_minus_utc as i128;
         // The instant (TAI) the new offset takes effect: the start of 23:59:60 for an insertion,
         // the start of the skipped 23:59:59 for a deletion.
         let switch = if sign > 0 { midnight + before * NS } else { midnight - NS + before * NS };
@@ -110,7 +110,7 @@ impl SyncRun {
     pub fn page(&self) -> Snapshot {
         let c = self.guest.counter();
         let t = (self.guest.truth_at_counter(c) + self.spec.host_error_ns) as u128;
-        let (tai_offset, leap) = self.leap_state(t as i128);
+        let (tai_minus_utc, leap) = self.leap_state(t as i128);
         let p = self.guest.true_period();
         let period = if self.spec.period_error_ppb == 0 {
             p
@@ -120,7 +120,7 @@ impl SyncRun {
         };
         let abi = PageBuilder::new()
             .reference(counter_id::X86_TSC, c, Timestamp::<Tai>::from_nanos(t), period)
-            .tai_offset(tai_offset)
+            .tai_minus_utc(tai_minus_utc)
             .status(self.spec.status)
             .leap(leap)
             .maxerror(self.spec.maxerror_ns, 1 << 24)
@@ -166,7 +166,7 @@ impl SyncRun {
             let a = self.discipline.handle_tick(self.guest.raw_now());
             self.apply(a);
             // The world's TAI − UTC (for judging the kernel) follows true time too.
-            self.guest.true_tai_offset = self.leap_state(self.guest.now()).0 as i64;
+            self.guest.true_tai_minus_utc = self.leap_state(self.guest.now()).0 as i64;
             self.trace.push((self.guest.now(), self.guest.kernel_error_ns(), self.guest.tx.maxerror_us));
             let step = match self.discipline.next_deadline() {
                 Some(d) => (d - self.guest.raw_now()).clamp(1, poll_ns),

@@ -88,7 +88,8 @@ fn steady_state_is_quiet_and_tight() {
     assert_clean(&r);
     let last = r.current.unwrap();
     assert_eq!(last.clock_status(), Some(status::SYNCHRONIZED));
-    assert_eq!(last.tai_offset(), Some(37));
+    assert_eq!(last.tai_minus_utc(), Some(37));
+    assert_eq!(last.tai_offset_raw(), Some(-37), "the page stores UTC − TAI, as the driver reads it");
     assert!(last.has(flags::TIME_MONOTONIC | flags::TIME_MAXERROR_VALID | flags::PERIOD_MAXERROR_VALID));
     // Error against the kernel clock once calibrated (skip the first 5 s).
     let settled = &r.page_vs_kernel_ns[500..];
@@ -203,7 +204,7 @@ fn leap_run(seed: u64, insert: bool, sampled: Sampled) -> HostRun {
     assert_eq!(pre.leap_indicator(), Some(if insert { leap::PRE_POS } else { leap::PRE_NEG }));
     // Through midnight; the true TAI − UTC changes with the leap.
     r.run_for(5 * NS, 10 * MS);
-    r.host.true_tai_offset = if insert { 38 } else { 36 };
+    r.host.true_tai_minus_utc = if insert { 38 } else { 36 };
     r.run_for(10 * NS, 10 * MS);
     r.host.set_status(STA_INS | STA_DEL, false);
     r.run_for(20 * NS, 10 * MS);
@@ -215,8 +216,8 @@ fn leap_seconds_keep_tai_continuous() {
     for (seed, insert, sampled) in [
         (10u64, true, Sampled::Tai),
         (11, false, Sampled::Tai),
-        (12, true, Sampled::Utc { tai_offset: Some(37) }),
-        (16, false, Sampled::Utc { tai_offset: Some(37) }),
+        (12, true, Sampled::Utc { tai_minus_utc: Some(37) }),
+        (16, false, Sampled::Utc { tai_minus_utc: Some(37) }),
     ] {
         let r = leap_run(seed, insert, sampled);
         assert_eq!(r.host.leaps_applied.len(), 1, "the kernel applied the leap");
@@ -251,7 +252,7 @@ fn unsync_and_resync_change_the_status() {
 
 #[test]
 fn unknown_tai_offset_publishes_utc_never_tai() {
-    let mut r = run(14, Sampled::Utc { tai_offset: None });
+    let mut r = run(14, Sampled::Utc { tai_minus_utc: None });
     r.run_for(5 * NS, 10 * MS);
     let p = r.current.unwrap();
     assert_eq!(p.time_type(), vmclock::abi::time_type::UTC);

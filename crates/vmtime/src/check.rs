@@ -43,6 +43,7 @@ pub fn sample(page: &Page, n: usize) -> Result<(vmclock::Snapshot, Vec<vmtime_co
         let before = seqlock::read(&page.map, seqlock::DEFAULT_MAX_WAIT)?;
         let samples = (0..n).map(|_| aba_sample(ClockId::Realtime)).collect::<std::io::Result<Vec<_>>>()?;
         let after = seqlock::read(&page.map, seqlock::DEFAULT_MAX_WAIT)?;
+        crate::page::warn_legacy_tai(&page.path, &after);
         if before.seq_count() == after.seq_count() {
             return Ok((after, samples));
         }
@@ -57,8 +58,8 @@ fn row(name: &str, s: &Summary) {
 fn print_human(path: &str, r: &CheckReport, verdict: Verdict) {
     let how = match r.scale {
         Scale::Utc => "a UTC page against CLOCK_REALTIME".to_string(),
-        Scale::Tai { offset, source } => {
-            format!("a TAI page against CLOCK_REALTIME + {offset} s (TAI offset from the {source})")
+        Scale::Tai { tai_minus_utc, source } => {
+            format!("a TAI page against CLOCK_REALTIME + {tai_minus_utc} s (TAI offset from the {source})")
         }
     };
     println!("vmtime check {path}: {} samples of (CLOCK_REALTIME, counter, CLOCK_REALTIME), {how}", r.samples);

@@ -215,7 +215,7 @@ impl Default for SyncSettings {
             interval_ms: IntervalMs::new(1000).expect("in range"),
             makestep_ns: MakestepNs::new(1_000_000).expect("in range"),
             makestep_updates: MakestepUpdates::new(3).expect("in range"),
-            max_step_s: MaxStepS::new(86_400).expect("in range"),
+            max_step_s: MaxStepS::new(31_622_400).expect("in range"),
             hook: None,
             socket: None,
             duration_s: None,

@@ -33,7 +33,8 @@ pub struct Args {
     /// The page's timescale.
     #[arg(long, value_enum, default_value_t = TimeType::Tai)]
     time_type: TimeType,
-    /// TAI − UTC, s (default: the kernel's, else the system leap-second list).
+    /// TAI − UTC in s, positive (37 in 2026); the page stores its negation, UTC − TAI, as the
+    /// driver and spec v1.1 read it (default: the kernel's, else the system leap-second list).
     #[arg(long)]
     tai_offset: Option<TaiUtcS>,
     /// clock_status.
@@ -162,7 +163,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         TimeType::Utc => b.reference(id, counter, Timestamp::<Utc>::from_nanos(realtime_ns as u128), period),
     };
     if let Some(o) = tai {
-        b = b.tai_offset(o);
+        b = b.tai_minus_utc(o);
     }
     if let Some(ns) = a.maxerror_ns.map(AnyU64::get) {
         let rate = (a.period_maxerror_ppb.get() * 1e-9 * period.frac as f64).ceil() as u64;

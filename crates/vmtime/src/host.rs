@@ -48,7 +48,9 @@ pub struct Args {
     /// error rate; 500 is the kernel's own MAXFREQ).
     #[arg(long)]
     tolerance_ppm: Option<TolerancePpm>,
-    /// TAI − UTC, s (default: the kernel's, else the system leap-second list if current).
+    /// TAI − UTC in s, positive (37 in 2026); the page stores its negation, UTC − TAI, as the
+    /// driver and spec v1.1 read it (default: the kernel's, else the system leap-second list if
+    /// current).
     #[arg(long)]
     tai_offset: Option<TaiUtcS>,
     /// leap_second_smearing_hint to publish.
@@ -121,16 +123,16 @@ impl TaiSource {
     fn sampled(&self, kernel_tai: i32) -> (Sampled, ClockId) {
         match self {
             _ if kernel_tai != 0 => (Sampled::Tai, ClockId::Tai),
-            TaiSource::Fixed(o) => (Sampled::Utc { tai_offset: Some(*o) }, ClockId::Realtime),
+            TaiSource::Fixed(o) => (Sampled::Utc { tai_minus_utc: Some(*o) }, ClockId::Realtime),
             TaiSource::List(l) => {
                 let now_s = vmtime_sys::gettime(ClockId::Realtime).map(|ns| (ns / 1_000_000_000) as i64).unwrap_or(0);
-                let tai_offset = match l.offset_at(now_s) {
+                let tai_minus_utc = match l.offset_at(now_s) {
                     TaiOffset::Known(o) => Some(o),
                     TaiOffset::Expired { .. } => None,
                 };
-                (Sampled::Utc { tai_offset }, ClockId::Realtime)
+                (Sampled::Utc { tai_minus_utc }, ClockId::Realtime)
             }
-            TaiSource::Kernel | TaiSource::Unknown => (Sampled::Utc { tai_offset: None }, ClockId::Realtime),
+            TaiSource::Kernel | TaiSource::Unknown => (Sampled::Utc { tai_minus_utc: None }, ClockId::Realtime),
         }
     }
 }
@@ -205,7 +207,7 @@ impl Daemon {
             "seq_count": snap.map(|s| s.seq_count()),
             "status": snap.and_then(|s| s.clock_status()).map(abi::status_name),
             "time_type": snap.map(|s| abi::time_type_name(s.time_type())),
-            "tai_offset": snap.and_then(|s| s.tai_offset()),
+            "tai_minus_utc": snap.and_then(|s| s.tai_minus_utc()),
             "disruption_marker": snap.map(|s| s.disruption_marker()),
             "maxerror_ns": snap.and_then(|s| s.time_maxerror_ns()),
             "leap_indicator": snap.and_then(|s| s.leap_indicator()).map(abi::leap_name),

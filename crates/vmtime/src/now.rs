@@ -28,12 +28,14 @@ struct NowJson {
     reliable: bool,
     disruption_marker: u64,
     counter: u64,
-    tai_offset: Option<i16>,
+    /// TAI − UTC (positive: 37).
+    tai_minus_utc: Option<i16>,
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
     let path = crate::page_or_default(a.page);
     let clock = Clock::open(&path)?;
+    crate::page::warn_legacy_tai(&path, &clock.snapshot()?);
     let n = clock.now()?;
     let t = n.time();
     let ns = |x: u128| vmclock::Timestamp::<vmclock::Tai>::from_raw(x).as_nanos();
@@ -49,7 +51,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         reliable: n.is_reliable(),
         disruption_marker: n.disruption_marker,
         counter: n.counter,
-        tai_offset: n.tai_offset,
+        tai_minus_utc: n.tai_minus_utc,
     };
     if a.json {
         println!("{}", serde_json::to_string_pretty(&out)?);

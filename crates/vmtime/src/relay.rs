@@ -122,6 +122,7 @@ struct Relay<F: FnMut(u32)> {
 impl<F: FnMut(u32)> Relay<F> {
     fn relay(&mut self, force: bool, woke: Instant) -> Result<()> {
         let host = seqlock::read(&self.host.map, seqlock::DEFAULT_MAX_WAIT).context("reading the host page")?;
+        crate::page::warn_legacy_tai(&self.host.path, &host);
         if !force && self.last_host_seq == Some(host.seq_count()) {
             return Ok(());
         }

@@ -45,7 +45,12 @@ struct Fields {
     // Optional fields: null when beyond `size` (absent is not zero).
     clock_status: Option<Named>,
     leap_second_smearing_hint: Option<Named>,
+    /// The field as stored: UTC − TAI (−37), or a legacy positive TAI − UTC.
     tai_offset_sec: Option<i16>,
+    /// TAI − UTC (positive: 37), when TAI_OFFSET_VALID (a legacy positive value as it is).
+    tai_minus_utc: Option<i16>,
+    /// Whether the stored value is in the legacy convention (positive: TAI − UTC).
+    tai_offset_legacy: bool,
     leap_indicator: Option<Named>,
     counter_period_shift: Option<u8>,
     counter_value: Option<u64>,
@@ -93,6 +98,7 @@ fn named(value: u8, name: fn(u8) -> &'static str) -> Named {
 fn fields(a: &VmclockAbi, present_size: u32) -> Fields {
     let p = |f: abi::Field| f.present_in(present_size);
     let (flag_names, unknown_flags) = flags::names(a.flags.get());
+    let tai_valid = p(field::TAI_OFFSET) && a.flags.get() & flags::TAI_OFFSET_VALID != 0;
     Fields {
         magic: a.magic.get(),
         size: a.size.get(),
@@ -108,6 +114,8 @@ fn fields(a: &VmclockAbi, present_size: u32) -> Fields {
         leap_second_smearing_hint: p(field::SMEARING_HINT)
             .then(|| named(a.leap_second_smearing_hint, abi::smearing_name)),
         tai_offset_sec: p(field::TAI_OFFSET).then(|| a.tai_offset_sec.get() as i16),
+        tai_minus_utc: tai_valid.then(|| tai_minus_utc(a.tai_offset_sec.get() as i16)).flatten(),
+        tai_offset_legacy: tai_valid && (a.tai_offset_sec.get() as i16) > 0,
         leap_indicator: p(field::LEAP_INDICATOR).then(|| named(a.leap_indicator, abi::leap_name)),
         counter_period_shift: p(field::PERIOD_SHIFT).then_some(a.counter_period_shift),
         counter_value: p(field::COUNTER_VALUE).then(|| a.counter_value.get()),
@@ -121,6 +129,15 @@ fn fields(a: &VmclockAbi, present_size: u32) -> Fields {
         time_esterror_nanosec: p(field::TIME_ESTERROR).then(|| a.time_esterror_nanosec.get()),
         time_maxerror_nanosec: p(field::TIME_MAXERROR).then(|| a.time_maxerror_nanosec.get()),
         vm_generation_counter: p(field::VM_GENERATION).then(|| a.vm_generation_counter.get()),
+    }
+}
+
+/// TAI − UTC from a stored `tai_offset_sec` (UTC − TAI; a positive value is the legacy TAI − UTC).
+fn tai_minus_utc(stored: i16) -> Option<i16> {
+    if stored < 0 {
+        stored.checked_neg()
+    } else {
+        Some(stored)
     }
 }
 
@@ -151,6 +168,9 @@ fn time_now(snap: &Snapshot, counter: u64) -> Result<TimeNow, vmclock::TimeError
 fn report(path: &str, bytes: &[u8; abi::ABI_SIZE], available: usize, counter: Option<u64>) -> Report {
     let a = VmclockAbi::from_le_bytes(bytes);
     let validated = Snapshot::decode(bytes, available);
+    if let Ok(s) = &validated {
+        crate::page::warn_legacy_tai(std::path::Path::new(path), s);
+    }
     // For an invalid page, show what its bytes say as far as they are available.
     let present_size = a.size.get().min(available as u32);
     let fields = fields(&a, present_size);
@@ -200,11 +220,11 @@ pub fn fields_json(bytes: &[u8; abi::ABI_SIZE], available: usize) -> serde_json:
 /// A short summary of a page's fields.
 pub fn one_line(f: &serde_json::Value) -> String {
     format!(
-        "status {} time_type {} marker {} tai_offset {} maxerror_ns {} leap {}",
+        "status {} time_type {} marker {} tai_minus_utc {} maxerror_ns {} leap {}",
         f["clock_status"]["name"],
         f["time_type"]["name"],
         f["disruption_marker"],
-        f["tai_offset_sec"],
+        f["tai_minus_utc"],
         f["time_maxerror_nanosec"],
         f["leap_indicator"]["name"]
     )
@@ -286,19 +306,16 @@ fn print_human(r: &Report) {
         None => row("leap_second_smearing_hint", opt::<u8>(&None), ""),
     }
     let tai_valid = f.flags & flags::TAI_OFFSET_VALID != 0;
-    row(
-        "tai_offset_sec",
-        opt(&f.tai_offset_sec),
-        if f.tai_offset_sec.is_some() {
-            if tai_valid {
-                "TAI − UTC, valid"
-            } else {
-                "not valid (TAI_OFFSET_VALID clear)"
-            }
-        } else {
-            ""
-        },
-    );
+    let tai_meaning = match (f.tai_offset_sec, f.tai_minus_utc) {
+        (None, _) => String::new(),
+        (Some(_), None) if !tai_valid => "not valid (TAI_OFFSET_VALID clear)".to_string(),
+        (Some(_), None) => "valid but unusable (no TAI − UTC has this magnitude)".to_string(),
+        (Some(_), Some(o)) if f.tai_offset_legacy => {
+            format!("legacy sign (positive: TAI − UTC, as the RFC host wrote it): TAI − UTC = {o} s")
+        }
+        (Some(_), Some(o)) => format!("UTC − TAI as stored, valid: TAI − UTC = {o} s"),
+    };
+    row("tai_offset_sec", opt(&f.tai_offset_sec), &tai_meaning);
     match &f.leap_indicator {
         Some(s) => row("leap_indicator", format!("{} {}", s.value, s.name), leap_meaning(s.value)),
         None => row("leap_indicator", opt::<u8>(&None), ""),

@@ -61,7 +61,7 @@ pub struct Args {
     /// The timescale of a PHC source (required unless its driver is known: ptp_kvm is UTC).
     #[arg(long, value_enum)]
     phc_timescale: Option<Timescale>,
-    /// TAI − UTC, to read a TAI PHC, s.
+    /// TAI − UTC in s, positive (37 in 2026), to read a TAI PHC.
     #[arg(long)]
     tai_offset: Option<TaiUtcS>,
     /// Log level: error, warn, info, debug or trace.
@@ -102,7 +102,7 @@ fn run_phc(a: &SyncSettings, dev: PathBuf, clock_name: &str) -> Result<ExitCode>
     };
     let mut d = vmtime_sys::phc::PhcFile::open(&dev).with_context(|| format!("cannot open {}", dev.display()))?;
     let mut servo =
-        PhcServo::new(PhcServoConfig { timescale, tai_offset: a.tai_offset.get(), ..PhcServoConfig::default() });
+        PhcServo::new(PhcServoConfig { timescale, tai_minus_utc: a.tai_offset.get(), ..PhcServoConfig::default() });
     eprintln!(
         "vmtime sync: {} ({clock_name}, {timescale:?}) → CLOCK_REALTIME{}",
         dev.display(),
@@ -231,6 +231,7 @@ impl Sync {
             );
         }
         self.last_marker = Some(page.disruption_marker());
+        crate::page::warn_legacy_tai(&self.page.path, &page);
         let raw = tightest(ClockId::MonotonicRaw, 16)?;
         let samples = (0..64).map(|_| aba_sample(ClockId::Realtime)).collect::<std::io::Result<Vec<_>>>()?;
         let a = self.discipline.handle_observation(&SyncObservation { page, raw, samples: &samples, kernel });
@@ -320,7 +321,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     eprintln!(
         "  source: {} {}, status {}, marker {:#x}",
         abi::time_type_name(first.time_type()),
-        first.tai_offset().map_or("without a TAI offset".to_string(), |o| format!("with TAI − UTC = {o} s")),
+        first.tai_minus_utc().map_or("without a TAI offset".to_string(), |o| format!("with TAI − UTC = {o} s")),
         first.clock_status().map_or("absent", abi::status_name),
         first.disruption_marker()
     );

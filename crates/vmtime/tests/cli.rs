@@ -26,7 +26,7 @@ fn gen_then_check_passes_against_this_kernel() {
     let r = json(&vmtime(&["check", page.to_str().unwrap(), "--samples", "2000", "--tolerance", "2000", "--json"]));
     assert_eq!(r["passed"], true, "{r}");
     assert_eq!(r["samples"], 2000);
-    assert_eq!(r["scale"]["Tai"]["offset"], 37);
+    assert_eq!(r["scale"]["Tai"]["tai_minus_utc"], 37);
     assert!(r["error_ns"]["p50"].as_f64().unwrap().abs() < 2000.0, "{r}");
 }
 
@@ -50,7 +50,10 @@ fn show_decodes_every_field_and_now_is_bounded() {
     assert_eq!(r["valid"], true);
     let f = &r["fields"];
     assert_eq!(f["magic"], 0x4b4c4356);
-    assert_eq!(f["tai_offset_sec"], 37);
+    // The page stores UTC − TAI (the driver's and spec v1.1's sign); show says both.
+    assert_eq!(f["tai_offset_sec"], -37);
+    assert_eq!(f["tai_minus_utc"], 37);
+    assert_eq!(f["tai_offset_legacy"], false);
     assert_eq!(f["vm_generation_counter"], 9);
     assert_eq!(f["disruption_marker"], 77);
     assert_eq!(f["leap_indicator"]["name"], "PRE_POS");
@@ -64,6 +67,7 @@ fn show_decodes_every_field_and_now_is_bounded() {
         (n["earliest_ns"].as_u64().unwrap(), n["time_ns"].as_u64().unwrap(), n["latest_ns"].as_u64().unwrap());
     assert!(e < t && t < l && l - e >= 2000, "{n}");
     assert_eq!(n["status"], "SYNCHRONIZED");
+    assert_eq!(n["tai_minus_utc"], 37);
     // TAI − UTC = 37 s: the page's TAI is within a minute of this machine's UTC + 37 s.
     let realtime = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i128;
     assert!(((t as i128) - (realtime + 37_000_000_000)).abs() < 60_000_000_000);
@@ -91,4 +95,53 @@ fn show_reports_invalid_pages_and_absent_fields() {
     let missing = vmtime(&["now", dir.path().join("nope").to_str().unwrap()]);
     assert_eq!(missing.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot map"));
+}
+
+#[test]
+fn a_legacy_positive_tai_offset_reads_the_same_and_warns_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let page = dir.path().join("page");
+    gen(
+        &page,
+        &[
+            "--time-type",
+            "utc",
+            "--maxerror-ns",
+            "1000",
+            "--counter",
+            "0",
+            "--time-ns",
+            "1795000000000000000",
+            "--counter-hz",
+            "1000000000",
+        ],
+    );
+    let out = vmtime(&["show", page.to_str().unwrap(), "--json", "--counter", "5"]);
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("legacy sign"), "the driver's sign is not legacy");
+    let current = json(&out);
+    assert_eq!(current["fields"]["tai_offset_sec"], -37);
+    // The same page with +37 stored: the legacy sign of the RFC host and older vmtime pages.
+    let mut bytes = std::fs::read(&page).unwrap();
+    bytes[0x24..0x26].copy_from_slice(&37i16.to_le_bytes());
+    std::fs::write(&page, &bytes).unwrap();
+    let out = vmtime(&["show", page.to_str().unwrap(), "--json", "--counter", "5"]);
+    let legacy = json(&out);
+    assert_eq!(legacy["fields"]["tai_offset_sec"], 37);
+    assert_eq!(legacy["fields"]["tai_minus_utc"], 37);
+    assert_eq!(legacy["fields"]["tai_offset_legacy"], true);
+    assert_eq!(legacy["now"]["tai"], current["now"]["tai"], "both signs give TAI = UTC + 37 s");
+    assert_eq!(legacy["now"]["utc"], current["now"]["utc"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let warnings: Vec<_> = stderr.lines().filter(|l| l.contains("legacy sign")).collect();
+    assert_eq!(warnings.len(), 1, "{stderr}");
+    assert!(warnings[0].contains(page.to_str().unwrap()), "{stderr}");
+}
+
+#[test]
+fn gen_tai_offset_is_tai_minus_utc_and_positive() {
+    let dir = tempfile::tempdir().unwrap();
+    let page = dir.path().join("page");
+    let out = vmtime(&["gen", page.to_str().unwrap(), "--tai-offset=-37", "--calibrate-ms", "50"]);
+    assert_eq!(out.status.code(), Some(2), "a negative TAI − UTC is refused");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--tai-offset"));
 }
