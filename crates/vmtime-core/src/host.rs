@@ -147,6 +147,24 @@ pub enum Reason {
     Restart,
 }
 
+impl std::fmt::Display for Reason {
+    /// Why a page was published, in words (for logs).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Reason::Initial => "first page",
+            Reason::Calibrated => "calibrated",
+            Reason::Rate => "the kernel clock's rate changed",
+            Reason::Status => "the clock status changed",
+            Reason::Leap => "the leap second state changed",
+            Reason::TaiOffset => "the TAI offset changed",
+            Reason::Drift => "drift correction",
+            Reason::SlewDone => "slew complete",
+            Reason::Step => "the kernel clock was stepped",
+            Reason::Restart => "restart without proven continuity",
+        })
+    }
+}
+
 /// What to do.
 #[must_use]
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -82,7 +82,7 @@ fn print_human(path: &str, r: &CheckReport, verdict: Verdict) {
 
 pub fn run(a: Args) -> Result<ExitCode> {
     let page = Page::open(&a.page)?;
-    let (snap, samples) = sample(&page, a.samples.get() as usize)?;
+    let (snap, samples) = sample(&page, a.samples.get() as usize).with_context(|| a.page.display().to_string())?;
     if snap.clock_status() == Some(abi::status::INITIALIZING) && snap.reference().is_err() {
         // A publisher that has just created its page and not yet published the first time.
         println!("{}: {}", a.page.display(), Verdict::NotYetCalibrated);
@@ -96,8 +96,8 @@ pub fn run(a: Args) -> Result<ExitCode> {
         );
     }
     let kernel_tai = vmtime_sys::read_timex().context("adjtimex")?.tai;
-    let scale = scale_for(&snap, kernel_tai)?;
-    let r = check(&snap, scale, &samples, a.tolerance.get())?;
+    let scale = scale_for(&snap, kernel_tai).with_context(|| a.page.display().to_string())?;
+    let r = check(&snap, scale, &samples, a.tolerance.get()).with_context(|| a.page.display().to_string())?;
     let verdict = Verdict::of(&r, snap.clock_status());
     if a.json {
         let mut v = serde_json::to_value(&r)?;

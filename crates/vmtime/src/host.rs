@@ -170,7 +170,7 @@ impl Daemon {
             let stats = self.publisher.stats();
             if disrupted {
                 eprintln!(
-                    "page {seq}: {reason:?}, status {st}, new disruption marker {:#x}",
+                    "page {seq}: {reason}, status {st}, new disruption marker {:#x}",
                     page.disruption_marker.get()
                 );
             } else if stats.published <= 3
@@ -182,7 +182,7 @@ impl Daemon {
                 )
             {
                 eprintln!(
-                    "page {seq}: {reason:?}, status {st}, kernel rate {:+.3} ppm, pairing ±{:.1} ns",
+                    "page {seq}: {reason}, status {st}, kernel rate {:+.3} ppm, pairing ±{:.1} ns",
                     stats.kernel_rate_ppb / 1000.0,
                     stats.pairing_ns
                 );
@@ -234,7 +234,8 @@ impl Daemon {
                 }
             }
             other => {
-                let _ = writeln!(conn, "{{\"error\": \"unknown request {other:?}: send status or subscribe\"}}");
+                let error = format!("unknown request \"{}\": send status or subscribe", other.escape_debug());
+                let _ = writeln!(conn, "{}", serde_json::json!({ "error": error }));
             }
         }
     }
@@ -248,7 +249,8 @@ fn open_page(path: &Path) -> Result<(WritableMapping, Option<Snapshot>)> {
             if let Ok(prev) = Snapshot::from_bytes(&bytes[..PAGE_SIZE]) {
                 let f = vmtime_sys::pagefile::open_existing(path)
                     .with_context(|| format!("cannot reopen {}", path.display()))?;
-                let m = WritableMapping::new(Mapping::map(&f, true)?)?;
+                let m = Mapping::map(&f, true).and_then(WritableMapping::new);
+                let m = m.with_context(|| format!("cannot map {} for writing", path.display()))?;
                 return Ok((m, Some(prev)));
             }
         }
@@ -256,7 +258,8 @@ fn open_page(path: &Path) -> Result<(WritableMapping, Option<Snapshot>)> {
     // INITIALIZING until the first page: `vmtime check` then says "not yet calibrated".
     let blank = PageBuilder::new().status(abi::status::INITIALIZING).page_bytes();
     let f = vmtime_sys::pagefile::create(path, &blank).with_context(|| format!("cannot create {}", path.display()))?;
-    Ok((WritableMapping::new(Mapping::map(&f, true)?)?, None))
+    let m = Mapping::map(&f, true).and_then(WritableMapping::new);
+    Ok((m.with_context(|| format!("cannot map {} for writing", path.display()))?, None))
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
@@ -418,9 +421,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
             last_line = Instant::now();
             let s = d.publisher.stats();
             eprintln!(
-                "pages {}, last {:?}, page − kernel {:+.1} ns, pairing ±{:.1} ns, baseline {:.0} s, subscribers {}",
+                "pages {}, last: {}, page − kernel {:+.1} ns, pairing ±{:.1} ns, baseline {:.0} s, subscribers {}",
                 s.published,
-                s.last_reason,
+                s.last_reason.map_or("none yet".to_string(), |r| r.to_string()),
                 s.last_error_ns,
                 s.pairing_ns,
                 s.baseline_s,

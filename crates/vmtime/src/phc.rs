@@ -97,7 +97,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
             } else {
                 for r in &rows {
                     println!(
-                        "{} {:?} driver {} — {}",
+                        "{} \"{}\" driver {} — {}",
                         r["dev"].as_str().unwrap_or(""),
                         r["clock_name"].as_str().unwrap_or(""),
                         r["driver"],
@@ -118,10 +118,10 @@ pub fn run(a: Args) -> Result<ExitCode> {
                     match (&r.error, r.offset_ns, r.delay_ns) {
                         (None, Some(o), Some(dl)) => println!(
                             "{:<9} offset {:+.1} ns (PHC − CLOCK_REALTIME), delay {dl} ns",
-                            format!("{:?}", r.method),
+                            r.method.to_string(),
                             o
                         ),
-                        (Some(e), ..) => println!("{:<9} unavailable: {e}", format!("{:?}", r.method)),
+                        (Some(e), ..) => println!("{:<9} unavailable: {e}", r.method.to_string()),
                         _ => {}
                     }
                 }

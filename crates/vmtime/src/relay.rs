@@ -105,7 +105,7 @@ pub fn counter_map(offset: u64, ratio: TscRatio, frac_bits: FracBits) -> Result<
 
 fn save(path: &Path, st: &GuestState) -> Result<()> {
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(st)?)?;
+    std::fs::write(&tmp, serde_json::to_vec_pretty(st)?).with_context(|| format!("cannot write {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("cannot save {}", path.display()))
 }
 
@@ -271,12 +271,16 @@ pub fn run(args: Args) -> Result<ExitCode> {
     }
     save(&state_path, relay.state())?;
 
-    let host = crate::page::FollowedPage::open(&host_path).context("is vmtime host running?")?;
+    let host = crate::page::FollowedPage::open(&host_path)
+        .context("no host page to follow (is vmtime host running? --host-page names it)")?;
     let guest_file = match vmtime_sys::pagefile::open_existing(&guest_page) {
         Ok(f) if f.metadata()?.len() >= vmclock::abi::PAGE_SIZE as u64 => f,
-        _ => vmtime_sys::pagefile::create(&guest_page, &PageBuilder::new().page_bytes())?,
+        _ => vmtime_sys::pagefile::create(&guest_page, &PageBuilder::new().page_bytes())
+            .with_context(|| format!("cannot create the guest page {}", guest_page.display()))?,
     };
-    let mem = WritableMapping::new(Mapping::map(&guest_file, true)?)?;
+    let mem = Mapping::map(&guest_file, true)
+        .and_then(WritableMapping::new)
+        .with_context(|| format!("cannot map {} for writing", guest_page.display()))?;
     let guest_socket = crate::host::socket_for(&guest_page);
     let _ = std::fs::remove_file(&guest_socket);
     let listener =
@@ -327,8 +331,14 @@ pub fn run(args: Args) -> Result<ExitCode> {
         if ready[0] {
             while let Ok((conn, _)) = listener.accept() {
                 let _ = conn.set_nonblocking(false);
+                let reply_to = conn.try_clone();
                 if let Err(e) = r.control(conn) {
-                    eprintln!("control request failed: {e:#}");
+                    // The requester gets the error as JSON too.
+                    let msg = format!("{e:#}");
+                    eprintln!("control request failed: {msg}");
+                    if let Ok(mut c) = reply_to {
+                        let _ = writeln!(c, "{}", serde_json::json!({ "error": msg }));
+                    }
                 }
             }
         }

@@ -24,9 +24,9 @@ pub struct Args {
 /// Sends one request line and returns the first reply line.
 pub fn request(socket: &std::path::Path, what: &str) -> Result<(String, UnixStream)> {
     let mut s = UnixStream::connect(socket).with_context(|| format!("no daemon answers on {}", socket.display()))?;
-    writeln!(s, "{what}")?;
+    writeln!(s, "{what}").with_context(|| format!("cannot send to {}", socket.display()))?;
     let mut line = String::new();
-    BufReader::new(&s).read_line(&mut line)?;
+    BufReader::new(&s).read_line(&mut line).with_context(|| format!("no answer from {}", socket.display()))?;
     Ok((line, s))
 }
 

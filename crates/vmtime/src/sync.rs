@@ -96,7 +96,7 @@ fn run_phc(a: &SyncSettings, dev: PathBuf, clock_name: &str) -> Result<ExitCode>
         (Some(Timescale::Tai), _) => PhcTimescale::Tai,
         (None, Some(t)) => t,
         (None, None) => bail!(
-            "{} ({clock_name:?}): its timescale is not known; give --phc-timescale utc|tai (it is never guessed)",
+            "{} (clock \"{clock_name}\"): its timescale is not known; give --phc-timescale utc|tai (it is never guessed)",
             dev.display()
         ),
     };
@@ -104,7 +104,7 @@ fn run_phc(a: &SyncSettings, dev: PathBuf, clock_name: &str) -> Result<ExitCode>
     let mut servo =
         PhcServo::new(PhcServoConfig { timescale, tai_minus_utc: a.tai_offset.get(), ..PhcServoConfig::default() });
     eprintln!(
-        "vmtime sync: {} ({clock_name}, {timescale:?}) → CLOCK_REALTIME{}",
+        "vmtime sync: {} ({clock_name}, {timescale}) → CLOCK_REALTIME{}",
         dev.display(),
         if a.dry_run { " (dry run: nothing is changed)" } else { "" }
     );
@@ -117,7 +117,7 @@ fn run_phc(a: &SyncSettings, dev: PathBuf, clock_name: &str) -> Result<ExitCode>
                 for act in servo.handle_measurement(&m, tx.tick, tx.freq, interval.as_secs_f64()) {
                     if a.dry_run {
                         println!(
-                            "dry run: would {} (offset {:+.1} ns by {:?})",
+                            "dry run: would {} (offset {:+.1} ns, {} reading)",
                             describe(&act),
                             servo.last_offset_ns,
                             m.method
@@ -127,7 +127,10 @@ fn run_phc(a: &SyncSettings, dev: PathBuf, clock_name: &str) -> Result<ExitCode>
                     }
                 }
             }
-            Err(failed) => eprintln!("{}: no reading method works: {failed:?}", dev.display()),
+            Err(failed) => {
+                let why: Vec<String> = failed.iter().map(|(m, e)| format!("{m}: {e}")).collect();
+                tracing::warn!("{}: no reading method works ({})", dev.display(), why.join("; "));
+            }
         }
         std::thread::sleep(interval);
     }
@@ -270,7 +273,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         return run_phc(&a, source, &name);
     }
     let page = crate::page::FollowedPage::open(&source)?;
-    let first = seqlock::read(&page.map, seqlock::DEFAULT_MAX_WAIT)?;
+    let first = seqlock::read(&page.map, seqlock::DEFAULT_MAX_WAIT).with_context(|| source.display().to_string())?;
     if first.counter_id() != vmclock::counter::NATIVE {
         bail!(
             "{} gives no time for this CPU's counter (counter_id {}): nothing to synchronise to",
@@ -279,7 +282,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
         );
     }
     // Notification: the device's poll() (read() acknowledges), or a publisher's socket.
-    let is_device = std::fs::metadata(&source)?.file_type().is_char_device();
+    let is_device = std::fs::metadata(&source)
+        .with_context(|| format!("cannot stat {}", source.display()))?
+        .file_type()
+        .is_char_device();
     let device = (is_device && first.has(flags::NOTIFICATION_PRESENT)).then(|| File::open(&source)).transpose()?;
     let mut sub = if is_device {
         None
@@ -291,7 +297,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     }
     let socket = a.socket.unwrap_or_else(|| crate::host::default_page().with_file_name("sync.sock"));
     if let Some(d) = socket.parent() {
-        std::fs::create_dir_all(d)?;
+        std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
     }
     let _ = std::fs::remove_file(&socket);
     let listener = UnixListener::bind(&socket).with_context(|| format!("cannot listen on {}", socket.display()))?;

@@ -94,3 +94,33 @@ fn a_flag_overrides_the_file() {
     assert!(page.exists());
     assert!(!dir.path().join("other").exists());
 }
+
+#[test]
+fn replies_are_json_and_logs_are_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let page = dir.path().join("p");
+    let socket = dir.path().join("s");
+    let mut host = Command::new(env!("CARGO_BIN_EXE_vmtime"))
+        .args(["host", "--page", page.to_str().unwrap(), "--socket", socket.to_str().unwrap()])
+        .args(["--no-vmclock-host", "--duration-s", "2"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The socket is there once the daemon listens (bounded wait: 200 × 10 ms).
+    for _ in 0..200 {
+        if socket.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // A request with quotes and backslashes: the error reply is still valid JSON that names it.
+    let out = vmtime(&["status", "--socket", socket.to_str().unwrap(), "--request", r#"bo"gus\x"#, "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("valid JSON");
+    assert!(v["error"].as_str().unwrap().contains(r#"unknown request "bo\"gus\\x""#), "{v}");
+    let log = String::from_utf8(host.wait_with_output().unwrap().stderr).unwrap();
+    assert!(log.contains("page 2: first page, status INITIALIZING"), "{log}");
+    for debug in ["Some(", "None", "Initial,", "Calibrated,", "SlewDone", "{:?}"] {
+        assert!(!log.contains(debug), "Debug output {debug:?} in the log: {log}");
+    }
+}
