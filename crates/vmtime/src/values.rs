@@ -487,13 +487,13 @@ pub const NUMERIC: &[Numeric] = &[
     SimDuration::NUMERIC,
 ];
 
-/// A simulated duration: "600", "600s", "10m", "1h", "1d"; from 1 s to 366 days.
+/// A simulated duration: "600", "600s", "10m", "1h", "1d"; from 1 s to 30 days (as a scenario file).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SimDuration(u64);
 
 impl SimDuration {
     /// The longest simulation, s.
-    pub const MAX_S: u64 = 366 * 86_400;
+    pub const MAX_S: u64 = vmtime_sim::scenario::MAX_S;
 
     /// Seconds.
     pub const fn secs(self) -> u64 {
@@ -583,7 +583,7 @@ mod tests {
     fn sim_durations_do_not_overflow() {
         assert_eq!("10m".parse::<SimDuration>().map(SimDuration::secs), Ok(600));
         assert_eq!("1d".parse::<SimDuration>().map(SimDuration::secs), Ok(86_400));
-        for bad in ["0", "18446744073709551615d", "367d", "-1", "1.5h", "NaN", "h"] {
+        for bad in ["0", "18446744073709551615d", "31d", "-1", "1.5h", "NaN", "h"] {
             assert!(bad.parse::<SimDuration>().is_err(), "{bad}");
         }
     }
