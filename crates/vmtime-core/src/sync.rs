@@ -355,7 +355,7 @@ impl Discipline {
             let raw_s_per_tick = d_raw as f64 / d_c as f64 / 1e9;
             let ppb = (page_s_per_tick / raw_s_per_tick - 1.0) * 1e9;
             let limit_ppb = KERNEL_MAX_PPB - self.cfg.max_slew_ppb.clamp(0, KERNEL_MAX_PPB);
-            if !(ppb.abs() <= limit_ppb as f64) {
+            if ppb.is_nan() || ppb.abs() > limit_ppb as f64 {
                 self.refuse(SyncNotice::RateOutOfRange { ppb, limit_ppb }, &obs.kernel, &mut out);
                 return out;
             }

@@ -438,6 +438,42 @@ mod tests {
     }
 
     #[test]
+    fn every_key_is_documented() {
+        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/CONFIG.md")).unwrap();
+        let mut all = FileConfig::default();
+        // Keys without a default are absent from the serialised defaults: give them values.
+        all.host.page = Some("/p".into());
+        all.host.socket = Some("/s".into());
+        all.host.tai_offset = TaiUtcS::new(37);
+        all.host.duration_s = DurationS::new(1);
+        all.host.metrics_listen = Some("127.0.0.1:1".parse().unwrap());
+        all.relay.host_page = Some("/p".into());
+        all.relay.guest_page = Some("/p".into());
+        all.relay.state = Some("/p".into());
+        all.relay.duration_s = DurationS::new(1);
+        all.relay.metrics_listen = Some("127.0.0.1:1".parse().unwrap());
+        all.sync.source = Some("/p".into());
+        all.sync.hook = Some("true".into());
+        all.sync.socket = Some("/s".into());
+        all.sync.duration_s = DurationS::new(1);
+        all.sync.phc_timescale = Some(Timescale::Utc);
+        all.sync.metrics_listen = Some("127.0.0.1:1".parse().unwrap());
+        all.metrics.listen = Some("127.0.0.1:1".parse().unwrap());
+        let all = toml::Table::try_from(all).unwrap();
+        for (section, keys) in &all {
+            let start =
+                doc.find(&format!("## `[{section}]`")).unwrap_or_else(|| panic!("[{section}] not in CONFIG.md"));
+            let end = doc[start + 1..].find("\n## ").map_or(doc.len(), |e| start + 1 + e);
+            for key in keys.as_table().unwrap().keys() {
+                assert!(
+                    doc[start..end].contains(&format!("| `{key}` |")),
+                    "[{section}] {key} is not in docs/CONFIG.md"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn bad_values_name_the_key_and_the_range() {
         let e = err("[host]\ninterval_ms = 0\n");
         assert!(e.ends_with("[host] interval_ms: 0 is refused; allowed: an integer in [10, 600000] (ms)"), "{e}");

@@ -100,7 +100,7 @@ fn replies_are_json_and_logs_are_words() {
     let dir = tempfile::tempdir().unwrap();
     let page = dir.path().join("p");
     let socket = dir.path().join("s");
-    let mut host = Command::new(env!("CARGO_BIN_EXE_vmtime"))
+    let host = Command::new(env!("CARGO_BIN_EXE_vmtime"))
         .args(["host", "--page", page.to_str().unwrap(), "--socket", socket.to_str().unwrap()])
         .args(["--no-vmclock-host", "--duration-s", "2"])
         .stderr(std::process::Stdio::piped())
