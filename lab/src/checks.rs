@@ -521,7 +521,8 @@ impl Lab {
         // The lab publishes this page as a host would: one file, updated in place (seqlock).
         let leap_page = self.a.work.join("leap.page");
         let file = vmtime_sys::pagefile::create(&leap_page, &page(leap::PRE_POS, 36).page_bytes())?;
-        let mut writer = vmclock::Writer::new(vmclock::WritableMapping::new(vmclock::Mapping::map(&file, true)?)?);
+        let mut writer =
+            vmclock::Writer::new(vmclock::WritableMapping::new(vmclock::Mapping::map(file.file(), true)?)?);
         let offset = self.offset.context("no counter map")?.0;
         self.start_relay(&leap_page, offset)?;
         // The counter values where the page's state changes (a TAI page is continuous): the

@@ -36,6 +36,12 @@ fn bench(c: &mut Criterion) {
     g.bench_function("clock_gettime_realtime", |b| b.iter(|| black_box(clock_gettime(libc::CLOCK_REALTIME))));
     g.bench_function("clock_gettime_tai", |b| b.iter(|| black_box(clock_gettime(libc::CLOCK_TAI))));
     g.bench_function("counter_read_fenced", |b| b.iter(|| black_box(vmclock::counter::read())));
+    #[cfg(target_arch = "x86_64")]
+    g.bench_function("counter_lfence_rdtsc", |b| b.iter(|| black_box(vmclock::counter::read_lfence_rdtsc())));
+    #[cfg(target_arch = "x86_64")]
+    if vmclock::counter::has_rdtscp() {
+        g.bench_function("counter_rdtscp", |b| b.iter(|| black_box(vmclock::counter::read_rdtscp())));
+    }
     // The unfenced instruction alone: the floor no ordered read can reach (reference only).
     #[cfg(target_arch = "x86_64")]
     // SAFETY: RDTSC has no preconditions on x86_64.
@@ -45,6 +51,22 @@ fn bench(c: &mut Criterion) {
     g.bench_function("vmclock_now_tai_bounds", |b| {
         b.iter(|| {
             let n = clock.now().unwrap();
+            let t = n.tai().unwrap();
+            black_box((t.earliest(), t.latest()))
+        })
+    });
+    // Diagnostic: the same read with LFENCE; RDTSC instead of RDTSCP.
+    #[cfg(target_arch = "x86_64")]
+    g.bench_function("diag_now_tai_bounds_lfence", |b| {
+        b.iter(|| {
+            let n = clock.now_with_counter(vmclock::counter::read_lfence_rdtsc).unwrap();
+            let t = n.tai().unwrap();
+            black_box((t.earliest(), t.latest()))
+        })
+    });
+    g.bench_function("diag_now_tai_bounds_nocounter", |b| {
+        b.iter(|| {
+            let n = clock.now_with_counter(|| black_box(12345)).unwrap();
             let t = n.tai().unwrap();
             black_box((t.earliest(), t.latest()))
         })

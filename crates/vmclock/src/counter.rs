@@ -12,11 +12,55 @@ pub const NATIVE: u8 = counter_id::ARM_VCNT;
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 pub const NATIVE: u8 = counter_id::INVALID;
 
-/// Reads the counter, ordered after every earlier load (so after the seqlock copy): LFENCE then
-/// RDTSC, as the kernel's `rdtsc_ordered()` does on CPUs where LFENCE is dispatch-serialising.
+/// Reads the counter ordered after every earlier load (so after the seqlock's copy), as the
+/// kernel's `rdtsc_ordered()` does: RDTSCP where the CPU has it (the kernel's choice then), else
+/// LFENCE; RDTSC (LFENCE is dispatch-serialising on every CPU Linux uses it on). Whether RDTSCP
+/// exists is asked once (std caches the CPUID answer), not per read.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 pub fn read() -> u64 {
+    if has_rdtscp() {
+        read_rdtscp()
+    } else {
+        read_lfence_rdtsc()
+    }
+}
+
+/// Whether this CPU has RDTSCP (CPUID 0x8000_0001 EDX bit 27), asked once and remembered.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub fn has_rdtscp() -> bool {
+    use core::sync::atomic::{AtomicU8, Ordering};
+    static RDTSCP: AtomicU8 = AtomicU8::new(0); // 0 unknown, 1 no, 2 yes
+    #[cold]
+    #[inline(never)]
+    fn ask() -> bool {
+        use core::arch::x86_64::__cpuid;
+        // Leaf 0x8000_0000 gives the highest extended leaf; 0x8000_0001 is asked only if it exists.
+        let yes = __cpuid(0x8000_0000).eax >= 0x8000_0001 && __cpuid(0x8000_0001).edx & (1 << 27) != 0;
+        RDTSCP.store(if yes { 2 } else { 1 }, Ordering::Relaxed);
+        yes
+    }
+    match RDTSCP.load(Ordering::Relaxed) {
+        0 => ask(),
+        v => v == 2,
+    }
+}
+
+/// RDTSCP: waits for every earlier instruction and load, then reads the TSC.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub fn read_rdtscp() -> u64 {
+    let mut aux = 0u32;
+    // SAFETY: only called where RDTSCP exists (checked by the caller, or a benchmark on this CPU);
+    // it writes `aux`, a valid local, and touches no other memory.
+    unsafe { core::arch::x86_64::__rdtscp(&mut aux) }
+}
+
+/// LFENCE; RDTSC: the TSC read after every earlier load has completed.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub fn read_lfence_rdtsc() -> u64 {
     use core::arch::x86_64::{_mm_lfence, _rdtsc};
     // SAFETY: LFENCE is SSE2, part of the x86_64 baseline; it has no memory effects.
     unsafe { _mm_lfence() };
@@ -24,14 +68,29 @@ pub fn read() -> u64 {
     unsafe { _rdtsc() }
 }
 
-/// Reads the virtual counter after an ISB, so it is not read ahead of earlier instructions.
+/// Reads the virtual counter as the arm64 kernel does (`__arch_counter_get_cntvct` then
+/// `arch_counter_enforce_ordering`): an ISB so the read is not taken ahead of earlier
+/// instructions, then a dummy load that depends on the value, so that later loads (the
+/// seqlock's second `seq_count` read, after its acquire fence) are ordered after the read.
 #[cfg(target_arch = "aarch64")]
 #[inline(always)]
 pub fn read() -> u64 {
     let v: u64;
-    // SAFETY: CNTVCT_EL0 is readable from EL0 on Linux (the kernel enables it for the vDSO);
-    // ISB and MRS touch no memory and the asm uses no stack.
-    unsafe { core::arch::asm!("isb", "mrs {v}, cntvct_el0", v = out(reg) v, options(nostack, preserves_flags)) };
+    // SAFETY: CNTVCT_EL0 is readable from EL0 on Linux (the kernel enables it for the vDSO).
+    // The dummy load reads the 8 bytes at the stack pointer (v ^ v = 0 added to sp), which are
+    // always mapped and readable, into the zero register; nothing is written.
+    unsafe {
+        core::arch::asm!(
+            "isb",
+            "mrs {v}, cntvct_el0",
+            "eor {t}, {v}, {v}",
+            "add {t}, sp, {t}",
+            "ldr xzr, [{t}]",
+            v = out(reg) v,
+            t = out(reg) _,
+            options(nostack, preserves_flags, readonly),
+        )
+    };
     v
 }
 

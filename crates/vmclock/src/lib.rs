@@ -17,6 +17,8 @@ pub mod builder;
 pub mod clock;
 pub mod counter;
 pub mod error;
+#[cfg(not(loom))]
+pub mod guard;
 #[cfg(all(feature = "vm-memory", not(loom)))]
 pub mod guest_memory;
 #[cfg(not(loom))]

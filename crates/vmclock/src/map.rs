@@ -66,6 +66,11 @@ impl Mapping {
         Ok(Mapping { ptr, available, writable })
     }
 
+    /// The mapping's address and length (for [`crate::guard::protect`]).
+    pub fn region(&self) -> (*const u8, usize) {
+        (self.ptr.as_ptr(), PAGE_SIZE)
+    }
+
     /// Whether the mapping may be written.
     pub fn is_writable(&self) -> bool {
         self.writable

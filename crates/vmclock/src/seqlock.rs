@@ -6,8 +6,8 @@
 //! whatever the other side is (a hypervisor, another process, a thread).
 //!
 //! Writer: `seq` odd (relaxed) → release fence → body (relaxed) → release fence → `seq` even.
-//! Reader: `seq` (acquire) → body (relaxed) → acquire fence → `seq` again (relaxed); the copy is
-//! consistent when both reads are equal and even.
+//! Reader: `seq` (acquire) → body (relaxed) → [ordered counter read] → acquire fence → `seq`
+//! again (relaxed); the copy (and the counter) are consistent when both reads are equal and even.
 
 #[cfg(not(loom))]
 pub use core::sync::atomic::{fence, AtomicU32, Ordering};
@@ -119,6 +119,35 @@ pub fn try_read_into(words: &[AtomicU32], out: &mut [u32]) -> bool {
     fence(Ordering::Acquire);
     let seq2 = words[SEQ_WORD].load(Ordering::Relaxed);
     seq1 == seq2
+}
+
+/// The reader's protocol with the counter read inside it, as the spec's read procedure and the
+/// Linux driver do: acquire load of the count, relaxed copy of `out.len()` words starting at word
+/// `first`, then `read_counter()` (its own instruction sequence orders it after the copy:
+/// [`crate::counter::read`]), acquire fence, relaxed re-load of the count. Returns the counter
+/// value when the copy is consistent, so the copy and the counter belong to one page version:
+/// a page updated (a migration, a restore) after the copy but before the counter read is seen
+/// as a changed count, and the caller retries, instead of pairing a stale page with a counter of
+/// the new one.
+#[inline(always)]
+pub fn try_read_with_counter(
+    words: &[AtomicU32],
+    first: usize,
+    out: &mut [u32],
+    read_counter: impl FnOnce() -> u64,
+) -> Option<u64> {
+    let seq1 = words[SEQ_WORD].load(Ordering::Acquire);
+    if u32::from_le(seq1) & 1 != 0 {
+        return None;
+    }
+    let n = out.len();
+    for (dst, w) in out.iter_mut().zip(&words[first..first + n]) {
+        *dst = w.load(Ordering::Relaxed);
+    }
+    let counter = read_counter();
+    fence(Ordering::Acquire);
+    let seq2 = words[SEQ_WORD].load(Ordering::Relaxed);
+    (seq1 == seq2).then_some(counter)
 }
 
 /// The writer's protocol over the first `body.len() / 4` words: count odd (relaxed), release

@@ -294,16 +294,116 @@ impl Snapshot {
         self.reference()?.time_at(counter)
     }
 
-    /// The TAI time and bounds at `counter` (a UTC page needs a valid TAI offset).
+    /// The TAI time and bounds at `counter` (a UTC page needs a valid TAI offset). A UTC page's
+    /// time is linear in the counter from the reference, so TAI is it plus the offset at the
+    /// reference, whatever leap second lies between.
     #[inline]
     pub fn tai_at(&self, counter: u64) -> Result<Bounded<Tai>, TimeError> {
         self.time_at(counter)?.tai(self.tai_minus_utc())
     }
 
-    /// The UTC time and bounds at `counter` (a TAI page needs a valid TAI offset).
+    /// The UTC time and bounds at `counter` (a TAI page needs a valid TAI offset). A leap second
+    /// that `leap_indicator` places between the reference and `counter` is applied, as the spec
+    /// requires (see [`LeapEdge`]).
     #[inline]
     pub fn utc_at(&self, counter: u64) -> Result<Bounded<Utc>, TimeError> {
-        self.time_at(counter)?.utc(self.tai_minus_utc())
+        let r = self.reference()?;
+        let t = r.time_at(counter)?;
+        let off = self.tai_minus_utc();
+        let leap = match self.leap_indicator() {
+            Some(l) if l != abi::leap::NONE => LeapEdge::of(r.time_type, r.time, off, l),
+            _ => None,
+        };
+        utc_with_leap(t, off, leap)
+    }
+
+    /// The leap second this page's `leap_indicator` places in time, if any (see [`LeapEdge`]).
+    pub fn leap_edge(&self) -> Option<LeapEdge> {
+        let r = self.reference().ok()?;
+        LeapEdge::of(r.time_type, r.time, self.tai_minus_utc(), self.leap_indicator()?)
+    }
+}
+
+/// UTC from a page time: page-linear UTC (the page's UTC, or its TAI minus the offset at the
+/// reference), corrected by the leap second `leap` places between the reference and the time.
+#[inline]
+pub(crate) fn utc_with_leap(
+    t: PageTime,
+    tai_minus_utc: Option<i16>,
+    leap: Option<LeapEdge>,
+) -> Result<Bounded<Utc>, TimeError> {
+    let linear = t.utc(tai_minus_utc)?;
+    match leap {
+        None => Ok(linear),
+        Some(l) => {
+            let step = l.step_at(linear.time.raw());
+            if step == 0 {
+                return Ok(linear);
+            }
+            linear.map(|ts| ts.checked_add(Span::from_secs(-(step as i64)))).ok_or(TimeError::Overflow)
+        }
+    }
+}
+
+/// A leap second announced (PRE_POS, PRE_NEG) or just past (POST_POS, POST_NEG) by a page's
+/// `leap_indicator`, placed on the page's *linear* UTC scale: u = the page's UTC time, or its TAI
+/// time minus the TAI offset at the reference, both linear in the counter from the reference.
+///
+/// The indicator describes the state at the reference T1; "the end of the present month" is the
+/// end of the UTC month of T1. Then true UTC = u − step for u on the far side of the edge:
+///
+/// | indicator | edge (UTC seconds)            | where        | step |
+/// |-----------|-------------------------------|--------------|------|
+/// | PRE_POS   | M, the first second of next month | u ≥ edge | +1 (23:59:60 repeats 23:59:59, as the kernel shows it) |
+/// | PRE_NEG   | M − 1 (23:59:59 is skipped)   | u ≥ edge     | −1 |
+/// | POST_POS  | M0 − 1 (M0: this month's first second) | u < edge | −1 |
+/// | POST_NEG  | M0                            | u < edge     | +1 |
+///
+/// POS (the inserted second in progress) needs nothing: the page's offset already counts it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeapEdge {
+    /// The edge, whole UTC seconds since 1970 on the page's linear scale.
+    pub at_sec: u64,
+    /// Whether the step applies before the edge (POST_*) rather than at and after it (PRE_*).
+    pub before: bool,
+    /// Seconds to subtract from linear UTC beyond the edge: +1 for an inserted second, −1 for a
+    /// deleted one (in the PRE direction; the POST cases undo the leap before the edge).
+    pub step: i8,
+}
+
+impl LeapEdge {
+    /// The edge for a page of `time_type` whose reference time is `t1` (64.64), with TAI − UTC
+    /// `tai_minus_utc` at the reference (needed for a TAI page) and `leap_indicator`.
+    pub fn of(time_type: u8, t1: u128, tai_minus_utc: Option<i16>, leap_indicator: u8) -> Option<LeapEdge> {
+        let u1 = match time_type {
+            abi::time_type::UTC => (t1 >> 64) as i64,
+            abi::time_type::TAI => ((t1 >> 64) as i64).checked_sub(tai_minus_utc? as i64)?,
+            _ => return None,
+        };
+        let (y, m, _) = crate::time::civil_from_days(u1.div_euclid(86_400));
+        let this_month = crate::time::days_from_civil(y, m, 1) * 86_400;
+        let next_month =
+            if m == 12 { crate::time::days_from_civil(y + 1, 1, 1) } else { crate::time::days_from_civil(y, m + 1, 1) }
+                * 86_400;
+        let (at, before, step) = match leap_indicator {
+            abi::leap::PRE_POS => (next_month, false, 1),
+            abi::leap::PRE_NEG => (next_month - 1, false, -1),
+            abi::leap::POST_POS => (this_month - 1, true, -1),
+            abi::leap::POST_NEG => (this_month, true, 1),
+            _ => return None,
+        };
+        Some(LeapEdge { at_sec: u64::try_from(at).ok()?, before, step })
+    }
+
+    /// The step (seconds to subtract) at linear UTC `u` (64.64).
+    #[inline]
+    pub fn step_at(&self, u: u128) -> i8 {
+        let beyond = if self.before { u < (self.at_sec as u128) << 64 } else { u >= (self.at_sec as u128) << 64 };
+        if beyond {
+            self.step
+        } else {
+            0
+        }
     }
 }
 
@@ -462,7 +562,8 @@ pub enum PageTime {
 
 impl PageTime {
     /// In TAI: a UTC time needs TAI − UTC (`tai_minus_utc`, positive: 37); a monotonic one has
-    /// none.
+    /// none. A constant offset: [`Snapshot::utc_at`] and [`crate::Now::utc`] also apply a leap
+    /// second announced between the reference and the time.
     #[inline]
     pub fn tai(self, tai_minus_utc: Option<i16>) -> Result<Bounded<Tai>, TimeError> {
         match self {
@@ -476,7 +577,7 @@ impl PageTime {
     }
 
     /// In UTC: a TAI time needs TAI − UTC (`tai_minus_utc`, positive: 37); a monotonic one has
-    /// none.
+    /// none. A constant offset, with no leap second applied (see [`Snapshot::utc_at`]).
     #[inline]
     pub fn utc(self, tai_minus_utc: Option<i16>) -> Result<Bounded<Utc>, TimeError> {
         match self {

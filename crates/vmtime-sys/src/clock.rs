@@ -13,6 +13,8 @@ pub enum ClockId {
     MonotonicRaw,
     /// CLOCK_MONOTONIC.
     Monotonic,
+    /// CLOCK_MONOTONIC_COARSE (the clock ClockBound's clients age their bound with).
+    MonotonicCoarse,
 }
 
 impl ClockId {
@@ -22,6 +24,7 @@ impl ClockId {
             ClockId::Tai => libc::CLOCK_TAI,
             ClockId::MonotonicRaw => libc::CLOCK_MONOTONIC_RAW,
             ClockId::Monotonic => libc::CLOCK_MONOTONIC,
+            ClockId::MonotonicCoarse => libc::CLOCK_MONOTONIC_COARSE,
         }
     }
 }

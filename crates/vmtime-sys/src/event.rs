@@ -65,6 +65,12 @@ impl StepDetector {
         self.fd.as_raw_fd()
     }
 
+    /// The descriptor to poll, borrowed.
+    pub fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.fd.as_fd()
+    }
+
     /// Whether the clock was set since the last call (re-arms the detector).
     pub fn stepped(&self) -> io::Result<bool> {
         match read_expiries(&self.fd) {

@@ -6,8 +6,13 @@
 
 pub mod clock;
 pub mod event;
+pub mod feed;
+pub mod files;
+pub mod follow;
 pub mod pagefile;
 pub mod phc;
+pub mod serve;
+pub mod signals;
 pub mod timex;
 
 pub use clock::{aba_sample, gettime, AbaSample, ClockId};

@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args as ClapArgs;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use vmclock::{abi, seqlock};
+use vmclock::abi;
 use vmtime_core::check::{check, scale_for, CheckReport, Scale, Verdict};
 use vmtime_core::stats::Summary;
 use vmtime_sys::{aba_sample, ClockId};
@@ -40,9 +40,9 @@ pub struct Args {
 /// Samples against one unchanged page (retried if the page is updated meanwhile).
 pub fn sample(page: &Page, n: usize) -> Result<(vmclock::Snapshot, Vec<vmtime_core::AbaSample>)> {
     for _ in 0..10 {
-        let before = seqlock::read(&page.map, seqlock::DEFAULT_MAX_WAIT)?;
+        let before = page.snapshot()?;
         let samples = (0..n).map(|_| aba_sample(ClockId::Realtime)).collect::<std::io::Result<Vec<_>>>()?;
-        let after = seqlock::read(&page.map, seqlock::DEFAULT_MAX_WAIT)?;
+        let after = page.snapshot()?;
         crate::page::warn_legacy_tai(&page.path, &after);
         if before.seq_count() == after.seq_count() {
             return Ok((after, samples));

@@ -7,9 +7,6 @@ use crate::values::*;
 use anyhow::{bail, Context, Result};
 use clap::Args as ClapArgs;
 use serde::Serialize;
-use std::io::{BufRead, BufReader, Write};
-use std::os::fd::AsRawFd;
-use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -19,6 +16,9 @@ use vmtime_core::host::{HostAction, HostConfig, HostEvent, Observation, Publishe
 use vmtime_core::leapsecs::{LeapSeconds, TaiOffset};
 use vmtime_sys::clock::{aba_sample, tightest, ClockId};
 use vmtime_sys::event::{self, StepDetector};
+use vmtime_sys::files::{self, PageFile};
+use vmtime_sys::serve::{self, Poller, Reply, Server};
+use vmtime_sys::signals::{SignalEvent, Signals};
 
 /// `vmtime host`'s flags: each one is also a key of the configuration's `[host]` section
 /// (crate::config::HostSettings has the defaults); a flag overrides the file.
@@ -28,8 +28,8 @@ pub struct Args {
     #[arg(long)]
     #[serde(skip)]
     config: Option<PathBuf>,
-    /// Where to publish the page (default: /run/vmtime/host.page, or under $XDG_RUNTIME_DIR or
-    /// /tmp when /run/vmtime cannot be created).
+    /// Where to publish the page (default: /run/vmtime/host.page for root, else
+    /// $XDG_RUNTIME_DIR/vmtime/host.page or /tmp/vmtime-UID/host.page).
     #[arg(long)]
     page: Option<PathBuf>,
     /// Control socket (default: the page path + ".sock").
@@ -85,23 +85,16 @@ impl Args {
     }
 }
 
-/// The default page path for this user.
+/// The default page path of a host daemon run by this uid (`vmtime_sys::files::runtime_dir`:
+/// /run/vmtime for root, else the user's own runtime directory). Creates nothing.
 pub fn default_page() -> PathBuf {
-    let run = Path::new("/run/vmtime");
-    if std::fs::create_dir_all(run).is_ok() && access_w(run) {
-        return run.join("host.page");
-    }
-    if let Some(x) = std::env::var_os("XDG_RUNTIME_DIR") {
-        return PathBuf::from(x).join("vmtime/host.page");
-    }
-    PathBuf::from(format!("/tmp/vmtime-{}/host.page", std::env::var("USER").unwrap_or_else(|_| "user".into())))
+    files::runtime_dir().join("host.page")
 }
 
-fn access_w(dir: &Path) -> bool {
-    let probe = dir.join(format!(".probe-{}", std::process::id()));
-    let ok = std::fs::write(&probe, b"").is_ok();
-    let _ = std::fs::remove_file(&probe);
-    ok
+/// The host page a query (status, relay) looks at by default: this user's, else root's
+/// /run/vmtime/host.page when that directory is safe. Creates nothing.
+pub fn find_default_page() -> PathBuf {
+    files::find_runtime_file("host.page")
 }
 
 /// The socket path that goes with a page.
@@ -139,33 +132,64 @@ impl TaiSource {
 
 struct Daemon {
     page: PathBuf,
-    kernel_page: Option<Mapping>,
+    /// The kernel's own page (a device, or a file read with pread: never a SIGBUS).
+    kernel_page: Option<vmtime_sys::follow::PageReader>,
+    /// The kernel's page could not be read at the last observation (logged once).
+    kernel_page_failing: bool,
+    /// SIGHUPs received (each one a reload request).
+    reload_requests: u64,
+    /// The observation's samples (reused).
+    samples: Vec<vmtime_core::AbaSample>,
     writer: Writer<WritableMapping>,
+    /// The page file, locked: held for the daemon's life (one writer per page).
+    _page_file: PageFile,
     publisher: Publisher,
     tai: TaiSource,
-    subscribers: Vec<UnixStream>,
     started: Instant,
     clocksource: String,
     tai_note: String,
+    /// The longest time between two turns of the publishing path (adjtimex poll, observation,
+    /// page write): what a client could at most have delayed a page by.
+    max_gap: Duration,
+    poll_every: Duration,
 }
 
 impl Daemon {
-    /// A full observation; `kernel` is the NTP state the poll has just read.
-    fn observe(&mut self, kernel: vmtime_core::kernel::KernelTimex) -> Result<()> {
+    /// A full observation; `kernel` is the NTP state the poll has just read. Returns the new
+    /// seq_count when a page was published (the loop notifies the subscribers).
+    fn observe(&mut self, kernel: vmtime_core::kernel::KernelTimex) -> Result<Option<u32>> {
         let (sampled, clock) = self.tai.sampled(kernel.tai);
         let raw = tightest(ClockId::MonotonicRaw, 16)?;
-        let samples = (0..64).map(|_| aba_sample(clock)).collect::<std::io::Result<Vec<_>>>()?;
-        let kernel_page = match &self.kernel_page {
-            Some(m) => Some(
-                vmclock::seqlock::read(m, vmclock::seqlock::DEFAULT_MAX_WAIT)
-                    .context("reading the kernel's vmclock_host page")?,
-            ),
+        // Reused buffer: the publishing path allocates nothing once it has run.
+        let mut samples = std::mem::take(&mut self.samples);
+        samples.clear();
+        for _ in 0..64 {
+            samples.push(aba_sample(clock)?);
+        }
+        // An unreadable kernel page (a file that shrank, a stuck writer) is not fatal: this
+        // observation samples the kernel clock instead, and it is said once.
+        let kernel_page = match self.kernel_page.as_ref().map(|r| r.read()) {
+            Some(Ok(p)) => {
+                if std::mem::take(&mut self.kernel_page_failing) {
+                    tracing::info!("the kernel's page is readable again: using it");
+                }
+                Some(p)
+            }
+            Some(Err(e)) => {
+                if !std::mem::replace(&mut self.kernel_page_failing, true) {
+                    tracing::warn!("{e}: sampling the kernel clock until it is readable again");
+                }
+                None
+            }
             None => None,
         };
         let obs = Observation { raw, clock: sampled, samples: &samples, kernel, kernel_page };
-        if let Some(HostAction::Publish { page, reason, disrupted }) = self.publisher.handle_observation(&obs) {
+        let action = self.publisher.handle_observation(&obs);
+        self.samples = samples;
+        let mut published = None;
+        if let Some(HostAction::Publish { page, reason, disrupted }) = action {
             let seq = self.writer.publish(&page);
-            self.notify(seq);
+            published = Some(seq);
             let st = abi::status_name(page.clock_status);
             let stats = self.publisher.stats();
             if disrupted {
@@ -188,18 +212,15 @@ impl Daemon {
                 );
             }
         }
-        Ok(())
+        Ok(published)
     }
 
-    fn notify(&mut self, seq: u32) {
-        let msg = format!("{seq}\n");
-        self.subscribers.retain_mut(|s| s.write_all(msg.as_bytes()).is_ok());
-    }
-
-    fn status_json(&self) -> serde_json::Value {
+    fn status_json(&self, srv: &ServerView) -> serde_json::Value {
         let snap = vmclock::seqlock::read(self.writer.memory(), vmclock::seqlock::DEFAULT_MAX_WAIT).ok();
         serde_json::json!({
             "role": "host",
+            "reload_requests": self.reload_requests,
+            "kernel_page_readable": self.kernel_page.as_ref().map(|_| !self.kernel_page_failing),
             "page": self.page.display().to_string(),
             "uptime_s": self.started.elapsed().as_secs_f64(),
             "clocksource": self.clocksource,
@@ -211,64 +232,76 @@ impl Daemon {
             "disruption_marker": snap.map(|s| s.disruption_marker()),
             "maxerror_ns": snap.and_then(|s| s.time_maxerror_ns()),
             "leap_indicator": snap.and_then(|s| s.leap_indicator()).map(abi::leap_name),
-            "subscribers": self.subscribers.len(),
+            "subscribers": srv.subscribers,
+            "server": srv.json(),
+            "loop": { "max_gap_ms": self.max_gap.as_secs_f64() * 1e3, "poll_ms": self.poll_every.as_secs_f64() * 1e3 },
             "stats": self.publisher.stats(),
         })
     }
 
-    fn control(&mut self, conn: UnixStream) {
-        let _ = conn.set_read_timeout(Some(Duration::from_millis(200)));
-        let mut line = String::new();
-        if BufReader::new(&conn).read_line(&mut line).is_err() {
-            return;
-        }
-        let mut conn = conn;
+    /// The answer to one control request (the server bounds its size and time).
+    fn answer(&mut self, line: &str, srv: &ServerView) -> Reply {
         match line.trim() {
-            "status" => {
-                let _ = writeln!(conn, "{}", self.status_json());
-            }
-            "subscribe" => {
-                let seq = self.writer.seq_count();
-                if writeln!(conn, "{seq}").is_ok() {
-                    self.subscribers.push(conn);
-                }
-            }
-            other => {
-                let error = format!("unknown request \"{}\": send status or subscribe", other.escape_debug());
-                let _ = writeln!(conn, "{}", serde_json::json!({ "error": error }));
-            }
+            "status" => Reply::Line(self.status_json(srv).to_string()),
+            "subscribe" => Reply::Subscribe(self.writer.seq_count().to_string()),
+            other => Reply::Line(serve::error_json(&format!(
+                "unknown request {}: send status or subscribe",
+                serde_json::Value::from(other.chars().take(64).collect::<String>())
+            ))),
         }
     }
 }
 
-/// Opens the page for writing: reuses our own page file so readers' mappings stay valid, or
-/// creates a new one atomically.
-fn open_page(path: &Path) -> Result<(WritableMapping, Option<Snapshot>)> {
-    if let Ok(bytes) = std::fs::read(path) {
-        if bytes.len() >= PAGE_SIZE {
-            if let Ok(prev) = Snapshot::from_bytes(&bytes[..PAGE_SIZE]) {
-                let f = vmtime_sys::pagefile::open_existing(path)
-                    .with_context(|| format!("cannot reopen {}", path.display()))?;
-                let m = Mapping::map(&f, true).and_then(WritableMapping::new);
-                let m = m.with_context(|| format!("cannot map {} for writing", path.display()))?;
-                return Ok((m, Some(prev)));
-            }
-        }
+/// What the control server looked like before a request (read by the answers).
+pub struct ServerView {
+    pub subscribers: usize,
+    pub stats: vmtime_sys::serve::ServerStats,
+}
+
+impl ServerView {
+    pub fn of(s: &Server) -> Self {
+        ServerView { subscribers: s.subscribers(), stats: s.stats() }
     }
+
+    pub fn json(&self) -> serde_json::Value {
+        let s = self.stats;
+        serde_json::json!({
+            "accepted": s.accepted,
+            "answered": s.answered,
+            "refused_busy": s.refused_busy,
+            "timed_out": s.timed_out,
+            "too_long": s.too_long,
+            "dropped_subscribers": s.dropped_subscribers,
+        })
+    }
+}
+
+/// Opens the page for writing (`vmtime_sys::files`): our own page file found there is taken
+/// over in place so readers' mappings stay valid, else a new one is created; anything else at
+/// the path is refused. The page is locked for the daemon's life.
+fn open_page(path: &Path) -> Result<(PageFile, WritableMapping, Option<Snapshot>)> {
     // INITIALIZING until the first page: `vmtime check` then says "not yet calibrated".
     let blank = PageBuilder::new().status(abi::status::INITIALIZING).page_bytes();
-    let f = vmtime_sys::pagefile::create(path, &blank).with_context(|| format!("cannot create {}", path.display()))?;
-    let m = Mapping::map(&f, true).and_then(WritableMapping::new);
-    Ok((m.with_context(|| format!("cannot map {} for writing", path.display()))?, None))
+    let (pf, prev) = files::open_or_create_page(path, &blank)?;
+    let prev = prev.and_then(|b| Snapshot::from_bytes(&b[..PAGE_SIZE]).ok());
+    let m = Mapping::map(pf.file(), true).and_then(WritableMapping::new);
+    let m = m.with_context(|| format!("cannot map {} for writing", path.display()))?;
+    Ok((pf, m, prev))
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
     let a = args.settings()?;
-    let page_path = a.page.unwrap_or_else(default_page);
-    if let Some(dir) = page_path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    let socket_path = a.socket.unwrap_or_else(|| socket_for(&page_path));
+    let page_path = match a.page.clone() {
+        Some(p) => {
+            files::ensure_dir_for(&p)?;
+            p
+        }
+        None => {
+            files::ensure_private_dir(&files::runtime_dir())?;
+            default_page()
+        }
+    };
+    let socket_path = a.socket.clone().unwrap_or_else(|| socket_for(&page_path));
     let clocksource = event::current_clocksource().unwrap_or_else(|_| "unknown".into());
     let usable = event::clocksource_uses_counter(&clocksource) && vmclock::counter::NATIVE != abi::counter_id::INVALID;
 
@@ -288,7 +321,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         },
     };
 
-    let (mem, prev) = open_page(&page_path)?;
+    let (page_file, mem, prev) = open_page(&page_path)?;
     let cfg = HostConfig {
         counter_id: if usable { vmclock::counter::NATIVE } else { abi::counter_id::INVALID },
         threshold_ns: a.threshold_ns.get(),
@@ -307,20 +340,16 @@ pub fn run(args: Args) -> Result<ExitCode> {
         Some(p) => Publisher::resume(cfg, p),
         None => Publisher::new(cfg),
     };
-    let _ = std::fs::remove_file(&socket_path);
-    let listener =
-        UnixListener::bind(&socket_path).with_context(|| format!("cannot listen on {}", socket_path.display()))?;
-    listener.set_nonblocking(true)?;
+    let mut server = Server::bind_unix(&socket_path, 0o600, None, serve::Limits::default())?;
+    let mut signals = Signals::install()?;
 
     let mut source_note = "source: (clock, counter, clock) samples of the kernel clock".to_string();
     let kernel_page = if a.no_vmclock_host {
         None
     } else {
-        match Mapping::open(&a.vmclock_host) {
+        match vmtime_sys::follow::PageReader::open(&a.vmclock_host) {
             Ok(m) => {
-                let ok = vmclock::seqlock::read(&m, vmclock::seqlock::DEFAULT_MAX_WAIT)
-                    .ok()
-                    .is_some_and(|s| s.reference().is_ok());
+                let ok = m.read().ok().is_some_and(|s| s.reference().is_ok());
                 if ok {
                     source_note = format!(
                         "source: the kernel's own page {} (bounds, leap, status and markers added)",
@@ -360,10 +389,15 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let mut d = Daemon {
         page: page_path,
         kernel_page,
+        kernel_page_failing: false,
+        samples: Vec::with_capacity(64),
+        reload_requests: 0,
         writer: Writer::new(mem),
+        _page_file: page_file,
         publisher,
         tai,
-        subscribers: Vec::new(),
+        max_gap: Duration::ZERO,
+        poll_every: Duration::from_millis(a.poll_ms.get()),
         started: Instant::now(),
         clocksource,
         tai_note,
@@ -372,30 +406,53 @@ pub fn run(args: Args) -> Result<ExitCode> {
         d.publisher.handle_event(HostEvent::CounterChanged { usable: false });
     }
     let steps = StepDetector::new()?;
-    let poll_every = Duration::from_millis(a.poll_ms.get());
+    let poll_every = d.poll_every;
     let mut next_poll = Instant::now();
     let mut last_obs = Instant::now() - Duration::from_secs(3600);
     let mut last_line = Instant::now();
     let mut last_cs_check = Instant::now();
+    let mut last_turn: Option<Instant> = None;
     let end = a.duration_s.map(|s| Instant::now() + Duration::from_secs(s.get()));
+    let mut poller = Poller::new();
     loop {
-        // One system call per wake-up: poll() sleeps until the next adjtimex read is due, a step
-        // or a control connection.
-        let wait = next_poll.saturating_duration_since(Instant::now());
-        let fds = [steps.fd(), listener.as_raw_fd()];
-        let ready = event::poll_readable(&fds, wait.as_micros().div_ceil(1000).min(1000) as i32)?;
-        if ready[0] && steps.stepped()? {
+        // One event loop: the adjtimex poll is due, the clock was set, a signal, or a client.
+        // Clients are served without blocking, so they never delay the publishing path.
+        poller.clear();
+        signals.register(&mut poller);
+        server.register(&mut poller);
+        let t_step = poller.add(steps.as_fd(), serve::READABLE);
+        let wake = serve::earliest(Some(next_poll), server.next_deadline()).unwrap_or(next_poll);
+        poller.wait(Some(wake.saturating_duration_since(Instant::now()).min(Duration::from_secs(1))))?;
+        match signals.take(&poller) {
+            Some(SignalEvent::Terminate(name)) => {
+                tracing::info!("{name}: stopping (the page stays valid; the socket is removed)");
+                break;
+            }
+            Some(SignalEvent::Reload) => {
+                // Re-read and re-check the configuration (the same flags on top). A bad file
+                // keeps the settings in force. The new settings take effect at the next start.
+                d.reload_requests += 1;
+                match args.settings() {
+                    Ok(new) if new == a => tracing::info!("SIGHUP: configuration re-read, unchanged"),
+                    Ok(_) => tracing::info!(
+                        "SIGHUP: configuration re-read and valid; the changes take effect when vmtime host restarts"
+                    ),
+                    Err(e) => tracing::warn!("SIGHUP: {e:#}; keeping the settings in force"),
+                }
+            }
+            None => {}
+        }
+        if poller.readable(t_step) && steps.stepped()? {
             eprintln!("the kernel clock was set");
             d.publisher.handle_event(HostEvent::Stepped);
             next_poll = Instant::now();
         }
-        if ready[1] {
-            while let Ok((conn, _)) = listener.accept() {
-                let _ = conn.set_nonblocking(false);
-                d.control(conn);
-            }
-        }
         if Instant::now() >= next_poll {
+            let now = Instant::now();
+            if let Some(t) = last_turn {
+                d.max_gap = d.max_gap.max(now - t);
+            }
+            last_turn = Some(now);
             next_poll += poll_every;
             if next_poll < Instant::now() {
                 next_poll = Instant::now() + poll_every;
@@ -414,9 +471,13 @@ pub fn run(args: Args) -> Result<ExitCode> {
             let since = last_obs.elapsed().as_nanos() as i128;
             if d.publisher.wants_observation(&tx, since) {
                 last_obs = Instant::now();
-                d.observe(tx)?;
+                if let Some(seq) = d.observe(tx)? {
+                    server.notify(seq);
+                }
             }
         }
+        let view = ServerView::of(&server);
+        server.handle(&poller, |line| d.answer(line, &view));
         if !a.quiet && last_line.elapsed() >= Duration::from_secs(5) {
             last_line = Instant::now();
             let s = d.publisher.stats();
@@ -427,14 +488,14 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 s.last_error_ns,
                 s.pairing_ns,
                 s.baseline_s,
-                d.subscribers.len()
+                server.subscribers()
             );
         }
         if end.is_some_and(|e| Instant::now() >= e) {
             break;
         }
     }
-    let _ = std::fs::remove_file(&socket_path);
+    drop(server); // removes our socket (only if it is still ours)
     if d.publisher.stats().published == 0 {
         bail!("no page was published");
     }

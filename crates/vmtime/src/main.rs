@@ -3,6 +3,7 @@
 
 mod check;
 mod config;
+mod feed;
 mod gen;
 mod host;
 mod now;
@@ -52,6 +53,8 @@ enum Command {
     Sync(sync::Args),
     /// Print each update of a page with the fields that changed.
     Watch(watch::Args),
+    /// Feed vmtime's page to chrony (SOCK refclock) or ClockBound's clients (shared memory).
+    Feed(feed::Args),
     /// Ask a running vmtime daemon for its state (JSON over its control socket).
     Status(status::Args),
     /// The configuration file: check it, print the effective or the default configuration.
@@ -141,6 +144,7 @@ fn main() -> ExitCode {
         Command::Watch(a) => watch::run(a),
         Command::Status(a) => status::run(a),
         Command::Config(a) => config::run(a),
+        Command::Feed(a) => feed::run(a),
     };
     match result {
         Ok(code) => code,

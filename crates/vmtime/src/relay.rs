@@ -6,16 +6,16 @@ use crate::values::*;
 use anyhow::{bail, Context, Result};
 use clap::Args as ClapArgs;
 use serde::Serialize;
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
-use std::os::fd::AsRawFd;
-use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use vmclock::seqlock::{self, PageMemory};
-use vmclock::{Mapping, PageBuilder, WritableMapping};
-use vmtime_core::relay::{CounterMap, GuestPageWriter, GuestRelay, GuestState};
+use vmclock::{Mapping, PageBuilder, WritableMapping, Writer};
+use vmtime_core::relay::{CounterMap, GuestRelay, GuestState};
 use vmtime_sys::event;
+use vmtime_sys::files::{self, LockFile, PageFile};
+use vmtime_sys::serve::{self, Poller, Reply, Server, Subscription};
+use vmtime_sys::signals::{SignalEvent, Signals};
 
 /// `vmtime relay`'s flags: each one, except the one-shot --migrated and --restored, is also a
 /// key of the configuration's `[relay]` section; a flag overrides the file.
@@ -103,134 +103,160 @@ pub fn counter_map(offset: u64, ratio: TscRatio, frac_bits: FracBits) -> Result<
     Ok((CounterMap::new(offset, r as u64, bits)?, notice))
 }
 
+/// Saves the state durably (fsync, rename, directory fsync; mode 0600) before anything that
+/// depends on it is published.
 fn save(path: &Path, st: &GuestState) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(st)?).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot save {}", path.display()))
+    files::write_state(path, &serde_json::to_vec_pretty(st)?)?;
+    Ok(())
 }
 
-struct Relay<F: FnMut(u32)> {
+/// How long a client waits for a daemon's answer (connect, request, first line).
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
+
+struct Relay {
     host: crate::page::FollowedPage,
-    writer: GuestPageWriter<WritableMapping, F>,
+    relay: GuestRelay,
+    writer: Writer<WritableMapping>,
+    /// The guest page and the state, locked for the daemon's life (one writer each).
+    _guest_file: PageFile,
+    _state_lock: LockFile,
+    /// The state as last saved: a page that needs another one is published only after it is
+    /// on disk.
+    saved: GuestState,
     state_path: PathBuf,
-    subscribers: Vec<UnixStream>,
     last_host_seq: Option<u32>,
     relayed: u64,
     last_latency_us: f64,
+    /// The host page cannot be read (truncated, stuck writer, invalid): the guest page keeps
+    /// its last update, whose bounds grow with time, until it can.
+    holding: bool,
+    /// A guest update the subscribers have not been told of.
+    pending_notify: Option<u32>,
+    /// SIGHUPs received (each one a reload request).
+    reload_requests: u64,
 }
 
-impl<F: FnMut(u32)> Relay<F> {
+impl Relay {
     fn relay(&mut self, force: bool, woke: Instant) -> Result<()> {
-        let host = seqlock::read(&self.host.map, seqlock::DEFAULT_MAX_WAIT).context("reading the host page")?;
-        crate::page::warn_legacy_tai(&self.host.path, &host);
+        let host = match self.host.read() {
+            Ok(h) => {
+                if std::mem::take(&mut self.holding) {
+                    tracing::info!("the host page is readable again: relaying");
+                }
+                h
+            }
+            Err(e) => {
+                if !std::mem::replace(&mut self.holding, true) {
+                    tracing::warn!("{e}: the guest page keeps its last update (holdover)");
+                }
+                return Ok(());
+            }
+        };
+        crate::page::warn_legacy_tai(self.host.path(), &host);
         if !force && self.last_host_seq == Some(host.seq_count()) {
             return Ok(());
         }
-        let before = *self.writer.relay().state();
-        let seq = self.writer.update(&host)?;
+        let before = self.saved;
+        let page = self.relay.guest_page(&host)?;
+        let after = *self.relay.state();
+        if after != self.saved {
+            // Includes the host marker last relayed: a relay restarted on another host's page
+            // (or after the host's marker changed while it was down) then changes the guest's.
+            // On disk (fsync) before the page that carries it: markers never go backwards.
+            save(&self.state_path, &after)?;
+            self.saved = after;
+        }
+        let seq = self.writer.publish(&page);
         self.last_latency_us = woke.elapsed().as_secs_f64() * 1e6;
         self.last_host_seq = Some(host.seq_count());
         self.relayed += 1;
-        let after = *self.writer.relay().state();
-        if before != after {
-            // Includes the host marker last relayed: a relay restarted on another host's page
-            // (or after the host's marker changed while it was down) then changes the guest's.
-            save(&self.state_path, &after)?;
-        }
+        self.pending_notify = Some(seq);
         if (before.disruption_marker, before.vm_generation) != (after.disruption_marker, after.vm_generation) {
             eprintln!(
                 "guest page {seq}: disruption marker {:#x}, generation {}",
                 after.disruption_marker, after.vm_generation
             );
         }
-        let msg = format!("{seq}\n");
-        self.subscribers.retain_mut(|s| s.write_all(msg.as_bytes()).is_ok());
         Ok(())
     }
 
-    /// Remaps the host page if its file was replaced, and relays the new file's page (its
+    /// Follows the host page's file if it was replaced, and relays the new file's page (its
     /// seq_count says nothing against the old file's).
     fn follow_host_file(&mut self) -> Result<()> {
-        if self.host.refresh()? {
+        if self.host.refresh() {
             eprintln!("the host page was replaced: following the new file");
             self.relay(true, Instant::now())?;
         }
         Ok(())
     }
 
-    fn status_json(&mut self) -> serde_json::Value {
-        let st = *self.writer.relay().state();
+    fn status_json(&self, srv: &crate::host::ServerView) -> serde_json::Value {
+        let st = *self.relay.state();
         let g = seqlock::read(self.writer.memory(), seqlock::DEFAULT_MAX_WAIT).ok();
         serde_json::json!({
             "role": "relay",
-            "host_page": self.host.path.display().to_string(),
+            "reload_requests": self.reload_requests,
+            "host_page": self.host.path().display().to_string(),
             "state": st,
             "relayed": self.relayed,
             "last_host_seq": self.last_host_seq,
             "guest_seq": g.map(|s| s.seq_count()),
             "guest_status": g.and_then(|s| s.clock_status()).map(vmclock::abi::status_name),
             "last_latency_us": self.last_latency_us,
-            "subscribers": self.subscribers.len(),
+            "holdover": self.holding,
+            "subscribers": srv.subscribers,
+            "server": srv.json(),
         })
     }
 
-    fn control(&mut self, conn: UnixStream) -> Result<()> {
-        let _ = conn.set_read_timeout(Some(Duration::from_millis(200)));
-        let mut line = String::new();
-        BufReader::new(&conn).read_line(&mut line)?;
-        let mut conn = conn;
+    /// The answer to one control request; a failure is answered as `{"error": …}`.
+    fn answer(&mut self, line: &str, srv: &crate::host::ServerView) -> Reply {
+        match self.control(line, srv) {
+            Ok(r) => r,
+            Err(e) => Reply::Line(serve::error_json(&format!("{e:#}"))),
+        }
+    }
+
+    fn control(&mut self, line: &str, srv: &crate::host::ServerView) -> Result<Reply> {
         let words: Vec<&str> = line.split_whitespace().collect();
-        match words.as_slice() {
-            ["status"] => writeln!(conn, "{}", self.status_json())?,
+        Ok(match words.as_slice() {
+            ["status"] => Reply::Line(self.status_json(srv).to_string()),
             ["subscribe"] => {
-                let seq = self.writer.memory().words()[vmclock::seqlock::SEQ_WORD].load(std::sync::atomic::Ordering::Acquire);
-                writeln!(conn, "{}", u32::from_le(seq))?;
-                self.subscribers.push(conn);
+                let seq =
+                    self.writer.memory().words()[vmclock::seqlock::SEQ_WORD].load(std::sync::atomic::Ordering::Acquire);
+                Reply::Subscribe(u32::from_le(seq).to_string())
             }
             ["migrated", rest @ ..] => {
                 let map = match rest {
-                    [] => self.writer.relay().state().map,
-                    [off] => CounterMap { offset: parse_offset(off)?, ..self.writer.relay().state().map },
+                    [] => self.relay.state().map,
+                    [off] => CounterMap { offset: parse_offset(off)?, ..self.relay.state().map },
                     [off, ratio, bits] => {
                         let ratio = ratio.parse::<TscRatio>().map_err(|e| anyhow::anyhow!("ratio {ratio:?}: {e}"))?;
-                        let bits = bits.parse::<FracBits>().map_err(|e| anyhow::anyhow!("fraction bits {bits:?}: {e}"))?;
+                        let bits =
+                            bits.parse::<FracBits>().map_err(|e| anyhow::anyhow!("fraction bits {bits:?}: {e}"))?;
                         counter_map(parse_offset(off)?, ratio, bits)?.0
                     }
                     _ => bail!("usage: migrated [OFFSET [RATIO FRAC_BITS]]"),
                 };
-                self.writer.relay().migrated_in(map);
+                self.relay.migrated_in(map);
                 self.relay(true, Instant::now())?;
-                writeln!(conn, "{}", self.status_json())?;
+                Reply::Line(self.status_json(srv).to_string())
             }
             ["restored"] => {
-                self.writer.relay().restored_from_snapshot();
+                self.relay.restored_from_snapshot();
                 self.relay(true, Instant::now())?;
-                writeln!(conn, "{}", self.status_json())?;
+                Reply::Line(self.status_json(srv).to_string())
             }
-            _ => writeln!(conn, "{{\"error\": \"unknown request: send status, subscribe, migrated [OFFSET [RATIO BITS]] or restored\"}}")?,
-        }
-        Ok(())
+            _ => Reply::Line(serve::error_json(
+                "unknown request: send status, subscribe, migrated [OFFSET [RATIO BITS]] or restored",
+            )),
+        })
     }
 }
 
-/// Subscribes to the host daemon's notifications, if it is there.
-fn subscribe_host(host_page: &Path) -> Option<UnixStream> {
-    let (_, s) = crate::status::request(&crate::host::socket_for(host_page), "subscribe").ok()?;
-    s.set_nonblocking(true).ok()?;
-    Some(s)
-}
-
-/// Drains a non-blocking subscription; false when the publisher hung up.
-fn drain(s: &mut UnixStream) -> bool {
-    let mut buf = [0u8; 256];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => return false,
-            Ok(_) => continue,
-            Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
-            Err(_) => return false,
-        }
-    }
+/// Subscribes to the host daemon's notifications, if it answers in time.
+fn subscribe_host(host_page: &Path) -> Option<Subscription> {
+    Subscription::open(&crate::host::socket_for(host_page), CLIENT_TIMEOUT).ok()
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
@@ -238,18 +264,26 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let Some(guest_page) = a.guest_page.clone() else {
         bail!("no guest page: give --guest-page PATH (or [relay] guest_page in the configuration)");
     };
-    let host_path = a.host_page.unwrap_or_else(crate::host::default_page);
+    let host_path = a.host_page.clone().unwrap_or_else(crate::host::find_default_page);
     let (map, notice) = counter_map(a.tsc_offset.get(), a.tsc_ratio, a.tsc_frac_bits)?;
     if let Some(n) = notice {
         tracing::warn!("{n}");
     }
-    let state_path = a.state.unwrap_or_else(|| {
+    let state_path = a.state.clone().unwrap_or_else(|| {
         let mut s = guest_page.as_os_str().to_owned();
         s.push(".state.json");
         PathBuf::from(s)
     });
-    let mut relay = match std::fs::read(&state_path) {
-        Ok(bytes) => {
+    files::ensure_dir_for(&guest_page)?;
+    files::ensure_dir_for(&state_path)?;
+    // One relay per state and per guest page: both locked for the daemon's life.
+    let mut lock_path = state_path.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let state_lock = LockFile::acquire(Path::new(&lock_path))?;
+    // Only "no such file" means a first start; any other problem stops here (a lost state
+    // would silently reuse or reset the guest's markers).
+    let mut relay = match files::read_state(&state_path)? {
+        Some(bytes) => {
             let st: GuestState = serde_json::from_slice(&bytes)
                 .with_context(|| format!("{} is not a relay state", state_path.display()))?;
             let mut r = GuestRelay::from_state(GuestState { notify: !a.no_notify, ..st });
@@ -261,7 +295,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             }
             r
         }
-        Err(_) => GuestRelay::new(map, event::random_u64()?, !a.no_notify),
+        None => GuestRelay::new(map, event::random_u64()?, !a.no_notify),
     };
     if args.migrated {
         relay.migrated_in(map);
@@ -269,33 +303,33 @@ pub fn run(args: Args) -> Result<ExitCode> {
     if args.restored {
         relay.restored_from_snapshot();
     }
-    save(&state_path, relay.state())?;
 
-    let host = crate::page::FollowedPage::open(&host_path)
-        .context("no host page to follow (is vmtime host running? --host-page names it)")?;
-    let guest_file = match vmtime_sys::pagefile::open_existing(&guest_page) {
-        Ok(f) if f.metadata()?.len() >= vmclock::abi::PAGE_SIZE as u64 => f,
-        _ => vmtime_sys::pagefile::create(&guest_page, &PageBuilder::new().page_bytes())
-            .with_context(|| format!("cannot create the guest page {}", guest_page.display()))?,
-    };
-    let mem = Mapping::map(&guest_file, true)
-        .and_then(WritableMapping::new)
-        .with_context(|| format!("cannot map {} for writing", guest_page.display()))?;
+    let host = crate::page::FollowedPage::open(&host_path).context("is vmtime host running?")?;
+    // The guest page is written in place (the VMM maps it): a vmclock page or a zero-filled
+    // file, or a new file; anything else is refused (before any state is written).
+    let (guest_file, _) = files::open_or_create_page(&guest_page, &PageBuilder::new().page_bytes())?;
+    let mem = WritableMapping::new(Mapping::map(guest_file.file(), true)?)?;
+    save(&state_path, relay.state())?;
     let guest_socket = crate::host::socket_for(&guest_page);
-    let _ = std::fs::remove_file(&guest_socket);
-    let listener =
-        UnixListener::bind(&guest_socket).with_context(|| format!("cannot listen on {}", guest_socket.display()))?;
-    listener.set_nonblocking(true)?;
+    let mut server = Server::bind_unix(&guest_socket, 0o600, None, serve::Limits::default())?;
+    let mut signals = Signals::install()?;
+    let saved = *relay.state();
     let mut r = Relay {
         host,
-        writer: GuestPageWriter::new(relay, mem, |_| {}),
+        relay,
+        writer: Writer::new(mem),
+        _guest_file: guest_file,
+        _state_lock: state_lock,
+        saved,
         state_path,
-        subscribers: Vec::new(),
         last_host_seq: None,
         relayed: 0,
         last_latency_us: 0.0,
+        holding: false,
+        pending_notify: None,
+        reload_requests: 0,
     };
-    let st = *r.writer.relay().state();
+    let st = *r.relay.state();
     eprintln!("vmtime relay: {} → {}", host_path.display(), guest_page.display());
     eprintln!("  map: guest = ((host · {}) >> {}) + {:#x}", st.map.ratio, st.map.frac_bits, st.map.offset);
     eprintln!(
@@ -311,48 +345,71 @@ pub fn run(args: Args) -> Result<ExitCode> {
     eprintln!("  following the host by {}", if host_sub.is_some() { "notification" } else { "polling every 1 ms" });
     let end = a.duration_s.map(|s| Instant::now() + Duration::from_secs(s.get()));
     let mut last_file_check = Instant::now();
+    let mut last_error = String::new();
+    let mut poller = Poller::new();
     loop {
-        let mut fds = vec![listener.as_raw_fd()];
-        if let Some(s) = &host_sub {
-            fds.push(s.as_raw_fd());
-        }
-        let timeout = if host_sub.is_some() { 1000 } else { 1 };
-        let ready = event::poll_readable(&fds, timeout)?;
+        poller.clear();
+        signals.register(&mut poller);
+        server.register(&mut poller);
+        let t_sub = host_sub.as_ref().map(|s| poller.add(s.fd(), serve::READABLE));
+        // Without notifications (or while they are silent) the page is polled every 1 ms.
+        let timeout = if host_sub.is_some() { Duration::from_secs(1) } else { Duration::from_millis(1) };
+        let wake = serve::earliest(Some(Instant::now() + timeout), server.next_deadline());
+        poller.wait(wake.map(|w| w.saturating_duration_since(Instant::now())))?;
         let woke = Instant::now();
-        if ready.get(1).copied().unwrap_or(false) {
-            if !drain(host_sub.as_mut().expect("polled")) {
-                eprintln!("the host daemon went away: polling the page");
-                host_sub = None;
+        match signals.take(&poller) {
+            Some(SignalEvent::Terminate(name)) => {
+                tracing::info!("{name}: stopping (the guest page stays valid; the socket is removed)");
+                break;
             }
-            r.relay(false, woke)?;
-        } else if host_sub.is_none() {
-            r.relay(false, woke)?;
-        }
-        if ready[0] {
-            while let Ok((conn, _)) = listener.accept() {
-                let _ = conn.set_nonblocking(false);
-                let reply_to = conn.try_clone();
-                if let Err(e) = r.control(conn) {
-                    // The requester gets the error as JSON too.
-                    let msg = format!("{e:#}");
-                    eprintln!("control request failed: {msg}");
-                    if let Ok(mut c) = reply_to {
-                        let _ = writeln!(c, "{}", serde_json::json!({ "error": msg }));
-                    }
+            Some(SignalEvent::Reload) => {
+                // Re-read and re-check the configuration (the same flags on top). A bad file
+                // keeps the settings in force. The new settings take effect at the next start.
+                r.reload_requests += 1;
+                match args.settings() {
+                    Ok(new) if new == a => tracing::info!("SIGHUP: configuration re-read, unchanged"),
+                    Ok(_) => tracing::info!(
+                        "SIGHUP: configuration re-read and valid; the changes take effect when vmtime relay restarts"
+                    ),
+                    Err(e) => tracing::warn!("SIGHUP: {e:#}; keeping the settings in force"),
                 }
             }
+            None => {}
         }
+        let notified = t_sub.is_some_and(|t| poller.readable(t));
+        if notified && !host_sub.as_mut().is_some_and(|s| s.drain()) {
+            tracing::warn!("the host daemon went away: polling the page");
+            host_sub = None;
+        }
+        // A publisher that stays silent is not trusted to notify: the page is read anyway.
+        let silent = host_sub.as_ref().is_none_or(|s| s.last_notified().elapsed() >= Duration::from_secs(2));
+        let mut result = if notified || silent { r.relay(false, woke) } else { Ok(()) };
+        let view = crate::host::ServerView::of(&server);
+        server.handle(&poller, |line| r.answer(line, &view));
         if last_file_check.elapsed() >= Duration::from_secs(1) {
             last_file_check = Instant::now();
-            r.follow_host_file()?;
+            result = result.and(r.follow_host_file());
             if host_sub.is_none() {
                 host_sub = subscribe_host(&host_path);
             }
+        }
+        if let Some(seq) = r.pending_notify.take() {
+            server.notify(seq);
+        }
+        // A failure (the state cannot be saved: the page that needs it is not published) is
+        // logged once per cause; the guest page holds over until it works again.
+        match result {
+            Err(e) if format!("{e:#}") != last_error => {
+                last_error = format!("{e:#}");
+                tracing::error!("cannot relay: {last_error}");
+            }
+            Err(_) => {}
+            Ok(()) => last_error.clear(),
         }
         if end.is_some_and(|e| Instant::now() >= e) {
             break;
         }
     }
-    let _ = std::fs::remove_file(&guest_socket);
+    drop(server); // removes our socket (only if it is still ours)
     Ok(ExitCode::SUCCESS)
 }

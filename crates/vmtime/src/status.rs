@@ -2,10 +2,9 @@
 
 use anyhow::{Context, Result};
 use clap::Args as ClapArgs;
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
@@ -21,18 +20,12 @@ pub struct Args {
     request: Option<String>,
 }
 
-/// Sends one request line and returns the first reply line.
-pub fn request(socket: &std::path::Path, what: &str) -> Result<(String, UnixStream)> {
-    let mut s = UnixStream::connect(socket).with_context(|| format!("no daemon answers on {}", socket.display()))?;
-    writeln!(s, "{what}").with_context(|| format!("cannot send to {}", socket.display()))?;
-    let mut line = String::new();
-    BufReader::new(&s).read_line(&mut line).with_context(|| format!("no answer from {}", socket.display()))?;
-    Ok((line, s))
-}
+/// How long `vmtime status` waits for the daemon (connect, request, answer).
+pub const TIMEOUT: Duration = Duration::from_secs(2);
 
 pub fn run(a: Args) -> Result<ExitCode> {
-    let socket = a.socket.unwrap_or_else(|| crate::host::socket_for(&crate::host::default_page()));
-    let (line, _) = request(&socket, a.request.as_deref().unwrap_or("status"))?;
+    let socket = a.socket.unwrap_or_else(|| crate::host::socket_for(&crate::host::find_default_page()));
+    let (line, _) = vmtime_sys::serve::request(&socket, a.request.as_deref().unwrap_or("status"), TIMEOUT)?;
     let v: serde_json::Value = serde_json::from_str(&line).context("the daemon's reply is not JSON")?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&v)?);

@@ -8,18 +8,17 @@ use anyhow::{bail, Context, Result};
 use clap::Args as ClapArgs;
 use serde::Serialize;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, FileTypeExt};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::fd::AsFd;
+use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use vmclock::abi::{self, flags};
-use vmclock::seqlock;
 use vmtime_core::sync::{Discipline, SyncAction, SyncConfig, SyncObservation};
 use vmtime_sys::clock::{aba_sample, tightest, ClockId};
-use vmtime_sys::event;
+use vmtime_sys::files;
+use vmtime_sys::serve::{self, Poller, Reply, Server, Subscription};
+use vmtime_sys::signals::{SignalEvent, Signals};
 
 /// `vmtime sync`'s flags: each one is also a key of the configuration's `[sync]` section; a flag
 /// overrides the file.
@@ -89,7 +88,7 @@ fn find_phc() -> Option<(PathBuf, String)> {
 }
 
 /// The PHC path: measurements every interval, the PI servo, the same actions.
-fn run_phc(a: &SyncSettings, dev: PathBuf, clock_name: &str) -> Result<ExitCode> {
+fn run_phc(a: &SyncSettings, args: &Args, dev: PathBuf, clock_name: &str) -> Result<ExitCode> {
     use vmtime_core::phc::{pure_source, read_best, PhcServo, PhcServoConfig, PhcTimescale};
     let timescale = match (a.phc_timescale, pure_source(clock_name).flatten()) {
         (Some(Timescale::Utc), _) => PhcTimescale::Utc,
@@ -110,6 +109,8 @@ fn run_phc(a: &SyncSettings, dev: PathBuf, clock_name: &str) -> Result<ExitCode>
     );
     let interval = Duration::from_millis(a.interval_ms.get());
     let end = a.duration_s.map(|d| Instant::now() + Duration::from_secs(d.get()));
+    let mut signals = Signals::install()?;
+    let mut poller = Poller::new();
     while end.is_none_or(|e| Instant::now() < e) {
         let tx = vmtime_sys::read_timex()?;
         match read_best(&mut d, 25) {
@@ -132,7 +133,24 @@ fn run_phc(a: &SyncSettings, dev: PathBuf, clock_name: &str) -> Result<ExitCode>
                 tracing::warn!("{}: no reading method works ({})", dev.display(), why.join("; "));
             }
         }
-        std::thread::sleep(interval);
+        // The wait between measurements is also where signals arrive.
+        poller.clear();
+        signals.register(&mut poller);
+        poller.wait(Some(interval))?;
+        match signals.take(&poller) {
+            Some(SignalEvent::Terminate(name)) => {
+                tracing::info!("{name}: stopping (the clock is left as it is)");
+                break;
+            }
+            Some(SignalEvent::Reload) => match args.settings() {
+                Ok(new) if new == *a => tracing::info!("SIGHUP: configuration re-read, unchanged"),
+                Ok(_) => tracing::info!(
+                    "SIGHUP: configuration re-read and valid; the changes take effect when vmtime sync restarts"
+                ),
+                Err(e) => tracing::warn!("SIGHUP: {e:#}; keeping the settings in force"),
+            },
+            None => {}
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -169,6 +187,8 @@ struct Sync {
     last_marker: Option<u64>,
     /// Dry run: the last line printed for each kind of action (only changes are printed).
     printed: std::collections::HashMap<std::mem::Discriminant<SyncAction>, String>,
+    /// SIGHUPs received (each one a reload request).
+    reload_requests: u64,
 }
 
 impl Sync {
@@ -209,16 +229,18 @@ impl Sync {
     fn log_notices(&mut self) {
         for n in self.discipline.take_notices() {
             match n {
-                vmtime_core::sync::SyncNotice::Recovered => tracing::info!("{}: {n}", self.page.path.display()),
-                _ => tracing::warn!("{}: {n}", self.page.path.display()),
+                vmtime_core::sync::SyncNotice::Recovered => tracing::info!("{}: {n}", self.page.path().display()),
+                _ => tracing::warn!("{}: {n}", self.page.path().display()),
             }
         }
     }
 
     fn observe(&mut self) -> Result<()> {
-        self.page.refresh()?;
+        self.page.refresh();
         let kernel = vmtime_sys::read_timex()?;
-        let page = match seqlock::read(&self.page.map, seqlock::DEFAULT_MAX_WAIT) {
+        // A page that cannot be read (a truncated file, a stuck writer) is a lost source:
+        // holdover, never a crash.
+        let page = match self.page.read() {
             Ok(p) if p.counter_id() == vmclock::counter::NATIVE => p,
             Ok(_) | Err(_) => {
                 let a = self.discipline.handle_source_lost(&kernel);
@@ -234,7 +256,7 @@ impl Sync {
             );
         }
         self.last_marker = Some(page.disruption_marker());
-        crate::page::warn_legacy_tai(&self.page.path, &page);
+        crate::page::warn_legacy_tai(self.page.path(), &page);
         let raw = tightest(ClockId::MonotonicRaw, 16)?;
         let samples = (0..64).map(|_| aba_sample(ClockId::Realtime)).collect::<std::io::Result<Vec<_>>>()?;
         let a = self.discipline.handle_observation(&SyncObservation { page, raw, samples: &samples, kernel });
@@ -243,10 +265,11 @@ impl Sync {
     }
 
     fn status_json(&self) -> serde_json::Value {
-        let page = seqlock::read(&self.page.map, seqlock::DEFAULT_MAX_WAIT).ok();
+        let page = self.page.read().ok();
         serde_json::json!({
             "role": "sync",
-            "source": self.page.path.display().to_string(),
+            "reload_requests": self.reload_requests,
+            "source": self.page.path().display().to_string(),
             "dry_run": self.dry_run,
             "discipline": self.discipline.status(),
             "source_status": page.and_then(|p| p.clock_status()).map(abi::status_name),
@@ -263,17 +286,17 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let source = match a.source.clone().or_else(find_device) {
         Some(s) => s,
         None => match find_phc() {
-            Some((dev, name)) => return run_phc(&a, dev, &name),
+            Some((dev, name)) => return run_phc(&a, &args, dev, &name),
             None => bail!("no source here: no /dev/vmclock* and no pure PHC (ptp_kvm, VMclock, hyperv, VMware, virtio-rtc, s390); give --source PAGE"),
         },
     };
     if source.to_string_lossy().starts_with("/dev/ptp") {
         let name =
             vmtime_sys::phc::list().into_iter().find(|i| i.dev == source).map(|i| i.clock_name).unwrap_or_default();
-        return run_phc(&a, source, &name);
+        return run_phc(&a, &args, source, &name);
     }
     let page = crate::page::FollowedPage::open(&source)?;
-    let first = seqlock::read(&page.map, seqlock::DEFAULT_MAX_WAIT).with_context(|| source.display().to_string())?;
+    let first = page.read()?;
     if first.counter_id() != vmclock::counter::NATIVE {
         bail!(
             "{} gives no time for this CPU's counter (counter_id {}): nothing to synchronise to",
@@ -282,26 +305,19 @@ pub fn run(args: Args) -> Result<ExitCode> {
         );
     }
     // Notification: the device's poll() (read() acknowledges), or a publisher's socket.
-    let is_device = std::fs::metadata(&source)
-        .with_context(|| format!("cannot stat {}", source.display()))?
-        .file_type()
-        .is_char_device();
+    let is_device = page.reader().is_device();
     let device = (is_device && first.has(flags::NOTIFICATION_PRESENT)).then(|| File::open(&source)).transpose()?;
-    let mut sub = if is_device {
-        None
-    } else {
-        crate::status::request(&crate::host::socket_for(&source), "subscribe").ok().map(|(_, s)| s)
+    let subscribe = || Subscription::open(&crate::host::socket_for(&source), Duration::from_secs(2)).ok();
+    let mut sub = if is_device { None } else { subscribe() };
+    let socket = match a.socket.clone() {
+        Some(s) => s,
+        None => {
+            files::ensure_private_dir(&files::runtime_dir())?;
+            files::runtime_dir().join("sync.sock")
+        }
     };
-    if let Some(s) = &sub {
-        s.set_nonblocking(true)?;
-    }
-    let socket = a.socket.unwrap_or_else(|| crate::host::default_page().with_file_name("sync.sock"));
-    if let Some(d) = socket.parent() {
-        std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
-    }
-    let _ = std::fs::remove_file(&socket);
-    let listener = UnixListener::bind(&socket).with_context(|| format!("cannot listen on {}", socket.display()))?;
-    listener.set_nonblocking(true)?;
+    let mut server = Server::bind_unix(&socket, 0o600, None, serve::Limits::default())?;
+    let mut signals = Signals::install()?;
     let cfg = SyncConfig {
         step_threshold_ns: a.makestep_ns.get() as i64,
         step_updates: a.makestep_updates.get(),
@@ -314,10 +330,11 @@ pub fn run(args: Args) -> Result<ExitCode> {
         device,
         discipline: Discipline::new(cfg),
         dry_run: a.dry_run,
-        hook: a.hook,
+        hook: a.hook.clone(),
         applied: 0,
         last_marker: None,
         printed: Default::default(),
+        reload_requests: 0,
     };
     eprintln!(
         "vmtime sync: {} → CLOCK_REALTIME{}",
@@ -345,6 +362,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
 
     let end = a.duration_s.map(|d| Instant::now() + Duration::from_secs(d.get()));
     let mut next_obs = Instant::now();
+    let mut last_resubscribe = Instant::now();
+    let mut poller = Poller::new();
     loop {
         let now = Instant::now();
         let raw_now = vmtime_sys::gettime(ClockId::MonotonicRaw)?;
@@ -353,24 +372,45 @@ pub fn run(args: Args) -> Result<ExitCode> {
             .into_iter()
             .flatten()
             .min()
-            .unwrap_or(Duration::from_secs(1));
-        let mut fds = vec![listener.as_raw_fd()];
-        if let Some(d) = &s.device {
-            fds.push(d.as_raw_fd());
-        } else if let Some(x) = &sub {
-            fds.push(x.as_raw_fd());
+            .unwrap_or(Duration::from_secs(1))
+            .min(Duration::from_secs(1));
+        let wake = serve::earliest(Some(now + wait), server.next_deadline());
+        poller.clear();
+        signals.register(&mut poller);
+        server.register(&mut poller);
+        let t_note = if let Some(d) = &s.device {
+            Some(poller.add(d.as_fd(), serve::READABLE))
+        } else {
+            sub.as_ref().map(|x| poller.add(x.fd(), serve::READABLE))
+        };
+        poller.wait(wake.map(|w| w.saturating_duration_since(Instant::now())))?;
+        match signals.take(&poller) {
+            Some(SignalEvent::Terminate(name)) => {
+                tracing::info!("{name}: stopping (the clock is left as it is; the socket is removed)");
+                break;
+            }
+            Some(SignalEvent::Reload) => {
+                // Re-read and re-check the configuration (the same flags on top). A bad file
+                // keeps the settings in force. The new settings take effect at the next start.
+                s.reload_requests += 1;
+                match args.settings() {
+                    Ok(new) if new == a => tracing::info!("SIGHUP: configuration re-read, unchanged"),
+                    Ok(_) => tracing::info!(
+                        "SIGHUP: configuration re-read and valid; the changes take effect when vmtime sync restarts"
+                    ),
+                    Err(e) => tracing::warn!("SIGHUP: {e:#}; keeping the settings in force"),
+                }
+            }
+            None => {}
         }
-        let ready = event::poll_readable(&fds, wait.as_micros().div_ceil(1000).min(1000) as i32)?;
-        let notified = ready.get(1).copied().unwrap_or(false);
+        let notified = t_note.is_some_and(|t| poller.readable(t));
         if notified {
             if let Some(d) = &s.device {
                 let mut buf = [0u8; abi::ABI_SIZE];
                 let _ = d.read_at(&mut buf, 0); // acknowledges this seq_count to the driver
-            } else if let Some(x) = sub.as_mut() {
-                let mut buf = [0u8; 256];
-                if matches!(x.read(&mut buf), Ok(0)) {
-                    sub = None;
-                }
+            } else if !sub.as_mut().is_some_and(|x| x.drain()) {
+                tracing::warn!("the publisher went away: polling the page");
+                sub = None;
             }
         }
         if notified || Instant::now() >= next_obs {
@@ -379,20 +419,18 @@ pub fn run(args: Args) -> Result<ExitCode> {
         }
         let a2 = s.discipline.handle_tick(vmtime_sys::gettime(ClockId::MonotonicRaw)?);
         s.apply(a2)?;
-        if ready[0] {
-            while let Ok((conn, _)) = listener.accept() {
-                let _ = conn.set_nonblocking(false);
-                let _ = conn.set_read_timeout(Some(Duration::from_millis(200)));
-                let mut line = String::new();
-                let _ = BufReader::new(&conn).read_line(&mut line);
-                let mut conn: UnixStream = conn;
-                let _ = writeln!(conn, "{}", s.status_json());
-            }
+        server.handle(&poller, |line| match line.trim() {
+            "status" => Reply::Line(s.status_json().to_string()),
+            _ => Reply::Line(serve::error_json("unknown request: send status")),
+        });
+        if !is_device && sub.is_none() && last_resubscribe.elapsed() >= Duration::from_secs(1) {
+            last_resubscribe = Instant::now();
+            sub = subscribe();
         }
         if end.is_some_and(|e| Instant::now() >= e) {
             break;
         }
     }
-    let _ = std::fs::remove_file(&socket);
+    drop(server); // removes our socket (only if it is still ours)
     Ok(ExitCode::SUCCESS)
 }

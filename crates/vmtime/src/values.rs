@@ -383,6 +383,23 @@ int_value!(
     Count: u64, 1, u64::MAX, "updates"
 );
 
+int_value!(
+    /// An interval between a feed's samples or updates, ms (up to an hour).
+    FeedIntervalMs: u64, 10, 3_600_000, "ms"
+);
+int_value!(
+    /// Samples per measurement burst.
+    Burst: u32, 1, 256, "samples"
+);
+int_value!(
+    /// How long a published segment stays valid without an update, ms (up to an hour).
+    LifeMs: u64, 20, 3_600_000, "ms"
+);
+int_value!(
+    /// A drift margin, ppb (below 10 %).
+    DriftPpb: u64, 0, 99_999_999, "ppb"
+);
+
 fixed_value!(
     /// A rate tolerance, ppm, kept exactly in ppb: from 0.001 ppm to 10 % (100 000 ppm).
     TolerancePpm, 1, 100_000_000, 1000u64, "ppm"
@@ -485,6 +502,10 @@ pub const NUMERIC: &[Numeric] = &[
     PeriodPpb::NUMERIC,
     TscOffset::NUMERIC,
     SimDuration::NUMERIC,
+    FeedIntervalMs::NUMERIC,
+    Burst::NUMERIC,
+    LifeMs::NUMERIC,
+    DriftPpb::NUMERIC,
 ];
 
 /// A simulated duration: "600", "600s", "10m", "1h", "1d"; from 1 s to 30 days (as a scenario file).

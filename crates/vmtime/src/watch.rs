@@ -1,14 +1,14 @@
 //! `vmtime watch PAGE`: prints each update of a page with the fields that changed. Waits on the
 //! publisher's socket when there is one (PAGE.sock), else polls the page.
 
-use crate::page::Page;
+use crate::page::FollowedPage;
 use crate::values::{Count, PollMs};
 use anyhow::Result;
 use clap::Args as ClapArgs;
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
+use vmtime_sys::serve::{self, Poller, Subscription};
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
@@ -29,28 +29,46 @@ fn changes(old: &serde_json::Value, new: &serde_json::Value) -> Vec<String> {
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
-    let page = Page::open(&a.page)?;
-    let read = || -> Result<serde_json::Value> { Ok(crate::show::fields_json(&page.bytes()?, page.available())) };
-    let mut last = read()?;
+    let mut page = FollowedPage::open(&a.page)?;
+    let read = |page: &FollowedPage| -> Result<serde_json::Value> {
+        let (bytes, available) = page.reader().bytes()?;
+        Ok(crate::show::fields_json(&bytes, available))
+    };
+    let mut last = read(&page)?;
     println!("seq {}: {}", last["seq_count"], crate::show::one_line(&last));
     let socket = crate::host::socket_for(&a.page);
-    let mut sub = crate::status::request(&socket, "subscribe").ok().map(|(_, s)| BufReader::new(s));
+    // The subscription is a wake-up only: the page is read after each one, and also every
+    // poll interval when the publisher is silent or gone (it may be stuck; the page is not).
+    let mut sub = Subscription::open(&socket, crate::status::TIMEOUT).ok();
     if sub.is_some() {
         eprintln!("(notified by {})", socket.display());
     }
+    let poll = Duration::from_millis(a.poll_ms.get());
+    let mut poller = Poller::new();
     let mut seen = 0u64;
+    let mut unreadable = false;
     while a.count.is_none_or(|c| seen < c.get()) {
-        match sub.as_mut() {
-            Some(r) => {
-                let mut line = String::new();
-                if r.read_line(&mut line)? == 0 {
-                    eprintln!("the publisher went away");
-                    return Ok(ExitCode::from(1));
-                }
-            }
-            None => std::thread::sleep(Duration::from_millis(a.poll_ms.get())),
+        poller.clear();
+        let t = sub.as_ref().map(|s| poller.add(s.fd(), serve::READABLE));
+        poller.wait(Some(if sub.is_some() { poll.max(Duration::from_secs(1)) } else { poll }))?;
+        if t.is_some_and(|t| poller.readable(t)) && !sub.as_mut().is_some_and(|s| s.drain()) {
+            eprintln!("the publisher went away: polling the page every {} ms", poll.as_millis());
+            sub = None;
         }
-        let now = read()?;
+        if page.refresh() {
+            eprintln!("the page file was replaced: following the new file");
+        }
+        let now = match read(&page) {
+            Ok(v) => v,
+            Err(e) => {
+                // A truncated or unreadable page: say so once, keep watching.
+                if !std::mem::replace(&mut unreadable, true) {
+                    eprintln!("{e:#}");
+                }
+                continue;
+            }
+        };
+        unreadable = false;
         if now["seq_count"] != last["seq_count"] {
             seen += 1;
             let ch = changes(&last, &now);

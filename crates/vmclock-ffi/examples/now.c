@@ -1,0 +1,50 @@
+/* libvmclock example: bounded time now, next to CLOCK_REALTIME.
+ *   cc -Icrates/vmclock-ffi/include crates/vmclock-ffi/examples/now.c -Ltarget/release -lvmclock -o now
+ *   ./now [PAGE]            (default /dev/vmclock0)
+ * Exit status: 0 when the reading is reliable and bounded, 1 otherwise, 2 on error. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+#include "vmclock.h"
+
+static const char *status_name(uint8_t s) {
+    switch (s) {
+    case VMCLOCK_STATUS_UNKNOWN: return "UNKNOWN";
+    case VMCLOCK_STATUS_INITIALIZING: return "INITIALIZING";
+    case VMCLOCK_STATUS_SYNCHRONIZED: return "SYNCHRONIZED";
+    case VMCLOCK_STATUS_FREERUNNING: return "FREERUNNING";
+    case VMCLOCK_STATUS_UNRELIABLE: return "UNRELIABLE";
+    default: return "?";
+    }
+}
+
+int main(int argc, char **argv) {
+    const char *path = argc > 1 ? argv[1] : "/dev/vmclock0";
+    int err;
+    struct vmclock *c = vmclock_open(path, &err);
+    if (!c) {
+        fprintf(stderr, "%s: %s\n", path, vmclock_strerror(err));
+        return 2;
+    }
+    struct vmclock_now n;
+    struct timespec rt;
+    int rc = vmclock_now(c, &n);
+    clock_gettime(CLOCK_REALTIME, &rt);
+    vmclock_close(c);
+    if (rc != 0) {
+        fprintf(stderr, "%s: %s\n", path, vmclock_strerror(rc));
+        return 2;
+    }
+    long long realtime = (long long)rt.tv_sec * 1000000000LL + rt.tv_nsec;
+    printf("time_ns %lld\n", (long long)n.time_ns);
+    if (n.flags & VMCLOCK_NOW_BOUNDED)
+        printf("earliest_ns %lld\nlatest_ns %lld\nmaxerror_ns %lld\n", (long long)n.earliest_ns,
+               (long long)n.latest_ns, (long long)n.maxerror_ns);
+    else
+        printf("bounds unknown\n");
+    if (n.flags & VMCLOCK_NOW_TAI_VALID)
+        printf("tai_minus_utc %d\n", n.tai_minus_utc);
+    printf("status %s\ndisruption_marker %llu\n", status_name(n.status), (unsigned long long)n.disruption_marker);
+    printf("clock_realtime_minus_page_ns %lld\n", realtime - (long long)n.time_ns);
+    return (n.flags & VMCLOCK_NOW_RELIABLE) && (n.flags & VMCLOCK_NOW_BOUNDED) ? 0 : 1;
+}

@@ -1,0 +1,402 @@
+//! libvmclock: the C API to vmclock pages, built on [`vmclock_rs::Clock`].
+//!
+//! ```c
+//! int err;
+//! struct vmclock *c = vmclock_open("/dev/vmclock0", &err);
+//! struct vmclock_now n;
+//! if (c && vmclock_now(c, &n) == 0 && (n.flags & VMCLOCK_NOW_RELIABLE))
+//!     printf("%lld in [%lld, %lld]\n", n.time_ns, n.earliest_ns, n.latest_ns);
+//! vmclock_close(c);
+//! ```
+//!
+//! * Times are CLOCK_REALTIME's timescale: POSIX UTC, nanoseconds since the epoch (as
+//!   ClockBound's API); `tai_minus_utc` converts to TAI.
+//! * `vmclock_now` is thread-safe (the handle is shared read-only), allocates nothing and makes
+//!   no system call: one seqlock copy of the page and one counter read (it waits for a writer
+//!   that holds the seqlock, and gives up with `VMCLOCK_E_BUSY` after 100 ms, as the kernel).
+//! * A null pointer gives `VMCLOCK_E_NULL`. A page *file* that shrinks or goes away while mapped
+//!   gives `VMCLOCK_E_GONE`, never a crash: `vmclock_open` protects file mappings with
+//!   `vmclock::guard` (a SIGBUS handler that maps a zero page over the vanished page; see its
+//!   documentation; faults elsewhere go to the previous handler). A device cannot shrink.
+//!   A file that is replaced (renamed over, as publishers do) or unlinked keeps its last
+//!   content in this mapping: open it again to follow the new file.
+//!
+//! `unsafe` here is only the C boundary (raw pointers in and out), each block with its
+//! `// SAFETY:` reason; the page access itself is the `vmclock` crate's.
+#![allow(non_camel_case_types)]
+
+use std::ffi::{c_char, c_int, CStr};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileTypeExt;
+use std::path::Path;
+use vmclock_rs::guard::{protect, Protection};
+use vmclock_rs::{Clock, ClockError, PageError, ReadError, TimeError};
+
+/// Success.
+pub const VMCLOCK_OK: c_int = 0;
+/// A null pointer was passed.
+pub const VMCLOCK_E_NULL: c_int = -1;
+/// The page cannot be opened or mapped (errno tells why).
+pub const VMCLOCK_E_OPEN: c_int = -2;
+/// Not a valid vmclock page (magic, version or size).
+pub const VMCLOCK_E_INVALID: c_int = -3;
+/// The page's writer held the seqlock for too long.
+pub const VMCLOCK_E_BUSY: c_int = -4;
+/// The page carries no time (markers only, or no time fields).
+pub const VMCLOCK_E_NO_TIME: c_int = -5;
+/// The page's counter is not this CPU's.
+pub const VMCLOCK_E_COUNTER: c_int = -6;
+/// The time cannot be given in UTC (a TAI page without its TAI offset, or a MONOTONIC page).
+pub const VMCLOCK_E_NO_UTC: c_int = -7;
+/// The time does not fit (counter far from the reference, absurd time).
+pub const VMCLOCK_E_OVERFLOW: c_int = -8;
+/// The page file shrank or went away while mapped.
+pub const VMCLOCK_E_GONE: c_int = -9;
+
+/// `flags`: `earliest_ns` and `latest_ns` bound the time (the page gives a maximum error).
+pub const VMCLOCK_NOW_BOUNDED: u32 = 1;
+/// `flags`: `tai_minus_utc` is valid.
+pub const VMCLOCK_NOW_TAI_VALID: u32 = 2;
+/// `flags`: the page's status is SYNCHRONIZED or FREERUNNING (its time may be relied upon).
+pub const VMCLOCK_NOW_RELIABLE: u32 = 4;
+
+/// `status`: nothing is known.
+pub const VMCLOCK_STATUS_UNKNOWN: u8 = 0;
+/// `status`: the host is calibrating.
+pub const VMCLOCK_STATUS_INITIALIZING: u8 = 1;
+/// `status`: synchronised to an external reference.
+pub const VMCLOCK_STATUS_SYNCHRONIZED: u8 = 2;
+/// `status`: running without a reference, still bounded.
+pub const VMCLOCK_STATUS_FREERUNNING: u8 = 3;
+/// `status`: the time must not be used.
+pub const VMCLOCK_STATUS_UNRELIABLE: u8 = 4;
+
+/// One bounded reading.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct vmclock_now {
+    /// Best estimate, ns since 1970-01-01 UTC (CLOCK_REALTIME's timescale).
+    pub time_ns: i64,
+    /// The earliest the true time can be (INT64_MIN without VMCLOCK_NOW_BOUNDED).
+    pub earliest_ns: i64,
+    /// The latest the true time can be (INT64_MAX without VMCLOCK_NOW_BOUNDED).
+    pub latest_ns: i64,
+    /// Maximum error, ns, rounded up (-1: not bounded).
+    pub maxerror_ns: i64,
+    /// Estimated error, ns, rounded up (-1: not given).
+    pub esterror_ns: i64,
+    /// The page's disruption marker: a change means the counter's calibration broke (live
+    /// migration, restore).
+    pub disruption_marker: u64,
+    /// The counter value the time is for.
+    pub counter: u64,
+    /// TAI − UTC, s (with VMCLOCK_NOW_TAI_VALID).
+    pub tai_minus_utc: i32,
+    /// VMCLOCK_NOW_* bits.
+    pub flags: u32,
+    /// The page's clock_status (VMCLOCK_STATUS_*).
+    pub status: u8,
+    /// The page's time_type (0 TAI, 1 UTC, 2 MONOTONIC).
+    pub time_type: u8,
+    /// Zero.
+    pub reserved: [u8; 6],
+}
+
+/// An open page (opaque).
+#[derive(Debug)]
+pub struct vmclock {
+    // Dropped first: unregistered before the mapping is unmapped.
+    protection: Option<Protection>,
+    clock: Clock,
+}
+
+fn code_of(e: &ClockError) -> c_int {
+    match e {
+        ClockError::Map { .. } => VMCLOCK_E_OPEN,
+        ClockError::Read(ReadError::Timeout { .. }) => VMCLOCK_E_BUSY,
+        ClockError::Read(ReadError::Page(p)) | ClockError::Page(p) => page_code(p),
+        ClockError::Time(t) => time_code(t),
+    }
+}
+
+fn page_code(_: &PageError) -> c_int {
+    VMCLOCK_E_INVALID
+}
+
+fn time_code(e: &TimeError) -> c_int {
+    match e {
+        TimeError::NoCounter | TimeError::NoTimeFields { .. } | TimeError::UnsupportedTimeType(_) => VMCLOCK_E_NO_TIME,
+        TimeError::UnusableShift(_) => VMCLOCK_E_INVALID,
+        TimeError::CounterMismatch { .. } => VMCLOCK_E_COUNTER,
+        TimeError::NoTaiOffset { .. } | TimeError::NotWallClock(_) => VMCLOCK_E_NO_UTC,
+        TimeError::Overflow => VMCLOCK_E_OVERFLOW,
+    }
+}
+
+fn clamp(ns: u128) -> Option<i64> {
+    i64::try_from(ns).ok()
+}
+
+/// # Safety
+/// `err` is NULL or points to a writable int.
+unsafe fn set_err(err: *mut c_int, code: c_int) {
+    if !err.is_null() {
+        // SAFETY: not null, and writable per this function's contract.
+        unsafe { *err = code };
+    }
+}
+
+/// Maps the page at `path` (`/dev/vmclock0` or a page file) and checks it once. Returns NULL on
+/// failure with `*err` (if `err` is not NULL) set to a VMCLOCK_E_* code; on success `*err` is 0.
+///
+/// # Safety
+/// `path` is NULL or a NUL-terminated string; `err` is NULL or points to a writable int.
+#[no_mangle]
+pub unsafe extern "C" fn vmclock_open(path: *const c_char, err: *mut c_int) -> *mut vmclock {
+    if path.is_null() {
+        // SAFETY: `err` is NULL or writable, per this function's contract.
+        unsafe { set_err(err, VMCLOCK_E_NULL) };
+        return std::ptr::null_mut();
+    }
+    // SAFETY: `path` is not null and the caller passes a NUL-terminated string.
+    let path = Path::new(std::ffi::OsStr::from_bytes(unsafe { CStr::from_ptr(path) }.to_bytes()));
+    let clock = match Clock::open(path) {
+        Ok(c) => c,
+        Err(e) => {
+            // SAFETY: `err` is NULL or writable, per this function's contract.
+            unsafe { set_err(err, code_of(&e)) };
+            return std::ptr::null_mut();
+        }
+    };
+    let is_file = std::fs::metadata(path).map(|m| !m.file_type().is_char_device()).unwrap_or(true);
+    let protection = if is_file {
+        let (start, len) = clock.memory().region();
+        match protect(start, len) {
+            Ok(p) => Some(p),
+            Err(_) => {
+                // SAFETY: `err` is NULL or writable, per this function's contract.
+                unsafe { set_err(err, VMCLOCK_E_OPEN) };
+                return std::ptr::null_mut();
+            }
+        }
+    } else {
+        None
+    };
+    // SAFETY: `err` is NULL or writable, per this function's contract.
+    unsafe { set_err(err, VMCLOCK_OK) };
+    Box::into_raw(Box::new(vmclock { protection, clock }))
+}
+
+/// Reads the time now into `*out`: 0, or a negative VMCLOCK_E_* code (then `*out` is
+/// unchanged). Thread-safe; no allocation; no system call.
+///
+/// # Safety
+/// `c` is NULL or a handle from vmclock_open not yet closed; `out` is NULL or points to a
+/// writable struct vmclock_now.
+#[no_mangle]
+pub unsafe extern "C" fn vmclock_now(c: *const vmclock, out: *mut vmclock_now) -> c_int {
+    if c.is_null() || out.is_null() {
+        return VMCLOCK_E_NULL;
+    }
+    // SAFETY: `c` is not null and came from vmclock_open (not yet closed), per the API.
+    let c = unsafe { &*c };
+    let result = c.clock.now();
+    if c.protection.as_ref().is_some_and(|p| p.gone()) {
+        return VMCLOCK_E_GONE;
+    }
+    let now = match result {
+        Ok(n) => n,
+        Err(e) => return code_of(&e),
+    };
+    let utc = match now.utc() {
+        Ok(u) => u,
+        Err(e) => return time_code(&e),
+    };
+    let Some(time_ns) = clamp(ns_of(utc.time.raw(), false)) else { return VMCLOCK_E_OVERFLOW };
+    let mut r = vmclock_now {
+        time_ns,
+        earliest_ns: i64::MIN,
+        latest_ns: i64::MAX,
+        maxerror_ns: -1,
+        esterror_ns: utc.esterror_ns().and_then(clamp).unwrap_or(-1),
+        disruption_marker: now.disruption_marker,
+        counter: now.counter,
+        tai_minus_utc: 0,
+        flags: 0,
+        status: now.status,
+        time_type: now.time_type,
+        reserved: [0; 6],
+    };
+    if let (Some(e), Some(l), Some(m)) = (utc.earliest(), utc.latest(), utc.maxerror_ns()) {
+        let Some(m) = clamp(m) else { return VMCLOCK_E_OVERFLOW };
+        // Nanoseconds rounded outwards: earliest down, latest up.
+        let (Some(e), Some(l)) = (clamp(ns_of(e.raw(), false)), clamp(ns_of(l.raw(), true))) else {
+            return VMCLOCK_E_OVERFLOW;
+        };
+        r.earliest_ns = e;
+        r.latest_ns = l;
+        r.maxerror_ns = m;
+        r.flags |= VMCLOCK_NOW_BOUNDED;
+    }
+    if let Some(t) = now.tai_minus_utc {
+        r.tai_minus_utc = t as i32;
+        r.flags |= VMCLOCK_NOW_TAI_VALID;
+    }
+    if now.is_reliable() {
+        r.flags |= VMCLOCK_NOW_RELIABLE;
+    }
+    // SAFETY: `out` is not null and points to a writable vmclock_now, per the API.
+    unsafe { out.write(r) };
+    VMCLOCK_OK
+}
+
+/// 64.64 seconds → ns, rounded down or (`ceil`) up.
+fn ns_of(raw: u128, ceil: bool) -> u128 {
+    let f = (raw & ((1u128 << 64) - 1)) * 1_000_000_000;
+    (raw >> 64) * 1_000_000_000 + (f >> 64) + u128::from(ceil && f & ((1u128 << 64) - 1) != 0)
+}
+
+/// Unmaps the page and frees the handle (NULL is ignored). No vmclock_now may run on it then.
+///
+/// # Safety
+/// `c` is NULL or a handle from vmclock_open, closed once.
+#[no_mangle]
+pub unsafe extern "C" fn vmclock_close(c: *mut vmclock) {
+    if !c.is_null() {
+        // SAFETY: `c` came from Box::into_raw in vmclock_open and is closed once, per the API.
+        drop(unsafe { Box::from_raw(c) });
+    }
+}
+
+/// A static, NUL-terminated description of a VMCLOCK_E_* code (never NULL).
+#[no_mangle]
+pub extern "C" fn vmclock_strerror(err: c_int) -> *const c_char {
+    let s: &'static CStr = match err {
+        VMCLOCK_OK => c"success",
+        VMCLOCK_E_NULL => c"a null pointer was passed",
+        VMCLOCK_E_OPEN => c"cannot open or map the page (see errno)",
+        VMCLOCK_E_INVALID => c"not a valid vmclock page (bad magic, version or size)",
+        VMCLOCK_E_BUSY => c"the page's writer held its seqlock for more than 100 ms",
+        VMCLOCK_E_NO_TIME => c"the page carries no time (markers only, or no time fields)",
+        VMCLOCK_E_COUNTER => c"the page's counter is not this CPU's",
+        VMCLOCK_E_NO_UTC => c"the page's time cannot be given in UTC (TAI without a TAI offset, or MONOTONIC)",
+        VMCLOCK_E_OVERFLOW => c"the time does not fit (counter far from the reference, or an absurd time)",
+        VMCLOCK_E_GONE => c"the page file shrank or went away while mapped: open it again",
+        _ => c"unknown libvmclock error",
+    };
+    s.as_ptr()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // The tests call the C functions as C would, each call with valid or NULL pointers.
+    fn open(p: *const c_char, err: *mut c_int) -> *mut vmclock {
+        // SAFETY: `p` is NULL or a CString's pointer; `err` is NULL or a local int.
+        unsafe { vmclock_open(p, err) }
+    }
+    fn now(c: *const vmclock, out: *mut vmclock_now) -> c_int {
+        // SAFETY: `c` is NULL or an open handle; `out` is NULL or a local struct.
+        unsafe { vmclock_now(c, out) }
+    }
+    fn close(c: *mut vmclock) {
+        // SAFETY: `c` is NULL or an open handle, closed once.
+        unsafe { vmclock_close(c) }
+    }
+    use vmclock_rs::abi::{self, flags};
+    use vmclock_rs::{PageBuilder, Period, Tai, Timestamp};
+
+    fn page_file(dir: &Path, status: u8) -> std::path::PathBuf {
+        let p = dir.join("page");
+        let bytes = PageBuilder::new()
+            .reference(
+                vmclock_rs::counter::NATIVE,
+                vmclock_rs::counter::read(),
+                Timestamp::<Tai>::from_parts(1_795_000_037, 0),
+                Period::from_hz(2_500_000_000).unwrap(),
+            )
+            .tai_minus_utc(37)
+            .maxerror(1_000, 100)
+            .esterror(100, 10)
+            .status(status)
+            .flag(flags::TIME_MONOTONIC, true)
+            .page_bytes();
+        std::fs::write(&p, bytes).unwrap();
+        p
+    }
+
+    fn cpath(p: &Path) -> std::ffi::CString {
+        std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn reads_utc_with_bounds_and_flags() {
+        if vmclock_rs::counter::NATIVE == abi::counter_id::INVALID {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let p = page_file(dir.path(), abi::status::SYNCHRONIZED);
+        let mut err = 99;
+        let c = open(cpath(&p).as_ptr(), &mut err);
+        assert!(!c.is_null());
+        assert_eq!(err, 0);
+        let mut n = vmclock_now::default();
+        assert_eq!(now(c, &mut n), 0);
+        // 1_795_000_037 TAI − 37 s = 1_795_000_000 UTC, plus a few counter ticks.
+        assert!((1_795_000_000_000_000_000..1_795_000_010_000_000_000).contains(&n.time_ns), "{}", n.time_ns);
+        assert_eq!(n.flags, VMCLOCK_NOW_BOUNDED | VMCLOCK_NOW_TAI_VALID | VMCLOCK_NOW_RELIABLE);
+        assert_eq!(n.tai_minus_utc, 37);
+        assert!(n.maxerror_ns >= 1_000);
+        assert!(n.earliest_ns <= n.time_ns - 1_000 && n.latest_ns >= n.time_ns + 1_000);
+        assert!(n.latest_ns - n.time_ns <= n.maxerror_ns + 1);
+        assert_eq!(n.status, abi::status::SYNCHRONIZED);
+        close(c);
+    }
+
+    #[test]
+    fn null_pointers_and_bad_pages_give_codes() {
+        let mut err = 0;
+        assert!(open(std::ptr::null(), &mut err).is_null());
+        assert_eq!(err, VMCLOCK_E_NULL);
+        assert_eq!(now(std::ptr::null(), std::ptr::null_mut()), VMCLOCK_E_NULL);
+        close(std::ptr::null_mut());
+        let dir = tempfile::tempdir().unwrap();
+        assert!(open(cpath(&dir.path().join("absent")).as_ptr(), &mut err).is_null());
+        assert_eq!(err, VMCLOCK_E_OPEN);
+        let junk = dir.path().join("junk");
+        std::fs::write(&junk, [0xAAu8; 4096]).unwrap();
+        assert!(open(cpath(&junk).as_ptr(), std::ptr::null_mut()).is_null());
+        assert!(open(cpath(&junk).as_ptr(), &mut err).is_null());
+        assert_eq!(err, VMCLOCK_E_INVALID);
+        for code in -10..=0 {
+            // SAFETY: vmclock_strerror returns a static NUL-terminated string.
+            let s = unsafe { CStr::from_ptr(vmclock_strerror(code)) };
+            assert!(!s.to_bytes().is_empty());
+        }
+    }
+
+    #[test]
+    fn a_truncated_page_file_gives_gone_not_sigbus() {
+        if vmclock_rs::counter::NATIVE == abi::counter_id::INVALID {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let p = page_file(dir.path(), abi::status::SYNCHRONIZED);
+        let c = open(cpath(&p).as_ptr(), std::ptr::null_mut());
+        assert!(!c.is_null());
+        let mut n = vmclock_now::default();
+        assert_eq!(now(c, &mut n), 0);
+        // Truncated in place: the mapped page is now wholly beyond the end of the file.
+        std::fs::OpenOptions::new().write(true).open(&p).unwrap().set_len(0).unwrap();
+        assert_eq!(now(c, &mut n), VMCLOCK_E_GONE);
+        assert_eq!(now(c, &mut n), VMCLOCK_E_GONE);
+        close(c);
+        // A new handle on a new page works again.
+        let p = page_file(dir.path(), abi::status::FREERUNNING);
+        let c = open(cpath(&p).as_ptr(), std::ptr::null_mut());
+        assert_eq!(now(c, &mut n), 0);
+        assert_eq!(n.status, abi::status::FREERUNNING);
+        close(c);
+    }
+}

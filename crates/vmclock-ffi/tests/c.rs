@@ -1,0 +1,134 @@
+//! The C side: builds libvmclock (this crate, the dev profile), compiles examples/now.c and
+//! examples/bench.c with `cc` against libvmclock.a and libvmclock.so, and runs them on a page of
+//! this machine's clock.
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use vmclock_rs::abi::{self, flags};
+use vmclock_rs::{PageBuilder, Period, Timestamp, Utc};
+
+fn realtime_ns() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+}
+
+/// A (CLOCK_REALTIME, counter) pair: the counter read between two clock reads, the tightest of 16.
+fn pair() -> (u128, u64) {
+    (0..16)
+        .map(|_| {
+            let a = realtime_ns();
+            let c = vmclock_rs::counter::read();
+            let b = realtime_ns();
+            (b - a, a + (b - a) / 2, c)
+        })
+        .min()
+        .map(|(_, t, c)| (t, c))
+        .unwrap()
+}
+
+/// A UTC page of this machine's clock (counter frequency calibrated over 200 ms with tight pairs),
+/// maxerror 1 ms. Written just before each run, so the period's calibration error has little time
+/// to grow.
+fn page(dir: &Path) -> PathBuf {
+    let (t0, c0) = pair();
+    std::thread::sleep(std::time::Duration::from_millis(200)); // a calibration baseline, not a synchronisation
+    let (t1, c1) = pair();
+    // Seconds per tick = (t1 − t0) ns / 1e9 / (c1 − c0) ticks.
+    let period = Period::from_ratio(t1 - t0, (c1 - c0) as u128 * 1_000_000_000).unwrap();
+    let p = dir.join("page");
+    let bytes = PageBuilder::new()
+        .reference(vmclock_rs::counter::NATIVE, c1, Timestamp::<Utc>::from_nanos(t1), period)
+        .tai_minus_utc(37)
+        .maxerror(1_000_000, 0)
+        .status(abi::status::SYNCHRONIZED)
+        .flag(flags::TIME_MONOTONIC, true)
+        .page_bytes();
+    std::fs::write(&p, bytes).unwrap();
+    p
+}
+
+/// target/<profile>, from this test's own path (target/<profile>/deps/c-…).
+fn profile_dir() -> PathBuf {
+    std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().to_path_buf()
+}
+
+fn build_lib() -> PathBuf {
+    let dir = profile_dir();
+    let target = dir.parent().unwrap();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let st = Command::new(cargo)
+        .args(["build", "-q", "-p", "vmclock-ffi", "--target-dir"])
+        .arg(target)
+        .status()
+        .expect("run cargo build");
+    assert!(st.success(), "cargo build -p vmclock-ffi failed");
+    assert!(dir.join("libvmclock.a").exists() && dir.join("libvmclock.so").exists());
+    dir
+}
+
+fn cc(out: &Path, src: &str, lib: &[&str]) {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let st = Command::new("cc")
+        .arg("-O2")
+        .arg("-Wall")
+        .arg("-Werror")
+        .arg("-I")
+        .arg(manifest.join("include"))
+        .arg(manifest.join("examples").join(src))
+        .args(lib)
+        .arg("-o")
+        .arg(out)
+        .status()
+        .expect("run cc");
+    assert!(st.success(), "cc {src} failed");
+}
+
+fn field(out: &str, name: &str) -> i128 {
+    out.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("no {name} in {out}"))
+}
+
+fn check_now_output(out: &str) {
+    let (t, e, l) = (field(out, "time_ns "), field(out, "earliest_ns "), field(out, "latest_ns "));
+    assert!(e <= t && t <= l && l - e <= 2_000_002, "{out}");
+    assert_eq!(field(out, "tai_minus_utc "), 37);
+    assert!(out.contains("status SYNCHRONIZED"), "{out}");
+    // The page is this machine's clock, written just before: CLOCK_REALTIME read right after is
+    // within its 1 ms maxerror (either side: the calibration may be a little fast or slow).
+    let d = field(out, "clock_realtime_minus_page_ns ");
+    assert!((-1_000_000..1_000_000).contains(&d), "CLOCK_REALTIME − page = {d} ns");
+}
+
+#[test]
+fn c_example_runs_against_the_static_and_the_shared_library() {
+    if vmclock_rs::counter::NATIVE == abi::counter_id::INVALID {
+        return;
+    }
+    let lib = build_lib();
+    let dir = tempfile::tempdir().unwrap();
+    let stat = dir.path().join("now-static");
+    cc(&stat, "now.c", &[lib.join("libvmclock.a").to_str().unwrap(), "-lpthread", "-ldl", "-lm"]);
+    let shared = dir.path().join("now-shared");
+    cc(&shared, "now.c", &["-L", lib.to_str().unwrap(), "-lvmclock"]);
+    let p = page(dir.path());
+    let out = Command::new(&stat).arg(&p).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    check_now_output(&String::from_utf8_lossy(&out.stdout));
+
+    let p = page(dir.path());
+    let out = Command::new(&shared).arg(&p).env("LD_LIBRARY_PATH", &lib).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    check_now_output(&String::from_utf8_lossy(&out.stdout));
+
+    // Errors come back as codes and messages, never a crash.
+    let out = Command::new(&stat).arg(dir.path().join("absent")).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot open or map the page"));
+
+    // The benchmark program runs (briefly: its figures come from the release build, see
+    // docs/BENCHMARKS.md).
+    let bench = dir.path().join("bench");
+    cc(&bench, "bench.c", &[lib.join("libvmclock.a").to_str().unwrap(), "-lpthread", "-ldl", "-lm"]);
+    let out = Command::new(&bench).arg(&p).arg("1000").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ratio "));
+}

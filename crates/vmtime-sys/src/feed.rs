@@ -1,0 +1,197 @@
+//! The OS side of the feeds: chrony's SOCK refclock socket and ClockBound's shared-memory
+//! segment (layouts and decisions in `vmtime_core::feed`).
+
+use std::fs::OpenOptions;
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::io::AsRawFd;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::ptr::NonNull;
+use std::sync::atomic::{fence, AtomicU16, AtomicU64, Ordering};
+use vmtime_core::feed::clockbound::{header_bytes, BODY_SIZE, HEADER_SIZE, MAGIC, SEGMENT_SIZE, VERSION};
+
+/// A datagram socket that sends to chronyd's SOCK refclock socket (which chronyd creates).
+#[derive(Debug)]
+pub struct ChronySocket {
+    sock: UnixDatagram,
+    path: PathBuf,
+}
+
+impl ChronySocket {
+    /// An unbound datagram socket aimed at `path`.
+    pub fn new(path: &Path) -> io::Result<Self> {
+        let sock = UnixDatagram::unbound()?;
+        sock.set_nonblocking(true)?;
+        Ok(ChronySocket { sock, path: path.to_path_buf() })
+    }
+
+    /// Sends one sample. Fails when chronyd is not listening (ENOENT, ECONNREFUSED) or its
+    /// queue is full (WouldBlock): the caller drops the sample, never waits.
+    pub fn send(&self, sample: &[u8]) -> io::Result<()> {
+        let n = self.sock.send_to(sample, &self.path)?;
+        if n != sample.len() {
+            return Err(io::Error::other("short datagram"));
+        }
+        Ok(())
+    }
+}
+
+/// ClockBound's segment file, mapped for writing: the header, then one `ClockErrorBound`
+/// guarded by the header's generation (odd while written, never 0 once written).
+#[derive(Debug)]
+pub struct ClockBoundSegment {
+    ptr: NonNull<u8>,
+    path: PathBuf,
+}
+
+// SAFETY: the mapping is shared memory written only through atomics by the one owner (`&mut`
+// for writes); the pointer stays valid until drop.
+unsafe impl Send for ClockBoundSegment {}
+
+impl ClockBoundSegment {
+    /// Opens `path` if it already is a segment of this layout (clients that mapped it keep
+    /// following it), else creates it afresh (written in full under a temporary name, mode
+    /// 0644, renamed over `path`). Its generation is 0 (not readable) until the first write.
+    pub fn open_or_create(path: &Path) -> io::Result<Self> {
+        let reusable = std::fs::read(path).ok().is_some_and(|b| {
+            b.len() == SEGMENT_SIZE
+                && b[0..8] == header_bytes(0)[0..8]
+                && u16::from_ne_bytes([b[12], b[13]]) == VERSION
+                && u32::from_ne_bytes([b[8], b[9], b[10], b[11]]) == SEGMENT_SIZE as u32
+        });
+        if !reusable {
+            let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            let name = path.file_name().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
+            let tmp = dir.join(format!(".{}.{}.tmp", name.to_string_lossy(), std::process::id()));
+            let _ = std::fs::remove_file(&tmp);
+            let mut f = OpenOptions::new().write(true).create_new(true).mode(0o644).open(&tmp)?;
+            let mut seg = [0u8; SEGMENT_SIZE];
+            seg[..HEADER_SIZE].copy_from_slice(&header_bytes(0));
+            let r = f.write_all(&seg).and_then(|_| f.sync_all()).and_then(|_| std::fs::rename(&tmp, path));
+            if r.is_err() {
+                let _ = std::fs::remove_file(&tmp);
+            }
+            r?;
+        }
+        let f = OpenOptions::new().read(true).write(true).open(path)?;
+        if f.metadata()?.len() != SEGMENT_SIZE as u64 {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "the segment file changed size while opened"));
+        }
+        // SAFETY: a fresh shared mapping (addr null) of SEGMENT_SIZE bytes of a file opened for
+        // reading and writing that is exactly that long; checked for MAP_FAILED before use.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                SEGMENT_SIZE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                f.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr = NonNull::new(p.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned null"))?;
+        Ok(ClockBoundSegment { ptr, path: path.to_path_buf() })
+    }
+
+    /// The segment's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn generation_word(&self) -> &AtomicU16 {
+        // SAFETY: offset 14 of a page-aligned mapping of SEGMENT_SIZE bytes is 2-aligned and in
+        // bounds; the mapping outlives `&self`; all accesses in this process are atomic.
+        unsafe { &*self.ptr.as_ptr().wrapping_add(14).cast::<AtomicU16>() }
+    }
+
+    fn body_words(&self) -> &[AtomicU64] {
+        // SAFETY: offset 16 is 8-aligned (the mapping is page-aligned) and BODY_SIZE bytes from
+        // it lie within the mapping; AtomicU64 has u64's size and alignment.
+        unsafe {
+            std::slice::from_raw_parts(self.ptr.as_ptr().wrapping_add(HEADER_SIZE).cast::<AtomicU64>(), BODY_SIZE / 8)
+        }
+    }
+
+    /// The current generation.
+    pub fn generation(&self) -> u16 {
+        self.generation_word().load(Ordering::Acquire)
+    }
+
+    /// Writes one body under the generation: odd, fence, body, even (0 skipped on wrap).
+    pub fn write(&mut self, body: &[u8; BODY_SIZE]) {
+        let g = self.generation_word();
+        let cur = g.load(Ordering::Relaxed);
+        let odd = if cur % 2 == 0 { cur.wrapping_add(1) } else { cur };
+        g.store(odd, Ordering::Relaxed);
+        fence(Ordering::Release);
+        for (w, chunk) in self.body_words().iter().zip(body.chunks_exact(8)) {
+            w.store(u64::from_ne_bytes(chunk.try_into().expect("8 bytes")), Ordering::Relaxed);
+        }
+        let mut even = odd.wrapping_add(1);
+        if even == 0 {
+            even = 2;
+        }
+        g.store(even, Ordering::Release);
+    }
+}
+
+impl Drop for ClockBoundSegment {
+    fn drop(&mut self) {
+        // SAFETY: `ptr` came from a successful SEGMENT_SIZE mmap and no borrow outlives self.
+        unsafe {
+            libc::munmap(self.ptr.as_ptr().cast(), SEGMENT_SIZE);
+        }
+    }
+}
+
+const _: () = assert!(MAGIC[0] == 0x414D_5A4E);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segment_generation_moves_by_two_and_is_reused() {
+        let dir = tempfile_dir();
+        let p = dir.join("shm0");
+        let mut s = ClockBoundSegment::open_or_create(&p).unwrap();
+        assert_eq!(s.generation(), 0);
+        s.write(&[7u8; BODY_SIZE]);
+        assert_eq!(s.generation(), 2);
+        drop(s);
+        let mut s = ClockBoundSegment::open_or_create(&p).unwrap();
+        assert_eq!(s.generation(), 2, "an existing segment is reused");
+        s.write(&[9u8; BODY_SIZE]);
+        let b = std::fs::read(&p).unwrap();
+        assert_eq!(b.len(), SEGMENT_SIZE);
+        assert_eq!(u16::from_ne_bytes([b[14], b[15]]), 4);
+        assert!(b[HEADER_SIZE..].iter().all(|&x| x == 9));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn chrony_socket_reports_no_listener() {
+        let dir = tempfile_dir();
+        let s = ChronySocket::new(&dir.join("absent.sock")).unwrap();
+        assert!(s.send(&[0u8; 40]).is_err());
+        let rx = UnixDatagram::bind(dir.join("chrony.sock")).unwrap();
+        ChronySocket::new(&dir.join("chrony.sock")).unwrap().send(&[5u8; 40]).unwrap();
+        let mut buf = [0u8; 64];
+        assert_eq!(rx.recv(&mut buf).unwrap(), 40);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "vmtime-feed-{}-{}",
+            std::process::id(),
+            crate::event::random_u64().unwrap()
+        ));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+}

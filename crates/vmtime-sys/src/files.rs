@@ -1,0 +1,583 @@
+//! Safe files for the daemons: private runtime directories, page files, state files, sockets'
+//! paths and single-writer locks. Every daemon and every query goes through here, so the rules
+//! hold everywhere:
+//!
+//! - a page path is a regular file holding a vmclock page (or a zero-filled file a VMM made for
+//!   one), or a new file: anything else is refused with a message naming the path and what is
+//!   there;
+//! - nothing is written through a symbolic link (`O_NOFOLLOW`, and `lstat` before a rename);
+//! - new files are written under an `O_EXCL` temporary name in the target directory, fsynced,
+//!   renamed, and the directory fsynced;
+//! - directories are keyed on the uid, created 0700, and an existing one is checked for its owner
+//!   and mode;
+//! - the page and the state are held with an exclusive `flock`; a second writer is refused with
+//!   the holder's pid (from `/proc/locks`).
+//!
+//! The syscalls are `rustix`'s (safe wrappers, no `unsafe` needed here).
+
+use rustix::fs::{self as rfs, AtFlags, FileType, FlockOperation, Mode, OFlags, RenameFlags, CWD};
+use rustix::io::Errno;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use vmclock::abi::{MAGIC, PAGE_SIZE};
+
+/// What went wrong with a file or directory: one line naming the path, the cause and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    /// Something other than a page is at a page path.
+    #[error("{path}: {found} is there, not a vmclock page: refusing to {action} it (give the path of a new file or of a vmclock page file)")]
+    NotAPage { path: String, found: String, action: &'static str },
+    /// Something other than a regular file where a state or lock file belongs.
+    #[error("{path}: {found} is there, not a {what}: remove it or give another path")]
+    WrongKind { path: String, found: String, what: &'static str },
+    /// A symbolic link where vmtime writes.
+    #[error("{path} is a symbolic link: vmtime never writes through one (give the link's target path instead)")]
+    Symlink { path: String },
+    /// A directory with the wrong owner or mode.
+    #[error("{path}: {why}: {fix}")]
+    UnsafeDir { path: String, why: String, fix: String },
+    /// Another process holds the lock.
+    #[error("{path} is in use by another writer ({holder}): stop it first, or give another path")]
+    Locked { path: String, holder: String },
+    /// Something else is at a socket path.
+    #[error("{path}: {found} is there, not a socket: refusing to remove it (give another --socket path, or remove it yourself)")]
+    NotASocket { path: String, found: String },
+    /// A live daemon already answers on the socket.
+    #[error("{path}: another daemon is listening there: stop it first, or give another socket path")]
+    SocketInUse { path: String },
+    /// A file too large for what it should hold.
+    #[error(
+        "{path} is {len} bytes, more than the {max} a {what} can be: it is not one (remove it or give another path)"
+    )]
+    TooLarge { path: String, len: u64, max: u64, what: &'static str },
+    /// A system call failed.
+    #[error("cannot {op} {path}: {err}")]
+    Io { op: &'static str, path: String, err: io::Error },
+}
+
+impl FileError {
+    fn io(op: &'static str, path: &Path, err: impl Into<io::Error>) -> Self {
+        FileError::Io { op, path: path.display().to_string(), err: err.into() }
+    }
+}
+
+type Result<T> = std::result::Result<T, FileError>;
+
+fn disp(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// What a file type is called in messages.
+pub fn kind_name(t: FileType) -> &'static str {
+    match t {
+        FileType::RegularFile => "a regular file",
+        FileType::Directory => "a directory",
+        FileType::Symlink => "a symbolic link",
+        FileType::Fifo => "a fifo",
+        FileType::Socket => "a socket",
+        FileType::CharacterDevice => "a character device",
+        FileType::BlockDevice => "a block device",
+        FileType::Unknown => "a file of unknown type",
+    }
+}
+
+fn lstat(path: &Path) -> std::result::Result<Option<rfs::Stat>, Errno> {
+    match rfs::statat(CWD, path, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(s) => Ok(Some(s)),
+        Err(Errno::NOENT) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn parent_of(path: &Path) -> &Path {
+    path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."))
+}
+
+fn euid() -> u32 {
+    rustix::process::geteuid().as_raw()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Directories
+
+/// vmtime's runtime directory for this uid (not created here): `/run/vmtime` for root, else
+/// `$XDG_RUNTIME_DIR/vmtime` when that directory is this user's own, else `/tmp/vmtime-UID`.
+pub fn runtime_dir() -> PathBuf {
+    let uid = euid();
+    if uid == 0 {
+        return PathBuf::from("/run/vmtime");
+    }
+    if let Some(x) = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from) {
+        let ours =
+            x.is_absolute() && rfs::stat(&x).is_ok_and(|s| s.st_uid == uid && s.st_mode & 0o077 == 0 && is_dir(&s));
+        if ours {
+            return x.join("vmtime");
+        }
+    }
+    PathBuf::from(format!("/tmp/vmtime-{uid}"))
+}
+
+/// Where a query (status, watch, a relay's default host page) looks for `name`: this user's
+/// runtime directory, then root's `/run/vmtime` if it is a safe directory and `name` is there.
+/// Creates nothing.
+pub fn find_runtime_file(name: &str) -> PathBuf {
+    let own = runtime_dir().join(name);
+    if euid() != 0 && lstat(&own).ok().flatten().is_none() {
+        let system = Path::new("/run/vmtime");
+        if check_dir(system, 0).is_ok() && lstat(&system.join(name)).ok().flatten().is_some() {
+            return system.join(name);
+        }
+    }
+    own
+}
+
+fn is_dir(s: &rfs::Stat) -> bool {
+    FileType::from_raw_mode(s.st_mode) == FileType::Directory
+}
+
+/// Checks an existing directory vmtime keeps its files in: a real directory (not a link),
+/// owned by `owner` (this uid, or root for `/run/vmtime`), writable by nobody else.
+pub fn check_dir(dir: &Path, owner: u32) -> Result<()> {
+    let s = match lstat(dir) {
+        Ok(Some(s)) => s,
+        Ok(None) => return Err(FileError::io("use directory", dir, Errno::NOENT)),
+        Err(e) => return Err(FileError::io("inspect", dir, e)),
+    };
+    let d = disp(dir);
+    let t = FileType::from_raw_mode(s.st_mode);
+    if t != FileType::Directory {
+        return Err(FileError::UnsafeDir {
+            path: d.clone(),
+            why: format!("{} is there, not a directory", kind_name(t)),
+            fix: format!("remove it (rm {d}) and start again"),
+        });
+    }
+    if s.st_uid != owner {
+        return Err(FileError::UnsafeDir {
+            path: d.clone(),
+            why: format!(
+                "owned by uid {}, not uid {owner}: anyone who owns it can forge the time kept there",
+                s.st_uid
+            ),
+            fix: format!("remove it (rm -r {d}) or give it to uid {owner} (chown {owner} {d}; chmod 700 {d})"),
+        });
+    }
+    if s.st_mode & 0o022 != 0 {
+        return Err(FileError::UnsafeDir {
+            path: d.clone(),
+            why: format!("mode {:o} lets other users replace its files", s.st_mode & 0o7777),
+            fix: format!("chmod 700 {d}"),
+        });
+    }
+    Ok(())
+}
+
+/// A daemon's runtime directory: created 0700 (whatever the umask) if missing, else checked.
+/// `/run/vmtime` must be root's when running as root.
+pub fn ensure_private_dir(dir: &Path) -> Result<()> {
+    let uid = euid();
+    if lstat(dir).map_err(|e| FileError::io("inspect", dir, e))?.is_none() {
+        let parent = parent_of(dir);
+        if lstat(parent).map_err(|e| FileError::io("inspect", parent, e))?.is_none() {
+            ensure_private_dir(parent)?;
+        }
+        match rfs::mkdirat(CWD, dir, Mode::from_raw_mode(0o700)) {
+            Ok(()) | Err(Errno::EXIST) => {}
+            Err(e) => return Err(FileError::io("create directory", dir, e)),
+        }
+        // The umask may have removed bits, never added any; set exactly 0700 on what we made.
+        let fd = rfs::openat(
+            CWD,
+            dir,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| FileError::io("open directory", dir, e))?;
+        let s = rfs::fstat(&fd).map_err(|e| FileError::io("inspect", dir, e))?;
+        if s.st_uid == uid {
+            rfs::fchmod(&fd, Mode::from_raw_mode(0o700)).map_err(|e| FileError::io("chmod", dir, e))?;
+        }
+    }
+    check_dir(dir, uid)
+}
+
+/// The directory that will hold a file a daemon writes (`page`, `state`, `socket`): a missing
+/// one is created 0700 (with missing parents); an existing one must not be writable by other
+/// users unless it is sticky (like /tmp, where O_NOFOLLOW, O_EXCL and the checks here protect
+/// the files).
+pub fn ensure_dir_for(file: &Path) -> Result<()> {
+    let dir = parent_of(file);
+    match lstat(dir) {
+        Ok(None) => ensure_private_dir(dir),
+        Ok(Some(s)) => {
+            // A link to a directory is fine for a directory the user named; only files are
+            // never followed.
+            let s = if FileType::from_raw_mode(s.st_mode) == FileType::Symlink {
+                rfs::stat(dir).map_err(|e| FileError::io("inspect", dir, e))?
+            } else {
+                s
+            };
+            let d = disp(dir);
+            if !is_dir(&s) {
+                return Err(FileError::UnsafeDir {
+                    path: d,
+                    why: format!("{} is there, not a directory", kind_name(FileType::from_raw_mode(s.st_mode))),
+                    fix: "give a path in a directory".into(),
+                });
+            }
+            let sticky = s.st_mode & 0o1000 != 0;
+            if s.st_mode & 0o022 != 0 && !sticky {
+                return Err(FileError::UnsafeDir {
+                    path: d.clone(),
+                    why: format!("mode {:o} lets other users replace its files", s.st_mode & 0o7777),
+                    fix: format!("chmod go-w {d}, or use a private directory"),
+                });
+            }
+            Ok(())
+        }
+        Err(e) => Err(FileError::io("inspect", dir, e)),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Locks
+
+/// Who holds a lock on the file open as `fd`, from `/proc/locks` ("pid N", or a description).
+fn lock_holder(fd: impl AsFd) -> String {
+    let Ok(s) = rfs::fstat(fd) else { return "pid unknown".into() };
+    let want = format!("{:02x}:{:02x}:{}", rfs::major(s.st_dev), rfs::minor(s.st_dev), s.st_ino);
+    let locks = std::fs::read_to_string("/proc/locks").unwrap_or_default();
+    for line in locks.lines() {
+        let w: Vec<&str> = line.split_whitespace().collect();
+        // "1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF"
+        if w.len() >= 6 && w[1] == "FLOCK" && w[5] == want {
+            return format!("pid {}", w[4]);
+        }
+    }
+    "pid unknown".into()
+}
+
+fn lock(fd: impl AsFd, path: &Path) -> Result<()> {
+    match rfs::flock(&fd, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(()),
+        Err(Errno::WOULDBLOCK) => Err(FileError::Locked { path: disp(path), holder: lock_holder(&fd) }),
+        Err(e) => Err(FileError::io("lock", path, e)),
+    }
+}
+
+/// An exclusive lock on `path` (created 0600 if missing, never through a link), held until
+/// the value is dropped: the lock of a state file, whose contents are replaced by renames.
+#[derive(Debug)]
+pub struct LockFile {
+    _fd: OwnedFd,
+}
+
+impl LockFile {
+    /// Takes the lock or says who holds it.
+    pub fn acquire(path: &Path) -> Result<Self> {
+        let fd = rfs::openat(
+            CWD,
+            path,
+            OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(|e| match e {
+            Errno::LOOP => FileError::Symlink { path: disp(path) },
+            e => FileError::io("open lock file", path, e),
+        })?;
+        let s = rfs::fstat(&fd).map_err(|e| FileError::io("inspect", path, e))?;
+        let t = FileType::from_raw_mode(s.st_mode);
+        if t != FileType::RegularFile {
+            return Err(FileError::WrongKind { path: disp(path), found: kind_name(t).into(), what: "lock file" });
+        }
+        lock(&fd, path)?;
+        Ok(LockFile { _fd: fd })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Page files
+
+/// What is at a page path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageTarget {
+    /// Nothing: a new file may be created.
+    Absent,
+    /// A regular file holding a vmclock page (its magic), at least one page long.
+    Page,
+    /// A regular file of at least one page whose first page is all zeros (a VMM's new memory
+    /// backend for the guest's page).
+    Zeroed,
+}
+
+/// Inspects a page path without following a link: refuses anything that is not a vmclock page
+/// file or a new path, naming what is there. `action` says what would be done ("replace", "write").
+pub fn inspect_page(path: &Path, action: &'static str) -> Result<PageTarget> {
+    let s = match lstat(path) {
+        Ok(None) => return Ok(PageTarget::Absent),
+        Ok(Some(s)) => s,
+        Err(e) => return Err(FileError::io("inspect", path, e)),
+    };
+    let t = FileType::from_raw_mode(s.st_mode);
+    match t {
+        FileType::RegularFile => {}
+        FileType::Symlink => return Err(FileError::Symlink { path: disp(path) }),
+        t => return Err(FileError::NotAPage { path: disp(path), found: kind_name(t).into(), action }),
+    }
+    let fd =
+        rfs::openat(CWD, path, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC, Mode::empty())
+            .map_err(|e| FileError::io("open", path, e))?;
+    classify(&File::from(fd), path, action)
+}
+
+fn classify(f: &File, path: &Path, action: &'static str) -> Result<PageTarget> {
+    use std::os::unix::fs::FileExt;
+    let len = f.metadata().map_err(|e| FileError::io("inspect", path, e))?.len();
+    let not_page = |found: String| FileError::NotAPage { path: disp(path), found, action };
+    if len < PAGE_SIZE as u64 {
+        return Err(not_page(format!("a regular file of {len} bytes (a page file has at least {PAGE_SIZE})")));
+    }
+    let mut first = vec![0u8; PAGE_SIZE];
+    f.read_exact_at(&mut first, 0).map_err(|e| FileError::io("read", path, e))?;
+    if first[..4] == MAGIC.to_le_bytes() {
+        Ok(PageTarget::Page)
+    } else if first.iter().all(|&b| b == 0) {
+        Ok(PageTarget::Zeroed)
+    } else {
+        Err(not_page("a regular file that is not a vmclock page (no vmclock magic)".into()))
+    }
+}
+
+/// A page file held by its one writer: open for reading and writing, exclusively locked until
+/// dropped. Map it with `vmclock::Mapping::map(page.file(), true)`.
+#[derive(Debug)]
+pub struct PageFile {
+    file: File,
+}
+
+impl PageFile {
+    /// The open file (keep the `PageFile` alive: it holds the lock).
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+}
+
+fn random_tmp(dir: &Path, name: &std::ffi::OsStr) -> PathBuf {
+    let r = crate::event::random_u64().unwrap_or_else(|_| u64::from(std::process::id()) << 20);
+    let mut n = std::ffi::OsString::from(".");
+    n.push(name);
+    n.push(format!(".{r:016x}.tmp"));
+    dir.join(n)
+}
+
+/// Writes `contents` to a new file beside `path` (`O_EXCL`, mode `mode` whatever the umask),
+/// fsyncs it, and renames it to `path`: over nothing (`RENAME_NOREPLACE`) when `replace` is
+/// false. The directory is fsynced after. Returns the open file, locked when `lock_it`.
+fn write_new(path: &Path, contents: &[u8], mode: u32, replace: bool, lock_it: bool) -> Result<File> {
+    let dir = parent_of(path);
+    let name = path.file_name().ok_or_else(|| FileError::io("write", path, Errno::ISDIR))?;
+    let tmp = random_tmp(dir, name);
+    let fd = rfs::openat(
+        CWD,
+        &tmp,
+        OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(mode),
+    )
+    .map_err(|e| FileError::io("create a new file in the directory of", path, e))?;
+    let mut f = File::from(fd);
+    let result = (|| {
+        if lock_it {
+            lock(&f, path)?;
+        }
+        rfs::fchmod(&f, Mode::from_raw_mode(mode)).map_err(|e| FileError::io("set the mode of a new", path, e))?;
+        f.write_all(contents).map_err(|e| FileError::io("write a new", path, e))?;
+        f.sync_all().map_err(|e| FileError::io("fsync a new", path, e))?;
+        let flags = if replace { RenameFlags::empty() } else { RenameFlags::NOREPLACE };
+        let renamed = match rfs::renameat_with(CWD, &tmp, CWD, path, flags) {
+            // A filesystem without RENAME_NOREPLACE: link(2) never replaces either.
+            Err(Errno::INVAL) if !replace => rfs::linkat(CWD, &tmp, CWD, path, AtFlags::empty())
+                .and_then(|_| rfs::unlinkat(CWD, &tmp, AtFlags::empty())),
+            r => r,
+        };
+        renamed.map_err(|e| match e {
+            Errno::EXIST => FileError::io("create (something appeared there meanwhile)", path, e),
+            e => FileError::io("rename a new file to", path, e),
+        })?;
+        sync_dir(dir);
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = rfs::unlinkat(CWD, &tmp, AtFlags::empty());
+    }
+    result.map(|_| f)
+}
+
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = rfs::openat(CWD, dir, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()) {
+        let _ = rfs::fsync(d);
+    }
+}
+
+/// Creates a new page file at `path` with `contents` (mode 0444, locked), replacing only a
+/// vmclock page file that no other writer holds. Used by `gen` and a publisher's first start.
+pub fn create_page(path: &Path, contents: &[u8]) -> Result<PageFile> {
+    let target = inspect_page(path, "replace")?;
+    if target != PageTarget::Absent {
+        // Someone's page: not while its writer runs.
+        let fd = rfs::openat(CWD, path, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
+            .map_err(|e| FileError::io("open", path, e))?;
+        lock(&fd, path)?;
+    }
+    let file = write_new(path, contents, 0o444, target != PageTarget::Absent, true)?;
+    Ok(PageFile { file })
+}
+
+/// Opens an existing page file in place (its readers keep their mappings) for its one writer:
+/// a regular file, not a link, holding a vmclock page or zeros (`inspect_page`), locked
+/// exclusively. A read-only (0444) page of one's own is opened by adding the owner's write bit
+/// for the moment of the open.
+pub fn open_page(path: &Path) -> Result<PageFile> {
+    let ro =
+        rfs::openat(CWD, path, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC, Mode::empty())
+            .map_err(|e| match e {
+            Errno::LOOP => FileError::Symlink { path: disp(path) },
+            e => FileError::io("open", path, e),
+        })?;
+    let ro_stat = rfs::fstat(&ro).map_err(|e| FileError::io("inspect", path, e))?;
+    let t = FileType::from_raw_mode(ro_stat.st_mode);
+    if t != FileType::RegularFile {
+        return Err(FileError::NotAPage { path: disp(path), found: kind_name(t).into(), action: "write" });
+    }
+    let ro = File::from(ro);
+    classify(&ro, path, "write")?;
+    let flags = OFlags::RDWR | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let rw = match rfs::openat(CWD, path, flags, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(Errno::ACCESS) if ro_stat.st_uid == euid() => {
+            let mode = ro_stat.st_mode & 0o7777;
+            rfs::fchmod(&ro, Mode::from_raw_mode(mode | 0o200)).map_err(|e| FileError::io("chmod", path, e))?;
+            let rw = rfs::openat(CWD, path, flags, Mode::empty());
+            let _ = rfs::fchmod(&ro, Mode::from_raw_mode(mode));
+            rw.map_err(|e| FileError::io("open for writing", path, e))?
+        }
+        Err(e) => return Err(FileError::io("open for writing", path, e)),
+    };
+    let rw_stat = rfs::fstat(&rw).map_err(|e| FileError::io("inspect", path, e))?;
+    if (rw_stat.st_dev, rw_stat.st_ino) != (ro_stat.st_dev, ro_stat.st_ino) {
+        return Err(FileError::io("open (it was replaced while being opened)", path, Errno::AGAIN));
+    }
+    drop(ro);
+    lock(&rw, path)?;
+    // Checked again under the lock: another writer may have just finished with it.
+    let file = File::from(rw);
+    classify(&file, path, "write")?;
+    Ok(PageFile { file })
+}
+
+/// A publisher's page: the page file found at `path` taken over in place when it is a vmclock
+/// page (returns its first page's bytes too), else a new page with `blank`.
+pub fn open_or_create_page(path: &Path, blank: &[u8]) -> Result<(PageFile, Option<Vec<u8>>)> {
+    match inspect_page(path, "write")? {
+        PageTarget::Absent => Ok((create_page(path, blank)?, None)),
+        PageTarget::Zeroed => Ok((open_page(path)?, None)),
+        PageTarget::Page => {
+            use std::os::unix::fs::FileExt;
+            let p = open_page(path)?;
+            let mut bytes = vec![0u8; PAGE_SIZE];
+            p.file.read_exact_at(&mut bytes, 0).map_err(|e| FileError::io("read", path, e))?;
+            Ok((p, Some(bytes)))
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// State files
+
+/// The largest state file read (a relay's is a few hundred bytes).
+pub const MAX_STATE: u64 = 64 * 1024;
+
+/// Reads a state file: `Ok(None)` only when it does not exist (ENOENT); any other problem
+/// (permissions, a link, not a regular file, too large, an I/O error) is an error.
+pub fn read_state(path: &Path) -> Result<Option<Vec<u8>>> {
+    let fd = match rfs::openat(
+        CWD,
+        path,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(Errno::NOENT) => return Ok(None),
+        Err(Errno::LOOP) => return Err(FileError::Symlink { path: disp(path) }),
+        Err(e) => return Err(FileError::io("read state", path, e)),
+    };
+    let s = rfs::fstat(&fd).map_err(|e| FileError::io("inspect", path, e))?;
+    let t = FileType::from_raw_mode(s.st_mode);
+    if t != FileType::RegularFile {
+        return Err(FileError::WrongKind { path: disp(path), found: kind_name(t).into(), what: "state file" });
+    }
+    if s.st_size as u64 > MAX_STATE {
+        return Err(FileError::TooLarge {
+            path: disp(path),
+            len: s.st_size as u64,
+            max: MAX_STATE,
+            what: "state file",
+        });
+    }
+    let mut v = Vec::new();
+    File::from(fd).take(MAX_STATE + 1).read_to_end(&mut v).map_err(|e| FileError::io("read state", path, e))?;
+    Ok(Some(v))
+}
+
+/// Saves a state file durably before anything depends on it: a new 0600 file (whatever the
+/// umask) written under an `O_EXCL` name, fsynced, renamed over `path` (never through a link:
+/// a link at `path` is refused), directory fsynced. Returns only once it is on disk.
+pub fn write_state(path: &Path, contents: &[u8]) -> Result<()> {
+    match lstat(path) {
+        Ok(None) => {}
+        Ok(Some(s)) => {
+            let t = FileType::from_raw_mode(s.st_mode);
+            if t == FileType::Symlink {
+                return Err(FileError::Symlink { path: disp(path) });
+            }
+            if t != FileType::RegularFile {
+                return Err(FileError::WrongKind { path: disp(path), found: kind_name(t).into(), what: "state file" });
+            }
+        }
+        Err(e) => return Err(FileError::io("inspect", path, e)),
+    }
+    write_new(path, contents, 0o600, true, false).map(drop)
+}
+
+/// Whether `a` and `b` name the same existing file (both stat'ed without following links).
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    match (lstat(a), lstat(b)) {
+        (Ok(Some(x)), Ok(Some(y))) => (x.st_dev, x.st_ino) == (y.st_dev, y.st_ino),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn blank() -> Vec<u8> {
+        vmclock::PageBuilder::new().page_bytes().to_vec()
+    }
+
+    #[test]
+    fn new_page_is_0444_locked_and_leaves_no_temporary() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("page");
+        let f = create_page(&p, &blank()).unwrap();
+        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o444);
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
+        let e = open_page(&p).unwrap_err();
+        assert!(matches!(e, FileError::Locked { .. }), "{e}");
+        assert!(e.to_string().contains(&format!("pid {}", std::process::id())), "{e}");
+        drop(f);
+        open_page(&p).unwrap();
+    }
+}

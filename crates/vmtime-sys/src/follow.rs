@@ -1,0 +1,236 @@
+//! Reading a page someone else writes, without ever dying of it.
+//!
+//! A device (`/dev/vmclock0`) cannot shrink: it is mapped once and read with the seqlock. A
+//! regular file can be truncated or replaced at any moment by whoever owns it, and touching a
+//! mapped page beyond the end of a file is SIGBUS. So a page *file* is never mapped by a
+//! follower: it is read with `pread` into private memory. The seqlock's protocol over copies: a
+//! copy is taken twice; it is consistent when the two copies are equal and the count is even
+//! (the count is read in the first copy before the body and again in the second after it, so no
+//! write began or ended between them). A short file is an error the follower handles (holdover),
+//! never a signal.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use vmclock::abi::{ABI_SIZE, PAGE_SIZE};
+use vmclock::seqlock::{self, RawWords, WORDS};
+use vmclock::{Mapping, ReadError, Snapshot};
+
+/// Why a page could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum FollowError {
+    /// The file is shorter than the structure (truncated by its owner, or not a page).
+    #[error("{path} is only {len} bytes now (a page needs {ABI_SIZE}): holding over until it is a page again")]
+    Short { path: String, len: u64 },
+    /// No consistent copy within the wait (a writer stuck mid-update).
+    #[error("{path}: no consistent copy ({err})")]
+    Busy { path: String, err: ReadError },
+    /// The copy is not a valid page.
+    #[error("{path}: {err}")]
+    Invalid { path: String, err: ReadError },
+    /// A system call failed.
+    #[error("cannot read {path}: {err}")]
+    Io { path: String, err: io::Error },
+}
+
+enum Source {
+    Device(Mapping),
+    File(File),
+}
+
+/// A page to read: a device mapped once, or a file read with `pread`.
+pub struct PageReader {
+    path: PathBuf,
+    source: Source,
+    dev_ino: (u64, u64),
+}
+
+impl std::fmt::Debug for PageReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PageReader").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+impl PageReader {
+    /// Opens a page for reading (follows links: reading is harmless).
+    pub fn open(path: &Path) -> Result<Self, FollowError> {
+        let io_err = |err| FollowError::Io { path: path.display().to_string(), err };
+        let f = File::open(path).map_err(io_err)?;
+        let m = f.metadata().map_err(io_err)?;
+        let source = if m.file_type().is_char_device() {
+            Source::Device(Mapping::map(&f, false).map_err(io_err)?)
+        } else if m.file_type().is_file() {
+            Source::File(f)
+        } else {
+            return Err(io_err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a vmclock device or page file (a directory, fifo or socket)",
+            )));
+        };
+        Ok(PageReader { path: path.to_path_buf(), source, dev_ino: (m.dev(), m.ino()) })
+    }
+
+    /// The path it was opened by.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether it is a device (which has its own notification by `poll`).
+    pub fn is_device(&self) -> bool {
+        matches!(self.source, Source::Device(_))
+    }
+
+    /// The device's open file, if it is one (for its notification).
+    fn name(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    /// A consistent copy of the structure and how many bytes of the page exist.
+    pub fn read_raw(&self) -> Result<(RawWords, usize), FollowError> {
+        match &self.source {
+            Source::Device(m) => {
+                let w = seqlock::read_raw(m, seqlock::DEFAULT_MAX_WAIT)
+                    .map_err(|err| FollowError::Busy { path: self.name(), err })?;
+                Ok((w, PAGE_SIZE))
+            }
+            Source::File(f) => self.read_file(f),
+        }
+    }
+
+    fn read_file(&self, f: &File) -> Result<(RawWords, usize), FollowError> {
+        let io_err = |err| FollowError::Io { path: self.name(), err };
+        let start = std::time::Instant::now();
+        let mut attempts = 0u32;
+        loop {
+            let len = f.metadata().map_err(io_err)?.len();
+            if len < ABI_SIZE as u64 {
+                return Err(FollowError::Short { path: self.name(), len });
+            }
+            let a = pread_words(f).map_err(io_err)?;
+            let b = pread_words(f).map_err(io_err)?;
+            match (a, b) {
+                (Some(a), Some(b)) if a == b && u32::from_le(a[seqlock::SEQ_WORD]) & 1 == 0 => {
+                    return Ok((a, (len as usize).min(PAGE_SIZE)));
+                }
+                (None, _) | (_, None) => {
+                    let len = f.metadata().map_err(io_err)?.len();
+                    return Err(FollowError::Short { path: self.name(), len });
+                }
+                _ => {}
+            }
+            attempts += 1;
+            let waited = start.elapsed();
+            if waited >= seqlock::DEFAULT_MAX_WAIT {
+                let err = ReadError::Timeout { attempts, waited_us: waited.as_micros() as u64 };
+                return Err(FollowError::Busy { path: self.name(), err });
+            }
+            if attempts > 16 {
+                std::thread::yield_now();
+            }
+        }
+    }
+
+    /// A consistent, validated snapshot.
+    pub fn read(&self) -> Result<Snapshot, FollowError> {
+        let (w, available) = self.read_raw()?;
+        Snapshot::from_words(w, available).map_err(|e| FollowError::Invalid { path: self.name(), err: e.into() })
+    }
+
+    /// The structure's bytes (validated or not) and how many bytes of the page exist.
+    pub fn bytes(&self) -> Result<([u8; ABI_SIZE], usize), FollowError> {
+        let (w, available) = self.read_raw()?;
+        let mut bytes = [0u8; ABI_SIZE];
+        for (b, w) in bytes.chunks_exact_mut(4).zip(w) {
+            b.copy_from_slice(&w.to_ne_bytes());
+        }
+        Ok((bytes, available))
+    }
+
+    /// Whether the file at the path is another one than this reader's (replaced by a rename).
+    pub fn replaced(&self) -> bool {
+        std::fs::metadata(&self.path).is_ok_and(|m| (m.dev(), m.ino()) != self.dev_ino)
+    }
+}
+
+/// The structure's words by `pread`; `None` when the file is shorter.
+fn pread_words(f: &File) -> io::Result<Option<RawWords>> {
+    let mut buf = [0u8; ABI_SIZE];
+    let mut got = 0;
+    while got < ABI_SIZE {
+        match f.read_at(&mut buf[got..], got as u64) {
+            Ok(0) => return Ok(None),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let mut w = [0u32; WORDS];
+    for (w, b) in w.iter_mut().zip(buf.chunks_exact(4)) {
+        *w = u32::from_ne_bytes(b.try_into().expect("4 bytes"));
+    }
+    Ok(Some(w))
+}
+
+/// A page followed across its publisher's restarts: when the file at the path is replaced (a
+/// new inode), the new one is opened.
+#[derive(Debug)]
+pub struct FollowedPage {
+    reader: PageReader,
+}
+
+impl FollowedPage {
+    /// Opens the page at `path`.
+    pub fn open(path: &Path) -> Result<Self, FollowError> {
+        Ok(FollowedPage { reader: PageReader::open(path)? })
+    }
+
+    /// The reader of the current file.
+    pub fn reader(&self) -> &PageReader {
+        &self.reader
+    }
+
+    /// The path followed.
+    pub fn path(&self) -> &Path {
+        self.reader.path()
+    }
+
+    /// Re-opens the path if its file was replaced; returns whether it was. A path that is
+    /// briefly missing (mid-rename) or unreadable keeps the old file.
+    pub fn refresh(&mut self) -> bool {
+        if self.reader.is_device() || !self.reader.replaced() {
+            return false;
+        }
+        match PageReader::open(&self.reader.path) {
+            Ok(r) => {
+                self.reader = r;
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// A consistent, validated snapshot of the current file.
+    pub fn read(&self) -> Result<Snapshot, FollowError> {
+        self.reader.read()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_truncated_file_is_an_error_not_a_signal() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("page");
+        std::fs::write(&p, vmclock::PageBuilder::new().page_bytes()).unwrap();
+        let r = PageReader::open(&p).unwrap();
+        r.read_raw().unwrap();
+        std::fs::OpenOptions::new().write(true).open(&p).unwrap().set_len(10).unwrap();
+        let e = r.read_raw().unwrap_err();
+        assert!(matches!(e, FollowError::Short { len: 10, .. }), "{e}");
+        std::fs::OpenOptions::new().write(true).open(&p).unwrap().set_len(0).unwrap();
+        assert!(matches!(r.read_raw().unwrap_err(), FollowError::Short { len: 0, .. }));
+    }
+}

@@ -1,0 +1,260 @@
+//! `vmtime feed chrony|clockbound`: vmtime's page for software that already runs — chrony's
+//! SOCK refclock and ClockBound's clients (docs/INTEROP.md). The decisions are in
+//! `vmtime_core::feed`; this is the loop and the I/O. Neither command changes a clock.
+
+use crate::values::{Burst, DriftPpb, DurationS, FeedIntervalMs, LifeMs};
+use anyhow::{bail, Context, Result};
+use clap::{Args as ClapArgs, Subcommand, ValueEnum};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+use vmclock::Snapshot;
+use vmtime_core::feed::chrony::{ChronyAction, ChronyFeed};
+use vmtime_core::feed::clockbound::{CbStatus, ClockBoundConfig, ClockBoundFeed, ErrorBound};
+use vmtime_core::feed::{Hold, Observation};
+use vmtime_core::AbaSample;
+use vmtime_sys::clock::{aba_sample, gettime, ClockId};
+use vmtime_sys::event;
+use vmtime_sys::feed::{ChronySocket, ClockBoundSegment};
+
+#[derive(ClapArgs, Debug)]
+pub struct Args {
+    #[command(subcommand)]
+    target: Target,
+}
+
+#[derive(Subcommand, Debug)]
+enum Target {
+    /// Send chrony SOCK refclock samples (chrony.conf: `refclock SOCK PATH`).
+    Chrony(ChronyArgs),
+    /// Maintain ClockBound 2.x's shared-memory segment for its unmodified clients.
+    Clockbound(ClockBoundArgs),
+}
+
+#[derive(ClapArgs, Debug)]
+struct Common {
+    /// The page: a vmclock device or page file.
+    #[arg(long, default_value = crate::DEFAULT_GUEST_PAGE)]
+    source: PathBuf,
+    /// Interval between samples or updates, ms (10 to 3600000).
+    #[arg(long, default_value = "1000")]
+    interval_ms: FeedIntervalMs,
+    /// (CLOCK_REALTIME, counter, CLOCK_REALTIME) samples per measurement (1 to 256).
+    #[arg(long, default_value = "16")]
+    burst: Burst,
+    /// Exit after this many seconds.
+    #[arg(long)]
+    duration_s: Option<DurationS>,
+}
+
+#[derive(ClapArgs, Debug)]
+struct ChronyArgs {
+    #[command(flatten)]
+    common: Common,
+    /// chronyd's SOCK refclock socket (chronyd creates it).
+    #[arg(long)]
+    socket: PathBuf,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum DisruptionSupport {
+    /// On when the source is /dev/vmclock0 (the device the clients compare markers with).
+    Auto,
+    On,
+    Off,
+}
+
+#[derive(ClapArgs, Debug)]
+struct ClockBoundArgs {
+    #[command(flatten)]
+    common: Common,
+    /// The directory of the segment (`shm0` in it).
+    #[arg(long, default_value = "/var/run/clockbound")]
+    dir: PathBuf,
+    /// How long the segment stays valid without an update, ms (at least two intervals).
+    #[arg(long, default_value = "5000")]
+    life_ms: LifeMs,
+    /// Drift allowed to CLOCK_REALTIME beyond the rate measured, ppb (ClockBound assumes 15 ppm).
+    #[arg(long, default_value = "15000")]
+    drift_margin_ppb: DriftPpb,
+    /// Whether clients compare the segment's marker with /dev/vmclock0's.
+    #[arg(long, value_enum, default_value_t = DisruptionSupport::Auto)]
+    disruption_support: DisruptionSupport,
+}
+
+pub fn run(a: Args) -> Result<ExitCode> {
+    match a.target {
+        Target::Chrony(c) => run_chrony(c),
+        Target::Clockbound(c) => run_clockbound(c),
+    }
+}
+
+/// The interval (the ranges are checked when the flags are parsed: crate::values).
+fn validate(c: &Common) -> Result<Duration> {
+    Ok(Duration::from_millis(c.interval_ms.get()))
+}
+
+/// The page, a measurement burst and the page again.
+struct Measurer {
+    page: crate::page::FollowedPage,
+    samples: Vec<AbaSample>,
+}
+
+impl Measurer {
+    fn open(path: &Path, burst: usize) -> Result<Self> {
+        Ok(Measurer { page: crate::page::FollowedPage::open(path)?, samples: Vec::with_capacity(burst) })
+    }
+
+    fn read(&self) -> Result<Snapshot> {
+        Ok(self.page.read()?)
+    }
+
+    /// (before, after, monotonic ns), the burst left in `self.samples`.
+    fn measure(&mut self, burst: usize) -> Result<(Snapshot, Snapshot, i128)> {
+        self.page.refresh();
+        let before = self.read()?;
+        self.samples.clear();
+        for _ in 0..burst {
+            self.samples.push(aba_sample(ClockId::Realtime)?);
+        }
+        let after = self.read()?;
+        Ok((before, after, gettime(ClockId::Monotonic)?))
+    }
+}
+
+/// Prints a line when the reason for holding changes.
+fn report(last: &mut Option<Option<Hold>>, now: Option<Hold>, what: &str) {
+    if *last != Some(now) {
+        match now {
+            Some(h) => eprintln!("{what}: holding: {}", h.describe()),
+            None => eprintln!("{what}: running"),
+        }
+        *last = Some(now);
+    }
+}
+
+fn run_chrony(a: ChronyArgs) -> Result<ExitCode> {
+    let interval = validate(&a.common)?;
+    let mut m = Measurer::open(&a.common.source, a.common.burst.get() as usize)?;
+    let sock = ChronySocket::new(&a.socket)?;
+    let mut feed = ChronyFeed::new(interval.as_nanos() as i128);
+    let timer = event::Interval::new(interval)?;
+    eprintln!(
+        "vmtime feed chrony: {} → {} every {} ms (chrony.conf: refclock SOCK {})",
+        a.common.source.display(),
+        a.socket.display(),
+        a.common.interval_ms,
+        a.socket.display()
+    );
+    let end = a.common.duration_s.map(|d| Instant::now() + Duration::from_secs(d.get()));
+    let (mut last, mut send_failing) = (None, false);
+    loop {
+        let action = match m.measure(a.common.burst.get() as usize) {
+            Ok((before, after, mono_ns)) => feed.handle(&Observation { before, after, samples: &m.samples, mono_ns }),
+            Err(e) => {
+                eprintln!("{}: {e:#}", a.common.source.display());
+                ChronyAction::Hold(Hold::NoTime)
+            }
+        };
+        match action {
+            ChronyAction::Send(s) => {
+                report(&mut last, None, "chrony feed");
+                match sock.send(&s.to_bytes()) {
+                    Ok(()) if send_failing => {
+                        eprintln!("{}: chronyd receives samples again", a.socket.display());
+                        send_failing = false;
+                    }
+                    Ok(()) => {}
+                    Err(e) if !send_failing => {
+                        eprintln!(
+                            "{}: cannot send ({e}); is chronyd running with `refclock SOCK {}`? (retrying each interval)",
+                            a.socket.display(),
+                            a.socket.display()
+                        );
+                        send_failing = true;
+                    }
+                    Err(_) => {}
+                }
+            }
+            ChronyAction::Hold(h) => report(&mut last, Some(h), "chrony feed"),
+        }
+        if end.is_some_and(|e| Instant::now() >= e) {
+            break;
+        }
+        event::poll_readable(&[timer.fd()], -1)?;
+        timer.ack()?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_clockbound(a: ClockBoundArgs) -> Result<ExitCode> {
+    let interval = validate(&a.common)?;
+    if a.life_ms.get() < 2 * a.common.interval_ms.get() {
+        bail!(
+            "--life-ms {}: give at least two intervals ({} ms) and at most 3600000",
+            a.life_ms,
+            2 * a.common.interval_ms.get()
+        );
+    }
+    let disruption_support = match a.disruption_support {
+        DisruptionSupport::On => true,
+        DisruptionSupport::Off => false,
+        DisruptionSupport::Auto => a.common.source == Path::new(crate::DEFAULT_GUEST_PAGE),
+    };
+    let mut m = Measurer::open(&a.common.source, a.common.burst.get() as usize)?;
+    std::fs::create_dir_all(&a.dir).with_context(|| format!("cannot create {}", a.dir.display()))?;
+    let path = a.dir.join("shm0");
+    let mut seg = ClockBoundSegment::open_or_create(&path)
+        .with_context(|| format!("cannot create the ClockBound segment {}", path.display()))?;
+    let cfg = ClockBoundConfig {
+        life_ns: a.life_ms.get() as i128 * 1_000_000,
+        drift_margin_ppb: a.drift_margin_ppb.get(),
+        disruption_support,
+        holdoff_ns: 2 * interval.as_nanos() as i128,
+    };
+    let mut feed = ClockBoundFeed::new(cfg);
+    let timer = event::Interval::new(interval)?;
+    let end = a.common.duration_s.map(|d| Instant::now() + Duration::from_secs(d.get()));
+    let mut last = None;
+    let mut first = true;
+    loop {
+        let as_of = gettime(ClockId::MonotonicCoarse)?;
+        let eb = match m.measure(a.common.burst.get() as usize) {
+            Ok((before, after, mono_ns)) => {
+                feed.handle(&Observation { before, after, samples: &m.samples, mono_ns }, as_of)
+            }
+            Err(e) => {
+                eprintln!("{}: {e:#}", a.common.source.display());
+                feed.last_hold = Some(Hold::NoTime);
+                ErrorBound {
+                    as_of_ns: as_of,
+                    void_after_ns: as_of + cfg.life_ns,
+                    bound_ns: 0,
+                    disruption_marker: 0,
+                    max_drift_ppb: 0,
+                    status: CbStatus::Unknown,
+                    disruption_support,
+                }
+            }
+        };
+        seg.write(&eb.to_bytes());
+        if first {
+            eprintln!(
+                "vmtime feed clockbound: {} → {} every {} ms (life {} ms, disruption support {})",
+                a.common.source.display(),
+                path.display(),
+                a.common.interval_ms,
+                a.life_ms,
+                if disruption_support { "on" } else { "off" }
+            );
+            first = false;
+        }
+        report(&mut last, feed.last_hold, "clockbound feed");
+        if end.is_some_and(|e| Instant::now() >= e) {
+            break;
+        }
+        event::poll_readable(&[timer.fd()], -1)?;
+        timer.ack()?;
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,184 @@
+//! `vmtime feed clockbound` read by the real, unmodified `clock-bound-client` 2.0.3 (crates.io),
+//! from a temporary directory.
+mod common;
+use clock_bound_client::{ClockBoundClient, ClockStatus};
+use common::{start, vmtime};
+use std::path::Path;
+use std::time::{Duration, Instant};
+use vmtime_sys::clock::{gettime, ClockId};
+
+const MAXERROR_NS: i128 = 50_000;
+const AHEAD_NS: i128 = 100_000;
+
+/// A page of this machine's clock moved `AHEAD_NS` ahead, maxerror 50 µs, period maxerror 1 ppm,
+/// disruption marker `marker`.
+fn gen_page(dir: &Path, page: &Path, marker: u64) {
+    let base = dir.join("base");
+    let out = vmtime(&["gen", base.to_str().unwrap(), "--tai-offset", "37", "--calibrate-ms", "300"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v = common::show(&base);
+    let f = &v["fields"];
+    let time_ns = f["time_sec"].as_u64().unwrap() as i128 * 1_000_000_000
+        + ((f["time_frac_sec"].as_u64().unwrap() as u128 * 1_000_000_000) >> 64) as i128;
+    let out = vmtime(&[
+        "gen",
+        page.to_str().unwrap(),
+        "--tai-offset",
+        "37",
+        "--counter",
+        &f["counter_value"].as_u64().unwrap().to_string(),
+        "--time-ns",
+        &(time_ns + AHEAD_NS).to_string(),
+        "--counter-hz",
+        &(v["frequency_hz"].as_f64().unwrap().round() as u64).to_string(),
+        "--maxerror-ns",
+        &MAXERROR_NS.to_string(),
+        "--period-maxerror-ppb",
+        "1000",
+        "--disruption-marker",
+        &marker.to_string(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // A published page has been updated at least once. clock-bound-client 2.0.3 caches its
+    // copy of the vmclock page by seq_count from 0, so a page still at seq_count 0 would read as
+    // marker 0: give the page seq_count 2 (replaced atomically, as a publisher does).
+    let mut bytes = std::fs::read(page).unwrap();
+    bytes[12..16].copy_from_slice(&2u32.to_le_bytes());
+    let tmp = dir.join("page.tmp");
+    std::fs::write(&tmp, &bytes).unwrap();
+    std::fs::rename(&tmp, page).unwrap();
+}
+
+fn reading(c: &mut ClockBoundClient) -> (i128, i128, ClockStatus) {
+    let r = c.now().expect("clock-bound-client now()");
+    let ns = |sec: i64, nsec: i64| sec as i128 * 1_000_000_000 + nsec as i128;
+    (ns(r.earliest.tv_sec(), r.earliest.tv_nsec()), ns(r.latest.tv_sec(), r.latest.tv_nsec()), r.clock_status)
+}
+
+fn start_feed(page: &Path, dir: &Path, support: &str) -> common::Daemon {
+    let (d, _) = start(
+        &[
+            "feed",
+            "clockbound",
+            "--source",
+            page.to_str().unwrap(),
+            "--dir",
+            dir.to_str().unwrap(),
+            "--interval-ms",
+            "100",
+            "--life-ms",
+            "2000",
+            "--disruption-support",
+            support,
+            "--duration-s",
+            "60",
+        ],
+        "vmtime feed clockbound",
+    );
+    d
+}
+
+/// Waits (bounded) until the client reports `want`.
+fn wait_status(c: &mut ClockBoundClient, want: ClockStatus, within: Duration) -> bool {
+    let end = Instant::now() + within;
+    while Instant::now() < end {
+        if reading(c).2 == want {
+            return true;
+        }
+        std::thread::yield_now();
+    }
+    false
+}
+
+#[test]
+fn thousand_readings_are_synchronized_honest_and_contain_realtime() {
+    if vmclock::counter::NATIVE == vmclock::abi::counter_id::INVALID {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let page = dir.path().join("page");
+    gen_page(dir.path(), &page, 1);
+    let _feed = start_feed(&page, dir.path(), "off");
+    let seg = dir.path().join("shm0");
+    let mut c = ClockBoundClient::new_with_path(seg.to_str().unwrap()).expect("the client opens vmtime's segment");
+    let clock = vmclock::Clock::open(&page).unwrap();
+    let page_now = || {
+        let n = clock.now().unwrap().utc().unwrap();
+        (n.time.as_nanos() as i128, n.maxerror_ns().unwrap() as i128)
+    };
+    for i in 0..1000 {
+        let r1 = gettime(ClockId::Realtime).unwrap();
+        let (p1, e1) = page_now();
+        let (earliest, latest, status) = reading(&mut c);
+        let (p2, _) = page_now();
+        let r2 = gettime(ClockId::Realtime).unwrap();
+        assert_eq!(status, ClockStatus::Synchronized, "reading {i}");
+        // CLOCK_REALTIME at the client's read lies in [r1, r2].
+        assert!(
+            earliest <= r2 && latest >= r1,
+            "reading {i}: [{earliest}, {latest}] misses CLOCK_REALTIME [{r1}, {r2}]"
+        );
+        // Honest: every time the page allows at that instant is inside (necessary conditions:
+        // the page's time then lies in [p1, p2] and its maxerror is at least e1).
+        assert!(earliest <= p2 - e1, "reading {i}: earliest {earliest} > page's earliest {}", p2 - e1);
+        assert!(latest >= p1 + e1, "reading {i}: latest {latest} < page's latest {}", p1 + e1);
+        // And not absurdly wide: the page's offset + maxerror + 1 ms of growth at most.
+        assert!(
+            latest - earliest < 2 * (AHEAD_NS + MAXERROR_NS + 1_000_000),
+            "reading {i}: {} ns wide",
+            latest - earliest
+        );
+    }
+}
+
+#[test]
+fn a_disruption_is_seen_by_the_client() {
+    if vmclock::counter::NATIVE == vmclock::abi::counter_id::INVALID {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let page = dir.path().join("page");
+    gen_page(dir.path(), &page, 1);
+    let feed = start_feed(&page, dir.path(), "off");
+    let seg = dir.path().join("shm0");
+    let mut c = ClockBoundClient::new_with_path(seg.to_str().unwrap()).unwrap();
+    assert!(wait_status(&mut c, ClockStatus::Synchronized, Duration::from_secs(10)));
+    // The page is replaced by one with another marker: the segment says Disrupted until the
+    // new page is current (a page that is not updated again: after two intervals).
+    gen_page(dir.path(), &page, 2);
+    assert!(wait_status(&mut c, ClockStatus::Disrupted, Duration::from_secs(10)), "the client never saw Disrupted");
+    assert!(
+        wait_status(&mut c, ClockStatus::Synchronized, Duration::from_secs(10)),
+        "no recovery after the disruption"
+    );
+    drop(feed);
+
+    // With disruption support on, a client compares the segment's marker with the page's itself:
+    // when the page's marker changes and vmtime is not there to follow, it says Unknown at once.
+    let _feed = start_feed(&page, dir.path(), "on");
+    let mut c = ClockBoundClient::new_with_paths(seg.to_str().unwrap(), page.to_str().unwrap()).unwrap();
+    assert!(wait_status(&mut c, ClockStatus::Synchronized, Duration::from_secs(10)));
+    drop(_feed);
+    gen_page(dir.path(), &page, 3);
+    let mut fresh = ClockBoundClient::new_with_paths(seg.to_str().unwrap(), page.to_str().unwrap()).unwrap();
+    assert_eq!(reading(&mut fresh).2, ClockStatus::Unknown, "a changed marker must void the segment");
+}
+
+#[test]
+fn the_segment_is_void_after_its_life() {
+    if vmclock::counter::NATIVE == vmclock::abi::counter_id::INVALID {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let page = dir.path().join("page");
+    gen_page(dir.path(), &page, 1);
+    let feed = start_feed(&page, dir.path(), "off");
+    let seg = dir.path().join("shm0");
+    let mut c = ClockBoundClient::new_with_path(seg.to_str().unwrap()).unwrap();
+    assert!(wait_status(&mut c, ClockStatus::Synchronized, Duration::from_secs(10)));
+    drop(feed); // vmtime stops: the segment's stated life is 2 s
+    let stopped = gettime(ClockId::Monotonic).unwrap();
+    assert!(wait_status(&mut c, ClockStatus::Unknown, Duration::from_secs(10)), "the segment never became void");
+    let after = gettime(ClockId::Monotonic).unwrap() - stopped;
+    assert!(after >= 1_800_000_000, "void after {after} ns, before its 2 s life");
+}
