@@ -399,4 +399,60 @@ mod tests {
         assert_eq!(n.status, abi::status::FREERUNNING);
         close(c);
     }
+
+    #[test]
+    fn threads_share_one_handle_while_the_page_is_rewritten() {
+        if vmclock_rs::counter::NATIVE == abi::counter_id::INVALID {
+            return;
+        }
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let p = page_file(dir.path(), abi::status::SYNCHRONIZED);
+        let base = std::fs::read(&p).unwrap();
+        let c = open(cpath(&p).as_ptr(), std::ptr::null_mut());
+        assert!(!c.is_null());
+        let handle = c as usize; // shared read-only by the threads, as C would
+        let map = vmclock_rs::Mapping::open_rw(&p).unwrap();
+        let mut w = vmclock_rs::Writer::new(vmclock_rs::WritableMapping::new(map).unwrap());
+        let snap = vmclock_rs::Snapshot::from_bytes(&base).unwrap();
+        let done = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let readers: Vec<_> = (0..3)
+                .map(|_| {
+                    let done = &done;
+                    s.spawn(move || {
+                        let (mut reads, mut last) = (0u64, 0u64);
+                        // During the writes, and 100 successful readings after them at least.
+                        while !done.load(Ordering::Relaxed) || reads < 100 {
+                            let mut n = vmclock_now::default();
+                            match now(handle as *const vmclock, &mut n) {
+                                VMCLOCK_OK => {}
+                                // A writer that never pauses may hold off a reader for 100 ms
+                                // on a loaded machine: a code, not a torn read.
+                                VMCLOCK_E_BUSY => continue,
+                                e => panic!("vmclock_now: {e}"),
+                            }
+                            assert!(n.disruption_marker >= last, "marker went back");
+                            assert!(n.earliest_ns <= n.time_ns && n.time_ns <= n.latest_ns);
+                            last = n.disruption_marker;
+                            reads += 1;
+                        }
+                        (reads, last)
+                    })
+                })
+                .collect();
+            for m in 1..=20_000u64 {
+                let mut raw = *snap.raw();
+                raw.disruption_marker = m.into();
+                w.publish(&raw);
+            }
+            done.store(true, Ordering::Relaxed);
+            for r in readers {
+                let (reads, last) = r.join().unwrap();
+                assert!(reads >= 100);
+                assert_eq!(last, 20_000, "the last page published is the one read at the end");
+            }
+        });
+        close(c);
+    }
 }

@@ -105,6 +105,14 @@ impl PageBuilder {
         self
     }
 
+    /// The constant fields alone, `counter_id` and `time_type` (which readers take once, as the
+    /// Linux driver does at probe): for a page that has no time to give yet.
+    pub fn constants(mut self, counter_id: u8, time_type: u8) -> Self {
+        self.abi.counter_id = counter_id;
+        self.abi.time_type = time_type;
+        self
+    }
+
     /// TAI − UTC (37 in 2026), flagged valid. The page stores its negation, UTC − TAI (−37),
     /// the convention of the Linux driver and spec v1.1.
     pub fn tai_minus_utc(self, sec: i16) -> Self {

@@ -58,6 +58,11 @@ pub struct HostConfig {
     pub marker_seed: u64,
     /// Whether subscribers are notified of updates (NOTIFICATION_PRESENT).
     pub notify: bool,
+    /// The page's `time_type`, a constant field (readers take it once, as the Linux driver does
+    /// at probe): TAI when TAI − UTC is known when the page is created, else UTC, whose
+    /// `tai_offset_sec` is filled in later (a dynamic field). `None`: decided by the first
+    /// observation. A page taken over on restart keeps its own.
+    pub time_type: Option<u8>,
 }
 
 impl Default for HostConfig {
@@ -74,6 +79,7 @@ impl Default for HostConfig {
             latency_ticks: 50_000_000,
             marker_seed: 1,
             notify: true,
+            time_type: None,
         }
     }
 }
@@ -231,6 +237,10 @@ pub struct Publisher {
     stats: HostStats,
     last_key: Option<(i64, i64, i32, i32, i32, i64)>,
     last_offset: i64,
+    /// The page's time type, fixed for its life once known.
+    time_type: Option<u8>,
+    /// The last TAI − UTC known (to keep a TAI page in TAI when the offset stops being known).
+    last_known_tai: Option<i16>,
 }
 
 /// The kernel clock at one counter value, from a burst of samples.
@@ -296,6 +306,7 @@ fn fit(mut num: u128, mut den: u128) -> (u128, u128) {
 impl Publisher {
     /// A publisher starting from nothing.
     pub fn new(cfg: HostConfig) -> Self {
+        let time_type = cfg.time_type;
         Publisher {
             marker: cfg.marker_seed,
             cfg,
@@ -311,6 +322,8 @@ impl Publisher {
             stats: HostStats::default(),
             last_key: None,
             last_offset: 0,
+            time_type,
+            last_known_tai: None,
         }
     }
 
@@ -320,9 +333,43 @@ impl Publisher {
     pub fn resume(cfg: HostConfig, prev: Snapshot) -> Self {
         let mut p = Self::new(cfg);
         p.marker = prev.disruption_marker();
+        // The same page (same counter) keeps its constant fields: its time type too.
+        if prev.counter_id() == p.cfg.counter_id
+            && matches!(prev.time_type(), abi::time_type::TAI | abi::time_type::UTC)
+        {
+            p.time_type = Some(prev.time_type());
+        }
+        p.last_known_tai = prev.tai_minus_utc();
         p.resumed = Some(prev);
         p.pending = None;
         p
+    }
+
+    /// The page's time type, once fixed.
+    pub fn time_type(&self) -> Option<u8> {
+        self.time_type
+    }
+
+    /// The page to write before the first publish: its constant fields (counter_id, time_type)
+    /// as they will stay, the marker, and no time yet. Its status is UNRELIABLE, not
+    /// INITIALIZING: the Linux driver refuses reads only on UNRELIABLE, and this page has no time
+    /// to give. `None` until the time type is fixed ([`HostConfig::time_type`]).
+    pub fn placeholder(&self) -> Option<PageBuilder> {
+        let time_type = self.time_type?;
+        Some(
+            PageBuilder::new()
+                .constants(self.cfg.counter_id, time_type)
+                // INITIALIZING: no time yet, the publisher is starting ("not yet calibrated" to
+                // `vmtime check`); like UNRELIABLE, a reader must not use it.
+                .status(if self.cfg.counter_id == abi::counter_id::INVALID {
+                    status::UNKNOWN
+                } else {
+                    status::INITIALIZING
+                })
+                .smearing(self.cfg.smearing_hint)
+                .disruption_marker(self.marker)
+                .flag(flags::NOTIFICATION_PRESENT, self.cfg.notify),
+        )
     }
 
     /// The current disruption marker.
@@ -429,15 +476,33 @@ impl Publisher {
         let (model, baseline) = self.model(obs.raw, &obs.kernel)?;
         self.stats.baseline_s = baseline as f64 / 1e9;
         self.stats.kernel_rate_ppb = obs.kernel.rate_ppb();
-        // The timescale and the offset the samples need.
-        let (time_type, tai, offset_s) = match obs.clock {
-            Sampled::Tai => (abi::time_type::TAI, Some(obs.kernel.tai as i16), 0),
-            Sampled::Utc { tai_minus_utc: Some(o) } => {
-                // During an inserted second CLOCK_REALTIME repeats 23:59:59: TAI − UTC is one more.
-                let o = o + i16::from(obs.kernel.state == TIME_OOP);
-                (abi::time_type::TAI, Some(o), o as i64)
+        // TAI − UTC at the samples, if known, and the clock they are of.
+        let (known, sampled_tai) = match obs.clock {
+            Sampled::Tai => (Some(obs.kernel.tai as i16), true),
+            // During an inserted second CLOCK_REALTIME repeats 23:59:59: TAI − UTC is one more.
+            Sampled::Utc { tai_minus_utc } => {
+                (tai_minus_utc.map(|o| o + i16::from(obs.kernel.state == TIME_OOP)), false)
             }
-            Sampled::Utc { tai_minus_utc: None } => (abi::time_type::UTC, None, 0),
+        };
+        if known.is_some() {
+            self.last_known_tai = known;
+        }
+        // The page's time type is a constant field: fixed by the first page and never changed.
+        // A UTC page gets its TAI offset later, when it becomes known (a dynamic field); a TAI
+        // page whose offset stops being known (an expired leap-second list) stays TAI, with the
+        // last offset known, TAI_OFFSET_VALID clear and a second more of maxerror (a leap second
+        // may have been missed).
+        let time_type =
+            *self.time_type.get_or_insert(if known.is_some() { abi::time_type::TAI } else { abi::time_type::UTC });
+        let (tai, offset_s, unsure_s) = match (time_type, sampled_tai) {
+            (abi::time_type::TAI, true) => (known, 0, 0),
+            (abi::time_type::TAI, false) => match known {
+                Some(o) => (Some(o), o as i64, 0),
+                None => (None, self.last_known_tai? as i64, 1),
+            },
+            // A UTC page: UTC samples as they are, TAI samples less TAI − UTC.
+            (_, true) => (known, -(obs.kernel.tai as i64), 0),
+            (_, false) => (known, 0, 0),
         };
         // The kernel's own page, if any, gives the relation exactly: its period and its time at
         // the newest counter value seen.
@@ -471,7 +536,7 @@ impl Publisher {
         let base = self.raw_base.expect("set above");
         let calib_ppb =
             (((base.window_ns() + obs.raw.window_ns()) as f64 / 2.0 / baseline as f64 * 1e9).ceil() as u64).max(1);
-        let n = Next { k, model, status: st, leap: lp, tai, time_type, kernel: obs.kernel, calib_ppb };
+        let n = Next { k, model, status: st, leap: lp, tai, time_type, kernel: obs.kernel, calib_ppb, unsure_s };
 
         // A restart: continuity is proven when the kernel now lies within the old page's bounds.
         if let Some(prev) = self.resumed.take() {
@@ -531,7 +596,7 @@ impl Publisher {
             Some(p)
         } else if stepped && err.abs() > threshold {
             Some(Reason::Step)
-        } else if last.time_type != time_type || last.tai != tai {
+        } else if last.tai != tai {
             Some(Reason::TaiOffset)
         } else if last.status != st {
             Some(if last.status == status::INITIALIZING { Reason::Calibrated } else { Reason::Status })
@@ -626,8 +691,11 @@ impl Publisher {
         let half_ns = frac_to_ns_f64(k.half).ceil() as u64;
         let gap_ns = frac_to_ns_f64(gap_frac).ceil() as u64;
         let kernel_ns = |us: i64| (us.max(0) as u64).saturating_mul(1000);
-        let maxerror_ns =
-            kernel_ns(n.kernel.maxerror_us).saturating_add(half_ns).saturating_add(gap_ns).saturating_add(1);
+        let maxerror_ns = kernel_ns(n.kernel.maxerror_us)
+            .saturating_add(half_ns)
+            .saturating_add(gap_ns)
+            .saturating_add(1)
+            .saturating_add(n.unsure_s.saturating_mul(NS as u64));
         let esterror_ns = kernel_ns(n.kernel.esterror_us).saturating_add(half_ns);
         let rate = |ppb: u64| (period.frac as u128 * ppb as u128).div_ceil(1_000_000_000) as u64;
         let mut b = PageBuilder::new();
@@ -683,4 +751,6 @@ struct Next {
     time_type: u8,
     kernel: KernelTimex,
     calib_ppb: u64,
+    /// Seconds of doubt in the time (TAI from UTC with an offset no longer known).
+    unsure_s: u64,
 }

@@ -155,18 +155,131 @@ impl std::fmt::Display for PhcTimescale {
 }
 
 /// Whether a `clock_name` marks a pure time source (not a NIC's PTP clock), and the timescale
-/// its driver is known to keep (`None`: unknown, so it must be configured, never guessed).
+/// its driver has kept in every version (`None`: unknown or version-dependent, so it is decided
+/// from facts on the machine, see [`decide_timescale`], never guessed from the name).
 pub fn pure_source(clock_name: &str) -> Option<Option<PhcTimescale>> {
     let n = clock_name.trim();
     match n {
-        // ptp_kvm reads the host's CLOCK_REALTIME.
+        // ptp_kvm reads the host's CLOCK_REALTIME, in every version.
         "KVM virtual PTP" => Some(Some(PhcTimescale::Utc)),
         "ptp_vmw" | "hyperv" | "VMclock" | "s390 STCKE Clock" | "s390 Physical Clock" => Some(None),
-        // ptp_vmclock names its clock after its device ("vmclock0", Linux 7.3) and reads TAI:
-        // the lab measured PHC − CLOCK_REALTIME = +37 s on a page with TAI − UTC = 37.
-        n if n.starts_with("vmclock") => Some(Some(PhcTimescale::Tai)),
+        // ptp_vmclock names its clock after its device ("vmclockN"); it returns UTC in Linux
+        // 6.13–6.19 and TAI after "ptp: ptp_vmclock: return TAI not UTC": version-dependent.
+        n if n.starts_with("vmclock") => Some(None),
         n if n.starts_with("Virtio PTP") => Some(None),
         _ => None,
+    }
+}
+
+/// The `/dev/vmclockN` whose driver registered a PTP clock named `clock_name` ("vmclockN"), as
+/// the device's index.
+pub fn vmclock_index(clock_name: &str) -> Option<u32> {
+    clock_name.trim().strip_prefix("vmclock")?.parse().ok()
+}
+
+/// A PHC reading against the matching vmclock page, at the same instant.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PageComparison {
+    /// PHC − the page's time (in the page's `time_type`), ns.
+    pub phc_minus_page_ns: f64,
+    /// The page's `time_type` (`vmclock::abi::time_type`).
+    pub page_time_type: u8,
+    /// TAI − UTC from the page or the kernel, when known.
+    pub tai_minus_utc: Option<i16>,
+}
+
+/// What the machine says about a PHC's timescale.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct TimescaleFacts {
+    /// The PTP timescale attribute, where the kernel has one.
+    pub attribute: Option<PhcTimescale>,
+    /// The PHC compared with its vmclock page.
+    pub page: Option<PageComparison>,
+    /// A driver whose timescale never changed between versions ([`pure_source`]).
+    pub driver: Option<PhcTimescale>,
+    /// `--phc-timescale`.
+    pub configured: Option<PhcTimescale>,
+}
+
+/// Why a timescale could not be decided.
+#[derive(Clone, Copy, Debug, PartialEq, thiserror::Error)]
+pub enum TimescaleError {
+    /// Nothing on the machine says, and nothing was configured.
+    #[error("its timescale cannot be told from this machine (no timescale attribute, no vmclock page with time to compare with); give --phc-timescale utc|tai")]
+    Unknown,
+    /// The PHC matches neither the page's UTC nor its TAI.
+    #[error("it reads {0:+.3} s from its vmclock page, which is neither the page's UTC nor its TAI; give --phc-timescale utc|tai if you know better")]
+    Inconsistent(f64),
+}
+
+/// How far a PHC may be from a timescale and still be judged on it: half a second (TAI − UTC is
+/// whole seconds, ≥ 10 s).
+const MATCH_NS: f64 = 500_000_000.0;
+
+/// The PHC's timescale, and what decided it: the kernel's timescale attribute, else the PHC
+/// compared with its vmclock page (its `time_type`, and TAI − UTC), else a driver whose
+/// timescale never changed, else the configured one. Facts win over the configuration (the
+/// caller warns when they disagree).
+pub fn decide_timescale(f: &TimescaleFacts) -> Result<(PhcTimescale, &'static str), TimescaleError> {
+    if let Some(t) = f.attribute {
+        return Ok((t, "the kernel's PTP timescale attribute"));
+    }
+    if let Some(p) = f.page {
+        let page = if p.page_time_type == vmclock::abi::time_type::TAI { PhcTimescale::Tai } else { PhcTimescale::Utc };
+        let other = if page == PhcTimescale::Tai { PhcTimescale::Utc } else { PhcTimescale::Tai };
+        if p.phc_minus_page_ns.abs() < MATCH_NS {
+            return Ok((page, "a reading against its vmclock page"));
+        }
+        if let Some(o) = p.tai_minus_utc {
+            // A UTC PHC reads TAI − UTC behind a TAI page; a TAI PHC that far ahead of a UTC page.
+            let want = if page == PhcTimescale::Tai { -(o as f64) } else { o as f64 } * 1e9;
+            if (p.phc_minus_page_ns - want).abs() < MATCH_NS {
+                return Ok((other, "a reading against its vmclock page"));
+            }
+        }
+        if f.configured.is_none() && f.driver.is_none() {
+            return Err(TimescaleError::Inconsistent(p.phc_minus_page_ns / 1e9));
+        }
+    }
+    if let Some(t) = f.driver {
+        return Ok((t, "its driver"));
+    }
+    f.configured.map(|t| (t, "--phc-timescale")).ok_or(TimescaleError::Unknown)
+}
+
+/// What the source says beside the PHC, each interval.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PhcSourceState {
+    /// The source may be relied upon as synchronised (no page, or a SYNCHRONIZED page); a
+    /// FREERUNNING page is followed with STA_UNSYNC kept.
+    pub synchronized: bool,
+    /// The source cannot be used now (an UNRELIABLE page): holdover.
+    pub unreliable: bool,
+    /// TAI − UTC from the kernel (adjtimex) or the page, to read a TAI PHC.
+    pub tai_minus_utc: Option<i16>,
+}
+
+impl PhcSourceState {
+    /// The state from the PHC's own vmclock page (if it has one), the kernel's TAI offset
+    /// (adjtimex, 0 when unset) and a configured TAI − UTC, in that order for the offset. Without
+    /// a page the source is taken as synchronised (ptp_kvm says nothing more).
+    pub fn from_facts(page: Option<&vmclock::Snapshot>, kernel_tai: i32, configured: Option<i16>) -> Self {
+        use vmclock::abi::status::{SYNCHRONIZED, UNRELIABLE};
+        let st = page.and_then(|p| p.clock_status());
+        PhcSourceState {
+            synchronized: page.is_none() || st == Some(SYNCHRONIZED),
+            unreliable: st == Some(UNRELIABLE),
+            tai_minus_utc: page
+                .and_then(|p| p.tai_minus_utc())
+                .or((kernel_tai > 0).then_some(kernel_tai as i16))
+                .or(configured),
+        }
+    }
+}
+
+impl Default for PhcSourceState {
+    fn default() -> Self {
+        PhcSourceState { synchronized: true, unreliable: false, tai_minus_utc: None }
     }
 }
 
@@ -177,15 +290,13 @@ pub struct PhcServoConfig {
     pub tau_s: f64,
     /// Step when the first measurement is off by more than this, ns.
     pub step_threshold_ns: f64,
-    /// TAI − UTC (positive: 37), to read a TAI PHC.
-    pub tai_minus_utc: i16,
     /// The PHC's timescale.
     pub timescale: PhcTimescale,
 }
 
 impl Default for PhcServoConfig {
     fn default() -> Self {
-        PhcServoConfig { tau_s: 8.0, step_threshold_ns: 1_000_000.0, tai_minus_utc: 37, timescale: PhcTimescale::Utc }
+        PhcServoConfig { tau_s: 8.0, step_threshold_ns: 1_000_000.0, timescale: PhcTimescale::Utc }
     }
 }
 
@@ -200,12 +311,22 @@ pub struct PhcServo {
     jitter_ns: f64,
     /// The last offset (kernel − source), ns.
     pub last_offset_ns: f64,
+    source: PhcSourceState,
+    holdover: bool,
 }
 
 impl PhcServo {
     /// A servo.
     pub fn new(cfg: PhcServoConfig) -> Self {
-        PhcServo { cfg, freq_ppb: None, updates: 0, jitter_ns: 0.0, last_offset_ns: 0.0 }
+        PhcServo {
+            cfg,
+            freq_ppb: None,
+            updates: 0,
+            jitter_ns: 0.0,
+            last_offset_ns: 0.0,
+            source: PhcSourceState::default(),
+            holdover: false,
+        }
     }
 
     /// The frequency the servo holds, ppb against RAW.
@@ -213,13 +334,53 @@ impl PhcServo {
         self.freq_ppb
     }
 
+    /// What the source says now (status, TAI − UTC); measurements are judged with it.
+    pub fn set_source(&mut self, s: PhcSourceState) {
+        self.source = s;
+    }
+
+    /// Whether the servo is in holdover.
+    pub fn in_holdover(&self) -> bool {
+        self.holdover
+    }
+
+    /// The counter's calibration was broken (the page's disruption marker changed): the next
+    /// measurement may step at once.
+    pub fn disrupted(&mut self) {
+        self.updates = 0;
+    }
+
+    /// No usable measurement (every reading method failed, the source is UNRELIABLE, or a TAI
+    /// PHC without a known TAI − UTC): holdover. The frequency is kept without the phase slew,
+    /// and STA_UNSYNC is set once; the kernel's maxerror is left to grow from where it is.
+    pub fn handle_failure(&mut self, maxerror_us: i64, esterror_us: i64) -> Vec<SyncAction> {
+        if self.holdover {
+            return Vec::new();
+        }
+        self.holdover = true;
+        let mut out = Vec::new();
+        if let Some(f) = self.freq_ppb {
+            let (tick, freq) = tick_freq(f);
+            out.push(SyncAction::SetFrequency { tick, freq });
+        }
+        out.push(SyncAction::SetState { insert: false, delete: false, synchronized: false, maxerror_us, esterror_us });
+        out
+    }
+
     /// One measurement (PHC − CLOCK_REALTIME, in the PHC's timescale) and the kernel's
-    /// current (tick, freq), every `interval_s`.
+    /// current (tick, freq, maxerror, esterror: see [`PhcServo::handle_failure`]), every
+    /// `interval_s`.
     pub fn handle_measurement(&mut self, m: &PhcMeasurement, tick: i64, freq: i64, interval_s: f64) -> Vec<SyncAction> {
-        let to_utc = match self.cfg.timescale {
-            PhcTimescale::Utc => 0.0,
-            PhcTimescale::Tai => self.cfg.tai_minus_utc as f64 * 1e9,
+        let to_utc = match (self.cfg.timescale, self.source.tai_minus_utc) {
+            (PhcTimescale::Utc, _) => 0.0,
+            (PhcTimescale::Tai, Some(o)) => o as f64 * 1e9,
+            // TAI without TAI − UTC: no UTC to give the kernel.
+            (PhcTimescale::Tai, None) => return self.handle_failure(16_000_000, 16_000_000),
         };
+        if self.source.unreliable {
+            return self.handle_failure(16_000_000, 16_000_000);
+        }
+        self.holdover = false;
         let offset = -(m.offset_ns - to_utc); // kernel − source
         self.last_offset_ns = offset;
         let mut out = Vec::new();
@@ -241,7 +402,7 @@ impl PhcServo {
         out.push(SyncAction::SetState {
             insert: false,
             delete: false,
-            synchronized: true,
+            synchronized: self.source.synchronized,
             maxerror_us: bound_us,
             esterror_us: (self.jitter_ns / 1000.0).ceil() as i64,
         });
@@ -308,6 +469,130 @@ mod tests {
         let mut d = Fake { precise: false, extended: false, t: 0 };
         let (m, failed) = read_best(&mut d, 25).unwrap();
         assert_eq!((m.method, failed.len()), (Method::Basic, 2));
+    }
+
+    fn tai_page(d_s: f64) -> TimescaleFacts {
+        TimescaleFacts {
+            page: Some(PageComparison {
+                phc_minus_page_ns: d_s * 1e9,
+                page_time_type: vmclock::abi::time_type::TAI,
+                tai_minus_utc: Some(37),
+            }),
+            ..TimescaleFacts::default()
+        }
+    }
+
+    #[test]
+    fn the_timescale_is_decided_from_facts() {
+        // ptp_vmclock's name says nothing: 6.13–6.19 return UTC, newer kernels TAI.
+        assert_eq!(pure_source("vmclock0"), Some(None));
+        assert_eq!(vmclock_index("vmclock3"), Some(3));
+        assert_eq!(decide_timescale(&TimescaleFacts::default()), Err(TimescaleError::Unknown));
+        // A TAI page: a PHC reading it (new driver) or 37 s behind it (old driver, UTC).
+        assert_eq!(decide_timescale(&tai_page(0.000_002)).unwrap().0, PhcTimescale::Tai);
+        assert_eq!(decide_timescale(&tai_page(-37.000_002)).unwrap().0, PhcTimescale::Utc);
+        // A UTC page with TAI − UTC = 37: a TAI PHC reads 37 s ahead of it.
+        let utc_page = |d: f64| TimescaleFacts {
+            page: Some(PageComparison {
+                phc_minus_page_ns: d * 1e9,
+                page_time_type: vmclock::abi::time_type::UTC,
+                tai_minus_utc: Some(37),
+            }),
+            ..TimescaleFacts::default()
+        };
+        assert_eq!(decide_timescale(&utc_page(37.0)).unwrap().0, PhcTimescale::Tai);
+        assert_eq!(decide_timescale(&utc_page(0.0)).unwrap().0, PhcTimescale::Utc);
+        // Neither: said plainly, unless configured.
+        assert!(matches!(decide_timescale(&utc_page(5.0)), Err(TimescaleError::Inconsistent(_))));
+        let f = TimescaleFacts { configured: Some(PhcTimescale::Utc), ..utc_page(5.0) };
+        assert_eq!(decide_timescale(&f).unwrap(), (PhcTimescale::Utc, "--phc-timescale"));
+        // Facts beat the configuration; the attribute beats the page.
+        let f = TimescaleFacts { configured: Some(PhcTimescale::Utc), ..tai_page(0.0) };
+        assert_eq!(decide_timescale(&f).unwrap().0, PhcTimescale::Tai);
+        let f = TimescaleFacts { attribute: Some(PhcTimescale::Utc), ..tai_page(0.0) };
+        assert_eq!(decide_timescale(&f).unwrap().0, PhcTimescale::Utc);
+        // ptp_kvm has read UTC in every version.
+        let f = TimescaleFacts { driver: pure_source("KVM virtual PTP").flatten(), ..TimescaleFacts::default() };
+        assert_eq!(decide_timescale(&f).unwrap().0, PhcTimescale::Utc);
+    }
+
+    fn measurement(offset_ns: f64) -> PhcMeasurement {
+        PhcMeasurement { method: Method::Precise, offset_ns, delay_ns: 0, readings: 1, kept: 1, sys_ns: 0 }
+    }
+
+    #[test]
+    fn the_servo_honours_the_source() {
+        let mut s = PhcServo::new(PhcServoConfig { timescale: PhcTimescale::Tai, ..PhcServoConfig::default() });
+        // TAI − UTC from the kernel or page (here 37): a TAI PHC 37 s ahead is on time.
+        s.set_source(PhcSourceState { tai_minus_utc: Some(37), ..PhcSourceState::default() });
+        let a = s.handle_measurement(&measurement(37e9 + 100.0), 10_000, 0, 1.0);
+        assert!(a.iter().all(|a| !matches!(a, SyncAction::Step { .. })), "{a:?}");
+        assert!((s.last_offset_ns + 100.0).abs() < 1e-6, "{}", s.last_offset_ns);
+        assert!(a.iter().any(|a| matches!(a, SyncAction::SetState { synchronized: true, .. })), "{a:?}");
+        // A different offset from the source is used, not a constant 37.
+        s.set_source(PhcSourceState { tai_minus_utc: Some(38), ..PhcSourceState::default() });
+        s.handle_measurement(&measurement(38e9), 10_000, 0, 1.0);
+        assert!(s.last_offset_ns.abs() < 1.0, "{}", s.last_offset_ns);
+        // UNRELIABLE: holdover, STA_UNSYNC once.
+        s.set_source(PhcSourceState { unreliable: true, tai_minus_utc: Some(38), ..PhcSourceState::default() });
+        let a = s.handle_measurement(&measurement(38e9), 10_000, 0, 1.0);
+        assert!(s.in_holdover());
+        assert!(a.iter().any(|a| matches!(a, SyncAction::SetState { synchronized: false, .. })), "{a:?}");
+        assert!(s.handle_measurement(&measurement(38e9), 10_000, 0, 1.0).is_empty(), "once");
+        // A TAI PHC without TAI − UTC cannot give UTC: holdover.
+        let mut s = PhcServo::new(PhcServoConfig { timescale: PhcTimescale::Tai, ..PhcServoConfig::default() });
+        let a = s.handle_measurement(&measurement(37e9), 10_000, 0, 1.0);
+        assert!(a.iter().any(|a| matches!(a, SyncAction::SetState { synchronized: false, .. })), "{a:?}");
+        // Failing reads: holdover; a FREERUNNING source keeps STA_UNSYNC.
+        let mut s = PhcServo::new(PhcServoConfig::default());
+        assert!(!s.handle_measurement(&measurement(0.0), 10_000, 0, 1.0).is_empty());
+        let a = s.handle_failure(5, 1);
+        assert!(a.contains(&SyncAction::SetState {
+            insert: false,
+            delete: false,
+            synchronized: false,
+            maxerror_us: 5,
+            esterror_us: 1
+        }));
+        s.set_source(PhcSourceState { synchronized: false, ..PhcSourceState::default() });
+        let a = s.handle_measurement(&measurement(0.0), 10_000, 0, 1.0);
+        assert!(!s.in_holdover());
+        assert!(a.iter().any(|a| matches!(a, SyncAction::SetState { synchronized: false, .. })), "{a:?}");
+    }
+
+    #[test]
+    fn the_source_state_comes_from_the_page_then_the_kernel() {
+        use vmclock::abi::status;
+        let page = |st: u8, tai: Option<i16>| {
+            let mut b = vmclock::PageBuilder::new().status(st);
+            if let Some(t) = tai {
+                b = b.tai_minus_utc(t);
+            }
+            vmclock::Snapshot::new(b.build(), 4096).unwrap()
+        };
+        let s = PhcSourceState::from_facts(Some(&page(status::UNRELIABLE, Some(37))), 0, None);
+        assert_eq!(s, PhcSourceState { synchronized: false, unreliable: true, tai_minus_utc: Some(37) });
+        let s = PhcSourceState::from_facts(Some(&page(status::FREERUNNING, None)), 37, Some(36));
+        assert_eq!(s, PhcSourceState { synchronized: false, unreliable: false, tai_minus_utc: Some(37) });
+        let s = PhcSourceState::from_facts(Some(&page(status::SYNCHRONIZED, Some(38))), 37, None);
+        assert_eq!(s, PhcSourceState { synchronized: true, unreliable: false, tai_minus_utc: Some(38) });
+        // No page (ptp_kvm), no kernel offset: the configured one, else none (no built-in 37).
+        assert_eq!(PhcSourceState::from_facts(None, 0, Some(37)).tai_minus_utc, Some(37));
+        assert_eq!(PhcSourceState::from_facts(None, 0, None), PhcSourceState::default());
+    }
+
+    #[test]
+    fn a_disruption_steps_at_once() {
+        let mut s = PhcServo::new(PhcServoConfig::default());
+        for _ in 0..5 {
+            let _ = s.handle_measurement(&measurement(0.0), 10_000, 0, 1.0);
+        }
+        // 5 ms off after a restore: slewed normally, stepped after a disruption.
+        let a = s.handle_measurement(&measurement(5e6), 10_000, 0, 1.0);
+        assert!(!a.iter().any(|a| matches!(a, SyncAction::Step { .. })), "{a:?}");
+        s.disrupted();
+        let a = s.handle_measurement(&measurement(5e6), 10_000, 0, 1.0);
+        assert_eq!(a, vec![SyncAction::Step { delta_ns: 5_000_000 }]);
     }
 
     #[test]

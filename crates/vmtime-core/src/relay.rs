@@ -180,12 +180,31 @@ pub struct GuestState {
     pub last_host_marker: Option<u64>,
     /// Whether the embedder notifies the guest (NOTIFICATION_PRESENT).
     pub notify: bool,
+    /// The guest page's constant fields (counter_id, time_type), fixed when the page is created
+    /// and kept across host and relay restarts (`None` in state saved by older versions: fixed
+    /// by the next host page).
+    #[serde(default)]
+    pub constants: Option<(u8, u8)>,
 }
 
 /// One guest's relay: markers and transform.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GuestRelay {
     state: GuestState,
+    unconvertible: bool,
+}
+
+/// The guest page for a host page of another time type: the time moved by TAI − UTC (the host's
+/// valid offset), or `None` without one.
+fn convert_time_type(g: &mut VmclockAbi, host: &Snapshot, to: u8) -> Option<()> {
+    let o = host.tai_minus_utc()? as i128;
+    let shift = if to == vmclock::abi::time_type::TAI { o } else { -o };
+    let t = ((g.time_sec.get() as i128) << 64 | g.time_frac_sec.get() as i128) + (shift << 64);
+    let t = u128::try_from(t).ok()?;
+    g.time_sec.set((t >> 64) as u64);
+    g.time_frac_sec.set(t as u64);
+    g.time_type = to;
+    Some(())
 }
 
 impl GuestRelay {
@@ -198,13 +217,42 @@ impl GuestRelay {
                 vm_generation: seed.rotate_left(32),
                 last_host_marker: None,
                 notify,
+                constants: None,
             },
+            unconvertible: false,
         }
     }
 
     /// A guest restored from saved state (a VMM restart).
     pub fn from_state(state: GuestState) -> Self {
-        GuestRelay { state }
+        GuestRelay { state, unconvertible: false }
+    }
+
+    /// Fixes the guest page's constant fields (counter_id, time_type) if they are not fixed yet;
+    /// returns the ones in force. A relay fixes them when it creates the guest page, from the
+    /// host page then current; they never change afterwards.
+    pub fn fix_constants(&mut self, counter_id: u8, time_type: u8) -> (u8, u8) {
+        *self.state.constants.get_or_insert((counter_id, time_type))
+    }
+
+    /// The page to write when the guest page is created, before the first host page is relayed:
+    /// the constant fields, the markers, status UNRELIABLE (no time yet: the Linux driver refuses
+    /// reads only on UNRELIABLE). `None` until the constants are fixed.
+    pub fn placeholder(&self) -> Option<vmclock::PageBuilder> {
+        let (counter_id, time_type) = self.state.constants?;
+        Some(
+            vmclock::PageBuilder::new()
+                .constants(counter_id, time_type)
+                .status(vmclock::abi::status::UNRELIABLE)
+                .disruption_marker(self.state.disruption_marker)
+                .vm_generation(self.state.vm_generation),
+        )
+    }
+
+    /// Whether the last host page could not be given in the guest page's time type (another
+    /// time type and no valid TAI − UTC): the guest page then says UNRELIABLE.
+    pub fn unconvertible(&self) -> bool {
+        self.unconvertible
     }
 
     /// The state to save.
@@ -235,6 +283,19 @@ impl GuestRelay {
         }
         self.state.last_host_marker = Some(host.disruption_marker());
         let mut g = transform(host, &self.state.map)?;
+        // The constant fields stay the guest page's, whatever the host page has now (a host
+        // restarted with another time type, or without its counter).
+        let (counter_id, time_type) = self.fix_constants(host.counter_id(), host.time_type());
+        self.unconvertible = false;
+        if host.reference().is_ok() && host.counter_id() == counter_id && host.time_type() != time_type {
+            self.unconvertible = convert_time_type(&mut g, host, time_type).is_none();
+        }
+        if self.unconvertible || (host.counter_id() != counter_id && counter_id != vmclock::abi::counter_id::INVALID) {
+            // No time in the guest's terms: the page keeps its constants and says so.
+            g.clock_status = vmclock::abi::status::UNRELIABLE;
+        }
+        g.counter_id = counter_id;
+        g.time_type = time_type;
         g.disruption_marker.set(self.state.disruption_marker);
         g.vm_generation_counter.set(self.state.vm_generation);
         let mut f = g.flags.get() | flags::VM_GEN_COUNTER_PRESENT;
@@ -247,10 +308,15 @@ impl GuestRelay {
 /// A relay that writes a guest's page into memory the VMM hands in (vm-memory, a shared file,
 /// a buffer) and calls `notify` with each new even `seq_count` (the VMM's ACPI Notify or
 /// interrupt).
+///
+/// NOTIFICATION_PRESENT tells the guest to wait in `poll()` for the hypervisor's notification, so
+/// it is set only when a notifier is wired in ([`GuestPageWriter::new`]) and the guest's state asks
+/// for it; a writer made by [`GuestPageWriter::without_notifier`] never sets it (a guest told to
+/// wait for notifications that never come would wait forever).
 pub struct GuestPageWriter<M: WritableMemory, F: FnMut(u32)> {
     relay: GuestRelay,
     writer: Writer<M>,
-    notify: F,
+    notify: Option<F>,
 }
 
 impl<M: WritableMemory, F: FnMut(u32)> core::fmt::Debug for GuestPageWriter<M, F> {
@@ -263,7 +329,7 @@ impl<M: WritableMemory, F: FnMut(u32)> GuestPageWriter<M, F> {
     /// Writes `relay`'s pages into `mem`; `notify` is called after each write when the guest is
     /// told of notifications (`GuestState::notify`).
     pub fn new(relay: GuestRelay, mem: M, notify: F) -> Self {
-        GuestPageWriter { relay, writer: Writer::new(mem), notify }
+        GuestPageWriter { relay, writer: Writer::new(mem), notify: Some(notify) }
     }
 
     /// The relay (markers, state).
@@ -281,9 +347,20 @@ impl<M: WritableMemory, F: FnMut(u32)> GuestPageWriter<M, F> {
         let page = self.relay.guest_page(host)?;
         let seq = self.writer.publish(&page);
         if self.relay.state.notify {
-            (self.notify)(seq);
+            if let Some(n) = self.notify.as_mut() {
+                n(seq);
+            }
         }
         Ok(seq)
+    }
+}
+
+impl<M: WritableMemory> GuestPageWriter<M, fn(u32)> {
+    /// A writer with no way to notify the guest (a page in a shared file, polled by the guest):
+    /// NOTIFICATION_PRESENT stays clear whatever the saved state says.
+    pub fn without_notifier(mut relay: GuestRelay, mem: M) -> Self {
+        relay.state.notify = false;
+        GuestPageWriter { relay, writer: Writer::new(mem), notify: None }
     }
 }
 
@@ -425,6 +502,58 @@ mod tests {
         assert_eq!(p6.vm_generation_counter.get(), p4.vm_generation_counter.get());
     }
 
+    fn with(h: &Snapshot, f: impl FnOnce(&mut VmclockAbi)) -> Snapshot {
+        let mut a = *h.raw();
+        f(&mut a);
+        Snapshot::new(a, 4096).unwrap()
+    }
+
+    #[test]
+    fn the_guest_page_keeps_its_constant_fields() {
+        use vmclock::abi::time_type::{TAI, UTC};
+        let tai = host_page(1_000, 2_500_000_000);
+        let mut r = GuestRelay::new(CounterMap::offset_only(5), 1, false);
+        assert!(r.placeholder().is_none(), "not fixed yet");
+        assert_eq!(r.fix_constants(counter_id::X86_TSC, TAI), (counter_id::X86_TSC, TAI));
+        let ph = Snapshot::new(r.placeholder().unwrap().build(), 4096).unwrap();
+        assert_eq!(
+            (ph.counter_id(), ph.time_type(), ph.clock_status()),
+            (counter_id::X86_TSC, TAI, Some(status::UNRELIABLE))
+        );
+        let g0 = Snapshot::new(r.guest_page(&tai).unwrap(), 4096).unwrap();
+        assert_eq!(g0.time_type(), TAI);
+        // The host restarts with a UTC page (and the offset): the guest page stays TAI, same time.
+        let utc = with(&tai, |a| {
+            a.time_type = UTC;
+            a.time_sec.set(a.time_sec.get() - 37);
+        });
+        let g1 = Snapshot::new(r.guest_page(&utc).unwrap(), 4096).unwrap();
+        assert!(!r.unconvertible());
+        assert_eq!((g1.time_type(), g1.clock_status()), (TAI, Some(status::SYNCHRONIZED)));
+        assert_eq!(g1.tai_at(10_000).unwrap().time, g0.tai_at(10_000).unwrap().time);
+        // Without a valid offset it cannot be converted: UNRELIABLE, reported.
+        let bare = with(&utc, |a| a.flags.set(a.flags.get() & !flags::TAI_OFFSET_VALID));
+        let g2 = Snapshot::new(r.guest_page(&bare).unwrap(), 4096).unwrap();
+        assert!(r.unconvertible());
+        assert_eq!(
+            (g2.counter_id(), g2.time_type(), g2.clock_status()),
+            (counter_id::X86_TSC, TAI, Some(status::UNRELIABLE))
+        );
+        // A host page without its counter: the guest keeps its counter_id, UNRELIABLE.
+        let inval = with(&tai, |a| a.counter_id = counter_id::INVALID);
+        let g3 = Snapshot::new(r.guest_page(&inval).unwrap(), 4096).unwrap();
+        assert_eq!((g3.counter_id(), g3.clock_status()), (counter_id::X86_TSC, Some(status::UNRELIABLE)));
+        // The constants survive a relay restart; older saved state (without them) still loads.
+        let saved = serde_json::to_string(r.state()).unwrap();
+        let mut again = GuestRelay::from_state(serde_json::from_str(&saved).unwrap());
+        assert_eq!(again.fix_constants(counter_id::ARM_VCNT, UTC), (counter_id::X86_TSC, TAI));
+        let old: GuestState = serde_json::from_str(
+            r#"{"map":{"offset":0,"ratio":1,"frac_bits":0},"disruption_marker":1,"vm_generation":2,"last_host_marker":null,"notify":true}"#,
+        )
+        .unwrap();
+        assert_eq!(old.constants, None);
+    }
+
     #[test]
     fn the_writer_notifies_each_even_seq() {
         let h = host_page(1, 2_500_000_000);
@@ -448,5 +577,12 @@ mod tests {
             .has(flags::NOTIFICATION_PRESENT));
         drop(w);
         assert_eq!(calls, 0);
+        // No notifier wired in: the flag is clear even when the saved state asked for it.
+        let mut w = GuestPageWriter::without_notifier(GuestRelay::new(CounterMap::IDENTITY, 1, true), PageBuf::new());
+        w.update(&h).unwrap();
+        assert!(!vmclock::seqlock::read(w.memory(), vmclock::seqlock::DEFAULT_MAX_WAIT)
+            .unwrap()
+            .has(flags::NOTIFICATION_PRESENT));
+        assert!(!w.relay().state().notify);
     }
 }

@@ -419,6 +419,114 @@ pub fn kernel_bound_us(ns: f64, extra: i64) -> i64 {
     ((ns / 1000.0).ceil() as i64).saturating_add(extra).clamp(0, KERNEL_MAX_ERROR_US)
 }
 
+/// Takes an observation's samples under one page. `read` gives a consistent copy of the page,
+/// `sample` the (clock, counter, clock) samples, `seq_after` the page's `seq_count` once they are
+/// taken. The samples are paired with the page only if that page was current throughout: when
+/// the `seq_count` changed (an update, or one in progress), the whole observation is taken again,
+/// at most `tries` times; `Ok(None)` if the page never held still.
+///
+/// Pairing samples with the page that preceded an update would give them the old calibration
+/// (and, around a migration or restore, the old disruption marker).
+pub fn sample_under_page<S, E>(
+    tries: u32,
+    mut read: impl FnMut() -> Result<Snapshot, E>,
+    mut sample: impl FnMut() -> Result<S, E>,
+    mut seq_after: impl FnMut() -> u32,
+) -> Result<Option<(Snapshot, S)>, E> {
+    for _ in 0..tries {
+        let page = read()?;
+        let samples = sample()?;
+        if seq_after() == page.seq_count() {
+            return Ok(Some((page, samples)));
+        }
+    }
+    Ok(None)
+}
+
+/// What a wake-up from the device's `poll()` turned out to be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wakeup {
+    /// The page changed: observe.
+    Update,
+    /// Readable, but the page has not changed since it was last read.
+    Spurious,
+    /// Readable again and again with nothing new: the driver has no `.poll` (Linux 6.13–6.19,
+    /// whose `poll()` always says readable). Stop polling the device; observe on the interval.
+    NoPoll,
+}
+
+/// Tells real notifications from a driver whose `poll()` is always readable. The newer driver
+/// wakes a reader only when `seq_count` differs from the one that file last read, so a wake-up
+/// with the `seq_count` unchanged cannot be a notification; [`NotifyCheck::LIMIT`] of them in a
+/// row (none between them an update) mean the driver cannot poll.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NotifyCheck {
+    spurious: u32,
+}
+
+impl NotifyCheck {
+    /// Spurious wake-ups in a row that prove the driver has no `.poll`.
+    pub const LIMIT: u32 = 3;
+
+    /// The device said readable; `last_seq` is the `seq_count` last read, `seq_now` the current one.
+    pub fn readable(&mut self, last_seq: Option<u32>, seq_now: u32) -> Wakeup {
+        if last_seq != Some(seq_now) {
+            self.spurious = 0;
+            return Wakeup::Update;
+        }
+        self.spurious += 1;
+        if self.spurious >= Self::LIMIT {
+            Wakeup::NoPoll
+        } else {
+            Wakeup::Spurious
+        }
+    }
+}
+
+/// What changed in a page's markers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MarkerChange {
+    /// `disruption_marker` changed: the counter's calibration is broken (migration, restore).
+    pub disrupted: bool,
+    /// `vm_generation_counter` changed: the VM was restored from a snapshot or cloned.
+    pub new_generation: bool,
+}
+
+/// Watches a page's markers, for a page that carries nothing else (QEMU's and Firecracker's
+/// devices: counter INVALID, status UNKNOWN) or next to another time source.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MarkerWatch {
+    marker: Option<u64>,
+    generation: Option<u64>,
+}
+
+impl MarkerWatch {
+    /// The markers of a new copy of the page; the first copy changes nothing.
+    pub fn observe(&mut self, page: &Snapshot) -> MarkerChange {
+        let disrupted = self.marker.is_some_and(|m| m != page.disruption_marker());
+        let g = page.vm_generation_counter();
+        let new_generation = g.is_some() && self.generation.is_some_and(|old| Some(old) != g);
+        self.marker = Some(page.disruption_marker());
+        self.generation = g.or(self.generation);
+        MarkerChange { disrupted, new_generation }
+    }
+
+    /// The hook's action for a change, if any.
+    pub fn actions(change: MarkerChange) -> Vec<SyncAction> {
+        if change.new_generation {
+            vec![SyncAction::RunHook]
+        } else {
+            Vec::new()
+        }
+    }
+}
+
+/// Whether a page gives time for this CPU's counter (`native`): its counter_id and the time
+/// fields. A page without (counter INVALID, or no time fields) carries markers only.
+pub fn gives_time(page: &Snapshot, native: u8) -> bool {
+    page.counter_id() == native && page.reference().is_ok()
+}
+
 /// Arms the kernel's leap second on the last day of the month the page announces one for.
 fn leap_arming(page: &Snapshot, utc: &vmclock::Timestamp<vmclock::Utc>) -> (bool, bool) {
     let li = page.leap_indicator().unwrap_or(leap::NONE);
@@ -436,6 +544,97 @@ fn leap_arming(page: &Snapshot, utc: &vmclock::Timestamp<vmclock::Utc>) -> (bool
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vmclock::abi::{counter_id, flags};
+    use vmclock::{PageBuilder, Period, Tai, Timestamp};
+
+    fn page(seq: u32, marker: u64, generation: Option<u64>) -> Snapshot {
+        let mut b = PageBuilder::new()
+            .reference(
+                counter_id::X86_TSC,
+                1000,
+                Timestamp::<Tai>::from_parts(1_795_000_037, 0),
+                Period::from_hz(1_000_000_000).unwrap(),
+            )
+            .status(status::SYNCHRONIZED)
+            .disruption_marker(marker);
+        if let Some(g) = generation {
+            b = b.vm_generation(g);
+        }
+        let mut abi = b.build();
+        abi.seq_count.set(seq);
+        Snapshot::new(abi, 4096).unwrap()
+    }
+
+    #[test]
+    fn samples_are_paired_with_the_page_current_during_them() {
+        // The page is updated (seq 2 → 4, a new marker) while the first samples are taken: they
+        // must not be paired with the old page.
+        let pages = [page(2, 1, None), page(4, 2, None)];
+        let mut reads = 0;
+        let mut sampled = 0;
+        let seq_after = [4u32, 4];
+        let mut checks = 0;
+        let got = sample_under_page::<u32, ()>(
+            4,
+            || {
+                reads += 1;
+                Ok(pages[(reads - 1).min(1)])
+            },
+            || {
+                sampled += 1;
+                Ok(sampled)
+            },
+            || {
+                checks += 1;
+                seq_after[checks - 1]
+            },
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            (got.0.seq_count(), got.0.disruption_marker(), got.1),
+            (4, 2, 2),
+            "the second samples, the new page"
+        );
+        // A page that never holds still gives no observation (and no stale pairing).
+        let none = sample_under_page::<(), ()>(3, || Ok(page(2, 1, None)), || Ok(()), || 5).unwrap();
+        assert!(none.is_none());
+    }
+
+    #[test]
+    fn a_poll_that_is_always_readable_is_found_out() {
+        let mut n = NotifyCheck::default();
+        assert_eq!(n.readable(None, 2), Wakeup::Update);
+        assert_eq!(n.readable(Some(2), 4), Wakeup::Update);
+        assert_eq!(n.readable(Some(4), 4), Wakeup::Spurious);
+        assert_eq!(n.readable(Some(4), 6), Wakeup::Update, "an update in between starts the count again");
+        assert_eq!(n.readable(Some(6), 6), Wakeup::Spurious);
+        assert_eq!(n.readable(Some(6), 6), Wakeup::Spurious);
+        assert_eq!(n.readable(Some(6), 6), Wakeup::NoPoll);
+    }
+
+    #[test]
+    fn markers_only_pages_are_watched() {
+        // QEMU/Firecracker: counter INVALID, status UNKNOWN, markers only.
+        let mk = |marker, generation| {
+            let abi =
+                PageBuilder::new().status(status::UNKNOWN).disruption_marker(marker).vm_generation(generation).build();
+            Snapshot::new(abi, 4096).unwrap()
+        };
+        let p = mk(5, 1);
+        assert!(!gives_time(&p, counter_id::X86_TSC));
+        assert!(p.has(flags::VM_GEN_COUNTER_PRESENT));
+        let mut w = MarkerWatch::default();
+        assert_eq!(w.observe(&p), MarkerChange::default());
+        assert_eq!(w.observe(&mk(5, 1)), MarkerChange::default());
+        let c = w.observe(&mk(6, 2));
+        assert_eq!(c, MarkerChange { disrupted: true, new_generation: true });
+        assert_eq!(MarkerWatch::actions(c), vec![SyncAction::RunHook]);
+        let c = w.observe(&mk(7, 2));
+        assert_eq!(c, MarkerChange { disrupted: true, new_generation: false });
+        assert!(MarkerWatch::actions(c).is_empty());
+        assert!(gives_time(&page(2, 1, None), counter_id::X86_TSC));
+    }
 
     #[test]
     fn kernel_bounds_saturate() {

@@ -164,17 +164,18 @@ impl Chain {
         self.events.push((t, what.into()));
     }
 
+    /// The world's leap second as a (true TAI instant, TAI − UTC from then on) schedule.
+    fn world_leap(&self) -> Option<(i128, i64)> {
+        self.leap_at.map(|(midnight, sign)| {
+            let switch = if sign > 0 { midnight + 37 * NS } else { midnight - NS + 37 * NS };
+            (switch, 37 + sign as i64)
+        })
+    }
+
     fn world_tai_minus_utc(&self, t: i128) -> i64 {
-        match self.leap_at {
-            Some((midnight, sign)) => {
-                let switch = if sign > 0 { midnight + 37 * NS } else { midnight - NS + 37 * NS };
-                if t >= switch {
-                    37 + sign as i64
-                } else {
-                    37
-                }
-            }
-            None => 37,
+        match self.world_leap() {
+            Some((switch, after)) if t >= switch => after,
+            _ => 37,
         }
     }
 
@@ -198,7 +199,7 @@ impl Chain {
         let host_page = self.host.current;
         let g = &mut self.guests[i];
         g.sim.follow(&self.host.host);
-        g.sim.true_tai_minus_utc = self.host.host.true_tai_minus_utc;
+        g.sim.world_leap = self.host.host.world_leap;
         if let Some(hp) = host_page {
             if g.last_host != Some(hp) {
                 g.last_host = Some(hp);
@@ -238,7 +239,10 @@ impl Chain {
             }
         }
         let synced = g.sim.tx.status & vmtime_core::kernel::STA_UNSYNC == 0;
-        if synced && g.sim.kernel_error_ns().unsigned_abs() > g.sim.tx.maxerror_us as u128 * 1000 {
+        let bound = g.sim.tx.maxerror_us as u128 * 1000;
+        if synced
+            && (g.sim.kernel_error_ns().unsigned_abs() > bound || g.sim.leap_disagreement_ns().unsigned_abs() > bound)
+        {
             g.kernel_bound_violations += 1;
         }
     }
@@ -248,8 +252,10 @@ impl Chain {
         let end = self.host.host.now() + dur_ns;
         while self.host.host.now() < end {
             let now = self.host.host.now();
-            let off = self.world_tai_minus_utc(now);
-            self.host.host.true_tai_minus_utc = off;
+            // The truth's TAI − UTC is a function of true time, judged at the instant of each
+            // comparison (not at the start of this 10 ms step: a kernel a few ns ahead of truth
+            // has applied the leap second by the step's end).
+            self.host.host.world_leap = self.world_leap();
             if now >= self.next_ntp {
                 self.ntp_update();
                 self.next_ntp = now + self.ntp.poll_s * NS;
@@ -302,6 +308,7 @@ impl Chain {
             self.world_tai_minus_utc(now - 60 * NS),
             kernel_err_ns,
         );
+        h.world_leap = self.world_leap();
         h.set_kernel_tai(37);
         h.set_freq_ppb(-err_ppb);
         h.ntp_sync((kernel_err_ns.unsigned_abs() / 1000) as i64 + 100, 20);

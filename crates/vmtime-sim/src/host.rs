@@ -26,8 +26,12 @@ pub enum Clock {
 pub struct SimHost {
     /// True time, TAI ns since 1970.
     t: i128,
-    /// TAI − UTC of the real world at `t` (changes at leap seconds the scenario announces).
+    /// TAI − UTC of the real world (before [`SimHost::world_leap`], if one is set).
     pub true_tai_minus_utc: i64,
+    /// A leap second of the real world: from this true TAI instant (ns) on, TAI − UTC is this.
+    /// Truth is judged against [`SimHost::world_tai_minus_utc`], a function of true time, so a
+    /// leap second counts from its exact instant, whatever step the simulation takes across it.
+    pub world_leap: Option<(i128, i64)>,
     /// Counter ticks per second × 2^16 (nominal × (1 + error)).
     hz_q16: i128,
     /// Nominal counter frequency (the kernel's idea), Hz.
@@ -74,6 +78,7 @@ impl SimHost {
         let mut h = SimHost {
             t: t_tai_ns,
             true_tai_minus_utc: tai_minus_utc,
+            world_leap: None,
             hz_q16,
             nominal_hz: hz,
             c0: 1_000_000_007,
@@ -110,6 +115,19 @@ impl SimHost {
     /// True time (TAI ns).
     pub fn now(&self) -> i128 {
         self.t
+    }
+
+    /// The real world's TAI − UTC at true TAI time `t`, s.
+    pub fn world_tai_minus_utc_at(&self, t: i128) -> i64 {
+        match self.world_leap {
+            Some((at, after)) if t >= at => after,
+            _ => self.true_tai_minus_utc,
+        }
+    }
+
+    /// The real world's TAI − UTC now, s.
+    pub fn world_tai_minus_utc(&self) -> i64 {
+        self.world_tai_minus_utc_at(self.t)
     }
 
     /// The counter now.
@@ -152,11 +170,12 @@ impl SimHost {
     pub fn guest_of(host: &SimHost, map: vmtime_core::relay::CounterMap, seed: u64, kernel_err_ns: i128) -> SimHost {
         let ratio = map.ratio as f64 / 2f64.powi(map.frac_bits as i32);
         let nominal = (host.nominal_hz as f64 * ratio).round() as i128;
-        let mut g = SimHost::new(seed, host.t, nominal, 0, host.true_tai_minus_utc, kernel_err_ns);
+        let mut g = SimHost::new(seed, host.t, nominal, 0, host.world_tai_minus_utc(), kernel_err_ns);
+        g.world_leap = host.world_leap;
         g.map = Some(map);
         g.follow(host);
         g.seg_c = g.counter_at(g.t);
-        g.seg_k = (host.t - host.true_tai_minus_utc as i128 * NS + kernel_err_ns) << Q;
+        g.seg_k = (host.t - host.world_tai_minus_utc() as i128 * NS + kernel_err_ns) << Q;
         g.recompute_rate();
         g
     }
@@ -424,9 +443,33 @@ impl SimHost {
         self.k_at(self.counter_at(self.t)) >> Q
     }
 
-    /// The kernel's error against true time (REALTIME + true TAI − UTC − truth), ns.
+    /// The kernel's error against true time, ns, on a scale without leap seconds: its
+    /// REALTIME plus TAI − UTC as the kernel keeps it (the world's at the start plus the leap
+    /// seconds this kernel has applied), minus true TAI.
+    ///
+    /// UTC is discontinuous at a leap second, so comparing REALTIME with the world's UTC would
+    /// charge a kernel a few ns ahead of (or behind) truth a whole second for those few ns on
+    /// either side of the instant. Whether the kernel applied the leap at the right time is
+    /// judged apart, by [`SimHost::leap_disagreement_ns`].
     pub fn kernel_error_ns(&self) -> i128 {
-        self.kernel_realtime_ns() + self.true_tai_minus_utc as i128 * NS - self.t
+        let kernel_leaps: i64 = self.leaps_applied.iter().map(|&(_, l)| l as i64).sum();
+        self.kernel_realtime_ns() + (self.true_tai_minus_utc + kernel_leaps) as i128 * NS - self.t
+    }
+
+    /// 0 while this kernel and the world agree on how many leap seconds have happened;
+    /// otherwise how far true time is from the world's leap second (ns), or `i128::MAX` when
+    /// the world has none to explain the difference. A kernel whose clock is within its
+    /// maxerror of truth applies a leap second within maxerror of the true instant, so a bound
+    /// check compares this with maxerror too.
+    pub fn leap_disagreement_ns(&self) -> i128 {
+        let kernel_leaps: i64 = self.leaps_applied.iter().map(|&(_, l)| l as i64).sum();
+        if self.true_tai_minus_utc + kernel_leaps == self.world_tai_minus_utc() {
+            return 0;
+        }
+        match self.world_leap {
+            Some((at, _)) => (self.t - at).abs(),
+            None => i128::MAX,
+        }
     }
 
     /// The kernel's own vmclock page, as the RFC's `/dev/vmclock_host` publishes it: the
@@ -539,6 +582,30 @@ mod tests {
         h.advance(NS);
         assert_eq!(h.tx.state, TIME_WAIT);
         assert_eq!(h.leaps_applied, vec![(20_000 * 86_400, 1)]);
+    }
+
+    #[test]
+    fn leap_judged_on_a_continuous_scale_and_at_its_instant() {
+        let midnight_utc = 20_000 * 86_400 * NS;
+        let switch = midnight_utc + 37 * NS;
+        for (armed, kernel_err_ns) in [(true, 40), (true, -40), (false, 40)] {
+            // A kernel `kernel_err_ns` off truth, 2 s before the leap second.
+            let mut h = SimHost::new(3, switch - 2 * NS, 1_000_000_000, 0, 37, kernel_err_ns);
+            h.world_leap = Some((switch, 38));
+            h.set_status(STA_INS, armed);
+            h.advance(2 * NS); // exactly the instant of the leap second
+                               // Neither side of the instant charges the kernel a second for its few ns.
+            assert!((h.kernel_error_ns() - kernel_err_ns).abs() <= 1, "{armed} {kernel_err_ns}");
+            assert!(h.leap_disagreement_ns() <= 40, "{armed} {kernel_err_ns}");
+            h.advance(NS / 2);
+            if armed {
+                assert_eq!(h.leap_disagreement_ns(), 0);
+                assert!((h.kernel_error_ns() - kernel_err_ns).abs() <= 1);
+            } else {
+                // A kernel that missed the leap second is a second off UTC: the judge sees it.
+                assert_eq!(h.leap_disagreement_ns(), NS / 2);
+            }
+        }
     }
 
     #[test]

@@ -160,7 +160,7 @@ impl HostRun {
         let truth = if snap.time_type() == vmclock::abi::time_type::TAI {
             truth_tai
         } else {
-            truth_tai - self.host.true_tai_minus_utc as i128 * NS
+            truth_tai - self.host.world_tai_minus_utc_at(truth_tai) as i128 * NS
         };
         let t_ns = vmclock::Timestamp::<vmclock::Tai>::from_raw(t).as_nanos() as i128;
         if let Some(m) = r.maxerror_at(c) {

@@ -18,7 +18,8 @@ impl SimPhc<'_> {
     fn triple(&mut self) -> PhcTriple {
         let w = self.guest.sample(Clock::Realtime); // the window and the counter at its middle
         let j = self.guest.rng.range(0, 2 * self.jitter_ns) as i128 - self.jitter_ns as i128;
-        let truth_utc = self.guest.truth_at_counter(w.counter) - self.guest.true_tai_minus_utc as i128 * 1_000_000_000;
+        let truth_tai = self.guest.truth_at_counter(w.counter);
+        let truth_utc = truth_tai - self.guest.world_tai_minus_utc_at(truth_tai) as i128 * 1_000_000_000;
         self.guest.advance(1_000); // the driver's loop
         PhcTriple { sys_before_ns: w.before_ns, phc_ns: truth_utc + j, sys_after_ns: w.after_ns }
     }

@@ -85,6 +85,14 @@ impl SyncRun {
         }
     }
 
+    /// The world's leap second: (the true TAI instant, TAI − UTC from then on).
+    fn world_leap(&self) -> Option<(i128, i64)> {
+        let (midnight, sign) = self.spec.leap_at?;
+        let before = self.spec.tai_minus_utc as i128;
+        let switch = if sign > 0 { midnight + before * NS } else { midnight - NS + before * NS };
+        Some((switch, (before + sign as i128) as i64))
+    }
+
     /// TAI − UTC and the leap indicator at true TAI time `t`.
     fn leap_state(&self, t: i128) -> (i16, u8) {
         let Some((midnight, sign)) = self.spec.leap_at else { return (self.spec.tai_minus_utc, self.spec.leap) };
@@ -166,7 +174,7 @@ impl SyncRun {
             let a = self.discipline.handle_tick(self.guest.raw_now());
             self.apply(a);
             // The world's TAI − UTC (for judging the kernel) follows true time too.
-            self.guest.true_tai_minus_utc = self.leap_state(self.guest.now()).0 as i64;
+            self.guest.world_leap = self.world_leap();
             self.trace.push((self.guest.now(), self.guest.kernel_error_ns(), self.guest.tx.maxerror_us));
             let step = match self.discipline.next_deadline() {
                 Some(d) => (d - self.guest.raw_now()).clamp(1, poll_ns),

@@ -203,9 +203,9 @@ fn leap_run(seed: u64, insert: bool, sampled: Sampled) -> HostRun {
     let pre = r.current.unwrap();
     assert_eq!(pre.leap_indicator(), Some(if insert { leap::PRE_POS } else { leap::PRE_NEG }));
     // Through midnight; the true TAI − UTC changes with the leap.
-    r.run_for(5 * NS, 10 * MS);
-    r.host.true_tai_minus_utc = if insert { 38 } else { 36 };
-    r.run_for(10 * NS, 10 * MS);
+    let switch = if insert { midnight + 37 * NS } else { midnight - NS + 37 * NS };
+    r.host.world_leap = Some((switch, if insert { 38 } else { 36 }));
+    r.run_for(15 * NS, 10 * MS);
     r.host.set_status(STA_INS | STA_DEL, false);
     r.run_for(20 * NS, 10 * MS);
     r
@@ -399,5 +399,94 @@ mod long_runs {
             prop_assert_eq!(r.violations, Default::default(), "{:?}", r.violation_log);
             prop_assert!(r.truth_checks > 1000);
         }
+    }
+}
+
+/// counter_id and time_type are constant fields: the Linux driver reads them once, at probe.
+fn constants(r: &HostRun) -> Vec<(u8, u8)> {
+    let mut c: Vec<(u8, u8)> = r.pages.iter().map(|p| (p.snap.counter_id(), p.snap.time_type())).collect();
+    c.dedup();
+    c
+}
+
+#[test]
+fn a_utc_page_stays_utc_when_the_tai_offset_becomes_known() {
+    // Issue 11, item 4: the host used to switch the page to TAI here, keeping the marker.
+    let mut r = run(21, Sampled::Utc { tai_minus_utc: None });
+    r.run_for(5 * NS, 10 * MS);
+    let marker = r.current.unwrap().disruption_marker();
+    r.sampled = Sampled::Utc { tai_minus_utc: Some(37) };
+    r.run_for(5 * NS, 10 * MS);
+    let p = r.current.unwrap();
+    assert_eq!(constants(&r), [(vmclock::abi::counter_id::X86_TSC, vmclock::abi::time_type::UTC)]);
+    // The offset is a dynamic field: filled in, with its own update.
+    assert!(p.has(flags::TAI_OFFSET_VALID));
+    assert_eq!(p.tai_minus_utc(), Some(37));
+    assert!(r.pages.iter().any(|p| p.reason == Reason::TaiOffset));
+    assert_eq!(p.disruption_marker(), marker);
+    // The time stays UTC: the page's TAI at the counter is truth (within its bounds).
+    assert_clean(&r);
+    // The same from CLOCK_TAI samples (the kernel's TAI offset set later by the NTP daemon).
+    let mut r = run(22, Sampled::Utc { tai_minus_utc: None });
+    r.run_for(5 * NS, 10 * MS);
+    r.sampled = Sampled::Tai;
+    r.run_for(5 * NS, 10 * MS);
+    assert_eq!(constants(&r), [(vmclock::abi::counter_id::X86_TSC, vmclock::abi::time_type::UTC)]);
+    assert_eq!(r.current.unwrap().tai_minus_utc(), Some(37));
+    assert_clean(&r);
+}
+
+#[test]
+fn a_tai_page_stays_tai_when_the_offset_stops_being_known() {
+    // An expired leap-second list: the host used to switch the page to UTC.
+    let mut r = run(23, Sampled::Utc { tai_minus_utc: Some(37) });
+    r.run_for(5 * NS, 10 * MS);
+    let before = r.current.unwrap();
+    r.sampled = Sampled::Utc { tai_minus_utc: None };
+    r.run_for(5 * NS, 10 * MS);
+    let p = r.current.unwrap();
+    assert_eq!(constants(&r), [(vmclock::abi::counter_id::X86_TSC, vmclock::abi::time_type::TAI)]);
+    assert!(!p.has(flags::TAI_OFFSET_VALID), "the offset is no longer vouched for");
+    // A leap second may have been missed: a second more of maxerror, the same marker.
+    assert!(p.time_maxerror_ns().unwrap() >= 1_000_000_000);
+    assert_eq!(p.disruption_marker(), before.disruption_marker());
+    assert_clean(&r);
+    // Known again: the bound comes back.
+    r.sampled = Sampled::Utc { tai_minus_utc: Some(37) };
+    r.run_for(3 * NS, 10 * MS);
+    assert!(r.current.unwrap().time_maxerror_ns().unwrap() < 100_000_000);
+    assert_clean(&r);
+}
+
+#[test]
+fn a_restarted_host_keeps_its_pages_time_type() {
+    // A TAI page; the host restarts without knowing TAI − UTC (its list expired meanwhile).
+    let mut r = run(24, Sampled::Tai);
+    r.run_for(10 * NS, 10 * MS);
+    let page = r.current.unwrap();
+    let cfg = HostConfig { marker_seed: 7, time_type: Some(vmclock::abi::time_type::UTC), ..HostConfig::default() };
+    let mut again = HostRun::new(r.host.clone(), cfg.clone(), Sampled::Utc { tai_minus_utc: None });
+    again.publisher = vmtime_core::host::Publisher::resume(cfg, page);
+    again.current = Some(page);
+    again.run_for(3 * NS, 10 * MS);
+    assert_eq!(constants(&again), [(page.counter_id(), vmclock::abi::time_type::TAI)]);
+    assert_clean(&again);
+}
+
+#[test]
+fn the_first_page_written_has_its_constant_fields() {
+    // Both daemons used to write a blank page (counter INVALID) before their first publish; a
+    // driver probing then would never see the counter.
+    for tt in [vmclock::abi::time_type::TAI, vmclock::abi::time_type::UTC] {
+        let p = vmtime_core::host::Publisher::new(HostConfig { time_type: Some(tt), ..HostConfig::default() });
+        let page = vmclock::Snapshot::new(p.placeholder().unwrap().build(), 4096).unwrap();
+        assert_eq!((page.counter_id(), page.time_type()), (vmclock::abi::counter_id::X86_TSC, tt));
+        assert_eq!(page.clock_status(), Some(status::INITIALIZING), "no time yet: readers must not use it");
+        // The first real page keeps them.
+        let mut r =
+            HostRun::new(synced_host(25), HostConfig { time_type: Some(tt), ..HostConfig::default() }, Sampled::Tai);
+        r.run_for(3 * NS, 10 * MS);
+        assert_eq!(constants(&r), [(vmclock::abi::counter_id::X86_TSC, tt)]);
+        assert_clean(&r);
     }
 }

@@ -94,3 +94,25 @@ fn migration_and_restore_sequence() {
     assert_eq!(a.violations, Default::default());
     assert_eq!(b.violations, Default::default());
 }
+
+/// A relayed guest page keeps its time type when its host restarts with a page of the other one
+/// (the guest's driver read it once, at probe): the relay converts with the host page's TAI − UTC.
+#[test]
+fn the_guest_page_keeps_its_time_type_across_a_host_restart() {
+    let a = host(3, 10_000, 2_000);
+    let map = CounterMap::new(0x1234, (1u64 << 48) * 5 / 4, 48).unwrap();
+    let mut relay = GuestRelay::new(map, 0x77, false);
+    let (g0, ok) = guest_bounds_truth(&mut relay, &a);
+    assert!(ok);
+    assert_eq!(g0.time_type(), vmclock::abi::time_type::TAI);
+    // The host restarts knowing TAI − UTC only from REALTIME + 37 and creates a UTC page.
+    let cfg = HostConfig { marker_seed: 9, time_type: Some(vmclock::abi::time_type::UTC), ..HostConfig::default() };
+    let mut b = HostRun::new(a.host.clone(), cfg, Sampled::Utc { tai_minus_utc: Some(37) });
+    b.run_for(3 * NS, 10 * MS);
+    assert_eq!(b.current.unwrap().time_type(), vmclock::abi::time_type::UTC);
+    let (g1, ok) = guest_bounds_truth(&mut relay, &b);
+    assert_eq!((g1.time_type(), g1.counter_id()), (g0.time_type(), g0.counter_id()));
+    assert_eq!(g1.clock_status(), Some(vmclock::abi::status::SYNCHRONIZED));
+    assert!(ok, "the converted guest page bounds true time");
+    assert!(!relay.unconvertible());
+}

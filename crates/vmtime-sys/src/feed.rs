@@ -1,9 +1,9 @@
 //! The OS side of the feeds: chrony's SOCK refclock socket and ClockBound's shared-memory
 //! segment (layouts and decisions in `vmtime_core::feed`).
 
-use std::fs::OpenOptions;
-use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use crate::files::FileError;
+use rustix::fs::{self as rfs, AtFlags, FileType, FlockOperation, Mode, OFlags, RenameFlags, CWD};
+use std::io::{self, Read, Write};
 use std::os::unix::io::AsRawFd;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
@@ -43,6 +43,8 @@ impl ChronySocket {
 pub struct ClockBoundSegment {
     ptr: NonNull<u8>,
     path: PathBuf,
+    /// The open file, holding the lock.
+    _lock: std::fs::File,
 }
 
 // SAFETY: the mapping is shared memory written only through atomics by the one owner (`&mut`
@@ -51,35 +53,59 @@ unsafe impl Send for ClockBoundSegment {}
 
 impl ClockBoundSegment {
     /// Opens `path` if it already is a segment of this layout (clients that mapped it keep
-    /// following it), else creates it afresh (written in full under a temporary name, mode
-    /// 0644, renamed over `path`). Its generation is 0 (not readable) until the first write.
-    pub fn open_or_create(path: &Path) -> io::Result<Self> {
-        let reusable = std::fs::read(path).ok().is_some_and(|b| {
-            b.len() == SEGMENT_SIZE
-                && b[0..8] == header_bytes(0)[0..8]
-                && u16::from_ne_bytes([b[12], b[13]]) == VERSION
-                && u32::from_ne_bytes([b[8], b[9], b[10], b[11]]) == SEGMENT_SIZE as u32
-        });
-        if !reusable {
-            let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-            let name = path.file_name().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
-            let tmp = dir.join(format!(".{}.{}.tmp", name.to_string_lossy(), std::process::id()));
-            let _ = std::fs::remove_file(&tmp);
-            let mut f = OpenOptions::new().write(true).create_new(true).mode(0o644).open(&tmp)?;
-            let mut seg = [0u8; SEGMENT_SIZE];
-            seg[..HEADER_SIZE].copy_from_slice(&header_bytes(0));
-            let r = f.write_all(&seg).and_then(|_| f.sync_all()).and_then(|_| std::fs::rename(&tmp, path));
-            if r.is_err() {
-                let _ = std::fs::remove_file(&tmp);
+    /// following it), else creates it (under an `O_EXCL` temporary name, mode 0644, renamed
+    /// over nothing). Nothing is written through a symbolic link, anything else at the path is
+    /// refused, and the file is locked (`flock`) against a second feed. Its generation is 0
+    /// (not readable) until the first write.
+    pub fn open_or_create(path: &Path) -> Result<Self, FileError> {
+        let disp = || path.display().to_string();
+        let io = |op: &'static str, e: rustix::io::Errno| FileError::Io { op, path: disp(), err: e.into() };
+        match rfs::statat(CWD, path, AtFlags::SYMLINK_NOFOLLOW) {
+            Err(rustix::io::Errno::NOENT) => create(path)?,
+            Err(e) => return Err(io("inspect", e)),
+            Ok(st) => match FileType::from_raw_mode(st.st_mode) {
+                FileType::RegularFile => {}
+                FileType::Symlink => return Err(FileError::Symlink { path: disp() }),
+                t => {
+                    return Err(FileError::WrongKind {
+                        path: disp(),
+                        found: crate::files::kind_name(t).into(),
+                        what: "ClockBound segment",
+                    })
+                }
+            },
+        }
+        let flags = OFlags::RDWR | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+        let fd = rfs::openat(CWD, path, flags, Mode::empty()).map_err(|e| match e {
+            rustix::io::Errno::LOOP => FileError::Symlink { path: disp() },
+            e => io("open for writing", e),
+        })?;
+        rfs::flock(&fd, FlockOperation::NonBlockingLockExclusive).map_err(|e| match e {
+            rustix::io::Errno::WOULDBLOCK => {
+                FileError::Locked { path: disp(), holder: "another vmtime feed clockbound".into() }
             }
-            r?;
+            e => io("lock", e),
+        })?;
+        let f = std::fs::File::from(fd);
+        let mut b = Vec::new();
+        std::io::Read::by_ref(&mut &f)
+            .take(SEGMENT_SIZE as u64 + 1)
+            .read_to_end(&mut b)
+            .map_err(|e| FileError::Io { op: "read", path: disp(), err: e })?;
+        let ours = b.len() == SEGMENT_SIZE
+            && b[0..8] == header_bytes(0)[0..8]
+            && u16::from_ne_bytes([b[12], b[13]]) == VERSION
+            && u32::from_ne_bytes([b[8], b[9], b[10], b[11]]) == SEGMENT_SIZE as u32;
+        if !ours {
+            return Err(FileError::WrongKind {
+                path: disp(),
+                found: format!("a file of {} bytes that is not a ClockBound 2 segment", b.len()),
+                what: "ClockBound 2 segment",
+            });
         }
-        let f = OpenOptions::new().read(true).write(true).open(path)?;
-        if f.metadata()?.len() != SEGMENT_SIZE as u64 {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "the segment file changed size while opened"));
-        }
-        // SAFETY: a fresh shared mapping (addr null) of SEGMENT_SIZE bytes of a file opened for
-        // reading and writing that is exactly that long; checked for MAP_FAILED before use.
+        // SAFETY: a fresh shared mapping (addr null) of SEGMENT_SIZE bytes of a regular file
+        // opened for reading and writing that is exactly that long (checked above, under our
+        // lock); checked for MAP_FAILED before use.
         let p = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
@@ -91,10 +117,14 @@ impl ClockBoundSegment {
             )
         };
         if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
+            return Err(FileError::Io { op: "map", path: disp(), err: io::Error::last_os_error() });
         }
-        let ptr = NonNull::new(p.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned null"))?;
-        Ok(ClockBoundSegment { ptr, path: path.to_path_buf() })
+        let ptr = NonNull::new(p.cast::<u8>()).ok_or_else(|| FileError::Io {
+            op: "map",
+            path: disp(),
+            err: io::Error::other("mmap returned null"),
+        })?;
+        Ok(ClockBoundSegment { ptr, path: path.to_path_buf(), _lock: f })
     }
 
     /// The segment's path.
@@ -148,6 +178,74 @@ impl Drop for ClockBoundSegment {
     }
 }
 
+/// A new segment at `path`: header with generation 0 and a zero body, written under an
+/// `O_EXCL` temporary name (mode 0644 whatever the umask), fsynced, renamed over nothing.
+fn create(path: &Path) -> Result<(), FileError> {
+    let disp = || path.display().to_string();
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().ok_or_else(|| FileError::Io {
+        op: "create",
+        path: disp(),
+        err: io::Error::new(io::ErrorKind::InvalidInput, "no file name"),
+    })?;
+    let tmp = dir.join(format!(".{}.{:016x}.tmp", name.to_string_lossy(), crate::event::random_u64().unwrap_or(0)));
+    let fd = rfs::openat(
+        CWD,
+        &tmp,
+        OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o644),
+    )
+    .map_err(|e| FileError::Io { op: "create a new file in the directory of", path: disp(), err: e.into() })?;
+    let mut seg = [0u8; SEGMENT_SIZE];
+    seg[..HEADER_SIZE].copy_from_slice(&header_bytes(0));
+    let mut f = std::fs::File::from(fd);
+    let r = rfs::fchmod(&f, Mode::from_raw_mode(0o644))
+        .map_err(io::Error::from)
+        .and_then(|_| f.write_all(&seg))
+        .and_then(|_| f.sync_all())
+        .and_then(|_| rfs::renameat_with(CWD, &tmp, CWD, path, RenameFlags::NOREPLACE).map_err(io::Error::from));
+    if let Err(err) = r {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(FileError::Io { op: "create", path: disp(), err });
+    }
+    Ok(())
+}
+
+/// Creates the segment's directory if it is missing (mode 0755: clients of any user read the
+/// segment) and refuses a path that is not a directory, or one that others may write to.
+pub fn ensure_segment_dir(dir: &Path) -> Result<(), FileError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let disp = || dir.display().to_string();
+    if let Err(e) = std::fs::DirBuilder::new().recursive(true).mode(0o755).create(dir) {
+        return Err(FileError::Io { op: "create the directory", path: disp(), err: e });
+    }
+    let st = rfs::statat(CWD, dir, AtFlags::SYMLINK_NOFOLLOW).map_err(|e| FileError::Io {
+        op: "inspect",
+        path: disp(),
+        err: e.into(),
+    })?;
+    match FileType::from_raw_mode(st.st_mode) {
+        FileType::Directory => {}
+        FileType::Symlink => return Err(FileError::Symlink { path: disp() }),
+        t => {
+            return Err(FileError::WrongKind {
+                path: disp(),
+                found: crate::files::kind_name(t).into(),
+                what: "directory",
+            })
+        }
+    }
+    let me = rustix::process::geteuid().as_raw();
+    if st.st_mode & 0o022 != 0 || (st.st_uid != me && st.st_uid != 0) {
+        return Err(FileError::UnsafeDir {
+            path: disp(),
+            why: format!("owned by uid {} with mode {:o}", st.st_uid, st.st_mode & 0o7777),
+            fix: "give a directory owned by you or root that only its owner may write to".into(),
+        });
+    }
+    Ok(())
+}
+
 const _: () = assert!(MAGIC[0] == 0x414D_5A4E);
 
 #[cfg(test)]
@@ -170,6 +268,26 @@ mod tests {
         assert_eq!(b.len(), SEGMENT_SIZE);
         assert_eq!(u16::from_ne_bytes([b[14], b[15]]), 4);
         assert!(b[HEADER_SIZE..].iter().all(|&x| x == 9));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn segment_paths_are_checked() {
+        let dir = tempfile_dir();
+        let link = dir.join("link");
+        std::os::unix::fs::symlink(dir.join("elsewhere"), &link).unwrap();
+        assert!(matches!(ClockBoundSegment::open_or_create(&link), Err(FileError::Symlink { .. })));
+        let other = dir.join("other");
+        std::fs::write(&other, b"not a segment").unwrap();
+        let e = ClockBoundSegment::open_or_create(&other).unwrap_err();
+        assert!(e.to_string().contains("not a ClockBound 2 segment"), "{e}");
+        assert_eq!(std::fs::read(&other).unwrap(), b"not a segment", "left as it was");
+        assert!(matches!(ClockBoundSegment::open_or_create(&dir), Err(FileError::WrongKind { .. })));
+        let p = dir.join("shm0");
+        let _held = ClockBoundSegment::open_or_create(&p).unwrap();
+        assert!(matches!(ClockBoundSegment::open_or_create(&p), Err(FileError::Locked { .. })));
+        ensure_segment_dir(&dir.join("a/b")).unwrap();
+        assert!(matches!(ensure_segment_dir(&link), Err(FileError::Symlink { .. }) | Err(FileError::Io { .. })));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

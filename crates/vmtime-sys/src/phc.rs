@@ -5,7 +5,8 @@ use std::io;
 use std::mem::size_of;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use vmtime_core::phc::{PhcCaps, PhcDevice, PhcTriple};
+use vmclock::seqlock::PageMemory;
+use vmtime_core::phc::{read_best, vmclock_index, PageComparison, PhcCaps, PhcDevice, PhcTriple};
 
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
@@ -184,9 +185,117 @@ pub fn list_in(sys: &Path, dev: &Path) -> Vec<PhcInfo> {
     out.into_iter().map(|(_, i)| i).collect()
 }
 
+/// The vmclock device whose driver registered this PTP clock (clock_name "vmclockN" →
+/// `dev`/vmclockN), if it is there.
+pub fn vmclock_device(info: &PhcInfo, dev: &Path) -> Option<PathBuf> {
+    let p = dev.join(format!("vmclock{}", vmclock_index(&info.clock_name)?));
+    p.exists().then_some(p)
+}
+
+/// 64.64 fixed-point seconds → ns.
+fn frac_to_ns(t: u128) -> i128 {
+    ((t >> 64) as i128) * 1_000_000_000 + (((t & u64::MAX as u128) * 1_000_000_000) >> 64) as i128
+}
+
+/// A PHC reading compared with a vmclock page at the same instant, for
+/// `vmtime_core::phc::decide_timescale`: the page's time (in its own `time_type`) at a
+/// (REALTIME, counter, REALTIME) sample, and PHC − REALTIME from the PHC, give PHC − page.
+/// `None` when the page gives no time (markers only) or the PHC cannot be read. TAI − UTC comes
+/// from the page, else from the kernel (`kernel_tai`, 0 when unset).
+pub fn compare_with_page(phc: &mut dyn PhcDevice, page: &impl PageMemory, kernel_tai: i32) -> Option<PageComparison> {
+    let snap = vmclock::seqlock::read(page, vmclock::seqlock::DEFAULT_MAX_WAIT).ok()?;
+    // Only a page whose time may be relied upon (not a placeholder, not UNRELIABLE).
+    use vmclock::abi::status::{FREERUNNING, SYNCHRONIZED};
+    if !matches!(snap.clock_status(), Some(SYNCHRONIZED | FREERUNNING)) {
+        return None;
+    }
+    let r = snap.reference().ok()?;
+    let (m, _) = read_best(phc, 5).ok()?;
+    let s = crate::clock::aba_sample(crate::clock::ClockId::Realtime).ok()?;
+    let page_minus_rt = frac_to_ns(r.raw_time_at(s.counter).ok()?) - s.mid_ns();
+    let tai_minus_utc = snap.tai_minus_utc().or((kernel_tai != 0).then_some(kernel_tai as i16));
+    Some(PageComparison {
+        phc_minus_page_ns: m.offset_ns - page_minus_rt as f64,
+        page_time_type: snap.time_type(),
+        tai_minus_utc,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vmclock::abi::time_type;
+    use vmclock::{PageBuf, PageBuilder, Period, Tai, Timestamp};
+    use vmtime_core::phc::{decide_timescale, PhcTimescale, TimescaleFacts};
+
+    /// A PHC `ahead_ns` ahead of this machine's CLOCK_REALTIME (no device node: the readings
+    /// are made from CLOCK_REALTIME).
+    struct FakePhc {
+        ahead_ns: i128,
+    }
+
+    impl PhcDevice for FakePhc {
+        fn caps(&mut self) -> io::Result<PhcCaps> {
+            Ok(PhcCaps::default())
+        }
+        fn precise(&mut self) -> io::Result<PhcTriple> {
+            let t = crate::clock::gettime(crate::clock::ClockId::Realtime)?;
+            Ok(PhcTriple { sys_before_ns: t, phc_ns: t + self.ahead_ns, sys_after_ns: t })
+        }
+        fn extended(&mut self, _n: usize) -> io::Result<Vec<PhcTriple>> {
+            Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP))
+        }
+        fn basic(&mut self, _n: usize) -> io::Result<Vec<PhcTriple>> {
+            Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP))
+        }
+    }
+
+    #[test]
+    fn a_phc_is_judged_against_its_page() {
+        // A TAI page made from this machine's clock now, with TAI − UTC = 37.
+        let now = crate::clock::gettime(crate::clock::ClockId::Realtime).unwrap() + 37_000_000_000;
+        let b = PageBuilder::new()
+            .reference(
+                vmclock::counter::NATIVE,
+                vmclock::counter::read(),
+                Timestamp::<Tai>::from_parts((now / 1_000_000_000) as u64, 0),
+                Period::from_hz(2_000_000_000).unwrap(),
+            )
+            .status(vmclock::abi::status::SYNCHRONIZED)
+            .tai_minus_utc(37);
+        let page = PageBuf::new();
+        page.store_bytes(&b.page_bytes());
+        let mut judged = Vec::new();
+        for ahead in [0i128, 37_000_000_000] {
+            let c = compare_with_page(&mut FakePhc { ahead_ns: ahead }, &page, 0).unwrap();
+            assert_eq!((c.page_time_type, c.tai_minus_utc), (time_type::TAI, Some(37)));
+            let f = TimescaleFacts { page: Some(c), ..TimescaleFacts::default() };
+            judged.push(decide_timescale(&f).unwrap().0);
+        }
+        // 6.13–6.19 (UTC), then the newer driver (TAI): told apart by the page, not the name.
+        assert_eq!(judged, [PhcTimescale::Utc, PhcTimescale::Tai]);
+        // A markers-only page gives nothing to compare with.
+        let blank = PageBuf::new();
+        blank.store_bytes(&PageBuilder::new().page_bytes());
+        assert!(compare_with_page(&mut FakePhc { ahead_ns: 0 }, &blank, 37).is_none());
+    }
+
+    #[test]
+    fn the_vmclock_device_of_a_phc() {
+        let d = tempfile_dir("vmclock-dev");
+        std::fs::write(d.join("vmclock2"), b"").unwrap();
+        let info = |n: &str| PhcInfo { dev: d.join("ptp0"), clock_name: n.into(), driver: None };
+        assert_eq!(vmclock_device(&info("vmclock2"), &d), Some(d.join("vmclock2")));
+        assert_eq!(vmclock_device(&info("vmclock1"), &d), None, "no such device");
+        assert_eq!(vmclock_device(&info("KVM virtual PTP"), &d), None);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    fn tempfile_dir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("vmtime-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
 
     #[test]
     fn request_codes_match_the_kernel_header() {

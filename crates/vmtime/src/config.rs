@@ -148,8 +148,6 @@ pub struct RelaySettings {
     pub tsc_frac_bits: FracBits,
     /// Where the guest's markers are kept (default: guest page + ".state.json").
     pub state: Option<PathBuf>,
-    /// The VMM does not notify the guest.
-    pub no_notify: bool,
     /// Exit after this long (tests).
     pub duration_s: Option<DurationS>,
     /// Log level.
@@ -167,7 +165,6 @@ impl Default for RelaySettings {
             tsc_ratio: "1".parse().expect("in range"),
             tsc_frac_bits: FracBits::new(48).expect("in range"),
             state: None,
-            no_notify: false,
             duration_s: None,
             log_level: LogLevel::Info,
             metrics_listen: None,
@@ -199,8 +196,8 @@ pub struct SyncSettings {
     pub duration_s: Option<DurationS>,
     /// The timescale of a PHC source whose driver is not known.
     pub phc_timescale: Option<Timescale>,
-    /// TAI − UTC, to read a TAI PHC.
-    pub tai_offset: TaiUtcS,
+    /// TAI − UTC, to read a TAI PHC when neither the kernel nor the page has it.
+    pub tai_offset: Option<TaiUtcS>,
     /// Log level.
     pub log_level: LogLevel,
     /// Serve metrics here (default: [metrics] listen; none: off).
@@ -220,7 +217,7 @@ impl Default for SyncSettings {
             socket: None,
             duration_s: None,
             phc_timescale: None,
-            tai_offset: TaiUtcS::new(37).expect("in range"),
+            tai_offset: None,
             log_level: LogLevel::Info,
             metrics_listen: None,
         }
@@ -457,6 +454,7 @@ mod tests {
         all.sync.socket = Some("/s".into());
         all.sync.duration_s = DurationS::new(1);
         all.sync.phc_timescale = Some(Timescale::Utc);
+        all.sync.tai_offset = TaiUtcS::new(37);
         all.sync.metrics_listen = Some("127.0.0.1:1".parse().unwrap());
         all.metrics.listen = Some("127.0.0.1:1".parse().unwrap());
         let all = toml::Table::try_from(all).unwrap();

@@ -14,8 +14,9 @@ use vmtime_core::feed::clockbound::{CbStatus, ClockBoundConfig, ClockBoundFeed, 
 use vmtime_core::feed::{Hold, Observation};
 use vmtime_core::AbaSample;
 use vmtime_sys::clock::{aba_sample, gettime, ClockId};
-use vmtime_sys::event;
 use vmtime_sys::feed::{ChronySocket, ClockBoundSegment};
+use vmtime_sys::serve::Poller;
+use vmtime_sys::signals::{SignalEvent, Signals};
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
@@ -109,27 +110,86 @@ impl Measurer {
         Ok(self.page.read()?)
     }
 
-    /// (before, after, monotonic ns), the burst left in `self.samples`.
+    /// (before, after, monotonic ns), the burst left in `self.samples`. A page updated during
+    /// the burst is measured again (up to 4 times; then the core holds for this interval).
     fn measure(&mut self, burst: usize) -> Result<(Snapshot, Snapshot, i128)> {
         self.page.refresh();
-        let before = self.read()?;
-        self.samples.clear();
-        for _ in 0..burst {
-            self.samples.push(aba_sample(ClockId::Realtime)?);
+        let mut attempt = 0;
+        loop {
+            let before = self.read()?;
+            self.samples.clear();
+            for _ in 0..burst {
+                self.samples.push(aba_sample(ClockId::Realtime)?);
+            }
+            let after = self.read()?;
+            attempt += 1;
+            if after.seq_count() == before.seq_count() || attempt == 4 {
+                return Ok((before, after, gettime(ClockId::Monotonic)?));
+            }
         }
-        let after = self.read()?;
-        Ok((before, after, gettime(ClockId::Monotonic)?))
     }
 }
 
-/// Prints a line when the reason for holding changes.
+/// Logs a line when the reason for holding changes.
 fn report(last: &mut Option<Option<Hold>>, now: Option<Hold>, what: &str) {
     if *last != Some(now) {
         match now {
-            Some(h) => eprintln!("{what}: holding: {}", h.describe()),
-            None => eprintln!("{what}: running"),
+            Some(h) => tracing::warn!("{what}: holding: {}", h.describe()),
+            None => tracing::info!("{what}: running"),
         }
         *last = Some(now);
+    }
+}
+
+/// The loop's wait: until `next` (then it moves on by one interval), or a signal. Returns the
+/// signal's name when one asks to stop.
+struct Pacer {
+    signals: Signals,
+    poller: Poller,
+    next: Instant,
+    interval: Duration,
+    end: Option<Instant>,
+    name: &'static str,
+}
+
+impl Pacer {
+    fn new(interval: Duration, duration_s: Option<u64>, name: &'static str) -> Result<Self> {
+        let now = Instant::now();
+        Ok(Pacer {
+            signals: Signals::install()?,
+            poller: Poller::new(),
+            next: now,
+            interval,
+            end: duration_s.map(|d| now + Duration::from_secs(d)),
+            name,
+        })
+    }
+
+    /// Waits for the next slot; `Some(reason)` to stop.
+    fn wait(&mut self) -> Result<Option<&'static str>> {
+        self.next += self.interval;
+        let now = Instant::now();
+        if self.next < now {
+            self.next = now; // late (suspended, overloaded): no burst of catch-up slots
+        }
+        loop {
+            if self.end.is_some_and(|e| Instant::now() >= e) {
+                return Ok(Some("--duration-s elapsed"));
+            }
+            self.poller.clear();
+            self.signals.register(&mut self.poller);
+            self.poller.wait(Some(self.next.saturating_duration_since(Instant::now())))?;
+            match self.signals.take(&self.poller) {
+                Some(SignalEvent::Terminate(name)) => return Ok(Some(name)),
+                Some(SignalEvent::Reload) => {
+                    tracing::info!("SIGHUP: vmtime feed {} has no configuration file to reload; ignored", self.name)
+                }
+                None => {}
+            }
+            if Instant::now() >= self.next {
+                return Ok(None);
+            }
+        }
     }
 }
 
@@ -138,7 +198,7 @@ fn run_chrony(a: ChronyArgs) -> Result<ExitCode> {
     let mut m = Measurer::open(&a.common.source, a.common.burst.get() as usize)?;
     let sock = ChronySocket::new(&a.socket)?;
     let mut feed = ChronyFeed::new(interval.as_nanos() as i128);
-    let timer = event::Interval::new(interval)?;
+    let mut pacer = Pacer::new(interval, a.common.duration_s.map(DurationS::get), "chrony")?;
     eprintln!(
         "vmtime feed chrony: {} → {} every {} ms (chrony.conf: refclock SOCK {})",
         a.common.source.display(),
@@ -146,13 +206,12 @@ fn run_chrony(a: ChronyArgs) -> Result<ExitCode> {
         a.common.interval_ms,
         a.socket.display()
     );
-    let end = a.common.duration_s.map(|d| Instant::now() + Duration::from_secs(d.get()));
     let (mut last, mut send_failing) = (None, false);
     loop {
         let action = match m.measure(a.common.burst.get() as usize) {
             Ok((before, after, mono_ns)) => feed.handle(&Observation { before, after, samples: &m.samples, mono_ns }),
             Err(e) => {
-                eprintln!("{}: {e:#}", a.common.source.display());
+                tracing::warn!("{e:#}");
                 ChronyAction::Hold(Hold::NoTime)
             }
         };
@@ -161,12 +220,12 @@ fn run_chrony(a: ChronyArgs) -> Result<ExitCode> {
                 report(&mut last, None, "chrony feed");
                 match sock.send(&s.to_bytes()) {
                     Ok(()) if send_failing => {
-                        eprintln!("{}: chronyd receives samples again", a.socket.display());
+                        tracing::info!("{}: chronyd receives samples again", a.socket.display());
                         send_failing = false;
                     }
                     Ok(()) => {}
                     Err(e) if !send_failing => {
-                        eprintln!(
+                        tracing::warn!(
                             "{}: cannot send ({e}); is chronyd running with `refclock SOCK {}`? (retrying each interval)",
                             a.socket.display(),
                             a.socket.display()
@@ -178,11 +237,10 @@ fn run_chrony(a: ChronyArgs) -> Result<ExitCode> {
             }
             ChronyAction::Hold(h) => report(&mut last, Some(h), "chrony feed"),
         }
-        if end.is_some_and(|e| Instant::now() >= e) {
+        if let Some(why) = pacer.wait()? {
+            tracing::info!("{why}: stopping (chronyd gets no more samples)");
             break;
         }
-        event::poll_readable(&[timer.fd()], -1)?;
-        timer.ack()?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -202,7 +260,7 @@ fn run_clockbound(a: ClockBoundArgs) -> Result<ExitCode> {
         DisruptionSupport::Auto => a.common.source == Path::new(crate::DEFAULT_GUEST_PAGE),
     };
     let mut m = Measurer::open(&a.common.source, a.common.burst.get() as usize)?;
-    std::fs::create_dir_all(&a.dir).with_context(|| format!("cannot create {}", a.dir.display()))?;
+    vmtime_sys::feed::ensure_segment_dir(&a.dir)?;
     let path = a.dir.join("shm0");
     let mut seg = ClockBoundSegment::open_or_create(&path)
         .with_context(|| format!("cannot create the ClockBound segment {}", path.display()))?;
@@ -213,8 +271,7 @@ fn run_clockbound(a: ClockBoundArgs) -> Result<ExitCode> {
         holdoff_ns: 2 * interval.as_nanos() as i128,
     };
     let mut feed = ClockBoundFeed::new(cfg);
-    let timer = event::Interval::new(interval)?;
-    let end = a.common.duration_s.map(|d| Instant::now() + Duration::from_secs(d.get()));
+    let mut pacer = Pacer::new(interval, a.common.duration_s.map(DurationS::get), "clockbound")?;
     let mut last = None;
     let mut first = true;
     loop {
@@ -224,7 +281,7 @@ fn run_clockbound(a: ClockBoundArgs) -> Result<ExitCode> {
                 feed.handle(&Observation { before, after, samples: &m.samples, mono_ns }, as_of)
             }
             Err(e) => {
-                eprintln!("{}: {e:#}", a.common.source.display());
+                tracing::warn!("{e:#}");
                 feed.last_hold = Some(Hold::NoTime);
                 ErrorBound {
                     as_of_ns: as_of,
@@ -250,11 +307,17 @@ fn run_clockbound(a: ClockBoundArgs) -> Result<ExitCode> {
             first = false;
         }
         report(&mut last, feed.last_hold, "clockbound feed");
-        if end.is_some_and(|e| Instant::now() >= e) {
+        if let Some(why) = pacer.wait()? {
+            if why.starts_with("SIG") {
+                // Stopped on purpose: void the segment now rather than at the end of its life.
+                let now = gettime(ClockId::MonotonicCoarse)?;
+                seg.write(&ErrorBound { status: CbStatus::Unknown, void_after_ns: now, ..eb }.to_bytes());
+                tracing::info!("{why}: stopping (the segment now says Unknown)");
+            } else {
+                tracing::info!("{why}: stopping (the segment is void after its life)");
+            }
             break;
         }
-        event::poll_readable(&[timer.fd()], -1)?;
-        timer.ack()?;
     }
     Ok(ExitCode::SUCCESS)
 }

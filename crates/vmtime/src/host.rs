@@ -279,10 +279,9 @@ impl ServerView {
 /// Opens the page for writing (`vmtime_sys::files`): our own page file found there is taken
 /// over in place so readers' mappings stay valid, else a new one is created; anything else at
 /// the path is refused. The page is locked for the daemon's life.
-fn open_page(path: &Path) -> Result<(PageFile, WritableMapping, Option<Snapshot>)> {
-    // INITIALIZING until the first page: `vmtime check` then says "not yet calibrated".
-    let blank = PageBuilder::new().status(abi::status::INITIALIZING).page_bytes();
-    let (pf, prev) = files::open_or_create_page(path, &blank)?;
+/// A new page is created as `placeholder`, its constant fields already final.
+fn open_page(path: &Path, placeholder: PageBuilder) -> Result<(PageFile, WritableMapping, Option<Snapshot>)> {
+    let (pf, prev) = files::open_or_create_page(path, &placeholder.page_bytes())?;
     let prev = prev.and_then(|b| Snapshot::from_bytes(&b[..PAGE_SIZE]).ok());
     let m = Mapping::map(pf.file(), true).and_then(WritableMapping::new);
     let m = m.with_context(|| format!("cannot map {} for writing", path.display()))?;
@@ -321,7 +320,12 @@ pub fn run(args: Args) -> Result<ExitCode> {
         },
     };
 
-    let (page_file, mem, prev) = open_page(&page_path)?;
+    // The page's time type is fixed now, for its life: TAI when TAI − UTC is known at start.
+    let time_type = match tai {
+        TaiSource::Unknown => abi::time_type::UTC,
+        TaiSource::List(ref l) if !matches!(l.offset_at(now_s), TaiOffset::Known(_)) => abi::time_type::UTC,
+        _ => abi::time_type::TAI,
+    };
     let cfg = HostConfig {
         counter_id: if usable { vmclock::counter::NATIVE } else { abi::counter_id::INVALID },
         threshold_ns: a.threshold_ns.get(),
@@ -333,8 +337,11 @@ pub fn run(args: Args) -> Result<ExitCode> {
         tolerance_ppb: a.tolerance_ppm.fine(),
         interval_ns: a.interval_ms.get() as i128 * 1_000_000,
         marker_seed: event::random_u64()?,
+        time_type: Some(time_type),
         ..HostConfig::default()
     };
+    let placeholder = Publisher::new(cfg.clone()).placeholder().expect("the time type is fixed");
+    let (page_file, mem, prev) = open_page(&page_path, placeholder)?;
     let resumed = prev.is_some();
     let publisher = match prev {
         Some(p) => Publisher::resume(cfg, p),

@@ -67,6 +67,10 @@ fn timescale_note(name: &str) -> &'static str {
     match pure_source(name) {
         Some(Some(PhcTimescale::Utc)) => "UTC (pure time source)",
         Some(Some(PhcTimescale::Tai)) => "TAI (pure time source)",
+        // ptp_vmclock: UTC in Linux 6.13–6.19, TAI after; the name does not say which.
+        Some(None) if vmtime_core::phc::vmclock_index(name).is_some() => {
+            "pure time source, UTC or TAI by driver version: vmtime sync decides from its vmclock page"
+        }
         Some(None) => "pure time source, timescale unknown: give --phc-timescale",
         None => "not a pure time source (a NIC's clock?)",
     }

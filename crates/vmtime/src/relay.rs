@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use vmclock::seqlock::{self, PageMemory};
-use vmclock::{Mapping, PageBuilder, WritableMapping, Writer};
+use vmclock::{Mapping, WritableMapping, Writer};
 use vmtime_core::relay::{CounterMap, GuestRelay, GuestState};
 use vmtime_sys::event;
 use vmtime_sys::files::{self, LockFile, PageFile};
@@ -51,8 +51,11 @@ pub struct Args {
     #[arg(long)]
     #[serde(skip)]
     restored: bool,
-    /// The VMM does not notify the guest (NOTIFICATION_PRESENT clear).
-    #[arg(long)]
+    /// Accepted for old command lines: this relay has no way to notify the guest, so
+    /// NOTIFICATION_PRESENT is always clear (a VMM that notifies uses the library's
+    /// `GuestPageWriter::new` with its notifier). Not a configuration key.
+    #[arg(long, hide = true)]
+    #[serde(skip)]
     no_notify: bool,
     /// Exit after this many seconds.
     #[arg(long)]
@@ -157,7 +160,18 @@ impl Relay {
             return Ok(());
         }
         let before = self.saved;
+        let was_unconvertible = self.relay.unconvertible();
         let page = self.relay.guest_page(&host)?;
+        let unconvertible = self.relay.unconvertible();
+        if unconvertible && !was_unconvertible {
+            tracing::warn!(
+                "the host page is {} without a valid TAI offset, the guest page {}: it cannot be converted, so the guest page says UNRELIABLE until it can",
+                vmclock::abi::time_type_name(host.time_type()),
+                vmclock::abi::time_type_name(self.relay.state().constants.map_or(0, |c| c.1))
+            );
+        } else if was_unconvertible && !unconvertible {
+            tracing::info!("the host page can be converted to the guest's time type again");
+        }
         let after = *self.relay.state();
         if after != self.saved {
             // Includes the host marker last relayed: a relay restarted on another host's page
@@ -286,7 +300,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
         Some(bytes) => {
             let st: GuestState = serde_json::from_slice(&bytes)
                 .with_context(|| format!("{} is not a relay state", state_path.display()))?;
-            let mut r = GuestRelay::from_state(GuestState { notify: !a.no_notify, ..st });
+            // This relay has no way to notify the guest: NOTIFICATION_PRESENT stays clear.
+            let mut r = GuestRelay::from_state(GuestState { notify: false, ..st });
             if st.map != map && !args.migrated {
                 eprintln!(
                     "warning: the TSC map changed since the last run without --migrated: treating it as a migration"
@@ -295,7 +310,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             }
             r
         }
-        None => GuestRelay::new(map, event::random_u64()?, !a.no_notify),
+        None => GuestRelay::new(map, event::random_u64()?, false),
     };
     if args.migrated {
         relay.migrated_in(map);
@@ -305,9 +320,15 @@ pub fn run(args: Args) -> Result<ExitCode> {
     }
 
     let host = crate::page::FollowedPage::open(&host_path).context("is vmtime host running?")?;
+    // The guest page's constant fields are fixed when it is created, from the host page now
+    // (or kept from the saved state): a host restarted with another time type changes nothing.
+    let now = host.read().context("reading the host page")?;
+    let (counter_id, time_type) = relay.fix_constants(now.counter_id(), now.time_type());
+    let placeholder = relay.placeholder().expect("the constants are fixed");
     // The guest page is written in place (the VMM maps it): a vmclock page or a zero-filled
-    // file, or a new file; anything else is refused (before any state is written).
-    let (guest_file, _) = files::open_or_create_page(&guest_page, &PageBuilder::new().page_bytes())?;
+    // file, or a new file (created with its constants); anything else is refused (before any
+    // state is written).
+    let (guest_file, _) = files::open_or_create_page(&guest_page, &placeholder.page_bytes())?;
     let mem = WritableMapping::new(Mapping::map(guest_file.file(), true)?)?;
     save(&state_path, relay.state())?;
     let guest_socket = crate::host::socket_for(&guest_page);
@@ -332,6 +353,11 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let st = *r.relay.state();
     eprintln!("vmtime relay: {} → {}", host_path.display(), guest_page.display());
     eprintln!("  map: guest = ((host · {}) >> {}) + {:#x}", st.map.ratio, st.map.frac_bits, st.map.offset);
+    eprintln!(
+        "  guest page: counter {}, time type {} (constant for the page's life)",
+        vmclock::abi::counter_name(counter_id),
+        vmclock::abi::time_type_name(time_type)
+    );
     eprintln!(
         "  disruption marker {:#x}, generation {}, state {}",
         st.disruption_marker,

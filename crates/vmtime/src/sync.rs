@@ -14,7 +14,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use vmclock::abi::{self, flags};
-use vmtime_core::sync::{Discipline, SyncAction, SyncConfig, SyncObservation};
+use vmtime_core::sync::{
+    gives_time, sample_under_page, Discipline, MarkerWatch, NotifyCheck, SyncAction, SyncConfig, SyncObservation,
+    Wakeup,
+};
 use vmtime_sys::clock::{aba_sample, tightest, ClockId};
 use vmtime_sys::files;
 use vmtime_sys::serve::{self, Poller, Reply, Server, Subscription};
@@ -57,10 +60,12 @@ pub struct Args {
     /// Exit after this many seconds.
     #[arg(long)]
     duration_s: Option<DurationS>,
-    /// The timescale of a PHC source (required unless its driver is known: ptp_kvm is UTC).
+    /// The timescale of a PHC source, used only when the machine cannot tell: its vmclock page,
+    /// the kernel's timescale attribute and a driver of fixed timescale (ptp_kvm: UTC) come first.
     #[arg(long, value_enum)]
     phc_timescale: Option<Timescale>,
-    /// TAI − UTC in s, positive (37 in 2026), to read a TAI PHC.
+    /// TAI − UTC in s (positive: 37), to read a TAI PHC when neither the kernel (adjtimex) nor
+    /// the page has it.
     #[arg(long)]
     tai_offset: Option<TaiUtcS>,
     /// Log level: error, warn, info, debug or trace.
@@ -79,58 +84,140 @@ impl Args {
     }
 }
 
-/// A pure PHC, if there is one.
-fn find_phc() -> Option<(PathBuf, String)> {
-    vmtime_sys::phc::list()
-        .into_iter()
-        .find(|i| vmtime_core::phc::pure_source(&i.clock_name).is_some())
-        .map(|i| (i.dev, i.clock_name))
+/// SIGHUP: re-reads and re-checks the configuration; a bad file keeps the settings in force.
+/// The new settings take effect at the next start.
+fn reload(args: &Args, current: &SyncSettings) {
+    match args.settings() {
+        Ok(new) if new == *current => tracing::info!("SIGHUP: configuration re-read, unchanged"),
+        Ok(_) => {
+            tracing::info!("SIGHUP: configuration re-read and valid; the changes take effect when vmtime sync restarts")
+        }
+        Err(e) => tracing::warn!("SIGHUP: {e:#}; keeping the settings in force"),
+    }
 }
 
-/// The PHC path: measurements every interval, the PI servo, the same actions.
-fn run_phc(a: &SyncSettings, args: &Args, dev: PathBuf, clock_name: &str) -> Result<ExitCode> {
-    use vmtime_core::phc::{pure_source, read_best, PhcServo, PhcServoConfig, PhcTimescale};
-    let timescale = match (a.phc_timescale, pure_source(clock_name).flatten()) {
-        (Some(Timescale::Utc), _) => PhcTimescale::Utc,
-        (Some(Timescale::Tai), _) => PhcTimescale::Tai,
-        (None, Some(t)) => t,
-        (None, None) => bail!(
-            "{} (clock \"{clock_name}\"): its timescale is not known; give --phc-timescale utc|tai (it is never guessed)",
-            dev.display()
-        ),
-    };
+/// A pure PHC, if there is one.
+fn find_phc() -> Option<vmtime_sys::phc::PhcInfo> {
+    vmtime_sys::phc::list().into_iter().find(|i| vmtime_core::phc::pure_source(&i.clock_name).is_some())
+}
+
+fn timescale_of(t: Option<Timescale>) -> Option<vmtime_core::phc::PhcTimescale> {
+    use vmtime_core::phc::PhcTimescale;
+    t.map(|t| match t {
+        Timescale::Utc => PhcTimescale::Utc,
+        Timescale::Tai => PhcTimescale::Tai,
+    })
+}
+
+/// Runs the hook for a new VM generation (prints it in a dry run).
+fn run_hook(hook: &Option<String>, dry_run: bool) {
+    if dry_run {
+        println!("dry run: would {}", describe(&SyncAction::RunHook));
+    } else if let Some(h) = hook {
+        tracing::info!("VM generation changed: running {h}");
+        let _ = std::process::Command::new("sh").arg("-c").arg(h).status();
+    }
+}
+
+/// The PHC path: measurements every interval, the PI servo, the same actions. `markers` is a
+/// vmclock page that carries markers only (QEMU, Firecracker): its VM generation runs the hook
+/// and its disruption marker makes the next measurement step.
+fn run_phc(
+    a: &SyncSettings,
+    args: &Args,
+    info: vmtime_sys::phc::PhcInfo,
+    markers: Option<crate::page::FollowedPage>,
+) -> Result<ExitCode> {
+    use vmtime_core::phc::{decide_timescale, pure_source, read_best, PhcServo, PhcServoConfig, PhcSourceState};
+    let dev = info.dev.clone();
+    let clock_name = info.clock_name.clone();
     let mut d = vmtime_sys::phc::PhcFile::open(&dev).with_context(|| format!("cannot open {}", dev.display()))?;
-    let mut servo =
-        PhcServo::new(PhcServoConfig { timescale, tai_minus_utc: a.tai_offset.get(), ..PhcServoConfig::default() });
+    // The page of the vmclock device that registered this PHC, if any: its status, TAI − UTC,
+    // and a reading against it decide the PHC's timescale.
+    let own_page = vmtime_sys::phc::vmclock_device(&info, std::path::Path::new("/dev"))
+        .and_then(|p| vmclock::Mapping::open(&p).ok());
+    let kernel = vmtime_sys::read_timex()?;
+    let facts = vmtime_core::phc::TimescaleFacts {
+        attribute: None, // no released kernel has the PTP timescale attributes yet
+        page: own_page.as_ref().and_then(|m| vmtime_sys::phc::compare_with_page(&mut d, m, kernel.tai)),
+        driver: pure_source(&clock_name).flatten(),
+        configured: timescale_of(a.phc_timescale),
+    };
+    let (timescale, by) = match decide_timescale(&facts) {
+        Ok(t) => t,
+        Err(e) => bail!("{} ({clock_name}): {e}", dev.display()),
+    };
+    let scale = match timescale {
+        vmtime_core::phc::PhcTimescale::Utc => "UTC",
+        vmtime_core::phc::PhcTimescale::Tai => "TAI",
+    };
+    if facts.configured.is_some_and(|c| c != timescale) {
+        tracing::warn!("{}: --phc-timescale ignored: {by} shows the PHC keeps {scale}", dev.display());
+    }
+    let mut servo = PhcServo::new(PhcServoConfig { timescale, ..PhcServoConfig::default() });
     eprintln!(
-        "vmtime sync: {} ({clock_name}, {timescale}) → CLOCK_REALTIME{}",
+        "vmtime sync: {} ({clock_name}, {scale} by {by}) → CLOCK_REALTIME{}",
         dev.display(),
         if a.dry_run { " (dry run: nothing is changed)" } else { "" }
     );
+    if let Some(m) = &markers {
+        eprintln!("  {} carries markers only: watching them for the hook and for steps", m.path().display());
+    }
     let interval = Duration::from_millis(a.interval_ms.get());
     let end = a.duration_s.map(|d| Instant::now() + Duration::from_secs(d.get()));
     let mut signals = Signals::install()?;
     let mut poller = Poller::new();
+    let mut watch = MarkerWatch::default();
+    let mut printed = String::new();
+    let mut say = |act: &SyncAction, offset: f64, how: &str| {
+        let line = format!("dry run: would {} (offset {offset:+.1} ns{how})", describe(act));
+        if matches!(act, SyncAction::Step { .. }) || line != printed {
+            println!("{line}");
+            printed = line;
+        }
+    };
     while end.is_none_or(|e| Instant::now() < e) {
         let tx = vmtime_sys::read_timex()?;
-        match read_best(&mut d, 25) {
-            Ok((m, _)) => {
-                for act in servo.handle_measurement(&m, tx.tick, tx.freq, interval.as_secs_f64()) {
-                    if a.dry_run {
-                        println!(
-                            "dry run: would {} (offset {:+.1} ns, {} reading)",
-                            describe(&act),
-                            servo.last_offset_ns,
-                            m.method
-                        );
-                    } else {
-                        vmtime_sys::timex::apply(&act).with_context(|| format!("cannot {}", describe(&act)))?;
-                    }
+        if let Some(m) = &markers {
+            if let Ok(p) = m.read() {
+                let c = watch.observe(&p);
+                if c.disrupted {
+                    tracing::info!("disruption marker changed: {:#x}; stepping from the PHC", p.disruption_marker());
+                    servo.disrupted();
+                }
+                if c.new_generation {
+                    run_hook(&a.hook, a.dry_run);
                 }
             }
+        }
+        let page = own_page.as_ref().and_then(|m| vmclock::seqlock::read(m, vmclock::seqlock::DEFAULT_MAX_WAIT).ok());
+        servo.set_source(PhcSourceState::from_facts(page.as_ref(), tx.tai, a.tai_offset.map(TaiUtcS::get)));
+        let actions = match read_best(&mut d, 25) {
+            Ok((m, _)) => {
+                let acts = servo.handle_measurement(&m, tx.tick, tx.freq, interval.as_secs_f64());
+                if a.dry_run {
+                    for act in &acts {
+                        let how = match m.method {
+                            vmtime_core::phc::Method::Precise => " by PTP_SYS_OFFSET_PRECISE",
+                            vmtime_core::phc::Method::Extended => " by PTP_SYS_OFFSET_EXTENDED",
+                            vmtime_core::phc::Method::Basic => " by PTP_SYS_OFFSET",
+                        };
+                        say(act, servo.last_offset_ns, how);
+                    }
+                }
+                acts
+            }
             Err(failed) => {
-                let why: Vec<String> = failed.iter().map(|(m, e)| format!("{m}: {e}")).collect();
-                tracing::warn!("{}: no reading method works ({})", dev.display(), why.join("; "));
+                let first = failed.first().map(|(_, e)| e.as_str()).unwrap_or("no reading");
+                tracing::warn!("{}: no reading method works ({first}): holdover", dev.display());
+                servo.handle_failure(tx.maxerror_us, tx.esterror_us)
+            }
+        };
+        for act in actions {
+            if a.dry_run {
+                say(&act, servo.last_offset_ns, "");
+            } else {
+                vmtime_sys::timex::apply(&act).with_context(|| format!("cannot {}", describe(&act)))?;
             }
         }
         // The wait between measurements is also where signals arrive.
@@ -142,17 +229,111 @@ fn run_phc(a: &SyncSettings, args: &Args, dev: PathBuf, clock_name: &str) -> Res
                 tracing::info!("{name}: stopping (the clock is left as it is)");
                 break;
             }
-            Some(SignalEvent::Reload) => match args.settings() {
-                Ok(new) if new == *a => tracing::info!("SIGHUP: configuration re-read, unchanged"),
-                Ok(_) => tracing::info!(
-                    "SIGHUP: configuration re-read and valid; the changes take effect when vmtime sync restarts"
-                ),
-                Err(e) => tracing::warn!("SIGHUP: {e:#}; keeping the settings in force"),
-            },
+            Some(SignalEvent::Reload) => reload(args, a),
             None => {}
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A page with markers only and no PHC on this machine: no time source. The markers are still
+/// watched and the hook run; the clock is left alone.
+fn run_markers_only(a: &SyncSettings, mut page: crate::page::FollowedPage, socket: PathBuf) -> Result<ExitCode> {
+    let mut server = Server::bind_unix(&socket, 0o600, None, serve::Limits::default())?;
+    let mut signals = Signals::install()?;
+    let interval = Duration::from_millis(a.interval_ms.get());
+    eprintln!(
+        "vmtime sync: {} carries markers only and this machine has no PHC: no time source; watching its disruption_marker and vm_generation_counter{}",
+        page.path().display(),
+        if a.hook.is_some() { " for the hook" } else { "" }
+    );
+    eprintln!("  control socket {}", socket.display());
+    let end = a.duration_s.map(|d| Instant::now() + Duration::from_secs(d.get()));
+    let mut watch = MarkerWatch::default();
+    let mut hooks = 0u64;
+    let mut last = None;
+    let mut poller = Poller::new();
+    let mut next = Instant::now();
+    while end.is_none_or(|e| Instant::now() < e) {
+        if Instant::now() >= next {
+            next = Instant::now() + interval;
+            page.refresh();
+            if let Ok(p) = page.read() {
+                let c = watch.observe(&p);
+                if c.disrupted {
+                    tracing::info!(
+                        "disruption marker changed: {:#x} (no time source to step from)",
+                        p.disruption_marker()
+                    );
+                }
+                if c.new_generation {
+                    hooks += 1;
+                    run_hook(&a.hook, a.dry_run);
+                }
+                last = Some(p);
+            }
+        }
+        let wake = serve::earliest(Some(next), server.next_deadline());
+        poller.clear();
+        signals.register(&mut poller);
+        server.register(&mut poller);
+        poller.wait(wake.map(|w| w.saturating_duration_since(Instant::now())))?;
+        if let Some(SignalEvent::Terminate(name)) = signals.take(&poller) {
+            tracing::info!("{name}: stopping (the socket is removed)");
+            break;
+        }
+        let status = serde_json::json!({
+            "role": "sync",
+            "source": page.path().display().to_string(),
+            "dry_run": a.dry_run,
+            "discipline": { "state": "no time source (markers only)" },
+            "disruption_marker": last.map(|p| p.disruption_marker()),
+            "vm_generation_counter": last.and_then(|p| p.vm_generation_counter()),
+            "hooks_run": hooks,
+        });
+        server.handle(&poller, |line| match line.trim() {
+            "status" => Reply::Line(status.to_string()),
+            _ => Reply::Line(serve::error_json("unknown request: send status")),
+        });
+    }
+    drop(server); // removes our socket (only if it is still ours)
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The device's notifications, checked: a 6.13–6.19 driver's `poll()` is always readable.
+struct DeviceNotes {
+    device: Option<File>,
+    check: NotifyCheck,
+    /// The seq_count the device's read() last returned (what the driver's poll() compares with).
+    acked: Option<u32>,
+}
+
+impl DeviceNotes {
+    /// The device was readable: acknowledges with read() and says whether the page changed.
+    /// `seq_now` reads the page's seq_count when read() fails. After [`NotifyCheck::LIMIT`]
+    /// readable wake-ups in a row with nothing new, the device is no longer polled.
+    fn readable(&mut self, seq_now: impl Fn() -> u32) -> bool {
+        let Some(d) = &self.device else { return false };
+        // read() acknowledges this seq_count to the driver and says which it is: the driver's
+        // poll() wakes a file only for a seq other than the one it last read.
+        let mut buf = [0u8; abi::ABI_SIZE];
+        let seq = match d.read_at(&mut buf, 0) {
+            Ok(n) if n >= 16 => u32::from_le_bytes([buf[12], buf[13], buf[14], buf[15]]),
+            _ => seq_now(),
+        };
+        let last = self.acked.replace(seq);
+        match self.check.readable(last, seq) {
+            Wakeup::Update => true,
+            Wakeup::Spurious => false,
+            Wakeup::NoPoll => {
+                tracing::warn!(
+                    "the vmclock driver's poll() is always readable (Linux 6.13–6.19 has no .poll): observing on the interval instead"
+                );
+                self.device = None;
+                false
+            }
+        }
+    }
 }
 
 /// The first vmclock device, if any.
@@ -179,7 +360,7 @@ fn describe(a: &SyncAction) -> String {
 
 struct Sync {
     page: crate::page::FollowedPage,
-    device: Option<File>,
+    notes: DeviceNotes,
     discipline: Discipline,
     dry_run: bool,
     hook: Option<String>,
@@ -189,6 +370,8 @@ struct Sync {
     printed: std::collections::HashMap<std::mem::Discriminant<SyncAction>, String>,
     /// SIGHUPs received (each one a reload request).
     reload_requests: u64,
+    /// Observations redone because the page changed while their samples were taken.
+    redone: u64,
 }
 
 impl Sync {
@@ -207,12 +390,7 @@ impl Sync {
                 continue;
             }
             match a {
-                SyncAction::RunHook => {
-                    if let Some(h) = &self.hook {
-                        eprintln!("VM generation changed: running {h}");
-                        let _ = std::process::Command::new("sh").arg("-c").arg(h).status();
-                    }
-                }
+                SyncAction::RunHook => run_hook(&self.hook, false),
                 a => vmtime_sys::timex::apply(&a).with_context(|| {
                     format!("cannot {} (vmtime sync needs CAP_SYS_TIME; use --dry-run to watch)", describe(&a))
                 })?,
@@ -239,9 +417,26 @@ impl Sync {
         self.page.refresh();
         let kernel = vmtime_sys::read_timex()?;
         // A page that cannot be read (a truncated file, a stuck writer) is a lost source:
-        // holdover, never a crash.
-        let page = match self.page.read() {
-            Ok(p) if p.counter_id() == vmclock::counter::NATIVE => p,
+        // holdover, never a crash. The samples are paired with the page that was current while
+        // they were taken: if the seq_count moved meanwhile, the observation is taken again.
+        let page_src = &self.page;
+        let mut tries = 0u64;
+        let got = sample_under_page(
+            4,
+            || {
+                tries += 1;
+                page_src.read().map_err(anyhow::Error::from)
+            },
+            || -> Result<_> {
+                let raw = tightest(ClockId::MonotonicRaw, 16)?;
+                let samples = (0..64).map(|_| aba_sample(ClockId::Realtime)).collect::<std::io::Result<Vec<_>>>()?;
+                Ok((raw, samples))
+            },
+            || page_src.read().map_or(u32::MAX, |p| p.seq_count()),
+        );
+        self.redone += tries.saturating_sub(1);
+        let (page, (raw, samples)) = match got {
+            Ok(Some((p, s))) if gives_time(&p, vmclock::counter::NATIVE) => (p, s),
             Ok(_) | Err(_) => {
                 let a = self.discipline.handle_source_lost(&kernel);
                 self.log_notices();
@@ -257,8 +452,6 @@ impl Sync {
         }
         self.last_marker = Some(page.disruption_marker());
         crate::page::warn_legacy_tai(self.page.path(), &page);
-        let raw = tightest(ClockId::MonotonicRaw, 16)?;
-        let samples = (0..64).map(|_| aba_sample(ClockId::Realtime)).collect::<std::io::Result<Vec<_>>>()?;
         let a = self.discipline.handle_observation(&SyncObservation { page, raw, samples: &samples, kernel });
         self.log_notices();
         self.apply(a)
@@ -275,7 +468,8 @@ impl Sync {
             "source_status": page.and_then(|p| p.clock_status()).map(abi::status_name),
             "disruption_marker": page.map(|p| p.disruption_marker()),
             "vm_generation_counter": page.and_then(|p| p.vm_generation_counter()),
-            "notified": self.device.is_some(),
+            "notified": self.notes.device.is_some(),
+            "observations_redone": self.redone,
         })
     }
 }
@@ -286,29 +480,20 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let source = match a.source.clone().or_else(find_device) {
         Some(s) => s,
         None => match find_phc() {
-            Some((dev, name)) => return run_phc(&a, &args, dev, &name),
+            Some(info) => return run_phc(&a, &args, info, None),
             None => bail!("no source here: no /dev/vmclock* and no pure PHC (ptp_kvm, VMclock, hyperv, VMware, virtio-rtc, s390); give --source PAGE"),
         },
     };
     if source.to_string_lossy().starts_with("/dev/ptp") {
-        let name =
-            vmtime_sys::phc::list().into_iter().find(|i| i.dev == source).map(|i| i.clock_name).unwrap_or_default();
-        return run_phc(&a, &args, source, &name);
+        let info = vmtime_sys::phc::list().into_iter().find(|i| i.dev == source).unwrap_or(vmtime_sys::phc::PhcInfo {
+            dev: source.clone(),
+            clock_name: String::new(),
+            driver: None,
+        });
+        return run_phc(&a, &args, info, None);
     }
     let page = crate::page::FollowedPage::open(&source)?;
     let first = page.read()?;
-    if first.counter_id() != vmclock::counter::NATIVE {
-        bail!(
-            "{} gives no time for this CPU's counter (counter_id {}): nothing to synchronise to",
-            source.display(),
-            abi::counter_name(first.counter_id())
-        );
-    }
-    // Notification: the device's poll() (read() acknowledges), or a publisher's socket.
-    let is_device = page.reader().is_device();
-    let device = (is_device && first.has(flags::NOTIFICATION_PRESENT)).then(|| File::open(&source)).transpose()?;
-    let subscribe = || Subscription::open(&crate::host::socket_for(&source), Duration::from_secs(2)).ok();
-    let mut sub = if is_device { None } else { subscribe() };
     let socket = match a.socket.clone() {
         Some(s) => s,
         None => {
@@ -316,6 +501,19 @@ pub fn run(args: Args) -> Result<ExitCode> {
             files::runtime_dir().join("sync.sock")
         }
     };
+    if !gives_time(&first, vmclock::counter::NATIVE) {
+        // Markers only (QEMU, Firecracker: counter INVALID, status UNKNOWN): time from a PHC if
+        // there is one, the markers from the page either way.
+        return match find_phc() {
+            Some(info) => run_phc(&a, &args, info, Some(page)),
+            None => run_markers_only(&a, page, socket),
+        };
+    }
+    // Notification: the device's poll() (read() acknowledges), or a publisher's socket.
+    let is_device = page.reader().is_device();
+    let device = (is_device && first.has(flags::NOTIFICATION_PRESENT)).then(|| File::open(&source)).transpose()?;
+    let subscribe = || Subscription::open(&crate::host::socket_for(&source), Duration::from_secs(2)).ok();
+    let mut sub = if is_device { None } else { subscribe() };
     let mut server = Server::bind_unix(&socket, 0o600, None, serve::Limits::default())?;
     let mut signals = Signals::install()?;
     let cfg = SyncConfig {
@@ -327,7 +525,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     };
     let mut s = Sync {
         page,
-        device,
+        notes: DeviceNotes { device, check: NotifyCheck::default(), acked: None },
         discipline: Discipline::new(cfg),
         dry_run: a.dry_run,
         hook: a.hook.clone(),
@@ -335,6 +533,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         last_marker: None,
         printed: Default::default(),
         reload_requests: 0,
+        redone: 0,
     };
     eprintln!(
         "vmtime sync: {} → CLOCK_REALTIME{}",
@@ -350,7 +549,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     );
     eprintln!(
         "  woken by {}",
-        if s.device.is_some() {
+        if s.notes.device.is_some() {
             "the device's notifications"
         } else if sub.is_some() {
             "the publisher's socket"
@@ -378,7 +577,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         poller.clear();
         signals.register(&mut poller);
         server.register(&mut poller);
-        let t_note = if let Some(d) = &s.device {
+        let t_note = if let Some(d) = &s.notes.device {
             Some(poller.add(d.as_fd(), serve::READABLE))
         } else {
             sub.as_ref().map(|x| poller.add(x.fd(), serve::READABLE))
@@ -390,24 +589,16 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 break;
             }
             Some(SignalEvent::Reload) => {
-                // Re-read and re-check the configuration (the same flags on top). A bad file
-                // keeps the settings in force. The new settings take effect at the next start.
                 s.reload_requests += 1;
-                match args.settings() {
-                    Ok(new) if new == a => tracing::info!("SIGHUP: configuration re-read, unchanged"),
-                    Ok(_) => tracing::info!(
-                        "SIGHUP: configuration re-read and valid; the changes take effect when vmtime sync restarts"
-                    ),
-                    Err(e) => tracing::warn!("SIGHUP: {e:#}; keeping the settings in force"),
-                }
+                reload(&args, &a);
             }
             None => {}
         }
-        let notified = t_note.is_some_and(|t| poller.readable(t));
+        let mut notified = t_note.is_some_and(|t| poller.readable(t));
         if notified {
-            if let Some(d) = &s.device {
-                let mut buf = [0u8; abi::ABI_SIZE];
-                let _ = d.read_at(&mut buf, 0); // acknowledges this seq_count to the driver
+            if s.notes.device.is_some() {
+                let page = &s.page;
+                notified = s.notes.readable(|| page.read().map_or(u32::MAX, |p| p.seq_count()));
             } else if !sub.as_mut().is_some_and(|x| x.drain()) {
                 tracing::warn!("the publisher went away: polling the page");
                 sub = None;
@@ -433,4 +624,38 @@ pub fn run(args: Args) -> Result<ExitCode> {
     }
     drop(server); // removes our socket (only if it is still ours)
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 6.13–6.19 driver's poll() is always readable. A regular file is too: the daemon must
+    /// find that out after a few wake-ups and then wait out its intervals, not spin.
+    #[test]
+    fn an_always_readable_device_falls_back_to_the_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = dir.path().join("vmclock0");
+        std::fs::write(&dev, vec![0u8; 4096]).unwrap();
+        let mut notes =
+            DeviceNotes { device: Some(File::open(&dev).unwrap()), check: NotifyCheck::default(), acked: None };
+        let mut poller = Poller::new();
+        let start = Instant::now();
+        let mut updates = 0;
+        for _ in 0..10 {
+            // The daemon's wait: the device (while it is polled) and a 20 ms interval.
+            poller.clear();
+            let t = notes.device.as_ref().map(|d| poller.add(d.as_fd(), serve::READABLE));
+            poller.wait(Some(Duration::from_millis(20))).unwrap();
+            if t.is_some_and(|t| poller.readable(t)) {
+                // The file reads as a page whose seq_count is always 0: it never changes.
+                updates += u32::from(notes.readable(|| 0));
+            }
+        }
+        assert_eq!(updates, 1, "only the first wake-up (nothing read before it) counts as an update");
+        assert!(notes.device.is_none(), "the device is no longer polled");
+        // 10 waits: at most 1 + NotifyCheck::LIMIT return at once, the rest wait their 20 ms.
+        let waited = start.elapsed();
+        assert!(waited >= Duration::from_millis(20 * (10 - 1 - NotifyCheck::LIMIT as u64)), "{waited:?}");
+    }
 }

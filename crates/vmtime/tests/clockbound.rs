@@ -182,3 +182,34 @@ fn the_segment_is_void_after_its_life() {
     let after = gettime(ClockId::Monotonic).unwrap() - stopped;
     assert!(after >= 1_800_000_000, "void after {after} ns, before its 2 s life");
 }
+
+#[test]
+fn a_feed_stopped_by_sigterm_voids_its_segment_at_once() {
+    use std::io::BufRead;
+    if vmclock::counter::NATIVE == vmclock::abi::counter_id::INVALID {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let page = dir.path().join("page");
+    gen_page(dir.path(), &page, 1);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_vmtime"))
+        .args(["feed", "clockbound", "--source", page.to_str().unwrap(), "--dir", dir.path().to_str().unwrap()])
+        .args(["--interval-ms", "100", "--life-ms", "60000", "--duration-s", "60"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("vmtime feed clockbound") {
+        line.clear();
+        assert!(err.read_line(&mut line).unwrap() > 0, "the feed exited");
+    }
+    let seg = dir.path().join("shm0");
+    let mut c = ClockBoundClient::new_with_path(seg.to_str().unwrap()).unwrap();
+    assert!(wait_status(&mut c, ClockStatus::Synchronized, Duration::from_secs(10)));
+    use rustix::process::{kill_process, Pid, Signal};
+    kill_process(Pid::from_raw(child.id() as i32).unwrap(), Signal::TERM).unwrap();
+    assert!(child.wait().unwrap().success(), "the feed exits cleanly on SIGTERM");
+    // Its segment said 60 s of life, but a feed stopped on purpose says Unknown at once.
+    assert_eq!(reading(&mut c).2, ClockStatus::Unknown);
+}

@@ -12,10 +12,15 @@ fn host_publishes_a_page_that_checks_out() {
     let page = dir.path().join("host.page");
     let (_d, banner) = start_host(&page);
     assert!(banner.iter().any(|l| l.contains("new page")), "{banner:?}");
+    // From its first byte the page has its constant fields (the driver reads them once, at
+    // probe): never a blank page with counter INVALID before the first publish.
+    let first = show(&page)["fields"].clone();
+    assert_eq!(first["counter_id"]["name"], "X86_TSC", "{first}");
     let v = wait_calibrated(&page);
     let f = &v["fields"];
     assert_eq!(v["valid"], true);
     assert_eq!(f["counter_id"]["name"], "X86_TSC");
+    assert_eq!(f["time_type"], first["time_type"], "time_type is constant");
     assert!(f["flag_names"].as_array().unwrap().iter().any(|n| n == "TIME_MONOTONIC"));
     // Never UTC labelled TAI: TAI only with a valid offset.
     if f["time_type"]["name"] == "TAI" {

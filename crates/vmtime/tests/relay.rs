@@ -35,7 +35,10 @@ fn relay_follows_migrates_restores_and_remembers() {
     {
         let _r = start_relay(dir.path(), &[]);
         let g = wait_calibrated(&guest);
-        assert!(g["fields"]["flag_names"].as_array().unwrap().iter().any(|n| n == "VM_GEN_COUNTER_PRESENT"));
+        let flag_names = g["fields"]["flag_names"].as_array().unwrap().clone();
+        assert!(flag_names.iter().any(|n| n == "VM_GEN_COUNTER_PRESENT"));
+        // This relay cannot notify the guest: a guest told to wait in poll() would wait forever.
+        assert!(!flag_names.iter().any(|n| n == "NOTIFICATION_PRESENT"), "{flag_names:?}");
         // Identity map: the guest page is this machine's clock too, and checks out.
         let r = json(&["check", guest.to_str().unwrap(), "--samples", "2000", "--tolerance", "2000", "--json"]);
         assert_eq!(r["passed"], true, "{r}");
@@ -85,4 +88,19 @@ fn a_relay_restarted_on_another_host_page_changes_the_guest_marker() {
     let _r = start_relay(dir.path(), &[]);
     let second = markers(&guest).0;
     assert_ne!(second, first, "the guest's marker must change with the host's");
+}
+
+#[test]
+fn the_guest_page_has_its_constant_fields_from_the_start() {
+    // Started together: the host has not calibrated yet. The guest page must still carry its
+    // counter and time type (a guest driver reads them once, at probe), never counter INVALID.
+    let dir = tempfile::tempdir().unwrap();
+    let (host, guest) = (dir.path().join("host.page"), dir.path().join("guest.page"));
+    let (_h, _) = start_host(&host);
+    let _r = start_relay(dir.path(), &[]);
+    let first = show(&guest)["fields"].clone();
+    assert_eq!(first["counter_id"]["name"], "X86_TSC", "{first}");
+    let g = wait_calibrated(&guest);
+    assert_eq!(g["fields"]["time_type"], first["time_type"], "time_type is constant");
+    assert_eq!(g["fields"]["counter_id"], first["counter_id"]);
 }

@@ -81,3 +81,62 @@ fn dry_run_follows_a_page_and_changes_nothing() {
         (after.freq, after.tick, after.tai, after.status & 0x70)
     );
 }
+
+/// QEMU's and Firecracker's pages carry markers only (counter INVALID, status UNKNOWN). `vmtime
+/// sync` used to exit on them, so the VM-generation hook never ran; now it stays, says it has no
+/// time source, and runs the hook when the generation changes. (Skipped on a machine with a PHC,
+/// which sync would then use for time: tests never touch real devices.)
+#[test]
+fn a_markers_only_page_is_watched_for_the_hook() {
+    use vmclock::abi::status;
+    use vmclock::{Mapping, PageBuilder, WritableMapping, Writer};
+    if std::fs::read_dir("/sys/class/ptp").is_ok_and(|mut d| d.next().is_some()) {
+        eprintln!("SKIP: this machine has a PHC, which vmtime sync would use");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let page = dir.path().join("vmclock.page");
+    let sock = dir.path().join("sync.sock");
+    let markers = |marker: u64, generation: u64| {
+        PageBuilder::new().status(status::UNKNOWN).disruption_marker(marker).vm_generation(generation).build()
+    };
+    std::fs::write(&page, PageBuilder::new().page_bytes()).unwrap();
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(&page).unwrap();
+    let mut w = Writer::new(WritableMapping::new(Mapping::map(&f, true).unwrap()).unwrap());
+    w.publish(&markers(1, 1));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vmtime"))
+        .args(["sync", "--source", page.to_str().unwrap(), "--dry-run", "--duration-s", "60"])
+        .args(["--interval-ms", "20", "--hook", "true", "--socket", sock.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut banner = String::new();
+    while !banner.contains("control socket") {
+        let mut l = String::new();
+        assert!(err.read_line(&mut l).unwrap() > 0, "vmtime sync exited on a markers-only page: {banner}");
+        banner += &l;
+    }
+    std::thread::spawn(move || for _ in err.lines() {});
+    assert!(banner.contains("no time source"), "{banner}");
+    // Its state, once it has seen the first page.
+    let st = json(&["status", "--socket", sock.to_str().unwrap(), "--json"]);
+    assert_eq!(st["discipline"]["state"], "no time source (markers only)");
+    assert_eq!(st["vm_generation_counter"], 1);
+    // A restore from a snapshot: new generation, new marker → the hook.
+    let (tx, rx) = mpsc::channel();
+    let out = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    w.publish(&markers(2, 2));
+    let line = rx.recv_timeout(Duration::from_secs(20)).expect("the hook line");
+    assert!(line.contains("would run the generation hook"), "{line}");
+    let st = json(&["status", "--socket", sock.to_str().unwrap(), "--json"]);
+    assert_eq!((st["hooks_run"].as_u64(), st["vm_generation_counter"].as_u64()), (Some(1), Some(2)));
+    let _ = child.kill();
+    let _ = child.wait();
+}
