@@ -124,3 +124,67 @@ fn replies_are_json_and_logs_are_words() {
         assert!(!log.contains(debug), "Debug output {debug:?} in the log: {log}");
     }
 }
+
+#[test]
+fn check_says_not_yet_calibrated_while_the_page_is_initializing() {
+    let dir = tempfile::tempdir().unwrap();
+    let page = dir.path().join("p");
+    let out = vmtime(&[
+        "gen",
+        page.to_str().unwrap(),
+        "--tai-offset",
+        "37",
+        "--calibrate-ms",
+        "20",
+        "--status",
+        "initializing",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = vmtime(&["check", page.to_str().unwrap(), "--samples", "100"]);
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("not yet calibrated"));
+}
+
+#[test]
+fn check_is_a_health_probe_for_a_fresh_host() {
+    // A fresh host daemon (it only reads the clock): from the moment its page exists, `check`
+    // says "not yet calibrated" (3) and then PASS (0), never FAIL (1) or an error (2). Bounded:
+    // at most 60 checks, 100 ms apart; the daemon calibrates in about a second.
+    let dir = tempfile::tempdir().unwrap();
+    let page = dir.path().join("p");
+    let socket = dir.path().join("s");
+    let mut host = Command::new(env!("CARGO_BIN_EXE_vmtime"))
+        .args(["host", "--page", page.to_str().unwrap(), "--socket", socket.to_str().unwrap()])
+        .args(["--no-vmclock-host", "--quiet", "--duration-s", "20"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..200 {
+        if page.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let mut codes = Vec::new();
+    for _ in 0..60 {
+        let out = vmtime(&["check", page.to_str().unwrap()]);
+        let code = out.status.code().unwrap_or(-1);
+        assert!(
+            code == 0 || code == 3,
+            "check on a healthy fresh host gave {code}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        codes.push(code);
+        if codes.iter().filter(|&&c| c == 0).count() >= 5 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = host.kill();
+    let _ = host.wait();
+    assert!(codes.iter().filter(|&&c| c == 0).count() >= 5, "never calibrated: {codes:?}");
+    // Once PASS, it stays PASS.
+    let first = codes.iter().position(|&c| c == 0).unwrap();
+    assert!(codes[first..].iter().all(|&c| c == 0), "{codes:?}");
+}
