@@ -188,3 +188,45 @@ fn check_is_a_health_probe_for_a_fresh_host() {
     let first = codes.iter().position(|&c| c == 0).unwrap();
     assert!(codes[first..].iter().all(|&c| c == 0), "{codes:?}");
 }
+
+#[test]
+fn sighup_rereads_the_configuration_and_a_bad_file_keeps_the_daemon_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("vmtime.toml");
+    let page = dir.path().join("p");
+    let socket = dir.path().join("s");
+    std::fs::write(&cfg, "[host]\nquiet = true\nthreshold_ns = 30\n").unwrap();
+    let mut host = Command::new(env!("CARGO_BIN_EXE_vmtime"))
+        .args(["host", "--config", cfg.to_str().unwrap(), "--page", page.to_str().unwrap()])
+        .args(["--socket", socket.to_str().unwrap(), "--no-vmclock-host", "--duration-s", "20"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let status = || -> Option<serde_json::Value> {
+        let out = vmtime(&["status", "--socket", socket.to_str().unwrap(), "--json"]);
+        out.status.success().then(|| serde_json::from_slice(&out.stdout).ok()).flatten()
+    };
+    let wait_for = |what: &str, ok: &dyn Fn(&serde_json::Value) -> bool| {
+        for _ in 0..200 {
+            if status().is_some_and(|v| ok(&v)) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(25));
+        }
+        panic!("timed out waiting for {what}");
+    };
+    wait_for("the daemon", &|_| true);
+    // The file goes bad; SIGHUP: the error is logged, the daemon keeps its settings and serves.
+    std::fs::write(&cfg, "[host]\nthreshold_ns = 0\n").unwrap();
+    let hup = Command::new("kill").args(["-HUP", &host.id().to_string()]).status().unwrap();
+    assert!(hup.success());
+    wait_for("the first SIGHUP counted", &|v| v["reload_requests"] == 1);
+    // A good file again: re-read as well.
+    std::fs::write(&cfg, "[host]\nthreshold_ns = 40\n").unwrap();
+    let hup = Command::new("kill").args(["-HUP", &host.id().to_string()]).status().unwrap();
+    assert!(hup.success());
+    wait_for("the second SIGHUP counted", &|v| v["reload_requests"] == 2);
+    assert!(host.try_wait().unwrap().is_none(), "still running");
+    let _ = host.kill();
+    let _ = host.wait();
+}
