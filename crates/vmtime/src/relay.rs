@@ -319,7 +319,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
         relay.restored_from_snapshot();
     }
 
-    let host = crate::page::FollowedPage::open(&host_path).context("is vmtime host running?")?;
+    let host = crate::page::FollowedPage::open(&host_path).map_err(|e| {
+        anyhow::anyhow!("no host page to follow: {e:#} (is vmtime host running? --host-page names its page)")
+    })?;
     // The guest page's constant fields are fixed when it is created, from the host page now
     // (or kept from the saved state): a host restarted with another time type changes nothing.
     let now = host.read().context("reading the host page")?;
