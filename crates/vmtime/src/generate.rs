@@ -7,7 +7,7 @@
 //! the clap project's own generators.
 
 use anyhow::{Context, Result};
-use clap::{Args as ClapArgs, CommandFactory, Subcommand};
+use clap::{Args as ClapArgs, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -36,7 +36,8 @@ fn mkdir(dir: &Path) -> Result<()> {
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
-    let cmd = crate::Cli::command();
+    // The command line as parsed, ranges and configured defaults in the help included.
+    let cmd = crate::command();
     match a.what {
         What::Man { dir } => {
             mkdir(&dir)?;

@@ -18,32 +18,16 @@ use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 
-/// How verbose the log is (`--log-level`, `[…] log_level` in the config).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Default)]
-pub enum LogLevel {
-    /// Only failures.
-    Error,
-    /// Failures and what an operator should look at.
-    Warn,
-    /// Start-up, state changes, disruptions (the default).
-    #[default]
-    Info,
-    /// Every page and action.
-    Debug,
-    /// Everything.
-    Trace,
-}
+pub use crate::config::LogLevel;
 
-impl LogLevel {
-    fn filter(self) -> tracing_subscriber::filter::LevelFilter {
-        use tracing_subscriber::filter::LevelFilter;
-        match self {
-            LogLevel::Error => LevelFilter::ERROR,
-            LogLevel::Warn => LevelFilter::WARN,
-            LogLevel::Info => LevelFilter::INFO,
-            LogLevel::Debug => LevelFilter::DEBUG,
-            LogLevel::Trace => LevelFilter::TRACE,
-        }
+fn filter(level: LogLevel) -> tracing_subscriber::filter::LevelFilter {
+    use tracing_subscriber::filter::LevelFilter;
+    match level {
+        LogLevel::Error => LevelFilter::ERROR,
+        LogLevel::Warn => LevelFilter::WARN,
+        LogLevel::Info => LevelFilter::INFO,
+        LogLevel::Debug => LevelFilter::DEBUG,
+        LogLevel::Trace => LevelFilter::TRACE,
     }
 }
 
@@ -82,7 +66,7 @@ pub fn init(level: LogLevel) {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     let style = detect_style();
-    let (filter, handle) = tracing_subscriber::reload::Layer::new(level.filter());
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter(level));
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).event_format(LineFormat { style });
     if tracing_subscriber::registry().with(filter).with(fmt).try_init().is_ok() {
         let _ = LEVEL.set(handle);
@@ -90,10 +74,9 @@ pub fn init(level: LogLevel) {
 }
 
 /// Sets the level from now on (a daemon's configured `log_level`, re-read on SIGHUP).
-#[allow(dead_code)] // until the daemons read their configured level
 pub fn set_level(level: LogLevel) {
     if let Some(h) = LEVEL.get() {
-        let _ = h.modify(|f| *f = level.filter());
+        let _ = h.modify(|f| *f = filter(level));
     }
 }
 
@@ -195,7 +178,7 @@ mod tests {
     fn capture(style: Style, level: LogLevel, f: impl FnOnce()) -> String {
         let buf = Buf::default();
         let sub = tracing_subscriber::fmt()
-            .with_max_level(level.filter())
+            .with_max_level(filter(level))
             .with_writer(buf.clone())
             .event_format(LineFormat { style })
             .finish();

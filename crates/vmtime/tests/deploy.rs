@@ -91,7 +91,7 @@ fn each_daemon_serves_its_metrics_and_promtool_accepts_them() {
     let guest_page = dir.path().join("guest.page");
     let (hp, rp, sp) = (free_port(), free_port(), free_port());
     let (h, g) = (host_page.to_str().unwrap(), guest_page.to_str().unwrap());
-    let (hl, rl, sl) = (format!("127.0.0.1:{hp}"), format!("localhost:{rp}"), format!("127.0.0.1:{sp}"));
+    let (hl, rl, sl) = (format!("127.0.0.1:{hp}"), format!("127.0.0.1:{rp}"), format!("127.0.0.1:{sp}"));
     let sync_sock = dir.path().join("sync.sock");
     let _host =
         start_ready(dir.path(), &["host", "--page", h, "--quiet", "--duration-s", "120", "--metrics-listen", &hl]);
@@ -155,7 +155,7 @@ fn a_metrics_address_off_loopback_is_refused_before_anything_starts() {
         vmtime(&["host", "--page", page.to_str().unwrap(), "--metrics-listen", "0.0.0.0:9470", "--duration-s", "5"]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("metrics address 0.0.0.0:9470 is not a loopback address"), "{err}");
+    assert!(err.contains("0.0.0.0:9470") && err.contains("is not a loopback address"), "{err}");
     assert_eq!(err.lines().filter(|l| l.contains("loopback")).count(), 1, "one line: {err}");
 }
 
@@ -313,7 +313,12 @@ fn man_pages_and_completions_cover_every_subcommand() {
     }
     let top = std::fs::read_to_string(man.join("vmtime.1")).unwrap();
     assert!(top.contains(".TH vmtime 1"));
-    assert!(top.contains("\\-\\-log\\-level"));
+    let host = std::fs::read_to_string(man.join("vmtime-host.1")).unwrap();
+    for flag in ["\\-\\-log\\-level", "\\-\\-metrics\\-listen", "\\-\\-config"] {
+        assert!(host.contains(flag), "vmtime-host.1 lacks {flag}");
+    }
+    // The help as the parser gives it, ranges included.
+    assert!(host.contains("[allowed:"), "vmtime-host.1 has the allowed ranges");
     for (f, needle) in
         [("vmtime.bash", "_vmtime()"), ("_vmtime", "#compdef vmtime"), ("vmtime.fish", "complete -c vmtime")]
     {
