@@ -27,7 +27,7 @@ pub enum PageError {
         min: u32,
     },
     /// `size` claims more bytes than were mapped or given.
-    #[error("page size field {size} is larger than the {mapped} bytes available")]
+    #[error("only {mapped} bytes of the page are available (size field {size}): fewer than the bytes up to and including `flags`")]
     LargerThanMapping {
         /// The `size` field.
         size: u32,

@@ -160,7 +160,7 @@ impl Pacer {
             poller: Poller::new(),
             next: now,
             interval,
-            end: duration_s.map(|d| now + Duration::from_secs(d)),
+            end: duration_s.and_then(|d| now.checked_add(Duration::from_secs(d))),
             name,
         })
     }
