@@ -421,9 +421,10 @@ mod tests {
                 .map(|_| {
                     let done = &done;
                     s.spawn(move || {
-                        let (mut reads, mut last) = (0u64, 0u64);
-                        // During the writes, and 100 successful readings after them at least.
-                        while !done.load(Ordering::Relaxed) || reads < 100 {
+                        let (mut reads, mut after, mut last) = (0u64, 0u64, 0u64);
+                        // During the writes, then 100 successful readings begun after them.
+                        while after < 100 {
+                            let finished = done.load(Ordering::Acquire);
                             let mut n = vmclock_now::default();
                             match now(handle as *const vmclock, &mut n) {
                                 VMCLOCK_OK => {}
@@ -436,6 +437,7 @@ mod tests {
                             assert!(n.earliest_ns <= n.time_ns && n.time_ns <= n.latest_ns);
                             last = n.disruption_marker;
                             reads += 1;
+                            after += u64::from(finished);
                         }
                         (reads, last)
                     })
@@ -446,7 +448,7 @@ mod tests {
                 raw.disruption_marker = m.into();
                 w.publish(&raw);
             }
-            done.store(true, Ordering::Relaxed);
+            done.store(true, Ordering::Release);
             for r in readers {
                 let (reads, last) = r.join().unwrap();
                 assert!(reads >= 100);

@@ -98,7 +98,7 @@ pub enum ReadError {
 #[derive(Debug, Error)]
 pub enum ClockError {
     /// Opening or mapping the page failed.
-    #[error("cannot map {path}: {source}")]
+    #[error("cannot map {path}")]
     Map {
         /// The path.
         path: String,

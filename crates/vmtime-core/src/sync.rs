@@ -20,6 +20,11 @@
 //!   ABI allows: its time and bounds are still the best the guest has (the guest runs on the same
 //!   oscillator, so holding over would drift from the host for nothing, and a guest booting with a
 //!   wrong clock must still be set), but STA_UNSYNC stays set.
+//! * **Sanity limits** (like chrony's `maxchange` and the kernel's own): a source whose rate
+//!   against RAW lies beyond what the kernel can be set to (ADJ_TICK's ±10 % less the largest
+//!   slew) is unusable, and after start-up (the first `step_updates` updates) an offset larger
+//!   than `max_step_ns` is never acted on, by step or slew: both mean holdover, with a
+//!   [`SyncNotice`] for the log. Bounds given to the kernel saturate at its 16 s limit.
 //! * **Holdover** (source lost, or a page that is UNRELIABLE, not bounded or without a counter):
 //!   the last frequency is kept, no step, STA_UNSYNC set; the kernel grows maxerror by 500 µs per
 //!   second (its MAXFREQ), which is the rate at which the bound widens.
@@ -45,11 +50,19 @@ pub struct SyncConfig {
     pub interval_ns: i128,
     /// Fastest phase slew, ppb (on top of the feed-forward frequency).
     pub max_slew_ppb: i64,
+    /// After start-up, an offset beyond this is refused (holdover), ns.
+    pub max_step_ns: i64,
 }
 
 impl Default for SyncConfig {
     fn default() -> Self {
-        SyncConfig { step_threshold_ns: 1_000_000, step_updates: 3, interval_ns: NS, max_slew_ppb: 200_000 }
+        SyncConfig {
+            step_threshold_ns: 1_000_000,
+            step_updates: 3,
+            interval_ns: NS,
+            max_slew_ppb: 200_000,
+            max_step_ns: 366 * 86_400 * NS as i64,
+        }
     }
 }
 
@@ -101,6 +114,53 @@ pub enum SyncAction {
     RunHook,
 }
 
+/// The kernel's frequency range: ADJ_TICK moves ±10 % (9000–11000 µs per 1/100 s), ADJ_FREQUENCY
+/// adds ±500 ppm (MAXFREQ); ppb.
+pub const KERNEL_MAX_PPB: i64 = 100_000_000;
+/// The kernel's limit on maxerror and esterror (NTP_PHASE_LIMIT, 16 s), µs.
+pub const KERNEL_MAX_ERROR_US: i64 = 16_000_000;
+
+/// Something the daemon should log: the discipline refused what the source proposed.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub enum SyncNotice {
+    /// The source's rate against RAW is beyond what the kernel can follow: holdover.
+    RateOutOfRange {
+        /// The rate the source implies, ppb.
+        ppb: f64,
+        /// The largest usable, ppb.
+        limit_ppb: i64,
+    },
+    /// After start-up, the source is further off than the step limit: holdover.
+    StepRefused {
+        /// Kernel − source, ns.
+        offset_ns: f64,
+        /// The limit, ns.
+        limit_ns: i64,
+    },
+    /// The source is usable again.
+    Recovered,
+}
+
+impl std::fmt::Display for SyncNotice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            SyncNotice::RateOutOfRange { ppb, limit_ppb } => write!(
+                f,
+                "the source implies a rate of {:+.3} ppm against CLOCK_MONOTONIC_RAW, beyond the kernel's ±{} ppm: holding over (is the page's counter period wrong?)",
+                ppb / 1e3,
+                limit_ppb / 1000
+            ),
+            SyncNotice::StepRefused { offset_ns, limit_ns } => write!(
+                f,
+                "the source is {:.3} s away from this clock, more than the step limit of {} s after start-up: holding over; restart vmtime sync or raise max_step_s to accept it",
+                -offset_ns / 1e9,
+                limit_ns / 1_000_000_000
+            ),
+            SyncNotice::Recovered => f.write_str("the source is usable again"),
+        }
+    }
+}
+
 /// The discipline's state, for `vmtime status`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
 pub struct SyncStatus {
@@ -138,10 +198,13 @@ pub struct Discipline {
     slew_end_raw_ns: Option<i128>,
     last_freq: Option<(i64, i64)>,
     last_state: Option<(bool, bool, bool)>,
+    notices: Vec<SyncNotice>,
+    refusing: bool,
 }
 
 /// The kernel's (tick, freq) for a rate `ppb` away from RAW.
 pub fn tick_freq(ppb: f64) -> (i64, i64) {
+    let ppb = ppb.clamp(-(KERNEL_MAX_PPB as f64), KERNEL_MAX_PPB as f64);
     let tick = 10_000 + (ppb / 100_000.0).round() as i64;
     let rest = ppb - (tick - 10_000) as f64 * 100_000.0;
     (tick, (rest * 65.536).round() as i64)
@@ -160,7 +223,23 @@ impl Discipline {
             slew_end_raw_ns: None,
             last_freq: None,
             last_state: None,
+            notices: Vec::new(),
+            refusing: false,
         }
+    }
+
+    /// What happened that the daemon should log, since the last call.
+    pub fn take_notices(&mut self) -> Vec<SyncNotice> {
+        std::mem::take(&mut self.notices)
+    }
+
+    /// Refuses the source (holdover), noting why once per episode.
+    fn refuse(&mut self, why: SyncNotice, kernel: &KernelTimex, out: &mut Vec<SyncAction>) {
+        if !self.refusing {
+            self.refusing = true;
+            self.notices.push(why);
+        }
+        self.holdover(kernel, out);
     }
 
     /// The state, for status reports.
@@ -274,8 +353,24 @@ impl Discipline {
         if d_raw > 10_000_000 && d_c > 0 {
             let page_s_per_tick = r.period as f64 / 2f64.powi(64 + r.shift as i32);
             let raw_s_per_tick = d_raw as f64 / d_c as f64 / 1e9;
-            self.ff_ppb = Some((page_s_per_tick / raw_s_per_tick - 1.0) * 1e9);
-            self.status.frequency_ppb = self.ff_ppb.unwrap_or(0.0);
+            let ppb = (page_s_per_tick / raw_s_per_tick - 1.0) * 1e9;
+            let limit_ppb = KERNEL_MAX_PPB - self.cfg.max_slew_ppb.clamp(0, KERNEL_MAX_PPB);
+            if ppb.is_nan() || ppb.abs() > limit_ppb as f64 {
+                self.refuse(SyncNotice::RateOutOfRange { ppb, limit_ppb }, &obs.kernel, &mut out);
+                return out;
+            }
+            self.ff_ppb = Some(ppb);
+            self.status.frequency_ppb = ppb;
+        }
+        // After start-up, an offset beyond the step limit is neither stepped nor slewed.
+        let started = self.status.updates >= self.cfg.step_updates as u64;
+        if started && offset_ns.abs() > self.cfg.max_step_ns as f64 {
+            let limit_ns = self.cfg.max_step_ns;
+            self.refuse(SyncNotice::StepRefused { offset_ns, limit_ns }, &obs.kernel, &mut out);
+            return out;
+        }
+        if std::mem::take(&mut self.refusing) {
+            self.notices.push(SyncNotice::Recovered);
         }
         // Phase.
         let may_step = self.status.updates < self.cfg.step_updates as u64 || marker_changed;
@@ -305,14 +400,23 @@ impl Discipline {
         }
         let (insert, delete) = leap_arming(page, &src.time);
         let residual_ns = if step { self.status.pairing_ns } else { offset_ns.abs() + self.status.pairing_ns };
-        let maxerror_us = ((src.maxerror_ns().unwrap_or(0) as f64 + residual_ns) / 1000.0).ceil() as i64 + 1;
-        let esterror_us = ((src.esterror_ns().unwrap_or(0) as f64 + self.status.pairing_ns) / 1000.0).ceil() as i64;
+        let maxerror_us = kernel_bound_us(src.maxerror_ns().unwrap_or(0) as f64 + residual_ns, 1);
+        let esterror_us = kernel_bound_us(src.esterror_ns().unwrap_or(0) as f64 + self.status.pairing_ns, 0);
         self.last_state = Some((insert, delete, synchronized));
         out.push(SyncAction::SetState { insert, delete, synchronized, maxerror_us, esterror_us });
         self.status.state = if synchronized { "synchronised" } else { "following a free-running source" };
         self.status.updates += 1;
         out
     }
+}
+
+/// A bound for the kernel, µs: `ns` rounded up plus `extra` µs, saturating at the kernel's 16 s
+/// limit (a page's bound at a counter far from its reference can be any size, even beyond i64).
+pub fn kernel_bound_us(ns: f64, extra: i64) -> i64 {
+    if ns.is_nan() {
+        return KERNEL_MAX_ERROR_US;
+    }
+    ((ns / 1000.0).ceil() as i64).saturating_add(extra).clamp(0, KERNEL_MAX_ERROR_US)
 }
 
 /// Takes an observation's samples under one page. `read` gives a consistent copy of the page,
@@ -530,6 +634,23 @@ mod tests {
         assert_eq!(c, MarkerChange { disrupted: true, new_generation: false });
         assert!(MarkerWatch::actions(c).is_empty());
         assert!(gives_time(&page(2, 1, None), counter_id::X86_TSC));
+    }
+
+    #[test]
+    fn kernel_bounds_saturate() {
+        assert_eq!(kernel_bound_us(1500.0, 1), 3);
+        assert_eq!(kernel_bound_us(0.0, 0), 0);
+        for huge in [1e30, f64::INFINITY, 9.3e21, f64::NAN] {
+            assert_eq!(kernel_bound_us(huge, 1), KERNEL_MAX_ERROR_US, "{huge}");
+        }
+    }
+
+    #[test]
+    fn tick_and_freq_stay_in_the_kernels_range() {
+        for ppb in [2e9, -2e9, f64::INFINITY, 1.2e9] {
+            let (t, f) = tick_freq(ppb);
+            assert!((9_000..=11_000).contains(&t) && f.abs() <= 500 << 16, "{ppb}: {t} {f}");
+        }
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Guest sync against the simulated guest kernel (the real clock of this machine is never
 //! changed): the targets of the sync issue.
 use vmclock::abi::{leap, status};
-use vmtime_core::sync::{SyncAction, SyncConfig};
+use vmtime_core::sync::{SyncAction, SyncConfig, SyncNotice, KERNEL_MAX_ERROR_US};
 use vmtime_sim::sync_run::{p99_abs, SyncRun};
 use vmtime_sim::SimHost;
 
@@ -182,4 +182,85 @@ fn a_phc_with_20us_jitter_converges_and_holds() {
     );
     assert!(converged <= 120 * NS, "{converged}");
     assert!(hold <= 5_000, "{hold}");
+}
+
+#[test]
+fn a_source_beyond_the_kernels_rate_range_is_holdover() {
+    // A mis-scaled page: its counter period is 120 % too long. No tick or frequency outside the
+    // kernel's range is ever set; the discipline holds over and says why.
+    let mut r = guest(9, 0);
+    r.run_for(10 * NS, NS, 10 * MS);
+    let t = r.guest.now();
+    r.spec.period_error_ppb = 1_200_000_000;
+    r.spec.marker += 1;
+    r.notify();
+    r.run_for(10 * NS, NS, 10 * MS);
+    assert_eq!(r.discipline.status().state, "holdover");
+    let notices = r.discipline.take_notices();
+    assert!(matches!(notices[..], [SyncNotice::RateOutOfRange { .. }]), "{notices:?}");
+    assert!(notices[0].to_string().contains("beyond the kernel's ±99800 ppm: holding over"), "{}", notices[0]);
+    for (_, a) in r.actions.iter().filter(|(at, _)| *at >= t) {
+        if let SyncAction::SetFrequency { tick, freq } = a {
+            assert!((9_000..=11_000).contains(tick) && freq.abs() <= 500 << 16, "{a:?}");
+        }
+        assert!(!matches!(a, SyncAction::Step { .. }), "no step from an unusable source: {a:?}");
+    }
+    // The page is fixed: synchronised again.
+    r.spec.period_error_ppb = 0;
+    r.run_for(5 * NS, NS, 10 * MS);
+    assert_eq!(r.discipline.status().state, "synchronised");
+    assert_eq!(r.discipline.take_notices(), vec![SyncNotice::Recovered]);
+}
+
+#[test]
+fn a_huge_step_after_start_up_is_refused_but_allowed_at_start_up() {
+    const YEAR: i128 = 365 * 86_400 * NS;
+    // After start-up: the page jumps 3 years back with a new marker (hostile or broken host).
+    let mut r = guest(10, 0);
+    r.run_for(30 * NS, NS, 10 * MS);
+    let t = r.guest.now();
+    r.spec.host_error_ns = -3 * YEAR;
+    r.spec.marker += 1;
+    r.notify();
+    r.run_for(10 * NS, NS, 10 * MS);
+    assert_eq!(steps(&r, t), 0, "refused");
+    assert_eq!(r.discipline.status().state, "holdover");
+    let notices = r.discipline.take_notices();
+    assert!(matches!(notices[..], [SyncNotice::StepRefused { .. }]), "{notices:?}");
+    assert!(notices[0].to_string().contains("more than the step limit of 31622400 s"), "{}", notices[0]);
+    assert!(r.trace.last().unwrap().1.abs() < 1_000_000, "the clock stayed where it was");
+    // A step within the limit (a restore from a snapshot an hour old) is taken.
+    let mut r = guest(11, 0);
+    r.run_for(30 * NS, NS, 10 * MS);
+    let t = r.guest.now();
+    r.guest.step(-3600 * NS);
+    r.spec.marker += 1;
+    r.notify();
+    r.run_for(2 * NS, NS, 10 * MS);
+    assert_eq!(steps(&r, t), 1);
+    assert!(r.trace.last().unwrap().1.abs() < 1_000);
+    // At start-up any step is taken: that is how a guest with a wrong clock is set.
+    let mut r = guest(12, -3 * YEAR);
+    let t = r.guest.now();
+    r.run_for(5 * NS, NS, 10 * MS);
+    assert!(steps(&r, t) >= 1);
+    assert!(r.trace.last().unwrap().1.abs() < 1_000);
+}
+
+#[test]
+fn bounds_given_to_the_kernel_saturate() {
+    // A page claiming the largest maxerror there is: no overflow, the kernel gets its 16 s limit.
+    let mut r = guest(13, 0);
+    r.spec.maxerror_ns = u64::MAX;
+    r.run_for(5 * NS, NS, 10 * MS);
+    let states: Vec<i64> = r
+        .actions
+        .iter()
+        .filter_map(|(_, a)| match a {
+            SyncAction::SetState { maxerror_us, .. } => Some(*maxerror_us),
+            _ => None,
+        })
+        .collect();
+    assert!(!states.is_empty());
+    assert!(states.iter().all(|&m| m == KERNEL_MAX_ERROR_US), "{states:?}");
 }

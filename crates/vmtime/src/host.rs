@@ -1,9 +1,12 @@
 //! `vmtime host`: publishes this machine's kernel clock as a vmclock page (see
 //! `vmtime_core::host` for the model). It only reads the clock; it never writes it.
 
+use crate::config::{HostSettings, LogLevel, Smearing};
 use crate::tai::{self, Found};
-use anyhow::{bail, Result};
-use clap::{Args as ClapArgs, ValueEnum};
+use crate::values::*;
+use anyhow::{bail, Context, Result};
+use clap::Args as ClapArgs;
+use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -17,8 +20,14 @@ use vmtime_sys::files::{self, PageFile};
 use vmtime_sys::serve::{self, Poller, Reply, Server};
 use vmtime_sys::signals::{SignalEvent, Signals};
 
-#[derive(ClapArgs, Debug)]
+/// `vmtime host`'s flags: each one is also a key of the configuration's `[host]` section
+/// (crate::config::HostSettings has the defaults); a flag overrides the file.
+#[derive(ClapArgs, Debug, Serialize)]
 pub struct Args {
+    /// The configuration file (default: /etc/vmtime/vmtime.toml, if it exists).
+    #[arg(long)]
+    #[serde(skip)]
+    config: Option<PathBuf>,
     /// Where to publish the page (default: /run/vmtime/host.page for root, else
     /// $XDG_RUNTIME_DIR/vmtime/host.page or /tmp/vmtime-UID/host.page).
     #[arg(long)]
@@ -27,30 +36,30 @@ pub struct Args {
     #[arg(long)]
     socket: Option<PathBuf>,
     /// Longest time between full observations, ms.
-    #[arg(long, default_value_t = 1000)]
-    interval_ms: u64,
+    #[arg(long)]
+    interval_ms: Option<IntervalMs>,
     /// How often the kernel's NTP state is read (cheap adjtimex), ms.
-    #[arg(long, default_value_t = 10)]
-    poll_ms: u64,
+    #[arg(long)]
+    poll_ms: Option<PollMs>,
     /// Republish when the page is this far off the kernel clock, ns.
-    #[arg(long, default_value_t = 20)]
-    threshold_ns: u64,
+    #[arg(long)]
+    threshold_ns: Option<ThresholdNs>,
     /// Rate tolerance of the kernel clock against true time, ppm (the page's period maximum
     /// error rate; 500 is the kernel's own MAXFREQ).
-    #[arg(long, default_value_t = 500.0)]
-    tolerance_ppm: f64,
+    #[arg(long)]
+    tolerance_ppm: Option<TolerancePpm>,
     /// TAI − UTC in s, positive (37 in 2026); the page stores its negation, UTC − TAI, as the
     /// driver and spec v1.1 read it (default: the kernel's, else the system leap-second list if
     /// current).
-    #[arg(long = "tai-offset", value_parser = clap::value_parser!(i16).range(0..))]
-    tai_minus_utc: Option<i16>,
+    #[arg(long)]
+    tai_offset: Option<TaiUtcS>,
     /// leap_second_smearing_hint to publish.
-    #[arg(long, value_enum, default_value_t = Smearing::Strict)]
-    smearing: Smearing,
+    #[arg(long, value_enum)]
+    smearing: Option<Smearing>,
     /// The kernel's own vmclock page (RFC "/dev/vmclock_host"): used as the source of the
     /// counter-to-clock relation when present; vmtime adds bounds, leap state, status and markers.
-    #[arg(long, default_value = "/dev/vmclock_host")]
-    vmclock_host: PathBuf,
+    #[arg(long)]
+    vmclock_host: Option<PathBuf>,
     /// Ignore the kernel's page even when it exists (sample the clock instead).
     #[arg(long)]
     no_vmclock_host: bool,
@@ -59,14 +68,21 @@ pub struct Args {
     quiet: bool,
     /// Exit after this many seconds (tests, measurements).
     #[arg(long)]
-    duration_s: Option<u64>,
+    duration_s: Option<DurationS>,
+    /// Log level: error, warn, info, debug or trace.
+    #[arg(long, value_enum)]
+    log_level: Option<LogLevel>,
+    /// Serve Prometheus metrics on this loopback address (default: [metrics] listen; off).
+    #[arg(long)]
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum Smearing {
-    Strict,
-    NoonLinear,
-    UtcSls,
+impl Args {
+    /// The settings: these flags over the configuration file over the defaults. Called again on
+    /// SIGHUP: an error there keeps the old settings.
+    pub fn settings(&self) -> Result<HostSettings> {
+        crate::config::host(self.config.as_deref(), self)
+    }
 }
 
 /// The default page path of a host daemon run by this uid (`vmtime_sys::files::runtime_dir`:
@@ -178,7 +194,7 @@ impl Daemon {
             let stats = self.publisher.stats();
             if disrupted {
                 eprintln!(
-                    "page {seq}: {reason:?}, status {st}, new disruption marker {:#x}",
+                    "page {seq}: {reason}, status {st}, new disruption marker {:#x}",
                     page.disruption_marker.get()
                 );
             } else if stats.published <= 3
@@ -190,7 +206,7 @@ impl Daemon {
                 )
             {
                 eprintln!(
-                    "page {seq}: {reason:?}, status {st}, kernel rate {:+.3} ppm, pairing ±{:.1} ns",
+                    "page {seq}: {reason}, status {st}, kernel rate {:+.3} ppm, pairing ±{:.1} ns",
                     stats.kernel_rate_ppb / 1000.0,
                     stats.pairing_ns
                 );
@@ -267,12 +283,14 @@ impl ServerView {
 fn open_page(path: &Path, placeholder: PageBuilder) -> Result<(PageFile, WritableMapping, Option<Snapshot>)> {
     let (pf, prev) = files::open_or_create_page(path, &placeholder.page_bytes())?;
     let prev = prev.and_then(|b| Snapshot::from_bytes(&b[..PAGE_SIZE]).ok());
-    let m = WritableMapping::new(Mapping::map(pf.file(), true)?)?;
+    let m = Mapping::map(pf.file(), true).and_then(WritableMapping::new);
+    let m = m.with_context(|| format!("cannot map {} for writing", path.display()))?;
     Ok((pf, m, prev))
 }
 
-pub fn run(a: Args) -> Result<ExitCode> {
-    let page_path = match a.page {
+pub fn run(args: Args) -> Result<ExitCode> {
+    let a = args.settings()?;
+    let page_path = match a.page.clone() {
         Some(p) => {
             files::ensure_dir_for(&p)?;
             p
@@ -282,14 +300,14 @@ pub fn run(a: Args) -> Result<ExitCode> {
             default_page()
         }
     };
-    let socket_path = a.socket.unwrap_or_else(|| socket_for(&page_path));
+    let socket_path = a.socket.clone().unwrap_or_else(|| socket_for(&page_path));
     let clocksource = event::current_clocksource().unwrap_or_else(|_| "unknown".into());
     let usable = event::clocksource_uses_counter(&clocksource) && vmclock::counter::NATIVE != abi::counter_id::INVALID;
 
     // TAI − UTC: the kernel's, a stated one, or the leap-second list while it is current.
     let kernel = vmtime_sys::read_timex()?;
     let now_s = (vmtime_sys::gettime(ClockId::Realtime)? / 1_000_000_000) as i64;
-    let (tai, tai_note) = match a.tai_minus_utc {
+    let (tai, tai_note) = match a.tai_offset.map(TaiUtcS::get) {
         Some(o) => (TaiSource::Fixed(o), format!("TAI − UTC = {o} s, as given"))
         ,
         None => match tai::find(kernel.tai, Path::new(tai::LEAP_SECONDS_LIST), now_s) {
@@ -310,14 +328,14 @@ pub fn run(a: Args) -> Result<ExitCode> {
     };
     let cfg = HostConfig {
         counter_id: if usable { vmclock::counter::NATIVE } else { abi::counter_id::INVALID },
-        threshold_ns: a.threshold_ns,
+        threshold_ns: a.threshold_ns.get(),
         smearing_hint: match a.smearing {
             Smearing::Strict => abi::smearing::STRICT,
             Smearing::NoonLinear => abi::smearing::NOON_LINEAR,
             Smearing::UtcSls => abi::smearing::UTC_SLS,
         },
-        tolerance_ppb: (a.tolerance_ppm * 1000.0) as u64,
-        interval_ns: a.interval_ms as i128 * 1_000_000,
+        tolerance_ppb: a.tolerance_ppm.fine(),
+        interval_ns: a.interval_ms.get() as i128 * 1_000_000,
         marker_seed: event::random_u64()?,
         time_type: Some(time_type),
         ..HostConfig::default()
@@ -386,7 +404,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         publisher,
         tai,
         max_gap: Duration::ZERO,
-        poll_every: Duration::from_millis(a.poll_ms.max(1)),
+        poll_every: Duration::from_millis(a.poll_ms.get()),
         started: Instant::now(),
         clocksource,
         tai_note,
@@ -401,7 +419,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let mut last_line = Instant::now();
     let mut last_cs_check = Instant::now();
     let mut last_turn: Option<Instant> = None;
-    let end = a.duration_s.map(|s| Instant::now() + Duration::from_secs(s));
+    let end = a.duration_s.map(|s| Instant::now() + Duration::from_secs(s.get()));
     let mut poller = Poller::new();
     loop {
         // One event loop: the adjtimex poll is due, the clock was set, a signal, or a client.
@@ -418,10 +436,16 @@ pub fn run(a: Args) -> Result<ExitCode> {
                 break;
             }
             Some(SignalEvent::Reload) => {
-                // The hook for a configuration file: re-read it here and apply what may change
-                // while running. Until there is one, SIGHUP is logged and ignored.
+                // Re-read and re-check the configuration (the same flags on top). A bad file
+                // keeps the settings in force. The new settings take effect at the next start.
                 d.reload_requests += 1;
-                tracing::info!("SIGHUP: vmtime host has no configuration file to reload; ignored");
+                match args.settings() {
+                    Ok(new) if new == a => tracing::info!("SIGHUP: configuration re-read, unchanged"),
+                    Ok(_) => tracing::info!(
+                        "SIGHUP: configuration re-read and valid; the changes take effect when vmtime host restarts"
+                    ),
+                    Err(e) => tracing::warn!("SIGHUP: {e:#}; keeping the settings in force"),
+                }
             }
             None => {}
         }
@@ -465,9 +489,9 @@ pub fn run(a: Args) -> Result<ExitCode> {
             last_line = Instant::now();
             let s = d.publisher.stats();
             eprintln!(
-                "pages {}, last {:?}, page − kernel {:+.1} ns, pairing ±{:.1} ns, baseline {:.0} s, subscribers {}",
+                "pages {}, last: {}, page − kernel {:+.1} ns, pairing ±{:.1} ns, baseline {:.0} s, subscribers {}",
                 s.published,
-                s.last_reason,
+                s.last_reason.map_or("none yet".to_string(), |r| r.to_string()),
                 s.last_error_ns,
                 s.pairing_ns,
                 s.baseline_s,

@@ -2,8 +2,11 @@
 //! `vmtime_core::sync`). With `--dry-run` it prints what it would do and changes nothing: the only
 //! mode to use on a machine whose clock must not be touched.
 
+use crate::config::{LogLevel, SyncSettings, Timescale};
+use crate::values::*;
 use anyhow::{bail, Context, Result};
 use clap::Args as ClapArgs;
+use serde::Serialize;
 use std::fs::File;
 use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
@@ -20,8 +23,14 @@ use vmtime_sys::files;
 use vmtime_sys::serve::{self, Poller, Reply, Server, Subscription};
 use vmtime_sys::signals::{SignalEvent, Signals};
 
-#[derive(ClapArgs, Debug)]
+/// `vmtime sync`'s flags: each one is also a key of the configuration's `[sync]` section; a flag
+/// overrides the file.
+#[derive(ClapArgs, Debug, Serialize)]
 pub struct Args {
+    /// The configuration file (default: /etc/vmtime/vmtime.toml, if it exists).
+    #[arg(long)]
+    #[serde(skip)]
+    config: Option<PathBuf>,
     /// The source: a vmclock device or page file (default: the first /dev/vmclock*).
     #[arg(long)]
     source: Option<PathBuf>,
@@ -29,15 +38,19 @@ pub struct Args {
     #[arg(long)]
     dry_run: bool,
     /// Interval between observations without notification, ms.
-    #[arg(long, default_value_t = 1000)]
-    interval_ms: u64,
+    #[arg(long)]
+    interval_ms: Option<IntervalMs>,
     /// Step instead of slewing when the offset exceeds this during the first updates, ns
     /// (chrony's makestep).
-    #[arg(long, default_value_t = 1_000_000)]
-    makestep_ns: i64,
-    /// How many first updates may step (disruptions always step).
-    #[arg(long, default_value_t = 3)]
-    makestep_updates: u32,
+    #[arg(long)]
+    makestep_ns: Option<MakestepNs>,
+    /// How many first updates may step (disruptions step too, up to --max-step-s).
+    #[arg(long)]
+    makestep_updates: Option<MakestepUpdates>,
+    /// After start-up, a step larger than this (a disruption, or a source gone wrong) is refused
+    /// and the clock holds over, s.
+    #[arg(long)]
+    max_step_s: Option<MaxStepS>,
     /// Command run (by sh -c) when the VM generation changes: reseed entropy, reset connections.
     #[arg(long)]
     hook: Option<String>,
@@ -46,21 +59,41 @@ pub struct Args {
     socket: Option<PathBuf>,
     /// Exit after this many seconds.
     #[arg(long)]
-    duration_s: Option<u64>,
+    duration_s: Option<DurationS>,
     /// The timescale of a PHC source, used only when the machine cannot tell: its vmclock page,
     /// the kernel's timescale attribute and a driver of fixed timescale (ptp_kvm: UTC) come first.
     #[arg(long, value_enum)]
     phc_timescale: Option<Timescale>,
     /// TAI − UTC in s (positive: 37), to read a TAI PHC when neither the kernel (adjtimex) nor
     /// the page has it.
-    #[arg(long = "tai-offset", value_parser = clap::value_parser!(i16).range(0..))]
-    tai_minus_utc: Option<i16>,
+    #[arg(long)]
+    tai_offset: Option<TaiUtcS>,
+    /// Log level: error, warn, info, debug or trace.
+    #[arg(long, value_enum)]
+    log_level: Option<LogLevel>,
+    /// Serve Prometheus metrics on this loopback address (default: [metrics] listen; off).
+    #[arg(long)]
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
-enum Timescale {
-    Utc,
-    Tai,
+impl Args {
+    /// The settings: these flags over the configuration file over the defaults. Called again on
+    /// SIGHUP: an error there keeps the old settings.
+    pub fn settings(&self) -> Result<SyncSettings> {
+        crate::config::sync(self.config.as_deref(), self)
+    }
+}
+
+/// SIGHUP: re-reads and re-checks the configuration; a bad file keeps the settings in force.
+/// The new settings take effect at the next start.
+fn reload(args: &Args, current: &SyncSettings) {
+    match args.settings() {
+        Ok(new) if new == *current => tracing::info!("SIGHUP: configuration re-read, unchanged"),
+        Ok(_) => {
+            tracing::info!("SIGHUP: configuration re-read and valid; the changes take effect when vmtime sync restarts")
+        }
+        Err(e) => tracing::warn!("SIGHUP: {e:#}; keeping the settings in force"),
+    }
 }
 
 /// A pure PHC, if there is one.
@@ -89,7 +122,12 @@ fn run_hook(hook: &Option<String>, dry_run: bool) {
 /// The PHC path: measurements every interval, the PI servo, the same actions. `markers` is a
 /// vmclock page that carries markers only (QEMU, Firecracker): its VM generation runs the hook
 /// and its disruption marker makes the next measurement step.
-fn run_phc(a: &Args, info: vmtime_sys::phc::PhcInfo, markers: Option<crate::page::FollowedPage>) -> Result<ExitCode> {
+fn run_phc(
+    a: &SyncSettings,
+    args: &Args,
+    info: vmtime_sys::phc::PhcInfo,
+    markers: Option<crate::page::FollowedPage>,
+) -> Result<ExitCode> {
     use vmtime_core::phc::{decide_timescale, pure_source, read_best, PhcServo, PhcServoConfig, PhcSourceState};
     let dev = info.dev.clone();
     let clock_name = info.clock_name.clone();
@@ -125,8 +163,8 @@ fn run_phc(a: &Args, info: vmtime_sys::phc::PhcInfo, markers: Option<crate::page
     if let Some(m) = &markers {
         eprintln!("  {} carries markers only: watching them for the hook and for steps", m.path().display());
     }
-    let interval = Duration::from_millis(a.interval_ms.max(10));
-    let end = a.duration_s.map(|d| Instant::now() + Duration::from_secs(d));
+    let interval = Duration::from_millis(a.interval_ms.get());
+    let end = a.duration_s.map(|d| Instant::now() + Duration::from_secs(d.get()));
     let mut signals = Signals::install()?;
     let mut poller = Poller::new();
     let mut watch = MarkerWatch::default();
@@ -153,7 +191,7 @@ fn run_phc(a: &Args, info: vmtime_sys::phc::PhcInfo, markers: Option<crate::page
             }
         }
         let page = own_page.as_ref().and_then(|m| vmclock::seqlock::read(m, vmclock::seqlock::DEFAULT_MAX_WAIT).ok());
-        servo.set_source(PhcSourceState::from_facts(page.as_ref(), tx.tai, a.tai_minus_utc));
+        servo.set_source(PhcSourceState::from_facts(page.as_ref(), tx.tai, a.tai_offset.map(TaiUtcS::get)));
         let actions = match read_best(&mut d, 25) {
             Ok((m, _)) => {
                 let acts = servo.handle_measurement(&m, tx.tick, tx.freq, interval.as_secs_f64());
@@ -191,9 +229,7 @@ fn run_phc(a: &Args, info: vmtime_sys::phc::PhcInfo, markers: Option<crate::page
                 tracing::info!("{name}: stopping (the clock is left as it is)");
                 break;
             }
-            Some(SignalEvent::Reload) => {
-                tracing::info!("SIGHUP: vmtime sync has no configuration file to reload; ignored");
-            }
+            Some(SignalEvent::Reload) => reload(args, a),
             None => {}
         }
     }
@@ -202,17 +238,17 @@ fn run_phc(a: &Args, info: vmtime_sys::phc::PhcInfo, markers: Option<crate::page
 
 /// A page with markers only and no PHC on this machine: no time source. The markers are still
 /// watched and the hook run; the clock is left alone.
-fn run_markers_only(a: &Args, mut page: crate::page::FollowedPage, socket: PathBuf) -> Result<ExitCode> {
+fn run_markers_only(a: &SyncSettings, mut page: crate::page::FollowedPage, socket: PathBuf) -> Result<ExitCode> {
     let mut server = Server::bind_unix(&socket, 0o600, None, serve::Limits::default())?;
     let mut signals = Signals::install()?;
-    let interval = Duration::from_millis(a.interval_ms.max(10));
+    let interval = Duration::from_millis(a.interval_ms.get());
     eprintln!(
         "vmtime sync: {} carries markers only and this machine has no PHC: no time source; watching its disruption_marker and vm_generation_counter{}",
         page.path().display(),
         if a.hook.is_some() { " for the hook" } else { "" }
     );
     eprintln!("  control socket {}", socket.display());
-    let end = a.duration_s.map(|d| Instant::now() + Duration::from_secs(d));
+    let end = a.duration_s.map(|d| Instant::now() + Duration::from_secs(d.get()));
     let mut watch = MarkerWatch::default();
     let mut hooks = 0u64;
     let mut last = None;
@@ -366,6 +402,17 @@ impl Sync {
         Ok(())
     }
 
+    /// Logs what the discipline refused (a source beyond the kernel's range, a step beyond the
+    /// limit) and when it recovers.
+    fn log_notices(&mut self) {
+        for n in self.discipline.take_notices() {
+            match n {
+                vmtime_core::sync::SyncNotice::Recovered => tracing::info!("{}: {n}", self.page.path().display()),
+                _ => tracing::warn!("{}: {n}", self.page.path().display()),
+            }
+        }
+    }
+
     fn observe(&mut self) -> Result<()> {
         self.page.refresh();
         let kernel = vmtime_sys::read_timex()?;
@@ -392,6 +439,7 @@ impl Sync {
             Ok(Some((p, s))) if gives_time(&p, vmclock::counter::NATIVE) => (p, s),
             Ok(_) | Err(_) => {
                 let a = self.discipline.handle_source_lost(&kernel);
+                self.log_notices();
                 return self.apply(a);
             }
         };
@@ -405,6 +453,7 @@ impl Sync {
         self.last_marker = Some(page.disruption_marker());
         crate::page::warn_legacy_tai(self.page.path(), &page);
         let a = self.discipline.handle_observation(&SyncObservation { page, raw, samples: &samples, kernel });
+        self.log_notices();
         self.apply(a)
     }
 
@@ -425,12 +474,13 @@ impl Sync {
     }
 }
 
-pub fn run(a: Args) -> Result<ExitCode> {
+pub fn run(args: Args) -> Result<ExitCode> {
+    let a = args.settings()?;
     // --source auto: a vmclock device first, then a pure PHC; or the path given.
     let source = match a.source.clone().or_else(find_device) {
         Some(s) => s,
         None => match find_phc() {
-            Some(info) => return run_phc(&a, info, None),
+            Some(info) => return run_phc(&a, &args, info, None),
             None => bail!("no source here: no /dev/vmclock* and no pure PHC (ptp_kvm, VMclock, hyperv, VMware, virtio-rtc, s390); give --source PAGE"),
         },
     };
@@ -440,7 +490,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
             clock_name: String::new(),
             driver: None,
         });
-        return run_phc(&a, info, None);
+        return run_phc(&a, &args, info, None);
     }
     let page = crate::page::FollowedPage::open(&source)?;
     let first = page.read()?;
@@ -455,7 +505,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         // Markers only (QEMU, Firecracker: counter INVALID, status UNKNOWN): time from a PHC if
         // there is one, the markers from the page either way.
         return match find_phc() {
-            Some(info) => run_phc(&a, info, Some(page)),
+            Some(info) => run_phc(&a, &args, info, Some(page)),
             None => run_markers_only(&a, page, socket),
         };
     }
@@ -467,9 +517,10 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let mut server = Server::bind_unix(&socket, 0o600, None, serve::Limits::default())?;
     let mut signals = Signals::install()?;
     let cfg = SyncConfig {
-        step_threshold_ns: a.makestep_ns,
-        step_updates: a.makestep_updates,
-        interval_ns: a.interval_ms as i128 * 1_000_000,
+        step_threshold_ns: a.makestep_ns.get() as i64,
+        step_updates: a.makestep_updates.get(),
+        interval_ns: a.interval_ms.get() as i128 * 1_000_000,
+        max_step_ns: (a.max_step_s.get() as i64).saturating_mul(1_000_000_000),
         ..SyncConfig::default()
     };
     let mut s = Sync {
@@ -477,7 +528,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         notes: DeviceNotes { device, check: NotifyCheck::default(), acked: None },
         discipline: Discipline::new(cfg),
         dry_run: a.dry_run,
-        hook: a.hook,
+        hook: a.hook.clone(),
         applied: 0,
         last_marker: None,
         printed: Default::default(),
@@ -508,7 +559,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     );
     eprintln!("  control socket {}", socket.display());
 
-    let end = a.duration_s.map(|d| Instant::now() + Duration::from_secs(d));
+    let end = a.duration_s.map(|d| Instant::now() + Duration::from_secs(d.get()));
     let mut next_obs = Instant::now();
     let mut last_resubscribe = Instant::now();
     let mut poller = Poller::new();
@@ -538,9 +589,8 @@ pub fn run(a: Args) -> Result<ExitCode> {
                 break;
             }
             Some(SignalEvent::Reload) => {
-                // The hook for a configuration file; until there is one, logged and ignored.
                 s.reload_requests += 1;
-                tracing::info!("SIGHUP: vmtime sync has no configuration file to reload; ignored");
+                reload(&args, &a);
             }
             None => {}
         }

@@ -13,6 +13,11 @@ const AHEAD_NS: i128 = 100_000;
 /// A page of this machine's clock moved `AHEAD_NS` ahead, maxerror 50 µs, period maxerror 1 ppm,
 /// disruption marker `marker`.
 fn gen_page(dir: &Path, page: &Path, marker: u64) {
+    gen_page_with(dir, page, marker, "synchronized")
+}
+
+/// The same with the page's clock_status.
+fn gen_page_with(dir: &Path, page: &Path, marker: u64, status: &str) {
     let base = dir.join("base");
     let out = vmtime(&["gen", base.to_str().unwrap(), "--tai-offset", "37", "--calibrate-ms", "300"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -37,6 +42,8 @@ fn gen_page(dir: &Path, page: &Path, marker: u64) {
         "1000",
         "--disruption-marker",
         &marker.to_string(),
+        "--status",
+        status,
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     // A published page has been updated at least once. clock-bound-client 2.0.3 caches its
@@ -212,4 +219,28 @@ fn a_feed_stopped_by_sigterm_voids_its_segment_at_once() {
     assert!(child.wait().unwrap().success(), "the feed exits cleanly on SIGTERM");
     // Its segment said 60 s of life, but a feed stopped on purpose says Unknown at once.
     assert_eq!(reading(&mut c).2, ClockStatus::Unknown);
+}
+
+#[test]
+fn the_status_follows_the_page() {
+    if vmclock::counter::NATIVE == vmclock::abi::counter_id::INVALID {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let page = dir.path().join("page");
+    gen_page_with(dir.path(), &page, 1, "freerunning");
+    let _feed = start_feed(&page, dir.path(), "off");
+    let seg = dir.path().join("shm0");
+    let mut c = ClockBoundClient::new_with_path(seg.to_str().unwrap()).unwrap();
+    assert!(wait_status(&mut c, ClockStatus::FreeRunning, Duration::from_secs(10)), "FREERUNNING → FreeRunning");
+    for (status, want) in [("unknown", ClockStatus::Unknown), ("synchronized", ClockStatus::Synchronized)] {
+        gen_page_with(dir.path(), &page, 1, status);
+        assert!(wait_status(&mut c, want, Duration::from_secs(10)), "{status} → {want:?}");
+    }
+    for status in ["initializing", "unreliable"] {
+        gen_page_with(dir.path(), &page, 1, status);
+        assert!(wait_status(&mut c, ClockStatus::Unknown, Duration::from_secs(10)), "{status} → Unknown");
+        gen_page_with(dir.path(), &page, 1, "synchronized");
+        assert!(wait_status(&mut c, ClockStatus::Synchronized, Duration::from_secs(10)));
+    }
 }
