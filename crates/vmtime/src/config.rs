@@ -315,7 +315,7 @@ pub struct Loaded {
 /// the default file may be absent (then everything is default).
 pub fn load(explicit: Option<&Path>) -> Result<Loaded> {
     let path = explicit.unwrap_or(Path::new(DEFAULT_PATH));
-    let text = match std::fs::read_to_string(path) {
+    let text = match read_small_text(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && explicit.is_none() => {
             return Ok(Loaded { path: None, table: toml::Table::new(), file: FileConfig::default() })
@@ -534,6 +534,13 @@ mod tests {
         let flags = Flags { metrics_listen: Some("10.0.0.1:9200".parse().unwrap()), ..Flags::default() };
         let e = format!("{:#}", host(Some(f.path()), &flags).unwrap_err());
         assert!(e.contains("--metrics-listen = \"10.0.0.1:9200\" is not a loopback address"), "{e}");
+    }
+
+    #[test]
+    fn a_huge_file_is_refused_without_reading_it_all() {
+        let f = file(&"#".repeat(2 << 20));
+        let e = format!("{:#}", load(Some(f.path())).unwrap_err());
+        assert!(e.ends_with("larger than 1024 KiB: not a vmtime text file"), "{e}");
     }
 
     #[test]

@@ -33,7 +33,8 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<ExitCode> {
     let sc = if a.scenario.ends_with(".toml") || std::path::Path::new(&a.scenario).is_file() {
-        let text = std::fs::read_to_string(&a.scenario).with_context(|| format!("cannot read {}", a.scenario))?;
+        let text = crate::values::read_small_text(std::path::Path::new(&a.scenario))
+            .with_context(|| format!("cannot read {}", a.scenario))?;
         Scenario::from_toml(&text).with_context(|| format!("{} is not a valid scenario", a.scenario))?
     } else {
         Scenario::builtin(&a.scenario)?

@@ -476,6 +476,25 @@ impl<'de> Deserialize<'de> for TscOffset {
     }
 }
 
+/// The largest text file vmtime reads whole (a configuration, a scenario): 1 MiB.
+pub const MAX_TEXT_FILE: u64 = 1 << 20;
+
+/// Reads a small text file whole, refusing one larger than [`MAX_TEXT_FILE`] (a careless path
+/// to a huge file must not grow the process).
+pub fn read_small_text(path: &std::path::Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let f = std::fs::File::open(path)?;
+    let mut text = String::new();
+    f.take(MAX_TEXT_FILE + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_TEXT_FILE {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {} KiB: not a vmtime text file", MAX_TEXT_FILE / 1024),
+        ));
+    }
+    Ok(text)
+}
+
 /// Every numeric value type: `vmtime` adds the range to each flag's help, lets each take a value
 /// starting with '-' (so -5 is a number, not a flag), and the hostile-input test finds them here.
 pub const NUMERIC: &[Numeric] = &[
