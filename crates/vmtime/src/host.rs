@@ -196,7 +196,7 @@ impl Daemon {
             let st = abi::status_name(page.clock_status);
             let stats = self.publisher.stats();
             if disrupted {
-                eprintln!(
+                tracing::warn!(
                     "page {seq}: {reason}, status {st}, new disruption marker {:#x}",
                     page.disruption_marker.get()
                 );
@@ -208,7 +208,7 @@ impl Daemon {
                         | vmtime_core::host::Reason::Rate
                 )
             {
-                eprintln!(
+                tracing::info!(
                     "page {seq}: {reason}, status {st}, kernel rate {:+.3} ppm, pairing ±{:.1} ns",
                     stats.kernel_rate_ppb / 1000.0,
                     stats.pairing_ns
@@ -376,26 +376,26 @@ pub fn run(args: Args) -> Result<ExitCode> {
             Err(_) => None,
         }
     };
-    eprintln!(
+    tracing::info!(
         "vmtime host: publishing {} ({})",
         page_path.display(),
         if resumed { "taking over the page found there" } else { "new page" }
     );
-    eprintln!(
-        "  counter {} via clocksource {clocksource}{}",
+    tracing::info!(
+        "counter {} via clocksource {clocksource}{}",
         abi::counter_name(vmclock::counter::NATIVE),
         if usable { "" } else { ": NOT usable, the page carries markers only" }
     );
-    eprintln!("  {tai_note}");
-    eprintln!(
-        "  kernel: {}, maxerror {} µs, freq {:+.3} ppm",
+    tracing::info!("{tai_note}");
+    tracing::info!(
+        "kernel: {}, maxerror {} µs, freq {:+.3} ppm",
         if kernel.synchronized() { "synchronised" } else { "not synchronised (FREERUNNING)" },
         kernel.maxerror_us,
         kernel.freq as f64 / 65536.0
     );
-    eprintln!("  {source_note}");
-    eprintln!("  control socket {} (vmtime status; vmtime watch)", socket_path.display());
-    eprintln!("  calibrating the counter against CLOCK_MONOTONIC_RAW …");
+    tracing::info!("{source_note}");
+    tracing::info!("control socket {} (vmtime status; vmtime watch)", socket_path.display());
+    tracing::info!("calibrating the counter against CLOCK_MONOTONIC_RAW …");
 
     let mut d = Daemon {
         page: page_path,
@@ -458,7 +458,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             None => {}
         }
         if poller.readable(t_step) && steps.stepped()? {
-            eprintln!("the kernel clock was set");
+            tracing::warn!("the kernel clock was set");
             d.publisher.handle_event(HostEvent::Stepped);
             next_poll = Instant::now();
         }
@@ -477,7 +477,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 let cs = event::current_clocksource().unwrap_or_default();
                 if cs != d.clocksource {
                     let usable = event::clocksource_uses_counter(&cs);
-                    eprintln!("clocksource changed: {} → {cs}", d.clocksource);
+                    tracing::warn!("clocksource changed: {} → {cs}", d.clocksource);
                     d.clocksource = cs;
                     d.publisher.handle_event(HostEvent::CounterChanged { usable });
                 }
@@ -496,7 +496,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         if !a.quiet && last_line.elapsed() >= Duration::from_secs(5) {
             last_line = Instant::now();
             let s = d.publisher.stats();
-            eprintln!(
+            tracing::info!(
                 "pages {}, last: {}, page − kernel {:+.1} ns, pairing ±{:.1} ns, baseline {:.0} s, subscribers {}",
                 s.published,
                 s.last_reason.map_or("none yet".to_string(), |r| r.to_string()),

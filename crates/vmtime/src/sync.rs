@@ -160,13 +160,13 @@ fn run_phc(
         tracing::warn!("{}: --phc-timescale ignored: {by} shows the PHC keeps {scale}", dev.display());
     }
     let mut servo = PhcServo::new(PhcServoConfig { timescale, ..PhcServoConfig::default() });
-    eprintln!(
+    tracing::info!(
         "vmtime sync: {} ({clock_name}, {scale} by {by}) → CLOCK_REALTIME{}",
         dev.display(),
         if a.dry_run { " (dry run: nothing is changed)" } else { "" }
     );
     if let Some(m) = &markers {
-        eprintln!("  {} carries markers only: watching them for the hook and for steps", m.path().display());
+        tracing::info!("{} carries markers only: watching them for the hook and for steps", m.path().display());
     }
     let interval = Duration::from_millis(a.interval_ms.get());
     let end = a.duration_s.map(|d| Instant::now() + Duration::from_secs(d.get()));
@@ -268,12 +268,12 @@ fn run_markers_only(a: &SyncSettings, mut page: crate::page::FollowedPage, socke
     let mut server = Server::bind_unix(&socket, 0o600, None, serve::Limits::default())?;
     let mut signals = Signals::install()?;
     let interval = Duration::from_millis(a.interval_ms.get());
-    eprintln!(
+    tracing::info!(
         "vmtime sync: {} carries markers only and this machine has no PHC: no time source; watching its disruption_marker and vm_generation_counter{}",
         page.path().display(),
         if a.hook.is_some() { " for the hook" } else { "" }
     );
-    eprintln!("  control socket {}", socket.display());
+    tracing::info!("control socket {}", socket.display());
     let end = a.duration_s.map(|d| Instant::now() + Duration::from_secs(d.get()));
     let mut watch = MarkerWatch::default();
     let mut hooks = 0u64;
@@ -431,7 +431,7 @@ impl Sync {
                 }
             }
             if matches!(a, SyncAction::Step { .. }) {
-                eprintln!("{}", describe(&a));
+                tracing::info!("{}", describe(&a));
             }
         }
         Ok(())
@@ -483,7 +483,7 @@ impl Sync {
             }
         };
         if self.last_marker.is_some_and(|m| m != page.disruption_marker()) {
-            eprintln!(
+            tracing::warn!(
                 "disruption marker changed: {:#x} → {:#x}",
                 self.last_marker.unwrap_or(0),
                 page.disruption_marker()
@@ -634,20 +634,20 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let board = crate::metrics::Board::new(s.m.clone());
     crate::metrics::start(a.metrics_listen, &board)?;
     let mut supervisor = crate::service::Supervisor::new();
-    eprintln!(
+    tracing::info!(
         "vmtime sync: {} → CLOCK_REALTIME{}",
         source.display(),
         if a.dry_run { " (dry run: nothing is changed)" } else { "" }
     );
-    eprintln!(
-        "  source: {} {}, status {}, marker {:#x}",
+    tracing::info!(
+        "source: {} {}, status {}, marker {:#x}",
         abi::time_type_name(first.time_type()),
         first.tai_minus_utc().map_or("without a TAI offset".to_string(), |o| format!("with TAI − UTC = {o} s")),
         first.clock_status().map_or("absent", abi::status_name),
         first.disruption_marker()
     );
-    eprintln!(
-        "  woken by {}",
+    tracing::info!(
+        "woken by {}",
         if s.notes.device.is_some() {
             "the device's notifications"
         } else if sub.is_some() {
@@ -656,7 +656,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             "polling"
         }
     );
-    eprintln!("  control socket {}", socket.display());
+    tracing::info!("control socket {}", socket.display());
 
     let end = a.duration_s.map(|d| Instant::now() + Duration::from_secs(d.get()));
     let mut next_obs = Instant::now();
