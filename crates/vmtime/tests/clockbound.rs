@@ -271,3 +271,51 @@ fn the_status_follows_the_page() {
         assert!(wait_status(&mut c, ClockStatus::Synchronized, Duration::from_secs(10)));
     }
 }
+
+#[test]
+fn bounds_stay_honest_while_a_host_publishes_updates() {
+    if vmclock::counter::NATIVE == vmclock::abi::counter_id::INVALID {
+        return;
+    }
+    // A live page (vmtime host reads this machine's clock, writes only its page), read from its
+    // first calibrations on, when the host updates it most: each segment must bound
+    // CLOCK_REALTIME and contain every time the page allows, across the page's updates.
+    let dir = tempfile::tempdir().unwrap();
+    let page = dir.path().join("host.page");
+    let _host = common::start_host(&page);
+    let _feed = start_feed(&page, dir.path(), "off");
+    let seg = dir.path().join("shm0");
+    let mut c = ClockBoundClient::new_with_path(seg.to_str().unwrap()).unwrap();
+    let clock = vmclock::Clock::open(&page).unwrap();
+    let page_now = || {
+        let n = clock.now().unwrap();
+        let u = n.utc().ok()?;
+        Some((u.time.as_nanos() as i128, u.maxerror_ns()? as i128, n.disruption_marker, n.status))
+    };
+    let seq = || common::show(&page)["fields"]["seq_count"].as_u64().unwrap();
+    let (mut claimed, mut seqs, end) =
+        (0u32, std::collections::BTreeSet::new(), Instant::now() + Duration::from_secs(60));
+    // At least 3000 claimed readings, across at least one update of a calibrated page.
+    while claimed < 3000 || seqs.len() < 2 {
+        assert!(Instant::now() < end, "{claimed} claimed readings over {} calibrated pages in 60 s", seqs.len());
+        let r1 = gettime(ClockId::Realtime).unwrap();
+        let a = page_now();
+        let (earliest, latest, status) = reading(&mut c);
+        let b = page_now();
+        let r2 = gettime(ClockId::Realtime).unwrap();
+        if !matches!(status, ClockStatus::Synchronized | ClockStatus::FreeRunning) {
+            continue; // nothing is claimed
+        }
+        claimed += 1;
+        assert!(earliest <= r2 && latest >= r1, "reading {claimed}: misses CLOCK_REALTIME");
+        let (Some((p1, e1, m1, _)), Some((p2, _, m2, st))) = (a, b) else { continue };
+        if m1 != m2 || st != vmclock::abi::status::FREERUNNING && st != vmclock::abi::status::SYNCHRONIZED {
+            continue;
+        }
+        if claimed % 200 == 0 {
+            seqs.insert(seq());
+        }
+        assert!(earliest <= p2 - e1, "reading {claimed}: earliest {earliest} > page's earliest {}", p2 - e1);
+        assert!(latest >= p1 + e1, "reading {claimed}: latest {latest} < page's latest {}", p1 + e1);
+    }
+}
