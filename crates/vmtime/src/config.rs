@@ -186,7 +186,8 @@ pub struct SyncSettings {
     pub makestep_ns: MakestepNs,
     /// How many first updates may step.
     pub makestep_updates: MakestepUpdates,
-    /// After start-up, a step (a disruption) larger than this is refused: holdover.
+    /// Outside start-up, disruptions and the return from holdover, an offset larger than this is
+    /// refused: holdover.
     pub max_step_s: MaxStepS,
     /// Command run (by sh -c) when the VM generation changes.
     pub hook: Option<String>,
@@ -212,7 +213,7 @@ impl Default for SyncSettings {
             interval_ms: IntervalMs::new(1000).expect("in range"),
             makestep_ns: MakestepNs::new(1_000_000).expect("in range"),
             makestep_updates: MakestepUpdates::new(3).expect("in range"),
-            max_step_s: MaxStepS::new(31_622_400).expect("in range"),
+            max_step_s: MaxStepS::from_fine(2_000).expect("in range"),
             hook: None,
             socket: None,
             duration_s: None,

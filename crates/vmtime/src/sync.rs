@@ -520,7 +520,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         step_threshold_ns: a.makestep_ns.get() as i64,
         step_updates: a.makestep_updates.get(),
         interval_ns: a.interval_ms.get() as i128 * 1_000_000,
-        max_step_ns: (a.max_step_s.get() as i64).saturating_mul(1_000_000_000),
+        max_step_ns: (a.max_step_s.fine() as i64).saturating_mul(1_000_000),
         ..SyncConfig::default()
     };
     let mut s = Sync {
