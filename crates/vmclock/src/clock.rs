@@ -148,7 +148,7 @@ impl<M: PageMemory> Clock<M> {
     pub fn now_with_counter(&self, mut read_counter: impl FnMut() -> u64) -> Result<Now, ClockError> {
         let words = self.mem.words();
         let Some(words) = words.get(..FIRST + COUNT) else {
-            return Err(self.slow_error());
+            return Err(too_short(words.len()));
         };
         let mut w = [0u32; COUNT];
         // The uncontended path: one attempt, no wait state set up.
@@ -175,8 +175,9 @@ impl<M: PageMemory> Clock<M> {
                 if checked & CHECKED != 0 && checked as u32 == w[0] {
                     return Ok(compute(&w, (checked >> 32) as u16 as u64, counter)?);
                 }
+                // Checked, then read again; a page whose constant word keeps changing counts
+                // as a busy writer, so this loop is bounded by `max_wait` too.
                 self.check_constants()?;
-                continue;
             }
             attempts += 1;
             if let Some(waited_us) = give_up(attempts) {
@@ -210,15 +211,13 @@ impl<M: PageMemory> Clock<M> {
         self.checked.store(CHECKED | absent << 32 | word as u64, Ordering::Relaxed);
         Ok(())
     }
+}
 
-    #[cold]
-    #[inline(never)]
-    fn slow_error(&self) -> ClockError {
-        match self.snapshot() {
-            Err(e) => e,
-            Ok(_) => ReadError::Page(crate::error::PageError::TooSmall { size: 0, min: abi::MIN_SIZE }).into(),
-        }
-    }
+/// A page memory that gives fewer words than a reading needs.
+#[cold]
+#[inline(never)]
+fn too_short(words: usize) -> ClockError {
+    ReadError::Page(crate::error::PageError::LargerThanMapping { size: 0, mapped: words * 4 }).into()
 }
 
 /// The time at `counter` from the words of one consistent read (0x08..0x68); `absent`: the flag

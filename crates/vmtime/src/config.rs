@@ -203,6 +203,9 @@ pub struct SyncSettings {
     pub log_level: LogLevel,
     /// Serve metrics here (default: [metrics] listen; none: off).
     pub metrics_listen: Option<SocketAddr>,
+    /// Start and keep running next to another time daemon (or the kernel's PLL) that may
+    /// discipline the clock: the check for one is off.
+    pub allow_other_daemon: bool,
 }
 
 impl Default for SyncSettings {
@@ -221,6 +224,7 @@ impl Default for SyncSettings {
             tai_offset: None,
             log_level: LogLevel::Info,
             metrics_listen: None,
+            allow_other_daemon: false,
         }
     }
 }

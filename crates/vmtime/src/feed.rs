@@ -199,7 +199,7 @@ fn run_chrony(a: ChronyArgs) -> Result<ExitCode> {
     let sock = ChronySocket::new(&a.socket)?;
     let mut feed = ChronyFeed::new(interval.as_nanos() as i128);
     let mut pacer = Pacer::new(interval, a.common.duration_s.map(DurationS::get), "chrony")?;
-    eprintln!(
+    tracing::info!(
         "vmtime feed chrony: {} → {} every {} ms (chrony.conf: refclock SOCK {})",
         a.common.source.display(),
         a.socket.display(),
@@ -296,7 +296,7 @@ fn run_clockbound(a: ClockBoundArgs) -> Result<ExitCode> {
         };
         seg.write(&eb.to_bytes());
         if first {
-            eprintln!(
+            tracing::info!(
                 "vmtime feed clockbound: {} → {} every {} ms (life {} ms, disruption support {})",
                 a.common.source.display(),
                 path.display(),

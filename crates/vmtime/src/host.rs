@@ -148,6 +148,8 @@ struct Daemon {
     started: Instant,
     clocksource: String,
     tai_note: String,
+    /// The figures offered to the metrics server.
+    m: crate::metrics::HostMetrics,
     /// The longest time between two turns of the publishing path (adjtimex poll, observation,
     /// page write): what a client could at most have delayed a page by.
     max_gap: Duration,
@@ -190,10 +192,11 @@ impl Daemon {
         if let Some(HostAction::Publish { page, reason, disrupted }) = action {
             let seq = self.writer.publish(&page);
             published = Some(seq);
+            self.m.published_page(self.writer.memory(), self.publisher.stats());
             let st = abi::status_name(page.clock_status);
             let stats = self.publisher.stats();
             if disrupted {
-                eprintln!(
+                tracing::warn!(
                     "page {seq}: {reason}, status {st}, new disruption marker {:#x}",
                     page.disruption_marker.get()
                 );
@@ -205,7 +208,7 @@ impl Daemon {
                         | vmtime_core::host::Reason::Rate
                 )
             {
-                eprintln!(
+                tracing::info!(
                     "page {seq}: {reason}, status {st}, kernel rate {:+.3} ppm, pairing ±{:.1} ns",
                     stats.kernel_rate_ppb / 1000.0,
                     stats.pairing_ns
@@ -290,6 +293,7 @@ fn open_page(path: &Path, placeholder: PageBuilder) -> Result<(PageFile, Writabl
 
 pub fn run(args: Args) -> Result<ExitCode> {
     let a = args.settings()?;
+    crate::logging::set_level(a.log_level);
     let page_path = match a.page.clone() {
         Some(p) => {
             files::ensure_dir_for(&p)?;
@@ -372,26 +376,26 @@ pub fn run(args: Args) -> Result<ExitCode> {
             Err(_) => None,
         }
     };
-    eprintln!(
+    tracing::info!(
         "vmtime host: publishing {} ({})",
         page_path.display(),
         if resumed { "taking over the page found there" } else { "new page" }
     );
-    eprintln!(
-        "  counter {} via clocksource {clocksource}{}",
+    tracing::info!(
+        "counter {} via clocksource {clocksource}{}",
         abi::counter_name(vmclock::counter::NATIVE),
         if usable { "" } else { ": NOT usable, the page carries markers only" }
     );
-    eprintln!("  {tai_note}");
-    eprintln!(
-        "  kernel: {}, maxerror {} µs, freq {:+.3} ppm",
+    tracing::info!("{tai_note}");
+    tracing::info!(
+        "kernel: {}, maxerror {} µs, freq {:+.3} ppm",
         if kernel.synchronized() { "synchronised" } else { "not synchronised (FREERUNNING)" },
         kernel.maxerror_us,
         kernel.freq as f64 / 65536.0
     );
-    eprintln!("  {source_note}");
-    eprintln!("  control socket {} (vmtime status; vmtime watch)", socket_path.display());
-    eprintln!("  calibrating the counter against CLOCK_MONOTONIC_RAW …");
+    tracing::info!("{source_note}");
+    tracing::info!("control socket {} (vmtime status; vmtime watch)", socket_path.display());
+    tracing::info!("calibrating the counter against CLOCK_MONOTONIC_RAW …");
 
     let mut d = Daemon {
         page: page_path,
@@ -408,7 +412,11 @@ pub fn run(args: Args) -> Result<ExitCode> {
         started: Instant::now(),
         clocksource,
         tai_note,
+        m: Default::default(),
     };
+    let board = crate::metrics::Board::new(d.m.clone());
+    crate::metrics::start(a.metrics_listen, &board)?;
+    let mut supervisor = crate::service::Supervisor::new();
     if !usable {
         d.publisher.handle_event(HostEvent::CounterChanged { usable: false });
     }
@@ -450,7 +458,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             None => {}
         }
         if poller.readable(t_step) && steps.stepped()? {
-            eprintln!("the kernel clock was set");
+            tracing::warn!("the kernel clock was set");
             d.publisher.handle_event(HostEvent::Stepped);
             next_poll = Instant::now();
         }
@@ -469,7 +477,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 let cs = event::current_clocksource().unwrap_or_default();
                 if cs != d.clocksource {
                     let usable = event::clocksource_uses_counter(&cs);
-                    eprintln!("clocksource changed: {} → {cs}", d.clocksource);
+                    tracing::warn!("clocksource changed: {} → {cs}", d.clocksource);
                     d.clocksource = cs;
                     d.publisher.handle_event(HostEvent::CounterChanged { usable });
                 }
@@ -488,7 +496,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         if !a.quiet && last_line.elapsed() >= Duration::from_secs(5) {
             last_line = Instant::now();
             let s = d.publisher.stats();
-            eprintln!(
+            tracing::info!(
                 "pages {}, last: {}, page − kernel {:+.1} ns, pairing ±{:.1} ns, baseline {:.0} s, subscribers {}",
                 s.published,
                 s.last_reason.map_or("none yet".to_string(), |r| r.to_string()),
@@ -498,10 +506,19 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 server.subscribers()
             );
         }
+        d.m.last_observation = Some(last_obs);
+        d.m.subscribers = server.subscribers();
+        d.m.subscribers_dropped = server.stats().dropped_subscribers;
+        board.offer(&d.m);
+        if d.m.published > 0 {
+            supervisor.ready(&format!("publishing {}", d.page.display()));
+        }
+        supervisor.tick();
         if end.is_some_and(|e| Instant::now() >= e) {
             break;
         }
     }
+    supervisor.stopping();
     drop(server); // removes our socket (only if it is still ours)
     if d.publisher.stats().published == 0 {
         bail!("no page was published");

@@ -5,11 +5,15 @@ mod check;
 mod config;
 mod feed;
 mod gen;
+mod generate;
 mod host;
+mod logging;
+mod metrics;
 mod now;
 mod page;
 mod phc;
 mod relay;
+mod service;
 mod show;
 mod sim;
 mod status;
@@ -59,6 +63,9 @@ enum Command {
     Status(status::Args),
     /// The configuration file: check it, print the effective or the default configuration.
     Config(config::Args),
+    /// Write the man pages or shell completions (packaging).
+    #[command(hide = true)]
+    Generate(generate::Args),
 }
 
 /// The default page of a guest.
@@ -131,6 +138,8 @@ fn main() -> ExitCode {
     if !matches!(cli.command, Command::Host(_) | Command::Relay(_) | Command::Sync(_)) {
         vmtime_sys::sigpipe_default();
     }
+    // Log lines at info until a daemon has read its level (flag, then configuration).
+    logging::init(config::LogLevel::Info);
     let result: Result<ExitCode> = match cli.command {
         Command::Show(a) => show::run(a),
         Command::Check(a) => check::run(a),
@@ -145,6 +154,7 @@ fn main() -> ExitCode {
         Command::Status(a) => status::run(a),
         Command::Config(a) => config::run(a),
         Command::Feed(a) => feed::run(a),
+        Command::Generate(a) => generate::run(a),
     };
     match result {
         Ok(code) => code,

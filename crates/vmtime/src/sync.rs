@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use vmclock::abi::{self, flags};
+use vmtime_core::rival::{ClockWatch, Interference};
 use vmtime_core::sync::{
     gives_time, sample_under_page, Discipline, MarkerWatch, NotifyCheck, SyncAction, SyncConfig, SyncObservation,
     Wakeup,
@@ -74,6 +75,10 @@ pub struct Args {
     /// Serve Prometheus metrics on this loopback address (default: [metrics] listen; off).
     #[arg(long)]
     metrics_listen: Option<std::net::SocketAddr>,
+    /// Start even while another time daemon (chronyd, ntpd, systemd-timesyncd, …) runs or the
+    /// kernel's PLL is on, and keep running when another process changes the clock's state.
+    #[arg(long)]
+    allow_other_daemon: bool,
 }
 
 impl Args {
@@ -155,19 +160,24 @@ fn run_phc(
         tracing::warn!("{}: --phc-timescale ignored: {by} shows the PHC keeps {scale}", dev.display());
     }
     let mut servo = PhcServo::new(PhcServoConfig { timescale, ..PhcServoConfig::default() });
-    eprintln!(
+    tracing::info!(
         "vmtime sync: {} ({clock_name}, {scale} by {by}) → CLOCK_REALTIME{}",
         dev.display(),
         if a.dry_run { " (dry run: nothing is changed)" } else { "" }
     );
     if let Some(m) = &markers {
-        eprintln!("  {} carries markers only: watching them for the hook and for steps", m.path().display());
+        tracing::info!("{} carries markers only: watching them for the hook and for steps", m.path().display());
     }
     let interval = Duration::from_millis(a.interval_ms.get());
     let end = a.duration_s.map(|d| Instant::now() + Duration::from_secs(d.get()));
     let mut signals = Signals::install()?;
     let mut poller = Poller::new();
     let mut watch = MarkerWatch::default();
+    let mut rival = (!a.allow_other_daemon).then(ClockWatch::new);
+    let mut fig = crate::metrics::SyncMetrics { dry_run: a.dry_run, state: Some("starting"), ..Default::default() };
+    let board = crate::metrics::Board::new(fig.clone());
+    crate::metrics::start(a.metrics_listen, &board)?;
+    let mut supervisor = crate::service::Supervisor::new();
     let mut printed = String::new();
     let mut say = |act: &SyncAction, offset: f64, how: &str| {
         let line = format!("dry run: would {} (offset {offset:+.1} ns{how})", describe(act));
@@ -178,6 +188,11 @@ fn run_phc(
     };
     while end.is_none_or(|e| Instant::now() < e) {
         let tx = vmtime_sys::read_timex()?;
+        if let Some(w) = &mut rival {
+            if let Err(i) = w.check(&tx) {
+                return stopped_by(Interfered(i).into());
+            }
+        }
         if let Some(m) = &markers {
             if let Ok(p) = m.read() {
                 let c = watch.observe(&p);
@@ -195,6 +210,7 @@ fn run_phc(
         let actions = match read_best(&mut d, 25) {
             Ok((m, _)) => {
                 let acts = servo.handle_measurement(&m, tx.tick, tx.freq, interval.as_secs_f64());
+                fig.phc_measured(servo.last_offset_ns);
                 if a.dry_run {
                     for act in &acts {
                         let how = match m.method {
@@ -214,12 +230,21 @@ fn run_phc(
             }
         };
         for act in actions {
+            fig.phc_action(&act);
             if a.dry_run {
                 say(&act, servo.last_offset_ns, "");
             } else {
                 vmtime_sys::timex::apply(&act).with_context(|| format!("cannot {}", describe(&act)))?;
+                if let Some(w) = &mut rival {
+                    w.applied(&act);
+                }
             }
         }
+        board.offer(&fig);
+        if fig.updates > 0 {
+            supervisor.ready(&format!("following {}", dev.display()));
+        }
+        supervisor.tick();
         // The wait between measurements is also where signals arrive.
         poller.clear();
         signals.register(&mut poller);
@@ -233,6 +258,7 @@ fn run_phc(
             None => {}
         }
     }
+    supervisor.stopping();
     Ok(ExitCode::SUCCESS)
 }
 
@@ -242,12 +268,12 @@ fn run_markers_only(a: &SyncSettings, mut page: crate::page::FollowedPage, socke
     let mut server = Server::bind_unix(&socket, 0o600, None, serve::Limits::default())?;
     let mut signals = Signals::install()?;
     let interval = Duration::from_millis(a.interval_ms.get());
-    eprintln!(
+    tracing::info!(
         "vmtime sync: {} carries markers only and this machine has no PHC: no time source; watching its disruption_marker and vm_generation_counter{}",
         page.path().display(),
         if a.hook.is_some() { " for the hook" } else { "" }
     );
-    eprintln!("  control socket {}", socket.display());
+    tracing::info!("control socket {}", socket.display());
     let end = a.duration_s.map(|d| Instant::now() + Duration::from_secs(d.get()));
     let mut watch = MarkerWatch::default();
     let mut hooks = 0u64;
@@ -372,6 +398,10 @@ struct Sync {
     reload_requests: u64,
     /// Observations redone because the page changed while their samples were taken.
     redone: u64,
+    /// The figures offered to the metrics server.
+    m: crate::metrics::SyncMetrics,
+    /// Changes to the kernel's NTP state that this daemon did not make.
+    rival: Option<ClockWatch>,
 }
 
 impl Sync {
@@ -391,12 +421,17 @@ impl Sync {
             }
             match a {
                 SyncAction::RunHook => run_hook(&self.hook, false),
-                a => vmtime_sys::timex::apply(&a).with_context(|| {
-                    format!("cannot {} (vmtime sync needs CAP_SYS_TIME; use --dry-run to watch)", describe(&a))
-                })?,
+                a => {
+                    vmtime_sys::timex::apply(&a).with_context(|| {
+                        format!("cannot {} (vmtime sync needs CAP_SYS_TIME; use --dry-run to watch)", describe(&a))
+                    })?;
+                    if let Some(w) = &mut self.rival {
+                        w.applied(&a);
+                    }
+                }
             }
             if matches!(a, SyncAction::Step { .. }) {
-                eprintln!("{}", describe(&a));
+                tracing::info!("{}", describe(&a));
             }
         }
         Ok(())
@@ -416,6 +451,9 @@ impl Sync {
     fn observe(&mut self) -> Result<()> {
         self.page.refresh();
         let kernel = vmtime_sys::read_timex()?;
+        if let Some(w) = &mut self.rival {
+            w.check(&kernel).map_err(Interfered)?;
+        }
         // A page that cannot be read (a truncated file, a stuck writer) is a lost source:
         // holdover, never a crash. The samples are paired with the page that was current while
         // they were taken: if the seq_count moved meanwhile, the observation is taken again.
@@ -440,11 +478,12 @@ impl Sync {
             Ok(_) | Err(_) => {
                 let a = self.discipline.handle_source_lost(&kernel);
                 self.log_notices();
+                self.m.discipline(self.discipline.status(), false);
                 return self.apply(a);
             }
         };
         if self.last_marker.is_some_and(|m| m != page.disruption_marker()) {
-            eprintln!(
+            tracing::warn!(
                 "disruption marker changed: {:#x} → {:#x}",
                 self.last_marker.unwrap_or(0),
                 page.disruption_marker()
@@ -454,6 +493,7 @@ impl Sync {
         crate::page::warn_legacy_tai(self.page.path(), &page);
         let a = self.discipline.handle_observation(&SyncObservation { page, raw, samples: &samples, kernel });
         self.log_notices();
+        self.m.discipline(self.discipline.status(), true);
         self.apply(a)
     }
 
@@ -474,8 +514,62 @@ impl Sync {
     }
 }
 
+/// Another process changed the kernel's NTP state.
+#[derive(Debug)]
+struct Interfered(Interference);
+
+impl std::fmt::Display for Interfered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: vmtime sync stops so that two daemons do not fight over the clock; stop the other one, or \
+             run vmtime sync with --allow-other-daemon",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for Interfered {}
+
+/// Exit status when another daemon is in the way (the unit does not restart on it).
+pub const EXIT_OTHER_DAEMON: u8 = 3;
+
+/// Ends the daemon: with [`EXIT_OTHER_DAEMON`] for interference, else the error.
+fn stopped_by(e: anyhow::Error) -> Result<ExitCode> {
+    match e.downcast_ref::<Interfered>() {
+        Some(i) => {
+            tracing::error!("{i}");
+            Ok(ExitCode::from(EXIT_OTHER_DAEMON))
+        }
+        None => Err(e),
+    }
+}
+
+/// Refuses to start next to another time daemon (a dry run only warns: it changes nothing).
+fn check_rivals(a: &SyncSettings) -> Result<Option<ExitCode>> {
+    if a.allow_other_daemon {
+        return Ok(None);
+    }
+    let procs = vmtime_sys::procs::list().context("cannot list the processes in /proc")?;
+    match vmtime_core::rival::may_start(&procs, &vmtime_sys::read_timex()?) {
+        Ok(()) => Ok(None),
+        Err(r) if a.dry_run => {
+            tracing::warn!("{r} (dry run: going on, nothing is changed)");
+            Ok(None)
+        }
+        Err(r) => {
+            tracing::error!("vmtime sync does not start: {r}");
+            Ok(Some(ExitCode::from(EXIT_OTHER_DAEMON)))
+        }
+    }
+}
+
 pub fn run(args: Args) -> Result<ExitCode> {
     let a = args.settings()?;
+    crate::logging::set_level(a.log_level);
+    if let Some(code) = check_rivals(&a)? {
+        return Ok(code);
+    }
     // --source auto: a vmclock device first, then a pure PHC; or the path given.
     let source = match a.source.clone().or_else(find_device) {
         Some(s) => s,
@@ -534,21 +628,26 @@ pub fn run(args: Args) -> Result<ExitCode> {
         printed: Default::default(),
         reload_requests: 0,
         redone: 0,
+        m: crate::metrics::SyncMetrics { dry_run: a.dry_run, ..Default::default() },
+        rival: (!a.allow_other_daemon).then(ClockWatch::new),
     };
-    eprintln!(
+    let board = crate::metrics::Board::new(s.m.clone());
+    crate::metrics::start(a.metrics_listen, &board)?;
+    let mut supervisor = crate::service::Supervisor::new();
+    tracing::info!(
         "vmtime sync: {} → CLOCK_REALTIME{}",
         source.display(),
         if a.dry_run { " (dry run: nothing is changed)" } else { "" }
     );
-    eprintln!(
-        "  source: {} {}, status {}, marker {:#x}",
+    tracing::info!(
+        "source: {} {}, status {}, marker {:#x}",
         abi::time_type_name(first.time_type()),
         first.tai_minus_utc().map_or("without a TAI offset".to_string(), |o| format!("with TAI − UTC = {o} s")),
         first.clock_status().map_or("absent", abi::status_name),
         first.disruption_marker()
     );
-    eprintln!(
-        "  woken by {}",
+    tracing::info!(
+        "woken by {}",
         if s.notes.device.is_some() {
             "the device's notifications"
         } else if sub.is_some() {
@@ -557,7 +656,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             "polling"
         }
     );
-    eprintln!("  control socket {}", socket.display());
+    tracing::info!("control socket {}", socket.display());
 
     let end = a.duration_s.map(|d| Instant::now() + Duration::from_secs(d.get()));
     let mut next_obs = Instant::now();
@@ -605,7 +704,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
             }
         }
         if notified || Instant::now() >= next_obs {
-            s.observe()?;
+            if let Err(e) = s.observe() {
+                return stopped_by(e);
+            }
             next_obs = Instant::now() + Duration::from_nanos(s.discipline.poll_interval_ns() as u64);
         }
         let a2 = s.discipline.handle_tick(vmtime_sys::gettime(ClockId::MonotonicRaw)?);
@@ -618,10 +719,16 @@ pub fn run(args: Args) -> Result<ExitCode> {
             last_resubscribe = Instant::now();
             sub = subscribe();
         }
+        board.offer(&s.m);
+        if s.m.updates > 0 {
+            supervisor.ready(&format!("following {}", s.page.path().display()));
+        }
+        supervisor.tick();
         if end.is_some_and(|e| Instant::now() >= e) {
             break;
         }
     }
+    supervisor.stopping();
     drop(server); // removes our socket (only if it is still ours)
     Ok(ExitCode::SUCCESS)
 }
