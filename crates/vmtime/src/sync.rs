@@ -89,15 +89,34 @@ impl Args {
     }
 }
 
-/// SIGHUP: re-reads and re-checks the configuration; a bad file keeps the settings in force.
-/// The new settings take effect at the next start.
-fn reload(args: &Args, current: &SyncSettings) {
-    match args.settings() {
-        Ok(new) if new == *current => tracing::info!("SIGHUP: configuration re-read, unchanged"),
-        Ok(_) => {
-            tracing::info!("SIGHUP: configuration re-read and valid; the changes take effect when vmtime sync restarts")
-        }
-        Err(e) => tracing::warn!("SIGHUP: {e:#}; keeping the settings in force"),
+/// What `vmtime sync` applies on SIGHUP following a vmclock page: the log level, the step policy
+/// and its limits, the interval and the hook. The source, the socket, `dry_run` (never switched
+/// to changing the clock behind the operator's back), the run time, the PHC's timescale and
+/// TAI offset and the metrics address need a restart.
+const LIVE: &[&str] = &["log_level", "interval_ms", "makestep_ns", "makestep_updates", "max_step_s", "hook"];
+/// On a PHC source (or markers only) only the log level is applied live.
+const LIVE_PHC: &[&str] = &["log_level"];
+
+/// SIGHUP: re-reads and re-checks the configuration. The keys in `live` that changed are
+/// applied (the returned settings are those now in force, with the list of changes still
+/// needing a restart); the others are named in the log line as needing a restart. A bad file
+/// keeps the settings in force (None).
+fn reload(args: &Args, current: &SyncSettings, live: &[&str]) -> Option<(SyncSettings, Vec<String>)> {
+    let got = crate::config::on_sighup("sync", current, args.settings(), live);
+    if let Some((now, _)) = &got {
+        crate::logging::set_level(now.log_level);
+    }
+    got
+}
+
+/// The discipline's settings from `vmtime sync`'s.
+fn discipline_config(a: &SyncSettings) -> SyncConfig {
+    SyncConfig {
+        step_threshold_ns: a.makestep_ns.get() as i64,
+        step_updates: a.makestep_updates.get(),
+        interval_ns: a.interval_ms.get() as i128 * 1_000_000,
+        max_step_ns: (a.max_step_s.fine() as i64).saturating_mul(1_000_000),
+        ..SyncConfig::default()
     }
 }
 
@@ -254,7 +273,9 @@ fn run_phc(
                 tracing::info!("{name}: stopping (the clock is left as it is)");
                 break;
             }
-            Some(SignalEvent::Reload) => reload(args, a),
+            Some(SignalEvent::Reload) => {
+                let _ = reload(args, a, LIVE_PHC);
+            }
             None => {}
         }
     }
@@ -396,6 +417,8 @@ struct Sync {
     printed: std::collections::HashMap<std::mem::Discriminant<SyncAction>, String>,
     /// SIGHUPs received (each one a reload request).
     reload_requests: u64,
+    /// Changes re-read on SIGHUP that wait for a restart ("key = new (in force: old)").
+    restart_needed: Vec<String>,
     /// Observations redone because the page changed while their samples were taken.
     redone: u64,
     /// The figures offered to the metrics server.
@@ -502,6 +525,8 @@ impl Sync {
         serde_json::json!({
             "role": "sync",
             "reload_requests": self.reload_requests,
+            "restart_needed": self.restart_needed,
+            "step_policy": self.discipline.config(),
             "source": self.page.path().display().to_string(),
             "dry_run": self.dry_run,
             "discipline": self.discipline.status(),
@@ -565,7 +590,7 @@ fn check_rivals(a: &SyncSettings) -> Result<Option<ExitCode>> {
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
-    let a = args.settings()?;
+    let mut a = args.settings()?;
     crate::logging::set_level(a.log_level);
     if let Some(code) = check_rivals(&a)? {
         return Ok(code);
@@ -610,13 +635,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let mut sub = if is_device { None } else { subscribe() };
     let mut server = Server::bind_unix(&socket, 0o600, None, serve::Limits::default())?;
     let mut signals = Signals::install()?;
-    let cfg = SyncConfig {
-        step_threshold_ns: a.makestep_ns.get() as i64,
-        step_updates: a.makestep_updates.get(),
-        interval_ns: a.interval_ms.get() as i128 * 1_000_000,
-        max_step_ns: (a.max_step_s.fine() as i64).saturating_mul(1_000_000),
-        ..SyncConfig::default()
-    };
+    let cfg = discipline_config(&a);
     let mut s = Sync {
         page,
         notes: DeviceNotes { device, check: NotifyCheck::default(), acked: None },
@@ -627,6 +646,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         last_marker: None,
         printed: Default::default(),
         reload_requests: 0,
+        restart_needed: Vec::new(),
         redone: 0,
         m: crate::metrics::SyncMetrics { dry_run: a.dry_run, ..Default::default() },
         rival: (!a.allow_other_daemon).then(ClockWatch::new),
@@ -689,7 +709,13 @@ pub fn run(args: Args) -> Result<ExitCode> {
             }
             Some(SignalEvent::Reload) => {
                 s.reload_requests += 1;
-                reload(&args, &a);
+                if let Some((now, restart)) = reload(&args, &a, LIVE) {
+                    s.discipline.reconfigure(discipline_config(&now));
+                    s.hook = now.hook.clone();
+                    s.restart_needed = restart;
+                    a = now;
+                    next_obs = next_obs.min(Instant::now() + Duration::from_millis(a.interval_ms.get()));
+                }
             }
             None => {}
         }
