@@ -636,6 +636,27 @@ mod tests {
     }
 
     #[test]
+    fn reload_applies_live_keys_and_names_the_rest() {
+        let old = SyncSettings::default();
+        let mut new = old.clone();
+        new.max_step_s = MaxStepS::from_fine(500).unwrap();
+        new.source = Some("/elsewhere".into());
+        new.dry_run = true;
+        let (now, r) = reload(&old, &new, &["max_step_s", "log_level"]).unwrap();
+        assert_eq!(now.max_step_s.fine(), 500, "applied");
+        assert_eq!((now.source, now.dry_run), (None, false), "kept until a restart");
+        assert_eq!(r.applied, vec!["max_step_s = 0.5"]);
+        assert_eq!(r.restart, vec!["dry_run = true (in force: false)", "source = \"/elsewhere\" (in force: unset)"]);
+        assert_eq!(
+            r.describe("sync"),
+            "SIGHUP: applied max_step_s = 0.5; these changes need a restart of vmtime sync: dry_run = true (in force: false), source = \"/elsewhere\" (in force: unset)"
+        );
+        let (_, r) = reload(&old, &old, &["max_step_s"]).unwrap();
+        assert_eq!(r.describe("sync"), "SIGHUP: configuration re-read, unchanged");
+        assert!(on_sighup("sync", &old, Err(anyhow!("bad")), &[]).is_none(), "a bad file keeps the settings");
+    }
+
+    #[test]
     fn a_huge_file_is_refused_without_reading_it_all() {
         let f = file(&"#".repeat(2 << 20));
         let e = format!("{:#}", load(Some(f.path())).unwrap_err());

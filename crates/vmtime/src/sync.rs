@@ -285,7 +285,12 @@ fn run_phc(
 
 /// A page with markers only and no PHC on this machine: no time source. The markers are still
 /// watched and the hook run; the clock is left alone.
-fn run_markers_only(a: &SyncSettings, mut page: crate::page::FollowedPage, socket: PathBuf) -> Result<ExitCode> {
+fn run_markers_only(
+    a: &SyncSettings,
+    args: &Args,
+    mut page: crate::page::FollowedPage,
+    socket: PathBuf,
+) -> Result<ExitCode> {
     let mut server = Server::bind_unix(&socket, 0o600, None, serve::Limits::default())?;
     let mut signals = Signals::install()?;
     let interval = Duration::from_millis(a.interval_ms.get());
@@ -325,9 +330,15 @@ fn run_markers_only(a: &SyncSettings, mut page: crate::page::FollowedPage, socke
         signals.register(&mut poller);
         server.register(&mut poller);
         poller.wait(wake.map(|w| w.saturating_duration_since(Instant::now())))?;
-        if let Some(SignalEvent::Terminate(name)) = signals.take(&poller) {
-            tracing::info!("{name}: stopping (the socket is removed)");
-            break;
+        match signals.take(&poller) {
+            Some(SignalEvent::Terminate(name)) => {
+                tracing::info!("{name}: stopping (the socket is removed)");
+                break;
+            }
+            Some(SignalEvent::Reload) => {
+                let _ = reload(args, a, LIVE_PHC);
+            }
+            None => {}
         }
         let status = serde_json::json!({
             "role": "sync",
@@ -625,7 +636,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         // there is one, the markers from the page either way.
         return match find_phc() {
             Some(info) => run_phc(&a, &args, info, Some(page)),
-            None => run_markers_only(&a, page, socket),
+            None => run_markers_only(&a, &args, page, socket),
         };
     }
     // Notification: the device's poll() (read() acknowledges), or a publisher's socket.
