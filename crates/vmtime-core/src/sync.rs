@@ -430,13 +430,13 @@ impl Discipline {
         if std::mem::take(&mut self.refusing) {
             self.notices.push(SyncNotice::Recovered);
         }
-        self.disrupted = false;
+        let new_markers = std::mem::take(&mut self.disrupted);
         let disrupted = std::mem::take(&mut self.marker_pending);
         let after_holdover = std::mem::take(&mut self.drift_allowance_ns) > 0.0;
         self.last_update_raw_ns = Some(obs.raw.mid_ns());
-        // Phase: a disruption always steps; start-up and the return from a holdover step beyond
-        // the makestep threshold (like a restart would).
-        let may_step = self.status.updates < self.cfg.step_updates as u64 || disrupted || after_holdover;
+        // Phase: a disruption always steps; start-up, a new VM generation and the return from a
+        // holdover step beyond the makestep threshold (like a restart would).
+        let may_step = self.status.updates < self.cfg.step_updates as u64 || new_markers || after_holdover;
         let step = disrupted
             || (may_step && offset_ns.abs() > self.cfg.step_threshold_ns as f64)
             || self.status.updates == 0 && offset_ns.abs() > 1_000.0;
@@ -714,6 +714,108 @@ mod tests {
             let (t, f) = tick_freq(ppb);
             assert!((9_000..=11_000).contains(&t) && f.abs() <= 500 << 16, "{ppb}: {t} {f}");
         }
+    }
+
+    /// A toy world: a 1 GHz counter, the page `page_off_ns` ahead of truth, the kernel
+    /// `kernel_off_ns` ahead; one observation at `t_s` seconds.
+    struct World {
+        d: Discipline,
+        kernel_off_ns: i128,
+        page_off_ns: i128,
+        marker: u64,
+        generation: u64,
+    }
+
+    const C0: u64 = 10_000_000_000_000;
+    const UTC0: i128 = 1_795_000_000 * NS;
+
+    impl World {
+        fn new() -> Self {
+            World {
+                d: Discipline::new(SyncConfig::default()),
+                kernel_off_ns: 0,
+                page_off_ns: 0,
+                marker: 1,
+                generation: 1,
+            }
+        }
+        fn observe(&mut self, t_s: i128) -> Vec<SyncAction> {
+            let ref_c = (C0 as i128 - self.page_off_ns) as u64;
+            let abi = PageBuilder::new()
+                .reference(
+                    counter_id::X86_TSC,
+                    ref_c,
+                    Timestamp::<Tai>::from_parts(1_795_000_037, 0),
+                    Period::from_hz(1_000_000_000).unwrap(),
+                )
+                .tai_minus_utc(37)
+                .status(status::SYNCHRONIZED)
+                .maxerror(1_000, 0)
+                .disruption_marker(self.marker)
+                .vm_generation(self.generation)
+                .build();
+            let page = Snapshot::new(abi, 4096).unwrap();
+            let c = C0 + (t_s * NS) as u64;
+            let k = UTC0 + t_s * NS + self.kernel_off_ns;
+            let samples = [AbaSample { before_ns: k - 5, counter: c, after_ns: k + 5 }];
+            let raw = AbaSample { before_ns: t_s * NS - 5, counter: c, after_ns: t_s * NS + 5 };
+            let acts = self.d.handle_observation(&SyncObservation {
+                page,
+                raw,
+                samples: &samples,
+                kernel: KernelTimex::default(),
+            });
+            for a in &acts {
+                if let SyncAction::Step { delta_ns } = a {
+                    self.kernel_off_ns += *delta_ns as i128;
+                }
+            }
+            acts
+        }
+    }
+
+    fn stepped(acts: &[SyncAction]) -> Option<i64> {
+        acts.iter().find_map(|a| match a {
+            SyncAction::Step { delta_ns } => Some(*delta_ns),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn the_step_limit_holds_unless_the_markers_change() {
+        const HOUR: i128 = 3_600 * NS;
+        let mut w = World::new();
+        w.kernel_off_ns = -3 * HOUR; // start-up: any step
+        assert_eq!(stepped(&w.observe(0)), Some(3 * HOUR as i64));
+        for t in 1..5 {
+            assert_eq!(stepped(&w.observe(t)), None);
+        }
+        // 1 h jump, markers unchanged: refused, one notice for the episode.
+        w.page_off_ns = HOUR;
+        for t in 5..8 {
+            assert_eq!(stepped(&w.observe(t)), None);
+            assert_eq!(w.d.status().state, "holdover");
+        }
+        assert!(matches!(w.d.take_notices()[..], [SyncNotice::StepRefused { limit_ns: 2_000_000_000, .. }]));
+        // The same page with a new disruption marker: stepped.
+        w.marker += 1;
+        assert_eq!(stepped(&w.observe(8)), Some(HOUR as i64));
+        assert_eq!(w.d.take_notices(), vec![SyncNotice::Recovered]);
+        // A new VM generation alone (a clone) also allows a large step (with the hook).
+        w.page_off_ns = -HOUR;
+        w.generation += 1;
+        let acts = w.observe(9);
+        assert!(acts.contains(&SyncAction::RunHook));
+        assert_eq!(stepped(&acts), Some(-2 * HOUR as i64));
+        // Within the limit: slewed, never stepped, after start-up.
+        w.page_off_ns += NS;
+        assert_eq!(stepped(&w.observe(10)), None);
+        assert_eq!(w.d.status().state, "synchronised");
+        // Live reconfiguration: a tighter limit refuses what was accepted.
+        w.d.reconfigure(SyncConfig { max_step_ns: 100_000_000, ..w.d.config().clone() });
+        w.page_off_ns += NS / 2;
+        assert_eq!(stepped(&w.observe(11)), None);
+        assert_eq!(w.d.status().state, "holdover");
     }
 
     #[test]
