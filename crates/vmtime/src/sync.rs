@@ -45,11 +45,13 @@ pub struct Args {
     /// (chrony's makestep).
     #[arg(long)]
     makestep_ns: Option<MakestepNs>,
-    /// How many first updates may step (disruptions step too, up to --max-step-s).
+    /// How many first updates may step, by any amount (a changed disruption marker or VM
+    /// generation allows that too).
     #[arg(long)]
     makestep_updates: Option<MakestepUpdates>,
-    /// After start-up, a step larger than this (a disruption, or a source gone wrong) is refused
-    /// and the clock holds over, s.
+    /// Outside start-up, a marker change and the return from holdover, an offset larger than
+    /// this (a page gone wrong or hostile) is refused and the clock holds over, s (steps of
+    /// 0.001; default 2: a missed leap second is still corrected). Applied live on SIGHUP.
     #[arg(long)]
     max_step_s: Option<MaxStepS>,
     /// Command run (by sh -c) when the VM generation changes: reseed entropy, reset connections.
