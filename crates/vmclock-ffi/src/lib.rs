@@ -27,7 +27,6 @@
 
 use std::ffi::{c_char, c_int, CStr};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 use vmclock_rs::guard::{protect, Protection};
 use vmclock_rs::{Clock, ClockError, PageError, ReadError, TimeError};
@@ -168,8 +167,8 @@ pub unsafe extern "C" fn vmclock_open(path: *const c_char, err: *mut c_int) -> *
             return std::ptr::null_mut();
         }
     };
-    let is_file = std::fs::metadata(path).map(|m| !m.file_type().is_char_device()).unwrap_or(true);
-    let protection = if is_file {
+    // What was mapped decides, not the path again (it may have been replaced since).
+    let protection = if !clock.memory().is_device() {
         let (start, len) = clock.memory().region();
         match protect(start, len) {
             Ok(p) => Some(p),
@@ -377,6 +376,31 @@ mod tests {
     }
 
     #[test]
+    fn a_fifo_or_a_directory_is_refused_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let f = fifo.clone();
+        std::thread::spawn(move || {
+            let mut err = 0;
+            let h = open(cpath(&f).as_ptr(), &mut err);
+            close(h);
+            tx.send((h.is_null(), err)).unwrap();
+        });
+        // A hang detector, not a synchronisation: the open returns or blocks forever.
+        let r = rx.recv_timeout(std::time::Duration::from_secs(60));
+        if r.is_err() {
+            let _writer = std::fs::OpenOptions::new().write(true).open(&fifo); // unblock it
+            panic!("vmclock_open blocked on a fifo");
+        }
+        assert_eq!(r.unwrap(), (true, VMCLOCK_E_OPEN));
+        let mut err = 0;
+        assert!(open(cpath(dir.path()).as_ptr(), &mut err).is_null());
+        assert_eq!(err, VMCLOCK_E_OPEN);
+    }
+
+    #[test]
     fn a_truncated_page_file_gives_gone_not_sigbus() {
         if vmclock_rs::counter::NATIVE == abi::counter_id::INVALID {
             return;
@@ -421,9 +445,10 @@ mod tests {
                 .map(|_| {
                     let done = &done;
                     s.spawn(move || {
-                        let (mut reads, mut last) = (0u64, 0u64);
-                        // During the writes, and 100 successful readings after them at least.
-                        while !done.load(Ordering::Relaxed) || reads < 100 {
+                        let (mut reads, mut after, mut last) = (0u64, 0u64, 0u64);
+                        // During the writes, then 100 successful readings begun after them.
+                        while after < 100 {
+                            let finished = done.load(Ordering::Acquire);
                             let mut n = vmclock_now::default();
                             match now(handle as *const vmclock, &mut n) {
                                 VMCLOCK_OK => {}
@@ -436,6 +461,7 @@ mod tests {
                             assert!(n.earliest_ns <= n.time_ns && n.time_ns <= n.latest_ns);
                             last = n.disruption_marker;
                             reads += 1;
+                            after += u64::from(finished);
                         }
                         (reads, last)
                     })
@@ -446,7 +472,7 @@ mod tests {
                 raw.disruption_marker = m.into();
                 w.publish(&raw);
             }
-            done.store(true, Ordering::Relaxed);
+            done.store(true, Ordering::Release);
             for r in readers {
                 let (reads, last) = r.join().unwrap();
                 assert!(reads >= 100);

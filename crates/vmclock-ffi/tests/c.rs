@@ -114,8 +114,14 @@ fn c_example_runs_against_the_static_and_the_shared_library() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     check_now_output(&String::from_utf8_lossy(&out.stdout));
 
+    // The shared library's SONAME is libvmclock.so.0: install it under that name, as a package does.
+    let readelf = Command::new("readelf").arg("-d").arg(lib.join("libvmclock.so")).output().expect("run readelf");
+    assert!(String::from_utf8_lossy(&readelf.stdout).contains("[libvmclock.so.0]"), "no SONAME libvmclock.so.0");
+    let installed = dir.path().join("lib");
+    std::fs::create_dir(&installed).unwrap();
+    std::fs::copy(lib.join("libvmclock.so"), installed.join("libvmclock.so.0")).unwrap();
     let p = page(dir.path());
-    let out = Command::new(&shared).arg(&p).env("LD_LIBRARY_PATH", &lib).output().unwrap();
+    let out = Command::new(&shared).arg(&p).env("LD_LIBRARY_PATH", &installed).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     check_now_output(&String::from_utf8_lossy(&out.stdout));
 

@@ -9,7 +9,7 @@
 use crate::abi::{self, flags, PAGE_SIZE};
 use crate::error::{ClockError, ReadError, TimeError};
 use crate::map::Mapping;
-use crate::seqlock::{self, Ordering, PageMemory, SEQ_WORD};
+use crate::seqlock::{self, AtomicU32, Ordering, PageMemory, SEQ_WORD};
 use crate::snapshot::{utc_with_leap, Bounded, ErrorModel, LeapEdge, PageTime, Reference, Snapshot};
 use crate::time::{Tai, Timescale, Timestamp, Utc};
 use std::path::Path;
@@ -148,19 +148,36 @@ impl<M: PageMemory> Clock<M> {
     pub fn now_with_counter(&self, mut read_counter: impl FnMut() -> u64) -> Result<Now, ClockError> {
         let words = self.mem.words();
         let Some(words) = words.get(..FIRST + COUNT) else {
-            return Err(self.slow_error());
+            return Err(too_short(words.len()));
         };
+        let mut w = [0u32; COUNT];
+        // The uncontended path: one attempt, no wait state set up.
+        if let Some(counter) = seqlock::try_read_with_counter(words, FIRST, &mut w, &mut read_counter) {
+            let checked = self.checked.load(Ordering::Relaxed);
+            if checked & CHECKED != 0 && checked as u32 == w[0] {
+                return Ok(compute(&w, (checked >> 32) as u16 as u64, counter)?);
+            }
+        }
+        self.now_contended(words, &mut read_counter)
+    }
+
+    /// Retries while the writer is busy (bounded by `max_wait`), and checks the constant fields
+    /// when they have not been checked yet.
+    #[cold]
+    #[inline(never)]
+    fn now_contended(&self, words: &[AtomicU32], read_counter: &mut impl FnMut() -> u64) -> Result<Now, ClockError> {
         let mut give_up = seqlock::deadline(self.max_wait);
         let mut attempts = 0u32;
         loop {
             let mut w = [0u32; COUNT];
-            if let Some(counter) = seqlock::try_read_with_counter(words, FIRST, &mut w, &mut read_counter) {
+            if let Some(counter) = seqlock::try_read_with_counter(words, FIRST, &mut w, &mut *read_counter) {
                 let checked = self.checked.load(Ordering::Relaxed);
                 if checked & CHECKED != 0 && checked as u32 == w[0] {
                     return Ok(compute(&w, (checked >> 32) as u16 as u64, counter)?);
                 }
+                // Checked, then read again; a page whose constant word keeps changing counts
+                // as a busy writer, so this loop is bounded by `max_wait` too.
                 self.check_constants()?;
-                continue;
             }
             attempts += 1;
             if let Some(waited_us) = give_up(attempts) {
@@ -182,7 +199,7 @@ impl<M: PageMemory> Clock<M> {
         let b = snap.to_bytes();
         let word = u32::from_ne_bytes([b[8], b[9], b[10], b[11]]);
         let mut absent = 0u64;
-        let size = snap.size();
+        let size = snap.present_size();
         if !abi::field::TIME_MAXERROR.present_in(size) {
             absent |= flags::TIME_MAXERROR_VALID;
         }
@@ -194,15 +211,13 @@ impl<M: PageMemory> Clock<M> {
         self.checked.store(CHECKED | absent << 32 | word as u64, Ordering::Relaxed);
         Ok(())
     }
+}
 
-    #[cold]
-    #[inline(never)]
-    fn slow_error(&self) -> ClockError {
-        match self.snapshot() {
-            Err(e) => e,
-            Ok(_) => ReadError::Page(crate::error::PageError::TooSmall { size: 0, min: abi::MIN_SIZE }).into(),
-        }
-    }
+/// A page memory that gives fewer words than a reading needs.
+#[cold]
+#[inline(never)]
+fn too_short(words: usize) -> ClockError {
+    ReadError::Page(crate::error::PageError::LargerThanMapping { size: 0, mapped: words * 4 }).into()
 }
 
 /// The time at `counter` from the words of one consistent read (0x08..0x68); `absent`: the flag

@@ -26,12 +26,29 @@ pub fn read() -> u64 {
     }
 }
 
-/// Whether this CPU has RDTSCP (CPUID 0x8000_0001 EDX bit 27), asked once and remembered.
+/// Asks CPUID once when the program (or library) is loaded, so no counter read ever pays for it:
+/// in a VM, CPUID traps to the hypervisor (tens of µs), which would skew whatever the first read
+/// is paired with (a calibration, a cross-timestamp).
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+#[used]
+#[link_section = ".init_array"]
+static DETECT_AT_LOAD: extern "C" fn() = {
+    extern "C" fn detect() {
+        has_rdtscp();
+    }
+    detect
+};
+
+/// Whether RDTSCP exists: 0 not asked yet, 1 no, 2 yes.
+#[cfg(target_arch = "x86_64")]
+static RDTSCP: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(0);
+
+/// Whether this CPU has RDTSCP (CPUID 0x8000_0001 EDX bit 27), asked once (at load on Linux)
+/// and remembered.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 pub fn has_rdtscp() -> bool {
-    use core::sync::atomic::{AtomicU8, Ordering};
-    static RDTSCP: AtomicU8 = AtomicU8::new(0); // 0 unknown, 1 no, 2 yes
+    use core::sync::atomic::Ordering;
     #[cold]
     #[inline(never)]
     fn ask() -> bool {
@@ -98,4 +115,30 @@ pub fn read() -> u64 {
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 pub fn read() -> u64 {
     0
+}
+
+#[cfg(all(test, target_arch = "x86_64", target_os = "linux"))]
+mod tests {
+    #[test]
+    fn cpuid_was_asked_when_the_program_was_loaded() {
+        assert_ne!(super::RDTSCP.load(core::sync::atomic::Ordering::Relaxed), 0);
+    }
+}
+
+#[cfg(all(test, any(target_arch = "x86_64", target_arch = "aarch64")))]
+mod read_tests {
+    /// The ordered read runs (on arm64: ISB, MRS CNTVCT_EL0, the dependent dummy load) and the
+    /// counter moves forward.
+    #[test]
+    fn the_counter_moves_forward() {
+        let a = super::read();
+        let mut b = super::read();
+        for _ in 0..1_000_000 {
+            if b > a {
+                break;
+            }
+            b = super::read();
+        }
+        assert!(b > a, "{a} then {b}");
+    }
 }

@@ -27,7 +27,7 @@ pub enum PageError {
         min: u32,
     },
     /// `size` claims more bytes than were mapped or given.
-    #[error("page size field {size} is larger than the {mapped} bytes available")]
+    #[error("only {mapped} bytes of the page are available (size field {size}): fewer than the bytes up to and including `flags`")]
     LargerThanMapping {
         /// The `size` field.
         size: u32,
@@ -98,7 +98,7 @@ pub enum ReadError {
 #[derive(Debug, Error)]
 pub enum ClockError {
     /// Opening or mapping the page failed.
-    #[error("cannot map {path}: {source}")]
+    #[error("cannot map {path}")]
     Map {
         /// The path.
         path: String,

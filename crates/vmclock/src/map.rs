@@ -4,17 +4,31 @@ use crate::abi::{ABI_SIZE, PAGE_SIZE};
 use crate::seqlock::{AtomicU32, PageMemory, WritableMemory};
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
 use std::ptr::NonNull;
 
-/// One page of a file or device, mapped shared. Read-only unless opened for writing.
+/// One page of a file or device, mapped shared. Read-only unless opened for writing. The page
+/// is the system's (`sysconf(_SC_PAGESIZE)`: 4 KiB, or 16/64 KiB on arm64), as the driver maps
+/// `/dev/vmclockN`.
 #[derive(Debug)]
 pub struct Mapping {
     ptr: NonNull<u8>,
+    len: usize,
     available: usize,
     writable: bool,
+    device: bool,
+}
+
+/// Open flags: never wait in `open` (a fifo), never take a controlling terminal.
+const NO_WAIT: i32 = libc::O_NONBLOCK | libc::O_NOCTTY;
+
+/// The system page size (`sysconf(_SC_PAGESIZE)`), at least 4096.
+pub fn system_page_size() -> usize {
+    // SAFETY: sysconf has no preconditions; a failure returns -1, handled below.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(n).ok().filter(|&n| n >= PAGE_SIZE && n.is_power_of_two()).unwrap_or(PAGE_SIZE)
 }
 
 // SAFETY: the mapping is plain shared memory accessed only through atomics; the pointer is
@@ -27,43 +41,48 @@ impl Mapping {
     /// Maps the first page of `path` read-only. A regular file must not be empty (a mapped page
     /// wholly beyond the end of a file faults); a character device (`/dev/vmclock0`) is mapped
     /// as exactly one page at offset 0, as its driver requires.
+    /// The open never waits: a fifo at the path is refused (it is empty) rather than blocking
+    /// until someone writes to it.
     pub fn open(path: &Path) -> io::Result<Self> {
-        Self::map(&File::open(path)?, false)
+        Self::map(&OpenOptions::new().read(true).custom_flags(NO_WAIT).open(path)?, false)
     }
 
     /// Maps the first page of `path` for reading and writing (a producer's own page file, which
     /// must already be at least one page long).
     pub fn open_rw(path: &Path) -> io::Result<Self> {
-        Self::map(&OpenOptions::new().read(true).write(true).open(path)?, true)
+        Self::map(&OpenOptions::new().read(true).write(true).custom_flags(NO_WAIT).open(path)?, true)
     }
 
-    /// Maps the first page of an open file.
+    /// Maps the first system page of an open file.
     pub fn map(file: &File, writable: bool) -> io::Result<Self> {
         let meta = file.metadata()?;
+        let len = system_page_size();
         let available = if meta.file_type().is_char_device() {
-            PAGE_SIZE
+            len
         } else {
-            let len = meta.len();
-            if len == 0 {
+            let file_len = meta.len();
+            if file_len == 0 {
                 return Err(io::Error::new(io::ErrorKind::InvalidData, "the file is empty"));
             }
-            if writable && len < PAGE_SIZE as u64 {
+            if writable && file_len < PAGE_SIZE as u64 {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
                     "a writable page file must be at least 4096 bytes",
                 ));
             }
-            (len as usize).min(PAGE_SIZE)
+            usize::try_from(file_len).unwrap_or(usize::MAX).min(len)
         };
         let prot = if writable { libc::PROT_READ | libc::PROT_WRITE } else { libc::PROT_READ };
-        // SAFETY: a fresh mapping (addr null) of one page of a valid open fd; the kernel checks
-        // the fd's mode against `prot`. The result is checked for MAP_FAILED before use.
-        let ptr = unsafe { libc::mmap(std::ptr::null_mut(), PAGE_SIZE, prot, libc::MAP_SHARED, file.as_raw_fd(), 0) };
+        // SAFETY: a fresh mapping (addr null) of one system page of a valid open fd; the kernel
+        // checks the fd's mode against `prot`. The result is checked for MAP_FAILED before use.
+        // Only the first ABI_SIZE bytes are ever accessed, which lie in the file's first page (a
+        // file is at least one byte long), so no access falls beyond its end.
+        let ptr = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, libc::MAP_SHARED, file.as_raw_fd(), 0) };
         if ptr == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
         let ptr = NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned null"))?;
-        Ok(Mapping { ptr, available, writable })
+        Ok(Mapping { ptr, len, available, writable, device: meta.file_type().is_char_device() })
     }
 
     /// The mapping's address and length (for [`crate::guard::protect`]).
@@ -75,11 +94,18 @@ impl Mapping {
     pub fn is_writable(&self) -> bool {
         self.writable
     }
+
+    /// Whether what was mapped is a character device (which cannot shrink) rather than a file
+    /// (which can: see [`crate::guard`]). Decided from the file that was mapped, not the path,
+    /// which may name something else by now.
+    pub fn is_device(&self) -> bool {
+        self.device
+    }
 }
 
 impl PageMemory for Mapping {
     fn words(&self) -> &[AtomicU32] {
-        // SAFETY: `ptr` is page-aligned (mmap) and valid for PAGE_SIZE bytes until `drop`, which
+        // SAFETY: `ptr` is page-aligned (mmap) and valid for `len` ≥ 4096 bytes until `drop`, which
         // needs `&mut self`, so it outlives the returned borrow. AtomicU32 has the size and
         // alignment of u32. Concurrent writers in other processes or the hypervisor are outside
         // the Rust abstract machine; within this process every access is atomic. A read-only
@@ -94,9 +120,9 @@ impl PageMemory for Mapping {
 
 impl Drop for Mapping {
     fn drop(&mut self) {
-        // SAFETY: `ptr` came from a successful PAGE_SIZE mmap and no borrow of it outlives self.
+        // SAFETY: `ptr` came from a successful mmap of `len` bytes and no borrow of it outlives self.
         unsafe {
-            libc::munmap(self.ptr.as_ptr().cast(), PAGE_SIZE);
+            libc::munmap(self.ptr.as_ptr().cast(), self.len);
         }
     }
 }

@@ -45,6 +45,8 @@ pub struct Snapshot {
     /// The structure exactly as loaded: the words' native-endian bytes are the page's bytes, so
     /// [`Snapshot::raw`] views them in place as the little-endian structure, with no copy.
     words: RawWords,
+    /// How many bytes hold fields: the `size` field, capped by the bytes mapped or given.
+    present: u32,
 }
 
 impl core::fmt::Debug for Snapshot {
@@ -60,10 +62,13 @@ impl Snapshot {
         Self::from_words(RawWords::read_from_bytes(abi.as_bytes()).expect("exact size"), available)
     }
 
-    /// Validates a copy of the structure as loaded from the page's words.
+    /// Validates a copy of the structure as loaded from the page's words. `size` may exceed
+    /// 4096 (a 64 KiB page of an arm64 guest) and the bytes available (the Linux driver maps one
+    /// kernel page of a larger region): a field is present when it lies within both, and the
+    /// page is refused only when the bytes up to `flags` do not.
     #[inline]
     pub fn from_words(words: RawWords, available: usize) -> Result<Self, PageError> {
-        let snap = Snapshot { words };
+        let mut snap = Snapshot { words, present: 0 };
         let magic = snap.u32_at(off::MAGIC);
         if magic != MAGIC {
             return Err(PageError::BadMagic { found: magic });
@@ -76,9 +81,10 @@ impl Snapshot {
         if size < MIN_SIZE {
             return Err(PageError::TooSmall { size, min: MIN_SIZE });
         }
-        if size as usize > available {
+        if available < MIN_SIZE as usize {
             return Err(PageError::LargerThanMapping { size, mapped: available });
         }
+        snap.present = size.min(u32::try_from(available).unwrap_or(u32::MAX));
         Ok(snap)
     }
 
@@ -130,7 +136,13 @@ impl Snapshot {
 
     #[inline(always)]
     fn present(&self, f: abi::Field) -> bool {
-        f.present_in(self.u32_at(off::SIZE))
+        f.present_in(self.present)
+    }
+
+    /// How many bytes of the structure hold fields: `size`, capped by the bytes available.
+    #[inline]
+    pub fn present_size(&self) -> u32 {
+        self.present
     }
 
     #[inline(always)]
@@ -457,6 +469,11 @@ impl Reference {
     /// T(C) as raw 64.64 seconds.
     #[inline]
     pub fn raw_time_at(&self, counter: u64) -> Result<u128, TimeError> {
+        let d = counter.wrapping_sub(self.counter_value);
+        if (d as i64) >= 0 {
+            // At or after the reference (the usual case): one unsigned 64×64 multiply.
+            return self.time.checked_add((d as u128 * self.period as u128) >> self.shift).ok_or(TimeError::Overflow);
+        }
         let e = self.elapsed(counter).0;
         let t = if e >= 0 { self.time.checked_add(e as u128) } else { self.time.checked_sub(e.unsigned_abs()) };
         t.ok_or(TimeError::Overflow)
@@ -470,7 +487,8 @@ impl Reference {
             return Some(time);
         }
         let x = model.rate? as u128 * delta; // < 2^128
-        let rate = (x >> self.shift) + u128::from(x & ((1u128 << self.shift) - 1) != 0);
+                                             // ceil(x / 2^shift) = floor((x − 1) / 2^shift) + 1 for x ≥ 1.
+        let rate = if x == 0 { 0 } else { ((x - 1) >> self.shift) + 1 };
         Some(time.saturating_add(rate))
     }
 

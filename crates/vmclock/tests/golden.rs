@@ -189,7 +189,11 @@ fn validation_errors() {
     r.u32(0x04, 0x1f);
     assert_eq!(Snapshot::from_bytes(&r.0), Err(PageError::TooSmall { size: 0x1f, min: 0x20 }));
     let r = full_page();
-    assert_eq!(Snapshot::from_bytes(&r.0[..2048]), Err(PageError::LargerThanMapping { size: 4096, mapped: 2048 }));
+    // A size beyond the bytes available is accepted (the driver maps one kernel page of a
+    // larger region); only the bytes up to `flags` must be there.
+    assert_eq!(Snapshot::from_bytes(&r.0[..2048]).map(|s| (s.size(), s.present_size())), Ok((4096, 2048)));
+    assert_eq!(Snapshot::from_bytes(&r.0[..0x60]).unwrap().time_maxerror_ns(), None, "beyond the bytes given");
+    assert_eq!(Snapshot::from_bytes(&r.0[..0x1f]), Err(PageError::LargerThanMapping { size: 4096, mapped: 0x1f }));
     let mut r = full_page();
     r.u8(0x0a, abi::counter_id::INVALID);
     assert_eq!(Snapshot::from_bytes(&r.0).unwrap().reference(), Err(TimeError::NoCounter));
@@ -267,4 +271,116 @@ fn tai_offset_sign_driver_and_legacy() {
     let b = |f: fn(PageBuilder) -> PageBuilder| Snapshot::new(f(PageBuilder::new()).build(), 4096).unwrap();
     assert_eq!(b(|p| p.tai_minus_utc(37)).tai_offset_raw(), Some(-37));
     assert_eq!(b(|p| p.tai_offset_raw(37)).tai_offset_raw(), Some(37));
+}
+
+/// An arm64 guest with 64 KiB pages: the region and its `size` are 65536 bytes. The Linux driver
+/// accepts any size up to the region and maps one kernel page; so does vmtime (it used to refuse
+/// a size above 4096 or above what it mapped).
+#[test]
+fn a_64k_page_is_read() {
+    use vmclock::{Clock, PageBuf, Writer};
+    let abi = PageBuilder::new()
+        .size(65_536)
+        .reference(
+            vmclock::counter::NATIVE,
+            1_000,
+            Timestamp::<Tai>::from_parts(1_795_000_037, 0),
+            Period::from_hz(1_000_000_000).unwrap(),
+        )
+        .tai_minus_utc(37)
+        .maxerror(500, 1)
+        .build();
+    // In memory: a 64 KiB region.
+    let buf = PageBuf::with_available(65_536);
+    Writer::new(&buf).publish(&abi);
+    let s = vmclock::seqlock::read(&buf, vmclock::seqlock::DEFAULT_MAX_WAIT).unwrap();
+    assert_eq!((s.size(), s.present_size()), (65_536, 65_536));
+    assert_eq!(s.tai_at(1_000).unwrap().maxerror_ns(), Some(501));
+    if vmclock::counter::NATIVE != abi::counter_id::INVALID {
+        let n = Clock::new(&buf).now_with_counter(|| 2_000).unwrap();
+        assert_eq!(n.tai().unwrap().time.subsec_nanos() / 10, 99, "1000 ticks after the reference");
+    }
+    // In a file: a 64 KiB page file, mapped as one system page.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("page64k");
+    let mut bytes = vec![0u8; 65_536];
+    bytes[..abi::ABI_SIZE].copy_from_slice(zerocopy::IntoBytes::as_bytes(&abi));
+    std::fs::write(&path, &bytes).unwrap();
+    let m = vmclock::Mapping::open(&path).unwrap();
+    let page = vmclock::map::system_page_size();
+    assert_eq!(vmclock::seqlock::PageMemory::available(&m), page.min(65_536));
+    let s = vmclock::seqlock::read(&m, vmclock::seqlock::DEFAULT_MAX_WAIT).unwrap();
+    assert_eq!(s.size(), 65_536);
+    assert_eq!(s.tai_minus_utc(), Some(37));
+    assert!(s.reference().is_ok());
+}
+
+/// Golden pages with a leap second between the reference and the reading (spec: "a correct
+/// implementation will need to cope with the case where a leap second has occurred since the
+/// reference time T₁"). The leap of 2016-12-31: TAI − UTC went from 36 to 37 at 2017-01-01.
+/// The counter ticks 2^30 times a second, so every time below is exact.
+#[test]
+fn leap_after_the_reference() {
+    const HZ: u64 = 1 << 30;
+    const M: u64 = 1_483_228_800; // 2017-01-01T00:00:00Z
+    let sec = |s: f64| (s * HZ as f64) as u64;
+    let utc = |t: Timestamp<Utc>| (t.sec(), t.subsec_nanos());
+    let page = |tai_page: bool, t1_utc: u64, off: i16, leap: u8| {
+        let b = PageBuilder::new();
+        let b = if tai_page {
+            b.reference(
+                vmclock::counter::NATIVE,
+                0,
+                Timestamp::<Tai>::from_parts(t1_utc + off as u64, 0),
+                Period::from_hz(HZ).unwrap(),
+            )
+        } else {
+            b.reference(
+                vmclock::counter::NATIVE,
+                0,
+                Timestamp::<Utc>::from_parts(t1_utc, 0),
+                Period::from_hz(HZ).unwrap(),
+            )
+        };
+        Snapshot::new(b.tai_minus_utc(off).leap(leap).maxerror(0, 0).build(), 4096).unwrap()
+    };
+    for tai_page in [true, false] {
+        // T1 = 2016-12-31T23:59:50Z, an insertion announced for the end of the month.
+        let s = page(tai_page, M - 10, 36, abi::leap::PRE_POS);
+        assert_eq!(utc(s.utc_at(sec(5.0)).unwrap().time), (M - 5, 0), "before the leap");
+        assert_eq!(utc(s.utc_at(sec(9.5)).unwrap().time), (M - 1, 500_000_000), "23:59:59.5");
+        assert_eq!(
+            utc(s.utc_at(sec(10.5)).unwrap().time),
+            (M - 1, 500_000_000),
+            "23:59:60.5 shows as 23:59:59.5, as the kernel"
+        );
+        assert_eq!(utc(s.utc_at(sec(11.0)).unwrap().time), (M, 0), "midnight after the leap (it was 1 s late)");
+        assert_eq!(utc(s.utc_at(sec(20.0)).unwrap().time), (M + 9, 0));
+        // TAI is continuous: the page's time plus the offset at the reference.
+        assert_eq!(s.tai_at(sec(20.0)).unwrap().time, Timestamp::<Tai>::from_parts(M + 10 + 36, 0));
+        // The fast path agrees.
+        if vmclock::counter::NATIVE != abi::counter_id::INVALID {
+            let n = vmclock::now_at(&s, sec(20.0)).unwrap();
+            assert_eq!(utc(n.utc().unwrap().time), (M + 9, 0));
+            let buf = vmclock::PageBuf::new();
+            vmclock::Writer::new(&buf).publish(s.raw());
+            let n = vmclock::Clock::new(&buf).now_with_counter(|| sec(20.0)).unwrap();
+            assert_eq!(utc(n.utc().unwrap().time), (M + 9, 0));
+            assert_eq!(n.tai().unwrap().time, Timestamp::<Tai>::from_parts(M + 46, 0));
+        }
+        // A deletion: 23:59:59 is skipped.
+        let s = page(tai_page, M - 10, 36, abi::leap::PRE_NEG);
+        assert_eq!(utc(s.utc_at(sec(8.5)).unwrap().time), (M - 2, 500_000_000));
+        assert_eq!(utc(s.utc_at(sec(9.0)).unwrap().time), (M, 0));
+        assert_eq!(utc(s.utc_at(sec(15.0)).unwrap().time), (M + 6, 0));
+        // A reference just after the leap (POST_POS, offset already 37) read at a counter before
+        // it: the leap is undone (vmtime reads counters before the reference; the driver does not).
+        let s = page(tai_page, M + 10, 37, abi::leap::POST_POS);
+        assert_eq!(utc(s.utc_at(0u64.wrapping_sub(sec(15.0))).unwrap().time), (M - 4, 0));
+        assert_eq!(utc(s.utc_at(sec(1.0)).unwrap().time), (M + 11, 0));
+        // No leap indicated: no correction, whatever the month.
+        let s = page(tai_page, M - 10, 36, abi::leap::NONE);
+        assert_eq!(utc(s.utc_at(sec(20.0)).unwrap().time), (M + 10, 0));
+        assert_eq!(s.leap_edge(), None);
+    }
 }

@@ -81,9 +81,45 @@ pub struct CheckReport {
 }
 
 impl CheckReport {
-    /// Every sample inside the widened window.
+    /// Every sample inside the widened window, and the kernel clock inside the page's own
+    /// bounds wherever it gives them.
     pub fn passed(&self) -> bool {
-        self.inside == self.samples
+        self.inside == self.samples && self.within_bounds == self.bounded
+    }
+}
+
+/// What a check concludes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// The page agrees with the kernel clock.
+    Pass,
+    /// It does not.
+    Fail,
+    /// The page is INITIALIZING: its publisher is still calibrating, so it promises nothing yet.
+    NotYetCalibrated,
+}
+
+impl Verdict {
+    /// The verdict for a report on a page with this clock_status.
+    pub fn of(report: &CheckReport, clock_status: Option<u8>) -> Verdict {
+        if clock_status == Some(vmclock::abi::status::INITIALIZING) {
+            Verdict::NotYetCalibrated
+        } else if report.passed() {
+            Verdict::Pass
+        } else {
+            Verdict::Fail
+        }
+    }
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Verdict::Pass => "PASS",
+            Verdict::Fail => "FAIL",
+            Verdict::NotYetCalibrated => "not yet calibrated (the page is INITIALIZING)",
+        })
     }
 }
 
@@ -227,6 +263,9 @@ mod tests {
         let scale = scale_for(&snap, 37).unwrap();
         assert_eq!(scale, Scale::Tai { tai_minus_utc: 37, source: "kernel" });
         assert!(check(&snap, scale, &samples(20), 0).unwrap().passed());
+        let r = check(&snap, scale, &samples(20), 0).unwrap();
+        assert_eq!(Verdict::of(&r, Some(vmclock::abi::status::SYNCHRONIZED)), Verdict::Pass);
+        assert_eq!(Verdict::of(&r, Some(vmclock::abi::status::INITIALIZING)), Verdict::NotYetCalibrated);
     }
 
     #[test]

@@ -153,6 +153,24 @@ pub enum Reason {
     Restart,
 }
 
+impl std::fmt::Display for Reason {
+    /// Why a page was published, in words (for logs).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Reason::Initial => "first page",
+            Reason::Calibrated => "calibrated",
+            Reason::Rate => "the kernel clock's rate changed",
+            Reason::Status => "the clock status changed",
+            Reason::Leap => "the leap second state changed",
+            Reason::TaiOffset => "the TAI offset changed",
+            Reason::Drift => "drift correction",
+            Reason::SlewDone => "slew complete",
+            Reason::Step => "the kernel clock was stepped",
+            Reason::Restart => "restart without proven continuity",
+        })
+    }
+}
+
 /// What to do.
 #[must_use]
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -211,6 +229,8 @@ pub struct Publisher {
     pending: Option<Reason>,
     stepped: bool,
     resumed: Option<Snapshot>,
+    /// The next page cannot promise TIME_MONOTONIC (a restart onto a page it may be behind).
+    not_monotonic: bool,
     last: Option<Last>,
     prev_state: i32,
     post_leap: Option<(u8, u128)>,
@@ -295,6 +315,7 @@ impl Publisher {
             pending: Some(Reason::Initial),
             stepped: false,
             resumed: None,
+            not_monotonic: false,
             last: None,
             prev_state: 0,
             post_leap: None,
@@ -304,6 +325,20 @@ impl Publisher {
             time_type,
             last_known_tai: None,
         }
+    }
+
+    /// Changes what may change live (SIGHUP): the republish threshold, the rate tolerance and the
+    /// longest interval between observations. The page's constant fields and the marker stay;
+    /// the next page uses the new values.
+    pub fn retune(&mut self, threshold_ns: u64, tolerance_ppb: u64, interval_ns: i128) {
+        self.cfg.threshold_ns = threshold_ns;
+        self.cfg.tolerance_ppb = tolerance_ppb;
+        self.cfg.interval_ns = interval_ns;
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> &HostConfig {
+        &self.cfg
     }
 
     /// A publisher restarting over a page it published before: it keeps the page's marker and
@@ -338,10 +373,12 @@ impl Publisher {
         Some(
             PageBuilder::new()
                 .constants(self.cfg.counter_id, time_type)
+                // INITIALIZING: no time yet, the publisher is starting ("not yet calibrated" to
+                // `vmtime check`); like UNRELIABLE, a reader must not use it.
                 .status(if self.cfg.counter_id == abi::counter_id::INVALID {
                     status::UNKNOWN
                 } else {
-                    status::UNRELIABLE
+                    status::INITIALIZING
                 })
                 .smearing(self.cfg.smearing_hint)
                 .disruption_marker(self.marker)
@@ -517,7 +554,11 @@ impl Publisher {
 
         // A restart: continuity is proven when the kernel now lies within the old page's bounds.
         if let Some(prev) = self.resumed.take() {
-            let ok = prev.counter_id() == self.cfg.counter_id
+            // A page left with an odd seq_count was being written when its writer died: its
+            // body may be torn, so nothing about it can be proven.
+            let whole = prev.seq_count() % 2 == 0;
+            let ok = whole
+                && prev.counter_id() == self.cfg.counter_id
                 && prev.time_type() == time_type
                 && prev
                     .reference()
@@ -534,6 +575,15 @@ impl Publisher {
                 slewing: false,
             });
             if !ok {
+                // The new page is monotonic with the old one only if it is provably not behind it.
+                let behind_or_unknown = !whole
+                    || prev.time_type() != time_type
+                    || prev
+                        .reference()
+                        .ok()
+                        .and_then(|r| r.raw_time_at(k.counter).ok())
+                        .is_none_or(|o| k.time < o as i128);
+                self.not_monotonic = behind_or_unknown;
                 self.disrupt();
                 self.last = None;
                 return Some(self.publish(Reason::Restart, &n, true));
@@ -586,7 +636,7 @@ impl Publisher {
         let mut time = k.time;
         let mut period = n.model;
         let mut slew_ppb = 0u64;
-        let mut monotonic = true;
+        let mut monotonic = !std::mem::take(&mut self.not_monotonic);
         let mut gap_frac = 0i128;
         let same_scale = self.last.filter(|l| l.time_type == n.time_type);
         if let (true, Some(last)) = (disrupted, same_scale) {
@@ -655,8 +705,12 @@ impl Publisher {
         let half_ns = frac_to_ns_f64(k.half).ceil() as u64;
         let gap_ns = frac_to_ns_f64(gap_frac).ceil() as u64;
         let kernel_ns = |us: i64| (us.max(0) as u64).saturating_mul(1000);
-        let maxerror_ns = kernel_ns(n.kernel.maxerror_us) + half_ns + gap_ns + 1 + n.unsure_s * NS as u64;
-        let esterror_ns = kernel_ns(n.kernel.esterror_us) + half_ns;
+        let maxerror_ns = kernel_ns(n.kernel.maxerror_us)
+            .saturating_add(half_ns)
+            .saturating_add(gap_ns)
+            .saturating_add(1)
+            .saturating_add(n.unsure_s.saturating_mul(NS as u64));
+        let esterror_ns = kernel_ns(n.kernel.esterror_us).saturating_add(half_ns);
         let rate = |ppb: u64| (period.frac as u128 * ppb as u128).div_ceil(1_000_000_000) as u64;
         let mut b = PageBuilder::new();
         if self.cfg.counter_id == abi::counter_id::INVALID {

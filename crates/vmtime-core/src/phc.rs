@@ -43,6 +43,16 @@ pub enum Method {
     Basic,
 }
 
+impl std::fmt::Display for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Method::Precise => "precise",
+            Method::Extended => "extended",
+            Method::Basic => "basic",
+        })
+    }
+}
+
 /// What PTP_CLOCK_GETCAPS reports (the fields vmtime uses).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct PhcCaps {
@@ -133,6 +143,15 @@ pub enum PhcTimescale {
     Utc,
     /// TAI.
     Tai,
+}
+
+impl std::fmt::Display for PhcTimescale {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PhcTimescale::Utc => "UTC",
+            PhcTimescale::Tai => "TAI",
+        })
+    }
 }
 
 /// Whether a `clock_name` marks a pure time source (not a NIC's PTP clock), and the timescale

@@ -237,7 +237,7 @@ impl Scenario {
     /// Checks every value.
     pub fn validate(&self) -> Result<(), ScenarioError> {
         let bad = |field, why: &str| Err(ScenarioError::Invalid { field, why: why.to_string() });
-        if self.duration_s == 0 || self.duration_s > 30 * 86_400 {
+        if self.duration_s == 0 || self.duration_s > MAX_S {
             return bad("duration_s", "must be 1 s to 30 days");
         }
         if !within(self.host_oscillator_ppm, 500.0) {
@@ -255,30 +255,47 @@ impl Scenario {
         if self.temperature_ppb.abs() > 100_000 || self.temperature_period_s < 1 {
             return bad("temperature_ppb / temperature_period_s", "at most ±100 ppm, over at least 1 s");
         }
-        if self.ntp_poll_s == 0 || self.wander_ppb < 0 {
-            return bad("ntp_poll_s / wander_ppb", "must be positive");
+        if self.ntp_poll_s == 0 || self.ntp_poll_s > 86_400 {
+            return bad("ntp_poll_s", "must be 1 s to 1 day");
+        }
+        if !(0..=100_000).contains(&self.wander_ppb) {
+            return bad("wander_ppb", "must be 0 to 100000 ppb per second");
+        }
+        if self.leap_in_s > MAX_S {
+            return bad("leap_in_s", "must be at most 30 days");
         }
         for e in &self.events {
             let at = match e {
-                Event::Migrate { at_s, oscillator_ppm, .. } => {
-                    if oscillator_ppm.abs() > 500.0 {
+                Event::Migrate { at_s, oscillator_ppm, host_error_us, counter_step } => {
+                    if !within(*oscillator_ppm, 500.0) {
                         return bad("events.oscillator_ppm", "must lie within ±500 ppm");
+                    }
+                    if !within(*host_error_us, 1e6) {
+                        return bad("events.host_error_us", "must lie within ±1 s (±1000000 µs)");
+                    }
+                    if counter_step.unsigned_abs() > 1 << 48 {
+                        return bad("events.counter_step", "must lie within ±2^48 ticks");
                     }
                     *at_s
                 }
                 Event::Restore { at_s, pause_s } => {
-                    if !within(*pause_s, f64::MAX) || *pause_s < 0.0 {
-                        return bad("events.pause_s", "must not be negative");
+                    if !(0.0..=MAX_S as f64).contains(pause_s) {
+                        return bad("events.pause_s", "must be 0 s to 30 days");
                     }
                     *at_s
                 }
                 Event::SourceLoss { at_s, for_s } | Event::NtpLoss { at_s, for_s } => {
-                    if !within(*for_s, f64::MAX) || *for_s < 0.0 {
-                        return bad("events.for_s", "must not be negative");
+                    if !(0.0..=MAX_S as f64).contains(for_s) {
+                        return bad("events.for_s", "must be 0 s to 30 days");
                     }
                     *at_s
                 }
-                Event::HostStep { at_s, .. } => *at_s,
+                Event::HostStep { at_s, by_us } => {
+                    if !within(*by_us, 86_400e6) {
+                        return bad("events.by_us", "must lie within ±1 day (±86400000000 µs)");
+                    }
+                    *at_s
+                }
             };
             if !within(at, f64::MAX) || at < 0.0 || at >= self.duration_s as f64 {
                 return bad("events.at_s", "must lie within the run");
@@ -287,6 +304,9 @@ impl Scenario {
         Ok(())
     }
 }
+
+/// The longest simulated span (a run, a pause, an outage), s: 30 days.
+pub const MAX_S: u64 = 30 * 86_400;
 
 /// A finite value within ±`limit` (NaN is not).
 fn within(x: f64, limit: f64) -> bool {

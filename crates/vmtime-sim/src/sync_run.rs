@@ -29,6 +29,9 @@ pub struct PageSpec {
     /// A leap second at this midnight UTC (ns), +1 inserted or −1 deleted: TAI − UTC and the
     /// leap indicator then follow true time (announced from a day before, POST_* for a day after).
     pub leap_at: Option<(i128, i8)>,
+    /// The page's counter period against the true one, ppb (0: exact; a mis-scaled or hostile
+    /// page has more).
+    pub period_error_ppb: i64,
 }
 
 impl Default for PageSpec {
@@ -42,6 +45,7 @@ impl Default for PageSpec {
             marker: 1,
             generation: 1,
             leap_at: None,
+            period_error_ppb: 0,
         }
     }
 }
@@ -115,8 +119,15 @@ impl SyncRun {
         let c = self.guest.counter();
         let t = (self.guest.truth_at_counter(c) + self.spec.host_error_ns) as u128;
         let (tai_minus_utc, leap) = self.leap_state(t as i128);
+        let p = self.guest.true_period();
+        let period = if self.spec.period_error_ppb == 0 {
+            p
+        } else {
+            let num = p.frac as u128 * (1_000_000_000 + self.spec.period_error_ppb) as u128;
+            vmclock::Period::from_ratio(num, 1_000_000_000u128 << (64 + p.shift as u32)).expect("a period")
+        };
         let abi = PageBuilder::new()
-            .reference(counter_id::X86_TSC, c, Timestamp::<Tai>::from_nanos(t), self.guest.true_period())
+            .reference(counter_id::X86_TSC, c, Timestamp::<Tai>::from_nanos(t), period)
             .tai_minus_utc(tai_minus_utc)
             .status(self.spec.status)
             .leap(leap)

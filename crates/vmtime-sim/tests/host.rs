@@ -284,6 +284,55 @@ fn restart_keeps_the_marker_only_with_continuity() {
     assert_eq!(again.pages[0].reason, Reason::Restart);
 }
 
+#[test]
+fn a_restart_onto_a_page_ahead_of_the_kernel_is_not_monotonic() {
+    // docs/HOST.md: a backward step is published with TIME_MONOTONIC clear. The host clock was
+    // stepped back while the daemon was down.
+    let mut r = run(16, Sampled::Tai);
+    r.run_for(20 * NS, 10 * MS);
+    let page = r.current.unwrap();
+    assert!(page.has(flags::TIME_MONOTONIC));
+    let mut back = r.host.clone();
+    back.step(-50 * MS);
+    let cfg = HostConfig { marker_seed: 999, ..HostConfig::default() };
+    let mut again = HostRun::new(back, cfg.clone(), Sampled::Tai);
+    again.publisher = vmtime_core::host::Publisher::resume(cfg, page);
+    again.current = Some(page);
+    again.run_for(3 * NS, 10 * MS);
+    let first = again.pages[0].snap;
+    assert_eq!(again.pages[0].reason, Reason::Restart);
+    assert_ne!(first.disruption_marker(), page.disruption_marker());
+    assert!(!first.has(flags::TIME_MONOTONIC), "a restart going back in time cannot be monotonic");
+    // Only that page: the ones after it are monotonic again.
+    assert!(again.pages[1..].iter().all(|p| p.snap.has(flags::TIME_MONOTONIC)));
+    // (The simulated kernel was stepped 50 ms off truth without widening its maxerror, so only
+    // the monotonic promise is checked here.)
+    assert_eq!(again.violations.monotonic, 0);
+}
+
+#[test]
+fn a_restart_onto_a_torn_page_cannot_prove_continuity() {
+    // Same host, no step: continuity would hold, but the page's seq_count is odd (its writer died
+    // mid-update), so its body may be torn.
+    let mut r = run(17, Sampled::Tai);
+    r.run_for(20 * NS, 10 * MS);
+    let page = r.current.unwrap();
+    let mut bytes = page.to_bytes();
+    let seq = u32::from_le_bytes(bytes[12..16].try_into().unwrap()) | 1;
+    bytes[12..16].copy_from_slice(&seq.to_le_bytes());
+    let torn = vmclock::Snapshot::decode(&bytes, vmclock::abi::PAGE_SIZE).unwrap();
+    assert_eq!(torn.seq_count() % 2, 1);
+    let cfg = HostConfig { marker_seed: 999, ..HostConfig::default() };
+    let mut again = HostRun::new(r.host.clone(), cfg.clone(), Sampled::Tai);
+    again.publisher = vmtime_core::host::Publisher::resume(cfg, torn);
+    again.current = Some(page);
+    again.run_for(3 * NS, 10 * MS);
+    let first = again.pages[0].snap;
+    assert_eq!(again.pages[0].reason, Reason::Restart);
+    assert_ne!(first.disruption_marker(), page.disruption_marker(), "a torn page proves nothing");
+    assert!(!first.has(flags::TIME_MONOTONIC));
+}
+
 mod long_runs {
     use super::*;
     use proptest::prelude::*;
@@ -432,7 +481,7 @@ fn the_first_page_written_has_its_constant_fields() {
         let p = vmtime_core::host::Publisher::new(HostConfig { time_type: Some(tt), ..HostConfig::default() });
         let page = vmclock::Snapshot::new(p.placeholder().unwrap().build(), 4096).unwrap();
         assert_eq!((page.counter_id(), page.time_type()), (vmclock::abi::counter_id::X86_TSC, tt));
-        assert_eq!(page.clock_status(), Some(status::UNRELIABLE), "no time yet: readers must not use it");
+        assert_eq!(page.clock_status(), Some(status::INITIALIZING), "no time yet: readers must not use it");
         // The first real page keeps them.
         let mut r =
             HostRun::new(synced_host(25), HostConfig { time_type: Some(tt), ..HostConfig::default() }, Sampled::Tai);

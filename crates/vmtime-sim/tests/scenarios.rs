@@ -130,3 +130,33 @@ counter_step = 5000
     assert!(e.to_string().contains("within the run"));
     assert!(matches!(Scenario::builtin("nope"), Err(ScenarioError::Unknown(_))));
 }
+
+#[test]
+fn hostile_scenario_values_are_refused() {
+    let event = |kind: &str, fields: &str| format!("name = \"x\"\n[[events]]\nkind = \"{kind}\"\nat_s = 1\n{fields}\n");
+    for (text, field) in [
+        ("name = \"x\"\nwander_ppb = 9223372036854775807\n".to_string(), "wander_ppb"),
+        ("name = \"x\"\nwander_ppb = -1\n".to_string(), "wander_ppb"),
+        ("name = \"x\"\nduration_s = 0\n".to_string(), "duration_s"),
+        ("name = \"x\"\nleap_in_s = 18446744073709551615\n".to_string(), ""),
+        ("name = \"x\"\nleap = \"insert\"\nleap_in_s = 9999999999\n".to_string(), "leap_in_s"),
+        ("name = \"x\"\nhost_oscillator_ppm = nan\n".to_string(), "host_oscillator_ppm"),
+        (event("restore", "pause_s = 1e300"), "events.pause_s"),
+        (event("restore", "pause_s = nan"), "events.pause_s"),
+        (event("restore", "pause_s = -1"), "events.pause_s"),
+        (event("source-loss", "for_s = inf"), "events.for_s"),
+        (event("ntp-loss", "for_s = nan"), "events.for_s"),
+        (event("host-step", "by_us = nan"), "events.by_us"),
+        (event("host-step", "by_us = 1e30"), "events.by_us"),
+        (event("migrate", "oscillator_ppm = nan\nhost_error_us = 1\ncounter_step = 1"), "events.oscillator_ppm"),
+        (event("migrate", "oscillator_ppm = 1\nhost_error_us = nan\ncounter_step = 1"), "events.host_error_us"),
+        (
+            event("migrate", "oscillator_ppm = 1\nhost_error_us = 1\ncounter_step = -9223372036854775808"),
+            "events.counter_step",
+        ),
+        (event("restore", "pause_s = 1\nat_s = nan"), ""),
+    ] {
+        let e = Scenario::from_toml(&text).expect_err(&text);
+        assert!(e.to_string().starts_with(field), "{text}: {e}");
+    }
+}

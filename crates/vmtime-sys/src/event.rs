@@ -105,6 +105,12 @@ impl Interval {
         self.fd.as_raw_fd()
     }
 
+    /// The descriptor to poll, borrowed.
+    pub fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.fd.as_fd()
+    }
+
     /// Acknowledges expiries; returns how many.
     pub fn ack(&self) -> io::Result<u64> {
         read_expiries(&self.fd)

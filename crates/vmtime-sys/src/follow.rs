@@ -63,10 +63,17 @@ impl std::fmt::Debug for PageReader {
 }
 
 impl PageReader {
-    /// Opens a page for reading (follows links: reading is harmless).
+    /// Opens a page for reading (follows links: reading is harmless). The open never waits: a
+    /// fifo put at the path (by mistake, or by whoever may replace the page file) is refused at
+    /// once rather than blocking until someone writes to it.
     pub fn open(path: &Path) -> Result<Self, FollowError> {
+        use std::os::unix::fs::OpenOptionsExt;
         let io_err = |err| FollowError::Io { path: path.display().to_string(), err };
-        let f = File::open(path).map_err(io_err)?;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(path)
+            .map_err(io_err)?;
         let m = f.metadata().map_err(io_err)?;
         let source = if m.file_type().is_char_device() {
             Source::Device(Mapping::map(&f, false).map_err(io_err)?)
@@ -231,6 +238,27 @@ impl FollowedPage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fifo_is_refused_at_once_not_waited_on() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("fifo");
+        rustix::fs::mkfifoat(rustix::fs::CWD, &p, rustix::fs::Mode::from_raw_mode(0o600)).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let q = p.clone();
+        std::thread::spawn(move || tx.send(PageReader::open(&q).map(|_| ()).map_err(|e| e.to_string())));
+        // A hang detector, not a synchronisation: the open either returns or blocks forever.
+        let r = match rx.recv_timeout(std::time::Duration::from_secs(60)) {
+            Ok(r) => r,
+            Err(_) => {
+                // Unblock the opener (a writer arrives) so the process can end, then fail.
+                let _w = std::fs::OpenOptions::new().write(true).open(&p);
+                panic!("opening a fifo as a page blocked");
+            }
+        };
+        let e = r.unwrap_err();
+        assert!(e.contains("not a vmclock device or page file"), "{e}");
+    }
 
     #[test]
     fn a_truncated_file_is_an_error_not_a_signal() {

@@ -11,9 +11,22 @@ pub mod files;
 pub mod follow;
 pub mod pagefile;
 pub mod phc;
+pub mod procs;
 pub mod serve;
 pub mod signals;
 pub mod timex;
 
 pub use clock::{aba_sample, gettime, AbaSample, ClockId};
 pub use timex::{read_timex, KernelTimex};
+
+/// Lets SIGPIPE end the process, as it does for other command-line tools: `vmtime show | head`
+/// then stops quietly instead of failing to print. Rust ignores SIGPIPE by default so a daemon
+/// writing to a departed client gets EPIPE instead of dying: call this only from the one-shot
+/// commands, never from a daemon.
+pub fn sigpipe_default() {
+    // SAFETY: signal() with SIG_DFL installs no handler (no code runs in signal context); it only
+    // changes this process's disposition for SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}

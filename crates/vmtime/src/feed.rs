@@ -2,6 +2,7 @@
 //! SOCK refclock and ClockBound's clients (docs/INTEROP.md). The decisions are in
 //! `vmtime_core::feed`; this is the loop and the I/O. Neither command changes a clock.
 
+use crate::values::{Burst, DriftPpb, DurationS, FeedIntervalMs, LifeMs};
 use anyhow::{bail, Context, Result};
 use clap::{Args as ClapArgs, Subcommand, ValueEnum};
 use std::path::{Path, PathBuf};
@@ -37,14 +38,14 @@ struct Common {
     #[arg(long, default_value = crate::DEFAULT_GUEST_PAGE)]
     source: PathBuf,
     /// Interval between samples or updates, ms (10 to 3600000).
-    #[arg(long, default_value_t = 1000)]
-    interval_ms: u64,
+    #[arg(long, default_value = "1000")]
+    interval_ms: FeedIntervalMs,
     /// (CLOCK_REALTIME, counter, CLOCK_REALTIME) samples per measurement (1 to 256).
-    #[arg(long, default_value_t = 16)]
-    burst: usize,
+    #[arg(long, default_value = "16")]
+    burst: Burst,
     /// Exit after this many seconds.
     #[arg(long)]
-    duration_s: Option<u64>,
+    duration_s: Option<DurationS>,
 }
 
 #[derive(ClapArgs, Debug)]
@@ -72,11 +73,11 @@ struct ClockBoundArgs {
     #[arg(long, default_value = "/var/run/clockbound")]
     dir: PathBuf,
     /// How long the segment stays valid without an update, ms (at least two intervals).
-    #[arg(long, default_value_t = 5000)]
-    life_ms: u64,
+    #[arg(long, default_value = "5000")]
+    life_ms: LifeMs,
     /// Drift allowed to CLOCK_REALTIME beyond the rate measured, ppb (ClockBound assumes 15 ppm).
-    #[arg(long, default_value_t = 15_000)]
-    drift_margin_ppb: u64,
+    #[arg(long, default_value = "15000")]
+    drift_margin_ppb: DriftPpb,
     /// Whether clients compare the segment's marker with /dev/vmclock0's.
     #[arg(long, value_enum, default_value_t = DisruptionSupport::Auto)]
     disruption_support: DisruptionSupport,
@@ -89,14 +90,9 @@ pub fn run(a: Args) -> Result<ExitCode> {
     }
 }
 
+/// The interval (the ranges are checked when the flags are parsed: crate::values).
 fn validate(c: &Common) -> Result<Duration> {
-    if !(10..=3_600_000).contains(&c.interval_ms) {
-        bail!("--interval-ms {}: out of range; give 10 to 3600000", c.interval_ms);
-    }
-    if !(1..=256).contains(&c.burst) {
-        bail!("--burst {}: out of range; give 1 to 256", c.burst);
-    }
-    Ok(Duration::from_millis(c.interval_ms))
+    Ok(Duration::from_millis(c.interval_ms.get()))
 }
 
 /// The page, a measurement burst and the page again.
@@ -164,7 +160,7 @@ impl Pacer {
             poller: Poller::new(),
             next: now,
             interval,
-            end: duration_s.map(|d| now + Duration::from_secs(d)),
+            end: duration_s.and_then(|d| now.checked_add(Duration::from_secs(d))),
             name,
         })
     }
@@ -199,11 +195,11 @@ impl Pacer {
 
 fn run_chrony(a: ChronyArgs) -> Result<ExitCode> {
     let interval = validate(&a.common)?;
-    let mut m = Measurer::open(&a.common.source, a.common.burst)?;
+    let mut m = Measurer::open(&a.common.source, a.common.burst.get() as usize)?;
     let sock = ChronySocket::new(&a.socket)?;
     let mut feed = ChronyFeed::new(interval.as_nanos() as i128);
-    let mut pacer = Pacer::new(interval, a.common.duration_s, "chrony")?;
-    eprintln!(
+    let mut pacer = Pacer::new(interval, a.common.duration_s.map(DurationS::get), "chrony")?;
+    tracing::info!(
         "vmtime feed chrony: {} → {} every {} ms (chrony.conf: refclock SOCK {})",
         a.common.source.display(),
         a.socket.display(),
@@ -212,7 +208,7 @@ fn run_chrony(a: ChronyArgs) -> Result<ExitCode> {
     );
     let (mut last, mut send_failing) = (None, false);
     loop {
-        let action = match m.measure(a.common.burst) {
+        let action = match m.measure(a.common.burst.get() as usize) {
             Ok((before, after, mono_ns)) => feed.handle(&Observation { before, after, samples: &m.samples, mono_ns }),
             Err(e) => {
                 tracing::warn!("{e:#}");
@@ -251,39 +247,37 @@ fn run_chrony(a: ChronyArgs) -> Result<ExitCode> {
 
 fn run_clockbound(a: ClockBoundArgs) -> Result<ExitCode> {
     let interval = validate(&a.common)?;
-    if a.life_ms < 2 * a.common.interval_ms || a.life_ms > 3_600_000 {
+    if a.life_ms.get() < 2 * a.common.interval_ms.get() {
         bail!(
             "--life-ms {}: give at least two intervals ({} ms) and at most 3600000",
             a.life_ms,
-            2 * a.common.interval_ms
+            2 * a.common.interval_ms.get()
         );
-    }
-    if a.drift_margin_ppb >= 100_000_000 {
-        bail!("--drift-margin-ppb {}: out of range; give less than 100000000 (10 %)", a.drift_margin_ppb);
     }
     let disruption_support = match a.disruption_support {
         DisruptionSupport::On => true,
         DisruptionSupport::Off => false,
         DisruptionSupport::Auto => a.common.source == Path::new(crate::DEFAULT_GUEST_PAGE),
     };
-    let mut m = Measurer::open(&a.common.source, a.common.burst)?;
+    let mut m = Measurer::open(&a.common.source, a.common.burst.get() as usize)?;
     vmtime_sys::feed::ensure_segment_dir(&a.dir)?;
     let path = a.dir.join("shm0");
     let mut seg = ClockBoundSegment::open_or_create(&path)
         .with_context(|| format!("cannot create the ClockBound segment {}", path.display()))?;
     let cfg = ClockBoundConfig {
-        life_ns: a.life_ms as i128 * 1_000_000,
-        drift_margin_ppb: a.drift_margin_ppb,
+        life_ns: a.life_ms.get() as i128 * 1_000_000,
+        drift_margin_ppb: a.drift_margin_ppb.get(),
         disruption_support,
         holdoff_ns: 2 * interval.as_nanos() as i128,
+        coarse_tick_ns: vmtime_sys::clock::getres(ClockId::MonotonicCoarse)?.clamp(1, 1_000_000_000),
     };
     let mut feed = ClockBoundFeed::new(cfg);
-    let mut pacer = Pacer::new(interval, a.common.duration_s, "clockbound")?;
+    let mut pacer = Pacer::new(interval, a.common.duration_s.map(DurationS::get), "clockbound")?;
     let mut last = None;
     let mut first = true;
     loop {
         let as_of = gettime(ClockId::MonotonicCoarse)?;
-        let eb = match m.measure(a.common.burst) {
+        let eb = match m.measure(a.common.burst.get() as usize) {
             Ok((before, after, mono_ns)) => {
                 feed.handle(&Observation { before, after, samples: &m.samples, mono_ns }, as_of)
             }
@@ -291,8 +285,8 @@ fn run_clockbound(a: ClockBoundArgs) -> Result<ExitCode> {
                 tracing::warn!("{e:#}");
                 feed.last_hold = Some(Hold::NoTime);
                 ErrorBound {
-                    as_of_ns: as_of,
-                    void_after_ns: as_of + cfg.life_ns,
+                    as_of_ns: as_of - cfg.coarse_tick_ns,
+                    void_after_ns: as_of - cfg.coarse_tick_ns + cfg.life_ns,
                     bound_ns: 0,
                     disruption_marker: 0,
                     max_drift_ppb: 0,
@@ -303,7 +297,7 @@ fn run_clockbound(a: ClockBoundArgs) -> Result<ExitCode> {
         };
         seg.write(&eb.to_bytes());
         if first {
-            eprintln!(
+            tracing::info!(
                 "vmtime feed clockbound: {} → {} every {} ms (life {} ms, disruption support {})",
                 a.common.source.display(),
                 path.display(),

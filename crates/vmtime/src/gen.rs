@@ -3,6 +3,7 @@
 //! CLOCK_REALTIME; every field can be given instead.
 
 use crate::tai::{self, Found};
+use crate::values::*;
 use anyhow::{bail, Context, Result};
 use clap::{Args as ClapArgs, ValueEnum};
 use std::path::PathBuf;
@@ -19,50 +20,50 @@ pub struct Args {
     page: PathBuf,
     /// The counter's frequency in Hz (default: calibrated against CLOCK_REALTIME).
     #[arg(long)]
-    counter_hz: Option<u64>,
+    counter_hz: Option<CounterHz>,
     /// Calibration time, ms.
-    #[arg(long, default_value_t = 200)]
-    calibrate_ms: u64,
+    #[arg(long, default_value = "200")]
+    calibrate_ms: CalibrateMs,
     /// The reference counter value (with --time-ns; default: a fresh reading).
     #[arg(long, requires = "time_ns")]
-    counter: Option<u64>,
+    counter: Option<AnyU64>,
     /// The reference time in the page's timescale, ns since its epoch (with --counter).
     #[arg(long, requires = "counter")]
-    time_ns: Option<u128>,
+    time_ns: Option<AnyU64>,
     /// The page's timescale.
     #[arg(long, value_enum, default_value_t = TimeType::Tai)]
     time_type: TimeType,
     /// TAI − UTC in s, positive (37 in 2026); the page stores its negation, UTC − TAI, as the
     /// driver and spec v1.1 read it (default: the kernel's, else the system leap-second list).
-    #[arg(long = "tai-offset", value_parser = clap::value_parser!(i16).range(0..))]
-    tai_minus_utc: Option<i16>,
+    #[arg(long)]
+    tai_offset: Option<TaiUtcS>,
     /// clock_status.
     #[arg(long, value_enum, default_value_t = Status::Synchronized)]
     status: Status,
     /// Maximum error of the time, ns (sets TIME_MAXERROR_VALID and PERIOD_MAXERROR_VALID).
     #[arg(long)]
-    maxerror_ns: Option<u64>,
+    maxerror_ns: Option<AnyU64>,
     /// Maximum error of the period, parts per billion (with --maxerror-ns).
-    #[arg(long, default_value_t = 0.0)]
-    period_maxerror_ppb: f64,
+    #[arg(long, default_value = "0")]
+    period_maxerror_ppb: PeriodPpb,
     /// Estimated error of the time, ns (sets the ESTERROR flags).
     #[arg(long)]
-    esterror_ns: Option<u64>,
+    esterror_ns: Option<AnyU64>,
     /// disruption_marker.
-    #[arg(long, default_value_t = 0)]
-    disruption_marker: u64,
+    #[arg(long, default_value = "0")]
+    disruption_marker: AnyU64,
     /// vm_generation_counter (sets VM_GEN_COUNTER_PRESENT).
     #[arg(long)]
-    vm_generation: Option<u64>,
+    vm_generation: Option<AnyU64>,
     /// leap_indicator.
     #[arg(long, value_enum, default_value_t = Leap::None)]
     leap: Leap,
     /// The `size` field.
-    #[arg(long, default_value_t = 4096)]
-    size: u32,
+    #[arg(long, default_value = "4096")]
+    size: PageSize,
     /// The counter id (default: this CPU's).
     #[arg(long)]
-    counter_id: Option<u8>,
+    counter_id: Option<CounterIdByte>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -106,21 +107,24 @@ fn calibrate(ms: u64) -> Result<(Period, u64, i128)> {
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
-    let (period, counter, realtime_ns) = match (a.counter_hz, a.counter, a.time_ns) {
-        (Some(hz), Some(c), Some(t)) => (Period::from_hz(hz).context("--counter-hz must be at least 2")?, c, t as i128),
-        (hz, None, None) => {
-            let (p, c, t) = calibrate(a.calibrate_ms)?;
-            let p = match hz {
-                Some(hz) => Period::from_hz(hz).context("--counter-hz must be at least 2")?,
-                None => p,
-            };
-            (p, c, t)
-        }
-        (None, Some(_), Some(_)) => bail!("--counter and --time-ns need --counter-hz"),
-        _ => bail!("give both --counter and --time-ns, or neither"),
-    };
+    let (period, counter, realtime_ns) =
+        match (a.counter_hz.map(CounterHz::get), a.counter.map(AnyU64::get), a.time_ns.map(AnyU64::get)) {
+            (Some(hz), Some(c), Some(t)) => {
+                (Period::from_hz(hz).context("--counter-hz must be at least 2")?, c, t as i128)
+            }
+            (hz, None, None) => {
+                let (p, c, t) = calibrate(a.calibrate_ms.get())?;
+                let p = match hz {
+                    Some(hz) => Period::from_hz(hz).context("--counter-hz must be at least 2")?,
+                    None => p,
+                };
+                (p, c, t)
+            }
+            (None, Some(_), Some(_)) => bail!("--counter and --time-ns need --counter-hz"),
+            _ => bail!("give both --counter and --time-ns, or neither"),
+        };
     let explicit_time = a.time_ns.is_some();
-    let tai = match a.tai_minus_utc {
+    let tai = match a.tai_offset.map(TaiUtcS::get) {
         Some(o) => Some(o),
         None => {
             let kernel_tai = vmtime_sys::read_timex()?.tai;
@@ -144,8 +148,8 @@ pub fn run(a: Args) -> Result<ExitCode> {
             }
         }
     };
-    let id = a.counter_id.unwrap_or(vmclock::counter::NATIVE);
-    let mut b = PageBuilder::new().size(a.size);
+    let id = a.counter_id.map_or(vmclock::counter::NATIVE, CounterIdByte::get);
+    let mut b = PageBuilder::new().size(a.size.get());
     b = match a.time_type {
         TimeType::Tai => {
             let ns = if explicit_time {
@@ -161,14 +165,14 @@ pub fn run(a: Args) -> Result<ExitCode> {
     if let Some(o) = tai {
         b = b.tai_minus_utc(o);
     }
-    if let Some(ns) = a.maxerror_ns {
-        let rate = (a.period_maxerror_ppb * 1e-9 * period.frac as f64).ceil() as u64;
+    if let Some(ns) = a.maxerror_ns.map(AnyU64::get) {
+        let rate = (a.period_maxerror_ppb.get() * 1e-9 * period.frac as f64).ceil() as u64;
         b = b.maxerror(ns, rate);
     }
-    if let Some(ns) = a.esterror_ns {
+    if let Some(ns) = a.esterror_ns.map(AnyU64::get) {
         b = b.esterror(ns, 0);
     }
-    if let Some(g) = a.vm_generation {
+    if let Some(g) = a.vm_generation.map(AnyU64::get) {
         b = b.vm_generation(g);
     }
     let status = match a.status {
@@ -189,7 +193,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let bytes = b
         .status(status)
         .leap(leap)
-        .disruption_marker(a.disruption_marker)
+        .disruption_marker(a.disruption_marker.get())
         .flag(flags::TIME_MONOTONIC, false)
         .page_bytes();
     vmtime_sys::pagefile::create(&a.page, &bytes)?;

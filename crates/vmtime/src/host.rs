@@ -1,9 +1,12 @@
 //! `vmtime host`: publishes this machine's kernel clock as a vmclock page (see
 //! `vmtime_core::host` for the model). It only reads the clock; it never writes it.
 
+use crate::config::{HostSettings, LogLevel, Smearing};
 use crate::tai::{self, Found};
-use anyhow::{bail, Result};
-use clap::{Args as ClapArgs, ValueEnum};
+use crate::values::*;
+use anyhow::{bail, Context, Result};
+use clap::Args as ClapArgs;
+use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -17,8 +20,14 @@ use vmtime_sys::files::{self, PageFile};
 use vmtime_sys::serve::{self, Poller, Reply, Server};
 use vmtime_sys::signals::{SignalEvent, Signals};
 
-#[derive(ClapArgs, Debug)]
+/// `vmtime host`'s flags: each one is also a key of the configuration's `[host]` section
+/// (crate::config::HostSettings has the defaults); a flag overrides the file.
+#[derive(ClapArgs, Debug, Serialize)]
 pub struct Args {
+    /// The configuration file (default: /etc/vmtime/vmtime.toml, if it exists).
+    #[arg(long)]
+    #[serde(skip)]
+    config: Option<PathBuf>,
     /// Where to publish the page (default: /run/vmtime/host.page for root, else
     /// $XDG_RUNTIME_DIR/vmtime/host.page or /tmp/vmtime-UID/host.page).
     #[arg(long)]
@@ -27,30 +36,30 @@ pub struct Args {
     #[arg(long)]
     socket: Option<PathBuf>,
     /// Longest time between full observations, ms.
-    #[arg(long, default_value_t = 1000)]
-    interval_ms: u64,
+    #[arg(long)]
+    interval_ms: Option<IntervalMs>,
     /// How often the kernel's NTP state is read (cheap adjtimex), ms.
-    #[arg(long, default_value_t = 10)]
-    poll_ms: u64,
+    #[arg(long)]
+    poll_ms: Option<PollMs>,
     /// Republish when the page is this far off the kernel clock, ns.
-    #[arg(long, default_value_t = 20)]
-    threshold_ns: u64,
+    #[arg(long)]
+    threshold_ns: Option<ThresholdNs>,
     /// Rate tolerance of the kernel clock against true time, ppm (the page's period maximum
     /// error rate; 500 is the kernel's own MAXFREQ).
-    #[arg(long, default_value_t = 500.0)]
-    tolerance_ppm: f64,
+    #[arg(long)]
+    tolerance_ppm: Option<TolerancePpm>,
     /// TAI − UTC in s, positive (37 in 2026); the page stores its negation, UTC − TAI, as the
     /// driver and spec v1.1 read it (default: the kernel's, else the system leap-second list if
     /// current).
-    #[arg(long = "tai-offset", value_parser = clap::value_parser!(i16).range(0..))]
-    tai_minus_utc: Option<i16>,
+    #[arg(long)]
+    tai_offset: Option<TaiUtcS>,
     /// leap_second_smearing_hint to publish.
-    #[arg(long, value_enum, default_value_t = Smearing::Strict)]
-    smearing: Smearing,
+    #[arg(long, value_enum)]
+    smearing: Option<Smearing>,
     /// The kernel's own vmclock page (RFC "/dev/vmclock_host"): used as the source of the
     /// counter-to-clock relation when present; vmtime adds bounds, leap state, status and markers.
-    #[arg(long, default_value = "/dev/vmclock_host")]
-    vmclock_host: PathBuf,
+    #[arg(long)]
+    vmclock_host: Option<PathBuf>,
     /// Ignore the kernel's page even when it exists (sample the clock instead).
     #[arg(long)]
     no_vmclock_host: bool,
@@ -59,14 +68,21 @@ pub struct Args {
     quiet: bool,
     /// Exit after this many seconds (tests, measurements).
     #[arg(long)]
-    duration_s: Option<u64>,
+    duration_s: Option<DurationS>,
+    /// Log level: error, warn, info, debug or trace.
+    #[arg(long, value_enum)]
+    log_level: Option<LogLevel>,
+    /// Serve Prometheus metrics on this loopback address (default: [metrics] listen; off).
+    #[arg(long)]
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum Smearing {
-    Strict,
-    NoonLinear,
-    UtcSls,
+impl Args {
+    /// The settings: these flags over the configuration file over the defaults. Called again on
+    /// SIGHUP: an error there keeps the old settings.
+    pub fn settings(&self) -> Result<HostSettings> {
+        crate::config::host(self.config.as_deref(), self)
+    }
 }
 
 /// The default page path of a host daemon run by this uid (`vmtime_sys::files::runtime_dir`:
@@ -122,6 +138,8 @@ struct Daemon {
     kernel_page_failing: bool,
     /// SIGHUPs received (each one a reload request).
     reload_requests: u64,
+    /// Changes re-read on SIGHUP that wait for a restart ("key = new (in force: old)").
+    restart_needed: Vec<String>,
     /// The observation's samples (reused).
     samples: Vec<vmtime_core::AbaSample>,
     writer: Writer<WritableMapping>,
@@ -132,6 +150,8 @@ struct Daemon {
     started: Instant,
     clocksource: String,
     tai_note: String,
+    /// The figures offered to the metrics server.
+    m: crate::metrics::HostMetrics,
     /// The longest time between two turns of the publishing path (adjtimex poll, observation,
     /// page write): what a client could at most have delayed a page by.
     max_gap: Duration,
@@ -174,11 +194,12 @@ impl Daemon {
         if let Some(HostAction::Publish { page, reason, disrupted }) = action {
             let seq = self.writer.publish(&page);
             published = Some(seq);
+            self.m.published_page(self.writer.memory(), self.publisher.stats());
             let st = abi::status_name(page.clock_status);
             let stats = self.publisher.stats();
             if disrupted {
-                eprintln!(
-                    "page {seq}: {reason:?}, status {st}, new disruption marker {:#x}",
+                tracing::warn!(
+                    "page {seq}: {reason}, status {st}, new disruption marker {:#x}",
                     page.disruption_marker.get()
                 );
             } else if stats.published <= 3
@@ -189,8 +210,8 @@ impl Daemon {
                         | vmtime_core::host::Reason::Rate
                 )
             {
-                eprintln!(
-                    "page {seq}: {reason:?}, status {st}, kernel rate {:+.3} ppm, pairing ±{:.1} ns",
+                tracing::info!(
+                    "page {seq}: {reason}, status {st}, kernel rate {:+.3} ppm, pairing ±{:.1} ns",
                     stats.kernel_rate_ppb / 1000.0,
                     stats.pairing_ns
                 );
@@ -204,6 +225,12 @@ impl Daemon {
         serde_json::json!({
             "role": "host",
             "reload_requests": self.reload_requests,
+            "restart_needed": self.restart_needed,
+            "tunables": {
+                "threshold_ns": self.publisher.config().threshold_ns,
+                "tolerance_ppb": self.publisher.config().tolerance_ppb,
+                "interval_ms": self.publisher.config().interval_ns / 1_000_000,
+            },
             "kernel_page_readable": self.kernel_page.as_ref().map(|_| !self.kernel_page_failing),
             "page": self.page.display().to_string(),
             "uptime_s": self.started.elapsed().as_secs_f64(),
@@ -267,12 +294,20 @@ impl ServerView {
 fn open_page(path: &Path, placeholder: PageBuilder) -> Result<(PageFile, WritableMapping, Option<Snapshot>)> {
     let (pf, prev) = files::open_or_create_page(path, &placeholder.page_bytes())?;
     let prev = prev.and_then(|b| Snapshot::from_bytes(&b[..PAGE_SIZE]).ok());
-    let m = WritableMapping::new(Mapping::map(pf.file(), true)?)?;
+    let m = Mapping::map(pf.file(), true).and_then(WritableMapping::new);
+    let m = m.with_context(|| format!("cannot map {} for writing", path.display()))?;
     Ok((pf, m, prev))
 }
 
-pub fn run(a: Args) -> Result<ExitCode> {
-    let page_path = match a.page {
+/// What `vmtime host` applies on SIGHUP: the log level, the tunables of the publishing loop and
+/// the status line. The page and socket paths, the kernel page, the smearing hint and TAI − UTC
+/// (constants of the page) and the metrics address need a restart.
+const HOST_LIVE: &[&str] = &["log_level", "interval_ms", "poll_ms", "threshold_ns", "tolerance_ppm", "quiet"];
+
+pub fn run(args: Args) -> Result<ExitCode> {
+    let mut a = args.settings()?;
+    crate::logging::set_level(a.log_level);
+    let page_path = match a.page.clone() {
         Some(p) => {
             files::ensure_dir_for(&p)?;
             p
@@ -282,14 +317,14 @@ pub fn run(a: Args) -> Result<ExitCode> {
             default_page()
         }
     };
-    let socket_path = a.socket.unwrap_or_else(|| socket_for(&page_path));
+    let socket_path = a.socket.clone().unwrap_or_else(|| socket_for(&page_path));
     let clocksource = event::current_clocksource().unwrap_or_else(|_| "unknown".into());
     let usable = event::clocksource_uses_counter(&clocksource) && vmclock::counter::NATIVE != abi::counter_id::INVALID;
 
     // TAI − UTC: the kernel's, a stated one, or the leap-second list while it is current.
     let kernel = vmtime_sys::read_timex()?;
     let now_s = (vmtime_sys::gettime(ClockId::Realtime)? / 1_000_000_000) as i64;
-    let (tai, tai_note) = match a.tai_minus_utc {
+    let (tai, tai_note) = match a.tai_offset.map(TaiUtcS::get) {
         Some(o) => (TaiSource::Fixed(o), format!("TAI − UTC = {o} s, as given"))
         ,
         None => match tai::find(kernel.tai, Path::new(tai::LEAP_SECONDS_LIST), now_s) {
@@ -310,14 +345,14 @@ pub fn run(a: Args) -> Result<ExitCode> {
     };
     let cfg = HostConfig {
         counter_id: if usable { vmclock::counter::NATIVE } else { abi::counter_id::INVALID },
-        threshold_ns: a.threshold_ns,
+        threshold_ns: a.threshold_ns.get(),
         smearing_hint: match a.smearing {
             Smearing::Strict => abi::smearing::STRICT,
             Smearing::NoonLinear => abi::smearing::NOON_LINEAR,
             Smearing::UtcSls => abi::smearing::UTC_SLS,
         },
-        tolerance_ppb: (a.tolerance_ppm * 1000.0) as u64,
-        interval_ns: a.interval_ms as i128 * 1_000_000,
+        tolerance_ppb: a.tolerance_ppm.fine(),
+        interval_ns: a.interval_ms.get() as i128 * 1_000_000,
         marker_seed: event::random_u64()?,
         time_type: Some(time_type),
         ..HostConfig::default()
@@ -354,26 +389,26 @@ pub fn run(a: Args) -> Result<ExitCode> {
             Err(_) => None,
         }
     };
-    eprintln!(
+    tracing::info!(
         "vmtime host: publishing {} ({})",
         page_path.display(),
         if resumed { "taking over the page found there" } else { "new page" }
     );
-    eprintln!(
-        "  counter {} via clocksource {clocksource}{}",
+    tracing::info!(
+        "counter {} via clocksource {clocksource}{}",
         abi::counter_name(vmclock::counter::NATIVE),
         if usable { "" } else { ": NOT usable, the page carries markers only" }
     );
-    eprintln!("  {tai_note}");
-    eprintln!(
-        "  kernel: {}, maxerror {} µs, freq {:+.3} ppm",
+    tracing::info!("{tai_note}");
+    tracing::info!(
+        "kernel: {}, maxerror {} µs, freq {:+.3} ppm",
         if kernel.synchronized() { "synchronised" } else { "not synchronised (FREERUNNING)" },
         kernel.maxerror_us,
         kernel.freq as f64 / 65536.0
     );
-    eprintln!("  {source_note}");
-    eprintln!("  control socket {} (vmtime status; vmtime watch)", socket_path.display());
-    eprintln!("  calibrating the counter against CLOCK_MONOTONIC_RAW …");
+    tracing::info!("{source_note}");
+    tracing::info!("control socket {} (vmtime status; vmtime watch)", socket_path.display());
+    tracing::info!("calibrating the counter against CLOCK_MONOTONIC_RAW …");
 
     let mut d = Daemon {
         page: page_path,
@@ -381,27 +416,33 @@ pub fn run(a: Args) -> Result<ExitCode> {
         kernel_page_failing: false,
         samples: Vec::with_capacity(64),
         reload_requests: 0,
+        restart_needed: Vec::new(),
         writer: Writer::new(mem),
         _page_file: page_file,
         publisher,
         tai,
         max_gap: Duration::ZERO,
-        poll_every: Duration::from_millis(a.poll_ms.max(1)),
+        poll_every: Duration::from_millis(a.poll_ms.get()),
         started: Instant::now(),
         clocksource,
         tai_note,
+        m: Default::default(),
     };
+    let board = crate::metrics::Board::new(d.m.clone());
+    crate::metrics::start(a.metrics_listen, &board)?;
+    let mut supervisor = crate::service::Supervisor::new();
+    let mut gaps = crate::metrics::GapWindow::new(Instant::now());
     if !usable {
         d.publisher.handle_event(HostEvent::CounterChanged { usable: false });
     }
     let steps = StepDetector::new()?;
-    let poll_every = d.poll_every;
+    let mut poll_every = d.poll_every;
     let mut next_poll = Instant::now();
     let mut last_obs = Instant::now() - Duration::from_secs(3600);
     let mut last_line = Instant::now();
     let mut last_cs_check = Instant::now();
     let mut last_turn: Option<Instant> = None;
-    let end = a.duration_s.map(|s| Instant::now() + Duration::from_secs(s));
+    let end = a.duration_s.map(|s| Instant::now() + Duration::from_secs(s.get()));
     let mut poller = Poller::new();
     loop {
         // One event loop: the adjtimex poll is due, the clock was set, a signal, or a client.
@@ -418,15 +459,28 @@ pub fn run(a: Args) -> Result<ExitCode> {
                 break;
             }
             Some(SignalEvent::Reload) => {
-                // The hook for a configuration file: re-read it here and apply what may change
-                // while running. Until there is one, SIGHUP is logged and ignored.
+                // Re-read and re-check the configuration (the same flags on top): the tunables
+                // are applied now, the rest named as needing a restart; a bad file keeps the
+                // settings in force.
                 d.reload_requests += 1;
-                tracing::info!("SIGHUP: vmtime host has no configuration file to reload; ignored");
+                if let Some((now, restart)) = crate::config::on_sighup("host", &a, args.settings(), HOST_LIVE) {
+                    crate::logging::set_level(now.log_level);
+                    d.publisher.retune(
+                        now.threshold_ns.get(),
+                        now.tolerance_ppm.fine(),
+                        now.interval_ms.get() as i128 * 1_000_000,
+                    );
+                    d.poll_every = Duration::from_millis(now.poll_ms.get());
+                    poll_every = d.poll_every;
+                    next_poll = next_poll.min(Instant::now() + poll_every);
+                    d.restart_needed = restart;
+                    a = now;
+                }
             }
             None => {}
         }
         if poller.readable(t_step) && steps.stepped()? {
-            eprintln!("the kernel clock was set");
+            tracing::warn!("the kernel clock was set");
             d.publisher.handle_event(HostEvent::Stepped);
             next_poll = Instant::now();
         }
@@ -445,7 +499,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
                 let cs = event::current_clocksource().unwrap_or_default();
                 if cs != d.clocksource {
                     let usable = event::clocksource_uses_counter(&cs);
-                    eprintln!("clocksource changed: {} → {cs}", d.clocksource);
+                    tracing::warn!("clocksource changed: {} → {cs}", d.clocksource);
                     d.clocksource = cs;
                     d.publisher.handle_event(HostEvent::CounterChanged { usable });
                 }
@@ -464,20 +518,31 @@ pub fn run(a: Args) -> Result<ExitCode> {
         if !a.quiet && last_line.elapsed() >= Duration::from_secs(5) {
             last_line = Instant::now();
             let s = d.publisher.stats();
-            eprintln!(
-                "pages {}, last {:?}, page − kernel {:+.1} ns, pairing ±{:.1} ns, baseline {:.0} s, subscribers {}",
+            tracing::info!(
+                "pages {}, last: {}, page − kernel {:+.1} ns, pairing ±{:.1} ns, baseline {:.0} s, subscribers {}",
                 s.published,
-                s.last_reason,
+                s.last_reason.map_or("none yet".to_string(), |r| r.to_string()),
                 s.last_error_ns,
                 s.pairing_ns,
                 s.baseline_s,
                 server.subscribers()
             );
         }
+        d.m.last_observation = Some(last_obs);
+        gaps.turn(Instant::now());
+        d.m.loop_gap_max = Some(gaps.max(Instant::now()));
+        d.m.subscribers = server.subscribers();
+        d.m.subscribers_dropped = server.stats().dropped_subscribers;
+        board.offer(&d.m);
+        if d.m.published > 0 {
+            supervisor.ready(&format!("publishing {}", d.page.display()));
+        }
+        supervisor.tick();
         if end.is_some_and(|e| Instant::now() >= e) {
             break;
         }
     }
+    supervisor.stopping();
     drop(server); // removes our socket (only if it is still ours)
     if d.publisher.stats().published == 0 {
         bail!("no page was published");

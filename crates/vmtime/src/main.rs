@@ -2,23 +2,29 @@
 #![forbid(unsafe_code)]
 
 mod check;
+mod config;
 mod feed;
 mod gen;
+mod generate;
 mod host;
+mod logging;
+mod metrics;
 mod now;
 mod page;
 mod phc;
 mod qemu;
 mod relay;
+mod service;
 mod show;
 mod sim;
 mod status;
 mod sync;
 mod tai;
+mod values;
 mod watch;
 
 use anyhow::Result;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -58,13 +64,85 @@ enum Command {
     Feed(feed::Args),
     /// Ask a running vmtime daemon for its state (JSON over its control socket).
     Status(status::Args),
+    /// The configuration file: check it, print the effective or the default configuration.
+    Config(config::Args),
+    /// Write the man pages or shell completions (packaging).
+    #[command(hide = true)]
+    Generate(generate::Args),
 }
 
 /// The default page of a guest.
 pub const DEFAULT_GUEST_PAGE: &str = "/dev/vmclock0";
 
+/// The command line with what the value types know added: each numeric flag takes values that
+/// start with '-' (so `--tai-offset -5` is a number, refused with its range, not a flag) and its
+/// help gives the allowed range and, for a daemon, the default from the configuration's defaults.
+fn command() -> clap::Command {
+    let defaults = toml::Table::try_from(config::FileConfig::default()).unwrap_or_default();
+    harden(Cli::command(), &defaults)
+}
+
+fn harden(cmd: clap::Command, defaults: &toml::Table) -> clap::Command {
+    let section = defaults.get(cmd.get_name()).and_then(|v| v.as_table()).cloned();
+    let cmd = cmd.mut_args(|arg| {
+        let id = arg.get_value_parser().type_id();
+        let numeric = values::NUMERIC.iter().find(|n| id == (n.type_id)()).map(|n| (n.allowed)());
+        let default = section.as_ref().and_then(|t| t.get(arg.get_id().as_str())).map(|v| match v {
+            toml::Value::String(s) => s.clone(),
+            v => v.to_string(),
+        });
+        let mut extra = String::new();
+        if let Some(allowed) = &numeric {
+            extra.push_str(&format!(" [allowed: {allowed}]"));
+        }
+        if let Some(d) = default.filter(|d| d != "false") {
+            extra.push_str(&format!(" [default: {d}]"));
+        }
+        let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+        let arg = if numeric.is_some() { arg.allow_hyphen_values(true) } else { arg };
+        if extra.is_empty() {
+            arg
+        } else {
+            arg.help(format!("{help}{extra}"))
+        }
+    });
+    cmd.mut_subcommands(|sub| harden(sub, defaults))
+}
+
+/// Parses the command line; a mistake is one line naming the flag and what is allowed.
+fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Cli, (ExitCode, String)> {
+    use clap::error::ErrorKind;
+    let matches = command().try_get_matches_from(args).and_then(|m| Cli::from_arg_matches(&m));
+    matches.map_err(|e| match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            (ExitCode::SUCCESS, String::new())
+        }
+        _ => {
+            let text = e.render().to_string();
+            let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("invalid command line");
+            let first = first.trim().strip_prefix("error: ").unwrap_or(first.trim());
+            (ExitCode::from(2), format!("vmtime: {first} (see vmtime --help)"))
+        }
+    })
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse(std::env::args_os()) {
+        Ok(c) => c,
+        Err((code, line)) => {
+            if !line.is_empty() {
+                eprintln!("{line}");
+            }
+            return code;
+        }
+    };
+    // The one-shot commands stop quietly when their reader goes away (`vmtime show | head`).
+    if !matches!(cli.command, Command::Host(_) | Command::Relay(_) | Command::Sync(_)) {
+        vmtime_sys::sigpipe_default();
+    }
+    // Log lines at info until a daemon has read its level (flag, then configuration).
+    logging::init(config::LogLevel::Info);
     let result: Result<ExitCode> = match cli.command {
         Command::Show(a) => show::run(a),
         Command::Check(a) => check::run(a),
@@ -78,7 +156,9 @@ fn main() -> ExitCode {
         Command::Watch(a) => watch::run(a),
         Command::Status(a) => status::run(a),
         Command::Qemu(a) => qemu::run(a),
+        Command::Config(a) => config::run(a),
         Command::Feed(a) => feed::run(a),
+        Command::Generate(a) => generate::run(a),
     };
     match result {
         Ok(code) => code,
@@ -92,4 +172,141 @@ fn main() -> ExitCode {
 /// A path argument with the guest default.
 pub fn page_or_default(p: Option<PathBuf>) -> PathBuf {
     p.unwrap_or_else(|| PathBuf::from(DEFAULT_GUEST_PAGE))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::any::TypeId;
+
+    /// Hostile values for every numeric flag of every subcommand.
+    const HOSTILE: &[&str] = &[
+        "0",
+        "-1",
+        "-5",
+        "NaN",
+        "nan",
+        "inf",
+        "-inf",
+        "1e30",
+        "1.5",
+        "18446744073709551615",
+        "18446744073709551616",
+        "-9223372036854775809",
+        "99999999999999999999999999999999999999999999999999",
+        "",
+        "0x",
+        "ten",
+    ];
+
+    /// (subcommand path, flag, value type's entry) for every numeric flag.
+    fn numeric_flags() -> Vec<(Vec<String>, clap::Arg, &'static values::Numeric)> {
+        fn walk(
+            cmd: &clap::Command,
+            path: Vec<String>,
+            out: &mut Vec<(Vec<String>, clap::Arg, &'static values::Numeric)>,
+        ) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_value_parser().type_id();
+                for t in [
+                    TypeId::of::<u8>(),
+                    TypeId::of::<u16>(),
+                    TypeId::of::<u32>(),
+                    TypeId::of::<u64>(),
+                    TypeId::of::<u128>(),
+                    TypeId::of::<usize>(),
+                    TypeId::of::<i8>(),
+                    TypeId::of::<i16>(),
+                    TypeId::of::<i32>(),
+                    TypeId::of::<i64>(),
+                    TypeId::of::<i128>(),
+                    TypeId::of::<f32>(),
+                    TypeId::of::<f64>(),
+                ] {
+                    assert!(
+                        id != t,
+                        "vmtime {} --{}: a bare number type; use a validated type from values.rs",
+                        path.join(" "),
+                        arg.get_id()
+                    );
+                }
+                if let Some(n) = values::NUMERIC.iter().find(|n| id == (n.type_id)()) {
+                    out.push((path.clone(), arg.clone(), n));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                let mut p = path.clone();
+                p.push(sub.get_name().to_string());
+                walk(sub, p, out);
+            }
+        }
+        let mut out = Vec::new();
+        walk(&command(), Vec::new(), &mut out);
+        out
+    }
+
+    /// The command line for a subcommand with its required positionals filled in.
+    fn base(path: &[String]) -> Vec<String> {
+        let mut cmd = command();
+        let mut argv = vec!["vmtime".to_string()];
+        for p in path {
+            argv.push(p.clone());
+            cmd = cmd.find_subcommand(p).expect("subcommand").clone();
+        }
+        for a in cmd.get_positionals() {
+            if a.is_required_set() && a.get_value_parser().type_id() != TypeId::of::<bool>() {
+                argv.push("x".into());
+            }
+        }
+        argv
+    }
+
+    #[test]
+    fn every_numeric_flag_refuses_hostile_values_in_one_line() {
+        let flags = numeric_flags();
+        eprintln!("{} numeric flags", flags.len());
+        assert!(flags.len() >= 40, "only {} numeric flags found", flags.len());
+        let mut refused = 0;
+        for (path, arg, n) in &flags {
+            let flag = match arg.get_long() {
+                Some(l) => format!("--{l}"),
+                None => format!("<{}>", arg.get_id()),
+            };
+            for v in HOSTILE {
+                if (n.accepts)(v) {
+                    continue;
+                }
+                let mut argv = base(path);
+                if arg.is_positional() {
+                    continue;
+                }
+                argv.push(format!("{flag}={v}"));
+                let r = std::panic::catch_unwind(|| parse(argv.iter().map(Into::into)));
+                let Ok(Err((code, line))) = r else {
+                    panic!("{argv:?}: accepted or panicked");
+                };
+                assert_eq!(code, ExitCode::from(2), "{argv:?}");
+                assert_eq!(line.lines().count(), 1, "{argv:?}: {line}");
+                assert!(line.contains(&flag), "{argv:?}: the flag is not named: {line}");
+                assert!(line.contains(&format!("allowed: {}", (n.allowed)())), "{argv:?}: no range: {line}");
+                refused += 1;
+                // The same value as a separate word: a negative number is a value, not a flag.
+                let mut argv = base(path);
+                argv.push(flag.clone());
+                argv.push(v.to_string());
+                if v.is_empty() {
+                    continue;
+                }
+                let Err((_, line)) = parse(argv.iter().map(Into::into)) else { panic!("{argv:?} accepted") };
+                assert!(line.contains(&format!("allowed: {}", (n.allowed)())), "{argv:?}: {line}");
+            }
+        }
+        assert!(refused > 400, "{refused}");
+    }
+
+    #[test]
+    fn the_defaults_are_in_range_and_shown() {
+        let help = command().find_subcommand("host").unwrap().clone().render_long_help().to_string();
+        assert!(help.contains("[allowed: an integer in [10, 600000] (ms)] [default: 1000]"), "{help}");
+    }
 }

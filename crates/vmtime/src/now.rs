@@ -1,6 +1,6 @@
 //! `vmtime now [PAGE]`: bounded time read straight from the page.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Args as ClapArgs;
 use serde::Serialize;
 use std::path::PathBuf;
@@ -34,9 +34,13 @@ struct NowJson {
 
 pub fn run(a: Args) -> Result<ExitCode> {
     let path = crate::page_or_default(a.page);
-    let clock = Clock::open(&path)?;
-    crate::page::warn_legacy_tai(&path, &clock.snapshot()?);
-    let n = clock.now()?;
+    let clock = Clock::open(&path).map_err(|e| match e {
+        vmclock::ClockError::Map { .. } => anyhow::Error::from(e), // names the path already
+        e => anyhow::Error::from(e).context(path.display().to_string()),
+    })?;
+    let snap = clock.snapshot().with_context(|| path.display().to_string())?;
+    crate::page::warn_legacy_tai(&path, &snap);
+    let n = clock.now().with_context(|| path.display().to_string())?;
     let t = n.time();
     let ns = |x: u128| vmclock::Timestamp::<vmclock::Tai>::from_raw(x).as_nanos();
     let (raw, maxerror) = (t.raw(), t.maxerror());

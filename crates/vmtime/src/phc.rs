@@ -1,5 +1,6 @@
 //! `vmtime phc list` and `vmtime phc read DEV`: PTP clocks and how they read.
 
+use crate::values::PhcReadings;
 use anyhow::{Context, Result};
 use clap::{Args as ClapArgs, Subcommand};
 use serde::Serialize;
@@ -27,8 +28,8 @@ enum Cmd {
         /// The device, e.g. /dev/ptp0.
         dev: PathBuf,
         /// Readings per method (at most 25 for EXTENDED and basic).
-        #[arg(short, long, default_value_t = 10)]
-        n: usize,
+        #[arg(short, long, default_value = "10")]
+        n: PhcReadings,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -100,7 +101,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
             } else {
                 for r in &rows {
                     println!(
-                        "{} {:?} driver {} — {}",
+                        "{} \"{}\" driver {} — {}",
                         r["dev"].as_str().unwrap_or(""),
                         r["clock_name"].as_str().unwrap_or(""),
                         r["driver"],
@@ -113,7 +114,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         }
         Cmd::Read { dev, n, json } => {
             let mut d = PhcFile::open(&dev).with_context(|| format!("cannot open {}", dev.display()))?;
-            let results = methods(&mut d, n);
+            let results = methods(&mut d, n.get() as usize);
             if json {
                 println!("{}", serde_json::to_string_pretty(&results)?);
             } else {
@@ -121,10 +122,10 @@ pub fn run(a: Args) -> Result<ExitCode> {
                     match (&r.error, r.offset_ns, r.delay_ns) {
                         (None, Some(o), Some(dl)) => println!(
                             "{:<9} offset {:+.1} ns (PHC − CLOCK_REALTIME), delay {dl} ns",
-                            format!("{:?}", r.method),
+                            r.method.to_string(),
                             o
                         ),
-                        (Some(e), ..) => println!("{:<9} unavailable: {e}", format!("{:?}", r.method)),
+                        (Some(e), ..) => println!("{:<9} unavailable: {e}", r.method.to_string()),
                         _ => {}
                     }
                 }

@@ -1,8 +1,11 @@
 //! `vmtime relay`: follows a host page and publishes one guest's page in the guest's counter
 //! domain, owning its disruption marker and generation counter (see `vmtime_core::relay`).
 
+use crate::config::{LogLevel, RelaySettings};
+use crate::values::*;
 use anyhow::{bail, Context, Result};
 use clap::Args as ClapArgs;
+use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -14,59 +17,93 @@ use vmtime_sys::files::{self, LockFile, PageFile};
 use vmtime_sys::serve::{self, Poller, Reply, Server, Subscription};
 use vmtime_sys::signals::{SignalEvent, Signals};
 
-#[derive(ClapArgs, Debug)]
+/// `vmtime relay`'s flags: each one, except the one-shot --migrated and --restored, is also a
+/// key of the configuration's `[relay]` section; a flag overrides the file.
+#[derive(ClapArgs, Debug, Serialize)]
 pub struct Args {
+    /// The configuration file (default: /etc/vmtime/vmtime.toml, if it exists).
+    #[arg(long)]
+    #[serde(skip)]
+    config: Option<PathBuf>,
     /// The host page to follow (from `vmtime host`).
     #[arg(long)]
     host_page: Option<PathBuf>,
     /// The guest page to publish (a file the VMM shares with the guest, e.g. an ivshmem backend).
     #[arg(long)]
-    guest_page: PathBuf,
+    guest_page: Option<PathBuf>,
     /// KVM's TSC offset for this guest (added after scaling, mod 2^64; negative values wrap).
-    #[arg(long, allow_hyphen_values = true, default_value = "0")]
-    tsc_offset: String,
+    #[arg(long)]
+    tsc_offset: Option<TscOffset>,
     /// The TSC scaling ratio (guest ticks per host tick).
-    #[arg(long, default_value_t = 1.0)]
-    tsc_ratio: f64,
+    #[arg(long)]
+    tsc_ratio: Option<TscRatio>,
     /// Fraction bits of KVM's ratio (Intel 48, AMD 32).
-    #[arg(long, default_value_t = 48)]
-    tsc_frac_bits: u8,
+    #[arg(long)]
+    tsc_frac_bits: Option<FracBits>,
     /// Where the guest's markers are kept across restarts (default: guest page + ".state.json").
     #[arg(long)]
     state: Option<PathBuf>,
-    /// The guest has just been live-migrated in: change its disruption marker.
+    /// The guest has just been live-migrated in: change its disruption marker (this run only).
     #[arg(long)]
+    #[serde(skip)]
     migrated: bool,
-    /// The guest has just been restored from a snapshot: change both markers.
+    /// The guest has just been restored from a snapshot: change both markers (this run only).
     #[arg(long)]
+    #[serde(skip)]
     restored: bool,
     /// Accepted for old command lines: this relay has no way to notify the guest, so
     /// NOTIFICATION_PRESENT is always clear (a VMM that notifies uses the library's
-    /// `GuestPageWriter::new` with its notifier).
+    /// `GuestPageWriter::new` with its notifier). Not a configuration key.
     #[arg(long, hide = true)]
+    #[serde(skip)]
     no_notify: bool,
     /// Exit after this many seconds.
     #[arg(long)]
-    duration_s: Option<u64>,
+    duration_s: Option<DurationS>,
+    /// Log level: error, warn, info, debug or trace.
+    #[arg(long, value_enum)]
+    log_level: Option<LogLevel>,
+    /// Serve Prometheus metrics on this loopback address (default: [metrics] listen; off).
+    #[arg(long)]
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
-/// Parses an offset given as u64, or as a negative i64 (wrapping).
+impl Args {
+    /// The settings: these flags over the configuration file over the defaults. Called again on
+    /// SIGHUP: an error there keeps the old settings.
+    pub fn settings(&self) -> Result<RelaySettings> {
+        crate::config::relay(self.config.as_deref(), self)
+    }
+}
+
+/// Parses an offset given on the control socket: the same rules as --tsc-offset.
 fn parse_offset(s: &str) -> Result<u64> {
-    if let Some(rest) = s.strip_prefix('-') {
-        let v: u64 = rest.parse().with_context(|| format!("bad TSC offset {s}"))?;
-        return Ok(v.wrapping_neg());
-    }
-    let v = if let Some(hex) = s.strip_prefix("0x") { u64::from_str_radix(hex, 16) } else { s.parse() };
-    v.with_context(|| format!("bad TSC offset {s}"))
+    s.parse::<TscOffset>().map(TscOffset::get).map_err(|e| anyhow::anyhow!("TSC offset {s:?}: {e}"))
 }
 
-/// The KVM map for an offset, a ratio and its fraction bits.
-pub fn counter_map(offset: u64, ratio: f64, frac_bits: u8) -> Result<CounterMap> {
-    if !(ratio > 0.0 && ratio < 256.0) {
-        bail!("--tsc-ratio must lie in (0, 256): {ratio}");
+/// The KVM map for an offset, a ratio and its fraction bits, and a notice when the ratio had to
+/// be rounded to the nearest value KVM can hold (a multiple of 2^-frac_bits). A ratio that does
+/// not fit in 64 bits with that many fraction bits is refused.
+pub fn counter_map(offset: u64, ratio: TscRatio, frac_bits: FracBits) -> Result<(CounterMap, Option<String>)> {
+    let bits = frac_bits.get();
+    let scaled = ratio.get() * 2f64.powi(bits as i32);
+    let r = scaled.round();
+    if !(r >= 1.0 && r < 2f64.powi(64)) {
+        bail!(
+            "--tsc-ratio {} with --tsc-frac-bits {bits}: the ratio must lie in [2^-{bits}, 2^{}) to fit KVM's 64-bit fixed point; lower --tsc-frac-bits",
+            ratio.get(),
+            64 - bits as u32
+        );
     }
-    let r = (ratio * 2f64.powi(frac_bits as i32)).round() as u64;
-    Ok(CounterMap::new(offset, r, frac_bits)?)
+    let notice = (r != scaled).then(|| {
+        format!(
+            "--tsc-ratio {} is not a multiple of 2^-{bits}: using {} ({:#x} / 2^{bits}), the nearest KVM can hold",
+            ratio.get(),
+            r / 2f64.powi(bits as i32),
+            r as u64
+        )
+    });
+    Ok((CounterMap::new(offset, r as u64, bits)?, notice))
 }
 
 /// Saves the state durably (fsync, rename, directory fsync; mode 0600) before anything that
@@ -100,6 +137,10 @@ struct Relay {
     pending_notify: Option<u32>,
     /// SIGHUPs received (each one a reload request).
     reload_requests: u64,
+    /// Changes re-read on SIGHUP that wait for a restart ("key = new (in force: old)").
+    restart_needed: Vec<String>,
+    /// The figures offered to the metrics server.
+    m: crate::metrics::RelayMetrics,
 }
 
 impl Relay {
@@ -148,10 +189,13 @@ impl Relay {
         self.last_host_seq = Some(host.seq_count());
         self.relayed += 1;
         self.pending_notify = Some(seq);
+        let disrupted = before.disruption_marker != after.disruption_marker;
+        self.m.relayed_page(self.writer.memory(), self.relayed, self.last_latency_us, disrupted);
         if (before.disruption_marker, before.vm_generation) != (after.disruption_marker, after.vm_generation) {
-            eprintln!(
+            tracing::info!(
                 "guest page {seq}: disruption marker {:#x}, generation {}",
-                after.disruption_marker, after.vm_generation
+                after.disruption_marker,
+                after.vm_generation
             );
         }
         Ok(())
@@ -161,7 +205,7 @@ impl Relay {
     /// seq_count says nothing against the old file's).
     fn follow_host_file(&mut self) -> Result<()> {
         if self.host.refresh() {
-            eprintln!("the host page was replaced: following the new file");
+            tracing::info!("the host page was replaced: following the new file");
             self.relay(true, Instant::now())?;
         }
         Ok(())
@@ -173,6 +217,7 @@ impl Relay {
         serde_json::json!({
             "role": "relay",
             "reload_requests": self.reload_requests,
+            "restart_needed": self.restart_needed,
             "host_page": self.host.path().display().to_string(),
             "state": st,
             "relayed": self.relayed,
@@ -207,7 +252,12 @@ impl Relay {
                 let map = match rest {
                     [] => self.relay.state().map,
                     [off] => CounterMap { offset: parse_offset(off)?, ..self.relay.state().map },
-                    [off, ratio, bits] => counter_map(parse_offset(off)?, ratio.parse()?, bits.parse()?)?,
+                    [off, ratio, bits] => {
+                        let ratio = ratio.parse::<TscRatio>().map_err(|e| anyhow::anyhow!("ratio {ratio:?}: {e}"))?;
+                        let bits =
+                            bits.parse::<FracBits>().map_err(|e| anyhow::anyhow!("fraction bits {bits:?}: {e}"))?;
+                        counter_map(parse_offset(off)?, ratio, bits)?.0
+                    }
                     _ => bail!("usage: migrated [OFFSET [RATIO FRAC_BITS]]"),
                 };
                 self.relay.migrated_in(map);
@@ -231,15 +281,23 @@ fn subscribe_host(host_page: &Path) -> Option<Subscription> {
     Subscription::open(&crate::host::socket_for(host_page), CLIENT_TIMEOUT).ok()
 }
 
-pub fn run(a: Args) -> Result<ExitCode> {
-    let host_path = a.host_page.unwrap_or_else(crate::host::find_default_page);
-    let map = counter_map(parse_offset(&a.tsc_offset)?, a.tsc_ratio, a.tsc_frac_bits)?;
-    let state_path = a.state.unwrap_or_else(|| {
-        let mut s = a.guest_page.as_os_str().to_owned();
+pub fn run(args: Args) -> Result<ExitCode> {
+    let mut a = args.settings()?;
+    crate::logging::set_level(a.log_level);
+    let Some(guest_page) = a.guest_page.clone() else {
+        bail!("no guest page: give --guest-page PATH (or [relay] guest_page in the configuration)");
+    };
+    let host_path = a.host_page.clone().unwrap_or_else(crate::host::find_default_page);
+    let (map, notice) = counter_map(a.tsc_offset.get(), a.tsc_ratio, a.tsc_frac_bits)?;
+    if let Some(n) = notice {
+        tracing::warn!("{n}");
+    }
+    let state_path = a.state.clone().unwrap_or_else(|| {
+        let mut s = guest_page.as_os_str().to_owned();
         s.push(".state.json");
         PathBuf::from(s)
     });
-    files::ensure_dir_for(&a.guest_page)?;
+    files::ensure_dir_for(&guest_page)?;
     files::ensure_dir_for(&state_path)?;
     // One relay per state and per guest page: both locked for the daemon's life.
     let mut lock_path = state_path.as_os_str().to_owned();
@@ -253,24 +311,24 @@ pub fn run(a: Args) -> Result<ExitCode> {
                 .with_context(|| format!("{} is not a relay state", state_path.display()))?;
             // This relay has no way to notify the guest: NOTIFICATION_PRESENT stays clear.
             let mut r = GuestRelay::from_state(GuestState { notify: false, ..st });
-            if st.map != map && !a.migrated {
-                eprintln!(
-                    "warning: the TSC map changed since the last run without --migrated: treating it as a migration"
-                );
+            if st.map != map && !args.migrated {
+                tracing::warn!("the TSC map changed since the last run without --migrated: treating it as a migration");
                 r.migrated_in(map);
             }
             r
         }
         None => GuestRelay::new(map, event::random_u64()?, false),
     };
-    if a.migrated {
+    if args.migrated {
         relay.migrated_in(map);
     }
-    if a.restored {
+    if args.restored {
         relay.restored_from_snapshot();
     }
 
-    let host = crate::page::FollowedPage::open(&host_path).context("is vmtime host running?")?;
+    let host = crate::page::FollowedPage::open(&host_path).map_err(|e| {
+        anyhow::anyhow!("no host page to follow: {e:#} (is vmtime host running? --host-page names its page)")
+    })?;
     // The guest page's constant fields are fixed when it is created, from the host page now
     // (or kept from the saved state): a host restarted with another time type changes nothing.
     let now = host.read().context("reading the host page")?;
@@ -279,10 +337,10 @@ pub fn run(a: Args) -> Result<ExitCode> {
     // The guest page is written in place (the VMM maps it): a vmclock page or a zero-filled
     // file, or a new file (created with its constants); anything else is refused (before any
     // state is written).
-    let (guest_file, _) = files::open_or_create_page(&a.guest_page, &placeholder.page_bytes())?;
+    let (guest_file, _) = files::open_or_create_page(&guest_page, &placeholder.page_bytes())?;
     let mem = WritableMapping::new(Mapping::map(guest_file.file(), true)?)?;
     save(&state_path, relay.state())?;
-    let guest_socket = crate::host::socket_for(&a.guest_page);
+    let guest_socket = crate::host::socket_for(&guest_page);
     let mut server = Server::bind_unix(&guest_socket, 0o600, None, serve::Limits::default())?;
     let mut signals = Signals::install()?;
     let saved = *relay.state();
@@ -300,27 +358,32 @@ pub fn run(a: Args) -> Result<ExitCode> {
         holding: false,
         pending_notify: None,
         reload_requests: 0,
+        restart_needed: Vec::new(),
+        m: Default::default(),
     };
+    let board = crate::metrics::Board::new(r.m.clone());
+    crate::metrics::start(a.metrics_listen, &board)?;
+    let mut supervisor = crate::service::Supervisor::new();
     let st = *r.relay.state();
-    eprintln!("vmtime relay: {} → {}", host_path.display(), a.guest_page.display());
-    eprintln!("  map: guest = ((host · {}) >> {}) + {:#x}", st.map.ratio, st.map.frac_bits, st.map.offset);
-    eprintln!(
-        "  guest page: counter {}, time type {} (constant for the page's life)",
+    tracing::info!("vmtime relay: {} → {}", host_path.display(), guest_page.display());
+    tracing::info!("map: guest = ((host · {}) >> {}) + {:#x}", st.map.ratio, st.map.frac_bits, st.map.offset);
+    tracing::info!(
+        "guest page: counter {}, time type {} (constant for the page's life)",
         vmclock::abi::counter_name(counter_id),
         vmclock::abi::time_type_name(time_type)
     );
-    eprintln!(
-        "  disruption marker {:#x}, generation {}, state {}",
+    tracing::info!(
+        "disruption marker {:#x}, generation {}, state {}",
         st.disruption_marker,
         st.vm_generation,
         r.state_path.display()
     );
-    eprintln!("  control socket {} (status, subscribe, migrated, restored)", guest_socket.display());
+    tracing::info!("control socket {} (status, subscribe, migrated, restored)", guest_socket.display());
     r.relay(true, Instant::now())?;
 
     let mut host_sub = subscribe_host(&host_path);
-    eprintln!("  following the host by {}", if host_sub.is_some() { "notification" } else { "polling every 1 ms" });
-    let end = a.duration_s.map(|s| Instant::now() + Duration::from_secs(s));
+    tracing::info!("following the host by {}", if host_sub.is_some() { "notification" } else { "polling every 1 ms" });
+    let end = a.duration_s.map(|s| Instant::now() + Duration::from_secs(s.get()));
     let mut last_file_check = Instant::now();
     let mut last_error = String::new();
     let mut poller = Poller::new();
@@ -340,9 +403,16 @@ pub fn run(a: Args) -> Result<ExitCode> {
                 break;
             }
             Some(SignalEvent::Reload) => {
-                // The hook for a configuration file; until there is one, logged and ignored.
+                // Re-read and re-check the configuration (the same flags on top): the log level
+                // is applied now; the pages, the state, the counter map (constants of the guest's
+                // page) and the metrics address need a restart, and are named. A bad file keeps
+                // the settings in force.
                 r.reload_requests += 1;
-                tracing::info!("SIGHUP: vmtime relay has no configuration file to reload; ignored");
+                if let Some((now, restart)) = crate::config::on_sighup("relay", &a, args.settings(), &["log_level"]) {
+                    crate::logging::set_level(now.log_level);
+                    r.restart_needed = restart;
+                    a = now;
+                }
             }
             None => {}
         }
@@ -376,10 +446,19 @@ pub fn run(a: Args) -> Result<ExitCode> {
             Err(_) => {}
             Ok(()) => last_error.clear(),
         }
+        r.m.holdover = r.holding;
+        r.m.subscribers = server.subscribers();
+        r.m.subscribers_dropped = server.stats().dropped_subscribers;
+        board.offer(&r.m);
+        if r.relayed > 0 {
+            supervisor.ready(&format!("relaying {} to {}", host_path.display(), guest_page.display()));
+        }
+        supervisor.tick();
         if end.is_some_and(|e| Instant::now() >= e) {
             break;
         }
     }
+    supervisor.stopping();
     drop(server); // removes our socket (only if it is still ours)
     Ok(ExitCode::SUCCESS)
 }

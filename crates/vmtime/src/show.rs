@@ -1,6 +1,7 @@
 //! `vmtime show PAGE`: every field with its name and meaning, validation, and the time now.
 
 use crate::page::Page;
+use crate::values::AnyU64;
 use anyhow::Result;
 use clap::Args as ClapArgs;
 use serde::Serialize;
@@ -19,7 +20,7 @@ pub struct Args {
     json: bool,
     /// Compute the time at this counter value instead of now.
     #[arg(long)]
-    counter: Option<u64>,
+    counter: Option<AnyU64>,
 }
 
 /// A value with its name.
@@ -388,7 +389,7 @@ fn print_human(r: &Report) {
 pub fn run(a: Args) -> Result<ExitCode> {
     let page = Page::open(&a.page)?;
     let bytes = page.bytes().map_err(anyhow::Error::from)?;
-    let r = report(&a.page.display().to_string(), &bytes, page.available(), a.counter);
+    let r = report(&a.page.display().to_string(), &bytes, page.available(), a.counter.map(AnyU64::get));
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {

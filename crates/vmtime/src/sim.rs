@@ -1,6 +1,7 @@
 //! `vmtime sim SCENARIO`: the whole chain, host to guest, simulated deterministically.
 
-use anyhow::{bail, Context, Result};
+use crate::values::{AnyU64, SimDuration};
+use anyhow::{Context, Result};
 use clap::Args as ClapArgs;
 use std::io::Write;
 use std::path::PathBuf;
@@ -14,11 +15,11 @@ pub struct Args {
     /// source-loss, host-slews, fleet) or a TOML scenario file.
     scenario: String,
     /// The seed: same seed, same output, byte for byte.
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
+    #[arg(long, default_value = "1")]
+    seed: AnyU64,
     /// Simulated duration (e.g. 600, 10m, 1h, 1d; default: the scenario's).
     #[arg(long)]
-    duration: Option<String>,
+    duration: Option<SimDuration>,
     /// Write trace.csv, summary.json and the SVG plots here.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -30,33 +31,19 @@ pub struct Args {
     quiet: bool,
 }
 
-/// "600", "10m", "1h", "1d" → seconds.
-pub fn parse_duration(s: &str) -> Result<u64> {
-    let (num, mul) = match s.chars().last() {
-        Some('s') => (&s[..s.len() - 1], 1),
-        Some('m') => (&s[..s.len() - 1], 60),
-        Some('h') => (&s[..s.len() - 1], 3600),
-        Some('d') => (&s[..s.len() - 1], 86_400),
-        _ => (s, 1),
-    };
-    let n: u64 = num.parse().with_context(|| format!("bad duration {s:?} (examples: 600, 10m, 1h, 1d)"))?;
-    if n == 0 {
-        bail!("the duration must be positive");
-    }
-    Ok(n * mul)
-}
-
 pub fn run(a: Args) -> Result<ExitCode> {
     let sc = if a.scenario.ends_with(".toml") || std::path::Path::new(&a.scenario).is_file() {
-        let text = std::fs::read_to_string(&a.scenario).with_context(|| format!("cannot read {}", a.scenario))?;
+        let text = crate::values::read_small_text(std::path::Path::new(&a.scenario))
+            .with_context(|| format!("cannot read {}", a.scenario))?;
         Scenario::from_toml(&text).with_context(|| format!("{} is not a valid scenario", a.scenario))?
     } else {
         Scenario::builtin(&a.scenario)?
     };
-    let duration = a.duration.as_deref().map(parse_duration).transpose()?;
+    let duration = a.duration.map(SimDuration::secs);
+    let seed = a.seed.get();
     let t0 = Instant::now();
     let mut last = -1i64;
-    let o = scenario::run(&sc, a.seed, duration, |f| {
+    let o = scenario::run(&sc, seed, duration, |f| {
         let pct = (f * 100.0) as i64;
         if !a.quiet && pct != last {
             last = pct;

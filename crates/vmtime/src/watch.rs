@@ -2,6 +2,7 @@
 //! publisher's socket when there is one (PAGE.sock), else polls the page.
 
 use crate::page::FollowedPage;
+use crate::values::{Count, PollMs};
 use anyhow::Result;
 use clap::Args as ClapArgs;
 use std::path::PathBuf;
@@ -16,10 +17,10 @@ pub struct Args {
     page: PathBuf,
     /// Stop after this many updates.
     #[arg(long)]
-    count: Option<u64>,
+    count: Option<Count>,
     /// Poll interval when no notification is available, ms.
-    #[arg(long, default_value_t = 10)]
-    poll_ms: u64,
+    #[arg(long, default_value = "10")]
+    poll_ms: PollMs,
 }
 
 fn changes(old: &serde_json::Value, new: &serde_json::Value) -> Vec<String> {
@@ -42,11 +43,11 @@ pub fn run(a: Args) -> Result<ExitCode> {
     if sub.is_some() {
         eprintln!("(notified by {})", socket.display());
     }
-    let poll = Duration::from_millis(a.poll_ms.max(1));
+    let poll = Duration::from_millis(a.poll_ms.get());
     let mut poller = Poller::new();
     let mut seen = 0u64;
     let mut unreadable = false;
-    while a.count.is_none_or(|c| seen < c) {
+    while a.count.is_none_or(|c| seen < c.get()) {
         poller.clear();
         let t = sub.as_ref().map(|s| poller.add(s.fd(), serve::READABLE));
         poller.wait(Some(if sub.is_some() { poll.max(Duration::from_secs(1)) } else { poll }))?;

@@ -1,0 +1,114 @@
+//! `vmtime feed chrony` against a socket bound where chronyd would bind it: the datagrams'
+//! layout and values, silence while the page is unreliable, and after a disruption until the
+//! new page is current. (scripts/test-interop-chrony runs the real chronyd.)
+mod common;
+use common::{start, vmtime};
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::time::Duration;
+use vmtime_sys::clock::{gettime, ClockId};
+
+const AHEAD_NS: i128 = 200_000;
+
+/// A page of this machine's clock moved 200 µs ahead, with `extra` gen options.
+fn gen_page(dir: &Path, page: &Path, extra: &[&str]) {
+    let base = dir.join("base");
+    let out = vmtime(&["gen", base.to_str().unwrap(), "--tai-offset", "37", "--calibrate-ms", "300"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v = common::show(&base);
+    let f = &v["fields"];
+    let time_ns = f["time_sec"].as_u64().unwrap() as i128 * 1_000_000_000
+        + ((f["time_frac_sec"].as_u64().unwrap() as u128 * 1_000_000_000) >> 64) as i128;
+    let counter = f["counter_value"].as_u64().unwrap().to_string();
+    let time = (time_ns + AHEAD_NS).to_string();
+    let hz = (v["frequency_hz"].as_f64().unwrap().round() as u64).to_string();
+    let mut args = vec!["gen", page.to_str().unwrap(), "--tai-offset", "37", "--counter", &counter];
+    args.extend(["--time-ns", &time, "--counter-hz", &hz, "--maxerror-ns", "50000"]);
+    args.extend(extra);
+    let out = vmtime(&args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+struct Sample {
+    tv_ns: i128,
+    offset: f64,
+    pulse: i32,
+    leap: i32,
+}
+
+fn recv(sock: &UnixDatagram) -> Option<Sample> {
+    let mut b = [0u8; 64];
+    let n = match sock.recv(&mut b) {
+        Ok(n) => n,
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => return None,
+        Err(e) => panic!("recv: {e}"),
+    };
+    assert_eq!(n, 40, "a sock_sample is 40 bytes");
+    let i64_at = |o: usize| i64::from_ne_bytes(b[o..o + 8].try_into().unwrap());
+    let i32_at = |o: usize| i32::from_ne_bytes(b[o..o + 4].try_into().unwrap());
+    assert_eq!(i32_at(36), 0x534f434b, "magic");
+    Some(Sample {
+        tv_ns: i64_at(0) as i128 * 1_000_000_000 + i64_at(8) as i128 * 1000,
+        offset: f64::from_ne_bytes(b[16..24].try_into().unwrap()),
+        pulse: i32_at(24),
+        leap: i32_at(28),
+    })
+}
+
+#[test]
+fn samples_pause_while_unreliable_and_after_a_disruption() {
+    if vmclock::counter::NATIVE == vmclock::abi::counter_id::INVALID {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let page = dir.path().join("page");
+    gen_page(dir.path(), &page, &["--disruption-marker", "1"]);
+    let path = dir.path().join("refclock.sock");
+    let sock = UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _feed = start(
+        &["feed", "chrony", "--source", page.to_str().unwrap(), "--socket", path.to_str().unwrap()]
+            .into_iter()
+            .chain(["--interval-ms", "100", "--duration-s", "60"])
+            .collect::<Vec<_>>(),
+        "vmtime feed chrony",
+    );
+    for _ in 0..5 {
+        let s = recv(&sock).expect("a sample every 100 ms");
+        let now = gettime(ClockId::Realtime).unwrap();
+        // Never from the future; recent (10 s: samples may wait in the queue while this test is
+        // starved on a loaded machine).
+        assert!((now - 10_000_000_000..=now).contains(&s.tv_ns), "labelled with CLOCK_REALTIME at the measurement");
+        assert!((s.offset - 200e-6).abs() < 20e-6, "offset {} s, expected +200 µs (page ahead)", s.offset);
+        assert_eq!((s.pulse, s.leap), (0, 0));
+    }
+
+    // Unreliable: silence. The new page is made aside and renamed in (as a publisher does), the
+    // queue drained just before: after the rename, at most the one measurement under way when
+    // it happened may still send (the next one reads the new page), however slow this test is.
+    let next = dir.path().join("next");
+    gen_page(dir.path(), &next, &["--disruption-marker", "1", "--status", "unreliable"]);
+    sock.set_nonblocking(true).unwrap();
+    while recv(&sock).is_some() {}
+    sock.set_nonblocking(false).unwrap();
+    std::fs::rename(&next, &page).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(1000))).unwrap();
+    let mut late = 0;
+    while recv(&sock).is_some() {
+        late += 1;
+        assert!(late <= 1, "samples keep coming from an UNRELIABLE page");
+    }
+
+    // A new marker on a reliable page that is not updated again: silent for the hold-off (two
+    // intervals from when the feed first read the new page, which is after the rename), then
+    // samples again, with the page's leap state.
+    gen_page(dir.path(), &next, &["--disruption-marker", "2", "--leap", "pre-pos"]);
+    let marker_changed = gettime(ClockId::Monotonic).unwrap();
+    std::fs::rename(&next, &page).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let s = recv(&sock).expect("samples resume once the new page is current");
+    let gap = gettime(ClockId::Monotonic).unwrap() - marker_changed;
+    assert!(gap >= 200_000_000, "a sample {gap} ns after the disruption, before the hold-off");
+    assert_eq!(s.leap, 1, "PRE_POS is chrony's insert");
+    assert!((s.offset - 200e-6).abs() < 20e-6);
+}
