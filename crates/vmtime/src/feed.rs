@@ -269,6 +269,7 @@ fn run_clockbound(a: ClockBoundArgs) -> Result<ExitCode> {
         drift_margin_ppb: a.drift_margin_ppb.get(),
         disruption_support,
         holdoff_ns: 2 * interval.as_nanos() as i128,
+        coarse_tick_ns: vmtime_sys::clock::getres(ClockId::MonotonicCoarse)?.clamp(1, 1_000_000_000),
     };
     let mut feed = ClockBoundFeed::new(cfg);
     let mut pacer = Pacer::new(interval, a.common.duration_s.map(DurationS::get), "clockbound")?;
@@ -284,8 +285,8 @@ fn run_clockbound(a: ClockBoundArgs) -> Result<ExitCode> {
                 tracing::warn!("{e:#}");
                 feed.last_hold = Some(Hold::NoTime);
                 ErrorBound {
-                    as_of_ns: as_of,
-                    void_after_ns: as_of + cfg.life_ns,
+                    as_of_ns: as_of - cfg.coarse_tick_ns,
+                    void_after_ns: as_of - cfg.coarse_tick_ns + cfg.life_ns,
                     bound_ns: 0,
                     disruption_marker: 0,
                     max_drift_ppb: 0,

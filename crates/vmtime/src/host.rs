@@ -431,6 +431,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let board = crate::metrics::Board::new(d.m.clone());
     crate::metrics::start(a.metrics_listen, &board)?;
     let mut supervisor = crate::service::Supervisor::new();
+    let mut gaps = crate::metrics::GapWindow::new(Instant::now());
     if !usable {
         d.publisher.handle_event(HostEvent::CounterChanged { usable: false });
     }
@@ -528,6 +529,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
             );
         }
         d.m.last_observation = Some(last_obs);
+        gaps.turn(Instant::now());
+        d.m.loop_gap_max = Some(gaps.max(Instant::now()));
         d.m.subscribers = server.subscribers();
         d.m.subscribers_dropped = server.stats().dropped_subscribers;
         board.offer(&d.m);
