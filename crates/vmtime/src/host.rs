@@ -138,6 +138,8 @@ struct Daemon {
     kernel_page_failing: bool,
     /// SIGHUPs received (each one a reload request).
     reload_requests: u64,
+    /// Changes re-read on SIGHUP that wait for a restart ("key = new (in force: old)").
+    restart_needed: Vec<String>,
     /// The observation's samples (reused).
     samples: Vec<vmtime_core::AbaSample>,
     writer: Writer<WritableMapping>,
@@ -223,6 +225,12 @@ impl Daemon {
         serde_json::json!({
             "role": "host",
             "reload_requests": self.reload_requests,
+            "restart_needed": self.restart_needed,
+            "tunables": {
+                "threshold_ns": self.publisher.config().threshold_ns,
+                "tolerance_ppb": self.publisher.config().tolerance_ppb,
+                "interval_ms": self.publisher.config().interval_ns / 1_000_000,
+            },
             "kernel_page_readable": self.kernel_page.as_ref().map(|_| !self.kernel_page_failing),
             "page": self.page.display().to_string(),
             "uptime_s": self.started.elapsed().as_secs_f64(),
@@ -291,8 +299,13 @@ fn open_page(path: &Path, placeholder: PageBuilder) -> Result<(PageFile, Writabl
     Ok((pf, m, prev))
 }
 
+/// What `vmtime host` applies on SIGHUP: the log level, the tunables of the publishing loop and
+/// the status line. The page and socket paths, the kernel page, the smearing hint and TAI − UTC
+/// (constants of the page) and the metrics address need a restart.
+const HOST_LIVE: &[&str] = &["log_level", "interval_ms", "poll_ms", "threshold_ns", "tolerance_ppm", "quiet"];
+
 pub fn run(args: Args) -> Result<ExitCode> {
-    let a = args.settings()?;
+    let mut a = args.settings()?;
     crate::logging::set_level(a.log_level);
     let page_path = match a.page.clone() {
         Some(p) => {
@@ -403,6 +416,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         kernel_page_failing: false,
         samples: Vec::with_capacity(64),
         reload_requests: 0,
+        restart_needed: Vec::new(),
         writer: Writer::new(mem),
         _page_file: page_file,
         publisher,
@@ -417,11 +431,12 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let board = crate::metrics::Board::new(d.m.clone());
     crate::metrics::start(a.metrics_listen, &board)?;
     let mut supervisor = crate::service::Supervisor::new();
+    let mut gaps = crate::metrics::GapWindow::new(Instant::now());
     if !usable {
         d.publisher.handle_event(HostEvent::CounterChanged { usable: false });
     }
     let steps = StepDetector::new()?;
-    let poll_every = d.poll_every;
+    let mut poll_every = d.poll_every;
     let mut next_poll = Instant::now();
     let mut last_obs = Instant::now() - Duration::from_secs(3600);
     let mut last_line = Instant::now();
@@ -444,15 +459,22 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 break;
             }
             Some(SignalEvent::Reload) => {
-                // Re-read and re-check the configuration (the same flags on top). A bad file
-                // keeps the settings in force. The new settings take effect at the next start.
+                // Re-read and re-check the configuration (the same flags on top): the tunables
+                // are applied now, the rest named as needing a restart; a bad file keeps the
+                // settings in force.
                 d.reload_requests += 1;
-                match args.settings() {
-                    Ok(new) if new == a => tracing::info!("SIGHUP: configuration re-read, unchanged"),
-                    Ok(_) => tracing::info!(
-                        "SIGHUP: configuration re-read and valid; the changes take effect when vmtime host restarts"
-                    ),
-                    Err(e) => tracing::warn!("SIGHUP: {e:#}; keeping the settings in force"),
+                if let Some((now, restart)) = crate::config::on_sighup("host", &a, args.settings(), HOST_LIVE) {
+                    crate::logging::set_level(now.log_level);
+                    d.publisher.retune(
+                        now.threshold_ns.get(),
+                        now.tolerance_ppm.fine(),
+                        now.interval_ms.get() as i128 * 1_000_000,
+                    );
+                    d.poll_every = Duration::from_millis(now.poll_ms.get());
+                    poll_every = d.poll_every;
+                    next_poll = next_poll.min(Instant::now() + poll_every);
+                    d.restart_needed = restart;
+                    a = now;
                 }
             }
             None => {}
@@ -507,6 +529,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
             );
         }
         d.m.last_observation = Some(last_obs);
+        gaps.turn(Instant::now());
+        d.m.loop_gap_max = Some(gaps.max(Instant::now()));
         d.m.subscribers = server.subscribers();
         d.m.subscribers_dropped = server.stats().dropped_subscribers;
         board.offer(&d.m);

@@ -270,6 +270,48 @@ fn scrape(addr: SocketAddr) -> Result<String> {
 // ---------------------------------------------------------------------------------------------
 // The daemons' figures.
 
+/// The largest gap between two turns of a daemon's loop over the last [`GapWindow::SECONDS`]
+/// seconds (one maximum per second, in a ring), updated by the loop at each turn.
+#[derive(Clone, Debug)]
+pub struct GapWindow {
+    start: Instant,
+    last: Option<Instant>,
+    /// (second since start, largest gap ending in it).
+    buckets: [(u64, Duration); GapWindow::SECONDS],
+}
+
+impl GapWindow {
+    pub const SECONDS: usize = 10;
+
+    pub fn new(start: Instant) -> Self {
+        GapWindow { start, last: None, buckets: [(u64::MAX, Duration::ZERO); GapWindow::SECONDS] }
+    }
+
+    /// A turn of the loop at `now`.
+    pub fn turn(&mut self, now: Instant) {
+        if let Some(last) = self.last {
+            let sec = now.saturating_duration_since(self.start).as_secs();
+            let b = &mut self.buckets[(sec % Self::SECONDS as u64) as usize];
+            if b.0 != sec {
+                *b = (sec, Duration::ZERO);
+            }
+            b.1 = b.1.max(now.saturating_duration_since(last));
+        }
+        self.last = Some(now);
+    }
+
+    /// The largest gap that ended in the last SECONDS seconds before `now`.
+    pub fn max(&self, now: Instant) -> Duration {
+        let sec = now.saturating_duration_since(self.start).as_secs();
+        self.buckets
+            .iter()
+            .filter(|(s, _)| *s != u64::MAX && sec.saturating_sub(*s) < Self::SECONDS as u64)
+            .map(|(_, g)| *g)
+            .max()
+            .unwrap_or(Duration::ZERO)
+    }
+}
+
 /// Clock status names, in the ABI's order.
 const STATUSES: &[&str] = &["UNKNOWN", "INITIALIZING", "SYNCHRONIZED", "FREERUNNING", "UNRELIABLE"];
 
@@ -289,6 +331,8 @@ pub struct HostMetrics {
     pub status: Option<&'static str>,
     pub subscribers: usize,
     pub subscribers_dropped: u64,
+    /// The largest gap between two turns of the publishing loop in the last 10 s.
+    pub loop_gap_max: Option<Duration>,
 }
 
 impl HostMetrics {
@@ -321,6 +365,11 @@ impl Expose for HostMetrics {
             age(now, self.last_observation),
         );
         e.counter("vmtime_host_pages_published_total", "Pages published since the daemon started.", self.published);
+        e.gauge(
+            "vmtime_host_loop_gap_max_seconds",
+            "Largest gap between two turns of the publishing loop in the last 10 s (a stall delays pages).",
+            self.loop_gap_max.map(|d| d.as_secs_f64()),
+        );
         e.counter(
             "vmtime_host_disruptions_total",
             "Disruption marker changes (clock steps, counter changes, resumes).",
@@ -591,6 +640,29 @@ mod tests {
         let text = render(&m, Instant::now());
         assert!(text.contains("\nvmtime_sync_frequency_ratio 0.000101\n"), "{text}");
         assert!(text.contains("vmtime_sync_state{state=\"synchronised\"} 1\n"));
+    }
+
+    #[test]
+    fn the_gap_window_forgets_after_ten_seconds() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut w = GapWindow::new(t0);
+        w.turn(t0);
+        w.turn(t0 + ms(10));
+        w.turn(t0 + ms(510)); // a 500 ms stall in second 0
+        for i in 1..=30 {
+            w.turn(t0 + ms(510 + 10 * i));
+        }
+        assert_eq!(w.max(t0 + ms(900)), ms(500));
+        // Ten seconds on, with 10 ms turns meanwhile, the stall has left the window.
+        let mut t = t0 + ms(810);
+        while t < t0 + ms(10_500) {
+            t += ms(10);
+            w.turn(t);
+        }
+        assert_eq!(w.max(t), ms(10));
+        w.turn(t + ms(250));
+        assert_eq!(w.max(t + ms(250)), ms(250));
     }
 
     #[test]

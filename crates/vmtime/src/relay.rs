@@ -137,6 +137,8 @@ struct Relay {
     pending_notify: Option<u32>,
     /// SIGHUPs received (each one a reload request).
     reload_requests: u64,
+    /// Changes re-read on SIGHUP that wait for a restart ("key = new (in force: old)").
+    restart_needed: Vec<String>,
     /// The figures offered to the metrics server.
     m: crate::metrics::RelayMetrics,
 }
@@ -215,6 +217,7 @@ impl Relay {
         serde_json::json!({
             "role": "relay",
             "reload_requests": self.reload_requests,
+            "restart_needed": self.restart_needed,
             "host_page": self.host.path().display().to_string(),
             "state": st,
             "relayed": self.relayed,
@@ -279,7 +282,7 @@ fn subscribe_host(host_page: &Path) -> Option<Subscription> {
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
-    let a = args.settings()?;
+    let mut a = args.settings()?;
     crate::logging::set_level(a.log_level);
     let Some(guest_page) = a.guest_page.clone() else {
         bail!("no guest page: give --guest-page PATH (or [relay] guest_page in the configuration)");
@@ -355,6 +358,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         holding: false,
         pending_notify: None,
         reload_requests: 0,
+        restart_needed: Vec::new(),
         m: Default::default(),
     };
     let board = crate::metrics::Board::new(r.m.clone());
@@ -399,15 +403,15 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 break;
             }
             Some(SignalEvent::Reload) => {
-                // Re-read and re-check the configuration (the same flags on top). A bad file
-                // keeps the settings in force. The new settings take effect at the next start.
+                // Re-read and re-check the configuration (the same flags on top): the log level
+                // is applied now; the pages, the state, the counter map (constants of the guest's
+                // page) and the metrics address need a restart, and are named. A bad file keeps
+                // the settings in force.
                 r.reload_requests += 1;
-                match args.settings() {
-                    Ok(new) if new == a => tracing::info!("SIGHUP: configuration re-read, unchanged"),
-                    Ok(_) => tracing::info!(
-                        "SIGHUP: configuration re-read and valid; the changes take effect when vmtime relay restarts"
-                    ),
-                    Err(e) => tracing::warn!("SIGHUP: {e:#}; keeping the settings in force"),
+                if let Some((now, restart)) = crate::config::on_sighup("relay", &a, args.settings(), &["log_level"]) {
+                    crate::logging::set_level(now.log_level);
+                    r.restart_needed = restart;
+                    a = now;
                 }
             }
             None => {}

@@ -45,11 +45,13 @@ pub struct Args {
     /// (chrony's makestep).
     #[arg(long)]
     makestep_ns: Option<MakestepNs>,
-    /// How many first updates may step (disruptions step too, up to --max-step-s).
+    /// How many first updates may step, by any amount (a changed disruption marker or VM
+    /// generation allows that too).
     #[arg(long)]
     makestep_updates: Option<MakestepUpdates>,
-    /// After start-up, a step larger than this (a disruption, or a source gone wrong) is refused
-    /// and the clock holds over, s.
+    /// Outside start-up, a marker change and the return from holdover, an offset larger than
+    /// this (a page gone wrong or hostile) is refused and the clock holds over, s (steps of
+    /// 0.001; default 2: a missed leap second is still corrected). Applied live on SIGHUP.
     #[arg(long)]
     max_step_s: Option<MaxStepS>,
     /// Command run (by sh -c) when the VM generation changes: reseed entropy, reset connections.
@@ -89,15 +91,34 @@ impl Args {
     }
 }
 
-/// SIGHUP: re-reads and re-checks the configuration; a bad file keeps the settings in force.
-/// The new settings take effect at the next start.
-fn reload(args: &Args, current: &SyncSettings) {
-    match args.settings() {
-        Ok(new) if new == *current => tracing::info!("SIGHUP: configuration re-read, unchanged"),
-        Ok(_) => {
-            tracing::info!("SIGHUP: configuration re-read and valid; the changes take effect when vmtime sync restarts")
-        }
-        Err(e) => tracing::warn!("SIGHUP: {e:#}; keeping the settings in force"),
+/// What `vmtime sync` applies on SIGHUP following a vmclock page: the log level, the step policy
+/// and its limits, the interval and the hook. The source, the socket, `dry_run` (never switched
+/// to changing the clock behind the operator's back), the run time, the PHC's timescale and
+/// TAI offset and the metrics address need a restart.
+const LIVE: &[&str] = &["log_level", "interval_ms", "makestep_ns", "makestep_updates", "max_step_s", "hook"];
+/// On a PHC source (or markers only) only the log level is applied live.
+const LIVE_PHC: &[&str] = &["log_level"];
+
+/// SIGHUP: re-reads and re-checks the configuration. The keys in `live` that changed are
+/// applied (the returned settings are those now in force, with the list of changes still
+/// needing a restart); the others are named in the log line as needing a restart. A bad file
+/// keeps the settings in force (None).
+fn reload(args: &Args, current: &SyncSettings, live: &[&str]) -> Option<(SyncSettings, Vec<String>)> {
+    let got = crate::config::on_sighup("sync", current, args.settings(), live);
+    if let Some((now, _)) = &got {
+        crate::logging::set_level(now.log_level);
+    }
+    got
+}
+
+/// The discipline's settings from `vmtime sync`'s.
+fn discipline_config(a: &SyncSettings) -> SyncConfig {
+    SyncConfig {
+        step_threshold_ns: a.makestep_ns.get() as i64,
+        step_updates: a.makestep_updates.get(),
+        interval_ns: a.interval_ms.get() as i128 * 1_000_000,
+        max_step_ns: (a.max_step_s.fine() as i64).saturating_mul(1_000_000),
+        ..SyncConfig::default()
     }
 }
 
@@ -254,7 +275,9 @@ fn run_phc(
                 tracing::info!("{name}: stopping (the clock is left as it is)");
                 break;
             }
-            Some(SignalEvent::Reload) => reload(args, a),
+            Some(SignalEvent::Reload) => {
+                let _ = reload(args, a, LIVE_PHC);
+            }
             None => {}
         }
     }
@@ -264,7 +287,12 @@ fn run_phc(
 
 /// A page with markers only and no PHC on this machine: no time source. The markers are still
 /// watched and the hook run; the clock is left alone.
-fn run_markers_only(a: &SyncSettings, mut page: crate::page::FollowedPage, socket: PathBuf) -> Result<ExitCode> {
+fn run_markers_only(
+    a: &SyncSettings,
+    args: &Args,
+    mut page: crate::page::FollowedPage,
+    socket: PathBuf,
+) -> Result<ExitCode> {
     let mut server = Server::bind_unix(&socket, 0o600, None, serve::Limits::default())?;
     let mut signals = Signals::install()?;
     let interval = Duration::from_millis(a.interval_ms.get());
@@ -304,9 +332,15 @@ fn run_markers_only(a: &SyncSettings, mut page: crate::page::FollowedPage, socke
         signals.register(&mut poller);
         server.register(&mut poller);
         poller.wait(wake.map(|w| w.saturating_duration_since(Instant::now())))?;
-        if let Some(SignalEvent::Terminate(name)) = signals.take(&poller) {
-            tracing::info!("{name}: stopping (the socket is removed)");
-            break;
+        match signals.take(&poller) {
+            Some(SignalEvent::Terminate(name)) => {
+                tracing::info!("{name}: stopping (the socket is removed)");
+                break;
+            }
+            Some(SignalEvent::Reload) => {
+                let _ = reload(args, a, LIVE_PHC);
+            }
+            None => {}
         }
         let status = serde_json::json!({
             "role": "sync",
@@ -396,6 +430,8 @@ struct Sync {
     printed: std::collections::HashMap<std::mem::Discriminant<SyncAction>, String>,
     /// SIGHUPs received (each one a reload request).
     reload_requests: u64,
+    /// Changes re-read on SIGHUP that wait for a restart ("key = new (in force: old)").
+    restart_needed: Vec<String>,
     /// Observations redone because the page changed while their samples were taken.
     redone: u64,
     /// The figures offered to the metrics server.
@@ -502,6 +538,8 @@ impl Sync {
         serde_json::json!({
             "role": "sync",
             "reload_requests": self.reload_requests,
+            "restart_needed": self.restart_needed,
+            "step_policy": self.discipline.config(),
             "source": self.page.path().display().to_string(),
             "dry_run": self.dry_run,
             "discipline": self.discipline.status(),
@@ -565,7 +603,7 @@ fn check_rivals(a: &SyncSettings) -> Result<Option<ExitCode>> {
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
-    let a = args.settings()?;
+    let mut a = args.settings()?;
     crate::logging::set_level(a.log_level);
     if let Some(code) = check_rivals(&a)? {
         return Ok(code);
@@ -600,7 +638,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         // there is one, the markers from the page either way.
         return match find_phc() {
             Some(info) => run_phc(&a, &args, info, Some(page)),
-            None => run_markers_only(&a, page, socket),
+            None => run_markers_only(&a, &args, page, socket),
         };
     }
     // Notification: the device's poll() (read() acknowledges), or a publisher's socket.
@@ -610,13 +648,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let mut sub = if is_device { None } else { subscribe() };
     let mut server = Server::bind_unix(&socket, 0o600, None, serve::Limits::default())?;
     let mut signals = Signals::install()?;
-    let cfg = SyncConfig {
-        step_threshold_ns: a.makestep_ns.get() as i64,
-        step_updates: a.makestep_updates.get(),
-        interval_ns: a.interval_ms.get() as i128 * 1_000_000,
-        max_step_ns: (a.max_step_s.get() as i64).saturating_mul(1_000_000_000),
-        ..SyncConfig::default()
-    };
+    let cfg = discipline_config(&a);
     let mut s = Sync {
         page,
         notes: DeviceNotes { device, check: NotifyCheck::default(), acked: None },
@@ -627,6 +659,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         last_marker: None,
         printed: Default::default(),
         reload_requests: 0,
+        restart_needed: Vec::new(),
         redone: 0,
         m: crate::metrics::SyncMetrics { dry_run: a.dry_run, ..Default::default() },
         rival: (!a.allow_other_daemon).then(ClockWatch::new),
@@ -689,7 +722,13 @@ pub fn run(args: Args) -> Result<ExitCode> {
             }
             Some(SignalEvent::Reload) => {
                 s.reload_requests += 1;
-                reload(&args, &a);
+                if let Some((now, restart)) = reload(&args, &a, LIVE) {
+                    s.discipline.reconfigure(discipline_config(&now));
+                    s.hook = now.hook.clone();
+                    s.restart_needed = restart;
+                    a = now;
+                    next_obs = next_obs.min(Instant::now() + Duration::from_millis(a.interval_ms.get()));
+                }
             }
             None => {}
         }

@@ -343,10 +343,6 @@ int_value!(
     MakestepUpdates: u32, 0, 1_000, "updates"
 );
 int_value!(
-    /// The largest step taken after start-up (a disruption), s: up to 100 years.
-    MaxStepS: u64, 1, 3_155_760_000, "s"
-);
-int_value!(
     /// Fraction bits of KVM's TSC scaling ratio (Intel 48, AMD 32).
     FracBits: u8, 1, 63, "bits"
 );
@@ -403,6 +399,11 @@ int_value!(
 fixed_value!(
     /// A rate tolerance, ppm, kept exactly in ppb: from 0.001 ppm to 10 % (100 000 ppm).
     TolerancePpm, 1, 100_000_000, 1000u64, "ppm"
+);
+fixed_value!(
+    /// The largest offset acted on outside start-up, disruptions and the return from holdover,
+    /// s, kept exactly in ms: from 1 ms to 100 years.
+    MaxStepS, 1, 3_155_760_000_000, 1000u64, "s"
 );
 
 float_value!(
