@@ -714,7 +714,8 @@ impl Lab {
     ///    its page; vmtime sync, reading /dev/vmclock0 through the driver, steps at once.
     fn disruption(&mut self) -> Result<String> {
         // Sync now follows QEMU's page through the driver.
-        self.vm.sh("killall vmtime", 5 * SEC)?;
+        // Gone before the next starts: a real sync holds the single-instance lock until it exits.
+        self.vm.sh("killall vmtime; while pidof vmtime >/dev/null; do sleep 0.1; done", 5 * SEC)?;
         self.vm.sh_ok(
             "vmtime sync --source /dev/vmclock0 --socket /tmp/sync2.sock </dev/null >/tmp/sync2.log 2>&1 &",
             5 * SEC,

@@ -131,6 +131,16 @@ pub fn runtime_dir() -> PathBuf {
     PathBuf::from(format!("/tmp/vmtime-{uid}"))
 }
 
+/// The runtime directory of a dry run (not created here): this uid's own temporary directory
+/// `/tmp/vmtime-UID` for root, so that a daemon run by hand with `--dry-run` never creates or
+/// uses `/run/vmtime`; [`runtime_dir`] for anyone else (never a system path).
+pub fn dry_run_dir() -> PathBuf {
+    match euid() {
+        0 => std::env::temp_dir().join("vmtime-0"),
+        _ => runtime_dir(),
+    }
+}
+
 /// Where a query (status, watch, a relay's default host page) looks for `name`: this user's
 /// runtime directory, then root's `/run/vmtime` if it is a safe directory and `name` is there.
 /// Creates nothing.

@@ -454,3 +454,35 @@ fn another_listener_joins_the_same_loop_loopback_tcp_for_metrics() {
     assert!(got.starts_with("HTTP/1.1 200 OK") && got.ends_with("vmtime_up 1\n"), "{got}");
     assert_eq!(read_line(&mut u), r#"{"ok":true}"#);
 }
+
+#[test]
+fn a_lock_file_has_one_holder_and_names_it_to_the_second() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sync.lock");
+    let first = files::LockFile::acquire(&path).unwrap();
+    // flock belongs to an open file description: a second open in this very process is refused.
+    let second = files::LockFile::acquire(&path).unwrap_err();
+    assert!(matches!(second, FileError::Locked { .. }), "{second}");
+    let msg = second.to_string();
+    assert!(msg.contains(&format!("pid {}", std::process::id())), "{msg}");
+    assert!(msg.contains("sync.lock") && !msg.contains('\n'), "{msg}");
+    assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    // Released with its holder: the next one takes it.
+    drop(first);
+    let _third = files::LockFile::acquire(&path).unwrap();
+    // Never through a link.
+    let link = dir.path().join("link.lock");
+    std::os::unix::fs::symlink(&path, &link).unwrap();
+    assert!(files::LockFile::acquire(&link).is_err());
+}
+
+#[test]
+fn a_dry_run_directory_is_never_a_system_path() {
+    let d = files::dry_run_dir();
+    assert!(!d.starts_with("/run") && !d.starts_with("/etc") && !d.starts_with("/dev"), "{}", d.display());
+    if rustix::process::geteuid().is_root() {
+        assert_eq!(d, std::env::temp_dir().join("vmtime-0"));
+    } else {
+        assert_eq!(d, files::runtime_dir());
+    }
+}

@@ -346,6 +346,7 @@ fn run_markers_only(
             "role": "sync",
             "source": page.path().display().to_string(),
             "dry_run": a.dry_run,
+            "lock": LOCK.get(),
             "discipline": { "state": "no time source (markers only)" },
             "disruption_marker": last.map(|p| p.disruption_marker()),
             "vm_generation_counter": last.and_then(|p| p.vm_generation_counter()),
@@ -542,6 +543,7 @@ impl Sync {
             "step_policy": self.discipline.config(),
             "source": self.page.path().display().to_string(),
             "dry_run": self.dry_run,
+            "lock": LOCK.get(),
             "discipline": self.discipline.status(),
             "source_status": page.and_then(|p| p.clock_status()).map(abi::status_name),
             "disruption_marker": page.map(|p| p.disruption_marker()),
@@ -602,12 +604,58 @@ fn check_rivals(a: &SyncSettings) -> Result<Option<ExitCode>> {
     }
 }
 
+/// The single-instance lock of a real sync, held while it runs (its path, for the status).
+static LOCK: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// The lock file every real sync of this uid takes, whatever its socket: two daemons must never
+/// discipline one clock.
+fn lock_path() -> PathBuf {
+    files::runtime_dir().join("sync.lock")
+}
+
+/// A real sync takes the exclusive lock in its runtime directory, or says which pid holds it; a
+/// dry run changes nothing and takes none (its status says `"lock": null`).
+fn take_lock(a: &SyncSettings) -> Result<Result<Option<files::LockFile>, ExitCode>> {
+    if a.dry_run {
+        return Ok(Ok(None));
+    }
+    take_lock_at(&lock_path())
+}
+
+fn take_lock_at(path: &std::path::Path) -> Result<Result<Option<files::LockFile>, ExitCode>> {
+    files::ensure_dir_for(path)?;
+    match files::LockFile::acquire(path) {
+        Ok(l) => {
+            let _ = LOCK.set(path.display().to_string());
+            Ok(Ok(Some(l)))
+        }
+        Err(files::FileError::Locked { path, holder }) => {
+            tracing::error!("vmtime sync does not start: another vmtime sync ({holder}) holds {path}; stop it first");
+            Ok(Err(ExitCode::from(EXIT_OTHER_DAEMON)))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The dry run's default runtime directory never is a system path (`files::dry_run_dir`).
+fn own_dir(a: &SyncSettings) -> PathBuf {
+    if a.dry_run {
+        files::dry_run_dir()
+    } else {
+        files::runtime_dir()
+    }
+}
+
 pub fn run(args: Args) -> Result<ExitCode> {
     let mut a = args.settings()?;
     crate::logging::set_level(a.log_level);
     if let Some(code) = check_rivals(&a)? {
         return Ok(code);
     }
+    let _lock = match take_lock(&a)? {
+        Ok(l) => l,
+        Err(code) => return Ok(code),
+    };
     // --source auto: a vmclock device first, then a pure PHC; or the path given.
     let source = match a.source.clone().or_else(find_device) {
         Some(s) => s,
@@ -629,8 +677,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let socket = match a.socket.clone() {
         Some(s) => s,
         None => {
-            files::ensure_private_dir(&files::runtime_dir())?;
-            files::runtime_dir().join("sync.sock")
+            files::ensure_private_dir(&own_dir(&a))?;
+            own_dir(&a).join("sync.sock")
         }
     };
     if !gives_time(&first, vmclock::counter::NATIVE) {
@@ -775,6 +823,21 @@ pub fn run(args: Args) -> Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_second_real_sync_is_refused_by_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run").join("sync.lock");
+        let first = take_lock_at(&path).unwrap();
+        assert!(matches!(first, Ok(Some(_))));
+        assert_eq!(LOCK.get().map(String::as_str), Some(path.to_str().unwrap()));
+        // The second holder is refused with the "other daemon" exit status, not an error.
+        assert!(matches!(take_lock_at(&path), Ok(Err(_))));
+        drop(first);
+        assert!(matches!(take_lock_at(&path), Ok(Ok(Some(_)))));
+        // The real lock lives in the runtime directory, never in the dry run's.
+        assert_eq!(lock_path(), files::runtime_dir().join("sync.lock"));
+    }
 
     /// A 6.13–6.19 driver's poll() is always readable. A regular file is too: the daemon must
     /// find that out after a few wake-ups and then wait out its intervals, not spin.

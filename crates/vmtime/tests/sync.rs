@@ -63,6 +63,8 @@ fn dry_run_follows_a_page_and_changes_nothing() {
     assert!(lines.iter().any(|l| l.contains("would set the TAI offset to 37 s")), "{lines:?}");
     let st = json(&["status", "--socket", sock.to_str().unwrap(), "--json"]);
     assert_eq!(st["dry_run"], true);
+    // A dry run changes nothing and so takes no single-instance lock.
+    assert!(st["lock"].is_null(), "{st}");
     assert_eq!(st["discipline"]["state"], "synchronised");
     // The page was made from this machine's clock moments ago: the offset is small.
     assert!(st["discipline"]["offset_ns"].as_f64().unwrap().abs() < 50_000.0, "{st}");
