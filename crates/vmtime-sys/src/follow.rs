@@ -76,7 +76,12 @@ impl PageReader {
             .map_err(io_err)?;
         let m = f.metadata().map_err(io_err)?;
         let source = if m.file_type().is_char_device() {
-            Source::Device(Mapping::map(&f, false).map_err(io_err)?)
+            Source::Device(Mapping::map(&f, false).map_err(|e| {
+                io_err(io::Error::new(
+                    e.kind(),
+                    format!("a character device that cannot be mapped ({e}): not a vmclock device (give /dev/vmclock0 or a page file)"),
+                ))
+            })?)
         } else if m.file_type().is_file() && on_sysfs(&f) {
             Source::Sysfs(Mapping::map(&f, false).map_err(io_err)?)
         } else if m.file_type().is_file() {
@@ -258,6 +263,26 @@ mod tests {
         };
         let e = r.unwrap_err();
         assert!(e.contains("not a vmclock device or page file"), "{e}");
+    }
+
+    #[test]
+    fn a_device_that_is_not_vmclock_is_named() {
+        if !rustix::process::geteuid().is_root() {
+            return; // mknod needs root
+        }
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("null");
+        // /dev/null's numbers (1, 3), made here: it cannot be mapped.
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &p,
+            rustix::fs::FileType::CharacterDevice,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            rustix::fs::makedev(1, 3),
+        )
+        .unwrap();
+        let e = PageReader::open(&p).unwrap_err().to_string();
+        assert!(e.contains("not a vmclock device") && e.contains("/dev/vmclock0"), "{e}");
     }
 
     #[test]

@@ -31,8 +31,8 @@ pub struct Args {
     #[arg(long)]
     ssdt: Option<PathBuf>,
     /// The ivshmem device's PCI slot on the root bus (1–31; the SSDT names this slot).
-    #[arg(long, default_value_t = 4)]
-    slot: u8,
+    #[arg(long, default_value = "4")]
+    slot: crate::values::PciSlot,
     /// Print the QEMU arguments as a JSON array (default: one shell-quoted argument pair per line).
     #[arg(long)]
     json: bool,
@@ -254,7 +254,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let meta = std::fs::metadata(&a.page).with_context(|| {
         format!("page file {}: cannot read it; start `vmtime relay --guest-page` first", a.page.display())
     })?;
-    let spec = SsdtSpec { slot: a.slot, len: meta.len() };
+    let spec = SsdtSpec { slot: a.slot.get(), len: meta.len() };
     if !meta.is_file() {
         bail!("page file {}: not a regular file", a.page.display());
     }

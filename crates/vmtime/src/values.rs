@@ -347,6 +347,10 @@ int_value!(
     FracBits: u8, 1, 63, "bits"
 );
 int_value!(
+    /// A PCI slot on the root bus (function 0).
+    PciSlot: u8, 1, 31, "slot"
+);
+int_value!(
     /// Number of (clock, counter, clock) samples.
     Samples: u32, 1, 1_000_000, "samples"
 );
@@ -500,6 +504,7 @@ pub fn read_small_text(path: &std::path::Path) -> std::io::Result<String> {
 /// starting with '-' (so -5 is a number, not a flag), and the hostile-input test finds them here.
 pub const NUMERIC: &[Numeric] = &[
     IntervalMs::NUMERIC,
+    PciSlot::NUMERIC,
     PollMs::NUMERIC,
     ThresholdNs::NUMERIC,
     ToleranceNs::NUMERIC,

@@ -112,3 +112,22 @@ fn samples_pause_while_unreliable_and_after_a_disruption() {
     assert_eq!(s.leap, 1, "PRE_POS is chrony's insert");
     assert!((s.offset - 200e-6).abs() < 20e-6);
 }
+
+#[test]
+fn an_unreadable_page_is_logged_once_not_every_interval() {
+    // A page file truncated to 10 bytes stays unreadable: one line saying so, not one per
+    // interval (100 a second at 10 ms).
+    let dir = tempfile::tempdir().unwrap();
+    let page = dir.path().join("page");
+    std::fs::write(&page, [0u8; 10]).unwrap();
+    let path = dir.path().join("refclock.sock");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vmtime"))
+        .args(["feed", "chrony", "--source", page.to_str().unwrap(), "--socket", path.to_str().unwrap()])
+        .args(["--interval-ms", "10", "--duration-s", "1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let n = err.lines().filter(|l| l.contains("is only 10 bytes")).count();
+    assert_eq!(n, 1, "{err}");
+}

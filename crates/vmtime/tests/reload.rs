@@ -110,4 +110,21 @@ fn sighup_applies_live_settings_and_names_those_needing_a_restart() {
     let line = wait_line(&hlog, "SIGHUP");
     assert!(line.contains("SIGHUP: configuration re-read, unchanged"), "{line}");
     assert_eq!(status(&hsock)["restart_needed"], serde_json::json!([]));
+
+    // The relay: its log level is applied; its counter map (a constant of the guest's page) waits.
+    let guest = dir.path().join("guest.page");
+    let (relay, rlog) = spawn(
+        &["relay", "--config", c, "--host-page", page.to_str().unwrap(), "--guest-page", guest.to_str().unwrap()],
+        "following the host",
+    );
+    std::fs::write(&cfg, "[relay]\nlog_level = \"warn\"\ntsc_offset = 5\n").unwrap();
+    hup(&relay);
+    let line = wait_line(&rlog, "SIGHUP");
+    assert!(
+        line.contains("applied log_level = \"warn\"; these changes need a restart of vmtime relay: tsc_offset"),
+        "{line}"
+    );
+    let r = status(Path::new(&socket(&guest)));
+    assert_eq!(r["restart_needed"].as_array().map(|a| a.len()), Some(1), "{r}");
+    assert!(r["restart_needed"][0].as_str().unwrap().starts_with("tsc_offset = "), "{r}");
 }
