@@ -6,9 +6,18 @@
 //! the offset unknown and changed by every pause) and the real error of what the guest sees.
 //!
 //! Words (u32, little-endian, atomics on both sides): 0 request sequence (host), 1 reply
-//! sequence (guest), 2–3 guest counter, 4–5 page time ns (i64; `NO_PAGE` when there is none),
-//! 6–7 page half-width ns (the page's bound), 8–9 guest CLOCK_REALTIME ns, 10 `READY` once the
-//! guest serves.
+//! sequence (guest), 2–3 guest counter, 4–5 page time ns at that counter (i64; i64::MIN when
+//! there is none), 6–7 page half-width ns (the page's bound), 8–9 guest CLOCK_REALTIME ns, 10
+//! `READY` once the guest serves, 11–12 the guest counter again after its CLOCK_REALTIME read.
+//!
+//! Why the errors do not depend on how busy this machine is: the guest's answer carries its
+//! counter, and under TCG the guest counter is this machine's TSC plus an offset (measured
+//! once per resume, from the tightest of many round trips). So each answer is compared with this
+//! machine's CLOCK_REALTIME *at the instant the guest read its counter*, interpolated between
+//! two (TSC, CLOCK_REALTIME) pairs the host reads just before the request and just after the
+//! reply. A round trip that takes milliseconds because QEMU or the lab was descheduled widens
+//! nothing; what remains is the noise floor of each sample (the offset's uncertainty, the gap
+//! between the guest's two counter reads, the host pairs' widths), reported with every figure.
 
 use anyhow::{bail, Context, Result};
 use std::path::Path;
@@ -55,6 +64,7 @@ pub fn serve(mailbox: &Path, page: Option<&Path>) -> Result<()> {
         let snap = page.as_ref().and_then(|p| vmclock::seqlock::read(p, Duration::from_millis(10)).ok());
         let g = vmclock::counter::read();
         let rt = gettime(ClockId::Realtime)?;
+        let g2 = vmclock::counter::read();
         let (t, half) = match snap.map(|s| vmclock::now_at(&s, g).map(|n| n.utc())) {
             Some(Ok(Ok(b))) => {
                 // 2^-64 s → ns, rounded up; an unbounded page says so with the largest width.
@@ -68,51 +78,122 @@ pub fn serve(mailbox: &Path, page: Option<&Path>) -> Result<()> {
         put64(&m, 4, t as u64);
         put64(&m, 6, half);
         put64(&m, 8, rt as i64 as u64);
+        put64(&m, 11, g2);
         m.words()[1].store(seq, Release);
         last = seq;
     }
 }
 
+/// A (TSC, CLOCK_REALTIME) pair read on this machine: counter, clock, counter.
+#[derive(Clone, Copy, Debug)]
+pub struct HostPair {
+    pub c0: u64,
+    pub real: i128,
+    pub c1: u64,
+}
+
+impl HostPair {
+    fn read() -> Result<HostPair> {
+        let c0 = vmclock::counter::read();
+        let real = gettime(ClockId::Realtime)?;
+        let c1 = vmclock::counter::read();
+        Ok(HostPair { c0, real, c1 })
+    }
+    fn mid(&self) -> u64 {
+        self.c0.wrapping_add(self.c1.wrapping_sub(self.c0) / 2)
+    }
+    fn half_ticks(&self) -> u64 {
+        self.c1.wrapping_sub(self.c0).div_ceil(2)
+    }
+}
+
+/// The guest counter − this machine's counter, and its uncertainty (± ticks).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Offset {
+    pub ticks: u64,
+    pub half: u64,
+}
+
 /// One answered request, with the host's brackets.
 #[derive(Clone, Copy, Debug)]
 pub struct Echo {
-    pub host_before: u64,
-    pub host_after: u64,
-    pub real_before: i128,
-    pub real_after: i128,
+    pub before: HostPair,
+    pub after: HostPair,
     pub guest_counter: u64,
+    pub guest_counter_after: u64,
     /// The guest page's time at `guest_counter` (midpoint of its bounds) and half-width, if any.
     pub page: Option<(i128, i128)>,
     pub guest_realtime: i128,
+    /// The offset in force when this echo was taken (None: not measured since the last resume).
+    pub offset: Option<Offset>,
+    /// This machine's TSC frequency, Hz.
+    pub hz: f64,
 }
 
 impl Echo {
-    /// guest counter − host counter, at the middle of the bracket (wrapping like KVM's offset).
+    /// guest counter − host counter, at the middle of the round trip (wrapping like KVM's offset).
     pub fn offset(&self) -> u64 {
-        let mid = self.host_before.wrapping_add(self.host_after.wrapping_sub(self.host_before) / 2);
+        let (b, a) = (self.before.c1, self.after.c0);
+        let mid = b.wrapping_add(a.wrapping_sub(b) / 2);
         self.guest_counter.wrapping_sub(mid)
     }
     pub fn width_ticks(&self) -> u64 {
-        self.host_after.wrapping_sub(self.host_before)
+        self.after.c0.wrapping_sub(self.before.c1)
     }
-    fn real_mid(&self) -> i128 {
-        (self.real_before + self.real_after) / 2
+    fn ns(&self, ticks: u64) -> i128 {
+        (ticks as f64 / self.hz * 1e9).ceil() as i128
     }
-    /// Half the host's clock bracket, ns: the uncertainty of every error below.
+    /// Half the round trip, ns: the uncertainty an echo would have without the counter map.
     pub fn half_window(&self) -> i128 {
-        (self.real_after - self.real_before) / 2
+        (self.after.real - self.before.real) / 2
     }
-    /// The guest page's time − the host's clock, ns.
+    /// This machine's CLOCK_REALTIME when its counter read `h`, interpolated between the two
+    /// host pairs (h lies between them: the guest read its counter during the round trip).
+    fn host_time_at(&self, h: u64) -> i128 {
+        let (m0, m1) = (self.before.mid(), self.after.mid());
+        let span = m1.wrapping_sub(m0) as i128;
+        let dt = h.wrapping_sub(m0) as i64 as i128;
+        if span <= 0 {
+            return self.before.real;
+        }
+        self.before.real + dt * (self.after.real - self.before.real) / span
+    }
+    /// (this machine's time when the guest read `g`, its uncertainty ns), through the offset;
+    /// without a measured offset, the middle of the round trip and its half-width.
+    fn truth_at(&self, g: u64, extra_ticks: u64) -> (i128, i128) {
+        match self.offset {
+            Some(o) => {
+                let noise = o.half + self.before.half_ticks().max(self.after.half_ticks()) + extra_ticks;
+                (self.host_time_at(g.wrapping_sub(o.ticks)), self.ns(noise) + 1)
+            }
+            None => ((self.before.real + self.after.real) / 2, self.half_window() + self.ns(extra_ticks)),
+        }
+    }
+    /// The guest page's time − this machine's clock, ns.
     pub fn page_error(&self) -> Option<i128> {
-        self.page.map(|(t, _)| t - self.real_mid())
+        self.page.map(|(t, _)| t - self.truth_at(self.guest_counter, 0).0)
     }
-    /// Whether the page's bounds overlap the host's bracket (the page told the truth).
+    /// The noise floor of `page_error`, ns.
+    pub fn page_noise(&self) -> i128 {
+        self.truth_at(self.guest_counter, 0).1
+    }
+    /// Whether the page's bounds, widened by the noise floor, hold this machine's clock.
     pub fn page_contains_truth(&self) -> Option<bool> {
-        self.page.map(|(t, h)| t - h <= self.real_after && t + h >= self.real_before)
+        let (truth, noise) = self.truth_at(self.guest_counter, 0);
+        self.page.map(|(t, h)| (t - truth).abs() <= h + noise)
     }
-    /// The guest's CLOCK_REALTIME − the host's clock, ns.
+    fn guest_gap(&self) -> u64 {
+        self.guest_counter_after.wrapping_sub(self.guest_counter)
+    }
+    /// The guest's CLOCK_REALTIME − this machine's clock, ns (its counter read midway between
+    /// the guest's two counter reads).
     pub fn clock_error(&self) -> i128 {
-        self.guest_realtime - self.real_mid()
+        let g = self.guest_counter.wrapping_add(self.guest_gap() / 2);
+        self.guest_realtime - self.truth_at(g, 0).0
+    }
+    /// The noise floor of `clock_error`, ns.
+    pub fn clock_noise(&self) -> i128 {
+        self.truth_at(self.guest_counter, self.guest_gap().div_ceil(2)).1
     }
 }
 
@@ -120,14 +201,18 @@ impl Echo {
 pub struct Host {
     m: Mapping,
     seq: u32,
+    /// The counter map in force (cleared when the VM stops: TCG moves it on every resume).
+    pub offset: Option<Offset>,
+    hz: f64,
 }
 
 impl Host {
-    pub fn open(mailbox: &Path) -> Result<Self> {
+    /// `hz`: this machine's TSC frequency.
+    pub fn open(mailbox: &Path, hz: f64) -> Result<Self> {
         let m = Mapping::open_rw(mailbox).with_context(|| format!("map {}", mailbox.display()))?;
         let seq = m.words()[0].load(Acquire);
         m.words()[READY_WORD].store(0, Release);
-        Ok(Host { m, seq })
+        Ok(Host { m, seq, offset: None, hz })
     }
 
     /// Waits until a guest echo serves this mailbox (its reply word equals the request word).
@@ -147,8 +232,7 @@ impl Host {
             QUIT => 0,
             s => s,
         };
-        let real_before = gettime(ClockId::Realtime)?;
-        let host_before = vmclock::counter::read();
+        let before = HostPair::read()?;
         self.m.words()[0].store(self.seq, Release);
         let deadline = Instant::now() + Duration::from_secs(5);
         while self.m.words()[1].load(Acquire) != self.seq {
@@ -157,31 +241,37 @@ impl Host {
             }
             std::hint::spin_loop();
         }
-        let host_after = vmclock::counter::read();
-        let real_after = gettime(ClockId::Realtime)?;
+        let after = HostPair::read()?;
         let page_t = get64(&self.m, 4) as i64;
         Ok(Echo {
-            host_before,
-            host_after,
-            real_before,
-            real_after,
+            before,
+            after,
             guest_counter: get64(&self.m, 2),
+            guest_counter_after: get64(&self.m, 11),
             page: (page_t != i64::MIN).then(|| (i128::from(page_t), i128::from(get64(&self.m, 6)))),
             guest_realtime: i128::from(get64(&self.m, 8) as i64),
+            offset: self.offset,
+            hz: self.hz,
         })
     }
 
-    /// `n` requests; the one with the tightest counter bracket gives the offset.
-    pub fn measure_offset(&mut self, n: usize) -> Result<(u64, u64)> {
+    /// At least `n` requests, more (within `deadline`) until one round trip is no wider than
+    /// `target_ticks`: the tightest gives the offset, which is kept for later echoes.
+    pub fn measure_offset(&mut self, n: usize, target_ticks: u64, deadline: Duration) -> Result<Offset> {
+        let end = Instant::now() + deadline;
         let mut best: Option<Echo> = None;
-        for _ in 0..n {
+        let mut i = 0;
+        while i < n || (best.is_some_and(|b| b.width_ticks() > target_ticks) && Instant::now() < end) {
             let e = self.ask()?;
             if best.is_none_or(|b| e.width_ticks() < b.width_ticks()) {
                 best = Some(e);
             }
+            i += 1;
         }
         let b = best.context("no echo")?;
-        Ok((b.offset(), b.width_ticks()))
+        let o = Offset { ticks: b.offset(), half: b.width_ticks().div_ceil(2) };
+        self.offset = Some(o);
+        Ok(o)
     }
 
     pub fn quit(&mut self) {
@@ -199,18 +289,19 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let mb = dir.join("mailbox");
         std::fs::write(&mb, vec![0u8; 4096]).unwrap();
-        let mut host = Host::open(&mb).unwrap();
+        let mut host = Host::open(&mb, 1e9).unwrap();
         let guest = {
             let mb = mb.clone();
             std::thread::spawn(move || serve(&mb, None))
         };
         host.wait_ready(Duration::from_secs(10)).unwrap();
-        let (offset, width) = host.measure_offset(200).unwrap();
+        let o = host.measure_offset(200, 0, Duration::ZERO).unwrap();
         // Same machine, same counter: the offset is zero within the bracket.
-        assert!((offset as i64).unsigned_abs() <= width, "offset {offset} width {width}");
+        assert!((o.ticks as i64).unsigned_abs() <= o.half, "{o:?}");
         let e = host.ask().unwrap();
         assert!(e.page.is_none());
-        assert!(e.clock_error().abs() <= e.half_window() + 1, "{e:?}");
+        // Both clocks are this machine's: the error lies within the noise floor.
+        assert!(e.clock_error().abs() <= e.clock_noise(), "{e:?}");
         host.quit();
         guest.join().unwrap().unwrap();
         std::fs::remove_dir_all(&dir).unwrap();

@@ -34,6 +34,23 @@ enum Cmd {
     },
     /// (In the guest) sample CLOCK_REALTIME and CLOCK_TAI across a leap second; print a JSON summary.
     Leapwatch(leap::Args),
+    /// (In the guest) the kernel's NTP state (adjtimex, read-only) as JSON.
+    Timex,
+}
+
+fn timex() -> Result<()> {
+    let t = vmtime_sys::timex::read_timex()?;
+    println!(
+        "{}",
+        serde_json::json!({
+            "maxerror_us": t.maxerror_us,
+            "esterror_us": t.esterror_us,
+            "tai": t.tai,
+            "status": t.status,
+            "state": t.state,
+        })
+    );
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -42,6 +59,7 @@ fn main() -> ExitCode {
         Cmd::Run(a) => checks::run(a),
         Cmd::Echo { mailbox, page } => echo::serve(&mailbox, page.as_deref()).map(|()| ExitCode::SUCCESS),
         Cmd::Leapwatch(a) => leap::watch(&a).map(|()| ExitCode::SUCCESS),
+        Cmd::Timex => timex().map(|()| ExitCode::SUCCESS),
     };
     r.unwrap_or_else(|e| {
         eprintln!("vmtime-lab: {e:#}");

@@ -23,8 +23,17 @@ pub struct VmConfig {
     pub work: PathBuf,
     /// The guest's RTC at power-on (a wrong clock for sync to correct).
     pub rtc_base: String,
-    /// ivshmem backing files, in PCI slot order from 00:04.0.
-    pub shared: Vec<PathBuf>,
+    /// ivshmem backing files (read-write, master) and their PCI slots.
+    pub shared: Vec<(PathBuf, u8)>,
+    /// QEMU's own vmclock device (`-device vmclock`).
+    pub qemu_vmclock: bool,
+    /// More arguments (what `vmtime qemu` prints).
+    pub extra: Vec<String>,
+    /// This machine's TSC frequency, kHz: the guest's too under TCG. Given to the guest kernel
+    /// (`tsc_early_khz`), whose own calibration against emulated timers can be off by several
+    /// times on a busy machine (seen: a guest clock running 8× fast), beyond what adjtimex can
+    /// correct.
+    pub tsc_khz: u64,
     /// A qcow2 image for savevm/loadvm.
     pub state_disk: PathBuf,
 }
@@ -33,6 +42,8 @@ pub struct Vm {
     child: Child,
     qmp: BufReader<UnixStream>,
     shell: BufReader<UnixStream>,
+    /// The last command's sequence number (lab/guest/shell).
+    seq: u64,
     pub console: PathBuf,
     gdb_path: PathBuf,
 }
@@ -82,7 +93,11 @@ impl Vm {
             .arg(&c.kernel)
             .arg("-initrd")
             .arg(&c.initrd)
-            .args(["-append", "console=ttyS0 panic=-1 quiet loglevel=4 tsc=reliable clocksource=tsc"])
+            .arg("-append")
+            .arg(format!(
+                "console=ttyS0 panic=-1 quiet loglevel=4 tsc=reliable clocksource=tsc tsc_early_khz={}",
+                c.tsc_khz
+            ))
             .args(["-rtc", &format!("base={},clock=host", c.rtc_base)])
             .arg("-serial")
             .arg(format!("file:{}", console.display()))
@@ -94,16 +109,19 @@ impl Vm {
             .args(["-mon", "chardev=qmp,mode=control"])
             .arg("-gdb")
             .arg(format!("unix:{},server=on,wait=off", gdb_path.display()))
-            .args(["-device", "vmclock"])
             .arg("-drive")
             .arg(format!("if=none,id=state,format=qcow2,file={}", c.state_disk.display()));
-        for (i, f) in c.shared.iter().enumerate() {
+        if c.qemu_vmclock {
+            cmd.args(["-device", "vmclock"]);
+        }
+        for (i, (f, slot)) in c.shared.iter().enumerate() {
             cmd.arg("-object")
                 .arg(format!("memory-backend-file,id=shm{i},mem-path={},size=4096,share=on", f.display()))
                 .arg("-device")
                 // master=on: this side owns the memory, so the VM may be saved and loaded.
-                .arg(format!("ivshmem-plain,memdev=shm{i},master=on,addr={:#x}", 4 + i));
+                .arg(format!("ivshmem-plain,memdev=shm{i},master=on,addr={slot:#x}"));
         }
+        cmd.args(&c.extra);
         let log = std::fs::File::create(c.work.join("qemu.log"))?;
         cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
         let mut child = cmd.spawn().with_context(|| format!("start {}", c.qemu.display()))?;
@@ -118,7 +136,7 @@ impl Vm {
                 return Err(e);
             }
         };
-        let mut vm = Vm { child, qmp: BufReader::new(qmp), shell: BufReader::new(shell), console, gdb_path };
+        let mut vm = Vm { child, qmp: BufReader::new(qmp), shell: BufReader::new(shell), seq: 0, console, gdb_path };
         vm.qmp.get_ref().set_read_timeout(Some(Duration::from_secs(60)))?;
         let greeting = vm.qmp_line()?;
         if !greeting.contains("QMP") {
@@ -177,25 +195,66 @@ impl Vm {
         }
     }
 
-    /// Runs one shell command line in the guest; its output and exit status.
+    /// Runs one shell command line in the guest; its output and exit status. The line goes
+    /// framed with its MD5 (lab/guest/shell): a line the serial port garbled is refused by the
+    /// guest and sent again, and output whose MD5 does not match is asked for again.
     pub fn sh(&mut self, line: &str, timeout: Duration) -> Result<(String, i32)> {
+        use md5::{Digest, Md5};
+        let hex = |b: &[u8]| -> String { Md5::digest(b).iter().map(|x| format!("{x:02x}")).collect() };
         debug_assert!(!line.contains('\n'));
-        writeln!(self.shell.get_mut(), "{line}")?;
-        self.shell.get_ref().set_read_timeout(Some(timeout))?;
-        let mut out = String::new();
-        loop {
-            let mut l = String::new();
-            match self.shell.read_line(&mut l) {
-                Ok(0) => bail!("the guest's shell port closed during: {line}"),
-                Ok(_) => {
-                    if let Some(rc) = l.trim_end().strip_prefix("@done ") {
-                        return Ok((out, rc.parse().unwrap_or(-1)));
-                    }
-                    out.push_str(&l);
+        self.seq += 1;
+        let seq = self.seq;
+        let frame = format!("\n@cmd {seq} {} {line}\n", hex(line.as_bytes()));
+        let mut why = String::new();
+        for _attempt in 0..6 {
+            self.shell.get_mut().write_all(frame.as_bytes())?;
+            // The guest acknowledges (or refuses) the frame at once.
+            self.shell.get_ref().set_read_timeout(Some(Duration::from_secs(10)))?;
+            let acked = loop {
+                let mut l = String::new();
+                match self.shell.read_line(&mut l) {
+                    Ok(0) => bail!("the guest's shell port closed during: {line}"),
+                    Ok(_) if l.trim_end() == format!("@ack {seq}") => break true,
+                    Ok(_) if l.trim_end() == format!("@nak {seq}") => break false,
+                    Ok(_) => {}
+                    Err(_) => break false,
                 }
-                Err(e) => bail!("no answer from the guest within {timeout:?} to: {line} ({e})"),
+            };
+            if !acked {
+                why = "the guest refused or did not acknowledge the command (garbled on the serial line)".into();
+                continue;
             }
+            // Output, then "\n@done SEQ STATUS MD5".
+            self.shell.get_ref().set_read_timeout(Some(timeout))?;
+            let marker = format!("\n@done {seq} ");
+            let mut buf = Vec::new();
+            let done = loop {
+                let mut l = Vec::new();
+                match self.shell.read_until(b'\n', &mut l) {
+                    Ok(0) => bail!("the guest's shell port closed during: {line}"),
+                    Ok(_) => {
+                        buf.extend_from_slice(&l);
+                        if let Some(at) = find(&buf, marker.as_bytes()) {
+                            if buf.ends_with(b"\n") {
+                                break Some(at);
+                            }
+                        }
+                    }
+                    Err(e) => bail!("no answer from the guest within {timeout:?} to: {line} ({e})"),
+                }
+            };
+            let at = done.expect("found");
+            let tail = String::from_utf8_lossy(&buf[at + marker.len()..]).trim().to_string();
+            let mut parts = tail.split(' ');
+            let rc = parts.next().and_then(|r| r.parse().ok()).unwrap_or(-1);
+            let sum = parts.next().unwrap_or_default();
+            let out = &buf[..at];
+            if hex(out) == sum {
+                return Ok((String::from_utf8_lossy(out).into_owned(), rc));
+            }
+            why = "the output's MD5 did not match (garbled on the serial line)".into();
         }
+        bail!("`{line}`: {why}, 6 times")
     }
 
     /// Like `sh`, but a non-zero status is an error carrying the output.
@@ -234,6 +293,10 @@ impl Drop for Vm {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
 }
 
 /// A gdb remote-protocol client: just enough to write memory and leave.

@@ -27,7 +27,6 @@
 
 use std::ffi::{c_char, c_int, CStr};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 use vmclock_rs::guard::{protect, Protection};
 use vmclock_rs::{Clock, ClockError, PageError, ReadError, TimeError};
@@ -168,8 +167,8 @@ pub unsafe extern "C" fn vmclock_open(path: *const c_char, err: *mut c_int) -> *
             return std::ptr::null_mut();
         }
     };
-    let is_file = std::fs::metadata(path).map(|m| !m.file_type().is_char_device()).unwrap_or(true);
-    let protection = if is_file {
+    // What was mapped decides, not the path again (it may have been replaced since).
+    let protection = if !clock.memory().is_device() {
         let (start, len) = clock.memory().region();
         match protect(start, len) {
             Ok(p) => Some(p),
@@ -374,6 +373,31 @@ mod tests {
             let s = unsafe { CStr::from_ptr(vmclock_strerror(code)) };
             assert!(!s.to_bytes().is_empty());
         }
+    }
+
+    #[test]
+    fn a_fifo_or_a_directory_is_refused_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let f = fifo.clone();
+        std::thread::spawn(move || {
+            let mut err = 0;
+            let h = open(cpath(&f).as_ptr(), &mut err);
+            close(h);
+            tx.send((h.is_null(), err)).unwrap();
+        });
+        // A hang detector, not a synchronisation: the open returns or blocks forever.
+        let r = rx.recv_timeout(std::time::Duration::from_secs(60));
+        if r.is_err() {
+            let _writer = std::fs::OpenOptions::new().write(true).open(&fifo); // unblock it
+            panic!("vmclock_open blocked on a fifo");
+        }
+        assert_eq!(r.unwrap(), (true, VMCLOCK_E_OPEN));
+        let mut err = 0;
+        assert!(open(cpath(dir.path()).as_ptr(), &mut err).is_null());
+        assert_eq!(err, VMCLOCK_E_OPEN);
     }
 
     #[test]

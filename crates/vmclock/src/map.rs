@@ -4,7 +4,7 @@ use crate::abi::{ABI_SIZE, PAGE_SIZE};
 use crate::seqlock::{AtomicU32, PageMemory, WritableMemory};
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
 use std::ptr::NonNull;
@@ -18,7 +18,11 @@ pub struct Mapping {
     len: usize,
     available: usize,
     writable: bool,
+    device: bool,
 }
+
+/// Open flags: never wait in `open` (a fifo), never take a controlling terminal.
+const NO_WAIT: i32 = libc::O_NONBLOCK | libc::O_NOCTTY;
 
 /// The system page size (`sysconf(_SC_PAGESIZE)`), at least 4096.
 pub fn system_page_size() -> usize {
@@ -37,14 +41,16 @@ impl Mapping {
     /// Maps the first page of `path` read-only. A regular file must not be empty (a mapped page
     /// wholly beyond the end of a file faults); a character device (`/dev/vmclock0`) is mapped
     /// as exactly one page at offset 0, as its driver requires.
+    /// The open never waits: a fifo at the path is refused (it is empty) rather than blocking
+    /// until someone writes to it.
     pub fn open(path: &Path) -> io::Result<Self> {
-        Self::map(&File::open(path)?, false)
+        Self::map(&OpenOptions::new().read(true).custom_flags(NO_WAIT).open(path)?, false)
     }
 
     /// Maps the first page of `path` for reading and writing (a producer's own page file, which
     /// must already be at least one page long).
     pub fn open_rw(path: &Path) -> io::Result<Self> {
-        Self::map(&OpenOptions::new().read(true).write(true).open(path)?, true)
+        Self::map(&OpenOptions::new().read(true).write(true).custom_flags(NO_WAIT).open(path)?, true)
     }
 
     /// Maps the first system page of an open file.
@@ -76,7 +82,7 @@ impl Mapping {
             return Err(io::Error::last_os_error());
         }
         let ptr = NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned null"))?;
-        Ok(Mapping { ptr, len, available, writable })
+        Ok(Mapping { ptr, len, available, writable, device: meta.file_type().is_char_device() })
     }
 
     /// The mapping's address and length (for [`crate::guard::protect`]).
@@ -87,6 +93,13 @@ impl Mapping {
     /// Whether the mapping may be written.
     pub fn is_writable(&self) -> bool {
         self.writable
+    }
+
+    /// Whether what was mapped is a character device (which cannot shrink) rather than a file
+    /// (which can: see [`crate::guard`]). Decided from the file that was mapped, not the path,
+    /// which may name something else by now.
+    pub fn is_device(&self) -> bool {
+        self.device
     }
 }
 

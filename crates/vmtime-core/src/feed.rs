@@ -397,6 +397,11 @@ pub mod clockbound {
         pub disruption_support: bool,
         /// Hold-off after a disruption when the page is not updated again, ns.
         pub holdoff_ns: i128,
+        /// CLOCK_MONOTONIC_COARSE's resolution (one tick), ns. The client ages the bound with
+        /// its own coarse reading, which lags the true instant by up to a tick just as the
+        /// feed's `as_of` reading may not: `as_of` is written one tick early so that the age
+        /// the client computes is never less than the time elapsed since the pairing.
+        pub coarse_tick_ns: i128,
     }
 
     impl Default for ClockBoundConfig {
@@ -406,6 +411,7 @@ pub mod clockbound {
                 drift_margin_ppb: 15_000,
                 disruption_support: false,
                 holdoff_ns: 2 * NS,
+                coarse_tick_ns: 4_000_000,
             }
         }
     }
@@ -433,6 +439,7 @@ pub mod clockbound {
         /// the burst (coarse is never ahead of the instant it stands for, so the bound's age is
         /// never understated, and the client's coarse clock never sees an as_of in its future).
         pub fn handle(&mut self, obs: &Observation<'_>, as_of_ns: i128) -> ErrorBound {
+            let as_of_ns = as_of_ns - self.cfg.coarse_tick_ns.max(0);
             let mut eb = ErrorBound {
                 as_of_ns,
                 void_after_ns: as_of_ns + self.cfg.life_ns,
@@ -662,8 +669,9 @@ mod tests {
         assert_eq!(eb.status, CbStatus::Synchronized);
         assert!(eb.bound_ns >= 41_000, "bound {}", eb.bound_ns);
         assert!(eb.bound_ns <= 41_030, "bound {} is not tight", eb.bound_ns);
-        assert_eq!(eb.as_of_ns, 100);
-        assert_eq!(eb.void_after_ns, 100 + 5 * NS);
+        let tick = ClockBoundConfig::default().coarse_tick_ns;
+        assert_eq!(eb.as_of_ns, 100 - tick);
+        assert_eq!(eb.void_after_ns, 100 - tick + 5 * NS);
         assert_eq!(eb.disruption_marker, 7);
         // Drift: the page's rate error (2^20 / 2^64·2^29… as ppb) + the 15 ppm margin.
         assert!(eb.max_drift_ppb >= 15_000);
@@ -699,5 +707,22 @@ mod tests {
         assert!((20_000..20_100).contains(&r), "rate {r}");
         assert!(eb.max_drift_ppb as u64 >= r);
         assert!(eb.bound_ns >= 21_000);
+    }
+
+    #[test]
+    fn as_of_is_one_coarse_tick_early() {
+        if vmclock::counter::NATIVE == counter_id::INVALID {
+            return;
+        }
+        // The client's coarse clock may lag the true instant by a tick more than the feed's
+        // reading did: an as_of written as read could make the client's age (and so the bound's
+        // growth) fall short of the true time since the pairing by up to a tick.
+        let cfg = ClockBoundConfig { coarse_tick_ns: 4_000_000, ..ClockBoundConfig::default() };
+        let mut f = ClockBoundFeed::new(cfg);
+        let s = samples();
+        let eb = f.handle(&obs(page(1, 7, status::SYNCHRONIZED, 0, 0), &s, 0), 10 * NS);
+        assert_eq!(eb.status, CbStatus::Synchronized);
+        assert_eq!(eb.as_of_ns, 10 * NS - 4_000_000);
+        assert_eq!(eb.void_after_ns, eb.as_of_ns + cfg.life_ns);
     }
 }

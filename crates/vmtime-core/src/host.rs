@@ -327,6 +327,20 @@ impl Publisher {
         }
     }
 
+    /// Changes what may change live (SIGHUP): the republish threshold, the rate tolerance and the
+    /// longest interval between observations. The page's constant fields and the marker stay;
+    /// the next page uses the new values.
+    pub fn retune(&mut self, threshold_ns: u64, tolerance_ppb: u64, interval_ns: i128) {
+        self.cfg.threshold_ns = threshold_ns;
+        self.cfg.tolerance_ppb = tolerance_ppb;
+        self.cfg.interval_ns = interval_ns;
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> &HostConfig {
+        &self.cfg
+    }
+
     /// A publisher restarting over a page it published before: it keeps the page's marker and
     /// continuity if its first measurement lies within the page's advertised bounds, and changes
     /// the marker otherwise.

@@ -9,6 +9,7 @@ pub mod kernel;
 pub mod leapsecs;
 pub mod phc;
 pub mod relay;
+pub mod rival;
 pub mod stats;
 pub mod sync;
 

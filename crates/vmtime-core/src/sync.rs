@@ -21,10 +21,15 @@
 //!   oscillator, so holding over would drift from the host for nothing, and a guest booting with a
 //!   wrong clock must still be set), but STA_UNSYNC stays set.
 //! * **Sanity limits** (like chrony's `maxchange` and the kernel's own): a source whose rate
-//!   against RAW lies beyond what the kernel can be set to (ADJ_TICK's ±10 % less the largest
-//!   slew) is unusable, and after start-up (the first `step_updates` updates) an offset larger
-//!   than `max_step_ns` is never acted on, by step or slew: both mean holdover, with a
-//!   [`SyncNotice`] for the log. Bounds given to the kernel saturate at its 16 s limit.
+//!   against RAW lies beyond what the kernel can be set to (ADJ_TICK's ±10 % plus ADJ_FREQUENCY's
+//!   ±500 ppm, less the largest slew) is unusable. An offset larger than `max_step_ns` is never
+//!   acted on, by step or slew, except where a large offset is expected: at start-up (the first
+//!   `max(step_updates, 1)` updates), after the page's `disruption_marker` or
+//!   `vm_generation_counter` changed (the page says the counter's calibration broke: migration,
+//!   restore, host step), until an update is made; and after a holdover caused by losing the
+//!   source, by as much as the kernel may have drifted meanwhile (its MAXFREQ, 500 ppm of the
+//!   holdover's length). Both refusals mean holdover, with one [`SyncNotice`] per episode for the
+//!   log. Bounds given to the kernel saturate at its 16 s limit.
 //! * **Holdover** (source lost, or a page that is UNRELIABLE, not bounded or without a counter):
 //!   the last frequency is kept, no step, STA_UNSYNC set; the kernel grows maxerror by 500 µs per
 //!   second (its MAXFREQ), which is the rate at which the bound widens.
@@ -50,7 +55,8 @@ pub struct SyncConfig {
     pub interval_ns: i128,
     /// Fastest phase slew, ppb (on top of the feed-forward frequency).
     pub max_slew_ppb: i64,
-    /// After start-up, an offset beyond this is refused (holdover), ns.
+    /// Outside start-up, disruptions and the return from holdover, an offset beyond this is
+    /// refused (holdover), ns.
     pub max_step_ns: i64,
 }
 
@@ -61,7 +67,7 @@ impl Default for SyncConfig {
             step_updates: 3,
             interval_ns: NS,
             max_slew_ppb: 200_000,
-            max_step_ns: 366 * 86_400 * NS as i64,
+            max_step_ns: DEFAULT_MAX_STEP_NS,
         }
     }
 }
@@ -114,9 +120,17 @@ pub enum SyncAction {
     RunHook,
 }
 
-/// The kernel's frequency range: ADJ_TICK moves ±10 % (9000–11000 µs per 1/100 s), ADJ_FREQUENCY
-/// adds ±500 ppm (MAXFREQ); ppb.
-pub const KERNEL_MAX_PPB: i64 = 100_000_000;
+/// The kernel's frequency range: ADJ_TICK moves ±10 % (9000–11000 µs per 1/100 s, refused
+/// outside), ADJ_FREQUENCY adds ±500 ppm (MAXFREQ, clamped); ppb.
+pub const KERNEL_MAX_PPB: i64 = KERNEL_MAX_TICK_PPB + KERNEL_MAX_FREQ_PPB;
+/// ADJ_TICK's range: ±1000 µs per 10 000 µs tick, ppb.
+pub const KERNEL_MAX_TICK_PPB: i64 = 100_000_000;
+/// ADJ_FREQUENCY's range (MAXFREQ), ppb; also the rate at which the kernel grows maxerror.
+pub const KERNEL_MAX_FREQ_PPB: i64 = 500_000;
+/// The default step limit, ns: 2 s. A missed leap second (1 s) or a guest clock set from a
+/// 1 s-resolution RTC after a suspend is still corrected; anything larger needs a disruption
+/// marker, start-up or holdover to explain it.
+pub const DEFAULT_MAX_STEP_NS: i64 = 2_000_000_000;
 /// The kernel's limit on maxerror and esterror (NTP_PHASE_LIMIT, 16 s), µs.
 pub const KERNEL_MAX_ERROR_US: i64 = 16_000_000;
 
@@ -130,11 +144,12 @@ pub enum SyncNotice {
         /// The largest usable, ppb.
         limit_ppb: i64,
     },
-    /// After start-up, the source is further off than the step limit: holdover.
+    /// Outside start-up and without a disruption, the source is further off than the step
+    /// limit: holdover.
     StepRefused {
         /// Kernel − source, ns.
         offset_ns: f64,
-        /// The limit, ns.
+        /// The limit in force (the step limit plus any drift allowed after a holdover), ns.
         limit_ns: i64,
     },
     /// The source is usable again.
@@ -152,9 +167,9 @@ impl std::fmt::Display for SyncNotice {
             ),
             SyncNotice::StepRefused { offset_ns, limit_ns } => write!(
                 f,
-                "the source is {:.3} s away from this clock, more than the step limit of {} s after start-up: holding over; restart vmtime sync or raise max_step_s to accept it",
+                "the source is {:+.3} s away from this clock, more than the step limit of {} s, and its disruption_marker and vm_generation_counter did not change: holding over; if the source is right, raise max_step_s and send SIGHUP, or restart vmtime sync",
                 -offset_ns / 1e9,
-                limit_ns / 1_000_000_000
+                limit_ns as f64 / 1e9
             ),
             SyncNotice::Recovered => f.write_str("the source is usable again"),
         }
@@ -200,13 +215,25 @@ pub struct Discipline {
     last_state: Option<(bool, bool, bool)>,
     notices: Vec<SyncNotice>,
     refusing: bool,
+    /// The markers changed and no update has been made since: any step is allowed.
+    disrupted: bool,
+    /// The disruption marker changed and no update has been made since: step.
+    marker_pending: bool,
+    /// The source was lost or unusable since the last update.
+    lost: bool,
+    /// RAW at the last update, ns.
+    last_update_raw_ns: Option<i128>,
+    /// After a holdover: how far the kernel may have drifted meanwhile, ns (added to the limit
+    /// until an update is made).
+    drift_allowance_ns: f64,
 }
 
 /// The kernel's (tick, freq) for a rate `ppb` away from RAW.
 pub fn tick_freq(ppb: f64) -> (i64, i64) {
-    let ppb = ppb.clamp(-(KERNEL_MAX_PPB as f64), KERNEL_MAX_PPB as f64);
-    let tick = 10_000 + (ppb / 100_000.0).round() as i64;
-    let rest = ppb - (tick - 10_000) as f64 * 100_000.0;
+    let ppb = if ppb.is_nan() { 0.0 } else { ppb.clamp(-(KERNEL_MAX_PPB as f64), KERNEL_MAX_PPB as f64) };
+    let tick = 10_000 + ((ppb / 100_000.0).round() as i64).clamp(-1_000, 1_000);
+    let max_rest = KERNEL_MAX_FREQ_PPB as f64;
+    let rest = (ppb - (tick - 10_000) as f64 * 100_000.0).clamp(-max_rest, max_rest);
     (tick, (rest * 65.536).round() as i64)
 }
 
@@ -225,7 +252,23 @@ impl Discipline {
             last_state: None,
             notices: Vec::new(),
             refusing: false,
+            disrupted: false,
+            marker_pending: false,
+            lost: false,
+            last_update_raw_ns: None,
+            drift_allowance_ns: 0.0,
         }
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> &SyncConfig {
+        &self.cfg
+    }
+
+    /// Changes the settings live (SIGHUP): the step policy, the limits and the interval. The
+    /// calibration, the markers and the counts are kept.
+    pub fn reconfigure(&mut self, cfg: SyncConfig) {
+        self.cfg = cfg;
     }
 
     /// What happened that the daemon should log, since the last call.
@@ -302,6 +345,7 @@ impl Discipline {
     /// The source is gone (no page, or no consistent read): holdover.
     pub fn handle_source_lost(&mut self, kernel: &KernelTimex) -> Vec<SyncAction> {
         let mut out = Vec::new();
+        self.lost = true;
         self.holdover(kernel, &mut out);
         out
     }
@@ -324,6 +368,10 @@ impl Discipline {
         if marker_changed {
             self.status.disruptions += 1;
         }
+        // A disruption allows a step of any size until the next update (the observation that
+        // saw it may itself be unusable: the host is still settling).
+        self.disrupted |= marker_changed || generation_changed;
+        self.marker_pending |= marker_changed;
         if generation_changed {
             out.push(SyncAction::RunHook);
         }
@@ -333,14 +381,21 @@ impl Discipline {
         let d_c = obs.raw.counter.wrapping_sub(base.counter) as i64 as i128;
         self.status.baseline_s = d_raw as f64 / 1e9;
         if !usable {
+            self.lost = true;
             self.holdover(&obs.kernel, &mut out);
             return out;
+        }
+        // Back from a holdover: the kernel may have drifted by up to MAXFREQ meanwhile.
+        if std::mem::take(&mut self.lost) {
+            let held_ns = self.last_update_raw_ns.map_or(0, |t| (obs.raw.mid_ns() - t).max(0));
+            self.drift_allowance_ns = held_ns as f64 * KERNEL_MAX_FREQ_PPB as f64 / 1e9;
         }
         let r = page.reference().expect("checked");
         let period = Period { frac: r.period, shift: r.shift };
         // The guest kernel's REALTIME at one counter value, and the source's UTC there.
         let Some(k) = kernel_reference(obs.samples, period, 0) else { return out };
         let Ok(src) = page.utc_at(k.counter) else {
+            self.lost = true;
             self.holdover(&obs.kernel, &mut out);
             return out;
         };
@@ -356,25 +411,33 @@ impl Discipline {
             let ppb = (page_s_per_tick / raw_s_per_tick - 1.0) * 1e9;
             let limit_ppb = KERNEL_MAX_PPB - self.cfg.max_slew_ppb.clamp(0, KERNEL_MAX_PPB);
             if ppb.is_nan() || ppb.abs() > limit_ppb as f64 {
+                self.lost = true;
                 self.refuse(SyncNotice::RateOutOfRange { ppb, limit_ppb }, &obs.kernel, &mut out);
                 return out;
             }
             self.ff_ppb = Some(ppb);
             self.status.frequency_ppb = ppb;
         }
-        // After start-up, an offset beyond the step limit is neither stepped nor slewed.
-        let started = self.status.updates >= self.cfg.step_updates as u64;
-        if started && offset_ns.abs() > self.cfg.max_step_ns as f64 {
-            let limit_ns = self.cfg.max_step_ns;
+        // Outside start-up and disruptions, an offset beyond the step limit (plus the drift a
+        // holdover allows) is neither stepped nor slewed.
+        let starting = self.status.updates < u64::from(self.cfg.step_updates.max(1));
+        let limit_ns = self.cfg.max_step_ns as f64 + self.drift_allowance_ns;
+        if !starting && !self.disrupted && offset_ns.abs() > limit_ns {
+            let limit_ns = limit_ns.min(i64::MAX as f64) as i64;
             self.refuse(SyncNotice::StepRefused { offset_ns, limit_ns }, &obs.kernel, &mut out);
             return out;
         }
         if std::mem::take(&mut self.refusing) {
             self.notices.push(SyncNotice::Recovered);
         }
-        // Phase.
-        let may_step = self.status.updates < self.cfg.step_updates as u64 || marker_changed;
-        let step = marker_changed
+        let new_markers = std::mem::take(&mut self.disrupted);
+        let disrupted = std::mem::take(&mut self.marker_pending);
+        let after_holdover = std::mem::take(&mut self.drift_allowance_ns) > 0.0;
+        self.last_update_raw_ns = Some(obs.raw.mid_ns());
+        // Phase: a disruption always steps; start-up, a new VM generation and the return from a
+        // holdover step beyond the makestep threshold (like a restart would).
+        let may_step = self.status.updates < self.cfg.step_updates as u64 || new_markers || after_holdover;
+        let step = disrupted
             || (may_step && offset_ns.abs() > self.cfg.step_threshold_ns as f64)
             || self.status.updates == 0 && offset_ns.abs() > 1_000.0;
         if step {
@@ -651,6 +714,124 @@ mod tests {
             let (t, f) = tick_freq(ppb);
             assert!((9_000..=11_000).contains(&t) && f.abs() <= 500 << 16, "{ppb}: {t} {f}");
         }
+    }
+
+    /// A toy world: a 1 GHz counter, the page `page_off_ns` ahead of truth, the kernel
+    /// `kernel_off_ns` ahead; one observation at `t_s` seconds.
+    struct World {
+        d: Discipline,
+        kernel_off_ns: i128,
+        page_off_ns: i128,
+        marker: u64,
+        generation: u64,
+    }
+
+    const C0: u64 = 10_000_000_000_000;
+    const UTC0: i128 = 1_795_000_000 * NS;
+
+    impl World {
+        fn new() -> Self {
+            World {
+                d: Discipline::new(SyncConfig::default()),
+                kernel_off_ns: 0,
+                page_off_ns: 0,
+                marker: 1,
+                generation: 1,
+            }
+        }
+        fn observe(&mut self, t_s: i128) -> Vec<SyncAction> {
+            let ref_c = (C0 as i128 - self.page_off_ns) as u64;
+            let abi = PageBuilder::new()
+                .reference(
+                    counter_id::X86_TSC,
+                    ref_c,
+                    Timestamp::<Tai>::from_parts(1_795_000_037, 0),
+                    Period::from_hz(1_000_000_000).unwrap(),
+                )
+                .tai_minus_utc(37)
+                .status(status::SYNCHRONIZED)
+                .maxerror(1_000, 0)
+                .disruption_marker(self.marker)
+                .vm_generation(self.generation)
+                .build();
+            let page = Snapshot::new(abi, 4096).unwrap();
+            let c = C0 + (t_s * NS) as u64;
+            let k = UTC0 + t_s * NS + self.kernel_off_ns;
+            let samples = [AbaSample { before_ns: k - 5, counter: c, after_ns: k + 5 }];
+            let raw = AbaSample { before_ns: t_s * NS - 5, counter: c, after_ns: t_s * NS + 5 };
+            let acts = self.d.handle_observation(&SyncObservation {
+                page,
+                raw,
+                samples: &samples,
+                kernel: KernelTimex::default(),
+            });
+            for a in &acts {
+                if let SyncAction::Step { delta_ns } = a {
+                    self.kernel_off_ns += *delta_ns as i128;
+                }
+            }
+            acts
+        }
+    }
+
+    fn stepped(acts: &[SyncAction]) -> Option<i64> {
+        acts.iter().find_map(|a| match a {
+            SyncAction::Step { delta_ns } => Some(*delta_ns),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn the_step_limit_holds_unless_the_markers_change() {
+        const HOUR: i128 = 3_600 * NS;
+        let mut w = World::new();
+        w.kernel_off_ns = -3 * HOUR; // start-up: any step
+        assert_eq!(stepped(&w.observe(0)), Some(3 * HOUR as i64));
+        for t in 1..5 {
+            assert_eq!(stepped(&w.observe(t)), None);
+        }
+        // 1 h jump, markers unchanged: refused, one notice for the episode.
+        w.page_off_ns = HOUR;
+        for t in 5..8 {
+            assert_eq!(stepped(&w.observe(t)), None);
+            assert_eq!(w.d.status().state, "holdover");
+        }
+        assert!(matches!(w.d.take_notices()[..], [SyncNotice::StepRefused { limit_ns: 2_000_000_000, .. }]));
+        // The same page with a new disruption marker: stepped.
+        w.marker += 1;
+        assert_eq!(stepped(&w.observe(8)), Some(HOUR as i64));
+        assert_eq!(w.d.take_notices(), vec![SyncNotice::Recovered]);
+        // A new VM generation alone (a clone) also allows a large step (with the hook).
+        w.page_off_ns = -HOUR;
+        w.generation += 1;
+        let acts = w.observe(9);
+        assert!(acts.contains(&SyncAction::RunHook));
+        assert_eq!(stepped(&acts), Some(-2 * HOUR as i64));
+        // Within the limit: slewed, never stepped, after start-up.
+        w.page_off_ns += NS;
+        assert_eq!(stepped(&w.observe(10)), None);
+        assert_eq!(w.d.status().state, "synchronised");
+        // Live reconfiguration: a tighter limit refuses what was accepted.
+        w.d.reconfigure(SyncConfig { max_step_ns: 100_000_000, ..w.d.config().clone() });
+        w.page_off_ns += NS / 2;
+        assert_eq!(stepped(&w.observe(11)), None);
+        assert_eq!(w.d.status().state, "holdover");
+    }
+
+    #[test]
+    fn the_whole_kernel_range_is_used_and_never_exceeded() {
+        // ±10 % by ADJ_TICK plus ±500 ppm by ADJ_FREQUENCY: 100.5 ‰ either way, no more.
+        assert_eq!(KERNEL_MAX_PPB, 100_500_000);
+        assert_eq!(tick_freq(100_400_000.0), (11_000, 400 << 16));
+        assert_eq!(tick_freq(-100_500_000.0), (9_000, -500 << 16));
+        assert_eq!(tick_freq(100_600_000.0), (11_000, 500 << 16), "clamped");
+        assert_eq!(tick_freq(f64::NAN), (10_000, 0));
+        assert_eq!(SyncConfig::default().max_step_ns, 2_000_000_000);
+        let n = SyncNotice::StepRefused { offset_ns: -3.6e12, limit_ns: 2_500_000_000 };
+        assert_eq!(
+            n.to_string(),
+            "the source is +3600.000 s away from this clock, more than the step limit of 2.5 s, and its disruption_marker and vm_generation_counter did not change: holding over; if the source is right, raise max_step_s and send SIGHUP, or restart vmtime sync"
+        );
     }
 
     #[test]

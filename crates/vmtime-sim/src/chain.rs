@@ -323,8 +323,11 @@ impl Chain {
             let g_now = g.sim.counter();
             let scaled = ((self.host.host.counter() as u128 * old.ratio as u128) >> old.frac_bits) as u64;
             let map = CounterMap { offset: g_now.wrapping_sub(scaled).wrapping_add(counter_step as u64), ..old };
-            g.sim.set_map(map);
-            g.sim.follow(&self.host.host);
+            // One change, not set_map then follow: set_map with the source host's counter would
+            // move the guest's kernel clock by the two hosts' counter difference (their
+            // oscillators differ by tens of ppm over the decades since the counters' origin,
+            // about 25 h), which no real migration does.
+            g.sim.migrate_to(&self.host.host, map);
             g.relay.migrated_in(map);
         }
         self.event("migration");

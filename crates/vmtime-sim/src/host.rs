@@ -197,6 +197,21 @@ impl SimHost {
         }
     }
 
+    /// A live migration of this guest onto `host`, whose oscillator and counter differ, with the
+    /// new counter map `map` (KVM's offset on the destination): the guest's counter goes on from
+    /// where `map` puts it and its kernel clock follows the counter, as a TSC clocksource does
+    /// (a map that keeps the counter continuous keeps the kernel clock continuous too).
+    pub fn migrate_to(&mut self, host: &SimHost, map: vmtime_core::relay::CounterMap) {
+        self.rebase();
+        self.c0 = host.c0;
+        self.hz_q16 = host.hz_q16;
+        self.err_ppb = host.err_ppb;
+        self.map = Some(map);
+        if host.t > self.t {
+            self.advance(host.t - self.t);
+        }
+    }
+
     /// A guest's counter map changes (a migration to a host with another TSC offset, or a
     /// restore): its counter jumps accordingly; the kernel clock follows the counter.
     pub fn set_map(&mut self, map: vmtime_core::relay::CounterMap) {

@@ -198,7 +198,7 @@ fn a_source_beyond_the_kernels_rate_range_is_holdover() {
     assert_eq!(r.discipline.status().state, "holdover");
     let notices = r.discipline.take_notices();
     assert!(matches!(notices[..], [SyncNotice::RateOutOfRange { .. }]), "{notices:?}");
-    assert!(notices[0].to_string().contains("beyond the kernel's ±99800 ppm: holding over"), "{}", notices[0]);
+    assert!(notices[0].to_string().contains("beyond the kernel's ±100300 ppm: holding over"), "{}", notices[0]);
     for (_, a) in r.actions.iter().filter(|(at, _)| *at >= t) {
         if let SyncAction::SetFrequency { tick, freq } = a {
             assert!((9_000..=11_000).contains(tick) && freq.abs() <= 500 << 16, "{a:?}");
@@ -213,38 +213,93 @@ fn a_source_beyond_the_kernels_rate_range_is_holdover() {
 }
 
 #[test]
-fn a_huge_step_after_start_up_is_refused_but_allowed_at_start_up() {
-    const YEAR: i128 = 365 * 86_400 * NS;
-    // After start-up: the page jumps 3 years back with a new marker (hostile or broken host).
+fn a_jump_without_a_disruption_is_refused_and_with_one_is_stepped() {
+    const HOUR: i128 = 3600 * NS;
+    // After start-up, a hostile or broken page jumps 1 h with its markers unchanged: refused,
+    // one notice for the whole episode, the clock stays where it was.
     let mut r = guest(10, 0);
     r.run_for(30 * NS, NS, 10 * MS);
     let t = r.guest.now();
-    r.spec.host_error_ns = -3 * YEAR;
-    r.spec.marker += 1;
+    r.spec.host_error_ns = HOUR;
     r.notify();
     r.run_for(10 * NS, NS, 10 * MS);
     assert_eq!(steps(&r, t), 0, "refused");
     assert_eq!(r.discipline.status().state, "holdover");
     let notices = r.discipline.take_notices();
-    assert!(matches!(notices[..], [SyncNotice::StepRefused { .. }]), "{notices:?}");
-    assert!(notices[0].to_string().contains("more than the step limit of 31622400 s"), "{}", notices[0]);
+    assert!(matches!(notices[..], [SyncNotice::StepRefused { .. }]), "one notice per episode: {notices:?}");
+    let text = notices[0].to_string();
+    assert!(text.contains("+3600.000 s away from this clock, more than the step limit of 2 s"), "{text}");
+    assert!(text.contains("raise max_step_s and send SIGHUP"), "{text}");
     assert!(r.trace.last().unwrap().1.abs() < 1_000_000, "the clock stayed where it was");
-    // A step within the limit (a restore from a snapshot an hour old) is taken.
+    assert_ne!(r.guest.tx.status & vmtime_core::kernel::STA_UNSYNC, 0, "the kernel is told");
+    // The page comes back: recovered, no step.
+    r.spec.host_error_ns = 0;
+    r.run_for(3 * NS, NS, 10 * MS);
+    assert_eq!(r.discipline.status().state, "synchronised");
+    assert_eq!(r.discipline.take_notices(), vec![SyncNotice::Recovered]);
+    assert_eq!(steps(&r, t), 0);
+
+    // The same jump with a new disruption marker (a migration, a host step): stepped at once.
     let mut r = guest(11, 0);
     r.run_for(30 * NS, NS, 10 * MS);
     let t = r.guest.now();
-    r.guest.step(-3600 * NS);
+    r.spec.host_error_ns = HOUR;
     r.spec.marker += 1;
     r.notify();
     r.run_for(2 * NS, NS, 10 * MS);
     assert_eq!(steps(&r, t), 1);
-    assert!(r.trace.last().unwrap().1.abs() < 1_000);
+    assert!((r.trace.last().unwrap().1 - HOUR).abs() < 1_000, "follows the page");
+    assert!(r.discipline.take_notices().is_empty());
+
+    // A disruption seen while the page is UNRELIABLE (the host still settling) still allows
+    // the step at the first usable observation.
+    let mut r = guest(14, 0);
+    r.run_for(30 * NS, NS, 10 * MS);
+    let t = r.guest.now();
+    r.spec.status = status::UNRELIABLE;
+    r.spec.marker += 1;
+    r.notify();
+    r.run_for(3 * NS, NS, 10 * MS);
+    r.spec.host_error_ns = -HOUR;
+    r.spec.status = status::SYNCHRONIZED;
+    r.run_for(2 * NS, NS, 10 * MS);
+    assert_eq!(steps(&r, t), 1);
+    assert!((r.trace.last().unwrap().1 + HOUR).abs() < 1_000);
+
     // At start-up any step is taken: that is how a guest with a wrong clock is set.
+    const YEAR: i128 = 365 * 86_400 * NS;
     let mut r = guest(12, -3 * YEAR);
     let t = r.guest.now();
     r.run_for(5 * NS, NS, 10 * MS);
     assert!(steps(&r, t) >= 1);
     assert!(r.trace.last().unwrap().1.abs() < 1_000);
+}
+
+#[test]
+fn leaving_holdover_allows_what_the_kernel_may_have_drifted() {
+    // 10 minutes without a source: the kernel may have drifted 500 ppm × 600 s = 300 ms.
+    let cfg = SyncConfig { max_step_ns: 10 * MS as i64, ..SyncConfig::default() };
+    let run = |extra_ns: i128| {
+        let mut r = SyncRun::new(SimHost::new(15, T0, 2_500_000_000, 30_000, 37, 0), cfg.clone());
+        r.run_for(30 * NS, NS, 10 * MS);
+        r.source_up = false;
+        r.run_for(600 * NS, NS, 10 * MS);
+        let t = r.guest.now();
+        r.spec.host_error_ns = extra_ns;
+        r.source_up = true;
+        r.run_for(3 * NS, NS, 10 * MS);
+        (steps(&r, t), r.discipline.status().state, r.discipline.take_notices())
+    };
+    // 200 ms: within the drift allowed (plus the 10 ms limit), stepped (beyond makestep).
+    let (n, state, notices) = run(200 * MS);
+    assert_eq!((n, state), (1, "synchronised"), "{notices:?}");
+    // 1 s: more than any drift could explain: refused.
+    let (n, state, notices) = run(NS);
+    assert_eq!((n, state), (0, "holdover"));
+    assert!(
+        matches!(notices[..], [SyncNotice::StepRefused { limit_ns, .. }] if (300 * MS as i64..320 * MS as i64).contains(&limit_ns)),
+        "{notices:?}"
+    );
 }
 
 #[test]

@@ -41,6 +41,17 @@ pub fn gettime(clock: ClockId) -> io::Result<i128> {
     Ok(ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128)
 }
 
+/// A clock's resolution (`clock_getres`), ns: for CLOCK_MONOTONIC_COARSE, one tick.
+pub fn getres(clock: ClockId) -> io::Result<i128> {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec for the duration of the call.
+    let rc = unsafe { libc::clock_getres(clock.raw(), &mut ts) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128)
+}
+
 pub use vmtime_core::AbaSample;
 
 /// Takes one (clock, counter, clock) sample. The counter read is fenced (LFENCE+RDTSC, or

@@ -86,6 +86,18 @@ impl ClockBoundSegment {
             }
             e => io("lock", e),
         })?;
+        // The segment is mapped shared and written in place: a file someone else may write to
+        // could be truncated under the mapping (SIGBUS in the feed) or overwritten between two
+        // updates. Only a file of ours (or root's) that only its owner may write is reused.
+        let st = rfs::fstat(&fd).map_err(|e| io("inspect", e))?;
+        let me = rustix::process::geteuid().as_raw();
+        if st.st_mode & 0o022 != 0 || (st.st_uid != me && st.st_uid != 0) {
+            return Err(FileError::UnsafeDir {
+                path: disp(),
+                why: format!("the segment is owned by uid {} with mode {:o}", st.st_uid, st.st_mode & 0o7777),
+                fix: "remove it (the feed creates a new one) or make it yours with mode 0644".into(),
+            });
+        }
         let f = std::fs::File::from(fd);
         let mut b = Vec::new();
         std::io::Read::by_ref(&mut &f)
@@ -216,8 +228,12 @@ fn create(path: &Path) -> Result<(), FileError> {
 pub fn ensure_segment_dir(dir: &Path) -> Result<(), FileError> {
     use std::os::unix::fs::DirBuilderExt;
     let disp = || dir.display().to_string();
-    if let Err(e) = std::fs::DirBuilder::new().recursive(true).mode(0o755).create(dir) {
-        return Err(FileError::Io { op: "create the directory", path: disp(), err: e });
+    // Create only what is missing: a file, fifo or link already at the path is named below
+    // for what it is, not reported as "File exists".
+    if matches!(rfs::statat(CWD, dir, AtFlags::SYMLINK_NOFOLLOW), Err(rustix::io::Errno::NOENT)) {
+        if let Err(e) = std::fs::DirBuilder::new().recursive(true).mode(0o755).create(dir) {
+            return Err(FileError::Io { op: "create the directory", path: disp(), err: e });
+        }
     }
     let st = rfs::statat(CWD, dir, AtFlags::SYMLINK_NOFOLLOW).map_err(|e| FileError::Io {
         op: "inspect",
@@ -288,6 +304,42 @@ mod tests {
         assert!(matches!(ClockBoundSegment::open_or_create(&p), Err(FileError::Locked { .. })));
         ensure_segment_dir(&dir.join("a/b")).unwrap();
         assert!(matches!(ensure_segment_dir(&link), Err(FileError::Symlink { .. }) | Err(FileError::Io { .. })));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_segment_dir_that_is_not_a_directory_is_named_for_what_it_is() {
+        let dir = tempfile_dir();
+        let file = dir.join("file");
+        std::fs::write(&file, b"x").unwrap();
+        let e = ensure_segment_dir(&file).unwrap_err();
+        assert!(matches!(e, FileError::WrongKind { .. }), "{e}");
+        assert!(e.to_string().contains("a regular file"), "{e}");
+        let fifo = dir.join("fifo");
+        rfs::mkfifoat(CWD, &fifo, Mode::from_raw_mode(0o600)).unwrap();
+        let e = ensure_segment_dir(&fifo).unwrap_err();
+        assert!(e.to_string().contains("a fifo"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_segment_others_may_write_is_not_reused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile_dir();
+        let p = dir.join("shm0");
+        drop(ClockBoundSegment::open_or_create(&p).unwrap());
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let e = ClockBoundSegment::open_or_create(&p).unwrap_err();
+        assert!(matches!(e, FileError::UnsafeDir { .. }), "{e}");
+        assert!(e.to_string().contains("mode 666"), "{e}");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        if rustix::process::geteuid().is_root() {
+            rustix::fs::chown(&p, Some(rustix::process::Uid::from_raw(4242)), None).unwrap();
+            let e = ClockBoundSegment::open_or_create(&p).unwrap_err();
+            assert!(e.to_string().contains("owned by uid 4242"), "{e}");
+            rustix::fs::chown(&p, Some(rustix::process::Uid::ROOT), None).unwrap();
+        }
+        ClockBoundSegment::open_or_create(&p).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -109,6 +109,18 @@ pub fn runtime_dir() -> PathBuf {
     if uid == 0 {
         return PathBuf::from("/run/vmtime");
     }
+    // A systemd service with RuntimeDirectory=vmtime (User=vmtime) is handed its directory in
+    // $RUNTIME_DIRECTORY (the first of a colon-separated list): used when it is this user's and
+    // not writable by others.
+    if let Some(d) = std::env::var_os("RUNTIME_DIRECTORY")
+        .and_then(|v| v.to_str().and_then(|s| s.split(':').next()).filter(|s| !s.is_empty()).map(PathBuf::from))
+    {
+        let ours =
+            d.is_absolute() && rfs::stat(&d).is_ok_and(|s| s.st_uid == uid && s.st_mode & 0o022 == 0 && is_dir(&s));
+        if ours {
+            return d;
+        }
+    }
     if let Some(x) = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from) {
         let ours =
             x.is_absolute() && rfs::stat(&x).is_ok_and(|s| s.st_uid == uid && s.st_mode & 0o077 == 0 && is_dir(&s));

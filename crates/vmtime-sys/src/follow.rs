@@ -37,6 +37,16 @@ pub enum FollowError {
 enum Source {
     Device(Mapping),
     File(File),
+    /// A file on sysfs: a PCI memory BAR (`/sys/bus/pci/devices/…/resourceN`, e.g. an ivshmem
+    /// page in a guest) can only be mapped (`pread` fails with EIO), and the kernel fixes its size.
+    Sysfs(Mapping),
+}
+
+/// statfs f_type of sysfs (linux/magic.h).
+const SYSFS_MAGIC: u64 = 0x6265_6572;
+
+fn on_sysfs(f: &File) -> bool {
+    rustix::fs::fstatfs(f).is_ok_and(|s| s.f_type as u64 == SYSFS_MAGIC)
 }
 
 /// A page to read: a device mapped once, or a file read with `pread`.
@@ -53,13 +63,27 @@ impl std::fmt::Debug for PageReader {
 }
 
 impl PageReader {
-    /// Opens a page for reading (follows links: reading is harmless).
+    /// Opens a page for reading (follows links: reading is harmless). The open never waits: a
+    /// fifo put at the path (by mistake, or by whoever may replace the page file) is refused at
+    /// once rather than blocking until someone writes to it.
     pub fn open(path: &Path) -> Result<Self, FollowError> {
+        use std::os::unix::fs::OpenOptionsExt;
         let io_err = |err| FollowError::Io { path: path.display().to_string(), err };
-        let f = File::open(path).map_err(io_err)?;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(path)
+            .map_err(io_err)?;
         let m = f.metadata().map_err(io_err)?;
         let source = if m.file_type().is_char_device() {
-            Source::Device(Mapping::map(&f, false).map_err(io_err)?)
+            Source::Device(Mapping::map(&f, false).map_err(|e| {
+                io_err(io::Error::new(
+                    e.kind(),
+                    format!("a character device that cannot be mapped ({e}): not a vmclock device (give /dev/vmclock0 or a page file)"),
+                ))
+            })?)
+        } else if m.file_type().is_file() && on_sysfs(&f) {
+            Source::Sysfs(Mapping::map(&f, false).map_err(io_err)?)
         } else if m.file_type().is_file() {
             Source::File(f)
         } else {
@@ -89,7 +113,7 @@ impl PageReader {
     /// A consistent copy of the structure and how many bytes of the page exist.
     pub fn read_raw(&self) -> Result<(RawWords, usize), FollowError> {
         match &self.source {
-            Source::Device(m) => {
+            Source::Device(m) | Source::Sysfs(m) => {
                 let w = seqlock::read_raw(m, seqlock::DEFAULT_MAX_WAIT)
                     .map_err(|err| FollowError::Busy { path: self.name(), err })?;
                 Ok((w, PAGE_SIZE))
@@ -219,6 +243,47 @@ impl FollowedPage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fifo_is_refused_at_once_not_waited_on() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("fifo");
+        rustix::fs::mkfifoat(rustix::fs::CWD, &p, rustix::fs::Mode::from_raw_mode(0o600)).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let q = p.clone();
+        std::thread::spawn(move || tx.send(PageReader::open(&q).map(|_| ()).map_err(|e| e.to_string())));
+        // A hang detector, not a synchronisation: the open either returns or blocks forever.
+        let r = match rx.recv_timeout(std::time::Duration::from_secs(60)) {
+            Ok(r) => r,
+            Err(_) => {
+                // Unblock the opener (a writer arrives) so the process can end, then fail.
+                let _w = std::fs::OpenOptions::new().write(true).open(&p);
+                panic!("opening a fifo as a page blocked");
+            }
+        };
+        let e = r.unwrap_err();
+        assert!(e.contains("not a vmclock device or page file"), "{e}");
+    }
+
+    #[test]
+    fn a_device_that_is_not_vmclock_is_named() {
+        if !rustix::process::geteuid().is_root() {
+            return; // mknod needs root
+        }
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("null");
+        // /dev/null's numbers (1, 3), made here: it cannot be mapped.
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &p,
+            rustix::fs::FileType::CharacterDevice,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            rustix::fs::makedev(1, 3),
+        )
+        .unwrap();
+        let e = PageReader::open(&p).unwrap_err().to_string();
+        assert!(e.contains("not a vmclock device") && e.contains("/dev/vmclock0"), "{e}");
+    }
 
     #[test]
     fn a_truncated_file_is_an_error_not_a_signal() {

@@ -11,6 +11,7 @@ pub mod files;
 pub mod follow;
 pub mod pagefile;
 pub mod phc;
+pub mod procs;
 pub mod serve;
 pub mod signals;
 pub mod timex;

@@ -258,7 +258,7 @@ mod tests {
             .reference(
                 vmclock::counter::NATIVE,
                 vmclock::counter::read(),
-                Timestamp::<Tai>::from_parts((now / 1_000_000_000) as u64, 0),
+                Timestamp::<Tai>::from_nanos(now as u128),
                 Period::from_hz(2_000_000_000).unwrap(),
             )
             .status(vmclock::abi::status::SYNCHRONIZED)

@@ -394,7 +394,11 @@ impl Server {
         let expired = before - self.conns.len();
         if expired > 0 {
             self.stats.timed_out += expired as u64;
-            tracing::info!("{}: dropped {expired} request(s) not completed within {:?}", self.name, deadline);
+            tracing::info!(
+                "{}: dropped {expired} request(s) not completed within {} ms",
+                self.name,
+                deadline.as_millis()
+            );
         }
     }
 

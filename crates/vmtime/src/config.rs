@@ -186,7 +186,8 @@ pub struct SyncSettings {
     pub makestep_ns: MakestepNs,
     /// How many first updates may step.
     pub makestep_updates: MakestepUpdates,
-    /// After start-up, a step (a disruption) larger than this is refused: holdover.
+    /// Outside start-up, disruptions and the return from holdover, an offset larger than this is
+    /// refused: holdover.
     pub max_step_s: MaxStepS,
     /// Command run (by sh -c) when the VM generation changes.
     pub hook: Option<String>,
@@ -202,6 +203,9 @@ pub struct SyncSettings {
     pub log_level: LogLevel,
     /// Serve metrics here (default: [metrics] listen; none: off).
     pub metrics_listen: Option<SocketAddr>,
+    /// Start and keep running next to another time daemon (or the kernel's PLL) that may
+    /// discipline the clock: the check for one is off.
+    pub allow_other_daemon: bool,
 }
 
 impl Default for SyncSettings {
@@ -212,7 +216,7 @@ impl Default for SyncSettings {
             interval_ms: IntervalMs::new(1000).expect("in range"),
             makestep_ns: MakestepNs::new(1_000_000).expect("in range"),
             makestep_updates: MakestepUpdates::new(3).expect("in range"),
-            max_step_s: MaxStepS::new(31_622_400).expect("in range"),
+            max_step_s: MaxStepS::from_fine(2_000).expect("in range"),
             hook: None,
             socket: None,
             duration_s: None,
@@ -220,6 +224,7 @@ impl Default for SyncSettings {
             tai_offset: None,
             log_level: LogLevel::Info,
             metrics_listen: None,
+            allow_other_daemon: false,
         }
     }
 }
@@ -354,6 +359,104 @@ fn resolve<S: DeserializeOwned>(
     }
     check_metrics("--metrics-listen", *addr, &loaded.file.metrics)?;
     Ok(s)
+}
+
+/// What a SIGHUP reload changes: the keys whose value differs between the settings in force and
+/// the file re-read, split into those the daemon applies at once and those that need a restart.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reload {
+    /// Changed and applied now: "key = new value".
+    pub applied: Vec<String>,
+    /// Changed but kept until the daemon restarts: "key = new value (in force: old value)".
+    pub restart: Vec<String>,
+}
+
+fn toml_value(v: Option<&toml::Value>) -> String {
+    v.map_or_else(|| "unset".to_string(), |v| v.to_string())
+}
+
+/// Compares two settings key by key (as TOML, so every key counts, even one added later):
+/// `live` names the keys the daemon can apply without a restart.
+pub fn reload_diff(current: &impl Serialize, new: &impl Serialize, live: &[&str]) -> Result<Reload> {
+    let old = toml::Table::try_from(current).context("the settings cannot be written as TOML")?;
+    let new = toml::Table::try_from(new).context("the settings cannot be written as TOML")?;
+    let mut keys: Vec<&String> = old.keys().chain(new.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    let mut r = Reload::default();
+    for k in keys {
+        let (o, n) = (old.get(k), new.get(k));
+        if o == n {
+            continue;
+        }
+        if live.contains(&k.as_str()) {
+            r.applied.push(format!("{k} = {}", toml_value(n)));
+        } else {
+            r.restart.push(format!("{k} = {} (in force: {})", toml_value(n), toml_value(o)));
+        }
+    }
+    Ok(r)
+}
+
+impl Reload {
+    /// The log line, in words.
+    pub fn describe(&self, daemon: &str) -> String {
+        match (self.applied.is_empty(), self.restart.is_empty()) {
+            (true, true) => "SIGHUP: configuration re-read, unchanged".into(),
+            (false, true) => format!("SIGHUP: applied {}", self.applied.join(", ")),
+            (true, false) => format!(
+                "SIGHUP: nothing applied; these changes need a restart of vmtime {daemon}: {}",
+                self.restart.join(", ")
+            ),
+            (false, false) => format!(
+                "SIGHUP: applied {}; these changes need a restart of vmtime {daemon}: {}",
+                self.applied.join(", "),
+                self.restart.join(", ")
+            ),
+        }
+    }
+}
+
+/// A SIGHUP reload: the settings to keep in force (`current` with the `live` keys taken from
+/// `new`) and what changed. The result is checked once more as a whole.
+pub fn reload<S: Serialize + DeserializeOwned>(current: &S, new: &S, live: &[&str]) -> Result<(S, Reload)> {
+    let diff = reload_diff(current, new, live)?;
+    let mut merged = toml::Table::try_from(current).context("the settings cannot be written as TOML")?;
+    let new = toml::Table::try_from(new).context("the settings cannot be written as TOML")?;
+    for k in live {
+        match new.get(*k) {
+            Some(v) => merged.insert(k.to_string(), v.clone()),
+            None => merged.remove(*k),
+        };
+    }
+    let s = typed(toml::Value::Table(merged)).map_err(|m| anyhow!("{m}"))?;
+    Ok((s, diff))
+}
+
+/// A daemon's SIGHUP: `reread` is its settings read again (flags over the file over the
+/// defaults). The changed keys named in `live` are applied, the others named in one log line as
+/// needing a restart of `vmtime DAEMON`. Returns the settings now in force and the changes that
+/// await a restart; None when the file is bad (logged, the settings in force are kept).
+pub fn on_sighup<S: Serialize + DeserializeOwned>(
+    daemon: &str,
+    current: &S,
+    reread: Result<S>,
+    live: &[&str],
+) -> Option<(S, Vec<String>)> {
+    match reread.and_then(|new| reload(current, &new, live)) {
+        Ok((now, r)) => {
+            if r.restart.is_empty() {
+                tracing::info!("{}", r.describe(daemon));
+            } else {
+                tracing::warn!("{}", r.describe(daemon));
+            }
+            Some((now, r.restart))
+        }
+        Err(e) => {
+            tracing::warn!("SIGHUP: {e:#}; keeping the settings in force");
+            None
+        }
+    }
 }
 
 /// `vmtime host`'s settings (also its SIGHUP reload: an error keeps the old settings).
@@ -530,6 +633,27 @@ mod tests {
         let flags = Flags { metrics_listen: Some("10.0.0.1:9200".parse().unwrap()), ..Flags::default() };
         let e = format!("{:#}", host(Some(f.path()), &flags).unwrap_err());
         assert!(e.contains("--metrics-listen = \"10.0.0.1:9200\" is not a loopback address"), "{e}");
+    }
+
+    #[test]
+    fn reload_applies_live_keys_and_names_the_rest() {
+        let old = SyncSettings::default();
+        let mut new = old.clone();
+        new.max_step_s = MaxStepS::from_fine(500).unwrap();
+        new.source = Some("/elsewhere".into());
+        new.dry_run = true;
+        let (now, r) = reload(&old, &new, &["max_step_s", "log_level"]).unwrap();
+        assert_eq!(now.max_step_s.fine(), 500, "applied");
+        assert_eq!((now.source, now.dry_run), (None, false), "kept until a restart");
+        assert_eq!(r.applied, vec!["max_step_s = 0.5"]);
+        assert_eq!(r.restart, vec!["dry_run = true (in force: false)", "source = \"/elsewhere\" (in force: unset)"]);
+        assert_eq!(
+            r.describe("sync"),
+            "SIGHUP: applied max_step_s = 0.5; these changes need a restart of vmtime sync: dry_run = true (in force: false), source = \"/elsewhere\" (in force: unset)"
+        );
+        let (_, r) = reload(&old, &old, &["max_step_s"]).unwrap();
+        assert_eq!(r.describe("sync"), "SIGHUP: configuration re-read, unchanged");
+        assert!(on_sighup("sync", &old, Err(anyhow!("bad")), &[]).is_none(), "a bad file keeps the settings");
     }
 
     #[test]

@@ -130,6 +130,30 @@ impl Measurer {
     }
 }
 
+/// A page that cannot be read (truncated, replaced by junk) usually stays so for a while: its
+/// error is logged when it first appears or changes, not at every interval (at 10 ms, a hundred
+/// lines a second).
+#[derive(Default)]
+struct ReadErrors {
+    last: Option<String>,
+}
+
+impl ReadErrors {
+    /// The line to log for this error, if it is news.
+    fn fresh(&mut self, e: &anyhow::Error) -> Option<String> {
+        let line = format!("{e:#}");
+        (self.last.as_deref() != Some(line.as_str())).then(|| {
+            self.last = Some(line.clone());
+            line
+        })
+    }
+
+    /// The page was read again.
+    fn clear(&mut self) {
+        self.last = None;
+    }
+}
+
 /// Logs a line when the reason for holding changes.
 fn report(last: &mut Option<Option<Hold>>, now: Option<Hold>, what: &str) {
     if *last != Some(now) {
@@ -199,19 +223,24 @@ fn run_chrony(a: ChronyArgs) -> Result<ExitCode> {
     let sock = ChronySocket::new(&a.socket)?;
     let mut feed = ChronyFeed::new(interval.as_nanos() as i128);
     let mut pacer = Pacer::new(interval, a.common.duration_s.map(DurationS::get), "chrony")?;
-    eprintln!(
+    tracing::info!(
         "vmtime feed chrony: {} → {} every {} ms (chrony.conf: refclock SOCK {})",
         a.common.source.display(),
         a.socket.display(),
         a.common.interval_ms,
         a.socket.display()
     );
-    let (mut last, mut send_failing) = (None, false);
+    let (mut last, mut send_failing, mut errors) = (None, false, ReadErrors::default());
     loop {
         let action = match m.measure(a.common.burst.get() as usize) {
-            Ok((before, after, mono_ns)) => feed.handle(&Observation { before, after, samples: &m.samples, mono_ns }),
+            Ok((before, after, mono_ns)) => {
+                errors.clear();
+                feed.handle(&Observation { before, after, samples: &m.samples, mono_ns })
+            }
             Err(e) => {
-                tracing::warn!("{e:#}");
+                if let Some(line) = errors.fresh(&e) {
+                    tracing::warn!("{line}");
+                }
                 ChronyAction::Hold(Hold::NoTime)
             }
         };
@@ -269,23 +298,28 @@ fn run_clockbound(a: ClockBoundArgs) -> Result<ExitCode> {
         drift_margin_ppb: a.drift_margin_ppb.get(),
         disruption_support,
         holdoff_ns: 2 * interval.as_nanos() as i128,
+        coarse_tick_ns: vmtime_sys::clock::getres(ClockId::MonotonicCoarse)?.clamp(1, 1_000_000_000),
     };
     let mut feed = ClockBoundFeed::new(cfg);
     let mut pacer = Pacer::new(interval, a.common.duration_s.map(DurationS::get), "clockbound")?;
     let mut last = None;
+    let mut errors = ReadErrors::default();
     let mut first = true;
     loop {
         let as_of = gettime(ClockId::MonotonicCoarse)?;
         let eb = match m.measure(a.common.burst.get() as usize) {
             Ok((before, after, mono_ns)) => {
+                errors.clear();
                 feed.handle(&Observation { before, after, samples: &m.samples, mono_ns }, as_of)
             }
             Err(e) => {
-                tracing::warn!("{e:#}");
+                if let Some(line) = errors.fresh(&e) {
+                    tracing::warn!("{line}");
+                }
                 feed.last_hold = Some(Hold::NoTime);
                 ErrorBound {
-                    as_of_ns: as_of,
-                    void_after_ns: as_of + cfg.life_ns,
+                    as_of_ns: as_of - cfg.coarse_tick_ns,
+                    void_after_ns: as_of - cfg.coarse_tick_ns + cfg.life_ns,
                     bound_ns: 0,
                     disruption_marker: 0,
                     max_drift_ppb: 0,
@@ -296,7 +330,7 @@ fn run_clockbound(a: ClockBoundArgs) -> Result<ExitCode> {
         };
         seg.write(&eb.to_bytes());
         if first {
-            eprintln!(
+            tracing::info!(
                 "vmtime feed clockbound: {} → {} every {} ms (life {} ms, disruption support {})",
                 a.common.source.display(),
                 path.display(),

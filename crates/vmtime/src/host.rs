@@ -138,6 +138,8 @@ struct Daemon {
     kernel_page_failing: bool,
     /// SIGHUPs received (each one a reload request).
     reload_requests: u64,
+    /// Changes re-read on SIGHUP that wait for a restart ("key = new (in force: old)").
+    restart_needed: Vec<String>,
     /// The observation's samples (reused).
     samples: Vec<vmtime_core::AbaSample>,
     writer: Writer<WritableMapping>,
@@ -148,6 +150,8 @@ struct Daemon {
     started: Instant,
     clocksource: String,
     tai_note: String,
+    /// The figures offered to the metrics server.
+    m: crate::metrics::HostMetrics,
     /// The longest time between two turns of the publishing path (adjtimex poll, observation,
     /// page write): what a client could at most have delayed a page by.
     max_gap: Duration,
@@ -190,10 +194,11 @@ impl Daemon {
         if let Some(HostAction::Publish { page, reason, disrupted }) = action {
             let seq = self.writer.publish(&page);
             published = Some(seq);
+            self.m.published_page(self.writer.memory(), self.publisher.stats());
             let st = abi::status_name(page.clock_status);
             let stats = self.publisher.stats();
             if disrupted {
-                eprintln!(
+                tracing::warn!(
                     "page {seq}: {reason}, status {st}, new disruption marker {:#x}",
                     page.disruption_marker.get()
                 );
@@ -205,7 +210,7 @@ impl Daemon {
                         | vmtime_core::host::Reason::Rate
                 )
             {
-                eprintln!(
+                tracing::info!(
                     "page {seq}: {reason}, status {st}, kernel rate {:+.3} ppm, pairing ±{:.1} ns",
                     stats.kernel_rate_ppb / 1000.0,
                     stats.pairing_ns
@@ -220,6 +225,12 @@ impl Daemon {
         serde_json::json!({
             "role": "host",
             "reload_requests": self.reload_requests,
+            "restart_needed": self.restart_needed,
+            "tunables": {
+                "threshold_ns": self.publisher.config().threshold_ns,
+                "tolerance_ppb": self.publisher.config().tolerance_ppb,
+                "interval_ms": self.publisher.config().interval_ns / 1_000_000,
+            },
             "kernel_page_readable": self.kernel_page.as_ref().map(|_| !self.kernel_page_failing),
             "page": self.page.display().to_string(),
             "uptime_s": self.started.elapsed().as_secs_f64(),
@@ -288,8 +299,14 @@ fn open_page(path: &Path, placeholder: PageBuilder) -> Result<(PageFile, Writabl
     Ok((pf, m, prev))
 }
 
+/// What `vmtime host` applies on SIGHUP: the log level, the tunables of the publishing loop and
+/// the status line. The page and socket paths, the kernel page, the smearing hint and TAI − UTC
+/// (constants of the page) and the metrics address need a restart.
+const HOST_LIVE: &[&str] = &["log_level", "interval_ms", "poll_ms", "threshold_ns", "tolerance_ppm", "quiet"];
+
 pub fn run(args: Args) -> Result<ExitCode> {
-    let a = args.settings()?;
+    let mut a = args.settings()?;
+    crate::logging::set_level(a.log_level);
     let page_path = match a.page.clone() {
         Some(p) => {
             files::ensure_dir_for(&p)?;
@@ -372,26 +389,26 @@ pub fn run(args: Args) -> Result<ExitCode> {
             Err(_) => None,
         }
     };
-    eprintln!(
+    tracing::info!(
         "vmtime host: publishing {} ({})",
         page_path.display(),
         if resumed { "taking over the page found there" } else { "new page" }
     );
-    eprintln!(
-        "  counter {} via clocksource {clocksource}{}",
+    tracing::info!(
+        "counter {} via clocksource {clocksource}{}",
         abi::counter_name(vmclock::counter::NATIVE),
         if usable { "" } else { ": NOT usable, the page carries markers only" }
     );
-    eprintln!("  {tai_note}");
-    eprintln!(
-        "  kernel: {}, maxerror {} µs, freq {:+.3} ppm",
+    tracing::info!("{tai_note}");
+    tracing::info!(
+        "kernel: {}, maxerror {} µs, freq {:+.3} ppm",
         if kernel.synchronized() { "synchronised" } else { "not synchronised (FREERUNNING)" },
         kernel.maxerror_us,
         kernel.freq as f64 / 65536.0
     );
-    eprintln!("  {source_note}");
-    eprintln!("  control socket {} (vmtime status; vmtime watch)", socket_path.display());
-    eprintln!("  calibrating the counter against CLOCK_MONOTONIC_RAW …");
+    tracing::info!("{source_note}");
+    tracing::info!("control socket {} (vmtime status; vmtime watch)", socket_path.display());
+    tracing::info!("calibrating the counter against CLOCK_MONOTONIC_RAW …");
 
     let mut d = Daemon {
         page: page_path,
@@ -399,6 +416,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         kernel_page_failing: false,
         samples: Vec::with_capacity(64),
         reload_requests: 0,
+        restart_needed: Vec::new(),
         writer: Writer::new(mem),
         _page_file: page_file,
         publisher,
@@ -408,12 +426,17 @@ pub fn run(args: Args) -> Result<ExitCode> {
         started: Instant::now(),
         clocksource,
         tai_note,
+        m: Default::default(),
     };
+    let board = crate::metrics::Board::new(d.m.clone());
+    crate::metrics::start(a.metrics_listen, &board)?;
+    let mut supervisor = crate::service::Supervisor::new();
+    let mut gaps = crate::metrics::GapWindow::new(Instant::now());
     if !usable {
         d.publisher.handle_event(HostEvent::CounterChanged { usable: false });
     }
     let steps = StepDetector::new()?;
-    let poll_every = d.poll_every;
+    let mut poll_every = d.poll_every;
     let mut next_poll = Instant::now();
     let mut last_obs = Instant::now() - Duration::from_secs(3600);
     let mut last_line = Instant::now();
@@ -436,21 +459,28 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 break;
             }
             Some(SignalEvent::Reload) => {
-                // Re-read and re-check the configuration (the same flags on top). A bad file
-                // keeps the settings in force. The new settings take effect at the next start.
+                // Re-read and re-check the configuration (the same flags on top): the tunables
+                // are applied now, the rest named as needing a restart; a bad file keeps the
+                // settings in force.
                 d.reload_requests += 1;
-                match args.settings() {
-                    Ok(new) if new == a => tracing::info!("SIGHUP: configuration re-read, unchanged"),
-                    Ok(_) => tracing::info!(
-                        "SIGHUP: configuration re-read and valid; the changes take effect when vmtime host restarts"
-                    ),
-                    Err(e) => tracing::warn!("SIGHUP: {e:#}; keeping the settings in force"),
+                if let Some((now, restart)) = crate::config::on_sighup("host", &a, args.settings(), HOST_LIVE) {
+                    crate::logging::set_level(now.log_level);
+                    d.publisher.retune(
+                        now.threshold_ns.get(),
+                        now.tolerance_ppm.fine(),
+                        now.interval_ms.get() as i128 * 1_000_000,
+                    );
+                    d.poll_every = Duration::from_millis(now.poll_ms.get());
+                    poll_every = d.poll_every;
+                    next_poll = next_poll.min(Instant::now() + poll_every);
+                    d.restart_needed = restart;
+                    a = now;
                 }
             }
             None => {}
         }
         if poller.readable(t_step) && steps.stepped()? {
-            eprintln!("the kernel clock was set");
+            tracing::warn!("the kernel clock was set");
             d.publisher.handle_event(HostEvent::Stepped);
             next_poll = Instant::now();
         }
@@ -469,7 +499,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 let cs = event::current_clocksource().unwrap_or_default();
                 if cs != d.clocksource {
                     let usable = event::clocksource_uses_counter(&cs);
-                    eprintln!("clocksource changed: {} → {cs}", d.clocksource);
+                    tracing::warn!("clocksource changed: {} → {cs}", d.clocksource);
                     d.clocksource = cs;
                     d.publisher.handle_event(HostEvent::CounterChanged { usable });
                 }
@@ -488,7 +518,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         if !a.quiet && last_line.elapsed() >= Duration::from_secs(5) {
             last_line = Instant::now();
             let s = d.publisher.stats();
-            eprintln!(
+            tracing::info!(
                 "pages {}, last: {}, page − kernel {:+.1} ns, pairing ±{:.1} ns, baseline {:.0} s, subscribers {}",
                 s.published,
                 s.last_reason.map_or("none yet".to_string(), |r| r.to_string()),
@@ -498,10 +528,21 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 server.subscribers()
             );
         }
+        d.m.last_observation = Some(last_obs);
+        gaps.turn(Instant::now());
+        d.m.loop_gap_max = Some(gaps.max(Instant::now()));
+        d.m.subscribers = server.subscribers();
+        d.m.subscribers_dropped = server.stats().dropped_subscribers;
+        board.offer(&d.m);
+        if d.m.published > 0 {
+            supervisor.ready(&format!("publishing {}", d.page.display()));
+        }
+        supervisor.tick();
         if end.is_some_and(|e| Instant::now() >= e) {
             break;
         }
     }
+    supervisor.stopping();
     drop(server); // removes our socket (only if it is still ours)
     if d.publisher.stats().published == 0 {
         bail!("no page was published");

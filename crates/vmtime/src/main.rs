@@ -5,11 +5,16 @@ mod check;
 mod config;
 mod feed;
 mod gen;
+mod generate;
 mod host;
+mod logging;
+mod metrics;
 mod now;
 mod page;
 mod phc;
+mod qemu;
 mod relay;
+mod service;
 mod show;
 mod sim;
 mod status;
@@ -53,12 +58,17 @@ enum Command {
     Sync(sync::Args),
     /// Print each update of a page with the fields that changed.
     Watch(watch::Args),
+    /// Give a stock guest under an unmodified QEMU a vmclock device on a page file: SSDT + QEMU arguments.
+    Qemu(qemu::Args),
     /// Feed vmtime's page to chrony (SOCK refclock) or ClockBound's clients (shared memory).
     Feed(feed::Args),
     /// Ask a running vmtime daemon for its state (JSON over its control socket).
     Status(status::Args),
     /// The configuration file: check it, print the effective or the default configuration.
     Config(config::Args),
+    /// Write the man pages or shell completions (packaging).
+    #[command(hide = true)]
+    Generate(generate::Args),
 }
 
 /// The default page of a guest.
@@ -131,6 +141,8 @@ fn main() -> ExitCode {
     if !matches!(cli.command, Command::Host(_) | Command::Relay(_) | Command::Sync(_)) {
         vmtime_sys::sigpipe_default();
     }
+    // Log lines at info until a daemon has read its level (flag, then configuration).
+    logging::init(config::LogLevel::Info);
     let result: Result<ExitCode> = match cli.command {
         Command::Show(a) => show::run(a),
         Command::Check(a) => check::run(a),
@@ -143,8 +155,10 @@ fn main() -> ExitCode {
         Command::Sync(a) => sync::run(a),
         Command::Watch(a) => watch::run(a),
         Command::Status(a) => status::run(a),
+        Command::Qemu(a) => qemu::run(a),
         Command::Config(a) => config::run(a),
         Command::Feed(a) => feed::run(a),
+        Command::Generate(a) => generate::run(a),
     };
     match result {
         Ok(code) => code,

@@ -137,6 +137,10 @@ struct Relay {
     pending_notify: Option<u32>,
     /// SIGHUPs received (each one a reload request).
     reload_requests: u64,
+    /// Changes re-read on SIGHUP that wait for a restart ("key = new (in force: old)").
+    restart_needed: Vec<String>,
+    /// The figures offered to the metrics server.
+    m: crate::metrics::RelayMetrics,
 }
 
 impl Relay {
@@ -185,10 +189,13 @@ impl Relay {
         self.last_host_seq = Some(host.seq_count());
         self.relayed += 1;
         self.pending_notify = Some(seq);
+        let disrupted = before.disruption_marker != after.disruption_marker;
+        self.m.relayed_page(self.writer.memory(), self.relayed, self.last_latency_us, disrupted);
         if (before.disruption_marker, before.vm_generation) != (after.disruption_marker, after.vm_generation) {
-            eprintln!(
+            tracing::info!(
                 "guest page {seq}: disruption marker {:#x}, generation {}",
-                after.disruption_marker, after.vm_generation
+                after.disruption_marker,
+                after.vm_generation
             );
         }
         Ok(())
@@ -198,7 +205,7 @@ impl Relay {
     /// seq_count says nothing against the old file's).
     fn follow_host_file(&mut self) -> Result<()> {
         if self.host.refresh() {
-            eprintln!("the host page was replaced: following the new file");
+            tracing::info!("the host page was replaced: following the new file");
             self.relay(true, Instant::now())?;
         }
         Ok(())
@@ -210,6 +217,7 @@ impl Relay {
         serde_json::json!({
             "role": "relay",
             "reload_requests": self.reload_requests,
+            "restart_needed": self.restart_needed,
             "host_page": self.host.path().display().to_string(),
             "state": st,
             "relayed": self.relayed,
@@ -274,7 +282,8 @@ fn subscribe_host(host_page: &Path) -> Option<Subscription> {
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
-    let a = args.settings()?;
+    let mut a = args.settings()?;
+    crate::logging::set_level(a.log_level);
     let Some(guest_page) = a.guest_page.clone() else {
         bail!("no guest page: give --guest-page PATH (or [relay] guest_page in the configuration)");
     };
@@ -303,9 +312,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             // This relay has no way to notify the guest: NOTIFICATION_PRESENT stays clear.
             let mut r = GuestRelay::from_state(GuestState { notify: false, ..st });
             if st.map != map && !args.migrated {
-                eprintln!(
-                    "warning: the TSC map changed since the last run without --migrated: treating it as a migration"
-                );
+                tracing::warn!("the TSC map changed since the last run without --migrated: treating it as a migration");
                 r.migrated_in(map);
             }
             r
@@ -351,26 +358,31 @@ pub fn run(args: Args) -> Result<ExitCode> {
         holding: false,
         pending_notify: None,
         reload_requests: 0,
+        restart_needed: Vec::new(),
+        m: Default::default(),
     };
+    let board = crate::metrics::Board::new(r.m.clone());
+    crate::metrics::start(a.metrics_listen, &board)?;
+    let mut supervisor = crate::service::Supervisor::new();
     let st = *r.relay.state();
-    eprintln!("vmtime relay: {} → {}", host_path.display(), guest_page.display());
-    eprintln!("  map: guest = ((host · {}) >> {}) + {:#x}", st.map.ratio, st.map.frac_bits, st.map.offset);
-    eprintln!(
-        "  guest page: counter {}, time type {} (constant for the page's life)",
+    tracing::info!("vmtime relay: {} → {}", host_path.display(), guest_page.display());
+    tracing::info!("map: guest = ((host · {}) >> {}) + {:#x}", st.map.ratio, st.map.frac_bits, st.map.offset);
+    tracing::info!(
+        "guest page: counter {}, time type {} (constant for the page's life)",
         vmclock::abi::counter_name(counter_id),
         vmclock::abi::time_type_name(time_type)
     );
-    eprintln!(
-        "  disruption marker {:#x}, generation {}, state {}",
+    tracing::info!(
+        "disruption marker {:#x}, generation {}, state {}",
         st.disruption_marker,
         st.vm_generation,
         r.state_path.display()
     );
-    eprintln!("  control socket {} (status, subscribe, migrated, restored)", guest_socket.display());
+    tracing::info!("control socket {} (status, subscribe, migrated, restored)", guest_socket.display());
     r.relay(true, Instant::now())?;
 
     let mut host_sub = subscribe_host(&host_path);
-    eprintln!("  following the host by {}", if host_sub.is_some() { "notification" } else { "polling every 1 ms" });
+    tracing::info!("following the host by {}", if host_sub.is_some() { "notification" } else { "polling every 1 ms" });
     let end = a.duration_s.map(|s| Instant::now() + Duration::from_secs(s.get()));
     let mut last_file_check = Instant::now();
     let mut last_error = String::new();
@@ -391,15 +403,15 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 break;
             }
             Some(SignalEvent::Reload) => {
-                // Re-read and re-check the configuration (the same flags on top). A bad file
-                // keeps the settings in force. The new settings take effect at the next start.
+                // Re-read and re-check the configuration (the same flags on top): the log level
+                // is applied now; the pages, the state, the counter map (constants of the guest's
+                // page) and the metrics address need a restart, and are named. A bad file keeps
+                // the settings in force.
                 r.reload_requests += 1;
-                match args.settings() {
-                    Ok(new) if new == a => tracing::info!("SIGHUP: configuration re-read, unchanged"),
-                    Ok(_) => tracing::info!(
-                        "SIGHUP: configuration re-read and valid; the changes take effect when vmtime relay restarts"
-                    ),
-                    Err(e) => tracing::warn!("SIGHUP: {e:#}; keeping the settings in force"),
+                if let Some((now, restart)) = crate::config::on_sighup("relay", &a, args.settings(), &["log_level"]) {
+                    crate::logging::set_level(now.log_level);
+                    r.restart_needed = restart;
+                    a = now;
                 }
             }
             None => {}
@@ -434,10 +446,19 @@ pub fn run(args: Args) -> Result<ExitCode> {
             Err(_) => {}
             Ok(()) => last_error.clear(),
         }
+        r.m.holdover = r.holding;
+        r.m.subscribers = server.subscribers();
+        r.m.subscribers_dropped = server.stats().dropped_subscribers;
+        board.offer(&r.m);
+        if r.relayed > 0 {
+            supervisor.ready(&format!("relaying {} to {}", host_path.display(), guest_page.display()));
+        }
+        supervisor.tick();
         if end.is_some_and(|e| Instant::now() >= e) {
             break;
         }
     }
+    supervisor.stopping();
     drop(server); // removes our socket (only if it is still ours)
     Ok(ExitCode::SUCCESS)
 }

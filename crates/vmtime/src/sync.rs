@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use vmclock::abi::{self, flags};
+use vmtime_core::rival::{ClockWatch, Interference};
 use vmtime_core::sync::{
     gives_time, sample_under_page, Discipline, MarkerWatch, NotifyCheck, SyncAction, SyncConfig, SyncObservation,
     Wakeup,
@@ -44,11 +45,13 @@ pub struct Args {
     /// (chrony's makestep).
     #[arg(long)]
     makestep_ns: Option<MakestepNs>,
-    /// How many first updates may step (disruptions step too, up to --max-step-s).
+    /// How many first updates may step, by any amount (a changed disruption marker or VM
+    /// generation allows that too).
     #[arg(long)]
     makestep_updates: Option<MakestepUpdates>,
-    /// After start-up, a step larger than this (a disruption, or a source gone wrong) is refused
-    /// and the clock holds over, s.
+    /// Outside start-up, a marker change and the return from holdover, an offset larger than
+    /// this (a page gone wrong or hostile) is refused and the clock holds over, s (steps of
+    /// 0.001; default 2: a missed leap second is still corrected). Applied live on SIGHUP.
     #[arg(long)]
     max_step_s: Option<MaxStepS>,
     /// Command run (by sh -c) when the VM generation changes: reseed entropy, reset connections.
@@ -74,6 +77,10 @@ pub struct Args {
     /// Serve Prometheus metrics on this loopback address (default: [metrics] listen; off).
     #[arg(long)]
     metrics_listen: Option<std::net::SocketAddr>,
+    /// Start even while another time daemon (chronyd, ntpd, systemd-timesyncd, …) runs or the
+    /// kernel's PLL is on, and keep running when another process changes the clock's state.
+    #[arg(long)]
+    allow_other_daemon: bool,
 }
 
 impl Args {
@@ -84,15 +91,34 @@ impl Args {
     }
 }
 
-/// SIGHUP: re-reads and re-checks the configuration; a bad file keeps the settings in force.
-/// The new settings take effect at the next start.
-fn reload(args: &Args, current: &SyncSettings) {
-    match args.settings() {
-        Ok(new) if new == *current => tracing::info!("SIGHUP: configuration re-read, unchanged"),
-        Ok(_) => {
-            tracing::info!("SIGHUP: configuration re-read and valid; the changes take effect when vmtime sync restarts")
-        }
-        Err(e) => tracing::warn!("SIGHUP: {e:#}; keeping the settings in force"),
+/// What `vmtime sync` applies on SIGHUP following a vmclock page: the log level, the step policy
+/// and its limits, the interval and the hook. The source, the socket, `dry_run` (never switched
+/// to changing the clock behind the operator's back), the run time, the PHC's timescale and
+/// TAI offset and the metrics address need a restart.
+const LIVE: &[&str] = &["log_level", "interval_ms", "makestep_ns", "makestep_updates", "max_step_s", "hook"];
+/// On a PHC source (or markers only) only the log level is applied live.
+const LIVE_PHC: &[&str] = &["log_level"];
+
+/// SIGHUP: re-reads and re-checks the configuration. The keys in `live` that changed are
+/// applied (the returned settings are those now in force, with the list of changes still
+/// needing a restart); the others are named in the log line as needing a restart. A bad file
+/// keeps the settings in force (None).
+fn reload(args: &Args, current: &SyncSettings, live: &[&str]) -> Option<(SyncSettings, Vec<String>)> {
+    let got = crate::config::on_sighup("sync", current, args.settings(), live);
+    if let Some((now, _)) = &got {
+        crate::logging::set_level(now.log_level);
+    }
+    got
+}
+
+/// The discipline's settings from `vmtime sync`'s.
+fn discipline_config(a: &SyncSettings) -> SyncConfig {
+    SyncConfig {
+        step_threshold_ns: a.makestep_ns.get() as i64,
+        step_updates: a.makestep_updates.get(),
+        interval_ns: a.interval_ms.get() as i128 * 1_000_000,
+        max_step_ns: (a.max_step_s.fine() as i64).saturating_mul(1_000_000),
+        ..SyncConfig::default()
     }
 }
 
@@ -155,19 +181,24 @@ fn run_phc(
         tracing::warn!("{}: --phc-timescale ignored: {by} shows the PHC keeps {scale}", dev.display());
     }
     let mut servo = PhcServo::new(PhcServoConfig { timescale, ..PhcServoConfig::default() });
-    eprintln!(
+    tracing::info!(
         "vmtime sync: {} ({clock_name}, {scale} by {by}) → CLOCK_REALTIME{}",
         dev.display(),
         if a.dry_run { " (dry run: nothing is changed)" } else { "" }
     );
     if let Some(m) = &markers {
-        eprintln!("  {} carries markers only: watching them for the hook and for steps", m.path().display());
+        tracing::info!("{} carries markers only: watching them for the hook and for steps", m.path().display());
     }
     let interval = Duration::from_millis(a.interval_ms.get());
     let end = a.duration_s.map(|d| Instant::now() + Duration::from_secs(d.get()));
     let mut signals = Signals::install()?;
     let mut poller = Poller::new();
     let mut watch = MarkerWatch::default();
+    let mut rival = (!a.allow_other_daemon).then(ClockWatch::new);
+    let mut fig = crate::metrics::SyncMetrics { dry_run: a.dry_run, state: Some("starting"), ..Default::default() };
+    let board = crate::metrics::Board::new(fig.clone());
+    crate::metrics::start(a.metrics_listen, &board)?;
+    let mut supervisor = crate::service::Supervisor::new();
     let mut printed = String::new();
     let mut say = |act: &SyncAction, offset: f64, how: &str| {
         let line = format!("dry run: would {} (offset {offset:+.1} ns{how})", describe(act));
@@ -178,6 +209,11 @@ fn run_phc(
     };
     while end.is_none_or(|e| Instant::now() < e) {
         let tx = vmtime_sys::read_timex()?;
+        if let Some(w) = &mut rival {
+            if let Err(i) = w.check(&tx) {
+                return stopped_by(Interfered(i).into());
+            }
+        }
         if let Some(m) = &markers {
             if let Ok(p) = m.read() {
                 let c = watch.observe(&p);
@@ -195,6 +231,7 @@ fn run_phc(
         let actions = match read_best(&mut d, 25) {
             Ok((m, _)) => {
                 let acts = servo.handle_measurement(&m, tx.tick, tx.freq, interval.as_secs_f64());
+                fig.phc_measured(servo.last_offset_ns);
                 if a.dry_run {
                     for act in &acts {
                         let how = match m.method {
@@ -214,12 +251,21 @@ fn run_phc(
             }
         };
         for act in actions {
+            fig.phc_action(&act);
             if a.dry_run {
                 say(&act, servo.last_offset_ns, "");
             } else {
                 vmtime_sys::timex::apply(&act).with_context(|| format!("cannot {}", describe(&act)))?;
+                if let Some(w) = &mut rival {
+                    w.applied(&act);
+                }
             }
         }
+        board.offer(&fig);
+        if fig.updates > 0 {
+            supervisor.ready(&format!("following {}", dev.display()));
+        }
+        supervisor.tick();
         // The wait between measurements is also where signals arrive.
         poller.clear();
         signals.register(&mut poller);
@@ -229,25 +275,33 @@ fn run_phc(
                 tracing::info!("{name}: stopping (the clock is left as it is)");
                 break;
             }
-            Some(SignalEvent::Reload) => reload(args, a),
+            Some(SignalEvent::Reload) => {
+                let _ = reload(args, a, LIVE_PHC);
+            }
             None => {}
         }
     }
+    supervisor.stopping();
     Ok(ExitCode::SUCCESS)
 }
 
 /// A page with markers only and no PHC on this machine: no time source. The markers are still
 /// watched and the hook run; the clock is left alone.
-fn run_markers_only(a: &SyncSettings, mut page: crate::page::FollowedPage, socket: PathBuf) -> Result<ExitCode> {
+fn run_markers_only(
+    a: &SyncSettings,
+    args: &Args,
+    mut page: crate::page::FollowedPage,
+    socket: PathBuf,
+) -> Result<ExitCode> {
     let mut server = Server::bind_unix(&socket, 0o600, None, serve::Limits::default())?;
     let mut signals = Signals::install()?;
     let interval = Duration::from_millis(a.interval_ms.get());
-    eprintln!(
+    tracing::info!(
         "vmtime sync: {} carries markers only and this machine has no PHC: no time source; watching its disruption_marker and vm_generation_counter{}",
         page.path().display(),
         if a.hook.is_some() { " for the hook" } else { "" }
     );
-    eprintln!("  control socket {}", socket.display());
+    tracing::info!("control socket {}", socket.display());
     let end = a.duration_s.map(|d| Instant::now() + Duration::from_secs(d.get()));
     let mut watch = MarkerWatch::default();
     let mut hooks = 0u64;
@@ -278,9 +332,15 @@ fn run_markers_only(a: &SyncSettings, mut page: crate::page::FollowedPage, socke
         signals.register(&mut poller);
         server.register(&mut poller);
         poller.wait(wake.map(|w| w.saturating_duration_since(Instant::now())))?;
-        if let Some(SignalEvent::Terminate(name)) = signals.take(&poller) {
-            tracing::info!("{name}: stopping (the socket is removed)");
-            break;
+        match signals.take(&poller) {
+            Some(SignalEvent::Terminate(name)) => {
+                tracing::info!("{name}: stopping (the socket is removed)");
+                break;
+            }
+            Some(SignalEvent::Reload) => {
+                let _ = reload(args, a, LIVE_PHC);
+            }
+            None => {}
         }
         let status = serde_json::json!({
             "role": "sync",
@@ -370,8 +430,14 @@ struct Sync {
     printed: std::collections::HashMap<std::mem::Discriminant<SyncAction>, String>,
     /// SIGHUPs received (each one a reload request).
     reload_requests: u64,
+    /// Changes re-read on SIGHUP that wait for a restart ("key = new (in force: old)").
+    restart_needed: Vec<String>,
     /// Observations redone because the page changed while their samples were taken.
     redone: u64,
+    /// The figures offered to the metrics server.
+    m: crate::metrics::SyncMetrics,
+    /// Changes to the kernel's NTP state that this daemon did not make.
+    rival: Option<ClockWatch>,
 }
 
 impl Sync {
@@ -391,12 +457,17 @@ impl Sync {
             }
             match a {
                 SyncAction::RunHook => run_hook(&self.hook, false),
-                a => vmtime_sys::timex::apply(&a).with_context(|| {
-                    format!("cannot {} (vmtime sync needs CAP_SYS_TIME; use --dry-run to watch)", describe(&a))
-                })?,
+                a => {
+                    vmtime_sys::timex::apply(&a).with_context(|| {
+                        format!("cannot {} (vmtime sync needs CAP_SYS_TIME; use --dry-run to watch)", describe(&a))
+                    })?;
+                    if let Some(w) = &mut self.rival {
+                        w.applied(&a);
+                    }
+                }
             }
             if matches!(a, SyncAction::Step { .. }) {
-                eprintln!("{}", describe(&a));
+                tracing::info!("{}", describe(&a));
             }
         }
         Ok(())
@@ -416,6 +487,9 @@ impl Sync {
     fn observe(&mut self) -> Result<()> {
         self.page.refresh();
         let kernel = vmtime_sys::read_timex()?;
+        if let Some(w) = &mut self.rival {
+            w.check(&kernel).map_err(Interfered)?;
+        }
         // A page that cannot be read (a truncated file, a stuck writer) is a lost source:
         // holdover, never a crash. The samples are paired with the page that was current while
         // they were taken: if the seq_count moved meanwhile, the observation is taken again.
@@ -440,11 +514,12 @@ impl Sync {
             Ok(_) | Err(_) => {
                 let a = self.discipline.handle_source_lost(&kernel);
                 self.log_notices();
+                self.m.discipline(self.discipline.status(), false);
                 return self.apply(a);
             }
         };
         if self.last_marker.is_some_and(|m| m != page.disruption_marker()) {
-            eprintln!(
+            tracing::warn!(
                 "disruption marker changed: {:#x} → {:#x}",
                 self.last_marker.unwrap_or(0),
                 page.disruption_marker()
@@ -454,6 +529,7 @@ impl Sync {
         crate::page::warn_legacy_tai(self.page.path(), &page);
         let a = self.discipline.handle_observation(&SyncObservation { page, raw, samples: &samples, kernel });
         self.log_notices();
+        self.m.discipline(self.discipline.status(), true);
         self.apply(a)
     }
 
@@ -462,6 +538,8 @@ impl Sync {
         serde_json::json!({
             "role": "sync",
             "reload_requests": self.reload_requests,
+            "restart_needed": self.restart_needed,
+            "step_policy": self.discipline.config(),
             "source": self.page.path().display().to_string(),
             "dry_run": self.dry_run,
             "discipline": self.discipline.status(),
@@ -474,8 +552,62 @@ impl Sync {
     }
 }
 
+/// Another process changed the kernel's NTP state.
+#[derive(Debug)]
+struct Interfered(Interference);
+
+impl std::fmt::Display for Interfered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: vmtime sync stops so that two daemons do not fight over the clock; stop the other one, or \
+             run vmtime sync with --allow-other-daemon",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for Interfered {}
+
+/// Exit status when another daemon is in the way (the unit does not restart on it).
+pub const EXIT_OTHER_DAEMON: u8 = 3;
+
+/// Ends the daemon: with [`EXIT_OTHER_DAEMON`] for interference, else the error.
+fn stopped_by(e: anyhow::Error) -> Result<ExitCode> {
+    match e.downcast_ref::<Interfered>() {
+        Some(i) => {
+            tracing::error!("{i}");
+            Ok(ExitCode::from(EXIT_OTHER_DAEMON))
+        }
+        None => Err(e),
+    }
+}
+
+/// Refuses to start next to another time daemon (a dry run only warns: it changes nothing).
+fn check_rivals(a: &SyncSettings) -> Result<Option<ExitCode>> {
+    if a.allow_other_daemon {
+        return Ok(None);
+    }
+    let procs = vmtime_sys::procs::list().context("cannot list the processes in /proc")?;
+    match vmtime_core::rival::may_start(&procs, &vmtime_sys::read_timex()?) {
+        Ok(()) => Ok(None),
+        Err(r) if a.dry_run => {
+            tracing::warn!("{r} (dry run: going on, nothing is changed)");
+            Ok(None)
+        }
+        Err(r) => {
+            tracing::error!("vmtime sync does not start: {r}");
+            Ok(Some(ExitCode::from(EXIT_OTHER_DAEMON)))
+        }
+    }
+}
+
 pub fn run(args: Args) -> Result<ExitCode> {
-    let a = args.settings()?;
+    let mut a = args.settings()?;
+    crate::logging::set_level(a.log_level);
+    if let Some(code) = check_rivals(&a)? {
+        return Ok(code);
+    }
     // --source auto: a vmclock device first, then a pure PHC; or the path given.
     let source = match a.source.clone().or_else(find_device) {
         Some(s) => s,
@@ -506,7 +638,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         // there is one, the markers from the page either way.
         return match find_phc() {
             Some(info) => run_phc(&a, &args, info, Some(page)),
-            None => run_markers_only(&a, page, socket),
+            None => run_markers_only(&a, &args, page, socket),
         };
     }
     // Notification: the device's poll() (read() acknowledges), or a publisher's socket.
@@ -516,13 +648,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let mut sub = if is_device { None } else { subscribe() };
     let mut server = Server::bind_unix(&socket, 0o600, None, serve::Limits::default())?;
     let mut signals = Signals::install()?;
-    let cfg = SyncConfig {
-        step_threshold_ns: a.makestep_ns.get() as i64,
-        step_updates: a.makestep_updates.get(),
-        interval_ns: a.interval_ms.get() as i128 * 1_000_000,
-        max_step_ns: (a.max_step_s.get() as i64).saturating_mul(1_000_000_000),
-        ..SyncConfig::default()
-    };
+    let cfg = discipline_config(&a);
     let mut s = Sync {
         page,
         notes: DeviceNotes { device, check: NotifyCheck::default(), acked: None },
@@ -533,22 +659,28 @@ pub fn run(args: Args) -> Result<ExitCode> {
         last_marker: None,
         printed: Default::default(),
         reload_requests: 0,
+        restart_needed: Vec::new(),
         redone: 0,
+        m: crate::metrics::SyncMetrics { dry_run: a.dry_run, ..Default::default() },
+        rival: (!a.allow_other_daemon).then(ClockWatch::new),
     };
-    eprintln!(
+    let board = crate::metrics::Board::new(s.m.clone());
+    crate::metrics::start(a.metrics_listen, &board)?;
+    let mut supervisor = crate::service::Supervisor::new();
+    tracing::info!(
         "vmtime sync: {} → CLOCK_REALTIME{}",
         source.display(),
         if a.dry_run { " (dry run: nothing is changed)" } else { "" }
     );
-    eprintln!(
-        "  source: {} {}, status {}, marker {:#x}",
+    tracing::info!(
+        "source: {} {}, status {}, marker {:#x}",
         abi::time_type_name(first.time_type()),
         first.tai_minus_utc().map_or("without a TAI offset".to_string(), |o| format!("with TAI − UTC = {o} s")),
         first.clock_status().map_or("absent", abi::status_name),
         first.disruption_marker()
     );
-    eprintln!(
-        "  woken by {}",
+    tracing::info!(
+        "woken by {}",
         if s.notes.device.is_some() {
             "the device's notifications"
         } else if sub.is_some() {
@@ -557,7 +689,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             "polling"
         }
     );
-    eprintln!("  control socket {}", socket.display());
+    tracing::info!("control socket {}", socket.display());
 
     let end = a.duration_s.map(|d| Instant::now() + Duration::from_secs(d.get()));
     let mut next_obs = Instant::now();
@@ -590,7 +722,13 @@ pub fn run(args: Args) -> Result<ExitCode> {
             }
             Some(SignalEvent::Reload) => {
                 s.reload_requests += 1;
-                reload(&args, &a);
+                if let Some((now, restart)) = reload(&args, &a, LIVE) {
+                    s.discipline.reconfigure(discipline_config(&now));
+                    s.hook = now.hook.clone();
+                    s.restart_needed = restart;
+                    a = now;
+                    next_obs = next_obs.min(Instant::now() + Duration::from_millis(a.interval_ms.get()));
+                }
             }
             None => {}
         }
@@ -605,7 +743,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
             }
         }
         if notified || Instant::now() >= next_obs {
-            s.observe()?;
+            if let Err(e) = s.observe() {
+                return stopped_by(e);
+            }
             next_obs = Instant::now() + Duration::from_nanos(s.discipline.poll_interval_ns() as u64);
         }
         let a2 = s.discipline.handle_tick(vmtime_sys::gettime(ClockId::MonotonicRaw)?);
@@ -618,10 +758,16 @@ pub fn run(args: Args) -> Result<ExitCode> {
             last_resubscribe = Instant::now();
             sub = subscribe();
         }
+        board.offer(&s.m);
+        if s.m.updates > 0 {
+            supervisor.ready(&format!("following {}", s.page.path().display()));
+        }
+        supervisor.tick();
         if end.is_some_and(|e| Instant::now() >= e) {
             break;
         }
     }
+    supervisor.stopping();
     drop(server); // removes our socket (only if it is still ours)
     Ok(ExitCode::SUCCESS)
 }

@@ -343,12 +343,12 @@ int_value!(
     MakestepUpdates: u32, 0, 1_000, "updates"
 );
 int_value!(
-    /// The largest step taken after start-up (a disruption), s: up to 100 years.
-    MaxStepS: u64, 1, 3_155_760_000, "s"
-);
-int_value!(
     /// Fraction bits of KVM's TSC scaling ratio (Intel 48, AMD 32).
     FracBits: u8, 1, 63, "bits"
+);
+int_value!(
+    /// A PCI slot on the root bus (function 0).
+    PciSlot: u8, 1, 31, "slot"
 );
 int_value!(
     /// Number of (clock, counter, clock) samples.
@@ -403,6 +403,11 @@ int_value!(
 fixed_value!(
     /// A rate tolerance, ppm, kept exactly in ppb: from 0.001 ppm to 10 % (100 000 ppm).
     TolerancePpm, 1, 100_000_000, 1000u64, "ppm"
+);
+fixed_value!(
+    /// The largest offset acted on outside start-up, disruptions and the return from holdover,
+    /// s, kept exactly in ms: from 1 ms to 100 years.
+    MaxStepS, 1, 3_155_760_000_000, 1000u64, "s"
 );
 
 float_value!(
@@ -499,6 +504,7 @@ pub fn read_small_text(path: &std::path::Path) -> std::io::Result<String> {
 /// starting with '-' (so -5 is a number, not a flag), and the hostile-input test finds them here.
 pub const NUMERIC: &[Numeric] = &[
     IntervalMs::NUMERIC,
+    PciSlot::NUMERIC,
     PollMs::NUMERIC,
     ThresholdNs::NUMERIC,
     ToleranceNs::NUMERIC,

@@ -18,6 +18,16 @@ pub fn json(args: &[&str]) -> serde_json::Value {
 /// A daemon started by the test; killed (by its pid) when dropped.
 pub struct Daemon(Child);
 
+impl Daemon {
+    /// Owns a child started by the test.
+    pub fn from_child(c: Child) -> Self {
+        Daemon(c)
+    }
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.0.kill();
