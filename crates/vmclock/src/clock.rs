@@ -37,8 +37,6 @@ pub struct Now {
     pub raw: u128,
     /// Maximum error, 2^-64 s (`None`: the page does not bound it).
     pub maxerror: Option<u128>,
-    /// Estimated error, 2^-64 s.
-    pub esterror: Option<u128>,
     /// The counter value the time was computed for (read inside the seqlock with the page).
     pub counter: u64,
     /// `clock_status` (UNKNOWN when absent).
@@ -51,11 +49,26 @@ pub struct Now {
     /// The leap second the page's `leap_indicator` announces, placed in time ([`LeapEdge`]);
     /// [`Now::utc`] applies it.
     pub leap: Option<LeapEdge>,
+    /// The estimated error's terms, turned into a bound only when asked ([`Now::esterror`]):
+    /// an application that reads earliest and latest does not pay for it.
+    esterror_model: ErrorModel,
+    /// C − C1 (two's complement of the wrapped difference), for [`Now::esterror`].
+    delta: i64,
+    /// The period's shift, for [`Now::esterror`].
+    shift: u8,
 }
 
 impl Now {
+    #[inline(always)]
     fn bounded<S: Timescale>(&self) -> Bounded<S> {
-        Bounded { time: Timestamp::from_raw(self.raw), maxerror: self.maxerror, esterror: self.esterror }
+        Bounded { time: Timestamp::from_raw(self.raw), maxerror: self.maxerror, esterror: self.esterror() }
+    }
+
+    /// Estimated error, 2^-64 s (`None`: the page does not give it), computed from the terms
+    /// read with the time (exactly what [`Snapshot::time_at`] gives for the same counter).
+    #[inline]
+    pub fn esterror(&self) -> Option<u128> {
+        self.esterror_model.at(self.delta, self.shift)
     }
 
     /// The time and its bounds, in the page's timescale.
@@ -137,14 +150,14 @@ impl<M: PageMemory> Clock<M> {
     /// Earliest, latest and best time now: the counter is read inside the seqlock, so the time
     /// always comes from the page that was current when the counter was read. No system call
     /// unless the writer is busy for a while.
-    #[inline]
+    #[inline(always)]
     pub fn now(&self) -> Result<Now, ClockError> {
         self.now_with_counter(crate::counter::read)
     }
 
     /// [`Clock::now`] with another counter read (tests, simulations). `read_counter` runs inside
     /// the seqlock, after the copy, and again on every retry.
-    #[inline]
+    #[inline(always)]
     pub fn now_with_counter(&self, mut read_counter: impl FnMut() -> u64) -> Result<Now, ClockError> {
         let words = self.mem.words();
         let Some(words) = words.get(..FIRST + COUNT) else {
@@ -262,12 +275,14 @@ fn compute(w: &[u32; COUNT], absent: u64, counter: u64) -> Result<Now, TimeError
         time_type,
         raw: r.raw_time_at(counter)?,
         maxerror: r.maxerror_at(counter),
-        esterror: r.esterror_at(counter),
         counter,
         status: (u32::from_le(w[0x20 / 4 - FIRST]) >> 16) as u8,
         disruption_marker: u64_of(w, 0x10),
         tai_minus_utc,
         leap,
+        esterror_model: r.esterror,
+        delta: r.delta(counter),
+        shift,
     })
 }
 
@@ -299,12 +314,14 @@ pub fn now_at(snap: &Snapshot, counter: u64) -> Result<Now, TimeError> {
         time_type: r.time_type,
         raw: r.raw_time_at(counter)?,
         maxerror: r.maxerror_at(counter),
-        esterror: r.esterror_at(counter),
         counter,
         status: snap.clock_status().unwrap_or(abi::status::UNKNOWN),
         disruption_marker: snap.disruption_marker(),
         tai_minus_utc,
         leap: snap.leap_indicator().and_then(|l| LeapEdge::of(r.time_type, r.time, tai_minus_utc, l)),
+        esterror_model: r.esterror,
+        delta: r.delta(counter),
+        shift: r.shift,
     })
 }
 

@@ -428,6 +428,25 @@ pub struct ErrorModel {
     pub rate: Option<u64>,
 }
 
+impl ErrorModel {
+    /// The bound `delta` counter ticks from the reference, in 2^-64 s, rounded up (never
+    /// narrower than the spec's formula): the time term plus |ΔC| times the rate (2^-(64 +
+    /// `shift`) s per tick). `None` without the time term, and away from the reference without
+    /// the rate term.
+    #[inline]
+    pub fn at(self, delta: i64, shift: u8) -> Option<u128> {
+        let time = nanos_to_frac_ceil(self.time_ns?);
+        let delta = delta.unsigned_abs() as u128;
+        if delta == 0 {
+            return Some(time);
+        }
+        let x = self.rate? as u128 * delta; // < 2^128
+                                            // ceil(x / 2^shift) = floor((x − 1) / 2^shift) + 1 for x ≥ 1.
+        let rate = if x == 0 { 0 } else { ((x - 1) >> shift) + 1 };
+        Some(time.saturating_add(rate))
+    }
+}
+
 /// The counter-to-time relation of a page: T(C) = T1 + P·(C − C1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Reference {
@@ -481,15 +500,7 @@ impl Reference {
 
     #[inline]
     fn bound(&self, model: ErrorModel, counter: u64) -> Option<u128> {
-        let time = nanos_to_frac_ceil(model.time_ns?);
-        let delta = self.delta(counter).unsigned_abs() as u128;
-        if delta == 0 {
-            return Some(time);
-        }
-        let x = model.rate? as u128 * delta; // < 2^128
-                                             // ceil(x / 2^shift) = floor((x − 1) / 2^shift) + 1 for x ≥ 1.
-        let rate = if x == 0 { 0 } else { ((x - 1) >> self.shift) + 1 };
-        Some(time.saturating_add(rate))
+        model.at(self.delta(counter), self.shift)
     }
 
     /// The maximum error at `counter` in 2^-64 s (rounded up), or `None` if the page does not

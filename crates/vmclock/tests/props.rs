@@ -126,3 +126,114 @@ proptest! {
         prop_assert!(err.magnitude() <= big(den).magnitude());
     }
 }
+
+/// A whole page from random fields: either timescale, any period and shift, both bounds with
+/// their flags on or off, any stored TAI offset (driver, legacy or unset), any leap indicator.
+#[allow(clippy::too_many_arguments)]
+fn full_page(
+    utc: bool,
+    sec: u64,
+    frac: u64,
+    cv: u64,
+    period: u64,
+    shift: u8,
+    bounds: [u64; 4],
+    valid: u8,
+    tai_raw: i16,
+    leap: u8,
+) -> vmclock::VmclockAbi {
+    let b = PageBuilder::new();
+    let b = if utc {
+        b.reference(
+            vmclock::counter::NATIVE,
+            cv,
+            Timestamp::<vmclock::Utc>::from_parts(sec, frac),
+            Period { frac: period, shift },
+        )
+    } else {
+        b.reference(
+            vmclock::counter::NATIVE,
+            cv,
+            Timestamp::<Tai>::from_parts(sec, frac),
+            Period { frac: period, shift },
+        )
+    };
+    b.maxerror(bounds[0], bounds[1])
+        .esterror(bounds[2], bounds[3])
+        .flag(flags::TIME_MAXERROR_VALID, valid & 1 != 0)
+        .flag(flags::PERIOD_MAXERROR_VALID, valid & 2 != 0)
+        .flag(flags::TIME_ESTERROR_VALID, valid & 4 != 0)
+        .flag(flags::PERIOD_ESTERROR_VALID, valid & 8 != 0)
+        .tai_offset_raw(tai_raw)
+        .flag(flags::TAI_OFFSET_VALID, valid & 16 != 0)
+        .leap(leap)
+        .status(abi::status::SYNCHRONIZED)
+        .build()
+}
+
+/// Counters that stress the math: the reference itself, its neighbours, the wrap, the ends.
+fn counter_strategy() -> impl Strategy<Value = (u8, u64, i64)> {
+    (0u8..6, any::<u64>(), any::<i64>())
+}
+
+fn pick_counter(cv: u64, (kind, any, d): (u8, u64, i64)) -> u64 {
+    match kind {
+        0 => cv,
+        1 => cv.wrapping_add((d % 3) as u64),
+        2 => cv.wrapping_add((d % 100_000_000_000_000) as u64),
+        3 => [0, u64::MAX, 1 << 63, (1 << 63) - 1][(any % 4) as usize],
+        4 => cv.wrapping_add(1 << 63),
+        _ => any,
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 8192, ..ProptestConfig::default() })]
+
+    /// The application's read ([`vmclock::Clock::now`]'s fast path over the page's words, with
+    /// the estimated error computed on demand) gives exactly what the validated snapshot's exact
+    /// path gives for the same counter: time, both bounds, TAI and UTC (leap applied), or the
+    /// same error.
+    #[test]
+    fn clock_now_equals_the_snapshot_path(
+        utc in any::<bool>(),
+        sec in prop_oneof![1_700_000_000u64..1_900_000_000, any::<u64>()],
+        frac in any::<u64>(),
+        cv in any::<u64>(),
+        period in prop_oneof![any::<u64>(), Just(u64::MAX), Just(0u64)],
+        shift in prop_oneof![0u8..128, Just(63u8), Just(64u8), Just(127u8)],
+        bounds in prop_oneof![
+            proptest::array::uniform4(any::<u64>()),
+            proptest::array::uniform4(0u64..1_000_000),
+            Just([u64::MAX; 4]),
+        ],
+        valid in any::<u8>(),
+        tai_raw in prop_oneof![Just(-37i16), Just(37i16), any::<i16>()],
+        leap in 0u8..6,
+        counter in counter_strategy(),
+    ) {
+        let abi = full_page(utc, sec, frac, cv, period, shift, bounds, valid, tai_raw, leap);
+        let c = pick_counter(cv, counter);
+        let snap = Snapshot::new(abi, 4096).unwrap();
+        let buf = vmclock::PageBuf::new();
+        vmclock::Writer::new(&buf).publish(&abi);
+        let clock = vmclock::Clock::new(&buf);
+        match (clock.now_with_counter(|| c), snap.time_at(c)) {
+            (Ok(n), Ok(t)) => {
+                prop_assert_eq!(n.counter, c);
+                prop_assert_eq!(n.raw, t.raw());
+                prop_assert_eq!(n.maxerror, t.maxerror());
+                prop_assert_eq!(n.esterror(), t.esterror());
+                prop_assert_eq!(n.time(), t);
+                prop_assert_eq!(n.tai(), snap.tai_at(c));
+                prop_assert_eq!(n.utc(), snap.utc_at(c));
+                prop_assert_eq!(n.tai_minus_utc, snap.tai_minus_utc());
+                prop_assert_eq!(n.leap, snap.leap_edge());
+                // And the snapshot entry point agrees with both.
+                prop_assert_eq!(vmclock::now_at(&snap, c).unwrap(), n);
+            }
+            (Err(vmclock::ClockError::Time(a)), Err(b)) => prop_assert_eq!(a, b),
+            (got, want) => prop_assert!(false, "now {:?}, snapshot {:?}", got, want),
+        }
+    }
+}

@@ -1,7 +1,7 @@
 //! Seqlock stress: one writer publishes at full speed pages whose fields are all functions of
 //! one value; several readers must never see a mix. Bounded by the writer's count, not by time.
 #![cfg(not(loom))]
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use vmclock::abi::{self, flags};
 use vmclock::seqlock::{self, PageMemory};
@@ -40,10 +40,15 @@ fn readers_never_see_a_mix() {
     let mut writer = Writer::new(&buf);
     writer.publish(&page_for(0));
     let done = AtomicBool::new(false);
-    let (total, busy_total) = std::thread::scope(|scope| {
+    // Each reader's count of consistent reads so far: the writer keeps publishing until every
+    // reader has checked some reads while it writes (on a loaded machine a reader thread may not
+    // run at all during the first WRITES pages).
+    let seen: [AtomicU64; READERS] = std::array::from_fn(|_| AtomicU64::new(0));
+    const MIN_READS: u64 = 100;
+    let (total, busy_total, writes) = std::thread::scope(|scope| {
         let readers: Vec<_> = (0..READERS)
-            .map(|_| {
-                let (done, buf) = (&done, &buf);
+            .map(|i| {
+                let (done, buf, seen) = (&done, &buf, &seen[i]);
                 scope.spawn(move || {
                     let (mut checked, mut busy, mut last) = (0u64, 0u64, 0u64);
                     while !done.load(Ordering::Relaxed) {
@@ -55,6 +60,7 @@ fn readers_never_see_a_mix() {
                                 assert!(v >= last, "went back from {last} to {v}");
                                 last = v;
                                 checked += 1;
+                                seen.store(checked, Ordering::Relaxed);
                             }
                             None => busy += 1,
                         }
@@ -63,17 +69,20 @@ fn readers_never_see_a_mix() {
                 })
             })
             .collect();
-        for v in 1..=WRITES {
+        let mut v = 0;
+        while v < WRITES || seen.iter().any(|s| s.load(Ordering::Relaxed) < MIN_READS) {
+            v += 1;
             let seq = writer.publish(&page_for(v));
             assert_eq!(seq % 2, 0);
         }
         done.store(true, Ordering::Relaxed);
-        readers.into_iter().map(|r| r.join().unwrap()).fold((0, 0), |(a, b), (c, d)| (a + c, b + d))
+        let (t, b) = readers.into_iter().map(|r| r.join().unwrap()).fold((0, 0), |(a, b), (c, d)| (a + c, b + d));
+        (t, b, v)
     });
-    eprintln!("seqlock stress: {WRITES} writes, {total} consistent reads checked, {busy_total} busy attempts retried");
-    assert!(total > 0);
+    eprintln!("seqlock stress: {writes} writes, {total} consistent reads checked, {busy_total} busy attempts retried");
+    assert!(total >= READERS as u64 * MIN_READS);
     let final_snap = seqlock::read(&buf, seqlock::DEFAULT_MAX_WAIT).unwrap();
-    assert_eq!(final_snap.counter_value(), Some(WRITES));
+    assert_eq!(final_snap.counter_value(), Some(writes));
 }
 
 #[test]
