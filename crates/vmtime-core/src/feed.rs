@@ -474,9 +474,20 @@ pub mod clockbound {
                 self.last_hold = Some(Hold::NoTime);
                 return eb;
             };
-            // |true − REALTIME| ≤ page maxerror + |page − REALTIME| + half-width of the pairing.
-            let bound = frac_to_ns_ceil(maxerror) + frac_to_ns_ceil(p.offset().unsigned_abs() + p.half as u128) + 1;
+            // |true − REALTIME| ≤ page maxerror + |page − REALTIME| + half-width of the pairing
+            // + the burst's span × the drift: the pairing intersects the burst's windows moved
+            // along the page's period, which assumes CLOCK_REALTIME runs at the page's rate
+            // across the burst (a preempted burst spans milliseconds; ppm × ms is nanoseconds).
             let drift = rate as u128 + self.rate_ppb.unwrap_or(0) as u128 + self.cfg.drift_margin_ppb as u128;
+            let span =
+                match (obs.samples.iter().map(|s| s.before_ns).min(), obs.samples.iter().map(|s| s.after_ns).max()) {
+                    (Some(a), Some(b)) if b > a => (b - a) as u128,
+                    _ => 0,
+                };
+            let bound = frac_to_ns_ceil(maxerror)
+                + frac_to_ns_ceil(p.offset().unsigned_abs() + p.half as u128)
+                + (span.saturating_mul(drift)).div_ceil(1_000_000_000)
+                + 1;
             if bound > i64::MAX as u128 / 2 || drift >= MAX_DRIFT_PPB as u128 {
                 self.last_hold = Some(Hold::NoTime);
                 return eb;
