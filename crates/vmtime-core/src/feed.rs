@@ -416,6 +416,13 @@ pub mod clockbound {
         }
     }
 
+    /// Added to every bound, ns. Under heavy load the honesty test against a live, recalibrating
+    /// host page (crates/vmtime/tests/clockbound.rs, ignored: see docs/INTEROP.md, "Open defect")
+    /// found the segment a few ns short in about one run in six, beyond every term above; the
+    /// cause is not yet found, and once it was short even with this margin. 1 µs is small beside
+    /// any real page's maxerror (µs to ms).
+    pub const SAFETY_MARGIN_NS: u128 = 1_000;
+
     /// The ClockBound feed: one segment per update.
     #[derive(Clone, Debug)]
     pub struct ClockBoundFeed {
@@ -487,7 +494,7 @@ pub mod clockbound {
             let bound = frac_to_ns_ceil(maxerror)
                 + frac_to_ns_ceil(p.offset().unsigned_abs() + p.half as u128)
                 + (span.saturating_mul(drift)).div_ceil(1_000_000_000)
-                + 1;
+                + SAFETY_MARGIN_NS;
             if bound > i64::MAX as u128 / 2 || drift >= MAX_DRIFT_PPB as u128 {
                 self.last_hold = Some(Hold::NoTime);
                 return eb;
@@ -678,8 +685,8 @@ mod tests {
         // Page 40 µs ahead of REALTIME, maxerror 1 µs: the bound covers both and the window.
         let eb = f.handle(&obs(page(1, 7, status::SYNCHRONIZED, 40_000, 0), &s, 0), 100);
         assert_eq!(eb.status, CbStatus::Synchronized);
-        assert!(eb.bound_ns >= 41_000, "bound {}", eb.bound_ns);
-        assert!(eb.bound_ns <= 41_030, "bound {} is not tight", eb.bound_ns);
+        assert!(eb.bound_ns >= 41_000 + SAFETY_MARGIN_NS as i64, "bound {}", eb.bound_ns);
+        assert!(eb.bound_ns <= 41_030 + SAFETY_MARGIN_NS as i64, "bound {} is not tight", eb.bound_ns);
         let tick = ClockBoundConfig::default().coarse_tick_ns;
         assert_eq!(eb.as_of_ns, 100 - tick);
         assert_eq!(eb.void_after_ns, 100 - tick + 5 * NS);
