@@ -393,14 +393,16 @@ impl LeapEdge {
             _ => return None,
         };
         let (y, m, _) = crate::time::civil_from_days(u1.div_euclid(86_400));
-        let this_month = crate::time::days_from_civil(y, m, 1) * 86_400;
-        let next_month =
-            if m == 12 { crate::time::days_from_civil(y + 1, 1, 1) } else { crate::time::days_from_civil(y, m + 1, 1) }
-                * 86_400;
+        // Checked: a hostile page's reference may lie at the end of i64's seconds (found by the
+        // fuzzer); there is no edge to place there.
+        let this_month = crate::time::days_from_civil(y, m, 1).checked_mul(86_400)?;
+        let next_days =
+            if m == 12 { crate::time::days_from_civil(y + 1, 1, 1) } else { crate::time::days_from_civil(y, m + 1, 1) };
+        let next_month = next_days.checked_mul(86_400)?;
         let (at, before, step) = match leap_indicator {
             abi::leap::PRE_POS => (next_month, false, 1),
-            abi::leap::PRE_NEG => (next_month - 1, false, -1),
-            abi::leap::POST_POS => (this_month - 1, true, -1),
+            abi::leap::PRE_NEG => (next_month.checked_sub(1)?, false, -1),
+            abi::leap::POST_POS => (this_month.checked_sub(1)?, true, -1),
             abi::leap::POST_NEG => (this_month, true, 1),
             _ => return None,
         };

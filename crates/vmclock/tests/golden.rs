@@ -384,3 +384,21 @@ fn leap_after_the_reference() {
         assert_eq!(s.leap_edge(), None);
     }
 }
+
+/// Found by the fuzzer: a page whose reference lies at the far end of i64's seconds, with a leap
+/// announced, made the leap edge's seconds overflow (a panic in a debug build). No edge exists
+/// there; the reads answer without panicking.
+#[test]
+fn a_leap_edge_beyond_the_calendar_is_no_panic() {
+    let data: [u8; 96] = [
+        255, 255, 0, 0, 0, 0, 0, 0, 86, 67, 76, 75, 247, 255, 255, 137, 1, 0, 0, 0, 12, 255, 75, 86, 67, 75, 247, 255,
+        255, 19, 19, 19, 19, 19, 0, 0, 0, 243, 255, 63, 75, 86, 67, 75, 247, 255, 255, 19, 19, 19, 19, 19, 19, 19, 75,
+        247, 255, 255, 19, 19, 19, 19, 19, 19, 19, 19, 19, 19, 255, 255, 143, 0, 0, 0, 0, 0, 0, 0, 255, 255, 255, 255,
+        255, 255, 255, 255, 255, 127, 255, 255, 255, 19, 19, 67, 76, 75,
+    ];
+    let counter = u64::from_le_bytes(data[..8].try_into().unwrap());
+    let s = Snapshot::from_bytes(&data[8..]).expect("the fuzzer's page validates");
+    assert!(s.reference().is_ok(), "the page has a usable reference, so the leap edge is computed");
+    let _ = s.utc_at(counter).map(|b| (b.earliest(), b.latest()));
+    let _ = s.tai_at(counter).map(|b| (b.earliest(), b.latest()));
+}
