@@ -2,7 +2,7 @@
 //! layout and values, silence while the page is unreliable, and after a disruption until the
 //! new page is current. (scripts/test-interop-chrony runs the real chronyd.)
 mod common;
-use common::{start, vmtime};
+use common::start;
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::time::Duration;
@@ -12,21 +12,9 @@ const AHEAD_NS: i128 = 200_000;
 
 /// A page of this machine's clock moved 200 µs ahead, with `extra` gen options.
 fn gen_page(dir: &Path, page: &Path, extra: &[&str]) {
-    let base = dir.join("base");
-    let out = vmtime(&["gen", base.to_str().unwrap(), "--tai-offset", "37", "--calibrate-ms", "300"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let v = common::show(&base);
-    let f = &v["fields"];
-    let time_ns = f["time_sec"].as_u64().unwrap() as i128 * 1_000_000_000
-        + ((f["time_frac_sec"].as_u64().unwrap() as u128 * 1_000_000_000) >> 64) as i128;
-    let counter = f["counter_value"].as_u64().unwrap().to_string();
-    let time = (time_ns + AHEAD_NS).to_string();
-    let hz = (v["frequency_hz"].as_f64().unwrap().round() as u64).to_string();
-    let mut args = vec!["gen", page.to_str().unwrap(), "--tai-offset", "37", "--counter", &counter];
-    args.extend(["--time-ns", &time, "--counter-hz", &hz, "--maxerror-ns", "50000"]);
-    args.extend(extra);
-    let out = vmtime(&args);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut args = common::gen_ahead_args(dir, page, AHEAD_NS);
+    args.extend(["--maxerror-ns", "50000"].iter().chain(extra).map(|a| a.to_string()));
+    common::vmtime_ok(&args);
 }
 
 struct Sample {

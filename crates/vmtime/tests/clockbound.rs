@@ -2,7 +2,7 @@
 //! from a temporary directory.
 mod common;
 use clock_bound_client::{ClockBoundClient, ClockStatus};
-use common::{start, vmtime};
+use common::start;
 use std::path::Path;
 use std::time::{Duration, Instant};
 use vmtime_sys::clock::{gettime, ClockId};
@@ -18,34 +18,20 @@ fn gen_page(dir: &Path, page: &Path, marker: u64) {
 
 /// The same with the page's clock_status.
 fn gen_page_with(dir: &Path, page: &Path, marker: u64, status: &str) {
-    let base = dir.join("base");
-    let out = vmtime(&["gen", base.to_str().unwrap(), "--tai-offset", "37", "--calibrate-ms", "300"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let v = common::show(&base);
-    let f = &v["fields"];
-    let time_ns = f["time_sec"].as_u64().unwrap() as i128 * 1_000_000_000
-        + ((f["time_frac_sec"].as_u64().unwrap() as u128 * 1_000_000_000) >> 64) as i128;
-    let out = vmtime(&[
-        "gen",
-        page.to_str().unwrap(),
-        "--tai-offset",
-        "37",
-        "--counter",
-        &f["counter_value"].as_u64().unwrap().to_string(),
-        "--time-ns",
-        &(time_ns + AHEAD_NS).to_string(),
-        "--counter-hz",
-        &(v["frequency_hz"].as_f64().unwrap().round() as u64).to_string(),
+    let mut args = common::gen_ahead_args(dir, page, AHEAD_NS);
+    let (maxerror, marker) = (MAXERROR_NS.to_string(), marker.to_string());
+    let extra = [
         "--maxerror-ns",
-        &MAXERROR_NS.to_string(),
+        &maxerror,
         "--period-maxerror-ppb",
         "1000",
         "--disruption-marker",
-        &marker.to_string(),
+        &marker,
         "--status",
         status,
-    ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    ];
+    args.extend(extra.map(String::from));
+    common::vmtime_ok(&args);
     // A published page has been updated at least once. clock-bound-client 2.0.3 caches its
     // copy of the vmclock page by seq_count from 0, so a page still at seq_count 0 would read as
     // marker 0: give the page seq_count 2 (replaced atomically, as a publisher does).

@@ -89,3 +89,36 @@ pub fn wait_calibrated(page: &Path) -> serde_json::Value {
     }
     panic!("no calibrated page after 50 updates");
 }
+
+/// Runs `vmtime` with owned arguments and asserts that it succeeded.
+pub fn vmtime_ok(args: &[String]) {
+    let out = vmtime(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Writes a page of this machine's clock at `dir/base` (`vmtime gen`, calibrated over 300 ms)
+/// and returns the `vmtime gen` arguments for a page at `page` on the same counter relation moved
+/// `ahead_ns` ahead (TAI − UTC 37), for a test to add its own options to.
+pub fn gen_ahead_args(dir: &Path, page: &Path, ahead_ns: i128) -> Vec<String> {
+    let base = dir.join("base");
+    let out = vmtime(&["gen", base.to_str().unwrap(), "--tai-offset", "37", "--calibrate-ms", "300"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v = show(&base);
+    let f = &v["fields"];
+    let time_ns = f["time_sec"].as_u64().unwrap() as i128 * 1_000_000_000
+        + ((f["time_frac_sec"].as_u64().unwrap() as u128 * 1_000_000_000) >> 64) as i128;
+    [
+        "gen",
+        page.to_str().unwrap(),
+        "--tai-offset",
+        "37",
+        "--counter",
+        &f["counter_value"].as_u64().unwrap().to_string(),
+        "--time-ns",
+        &(time_ns + ahead_ns).to_string(),
+        "--counter-hz",
+        &(v["frequency_hz"].as_f64().unwrap().round() as u64).to_string(),
+    ]
+    .map(String::from)
+    .to_vec()
+}
