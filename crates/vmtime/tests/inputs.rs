@@ -1,5 +1,6 @@
 //! Hostile numbers and configuration files against the real binary: exit status 2, one line on
 //! stderr naming the flag or key and the allowed range, never a panic (issue 12, class 7).
+mod common;
 use std::process::{Command, Output};
 
 fn vmtime(args: &[&str]) -> Output {
@@ -153,18 +154,15 @@ fn check_is_a_health_probe_for_a_fresh_host() {
     let dir = tempfile::tempdir().unwrap();
     let page = dir.path().join("p");
     let socket = dir.path().join("s");
-    let mut host = Command::new(env!("CARGO_BIN_EXE_vmtime"))
-        .args(["host", "--page", page.to_str().unwrap(), "--socket", socket.to_str().unwrap()])
-        .args(["--no-vmclock-host", "--quiet", "--duration-s", "20"])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    for _ in 0..200 {
-        if page.exists() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    // Ready once its control socket listens; the page is written before that.
+    let (host, _) = common::start(
+        &["host", "--page", page.to_str().unwrap(), "--socket", socket.to_str().unwrap()]
+            .into_iter()
+            .chain(["--no-vmclock-host", "--quiet", "--duration-s", "20"])
+            .collect::<Vec<_>>(),
+        "control socket",
+    );
+    assert!(page.exists(), "the page exists once the daemon listens");
     let mut codes = Vec::new();
     for _ in 0..60 {
         let out = vmtime(&["check", page.to_str().unwrap()]);
@@ -181,8 +179,7 @@ fn check_is_a_health_probe_for_a_fresh_host() {
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    let _ = host.kill();
-    let _ = host.wait();
+    drop(host);
     assert!(codes.iter().filter(|&&c| c == 0).count() >= 5, "never calibrated: {codes:?}");
     // Once PASS, it stays PASS.
     let first = codes.iter().position(|&c| c == 0).unwrap();
