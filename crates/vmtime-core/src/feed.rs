@@ -160,6 +160,14 @@ impl PageGate {
     }
 }
 
+impl PageGate {
+    /// A new hold-off (the feed's interval changed on SIGHUP); a pending disruption keeps the
+    /// time it was first seen.
+    pub fn set_holdoff_ns(&mut self, holdoff_ns: i128) {
+        self.holdoff_ns = holdoff_ns;
+    }
+}
+
 /// 64.64 seconds → ns, rounded up (for bounds).
 fn frac_to_ns_ceil(x: u128) -> u128 {
     vmclock::snapshot::frac_to_nanos_ceil(x)
@@ -263,6 +271,12 @@ pub mod chrony {
         /// a disruption is taken as current).
         pub fn new(interval_ns: i128) -> Self {
             ChronyFeed { gate: PageGate::new(2 * interval_ns), sent: 0, held: 0, last_hold: None, last_offset_ns: None }
+        }
+
+        /// A new send interval (SIGHUP): the hold-off after a disruption follows it (two
+        /// intervals).
+        pub fn set_interval_ns(&mut self, interval_ns: i128) {
+            self.gate.set_holdoff_ns(2 * interval_ns);
         }
 
         /// One send slot.
@@ -413,6 +427,20 @@ pub mod clockbound {
                 holdoff_ns: 2 * NS,
                 coarse_tick_ns: 4_000_000,
             }
+        }
+    }
+
+    impl ClockBoundFeed {
+        /// New settings (SIGHUP: the interval, the life, the drift margin); the next segment
+        /// carries them. The measured rate and a pending disruption are kept.
+        pub fn set_config(&mut self, cfg: ClockBoundConfig) {
+            self.cfg = cfg;
+            self.gate.set_holdoff_ns(cfg.holdoff_ns);
+        }
+
+        /// The settings in force.
+        pub fn config(&self) -> ClockBoundConfig {
+            self.cfg
         }
     }
 

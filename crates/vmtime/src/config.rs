@@ -1,6 +1,7 @@
 //! The configuration file (default /etc/vmtime/vmtime.toml) and each daemon's resolved settings.
 //!
-//! One TOML file with the sections `[host]`, `[relay]`, `[sync]` and `[metrics]`. Each daemon
+//! One TOML file with the sections `[host]`, `[relay]`, `[sync]`, `[feed.chrony]`,
+//! `[feed.clockbound]` and `[metrics]`. Each daemon
 //! section has one key per command-line option of its daemon, with the same name (`--interval-ms`
 //! is `interval_ms`) and the same validated type (crate::values), so a flag and its key cannot
 //! disagree on what is allowed. Unknown keys and sections are refused (`deny_unknown_fields`).
@@ -229,6 +230,126 @@ impl Default for SyncSettings {
     }
 }
 
+/// Whether ClockBound clients compare the segment's marker with /dev/vmclock0's
+/// (`--disruption-support`, `disruption_support`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DisruptionSupport {
+    /// On when the source is /dev/vmclock0 (the device the clients compare markers with).
+    #[default]
+    Auto,
+    /// Always on.
+    On,
+    /// Always off.
+    Off,
+}
+
+/// `[feed.chrony]`: `vmtime feed chrony`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FeedChronySettings {
+    /// The page: a vmclock device or page file.
+    pub source: PathBuf,
+    /// chronyd's SOCK refclock socket (chronyd creates it).
+    pub socket: PathBuf,
+    /// Interval between samples.
+    pub interval_ms: FeedIntervalMs,
+    /// (CLOCK_REALTIME, counter, CLOCK_REALTIME) samples per measurement.
+    pub burst: Burst,
+    /// Exit after this long (tests).
+    pub duration_s: Option<DurationS>,
+    /// Log level.
+    pub log_level: LogLevel,
+    /// Serve metrics here (default: [metrics] listen; none: off).
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+/// The socket of `refclock SOCK` in docs/OPERATIONS.md's chrony.conf line (the `/run/chrony.NAME.sock`
+/// form of chrony's own example).
+pub const DEFAULT_CHRONY_SOCKET: &str = "/run/chrony.vmclock0.sock";
+
+impl Default for FeedChronySettings {
+    fn default() -> Self {
+        FeedChronySettings {
+            source: PathBuf::from(crate::DEFAULT_GUEST_PAGE),
+            socket: PathBuf::from(DEFAULT_CHRONY_SOCKET),
+            interval_ms: FeedIntervalMs::new(1000).expect("in range"),
+            burst: Burst::new(16).expect("in range"),
+            duration_s: None,
+            log_level: LogLevel::Info,
+            metrics_listen: None,
+        }
+    }
+}
+
+/// `[feed.clockbound]`: `vmtime feed clockbound`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FeedClockBoundSettings {
+    /// The page: a vmclock device or page file.
+    pub source: PathBuf,
+    /// The directory of the segment (`shm0` in it).
+    pub dir: PathBuf,
+    /// Interval between updates.
+    pub interval_ms: FeedIntervalMs,
+    /// (CLOCK_REALTIME, counter, CLOCK_REALTIME) samples per measurement.
+    pub burst: Burst,
+    /// How long the segment stays valid without an update (at least two intervals).
+    pub life_ms: LifeMs,
+    /// Drift allowed to CLOCK_REALTIME beyond the rate measured.
+    pub drift_margin_ppb: DriftPpb,
+    /// Whether clients compare the segment's marker with /dev/vmclock0's.
+    pub disruption_support: DisruptionSupport,
+    /// Exit after this long (tests).
+    pub duration_s: Option<DurationS>,
+    /// Log level.
+    pub log_level: LogLevel,
+    /// Serve metrics here (default: [metrics] listen; none: off).
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+impl Default for FeedClockBoundSettings {
+    fn default() -> Self {
+        FeedClockBoundSettings {
+            source: PathBuf::from(crate::DEFAULT_GUEST_PAGE),
+            dir: PathBuf::from("/var/run/clockbound"),
+            interval_ms: FeedIntervalMs::new(1000).expect("in range"),
+            burst: Burst::new(16).expect("in range"),
+            life_ms: LifeMs::new(5000).expect("in range"),
+            drift_margin_ppb: DriftPpb::new(15_000).expect("in range"),
+            disruption_support: DisruptionSupport::Auto,
+            duration_s: None,
+            log_level: LogLevel::Info,
+            metrics_listen: None,
+        }
+    }
+}
+
+impl FeedClockBoundSettings {
+    /// The check across keys: the segment outlives two intervals.
+    fn check(&self) -> Result<(), String> {
+        let min = 2 * self.interval_ms.get();
+        if self.life_ms.get() < min {
+            return Err(format!(
+                "life_ms = {} is shorter than two intervals (interval_ms = {}): give at least {min}",
+                self.life_ms,
+                self.interval_ms
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `[feed]`: the feeds, a subsection each.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FeedSettings {
+    /// `[feed.chrony]`.
+    pub chrony: FeedChronySettings,
+    /// `[feed.clockbound]`.
+    pub clockbound: FeedClockBoundSettings,
+}
+
 /// `[metrics]`: the Prometheus endpoint, off by default.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -251,6 +372,8 @@ pub struct FileConfig {
     pub sync: SyncSettings,
     /// `[metrics]`.
     pub metrics: MetricsSettings,
+    /// `[feed.chrony]`, `[feed.clockbound]`.
+    pub feed: FeedSettings,
 }
 
 /// A metrics address is loopback, or allowed not to be.
@@ -269,7 +392,10 @@ impl FileConfig {
         check_metrics("[metrics] listen", self.metrics.listen, &self.metrics)?;
         check_metrics("[host] metrics_listen", self.host.metrics_listen, &self.metrics)?;
         check_metrics("[relay] metrics_listen", self.relay.metrics_listen, &self.metrics)?;
-        check_metrics("[sync] metrics_listen", self.sync.metrics_listen, &self.metrics)
+        check_metrics("[sync] metrics_listen", self.sync.metrics_listen, &self.metrics)?;
+        check_metrics("[feed.chrony] metrics_listen", self.feed.chrony.metrics_listen, &self.metrics)?;
+        check_metrics("[feed.clockbound] metrics_listen", self.feed.clockbound.metrics_listen, &self.metrics)?;
+        self.feed.clockbound.check().map_err(|m| anyhow!("[feed.clockbound] {m}"))
     }
 }
 
@@ -288,12 +414,13 @@ fn syntax_error(path: &Path, text: &str, e: &toml::de::Error) -> anyhow::Error {
     }
 }
 
-/// Deserialises with the key's path in the message: "[host] interval_ms: 0 is refused; allowed: …".
+/// Deserialises with the key's path in the message: "[host] interval_ms: 0 is refused; allowed: …"
+/// (a subsection's key: "[feed.chrony] interval_ms: …").
 fn typed<T: DeserializeOwned>(v: toml::Value) -> Result<T, String> {
     serde_path_to_error::deserialize::<_, T>(v).map_err(|e| {
         let path = e.path().to_string();
         let msg = one_line(e.inner().message());
-        match path.split_once('.') {
+        match path.rsplit_once('.') {
             Some((section, key)) => format!("[{section}] {key}: {msg}"),
             None if path == "." || path.is_empty() => msg,
             None => format!("{path}: {msg}"),
@@ -344,10 +471,12 @@ fn resolve<S: DeserializeOwned>(
     flags: &impl Serialize,
     metrics: impl FnOnce(&mut S) -> &mut Option<SocketAddr>,
 ) -> Result<S> {
-    let mut merged = match loaded.table.get(section) {
-        Some(toml::Value::Table(t)) => t.clone(),
-        _ => toml::Table::new(),
-    };
+    // A subsection ("feed.chrony") is looked up table by table.
+    let mut found = Some(&loaded.table);
+    for part in section.split('.') {
+        found = found.and_then(|t| t.get(part)).and_then(toml::Value::as_table);
+    }
+    let mut merged = found.cloned().unwrap_or_default();
     merged.extend(flag_table(flags)?);
     let mut s: S = typed(toml::Value::Table(merged)).map_err(|m| match &loaded.path {
         Some(p) => anyhow!("{}: [{section}] {m}", p.display()),
@@ -474,6 +603,23 @@ pub fn sync(config: Option<&Path>, flags: &impl Serialize) -> Result<SyncSetting
     resolve(&load(config)?, "sync", flags, |s: &mut SyncSettings| &mut s.metrics_listen)
 }
 
+/// `vmtime feed chrony`'s settings (also its SIGHUP reload).
+pub fn feed_chrony(config: Option<&Path>, flags: &impl Serialize) -> Result<FeedChronySettings> {
+    resolve(&load(config)?, "feed.chrony", flags, |s: &mut FeedChronySettings| &mut s.metrics_listen)
+}
+
+/// `vmtime feed clockbound`'s settings (also its SIGHUP reload): the segment's life must cover
+/// two intervals, whether they come from flags or the file.
+pub fn feed_clockbound(config: Option<&Path>, flags: &impl Serialize) -> Result<FeedClockBoundSettings> {
+    let loaded = load(config)?;
+    let s = resolve(&loaded, "feed.clockbound", flags, |s: &mut FeedClockBoundSettings| &mut s.metrics_listen)?;
+    s.check().map_err(|m| match &loaded.path {
+        Some(p) => anyhow!("{}: [feed.clockbound] {m} (or the flags --life-ms, --interval-ms)", p.display()),
+        None => anyhow!("--life-ms {}: {m} (--interval-ms {})", s.life_ms, s.interval_ms),
+    })?;
+    Ok(s)
+}
+
 /// `vmtime config`.
 #[derive(ClapArgs, Debug)]
 pub struct Args {
@@ -516,6 +662,22 @@ mod tests {
         f
     }
 
+    /// (section, its keys) for each table holding keys, subsections ("feed.chrony") included.
+    fn sections(t: &toml::Table) -> Vec<(String, Vec<String>)> {
+        fn walk(name: &str, t: &toml::Table, out: &mut Vec<(String, Vec<String>)>) {
+            let keys: Vec<String> = t.iter().filter(|(_, v)| !v.is_table()).map(|(k, _)| k.clone()).collect();
+            if !keys.is_empty() {
+                out.push((name.to_string(), keys));
+            }
+            for (k, v) in t.iter().filter_map(|(k, v)| Some((k, v.as_table()?))) {
+                walk(&if name.is_empty() { k.clone() } else { format!("{name}.{k}") }, v, out);
+            }
+        }
+        let mut out = Vec::new();
+        walk("", t, &mut out);
+        out
+    }
+
     fn err(text: &str) -> String {
         let f = file(text);
         format!("{:#}", load(Some(f.path())).unwrap_err())
@@ -529,10 +691,11 @@ mod tests {
         // Every key is written out in the shipped file (commented or not) so none is undocumented.
         let text = std::fs::read_to_string(shipped).unwrap();
         let defaults = toml::Table::try_from(FileConfig::default()).unwrap();
-        for (section, keys) in &defaults {
-            assert!(text.contains(&format!("[{section}]")), "[{section}] missing");
-            for key in keys.as_table().unwrap().keys() {
-                assert!(text.contains(&format!("{key} =")), "[{section}] {key} missing from the shipped file");
+        for (section, keys) in sections(&defaults) {
+            let start = text.find(&format!("\n[{section}]\n")).unwrap_or_else(|| panic!("[{section}] missing"));
+            let end = text[start + 1..].find("\n[").map_or(text.len(), |e| start + 1 + e);
+            for key in keys {
+                assert!(text[start..end].contains(&format!("{key} =")), "[{section}] {key} missing from the shipped file");
             }
         }
     }
@@ -560,12 +723,18 @@ mod tests {
         all.sync.tai_offset = TaiUtcS::new(37);
         all.sync.metrics_listen = Some("127.0.0.1:1".parse().unwrap());
         all.metrics.listen = Some("127.0.0.1:1".parse().unwrap());
+        all.feed.chrony.duration_s = DurationS::new(1);
+        all.feed.chrony.metrics_listen = Some("127.0.0.1:1".parse().unwrap());
+        all.feed.clockbound.duration_s = DurationS::new(1);
+        all.feed.clockbound.metrics_listen = Some("127.0.0.1:1".parse().unwrap());
         let all = toml::Table::try_from(all).unwrap();
+        let all = sections(&all);
+        assert!(all.iter().any(|(s, _)| s == "feed.clockbound"), "subsections are checked");
         for (section, keys) in &all {
             let start =
                 doc.find(&format!("## `[{section}]`")).unwrap_or_else(|| panic!("[{section}] not in CONFIG.md"));
             let end = doc[start + 1..].find("\n## ").map_or(doc.len(), |e| start + 1 + e);
-            for key in keys.as_table().unwrap().keys() {
+            for key in keys {
                 assert!(
                     doc[start..end].contains(&format!("| `{key}` |")),
                     "[{section}] {key} is not in docs/CONFIG.md"

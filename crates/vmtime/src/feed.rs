@@ -1,10 +1,17 @@
 //! `vmtime feed chrony|clockbound`: vmtime's page for software that already runs — chrony's
 //! SOCK refclock and ClockBound's clients (docs/INTEROP.md). The decisions are in
-//! `vmtime_core::feed`; this is the loop and the I/O. Neither command changes a clock.
+//! `vmtime_core::feed`; this is the loop and the I/O. Neither command changes a clock. Their
+//! service side (systemd, metrics, SIGHUP) is crate::feed_service; their settings are the
+//! configuration's `[feed.chrony]` and `[feed.clockbound]` (crate::config), flags over file.
 
+use crate::config::{DisruptionSupport, FeedChronySettings, FeedClockBoundSettings, LogLevel};
+use crate::feed_service::{Service, Wake};
+use crate::metrics::{cb_status_name, FeedChronyMetrics, FeedClockBoundMetrics};
 use crate::values::{Burst, DriftPpb, DurationS, FeedIntervalMs, LifeMs};
-use anyhow::{bail, Context, Result};
-use clap::{Args as ClapArgs, Subcommand, ValueEnum};
+use anyhow::{Context, Result};
+use clap::{Args as ClapArgs, Subcommand};
+use serde::Serialize;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -15,8 +22,6 @@ use vmtime_core::feed::{Hold, Observation};
 use vmtime_core::AbaSample;
 use vmtime_sys::clock::{aba_sample, gettime, ClockId};
 use vmtime_sys::feed::{ChronySocket, ClockBoundSegment};
-use vmtime_sys::serve::Poller;
-use vmtime_sys::signals::{SignalEvent, Signals};
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
@@ -32,56 +37,79 @@ enum Target {
     Clockbound(ClockBoundArgs),
 }
 
-#[derive(ClapArgs, Debug)]
+/// The flags both feeds take: each one but --config is also a key of the feed's section.
+#[derive(ClapArgs, Debug, Serialize)]
 struct Common {
+    /// The configuration file (default: /etc/vmtime/vmtime.toml, if it exists).
+    #[arg(long)]
+    #[serde(skip)]
+    config: Option<PathBuf>,
     /// The page: a vmclock device or page file.
-    #[arg(long, default_value = crate::DEFAULT_GUEST_PAGE)]
-    source: PathBuf,
-    /// Interval between samples or updates, ms (10 to 3600000).
-    #[arg(long, default_value = "1000")]
-    interval_ms: FeedIntervalMs,
-    /// (CLOCK_REALTIME, counter, CLOCK_REALTIME) samples per measurement (1 to 256).
-    #[arg(long, default_value = "16")]
-    burst: Burst,
+    #[arg(long)]
+    source: Option<PathBuf>,
+    /// Interval between samples or updates, ms.
+    #[arg(long)]
+    interval_ms: Option<FeedIntervalMs>,
+    /// (CLOCK_REALTIME, counter, CLOCK_REALTIME) samples per measurement.
+    #[arg(long)]
+    burst: Option<Burst>,
     /// Exit after this many seconds.
     #[arg(long)]
     duration_s: Option<DurationS>,
+    /// Log level: error, warn, info, debug or trace.
+    #[arg(long, value_enum)]
+    log_level: Option<LogLevel>,
+    /// Serve Prometheus metrics on this loopback address (default: [metrics] listen; off).
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
 }
 
-#[derive(ClapArgs, Debug)]
+#[derive(ClapArgs, Debug, Serialize)]
 struct ChronyArgs {
     #[command(flatten)]
+    #[serde(flatten)]
     common: Common,
     /// chronyd's SOCK refclock socket (chronyd creates it).
     #[arg(long)]
-    socket: PathBuf,
+    socket: Option<PathBuf>,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum DisruptionSupport {
-    /// On when the source is /dev/vmclock0 (the device the clients compare markers with).
-    Auto,
-    On,
-    Off,
+impl ChronyArgs {
+    /// The settings: these flags over `[feed.chrony]` over the defaults (again on SIGHUP).
+    fn settings(&self) -> Result<FeedChronySettings> {
+        crate::config::feed_chrony(self.common.config.as_deref(), self)
+    }
 }
 
-#[derive(ClapArgs, Debug)]
+#[derive(ClapArgs, Debug, Serialize)]
 struct ClockBoundArgs {
     #[command(flatten)]
+    #[serde(flatten)]
     common: Common,
     /// The directory of the segment (`shm0` in it).
-    #[arg(long, default_value = "/var/run/clockbound")]
-    dir: PathBuf,
+    #[arg(long)]
+    dir: Option<PathBuf>,
     /// How long the segment stays valid without an update, ms (at least two intervals).
-    #[arg(long, default_value = "5000")]
-    life_ms: LifeMs,
+    #[arg(long)]
+    life_ms: Option<LifeMs>,
     /// Drift allowed to CLOCK_REALTIME beyond the rate measured, ppb (ClockBound assumes 15 ppm).
-    #[arg(long, default_value = "15000")]
-    drift_margin_ppb: DriftPpb,
+    #[arg(long)]
+    drift_margin_ppb: Option<DriftPpb>,
     /// Whether clients compare the segment's marker with /dev/vmclock0's.
-    #[arg(long, value_enum, default_value_t = DisruptionSupport::Auto)]
-    disruption_support: DisruptionSupport,
+    #[arg(long, value_enum)]
+    disruption_support: Option<DisruptionSupport>,
 }
+
+impl ClockBoundArgs {
+    /// The settings: these flags over `[feed.clockbound]` over the defaults (again on SIGHUP).
+    fn settings(&self) -> Result<FeedClockBoundSettings> {
+        crate::config::feed_clockbound(self.common.config.as_deref(), self)
+    }
+}
+
+/// What each feed applies on SIGHUP without a restart.
+const CHRONY_LIVE: &[&str] = &["log_level", "interval_ms", "burst"];
+const CLOCKBOUND_LIVE: &[&str] = &["log_level", "interval_ms", "burst", "life_ms", "drift_margin_ppb"];
 
 pub fn run(a: Args) -> Result<ExitCode> {
     match a.target {
@@ -90,9 +118,8 @@ pub fn run(a: Args) -> Result<ExitCode> {
     }
 }
 
-/// The interval (the ranges are checked when the flags are parsed: crate::values).
-fn validate(c: &Common) -> Result<Duration> {
-    Ok(Duration::from_millis(c.interval_ms.get()))
+fn interval_of(ms: FeedIntervalMs) -> Duration {
+    Duration::from_millis(ms.get())
 }
 
 /// The page, a measurement burst and the page again.
@@ -165,158 +192,161 @@ fn report(last: &mut Option<Option<Hold>>, now: Option<Hold>, what: &str) {
     }
 }
 
-/// The loop's wait: until `next` (then it moves on by one interval), or a signal. Returns the
-/// signal's name when one asks to stop.
-struct Pacer {
-    signals: Signals,
-    poller: Poller,
-    next: Instant,
-    interval: Duration,
-    end: Option<Instant>,
-    name: &'static str,
-}
-
-impl Pacer {
-    fn new(interval: Duration, duration_s: Option<u64>, name: &'static str) -> Result<Self> {
-        let now = Instant::now();
-        Ok(Pacer {
-            signals: Signals::install()?,
-            poller: Poller::new(),
-            next: now,
-            interval,
-            end: duration_s.and_then(|d| now.checked_add(Duration::from_secs(d))),
-            name,
-        })
-    }
-
-    /// Waits for the next slot; `Some(reason)` to stop.
-    fn wait(&mut self) -> Result<Option<&'static str>> {
-        self.next += self.interval;
-        let now = Instant::now();
-        if self.next < now {
-            self.next = now; // late (suspended, overloaded): no burst of catch-up slots
-        }
-        loop {
-            if self.end.is_some_and(|e| Instant::now() >= e) {
-                return Ok(Some("--duration-s elapsed"));
-            }
-            self.poller.clear();
-            self.signals.register(&mut self.poller);
-            self.poller.wait(Some(self.next.saturating_duration_since(Instant::now())))?;
-            match self.signals.take(&self.poller) {
-                Some(SignalEvent::Terminate(name)) => return Ok(Some(name)),
-                Some(SignalEvent::Reload) => {
-                    tracing::info!("SIGHUP: vmtime feed {} has no configuration file to reload; ignored", self.name)
-                }
-                None => {}
-            }
-            if Instant::now() >= self.next {
-                return Ok(None);
-            }
+/// Waits for the next turn, applying SIGHUPs meanwhile (`reload` re-reads the settings); the
+/// reason to stop, if it is time to.
+fn next_turn<M: crate::feed_service::FeedFigures>(
+    svc: &mut Service<M>,
+    mut reload: impl FnMut(&mut Service<M>),
+) -> Result<Option<&'static str>> {
+    loop {
+        match svc.wait()? {
+            Wake::Turn => return Ok(None),
+            Wake::Stop(why) => return Ok(Some(why)),
+            Wake::Reload => reload(svc),
         }
     }
 }
 
-fn run_chrony(a: ChronyArgs) -> Result<ExitCode> {
-    let interval = validate(&a.common)?;
-    let mut m = Measurer::open(&a.common.source, a.common.burst.get() as usize)?;
+fn run_chrony(args: ChronyArgs) -> Result<ExitCode> {
+    let mut a = args.settings()?;
+    crate::logging::set_level(a.log_level);
+    let interval = interval_of(a.interval_ms);
+    let mut m = Measurer::open(&a.source, a.burst.get() as usize)?;
     let sock = ChronySocket::new(&a.socket)?;
     let mut feed = ChronyFeed::new(interval.as_nanos() as i128);
-    let mut pacer = Pacer::new(interval, a.common.duration_s.map(DurationS::get), "chrony")?;
+    let mut svc = Service::start(a.metrics_listen, FeedChronyMetrics::default(), interval, a.duration_s.map(DurationS::get))?;
     tracing::info!(
         "vmtime feed chrony: {} → {} every {} ms (chrony.conf: refclock SOCK {})",
-        a.common.source.display(),
+        a.source.display(),
         a.socket.display(),
-        a.common.interval_ms,
+        a.interval_ms,
         a.socket.display()
     );
     let (mut last, mut send_failing, mut errors) = (None, false, ReadErrors::default());
     loop {
-        let action = match m.measure(a.common.burst.get() as usize) {
+        let mut unreadable = false;
+        let action = match m.measure(a.burst.get() as usize) {
             Ok((before, after, mono_ns)) => {
                 errors.clear();
+                svc.m.common.page_seen(before.seq_count(), Instant::now());
                 feed.handle(&Observation { before, after, samples: &m.samples, mono_ns })
             }
             Err(e) => {
                 if let Some(line) = errors.fresh(&e) {
                     tracing::warn!("{line}");
                 }
+                unreadable = true;
                 ChronyAction::Hold(Hold::NoTime)
             }
         };
-        match action {
+        let status = match action {
             ChronyAction::Send(s) => {
                 report(&mut last, None, "chrony feed");
                 match sock.send(&s.to_bytes()) {
-                    Ok(()) if send_failing => {
-                        tracing::info!("{}: chronyd receives samples again", a.socket.display());
-                        send_failing = false;
+                    Ok(()) => {
+                        if send_failing {
+                            tracing::info!("{}: chronyd receives samples again", a.socket.display());
+                            send_failing = false;
+                        }
+                        svc.m.sent += 1;
+                        svc.m.last_sent = Some(Instant::now());
+                        svc.m.last_offset_ns = Some(s.offset * 1e9);
                     }
-                    Ok(()) => {}
-                    Err(e) if !send_failing => {
-                        tracing::warn!(
-                            "{}: cannot send ({e}); is chronyd running with `refclock SOCK {}`? (retrying each interval)",
-                            a.socket.display(),
-                            a.socket.display()
-                        );
-                        send_failing = true;
+                    Err(e) => {
+                        if !send_failing {
+                            tracing::warn!(
+                                "{}: cannot send ({e}); is chronyd running with `refclock SOCK {}`? (retrying each interval)",
+                                a.socket.display(),
+                                a.socket.display()
+                            );
+                            send_failing = true;
+                        }
+                        svc.m.send_failures += 1;
                     }
-                    Err(_) => {}
+                }
+                if send_failing {
+                    format!("chronyd takes no sample at {}", a.socket.display())
+                } else {
+                    format!("sending {} to {}", a.source.display(), a.socket.display())
                 }
             }
-            ChronyAction::Hold(h) => report(&mut last, Some(h), "chrony feed"),
-        }
-        if let Some(why) = pacer.wait()? {
+            ChronyAction::Hold(h) => {
+                report(&mut last, Some(h), "chrony feed");
+                svc.m.common.held((!unreadable).then_some(h));
+                format!("holding: {}", h.describe())
+            }
+        };
+        svc.m.send_failing = send_failing;
+        svc.turned(&status);
+        let why = next_turn(&mut svc, |svc| {
+            if let Some((now, _)) = crate::config::on_sighup("feed chrony", &a, args.settings(), CHRONY_LIVE) {
+                crate::logging::set_level(now.log_level);
+                let interval = interval_of(now.interval_ms);
+                svc.set_interval(interval);
+                feed.set_interval_ns(interval.as_nanos() as i128);
+                a = now;
+            }
+        })?;
+        if let Some(why) = why {
             tracing::info!("{why}: stopping (chronyd gets no more samples)");
             break;
         }
     }
+    svc.stopping();
     Ok(ExitCode::SUCCESS)
 }
 
-fn run_clockbound(a: ClockBoundArgs) -> Result<ExitCode> {
-    let interval = validate(&a.common)?;
-    if a.life_ms.get() < 2 * a.common.interval_ms.get() {
-        bail!(
-            "--life-ms {}: give at least two intervals ({} ms) and at most 3600000",
-            a.life_ms,
-            2 * a.common.interval_ms.get()
-        );
+/// The ClockBound settings of the core for the feed's settings.
+fn clockbound_config(a: &FeedClockBoundSettings, disruption_support: bool, coarse_tick_ns: i128) -> ClockBoundConfig {
+    ClockBoundConfig {
+        life_ns: a.life_ms.get() as i128 * 1_000_000,
+        drift_margin_ppb: a.drift_margin_ppb.get(),
+        disruption_support,
+        holdoff_ns: 2 * interval_of(a.interval_ms).as_nanos() as i128,
+        coarse_tick_ns,
     }
+}
+
+fn run_clockbound(args: ClockBoundArgs) -> Result<ExitCode> {
+    let mut a = args.settings()?;
+    crate::logging::set_level(a.log_level);
+    let interval = interval_of(a.interval_ms);
     let disruption_support = match a.disruption_support {
         DisruptionSupport::On => true,
         DisruptionSupport::Off => false,
-        DisruptionSupport::Auto => a.common.source == Path::new(crate::DEFAULT_GUEST_PAGE),
+        DisruptionSupport::Auto => a.source == Path::new(crate::DEFAULT_GUEST_PAGE),
     };
-    let mut m = Measurer::open(&a.common.source, a.common.burst.get() as usize)?;
+    let mut m = Measurer::open(&a.source, a.burst.get() as usize)?;
     vmtime_sys::feed::ensure_segment_dir(&a.dir)?;
     let path = a.dir.join("shm0");
     let mut seg = ClockBoundSegment::open_or_create(&path)
         .with_context(|| format!("cannot create the ClockBound segment {}", path.display()))?;
-    let cfg = ClockBoundConfig {
-        life_ns: a.life_ms.get() as i128 * 1_000_000,
-        drift_margin_ppb: a.drift_margin_ppb.get(),
-        disruption_support,
-        holdoff_ns: 2 * interval.as_nanos() as i128,
-        coarse_tick_ns: vmtime_sys::clock::getres(ClockId::MonotonicCoarse)?.clamp(1, 1_000_000_000),
-    };
-    let mut feed = ClockBoundFeed::new(cfg);
-    let mut pacer = Pacer::new(interval, a.common.duration_s.map(DurationS::get), "clockbound")?;
+    let coarse_tick_ns = vmtime_sys::clock::getres(ClockId::MonotonicCoarse)?.clamp(1, 1_000_000_000);
+    let mut feed = ClockBoundFeed::new(clockbound_config(&a, disruption_support, coarse_tick_ns));
+    let mut svc =
+        Service::start(a.metrics_listen, FeedClockBoundMetrics::default(), interval, a.duration_s.map(DurationS::get))?;
     let mut last = None;
     let mut errors = ReadErrors::default();
     let mut first = true;
     loop {
+        let cfg = feed.config();
         let as_of = gettime(ClockId::MonotonicCoarse)?;
-        let eb = match m.measure(a.common.burst.get() as usize) {
+        let eb = match m.measure(a.burst.get() as usize) {
             Ok((before, after, mono_ns)) => {
                 errors.clear();
-                feed.handle(&Observation { before, after, samples: &m.samples, mono_ns }, as_of)
+                svc.m.common.page_seen(before.seq_count(), Instant::now());
+                let eb = feed.handle(&Observation { before, after, samples: &m.samples, mono_ns }, as_of);
+                if feed.last_hold.is_some() {
+                    svc.m.common.held(feed.last_hold);
+                }
+                eb
             }
             Err(e) => {
                 if let Some(line) = errors.fresh(&e) {
                     tracing::warn!("{line}");
                 }
                 feed.last_hold = Some(Hold::NoTime);
+                svc.m.common.held(None);
                 ErrorBound {
                     as_of_ns: as_of - cfg.coarse_tick_ns,
                     void_after_ns: as_of - cfg.coarse_tick_ns + cfg.life_ns,
@@ -329,19 +359,33 @@ fn run_clockbound(a: ClockBoundArgs) -> Result<ExitCode> {
             }
         };
         seg.write(&eb.to_bytes());
+        svc.m.written(&eb, Instant::now());
         if first {
             tracing::info!(
                 "vmtime feed clockbound: {} → {} every {} ms (life {} ms, disruption support {})",
-                a.common.source.display(),
+                a.source.display(),
                 path.display(),
-                a.common.interval_ms,
+                a.interval_ms,
                 a.life_ms,
                 if disruption_support { "on" } else { "off" }
             );
             first = false;
         }
         report(&mut last, feed.last_hold, "clockbound feed");
-        if let Some(why) = pacer.wait()? {
+        let status = match feed.last_hold {
+            Some(h) => format!("writing {}: {} (holding: {})", path.display(), cb_status_name(eb.status), h.describe()),
+            None => format!("writing {}: {}", path.display(), cb_status_name(eb.status)),
+        };
+        svc.turned(&status);
+        let why = next_turn(&mut svc, |svc| {
+            if let Some((now, _)) = crate::config::on_sighup("feed clockbound", &a, args.settings(), CLOCKBOUND_LIVE) {
+                crate::logging::set_level(now.log_level);
+                svc.set_interval(interval_of(now.interval_ms));
+                feed.set_config(clockbound_config(&now, disruption_support, coarse_tick_ns));
+                a = now;
+            }
+        })?;
+        if let Some(why) = why {
             if why.starts_with("SIG") {
                 // Stopped on purpose: void the segment now rather than at the end of its life.
                 let now = gettime(ClockId::MonotonicCoarse)?;
@@ -353,5 +397,6 @@ fn run_clockbound(a: ClockBoundArgs) -> Result<ExitCode> {
             break;
         }
     }
+    svc.stopping();
     Ok(ExitCode::SUCCESS)
 }

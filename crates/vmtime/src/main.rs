@@ -4,6 +4,7 @@
 mod check;
 mod config;
 mod feed;
+mod feed_service;
 mod gen;
 mod generate;
 mod host;
@@ -106,7 +107,12 @@ fn harden(cmd: clap::Command, defaults: &toml::Table) -> clap::Command {
             arg.help(format!("{help}{extra}"))
         }
     });
-    cmd.mut_subcommands(|sub| harden(sub, defaults))
+    // A subcommand's section may be a subsection of its parent's (`feed chrony`: [feed.chrony]).
+    let nested = section.unwrap_or_default();
+    cmd.mut_subcommands(|sub| {
+        let scope = if nested.get(sub.get_name()).is_some_and(toml::Value::is_table) { &nested } else { defaults };
+        harden(sub, scope)
+    })
 }
 
 /// Parses the command line; a mistake is one line naming the flag and what is allowed.
@@ -138,7 +144,7 @@ fn main() -> ExitCode {
         }
     };
     // The one-shot commands stop quietly when their reader goes away (`vmtime show | head`).
-    if !matches!(cli.command, Command::Host(_) | Command::Relay(_) | Command::Sync(_)) {
+    if !matches!(cli.command, Command::Host(_) | Command::Relay(_) | Command::Sync(_) | Command::Feed(_)) {
         vmtime_sys::sigpipe_default();
     }
     // Log lines at info until a daemon has read its level (flag, then configuration).

@@ -121,6 +121,14 @@ impl Exposition {
             let _ = writeln!(self.text, "{name}{{{label}=\"{s}\"}} {}", u8::from(Some(*s) == current));
         }
     }
+    /// A counter per label value (its name ends in `_total`).
+    pub fn counters(&mut self, name: &str, help: &str, label: &str, values: &[(&str, u64)]) {
+        debug_assert!(name.ends_with("_total"));
+        self.head(name, "counter", help);
+        for (l, v) in values {
+            let _ = writeln!(self.text, "{name}{{{label}=\"{l}\"}} {v}");
+        }
+    }
     /// `vmtime_build_info{version,role} 1`.
     pub fn build_info(&mut self, role: &str) {
         self.head("vmtime_build_info", "gauge", "Always 1; the labels give the version and the daemon.");
@@ -591,6 +599,194 @@ impl Expose for SyncMetrics {
     }
 }
 
+/// Why a feed held (sent no sample, or wrote a segment without a bound): the core's reasons and
+/// a page that cannot be read at all.
+pub const HOLD_REASONS: &[&str] =
+    &["unreliable", "no_time", "changed_during_measurement", "disrupted", "no_samples", "unreadable"];
+
+/// The label of a hold reason (`None`: the page could not be read).
+pub fn hold_reason(h: Option<vmtime_core::feed::Hold>) -> &'static str {
+    use vmtime_core::feed::Hold;
+    match h {
+        Some(Hold::Unreliable) => "unreliable",
+        Some(Hold::NoTime) => "no_time",
+        Some(Hold::ChangedDuringMeasurement) => "changed_during_measurement",
+        Some(Hold::Disrupted) => "disrupted",
+        Some(Hold::NoSamples) => "no_samples",
+        None => "unreadable",
+    }
+}
+
+/// What both feeds count: their turns held by reason, and the page as they see it.
+#[derive(Clone, Debug, Default)]
+pub struct FeedCommon {
+    /// Turns held, by [`HOLD_REASONS`] index.
+    pub held: [u64; 6],
+    /// When the page's content (seq_count or file) was last seen to change.
+    pub page_changed: Option<Instant>,
+    last_seq: Option<u32>,
+    /// The largest gap between two turns of the loop in the last 10 s.
+    pub loop_gap_max: Option<Duration>,
+}
+
+impl FeedCommon {
+    /// A turn held for `reason` (`None`: the page could not be read).
+    pub fn held(&mut self, reason: Option<vmtime_core::feed::Hold>) {
+        let label = hold_reason(reason);
+        if let Some(i) = HOLD_REASONS.iter().position(|r| *r == label) {
+            self.held[i] += 1;
+        }
+    }
+
+    /// The page read at a turn (its seq_count).
+    pub fn page_seen(&mut self, seq: u32, now: Instant) {
+        if self.last_seq != Some(seq) {
+            self.last_seq = Some(seq);
+            self.page_changed = Some(now);
+        }
+    }
+
+    fn render(&self, feed: &str, now: Instant, e: &mut Exposition) {
+        let held: Vec<(&str, u64)> = HOLD_REASONS.iter().copied().zip(self.held).collect();
+        e.counters(
+            &format!("vmtime_feed_{feed}_held_total"),
+            "Turns that gave no time, by reason (the page unreliable, unreadable, disrupted, …).",
+            "reason",
+            &held,
+        );
+        e.gauge(
+            &format!("vmtime_feed_{feed}_page_age_seconds"),
+            "Time since the page's content was last seen to change (a quiet host republishes only when its clock drifts).",
+            age(now, self.page_changed),
+        );
+        e.gauge(
+            &format!("vmtime_feed_{feed}_loop_gap_max_seconds"),
+            "Largest gap between two turns of the feed's loop in the last 10 s.",
+            self.loop_gap_max.map(|d| d.as_secs_f64()),
+        );
+    }
+}
+
+/// `vmtime feed chrony`.
+#[derive(Clone, Debug, Default)]
+pub struct FeedChronyMetrics {
+    pub common: FeedCommon,
+    /// Samples chronyd's socket took.
+    pub sent: u64,
+    /// Samples that could not be sent (chronyd not running, its queue full).
+    pub send_failures: u64,
+    /// 1 while sending fails.
+    pub send_failing: bool,
+    /// The offset of the last sample, page − CLOCK_REALTIME, ns.
+    pub last_offset_ns: Option<f64>,
+    /// When chronyd last took a sample.
+    pub last_sent: Option<Instant>,
+}
+
+impl Expose for FeedChronyMetrics {
+    fn render(&self, now: Instant, e: &mut Exposition) {
+        e.build_info("feed-chrony");
+        e.counter("vmtime_feed_chrony_samples_sent_total", "Samples chronyd's SOCK socket took.", self.sent);
+        e.counter(
+            "vmtime_feed_chrony_send_failures_total",
+            "Samples that could not be sent (chronyd not running or not listening on the socket, its queue full).",
+            self.send_failures,
+        );
+        e.gauge(
+            "vmtime_feed_chrony_send_failing",
+            "1 while chronyd's socket takes no sample.",
+            Some(f64::from(u8::from(self.send_failing))),
+        );
+        e.gauge(
+            "vmtime_feed_chrony_last_offset_seconds",
+            "Offset of the last sample: page time minus CLOCK_REALTIME (chrony's reference minus system time).",
+            self.last_offset_ns.map(|n| n / 1e9),
+        );
+        e.gauge(
+            "vmtime_feed_chrony_last_sample_age_seconds",
+            "Time since chronyd last took a sample.",
+            age(now, self.last_sent),
+        );
+        self.common.render("chrony", now, e);
+    }
+}
+
+/// ClockBound's status names, in its order.
+const CB_STATUSES: &[&str] = &["UNKNOWN", "SYNCHRONIZED", "FREE_RUNNING", "DISRUPTED"];
+
+/// ClockBound's name for a status.
+pub fn cb_status_name(s: vmtime_core::feed::clockbound::CbStatus) -> &'static str {
+    use vmtime_core::feed::clockbound::CbStatus;
+    match s {
+        CbStatus::Unknown => "UNKNOWN",
+        CbStatus::Synchronized => "SYNCHRONIZED",
+        CbStatus::FreeRunning => "FREE_RUNNING",
+        CbStatus::Disrupted => "DISRUPTED",
+    }
+}
+
+/// `vmtime feed clockbound`.
+#[derive(Clone, Debug, Default)]
+pub struct FeedClockBoundMetrics {
+    pub common: FeedCommon,
+    /// Segments written.
+    pub writes: u64,
+    /// When the segment was last written.
+    pub last_write: Option<Instant>,
+    /// When a segment with a bound (SYNCHRONIZED or FREE_RUNNING) was last written.
+    pub last_bounded: Option<Instant>,
+    /// The last segment's bound, ns (0 when it carries none).
+    pub bound_ns: Option<i64>,
+    /// The last segment's drift, ppb.
+    pub drift_ppb: Option<u32>,
+    /// The last segment's status.
+    pub status: Option<&'static str>,
+}
+
+impl FeedClockBoundMetrics {
+    /// A segment just written.
+    pub fn written(&mut self, eb: &vmtime_core::feed::clockbound::ErrorBound, now: Instant) {
+        use vmtime_core::feed::clockbound::CbStatus;
+        self.writes += 1;
+        self.last_write = Some(now);
+        self.bound_ns = Some(eb.bound_ns);
+        self.drift_ppb = Some(eb.max_drift_ppb);
+        self.status = Some(cb_status_name(eb.status));
+        if matches!(eb.status, CbStatus::Synchronized | CbStatus::FreeRunning) {
+            self.last_bounded = Some(now);
+        }
+    }
+}
+
+impl Expose for FeedClockBoundMetrics {
+    fn render(&self, now: Instant, e: &mut Exposition) {
+        e.build_info("feed-clockbound");
+        e.counter("vmtime_feed_clockbound_segment_writes_total", "Updates of ClockBound's segment.", self.writes);
+        e.gauge(
+            "vmtime_feed_clockbound_segment_age_seconds",
+            "Time since the segment was last written.",
+            age(now, self.last_write),
+        );
+        e.gauge(
+            "vmtime_feed_clockbound_last_bounded_age_seconds",
+            "Time since a segment with a bound (SYNCHRONIZED or FREE_RUNNING) was last written.",
+            age(now, self.last_bounded),
+        );
+        e.gauge(
+            "vmtime_feed_clockbound_bound_seconds",
+            "The last segment's bound on CLOCK_REALTIME's error at its as_of (0: none).",
+            self.bound_ns.map(|n| n as f64 / 1e9),
+        );
+        e.gauge(
+            "vmtime_feed_clockbound_drift_ratio",
+            "The last segment's growth of the bound per second (1e-6 is 1 ppm).",
+            self.drift_ppb.map(|p| f64::from(p) / 1e9),
+        );
+        e.state_set("vmtime_feed_clockbound_status", "The last segment's clock status.", "status", CB_STATUSES, self.status);
+        self.common.render("clockbound", now, e);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -627,6 +823,47 @@ mod tests {
         assert!(!text.contains("vmtime_host_page_esterror_seconds"));
         assert_eq!(value(f64::NAN), "NaN");
         assert_eq!(value(f64::NEG_INFINITY), "-Inf");
+    }
+
+    #[test]
+    fn feed_figures_by_reason_and_status() {
+        use vmtime_core::feed::clockbound::{CbStatus, ErrorBound};
+        use vmtime_core::feed::Hold;
+        let t0 = Instant::now();
+        let mut m = FeedChronyMetrics { sent: 3, last_offset_ns: Some(-2500.0), ..Default::default() };
+        m.common.held(Some(Hold::Disrupted));
+        m.common.held(Some(Hold::Disrupted));
+        m.common.held(None);
+        m.common.page_seen(4, t0);
+        m.common.page_seen(4, t0 + Duration::from_secs(3)); // unchanged: the age keeps growing
+        let text = render(&m, t0 + Duration::from_secs(5));
+        assert!(text.contains("\nvmtime_feed_chrony_samples_sent_total 3\n"), "{text}");
+        assert!(text.contains("\nvmtime_feed_chrony_held_total{reason=\"disrupted\"} 2\n"), "{text}");
+        assert!(text.contains("\nvmtime_feed_chrony_held_total{reason=\"unreadable\"} 1\n"), "{text}");
+        assert!(text.contains("\nvmtime_feed_chrony_held_total{reason=\"unreliable\"} 0\n"), "{text}");
+        assert!(text.contains("\nvmtime_feed_chrony_last_offset_seconds -0.0000025\n"), "{text}");
+        assert!(text.contains("\nvmtime_feed_chrony_page_age_seconds 5\n"), "{text}");
+        assert!(!text.contains("last_sample_age"), "nothing sent yet is left out: {text}");
+
+        let mut c = FeedClockBoundMetrics::default();
+        let eb = ErrorBound {
+            as_of_ns: 0,
+            void_after_ns: 1,
+            bound_ns: 1_500,
+            disruption_marker: 0,
+            max_drift_ppb: 16_000,
+            status: CbStatus::FreeRunning,
+            disruption_support: false,
+        };
+        c.written(&eb, t0);
+        c.written(&ErrorBound { status: CbStatus::Disrupted, bound_ns: 0, ..eb }, t0 + Duration::from_secs(1));
+        let text = render(&c, t0 + Duration::from_secs(2));
+        assert!(text.contains("\nvmtime_feed_clockbound_segment_writes_total 2\n"), "{text}");
+        assert!(text.contains("vmtime_feed_clockbound_status{status=\"DISRUPTED\"} 1\n"), "{text}");
+        assert!(text.contains("vmtime_feed_clockbound_status{status=\"FREE_RUNNING\"} 0\n"), "{text}");
+        assert!(text.contains("\nvmtime_feed_clockbound_last_bounded_age_seconds 2\n"), "{text}");
+        assert!(text.contains("\nvmtime_feed_clockbound_segment_age_seconds 1\n"), "{text}");
+        assert!(text.contains("\nvmtime_feed_clockbound_drift_ratio 0.000016\n"), "{text}");
     }
 
     #[test]

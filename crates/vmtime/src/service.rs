@@ -52,6 +52,20 @@ impl Supervisor {
         }
     }
 
+    /// A new STATUS line (`systemctl status` shows it), once the daemon is ready.
+    pub fn status(&self, status: &str) {
+        if self.ready {
+            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Status(status)]);
+        }
+    }
+
+    /// The longest a loop may wait before its next [`Supervisor::tick`] keeps the watchdog fed
+    /// (None: no watchdog). A daemon whose turns can be further apart than this (a feed at one
+    /// sample an hour) wakes for it.
+    pub fn tick_within(&self) -> Option<Duration> {
+        self.ping_every
+    }
+
     /// STOPPING=1, on the way out.
     pub fn stopping(&self) {
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
