@@ -11,6 +11,8 @@ fn repo() -> PathBuf {
 }
 
 const UNITS: [&str; 3] = ["vmtime-host.service", "vmtime-relay@.service", "vmtime-sync.service"];
+/// The feeds' units (`vmtime feed chrony`, `vmtime feed clockbound`).
+const FEED_UNITS: [&str; 2] = ["vmtime-feed-chrony.service", "vmtime-feed-clockbound.service"];
 
 fn unit(name: &str) -> String {
     std::fs::read_to_string(repo().join("packaging/systemd").join(name)).unwrap()
@@ -48,7 +50,7 @@ fn units_pass_systemd_analyze_verify() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let units: Vec<(&str, String)> = UNITS.iter().map(|n| (*n, unit(n))).collect();
+    let units: Vec<(&str, String)> = UNITS.iter().chain(&FEED_UNITS).map(|n| (*n, unit(n))).collect();
     let (ok, out) = verify(dir.path(), &units);
     assert!(ok && out.trim().is_empty(), "systemd-analyze verify: {out}");
     // The check sees mistakes: a misspelt setting is reported.
@@ -86,9 +88,66 @@ fn units_have_the_production_settings() {
     assert_eq!(values(&sync, "RestartPreventExitStatus"), ["3"], "another daemon: exit 3, no restart");
 }
 
+/// The effective default configuration (`vmtime config defaults`).
+fn defaults() -> toml::Table {
+    let out = vmtime(&["config", "defaults"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().parse().unwrap()
+}
+
+#[test]
+fn feed_units_are_hardened_with_exactly_the_access_they_need() {
+    for name in FEED_UNITS {
+        let u = unit(name);
+        assert_eq!(values(&u, "Type"), ["notify"], "{name}");
+        assert_eq!(values(&u, "NotifyAccess"), ["main"], "{name}");
+        assert!(!values(&u, "WatchdogSec").is_empty(), "{name}");
+        for key in [
+            "ProtectSystem=strict",
+            "PrivateTmp=yes",
+            "NoNewPrivileges=yes",
+            "ProtectHome=yes",
+            "ProtectClock=yes",
+            "DevicePolicy=closed",
+            "DeviceAllow=char-misc r",
+            "IPAddressDeny=any",
+            "IPAddressAllow=localhost",
+            "SystemCallFilter=~@clock",
+        ] {
+            assert!(u.lines().any(|l| l == key), "{name}: {key}");
+        }
+        // No capability at all: neither feed changes a clock or overrides a file permission.
+        assert_eq!(values(&u, "CapabilityBoundingSet"), [""], "{name}");
+        assert_eq!(values(&u, "AmbientCapabilities"), [""], "{name}");
+    }
+    let d = defaults();
+    // chrony: the SOCK socket chronyd binds while still root (mode 0755 under systemd's umask)
+    // can be written only by uid 0, so the feed keeps uid 0 and nothing else; the chrony.conf line
+    // in the unit names the socket the feed sends to by default, outside chronyd's 0770
+    // /run/chrony (which uid 0 without CAP_DAC_OVERRIDE could not enter).
+    let c = unit("vmtime-feed-chrony.service");
+    assert_eq!(values(&c, "User"), ["root"]);
+    let socket = d["feed"]["chrony"]["socket"].as_str().unwrap();
+    assert!(!socket.starts_with("/run/chrony/"), "{socket}");
+    assert!(c.contains(&format!("refclock SOCK {socket} ")), "the unit's chrony.conf line names {socket}");
+    assert!(values(&c, "After").join(" ").split(' ').any(|x| x == "chrony.service"), "after chronyd made the socket");
+    // ClockBound: the vmtime user; the segment's directory is the unit's runtime directory,
+    // readable by every client, kept across restarts; ClockBound's own daemon cannot run beside it.
+    let b = unit("vmtime-feed-clockbound.service");
+    assert_eq!((values(&b, "User"), values(&b, "Group")), (vec!["vmtime"], vec!["vmtime"]));
+    assert_eq!(values(&b, "RuntimeDirectory"), ["clockbound"]);
+    assert_eq!(values(&b, "RuntimeDirectoryMode"), ["0755"]);
+    assert_eq!(values(&b, "RuntimeDirectoryPreserve"), ["yes"]);
+    assert_eq!(values(&b, "Conflicts"), ["clockbound.service"]);
+    let dir = d["feed"]["clockbound"]["dir"].as_str().unwrap();
+    assert_eq!(dir.replacen("/var/run/", "/run/", 1), "/run/clockbound", "the default directory is the unit's");
+    assert!(!values(&b, "ExecStart")[0].contains("--dir"), "the directory comes from the configuration");
+}
+
 #[test]
 fn unit_command_lines_are_accepted_by_the_cli() {
-    for name in UNITS {
+    for name in UNITS.iter().chain(&FEED_UNITS) {
+        let name = *name;
         let u = unit(name);
         let exec = values(&u, "ExecStart")[0];
         let args: Vec<String> = exec
