@@ -332,8 +332,7 @@ impl FeedClockBoundSettings {
         if self.life_ms.get() < min {
             return Err(format!(
                 "life_ms = {} is shorter than two intervals (interval_ms = {}): give at least {min}",
-                self.life_ms,
-                self.interval_ms
+                self.life_ms, self.interval_ms
             ));
         }
         Ok(())
@@ -695,7 +694,10 @@ mod tests {
             let start = text.find(&format!("\n[{section}]\n")).unwrap_or_else(|| panic!("[{section}] missing"));
             let end = text[start + 1..].find("\n[").map_or(text.len(), |e| start + 1 + e);
             for key in keys {
-                assert!(text[start..end].contains(&format!("{key} =")), "[{section}] {key} missing from the shipped file");
+                assert!(
+                    text[start..end].contains(&format!("{key} =")),
+                    "[{section}] {key} missing from the shipped file"
+                );
             }
         }
     }

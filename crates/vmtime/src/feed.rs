@@ -214,7 +214,8 @@ fn run_chrony(args: ChronyArgs) -> Result<ExitCode> {
     let mut m = Measurer::open(&a.source, a.burst.get() as usize)?;
     let sock = ChronySocket::new(&a.socket)?;
     let mut feed = ChronyFeed::new(interval.as_nanos() as i128);
-    let mut svc = Service::start(a.metrics_listen, FeedChronyMetrics::default(), interval, a.duration_s.map(DurationS::get))?;
+    let mut svc =
+        Service::start(a.metrics_listen, FeedChronyMetrics::default(), interval, a.duration_s.map(DurationS::get))?;
     tracing::info!(
         "vmtime feed chrony: {} → {} every {} ms (chrony.conf: refclock SOCK {})",
         a.source.display(),

@@ -782,7 +782,13 @@ impl Expose for FeedClockBoundMetrics {
             "The last segment's growth of the bound per second (1e-6 is 1 ppm).",
             self.drift_ppb.map(|p| f64::from(p) / 1e9),
         );
-        e.state_set("vmtime_feed_clockbound_status", "The last segment's clock status.", "status", CB_STATUSES, self.status);
+        e.state_set(
+            "vmtime_feed_clockbound_status",
+            "The last segment's clock status.",
+            "status",
+            CB_STATUSES,
+            self.status,
+        );
         self.common.render("clockbound", now, e);
     }
 }

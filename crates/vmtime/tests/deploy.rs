@@ -67,10 +67,15 @@ fn promtool_check(text: &str) -> bool {
     true
 }
 
+/// The daemon's name in its arguments: "host", "feed-chrony".
+fn name_of(args: &[&str]) -> String {
+    args.iter().take_while(|a| !a.starts_with('-')).copied().collect::<Vec<_>>().join("-")
+}
+
 /// Starts `vmtime ARGS` under a fake systemd (NOTIFY_SOCKET) and returns once it said READY=1:
 /// the daemon has done its first work and offered its first figures to the metrics server.
 fn start_ready(dir: &Path, args: &[&str]) -> Daemon {
-    let path = dir.join(format!("notify-{}.sock", args[0]));
+    let path = dir.join(format!("notify-{}.sock", name_of(args)));
     let sock = UnixDatagram::bind(&path).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_vmtime"))
         .args(args)
@@ -147,6 +152,84 @@ fn each_daemon_serves_its_metrics_and_promtool_accepts_them() {
     }
 }
 
+/// A page of this machine's clock (calibrated, SYNCHRONIZED, maxerror 50 µs) for the feeds.
+fn feed_page(dir: &Path) -> PathBuf {
+    let page = dir.join("feed.page");
+    let mut args = gen_ahead_args(dir, &page, 0);
+    args.extend(["--maxerror-ns", "50000"].map(String::from));
+    vmtime_ok(&args);
+    page
+}
+
+#[test]
+fn feeds_serve_their_metrics_and_promtool_accepts_them() {
+    if vmclock::counter::NATIVE == vmclock::abi::counter_id::INVALID {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let page = feed_page(dir.path());
+    let p = page.to_str().unwrap();
+    // chronyd's side of the SOCK refclock: a socket the test binds.
+    let refclock = dir.path().join("refclock.sock");
+    let chronyd = UnixDatagram::bind(&refclock).unwrap();
+    let segdir = dir.path().join("clockbound");
+    let (cp, bp) = (free_port(), free_port());
+    let (cl, bl) = (format!("127.0.0.1:{cp}"), format!("127.0.0.1:{bp}"));
+    let common = ["--source", p, "--interval-ms", "100", "--duration-s", "120"];
+    let _chrony = start_ready(
+        dir.path(),
+        &[&["feed", "chrony", "--socket", refclock.to_str().unwrap(), "--metrics-listen", &cl][..], &common].concat(),
+    );
+    let _cb =
+        start_ready(
+            dir.path(),
+            &[
+                &[
+                    "feed",
+                    "clockbound",
+                    "--dir",
+                    segdir.to_str().unwrap(),
+                    "--life-ms",
+                    "60000",
+                    "--metrics-listen",
+                    &bl,
+                ][..],
+                &common,
+            ]
+            .concat(),
+        );
+    // READY came after the first sample was sent and the first segment written.
+    chronyd.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut b = [0u8; 64];
+    assert_eq!(chronyd.recv(&mut b).expect("a sample"), 40);
+    assert_eq!(std::fs::metadata(segdir.join("shm0")).unwrap().len(), 80, "the segment is written");
+
+    let chrony = scrape(cp);
+    assert!(sample(&chrony, "vmtime_feed_chrony_samples_sent_total").unwrap() >= 1.0, "{chrony}");
+    assert_eq!(sample(&chrony, "vmtime_feed_chrony_send_failures_total"), Some(0.0), "{chrony}");
+    assert_eq!(sample(&chrony, "vmtime_feed_chrony_send_failing"), Some(0.0), "{chrony}");
+    assert!(sample(&chrony, "vmtime_feed_chrony_last_offset_seconds").unwrap().abs() < 1e-3, "{chrony}");
+    assert!(sample(&chrony, "vmtime_feed_chrony_last_sample_age_seconds").unwrap() < 60.0, "{chrony}");
+    assert!(sample(&chrony, "vmtime_feed_chrony_page_age_seconds").unwrap() < 600.0, "{chrony}");
+    assert!(chrony.contains("vmtime_feed_chrony_held_total{reason=\"unreliable\"} 0\n"), "{chrony}");
+    assert!(chrony.contains("vmtime_feed_chrony_held_total{reason=\"unreadable\"} 0\n"), "{chrony}");
+    assert!(chrony.contains("vmtime_build_info{version=\"0.1.0\",role=\"feed-chrony\"} 1\n"));
+
+    let cb = scrape(bp);
+    assert!(sample(&cb, "vmtime_feed_clockbound_segment_writes_total").unwrap() >= 1.0, "{cb}");
+    assert!(cb.contains("vmtime_feed_clockbound_status{status=\"SYNCHRONIZED\"} 1\n"), "{cb}");
+    let bound = sample(&cb, "vmtime_feed_clockbound_bound_seconds").unwrap();
+    assert!((50e-6..1e-3).contains(&bound), "the bound covers the page's 50 µs: {bound}");
+    assert!(sample(&cb, "vmtime_feed_clockbound_drift_ratio").unwrap() >= 15e-6, "the margin: {cb}");
+    assert!(sample(&cb, "vmtime_feed_clockbound_segment_age_seconds").unwrap() < 60.0, "{cb}");
+    assert!(sample(&cb, "vmtime_feed_clockbound_last_bounded_age_seconds").unwrap() < 60.0, "{cb}");
+    assert!(cb.contains("vmtime_feed_clockbound_held_total{reason=\"disrupted\"} 0\n"), "{cb}");
+
+    for text in [&chrony, &cb] {
+        promtool_check(text);
+    }
+}
+
 #[test]
 fn a_metrics_address_off_loopback_is_refused_before_anything_starts() {
     let dir = tempfile::tempdir().unwrap();
@@ -174,7 +257,7 @@ fn wait_notify(sock: &UnixDatagram, want: &[&str]) -> Vec<String> {
 /// Starts `vmtime ARGS` as systemd would with WatchdogSec=0.2s (NOTIFY_SOCKET, WATCHDOG_USEC and
 /// WATCHDOG_PID) and checks READY=1 comes first, with a STATUS line, then WATCHDOG=1 pings.
 fn ready_and_pings(dir: &Path, args: &[&str]) -> Daemon {
-    let path = dir.join(format!("watchdog-{}.sock", args[0]));
+    let path = dir.join(format!("watchdog-{}.sock", name_of(args)));
     let sock = UnixDatagram::bind(&path).unwrap();
     // systemd names the watched process in WATCHDOG_PID: the shell's pid, kept by exec.
     let child = Command::new("sh")
@@ -212,6 +295,53 @@ fn daemons_tell_systemd_they_are_ready_and_ping_the_watchdog() {
     let _sync = ready_and_pings(
         dir.path(),
         &["sync", "--source", p, "--dry-run", "--socket", sync_sock.to_str().unwrap(), "--duration-s", "60"],
+    );
+}
+
+#[test]
+fn feeds_tell_systemd_they_are_ready_and_ping_the_watchdog_between_turns() {
+    let dir = tempfile::tempdir().unwrap();
+    let page = dir.path().join("feed.page");
+    let out = vmtime(&["gen", page.to_str().unwrap(), "--tai-offset", "37", "--maxerror-ns", "1000"]);
+    assert!(out.status.success());
+    let p = page.to_str().unwrap();
+    // Turns an hour (chrony) and half an hour (ClockBound) apart: the pings still come every
+    // 100 ms. No chronyd listens: the feed is ready all the same, and says so in its status.
+    let nowhere = dir.path().join("no-chronyd.sock");
+    let path = dir.path().join("watchdog-feed-chrony-status.sock");
+    let sock = UnixDatagram::bind(&path).unwrap();
+    let child = Command::new("sh")
+        .arg("-c")
+        .arg("export WATCHDOG_PID=$$; exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_vmtime"))
+        .args(["feed", "chrony", "--source", p, "--socket", nowhere.to_str().unwrap()])
+        .args(["--interval-ms", "3600000", "--duration-s", "60"])
+        .env("NOTIFY_SOCKET", &path)
+        .env("WATCHDOG_USEC", "200000")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _chrony = Daemon::from_child(child);
+    let got = wait_notify(&sock, &["READY=1", "WATCHDOG=1"]);
+    assert!(got[0].contains("READY=1"), "{got:?}");
+    assert!(got[0].contains(&format!("STATUS=chronyd takes no sample at {}", nowhere.display())), "{got:?}");
+    wait_notify(&sock, &["WATCHDOG=1"]);
+    let _cb = ready_and_pings(
+        dir.path(),
+        &[
+            "feed",
+            "clockbound",
+            "--source",
+            p,
+            "--dir",
+            dir.path().join("cb").to_str().unwrap(),
+            "--interval-ms",
+            "1800000",
+            "--life-ms",
+            "3600000",
+            "--duration-s",
+            "60",
+        ],
     );
 }
 
