@@ -610,12 +610,9 @@ pub fn feed_chrony(config: Option<&Path>, flags: &impl Serialize) -> Result<Feed
 /// `vmtime feed clockbound`'s settings (also its SIGHUP reload): the segment's life must cover
 /// two intervals, whether they come from flags or the file.
 pub fn feed_clockbound(config: Option<&Path>, flags: &impl Serialize) -> Result<FeedClockBoundSettings> {
-    let loaded = load(config)?;
-    let s = resolve(&loaded, "feed.clockbound", flags, |s: &mut FeedClockBoundSettings| &mut s.metrics_listen)?;
-    s.check().map_err(|m| match &loaded.path {
-        Some(p) => anyhow!("{}: [feed.clockbound] {m} (or the flags --life-ms, --interval-ms)", p.display()),
-        None => anyhow!("--life-ms {}: {m} (--interval-ms {})", s.life_ms, s.interval_ms),
-    })?;
+    let s = resolve(&load(config)?, "feed.clockbound", flags, |s: &mut FeedClockBoundSettings| &mut s.metrics_listen)?;
+    // The file alone was checked by `load`: a flag made the pair wrong.
+    s.check().map_err(|m| anyhow!("--life-ms, --interval-ms: {m}"))?;
     Ok(s)
 }
 

@@ -1,0 +1,281 @@
+//! The feeds' configuration, `[feed.chrony]` and `[feed.clockbound]`: a bad key or value is
+//! refused in one line naming it (exit 2, nothing written), flags override the file, and SIGHUP
+//! applies the live keys and names those needing a restart. Everything in temporary directories;
+//! the tests wait on the feeds' own log lines and segment, never on sleeps.
+mod common;
+use common::*;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Runs vmtime and expects exit status 2 with one stderr line containing each of `want`.
+fn refused(args: &[&str], want: &[&str]) {
+    let out = vmtime(args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    for w in want {
+        assert!(err.contains(w), "{args:?}: {w:?} not in {err}");
+    }
+}
+
+fn gen_page(dir: &Path) -> String {
+    let page = dir.join("page");
+    let out = vmtime(&["gen", page.to_str().unwrap(), "--tai-offset", "37", "--maxerror-ns", "1000"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    page.to_str().unwrap().to_string()
+}
+
+/// (as_of, void_after) of a ClockBound segment, ns.
+fn segment_life(path: &Path) -> (i128, i128, u32) {
+    let b = std::fs::read(path).unwrap();
+    assert_eq!(b.len(), 80);
+    let i64_at = |o: usize| i64::from_ne_bytes(b[o..o + 8].try_into().unwrap()) as i128;
+    let drift = u32::from_ne_bytes(b[64..68].try_into().unwrap());
+    (i64_at(16) * 1_000_000_000 + i64_at(24), i64_at(32) * 1_000_000_000 + i64_at(40), drift)
+}
+
+#[test]
+fn a_bad_feed_key_or_value_is_refused_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("vmtime.toml");
+    let c = f.to_str().unwrap();
+    let page = gen_page(dir.path());
+    let seg = dir.path().join("seg");
+    let s = seg.to_str().unwrap();
+    let cases: &[(&str, &[&str], &str)] = &[
+        (
+            "[feed.chrony]\nintervl_ms = 5\n",
+            &["feed", "chrony"],
+            "[feed.chrony] intervl_ms: unknown field `intervl_ms`",
+        ),
+        ("[feed]\nbogus = 1\n", &["feed", "chrony"], "[feed] bogus: unknown field `bogus`"),
+        (
+            "[feed.clockbound]\ninterval_ms = 5\n",
+            &["feed", "clockbound"],
+            "[feed.clockbound] interval_ms: 5 is refused; allowed: an integer in [10, 3600000] (ms)",
+        ),
+        (
+            "[feed.clockbound]\ndrift_margin_ppb = -1\n",
+            &["feed", "clockbound"],
+            "[feed.clockbound] drift_margin_ppb: -1 is refused",
+        ),
+        (
+            "[feed.clockbound]\ndisruption_support = \"maybe\"\n",
+            &["feed", "clockbound"],
+            "[feed.clockbound] disruption_support: unknown variant `maybe`",
+        ),
+        (
+            "[feed.clockbound]\ninterval_ms = 1000\nlife_ms = 1500\n",
+            &["feed", "clockbound"],
+            "[feed.clockbound] life_ms = 1500 is shorter than two intervals (interval_ms = 1000): give at least 2000",
+        ),
+        (
+            "[feed.chrony]\nmetrics_listen = \"0.0.0.0:9864\"\n",
+            &["feed", "chrony"],
+            "[feed.chrony] metrics_listen = \"0.0.0.0:9864\" is not a loopback address",
+        ),
+    ];
+    for (text, cmd, want) in cases {
+        std::fs::write(&f, text).unwrap();
+        let mut args = cmd.to_vec();
+        args.extend(["--config", c, "--source", &page, "--duration-s", "5"]);
+        if cmd[1] == "chrony" {
+            args.extend(["--socket", s]);
+        } else {
+            args.extend(["--dir", s]);
+        }
+        refused(&args, &[want]);
+        // `vmtime config check` refuses the same file with the same words.
+        refused(&["config", "check", c], &[want]);
+        assert!(!seg.exists(), "nothing is written before the settings are checked");
+    }
+    // The same rule between flags, without a file.
+    refused(
+        &["feed", "clockbound", "--config", "/nonexistent.toml", "--source", &page, "--dir", s],
+        &["cannot read the configuration /nonexistent.toml"],
+    );
+    std::fs::write(&f, "").unwrap();
+    let out = vmtime(&[
+        "feed",
+        "clockbound",
+        "--config",
+        c,
+        "--source",
+        &page,
+        "--dir",
+        s,
+        "--interval-ms",
+        "1000",
+        "--life-ms",
+        "1500",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("life_ms = 1500 is shorter than two intervals"), "{err}");
+    assert!(!seg.exists());
+}
+
+#[test]
+fn flags_override_the_feed_section_which_overrides_the_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let page = gen_page(dir.path());
+    let (a, b) = (dir.path().join("from-file"), dir.path().join("from-flag"));
+    let f = dir.path().join("vmtime.toml");
+    std::fs::write(
+        &f,
+        format!("[feed.clockbound]\ndir = \"{}\"\ninterval_ms = 100\nlife_ms = 2500\nduration_s = 1\n", a.display()),
+    )
+    .unwrap();
+    // The file gives the life and the duration (the feed exits after 1 s); the flag the directory.
+    let out = vmtime(&[
+        "feed",
+        "clockbound",
+        "--config",
+        f.to_str().unwrap(),
+        "--source",
+        &page,
+        "--dir",
+        b.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!a.exists(), "the flag's directory wins");
+    let (as_of, void_after, _) = segment_life(&b.join("shm0"));
+    assert_eq!(void_after - as_of, 2_500_000_000, "the life is the file's");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("every 100 ms (life 2500 ms"), "{err}");
+    // Flags over the file for a value too: --life-ms wins over life_ms.
+    let out = vmtime(&[
+        "feed",
+        "clockbound",
+        "--config",
+        f.to_str().unwrap(),
+        "--source",
+        &page,
+        "--dir",
+        b.to_str().unwrap(),
+        "--life-ms",
+        "3000",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (as_of, void_after, _) = segment_life(&b.join("shm0"));
+    assert_eq!(void_after - as_of, 3_000_000_000, "the flag's life");
+    // The effective configuration shows both sections, defaults filled in.
+    let out = vmtime(&["config", "check", f.to_str().unwrap()]);
+    let effective: toml::Table = String::from_utf8_lossy(&out.stdout).parse().unwrap();
+    assert_eq!(effective["feed"]["clockbound"]["life_ms"].as_integer(), Some(2500));
+    assert_eq!(effective["feed"]["clockbound"]["drift_margin_ppb"].as_integer(), Some(15000));
+    assert_eq!(effective["feed"]["chrony"]["socket"].as_str(), Some("/run/chrony.vmclock0.sock"));
+}
+
+/// Starts a feed; its stderr lines arrive on the channel. Returns once a line contains `ready`.
+fn spawn(args: &[&str], ready: &str) -> (Daemon, mpsc::Receiver<String>) {
+    let mut child =
+        Command::new(env!("CARGO_BIN_EXE_vmtime")).args(args).stderr(Stdio::piped()).spawn().expect("start feed");
+    let err = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(err).lines().map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    let d = Daemon::from_child(child);
+    wait_line(&rx, ready);
+    (d, rx)
+}
+
+/// The next stderr line containing `what` (bounded: 20 s, or the feed's exit).
+fn wait_line(rx: &mpsc::Receiver<String>, what: &str) -> String {
+    let mut seen = Vec::new();
+    loop {
+        match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(l) if l.contains(what) => return l,
+            Ok(l) => seen.push(l),
+            Err(e) => panic!("no line with {what:?} ({e}); saw {seen:#?}"),
+        }
+    }
+}
+
+fn hup(d: &Daemon) {
+    assert!(Command::new("kill").args(["-HUP", &d.pid().to_string()]).status().unwrap().success());
+}
+
+#[test]
+fn sighup_applies_the_feeds_live_keys_and_names_those_needing_a_restart() {
+    if vmclock::counter::NATIVE == vmclock::abi::counter_id::INVALID {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // A calibrated page of this machine's clock: the segment carries a bound and a drift.
+    let page = dir.path().join("page");
+    let mut args = gen_ahead_args(dir.path(), &page, 0);
+    args.extend(["--maxerror-ns", "50000"].map(String::from));
+    vmtime_ok(&args);
+    let page = page.to_str().unwrap().to_string();
+    let cfg = dir.path().join("vmtime.toml");
+    let c = cfg.to_str().unwrap();
+    let seg = dir.path().join("cb");
+    std::fs::write(&cfg, "[feed.clockbound]\ninterval_ms = 20\nlife_ms = 60000\n").unwrap();
+    let (cb, log) = spawn(
+        &["feed", "clockbound", "--config", c, "--source", &page, "--dir", seg.to_str().unwrap()],
+        "vmtime feed clockbound:",
+    );
+    let (_, _, drift) = segment_life(&seg.join("shm0"));
+    assert!((1..2_000_000).contains(&drift), "a bound's drift, without the new margin yet: {drift}");
+    // Live: the drift margin, the life and the interval (the next segment carries them). Restart:
+    // disruption support. The directory the file now names is not reported: the flag wins.
+    std::fs::write(
+        &cfg,
+        "[feed.clockbound]\ninterval_ms = 25\nlife_ms = 30000\ndrift_margin_ppb = 2000000\n\
+         disruption_support = \"on\"\ndir = \"/elsewhere\"\n",
+    )
+    .unwrap();
+    hup(&cb);
+    let line = wait_line(&log, "SIGHUP");
+    assert!(
+        line.contains("applied drift_margin_ppb = 2000000, interval_ms = 25, life_ms = 30000; these changes need a restart of vmtime feed clockbound: disruption_support = \"on\" (in force: \"auto\")"),
+        "{line}"
+    );
+    assert!(!line.contains("dir ="), "{line}");
+    // The segments written from now on carry the new margin and life (bounded wait on the
+    // feed's own writes, every 25 ms).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (as_of, void_after, drift) = segment_life(&seg.join("shm0"));
+        if drift >= 2_000_000 {
+            assert_eq!(void_after - as_of, 30_000_000_000, "the new life");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no segment with the new drift margin: {drift}");
+        std::thread::yield_now();
+    }
+    // A bad file (a life shorter than two intervals) keeps the settings in force.
+    std::fs::write(&cfg, "[feed.clockbound]\ninterval_ms = 1000\nlife_ms = 1500\n").unwrap();
+    hup(&cb);
+    let line = wait_line(&log, "SIGHUP");
+    assert!(line.contains("life_ms = 1500 is shorter than two intervals"), "{line}");
+    assert!(line.contains("keeping the settings in force"), "{line}");
+
+    // chrony: the interval and log level are live, the metrics address needs a restart.
+    let sock = dir.path().join("refclock.sock");
+    std::fs::write(&cfg, "[feed.chrony]\ninterval_ms = 100\n").unwrap();
+    let (ch, log) = spawn(
+        &["feed", "chrony", "--config", c, "--source", &page, "--socket", sock.to_str().unwrap()],
+        "vmtime feed chrony:",
+    );
+    std::fs::write(
+        &cfg,
+        "[feed.chrony]\ninterval_ms = 200\nburst = 4\nlog_level = \"debug\"\nmetrics_listen = \"127.0.0.1:9\"\n",
+    )
+    .unwrap();
+    hup(&ch);
+    let line = wait_line(&log, "SIGHUP");
+    assert!(
+        line.contains("applied burst = 4, interval_ms = 200, log_level = \"debug\"; these changes need a restart of vmtime feed chrony: metrics_listen = \"127.0.0.1:9\" (in force: unset)"),
+        "{line}"
+    );
+}
