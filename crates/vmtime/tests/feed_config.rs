@@ -279,3 +279,49 @@ fn sighup_applies_the_feeds_live_keys_and_names_those_needing_a_restart() {
         "{line}"
     );
 }
+
+/// The feeds with their default paths, as their units run them, inside a private mount namespace
+/// whose /run is a fresh tmpfs (so nothing of this machine's /run is touched): the ClockBound
+/// segment lands in /var/run/clockbound (= /run/clockbound, the unit's RuntimeDirectory, made
+/// here as systemd makes it: 0755), readable by every client; the chrony feed sends to
+/// /run/chrony.vmclock0.sock, the socket of the documented chrony.conf line.
+#[test]
+fn default_paths_are_the_units_directories() {
+    let dir = tempfile::tempdir().unwrap();
+    let page = gen_page(dir.path());
+    let cfg = dir.path().join("empty.toml");
+    std::fs::write(&cfg, "").unwrap();
+    let script = r#"set -e
+mount -t tmpfs -o mode=0755 tmpfs /run
+mkdir -m 0755 /run/clockbound
+"$0" feed clockbound --config "$1" --source "$2" --interval-ms 100 --duration-s 1 2>&1
+stat -c 'segment %a %s' /var/run/clockbound/shm0
+"$0" feed chrony --config "$1" --source "$2" --interval-ms 100 --duration-s 1 2>&1"#;
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", script])
+        .arg(env!("CARGO_BIN_EXE_vmtime"))
+        .arg(&cfg)
+        .arg(&page)
+        .output();
+    let out = match out {
+        Ok(o) if o.status.success() => o,
+        Ok(o) if String::from_utf8_lossy(&o.stderr).contains("unshare failed") => {
+            eprintln!("SKIP: no private mount namespace here (needs root): {}", String::from_utf8_lossy(&o.stderr));
+            return;
+        }
+        Ok(o) => panic!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)),
+        Err(e) => {
+            eprintln!("SKIP: unshare cannot be run: {e}");
+            return;
+        }
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("vmtime feed clockbound: {page} → /var/run/clockbound/shm0")), "{text}");
+    assert!(text.contains("\nsegment 644 80\n"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "vmtime feed chrony: {page} → /run/chrony.vmclock0.sock every 100 ms (chrony.conf: refclock SOCK /run/chrony.vmclock0.sock)"
+        )),
+        "{text}"
+    );
+}
