@@ -219,7 +219,7 @@ fn feeds_serve_their_metrics_and_promtool_accepts_them() {
     assert!(sample(&cb, "vmtime_feed_clockbound_segment_writes_total").unwrap() >= 1.0, "{cb}");
     assert!(cb.contains("vmtime_feed_clockbound_status{status=\"SYNCHRONIZED\"} 1\n"), "{cb}");
     let bound = sample(&cb, "vmtime_feed_clockbound_bound_seconds").unwrap();
-    assert!((50e-6..1e-3).contains(&bound), "the bound covers the page's 50 µs: {bound}");
+    assert!((50e-6..0.1).contains(&bound), "the bound covers the page's 50 µs: {bound}");
     assert!(sample(&cb, "vmtime_feed_clockbound_drift_ratio").unwrap() >= 15e-6, "the margin: {cb}");
     assert!(sample(&cb, "vmtime_feed_clockbound_segment_age_seconds").unwrap() < 60.0, "{cb}");
     assert!(sample(&cb, "vmtime_feed_clockbound_last_bounded_age_seconds").unwrap() < 60.0, "{cb}");
