@@ -252,3 +252,93 @@ fn layout_chooses_the_segments() {
     let out = common::vmtime(&["feed", "clockbound", "--source", "x", "--layout", "4"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// clock-bound-ffi 3.0.0-rc.0 (a dev-dependency: Cargo builds its `libclockbound.a` next to this
+/// test's dependencies) and its header, found through `cargo metadata`.
+fn clockbound_ffi() -> (std::path::PathBuf, std::path::PathBuf) {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+    let out = std::process::Command::new(cargo)
+        .args(["metadata", "--format-version", "1", "--offline", "--manifest-path"])
+        .arg(&manifest)
+        .output()
+        .expect("run cargo metadata");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let pkg =
+        v["packages"].as_array().unwrap().iter().find(|p| p["name"] == "clock-bound-ffi").expect("clock-bound-ffi");
+    let include = Path::new(pkg["manifest_path"].as_str().unwrap()).parent().unwrap().join("include");
+    // target/<profile>/deps, from this test's own path (target/<profile>/deps/clockbound3-…): the
+    // newest libclockbound-HASH.a is the one this build made.
+    let deps = std::env::current_exe().unwrap().parent().unwrap().to_path_buf();
+    let lib = std::fs::read_dir(&deps)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            n.starts_with("libclockbound-") && n.ends_with(".a")
+        })
+        .max_by_key(|e| e.metadata().unwrap().modified().unwrap())
+        .expect("libclockbound-*.a in target/*/deps (clock-bound-ffi is a dev-dependency)")
+        .path();
+    (include, lib)
+}
+
+#[test]
+fn a_c_program_reads_shm1_through_clock_bound_ffi() {
+    use std::process::Command;
+    if !supported() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (include, lib) = clockbound_ffi();
+    let exe = dir.path().join("clockbound3_now");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/clockbound3_now.c");
+    let st = Command::new("cc")
+        .args(["-O2", "-Wall", "-Werror", "-I"])
+        .arg(&include)
+        .arg(&src)
+        .arg(&lib)
+        .args(["-lgcc_s", "-lutil", "-lrt", "-lpthread", "-lm", "-ldl", "-lc", "-o"])
+        .arg(&exe)
+        .status()
+        .expect("run cc");
+    assert!(st.success(), "cc failed on {}", src.display());
+
+    let page = dir.path().join("page");
+    gen_page(dir.path(), &page, 1, "synchronized");
+    let feed = start_feed(&page, dir.path(), 100, &["--disruption-support", "off"]);
+    let shm1 = dir.path().join("shm1");
+    let run = |count: &str| {
+        let out = Command::new(&exe).arg(&shm1).arg(&page).arg(count).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let lines: Vec<(i32, i128, i128)> = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let f: Vec<&str> = l.split(' ').collect();
+                (f[0].parse().unwrap(), f[1].parse().unwrap(), f[2].parse().unwrap())
+            })
+            .collect();
+        assert_eq!(lines.len().to_string(), count);
+        lines
+    };
+    let clock = vmclock::Clock::open(&page).unwrap();
+    let page_now = || {
+        let n = clock.now().unwrap().utc().unwrap();
+        (n.time.as_nanos() as i128, n.maxerror_ns().unwrap() as i128)
+    };
+    let (r1, (p1, e1)) = (gettime(ClockId::Realtime).unwrap(), page_now());
+    let readings = run("1000");
+    let (p2, r2) = (page_now().0, gettime(ClockId::Realtime).unwrap());
+    for (i, &(status, earliest, latest)) in readings.iter().enumerate() {
+        assert_eq!(status, 1, "reading {i}: CLOCKBOUND_STA_SYNCHRONIZED");
+        // Every reading happened within the program's run: CLOCK_REALTIME in [r1, r2], the
+        // page's time in [p1, p2].
+        assert!(earliest <= r2 && latest >= r1, "reading {i}: [{earliest}, {latest}] misses CLOCK_REALTIME");
+        assert!(earliest <= p2 - e1 && latest >= p1 + e1, "reading {i}: misses the page's interval");
+    }
+    // SIGTERM: the C client says CLOCKBOUND_STA_UNKNOWN.
+    assert!(feed.terminate().success());
+    assert_eq!(run("1")[0].0, 0, "shm1 still claims a bound after SIGTERM");
+}
