@@ -88,7 +88,7 @@ struct ClockBoundArgs {
     /// Which segments: 2 (`shm0`, ClockBound 2.x clients), 3 (`shm1`, 3.x clients) or both.
     #[arg(long, value_enum, default_value_t = Layout::Both)]
     layout: Layout,
-    /// How long the segment stays valid without an update, ms (at least two intervals).
+    /// How long the segments stay valid without an update, ms (at least two intervals).
     #[arg(long, default_value = "5000")]
     life_ms: LifeMs,
     /// Drift allowed to CLOCK_REALTIME beyond the rate measured, ppb (ClockBound assumes 15 ppm).

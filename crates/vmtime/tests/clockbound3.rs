@@ -250,7 +250,9 @@ fn layout_chooses_the_segments() {
         drop(feed);
     }
     let out = common::vmtime(&["feed", "clockbound", "--source", "x", "--layout", "4"]);
+    let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2));
+    assert!(err.lines().count() == 1 && err.contains("--layout"), "one line naming the flag: {err}");
 }
 
 /// clock-bound-ffi 3.0.0-rc.0 (a dev-dependency: Cargo builds its `libclockbound.a` next to this
