@@ -2,6 +2,7 @@
 //! SOCK refclock and ClockBound's clients (docs/INTEROP.md). The decisions are in
 //! `vmtime_core::feed`; this is the loop and the I/O. Neither command changes a clock.
 
+use crate::config::LogLevel;
 use crate::values::{Burst, DriftPpb, DurationS, FeedIntervalMs, LifeMs};
 use anyhow::{bail, Context, Result};
 use clap::{Args as ClapArgs, Subcommand, ValueEnum};
@@ -46,6 +47,9 @@ struct Common {
     /// Exit after this many seconds.
     #[arg(long)]
     duration_s: Option<DurationS>,
+    /// Log level: error, warn, info, debug (a line per sample or segment write) or trace.
+    #[arg(long, value_enum, default_value_t = LogLevel::Info)]
+    log_level: LogLevel,
 }
 
 #[derive(ClapArgs, Debug)]
@@ -100,6 +104,11 @@ struct ClockBoundArgs {
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
+    let level = match &a.target {
+        Target::Chrony(c) => c.common.log_level,
+        Target::Clockbound(c) => c.common.log_level,
+    };
+    crate::logging::set_level(level);
     match a.target {
         Target::Chrony(c) => run_chrony(c),
         Target::Clockbound(c) => run_clockbound(c),
@@ -290,6 +299,9 @@ fn run_chrony(a: ChronyArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Looks at the coarse clock's lag per interval (each three vDSO reads).
+const COARSE_LAG_LOOKS: usize = 8;
+
 fn run_clockbound(a: ClockBoundArgs) -> Result<ExitCode> {
     let interval = validate(&a.common)?;
     if a.life_ms.get() < 2 * a.common.interval_ms.get() {
@@ -328,20 +340,28 @@ fn run_clockbound(a: ClockBoundArgs) -> Result<ExitCode> {
     let mut errors = ReadErrors::default();
     let mut first = true;
     loop {
-        let as_of = gettime(ClockId::MonotonicCoarse)?;
+        // The clients' coarse clock lags the fine one: a few looks each interval keep the largest
+        // lag seen, which `as_of` allows for.
+        for _ in 0..COARSE_LAG_LOOKS {
+            if let Some(lag) = vmtime_sys::clock::coarse_lag_ns()? {
+                feed.observe_coarse_lag(lag);
+            }
+        }
+        let start = gettime(ClockId::Monotonic)?;
         let eb = match m.measure(a.common.burst.get() as usize) {
             Ok((before, after, mono_ns)) => {
                 errors.clear();
-                feed.handle(&Observation { before, after, samples: &m.samples, mono_ns }, as_of)
+                feed.handle(&Observation { before, after, samples: &m.samples, mono_ns }, start)
             }
             Err(e) => {
                 if let Some(line) = errors.fresh(&e) {
                     tracing::warn!("{line}");
                 }
                 feed.last_hold = Some(Hold::NoTime);
+                let as_of = start - feed.coarse_allowance_ns();
                 ErrorBound {
-                    as_of_ns: as_of - cfg.coarse_tick_ns,
-                    void_after_ns: as_of - cfg.coarse_tick_ns + cfg.life_ns,
+                    as_of_ns: as_of,
+                    void_after_ns: as_of + cfg.life_ns,
                     bound_ns: 0,
                     disruption_marker: 0,
                     max_drift_ppb: 0,
@@ -353,6 +373,29 @@ fn run_clockbound(a: ClockBoundArgs) -> Result<ExitCode> {
         let eb3 = feed.v3(&eb);
         seg0.iter_mut().for_each(|s| s.write(&eb.to_bytes()));
         seg1.iter_mut().for_each(|s| s.write(&eb3.to_bytes()));
+        if let Some(t) = feed.last_terms {
+            tracing::debug!(
+                "segment generation {} ({}): page seq {} counter {} maxerror {} ns, offset {} ns, pairing {} ns, span {} ns, \
+                 rounding {} ns: bound {} ns; drift {} ppb (page {}, CLOCK_REALTIME {}, margin {}); as_of {} ns \
+                 ({} ns early for the coarse clock)",
+                seg0.as_ref().or(seg1.as_ref()).map_or(0, |s| s.generation()),
+                if seg0.is_some() { "shm0" } else { "shm1" },
+                t.seq,
+                t.counter,
+                t.maxerror_ns,
+                t.offset_ns,
+                t.pairing_ns,
+                t.span_ns,
+                vmtime_core::feed::clockbound::ROUNDING_NS,
+                eb.bound_ns,
+                eb.max_drift_ppb,
+                t.page_rate_ppb,
+                t.realtime_rate_ppb,
+                cfg.drift_margin_ppb,
+                eb.as_of_ns,
+                feed.coarse_allowance_ns()
+            );
+        }
         if first {
             tracing::info!(
                 "vmtime feed clockbound: {} → {} every {} ms (life {} ms, disruption support {})",

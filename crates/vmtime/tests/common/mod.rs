@@ -45,6 +45,13 @@ impl Drop for Daemon {
 /// Starts `vmtime ARGS` and returns once a stderr line contains `ready` (the daemon prints it
 /// when its socket is listening).
 pub fn start(args: &[&str], ready: &str) -> (Daemon, Vec<String>) {
+    let (d, lines, _) = start_logged(args, ready);
+    (d, lines)
+}
+
+/// The same, with the daemon's later stderr lines delivered to the receiver (its stderr is
+/// drained whether or not the receiver is kept, so the daemon never blocks on a full pipe).
+pub fn start_logged(args: &[&str], ready: &str) -> (Daemon, Vec<String>, std::sync::mpsc::Receiver<String>) {
     let mut child =
         Command::new(env!("CARGO_BIN_EXE_vmtime")).args(args).stderr(Stdio::piped()).spawn().expect("start daemon");
     let mut lines = Vec::new();
@@ -58,9 +65,13 @@ pub fn start(args: &[&str], ready: &str) -> (Daemon, Vec<String>) {
             break;
         }
     }
-    // Keep draining stderr so the daemon never blocks on a full pipe.
-    std::thread::spawn(move || for _ in err.lines() {});
-    (Daemon(child), lines)
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in err.lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    (Daemon(child), lines, rx)
 }
 
 pub fn start_host(page: &Path) -> (Daemon, Vec<String>) {
