@@ -261,6 +261,10 @@ fn frac_to_ns_f64(x: i128) -> f64 {
 /// The kernel clock at the tightest sample's counter: every sample's window, moved along the
 /// period to that counter, is intersected. With an empty intersection (the rate moved mid-burst)
 /// the tightest window alone is used.
+///
+/// A window is `[before, after + 1 ns)`: clock_gettime truncates the kernel's clock (which keeps
+/// fractions of a ns) to whole ns, so the clock at the counter read is at least `before` but may
+/// be up to 1 ns past `after`.
 pub fn kernel_reference(samples: &[AbaSample], period: Period, offset_s: i64) -> Option<KernelRef> {
     let best = samples.iter().min_by_key(|s| s.window_ns())?;
     let r = Reference {
@@ -278,11 +282,11 @@ pub fn kernel_reference(samples: &[AbaSample], period: Period, offset_s: i64) ->
     for s in samples {
         let e = r.elapsed(s.counter).0;
         lo = lo.max(crate::ns_to_frac(s.before_ns - anchor, false) - e);
-        hi = hi.min(crate::ns_to_frac(s.after_ns - anchor, false) - e + 1);
+        hi = hi.min(crate::ns_to_frac(s.after_ns + 1 - anchor, false) - e);
     }
     if lo > hi {
         lo = 0;
-        hi = crate::ns_to_frac(best.window_ns(), false) + 1;
+        hi = crate::ns_to_frac(best.window_ns() + 1, false);
     }
     let base = crate::ns_to_frac(anchor + offset_s as i128 * NS, false);
     Some(KernelRef { counter: best.counter, time: base + (lo + hi) / 2, half: (hi - lo + 1) / 2 })

@@ -244,6 +244,23 @@ pub enum DisruptionSupport {
     Off,
 }
 
+/// Which ClockBound segments `vmtime feed clockbound` maintains (`--layout`, `layout`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
+pub enum Layout {
+    /// `shm0` only, for ClockBound 2.x clients (time from CLOCK_REALTIME).
+    #[value(name = "2")]
+    #[serde(rename = "2")]
+    V2,
+    /// `shm1` only, for ClockBound 3.x clients (time from the counter, on the page's map).
+    #[value(name = "3")]
+    #[serde(rename = "3")]
+    V3,
+    /// Both, as ClockBound 3's own daemon writes them.
+    #[default]
+    #[serde(rename = "both")]
+    Both,
+}
+
 /// `[feed.chrony]`: `vmtime feed chrony`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -288,8 +305,10 @@ impl Default for FeedChronySettings {
 pub struct FeedClockBoundSettings {
     /// The page: a vmclock device or page file.
     pub source: PathBuf,
-    /// The directory of the segment (`shm0` in it).
+    /// The directory of the segments (`shm0` and/or `shm1` in it).
     pub dir: PathBuf,
+    /// Which segments: "2" (`shm0`), "3" (`shm1`) or "both".
+    pub layout: Layout,
     /// Interval between updates.
     pub interval_ms: FeedIntervalMs,
     /// (CLOCK_REALTIME, counter, CLOCK_REALTIME) samples per measurement.
@@ -313,6 +332,7 @@ impl Default for FeedClockBoundSettings {
         FeedClockBoundSettings {
             source: PathBuf::from(crate::DEFAULT_GUEST_PAGE),
             dir: PathBuf::from("/var/run/clockbound"),
+            layout: Layout::Both,
             interval_ms: FeedIntervalMs::new(1000).expect("in range"),
             burst: Burst::new(16).expect("in range"),
             life_ms: LifeMs::new(5000).expect("in range"),

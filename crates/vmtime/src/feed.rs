@@ -4,7 +4,7 @@
 //! service side (systemd, metrics, SIGHUP) is crate::feed_service; their settings are the
 //! configuration's `[feed.chrony]` and `[feed.clockbound]` (crate::config), flags over file.
 
-use crate::config::{DisruptionSupport, FeedChronySettings, FeedClockBoundSettings, LogLevel};
+use crate::config::{DisruptionSupport, FeedChronySettings, FeedClockBoundSettings, Layout, LogLevel};
 use crate::feed_service::{Service, Wake};
 use crate::metrics::{cb_status_name, FeedChronyMetrics, FeedClockBoundMetrics};
 use crate::values::{Burst, DriftPpb, DurationS, FeedIntervalMs, LifeMs};
@@ -17,7 +17,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use vmclock::Snapshot;
 use vmtime_core::feed::chrony::{ChronyAction, ChronyFeed};
-use vmtime_core::feed::clockbound::{CbStatus, ClockBoundConfig, ClockBoundFeed, ErrorBound};
+use vmtime_core::feed::clockbound::{v3, CbStatus, ClockBoundConfig, ClockBoundFeed, ErrorBound, LAYOUT_V2};
 use vmtime_core::feed::{Hold, Observation};
 use vmtime_core::AbaSample;
 use vmtime_sys::clock::{aba_sample, gettime, ClockId};
@@ -33,7 +33,7 @@ pub struct Args {
 enum Target {
     /// Send chrony SOCK refclock samples (chrony.conf: `refclock SOCK PATH`).
     Chrony(ChronyArgs),
-    /// Maintain ClockBound 2.x's shared-memory segment for its unmodified clients.
+    /// Maintain ClockBound's shared-memory segments (2.x `shm0`, 3.x `shm1`) for its unmodified clients.
     Clockbound(ClockBoundArgs),
 }
 
@@ -56,7 +56,7 @@ struct Common {
     /// Exit after this many seconds.
     #[arg(long)]
     duration_s: Option<DurationS>,
-    /// Log level: error, warn, info, debug or trace.
+    /// Log level: error, warn, info, debug (a line per sample or segment write) or trace.
     #[arg(long, value_enum)]
     log_level: Option<LogLevel>,
     /// Serve Prometheus metrics on this loopback address (default: [metrics] listen; off).
@@ -86,10 +86,13 @@ struct ClockBoundArgs {
     #[command(flatten)]
     #[serde(flatten)]
     common: Common,
-    /// The directory of the segment (`shm0` in it).
+    /// The directory of the segments (`shm0` and/or `shm1` in it, as --layout says).
     #[arg(long)]
     dir: Option<PathBuf>,
-    /// How long the segment stays valid without an update, ms (at least two intervals).
+    /// Which segments: 2 (`shm0`, ClockBound 2.x clients), 3 (`shm1`, 3.x clients) or both.
+    #[arg(long, value_enum)]
+    layout: Option<Layout>,
+    /// How long the segments stay valid without an update, ms (at least two intervals).
     #[arg(long)]
     life_ms: Option<LifeMs>,
     /// Drift allowed to CLOCK_REALTIME beyond the rate measured, ppb (ClockBound assumes 15 ppm).
@@ -308,6 +311,9 @@ fn clockbound_config(a: &FeedClockBoundSettings, disruption_support: bool, coars
     }
 }
 
+/// Looks at the coarse clock's lag per interval (each three vDSO reads).
+const COARSE_LAG_LOOKS: usize = 8;
+
 fn run_clockbound(args: ClockBoundArgs) -> Result<ExitCode> {
     let mut a = args.settings()?;
     crate::logging::set_level(a.log_level);
@@ -319,9 +325,15 @@ fn run_clockbound(args: ClockBoundArgs) -> Result<ExitCode> {
     };
     let mut m = Measurer::open(&a.source, a.burst.get() as usize)?;
     vmtime_sys::feed::ensure_segment_dir(&a.dir)?;
-    let path = a.dir.join("shm0");
-    let mut seg = ClockBoundSegment::open_or_create(&path)
-        .with_context(|| format!("cannot create the ClockBound segment {}", path.display()))?;
+    let open = |name: &str, layout| {
+        let path = a.dir.join(name);
+        ClockBoundSegment::open_or_create_as(&path, layout)
+            .with_context(|| format!("cannot create the ClockBound segment {}", path.display()))
+    };
+    let mut seg0 = if a.layout == Layout::V3 { None } else { Some(open("shm0", LAYOUT_V2)?) };
+    let mut seg1 = if a.layout == Layout::V2 { None } else { Some(open("shm1", v3::LAYOUT)?) };
+    let paths: Vec<_> = seg0.iter().chain(&seg1).map(|s| s.path().display().to_string()).collect();
+    let paths = paths.join(" and ");
     let coarse_tick_ns = vmtime_sys::clock::getres(ClockId::MonotonicCoarse)?.clamp(1, 1_000_000_000);
     let mut feed = ClockBoundFeed::new(clockbound_config(&a, disruption_support, coarse_tick_ns));
     let mut svc =
@@ -331,12 +343,19 @@ fn run_clockbound(args: ClockBoundArgs) -> Result<ExitCode> {
     let mut first = true;
     loop {
         let cfg = feed.config();
-        let as_of = gettime(ClockId::MonotonicCoarse)?;
+        // The clients' coarse clock lags the fine one: a few looks each interval keep the largest
+        // lag seen, which `as_of` allows for.
+        for _ in 0..COARSE_LAG_LOOKS {
+            if let Some(lag) = vmtime_sys::clock::coarse_lag_ns()? {
+                feed.observe_coarse_lag(lag);
+            }
+        }
+        let start = gettime(ClockId::Monotonic)?;
         let eb = match m.measure(a.burst.get() as usize) {
             Ok((before, after, mono_ns)) => {
                 errors.clear();
                 svc.m.common.page_seen(before.seq_count(), Instant::now());
-                let eb = feed.handle(&Observation { before, after, samples: &m.samples, mono_ns }, as_of);
+                let eb = feed.handle(&Observation { before, after, samples: &m.samples, mono_ns }, start);
                 if feed.last_hold.is_some() {
                     svc.m.common.held(feed.last_hold);
                 }
@@ -348,9 +367,10 @@ fn run_clockbound(args: ClockBoundArgs) -> Result<ExitCode> {
                 }
                 feed.last_hold = Some(Hold::NoTime);
                 svc.m.common.held(None);
+                let as_of = start - feed.coarse_allowance_ns();
                 ErrorBound {
-                    as_of_ns: as_of - cfg.coarse_tick_ns,
-                    void_after_ns: as_of - cfg.coarse_tick_ns + cfg.life_ns,
+                    as_of_ns: as_of,
+                    void_after_ns: as_of + cfg.life_ns,
                     bound_ns: 0,
                     disruption_marker: 0,
                     max_drift_ppb: 0,
@@ -359,13 +379,38 @@ fn run_clockbound(args: ClockBoundArgs) -> Result<ExitCode> {
                 }
             }
         };
-        seg.write(&eb.to_bytes());
+        let eb3 = feed.v3(&eb);
+        seg0.iter_mut().for_each(|s| s.write(&eb.to_bytes()));
+        seg1.iter_mut().for_each(|s| s.write(&eb3.to_bytes()));
         svc.m.written(&eb, Instant::now());
+        if let Some(t) = feed.last_terms {
+            tracing::debug!(
+                "segment generation {} ({}): page seq {} counter {} maxerror {} ns, offset {} ns, pairing {} ns, span {} ns, \
+                 rounding {} ns: bound {} ns; drift {} ppb (page {}, CLOCK_REALTIME {}, margin {}); as_of {} ns \
+                 ({} ns early for the coarse clock)",
+                seg0.as_ref().or(seg1.as_ref()).map_or(0, |s| s.generation()),
+                if seg0.is_some() { "shm0" } else { "shm1" },
+                t.seq,
+                t.counter,
+                t.maxerror_ns,
+                t.offset_ns,
+                t.pairing_ns,
+                t.span_ns,
+                vmtime_core::feed::clockbound::ROUNDING_NS,
+                eb.bound_ns,
+                eb.max_drift_ppb,
+                t.page_rate_ppb,
+                t.realtime_rate_ppb,
+                cfg.drift_margin_ppb,
+                eb.as_of_ns,
+                feed.coarse_allowance_ns()
+            );
+        }
         if first {
             tracing::info!(
                 "vmtime feed clockbound: {} → {} every {} ms (life {} ms, disruption support {})",
                 a.source.display(),
-                path.display(),
+                paths,
                 a.interval_ms,
                 a.life_ms,
                 if disruption_support { "on" } else { "off" }
@@ -374,8 +419,8 @@ fn run_clockbound(args: ClockBoundArgs) -> Result<ExitCode> {
         }
         report(&mut last, feed.last_hold, "clockbound feed");
         let status = match feed.last_hold {
-            Some(h) => format!("writing {}: {} (holding: {})", path.display(), cb_status_name(eb.status), h.describe()),
-            None => format!("writing {}: {}", path.display(), cb_status_name(eb.status)),
+            Some(h) => format!("writing {paths}: {} (holding: {})", cb_status_name(eb.status), h.describe()),
+            None => format!("writing {paths}: {}", cb_status_name(eb.status)),
         };
         svc.turned(&status);
         let why = next_turn(&mut svc, |svc| {
@@ -388,12 +433,16 @@ fn run_clockbound(args: ClockBoundArgs) -> Result<ExitCode> {
         })?;
         if let Some(why) = why {
             if why.starts_with("SIG") {
-                // Stopped on purpose: void the segment now rather than at the end of its life.
+                // Stopped on purpose: void the segments now rather than at the end of their life.
                 let now = gettime(ClockId::MonotonicCoarse)?;
-                seg.write(&ErrorBound { status: CbStatus::Unknown, void_after_ns: now, ..eb }.to_bytes());
-                tracing::info!("{why}: stopping (the segment now says Unknown)");
+                seg0.iter_mut().for_each(|s| {
+                    s.write(&ErrorBound { status: CbStatus::Unknown, void_after_ns: now, ..eb }.to_bytes())
+                });
+                let void = v3::ErrorBound { status: CbStatus::Unknown, void_after_ns: eb3.map.as_of_ns, ..eb3 };
+                seg1.iter_mut().for_each(|s| s.write(&void.to_bytes()));
+                tracing::info!("{why}: stopping (the segments now say Unknown)");
             } else {
-                tracing::info!("{why}: stopping (the segment is void after its life)");
+                tracing::info!("{why}: stopping (the segments are void after their life)");
             }
             break;
         }
