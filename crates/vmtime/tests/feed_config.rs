@@ -132,7 +132,10 @@ fn flags_override_the_feed_section_which_overrides_the_defaults() {
     let f = dir.path().join("vmtime.toml");
     std::fs::write(
         &f,
-        format!("[feed.clockbound]\ndir = \"{}\"\ninterval_ms = 100\nlife_ms = 2500\nduration_s = 1\n", a.display()),
+        format!(
+            "[feed.clockbound]\ndir = \"{}\"\nlayout = \"2\"\ninterval_ms = 100\nlife_ms = 2500\nduration_s = 1\n",
+            a.display()
+        ),
     )
     .unwrap();
     // The file gives the life and the duration (the feed exits after 1 s); the flag the directory.
@@ -148,6 +151,7 @@ fn flags_override_the_feed_section_which_overrides_the_defaults() {
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(!a.exists(), "the flag's directory wins");
+    assert!(!b.join("shm1").exists(), "the file's layout: 2.x only");
     let (as_of, void_after, _) = segment_life(&b.join("shm0"));
     assert_eq!(void_after - as_of, 2_500_000_000, "the life is the file's");
     let err = String::from_utf8_lossy(&out.stderr);
@@ -164,8 +168,11 @@ fn flags_override_the_feed_section_which_overrides_the_defaults() {
         b.to_str().unwrap(),
         "--life-ms",
         "3000",
+        "--layout",
+        "both",
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(b.join("shm1").exists(), "the flag's layout: both segments");
     let (as_of, void_after, _) = segment_life(&b.join("shm0"));
     assert_eq!(void_after - as_of, 3_000_000_000, "the flag's life");
     // The effective configuration shows both sections, defaults filled in.
