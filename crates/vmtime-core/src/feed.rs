@@ -114,6 +114,12 @@ impl PageGate {
         PageGate { marker: None, disrupted: None, holdoff_ns }
     }
 
+    /// Takes `marker` as the last one seen (from a previous run): a page that comes with
+    /// another is a disruption, held until it is current.
+    pub fn expect_marker(&mut self, marker: u64) {
+        self.marker = Some(marker);
+    }
+
     /// Whether a disruption is pending.
     pub fn disrupted(&self) -> bool {
         self.disrupted.is_some()
@@ -464,6 +470,21 @@ pub mod clockbound {
         /// A feed.
         pub fn new(cfg: ClockBoundConfig) -> Self {
             ClockBoundFeed { cfg, gate: PageGate::new(cfg.holdoff_ns), last: None, rate_ppb: None, last_hold: None }
+        }
+
+        /// Continues from the body a previous run left in the segment (a feed restarted, or
+        /// killed and started again): its marker is the last one clients were given, so a page
+        /// whose marker changed while no feed ran is a disruption, as it would have been had
+        /// the feed kept running. A body that claims nothing (Unknown) carries no marker.
+        /// Returns the marker taken.
+        pub fn resume(&mut self, previous: &[u8; BODY_SIZE]) -> Option<u64> {
+            let status = i32::from_ne_bytes(previous[52..56].try_into().expect("4 bytes"));
+            let marker = u64::from_ne_bytes(previous[40..48].try_into().expect("8 bytes"));
+            let claimed = [CbStatus::Synchronized, CbStatus::FreeRunning, CbStatus::Disrupted];
+            claimed.iter().any(|&c| c as i32 == status).then(|| {
+                self.gate.expect_marker(marker);
+                marker
+            })
         }
 
         /// The segment for an observation; `as_of_ns` is CLOCK_MONOTONIC_COARSE read *before*
@@ -931,5 +952,32 @@ mod tests {
         // Before 1970.
         let past = page(1, 7, status::SYNCHRONIZED, -T0 - NS, 0);
         assert!(matches!(c.handle(&obs(past, &s, 2)), ChronyAction::Hold(Hold::OutOfRange | Hold::NoTime)));
+    }
+
+    #[test]
+    fn a_restarted_feed_holds_a_marker_that_changed_while_it_was_down() {
+        if vmclock::counter::NATIVE == counter_id::INVALID {
+            return;
+        }
+        let s = samples();
+        let mut first = ClockBoundFeed::new(ClockBoundConfig::default());
+        let left = first.handle(&obs(page(1, 7, status::SYNCHRONIZED, 0, 0), &s, 0), NS);
+        assert_eq!(left.status, CbStatus::Synchronized);
+        // The feed dies; the host moves to marker 8 meanwhile; a new feed finds the segment.
+        let mut next = ClockBoundFeed::new(ClockBoundConfig::default());
+        assert_eq!(next.resume(&left.to_bytes()), Some(7));
+        let p8 = page(1, 8, status::SYNCHRONIZED, 0, 0);
+        assert_eq!(next.handle(&obs(p8, &s, 10 * NS), 10 * NS).status, CbStatus::Disrupted);
+        // Current once updated again (or after the hold-off).
+        assert_eq!(
+            next.handle(&obs(page(2, 8, status::SYNCHRONIZED, 0, 0), &s, 11 * NS), 11 * NS).status,
+            CbStatus::Synchronized
+        );
+        // The same marker: no disruption. A body that claimed nothing gives no marker.
+        let mut same = ClockBoundFeed::new(ClockBoundConfig::default());
+        same.resume(&left.to_bytes());
+        assert_eq!(same.handle(&obs(page(1, 7, status::SYNCHRONIZED, 0, 0), &s, 0), NS).status, CbStatus::Synchronized);
+        let unknown = ErrorBound { status: CbStatus::Unknown, ..left };
+        assert_eq!(ClockBoundFeed::new(ClockBoundConfig::default()).resume(&unknown.to_bytes()), None);
     }
 }

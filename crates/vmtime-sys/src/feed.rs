@@ -35,6 +35,65 @@ impl ChronySocket {
         }
         Ok(())
     }
+
+    /// Why a send failed, in words, from the error and what is at the path now.
+    pub fn diagnose(&self, err: &io::Error) -> SendProblem {
+        let found = rfs::statat(CWD, &self.path, AtFlags::empty()).ok().map(|st| FileType::from_raw_mode(st.st_mode));
+        SendProblem::of(err, found)
+    }
+}
+
+/// Why chronyd did not get a sample: each names the cause and what to do (logged when it
+/// changes, not at every interval).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SendProblem {
+    /// Nothing at the path.
+    #[error(
+        "no socket there: is chronyd running with `refclock SOCK PATH` naming this path? (retrying each interval)"
+    )]
+    Missing,
+    /// A file that is not a socket (chronyd replaces it when it starts).
+    #[error("{0} is there, not chronyd's socket: give the path of chrony.conf's `refclock SOCK` line (chronyd replaces the file when it starts; retrying each interval)")]
+    NotASocket(&'static str),
+    /// A socket that nobody has open (chronyd stopped and left it).
+    #[error("nobody listens on this socket: chronyd is not running, or uses another path (retrying each interval)")]
+    NoListener,
+    /// The listener's queue is full: it does not read.
+    #[error("chronyd is not reading its samples (its queue is full): samples are dropped until it reads again")]
+    QueueFull,
+    /// The socket or its directory may not be written by this user.
+    #[error("permission denied: run the feed as the user chronyd created the socket for (root for Debian's chronyd, whose /run/chrony is 0750)")]
+    PermissionDenied,
+    /// Anything else.
+    #[error("cannot send ({0}) (retrying each interval)")]
+    Other(rustix::io::Errno),
+}
+
+impl SendProblem {
+    /// The problem for a send error and the file type at the path (`None`: nothing there).
+    pub fn of(err: &io::Error, found: Option<FileType>) -> Self {
+        let errno = rustix::io::Errno::from_io_error(err);
+        match (errno, found) {
+            (Some(rustix::io::Errno::ACCESS | rustix::io::Errno::PERM), _) => SendProblem::PermissionDenied,
+            (Some(rustix::io::Errno::AGAIN | rustix::io::Errno::NOBUFS), _) => SendProblem::QueueFull,
+            (_, None) => SendProblem::Missing,
+            (_, Some(FileType::Socket)) if errno == Some(rustix::io::Errno::CONNREFUSED) => SendProblem::NoListener,
+            (_, Some(t)) if t != FileType::Socket => SendProblem::NotASocket(crate::files::kind_name(t)),
+            (Some(e), _) => SendProblem::Other(e),
+            (None, _) => SendProblem::Other(rustix::io::Errno::IO),
+        }
+    }
+}
+
+/// Refuses a `--socket` that can never become chronyd's socket (a directory: chronyd could not
+/// bind there either). Anything else is accepted: chronyd creates or replaces it when it starts.
+pub fn check_chrony_socket_path(path: &Path) -> Result<(), FileError> {
+    match rfs::statat(CWD, path, AtFlags::empty()) {
+        Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
+            Err(FileError::NotASocket { path: path.display().to_string(), found: "a directory".into() })
+        }
+        _ => Ok(()),
+    }
 }
 
 /// ClockBound's segment file, mapped for writing: the header, then one `ClockErrorBound`
@@ -60,12 +119,21 @@ impl ClockBoundSegment {
     pub fn open_or_create(path: &Path) -> Result<Self, FileError> {
         let disp = || path.display().to_string();
         let io = |op: &'static str, e: rustix::io::Errno| FileError::Io { op, path: disp(), err: e.into() };
+        let symlink = || FileError::UnsafeDir {
+            path: disp(),
+            why: "a symbolic link is there (the feed never writes through one)".into(),
+            fix: "remove it: the feed creates the segment".into(),
+        };
         match rfs::statat(CWD, path, AtFlags::SYMLINK_NOFOLLOW) {
-            Err(rustix::io::Errno::NOENT) => create(path)?,
+            Err(rustix::io::Errno::NOENT) => match create(path) {
+                // Another feed created it since the check: open it (and find its lock) below.
+                Err(FileError::Io { err, .. }) if err.kind() == io::ErrorKind::AlreadyExists => {}
+                r => r?,
+            },
             Err(e) => return Err(io("inspect", e)),
             Ok(st) => match FileType::from_raw_mode(st.st_mode) {
                 FileType::RegularFile => {}
-                FileType::Symlink => return Err(FileError::Symlink { path: disp() }),
+                FileType::Symlink => return Err(symlink()),
                 t => {
                     return Err(FileError::WrongKind {
                         path: disp(),
@@ -77,13 +145,14 @@ impl ClockBoundSegment {
         }
         let flags = OFlags::RDWR | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
         let fd = rfs::openat(CWD, path, flags, Mode::empty()).map_err(|e| match e {
-            rustix::io::Errno::LOOP => FileError::Symlink { path: disp() },
+            rustix::io::Errno::LOOP => symlink(),
             e => io("open for writing", e),
         })?;
         rfs::flock(&fd, FlockOperation::NonBlockingLockExclusive).map_err(|e| match e {
-            rustix::io::Errno::WOULDBLOCK => {
-                FileError::Locked { path: disp(), holder: "another vmtime feed clockbound".into() }
-            }
+            rustix::io::Errno::WOULDBLOCK => FileError::Locked {
+                path: disp(),
+                holder: format!("vmtime feed clockbound, {}", crate::files::lock_holder(&fd)),
+            },
             e => io("lock", e),
         })?;
         // The segment is mapped shared and written in place: a file someone else may write to
@@ -98,6 +167,15 @@ impl ClockBoundSegment {
                 fix: "remove it (the feed creates a new one) or make it yours with mode 0644".into(),
             });
         }
+        // A second name for the file (a hard link) is a way to it that the directory's checks
+        // do not cover: write only a file that has one name.
+        if st.st_nlink != 1 {
+            return Err(FileError::UnsafeDir {
+                path: disp(),
+                why: format!("the file has {} names (hard links)", st.st_nlink),
+                fix: "remove it: the feed creates a new one".into(),
+            });
+        }
         let f = std::fs::File::from(fd);
         let mut b = Vec::new();
         std::io::Read::by_ref(&mut &f)
@@ -109,11 +187,12 @@ impl ClockBoundSegment {
             && u16::from_ne_bytes([b[12], b[13]]) == VERSION
             && u32::from_ne_bytes([b[8], b[9], b[10], b[11]]) == SEGMENT_SIZE as u32;
         if !ours {
-            return Err(FileError::WrongKind {
-                path: disp(),
-                found: format!("a file of {} bytes that is not a ClockBound 2 segment", b.len()),
-                what: "ClockBound 2 segment",
-            });
+            let found = if st.st_size as usize != SEGMENT_SIZE {
+                format!("a file of {} bytes (a ClockBound 2 segment has {SEGMENT_SIZE})", st.st_size)
+            } else {
+                format!("an {SEGMENT_SIZE}-byte file without ClockBound 2's magic, size and version")
+            };
+            return Err(FileError::WrongKind { path: disp(), found, what: "ClockBound 2 segment" });
         }
         // SAFETY: a fresh shared mapping (addr null) of SEGMENT_SIZE bytes of a regular file
         // opened for reading and writing that is exactly that long (checked above, under our
@@ -161,6 +240,21 @@ impl ClockBoundSegment {
     /// The current generation.
     pub fn generation(&self) -> u16 {
         self.generation_word().load(Ordering::Acquire)
+    }
+
+    /// The body last written, if the segment was written completely (generation even, not 0).
+    /// The feed is the only writer (it holds the lock); a body left half-written by a feed that
+    /// died (odd generation) is not returned.
+    pub fn body(&self) -> Option<[u8; BODY_SIZE]> {
+        let g = self.generation();
+        if g == 0 || g % 2 == 1 {
+            return None;
+        }
+        let mut b = [0u8; BODY_SIZE];
+        for (chunk, w) in b.chunks_exact_mut(8).zip(self.body_words()) {
+            chunk.copy_from_slice(&w.load(Ordering::Relaxed).to_ne_bytes());
+        }
+        Some(b)
     }
 
     /// Writes one body under the generation: odd, fence, body, even (0 skipped on wrap).
@@ -292,16 +386,20 @@ mod tests {
         let dir = tempfile_dir();
         let link = dir.join("link");
         std::os::unix::fs::symlink(dir.join("elsewhere"), &link).unwrap();
-        assert!(matches!(ClockBoundSegment::open_or_create(&link), Err(FileError::Symlink { .. })));
+        let e = ClockBoundSegment::open_or_create(&link).unwrap_err();
+        assert!(e.to_string().contains("a symbolic link is there") && e.to_string().contains("remove it"), "{e}");
         let other = dir.join("other");
         std::fs::write(&other, b"not a segment").unwrap();
         let e = ClockBoundSegment::open_or_create(&other).unwrap_err();
-        assert!(e.to_string().contains("not a ClockBound 2 segment"), "{e}");
+        assert!(e.to_string().contains("a file of 13 bytes (a ClockBound 2 segment has 80)"), "{e}");
         assert_eq!(std::fs::read(&other).unwrap(), b"not a segment", "left as it was");
         assert!(matches!(ClockBoundSegment::open_or_create(&dir), Err(FileError::WrongKind { .. })));
         let p = dir.join("shm0");
         let _held = ClockBoundSegment::open_or_create(&p).unwrap();
-        assert!(matches!(ClockBoundSegment::open_or_create(&p), Err(FileError::Locked { .. })));
+        let e = ClockBoundSegment::open_or_create(&p).unwrap_err();
+        assert!(matches!(e, FileError::Locked { .. }), "{e}");
+        // flock locks belong to the open file: /proc/locks names this process as the holder.
+        assert!(e.to_string().contains(&format!("pid {}", std::process::id())), "{e}");
         ensure_segment_dir(&dir.join("a/b")).unwrap();
         assert!(matches!(ensure_segment_dir(&link), Err(FileError::Symlink { .. }) | Err(FileError::Io { .. })));
         std::fs::remove_dir_all(&dir).unwrap();
@@ -340,6 +438,64 @@ mod tests {
             rustix::fs::chown(&p, Some(rustix::process::Uid::ROOT), None).unwrap();
         }
         ClockBoundSegment::open_or_create(&p).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn segments_of_the_wrong_size_or_with_other_names_are_refused_and_left_intact() {
+        let dir = tempfile_dir();
+        let p = dir.join("shm0");
+        // Too big, too small, the right size with another magic: named with their size.
+        for (bytes, says) in [
+            (vec![0u8; 4096], "a file of 4096 bytes (a ClockBound 2 segment has 80)"),
+            (vec![0u8; 40], "a file of 40 bytes"),
+            (vec![0xffu8; SEGMENT_SIZE], "an 80-byte file without ClockBound 2's magic"),
+        ] {
+            std::fs::write(&p, &bytes).unwrap();
+            let e = ClockBoundSegment::open_or_create(&p).unwrap_err();
+            assert!(e.to_string().contains(says), "{e}");
+            assert_eq!(std::fs::read(&p).unwrap(), bytes, "left as it was");
+        }
+        std::fs::remove_file(&p).unwrap();
+        // A real segment with a second name (a hard link): refused, both names left.
+        drop(ClockBoundSegment::open_or_create(&p).unwrap());
+        std::fs::hard_link(&p, dir.join("other-name")).unwrap();
+        let e = ClockBoundSegment::open_or_create(&p).unwrap_err();
+        assert!(e.to_string().contains("has 2 names (hard links)"), "{e}");
+        std::fs::remove_file(dir.join("other-name")).unwrap();
+        let mut s = ClockBoundSegment::open_or_create(&p).unwrap();
+        assert_eq!(s.body(), None, "never written");
+        s.write(&[3u8; BODY_SIZE]);
+        assert_eq!(s.body(), Some([3u8; BODY_SIZE]));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn chrony_send_problems_are_named() {
+        use rustix::io::Errno;
+        let e = |n: Errno| io::Error::from(n);
+        assert_eq!(SendProblem::of(&e(Errno::NOENT), None), SendProblem::Missing);
+        assert_eq!(
+            SendProblem::of(&e(Errno::CONNREFUSED), Some(FileType::RegularFile)),
+            SendProblem::NotASocket("a regular file")
+        );
+        assert_eq!(SendProblem::of(&e(Errno::CONNREFUSED), Some(FileType::Socket)), SendProblem::NoListener);
+        assert_eq!(SendProblem::of(&e(Errno::AGAIN), Some(FileType::Socket)), SendProblem::QueueFull);
+        assert_eq!(SendProblem::of(&e(Errno::ACCESS), Some(FileType::Socket)), SendProblem::PermissionDenied);
+        // And against real files: a socket nobody listens on any more, a regular file.
+        let dir = tempfile_dir();
+        let path = dir.join("chrony.sock");
+        drop(UnixDatagram::bind(&path).unwrap());
+        let s = ChronySocket::new(&path).unwrap();
+        let err = s.send(&[0u8; 40]).unwrap_err();
+        assert_eq!(s.diagnose(&err), SendProblem::NoListener, "{err}");
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, b"x").unwrap();
+        let err = s.send(&[0u8; 40]).unwrap_err();
+        assert_eq!(s.diagnose(&err), SendProblem::NotASocket("a regular file"), "{err}");
+        assert!(check_chrony_socket_path(&path).is_ok(), "chronyd replaces a file when it starts");
+        let e = check_chrony_socket_path(&dir).unwrap_err();
+        assert!(e.to_string().contains("a directory is there, not a socket"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -3,7 +3,7 @@
 //! `vmtime_core::feed`; this is the loop and the I/O. Neither command changes a clock.
 
 use crate::values::{Burst, DriftPpb, DurationS, FeedIntervalMs, LifeMs};
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::{Args as ClapArgs, Subcommand, ValueEnum};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -37,10 +37,10 @@ struct Common {
     /// The page: a vmclock device or page file.
     #[arg(long, default_value = crate::DEFAULT_GUEST_PAGE)]
     source: PathBuf,
-    /// Interval between samples or updates, ms (10 to 3600000).
+    /// Interval between samples or updates, ms.
     #[arg(long, default_value = "1000")]
     interval_ms: FeedIntervalMs,
-    /// (CLOCK_REALTIME, counter, CLOCK_REALTIME) samples per measurement (1 to 256).
+    /// (CLOCK_REALTIME, counter, CLOCK_REALTIME) samples per measurement.
     #[arg(long, default_value = "16")]
     burst: Burst,
     /// Exit after this many seconds.
@@ -72,7 +72,8 @@ struct ClockBoundArgs {
     /// The directory of the segment (`shm0` in it).
     #[arg(long, default_value = "/var/run/clockbound")]
     dir: PathBuf,
-    /// How long the segment stays valid without an update, ms (at least two intervals).
+    /// How long the segment stays valid without an update, ms (at least two intervals, less
+    /// than 32767 intervals).
     #[arg(long, default_value = "5000")]
     life_ms: LifeMs,
     /// Drift allowed to CLOCK_REALTIME beyond the rate measured, ppb (ClockBound assumes 15 ppm).
@@ -103,7 +104,10 @@ struct Measurer {
 
 impl Measurer {
     fn open(path: &Path, burst: usize) -> Result<Self> {
-        Ok(Measurer { page: crate::page::FollowedPage::open(path)?, samples: Vec::with_capacity(burst) })
+        let page = crate::page::FollowedPage::open(path).map_err(|e| {
+            anyhow::anyhow!("{e}: give --source the vmclock device (/dev/vmclock0, from the ptp_vmclock driver) or a page file")
+        })?;
+        Ok(Measurer { page, samples: Vec::with_capacity(burst) })
     }
 
     fn read(&self) -> Result<Snapshot> {
@@ -130,20 +134,25 @@ impl Measurer {
     }
 }
 
-/// A page that cannot be read (truncated, replaced by junk) usually stays so for a while: its
-/// error is logged when it first appears or changes, not at every interval (at 10 ms, a hundred
-/// lines a second).
+/// A page that cannot be read (truncated, replaced by junk, its writer stuck mid-update)
+/// usually stays so for a while: its error is logged when it first appears or changes, not at
+/// every interval (at 10 ms, a hundred lines a second).
 #[derive(Default)]
 struct ReadErrors {
     last: Option<String>,
 }
 
 impl ReadErrors {
-    /// The line to log for this error, if it is news.
+    /// The line to log for this error, if it is news. A page whose writer seems stuck is the
+    /// same news whatever the attempts and time its message counts.
     fn fresh(&mut self, e: &anyhow::Error) -> Option<String> {
         let line = format!("{e:#}");
-        (self.last.as_deref() != Some(line.as_str())).then(|| {
-            self.last = Some(line.clone());
+        let key = match e.downcast_ref::<vmtime_sys::follow::FollowError>() {
+            Some(vmtime_sys::follow::FollowError::Busy { path, .. }) => format!("busy {path}"),
+            _ => line.clone(),
+        };
+        (self.last.as_deref() != Some(key.as_str())).then(|| {
+            self.last = Some(key);
             line
         })
     }
@@ -220,7 +229,10 @@ impl Pacer {
 fn run_chrony(a: ChronyArgs) -> Result<ExitCode> {
     let interval = validate(&a.common)?;
     let mut m = Measurer::open(&a.common.source, a.common.burst.get() as usize)?;
+    vmtime_sys::feed::check_chrony_socket_path(&a.socket)?;
     let sock = ChronySocket::new(&a.socket)?;
+    // chronyd reads a relative path in chrony.conf from its own working directory (/).
+    let conf_path = std::path::absolute(&a.socket).unwrap_or_else(|_| a.socket.clone());
     let mut feed = ChronyFeed::new(interval.as_nanos() as i128);
     let mut pacer = Pacer::new(interval, a.common.duration_s.map(DurationS::get), "chrony")?;
     tracing::info!(
@@ -228,9 +240,9 @@ fn run_chrony(a: ChronyArgs) -> Result<ExitCode> {
         a.common.source.display(),
         a.socket.display(),
         a.common.interval_ms,
-        a.socket.display()
+        conf_path.display()
     );
-    let (mut last, mut send_failing, mut errors) = (None, false, ReadErrors::default());
+    let (mut last, mut send_failing, mut errors) = (None, None, ReadErrors::default());
     loop {
         let action = match m.measure(a.common.burst.get() as usize) {
             Ok((before, after, mono_ns)) => {
@@ -241,27 +253,27 @@ fn run_chrony(a: ChronyArgs) -> Result<ExitCode> {
                 if let Some(line) = errors.fresh(&e) {
                     tracing::warn!("{line}");
                 }
-                ChronyAction::Hold(Hold::NoTime)
+                ChronyAction::Hold(Hold::Unreadable)
             }
         };
         match action {
             ChronyAction::Send(s) => {
                 report(&mut last, None, "chrony feed");
                 match sock.send(&s.to_bytes()) {
-                    Ok(()) if send_failing => {
-                        tracing::info!("{}: chronyd receives samples again", a.socket.display());
-                        send_failing = false;
+                    Ok(()) => {
+                        if send_failing.take().is_some() {
+                            tracing::info!("{}: chronyd receives samples again", a.socket.display());
+                        }
                     }
-                    Ok(()) => {}
-                    Err(e) if !send_failing => {
-                        tracing::warn!(
-                            "{}: cannot send ({e}); is chronyd running with `refclock SOCK {}`? (retrying each interval)",
-                            a.socket.display(),
-                            a.socket.display()
-                        );
-                        send_failing = true;
+                    Err(e) => {
+                        // Logged when the cause changes (a full queue after a missing socket is
+                        // news), not at every interval.
+                        let problem = sock.diagnose(&e);
+                        if send_failing != Some(problem) {
+                            tracing::warn!("{}: {problem}", a.socket.display());
+                            send_failing = Some(problem);
+                        }
                     }
-                    Err(_) => {}
                 }
             }
             ChronyAction::Hold(h) => report(&mut last, Some(h), "chrony feed"),
@@ -274,6 +286,9 @@ fn run_chrony(a: ChronyArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Updates after which the segment's generation (even, never 0, u16) has the same value again.
+const GENERATION_PERIOD: u64 = 32767;
+
 fn run_clockbound(a: ClockBoundArgs) -> Result<ExitCode> {
     let interval = validate(&a.common)?;
     if a.life_ms.get() < 2 * a.common.interval_ms.get() {
@@ -281,6 +296,18 @@ fn run_clockbound(a: ClockBoundArgs) -> Result<ExitCode> {
             "--life-ms {}: give at least two intervals ({} ms) and at most 3600000",
             a.life_ms,
             2 * a.common.interval_ms.get()
+        );
+    }
+    // The segment's generation (u16, by two per update, never 0) comes back to a value every
+    // 32767 updates, and clock-bound-client keeps its copy while the generation it read is the
+    // one it sees: a client that reads rarely could take a bound that old for the current one.
+    // It must be void by then.
+    let wrap_ms = GENERATION_PERIOD * a.common.interval_ms.get();
+    if a.life_ms.get() >= wrap_ms {
+        bail!(
+            "--life-ms {} with --interval-ms {}: the segment's generation comes back to the same value after {GENERATION_PERIOD} updates ({wrap_ms} ms), and a segment must be void by then: give a --life-ms below {wrap_ms}, or a longer --interval-ms",
+            a.life_ms,
+            a.common.interval_ms
         );
     }
     let disruption_support = match a.disruption_support {
@@ -291,8 +318,7 @@ fn run_clockbound(a: ClockBoundArgs) -> Result<ExitCode> {
     let mut m = Measurer::open(&a.common.source, a.common.burst.get() as usize)?;
     vmtime_sys::feed::ensure_segment_dir(&a.dir)?;
     let path = a.dir.join("shm0");
-    let mut seg = ClockBoundSegment::open_or_create(&path)
-        .with_context(|| format!("cannot create the ClockBound segment {}", path.display()))?;
+    let mut seg = ClockBoundSegment::open_or_create(&path)?;
     let cfg = ClockBoundConfig {
         life_ns: a.life_ms.get() as i128 * 1_000_000,
         drift_margin_ppb: a.drift_margin_ppb.get(),
@@ -301,6 +327,12 @@ fn run_clockbound(a: ClockBoundArgs) -> Result<ExitCode> {
         coarse_tick_ns: vmtime_sys::clock::getres(ClockId::MonotonicCoarse)?.clamp(1, 1_000_000_000),
     };
     let mut feed = ClockBoundFeed::new(cfg);
+    // A segment left by a previous run: its marker is the last one clients were given.
+    let mut last_marker = 0;
+    if let Some(m) = seg.body().and_then(|b| feed.resume(&b)) {
+        tracing::info!("{}: continuing from generation {}, disruption marker {m}", path.display(), seg.generation());
+        last_marker = m;
+    }
     let mut pacer = Pacer::new(interval, a.common.duration_s.map(DurationS::get), "clockbound")?;
     let mut last = None;
     let mut errors = ReadErrors::default();
@@ -316,12 +348,14 @@ fn run_clockbound(a: ClockBoundArgs) -> Result<ExitCode> {
                 if let Some(line) = errors.fresh(&e) {
                     tracing::warn!("{line}");
                 }
-                feed.last_hold = Some(Hold::NoTime);
+                feed.last_hold = Some(Hold::Unreadable);
                 ErrorBound {
                     as_of_ns: as_of - cfg.coarse_tick_ns,
                     void_after_ns: as_of - cfg.coarse_tick_ns + cfg.life_ns,
                     bound_ns: 0,
-                    disruption_marker: 0,
+                    // Not the page's (it has none now): the last one written, so that clients
+                    // comparing markers see no false change.
+                    disruption_marker: last_marker,
                     max_drift_ppb: 0,
                     status: CbStatus::Unknown,
                     disruption_support,
@@ -329,6 +363,7 @@ fn run_clockbound(a: ClockBoundArgs) -> Result<ExitCode> {
             }
         };
         seg.write(&eb.to_bytes());
+        last_marker = eb.disruption_marker;
         if first {
             tracing::info!(
                 "vmtime feed clockbound: {} → {} every {} ms (life {} ms, disruption support {})",
