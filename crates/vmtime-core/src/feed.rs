@@ -792,18 +792,14 @@ mod tests {
     /// A page built field by field with extreme values (raw, so nothing is tidied up).
     fn extreme_page(
         counter: u64,
-        sec: u64,
-        frac: u64,
-        period: u64,
-        shift: u8,
-        maxerr: u64,
-        rate: u64,
-        st: u8,
-        leap_ind: u8,
+        (sec, frac): (u64, u64),
+        period: Period,
+        (maxerr, rate): (u64, u64),
+        (st, leap_ind): (u8, u8),
     ) -> Option<Snapshot> {
         let t = Timestamp::<Utc>::from_raw(((sec as u128) << 64) | frac as u128);
         let b = PageBuilder::new()
-            .reference(vmclock::counter::NATIVE, counter, t, Period { frac: period, shift })
+            .reference(vmclock::counter::NATIVE, counter, t, period)
             .status(st)
             .leap(leap_ind)
             .maxerror(maxerr, rate)
@@ -865,9 +861,13 @@ mod tests {
                             // The status flaps at every observation.
                             let st = statuses[n as usize % statuses.len()];
                             let leap_ind = (n % 9) as u8;
-                            let Some(p) =
-                                extreme_page(c, sec, u64::MAX - k as u64, period, shift, maxerr, rate, st, leap_ind)
-                            else {
+                            let Some(p) = extreme_page(
+                                c,
+                                (sec, u64::MAX - k as u64),
+                                Period { frac: period, shift },
+                                (maxerr, rate),
+                                (st, leap_ind),
+                            ) else {
                                 continue;
                             };
                             let o = obs(p, samples, n * NS);

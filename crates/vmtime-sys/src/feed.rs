@@ -242,12 +242,12 @@ impl ClockBoundSegment {
         self.generation_word().load(Ordering::Acquire)
     }
 
-    /// The body last written, if the segment was written completely (generation even, not 0).
-    /// The feed is the only writer (it holds the lock); a body left half-written by a feed that
-    /// died (odd generation) is not returned.
+    /// The body last written, if the segment was ever written (generation not 0). The feed is
+    /// the only writer (it holds the lock). A body left half-written by a feed that died (odd
+    /// generation) is returned as found: each 8-byte word is stored whole, so each field comes
+    /// from one of the last two writes (a marker in it is one the feed had seen).
     pub fn body(&self) -> Option<[u8; BODY_SIZE]> {
-        let g = self.generation();
-        if g == 0 || g % 2 == 1 {
+        if self.generation() == 0 {
             return None;
         }
         let mut b = [0u8; BODY_SIZE];

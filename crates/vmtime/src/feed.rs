@@ -105,7 +105,9 @@ struct Measurer {
 impl Measurer {
     fn open(path: &Path, burst: usize) -> Result<Self> {
         let page = crate::page::FollowedPage::open(path).map_err(|e| {
-            anyhow::anyhow!("{e}: give --source the vmclock device (/dev/vmclock0, from the ptp_vmclock driver) or a page file")
+            anyhow::anyhow!(
+                "{e}: give --source the vmclock device (/dev/vmclock0, from the ptp_vmclock driver) or a page file"
+            )
         })?;
         Ok(Measurer { page, samples: Vec::with_capacity(burst) })
     }
