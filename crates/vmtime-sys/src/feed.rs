@@ -88,6 +88,16 @@ impl SendProblem {
 /// Refuses a `--socket` that can never become chronyd's socket (a directory: chronyd could not
 /// bind there either). Anything else is accepted: chronyd creates or replaces it when it starts.
 pub fn check_chrony_socket_path(path: &Path) -> Result<(), FileError> {
+    use std::os::unix::ffi::OsStrExt;
+    // sockaddr_un's sun_path holds 108 bytes with the final NUL (chronyd refuses a longer
+    // path: "path ... is too long"; sendto could never reach it).
+    if path.as_os_str().as_bytes().len() > 107 {
+        return Err(FileError::UnsafeDir {
+            path: path.display().to_string(),
+            why: format!("{} bytes long, more than the 107 a Unix socket path may have", path.as_os_str().len()),
+            fix: "give chronyd and the feed a shorter path".into(),
+        });
+    }
     match rfs::statat(CWD, path, AtFlags::empty()) {
         Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
             Err(FileError::NotASocket { path: path.display().to_string(), found: "a directory".into() })
@@ -494,6 +504,10 @@ mod tests {
         let err = s.send(&[0u8; 40]).unwrap_err();
         assert_eq!(s.diagnose(&err), SendProblem::NotASocket("a regular file"), "{err}");
         assert!(check_chrony_socket_path(&path).is_ok(), "chronyd replaces a file when it starts");
+        let long = PathBuf::from(format!("/tmp/{}.sock", "x".repeat(103)));
+        let e = check_chrony_socket_path(&long).unwrap_err();
+        assert!(e.to_string().contains("113 bytes long, more than the 107"), "{e}");
+        assert!(check_chrony_socket_path(&PathBuf::from(format!("/tmp/{}.sock", "x".repeat(97)))).is_ok());
         let e = check_chrony_socket_path(&dir).unwrap_err();
         assert!(e.to_string().contains("a directory is there, not a socket"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();

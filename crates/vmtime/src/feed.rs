@@ -293,6 +293,14 @@ const GENERATION_PERIOD: u64 = 32767;
 
 fn run_clockbound(a: ClockBoundArgs) -> Result<ExitCode> {
     let interval = validate(&a.common)?;
+    const LIFE_MAX_MS: u64 = 3_600_000;
+    if 2 * a.common.interval_ms.get() > LIFE_MAX_MS {
+        bail!(
+            "--interval-ms {}: at most {} for the ClockBound feed (the segment's life, --life-ms, at most {LIFE_MAX_MS} ms, must cover two intervals)",
+            a.common.interval_ms,
+            LIFE_MAX_MS / 2
+        );
+    }
     if a.life_ms.get() < 2 * a.common.interval_ms.get() {
         bail!(
             "--life-ms {}: give at least two intervals ({} ms) and at most 3600000",
