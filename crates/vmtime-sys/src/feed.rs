@@ -138,6 +138,9 @@ impl ClockBoundSegment {
             Err(rustix::io::Errno::NOENT) => match create(path) {
                 // Another feed created it since the check: open it (and find its lock) below.
                 Err(FileError::Io { err, .. }) if err.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(FileError::Io { err, .. }) if err.kind() == io::ErrorKind::PermissionDenied => {
+                    return Err(denied(path, "cannot create the segment in its directory"))
+                }
                 r => r?,
             },
             Err(e) => return Err(io("inspect", e)),
@@ -156,6 +159,7 @@ impl ClockBoundSegment {
         let flags = OFlags::RDWR | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
         let fd = rfs::openat(CWD, path, flags, Mode::empty()).map_err(|e| match e {
             rustix::io::Errno::LOOP => symlink(),
+            rustix::io::Errno::ACCESS | rustix::io::Errno::PERM => denied(path, "cannot open the segment for writing"),
             e => io("open for writing", e),
         })?;
         rfs::flock(&fd, FlockOperation::NonBlockingLockExclusive).map_err(|e| match e {
@@ -327,6 +331,15 @@ fn create(path: &Path) -> Result<(), FileError> {
     Ok(())
 }
 
+/// Permission denied on the segment or its directory: what to do.
+fn denied(path: &Path, what: &str) -> FileError {
+    FileError::UnsafeDir {
+        path: path.display().to_string(),
+        why: format!("permission denied: {what}"),
+        fix: "run the feed as root (clients look in /var/run/clockbound), or give --dir a directory you own".into(),
+    }
+}
+
 /// Creates the segment's directory if it is missing (mode 0755: clients of any user read the
 /// segment) and refuses a path that is not a directory, or one that others may write to.
 pub fn ensure_segment_dir(dir: &Path) -> Result<(), FileError> {
@@ -336,6 +349,9 @@ pub fn ensure_segment_dir(dir: &Path) -> Result<(), FileError> {
     // for what it is, not reported as "File exists".
     if matches!(rfs::statat(CWD, dir, AtFlags::SYMLINK_NOFOLLOW), Err(rustix::io::Errno::NOENT)) {
         if let Err(e) = std::fs::DirBuilder::new().recursive(true).mode(0o755).create(dir) {
+            if e.kind() == io::ErrorKind::PermissionDenied {
+                return Err(denied(dir, "cannot create the directory"));
+            }
             return Err(FileError::Io { op: "create the directory", path: disp(), err: e });
         }
     }
@@ -477,6 +493,37 @@ mod tests {
         assert_eq!(s.body(), None, "never written");
         s.write(&[3u8; BODY_SIZE]);
         assert_eq!(s.body(), Some([3u8; BODY_SIZE]));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn segment_dirs_others_may_write_or_own_and_odd_files_are_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile_dir();
+        let d = dir.join("cb");
+        ensure_segment_dir(&d).unwrap();
+        assert_eq!(
+            std::fs::metadata(&d).unwrap().permissions().mode() & 0o7777,
+            0o755,
+            "readable by clients of any user"
+        );
+        for mode in [0o777, 0o1777, 0o775, 0o757] {
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(mode)).unwrap();
+            let e = ensure_segment_dir(&d).unwrap_err();
+            assert!(e.to_string().contains(&format!("mode {mode:o}")), "{e}");
+        }
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        if rustix::process::geteuid().is_root() {
+            rustix::fs::chown(&d, Some(rustix::process::Uid::from_raw(4242)), None).unwrap();
+            let e = ensure_segment_dir(&d).unwrap_err();
+            assert!(e.to_string().contains("owned by uid 4242"), "{e}");
+            rustix::fs::chown(&d, Some(rustix::process::Uid::ROOT), None).unwrap();
+        }
+        ensure_segment_dir(&d).unwrap();
+        let p = d.join("shm0");
+        rfs::mkfifoat(CWD, &p, Mode::from_raw_mode(0o600)).unwrap();
+        let e = ClockBoundSegment::open_or_create(&p).unwrap_err();
+        assert!(e.to_string().contains("a fifo is there"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -509,3 +509,60 @@ fn a_second_feed_on_the_same_dir_is_refused_with_the_holders_pid() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains(&format!("in use by another writer (vmtime feed clockbound, pid {})", first.pid())), "{err}");
 }
+
+/// `sh -c SCRIPT` in a private mount namespace (so /run can be a tmpfs: the feed's default
+/// /var/run/clockbound without touching this machine's), with $VMTIME and $PAGE set; `None`
+/// (the test skips) without root or `unshare -m`.
+fn in_private_run(page: &Path, script: &str) -> Option<std::process::Output> {
+    use std::process::Command;
+    let root = rustix::process::geteuid().is_root();
+    if !root || !Command::new("unshare").args(["-m", "true"]).status().is_ok_and(|s| s.success()) {
+        println!("SKIP: needs root and unshare -m");
+        return None;
+    }
+    // /var/run too where it is not a link to /run: nothing may reach the real one.
+    let script = format!(
+        "mount -t tmpfs tmpfs /run && chmod 755 /run && \
+         {{ [ -L /var/run ] || {{ mount -t tmpfs tmpfs /var/run && chmod 755 /var/run; }}; }} && {script}"
+    );
+    Some(
+        Command::new("unshare")
+            .args(["-m", "--propagation", "private", "sh", "-c", &script])
+            .env("VMTIME", env!("CARGO_BIN_EXE_vmtime"))
+            .env("PAGE", page)
+            .output()
+            .unwrap(),
+    )
+}
+
+#[test]
+fn the_default_dir_as_the_doc_says_and_as_a_user_who_may_not_write_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let page = dir.path().join("page");
+    common::vmtime_ok(&["gen", page.to_str().unwrap(), "--tai-offset", "37", "--calibrate-ms", "20"].map(String::from));
+    // docs/INTEROP.md's command with the defaults: /var/run/clockbound (here a private /run)
+    // made 0755 with shm0 0644, so that clients of any user read it.
+    let as_nobody = "setpriv --reuid 65534 --regid 65534 --clear-groups \"$VMTIME\" feed clockbound --source \"$PAGE\" --duration-s 1";
+    let Some(o) = in_private_run(
+        &page,
+        &format!(
+            "\"$VMTIME\" feed clockbound --source \"$PAGE\" --duration-s 1 && stat -c '%a %U' /var/run/clockbound /var/run/clockbound/shm0 \
+             && {as_nobody}; echo \"rc=$?\"; rm -r /run/clockbound && {as_nobody}; echo \"rc=$?\""
+        ),
+    ) else {
+        return;
+    };
+    let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["755 root", "644 root", "rc=2", "rc=2"], "{out}{err}");
+    // Another user: root's segment, then root's /run: one line each, naming what to do.
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("vmtime:")).collect();
+    assert_eq!(lines.len(), 2, "{err}");
+    assert!(
+        lines[0].contains("/var/run/clockbound/shm0: permission denied: cannot open the segment for writing"),
+        "{err}"
+    );
+    assert!(lines[1].contains("/var/run/clockbound: permission denied: cannot create the directory"), "{err}");
+    assert!(lines.iter().all(|l| l.contains("run the feed as root")), "{err}");
+}
