@@ -50,6 +50,10 @@ pub enum Hold {
     Unreadable,
     /// CLOCK_REALTIME went backwards inside a sample (stepped back during the measurement).
     RealtimeStepped,
+    /// The page gives no maximum error (of its time or of its period): nothing to bound.
+    NoMaxError,
+    /// The bound would exceed what ClockBound can hold (73 years, or a drift of 100 %).
+    Unbounded,
 }
 
 impl Hold {
@@ -64,6 +68,8 @@ impl Hold {
             Hold::OutOfRange => "the page's UTC is before 1970 or 136 years or more from CLOCK_REALTIME",
             Hold::Unreadable => "the page cannot be read",
             Hold::RealtimeStepped => "CLOCK_REALTIME was stepped back during the measurement",
+            Hold::NoMaxError => "the page gives no maximum error (of its time and its period) to bound",
+            Hold::Unbounded => "the page's maximum error is beyond what a ClockBound segment can hold",
         }
     }
 }
@@ -523,7 +529,7 @@ pub mod clockbound {
             }
             self.last = Some(p);
             let (Some(maxerror), Some(rate)) = (p.maxerror, p.rate_maxerror_ppb) else {
-                self.last_hold = Some(Hold::NoTime);
+                self.last_hold = Some(Hold::NoMaxError);
                 return eb;
             };
             // |true − REALTIME| ≤ page maxerror + |page − REALTIME| + half-width of the pairing
@@ -541,7 +547,7 @@ pub mod clockbound {
                 + (span.saturating_mul(drift)).div_ceil(1_000_000_000)
                 + SAFETY_MARGIN_NS;
             if bound > i64::MAX as u128 / 2 || drift >= MAX_DRIFT_PPB as u128 {
-                self.last_hold = Some(Hold::NoTime);
+                self.last_hold = Some(Hold::Unbounded);
                 return eb;
             }
             self.last_hold = None;
@@ -979,5 +985,35 @@ mod tests {
         assert_eq!(same.handle(&obs(page(1, 7, status::SYNCHRONIZED, 0, 0), &s, 0), NS).status, CbStatus::Synchronized);
         let unknown = ErrorBound { status: CbStatus::Unknown, ..left };
         assert_eq!(ClockBoundFeed::new(ClockBoundConfig::default()).resume(&unknown.to_bytes()), None);
+    }
+
+    #[test]
+    fn a_page_without_a_maximum_error_is_named_as_such() {
+        if vmclock::counter::NATIVE == counter_id::INVALID {
+            return;
+        }
+        // `vmtime gen PAGE` without --maxerror-ns: the page gives UTC (chrony is fed) but no
+        // bound. The feed said "the page gives no UTC time for this CPU's counter".
+        let t = Timestamp::<Utc>::from_raw(crate::ns_to_frac(T0, false) as u128);
+        let b = PageBuilder::new()
+            .reference(vmclock::counter::NATIVE, 1_000_000_000, t, Period::from_hz(HZ).unwrap())
+            .status(status::SYNCHRONIZED)
+            .build();
+        let p = Snapshot::new(b, 4096).unwrap();
+        let s = samples();
+        assert!(matches!(ChronyFeed::new(NS).handle(&obs(p, &s, 0)), ChronyAction::Send(_)));
+        let mut f = ClockBoundFeed::new(ClockBoundConfig::default());
+        assert_eq!(f.handle(&obs(p, &s, 0), NS).status, CbStatus::Unknown);
+        assert_eq!(f.last_hold, Some(Hold::NoMaxError));
+        assert!(Hold::NoMaxError.describe().contains("no maximum error"));
+        // A maximum error beyond what the segment holds.
+        let b = PageBuilder::new()
+            .reference(vmclock::counter::NATIVE, 1_000_000_000, t, Period::from_hz(HZ).unwrap())
+            .status(status::SYNCHRONIZED)
+            .maxerror(u64::MAX, u64::MAX)
+            .build();
+        let p = Snapshot::new(b, 4096).unwrap();
+        assert_eq!(f.handle(&obs(p, &s, 1), NS).status, CbStatus::Unknown);
+        assert_eq!(f.last_hold, Some(Hold::Unbounded));
     }
 }
