@@ -62,7 +62,7 @@ pub enum SendProblem {
     #[error("chronyd is not reading its samples (its queue is full): samples are dropped until it reads again")]
     QueueFull,
     /// The socket or its directory may not be written by this user.
-    #[error("permission denied: run the feed as the user chronyd created the socket for (root for Debian's chronyd, whose /run/chrony is 0750)")]
+    #[error("permission denied: run the feed as root (chronyd creates its SOCK socket as root, mode 0755, before it drops privileges)")]
     PermissionDenied,
     /// Anything else.
     #[error("cannot send ({0}) (retrying each interval)")]
