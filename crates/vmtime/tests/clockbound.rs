@@ -566,3 +566,27 @@ fn the_default_dir_as_the_doc_says_and_as_a_user_who_may_not_write_it() {
     assert!(lines[1].contains("/var/run/clockbound: permission denied: cannot create the directory"), "{err}");
     assert!(lines.iter().all(|l| l.contains("run the feed as root")), "{err}");
 }
+
+#[test]
+fn an_unreadable_page_is_unknown_with_the_marker_last_written() {
+    if vmclock::counter::NATIVE == vmclock::abi::counter_id::INVALID {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let page = dir.path().join("page");
+    gen_page(dir.path(), &page, 5);
+    let seg = dir.path().join("shm0");
+    let (_feed, log) = common::start_logged(&feed_args(&page, dir.path(), "100", "2000"));
+    common::wait_line(&log, "clockbound feed: running", Duration::from_secs(20));
+    let mut c = ClockBoundClient::new_with_path(seg.to_str().unwrap()).unwrap();
+    assert!(wait_status(&mut c, ClockStatus::Synchronized, Duration::from_secs(10)));
+    // The page file is replaced by 10 bytes of nothing: Unknown, and the marker stays 5 (it was
+    // written as 0, a change for clients that compare markers).
+    let tmp = dir.path().join("short");
+    std::fs::write(&tmp, [0u8; 10]).unwrap();
+    std::fs::rename(&tmp, &page).unwrap();
+    common::wait_line(&log, "holding: the page cannot be read", Duration::from_secs(20));
+    assert!(wait_status(&mut c, ClockStatus::Unknown, Duration::from_secs(10)));
+    let (_, _, _, marker, status) = segment(&seg);
+    assert_eq!((marker, status), (5, 0));
+}
