@@ -52,7 +52,8 @@ struct Common {
 struct ChronyArgs {
     #[command(flatten)]
     common: Common,
-    /// chronyd's SOCK refclock socket (chronyd creates it).
+    /// chronyd's SOCK refclock socket: the PATH of chrony.conf's `refclock SOCK PATH` (chronyd
+    /// creates it, as root: run the feed as root).
     #[arg(long)]
     socket: PathBuf,
 }
@@ -61,7 +62,9 @@ struct ChronyArgs {
 enum DisruptionSupport {
     /// On when the source is /dev/vmclock0 (the device the clients compare markers with).
     Auto,
+    /// Clients compare the segment's marker with /dev/vmclock0's and say Unknown when they differ.
     On,
+    /// Clients go by the segment's status alone.
     Off,
 }
 
