@@ -103,7 +103,26 @@ fn validate(c: &Common) -> Result<Duration> {
 struct Measurer {
     page: crate::page::FollowedPage,
     samples: Vec<AbaSample>,
+    /// Not read again before this, after a read found the page's writer stuck.
+    stuck_until: Option<Instant>,
 }
+
+/// A read that finds the page's writer stuck mid-update spins for the seqlock's whole wait
+/// (100 ms, as the kernel's reader): at a 10 ms interval a stuck page kept a core busy. After
+/// one, the page is not read again for this long (unless it is replaced).
+const STUCK_BACKOFF: Duration = Duration::from_secs(1);
+
+/// The measurement skipped while backing off from a stuck page (held, not logged again).
+#[derive(Debug)]
+struct StuckBackoff;
+
+impl std::fmt::Display for StuckBackoff {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the page's writer seemed stuck at the last read: waiting before reading it again")
+    }
+}
+
+impl std::error::Error for StuckBackoff {}
 
 impl Measurer {
     fn open(path: &Path, burst: usize) -> Result<Self> {
@@ -112,17 +131,27 @@ impl Measurer {
                 "{e}: give --source the vmclock device (/dev/vmclock0, from the ptp_vmclock driver) or a page file"
             )
         })?;
-        Ok(Measurer { page, samples: Vec::with_capacity(burst) })
+        Ok(Measurer { page, samples: Vec::with_capacity(burst), stuck_until: None })
     }
 
-    fn read(&self) -> Result<Snapshot> {
-        Ok(self.page.read()?)
+    fn read(&mut self) -> Result<Snapshot> {
+        self.page.read().map_err(|e| {
+            if matches!(e, vmtime_sys::follow::FollowError::Busy { .. }) {
+                self.stuck_until = Some(Instant::now() + STUCK_BACKOFF);
+            }
+            e.into()
+        })
     }
 
     /// (before, after, monotonic ns), the burst left in `self.samples`. A page updated during
     /// the burst is measured again (up to 4 times; then the core holds for this interval).
     fn measure(&mut self, burst: usize) -> Result<(Snapshot, Snapshot, i128)> {
-        self.page.refresh();
+        if self.page.refresh() {
+            self.stuck_until = None; // a new file: read it now
+        }
+        if self.stuck_until.is_some_and(|t| Instant::now() < t) {
+            return Err(StuckBackoff.into());
+        }
         let mut attempt = 0;
         loop {
             let before = self.read()?;
@@ -151,6 +180,9 @@ impl ReadErrors {
     /// The line to log for this error, if it is news. A page whose writer seems stuck is the
     /// same news whatever the attempts and time its message counts.
     fn fresh(&mut self, e: &anyhow::Error) -> Option<String> {
+        if e.is::<StuckBackoff>() {
+            return None; // the stuck page, already logged
+        }
         let line = format!("{e:#}");
         let key = match e.downcast_ref::<vmtime_sys::follow::FollowError>() {
             Some(vmtime_sys::follow::FollowError::Busy { path, .. }) => format!("busy {path}"),

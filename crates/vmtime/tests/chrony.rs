@@ -196,9 +196,11 @@ fn a_page_whose_writer_seems_stuck_is_logged_once() {
     b[12..16].copy_from_slice(&3u32.to_le_bytes());
     std::fs::write(&page, &b).unwrap();
     let path = dir.path().join("refclock.sock");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vmtime"))
+    // Run under sh to get the feed's CPU time from `times` (children's user and system time).
+    let out = std::process::Command::new("sh")
+        .args(["-c", "\"$0\" \"$@\" && times", env!("CARGO_BIN_EXE_vmtime")])
         .args(["feed", "chrony", "--source", page.to_str().unwrap(), "--socket", path.to_str().unwrap()])
-        .args(["--interval-ms", "10", "--duration-s", "2"])
+        .args(["--interval-ms", "10", "--duration-s", "3"])
         .output()
         .unwrap();
     assert!(out.status.success());
@@ -206,4 +208,14 @@ fn a_page_whose_writer_seems_stuck_is_logged_once() {
     let stuck = err.lines().filter(|l| l.contains("no consistent copy")).count();
     assert_eq!(stuck, 1, "{err}");
     assert!(err.contains("holding: the page cannot be read"), "{err}");
+    // Each read of a stuck page spins for the seqlock's 100 ms wait: read every 10 ms, the feed
+    // spent its life spinning (1.2 s of CPU in 3 s here; 0.12 s now). It now waits 1 s after such a read.
+    let times = String::from_utf8_lossy(&out.stdout);
+    let secs = |t: &str| {
+        let (m, s) = t.trim_end_matches('s').split_once('m').unwrap();
+        m.parse::<f64>().unwrap() * 60.0 + s.parse::<f64>().unwrap()
+    };
+    let children = times.lines().nth(1).unwrap_or_else(|| panic!("times: {times:?}"));
+    let cpu: f64 = children.split_whitespace().map(secs).sum();
+    assert!(cpu < 0.6, "the feed used {cpu} s of CPU in 3 s on a stuck page");
 }
