@@ -376,7 +376,10 @@ pub fn ensure_segment_dir(dir: &Path) -> Result<(), FileError> {
         return Err(FileError::UnsafeDir {
             path: disp(),
             why: format!("owned by uid {} with mode {:o}", st.st_uid, st.st_mode & 0o7777),
-            fix: "give a directory owned by you or root that only its owner may write to".into(),
+            fix: format!(
+                "give a directory owned by you or root that only its owner may write to (chown {me} {d}; chmod 755 {d}: ClockBound's own setup makes it chrony:chrony 0775), or another --dir",
+                d = disp()
+            ),
         });
     }
     Ok(())
@@ -511,6 +514,8 @@ mod tests {
             std::fs::set_permissions(&d, std::fs::Permissions::from_mode(mode)).unwrap();
             let e = ensure_segment_dir(&d).unwrap_err();
             assert!(e.to_string().contains(&format!("mode {mode:o}")), "{e}");
+            // ClockBound's own setup (chrony:chrony 0775): the fix is named.
+            assert!(e.to_string().contains(&format!("chmod 755 {}", d.display())), "{e}");
         }
         std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
         if rustix::process::geteuid().is_root() {
