@@ -126,10 +126,11 @@ impl std::error::Error for StuckBackoff {}
 
 impl Measurer {
     fn open(path: &Path, burst: usize) -> Result<Self> {
-        let page = crate::page::FollowedPage::open(path).map_err(|e| {
-            anyhow::anyhow!(
-                "{e}: give --source the vmclock device (/dev/vmclock0, from the ptp_vmclock driver) or a page file"
-            )
+        let page = crate::page::FollowedPage::open(path).map_err(|e| match e.to_string() {
+            said if said.contains("(give ") => anyhow::anyhow!(said), // it says what to do already
+            said => anyhow::anyhow!(
+                "{said}: give --source the vmclock device (/dev/vmclock0, from the ptp_vmclock driver) or a page file"
+            ),
         })?;
         Ok(Measurer { page, samples: Vec::with_capacity(burst), stuck_until: None })
     }
