@@ -390,3 +390,239 @@ fn bounds_stay_honest_while_a_host_publishes_updates() {
         pages.len()
     );
 }
+
+/// The segment as written: (generation, as_of, void_after, marker, status), read until two
+/// reads agree on an even generation (the feed may be writing).
+fn segment(seg: &Path) -> (u16, i128, i128, u64, i32) {
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let a = std::fs::read(seg).unwrap();
+        let b = std::fs::read(seg).unwrap();
+        let g = u16::from_ne_bytes([a[14], a[15]]);
+        if a == b && g % 2 == 0 {
+            let ts = |o: usize| {
+                i64::from_ne_bytes(a[o..o + 8].try_into().unwrap()) as i128 * 1_000_000_000
+                    + i64::from_ne_bytes(a[o + 8..o + 16].try_into().unwrap()) as i128
+            };
+            let marker = u64::from_ne_bytes(a[56..64].try_into().unwrap());
+            return (g, ts(16), ts(32), marker, i32::from_ne_bytes(a[68..72].try_into().unwrap()));
+        }
+        assert!(Instant::now() < end, "no consistent read of the segment (generation {g})");
+    }
+}
+
+fn feed_args<'a>(page: &'a Path, dir: &'a Path, interval: &'a str, life: &'a str) -> Vec<&'a str> {
+    let (page, dir) = (page.to_str().unwrap(), dir.to_str().unwrap());
+    vec![
+        "feed",
+        "clockbound",
+        "--source",
+        page,
+        "--dir",
+        dir,
+        "--interval-ms",
+        interval,
+        "--life-ms",
+        life,
+        "--disruption-support",
+        "off",
+        "--duration-s",
+        "120",
+    ]
+}
+
+#[test]
+fn a_feed_killed_mid_write_and_restarted_continues_the_segment_its_clients_hold() {
+    use std::os::unix::fs::{FileExt, MetadataExt};
+    if vmclock::counter::NATIVE == vmclock::abi::counter_id::INVALID {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let page = dir.path().join("page");
+    gen_page(dir.path(), &page, 1);
+    let seg = dir.path().join("shm0");
+    let args = feed_args(&page, dir.path(), "100", "2000");
+    let (feed, log) = common::spawn_logged(&args);
+    common::wait_line(&log, "clockbound feed: running", Duration::from_secs(20));
+    let mut c = ClockBoundClient::new_with_path(seg.to_str().unwrap()).unwrap();
+    assert!(wait_status(&mut c, ClockStatus::Synchronized, Duration::from_secs(10)));
+    drop(feed); // SIGKILL
+    let (g1, as_of1, _, marker, _) = segment(&seg);
+    let ino = std::fs::metadata(&seg).unwrap().ino();
+    // As if it died in the middle of a write: the generation left odd.
+    std::fs::OpenOptions::new().write(true).open(&seg).unwrap().write_at(&(g1 + 1).to_ne_bytes(), 14).unwrap();
+    let (_feed, log) = common::spawn_logged(&args);
+    let l = common::wait_line(&log, "continuing from generation", Duration::from_secs(20));
+    assert!(l.contains(&format!("generation {}, disruption marker {marker}", g1 + 1)), "{l}");
+    assert_eq!(std::fs::metadata(&seg).unwrap().ino(), ino, "the segment is reused in place, not replaced");
+    // The client that held the mapping follows the new feed; the generation goes on (no reset
+    // to 0 that a client would take as "not written"), and as_of never goes back.
+    assert!(wait_status(&mut c, ClockStatus::Synchronized, Duration::from_secs(10)));
+    let (g2, as_of2, ..) = segment(&seg);
+    assert!(g2 > g1 + 1 || g2 < 100, "generation {g2} after {g1} (wrapping past 0 only)");
+    assert!(as_of2 > as_of1, "as_of went back: {as_of2} after {as_of1}");
+    for i in 0..100 {
+        let r1 = gettime(ClockId::Realtime).unwrap();
+        let (earliest, latest, status) = reading(&mut c);
+        let r2 = gettime(ClockId::Realtime).unwrap();
+        assert_eq!(status, ClockStatus::Synchronized, "reading {i}");
+        assert!(earliest <= r2 && latest >= r1, "reading {i} misses CLOCK_REALTIME");
+    }
+}
+
+#[test]
+fn a_marker_that_changed_while_the_feed_was_down_is_a_disruption_after_its_restart() {
+    if vmclock::counter::NATIVE == vmclock::abi::counter_id::INVALID {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let page = dir.path().join("page");
+    gen_page(dir.path(), &page, 1);
+    let seg = dir.path().join("shm0");
+    // 1 s intervals: the hold-off (two intervals) is long enough to be seen on a loaded machine.
+    let args = feed_args(&page, dir.path(), "1000", "5000");
+    let (feed, log) = common::spawn_logged(&args);
+    common::wait_line(&log, "clockbound feed: running", Duration::from_secs(20));
+    let mut c = ClockBoundClient::new_with_path(seg.to_str().unwrap()).unwrap();
+    assert!(wait_status(&mut c, ClockStatus::Synchronized, Duration::from_secs(10)));
+    drop(feed);
+    gen_page(dir.path(), &page, 2); // the host moved on (migration) while no feed ran
+    let (_feed, log) = common::spawn_logged(&args);
+    common::wait_line(&log, "disruption marker 1", Duration::from_secs(20));
+    // Before: the restarted feed took the new page at once (Synchronized, no Disrupted).
+    assert!(wait_status(&mut c, ClockStatus::Disrupted, Duration::from_secs(10)), "no Disrupted after the restart");
+    assert!(wait_status(&mut c, ClockStatus::Synchronized, Duration::from_secs(10)), "no recovery");
+    assert_eq!(segment(&seg).3, 2);
+}
+
+#[test]
+fn a_stopped_feed_is_void_after_its_life_and_synchronized_again_after_sigcont() {
+    use rustix::process::{kill_process, Pid, Signal};
+    if vmclock::counter::NATIVE == vmclock::abi::counter_id::INVALID {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let page = dir.path().join("page");
+    gen_page(dir.path(), &page, 1);
+    let seg = dir.path().join("shm0");
+    let (feed, log) = common::spawn_logged(&feed_args(&page, dir.path(), "100", "1000"));
+    common::wait_line(&log, "clockbound feed: running", Duration::from_secs(20));
+    let mut c = ClockBoundClient::new_with_path(seg.to_str().unwrap()).unwrap();
+    assert!(wait_status(&mut c, ClockStatus::Synchronized, Duration::from_secs(10)));
+    let pid = Pid::from_raw(feed.pid() as i32).unwrap();
+    kill_process(pid, Signal::STOP).unwrap();
+    // Stopped longer than its life: Unknown, not before the void_after the segment states.
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = reading(&mut c).2;
+        let now = gettime(ClockId::MonotonicCoarse).unwrap();
+        if status == ClockStatus::Unknown {
+            let (_, _, void_after, ..) = segment(&seg);
+            assert!(now >= void_after, "Unknown at {now}, before void_after {void_after}");
+            break;
+        }
+        assert!(Instant::now() < end, "a stopped feed's segment never became void ({status:?})");
+        std::thread::yield_now();
+    }
+    kill_process(pid, Signal::CONT).unwrap();
+    assert!(wait_status(&mut c, ClockStatus::Synchronized, Duration::from_secs(10)), "not back after SIGCONT");
+}
+
+#[test]
+fn a_second_feed_on_the_same_dir_is_refused_with_the_holders_pid() {
+    if vmclock::counter::NATIVE == vmclock::abi::counter_id::INVALID {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let page = dir.path().join("page");
+    gen_page(dir.path(), &page, 1);
+    let args = feed_args(&page, dir.path(), "100", "2000");
+    let (first, log) = common::spawn_logged(&args);
+    common::wait_line(&log, "clockbound feed: running", Duration::from_secs(20));
+    let out = common::vmtime(&args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains(&format!("in use by another writer (vmtime feed clockbound, pid {})", first.pid())), "{err}");
+}
+
+/// `sh -c SCRIPT` in a private mount namespace (so /run can be a tmpfs: the feed's default
+/// /var/run/clockbound without touching this machine's), with $VMTIME and $PAGE set; `None`
+/// (the test skips) without root or `unshare -m`.
+fn in_private_run(page: &Path, script: &str) -> Option<std::process::Output> {
+    use std::process::Command;
+    let root = rustix::process::geteuid().is_root();
+    if !root || !Command::new("unshare").args(["-m", "true"]).status().is_ok_and(|s| s.success()) {
+        println!("SKIP: needs root and unshare -m");
+        return None;
+    }
+    // /var/run too where it is not a link to /run: nothing may reach the real one.
+    let script = format!(
+        "mount -t tmpfs tmpfs /run && chmod 755 /run && \
+         {{ [ -L /var/run ] || {{ mount -t tmpfs tmpfs /var/run && chmod 755 /var/run; }}; }} && {script}"
+    );
+    Some(
+        Command::new("unshare")
+            .args(["-m", "--propagation", "private", "sh", "-c", &script])
+            .env("VMTIME", env!("CARGO_BIN_EXE_vmtime"))
+            .env("PAGE", page)
+            .output()
+            .unwrap(),
+    )
+}
+
+#[test]
+fn the_default_dir_as_the_doc_says_and_as_a_user_who_may_not_write_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let page = dir.path().join("page");
+    common::vmtime_ok(&["gen", page.to_str().unwrap(), "--tai-offset", "37", "--calibrate-ms", "20"].map(String::from));
+    // docs/INTEROP.md's command with the defaults: /var/run/clockbound (here a private /run)
+    // made 0755 with shm0 0644, so that clients of any user read it.
+    let as_nobody = "setpriv --reuid 65534 --regid 65534 --clear-groups \"$VMTIME\" feed clockbound --source \"$PAGE\" --duration-s 1";
+    let Some(o) = in_private_run(
+        &page,
+        &format!(
+            "\"$VMTIME\" feed clockbound --source \"$PAGE\" --duration-s 1 && stat -c '%a %U' /var/run/clockbound /var/run/clockbound/shm0 \
+             && {as_nobody}; echo \"rc=$?\"; rm -r /run/clockbound && {as_nobody}; echo \"rc=$?\""
+        ),
+    ) else {
+        return;
+    };
+    let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["755 root", "644 root", "rc=2", "rc=2"], "{out}{err}");
+    // Another user: root's segment, then root's /run: one line each, naming what to do.
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("vmtime:")).collect();
+    assert_eq!(lines.len(), 2, "{err}");
+    assert!(
+        lines[0].contains("/var/run/clockbound/shm0: permission denied: cannot open the segment for writing"),
+        "{err}"
+    );
+    assert!(lines[1].contains("/var/run/clockbound: permission denied: cannot create the directory"), "{err}");
+    assert!(lines.iter().all(|l| l.contains("run the feed as root")), "{err}");
+}
+
+#[test]
+fn an_unreadable_page_is_unknown_with_the_marker_last_written() {
+    if vmclock::counter::NATIVE == vmclock::abi::counter_id::INVALID {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let page = dir.path().join("page");
+    gen_page(dir.path(), &page, 5);
+    let seg = dir.path().join("shm0");
+    let (_feed, log) = common::spawn_logged(&feed_args(&page, dir.path(), "100", "2000"));
+    common::wait_line(&log, "clockbound feed: running", Duration::from_secs(20));
+    let mut c = ClockBoundClient::new_with_path(seg.to_str().unwrap()).unwrap();
+    assert!(wait_status(&mut c, ClockStatus::Synchronized, Duration::from_secs(10)));
+    // The page file is replaced by 10 bytes of nothing: Unknown, and the marker stays 5 (it was
+    // written as 0, a change for clients that compare markers).
+    let tmp = dir.path().join("short");
+    std::fs::write(&tmp, [0u8; 10]).unwrap();
+    std::fs::rename(&tmp, &page).unwrap();
+    common::wait_line(&log, "holding: the page cannot be read", Duration::from_secs(20));
+    assert!(wait_status(&mut c, ClockStatus::Unknown, Duration::from_secs(10)));
+    let (_, _, _, marker, status) = segment(&seg);
+    assert_eq!((marker, status), (5, 0));
+}
