@@ -461,11 +461,11 @@ fn run_clockbound(a: ClockBoundArgs) -> Result<ExitCode> {
         seg1.iter_mut().for_each(|s| s.write(&eb3.to_bytes()));
         if let Some(t) = feed.last_terms {
             tracing::debug!(
-                "segment generation {} ({}): page seq {} counter {} maxerror {} ns, offset {} ns, pairing {} ns, span {} ns, \
+                "segment generations shm0 {} shm1 {}: page seq {} counter {} maxerror {} ns, offset {} ns, pairing {} ns, span {} ns, \
                  rounding {} ns: bound {} ns; drift {} ppb (page {}, CLOCK_REALTIME {}, margin {}); as_of {} ns \
                  ({} ns early for the coarse clock)",
-                seg0.as_ref().or(seg1.as_ref()).map_or(0, |s| s.generation()),
-                if seg0.is_some() { "shm0" } else { "shm1" },
+                seg0.as_ref().map_or("-".into(), |s| s.generation().to_string()),
+                seg1.as_ref().map_or("-".into(), |s| s.generation().to_string()),
                 t.seq,
                 t.counter,
                 t.maxerror_ns,
