@@ -26,6 +26,7 @@
 #![allow(non_camel_case_types)]
 
 use std::ffi::{c_char, c_int, CStr};
+use std::mem::MaybeUninit;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use vmclock_rs::guard::{protect, Protection};
@@ -199,53 +200,111 @@ pub unsafe extern "C" fn vmclock_now(c: *const vmclock, out: *mut vmclock_now) -
     }
     // SAFETY: `c` is not null and came from vmclock_open (not yet closed), per the API.
     let c = unsafe { &*c };
-    let result = c.clock.now();
-    if c.protection.as_ref().is_some_and(|p| p.gone()) {
-        return VMCLOCK_E_GONE;
+    // SAFETY: `out` is not null and points to a writable vmclock_now, per the API; seen as
+    // possibly uninitialised memory, which is only written.
+    let out = unsafe { &mut *out.cast::<MaybeUninit<vmclock_now>>() };
+    read(&c.clock, || c.protection.as_ref().is_some_and(|p| p.gone()), vmclock_rs::counter::read, out)
+}
+
+/// `vmclock_now` for Rust callers of this crate (its benchmark): the same reading, inlined into
+/// the caller, to tell the cost of the call across the library boundary from that of the work.
+#[doc(hidden)]
+#[inline(always)]
+pub fn now_inline(c: &vmclock, out: &mut MaybeUninit<vmclock_now>) -> c_int {
+    read(&c.clock, || c.protection.as_ref().is_some_and(|p| p.gone()), vmclock_rs::counter::read, out)
+}
+
+/// One reading as `vmclock_now` gives it, written to `out` (0), or a VMCLOCK_E_* code (`out`
+/// untouched): the page read with `read_counter` inside the seqlock (`Clock::now_with_counter`),
+/// `VMCLOCK_E_GONE` when `gone()` says the page file vanished (asked after the read, so a copy
+/// that met the zero page is never returned), then the UTC fields.
+///
+/// Shaped for the compiler (the cost per call halved, docs/BENCHMARKS.md): the uncontended
+/// attempt alone is inlined here and its `Now` used at once, and the struct is built in one
+/// expression and written straight to `out`. Before, the `Result<Now, ClockError>` of the full
+/// read (whose retry path returns through memory) and a finished `struct vmclock_now` went
+/// through the stack and were loaded back in other widths: store-forwarding stalls.
+#[inline(always)]
+fn read<M: vmclock_rs::PageMemory>(
+    clock: &Clock<M>,
+    gone: impl Fn() -> bool,
+    mut read_counter: impl FnMut() -> u64,
+    out: &mut MaybeUninit<vmclock_now>,
+) -> c_int {
+    match clock.try_now_with_counter(&mut read_counter) {
+        Some(Ok(now)) if !gone() => fill(&now, out),
+        Some(Ok(_)) => VMCLOCK_E_GONE,
+        Some(Err(e)) => {
+            if gone() {
+                VMCLOCK_E_GONE
+            } else {
+                time_code(&e)
+            }
+        }
+        None => read_contended(clock, gone, read_counter, out),
     }
-    let now = match result {
-        Ok(n) => n,
-        Err(e) => return code_of(&e),
-    };
+}
+
+/// [`read`] when the uncontended attempt gave no answer: the full read (retries, the
+/// once-per-mapping checks), out of the hot path.
+#[cold]
+#[inline(never)]
+fn read_contended<M: vmclock_rs::PageMemory>(
+    clock: &Clock<M>,
+    gone: impl Fn() -> bool,
+    read_counter: impl FnMut() -> u64,
+    out: &mut MaybeUninit<vmclock_now>,
+) -> c_int {
+    match clock.now_with_counter(read_counter) {
+        Ok(now) if !gone() => fill(&now, out),
+        Ok(_) => VMCLOCK_E_GONE,
+        Err(e) => {
+            if gone() {
+                VMCLOCK_E_GONE
+            } else {
+                code_of(&e)
+            }
+        }
+    }
+}
+
+/// The C reading from a Rust one, written to `out` (0) or a code (`out` untouched): UTC (a
+/// leap second applied, as `Now::utc`), ns rounded outwards.
+#[inline(always)]
+fn fill(now: &vmclock_rs::Now, out: &mut MaybeUninit<vmclock_now>) -> c_int {
     let utc = match now.utc() {
         Ok(u) => u,
         Err(e) => return time_code(&e),
     };
     let Some(time_ns) = clamp(ns_of(utc.time.raw(), false)) else { return VMCLOCK_E_OVERFLOW };
-    let mut r = vmclock_now {
+    let (mut earliest_ns, mut latest_ns, mut maxerror_ns, mut flags) = (i64::MIN, i64::MAX, -1, 0);
+    if let (Some(e), Some(l), Some(m)) = (utc.earliest(), utc.latest(), utc.maxerror_ns()) {
+        // Nanoseconds rounded outwards: earliest down, latest up.
+        let (Some(e), Some(l), Some(m)) = (clamp(ns_of(e.raw(), false)), clamp(ns_of(l.raw(), true)), clamp(m)) else {
+            return VMCLOCK_E_OVERFLOW;
+        };
+        (earliest_ns, latest_ns, maxerror_ns, flags) = (e, l, m, VMCLOCK_NOW_BOUNDED);
+    }
+    if now.tai_minus_utc.is_some() {
+        flags |= VMCLOCK_NOW_TAI_VALID;
+    }
+    if now.is_reliable() {
+        flags |= VMCLOCK_NOW_RELIABLE;
+    }
+    out.write(vmclock_now {
         time_ns,
-        earliest_ns: i64::MIN,
-        latest_ns: i64::MAX,
-        maxerror_ns: -1,
+        earliest_ns,
+        latest_ns,
+        maxerror_ns,
         esterror_ns: utc.esterror_ns().and_then(clamp).unwrap_or(-1),
         disruption_marker: now.disruption_marker,
         counter: now.counter,
-        tai_minus_utc: 0,
-        flags: 0,
+        tai_minus_utc: now.tai_minus_utc.map_or(0, i32::from),
+        flags,
         status: now.status,
         time_type: now.time_type,
         reserved: [0; 6],
-    };
-    if let (Some(e), Some(l), Some(m)) = (utc.earliest(), utc.latest(), utc.maxerror_ns()) {
-        let Some(m) = clamp(m) else { return VMCLOCK_E_OVERFLOW };
-        // Nanoseconds rounded outwards: earliest down, latest up.
-        let (Some(e), Some(l)) = (clamp(ns_of(e.raw(), false)), clamp(ns_of(l.raw(), true))) else {
-            return VMCLOCK_E_OVERFLOW;
-        };
-        r.earliest_ns = e;
-        r.latest_ns = l;
-        r.maxerror_ns = m;
-        r.flags |= VMCLOCK_NOW_BOUNDED;
-    }
-    if let Some(t) = now.tai_minus_utc {
-        r.tai_minus_utc = t as i32;
-        r.flags |= VMCLOCK_NOW_TAI_VALID;
-    }
-    if now.is_reliable() {
-        r.flags |= VMCLOCK_NOW_RELIABLE;
-    }
-    // SAFETY: `out` is not null and points to a writable vmclock_now, per the API.
-    unsafe { out.write(r) };
+    });
     VMCLOCK_OK
 }
 
