@@ -73,7 +73,7 @@ pub const VMCLOCK_STATUS_UNRELIABLE: u8 = 4;
 
 /// One bounded reading.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct vmclock_now {
     /// Best estimate, ns since 1970-01-01 UTC (CLOCK_REALTIME's timescale).
     pub time_ns: i64,
@@ -362,6 +362,7 @@ mod tests {
         // SAFETY: `c` is NULL or an open handle, closed once.
         unsafe { vmclock_close(c) }
     }
+    use std::mem::MaybeUninit;
     use vmclock_rs::abi::{self, flags};
     use vmclock_rs::{PageBuilder, Period, Tai, Timestamp};
 
@@ -388,6 +389,140 @@ mod tests {
         std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap()
     }
 
+    /// What `vmclock_now` must give for `snap` at `counter`, from the Rust API's exact snapshot
+    /// path (`Snapshot::utc_at`: UTC with the leap second applied, bounds in 2^-64 s) turned
+    /// into ns rounded outwards with `Timestamp::as_nanos` (not the library's `ns_of`).
+    fn reference(snap: &vmclock_rs::Snapshot, counter: u64) -> Result<vmclock_now, c_int> {
+        fn ns(t: vmclock_rs::Timestamp<vmclock_rs::Utc>, up: bool) -> Option<i64> {
+            // Exact in ns when frac · 1e9 is a whole multiple of 2^64.
+            let rest = (t.frac() as u128 * 1_000_000_000) & ((1u128 << 64) - 1);
+            i64::try_from(t.as_nanos() + u128::from(up && rest != 0)).ok()
+        }
+        let utc = snap.utc_at(counter).map_err(|e| time_code(&e))?;
+        let time_ns = ns(utc.time, false).ok_or(VMCLOCK_E_OVERFLOW)?;
+        let mut r = vmclock_now {
+            time_ns,
+            earliest_ns: i64::MIN,
+            latest_ns: i64::MAX,
+            maxerror_ns: -1,
+            esterror_ns: utc.esterror_ns().and_then(|e| i64::try_from(e).ok()).unwrap_or(-1),
+            disruption_marker: snap.disruption_marker(),
+            counter,
+            tai_minus_utc: 0,
+            flags: 0,
+            status: snap.clock_status().unwrap_or(abi::status::UNKNOWN),
+            time_type: snap.time_type(),
+            reserved: [0; 6],
+        };
+        if let Some(m) = utc.maxerror_ns() {
+            r.maxerror_ns = i64::try_from(m).map_err(|_| VMCLOCK_E_OVERFLOW)?;
+            r.earliest_ns = ns(utc.earliest().unwrap(), false).ok_or(VMCLOCK_E_OVERFLOW)?;
+            r.latest_ns = ns(utc.latest().unwrap(), true).ok_or(VMCLOCK_E_OVERFLOW)?;
+            r.flags |= VMCLOCK_NOW_BOUNDED;
+        }
+        if let Some(t) = snap.tai_minus_utc() {
+            r.tai_minus_utc = t.into();
+            r.flags |= VMCLOCK_NOW_TAI_VALID;
+        }
+        if matches!(r.status, abi::status::SYNCHRONIZED | abi::status::FREERUNNING) {
+            r.flags |= VMCLOCK_NOW_RELIABLE;
+        }
+        Ok(r)
+    }
+
+    /// `read` (what `vmclock_now` runs) as a Result, over any page memory and counter.
+    fn read_result<M: vmclock_rs::PageMemory>(clock: &Clock<M>, counter: u64) -> Result<vmclock_now, c_int> {
+        let mut out = MaybeUninit::uninit();
+        match read(clock, || false, || counter, &mut out) {
+            // SAFETY: `read` wrote `out` when it returned 0.
+            VMCLOCK_OK => Ok(unsafe { out.assume_init() }),
+            code => Err(code),
+        }
+    }
+
+    /// A whole page from random fields: either timescale, any period and shift, both bounds
+    /// with their flags on or off, any stored TAI offset, any leap indicator and status.
+    #[allow(clippy::too_many_arguments)]
+    fn random_page(
+        utc: bool,
+        sec: u64,
+        frac: u64,
+        cv: u64,
+        period: u64,
+        shift: u8,
+        bounds: [u64; 4],
+        valid: u8,
+        tai_raw: i16,
+        leap: u8,
+        status: u8,
+    ) -> vmclock_rs::VmclockAbi {
+        let b = PageBuilder::new();
+        let p = Period { frac: period, shift };
+        let b = if utc {
+            b.reference(vmclock_rs::counter::NATIVE, cv, Timestamp::<vmclock_rs::Utc>::from_parts(sec, frac), p)
+        } else {
+            b.reference(vmclock_rs::counter::NATIVE, cv, Timestamp::<Tai>::from_parts(sec, frac), p)
+        };
+        b.maxerror(bounds[0], bounds[1])
+            .esterror(bounds[2], bounds[3])
+            .flag(flags::TIME_MAXERROR_VALID, valid & 1 != 0)
+            .flag(flags::PERIOD_MAXERROR_VALID, valid & 2 != 0)
+            .flag(flags::TIME_ESTERROR_VALID, valid & 4 != 0)
+            .flag(flags::PERIOD_ESTERROR_VALID, valid & 8 != 0)
+            .tai_offset_raw(tai_raw)
+            .flag(flags::TAI_OFFSET_VALID, valid & 16 != 0)
+            .leap(leap)
+            .status(status)
+            .disruption_marker(cv ^ sec)
+            .build()
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 4096, ..Default::default() })]
+
+        /// The C reading equals the Rust API's for the same page and counter, field by field, or
+        /// it is the same error: on the first read (which checks the page's constants) and on
+        /// the uncontended fast path after it.
+        #[test]
+        fn c_reading_equals_the_rust_snapshot_path(
+            utc in proptest::bool::ANY,
+            sec in proptest::prop_oneof![1_700_000_000u64..1_900_000_000, proptest::num::u64::ANY],
+            frac in proptest::num::u64::ANY,
+            cv in proptest::num::u64::ANY,
+            period in proptest::prop_oneof![proptest::num::u64::ANY, proptest::strategy::Just(u64::MAX), proptest::strategy::Just(0u64)],
+            shift in proptest::prop_oneof![0u8..128, proptest::strategy::Just(64u8), 128u8..=255],
+            bounds in proptest::prop_oneof![
+                proptest::array::uniform4(proptest::num::u64::ANY),
+                proptest::array::uniform4(0u64..1_000_000),
+                proptest::strategy::Just([u64::MAX; 4]),
+            ],
+            valid in proptest::num::u8::ANY,
+            tai_raw in proptest::prop_oneof![proptest::strategy::Just(-37i16), proptest::strategy::Just(37i16), proptest::num::i16::ANY],
+            leap in 0u8..7,
+            status in 0u8..6,
+            kind in 0u8..5,
+            d in proptest::num::i64::ANY,
+        ) {
+            let abi = random_page(utc, sec, frac, cv, period, shift, bounds, valid, tai_raw, leap, status);
+            let c = match kind {
+                0 => cv,
+                1 => cv.wrapping_add((d % 3) as u64),
+                2 => cv.wrapping_add((d % 100_000_000_000_000) as u64),
+                3 => cv.wrapping_add(1 << 63),
+                _ => d as u64,
+            };
+            let buf = vmclock_rs::PageBuf::new();
+            vmclock_rs::Writer::new(&buf).publish(&abi);
+            let clock = Clock::new(&buf);
+            let want = match vmclock_rs::Snapshot::new(abi, 4096) {
+                Ok(snap) => reference(&snap, c),
+                Err(_) => Err(VMCLOCK_E_INVALID),
+            };
+            proptest::prop_assert_eq!(read_result(&clock, c), want);
+            proptest::prop_assert_eq!(read_result(&clock, c), want);
+        }
+    }
+
     #[test]
     fn reads_utc_with_bounds_and_flags() {
         if vmclock_rs::counter::NATIVE == abi::counter_id::INVALID {
@@ -409,6 +544,9 @@ mod tests {
         assert!(n.earliest_ns <= n.time_ns - 1_000 && n.latest_ns >= n.time_ns + 1_000);
         assert!(n.latest_ns - n.time_ns <= n.maxerror_ns + 1);
         assert_eq!(n.status, abi::status::SYNCHRONIZED);
+        // Exactly the Rust API's reading of the same page at the same counter.
+        let snap = vmclock_rs::Snapshot::from_bytes(&std::fs::read(&p).unwrap()).unwrap();
+        assert_eq!(Ok(n), reference(&snap, n.counter));
         close(c);
     }
 
@@ -491,18 +629,29 @@ mod tests {
         use std::sync::atomic::{AtomicBool, Ordering};
         let dir = tempfile::tempdir().unwrap();
         let p = page_file(dir.path(), abi::status::SYNCHRONIZED);
-        let base = std::fs::read(&p).unwrap();
+        let base = vmclock_rs::Snapshot::from_bytes(&std::fs::read(&p).unwrap()).unwrap();
+        // Version m of the page: every field a reading reports moves with m (marker, reference
+        // time, both errors, status), so a reading mixing two versions cannot match either.
+        let version = |m: u64| {
+            let mut raw = *base.raw();
+            raw.disruption_marker = m.into();
+            raw.time_sec = (base.time_sec().unwrap() + m * 1_000).into();
+            raw.time_maxerror_nanosec = (1_000 + m).into();
+            raw.time_esterror_nanosec = (100 + 3 * m).into();
+            raw.clock_status = [abi::status::SYNCHRONIZED, abi::status::FREERUNNING][(m % 2) as usize];
+            raw
+        };
+        const VERSIONS: u64 = 20_000;
         let c = open(cpath(&p).as_ptr(), std::ptr::null_mut());
         assert!(!c.is_null());
         let handle = c as usize; // shared read-only by the threads, as C would
         let map = vmclock_rs::Mapping::open_rw(&p).unwrap();
         let mut w = vmclock_rs::Writer::new(vmclock_rs::WritableMapping::new(map).unwrap());
-        let snap = vmclock_rs::Snapshot::from_bytes(&base).unwrap();
         let done = AtomicBool::new(false);
         std::thread::scope(|s| {
             let readers: Vec<_> = (0..3)
                 .map(|_| {
-                    let done = &done;
+                    let (done, version) = (&done, &version);
                     s.spawn(move || {
                         let (mut reads, mut after, mut last) = (0u64, 0u64, 0u64);
                         // During the writes, then 100 successful readings begun after them.
@@ -516,9 +665,14 @@ mod tests {
                                 VMCLOCK_E_BUSY => continue,
                                 e => panic!("vmclock_now: {e}"),
                             }
-                            assert!(n.disruption_marker >= last, "marker went back");
+                            let m = n.disruption_marker;
+                            assert!(m >= last && m <= VERSIONS, "marker {m} after {last}");
+                            // The whole reading is version m's at the counter it was read with:
+                            // within that page's bounds, and nothing torn.
+                            let snap = vmclock_rs::Snapshot::new(version(m), 4096).unwrap();
+                            assert_eq!(Ok(n), reference(&snap, n.counter), "version {m}");
                             assert!(n.earliest_ns <= n.time_ns && n.time_ns <= n.latest_ns);
-                            last = n.disruption_marker;
+                            last = m;
                             reads += 1;
                             after += u64::from(finished);
                         }
@@ -526,16 +680,14 @@ mod tests {
                     })
                 })
                 .collect();
-            for m in 1..=20_000u64 {
-                let mut raw = *snap.raw();
-                raw.disruption_marker = m.into();
-                w.publish(&raw);
+            for m in 1..=VERSIONS {
+                w.publish(&version(m));
             }
             done.store(true, Ordering::Release);
             for r in readers {
                 let (reads, last) = r.join().unwrap();
                 assert!(reads >= 100);
-                assert_eq!(last, 20_000, "the last page published is the one read at the end");
+                assert_eq!(last, VERSIONS, "the last page published is the one read at the end");
             }
         });
         close(c);
