@@ -29,7 +29,7 @@ use std::ffi::{c_char, c_int, CStr};
 use std::mem::MaybeUninit;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use vmclock_rs::guard::{protect, Protection};
+use vmclock_rs::guard::{protect, GuardError, Protection};
 use vmclock_rs::{Clock, ClockError, PageError, ReadError, TimeError};
 
 /// Success.
@@ -52,6 +52,9 @@ pub const VMCLOCK_E_NO_UTC: c_int = -7;
 pub const VMCLOCK_E_OVERFLOW: c_int = -8;
 /// The page file shrank or went away while mapped.
 pub const VMCLOCK_E_GONE: c_int = -9;
+/// 64 page files are open already (each is guarded against SIGBUS, and the guard has 64
+/// places): close one first. Devices (`/dev/vmclock0`) do not count.
+pub const VMCLOCK_E_LIMIT: c_int = -10;
 
 /// `flags`: `earliest_ns` and `latest_ns` bound the time (the page gives a maximum error).
 pub const VMCLOCK_NOW_BOUNDED: u32 = 1;
@@ -171,11 +174,20 @@ pub unsafe extern "C" fn vmclock_open(path: *const c_char, err: *mut c_int) -> *
     // What was mapped decides, not the path again (it may have been replaced since).
     let protection = if !clock.memory().is_device() {
         let (start, len) = clock.memory().region();
+        // A 65th page file is refused (VMCLOCK_E_LIMIT), not mapped unguarded: an unguarded
+        // mapping would turn a truncated file back into a crash, which this API promises never
+        // happens, and only for some handles, depending on how many others are open. The
+        // caller gets a clear code it can act on (close a handle, or share one: a handle is
+        // thread-safe).
         match protect(start, len) {
             Ok(p) => Some(p),
-            Err(_) => {
+            Err(e) => {
+                let code = match e {
+                    GuardError::Full => VMCLOCK_E_LIMIT,
+                    GuardError::Install(_) => VMCLOCK_E_OPEN,
+                };
                 // SAFETY: `err` is NULL or writable, per this function's contract.
-                unsafe { set_err(err, VMCLOCK_E_OPEN) };
+                unsafe { set_err(err, code) };
                 return std::ptr::null_mut();
             }
         }
