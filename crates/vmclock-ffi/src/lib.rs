@@ -36,9 +36,9 @@ use vmclock_rs::{Clock, ClockError, PageError, ReadError, TimeError};
 pub const VMCLOCK_OK: c_int = 0;
 /// A null pointer was passed.
 pub const VMCLOCK_E_NULL: c_int = -1;
-/// The page cannot be opened or mapped (errno tells why).
+/// The page cannot be opened or mapped (`errno` is set to the system's reason).
 pub const VMCLOCK_E_OPEN: c_int = -2;
-/// Not a valid vmclock page (magic, version or size).
+/// Not a valid vmclock page (magic, version or size), or an empty file or a fifo.
 pub const VMCLOCK_E_INVALID: c_int = -3;
 /// The page's writer held the seqlock for too long.
 pub const VMCLOCK_E_BUSY: c_int = -4;
@@ -115,6 +115,8 @@ pub struct vmclock {
 
 fn code_of(e: &ClockError) -> c_int {
     match e {
+        // Opened, but empty (or too short to map as a page): not a page, whatever errno says.
+        ClockError::Map { source, .. } if source.kind() == std::io::ErrorKind::InvalidData => VMCLOCK_E_INVALID,
         ClockError::Map { .. } => VMCLOCK_E_OPEN,
         ClockError::Read(ReadError::Timeout { .. }) => VMCLOCK_E_BUSY,
         ClockError::Read(ReadError::Page(p)) | ClockError::Page(p) => page_code(p),
@@ -151,6 +153,13 @@ unsafe fn set_err(err: *mut c_int, code: c_int) {
 
 /// Maps the page at `path` (`/dev/vmclock0` or a page file) and checks it once. Returns NULL on
 /// failure with `*err` (if `err` is not NULL) set to a VMCLOCK_E_* code; on success `*err` is 0.
+/// Never blocks: a fifo is refused at once (VMCLOCK_E_INVALID: it holds no page).
+///
+/// A page *file* is guarded against SIGBUS (a file that shrinks gives VMCLOCK_E_GONE, never a
+/// crash). At most 64 page files can be open at once in a process: the 65th open fails with
+/// VMCLOCK_E_LIMIT (it is not mapped unguarded) until one is closed. Share one handle between
+/// threads instead of opening one per thread. Devices (`/dev/vmclock0`) cannot shrink, are not
+/// guarded and do not count.
 ///
 /// # Safety
 /// `path` is NULL or a NUL-terminated string; `err` is NULL or points to a writable int.
@@ -166,8 +175,18 @@ pub unsafe extern "C" fn vmclock_open(path: *const c_char, err: *mut c_int) -> *
     let clock = match Clock::open(path) {
         Ok(c) => c,
         Err(e) => {
+            let code = code_of(&e);
+            let errno = match &e {
+                ClockError::Map { source, .. } => source.raw_os_error(),
+                _ => None,
+            };
+            drop(e); // freed first: nothing after the errno write may change it
+            if let Some(errno) = errno {
+                // SAFETY: __errno_location gives this thread's errno, always valid to write.
+                unsafe { *libc::__errno_location() = errno };
+            }
             // SAFETY: `err` is NULL or writable, per this function's contract.
-            unsafe { set_err(err, code_of(&e)) };
+            unsafe { set_err(err, code) };
             return std::ptr::null_mut();
         }
     };
@@ -343,16 +362,17 @@ pub unsafe extern "C" fn vmclock_close(c: *mut vmclock) {
 pub extern "C" fn vmclock_strerror(err: c_int) -> *const c_char {
     let s: &'static CStr = match err {
         VMCLOCK_OK => c"success",
-        VMCLOCK_E_NULL => c"a null pointer was passed",
-        VMCLOCK_E_OPEN => c"cannot open or map the page (see errno)",
-        VMCLOCK_E_INVALID => c"not a valid vmclock page (bad magic, version or size)",
-        VMCLOCK_E_BUSY => c"the page's writer held its seqlock for more than 100 ms",
-        VMCLOCK_E_NO_TIME => c"the page carries no time (markers only, or no time fields)",
-        VMCLOCK_E_COUNTER => c"the page's counter is not this CPU's",
-        VMCLOCK_E_NO_UTC => c"the page's time cannot be given in UTC (TAI without a TAI offset, or MONOTONIC)",
-        VMCLOCK_E_OVERFLOW => c"the time does not fit (counter far from the reference, or an absurd time)",
-        VMCLOCK_E_GONE => c"the page file shrank or went away while mapped: open it again",
-        _ => c"unknown libvmclock error",
+        VMCLOCK_E_NULL => c"a null pointer was passed: pass a path, a handle from vmclock_open and a struct vmclock_now to fill",
+        VMCLOCK_E_OPEN => c"cannot open or map the page: check that the path exists, is readable and is a page file or /dev/vmclockN (errno says why)",
+        VMCLOCK_E_INVALID => c"not a valid vmclock page (bad magic, version or size; or an empty file or a fifo): check that the path names a vmclock page",
+        VMCLOCK_E_BUSY => c"the page's writer held its seqlock for more than 100 ms: retry; if it persists, its publisher is stuck",
+        VMCLOCK_E_NO_TIME => c"the page carries no time (markers only, or no time fields): use a page whose host publishes the time",
+        VMCLOCK_E_COUNTER => c"the page's counter is not this CPU's: read the page on the machine it was written for",
+        VMCLOCK_E_NO_UTC => c"the page's time cannot be given in UTC (TAI without a valid TAI offset, or MONOTONIC): wait until its host publishes the offset",
+        VMCLOCK_E_OVERFLOW => c"the time does not fit (counter far from the page's reference, or an absurd time): the page is stale or wrong; wait for an update",
+        VMCLOCK_E_GONE => c"the page file shrank or went away while mapped: close this handle and open the page again",
+        VMCLOCK_E_LIMIT => c"64 page files are open already: close one, or share one handle between threads (it is thread-safe)",
+        _ => c"not a libvmclock error code (VMCLOCK_OK or a VMCLOCK_E_* value)",
     };
     s.as_ptr()
 }
@@ -562,25 +582,137 @@ mod tests {
         close(c);
     }
 
+    fn errno() -> i32 {
+        std::io::Error::last_os_error().raw_os_error().unwrap()
+    }
+
     #[test]
-    fn null_pointers_and_bad_pages_give_codes() {
+    fn null_pointers_give_null_codes() {
         let mut err = 0;
         assert!(open(std::ptr::null(), &mut err).is_null());
         assert_eq!(err, VMCLOCK_E_NULL);
+        assert!(open(std::ptr::null(), std::ptr::null_mut()).is_null());
+        let mut n = vmclock_now::default();
+        assert_eq!(now(std::ptr::null(), &mut n), VMCLOCK_E_NULL);
         assert_eq!(now(std::ptr::null(), std::ptr::null_mut()), VMCLOCK_E_NULL);
         close(std::ptr::null_mut());
+        if vmclock_rs::counter::NATIVE == abi::counter_id::INVALID {
+            return;
+        }
+        // A valid handle with a NULL out.
         let dir = tempfile::tempdir().unwrap();
+        let c = open(cpath(&page_file(dir.path(), abi::status::SYNCHRONIZED)).as_ptr(), &mut err);
+        assert!(!c.is_null());
+        assert_eq!(now(c, std::ptr::null_mut()), VMCLOCK_E_NULL);
+        assert_eq!(now(c, &mut n), VMCLOCK_OK);
+        close(c);
+    }
+
+    #[test]
+    fn absent_empty_short_and_garbage_files_give_codes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut err = 0;
         assert!(open(cpath(&dir.path().join("absent")).as_ptr(), &mut err).is_null());
         assert_eq!(err, VMCLOCK_E_OPEN);
-        let junk = dir.path().join("junk");
-        std::fs::write(&junk, [0xAAu8; 4096]).unwrap();
-        assert!(open(cpath(&junk).as_ptr(), std::ptr::null_mut()).is_null());
-        assert!(open(cpath(&junk).as_ptr(), &mut err).is_null());
+        assert_eq!(errno(), libc::ENOENT, "errno says why");
+        let cases: [(&str, Vec<u8>); 4] = [
+            ("empty", Vec::new()),
+            ("garbage", vec![0xAA; 4096]),
+            ("zeros", vec![0; 4096]),
+            // A page's first 10 bytes: not even its flags.
+            ("stub", PageBuilder::new().page_bytes()[..10].to_vec()),
+        ];
+        for (name, bytes) in cases {
+            let f = dir.path().join(name);
+            std::fs::write(&f, bytes).unwrap();
+            assert!(open(cpath(&f).as_ptr(), std::ptr::null_mut()).is_null(), "{name}");
+            let mut err = 0;
+            assert!(open(cpath(&f).as_ptr(), &mut err).is_null(), "{name}");
+            assert_eq!(err, VMCLOCK_E_INVALID, "{name}");
+        }
+        if vmclock_rs::counter::NATIVE == abi::counter_id::INVALID {
+            return;
+        }
+        // A time page cut after 50 bytes is a page whose time fields are absent (a field is
+        // present only within the bytes there are): it opens, and a reading says no time.
+        let short = dir.path().join("short");
+        let full = page_file(dir.path(), abi::status::SYNCHRONIZED);
+        std::fs::write(&short, &std::fs::read(&full).unwrap()[..50]).unwrap();
+        let c = open(cpath(&short).as_ptr(), &mut err);
+        assert!(!c.is_null(), "{err}");
+        let mut n = vmclock_now::default();
+        assert_eq!(now(c, &mut n), VMCLOCK_E_NO_TIME);
+        close(c);
+    }
+
+    #[test]
+    fn a_huge_sparse_file_maps_only_its_first_page() {
+        let dir = tempfile::tempdir().unwrap();
+        // 1 TiB of holes: not a page.
+        let holes = dir.path().join("holes");
+        std::fs::File::create(&holes).unwrap().set_len(1 << 40).unwrap();
+        let mut err = 0;
+        assert!(open(cpath(&holes).as_ptr(), &mut err).is_null());
         assert_eq!(err, VMCLOCK_E_INVALID);
-        for code in -10..=0 {
+        if vmclock_rs::counter::NATIVE == abi::counter_id::INVALID {
+            return;
+        }
+        // A valid page followed by 1 TiB of holes: the page is read, nothing else.
+        let p = page_file(dir.path(), abi::status::SYNCHRONIZED);
+        let snap = vmclock_rs::Snapshot::from_bytes(&std::fs::read(&p).unwrap()).unwrap();
+        std::fs::OpenOptions::new().write(true).open(&p).unwrap().set_len(1 << 40).unwrap();
+        let c = open(cpath(&p).as_ptr(), &mut err);
+        assert!(!c.is_null(), "{err}");
+        let mut n = vmclock_now::default();
+        assert_eq!(now(c, &mut n), VMCLOCK_OK);
+        assert_eq!(Ok(n), reference(&snap, n.counter));
+        close(c);
+    }
+
+    #[test]
+    fn a_page_renamed_over_or_unlinked_while_mapped_keeps_its_last_content() {
+        if vmclock_rs::counter::NATIVE == abi::counter_id::INVALID {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let p = page_file(dir.path(), abi::status::SYNCHRONIZED);
+        let old = vmclock_rs::Snapshot::from_bytes(&std::fs::read(&p).unwrap()).unwrap();
+        let c = open(cpath(&p).as_ptr(), std::ptr::null_mut());
+        assert!(!c.is_null());
+        // A publisher replaces the file: a new page (FREERUNNING) renamed over the path.
+        let sub = dir.path().join("new");
+        std::fs::create_dir(&sub).unwrap();
+        let q = page_file(&sub, abi::status::FREERUNNING);
+        std::fs::rename(&q, &p).unwrap();
+        let mut n = vmclock_now::default();
+        assert_eq!(now(c, &mut n), VMCLOCK_OK);
+        assert_eq!(Ok(n), reference(&old, n.counter), "the handle keeps the page it mapped");
+        // A new handle follows the new file.
+        let c2 = open(cpath(&p).as_ptr(), std::ptr::null_mut());
+        assert_eq!(now(c2, &mut n), VMCLOCK_OK);
+        assert_eq!(n.status, abi::status::FREERUNNING);
+        close(c2);
+        // Unlinked: still the last content, no error, no fault.
+        std::fs::remove_file(&p).unwrap();
+        assert_eq!(now(c, &mut n), VMCLOCK_OK);
+        assert_eq!(Ok(n), reference(&old, n.counter));
+        close(c);
+    }
+
+    #[test]
+    fn every_code_has_one_line_naming_cause_and_remedy() {
+        let mut seen = std::collections::HashSet::new();
+        for code in VMCLOCK_E_LIMIT..=VMCLOCK_OK {
             // SAFETY: vmclock_strerror returns a static NUL-terminated string.
-            let s = unsafe { CStr::from_ptr(vmclock_strerror(code)) };
-            assert!(!s.to_bytes().is_empty());
+            let s = unsafe { CStr::from_ptr(vmclock_strerror(code)) }.to_str().unwrap();
+            assert!(!s.contains('\n') && !s.contains("not a libvmclock error code"), "{code}: {s}");
+            assert!(code == VMCLOCK_OK || s.contains(": "), "{code}: no remedy in {s}");
+            assert!(seen.insert(s), "{code}: the same text as another code");
+        }
+        for code in [1, VMCLOCK_E_LIMIT - 1, c_int::MIN, c_int::MAX] {
+            // SAFETY: as above.
+            let s = unsafe { CStr::from_ptr(vmclock_strerror(code)) }.to_str().unwrap();
+            assert!(s.contains("not a libvmclock error code"), "{code}: {s}");
         }
     }
 
@@ -603,7 +735,8 @@ mod tests {
             let _writer = std::fs::OpenOptions::new().write(true).open(&fifo); // unblock it
             panic!("vmclock_open blocked on a fifo");
         }
-        assert_eq!(r.unwrap(), (true, VMCLOCK_E_OPEN));
+        // Opened without waiting, a fifo holds nothing: not a page.
+        assert_eq!(r.unwrap(), (true, VMCLOCK_E_INVALID));
         let mut err = 0;
         assert!(open(cpath(dir.path()).as_ptr(), &mut err).is_null());
         assert_eq!(err, VMCLOCK_E_OPEN);
