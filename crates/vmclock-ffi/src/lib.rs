@@ -182,8 +182,10 @@ pub unsafe extern "C" fn vmclock_open(path: *const c_char, err: *mut c_int) -> *
             };
             drop(e); // freed first: nothing after the errno write may change it
             if let Some(errno) = errno {
-                // SAFETY: __errno_location gives this thread's errno, always valid to write.
-                unsafe { *libc::__errno_location() = errno };
+                // SAFETY: __errno_location has no preconditions.
+                let at = unsafe { libc::__errno_location() };
+                // SAFETY: it points to this thread's errno, always valid to write.
+                unsafe { *at = errno };
             }
             // SAFETY: `err` is NULL or writable, per this function's contract.
             unsafe { set_err(err, code) };

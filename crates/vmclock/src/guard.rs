@@ -123,12 +123,13 @@ fn install() -> Result<(), i32> {
 extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
     let Some(&(old, page)) = PREVIOUS.get() else { return };
     // SAFETY: the kernel passes a valid siginfo for an SA_SIGINFO handler.
-    let code = unsafe { (*info).si_code };
+    let info_ref = unsafe { &*info };
+    let code = info_ref.si_code;
     // Only the kernel's "beyond the end of the file" fault; a sent signal's si_addr is whatever
     // the sender wrote and is never looked at.
     if code == libc::BUS_ADRERR {
         // SAFETY: for a kernel-generated SIGBUS, si_addr is the faulting address.
-        let addr = unsafe { (*info).si_addr() } as usize;
+        let addr = unsafe { info_ref.si_addr() } as usize;
         for s in TABLE.iter() {
             let (start, len) = (s.start.load(Ordering::Acquire), s.len.load(Ordering::Acquire));
             if start != 0 && addr >= start && addr < start + len {
@@ -202,8 +203,10 @@ fn default_and_raise(sig: libc::c_int, info: *mut libc::siginfo_t) {
     let dfl: libc::sigaction = unsafe { std::mem::zeroed() };
     // SAFETY: installs the default action; both pointers are valid; async-signal-safe.
     unsafe { libc::sigaction(sig, &dfl, std::ptr::null_mut()) };
-    // SAFETY: getpid and gettid have no preconditions.
-    let (pid, tid) = unsafe { (libc::getpid(), libc::gettid()) };
+    // SAFETY: getpid has no preconditions.
+    let pid = unsafe { libc::getpid() };
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() };
     // SAFETY: queues `info` (valid, from the kernel) to this very thread; the kernel accepts any
     // si_code for a signal a process sends to itself. A plain system call.
     let r = unsafe { libc::syscall(libc::SYS_rt_tgsigqueueinfo, pid, tid, sig, info) };

@@ -154,8 +154,10 @@ fn send_crafted(code: i32, addr: usize) {
     }
     const _: () = assert!(std::mem::size_of::<Info>() == std::mem::size_of::<libc::siginfo_t>());
     let info = Info { signo: libc::SIGBUS, errno: 0, code, pad: 0, addr, rest: [0; 104] };
-    // SAFETY: getpid and gettid have no preconditions.
-    let (pid, tid) = unsafe { (libc::getpid(), libc::gettid()) };
+    // SAFETY: getpid has no preconditions.
+    let pid = unsafe { libc::getpid() };
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() };
     // SAFETY: queues a valid siginfo-sized value to this thread; the kernel copies it.
     let r = unsafe { libc::syscall(libc::SYS_rt_tgsigqueueinfo, pid, tid, libc::SIGBUS, &info) };
     assert_eq!(r, 0, "rt_tgsigqueueinfo: {}", std::io::Error::last_os_error());
