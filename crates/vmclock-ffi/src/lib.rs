@@ -16,10 +16,12 @@
 //!   that holds the seqlock, and gives up with `VMCLOCK_E_BUSY` after 100 ms, as the kernel).
 //! * A null pointer gives `VMCLOCK_E_NULL`. A page *file* that shrinks or goes away while mapped
 //!   gives `VMCLOCK_E_GONE`, never a crash: `vmclock_open` protects file mappings with
-//!   `vmclock::guard` (a SIGBUS handler that maps a zero page over the vanished page; see its
-//!   documentation; faults elsewhere go to the previous handler). A device cannot shrink.
-//!   A file that is replaced (renamed over, as publishers do) or unlinked keeps its last
-//!   content in this mapping: open it again to follow the new file.
+//!   `vmclock::guard` (a SIGBUS handler that, for the kernel's own fault (`BUS_ADRERR`) inside a
+//!   guarded mapping, maps a zero page over the vanished page; a *sent* SIGBUS and faults
+//!   elsewhere go on exactly as without it; see its documentation). A device cannot shrink.
+//!   At most 64 page files are open at once (`VMCLOCK_E_LIMIT` for the 65th: refused rather
+//!   than mapped unguarded). A file that is replaced (renamed over, as publishers do) or
+//!   unlinked keeps its last content in this mapping: open it again to follow the new file.
 //!
 //! `unsafe` here is only the C boundary (raw pointers in and out), each block with its
 //! `// SAFETY:` reason; the page access itself is the `vmclock` crate's.
