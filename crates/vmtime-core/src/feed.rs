@@ -376,14 +376,41 @@ pub mod clockbound {
 
     /// The header's bytes for a generation.
     pub fn header_bytes(generation: u16) -> [u8; HEADER_SIZE] {
-        let mut b = [0u8; HEADER_SIZE];
-        b[0..4].copy_from_slice(&MAGIC[0].to_ne_bytes());
-        b[4..8].copy_from_slice(&MAGIC[1].to_ne_bytes());
-        b[8..12].copy_from_slice(&(SEGMENT_SIZE as u32).to_ne_bytes());
-        b[12..14].copy_from_slice(&VERSION.to_ne_bytes());
-        b[14..16].copy_from_slice(&generation.to_ne_bytes());
-        b
+        LAYOUT_V2.header_bytes(generation)
     }
+
+    /// A segment layout: what the OS side needs to create, recognise and write a segment (the
+    /// header is the same in both: magic, segsize, version word, generation).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct Layout {
+        /// The header's version word.
+        pub version: u16,
+        /// The body's size (a multiple of 8: written as 64-bit words).
+        pub body_size: usize,
+        /// Its name in messages.
+        pub name: &'static str,
+    }
+
+    impl Layout {
+        /// Header and body.
+        pub const fn segment_size(&self) -> usize {
+            HEADER_SIZE + self.body_size
+        }
+
+        /// The header's bytes for a generation.
+        pub fn header_bytes(&self, generation: u16) -> [u8; HEADER_SIZE] {
+            let mut b = [0u8; HEADER_SIZE];
+            b[0..4].copy_from_slice(&MAGIC[0].to_ne_bytes());
+            b[4..8].copy_from_slice(&MAGIC[1].to_ne_bytes());
+            b[8..12].copy_from_slice(&(self.segment_size() as u32).to_ne_bytes());
+            b[12..14].copy_from_slice(&self.version.to_ne_bytes());
+            b[14..16].copy_from_slice(&generation.to_ne_bytes());
+            b
+        }
+    }
+
+    /// ClockBound 2.x's layout (`shm0`).
+    pub const LAYOUT_V2: Layout = Layout { version: VERSION, body_size: BODY_SIZE, name: "ClockBound 2 segment" };
 
     /// Settings.
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -434,18 +461,45 @@ pub mod clockbound {
         pub rate_ppb: Option<u64>,
         /// The last reason for Unknown/Disrupted.
         pub last_hold: Option<Hold>,
+        /// What the last `handle` claimed (its as_of, pairing and bound), for the 3.x body.
+        claimed: Option<(i128, Pairing, Claim, Snapshot)>,
+        /// The 3.x counter→UTC map last claimed, kept (with a status that says it may not be
+        /// trusted) while the feed holds, as ClockBound's own daemon keeps its last parameters.
+        last_map: Option<v3::Map>,
+    }
+
+    /// The bound one pairing supports, shared by both layouts: `bound_ns` at the pairing's
+    /// instant, growing by `drift_ppb` (of which `page_rate_ppb` is the page's own period error).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct Claim {
+        /// ns, rounded up.
+        pub bound_ns: u128,
+        /// ppb, rounded up: the page's rate error + CLOCK_REALTIME's measured rate against the
+        /// page + the margin.
+        pub drift_ppb: u128,
+        /// The page's rate error, ppb rounded up (part of `drift_ppb`).
+        pub page_rate_ppb: u128,
     }
 
     impl ClockBoundFeed {
         /// A feed.
         pub fn new(cfg: ClockBoundConfig) -> Self {
-            ClockBoundFeed { cfg, gate: PageGate::new(cfg.holdoff_ns), last: None, rate_ppb: None, last_hold: None }
+            ClockBoundFeed {
+                cfg,
+                gate: PageGate::new(cfg.holdoff_ns),
+                last: None,
+                rate_ppb: None,
+                last_hold: None,
+                claimed: None,
+                last_map: None,
+            }
         }
 
         /// The segment for an observation; `as_of_ns` is CLOCK_MONOTONIC_COARSE read *before*
         /// the burst (coarse is never ahead of the instant it stands for, so the bound's age is
         /// never understated, and the client's coarse clock never sees an as_of in its future).
         pub fn handle(&mut self, obs: &Observation<'_>, as_of_ns: i128) -> ErrorBound {
+            self.claimed = None;
             let as_of_ns = as_of_ns - self.cfg.coarse_tick_ns.max(0);
             let mut eb = ErrorBound {
                 as_of_ns,
@@ -477,9 +531,23 @@ pub mod clockbound {
                 self.rate_ppb = Some(((d as u128 * 1_000_000_000).div_ceil(dt as u128)).min(u64::MAX as u128) as u64);
             }
             self.last = Some(p);
-            let (Some(maxerror), Some(rate)) = (p.maxerror, p.rate_maxerror_ppb) else {
+            let Some(c) = self.claim(&p, obs) else {
                 self.last_hold = Some(Hold::NoTime);
                 return eb;
+            };
+            self.last_hold = None;
+            eb.bound_ns = c.bound_ns as i64;
+            eb.max_drift_ppb = c.drift_ppb as u32;
+            self.claimed = Some((as_of_ns, p, c, obs.before));
+            eb.status = if p.status == status::SYNCHRONIZED { CbStatus::Synchronized } else { CbStatus::FreeRunning };
+            eb
+        }
+
+        /// The bound a pairing supports, or `None` when the page gives no bound (no maxerror or
+        /// no rate error) or it is too large to write.
+        fn claim(&self, p: &Pairing, obs: &Observation<'_>) -> Option<Claim> {
+            let (Some(maxerror), Some(rate)) = (p.maxerror, p.rate_maxerror_ppb) else {
+                return None;
             };
             // |true − REALTIME| ≤ page maxerror + |page − REALTIME| + half-width of the pairing
             // + the burst's span × the drift: the pairing intersects the burst's windows moved
@@ -496,14 +564,249 @@ pub mod clockbound {
                 + (span.saturating_mul(drift)).div_ceil(1_000_000_000)
                 + SAFETY_MARGIN_NS;
             if bound > i64::MAX as u128 / 2 || drift >= MAX_DRIFT_PPB as u128 {
-                self.last_hold = Some(Hold::NoTime);
-                return eb;
+                return None;
             }
-            self.last_hold = None;
-            eb.bound_ns = bound as i64;
-            eb.max_drift_ppb = drift as u32;
-            eb.status = if p.status == status::SYNCHRONIZED { CbStatus::Synchronized } else { CbStatus::FreeRunning };
-            eb
+            Some(Claim { bound_ns: bound, drift_ppb: drift, page_rate_ppb: rate as u128 })
+        }
+    }
+
+    impl ClockBoundFeed {
+        /// The 3.x body (`shm1`) for the observation whose 2.x body `handle` just returned as
+        /// `eb`: the same pairing and the same bound, on the page's counter→UTC map (see
+        /// [`v3`]). A pairing the 3.x layout cannot express gives Unknown.
+        pub fn v3(&mut self, eb: &ErrorBound) -> v3::ErrorBound {
+            let claimable = matches!(eb.status, CbStatus::Synchronized | CbStatus::FreeRunning);
+            if let Some((_, p, c, page)) = self.claimed.filter(|(as_of, ..)| claimable && *as_of == eb.as_of_ns) {
+                if let Some(b) = v3::claimed(&p, &c, &page, self.cfg.life_ns, eb.status) {
+                    self.last_map = Some(b.map);
+                    return v3::ErrorBound {
+                        disruption_marker: eb.disruption_marker,
+                        disruption_support: eb.disruption_support,
+                        ..b
+                    };
+                }
+            }
+            let status = if eb.status == CbStatus::Disrupted { CbStatus::Disrupted } else { CbStatus::Unknown };
+            v3::held(self.last_map, status, eb.disruption_marker, eb.disruption_support)
+        }
+    }
+
+    pub mod v3 {
+        //! ClockBound 3.x's segment (`/var/run/clockbound/shm1`), as the published crate
+        //! clock-bound 3.0.0-rc.0 defines it (src/shm.rs `ClockErrorBoundV3`, src/shm/shm_header.rs,
+        //! src/shm/reader.rs), native-endian, C layout. The header is 2.x's with segsize 104 and
+        //! the version word 0x0303 (minimum version 3 in the high byte, current version 3 in the
+        //! low byte); the 3.x client refuses any segment whose range does not include 3, so it
+        //! reads `shm1` only, and a 2.x client refuses `shm1`.
+        //!
+        //! | offset | field | |
+        //! |---|---|---|
+        //! | 16 | as_of_tsc: u64 | counter value of the update |
+        //! | 24 | as_of: timespec | UTC (POSIX) at as_of_tsc |
+        //! | 40 | void_after: timespec | UTC after which nothing holds |
+        //! | 56 | period_frac: u64 | period = period_frac / 2^(64 + period_shift) s per tick |
+        //! | 64 | period_err_frac: u64 | relative period error = period_err_frac / 2^(64 + period_err_shift) |
+        //! | 72 | bound_nsec: i64 | bound on the error of the time at as_of_tsc |
+        //! | 80 | disruption_marker: u64 | |
+        //! | 88 | max_drift_ppb: u32 | growth of the bound per second (the client refuses ≥ 1e9) |
+        //! | 92 | clock_status: i32 | 0 Unknown, 1 Synchronized, 2 FreeRunning, 3 Disrupted |
+        //! | 96 | clock_disruption_support_enabled: bool | |
+        //! | 97 | period_shift: u8 | |
+        //! | 98 | period_err_shift: u8 | |
+        //! | 99 | padding [u8; 5] | |
+        //!
+        //! The client never reads CLOCK_REALTIME: it reads the counter (LFENCE; RDTSC; LFENCE on
+        //! x86_64, ISB; CNTVCT_EL0 on arm64), Δ = counter − as_of_tsc (0 if negative), and in
+        //! f64 computes t = as_of + Δ·period (truncated to ns) and the bound
+        //! bound_nsec + Δ·period·max_drift_ppb + Δ·period·period_err (truncated). It keeps an
+        //! Unknown or Disrupted status; otherwise it says Unknown once t > void_after,
+        //! FreeRunning once t > as_of + 60 s, else the status written.
+        //!
+        //! vmtime writes the page's own counter→UTC map, anchored at the pairing's counter: the
+        //! page's UTC there (`as_of`, floored to the ns), its period (the same fixed-point format
+        //! as vmclock's, copied as is) and its period maximum error as `period_err`. The bound is
+        //! the 2.x segment's (the page's maxerror at that counter + |page − CLOCK_REALTIME| + the
+        //! pairing's half-width + the burst's span × drift + the safety margin) and grows at
+        //! least as fast; see [`claimed`] for why the window then holds both the page's interval
+        //! and CLOCK_REALTIME.
+        use super::*;
+
+        /// The version word: minimum 3, current 3.
+        pub const VERSION: u16 = 0x0303;
+        /// The body's size.
+        pub const BODY_SIZE: usize = 88;
+        /// The segment's size.
+        pub const SEGMENT_SIZE: usize = HEADER_SIZE + BODY_SIZE;
+        /// The layout.
+        pub const LAYOUT: Layout = Layout { version: VERSION, body_size: BODY_SIZE, name: "ClockBound 3 segment" };
+        /// The client says FreeRunning this long after as_of (clock-bound src/shm.rs).
+        pub const FREE_RUNNING_GRACE_NS: i128 = 60 * NS;
+        /// Added to the bound for the client's roundings: as_of floored to the ns (< 1 ns), its
+        /// time truncated to the ns (< 1 ns), its bound truncated to the ns (< 1 ns), and f64
+        /// products (relative 2^-50 at most: < 0.01 ns over an hour).
+        pub const ROUNDING_NS: u128 = 4;
+        /// The latest as_of written: the client computes in i64 ns (it would overflow in 2262);
+        /// a page further out gives Unknown.
+        pub const MAX_AS_OF_NS: i128 = i64::MAX as i128 - 2 * 3600 * NS;
+
+        /// The counter→UTC map of a body.
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+        pub struct Map {
+            /// Counter value at as_of.
+            pub as_of_counter: u64,
+            /// UTC at that counter, ns since the epoch.
+            pub as_of_ns: i128,
+            /// The period, 2^-(64 + period_shift) s per tick.
+            pub period_frac: u64,
+            /// Its shift.
+            pub period_shift: u8,
+        }
+
+        /// The segment's body (`ClockErrorBoundV3`).
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub struct ErrorBound {
+            /// The map.
+            pub map: Map,
+            /// UTC after which the segment is void, ns.
+            pub void_after_ns: i128,
+            /// The period's relative error, 2^-(64 + period_err_shift).
+            pub period_err_frac: u64,
+            /// Its shift.
+            pub period_err_shift: u8,
+            /// Bound at as_of, ns.
+            pub bound_ns: i64,
+            /// The page's disruption marker.
+            pub disruption_marker: u64,
+            /// Growth of the bound beyond the period error, ppb.
+            pub max_drift_ppb: u32,
+            /// The status.
+            pub status: CbStatus,
+            /// Whether clients compare the marker with their vmclock device's.
+            pub disruption_support: bool,
+        }
+
+        impl ErrorBound {
+            /// The body's bytes (native byte order, C layout).
+            pub fn to_bytes(&self) -> [u8; BODY_SIZE] {
+                let mut b = [0u8; BODY_SIZE];
+                b[0..8].copy_from_slice(&self.map.as_of_counter.to_ne_bytes());
+                timespec(self.map.as_of_ns, &mut b[8..24]);
+                timespec(self.void_after_ns, &mut b[24..40]);
+                b[40..48].copy_from_slice(&self.map.period_frac.to_ne_bytes());
+                b[48..56].copy_from_slice(&self.period_err_frac.to_ne_bytes());
+                b[56..64].copy_from_slice(&self.bound_ns.to_ne_bytes());
+                b[64..72].copy_from_slice(&self.disruption_marker.to_ne_bytes());
+                b[72..76].copy_from_slice(&self.max_drift_ppb.to_ne_bytes());
+                b[76..80].copy_from_slice(&(self.status as i32).to_ne_bytes());
+                b[80] = self.disruption_support as u8;
+                b[81] = self.map.period_shift;
+                b[82] = self.period_err_shift;
+                b
+            }
+        }
+
+        /// 64.64 s → ns, floored.
+        fn floor_ns(x: i128) -> i128 {
+            (x >> 64) * NS + (((x & (UNIT - 1)) * NS) >> 64)
+        }
+
+        /// num / den (< 1) rounded up, as frac / 2^(64 + shift) with the largest shift that keeps
+        /// frac in a u64 (the significant bits kept, as ClockBound's own `PeriodFrac` does).
+        pub fn ratio_ceil(num: u64, den: u64) -> Option<(u64, u8)> {
+            if num >= den {
+                return None;
+            }
+            if num == 0 {
+                return Some((0, 0));
+            }
+            // num/den ≥ 2^-(d+1) with d = lz(num) − lz(den): a shift of d − 1 keeps it below 1 and
+            // (num << (64 + shift)) below 2^(127 − lz(den)), within a u128.
+            let mut shift = (num.leading_zeros() - den.leading_zeros()).saturating_sub(1);
+            loop {
+                let frac = ((num as u128) << (64 + shift)).div_ceil(den as u128);
+                match u64::try_from(frac) {
+                    Ok(f) => return Some((f, shift as u8)),
+                    Err(_) if shift > 0 => shift -= 1,
+                    Err(_) => return None,
+                }
+            }
+        }
+
+        /// The body for a claimed pairing `p` (bound `c`) of `page`, or `None` when the layout
+        /// cannot express it (no period or a period error ≥ 1, a time beyond i64 ns, a drift
+        /// the client refuses).
+        ///
+        /// Why it is honest for what the 3.x client computes: at a counter C ≥ as_of_tsc the
+        /// page says true UTC lies within page(C) ± (maxerror(Cp) + Pm·(C − Cp)) (the spec's
+        /// bound, grown from the pairing's counter Cp by the period's maximum error Pm). The
+        /// client's t is page(C) itself (the same period from the same point; its roundings
+        /// are in `ROUNDING_NS`), and its bound is bound_nsec + (C − Cp)·P·(period_err +
+        /// max_drift): with period_err ≥ Pm/P and bound_nsec ≥ maxerror(Cp), the page's whole
+        /// interval is inside. CLOCK_REALTIME is inside too, as in the 2.x segment: at Cp,
+        /// |page − REALTIME| ≤ |offset| + half-width + span term ≤ bound_nsec − maxerror, and
+        /// it moves apart by at most the measured rate + the margin, which `max_drift_ppb`
+        /// carries (the page's own rate error is in `period_err` instead, so the total growth
+        /// equals the 2.x segment's; 1 ppb and drift² are added for the client measuring
+        /// elapsed time with the page's period rather than CLOCK_REALTIME's). A leap second
+        /// the page announces would step UTC where the client's linear map does not: the
+        /// segment is void from a second before the edge to a second after.
+        pub fn claimed(p: &Pairing, c: &Claim, page: &Snapshot, life_ns: i128, status: CbStatus) -> Option<ErrorBound> {
+            let r = page.reference().ok()?;
+            let pm = r.maxerror.rate?;
+            if r.period == 0 || pm >= r.period {
+                return None;
+            }
+            let (period_err_frac, period_err_shift) = ratio_ceil(pm, r.period)?;
+            let as_of_ns = floor_ns(p.page_utc);
+            if !(0..=MAX_AS_OF_NS).contains(&as_of_ns) || !(0..=3600 * NS).contains(&life_ns) {
+                return None;
+            }
+            let mut void_after_ns = as_of_ns + life_ns;
+            if let Some(e) = page.leap_edge() {
+                let edge = e.at_sec as i128 * NS;
+                if void_after_ns > edge - NS && as_of_ns < edge + NS {
+                    void_after_ns = as_of_ns.max(edge - NS);
+                }
+            }
+            let drift = c.drift_ppb - c.page_rate_ppb.min(c.drift_ppb)
+                + (c.drift_ppb * c.drift_ppb).div_ceil(1_000_000_000)
+                + 1;
+            if drift >= MAX_DRIFT_PPB as u128 || c.bound_ns + ROUNDING_NS > i64::MAX as u128 / 2 {
+                return None;
+            }
+            Some(ErrorBound {
+                map: Map { as_of_counter: p.counter, as_of_ns, period_frac: r.period, period_shift: r.shift },
+                void_after_ns,
+                period_err_frac,
+                period_err_shift,
+                bound_ns: (c.bound_ns + ROUNDING_NS) as i64,
+                disruption_marker: p.marker,
+                max_drift_ppb: drift as u32,
+                status,
+                disruption_support: false,
+            })
+        }
+
+        /// A body that claims nothing (`status` Unknown or Disrupted), on the last map if any
+        /// (as ClockBound's daemon keeps its last parameters when it marks them Disrupted).
+        pub fn held(
+            map: Option<Map>,
+            status: CbStatus,
+            disruption_marker: u64,
+            disruption_support: bool,
+        ) -> ErrorBound {
+            let map = map.unwrap_or_default();
+            ErrorBound {
+                map,
+                void_after_ns: map.as_of_ns,
+                period_err_frac: 0,
+                period_err_shift: 0,
+                bound_ns: 0,
+                disruption_marker,
+                max_drift_ppb: 0,
+                status,
+                disruption_support,
+            }
         }
     }
 }
@@ -725,6 +1028,178 @@ mod tests {
         assert!((20_000..20_100).contains(&r), "rate {r}");
         assert!(eb.max_drift_ppb as u64 >= r);
         assert!(eb.bound_ns >= 21_000);
+    }
+
+    /// What the ClockBound 3.x client computes from a body at a counter value (clock-bound
+    /// 3.0.0-rc.0, src/shm.rs, `compute_bound_at_tsc`): f64 arithmetic, truncations to the ns.
+    fn client3_window(b: &v3::ErrorBound, counter: u64) -> (i128, i128) {
+        let period = b.map.period_frac as f64 / 2f64.powi(64 + b.map.period_shift as i32);
+        let period_err = b.period_err_frac as f64 / 2f64.powi(64 + b.period_err_shift as i32);
+        let ticks = counter.saturating_sub(b.map.as_of_counter) as f64;
+        let (dur_s, dur_ns) = (ticks * period, ticks * period * 1e9);
+        let now = b.map.as_of_ns + dur_ns as i64 as i128;
+        let bound = (b.bound_ns as f64 + dur_s * b.max_drift_ppb as f64 + dur_ns * period_err) as i64 as i128;
+        (now - bound, now + bound)
+    }
+
+    #[test]
+    fn clockbound3_layout() {
+        let h = v3::LAYOUT.header_bytes(6);
+        assert_eq!(u32::from_ne_bytes(h[0..4].try_into().unwrap()), 0x414D5A4E);
+        assert_eq!(u32::from_ne_bytes(h[4..8].try_into().unwrap()), 0x43420200);
+        assert_eq!(u32::from_ne_bytes(h[8..12].try_into().unwrap()), 104);
+        assert_eq!(u16::from_ne_bytes(h[12..14].try_into().unwrap()), 0x0303);
+        assert_eq!(u16::from_ne_bytes(h[14..16].try_into().unwrap()), 6);
+        assert_eq!((v3::BODY_SIZE, v3::SEGMENT_SIZE, v3::LAYOUT.segment_size()), (88, 104, 104));
+        assert_eq!(LAYOUT_V2.header_bytes(4), header_bytes(4));
+        let b = v3::ErrorBound {
+            map: v3::Map { as_of_counter: 0x1122_3344, as_of_ns: 5 * NS + 7, period_frac: 0xabcd, period_shift: 29 },
+            void_after_ns: 10 * NS + 9,
+            period_err_frac: 0x77,
+            period_err_shift: 3,
+            bound_ns: 1234,
+            disruption_marker: 0xdead,
+            max_drift_ppb: 15_000,
+            status: CbStatus::Disrupted,
+            disruption_support: true,
+        }
+        .to_bytes();
+        let u64_at = |o: usize| u64::from_ne_bytes(b[o..o + 8].try_into().unwrap());
+        let i64_at = |o: usize| i64::from_ne_bytes(b[o..o + 8].try_into().unwrap());
+        assert_eq!(u64_at(0), 0x1122_3344);
+        assert_eq!((i64_at(8), i64_at(16)), (5, 7));
+        assert_eq!((i64_at(24), i64_at(32)), (10, 9));
+        assert_eq!((u64_at(40), u64_at(48)), (0xabcd, 0x77));
+        assert_eq!(i64_at(56), 1234);
+        assert_eq!(u64_at(64), 0xdead);
+        assert_eq!(u32::from_ne_bytes(b[72..76].try_into().unwrap()), 15_000);
+        assert_eq!(i32::from_ne_bytes(b[76..80].try_into().unwrap()), 3);
+        assert_eq!((b[80], b[81], b[82]), (1, 29, 3));
+        assert!(b[83..].iter().all(|&x| x == 0));
+    }
+
+    #[test]
+    fn clockbound3_maps_the_page_with_the_2x_bound() {
+        if vmclock::counter::NATIVE == counter_id::INVALID {
+            return;
+        }
+        let s = samples();
+        let mut f = ClockBoundFeed::new(ClockBoundConfig::default());
+        // Page 40 µs ahead of REALTIME, maxerror 1 µs, period maxerror 2^20 (≈ 0.1 ppb).
+        let pg = page(1, 7, status::SYNCHRONIZED, 40_000, 0);
+        let eb = f.handle(&obs(pg, &s, 0), 100);
+        let b = f.v3(&eb);
+        assert_eq!((b.status, b.disruption_marker, b.disruption_support), (CbStatus::Synchronized, 7, false));
+        // The map is the page's, anchored at one of the burst's counters.
+        let r = pg.reference().unwrap();
+        assert_eq!((b.map.period_frac, b.map.period_shift), (r.period, r.shift));
+        let c = b.map.as_of_counter;
+        assert!(s.iter().any(|x| x.counter == c), "as_of_tsc {c} is not a burst counter");
+        let utc = pg.utc_at(c).unwrap();
+        assert_eq!(b.map.as_of_ns, utc.time.as_nanos() as i128, "as_of is the page's UTC there, floored");
+        let exact = T0 + 40_000 + (c - 1_000_000_000) as i128; // the fixed-point period is a hair short of 1 ns
+        assert!((exact - 2..=exact).contains(&b.map.as_of_ns), "as_of {} vs {exact}", b.map.as_of_ns);
+        // period_err = Pm / P, rounded up (never below).
+        let pe = b.period_err_frac as f64 / 2f64.powi(64 + b.period_err_shift as i32);
+        let want = (1u64 << 20) as f64 / r.period as f64;
+        assert!(pe >= want * (1.0 - 1e-15) && pe < want * (1.0 + 1e-12), "period_err {pe} vs {want}");
+        // The 2.x bound, plus the client's roundings; the growth is at least the 2.x drift.
+        assert_eq!(b.bound_ns, eb.bound_ns + v3::ROUNDING_NS as i64);
+        assert!(
+            b.max_drift_ppb as f64 + pe * 1e9 >= eb.max_drift_ppb as f64,
+            "{} {}",
+            b.max_drift_ppb,
+            eb.max_drift_ppb
+        );
+        assert!(b.max_drift_ppb <= eb.max_drift_ppb + 2, "{} {}", b.max_drift_ppb, eb.max_drift_ppb);
+        assert_eq!(b.void_after_ns, b.map.as_of_ns + ClockBoundConfig::default().life_ns);
+        // What the 3.x client computes holds the page's interval and CLOCK_REALTIME (T0 at
+        // counter 1e9, 1 GHz, drifting at most the margin) from the pairing to an hour on.
+        for dt in [0u64, 1, 1_000, 1_000_000, 1_000_000_000, 5_000_000_000, 3_600_000_000_000] {
+            let at = c + dt;
+            let (lo, hi) = client3_window(&b, at);
+            let u = pg.utc_at(at).unwrap();
+            let (t, e) = (u.time.as_nanos() as i128, u.maxerror_ns().unwrap() as i128);
+            assert!(lo <= t - e && hi >= t + e, "+{dt}: [{lo}, {hi}] misses the page's [{}, {}]", t - e, t + e);
+            let rt = T0 + (at - 1_000_000_000) as i128;
+            let slack = (dt as i128 * 15_000).div_euclid(NS) + 20; // the margin's drift + the windows
+            assert!(lo <= rt - slack && hi >= rt + slack, "+{dt}: [{lo}, {hi}] misses REALTIME {rt} ± {slack}");
+        }
+        // A page 0.1 ns wide still gives a window: the roundings are covered.
+        assert!(client3_window(&b, c).1 - client3_window(&b, c).0 >= 2 * eb.bound_ns as i128);
+    }
+
+    #[test]
+    fn clockbound3_status_follows_the_2x_segment_and_keeps_the_map() {
+        if vmclock::counter::NATIVE == counter_id::INVALID {
+            return;
+        }
+        let s = samples();
+        let mut f = ClockBoundFeed::new(ClockBoundConfig::default());
+        // Nothing claimed yet: Unknown, no map.
+        let eb = f.handle(&obs(page(1, 7, status::UNKNOWN, 0, 0), &s, 0), 100);
+        let b = f.v3(&eb);
+        assert_eq!((b.status, b.bound_ns, b.max_drift_ppb, b.map), (CbStatus::Unknown, 0, 0, v3::Map::default()));
+        let eb = f.handle(&obs(page(2, 7, status::FREERUNNING, 0, 0), &s, 1), 200);
+        let fr = f.v3(&eb);
+        assert_eq!(fr.status, CbStatus::FreeRunning);
+        // Unknown keeps the last map (the client keeps an Unknown status whatever the map says).
+        let eb = f.handle(&obs(page(3, 7, status::UNRELIABLE, 0, 0), &s, 2), 300);
+        let u = f.v3(&eb);
+        assert_eq!((u.status, u.map, u.max_drift_ppb), (CbStatus::Unknown, fr.map, 0));
+        // Disruption: Disrupted with the new marker until the page is current.
+        let eb = f.handle(&obs(page(4, 8, status::SYNCHRONIZED, 0, 0), &s, 3), 400);
+        let d = f.v3(&eb);
+        assert_eq!((d.status, d.disruption_marker), (CbStatus::Disrupted, 8));
+        let eb = f.handle(&obs(page(5, 8, status::SYNCHRONIZED, 0, 0), &s, 4), 500);
+        let ok = f.v3(&eb);
+        assert_eq!((ok.status, ok.disruption_marker), (CbStatus::Synchronized, 8));
+        // A 2.x body from elsewhere (the binary's own Unknown when the page cannot be read) never
+        // picks up the last claim.
+        let unread = ErrorBound { status: CbStatus::Synchronized, as_of_ns: 1, ..eb };
+        assert_eq!(f.v3(&unread).status, CbStatus::Unknown);
+    }
+
+    #[test]
+    fn clockbound3_is_void_around_an_announced_leap_second() {
+        if vmclock::counter::NATIVE == counter_id::INVALID {
+            return;
+        }
+        let edge = page(1, 7, status::SYNCHRONIZED, 0, leap::PRE_POS).leap_edge().unwrap().at_sec as i128 * NS;
+        let s = samples();
+        let cfg = ClockBoundConfig::default(); // 5 s of life
+        for (before_edge, void_after) in [(10 * NS, None), (3 * NS, Some(edge - NS)), (NS / 2, Some(edge - NS / 2))] {
+            let mut f = ClockBoundFeed::new(cfg);
+            let pg = page(1, 7, status::SYNCHRONIZED, edge - before_edge - T0, leap::PRE_POS);
+            let eb = f.handle(&obs(pg, &s, 0), 100);
+            assert_eq!(eb.status, CbStatus::Synchronized);
+            let b = f.v3(&eb);
+            let want = void_after.unwrap_or(b.map.as_of_ns + cfg.life_ns);
+            // The pairing's counter is a few µs past 1e9: as_of is that far past the page's time.
+            assert!((0..10_000).contains(&(b.map.as_of_ns - (edge - before_edge))), "as_of {}", b.map.as_of_ns);
+            if void_after.is_some_and(|v| v < b.map.as_of_ns) {
+                assert_eq!(b.void_after_ns, b.map.as_of_ns, "{before_edge}");
+            } else {
+                assert_eq!(b.void_after_ns, want, "{before_edge} ns before the edge");
+            }
+        }
+    }
+
+    #[test]
+    fn clockbound3_period_error_is_rounded_up_with_its_significant_bits() {
+        use v3::ratio_ceil;
+        assert_eq!(ratio_ceil(0, 7), Some((0, 0)));
+        assert_eq!(ratio_ceil(7, 7), None);
+        assert_eq!(ratio_ceil(8, 7), None);
+        for (num, den) in [(1u64, 3u64), (1 << 20, 0x89705F4136B4A597), (1, u64::MAX), (u64::MAX - 1, u64::MAX), (3, 4)]
+        {
+            let (f, s) = ratio_ceil(num, den).unwrap();
+            // f / 2^(64+s) ≥ num/den, by less than 2^-(64+s), and f uses its top bits.
+            let (lhs, n) = ((f as u128) * den as u128, (num as u128) << (64 + s)); // exact, < 2^128
+            assert!(lhs >= n, "{num}/{den}: {f} >> {s} is below");
+            assert!(lhs < n + den as u128, "{num}/{den}: not the ceiling");
+            assert!(f >= 1 << 62, "{num}/{den}: {f} with shift {s} loses bits");
+        }
     }
 
     #[test]

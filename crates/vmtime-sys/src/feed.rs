@@ -9,7 +9,7 @@ use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 use std::sync::atomic::{fence, AtomicU16, AtomicU64, Ordering};
-use vmtime_core::feed::clockbound::{header_bytes, BODY_SIZE, HEADER_SIZE, MAGIC, SEGMENT_SIZE, VERSION};
+use vmtime_core::feed::clockbound::{Layout, HEADER_SIZE, LAYOUT_V2, MAGIC};
 
 /// A datagram socket that sends to chronyd's SOCK refclock socket (which chronyd creates).
 #[derive(Debug)]
@@ -38,11 +38,13 @@ impl ChronySocket {
 }
 
 /// ClockBound's segment file, mapped for writing: the header, then one `ClockErrorBound`
-/// guarded by the header's generation (odd while written, never 0 once written).
+/// guarded by the header's generation (odd while written, never 0 once written). The layout is
+/// 2.x's (`shm0`) or 3.x's (`shm1`): the same header, another version word and body.
 #[derive(Debug)]
 pub struct ClockBoundSegment {
     ptr: NonNull<u8>,
     path: PathBuf,
+    layout: Layout,
     /// The open file, holding the lock.
     _lock: std::fs::File,
 }
@@ -58,10 +60,16 @@ impl ClockBoundSegment {
     /// refused, and the file is locked (`flock`) against a second feed. Its generation is 0
     /// (not readable) until the first write.
     pub fn open_or_create(path: &Path) -> Result<Self, FileError> {
+        Self::open_or_create_as(path, LAYOUT_V2)
+    }
+
+    /// The same for a segment of `layout`.
+    pub fn open_or_create_as(path: &Path, layout: Layout) -> Result<Self, FileError> {
+        let size = layout.segment_size();
         let disp = || path.display().to_string();
         let io = |op: &'static str, e: rustix::io::Errno| FileError::Io { op, path: disp(), err: e.into() };
         match rfs::statat(CWD, path, AtFlags::SYMLINK_NOFOLLOW) {
-            Err(rustix::io::Errno::NOENT) => create(path)?,
+            Err(rustix::io::Errno::NOENT) => create(path, layout)?,
             Err(e) => return Err(io("inspect", e)),
             Ok(st) => match FileType::from_raw_mode(st.st_mode) {
                 FileType::RegularFile => {}
@@ -70,7 +78,7 @@ impl ClockBoundSegment {
                     return Err(FileError::WrongKind {
                         path: disp(),
                         found: crate::files::kind_name(t).into(),
-                        what: "ClockBound segment",
+                        what: layout.name,
                     })
                 }
             },
@@ -100,28 +108,29 @@ impl ClockBoundSegment {
         }
         let f = std::fs::File::from(fd);
         let mut b = Vec::new();
-        std::io::Read::by_ref(&mut &f)
-            .take(SEGMENT_SIZE as u64 + 1)
-            .read_to_end(&mut b)
-            .map_err(|e| FileError::Io { op: "read", path: disp(), err: e })?;
-        let ours = b.len() == SEGMENT_SIZE
-            && b[0..8] == header_bytes(0)[0..8]
-            && u16::from_ne_bytes([b[12], b[13]]) == VERSION
-            && u32::from_ne_bytes([b[8], b[9], b[10], b[11]]) == SEGMENT_SIZE as u32;
+        std::io::Read::by_ref(&mut &f).take(size as u64 + 1).read_to_end(&mut b).map_err(|e| FileError::Io {
+            op: "read",
+            path: disp(),
+            err: e,
+        })?;
+        let ours = b.len() == size
+            && b[0..8] == layout.header_bytes(0)[0..8]
+            && u16::from_ne_bytes([b[12], b[13]]) == layout.version
+            && u32::from_ne_bytes([b[8], b[9], b[10], b[11]]) == size as u32;
         if !ours {
             return Err(FileError::WrongKind {
                 path: disp(),
-                found: format!("a file of {} bytes that is not a ClockBound 2 segment", b.len()),
-                what: "ClockBound 2 segment",
+                found: format!("a file of {} bytes that is not a {}", b.len(), layout.name),
+                what: layout.name,
             });
         }
-        // SAFETY: a fresh shared mapping (addr null) of SEGMENT_SIZE bytes of a regular file
-        // opened for reading and writing that is exactly that long (checked above, under our
-        // lock); checked for MAP_FAILED before use.
+        // SAFETY: a fresh shared mapping (addr null) of `size` bytes of a regular file opened
+        // for reading and writing that is exactly that long (checked above, under our lock);
+        // checked for MAP_FAILED before use.
         let p = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                SEGMENT_SIZE,
+                size,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED,
                 f.as_raw_fd(),
@@ -136,7 +145,7 @@ impl ClockBoundSegment {
             path: disp(),
             err: io::Error::other("mmap returned null"),
         })?;
-        Ok(ClockBoundSegment { ptr, path: path.to_path_buf(), _lock: f })
+        Ok(ClockBoundSegment { ptr, path: path.to_path_buf(), layout, _lock: f })
     }
 
     /// The segment's path.
@@ -145,16 +154,20 @@ impl ClockBoundSegment {
     }
 
     fn generation_word(&self) -> &AtomicU16 {
-        // SAFETY: offset 14 of a page-aligned mapping of SEGMENT_SIZE bytes is 2-aligned and in
-        // bounds; the mapping outlives `&self`; all accesses in this process are atomic.
+        // SAFETY: offset 14 of a page-aligned mapping of the segment's size (≥ 16) is 2-aligned
+        // and in bounds; the mapping outlives `&self`; all accesses in this process are atomic.
         unsafe { &*self.ptr.as_ptr().wrapping_add(14).cast::<AtomicU16>() }
     }
 
     fn body_words(&self) -> &[AtomicU64] {
-        // SAFETY: offset 16 is 8-aligned (the mapping is page-aligned) and BODY_SIZE bytes from
-        // it lie within the mapping; AtomicU64 has u64's size and alignment.
+        // SAFETY: offset 16 is 8-aligned (the mapping is page-aligned) and the layout's body
+        // size bytes from it lie within the mapping (header + body); AtomicU64 has u64's size
+        // and alignment.
         unsafe {
-            std::slice::from_raw_parts(self.ptr.as_ptr().wrapping_add(HEADER_SIZE).cast::<AtomicU64>(), BODY_SIZE / 8)
+            std::slice::from_raw_parts(
+                self.ptr.as_ptr().wrapping_add(HEADER_SIZE).cast::<AtomicU64>(),
+                self.layout.body_size / 8,
+            )
         }
     }
 
@@ -163,8 +176,16 @@ impl ClockBoundSegment {
         self.generation_word().load(Ordering::Acquire)
     }
 
-    /// Writes one body under the generation: odd, fence, body, even (0 skipped on wrap).
-    pub fn write(&mut self, body: &[u8; BODY_SIZE]) {
+    /// The segment's layout.
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    /// Writes one body under the generation: odd, fence, body, even (0 skipped on wrap). The
+    /// body is the layout's size (a shorter one leaves the rest as it was; the feed's bodies
+    /// are arrays of exactly that size).
+    pub fn write(&mut self, body: &[u8]) {
+        debug_assert_eq!(body.len(), self.layout.body_size, "a body of another layout");
         let g = self.generation_word();
         let cur = g.load(Ordering::Relaxed);
         let odd = if cur % 2 == 0 { cur.wrapping_add(1) } else { cur };
@@ -183,16 +204,17 @@ impl ClockBoundSegment {
 
 impl Drop for ClockBoundSegment {
     fn drop(&mut self) {
-        // SAFETY: `ptr` came from a successful SEGMENT_SIZE mmap and no borrow outlives self.
+        // SAFETY: `ptr` came from a successful mmap of the layout's segment size and no borrow
+        // outlives self.
         unsafe {
-            libc::munmap(self.ptr.as_ptr().cast(), SEGMENT_SIZE);
+            libc::munmap(self.ptr.as_ptr().cast(), self.layout.segment_size());
         }
     }
 }
 
 /// A new segment at `path`: header with generation 0 and a zero body, written under an
 /// `O_EXCL` temporary name (mode 0644 whatever the umask), fsynced, renamed over nothing.
-fn create(path: &Path) -> Result<(), FileError> {
+fn create(path: &Path, layout: Layout) -> Result<(), FileError> {
     let disp = || path.display().to_string();
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = path.file_name().ok_or_else(|| FileError::Io {
@@ -208,8 +230,8 @@ fn create(path: &Path) -> Result<(), FileError> {
         Mode::from_raw_mode(0o644),
     )
     .map_err(|e| FileError::Io { op: "create a new file in the directory of", path: disp(), err: e.into() })?;
-    let mut seg = [0u8; SEGMENT_SIZE];
-    seg[..HEADER_SIZE].copy_from_slice(&header_bytes(0));
+    let mut seg = vec![0u8; layout.segment_size()];
+    seg[..HEADER_SIZE].copy_from_slice(&layout.header_bytes(0));
     let mut f = std::fs::File::from(fd);
     let r = rfs::fchmod(&f, Mode::from_raw_mode(0o644))
         .map_err(io::Error::from)
@@ -267,6 +289,7 @@ const _: () = assert!(MAGIC[0] == 0x414D_5A4E);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vmtime_core::feed::clockbound::{v3, BODY_SIZE, SEGMENT_SIZE};
 
     #[test]
     fn segment_generation_moves_by_two_and_is_reused() {
@@ -284,6 +307,35 @@ mod tests {
         assert_eq!(b.len(), SEGMENT_SIZE);
         assert_eq!(u16::from_ne_bytes([b[14], b[15]]), 4);
         assert!(b[HEADER_SIZE..].iter().all(|&x| x == 9));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_3x_segment_is_created_reused_and_kept_apart_from_a_2x_one() {
+        let dir = tempfile_dir();
+        let (p0, p1) = (dir.join("shm0"), dir.join("shm1"));
+        let mut s1 = ClockBoundSegment::open_or_create_as(&p1, v3::LAYOUT).unwrap();
+        assert_eq!(s1.layout(), v3::LAYOUT);
+        s1.write(&[5u8; v3::BODY_SIZE]);
+        let b = std::fs::read(&p1).unwrap();
+        assert_eq!(b.len(), 104);
+        assert_eq!(b[..14], v3::LAYOUT.header_bytes(0)[..14]);
+        assert_eq!(u16::from_ne_bytes([b[12], b[13]]), 0x0303);
+        assert_eq!(u16::from_ne_bytes([b[14], b[15]]), 2);
+        assert!(b[HEADER_SIZE..].iter().all(|&x| x == 5));
+        drop(s1);
+        let mut s1 = ClockBoundSegment::open_or_create_as(&p1, v3::LAYOUT).unwrap();
+        assert_eq!(s1.generation(), 2, "an existing 3.x segment is reused");
+        s1.write(&[6u8; v3::BODY_SIZE]);
+        drop(s1);
+        drop(ClockBoundSegment::open_or_create(&p0).unwrap());
+        // Neither layout is taken for the other: the file is left as it was.
+        let e = ClockBoundSegment::open_or_create(&p1).unwrap_err();
+        assert!(e.to_string().contains("not a ClockBound 2 segment"), "{e}");
+        let e = ClockBoundSegment::open_or_create_as(&p0, v3::LAYOUT).unwrap_err();
+        assert!(e.to_string().contains("not a ClockBound 3 segment"), "{e}");
+        assert_eq!(std::fs::read(&p1).unwrap().len(), 104);
+        assert_eq!(std::fs::read(&p0).unwrap().len(), SEGMENT_SIZE);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

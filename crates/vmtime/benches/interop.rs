@@ -1,4 +1,5 @@
-//! ClockBound's own client reading `vmtime feed clockbound`'s segment, next to vmtime's
+//! ClockBound's own clients (2.x reading `shm0`, 3.x reading `shm1`) on `vmtime feed
+//! clockbound`'s segments, next to vmtime's
 //! `Clock::now()` on the page and `clock_gettime(CLOCK_REALTIME)`, in one run;
 //! `scripts/bench-ratios interop clock_gettime_realtime` turns the estimates into ratios.
 use clock_bound_client::ClockBoundClient;
@@ -6,7 +7,7 @@ use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use std::time::Duration;
 use vmclock::abi::{self, flags};
 use vmclock::{seqlock, Clock, PageBuilder, Period, Timestamp, Utc};
-use vmtime_core::feed::clockbound::{ClockBoundConfig, ClockBoundFeed};
+use vmtime_core::feed::clockbound::{v3, ClockBoundConfig, ClockBoundFeed};
 use vmtime_core::feed::Observation;
 use vmtime_sys::clock::{aba_sample, gettime, ClockId};
 use vmtime_sys::feed::ClockBoundSegment;
@@ -48,10 +49,16 @@ fn bench(c: &mut Criterion) {
     let mut seg = ClockBoundSegment::open_or_create(&seg_path).unwrap();
     seg.write(&eb.to_bytes());
     let mut client = ClockBoundClient::new_with_path(seg_path.to_str().unwrap()).unwrap();
+    let seg1_path = dir.path().join("shm1");
+    let mut seg1 = ClockBoundSegment::open_or_create_as(&seg1_path, v3::LAYOUT).unwrap();
+    seg1.write(&feed.v3(&eb).to_bytes());
+    let mut client3 = clock_bound::Client::new_with_path(seg1_path.to_str().unwrap()).unwrap();
+    assert_eq!(client3.now().unwrap().clock_status, clock_bound::ClockStatus::Synchronized);
 
     let mut g = c.benchmark_group("interop");
     g.bench_function("clock_gettime_realtime", |b| b.iter(|| black_box(gettime(ClockId::Realtime).unwrap())));
     g.bench_function("clockbound_client_now", |b| b.iter(|| black_box(client.now().unwrap())));
+    g.bench_function("clockbound3_client_now", |b| b.iter(|| black_box(client3.now().unwrap())));
     g.bench_function("vmclock_now_utc_bounds", |b| {
         b.iter(|| {
             let n = clock.now().unwrap();

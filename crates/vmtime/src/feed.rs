@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use vmclock::Snapshot;
 use vmtime_core::feed::chrony::{ChronyAction, ChronyFeed};
-use vmtime_core::feed::clockbound::{CbStatus, ClockBoundConfig, ClockBoundFeed, ErrorBound};
+use vmtime_core::feed::clockbound::{v3, CbStatus, ClockBoundConfig, ClockBoundFeed, ErrorBound, LAYOUT_V2};
 use vmtime_core::feed::{Hold, Observation};
 use vmtime_core::AbaSample;
 use vmtime_sys::clock::{aba_sample, gettime, ClockId};
@@ -28,7 +28,7 @@ pub struct Args {
 enum Target {
     /// Send chrony SOCK refclock samples (chrony.conf: `refclock SOCK PATH`).
     Chrony(ChronyArgs),
-    /// Maintain ClockBound 2.x's shared-memory segment for its unmodified clients.
+    /// Maintain ClockBound's shared-memory segments (2.x `shm0`, 3.x `shm1`) for its unmodified clients.
     Clockbound(ClockBoundArgs),
 }
 
@@ -65,14 +65,30 @@ enum DisruptionSupport {
     Off,
 }
 
+/// Which ClockBound segments to maintain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Layout {
+    /// `shm0` only, for ClockBound 2.x clients (time from CLOCK_REALTIME).
+    #[value(name = "2")]
+    V2,
+    /// `shm1` only, for ClockBound 3.x clients (time from the counter, on the page's map).
+    #[value(name = "3")]
+    V3,
+    /// Both, as ClockBound 3's own daemon writes them.
+    Both,
+}
+
 #[derive(ClapArgs, Debug)]
 struct ClockBoundArgs {
     #[command(flatten)]
     common: Common,
-    /// The directory of the segment (`shm0` in it).
+    /// The directory of the segments (`shm0` and/or `shm1` in it, as --layout says).
     #[arg(long, default_value = "/var/run/clockbound")]
     dir: PathBuf,
-    /// How long the segment stays valid without an update, ms (at least two intervals).
+    /// Which segments: 2 (`shm0`, ClockBound 2.x clients), 3 (`shm1`, 3.x clients) or both.
+    #[arg(long, value_enum, default_value_t = Layout::Both)]
+    layout: Layout,
+    /// How long the segments stay valid without an update, ms (at least two intervals).
     #[arg(long, default_value = "5000")]
     life_ms: LifeMs,
     /// Drift allowed to CLOCK_REALTIME beyond the rate measured, ppb (ClockBound assumes 15 ppm).
@@ -290,9 +306,15 @@ fn run_clockbound(a: ClockBoundArgs) -> Result<ExitCode> {
     };
     let mut m = Measurer::open(&a.common.source, a.common.burst.get() as usize)?;
     vmtime_sys::feed::ensure_segment_dir(&a.dir)?;
-    let path = a.dir.join("shm0");
-    let mut seg = ClockBoundSegment::open_or_create(&path)
-        .with_context(|| format!("cannot create the ClockBound segment {}", path.display()))?;
+    let open = |name: &str, layout| {
+        let path = a.dir.join(name);
+        ClockBoundSegment::open_or_create_as(&path, layout)
+            .with_context(|| format!("cannot create the ClockBound segment {}", path.display()))
+    };
+    let mut seg0 = if a.layout == Layout::V3 { None } else { Some(open("shm0", LAYOUT_V2)?) };
+    let mut seg1 = if a.layout == Layout::V2 { None } else { Some(open("shm1", v3::LAYOUT)?) };
+    let paths: Vec<_> = seg0.iter().chain(&seg1).map(|s| s.path().display().to_string()).collect();
+    let paths = paths.join(" and ");
     let cfg = ClockBoundConfig {
         life_ns: a.life_ms.get() as i128 * 1_000_000,
         drift_margin_ppb: a.drift_margin_ppb.get(),
@@ -328,12 +350,14 @@ fn run_clockbound(a: ClockBoundArgs) -> Result<ExitCode> {
                 }
             }
         };
-        seg.write(&eb.to_bytes());
+        let eb3 = feed.v3(&eb);
+        seg0.iter_mut().for_each(|s| s.write(&eb.to_bytes()));
+        seg1.iter_mut().for_each(|s| s.write(&eb3.to_bytes()));
         if first {
             tracing::info!(
                 "vmtime feed clockbound: {} → {} every {} ms (life {} ms, disruption support {})",
                 a.common.source.display(),
-                path.display(),
+                paths,
                 a.common.interval_ms,
                 a.life_ms,
                 if disruption_support { "on" } else { "off" }
@@ -345,10 +369,14 @@ fn run_clockbound(a: ClockBoundArgs) -> Result<ExitCode> {
             if why.starts_with("SIG") {
                 // Stopped on purpose: void the segment now rather than at the end of its life.
                 let now = gettime(ClockId::MonotonicCoarse)?;
-                seg.write(&ErrorBound { status: CbStatus::Unknown, void_after_ns: now, ..eb }.to_bytes());
-                tracing::info!("{why}: stopping (the segment now says Unknown)");
+                seg0.iter_mut().for_each(|s| {
+                    s.write(&ErrorBound { status: CbStatus::Unknown, void_after_ns: now, ..eb }.to_bytes())
+                });
+                let void = v3::ErrorBound { status: CbStatus::Unknown, void_after_ns: eb3.map.as_of_ns, ..eb3 };
+                seg1.iter_mut().for_each(|s| s.write(&void.to_bytes()));
+                tracing::info!("{why}: stopping (the segments now say Unknown)");
             } else {
-                tracing::info!("{why}: stopping (the segment is void after its life)");
+                tracing::info!("{why}: stopping (the segments are void after their life)");
             }
             break;
         }

@@ -18,28 +18,7 @@ fn gen_page(dir: &Path, page: &Path, marker: u64) {
 
 /// The same with the page's clock_status.
 fn gen_page_with(dir: &Path, page: &Path, marker: u64, status: &str) {
-    let mut args = common::gen_ahead_args(dir, page, AHEAD_NS);
-    let (maxerror, marker) = (MAXERROR_NS.to_string(), marker.to_string());
-    let extra = [
-        "--maxerror-ns",
-        &maxerror,
-        "--period-maxerror-ppb",
-        "1000",
-        "--disruption-marker",
-        &marker,
-        "--status",
-        status,
-    ];
-    args.extend(extra.map(String::from));
-    common::vmtime_ok(&args);
-    // A published page has been updated at least once. clock-bound-client 2.0.3 caches its
-    // copy of the vmclock page by seq_count from 0, so a page still at seq_count 0 would read as
-    // marker 0: give the page seq_count 2 (replaced atomically, as a publisher does).
-    let mut bytes = std::fs::read(page).unwrap();
-    bytes[12..16].copy_from_slice(&2u32.to_le_bytes());
-    let tmp = dir.join("page.tmp");
-    std::fs::write(&tmp, &bytes).unwrap();
-    std::fs::rename(&tmp, page).unwrap();
+    common::gen_bounded_page(dir, page, AHEAD_NS, MAXERROR_NS, marker, status)
 }
 
 fn reading(c: &mut ClockBoundClient) -> (i128, i128, ClockStatus) {

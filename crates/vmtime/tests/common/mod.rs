@@ -26,6 +26,13 @@ impl Daemon {
     pub fn pid(&self) -> u32 {
         self.0.id()
     }
+
+    /// Sends SIGTERM and waits for the daemon to exit.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = rustix::process::Pid::from_raw(self.0.id() as i32).expect("a pid");
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
+        self.0.wait().expect("wait")
+    }
 }
 
 impl Drop for Daemon {
@@ -121,4 +128,31 @@ pub fn gen_ahead_args(dir: &Path, page: &Path, ahead_ns: i128) -> Vec<String> {
     ]
     .map(String::from)
     .to_vec()
+}
+
+/// A page of this machine's clock moved `ahead_ns` ahead (`gen_ahead_args`), maxerror
+/// `maxerror_ns`, period maxerror 1 ppm, disruption marker `marker`, clock_status `status`, as a
+/// publisher leaves it: updated at least once (seq_count 2) and replaced atomically. (ClockBound's
+/// clients cache their copy of the vmclock page by seq_count from 0, so a page still at seq_count 0
+/// would read as marker 0.)
+pub fn gen_bounded_page(dir: &Path, page: &Path, ahead_ns: i128, maxerror_ns: i128, marker: u64, status: &str) {
+    let mut args = gen_ahead_args(dir, page, ahead_ns);
+    let (maxerror, marker) = (maxerror_ns.to_string(), marker.to_string());
+    let extra = [
+        "--maxerror-ns",
+        &maxerror,
+        "--period-maxerror-ppb",
+        "1000",
+        "--disruption-marker",
+        &marker,
+        "--status",
+        status,
+    ];
+    args.extend(extra.map(String::from));
+    vmtime_ok(&args);
+    let mut bytes = std::fs::read(page).unwrap();
+    bytes[12..16].copy_from_slice(&2u32.to_le_bytes());
+    let tmp = dir.join("page.tmp");
+    std::fs::write(&tmp, &bytes).unwrap();
+    std::fs::rename(&tmp, page).unwrap();
 }
