@@ -58,8 +58,9 @@
 #define VMCLOCK_E_GONE -9
 
 /**
- * 64 page files are open already (each is guarded against SIGBUS, and the guard has 64
- * places): close one first. Devices (`/dev/vmclock0`) do not count.
+ * 64 handles on page files are open already (each mapping is guarded against SIGBUS, and
+ * the guard has 64 places; opening one file twice takes two): close one first. Devices
+ * (`/dev/vmclock0`) do not count.
  */
 #define VMCLOCK_E_LIMIT -10
 
@@ -173,7 +174,8 @@ extern "C" {
  * Never blocks: a fifo is refused at once (VMCLOCK_E_INVALID: it holds no page).
  *
  * A page *file* is guarded against SIGBUS (a file that shrinks gives VMCLOCK_E_GONE, never a
- * crash). At most 64 page files can be open at once in a process: the 65th open fails with
+ * crash). At most 64 handles on page files can be open at once in a process (opening one file
+ * twice takes two): the 65th open fails with
  * VMCLOCK_E_LIMIT (it is not mapped unguarded) until one is closed. Share one handle between
  * threads instead of opening one per thread. Devices (`/dev/vmclock0`) cannot shrink, are not
  * guarded and do not count.

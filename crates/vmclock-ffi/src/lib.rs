@@ -19,7 +19,7 @@
 //!   `vmclock::guard` (a SIGBUS handler that, for the kernel's own fault (`BUS_ADRERR`) inside a
 //!   guarded mapping, maps a zero page over the vanished page; a *sent* SIGBUS and faults
 //!   elsewhere go on exactly as without it; see its documentation). A device cannot shrink.
-//!   At most 64 page files are open at once (`VMCLOCK_E_LIMIT` for the 65th: refused rather
+//!   At most 64 handles on page files are open at once (`VMCLOCK_E_LIMIT` for the 65th: refused rather
 //!   than mapped unguarded). A file that is replaced (renamed over, as publishers do) or
 //!   unlinked keeps its last content in this mapping: open it again to follow the new file.
 //!
@@ -54,8 +54,9 @@ pub const VMCLOCK_E_NO_UTC: c_int = -7;
 pub const VMCLOCK_E_OVERFLOW: c_int = -8;
 /// The page file shrank or went away while mapped.
 pub const VMCLOCK_E_GONE: c_int = -9;
-/// 64 page files are open already (each is guarded against SIGBUS, and the guard has 64
-/// places): close one first. Devices (`/dev/vmclock0`) do not count.
+/// 64 handles on page files are open already (each mapping is guarded against SIGBUS, and
+/// the guard has 64 places; opening one file twice takes two): close one first. Devices
+/// (`/dev/vmclock0`) do not count.
 pub const VMCLOCK_E_LIMIT: c_int = -10;
 
 /// `flags`: `earliest_ns` and `latest_ns` bound the time (the page gives a maximum error).
@@ -158,7 +159,8 @@ unsafe fn set_err(err: *mut c_int, code: c_int) {
 /// Never blocks: a fifo is refused at once (VMCLOCK_E_INVALID: it holds no page).
 ///
 /// A page *file* is guarded against SIGBUS (a file that shrinks gives VMCLOCK_E_GONE, never a
-/// crash). At most 64 page files can be open at once in a process: the 65th open fails with
+/// crash). At most 64 handles on page files can be open at once in a process (opening one file
+/// twice takes two): the 65th open fails with
 /// VMCLOCK_E_LIMIT (it is not mapped unguarded) until one is closed. Share one handle between
 /// threads instead of opening one per thread. Devices (`/dev/vmclock0`) cannot shrink, are not
 /// guarded and do not count.
@@ -375,7 +377,7 @@ pub extern "C" fn vmclock_strerror(err: c_int) -> *const c_char {
         VMCLOCK_E_NO_UTC => c"the page's time cannot be given in UTC (TAI without a valid TAI offset, or MONOTONIC): wait until its host publishes the offset",
         VMCLOCK_E_OVERFLOW => c"the time does not fit (counter far from the page's reference, or an absurd time): the page is stale or wrong; wait for an update",
         VMCLOCK_E_GONE => c"the page file shrank or went away while mapped: close this handle and open the page again",
-        VMCLOCK_E_LIMIT => c"64 page files are open already: close one, or share one handle between threads (it is thread-safe)",
+        VMCLOCK_E_LIMIT => c"64 handles on page files are open already: close one, or share one handle between threads (it is thread-safe)",
         _ => c"not a libvmclock error code (VMCLOCK_OK or a VMCLOCK_E_* value)",
     };
     s.as_ptr()

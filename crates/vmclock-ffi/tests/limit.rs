@@ -53,7 +53,7 @@ fn the_65th_page_file_is_refused_with_a_limit_code_until_one_is_closed() {
     assert_eq!(err, VMCLOCK_E_LIMIT);
     // SAFETY: vmclock_strerror returns a static NUL-terminated string.
     let text = unsafe { CStr::from_ptr(vmclock_strerror(err)) }.to_str().unwrap();
-    assert!(text.contains("64 page files") && text.contains("close one"), "{text}");
+    assert!(text.contains("64 handles on page files") && text.contains("close one"), "{text}");
     // The 64 open ones still read.
     assert!(handles.iter().all(|&h| read(h) == 0));
     // A device does not count: one made with mknod here (the kernel's zero device: it maps,
