@@ -41,7 +41,7 @@ const SLOTS: usize = MAX_GUARDED;
 pub enum GuardError {
     /// [`MAX_GUARDED`] mappings are guarded already.
     #[error(
-        "{MAX_GUARDED} page files are guarded already: close one first (a device such as /dev/vmclock0 needs no guard)"
+        "{MAX_GUARDED} page-file mappings are guarded already: drop one first (a device such as /dev/vmclock0 needs no guard)"
     )]
     Full,
     /// The SIGBUS handler cannot be installed.
