@@ -524,7 +524,14 @@ mod tests {
         #[test]
         fn c_reading_equals_the_rust_snapshot_path(
             utc in proptest::bool::ANY,
-            sec in proptest::prop_oneof![1_700_000_000u64..1_900_000_000, proptest::num::u64::ANY],
+            // Now, anywhere, and just after the epoch (where the earliest time saturates at 0)
+            // or at the end of u64 seconds (where the latest overflows).
+            sec in proptest::prop_oneof![
+                1_700_000_000u64..1_900_000_000,
+                proptest::num::u64::ANY,
+                0u64..3,
+                u64::MAX - 2..=u64::MAX,
+            ],
             frac in proptest::num::u64::ANY,
             cv in proptest::num::u64::ANY,
             period in proptest::prop_oneof![proptest::num::u64::ANY, proptest::strategy::Just(u64::MAX), proptest::strategy::Just(0u64)],
@@ -558,6 +565,58 @@ mod tests {
             };
             proptest::prop_assert_eq!(read_result(&clock, c), want);
             proptest::prop_assert_eq!(read_result(&clock, c), want);
+        }
+    }
+
+    /// The rounding edges of the ns conversion, hit exactly (random pages almost never do): the
+    /// fractions of a ns of the time (α) and of the maximum error (μ) summing to exactly one ns,
+    /// equal, one step apart, zero; a bound reaching past the epoch; a time at the end of u64
+    /// seconds. Each reading equals the reference.
+    #[test]
+    fn ns_rounding_edges_equal_the_reference() {
+        // frac with frac · 1e9 ≡ t (mod 2^64), for t a multiple of 2^9 (1e9 = 2^9 · 1953125).
+        let inv = (0..6).fold(1_953_125u64, |x, _| x.wrapping_mul(2u64.wrapping_sub(1_953_125u64.wrapping_mul(x))));
+        assert_eq!(inv.wrapping_mul(1_953_125), 1);
+        let frac_for = |t: u64| {
+            assert_eq!(t % 512, 0);
+            let f = (t >> 9).wrapping_mul(inv);
+            assert_eq!(f.wrapping_mul(1_000_000_000), t);
+            f
+        };
+        let max_ns = 1_234u64;
+        let m = vmclock_rs::time::nanos_to_frac_ceil(max_ns);
+        let mu = (m as u64).wrapping_mul(1_000_000_000);
+        assert!(mu != 0 && mu % 512 == 0);
+        let cases = [
+            ("α + μ = one ns", 1_795_000_000, frac_for(mu.wrapping_neg())),
+            ("α = μ", 1_795_000_000, frac_for(mu)),
+            ("α one step below μ", 1_795_000_000, frac_for(mu - 512)),
+            ("α one step above μ", 1_795_000_000, frac_for(mu + 512)),
+            ("α = 0", 1_795_000_000, 0),
+            ("bound past the epoch", 0, 1 << 40),
+            ("time at the end of u64 seconds", u64::MAX, u64::MAX - 7),
+        ];
+        for (name, sec, frac) in cases {
+            let abi = PageBuilder::new()
+                .reference(
+                    vmclock_rs::counter::NATIVE,
+                    1_000,
+                    Timestamp::<vmclock_rs::Utc>::from_parts(sec, frac),
+                    Period::from_hz(1_000_000_000).unwrap(),
+                )
+                .maxerror(max_ns, 0)
+                .status(abi::status::SYNCHRONIZED)
+                .build();
+            let buf = vmclock_rs::PageBuf::new();
+            vmclock_rs::Writer::new(&buf).publish(&abi);
+            let clock = Clock::new(&buf);
+            let want = reference(&vmclock_rs::Snapshot::new(abi, 4096).unwrap(), 1_000);
+            // The first read (constants checked) and the fast path.
+            assert_eq!(read_result(&clock, 1_000), want, "{name}");
+            assert_eq!(read_result(&clock, 1_000), want, "{name}");
+            if name.starts_with('α') {
+                assert!(want.is_ok(), "{name}");
+            }
         }
     }
 
