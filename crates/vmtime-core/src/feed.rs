@@ -44,6 +44,16 @@ pub enum Hold {
     Disrupted,
     /// No samples.
     NoSamples,
+    /// The page's UTC is before 1970, or 2^32 s (136 years) or more from CLOCK_REALTIME.
+    OutOfRange,
+    /// The page cannot be read (missing, short, junk, or its writer is stuck mid-update).
+    Unreadable,
+    /// CLOCK_REALTIME went backwards inside a sample (stepped back during the measurement).
+    RealtimeStepped,
+    /// The page gives no maximum error (of its time or of its period): nothing to bound.
+    NoMaxError,
+    /// The bound would exceed what ClockBound can hold (73 years, or a drift of 100 %).
+    Unbounded,
 }
 
 impl Hold {
@@ -55,6 +65,11 @@ impl Hold {
             Hold::ChangedDuringMeasurement => "the page changed during the measurement",
             Hold::Disrupted => "disruption: waiting for the new page to be current",
             Hold::NoSamples => "no samples",
+            Hold::OutOfRange => "the page's UTC is before 1970 or 136 years or more from CLOCK_REALTIME",
+            Hold::Unreadable => "the page cannot be read",
+            Hold::RealtimeStepped => "CLOCK_REALTIME was stepped back during the measurement",
+            Hold::NoMaxError => "the page gives no maximum error (of its time and its period) to bound",
+            Hold::Unbounded => "the page's maximum error is beyond what a ClockBound segment can hold",
         }
     }
 }
@@ -78,6 +93,8 @@ pub struct Pairing {
     pub status: u8,
     /// The page's disruption marker.
     pub marker: u64,
+    /// The page's `seq_count` (which version of the page was measured).
+    pub seq: u32,
     /// The page's period maximum error as a rate, ppb rounded up (`None`: not given).
     pub rate_maxerror_ppb: Option<u64>,
 }
@@ -103,6 +120,12 @@ impl PageGate {
     /// again must stay unchanged before it is taken as current.
     pub fn new(holdoff_ns: i128) -> Self {
         PageGate { marker: None, disrupted: None, holdoff_ns }
+    }
+
+    /// Takes `marker` as the last one seen (from a previous run): a page that comes with
+    /// another is a disruption, held until it is current.
+    pub fn expect_marker(&mut self, marker: u64) {
+        self.marker = Some(marker);
     }
 
     /// Whether a disruption is pending.
@@ -135,9 +158,24 @@ impl PageGate {
             return Err(Hold::NoTime);
         }
         let r = page.reference().map_err(|_| Hold::NoTime)?;
+        // A sample whose second CLOCK_REALTIME reading is earlier than its first straddles a
+        // step back (chronyd's makestep, an administrator): its window is negative, and it and
+        // the samples on either side of the step describe two different clocks.
+        if obs.samples.iter().any(|s| s.after_ns < s.before_ns) {
+            return Err(Hold::RealtimeStepped);
+        }
         let k = kernel_reference(obs.samples, Period { frac: r.period, shift: r.shift }, 0).ok_or(Hold::NoSamples)?;
         let utc = page.utc_at(k.counter).map_err(|_| Hold::NoTime)?;
         let page_utc = i128::try_from(utc.time.raw()).map_err(|_| Hold::NoTime)?;
+        // chrony drops a sample whose offset is 2^32 s or more or whose time is before 1970
+        // (util.c, UTI_IsTimeOffsetSane) without a word, and no ClockBound bound could hold such
+        // an offset: a page that far off is held, never sent. This also keeps the feeds' sums
+        // of |offset| and the pairing's half-width far from overflowing.
+        const MAX_OFFSET: i128 = 1 << 96; // 2^32 s, 64.64
+        let in_range = |x: Option<i128>| x.is_some_and(|x| x.abs() < MAX_OFFSET);
+        if page_utc < 0 || !in_range(page_utc.checked_sub(k.time)) || !(0..MAX_OFFSET).contains(&k.half) {
+            return Err(Hold::OutOfRange);
+        }
         let rate_maxerror_ppb = page.period_maxerror().map(|m| {
             // (m / 2^(64+shift)) / (P / 2^(64+shift)) = m / P, in ppb, rounded up.
             if r.period == 0 {
@@ -155,6 +193,7 @@ impl PageGate {
             leap: page.leap_indicator().unwrap_or(leap::NONE),
             status: st,
             marker,
+            seq: page.seq_count(),
             rate_maxerror_ppb,
         })
     }
@@ -424,10 +463,8 @@ pub mod clockbound {
         pub disruption_support: bool,
         /// Hold-off after a disruption when the page is not updated again, ns.
         pub holdoff_ns: i128,
-        /// CLOCK_MONOTONIC_COARSE's resolution (one tick), ns. The client ages the bound with
-        /// its own coarse reading, which lags the true instant by up to a tick just as the
-        /// feed's `as_of` reading may not: `as_of` is written one tick early so that the age
-        /// the client computes is never less than the time elapsed since the pairing.
+        /// CLOCK_MONOTONIC_COARSE's resolution (one tick), ns: the unit of the allowance for
+        /// the clients' coarse clock (see [`ClockBoundFeed::coarse_allowance_ns`]).
         pub coarse_tick_ns: i128,
     }
 
@@ -443,12 +480,36 @@ pub mod clockbound {
         }
     }
 
-    /// Added to every bound, ns. Under heavy load the honesty test against a live, recalibrating
-    /// host page (crates/vmtime/tests/clockbound.rs, ignored: see docs/INTEROP.md, "Open defect")
-    /// found the segment a few ns short in about one run in six, beyond every term above; the
-    /// cause is not yet found, and once it was short even with this margin. 1 µs is small beside
-    /// any real page's maxerror (µs to ms).
-    pub const SAFETY_MARGIN_NS: u128 = 1_000;
+    /// Added to every bound for whole-ns readings, ns: the client's CLOCK_REALTIME reading is
+    /// the clock truncated to the ns (up to 1 ns behind it), and the client truncates the
+    /// bound's growth (`max_drift_ppb` × age) to whole ns. (The pairing's own truncation is in
+    /// its windows: [`crate::host::kernel_reference`].)
+    pub const ROUNDING_NS: u128 = 2;
+
+    /// Before any lag of the coarse clock is observed, it is assumed to reach this many ticks
+    /// (measured on a loaded 2-vCPU KVM guest with HZ=250: 4 to 8 ms usually, 12.9 ms at most).
+    pub const ASSUMED_COARSE_LAG_TICKS: i128 = 2;
+
+    /// How the last claimed bound was made, ns and ppb (for the debug log and diagnosis).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct BoundTerms {
+        /// The page's `seq_count`.
+        pub seq: u32,
+        /// The counter value of the pairing.
+        pub counter: u64,
+        /// The page's maxerror at the pairing.
+        pub maxerror_ns: u128,
+        /// page − CLOCK_REALTIME at the pairing (signed, rounded toward zero).
+        pub offset_ns: i128,
+        /// |offset| + the pairing's half-width, rounded up.
+        pub pairing_ns: u128,
+        /// The burst's span × the drift, rounded up.
+        pub span_ns: u128,
+        /// The page's rate error.
+        pub page_rate_ppb: u64,
+        /// CLOCK_REALTIME's rate against the page, as measured.
+        pub realtime_rate_ppb: u64,
+    }
 
     /// The ClockBound feed: one segment per update.
     #[derive(Clone, Debug)]
@@ -466,6 +527,10 @@ pub mod clockbound {
         /// The 3.x counter→UTC map last claimed, kept (with a status that says it may not be
         /// trusted) while the feed holds, as ClockBound's own daemon keeps its last parameters.
         last_map: Option<v3::Map>,
+        /// How the last claimed bound was made (`None` after a segment that claims nothing).
+        pub last_terms: Option<BoundTerms>,
+        /// The largest lag of CLOCK_MONOTONIC_COARSE behind CLOCK_MONOTONIC observed, ns.
+        coarse_lag_ns: i128,
     }
 
     /// The bound one pairing supports, shared by both layouts: `bound_ns` at the pairing's
@@ -492,15 +557,54 @@ pub mod clockbound {
                 last_hold: None,
                 claimed: None,
                 last_map: None,
+                last_terms: None,
+                coarse_lag_ns: ASSUMED_COARSE_LAG_TICKS * cfg.coarse_tick_ns.max(0),
             }
         }
 
-        /// The segment for an observation; `as_of_ns` is CLOCK_MONOTONIC_COARSE read *before*
-        /// the burst (coarse is never ahead of the instant it stands for, so the bound's age is
-        /// never understated, and the client's coarse clock never sees an as_of in its future).
-        pub fn handle(&mut self, obs: &Observation<'_>, as_of_ns: i128) -> ErrorBound {
+        /// One observation of CLOCK_MONOTONIC minus CLOCK_MONOTONIC_COARSE (the fine clock read
+        /// just after the coarse one), ns.
+        pub fn observe_coarse_lag(&mut self, lag_ns: i128) {
+            self.coarse_lag_ns = self.coarse_lag_ns.max(lag_ns);
+        }
+
+        /// How far `as_of` is written before the true instant of the measurement, ns.
+        ///
+        /// The client ages the bound by its CLOCK_MONOTONIC_COARSE reading minus `as_of`. The
+        /// coarse clock is the fine clock at the last timekeeping update, so it lags the true
+        /// instant: by a tick or two usually, by more when timer interrupts come late (a
+        /// loaded machine, a preempted vCPU). An `as_of` that is the true instant would let the
+        /// client understate the age by that lag, and with it the bound's growth: writing
+        /// `as_of` early by the largest lag seen plus one tick keeps the age the client computes
+        /// at least the true time since the measurement, at a cost of `max_drift_ppb` × the
+        /// allowance in the bound (hundreds of ns at ClockBound's 15 ppm).
+        pub fn coarse_allowance_ns(&self) -> i128 {
+            self.coarse_lag_ns + self.cfg.coarse_tick_ns.max(0)
+        }
+
+        /// Continues from the body a previous run left in the segment (a feed restarted, or
+        /// killed and started again): its marker is the last one clients were given, so a page
+        /// whose marker changed while no feed ran is a disruption, as it would have been had
+        /// the feed kept running. A body that claims nothing (Unknown) carries no marker.
+        /// Returns the marker taken.
+        pub fn resume(&mut self, previous: &[u8], layout: Layout) -> Option<u64> {
+            // (marker, status) offsets in the body of each layout.
+            let (m, st) = if layout == v3::LAYOUT { (64, 76) } else { (40, 52) };
+            let status = i32::from_ne_bytes(previous.get(st..st + 4)?.try_into().ok()?);
+            let marker = u64::from_ne_bytes(previous.get(m..m + 8)?.try_into().ok()?);
+            let claimed = [CbStatus::Synchronized, CbStatus::FreeRunning, CbStatus::Disrupted];
+            claimed.iter().any(|&c| c as i32 == status).then(|| {
+                self.gate.expect_marker(marker);
+                marker
+            })
+        }
+
+        /// The segment for an observation; `mono_ns` is CLOCK_MONOTONIC read *before* the burst,
+        /// and `as_of` is written [`Self::coarse_allowance_ns`] earlier.
+        pub fn handle(&mut self, obs: &Observation<'_>, mono_ns: i128) -> ErrorBound {
             self.claimed = None;
-            let as_of_ns = as_of_ns - self.cfg.coarse_tick_ns.max(0);
+            self.last_terms = None;
+            let as_of_ns = mono_ns - self.coarse_allowance_ns();
             let mut eb = ErrorBound {
                 as_of_ns,
                 void_after_ns: as_of_ns + self.cfg.life_ns,
@@ -531,11 +635,15 @@ pub mod clockbound {
                 self.rate_ppb = Some(((d as u128 * 1_000_000_000).div_ceil(dt as u128)).min(u64::MAX as u128) as u64);
             }
             self.last = Some(p);
-            let Some(c) = self.claim(&p, obs) else {
-                self.last_hold = Some(Hold::NoTime);
-                return eb;
+            let (c, terms) = match self.claim(&p, obs) {
+                Ok(x) => x,
+                Err(h) => {
+                    self.last_hold = Some(h);
+                    return eb;
+                }
             };
             self.last_hold = None;
+            self.last_terms = Some(terms);
             eb.bound_ns = c.bound_ns as i64;
             eb.max_drift_ppb = c.drift_ppb as u32;
             self.claimed = Some((as_of_ns, p, c, obs.before));
@@ -543,11 +651,11 @@ pub mod clockbound {
             eb
         }
 
-        /// The bound a pairing supports, or `None` when the page gives no bound (no maxerror or
-        /// no rate error) or it is too large to write.
-        fn claim(&self, p: &Pairing, obs: &Observation<'_>) -> Option<Claim> {
+        /// The bound a pairing supports, or why none: the page gives no bound (no maxerror or
+        /// no rate error), or it is too large to write.
+        fn claim(&self, p: &Pairing, obs: &Observation<'_>) -> Result<(Claim, BoundTerms), Hold> {
             let (Some(maxerror), Some(rate)) = (p.maxerror, p.rate_maxerror_ppb) else {
-                return None;
+                return Err(Hold::NoMaxError);
             };
             // |true − REALTIME| ≤ page maxerror + |page − REALTIME| + half-width of the pairing
             // + the burst's span × the drift: the pairing intersects the burst's windows moved
@@ -559,14 +667,21 @@ pub mod clockbound {
                     (Some(a), Some(b)) if b > a => (b - a) as u128,
                     _ => 0,
                 };
-            let bound = frac_to_ns_ceil(maxerror)
-                + frac_to_ns_ceil(p.offset().unsigned_abs() + p.half as u128)
-                + (span.saturating_mul(drift)).div_ceil(1_000_000_000)
-                + SAFETY_MARGIN_NS;
+            let terms = BoundTerms {
+                seq: p.seq,
+                counter: p.counter,
+                maxerror_ns: frac_to_ns_ceil(maxerror),
+                offset_ns: p.offset() * NS / UNIT,
+                pairing_ns: frac_to_ns_ceil(p.offset().unsigned_abs() + p.half as u128),
+                span_ns: (span.saturating_mul(drift)).div_ceil(1_000_000_000),
+                page_rate_ppb: rate,
+                realtime_rate_ppb: self.rate_ppb.unwrap_or(0),
+            };
+            let bound = terms.maxerror_ns + terms.pairing_ns + terms.span_ns + ROUNDING_NS;
             if bound > i64::MAX as u128 / 2 || drift >= MAX_DRIFT_PPB as u128 {
-                return None;
+                return Err(Hold::Unbounded);
             }
-            Some(Claim { bound_ns: bound, drift_ppb: drift, page_rate_ppb: rate as u128 })
+            Ok((Claim { bound_ns: bound, drift_ppb: drift, page_rate_ppb: rate as u128 }, terms))
         }
     }
 
@@ -988,11 +1103,11 @@ mod tests {
         // Page 40 µs ahead of REALTIME, maxerror 1 µs: the bound covers both and the window.
         let eb = f.handle(&obs(page(1, 7, status::SYNCHRONIZED, 40_000, 0), &s, 0), 100);
         assert_eq!(eb.status, CbStatus::Synchronized);
-        assert!(eb.bound_ns >= 41_000 + SAFETY_MARGIN_NS as i64, "bound {}", eb.bound_ns);
-        assert!(eb.bound_ns <= 41_030 + SAFETY_MARGIN_NS as i64, "bound {} is not tight", eb.bound_ns);
-        let tick = ClockBoundConfig::default().coarse_tick_ns;
-        assert_eq!(eb.as_of_ns, 100 - tick);
-        assert_eq!(eb.void_after_ns, 100 - tick + 5 * NS);
+        assert!(eb.bound_ns >= 41_000 + ROUNDING_NS as i64, "bound {}", eb.bound_ns);
+        assert!(eb.bound_ns <= 41_030 + ROUNDING_NS as i64, "bound {} is not tight", eb.bound_ns);
+        let allowance = 3 * ClockBoundConfig::default().coarse_tick_ns;
+        assert_eq!(eb.as_of_ns, 100 - allowance);
+        assert_eq!(eb.void_after_ns, 100 - allowance + 5 * NS);
         assert_eq!(eb.disruption_marker, 7);
         // Drift: the page's rate error (2^20 / 2^64·2^29… as ppb) + the 15 ppm margin.
         assert!(eb.max_drift_ppb >= 15_000);
@@ -1203,19 +1318,267 @@ mod tests {
     }
 
     #[test]
-    fn as_of_is_one_coarse_tick_early() {
+    fn as_of_allows_for_the_largest_coarse_lag_seen() {
         if vmclock::counter::NATIVE == counter_id::INVALID {
             return;
         }
-        // The client's coarse clock may lag the true instant by a tick more than the feed's
-        // reading did: an as_of written as read could make the client's age (and so the bound's
-        // growth) fall short of the true time since the pairing by up to a tick.
+        // The client ages the bound with CLOCK_MONOTONIC_COARSE, which lags the true instant
+        // (by 4 to 13 ms with 4 ms ticks on a loaded machine): as_of is written early by the
+        // largest lag seen (two ticks before any is seen) plus a tick.
         let cfg = ClockBoundConfig { coarse_tick_ns: 4_000_000, ..ClockBoundConfig::default() };
         let mut f = ClockBoundFeed::new(cfg);
+        assert_eq!(f.coarse_allowance_ns(), 12_000_000);
         let s = samples();
         let eb = f.handle(&obs(page(1, 7, status::SYNCHRONIZED, 0, 0), &s, 0), 10 * NS);
         assert_eq!(eb.status, CbStatus::Synchronized);
-        assert_eq!(eb.as_of_ns, 10 * NS - 4_000_000);
+        assert_eq!(eb.as_of_ns, 10 * NS - 12_000_000);
         assert_eq!(eb.void_after_ns, eb.as_of_ns + cfg.life_ns);
+        // Smaller lags change nothing; a larger one moves as_of for every later segment.
+        f.observe_coarse_lag(5_000_000);
+        assert_eq!(f.coarse_allowance_ns(), 12_000_000);
+        f.observe_coarse_lag(12_900_000);
+        f.observe_coarse_lag(1_000);
+        assert_eq!(f.coarse_allowance_ns(), 16_900_000);
+        let eb = f.handle(&obs(page(1, 7, status::SYNCHRONIZED, 0, 0), &s, 1), 11 * NS);
+        assert_eq!(eb.as_of_ns, 11 * NS - 16_900_000);
+    }
+
+    #[test]
+    fn a_pairing_allows_for_the_truncated_clock() {
+        if vmclock::counter::NATIVE == counter_id::INVALID {
+            return;
+        }
+        // clock_gettime truncates: a zero-width window [T, T] means the clock was in [T, T + 1 ns)
+        // at the counter, so the page exactly at T is placed within the pairing's half-width of
+        // that window's middle, never outside it.
+        let exact: Vec<AbaSample> =
+            (0..4u64).map(|i| AbaSample { before_ns: T0, counter: 1_000_000_000 + i, after_ns: T0 }).collect();
+        let p = PageGate::new(NS).pass(&obs(page(1, 7, status::SYNCHRONIZED, 0, 0), &exact, 0)).expect("a pairing");
+        let half_ns = p.half * NS / UNIT;
+        let realtime_ns = (p.realtime - (T0 << 64) / NS) * NS / UNIT;
+        assert!(p.half >= UNIT / NS / 2, "half-width {half_ns} ns");
+        assert!((0..=1).contains(&realtime_ns), "middle {realtime_ns} ns past T0");
+    }
+
+    /// A page built field by field with extreme values (raw, so nothing is tidied up).
+    fn extreme_page(
+        counter: u64,
+        (sec, frac): (u64, u64),
+        period: Period,
+        (maxerr, rate): (u64, u64),
+        (st, leap_ind): (u8, u8),
+    ) -> Option<Snapshot> {
+        let t = Timestamp::<Utc>::from_raw(((sec as u128) << 64) | frac as u128);
+        let b = PageBuilder::new()
+            .reference(vmclock::counter::NATIVE, counter, t, period)
+            .status(st)
+            .leap(leap_ind)
+            .maxerror(maxerr, rate)
+            .disruption_marker(7)
+            .build();
+        let mut s = Snapshot::new(b, 4096).ok()?.to_bytes();
+        s[12..16].copy_from_slice(&2u32.to_le_bytes());
+        Snapshot::decode(&s, 4096).ok()
+    }
+
+    #[test]
+    fn extreme_pages_and_samples_never_panic_and_are_never_sent_absurd() {
+        // A careless or hostile host: counters near the wrap, references in the far past or
+        // future, periods of 0 or ~1 s per tick, maxerror and rates at u64::MAX, unknown leap
+        // values and statuses flapping at every update; samples whose windows are inverted (the
+        // clock stepped back mid-sample), empty, or at the ends of the counter. Both feeds must
+        // decide without overflowing (debug builds check arithmetic), and whatever they send or
+        // write must be finite and within what chrony and the client accept.
+        if vmclock::counter::NATIVE == counter_id::INVALID {
+            return;
+        }
+        let counters = [0u64, 1, 1 << 32, u64::MAX / 2, u64::MAX - 1_000_000, u64::MAX];
+        let secs = [0u64, 1, 1_790_000_000, 1 << 40, i64::MAX as u64, u64::MAX];
+        let periods = [(0u64, 0u8), (1, 0), (u64::MAX, 0), (1 << 63, 63), (u64::MAX, 255), (18_446_744_074, 0)];
+        let errs = [(0u64, 0u64), (1_000, 1 << 20), (u64::MAX, u64::MAX), (i64::MAX as u64, 1)];
+        let sample_sets: Vec<Vec<AbaSample>> = counters
+            .iter()
+            .flat_map(|&c| {
+                let sane = vec![
+                    AbaSample { before_ns: T0, counter: c, after_ns: T0 + 10 },
+                    AbaSample { before_ns: T0 + 1_000, counter: c.wrapping_add(1_000), after_ns: T0 + 1_010 },
+                ];
+                let mut wide = sane.clone();
+                wide.push(AbaSample {
+                    before_ns: i64::MIN as i128,
+                    counter: c.wrapping_sub(7),
+                    after_ns: i64::MAX as i128,
+                });
+                let mut inverted = sane.clone();
+                inverted.push(AbaSample {
+                    before_ns: T0 + 2_050,
+                    counter: c.wrapping_add(2_000),
+                    after_ns: T0 + 2_020,
+                });
+                [sane, wide, inverted]
+            })
+            .chain([Vec::new()])
+            .collect();
+        let statuses = [status::SYNCHRONIZED, status::FREERUNNING, status::UNRELIABLE, 200];
+        let mut chrony = ChronyFeed::new(NS);
+        let mut cb = ClockBoundFeed::new(ClockBoundConfig::default());
+        let (mut sent, mut written, mut n) = (0u32, 0u32, 0i128);
+        for &c in &counters {
+            for &sec in &secs {
+                for &(period, shift) in &periods {
+                    for &(maxerr, rate) in &errs {
+                        for (k, samples) in sample_sets.iter().enumerate() {
+                            n += 1;
+                            // The status flaps at every observation.
+                            let st = statuses[n as usize % statuses.len()];
+                            let leap_ind = (n % 9) as u8;
+                            let Some(p) = extreme_page(
+                                c,
+                                (sec, u64::MAX - k as u64),
+                                Period { frac: period, shift },
+                                (maxerr, rate),
+                                (st, leap_ind),
+                            ) else {
+                                continue;
+                            };
+                            let o = obs(p, samples, n * NS);
+                            if samples.iter().any(|s| s.after_ns < s.before_ns) {
+                                assert!(!matches!(chrony.handle(&o), ChronyAction::Send(_)), "sent across a step back");
+                                assert_eq!(
+                                    cb.handle(&o, n * NS).status,
+                                    CbStatus::Unknown,
+                                    "a bound across a step back"
+                                );
+                                continue;
+                            }
+                            if let ChronyAction::Send(s) = chrony.handle(&o) {
+                                sent += 1;
+                                assert!(s.offset.is_finite(), "offset {}", s.offset);
+                                assert!((0..1_000_000).contains(&s.tv_usec), "tv_usec {}", s.tv_usec);
+                                assert!(matches!(s.leap, 0..=2), "chrony drops a sample with leap {}", s.leap);
+                                assert_eq!(s.to_bytes().len(), SAMPLE_SIZE);
+                            }
+                            let eb = cb.handle(&o, n * NS);
+                            if matches!(eb.status, CbStatus::Synchronized | CbStatus::FreeRunning) {
+                                written += 1;
+                                assert!(eb.bound_ns > 0, "a claimed bound of {}", eb.bound_ns);
+                                assert!(
+                                    (eb.max_drift_ppb as u64) < MAX_DRIFT_PPB,
+                                    "the client refuses {}",
+                                    eb.max_drift_ppb
+                                );
+                            }
+                            assert!(eb.void_after_ns > eb.as_of_ns);
+                            let _ = eb.to_bytes();
+                        }
+                    }
+                }
+            }
+        }
+        // Not vacuous: some of these pages are usable (sane period, 1 µs maxerror).
+        assert!(sent > 0 && written > 0, "sent {sent}, written {written} of {n}");
+    }
+
+    #[test]
+    fn a_step_back_during_the_burst_is_held() {
+        if vmclock::counter::NATIVE == counter_id::INVALID {
+            return;
+        }
+        // CLOCK_REALTIME stepped back 1 ms inside the fourth sample (chronyd's makestep): before,
+        // its window was negative, chosen as the "tightest", and the pairing's half-width came
+        // out negative (an overflow in debug builds; in release a bound narrower than honest).
+        let mut s = samples();
+        s[3].after_ns = s[3].before_ns - 1_000_000;
+        for x in &mut s[4..] {
+            (x.before_ns, x.after_ns) = (x.before_ns - 1_000_000, x.after_ns - 1_000_000);
+        }
+        let p = page(1, 7, status::SYNCHRONIZED, 0, 0);
+        let mut c = ChronyFeed::new(NS);
+        assert_eq!(c.handle(&obs(p, &s, 0)), ChronyAction::Hold(Hold::RealtimeStepped));
+        let mut f = ClockBoundFeed::new(ClockBoundConfig::default());
+        assert_eq!(f.handle(&obs(p, &s, 0), NS).status, CbStatus::Unknown);
+        assert_eq!(f.last_hold, Some(Hold::RealtimeStepped));
+        // The next burst, on one clock again, is used.
+        assert!(matches!(c.handle(&obs(p, &samples(), 1)), ChronyAction::Send(_)));
+        assert_eq!(f.handle(&obs(p, &samples(), 1), NS).status, CbStatus::Synchronized);
+    }
+
+    #[test]
+    fn a_page_too_far_from_realtime_is_held_not_sent() {
+        if vmclock::counter::NATIVE == counter_id::INVALID {
+            return;
+        }
+        // 2^32 s ahead: chronyd would drop every sample without a word (UTI_IsTimeOffsetSane).
+        let s = samples();
+        let far = page(1, 7, status::SYNCHRONIZED, ((1i128 << 32) + 1) * NS, 0);
+        let mut c = ChronyFeed::new(NS);
+        assert_eq!(c.handle(&obs(far, &s, 0)), ChronyAction::Hold(Hold::OutOfRange));
+        // Just under it is sent (chronyd decides what to do with a large offset: makestep).
+        let near = page(1, 7, status::SYNCHRONIZED, ((1i128 << 32) - 2) * NS, 0);
+        let ChronyAction::Send(x) = c.handle(&obs(near, &s, 1)) else { panic!("held") };
+        assert!(x.offset > 4.29e9);
+        let mut f = ClockBoundFeed::new(ClockBoundConfig::default());
+        assert_eq!(f.handle(&obs(far, &s, 0), NS).status, CbStatus::Unknown);
+        assert_eq!(f.last_hold, Some(Hold::OutOfRange));
+        // Before 1970.
+        let past = page(1, 7, status::SYNCHRONIZED, -T0 - NS, 0);
+        assert!(matches!(c.handle(&obs(past, &s, 2)), ChronyAction::Hold(Hold::OutOfRange | Hold::NoTime)));
+    }
+
+    #[test]
+    fn a_restarted_feed_holds_a_marker_that_changed_while_it_was_down() {
+        if vmclock::counter::NATIVE == counter_id::INVALID {
+            return;
+        }
+        let s = samples();
+        let mut first = ClockBoundFeed::new(ClockBoundConfig::default());
+        let left = first.handle(&obs(page(1, 7, status::SYNCHRONIZED, 0, 0), &s, 0), NS);
+        assert_eq!(left.status, CbStatus::Synchronized);
+        // The feed dies; the host moves to marker 8 meanwhile; a new feed finds the segment.
+        let mut next = ClockBoundFeed::new(ClockBoundConfig::default());
+        assert_eq!(next.resume(&left.to_bytes(), LAYOUT_V2), Some(7));
+        let p8 = page(1, 8, status::SYNCHRONIZED, 0, 0);
+        assert_eq!(next.handle(&obs(p8, &s, 10 * NS), 10 * NS).status, CbStatus::Disrupted);
+        // Current once updated again (or after the hold-off).
+        assert_eq!(
+            next.handle(&obs(page(2, 8, status::SYNCHRONIZED, 0, 0), &s, 11 * NS), 11 * NS).status,
+            CbStatus::Synchronized
+        );
+        // The same marker: no disruption. A body that claimed nothing gives no marker.
+        let mut same = ClockBoundFeed::new(ClockBoundConfig::default());
+        same.resume(&left.to_bytes(), LAYOUT_V2);
+        assert_eq!(same.handle(&obs(page(1, 7, status::SYNCHRONIZED, 0, 0), &s, 0), NS).status, CbStatus::Synchronized);
+        let unknown = ErrorBound { status: CbStatus::Unknown, ..left };
+        assert_eq!(ClockBoundFeed::new(ClockBoundConfig::default()).resume(&unknown.to_bytes(), LAYOUT_V2), None);
+    }
+
+    #[test]
+    fn a_page_without_a_maximum_error_is_named_as_such() {
+        if vmclock::counter::NATIVE == counter_id::INVALID {
+            return;
+        }
+        // `vmtime gen PAGE` without --maxerror-ns: the page gives UTC (chrony is fed) but no
+        // bound. The feed said "the page gives no UTC time for this CPU's counter".
+        let t = Timestamp::<Utc>::from_raw(crate::ns_to_frac(T0, false) as u128);
+        let b = PageBuilder::new()
+            .reference(vmclock::counter::NATIVE, 1_000_000_000, t, Period::from_hz(HZ).unwrap())
+            .status(status::SYNCHRONIZED)
+            .build();
+        let p = Snapshot::new(b, 4096).unwrap();
+        let s = samples();
+        assert!(matches!(ChronyFeed::new(NS).handle(&obs(p, &s, 0)), ChronyAction::Send(_)));
+        let mut f = ClockBoundFeed::new(ClockBoundConfig::default());
+        assert_eq!(f.handle(&obs(p, &s, 0), NS).status, CbStatus::Unknown);
+        assert_eq!(f.last_hold, Some(Hold::NoMaxError));
+        assert!(Hold::NoMaxError.describe().contains("no maximum error"));
+        // A maximum error beyond what the segment holds.
+        let b = PageBuilder::new()
+            .reference(vmclock::counter::NATIVE, 1_000_000_000, t, Period::from_hz(HZ).unwrap())
+            .status(status::SYNCHRONIZED)
+            .maxerror(u64::MAX, u64::MAX)
+            .build();
+        let p = Snapshot::new(b, 4096).unwrap();
+        assert_eq!(f.handle(&obs(p, &s, 1), NS).status, CbStatus::Unknown);
+        assert_eq!(f.last_hold, Some(Hold::Unbounded));
     }
 }

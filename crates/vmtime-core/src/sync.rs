@@ -806,7 +806,8 @@ mod tests {
         w.generation += 1;
         let acts = w.observe(9);
         assert!(acts.contains(&SyncAction::RunHook));
-        assert_eq!(stepped(&acts), Some(-2 * HOUR as i64));
+        // Within the ns: the kernel's clock is read truncated, so it is placed half a ns late.
+        assert!(stepped(&acts).is_some_and(|d| (d + 2 * HOUR as i64).abs() <= 1), "{acts:?}");
         // Within the limit: slewed, never stepped, after start-up.
         w.page_off_ns += NS;
         assert_eq!(stepped(&w.observe(10)), None);
