@@ -1,54 +1,76 @@
-/* libvmclock: cost of vmclock_now() per call next to clock_gettime(CLOCK_REALTIME), measured in
- * the same run, as a ratio.
- *   ./bench PAGE [CALLS]     (default 5,000,000 calls, best of 5 rounds each) */
+/* libvmclock: cost of vmclock_now() per call against clock_gettime(CLOCK_REALTIME), measured in
+ * the same run, as a ratio. The two are interleaved in blocks of 64 calls (so both see the same
+ * machine); each block pair gives a ratio, and the median over all blocks is the figure.
+ *   ./bench PAGE [BLOCKS]     (default 200,000 blocks of 64 calls each) */
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
 #include "vmclock.h"
 
-static double now_s(void) {
+#define BLOCK 64
+
+static long long now_ns(void) {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC_RAW, &t);
-    return t.tv_sec + t.tv_nsec * 1e-9;
+    return (long long)t.tv_sec * 1000000000LL + t.tv_nsec;
+}
+
+static int by_value(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
 }
 
 int main(int argc, char **argv) {
     if (argc < 2) {
-        fprintf(stderr, "usage: bench PAGE [CALLS]\n");
+        fprintf(stderr, "usage: bench PAGE [BLOCKS]\n");
         return 2;
     }
-    long calls = argc > 2 ? atol(argv[2]) : 5000000;
+    long blocks = argc > 2 ? atol(argv[2]) : 200000;
+    if (blocks < 1) {
+        fprintf(stderr, "bench: BLOCKS must be at least 1\n");
+        return 2;
+    }
     int err;
     struct vmclock *c = vmclock_open(argv[1], &err);
     if (!c) {
         fprintf(stderr, "%s: %s\n", argv[1], vmclock_strerror(err));
         return 2;
     }
+    double *ratio = malloc(sizeof(double) * (size_t)blocks);
+    if (!ratio) {
+        fprintf(stderr, "bench: out of memory\n");
+        return 2;
+    }
     volatile long long sink = 0;
-    double best_vm = 1e9, best_cg = 1e9;
-    for (int round = 0; round < 5; round++) {
+    long long total_vm = 0, total_cg = 0;
+    for (long b = 0; b < blocks; b++) {
         struct vmclock_now n;
-        double t0 = now_s();
-        for (long i = 0; i < calls; i++) {
-            if (vmclock_now(c, &n) != 0) {
-                fprintf(stderr, "vmclock_now failed\n");
+        struct timespec ts;
+        long long t0 = now_ns();
+        for (int i = 0; i < BLOCK; i++) {
+            int rc = vmclock_now(c, &n);
+            if (rc != 0) {
+                fprintf(stderr, "%s: %s\n", argv[1], vmclock_strerror(rc));
                 return 2;
             }
             sink += n.latest_ns;
         }
-        double t1 = now_s();
-        struct timespec ts;
-        for (long i = 0; i < calls; i++) {
+        long long t1 = now_ns();
+        for (int i = 0; i < BLOCK; i++) {
             clock_gettime(CLOCK_REALTIME, &ts);
             sink += ts.tv_nsec;
         }
-        double t2 = now_s();
-        double vm = (t1 - t0) / calls * 1e9, cg = (t2 - t1) / calls * 1e9;
-        if (vm < best_vm) best_vm = vm;
-        if (cg < best_cg) best_cg = cg;
+        long long t2 = now_ns();
+        total_vm += t1 - t0;
+        total_cg += t2 - t1;
+        ratio[b] = (double)(t1 - t0) / (double)(t2 > t1 ? t2 - t1 : 1);
     }
     vmclock_close(c);
-    printf("vmclock_now %.2f ns/call\nclock_gettime_realtime %.2f ns/call\nratio %.3f\n", best_vm, best_cg,
-           best_vm / best_cg);
+    qsort(ratio, (size_t)blocks, sizeof(double), by_value);
+    printf("vmclock_now %.2f ns/call\nclock_gettime_realtime %.2f ns/call\n",
+           (double)total_vm / (blocks * BLOCK), (double)total_cg / (blocks * BLOCK));
+    printf("ratio %.3f (median per block of %d calls; p25 %.3f, p75 %.3f; %ld blocks)\n", ratio[blocks / 2], BLOCK,
+           ratio[blocks / 4], ratio[blocks * 3 / 4], blocks);
+    free(ratio);
     return 0;
 }

@@ -18,12 +18,12 @@
 #define VMCLOCK_E_NULL -1
 
 /**
- * The page cannot be opened or mapped (errno tells why).
+ * The page cannot be opened or mapped (`errno` is set to the system's reason).
  */
 #define VMCLOCK_E_OPEN -2
 
 /**
- * Not a valid vmclock page (magic, version or size).
+ * Not a valid vmclock page (magic, version or size), or an empty file or a fifo.
  */
 #define VMCLOCK_E_INVALID -3
 
@@ -56,6 +56,13 @@
  * The page file shrank or went away while mapped.
  */
 #define VMCLOCK_E_GONE -9
+
+/**
+ * 64 handles on page files are open already (each mapping is guarded against SIGBUS, and
+ * the guard has 64 places; opening one file twice takes two): close one first. Devices
+ * (`/dev/vmclock0`) do not count.
+ */
+#define VMCLOCK_E_LIMIT -10
 
 /**
  * `flags`: `earliest_ns` and `latest_ns` bound the time (the page gives a maximum error).
@@ -164,6 +171,14 @@ extern "C" {
 /**
  * Maps the page at `path` (`/dev/vmclock0` or a page file) and checks it once. Returns NULL on
  * failure with `*err` (if `err` is not NULL) set to a VMCLOCK_E_* code; on success `*err` is 0.
+ * Never blocks: a fifo is refused at once (VMCLOCK_E_INVALID: it holds no page).
+ *
+ * A page *file* is guarded against SIGBUS (a file that shrinks gives VMCLOCK_E_GONE, never a
+ * crash). At most 64 handles on page files can be open at once in a process (opening one file
+ * twice takes two): the 65th open fails with
+ * VMCLOCK_E_LIMIT (it is not mapped unguarded) until one is closed. Share one handle between
+ * threads instead of opening one per thread. Devices (`/dev/vmclock0`) cannot shrink, are not
+ * guarded and do not count.
  *
  * # Safety
  * `path` is NULL or a NUL-terminated string; `err` is NULL or points to a writable int.

@@ -16,28 +16,31 @@
 //!   that holds the seqlock, and gives up with `VMCLOCK_E_BUSY` after 100 ms, as the kernel).
 //! * A null pointer gives `VMCLOCK_E_NULL`. A page *file* that shrinks or goes away while mapped
 //!   gives `VMCLOCK_E_GONE`, never a crash: `vmclock_open` protects file mappings with
-//!   `vmclock::guard` (a SIGBUS handler that maps a zero page over the vanished page; see its
-//!   documentation; faults elsewhere go to the previous handler). A device cannot shrink.
-//!   A file that is replaced (renamed over, as publishers do) or unlinked keeps its last
-//!   content in this mapping: open it again to follow the new file.
+//!   `vmclock::guard` (a SIGBUS handler that, for the kernel's own fault (`BUS_ADRERR`) inside a
+//!   guarded mapping, maps a zero page over the vanished page; a *sent* SIGBUS and faults
+//!   elsewhere go on exactly as without it; see its documentation). A device cannot shrink.
+//!   At most 64 handles on page files are open at once (`VMCLOCK_E_LIMIT` for the 65th: refused rather
+//!   than mapped unguarded). A file that is replaced (renamed over, as publishers do) or
+//!   unlinked keeps its last content in this mapping: open it again to follow the new file.
 //!
 //! `unsafe` here is only the C boundary (raw pointers in and out), each block with its
 //! `// SAFETY:` reason; the page access itself is the `vmclock` crate's.
 #![allow(non_camel_case_types)]
 
 use std::ffi::{c_char, c_int, CStr};
+use std::mem::MaybeUninit;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use vmclock_rs::guard::{protect, Protection};
+use vmclock_rs::guard::{protect, GuardError, Protection};
 use vmclock_rs::{Clock, ClockError, PageError, ReadError, TimeError};
 
 /// Success.
 pub const VMCLOCK_OK: c_int = 0;
 /// A null pointer was passed.
 pub const VMCLOCK_E_NULL: c_int = -1;
-/// The page cannot be opened or mapped (errno tells why).
+/// The page cannot be opened or mapped (`errno` is set to the system's reason).
 pub const VMCLOCK_E_OPEN: c_int = -2;
-/// Not a valid vmclock page (magic, version or size).
+/// Not a valid vmclock page (magic, version or size), or an empty file or a fifo.
 pub const VMCLOCK_E_INVALID: c_int = -3;
 /// The page's writer held the seqlock for too long.
 pub const VMCLOCK_E_BUSY: c_int = -4;
@@ -51,6 +54,10 @@ pub const VMCLOCK_E_NO_UTC: c_int = -7;
 pub const VMCLOCK_E_OVERFLOW: c_int = -8;
 /// The page file shrank or went away while mapped.
 pub const VMCLOCK_E_GONE: c_int = -9;
+/// 64 handles on page files are open already (each mapping is guarded against SIGBUS, and
+/// the guard has 64 places; opening one file twice takes two): close one first. Devices
+/// (`/dev/vmclock0`) do not count.
+pub const VMCLOCK_E_LIMIT: c_int = -10;
 
 /// `flags`: `earliest_ns` and `latest_ns` bound the time (the page gives a maximum error).
 pub const VMCLOCK_NOW_BOUNDED: u32 = 1;
@@ -72,7 +79,7 @@ pub const VMCLOCK_STATUS_UNRELIABLE: u8 = 4;
 
 /// One bounded reading.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct vmclock_now {
     /// Best estimate, ns since 1970-01-01 UTC (CLOCK_REALTIME's timescale).
     pub time_ns: i64,
@@ -111,6 +118,8 @@ pub struct vmclock {
 
 fn code_of(e: &ClockError) -> c_int {
     match e {
+        // Opened, but empty (or too short to map as a page): not a page, whatever errno says.
+        ClockError::Map { source, .. } if source.kind() == std::io::ErrorKind::InvalidData => VMCLOCK_E_INVALID,
         ClockError::Map { .. } => VMCLOCK_E_OPEN,
         ClockError::Read(ReadError::Timeout { .. }) => VMCLOCK_E_BUSY,
         ClockError::Read(ReadError::Page(p)) | ClockError::Page(p) => page_code(p),
@@ -147,6 +156,14 @@ unsafe fn set_err(err: *mut c_int, code: c_int) {
 
 /// Maps the page at `path` (`/dev/vmclock0` or a page file) and checks it once. Returns NULL on
 /// failure with `*err` (if `err` is not NULL) set to a VMCLOCK_E_* code; on success `*err` is 0.
+/// Never blocks: a fifo is refused at once (VMCLOCK_E_INVALID: it holds no page).
+///
+/// A page *file* is guarded against SIGBUS (a file that shrinks gives VMCLOCK_E_GONE, never a
+/// crash). At most 64 handles on page files can be open at once in a process (opening one file
+/// twice takes two): the 65th open fails with
+/// VMCLOCK_E_LIMIT (it is not mapped unguarded) until one is closed. Share one handle between
+/// threads instead of opening one per thread. Devices (`/dev/vmclock0`) cannot shrink, are not
+/// guarded and do not count.
 ///
 /// # Safety
 /// `path` is NULL or a NUL-terminated string; `err` is NULL or points to a writable int.
@@ -162,19 +179,40 @@ pub unsafe extern "C" fn vmclock_open(path: *const c_char, err: *mut c_int) -> *
     let clock = match Clock::open(path) {
         Ok(c) => c,
         Err(e) => {
+            let code = code_of(&e);
+            let errno = match &e {
+                ClockError::Map { source, .. } => source.raw_os_error(),
+                _ => None,
+            };
+            drop(e); // freed first: nothing after the errno write may change it
+            if let Some(errno) = errno {
+                // SAFETY: __errno_location has no preconditions.
+                let at = unsafe { libc::__errno_location() };
+                // SAFETY: it points to this thread's errno, always valid to write.
+                unsafe { *at = errno };
+            }
             // SAFETY: `err` is NULL or writable, per this function's contract.
-            unsafe { set_err(err, code_of(&e)) };
+            unsafe { set_err(err, code) };
             return std::ptr::null_mut();
         }
     };
     // What was mapped decides, not the path again (it may have been replaced since).
     let protection = if !clock.memory().is_device() {
         let (start, len) = clock.memory().region();
+        // A 65th page file is refused (VMCLOCK_E_LIMIT), not mapped unguarded: an unguarded
+        // mapping would turn a truncated file back into a crash, which this API promises never
+        // happens, and only for some handles, depending on how many others are open. The
+        // caller gets a clear code it can act on (close a handle, or share one: a handle is
+        // thread-safe).
         match protect(start, len) {
             Ok(p) => Some(p),
-            Err(_) => {
+            Err(e) => {
+                let code = match e {
+                    GuardError::Full => VMCLOCK_E_LIMIT,
+                    GuardError::Install(_) => VMCLOCK_E_OPEN,
+                };
                 // SAFETY: `err` is NULL or writable, per this function's contract.
-                unsafe { set_err(err, VMCLOCK_E_OPEN) };
+                unsafe { set_err(err, code) };
                 return std::ptr::null_mut();
             }
         }
@@ -199,53 +237,111 @@ pub unsafe extern "C" fn vmclock_now(c: *const vmclock, out: *mut vmclock_now) -
     }
     // SAFETY: `c` is not null and came from vmclock_open (not yet closed), per the API.
     let c = unsafe { &*c };
-    let result = c.clock.now();
-    if c.protection.as_ref().is_some_and(|p| p.gone()) {
-        return VMCLOCK_E_GONE;
+    // SAFETY: `out` is not null and points to a writable vmclock_now, per the API; seen as
+    // possibly uninitialised memory, which is only written.
+    let out = unsafe { &mut *out.cast::<MaybeUninit<vmclock_now>>() };
+    read(&c.clock, || c.protection.as_ref().is_some_and(|p| p.gone()), vmclock_rs::counter::read, out)
+}
+
+/// `vmclock_now` for Rust callers of this crate (its benchmark): the same reading, inlined into
+/// the caller, to tell the cost of the call across the library boundary from that of the work.
+#[doc(hidden)]
+#[inline(always)]
+pub fn now_inline(c: &vmclock, out: &mut MaybeUninit<vmclock_now>) -> c_int {
+    read(&c.clock, || c.protection.as_ref().is_some_and(|p| p.gone()), vmclock_rs::counter::read, out)
+}
+
+/// One reading as `vmclock_now` gives it, written to `out` (0), or a VMCLOCK_E_* code (`out`
+/// untouched): the page read with `read_counter` inside the seqlock (`Clock::now_with_counter`),
+/// `VMCLOCK_E_GONE` when `gone()` says the page file vanished (asked after the read, so a copy
+/// that met the zero page is never returned), then the UTC fields.
+///
+/// Shaped for the compiler (the cost per call halved, docs/BENCHMARKS.md): the uncontended
+/// attempt alone is inlined here and its `Now` used at once, and the struct is built in one
+/// expression and written straight to `out`. Before, the `Result<Now, ClockError>` of the full
+/// read (whose retry path returns through memory) and a finished `struct vmclock_now` went
+/// through the stack and were loaded back in other widths: store-forwarding stalls.
+#[inline(always)]
+fn read<M: vmclock_rs::PageMemory>(
+    clock: &Clock<M>,
+    gone: impl Fn() -> bool,
+    mut read_counter: impl FnMut() -> u64,
+    out: &mut MaybeUninit<vmclock_now>,
+) -> c_int {
+    match clock.try_now_with_counter(&mut read_counter) {
+        Some(Ok(now)) if !gone() => fill(&now, out),
+        Some(Ok(_)) => VMCLOCK_E_GONE,
+        Some(Err(e)) => {
+            if gone() {
+                VMCLOCK_E_GONE
+            } else {
+                time_code(&e)
+            }
+        }
+        None => read_contended(clock, gone, read_counter, out),
     }
-    let now = match result {
-        Ok(n) => n,
-        Err(e) => return code_of(&e),
-    };
+}
+
+/// [`read`] when the uncontended attempt gave no answer: the full read (retries, the
+/// once-per-mapping checks), out of the hot path.
+#[cold]
+#[inline(never)]
+fn read_contended<M: vmclock_rs::PageMemory>(
+    clock: &Clock<M>,
+    gone: impl Fn() -> bool,
+    read_counter: impl FnMut() -> u64,
+    out: &mut MaybeUninit<vmclock_now>,
+) -> c_int {
+    match clock.now_with_counter(read_counter) {
+        Ok(now) if !gone() => fill(&now, out),
+        Ok(_) => VMCLOCK_E_GONE,
+        Err(e) => {
+            if gone() {
+                VMCLOCK_E_GONE
+            } else {
+                code_of(&e)
+            }
+        }
+    }
+}
+
+/// The C reading from a Rust one, written to `out` (0) or a code (`out` untouched): UTC (a
+/// leap second applied, as `Now::utc`), ns rounded outwards.
+#[inline(always)]
+fn fill(now: &vmclock_rs::Now, out: &mut MaybeUninit<vmclock_now>) -> c_int {
     let utc = match now.utc() {
         Ok(u) => u,
         Err(e) => return time_code(&e),
     };
     let Some(time_ns) = clamp(ns_of(utc.time.raw(), false)) else { return VMCLOCK_E_OVERFLOW };
-    let mut r = vmclock_now {
+    let (mut earliest_ns, mut latest_ns, mut maxerror_ns, mut flags) = (i64::MIN, i64::MAX, -1, 0);
+    if let (Some(e), Some(l), Some(m)) = (utc.earliest(), utc.latest(), utc.maxerror_ns()) {
+        // Nanoseconds rounded outwards: earliest down, latest up.
+        let (Some(e), Some(l), Some(m)) = (clamp(ns_of(e.raw(), false)), clamp(ns_of(l.raw(), true)), clamp(m)) else {
+            return VMCLOCK_E_OVERFLOW;
+        };
+        (earliest_ns, latest_ns, maxerror_ns, flags) = (e, l, m, VMCLOCK_NOW_BOUNDED);
+    }
+    if now.tai_minus_utc.is_some() {
+        flags |= VMCLOCK_NOW_TAI_VALID;
+    }
+    if now.is_reliable() {
+        flags |= VMCLOCK_NOW_RELIABLE;
+    }
+    out.write(vmclock_now {
         time_ns,
-        earliest_ns: i64::MIN,
-        latest_ns: i64::MAX,
-        maxerror_ns: -1,
+        earliest_ns,
+        latest_ns,
+        maxerror_ns,
         esterror_ns: utc.esterror_ns().and_then(clamp).unwrap_or(-1),
         disruption_marker: now.disruption_marker,
         counter: now.counter,
-        tai_minus_utc: 0,
-        flags: 0,
+        tai_minus_utc: now.tai_minus_utc.map_or(0, i32::from),
+        flags,
         status: now.status,
         time_type: now.time_type,
         reserved: [0; 6],
-    };
-    if let (Some(e), Some(l), Some(m)) = (utc.earliest(), utc.latest(), utc.maxerror_ns()) {
-        let Some(m) = clamp(m) else { return VMCLOCK_E_OVERFLOW };
-        // Nanoseconds rounded outwards: earliest down, latest up.
-        let (Some(e), Some(l)) = (clamp(ns_of(e.raw(), false)), clamp(ns_of(l.raw(), true))) else {
-            return VMCLOCK_E_OVERFLOW;
-        };
-        r.earliest_ns = e;
-        r.latest_ns = l;
-        r.maxerror_ns = m;
-        r.flags |= VMCLOCK_NOW_BOUNDED;
-    }
-    if let Some(t) = now.tai_minus_utc {
-        r.tai_minus_utc = t as i32;
-        r.flags |= VMCLOCK_NOW_TAI_VALID;
-    }
-    if now.is_reliable() {
-        r.flags |= VMCLOCK_NOW_RELIABLE;
-    }
-    // SAFETY: `out` is not null and points to a writable vmclock_now, per the API.
-    unsafe { out.write(r) };
+    });
     VMCLOCK_OK
 }
 
@@ -272,16 +368,17 @@ pub unsafe extern "C" fn vmclock_close(c: *mut vmclock) {
 pub extern "C" fn vmclock_strerror(err: c_int) -> *const c_char {
     let s: &'static CStr = match err {
         VMCLOCK_OK => c"success",
-        VMCLOCK_E_NULL => c"a null pointer was passed",
-        VMCLOCK_E_OPEN => c"cannot open or map the page (see errno)",
-        VMCLOCK_E_INVALID => c"not a valid vmclock page (bad magic, version or size)",
-        VMCLOCK_E_BUSY => c"the page's writer held its seqlock for more than 100 ms",
-        VMCLOCK_E_NO_TIME => c"the page carries no time (markers only, or no time fields)",
-        VMCLOCK_E_COUNTER => c"the page's counter is not this CPU's",
-        VMCLOCK_E_NO_UTC => c"the page's time cannot be given in UTC (TAI without a TAI offset, or MONOTONIC)",
-        VMCLOCK_E_OVERFLOW => c"the time does not fit (counter far from the reference, or an absurd time)",
-        VMCLOCK_E_GONE => c"the page file shrank or went away while mapped: open it again",
-        _ => c"unknown libvmclock error",
+        VMCLOCK_E_NULL => c"a null pointer was passed: pass a path, a handle from vmclock_open and a struct vmclock_now to fill",
+        VMCLOCK_E_OPEN => c"cannot open or map the page: check that the path exists, is readable and is a page file or /dev/vmclockN (errno says why)",
+        VMCLOCK_E_INVALID => c"not a valid vmclock page (bad magic, version or size; or an empty file or a fifo): check that the path names a vmclock page",
+        VMCLOCK_E_BUSY => c"the page's writer held its seqlock for more than 100 ms: retry; if it persists, its publisher is stuck",
+        VMCLOCK_E_NO_TIME => c"the page carries no time (markers only, or no time fields): use a page whose host publishes the time",
+        VMCLOCK_E_COUNTER => c"the page's counter is not this CPU's: read the page on the machine it was written for",
+        VMCLOCK_E_NO_UTC => c"the page's time cannot be given in UTC (TAI without a valid TAI offset, or MONOTONIC): wait until its host publishes the offset",
+        VMCLOCK_E_OVERFLOW => c"the time does not fit (counter far from the page's reference, or an absurd time): the page is stale or wrong; wait for an update",
+        VMCLOCK_E_GONE => c"the page file shrank or went away while mapped: close this handle and open the page again",
+        VMCLOCK_E_LIMIT => c"64 handles on page files are open already: close one, or share one handle between threads (it is thread-safe)",
+        _ => c"not a libvmclock error code (VMCLOCK_OK or a VMCLOCK_E_* value)",
     };
     s.as_ptr()
 }
@@ -303,6 +400,7 @@ mod tests {
         // SAFETY: `c` is NULL or an open handle, closed once.
         unsafe { vmclock_close(c) }
     }
+    use std::mem::MaybeUninit;
     use vmclock_rs::abi::{self, flags};
     use vmclock_rs::{PageBuilder, Period, Tai, Timestamp};
 
@@ -329,6 +427,199 @@ mod tests {
         std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap()
     }
 
+    /// What `vmclock_now` must give for `snap` at `counter`, from the Rust API's exact snapshot
+    /// path (`Snapshot::utc_at`: UTC with the leap second applied, bounds in 2^-64 s) turned
+    /// into ns rounded outwards with `Timestamp::as_nanos` (not the library's `ns_of`).
+    fn reference(snap: &vmclock_rs::Snapshot, counter: u64) -> Result<vmclock_now, c_int> {
+        fn ns(t: vmclock_rs::Timestamp<vmclock_rs::Utc>, up: bool) -> Option<i64> {
+            // Exact in ns when frac · 1e9 is a whole multiple of 2^64.
+            let rest = (t.frac() as u128 * 1_000_000_000) & ((1u128 << 64) - 1);
+            i64::try_from(t.as_nanos() + u128::from(up && rest != 0)).ok()
+        }
+        let utc = snap.utc_at(counter).map_err(|e| time_code(&e))?;
+        let time_ns = ns(utc.time, false).ok_or(VMCLOCK_E_OVERFLOW)?;
+        let mut r = vmclock_now {
+            time_ns,
+            earliest_ns: i64::MIN,
+            latest_ns: i64::MAX,
+            maxerror_ns: -1,
+            esterror_ns: utc.esterror_ns().and_then(|e| i64::try_from(e).ok()).unwrap_or(-1),
+            disruption_marker: snap.disruption_marker(),
+            counter,
+            tai_minus_utc: 0,
+            flags: 0,
+            status: snap.clock_status().unwrap_or(abi::status::UNKNOWN),
+            time_type: snap.time_type(),
+            reserved: [0; 6],
+        };
+        if let Some(m) = utc.maxerror_ns() {
+            r.maxerror_ns = i64::try_from(m).map_err(|_| VMCLOCK_E_OVERFLOW)?;
+            r.earliest_ns = ns(utc.earliest().unwrap(), false).ok_or(VMCLOCK_E_OVERFLOW)?;
+            r.latest_ns = ns(utc.latest().unwrap(), true).ok_or(VMCLOCK_E_OVERFLOW)?;
+            r.flags |= VMCLOCK_NOW_BOUNDED;
+        }
+        if let Some(t) = snap.tai_minus_utc() {
+            r.tai_minus_utc = t.into();
+            r.flags |= VMCLOCK_NOW_TAI_VALID;
+        }
+        if matches!(r.status, abi::status::SYNCHRONIZED | abi::status::FREERUNNING) {
+            r.flags |= VMCLOCK_NOW_RELIABLE;
+        }
+        Ok(r)
+    }
+
+    /// `read` (what `vmclock_now` runs) as a Result, over any page memory and counter.
+    fn read_result<M: vmclock_rs::PageMemory>(clock: &Clock<M>, counter: u64) -> Result<vmclock_now, c_int> {
+        let mut out = MaybeUninit::uninit();
+        match read(clock, || false, || counter, &mut out) {
+            // SAFETY: `read` wrote `out` when it returned 0.
+            VMCLOCK_OK => Ok(unsafe { out.assume_init() }),
+            code => Err(code),
+        }
+    }
+
+    /// A whole page from random fields: either timescale, any period and shift, both bounds
+    /// with their flags on or off, any stored TAI offset, any leap indicator and status.
+    #[allow(clippy::too_many_arguments)]
+    fn random_page(
+        utc: bool,
+        sec: u64,
+        frac: u64,
+        cv: u64,
+        period: u64,
+        shift: u8,
+        bounds: [u64; 4],
+        valid: u8,
+        tai_raw: i16,
+        leap: u8,
+        status: u8,
+    ) -> vmclock_rs::VmclockAbi {
+        let b = PageBuilder::new();
+        let p = Period { frac: period, shift };
+        let b = if utc {
+            b.reference(vmclock_rs::counter::NATIVE, cv, Timestamp::<vmclock_rs::Utc>::from_parts(sec, frac), p)
+        } else {
+            b.reference(vmclock_rs::counter::NATIVE, cv, Timestamp::<Tai>::from_parts(sec, frac), p)
+        };
+        b.maxerror(bounds[0], bounds[1])
+            .esterror(bounds[2], bounds[3])
+            .flag(flags::TIME_MAXERROR_VALID, valid & 1 != 0)
+            .flag(flags::PERIOD_MAXERROR_VALID, valid & 2 != 0)
+            .flag(flags::TIME_ESTERROR_VALID, valid & 4 != 0)
+            .flag(flags::PERIOD_ESTERROR_VALID, valid & 8 != 0)
+            .tai_offset_raw(tai_raw)
+            .flag(flags::TAI_OFFSET_VALID, valid & 16 != 0)
+            .leap(leap)
+            .status(status)
+            .disruption_marker(cv ^ sec)
+            .build()
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 4096, ..Default::default() })]
+
+        /// The C reading equals the Rust API's for the same page and counter, field by field, or
+        /// it is the same error: on the first read (which checks the page's constants) and on
+        /// the uncontended fast path after it.
+        #[test]
+        fn c_reading_equals_the_rust_snapshot_path(
+            utc in proptest::bool::ANY,
+            // Now, anywhere, and just after the epoch (where the earliest time saturates at 0)
+            // or at the end of u64 seconds (where the latest overflows).
+            sec in proptest::prop_oneof![
+                1_700_000_000u64..1_900_000_000,
+                proptest::num::u64::ANY,
+                0u64..3,
+                u64::MAX - 2..=u64::MAX,
+            ],
+            frac in proptest::num::u64::ANY,
+            cv in proptest::num::u64::ANY,
+            period in proptest::prop_oneof![proptest::num::u64::ANY, proptest::strategy::Just(u64::MAX), proptest::strategy::Just(0u64)],
+            shift in proptest::prop_oneof![0u8..128, proptest::strategy::Just(64u8), 128u8..=255],
+            bounds in proptest::prop_oneof![
+                proptest::array::uniform4(proptest::num::u64::ANY),
+                proptest::array::uniform4(0u64..1_000_000),
+                proptest::strategy::Just([u64::MAX; 4]),
+            ],
+            valid in proptest::num::u8::ANY,
+            tai_raw in proptest::prop_oneof![proptest::strategy::Just(-37i16), proptest::strategy::Just(37i16), proptest::num::i16::ANY],
+            leap in 0u8..7,
+            status in 0u8..6,
+            kind in 0u8..5,
+            d in proptest::num::i64::ANY,
+        ) {
+            let abi = random_page(utc, sec, frac, cv, period, shift, bounds, valid, tai_raw, leap, status);
+            let c = match kind {
+                0 => cv,
+                1 => cv.wrapping_add((d % 3) as u64),
+                2 => cv.wrapping_add((d % 100_000_000_000_000) as u64),
+                3 => cv.wrapping_add(1 << 63),
+                _ => d as u64,
+            };
+            let buf = vmclock_rs::PageBuf::new();
+            vmclock_rs::Writer::new(&buf).publish(&abi);
+            let clock = Clock::new(&buf);
+            let want = match vmclock_rs::Snapshot::new(abi, 4096) {
+                Ok(snap) => reference(&snap, c),
+                Err(_) => Err(VMCLOCK_E_INVALID),
+            };
+            proptest::prop_assert_eq!(read_result(&clock, c), want);
+            proptest::prop_assert_eq!(read_result(&clock, c), want);
+        }
+    }
+
+    /// The rounding edges of the ns conversion, hit exactly (random pages almost never do): the
+    /// fractions of a ns of the time (α) and of the maximum error (μ) summing to exactly one ns,
+    /// equal, one step apart, zero; a bound reaching past the epoch; a time at the end of u64
+    /// seconds. Each reading equals the reference.
+    #[test]
+    fn ns_rounding_edges_equal_the_reference() {
+        // frac with frac · 1e9 ≡ t (mod 2^64), for t a multiple of 2^9 (1e9 = 2^9 · 1953125).
+        let inv = (0..6).fold(1_953_125u64, |x, _| x.wrapping_mul(2u64.wrapping_sub(1_953_125u64.wrapping_mul(x))));
+        assert_eq!(inv.wrapping_mul(1_953_125), 1);
+        let frac_for = |t: u64| {
+            assert_eq!(t % 512, 0);
+            let f = (t >> 9).wrapping_mul(inv);
+            assert_eq!(f.wrapping_mul(1_000_000_000), t);
+            f
+        };
+        let max_ns = 1_234u64;
+        let m = vmclock_rs::time::nanos_to_frac_ceil(max_ns);
+        let mu = (m as u64).wrapping_mul(1_000_000_000);
+        assert!(mu != 0 && mu % 512 == 0);
+        let cases = [
+            ("α + μ = one ns", 1_795_000_000, frac_for(mu.wrapping_neg())),
+            ("α = μ", 1_795_000_000, frac_for(mu)),
+            ("α one step below μ", 1_795_000_000, frac_for(mu - 512)),
+            ("α one step above μ", 1_795_000_000, frac_for(mu + 512)),
+            ("α = 0", 1_795_000_000, 0),
+            ("bound past the epoch", 0, 1 << 40),
+            ("time at the end of u64 seconds", u64::MAX, u64::MAX - 7),
+        ];
+        for (name, sec, frac) in cases {
+            let abi = PageBuilder::new()
+                .reference(
+                    vmclock_rs::counter::NATIVE,
+                    1_000,
+                    Timestamp::<vmclock_rs::Utc>::from_parts(sec, frac),
+                    Period::from_hz(1_000_000_000).unwrap(),
+                )
+                .maxerror(max_ns, 0)
+                .status(abi::status::SYNCHRONIZED)
+                .build();
+            let buf = vmclock_rs::PageBuf::new();
+            vmclock_rs::Writer::new(&buf).publish(&abi);
+            let clock = Clock::new(&buf);
+            let want = reference(&vmclock_rs::Snapshot::new(abi, 4096).unwrap(), 1_000);
+            // The first read (constants checked) and the fast path.
+            assert_eq!(read_result(&clock, 1_000), want, "{name}");
+            assert_eq!(read_result(&clock, 1_000), want, "{name}");
+            if name.starts_with('α') {
+                assert!(want.is_ok(), "{name}");
+            }
+        }
+    }
+
     #[test]
     fn reads_utc_with_bounds_and_flags() {
         if vmclock_rs::counter::NATIVE == abi::counter_id::INVALID {
@@ -350,28 +641,143 @@ mod tests {
         assert!(n.earliest_ns <= n.time_ns - 1_000 && n.latest_ns >= n.time_ns + 1_000);
         assert!(n.latest_ns - n.time_ns <= n.maxerror_ns + 1);
         assert_eq!(n.status, abi::status::SYNCHRONIZED);
+        // Exactly the Rust API's reading of the same page at the same counter.
+        let snap = vmclock_rs::Snapshot::from_bytes(&std::fs::read(&p).unwrap()).unwrap();
+        assert_eq!(Ok(n), reference(&snap, n.counter));
+        close(c);
+    }
+
+    fn errno() -> i32 {
+        std::io::Error::last_os_error().raw_os_error().unwrap()
+    }
+
+    #[test]
+    fn null_pointers_give_null_codes() {
+        let mut err = 0;
+        assert!(open(std::ptr::null(), &mut err).is_null());
+        assert_eq!(err, VMCLOCK_E_NULL);
+        assert!(open(std::ptr::null(), std::ptr::null_mut()).is_null());
+        let mut n = vmclock_now::default();
+        assert_eq!(now(std::ptr::null(), &mut n), VMCLOCK_E_NULL);
+        assert_eq!(now(std::ptr::null(), std::ptr::null_mut()), VMCLOCK_E_NULL);
+        close(std::ptr::null_mut());
+        if vmclock_rs::counter::NATIVE == abi::counter_id::INVALID {
+            return;
+        }
+        // A valid handle with a NULL out.
+        let dir = tempfile::tempdir().unwrap();
+        let c = open(cpath(&page_file(dir.path(), abi::status::SYNCHRONIZED)).as_ptr(), &mut err);
+        assert!(!c.is_null());
+        assert_eq!(now(c, std::ptr::null_mut()), VMCLOCK_E_NULL);
+        assert_eq!(now(c, &mut n), VMCLOCK_OK);
         close(c);
     }
 
     #[test]
-    fn null_pointers_and_bad_pages_give_codes() {
-        let mut err = 0;
-        assert!(open(std::ptr::null(), &mut err).is_null());
-        assert_eq!(err, VMCLOCK_E_NULL);
-        assert_eq!(now(std::ptr::null(), std::ptr::null_mut()), VMCLOCK_E_NULL);
-        close(std::ptr::null_mut());
+    fn absent_empty_short_and_garbage_files_give_codes() {
         let dir = tempfile::tempdir().unwrap();
+        let mut err = 0;
         assert!(open(cpath(&dir.path().join("absent")).as_ptr(), &mut err).is_null());
         assert_eq!(err, VMCLOCK_E_OPEN);
-        let junk = dir.path().join("junk");
-        std::fs::write(&junk, [0xAAu8; 4096]).unwrap();
-        assert!(open(cpath(&junk).as_ptr(), std::ptr::null_mut()).is_null());
-        assert!(open(cpath(&junk).as_ptr(), &mut err).is_null());
+        assert_eq!(errno(), libc::ENOENT, "errno says why");
+        let cases: [(&str, Vec<u8>); 4] = [
+            ("empty", Vec::new()),
+            ("garbage", vec![0xAA; 4096]),
+            ("zeros", vec![0; 4096]),
+            // A page's first 10 bytes: not even its flags.
+            ("stub", PageBuilder::new().page_bytes()[..10].to_vec()),
+        ];
+        for (name, bytes) in cases {
+            let f = dir.path().join(name);
+            std::fs::write(&f, bytes).unwrap();
+            assert!(open(cpath(&f).as_ptr(), std::ptr::null_mut()).is_null(), "{name}");
+            let mut err = 0;
+            assert!(open(cpath(&f).as_ptr(), &mut err).is_null(), "{name}");
+            assert_eq!(err, VMCLOCK_E_INVALID, "{name}");
+        }
+        if vmclock_rs::counter::NATIVE == abi::counter_id::INVALID {
+            return;
+        }
+        // A time page cut after 50 bytes is a page whose time fields are absent (a field is
+        // present only within the bytes there are): it opens, and a reading says no time.
+        let short = dir.path().join("short");
+        let full = page_file(dir.path(), abi::status::SYNCHRONIZED);
+        std::fs::write(&short, &std::fs::read(&full).unwrap()[..50]).unwrap();
+        let c = open(cpath(&short).as_ptr(), &mut err);
+        assert!(!c.is_null(), "{err}");
+        let mut n = vmclock_now::default();
+        assert_eq!(now(c, &mut n), VMCLOCK_E_NO_TIME);
+        close(c);
+    }
+
+    #[test]
+    fn a_huge_sparse_file_maps_only_its_first_page() {
+        let dir = tempfile::tempdir().unwrap();
+        // 1 TiB of holes: not a page.
+        let holes = dir.path().join("holes");
+        std::fs::File::create(&holes).unwrap().set_len(1 << 40).unwrap();
+        let mut err = 0;
+        assert!(open(cpath(&holes).as_ptr(), &mut err).is_null());
         assert_eq!(err, VMCLOCK_E_INVALID);
-        for code in -10..=0 {
+        if vmclock_rs::counter::NATIVE == abi::counter_id::INVALID {
+            return;
+        }
+        // A valid page followed by 1 TiB of holes: the page is read, nothing else.
+        let p = page_file(dir.path(), abi::status::SYNCHRONIZED);
+        let snap = vmclock_rs::Snapshot::from_bytes(&std::fs::read(&p).unwrap()).unwrap();
+        std::fs::OpenOptions::new().write(true).open(&p).unwrap().set_len(1 << 40).unwrap();
+        let c = open(cpath(&p).as_ptr(), &mut err);
+        assert!(!c.is_null(), "{err}");
+        let mut n = vmclock_now::default();
+        assert_eq!(now(c, &mut n), VMCLOCK_OK);
+        assert_eq!(Ok(n), reference(&snap, n.counter));
+        close(c);
+    }
+
+    #[test]
+    fn a_page_renamed_over_or_unlinked_while_mapped_keeps_its_last_content() {
+        if vmclock_rs::counter::NATIVE == abi::counter_id::INVALID {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let p = page_file(dir.path(), abi::status::SYNCHRONIZED);
+        let old = vmclock_rs::Snapshot::from_bytes(&std::fs::read(&p).unwrap()).unwrap();
+        let c = open(cpath(&p).as_ptr(), std::ptr::null_mut());
+        assert!(!c.is_null());
+        // A publisher replaces the file: a new page (FREERUNNING) renamed over the path.
+        let sub = dir.path().join("new");
+        std::fs::create_dir(&sub).unwrap();
+        let q = page_file(&sub, abi::status::FREERUNNING);
+        std::fs::rename(&q, &p).unwrap();
+        let mut n = vmclock_now::default();
+        assert_eq!(now(c, &mut n), VMCLOCK_OK);
+        assert_eq!(Ok(n), reference(&old, n.counter), "the handle keeps the page it mapped");
+        // A new handle follows the new file.
+        let c2 = open(cpath(&p).as_ptr(), std::ptr::null_mut());
+        assert_eq!(now(c2, &mut n), VMCLOCK_OK);
+        assert_eq!(n.status, abi::status::FREERUNNING);
+        close(c2);
+        // Unlinked: still the last content, no error, no fault.
+        std::fs::remove_file(&p).unwrap();
+        assert_eq!(now(c, &mut n), VMCLOCK_OK);
+        assert_eq!(Ok(n), reference(&old, n.counter));
+        close(c);
+    }
+
+    #[test]
+    fn every_code_has_one_line_naming_cause_and_remedy() {
+        let mut seen = std::collections::HashSet::new();
+        for code in VMCLOCK_E_LIMIT..=VMCLOCK_OK {
             // SAFETY: vmclock_strerror returns a static NUL-terminated string.
-            let s = unsafe { CStr::from_ptr(vmclock_strerror(code)) };
-            assert!(!s.to_bytes().is_empty());
+            let s = unsafe { CStr::from_ptr(vmclock_strerror(code)) }.to_str().unwrap();
+            assert!(!s.contains('\n') && !s.contains("not a libvmclock error code"), "{code}: {s}");
+            assert!(code == VMCLOCK_OK || s.contains(": "), "{code}: no remedy in {s}");
+            assert!(seen.insert(s), "{code}: the same text as another code");
+        }
+        for code in [1, VMCLOCK_E_LIMIT - 1, c_int::MIN, c_int::MAX] {
+            // SAFETY: as above.
+            let s = unsafe { CStr::from_ptr(vmclock_strerror(code)) }.to_str().unwrap();
+            assert!(s.contains("not a libvmclock error code"), "{code}: {s}");
         }
     }
 
@@ -394,7 +800,8 @@ mod tests {
             let _writer = std::fs::OpenOptions::new().write(true).open(&fifo); // unblock it
             panic!("vmclock_open blocked on a fifo");
         }
-        assert_eq!(r.unwrap(), (true, VMCLOCK_E_OPEN));
+        // Opened without waiting, a fifo holds nothing: not a page.
+        assert_eq!(r.unwrap(), (true, VMCLOCK_E_INVALID));
         let mut err = 0;
         assert!(open(cpath(dir.path()).as_ptr(), &mut err).is_null());
         assert_eq!(err, VMCLOCK_E_OPEN);
@@ -432,18 +839,29 @@ mod tests {
         use std::sync::atomic::{AtomicBool, Ordering};
         let dir = tempfile::tempdir().unwrap();
         let p = page_file(dir.path(), abi::status::SYNCHRONIZED);
-        let base = std::fs::read(&p).unwrap();
+        let base = vmclock_rs::Snapshot::from_bytes(&std::fs::read(&p).unwrap()).unwrap();
+        // Version m of the page: every field a reading reports moves with m (marker, reference
+        // time, both errors, status), so a reading mixing two versions cannot match either.
+        let version = |m: u64| {
+            let mut raw = *base.raw();
+            raw.disruption_marker = m.into();
+            raw.time_sec = (base.time_sec().unwrap() + m * 1_000).into();
+            raw.time_maxerror_nanosec = (1_000 + m).into();
+            raw.time_esterror_nanosec = (100 + 3 * m).into();
+            raw.clock_status = [abi::status::SYNCHRONIZED, abi::status::FREERUNNING][(m % 2) as usize];
+            raw
+        };
+        const VERSIONS: u64 = 20_000;
         let c = open(cpath(&p).as_ptr(), std::ptr::null_mut());
         assert!(!c.is_null());
         let handle = c as usize; // shared read-only by the threads, as C would
         let map = vmclock_rs::Mapping::open_rw(&p).unwrap();
         let mut w = vmclock_rs::Writer::new(vmclock_rs::WritableMapping::new(map).unwrap());
-        let snap = vmclock_rs::Snapshot::from_bytes(&base).unwrap();
         let done = AtomicBool::new(false);
         std::thread::scope(|s| {
             let readers: Vec<_> = (0..3)
                 .map(|_| {
-                    let done = &done;
+                    let (done, version) = (&done, &version);
                     s.spawn(move || {
                         let (mut reads, mut after, mut last) = (0u64, 0u64, 0u64);
                         // During the writes, then 100 successful readings begun after them.
@@ -457,9 +875,14 @@ mod tests {
                                 VMCLOCK_E_BUSY => continue,
                                 e => panic!("vmclock_now: {e}"),
                             }
-                            assert!(n.disruption_marker >= last, "marker went back");
+                            let m = n.disruption_marker;
+                            assert!(m >= last && m <= VERSIONS, "marker {m} after {last}");
+                            // The whole reading is version m's at the counter it was read with:
+                            // within that page's bounds, and nothing torn.
+                            let snap = vmclock_rs::Snapshot::new(version(m), 4096).unwrap();
+                            assert_eq!(Ok(n), reference(&snap, n.counter), "version {m}");
                             assert!(n.earliest_ns <= n.time_ns && n.time_ns <= n.latest_ns);
-                            last = n.disruption_marker;
+                            last = m;
                             reads += 1;
                             after += u64::from(finished);
                         }
@@ -467,16 +890,14 @@ mod tests {
                     })
                 })
                 .collect();
-            for m in 1..=20_000u64 {
-                let mut raw = *snap.raw();
-                raw.disruption_marker = m.into();
-                w.publish(&raw);
+            for m in 1..=VERSIONS {
+                w.publish(&version(m));
             }
             done.store(true, Ordering::Release);
             for r in readers {
                 let (reads, last) = r.join().unwrap();
                 assert!(reads >= 100);
-                assert_eq!(last, 20_000, "the last page published is the one read at the end");
+                assert_eq!(last, VERSIONS, "the last page published is the one read at the end");
             }
         });
         close(c);

@@ -174,6 +174,26 @@ impl<M: PageMemory> Clock<M> {
         self.now_contended(words, &mut read_counter)
     }
 
+    /// The uncontended read of [`Clock::now_with_counter`] alone: `None` when the writer held
+    /// the seqlock, the constant fields are not checked yet, or the page memory is too short;
+    /// then [`Clock::now_with_counter`] (which retries and checks) gives the answer. Whenever this
+    /// gives `Some`, it is what [`Clock::now_with_counter`] would have given.
+    ///
+    /// For callers that do more work with the `Now` (libvmclock): keeping the retry out of the
+    /// caller's hot path lets the compiler keep the `Now` in registers instead of merging the
+    /// two paths' results through memory.
+    #[inline(always)]
+    pub fn try_now_with_counter(&self, read_counter: impl FnOnce() -> u64) -> Option<Result<Now, TimeError>> {
+        let words = self.mem.words().get(..FIRST + COUNT)?;
+        let mut w = [0u32; COUNT];
+        let counter = seqlock::try_read_with_counter(words, FIRST, &mut w, read_counter)?;
+        let checked = self.checked.load(Ordering::Relaxed);
+        if checked & CHECKED != 0 && checked as u32 == w[0] {
+            return Some(compute(&w, (checked >> 32) as u16 as u64, counter));
+        }
+        None
+    }
+
     /// Retries while the writer is busy (bounded by `max_wait`), and checks the constant fields
     /// when they have not been checked yet.
     #[cold]

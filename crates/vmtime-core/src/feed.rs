@@ -44,6 +44,16 @@ pub enum Hold {
     Disrupted,
     /// No samples.
     NoSamples,
+    /// The page's UTC is before 1970, or 2^32 s (136 years) or more from CLOCK_REALTIME.
+    OutOfRange,
+    /// The page cannot be read (missing, short, junk, or its writer is stuck mid-update).
+    Unreadable,
+    /// CLOCK_REALTIME went backwards inside a sample (stepped back during the measurement).
+    RealtimeStepped,
+    /// The page gives no maximum error (of its time or of its period): nothing to bound.
+    NoMaxError,
+    /// The bound would exceed what ClockBound can hold (73 years, or a drift of 100 %).
+    Unbounded,
 }
 
 impl Hold {
@@ -55,6 +65,11 @@ impl Hold {
             Hold::ChangedDuringMeasurement => "the page changed during the measurement",
             Hold::Disrupted => "disruption: waiting for the new page to be current",
             Hold::NoSamples => "no samples",
+            Hold::OutOfRange => "the page's UTC is before 1970 or 136 years or more from CLOCK_REALTIME",
+            Hold::Unreadable => "the page cannot be read",
+            Hold::RealtimeStepped => "CLOCK_REALTIME was stepped back during the measurement",
+            Hold::NoMaxError => "the page gives no maximum error (of its time and its period) to bound",
+            Hold::Unbounded => "the page's maximum error is beyond what a ClockBound segment can hold",
         }
     }
 }
@@ -107,6 +122,12 @@ impl PageGate {
         PageGate { marker: None, disrupted: None, holdoff_ns }
     }
 
+    /// Takes `marker` as the last one seen (from a previous run): a page that comes with
+    /// another is a disruption, held until it is current.
+    pub fn expect_marker(&mut self, marker: u64) {
+        self.marker = Some(marker);
+    }
+
     /// Whether a disruption is pending.
     pub fn disrupted(&self) -> bool {
         self.disrupted.is_some()
@@ -137,9 +158,24 @@ impl PageGate {
             return Err(Hold::NoTime);
         }
         let r = page.reference().map_err(|_| Hold::NoTime)?;
+        // A sample whose second CLOCK_REALTIME reading is earlier than its first straddles a
+        // step back (chronyd's makestep, an administrator): its window is negative, and it and
+        // the samples on either side of the step describe two different clocks.
+        if obs.samples.iter().any(|s| s.after_ns < s.before_ns) {
+            return Err(Hold::RealtimeStepped);
+        }
         let k = kernel_reference(obs.samples, Period { frac: r.period, shift: r.shift }, 0).ok_or(Hold::NoSamples)?;
         let utc = page.utc_at(k.counter).map_err(|_| Hold::NoTime)?;
         let page_utc = i128::try_from(utc.time.raw()).map_err(|_| Hold::NoTime)?;
+        // chrony drops a sample whose offset is 2^32 s or more or whose time is before 1970
+        // (util.c, UTI_IsTimeOffsetSane) without a word, and no ClockBound bound could hold such
+        // an offset: a page that far off is held, never sent. This also keeps the feeds' sums
+        // of |offset| and the pairing's half-width far from overflowing.
+        const MAX_OFFSET: i128 = 1 << 96; // 2^32 s, 64.64
+        let in_range = |x: Option<i128>| x.is_some_and(|x| x.abs() < MAX_OFFSET);
+        if page_utc < 0 || !in_range(page_utc.checked_sub(k.time)) || !(0..MAX_OFFSET).contains(&k.half) {
+            return Err(Hold::OutOfRange);
+        }
         let rate_maxerror_ppb = page.period_maxerror().map(|m| {
             // (m / 2^(64+shift)) / (P / 2^(64+shift)) = m / P, in ppb, rounded up.
             if r.period == 0 {
@@ -574,6 +610,23 @@ pub mod clockbound {
             self.coarse_lag_ns + self.cfg.coarse_tick_ns.max(0)
         }
 
+        /// Continues from the body a previous run left in the segment (a feed restarted, or
+        /// killed and started again): its marker is the last one clients were given, so a page
+        /// whose marker changed while no feed ran is a disruption, as it would have been had
+        /// the feed kept running. A body that claims nothing (Unknown) carries no marker.
+        /// Returns the marker taken.
+        pub fn resume(&mut self, previous: &[u8], layout: Layout) -> Option<u64> {
+            // (marker, status) offsets in the body of each layout.
+            let (m, st) = if layout == v3::LAYOUT { (64, 76) } else { (40, 52) };
+            let status = i32::from_ne_bytes(previous.get(st..st + 4)?.try_into().ok()?);
+            let marker = u64::from_ne_bytes(previous.get(m..m + 8)?.try_into().ok()?);
+            let claimed = [CbStatus::Synchronized, CbStatus::FreeRunning, CbStatus::Disrupted];
+            claimed.iter().any(|&c| c as i32 == status).then(|| {
+                self.gate.expect_marker(marker);
+                marker
+            })
+        }
+
         /// The segment for an observation; `mono_ns` is CLOCK_MONOTONIC read *before* the burst,
         /// and `as_of` is written [`Self::coarse_allowance_ns`] earlier.
         pub fn handle(&mut self, obs: &Observation<'_>, mono_ns: i128) -> ErrorBound {
@@ -610,9 +663,12 @@ pub mod clockbound {
                 self.rate_ppb = Some(((d as u128 * 1_000_000_000).div_ceil(dt as u128)).min(u64::MAX as u128) as u64);
             }
             self.last = Some(p);
-            let Some((c, terms)) = self.claim(&p, obs) else {
-                self.last_hold = Some(Hold::NoTime);
-                return eb;
+            let (c, terms) = match self.claim(&p, obs) {
+                Ok(x) => x,
+                Err(h) => {
+                    self.last_hold = Some(h);
+                    return eb;
+                }
             };
             self.last_hold = None;
             self.last_terms = Some(terms);
@@ -623,11 +679,11 @@ pub mod clockbound {
             eb
         }
 
-        /// The bound a pairing supports, or `None` when the page gives no bound (no maxerror or
-        /// no rate error) or it is too large to write.
-        fn claim(&self, p: &Pairing, obs: &Observation<'_>) -> Option<(Claim, BoundTerms)> {
+        /// The bound a pairing supports, or why none: the page gives no bound (no maxerror or
+        /// no rate error), or it is too large to write.
+        fn claim(&self, p: &Pairing, obs: &Observation<'_>) -> Result<(Claim, BoundTerms), Hold> {
             let (Some(maxerror), Some(rate)) = (p.maxerror, p.rate_maxerror_ppb) else {
-                return None;
+                return Err(Hold::NoMaxError);
             };
             // |true − REALTIME| ≤ page maxerror + |page − REALTIME| + half-width of the pairing
             // + the burst's span × the drift: the pairing intersects the burst's windows moved
@@ -651,9 +707,9 @@ pub mod clockbound {
             };
             let bound = terms.maxerror_ns + terms.pairing_ns + terms.span_ns + ROUNDING_NS;
             if bound > i64::MAX as u128 / 2 || drift >= MAX_DRIFT_PPB as u128 {
-                return None;
+                return Err(Hold::Unbounded);
             }
-            Some((Claim { bound_ns: bound, drift_ppb: drift, page_rate_ppb: rate as u128 }, terms))
+            Ok((Claim { bound_ns: bound, drift_ppb: drift, page_rate_ppb: rate as u128 }, terms))
         }
     }
 
@@ -1330,5 +1386,227 @@ mod tests {
         let realtime_ns = (p.realtime - (T0 << 64) / NS) * NS / UNIT;
         assert!(p.half >= UNIT / NS / 2, "half-width {half_ns} ns");
         assert!((0..=1).contains(&realtime_ns), "middle {realtime_ns} ns past T0");
+    }
+
+    /// A page built field by field with extreme values (raw, so nothing is tidied up).
+    fn extreme_page(
+        counter: u64,
+        (sec, frac): (u64, u64),
+        period: Period,
+        (maxerr, rate): (u64, u64),
+        (st, leap_ind): (u8, u8),
+    ) -> Option<Snapshot> {
+        let t = Timestamp::<Utc>::from_raw(((sec as u128) << 64) | frac as u128);
+        let b = PageBuilder::new()
+            .reference(vmclock::counter::NATIVE, counter, t, period)
+            .status(st)
+            .leap(leap_ind)
+            .maxerror(maxerr, rate)
+            .disruption_marker(7)
+            .build();
+        let mut s = Snapshot::new(b, 4096).ok()?.to_bytes();
+        s[12..16].copy_from_slice(&2u32.to_le_bytes());
+        Snapshot::decode(&s, 4096).ok()
+    }
+
+    #[test]
+    fn extreme_pages_and_samples_never_panic_and_are_never_sent_absurd() {
+        // A careless or hostile host: counters near the wrap, references in the far past or
+        // future, periods of 0 or ~1 s per tick, maxerror and rates at u64::MAX, unknown leap
+        // values and statuses flapping at every update; samples whose windows are inverted (the
+        // clock stepped back mid-sample), empty, or at the ends of the counter. Both feeds must
+        // decide without overflowing (debug builds check arithmetic), and whatever they send or
+        // write must be finite and within what chrony and the client accept.
+        if vmclock::counter::NATIVE == counter_id::INVALID {
+            return;
+        }
+        let counters = [0u64, 1, 1 << 32, u64::MAX / 2, u64::MAX - 1_000_000, u64::MAX];
+        let secs = [0u64, 1, 1_790_000_000, 1 << 40, i64::MAX as u64, u64::MAX];
+        let periods = [(0u64, 0u8), (1, 0), (u64::MAX, 0), (1 << 63, 63), (u64::MAX, 255), (18_446_744_074, 0)];
+        let errs = [(0u64, 0u64), (1_000, 1 << 20), (u64::MAX, u64::MAX), (i64::MAX as u64, 1)];
+        let sample_sets: Vec<Vec<AbaSample>> = counters
+            .iter()
+            .flat_map(|&c| {
+                let sane = vec![
+                    AbaSample { before_ns: T0, counter: c, after_ns: T0 + 10 },
+                    AbaSample { before_ns: T0 + 1_000, counter: c.wrapping_add(1_000), after_ns: T0 + 1_010 },
+                ];
+                let mut wide = sane.clone();
+                wide.push(AbaSample {
+                    before_ns: i64::MIN as i128,
+                    counter: c.wrapping_sub(7),
+                    after_ns: i64::MAX as i128,
+                });
+                let mut inverted = sane.clone();
+                inverted.push(AbaSample {
+                    before_ns: T0 + 2_050,
+                    counter: c.wrapping_add(2_000),
+                    after_ns: T0 + 2_020,
+                });
+                [sane, wide, inverted]
+            })
+            .chain([Vec::new()])
+            .collect();
+        let statuses = [status::SYNCHRONIZED, status::FREERUNNING, status::UNRELIABLE, 200];
+        let mut chrony = ChronyFeed::new(NS);
+        let mut cb = ClockBoundFeed::new(ClockBoundConfig::default());
+        let (mut sent, mut written, mut n) = (0u32, 0u32, 0i128);
+        for &c in &counters {
+            for &sec in &secs {
+                for &(period, shift) in &periods {
+                    for &(maxerr, rate) in &errs {
+                        for (k, samples) in sample_sets.iter().enumerate() {
+                            n += 1;
+                            // The status flaps at every observation.
+                            let st = statuses[n as usize % statuses.len()];
+                            let leap_ind = (n % 9) as u8;
+                            let Some(p) = extreme_page(
+                                c,
+                                (sec, u64::MAX - k as u64),
+                                Period { frac: period, shift },
+                                (maxerr, rate),
+                                (st, leap_ind),
+                            ) else {
+                                continue;
+                            };
+                            let o = obs(p, samples, n * NS);
+                            if samples.iter().any(|s| s.after_ns < s.before_ns) {
+                                assert!(!matches!(chrony.handle(&o), ChronyAction::Send(_)), "sent across a step back");
+                                assert_eq!(
+                                    cb.handle(&o, n * NS).status,
+                                    CbStatus::Unknown,
+                                    "a bound across a step back"
+                                );
+                                continue;
+                            }
+                            if let ChronyAction::Send(s) = chrony.handle(&o) {
+                                sent += 1;
+                                assert!(s.offset.is_finite(), "offset {}", s.offset);
+                                assert!((0..1_000_000).contains(&s.tv_usec), "tv_usec {}", s.tv_usec);
+                                assert!(matches!(s.leap, 0..=2), "chrony drops a sample with leap {}", s.leap);
+                                assert_eq!(s.to_bytes().len(), SAMPLE_SIZE);
+                            }
+                            let eb = cb.handle(&o, n * NS);
+                            if matches!(eb.status, CbStatus::Synchronized | CbStatus::FreeRunning) {
+                                written += 1;
+                                assert!(eb.bound_ns > 0, "a claimed bound of {}", eb.bound_ns);
+                                assert!(
+                                    (eb.max_drift_ppb as u64) < MAX_DRIFT_PPB,
+                                    "the client refuses {}",
+                                    eb.max_drift_ppb
+                                );
+                            }
+                            assert!(eb.void_after_ns > eb.as_of_ns);
+                            let _ = eb.to_bytes();
+                        }
+                    }
+                }
+            }
+        }
+        // Not vacuous: some of these pages are usable (sane period, 1 µs maxerror).
+        assert!(sent > 0 && written > 0, "sent {sent}, written {written} of {n}");
+    }
+
+    #[test]
+    fn a_step_back_during_the_burst_is_held() {
+        if vmclock::counter::NATIVE == counter_id::INVALID {
+            return;
+        }
+        // CLOCK_REALTIME stepped back 1 ms inside the fourth sample (chronyd's makestep): before,
+        // its window was negative, chosen as the "tightest", and the pairing's half-width came
+        // out negative (an overflow in debug builds; in release a bound narrower than honest).
+        let mut s = samples();
+        s[3].after_ns = s[3].before_ns - 1_000_000;
+        for x in &mut s[4..] {
+            (x.before_ns, x.after_ns) = (x.before_ns - 1_000_000, x.after_ns - 1_000_000);
+        }
+        let p = page(1, 7, status::SYNCHRONIZED, 0, 0);
+        let mut c = ChronyFeed::new(NS);
+        assert_eq!(c.handle(&obs(p, &s, 0)), ChronyAction::Hold(Hold::RealtimeStepped));
+        let mut f = ClockBoundFeed::new(ClockBoundConfig::default());
+        assert_eq!(f.handle(&obs(p, &s, 0), NS).status, CbStatus::Unknown);
+        assert_eq!(f.last_hold, Some(Hold::RealtimeStepped));
+        // The next burst, on one clock again, is used.
+        assert!(matches!(c.handle(&obs(p, &samples(), 1)), ChronyAction::Send(_)));
+        assert_eq!(f.handle(&obs(p, &samples(), 1), NS).status, CbStatus::Synchronized);
+    }
+
+    #[test]
+    fn a_page_too_far_from_realtime_is_held_not_sent() {
+        if vmclock::counter::NATIVE == counter_id::INVALID {
+            return;
+        }
+        // 2^32 s ahead: chronyd would drop every sample without a word (UTI_IsTimeOffsetSane).
+        let s = samples();
+        let far = page(1, 7, status::SYNCHRONIZED, ((1i128 << 32) + 1) * NS, 0);
+        let mut c = ChronyFeed::new(NS);
+        assert_eq!(c.handle(&obs(far, &s, 0)), ChronyAction::Hold(Hold::OutOfRange));
+        // Just under it is sent (chronyd decides what to do with a large offset: makestep).
+        let near = page(1, 7, status::SYNCHRONIZED, ((1i128 << 32) - 2) * NS, 0);
+        let ChronyAction::Send(x) = c.handle(&obs(near, &s, 1)) else { panic!("held") };
+        assert!(x.offset > 4.29e9);
+        let mut f = ClockBoundFeed::new(ClockBoundConfig::default());
+        assert_eq!(f.handle(&obs(far, &s, 0), NS).status, CbStatus::Unknown);
+        assert_eq!(f.last_hold, Some(Hold::OutOfRange));
+        // Before 1970.
+        let past = page(1, 7, status::SYNCHRONIZED, -T0 - NS, 0);
+        assert!(matches!(c.handle(&obs(past, &s, 2)), ChronyAction::Hold(Hold::OutOfRange | Hold::NoTime)));
+    }
+
+    #[test]
+    fn a_restarted_feed_holds_a_marker_that_changed_while_it_was_down() {
+        if vmclock::counter::NATIVE == counter_id::INVALID {
+            return;
+        }
+        let s = samples();
+        let mut first = ClockBoundFeed::new(ClockBoundConfig::default());
+        let left = first.handle(&obs(page(1, 7, status::SYNCHRONIZED, 0, 0), &s, 0), NS);
+        assert_eq!(left.status, CbStatus::Synchronized);
+        // The feed dies; the host moves to marker 8 meanwhile; a new feed finds the segment.
+        let mut next = ClockBoundFeed::new(ClockBoundConfig::default());
+        assert_eq!(next.resume(&left.to_bytes(), LAYOUT_V2), Some(7));
+        let p8 = page(1, 8, status::SYNCHRONIZED, 0, 0);
+        assert_eq!(next.handle(&obs(p8, &s, 10 * NS), 10 * NS).status, CbStatus::Disrupted);
+        // Current once updated again (or after the hold-off).
+        assert_eq!(
+            next.handle(&obs(page(2, 8, status::SYNCHRONIZED, 0, 0), &s, 11 * NS), 11 * NS).status,
+            CbStatus::Synchronized
+        );
+        // The same marker: no disruption. A body that claimed nothing gives no marker.
+        let mut same = ClockBoundFeed::new(ClockBoundConfig::default());
+        same.resume(&left.to_bytes(), LAYOUT_V2);
+        assert_eq!(same.handle(&obs(page(1, 7, status::SYNCHRONIZED, 0, 0), &s, 0), NS).status, CbStatus::Synchronized);
+        let unknown = ErrorBound { status: CbStatus::Unknown, ..left };
+        assert_eq!(ClockBoundFeed::new(ClockBoundConfig::default()).resume(&unknown.to_bytes(), LAYOUT_V2), None);
+    }
+
+    #[test]
+    fn a_page_without_a_maximum_error_is_named_as_such() {
+        if vmclock::counter::NATIVE == counter_id::INVALID {
+            return;
+        }
+        // `vmtime gen PAGE` without --maxerror-ns: the page gives UTC (chrony is fed) but no
+        // bound. The feed said "the page gives no UTC time for this CPU's counter".
+        let t = Timestamp::<Utc>::from_raw(crate::ns_to_frac(T0, false) as u128);
+        let b = PageBuilder::new()
+            .reference(vmclock::counter::NATIVE, 1_000_000_000, t, Period::from_hz(HZ).unwrap())
+            .status(status::SYNCHRONIZED)
+            .build();
+        let p = Snapshot::new(b, 4096).unwrap();
+        let s = samples();
+        assert!(matches!(ChronyFeed::new(NS).handle(&obs(p, &s, 0)), ChronyAction::Send(_)));
+        let mut f = ClockBoundFeed::new(ClockBoundConfig::default());
+        assert_eq!(f.handle(&obs(p, &s, 0), NS).status, CbStatus::Unknown);
+        assert_eq!(f.last_hold, Some(Hold::NoMaxError));
+        assert!(Hold::NoMaxError.describe().contains("no maximum error"));
+        // A maximum error beyond what the segment holds.
+        let b = PageBuilder::new()
+            .reference(vmclock::counter::NATIVE, 1_000_000_000, t, Period::from_hz(HZ).unwrap())
+            .status(status::SYNCHRONIZED)
+            .maxerror(u64::MAX, u64::MAX)
+            .build();
+        let p = Snapshot::new(b, 4096).unwrap();
+        assert_eq!(f.handle(&obs(p, &s, 1), NS).status, CbStatus::Unknown);
+        assert_eq!(f.last_hold, Some(Hold::Unbounded));
     }
 }

@@ -265,7 +265,13 @@ fn frac_to_ns_f64(x: i128) -> f64 {
 /// A window is `[before, after + 1 ns)`: clock_gettime truncates the kernel's clock (which keeps
 /// fractions of a ns) to whole ns, so the clock at the counter read is at least `before` but may
 /// be up to 1 ns past `after`.
+///
+/// `None` also when a window is negative: the clock was stepped back during the burst, and the
+/// samples on either side of the step describe two different clocks.
 pub fn kernel_reference(samples: &[AbaSample], period: Period, offset_s: i64) -> Option<KernelRef> {
+    if samples.iter().any(|s| s.after_ns < s.before_ns) {
+        return None;
+    }
     let best = samples.iter().min_by_key(|s| s.window_ns())?;
     let r = Reference {
         counter_id: 0,
@@ -771,4 +777,24 @@ struct Next {
     calib_ppb: u64,
     /// Seconds of doubt in the time (TAI from UTC with an offset no longer known).
     unsure_s: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_across_a_step_back_gives_no_reference() {
+        let p = Period::from_hz(1_000_000_000).unwrap();
+        let ok: Vec<AbaSample> = (0..4i128)
+            .map(|i| AbaSample { before_ns: i * 1000, counter: (i * 1000) as u64, after_ns: i * 1000 + 20 })
+            .collect();
+        assert!(kernel_reference(&ok, p, 0).is_some());
+        // The clock is stepped back 1 ms inside the third sample: no reference from this burst.
+        let mut stepped = ok.clone();
+        stepped[2].after_ns -= 1_000_000;
+        stepped[3].before_ns -= 1_000_000;
+        stepped[3].after_ns -= 1_000_000;
+        assert_eq!(kernel_reference(&stepped, p, 0), None);
+    }
 }

@@ -35,6 +35,75 @@ impl ChronySocket {
         }
         Ok(())
     }
+
+    /// Why a send failed, in words, from the error and what is at the path now.
+    pub fn diagnose(&self, err: &io::Error) -> SendProblem {
+        let found = rfs::statat(CWD, &self.path, AtFlags::empty()).ok().map(|st| FileType::from_raw_mode(st.st_mode));
+        SendProblem::of(err, found)
+    }
+}
+
+/// Why chronyd did not get a sample: each names the cause and what to do (logged when it
+/// changes, not at every interval).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SendProblem {
+    /// Nothing at the path.
+    #[error(
+        "no socket there: is chronyd running with `refclock SOCK PATH` naming this path? (retrying each interval)"
+    )]
+    Missing,
+    /// A file that is not a socket (chronyd replaces it when it starts).
+    #[error("{0} is there, not chronyd's socket: give the path of chrony.conf's `refclock SOCK` line (chronyd replaces the file when it starts; retrying each interval)")]
+    NotASocket(&'static str),
+    /// A socket that nobody has open (chronyd stopped and left it).
+    #[error("nobody listens on this socket: chronyd is not running, or uses another path (retrying each interval)")]
+    NoListener,
+    /// The listener's queue is full: it does not read.
+    #[error("chronyd is not reading its samples (its queue is full): samples are dropped until it reads again")]
+    QueueFull,
+    /// The socket or its directory may not be written by this user.
+    #[error("permission denied: run the feed as root (chronyd creates its SOCK socket as root, mode 0755, before it drops privileges)")]
+    PermissionDenied,
+    /// Anything else.
+    #[error("cannot send ({0}) (retrying each interval)")]
+    Other(rustix::io::Errno),
+}
+
+impl SendProblem {
+    /// The problem for a send error and the file type at the path (`None`: nothing there).
+    pub fn of(err: &io::Error, found: Option<FileType>) -> Self {
+        let errno = rustix::io::Errno::from_io_error(err);
+        match (errno, found) {
+            (Some(rustix::io::Errno::ACCESS | rustix::io::Errno::PERM), _) => SendProblem::PermissionDenied,
+            (Some(rustix::io::Errno::AGAIN | rustix::io::Errno::NOBUFS), _) => SendProblem::QueueFull,
+            (_, None) => SendProblem::Missing,
+            (_, Some(FileType::Socket)) if errno == Some(rustix::io::Errno::CONNREFUSED) => SendProblem::NoListener,
+            (_, Some(t)) if t != FileType::Socket => SendProblem::NotASocket(crate::files::kind_name(t)),
+            (Some(e), _) => SendProblem::Other(e),
+            (None, _) => SendProblem::Other(rustix::io::Errno::IO),
+        }
+    }
+}
+
+/// Refuses a `--socket` that can never become chronyd's socket (a directory: chronyd could not
+/// bind there either). Anything else is accepted: chronyd creates or replaces it when it starts.
+pub fn check_chrony_socket_path(path: &Path) -> Result<(), FileError> {
+    use std::os::unix::ffi::OsStrExt;
+    // sockaddr_un's sun_path holds 108 bytes with the final NUL (chronyd refuses a longer
+    // path: "path ... is too long"; sendto could never reach it).
+    if path.as_os_str().as_bytes().len() > 107 {
+        return Err(FileError::UnsafeDir {
+            path: path.display().to_string(),
+            why: format!("{} bytes long, more than the 107 a Unix socket path may have", path.as_os_str().len()),
+            fix: "give chronyd and the feed a shorter path".into(),
+        });
+    }
+    match rfs::statat(CWD, path, AtFlags::empty()) {
+        Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
+            Err(FileError::NotASocket { path: path.display().to_string(), found: "a directory".into() })
+        }
+        _ => Ok(()),
+    }
 }
 
 /// ClockBound's segment file, mapped for writing: the header, then one `ClockErrorBound`
@@ -68,12 +137,24 @@ impl ClockBoundSegment {
         let size = layout.segment_size();
         let disp = || path.display().to_string();
         let io = |op: &'static str, e: rustix::io::Errno| FileError::Io { op, path: disp(), err: e.into() };
+        let symlink = || FileError::UnsafeDir {
+            path: disp(),
+            why: "a symbolic link is there (the feed never writes through one)".into(),
+            fix: "remove it: the feed creates the segment".into(),
+        };
         match rfs::statat(CWD, path, AtFlags::SYMLINK_NOFOLLOW) {
-            Err(rustix::io::Errno::NOENT) => create(path, layout)?,
+            Err(rustix::io::Errno::NOENT) => match create(path, layout) {
+                // Another feed created it since the check: open it (and find its lock) below.
+                Err(FileError::Io { err, .. }) if err.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(FileError::Io { err, .. }) if err.kind() == io::ErrorKind::PermissionDenied => {
+                    return Err(denied(path, "cannot create the segment in its directory"))
+                }
+                r => r?,
+            },
             Err(e) => return Err(io("inspect", e)),
             Ok(st) => match FileType::from_raw_mode(st.st_mode) {
                 FileType::RegularFile => {}
-                FileType::Symlink => return Err(FileError::Symlink { path: disp() }),
+                FileType::Symlink => return Err(symlink()),
                 t => {
                     return Err(FileError::WrongKind {
                         path: disp(),
@@ -85,13 +166,15 @@ impl ClockBoundSegment {
         }
         let flags = OFlags::RDWR | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
         let fd = rfs::openat(CWD, path, flags, Mode::empty()).map_err(|e| match e {
-            rustix::io::Errno::LOOP => FileError::Symlink { path: disp() },
+            rustix::io::Errno::LOOP => symlink(),
+            rustix::io::Errno::ACCESS | rustix::io::Errno::PERM => denied(path, "cannot open the segment for writing"),
             e => io("open for writing", e),
         })?;
         rfs::flock(&fd, FlockOperation::NonBlockingLockExclusive).map_err(|e| match e {
-            rustix::io::Errno::WOULDBLOCK => {
-                FileError::Locked { path: disp(), holder: "another vmtime feed clockbound".into() }
-            }
+            rustix::io::Errno::WOULDBLOCK => FileError::Locked {
+                path: disp(),
+                holder: format!("vmtime feed clockbound, {}", crate::files::lock_holder(&fd)),
+            },
             e => io("lock", e),
         })?;
         // The segment is mapped shared and written in place: a file someone else may write to
@@ -106,6 +189,15 @@ impl ClockBoundSegment {
                 fix: "remove it (the feed creates a new one) or make it yours with mode 0644".into(),
             });
         }
+        // A second name for the file (a hard link) is a way to it that the directory's checks
+        // do not cover: write only a file that has one name.
+        if st.st_nlink != 1 {
+            return Err(FileError::UnsafeDir {
+                path: disp(),
+                why: format!("the file has {} names (hard links)", st.st_nlink),
+                fix: "remove it: the feed creates a new one".into(),
+            });
+        }
         let f = std::fs::File::from(fd);
         let mut b = Vec::new();
         std::io::Read::by_ref(&mut &f).take(size as u64 + 1).read_to_end(&mut b).map_err(|e| FileError::Io {
@@ -118,11 +210,12 @@ impl ClockBoundSegment {
             && u16::from_ne_bytes([b[12], b[13]]) == layout.version
             && u32::from_ne_bytes([b[8], b[9], b[10], b[11]]) == size as u32;
         if !ours {
-            return Err(FileError::WrongKind {
-                path: disp(),
-                found: format!("a file of {} bytes that is not a {}", b.len(), layout.name),
-                what: layout.name,
-            });
+            let found = if st.st_size as usize != size {
+                format!("a file of {} bytes (a {} has {size})", st.st_size, layout.name)
+            } else {
+                format!("a file of {size} bytes without its magic, size and version")
+            };
+            return Err(FileError::WrongKind { path: disp(), found, what: layout.name });
         }
         // SAFETY: a fresh shared mapping (addr null) of `size` bytes of a regular file opened
         // for reading and writing that is exactly that long (checked above, under our lock);
@@ -179,6 +272,21 @@ impl ClockBoundSegment {
     /// The segment's layout.
     pub fn layout(&self) -> Layout {
         self.layout
+    }
+
+    /// The body last written, if the segment was ever written (generation not 0). The feed is
+    /// the only writer (it holds the lock). A body left half-written by a feed that died (odd
+    /// generation) is returned as found: each 8-byte word is stored whole, so each field comes
+    /// from one of the last two writes (a marker in it is one the feed had seen).
+    pub fn body(&self) -> Option<Vec<u8>> {
+        if self.generation() == 0 {
+            return None;
+        }
+        let mut b = vec![0u8; self.layout.body_size];
+        for (chunk, w) in b.chunks_exact_mut(8).zip(self.body_words()) {
+            chunk.copy_from_slice(&w.load(Ordering::Relaxed).to_ne_bytes());
+        }
+        Some(b)
     }
 
     /// Writes one body under the generation: odd, fence, body, even (0 skipped on wrap). The
@@ -245,6 +353,15 @@ fn create(path: &Path, layout: Layout) -> Result<(), FileError> {
     Ok(())
 }
 
+/// Permission denied on the segment or its directory: what to do.
+fn denied(path: &Path, what: &str) -> FileError {
+    FileError::UnsafeDir {
+        path: path.display().to_string(),
+        why: format!("permission denied: {what}"),
+        fix: "run the feed as root (clients look in /var/run/clockbound), or give --dir a directory you own".into(),
+    }
+}
+
 /// Creates the segment's directory if it is missing (mode 0755: clients of any user read the
 /// segment) and refuses a path that is not a directory, or one that others may write to.
 pub fn ensure_segment_dir(dir: &Path) -> Result<(), FileError> {
@@ -254,6 +371,9 @@ pub fn ensure_segment_dir(dir: &Path) -> Result<(), FileError> {
     // for what it is, not reported as "File exists".
     if matches!(rfs::statat(CWD, dir, AtFlags::SYMLINK_NOFOLLOW), Err(rustix::io::Errno::NOENT)) {
         if let Err(e) = std::fs::DirBuilder::new().recursive(true).mode(0o755).create(dir) {
+            if e.kind() == io::ErrorKind::PermissionDenied {
+                return Err(denied(dir, "cannot create the directory"));
+            }
             return Err(FileError::Io { op: "create the directory", path: disp(), err: e });
         }
     }
@@ -278,7 +398,10 @@ pub fn ensure_segment_dir(dir: &Path) -> Result<(), FileError> {
         return Err(FileError::UnsafeDir {
             path: disp(),
             why: format!("owned by uid {} with mode {:o}", st.st_uid, st.st_mode & 0o7777),
-            fix: "give a directory owned by you or root that only its owner may write to".into(),
+            fix: format!(
+                "give a directory owned by you or root that only its owner may write to (chown {me} {d}; chmod 755 {d}: ClockBound's own setup makes it chrony:chrony 0775), or another --dir",
+                d = disp()
+            ),
         });
     }
     Ok(())
@@ -344,16 +467,20 @@ mod tests {
         let dir = tempfile_dir();
         let link = dir.join("link");
         std::os::unix::fs::symlink(dir.join("elsewhere"), &link).unwrap();
-        assert!(matches!(ClockBoundSegment::open_or_create(&link), Err(FileError::Symlink { .. })));
+        let e = ClockBoundSegment::open_or_create(&link).unwrap_err();
+        assert!(e.to_string().contains("a symbolic link is there") && e.to_string().contains("remove it"), "{e}");
         let other = dir.join("other");
         std::fs::write(&other, b"not a segment").unwrap();
         let e = ClockBoundSegment::open_or_create(&other).unwrap_err();
-        assert!(e.to_string().contains("not a ClockBound 2 segment"), "{e}");
+        assert!(e.to_string().contains("a file of 13 bytes (a ClockBound 2 segment has 80)"), "{e}");
         assert_eq!(std::fs::read(&other).unwrap(), b"not a segment", "left as it was");
         assert!(matches!(ClockBoundSegment::open_or_create(&dir), Err(FileError::WrongKind { .. })));
         let p = dir.join("shm0");
         let _held = ClockBoundSegment::open_or_create(&p).unwrap();
-        assert!(matches!(ClockBoundSegment::open_or_create(&p), Err(FileError::Locked { .. })));
+        let e = ClockBoundSegment::open_or_create(&p).unwrap_err();
+        assert!(matches!(e, FileError::Locked { .. }), "{e}");
+        // flock locks belong to the open file: /proc/locks names this process as the holder.
+        assert!(e.to_string().contains(&format!("pid {}", std::process::id())), "{e}");
         ensure_segment_dir(&dir.join("a/b")).unwrap();
         assert!(matches!(ensure_segment_dir(&link), Err(FileError::Symlink { .. }) | Err(FileError::Io { .. })));
         std::fs::remove_dir_all(&dir).unwrap();
@@ -392,6 +519,101 @@ mod tests {
             rustix::fs::chown(&p, Some(rustix::process::Uid::ROOT), None).unwrap();
         }
         ClockBoundSegment::open_or_create(&p).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn segments_of_the_wrong_size_or_with_other_names_are_refused_and_left_intact() {
+        let dir = tempfile_dir();
+        let p = dir.join("shm0");
+        // Too big, too small, the right size with another magic: named with their size.
+        for (bytes, says) in [
+            (vec![0u8; 4096], "a file of 4096 bytes (a ClockBound 2 segment has 80)"),
+            (vec![0u8; 40], "a file of 40 bytes"),
+            (vec![0xffu8; SEGMENT_SIZE], "a file of 80 bytes without its magic"),
+        ] {
+            std::fs::write(&p, &bytes).unwrap();
+            let e = ClockBoundSegment::open_or_create(&p).unwrap_err();
+            assert!(e.to_string().contains(says), "{e}");
+            assert_eq!(std::fs::read(&p).unwrap(), bytes, "left as it was");
+        }
+        std::fs::remove_file(&p).unwrap();
+        // A real segment with a second name (a hard link): refused, both names left.
+        drop(ClockBoundSegment::open_or_create(&p).unwrap());
+        std::fs::hard_link(&p, dir.join("other-name")).unwrap();
+        let e = ClockBoundSegment::open_or_create(&p).unwrap_err();
+        assert!(e.to_string().contains("has 2 names (hard links)"), "{e}");
+        std::fs::remove_file(dir.join("other-name")).unwrap();
+        let mut s = ClockBoundSegment::open_or_create(&p).unwrap();
+        assert_eq!(s.body(), None, "never written");
+        s.write(&[3u8; BODY_SIZE]);
+        assert_eq!(s.body(), Some(vec![3u8; BODY_SIZE]));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn segment_dirs_others_may_write_or_own_and_odd_files_are_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile_dir();
+        let d = dir.join("cb");
+        ensure_segment_dir(&d).unwrap();
+        assert_eq!(
+            std::fs::metadata(&d).unwrap().permissions().mode() & 0o7777,
+            0o755,
+            "readable by clients of any user"
+        );
+        for mode in [0o777, 0o1777, 0o775, 0o757] {
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(mode)).unwrap();
+            let e = ensure_segment_dir(&d).unwrap_err();
+            assert!(e.to_string().contains(&format!("mode {mode:o}")), "{e}");
+            // ClockBound's own setup (chrony:chrony 0775): the fix is named.
+            assert!(e.to_string().contains(&format!("chmod 755 {}", d.display())), "{e}");
+        }
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        if rustix::process::geteuid().is_root() {
+            rustix::fs::chown(&d, Some(rustix::process::Uid::from_raw(4242)), None).unwrap();
+            let e = ensure_segment_dir(&d).unwrap_err();
+            assert!(e.to_string().contains("owned by uid 4242"), "{e}");
+            rustix::fs::chown(&d, Some(rustix::process::Uid::ROOT), None).unwrap();
+        }
+        ensure_segment_dir(&d).unwrap();
+        let p = d.join("shm0");
+        rfs::mkfifoat(CWD, &p, Mode::from_raw_mode(0o600)).unwrap();
+        let e = ClockBoundSegment::open_or_create(&p).unwrap_err();
+        assert!(e.to_string().contains("a fifo is there"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn chrony_send_problems_are_named() {
+        use rustix::io::Errno;
+        let e = |n: Errno| io::Error::from(n);
+        assert_eq!(SendProblem::of(&e(Errno::NOENT), None), SendProblem::Missing);
+        assert_eq!(
+            SendProblem::of(&e(Errno::CONNREFUSED), Some(FileType::RegularFile)),
+            SendProblem::NotASocket("a regular file")
+        );
+        assert_eq!(SendProblem::of(&e(Errno::CONNREFUSED), Some(FileType::Socket)), SendProblem::NoListener);
+        assert_eq!(SendProblem::of(&e(Errno::AGAIN), Some(FileType::Socket)), SendProblem::QueueFull);
+        assert_eq!(SendProblem::of(&e(Errno::ACCESS), Some(FileType::Socket)), SendProblem::PermissionDenied);
+        // And against real files: a socket nobody listens on any more, a regular file.
+        let dir = tempfile_dir();
+        let path = dir.join("chrony.sock");
+        drop(UnixDatagram::bind(&path).unwrap());
+        let s = ChronySocket::new(&path).unwrap();
+        let err = s.send(&[0u8; 40]).unwrap_err();
+        assert_eq!(s.diagnose(&err), SendProblem::NoListener, "{err}");
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, b"x").unwrap();
+        let err = s.send(&[0u8; 40]).unwrap_err();
+        assert_eq!(s.diagnose(&err), SendProblem::NotASocket("a regular file"), "{err}");
+        assert!(check_chrony_socket_path(&path).is_ok(), "chronyd replaces a file when it starts");
+        let long = PathBuf::from(format!("/tmp/{}.sock", "x".repeat(103)));
+        let e = check_chrony_socket_path(&long).unwrap_err();
+        assert!(e.to_string().contains("113 bytes long, more than the 107"), "{e}");
+        assert!(check_chrony_socket_path(&PathBuf::from(format!("/tmp/{}.sock", "x".repeat(97)))).is_ok());
+        let e = check_chrony_socket_path(&dir).unwrap_err();
+        assert!(e.to_string().contains("a directory is there, not a socket"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

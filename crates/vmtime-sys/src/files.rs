@@ -267,7 +267,7 @@ pub fn ensure_dir_for(file: &Path) -> Result<()> {
 // Locks
 
 /// Who holds a lock on the file open as `fd`, from `/proc/locks` ("pid N", or a description).
-fn lock_holder(fd: impl AsFd) -> String {
+pub(crate) fn lock_holder(fd: impl AsFd) -> String {
     let Ok(s) = rfs::fstat(fd) else { return "pid unknown".into() };
     let want = format!("{:02x}:{:02x}:{}", rfs::major(s.st_dev), rfs::minor(s.st_dev), s.st_ino);
     let locks = std::fs::read_to_string("/proc/locks").unwrap_or_default();

@@ -238,9 +238,9 @@ pub enum DisruptionSupport {
     /// On when the source is /dev/vmclock0 (the device the clients compare markers with).
     #[default]
     Auto,
-    /// Always on.
+    /// Clients compare the segment's marker with /dev/vmclock0's and say Unknown when they differ.
     On,
-    /// Always off.
+    /// Clients go by the segment's status alone.
     Off,
 }
 
@@ -346,18 +346,40 @@ impl Default for FeedClockBoundSettings {
 }
 
 impl FeedClockBoundSettings {
-    /// The check across keys: the segment outlives two intervals.
+    /// The checks across keys: the segment outlives two intervals (so an interval is at most
+    /// half the longest life), and is void before its generation comes back to the same value.
     fn check(&self) -> Result<(), String> {
-        let min = 2 * self.interval_ms.get();
-        if self.life_ms.get() < min {
+        let (life, interval) = (self.life_ms.get(), self.interval_ms.get());
+        if 2 * interval > LifeMs::MAX {
             return Err(format!(
-                "life_ms = {} is shorter than two intervals (interval_ms = {}): give at least {min}",
-                self.life_ms, self.interval_ms
+                "interval_ms = {interval} is too long for the ClockBound feed: at most {} (the segment's life, life_ms, at most {} ms, must cover two intervals)",
+                LifeMs::MAX / 2,
+                LifeMs::MAX
+            ));
+        }
+        if life < 2 * interval {
+            return Err(format!(
+                "life_ms = {life} is shorter than two intervals (interval_ms = {interval}): give at least {}",
+                2 * interval
+            ));
+        }
+        // The segment's generation (u16, by two per update, never 0) comes back to a value every
+        // 32767 updates, and clock-bound-client keeps its copy while the generation it read is
+        // the one it sees: a client that reads rarely could take a bound that old for the
+        // current one. It must be void by then.
+        let wrap_ms = GENERATION_PERIOD * interval;
+        if life >= wrap_ms {
+            return Err(format!(
+                "life_ms = {life} with interval_ms = {interval}: the segment's generation comes back to the same value after {GENERATION_PERIOD} updates ({wrap_ms} ms), and a segment must be void by then: give a life_ms below {wrap_ms}, or a longer interval_ms"
             ));
         }
         Ok(())
     }
 }
+
+/// Updates after which a ClockBound segment's generation (even, never 0, u16) has the same value
+/// again.
+const GENERATION_PERIOD: u64 = 32767;
 
 /// `[feed]`: the feeds, a subsection each.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -8,7 +8,7 @@ use crate::config::{DisruptionSupport, FeedChronySettings, FeedClockBoundSetting
 use crate::feed_service::{Service, Wake};
 use crate::metrics::{cb_status_name, FeedChronyMetrics, FeedClockBoundMetrics};
 use crate::values::{Burst, DriftPpb, DurationS, FeedIntervalMs, LifeMs};
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Args as ClapArgs, Subcommand};
 use serde::Serialize;
 use std::net::SocketAddr;
@@ -69,7 +69,8 @@ struct ChronyArgs {
     #[command(flatten)]
     #[serde(flatten)]
     common: Common,
-    /// chronyd's SOCK refclock socket (chronyd creates it).
+    /// chronyd's SOCK refclock socket: the PATH of chrony.conf's `refclock SOCK PATH` (chronyd
+    /// creates it, as root: run the feed as root).
     #[arg(long)]
     socket: Option<PathBuf>,
 }
@@ -92,7 +93,8 @@ struct ClockBoundArgs {
     /// Which segments: 2 (`shm0`, ClockBound 2.x clients), 3 (`shm1`, 3.x clients) or both.
     #[arg(long, value_enum)]
     layout: Option<Layout>,
-    /// How long the segments stay valid without an update, ms (at least two intervals).
+    /// How long the segments stay valid without an update, ms (at least two intervals, less
+    /// than 32767 intervals).
     #[arg(long)]
     life_ms: Option<LifeMs>,
     /// Drift allowed to CLOCK_REALTIME beyond the rate measured, ppb (ClockBound assumes 15 ppm).
@@ -129,21 +131,56 @@ fn interval_of(ms: FeedIntervalMs) -> Duration {
 struct Measurer {
     page: crate::page::FollowedPage,
     samples: Vec<AbaSample>,
+    /// Not read again before this, after a read found the page's writer stuck.
+    stuck_until: Option<Instant>,
 }
+
+/// A read that finds the page's writer stuck mid-update spins for the seqlock's whole wait
+/// (100 ms, as the kernel's reader): at a 10 ms interval a stuck page kept a core busy. After
+/// one, the page is not read again for this long (unless it is replaced).
+const STUCK_BACKOFF: Duration = Duration::from_secs(1);
+
+/// The measurement skipped while backing off from a stuck page (held, not logged again).
+#[derive(Debug)]
+struct StuckBackoff;
+
+impl std::fmt::Display for StuckBackoff {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the page's writer seemed stuck at the last read: waiting before reading it again")
+    }
+}
+
+impl std::error::Error for StuckBackoff {}
 
 impl Measurer {
     fn open(path: &Path, burst: usize) -> Result<Self> {
-        Ok(Measurer { page: crate::page::FollowedPage::open(path)?, samples: Vec::with_capacity(burst) })
+        let page = crate::page::FollowedPage::open(path).map_err(|e| match e.to_string() {
+            said if said.contains("(give ") => anyhow::anyhow!(said), // it says what to do already
+            said => anyhow::anyhow!(
+                "{said}: give --source the vmclock device (/dev/vmclock0, from the ptp_vmclock driver) or a page file"
+            ),
+        })?;
+        Ok(Measurer { page, samples: Vec::with_capacity(burst), stuck_until: None })
     }
 
-    fn read(&self) -> Result<Snapshot> {
-        Ok(self.page.read()?)
+    fn read(&mut self) -> Result<Snapshot> {
+        self.page.read().map_err(|e| {
+            if matches!(e, vmtime_sys::follow::FollowError::Busy { .. }) {
+                self.stuck_until = Some(Instant::now() + STUCK_BACKOFF);
+            }
+            e.into()
+        })
     }
 
     /// (before, after, monotonic ns), the burst left in `self.samples`. A page updated during
     /// the burst is measured again (up to 4 times; then the core holds for this interval).
     fn measure(&mut self, burst: usize) -> Result<(Snapshot, Snapshot, i128)> {
-        self.page.refresh();
+        if self.page.refresh() {
+            self.stuck_until = None; // a new file: read it now
+        }
+        if self.stuck_until.is_some_and(|t| Instant::now() < t) {
+            return Err(StuckBackoff.into());
+        }
         let mut attempt = 0;
         loop {
             let before = self.read()?;
@@ -160,20 +197,28 @@ impl Measurer {
     }
 }
 
-/// A page that cannot be read (truncated, replaced by junk) usually stays so for a while: its
-/// error is logged when it first appears or changes, not at every interval (at 10 ms, a hundred
-/// lines a second).
+/// A page that cannot be read (truncated, replaced by junk, its writer stuck mid-update)
+/// usually stays so for a while: its error is logged when it first appears or changes, not at
+/// every interval (at 10 ms, a hundred lines a second).
 #[derive(Default)]
 struct ReadErrors {
     last: Option<String>,
 }
 
 impl ReadErrors {
-    /// The line to log for this error, if it is news.
+    /// The line to log for this error, if it is news. A page whose writer seems stuck is the
+    /// same news whatever the attempts and time its message counts.
     fn fresh(&mut self, e: &anyhow::Error) -> Option<String> {
+        if e.is::<StuckBackoff>() {
+            return None; // the stuck page, already logged
+        }
         let line = format!("{e:#}");
-        (self.last.as_deref() != Some(line.as_str())).then(|| {
-            self.last = Some(line.clone());
+        let key = match e.downcast_ref::<vmtime_sys::follow::FollowError>() {
+            Some(vmtime_sys::follow::FollowError::Busy { path, .. }) => format!("busy {path}"),
+            _ => line.clone(),
+        };
+        (self.last.as_deref() != Some(key.as_str())).then(|| {
+            self.last = Some(key);
             line
         })
     }
@@ -215,7 +260,10 @@ fn run_chrony(args: ChronyArgs) -> Result<ExitCode> {
     crate::logging::set_level(a.log_level);
     let interval = interval_of(a.interval_ms);
     let mut m = Measurer::open(&a.source, a.burst.get() as usize)?;
+    vmtime_sys::feed::check_chrony_socket_path(&a.socket)?;
     let sock = ChronySocket::new(&a.socket)?;
+    // chronyd reads a relative path in chrony.conf from its own working directory (/).
+    let conf_path = std::path::absolute(&a.socket).unwrap_or_else(|_| a.socket.clone());
     let mut feed = ChronyFeed::new(interval.as_nanos() as i128);
     let mut svc =
         Service::start(a.metrics_listen, FeedChronyMetrics::default(), interval, a.duration_s.map(DurationS::get))?;
@@ -224,11 +272,10 @@ fn run_chrony(args: ChronyArgs) -> Result<ExitCode> {
         a.source.display(),
         a.socket.display(),
         a.interval_ms,
-        a.socket.display()
+        conf_path.display()
     );
-    let (mut last, mut send_failing, mut errors) = (None, false, ReadErrors::default());
+    let (mut last, mut send_failing, mut errors) = (None, None, ReadErrors::default());
     loop {
-        let mut unreadable = false;
         let action = match m.measure(a.burst.get() as usize) {
             Ok((before, after, mono_ns)) => {
                 errors.clear();
@@ -239,8 +286,7 @@ fn run_chrony(args: ChronyArgs) -> Result<ExitCode> {
                 if let Some(line) = errors.fresh(&e) {
                     tracing::warn!("{line}");
                 }
-                unreadable = true;
-                ChronyAction::Hold(Hold::NoTime)
+                ChronyAction::Hold(Hold::Unreadable)
             }
         };
         let status = match action {
@@ -248,39 +294,36 @@ fn run_chrony(args: ChronyArgs) -> Result<ExitCode> {
                 report(&mut last, None, "chrony feed");
                 match sock.send(&s.to_bytes()) {
                     Ok(()) => {
-                        if send_failing {
+                        if send_failing.take().is_some() {
                             tracing::info!("{}: chronyd receives samples again", a.socket.display());
-                            send_failing = false;
                         }
                         svc.m.sent += 1;
                         svc.m.last_sent = Some(Instant::now());
                         svc.m.last_offset_ns = Some(s.offset * 1e9);
                     }
                     Err(e) => {
-                        if !send_failing {
-                            tracing::warn!(
-                                "{}: cannot send ({e}); is chronyd running with `refclock SOCK {}`? (retrying each interval)",
-                                a.socket.display(),
-                                a.socket.display()
-                            );
-                            send_failing = true;
+                        // Logged when the cause changes (a full queue after a missing socket is
+                        // news), not at every interval.
+                        let problem = sock.diagnose(&e);
+                        if send_failing != Some(problem) {
+                            tracing::warn!("{}: {problem}", a.socket.display());
+                            send_failing = Some(problem);
                         }
                         svc.m.send_failures += 1;
                     }
                 }
-                if send_failing {
-                    format!("chronyd takes no sample at {}", a.socket.display())
-                } else {
-                    format!("sending {} to {}", a.source.display(), a.socket.display())
+                match send_failing {
+                    Some(problem) => format!("chronyd takes no sample at {}: {problem}", a.socket.display()),
+                    None => format!("sending {} to {}", a.source.display(), a.socket.display()),
                 }
             }
             ChronyAction::Hold(h) => {
                 report(&mut last, Some(h), "chrony feed");
-                svc.m.common.held((!unreadable).then_some(h));
+                svc.m.common.held(Some(h));
                 format!("holding: {}", h.describe())
             }
         };
-        svc.m.send_failing = send_failing;
+        svc.m.send_failing = send_failing.is_some();
         svc.turned(&status);
         let why = next_turn(&mut svc, |svc| {
             if let Some((now, _)) = crate::config::on_sighup("feed chrony", &a, args.settings(), CHRONY_LIVE) {
@@ -328,7 +371,6 @@ fn run_clockbound(args: ClockBoundArgs) -> Result<ExitCode> {
     let open = |name: &str, layout| {
         let path = a.dir.join(name);
         ClockBoundSegment::open_or_create_as(&path, layout)
-            .with_context(|| format!("cannot create the ClockBound segment {}", path.display()))
     };
     let mut seg0 = if a.layout == Layout::V3 { None } else { Some(open("shm0", LAYOUT_V2)?) };
     let mut seg1 = if a.layout == Layout::V2 { None } else { Some(open("shm1", v3::LAYOUT)?) };
@@ -338,6 +380,18 @@ fn run_clockbound(args: ClockBoundArgs) -> Result<ExitCode> {
     let mut feed = ClockBoundFeed::new(clockbound_config(&a, disruption_support, coarse_tick_ns));
     let mut svc =
         Service::start(a.metrics_listen, FeedClockBoundMetrics::default(), interval, a.duration_s.map(DurationS::get))?;
+    // A segment left by a previous run: its marker is the last one clients were given.
+    let mut last_marker = 0;
+    if let Some(seg) = seg0.as_ref().or(seg1.as_ref()) {
+        if let Some(m) = seg.body().and_then(|b| feed.resume(&b, seg.layout())) {
+            tracing::info!(
+                "{}: continuing from generation {}, disruption marker {m}",
+                seg.path().display(),
+                seg.generation()
+            );
+            last_marker = m;
+        }
+    }
     let mut last = None;
     let mut errors = ReadErrors::default();
     let mut first = true;
@@ -365,14 +419,16 @@ fn run_clockbound(args: ClockBoundArgs) -> Result<ExitCode> {
                 if let Some(line) = errors.fresh(&e) {
                     tracing::warn!("{line}");
                 }
-                feed.last_hold = Some(Hold::NoTime);
-                svc.m.common.held(None);
+                feed.last_hold = Some(Hold::Unreadable);
+                svc.m.common.held(Some(Hold::Unreadable));
                 let as_of = start - feed.coarse_allowance_ns();
                 ErrorBound {
                     as_of_ns: as_of,
                     void_after_ns: as_of + cfg.life_ns,
                     bound_ns: 0,
-                    disruption_marker: 0,
+                    // Not the page's (it has none now): the last one written, so that clients
+                    // comparing markers see no false change.
+                    disruption_marker: last_marker,
                     max_drift_ppb: 0,
                     status: CbStatus::Unknown,
                     disruption_support,
@@ -385,11 +441,11 @@ fn run_clockbound(args: ClockBoundArgs) -> Result<ExitCode> {
         svc.m.written(&eb, Instant::now());
         if let Some(t) = feed.last_terms {
             tracing::debug!(
-                "segment generation {} ({}): page seq {} counter {} maxerror {} ns, offset {} ns, pairing {} ns, span {} ns, \
+                "segment generations shm0 {} shm1 {}: page seq {} counter {} maxerror {} ns, offset {} ns, pairing {} ns, span {} ns, \
                  rounding {} ns: bound {} ns; drift {} ppb (page {}, CLOCK_REALTIME {}, margin {}); as_of {} ns \
                  ({} ns early for the coarse clock)",
-                seg0.as_ref().or(seg1.as_ref()).map_or(0, |s| s.generation()),
-                if seg0.is_some() { "shm0" } else { "shm1" },
+                seg0.as_ref().map_or("-".into(), |s| s.generation().to_string()),
+                seg1.as_ref().map_or("-".into(), |s| s.generation().to_string()),
                 t.seq,
                 t.counter,
                 t.maxerror_ns,
@@ -406,6 +462,7 @@ fn run_clockbound(args: ClockBoundArgs) -> Result<ExitCode> {
                 feed.coarse_allowance_ns()
             );
         }
+        last_marker = eb.disruption_marker;
         if first {
             tracing::info!(
                 "vmtime feed clockbound: {} → {} every {} ms (life {} ms, disruption support {})",

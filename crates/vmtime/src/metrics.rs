@@ -599,10 +599,20 @@ impl Expose for SyncMetrics {
     }
 }
 
-/// Why a feed held (sent no sample, or wrote a segment without a bound): the core's reasons and
-/// a page that cannot be read at all.
-pub const HOLD_REASONS: &[&str] =
-    &["unreliable", "no_time", "changed_during_measurement", "disrupted", "no_samples", "unreadable"];
+/// Why a feed held (sent no sample, or wrote a segment without a bound): the core's reasons
+/// (`vmtime_core::feed::Hold`), in its order.
+pub const HOLD_REASONS: &[&str] = &[
+    "unreliable",
+    "no_time",
+    "changed_during_measurement",
+    "disrupted",
+    "no_samples",
+    "out_of_range",
+    "unreadable",
+    "realtime_stepped",
+    "no_maxerror",
+    "unbounded",
+];
 
 /// The label of a hold reason (`None`: the page could not be read).
 pub fn hold_reason(h: Option<vmtime_core::feed::Hold>) -> &'static str {
@@ -613,7 +623,11 @@ pub fn hold_reason(h: Option<vmtime_core::feed::Hold>) -> &'static str {
         Some(Hold::ChangedDuringMeasurement) => "changed_during_measurement",
         Some(Hold::Disrupted) => "disrupted",
         Some(Hold::NoSamples) => "no_samples",
-        None => "unreadable",
+        Some(Hold::OutOfRange) => "out_of_range",
+        Some(Hold::Unreadable) | None => "unreadable",
+        Some(Hold::RealtimeStepped) => "realtime_stepped",
+        Some(Hold::NoMaxError) => "no_maxerror",
+        Some(Hold::Unbounded) => "unbounded",
     }
 }
 
@@ -621,7 +635,7 @@ pub fn hold_reason(h: Option<vmtime_core::feed::Hold>) -> &'static str {
 #[derive(Clone, Debug, Default)]
 pub struct FeedCommon {
     /// Turns held, by [`HOLD_REASONS`] index.
-    pub held: [u64; 6],
+    pub held: [u64; HOLD_REASONS.len()],
     /// When the page's content (seq_count or file) was last seen to change.
     pub page_changed: Option<Instant>,
     last_seq: Option<u32>,

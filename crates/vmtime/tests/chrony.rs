@@ -119,3 +119,103 @@ fn an_unreadable_page_is_logged_once_not_every_interval() {
     let n = err.lines().filter(|l| l.contains("is only 10 bytes")).count();
     assert_eq!(n, 1, "{err}");
 }
+
+#[test]
+fn the_socket_is_named_for_what_is_wrong_and_followed_across_chronyd_restarts() {
+    use common::wait_line;
+    if vmclock::counter::NATIVE == vmclock::abi::counter_id::INVALID {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let page = dir.path().join("page");
+    gen_page(dir.path(), &page, &[]);
+    let src = page.to_str().unwrap();
+    // A directory can never be chronyd's socket: refused at once, in one line.
+    let out = common::vmtime(&["feed", "chrony", "--source", src, "--socket", dir.path().to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("a directory is there, not a socket"), "{err}");
+
+    // chronyd not started yet: named, and followed once it binds (it creates the socket).
+    let path = dir.path().join("refclock.sock");
+    let (_feed, log) = common::spawn_logged(&[
+        "feed",
+        "chrony",
+        "--source",
+        src,
+        "--socket",
+        path.to_str().unwrap(),
+        "--interval-ms",
+        "50",
+        "--duration-s",
+        "120",
+    ]);
+    let within = Duration::from_secs(20);
+    wait_line(&log, "no socket there: is chronyd running", within);
+    let sock = UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    assert!(recv(&sock).is_some(), "no sample once the socket exists");
+    wait_line(&log, "chronyd receives samples again", within);
+
+    // chronyd stops (its socket file stays), then someone leaves a regular file there: each is
+    // named for what it is, once.
+    drop(sock);
+    wait_line(&log, "nobody listens on this socket", within);
+    std::fs::remove_file(&path).unwrap();
+    std::fs::write(&path, b"not a socket").unwrap();
+    wait_line(&log, "a regular file is there, not chronyd's socket", within);
+
+    // chronyd starts again (it unlinks the path and binds): samples reach the new socket.
+    std::fs::remove_file(&path).unwrap();
+    let sock = UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    assert!(recv(&sock).is_some(), "no sample after chronyd restarted");
+    wait_line(&log, "chronyd receives samples again", within);
+
+    // chronyd stops reading: its queue fills (net.unix.max_dgram_qlen datagrams), the feed
+    // drops samples without waiting and says so once; samples flow again when it reads.
+    wait_line(&log, "chronyd is not reading its samples (its queue is full)", within);
+    sock.set_nonblocking(true).unwrap();
+    while recv(&sock).is_some() {}
+    wait_line(&log, "chronyd receives samples again", within);
+}
+
+#[test]
+fn a_page_whose_writer_seems_stuck_is_logged_once() {
+    // seq_count odd for good (a writer that died mid-update, or junk): every read gives up after
+    // its wait with a message counting attempts and µs, which differ each time; the feed logged
+    // one line per interval. Now one, and the hold says the page cannot be read.
+    let dir = tempfile::tempdir().unwrap();
+    let page = dir.path().join("page");
+    common::vmtime_ok(
+        &["gen", page.to_str().unwrap(), "--counter-hz", "1000000000", "--counter", "1", "--time-ns", "1"]
+            .map(String::from),
+    );
+    let mut b = std::fs::read(&page).unwrap();
+    b[12..16].copy_from_slice(&3u32.to_le_bytes());
+    std::fs::write(&page, &b).unwrap();
+    let path = dir.path().join("refclock.sock");
+    // Run under sh to get the feed's CPU time from `times` (children's user and system time).
+    let out = std::process::Command::new("sh")
+        .args(["-c", "\"$0\" \"$@\" && times", env!("CARGO_BIN_EXE_vmtime")])
+        .args(["feed", "chrony", "--source", page.to_str().unwrap(), "--socket", path.to_str().unwrap()])
+        .args(["--interval-ms", "10", "--duration-s", "3"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let stuck = err.lines().filter(|l| l.contains("no consistent copy")).count();
+    assert_eq!(stuck, 1, "{err}");
+    assert!(err.contains("holding: the page cannot be read"), "{err}");
+    // Each read of a stuck page spins for the seqlock's 100 ms wait: read every 10 ms, the feed
+    // spent its life spinning (1.2 s of CPU in 3 s here; 0.12 s now). It now waits 1 s after such a read.
+    let times = String::from_utf8_lossy(&out.stdout);
+    let secs = |t: &str| {
+        let (m, s) = t.trim_end_matches('s').split_once('m').unwrap();
+        m.parse::<f64>().unwrap() * 60.0 + s.parse::<f64>().unwrap()
+    };
+    let children = times.lines().nth(1).unwrap_or_else(|| panic!("times: {times:?}"));
+    let cpu: f64 = children.split_whitespace().map(secs).sum();
+    assert!(cpu < 0.6, "the feed used {cpu} s of CPU in 3 s on a stuck page");
+}

@@ -245,14 +245,104 @@ fn generation(seg: &std::fs::File) -> u16 {
     u16::from_ne_bytes(b)
 }
 
-/// The page `seq_count` a feed's debug line says a generation of shm0 was built from.
-fn parse_segment_line(l: &str) -> Option<(u16, u32)> {
-    let rest = l.split("segment generation ").nth(1)?;
-    let (g, rest) = rest.split_once(": page seq ")?;
-    let (g, layout) = g.split_once(' ')?;
+/// The page `seq_count` a feed's debug line says the segments' generations were built from:
+/// `segment generations shm0 G0 shm1 G1: page seq S ...` ("-" for a segment not written).
+fn parse_segment_line(l: &str) -> Option<(Option<u16>, Option<u16>, u32)> {
+    let rest = l.split("segment generations ").nth(1)?;
+    let (gens, rest) = rest.split_once(": page seq ")?;
+    let w: Vec<&str> = gens.split_whitespace().collect();
+    let [_, g0, _, g1] = w[..] else { return None };
     let seq = rest.split_whitespace().next()?;
-    (layout == "(shm0)").then_some(())?;
-    Some((g.parse().ok()?, seq.parse().ok()?))
+    Some((g0.parse().ok(), g1.parse().ok(), seq.parse().ok()?))
+}
+
+/// Readings of one segment through its real client, judged against the page each came from.
+struct Judge {
+    name: &'static str,
+    seg: std::fs::File,
+    /// Which page each generation was built from, with the feed's line.
+    from: std::collections::HashMap<u16, (u32, String)>,
+    /// (generation, earliest, latest, counter before, counter after) awaiting their line.
+    pending: std::collections::VecDeque<(u16, i128, i128, u64, u64)>,
+    judged: u64,
+    unseen: u64,
+    generations: std::collections::BTreeSet<u16>,
+}
+
+impl Judge {
+    fn new(name: &'static str, path: &Path) -> Self {
+        Judge {
+            name,
+            seg: std::fs::File::open(path).unwrap(),
+            from: Default::default(),
+            pending: Default::default(),
+            judged: 0,
+            unseen: 0,
+            generations: Default::default(),
+        }
+    }
+
+    /// One reading taken by `read` (earliest, latest, claimed), with the counter and
+    /// CLOCK_REALTIME around it; pages seen meanwhile go into `pages`.
+    fn read(
+        &mut self,
+        clock: &vmclock::Clock,
+        pages: &mut std::collections::HashMap<u32, vmclock::Snapshot>,
+        read: impl FnOnce() -> (i128, i128, bool),
+    ) {
+        let g1 = generation(&self.seg);
+        let (Ok(s1), c1) = (clock.snapshot(), vmclock::counter::read()) else { return };
+        let r1 = gettime(ClockId::Realtime).unwrap();
+        let (earliest, latest, claimed) = read();
+        let r2 = gettime(ClockId::Realtime).unwrap();
+        let (c2, Ok(s2)) = (vmclock::counter::read(), clock.snapshot()) else { return };
+        let g2 = generation(&self.seg);
+        for s in [s1, s2] {
+            let st = s.clock_status();
+            if matches!(st, Some(vmclock::abi::status::FREERUNNING | vmclock::abi::status::SYNCHRONIZED)) {
+                pages.entry(s.seq_count()).or_insert(s);
+            }
+        }
+        if claimed {
+            let name = self.name;
+            assert!(
+                earliest <= r2 && latest >= r1,
+                "{name}: [{earliest}, {latest}] misses CLOCK_REALTIME [{r1}, {r2}]"
+            );
+            if g1 == g2 && g1 % 2 == 0 && self.pending.len() < 100_000 {
+                self.pending.push_back((g1, earliest, latest, c1, c2));
+            }
+        }
+    }
+
+    /// Judges the readings whose generation's line has arrived.
+    fn judge(&mut self, pages: &std::collections::HashMap<u32, vmclock::Snapshot>) {
+        while let Some(&(g, earliest, latest, c1, c2)) = self.pending.front() {
+            let Some((seq, line)) = self.from.get(&g) else { break };
+            self.pending.pop_front();
+            let Some(p) = pages.get(seq) else {
+                self.unseen += 1; // the test never saw that version (starved through its whole life)
+                continue;
+            };
+            let at = |counter: u64| {
+                let u = p.utc_at(counter).unwrap();
+                let (t, e) = (u.time.as_nanos() as i128, u.maxerror_ns().unwrap() as i128);
+                (t - e, t + e)
+            };
+            let ((_, latest_page), (earliest_page, _)) = (at(c1), at(c2));
+            self.judged += 1;
+            self.generations.insert(g);
+            assert!(
+                earliest <= earliest_page && latest >= latest_page,
+                "{} reading {}: the segment [{earliest}, {latest}] does not contain page seq {seq}'s interval \
+                 [{earliest_page}, {latest_page}] (short by {} ns below, {} ns above); the feed said: {line}",
+                self.name,
+                self.judged,
+                earliest - earliest_page,
+                latest_page - latest
+            );
+        }
+    }
 }
 
 #[test]
@@ -261,16 +351,18 @@ fn bounds_stay_honest_while_a_host_publishes_updates() {
         return;
     }
     // A live page (vmtime host reads this machine's clock, writes only its page), read from its
-    // first calibrations on, when the host updates it most. The feed says, at debug level, which
-    // page version (seq_count) each segment generation was built from; the test keeps every
+    // first calibrations on, when the host updates it most, through both segments and their
+    // real clients (2.x: CLOCK_REALTIME ± a bound aged on CLOCK_MONOTONIC_COARSE; 3.x: the
+    // page's counter map ± a bound aged on the counter). The feed says, at debug level, which
+    // page version (seq_count) each pair of generations was built from; the test keeps every
     // calibrated version it sees. Each reading whose generation did not change around it is
-    // judged against exactly the page it came from: the segment must contain every time that
+    // judged against exactly the page it came from: the window must contain every time that
     // page allows at the instant of the reading (the page's interval at the counter read before
     // the reading for its latest, after it for its earliest), and CLOCK_REALTIME.
     let dir = tempfile::tempdir().unwrap();
     let page = dir.path().join("host.page");
     // The host observes every 50 ms and republishes at 1 ns off (about once a second here). Its
-    // period maximum error is the kernel's 500 ppm, so a segment whose age the client
+    // period maximum error is the kernel's 500 ppm, so a 2.x segment whose age the client
     // understates (CLOCK_MONOTONIC_COARSE lagging more than `as_of` allows for) falls short of
     // the page's growth at once: that was this test's failure, by 1 to 12 ns, before the feed
     // allowed for the largest coarse lag it sees.
@@ -289,7 +381,6 @@ fn bounds_stay_honest_while_a_host_publishes_updates() {
         ],
         "control socket",
     );
-    let seg_path = dir.path().join("shm0");
     let (_feed, _, log) = common::start_logged(
         &[
             "feed",
@@ -311,82 +402,57 @@ fn bounds_stay_honest_while_a_host_publishes_updates() {
         ],
         "vmtime feed clockbound",
     );
-    let mut c = ClockBoundClient::new_with_path(seg_path.to_str().unwrap()).unwrap();
-    let seg = std::fs::File::open(&seg_path).unwrap();
+    let (shm0, shm1) = (dir.path().join("shm0"), dir.path().join("shm1"));
+    let mut c2x = ClockBoundClient::new_with_path(shm0.to_str().unwrap()).unwrap();
+    let mut c3x = clock_bound::Client::new_with_path(shm1.to_str().unwrap()).unwrap();
+    let (mut j2, mut j3) = (Judge::new("2.x", &shm0), Judge::new("3.x", &shm1));
     let clock = vmclock::Clock::open(&page).unwrap();
-    let calibrated = |s: &vmclock::Snapshot| {
-        matches!(s.clock_status(), Some(vmclock::abi::status::FREERUNNING | vmclock::abi::status::SYNCHRONIZED))
-    };
     // Every calibrated page version seen, by seq_count (the host runs far less than 2^31 updates).
     let mut pages = std::collections::HashMap::<u32, vmclock::Snapshot>::new();
-    // Which page each segment generation was built from (the feed logs it right after its write;
-    // 16-bit generations do not wrap within this test).
-    let mut from = std::collections::HashMap::<u16, (u32, String)>::new();
-    // Claimed readings whose generation's line has not arrived yet: (generation, earliest,
-    // latest, counter before, counter after).
-    let mut pending = std::collections::VecDeque::new();
-    let (mut judged, mut unseen) = (0u64, 0u64);
-    let mut generations = std::collections::BTreeSet::new();
     let end = Instant::now() + Duration::from_secs(60);
-    // At least 100 segment generations (10 s of the feed) judged, over at least 10 page versions.
-    while generations.len() < 100 || pages.len() < 10 {
+    // At least 100 generations of each segment (10 s of the feed) judged, over 10 page versions.
+    while j2.generations.len() < 100 || j3.generations.len() < 100 || pages.len() < 10 {
         assert!(
             Instant::now() < end,
-            "{judged} readings judged over {} generations and {} calibrated pages in 60 s",
-            generations.len(),
+            "in 60 s: {} and {} readings judged over {} and {} generations; {} calibrated pages",
+            j2.judged,
+            j3.judged,
+            j2.generations.len(),
+            j3.generations.len(),
             pages.len()
         );
-        let g1 = generation(&seg);
-        let (Ok(s1), c1) = (clock.snapshot(), vmclock::counter::read()) else { continue };
-        let r1 = gettime(ClockId::Realtime).unwrap();
-        let (earliest, latest, status) = reading(&mut c);
-        let r2 = gettime(ClockId::Realtime).unwrap();
-        let (c2, Ok(s2)) = (vmclock::counter::read(), clock.snapshot()) else { continue };
-        let g2 = generation(&seg);
-        for s in [s1, s2] {
-            if calibrated(&s) {
-                pages.entry(s.seq_count()).or_insert(s);
-            }
-        }
-        if matches!(status, ClockStatus::Synchronized | ClockStatus::FreeRunning) {
-            assert!(earliest <= r2 && latest >= r1, "[{earliest}, {latest}] misses CLOCK_REALTIME [{r1}, {r2}]");
-            if g1 == g2 && g1 % 2 == 0 && pending.len() < 100_000 {
-                pending.push_back((g1, earliest, latest, c1, c2));
-            }
-        }
-        for l in log.try_iter() {
-            if let Some((g, seq)) = parse_segment_line(&l) {
-                from.insert(g, (seq, l));
-            }
-        }
-        while let Some(&(g, earliest, latest, c1, c2)) = pending.front() {
-            let Some((seq, line)) = from.get(&g) else { break };
-            pending.pop_front();
-            let Some(p) = pages.get(seq) else {
-                unseen += 1; // the test never saw that version (starved through its whole life)
-                continue;
-            };
-            let at = |counter: u64| {
-                let u = p.utc_at(counter).unwrap();
-                let (t, e) = (u.time.as_nanos() as i128, u.maxerror_ns().unwrap() as i128);
-                (t - e, t + e)
-            };
-            let ((_, latest_page), (earliest_page, _)) = (at(c1), at(c2));
-            judged += 1;
-            generations.insert(g);
-            assert!(
-                earliest <= earliest_page && latest >= latest_page,
-                "reading {judged}: the segment [{earliest}, {latest}] does not contain page seq {seq}'s interval \
-                 [{earliest_page}, {latest_page}] (short by {} ns below, {} ns above); the feed said: {line}",
-                earliest - earliest_page,
-                latest_page - latest
+        j2.read(&clock, &mut pages, || {
+            let (e, l, st) = reading(&mut c2x);
+            (e, l, matches!(st, ClockStatus::Synchronized | ClockStatus::FreeRunning))
+        });
+        j3.read(&clock, &mut pages, || {
+            let r = c3x.now().expect("clock-bound 3.x now()");
+            let ns =
+                |t: clock_bound::nix::sys::time::TimeSpec| t.tv_sec() as i128 * 1_000_000_000 + t.tv_nsec() as i128;
+            let claimed = matches!(
+                r.clock_status,
+                clock_bound::ClockStatus::Synchronized | clock_bound::ClockStatus::FreeRunning
             );
+            (ns(r.earliest), ns(r.latest), claimed)
+        });
+        for l in log.try_iter() {
+            if let Some((g0, g1, seq)) = parse_segment_line(&l) {
+                g0.map(|g| j2.from.insert(g, (seq, l.clone())));
+                g1.map(|g| j3.from.insert(g, (seq, l.clone())));
+            }
         }
+        j2.judge(&pages);
+        j3.judge(&pages);
     }
-    eprintln!(
-        "{judged} readings judged against their own page over {} generations and {} page versions; {unseen} from \
-         a page version the test never saw",
-        generations.len(),
-        pages.len()
-    );
+    for j in [&j2, &j3] {
+        eprintln!(
+            "{}: {} readings judged against their own page over {} generations; {} from a page version the test \
+             never saw",
+            j.name,
+            j.judged,
+            j.generations.len(),
+            j.unseen
+        );
+    }
+    eprintln!("{} page versions", pages.len());
 }

@@ -227,3 +227,36 @@ fn sighup_rereads_the_configuration_and_a_bad_file_keeps_the_daemon_running() {
     let _ = host.kill();
     let _ = host.wait();
 }
+
+#[test]
+fn the_feeds_cross_flag_checks_name_both_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let seg_dir = dir.path().join("clockbound");
+    let d = seg_dir.to_str().unwrap();
+    let cb = |interval: &str, life: &str| {
+        ["feed", "clockbound", "--source", "/nonexistent", "--dir", d, "--interval-ms", interval, "--life-ms", life]
+            .map(String::from)
+    };
+    let refused_owned =
+        |args: [String; 10], needles: &[&str]| refused(&args.iter().map(String::as_str).collect::<Vec<_>>(), needles);
+    // A life shorter than two intervals: void between two updates.
+    refused_owned(cb("100", "100"), &["--life-ms 100", "at least two intervals (200 ms)"]);
+    // The generation comes back to a value after 32767 updates (327.67 s at 10 ms): a client
+    // that read rarely could keep a bound that old, so the segment must be void by then.
+    refused_owned(cb("10", "400000"), &["--life-ms 400000 with --interval-ms 10", "below 327670"]);
+    refused_owned(cb("10", "3600000"), &["below 327670"]);
+    // An interval no life can cover (life at most 1 h): said so, not "give at least 2 h and at
+    // most 1 h".
+    refused_owned(cb("3600000", "5000"), &["--interval-ms 3600000: at most 1800000 for the ClockBound feed"]);
+    refused_owned(cb("1800000", "3600000"), &["/nonexistent"]);
+    // Both ends of what is allowed together pass the checks (and fail on the source).
+    let out = vmtime(&cb("10", "327669").iter().map(String::as_str).collect::<Vec<_>>());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent") && err.contains("give --source"), "{err}");
+    assert!(!seg_dir.exists(), "nothing is created before the flags and the source are checked");
+    // A --source that can never be a page: one line, what to give instead.
+    for feed in [&["feed", "chrony", "--socket", "/nonexistent/s"][..], &["feed", "clockbound", "--dir", d]] {
+        let src = dir.path().to_str().unwrap();
+        refused(&[feed, &["--source", src]].concat(), &["not a vmclock device or page file", "give --source"]);
+    }
+}

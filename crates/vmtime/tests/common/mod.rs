@@ -167,3 +167,32 @@ pub fn gen_bounded_page(dir: &Path, page: &Path, ahead_ns: i128, maxerror_ns: i1
     std::fs::write(&tmp, &bytes).unwrap();
     std::fs::rename(&tmp, page).unwrap();
 }
+
+/// Starts `vmtime ARGS` and hands its stderr lines over a channel, for a test that waits on
+/// what a daemon logs while it runs ([`wait_line`]).
+pub fn spawn_logged(args: &[&str]) -> (Daemon, std::sync::mpsc::Receiver<String>) {
+    let mut child =
+        Command::new(env!("CARGO_BIN_EXE_vmtime")).args(args).stderr(Stdio::piped()).spawn().expect("start daemon");
+    let err = BufReader::new(child.stderr.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in err.lines().map_while(Result::ok) {
+            let _ = tx.send(l); // keep draining after the test stopped listening
+        }
+    });
+    (Daemon(child), rx)
+}
+
+/// The next line containing `needle`, waiting at most `within`; panics with the lines seen.
+pub fn wait_line(rx: &std::sync::mpsc::Receiver<String>, needle: &str, within: std::time::Duration) -> String {
+    let end = std::time::Instant::now() + within;
+    let mut seen = Vec::new();
+    loop {
+        let left = end.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) if l.contains(needle) => return l,
+            Ok(l) => seen.push(l),
+            Err(_) => panic!("no line with {needle:?} within {within:?}; saw {seen:#?}"),
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! libvmclock's `vmclock_now()` as C calls it, against `clock_gettime(CLOCK_REALTIME)` measured
+//! in the same run, with the Rust application's read (`Clock::now()`, TAI earliest and latest:
+//! the figure `cargo bench -p vmclock --bench now` reports) beside it.
+//!
+//! The C function is called through a function pointer the optimiser cannot see through
+//! (`black_box`), so it is a real call across the library boundary, as from a C program (no
+//! inlining into the caller, the whole `struct vmclock_now` written to memory).
+//! `diag_c_read_inlined` is the same reading as `vmclock_now` inlined into the caller (the cost
+//! of the work without the call). All are interleaved in blocks of 64 calls, so all see the same
+//! machine (this one is shared); the per-block ratios are printed at the end.
+use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use std::ffi::{c_char, c_int, CString};
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::time::{Duration, Instant};
+use vmclock::{vmclock_close, vmclock_now, vmclock_open};
+use vmclock_rs::abi::{self, flags};
+use vmclock_rs::{Clock, PageBuilder, Period, Tai, Timestamp};
+
+type NowFn = unsafe extern "C" fn(*const vmclock::vmclock, *mut vmclock::vmclock_now) -> c_int;
+
+fn clock_gettime(id: libc::clockid_t) -> libc::timespec {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec for the duration of the call.
+    unsafe { libc::clock_gettime(id, &mut ts) };
+    ts
+}
+
+/// The page of `cargo bench -p vmclock --bench now`: TAI, bounds on, a 2.5 GHz counter.
+fn app_page() -> Vec<u8> {
+    PageBuilder::new()
+        .reference(
+            vmclock_rs::counter::NATIVE,
+            vmclock_rs::counter::read(),
+            Timestamp::<Tai>::from_parts(1_795_000_037, 0),
+            Period::from_hz(2_500_000_000).unwrap(),
+        )
+        .tai_minus_utc(37)
+        .maxerror(1_000, 100)
+        .esterror(100, 10)
+        .status(abi::status::SYNCHRONIZED)
+        .flag(flags::TIME_MONOTONIC, true)
+        .page_bytes()
+}
+
+fn paired(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("page");
+    std::fs::File::create(&path).unwrap().write_all(&app_page()).unwrap();
+    let cpath = CString::new(path.as_os_str().as_bytes()).unwrap();
+    let mut err = 0;
+    // SAFETY: a NUL-terminated path and a local int.
+    let handle = unsafe { vmclock_open(cpath.as_ptr() as *const c_char, &mut err) };
+    assert!(!handle.is_null(), "vmclock_open: {err}");
+    let clock = Clock::open(&path).unwrap();
+    let c_now: NowFn = black_box(vmclock_now);
+    const BLOCK: u64 = 64;
+    let c_call = || {
+        let mut n = vmclock::vmclock_now::default();
+        // SAFETY: an open handle and a local struct, as a C caller passes them.
+        let rc = unsafe { c_now(black_box(handle), &mut n) };
+        assert_eq!(rc, 0);
+        black_box((n.earliest_ns, n.latest_ns));
+    };
+    let rust_app = || {
+        let n = clock.now().unwrap();
+        let t = n.tai().unwrap();
+        black_box((t.earliest(), t.latest()));
+    };
+    // SAFETY: the open handle, alive until vmclock_close below.
+    let h = unsafe { &*handle };
+    let inline_full = || {
+        let mut n = std::mem::MaybeUninit::uninit();
+        assert_eq!(vmclock::now_inline(h, &mut n), 0);
+        // The whole struct, as the C call writes it all.
+        // SAFETY: written by now_inline, which returned 0.
+        black_box(unsafe { n.assume_init() });
+    };
+    let realtime = || {
+        black_box(clock_gettime(libc::CLOCK_REALTIME));
+    };
+    // Per block: each one's time / realtime's.
+    let ratios = std::cell::RefCell::new(Vec::<[f64; 3]>::new());
+    let run = |iters: u64, which: usize| {
+        let mut total = [Duration::ZERO; 4];
+        for _ in 0..iters.div_ceil(BLOCK) {
+            let t0 = Instant::now();
+            for _ in 0..BLOCK {
+                c_call();
+            }
+            let t1 = Instant::now();
+            for _ in 0..BLOCK {
+                rust_app();
+            }
+            let t2 = Instant::now();
+            for _ in 0..BLOCK {
+                realtime();
+            }
+            let t3 = Instant::now();
+            for _ in 0..BLOCK {
+                inline_full();
+            }
+            let t4 = Instant::now();
+            total[0] += t1 - t0;
+            total[1] += t2 - t1;
+            total[2] += t3 - t2;
+            total[3] += t4 - t3;
+            let rt = (t3 - t2).as_secs_f64();
+            ratios.borrow_mut().push([t1 - t0, t2 - t1, t4 - t3].map(|d| d.as_secs_f64() / rt));
+        }
+        total[which].mul_f64(iters as f64 / (iters.div_ceil(BLOCK) * BLOCK) as f64)
+    };
+    let mut g = c.benchmark_group("ffi_paired");
+    g.bench_function("c_vmclock_now", |b| b.iter_custom(|iters| run(iters, 0)));
+    g.bench_function("rust_now_tai_bounds", |b| b.iter_custom(|iters| run(iters, 1)));
+    g.bench_function("clock_gettime_realtime", |b| b.iter_custom(|iters| run(iters, 2)));
+    g.bench_function("diag_c_read_inlined", |b| b.iter_custom(|iters| run(iters, 3)));
+    g.finish();
+    // SAFETY: the handle from vmclock_open, closed once.
+    unsafe { vmclock_close(handle) };
+    let r = ratios.into_inner();
+    if !r.is_empty() {
+        for (name, pick) in [("c_vmclock_now", 0), ("rust_now_tai_bounds", 1), ("diag_c_read_inlined", 2)] {
+            let mut v: Vec<f64> = r.iter().map(|x| x[pick]).collect();
+            v.sort_by(f64::total_cmp);
+            let q = |p: f64| v[((v.len() - 1) as f64 * p) as usize];
+            println!(
+                "ffi_paired: {name} / clock_gettime_realtime per block of {BLOCK} calls: median {:.3} (p25 {:.3}, p75 {:.3}) over {} blocks",
+                q(0.5),
+                q(0.25),
+                q(0.75),
+                v.len()
+            );
+        }
+    }
+}
+
+criterion_group!(benches, paired);
+criterion_main!(benches);
