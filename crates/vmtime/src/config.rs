@@ -348,20 +348,27 @@ impl Default for FeedClockBoundSettings {
 impl FeedClockBoundSettings {
     /// The checks across keys: the segment outlives two intervals (so an interval is at most
     /// half the longest life), and is void before its generation comes back to the same value.
-    fn check(&self) -> Result<(), String> {
+    /// `flags`: name the flags (the pair came from the command line over a valid file), else
+    /// the keys.
+    fn check(&self, flags: bool) -> Result<(), String> {
         let (life, interval) = (self.life_ms.get(), self.interval_ms.get());
-        if 2 * interval > LifeMs::MAX {
-            return Err(format!(
-                "interval_ms = {interval} is too long for the ClockBound feed: at most {} (the segment's life, life_ms, at most {} ms, must cover two intervals)",
-                LifeMs::MAX / 2,
-                LifeMs::MAX
-            ));
+        let max = LifeMs::MAX;
+        if 2 * interval > max {
+            return Err(if flags {
+                format!("--interval-ms {interval}: at most {} for the ClockBound feed (the segment's life, --life-ms, at most {max} ms, must cover two intervals)", max / 2)
+            } else {
+                format!("interval_ms = {interval} is too long for the ClockBound feed: at most {} (the segment's life, life_ms, at most {max} ms, must cover two intervals)", max / 2)
+            });
         }
         if life < 2 * interval {
-            return Err(format!(
-                "life_ms = {life} is shorter than two intervals (interval_ms = {interval}): give at least {}",
-                2 * interval
-            ));
+            return Err(if flags {
+                format!("--life-ms {life}: give at least two intervals ({} ms) and at most {max}", 2 * interval)
+            } else {
+                format!(
+                    "life_ms = {life} is shorter than two intervals (interval_ms = {interval}): give at least {}",
+                    2 * interval
+                )
+            });
         }
         // The segment's generation (u16, by two per update, never 0) comes back to a value every
         // 32767 updates, and clock-bound-client keeps its copy while the generation it read is
@@ -369,8 +376,11 @@ impl FeedClockBoundSettings {
         // current one. It must be void by then.
         let wrap_ms = GENERATION_PERIOD * interval;
         if life >= wrap_ms {
+            let (l, i) = if flags { ("--life-ms ", "--interval-ms ") } else { ("life_ms = ", "interval_ms = ") };
             return Err(format!(
-                "life_ms = {life} with interval_ms = {interval}: the segment's generation comes back to the same value after {GENERATION_PERIOD} updates ({wrap_ms} ms), and a segment must be void by then: give a life_ms below {wrap_ms}, or a longer interval_ms"
+                "{l}{life} with {i}{interval}: the segment's generation comes back to the same value after {GENERATION_PERIOD} updates ({wrap_ms} ms), and a segment must be void by then: give a {} below {wrap_ms}, or a longer {}",
+                l.trim_end_matches([' ', '=']),
+                i.trim_end_matches([' ', '='])
             ));
         }
         Ok(())
@@ -436,7 +446,7 @@ impl FileConfig {
         check_metrics("[sync] metrics_listen", self.sync.metrics_listen, &self.metrics)?;
         check_metrics("[feed.chrony] metrics_listen", self.feed.chrony.metrics_listen, &self.metrics)?;
         check_metrics("[feed.clockbound] metrics_listen", self.feed.clockbound.metrics_listen, &self.metrics)?;
-        self.feed.clockbound.check().map_err(|m| anyhow!("[feed.clockbound] {m}"))
+        self.feed.clockbound.check(false).map_err(|m| anyhow!("[feed.clockbound] {m}"))
     }
 }
 
@@ -654,7 +664,7 @@ pub fn feed_chrony(config: Option<&Path>, flags: &impl Serialize) -> Result<Feed
 pub fn feed_clockbound(config: Option<&Path>, flags: &impl Serialize) -> Result<FeedClockBoundSettings> {
     let s = resolve(&load(config)?, "feed.clockbound", flags, |s: &mut FeedClockBoundSettings| &mut s.metrics_listen)?;
     // The file alone was checked by `load`: a flag made the pair wrong.
-    s.check().map_err(|m| anyhow!("--life-ms, --interval-ms: {m}"))?;
+    s.check(true).map_err(|m| anyhow!("{m}"))?;
     Ok(s)
 }
 

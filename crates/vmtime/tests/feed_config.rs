@@ -79,6 +79,16 @@ fn a_bad_feed_key_or_value_is_refused_naming_it() {
             "[feed.clockbound] life_ms = 1500 is shorter than two intervals (interval_ms = 1000): give at least 2000",
         ),
         (
+            "[feed.clockbound]\ninterval_ms = 10\nlife_ms = 400000\n",
+            &["feed", "clockbound"],
+            "[feed.clockbound] life_ms = 400000 with interval_ms = 10: the segment's generation comes back",
+        ),
+        (
+            "[feed.clockbound]\ninterval_ms = 3600000\n",
+            &["feed", "clockbound"],
+            "[feed.clockbound] interval_ms = 3600000 is too long for the ClockBound feed: at most 1800000",
+        ),
+        (
             "[feed.chrony]\nmetrics_listen = \"0.0.0.0:9864\"\n",
             &["feed", "chrony"],
             "[feed.chrony] metrics_listen = \"0.0.0.0:9864\" is not a loopback address",
@@ -120,7 +130,7 @@ fn a_bad_feed_key_or_value_is_refused_naming_it() {
     ]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains("life_ms = 1500 is shorter than two intervals"), "{err}");
+    assert!(err.contains("--life-ms 1500: give at least two intervals (2000 ms)"), "{err}");
     assert!(!seg.exists());
 }
 
