@@ -142,31 +142,7 @@ fn full_page(
     tai_raw: i16,
     leap: u8,
 ) -> vmclock::VmclockAbi {
-    let b = PageBuilder::new();
-    let b = if utc {
-        b.reference(
-            vmclock::counter::NATIVE,
-            cv,
-            Timestamp::<vmclock::Utc>::from_parts(sec, frac),
-            Period { frac: period, shift },
-        )
-    } else {
-        b.reference(
-            vmclock::counter::NATIVE,
-            cv,
-            Timestamp::<Tai>::from_parts(sec, frac),
-            Period { frac: period, shift },
-        )
-    };
-    b.maxerror(bounds[0], bounds[1])
-        .esterror(bounds[2], bounds[3])
-        .flag(flags::TIME_MAXERROR_VALID, valid & 1 != 0)
-        .flag(flags::PERIOD_MAXERROR_VALID, valid & 2 != 0)
-        .flag(flags::TIME_ESTERROR_VALID, valid & 4 != 0)
-        .flag(flags::PERIOD_ESTERROR_VALID, valid & 8 != 0)
-        .tai_offset_raw(tai_raw)
-        .flag(flags::TAI_OFFSET_VALID, valid & 16 != 0)
-        .leap(leap)
+    vmclock::test_support::random_page(utc, sec, frac, cv, Period { frac: period, shift }, bounds, valid, tai_raw, leap)
         .status(abi::status::SYNCHRONIZED)
         .build()
 }
