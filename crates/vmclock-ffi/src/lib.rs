@@ -470,38 +470,6 @@ mod tests {
         }
     }
 
-    /// A whole page from random fields: either timescale, any period and shift, both bounds
-    /// with their flags on or off, any stored TAI offset, any leap indicator and status.
-    #[allow(clippy::too_many_arguments)]
-    fn random_page(
-        utc: bool,
-        sec: u64,
-        frac: u64,
-        cv: u64,
-        period: u64,
-        shift: u8,
-        bounds: [u64; 4],
-        valid: u8,
-        tai_raw: i16,
-        leap: u8,
-        status: u8,
-    ) -> vmclock_rs::VmclockAbi {
-        vmclock_rs::test_support::random_page(
-            utc,
-            sec,
-            frac,
-            cv,
-            Period { frac: period, shift },
-            bounds,
-            valid,
-            tai_raw,
-            leap,
-        )
-        .status(status)
-        .disruption_marker(cv ^ sec)
-        .build()
-    }
-
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig { cases: 4096, ..Default::default() })]
 
@@ -535,7 +503,13 @@ mod tests {
             kind in 0u8..5,
             d in proptest::num::i64::ANY,
         ) {
-            let abi = random_page(utc, sec, frac, cv, period, shift, bounds, valid, tai_raw, leap, status);
+            // A whole page from random fields (test_support::random_page), any status, and a
+            // disruption marker of its own.
+            let p = Period { frac: period, shift };
+            let abi = vmclock_rs::test_support::random_page(utc, sec, frac, cv, p, bounds, valid, tai_raw, leap)
+                .status(status)
+                .disruption_marker(cv ^ sec)
+                .build();
             let c = match kind {
                 0 => cv,
                 1 => cv.wrapping_add((d % 3) as u64),

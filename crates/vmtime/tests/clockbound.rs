@@ -49,9 +49,7 @@ fn a_feed_stopped_by_sigterm_voids_its_segment_at_once() {
     if !supported() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let page = dir.path().join("page");
-    cb::gen_page(dir.path(), &page, 1, "synchronized");
+    let (dir, page) = cb::dir_with_page("synchronized");
     let feed = cb::start_long_lived_feed(&page, dir.path());
     let mut c = ClockBoundClient::open(dir.path());
     assert!(cb::wait_status(&mut c, ClockStatus::Synchronized, Duration::from_secs(10)));

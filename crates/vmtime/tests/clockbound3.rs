@@ -58,9 +58,7 @@ fn sigterm_voids_both_segments_at_once() {
     if !supported() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let page = dir.path().join("page");
-    gen_page(dir.path(), &page, 1, "synchronized");
+    let (dir, page) = cb::dir_with_page("synchronized");
     // The default layout is both; a minute of life, so only the feed's last word voids them.
     let feed = cb::start_long_lived_feed(&page, dir.path());
     let mut c3 = Client::open(dir.path());
@@ -77,9 +75,7 @@ fn layout_chooses_the_segments() {
     if !supported() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let page = dir.path().join("page");
-    gen_page(dir.path(), &page, 1, "synchronized");
+    let (dir, page) = cb::dir_with_page("synchronized");
     for (layout, shm0, shm1) in [("3", false, true), ("2", true, false)] {
         let sub = dir.path().join(format!("layout{layout}"));
         let feed = start_feed(&page, &sub, 100, &["--layout", layout]);

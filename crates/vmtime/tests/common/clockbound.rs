@@ -22,6 +22,14 @@ pub fn gen_page(dir: &Path, page: &Path, marker: u64, status: &str) {
     common::gen_bounded_page(dir, page, AHEAD_NS, MAXERROR_NS, marker, status)
 }
 
+/// A temporary directory with a page in it (`page`, marker 1, clock_status `status`).
+pub fn dir_with_page(status: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let page = dir.path().join("page");
+    gen_page(dir.path(), &page, 1, status);
+    (dir, page)
+}
+
 /// `vmtime feed clockbound` from `page` into `dir`, every `interval_ms` (life: 20 intervals; its
 /// disruption hold-off is two intervals), with `extra` arguments.
 pub fn start_feed(page: &Path, dir: &Path, interval_ms: u64, extra: &[&str]) -> common::Daemon {
@@ -137,9 +145,7 @@ pub fn thousand_readings_are_synchronized_honest_and_contain_realtime<C: Reader>
     if !supported() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let page = dir.path().join("page");
-    gen_page(dir.path(), &page, 1, "synchronized");
+    let (dir, page) = dir_with_page("synchronized");
     let _feed = start_feed(&page, dir.path(), 100, &["--disruption-support", "off"]);
     let mut c = C::open(dir.path());
     let clock = vmclock::Clock::open(&page).unwrap();
@@ -181,9 +187,7 @@ pub fn a_disruption_is_seen_by_the_client<C: Reader>(changed_marker: C::Status) 
     if !supported() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let page = dir.path().join("page");
-    gen_page(dir.path(), &page, 1, "synchronized");
+    let (dir, page) = dir_with_page("synchronized");
     // 1 s intervals: Disrupted then lasts at least two of them (the hold-off), so a test thread
     // starved on a loaded machine still sees it (with 100 ms it could miss a 200 ms window).
     let feed = start_feed(&page, dir.path(), 1000, &["--disruption-support", "off"]);
@@ -210,9 +214,7 @@ pub fn the_status_follows_the_page<C: Reader>() {
     if !supported() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let page = dir.path().join("page");
-    gen_page(dir.path(), &page, 1, "freerunning");
+    let (dir, page) = dir_with_page("freerunning");
     let _feed = start_feed(&page, dir.path(), 100, &["--disruption-support", "off"]);
     let mut c = C::open(dir.path());
     assert!(wait_status(&mut c, C::FREE_RUNNING, Duration::from_secs(10)), "FREERUNNING → FreeRunning");
@@ -234,9 +236,7 @@ pub fn the_status_follows_the_page<C: Reader>() {
 /// test saw the kill: a feed starved on a loaded machine wrote its last update earlier than the
 /// kill by an unknown time.
 pub fn killed_feed<C: Reader>() -> (C, i128, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let page = dir.path().join("page");
-    gen_page(dir.path(), &page, 1, "synchronized");
+    let (dir, page) = dir_with_page("synchronized");
     let feed = start_feed(&page, dir.path(), 100, &["--disruption-support", "off"]);
     let mut c = C::open(dir.path());
     assert!(wait_status(&mut c, C::SYNCHRONIZED, Duration::from_secs(10)));
