@@ -486,9 +486,11 @@ pub mod clockbound {
     /// its windows: [`crate::host::kernel_reference`].)
     pub const ROUNDING_NS: u128 = 2;
 
-    /// Before any lag of the coarse clock is observed, it is assumed to reach this many ticks
-    /// (measured on a loaded 2-vCPU KVM guest with HZ=250: 4 to 8 ms usually, 12.9 ms at most).
-    pub const ASSUMED_COARSE_LAG_TICKS: i128 = 2;
+    /// However little lag of the coarse clock is observed, it is assumed to reach this many
+    /// ticks. Measured on a loaded 2-vCPU KVM guest with HZ=250: 4 to 8 ms usually, beyond 8 ms
+    /// in about 0.06 % of looks, 12.9 ms at most; such rare lags take the feed's few looks per
+    /// interval minutes to see.
+    pub const ASSUMED_COARSE_LAG_TICKS: i128 = 3;
 
     /// How the last claimed bound was made, ns and ppb (for the debug log and diagnosis).
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1105,7 +1107,7 @@ mod tests {
         assert_eq!(eb.status, CbStatus::Synchronized);
         assert!(eb.bound_ns >= 41_000 + ROUNDING_NS as i64, "bound {}", eb.bound_ns);
         assert!(eb.bound_ns <= 41_030 + ROUNDING_NS as i64, "bound {} is not tight", eb.bound_ns);
-        let allowance = 3 * ClockBoundConfig::default().coarse_tick_ns;
+        let allowance = 4 * ClockBoundConfig::default().coarse_tick_ns;
         assert_eq!(eb.as_of_ns, 100 - allowance);
         assert_eq!(eb.void_after_ns, 100 - allowance + 5 * NS);
         assert_eq!(eb.disruption_marker, 7);
@@ -1324,18 +1326,18 @@ mod tests {
         }
         // The client ages the bound with CLOCK_MONOTONIC_COARSE, which lags the true instant
         // (by 4 to 13 ms with 4 ms ticks on a loaded machine): as_of is written early by the
-        // largest lag seen (two ticks before any is seen) plus a tick.
+        // largest lag seen (at least three ticks) plus a tick.
         let cfg = ClockBoundConfig { coarse_tick_ns: 4_000_000, ..ClockBoundConfig::default() };
         let mut f = ClockBoundFeed::new(cfg);
-        assert_eq!(f.coarse_allowance_ns(), 12_000_000);
+        assert_eq!(f.coarse_allowance_ns(), 16_000_000);
         let s = samples();
         let eb = f.handle(&obs(page(1, 7, status::SYNCHRONIZED, 0, 0), &s, 0), 10 * NS);
         assert_eq!(eb.status, CbStatus::Synchronized);
-        assert_eq!(eb.as_of_ns, 10 * NS - 12_000_000);
+        assert_eq!(eb.as_of_ns, 10 * NS - 16_000_000);
         assert_eq!(eb.void_after_ns, eb.as_of_ns + cfg.life_ns);
         // Smaller lags change nothing; a larger one moves as_of for every later segment.
         f.observe_coarse_lag(5_000_000);
-        assert_eq!(f.coarse_allowance_ns(), 12_000_000);
+        assert_eq!(f.coarse_allowance_ns(), 16_000_000);
         f.observe_coarse_lag(12_900_000);
         f.observe_coarse_lag(1_000);
         assert_eq!(f.coarse_allowance_ns(), 16_900_000);
