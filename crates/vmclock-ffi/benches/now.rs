@@ -14,8 +14,8 @@ use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::time::{Duration, Instant};
 use vmclock::{vmclock_close, vmclock_now, vmclock_open};
-use vmclock_rs::abi::{self, flags};
-use vmclock_rs::{Clock, PageBuilder, Period, Tai, Timestamp};
+use vmclock_rs::test_support::synchronized_tai;
+use vmclock_rs::Clock;
 
 type NowFn = unsafe extern "C" fn(*const vmclock::vmclock, *mut vmclock::vmclock_now) -> c_int;
 
@@ -28,18 +28,8 @@ fn clock_gettime(id: libc::clockid_t) -> libc::timespec {
 
 /// The page of `cargo bench -p vmclock --bench now`: TAI, bounds on, a 2.5 GHz counter.
 fn app_page() -> Vec<u8> {
-    PageBuilder::new()
-        .reference(
-            vmclock_rs::counter::NATIVE,
-            vmclock_rs::counter::read(),
-            Timestamp::<Tai>::from_parts(1_795_000_037, 0),
-            Period::from_hz(2_500_000_000).unwrap(),
-        )
-        .tai_minus_utc(37)
-        .maxerror(1_000, 100)
+    synchronized_tai(vmclock_rs::counter::NATIVE, vmclock_rs::counter::read(), 2_500_000_000)
         .esterror(100, 10)
-        .status(abi::status::SYNCHRONIZED)
-        .flag(flags::TIME_MONOTONIC, true)
         .page_bytes()
 }
 

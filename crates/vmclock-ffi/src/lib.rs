@@ -401,23 +401,15 @@ mod tests {
         unsafe { vmclock_close(c) }
     }
     use std::mem::MaybeUninit;
-    use vmclock_rs::abi::{self, flags};
-    use vmclock_rs::{PageBuilder, Period, Tai, Timestamp};
+    use vmclock_rs::abi;
+    use vmclock_rs::test_support::synchronized_tai;
+    use vmclock_rs::{PageBuilder, Period, Timestamp};
 
     fn page_file(dir: &Path, status: u8) -> std::path::PathBuf {
         let p = dir.join("page");
-        let bytes = PageBuilder::new()
-            .reference(
-                vmclock_rs::counter::NATIVE,
-                vmclock_rs::counter::read(),
-                Timestamp::<Tai>::from_parts(1_795_000_037, 0),
-                Period::from_hz(2_500_000_000).unwrap(),
-            )
-            .tai_minus_utc(37)
-            .maxerror(1_000, 100)
+        let bytes = synchronized_tai(vmclock_rs::counter::NATIVE, vmclock_rs::counter::read(), 2_500_000_000)
             .esterror(100, 10)
             .status(status)
-            .flag(flags::TIME_MONOTONIC, true)
             .page_bytes();
         std::fs::write(&p, bytes).unwrap();
         p
@@ -478,43 +470,6 @@ mod tests {
         }
     }
 
-    /// A whole page from random fields: either timescale, any period and shift, both bounds
-    /// with their flags on or off, any stored TAI offset, any leap indicator and status.
-    #[allow(clippy::too_many_arguments)]
-    fn random_page(
-        utc: bool,
-        sec: u64,
-        frac: u64,
-        cv: u64,
-        period: u64,
-        shift: u8,
-        bounds: [u64; 4],
-        valid: u8,
-        tai_raw: i16,
-        leap: u8,
-        status: u8,
-    ) -> vmclock_rs::VmclockAbi {
-        let b = PageBuilder::new();
-        let p = Period { frac: period, shift };
-        let b = if utc {
-            b.reference(vmclock_rs::counter::NATIVE, cv, Timestamp::<vmclock_rs::Utc>::from_parts(sec, frac), p)
-        } else {
-            b.reference(vmclock_rs::counter::NATIVE, cv, Timestamp::<Tai>::from_parts(sec, frac), p)
-        };
-        b.maxerror(bounds[0], bounds[1])
-            .esterror(bounds[2], bounds[3])
-            .flag(flags::TIME_MAXERROR_VALID, valid & 1 != 0)
-            .flag(flags::PERIOD_MAXERROR_VALID, valid & 2 != 0)
-            .flag(flags::TIME_ESTERROR_VALID, valid & 4 != 0)
-            .flag(flags::PERIOD_ESTERROR_VALID, valid & 8 != 0)
-            .tai_offset_raw(tai_raw)
-            .flag(flags::TAI_OFFSET_VALID, valid & 16 != 0)
-            .leap(leap)
-            .status(status)
-            .disruption_marker(cv ^ sec)
-            .build()
-    }
-
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig { cases: 4096, ..Default::default() })]
 
@@ -548,7 +503,13 @@ mod tests {
             kind in 0u8..5,
             d in proptest::num::i64::ANY,
         ) {
-            let abi = random_page(utc, sec, frac, cv, period, shift, bounds, valid, tai_raw, leap, status);
+            // A whole page from random fields (test_support::random_page), any status, and a
+            // disruption marker of its own.
+            let p = Period { frac: period, shift };
+            let abi = vmclock_rs::test_support::random_page(utc, sec, frac, cv, p, bounds, valid, tai_raw, leap)
+                .status(status)
+                .disruption_marker(cv ^ sec)
+                .build();
             let c = match kind {
                 0 => cv,
                 1 => cv.wrapping_add((d % 3) as u64),

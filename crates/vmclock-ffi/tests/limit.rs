@@ -4,8 +4,7 @@ use std::ffi::{c_int, CStr, CString};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use vmclock::{vmclock_close, vmclock_now, vmclock_open, vmclock_strerror, VMCLOCK_E_INVALID, VMCLOCK_E_LIMIT};
-use vmclock_rs::abi::{self, flags};
-use vmclock_rs::{PageBuilder, Period, Tai, Timestamp};
+use vmclock_rs::abi;
 
 fn open(p: &Path) -> (*mut vmclock::vmclock, c_int) {
     let c = CString::new(p.as_os_str().as_bytes()).unwrap();
@@ -27,18 +26,12 @@ fn the_65th_page_file_is_refused_with_a_limit_code_until_one_is_closed() {
     }
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("page");
-    let page = PageBuilder::new()
-        .reference(
-            vmclock_rs::counter::NATIVE,
-            vmclock_rs::counter::read(),
-            Timestamp::<Tai>::from_parts(1_795_000_037, 0),
-            Period::from_hz(1_000_000_000).unwrap(),
-        )
-        .tai_minus_utc(37)
-        .maxerror(1_000, 100)
-        .status(abi::status::SYNCHRONIZED)
-        .flag(flags::TIME_MONOTONIC, true)
-        .page_bytes();
+    let page = vmclock_rs::test_support::synchronized_tai(
+        vmclock_rs::counter::NATIVE,
+        vmclock_rs::counter::read(),
+        1_000_000_000,
+    )
+    .page_bytes();
     std::fs::write(&p, page).unwrap();
     let mut handles: Vec<_> = (0..64)
         .map(|i| {

@@ -2,8 +2,8 @@
 //! run; `scripts/bench-ratios` turns the estimates into the ratios in docs/BENCHMARKS.md.
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use std::io::Write;
-use vmclock::abi::{self, flags};
-use vmclock::{Clock, PageBuilder, Period, Tai, Timestamp};
+use vmclock::abi;
+use vmclock::Clock;
 
 fn clock_gettime(id: libc::clockid_t) -> libc::timespec {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
@@ -120,18 +120,8 @@ fn paired(c: &mut Criterion) {
 }
 
 fn app_page() -> Vec<u8> {
-    PageBuilder::new()
-        .reference(
-            abi::counter_id::X86_TSC,
-            vmclock::counter::read(),
-            Timestamp::<Tai>::from_parts(1_795_000_037, 0),
-            Period::from_hz(2_500_000_000).unwrap(),
-        )
-        .tai_minus_utc(37)
-        .maxerror(1_000, 100)
+    vmclock::test_support::synchronized_tai(abi::counter_id::X86_TSC, vmclock::counter::read(), 2_500_000_000)
         .esterror(100, 10)
-        .status(abi::status::SYNCHRONIZED)
-        .flag(flags::TIME_MONOTONIC, true)
         .page_bytes()
 }
 

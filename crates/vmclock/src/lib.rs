@@ -25,6 +25,8 @@ pub mod guest_memory;
 pub mod map;
 pub mod seqlock;
 pub mod snapshot;
+#[doc(hidden)]
+pub mod test_support;
 pub mod time;
 
 pub use abi::VmclockAbi;

@@ -7,26 +7,15 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
-use vmclock::abi::{self, flags};
+use vmclock::abi;
 use vmclock::guard::{protect, GuardError, Protection, MAX_GUARDED};
-use vmclock::{Clock, PageBuilder, Period, Tai, Timestamp};
+use vmclock::Clock;
 
 const CASE: &str = "VMCLOCK_GUARD_CASE";
 const DIR: &str = "VMCLOCK_GUARD_DIR";
 
 fn page_bytes() -> Vec<u8> {
-    PageBuilder::new()
-        .reference(
-            abi::counter_id::X86_TSC,
-            1_000,
-            Timestamp::<Tai>::from_parts(1_795_000_037, 0),
-            Period::from_hz(1_000_000_000).unwrap(),
-        )
-        .tai_minus_utc(37)
-        .maxerror(1_000, 100)
-        .status(abi::status::SYNCHRONIZED)
-        .flag(flags::TIME_MONOTONIC, true)
-        .page_bytes()
+    vmclock::test_support::synchronized_tai(abi::counter_id::X86_TSC, 1_000, 1_000_000_000).page_bytes()
 }
 
 /// Runs `case` in a child process (this binary, the ignored `child` test).

@@ -127,50 +127,6 @@ proptest! {
     }
 }
 
-/// A whole page from random fields: either timescale, any period and shift, both bounds with
-/// their flags on or off, any stored TAI offset (driver, legacy or unset), any leap indicator.
-#[allow(clippy::too_many_arguments)]
-fn full_page(
-    utc: bool,
-    sec: u64,
-    frac: u64,
-    cv: u64,
-    period: u64,
-    shift: u8,
-    bounds: [u64; 4],
-    valid: u8,
-    tai_raw: i16,
-    leap: u8,
-) -> vmclock::VmclockAbi {
-    let b = PageBuilder::new();
-    let b = if utc {
-        b.reference(
-            vmclock::counter::NATIVE,
-            cv,
-            Timestamp::<vmclock::Utc>::from_parts(sec, frac),
-            Period { frac: period, shift },
-        )
-    } else {
-        b.reference(
-            vmclock::counter::NATIVE,
-            cv,
-            Timestamp::<Tai>::from_parts(sec, frac),
-            Period { frac: period, shift },
-        )
-    };
-    b.maxerror(bounds[0], bounds[1])
-        .esterror(bounds[2], bounds[3])
-        .flag(flags::TIME_MAXERROR_VALID, valid & 1 != 0)
-        .flag(flags::PERIOD_MAXERROR_VALID, valid & 2 != 0)
-        .flag(flags::TIME_ESTERROR_VALID, valid & 4 != 0)
-        .flag(flags::PERIOD_ESTERROR_VALID, valid & 8 != 0)
-        .tai_offset_raw(tai_raw)
-        .flag(flags::TAI_OFFSET_VALID, valid & 16 != 0)
-        .leap(leap)
-        .status(abi::status::SYNCHRONIZED)
-        .build()
-}
-
 /// Counters that stress the math: the reference itself, its neighbours, the wrap, the ends.
 fn counter_strategy() -> impl Strategy<Value = (u8, u64, i64)> {
     (0u8..6, any::<u64>(), any::<i64>())
@@ -212,7 +168,11 @@ proptest! {
         leap in 0u8..6,
         counter in counter_strategy(),
     ) {
-        let abi = full_page(utc, sec, frac, cv, period, shift, bounds, valid, tai_raw, leap);
+        // A whole page from random fields (test_support::random_page), SYNCHRONIZED.
+        let p = Period { frac: period, shift };
+        let abi = vmclock::test_support::random_page(utc, sec, frac, cv, p, bounds, valid, tai_raw, leap)
+            .status(abi::status::SYNCHRONIZED)
+            .build();
         let c = pick_counter(cv, counter);
         let snap = Snapshot::new(abi, 4096).unwrap();
         let buf = vmclock::PageBuf::new();

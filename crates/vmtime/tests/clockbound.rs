@@ -1,176 +1,38 @@
 //! `vmtime feed clockbound` read by the real, unmodified `clock-bound-client` 2.0.3 (crates.io),
 //! from a temporary directory.
+#[path = "common/clockbound.rs"]
+mod cb;
 mod common;
+use cb::{supported, Centre, Reader};
 use clock_bound_client::{ClockBoundClient, ClockStatus};
 use common::start;
 use std::path::Path;
 use std::time::{Duration, Instant};
 use vmtime_sys::clock::{gettime, ClockId};
 
-const MAXERROR_NS: i128 = 50_000;
-const AHEAD_NS: i128 = 100_000;
-
-/// A page of this machine's clock moved `AHEAD_NS` ahead, maxerror 50 µs, period maxerror 1 ppm,
-/// disruption marker `marker`.
-fn gen_page(dir: &Path, page: &Path, marker: u64) {
-    gen_page_with(dir, page, marker, "synchronized")
-}
-
-/// The same with the page's clock_status.
-fn gen_page_with(dir: &Path, page: &Path, marker: u64, status: &str) {
-    common::gen_bounded_page(dir, page, AHEAD_NS, MAXERROR_NS, marker, status)
-}
-
-fn reading(c: &mut ClockBoundClient) -> (i128, i128, ClockStatus) {
-    let r = c.now().expect("clock-bound-client now()");
-    let ns = |sec: i64, nsec: i64| sec as i128 * 1_000_000_000 + nsec as i128;
-    (ns(r.earliest.tv_sec(), r.earliest.tv_nsec()), ns(r.latest.tv_sec(), r.latest.tv_nsec()), r.clock_status)
-}
-
-fn start_feed(page: &Path, dir: &Path, support: &str) -> common::Daemon {
-    start_feed_every(page, dir, support, 100)
-}
-
-/// The feed with another interval (its disruption hold-off is two intervals).
-fn start_feed_every(page: &Path, dir: &Path, support: &str, interval_ms: u64) -> common::Daemon {
-    let interval = interval_ms.to_string();
-    let life = (20 * interval_ms).to_string();
-    let (d, _) = start(
-        &[
-            "feed",
-            "clockbound",
-            "--source",
-            page.to_str().unwrap(),
-            "--dir",
-            dir.to_str().unwrap(),
-            "--interval-ms",
-            &interval,
-            "--life-ms",
-            &life,
-            "--disruption-support",
-            support,
-            "--duration-s",
-            "60",
-        ],
-        "vmtime feed clockbound",
-    );
-    d
-}
-
-/// Waits (bounded) until the client reports `want`.
-fn wait_status(c: &mut ClockBoundClient, want: ClockStatus, within: Duration) -> bool {
-    let end = Instant::now() + within;
-    while Instant::now() < end {
-        if reading(c).2 == want {
-            return true;
-        }
-        std::thread::yield_now();
-    }
-    false
-}
-
 #[test]
 fn thousand_readings_are_synchronized_honest_and_contain_realtime() {
-    if vmclock::counter::NATIVE == vmclock::abi::counter_id::INVALID {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let page = dir.path().join("page");
-    gen_page(dir.path(), &page, 1);
-    let _feed = start_feed(&page, dir.path(), "off");
-    let seg = dir.path().join("shm0");
-    let mut c = ClockBoundClient::new_with_path(seg.to_str().unwrap()).expect("the client opens vmtime's segment");
-    let clock = vmclock::Clock::open(&page).unwrap();
-    let page_now = || {
-        let n = clock.now().unwrap().utc().unwrap();
-        (n.time.as_nanos() as i128, n.maxerror_ns().unwrap() as i128)
-    };
-    for i in 0..1000 {
-        let r1 = gettime(ClockId::Realtime).unwrap();
-        let (p1, e1) = page_now();
-        let (earliest, latest, status) = reading(&mut c);
-        let (p2, _) = page_now();
-        let r2 = gettime(ClockId::Realtime).unwrap();
-        assert_eq!(status, ClockStatus::Synchronized, "reading {i}");
-        // CLOCK_REALTIME at the client's read lies in [r1, r2].
-        assert!(
-            earliest <= r2 && latest >= r1,
-            "reading {i}: [{earliest}, {latest}] misses CLOCK_REALTIME [{r1}, {r2}]"
-        );
-        // Honest: every time the page allows at that instant is inside (necessary conditions:
-        // the page's time then lies in [p1, p2] and its maxerror is at least e1).
-        assert!(earliest <= p2 - e1, "reading {i}: earliest {earliest} > page's earliest {}", p2 - e1);
-        assert!(latest >= p1 + e1, "reading {i}: latest {latest} < page's latest {}", p1 + e1);
-        // And not absurdly wide: the page's offset + maxerror + 1 ms of growth at most.
-        assert!(
-            latest - earliest < 2 * (AHEAD_NS + MAXERROR_NS + 1_000_000),
-            "reading {i}: {} ns wide",
-            latest - earliest
-        );
-    }
+    cb::thousand_readings_are_synchronized_honest_and_contain_realtime::<ClockBoundClient>(Centre::Unchecked);
 }
 
 #[test]
 fn a_disruption_is_seen_by_the_client() {
-    if vmclock::counter::NATIVE == vmclock::abi::counter_id::INVALID {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let page = dir.path().join("page");
-    gen_page(dir.path(), &page, 1);
-    // 1 s intervals: Disrupted then lasts at least two of them (the hold-off), so a test thread
-    // starved on a loaded machine still sees it (with 100 ms it could miss a 200 ms window).
-    let feed = start_feed_every(&page, dir.path(), "off", 1000);
-    let seg = dir.path().join("shm0");
-    let mut c = ClockBoundClient::new_with_path(seg.to_str().unwrap()).unwrap();
-    assert!(wait_status(&mut c, ClockStatus::Synchronized, Duration::from_secs(10)));
-    // The page is replaced by one with another marker: the segment says Disrupted until the
-    // new page is current (a page that is not updated again: after two intervals).
-    gen_page(dir.path(), &page, 2);
-    assert!(wait_status(&mut c, ClockStatus::Disrupted, Duration::from_secs(10)), "the client never saw Disrupted");
-    assert!(
-        wait_status(&mut c, ClockStatus::Synchronized, Duration::from_secs(10)),
-        "no recovery after the disruption"
-    );
-    drop(feed);
-
     // With disruption support on, a client compares the segment's marker with the page's itself:
     // when the page's marker changes and vmtime is not there to follow, it says Unknown at once.
-    let _feed = start_feed(&page, dir.path(), "on");
-    let mut c = ClockBoundClient::new_with_paths(seg.to_str().unwrap(), page.to_str().unwrap()).unwrap();
-    assert!(wait_status(&mut c, ClockStatus::Synchronized, Duration::from_secs(10)));
-    drop(_feed);
-    gen_page(dir.path(), &page, 3);
-    let mut fresh = ClockBoundClient::new_with_paths(seg.to_str().unwrap(), page.to_str().unwrap()).unwrap();
-    assert_eq!(reading(&mut fresh).2, ClockStatus::Unknown, "a changed marker must void the segment");
+    cb::a_disruption_is_seen_by_the_client::<ClockBoundClient>(ClockStatus::Unknown);
 }
 
 #[test]
 fn the_segment_is_void_after_its_life() {
-    if vmclock::counter::NATIVE == vmclock::abi::counter_id::INVALID {
+    if !supported() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let page = dir.path().join("page");
-    gen_page(dir.path(), &page, 1);
-    let feed = start_feed(&page, dir.path(), "off");
-    let seg = dir.path().join("shm0");
-    let mut c = ClockBoundClient::new_with_path(seg.to_str().unwrap()).unwrap();
-    assert!(wait_status(&mut c, ClockStatus::Synchronized, Duration::from_secs(10)));
-    drop(feed); // vmtime is killed (no last word): the segment's stated life is 2 s
-                // Judge against what the segment itself states (its last as_of and void_after, in
-                // CLOCK_MONOTONIC_COARSE), not against when the test saw the kill: a feed starved on a loaded
-                // machine wrote its last update earlier than the kill by an unknown time.
-    let b = std::fs::read(&seg).unwrap();
-    let ts = |o: usize| {
-        i64::from_ne_bytes(b[o..o + 8].try_into().unwrap()) as i128 * 1_000_000_000
-            + i64::from_ne_bytes(b[o + 8..o + 16].try_into().unwrap()) as i128
-    };
-    let (as_of, void_after) = (ts(16), ts(32));
-    assert_eq!(void_after - as_of, 2_000_000_000, "the life written is --life-ms");
+    // vmtime is killed (no last word): the segment's stated life is 2 s. Its as_of and
+    // void_after (offsets 16 and 32) are in CLOCK_MONOTONIC_COARSE.
+    let (mut c, void_after, _dir) = cb::killed_feed::<ClockBoundClient>();
     let end = Instant::now() + Duration::from_secs(20);
     loop {
-        let status = reading(&mut c).2;
+        let status = c.reading().2;
         // The client read its coarse clock before this: at most `now`.
         let now = gettime(ClockId::MonotonicCoarse).unwrap();
         if status == ClockStatus::Unknown {
@@ -184,57 +46,21 @@ fn the_segment_is_void_after_its_life() {
 
 #[test]
 fn a_feed_stopped_by_sigterm_voids_its_segment_at_once() {
-    use std::io::BufRead;
-    if vmclock::counter::NATIVE == vmclock::abi::counter_id::INVALID {
+    if !supported() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let page = dir.path().join("page");
-    gen_page(dir.path(), &page, 1);
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_vmtime"))
-        .args(["feed", "clockbound", "--source", page.to_str().unwrap(), "--dir", dir.path().to_str().unwrap()])
-        .args(["--interval-ms", "100", "--life-ms", "60000", "--duration-s", "60"])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    while !line.contains("vmtime feed clockbound") {
-        line.clear();
-        assert!(err.read_line(&mut line).unwrap() > 0, "the feed exited");
-    }
-    let seg = dir.path().join("shm0");
-    let mut c = ClockBoundClient::new_with_path(seg.to_str().unwrap()).unwrap();
-    assert!(wait_status(&mut c, ClockStatus::Synchronized, Duration::from_secs(10)));
-    use rustix::process::{kill_process, Pid, Signal};
-    kill_process(Pid::from_raw(child.id() as i32).unwrap(), Signal::TERM).unwrap();
-    assert!(child.wait().unwrap().success(), "the feed exits cleanly on SIGTERM");
+    let (dir, page) = cb::dir_with_page("synchronized");
+    let feed = cb::start_long_lived_feed(&page, dir.path());
+    let mut c = ClockBoundClient::open(dir.path());
+    assert!(cb::wait_status(&mut c, ClockStatus::Synchronized, Duration::from_secs(10)));
+    assert!(feed.terminate().success(), "the feed exits cleanly on SIGTERM");
     // Its segment said 60 s of life, but a feed stopped on purpose says Unknown at once.
-    assert_eq!(reading(&mut c).2, ClockStatus::Unknown);
+    assert_eq!(c.reading().2, ClockStatus::Unknown);
 }
 
 #[test]
 fn the_status_follows_the_page() {
-    if vmclock::counter::NATIVE == vmclock::abi::counter_id::INVALID {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let page = dir.path().join("page");
-    gen_page_with(dir.path(), &page, 1, "freerunning");
-    let _feed = start_feed(&page, dir.path(), "off");
-    let seg = dir.path().join("shm0");
-    let mut c = ClockBoundClient::new_with_path(seg.to_str().unwrap()).unwrap();
-    assert!(wait_status(&mut c, ClockStatus::FreeRunning, Duration::from_secs(10)), "FREERUNNING → FreeRunning");
-    for (status, want) in [("unknown", ClockStatus::Unknown), ("synchronized", ClockStatus::Synchronized)] {
-        gen_page_with(dir.path(), &page, 1, status);
-        assert!(wait_status(&mut c, want, Duration::from_secs(10)), "{status} → {want:?}");
-    }
-    for status in ["initializing", "unreliable"] {
-        gen_page_with(dir.path(), &page, 1, status);
-        assert!(wait_status(&mut c, ClockStatus::Unknown, Duration::from_secs(10)), "{status} → Unknown");
-        gen_page_with(dir.path(), &page, 1, "synchronized");
-        assert!(wait_status(&mut c, ClockStatus::Synchronized, Duration::from_secs(10)));
-    }
+    cb::the_status_follows_the_page::<ClockBoundClient>();
 }
 
 /// The segment's generation as a reader sees it (bytes 14..16, native-endian).
@@ -347,7 +173,7 @@ impl Judge {
 
 #[test]
 fn bounds_stay_honest_while_a_host_publishes_updates() {
-    if vmclock::counter::NATIVE == vmclock::abi::counter_id::INVALID {
+    if !supported() {
         return;
     }
     // A live page (vmtime host reads this machine's clock, writes only its page), read from its
@@ -403,8 +229,8 @@ fn bounds_stay_honest_while_a_host_publishes_updates() {
         "vmtime feed clockbound",
     );
     let (shm0, shm1) = (dir.path().join("shm0"), dir.path().join("shm1"));
-    let mut c2x = ClockBoundClient::new_with_path(shm0.to_str().unwrap()).unwrap();
-    let mut c3x = clock_bound::Client::new_with_path(shm1.to_str().unwrap()).unwrap();
+    let mut c2x = ClockBoundClient::open(dir.path());
+    let mut c3x = clock_bound::Client::open(dir.path());
     let (mut j2, mut j3) = (Judge::new("2.x", &shm0), Judge::new("3.x", &shm1));
     let clock = vmclock::Clock::open(&page).unwrap();
     // Every calibrated page version seen, by seq_count (the host runs far less than 2^31 updates).
@@ -421,20 +247,8 @@ fn bounds_stay_honest_while_a_host_publishes_updates() {
             j3.generations.len(),
             pages.len()
         );
-        j2.read(&clock, &mut pages, || {
-            let (e, l, st) = reading(&mut c2x);
-            (e, l, matches!(st, ClockStatus::Synchronized | ClockStatus::FreeRunning))
-        });
-        j3.read(&clock, &mut pages, || {
-            let r = c3x.now().expect("clock-bound 3.x now()");
-            let ns =
-                |t: clock_bound::nix::sys::time::TimeSpec| t.tv_sec() as i128 * 1_000_000_000 + t.tv_nsec() as i128;
-            let claimed = matches!(
-                r.clock_status,
-                clock_bound::ClockStatus::Synchronized | clock_bound::ClockStatus::FreeRunning
-            );
-            (ns(r.earliest), ns(r.latest), claimed)
-        });
+        j2.read(&clock, &mut pages, || c2x.claimed_reading());
+        j3.read(&clock, &mut pages, || c3x.claimed_reading());
         for l in log.try_iter() {
             if let Some((g0, g1, seq)) = parse_segment_line(&l) {
                 g0.map(|g| j2.from.insert(g, (seq, l.clone())));
