@@ -137,6 +137,10 @@ impl PageReader {
                 (Some(a), Some(b)) if a == b && u32::from_le(a[seqlock::SEQ_WORD]) & 1 == 0 => {
                     return Ok((a, (len as usize).min(PAGE_SIZE)));
                 }
+                // Not a page at all (another magic): no writer to wait for; validation names it.
+                (Some(a), Some(b)) if a == b && u32::from_le(a[0]) != vmclock::abi::MAGIC => {
+                    return Ok((a, (len as usize).min(PAGE_SIZE)));
+                }
                 (None, _) | (_, None) => {
                     let len = f.metadata().map_err(io_err)?.len();
                     return Err(FollowError::Short { path: self.name(), len });
@@ -283,6 +287,20 @@ mod tests {
         .unwrap();
         let e = PageReader::open(&p).unwrap_err().to_string();
         assert!(e.contains("not a vmclock device") && e.contains("/dev/vmclock0"), "{e}");
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_page_is_named_as_such_not_waited_on() {
+        // Text whose bytes 12..16 make an odd "seq_count": not a writer stuck mid-update.
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("text");
+        std::fs::write(&p, "root:x:0:0:root:/root:/bin/bash\n".repeat(8)).unwrap();
+        let mut b = std::fs::read(&p).unwrap();
+        b[12] |= 1;
+        std::fs::write(&p, &b).unwrap();
+        let e = PageReader::open(&p).unwrap().read().unwrap_err();
+        assert!(matches!(e, FollowError::Invalid { .. }), "{e}");
+        assert!(e.to_string().contains("magic"), "{e}");
     }
 
     #[test]

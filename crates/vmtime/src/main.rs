@@ -128,7 +128,12 @@ fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Cli, (Exi
             let text = e.render().to_string();
             let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("invalid command line");
             let first = first.trim().strip_prefix("error: ").unwrap_or(first.trim());
-            (ExitCode::from(2), format!("vmtime: {first} (see vmtime --help)"))
+            // A word outside a closed set: name the set on the same line.
+            let valid = match e.get(clap::error::ContextKind::ValidValue) {
+                Some(clap::error::ContextValue::Strings(v)) if !v.is_empty() => format!(": one of {}", v.join(", ")),
+                _ => String::new(),
+            };
+            (ExitCode::from(2), format!("vmtime: {first}{valid} (see vmtime --help)"))
         }
     })
 }
@@ -184,6 +189,15 @@ pub fn page_or_default(p: Option<PathBuf>) -> PathBuf {
 mod tests {
     use super::*;
     use std::any::TypeId;
+
+    #[test]
+    fn a_word_outside_a_closed_set_is_refused_naming_the_set() {
+        let args = ["vmtime", "feed", "clockbound", "--layout", "4"].map(std::ffi::OsString::from);
+        let Err((code, line)) = parse(args) else { panic!("accepted") };
+        assert_eq!(code, ExitCode::from(2));
+        assert!(line.contains("'--layout <LAYOUT>': one of 2, 3, both"), "{line}");
+        assert_eq!(line.lines().count(), 1, "{line}");
+    }
 
     /// Hostile values for every numeric flag of every subcommand.
     const HOSTILE: &[&str] = &[
