@@ -18,11 +18,22 @@ fn page_bytes() -> Vec<u8> {
     vmclock::test_support::synchronized_tai(abi::counter_id::X86_TSC, 1_000, 1_000_000_000).page_bytes()
 }
 
-/// Runs `case` in a child process (this binary, the ignored `child` test).
+/// Runs `case` in a child process (this binary, the ignored `child` test). Under an emulator
+/// (scripts/test runs the arm64 build under qemu-aarch64 and names it in `VMCLOCK_TEST_RUNNER`)
+/// the child runs under it too: the binary is not this machine's.
 fn run(case: &str) -> Output {
     let dir = tempfile::tempdir().unwrap();
-    Command::new(std::env::current_exe().unwrap())
-        .args(["--ignored", "--exact", "child", "--nocapture", "--test-threads=1"])
+    let runner = std::env::var("VMCLOCK_TEST_RUNNER").unwrap_or_default();
+    let mut words = runner.split_whitespace();
+    let mut cmd = match words.next() {
+        Some(emulator) => {
+            let mut c = Command::new(emulator);
+            c.args(words).arg(std::env::current_exe().unwrap());
+            c
+        }
+        None => Command::new(std::env::current_exe().unwrap()),
+    };
+    cmd.args(["--ignored", "--exact", "child", "--nocapture", "--test-threads=1"])
         .env(CASE, case)
         .env(DIR, dir.path())
         .output()
@@ -85,9 +96,15 @@ fn a_sent_sigbus_goes_to_the_previous_handler_and_the_page_stays() {
 #[test]
 fn an_ignored_sigbus_stays_ignored_and_a_fault_elsewhere_still_ends_the_process() {
     let o = run("sent-ignored");
-    assert_eq!(o.status.signal(), Some(libc::SIGBUS), "{:?}\n{}", o.status, text(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("IGNORED-OK") && !out.contains("SURVIVED"), "{}", text(&o));
+    // qemu-aarch64 (user mode, 10.0) aborts on its own assertion (cpu-exec.c: cpu ==
+    // current_cpu) when a guest faults with SIGBUS ignored: how the emulator ends then says
+    // nothing of the guard, so only the part before the fault is judged under it.
+    if std::env::var_os("VMCLOCK_TEST_RUNNER").is_some() && text(&o).contains("cpu == current_cpu") {
+        return;
+    }
+    assert_eq!(o.status.signal(), Some(libc::SIGBUS), "{:?}\n{}", o.status, text(&o));
 }
 
 /// A real fault in an unguarded mapping, with the guard installed for another one, ends the
