@@ -207,7 +207,7 @@ fn bounds_stay_honest_while_a_host_publishes_updates() {
         ],
         "control socket",
     );
-    let (_feed, _, log) = common::start_logged(
+    let (_feed, log) = common::spawn_ready(
         &[
             "feed",
             "clockbound",

@@ -4,10 +4,8 @@
 //! the tests wait on the feeds' own log lines and segment, never on sleeps.
 mod common;
 use common::*;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// Runs vmtime and expects exit status 2 with one stderr line containing each of `want`.
@@ -193,40 +191,6 @@ fn flags_override_the_feed_section_which_overrides_the_defaults() {
     assert_eq!(effective["feed"]["chrony"]["socket"].as_str(), Some("/run/chrony.vmclock0.sock"));
 }
 
-/// Starts a feed; its stderr lines arrive on the channel. Returns once a line contains `ready`.
-fn spawn(args: &[&str], ready: &str) -> (Daemon, mpsc::Receiver<String>) {
-    let mut child =
-        Command::new(env!("CARGO_BIN_EXE_vmtime")).args(args).stderr(Stdio::piped()).spawn().expect("start feed");
-    let err = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(err).lines().map_while(Result::ok) {
-            if tx.send(l).is_err() {
-                break;
-            }
-        }
-    });
-    let d = Daemon::from_child(child);
-    wait_line(&rx, ready);
-    (d, rx)
-}
-
-/// The next stderr line containing `what` (bounded: 20 s, or the feed's exit).
-fn wait_line(rx: &mpsc::Receiver<String>, what: &str) -> String {
-    let mut seen = Vec::new();
-    loop {
-        match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(l) if l.contains(what) => return l,
-            Ok(l) => seen.push(l),
-            Err(e) => panic!("no line with {what:?} ({e}); saw {seen:#?}"),
-        }
-    }
-}
-
-fn hup(d: &Daemon) {
-    assert!(Command::new("kill").args(["-HUP", &d.pid().to_string()]).status().unwrap().success());
-}
-
 #[test]
 fn sighup_applies_the_feeds_live_keys_and_names_those_needing_a_restart() {
     if vmclock::counter::NATIVE == vmclock::abi::counter_id::INVALID {
@@ -243,7 +207,7 @@ fn sighup_applies_the_feeds_live_keys_and_names_those_needing_a_restart() {
     let c = cfg.to_str().unwrap();
     let seg = dir.path().join("cb");
     std::fs::write(&cfg, "[feed.clockbound]\ninterval_ms = 100\nlife_ms = 60000\n").unwrap();
-    let (cb, log) = spawn(
+    let (cb, log) = spawn_ready(
         &["feed", "clockbound", "--config", c, "--source", &page, "--dir", seg.to_str().unwrap()],
         "vmtime feed clockbound:",
     );
@@ -258,7 +222,7 @@ fn sighup_applies_the_feeds_live_keys_and_names_those_needing_a_restart() {
     )
     .unwrap();
     hup(&cb);
-    let line = wait_line(&log, "SIGHUP");
+    let line = wait_line(&log, "SIGHUP", LINE_WITHIN);
     assert!(
         line.contains("applied drift_margin_ppb = 90000000, interval_ms = 50, life_ms = 30000; these changes need a restart of vmtime feed clockbound: disruption_support = \"on\" (in force: \"auto\")"),
         "{line}"
@@ -280,14 +244,14 @@ fn sighup_applies_the_feeds_live_keys_and_names_those_needing_a_restart() {
     // A bad file (a life shorter than two intervals) keeps the settings in force.
     std::fs::write(&cfg, "[feed.clockbound]\ninterval_ms = 1000\nlife_ms = 1500\n").unwrap();
     hup(&cb);
-    let line = wait_line(&log, "SIGHUP");
+    let line = wait_line(&log, "SIGHUP", LINE_WITHIN);
     assert!(line.contains("life_ms = 1500 is shorter than two intervals"), "{line}");
     assert!(line.contains("keeping the settings in force"), "{line}");
 
     // chrony: the interval and log level are live, the metrics address needs a restart.
     let sock = dir.path().join("refclock.sock");
     std::fs::write(&cfg, "[feed.chrony]\ninterval_ms = 100\n").unwrap();
-    let (ch, log) = spawn(
+    let (ch, log) = spawn_ready(
         &["feed", "chrony", "--config", c, "--source", &page, "--socket", sock.to_str().unwrap()],
         "vmtime feed chrony:",
     );
@@ -297,7 +261,7 @@ fn sighup_applies_the_feeds_live_keys_and_names_those_needing_a_restart() {
     )
     .unwrap();
     hup(&ch);
-    let line = wait_line(&log, "SIGHUP");
+    let line = wait_line(&log, "SIGHUP", LINE_WITHIN);
     assert!(
         line.contains("applied burst = 4, interval_ms = 200, log_level = \"debug\"; these changes need a restart of vmtime feed chrony: metrics_listen = \"127.0.0.1:9\" (in force: unset)"),
         "{line}"

@@ -3,46 +3,7 @@
 //! `--dry-run`. The test waits on the daemons' own log lines and status, never on sleeps.
 mod common;
 use common::*;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{ChildStderr, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
-
-/// Starts a daemon; its stderr lines arrive on the channel (read by a thread, so the daemon never
-/// blocks on a full pipe). Returns once a line contains `ready`.
-fn spawn(args: &[&str], ready: &str) -> (Daemon, mpsc::Receiver<String>) {
-    let mut child =
-        Command::new(env!("CARGO_BIN_EXE_vmtime")).args(args).stderr(Stdio::piped()).spawn().expect("start daemon");
-    let err: ChildStderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(err).lines().map_while(Result::ok) {
-            if tx.send(l).is_err() {
-                break;
-            }
-        }
-    });
-    let d = Daemon::from_child(child);
-    wait_line(&rx, ready);
-    (d, rx)
-}
-
-/// The next stderr line containing `what` (bounded: 20 s, or the daemon's exit).
-fn wait_line(rx: &mpsc::Receiver<String>, what: &str) -> String {
-    let mut seen = Vec::new();
-    loop {
-        match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(l) if l.contains(what) => return l,
-            Ok(l) => seen.push(l),
-            Err(e) => panic!("no line with {what:?} ({e}); saw {seen:#?}"),
-        }
-    }
-}
-
-fn hup(d: &Daemon) {
-    assert!(Command::new("kill").args(["-HUP", &d.pid().to_string()]).status().unwrap().success());
-}
 
 fn status(socket: &Path) -> serde_json::Value {
     json(&["status", "--socket", socket.to_str().unwrap(), "--json"])
@@ -57,11 +18,11 @@ fn sighup_applies_live_settings_and_names_those_needing_a_restart() {
     let ssock = dir.path().join("sync.sock");
     std::fs::write(&cfg, "[host]\nquiet = true\nthreshold_ns = 30\n[sync]\nmax_step_s = 2\n").unwrap();
     let c = cfg.to_str().unwrap();
-    let (host, hlog) = spawn(
+    let (host, hlog) = spawn_ready(
         &["host", "--config", c, "--page", page.to_str().unwrap(), "--socket", hsock.to_str().unwrap()],
         "control socket",
     );
-    let (sync, slog) = spawn(
+    let (sync, slog) = spawn_ready(
         &["sync", "--config", c, "--source", page.to_str().unwrap(), "--socket", ssock.to_str().unwrap(), "--dry-run"],
         "control socket",
     );
@@ -77,7 +38,7 @@ fn sighup_applies_live_settings_and_names_those_needing_a_restart() {
     )
     .unwrap();
     hup(&host);
-    let line = wait_line(&hlog, "SIGHUP");
+    let line = wait_line(&hlog, "SIGHUP", LINE_WITHIN);
     assert!(line.contains("applied threshold_ns = 45, tolerance_ppm = 100.0"), "{line}");
     assert!(line.contains("need a restart of vmtime host: smearing = \"utc-sls\" (in force: \"strict\")"), "{line}");
     let h = status(&hsock);
@@ -87,7 +48,7 @@ fn sighup_applies_live_settings_and_names_those_needing_a_restart() {
     );
     assert_eq!(h["restart_needed"], serde_json::json!(["smearing = \"utc-sls\" (in force: \"strict\")"]));
     hup(&sync);
-    let line = wait_line(&slog, "SIGHUP");
+    let line = wait_line(&slog, "SIGHUP", LINE_WITHIN);
     assert!(line.contains("applied log_level = \"debug\", makestep_updates = 5, max_step_s = 0.25"), "{line}");
     assert!(line.contains("need a restart of vmtime sync: phc_timescale = \"tai\" (in force: unset)"), "{line}");
     let s = status(&ssock);
@@ -99,7 +60,7 @@ fn sighup_applies_live_settings_and_names_those_needing_a_restart() {
     // A bad file keeps the settings in force, and says why.
     std::fs::write(&cfg, "[sync]\nmax_step_s = -1\n").unwrap();
     hup(&sync);
-    let line = wait_line(&slog, "SIGHUP");
+    let line = wait_line(&slog, "SIGHUP", LINE_WITHIN);
     assert!(line.contains("max_step_s: -1 is refused") && line.contains("keeping the settings in force"), "{line}");
     let s = status(&ssock);
     assert_eq!((s["reload_requests"].as_u64(), s["step_policy"]["max_step_ns"].as_i64()), (Some(2), Some(250_000_000)));
@@ -107,19 +68,19 @@ fn sighup_applies_live_settings_and_names_those_needing_a_restart() {
     // The same file again: nothing changed.
     std::fs::write(&cfg, "[host]\nquiet = true\nthreshold_ns = 45\ntolerance_ppm = 100\n").unwrap();
     hup(&host);
-    let line = wait_line(&hlog, "SIGHUP");
+    let line = wait_line(&hlog, "SIGHUP", LINE_WITHIN);
     assert!(line.contains("SIGHUP: configuration re-read, unchanged"), "{line}");
     assert_eq!(status(&hsock)["restart_needed"], serde_json::json!([]));
 
     // The relay: its log level is applied; its counter map (a constant of the guest's page) waits.
     let guest = dir.path().join("guest.page");
-    let (relay, rlog) = spawn(
+    let (relay, rlog) = spawn_ready(
         &["relay", "--config", c, "--host-page", page.to_str().unwrap(), "--guest-page", guest.to_str().unwrap()],
         "following the host",
     );
     std::fs::write(&cfg, "[relay]\nlog_level = \"warn\"\ntsc_offset = 5\n").unwrap();
     hup(&relay);
-    let line = wait_line(&rlog, "SIGHUP");
+    let line = wait_line(&rlog, "SIGHUP", LINE_WITHIN);
     assert!(
         line.contains("applied log_level = \"warn\"; these changes need a restart of vmtime relay: tsc_offset"),
         "{line}"

@@ -43,35 +43,42 @@ impl Drop for Daemon {
 }
 
 /// Starts `vmtime ARGS` and returns once a stderr line contains `ready` (the daemon prints it
-/// when its socket is listening).
+/// when its socket is listening), with the lines before it.
 pub fn start(args: &[&str], ready: &str) -> (Daemon, Vec<String>) {
-    let (d, lines, _) = start_logged(args, ready);
-    (d, lines)
-}
-
-/// The same, with the daemon's later stderr lines delivered to the receiver (its stderr is
-/// drained whether or not the receiver is kept, so the daemon never blocks on a full pipe).
-pub fn start_logged(args: &[&str], ready: &str) -> (Daemon, Vec<String>, std::sync::mpsc::Receiver<String>) {
-    let mut child =
-        Command::new(env!("CARGO_BIN_EXE_vmtime")).args(args).stderr(Stdio::piped()).spawn().expect("start daemon");
+    let (d, rx) = spawn_logged(args);
     let mut lines = Vec::new();
-    let mut err = BufReader::new(child.stderr.take().unwrap());
     loop {
-        let mut l = String::new();
-        assert!(err.read_line(&mut l).unwrap() > 0, "the daemon exited: {lines:?}");
-        let done = l.contains(ready);
-        lines.push(l);
-        if done {
-            break;
+        match rx.recv_timeout(READY_WITHIN) {
+            Ok(l) => {
+                let done = l.contains(ready);
+                lines.push(l);
+                if done {
+                    return (d, lines);
+                }
+            }
+            Err(e) => panic!("no line with {ready:?} ({e}: the daemon exited or hung); saw {lines:#?}"),
         }
     }
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for l in err.lines().map_while(Result::ok) {
-            let _ = tx.send(l);
-        }
-    });
-    (Daemon(child), lines, rx)
+}
+
+/// How long a daemon may take to log an expected line after an event (a bound, not a pace).
+pub const LINE_WITHIN: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// How long a daemon may take to say it is ready (a bound, not a pace: a loaded machine).
+pub const READY_WITHIN: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Starts `vmtime ARGS` and returns once a stderr line contains `ready`, with the later lines
+/// on the channel.
+pub fn spawn_ready(args: &[&str], ready: &str) -> (Daemon, std::sync::mpsc::Receiver<String>) {
+    let (d, rx) = spawn_logged(args);
+    wait_line(&rx, ready, READY_WITHIN);
+    (d, rx)
+}
+
+/// Sends SIGHUP to a daemon the test started.
+pub fn hup(d: &Daemon) {
+    use rustix::process::{kill_process, Pid, Signal};
+    kill_process(Pid::from_raw(d.pid() as i32).expect("a pid"), Signal::HUP).expect("SIGHUP");
 }
 
 pub fn start_host(page: &Path) -> (Daemon, Vec<String>) {
