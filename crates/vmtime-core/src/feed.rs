@@ -520,6 +520,14 @@ pub mod clockbound {
     /// interval minutes to see.
     pub const ASSUMED_COARSE_LAG_TICKS: i128 = 3;
 
+    /// A coarse lag beyond this is not kept, ns. Right after this machine resumes (a VM paused,
+    /// migrated or restored), the fine clock has moved on and the coarse one waits for the next
+    /// tick: a look then sees the pause as a lag. Kept as the largest, it would push every later
+    /// `as_of` back by the pause, and a pause longer than the segment's life would leave every
+    /// segment void. The feed measures again after a resume, and a vmclock page says so by its
+    /// disruption marker.
+    pub const MAX_COARSE_LAG_NS: i128 = 100_000_000;
+
     /// How the last claimed bound was made, ns and ppb (for the debug log and diagnosis).
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     pub struct BoundTerms {
@@ -593,9 +601,11 @@ pub mod clockbound {
         }
 
         /// One observation of CLOCK_MONOTONIC minus CLOCK_MONOTONIC_COARSE (the fine clock read
-        /// just after the coarse one), ns.
+        /// just after the coarse one), ns; one beyond [`MAX_COARSE_LAG_NS`] (a resume) is not kept.
         pub fn observe_coarse_lag(&mut self, lag_ns: i128) {
-            self.coarse_lag_ns = self.coarse_lag_ns.max(lag_ns);
+            if lag_ns <= MAX_COARSE_LAG_NS {
+                self.coarse_lag_ns = self.coarse_lag_ns.max(lag_ns);
+            }
         }
 
         /// How far `as_of` is written before the true instant of the measurement, ns.
@@ -1369,6 +1379,12 @@ mod tests {
         f.observe_coarse_lag(12_900_000);
         f.observe_coarse_lag(1_000);
         assert_eq!(f.coarse_allowance_ns(), 16_900_000);
+        // A resume after a 10 s pause looks like a 10 s lag: not kept, or every later segment
+        // (life 5 s) would be void when written.
+        f.observe_coarse_lag(10 * NS);
+        assert_eq!(f.coarse_allowance_ns(), 16_900_000);
+        let later = f.handle(&obs(page(1, 7, status::SYNCHRONIZED, 0, 0), &s, 2), 20 * NS);
+        assert!(later.void_after_ns > 20 * NS, "void when written");
         let eb = f.handle(&obs(page(1, 7, status::SYNCHRONIZED, 0, 0), &s, 1), 11 * NS);
         assert_eq!(eb.as_of_ns, 11 * NS - 16_900_000);
     }
