@@ -178,7 +178,12 @@ fn feeds_serve_their_metrics_and_promtool_accepts_them() {
     let common = ["--source", p, "--interval-ms", "100", "--duration-s", "120"];
     let _chrony = start_ready(
         dir.path(),
-        &[&["feed", "chrony", "--socket", refclock.to_str().unwrap(), "--metrics-listen", &cl][..], &common].concat(),
+        &[
+            &["feed", "chrony", "--socket", refclock.to_str().unwrap(), "--metrics-listen", &cl][..],
+            &["--control-socket", dir.path().join("chrony-ctl").to_str().unwrap()],
+            &common,
+        ]
+        .concat(),
     );
     let _cb =
         start_ready(
@@ -315,6 +320,7 @@ fn feeds_tell_systemd_they_are_ready_and_ping_the_watchdog_between_turns() {
         .arg("export WATCHDOG_PID=$$; exec \"$0\" \"$@\"")
         .arg(env!("CARGO_BIN_EXE_vmtime"))
         .args(["feed", "chrony", "--source", p, "--socket", nowhere.to_str().unwrap()])
+        .args(["--control-socket", dir.path().join("ctl").to_str().unwrap()])
         .args(["--interval-ms", "3600000", "--duration-s", "60"])
         .env("NOTIFY_SOCKET", &path)
         .env("WATCHDOG_USEC", "200000")

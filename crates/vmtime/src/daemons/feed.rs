@@ -62,8 +62,8 @@ struct Common {
     /// Serve Prometheus metrics on this loopback address (default: [metrics] listen; off).
     #[arg(long)]
     metrics_listen: Option<SocketAddr>,
-    /// The feed's control socket, for `vmtime status` (default: feed-chrony.sock or
-    /// feed-clockbound.sock in the runtime directory).
+    /// The feed's control socket, for `vmtime status` (default: feed-chrony.sock in the runtime
+    /// directory; feed-clockbound.sock in the segments' directory).
     #[arg(long)]
     control_socket: Option<PathBuf>,
 }
@@ -361,11 +361,11 @@ impl Daemon for Chrony {
 
 fn run_chrony(args: ChronyArgs) -> Result<ExitCode> {
     let a = args.settings()?;
-    let rt = Runtime::start(a.clone(), move || args.settings(), &control_socket(&a.control_socket, "feed-chrony")?)?;
     let interval = interval_of(a.interval_ms);
     let m = Measurer::open(&a.source, a.burst.get() as usize)?;
     vmtime_sys::feed::check_chrony_socket_path(&a.socket)?;
     let sock = ChronySocket::new(&a.socket)?;
+    let rt = Runtime::start(a.clone(), move || args.settings(), &control_socket(&a.control_socket, "feed-chrony")?)?;
     // chronyd reads a relative path in chrony.conf from its own working directory (/).
     let conf_path = std::path::absolute(&a.socket).unwrap_or_else(|_| a.socket.clone());
     tracing::info!(
@@ -565,8 +565,6 @@ impl Daemon for ClockBound {
 
 fn run_clockbound(args: ClockBoundArgs) -> Result<ExitCode> {
     let a = args.settings()?;
-    let rt =
-        Runtime::start(a.clone(), move || args.settings(), &control_socket(&a.control_socket, "feed-clockbound")?)?;
     let interval = interval_of(a.interval_ms);
     let disruption_support = match a.disruption_support {
         DisruptionSupport::On => true,
@@ -580,6 +578,9 @@ fn run_clockbound(args: ClockBoundArgs) -> Result<ExitCode> {
     let seg1 = if a.layout == Layout::V2 { None } else { Some(open("shm1", v3::LAYOUT)?) };
     let paths: Vec<_> = seg0.iter().chain(&seg1).map(|s| s.path().display().to_string()).collect();
     let paths = paths.join(" and ");
+    // The control socket goes with the segments (the unit's runtime directory is theirs).
+    let socket = a.control_socket.clone().unwrap_or_else(|| a.dir.join("feed-clockbound.sock"));
+    let rt = Runtime::start(a.clone(), move || args.settings(), &socket)?;
     let coarse_tick_ns = vmtime_sys::clock::getres(ClockId::MonotonicCoarse)?.clamp(1, 1_000_000_000);
     let mut feed = ClockBoundFeed::new(clockbound_config(&a, disruption_support, coarse_tick_ns));
     // A segment left by a previous run: its marker is the last one clients were given.

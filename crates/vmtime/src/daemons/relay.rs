@@ -360,7 +360,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     match r.host_sub {
         Some(_) => tracing::info!("following the host by notification ({})", r.host_socket.display()),
         None => tracing::warn!(
-            "no host daemon answers at {}: polling the host page every 1 ms until one does (--host-socket names it)",
+            "following the host by polling its page every 1 ms: no host daemon answers at {} (--host-socket names it)",
             r.host_socket.display()
         ),
     }

@@ -326,8 +326,7 @@ pub struct FeedClockBoundSettings {
     pub drift_margin_ppb: DriftPpb,
     /// Whether clients compare the segment's marker with /dev/vmclock0's.
     pub disruption_support: DisruptionSupport,
-    /// The feed's control socket (`vmtime status`; default: feed-clockbound.sock in the runtime
-    /// directory).
+    /// The feed's control socket (`vmtime status`; default: feed-clockbound.sock in `dir`).
     pub control_socket: Option<PathBuf>,
     /// Exit after this long (tests).
     pub duration_s: Option<DurationS>,

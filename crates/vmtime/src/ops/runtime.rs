@@ -220,6 +220,8 @@ pub struct Runtime<S: Settings> {
     signals: Signals,
     supervisor: Supervisor,
     poller: Poller,
+    /// `--duration-s`, counted from the first turn.
+    duration: Option<Duration>,
     end: Option<Instant>,
     run: RunFigures,
     gaps: GapWindow,
@@ -245,7 +247,8 @@ impl<S: Settings> Runtime<S> {
         let server = Server::bind_unix(socket, 0o600, None, serve::Limits::default())?;
         let now = Instant::now();
         Ok(Runtime {
-            end: settings.duration_s().and_then(|d| now.checked_add(Duration::from_secs(d))),
+            duration: settings.duration_s().map(Duration::from_secs),
+            end: None,
             settings,
             reread: fn_box::Reread(Box::new(reread)),
             server,
@@ -306,14 +309,14 @@ impl<S: Settings> Runtime<S> {
                 None => {}
             }
             let now = Instant::now();
-            if self.end.is_some_and(|e| now >= e) {
-                d.stop("--duration-s elapsed")?;
-                break 0;
-            }
             let mut t =
                 Turn { poller: &self.poller, server: &mut self.server, now, due: due.is_some_and(|due| now >= due) };
             if let Flow::Stop(code) = d.turn(&mut t)? {
                 break code;
+            }
+            if self.end.is_none() {
+                // The run's length counts from the first turn (the daemon's start is done).
+                self.end = self.duration.and_then(|d| Instant::now().checked_add(d));
             }
             self.gaps.turn(now);
             self.run.loop_gap_max = Some(self.gaps.max(now));
@@ -345,6 +348,11 @@ impl<S: Settings> Runtime<S> {
                 self.supervisor.status(line);
             }
             self.supervisor.tick(Instant::now());
+            // The end comes after a turn due at the same time (a last page, a last sample).
+            if self.end.is_some_and(|e| Instant::now() >= e) {
+                d.stop("--duration-s elapsed")?;
+                break 0;
+            }
         };
         self.supervisor.stopping();
         drop(self.server); // removes our socket (only if it is still ours)
