@@ -311,10 +311,19 @@ impl GuestRelay {
     /// the constant fields, the markers, status UNRELIABLE (no time yet: the Linux driver refuses
     /// reads only on UNRELIABLE). `None` until the constants are fixed.
     pub fn placeholder(&self) -> Option<vmclock::PageBuilder> {
+        self.placeholder_for(None)
+    }
+
+    /// The placeholder, with the host page's TAI − UTC when it has a valid one (so a guest
+    /// driver probing the placeholder registers its PTP clock).
+    pub fn placeholder_for(&self, host: Option<&Snapshot>) -> Option<vmclock::PageBuilder> {
         let (counter_id, time_type) = self.state.constants?;
+        let b = match host.and_then(Snapshot::tai_minus_utc) {
+            Some(o) if counter_id != vmclock::abi::counter_id::INVALID => vmclock::PageBuilder::new().tai_minus_utc(o),
+            _ => vmclock::PageBuilder::new(),
+        };
         Some(
-            vmclock::PageBuilder::new()
-                .constants(counter_id, time_type)
+            b.constants(counter_id, time_type)
                 .status(vmclock::abi::status::UNRELIABLE)
                 .disruption_marker(self.state.disruption_marker)
                 .vm_generation(self.state.vm_generation),
@@ -605,6 +614,10 @@ mod tests {
             (ph.counter_id(), ph.time_type(), ph.clock_status()),
             (counter_id::X86_TSC, TAI, Some(status::UNRELIABLE))
         );
+        // Issue 20, item 10: with the host page's valid offset (a driver probing it registers
+        // its PTP clock).
+        let ph = Snapshot::new(r.placeholder_for(Some(&tai)).unwrap().build(), 4096).unwrap();
+        assert_eq!((ph.tai_minus_utc(), ph.tai_offset_raw()), (Some(37), Some(-37)));
         let g0 = Snapshot::new(r.guest_page(&tai).unwrap(), 4096).unwrap();
         assert_eq!(g0.time_type(), TAI);
         // The host restarts with a UTC page (and the offset): the guest page stays TAI, same time.

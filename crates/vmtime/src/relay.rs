@@ -346,7 +346,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     // (or kept from the saved state): a host restarted with another time type changes nothing.
     let now = host.read().context("reading the host page")?;
     let (counter_id, time_type) = relay.fix_constants(now.counter_id(), now.time_type());
-    let placeholder = relay.placeholder().expect("the constants are fixed");
+    let placeholder = relay.placeholder_for(Some(&now)).expect("the constants are fixed");
     // The guest page is written in place (the VMM maps it): a vmclock page or a zero-filled
     // file, or a new file (created with its constants); anything else is refused (before any
     // state is written).
