@@ -116,7 +116,7 @@ pub struct Continuity {
 
 /// 64.64 s → ns, saturated (to within a ns: the low 32 bits are dropped first).
 fn to_ns(x: i128) -> i64 {
-    ((x >> 32) * 1_000_000_000 >> 32).clamp(i64::MIN as i128, i64::MAX as i128) as i64
+    (((x >> 32) * 1_000_000_000) >> 32).clamp(i64::MIN as i128, i64::MAX as i128) as i64
 }
 
 impl Continuity {
