@@ -57,6 +57,7 @@ impl Figures for HostMetrics {
                 "interval_ms": self.config.interval_ns / 1_000_000,
             },
             "kernel_page_readable": self.kernel_page_readable,
+            "kernel_page_usable": self.kernel_page_readable.map(|_| !self.stats.kernel_page.unusable),
             "page": self.page,
             "clocksource": self.clocksource,
             "tai": self.tai,
@@ -435,6 +436,7 @@ pub const HOLD_REASONS: &[&str] = &[
     "realtime_stepped",
     "no_maxerror",
     "unbounded",
+    "jump",
 ];
 
 /// The label of a hold reason (`None`: the page could not be read).
@@ -451,6 +453,7 @@ pub fn hold_reason(h: Option<vmtime_core::feed::Hold>) -> &'static str {
         Some(Hold::RealtimeStepped) => "realtime_stepped",
         Some(Hold::NoMaxError) => "no_maxerror",
         Some(Hold::Unbounded) => "unbounded",
+        Some(Hold::Jump) => "jump",
     }
 }
 
