@@ -11,6 +11,7 @@ pub mod overwrite;
 pub mod phc;
 pub mod relay;
 pub mod rival;
+pub mod sanity;
 pub mod stats;
 pub mod sync;
 
