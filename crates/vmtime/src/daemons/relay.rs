@@ -10,8 +10,9 @@ use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
-use vmclock::seqlock::PageMemory;
+use vmclock::seqlock::{self, PageMemory};
 use vmclock::{Mapping, WritableMapping, Writer};
+use vmtime_core::overwrite::{Guard, Verdict, Written};
 use vmtime_core::relay::{CounterMap, GuestRelay, GuestState};
 use vmtime_sys::event;
 use vmtime_sys::files::{self, LockFile, PageFile};
@@ -117,6 +118,10 @@ fn save(path: &Path, st: &GuestState) -> Result<()> {
     Ok(())
 }
 
+/// How often the guest page is compared with the relay's last write: a page overwritten by a
+/// migration or a restore is rewritten within this, whatever the host page does.
+const GUARD_EVERY: Duration = Duration::from_millis(1);
+
 struct Relay {
     host: crate::page::FollowedPage,
     relay: GuestRelay,
@@ -144,6 +149,8 @@ struct Relay {
     /// The last failure to relay (logged once per cause).
     last_error: String,
     line: String,
+    /// The relay's last write into the guest page, to see another writer's.
+    guard: Guard,
     /// The figures (metrics and status).
     m: crate::ops::figures::RelayMetrics,
 }
@@ -203,6 +210,7 @@ impl Relay {
             self.saved = after;
         }
         let seq = self.writer.publish(&page);
+        self.guard.wrote(Written::of(&page, seq));
         self.last_host_seq = Some(host.seq_count());
         self.relayed += 1;
         self.pending_notify = Some(seq);
@@ -218,6 +226,57 @@ impl Relay {
             );
         }
         Ok(())
+    }
+
+    /// Compares the guest page with this relay's last write. A page written by someone else (QEMU
+    /// loading a migration's or a snapshot's RAM into the file) is a disruption for the guest:
+    /// a new marker and no time until the counter map is confirmed, written at once.
+    fn guard_guest_page(&mut self) -> Result<()> {
+        let look = seqlock::try_read(self.writer.memory().words()).map(|w| {
+            let mut b = [0u8; vmclock::abi::ABI_SIZE];
+            for (chunk, word) in b.chunks_exact_mut(4).zip(w) {
+                chunk.copy_from_slice(&word.to_ne_bytes());
+            }
+            b
+        });
+        let Verdict::Overwritten(o) = self.guard.look(look.as_ref()) else { return Ok(()) };
+        self.m.overwrites += 1;
+        self.relay.overwritten(&o);
+        tracing::warn!(
+            "the guest page was written by someone else ({}): a migration or a restore; the guest gets disruption marker {:#x} and no time until the counter map is confirmed (`migrated OFFSET` or `restored OFFSET` on the control socket)",
+            o.difference,
+            self.relay.state().disruption_marker
+        );
+        let written = self.relayed;
+        self.relay(true, Instant::now())?;
+        if self.relayed == written {
+            // The host page cannot be read (holdover): the guest still must not keep the page
+            // that was written over its own. The placeholder: the markers, UNRELIABLE, no time.
+            let after = *self.relay.state();
+            save(&self.state_path, &after)?;
+            self.saved = after;
+            let page = self.relay.placeholder().context("the guest page's constants are fixed at start")?.build();
+            let seq = self.writer.publish(&page);
+            self.guard.wrote(Written::of(&page, seq));
+            self.pending_notify = Some(seq);
+        }
+        self.m.map_pending = self.relay.map_pending();
+        Ok(())
+    }
+
+    /// The counter map of a control request's words: none (the map in force), an offset (the
+    /// ratio in force), or an offset, a ratio and its fraction bits.
+    fn map_from(&self, words: &[&str], what: &str) -> Result<CounterMap> {
+        Ok(match words {
+            [] => self.relay.state().map,
+            [off] => CounterMap { offset: parse_offset(off)?, ..self.relay.state().map },
+            [off, ratio, bits] => {
+                let ratio = ratio.parse::<TscRatio>().map_err(|e| anyhow::anyhow!("ratio {ratio:?}: {e}"))?;
+                let bits = bits.parse::<FracBits>().map_err(|e| anyhow::anyhow!("fraction bits {bits:?}: {e}"))?;
+                counter_map(parse_offset(off)?, ratio, bits)?.0
+            }
+            _ => bail!("usage: {what} [OFFSET [RATIO FRAC_BITS]]"),
+        })
     }
 
     /// Follows the host page's file if it was replaced, and relays the new file's page (its
@@ -240,24 +299,19 @@ impl Relay {
                 Answer::Reply(Reply::Subscribe(u32::from_le(seq).to_string()))
             }
             ["migrated", rest @ ..] => {
-                let map = match rest {
-                    [] => self.relay.state().map,
-                    [off] => CounterMap { offset: parse_offset(off)?, ..self.relay.state().map },
-                    [off, ratio, bits] => {
-                        let ratio = ratio.parse::<TscRatio>().map_err(|e| anyhow::anyhow!("ratio {ratio:?}: {e}"))?;
-                        let bits =
-                            bits.parse::<FracBits>().map_err(|e| anyhow::anyhow!("fraction bits {bits:?}: {e}"))?;
-                        counter_map(parse_offset(off)?, ratio, bits)?.0
-                    }
-                    _ => bail!("usage: migrated [OFFSET [RATIO FRAC_BITS]]"),
-                };
+                let map = self.map_from(rest, "migrated")?;
                 self.relay.migrated_in(map);
                 self.relay(true, Instant::now())?;
+                self.m.map_pending = self.relay.map_pending();
                 Answer::Status
             }
-            ["restored"] => {
+            ["restored", rest @ ..] => {
+                // The map the restored guest runs under: the one given, else the one in force.
+                let map = self.map_from(rest, "restored")?;
                 self.relay.restored_from_snapshot();
+                self.relay.confirm_map(map);
                 self.relay(true, Instant::now())?;
+                self.m.map_pending = self.relay.map_pending();
                 Answer::Status
             }
             _ => Answer::Unknown,
@@ -307,6 +361,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     }
     if restored {
         relay.restored_from_snapshot();
+        relay.confirm_map(map);
     }
 
     let host = crate::page::FollowedPage::open(&host_path).map_err(|e| {
@@ -339,6 +394,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         writer: Writer::new(mem),
         _guest_file: guest_file,
         _state_lock: state_lock,
+        guard: Guard::new(),
         saved,
         state_path,
         last_host_seq: None,
@@ -388,11 +444,13 @@ impl Daemon for Relay {
     /// The log level is applied on SIGHUP; the pages, the sockets, the state, the counter map
     /// (constants of the guest's page) and the metrics address need a restart.
     const LIVE: &'static [&'static str] = &["log_level"];
-    const REQUESTS: &'static str = "status, subscribe, migrated [OFFSET [RATIO BITS]] or restored";
+    const REQUESTS: &'static str =
+        "status, subscribe, migrated [OFFSET [RATIO BITS]] or restored [OFFSET [RATIO BITS]]";
 
-    /// Without notifications (or while they are silent) the host page is polled every 1 ms.
+    /// Without notifications (or while they are silent) the host page is polled every 1 ms; the
+    /// guest page is looked at every GUARD_EVERY in any case.
     fn next_turn(&self) -> Option<Instant> {
-        let every = if self.host_sub.is_some() { Duration::from_secs(1) } else { Duration::from_millis(1) };
+        let every = if self.host_sub.is_some() { GUARD_EVERY } else { Duration::from_millis(1).min(GUARD_EVERY) };
         Some(self.last_turn + every)
     }
 
@@ -410,7 +468,10 @@ impl Daemon for Relay {
         }
         // A publisher that stays silent is not trusted to notify: the page is read anyway.
         let silent = self.host_sub.as_ref().is_none_or(|s| s.last_notified().elapsed() >= Duration::from_secs(2));
-        let mut result = if notified || silent { self.relay(false, woke) } else { Ok(()) };
+        let mut result = self.guard_guest_page();
+        if notified || silent {
+            result = result.and(self.relay(false, woke));
+        }
         if self.last_file_check.elapsed() >= Duration::from_secs(1) {
             self.last_file_check = Instant::now();
             result = result.and(self.follow_host_file());

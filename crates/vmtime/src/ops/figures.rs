@@ -167,6 +167,10 @@ pub struct RelayMetrics {
     pub state: Option<vmtime_core::relay::GuestState>,
     pub last_host_seq: Option<u32>,
     pub guest_seq: Option<u32>,
+    /// Waiting for the counter map to be confirmed (the guest page was overwritten).
+    pub map_pending: bool,
+    /// Overwrites seen (the guest page written by someone else).
+    pub overwrites: u64,
     /// The runtime's figures.
     pub run: RunFigures,
 }
@@ -185,6 +189,8 @@ impl Figures for RelayMetrics {
             "guest_status": self.status,
             "last_latency_us": self.latency_us.unwrap_or(0.0),
             "holdover": self.holdover,
+            "map_pending": self.map_pending,
+            "overwrites": self.overwrites,
         })
     }
 }
