@@ -359,6 +359,9 @@ fn under_journald_lines_carry_a_priority_and_no_timestamp() {
     let port = free_port();
     let run = |journal: bool| {
         let log = dir.path().join(format!("log{journal}"));
+        // A page of its own: a new page is published at once (a page taken over waits for an
+        // interval, as long as the whole run).
+        let page = dir.path().join(format!("host{journal}.page"));
         let f = std::fs::File::create(&log).unwrap();
         let m = f.metadata().unwrap();
         let mut c = Command::new(env!("CARGO_BIN_EXE_vmtime"));

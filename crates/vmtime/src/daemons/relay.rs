@@ -496,6 +496,7 @@ impl Daemon for Relay {
             Ok(()) => self.last_error.clear(),
         }
         self.m.holdover = self.holding;
+        self.m.last_host_seq = self.last_host_seq;
         Ok(Flow::Continue)
     }
 

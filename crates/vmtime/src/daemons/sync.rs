@@ -532,7 +532,11 @@ impl Sync {
         self.redone += tries.saturating_sub(1);
         let (page, (raw, samples)) = match got {
             Ok(Some((p, s))) if gives_time(&p, vmclock::counter::NATIVE) => (p, s),
-            Ok(_) | Err(_) => {
+            other => {
+                match &other {
+                    Ok(Some((p, _))) => self.m.page_seen(p),
+                    _ => self.m.page_lost(),
+                }
                 let a = self.discipline.handle_source_lost(&kernel);
                 self.log_notices();
                 self.m.discipline(self.discipline.status(), false);

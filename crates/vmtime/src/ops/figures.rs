@@ -311,6 +311,15 @@ impl SyncMetrics {
     }
 }
 
+impl SyncMetrics {
+    /// The source page could not be read (or gives no time).
+    pub fn page_lost(&mut self) {
+        self.source_status = None;
+        self.disruption_marker = None;
+        self.vm_generation_counter = None;
+    }
+}
+
 impl Figures for SyncMetrics {
     fn run(&mut self) -> &mut RunFigures {
         &mut self.run
