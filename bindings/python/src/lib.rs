@@ -10,7 +10,12 @@ use vmclock::guard::{protect, GuardError, Protection};
 use vmclock::realtime::{self, Code, MarkerWatch, Reading};
 use vmclock::Clock;
 
-create_exception!(vmclock, VmclockError, PyException, "A vmclock read or open failed: `code` is the C API's VMCLOCK_E_* value, `name` its name, `str()` its text.");
+create_exception!(
+    vmclock,
+    VmclockError,
+    PyException,
+    "A vmclock read or open failed: `code` is the C API's VMCLOCK_E_* value, `name` its name, `str()` its text."
+);
 
 /// The exception for `code`, with `code`, `name`, `errno` and `reading` attributes.
 fn error(py: Python<'_>, code: Code, errno: Option<i32>, reading: Option<Reading>) -> PyErr {
