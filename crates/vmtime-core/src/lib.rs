@@ -10,6 +10,7 @@ pub mod leapsecs;
 pub mod phc;
 pub mod relay;
 pub mod rival;
+pub mod sanity;
 pub mod stats;
 pub mod sync;
 

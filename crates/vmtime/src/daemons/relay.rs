@@ -143,12 +143,7 @@ struct Relay {
 impl Relay {
     fn relay(&mut self, force: bool, woke: Instant) -> Result<()> {
         let host = match self.host.read() {
-            Ok(h) => {
-                if std::mem::take(&mut self.holding) {
-                    tracing::info!("the host page is readable again: relaying");
-                }
-                h
-            }
+            Ok(h) => h,
             Err(e) => {
                 if !std::mem::replace(&mut self.holding, true) {
                     tracing::warn!("{e}: the guest page keeps its last update (holdover)");
@@ -157,12 +152,30 @@ impl Relay {
             }
         };
         crate::page::warn_legacy_tai(self.host.path(), &host);
-        if !force && self.last_host_seq == Some(host.seq_count()) {
+        if !force && self.last_host_seq == Some(host.seq_count()) && !self.holding {
             return Ok(());
         }
         let before = self.saved;
         let was_unconvertible = self.relay.unconvertible();
-        let page = self.relay.guest_page(&host)?;
+        // A host page the guest could not read or should not believe (vmtime_core::relay::
+        // host_fault) is not relayed: the guest page keeps its last update, as when the host
+        // page cannot be read.
+        let page = match self.relay.guest_page(&host) {
+            Ok(p) => p,
+            Err(e) => {
+                self.last_host_seq = Some(host.seq_count());
+                if !std::mem::replace(&mut self.holding, true) {
+                    tracing::warn!(
+                        "{}: {e}: the guest page keeps its last update (holdover)",
+                        self.host.path().display()
+                    );
+                }
+                return Ok(());
+            }
+        };
+        if std::mem::take(&mut self.holding) {
+            tracing::info!("the host page is usable again: relaying");
+        }
         let unconvertible = self.relay.unconvertible();
         if unconvertible && !was_unconvertible {
             tracing::warn!(
@@ -324,7 +337,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     // (or kept from the saved state): a host restarted with another time type changes nothing.
     let now = host.read().context("reading the host page")?;
     let (counter_id, time_type) = relay.fix_constants(now.counter_id(), now.time_type());
-    let placeholder = relay.placeholder().expect("the constants are fixed");
+    let placeholder = relay.placeholder_for(Some(&now)).expect("the constants are fixed");
     // The guest page is written in place (the VMM maps it): a vmclock page or a zero-filled
     // file, or a new file (created with its constants); anything else is refused (before any
     // state is written).
