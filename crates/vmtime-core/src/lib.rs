@@ -7,6 +7,7 @@ pub mod feed;
 pub mod host;
 pub mod kernel;
 pub mod leapsecs;
+pub mod overwrite;
 pub mod phc;
 pub mod relay;
 pub mod rival;
