@@ -2,6 +2,7 @@
 //! reads a clock or touches the system.
 #![forbid(unsafe_code)]
 
+pub mod cadence;
 pub mod check;
 pub mod feed;
 pub mod host;

@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use vmclock::abi::{self, flags};
+use vmtime_core::cadence::{Cadence, Markers};
 use vmtime_core::rival::{ClockWatch, Interference};
 use vmtime_core::sync::{
     gives_time, sample_under_page, Discipline, MarkerWatch, NotifyCheck, SyncAction, SyncConfig, SyncObservation,
@@ -207,7 +208,40 @@ fn run_phc(
             printed = line;
         }
     };
+    // Between measurements the markers page (if any) is checked at the cadence: a new
+    // disruption marker makes the next measurement come at once, and step.
+    let mut cadence = Cadence::default();
+    let mut markers = markers;
+    let mut next_measure = Instant::now();
     while end.is_none_or(|e| Instant::now() < e) {
+        if Instant::now() < next_measure {
+            let mono = mono_ns()?;
+            let check = markers.as_ref().and_then(|_| cadence.next_check_ns(mono));
+            let check_at = check.map(|t| Instant::now() + Duration::from_nanos((t - mono).max(0) as u64));
+            let until = check_at.map_or(next_measure, |c| c.min(next_measure));
+            poller.clear();
+            signals.register(&mut poller);
+            poller.wait(Some(until.saturating_duration_since(Instant::now())))?;
+            match signals.take(&poller) {
+                Some(SignalEvent::Terminate(name)) => {
+                    tracing::info!("{name}: stopping (the clock is left as it is)");
+                    break;
+                }
+                Some(SignalEvent::Reload) => {
+                    let _ = reload(args, a, LIVE_PHC);
+                }
+                None => {}
+            }
+            let mono = mono_ns()?;
+            if let Some(m) = markers.as_mut().filter(|_| cadence.due(mono)) {
+                if cadence.look(mono, m.markers()) == vmtime_core::cadence::Look::Disrupted {
+                    next_measure = Instant::now();
+                }
+            }
+            supervisor.tick();
+            continue;
+        }
+        next_measure = Instant::now() + interval;
         let tx = vmtime_sys::read_timex()?;
         if let Some(w) = &mut rival {
             if let Err(i) = w.check(&tx) {
@@ -216,6 +250,7 @@ fn run_phc(
         }
         if let Some(m) = &markers {
             if let Ok(p) = m.read() {
+                cadence.seen(Markers::of(&p));
                 let c = watch.observe(&p);
                 if c.disrupted {
                     tracing::info!("disruption marker changed: {:#x}; stepping from the PHC", p.disruption_marker());
@@ -266,20 +301,6 @@ fn run_phc(
             supervisor.ready(&format!("following {}", dev.display()));
         }
         supervisor.tick();
-        // The wait between measurements is also where signals arrive.
-        poller.clear();
-        signals.register(&mut poller);
-        poller.wait(Some(interval))?;
-        match signals.take(&poller) {
-            Some(SignalEvent::Terminate(name)) => {
-                tracing::info!("{name}: stopping (the clock is left as it is)");
-                break;
-            }
-            Some(SignalEvent::Reload) => {
-                let _ = reload(args, a, LIVE_PHC);
-            }
-            None => {}
-        }
     }
     supervisor.stopping();
     Ok(ExitCode::SUCCESS)
@@ -308,11 +329,18 @@ fn run_markers_only(
     let mut last = None;
     let mut poller = Poller::new();
     let mut next = Instant::now();
+    // Between full reads (every interval) the markers are checked at the cadence.
+    let mut cadence = Cadence::default();
     while end.is_none_or(|e| Instant::now() < e) {
+        let mono = mono_ns()?;
+        if cadence.due(mono) && cadence.look(mono, page.markers()) == vmtime_core::cadence::Look::Disrupted {
+            next = Instant::now();
+        }
         if Instant::now() >= next {
             next = Instant::now() + interval;
             page.refresh();
             if let Ok(p) = page.read() {
+                cadence.seen(Markers::of(&p));
                 let c = watch.observe(&p);
                 if c.disrupted {
                     tracing::info!(
@@ -327,7 +355,10 @@ fn run_markers_only(
                 last = Some(p);
             }
         }
-        let wake = serve::earliest(Some(next), server.next_deadline());
+        let mono = mono_ns()?;
+        let check =
+            cadence.next_check_ns(mono).map(|t| Instant::now() + Duration::from_nanos((t - mono).max(0) as u64));
+        let wake = serve::earliest(serve::earliest(Some(next), check), server.next_deadline());
         poller.clear();
         signals.register(&mut poller);
         server.register(&mut poller);
@@ -397,6 +428,11 @@ impl DeviceNotes {
     }
 }
 
+/// CLOCK_MONOTONIC, ns (the cadence's clock; vDSO, no system call).
+fn mono_ns() -> Result<i128> {
+    Ok(vmtime_sys::gettime(ClockId::Monotonic)?)
+}
+
 /// The first vmclock device, if any.
 fn find_device() -> Option<PathBuf> {
     (0..8).map(|i| PathBuf::from(format!("/dev/vmclock{i}"))).find(|p| p.exists())
@@ -439,6 +475,8 @@ struct Sync {
     m: crate::metrics::SyncMetrics,
     /// Changes to the kernel's NTP state that this daemon did not make.
     rival: Option<ClockWatch>,
+    /// The checks of the page's markers between observations.
+    cadence: Cadence,
 }
 
 impl Sync {
@@ -527,6 +565,7 @@ impl Sync {
             );
         }
         self.last_marker = Some(page.disruption_marker());
+        self.cadence.seen(Markers::of(&page));
         crate::page::warn_legacy_tai(self.page.path(), &page);
         let a = self.discipline.handle_observation(&SyncObservation { page, raw, samples: &samples, kernel });
         self.log_notices();
@@ -550,6 +589,8 @@ impl Sync {
             "vm_generation_counter": page.and_then(|p| p.vm_generation_counter()),
             "notified": self.notes.device.is_some(),
             "observations_redone": self.redone,
+            "marker_checks": self.cadence.checks(),
+            "check_ms": (!self.cadence.notified()).then(|| self.cadence.check_ns() / 1_000_000),
         })
     }
 }
@@ -711,7 +752,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
         redone: 0,
         m: crate::metrics::SyncMetrics { dry_run: a.dry_run, ..Default::default() },
         rival: (!a.allow_other_daemon).then(ClockWatch::new),
+        cadence: Cadence::default(),
     };
+    s.cadence.set_notified(s.notes.device.is_some());
     let board = crate::metrics::Board::new(s.m.clone());
     crate::metrics::start(a.metrics_listen, &board)?;
     let mut supervisor = crate::service::Supervisor::new();
@@ -747,7 +790,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
         let now = Instant::now();
         let raw_now = vmtime_sys::gettime(ClockId::MonotonicRaw)?;
         let slew_wait = s.discipline.next_deadline().map(|d| Duration::from_nanos((d - raw_now).max(0) as u64));
-        let wait = [Some(next_obs.saturating_duration_since(now)), slew_wait]
+        let mono_now = mono_ns()?;
+        let check_wait = s.cadence.next_check_ns(mono_now).map(|t| Duration::from_nanos((t - mono_now).max(0) as u64));
+        let wait = [Some(next_obs.saturating_duration_since(now)), slew_wait, check_wait]
             .into_iter()
             .flatten()
             .min()
@@ -785,9 +830,19 @@ pub fn run(args: Args) -> Result<ExitCode> {
             if s.notes.device.is_some() {
                 let page = &s.page;
                 notified = s.notes.readable(|| page.read().map_or(u32::MAX, |p| p.seq_count()));
+                s.cadence.set_notified(s.notes.device.is_some());
             } else if !sub.as_mut().is_some_and(|x| x.drain()) {
                 tracing::warn!("the publisher went away: polling the page");
                 sub = None;
+            }
+        }
+        // The markers' check between observations: loads from the mapped page.
+        let mono_now = mono_ns()?;
+        if s.cadence.due(mono_now) {
+            let look = s.cadence.look(mono_now, s.page.markers());
+            if look.observe_now(s.discipline.disruption_pending()) {
+                tracing::debug!("the page's check found {look:?}: observing now");
+                notified = true;
             }
         }
         if notified || Instant::now() >= next_obs {
