@@ -8,6 +8,7 @@ pub mod feed;
 pub mod host;
 pub mod kernel;
 pub mod leapsecs;
+pub mod oneshot;
 pub mod phc;
 pub mod relay;
 pub mod rival;

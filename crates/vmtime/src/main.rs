@@ -22,6 +22,7 @@ mod status;
 mod sync;
 mod tai;
 mod values;
+mod waitsync;
 mod watch;
 
 use anyhow::Result;
@@ -57,6 +58,8 @@ enum Command {
     Phc(phc::Args),
     /// Keep this guest's CLOCK_REALTIME locked to a vmclock page (--dry-run: change nothing).
     Sync(sync::Args),
+    /// Wait until CLOCK_REALTIME lies inside the page's bounds (widened by --max-error-ns): exit 0, or 1 at the timeout.
+    Waitsync(waitsync::Args),
     /// Print each update of a page with the fields that changed.
     Watch(watch::Args),
     /// Give a stock guest under an unmodified QEMU a vmclock device on a page file: SSDT + QEMU arguments.
@@ -164,6 +167,7 @@ fn main() -> ExitCode {
         Command::Phc(a) => phc::run(a),
         Command::Sim(a) => sim::run(a),
         Command::Sync(a) => sync::run(a),
+        Command::Waitsync(a) => waitsync::run(a),
         Command::Watch(a) => watch::run(a),
         Command::Status(a) => status::run(a),
         Command::Qemu(a) => qemu::run(a),

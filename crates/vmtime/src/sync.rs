@@ -39,6 +39,11 @@ pub struct Args {
     /// Print the actions instead of applying them: nothing is changed.
     #[arg(long)]
     dry_run: bool,
+    /// One bounded step from the page (or PHC), with the TAI offset, leap state and bounds, then
+    /// exit: 0, or 1 with the reason on one line (for agents, init scripts, microVMs).
+    #[arg(long)]
+    #[serde(skip)]
+    pub once: bool,
     /// Interval between observations without notification, ms.
     #[arg(long)]
     interval_ms: Option<IntervalMs>,
@@ -213,6 +218,7 @@ fn run_phc(
     let mut cadence = Cadence::default();
     let mut markers = markers;
     let mut next_measure = Instant::now();
+    let mut once_again = false;
     while end.is_none_or(|e| Instant::now() < e) {
         if Instant::now() < next_measure {
             let mono = mono_ns()?;
@@ -262,7 +268,59 @@ fn run_phc(
             }
         }
         let page = own_page.as_ref().and_then(|m| vmclock::seqlock::read(m, vmclock::seqlock::DEFAULT_MAX_WAIT).ok());
-        servo.set_source(PhcSourceState::from_facts(page.as_ref(), tx.tai, a.tai_offset.map(TaiUtcS::get)));
+        let src = PhcSourceState::from_facts(page.as_ref(), tx.tai, a.tai_offset.map(TaiUtcS::get));
+        servo.set_source(src);
+        if args.once {
+            // One reading: its step (when more than 1 µs off), the TAI offset and the bounds;
+            // after a real step, one more reading gives the bounds of the clock as now set.
+            let m = match read_best(&mut d, 25) {
+                Ok((m, _)) => m,
+                Err(failed) => {
+                    let first = failed.first().map(|(_, e)| e.as_str()).unwrap_or("no reading");
+                    return once_failed(&dev, format!("no reading method works ({first})"));
+                }
+            };
+            let acts = servo.handle_measurement(&m, tx.tick, tx.freq, interval.as_secs_f64());
+            if servo.in_holdover() {
+                return once_failed(&dev, "the source cannot be used now (UNRELIABLE, or TAI without TAI − UTC)");
+            }
+            let stepped = acts.iter().find_map(|x| match x {
+                SyncAction::Step { delta_ns } => Some(*delta_ns),
+                _ => None,
+            });
+            let mut acts: Vec<_> = acts.into_iter().filter(|x| !matches!(x, SyncAction::SetFrequency { .. })).collect();
+            if let Some(t) = src.tai_minus_utc.filter(|&t| i32::from(t) != tx.tai) {
+                acts.push(SyncAction::SetTai(i32::from(t)));
+            }
+            for act in &acts {
+                if a.dry_run {
+                    println!("dry run: would {}", describe(act));
+                } else if let Err(e) = vmtime_sys::timex::apply(act) {
+                    return once_failed(
+                        &dev,
+                        format!("cannot {} ({e}; vmtime sync needs CAP_SYS_TIME)", describe(act)),
+                    );
+                }
+            }
+            if stepped.is_some() && !a.dry_run && !once_again {
+                once_again = true;
+                next_measure = Instant::now();
+                continue;
+            }
+            println!(
+                "vmtime sync --once: {} ({clock_name}): offset {:+.0} ns, {}{}",
+                dev.display(),
+                servo.last_offset_ns,
+                match stepped {
+                    Some(d) if a.dry_run => format!("would step by {:+.3} µs", d as f64 / 1e3),
+                    Some(d) => format!("stepped by {:+.3} µs", d as f64 / 1e3),
+                    None if once_again => "stepped before".to_string(),
+                    None => "not stepped".to_string(),
+                },
+                if a.dry_run { " (dry run: nothing was changed)" } else { "" }
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
         let actions = match read_best(&mut d, 25) {
             Ok((m, _)) => {
                 let acts = servo.handle_measurement(&m, tx.tick, tx.freq, interval.as_secs_f64());
@@ -303,6 +361,76 @@ fn run_phc(
         supervisor.tick();
     }
     supervisor.stopping();
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--once` failed: one line naming the source and the reason, exit status 1.
+fn once_failed(source: &std::path::Path, why: impl std::fmt::Display) -> Result<ExitCode> {
+    eprintln!("vmtime sync --once: {}: {why}; the clock is left as it is", source.display());
+    Ok(ExitCode::from(1))
+}
+
+/// `vmtime sync --once` on a page: one observation (its samples paired with one version of the
+/// page: a page updated meanwhile, a migration or restore, is observed again), then the step,
+/// TAI offset, leap state and bounds of `vmtime_core::oneshot::once`, and exit. A page with
+/// markers only goes to the machine's PHC, if it has one.
+fn run_once(a: &SyncSettings, args: &Args, source: &std::path::Path) -> Result<ExitCode> {
+    let page = match crate::page::FollowedPage::open(source) {
+        Ok(p) => p,
+        Err(e) => return once_failed(source, e),
+    };
+    let first = match page.read() {
+        Ok(p) => p,
+        Err(e) => return once_failed(source, e),
+    };
+    if !gives_time(&first, vmclock::counter::NATIVE) {
+        return match find_phc() {
+            Some(info) => run_phc(a, args, info, Some(page)),
+            None => once_failed(source, "it carries markers only and this machine has no PHC: no time source"),
+        };
+    }
+    let kernel = vmtime_sys::read_timex()?;
+    let got = sample_under_page(
+        4,
+        || page.read().map_err(anyhow::Error::from),
+        || -> Result<_> {
+            let raw = tightest(ClockId::MonotonicRaw, 16)?;
+            let samples = (0..64).map(|_| aba_sample(ClockId::Realtime)).collect::<std::io::Result<Vec<_>>>()?;
+            Ok((raw, samples))
+        },
+        || page.read().map_or(u32::MAX, |p| p.seq_count()),
+    );
+    let (p, (raw, samples)) = match got {
+        Ok(Some(x)) => x,
+        Ok(None) => return once_failed(source, "the page changed during every one of 4 observations"),
+        Err(e) => return once_failed(source, format!("{e:#}")),
+    };
+    crate::page::warn_legacy_tai(source, &p);
+    let obs = SyncObservation { page: p, raw, samples: &samples, kernel };
+    let once = match vmtime_core::oneshot::once(discipline_config(a), &obs, vmclock::counter::NATIVE) {
+        Ok(o) => o,
+        Err(e) => return once_failed(source, e),
+    };
+    for act in &once.actions {
+        if a.dry_run {
+            println!("dry run: would {}", describe(act));
+        } else if let Err(e) = vmtime_sys::timex::apply(act) {
+            return once_failed(source, format!("cannot {} ({e}; vmtime sync needs CAP_SYS_TIME)", describe(act)));
+        }
+    }
+    let what = match once.step_ns() {
+        Some(d) if a.dry_run => format!("would step by {:+.3} µs", d as f64 / 1e3),
+        Some(d) => format!("stepped by {:+.3} µs", d as f64 / 1e3),
+        None => "within 1 µs: not stepped".to_string(),
+    };
+    println!(
+        "vmtime sync --once: {}: offset {:+.0} ns, {what}; bound {:.0} ns (marker {:#x}){}",
+        source.display(),
+        once.offset_ns,
+        once.bound_ns,
+        p.disruption_marker(),
+        if a.dry_run { " (dry run: nothing was changed)" } else { "" }
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -712,6 +840,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
             driver: None,
         });
         return run_phc(&a, &args, info, None);
+    }
+    if args.once {
+        return run_once(&a, &args, &source);
     }
     let page = crate::page::FollowedPage::open(&source)?;
     let first = page.read()?;
