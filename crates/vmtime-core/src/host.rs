@@ -63,6 +63,10 @@ pub struct HostConfig {
     /// `tai_offset_sec` is filled in later (a dynamic field). `None`: decided by the first
     /// observation. A page taken over on restart keeps its own.
     pub time_type: Option<u8>,
+    /// TAI − UTC (positive: 37) when known at start: the placeholder page carries it
+    /// (TAI_OFFSET_VALID), so a guest driver probing before the first calibrated page registers
+    /// its PTP clock.
+    pub tai_minus_utc: Option<i16>,
 }
 
 impl Default for HostConfig {
@@ -80,6 +84,7 @@ impl Default for HostConfig {
             marker_seed: 1,
             notify: true,
             time_type: None,
+            tai_minus_utc: None,
         }
     }
 }
@@ -319,7 +324,6 @@ impl Publisher {
         let time_type = cfg.time_type;
         Publisher {
             marker: cfg.marker_seed,
-            cfg,
             raw_base: None,
             counter_usable: true,
             pending: Some(Reason::Initial),
@@ -333,7 +337,8 @@ impl Publisher {
             last_key: None,
             last_offset: 0,
             time_type,
-            last_known_tai: None,
+            last_known_tai: cfg.tai_minus_utc,
+            cfg,
         }
     }
 
@@ -380,9 +385,12 @@ impl Publisher {
     /// to give. `None` until the time type is fixed ([`HostConfig::time_type`]).
     pub fn placeholder(&self) -> Option<PageBuilder> {
         let time_type = self.time_type?;
+        let b = match self.cfg.tai_minus_utc.or(self.last_known_tai) {
+            Some(o) if self.cfg.counter_id != abi::counter_id::INVALID => PageBuilder::new().tai_minus_utc(o),
+            _ => PageBuilder::new(),
+        };
         Some(
-            PageBuilder::new()
-                .constants(self.cfg.counter_id, time_type)
+            b.constants(self.cfg.counter_id, time_type)
                 // INITIALIZING: no time yet, the publisher is starting ("not yet calibrated" to
                 // `vmtime check`); like UNRELIABLE, a reader must not use it.
                 .status(if self.cfg.counter_id == abi::counter_id::INVALID {
@@ -404,11 +412,6 @@ impl Publisher {
     /// Statistics for status reports.
     pub fn stats(&self) -> &HostStats {
         &self.stats
-    }
-
-    /// The page last published.
-    pub fn last_page(&self) -> Option<Snapshot> {
-        self.last.map(|l| l.snap)
     }
 
     /// Whether a full observation is due: the kernel's NTP state changed in a way that matters
@@ -511,13 +514,21 @@ impl Publisher {
         if known.is_some() {
             self.last_known_tai = known;
         }
-        // The page's time type is a constant field: fixed by the first page and never changed.
-        // A UTC page gets its TAI offset later, when it becomes known (a dynamic field); a TAI
-        // page whose offset stops being known (an expired leap-second list) stays TAI, with the
-        // last offset known, TAI_OFFSET_VALID clear and a second more of maxerror (a leap second
-        // may have been missed).
-        let time_type =
+        // The page's time type is a constant field (readers take it once): fixed by the first
+        // page. A TAI page whose offset stops being known (an expired leap-second list) stays
+        // TAI, with the last offset known, TAI_OFFSET_VALID clear and a second more of maxerror
+        // (a leap second may have been missed). A UTC page (TAI − UTC unknown at start) becomes
+        // TAI once the offset is known, as a disruption: a new marker tells readers to take
+        // the page afresh (TAI is what the ABI recommends, and a guest driver that probed a UTC
+        // page without an offset registered no PTP clock).
+        let mut time_type =
             *self.time_type.get_or_insert(if known.is_some() { abi::time_type::TAI } else { abi::time_type::UTC });
+        let upgraded =
+            time_type == abi::time_type::UTC && known.is_some() && self.cfg.counter_id != abi::counter_id::INVALID;
+        if upgraded {
+            time_type = abi::time_type::TAI;
+            self.time_type = Some(time_type);
+        }
         let (tai, offset_s, unsure_s) = match (time_type, sampled_tai) {
             (abi::time_type::TAI, true) => (known, 0, 0),
             (abi::time_type::TAI, false) => match known {
@@ -605,8 +616,16 @@ impl Publisher {
 
         let Some(last) = self.last else {
             let reason = self.pending.take().unwrap_or(Reason::Initial);
+            if upgraded {
+                // The placeholder said UTC: readers that took its constants must look again.
+                self.disrupt();
+            }
             return Some(self.publish(reason, &n, false));
         };
+        if upgraded || last.time_type != time_type {
+            self.pending = None;
+            return Some(self.publish(Reason::TaiOffset, &n, true));
+        }
         let r = last.snap.reference().ok()?;
         let err = r.raw_time_at(k.counter).ok()? as i128 - k.time;
         self.stats.last_error_ns = frac_to_ns_f64(err);

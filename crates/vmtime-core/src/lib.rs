@@ -12,6 +12,7 @@ pub mod oneshot;
 pub mod phc;
 pub mod relay;
 pub mod rival;
+pub mod sanity;
 pub mod stats;
 pub mod sync;
 

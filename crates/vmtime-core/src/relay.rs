@@ -38,6 +38,75 @@ pub enum RelayError {
     /// The guest period does not fit the page's representation.
     #[error("the guest period cannot be represented (ratio too far from 1)")]
     PeriodRange,
+    /// The host page claims time the guest could not read or should not believe: it is not
+    /// relayed (the guest page keeps its last update: holdover).
+    #[error("the host page is not relayed: {0}")]
+    BadHostPage(HostFault),
+}
+
+/// Why a host page that claims time (a counter and the time fields) is not relayed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HostFault {
+    /// Its counter-to-time relation cannot be used (a shift of 128 or more, a reserved time
+    /// type).
+    Unusable(vmclock::TimeError),
+    /// Its time type is not one the guest page's can be given in (MONOTONIC for a UTC or TAI
+    /// guest page).
+    TimeType {
+        /// The host page's.
+        host: u8,
+        /// The guest page's.
+        guest: u8,
+    },
+    /// Its time at its reference is outside the believable range, or overflows.
+    Implausible(Option<crate::sanity::Implausible>),
+}
+
+impl std::fmt::Display for HostFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HostFault::Unusable(e) => write!(f, "its time cannot be used ({e})"),
+            HostFault::TimeType { host, guest } => write!(
+                f,
+                "its time type changed to {} and the guest page's is {}",
+                vmclock::abi::time_type_name(*host),
+                vmclock::abi::time_type_name(*guest)
+            ),
+            HostFault::Implausible(Some(why)) => write!(f, "{why}"),
+            HostFault::Implausible(None) => f.write_str("its time overflows"),
+        }
+    }
+}
+
+/// Whether a host page may be relayed to a guest page of time type `guest_time_type`: a page
+/// without time (no counter, or no time fields) always may; one that claims time must give a
+/// usable relation, in a time type the guest page's can be given in, at a believable time.
+pub fn host_fault(host: &Snapshot, guest_time_type: u8) -> Option<HostFault> {
+    use vmclock::abi::time_type;
+    if host.counter_id() == vmclock::abi::counter_id::INVALID || host.time_frac_sec().is_none() {
+        return None;
+    }
+    let r = match host.reference() {
+        Ok(r) => r,
+        Err(e) => return Some(HostFault::Unusable(e)),
+    };
+    let convertible = |t: u8| matches!(t, time_type::UTC | time_type::TAI);
+    if r.time_type != guest_time_type && !(convertible(r.time_type) && convertible(guest_time_type)) {
+        return Some(HostFault::TimeType { host: r.time_type, guest: guest_time_type });
+    }
+    if r.time_type == time_type::MONOTONIC {
+        return None;
+    }
+    // UTC at the reference: a TAI page without its offset is judged by its TAI (37 s off at
+    // most: nothing the range cares about).
+    let t = match host.utc_at(r.counter_value) {
+        Ok(u) => u.time.raw(),
+        Err(_) => match r.time_at(r.counter_value) {
+            Ok(t) => t.raw(),
+            Err(_) => return Some(HostFault::Implausible(None)),
+        },
+    };
+    crate::sanity::check_utc(i128::try_from(t).unwrap_or(i128::MAX)).err().map(|e| HostFault::Implausible(Some(e)))
 }
 
 impl CounterMap {
@@ -192,6 +261,8 @@ pub struct GuestState {
 pub struct GuestRelay {
     state: GuestState,
     unconvertible: bool,
+    /// The host page's (counter_id, time_type) last relayed.
+    last_host_constants: Option<(u8, u8)>,
 }
 
 /// The guest page for a host page of another time type: the time moved by TAI − UTC (the host's
@@ -220,12 +291,13 @@ impl GuestRelay {
                 constants: None,
             },
             unconvertible: false,
+            last_host_constants: None,
         }
     }
 
     /// A guest restored from saved state (a VMM restart).
     pub fn from_state(state: GuestState) -> Self {
-        GuestRelay { state, unconvertible: false }
+        GuestRelay { state, unconvertible: false, last_host_constants: None }
     }
 
     /// Fixes the guest page's constant fields (counter_id, time_type) if they are not fixed yet;
@@ -239,10 +311,19 @@ impl GuestRelay {
     /// the constant fields, the markers, status UNRELIABLE (no time yet: the Linux driver refuses
     /// reads only on UNRELIABLE). `None` until the constants are fixed.
     pub fn placeholder(&self) -> Option<vmclock::PageBuilder> {
+        self.placeholder_for(None)
+    }
+
+    /// The placeholder, with the host page's TAI − UTC when it has a valid one (so a guest
+    /// driver probing the placeholder registers its PTP clock).
+    pub fn placeholder_for(&self, host: Option<&Snapshot>) -> Option<vmclock::PageBuilder> {
         let (counter_id, time_type) = self.state.constants?;
+        let b = match host.and_then(Snapshot::tai_minus_utc) {
+            Some(o) if counter_id != vmclock::abi::counter_id::INVALID => vmclock::PageBuilder::new().tai_minus_utc(o),
+            _ => vmclock::PageBuilder::new(),
+        };
         Some(
-            vmclock::PageBuilder::new()
-                .constants(counter_id, time_type)
+            b.constants(counter_id, time_type)
                 .status(vmclock::abi::status::UNRELIABLE)
                 .disruption_marker(self.state.disruption_marker)
                 .vm_generation(self.state.vm_generation),
@@ -276,13 +357,26 @@ impl GuestRelay {
     }
 
     /// The guest page for this host page.
+    ///
+    /// A host page that claims time the guest could not read or should not believe
+    /// ([`host_fault`]) is refused with [`RelayError::BadHostPage`] and changes nothing: the
+    /// guest page keeps its last update (holdover). A host page whose constant fields
+    /// (counter_id, time_type) differ from the last one relayed is a disruption: the host's
+    /// clock is not the one the guest was following.
     #[must_use = "the page must be written to the guest"]
     pub fn guest_page(&mut self, host: &Snapshot) -> Result<VmclockAbi, RelayError> {
-        if self.state.last_host_marker.is_some_and(|m| m != host.disruption_marker()) {
+        let guest_time_type = self.state.constants.map_or(host.time_type(), |c| c.1);
+        if let Some(fault) = host_fault(host, guest_time_type) {
+            return Err(RelayError::BadHostPage(fault));
+        }
+        let mut g = transform(host, &self.state.map)?;
+        let host_constants = (host.counter_id(), host.time_type());
+        let constants_changed = self.last_host_constants.is_some_and(|c| c != host_constants);
+        if constants_changed || self.state.last_host_marker.is_some_and(|m| m != host.disruption_marker()) {
             self.state.disruption_marker = self.state.disruption_marker.wrapping_add(1);
         }
         self.state.last_host_marker = Some(host.disruption_marker());
-        let mut g = transform(host, &self.state.map)?;
+        self.last_host_constants = Some(host_constants);
         // The constant fields stay the guest page's, whatever the host page has now (a host
         // restarted with another time type, or without its counter).
         let (counter_id, time_type) = self.fix_constants(host.counter_id(), host.time_type());
@@ -520,6 +614,10 @@ mod tests {
             (ph.counter_id(), ph.time_type(), ph.clock_status()),
             (counter_id::X86_TSC, TAI, Some(status::UNRELIABLE))
         );
+        // Issue 20, item 10: with the host page's valid offset (a driver probing it registers
+        // its PTP clock).
+        let ph = Snapshot::new(r.placeholder_for(Some(&tai)).unwrap().build(), 4096).unwrap();
+        assert_eq!((ph.tai_minus_utc(), ph.tai_offset_raw()), (Some(37), Some(-37)));
         let g0 = Snapshot::new(r.guest_page(&tai).unwrap(), 4096).unwrap();
         assert_eq!(g0.time_type(), TAI);
         // The host restarts with a UTC page (and the offset): the guest page stays TAI, same time.
@@ -552,6 +650,108 @@ mod tests {
         )
         .unwrap();
         assert_eq!(old.constants, None);
+    }
+
+    /// Issue 20, item 7: host pages vmtime itself calls invalid, and host time types the guest
+    /// page's cannot be given in, are not relayed; a change of the host's time type is a
+    /// disruption.
+    #[test]
+    fn bad_host_pages_are_held_and_a_time_type_change_is_a_disruption() {
+        use vmclock::abi::time_type::{MONOTONIC, TAI, UTC};
+        let tai = host_page(1_000, 2_500_000_000);
+        let mut r = GuestRelay::new(CounterMap::offset_only(5), 1, false);
+        let g0 = r.guest_page(&tai).unwrap();
+        let bad = [
+            with(&tai, |a| a.counter_period_shift = 160),
+            with(&tai, |a| a.time_sec.set(u64::MAX - 10)),
+            with(&tai, |a| a.time_sec.set(0)),
+            with(&tai, |a| a.time_sec.set(1 << 40)),
+            with(&tai, |a| a.time_type = MONOTONIC),
+            with(&tai, |a| a.time_type = 9),
+        ];
+        for h in &bad {
+            let e = r.guest_page(h).unwrap_err();
+            assert!(matches!(e, RelayError::BadHostPage(_)), "{e}");
+            assert_eq!(r.state().disruption_marker, 1, "{e}: nothing changes");
+        }
+        assert_eq!(host_fault(&bad[0], TAI), Some(HostFault::Unusable(vmclock::TimeError::UnusableShift(160))));
+        assert_eq!(host_fault(&bad[4], TAI), Some(HostFault::TimeType { host: MONOTONIC, guest: TAI }));
+        assert!(
+            host_fault(&bad[2], TAI).unwrap().to_string().contains("1970-01-01"),
+            "{}",
+            host_fault(&bad[2], TAI).unwrap()
+        );
+        // The same page again: relayed, markers unchanged.
+        assert_eq!(r.guest_page(&tai).unwrap().disruption_marker.get(), g0.disruption_marker.get());
+        // The host's time type changes to UTC (with its offset, the same time): converted, and
+        // the guest is told its clock changed.
+        let utc = with(&tai, |a| {
+            a.time_type = UTC;
+            a.time_sec.set(a.time_sec.get() - 37);
+        });
+        let g1 = Snapshot::new(r.guest_page(&utc).unwrap(), 4096).unwrap();
+        assert_eq!((g1.time_type(), g1.clock_status(), g1.disruption_marker()), (TAI, Some(status::SYNCHRONIZED), 2));
+        assert_eq!(Snapshot::new(r.guest_page(&utc).unwrap(), 4096).unwrap().disruption_marker(), 2);
+    }
+
+    /// Issue 20, item 7: byte mutations of a host page under the relay; every guest page the
+    /// relay publishes is readable: a valid page whose time, if its status says it may be
+    /// relied on, can be computed, is in the guest page's time type and is believable.
+    #[test]
+    fn every_published_guest_page_is_readable_under_host_mutations() {
+        let good = host_page(1_000_000, 2_500_000_000);
+        let mut published = 0;
+        let mut held = 0;
+        for seed in 1..=6u64 {
+            let mut rng = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let mut next = move || {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                rng
+            };
+            let buf = PageBuf::new();
+            let map = CounterMap::new(12_345, 3 << 47, 48).unwrap();
+            let mut w = GuestPageWriter::without_notifier(GuestRelay::new(map, seed, false), &buf);
+            w.update(&good).unwrap();
+            let mut bytes = good.to_bytes();
+            for i in 0..300 {
+                if i % 50 == 0 {
+                    bytes = good.to_bytes(); // back to a good page now and then
+                }
+                // 1–3 byte writes, biased to the fields with meaning (offset 16 to 112).
+                for _ in 0..1 + next() % 3 {
+                    let at = 16 + (next() % 96) as usize;
+                    bytes[at] = match next() % 4 {
+                        0 => 0,
+                        1 => 0xff,
+                        2 => bytes[at].wrapping_add(1),
+                        _ => next() as u8,
+                    };
+                }
+                let Ok(host) = Snapshot::decode(&bytes, 4096) else { continue };
+                if w.update(&host).is_err() {
+                    held += 1;
+                    continue;
+                }
+                published += 1;
+                let g = vmclock::seqlock::read(w.memory(), vmclock::seqlock::DEFAULT_MAX_WAIT)
+                    .unwrap_or_else(|e| panic!("seed {seed} step {i}: guest page unreadable: {e}"));
+                assert_eq!(g.time_type(), vmclock::abi::time_type::TAI, "seed {seed} step {i}: constant");
+                let relied = matches!(g.clock_status(), Some(status::SYNCHRONIZED | status::FREERUNNING));
+                if relied && g.counter_id() == counter_id::X86_TSC && g.time_frac_sec().is_some() {
+                    let c = g.counter_value().unwrap().wrapping_add(2_500_000_000);
+                    let t = g.time_at(c).unwrap_or_else(|e| panic!("seed {seed} step {i}: {e}: {:?}", g.raw()));
+                    let utc_s = (t.raw() >> 64) as i64 - 37;
+                    assert!(
+                        (crate::sanity::EARLIEST_UNIX_S - 37..crate::sanity::LATEST_UNIX_S).contains(&utc_s),
+                        "seed {seed} step {i}: {utc_s}"
+                    );
+                }
+            }
+        }
+        // Not vacuous: both outcomes happen.
+        assert!(published > 300 && held > 100, "published {published}, held {held}");
     }
 
     #[test]

@@ -104,3 +104,53 @@ fn the_guest_page_has_its_constant_fields_from_the_start() {
     assert_eq!(g["fields"]["time_type"], first["time_type"], "time_type is constant");
     assert_eq!(g["fields"]["counter_id"], first["counter_id"]);
 }
+
+/// Issue 20, item 7: a host page vmtime calls invalid (a shift of 160) or whose time type turned
+/// MONOTONIC is not relayed: the relay holds over and says so in its status; the guest page
+/// stays readable with its last update; a good host page again is relayed.
+#[test]
+fn a_bad_host_page_makes_the_relay_hold_over() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (host, guest) = (dir.path().join("host.page"), dir.path().join("guest.page"));
+    let h = host.to_str().unwrap();
+    vmtime_ok(&["gen", h, "--counter-hz", "1000000000", "--maxerror-ns", "1000"].map(String::from));
+    let _r = start_relay(dir.path(), &[]);
+    let status = || json(&["status", "--socket", &socket(&guest), "--json"]);
+    let good = std::fs::read(&host).unwrap();
+    let seq0 = u32::from_le_bytes(good[12..16].try_into().unwrap());
+    let f = std::fs::OpenOptions::new().write(true).open(&host).unwrap();
+    // In place, as a publisher would (the byte, then a new even seq_count).
+    let write = |at: u64, byte: u8, seq: u32| {
+        f.write_all_at(&[byte], at).unwrap();
+        f.write_all_at(&seq.to_le_bytes(), 12).unwrap();
+    };
+    let wait = |want: bool, seq: u32| {
+        let until = std::time::Instant::now() + LINE_WITHIN;
+        loop {
+            let st = status();
+            if st["holdover"] == want && st["last_host_seq"] == seq {
+                return st;
+            }
+            assert!(std::time::Instant::now() < until, "holdover never {want}: {st}");
+            std::thread::yield_now();
+        }
+    };
+    wait(false, seq0);
+    for (at, byte) in [(39u64, 160u8), (11, 2)] {
+        // counter_period_shift = 160, then time_type = MONOTONIC.
+        let seq = seq0 + 2 + 2 * at as u32;
+        write(at, byte, seq);
+        let st = wait(true, seq);
+        assert_eq!(st["guest_status"], "SYNCHRONIZED", "{st}");
+        // The guest page keeps its last update: the good host page's, relayed before.
+        let g = show(&guest);
+        assert_eq!(g["fields"]["seq_count"], st["guest_seq"], "{g}");
+        assert_eq!(g["fields"]["counter_period_shift"], good[39], "{g}");
+        assert_eq!(g["fields"]["time_type"]["name"], "TAI", "{g}");
+        let now = vmtime(&["now", guest.to_str().unwrap(), "--json"]);
+        assert!(now.status.success(), "{}", String::from_utf8_lossy(&now.stderr));
+        write(at, good[at as usize], seq + 2);
+        wait(false, seq + 2);
+    }
+}

@@ -63,7 +63,7 @@ fn look(page: &mut Option<crate::page::FollowedPage>, path: &std::path::Path, to
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
-    let path = crate::page_or_default(a.source);
+    let path = crate::paths::page_or_default(a.source);
     let tolerance = a.max_error_ns.get();
     let start = Instant::now();
     let end = start + Duration::from_secs(a.timeout_s.get());
