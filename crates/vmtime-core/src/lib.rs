@@ -9,6 +9,7 @@ pub mod host;
 pub mod kernel;
 pub mod leapsecs;
 pub mod oneshot;
+pub mod overwrite;
 pub mod phc;
 pub mod relay;
 pub mod rival;

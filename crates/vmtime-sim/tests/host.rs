@@ -52,6 +52,43 @@ fn the_kernels_own_page_is_followed_exactly() {
     assert_eq!(p.clock_status(), Some(status::SYNCHRONIZED));
 }
 
+/// Issue 20, item 9: a kernel page that missed a 1 s clock step (the RFC's revision 1 does not
+/// republish after settimeofday) is caught by the host's own samples: the page follows the
+/// clock, said once, and the kernel page is declared unusable until it agrees again.
+#[test]
+fn a_kernel_page_that_missed_a_step_is_not_followed() {
+    use vmtime_core::host::{HostNotice, KERNEL_PAGE_UNUSABLE_AFTER};
+    let mut r = run(26, Sampled::Tai);
+    r.use_kernel_page = true;
+    r.run_for(10 * NS, 10 * MS);
+    assert_eq!(r.publisher.stats().kernel_page.rejected, 0, "a live kernel page agrees");
+    assert!(r.publisher.stats().kernel_page.checked > 5);
+    let n = r.page_vs_kernel_ns.len();
+    // The clock is stepped 1 s; the kernel page stays as it was.
+    r.stale_kernel_page = Some(r.host.kernel_page());
+    r.host.step(NS);
+    r.publisher.handle_event(vmtime_core::host::HostEvent::Stepped);
+    r.run_for(10 * NS, 10 * MS);
+    let worst = r.page_vs_kernel_ns[n + 10..].iter().fold(0f64, |m, x| m.max(x.abs()));
+    assert!(worst < 1_000.0, "the page follows the clock, not the stale kernel page: {worst} ns");
+    let kp = r.publisher.stats().kernel_page;
+    assert!(kp.unusable && kp.rejected >= KERNEL_PAGE_UNUSABLE_AFTER, "{kp:?}");
+    assert!((kp.last_disagreement_ns + 1e9).abs() < 1e3, "{kp:?}");
+    let notes = r.publisher.take_notices();
+    assert!(
+        matches!(notes[..], [HostNotice::KernelPageDisagrees { .. }, HostNotice::KernelPageUnusable { .. }]),
+        "said once: {notes:?}"
+    );
+    // The kernel page is live again: used again after agreeing for a while.
+    r.stale_kernel_page = None;
+    r.run_for(20 * NS, 10 * MS);
+    assert!(!r.publisher.stats().kernel_page.unusable);
+    assert_eq!(r.publisher.take_notices(), vec![HostNotice::KernelPageAgrees]);
+    // The step made the kernel clock itself 1 s off truth (the simulation's truth check says
+    // so, not the publisher's fault); the pages keep their own promises.
+    assert_eq!((r.violations.monotonic, r.violations.bound_consistency), (0, 0), "{:?}", r.violations);
+}
+
 #[test]
 fn a_tighter_tolerance_turns_fast_slews_into_disruptions() {
     // With 15 ppm promised, a 5 ms PLL correction (333 ppm) breaks the old page's bounds for

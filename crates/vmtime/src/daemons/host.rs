@@ -170,6 +170,9 @@ impl Daemon {
         };
         let obs = Observation { raw, clock: sampled, samples: &samples, kernel, kernel_page };
         let action = self.publisher.handle_observation(&obs);
+        for n in self.publisher.take_notices() {
+            tracing::warn!("{n}");
+        }
         self.samples = samples;
         let mut published = None;
         if let Some(HostAction::Publish { page, reason, disrupted }) = action {
@@ -213,6 +216,7 @@ impl Daemon {
                 "interval_ms": self.publisher.config().interval_ns / 1_000_000,
             },
             "kernel_page_readable": self.kernel_page.as_ref().map(|_| !self.kernel_page_failing),
+            "kernel_page_usable": self.kernel_page.as_ref().map(|_| !self.publisher.stats().kernel_page.unusable),
             "page": self.page.display().to_string(),
             "uptime_s": self.started.elapsed().as_secs_f64(),
             "clocksource": self.clocksource,
