@@ -355,7 +355,6 @@ fn feeds_tell_systemd_they_are_ready_and_ping_the_watchdog_between_turns() {
 fn under_journald_lines_carry_a_priority_and_no_timestamp() {
     use std::os::unix::fs::MetadataExt;
     let dir = tempfile::tempdir().unwrap();
-    let page = dir.path().join("host.page");
     let port = free_port();
     let run = |journal: bool| {
         let log = dir.path().join(format!("log{journal}"));

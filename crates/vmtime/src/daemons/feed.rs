@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use vmclock::Snapshot;
+use vmtime_core::cadence::{Cadence, Markers};
 use vmtime_core::feed::chrony::{ChronyAction, ChronyFeed};
 use vmtime_core::feed::clockbound::{v3, CbStatus, ClockBoundConfig, ClockBoundFeed, ErrorBound, LAYOUT_V2};
 use vmtime_core::feed::{Hold, Observation};
@@ -256,13 +257,45 @@ fn control_socket(given: &Option<PathBuf>, feed: &str) -> Result<PathBuf> {
     }
 }
 
+/// A feed's pace: a turn every interval; between turns the page's markers are checked at the
+/// cadence (loads from the mapped page), and a disruption, or any update while one is pending,
+/// is a turn at once (the next one an interval after it).
+struct FeedPace {
+    pace: Pace,
+    cadence: Cadence,
+}
+
+impl FeedPace {
+    fn new(interval: Duration) -> Self {
+        FeedPace { pace: Pace::new(Instant::now(), interval), cadence: Cadence::default() }
+    }
+
+    fn next(&self) -> Instant {
+        crate::daemons::next_check(&self.cadence).map_or(self.pace.next(), |c| c.min(self.pace.next()))
+    }
+
+    /// Whether this wake-up is a turn: its time came, or the markers say now.
+    fn take(&mut self, now: Instant, page: &mut crate::page::FollowedPage, pending: bool) -> Result<bool> {
+        if now >= self.pace.next() {
+            self.pace.turned(now);
+            return Ok(true);
+        }
+        let mono = crate::daemons::mono_ns()?;
+        if self.cadence.due(mono) && self.cadence.look(mono, page.markers()).observe_now(pending) {
+            self.pace.restart(now);
+            return Ok(true);
+        }
+        Ok(false)
+    }
+}
+
 /// `vmtime feed chrony`: a sample per interval to chronyd's SOCK refclock.
 struct Chrony {
     a: FeedChronySettings,
     m: Measurer,
     sock: ChronySocket,
     feed: ChronyFeed,
-    pace: Pace,
+    pace: FeedPace,
     last: Option<Option<Hold>>,
     send_failing: Option<vmtime_sys::feed::SendProblem>,
     errors: ReadErrors,
@@ -281,15 +314,15 @@ impl Daemon for Chrony {
     }
 
     fn turn(&mut self, t: &mut Turn<'_>) -> Result<Flow> {
-        if !t.due() {
+        if !self.pace.take(t.now(), &mut self.m.page, self.feed.disruption_pending())? {
             return Ok(Flow::Continue);
         }
-        self.pace.turned(t.now());
         let a = &self.a;
         let action = match self.m.measure(a.burst.get() as usize) {
             Ok((before, after, mono_ns)) => {
                 self.errors.clear();
                 self.f.common.page_seen(before.seq_count(), Instant::now());
+                self.pace.cadence.seen(Markers::of(&after));
                 self.feed.handle(&Observation { before, after, samples: &self.m.samples, mono_ns })
             }
             Err(e) => {
@@ -340,7 +373,7 @@ impl Daemon for Chrony {
 
     fn reconfigure(&mut self, now: &FeedChronySettings) {
         let interval = interval_of(now.interval_ms);
-        self.pace.set_interval(interval);
+        self.pace.pace.set_interval(interval);
         self.feed.set_interval_ns(interval.as_nanos() as i128);
         self.a = now.clone();
     }
@@ -380,7 +413,7 @@ fn run_chrony(args: ChronyArgs) -> Result<ExitCode> {
     f.socket = a.socket.display().to_string();
     let mut d = Chrony {
         feed: ChronyFeed::new(interval.as_nanos() as i128),
-        pace: Pace::new(Instant::now(), interval),
+        pace: FeedPace::new(interval),
         a,
         m,
         sock,
@@ -417,7 +450,7 @@ struct ClockBound {
     feed: ClockBoundFeed,
     disruption_support: bool,
     coarse_tick_ns: i128,
-    pace: Pace,
+    pace: FeedPace,
     /// The marker last written: the last one clients were given.
     last_marker: u64,
     /// The segments last written (voided at a stop on purpose).
@@ -439,10 +472,9 @@ impl Daemon for ClockBound {
     }
 
     fn turn(&mut self, t: &mut Turn<'_>) -> Result<Flow> {
-        if !t.due() {
+        if !self.pace.take(t.now(), &mut self.m.page, self.feed.disruption_pending())? {
             return Ok(Flow::Continue);
         }
-        self.pace.turned(t.now());
         let feed = &mut self.feed;
         let cfg = feed.config();
         // The clients' coarse clock lags the fine one: a few looks each interval keep the largest
@@ -457,6 +489,7 @@ impl Daemon for ClockBound {
             Ok((before, after, mono_ns)) => {
                 self.errors.clear();
                 self.f.common.page_seen(before.seq_count(), Instant::now());
+                self.pace.cadence.seen(Markers::of(&after));
                 let eb = feed.handle(&Observation { before, after, samples: &self.m.samples, mono_ns }, start);
                 if feed.last_hold.is_some() {
                     self.f.common.held(feed.last_hold);
@@ -532,7 +565,7 @@ impl Daemon for ClockBound {
     }
 
     fn reconfigure(&mut self, now: &FeedClockBoundSettings) {
-        self.pace.set_interval(interval_of(now.interval_ms));
+        self.pace.pace.set_interval(interval_of(now.interval_ms));
         self.feed.set_config(clockbound_config(now, self.disruption_support, self.coarse_tick_ns));
         self.a = now.clone();
     }
@@ -599,7 +632,7 @@ fn run_clockbound(args: ClockBoundArgs) -> Result<ExitCode> {
     f.common.source = a.source.display().to_string();
     f.segments.clone_from(&paths);
     let mut d = ClockBound {
-        pace: Pace::new(Instant::now(), interval),
+        pace: FeedPace::new(interval),
         a,
         m,
         seg0,

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use vmclock::abi::{self, flags};
+use vmtime_core::cadence::{Cadence, Markers};
 use vmtime_core::rival::{ClockWatch, Interference};
 use vmtime_core::sync::{
     gives_time, sample_under_page, Discipline, MarkerWatch, NotifyCheck, SyncAction, SyncConfig, SyncObservation,
@@ -38,6 +39,11 @@ pub struct Args {
     /// Print the actions instead of applying them: nothing is changed.
     #[arg(long)]
     dry_run: bool,
+    /// One bounded step from the page (or PHC), with the TAI offset, leap state and bounds, then
+    /// exit: 0, or 1 with the reason on one line (for agents, init scripts, microVMs).
+    #[arg(long)]
+    #[serde(skip)]
+    pub once: bool,
     /// Interval between observations without notification, ms.
     #[arg(long)]
     interval_ms: Option<IntervalMs>,
@@ -141,6 +147,10 @@ struct PhcSync {
     d: vmtime_sys::phc::PhcFile,
     own_page: Option<vmclock::Mapping>,
     markers: Option<crate::page::FollowedPage>,
+    /// Between measurements the markers page (if any) is checked at the cadence: a new
+    /// disruption marker makes the next measurement come at once, and step.
+    cadence: Cadence,
+    clock_name: String,
     servo: vmtime_core::phc::PhcServo,
     watch: MarkerWatch,
     rival: Option<ClockWatch>,
@@ -201,6 +211,8 @@ impl PhcSync {
             d,
             own_page,
             markers,
+            cadence: Cadence::default(),
+            clock_name,
             servo: PhcServo::new(PhcServoConfig { timescale, ..PhcServoConfig::default() }),
             watch: MarkerWatch::default(),
             rival: (!a.allow_other_daemon).then(ClockWatch::new),
@@ -222,15 +234,17 @@ impl PhcSync {
         }
     }
 
-    /// One measurement and the servo's actions.
-    fn measure(&mut self) -> Result<()> {
-        use vmtime_core::phc::{read_best, PhcSourceState};
+    /// Before a measurement: the kernel's state (another daemon's changes refused), the markers
+    /// page's news, and the source's facts handed to the servo.
+    fn prepare(&mut self) -> Result<(vmtime_core::kernel::KernelTimex, vmtime_core::phc::PhcSourceState)> {
+        use vmtime_core::phc::PhcSourceState;
         let tx = vmtime_sys::read_timex()?;
         if let Some(w) = &mut self.rival {
             w.check(&tx).map_err(Interfered)?;
         }
         if let Some(m) = &self.markers {
             if let Ok(p) = m.read() {
+                self.cadence.seen(Markers::of(&p));
                 let c = self.watch.observe(&p);
                 if c.disrupted {
                     tracing::info!("disruption marker changed: {:#x}; stepping from the PHC", p.disruption_marker());
@@ -243,7 +257,15 @@ impl PhcSync {
         }
         let page =
             self.own_page.as_ref().and_then(|m| vmclock::seqlock::read(m, vmclock::seqlock::DEFAULT_MAX_WAIT).ok());
-        self.servo.set_source(PhcSourceState::from_facts(page.as_ref(), tx.tai, self.tai_offset));
+        let src = PhcSourceState::from_facts(page.as_ref(), tx.tai, self.tai_offset);
+        self.servo.set_source(src);
+        Ok((tx, src))
+    }
+
+    /// One measurement and the servo's actions.
+    fn measure(&mut self) -> Result<()> {
+        use vmtime_core::phc::read_best;
+        let (tx, _) = self.prepare()?;
         let actions = match read_best(&mut self.d, 25) {
             Ok((m, _)) => {
                 let acts = self.servo.handle_measurement(&m, tx.tick, tx.freq, self.interval.as_secs_f64());
@@ -291,14 +313,21 @@ impl Daemon for PhcSync {
     const LIVE: &'static [&'static str] = LIVE_PHC;
 
     fn next_turn(&self) -> Option<Instant> {
-        Some(self.pace.next())
+        let check = self.markers.as_ref().and_then(|_| crate::daemons::next_check(&self.cadence));
+        Some(check.map_or(self.pace.next(), |c| c.min(self.pace.next())))
     }
 
     fn turn(&mut self, t: &mut Turn<'_>) -> Result<Flow> {
-        if !t.due() {
-            return Ok(Flow::Continue);
+        if t.now() >= self.pace.next() {
+            self.pace.turned(t.now());
+        } else {
+            let mono = crate::daemons::mono_ns()?;
+            let Some(m) = self.markers.as_mut().filter(|_| self.cadence.due(mono)) else { return Ok(Flow::Continue) };
+            if self.cadence.look(mono, m.markers()) != vmtime_core::cadence::Look::Disrupted {
+                return Ok(Flow::Continue);
+            }
+            self.pace.restart(t.now());
         }
-        self.pace.turned(t.now());
         stopped_by(self.measure())
     }
 
@@ -320,10 +349,140 @@ impl Daemon for PhcSync {
     }
 }
 
+/// `--once` on a PTP clock: one reading, its step (when more than 1 µs off), the TAI offset and
+/// the bounds; after a real step, one more reading gives the bounds of the clock as now set.
+fn phc_once(mut p: PhcSync) -> Result<ExitCode> {
+    use vmtime_core::phc::read_best;
+    let dev = p.dev.clone();
+    let mut once_again = false;
+    loop {
+        let (tx, src) = match p.prepare() {
+            Ok(x) => x,
+            Err(e) => return once_failed(&dev, format!("{e:#}")),
+        };
+        let m = match read_best(&mut p.d, 25) {
+            Ok((m, _)) => m,
+            Err(failed) => {
+                let first = failed.first().map(|(_, e)| e.as_str()).unwrap_or("no reading");
+                return once_failed(&dev, format!("no reading method works ({first})"));
+            }
+        };
+        let acts = p.servo.handle_measurement(&m, tx.tick, tx.freq, p.interval.as_secs_f64());
+        if p.servo.in_holdover() {
+            return once_failed(&dev, "the source cannot be used now (UNRELIABLE, or TAI without TAI − UTC)");
+        }
+        let stepped = acts.iter().find_map(|x| match x {
+            SyncAction::Step { delta_ns } => Some(*delta_ns),
+            _ => None,
+        });
+        let mut acts: Vec<_> = acts.into_iter().filter(|x| !matches!(x, SyncAction::SetFrequency { .. })).collect();
+        if let Some(t) = src.tai_minus_utc.filter(|&t| i32::from(t) != tx.tai) {
+            acts.push(SyncAction::SetTai(i32::from(t)));
+        }
+        for act in &acts {
+            if p.dry_run {
+                println!("dry run: would {act}");
+            } else if let Err(e) = vmtime_sys::timex::apply(act) {
+                return once_failed(&dev, format!("cannot {act} ({e}; vmtime sync needs CAP_SYS_TIME)"));
+            }
+        }
+        if stepped.is_some() && !p.dry_run && !once_again {
+            once_again = true;
+            continue;
+        }
+        println!(
+            "vmtime sync --once: {} ({}): offset {:+.0} ns, {}{}",
+            dev.display(),
+            p.clock_name,
+            p.servo.last_offset_ns,
+            match stepped {
+                Some(d) if p.dry_run => format!("would step by {:+.3} µs", d as f64 / 1e3),
+                Some(d) => format!("stepped by {:+.3} µs", d as f64 / 1e3),
+                None if once_again => "stepped before".to_string(),
+                None => "not stepped".to_string(),
+            },
+            if p.dry_run { " (dry run: nothing was changed)" } else { "" }
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+}
+
+/// `--once` failed: one line naming the source and the reason, exit status 1.
+fn once_failed(source: &Path, why: impl std::fmt::Display) -> Result<ExitCode> {
+    eprintln!("vmtime sync --once: {}: {why}; the clock is left as it is", source.display());
+    Ok(ExitCode::from(1))
+}
+
+/// `vmtime sync --once` on a page: one observation (its samples paired with one version of the
+/// page: a page updated meanwhile, a migration or restore, is observed again), then the step,
+/// TAI offset, leap state and bounds of `vmtime_core::oneshot::once`, and exit. A page with
+/// markers only goes to the machine's PHC, if it has one.
+fn run_once(a: &SyncSettings, source: &Path) -> Result<ExitCode> {
+    let page = match crate::page::FollowedPage::open(source) {
+        Ok(p) => p,
+        Err(e) => return once_failed(source, e),
+    };
+    let first = match page.read() {
+        Ok(p) => p,
+        Err(e) => return once_failed(source, e),
+    };
+    if !gives_time(&first, vmclock::counter::NATIVE) {
+        return match find_phc() {
+            Some(info) => phc_once(PhcSync::open(a, info, Some(page))?),
+            None => once_failed(source, "it carries markers only and this machine has no PHC: no time source"),
+        };
+    }
+    let kernel = vmtime_sys::read_timex()?;
+    let got = sample_under_page(
+        4,
+        || page.read().map_err(anyhow::Error::from),
+        || -> Result<_> {
+            let raw = tightest(ClockId::MonotonicRaw, 16)?;
+            let samples = (0..64).map(|_| aba_sample(ClockId::Realtime)).collect::<std::io::Result<Vec<_>>>()?;
+            Ok((raw, samples))
+        },
+        || page.read().map_or(u32::MAX, |p| p.seq_count()),
+    );
+    let (p, (raw, samples)) = match got {
+        Ok(Some(x)) => x,
+        Ok(None) => return once_failed(source, "the page changed during every one of 4 observations"),
+        Err(e) => return once_failed(source, format!("{e:#}")),
+    };
+    crate::page::warn_legacy_tai(source, &p);
+    let obs = SyncObservation { page: p, raw, samples: &samples, kernel };
+    let once = match vmtime_core::oneshot::once(discipline_config(a), &obs, vmclock::counter::NATIVE) {
+        Ok(o) => o,
+        Err(e) => return once_failed(source, e),
+    };
+    for act in &once.actions {
+        if a.dry_run {
+            println!("dry run: would {act}");
+        } else if let Err(e) = vmtime_sys::timex::apply(act) {
+            return once_failed(source, format!("cannot {act} ({e}; vmtime sync needs CAP_SYS_TIME)"));
+        }
+    }
+    let what = match once.step_ns() {
+        Some(d) if a.dry_run => format!("would step by {:+.3} µs", d as f64 / 1e3),
+        Some(d) => format!("stepped by {:+.3} µs", d as f64 / 1e3),
+        None => "within 1 µs: not stepped".to_string(),
+    };
+    println!(
+        "vmtime sync --once: {}: offset {:+.0} ns, {what}; bound {:.0} ns (marker {:#x}){}",
+        source.display(),
+        once.offset_ns,
+        once.bound_ns,
+        p.disruption_marker(),
+        if a.dry_run { " (dry run: nothing was changed)" } else { "" }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 /// A page with markers only and no PHC on this machine: no time source. The markers are still
 /// watched and the hook run; the clock is left alone.
 struct MarkersOnly {
     page: crate::page::FollowedPage,
+    /// Between full reads (every interval) the markers are checked at the cadence.
+    cadence: Cadence,
     watch: MarkerWatch,
     dry_run: bool,
     hook: Option<String>,
@@ -339,16 +498,24 @@ impl Daemon for MarkersOnly {
     const LIVE: &'static [&'static str] = LIVE_PHC;
 
     fn next_turn(&self) -> Option<Instant> {
-        Some(self.pace.next())
+        let check = crate::daemons::next_check(&self.cadence);
+        Some(check.map_or(self.pace.next(), |c| c.min(self.pace.next())))
     }
 
     fn turn(&mut self, t: &mut Turn<'_>) -> Result<Flow> {
-        if !t.due() {
+        let mono = crate::daemons::mono_ns()?;
+        if t.now() >= self.pace.next() {
+            self.pace.turned(t.now());
+        } else if self.cadence.due(mono)
+            && self.cadence.look(mono, self.page.markers()) == vmtime_core::cadence::Look::Disrupted
+        {
+            self.pace.restart(t.now());
+        } else {
             return Ok(Flow::Continue);
         }
-        self.pace.turned(t.now());
         self.page.refresh();
         if let Ok(p) = self.page.read() {
+            self.cadence.seen(Markers::of(&p));
             let c = self.watch.observe(&p);
             if c.disrupted {
                 tracing::info!("disruption marker changed: {:#x} (no time source to step from)", p.disruption_marker());
@@ -459,6 +626,8 @@ struct Sync {
     m: crate::ops::figures::SyncMetrics,
     /// Changes to the kernel's NTP state that this daemon did not make.
     rival: Option<ClockWatch>,
+    /// The checks of the page's markers between observations.
+    cadence: Cadence,
 }
 
 impl Sync {
@@ -551,6 +720,7 @@ impl Sync {
             );
         }
         self.last_marker = Some(page.disruption_marker());
+        self.cadence.seen(Markers::of(&page));
         self.m.page_seen(&page);
         crate::page::warn_legacy_tai(self.page.path(), &page);
         let a = self.discipline.handle_observation(&SyncObservation { page, raw, samples: &samples, kernel });
@@ -650,6 +820,24 @@ pub fn run(args: Args) -> Result<ExitCode> {
         Ok(l) => l,
         Err(code) => return Ok(code),
     };
+    // --source auto: a vmclock device first, then a pure PHC; or the path given.
+    let phc = match a.source.clone().or_else(find_device) {
+        Some(s) if s.to_string_lossy().starts_with("/dev/ptp") => Err(vmtime_sys::phc::list()
+            .into_iter()
+            .find(|i| i.dev == s)
+            .unwrap_or(vmtime_sys::phc::PhcInfo { dev: s.clone(), clock_name: String::new(), driver: None })),
+        Some(s) => Ok(s),
+        None => match find_phc() {
+            Some(info) => Err(info),
+            None => bail!("no source here: no /dev/vmclock* and no pure PHC (ptp_kvm, VMclock, hyperv, VMware, virtio-rtc, s390); give --source PAGE"),
+        },
+    };
+    if args.once {
+        return match phc {
+            Ok(page) => run_once(&a, &page),
+            Err(info) => phc_once(PhcSync::open(&a, info, None)?),
+        };
+    }
     let socket = match a.socket.clone() {
         Some(s) => s,
         None => {
@@ -658,22 +846,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
         }
     };
     let rt = Runtime::start(a.clone(), move || args.settings(), &socket)?;
-    // --source auto: a vmclock device first, then a pure PHC; or the path given.
-    let source = match a.source.clone().or_else(find_device) {
-        Some(s) => s,
-        None => match find_phc() {
-            Some(info) => return rt.run(&mut PhcSync::open(&a, info, None)?),
-            None => bail!("no source here: no /dev/vmclock* and no pure PHC (ptp_kvm, VMclock, hyperv, VMware, virtio-rtc, s390); give --source PAGE"),
-        },
+    let source = match phc {
+        Ok(page) => page,
+        Err(info) => return rt.run(&mut PhcSync::open(&a, info, None)?),
     };
-    if source.to_string_lossy().starts_with("/dev/ptp") {
-        let info = vmtime_sys::phc::list().into_iter().find(|i| i.dev == source).unwrap_or(vmtime_sys::phc::PhcInfo {
-            dev: source.clone(),
-            clock_name: String::new(),
-            driver: None,
-        });
-        return rt.run(&mut PhcSync::open(&a, info, None)?);
-    }
     let page = crate::page::FollowedPage::open(&source)?;
     let first = page.read()?;
     if !gives_time(&first, vmclock::counter::NATIVE) {
@@ -691,6 +867,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 m.markers_only = true;
                 rt.run(&mut MarkersOnly {
                     page,
+                    cadence: Cadence::default(),
                     watch: MarkerWatch::default(),
                     dry_run: a.dry_run,
                     hook: a.hook.clone(),
@@ -722,6 +899,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         redone: 0,
         m,
         rival: (!a.allow_other_daemon).then(ClockWatch::new),
+        cadence: Cadence::default(),
         publisher,
         sub,
         t_note: None,
@@ -730,6 +908,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         last_resubscribe: now,
         line: String::new(),
     };
+    s.cadence.set_notified(s.notes.device.is_some());
     tracing::info!(
         "vmtime sync: {} → CLOCK_REALTIME{}",
         source.display(),
@@ -771,7 +950,8 @@ impl Daemon for Sync {
         let now = Instant::now();
         let raw_now = vmtime_sys::gettime(ClockId::MonotonicRaw).unwrap_or(0);
         let slew = self.discipline.next_deadline().map(|d| now + Duration::from_nanos((d - raw_now).max(0) as u64));
-        [Some(self.next_obs), slew, Some(now + Duration::from_secs(1))].into_iter().flatten().min()
+        let check = crate::daemons::next_check(&self.cadence);
+        [Some(self.next_obs), slew, check, Some(now + Duration::from_secs(1))].into_iter().flatten().min()
     }
 
     fn register(&mut self, p: &mut Poller) {
@@ -788,9 +968,19 @@ impl Daemon for Sync {
             if self.notes.device.is_some() {
                 let page = &self.page;
                 notified = self.notes.readable(|| page.read().map_or(u32::MAX, |p| p.seq_count()));
+                self.cadence.set_notified(self.notes.device.is_some());
             } else if !self.sub.as_mut().is_some_and(|x| x.drain()) {
                 tracing::warn!("the publisher went away: polling the page");
                 self.sub = None;
+            }
+        }
+        // The markers' check between observations: loads from the mapped page.
+        let mono = crate::daemons::mono_ns()?;
+        if self.cadence.due(mono) {
+            let look = self.cadence.look(mono, self.page.markers());
+            if look.observe_now(self.discipline.disruption_pending()) {
+                tracing::debug!("the page's check found {look:?}: observing now");
+                notified = true;
             }
         }
         if notified || Instant::now() >= self.next_obs {
@@ -807,6 +997,8 @@ impl Daemon for Sync {
         }
         self.m.notified = self.notes.device.is_some();
         self.m.observations_redone = self.redone;
+        self.m.marker_checks = Some(self.cadence.checks());
+        self.m.check_ms = (!self.cadence.notified()).then(|| (self.cadence.check_ns() / 1_000_000) as u64);
         if self.m.updates > 0 && self.line.is_empty() {
             self.line = format!("following {}", self.page.path().display());
         }

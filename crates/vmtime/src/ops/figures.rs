@@ -294,6 +294,10 @@ pub struct SyncMetrics {
     pub notified: bool,
     /// Observations redone because the page changed while their samples were taken.
     pub observations_redone: u64,
+    /// Checks of the page's markers between observations (a page source).
+    pub marker_checks: Option<u64>,
+    /// The interval of those checks, ms (None: woken by the device's notifications).
+    pub check_ms: Option<u64>,
     /// A page of markers only and no PHC: no time source.
     pub markers_only: bool,
     /// Generation hooks run (markers only).
@@ -349,6 +353,10 @@ impl Figures for SyncMetrics {
             }
             if self.markers_only {
                 m.insert("hooks_run".into(), self.hooks_run.into());
+            }
+            if let Some(c) = self.marker_checks {
+                m.insert("marker_checks".into(), c.into());
+                m.insert("check_ms".into(), self.check_ms.into());
             }
         }
         v

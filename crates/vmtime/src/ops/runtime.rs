@@ -384,6 +384,11 @@ impl Pace {
         self.next = if now >= self.next + self.interval { now + self.interval } else { self.next + self.interval };
     }
 
+    /// A turn taken at `now` out of pace (something urgent): the next one an interval after it.
+    pub fn restart(&mut self, now: Instant) {
+        self.next = now + self.interval;
+    }
+
     /// A new interval: the next turn is that long after the last one.
     pub fn set_interval(&mut self, interval: Duration) {
         if let Some(last) = self.next.checked_sub(self.interval) {
