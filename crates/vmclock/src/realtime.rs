@@ -318,6 +318,14 @@ pub struct Capped {
     pub reading: Option<Reading>,
 }
 
+impl core::fmt::Display for Capped {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.code.text())
+    }
+}
+
+impl std::error::Error for Capped {}
+
 /// Checks a reading against a caller's cap: SYNCHRONIZED, and bounded with `latest_ns −
 /// earliest_ns ≤ max_width_ns`. FREERUNNING is refused too: the cap asks for a synchronised clock.
 pub fn check_cap(reading: &Reading, max_width_ns: u64) -> Result<(), Code> {
