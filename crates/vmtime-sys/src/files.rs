@@ -715,14 +715,15 @@ impl std::fmt::Debug for Recognise<'_> {
 /// renamed into place. What is already there is replaced only if it is a regular file (never a
 /// link, a device, a fifo: nothing is opened that could block or write elsewhere), recognised
 /// by `recognise` when given as an earlier output of the same kind (`what`, "an ACPI SSDT"),
-/// and never when it is one of `protect` (compared by inode: e.g. the page itself).
+/// and never when it is one of `protect` (compared by inode: e.g. the page itself; each with
+/// what it is called in the refusal, "the guest page given with --page").
 pub fn replace_output(
     path: &Path,
     contents: &[u8],
     mode: u32,
     what: &'static str,
     recognise: Option<Recognise<'_>>,
-    protect: &[&Path],
+    protect: &[(&str, &Path)],
 ) -> Result<()> {
     ensure_dir_for(path)?;
     let d = disp(path);
@@ -732,9 +733,9 @@ pub fn replace_output(
         Ok(Some(s)) => Some(s),
         Err(e) => return Err(FileError::io("inspect", path, e)),
     };
-    for p in protect {
+    for (name, p) in protect {
         if same_inode(path, p) {
-            return Err(refuse(format!("{} itself", disp(p))));
+            return Err(refuse(name.to_string()));
         }
     }
     if let Some(s) = existing {

@@ -165,7 +165,7 @@ impl Relay {
         }
         let before = self.saved;
         let was_unconvertible = self.relay.unconvertible();
-        let page = self.relay.guest_page(&host)?;
+        let page = self.relay.guest_page(&host).with_context(|| format!("host page {}", self.host.path().display()))?;
         let unconvertible = self.relay.unconvertible();
         if unconvertible && !was_unconvertible {
             tracing::warn!(
@@ -299,9 +299,6 @@ pub fn run(args: Args) -> Result<ExitCode> {
     });
     files::ensure_dir_for(&guest_page)?;
     files::ensure_dir_for(&state_path)?;
-    // The guest page checked before anything is made beside it (the state's lock): a device, a
-    // link or a file another user planted is refused and leaves nothing behind.
-    files::check_page_path(&guest_page)?;
     // A relay whose guest page is its host page (or a link to it) would relay its own output,
     // changing markers at every turn: compared by inode, whatever the names.
     if files::same_inode(&host_path, &guest_page) {
@@ -316,6 +313,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
             bail!("--state {} is the {flag} {}: give the state its own file", state_path.display(), p.display());
         }
     }
+    // The guest page checked before anything is made beside it (the state's lock): a device, a
+    // link or a file another user planted is refused and leaves nothing behind.
+    files::check_page_path(&guest_page)?;
     // One relay per state and per guest page: both locked for the daemon's life.
     let mut lock_path = state_path.as_os_str().to_owned();
     lock_path.push(".lock");
