@@ -171,7 +171,11 @@ impl ClockBoundSegment {
                     why: "a symbolic link is there (the feed never writes through one)".into(),
                     fix: "remove it: the feed creates the segment".into(),
                 }),
-                t => Err(FileError::WrongKind { path: disp(), found: crate::files::kind_name(t).into(), what: layout.name }),
+                t => Err(FileError::WrongKind {
+                    path: disp(),
+                    found: crate::files::kind_name(t).into(),
+                    what: layout.name,
+                }),
             },
         }
     }

@@ -57,7 +57,9 @@ pub enum FileError {
     TooLarge { path: String, len: u64, max: u64, what: &'static str },
     /// A file vmtime would publish time through (or read its own state or lock from) that is
     /// not its own: another user owns it, others may write it, or it has a second name.
-    #[error("{path}: {what} owned by uid {uid} with mode {mode:04o}{links}: {why}; vmtime never adopts such a file: {fix}")]
+    #[error(
+        "{path}: {what} owned by uid {uid} with mode {mode:04o}{links}: {why}; vmtime never adopts such a file: {fix}"
+    )]
     Untrusted {
         path: String,
         what: &'static str,
@@ -681,7 +683,10 @@ pub fn read_small_regular(path: &Path, max: u64) -> io::Result<Vec<u8>> {
     let s = rfs::fstat(&fd)?;
     let t = FileType::from_raw_mode(s.st_mode);
     if t != FileType::RegularFile {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{} is there, not a regular file", kind_name(t))));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} is there, not a regular file", kind_name(t)),
+        ));
     }
     let too_large = || io::Error::new(io::ErrorKind::FileTooLarge, format!("more than the {max} bytes it may have"));
     if s.st_size as u64 > max {

@@ -179,7 +179,10 @@ fn accept_loop<T: Expose>(listener: TcpListener, board: Board<T>) {
                 // EMFILE and the like leave the connection queued and the listener readable:
                 // pause (this thread only) instead of spinning, and say so once per episode.
                 if !std::mem::replace(&mut failing, true) {
-                    tracing::warn!("metrics: cannot accept a connection ({e}): pausing {} ms between tries", ACCEPT_BACKOFF.as_millis());
+                    tracing::warn!(
+                        "metrics: cannot accept a connection ({e}): pausing {} ms between tries",
+                        ACCEPT_BACKOFF.as_millis()
+                    );
                 }
                 std::thread::sleep(ACCEPT_BACKOFF);
                 continue;

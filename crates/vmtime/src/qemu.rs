@@ -275,8 +275,15 @@ pub fn run(a: Args) -> Result<ExitCode> {
     // Never through a link, into a device or a fifo, over the page, or over a file that is not
     // an SSDT: a new file (O_EXCL temporary, fsync, rename), as the daemons write theirs.
     let ssdt_only = vmtime_sys::files::Recognise { max: MAX_SSDT, is_one: &is_ssdt };
-    vmtime_sys::files::replace_output(&out, &table, 0o644, "an ACPI SSDT", Some(ssdt_only), &[("the guest page given with --page", &a.page)])
-        .with_context(|| format!("cannot write the SSDT (--ssdt {})", out.display()))?;
+    vmtime_sys::files::replace_output(
+        &out,
+        &table,
+        0o644,
+        "an ACPI SSDT",
+        Some(ssdt_only),
+        &[("the guest page given with --page", &a.page)],
+    )
+    .with_context(|| format!("cannot write the SSDT (--ssdt {})", out.display()))?;
     let page = std::path::absolute(&a.page)?;
     let out = std::path::absolute(&out)?;
     let args = qemu_args(&page, &out, spec);

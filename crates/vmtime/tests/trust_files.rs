@@ -130,13 +130,26 @@ fn item1_pages_another_user_planted_are_refused_not_adopted() {
         let e = stderr(&o);
         assert_eq!(o.status.code(), Some(2), "{e}");
         assert!(!e.contains("taking over"), "{e}");
-        assert!(e.contains(&format!("{}: a page file owned by uid 65534 with mode {mode:04o}", planted.display())), "{e}");
+        assert!(
+            e.contains(&format!("{}: a page file owned by uid 65534 with mode {mode:04o}", planted.display())),
+            "{e}"
+        );
         assert!(e.contains("never adopts") && e.contains(&format!("rm {}", planted.display())), "{e}");
         assert_eq!(fingerprint(&planted), before, "the planted file is left as it was");
 
         // The relay's guest page: the same rule.
         let o = run_bounded(
-            &["relay", "--host-page", s(&host_page), "--guest-page", s(&planted), "--tsc-offset", "0", "--duration-s", "2"],
+            &[
+                "relay",
+                "--host-page",
+                s(&host_page),
+                "--guest-page",
+                s(&planted),
+                "--tsc-offset",
+                "0",
+                "--duration-s",
+                "2",
+            ],
             READY_WITHIN,
         );
         let e = stderr(&o);
@@ -197,8 +210,17 @@ fn item2_a_planted_relay_state_or_lock_is_refused_with_its_owner() {
     std::fs::write(&state, forged).unwrap();
     plant(&state, 0o600);
     let relay = |extra: &[&str]| {
-        let mut args =
-            vec!["relay", "--host-page", s(&host_page), "--guest-page", s(&guest), "--tsc-offset", "0", "--duration-s", "2"];
+        let mut args = vec![
+            "relay",
+            "--host-page",
+            s(&host_page),
+            "--guest-page",
+            s(&guest),
+            "--tsc-offset",
+            "0",
+            "--duration-s",
+            "2",
+        ];
         args.extend_from_slice(extra);
         run_bounded(&args, READY_WITHIN)
     };
@@ -309,7 +331,8 @@ fn item4_a_metrics_port_taken_first_does_not_stop_the_time_service() {
     let page = d.path().join("host.page");
     let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = squatter.local_addr().unwrap().to_string();
-    let (host, rx) = spawn_logged(&["host", "--page", s(&page), "--quiet", "--duration-s", "120", "--metrics-listen", &addr]);
+    let (host, rx) =
+        spawn_logged(&["host", "--page", s(&page), "--quiet", "--duration-s", "120", "--metrics-listen", &addr]);
     let l = wait_line(&rx, "cannot serve metrics", READY_WITHIN);
     assert!(l.contains(&addr) && l.contains("trying again"), "{l}");
     // The time service runs meanwhile.
@@ -462,10 +485,8 @@ fn item13_the_relay_holds_over_when_its_host_page_is_replaced_by_a_fifo() {
     let d = tempfile::tempdir().unwrap();
     let host_page = d.path().join("host.page");
     let guest = d.path().join("g.page");
-    let (host, _hrx) = common::spawn_ready(
-        &["host", "--page", s(&host_page), "--quiet", "--duration-s", "120"],
-        "control socket",
-    );
+    let (host, _hrx) =
+        common::spawn_ready(&["host", "--page", s(&host_page), "--quiet", "--duration-s", "120"], "control socket");
     common::wait_calibrated(&host_page);
     let (relay, rx) = common::spawn_ready(
         &["relay", "--host-page", s(&host_page), "--guest-page", s(&guest), "--tsc-offset", "0", "--duration-s", "120"],
@@ -575,8 +596,17 @@ fn item16_messages_name_the_path_and_the_cause() {
     let guest = d.path().join("g.page");
     let o = run_bounded(
         &[
-            "relay", "--host-page", s(&p0), "--guest-page", s(&guest), "--tsc-offset", "0", "--tsc-ratio", "2",
-            "--duration-s", "2",
+            "relay",
+            "--host-page",
+            s(&p0),
+            "--guest-page",
+            s(&guest),
+            "--tsc-offset",
+            "0",
+            "--tsc-ratio",
+            "2",
+            "--duration-s",
+            "2",
         ],
         READY_WITHIN,
     );
