@@ -406,11 +406,6 @@ impl Publisher {
         &self.stats
     }
 
-    /// The page last published.
-    pub fn last_page(&self) -> Option<Snapshot> {
-        self.last.map(|l| l.snap)
-    }
-
     /// Whether a full observation is due: the kernel's NTP state changed in a way that matters
     /// (tick, freq, status bits, leap state, TAI offset, PLL time constant, a new offset), an
     /// event is pending, or `interval_ns` has passed since the last one. The daemon asks this

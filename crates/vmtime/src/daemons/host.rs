@@ -1,7 +1,7 @@
 //! `vmtime host`: publishes this machine's kernel clock as a vmclock page (see
 //! `vmtime_core::host` for the model). It only reads the clock; it never writes it.
 
-use crate::config::{HostSettings, LogLevel, Smearing};
+use crate::ops::config::{HostSettings, LogLevel, Smearing};
 use crate::tai::{self, Found};
 use crate::values::*;
 use anyhow::{bail, Context, Result};
@@ -21,7 +21,7 @@ use vmtime_sys::serve::{self, Poller, Reply, Server};
 use vmtime_sys::signals::{SignalEvent, Signals};
 
 /// `vmtime host`'s flags: each one is also a key of the configuration's `[host]` section
-/// (crate::config::HostSettings has the defaults); a flag overrides the file.
+/// (crate::ops::config::HostSettings has the defaults); a flag overrides the file.
 #[derive(ClapArgs, Debug, Serialize)]
 pub struct Args {
     /// The configuration file (default: /etc/vmtime/vmtime.toml, if it exists).
@@ -81,27 +81,8 @@ impl Args {
     /// The settings: these flags over the configuration file over the defaults. Called again on
     /// SIGHUP: an error there keeps the old settings.
     pub fn settings(&self) -> Result<HostSettings> {
-        crate::config::host(self.config.as_deref(), self)
+        crate::ops::config::host(self.config.as_deref(), self)
     }
-}
-
-/// The default page path of a host daemon run by this uid (`vmtime_sys::files::runtime_dir`:
-/// /run/vmtime for root, else the user's own runtime directory). Creates nothing.
-pub fn default_page() -> PathBuf {
-    files::runtime_dir().join("host.page")
-}
-
-/// The host page a query (status, relay) looks at by default: this user's, else root's
-/// /run/vmtime/host.page when that directory is safe. Creates nothing.
-pub fn find_default_page() -> PathBuf {
-    files::find_runtime_file("host.page")
-}
-
-/// The socket path that goes with a page.
-pub fn socket_for(page: &Path) -> PathBuf {
-    let mut s = page.as_os_str().to_owned();
-    s.push(".sock");
-    PathBuf::from(s)
 }
 
 /// Where TAI − UTC comes from for each observation.
@@ -151,7 +132,7 @@ struct Daemon {
     clocksource: String,
     tai_note: String,
     /// The figures offered to the metrics server.
-    m: crate::metrics::HostMetrics,
+    m: crate::ops::metrics::HostMetrics,
     /// The longest time between two turns of the publishing path (adjtimex poll, observation,
     /// page write): what a client could at most have delayed a page by.
     max_gap: Duration,
@@ -220,7 +201,7 @@ impl Daemon {
         Ok(published)
     }
 
-    fn status_json(&self, srv: &ServerView) -> serde_json::Value {
+    fn status_json(&self, srv: &crate::ops::control::ServerView) -> serde_json::Value {
         let snap = vmclock::seqlock::read(self.writer.memory(), vmclock::seqlock::DEFAULT_MAX_WAIT).ok();
         serde_json::json!({
             "role": "host",
@@ -251,7 +232,7 @@ impl Daemon {
     }
 
     /// The answer to one control request (the server bounds its size and time).
-    fn answer(&mut self, line: &str, srv: &ServerView) -> Reply {
+    fn answer(&mut self, line: &str, srv: &crate::ops::control::ServerView) -> Reply {
         match line.trim() {
             "status" => Reply::Line(self.status_json(srv).to_string()),
             "subscribe" => Reply::Subscribe(self.writer.seq_count().to_string()),
@@ -260,31 +241,6 @@ impl Daemon {
                 serde_json::Value::from(other.chars().take(64).collect::<String>())
             ))),
         }
-    }
-}
-
-/// What the control server looked like before a request (read by the answers).
-pub struct ServerView {
-    pub subscribers: usize,
-    pub stats: vmtime_sys::serve::ServerStats,
-}
-
-impl ServerView {
-    pub fn of(s: &Server) -> Self {
-        ServerView { subscribers: s.subscribers(), stats: s.stats() }
-    }
-
-    pub fn json(&self) -> serde_json::Value {
-        let s = self.stats;
-        serde_json::json!({
-            "accepted": s.accepted,
-            "answered": s.answered,
-            "refused_busy": s.refused_busy,
-            "timed_out": s.timed_out,
-            "too_long": s.too_long,
-            "dropped_subscribers": s.dropped_subscribers,
-            "accept_failures": s.accept_failures,
-        })
     }
 }
 
@@ -307,7 +263,7 @@ const HOST_LIVE: &[&str] = &["log_level", "interval_ms", "poll_ms", "threshold_n
 
 pub fn run(args: Args) -> Result<ExitCode> {
     let mut a = args.settings()?;
-    crate::logging::set_level(a.log_level);
+    crate::ops::logging::set_level(a.log_level);
     let page_path = match a.page.clone() {
         Some(p) => {
             files::ensure_dir_for(&p)?;
@@ -315,10 +271,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
         }
         None => {
             files::ensure_private_dir(&files::runtime_dir())?;
-            default_page()
+            crate::paths::default_host_page()
         }
     };
-    let socket_path = a.socket.clone().unwrap_or_else(|| socket_for(&page_path));
+    let socket_path = a.socket.clone().unwrap_or_else(|| crate::paths::socket_for(&page_path));
     let clocksource = event::current_clocksource().unwrap_or_else(|_| "unknown".into());
     let usable = event::clocksource_uses_counter(&clocksource) && vmclock::counter::NATIVE != abi::counter_id::INVALID;
 
@@ -429,10 +385,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
         tai_note,
         m: Default::default(),
     };
-    let board = crate::metrics::Board::new(d.m.clone());
-    crate::metrics::start(a.metrics_listen, &board)?;
-    let mut supervisor = crate::service::Supervisor::new();
-    let mut gaps = crate::metrics::GapWindow::new(Instant::now());
+    let board = crate::ops::metrics::Board::new(d.m.clone());
+    crate::ops::metrics::start(a.metrics_listen, &board)?;
+    let mut supervisor = crate::ops::systemd::Supervisor::new();
+    let mut gaps = crate::ops::metrics::GapWindow::new(Instant::now());
     if !usable {
         d.publisher.handle_event(HostEvent::CounterChanged { usable: false });
     }
@@ -465,8 +421,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 // are applied now, the rest named as needing a restart; a bad file keeps the
                 // settings in force.
                 d.reload_requests += 1;
-                if let Some((now, restart)) = crate::config::on_sighup("host", &a, args.settings(), HOST_LIVE) {
-                    crate::logging::set_level(now.log_level);
+                if let Some((now, restart)) = crate::ops::config::on_sighup("host", &a, args.settings(), HOST_LIVE) {
+                    crate::ops::logging::set_level(now.log_level);
                     d.publisher.retune(
                         now.threshold_ns.get(),
                         now.tolerance_ppm.fine(),
@@ -531,7 +487,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 }
             }
         }
-        let view = ServerView::of(&server);
+        let view = crate::ops::control::ServerView::of(&server);
         server.handle(&poller, |line| d.answer(line, &view));
         if !a.quiet && last_line.elapsed() >= Duration::from_secs(5) {
             last_line = Instant::now();

@@ -4,7 +4,6 @@ use anyhow::{Context, Result};
 use clap::Args as ClapArgs;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
@@ -20,12 +19,13 @@ pub struct Args {
     request: Option<String>,
 }
 
-/// How long `vmtime status` waits for the daemon (connect, request, answer).
-pub const TIMEOUT: Duration = Duration::from_secs(2);
-
 pub fn run(a: Args) -> Result<ExitCode> {
-    let socket = a.socket.unwrap_or_else(|| crate::host::socket_for(&crate::host::find_default_page()));
-    let (line, _) = vmtime_sys::serve::request(&socket, a.request.as_deref().unwrap_or("status"), TIMEOUT)?;
+    let socket = a.socket.unwrap_or_else(|| crate::paths::socket_for(&crate::paths::find_host_page()));
+    let (line, _) = vmtime_sys::serve::request(
+        &socket,
+        a.request.as_deref().unwrap_or("status"),
+        crate::ops::control::CLIENT_TIMEOUT,
+    )?;
     let v: serde_json::Value = serde_json::from_str(&line).context("the daemon's reply is not JSON")?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&v)?);

@@ -288,7 +288,7 @@ pub const DEFAULT_CHRONY_SOCKET: &str = "/run/chrony.vmclock0.sock";
 impl Default for FeedChronySettings {
     fn default() -> Self {
         FeedChronySettings {
-            source: PathBuf::from(crate::DEFAULT_GUEST_PAGE),
+            source: PathBuf::from(crate::paths::DEFAULT_GUEST_PAGE),
             socket: PathBuf::from(DEFAULT_CHRONY_SOCKET),
             interval_ms: FeedIntervalMs::new(1000).expect("in range"),
             burst: Burst::new(16).expect("in range"),
@@ -330,7 +330,7 @@ pub struct FeedClockBoundSettings {
 impl Default for FeedClockBoundSettings {
     fn default() -> Self {
         FeedClockBoundSettings {
-            source: PathBuf::from(crate::DEFAULT_GUEST_PAGE),
+            source: PathBuf::from(crate::paths::DEFAULT_GUEST_PAGE),
             dir: PathBuf::from("/var/run/clockbound"),
             layout: Layout::Both,
             interval_ms: FeedIntervalMs::new(1000).expect("in range"),

@@ -13,7 +13,7 @@ use vmtime_sys::serve::{self, Poller, Subscription};
 #[derive(ClapArgs, Debug)]
 pub struct Args {
     /// The page: /dev/vmclock0 or a page file.
-    #[arg(default_value = crate::DEFAULT_GUEST_PAGE)]
+    #[arg(default_value = crate::paths::DEFAULT_GUEST_PAGE)]
     page: PathBuf,
     /// Stop after this many updates.
     #[arg(long)]
@@ -32,14 +32,14 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let mut page = FollowedPage::open(&a.page)?;
     let read = |page: &FollowedPage| -> Result<serde_json::Value> {
         let (bytes, available) = page.reader().bytes()?;
-        Ok(crate::show::fields_json(&bytes, available))
+        Ok(crate::commands::show::fields_json(&bytes, available))
     };
     let mut last = read(&page)?;
-    println!("seq {}: {}", last["seq_count"], crate::show::one_line(&last));
-    let socket = crate::host::socket_for(&a.page);
+    println!("seq {}: {}", last["seq_count"], crate::commands::show::one_line(&last));
+    let socket = crate::paths::socket_for(&a.page);
     // The subscription is a wake-up only: the page is read after each one, and also every
     // poll interval when the publisher is silent or gone (it may be stuck; the page is not).
-    let mut sub = Subscription::open(&socket, crate::status::TIMEOUT).ok();
+    let mut sub = Subscription::open(&socket, crate::ops::control::CLIENT_TIMEOUT).ok();
     if sub.is_some() {
         eprintln!("(notified by {})", socket.display());
     }

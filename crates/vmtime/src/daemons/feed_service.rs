@@ -1,9 +1,9 @@
 //! The feeds as services: their pace (one turn per interval, woken early by signals and by the
-//! watchdog), systemd's READY/STATUS/WATCHDOG (crate::service), the metrics they offer
-//! (crate::metrics) and their SIGHUP. The feeds' own work stays in crate::feed.
+//! watchdog), systemd's READY/STATUS/WATCHDOG (crate::ops::systemd), the metrics they offer
+//! (crate::ops::metrics) and their SIGHUP. The feeds' own work stays in crate::daemons::feed.
 
-use crate::metrics::{Board, Expose, FeedChronyMetrics, FeedClockBoundMetrics, FeedCommon, GapWindow};
-use crate::service::Supervisor;
+use crate::ops::metrics::{Board, Expose, FeedChronyMetrics, FeedClockBoundMetrics, FeedCommon, GapWindow};
+use crate::ops::systemd::Supervisor;
 use anyhow::Result;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -40,6 +40,7 @@ impl FeedFigures for FeedClockBoundMetrics {
 
 /// A feed's service side: its figures (`m`, updated by the loop), the metrics board they are
 /// offered to, the supervisor and the pace.
+#[derive(Debug)]
 pub struct Service<M: FeedFigures> {
     /// The figures: the loop updates them, [`Service::turned`] offers them.
     pub m: M,
@@ -60,7 +61,7 @@ impl<M: FeedFigures> Service<M> {
     /// the signal handlers and starts the pace: the first turn is now.
     pub fn start(listen: Option<SocketAddr>, m: M, interval: Duration, duration_s: Option<u64>) -> Result<Self> {
         let board = Board::new(m.clone());
-        crate::metrics::start(listen, &board)?;
+        crate::ops::metrics::start(listen, &board)?;
         let now = Instant::now();
         Ok(Service {
             m,

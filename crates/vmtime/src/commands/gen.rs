@@ -196,7 +196,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         .disruption_marker(a.disruption_marker.get())
         .flag(flags::TIME_MONOTONIC, false)
         .page_bytes();
-    vmtime_sys::pagefile::create(&a.page, &bytes)?;
+    vmtime_sys::files::create_page(&a.page, &bytes)?;
     eprintln!("wrote {} (counter {} at {:.3} Hz)", a.page.display(), abi::counter_name(id), period.hz());
     Ok(ExitCode::SUCCESS)
 }

@@ -1,7 +1,7 @@
 //! `vmtime relay`: follows a host page and publishes one guest's page in the guest's counter
 //! domain, owning its disruption marker and generation counter (see `vmtime_core::relay`).
 
-use crate::config::{LogLevel, RelaySettings};
+use crate::ops::config::{LogLevel, RelaySettings};
 use crate::values::*;
 use anyhow::{bail, Context, Result};
 use clap::Args as ClapArgs;
@@ -72,7 +72,7 @@ impl Args {
     /// The settings: these flags over the configuration file over the defaults. Called again on
     /// SIGHUP: an error there keeps the old settings.
     pub fn settings(&self) -> Result<RelaySettings> {
-        crate::config::relay(self.config.as_deref(), self)
+        crate::ops::config::relay(self.config.as_deref(), self)
     }
 }
 
@@ -113,9 +113,6 @@ fn save(path: &Path, st: &GuestState) -> Result<()> {
     Ok(())
 }
 
-/// How long a client waits for a daemon's answer (connect, request, first line).
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
-
 struct Relay {
     host: crate::page::FollowedPage,
     relay: GuestRelay,
@@ -140,7 +137,7 @@ struct Relay {
     /// Changes re-read on SIGHUP that wait for a restart ("key = new (in force: old)").
     restart_needed: Vec<String>,
     /// The figures offered to the metrics server.
-    m: crate::metrics::RelayMetrics,
+    m: crate::ops::metrics::RelayMetrics,
 }
 
 impl Relay {
@@ -211,7 +208,7 @@ impl Relay {
         Ok(())
     }
 
-    fn status_json(&self, srv: &crate::host::ServerView) -> serde_json::Value {
+    fn status_json(&self, srv: &crate::ops::control::ServerView) -> serde_json::Value {
         let st = *self.relay.state();
         let g = seqlock::read(self.writer.memory(), seqlock::DEFAULT_MAX_WAIT).ok();
         serde_json::json!({
@@ -232,14 +229,14 @@ impl Relay {
     }
 
     /// The answer to one control request; a failure is answered as `{"error": …}`.
-    fn answer(&mut self, line: &str, srv: &crate::host::ServerView) -> Reply {
+    fn answer(&mut self, line: &str, srv: &crate::ops::control::ServerView) -> Reply {
         match self.control(line, srv) {
             Ok(r) => r,
             Err(e) => Reply::Line(serve::error_json(&format!("{e:#}"))),
         }
     }
 
-    fn control(&mut self, line: &str, srv: &crate::host::ServerView) -> Result<Reply> {
+    fn control(&mut self, line: &str, srv: &crate::ops::control::ServerView) -> Result<Reply> {
         let words: Vec<&str> = line.split_whitespace().collect();
         Ok(match words.as_slice() {
             ["status"] => Reply::Line(self.status_json(srv).to_string()),
@@ -278,25 +275,21 @@ impl Relay {
 
 /// Subscribes to the host daemon's notifications, if it answers in time.
 fn subscribe_host(host_page: &Path) -> Option<Subscription> {
-    Subscription::open(&crate::host::socket_for(host_page), CLIENT_TIMEOUT).ok()
+    Subscription::open(&crate::paths::socket_for(host_page), crate::ops::control::CLIENT_TIMEOUT).ok()
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
     let mut a = args.settings()?;
-    crate::logging::set_level(a.log_level);
+    crate::ops::logging::set_level(a.log_level);
     let Some(guest_page) = a.guest_page.clone() else {
         bail!("no guest page: give --guest-page PATH (or [relay] guest_page in the configuration)");
     };
-    let host_path = a.host_page.clone().unwrap_or_else(crate::host::find_default_page);
+    let host_path = a.host_page.clone().unwrap_or_else(crate::paths::find_host_page);
     let (map, notice) = counter_map(a.tsc_offset.get(), a.tsc_ratio, a.tsc_frac_bits)?;
     if let Some(n) = notice {
         tracing::warn!("{n}");
     }
-    let state_path = a.state.clone().unwrap_or_else(|| {
-        let mut s = guest_page.as_os_str().to_owned();
-        s.push(".state.json");
-        PathBuf::from(s)
-    });
+    let state_path = a.state.clone().unwrap_or_else(|| crate::paths::state_for(&guest_page));
     files::ensure_dir_for(&guest_page)?;
     files::ensure_dir_for(&state_path)?;
     // A relay whose guest page is its host page (or a link to it) would relay its own output,
@@ -317,9 +310,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     // link or a file another user planted is refused and leaves nothing behind.
     files::check_page_path(&guest_page)?;
     // One relay per state and per guest page: both locked for the daemon's life.
-    let mut lock_path = state_path.as_os_str().to_owned();
-    lock_path.push(".lock");
-    let state_lock = LockFile::acquire(Path::new(&lock_path))?;
+    let state_lock = LockFile::acquire(&crate::paths::lock_for(&state_path))?;
     // Only "no such file" means a first start; any other problem stops here (a lost state
     // would silently reuse or reset the guest's markers).
     let mut relay = match files::read_state(&state_path)? {
@@ -357,7 +348,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let (guest_file, _) = files::open_or_create_page(&guest_page, &placeholder.page_bytes())?;
     let mem = WritableMapping::new(Mapping::map(guest_file.file(), true)?)?;
     save(&state_path, relay.state())?;
-    let guest_socket = crate::host::socket_for(&guest_page);
+    let guest_socket = crate::paths::socket_for(&guest_page);
     let mut server = Server::bind_unix(&guest_socket, 0o600, None, serve::Limits::default())?;
     let mut signals = Signals::install()?;
     let saved = *relay.state();
@@ -378,9 +369,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
         restart_needed: Vec::new(),
         m: Default::default(),
     };
-    let board = crate::metrics::Board::new(r.m.clone());
-    crate::metrics::start(a.metrics_listen, &board)?;
-    let mut supervisor = crate::service::Supervisor::new();
+    let board = crate::ops::metrics::Board::new(r.m.clone());
+    crate::ops::metrics::start(a.metrics_listen, &board)?;
+    let mut supervisor = crate::ops::systemd::Supervisor::new();
     let st = *r.relay.state();
     tracing::info!("vmtime relay: {} → {}", host_path.display(), guest_page.display());
     tracing::info!("map: guest = ((host · {}) >> {}) + {:#x}", st.map.ratio, st.map.frac_bits, st.map.offset);
@@ -425,8 +416,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 // page) and the metrics address need a restart, and are named. A bad file keeps
                 // the settings in force.
                 r.reload_requests += 1;
-                if let Some((now, restart)) = crate::config::on_sighup("relay", &a, args.settings(), &["log_level"]) {
-                    crate::logging::set_level(now.log_level);
+                if let Some((now, restart)) =
+                    crate::ops::config::on_sighup("relay", &a, args.settings(), &["log_level"])
+                {
+                    crate::ops::logging::set_level(now.log_level);
                     r.restart_needed = restart;
                     a = now;
                 }
@@ -441,7 +434,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         // A publisher that stays silent is not trusted to notify: the page is read anyway.
         let silent = host_sub.as_ref().is_none_or(|s| s.last_notified().elapsed() >= Duration::from_secs(2));
         let mut result = if notified || silent { r.relay(false, woke) } else { Ok(()) };
-        let view = crate::host::ServerView::of(&server);
+        let view = crate::ops::control::ServerView::of(&server);
         server.handle(&poller, |line| r.answer(line, &view));
         if last_file_check.elapsed() >= Duration::from_secs(1) {
             last_file_check = Instant::now();

@@ -33,7 +33,7 @@ struct NowJson {
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
-    let path = crate::page_or_default(a.page);
+    let path = crate::paths::page_or_default(a.page);
     let clock = Clock::open(&path).map_err(|e| match e {
         vmclock::ClockError::Map { .. } => anyhow::Error::from(e), // names the path already
         e => anyhow::Error::from(e).context(path.display().to_string()),

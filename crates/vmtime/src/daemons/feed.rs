@@ -1,12 +1,12 @@
 //! `vmtime feed chrony|clockbound`: vmtime's page for software that already runs — chrony's
 //! SOCK refclock and ClockBound's clients (docs/INTEROP.md). The decisions are in
 //! `vmtime_core::feed`; this is the loop and the I/O. Neither command changes a clock. Their
-//! service side (systemd, metrics, SIGHUP) is crate::feed_service; their settings are the
-//! configuration's `[feed.chrony]` and `[feed.clockbound]` (crate::config), flags over file.
+//! service side (systemd, metrics, SIGHUP) is crate::daemons::feed_service; their settings are the
+//! configuration's `[feed.chrony]` and `[feed.clockbound]` (crate::ops::config), flags over file.
 
-use crate::config::{DisruptionSupport, FeedChronySettings, FeedClockBoundSettings, Layout, LogLevel};
-use crate::feed_service::{Service, Wake};
-use crate::metrics::{cb_status_name, FeedChronyMetrics, FeedClockBoundMetrics};
+use crate::daemons::feed_service::{Service, Wake};
+use crate::ops::config::{DisruptionSupport, FeedChronySettings, FeedClockBoundSettings, Layout, LogLevel};
+use crate::ops::metrics::{cb_status_name, FeedChronyMetrics, FeedClockBoundMetrics};
 use crate::values::{Burst, DriftPpb, DurationS, FeedIntervalMs, LifeMs};
 use anyhow::Result;
 use clap::{Args as ClapArgs, Subcommand};
@@ -78,7 +78,7 @@ struct ChronyArgs {
 impl ChronyArgs {
     /// The settings: these flags over `[feed.chrony]` over the defaults (again on SIGHUP).
     fn settings(&self) -> Result<FeedChronySettings> {
-        crate::config::feed_chrony(self.common.config.as_deref(), self)
+        crate::ops::config::feed_chrony(self.common.config.as_deref(), self)
     }
 }
 
@@ -108,7 +108,7 @@ struct ClockBoundArgs {
 impl ClockBoundArgs {
     /// The settings: these flags over `[feed.clockbound]` over the defaults (again on SIGHUP).
     fn settings(&self) -> Result<FeedClockBoundSettings> {
-        crate::config::feed_clockbound(self.common.config.as_deref(), self)
+        crate::ops::config::feed_clockbound(self.common.config.as_deref(), self)
     }
 }
 
@@ -242,7 +242,7 @@ fn report(last: &mut Option<Option<Hold>>, now: Option<Hold>, what: &str) {
 
 /// Waits for the next turn, applying SIGHUPs meanwhile (`reload` re-reads the settings); the
 /// reason to stop, if it is time to.
-fn next_turn<M: crate::feed_service::FeedFigures>(
+fn next_turn<M: crate::daemons::feed_service::FeedFigures>(
     svc: &mut Service<M>,
     mut reload: impl FnMut(&mut Service<M>),
 ) -> Result<Option<&'static str>> {
@@ -257,7 +257,7 @@ fn next_turn<M: crate::feed_service::FeedFigures>(
 
 fn run_chrony(args: ChronyArgs) -> Result<ExitCode> {
     let mut a = args.settings()?;
-    crate::logging::set_level(a.log_level);
+    crate::ops::logging::set_level(a.log_level);
     let interval = interval_of(a.interval_ms);
     let mut m = Measurer::open(&a.source, a.burst.get() as usize)?;
     vmtime_sys::feed::check_chrony_socket_path(&a.socket)?;
@@ -326,8 +326,8 @@ fn run_chrony(args: ChronyArgs) -> Result<ExitCode> {
         svc.m.send_failing = send_failing.is_some();
         svc.turned(&status);
         let why = next_turn(&mut svc, |svc| {
-            if let Some((now, _)) = crate::config::on_sighup("feed chrony", &a, args.settings(), CHRONY_LIVE) {
-                crate::logging::set_level(now.log_level);
+            if let Some((now, _)) = crate::ops::config::on_sighup("feed chrony", &a, args.settings(), CHRONY_LIVE) {
+                crate::ops::logging::set_level(now.log_level);
                 let interval = interval_of(now.interval_ms);
                 svc.set_interval(interval);
                 feed.set_interval_ns(interval.as_nanos() as i128);
@@ -359,12 +359,12 @@ const COARSE_LAG_LOOKS: usize = 8;
 
 fn run_clockbound(args: ClockBoundArgs) -> Result<ExitCode> {
     let mut a = args.settings()?;
-    crate::logging::set_level(a.log_level);
+    crate::ops::logging::set_level(a.log_level);
     let interval = interval_of(a.interval_ms);
     let disruption_support = match a.disruption_support {
         DisruptionSupport::On => true,
         DisruptionSupport::Off => false,
-        DisruptionSupport::Auto => a.source == Path::new(crate::DEFAULT_GUEST_PAGE),
+        DisruptionSupport::Auto => a.source == Path::new(crate::paths::DEFAULT_GUEST_PAGE),
     };
     let mut m = Measurer::open(&a.source, a.burst.get() as usize)?;
     vmtime_sys::feed::ensure_segment_dir(&a.dir)?;
@@ -488,8 +488,10 @@ fn run_clockbound(args: ClockBoundArgs) -> Result<ExitCode> {
         };
         svc.turned(&status);
         let why = next_turn(&mut svc, |svc| {
-            if let Some((now, _)) = crate::config::on_sighup("feed clockbound", &a, args.settings(), CLOCKBOUND_LIVE) {
-                crate::logging::set_level(now.log_level);
+            if let Some((now, _)) =
+                crate::ops::config::on_sighup("feed clockbound", &a, args.settings(), CLOCKBOUND_LIVE)
+            {
+                crate::ops::logging::set_level(now.log_level);
                 svc.set_interval(interval_of(now.interval_ms));
                 feed.set_config(clockbound_config(&now, disruption_support, coarse_tick_ns));
                 a = now;

@@ -35,9 +35,9 @@ fn mkdir(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))
 }
 
-pub fn run(a: Args) -> Result<ExitCode> {
-    // The command line as parsed, ranges and configured defaults in the help included.
-    let cmd = crate::command();
+/// Writes what `a` asks for from `cmd`: the command line as parsed, ranges and configured
+/// defaults in the help included (`main` hands it in).
+pub fn run(a: Args, cmd: clap::Command) -> Result<ExitCode> {
     match a.what {
         What::Man { dir } => {
             mkdir(&dir)?;

@@ -13,7 +13,7 @@ use vmclock::{PageTime, Snapshot};
 #[derive(ClapArgs, Debug)]
 pub struct Args {
     /// The page: /dev/vmclock0 or a page file.
-    #[arg(default_value = crate::DEFAULT_GUEST_PAGE)]
+    #[arg(default_value = crate::paths::DEFAULT_GUEST_PAGE)]
     page: PathBuf,
     /// Print JSON.
     #[arg(long)]

@@ -21,7 +21,7 @@ use vmtime_sys::{aba_sample, ClockId};
 )]
 pub struct Args {
     /// The page: /dev/vmclock0 or a page file.
-    #[arg(default_value = crate::DEFAULT_GUEST_PAGE)]
+    #[arg(default_value = crate::paths::DEFAULT_GUEST_PAGE)]
     page: PathBuf,
     /// Number of (clock, counter, clock) samples.
     #[arg(long, default_value = "1000")]

@@ -2,7 +2,7 @@
 //! `vmtime_core::sync`). With `--dry-run` it prints what it would do and changes nothing: the only
 //! mode to use on a machine whose clock must not be touched.
 
-use crate::config::{LogLevel, SyncSettings, Timescale};
+use crate::ops::config::{LogLevel, SyncSettings, Timescale};
 use crate::values::*;
 use anyhow::{bail, Context, Result};
 use clap::Args as ClapArgs;
@@ -87,7 +87,7 @@ impl Args {
     /// The settings: these flags over the configuration file over the defaults. Called again on
     /// SIGHUP: an error there keeps the old settings.
     pub fn settings(&self) -> Result<SyncSettings> {
-        crate::config::sync(self.config.as_deref(), self)
+        crate::ops::config::sync(self.config.as_deref(), self)
     }
 }
 
@@ -104,9 +104,9 @@ const LIVE_PHC: &[&str] = &["log_level"];
 /// needing a restart); the others are named in the log line as needing a restart. A bad file
 /// keeps the settings in force (None).
 fn reload(args: &Args, current: &SyncSettings, live: &[&str]) -> Option<(SyncSettings, Vec<String>)> {
-    let got = crate::config::on_sighup("sync", current, args.settings(), live);
+    let got = crate::ops::config::on_sighup("sync", current, args.settings(), live);
     if let Some((now, _)) = &got {
-        crate::logging::set_level(now.log_level);
+        crate::ops::logging::set_level(now.log_level);
     }
     got
 }
@@ -195,10 +195,11 @@ fn run_phc(
     let mut poller = Poller::new();
     let mut watch = MarkerWatch::default();
     let mut rival = (!a.allow_other_daemon).then(ClockWatch::new);
-    let mut fig = crate::metrics::SyncMetrics { dry_run: a.dry_run, state: Some("starting"), ..Default::default() };
-    let board = crate::metrics::Board::new(fig.clone());
-    crate::metrics::start(a.metrics_listen, &board)?;
-    let mut supervisor = crate::service::Supervisor::new();
+    let mut fig =
+        crate::ops::metrics::SyncMetrics { dry_run: a.dry_run, state: Some("starting"), ..Default::default() };
+    let board = crate::ops::metrics::Board::new(fig.clone());
+    crate::ops::metrics::start(a.metrics_listen, &board)?;
+    let mut supervisor = crate::ops::systemd::Supervisor::new();
     let mut printed = String::new();
     let mut say = |act: &SyncAction, offset: f64, how: &str| {
         let line = format!("dry run: would {} (offset {offset:+.1} ns{how})", describe(act));
@@ -436,7 +437,7 @@ struct Sync {
     /// Observations redone because the page changed while their samples were taken.
     redone: u64,
     /// The figures offered to the metrics server.
-    m: crate::metrics::SyncMetrics,
+    m: crate::ops::metrics::SyncMetrics,
     /// Changes to the kernel's NTP state that this daemon did not make.
     rival: Option<ClockWatch>,
 }
@@ -607,19 +608,13 @@ fn check_rivals(a: &SyncSettings) -> Result<Option<ExitCode>> {
 /// The single-instance lock of a real sync, held while it runs (its path, for the status).
 static LOCK: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
-/// The lock file every real sync of this uid takes, whatever its socket: two daemons must never
-/// discipline one clock.
-fn lock_path() -> PathBuf {
-    files::runtime_dir().join("sync.lock")
-}
-
 /// A real sync takes the exclusive lock in its runtime directory, or says which pid holds it; a
 /// dry run changes nothing and takes none (its status says `"lock": null`).
 fn take_lock(a: &SyncSettings) -> Result<Result<Option<files::LockFile>, ExitCode>> {
     if a.dry_run {
         return Ok(Ok(None));
     }
-    take_lock_at(&lock_path())
+    take_lock_at(&crate::paths::sync_lock())
 }
 
 fn take_lock_at(path: &std::path::Path) -> Result<Result<Option<files::LockFile>, ExitCode>> {
@@ -637,18 +632,9 @@ fn take_lock_at(path: &std::path::Path) -> Result<Result<Option<files::LockFile>
     }
 }
 
-/// The dry run's default runtime directory never is a system path (`files::dry_run_dir`).
-fn own_dir(a: &SyncSettings) -> PathBuf {
-    if a.dry_run {
-        files::dry_run_dir()
-    } else {
-        files::runtime_dir()
-    }
-}
-
 pub fn run(args: Args) -> Result<ExitCode> {
     let mut a = args.settings()?;
-    crate::logging::set_level(a.log_level);
+    crate::ops::logging::set_level(a.log_level);
     if let Some(code) = check_rivals(&a)? {
         return Ok(code);
     }
@@ -677,8 +663,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let socket = match a.socket.clone() {
         Some(s) => s,
         None => {
-            files::ensure_private_dir(&own_dir(&a))?;
-            own_dir(&a).join("sync.sock")
+            files::ensure_private_dir(&crate::paths::sync_dir(a.dry_run))?;
+            crate::paths::sync_socket(a.dry_run)
         }
     };
     if !gives_time(&first, vmclock::counter::NATIVE) {
@@ -692,7 +678,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     // Notification: the device's poll() (read() acknowledges), or a publisher's socket.
     let is_device = page.reader().is_device();
     let device = (is_device && first.has(flags::NOTIFICATION_PRESENT)).then(|| File::open(&source)).transpose()?;
-    let subscribe = || Subscription::open(&crate::host::socket_for(&source), Duration::from_secs(2)).ok();
+    let subscribe = || Subscription::open(&crate::paths::socket_for(&source), crate::ops::control::CLIENT_TIMEOUT).ok();
     let mut sub = if is_device { None } else { subscribe() };
     let mut server = Server::bind_unix(&socket, 0o600, None, serve::Limits::default())?;
     let mut signals = Signals::install()?;
@@ -709,12 +695,12 @@ pub fn run(args: Args) -> Result<ExitCode> {
         reload_requests: 0,
         restart_needed: Vec::new(),
         redone: 0,
-        m: crate::metrics::SyncMetrics { dry_run: a.dry_run, ..Default::default() },
+        m: crate::ops::metrics::SyncMetrics { dry_run: a.dry_run, ..Default::default() },
         rival: (!a.allow_other_daemon).then(ClockWatch::new),
     };
-    let board = crate::metrics::Board::new(s.m.clone());
-    crate::metrics::start(a.metrics_listen, &board)?;
-    let mut supervisor = crate::service::Supervisor::new();
+    let board = crate::ops::metrics::Board::new(s.m.clone());
+    crate::ops::metrics::start(a.metrics_listen, &board)?;
+    let mut supervisor = crate::ops::systemd::Supervisor::new();
     tracing::info!(
         "vmtime sync: {} → CLOCK_REALTIME{}",
         source.display(),
@@ -835,8 +821,6 @@ mod tests {
         assert!(matches!(take_lock_at(&path), Ok(Err(_))));
         drop(first);
         assert!(matches!(take_lock_at(&path), Ok(Ok(Some(_)))));
-        // The real lock lives in the runtime directory, never in the dry run's.
-        assert_eq!(lock_path(), files::runtime_dir().join("sync.lock"));
     }
 
     /// A 6.13–6.19 driver's poll() is always readable. A regular file is too: the daemon must
