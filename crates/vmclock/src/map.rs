@@ -57,12 +57,13 @@ impl Mapping {
     pub fn map(file: &File, writable: bool) -> io::Result<Self> {
         let meta = file.metadata()?;
         let ft = meta.file_type();
+        if ft.is_dir() {
+            // mmap would say "No such device": the cause, with its errno (the C API passes it on).
+            return Err(io::Error::from_raw_os_error(libc::EISDIR));
+        }
         if !(ft.is_file() || ft.is_char_device()) {
-            // Named for what it is: mmap would say "No such device" of a directory, and a fifo
-            // reads as an empty file.
-            let found = if ft.is_dir() {
-                "a directory"
-            } else if ft.is_fifo() {
+            // Named for what it is: a fifo would read as an empty file. Not a page (InvalidData).
+            let found = if ft.is_fifo() {
                 "a fifo"
             } else if ft.is_socket() {
                 "a socket"
@@ -72,7 +73,7 @@ impl Mapping {
                 "a file of unknown type"
             };
             return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
+                io::ErrorKind::InvalidData,
                 format!("{found} is there, not a vmclock device or page file (give /dev/vmclock0 or a page file)"),
             ));
         }

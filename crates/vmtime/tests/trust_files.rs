@@ -565,7 +565,7 @@ fn item16_messages_name_the_path_and_the_cause() {
     let o = run_bounded(&["now", s(d.path())], LINE_WITHIN);
     assert_eq!(o.status.code(), Some(2));
     let e = stderr(&o);
-    assert!(e.contains(s(d.path())) && e.contains("a directory is there") && !e.contains("No such device"), "{e}");
+    assert!(e.contains(s(d.path())) && e.contains("Is a directory") && !e.contains("No such device"), "{e}");
     let fifo = d.path().join("fifo");
     mkfifo(&fifo);
     let o = run_bounded(&["now", s(&fifo)], LINE_WITHIN);
