@@ -1,7 +1,7 @@
 //! `vmtime`: accurate, bounded time for virtual machines.
 #![forbid(unsafe_code)]
 
-use vmtime::commands::{check, gen, generate, now, phc, qemu, show, sim, status, watch};
+use vmtime::commands::{check, gen, generate, kvm_tsc, now, phc, qemu, show, sim, status, watch};
 use vmtime::daemons::{feed, host, relay, sync};
 use vmtime::ops::{config, logging};
 use vmtime::values;
@@ -46,6 +46,8 @@ enum Command {
     Feed(feed::Args),
     /// Ask a running vmtime daemon for its state (JSON over its control socket).
     Status(status::Args),
+    /// A running KVM guest's TSC offset and scaling (debugfs, by QEMU pid): the relay's map.
+    KvmTsc(kvm_tsc::Args),
     /// The configuration file: check it, print the effective or the default configuration.
     Config(config::Args),
     /// Write the man pages or shell completions (packaging).
@@ -144,6 +146,7 @@ fn main() -> ExitCode {
         Command::Sync(a) => sync::run(a),
         Command::Watch(a) => watch::run(a),
         Command::Status(a) => status::run(a),
+        Command::KvmTsc(a) => kvm_tsc::run(a),
         Command::Qemu(a) => qemu::run(a),
         Command::Config(a) => config::run(a),
         Command::Feed(a) => feed::run(a),

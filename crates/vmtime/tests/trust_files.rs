@@ -611,6 +611,6 @@ fn item16_messages_name_the_path_and_the_cause() {
         READY_WITHIN,
     );
     let e = stderr(&o);
-    assert!(e.contains(&format!("host page {}", p0.display())) && e.contains("counter period is 0"), "{e}");
+    assert!(e.contains(&p0.display().to_string()) && e.contains("counter period is 0"), "{e}");
     assert!(!e.contains("ratio too far"), "{e}");
 }

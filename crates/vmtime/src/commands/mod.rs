@@ -3,6 +3,7 @@
 pub mod check;
 pub mod gen;
 pub mod generate;
+pub mod kvm_tsc;
 pub mod now;
 pub mod phc;
 pub mod qemu;

@@ -170,6 +170,9 @@ impl Daemon {
         };
         let obs = Observation { raw, clock: sampled, samples: &samples, kernel, kernel_page };
         let action = self.publisher.handle_observation(&obs);
+        for n in self.publisher.take_notices() {
+            tracing::warn!("{n}");
+        }
         self.samples = samples;
         let mut published = None;
         if let Some(HostAction::Publish { page, reason, disrupted }) = action {
@@ -213,6 +216,7 @@ impl Daemon {
                 "interval_ms": self.publisher.config().interval_ns / 1_000_000,
             },
             "kernel_page_readable": self.kernel_page.as_ref().map(|_| !self.kernel_page_failing),
+            "kernel_page_usable": self.kernel_page.as_ref().map(|_| !self.publisher.stats().kernel_page.unusable),
             "page": self.page.display().to_string(),
             "uptime_s": self.started.elapsed().as_secs_f64(),
             "clocksource": self.clocksource,
@@ -290,7 +294,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 let list = LeapSeconds::parse(&std::fs::read_to_string(tai::LEAP_SECONDS_LIST)?).ok();
                 (list.map_or(TaiSource::Fixed(offset), TaiSource::List), format!("TAI − UTC = {offset} s from {source}"))
             }
-            Found::Stale { why, .. } | Found::Unknown { why } => (TaiSource::Unknown, format!("TAI − UTC unknown ({why}): publishing UTC, TAI_OFFSET_VALID clear; give --tai-offset to publish TAI")),
+            Found::Stale { why, .. } | Found::Unknown { why } => (TaiSource::Unknown, format!("TAI − UTC unknown ({why}): publishing UTC, TAI_OFFSET_VALID clear, until it is known (then TAI, with a new disruption marker); give --tai-offset to publish TAI")),
         },
     };
 
@@ -312,6 +316,17 @@ pub fn run(args: Args) -> Result<ExitCode> {
         interval_ns: a.interval_ms.get() as i128 * 1_000_000,
         marker_seed: event::random_u64()?,
         time_type: Some(time_type),
+        // The placeholder carries TAI − UTC when it is known now (a guest driver probing it
+        // then registers its PTP clock).
+        tai_minus_utc: match &tai {
+            TaiSource::Fixed(o) => Some(*o),
+            TaiSource::List(l) => match l.offset_at(now_s) {
+                TaiOffset::Known(o) => Some(o),
+                TaiOffset::Expired { .. } => None,
+            },
+            TaiSource::Kernel => i16::try_from(kernel.tai).ok(),
+            TaiSource::Unknown => None,
+        },
         ..HostConfig::default()
     };
     let placeholder = Publisher::new(cfg.clone()).placeholder().expect("the time type is fixed");

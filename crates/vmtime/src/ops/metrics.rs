@@ -660,6 +660,7 @@ pub const HOLD_REASONS: &[&str] = &[
     "realtime_stepped",
     "no_maxerror",
     "unbounded",
+    "jump",
 ];
 
 /// The label of a hold reason (`None`: the page could not be read).
@@ -676,6 +677,7 @@ pub fn hold_reason(h: Option<vmtime_core::feed::Hold>) -> &'static str {
         Some(Hold::RealtimeStepped) => "realtime_stepped",
         Some(Hold::NoMaxError) => "no_maxerror",
         Some(Hold::Unbounded) => "unbounded",
+        Some(Hold::Jump) => "jump",
     }
 }
 
