@@ -58,6 +58,9 @@ pub struct HostRun {
     pub leap_list: Option<vmtime_core::leapsecs::LeapSeconds>,
     /// Give the publisher the kernel's own page (the RFC's /dev/vmclock_host).
     pub use_kernel_page: bool,
+    /// A kernel page that stopped following the clock (the RFC's revision 1 after a step): given
+    /// instead of the live one while set.
+    pub stale_kernel_page: Option<Snapshot>,
     last_observation: i128,
     next_poll: i128,
 }
@@ -77,6 +80,7 @@ impl HostRun {
             violation_log: Vec::new(),
             leap_list: None,
             use_kernel_page: false,
+            stale_kernel_page: None,
             last_observation: i128::MIN / 2,
             next_poll: i128::MIN / 2,
         }
@@ -103,7 +107,8 @@ impl HostRun {
         let samples = self.host.burst(self.clock(), 64);
         let kernel = self.host.timex();
         self.last_observation = self.host.now();
-        let kernel_page = self.use_kernel_page.then(|| self.host.kernel_page());
+        let kernel_page =
+            self.use_kernel_page.then(|| self.stale_kernel_page.unwrap_or_else(|| self.host.kernel_page()));
         let obs = Observation { raw, clock: self.sampled, samples: &samples, kernel, kernel_page };
         if let Some(HostAction::Publish { page, reason, disrupted }) = self.publisher.handle_observation(&obs) {
             // The write lands a few µs after the burst.
