@@ -1,7 +1,7 @@
 //! `vmtime`: accurate, bounded time for virtual machines.
 #![forbid(unsafe_code)]
 
-use vmtime::commands::{check, gen, generate, kvm_tsc, now, phc, qemu, show, sim, status, watch};
+use vmtime::commands::{check, gen, generate, kvm_tsc, now, phc, qemu, show, sim, status, waitsync, watch};
 use vmtime::daemons::{feed, host, relay, sync};
 use vmtime::ops::{config, logging};
 use vmtime::values;
@@ -42,6 +42,8 @@ enum Command {
     Phc(phc::Args),
     /// Keep this guest's CLOCK_REALTIME locked to a vmclock page (--dry-run: change nothing).
     Sync(sync::Args),
+    /// Wait until CLOCK_REALTIME lies inside the page's bounds (widened by --max-error-ns): exit 0, or 1 at the timeout.
+    Waitsync(waitsync::Args),
     /// Print each update of a page with the fields that changed.
     Watch(watch::Args),
     /// Give a stock guest under an unmodified QEMU a vmclock device on a page file: SSDT + QEMU arguments.
@@ -159,6 +161,7 @@ fn main() -> ExitCode {
             a.log_level = level;
             sync::run(a)
         }
+        Command::Waitsync(a) => waitsync::run(a),
         Command::Watch(a) => watch::run(a),
         Command::Status(a) => status::run(a),
         Command::KvmTsc(a) => kvm_tsc::run(a),

@@ -11,4 +11,5 @@ pub mod qemu;
 pub mod show;
 pub mod sim;
 pub mod status;
+pub mod waitsync;
 pub mod watch;
