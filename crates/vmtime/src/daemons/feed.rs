@@ -30,6 +30,16 @@ pub struct Args {
     target: Target,
 }
 
+impl Args {
+    /// The global `--log-level`, over the configuration's `log_level`.
+    pub fn set_log_level(&mut self, level: Option<LogLevel>) {
+        match &mut self.target {
+            Target::Chrony(a) => a.common.log_level = level,
+            Target::Clockbound(a) => a.common.log_level = level,
+        }
+    }
+}
+
 #[derive(Subcommand, Debug)]
 enum Target {
     /// Send chrony SOCK refclock samples (chrony.conf: `refclock SOCK PATH`).
@@ -57,9 +67,9 @@ struct Common {
     /// Exit after this many seconds.
     #[arg(long)]
     duration_s: Option<DurationS>,
-    /// Log level: error, warn, info, debug (a line per sample or segment write) or trace.
-    #[arg(long, value_enum)]
-    log_level: Option<LogLevel>,
+    /// The global `--log-level` (main sets it; a key of the configuration too).
+    #[arg(skip)]
+    pub log_level: Option<LogLevel>,
     /// Serve Prometheus metrics on this loopback address (default: [metrics] listen; off).
     #[arg(long)]
     metrics_listen: Option<SocketAddr>,
@@ -607,6 +617,13 @@ fn run_clockbound(args: ClockBoundArgs) -> Result<ExitCode> {
     let m = Measurer::open(&a.source, a.burst.get() as usize)?;
     vmtime_sys::feed::ensure_segment_dir(&a.dir)?;
     let open = |name: &str, layout| ClockBoundSegment::open_or_create_as(&a.dir.join(name), layout);
+    // Both segments checked before either is created: a refusal leaves no new file behind.
+    if a.layout != Layout::V3 {
+        ClockBoundSegment::check_path(&a.dir.join("shm0"), LAYOUT_V2)?;
+    }
+    if a.layout != Layout::V2 {
+        ClockBoundSegment::check_path(&a.dir.join("shm1"), v3::LAYOUT)?;
+    }
     let seg0 = if a.layout == Layout::V3 { None } else { Some(open("shm0", LAYOUT_V2)?) };
     let seg1 = if a.layout == Layout::V2 { None } else { Some(open("shm1", v3::LAYOUT)?) };
     let paths: Vec<_> = seg0.iter().chain(&seg1).map(|s| s.path().display().to_string()).collect();

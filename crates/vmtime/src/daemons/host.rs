@@ -69,9 +69,9 @@ pub struct Args {
     /// Exit after this many seconds (tests, measurements).
     #[arg(long)]
     duration_s: Option<DurationS>,
-    /// Log level: error, warn, info, debug or trace.
-    #[arg(long, value_enum)]
-    log_level: Option<LogLevel>,
+    /// The global `--log-level` (main sets it; a key of the configuration too).
+    #[arg(skip)]
+    pub log_level: Option<LogLevel>,
     /// Serve Prometheus metrics on this loopback address (default: [metrics] listen; off).
     #[arg(long)]
     metrics_listen: Option<std::net::SocketAddr>,
@@ -134,6 +134,8 @@ struct Host {
     last_obs: Option<Instant>,
     last_line: Instant,
     last_cs_check: Instant,
+    /// The clocksource could not be read at the last look (said once per episode).
+    cs_unreadable: bool,
     last_turn: Option<Instant>,
     line: String,
 }
@@ -329,6 +331,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
         kernel.maxerror_us,
         kernel.freq as f64 / 65536.0
     );
+    if let Some(advice) = kernel.unsynchronised_advice() {
+        tracing::warn!("{advice}");
+    }
     tracing::info!("{source_note}");
     tracing::info!("calibrating the counter against CLOCK_MONOTONIC_RAW …");
 
@@ -358,6 +363,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         last_obs: None,
         last_line: now,
         last_cs_check: now,
+        cs_unreadable: false,
         last_turn: None,
         line: String::new(),
         m,
@@ -411,12 +417,28 @@ impl Daemon for Host {
             }
             if self.last_cs_check.elapsed() >= Duration::from_secs(1) {
                 self.last_cs_check = Instant::now();
-                let cs = event::current_clocksource().unwrap_or_default();
-                if cs != self.m.clocksource {
-                    let usable = event::clocksource_uses_counter(&cs);
-                    tracing::warn!("clocksource changed: {} → {cs}", self.m.clocksource);
-                    self.m.clocksource = cs;
-                    self.publisher.handle_event(HostEvent::CounterChanged { usable });
+                // "Cannot read" (out of file descriptors, say) is not "changed": the clocksource
+                // is taken as unchanged until it can be read again (said once per episode).
+                match event::current_clocksource() {
+                    Ok(cs) => {
+                        if std::mem::take(&mut self.cs_unreadable) {
+                            tracing::info!("the current clocksource can be read again: {cs}");
+                        }
+                        if cs != self.m.clocksource {
+                            let usable = event::clocksource_uses_counter(&cs);
+                            tracing::warn!("clocksource changed: {} → {cs}", self.m.clocksource);
+                            self.m.clocksource = cs;
+                            self.publisher.handle_event(HostEvent::CounterChanged { usable });
+                        }
+                    }
+                    Err(e) => {
+                        if !std::mem::replace(&mut self.cs_unreadable, true) {
+                            tracing::warn!(
+                                "cannot read the current clocksource ({e}): taken as unchanged ({}) until it can be read",
+                                self.m.clocksource
+                            );
+                        }
+                    }
                 }
             }
             let tx = vmtime_sys::read_timex()?;

@@ -110,6 +110,7 @@ impl RunFigures {
                 "timed_out": s.timed_out,
                 "too_long": s.too_long,
                 "dropped_subscribers": s.dropped_subscribers,
+                "accept_failures": s.accept_failures,
             },
         });
         match v {
