@@ -486,7 +486,10 @@ impl MarkerWatch {
 /// bound now, widened by `(b − a) + 2ρ(b − ts)`: the read's own width and the assumed rate error
 /// over the age (at most 2 ms at the 1 s limit).
 ///
-/// Refused: a timestamp later than `b` or older than 1 s ([`Code::TooOld`]); one from before the
+/// Without a bound on the page, the reading has none either (only the estimate moves back).
+///
+/// Refused: a timestamp later than `b` or older than 1 s ([`Code::TooOld`]); CLOCK_REALTIME going
+/// back between `a` and `b` ([`Code::Disrupted`]); a timestamp from before the
 /// first read of this handle that saw the page's current disruption marker (a live migration or
 /// restore may lie between, across which the kernel clock may have been stepped), or within 1 s
 /// of the leap second the page announces ([`Code::Disrupted`]); any call while the kernel corrects
@@ -521,7 +524,11 @@ pub fn bound_realtime_with<M: PageMemory>(
 /// [`bound_realtime`]'s arithmetic: the reading `now` made between CLOCK_REALTIME `a` and `b`,
 /// its marker in place since `since`.
 pub fn past_from(now: &Reading, since: i64, a: i64, b: i64, ts_ns: i64) -> Result<Reading, Code> {
-    let (a, b, ts) = (a as i128, b.max(a) as i128, ts_ns as i128);
+    if b < a {
+        // CLOCK_REALTIME went back during the read: it was stepped.
+        return Err(Code::Disrupted);
+    }
+    let (a, b, ts) = (a as i128, b as i128, ts_ns as i128);
     if ts > b || b - ts > PAST_MAX_AGE_NS as i128 {
         return Err(Code::TooOld);
     }
@@ -650,6 +657,7 @@ mod tests {
         assert_eq!(past_from(&now, i64::MIN, 5_000, 5_100, 5_100 - PAST_MAX_AGE_NS - 1), Err(Code::TooOld));
         assert!(past_from(&now, i64::MIN, 5_000, 5_100, 5_100 - PAST_MAX_AGE_NS).is_ok());
         assert_eq!(past_from(&now, 4_500, 5_000, 5_100, 4_400), Err(Code::Disrupted), "before the marker was seen");
+        assert_eq!(past_from(&now, 0, 5_100, 5_000, 4_400), Err(Code::Disrupted), "CLOCK_REALTIME stepped back");
         // A leap second within a second of the timestamp or the read.
         let leap = Reading { leap: abi::leap::PRE_POS, leap_at_sec: Some(0), ..now };
         assert_eq!(past_from(&leap, 0, 5_000, 5_100, 4_400), Err(Code::Disrupted));
