@@ -442,12 +442,43 @@ pub fn realtime_ns() -> i64 {
 pub struct MarkerWatch {
     marker: AtomicU64,
     since: AtomicI64,
+    /// CLOCK_REALTIME of the last check that found the kernel's rate correction within
+    /// [`PAST_SLEW_LIMIT_PPB`] (i64::MIN: none yet).
+    slew_ok_at: AtomicI64,
 }
+
+/// How long a passed check of the kernel's rate correction is taken as still true: 10 ms (so a
+/// caller bounding many timestamps makes one `adjtimex` call per 10 ms, not one per call).
+pub const SLEW_CHECK_VALID_NS: i64 = 10_000_000;
 
 impl MarkerWatch {
     /// A watch that saw `marker` in place at `seen_ns` (CLOCK_REALTIME).
     pub fn new(marker: u64, seen_ns: i64) -> Self {
-        MarkerWatch { marker: AtomicU64::new(marker), since: AtomicI64::new(seen_ns) }
+        MarkerWatch {
+            marker: AtomicU64::new(marker),
+            since: AtomicI64::new(seen_ns),
+            slew_ok_at: AtomicI64::new(i64::MIN),
+        }
+    }
+
+    /// Whether the kernel corrects CLOCK_REALTIME's rate by more than [`PAST_SLEW_LIMIT_PPB`]
+    /// now (`now_ns`: CLOCK_REALTIME): asked with `adjtimex` unless a check passed within the
+    /// last [`SLEW_CHECK_VALID_NS`]. Where `adjtimex` is refused, `false`.
+    pub fn slewing(&self, now_ns: i64) -> bool {
+        let last = self.slew_ok_at.load(Ordering::Relaxed);
+        if last != i64::MIN && (0..SLEW_CHECK_VALID_NS).contains(&now_ns.saturating_sub(last)) {
+            return false;
+        }
+        match KernelRate::read() {
+            Some(k) if k.correction_ppb() > PAST_SLEW_LIMIT_PPB => {
+                self.slew_ok_at.store(i64::MIN, Ordering::Relaxed);
+                true
+            }
+            _ => {
+                self.slew_ok_at.store(now_ns, Ordering::Relaxed);
+                false
+            }
+        }
     }
 
     /// A watch over `clock`'s page as it is now.
@@ -497,10 +528,11 @@ impl MarkerWatch {
 /// read with `adjtimex`; chrony slews up to 83,333 ppm by default) ([`Code::Slewing`]). The rate is
 /// checked at the call, not over the whole interval: a fast slew that began and ended between
 /// the timestamp and the call is not seen, nor is a step of CLOCK_REALTIME by other means
-/// (settimeofday): the result is then wrong by the slew's excess or the step. Where `adjtimex` is
-/// refused (a seccomp filter), the check is skipped.
+/// (settimeofday): the result is then wrong by the slew's excess or the step. A passed check holds
+/// for [`SLEW_CHECK_VALID_NS`]. Where `adjtimex` is refused (a seccomp filter), the check is
+/// skipped.
 pub fn bound_realtime<M: PageMemory>(clock: &Clock<M>, watch: &MarkerWatch, ts_ns: i64) -> Result<Reading, Code> {
-    if KernelRate::read().is_some_and(|k| k.correction_ppb() > PAST_SLEW_LIMIT_PPB) {
+    if watch.slewing(realtime_ns()) {
         return Err(Code::Slewing);
     }
     bound_realtime_with(clock, watch, ts_ns, realtime_ns, crate::counter::read)
@@ -681,6 +713,27 @@ mod tests {
         // This machine's kernel answers (adjtimex with modes 0 needs no privilege).
         let k = KernelRate::read().expect("adjtimex readable");
         assert!(k.nominal_tick > 0 && k.tick > 0, "{k:?}");
+    }
+
+    #[test]
+    fn a_passed_slew_check_holds_for_10_ms() {
+        let w = MarkerWatch::new(0, 0);
+        if w.slewing(1_000) {
+            // This machine's kernel is slewing fast right now: nothing is remembered.
+            assert_eq!(w.slew_ok_at.load(Ordering::Relaxed), i64::MIN);
+            return;
+        }
+        assert_eq!(w.slew_ok_at.load(Ordering::Relaxed), 1_000);
+        assert!(!w.slewing(1_000 + SLEW_CHECK_VALID_NS - 1));
+        assert_eq!(w.slew_ok_at.load(Ordering::Relaxed), 1_000, "within 10 ms: not asked again");
+        let later = 1_000 + SLEW_CHECK_VALID_NS;
+        if !w.slewing(later) {
+            assert_eq!(w.slew_ok_at.load(Ordering::Relaxed), later, "10 ms on: asked again");
+        }
+        // CLOCK_REALTIME stepped back: asked again.
+        if !w.slewing(500) {
+            assert_eq!(w.slew_ok_at.load(Ordering::Relaxed), 500);
+        }
     }
 
     #[test]
