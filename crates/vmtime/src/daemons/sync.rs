@@ -903,6 +903,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let mut next_obs = Instant::now();
     let mut last_resubscribe = Instant::now();
     let mut poller = Poller::new();
+    let mut said_ready = false;
     loop {
         let now = Instant::now();
         let raw_now = vmtime_sys::gettime(ClockId::MonotonicRaw)?;
@@ -979,7 +980,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
             sub = subscribe();
         }
         board.offer(&s.m);
-        if s.m.updates > 0 {
+        if s.m.updates > 0 && !said_ready {
+            said_ready = true;
             supervisor.ready(&format!("following {}", s.page.path().display()));
         }
         supervisor.tick();
