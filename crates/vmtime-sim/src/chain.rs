@@ -166,11 +166,15 @@ pub struct NtpModel {
     pub slews: bool,
     /// Whether it is synchronised at all (false: the host is FREERUNNING).
     pub synced: bool,
+    /// Its offset measurements are off truth by up to ± this, uniformly (network asymmetry),
+    /// ns. With 0 it measures exactly and claims its error + 100 µs; otherwise it corrects the
+    /// offset it measured and claims, honestly, what it knows: |measured| + this + 1 µs.
+    pub offset_noise_ns: i64,
 }
 
 impl Default for NtpModel {
     fn default() -> Self {
-        NtpModel { poll_s: 16, freq_noise_ppb: 20, slews: true, synced: true }
+        NtpModel { poll_s: 16, freq_noise_ppb: 20, slews: true, synced: true, offset_noise_ns: 0 }
     }
 }
 
@@ -198,6 +202,9 @@ pub struct Chain {
     pub reads: Reads,
     /// The relay (the page's writer) is stalled until then (true ns): the guests keep their page.
     pub stalled_until: Option<i128>,
+    /// The host publisher's rate tolerance (`--tolerance-ppm`), ppb: the default 500 ppm when
+    /// `None`. A migration's destination host gets the same.
+    pub host_tolerance_ppb: Option<u64>,
     start: i128,
     next_ntp: i128,
     next_row: i128,
@@ -255,6 +262,7 @@ impl Chain {
             reads_per_step: 0,
             reads: Reads::default(),
             stalled_until: None,
+            host_tolerance_ppb: None,
             start: t0,
             next_ntp: t0,
             next_row: t0,
@@ -297,11 +305,25 @@ impl Chain {
         let err = h.oscillator_error_ppb();
         h.set_freq_ppb(-err + noise);
         let e = h.kernel_error_ns();
-        if self.ntp.slews {
-            h.set_offset_ns(-e as i64);
+        let u = self.ntp.offset_noise_ns.max(0);
+        if u == 0 {
+            if self.ntp.slews {
+                h.set_offset_ns(-e as i64);
+            }
+            // An honest maxerror: the error now, plus what it may drift before the next update.
+            h.ntp_sync((e.unsigned_abs() / 1000) as i64 + 100, 20);
+        } else {
+            // It measures the offset within ±u, corrects what it measured (the error left is
+            // within ±u, reached monotonically by the PLL) and says what it knows: the error now
+            // is within |measured| + u; the drift until the next update is the host's own claim
+            // to grow (its rate tolerance).
+            let measured = e + h.rng.range(0, 2 * u as u64 + 1) as i128 - u as i128;
+            if self.ntp.slews {
+                h.set_offset_ns(-measured as i64);
+            }
+            let max_us = (measured.unsigned_abs() + u as u128).div_ceil(1000) as i64 + 1;
+            h.ntp_sync(max_us, (u as i64 + 999) / 1000);
         }
-        // An honest maxerror: the error now, plus what it may drift before the next update.
-        h.ntp_sync((e.unsigned_abs() / 1000) as i64 + 100, 20);
     }
 
     /// Every guest judges its application reads from now on (after a counter jump).
@@ -462,6 +484,10 @@ impl Chain {
         h.ntp_sync((kernel_err_ns.unsigned_abs() / 1000) as i64 + 100, 20);
         h.wander_ppb = self.host.host.wander_ppb;
         let mut dest = HostRun::new(h, HostConfig { marker_seed: self.seed, ..HostConfig::default() }, Sampled::Tai);
+        if let Some(t) = self.host_tolerance_ppb {
+            let c = dest.publisher.config().clone();
+            dest.publisher.retune(c.threshold_ns, t, c.interval_ns);
+        }
         dest.run_for(now - dest.host.now(), 10 * MS);
         self.host = dest;
         self.next_ntp = self.host.host.now() + self.ntp.poll_s * NS;
@@ -502,9 +528,19 @@ impl Chain {
         self.event(format!("restore after {} s", pause_ns / NS));
     }
 
-    /// Steps the host clock (an operator's settimeofday).
+    /// Sets the host publisher's rate tolerance, ppb (and that of any later destination).
+    pub fn set_host_tolerance(&mut self, ppb: u64) {
+        self.host_tolerance_ppb = Some(ppb);
+        let c = self.host.publisher.config().clone();
+        self.host.publisher.retune(c.threshold_ns, ppb, c.interval_ns);
+    }
+
+    /// Steps the host clock (an operator's settimeofday: like the kernel's, it clears the NTP
+    /// state: maxerror 16 s, STA_UNSYNC, until the NTP daemon's next update).
     pub fn host_step(&mut self, ns: i128) {
         self.host.host.step(ns);
+        self.host.host.tx.maxerror_us = 16_000_000;
+        self.host.host.set_status(vmtime_core::kernel::STA_UNSYNC, true);
         self.host.publisher.handle_event(HostEvent::Stepped);
         self.event(format!("host step {:+} µs", ns / 1000));
     }

@@ -60,6 +60,16 @@ pub struct Scenario {
     /// Seconds from the start to the leap second.
     #[serde(default = "d_leap_in")]
     pub leap_in_s: u64,
+    /// The host publisher's rate tolerance (`vmtime host --tolerance-ppm`), ppm: how fast the
+    /// host clock may drift from true time between its NTP daemon's updates. The default is the
+    /// daemon's, 500 ppm (the kernel's MAXFREQ); the sim's host drifts by at most ~0.4 ppm (20
+    /// ppb of frequency noise, 2 ppb/s of wander over a 200 s NTP loss, ±100 ppb of temperature).
+    #[serde(default = "d_tolerance")]
+    pub host_tolerance_ppm: f64,
+    /// The host NTP daemon's measurement error, ± µs (uniform); it claims |measured| + this.
+    /// 0 (the default): it measures exactly and claims its error + 100 µs.
+    #[serde(default)]
+    pub ntp_noise_us: f64,
     /// Application reads of each guest's page per 10 ms step, each judged against true time.
     #[serde(default = "d_reads")]
     pub reads_per_step: u32,
@@ -170,6 +180,9 @@ fn d_leap_in() -> u64 {
 }
 fn d_reads() -> u32 {
     16
+}
+fn d_tolerance() -> f64 {
+    500.0
 }
 
 /// A scenario that cannot run.
@@ -300,6 +313,12 @@ impl Scenario {
         }
         if self.leap_in_s > MAX_S {
             return bad("leap_in_s", "must be at most 30 days");
+        }
+        if !(0.001..=500.0).contains(&self.host_tolerance_ppm) {
+            return bad("host_tolerance_ppm", "must be 0.001 to 500 ppm");
+        }
+        if !(0.0..=1e6).contains(&self.ntp_noise_us) {
+            return bad("ntp_noise_us", "must be 0 to 1000000 µs");
         }
         if self.reads_per_step > 10_000 {
             return bad("reads_per_step", "must be at most 10000");
@@ -463,6 +482,10 @@ pub fn run(s: &Scenario, seed: u64, duration_s: Option<u64>, mut progress: impl 
     );
     c.ntp = NtpModel { poll_s: s.ntp_poll_s as i128, slews: s.host_slews, ..NtpModel::default() };
     c.reads_per_step = s.reads_per_step;
+    c.ntp.offset_noise_ns = (s.ntp_noise_us * 1000.0) as i64;
+    if s.host_tolerance_ppm != d_tolerance() {
+        c.set_host_tolerance((s.host_tolerance_ppm * 1000.0).round() as u64);
+    }
     if let Some(ms) = s.guest_check_ms {
         let check_ns = ms as i128 * 1_000_000;
         c.guests.iter_mut().for_each(|g| g.cadence = Some(vmtime_core::cadence::Cadence::new(check_ns)));

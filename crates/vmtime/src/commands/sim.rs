@@ -1,6 +1,6 @@
 //! `vmtime sim SCENARIO`: the whole chain, host to guest, simulated deterministically.
 
-use crate::values::{AnyU64, Burst, SeedRange, SimDuration};
+use crate::values::{AnyU64, Burst, SeedRange, SimDuration, ToleranceNs, TolerancePpm};
 use anyhow::{Context, Result};
 use clap::Args as ClapArgs;
 use std::io::Write;
@@ -25,6 +25,15 @@ pub struct Args {
     /// With --seeds: runs at once (threads).
     #[arg(long, default_value = "1")]
     jobs: Burst,
+    /// The host NTP daemon measures its offset within ± this and claims what it knows
+    /// (|measured| + this + 1 µs) instead of measuring exactly and claiming its error + 100 µs, ns
+    /// (sets every scenario's ntp_noise_us).
+    #[arg(long)]
+    ntp_noise_ns: Option<ToleranceNs>,
+    /// The host publisher's rate tolerance (vmtime host --tolerance-ppm), ppm (sets every
+    /// scenario's host_tolerance_ppm; default 500).
+    #[arg(long)]
+    host_tolerance_ppm: Option<TolerancePpm>,
     /// Simulated duration (e.g. 600, 10m, 1h, 1d; default: the scenario's).
     #[arg(long)]
     duration: Option<SimDuration>,
@@ -39,20 +48,29 @@ pub struct Args {
     quiet: bool,
 }
 
-fn scenario_of(name: &str) -> Result<Scenario> {
-    Ok(if name.ends_with(".toml") || std::path::Path::new(name).is_file() {
+fn scenario_of(a: &Args, name: &str) -> Result<Scenario> {
+    let mut s = if name.ends_with(".toml") || std::path::Path::new(name).is_file() {
         let text = crate::values::read_small_text(std::path::Path::new(name))
             .with_context(|| format!("cannot read {name}"))?;
         Scenario::from_toml(&text).with_context(|| format!("{name} is not a valid scenario"))?
     } else {
         Scenario::builtin(name)?
-    })
+    };
+    if let Some(ns) = a.ntp_noise_ns {
+        s.ntp_noise_us = ns.get() as f64 / 1000.0;
+    }
+    if let Some(t) = a.host_tolerance_ppm {
+        s.host_tolerance_ppm = t.fine() as f64 / 1000.0;
+    }
+    s.validate()?;
+    Ok(s)
 }
 
 /// `--seeds A..B`: every seed of every scenario, `jobs` at once, one summary.
 fn run_seeds(a: &Args, seeds: SeedRange) -> Result<ExitCode> {
     use std::sync::atomic::{AtomicUsize, Ordering};
-    let scenarios: Vec<Scenario> = a.scenario.split(',').map(str::trim).map(scenario_of).collect::<Result<_>>()?;
+    let scenarios: Vec<Scenario> =
+        a.scenario.split(',').map(str::trim).map(|n| scenario_of(a, n)).collect::<Result<_>>()?;
     let names: Vec<String> = scenarios.iter().map(|s| s.name.clone()).collect();
     let duration = a.duration.map(SimDuration::secs);
     let runs: Vec<(usize, u64)> = (0..scenarios.len()).flat_map(|i| seeds.seeds().map(move |seed| (i, seed))).collect();
@@ -120,7 +138,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     if let Some(seeds) = a.seeds {
         return run_seeds(&a, seeds);
     }
-    let sc = scenario_of(&a.scenario)?;
+    let sc = scenario_of(&a, &a.scenario)?;
     let duration = a.duration.map(SimDuration::secs);
     let seed = a.seed.get();
     let t0 = Instant::now();
