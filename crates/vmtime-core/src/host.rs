@@ -967,6 +967,34 @@ mod tests {
     use super::*;
 
     #[test]
+    fn below_500_ppm_the_bound_grows_at_the_tolerance_from_the_daemons_last_statement() {
+        let s = |x: f64| (x * 1e9) as i128;
+        let mut p = Publisher::new(HostConfig { tolerance_ppb: 1_000, ..HostConfig::default() });
+        // The daemon sets 20 µs; the kernel then adds 500 µs a second.
+        assert_eq!(p.claimed_maxerror_us(s(10.0), 20), 20);
+        assert_eq!(p.claimed_maxerror_us(s(11.5), 520), 22, "20 µs + 1 ppm of 1.5 s, rounded up");
+        assert_eq!(p.claimed_maxerror_us(s(13.0), 1_520), 23);
+        // The daemon says less: taken at once.
+        assert_eq!(p.claimed_maxerror_us(s(13.2), 12), 12);
+        // The daemon says more (not the kernel's 500 µs steps): taken at once, never hidden.
+        assert_eq!(p.claimed_maxerror_us(s(13.4), 5_000), 5_000);
+        assert_eq!(p.claimed_maxerror_us(s(14.6), 5_500), 5_002);
+        // Never above the kernel's own value (400 ppm for 0.9 s is 360 µs; the kernel added none).
+        let mut h = Publisher::new(HostConfig { tolerance_ppb: 400_000, ..HostConfig::default() });
+        h.claimed_maxerror_us(s(0.0), 20);
+        assert_eq!(h.claimed_maxerror_us(s(0.9), 20), 20);
+        let mut q = Publisher::new(HostConfig { tolerance_ppb: 1_000, ..HostConfig::default() });
+        q.claimed_maxerror_us(s(0.0), 1);
+        assert_eq!(q.claimed_maxerror_us(s(0.5), 1), 1);
+        // An unsynchronised kernel (16 s) is the kernel's value.
+        assert_eq!(q.claimed_maxerror_us(s(1.0), 16_000_000), 16_000_000);
+        // At 500 ppm (the default) the kernel's value, as before.
+        let mut d = Publisher::new(HostConfig::default());
+        d.claimed_maxerror_us(s(0.0), 20);
+        assert_eq!(d.claimed_maxerror_us(s(1.1), 520), 520);
+    }
+
+    #[test]
     fn a_burst_across_a_step_back_gives_no_reference() {
         let p = Period::from_hz(1_000_000_000).unwrap();
         let ok: Vec<AbaSample> = (0..4i128)

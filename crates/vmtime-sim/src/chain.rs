@@ -322,7 +322,7 @@ impl Chain {
                 h.set_offset_ns(-measured as i64);
             }
             let max_us = (measured.unsigned_abs() + u as u128).div_ceil(1000) as i64 + 1;
-            h.ntp_sync(max_us, (u as i64 + 999) / 1000);
+            h.ntp_sync(max_us, (u + 999) / 1000);
         }
     }
 
