@@ -57,18 +57,11 @@ pub enum FileError {
     TooLarge { path: String, len: u64, max: u64, what: &'static str },
     /// A file vmtime would publish time through (or read its own state or lock from) that is
     /// not its own: another user owns it, others may write it, or it has a second name.
-    #[error("{path}: {what} owned by uid {uid} with mode {mode:04o}{links}: {why}; {never}: {fix}")]
+    #[error("{path}: {detail}")]
     Untrusted {
         path: String,
-        what: &'static str,
-        uid: u32,
-        mode: u32,
-        /// ", 2 names (hard links)" when there is more than one.
-        links: String,
-        why: String,
-        /// "vmtime never adopts such a file" (a file it makes), or "… does not read …".
-        never: &'static str,
-        fix: String,
+        /// What it is, its owner and mode, why it is refused and the fix.
+        detail: String,
     },
     /// A file in the way of an output that is not one vmtime may replace.
     #[error("{path}: {found} is there, not {what}: refusing to replace it (remove it yourself, or give another path)")]
@@ -331,14 +324,15 @@ fn trusted(s: &rfs::Stat, path: &Path, what: &'static str, daemon_makes_it: bool
             if daemon_makes_it {
                 format!("remove it ({rm})")
             } else {
-                format!("give it one name (cp it, then use the copy)")
+                "give it one name (cp it, then use the copy)".to_string()
             },
         )
     } else {
         return Ok(());
     };
     let never = if daemon_makes_it { "vmtime never adopts such a file" } else { "vmtime does not read such a file" };
-    Err(FileError::Untrusted { path: d, what, uid: s.st_uid, mode, links, why, never, fix })
+    let detail = format!("{what} owned by uid {} with mode {mode:04o}{links}: {why}; {never}: {fix}", s.st_uid);
+    Err(FileError::Untrusted { path: d, detail })
 }
 
 // ---------------------------------------------------------------------------------------------
