@@ -66,8 +66,8 @@ pub enum FileError {
     /// A file in the way of an output that is not one vmtime may replace.
     #[error("{path}: {found} is there, not {what}: refusing to replace it (remove it yourself, or give another path)")]
     NotReplaceable { path: String, found: String, what: &'static str },
-    /// A system call failed.
-    #[error("cannot {op} {path}: {err}")]
+    /// A system call failed (out of descriptors: with the remedy).
+    #[error("cannot {op} {path}: {err}{hint}", hint = crate::limit_hint(.err))]
     Io { op: &'static str, path: String, err: io::Error },
 }
 
