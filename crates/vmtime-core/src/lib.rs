@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod check;
+pub mod crosscheck;
 pub mod feed;
 pub mod host;
 pub mod kernel;
