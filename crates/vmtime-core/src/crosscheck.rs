@@ -357,6 +357,19 @@ impl CrossCheck {
         Some(CrossAction::Send(request(cookie)))
     }
 
+    /// Whether a query waits for its answer.
+    pub fn in_flight(&self) -> bool {
+        self.in_flight.is_some()
+    }
+
+    /// Nothing can be judged now (the page gives no time): the next query waits
+    /// [`INTERVAL_MIN_NS`] (a query in flight is left to its answer or timeout).
+    pub fn postpone(&mut self, now_ns: i128) {
+        if self.in_flight.is_none() && now_ns >= self.next_query_ns {
+            self.next_query_ns = now_ns + INTERVAL_MIN_NS;
+        }
+    }
+
     /// The request was sent at `now_ns`, the page's UTC then being `page_utc` (Unix 64.64) with
     /// maxerror `page_maxerror_ns`.
     pub fn sent(&mut self, now_ns: i128, page_utc: i128, page_maxerror_ns: Option<u128>) {

@@ -9,6 +9,7 @@ pub mod event;
 pub mod feed;
 pub mod files;
 pub mod follow;
+pub mod ntp;
 pub mod phc;
 pub mod procs;
 pub mod serve;

@@ -81,6 +81,13 @@ pub struct Args {
     /// kernel's PLL is on, and keep running when another process changes the clock's state.
     #[arg(long)]
     allow_other_daemon: bool,
+    /// A second opinion: an NTP server, ADDRESS:PORT (no names: nothing is looked up), asked every
+    /// 16–64 s (backing off to 1024 s while it does not answer). It never steers the clock; when
+    /// it and the page disagree beyond both their bounds, the kernel's maxerror is widened to
+    /// cover it, the clock is left unsynchronised, and `status` says `"cross_check": {"state":
+    /// "disagree", …}`. A vmclock page source only.
+    #[arg(long, value_name = "ADDRESS:PORT")]
+    cross_check_ntp: Option<std::net::SocketAddr>,
 }
 
 impl Args {
@@ -440,6 +447,8 @@ struct Sync {
     m: crate::ops::metrics::SyncMetrics,
     /// Changes to the kernel's NTP state that this daemon did not make.
     rival: Option<ClockWatch>,
+    /// The NTP cross-check, when configured.
+    cross: Option<NtpCross>,
 }
 
 impl Sync {
@@ -551,7 +560,98 @@ impl Sync {
             "vm_generation_counter": page.and_then(|p| p.vm_generation_counter()),
             "notified": self.notes.device.is_some(),
             "observations_redone": self.redone,
+            "cross_check": self.cross.as_ref().map(|c| c.cc.status()),
         })
+    }
+}
+
+/// `--cross-check-ntp`: the socket (vmtime-sys) and the client (vmtime-core); times are ns since
+/// `start` (monotonic).
+struct NtpCross {
+    cc: vmtime_core::crosscheck::CrossCheck,
+    sock: vmtime_sys::ntp::SntpSocket,
+    start: Instant,
+}
+
+/// The page's UTC now (64.64 s since the epoch) and its maxerror (ns), if it gives them.
+fn page_utc(page: &crate::page::FollowedPage) -> Option<(i128, Option<u128>)> {
+    let p = page.read().ok().filter(|p| gives_time(p, vmclock::counter::NATIVE))?;
+    let u = p.utc_at(vmclock::counter::read()).ok()?;
+    Some((i128::try_from(u.time.raw()).ok()?, u.maxerror_ns()))
+}
+
+impl NtpCross {
+    fn new(server: std::net::SocketAddr) -> Result<Self> {
+        let sock = vmtime_sys::ntp::SntpSocket::connect(server)
+            .with_context(|| format!("--cross-check-ntp {server}: cannot open a UDP socket to it"))?;
+        Ok(NtpCross {
+            cc: vmtime_core::crosscheck::CrossCheck::new(server.to_string(), 0),
+            sock,
+            start: Instant::now(),
+        })
+    }
+
+    fn now_ns(&self) -> i128 {
+        self.start.elapsed().as_nanos() as i128
+    }
+
+    fn deadline(&self) -> Instant {
+        self.start + Duration::from_nanos(self.cc.next_deadline_ns().max(0) as u64)
+    }
+
+    /// A query or a timeout when due; never waits.
+    fn tick(&mut self, page: &crate::page::FollowedPage) {
+        let now = self.now_ns();
+        if now < self.cc.next_deadline_ns() {
+            return;
+        }
+        let cookie = vmtime_sys::event::random_u64().unwrap_or(now as u64 ^ 0x9E37_79B9_7F4A_7C15);
+        let Some((utc, max)) = page_utc(page) else {
+            // Nothing to judge: a query in flight may still time out; none is started.
+            if self.cc.in_flight() {
+                let _ = self.cc.tick(now, cookie);
+            } else {
+                self.cc.postpone(now);
+            }
+            return;
+        };
+        if let Some(vmtime_core::crosscheck::CrossAction::Send(p)) = self.cc.tick(now, cookie) {
+            match self.sock.send(&p) {
+                Ok(()) => self.cc.sent(self.now_ns(), utc, max),
+                Err(e) => {
+                    tracing::debug!("cross-check: cannot send to {}: {e}", self.sock.server());
+                    self.cc.send_failed(now);
+                }
+            }
+        }
+    }
+
+    /// The datagrams waiting (never waits).
+    fn readable(&mut self, page: &crate::page::FollowedPage) {
+        let mut buf = [0u8; 512];
+        // A few at most per turn: a flood cannot hold the loop.
+        for _ in 0..8 {
+            match self.sock.recv(&mut buf) {
+                Ok(Some(d)) => {
+                    let now = self.now_ns();
+                    if let Some((utc, max)) = page_utc(page) {
+                        self.cc.received(d, now, utc, max);
+                    }
+                }
+                // Nothing more; or an ICMP error (nobody listens there): the timeout says so.
+                Ok(None) | Err(_) => break,
+            }
+        }
+    }
+
+    fn log(&mut self) {
+        use vmtime_core::crosscheck::CrossNotice;
+        for n in self.cc.take_notices() {
+            match n {
+                CrossNotice::Disagree(_) | CrossNotice::NoReply => tracing::warn!("{n} ({})", self.sock.server()),
+                CrossNotice::Agree(_) | CrossNotice::Refused(_) => tracing::info!("{n} ({})", self.sock.server()),
+            }
+        }
     }
 }
 
@@ -697,6 +797,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         redone: 0,
         m: crate::ops::metrics::SyncMetrics { dry_run: a.dry_run, ..Default::default() },
         rival: (!a.allow_other_daemon).then(ClockWatch::new),
+        cross: a.cross_check_ntp.map(NtpCross::new).transpose()?,
     };
     let board = crate::ops::metrics::Board::new(s.m.clone());
     crate::ops::metrics::start(a.metrics_listen, &board)?;
@@ -733,7 +834,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
         let now = Instant::now();
         let raw_now = vmtime_sys::gettime(ClockId::MonotonicRaw)?;
         let slew_wait = s.discipline.next_deadline().map(|d| Duration::from_nanos((d - raw_now).max(0) as u64));
-        let wait = [Some(next_obs.saturating_duration_since(now)), slew_wait]
+        let cross_wait = s.cross.as_ref().map(|c| c.deadline().saturating_duration_since(now));
+        let wait = [Some(next_obs.saturating_duration_since(now)), slew_wait, cross_wait]
             .into_iter()
             .flatten()
             .min()
@@ -748,6 +850,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         } else {
             sub.as_ref().map(|x| poller.add(x.fd(), serve::READABLE))
         };
+        let t_cross = s.cross.as_ref().map(|c| poller.add(c.sock.fd(), serve::READABLE));
         poller.wait(wake.map(|w| w.saturating_duration_since(Instant::now())))?;
         match signals.take(&poller) {
             Some(SignalEvent::Terminate(name)) => {
@@ -775,6 +878,16 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 tracing::warn!("the publisher went away: polling the page");
                 sub = None;
             }
+        }
+        // The second opinion: never waited on; its verdict reaches the next update's bounds.
+        if let Some(c) = &mut s.cross {
+            if t_cross.is_some_and(|t| poller.readable(t)) {
+                c.readable(&s.page);
+            }
+            c.tick(&s.page);
+            c.log();
+            s.discipline.set_cross_check(c.cc.widen_ns());
+            s.m.cross_check = Some(c.cc.status().clone());
         }
         if notified || Instant::now() >= next_obs {
             if let Err(e) = s.observe() {
