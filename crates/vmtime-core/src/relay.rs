@@ -254,6 +254,11 @@ pub struct GuestState {
     /// by the next host page).
     #[serde(default)]
     pub constants: Option<(u8, u8)>,
+    /// The guest page was overwritten (a migration or a restore brought another page along) and
+    /// the counter map in force is not known yet: the guest's pages carry no time until it is
+    /// confirmed ([`GuestRelay::migrated_in`], [`GuestRelay::confirm_map`]).
+    #[serde(default)]
+    pub map_pending: bool,
 }
 
 /// One guest's relay: markers and transform.
@@ -289,6 +294,7 @@ impl GuestRelay {
                 last_host_marker: None,
                 notify,
                 constants: None,
+                map_pending: false,
             },
             unconvertible: false,
             last_host_constants: None,
@@ -342,11 +348,48 @@ impl GuestRelay {
     }
 
     /// The guest came in by live migration under a new map: its counter calibration is broken.
+    /// After an [`overwritten`](Self::overwritten) page (which already gave the guest a new
+    /// marker and no time) this only confirms the map: no second marker change.
     pub fn migrated_in(&mut self, map: CounterMap) {
         self.state.map = map;
-        self.state.disruption_marker = self.state.disruption_marker.wrapping_add(1);
+        if !std::mem::take(&mut self.state.map_pending) {
+            self.state.disruption_marker = self.state.disruption_marker.wrapping_add(1);
+        }
         // The new host's page has its own marker: adopt it without a second change.
         self.state.last_host_marker = None;
+    }
+
+    /// The counter map in force is `map` (told by whoever knows it: the VMM, KVM's debugfs, a
+    /// measurement), without a marker change of its own: after an overwrite the guest has had
+    /// its new marker already. The guest's pages carry time again.
+    pub fn confirm_map(&mut self, map: CounterMap) {
+        self.state.map = map;
+        self.state.map_pending = false;
+    }
+
+    /// Whether the guest's pages wait for the counter map to be confirmed (no time in them).
+    pub fn map_pending(&self) -> bool {
+        self.state.map_pending
+    }
+
+    /// The guest page was written by someone else ([`crate::overwrite`]): a migration brought the
+    /// source's page (its map and marker) or a restore brought the snapshot's. The guest may have
+    /// read that marker already, so it gets a marker it has not seen: one past the one found
+    /// (the guest's marker sequence continues across hosts), or past this relay's own if that
+    /// is the same. A live migration keeps the guest's generation: the one found is adopted.
+    /// The counter map in force is unknown until confirmed, so the pages carry no time until
+    /// then ([`GuestRelay::migrated_in`] or [`GuestRelay::confirm_map`]).
+    pub fn overwritten(&mut self, o: &crate::overwrite::Overwrite) {
+        let own = self.state.disruption_marker;
+        let mut next = o.found_marker.unwrap_or(own).wrapping_add(1);
+        if next == own || Some(next) == o.found_marker {
+            next = own.wrapping_add(1);
+        }
+        self.state.disruption_marker = next;
+        if let Some(g) = o.found_generation {
+            self.state.vm_generation = g;
+        }
+        self.state.map_pending = true;
     }
 
     /// The guest was loaded from a snapshot (or cloned): both markers change.
@@ -387,6 +430,12 @@ impl GuestRelay {
         if self.unconvertible || (host.counter_id() != counter_id && counter_id != vmclock::abi::counter_id::INVALID) {
             // No time in the guest's terms: the page keeps its constants and says so.
             g.clock_status = vmclock::abi::status::UNRELIABLE;
+        }
+        if self.state.map_pending {
+            // The guest's counter map is not known (an overwrite: a migration or a restore):
+            // no status to rely on and no bounds, until it is confirmed.
+            g.clock_status = vmclock::abi::status::UNRELIABLE;
+            g.flags.set(g.flags.get() & !(flags::TIME_MAXERROR_VALID | flags::TIME_ESTERROR_VALID));
         }
         g.counter_id = counter_id;
         g.time_type = time_type;
@@ -594,6 +643,80 @@ mod tests {
         let p6 = again.guest_page(&Snapshot::new(h2, 4096).unwrap()).unwrap();
         assert_eq!(p6.disruption_marker.get(), 1003);
         assert_eq!(p6.vm_generation_counter.get(), p4.vm_generation_counter.get());
+    }
+
+    /// A page written by someone else (the source's page brought by a migration) gives the
+    /// guest a marker it has not seen, keeps its generation, and no time until the map is
+    /// confirmed; the confirmation changes the marker no further.
+    #[test]
+    fn an_overwritten_page_gets_a_new_marker_and_no_time_until_the_map_is_confirmed() {
+        use crate::overwrite::{Guard, Verdict, Written};
+        let h = host_page(1_000, 2_500_000_000);
+        // The destination's relay, with its own marker and a map for a guest not there yet.
+        let mut dest = GuestRelay::new(CounterMap::offset_only(5), 0x5000, false);
+        let mut guard = Guard::new();
+        let mine = dest.guest_page(&h).unwrap();
+        guard.wrote(Written::of(&mine, 2));
+        // The source's page arrives: its marker 0x77, generation 12, its map.
+        let mut src = GuestRelay::new(CounterMap::offset_only(999), 0x77, false);
+        let mut theirs = src.guest_page(&h).unwrap();
+        theirs.vm_generation_counter.set(12);
+        theirs.seq_count.set(40);
+        let bytes: [u8; vmclock::abi::ABI_SIZE] = zerocopy::IntoBytes::as_bytes(&theirs).try_into().unwrap();
+        let Verdict::Overwritten(o) = guard.look(Some(&bytes)) else { panic!("the foreign page was not seen") };
+        dest.overwritten(&o);
+        assert!(dest.map_pending());
+        let p = Snapshot::new(dest.guest_page(&h).unwrap(), 4096).unwrap();
+        assert_eq!(p.disruption_marker(), 0x78, "one past the marker the guest may have read");
+        assert_eq!(p.vm_generation_counter(), Some(12), "a migration keeps the guest's generation");
+        assert_eq!(p.clock_status(), Some(status::UNRELIABLE));
+        assert!(!p.has(flags::TIME_MAXERROR_VALID) && !p.has(flags::TIME_ESTERROR_VALID), "no bounds");
+        // Host updates meanwhile change nothing: still no time, same marker.
+        let p2 = Snapshot::new(dest.guest_page(&host_page(2_000, 2_500_000_000)).unwrap(), 4096).unwrap();
+        assert_eq!((p2.disruption_marker(), p2.clock_status()), (0x78, Some(status::UNRELIABLE)));
+        // The map is told (migrated_in after an overwrite): time again, no second marker change.
+        dest.migrated_in(CounterMap::offset_only(123));
+        assert!(!dest.map_pending());
+        let p3 = Snapshot::new(dest.guest_page(&h).unwrap(), 4096).unwrap();
+        assert_eq!((p3.disruption_marker(), p3.clock_status()), (0x78, Some(status::SYNCHRONIZED)));
+        assert_eq!(p3.counter_value(), Some(1_123));
+        assert!(p3.has(flags::TIME_MAXERROR_VALID));
+        // A later migration without an overwrite seen (told only) still changes the marker.
+        dest.migrated_in(CounterMap::offset_only(7));
+        assert_eq!(Snapshot::new(dest.guest_page(&h).unwrap(), 4096).unwrap().disruption_marker(), 0x79);
+        // A torn page (no marker readable): one past the relay's own; confirm_map never bumps.
+        dest.overwritten(&crate::overwrite::Overwrite {
+            difference: crate::overwrite::Difference::Unstable,
+            found_marker: None,
+            found_generation: None,
+        });
+        dest.confirm_map(CounterMap::offset_only(7));
+        let p4 = Snapshot::new(dest.guest_page(&h).unwrap(), 4096).unwrap();
+        assert_eq!((p4.disruption_marker(), p4.vm_generation_counter()), (0x7a, Some(12)));
+        assert_eq!(p4.clock_status(), Some(status::SYNCHRONIZED));
+        // The pending state survives a relay restart (saved), and older state loads without it.
+        dest.overwritten(&o);
+        let again =
+            GuestRelay::from_state(serde_json::from_str(&serde_json::to_string(dest.state()).unwrap()).unwrap());
+        assert!(again.map_pending());
+    }
+
+    /// The marker after an overwrite differs from the one found whatever the relay's own is.
+    #[test]
+    fn the_new_marker_is_never_the_one_found() {
+        for (own, found) in
+            [(5u64, Some(4u64)), (5, Some(5)), (u64::MAX, Some(u64::MAX - 1)), (0, None), (9, Some(u64::MAX))]
+        {
+            let mut r = GuestRelay::new(CounterMap::IDENTITY, own, false);
+            r.overwritten(&crate::overwrite::Overwrite {
+                difference: crate::overwrite::Difference::Body,
+                found_marker: found,
+                found_generation: None,
+            });
+            let m = r.state().disruption_marker;
+            assert_ne!(Some(m), found, "own {own:#x} found {found:?}");
+            assert_ne!(m, own, "own {own:#x} found {found:?}");
+        }
     }
 
     fn with(h: &Snapshot, f: impl FnOnce(&mut VmclockAbi)) -> Snapshot {

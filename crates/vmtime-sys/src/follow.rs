@@ -159,6 +159,29 @@ impl PageReader {
         }
     }
 
+    /// The page's markers (`seq_count`, `disruption_marker`, `vm_generation_counter`) now,
+    /// cheaply and without waiting: for a device or a BAR, loads from the mapping under the
+    /// seqlock (no system call); for a file, two `pread`s. `None` when a writer is mid-update,
+    /// the copies differ, or the bytes are not a valid page: the caller looks again at its next
+    /// check, and its next full read says what is wrong.
+    pub fn markers(&self) -> Option<vmtime_core::cadence::Markers> {
+        let (w, available) = match &self.source {
+            Source::Device(m) | Source::Sysfs(m) => {
+                let words = vmclock::seqlock::PageMemory::words(m);
+                ((0..4).find_map(|_| seqlock::try_read(words))?, PAGE_SIZE)
+            }
+            Source::File(f) => {
+                let a = pread_words(f).ok()??;
+                let b = pread_words(f).ok()??;
+                if a != b || u32::from_le(a[seqlock::SEQ_WORD]) & 1 != 0 {
+                    return None;
+                }
+                (a, PAGE_SIZE)
+            }
+        };
+        Snapshot::from_words(w, available).ok().map(|p| vmtime_core::cadence::Markers::of(&p))
+    }
+
     /// A consistent, validated snapshot.
     pub fn read(&self) -> Result<Snapshot, FollowError> {
         let (w, available) = self.read_raw()?;
@@ -241,6 +264,15 @@ impl FollowedPage {
     /// A consistent, validated snapshot of the current file.
     pub fn read(&self) -> Result<Snapshot, FollowError> {
         self.reader.read()
+    }
+
+    /// The markers now, cheaply ([`PageReader::markers`]); a page file replaced by its
+    /// publisher is opened again first (one `stat`; a device or a BAR is never replaced).
+    pub fn markers(&mut self) -> Option<vmtime_core::cadence::Markers> {
+        if matches!(self.reader.source, Source::File(_)) {
+            self.refresh();
+        }
+        self.reader.markers()
     }
 }
 

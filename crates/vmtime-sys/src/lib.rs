@@ -9,6 +9,7 @@ pub mod event;
 pub mod feed;
 pub mod files;
 pub mod follow;
+pub mod kvm;
 pub mod ntp;
 pub mod phc;
 pub mod procs;

@@ -1,7 +1,7 @@
 //! `vmtime`: accurate, bounded time for virtual machines.
 #![forbid(unsafe_code)]
 
-use vmtime::commands::{check, gen, generate, now, phc, qemu, show, sim, status, watch};
+use vmtime::commands::{check, gen, generate, kvm_tsc, now, phc, qemu, show, sim, status, waitsync, watch};
 use vmtime::daemons::{feed, host, relay, sync};
 use vmtime::ops::{config, logging};
 use vmtime::values;
@@ -38,6 +38,8 @@ enum Command {
     Phc(phc::Args),
     /// Keep this guest's CLOCK_REALTIME locked to a vmclock page (--dry-run: change nothing).
     Sync(sync::Args),
+    /// Wait until CLOCK_REALTIME lies inside the page's bounds (widened by --max-error-ns): exit 0, or 1 at the timeout.
+    Waitsync(waitsync::Args),
     /// Print each update of a page with the fields that changed.
     Watch(watch::Args),
     /// Give a stock guest under an unmodified QEMU a vmclock device on a page file: SSDT + QEMU arguments.
@@ -46,6 +48,8 @@ enum Command {
     Feed(feed::Args),
     /// Ask a running vmtime daemon for its state (JSON over its control socket).
     Status(status::Args),
+    /// A running KVM guest's TSC offset and scaling (debugfs, by QEMU pid): the relay's map.
+    KvmTsc(kvm_tsc::Args),
     /// The configuration file: check it, print the effective or the default configuration.
     Config(config::Args),
     /// Write the man pages or shell completions (packaging).
@@ -142,8 +146,10 @@ fn main() -> ExitCode {
         Command::Phc(a) => phc::run(a),
         Command::Sim(a) => sim::run(a),
         Command::Sync(a) => sync::run(a),
+        Command::Waitsync(a) => waitsync::run(a),
         Command::Watch(a) => watch::run(a),
         Command::Status(a) => status::run(a),
+        Command::KvmTsc(a) => kvm_tsc::run(a),
         Command::Qemu(a) => qemu::run(a),
         Command::Config(a) => config::run(a),
         Command::Feed(a) => feed::run(a),

@@ -385,6 +385,15 @@ int_value!(
 );
 
 int_value!(
+    /// A tolerance added to a page's bounds, ns (up to 1000 s).
+    MaxErrorNs: u64, 0, 1_000_000_000_000, "ns"
+);
+int_value!(
+    /// How long to wait before giving up, s (0: look once).
+    TimeoutS: u64, 0, TEN_YEARS_S, "s"
+);
+
+int_value!(
     /// An interval between a feed's samples or updates, ms (up to an hour).
     FeedIntervalMs: u64, 10, 3_600_000, "ms"
 );
@@ -532,6 +541,8 @@ pub const NUMERIC: &[Numeric] = &[
     Burst::NUMERIC,
     LifeMs::NUMERIC,
     DriftPpb::NUMERIC,
+    MaxErrorNs::NUMERIC,
+    TimeoutS::NUMERIC,
 ];
 
 /// A simulated duration: "600", "600s", "10m", "1h", "1d"; from 1 s to 30 days (as a scenario file).

@@ -36,6 +36,11 @@ pub struct Args {
     /// Print the QEMU arguments as a JSON array (default: one shell-quoted argument pair per line).
     #[arg(long)]
     json: bool,
+    /// A guest that may be migrated or saved: ivshmem `master=on` (without it QEMU blocks both),
+    /// and no `readonly=on` (an incoming migration or `loadvm` must write the page's RAM; the
+    /// relay then rewrites it, docs/GUESTS.md).
+    #[arg(long)]
+    migratable: bool,
 }
 
 /// PCI vendor and device ID of QEMU's ivshmem (Red Hat 0x1af4, 0x1110), as config dword 0.
@@ -44,6 +49,8 @@ pub const IVSHMEM_ID: u32 = 0x1110_1af4;
 /// What the SSDT describes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SsdtSpec {
+    /// Migratable (`master=on`, writable) rather than read-only.
+    pub migratable: bool,
     /// PCI slot on the root bus (function 0).
     pub slot: u8,
     /// Bytes of the region the vmclock device covers (the page file's size).
@@ -226,12 +233,17 @@ pub fn qemu_args(page: &Path, ssdt: &Path, spec: SsdtSpec) -> Vec<String> {
     vec![
         "-object".into(),
         format!(
-            "memory-backend-file,id=vmtime-page,mem-path={},size={},share=on,readonly=on",
+            "memory-backend-file,id=vmtime-page,mem-path={},size={},share=on{}",
             qemu_escape(page),
-            spec.len
+            spec.len,
+            if spec.migratable { "" } else { ",readonly=on" }
         ),
         "-device".into(),
-        format!("ivshmem-plain,id=vmtime-ivshmem,memdev=vmtime-page,addr={:#x}", spec.slot),
+        format!(
+            "ivshmem-plain,id=vmtime-ivshmem,memdev=vmtime-page,{}addr={:#x}",
+            if spec.migratable { "master=on," } else { "" },
+            spec.slot
+        ),
         "-acpitable".into(),
         format!("file={}", qemu_escape(ssdt)),
     ]
@@ -254,7 +266,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let meta = std::fs::metadata(&a.page).with_context(|| {
         format!("page file {}: cannot read it; start `vmtime relay --guest-page` first", a.page.display())
     })?;
-    let spec = SsdtSpec { slot: a.slot.get(), len: meta.len() };
+    let spec = SsdtSpec { slot: a.slot.get(), len: meta.len(), migratable: a.migratable };
     if !meta.is_file() {
         bail!("page file {}: not a regular file", a.page.display());
     }
@@ -284,7 +296,7 @@ mod tests {
 
     #[test]
     fn table_has_a_valid_header_and_checksum() {
-        let t = ssdt(SsdtSpec { slot: 4, len: 4096 }).unwrap();
+        let t = ssdt(SsdtSpec { migratable: false, slot: 4, len: 4096 }).unwrap();
         assert_eq!(&t[0..4], b"SSDT");
         assert_eq!(u32::from_le_bytes(t[4..8].try_into().unwrap()) as usize, t.len());
         assert_eq!(t[8], 2, "revision 2: 64-bit integers");
@@ -298,18 +310,24 @@ mod tests {
 
     #[test]
     fn bad_specs_are_refused() {
-        assert!(ssdt(SsdtSpec { slot: 0, len: 4096 }).is_err());
-        assert!(ssdt(SsdtSpec { slot: 32, len: 4096 }).is_err());
-        assert!(ssdt(SsdtSpec { slot: 4, len: 4095 }).is_err());
-        assert!(ssdt(SsdtSpec { slot: 4, len: 6144 }).is_err());
-        assert!(ssdt(SsdtSpec { slot: 4, len: 8192 }).is_ok());
+        assert!(ssdt(SsdtSpec { migratable: false, slot: 0, len: 4096 }).is_err());
+        assert!(ssdt(SsdtSpec { migratable: false, slot: 32, len: 4096 }).is_err());
+        assert!(ssdt(SsdtSpec { migratable: false, slot: 4, len: 4095 }).is_err());
+        assert!(ssdt(SsdtSpec { migratable: false, slot: 4, len: 6144 }).is_err());
+        assert!(ssdt(SsdtSpec { migratable: false, slot: 4, len: 8192 }).is_ok());
     }
 
     #[test]
     fn qemu_args_escape_commas() {
-        let a = qemu_args(Path::new("/a,b/page"), Path::new("/t.aml"), SsdtSpec { slot: 5, len: 4096 });
-        assert!(a[1].contains("mem-path=/a,,b/page,size=4096,share=on"), "{}", a[1]);
-        assert!(a[3].ends_with("addr=0x5"));
+        let a =
+            qemu_args(Path::new("/a,b/page"), Path::new("/t.aml"), SsdtSpec { migratable: false, slot: 5, len: 4096 });
+        assert!(a[1].contains("mem-path=/a,,b/page,size=4096,share=on,readonly=on"), "{}", a[1]);
+        assert!(a[3].ends_with("memdev=vmtime-page,addr=0x5"), "{}", a[3]);
+        // Migratable: master=on, writable (QEMU blocks migration without master=on, and an
+        // incoming migration cannot load into a read-only mapping).
+        let m = qemu_args(Path::new("/p"), Path::new("/t.aml"), SsdtSpec { migratable: true, slot: 5, len: 4096 });
+        assert!(m[1].ends_with("size=4096,share=on"), "{}", m[1]);
+        assert!(m[3].ends_with("memdev=vmtime-page,master=on,addr=0x5"), "{}", m[3]);
         assert_eq!(shell_quote("it's"), "'it'\\''s'");
     }
 }

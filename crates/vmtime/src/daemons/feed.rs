@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use vmclock::Snapshot;
+use vmtime_core::cadence::Markers;
 use vmtime_core::feed::chrony::{ChronyAction, ChronyFeed};
 use vmtime_core::feed::clockbound::{v3, CbStatus, ClockBoundConfig, ClockBoundFeed, ErrorBound, LAYOUT_V2};
 use vmtime_core::feed::{Hold, Observation};
@@ -244,10 +245,12 @@ fn report(last: &mut Option<Option<Hold>>, now: Option<Hold>, what: &str) {
 /// reason to stop, if it is time to.
 fn next_turn<M: crate::daemons::feed_service::FeedFigures>(
     svc: &mut Service<M>,
+    page: &mut crate::page::FollowedPage,
+    pending: bool,
     mut reload: impl FnMut(&mut Service<M>),
 ) -> Result<Option<&'static str>> {
     loop {
-        match svc.wait()? {
+        match svc.wait(|| page.markers(), pending)? {
             Wake::Turn => return Ok(None),
             Wake::Stop(why) => return Ok(Some(why)),
             Wake::Reload => reload(svc),
@@ -280,6 +283,7 @@ fn run_chrony(args: ChronyArgs) -> Result<ExitCode> {
             Ok((before, after, mono_ns)) => {
                 errors.clear();
                 svc.m.common.page_seen(before.seq_count(), Instant::now());
+                svc.seen(Markers::of(&after));
                 feed.handle(&Observation { before, after, samples: &m.samples, mono_ns })
             }
             Err(e) => {
@@ -325,7 +329,7 @@ fn run_chrony(args: ChronyArgs) -> Result<ExitCode> {
         };
         svc.m.send_failing = send_failing.is_some();
         svc.turned(&status);
-        let why = next_turn(&mut svc, |svc| {
+        let why = next_turn(&mut svc, &mut m.page, feed.disruption_pending(), |svc| {
             if let Some((now, _)) = crate::ops::config::on_sighup("feed chrony", &a, args.settings(), CHRONY_LIVE) {
                 crate::ops::logging::set_level(now.log_level);
                 let interval = interval_of(now.interval_ms);
@@ -409,6 +413,7 @@ fn run_clockbound(args: ClockBoundArgs) -> Result<ExitCode> {
             Ok((before, after, mono_ns)) => {
                 errors.clear();
                 svc.m.common.page_seen(before.seq_count(), Instant::now());
+                svc.seen(Markers::of(&after));
                 let eb = feed.handle(&Observation { before, after, samples: &m.samples, mono_ns }, start);
                 if feed.last_hold.is_some() {
                     svc.m.common.held(feed.last_hold);
@@ -480,7 +485,7 @@ fn run_clockbound(args: ClockBoundArgs) -> Result<ExitCode> {
             None => format!("writing {paths}: {}", cb_status_name(eb.status)),
         };
         svc.turned(&status);
-        let why = next_turn(&mut svc, |svc| {
+        let why = next_turn(&mut svc, &mut m.page, feed.disruption_pending(), |svc| {
             if let Some((now, _)) =
                 crate::ops::config::on_sighup("feed clockbound", &a, args.settings(), CLOCKBOUND_LIVE)
             {

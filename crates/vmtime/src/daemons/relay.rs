@@ -11,6 +11,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use vmclock::seqlock::{self, PageMemory};
 use vmclock::{Mapping, WritableMapping, Writer};
+use vmtime_core::overwrite::{Guard, Verdict, Written};
 use vmtime_core::relay::{CounterMap, GuestRelay, GuestState};
 use vmtime_sys::event;
 use vmtime_sys::files::{self, LockFile, PageFile};
@@ -113,6 +114,10 @@ fn save(path: &Path, st: &GuestState) -> Result<()> {
     Ok(())
 }
 
+/// How often the guest page is compared with the relay's last write: a page overwritten by a
+/// migration or a restore is rewritten within this, whatever the host page does.
+const GUARD_EVERY: Duration = Duration::from_millis(1);
+
 struct Relay {
     host: crate::page::FollowedPage,
     relay: GuestRelay,
@@ -138,6 +143,10 @@ struct Relay {
     restart_needed: Vec<String>,
     /// The figures offered to the metrics server.
     m: crate::ops::metrics::RelayMetrics,
+    /// The relay's last write into the guest page, to see another writer's.
+    guard: Guard,
+    /// Overwrites seen (the guest page written by someone else).
+    overwrites: u64,
 }
 
 impl Relay {
@@ -195,6 +204,7 @@ impl Relay {
             self.saved = after;
         }
         let seq = self.writer.publish(&page);
+        self.guard.wrote(Written::of(&page, seq));
         self.last_latency_us = woke.elapsed().as_secs_f64() * 1e6;
         self.last_host_seq = Some(host.seq_count());
         self.relayed += 1;
@@ -207,6 +217,41 @@ impl Relay {
                 after.disruption_marker,
                 after.vm_generation
             );
+        }
+        Ok(())
+    }
+
+    /// Compares the guest page with this relay's last write. A page written by someone else (QEMU
+    /// loading a migration's or a snapshot's RAM into the file) is a disruption for the guest:
+    /// a new marker and no time until the counter map is confirmed, written at once.
+    fn guard_guest_page(&mut self) -> Result<()> {
+        let look = seqlock::try_read(self.writer.memory().words()).map(|w| {
+            let mut b = [0u8; vmclock::abi::ABI_SIZE];
+            for (chunk, word) in b.chunks_exact_mut(4).zip(w) {
+                chunk.copy_from_slice(&word.to_ne_bytes());
+            }
+            b
+        });
+        let Verdict::Overwritten(o) = self.guard.look(look.as_ref()) else { return Ok(()) };
+        self.overwrites += 1;
+        self.relay.overwritten(&o);
+        tracing::warn!(
+            "the guest page was written by someone else ({}): a migration or a restore; the guest gets disruption marker {:#x} and no time until the counter map is confirmed (`migrated OFFSET` or `restored OFFSET` on the control socket)",
+            o.difference,
+            self.relay.state().disruption_marker
+        );
+        let written = self.relayed;
+        self.relay(true, Instant::now())?;
+        if self.relayed == written {
+            // The host page cannot be read (holdover): the guest still must not keep the page
+            // that was written over its own. The placeholder: the markers, UNRELIABLE, no time.
+            let after = *self.relay.state();
+            save(&self.state_path, &after)?;
+            self.saved = after;
+            let page = self.relay.placeholder().context("the guest page's constants are fixed at start")?.build();
+            let seq = self.writer.publish(&page);
+            self.guard.wrote(Written::of(&page, seq));
+            self.pending_notify = Some(seq);
         }
         Ok(())
     }
@@ -236,6 +281,8 @@ impl Relay {
             "guest_status": g.and_then(|s| s.clock_status()).map(vmclock::abi::status_name),
             "last_latency_us": self.last_latency_us,
             "holdover": self.holding,
+            "map_pending": self.relay.map_pending(),
+            "overwrites": self.overwrites,
             "subscribers": srv.subscribers,
             "server": srv.json(),
         })
@@ -249,6 +296,21 @@ impl Relay {
         }
     }
 
+    /// The counter map of a control request's words: none (the map in force), an offset (the
+    /// ratio in force), or an offset, a ratio and its fraction bits.
+    fn map_from(&self, words: &[&str], what: &str) -> Result<CounterMap> {
+        Ok(match words {
+            [] => self.relay.state().map,
+            [off] => CounterMap { offset: parse_offset(off)?, ..self.relay.state().map },
+            [off, ratio, bits] => {
+                let ratio = ratio.parse::<TscRatio>().map_err(|e| anyhow::anyhow!("ratio {ratio:?}: {e}"))?;
+                let bits = bits.parse::<FracBits>().map_err(|e| anyhow::anyhow!("fraction bits {bits:?}: {e}"))?;
+                counter_map(parse_offset(off)?, ratio, bits)?.0
+            }
+            _ => bail!("usage: {what} [OFFSET [RATIO FRAC_BITS]]"),
+        })
+    }
+
     fn control(&mut self, line: &str, srv: &crate::ops::control::ServerView) -> Result<Reply> {
         let words: Vec<&str> = line.split_whitespace().collect();
         Ok(match words.as_slice() {
@@ -259,28 +321,21 @@ impl Relay {
                 Reply::Subscribe(u32::from_le(seq).to_string())
             }
             ["migrated", rest @ ..] => {
-                let map = match rest {
-                    [] => self.relay.state().map,
-                    [off] => CounterMap { offset: parse_offset(off)?, ..self.relay.state().map },
-                    [off, ratio, bits] => {
-                        let ratio = ratio.parse::<TscRatio>().map_err(|e| anyhow::anyhow!("ratio {ratio:?}: {e}"))?;
-                        let bits =
-                            bits.parse::<FracBits>().map_err(|e| anyhow::anyhow!("fraction bits {bits:?}: {e}"))?;
-                        counter_map(parse_offset(off)?, ratio, bits)?.0
-                    }
-                    _ => bail!("usage: migrated [OFFSET [RATIO FRAC_BITS]]"),
-                };
+                let map = self.map_from(rest, "migrated")?;
                 self.relay.migrated_in(map);
                 self.relay(true, Instant::now())?;
                 Reply::Line(self.status_json(srv).to_string())
             }
-            ["restored"] => {
+            ["restored", rest @ ..] => {
+                // The map the restored guest runs under: the one given, else the one in force.
+                let map = self.map_from(rest, "restored")?;
                 self.relay.restored_from_snapshot();
+                self.relay.confirm_map(map);
                 self.relay(true, Instant::now())?;
                 Reply::Line(self.status_json(srv).to_string())
             }
             _ => Reply::Line(serve::error_json(
-                "unknown request: send status, subscribe, migrated [OFFSET [RATIO BITS]] or restored",
+                "unknown request: send status, subscribe, migrated [OFFSET [RATIO BITS]] or restored [OFFSET [RATIO BITS]]",
             )),
         })
     }
@@ -328,6 +383,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     }
     if args.restored {
         relay.restored_from_snapshot();
+        relay.confirm_map(map);
     }
 
     let host = crate::page::FollowedPage::open(&host_path).map_err(|e| {
@@ -364,6 +420,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
         reload_requests: 0,
         restart_needed: Vec::new(),
         m: Default::default(),
+        guard: Guard::new(),
+        overwrites: 0,
     };
     let board = crate::ops::metrics::Board::new(r.m.clone());
     crate::ops::metrics::start(a.metrics_listen, &board)?;
@@ -396,8 +454,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
         signals.register(&mut poller);
         server.register(&mut poller);
         let t_sub = host_sub.as_ref().map(|s| poller.add(s.fd(), serve::READABLE));
-        // Without notifications (or while they are silent) the page is polled every 1 ms.
-        let timeout = if host_sub.is_some() { Duration::from_secs(1) } else { Duration::from_millis(1) };
+        // Without notifications (or while they are silent) the page is polled every 1 ms; the
+        // guest page is looked at every GUARD_EVERY in any case.
+        let timeout = if host_sub.is_some() { GUARD_EVERY } else { Duration::from_millis(1).min(GUARD_EVERY) };
         let wake = serve::earliest(Some(Instant::now() + timeout), server.next_deadline());
         poller.wait(wake.map(|w| w.saturating_duration_since(Instant::now())))?;
         let woke = Instant::now();
@@ -429,7 +488,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
         }
         // A publisher that stays silent is not trusted to notify: the page is read anyway.
         let silent = host_sub.as_ref().is_none_or(|s| s.last_notified().elapsed() >= Duration::from_secs(2));
-        let mut result = if notified || silent { r.relay(false, woke) } else { Ok(()) };
+        let mut result = r.guard_guest_page();
+        if notified || silent {
+            result = result.and(r.relay(false, woke));
+        }
         let view = crate::ops::control::ServerView::of(&server);
         server.handle(&poller, |line| r.answer(line, &view));
         if last_file_check.elapsed() >= Duration::from_secs(1) {
