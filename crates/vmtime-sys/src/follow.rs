@@ -32,6 +32,11 @@ pub enum FollowError {
     /// A system call failed.
     #[error("cannot read {path}: {err}")]
     Io { path: String, err: io::Error },
+    /// The path no longer names the file followed, and what is there now cannot be read as a
+    /// page (removed, or replaced by a fifo, a directory, junk): the old file is an orphan its
+    /// publisher may no longer be writing, so it is not read either.
+    #[error("{path} no longer names the page followed until now ({why}): holding over until a page is there again")]
+    Lost { path: String, why: String },
 }
 
 enum Source {
@@ -224,16 +229,20 @@ fn pread_words(f: &File) -> io::Result<Option<RawWords>> {
 }
 
 /// A page followed across its publisher's restarts: when the file at the path is replaced (a
-/// new inode), the new one is opened.
+/// new inode), the new one is opened. When the path names nothing readable as a page any more
+/// (removed, or replaced by a fifo, a directory, a socket), the old file is not followed as an
+/// orphan: reads fail ([`FollowError::Lost`]) until a page is there again, so every follower
+/// (relay, feeds, sync) holds over alike.
 #[derive(Debug)]
 pub struct FollowedPage {
     reader: PageReader,
+    lost: Option<String>,
 }
 
 impl FollowedPage {
     /// Opens the page at `path`.
     pub fn open(path: &Path) -> Result<Self, FollowError> {
-        Ok(FollowedPage { reader: PageReader::open(path)? })
+        Ok(FollowedPage { reader: PageReader::open(path)?, lost: None })
     }
 
     /// The reader of the current file.
@@ -246,23 +255,48 @@ impl FollowedPage {
         self.reader.path()
     }
 
-    /// Re-opens the path if its file was replaced; returns whether it was. A path that is
-    /// briefly missing (mid-rename) or unreadable keeps the old file.
+    /// Re-opens the path if its file was replaced; returns whether a new file is followed.
+    /// A path that names nothing readable as a page now makes reads fail until it does again.
     pub fn refresh(&mut self) -> bool {
-        if self.reader.is_device() || !self.reader.replaced() {
+        if self.reader.is_device() {
             return false;
         }
-        match PageReader::open(&self.reader.path) {
-            Ok(r) => {
-                self.reader = r;
-                true
+        match std::fs::metadata(&self.reader.path) {
+            Ok(m) if (m.dev(), m.ino()) == self.reader.dev_ino => {
+                self.lost = None;
+                false
             }
-            Err(_) => false,
+            Err(e) => {
+                self.lost = Some(if e.kind() == io::ErrorKind::NotFound {
+                    "nothing is there".to_string()
+                } else {
+                    e.to_string()
+                });
+                false
+            }
+            Ok(_) => match PageReader::open(&self.reader.path) {
+                Ok(r) => {
+                    self.reader = r;
+                    self.lost = None;
+                    true
+                }
+                Err(FollowError::Io { err, .. }) => {
+                    self.lost = Some(err.to_string());
+                    false
+                }
+                Err(e) => {
+                    self.lost = Some(e.to_string());
+                    false
+                }
+            },
         }
     }
 
     /// A consistent, validated snapshot of the current file.
     pub fn read(&self) -> Result<Snapshot, FollowError> {
+        if let Some(why) = &self.lost {
+            return Err(FollowError::Lost { path: self.reader.name(), why: why.clone() });
+        }
         self.reader.read()
     }
 

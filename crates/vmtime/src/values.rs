@@ -497,17 +497,17 @@ pub const MAX_TEXT_FILE: u64 = 1 << 20;
 /// Reads a small text file whole, refusing one larger than [`MAX_TEXT_FILE`] (a careless path
 /// to a huge file must not grow the process).
 pub fn read_small_text(path: &std::path::Path) -> std::io::Result<String> {
-    use std::io::Read;
-    let f = std::fs::File::open(path)?;
-    let mut text = String::new();
-    f.take(MAX_TEXT_FILE + 1).read_to_string(&mut text)?;
-    if text.len() as u64 > MAX_TEXT_FILE {
-        return Err(std::io::Error::new(
+    // Never waits (O_NONBLOCK: a fifo put at the path neither blocks the open nor a daemon's
+    // SIGHUP) and reads only a regular file (vmtime_sys::files).
+    let bytes = vmtime_sys::files::read_small_regular(path, MAX_TEXT_FILE).map_err(|e| match e.kind() {
+        std::io::ErrorKind::FileTooLarge => std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             format!("larger than {} KiB: not a vmtime text file", MAX_TEXT_FILE / 1024),
-        ));
-    }
-    Ok(text)
+        ),
+        _ => e,
+    })?;
+    String::from_utf8(bytes)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text: not a vmtime text file"))
 }
 
 /// Every numeric value type: `vmtime` adds the range to each flag's help, lets each take a value

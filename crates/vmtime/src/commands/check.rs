@@ -39,9 +39,20 @@ pub struct Args {
 
 /// Samples against one unchanged page (retried if the page is updated meanwhile).
 pub fn sample(page: &Page, n: usize) -> Result<(vmclock::Snapshot, Vec<vmtime_core::AbaSample>)> {
+    // Allocated fallibly, once (a million samples under `ulimit -v` is an error, not an abort).
+    let mut samples = Vec::new();
+    samples.try_reserve_exact(n).map_err(|_| {
+        anyhow::anyhow!(
+            "not enough memory for {n} samples ({} bytes): give fewer --samples",
+            n.saturating_mul(std::mem::size_of::<vmtime_core::AbaSample>())
+        )
+    })?;
     for _ in 0..10 {
         let before = page.snapshot()?;
-        let samples = (0..n).map(|_| aba_sample(ClockId::Realtime)).collect::<std::io::Result<Vec<_>>>()?;
+        samples.clear();
+        for _ in 0..n {
+            samples.push(aba_sample(ClockId::Realtime)?);
+        }
         let after = page.snapshot()?;
         crate::page::warn_legacy_tai(&page.path, &after);
         if before.seq_count() == after.seq_count() {

@@ -376,6 +376,13 @@ fn run_clockbound(args: ClockBoundArgs) -> Result<ExitCode> {
         let path = a.dir.join(name);
         ClockBoundSegment::open_or_create_as(&path, layout)
     };
+    // Both segments checked before either is created: a refusal leaves no new file behind.
+    if a.layout != Layout::V3 {
+        ClockBoundSegment::check_path(&a.dir.join("shm0"), LAYOUT_V2)?;
+    }
+    if a.layout != Layout::V2 {
+        ClockBoundSegment::check_path(&a.dir.join("shm1"), v3::LAYOUT)?;
+    }
     let mut seg0 = if a.layout == Layout::V3 { None } else { Some(open("shm0", LAYOUT_V2)?) };
     let mut seg1 = if a.layout == Layout::V2 { None } else { Some(open("shm1", v3::LAYOUT)?) };
     let paths: Vec<_> = seg0.iter().chain(&seg1).map(|s| s.path().display().to_string()).collect();

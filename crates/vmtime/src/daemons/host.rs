@@ -412,6 +412,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let mut next_poll = Instant::now();
     let mut last_obs = Instant::now() - Duration::from_secs(3600);
     let mut last_line = Instant::now();
+    let mut cs_unreadable = false;
     let mut last_cs_check = Instant::now();
     let mut last_turn: Option<Instant> = None;
     let end = a.duration_s.map(|s| Instant::now() + Duration::from_secs(s.get()));
@@ -468,12 +469,28 @@ pub fn run(args: Args) -> Result<ExitCode> {
             }
             if last_cs_check.elapsed() >= Duration::from_secs(1) {
                 last_cs_check = Instant::now();
-                let cs = event::current_clocksource().unwrap_or_default();
-                if cs != d.clocksource {
-                    let usable = event::clocksource_uses_counter(&cs);
-                    tracing::warn!("clocksource changed: {} → {cs}", d.clocksource);
-                    d.clocksource = cs;
-                    d.publisher.handle_event(HostEvent::CounterChanged { usable });
+                // "Cannot read" (out of file descriptors, say) is not "changed": the clocksource
+                // is taken as unchanged until it can be read again (said once per episode).
+                match event::current_clocksource() {
+                    Ok(cs) => {
+                        if std::mem::take(&mut cs_unreadable) {
+                            tracing::info!("the current clocksource can be read again: {cs}");
+                        }
+                        if cs != d.clocksource {
+                            let usable = event::clocksource_uses_counter(&cs);
+                            tracing::warn!("clocksource changed: {} → {cs}", d.clocksource);
+                            d.clocksource = cs;
+                            d.publisher.handle_event(HostEvent::CounterChanged { usable });
+                        }
+                    }
+                    Err(e) => {
+                        if !std::mem::replace(&mut cs_unreadable, true) {
+                            tracing::warn!(
+                                "cannot read the current clocksource ({e}): taken as unchanged ({}) until it can be read",
+                                d.clocksource
+                            );
+                        }
+                    }
                 }
             }
             let tx = vmtime_sys::read_timex()?;
