@@ -261,7 +261,9 @@ fn the_cross_check_raises_the_alarm_when_the_server_disagrees() {
     let (st, _d, rx, _dir) = cross_check_run(sntp_responder(500_000_000, true), "disagree");
     let c = &st["cross_check"];
     let off = c["offset_ns"].as_f64().unwrap();
-    assert!((off - 5e8).abs() < 5e6, "{c}");
+    // 500 ms, to within the server's bound (half the round trip: a loaded machine may delay
+    // either side by milliseconds).
+    assert!((off - 5e8).abs() <= c["last"]["server_bound_ns"].as_f64().unwrap(), "{c}");
     assert_eq!(c["episodes"].as_u64(), Some(1), "{c}");
     // Never steered: the page is still followed (a small offset to it), no step.
     assert!(st["discipline"]["offset_ns"].as_f64().unwrap().abs() < 50_000.0, "{st}");

@@ -1061,7 +1061,6 @@ pub fn run(args: Args) -> Result<ExitCode> {
             if t_cross.is_some_and(|t| poller.readable(t)) {
                 c.readable(&s.page);
             }
-            c.tick(&s.page);
             c.log();
             s.discipline.set_cross_check(c.cc.widen_ns());
             s.m.cross_check = Some(c.cc.status().clone());
@@ -1083,6 +1082,13 @@ pub fn run(args: Args) -> Result<ExitCode> {
         }
         let a2 = s.discipline.handle_tick(vmtime_sys::gettime(ClockId::MonotonicRaw)?);
         s.apply(a2)?;
+        // A query (or a timeout) when due, after the observation: the answer is then read as
+        // soon as it comes, by the next wait, not after an observation's work.
+        if let Some(c) = &mut s.cross {
+            c.tick(&s.page);
+            c.log();
+            s.m.cross_check = Some(c.cc.status().clone());
+        }
         server.handle(&poller, |line| match line.trim() {
             "status" => Reply::Line(s.status_json().to_string()),
             _ => Reply::Line(serve::error_json("unknown request: send status")),
