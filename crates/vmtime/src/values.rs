@@ -383,6 +383,10 @@ int_value!(
     /// How many updates to print.
     Count: u64, 1, u64::MAX, "updates"
 );
+int_value!(
+    /// A process id (Linux's pid_max is at most 2^22).
+    ProcessId: u32, 1, 4_194_304, ""
+);
 
 int_value!(
     /// A tolerance added to a page's bounds, ns (up to 1000 s).
@@ -532,6 +536,7 @@ pub const NUMERIC: &[Numeric] = &[
     PageSize::NUMERIC,
     CounterIdByte::NUMERIC,
     Count::NUMERIC,
+    ProcessId::NUMERIC,
     TolerancePpm::NUMERIC,
     TscRatio::NUMERIC,
     PeriodPpb::NUMERIC,

@@ -30,6 +30,16 @@ pub struct Args {
     target: Target,
 }
 
+impl Args {
+    /// The global `--log-level`, over the configuration's `log_level`.
+    pub fn set_log_level(&mut self, level: Option<LogLevel>) {
+        match &mut self.target {
+            Target::Chrony(a) => a.common.log_level = level,
+            Target::Clockbound(a) => a.common.log_level = level,
+        }
+    }
+}
+
 #[derive(Subcommand, Debug)]
 enum Target {
     /// Send chrony SOCK refclock samples (chrony.conf: `refclock SOCK PATH`).
@@ -57,9 +67,9 @@ struct Common {
     /// Exit after this many seconds.
     #[arg(long)]
     duration_s: Option<DurationS>,
-    /// Log level: error, warn, info, debug (a line per sample or segment write) or trace.
-    #[arg(long, value_enum)]
-    log_level: Option<LogLevel>,
+    /// The global `--log-level` (main sets it; a key of the configuration too).
+    #[arg(skip)]
+    pub log_level: Option<LogLevel>,
     /// Serve Prometheus metrics on this loopback address (default: [metrics] listen; off).
     #[arg(long)]
     metrics_listen: Option<SocketAddr>,

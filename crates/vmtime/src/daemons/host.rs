@@ -69,9 +69,9 @@ pub struct Args {
     /// Exit after this many seconds (tests, measurements).
     #[arg(long)]
     duration_s: Option<DurationS>,
-    /// Log level: error, warn, info, debug or trace.
-    #[arg(long, value_enum)]
-    log_level: Option<LogLevel>,
+    /// The global `--log-level` (main sets it; a key of the configuration too).
+    #[arg(skip)]
+    pub log_level: Option<LogLevel>,
     /// Serve Prometheus metrics on this loopback address (default: [metrics] listen; off).
     #[arg(long)]
     metrics_listen: Option<std::net::SocketAddr>,
@@ -378,6 +378,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
         kernel.maxerror_us,
         kernel.freq as f64 / 65536.0
     );
+    if let Some(advice) = kernel.unsynchronised_advice() {
+        tracing::warn!("{advice}");
+    }
     tracing::info!("{source_note}");
     tracing::info!("control socket {} (vmtime status; vmtime watch)", socket_path.display());
     tracing::info!("calibrating the counter against CLOCK_MONOTONIC_RAW …");

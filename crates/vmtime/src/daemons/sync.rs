@@ -77,9 +77,9 @@ pub struct Args {
     /// the page has it.
     #[arg(long)]
     tai_offset: Option<TaiUtcS>,
-    /// Log level: error, warn, info, debug or trace.
-    #[arg(long, value_enum)]
-    log_level: Option<LogLevel>,
+    /// The global `--log-level` (main sets it; a key of the configuration too).
+    #[arg(skip)]
+    pub log_level: Option<LogLevel>,
     /// Serve Prometheus metrics on this loopback address (default: [metrics] listen; off).
     #[arg(long)]
     metrics_listen: Option<std::net::SocketAddr>,
