@@ -60,11 +60,14 @@ pub enum Code {
     TooOld = -13,
     /// [`bound_realtime`]: a disruption or a leap second may lie between the timestamp and now.
     Disrupted = -14,
+    /// [`bound_realtime`]: the kernel is correcting CLOCK_REALTIME's rate by more than
+    /// [`PAST_SLEW_LIMIT_PPB`].
+    Slewing = -15,
 }
 
 impl Code {
     /// Every code, from -1 down.
-    pub const ALL: [Code; 14] = [
+    pub const ALL: [Code; 15] = [
         Code::Null,
         Code::Open,
         Code::Invalid,
@@ -79,6 +82,7 @@ impl Code {
         Code::TooWide,
         Code::TooOld,
         Code::Disrupted,
+        Code::Slewing,
     ];
 
     /// The code of a C API value, if it is one (0 is success, not a code).
@@ -103,6 +107,7 @@ impl Code {
             Code::TooWide => "VMCLOCK_E_TOO_WIDE",
             Code::TooOld => "VMCLOCK_E_TOO_OLD",
             Code::Disrupted => "VMCLOCK_E_DISRUPTED",
+            Code::Slewing => "VMCLOCK_E_SLEWING",
         }
     }
 
@@ -123,6 +128,7 @@ impl Code {
             Code::TooWide => c"the bound is wider than the cap asked for (or the page gives none): wait for a tighter bound, or raise the cap",
             Code::TooOld => c"the timestamp is older than 1 s or later than now: bound a CLOCK_REALTIME timestamp taken within the last second",
             Code::Disrupted => c"a disruption or a leap second may lie between the timestamp and now (or it predates this handle): take a new timestamp and bound that",
+            Code::Slewing => c"the kernel is slewing CLOCK_REALTIME faster than 500 ppm, so its elapsed time cannot bound a past timestamp: retry when the slew is over (chrony: maxslewrate 500)",
         }
     }
 
@@ -318,6 +324,14 @@ pub struct Capped {
     pub reading: Option<Reading>,
 }
 
+impl core::fmt::Display for Capped {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.code.text())
+    }
+}
+
+impl std::error::Error for Capped {}
+
 /// Checks a reading against a caller's cap: SYNCHRONIZED, and bounded with `latest_ns −
 /// earliest_ns ≤ max_width_ns`. FREERUNNING is refused too: the cap asks for a synchronised clock.
 pub fn check_cap(reading: &Reading, max_width_ns: u64) -> Result<(), Code> {
@@ -347,6 +361,71 @@ pub const PAST_MAX_AGE_NS: i64 = 1_000_000_000;
 /// million: the kernel's frequency correction (at most 500 ppm) plus its offset slew (at most
 /// 500 ppm). Over the 1 s limit it adds at most 1 ms on each side.
 pub const PAST_RATE_PPM: i64 = 1_000;
+
+/// The largest correction of CLOCK_REALTIME's rate the kernel may be applying when
+/// [`bound_realtime`] is called: 500 ppm, the kernel's own frequency limit. With at most as much
+/// again of calibration error (which the frequency correction exists to cancel), the clock runs
+/// within [`PAST_RATE_PPM`] of true time.
+pub const PAST_SLEW_LIMIT_PPB: u64 = 500_000;
+
+/// The kernel's discipline state that sets CLOCK_REALTIME's rate (`adjtimex` fields).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelRate {
+    /// `tick`, µs per clock tick.
+    pub tick: i64,
+    /// Nominal `tick`: 10^6 / USER_HZ.
+    pub nominal_tick: i64,
+    /// `freq`, ppm with a 16-bit fraction.
+    pub freq: i64,
+    /// `offset`, ns (the PLL's remaining offset).
+    pub offset_ns: i64,
+    /// `constant` (the PLL's time constant).
+    pub constant: i64,
+    /// `status` (STA_* bits).
+    pub status: i32,
+}
+
+impl KernelRate {
+    /// The correction of CLOCK_REALTIME's rate it applies, ppb, summed in absolute value: the
+    /// tick's deviation from nominal, the frequency offset, and the PLL's slew of its remaining
+    /// offset (a 2^-(2 + constant) share of it each second, as the kernel's `second_overflow`).
+    pub fn correction_ppb(&self) -> u64 {
+        let tick = (self.tick - self.nominal_tick).unsigned_abs() as u128 * 1_000_000_000
+            / self.nominal_tick.max(1).unsigned_abs() as u128;
+        let freq = self.freq.unsigned_abs() as u128 * 1_000 / 65_536;
+        let pll = if self.status & 0x0001 != 0 {
+            // STA_PLL; FLL mode (STA_FLL) applies the offset the same way or slower.
+            (self.offset_ns.unsigned_abs() as u128) >> (2 + self.constant.clamp(0, 10)) as u32
+        } else {
+            0
+        };
+        u64::try_from(tick + freq + pll).unwrap_or(u64::MAX)
+    }
+
+    /// The kernel's state now, read with `adjtimex` and `modes` 0 (no privilege; it changes
+    /// nothing). `None` when the call is refused (a sandbox's seccomp filter).
+    pub fn read() -> Option<KernelRate> {
+        // SAFETY: an all-zero `timex` is a valid value of this plain C struct.
+        let mut tx: libc::timex = unsafe { std::mem::zeroed() };
+        tx.modes = 0;
+        // SAFETY: `tx` is a valid, writable timex; modes 0 makes the call read-only.
+        if unsafe { libc::adjtimex(&mut tx) } < 0 {
+            return None;
+        }
+        // SAFETY: sysconf has no preconditions; an error gives -1, replaced by the usual 100.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        let hz = if hz > 0 { hz as i64 } else { 100 };
+        let nano = tx.status & libc::STA_NANO != 0;
+        Some(KernelRate {
+            tick: tx.tick as i64,
+            nominal_tick: 1_000_000 / hz,
+            freq: tx.freq as i64,
+            offset_ns: if nano { tx.offset as i64 } else { (tx.offset as i64).saturating_mul(1_000) },
+            constant: tx.constant as i64,
+            status: tx.status,
+        })
+    }
+}
 
 /// CLOCK_REALTIME now, ns since 1970 (negative before it).
 pub fn realtime_ns() -> i64 {
@@ -410,10 +489,17 @@ impl MarkerWatch {
 /// Refused: a timestamp later than `b` or older than 1 s ([`Code::TooOld`]); one from before the
 /// first read of this handle that saw the page's current disruption marker (a live migration or
 /// restore may lie between, across which the kernel clock may have been stepped), or within 1 s
-/// of the leap second the page announces ([`Code::Disrupted`]). A step of CLOCK_REALTIME by other
-/// means (settimeofday) between the timestamp and the call is not seen: the result is then wrong
-/// by the step.
+/// of the leap second the page announces ([`Code::Disrupted`]); any call while the kernel corrects
+/// CLOCK_REALTIME's rate by more than [`PAST_SLEW_LIMIT_PPB`] (its tick, frequency and PLL slew,
+/// read with `adjtimex`; chrony slews up to 83,333 ppm by default) ([`Code::Slewing`]). The rate is
+/// checked at the call, not over the whole interval: a fast slew that began and ended between
+/// the timestamp and the call is not seen, nor is a step of CLOCK_REALTIME by other means
+/// (settimeofday): the result is then wrong by the slew's excess or the step. Where `adjtimex` is
+/// refused (a seccomp filter), the check is skipped.
 pub fn bound_realtime<M: PageMemory>(clock: &Clock<M>, watch: &MarkerWatch, ts_ns: i64) -> Result<Reading, Code> {
+    if KernelRate::read().is_some_and(|k| k.correction_ppb() > PAST_SLEW_LIMIT_PPB) {
+        return Err(Code::Slewing);
+    }
     bound_realtime_with(clock, watch, ts_ns, realtime_ns, crate::counter::read)
 }
 
@@ -502,7 +588,7 @@ mod tests {
             assert!(c.name().starts_with("VMCLOCK_E_"));
         }
         assert_eq!(Code::from_i32(0), None);
-        assert_eq!(Code::from_i32(-15), None);
+        assert_eq!(Code::from_i32(-16), None);
     }
 
     #[test]
@@ -569,6 +655,24 @@ mod tests {
         assert_eq!(past_from(&leap, 0, 5_000, 5_100, 4_400), Err(Code::Disrupted));
         let far = Reading { leap_at_sec: Some(100), ..leap };
         assert!(past_from(&far, 0, 5_000, 5_100, 4_400).is_ok());
+    }
+
+    #[test]
+    fn the_kernel_rate_correction_sums_tick_frequency_and_pll_slew() {
+        let quiet = KernelRate { tick: 10_000, nominal_tick: 10_000, freq: 0, offset_ns: 0, constant: 2, status: 0 };
+        assert_eq!(quiet.correction_ppb(), 0);
+        // chrony's fast slew: tick 10_050 µs is +5000 ppm.
+        assert_eq!(KernelRate { tick: 10_050, ..quiet }.correction_ppb(), 5_000_000);
+        // freq 500 ppm (the kernel's limit) and −12.5 ppm.
+        assert_eq!(KernelRate { freq: 500 << 16, ..quiet }.correction_ppb(), 500_000);
+        assert_eq!(KernelRate { freq: -(25 << 15), ..quiet }.correction_ppb(), 12_500);
+        // The PLL slews a 2^-(2 + constant) share of its 1 ms offset a second: 1e6 >> 4 ppb.
+        let pll = KernelRate { offset_ns: -1_000_000, status: 0x0001, ..quiet };
+        assert_eq!(pll.correction_ppb(), 62_500);
+        assert_eq!(KernelRate { status: 0, ..pll }.correction_ppb(), 0, "no PLL: the offset is not slewed");
+        // This machine's kernel answers (adjtimex with modes 0 needs no privilege).
+        let k = KernelRate::read().expect("adjtimex readable");
+        assert!(k.nominal_tick > 0 && k.tick > 0, "{k:?}");
     }
 
     #[test]

@@ -30,6 +30,7 @@ from ._native import (  # noqa: F401
     E_TOO_WIDE,
     E_TOO_OLD,
     E_DISRUPTED,
+    E_SLEWING,
     PAST_MAX_AGE_NS,
     PAST_RATE_PPM,
 )
