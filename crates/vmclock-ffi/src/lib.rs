@@ -462,7 +462,8 @@ pub unsafe extern "C" fn vmclock_now_within(c: *const vmclock, max_width_ns: i64
 /// marker (after vmclock_open, or after a live migration or restore this handle saw), or within
 /// 1 s of the leap second the page announces; VMCLOCK_E_SLEWING: the kernel is correcting
 /// CLOCK_REALTIME's rate by more than 500 ppm now (read with adjtimex, modes 0). `*out` is
-/// unchanged on an error. Two clock_gettime calls and one adjtimex; thread-safe; no allocation.
+/// unchanged on an error. Two or three clock_gettime calls, and one adjtimex per 10 ms (a passed
+/// check holds that long); thread-safe; no allocation.
 ///
 /// # Safety
 /// As vmclock_now.

@@ -442,12 +442,43 @@ pub fn realtime_ns() -> i64 {
 pub struct MarkerWatch {
     marker: AtomicU64,
     since: AtomicI64,
+    /// CLOCK_REALTIME of the last check that found the kernel's rate correction within
+    /// [`PAST_SLEW_LIMIT_PPB`] (i64::MIN: none yet).
+    slew_ok_at: AtomicI64,
 }
+
+/// How long a passed check of the kernel's rate correction is taken as still true: 10 ms (so a
+/// caller bounding many timestamps makes one `adjtimex` call per 10 ms, not one per call).
+pub const SLEW_CHECK_VALID_NS: i64 = 10_000_000;
 
 impl MarkerWatch {
     /// A watch that saw `marker` in place at `seen_ns` (CLOCK_REALTIME).
     pub fn new(marker: u64, seen_ns: i64) -> Self {
-        MarkerWatch { marker: AtomicU64::new(marker), since: AtomicI64::new(seen_ns) }
+        MarkerWatch {
+            marker: AtomicU64::new(marker),
+            since: AtomicI64::new(seen_ns),
+            slew_ok_at: AtomicI64::new(i64::MIN),
+        }
+    }
+
+    /// Whether the kernel corrects CLOCK_REALTIME's rate by more than [`PAST_SLEW_LIMIT_PPB`]
+    /// now (`now_ns`: CLOCK_REALTIME): asked with `adjtimex` unless a check passed within the
+    /// last [`SLEW_CHECK_VALID_NS`]. Where `adjtimex` is refused, `false`.
+    pub fn slewing(&self, now_ns: i64) -> bool {
+        let last = self.slew_ok_at.load(Ordering::Relaxed);
+        if last != i64::MIN && (0..SLEW_CHECK_VALID_NS).contains(&now_ns.saturating_sub(last)) {
+            return false;
+        }
+        match KernelRate::read() {
+            Some(k) if k.correction_ppb() > PAST_SLEW_LIMIT_PPB => {
+                self.slew_ok_at.store(i64::MIN, Ordering::Relaxed);
+                true
+            }
+            _ => {
+                self.slew_ok_at.store(now_ns, Ordering::Relaxed);
+                false
+            }
+        }
     }
 
     /// A watch over `clock`'s page as it is now.
@@ -486,7 +517,10 @@ impl MarkerWatch {
 /// bound now, widened by `(b − a) + 2ρ(b − ts)`: the read's own width and the assumed rate error
 /// over the age (at most 2 ms at the 1 s limit).
 ///
-/// Refused: a timestamp later than `b` or older than 1 s ([`Code::TooOld`]); one from before the
+/// Without a bound on the page, the reading has none either (only the estimate moves back).
+///
+/// Refused: a timestamp later than `b` or older than 1 s ([`Code::TooOld`]); CLOCK_REALTIME going
+/// back between `a` and `b` ([`Code::Disrupted`]); a timestamp from before the
 /// first read of this handle that saw the page's current disruption marker (a live migration or
 /// restore may lie between, across which the kernel clock may have been stepped), or within 1 s
 /// of the leap second the page announces ([`Code::Disrupted`]); any call while the kernel corrects
@@ -494,10 +528,11 @@ impl MarkerWatch {
 /// read with `adjtimex`; chrony slews up to 83,333 ppm by default) ([`Code::Slewing`]). The rate is
 /// checked at the call, not over the whole interval: a fast slew that began and ended between
 /// the timestamp and the call is not seen, nor is a step of CLOCK_REALTIME by other means
-/// (settimeofday): the result is then wrong by the slew's excess or the step. Where `adjtimex` is
-/// refused (a seccomp filter), the check is skipped.
+/// (settimeofday): the result is then wrong by the slew's excess or the step. A passed check holds
+/// for [`SLEW_CHECK_VALID_NS`]. Where `adjtimex` is refused (a seccomp filter), the check is
+/// skipped.
 pub fn bound_realtime<M: PageMemory>(clock: &Clock<M>, watch: &MarkerWatch, ts_ns: i64) -> Result<Reading, Code> {
-    if KernelRate::read().is_some_and(|k| k.correction_ppb() > PAST_SLEW_LIMIT_PPB) {
+    if watch.slewing(realtime_ns()) {
         return Err(Code::Slewing);
     }
     bound_realtime_with(clock, watch, ts_ns, realtime_ns, crate::counter::read)
@@ -521,7 +556,11 @@ pub fn bound_realtime_with<M: PageMemory>(
 /// [`bound_realtime`]'s arithmetic: the reading `now` made between CLOCK_REALTIME `a` and `b`,
 /// its marker in place since `since`.
 pub fn past_from(now: &Reading, since: i64, a: i64, b: i64, ts_ns: i64) -> Result<Reading, Code> {
-    let (a, b, ts) = (a as i128, b.max(a) as i128, ts_ns as i128);
+    if b < a {
+        // CLOCK_REALTIME went back during the read: it was stepped.
+        return Err(Code::Disrupted);
+    }
+    let (a, b, ts) = (a as i128, b as i128, ts_ns as i128);
     if ts > b || b - ts > PAST_MAX_AGE_NS as i128 {
         return Err(Code::TooOld);
     }
@@ -650,6 +689,7 @@ mod tests {
         assert_eq!(past_from(&now, i64::MIN, 5_000, 5_100, 5_100 - PAST_MAX_AGE_NS - 1), Err(Code::TooOld));
         assert!(past_from(&now, i64::MIN, 5_000, 5_100, 5_100 - PAST_MAX_AGE_NS).is_ok());
         assert_eq!(past_from(&now, 4_500, 5_000, 5_100, 4_400), Err(Code::Disrupted), "before the marker was seen");
+        assert_eq!(past_from(&now, 0, 5_100, 5_000, 4_400), Err(Code::Disrupted), "CLOCK_REALTIME stepped back");
         // A leap second within a second of the timestamp or the read.
         let leap = Reading { leap: abi::leap::PRE_POS, leap_at_sec: Some(0), ..now };
         assert_eq!(past_from(&leap, 0, 5_000, 5_100, 4_400), Err(Code::Disrupted));
@@ -673,6 +713,27 @@ mod tests {
         // This machine's kernel answers (adjtimex with modes 0 needs no privilege).
         let k = KernelRate::read().expect("adjtimex readable");
         assert!(k.nominal_tick > 0 && k.tick > 0, "{k:?}");
+    }
+
+    #[test]
+    fn a_passed_slew_check_holds_for_10_ms() {
+        let w = MarkerWatch::new(0, 0);
+        if w.slewing(1_000) {
+            // This machine's kernel is slewing fast right now: nothing is remembered.
+            assert_eq!(w.slew_ok_at.load(Ordering::Relaxed), i64::MIN);
+            return;
+        }
+        assert_eq!(w.slew_ok_at.load(Ordering::Relaxed), 1_000);
+        assert!(!w.slewing(1_000 + SLEW_CHECK_VALID_NS - 1));
+        assert_eq!(w.slew_ok_at.load(Ordering::Relaxed), 1_000, "within 10 ms: not asked again");
+        let later = 1_000 + SLEW_CHECK_VALID_NS;
+        if !w.slewing(later) {
+            assert_eq!(w.slew_ok_at.load(Ordering::Relaxed), later, "10 ms on: asked again");
+        }
+        // CLOCK_REALTIME stepped back: asked again.
+        if !w.slewing(500) {
+            assert_eq!(w.slew_ok_at.load(Ordering::Relaxed), 500);
+        }
     }
 
     #[test]
