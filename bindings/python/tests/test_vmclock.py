@@ -162,6 +162,32 @@ class LivePage(unittest.TestCase):
                     vmclock.Clock(p)
                 self.assertEqual(e.exception.code, vmclock.E_INVALID, name)
 
+    def test_close_releases_the_mapping_and_its_place(self):
+        with vmclock.Clock(self.page) as clock:
+            self.assertFalse(clock.closed)
+            clock.now()
+        self.assertTrue(clock.closed)
+        with self.assertRaises(ValueError):
+            clock.now()
+        clock.close()  # idempotent
+        # At most 64 page files are guarded at once per process: the next open is refused with
+        # VMCLOCK_E_LIMIT, and closing one frees a place.
+        held = []
+        try:
+            with self.assertRaises(vmclock.VmclockError) as e:
+                for _ in range(65):
+                    held.append(vmclock.Clock(self.page))
+            self.assertEqual(e.exception.code, vmclock.E_LIMIT)
+            self.assertLessEqual(len(held), 64)
+            held.pop().close()
+            held.append(vmclock.Clock(self.page))
+            held[-1].now()
+        finally:
+            for c in held:
+                c.close()
+        with vmclock.Clock(self.page) as clock:
+            clock.now()
+
     def test_a_truncated_page_file_raises_gone_not_sigbus(self):
         with tempfile.TemporaryDirectory() as d:
             p = os.path.join(d, "page")
