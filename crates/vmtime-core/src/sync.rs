@@ -120,6 +120,27 @@ pub enum SyncAction {
     RunHook,
 }
 
+/// In words, as `vmtime sync` logs and prints it (`dry run: would …`).
+impl std::fmt::Display for SyncAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            SyncAction::Step { delta_ns } => write!(f, "step CLOCK_REALTIME by {:+.3} µs", delta_ns as f64 / 1e3),
+            SyncAction::SetFrequency { tick, freq } => {
+                write!(f, "set tick {tick} and frequency {:+.6} ppm", freq as f64 / 65536.0)
+            }
+            SyncAction::SetTai(t) => write!(f, "set the TAI offset to {t} s"),
+            SyncAction::SetState { insert, delete, synchronized, maxerror_us, esterror_us } => write!(
+                f,
+                "set {}{}{}, maxerror {maxerror_us} µs, esterror {esterror_us} µs",
+                if synchronized { "synchronised (STA_UNSYNC clear)" } else { "unsynchronised (STA_UNSYNC)" },
+                if insert { ", STA_INS (leap second at midnight)" } else { "" },
+                if delete { ", STA_DEL (leap second deleted at midnight)" } else { "" }
+            ),
+            SyncAction::RunHook => f.write_str("run the generation hook"),
+        }
+    }
+}
+
 /// The kernel's frequency range: ADJ_TICK moves ±10 % (9000–11000 µs per 1/100 s, refused
 /// outside), ADJ_FREQUENCY adds ±500 ppm (MAXFREQ, clamped); ppb.
 pub const KERNEL_MAX_PPB: i64 = KERNEL_MAX_TICK_PPB + KERNEL_MAX_FREQ_PPB;
