@@ -31,8 +31,8 @@ fn error(py: Python<'_>, code: Code, errno: Option<i32>, reading: Option<Reading
 /// One bounded reading. Times are ns since 1970-01-01 UTC (CLOCK_REALTIME's timescale), the
 /// bound rounded outwards; `earliest_ns`, `latest_ns` and `maxerror_ns` are None when the page
 /// gives no maximum error.
-#[pyclass(frozen, get_all, module = "vmclock", name = "Reading")]
-#[derive(Clone, Debug)]
+#[pyclass(frozen, eq, get_all, module = "vmclock", name = "Reading")]
+#[derive(Clone, Debug, PartialEq, Eq)]
 struct PyReading {
     /// The earliest the true time can be (None: not bounded).
     earliest_ns: Option<i64>,

@@ -62,6 +62,7 @@ class Vectors(unittest.TestCase):
                 }
                 self.assertEqual(got, want)
                 self.assertEqual(r.earliest_ns is None, r.maxerror_ns is None)
+                self.assertEqual(r, vmclock.read_page(page, case["counter"]), "readings compare by value")
         self.assertEqual(errors, {"VMCLOCK_E_INVALID", "VMCLOCK_E_NO_TIME", "VMCLOCK_E_NO_UTC",
                                   "VMCLOCK_E_OVERFLOW"})
 
@@ -98,6 +99,7 @@ class LivePage(unittest.TestCase):
         self.assertEqual(r.timescale, "TAI")
         self.assertEqual(r.page_time_ns // 1_000_000_000 - r.time_ns // 1_000_000_000, 37)
         self.assertIn("Reading(earliest_ns=", repr(r))
+        self.assertEqual(vmclock.__version__, "0.1.0")
 
     def test_readings_move_forward(self):
         clock = vmclock.Clock(self.page)
