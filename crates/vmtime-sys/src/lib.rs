@@ -10,6 +10,7 @@ pub mod feed;
 pub mod files;
 pub mod follow;
 pub mod kvm;
+pub mod ntp;
 pub mod phc;
 pub mod procs;
 pub mod serve;

@@ -87,6 +87,13 @@ pub struct Args {
     /// kernel's PLL is on, and keep running when another process changes the clock's state.
     #[arg(long)]
     allow_other_daemon: bool,
+    /// A second opinion: an NTP server, ADDRESS:PORT (no names: nothing is looked up), asked every
+    /// 16–64 s (backing off to 1024 s while it does not answer). It never steers the clock; when
+    /// it and the page disagree beyond both their bounds, the kernel's maxerror is widened to
+    /// cover it, the clock is left unsynchronised, and `status` says `"cross_check": {"state":
+    /// "disagree", …}`. A vmclock page source only.
+    #[arg(long, value_name = "ADDRESS:PORT")]
+    cross_check_ntp: Option<std::net::SocketAddr>,
 }
 
 impl Args {
@@ -618,6 +625,8 @@ struct Sync {
     publisher: PathBuf,
     sub: Option<Subscription>,
     t_note: Option<Token>,
+    /// The cross-check's socket in this turn's poll.
+    t_cross: Option<Token>,
     is_device: bool,
     next_obs: Instant,
     last_resubscribe: Instant,
@@ -626,6 +635,8 @@ struct Sync {
     m: crate::ops::figures::SyncMetrics,
     /// Changes to the kernel's NTP state that this daemon did not make.
     rival: Option<ClockWatch>,
+    /// The NTP cross-check, when configured.
+    cross: Option<NtpCross>,
     /// The checks of the page's markers between observations.
     cadence: Cadence,
 }
@@ -727,6 +738,96 @@ impl Sync {
         self.log_notices();
         self.m.discipline(self.discipline.status(), true);
         self.apply(a)
+    }
+}
+
+/// `--cross-check-ntp`: the socket (vmtime-sys) and the client (vmtime-core); times are ns since
+/// `start` (monotonic).
+struct NtpCross {
+    cc: vmtime_core::crosscheck::CrossCheck,
+    sock: vmtime_sys::ntp::SntpSocket,
+    start: Instant,
+}
+
+/// The page's UTC now (64.64 s since the epoch) and its maxerror (ns), if it gives them.
+fn page_utc(page: &crate::page::FollowedPage) -> Option<(i128, Option<u128>)> {
+    let p = page.read().ok().filter(|p| gives_time(p, vmclock::counter::NATIVE))?;
+    let u = p.utc_at(vmclock::counter::read()).ok()?;
+    Some((i128::try_from(u.time.raw()).ok()?, u.maxerror_ns()))
+}
+
+impl NtpCross {
+    fn new(server: std::net::SocketAddr) -> Result<Self> {
+        let sock = vmtime_sys::ntp::SntpSocket::connect(server)
+            .with_context(|| format!("--cross-check-ntp {server}: cannot open a UDP socket to it"))?;
+        Ok(NtpCross {
+            cc: vmtime_core::crosscheck::CrossCheck::new(server.to_string(), 0),
+            sock,
+            start: Instant::now(),
+        })
+    }
+
+    fn now_ns(&self) -> i128 {
+        self.start.elapsed().as_nanos() as i128
+    }
+
+    fn deadline(&self) -> Instant {
+        self.start + Duration::from_nanos(self.cc.next_deadline_ns().max(0) as u64)
+    }
+
+    /// A query or a timeout when due; never waits.
+    fn tick(&mut self, page: &crate::page::FollowedPage) {
+        let now = self.now_ns();
+        if now < self.cc.next_deadline_ns() {
+            return;
+        }
+        let cookie = vmtime_sys::event::random_u64().unwrap_or(now as u64 ^ 0x9E37_79B9_7F4A_7C15);
+        let Some((utc, max)) = page_utc(page) else {
+            // Nothing to judge: a query in flight may still time out; none is started.
+            if self.cc.in_flight() {
+                let _ = self.cc.tick(now, cookie);
+            } else {
+                self.cc.postpone(now);
+            }
+            return;
+        };
+        if let Some(vmtime_core::crosscheck::CrossAction::Send(p)) = self.cc.tick(now, cookie) {
+            match self.sock.send(&p) {
+                Ok(()) => self.cc.sent(self.now_ns(), utc, max),
+                Err(e) => {
+                    tracing::debug!("cross-check: cannot send to {}: {e}", self.sock.server());
+                    self.cc.send_failed(now);
+                }
+            }
+        }
+    }
+
+    /// The datagrams waiting (never waits).
+    fn readable(&mut self, page: &crate::page::FollowedPage) {
+        let mut buf = [0u8; 512];
+        // A few at most per turn: a flood cannot hold the loop.
+        for _ in 0..8 {
+            match self.sock.recv(&mut buf) {
+                Ok(Some(d)) => {
+                    let now = self.now_ns();
+                    if let Some((utc, max)) = page_utc(page) {
+                        self.cc.received(d, now, utc, max);
+                    }
+                }
+                // Nothing more; or an ICMP error (nobody listens there): the timeout says so.
+                Ok(None) | Err(_) => break,
+            }
+        }
+    }
+
+    fn log(&mut self) {
+        use vmtime_core::crosscheck::CrossNotice;
+        for n in self.cc.take_notices() {
+            match n {
+                CrossNotice::Disagree(_) | CrossNotice::NoReply => tracing::warn!("{n} ({})", self.sock.server()),
+                CrossNotice::Agree(_) | CrossNotice::Refused(_) => tracing::info!("{n} ({})", self.sock.server()),
+            }
+        }
     }
 }
 
@@ -899,10 +1000,12 @@ pub fn run(args: Args) -> Result<ExitCode> {
         redone: 0,
         m,
         rival: (!a.allow_other_daemon).then(ClockWatch::new),
+        cross: a.cross_check_ntp.map(NtpCross::new).transpose()?,
         cadence: Cadence::default(),
         publisher,
         sub,
         t_note: None,
+        t_cross: None,
         is_device,
         next_obs: now,
         last_resubscribe: now,
@@ -951,7 +1054,8 @@ impl Daemon for Sync {
         let raw_now = vmtime_sys::gettime(ClockId::MonotonicRaw).unwrap_or(0);
         let slew = self.discipline.next_deadline().map(|d| now + Duration::from_nanos((d - raw_now).max(0) as u64));
         let check = crate::daemons::next_check(&self.cadence);
-        [Some(self.next_obs), slew, check, Some(now + Duration::from_secs(1))].into_iter().flatten().min()
+        let cross = self.cross.as_ref().map(NtpCross::deadline);
+        [Some(self.next_obs), slew, check, cross, Some(now + Duration::from_secs(1))].into_iter().flatten().min()
     }
 
     fn register(&mut self, p: &mut Poller) {
@@ -960,6 +1064,7 @@ impl Daemon for Sync {
         } else {
             self.sub.as_ref().map(|x| p.add(x.fd(), serve::READABLE))
         };
+        self.t_cross = self.cross.as_ref().map(|c| p.add(c.sock.fd(), serve::READABLE));
     }
 
     fn turn(&mut self, t: &mut Turn<'_>) -> Result<Flow> {
@@ -973,6 +1078,15 @@ impl Daemon for Sync {
                 tracing::warn!("the publisher went away: polling the page");
                 self.sub = None;
             }
+        }
+        // The second opinion: never waited on; its verdict reaches the next update's bounds.
+        if let Some(c) = &mut self.cross {
+            if self.t_cross.is_some_and(|x| t.readable(x)) {
+                c.readable(&self.page);
+            }
+            c.log();
+            self.discipline.set_cross_check(c.cc.widen_ns());
+            self.m.cross_check = Some(c.cc.status().clone());
         }
         // The markers' check between observations: loads from the mapped page.
         let mono = crate::daemons::mono_ns()?;
@@ -991,6 +1105,13 @@ impl Daemon for Sync {
         }
         let a2 = self.discipline.handle_tick(vmtime_sys::gettime(ClockId::MonotonicRaw)?);
         self.apply(a2)?;
+        // A query (or a timeout) when due, after the observation: the answer is then read as
+        // soon as it comes, by the next wait, not after an observation's work.
+        if let Some(c) = &mut self.cross {
+            c.tick(&self.page);
+            c.log();
+            self.m.cross_check = Some(c.cc.status().clone());
+        }
         if !self.is_device && self.sub.is_none() && self.last_resubscribe.elapsed() >= Duration::from_secs(1) {
             self.last_resubscribe = Instant::now();
             self.sub = subscribe(&self.publisher);

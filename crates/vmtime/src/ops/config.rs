@@ -210,6 +210,10 @@ pub struct SyncSettings {
     /// Start and keep running next to another time daemon (or the kernel's PLL) that may
     /// discipline the clock: the check for one is off.
     pub allow_other_daemon: bool,
+    /// An NTP server (an address and port, never a name) asked now and then for a second opinion
+    /// on the page: it never steers the clock; a disagreement beyond both bounds widens the
+    /// kernel's maxerror and leaves the clock unsynchronised.
+    pub cross_check_ntp: Option<SocketAddr>,
 }
 
 impl Default for SyncSettings {
@@ -229,6 +233,7 @@ impl Default for SyncSettings {
             log_level: LogLevel::Info,
             metrics_listen: None,
             allow_other_daemon: false,
+            cross_check_ntp: None,
         }
     }
 }
