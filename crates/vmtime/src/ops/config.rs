@@ -509,7 +509,7 @@ pub struct Loaded {
 /// the default file may be absent (then everything is default).
 pub fn load(explicit: Option<&Path>) -> Result<Loaded> {
     let path = explicit.unwrap_or(Path::new(DEFAULT_PATH));
-    let text = match read_small_text(path) {
+    let text = match crate::values::read_config_text(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && explicit.is_none() => {
             return Ok(Loaded { path: None, table: toml::Table::new(), file: FileConfig::default() })
