@@ -17,7 +17,7 @@ pub mod signals;
 pub mod timex;
 
 pub use clock::{aba_sample, gettime, AbaSample, ClockId};
-pub use timex::{read_timex, KernelTimex};
+pub use timex::{read_timex, AdvisoryTimex, KernelTimex, TimexError};
 
 /// Lets SIGPIPE end the process, as it does for other command-line tools: `vmtime show | head`
 /// then stops quietly instead of failing to print. Rust ignores SIGPIPE by default so a daemon

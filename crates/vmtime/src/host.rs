@@ -136,6 +136,9 @@ struct Daemon {
     kernel_page: Option<vmtime_sys::follow::PageReader>,
     /// The kernel's page could not be read at the last observation (logged once).
     kernel_page_failing: bool,
+    /// The kernel's NTP state (adjtimex): a read refused by a seccomp filter is said once and
+    /// the page goes on FREERUNNING with the kernel's 16 s ceiling as its bound.
+    timex: vmtime_sys::AdvisoryTimex,
     /// SIGHUPs received (each one a reload request).
     reload_requests: u64,
     /// Changes re-read on SIGHUP that wait for a restart ("key = new (in force: old)").
@@ -232,6 +235,7 @@ impl Daemon {
                 "interval_ms": self.publisher.config().interval_ns / 1_000_000,
             },
             "kernel_page_readable": self.kernel_page.as_ref().map(|_| !self.kernel_page_failing),
+            "kernel_state": if self.timex.denied() { UNREADABLE_NOTE } else { "read with adjtimex" },
             "page": self.page.display().to_string(),
             "uptime_s": self.started.elapsed().as_secs_f64(),
             "clocksource": self.clocksource,
@@ -299,6 +303,12 @@ fn open_page(path: &Path, placeholder: PageBuilder) -> Result<(PageFile, Writabl
     Ok((pf, m, prev))
 }
 
+/// What the host says (once, and in its status) when a seccomp filter refuses the adjtimex read.
+const UNREADABLE_NOTE: &str = "the kernel's NTP state cannot be read (adjtimex refused), so whether \
+     the kernel clock is synchronised is unknown: the page says FREERUNNING with the kernel's 16 s \
+     ceiling as its maxerror, announces no leap second, and is republished whenever it drifts from \
+     the sampled clock";
+
 /// What `vmtime host` applies on SIGHUP: the log level, the tunables of the publishing loop and
 /// the status line. The page and socket paths, the kernel page, the smearing hint and TAI − UTC
 /// (constants of the page) and the metrics address need a restart.
@@ -322,7 +332,14 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let usable = event::clocksource_uses_counter(&clocksource) && vmclock::counter::NATIVE != abi::counter_id::INVALID;
 
     // TAI − UTC: the kernel's, a stated one, or the leap-second list while it is current.
-    let kernel = vmtime_sys::read_timex()?;
+    // The kernel's NTP state is advisory here: where a seccomp filter refuses the read (a
+    // container), the page goes on unsynchronised with the kernel's ceiling as its bound.
+    let mut timex = vmtime_sys::AdvisoryTimex::new();
+    let (kernel, refused) = timex.read()?;
+    if let Some(e) = refused {
+        tracing::warn!("{e}");
+        tracing::warn!("going on: {UNREADABLE_NOTE}");
+    }
     let now_s = (vmtime_sys::gettime(ClockId::Realtime)? / 1_000_000_000) as i64;
     let (tai, tai_note) = match a.tai_offset.map(TaiUtcS::get) {
         Some(o) => (TaiSource::Fixed(o), format!("TAI − UTC = {o} s, as given"))
@@ -414,6 +431,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         page: page_path,
         kernel_page,
         kernel_page_failing: false,
+        timex,
         samples: Vec::with_capacity(64),
         reload_requests: 0,
         restart_needed: Vec::new(),
@@ -504,7 +522,11 @@ pub fn run(args: Args) -> Result<ExitCode> {
                     d.publisher.handle_event(HostEvent::CounterChanged { usable });
                 }
             }
-            let tx = vmtime_sys::read_timex()?;
+            let (tx, refused) = d.timex.read()?;
+            if let Some(e) = refused {
+                tracing::warn!("{e}");
+                tracing::warn!("going on: {UNREADABLE_NOTE}");
+            }
             let since = last_obs.elapsed().as_nanos() as i128;
             if d.publisher.wants_observation(&tx, since) {
                 last_obs = Instant::now();
@@ -535,7 +557,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
         d.m.subscribers_dropped = server.stats().dropped_subscribers;
         board.offer(&d.m);
         if d.m.published > 0 {
-            supervisor.ready(&format!("publishing {}", d.page.display()));
+            let unread = if d.timex.denied() { " (kernel NTP state unreadable: FREERUNNING, 16 s bound)" } else { "" };
+            supervisor.ready(&format!("publishing {}{unread}", d.page.display()));
         }
         supervisor.tick();
         if end.is_some_and(|e| Instant::now() >= e) {
