@@ -805,7 +805,7 @@ impl Lab {
         };
         // The lab publishes this page as a host would: one file, updated in place (seqlock).
         let leap_page = self.a.work.join("leap.page");
-        let file = vmtime_sys::pagefile::create(&leap_page, &page(leap::PRE_POS, 36).page_bytes())?;
+        let file = vmtime_sys::files::create_page(&leap_page, &page(leap::PRE_POS, 36).page_bytes())?;
         let mut writer =
             vmclock::Writer::new(vmclock::WritableMapping::new(vmclock::Mapping::map(file.file(), true)?)?);
         let offset = self.offset.context("no counter map")?.ticks;

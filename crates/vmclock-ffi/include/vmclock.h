@@ -65,6 +65,28 @@
 #define VMCLOCK_E_LIMIT -10
 
 /**
+ * vmclock_now_within: the page's status is not SYNCHRONIZED (`*out` holds the reading).
+ */
+#define VMCLOCK_E_UNSYNCHRONIZED -11
+
+/**
+ * vmclock_now_within: the bound is wider than the cap, or the page gives none (`*out` holds
+ * the reading).
+ */
+#define VMCLOCK_E_TOO_WIDE -12
+
+/**
+ * vmclock_bound_realtime: the timestamp is older than 1 s, or later than now.
+ */
+#define VMCLOCK_E_TOO_OLD -13
+
+/**
+ * vmclock_bound_realtime: a disruption or a leap second may lie between the timestamp and
+ * now, or the timestamp predates the handle's first sight of the page's disruption marker.
+ */
+#define VMCLOCK_E_DISRUPTED -14
+
+/**
  * `flags`: `earliest_ns` and `latest_ns` bound the time (the page gives a maximum error).
  */
 #define VMCLOCK_NOW_BOUNDED 1
@@ -164,6 +186,29 @@ struct vmclock_now {
   uint8_t reserved[6];
 };
 
+/**
+ * The time of a reading in the page's own timescale (vmclock_read_page), before any TAI
+ * offset or leap second: what the conformance vectors' `time_ns` is.
+ */
+struct vmclock_page_time {
+  /**
+   * Whole seconds since the timescale's epoch.
+   */
+  uint64_t sec;
+  /**
+   * Nanoseconds within the second, rounded down.
+   */
+  uint32_t nsec;
+  /**
+   * The page's time_type (0 UTC, 1 TAI, 2 MONOTONIC).
+   */
+  uint8_t time_type;
+  /**
+   * Zero.
+   */
+  uint8_t reserved[3];
+};
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -207,6 +252,54 @@ void vmclock_close(struct vmclock *c);
  * A static, NUL-terminated description of a VMCLOCK_E_* code (never NULL).
  */
 const char *vmclock_strerror(int err);
+
+/**
+ * Reads the time now as vmclock_now does, and fails unless the page is SYNCHRONIZED
+ * (VMCLOCK_E_UNSYNCHRONIZED; FREERUNNING too) and the bound is at most `max_width_ns` wide
+ * (`latest_ns - earliest_ns`; VMCLOCK_E_TOO_WIDE, also when the page gives no bound or
+ * `max_width_ns` is negative). On those two codes `*out` holds the refused reading; on any other
+ * code it is unchanged. Thread-safe; no allocation; no system call.
+ *
+ * # Safety
+ * As vmclock_now.
+ */
+int vmclock_now_within(const struct vmclock *c, int64_t max_width_ns, struct vmclock_now *out);
+
+/**
+ * Bounds a CLOCK_REALTIME timestamp `realtime_ns` (ns since 1970, from clock_gettime) taken
+ * within the last second: `*out` gets the interval holding the true time at the instant it was
+ * taken (`earliest_ns`, `latest_ns`, the estimate `time_ns`; `esterror_ns` -1; `counter` that of
+ * the reading now). The page is read now between two CLOCK_REALTIME reads, and the elapsed
+ * time is taken from the kernel clock, assumed within 1000 ppm of true time and not stepped in
+ * between: the bound is the page's bound now widened by the read's width and 0.1 % of the age
+ * each way (docs/INTEROP.md). VMCLOCK_E_TOO_OLD: older than 1 s or later than now;
+ * VMCLOCK_E_DISRUPTED: taken before this handle first read the page's current disruption
+ * marker (after vmclock_open, or after a live migration or restore this handle saw), or within
+ * 1 s of the leap second the page announces. `*out` is unchanged on an error. Two
+ * clock_gettime calls; thread-safe; no allocation.
+ *
+ * # Safety
+ * As vmclock_now.
+ */
+int vmclock_bound_realtime(const struct vmclock *c, int64_t realtime_ns, struct vmclock_now *out);
+
+/**
+ * Reads a page given as `len` bytes (a copy, or a page file's contents: bytes past `len` are
+ * absent) at `counter`, a value of the page's own counter, into `*out` as vmclock_now would,
+ * and its time in the page's own timescale into `*page_time` (if not NULL). The page's
+ * counter_id is not compared with this CPU's. This is the conformance vectors' evaluation
+ * (testdata/vectors.json, docs/PROTOCOL.md). Errors as vmclock_now's (VMCLOCK_E_INVALID,
+ * VMCLOCK_E_NO_TIME, VMCLOCK_E_NO_UTC, VMCLOCK_E_OVERFLOW), outputs then unchanged.
+ *
+ * # Safety
+ * `page` is NULL or valid for reading `len` bytes; `out` is NULL or points to a writable
+ * struct vmclock_now; `page_time` is NULL or points to a writable struct vmclock_page_time.
+ */
+int vmclock_read_page(const uint8_t *page,
+                      uintptr_t len,
+                      uint64_t counter,
+                      struct vmclock_now *out,
+                      struct vmclock_page_time *page_time);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -32,7 +32,8 @@ use std::mem::MaybeUninit;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use vmclock_rs::guard::{protect, GuardError, Protection};
-use vmclock_rs::{Clock, ClockError, PageError, ReadError, TimeError};
+use vmclock_rs::realtime::{Code, MarkerWatch, Reading};
+use vmclock_rs::{Clock, ClockError, TimeError};
 
 /// Success.
 pub const VMCLOCK_OK: c_int = 0;
@@ -58,6 +59,16 @@ pub const VMCLOCK_E_GONE: c_int = -9;
 /// the guard has 64 places; opening one file twice takes two): close one first. Devices
 /// (`/dev/vmclock0`) do not count.
 pub const VMCLOCK_E_LIMIT: c_int = -10;
+/// vmclock_now_within: the page's status is not SYNCHRONIZED (`*out` holds the reading).
+pub const VMCLOCK_E_UNSYNCHRONIZED: c_int = -11;
+/// vmclock_now_within: the bound is wider than the cap, or the page gives none (`*out` holds
+/// the reading).
+pub const VMCLOCK_E_TOO_WIDE: c_int = -12;
+/// vmclock_bound_realtime: the timestamp is older than 1 s, or later than now.
+pub const VMCLOCK_E_TOO_OLD: c_int = -13;
+/// vmclock_bound_realtime: a disruption or a leap second may lie between the timestamp and
+/// now, or the timestamp predates the handle's first sight of the page's disruption marker.
+pub const VMCLOCK_E_DISRUPTED: c_int = -14;
 
 /// `flags`: `earliest_ns` and `latest_ns` bound the time (the page gives a maximum error).
 pub const VMCLOCK_NOW_BOUNDED: u32 = 1;
@@ -114,31 +125,16 @@ pub struct vmclock {
     // Dropped first: unregistered before the mapping is unmapped.
     protection: Option<Protection>,
     clock: Clock,
+    /// The page's disruption marker as this handle has seen it (vmclock_bound_realtime).
+    watch: MarkerWatch,
 }
 
 fn code_of(e: &ClockError) -> c_int {
-    match e {
-        // Opened, but empty (or too short to map as a page): not a page, whatever errno says.
-        ClockError::Map { source, .. } if source.kind() == std::io::ErrorKind::InvalidData => VMCLOCK_E_INVALID,
-        ClockError::Map { .. } => VMCLOCK_E_OPEN,
-        ClockError::Read(ReadError::Timeout { .. }) => VMCLOCK_E_BUSY,
-        ClockError::Read(ReadError::Page(p)) | ClockError::Page(p) => page_code(p),
-        ClockError::Time(t) => time_code(t),
-    }
-}
-
-fn page_code(_: &PageError) -> c_int {
-    VMCLOCK_E_INVALID
+    Code::of_clock(e) as c_int
 }
 
 fn time_code(e: &TimeError) -> c_int {
-    match e {
-        TimeError::NoCounter | TimeError::NoTimeFields { .. } | TimeError::UnsupportedTimeType(_) => VMCLOCK_E_NO_TIME,
-        TimeError::UnusableShift(_) => VMCLOCK_E_INVALID,
-        TimeError::CounterMismatch { .. } => VMCLOCK_E_COUNTER,
-        TimeError::NoTaiOffset { .. } | TimeError::NotWallClock(_) => VMCLOCK_E_NO_UTC,
-        TimeError::Overflow => VMCLOCK_E_OVERFLOW,
-    }
+    Code::of_time(e) as c_int
 }
 
 fn clamp(ns: u128) -> Option<i64> {
@@ -219,9 +215,17 @@ pub unsafe extern "C" fn vmclock_open(path: *const c_char, err: *mut c_int) -> *
     } else {
         None
     };
+    let watch = match MarkerWatch::of(&clock) {
+        Ok(w) => w,
+        Err(code) => {
+            // SAFETY: `err` is NULL or writable, per this function's contract.
+            unsafe { set_err(err, code as c_int) };
+            return std::ptr::null_mut();
+        }
+    };
     // SAFETY: `err` is NULL or writable, per this function's contract.
     unsafe { set_err(err, VMCLOCK_OK) };
-    Box::into_raw(Box::new(vmclock { protection, clock }))
+    Box::into_raw(Box::new(vmclock { protection, clock, watch }))
 }
 
 /// Reads the time now into `*out`: 0, or a negative VMCLOCK_E_* code (then `*out` is
@@ -366,21 +370,161 @@ pub unsafe extern "C" fn vmclock_close(c: *mut vmclock) {
 /// A static, NUL-terminated description of a VMCLOCK_E_* code (never NULL).
 #[no_mangle]
 pub extern "C" fn vmclock_strerror(err: c_int) -> *const c_char {
-    let s: &'static CStr = match err {
-        VMCLOCK_OK => c"success",
-        VMCLOCK_E_NULL => c"a null pointer was passed: pass a path, a handle from vmclock_open and a struct vmclock_now to fill",
-        VMCLOCK_E_OPEN => c"cannot open or map the page: check that the path exists, is readable and is a page file or /dev/vmclockN (errno says why)",
-        VMCLOCK_E_INVALID => c"not a valid vmclock page (bad magic, version or size; or an empty file or a fifo): check that the path names a vmclock page",
-        VMCLOCK_E_BUSY => c"the page's writer held its seqlock for more than 100 ms: retry; if it persists, its publisher is stuck",
-        VMCLOCK_E_NO_TIME => c"the page carries no time (markers only, or no time fields): use a page whose host publishes the time",
-        VMCLOCK_E_COUNTER => c"the page's counter is not this CPU's: read the page on the machine it was written for",
-        VMCLOCK_E_NO_UTC => c"the page's time cannot be given in UTC (TAI without a valid TAI offset, or MONOTONIC): wait until its host publishes the offset",
-        VMCLOCK_E_OVERFLOW => c"the time does not fit (counter far from the page's reference, or an absurd time): the page is stale or wrong; wait for an update",
-        VMCLOCK_E_GONE => c"the page file shrank or went away while mapped: close this handle and open the page again",
-        VMCLOCK_E_LIMIT => c"64 handles on page files are open already: close one, or share one handle between threads (it is thread-safe)",
-        _ => c"not a libvmclock error code (VMCLOCK_OK or a VMCLOCK_E_* value)",
+    let s: &'static CStr = match (err, Code::from_i32(err)) {
+        (VMCLOCK_OK, _) => c"success",
+        (_, Some(code)) => code.text_c(),
+        (_, None) => c"not a libvmclock error code (VMCLOCK_OK or a VMCLOCK_E_* value)",
     };
     s.as_ptr()
+}
+
+/// The time of a reading in the page's own timescale (vmclock_read_page), before any TAI
+/// offset or leap second: what the conformance vectors' `time_ns` is.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct vmclock_page_time {
+    /// Whole seconds since the timescale's epoch.
+    pub sec: u64,
+    /// Nanoseconds within the second, rounded down.
+    pub nsec: u32,
+    /// The page's time_type (0 UTC, 1 TAI, 2 MONOTONIC).
+    pub time_type: u8,
+    /// Zero.
+    pub reserved: [u8; 3],
+}
+
+/// The C reading of a [`Reading`].
+fn c_of(r: &Reading) -> vmclock_now {
+    let mut flags = 0;
+    if r.earliest_ns.is_some() {
+        flags |= VMCLOCK_NOW_BOUNDED;
+    }
+    if r.tai_minus_utc.is_some() {
+        flags |= VMCLOCK_NOW_TAI_VALID;
+    }
+    if r.is_reliable() {
+        flags |= VMCLOCK_NOW_RELIABLE;
+    }
+    vmclock_now {
+        time_ns: r.time_ns,
+        earliest_ns: r.earliest_ns.unwrap_or(i64::MIN),
+        latest_ns: r.latest_ns.unwrap_or(i64::MAX),
+        maxerror_ns: r.maxerror_ns.unwrap_or(-1),
+        esterror_ns: r.esterror_ns.unwrap_or(-1),
+        disruption_marker: r.disruption_marker,
+        counter: r.counter,
+        tai_minus_utc: r.tai_minus_utc.map_or(0, i32::from),
+        flags,
+        status: r.status,
+        time_type: r.time_type,
+        reserved: [0; 6],
+    }
+}
+
+/// Reads the time now as vmclock_now does, and fails unless the page is SYNCHRONIZED
+/// (VMCLOCK_E_UNSYNCHRONIZED; FREERUNNING too) and the bound is at most `max_width_ns` wide
+/// (`latest_ns - earliest_ns`; VMCLOCK_E_TOO_WIDE, also when the page gives no bound or
+/// `max_width_ns` is negative). On those two codes `*out` holds the refused reading; on any other
+/// code it is unchanged. Thread-safe; no allocation; no system call.
+///
+/// # Safety
+/// As vmclock_now.
+#[no_mangle]
+pub unsafe extern "C" fn vmclock_now_within(c: *const vmclock, max_width_ns: i64, out: *mut vmclock_now) -> c_int {
+    // SAFETY: the same contract as vmclock_now's.
+    let rc = unsafe { vmclock_now(c, out) };
+    if rc != VMCLOCK_OK {
+        return rc;
+    }
+    // SAFETY: vmclock_now returned 0, so `out` is not null and holds a reading it wrote.
+    let n = unsafe { &*out };
+    if n.status != VMCLOCK_STATUS_SYNCHRONIZED {
+        return VMCLOCK_E_UNSYNCHRONIZED;
+    }
+    let width = n.latest_ns as i128 - n.earliest_ns as i128;
+    if n.flags & VMCLOCK_NOW_BOUNDED == 0 || max_width_ns < 0 || width > max_width_ns as i128 {
+        return VMCLOCK_E_TOO_WIDE;
+    }
+    VMCLOCK_OK
+}
+
+/// Bounds a CLOCK_REALTIME timestamp `realtime_ns` (ns since 1970, from clock_gettime) taken
+/// within the last second: `*out` gets the interval holding the true time at the instant it was
+/// taken (`earliest_ns`, `latest_ns`, the estimate `time_ns`; `esterror_ns` -1; `counter` that of
+/// the reading now). The page is read now between two CLOCK_REALTIME reads, and the elapsed
+/// time is taken from the kernel clock, assumed within 1000 ppm of true time and not stepped in
+/// between: the bound is the page's bound now widened by the read's width and 0.1 % of the age
+/// each way (docs/INTEROP.md). VMCLOCK_E_TOO_OLD: older than 1 s or later than now;
+/// VMCLOCK_E_DISRUPTED: taken before this handle first read the page's current disruption
+/// marker (after vmclock_open, or after a live migration or restore this handle saw), or within
+/// 1 s of the leap second the page announces. `*out` is unchanged on an error. Two
+/// clock_gettime calls; thread-safe; no allocation.
+///
+/// # Safety
+/// As vmclock_now.
+#[no_mangle]
+pub unsafe extern "C" fn vmclock_bound_realtime(c: *const vmclock, realtime_ns: i64, out: *mut vmclock_now) -> c_int {
+    if c.is_null() || out.is_null() {
+        return VMCLOCK_E_NULL;
+    }
+    // SAFETY: `c` is not null and came from vmclock_open (not yet closed), per the API.
+    let c = unsafe { &*c };
+    let gone = || c.protection.as_ref().is_some_and(|p| p.gone());
+    let r = vmclock_rs::realtime::bound_realtime(&c.clock, &c.watch, realtime_ns);
+    if gone() {
+        return VMCLOCK_E_GONE;
+    }
+    match r {
+        Ok(r) => {
+            // SAFETY: `out` is not null and points to a writable vmclock_now, per the API.
+            unsafe { out.write(c_of(&r)) };
+            VMCLOCK_OK
+        }
+        Err(code) => code as c_int,
+    }
+}
+
+/// Reads a page given as `len` bytes (a copy, or a page file's contents: bytes past `len` are
+/// absent) at `counter`, a value of the page's own counter, into `*out` as vmclock_now would,
+/// and its time in the page's own timescale into `*page_time` (if not NULL). The page's
+/// counter_id is not compared with this CPU's. This is the conformance vectors' evaluation
+/// (testdata/vectors.json, docs/PROTOCOL.md). Errors as vmclock_now's (VMCLOCK_E_INVALID,
+/// VMCLOCK_E_NO_TIME, VMCLOCK_E_NO_UTC, VMCLOCK_E_OVERFLOW), outputs then unchanged.
+///
+/// # Safety
+/// `page` is NULL or valid for reading `len` bytes; `out` is NULL or points to a writable
+/// struct vmclock_now; `page_time` is NULL or points to a writable struct vmclock_page_time.
+#[no_mangle]
+pub unsafe extern "C" fn vmclock_read_page(
+    page: *const u8,
+    len: usize,
+    counter: u64,
+    out: *mut vmclock_now,
+    page_time: *mut vmclock_page_time,
+) -> c_int {
+    if page.is_null() || out.is_null() {
+        return VMCLOCK_E_NULL;
+    }
+    // SAFETY: `page` is not null and valid for `len` bytes, per the API.
+    let bytes = unsafe { std::slice::from_raw_parts(page, len) };
+    match vmclock_rs::realtime::reading_at(bytes, counter) {
+        Ok(r) => {
+            // SAFETY: `out` is not null and writable, per the API.
+            unsafe { out.write(c_of(&r)) };
+            if !page_time.is_null() {
+                let t = vmclock_page_time {
+                    sec: (r.page_time_ns / 1_000_000_000) as u64,
+                    nsec: (r.page_time_ns % 1_000_000_000) as u32,
+                    time_type: r.time_type,
+                    reserved: [0; 3],
+                };
+                // SAFETY: not null, and writable per the API.
+                unsafe { page_time.write(t) };
+            }
+            VMCLOCK_OK
+        }
+        Err(code) => code as c_int,
+    }
 }
 
 #[cfg(test)]
@@ -728,14 +872,14 @@ mod tests {
     #[test]
     fn every_code_has_one_line_naming_cause_and_remedy() {
         let mut seen = std::collections::HashSet::new();
-        for code in VMCLOCK_E_LIMIT..=VMCLOCK_OK {
+        for code in VMCLOCK_E_DISRUPTED..=VMCLOCK_OK {
             // SAFETY: vmclock_strerror returns a static NUL-terminated string.
             let s = unsafe { CStr::from_ptr(vmclock_strerror(code)) }.to_str().unwrap();
             assert!(!s.contains('\n') && !s.contains("not a libvmclock error code"), "{code}: {s}");
             assert!(code == VMCLOCK_OK || s.contains(": "), "{code}: no remedy in {s}");
             assert!(seen.insert(s), "{code}: the same text as another code");
         }
-        for code in [1, VMCLOCK_E_LIMIT - 1, c_int::MIN, c_int::MAX] {
+        for code in [1, VMCLOCK_E_DISRUPTED - 1, c_int::MIN, c_int::MAX] {
             // SAFETY: as above.
             let s = unsafe { CStr::from_ptr(vmclock_strerror(code)) }.to_str().unwrap();
             assert!(s.contains("not a libvmclock error code"), "{code}: {s}");
@@ -862,5 +1006,152 @@ mod tests {
             }
         });
         close(c);
+    }
+
+    /// vmclock_now (its inlined read over a page buffer) agrees with every conformance vector,
+    /// and with vmclock_read_page on the same page: the error, the bounds, the status, the
+    /// offset and the UTC time.
+    #[test]
+    fn vmclock_now_agrees_with_every_vector() {
+        if vmclock_rs::counter::NATIVE == abi::counter_id::INVALID {
+            return;
+        }
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/vectors.json");
+        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        for c in v.as_array().unwrap() {
+            let name = c["name"].as_str().unwrap();
+            let mut page = b64(c["page_b64"].as_str().unwrap());
+            let counter = c["counter"].as_u64().unwrap();
+            let expect = &c["expect"];
+            // A consistent copy of a page of this CPU's counter (see vmclock's tests/vectors.rs).
+            if page.len() > 0x10 {
+                page[0x0c..0x10].copy_from_slice(&[0; 4]);
+            }
+            if page.len() > 0x0a && page[0x0a] != abi::counter_id::INVALID {
+                page[0x0a] = vmclock_rs::counter::NATIVE;
+            }
+            let buf = vmclock_rs::PageBuf::with_available(page.len());
+            buf.store_bytes(&page);
+            let clock = Clock::new(&buf);
+            for _ in 0..2 {
+                match read_result(&clock, counter) {
+                    Err(code) => {
+                        // SAFETY: a static NUL-terminated string.
+                        let text = unsafe { CStr::from_ptr(vmclock_strerror(code)) }.to_str().unwrap();
+                        assert_eq!(expect["error"], text, "{name}");
+                    }
+                    Ok(n) => {
+                        assert!(expect["error"].is_null(), "{name}: {n:?}");
+                        let bounded = n.flags & VMCLOCK_NOW_BOUNDED != 0;
+                        assert_eq!(expect["earliest_ns"].as_i64(), bounded.then_some(n.earliest_ns), "{name}");
+                        assert_eq!(expect["latest_ns"].as_i64(), bounded.then_some(n.latest_ns), "{name}");
+                        assert_eq!(expect["status"].as_u64(), Some(u64::from(n.status)), "{name}");
+                        let tai = (n.flags & VMCLOCK_NOW_TAI_VALID != 0).then_some(i64::from(n.tai_minus_utc));
+                        assert_eq!(expect["tai_minus_utc"].as_i64(), tai, "{name}");
+                        let mut r = vmclock_now::default();
+                        // SAFETY: `page` is valid for its length; `r` is a local struct.
+                        let rc = unsafe {
+                            vmclock_read_page(page.as_ptr(), page.len(), counter, &mut r, std::ptr::null_mut())
+                        };
+                        assert_eq!((rc, r), (VMCLOCK_OK, n), "{name}");
+                    }
+                }
+            }
+        }
+    }
+
+    fn b64(s: &str) -> Vec<u8> {
+        let val = |c: u8| match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            _ => 63,
+        };
+        let mut out = Vec::new();
+        for chunk in s.as_bytes().chunks(4) {
+            let n = chunk.iter().filter(|&&c| c != b'=').count();
+            let v = chunk.iter().take(n).fold(0u32, |v, &c| v << 6 | u32::from(val(c))) << (6 * (4 - n));
+            out.extend_from_slice(&v.to_be_bytes()[1..n]);
+        }
+        out
+    }
+
+    fn within(c: *const vmclock, max: i64, out: &mut vmclock_now) -> c_int {
+        // SAFETY: `c` is an open handle; `out` a local struct.
+        unsafe { vmclock_now_within(c, max, out) }
+    }
+
+    fn past(c: *const vmclock, ts: i64, out: &mut vmclock_now) -> c_int {
+        // SAFETY: `c` is an open handle; `out` a local struct.
+        unsafe { vmclock_bound_realtime(c, ts, out) }
+    }
+
+    #[test]
+    fn the_cap_refuses_wide_bounds_and_unsynchronized_pages() {
+        if vmclock_rs::counter::NATIVE == abi::counter_id::INVALID {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let c = open(cpath(&page_file(dir.path(), abi::status::SYNCHRONIZED)).as_ptr(), std::ptr::null_mut());
+        let mut n = vmclock_now::default();
+        assert_eq!(within(c, 10_000_000, &mut n), VMCLOCK_OK);
+        let width = n.latest_ns - n.earliest_ns;
+        assert!((2_000..10_000_000).contains(&width), "{width}");
+        let mut m = vmclock_now::default();
+        assert_eq!(within(c, 1_000, &mut m), VMCLOCK_E_TOO_WIDE);
+        assert!(m.latest_ns - m.earliest_ns > 1_000, "the refused reading is given");
+        assert_eq!(within(c, -1, &mut m), VMCLOCK_E_TOO_WIDE);
+        close(c);
+        let c = open(cpath(&page_file(dir.path(), abi::status::FREERUNNING)).as_ptr(), std::ptr::null_mut());
+        assert_eq!(within(c, i64::MAX, &mut m), VMCLOCK_E_UNSYNCHRONIZED);
+        assert_eq!(m.status, abi::status::FREERUNNING);
+        close(c);
+        // SAFETY: NULL handle and out: the NULL code.
+        assert_eq!(unsafe { vmclock_now_within(std::ptr::null(), 1, std::ptr::null_mut()) }, VMCLOCK_E_NULL);
+    }
+
+    #[test]
+    fn a_past_timestamp_is_bounded_until_it_is_too_old_or_disrupted() {
+        if vmclock_rs::counter::NATIVE == abi::counter_id::INVALID {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let before_open = vmclock_rs::realtime::realtime_ns();
+        let p = page_file(dir.path(), abi::status::SYNCHRONIZED);
+        let c = open(cpath(&p).as_ptr(), std::ptr::null_mut());
+        let ts = vmclock_rs::realtime::realtime_ns();
+        let mut now_reading = vmclock_now::default();
+        assert_eq!(now(c, &mut now_reading), VMCLOCK_OK);
+        let mut n = vmclock_now::default();
+        assert_eq!(past(c, ts, &mut n), VMCLOCK_OK);
+        // The page's bound now, moved back by at least the age and widened by the read's width
+        // and 0.1 % of the age: earlier than the reading just made, no narrower than it.
+        assert!(
+            n.earliest_ns < now_reading.earliest_ns && n.latest_ns <= now_reading.latest_ns,
+            "{n:?} {now_reading:?}"
+        );
+        assert!(n.latest_ns - n.earliest_ns >= now_reading.latest_ns - now_reading.earliest_ns);
+        assert!(n.earliest_ns <= n.time_ns && n.time_ns <= n.latest_ns);
+        assert_eq!(n.flags & VMCLOCK_NOW_BOUNDED, VMCLOCK_NOW_BOUNDED);
+        assert_eq!(past(c, before_open, &mut n), VMCLOCK_E_DISRUPTED, "taken before the handle saw the marker");
+        let late = vmclock_rs::realtime::realtime_ns() + 10_000_000_000;
+        assert_eq!(past(c, late, &mut n), VMCLOCK_E_TOO_OLD, "later than now");
+        assert_eq!(past(c, ts - 2_000_000_000, &mut n), VMCLOCK_E_TOO_OLD, "older than 1 s");
+        // The page's marker changes (a migration): a timestamp from before the first read that
+        // saw the new marker is refused; one taken after it is bounded.
+        let snap = vmclock_rs::Snapshot::from_bytes(&std::fs::read(&p).unwrap()).unwrap();
+        let mut raw = *snap.raw();
+        raw.disruption_marker = (snap.disruption_marker() + 1).into();
+        let map = vmclock_rs::Mapping::open_rw(&p).unwrap();
+        vmclock_rs::Writer::new(vmclock_rs::WritableMapping::new(map).unwrap()).publish(&raw);
+        let ts2 = vmclock_rs::realtime::realtime_ns();
+        assert_eq!(past(c, ts2, &mut n), VMCLOCK_E_DISRUPTED);
+        let ts3 = vmclock_rs::realtime::realtime_ns();
+        assert_eq!(past(c, ts3, &mut n), VMCLOCK_OK);
+        assert_eq!(n.disruption_marker, snap.disruption_marker() + 1);
+        close(c);
+        // SAFETY: NULL handle and out: the NULL code.
+        assert_eq!(unsafe { vmclock_bound_realtime(std::ptr::null(), 0, std::ptr::null_mut()) }, VMCLOCK_E_NULL);
     }
 }

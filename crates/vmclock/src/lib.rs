@@ -23,6 +23,8 @@ pub mod guard;
 pub mod guest_memory;
 #[cfg(not(loom))]
 pub mod map;
+#[cfg(not(loom))]
+pub mod realtime;
 pub mod seqlock;
 pub mod snapshot;
 #[doc(hidden)]

@@ -387,9 +387,11 @@ impl LeapEdge {
     /// The edge for a page of `time_type` whose reference time is `t1` (64.64), with TAI − UTC
     /// `tai_minus_utc` at the reference (needed for a TAI page) and `leap_indicator`.
     pub fn of(time_type: u8, t1: u128, tai_minus_utc: Option<i16>, leap_indicator: u8) -> Option<LeapEdge> {
+        // A reference at 2^63 s or later has no edge (it was read as a negative second before).
+        let sec = i64::try_from(t1 >> 64).ok()?;
         let u1 = match time_type {
-            abi::time_type::UTC => (t1 >> 64) as i64,
-            abi::time_type::TAI => ((t1 >> 64) as i64).checked_sub(tai_minus_utc? as i64)?,
+            abi::time_type::UTC => sec,
+            abi::time_type::TAI => sec.checked_sub(tai_minus_utc? as i64)?,
             _ => return None,
         };
         let (y, m, _) = crate::time::civil_from_days(u1.div_euclid(86_400));

@@ -44,8 +44,13 @@ pub enum Hold {
     Disrupted,
     /// No samples.
     NoSamples,
-    /// The page's UTC is before 1970, or 2^32 s (136 years) or more from CLOCK_REALTIME.
+    /// The page's UTC is outside the believable range ([`crate::sanity`]: before this program was
+    /// written, or beyond what Linux can be set to), or 2^32 s (136 years) or more from
+    /// CLOCK_REALTIME.
     OutOfRange,
+    /// The page's time jumped beyond its previous bound plus the step limit without a change of
+    /// its markers ([`crate::sanity::Continuity`]).
+    Jump,
     /// The page cannot be read (missing, short, junk, or its writer is stuck mid-update).
     Unreadable,
     /// CLOCK_REALTIME went backwards inside a sample (stepped back during the measurement).
@@ -65,7 +70,8 @@ impl Hold {
             Hold::ChangedDuringMeasurement => "the page changed during the measurement",
             Hold::Disrupted => "disruption: waiting for the new page to be current",
             Hold::NoSamples => "no samples",
-            Hold::OutOfRange => "the page's UTC is before 1970 or 136 years or more from CLOCK_REALTIME",
+            Hold::OutOfRange => "the page's UTC is before this program was written, beyond what Linux can be set to, or 136 years or more from CLOCK_REALTIME",
+            Hold::Jump => "the page's time jumped without a change of its markers",
             Hold::Unreadable => "the page cannot be read",
             Hold::RealtimeStepped => "CLOCK_REALTIME was stepped back during the measurement",
             Hold::NoMaxError => "the page gives no maximum error (of its time and its period) to bound",
@@ -110,6 +116,7 @@ impl Pairing {
 #[derive(Clone, Debug)]
 pub struct PageGate {
     marker: Option<u64>,
+    continuity: crate::sanity::Continuity,
     /// (seq_count that carried the new marker, when it was first seen).
     disrupted: Option<(u32, i128)>,
     holdoff_ns: i128,
@@ -119,7 +126,12 @@ impl PageGate {
     /// A gate; `holdoff_ns` is how long a page that carried a new marker and was not updated
     /// again must stay unchanged before it is taken as current.
     pub fn new(holdoff_ns: i128) -> Self {
-        PageGate { marker: None, disrupted: None, holdoff_ns }
+        PageGate {
+            marker: None,
+            continuity: crate::sanity::Continuity::new(crate::sanity::DEFAULT_MAX_JUMP_NS),
+            disrupted: None,
+            holdoff_ns,
+        }
     }
 
     /// Takes `marker` as the last one seen (from a previous run): a page that comes with
@@ -173,9 +185,15 @@ impl PageGate {
         // of |offset| and the pairing's half-width far from overflowing.
         const MAX_OFFSET: i128 = 1 << 96; // 2^32 s, 64.64
         let in_range = |x: Option<i128>| x.is_some_and(|x| x.abs() < MAX_OFFSET);
-        if page_utc < 0 || !in_range(page_utc.checked_sub(k.time)) || !(0..MAX_OFFSET).contains(&k.half) {
+        if crate::sanity::check_utc(page_utc).is_err()
+            || !in_range(page_utc.checked_sub(k.time))
+            || !(0..MAX_OFFSET).contains(&k.half)
+        {
             return Err(Hold::OutOfRange);
         }
+        // An update that moves time without a marker change is not believed (the same limit as
+        // vmtime sync's step limit, beyond the page's own previous bound).
+        self.continuity.check(page, k.counter).map_err(|_| Hold::Jump)?;
         let rate_maxerror_ppb = page.period_maxerror().map(|m| {
             // (m / 2^(64+shift)) / (P / 2^(64+shift)) = m / P, in ppb, rounded up.
             if r.period == 0 {
@@ -1087,6 +1105,40 @@ mod tests {
             f.handle(&obs(page(6, 9, status::SYNCHRONIZED, 0, 0), &[], 13 * NS)),
             ChronyAction::Hold(Hold::NoSamples)
         );
+    }
+
+    /// Issue 20, item 6: the chrony feed hands chronyd no offset from a page claiming 1970, and
+    /// none from a page whose time jumped an hour without a marker change.
+    #[test]
+    fn chrony_holds_a_page_outside_the_range_and_a_jump_without_a_marker_change() {
+        if vmclock::counter::NATIVE == counter_id::INVALID {
+            return;
+        }
+        let s = samples();
+        let mut f = ChronyFeed::new(NS);
+        assert!(matches!(f.handle(&obs(page(1, 7, status::SYNCHRONIZED, 0, 0), &s, 0)), ChronyAction::Send(_)));
+        // SYNCHRONIZED, claiming 1970 (and within chrony's own 2^32 s limit).
+        let at_1970 = page(2, 7, status::SYNCHRONIZED, -T0 + 5 * NS, 0);
+        assert_eq!(f.handle(&obs(at_1970, &s, NS)), ChronyAction::Hold(Hold::OutOfRange));
+        // Even with a new marker, once current.
+        let at_1970 = page(3, 8, status::SYNCHRONIZED, -T0 + 5 * NS, 0);
+        let _ = f.handle(&obs(at_1970, &s, 2 * NS));
+        assert_eq!(f.handle(&obs(at_1970, &s, 5 * NS)), ChronyAction::Hold(Hold::OutOfRange));
+        assert!(matches!(f.handle(&obs(page(4, 8, status::SYNCHRONIZED, 0, 0), &s, 6 * NS)), ChronyAction::Send(_)));
+        // One hour ahead, the markers unchanged: held, update after update.
+        for seq in 5..8 {
+            let ahead = page(seq, 8, status::SYNCHRONIZED, 3600 * NS, 0);
+            assert_eq!(f.handle(&obs(ahead, &s, seq as i128 * NS)), ChronyAction::Hold(Hold::Jump));
+        }
+        // 1 s (a missed leap second) is within the limit.
+        assert!(matches!(f.handle(&obs(page(8, 8, status::SYNCHRONIZED, NS, 0), &s, 8 * NS)), ChronyAction::Send(_)));
+        // The same hour with a new marker: sent once the page is current.
+        let ahead = page(9, 9, status::SYNCHRONIZED, 3600 * NS, 0);
+        assert_eq!(f.handle(&obs(ahead, &s, 9 * NS)), ChronyAction::Hold(Hold::Disrupted));
+        let ChronyAction::Send(x) = f.handle(&obs(page(10, 9, status::SYNCHRONIZED, 3600 * NS, 0), &s, 10 * NS)) else {
+            panic!("held")
+        };
+        assert!((x.offset - 3600.0).abs() < 1e-6, "{}", x.offset);
     }
 
     #[test]

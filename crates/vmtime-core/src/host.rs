@@ -63,6 +63,10 @@ pub struct HostConfig {
     /// `tai_offset_sec` is filled in later (a dynamic field). `None`: decided by the first
     /// observation. A page taken over on restart keeps its own.
     pub time_type: Option<u8>,
+    /// TAI − UTC (positive: 37) when known at start: the placeholder page carries it
+    /// (TAI_OFFSET_VALID), so a guest driver probing before the first calibrated page registers
+    /// its PTP clock.
+    pub tai_minus_utc: Option<i16>,
 }
 
 impl Default for HostConfig {
@@ -80,6 +84,7 @@ impl Default for HostConfig {
             marker_seed: 1,
             notify: true,
             time_type: None,
+            tai_minus_utc: None,
         }
     }
 }
@@ -205,6 +210,8 @@ pub struct HostStats {
     pub kernel_rate_ppb: f64,
     /// Whether a slew is in progress.
     pub slewing: bool,
+    /// The kernel's own page against the samples.
+    pub kernel_page: KernelPageCheck,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -217,6 +224,70 @@ struct Last {
     tai: Option<i16>,
     time_type: u8,
     slewing: bool,
+}
+
+/// Slack beyond the samples' pairing window before the kernel's page is said to disagree with
+/// the clock, ns (the RFC page's time includes the NTP error term, a few ns).
+pub const KERNEL_PAGE_SLACK_NS: i128 = 1_000;
+/// Observations in a row disagreeing that make the kernel's page unusable.
+pub const KERNEL_PAGE_UNUSABLE_AFTER: u64 = 3;
+/// Observations in a row agreeing that make an unusable kernel page usable again.
+pub const KERNEL_PAGE_RECOVERY: u64 = 10;
+
+/// How the kernel's own page (`/dev/vmclock_host`) has fared against the samples.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct KernelPageCheck {
+    /// Observations of the page checked.
+    pub checked: u64,
+    /// Observations where it disagreed (the samples were used instead).
+    pub rejected: u64,
+    /// Disagreeing observations in a row.
+    pub disagreeing: u64,
+    /// Agreeing observations in a row while unusable.
+    pub agreeing: u64,
+    /// Persistent disagreement: not used until it agrees again for a while.
+    pub unusable: bool,
+    /// Page − samples at the last disagreement, ns.
+    pub last_disagreement_ns: f64,
+}
+
+/// Something the daemon should log.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub enum HostNotice {
+    /// The kernel's page disagrees with the clock beyond the pairing window: sampling instead.
+    KernelPageDisagrees {
+        /// Page − clock, ns.
+        diff_ns: f64,
+        /// The window, ns.
+        window_ns: f64,
+    },
+    /// It kept disagreeing: unusable.
+    KernelPageUnusable {
+        /// Observations in a row.
+        observations: u64,
+    },
+    /// It agrees again (after being unusable): used again.
+    KernelPageAgrees,
+}
+
+impl std::fmt::Display for HostNotice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            HostNotice::KernelPageDisagrees { diff_ns, window_ns } => write!(
+                f,
+                "the kernel's page is {:+.3} µs off the kernel clock (more than the ±{:.3} µs the samples allow; did it miss a clock step?): sampling the clock instead",
+                diff_ns / 1e3,
+                window_ns / 1e3
+            ),
+            HostNotice::KernelPageUnusable { observations } => write!(
+                f,
+                "the kernel's page disagreed with the kernel clock {observations} times in a row: unusable, sampling the clock until it agrees again"
+            ),
+            HostNotice::KernelPageAgrees => {
+                f.write_str("the kernel's page agrees with the kernel clock again: using it")
+            }
+        }
+    }
 }
 
 /// The publisher.
@@ -241,6 +312,7 @@ pub struct Publisher {
     time_type: Option<u8>,
     /// The last TAI − UTC known (to keep a TAI page in TAI when the offset stops being known).
     last_known_tai: Option<i16>,
+    notices: Vec<HostNotice>,
 }
 
 /// The kernel clock at one counter value, from a burst of samples.
@@ -319,7 +391,6 @@ impl Publisher {
         let time_type = cfg.time_type;
         Publisher {
             marker: cfg.marker_seed,
-            cfg,
             raw_base: None,
             counter_usable: true,
             pending: Some(Reason::Initial),
@@ -333,7 +404,9 @@ impl Publisher {
             last_key: None,
             last_offset: 0,
             time_type,
-            last_known_tai: None,
+            last_known_tai: cfg.tai_minus_utc,
+            notices: Vec::new(),
+            cfg,
         }
     }
 
@@ -380,9 +453,12 @@ impl Publisher {
     /// to give. `None` until the time type is fixed ([`HostConfig::time_type`]).
     pub fn placeholder(&self) -> Option<PageBuilder> {
         let time_type = self.time_type?;
+        let b = match self.cfg.tai_minus_utc.or(self.last_known_tai) {
+            Some(o) if self.cfg.counter_id != abi::counter_id::INVALID => PageBuilder::new().tai_minus_utc(o),
+            _ => PageBuilder::new(),
+        };
         Some(
-            PageBuilder::new()
-                .constants(self.cfg.counter_id, time_type)
+            b.constants(self.cfg.counter_id, time_type)
                 // INITIALIZING: no time yet, the publisher is starting ("not yet calibrated" to
                 // `vmtime check`); like UNRELIABLE, a reader must not use it.
                 .status(if self.cfg.counter_id == abi::counter_id::INVALID {
@@ -404,11 +480,6 @@ impl Publisher {
     /// Statistics for status reports.
     pub fn stats(&self) -> &HostStats {
         &self.stats
-    }
-
-    /// The page last published.
-    pub fn last_page(&self) -> Option<Snapshot> {
-        self.last.map(|l| l.snap)
     }
 
     /// Whether a full observation is due: the kernel's NTP state changed in a way that matters
@@ -436,6 +507,43 @@ impl Publisher {
                 self.pending = Some(Reason::Step);
             }
         }
+    }
+
+    /// What the daemon should log since the last call.
+    pub fn take_notices(&mut self) -> Vec<HostNotice> {
+        std::mem::take(&mut self.notices)
+    }
+
+    /// Judges one observation of the kernel's page against the samples; whether to use it.
+    fn kernel_page_check(&mut self, agrees: bool, diff_ns: f64, window_ns: f64) -> bool {
+        let kp = &mut self.stats.kernel_page;
+        kp.checked += 1;
+        if agrees {
+            kp.disagreeing = 0;
+            if !kp.unusable {
+                return true;
+            }
+            kp.agreeing += 1;
+            if kp.agreeing >= KERNEL_PAGE_RECOVERY {
+                kp.unusable = false;
+                kp.agreeing = 0;
+                self.notices.push(HostNotice::KernelPageAgrees);
+                return true;
+            }
+            return false;
+        }
+        kp.agreeing = 0;
+        kp.rejected += 1;
+        kp.disagreeing += 1;
+        kp.last_disagreement_ns = diff_ns;
+        if kp.disagreeing == 1 && !kp.unusable {
+            self.notices.push(HostNotice::KernelPageDisagrees { diff_ns, window_ns });
+        }
+        if kp.disagreeing == KERNEL_PAGE_UNUSABLE_AFTER && !kp.unusable {
+            kp.unusable = true;
+            self.notices.push(HostNotice::KernelPageUnusable { observations: KERNEL_PAGE_UNUSABLE_AFTER });
+        }
+        false
     }
 
     fn disrupt(&mut self) {
@@ -511,13 +619,21 @@ impl Publisher {
         if known.is_some() {
             self.last_known_tai = known;
         }
-        // The page's time type is a constant field: fixed by the first page and never changed.
-        // A UTC page gets its TAI offset later, when it becomes known (a dynamic field); a TAI
-        // page whose offset stops being known (an expired leap-second list) stays TAI, with the
-        // last offset known, TAI_OFFSET_VALID clear and a second more of maxerror (a leap second
-        // may have been missed).
-        let time_type =
+        // The page's time type is a constant field (readers take it once): fixed by the first
+        // page. A TAI page whose offset stops being known (an expired leap-second list) stays
+        // TAI, with the last offset known, TAI_OFFSET_VALID clear and a second more of maxerror
+        // (a leap second may have been missed). A UTC page (TAI − UTC unknown at start) becomes
+        // TAI once the offset is known, as a disruption: a new marker tells readers to take
+        // the page afresh (TAI is what the ABI recommends, and a guest driver that probed a UTC
+        // page without an offset registered no PTP clock).
+        let mut time_type =
             *self.time_type.get_or_insert(if known.is_some() { abi::time_type::TAI } else { abi::time_type::UTC });
+        let upgraded =
+            time_type == abi::time_type::UTC && known.is_some() && self.cfg.counter_id != abi::counter_id::INVALID;
+        if upgraded {
+            time_type = abi::time_type::TAI;
+            self.time_type = Some(time_type);
+        }
         let (tai, offset_s, unsure_s) = match (time_type, sampled_tai) {
             (abi::time_type::TAI, true) => (known, 0, 0),
             (abi::time_type::TAI, false) => match known {
@@ -536,11 +652,28 @@ impl Publisher {
             Some((
                 Period { frac: r.period, shift: r.shift },
                 KernelRef { counter: c, time: r.raw_time_at(c).ok()? as i128 + offset_s as i128 * UNIT, half: 0 },
+                r,
             ))
         });
+        // The kernel's page is never trusted blindly (the RFC's revision 1 does not republish
+        // after a clock step): each observation is checked against this observation's own
+        // samples of the clock, and a page outside their pairing window is not used.
+        let sampled = kernel_reference(obs.samples, model, offset_s);
+        let from_page = match (from_page, sampled) {
+            (Some((period, kref, r)), Some(ks)) => {
+                let at = r.raw_time_at(ks.counter).ok().map(|t| t as i128 + offset_s as i128 * UNIT);
+                let diff = at.map(|t| t - ks.time);
+                let window = ks.half + crate::ns_to_frac(KERNEL_PAGE_SLACK_NS, false);
+                let agrees = diff.is_some_and(|d| d.abs() <= window);
+                self.kernel_page_check(agrees, diff.map_or(f64::INFINITY, frac_to_ns_f64), frac_to_ns_f64(window))
+                    .then_some((period, kref))
+            }
+            (Some((period, kref, _)), None) => Some((period, kref)),
+            (None, _) => None,
+        };
         let (model, k) = match from_page {
             Some(found) => found,
-            None => (model, kernel_reference(obs.samples, model, offset_s)?),
+            None => (model, sampled?),
         };
         self.stats.pairing_ns = frac_to_ns_f64(k.half);
         let st = if !self.counter_usable {
@@ -605,8 +738,16 @@ impl Publisher {
 
         let Some(last) = self.last else {
             let reason = self.pending.take().unwrap_or(Reason::Initial);
+            if upgraded {
+                // The placeholder said UTC: readers that took its constants must look again.
+                self.disrupt();
+            }
             return Some(self.publish(reason, &n, false));
         };
+        if upgraded || last.time_type != time_type {
+            self.pending = None;
+            return Some(self.publish(Reason::TaiOffset, &n, true));
+        }
         let r = last.snap.reference().ok()?;
         let err = r.raw_time_at(k.counter).ok()? as i128 - k.time;
         self.stats.last_error_ns = frac_to_ns_f64(err);

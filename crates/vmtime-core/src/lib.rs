@@ -7,9 +7,11 @@ pub mod feed;
 pub mod host;
 pub mod kernel;
 pub mod leapsecs;
+pub mod overwrite;
 pub mod phc;
 pub mod relay;
 pub mod rival;
+pub mod sanity;
 pub mod stats;
 pub mod sync;
 

@@ -152,6 +152,9 @@ pub enum SyncNotice {
         /// The limit in force (the step limit plus any drift allowed after a holdover), ns.
         limit_ns: i64,
     },
+    /// The source's time is outside the believable range (before this program was written, or
+    /// beyond what Linux can be set to): holdover, even right after a disruption.
+    Implausible(crate::sanity::Implausible),
     /// The source is usable again.
     Recovered,
 }
@@ -171,6 +174,7 @@ impl std::fmt::Display for SyncNotice {
                 -offset_ns / 1e9,
                 limit_ns as f64 / 1e9
             ),
+            SyncNotice::Implausible(why) => write!(f, "{why}: holding over, no step"),
             SyncNotice::Recovered => f.write_str("the source is usable again"),
         }
     }
@@ -404,6 +408,13 @@ impl Discipline {
         self.status.offset_ns = offset_ns;
         self.status.pairing_ns = k.half as f64 * 1e9 / UNIT as f64;
         self.status.source_maxerror_ns = src.maxerror_ns().map(|m| m as f64);
+        // Never to a time before this program was written nor beyond what the kernel can hold,
+        // whatever the markers say (a disruption allows any step inside that range only).
+        if let Err(why) = crate::sanity::check_utc(src.time.raw() as i128) {
+            self.lost = true;
+            self.refuse(SyncNotice::Implausible(why), &obs.kernel, &mut out);
+            return out;
+        }
         // Feed-forward: kernel rate against RAW = (page s/tick) / (RAW s/tick).
         if d_raw > 10_000_000 && d_c > 0 {
             let page_s_per_tick = r.period as f64 / 2f64.powi(64 + r.shift as i32);
@@ -817,6 +828,41 @@ mod tests {
         w.page_off_ns += NS / 2;
         assert_eq!(stepped(&w.observe(11)), None);
         assert_eq!(w.d.status().state, "holdover");
+    }
+
+    /// Issue 20, item 5: a marker change allows a step of any size, years included, but never
+    /// to a time before this program was written (a page claiming 1970) nor beyond what the
+    /// kernel can be set to.
+    #[test]
+    fn a_disruption_never_steps_outside_the_believable_range() {
+        use crate::sanity::{Implausible, LATEST_UNIX_S};
+        const YEAR: i128 = 365 * 86_400 * NS;
+        let mut w = World::new();
+        for t in 0..4 {
+            let _ = w.observe(t);
+        }
+        assert_eq!(w.d.status().state, "synchronised");
+        // time_sec = 0 in place and the marker bumped: the page claims 1970.
+        w.page_off_ns = -UTC0;
+        w.marker += 1;
+        for t in 4..7 {
+            let acts = w.observe(t);
+            assert_eq!(stepped(&acts), None, "{acts:?}");
+            assert!(!acts.iter().any(|a| matches!(a, SyncAction::SetState { synchronized: true, .. })), "{acts:?}");
+            assert_eq!(w.d.status().state, "holdover");
+        }
+        assert_eq!(w.d.take_notices(), vec![SyncNotice::Implausible(Implausible::BeforeBuild { utc_s: 4 })]);
+        // Beyond the kernel's range, with another marker: held too.
+        w.page_off_ns = (LATEST_UNIX_S as i128 - 1_795_000_000 + 10) * NS;
+        w.marker += 1;
+        assert_eq!(stepped(&w.observe(7)), None);
+        assert_eq!(w.d.status().state, "holdover");
+        // A restore from an old snapshot: years are fine inside the range, and the pending
+        // disruption still allows the step once the page is believable.
+        w.page_off_ns = 5 * YEAR;
+        let acts = w.observe(8);
+        assert!(stepped(&acts).is_some_and(|d| (d as i128 - 5 * YEAR).abs() <= 1), "{acts:?}");
+        assert_eq!(w.d.take_notices(), vec![SyncNotice::Recovered]);
     }
 
     #[test]

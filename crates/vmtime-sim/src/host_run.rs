@@ -61,6 +61,9 @@ pub struct HostRun {
     /// The daemon cannot read the kernel's NTP state (a seccomp filter refuses adjtimex): the
     /// publisher is given `KernelTimex::unreadable()` instead of the host's state.
     pub kernel_unreadable: bool,
+    /// A kernel page that stopped following the clock (the RFC's revision 1 after a step): given
+    /// instead of the live one while set.
+    pub stale_kernel_page: Option<Snapshot>,
     last_observation: i128,
     next_poll: i128,
 }
@@ -81,6 +84,7 @@ impl HostRun {
             leap_list: None,
             use_kernel_page: false,
             kernel_unreadable: false,
+            stale_kernel_page: None,
             last_observation: i128::MIN / 2,
             next_poll: i128::MIN / 2,
         }
@@ -116,7 +120,8 @@ impl HostRun {
         let samples = self.host.burst(self.clock(), 64);
         let kernel = self.timex();
         self.last_observation = self.host.now();
-        let kernel_page = self.use_kernel_page.then(|| self.host.kernel_page());
+        let kernel_page =
+            self.use_kernel_page.then(|| self.stale_kernel_page.unwrap_or_else(|| self.host.kernel_page()));
         let obs = Observation { raw, clock: self.sampled, samples: &samples, kernel, kernel_page };
         if let Some(HostAction::Publish { page, reason, disrupted }) = self.publisher.handle_observation(&obs) {
             // The write lands a few µs after the burst.

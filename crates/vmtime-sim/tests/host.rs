@@ -52,6 +52,43 @@ fn the_kernels_own_page_is_followed_exactly() {
     assert_eq!(p.clock_status(), Some(status::SYNCHRONIZED));
 }
 
+/// Issue 20, item 9: a kernel page that missed a 1 s clock step (the RFC's revision 1 does not
+/// republish after settimeofday) is caught by the host's own samples: the page follows the
+/// clock, said once, and the kernel page is declared unusable until it agrees again.
+#[test]
+fn a_kernel_page_that_missed_a_step_is_not_followed() {
+    use vmtime_core::host::{HostNotice, KERNEL_PAGE_UNUSABLE_AFTER};
+    let mut r = run(26, Sampled::Tai);
+    r.use_kernel_page = true;
+    r.run_for(10 * NS, 10 * MS);
+    assert_eq!(r.publisher.stats().kernel_page.rejected, 0, "a live kernel page agrees");
+    assert!(r.publisher.stats().kernel_page.checked > 5);
+    let n = r.page_vs_kernel_ns.len();
+    // The clock is stepped 1 s; the kernel page stays as it was.
+    r.stale_kernel_page = Some(r.host.kernel_page());
+    r.host.step(NS);
+    r.publisher.handle_event(vmtime_core::host::HostEvent::Stepped);
+    r.run_for(10 * NS, 10 * MS);
+    let worst = r.page_vs_kernel_ns[n + 10..].iter().fold(0f64, |m, x| m.max(x.abs()));
+    assert!(worst < 1_000.0, "the page follows the clock, not the stale kernel page: {worst} ns");
+    let kp = r.publisher.stats().kernel_page;
+    assert!(kp.unusable && kp.rejected >= KERNEL_PAGE_UNUSABLE_AFTER, "{kp:?}");
+    assert!((kp.last_disagreement_ns + 1e9).abs() < 1e3, "{kp:?}");
+    let notes = r.publisher.take_notices();
+    assert!(
+        matches!(notes[..], [HostNotice::KernelPageDisagrees { .. }, HostNotice::KernelPageUnusable { .. }]),
+        "said once: {notes:?}"
+    );
+    // The kernel page is live again: used again after agreeing for a while.
+    r.stale_kernel_page = None;
+    r.run_for(20 * NS, 10 * MS);
+    assert!(!r.publisher.stats().kernel_page.unusable);
+    assert_eq!(r.publisher.take_notices(), vec![HostNotice::KernelPageAgrees]);
+    // The step made the kernel clock itself 1 s off truth (the simulation's truth check says
+    // so, not the publisher's fault); the pages keep their own promises.
+    assert_eq!((r.violations.monotonic, r.violations.bound_consistency), (0, 0), "{:?}", r.violations);
+}
+
 #[test]
 fn a_tighter_tolerance_turns_fast_slews_into_disruptions() {
     // With 15 ppm promised, a 5 ms PLL correction (333 ppm) breaks the old page's bounds for
@@ -410,28 +447,33 @@ fn constants(r: &HostRun) -> Vec<(u8, u8)> {
 }
 
 #[test]
-fn a_utc_page_stays_utc_when_the_tai_offset_becomes_known() {
-    // Issue 11, item 4: the host used to switch the page to TAI here, keeping the marker.
+fn a_utc_page_becomes_tai_with_a_new_marker_when_the_offset_becomes_known() {
+    // Issue 11, item 4: the host switched the page to TAI keeping the marker; then (issue 20,
+    // item 10) it kept UTC for life. It switches with a disruption: a new marker.
+    use vmclock::abi::{counter_id::X86_TSC, time_type};
     let mut r = run(21, Sampled::Utc { tai_minus_utc: None });
     r.run_for(5 * NS, 10 * MS);
-    let marker = r.current.unwrap().disruption_marker();
+    let before = r.current.unwrap();
+    assert!(!before.has(flags::TAI_OFFSET_VALID));
     r.sampled = Sampled::Utc { tai_minus_utc: Some(37) };
     r.run_for(5 * NS, 10 * MS);
     let p = r.current.unwrap();
-    assert_eq!(constants(&r), [(vmclock::abi::counter_id::X86_TSC, vmclock::abi::time_type::UTC)]);
-    // The offset is a dynamic field: filled in, with its own update.
+    assert_eq!(constants(&r), [(X86_TSC, time_type::UTC), (X86_TSC, time_type::TAI)]);
     assert!(p.has(flags::TAI_OFFSET_VALID));
     assert_eq!(p.tai_minus_utc(), Some(37));
-    assert!(r.pages.iter().any(|p| p.reason == Reason::TaiOffset));
-    assert_eq!(p.disruption_marker(), marker);
-    // The time stays UTC: the page's TAI at the counter is truth (within its bounds).
+    let switch = r.pages.iter().find(|p| p.snap.time_type() == time_type::TAI).unwrap();
+    assert_eq!(switch.reason, Reason::TaiOffset);
+    assert!(switch.disrupted);
+    assert_ne!(p.disruption_marker(), before.disruption_marker(), "the guest must see the change");
+    assert_eq!(r.pages.iter().filter(|p| p.disrupted).count(), 1, "one disruption, then TAI for good");
+    // Both pages give true time (within their bounds).
     assert_clean(&r);
     // The same from CLOCK_TAI samples (the kernel's TAI offset set later by the NTP daemon).
     let mut r = run(22, Sampled::Utc { tai_minus_utc: None });
     r.run_for(5 * NS, 10 * MS);
     r.sampled = Sampled::Tai;
     r.run_for(5 * NS, 10 * MS);
-    assert_eq!(constants(&r), [(vmclock::abi::counter_id::X86_TSC, vmclock::abi::time_type::UTC)]);
+    assert_eq!(constants(&r), [(X86_TSC, time_type::UTC), (X86_TSC, time_type::TAI)]);
     assert_eq!(r.current.unwrap().tai_minus_utc(), Some(37));
     assert_clean(&r);
 }
@@ -482,9 +524,19 @@ fn the_first_page_written_has_its_constant_fields() {
         let page = vmclock::Snapshot::new(p.placeholder().unwrap().build(), 4096).unwrap();
         assert_eq!((page.counter_id(), page.time_type()), (vmclock::abi::counter_id::X86_TSC, tt));
         assert_eq!(page.clock_status(), Some(status::INITIALIZING), "no time yet: readers must not use it");
-        // The first real page keeps them.
-        let mut r =
-            HostRun::new(synced_host(25), HostConfig { time_type: Some(tt), ..HostConfig::default() }, Sampled::Tai);
+        // Issue 20, item 10: a placeholder carries TAI − UTC when it is known at start, so a
+        // guest driver probing it registers its PTP clock.
+        assert_eq!(page.tai_minus_utc(), None, "not known here");
+        let known = HostConfig { time_type: Some(tt), tai_minus_utc: Some(37), ..HostConfig::default() };
+        let page =
+            vmclock::Snapshot::new(vmtime_core::host::Publisher::new(known).placeholder().unwrap().build(), 4096)
+                .unwrap();
+        assert!(page.has(flags::TAI_OFFSET_VALID));
+        assert_eq!((page.tai_minus_utc(), page.tai_offset_raw()), (Some(37), Some(-37)));
+        // The first real page keeps them (a UTC page while TAI − UTC stays unknown).
+        let sampled =
+            if tt == vmclock::abi::time_type::TAI { Sampled::Tai } else { Sampled::Utc { tai_minus_utc: None } };
+        let mut r = HostRun::new(synced_host(25), HostConfig { time_type: Some(tt), ..HostConfig::default() }, sampled);
         r.run_for(3 * NS, 10 * MS);
         assert_eq!(constants(&r), [(vmclock::abi::counter_id::X86_TSC, tt)]);
         assert_clean(&r);

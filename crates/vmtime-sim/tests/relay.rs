@@ -105,12 +105,22 @@ fn the_guest_page_keeps_its_time_type_across_a_host_restart() {
     let (g0, ok) = guest_bounds_truth(&mut relay, &a);
     assert!(ok);
     assert_eq!(g0.time_type(), vmclock::abi::time_type::TAI);
-    // The host restarts knowing TAI − UTC only from REALTIME + 37 and creates a UTC page.
+    // The host restarts without TAI − UTC and creates a UTC page (no offset: the guest page
+    // cannot be given in TAI and says UNRELIABLE) …
     let cfg = HostConfig { marker_seed: 9, time_type: Some(vmclock::abi::time_type::UTC), ..HostConfig::default() };
-    let mut b = HostRun::new(a.host.clone(), cfg, Sampled::Utc { tai_minus_utc: Some(37) });
+    let mut b = HostRun::new(a.host.clone(), cfg, Sampled::Utc { tai_minus_utc: None });
     b.run_for(3 * NS, 10 * MS);
     assert_eq!(b.current.unwrap().time_type(), vmclock::abi::time_type::UTC);
+    let g = vmclock::Snapshot::new(relay.guest_page(&b.current.unwrap()).unwrap(), 4096).unwrap();
+    assert_eq!((g.time_type(), g.clock_status()), (g0.time_type(), Some(vmclock::abi::status::UNRELIABLE)));
+    assert!(relay.unconvertible());
+    // … then learns TAI − UTC (REALTIME + 37): its page becomes TAI with a new marker (issue 20,
+    // item 10), and the guest page is usable again, still TAI, with a new marker too.
+    b.sampled = Sampled::Utc { tai_minus_utc: Some(37) };
+    b.run_for(3 * NS, 10 * MS);
+    assert_eq!(b.current.unwrap().time_type(), vmclock::abi::time_type::TAI);
     let (g1, ok) = guest_bounds_truth(&mut relay, &b);
+    assert_ne!(g1.disruption_marker(), g.disruption_marker());
     assert_eq!((g1.time_type(), g1.counter_id()), (g0.time_type(), g0.counter_id()));
     assert_eq!(g1.clock_status(), Some(vmclock::abi::status::SYNCHRONIZED));
     assert!(ok, "the converted guest page bounds true time");

@@ -613,14 +613,6 @@ pub fn write_state(path: &Path, contents: &[u8]) -> Result<()> {
     write_new(path, contents, 0o600, true, false).map(drop)
 }
 
-/// Whether `a` and `b` name the same existing file (both stat'ed without following links).
-pub fn same_file(a: &Path, b: &Path) -> bool {
-    match (lstat(a), lstat(b)) {
-        (Ok(Some(x)), Ok(Some(y))) => (x.st_dev, x.st_ino) == (y.st_dev, y.st_ino),
-        _ => false,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,15 +1,15 @@
 //! Linux system interfaces for vmtime. This crate and `vmclock` are the only ones with `unsafe`;
 //! every block names the invariant it relies on.
 //!
-//! Nothing here writes a clock unless the function says so in its name (`*_write`), and none of
-//! those exist in this build's read-only modules.
+//! One module writes a clock: [`timex`] (`timex::apply`, `clock_adjtime` on CLOCK_REALTIME),
+//! called only by `vmtime sync` outside a dry run. Everything else only reads clocks.
 
 pub mod clock;
 pub mod event;
 pub mod feed;
 pub mod files;
 pub mod follow;
-pub mod pagefile;
+pub mod kvm;
 pub mod phc;
 pub mod procs;
 pub mod serve;

@@ -1,14 +1,14 @@
 //! A daemon's one event loop and its control socket, and the client side of that socket.
 //!
 //! - [`Poller`]: `poll(2)` over a reused array (no allocation once it has grown).
-//! - [`Server`]: a listening socket (Unix, or any stream listener such as a loopback TCP one for
-//!   metrics) whose connections are all non-blocking and bounded: a request is one line of at
-//!   most [`Limits::max_request`] bytes, answered within [`Limits::request_deadline`] of the
-//!   accept or dropped; at most [`Limits::max_connections`] requests in progress (more are told
-//!   "busy" and closed at once). A connection whose request was `subscribe` becomes a
-//!   subscriber: [`Server::notify`] sends it each new `seq_count` with `MSG_DONTWAIT` and drops
-//!   it when its small send buffer is full (it fell behind). `notify` is the only call on the
-//!   publishing path: it never blocks and never allocates.
+//! - [`Server`]: a daemon's control socket (a listening Unix socket; the metrics endpoint is
+//!   the binary's own HTTP thread, not this). Its connections are all non-blocking and bounded:
+//!   a request is one line of at most [`Limits::max_request`] bytes, answered within
+//!   [`Limits::request_deadline`] of the accept or dropped; at most [`Limits::max_connections`]
+//!   requests in progress (more are told "busy" and closed at once). A connection whose request
+//!   was `subscribe` becomes a subscriber: [`Server::notify`] sends it each new `seq_count` with
+//!   `MSG_DONTWAIT` and drops it when its small send buffer is full (it fell behind). `notify` is
+//!   the only call on the publishing path: it never blocks and never allocates.
 //! - [`request`] / [`Subscription`]: the client side, every step bounded by a timeout.
 
 use crate::files::{self, FileError};
@@ -152,8 +152,6 @@ pub enum Reply {
     Line(String),
     /// One line, then the connection stays open as a subscriber of [`Server::notify`].
     Subscribe(String),
-    /// These bytes as they are (e.g. an HTTP response), then the connection is closed.
-    Raw(Vec<u8>),
 }
 
 /// `{"error": MSG}` as one line of valid JSON.
@@ -264,14 +262,6 @@ impl Server {
         }
         let bound = ino_of(path).map(|dev_ino| Bound { path: path.to_path_buf(), dev_ino });
         Ok(Self::with(fd, bound, "control socket", limits))
-    }
-
-    /// Serves an already listening socket (e.g. a loopback `TcpListener` for metrics), made
-    /// non-blocking here. `name` appears in log lines.
-    pub fn from_listener(listener: impl Into<OwnedFd>, name: &'static str, limits: Limits) -> io::Result<Self> {
-        let fd: OwnedFd = listener.into();
-        rustix::io::ioctl_fionbio(&fd, true)?;
-        Ok(Self::with(fd, None, name, limits))
     }
 
     fn with(listener: OwnedFd, bound: Option<Bound>, name: &'static str, limits: Limits) -> Self {
@@ -480,10 +470,6 @@ impl Server {
                 }
                 Reply::Subscribe(_) => {
                     c.out = (error_json("too many subscribers; poll the page instead") + "\n").into_bytes();
-                    false
-                }
-                Reply::Raw(b) => {
-                    c.out = b;
                     false
                 }
             };

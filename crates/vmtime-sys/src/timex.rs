@@ -1,4 +1,5 @@
-//! Reading the kernel's NTP state with `adjtimex` (modes = 0: read-only, no privilege).
+//! The kernel's NTP state: read with `adjtimex` (modes = 0: no privilege, nothing changed) by
+//! every daemon, and written by [`apply`] (`clock_adjtime`) for `vmtime sync` alone.
 
 use std::io;
 pub use vmtime_core::kernel::KernelTimex;

@@ -420,42 +420,6 @@ fn class3_a_socket_for_a_group_is_0660_with_that_group() {
 }
 
 #[test]
-fn another_listener_joins_the_same_loop_loopback_tcp_for_metrics() {
-    // The hook for a metrics endpoint: a loopback TCP listener served by the same Server code
-    // (same limits), in the same Poller as a control socket, answering raw HTTP.
-    let d = tempfile::tempdir().unwrap();
-    let (mut control, path) = server(d.path(), Limits::default());
-    let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = tcp.local_addr().unwrap();
-    let mut metrics = Server::from_listener(tcp, "metrics", Limits::default()).unwrap();
-    let mut c = std::net::TcpStream::connect(addr).unwrap();
-    c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let mut u = UnixStream::connect(&path).unwrap();
-    u.write_all(b"status\n").unwrap();
-    let mut p = Poller::new();
-    for _ in 0..50 {
-        if metrics.stats().answered == 1 && control.stats().answered == 1 && metrics.connections() == 0 {
-            break;
-        }
-        p.clear();
-        control.register(&mut p);
-        metrics.register(&mut p);
-        p.wait(Some(Duration::from_millis(100))).unwrap();
-        control.handle(&p, answer);
-        metrics.handle(&p, |line| {
-            assert_eq!(line, "GET /metrics HTTP/1.1");
-            let body = "vmtime_up 1\n";
-            Reply::Raw(format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len()).into_bytes())
-        });
-    }
-    let mut got = String::new();
-    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    c.read_to_string(&mut got).unwrap();
-    assert!(got.starts_with("HTTP/1.1 200 OK") && got.ends_with("vmtime_up 1\n"), "{got}");
-    assert_eq!(read_line(&mut u), r#"{"ok":true}"#);
-}
-
-#[test]
 fn a_lock_file_has_one_holder_and_names_it_to_the_second() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("sync.lock");

@@ -1,32 +1,13 @@
 //! `vmtime`: accurate, bounded time for virtual machines.
 #![forbid(unsafe_code)]
 
-mod check;
-mod config;
-mod feed;
-mod feed_service;
-mod gen;
-mod generate;
-mod host;
-mod logging;
-mod metrics;
-mod now;
-mod page;
-mod phc;
-mod qemu;
-mod relay;
-mod service;
-mod show;
-mod sim;
-mod status;
-mod sync;
-mod tai;
-mod values;
-mod watch;
+use vmtime::commands::{check, gen, generate, kvm_tsc, now, phc, qemu, show, sim, status, watch};
+use vmtime::daemons::{feed, host, relay, sync};
+use vmtime::ops::{config, logging};
+use vmtime::values;
 
 use anyhow::Result;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// Accurate, bounded time for virtual machines (Linux vmclock).
@@ -65,15 +46,14 @@ enum Command {
     Feed(feed::Args),
     /// Ask a running vmtime daemon for its state (JSON over its control socket).
     Status(status::Args),
+    /// A running KVM guest's TSC offset and scaling (debugfs, by QEMU pid): the relay's map.
+    KvmTsc(kvm_tsc::Args),
     /// The configuration file: check it, print the effective or the default configuration.
     Config(config::Args),
     /// Write the man pages or shell completions (packaging).
     #[command(hide = true)]
     Generate(generate::Args),
 }
-
-/// The default page of a guest.
-pub const DEFAULT_GUEST_PAGE: &str = "/dev/vmclock0";
 
 /// The command line with what the value types know added: each numeric flag takes values that
 /// start with '-' (so `--tai-offset -5` is a number, refused with its range, not a flag) and its
@@ -166,10 +146,11 @@ fn main() -> ExitCode {
         Command::Sync(a) => sync::run(a),
         Command::Watch(a) => watch::run(a),
         Command::Status(a) => status::run(a),
+        Command::KvmTsc(a) => kvm_tsc::run(a),
         Command::Qemu(a) => qemu::run(a),
         Command::Config(a) => config::run(a),
         Command::Feed(a) => feed::run(a),
-        Command::Generate(a) => generate::run(a),
+        Command::Generate(a) => generate::run(a, command()),
     };
     match result {
         Ok(code) => code,
@@ -178,11 +159,6 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
-}
-
-/// A path argument with the guest default.
-pub fn page_or_default(p: Option<PathBuf>) -> PathBuf {
-    p.unwrap_or_else(|| PathBuf::from(DEFAULT_GUEST_PAGE))
 }
 
 #[cfg(test)]

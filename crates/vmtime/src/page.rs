@@ -10,6 +10,7 @@ use vmtime_sys::follow::{FollowError, PageReader};
 pub use vmtime_sys::follow::FollowedPage;
 
 /// A page (device or file) to read.
+#[derive(Debug)]
 pub struct Page {
     reader: PageReader,
     pub path: PathBuf,

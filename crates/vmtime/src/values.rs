@@ -49,6 +49,7 @@ fn parse_int(s: &str) -> Option<i128> {
 }
 
 /// Registers a type's range text for the help and for the hostile-input test.
+#[derive(Debug)]
 pub struct Numeric {
     /// The value type.
     pub type_id: fn() -> std::any::TypeId,

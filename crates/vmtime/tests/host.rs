@@ -100,3 +100,33 @@ fn the_kernels_own_page_is_the_source_when_present() {
     assert_eq!(v["fields"]["counter_period_shift"], k["fields"]["counter_period_shift"]);
     assert!(v["fields"]["flag_names"].as_array().unwrap().iter().any(|n| n == "TIME_MAXERROR_VALID"), "bounds added");
 }
+
+/// Issue 20, item 9: a kernel page that missed a 1 s step (here: a page file 1 s ahead of this
+/// machine's clock stands in for /dev/vmclock_host) is cross-checked against the host's own
+/// samples: not used, said once, declared unusable; the published page follows the clock.
+#[test]
+fn a_kernel_page_off_the_clock_is_not_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = dir.path().join("vmclock_host");
+    let mut args = gen_ahead_args(dir.path(), &fake, 1_000_000_000 - 37_000_000_000);
+    args.extend(["--time-type", "utc"].map(String::from));
+    vmtime_ok(&args);
+    let page = dir.path().join("host.page");
+    let (_d, rx) = spawn_ready(
+        &["host", "--page", page.to_str().unwrap(), "--vmclock-host", fake.to_str().unwrap(), "--duration-s", "60"],
+        "control socket",
+    );
+    let line = wait_line(&rx, "the kernel's page is", LINE_WITHIN);
+    assert!(line.contains("+1000000.") && line.contains("sampling the clock instead"), "{line}");
+    wait_line(&rx, "unusable", LINE_WITHIN);
+    let st = json(&["status", "--socket", &socket(&page), "--json"]);
+    assert_eq!(st["kernel_page_usable"], false, "{st}");
+    assert!(st["stats"]["kernel_page"]["rejected"].as_u64().unwrap() >= 3, "{st}");
+    wait_calibrated(&page);
+    let r = json(&["check", page.to_str().unwrap(), "--samples", "2000", "--tolerance", "2000", "--json"]);
+    assert_eq!(r["passed"], true, "the page follows the clock, not the kernel page: {r}");
+    // Said once: no second disagreement line while it stays off.
+    while let Ok(l) = rx.try_recv() {
+        assert!(!l.contains("the kernel's page is"), "said again: {l}");
+    }
+}

@@ -104,3 +104,137 @@ fn the_guest_page_has_its_constant_fields_from_the_start() {
     assert_eq!(g["fields"]["time_type"], first["time_type"], "time_type is constant");
     assert_eq!(g["fields"]["counter_id"], first["counter_id"]);
 }
+
+/// Issue 20, item 7: a host page vmtime calls invalid (a shift of 160) or whose time type turned
+/// MONOTONIC is not relayed: the relay holds over and says so in its status; the guest page
+/// stays readable with its last update; a good host page again is relayed.
+#[test]
+fn a_bad_host_page_makes_the_relay_hold_over() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (host, guest) = (dir.path().join("host.page"), dir.path().join("guest.page"));
+    let h = host.to_str().unwrap();
+    vmtime_ok(&["gen", h, "--counter-hz", "1000000000", "--maxerror-ns", "1000"].map(String::from));
+    let _r = start_relay(dir.path(), &[]);
+    let status = || json(&["status", "--socket", &socket(&guest), "--json"]);
+    let good = std::fs::read(&host).unwrap();
+    let seq0 = u32::from_le_bytes(good[12..16].try_into().unwrap());
+    let f = std::fs::OpenOptions::new().write(true).open(&host).unwrap();
+    // In place, as a publisher would (the byte, then a new even seq_count).
+    let write = |at: u64, byte: u8, seq: u32| {
+        f.write_all_at(&[byte], at).unwrap();
+        f.write_all_at(&seq.to_le_bytes(), 12).unwrap();
+    };
+    let wait = |want: bool, seq: u32| {
+        let until = std::time::Instant::now() + LINE_WITHIN;
+        loop {
+            let st = status();
+            if st["holdover"] == want && st["last_host_seq"] == seq {
+                return st;
+            }
+            assert!(std::time::Instant::now() < until, "holdover never {want}: {st}");
+            std::thread::yield_now();
+        }
+    };
+    wait(false, seq0);
+    for (at, byte) in [(39u64, 160u8), (11, 2)] {
+        // counter_period_shift = 160, then time_type = MONOTONIC.
+        let seq = seq0 + 2 + 2 * at as u32;
+        write(at, byte, seq);
+        let st = wait(true, seq);
+        assert_eq!(st["guest_status"], "SYNCHRONIZED", "{st}");
+        // The guest page keeps its last update: the good host page's, relayed before.
+        let g = show(&guest);
+        assert_eq!(g["fields"]["seq_count"], st["guest_seq"], "{g}");
+        assert_eq!(g["fields"]["counter_period_shift"], good[39], "{g}");
+        assert_eq!(g["fields"]["time_type"]["name"], "TAI", "{g}");
+        let now = vmtime(&["now", guest.to_str().unwrap(), "--json"]);
+        assert!(now.status.success(), "{}", String::from_utf8_lossy(&now.stderr));
+        write(at, good[at as usize], seq + 2);
+        wait(false, seq + 2);
+    }
+}
+
+/// Reads the guest page's (marker, generation, status name, seq_count) as `vmtime show` decodes it.
+fn guest_fields(page: &Path) -> (u64, u64, String, u64) {
+    let f = show(page)["fields"].clone();
+    (
+        f["disruption_marker"].as_u64().unwrap(),
+        f["vm_generation_counter"].as_u64().unwrap(),
+        f["clock_status"]["name"].as_str().unwrap_or("").to_string(),
+        f["seq_count"].as_u64().unwrap(),
+    )
+}
+
+/// Waits (bounded, polling the file: the relay has nothing to notify a file reader with) until
+/// the guest page satisfies `ok`.
+fn wait_page(page: &Path, what: &str, ok: impl Fn(&(u64, u64, String, u64)) -> bool) -> (u64, u64, String, u64) {
+    let end = std::time::Instant::now() + LINE_WITHIN;
+    loop {
+        let f = guest_fields(page);
+        if ok(&f) {
+            return f;
+        }
+        assert!(std::time::Instant::now() < end, "{what}: the guest page is still {f:?}");
+        std::thread::sleep(std::time::Duration::from_millis(5)); // polls a file, bounded above
+    }
+}
+
+#[test]
+fn a_guest_page_written_over_by_a_migration_gets_a_new_marker_at_once_and_no_time_until_the_map_is_told() {
+    // What QEMU does when a migration arrives (ivshmem master=on): it writes the source's page
+    // (its marker, its counter map) into the destination's page file, in place.
+    let dir = tempfile::tempdir().unwrap();
+    let (host, guest) = (dir.path().join("host.page"), dir.path().join("guest.page"));
+    let (_h, _) = start_host(&host);
+    wait_calibrated(&host);
+    let (_r, rx) = spawn_ready(
+        &["relay", "--host-page", host.to_str().unwrap(), "--guest-page", guest.to_str().unwrap()],
+        "following the host",
+    );
+    wait_calibrated(&guest);
+    // The source's page: another relay's, marker 0x5150 generation 77, another offset.
+    let source = dir.path().join("source.page");
+    let mut args = gen_ahead_args(dir.path(), &source, 0);
+    args.extend(["--disruption-marker", "20816", "--vm-generation", "77"].map(String::from));
+    vmtime_ok(&args);
+    let mut bytes = std::fs::read(&source).unwrap();
+    bytes[12..16].copy_from_slice(&1000u32.to_le_bytes()); // a source's seq_count
+    {
+        use std::io::{Seek, Write};
+        let mut f = std::fs::OpenOptions::new().write(true).open(&guest).unwrap();
+        f.seek(std::io::SeekFrom::Start(0)).unwrap();
+        f.write_all(&bytes).unwrap();
+    }
+    wait_line(&rx, "written by someone else", LINE_WITHIN);
+    let (marker, generation, status, seq) = wait_page(&guest, "rewritten after the overwrite", |f| f.0 != 20816);
+    assert_eq!(marker, 20817, "one past the marker the guest may have read");
+    assert_eq!(generation, 77, "a live migration keeps the guest's generation");
+    assert_eq!(status, "UNRELIABLE", "no time until the counter map is known");
+    assert!(seq > 1000, "seq_count moves on from the page found ({seq})");
+    let st = json(&["status", "--socket", &socket(&guest), "--json"]);
+    assert_eq!((st["map_pending"].as_bool(), st["overwrites"].as_u64()), (Some(true), Some(1)), "{st}");
+    // Host updates meanwhile keep it so.
+    std::thread::sleep(std::time::Duration::from_millis(1500)); // lets the host publish; a negative check
+    assert_eq!(guest_fields(&guest).2, "UNRELIABLE");
+    // The destination's map is told: time again, the same marker (no second disruption).
+    let st = json(&["status", "--socket", &socket(&guest), "--request", "migrated 1000", "--json"]);
+    assert_eq!(st["map_pending"], false, "{st}");
+    let (m2, g2, status2, _) = wait_page(&guest, "time after the map", |f| f.2 != "UNRELIABLE");
+    assert_eq!((m2, g2), (20817, 77));
+    assert!(status2 == "SYNCHRONIZED" || status2 == "FREERUNNING", "{status2}");
+    // A snapshot's page written back (loadvm): seen again, and `restored OFFSET` changes the
+    // generation and gives the map.
+    {
+        use std::io::{Seek, Write};
+        let mut f = std::fs::OpenOptions::new().write(true).open(&guest).unwrap();
+        f.seek(std::io::SeekFrom::Start(0)).unwrap();
+        f.write_all(&bytes).unwrap();
+    }
+    wait_page(&guest, "rewritten after the second overwrite", |f| f.0 != 20816 && f.2 == "UNRELIABLE");
+    json(&["status", "--socket", &socket(&guest), "--request", "restored 2000", "--json"]);
+    let (m3, g3, status3, _) = wait_page(&guest, "time after restored", |f| f.2 != "UNRELIABLE");
+    assert!(m3 != 20816 && m3 != 20817, "{m3:#x}");
+    assert_eq!(g3, 78, "a restore changes the generation");
+    assert!(status3 == "SYNCHRONIZED" || status3 == "FREERUNNING", "{status3}");
+}

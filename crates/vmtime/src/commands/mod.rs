@@ -1,0 +1,13 @@
+//! The one-shot commands.
+
+pub mod check;
+pub mod gen;
+pub mod generate;
+pub mod kvm_tsc;
+pub mod now;
+pub mod phc;
+pub mod qemu;
+pub mod show;
+pub mod sim;
+pub mod status;
+pub mod watch;

@@ -1,0 +1,333 @@
+//! `vmtime qemu`: gives a stock guest under an unmodified QEMU a vmclock device on a page file
+//! (the one `vmtime relay` writes), so that the guest's own `ptp_vmclock` binds to it.
+//!
+//! The file is shared into the guest as an `ivshmem-plain` PCI device (memory-backend-file,
+//! share=on), and an ACPI SSDT added with `-acpitable file=…` declares the vmclock device
+//! (`_HID "AMZNC10C"`, `_CID "VMCLOCK"`) whose `_CRS` is that device's memory BAR, read by AML
+//! from its PCI configuration space when the guest evaluates `_CRS`. See docs/GUESTS.md.
+//!
+//! The vmclock device is declared *inside* the ivshmem device's ACPI node (the node with its
+//! `_ADR` under `\_SB.PCI0`): Linux then makes the PCI device its parent and nests the vmclock
+//! resource inside the BAR, instead of claiming the same range first and making the PCI core
+//! move the BAR. The AML is built with rust-vmm's `acpi_tables` crate (the one Cloud
+//! Hypervisor uses), not by hand: it encodes names, package lengths and resource templates.
+
+use acpi_tables::aml::{
+    self, Add, And, CreateQWordField, Device, Else, Equal, FieldAccessType, FieldEntry, FieldLockRule, FieldUpdateRule,
+    If, Local, Method, Name, OpRegion, OpRegionSpace, Or, Path as AmlPath, ResourceTemplate, Return, Scope, ShiftLeft,
+};
+use acpi_tables::{Aml, AmlSink};
+use anyhow::{bail, Context, Result};
+use clap::Args as ClapArgs;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(ClapArgs, Debug)]
+pub struct Args {
+    /// The guest's page file (what `vmtime relay --guest-page` writes): a power of two ≥ 4096 bytes.
+    #[arg(long)]
+    page: PathBuf,
+    /// Where to write the SSDT (default: the page path + ".ssdt.aml").
+    #[arg(long)]
+    ssdt: Option<PathBuf>,
+    /// The ivshmem device's PCI slot on the root bus (1–31; the SSDT names this slot).
+    #[arg(long, default_value = "4")]
+    slot: crate::values::PciSlot,
+    /// Print the QEMU arguments as a JSON array (default: one shell-quoted argument pair per line).
+    #[arg(long)]
+    json: bool,
+    /// A guest that may be migrated or saved: ivshmem `master=on` (without it QEMU blocks both),
+    /// and no `readonly=on` (an incoming migration or `loadvm` must write the page's RAM; the
+    /// relay then rewrites it, docs/GUESTS.md).
+    #[arg(long)]
+    migratable: bool,
+}
+
+/// PCI vendor and device ID of QEMU's ivshmem (Red Hat 0x1af4, 0x1110), as config dword 0.
+pub const IVSHMEM_ID: u32 = 0x1110_1af4;
+
+/// What the SSDT describes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SsdtSpec {
+    /// Migratable (`master=on`, writable) rather than read-only.
+    pub migratable: bool,
+    /// PCI slot on the root bus (function 0).
+    pub slot: u8,
+    /// Bytes of the region the vmclock device covers (the page file's size).
+    pub len: u64,
+}
+
+/// The four-character ACPI name of the ivshmem device's node: "VT" + slot in hex.
+fn node_name(slot: u8) -> String {
+    format!("VT{slot:02X}")
+}
+
+/// A QWordMemory descriptor (consumer, fixed, cacheable, read-only) of `len` bytes at 0: the
+/// `_CRS` method fills in the address. acpi_tables' `AddressSpace` marks itself a producer (it
+/// is made for host bridges); a device consumes its memory.
+struct QWordMemory {
+    len: u64,
+}
+
+/// Byte offsets of _MIN and _MAX inside the descriptor (ACPI 6.5 §6.4.3.5.1).
+const QWORD_MIN: u8 = 14;
+const QWORD_MAX: u8 = 22;
+
+impl Aml for QWordMemory {
+    fn to_aml_bytes(&self, sink: &mut dyn AmlSink) {
+        sink.byte(0x8a); // QWord Address Space Descriptor
+        sink.word(43); // length of what follows
+        sink.byte(0); // memory
+        sink.byte(0b1101); // MaxFixed, MinFixed, PosDecode, Consumer
+        sink.byte(0b0010); // Cacheable, read-only (the guest only reads the page)
+        sink.qword(0); // granularity
+        sink.qword(0); // _MIN (filled in)
+        sink.qword(self.len - 1); // _MAX (filled in)
+        sink.qword(0); // translation
+        sink.qword(self.len); // _LEN
+    }
+}
+
+/// The SSDT (a whole table, header and checksum included) for `spec`.
+pub fn ssdt(spec: SsdtSpec) -> Result<Vec<u8>> {
+    if !(1..=31).contains(&spec.slot) {
+        bail!("PCI slot {} is out of range: use 1–31 (a slot on the root bus)", spec.slot);
+    }
+    if spec.len < 4096 || !spec.len.is_power_of_two() {
+        bail!("a region of {} bytes cannot be an ivshmem BAR: it must be a power of two ≥ 4096", spec.len);
+    }
+    let mut body = Vec::new();
+    // QEMU's DSDT already has a node for a device on the root bus ("S" + devfn in hex, with its
+    // _ADR) when its machine describes that slot; a second node with the same _ADR would not be
+    // the PCI device's companion. So the device goes inside QEMU's node when it exists, else
+    // inside a node of our own (decided by the guest when it loads the table).
+    let qemu_node = format!("S{:02X}_", spec.slot << 3);
+    let qemu_path = AmlPath::new(&format!("\\_SB_.PCI0.{qemu_node}"));
+    let exists = CondRefOf(&qemu_path);
+    let inside_qemu = Raw(contents(spec, false));
+    let in_scope = Scope::new(AmlPath::new(&format!("\\_SB_.PCI0.{qemu_node}")), vec![&inside_qemu]);
+    let ours = Raw(contents(spec, true));
+    let own_node = Device::new(AmlPath::new(&node_name(spec.slot)), vec![&ours]);
+    let pci0 = Scope::new("\\_SB_.PCI0".into(), vec![&own_node]);
+    let if_qemu = If::new(&exists, vec![&in_scope]);
+    let otherwise = Else::new(vec![&pci0]);
+    if_qemu.to_aml_bytes(&mut body);
+    otherwise.to_aml_bytes(&mut body);
+    Ok(table(&body))
+}
+
+/// AML bytes made elsewhere.
+struct Raw(Vec<u8>);
+
+impl Aml for Raw {
+    fn to_aml_bytes(&self, sink: &mut dyn AmlSink) {
+        sink.vec(&self.0);
+    }
+}
+
+/// `CondRefOf (name)`: whether a name exists (acpi_tables has no such operator).
+struct CondRefOf<'a>(&'a AmlPath);
+
+impl Aml for CondRefOf<'_> {
+    fn to_aml_bytes(&self, sink: &mut dyn AmlSink) {
+        sink.byte(0x5b);
+        sink.byte(0x12);
+        self.0.to_aml_bytes(sink);
+        sink.byte(0); // no target
+    }
+}
+
+/// What goes inside the ivshmem device's node: its config space and the vmclock device
+/// (and its `_ADR` when the node is ours).
+fn contents(spec: SsdtSpec, with_adr: bool) -> Vec<u8> {
+    // Config space of the ivshmem device: ID, command register, BAR2 (64-bit, low then high).
+    // The names start with "VT" so as not to meet QEMU's own inside its node.
+    let pcfg = OpRegion::new("VTPC".into(), OpRegionSpace::PCIConfig, &0u8, &0x40u8);
+    let fields_d = aml::Field::new(
+        "VTPC".into(),
+        FieldAccessType::DWord,
+        FieldLockRule::NoLock,
+        FieldUpdateRule::Preserve,
+        vec![
+            FieldEntry::Named(*b"VTID", 32),
+            FieldEntry::Reserved(0x18 * 8 - 32),
+            FieldEntry::Named(*b"VTB2", 32),
+            FieldEntry::Named(*b"VTB3", 32),
+        ],
+    );
+    let fields_w = aml::Field::new(
+        "VTPC".into(),
+        FieldAccessType::Word,
+        FieldLockRule::NoLock,
+        FieldUpdateRule::Preserve,
+        vec![FieldEntry::Reserved(32), FieldEntry::Named(*b"VTCM", 16)],
+    );
+    let adr = u32::from(spec.slot) << 16;
+    let adr_name = Name::new("_ADR".into(), &adr);
+    let (pvid, bar2, bar3, pcmd) =
+        (AmlPath::new("VTID"), AmlPath::new("VTB2"), AmlPath::new("VTB3"), AmlPath::new("VTCM"));
+    let (rbuf_p, bmin, bmax) = (AmlPath::new("RBUF"), AmlPath::new("BMIN"), AmlPath::new("BMAX"));
+    // The vmclock device, present only while the slot holds an ivshmem device.
+    let present = Equal::new(&pvid, &IVSHMEM_ID);
+    let ret_on = Return::new(&0x0fu8);
+    let if_present = If::new(&present, vec![&ret_on]);
+    let ret_off = Return::new(&aml::ZERO);
+    let sta = Method::new("_STA".into(), 0, false, vec![&if_present, &ret_off]);
+
+    let rbuf_tpl = QWordMemory { len: spec.len };
+    let rtemplate = ResourceTemplate::new(vec![&rbuf_tpl]);
+    let rbuf = Name::new("RBUF".into(), &rtemplate);
+    let min_f = CreateQWordField::new(&bmin, &rbuf_p, &QWORD_MIN);
+    let max_f = CreateQWordField::new(&bmax, &rbuf_p, &QWORD_MAX);
+    // BMIN = (BAR3 << 32) | (BAR2 & ~0xF): the BAR's address, its flag bits masked.
+    let l0 = Local(0);
+    let hi = ShiftLeft::new(&l0, &bar3, &32u8);
+    let lo_mask = 0xffff_fff0u32;
+    let l1 = Local(1);
+    let lo = And::new(&l1, &bar2, &lo_mask);
+    let both = Or::new(&bmin, &l0, &l1);
+    let last = spec.len - 1;
+    let max = Add::new(&bmax, &bmin, &last);
+    // Memory decoding on (bit 1 of the command register): the guest kernel binds no driver to
+    // the ivshmem device, and the vmclock driver reads the BAR.
+    let cmd = Or::new(&pcmd, &pcmd, &2u8);
+    let ret_buf = Return::new(&rbuf_p);
+    let crs = Method::new("_CRS".into(), 0, true, vec![&rbuf, &min_f, &max_f, &hi, &lo, &both, &max, &cmd, &ret_buf]);
+
+    let hid = Name::new("_HID".into(), &"AMZNC10C");
+    let cid = Name::new("_CID".into(), &"VMCLOCK");
+    let ddn = Name::new("_DDN".into(), &"VMCLOCK on a vmtime page");
+    let uid = Name::new("_UID".into(), &aml::ZERO);
+    let vclk = Device::new("VCLK".into(), vec![&hid, &cid, &ddn, &uid, &sta, &crs]);
+
+    let mut out = Vec::new();
+    if with_adr {
+        adr_name.to_aml_bytes(&mut out);
+    }
+    for part in [&pcfg as &dyn Aml, &fields_d, &fields_w, &vclk] {
+        part.to_aml_bytes(&mut out);
+    }
+    out
+}
+
+/// An SSDT around `body`: revision 2 (64-bit AML integers: the BAR may lie above 4 GiB).
+fn table(body: &[u8]) -> Vec<u8> {
+    let mut t = Vec::with_capacity(36 + body.len());
+    t.extend_from_slice(b"SSDT");
+    t.extend_from_slice(&((36 + body.len()) as u32).to_le_bytes());
+    t.push(2); // revision
+    t.push(0); // checksum, below
+    t.extend_from_slice(b"VMTIME"); // OEM ID
+    t.extend_from_slice(b"VMCLOCK "); // OEM table ID
+    t.extend_from_slice(&1u32.to_le_bytes()); // OEM revision
+    t.extend_from_slice(acpi_tables::CREATOR_ID.as_slice());
+    t.extend_from_slice(acpi_tables::CREATOR_REVISION.as_slice());
+    t.extend_from_slice(body);
+    let sum = t.iter().fold(0u8, |a, b| a.wrapping_add(*b));
+    t[9] = sum.wrapping_neg();
+    t
+}
+
+/// QEMU's arguments for a page file of `len` bytes at `page`, and the SSDT at `ssdt`.
+pub fn qemu_args(page: &Path, ssdt: &Path, spec: SsdtSpec) -> Vec<String> {
+    vec![
+        "-object".into(),
+        format!(
+            "memory-backend-file,id=vmtime-page,mem-path={},size={},share=on{}",
+            qemu_escape(page),
+            spec.len,
+            if spec.migratable { "" } else { ",readonly=on" }
+        ),
+        "-device".into(),
+        format!(
+            "ivshmem-plain,id=vmtime-ivshmem,memdev=vmtime-page,{}addr={:#x}",
+            if spec.migratable { "master=on," } else { "" },
+            spec.slot
+        ),
+        "-acpitable".into(),
+        format!("file={}", qemu_escape(ssdt)),
+    ]
+}
+
+/// A path inside a QEMU option value: commas are doubled.
+fn qemu_escape(p: &Path) -> String {
+    p.display().to_string().replace(',', ",,")
+}
+
+fn shell_quote(s: &str) -> String {
+    if s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_=,./:+@".contains(&b)) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+pub fn run(a: Args) -> Result<ExitCode> {
+    let meta = std::fs::metadata(&a.page).with_context(|| {
+        format!("page file {}: cannot read it; start `vmtime relay --guest-page` first", a.page.display())
+    })?;
+    let spec = SsdtSpec { slot: a.slot.get(), len: meta.len(), migratable: a.migratable };
+    if !meta.is_file() {
+        bail!("page file {}: not a regular file", a.page.display());
+    }
+    let table = ssdt(spec).with_context(|| format!("page file {}", a.page.display()))?;
+    let out = a.ssdt.unwrap_or_else(|| {
+        let mut s = a.page.as_os_str().to_owned();
+        s.push(".ssdt.aml");
+        PathBuf::from(s)
+    });
+    std::fs::write(&out, &table).with_context(|| format!("cannot write the SSDT to {}", out.display()))?;
+    let page = std::path::absolute(&a.page)?;
+    let out = std::path::absolute(&out)?;
+    let args = qemu_args(&page, &out, spec);
+    if a.json {
+        println!("{}", serde_json::to_string(&args)?);
+    } else {
+        for pair in args.chunks(2) {
+            println!("{} {} \\", pair[0], shell_quote(&pair[1]));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_has_a_valid_header_and_checksum() {
+        let t = ssdt(SsdtSpec { migratable: false, slot: 4, len: 4096 }).unwrap();
+        assert_eq!(&t[0..4], b"SSDT");
+        assert_eq!(u32::from_le_bytes(t[4..8].try_into().unwrap()) as usize, t.len());
+        assert_eq!(t[8], 2, "revision 2: 64-bit integers");
+        assert_eq!(t.iter().fold(0u8, |a, b| a.wrapping_add(*b)), 0, "checksum");
+        let find = |needle: &[u8]| t.windows(needle.len()).any(|w| w == needle);
+        assert!(find(b"AMZNC10C\0") && find(b"VMCLOCK\0"));
+        assert!(find(b"VT04"), "the ivshmem node is named after its slot");
+        // _ADR is slot << 16.
+        assert!(find(&[0x08, b'_', b'A', b'D', b'R', 0x0c, 0x00, 0x00, 0x04, 0x00]));
+    }
+
+    #[test]
+    fn bad_specs_are_refused() {
+        assert!(ssdt(SsdtSpec { migratable: false, slot: 0, len: 4096 }).is_err());
+        assert!(ssdt(SsdtSpec { migratable: false, slot: 32, len: 4096 }).is_err());
+        assert!(ssdt(SsdtSpec { migratable: false, slot: 4, len: 4095 }).is_err());
+        assert!(ssdt(SsdtSpec { migratable: false, slot: 4, len: 6144 }).is_err());
+        assert!(ssdt(SsdtSpec { migratable: false, slot: 4, len: 8192 }).is_ok());
+    }
+
+    #[test]
+    fn qemu_args_escape_commas() {
+        let a =
+            qemu_args(Path::new("/a,b/page"), Path::new("/t.aml"), SsdtSpec { migratable: false, slot: 5, len: 4096 });
+        assert!(a[1].contains("mem-path=/a,,b/page,size=4096,share=on,readonly=on"), "{}", a[1]);
+        assert!(a[3].ends_with("memdev=vmtime-page,addr=0x5"), "{}", a[3]);
+        // Migratable: master=on, writable (QEMU blocks migration without master=on, and an
+        // incoming migration cannot load into a read-only mapping).
+        let m = qemu_args(Path::new("/p"), Path::new("/t.aml"), SsdtSpec { migratable: true, slot: 5, len: 4096 });
+        assert!(m[1].ends_with("size=4096,share=on"), "{}", m[1]);
+        assert!(m[3].ends_with("memdev=vmtime-page,master=on,addr=0x5"), "{}", m[3]);
+        assert_eq!(shell_quote("it's"), "'it'\\''s'");
+    }
+}

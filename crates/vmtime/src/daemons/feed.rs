@@ -1,0 +1,511 @@
+//! `vmtime feed chrony|clockbound`: vmtime's page for software that already runs — chrony's
+//! SOCK refclock and ClockBound's clients (docs/INTEROP.md). The decisions are in
+//! `vmtime_core::feed`; this is the loop and the I/O. Neither command changes a clock. Their
+//! service side (systemd, metrics, SIGHUP) is crate::daemons::feed_service; their settings are the
+//! configuration's `[feed.chrony]` and `[feed.clockbound]` (crate::ops::config), flags over file.
+
+use crate::daemons::feed_service::{Service, Wake};
+use crate::ops::config::{DisruptionSupport, FeedChronySettings, FeedClockBoundSettings, Layout, LogLevel};
+use crate::ops::metrics::{cb_status_name, FeedChronyMetrics, FeedClockBoundMetrics};
+use crate::values::{Burst, DriftPpb, DurationS, FeedIntervalMs, LifeMs};
+use anyhow::Result;
+use clap::{Args as ClapArgs, Subcommand};
+use serde::Serialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+use vmclock::Snapshot;
+use vmtime_core::feed::chrony::{ChronyAction, ChronyFeed};
+use vmtime_core::feed::clockbound::{v3, CbStatus, ClockBoundConfig, ClockBoundFeed, ErrorBound, LAYOUT_V2};
+use vmtime_core::feed::{Hold, Observation};
+use vmtime_core::AbaSample;
+use vmtime_sys::clock::{aba_sample, gettime, ClockId};
+use vmtime_sys::feed::{ChronySocket, ClockBoundSegment};
+
+#[derive(ClapArgs, Debug)]
+pub struct Args {
+    #[command(subcommand)]
+    target: Target,
+}
+
+#[derive(Subcommand, Debug)]
+enum Target {
+    /// Send chrony SOCK refclock samples (chrony.conf: `refclock SOCK PATH`).
+    Chrony(ChronyArgs),
+    /// Maintain ClockBound's shared-memory segments (2.x `shm0`, 3.x `shm1`) for its unmodified clients.
+    Clockbound(ClockBoundArgs),
+}
+
+/// The flags both feeds take: each one but --config is also a key of the feed's section.
+#[derive(ClapArgs, Debug, Serialize)]
+struct Common {
+    /// The configuration file (default: /etc/vmtime/vmtime.toml, if it exists).
+    #[arg(long)]
+    #[serde(skip)]
+    config: Option<PathBuf>,
+    /// The page: a vmclock device or page file.
+    #[arg(long)]
+    source: Option<PathBuf>,
+    /// Interval between samples or updates, ms.
+    #[arg(long)]
+    interval_ms: Option<FeedIntervalMs>,
+    /// (CLOCK_REALTIME, counter, CLOCK_REALTIME) samples per measurement.
+    #[arg(long)]
+    burst: Option<Burst>,
+    /// Exit after this many seconds.
+    #[arg(long)]
+    duration_s: Option<DurationS>,
+    /// Log level: error, warn, info, debug (a line per sample or segment write) or trace.
+    #[arg(long, value_enum)]
+    log_level: Option<LogLevel>,
+    /// Serve Prometheus metrics on this loopback address (default: [metrics] listen; off).
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
+}
+
+#[derive(ClapArgs, Debug, Serialize)]
+struct ChronyArgs {
+    #[command(flatten)]
+    #[serde(flatten)]
+    common: Common,
+    /// chronyd's SOCK refclock socket: the PATH of chrony.conf's `refclock SOCK PATH` (chronyd
+    /// creates it, as root: run the feed as root).
+    #[arg(long)]
+    socket: Option<PathBuf>,
+}
+
+impl ChronyArgs {
+    /// The settings: these flags over `[feed.chrony]` over the defaults (again on SIGHUP).
+    fn settings(&self) -> Result<FeedChronySettings> {
+        crate::ops::config::feed_chrony(self.common.config.as_deref(), self)
+    }
+}
+
+#[derive(ClapArgs, Debug, Serialize)]
+struct ClockBoundArgs {
+    #[command(flatten)]
+    #[serde(flatten)]
+    common: Common,
+    /// The directory of the segments (`shm0` and/or `shm1` in it, as --layout says).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Which segments: 2 (`shm0`, ClockBound 2.x clients), 3 (`shm1`, 3.x clients) or both.
+    #[arg(long, value_enum)]
+    layout: Option<Layout>,
+    /// How long the segments stay valid without an update, ms (at least two intervals, less
+    /// than 32767 intervals).
+    #[arg(long)]
+    life_ms: Option<LifeMs>,
+    /// Drift allowed to CLOCK_REALTIME beyond the rate measured, ppb (ClockBound assumes 15 ppm).
+    #[arg(long)]
+    drift_margin_ppb: Option<DriftPpb>,
+    /// Whether clients compare the segment's marker with /dev/vmclock0's.
+    #[arg(long, value_enum)]
+    disruption_support: Option<DisruptionSupport>,
+}
+
+impl ClockBoundArgs {
+    /// The settings: these flags over `[feed.clockbound]` over the defaults (again on SIGHUP).
+    fn settings(&self) -> Result<FeedClockBoundSettings> {
+        crate::ops::config::feed_clockbound(self.common.config.as_deref(), self)
+    }
+}
+
+/// What each feed applies on SIGHUP without a restart.
+const CHRONY_LIVE: &[&str] = &["log_level", "interval_ms", "burst"];
+const CLOCKBOUND_LIVE: &[&str] = &["log_level", "interval_ms", "burst", "life_ms", "drift_margin_ppb"];
+
+pub fn run(a: Args) -> Result<ExitCode> {
+    match a.target {
+        Target::Chrony(c) => run_chrony(c),
+        Target::Clockbound(c) => run_clockbound(c),
+    }
+}
+
+fn interval_of(ms: FeedIntervalMs) -> Duration {
+    Duration::from_millis(ms.get())
+}
+
+/// The page, a measurement burst and the page again.
+struct Measurer {
+    page: crate::page::FollowedPage,
+    samples: Vec<AbaSample>,
+    /// Not read again before this, after a read found the page's writer stuck.
+    stuck_until: Option<Instant>,
+}
+
+/// A read that finds the page's writer stuck mid-update spins for the seqlock's whole wait
+/// (100 ms, as the kernel's reader): at a 10 ms interval a stuck page kept a core busy. After
+/// one, the page is not read again for this long (unless it is replaced).
+const STUCK_BACKOFF: Duration = Duration::from_secs(1);
+
+/// The measurement skipped while backing off from a stuck page (held, not logged again).
+#[derive(Debug)]
+struct StuckBackoff;
+
+impl std::fmt::Display for StuckBackoff {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the page's writer seemed stuck at the last read: waiting before reading it again")
+    }
+}
+
+impl std::error::Error for StuckBackoff {}
+
+impl Measurer {
+    fn open(path: &Path, burst: usize) -> Result<Self> {
+        let page = crate::page::FollowedPage::open(path).map_err(|e| match e.to_string() {
+            said if said.contains("(give ") => anyhow::anyhow!(said), // it says what to do already
+            said => anyhow::anyhow!(
+                "{said}: give --source the vmclock device (/dev/vmclock0, from the ptp_vmclock driver) or a page file"
+            ),
+        })?;
+        Ok(Measurer { page, samples: Vec::with_capacity(burst), stuck_until: None })
+    }
+
+    fn read(&mut self) -> Result<Snapshot> {
+        self.page.read().map_err(|e| {
+            if matches!(e, vmtime_sys::follow::FollowError::Busy { .. }) {
+                self.stuck_until = Some(Instant::now() + STUCK_BACKOFF);
+            }
+            e.into()
+        })
+    }
+
+    /// (before, after, monotonic ns), the burst left in `self.samples`. A page updated during
+    /// the burst is measured again (up to 4 times; then the core holds for this interval).
+    fn measure(&mut self, burst: usize) -> Result<(Snapshot, Snapshot, i128)> {
+        if self.page.refresh() {
+            self.stuck_until = None; // a new file: read it now
+        }
+        if self.stuck_until.is_some_and(|t| Instant::now() < t) {
+            return Err(StuckBackoff.into());
+        }
+        let mut attempt = 0;
+        loop {
+            let before = self.read()?;
+            self.samples.clear();
+            for _ in 0..burst {
+                self.samples.push(aba_sample(ClockId::Realtime)?);
+            }
+            let after = self.read()?;
+            attempt += 1;
+            if after.seq_count() == before.seq_count() || attempt == 4 {
+                return Ok((before, after, gettime(ClockId::Monotonic)?));
+            }
+        }
+    }
+}
+
+/// A page that cannot be read (truncated, replaced by junk, its writer stuck mid-update)
+/// usually stays so for a while: its error is logged when it first appears or changes, not at
+/// every interval (at 10 ms, a hundred lines a second).
+#[derive(Default)]
+struct ReadErrors {
+    last: Option<String>,
+}
+
+impl ReadErrors {
+    /// The line to log for this error, if it is news. A page whose writer seems stuck is the
+    /// same news whatever the attempts and time its message counts.
+    fn fresh(&mut self, e: &anyhow::Error) -> Option<String> {
+        if e.is::<StuckBackoff>() {
+            return None; // the stuck page, already logged
+        }
+        let line = format!("{e:#}");
+        let key = match e.downcast_ref::<vmtime_sys::follow::FollowError>() {
+            Some(vmtime_sys::follow::FollowError::Busy { path, .. }) => format!("busy {path}"),
+            _ => line.clone(),
+        };
+        (self.last.as_deref() != Some(key.as_str())).then(|| {
+            self.last = Some(key);
+            line
+        })
+    }
+
+    /// The page was read again.
+    fn clear(&mut self) {
+        self.last = None;
+    }
+}
+
+/// Logs a line when the reason for holding changes.
+fn report(last: &mut Option<Option<Hold>>, now: Option<Hold>, what: &str) {
+    if *last != Some(now) {
+        match now {
+            Some(h) => tracing::warn!("{what}: holding: {}", h.describe()),
+            None => tracing::info!("{what}: running"),
+        }
+        *last = Some(now);
+    }
+}
+
+/// Waits for the next turn, applying SIGHUPs meanwhile (`reload` re-reads the settings); the
+/// reason to stop, if it is time to.
+fn next_turn<M: crate::daemons::feed_service::FeedFigures>(
+    svc: &mut Service<M>,
+    mut reload: impl FnMut(&mut Service<M>),
+) -> Result<Option<&'static str>> {
+    loop {
+        match svc.wait()? {
+            Wake::Turn => return Ok(None),
+            Wake::Stop(why) => return Ok(Some(why)),
+            Wake::Reload => reload(svc),
+        }
+    }
+}
+
+fn run_chrony(args: ChronyArgs) -> Result<ExitCode> {
+    let mut a = args.settings()?;
+    crate::ops::logging::set_level(a.log_level);
+    let interval = interval_of(a.interval_ms);
+    let mut m = Measurer::open(&a.source, a.burst.get() as usize)?;
+    vmtime_sys::feed::check_chrony_socket_path(&a.socket)?;
+    let sock = ChronySocket::new(&a.socket)?;
+    // chronyd reads a relative path in chrony.conf from its own working directory (/).
+    let conf_path = std::path::absolute(&a.socket).unwrap_or_else(|_| a.socket.clone());
+    let mut feed = ChronyFeed::new(interval.as_nanos() as i128);
+    let mut svc =
+        Service::start(a.metrics_listen, FeedChronyMetrics::default(), interval, a.duration_s.map(DurationS::get))?;
+    tracing::info!(
+        "vmtime feed chrony: {} → {} every {} ms (chrony.conf: refclock SOCK {})",
+        a.source.display(),
+        a.socket.display(),
+        a.interval_ms,
+        conf_path.display()
+    );
+    let (mut last, mut send_failing, mut errors) = (None, None, ReadErrors::default());
+    loop {
+        let action = match m.measure(a.burst.get() as usize) {
+            Ok((before, after, mono_ns)) => {
+                errors.clear();
+                svc.m.common.page_seen(before.seq_count(), Instant::now());
+                feed.handle(&Observation { before, after, samples: &m.samples, mono_ns })
+            }
+            Err(e) => {
+                if let Some(line) = errors.fresh(&e) {
+                    tracing::warn!("{line}");
+                }
+                ChronyAction::Hold(Hold::Unreadable)
+            }
+        };
+        let status = match action {
+            ChronyAction::Send(s) => {
+                report(&mut last, None, "chrony feed");
+                match sock.send(&s.to_bytes()) {
+                    Ok(()) => {
+                        if send_failing.take().is_some() {
+                            tracing::info!("{}: chronyd receives samples again", a.socket.display());
+                        }
+                        svc.m.sent += 1;
+                        svc.m.last_sent = Some(Instant::now());
+                        svc.m.last_offset_ns = Some(s.offset * 1e9);
+                    }
+                    Err(e) => {
+                        // Logged when the cause changes (a full queue after a missing socket is
+                        // news), not at every interval.
+                        let problem = sock.diagnose(&e);
+                        if send_failing != Some(problem) {
+                            tracing::warn!("{}: {problem}", a.socket.display());
+                            send_failing = Some(problem);
+                        }
+                        svc.m.send_failures += 1;
+                    }
+                }
+                match send_failing {
+                    Some(problem) => format!("chronyd takes no sample at {}: {problem}", a.socket.display()),
+                    None => format!("sending {} to {}", a.source.display(), a.socket.display()),
+                }
+            }
+            ChronyAction::Hold(h) => {
+                report(&mut last, Some(h), "chrony feed");
+                svc.m.common.held(Some(h));
+                format!("holding: {}", h.describe())
+            }
+        };
+        svc.m.send_failing = send_failing.is_some();
+        svc.turned(&status);
+        let why = next_turn(&mut svc, |svc| {
+            if let Some((now, _)) = crate::ops::config::on_sighup("feed chrony", &a, args.settings(), CHRONY_LIVE) {
+                crate::ops::logging::set_level(now.log_level);
+                let interval = interval_of(now.interval_ms);
+                svc.set_interval(interval);
+                feed.set_interval_ns(interval.as_nanos() as i128);
+                a = now;
+            }
+        })?;
+        if let Some(why) = why {
+            tracing::info!("{why}: stopping (chronyd gets no more samples)");
+            break;
+        }
+    }
+    svc.stopping();
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The ClockBound settings of the core for the feed's settings.
+fn clockbound_config(a: &FeedClockBoundSettings, disruption_support: bool, coarse_tick_ns: i128) -> ClockBoundConfig {
+    ClockBoundConfig {
+        life_ns: a.life_ms.get() as i128 * 1_000_000,
+        drift_margin_ppb: a.drift_margin_ppb.get(),
+        disruption_support,
+        holdoff_ns: 2 * interval_of(a.interval_ms).as_nanos() as i128,
+        coarse_tick_ns,
+    }
+}
+
+/// Looks at the coarse clock's lag per interval (each three vDSO reads).
+const COARSE_LAG_LOOKS: usize = 8;
+
+fn run_clockbound(args: ClockBoundArgs) -> Result<ExitCode> {
+    let mut a = args.settings()?;
+    crate::ops::logging::set_level(a.log_level);
+    let interval = interval_of(a.interval_ms);
+    let disruption_support = match a.disruption_support {
+        DisruptionSupport::On => true,
+        DisruptionSupport::Off => false,
+        DisruptionSupport::Auto => a.source == Path::new(crate::paths::DEFAULT_GUEST_PAGE),
+    };
+    let mut m = Measurer::open(&a.source, a.burst.get() as usize)?;
+    vmtime_sys::feed::ensure_segment_dir(&a.dir)?;
+    let open = |name: &str, layout| {
+        let path = a.dir.join(name);
+        ClockBoundSegment::open_or_create_as(&path, layout)
+    };
+    let mut seg0 = if a.layout == Layout::V3 { None } else { Some(open("shm0", LAYOUT_V2)?) };
+    let mut seg1 = if a.layout == Layout::V2 { None } else { Some(open("shm1", v3::LAYOUT)?) };
+    let paths: Vec<_> = seg0.iter().chain(&seg1).map(|s| s.path().display().to_string()).collect();
+    let paths = paths.join(" and ");
+    let coarse_tick_ns = vmtime_sys::clock::getres(ClockId::MonotonicCoarse)?.clamp(1, 1_000_000_000);
+    let mut feed = ClockBoundFeed::new(clockbound_config(&a, disruption_support, coarse_tick_ns));
+    let mut svc =
+        Service::start(a.metrics_listen, FeedClockBoundMetrics::default(), interval, a.duration_s.map(DurationS::get))?;
+    // A segment left by a previous run: its marker is the last one clients were given.
+    let mut last_marker = 0;
+    if let Some(seg) = seg0.as_ref().or(seg1.as_ref()) {
+        if let Some(m) = seg.body().and_then(|b| feed.resume(&b, seg.layout())) {
+            tracing::info!(
+                "{}: continuing from generation {}, disruption marker {m}",
+                seg.path().display(),
+                seg.generation()
+            );
+            last_marker = m;
+        }
+    }
+    let mut last = None;
+    let mut errors = ReadErrors::default();
+    let mut first = true;
+    loop {
+        let cfg = feed.config();
+        // The clients' coarse clock lags the fine one: a few looks each interval keep the largest
+        // lag seen, which `as_of` allows for.
+        for _ in 0..COARSE_LAG_LOOKS {
+            if let Some(lag) = vmtime_sys::clock::coarse_lag_ns()? {
+                feed.observe_coarse_lag(lag);
+            }
+        }
+        let start = gettime(ClockId::Monotonic)?;
+        let eb = match m.measure(a.burst.get() as usize) {
+            Ok((before, after, mono_ns)) => {
+                errors.clear();
+                svc.m.common.page_seen(before.seq_count(), Instant::now());
+                let eb = feed.handle(&Observation { before, after, samples: &m.samples, mono_ns }, start);
+                if feed.last_hold.is_some() {
+                    svc.m.common.held(feed.last_hold);
+                }
+                eb
+            }
+            Err(e) => {
+                if let Some(line) = errors.fresh(&e) {
+                    tracing::warn!("{line}");
+                }
+                feed.last_hold = Some(Hold::Unreadable);
+                svc.m.common.held(Some(Hold::Unreadable));
+                let as_of = start - feed.coarse_allowance_ns();
+                ErrorBound {
+                    as_of_ns: as_of,
+                    void_after_ns: as_of + cfg.life_ns,
+                    bound_ns: 0,
+                    // Not the page's (it has none now): the last one written, so that clients
+                    // comparing markers see no false change.
+                    disruption_marker: last_marker,
+                    max_drift_ppb: 0,
+                    status: CbStatus::Unknown,
+                    disruption_support,
+                }
+            }
+        };
+        let eb3 = feed.v3(&eb);
+        seg0.iter_mut().for_each(|s| s.write(&eb.to_bytes()));
+        seg1.iter_mut().for_each(|s| s.write(&eb3.to_bytes()));
+        svc.m.written(&eb, Instant::now());
+        if let Some(t) = feed.last_terms {
+            tracing::debug!(
+                "segment generations shm0 {} shm1 {}: page seq {} counter {} maxerror {} ns, offset {} ns, pairing {} ns, span {} ns, \
+                 rounding {} ns: bound {} ns; drift {} ppb (page {}, CLOCK_REALTIME {}, margin {}); as_of {} ns \
+                 ({} ns early for the coarse clock)",
+                seg0.as_ref().map_or("-".into(), |s| s.generation().to_string()),
+                seg1.as_ref().map_or("-".into(), |s| s.generation().to_string()),
+                t.seq,
+                t.counter,
+                t.maxerror_ns,
+                t.offset_ns,
+                t.pairing_ns,
+                t.span_ns,
+                vmtime_core::feed::clockbound::ROUNDING_NS,
+                eb.bound_ns,
+                eb.max_drift_ppb,
+                t.page_rate_ppb,
+                t.realtime_rate_ppb,
+                cfg.drift_margin_ppb,
+                eb.as_of_ns,
+                feed.coarse_allowance_ns()
+            );
+        }
+        last_marker = eb.disruption_marker;
+        if first {
+            tracing::info!(
+                "vmtime feed clockbound: {} → {} every {} ms (life {} ms, disruption support {})",
+                a.source.display(),
+                paths,
+                a.interval_ms,
+                a.life_ms,
+                if disruption_support { "on" } else { "off" }
+            );
+            first = false;
+        }
+        report(&mut last, feed.last_hold, "clockbound feed");
+        let status = match feed.last_hold {
+            Some(h) => format!("writing {paths}: {} (holding: {})", cb_status_name(eb.status), h.describe()),
+            None => format!("writing {paths}: {}", cb_status_name(eb.status)),
+        };
+        svc.turned(&status);
+        let why = next_turn(&mut svc, |svc| {
+            if let Some((now, _)) =
+                crate::ops::config::on_sighup("feed clockbound", &a, args.settings(), CLOCKBOUND_LIVE)
+            {
+                crate::ops::logging::set_level(now.log_level);
+                svc.set_interval(interval_of(now.interval_ms));
+                feed.set_config(clockbound_config(&now, disruption_support, coarse_tick_ns));
+                a = now;
+            }
+        })?;
+        if let Some(why) = why {
+            if why.starts_with("SIG") {
+                // Stopped on purpose: void the segments now rather than at the end of their life.
+                let now = gettime(ClockId::MonotonicCoarse)?;
+                seg0.iter_mut().for_each(|s| {
+                    s.write(&ErrorBound { status: CbStatus::Unknown, void_after_ns: now, ..eb }.to_bytes())
+                });
+                let void = v3::ErrorBound { status: CbStatus::Unknown, void_after_ns: eb3.map.as_of_ns, ..eb3 };
+                seg1.iter_mut().for_each(|s| s.write(&void.to_bytes()));
+                tracing::info!("{why}: stopping (the segments now say Unknown)");
+            } else {
+                tracing::info!("{why}: stopping (the segments are void after their life)");
+            }
+            break;
+        }
+    }
+    svc.stopping();
+    Ok(ExitCode::SUCCESS)
+}

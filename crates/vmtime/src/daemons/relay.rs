@@ -1,0 +1,532 @@
+//! `vmtime relay`: follows a host page and publishes one guest's page in the guest's counter
+//! domain, owning its disruption marker and generation counter (see `vmtime_core::relay`).
+
+use crate::ops::config::{LogLevel, RelaySettings};
+use crate::values::*;
+use anyhow::{bail, Context, Result};
+use clap::Args as ClapArgs;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+use vmclock::seqlock::{self, PageMemory};
+use vmclock::{Mapping, WritableMapping, Writer};
+use vmtime_core::overwrite::{Guard, Verdict, Written};
+use vmtime_core::relay::{CounterMap, GuestRelay, GuestState};
+use vmtime_sys::event;
+use vmtime_sys::files::{self, LockFile, PageFile};
+use vmtime_sys::serve::{self, Poller, Reply, Server, Subscription};
+use vmtime_sys::signals::{SignalEvent, Signals};
+
+/// `vmtime relay`'s flags: each one, except the one-shot --migrated and --restored, is also a
+/// key of the configuration's `[relay]` section; a flag overrides the file.
+#[derive(ClapArgs, Debug, Serialize)]
+pub struct Args {
+    /// The configuration file (default: /etc/vmtime/vmtime.toml, if it exists).
+    #[arg(long)]
+    #[serde(skip)]
+    config: Option<PathBuf>,
+    /// The host page to follow (from `vmtime host`).
+    #[arg(long)]
+    host_page: Option<PathBuf>,
+    /// The guest page to publish (a file the VMM shares with the guest, e.g. an ivshmem backend).
+    #[arg(long)]
+    guest_page: Option<PathBuf>,
+    /// KVM's TSC offset for this guest (added after scaling, mod 2^64; negative values wrap).
+    #[arg(long)]
+    tsc_offset: Option<TscOffset>,
+    /// The TSC scaling ratio (guest ticks per host tick).
+    #[arg(long)]
+    tsc_ratio: Option<TscRatio>,
+    /// Fraction bits of KVM's ratio (Intel 48, AMD 32).
+    #[arg(long)]
+    tsc_frac_bits: Option<FracBits>,
+    /// Where the guest's markers are kept across restarts (default: guest page + ".state.json").
+    #[arg(long)]
+    state: Option<PathBuf>,
+    /// The guest has just been live-migrated in: change its disruption marker (this run only).
+    #[arg(long)]
+    #[serde(skip)]
+    migrated: bool,
+    /// The guest has just been restored from a snapshot: change both markers (this run only).
+    #[arg(long)]
+    #[serde(skip)]
+    restored: bool,
+    /// Accepted for old command lines: this relay has no way to notify the guest, so
+    /// NOTIFICATION_PRESENT is always clear (a VMM that notifies uses the library's
+    /// `GuestPageWriter::new` with its notifier). Not a configuration key.
+    #[arg(long, hide = true)]
+    #[serde(skip)]
+    no_notify: bool,
+    /// Exit after this many seconds.
+    #[arg(long)]
+    duration_s: Option<DurationS>,
+    /// Log level: error, warn, info, debug or trace.
+    #[arg(long, value_enum)]
+    log_level: Option<LogLevel>,
+    /// Serve Prometheus metrics on this loopback address (default: [metrics] listen; off).
+    #[arg(long)]
+    metrics_listen: Option<std::net::SocketAddr>,
+}
+
+impl Args {
+    /// The settings: these flags over the configuration file over the defaults. Called again on
+    /// SIGHUP: an error there keeps the old settings.
+    pub fn settings(&self) -> Result<RelaySettings> {
+        crate::ops::config::relay(self.config.as_deref(), self)
+    }
+}
+
+/// Parses an offset given on the control socket: the same rules as --tsc-offset.
+fn parse_offset(s: &str) -> Result<u64> {
+    s.parse::<TscOffset>().map(TscOffset::get).map_err(|e| anyhow::anyhow!("TSC offset {s:?}: {e}"))
+}
+
+/// The KVM map for an offset, a ratio and its fraction bits, and a notice when the ratio had to
+/// be rounded to the nearest value KVM can hold (a multiple of 2^-frac_bits). A ratio that does
+/// not fit in 64 bits with that many fraction bits is refused.
+pub fn counter_map(offset: u64, ratio: TscRatio, frac_bits: FracBits) -> Result<(CounterMap, Option<String>)> {
+    let bits = frac_bits.get();
+    let scaled = ratio.get() * 2f64.powi(bits as i32);
+    let r = scaled.round();
+    if !(r >= 1.0 && r < 2f64.powi(64)) {
+        bail!(
+            "--tsc-ratio {} with --tsc-frac-bits {bits}: the ratio must lie in [2^-{bits}, 2^{}) to fit KVM's 64-bit fixed point; lower --tsc-frac-bits",
+            ratio.get(),
+            64 - bits as u32
+        );
+    }
+    let notice = (r != scaled).then(|| {
+        format!(
+            "--tsc-ratio {} is not a multiple of 2^-{bits}: using {} ({:#x} / 2^{bits}), the nearest KVM can hold",
+            ratio.get(),
+            r / 2f64.powi(bits as i32),
+            r as u64
+        )
+    });
+    Ok((CounterMap::new(offset, r as u64, bits)?, notice))
+}
+
+/// Saves the state durably (fsync, rename, directory fsync; mode 0600) before anything that
+/// depends on it is published.
+fn save(path: &Path, st: &GuestState) -> Result<()> {
+    files::write_state(path, &serde_json::to_vec_pretty(st)?)?;
+    Ok(())
+}
+
+/// How often the guest page is compared with the relay's last write: a page overwritten by a
+/// migration or a restore is rewritten within this, whatever the host page does.
+const GUARD_EVERY: Duration = Duration::from_millis(1);
+
+struct Relay {
+    host: crate::page::FollowedPage,
+    relay: GuestRelay,
+    writer: Writer<WritableMapping>,
+    /// The guest page and the state, locked for the daemon's life (one writer each).
+    _guest_file: PageFile,
+    _state_lock: LockFile,
+    /// The state as last saved: a page that needs another one is published only after it is
+    /// on disk.
+    saved: GuestState,
+    state_path: PathBuf,
+    last_host_seq: Option<u32>,
+    relayed: u64,
+    last_latency_us: f64,
+    /// The host page cannot be read (truncated, stuck writer, invalid): the guest page keeps
+    /// its last update, whose bounds grow with time, until it can.
+    holding: bool,
+    /// A guest update the subscribers have not been told of.
+    pending_notify: Option<u32>,
+    /// SIGHUPs received (each one a reload request).
+    reload_requests: u64,
+    /// Changes re-read on SIGHUP that wait for a restart ("key = new (in force: old)").
+    restart_needed: Vec<String>,
+    /// The figures offered to the metrics server.
+    m: crate::ops::metrics::RelayMetrics,
+    /// The relay's last write into the guest page, to see another writer's.
+    guard: Guard,
+    /// Overwrites seen (the guest page written by someone else).
+    overwrites: u64,
+}
+
+impl Relay {
+    fn relay(&mut self, force: bool, woke: Instant) -> Result<()> {
+        let host = match self.host.read() {
+            Ok(h) => h,
+            Err(e) => {
+                if !std::mem::replace(&mut self.holding, true) {
+                    tracing::warn!("{e}: the guest page keeps its last update (holdover)");
+                }
+                return Ok(());
+            }
+        };
+        crate::page::warn_legacy_tai(self.host.path(), &host);
+        if !force && self.last_host_seq == Some(host.seq_count()) && !self.holding {
+            return Ok(());
+        }
+        let before = self.saved;
+        let was_unconvertible = self.relay.unconvertible();
+        // A host page the guest could not read or should not believe (vmtime_core::relay::
+        // host_fault) is not relayed: the guest page keeps its last update, as when the host
+        // page cannot be read.
+        let page = match self.relay.guest_page(&host) {
+            Ok(p) => p,
+            Err(e) => {
+                self.last_host_seq = Some(host.seq_count());
+                if !std::mem::replace(&mut self.holding, true) {
+                    tracing::warn!(
+                        "{}: {e}: the guest page keeps its last update (holdover)",
+                        self.host.path().display()
+                    );
+                }
+                return Ok(());
+            }
+        };
+        if std::mem::take(&mut self.holding) {
+            tracing::info!("the host page is usable again: relaying");
+        }
+        let unconvertible = self.relay.unconvertible();
+        if unconvertible && !was_unconvertible {
+            tracing::warn!(
+                "the host page is {} without a valid TAI offset, the guest page {}: it cannot be converted, so the guest page says UNRELIABLE until it can",
+                vmclock::abi::time_type_name(host.time_type()),
+                vmclock::abi::time_type_name(self.relay.state().constants.map_or(0, |c| c.1))
+            );
+        } else if was_unconvertible && !unconvertible {
+            tracing::info!("the host page can be converted to the guest's time type again");
+        }
+        let after = *self.relay.state();
+        if after != self.saved {
+            // Includes the host marker last relayed: a relay restarted on another host's page
+            // (or after the host's marker changed while it was down) then changes the guest's.
+            // On disk (fsync) before the page that carries it: markers never go backwards.
+            save(&self.state_path, &after)?;
+            self.saved = after;
+        }
+        let seq = self.writer.publish(&page);
+        self.guard.wrote(Written::of(&page, seq));
+        self.last_latency_us = woke.elapsed().as_secs_f64() * 1e6;
+        self.last_host_seq = Some(host.seq_count());
+        self.relayed += 1;
+        self.pending_notify = Some(seq);
+        let disrupted = before.disruption_marker != after.disruption_marker;
+        self.m.relayed_page(self.writer.memory(), self.relayed, self.last_latency_us, disrupted);
+        if (before.disruption_marker, before.vm_generation) != (after.disruption_marker, after.vm_generation) {
+            tracing::info!(
+                "guest page {seq}: disruption marker {:#x}, generation {}",
+                after.disruption_marker,
+                after.vm_generation
+            );
+        }
+        Ok(())
+    }
+
+    /// Compares the guest page with this relay's last write. A page written by someone else (QEMU
+    /// loading a migration's or a snapshot's RAM into the file) is a disruption for the guest:
+    /// a new marker and no time until the counter map is confirmed, written at once.
+    fn guard_guest_page(&mut self) -> Result<()> {
+        let look = seqlock::try_read(self.writer.memory().words()).map(|w| {
+            let mut b = [0u8; vmclock::abi::ABI_SIZE];
+            for (chunk, word) in b.chunks_exact_mut(4).zip(w) {
+                chunk.copy_from_slice(&word.to_ne_bytes());
+            }
+            b
+        });
+        let Verdict::Overwritten(o) = self.guard.look(look.as_ref()) else { return Ok(()) };
+        self.overwrites += 1;
+        self.relay.overwritten(&o);
+        tracing::warn!(
+            "the guest page was written by someone else ({}): a migration or a restore; the guest gets disruption marker {:#x} and no time until the counter map is confirmed (`migrated OFFSET` or `restored OFFSET` on the control socket)",
+            o.difference,
+            self.relay.state().disruption_marker
+        );
+        let written = self.relayed;
+        self.relay(true, Instant::now())?;
+        if self.relayed == written {
+            // The host page cannot be read (holdover): the guest still must not keep the page
+            // that was written over its own. The placeholder: the markers, UNRELIABLE, no time.
+            let after = *self.relay.state();
+            save(&self.state_path, &after)?;
+            self.saved = after;
+            let page = self.relay.placeholder().context("the guest page's constants are fixed at start")?.build();
+            let seq = self.writer.publish(&page);
+            self.guard.wrote(Written::of(&page, seq));
+            self.pending_notify = Some(seq);
+        }
+        Ok(())
+    }
+
+    /// Follows the host page's file if it was replaced, and relays the new file's page (its
+    /// seq_count says nothing against the old file's).
+    fn follow_host_file(&mut self) -> Result<()> {
+        if self.host.refresh() {
+            tracing::info!("the host page was replaced: following the new file");
+            self.relay(true, Instant::now())?;
+        }
+        Ok(())
+    }
+
+    fn status_json(&self, srv: &crate::ops::control::ServerView) -> serde_json::Value {
+        let st = *self.relay.state();
+        let g = seqlock::read(self.writer.memory(), seqlock::DEFAULT_MAX_WAIT).ok();
+        serde_json::json!({
+            "role": "relay",
+            "reload_requests": self.reload_requests,
+            "restart_needed": self.restart_needed,
+            "host_page": self.host.path().display().to_string(),
+            "state": st,
+            "relayed": self.relayed,
+            "last_host_seq": self.last_host_seq,
+            "guest_seq": g.map(|s| s.seq_count()),
+            "guest_status": g.and_then(|s| s.clock_status()).map(vmclock::abi::status_name),
+            "last_latency_us": self.last_latency_us,
+            "holdover": self.holding,
+            "map_pending": self.relay.map_pending(),
+            "overwrites": self.overwrites,
+            "subscribers": srv.subscribers,
+            "server": srv.json(),
+        })
+    }
+
+    /// The answer to one control request; a failure is answered as `{"error": …}`.
+    fn answer(&mut self, line: &str, srv: &crate::ops::control::ServerView) -> Reply {
+        match self.control(line, srv) {
+            Ok(r) => r,
+            Err(e) => Reply::Line(serve::error_json(&format!("{e:#}"))),
+        }
+    }
+
+    /// The counter map of a control request's words: none (the map in force), an offset (the
+    /// ratio in force), or an offset, a ratio and its fraction bits.
+    fn map_from(&self, words: &[&str], what: &str) -> Result<CounterMap> {
+        Ok(match words {
+            [] => self.relay.state().map,
+            [off] => CounterMap { offset: parse_offset(off)?, ..self.relay.state().map },
+            [off, ratio, bits] => {
+                let ratio = ratio.parse::<TscRatio>().map_err(|e| anyhow::anyhow!("ratio {ratio:?}: {e}"))?;
+                let bits = bits.parse::<FracBits>().map_err(|e| anyhow::anyhow!("fraction bits {bits:?}: {e}"))?;
+                counter_map(parse_offset(off)?, ratio, bits)?.0
+            }
+            _ => bail!("usage: {what} [OFFSET [RATIO FRAC_BITS]]"),
+        })
+    }
+
+    fn control(&mut self, line: &str, srv: &crate::ops::control::ServerView) -> Result<Reply> {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        Ok(match words.as_slice() {
+            ["status"] => Reply::Line(self.status_json(srv).to_string()),
+            ["subscribe"] => {
+                let seq =
+                    self.writer.memory().words()[vmclock::seqlock::SEQ_WORD].load(std::sync::atomic::Ordering::Acquire);
+                Reply::Subscribe(u32::from_le(seq).to_string())
+            }
+            ["migrated", rest @ ..] => {
+                let map = self.map_from(rest, "migrated")?;
+                self.relay.migrated_in(map);
+                self.relay(true, Instant::now())?;
+                Reply::Line(self.status_json(srv).to_string())
+            }
+            ["restored", rest @ ..] => {
+                // The map the restored guest runs under: the one given, else the one in force.
+                let map = self.map_from(rest, "restored")?;
+                self.relay.restored_from_snapshot();
+                self.relay.confirm_map(map);
+                self.relay(true, Instant::now())?;
+                Reply::Line(self.status_json(srv).to_string())
+            }
+            _ => Reply::Line(serve::error_json(
+                "unknown request: send status, subscribe, migrated [OFFSET [RATIO BITS]] or restored [OFFSET [RATIO BITS]]",
+            )),
+        })
+    }
+}
+
+/// Subscribes to the host daemon's notifications, if it answers in time.
+fn subscribe_host(host_page: &Path) -> Option<Subscription> {
+    Subscription::open(&crate::paths::socket_for(host_page), crate::ops::control::CLIENT_TIMEOUT).ok()
+}
+
+pub fn run(args: Args) -> Result<ExitCode> {
+    let mut a = args.settings()?;
+    crate::ops::logging::set_level(a.log_level);
+    let Some(guest_page) = a.guest_page.clone() else {
+        bail!("no guest page: give --guest-page PATH (or [relay] guest_page in the configuration)");
+    };
+    let host_path = a.host_page.clone().unwrap_or_else(crate::paths::find_host_page);
+    let (map, notice) = counter_map(a.tsc_offset.get(), a.tsc_ratio, a.tsc_frac_bits)?;
+    if let Some(n) = notice {
+        tracing::warn!("{n}");
+    }
+    let state_path = a.state.clone().unwrap_or_else(|| crate::paths::state_for(&guest_page));
+    files::ensure_dir_for(&guest_page)?;
+    files::ensure_dir_for(&state_path)?;
+    // One relay per state and per guest page: both locked for the daemon's life.
+    let state_lock = LockFile::acquire(&crate::paths::lock_for(&state_path))?;
+    // Only "no such file" means a first start; any other problem stops here (a lost state
+    // would silently reuse or reset the guest's markers).
+    let mut relay = match files::read_state(&state_path)? {
+        Some(bytes) => {
+            let st: GuestState = serde_json::from_slice(&bytes)
+                .with_context(|| format!("{} is not a relay state", state_path.display()))?;
+            // This relay has no way to notify the guest: NOTIFICATION_PRESENT stays clear.
+            let mut r = GuestRelay::from_state(GuestState { notify: false, ..st });
+            if st.map != map && !args.migrated {
+                tracing::warn!("the TSC map changed since the last run without --migrated: treating it as a migration");
+                r.migrated_in(map);
+            }
+            r
+        }
+        None => GuestRelay::new(map, event::random_u64()?, false),
+    };
+    if args.migrated {
+        relay.migrated_in(map);
+    }
+    if args.restored {
+        relay.restored_from_snapshot();
+        relay.confirm_map(map);
+    }
+
+    let host = crate::page::FollowedPage::open(&host_path).map_err(|e| {
+        anyhow::anyhow!("no host page to follow: {e:#} (is vmtime host running? --host-page names its page)")
+    })?;
+    // The guest page's constant fields are fixed when it is created, from the host page now
+    // (or kept from the saved state): a host restarted with another time type changes nothing.
+    let now = host.read().context("reading the host page")?;
+    let (counter_id, time_type) = relay.fix_constants(now.counter_id(), now.time_type());
+    let placeholder = relay.placeholder_for(Some(&now)).expect("the constants are fixed");
+    // The guest page is written in place (the VMM maps it): a vmclock page or a zero-filled
+    // file, or a new file (created with its constants); anything else is refused (before any
+    // state is written).
+    let (guest_file, _) = files::open_or_create_page(&guest_page, &placeholder.page_bytes())?;
+    let mem = WritableMapping::new(Mapping::map(guest_file.file(), true)?)?;
+    save(&state_path, relay.state())?;
+    let guest_socket = crate::paths::socket_for(&guest_page);
+    let mut server = Server::bind_unix(&guest_socket, 0o600, None, serve::Limits::default())?;
+    let mut signals = Signals::install()?;
+    let saved = *relay.state();
+    let mut r = Relay {
+        host,
+        relay,
+        writer: Writer::new(mem),
+        _guest_file: guest_file,
+        _state_lock: state_lock,
+        saved,
+        state_path,
+        last_host_seq: None,
+        relayed: 0,
+        last_latency_us: 0.0,
+        holding: false,
+        pending_notify: None,
+        reload_requests: 0,
+        restart_needed: Vec::new(),
+        m: Default::default(),
+        guard: Guard::new(),
+        overwrites: 0,
+    };
+    let board = crate::ops::metrics::Board::new(r.m.clone());
+    crate::ops::metrics::start(a.metrics_listen, &board)?;
+    let mut supervisor = crate::ops::systemd::Supervisor::new();
+    let st = *r.relay.state();
+    tracing::info!("vmtime relay: {} → {}", host_path.display(), guest_page.display());
+    tracing::info!("map: guest = ((host · {}) >> {}) + {:#x}", st.map.ratio, st.map.frac_bits, st.map.offset);
+    tracing::info!(
+        "guest page: counter {}, time type {} (constant for the page's life)",
+        vmclock::abi::counter_name(counter_id),
+        vmclock::abi::time_type_name(time_type)
+    );
+    tracing::info!(
+        "disruption marker {:#x}, generation {}, state {}",
+        st.disruption_marker,
+        st.vm_generation,
+        r.state_path.display()
+    );
+    tracing::info!("control socket {} (status, subscribe, migrated, restored)", guest_socket.display());
+    r.relay(true, Instant::now())?;
+
+    let mut host_sub = subscribe_host(&host_path);
+    tracing::info!("following the host by {}", if host_sub.is_some() { "notification" } else { "polling every 1 ms" });
+    let end = a.duration_s.map(|s| Instant::now() + Duration::from_secs(s.get()));
+    let mut last_file_check = Instant::now();
+    let mut last_error = String::new();
+    let mut poller = Poller::new();
+    loop {
+        poller.clear();
+        signals.register(&mut poller);
+        server.register(&mut poller);
+        let t_sub = host_sub.as_ref().map(|s| poller.add(s.fd(), serve::READABLE));
+        // Without notifications (or while they are silent) the page is polled every 1 ms; the
+        // guest page is looked at every GUARD_EVERY in any case.
+        let timeout = if host_sub.is_some() { GUARD_EVERY } else { Duration::from_millis(1).min(GUARD_EVERY) };
+        let wake = serve::earliest(Some(Instant::now() + timeout), server.next_deadline());
+        poller.wait(wake.map(|w| w.saturating_duration_since(Instant::now())))?;
+        let woke = Instant::now();
+        match signals.take(&poller) {
+            Some(SignalEvent::Terminate(name)) => {
+                tracing::info!("{name}: stopping (the guest page stays valid; the socket is removed)");
+                break;
+            }
+            Some(SignalEvent::Reload) => {
+                // Re-read and re-check the configuration (the same flags on top): the log level
+                // is applied now; the pages, the state, the counter map (constants of the guest's
+                // page) and the metrics address need a restart, and are named. A bad file keeps
+                // the settings in force.
+                r.reload_requests += 1;
+                if let Some((now, restart)) =
+                    crate::ops::config::on_sighup("relay", &a, args.settings(), &["log_level"])
+                {
+                    crate::ops::logging::set_level(now.log_level);
+                    r.restart_needed = restart;
+                    a = now;
+                }
+            }
+            None => {}
+        }
+        let notified = t_sub.is_some_and(|t| poller.readable(t));
+        if notified && !host_sub.as_mut().is_some_and(|s| s.drain()) {
+            tracing::warn!("the host daemon went away: polling the page");
+            host_sub = None;
+        }
+        // A publisher that stays silent is not trusted to notify: the page is read anyway.
+        let silent = host_sub.as_ref().is_none_or(|s| s.last_notified().elapsed() >= Duration::from_secs(2));
+        let mut result = r.guard_guest_page();
+        if notified || silent {
+            result = result.and(r.relay(false, woke));
+        }
+        let view = crate::ops::control::ServerView::of(&server);
+        server.handle(&poller, |line| r.answer(line, &view));
+        if last_file_check.elapsed() >= Duration::from_secs(1) {
+            last_file_check = Instant::now();
+            result = result.and(r.follow_host_file());
+            if host_sub.is_none() {
+                host_sub = subscribe_host(&host_path);
+            }
+        }
+        if let Some(seq) = r.pending_notify.take() {
+            server.notify(seq);
+        }
+        // A failure (the state cannot be saved: the page that needs it is not published) is
+        // logged once per cause; the guest page holds over until it works again.
+        match result {
+            Err(e) if format!("{e:#}") != last_error => {
+                last_error = format!("{e:#}");
+                tracing::error!("cannot relay: {last_error}");
+            }
+            Err(_) => {}
+            Ok(()) => last_error.clear(),
+        }
+        r.m.holdover = r.holding;
+        r.m.subscribers = server.subscribers();
+        r.m.subscribers_dropped = server.stats().dropped_subscribers;
+        board.offer(&r.m);
+        if r.relayed > 0 {
+            supervisor.ready(&format!("relaying {} to {}", host_path.display(), guest_page.display()));
+        }
+        supervisor.tick();
+        if end.is_some_and(|e| Instant::now() >= e) {
+            break;
+        }
+    }
+    supervisor.stopping();
+    drop(server); // removes our socket (only if it is still ours)
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,875 @@
+//! `vmtime sync`: keeps this guest's CLOCK_REALTIME locked to a vmclock page (see
+//! `vmtime_core::sync`). With `--dry-run` it prints what it would do and changes nothing: the only
+//! mode to use on a machine whose clock must not be touched.
+
+use crate::ops::config::{LogLevel, SyncSettings, Timescale};
+use crate::values::*;
+use anyhow::{bail, Context, Result};
+use clap::Args as ClapArgs;
+use serde::Serialize;
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+use vmclock::abi::{self, flags};
+use vmtime_core::rival::{ClockWatch, Interference};
+use vmtime_core::sync::{
+    gives_time, sample_under_page, Discipline, MarkerWatch, NotifyCheck, SyncAction, SyncConfig, SyncObservation,
+    Wakeup,
+};
+use vmtime_sys::clock::{aba_sample, tightest, ClockId};
+use vmtime_sys::files;
+use vmtime_sys::serve::{self, Poller, Reply, Server, Subscription};
+use vmtime_sys::signals::{SignalEvent, Signals};
+
+/// `vmtime sync`'s flags: each one is also a key of the configuration's `[sync]` section; a flag
+/// overrides the file.
+#[derive(ClapArgs, Debug, Serialize)]
+pub struct Args {
+    /// The configuration file (default: /etc/vmtime/vmtime.toml, if it exists).
+    #[arg(long)]
+    #[serde(skip)]
+    config: Option<PathBuf>,
+    /// The source: a vmclock device or page file (default: the first /dev/vmclock*).
+    #[arg(long)]
+    source: Option<PathBuf>,
+    /// Print the actions instead of applying them: nothing is changed.
+    #[arg(long)]
+    dry_run: bool,
+    /// Interval between observations without notification, ms.
+    #[arg(long)]
+    interval_ms: Option<IntervalMs>,
+    /// Step instead of slewing when the offset exceeds this during the first updates, ns
+    /// (chrony's makestep).
+    #[arg(long)]
+    makestep_ns: Option<MakestepNs>,
+    /// How many first updates may step, by any amount (a changed disruption marker or VM
+    /// generation allows that too).
+    #[arg(long)]
+    makestep_updates: Option<MakestepUpdates>,
+    /// Outside start-up, a marker change and the return from holdover, an offset larger than
+    /// this (a page gone wrong or hostile) is refused and the clock holds over, s (steps of
+    /// 0.001; default 2: a missed leap second is still corrected). Applied live on SIGHUP.
+    #[arg(long)]
+    max_step_s: Option<MaxStepS>,
+    /// Command run (by sh -c) when the VM generation changes: reseed entropy, reset connections.
+    #[arg(long)]
+    hook: Option<String>,
+    /// Control socket (default: sync.sock beside the host page's default).
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// Exit after this many seconds.
+    #[arg(long)]
+    duration_s: Option<DurationS>,
+    /// The timescale of a PHC source, used only when the machine cannot tell: its vmclock page,
+    /// the kernel's timescale attribute and a driver of fixed timescale (ptp_kvm: UTC) come first.
+    #[arg(long, value_enum)]
+    phc_timescale: Option<Timescale>,
+    /// TAI − UTC in s (positive: 37), to read a TAI PHC when neither the kernel (adjtimex) nor
+    /// the page has it.
+    #[arg(long)]
+    tai_offset: Option<TaiUtcS>,
+    /// Log level: error, warn, info, debug or trace.
+    #[arg(long, value_enum)]
+    log_level: Option<LogLevel>,
+    /// Serve Prometheus metrics on this loopback address (default: [metrics] listen; off).
+    #[arg(long)]
+    metrics_listen: Option<std::net::SocketAddr>,
+    /// Start even while another time daemon (chronyd, ntpd, systemd-timesyncd, …) runs or the
+    /// kernel's PLL is on, and keep running when another process changes the clock's state.
+    #[arg(long)]
+    allow_other_daemon: bool,
+}
+
+impl Args {
+    /// The settings: these flags over the configuration file over the defaults. Called again on
+    /// SIGHUP: an error there keeps the old settings.
+    pub fn settings(&self) -> Result<SyncSettings> {
+        crate::ops::config::sync(self.config.as_deref(), self)
+    }
+}
+
+/// What `vmtime sync` applies on SIGHUP following a vmclock page: the log level, the step policy
+/// and its limits, the interval and the hook. The source, the socket, `dry_run` (never switched
+/// to changing the clock behind the operator's back), the run time, the PHC's timescale and
+/// TAI offset and the metrics address need a restart.
+const LIVE: &[&str] = &["log_level", "interval_ms", "makestep_ns", "makestep_updates", "max_step_s", "hook"];
+/// On a PHC source (or markers only) only the log level is applied live.
+const LIVE_PHC: &[&str] = &["log_level"];
+
+/// SIGHUP: re-reads and re-checks the configuration. The keys in `live` that changed are
+/// applied (the returned settings are those now in force, with the list of changes still
+/// needing a restart); the others are named in the log line as needing a restart. A bad file
+/// keeps the settings in force (None).
+fn reload(args: &Args, current: &SyncSettings, live: &[&str]) -> Option<(SyncSettings, Vec<String>)> {
+    let got = crate::ops::config::on_sighup("sync", current, args.settings(), live);
+    if let Some((now, _)) = &got {
+        crate::ops::logging::set_level(now.log_level);
+    }
+    got
+}
+
+/// The discipline's settings from `vmtime sync`'s.
+fn discipline_config(a: &SyncSettings) -> SyncConfig {
+    SyncConfig {
+        step_threshold_ns: a.makestep_ns.get() as i64,
+        step_updates: a.makestep_updates.get(),
+        interval_ns: a.interval_ms.get() as i128 * 1_000_000,
+        max_step_ns: (a.max_step_s.fine() as i64).saturating_mul(1_000_000),
+        ..SyncConfig::default()
+    }
+}
+
+/// A pure PHC, if there is one.
+fn find_phc() -> Option<vmtime_sys::phc::PhcInfo> {
+    vmtime_sys::phc::list().into_iter().find(|i| vmtime_core::phc::pure_source(&i.clock_name).is_some())
+}
+
+fn timescale_of(t: Option<Timescale>) -> Option<vmtime_core::phc::PhcTimescale> {
+    use vmtime_core::phc::PhcTimescale;
+    t.map(|t| match t {
+        Timescale::Utc => PhcTimescale::Utc,
+        Timescale::Tai => PhcTimescale::Tai,
+    })
+}
+
+/// Runs the hook for a new VM generation (prints it in a dry run).
+fn run_hook(hook: &Option<String>, dry_run: bool) {
+    if dry_run {
+        println!("dry run: would {}", describe(&SyncAction::RunHook));
+    } else if let Some(h) = hook {
+        tracing::info!("VM generation changed: running {h}");
+        let _ = std::process::Command::new("sh").arg("-c").arg(h).status();
+    }
+}
+
+/// The PHC path: measurements every interval, the PI servo, the same actions. `markers` is a
+/// vmclock page that carries markers only (QEMU, Firecracker): its VM generation runs the hook
+/// and its disruption marker makes the next measurement step.
+fn run_phc(
+    a: &SyncSettings,
+    args: &Args,
+    info: vmtime_sys::phc::PhcInfo,
+    markers: Option<crate::page::FollowedPage>,
+) -> Result<ExitCode> {
+    use vmtime_core::phc::{decide_timescale, pure_source, read_best, PhcServo, PhcServoConfig, PhcSourceState};
+    let dev = info.dev.clone();
+    let clock_name = info.clock_name.clone();
+    let mut d = vmtime_sys::phc::PhcFile::open(&dev).with_context(|| format!("cannot open {}", dev.display()))?;
+    // The page of the vmclock device that registered this PHC, if any: its status, TAI − UTC,
+    // and a reading against it decide the PHC's timescale.
+    let own_page = vmtime_sys::phc::vmclock_device(&info, std::path::Path::new("/dev"))
+        .and_then(|p| vmclock::Mapping::open(&p).ok());
+    let kernel = kernel_state(a.dry_run)?;
+    let facts = vmtime_core::phc::TimescaleFacts {
+        attribute: None, // no released kernel has the PTP timescale attributes yet
+        page: own_page.as_ref().and_then(|m| vmtime_sys::phc::compare_with_page(&mut d, m, kernel.tai)),
+        driver: pure_source(&clock_name).flatten(),
+        configured: timescale_of(a.phc_timescale),
+    };
+    let (timescale, by) = match decide_timescale(&facts) {
+        Ok(t) => t,
+        Err(e) => bail!("{} ({clock_name}): {e}", dev.display()),
+    };
+    let scale = match timescale {
+        vmtime_core::phc::PhcTimescale::Utc => "UTC",
+        vmtime_core::phc::PhcTimescale::Tai => "TAI",
+    };
+    if facts.configured.is_some_and(|c| c != timescale) {
+        tracing::warn!("{}: --phc-timescale ignored: {by} shows the PHC keeps {scale}", dev.display());
+    }
+    let mut servo = PhcServo::new(PhcServoConfig { timescale, ..PhcServoConfig::default() });
+    tracing::info!(
+        "vmtime sync: {} ({clock_name}, {scale} by {by}) → CLOCK_REALTIME{}",
+        dev.display(),
+        if a.dry_run { " (dry run: nothing is changed)" } else { "" }
+    );
+    if let Some(m) = &markers {
+        tracing::info!("{} carries markers only: watching them for the hook and for steps", m.path().display());
+    }
+    let interval = Duration::from_millis(a.interval_ms.get());
+    let end = a.duration_s.map(|d| Instant::now() + Duration::from_secs(d.get()));
+    let mut signals = Signals::install()?;
+    let mut poller = Poller::new();
+    let mut watch = MarkerWatch::default();
+    let mut rival = (!a.allow_other_daemon).then(ClockWatch::new);
+    let mut fig =
+        crate::ops::metrics::SyncMetrics { dry_run: a.dry_run, state: Some("starting"), ..Default::default() };
+    let board = crate::ops::metrics::Board::new(fig.clone());
+    crate::ops::metrics::start(a.metrics_listen, &board)?;
+    let mut supervisor = crate::ops::systemd::Supervisor::new();
+    let mut printed = String::new();
+    let mut say = |act: &SyncAction, offset: f64, how: &str| {
+        let line = format!("dry run: would {} (offset {offset:+.1} ns{how})", describe(act));
+        if matches!(act, SyncAction::Step { .. }) || line != printed {
+            println!("{line}");
+            printed = line;
+        }
+    };
+    while end.is_none_or(|e| Instant::now() < e) {
+        let tx = kernel_state(a.dry_run)?;
+        if let Some(w) = &mut rival {
+            if let Err(i) = w.check(&tx) {
+                return stopped_by(Interfered(i).into());
+            }
+        }
+        if let Some(m) = &markers {
+            if let Ok(p) = m.read() {
+                let c = watch.observe(&p);
+                if c.disrupted {
+                    tracing::info!("disruption marker changed: {:#x}; stepping from the PHC", p.disruption_marker());
+                    servo.disrupted();
+                }
+                if c.new_generation {
+                    run_hook(&a.hook, a.dry_run);
+                }
+            }
+        }
+        let page = own_page.as_ref().and_then(|m| vmclock::seqlock::read(m, vmclock::seqlock::DEFAULT_MAX_WAIT).ok());
+        servo.set_source(PhcSourceState::from_facts(page.as_ref(), tx.tai, a.tai_offset.map(TaiUtcS::get)));
+        let actions = match read_best(&mut d, 25) {
+            Ok((m, _)) => {
+                let acts = servo.handle_measurement(&m, tx.tick, tx.freq, interval.as_secs_f64());
+                fig.phc_measured(servo.last_offset_ns);
+                if a.dry_run {
+                    for act in &acts {
+                        let how = match m.method {
+                            vmtime_core::phc::Method::Precise => " by PTP_SYS_OFFSET_PRECISE",
+                            vmtime_core::phc::Method::Extended => " by PTP_SYS_OFFSET_EXTENDED",
+                            vmtime_core::phc::Method::Basic => " by PTP_SYS_OFFSET",
+                        };
+                        say(act, servo.last_offset_ns, how);
+                    }
+                }
+                acts
+            }
+            Err(failed) => {
+                let first = failed.first().map(|(_, e)| e.as_str()).unwrap_or("no reading");
+                tracing::warn!("{}: no reading method works ({first}): holdover", dev.display());
+                servo.handle_failure(tx.maxerror_us, tx.esterror_us)
+            }
+        };
+        for act in actions {
+            fig.phc_action(&act);
+            if a.dry_run {
+                say(&act, servo.last_offset_ns, "");
+            } else {
+                vmtime_sys::timex::apply(&act).with_context(|| format!("cannot {}", describe(&act)))?;
+                if let Some(w) = &mut rival {
+                    w.applied(&act);
+                }
+            }
+        }
+        board.offer(&fig);
+        if fig.updates > 0 {
+            supervisor.ready(&format!("following {}", dev.display()));
+        }
+        supervisor.tick();
+        // The wait between measurements is also where signals arrive.
+        poller.clear();
+        signals.register(&mut poller);
+        poller.wait(Some(interval))?;
+        match signals.take(&poller) {
+            Some(SignalEvent::Terminate(name)) => {
+                tracing::info!("{name}: stopping (the clock is left as it is)");
+                break;
+            }
+            Some(SignalEvent::Reload) => {
+                let _ = reload(args, a, LIVE_PHC);
+            }
+            None => {}
+        }
+    }
+    supervisor.stopping();
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A page with markers only and no PHC on this machine: no time source. The markers are still
+/// watched and the hook run; the clock is left alone.
+fn run_markers_only(
+    a: &SyncSettings,
+    args: &Args,
+    mut page: crate::page::FollowedPage,
+    socket: PathBuf,
+) -> Result<ExitCode> {
+    let mut server = Server::bind_unix(&socket, 0o600, None, serve::Limits::default())?;
+    let mut signals = Signals::install()?;
+    let interval = Duration::from_millis(a.interval_ms.get());
+    tracing::info!(
+        "vmtime sync: {} carries markers only and this machine has no PHC: no time source; watching its disruption_marker and vm_generation_counter{}",
+        page.path().display(),
+        if a.hook.is_some() { " for the hook" } else { "" }
+    );
+    tracing::info!("control socket {}", socket.display());
+    let end = a.duration_s.map(|d| Instant::now() + Duration::from_secs(d.get()));
+    let mut watch = MarkerWatch::default();
+    let mut hooks = 0u64;
+    let mut last = None;
+    let mut poller = Poller::new();
+    let mut next = Instant::now();
+    while end.is_none_or(|e| Instant::now() < e) {
+        if Instant::now() >= next {
+            next = Instant::now() + interval;
+            page.refresh();
+            if let Ok(p) = page.read() {
+                let c = watch.observe(&p);
+                if c.disrupted {
+                    tracing::info!(
+                        "disruption marker changed: {:#x} (no time source to step from)",
+                        p.disruption_marker()
+                    );
+                }
+                if c.new_generation {
+                    hooks += 1;
+                    run_hook(&a.hook, a.dry_run);
+                }
+                last = Some(p);
+            }
+        }
+        let wake = serve::earliest(Some(next), server.next_deadline());
+        poller.clear();
+        signals.register(&mut poller);
+        server.register(&mut poller);
+        poller.wait(wake.map(|w| w.saturating_duration_since(Instant::now())))?;
+        match signals.take(&poller) {
+            Some(SignalEvent::Terminate(name)) => {
+                tracing::info!("{name}: stopping (the socket is removed)");
+                break;
+            }
+            Some(SignalEvent::Reload) => {
+                let _ = reload(args, a, LIVE_PHC);
+            }
+            None => {}
+        }
+        let status = serde_json::json!({
+            "role": "sync",
+            "source": page.path().display().to_string(),
+            "dry_run": a.dry_run,
+            "lock": LOCK.get(),
+            "discipline": { "state": "no time source (markers only)" },
+            "disruption_marker": last.map(|p| p.disruption_marker()),
+            "vm_generation_counter": last.and_then(|p| p.vm_generation_counter()),
+            "hooks_run": hooks,
+        });
+        server.handle(&poller, |line| match line.trim() {
+            "status" => Reply::Line(status.to_string()),
+            _ => Reply::Line(serve::error_json("unknown request: send status")),
+        });
+    }
+    drop(server); // removes our socket (only if it is still ours)
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The device's notifications, checked: a 6.13–6.19 driver's `poll()` is always readable.
+struct DeviceNotes {
+    device: Option<File>,
+    check: NotifyCheck,
+    /// The seq_count the device's read() last returned (what the driver's poll() compares with).
+    acked: Option<u32>,
+}
+
+impl DeviceNotes {
+    /// The device was readable: acknowledges with read() and says whether the page changed.
+    /// `seq_now` reads the page's seq_count when read() fails. After [`NotifyCheck::LIMIT`]
+    /// readable wake-ups in a row with nothing new, the device is no longer polled.
+    fn readable(&mut self, seq_now: impl Fn() -> u32) -> bool {
+        let Some(d) = &self.device else { return false };
+        // read() acknowledges this seq_count to the driver and says which it is: the driver's
+        // poll() wakes a file only for a seq other than the one it last read.
+        let mut buf = [0u8; abi::ABI_SIZE];
+        let seq = match d.read_at(&mut buf, 0) {
+            Ok(n) if n >= 16 => u32::from_le_bytes([buf[12], buf[13], buf[14], buf[15]]),
+            _ => seq_now(),
+        };
+        let last = self.acked.replace(seq);
+        match self.check.readable(last, seq) {
+            Wakeup::Update => true,
+            Wakeup::Spurious => false,
+            Wakeup::NoPoll => {
+                tracing::warn!(
+                    "the vmclock driver's poll() is always readable (Linux 6.13–6.19 has no .poll): observing on the interval instead"
+                );
+                self.device = None;
+                false
+            }
+        }
+    }
+}
+
+/// The first vmclock device, if any.
+fn find_device() -> Option<PathBuf> {
+    (0..8).map(|i| PathBuf::from(format!("/dev/vmclock{i}"))).find(|p| p.exists())
+}
+
+fn describe(a: &SyncAction) -> String {
+    match *a {
+        SyncAction::Step { delta_ns } => format!("step CLOCK_REALTIME by {:+.3} µs", delta_ns as f64 / 1e3),
+        SyncAction::SetFrequency { tick, freq } => {
+            format!("set tick {tick} and frequency {:+.6} ppm", freq as f64 / 65536.0)
+        }
+        SyncAction::SetTai(t) => format!("set the TAI offset to {t} s"),
+        SyncAction::SetState { insert, delete, synchronized, maxerror_us, esterror_us } => format!(
+            "set {}{}{}, maxerror {maxerror_us} µs, esterror {esterror_us} µs",
+            if synchronized { "synchronised (STA_UNSYNC clear)" } else { "unsynchronised (STA_UNSYNC)" },
+            if insert { ", STA_INS (leap second at midnight)" } else { "" },
+            if delete { ", STA_DEL (leap second deleted at midnight)" } else { "" }
+        ),
+        SyncAction::RunHook => "run the generation hook".into(),
+    }
+}
+
+struct Sync {
+    page: crate::page::FollowedPage,
+    notes: DeviceNotes,
+    discipline: Discipline,
+    dry_run: bool,
+    hook: Option<String>,
+    applied: u64,
+    last_marker: Option<u64>,
+    /// Dry run: the last line printed for each kind of action (only changes are printed).
+    printed: std::collections::HashMap<std::mem::Discriminant<SyncAction>, String>,
+    /// SIGHUPs received (each one a reload request).
+    reload_requests: u64,
+    /// Changes re-read on SIGHUP that wait for a restart ("key = new (in force: old)").
+    restart_needed: Vec<String>,
+    /// Observations redone because the page changed while their samples were taken.
+    redone: u64,
+    /// The figures offered to the metrics server.
+    m: crate::ops::metrics::SyncMetrics,
+    /// Changes to the kernel's NTP state that this daemon did not make.
+    rival: Option<ClockWatch>,
+}
+
+impl Sync {
+    fn apply(&mut self, actions: Vec<SyncAction>) -> Result<()> {
+        for a in actions {
+            self.applied += 1;
+            if self.dry_run {
+                // The kernel is not changed, so the same action comes back: print changes only.
+                let line = describe(&a);
+                let kind = std::mem::discriminant(&a);
+                if matches!(a, SyncAction::Step { .. } | SyncAction::RunHook) || self.printed.get(&kind) != Some(&line)
+                {
+                    println!("dry run: would {line}");
+                    self.printed.insert(kind, line);
+                }
+                continue;
+            }
+            match a {
+                SyncAction::RunHook => run_hook(&self.hook, false),
+                a => {
+                    vmtime_sys::timex::apply(&a).with_context(|| {
+                        format!("cannot {} (vmtime sync needs CAP_SYS_TIME; use --dry-run to watch)", describe(&a))
+                    })?;
+                    if let Some(w) = &mut self.rival {
+                        w.applied(&a);
+                    }
+                }
+            }
+            if matches!(a, SyncAction::Step { .. }) {
+                tracing::info!("{}", describe(&a));
+            }
+        }
+        Ok(())
+    }
+
+    /// Logs what the discipline refused (a source beyond the kernel's range, a step beyond the
+    /// limit) and when it recovers.
+    fn log_notices(&mut self) {
+        for n in self.discipline.take_notices() {
+            match n {
+                vmtime_core::sync::SyncNotice::Recovered => tracing::info!("{}: {n}", self.page.path().display()),
+                _ => tracing::warn!("{}: {n}", self.page.path().display()),
+            }
+        }
+    }
+
+    fn observe(&mut self) -> Result<()> {
+        self.page.refresh();
+        let kernel = kernel_state(self.dry_run)?;
+        if let Some(w) = &mut self.rival {
+            w.check(&kernel).map_err(Interfered)?;
+        }
+        // A page that cannot be read (a truncated file, a stuck writer) is a lost source:
+        // holdover, never a crash. The samples are paired with the page that was current while
+        // they were taken: if the seq_count moved meanwhile, the observation is taken again.
+        let page_src = &self.page;
+        let mut tries = 0u64;
+        let got = sample_under_page(
+            4,
+            || {
+                tries += 1;
+                page_src.read().map_err(anyhow::Error::from)
+            },
+            || -> Result<_> {
+                let raw = tightest(ClockId::MonotonicRaw, 16)?;
+                let samples = (0..64).map(|_| aba_sample(ClockId::Realtime)).collect::<std::io::Result<Vec<_>>>()?;
+                Ok((raw, samples))
+            },
+            || page_src.read().map_or(u32::MAX, |p| p.seq_count()),
+        );
+        self.redone += tries.saturating_sub(1);
+        let (page, (raw, samples)) = match got {
+            Ok(Some((p, s))) if gives_time(&p, vmclock::counter::NATIVE) => (p, s),
+            Ok(_) | Err(_) => {
+                let a = self.discipline.handle_source_lost(&kernel);
+                self.log_notices();
+                self.m.discipline(self.discipline.status(), false);
+                return self.apply(a);
+            }
+        };
+        if self.last_marker.is_some_and(|m| m != page.disruption_marker()) {
+            tracing::warn!(
+                "disruption marker changed: {:#x} → {:#x}",
+                self.last_marker.unwrap_or(0),
+                page.disruption_marker()
+            );
+        }
+        self.last_marker = Some(page.disruption_marker());
+        crate::page::warn_legacy_tai(self.page.path(), &page);
+        let a = self.discipline.handle_observation(&SyncObservation { page, raw, samples: &samples, kernel });
+        self.log_notices();
+        self.m.discipline(self.discipline.status(), true);
+        self.apply(a)
+    }
+
+    fn status_json(&self) -> serde_json::Value {
+        let page = self.page.read().ok();
+        serde_json::json!({
+            "role": "sync",
+            "reload_requests": self.reload_requests,
+            "restart_needed": self.restart_needed,
+            "step_policy": self.discipline.config(),
+            "source": self.page.path().display().to_string(),
+            "dry_run": self.dry_run,
+            "lock": LOCK.get(),
+            "discipline": self.discipline.status(),
+            "source_status": page.and_then(|p| p.clock_status()).map(abi::status_name),
+            "disruption_marker": page.map(|p| p.disruption_marker()),
+            "vm_generation_counter": page.and_then(|p| p.vm_generation_counter()),
+            "notified": self.notes.device.is_some(),
+            "observations_redone": self.redone,
+        })
+    }
+}
+
+/// Another process changed the kernel's NTP state.
+#[derive(Debug)]
+struct Interfered(Interference);
+
+impl std::fmt::Display for Interfered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: vmtime sync stops so that two daemons do not fight over the clock; stop the other one, or \
+             run vmtime sync with --allow-other-daemon",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for Interfered {}
+
+/// Exit status when another daemon is in the way (the unit does not restart on it).
+pub const EXIT_OTHER_DAEMON: u8 = 3;
+
+/// Ends the daemon: with [`EXIT_OTHER_DAEMON`] for interference, else the error.
+fn stopped_by(e: anyhow::Error) -> Result<ExitCode> {
+    match e.downcast_ref::<Interfered>() {
+        Some(i) => {
+            tracing::error!("{i}");
+            Ok(ExitCode::from(EXIT_OTHER_DAEMON))
+        }
+        None => Err(e),
+    }
+}
+
+/// The kernel's NTP state. In a dry run it is advisory (nothing is changed): a read refused by a
+/// seccomp filter (a container) is said once and the discipline sees an unsynchronised kernel
+/// (`KernelTimex::unreadable`). Otherwise a refusal is an error naming the call, the cause and
+/// the fix: the discipline cannot run without it.
+fn kernel_state(dry_run: bool) -> Result<vmtime_core::kernel::KernelTimex> {
+    static READER: std::sync::Mutex<vmtime_sys::AdvisoryTimex> =
+        std::sync::Mutex::new(vmtime_sys::AdvisoryTimex::new());
+    if !dry_run {
+        return Ok(vmtime_sys::read_timex()?);
+    }
+    let (tx, refused) = READER.lock().unwrap_or_else(|p| p.into_inner()).read()?;
+    if let Some(e) = refused {
+        tracing::warn!("{e}");
+        tracing::warn!(
+            "dry run: going on as if the kernel clock were unsynchronised (its state is unknown; \
+             the checks for another time daemon's changes see nothing)"
+        );
+    }
+    Ok(tx)
+}
+
+/// Refuses to start next to another time daemon (a dry run only warns: it changes nothing).
+fn check_rivals(a: &SyncSettings) -> Result<Option<ExitCode>> {
+    if a.allow_other_daemon {
+        return Ok(None);
+    }
+    let procs = vmtime_sys::procs::list().context("cannot list the processes in /proc")?;
+    match vmtime_core::rival::may_start(&procs, &kernel_state(a.dry_run)?) {
+        Ok(()) => Ok(None),
+        Err(r) if a.dry_run => {
+            tracing::warn!("{r} (dry run: going on, nothing is changed)");
+            Ok(None)
+        }
+        Err(r) => {
+            tracing::error!("vmtime sync does not start: {r}");
+            Ok(Some(ExitCode::from(EXIT_OTHER_DAEMON)))
+        }
+    }
+}
+
+/// The single-instance lock of a real sync, held while it runs (its path, for the status).
+static LOCK: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// A real sync takes the exclusive lock in its runtime directory, or says which pid holds it; a
+/// dry run changes nothing and takes none (its status says `"lock": null`).
+fn take_lock(a: &SyncSettings) -> Result<Result<Option<files::LockFile>, ExitCode>> {
+    if a.dry_run {
+        return Ok(Ok(None));
+    }
+    take_lock_at(&crate::paths::sync_lock())
+}
+
+fn take_lock_at(path: &std::path::Path) -> Result<Result<Option<files::LockFile>, ExitCode>> {
+    files::ensure_dir_for(path)?;
+    match files::LockFile::acquire(path) {
+        Ok(l) => {
+            let _ = LOCK.set(path.display().to_string());
+            Ok(Ok(Some(l)))
+        }
+        Err(files::FileError::Locked { path, holder }) => {
+            tracing::error!("vmtime sync does not start: another vmtime sync ({holder}) holds {path}; stop it first");
+            Ok(Err(ExitCode::from(EXIT_OTHER_DAEMON)))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub fn run(args: Args) -> Result<ExitCode> {
+    let mut a = args.settings()?;
+    crate::ops::logging::set_level(a.log_level);
+    if let Some(code) = check_rivals(&a)? {
+        return Ok(code);
+    }
+    let _lock = match take_lock(&a)? {
+        Ok(l) => l,
+        Err(code) => return Ok(code),
+    };
+    // --source auto: a vmclock device first, then a pure PHC; or the path given.
+    let source = match a.source.clone().or_else(find_device) {
+        Some(s) => s,
+        None => match find_phc() {
+            Some(info) => return run_phc(&a, &args, info, None),
+            None => bail!("no source here: no /dev/vmclock* and no pure PHC (ptp_kvm, VMclock, hyperv, VMware, virtio-rtc, s390); give --source PAGE"),
+        },
+    };
+    if source.to_string_lossy().starts_with("/dev/ptp") {
+        let info = vmtime_sys::phc::list().into_iter().find(|i| i.dev == source).unwrap_or(vmtime_sys::phc::PhcInfo {
+            dev: source.clone(),
+            clock_name: String::new(),
+            driver: None,
+        });
+        return run_phc(&a, &args, info, None);
+    }
+    let page = crate::page::FollowedPage::open(&source)?;
+    let first = page.read()?;
+    let socket = match a.socket.clone() {
+        Some(s) => s,
+        None => {
+            files::ensure_private_dir(&crate::paths::sync_dir(a.dry_run))?;
+            crate::paths::sync_socket(a.dry_run)
+        }
+    };
+    if !gives_time(&first, vmclock::counter::NATIVE) {
+        // Markers only (QEMU, Firecracker: counter INVALID, status UNKNOWN): time from a PHC if
+        // there is one, the markers from the page either way.
+        return match find_phc() {
+            Some(info) => run_phc(&a, &args, info, Some(page)),
+            None => run_markers_only(&a, &args, page, socket),
+        };
+    }
+    // Notification: the device's poll() (read() acknowledges), or a publisher's socket.
+    let is_device = page.reader().is_device();
+    let device = (is_device && first.has(flags::NOTIFICATION_PRESENT)).then(|| File::open(&source)).transpose()?;
+    let subscribe = || Subscription::open(&crate::paths::socket_for(&source), crate::ops::control::CLIENT_TIMEOUT).ok();
+    let mut sub = if is_device { None } else { subscribe() };
+    let mut server = Server::bind_unix(&socket, 0o600, None, serve::Limits::default())?;
+    let mut signals = Signals::install()?;
+    let cfg = discipline_config(&a);
+    let mut s = Sync {
+        page,
+        notes: DeviceNotes { device, check: NotifyCheck::default(), acked: None },
+        discipline: Discipline::new(cfg),
+        dry_run: a.dry_run,
+        hook: a.hook.clone(),
+        applied: 0,
+        last_marker: None,
+        printed: Default::default(),
+        reload_requests: 0,
+        restart_needed: Vec::new(),
+        redone: 0,
+        m: crate::ops::metrics::SyncMetrics { dry_run: a.dry_run, ..Default::default() },
+        rival: (!a.allow_other_daemon).then(ClockWatch::new),
+    };
+    let board = crate::ops::metrics::Board::new(s.m.clone());
+    crate::ops::metrics::start(a.metrics_listen, &board)?;
+    let mut supervisor = crate::ops::systemd::Supervisor::new();
+    tracing::info!(
+        "vmtime sync: {} → CLOCK_REALTIME{}",
+        source.display(),
+        if a.dry_run { " (dry run: nothing is changed)" } else { "" }
+    );
+    tracing::info!(
+        "source: {} {}, status {}, marker {:#x}",
+        abi::time_type_name(first.time_type()),
+        first.tai_minus_utc().map_or("without a TAI offset".to_string(), |o| format!("with TAI − UTC = {o} s")),
+        first.clock_status().map_or("absent", abi::status_name),
+        first.disruption_marker()
+    );
+    tracing::info!(
+        "woken by {}",
+        if s.notes.device.is_some() {
+            "the device's notifications"
+        } else if sub.is_some() {
+            "the publisher's socket"
+        } else {
+            "polling"
+        }
+    );
+    tracing::info!("control socket {}", socket.display());
+
+    let end = a.duration_s.map(|d| Instant::now() + Duration::from_secs(d.get()));
+    let mut next_obs = Instant::now();
+    let mut last_resubscribe = Instant::now();
+    let mut poller = Poller::new();
+    loop {
+        let now = Instant::now();
+        let raw_now = vmtime_sys::gettime(ClockId::MonotonicRaw)?;
+        let slew_wait = s.discipline.next_deadline().map(|d| Duration::from_nanos((d - raw_now).max(0) as u64));
+        let wait = [Some(next_obs.saturating_duration_since(now)), slew_wait]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(Duration::from_secs(1))
+            .min(Duration::from_secs(1));
+        let wake = serve::earliest(Some(now + wait), server.next_deadline());
+        poller.clear();
+        signals.register(&mut poller);
+        server.register(&mut poller);
+        let t_note = if let Some(d) = &s.notes.device {
+            Some(poller.add(d.as_fd(), serve::READABLE))
+        } else {
+            sub.as_ref().map(|x| poller.add(x.fd(), serve::READABLE))
+        };
+        poller.wait(wake.map(|w| w.saturating_duration_since(Instant::now())))?;
+        match signals.take(&poller) {
+            Some(SignalEvent::Terminate(name)) => {
+                tracing::info!("{name}: stopping (the clock is left as it is; the socket is removed)");
+                break;
+            }
+            Some(SignalEvent::Reload) => {
+                s.reload_requests += 1;
+                if let Some((now, restart)) = reload(&args, &a, LIVE) {
+                    s.discipline.reconfigure(discipline_config(&now));
+                    s.hook = now.hook.clone();
+                    s.restart_needed = restart;
+                    a = now;
+                    next_obs = next_obs.min(Instant::now() + Duration::from_millis(a.interval_ms.get()));
+                }
+            }
+            None => {}
+        }
+        let mut notified = t_note.is_some_and(|t| poller.readable(t));
+        if notified {
+            if s.notes.device.is_some() {
+                let page = &s.page;
+                notified = s.notes.readable(|| page.read().map_or(u32::MAX, |p| p.seq_count()));
+            } else if !sub.as_mut().is_some_and(|x| x.drain()) {
+                tracing::warn!("the publisher went away: polling the page");
+                sub = None;
+            }
+        }
+        if notified || Instant::now() >= next_obs {
+            if let Err(e) = s.observe() {
+                return stopped_by(e);
+            }
+            next_obs = Instant::now() + Duration::from_nanos(s.discipline.poll_interval_ns() as u64);
+        }
+        let a2 = s.discipline.handle_tick(vmtime_sys::gettime(ClockId::MonotonicRaw)?);
+        s.apply(a2)?;
+        server.handle(&poller, |line| match line.trim() {
+            "status" => Reply::Line(s.status_json().to_string()),
+            _ => Reply::Line(serve::error_json("unknown request: send status")),
+        });
+        if !is_device && sub.is_none() && last_resubscribe.elapsed() >= Duration::from_secs(1) {
+            last_resubscribe = Instant::now();
+            sub = subscribe();
+        }
+        board.offer(&s.m);
+        if s.m.updates > 0 {
+            supervisor.ready(&format!("following {}", s.page.path().display()));
+        }
+        supervisor.tick();
+        if end.is_some_and(|e| Instant::now() >= e) {
+            break;
+        }
+    }
+    supervisor.stopping();
+    drop(server); // removes our socket (only if it is still ours)
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_real_sync_is_refused_by_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run").join("sync.lock");
+        let first = take_lock_at(&path).unwrap();
+        assert!(matches!(first, Ok(Some(_))));
+        assert_eq!(LOCK.get().map(String::as_str), Some(path.to_str().unwrap()));
+        // The second holder is refused with the "other daemon" exit status, not an error.
+        assert!(matches!(take_lock_at(&path), Ok(Err(_))));
+        drop(first);
+        assert!(matches!(take_lock_at(&path), Ok(Ok(Some(_)))));
+    }
+
+    /// A 6.13–6.19 driver's poll() is always readable. A regular file is too: the daemon must
+    /// find that out after a few wake-ups and then wait out its intervals, not spin.
+    #[test]
+    fn an_always_readable_device_falls_back_to_the_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = dir.path().join("vmclock0");
+        std::fs::write(&dev, vec![0u8; 4096]).unwrap();
+        let mut notes =
+            DeviceNotes { device: Some(File::open(&dev).unwrap()), check: NotifyCheck::default(), acked: None };
+        let mut poller = Poller::new();
+        let start = Instant::now();
+        let mut updates = 0;
+        for _ in 0..10 {
+            // The daemon's wait: the device (while it is polled) and a 20 ms interval.
+            poller.clear();
+            let t = notes.device.as_ref().map(|d| poller.add(d.as_fd(), serve::READABLE));
+            poller.wait(Some(Duration::from_millis(20))).unwrap();
+            if t.is_some_and(|t| poller.readable(t)) {
+                // The file reads as a page whose seq_count is always 0: it never changes.
+                updates += u32::from(notes.readable(|| 0));
+            }
+        }
+        assert_eq!(updates, 1, "only the first wake-up (nothing read before it) counts as an update");
+        assert!(notes.device.is_none(), "the device is no longer polled");
+        // 10 waits: at most 1 + NotifyCheck::LIMIT return at once, the rest wait their 20 ms.
+        let waited = start.elapsed();
+        assert!(waited >= Duration::from_millis(20 * (10 - 1 - NotifyCheck::LIMIT as u64)), "{waited:?}");
+    }
+}

@@ -1,0 +1,891 @@
+//! The configuration file (default /etc/vmtime/vmtime.toml) and each daemon's resolved settings.
+//!
+//! One TOML file with the sections `[host]`, `[relay]`, `[sync]`, `[feed.chrony]`,
+//! `[feed.clockbound]` and `[metrics]`. Each daemon
+//! section has one key per command-line option of its daemon, with the same name (`--interval-ms`
+//! is `interval_ms`) and the same validated type (crate::values), so a flag and its key cannot
+//! disagree on what is allowed. Unknown keys and sections are refused (`deny_unknown_fields`).
+//! A value comes from, in order: the flag, the file, the default.
+//!
+//! The merge is done on TOML tables: the flags the user gave are serialised (absent options and
+//! false switches are left out), laid over the file's section, and the result is deserialised
+//! into the settings, which range-checks every value once more. The same function re-reads the
+//! file on SIGHUP ([`host`], [`relay`], [`sync`] return the new settings or an error that keeps
+//! the old ones).
+
+use crate::values::*;
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Args as ClapArgs, Subcommand, ValueEnum};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// Where the daemons look for their configuration when `--config` is not given.
+pub const DEFAULT_PATH: &str = "/etc/vmtime/vmtime.toml";
+
+/// A log level (`--log-level`, `log_level`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    /// Errors only.
+    Error,
+    /// Errors and warnings.
+    Warn,
+    /// What the daemon does (the default).
+    #[default]
+    Info,
+    /// Details of each decision.
+    Debug,
+    /// Everything.
+    Trace,
+}
+
+impl std::fmt::Display for LogLevel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        })
+    }
+}
+
+/// The leap second smearing hint the host publishes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Smearing {
+    /// No smearing: the leap second is inserted or deleted (the default).
+    #[default]
+    Strict,
+    /// Smeared linearly over 24 h from noon to noon.
+    NoonLinear,
+    /// UTC-SLS: smeared over the last 1000 s of the day.
+    UtcSls,
+}
+
+/// The timescale of a PTP clock source.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Timescale {
+    /// UTC (like ptp_kvm).
+    Utc,
+    /// TAI (like vmclock's PTP clock).
+    Tai,
+}
+
+/// `[host]`: `vmtime host`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HostSettings {
+    /// Where the page is published (default: /run/vmtime/host.page or a per-user directory).
+    pub page: Option<PathBuf>,
+    /// The control socket (default: the page path + ".sock").
+    pub socket: Option<PathBuf>,
+    /// Longest time between full observations.
+    pub interval_ms: IntervalMs,
+    /// How often the kernel's NTP state is read.
+    pub poll_ms: PollMs,
+    /// Republish when the page is this far off the kernel clock.
+    pub threshold_ns: ThresholdNs,
+    /// Rate tolerance of the kernel clock against true time.
+    pub tolerance_ppm: TolerancePpm,
+    /// TAI − UTC (default: the kernel's, else the leap-second list while it is current).
+    pub tai_offset: Option<TaiUtcS>,
+    /// The leap second smearing hint published.
+    pub smearing: Smearing,
+    /// The kernel's own vmclock page, used as the source when present.
+    pub vmclock_host: PathBuf,
+    /// Ignore the kernel's page.
+    pub no_vmclock_host: bool,
+    /// No periodic status line.
+    pub quiet: bool,
+    /// Exit after this long (tests).
+    pub duration_s: Option<DurationS>,
+    /// Log level.
+    pub log_level: LogLevel,
+    /// Serve metrics here (default: [metrics] listen; none: off).
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+impl Default for HostSettings {
+    fn default() -> Self {
+        HostSettings {
+            page: None,
+            socket: None,
+            interval_ms: IntervalMs::new(1000).expect("in range"),
+            poll_ms: PollMs::new(10).expect("in range"),
+            threshold_ns: ThresholdNs::new(20).expect("in range"),
+            tolerance_ppm: TolerancePpm::from_fine(500_000).expect("in range"),
+            tai_offset: None,
+            smearing: Smearing::Strict,
+            vmclock_host: PathBuf::from("/dev/vmclock_host"),
+            no_vmclock_host: false,
+            quiet: false,
+            duration_s: None,
+            log_level: LogLevel::Info,
+            metrics_listen: None,
+        }
+    }
+}
+
+/// `[relay]`: `vmtime relay` (one instance per guest; `--guest-page` is usually given by the
+/// service instance).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RelaySettings {
+    /// The host page to follow (default: the host's default page).
+    pub host_page: Option<PathBuf>,
+    /// The guest page to publish (required).
+    pub guest_page: Option<PathBuf>,
+    /// KVM's TSC offset for this guest.
+    pub tsc_offset: TscOffset,
+    /// The TSC scaling ratio.
+    pub tsc_ratio: TscRatio,
+    /// Fraction bits of KVM's ratio.
+    pub tsc_frac_bits: FracBits,
+    /// Where the guest's markers are kept (default: guest page + ".state.json").
+    pub state: Option<PathBuf>,
+    /// Exit after this long (tests).
+    pub duration_s: Option<DurationS>,
+    /// Log level.
+    pub log_level: LogLevel,
+    /// Serve metrics here (default: [metrics] listen; none: off).
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+impl Default for RelaySettings {
+    fn default() -> Self {
+        RelaySettings {
+            host_page: None,
+            guest_page: None,
+            tsc_offset: "0".parse().expect("in range"),
+            tsc_ratio: "1".parse().expect("in range"),
+            tsc_frac_bits: FracBits::new(48).expect("in range"),
+            state: None,
+            duration_s: None,
+            log_level: LogLevel::Info,
+            metrics_listen: None,
+        }
+    }
+}
+
+/// `[sync]`: `vmtime sync`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SyncSettings {
+    /// The source: a vmclock device, a page file or a PTP clock (default: the first found).
+    pub source: Option<PathBuf>,
+    /// Print the actions instead of applying them.
+    pub dry_run: bool,
+    /// Interval between observations without notification.
+    pub interval_ms: IntervalMs,
+    /// Step instead of slewing when the offset exceeds this during the first updates.
+    pub makestep_ns: MakestepNs,
+    /// How many first updates may step.
+    pub makestep_updates: MakestepUpdates,
+    /// Outside start-up, disruptions and the return from holdover, an offset larger than this is
+    /// refused: holdover.
+    pub max_step_s: MaxStepS,
+    /// Command run (by sh -c) when the VM generation changes.
+    pub hook: Option<String>,
+    /// Control socket (default: sync.sock beside the host page's default).
+    pub socket: Option<PathBuf>,
+    /// Exit after this long (tests).
+    pub duration_s: Option<DurationS>,
+    /// The timescale of a PHC source whose driver is not known.
+    pub phc_timescale: Option<Timescale>,
+    /// TAI − UTC, to read a TAI PHC when neither the kernel nor the page has it.
+    pub tai_offset: Option<TaiUtcS>,
+    /// Log level.
+    pub log_level: LogLevel,
+    /// Serve metrics here (default: [metrics] listen; none: off).
+    pub metrics_listen: Option<SocketAddr>,
+    /// Start and keep running next to another time daemon (or the kernel's PLL) that may
+    /// discipline the clock: the check for one is off.
+    pub allow_other_daemon: bool,
+}
+
+impl Default for SyncSettings {
+    fn default() -> Self {
+        SyncSettings {
+            source: None,
+            dry_run: false,
+            interval_ms: IntervalMs::new(1000).expect("in range"),
+            makestep_ns: MakestepNs::new(1_000_000).expect("in range"),
+            makestep_updates: MakestepUpdates::new(3).expect("in range"),
+            max_step_s: MaxStepS::from_fine(2_000).expect("in range"),
+            hook: None,
+            socket: None,
+            duration_s: None,
+            phc_timescale: None,
+            tai_offset: None,
+            log_level: LogLevel::Info,
+            metrics_listen: None,
+            allow_other_daemon: false,
+        }
+    }
+}
+
+/// Whether ClockBound clients compare the segment's marker with /dev/vmclock0's
+/// (`--disruption-support`, `disruption_support`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DisruptionSupport {
+    /// On when the source is /dev/vmclock0 (the device the clients compare markers with).
+    #[default]
+    Auto,
+    /// Clients compare the segment's marker with /dev/vmclock0's and say Unknown when they differ.
+    On,
+    /// Clients go by the segment's status alone.
+    Off,
+}
+
+/// Which ClockBound segments `vmtime feed clockbound` maintains (`--layout`, `layout`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
+pub enum Layout {
+    /// `shm0` only, for ClockBound 2.x clients (time from CLOCK_REALTIME).
+    #[value(name = "2")]
+    #[serde(rename = "2")]
+    V2,
+    /// `shm1` only, for ClockBound 3.x clients (time from the counter, on the page's map).
+    #[value(name = "3")]
+    #[serde(rename = "3")]
+    V3,
+    /// Both, as ClockBound 3's own daemon writes them.
+    #[default]
+    #[serde(rename = "both")]
+    Both,
+}
+
+/// `[feed.chrony]`: `vmtime feed chrony`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FeedChronySettings {
+    /// The page: a vmclock device or page file.
+    pub source: PathBuf,
+    /// chronyd's SOCK refclock socket (chronyd creates it).
+    pub socket: PathBuf,
+    /// Interval between samples.
+    pub interval_ms: FeedIntervalMs,
+    /// (CLOCK_REALTIME, counter, CLOCK_REALTIME) samples per measurement.
+    pub burst: Burst,
+    /// Exit after this long (tests).
+    pub duration_s: Option<DurationS>,
+    /// Log level.
+    pub log_level: LogLevel,
+    /// Serve metrics here (default: [metrics] listen; none: off).
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+/// The socket of `refclock SOCK` in docs/OPERATIONS.md's chrony.conf line (the `/run/chrony.NAME.sock`
+/// form of chrony's own example).
+pub const DEFAULT_CHRONY_SOCKET: &str = "/run/chrony.vmclock0.sock";
+
+impl Default for FeedChronySettings {
+    fn default() -> Self {
+        FeedChronySettings {
+            source: PathBuf::from(crate::paths::DEFAULT_GUEST_PAGE),
+            socket: PathBuf::from(DEFAULT_CHRONY_SOCKET),
+            interval_ms: FeedIntervalMs::new(1000).expect("in range"),
+            burst: Burst::new(16).expect("in range"),
+            duration_s: None,
+            log_level: LogLevel::Info,
+            metrics_listen: None,
+        }
+    }
+}
+
+/// `[feed.clockbound]`: `vmtime feed clockbound`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FeedClockBoundSettings {
+    /// The page: a vmclock device or page file.
+    pub source: PathBuf,
+    /// The directory of the segments (`shm0` and/or `shm1` in it).
+    pub dir: PathBuf,
+    /// Which segments: "2" (`shm0`), "3" (`shm1`) or "both".
+    pub layout: Layout,
+    /// Interval between updates.
+    pub interval_ms: FeedIntervalMs,
+    /// (CLOCK_REALTIME, counter, CLOCK_REALTIME) samples per measurement.
+    pub burst: Burst,
+    /// How long the segment stays valid without an update (at least two intervals).
+    pub life_ms: LifeMs,
+    /// Drift allowed to CLOCK_REALTIME beyond the rate measured.
+    pub drift_margin_ppb: DriftPpb,
+    /// Whether clients compare the segment's marker with /dev/vmclock0's.
+    pub disruption_support: DisruptionSupport,
+    /// Exit after this long (tests).
+    pub duration_s: Option<DurationS>,
+    /// Log level.
+    pub log_level: LogLevel,
+    /// Serve metrics here (default: [metrics] listen; none: off).
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+impl Default for FeedClockBoundSettings {
+    fn default() -> Self {
+        FeedClockBoundSettings {
+            source: PathBuf::from(crate::paths::DEFAULT_GUEST_PAGE),
+            dir: PathBuf::from("/var/run/clockbound"),
+            layout: Layout::Both,
+            interval_ms: FeedIntervalMs::new(1000).expect("in range"),
+            burst: Burst::new(16).expect("in range"),
+            life_ms: LifeMs::new(5000).expect("in range"),
+            drift_margin_ppb: DriftPpb::new(15_000).expect("in range"),
+            disruption_support: DisruptionSupport::Auto,
+            duration_s: None,
+            log_level: LogLevel::Info,
+            metrics_listen: None,
+        }
+    }
+}
+
+impl FeedClockBoundSettings {
+    /// The checks across keys: the segment outlives two intervals (so an interval is at most
+    /// half the longest life), and is void before its generation comes back to the same value.
+    /// `flags`: name the flags (the pair came from the command line over a valid file), else
+    /// the keys.
+    fn check(&self, flags: bool) -> Result<(), String> {
+        let (life, interval) = (self.life_ms.get(), self.interval_ms.get());
+        let max = LifeMs::MAX;
+        if 2 * interval > max {
+            return Err(if flags {
+                format!("--interval-ms {interval}: at most {} for the ClockBound feed (the segment's life, --life-ms, at most {max} ms, must cover two intervals)", max / 2)
+            } else {
+                format!("interval_ms = {interval} is too long for the ClockBound feed: at most {} (the segment's life, life_ms, at most {max} ms, must cover two intervals)", max / 2)
+            });
+        }
+        if life < 2 * interval {
+            return Err(if flags {
+                format!("--life-ms {life}: give at least two intervals ({} ms) and at most {max}", 2 * interval)
+            } else {
+                format!(
+                    "life_ms = {life} is shorter than two intervals (interval_ms = {interval}): give at least {}",
+                    2 * interval
+                )
+            });
+        }
+        // The segment's generation (u16, by two per update, never 0) comes back to a value every
+        // 32767 updates, and clock-bound-client keeps its copy while the generation it read is
+        // the one it sees: a client that reads rarely could take a bound that old for the
+        // current one. It must be void by then.
+        let wrap_ms = GENERATION_PERIOD * interval;
+        if life >= wrap_ms {
+            let (l, i) = if flags { ("--life-ms ", "--interval-ms ") } else { ("life_ms = ", "interval_ms = ") };
+            return Err(format!(
+                "{l}{life} with {i}{interval}: the segment's generation comes back to the same value after {GENERATION_PERIOD} updates ({wrap_ms} ms), and a segment must be void by then: give a {} below {wrap_ms}, or a longer {}",
+                l.trim_end_matches([' ', '=']),
+                i.trim_end_matches([' ', '='])
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Updates after which a ClockBound segment's generation (even, never 0, u16) has the same value
+/// again.
+const GENERATION_PERIOD: u64 = 32767;
+
+/// `[feed]`: the feeds, a subsection each.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FeedSettings {
+    /// `[feed.chrony]`.
+    pub chrony: FeedChronySettings,
+    /// `[feed.clockbound]`.
+    pub clockbound: FeedClockBoundSettings,
+}
+
+/// `[metrics]`: the Prometheus endpoint, off by default.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// Where every daemon serves metrics unless its section says `metrics_listen` (none: off).
+    pub listen: Option<SocketAddr>,
+    /// Allow an address that is not loopback.
+    pub allow_non_loopback: bool,
+}
+
+/// The whole file.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FileConfig {
+    /// `[host]`.
+    pub host: HostSettings,
+    /// `[relay]`.
+    pub relay: RelaySettings,
+    /// `[sync]`.
+    pub sync: SyncSettings,
+    /// `[metrics]`.
+    pub metrics: MetricsSettings,
+    /// `[feed.chrony]`, `[feed.clockbound]`.
+    pub feed: FeedSettings,
+}
+
+/// A metrics address is loopback, or allowed not to be.
+fn check_metrics(key: &str, addr: Option<SocketAddr>, m: &MetricsSettings) -> Result<()> {
+    match addr {
+        Some(a) if !a.ip().is_loopback() && !m.allow_non_loopback => bail!(
+            "{key} = \"{a}\" is not a loopback address: metrics are served on 127.0.0.1 or [::1] unless [metrics] allow_non_loopback = true"
+        ),
+        _ => Ok(()),
+    }
+}
+
+impl FileConfig {
+    /// Checks across keys: the metrics addresses.
+    fn validate(&self) -> Result<()> {
+        check_metrics("[metrics] listen", self.metrics.listen, &self.metrics)?;
+        check_metrics("[host] metrics_listen", self.host.metrics_listen, &self.metrics)?;
+        check_metrics("[relay] metrics_listen", self.relay.metrics_listen, &self.metrics)?;
+        check_metrics("[sync] metrics_listen", self.sync.metrics_listen, &self.metrics)?;
+        check_metrics("[feed.chrony] metrics_listen", self.feed.chrony.metrics_listen, &self.metrics)?;
+        check_metrics("[feed.clockbound] metrics_listen", self.feed.clockbound.metrics_listen, &self.metrics)?;
+        self.feed.clockbound.check(false).map_err(|m| anyhow!("[feed.clockbound] {m}"))
+    }
+}
+
+/// A message on one line.
+fn one_line(m: &str) -> String {
+    m.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ")
+}
+
+/// One line for a TOML syntax error: the line number and the message.
+fn syntax_error(path: &Path, text: &str, e: &toml::de::Error) -> anyhow::Error {
+    let msg = one_line(e.message());
+    let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+    match line {
+        Some(l) => anyhow!("{} line {l}: {msg}", path.display()),
+        None => anyhow!("{}: {msg}", path.display()),
+    }
+}
+
+/// Deserialises with the key's path in the message: "[host] interval_ms: 0 is refused; allowed: …"
+/// (a subsection's key: "[feed.chrony] interval_ms: …").
+fn typed<T: DeserializeOwned>(v: toml::Value) -> Result<T, String> {
+    serde_path_to_error::deserialize::<_, T>(v).map_err(|e| {
+        let path = e.path().to_string();
+        let msg = one_line(e.inner().message());
+        match path.rsplit_once('.') {
+            Some((section, key)) => format!("[{section}] {key}: {msg}"),
+            None if path == "." || path.is_empty() => msg,
+            None => format!("{path}: {msg}"),
+        }
+    })
+}
+
+/// A loaded configuration file: its raw tables (for merging with flags) and its checked values.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The file read, or None when the default file does not exist.
+    pub path: Option<PathBuf>,
+    /// The file as TOML.
+    pub table: toml::Table,
+    /// The file's values, defaults filled in.
+    pub file: FileConfig,
+}
+
+/// Reads and checks a configuration file. `explicit` is the `--config` given: it must exist;
+/// the default file may be absent (then everything is default).
+pub fn load(explicit: Option<&Path>) -> Result<Loaded> {
+    let path = explicit.unwrap_or(Path::new(DEFAULT_PATH));
+    let text = match read_small_text(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && explicit.is_none() => {
+            return Ok(Loaded { path: None, table: toml::Table::new(), file: FileConfig::default() })
+        }
+        Err(e) => bail!("cannot read the configuration {}: {e}", path.display()),
+    };
+    let table: toml::Table = text.parse().map_err(|e| syntax_error(path, &text, &e))?;
+    let file: FileConfig = typed(toml::Value::Table(table.clone())).map_err(|m| anyhow!("{}: {m}", path.display()))?;
+    file.validate().map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    Ok(Loaded { path: Some(path.to_path_buf()), table, file })
+}
+
+/// The flags the user gave, as a TOML table: absent options and false switches left out.
+fn flag_table(flags: &impl Serialize) -> Result<toml::Table> {
+    let mut t = toml::Table::try_from(flags).context("the flags cannot be written as TOML")?;
+    t.retain(|_, v| !matches!(v, toml::Value::Boolean(false)));
+    Ok(t)
+}
+
+/// A daemon's settings: the flags over the file's section over the defaults, and the metrics
+/// address from `[metrics] listen` when neither gives one.
+fn resolve<S: DeserializeOwned>(
+    loaded: &Loaded,
+    section: &str,
+    flags: &impl Serialize,
+    metrics: impl FnOnce(&mut S) -> &mut Option<SocketAddr>,
+) -> Result<S> {
+    // A subsection ("feed.chrony") is looked up table by table.
+    let mut found = Some(&loaded.table);
+    for part in section.split('.') {
+        found = found.and_then(|t| t.get(part)).and_then(toml::Value::as_table);
+    }
+    let mut merged = found.cloned().unwrap_or_default();
+    merged.extend(flag_table(flags)?);
+    let mut s: S = typed(toml::Value::Table(merged)).map_err(|m| match &loaded.path {
+        Some(p) => anyhow!("{}: [{section}] {m}", p.display()),
+        None => anyhow!("[{section}] {m}"),
+    })?;
+    let addr = metrics(&mut s);
+    if addr.is_none() {
+        *addr = loaded.file.metrics.listen;
+    }
+    check_metrics("--metrics-listen", *addr, &loaded.file.metrics)?;
+    Ok(s)
+}
+
+/// What a SIGHUP reload changes: the keys whose value differs between the settings in force and
+/// the file re-read, split into those the daemon applies at once and those that need a restart.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reload {
+    /// Changed and applied now: "key = new value".
+    pub applied: Vec<String>,
+    /// Changed but kept until the daemon restarts: "key = new value (in force: old value)".
+    pub restart: Vec<String>,
+}
+
+fn toml_value(v: Option<&toml::Value>) -> String {
+    v.map_or_else(|| "unset".to_string(), |v| v.to_string())
+}
+
+/// Compares two settings key by key (as TOML, so every key counts, even one added later):
+/// `live` names the keys the daemon can apply without a restart.
+pub fn reload_diff(current: &impl Serialize, new: &impl Serialize, live: &[&str]) -> Result<Reload> {
+    let old = toml::Table::try_from(current).context("the settings cannot be written as TOML")?;
+    let new = toml::Table::try_from(new).context("the settings cannot be written as TOML")?;
+    let mut keys: Vec<&String> = old.keys().chain(new.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    let mut r = Reload::default();
+    for k in keys {
+        let (o, n) = (old.get(k), new.get(k));
+        if o == n {
+            continue;
+        }
+        if live.contains(&k.as_str()) {
+            r.applied.push(format!("{k} = {}", toml_value(n)));
+        } else {
+            r.restart.push(format!("{k} = {} (in force: {})", toml_value(n), toml_value(o)));
+        }
+    }
+    Ok(r)
+}
+
+impl Reload {
+    /// The log line, in words.
+    pub fn describe(&self, daemon: &str) -> String {
+        match (self.applied.is_empty(), self.restart.is_empty()) {
+            (true, true) => "SIGHUP: configuration re-read, unchanged".into(),
+            (false, true) => format!("SIGHUP: applied {}", self.applied.join(", ")),
+            (true, false) => format!(
+                "SIGHUP: nothing applied; these changes need a restart of vmtime {daemon}: {}",
+                self.restart.join(", ")
+            ),
+            (false, false) => format!(
+                "SIGHUP: applied {}; these changes need a restart of vmtime {daemon}: {}",
+                self.applied.join(", "),
+                self.restart.join(", ")
+            ),
+        }
+    }
+}
+
+/// A SIGHUP reload: the settings to keep in force (`current` with the `live` keys taken from
+/// `new`) and what changed. The result is checked once more as a whole.
+pub fn reload<S: Serialize + DeserializeOwned>(current: &S, new: &S, live: &[&str]) -> Result<(S, Reload)> {
+    let diff = reload_diff(current, new, live)?;
+    let mut merged = toml::Table::try_from(current).context("the settings cannot be written as TOML")?;
+    let new = toml::Table::try_from(new).context("the settings cannot be written as TOML")?;
+    for k in live {
+        match new.get(*k) {
+            Some(v) => merged.insert(k.to_string(), v.clone()),
+            None => merged.remove(*k),
+        };
+    }
+    let s = typed(toml::Value::Table(merged)).map_err(|m| anyhow!("{m}"))?;
+    Ok((s, diff))
+}
+
+/// A daemon's SIGHUP: `reread` is its settings read again (flags over the file over the
+/// defaults). The changed keys named in `live` are applied, the others named in one log line as
+/// needing a restart of `vmtime DAEMON`. Returns the settings now in force and the changes that
+/// await a restart; None when the file is bad (logged, the settings in force are kept).
+pub fn on_sighup<S: Serialize + DeserializeOwned>(
+    daemon: &str,
+    current: &S,
+    reread: Result<S>,
+    live: &[&str],
+) -> Option<(S, Vec<String>)> {
+    match reread.and_then(|new| reload(current, &new, live)) {
+        Ok((now, r)) => {
+            if r.restart.is_empty() {
+                tracing::info!("{}", r.describe(daemon));
+            } else {
+                tracing::warn!("{}", r.describe(daemon));
+            }
+            Some((now, r.restart))
+        }
+        Err(e) => {
+            tracing::warn!("SIGHUP: {e:#}; keeping the settings in force");
+            None
+        }
+    }
+}
+
+/// `vmtime host`'s settings (also its SIGHUP reload: an error keeps the old settings).
+pub fn host(config: Option<&Path>, flags: &impl Serialize) -> Result<HostSettings> {
+    resolve(&load(config)?, "host", flags, |s: &mut HostSettings| &mut s.metrics_listen)
+}
+
+/// `vmtime relay`'s settings (also its SIGHUP reload).
+pub fn relay(config: Option<&Path>, flags: &impl Serialize) -> Result<RelaySettings> {
+    resolve(&load(config)?, "relay", flags, |s: &mut RelaySettings| &mut s.metrics_listen)
+}
+
+/// `vmtime sync`'s settings (also its SIGHUP reload).
+pub fn sync(config: Option<&Path>, flags: &impl Serialize) -> Result<SyncSettings> {
+    resolve(&load(config)?, "sync", flags, |s: &mut SyncSettings| &mut s.metrics_listen)
+}
+
+/// `vmtime feed chrony`'s settings (also its SIGHUP reload).
+pub fn feed_chrony(config: Option<&Path>, flags: &impl Serialize) -> Result<FeedChronySettings> {
+    resolve(&load(config)?, "feed.chrony", flags, |s: &mut FeedChronySettings| &mut s.metrics_listen)
+}
+
+/// `vmtime feed clockbound`'s settings (also its SIGHUP reload): the segment's life must cover
+/// two intervals, whether they come from flags or the file.
+pub fn feed_clockbound(config: Option<&Path>, flags: &impl Serialize) -> Result<FeedClockBoundSettings> {
+    let s = resolve(&load(config)?, "feed.clockbound", flags, |s: &mut FeedClockBoundSettings| &mut s.metrics_listen)?;
+    // The file alone was checked by `load`: a flag made the pair wrong.
+    s.check(true).map_err(|m| anyhow!("{m}"))?;
+    Ok(s)
+}
+
+/// `vmtime config`.
+#[derive(ClapArgs, Debug)]
+pub struct Args {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Check a configuration file: print the effective configuration (TOML, defaults filled in),
+    /// or one line naming the key and what is allowed (exit status 2).
+    Check {
+        /// The file (default: /etc/vmtime/vmtime.toml).
+        path: Option<PathBuf>,
+    },
+    /// Print the default configuration (TOML).
+    Defaults,
+}
+
+pub fn run(a: Args) -> Result<ExitCode> {
+    let file = match a.command {
+        Cmd::Check { path } => {
+            let loaded = load(Some(path.as_deref().unwrap_or(Path::new(DEFAULT_PATH))))?;
+            loaded.file
+        }
+        Cmd::Defaults => FileConfig::default(),
+    };
+    print!("{}", toml::to_string(&file).context("the configuration cannot be written as TOML")?);
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn file(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        f
+    }
+
+    /// (section, its keys) for each table holding keys, subsections ("feed.chrony") included.
+    fn sections(t: &toml::Table) -> Vec<(String, Vec<String>)> {
+        fn walk(name: &str, t: &toml::Table, out: &mut Vec<(String, Vec<String>)>) {
+            let keys: Vec<String> = t.iter().filter(|(_, v)| !v.is_table()).map(|(k, _)| k.clone()).collect();
+            if !keys.is_empty() {
+                out.push((name.to_string(), keys));
+            }
+            for (k, v) in t.iter().filter_map(|(k, v)| Some((k, v.as_table()?))) {
+                walk(&if name.is_empty() { k.clone() } else { format!("{name}.{k}") }, v, out);
+            }
+        }
+        let mut out = Vec::new();
+        walk("", t, &mut out);
+        out
+    }
+
+    fn err(text: &str) -> String {
+        let f = file(text);
+        format!("{:#}", load(Some(f.path())).unwrap_err())
+    }
+
+    #[test]
+    fn the_shipped_file_is_the_defaults() {
+        let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/../../packaging/vmtime.toml");
+        let loaded = load(Some(Path::new(shipped))).unwrap();
+        assert_eq!(loaded.file, FileConfig::default());
+        // Every key is written out in the shipped file (commented or not) so none is undocumented.
+        let text = std::fs::read_to_string(shipped).unwrap();
+        let defaults = toml::Table::try_from(FileConfig::default()).unwrap();
+        for (section, keys) in sections(&defaults) {
+            let start = text.find(&format!("\n[{section}]\n")).unwrap_or_else(|| panic!("[{section}] missing"));
+            let end = text[start + 1..].find("\n[").map_or(text.len(), |e| start + 1 + e);
+            for key in keys {
+                assert!(
+                    text[start..end].contains(&format!("{key} =")),
+                    "[{section}] {key} missing from the shipped file"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn every_key_is_documented() {
+        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/CONFIG.md")).unwrap();
+        let mut all = FileConfig::default();
+        // Keys without a default are absent from the serialised defaults: give them values.
+        all.host.page = Some("/p".into());
+        all.host.socket = Some("/s".into());
+        all.host.tai_offset = TaiUtcS::new(37);
+        all.host.duration_s = DurationS::new(1);
+        all.host.metrics_listen = Some("127.0.0.1:1".parse().unwrap());
+        all.relay.host_page = Some("/p".into());
+        all.relay.guest_page = Some("/p".into());
+        all.relay.state = Some("/p".into());
+        all.relay.duration_s = DurationS::new(1);
+        all.relay.metrics_listen = Some("127.0.0.1:1".parse().unwrap());
+        all.sync.source = Some("/p".into());
+        all.sync.hook = Some("true".into());
+        all.sync.socket = Some("/s".into());
+        all.sync.duration_s = DurationS::new(1);
+        all.sync.phc_timescale = Some(Timescale::Utc);
+        all.sync.tai_offset = TaiUtcS::new(37);
+        all.sync.metrics_listen = Some("127.0.0.1:1".parse().unwrap());
+        all.metrics.listen = Some("127.0.0.1:1".parse().unwrap());
+        all.feed.chrony.duration_s = DurationS::new(1);
+        all.feed.chrony.metrics_listen = Some("127.0.0.1:1".parse().unwrap());
+        all.feed.clockbound.duration_s = DurationS::new(1);
+        all.feed.clockbound.metrics_listen = Some("127.0.0.1:1".parse().unwrap());
+        let all = toml::Table::try_from(all).unwrap();
+        let all = sections(&all);
+        assert!(all.iter().any(|(s, _)| s == "feed.clockbound"), "subsections are checked");
+        for (section, keys) in &all {
+            let start =
+                doc.find(&format!("## `[{section}]`")).unwrap_or_else(|| panic!("[{section}] not in CONFIG.md"));
+            let end = doc[start + 1..].find("\n## ").map_or(doc.len(), |e| start + 1 + e);
+            for key in keys {
+                assert!(
+                    doc[start..end].contains(&format!("| `{key}` |")),
+                    "[{section}] {key} is not in docs/CONFIG.md"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn bad_values_name_the_key_and_the_range() {
+        let e = err("[host]\ninterval_ms = 0\n");
+        assert!(e.ends_with("[host] interval_ms: 0 is refused; allowed: an integer in [10, 600000] (ms)"), "{e}");
+        let e = err("[host]\ntolerance_ppm = nan\n");
+        assert!(e.contains("[host] tolerance_ppm: NaN is refused; allowed: a number in [0.001, 100000] (ppm)"), "{e}");
+        let e = err("[sync]\nmakestep_ns = -1\n");
+        assert!(e.contains("[sync] makestep_ns: -1 is refused"), "{e}");
+        let e = err("[relay]\ntsc_ratio = 1e30\n");
+        assert!(e.contains("[relay] tsc_ratio: 1000000000000000000000000000000 is refused"), "{e}");
+        let e = err("[host]\nintervl_ms = 5\n");
+        assert!(e.contains("[host] intervl_ms: unknown field `intervl_ms`"), "{e}");
+        let e = err("[hots]\n");
+        assert!(e.contains("unknown field `hots`"), "{e}");
+        let e = err("[host]\nsmearing = \"fast\"\n");
+        assert!(e.contains("[host] smearing: unknown variant `fast`"), "{e}");
+        let e = err("[host\n");
+        assert!(e.contains("line 1:"), "{e}");
+        assert_eq!(e.lines().count(), 1, "{e}");
+    }
+
+    #[test]
+    fn metrics_are_loopback_unless_allowed() {
+        let e = err("[metrics]\nlisten = \"0.0.0.0:9100\"\n");
+        assert!(e.contains("[metrics] listen = \"0.0.0.0:9100\" is not a loopback address"), "{e}");
+        let e = err("[sync]\nmetrics_listen = \"192.0.2.1:9100\"\n");
+        assert!(e.contains("[sync] metrics_listen"), "{e}");
+        let f = file("[metrics]\nlisten = \"0.0.0.0:9100\"\nallow_non_loopback = true\n");
+        assert!(load(Some(f.path())).is_ok());
+        let e = err("[metrics]\nlisten = \"localhost\"\n");
+        assert!(e.contains("[metrics] listen: invalid socket address"), "{e}");
+    }
+
+    #[derive(Serialize, Default)]
+    struct Flags {
+        interval_ms: Option<IntervalMs>,
+        quiet: bool,
+        metrics_listen: Option<SocketAddr>,
+    }
+
+    #[test]
+    fn flags_override_the_file_which_overrides_the_defaults() {
+        let f = file("[host]\ninterval_ms = 500\npoll_ms = 20\nquiet = true\n[metrics]\nlisten = \"127.0.0.1:9100\"\n");
+        let none = Flags::default();
+        let s = host(Some(f.path()), &none).unwrap();
+        assert_eq!((s.interval_ms.get(), s.poll_ms.get(), s.quiet), (500, 20, true));
+        assert_eq!(s.threshold_ns, HostSettings::default().threshold_ns);
+        assert_eq!(s.metrics_listen, Some("127.0.0.1:9100".parse().unwrap()));
+        let flags = Flags {
+            interval_ms: IntervalMs::new(700),
+            quiet: false,
+            metrics_listen: Some("127.0.0.1:9200".parse().unwrap()),
+        };
+        let s = host(Some(f.path()), &flags).unwrap();
+        assert_eq!((s.interval_ms.get(), s.poll_ms.get(), s.quiet), (700, 20, true));
+        assert_eq!(s.metrics_listen, Some("127.0.0.1:9200".parse().unwrap()));
+        let flags = Flags { metrics_listen: Some("10.0.0.1:9200".parse().unwrap()), ..Flags::default() };
+        let e = format!("{:#}", host(Some(f.path()), &flags).unwrap_err());
+        assert!(e.contains("--metrics-listen = \"10.0.0.1:9200\" is not a loopback address"), "{e}");
+    }
+
+    #[test]
+    fn reload_applies_live_keys_and_names_the_rest() {
+        let old = SyncSettings::default();
+        let mut new = old.clone();
+        new.max_step_s = MaxStepS::from_fine(500).unwrap();
+        new.source = Some("/elsewhere".into());
+        new.dry_run = true;
+        let (now, r) = reload(&old, &new, &["max_step_s", "log_level"]).unwrap();
+        assert_eq!(now.max_step_s.fine(), 500, "applied");
+        assert_eq!((now.source, now.dry_run), (None, false), "kept until a restart");
+        assert_eq!(r.applied, vec!["max_step_s = 0.5"]);
+        assert_eq!(r.restart, vec!["dry_run = true (in force: false)", "source = \"/elsewhere\" (in force: unset)"]);
+        assert_eq!(
+            r.describe("sync"),
+            "SIGHUP: applied max_step_s = 0.5; these changes need a restart of vmtime sync: dry_run = true (in force: false), source = \"/elsewhere\" (in force: unset)"
+        );
+        let (_, r) = reload(&old, &old, &["max_step_s"]).unwrap();
+        assert_eq!(r.describe("sync"), "SIGHUP: configuration re-read, unchanged");
+        assert!(on_sighup("sync", &old, Err(anyhow!("bad")), &[]).is_none(), "a bad file keeps the settings");
+    }
+
+    #[test]
+    fn a_huge_file_is_refused_without_reading_it_all() {
+        let f = file(&"#".repeat(2 << 20));
+        let e = format!("{:#}", load(Some(f.path())).unwrap_err());
+        assert!(e.ends_with("larger than 1024 KiB: not a vmtime text file"), "{e}");
+    }
+
+    #[test]
+    fn an_explicit_file_must_exist() {
+        let e = format!("{:#}", load(Some(Path::new("/nonexistent/vmtime.toml"))).unwrap_err());
+        assert!(e.starts_with("cannot read the configuration /nonexistent/vmtime.toml: "), "{e}");
+    }
+}
