@@ -128,12 +128,16 @@ class LivePage(unittest.TestCase):
         before_open = realtime_ns()
         clock = vmclock.Clock(self.page)
         ts = realtime_ns()
-        now = clock.now()
+        before = clock.now()
         past = clock.bound_realtime(ts)
+        after = clock.now()
         self.assertLessEqual(past.earliest_ns, past.time_ns)
         self.assertLessEqual(past.time_ns, past.latest_ns)
-        self.assertLess(past.earliest_ns, now.earliest_ns)
-        self.assertLessEqual(past.latest_ns, now.latest_ns)
+        # The page's bound at the call, moved back by the age: before a reading made after it,
+        # and at least as wide as one made before it.
+        self.assertLessEqual(past.earliest_ns, after.earliest_ns)
+        self.assertLessEqual(past.latest_ns, after.latest_ns)
+        self.assertGreaterEqual(past.latest_ns - past.earliest_ns, before.latest_ns - before.earliest_ns)
         # This machine's clock is the page's: the timestamp lies within its own bound.
         self.assertLess(past.earliest_ns - 100_000, ts)
         self.assertGreater(past.latest_ns + 100_000, ts)

@@ -1125,12 +1125,12 @@ mod tests {
         assert_eq!(now(c, &mut now_reading), VMCLOCK_OK);
         let mut n = vmclock_now::default();
         assert_eq!(past(c, ts, &mut n), VMCLOCK_OK);
-        // The page's bound now, moved back by at least the age and widened by the read's width
-        // and 0.1 % of the age: earlier than the reading just made, no narrower than it.
-        assert!(
-            n.earliest_ns < now_reading.earliest_ns && n.latest_ns <= now_reading.latest_ns,
-            "{n:?} {now_reading:?}"
-        );
+        let mut after = vmclock_now::default();
+        assert_eq!(now(c, &mut after), VMCLOCK_OK);
+        // The page's bound at the call, moved back by at least the age and widened by the read's
+        // width and 0.1 % of the age: no later than a reading made after it, no narrower than one
+        // made before it.
+        assert!(n.earliest_ns <= after.earliest_ns && n.latest_ns <= after.latest_ns, "{n:?} {after:?}");
         assert!(n.latest_ns - n.earliest_ns >= now_reading.latest_ns - now_reading.earliest_ns);
         assert!(n.earliest_ns <= n.time_ns && n.time_ns <= n.latest_ns);
         assert_eq!(n.flags & VMCLOCK_NOW_BOUNDED, VMCLOCK_NOW_BOUNDED);

@@ -336,6 +336,12 @@ pub mod chrony {
             self.gate.set_holdoff_ns(2 * interval_ns);
         }
 
+        /// Whether a disruption is pending (the page is not current yet): the next page is
+        /// urgent ([`crate::cadence::Look::observe_now`]).
+        pub fn disruption_pending(&self) -> bool {
+            self.gate.disrupted()
+        }
+
         /// One send slot.
         pub fn handle(&mut self, obs: &Observation<'_>) -> ChronyAction {
             match self.gate.pass(obs) {
@@ -603,6 +609,12 @@ pub mod clockbound {
     }
 
     impl ClockBoundFeed {
+        /// Whether a disruption is pending (the page is not current yet): the next page is
+        /// urgent ([`crate::cadence::Look::observe_now`]).
+        pub fn disruption_pending(&self) -> bool {
+            self.gate.disrupted()
+        }
+
         /// A feed.
         pub fn new(cfg: ClockBoundConfig) -> Self {
             ClockBoundFeed {

@@ -304,6 +304,13 @@ impl Discipline {
         }
     }
 
+    /// Whether the page's markers changed and no update has been made since (the page that
+    /// carried the change was not usable yet): the next page is urgent
+    /// ([`crate::cadence::Look::observe_now`]).
+    pub fn disruption_pending(&self) -> bool {
+        self.disrupted || self.marker_pending
+    }
+
     /// When the running slew ends (RAW ns); the caller calls [`Discipline::handle_tick`] then.
     pub fn next_deadline(&self) -> Option<i128> {
         self.slew_end_raw_ns

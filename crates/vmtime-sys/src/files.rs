@@ -8,6 +8,9 @@
 //! - nothing is written through a symbolic link (`O_NOFOLLOW`, and `lstat` before a rename);
 //! - new files are written under an `O_EXCL` temporary name in the target directory, fsynced,
 //!   renamed, and the directory fsynced;
+//! - a file found where a daemon publishes, keeps its state or its lock must be this user's or
+//!   root's, writable by its owner only, with one name ([`check_trusted`]): what another user
+//!   planted first (in /tmp, say) is refused, never adopted;
 //! - directories are keyed on the uid, created 0700, and an existing one is checked for its owner
 //!   and mode;
 //! - the page and the state are held with an exclusive `flock`; a second writer is refused with
@@ -52,6 +55,24 @@ pub enum FileError {
         "{path} is {len} bytes, more than the {max} a {what} can be: it is not one (remove it or give another path)"
     )]
     TooLarge { path: String, len: u64, max: u64, what: &'static str },
+    /// A file vmtime would publish time through (or read its own state or lock from) that is
+    /// not its own: another user owns it, others may write it, or it has a second name.
+    #[error(
+        "{path}: {what} owned by uid {uid} with mode {mode:04o}{links}: {why}; vmtime never adopts such a file: {fix}"
+    )]
+    Untrusted {
+        path: String,
+        what: &'static str,
+        uid: u32,
+        mode: u32,
+        /// ", 2 names (hard links)" when there is more than one.
+        links: String,
+        why: String,
+        fix: String,
+    },
+    /// A file in the way of an output that is not one vmtime may replace.
+    #[error("{path}: {found} is there, not {what}: refusing to replace it (remove it yourself, or give another path)")]
+    NotReplaceable { path: String, found: String, what: &'static str },
     /// A system call failed.
     #[error("cannot {op} {path}: {err}")]
     Io { op: &'static str, path: String, err: io::Error },
@@ -268,8 +289,9 @@ pub fn ensure_private_dir(dir: &Path) -> Result<()> {
 
 /// The directory that will hold a file a daemon writes (`page`, `state`, `socket`): a missing
 /// one is created 0700 (with missing parents); an existing one must not be writable by other
-/// users unless it is sticky (like /tmp, where O_NOFOLLOW, O_EXCL and the checks here protect
-/// the files).
+/// users unless it is sticky (like /tmp). In a sticky directory other users cannot replace or
+/// remove this daemon's files, but they can create any name first: O_NOFOLLOW, O_EXCL and
+/// [`check_trusted`] refuse what they planted.
 pub fn ensure_dir_for(file: &Path) -> Result<()> {
     let dir = parent_of(file);
     match lstat(dir) {
@@ -302,6 +324,42 @@ pub fn ensure_dir_for(file: &Path) -> Result<()> {
         }
         Err(e) => Err(FileError::io("inspect", dir, e)),
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Whose files are trusted
+
+/// Checks a file that already exists where a daemon publishes time (a page), keeps its state or
+/// its lock, as chrony's privilege separation would: it must belong to this user or to root,
+/// be writable by its owner only, and have one name. A file another user planted first (in a
+/// sticky directory like /tmp anyone may create names) fails, and is never adopted: whoever
+/// owns or may write it could rewrite the time (or the markers) published through it.
+/// `s` is the `fstat` of the open file (or the `lstat` of the path); `what` names it ("a page
+/// file").
+pub fn check_trusted(s: &rfs::Stat, path: &Path, what: &'static str) -> Result<()> {
+    let me = euid();
+    let mode = s.st_mode & 0o7777;
+    let d = disp(path);
+    let links = if s.st_nlink > 1 { format!(", {} names (hard links)", s.st_nlink) } else { String::new() };
+    let (why, fix) = if s.st_uid != me && s.st_uid != 0 {
+        (
+            format!("it belongs to another user (uid {}), who could rewrite it at any time", s.st_uid),
+            format!("remove it (rm {d}: the daemon then creates its own) or, if you trust it, chown {me} {d}; chmod go-w {d}"),
+        )
+    } else if mode & 0o022 != 0 {
+        (
+            format!("mode {mode:04o} lets {} write it", if mode & 0o002 != 0 { "every user" } else { "its group" }),
+            format!("chmod go-w {d}, or remove it (rm {d}: the daemon then creates its own)"),
+        )
+    } else if s.st_nlink > 1 {
+        (
+            "a second name is a way to it that the checks of its directory do not cover".to_string(),
+            format!("remove it (rm {d}: the daemon then creates its own)"),
+        )
+    } else {
+        return Ok(());
+    };
+    Err(FileError::Untrusted { path: d, what, uid: s.st_uid, mode, links, why, fix })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -355,6 +413,9 @@ impl LockFile {
         if t != FileType::RegularFile {
             return Err(FileError::WrongKind { path: disp(path), found: kind_name(t).into(), what: "lock file" });
         }
+        // A lock file planted (and locked) by another user would stop this daemon for good,
+        // with a misleading "in use by another writer": named for what it is.
+        check_trusted(&s, path, "a lock file")?;
         lock(&fd, path)?;
         Ok(LockFile { _fd: fd })
     }
@@ -513,6 +574,7 @@ pub fn open_page(path: &Path) -> Result<PageFile> {
     if t != FileType::RegularFile {
         return Err(FileError::NotAPage { path: disp(path), found: kind_name(t).into(), action: "write" });
     }
+    check_trusted(&ro_stat, path, "a page file")?;
     let ro = File::from(ro);
     classify(&ro, path, "write")?;
     let flags = OFlags::RDWR | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
@@ -539,10 +601,27 @@ pub fn open_page(path: &Path) -> Result<PageFile> {
     Ok(PageFile { file })
 }
 
+/// What a publisher would find at `path`, checked without opening anything for writing or
+/// creating anything: a new path, or a page (or zero-filled) file of this user's or root's that
+/// only its owner may write ([`check_trusted`]). Lets a daemon refuse before it makes a lock or
+/// a state file beside the page.
+pub fn check_page_path(path: &Path) -> Result<PageTarget> {
+    let target = inspect_page(path, "write")?;
+    if target != PageTarget::Absent {
+        match lstat(path) {
+            Ok(Some(s)) => check_trusted(&s, path, "a page file")?,
+            Ok(None) => {}
+            Err(e) => return Err(FileError::io("inspect", path, e)),
+        }
+    }
+    Ok(target)
+}
+
 /// A publisher's page: the page file found at `path` taken over in place when it is a vmclock
-/// page (returns its first page's bytes too), else a new page with `blank`.
+/// page of this user's or root's that only its owner may write (returns its first page's bytes
+/// too), else a new page with `blank`. Anything else is refused ([`check_page_path`]).
 pub fn open_or_create_page(path: &Path, blank: &[u8]) -> Result<(PageFile, Option<Vec<u8>>)> {
-    match inspect_page(path, "write")? {
+    match check_page_path(path)? {
         PageTarget::Absent => Ok((create_page(path, blank)?, None)),
         PageTarget::Zeroed => Ok((open_page(path)?, None)),
         PageTarget::Page => {
@@ -580,6 +659,8 @@ pub fn read_state(path: &Path) -> Result<Option<Vec<u8>>> {
     if t != FileType::RegularFile {
         return Err(FileError::WrongKind { path: disp(path), found: kind_name(t).into(), what: "state file" });
     }
+    // Another user's state would choose the markers this daemon publishes.
+    check_trusted(&s, path, "a state file")?;
     if s.st_size as u64 > MAX_STATE {
         return Err(FileError::TooLarge {
             path: disp(path),
@@ -611,6 +692,121 @@ pub fn write_state(path: &Path, contents: &[u8]) -> Result<()> {
         Err(e) => return Err(FileError::io("inspect", path, e)),
     }
     write_new(path, contents, 0o600, true, false).map(drop)
+}
+
+/// Whether `a` and `b` reach the same existing file, following links (a symbolic link to a
+/// page is the page): compared by device and inode, not by name.
+pub fn same_inode(a: &Path, b: &Path) -> bool {
+    match (rfs::stat(a), rfs::stat(b)) {
+        (Ok(x), Ok(y)) => (x.st_dev, x.st_ino) == (y.st_dev, y.st_ino),
+        _ => false,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Small inputs and outputs
+
+/// Reads a small text input (a configuration, a scenario) of at most `max` bytes without ever
+/// waiting: opened `O_NONBLOCK` (a fifo at the path does not block the open, nor a daemon's
+/// SIGHUP), and only a regular file is read (links are followed: a configuration may be one).
+/// A missing file is `ErrorKind::NotFound`, a larger one `FileTooLarge`; anything else is
+/// named ("a fifo is there, not a regular file").
+pub fn read_small_regular(path: &Path, max: u64) -> io::Result<Vec<u8>> {
+    let fd = rfs::openat(CWD, path, OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC, Mode::empty())?;
+    let s = rfs::fstat(&fd)?;
+    let t = FileType::from_raw_mode(s.st_mode);
+    if t != FileType::RegularFile {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} is there, not a regular file", kind_name(t)),
+        ));
+    }
+    let too_large = || io::Error::new(io::ErrorKind::FileTooLarge, format!("more than the {max} bytes it may have"));
+    if s.st_size as u64 > max {
+        return Err(too_large());
+    }
+    let mut v = Vec::new();
+    File::from(fd).take(max + 1).read_to_end(&mut v)?;
+    if v.len() as u64 > max {
+        return Err(too_large());
+    }
+    Ok(v)
+}
+
+/// How [`replace_output`] recognises an earlier output it may replace: at most `max` bytes, and
+/// `is_one(contents)`.
+pub struct Recognise<'a> {
+    /// The largest earlier output.
+    pub max: u64,
+    /// Whether these contents are an earlier output.
+    pub is_one: &'a dyn Fn(&[u8]) -> bool,
+}
+
+impl std::fmt::Debug for Recognise<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recognise").field("max", &self.max).finish_non_exhaustive()
+    }
+}
+
+/// Writes an output file (an SSDT, a simulation's trace) at `path`, under the rules of the
+/// daemons' files: a new file under an `O_EXCL` temporary name, mode `mode`, fsynced and
+/// renamed into place. What is already there is replaced only if it is a regular file (never a
+/// link, a device, a fifo: nothing is opened that could block or write elsewhere), recognised
+/// by `recognise` when given as an earlier output of the same kind (`what`, "an ACPI SSDT"),
+/// and never when it is one of `protect` (compared by inode: e.g. the page itself; each with
+/// what it is called in the refusal, "the guest page given with --page").
+pub fn replace_output(
+    path: &Path,
+    contents: &[u8],
+    mode: u32,
+    what: &'static str,
+    recognise: Option<Recognise<'_>>,
+    protect: &[(&str, &Path)],
+) -> Result<()> {
+    ensure_dir_for(path)?;
+    let d = disp(path);
+    let refuse = |found: String| FileError::NotReplaceable { path: d.clone(), found, what };
+    let existing = match lstat(path) {
+        Ok(None) => None,
+        Ok(Some(s)) => Some(s),
+        Err(e) => return Err(FileError::io("inspect", path, e)),
+    };
+    for (name, p) in protect {
+        if same_inode(path, p) {
+            return Err(refuse(name.to_string()));
+        }
+    }
+    if let Some(s) = existing {
+        let t = FileType::from_raw_mode(s.st_mode);
+        if t == FileType::Symlink {
+            return Err(FileError::Symlink { path: d });
+        }
+        if t != FileType::RegularFile {
+            return Err(refuse(kind_name(t).to_string()));
+        }
+        if let Some(Recognise { max, is_one }) = recognise {
+            let fd = rfs::openat(
+                CWD,
+                path,
+                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| FileError::io("open", path, e))?;
+            let st = rfs::fstat(&fd).map_err(|e| FileError::io("inspect", path, e))?;
+            if (st.st_dev, st.st_ino) != (s.st_dev, s.st_ino) {
+                return Err(FileError::io("open (it was replaced meanwhile)", path, Errno::AGAIN));
+            }
+            if st.st_size as u64 > max {
+                return Err(refuse(format!("a file of {} bytes", st.st_size)));
+            }
+            let mut old = Vec::new();
+            File::from(fd).take(max + 1).read_to_end(&mut old).map_err(|e| FileError::io("read", path, e))?;
+            if !is_one(&old) {
+                return Err(refuse(format!("a regular file of {} bytes", old.len())));
+            }
+        }
+    }
+    write_new(path, contents, mode, existing.is_some(), false).map(drop)
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use vmclock::Snapshot;
+use vmtime_core::cadence::Markers;
 use vmtime_core::feed::chrony::{ChronyAction, ChronyFeed};
 use vmtime_core::feed::clockbound::{v3, CbStatus, ClockBoundConfig, ClockBoundFeed, ErrorBound, LAYOUT_V2};
 use vmtime_core::feed::{Hold, Observation};
@@ -27,6 +28,16 @@ use vmtime_sys::feed::{ChronySocket, ClockBoundSegment};
 pub struct Args {
     #[command(subcommand)]
     target: Target,
+}
+
+impl Args {
+    /// The global `--log-level`, over the configuration's `log_level`.
+    pub fn set_log_level(&mut self, level: Option<LogLevel>) {
+        match &mut self.target {
+            Target::Chrony(a) => a.common.log_level = level,
+            Target::Clockbound(a) => a.common.log_level = level,
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -56,9 +67,9 @@ struct Common {
     /// Exit after this many seconds.
     #[arg(long)]
     duration_s: Option<DurationS>,
-    /// Log level: error, warn, info, debug (a line per sample or segment write) or trace.
-    #[arg(long, value_enum)]
-    log_level: Option<LogLevel>,
+    /// The global `--log-level` (main sets it; a key of the configuration too).
+    #[arg(skip)]
+    pub log_level: Option<LogLevel>,
     /// Serve Prometheus metrics on this loopback address (default: [metrics] listen; off).
     #[arg(long)]
     metrics_listen: Option<SocketAddr>,
@@ -244,10 +255,12 @@ fn report(last: &mut Option<Option<Hold>>, now: Option<Hold>, what: &str) {
 /// reason to stop, if it is time to.
 fn next_turn<M: crate::daemons::feed_service::FeedFigures>(
     svc: &mut Service<M>,
+    page: &mut crate::page::FollowedPage,
+    pending: bool,
     mut reload: impl FnMut(&mut Service<M>),
 ) -> Result<Option<&'static str>> {
     loop {
-        match svc.wait()? {
+        match svc.wait(|| page.markers(), pending)? {
             Wake::Turn => return Ok(None),
             Wake::Stop(why) => return Ok(Some(why)),
             Wake::Reload => reload(svc),
@@ -280,6 +293,7 @@ fn run_chrony(args: ChronyArgs) -> Result<ExitCode> {
             Ok((before, after, mono_ns)) => {
                 errors.clear();
                 svc.m.common.page_seen(before.seq_count(), Instant::now());
+                svc.seen(Markers::of(&after));
                 feed.handle(&Observation { before, after, samples: &m.samples, mono_ns })
             }
             Err(e) => {
@@ -325,7 +339,7 @@ fn run_chrony(args: ChronyArgs) -> Result<ExitCode> {
         };
         svc.m.send_failing = send_failing.is_some();
         svc.turned(&status);
-        let why = next_turn(&mut svc, |svc| {
+        let why = next_turn(&mut svc, &mut m.page, feed.disruption_pending(), |svc| {
             if let Some((now, _)) = crate::ops::config::on_sighup("feed chrony", &a, args.settings(), CHRONY_LIVE) {
                 crate::ops::logging::set_level(now.log_level);
                 let interval = interval_of(now.interval_ms);
@@ -372,6 +386,13 @@ fn run_clockbound(args: ClockBoundArgs) -> Result<ExitCode> {
         let path = a.dir.join(name);
         ClockBoundSegment::open_or_create_as(&path, layout)
     };
+    // Both segments checked before either is created: a refusal leaves no new file behind.
+    if a.layout != Layout::V3 {
+        ClockBoundSegment::check_path(&a.dir.join("shm0"), LAYOUT_V2)?;
+    }
+    if a.layout != Layout::V2 {
+        ClockBoundSegment::check_path(&a.dir.join("shm1"), v3::LAYOUT)?;
+    }
     let mut seg0 = if a.layout == Layout::V3 { None } else { Some(open("shm0", LAYOUT_V2)?) };
     let mut seg1 = if a.layout == Layout::V2 { None } else { Some(open("shm1", v3::LAYOUT)?) };
     let paths: Vec<_> = seg0.iter().chain(&seg1).map(|s| s.path().display().to_string()).collect();
@@ -409,6 +430,7 @@ fn run_clockbound(args: ClockBoundArgs) -> Result<ExitCode> {
             Ok((before, after, mono_ns)) => {
                 errors.clear();
                 svc.m.common.page_seen(before.seq_count(), Instant::now());
+                svc.seen(Markers::of(&after));
                 let eb = feed.handle(&Observation { before, after, samples: &m.samples, mono_ns }, start);
                 if feed.last_hold.is_some() {
                     svc.m.common.held(feed.last_hold);
@@ -480,7 +502,7 @@ fn run_clockbound(args: ClockBoundArgs) -> Result<ExitCode> {
             None => format!("writing {paths}: {}", cb_status_name(eb.status)),
         };
         svc.turned(&status);
-        let why = next_turn(&mut svc, |svc| {
+        let why = next_turn(&mut svc, &mut m.page, feed.disruption_pending(), |svc| {
             if let Some((now, _)) =
                 crate::ops::config::on_sighup("feed clockbound", &a, args.settings(), CLOCKBOUND_LIVE)
             {

@@ -7,6 +7,7 @@ use crate::ops::systemd::Supervisor;
 use anyhow::Result;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+use vmtime_core::cadence::{Cadence, Markers};
 use vmtime_sys::serve::Poller;
 use vmtime_sys::signals::{SignalEvent, Signals};
 
@@ -54,6 +55,8 @@ pub struct Service<M: FeedFigures> {
     end: Option<Instant>,
     gaps: GapWindow,
     status: String,
+    /// The checks of the page's markers between turns.
+    cadence: Cadence,
 }
 
 impl<M: FeedFigures> Service<M> {
@@ -74,6 +77,7 @@ impl<M: FeedFigures> Service<M> {
             end: duration_s.and_then(|d| now.checked_add(Duration::from_secs(d))),
             gaps: GapWindow::new(now),
             status: String::new(),
+            cadence: Cadence::default(),
         })
     }
 
@@ -97,10 +101,18 @@ impl<M: FeedFigures> Service<M> {
         self.interval = interval;
     }
 
+    /// The markers of the page a turn just read in full: the checks compare with them.
+    pub fn seen(&mut self, m: Markers) {
+        self.cadence.seen(m);
+    }
+
     /// Waits for the next turn, a signal or the end, pinging the watchdog meanwhile (a feed at
     /// one sample an hour still pings every few seconds). A late turn (suspended, overloaded)
     /// is taken at once and the next one an interval after it: no burst of catch-up turns.
-    pub fn wait(&mut self) -> Result<Wake> {
+    /// Meanwhile the page's markers are checked at the cadence (`markers` reads them: loads from
+    /// the mapped page): a disruption, or any update while one is `pending`, is a turn at once
+    /// (and the next one an interval after it).
+    pub fn wait(&mut self, mut markers: impl FnMut() -> Option<Markers>, pending: bool) -> Result<Wake> {
         loop {
             let now = Instant::now();
             if self.end.is_some_and(|e| now >= e) {
@@ -111,8 +123,16 @@ impl<M: FeedFigures> Service<M> {
                 self.slot = if now >= next + self.interval { now } else { next };
                 return Ok(Wake::Turn);
             }
+            let mono = mono_ns()?;
+            if self.cadence.due(mono) && self.cadence.look(mono, markers()).observe_now(pending) {
+                self.slot = now;
+                return Ok(Wake::Turn);
+            }
             self.sup.tick();
             let mut until = next;
+            if let Some(t) = self.cadence.next_check_ns(mono) {
+                until = until.min(now + std::time::Duration::from_nanos((t - mono).max(0) as u64));
+            }
             if let Some(e) = self.end {
                 until = until.min(e);
             }
@@ -136,6 +156,11 @@ impl<M: FeedFigures> Service<M> {
     }
 }
 
+/// CLOCK_MONOTONIC, ns (the cadence's clock; vDSO, no system call).
+fn mono_ns() -> Result<i128> {
+    Ok(vmtime_sys::gettime(vmtime_sys::clock::ClockId::Monotonic)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,16 +172,16 @@ mod tests {
         s.set_interval(Duration::from_millis(5));
         let t0 = s.slot;
         for i in 1..=3 {
-            assert_eq!(s.wait().unwrap(), Wake::Turn);
+            assert_eq!(s.wait(|| None, false).unwrap(), Wake::Turn);
             assert!(Instant::now() >= t0 + Duration::from_millis(5 * i), "never early");
         }
         // Late by far more than an interval: one turn at once, the next an interval after it.
         s.slot = s.slot.checked_sub(Duration::from_secs(10)).expect("up for 10 s");
         let before = Instant::now();
-        assert_eq!(s.wait().unwrap(), Wake::Turn);
+        assert_eq!(s.wait(|| None, false).unwrap(), Wake::Turn);
         assert!(s.slot >= before, "no catch-up turns");
         // --duration-s: the end stops the wait.
         s.end = Some(Instant::now());
-        assert_eq!(s.wait().unwrap(), Wake::Stop("--duration-s elapsed"));
+        assert_eq!(s.wait(|| None, false).unwrap(), Wake::Stop("--duration-s elapsed"));
     }
 }

@@ -69,9 +69,9 @@ pub struct Args {
     /// Exit after this many seconds (tests, measurements).
     #[arg(long)]
     duration_s: Option<DurationS>,
-    /// Log level: error, warn, info, debug or trace.
-    #[arg(long, value_enum)]
-    log_level: Option<LogLevel>,
+    /// The global `--log-level` (main sets it; a key of the configuration too).
+    #[arg(skip)]
+    pub log_level: Option<LogLevel>,
     /// Serve Prometheus metrics on this loopback address (default: [metrics] listen; off).
     #[arg(long)]
     metrics_listen: Option<std::net::SocketAddr>,
@@ -395,6 +395,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
         kernel.maxerror_us,
         kernel.freq as f64 / 65536.0
     );
+    if let Some(advice) = kernel.unsynchronised_advice() {
+        tracing::warn!("{advice}");
+    }
     tracing::info!("{source_note}");
     tracing::info!("control socket {} (vmtime status; vmtime watch)", socket_path.display());
     tracing::info!("calibrating the counter against CLOCK_MONOTONIC_RAW …");
@@ -430,6 +433,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let mut next_poll = Instant::now();
     let mut last_obs = Instant::now() - Duration::from_secs(3600);
     let mut last_line = Instant::now();
+    let mut cs_unreadable = false;
     let mut last_cs_check = Instant::now();
     let mut last_turn: Option<Instant> = None;
     let end = a.duration_s.map(|s| Instant::now() + Duration::from_secs(s.get()));
@@ -486,12 +490,28 @@ pub fn run(args: Args) -> Result<ExitCode> {
             }
             if last_cs_check.elapsed() >= Duration::from_secs(1) {
                 last_cs_check = Instant::now();
-                let cs = event::current_clocksource().unwrap_or_default();
-                if cs != d.clocksource {
-                    let usable = event::clocksource_uses_counter(&cs);
-                    tracing::warn!("clocksource changed: {} → {cs}", d.clocksource);
-                    d.clocksource = cs;
-                    d.publisher.handle_event(HostEvent::CounterChanged { usable });
+                // "Cannot read" (out of file descriptors, say) is not "changed": the clocksource
+                // is taken as unchanged until it can be read again (said once per episode).
+                match event::current_clocksource() {
+                    Ok(cs) => {
+                        if std::mem::take(&mut cs_unreadable) {
+                            tracing::info!("the current clocksource can be read again: {cs}");
+                        }
+                        if cs != d.clocksource {
+                            let usable = event::clocksource_uses_counter(&cs);
+                            tracing::warn!("clocksource changed: {} → {cs}", d.clocksource);
+                            d.clocksource = cs;
+                            d.publisher.handle_event(HostEvent::CounterChanged { usable });
+                        }
+                    }
+                    Err(e) => {
+                        if !std::mem::replace(&mut cs_unreadable, true) {
+                            tracing::warn!(
+                                "cannot read the current clocksource ({e}): taken as unchanged ({}) until it can be read",
+                                d.clocksource
+                            );
+                        }
+                    }
                 }
             }
             let (tx, refused) = d.timex.read()?;

@@ -61,9 +61,9 @@ pub struct Args {
     /// Exit after this many seconds.
     #[arg(long)]
     duration_s: Option<DurationS>,
-    /// Log level: error, warn, info, debug or trace.
-    #[arg(long, value_enum)]
-    log_level: Option<LogLevel>,
+    /// The global `--log-level` (main sets it; a key of the configuration too).
+    #[arg(skip)]
+    pub log_level: Option<LogLevel>,
     /// Serve Prometheus metrics on this loopback address (default: [metrics] listen; off).
     #[arg(long)]
     metrics_listen: Option<std::net::SocketAddr>,
@@ -360,6 +360,23 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let state_path = a.state.clone().unwrap_or_else(|| crate::paths::state_for(&guest_page));
     files::ensure_dir_for(&guest_page)?;
     files::ensure_dir_for(&state_path)?;
+    // A relay whose guest page is its host page (or a link to it) would relay its own output,
+    // changing markers at every turn: compared by inode, whatever the names.
+    if files::same_inode(&host_path, &guest_page) {
+        bail!(
+            "--host-page {} and --guest-page {} are the same file: the relay would follow its own output; give the guest its own page",
+            host_path.display(),
+            guest_page.display()
+        );
+    }
+    for (flag, p) in [("--host-page", &host_path), ("--guest-page", &guest_page)] {
+        if files::same_inode(p, &state_path) {
+            bail!("--state {} is the {flag} {}: give the state its own file", state_path.display(), p.display());
+        }
+    }
+    // The guest page checked before anything is made beside it (the state's lock): a device, a
+    // link or a file another user planted is refused and leaves nothing behind.
+    files::check_page_path(&guest_page)?;
     // One relay per state and per guest page: both locked for the daemon's life.
     let state_lock = LockFile::acquire(&crate::paths::lock_for(&state_path))?;
     // Only "no such file" means a first start; any other problem stops here (a lost state

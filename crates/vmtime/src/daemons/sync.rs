@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use vmclock::abi::{self, flags};
+use vmtime_core::cadence::{Cadence, Markers};
 use vmtime_core::rival::{ClockWatch, Interference};
 use vmtime_core::sync::{
     gives_time, sample_under_page, Discipline, MarkerWatch, NotifyCheck, SyncAction, SyncConfig, SyncObservation,
@@ -38,6 +39,11 @@ pub struct Args {
     /// Print the actions instead of applying them: nothing is changed.
     #[arg(long)]
     dry_run: bool,
+    /// One bounded step from the page (or PHC), with the TAI offset, leap state and bounds, then
+    /// exit: 0, or 1 with the reason on one line (for agents, init scripts, microVMs).
+    #[arg(long)]
+    #[serde(skip)]
+    pub once: bool,
     /// Interval between observations without notification, ms.
     #[arg(long)]
     interval_ms: Option<IntervalMs>,
@@ -71,9 +77,9 @@ pub struct Args {
     /// the page has it.
     #[arg(long)]
     tai_offset: Option<TaiUtcS>,
-    /// Log level: error, warn, info, debug or trace.
-    #[arg(long, value_enum)]
-    log_level: Option<LogLevel>,
+    /// The global `--log-level` (main sets it; a key of the configuration too).
+    #[arg(skip)]
+    pub log_level: Option<LogLevel>,
     /// Serve Prometheus metrics on this loopback address (default: [metrics] listen; off).
     #[arg(long)]
     metrics_listen: Option<std::net::SocketAddr>,
@@ -208,8 +214,46 @@ fn run_phc(
             printed = line;
         }
     };
+    // Between measurements the markers page (if any) is checked at the cadence: a new
+    // disruption marker makes the next measurement come at once, and step.
+    let mut cadence = Cadence::default();
+    let mut markers = markers;
+    let mut next_measure = Instant::now();
+    let mut once_again = false;
     while end.is_none_or(|e| Instant::now() < e) {
+<<<<<<< HEAD
         let tx = kernel_state(a.dry_run)?;
+=======
+        if Instant::now() < next_measure {
+            let mono = mono_ns()?;
+            let check = markers.as_ref().and_then(|_| cadence.next_check_ns(mono));
+            let check_at = check.map(|t| Instant::now() + Duration::from_nanos((t - mono).max(0) as u64));
+            let until = check_at.map_or(next_measure, |c| c.min(next_measure));
+            poller.clear();
+            signals.register(&mut poller);
+            poller.wait(Some(until.saturating_duration_since(Instant::now())))?;
+            match signals.take(&poller) {
+                Some(SignalEvent::Terminate(name)) => {
+                    tracing::info!("{name}: stopping (the clock is left as it is)");
+                    break;
+                }
+                Some(SignalEvent::Reload) => {
+                    let _ = reload(args, a, LIVE_PHC);
+                }
+                None => {}
+            }
+            let mono = mono_ns()?;
+            if let Some(m) = markers.as_mut().filter(|_| cadence.due(mono)) {
+                if cadence.look(mono, m.markers()) == vmtime_core::cadence::Look::Disrupted {
+                    next_measure = Instant::now();
+                }
+            }
+            supervisor.tick();
+            continue;
+        }
+        next_measure = Instant::now() + interval;
+        let tx = vmtime_sys::read_timex()?;
+>>>>>>> main
         if let Some(w) = &mut rival {
             if let Err(i) = w.check(&tx) {
                 return stopped_by(Interfered(i).into());
@@ -217,6 +261,7 @@ fn run_phc(
         }
         if let Some(m) = &markers {
             if let Ok(p) = m.read() {
+                cadence.seen(Markers::of(&p));
                 let c = watch.observe(&p);
                 if c.disrupted {
                     tracing::info!("disruption marker changed: {:#x}; stepping from the PHC", p.disruption_marker());
@@ -228,7 +273,59 @@ fn run_phc(
             }
         }
         let page = own_page.as_ref().and_then(|m| vmclock::seqlock::read(m, vmclock::seqlock::DEFAULT_MAX_WAIT).ok());
-        servo.set_source(PhcSourceState::from_facts(page.as_ref(), tx.tai, a.tai_offset.map(TaiUtcS::get)));
+        let src = PhcSourceState::from_facts(page.as_ref(), tx.tai, a.tai_offset.map(TaiUtcS::get));
+        servo.set_source(src);
+        if args.once {
+            // One reading: its step (when more than 1 µs off), the TAI offset and the bounds;
+            // after a real step, one more reading gives the bounds of the clock as now set.
+            let m = match read_best(&mut d, 25) {
+                Ok((m, _)) => m,
+                Err(failed) => {
+                    let first = failed.first().map(|(_, e)| e.as_str()).unwrap_or("no reading");
+                    return once_failed(&dev, format!("no reading method works ({first})"));
+                }
+            };
+            let acts = servo.handle_measurement(&m, tx.tick, tx.freq, interval.as_secs_f64());
+            if servo.in_holdover() {
+                return once_failed(&dev, "the source cannot be used now (UNRELIABLE, or TAI without TAI − UTC)");
+            }
+            let stepped = acts.iter().find_map(|x| match x {
+                SyncAction::Step { delta_ns } => Some(*delta_ns),
+                _ => None,
+            });
+            let mut acts: Vec<_> = acts.into_iter().filter(|x| !matches!(x, SyncAction::SetFrequency { .. })).collect();
+            if let Some(t) = src.tai_minus_utc.filter(|&t| i32::from(t) != tx.tai) {
+                acts.push(SyncAction::SetTai(i32::from(t)));
+            }
+            for act in &acts {
+                if a.dry_run {
+                    println!("dry run: would {}", describe(act));
+                } else if let Err(e) = vmtime_sys::timex::apply(act) {
+                    return once_failed(
+                        &dev,
+                        format!("cannot {} ({e}; vmtime sync needs CAP_SYS_TIME)", describe(act)),
+                    );
+                }
+            }
+            if stepped.is_some() && !a.dry_run && !once_again {
+                once_again = true;
+                next_measure = Instant::now();
+                continue;
+            }
+            println!(
+                "vmtime sync --once: {} ({clock_name}): offset {:+.0} ns, {}{}",
+                dev.display(),
+                servo.last_offset_ns,
+                match stepped {
+                    Some(d) if a.dry_run => format!("would step by {:+.3} µs", d as f64 / 1e3),
+                    Some(d) => format!("stepped by {:+.3} µs", d as f64 / 1e3),
+                    None if once_again => "stepped before".to_string(),
+                    None => "not stepped".to_string(),
+                },
+                if a.dry_run { " (dry run: nothing was changed)" } else { "" }
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
         let actions = match read_best(&mut d, 25) {
             Ok((m, _)) => {
                 let acts = servo.handle_measurement(&m, tx.tick, tx.freq, interval.as_secs_f64());
@@ -267,22 +364,78 @@ fn run_phc(
             supervisor.ready(&format!("following {}", dev.display()));
         }
         supervisor.tick();
-        // The wait between measurements is also where signals arrive.
-        poller.clear();
-        signals.register(&mut poller);
-        poller.wait(Some(interval))?;
-        match signals.take(&poller) {
-            Some(SignalEvent::Terminate(name)) => {
-                tracing::info!("{name}: stopping (the clock is left as it is)");
-                break;
-            }
-            Some(SignalEvent::Reload) => {
-                let _ = reload(args, a, LIVE_PHC);
-            }
-            None => {}
-        }
     }
     supervisor.stopping();
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--once` failed: one line naming the source and the reason, exit status 1.
+fn once_failed(source: &std::path::Path, why: impl std::fmt::Display) -> Result<ExitCode> {
+    eprintln!("vmtime sync --once: {}: {why}; the clock is left as it is", source.display());
+    Ok(ExitCode::from(1))
+}
+
+/// `vmtime sync --once` on a page: one observation (its samples paired with one version of the
+/// page: a page updated meanwhile, a migration or restore, is observed again), then the step,
+/// TAI offset, leap state and bounds of `vmtime_core::oneshot::once`, and exit. A page with
+/// markers only goes to the machine's PHC, if it has one.
+fn run_once(a: &SyncSettings, args: &Args, source: &std::path::Path) -> Result<ExitCode> {
+    let page = match crate::page::FollowedPage::open(source) {
+        Ok(p) => p,
+        Err(e) => return once_failed(source, e),
+    };
+    let first = match page.read() {
+        Ok(p) => p,
+        Err(e) => return once_failed(source, e),
+    };
+    if !gives_time(&first, vmclock::counter::NATIVE) {
+        return match find_phc() {
+            Some(info) => run_phc(a, args, info, Some(page)),
+            None => once_failed(source, "it carries markers only and this machine has no PHC: no time source"),
+        };
+    }
+    let kernel = vmtime_sys::read_timex()?;
+    let got = sample_under_page(
+        4,
+        || page.read().map_err(anyhow::Error::from),
+        || -> Result<_> {
+            let raw = tightest(ClockId::MonotonicRaw, 16)?;
+            let samples = (0..64).map(|_| aba_sample(ClockId::Realtime)).collect::<std::io::Result<Vec<_>>>()?;
+            Ok((raw, samples))
+        },
+        || page.read().map_or(u32::MAX, |p| p.seq_count()),
+    );
+    let (p, (raw, samples)) = match got {
+        Ok(Some(x)) => x,
+        Ok(None) => return once_failed(source, "the page changed during every one of 4 observations"),
+        Err(e) => return once_failed(source, format!("{e:#}")),
+    };
+    crate::page::warn_legacy_tai(source, &p);
+    let obs = SyncObservation { page: p, raw, samples: &samples, kernel };
+    let once = match vmtime_core::oneshot::once(discipline_config(a), &obs, vmclock::counter::NATIVE) {
+        Ok(o) => o,
+        Err(e) => return once_failed(source, e),
+    };
+    for act in &once.actions {
+        if a.dry_run {
+            println!("dry run: would {}", describe(act));
+        } else if let Err(e) = vmtime_sys::timex::apply(act) {
+            return once_failed(source, format!("cannot {} ({e}; vmtime sync needs CAP_SYS_TIME)", describe(act)));
+        }
+    }
+    let what = match once.step_ns() {
+        Some(d) if a.dry_run => format!("would step by {:+.3} µs", d as f64 / 1e3),
+        Some(d) => format!("stepped by {:+.3} µs", d as f64 / 1e3),
+        None => "within 1 µs: not stepped".to_string(),
+    };
+    println!(
+        "vmtime sync --once: {}: offset {:+.0} ns, {what}; bound {:.0} ns (marker {:#x}){}",
+        source.display(),
+        once.offset_ns,
+        once.bound_ns,
+        p.disruption_marker(),
+        if a.dry_run { " (dry run: nothing was changed)" } else { "" }
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -309,11 +462,18 @@ fn run_markers_only(
     let mut last = None;
     let mut poller = Poller::new();
     let mut next = Instant::now();
+    // Between full reads (every interval) the markers are checked at the cadence.
+    let mut cadence = Cadence::default();
     while end.is_none_or(|e| Instant::now() < e) {
+        let mono = mono_ns()?;
+        if cadence.due(mono) && cadence.look(mono, page.markers()) == vmtime_core::cadence::Look::Disrupted {
+            next = Instant::now();
+        }
         if Instant::now() >= next {
             next = Instant::now() + interval;
             page.refresh();
             if let Ok(p) = page.read() {
+                cadence.seen(Markers::of(&p));
                 let c = watch.observe(&p);
                 if c.disrupted {
                     tracing::info!(
@@ -328,7 +488,10 @@ fn run_markers_only(
                 last = Some(p);
             }
         }
-        let wake = serve::earliest(Some(next), server.next_deadline());
+        let mono = mono_ns()?;
+        let check =
+            cadence.next_check_ns(mono).map(|t| Instant::now() + Duration::from_nanos((t - mono).max(0) as u64));
+        let wake = serve::earliest(serve::earliest(Some(next), check), server.next_deadline());
         poller.clear();
         signals.register(&mut poller);
         server.register(&mut poller);
@@ -398,6 +561,11 @@ impl DeviceNotes {
     }
 }
 
+/// CLOCK_MONOTONIC, ns (the cadence's clock; vDSO, no system call).
+fn mono_ns() -> Result<i128> {
+    Ok(vmtime_sys::gettime(ClockId::Monotonic)?)
+}
+
 /// The first vmclock device, if any.
 fn find_device() -> Option<PathBuf> {
     (0..8).map(|i| PathBuf::from(format!("/dev/vmclock{i}"))).find(|p| p.exists())
@@ -440,6 +608,8 @@ struct Sync {
     m: crate::ops::metrics::SyncMetrics,
     /// Changes to the kernel's NTP state that this daemon did not make.
     rival: Option<ClockWatch>,
+    /// The checks of the page's markers between observations.
+    cadence: Cadence,
 }
 
 impl Sync {
@@ -528,6 +698,7 @@ impl Sync {
             );
         }
         self.last_marker = Some(page.disruption_marker());
+        self.cadence.seen(Markers::of(&page));
         crate::page::warn_legacy_tai(self.page.path(), &page);
         let a = self.discipline.handle_observation(&SyncObservation { page, raw, samples: &samples, kernel });
         self.log_notices();
@@ -551,6 +722,8 @@ impl Sync {
             "vm_generation_counter": page.and_then(|p| p.vm_generation_counter()),
             "notified": self.notes.device.is_some(),
             "observations_redone": self.redone,
+            "marker_checks": self.cadence.checks(),
+            "check_ms": (!self.cadence.notified()).then(|| self.cadence.check_ns() / 1_000_000),
         })
     }
 }
@@ -679,6 +852,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
         });
         return run_phc(&a, &args, info, None);
     }
+    if args.once {
+        return run_once(&a, &args, &source);
+    }
     let page = crate::page::FollowedPage::open(&source)?;
     let first = page.read()?;
     let socket = match a.socket.clone() {
@@ -718,7 +894,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
         redone: 0,
         m: crate::ops::metrics::SyncMetrics { dry_run: a.dry_run, ..Default::default() },
         rival: (!a.allow_other_daemon).then(ClockWatch::new),
+        cadence: Cadence::default(),
     };
+    s.cadence.set_notified(s.notes.device.is_some());
     let board = crate::ops::metrics::Board::new(s.m.clone());
     crate::ops::metrics::start(a.metrics_listen, &board)?;
     let mut supervisor = crate::ops::systemd::Supervisor::new();
@@ -754,7 +932,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
         let now = Instant::now();
         let raw_now = vmtime_sys::gettime(ClockId::MonotonicRaw)?;
         let slew_wait = s.discipline.next_deadline().map(|d| Duration::from_nanos((d - raw_now).max(0) as u64));
-        let wait = [Some(next_obs.saturating_duration_since(now)), slew_wait]
+        let mono_now = mono_ns()?;
+        let check_wait = s.cadence.next_check_ns(mono_now).map(|t| Duration::from_nanos((t - mono_now).max(0) as u64));
+        let wait = [Some(next_obs.saturating_duration_since(now)), slew_wait, check_wait]
             .into_iter()
             .flatten()
             .min()
@@ -792,9 +972,19 @@ pub fn run(args: Args) -> Result<ExitCode> {
             if s.notes.device.is_some() {
                 let page = &s.page;
                 notified = s.notes.readable(|| page.read().map_or(u32::MAX, |p| p.seq_count()));
+                s.cadence.set_notified(s.notes.device.is_some());
             } else if !sub.as_mut().is_some_and(|x| x.drain()) {
                 tracing::warn!("the publisher went away: polling the page");
                 sub = None;
+            }
+        }
+        // The markers' check between observations: loads from the mapped page.
+        let mono_now = mono_ns()?;
+        if s.cadence.due(mono_now) {
+            let look = s.cadence.look(mono_now, s.page.markers());
+            if look.observe_now(s.discipline.disruption_pending()) {
+                tracing::debug!("the page's check found {look:?}: observing now");
+                notified = true;
             }
         }
         if notified || Instant::now() >= next_obs {

@@ -151,35 +151,61 @@ pub fn age(now: Instant, t: Option<Instant>) -> Option<f64> {
     t.map(|t| now.saturating_duration_since(t).as_secs_f64())
 }
 
-/// Binds `addr` (so a bad or busy address fails the daemon's start) and serves `board` from a
-/// thread of its own. Returns the bound address.
+/// How long the metrics thread waits before trying again to bind an address that another
+/// process holds, or to accept after a failure (out of file descriptors: the listener stays
+/// readable, so accepting again at once would spin).
+pub const RETRY: Duration = Duration::from_secs(5);
+/// The pause after a failed accept.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Binds `addr` and serves `board` from a thread of its own. Returns the bound address.
 pub fn serve<T: Expose>(addr: SocketAddr, board: Board<T>) -> Result<SocketAddr> {
     let listener = TcpListener::bind(addr).with_context(|| format!("cannot serve metrics on {addr}"))?;
     let bound = listener.local_addr()?;
+    std::thread::Builder::new().name("metrics".into()).spawn(move || accept_loop(listener, board))?;
+    Ok(bound)
+}
+
+fn accept_loop<T: Expose>(listener: TcpListener, board: Board<T>) {
     let active = Arc::new(AtomicUsize::new(0));
-    std::thread::Builder::new().name("metrics".into()).spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            if active.load(Ordering::Acquire) >= MAX_CONNECTIONS {
-                let _ = conn.set_write_timeout(Some(IO_TIMEOUT));
-                let _ = conn.write_all(
-                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\nRetry-After: 1\r\n\r\n",
-                );
+    let mut failing = false;
+    for conn in listener.incoming() {
+        let mut conn = match conn {
+            Ok(c) => {
+                failing = false;
+                c
+            }
+            Err(e) => {
+                // EMFILE and the like leave the connection queued and the listener readable:
+                // pause (this thread only) instead of spinning, and say so once per episode.
+                if !std::mem::replace(&mut failing, true) {
+                    tracing::warn!(
+                        "metrics: cannot accept a connection ({e}): pausing {} ms between tries",
+                        ACCEPT_BACKOFF.as_millis()
+                    );
+                }
+                std::thread::sleep(ACCEPT_BACKOFF);
                 continue;
             }
-            active.fetch_add(1, Ordering::AcqRel);
-            let (board, slot) = (board.clone(), Arc::clone(&active));
-            let spawned = std::thread::Builder::new().name("metrics-conn".into()).spawn(move || {
-                let conn = handle(conn, &board);
-                slot.fetch_sub(1, Ordering::AcqRel);
-                drop(conn);
-            });
-            if spawned.is_err() {
-                active.fetch_sub(1, Ordering::AcqRel);
-            }
+        };
+        if active.load(Ordering::Acquire) >= MAX_CONNECTIONS {
+            let _ = conn.set_write_timeout(Some(IO_TIMEOUT));
+            let _ = conn.write_all(
+                b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\nRetry-After: 1\r\n\r\n",
+            );
+            continue;
         }
-    })?;
-    Ok(bound)
+        active.fetch_add(1, Ordering::AcqRel);
+        let (board, slot) = (board.clone(), Arc::clone(&active));
+        let spawned = std::thread::Builder::new().name("metrics-conn".into()).spawn(move || {
+            let conn = handle(conn, &board);
+            slot.fetch_sub(1, Ordering::AcqRel);
+            drop(conn);
+        });
+        if spawned.is_err() {
+            active.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
 }
 
 /// What to answer to a request head.
@@ -254,11 +280,33 @@ fn handle<T: Expose>(mut conn: TcpStream, board: &Board<T>) -> TcpStream {
 
 /// Starts the server when the settings give an address (`--metrics-listen`, `metrics_listen`,
 /// `[metrics] listen`: already checked to be loopback unless `[metrics] allow_non_loopback`).
+///
+/// Metrics never deny the time service: an address that cannot be bound now (another process,
+/// perhaps another user's, holds the port) is logged and tried again every [`RETRY`] from a
+/// thread of its own while the daemon runs; `Ok(None)` then.
 pub fn start<T: Expose>(addr: Option<SocketAddr>, board: &Board<T>) -> Result<Option<SocketAddr>> {
     let Some(addr) = addr else { return Ok(None) };
-    let bound = serve(addr, board.clone())?;
-    tracing::info!("serving metrics on http://{bound}/metrics");
-    Ok(Some(bound))
+    match serve(addr, board.clone()) {
+        Ok(bound) => {
+            tracing::info!("serving metrics on http://{bound}/metrics");
+            Ok(Some(bound))
+        }
+        Err(e) => {
+            tracing::warn!(
+                "{e:#}: running without metrics for now; trying again every {} s (free the port, or give another --metrics-listen)",
+                RETRY.as_secs()
+            );
+            let board = board.clone();
+            std::thread::Builder::new().name("metrics-bind".into()).spawn(move || loop {
+                std::thread::sleep(RETRY);
+                if let Ok(bound) = serve(addr, board.clone()) {
+                    tracing::info!("serving metrics on http://{bound}/metrics (the address is free now)");
+                    return;
+                }
+            })?;
+            Ok(None)
+        }
+    }
 }
 
 /// Fetches `/metrics` from `addr` (tests).
