@@ -221,9 +221,6 @@ fn run_phc(
     let mut next_measure = Instant::now();
     let mut once_again = false;
     while end.is_none_or(|e| Instant::now() < e) {
-<<<<<<< HEAD
-        let tx = kernel_state(a.dry_run)?;
-=======
         if Instant::now() < next_measure {
             let mono = mono_ns()?;
             let check = markers.as_ref().and_then(|_| cadence.next_check_ns(mono));
@@ -252,8 +249,7 @@ fn run_phc(
             continue;
         }
         next_measure = Instant::now() + interval;
-        let tx = vmtime_sys::read_timex()?;
->>>>>>> main
+        let tx = kernel_state(a.dry_run)?;
         if let Some(w) = &mut rival {
             if let Err(i) = w.check(&tx) {
                 return stopped_by(Interfered(i).into());
@@ -394,7 +390,7 @@ fn run_once(a: &SyncSettings, args: &Args, source: &std::path::Path) -> Result<E
             None => once_failed(source, "it carries markers only and this machine has no PHC: no time source"),
         };
     }
-    let kernel = vmtime_sys::read_timex()?;
+    let kernel = kernel_state(a.dry_run)?;
     let got = sample_under_page(
         4,
         || page.read().map_err(anyhow::Error::from),
