@@ -120,6 +120,27 @@ pub enum SyncAction {
     RunHook,
 }
 
+/// In words, as `vmtime sync` logs and prints it (`dry run: would …`).
+impl std::fmt::Display for SyncAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            SyncAction::Step { delta_ns } => write!(f, "step CLOCK_REALTIME by {:+.3} µs", delta_ns as f64 / 1e3),
+            SyncAction::SetFrequency { tick, freq } => {
+                write!(f, "set tick {tick} and frequency {:+.6} ppm", freq as f64 / 65536.0)
+            }
+            SyncAction::SetTai(t) => write!(f, "set the TAI offset to {t} s"),
+            SyncAction::SetState { insert, delete, synchronized, maxerror_us, esterror_us } => write!(
+                f,
+                "set {}{}{}, maxerror {maxerror_us} µs, esterror {esterror_us} µs",
+                if synchronized { "synchronised (STA_UNSYNC clear)" } else { "unsynchronised (STA_UNSYNC)" },
+                if insert { ", STA_INS (leap second at midnight)" } else { "" },
+                if delete { ", STA_DEL (leap second deleted at midnight)" } else { "" }
+            ),
+            SyncAction::RunHook => f.write_str("run the generation hook"),
+        }
+    }
+}
+
 /// The kernel's frequency range: ADJ_TICK moves ±10 % (9000–11000 µs per 1/100 s, refused
 /// outside), ADJ_FREQUENCY adds ±500 ppm (MAXFREQ, clamped); ppb.
 pub const KERNEL_MAX_PPB: i64 = KERNEL_MAX_TICK_PPB + KERNEL_MAX_FREQ_PPB;
@@ -230,6 +251,9 @@ pub struct Discipline {
     /// After a holdover: how far the kernel may have drifted meanwhile, ns (added to the limit
     /// until an update is made).
     drift_allowance_ns: f64,
+    /// A second opinion disagrees with the page ([`crate::crosscheck`]): what the kernel's
+    /// maxerror must cover, ns; the clock is left unsynchronised meanwhile.
+    cross_widen_ns: Option<f64>,
 }
 
 /// The kernel's (tick, freq) for a rate `ppb` away from RAW.
@@ -261,6 +285,7 @@ impl Discipline {
             lost: false,
             last_update_raw_ns: None,
             drift_allowance_ns: 0.0,
+            cross_widen_ns: None,
         }
     }
 
@@ -273,6 +298,13 @@ impl Discipline {
     /// calibration, the markers and the counts are kept.
     pub fn reconfigure(&mut self, cfg: SyncConfig) {
         self.cfg = cfg;
+    }
+
+    /// The cross-check's verdict ([`crate::crosscheck::CrossCheck::widen_ns`]): while a second
+    /// opinion disagrees with the page beyond both bounds, the kernel's maxerror covers the
+    /// disagreement and STA_UNSYNC stays set. It never moves the clock.
+    pub fn set_cross_check(&mut self, widen_ns: Option<f64>) {
+        self.cross_widen_ns = widen_ns;
     }
 
     /// What happened that the daemon should log, since the last call.
@@ -481,10 +513,12 @@ impl Discipline {
         }
         let (insert, delete) = leap_arming(page, &src.time);
         let residual_ns = if step { self.status.pairing_ns } else { offset_ns.abs() + self.status.pairing_ns };
-        let maxerror_us = kernel_bound_us(src.maxerror_ns().unwrap_or(0) as f64 + residual_ns, 1);
+        let own_ns = src.maxerror_ns().unwrap_or(0) as f64 + residual_ns;
+        let maxerror_us = kernel_bound_us(self.cross_widen_ns.map_or(own_ns, |w| own_ns.max(w + residual_ns)), 1);
         let esterror_us = kernel_bound_us(src.esterror_ns().unwrap_or(0) as f64 + self.status.pairing_ns, 0);
-        self.last_state = Some((insert, delete, synchronized));
-        out.push(SyncAction::SetState { insert, delete, synchronized, maxerror_us, esterror_us });
+        let kernel_synchronized = synchronized && self.cross_widen_ns.is_none();
+        self.last_state = Some((insert, delete, kernel_synchronized));
+        out.push(SyncAction::SetState { insert, delete, synchronized: kernel_synchronized, maxerror_us, esterror_us });
         self.status.state = if synchronized { "synchronised" } else { "following a free-running source" };
         self.status.updates += 1;
         out
@@ -870,6 +904,34 @@ mod tests {
         let acts = w.observe(8);
         assert!(stepped(&acts).is_some_and(|d| (d as i128 - 5 * YEAR).abs() <= 1), "{acts:?}");
         assert_eq!(w.d.take_notices(), vec![SyncNotice::Recovered]);
+    }
+
+    /// The cross-check widens the kernel's maxerror and leaves the clock unsynchronised while
+    /// it disagrees; it never steps or slews towards the server.
+    #[test]
+    fn a_disagreeing_second_opinion_widens_the_bound_and_never_steers() {
+        let state = |acts: &[SyncAction]| {
+            acts.iter().find_map(|a| match a {
+                SyncAction::SetState { synchronized, maxerror_us, .. } => Some((*synchronized, *maxerror_us)),
+                _ => None,
+            })
+        };
+        let mut w = World::new();
+        for t in 0..4 {
+            let _ = w.observe(t);
+        }
+        let (sync0, max0) = state(&w.observe(4)).unwrap();
+        assert!(sync0 && max0 < 10, "{max0}");
+        w.d.set_cross_check(Some(50_000_000.0));
+        let acts = w.observe(5);
+        assert_eq!(stepped(&acts), None);
+        assert!(!acts.iter().any(|a| matches!(a, SyncAction::SetFrequency { .. })), "{acts:?}");
+        let (sync1, max1) = state(&acts).unwrap();
+        assert!(!sync1, "unsynchronised while they disagree");
+        assert!((50_000..50_010).contains(&max1), "{max1}");
+        assert_eq!(w.d.status().state, "synchronised", "the page is still followed");
+        w.d.set_cross_check(None);
+        assert_eq!(state(&w.observe(6)), Some((true, max0)));
     }
 
     #[test]

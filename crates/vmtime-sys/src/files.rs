@@ -57,24 +57,17 @@ pub enum FileError {
     TooLarge { path: String, len: u64, max: u64, what: &'static str },
     /// A file vmtime would publish time through (or read its own state or lock from) that is
     /// not its own: another user owns it, others may write it, or it has a second name.
-    #[error(
-        "{path}: {what} owned by uid {uid} with mode {mode:04o}{links}: {why}; vmtime never adopts such a file: {fix}"
-    )]
+    #[error("{path}: {detail}")]
     Untrusted {
         path: String,
-        what: &'static str,
-        uid: u32,
-        mode: u32,
-        /// ", 2 names (hard links)" when there is more than one.
-        links: String,
-        why: String,
-        fix: String,
+        /// What it is, its owner and mode, why it is refused and the fix.
+        detail: String,
     },
     /// A file in the way of an output that is not one vmtime may replace.
     #[error("{path}: {found} is there, not {what}: refusing to replace it (remove it yourself, or give another path)")]
     NotReplaceable { path: String, found: String, what: &'static str },
-    /// A system call failed.
-    #[error("cannot {op} {path}: {err}")]
+    /// A system call failed (out of descriptors: with the remedy).
+    #[error("cannot {op} {path}: {err}{hint}", hint = crate::limit_hint(.err))]
     Io { op: &'static str, path: String, err: io::Error },
 }
 
@@ -296,29 +289,50 @@ pub fn ensure_dir_for(file: &Path) -> Result<()> {
 /// `s` is the `fstat` of the open file (or the `lstat` of the path); `what` names it ("a page
 /// file").
 pub fn check_trusted(s: &rfs::Stat, path: &Path, what: &'static str) -> Result<()> {
+    trusted(s, path, what, true)
+}
+
+/// [`check_trusted`] for an input a daemon reads but never makes (its configuration): the
+/// same rule, and a fix that does not suggest removing it.
+pub fn check_trusted_input(s: &rfs::Stat, path: &Path, what: &'static str) -> Result<()> {
+    trusted(s, path, what, false)
+}
+
+fn trusted(s: &rfs::Stat, path: &Path, what: &'static str, daemon_makes_it: bool) -> Result<()> {
     let me = euid();
     let mode = s.st_mode & 0o7777;
     let d = disp(path);
     let links = if s.st_nlink > 1 { format!(", {} names (hard links)", s.st_nlink) } else { String::new() };
+    let rm = format!("rm {d}: the daemon then creates its own");
     let (why, fix) = if s.st_uid != me && s.st_uid != 0 {
         (
             format!("it belongs to another user (uid {}), who could rewrite it at any time", s.st_uid),
-            format!("remove it (rm {d}: the daemon then creates its own) or, if you trust it, chown {me} {d}; chmod go-w {d}"),
+            if daemon_makes_it {
+                format!("remove it ({rm}) or, if you trust it, chown {me} {d}; chmod go-w {d}")
+            } else {
+                format!("if you trust it, chown {me} {d}; chmod go-w {d}")
+            },
         )
     } else if mode & 0o022 != 0 {
         (
             format!("mode {mode:04o} lets {} write it", if mode & 0o002 != 0 { "every user" } else { "its group" }),
-            format!("chmod go-w {d}, or remove it (rm {d}: the daemon then creates its own)"),
+            if daemon_makes_it { format!("chmod go-w {d}, or remove it ({rm})") } else { format!("chmod go-w {d}") },
         )
     } else if s.st_nlink > 1 {
         (
             "a second name is a way to it that the checks of its directory do not cover".to_string(),
-            format!("remove it (rm {d}: the daemon then creates its own)"),
+            if daemon_makes_it {
+                format!("remove it ({rm})")
+            } else {
+                "give it one name (cp it, then use the copy)".to_string()
+            },
         )
     } else {
         return Ok(());
     };
-    Err(FileError::Untrusted { path: d, what, uid: s.st_uid, mode, links, why, fix })
+    let never = if daemon_makes_it { "vmtime never adopts such a file" } else { "vmtime does not read such a file" };
+    let detail = format!("{what} owned by uid {} with mode {mode:04o}{links}: {why}; {never}: {fix}", s.st_uid);
+    Err(FileError::Untrusted { path: d, detail })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -671,6 +685,18 @@ pub fn same_inode(a: &Path, b: &Path) -> bool {
 /// A missing file is `ErrorKind::NotFound`, a larger one `FileTooLarge`; anything else is
 /// named ("a fifo is there, not a regular file").
 pub fn read_small_regular(path: &Path, max: u64) -> io::Result<Vec<u8>> {
+    read_small(path, max, None)
+}
+
+/// [`read_small_regular`] for a file that decides what a daemon does (its configuration: the
+/// step limits, the command `sync` runs as its hook): it must also pass [`check_trusted`]
+/// (this user's or root's, writable by its owner only), as sshd's StrictModes has it; else
+/// `ErrorKind::PermissionDenied` with the refusal's one line.
+pub fn read_small_trusted(path: &Path, max: u64, what: &'static str) -> io::Result<Vec<u8>> {
+    read_small(path, max, Some(what))
+}
+
+fn read_small(path: &Path, max: u64, trusted: Option<&'static str>) -> io::Result<Vec<u8>> {
     let fd = rfs::openat(CWD, path, OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC, Mode::empty())?;
     let s = rfs::fstat(&fd)?;
     let t = FileType::from_raw_mode(s.st_mode);
@@ -679,6 +705,11 @@ pub fn read_small_regular(path: &Path, max: u64) -> io::Result<Vec<u8>> {
             io::ErrorKind::InvalidInput,
             format!("{} is there, not a regular file", kind_name(t)),
         ));
+    }
+    if let Some(what) = trusted {
+        if let Err(e) = check_trusted_input(&s, path, what) {
+            return Err(io::Error::new(io::ErrorKind::PermissionDenied, e.to_string()));
+        }
     }
     let too_large = || io::Error::new(io::ErrorKind::FileTooLarge, format!("more than the {max} bytes it may have"));
     if s.st_size as u64 > max {

@@ -32,6 +32,9 @@ pub enum FollowError {
     /// A system call failed.
     #[error("cannot read {path}: {err}")]
     Io { path: String, err: io::Error },
+    /// A page file every user may write: any of them could set the time a daemon passes on.
+    #[error("{path}: a page file every user may write (mode {mode:04o}): any of them could set the time read from it; a daemon does not follow it (chmod o-w {path}, or give its publisher's own page)")]
+    WorldWritable { path: String, mode: u32 },
     /// The path no longer names the file followed, and what is there now cannot be read as a
     /// page (removed, or replaced by a fifo, a directory, junk): the old file is an orphan its
     /// publisher may no longer be writing, so it is not read either.
@@ -59,6 +62,8 @@ pub struct PageReader {
     path: PathBuf,
     source: Source,
     dev_ino: (u64, u64),
+    /// The mode of a regular file (not sysfs) that every user may write.
+    world_writable: Option<u32>,
 }
 
 impl std::fmt::Debug for PageReader {
@@ -97,12 +102,21 @@ impl PageReader {
                 "not a vmclock device or page file (a directory, fifo or socket)",
             )));
         };
-        Ok(PageReader { path: path.to_path_buf(), source, dev_ino: (m.dev(), m.ino()) })
+        let world_writable = (matches!(source, Source::File(_)) && m.mode() & 0o002 != 0).then_some(m.mode() & 0o7777);
+        Ok(PageReader { path: path.to_path_buf(), source, dev_ino: (m.dev(), m.ino()), world_writable })
     }
 
     /// The path it was opened by.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Refuses a page file every user may write ([`FollowError::WorldWritable`]).
+    fn trusted(&self) -> Result<(), FollowError> {
+        match self.world_writable {
+            None => Ok(()),
+            Some(mode) => Err(FollowError::WorldWritable { path: self.name(), mode }),
+        }
     }
 
     /// Whether it is a device (which has its own notification by `poll`).
@@ -240,9 +254,13 @@ pub struct FollowedPage {
 }
 
 impl FollowedPage {
-    /// Opens the page at `path`.
+    /// Opens the page at `path`. A daemon passes on the time it reads here, so a page *file*
+    /// every user may write (mode o+w) is refused: anyone could set that time. (Whose file it
+    /// is cannot be judged here: a host's page belongs to the host's user.)
     pub fn open(path: &Path) -> Result<Self, FollowError> {
-        Ok(FollowedPage { reader: PageReader::open(path)?, lost: None })
+        let reader = PageReader::open(path)?;
+        reader.trusted()?;
+        Ok(FollowedPage { reader, lost: None })
     }
 
     /// The reader of the current file.
@@ -274,7 +292,7 @@ impl FollowedPage {
                 });
                 false
             }
-            Ok(_) => match PageReader::open(&self.reader.path) {
+            Ok(_) => match PageReader::open(&self.reader.path).and_then(|r| r.trusted().map(|()| r)) {
                 Ok(r) => {
                     self.reader = r;
                     self.lost = None;

@@ -82,6 +82,12 @@ pub fn sync_lock() -> PathBuf {
     files::runtime_dir().join("sync.lock")
 }
 
+/// The default control socket of a feed (`feed-chrony`, `feed-clockbound`), in this uid's
+/// runtime directory.
+pub fn feed_socket(feed: &str) -> PathBuf {
+    files::runtime_dir().join(format!("{feed}.sock"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -503,7 +503,18 @@ pub const MAX_TEXT_FILE: u64 = 1 << 20;
 pub fn read_small_text(path: &std::path::Path) -> std::io::Result<String> {
     // Never waits (O_NONBLOCK: a fifo put at the path neither blocks the open nor a daemon's
     // SIGHUP) and reads only a regular file (vmtime_sys::files).
-    let bytes = vmtime_sys::files::read_small_regular(path, MAX_TEXT_FILE).map_err(|e| match e.kind() {
+    text(vmtime_sys::files::read_small_regular(path, MAX_TEXT_FILE))
+}
+
+/// [`read_small_text`] for a configuration: it decides what the daemons do (the command `sync`
+/// runs as its hook, its step limits), so it must also be this user's or root's and writable
+/// by its owner only (`vmtime_sys::files::check_trusted`).
+pub fn read_config_text(path: &std::path::Path) -> std::io::Result<String> {
+    text(vmtime_sys::files::read_small_trusted(path, MAX_TEXT_FILE, "a configuration file"))
+}
+
+fn text(r: std::io::Result<Vec<u8>>) -> std::io::Result<String> {
+    let bytes = r.map_err(|e| match e.kind() {
         std::io::ErrorKind::FileTooLarge => std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             format!("larger than {} KiB: not a vmtime text file", MAX_TEXT_FILE / 1024),

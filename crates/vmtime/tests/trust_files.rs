@@ -230,6 +230,7 @@ fn item2_a_planted_relay_state_or_lock_is_refused_with_its_owner() {
     assert!(e.contains(&format!("{}: a state file owned by uid 65534 with mode 0600", state.display())), "{e}");
     assert_eq!(std::fs::read_to_string(&state).unwrap(), forged, "left as it was");
     assert!(!guest.exists(), "no guest page was published");
+    assert!(!d.path().join("g.page.state.json.lock").exists(), "no lock made beside a refused state");
     std::fs::remove_file(&state).unwrap();
 
     // A lock planted and held (flock) by another user: named for what it is, with the fix,
@@ -613,4 +614,81 @@ fn item16_messages_name_the_path_and_the_cause() {
     let e = stderr(&o);
     assert!(e.contains(&p0.display().to_string()) && e.contains("counter period is 0"), "{e}");
     assert!(!e.contains("ratio too far"), "{e}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The adversarial pass after the items: what else the same kinds of input reached
+
+/// A configuration decides what a daemon does (sync runs its `hook` command): one that another
+/// user owns or every user may write is refused, as sshd's StrictModes would.
+#[test]
+fn adversarial_a_configuration_others_may_write_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = d.path().join("vmtime.toml");
+    std::fs::write(&cfg, "[sync]\nhook = \"true\"\n").unwrap();
+    std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let o = run_bounded(&["config", "check", s(&cfg)], LINE_WITHIN);
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    assert!(e.contains("a configuration file owned by uid") && e.contains("mode 0666 lets every user write it"), "{e}");
+    assert!(e.contains(&format!("chmod go-w {}", cfg.display())) && !e.contains("rm "), "{e}");
+    let page = d.path().join("h.page");
+    let o = run_bounded(&["host", "--config", s(&cfg), "--page", s(&page), "--duration-s", "1"], LINE_WITHIN);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(!page.exists());
+    std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let o = run_bounded(&["config", "check", s(&cfg)], LINE_WITHIN);
+    assert!(o.status.success(), "{}", stderr(&o));
+    if is_root() {
+        std::os::unix::fs::chown(&cfg, Some(65534), None).unwrap();
+        let o = run_bounded(&["config", "check", s(&cfg)], LINE_WITHIN);
+        assert_eq!(o.status.code(), Some(2));
+        assert!(stderr(&o).contains("belongs to another user (uid 65534)"), "{}", stderr(&o));
+    }
+}
+
+/// A page every user may write is not followed by a daemon that passes its time on (relay,
+/// feeds): anyone could set that time. Refused before anything is made.
+#[test]
+fn adversarial_a_page_every_user_may_write_is_not_followed() {
+    let d = tempfile::tempdir().unwrap();
+    let host_page = d.path().join("host.page");
+    gen(&host_page);
+    std::fs::set_permissions(&host_page, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let guest = d.path().join("g.page");
+    let o = run_bounded(
+        &["relay", "--host-page", s(&host_page), "--guest-page", s(&guest), "--tsc-offset", "0", "--duration-s", "2"],
+        READY_WITHIN,
+    );
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    assert!(e.contains("a page file every user may write (mode 0666)"), "{e}");
+    let left: Vec<_> = std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left.len(), 1, "nothing made beside the refused pages: {left:?}");
+    let cb = d.path().join("cb");
+    let o = run_bounded(
+        &["feed", "clockbound", "--source", s(&host_page), "--dir", s(&cb), "--duration-s", "2"],
+        READY_WITHIN,
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("every user may write"), "{}", stderr(&o));
+}
+
+/// Under a small open-files limit the daemon that cannot start says what it could not do and
+/// the remedy, not a bare "Too many open files (os error 24)".
+#[test]
+fn adversarial_a_low_open_files_limit_is_named_with_its_remedy() {
+    let d = tempfile::tempdir().unwrap();
+    for n in 6..=12 {
+        let page = d.path().join(format!("h{n}.page"));
+        let o = Command::new("sh")
+            .args(["-c", &format!("ulimit -n {n} && exec {BIN} host --page {} --quiet --duration-s 1", s(&page))])
+            .output()
+            .unwrap();
+        let e = stderr(&o);
+        if !o.status.success() {
+            let last = e.lines().last().unwrap_or("");
+            assert!(last.contains("cannot ") && last.contains("open-files limit is too low"), "ulimit -n {n}: {e}");
+        }
+    }
 }
