@@ -1,4 +1,5 @@
-"""Read cost of the vmclock Python package, as a ratio to time.clock_gettime_ns(CLOCK_REALTIME)
+"""Read cost of the vmclock Python package (now, now_within, and bound_realtime of a timestamp taken
+just before, that clock_gettime_ns included), as a ratio to time.clock_gettime_ns(CLOCK_REALTIME)
 measured in the same run (docs/BENCHMARKS.md).
 
     python bindings/python/bench.py PAGE [ROUNDS]
@@ -34,8 +35,12 @@ def main():
     def within():
         return clock.now_within(1 << 62)
 
+    def past():
+        # A timestamp taken just before (its own clock_gettime_ns included).
+        return clock.bound_realtime(gettime(rt))
+
     n = 100_000
-    cases = {"now": now, "now_within": within, "clock_gettime_ns": reference}
+    cases = {"now": now, "now_within": within, "bound_realtime": past, "clock_gettime_ns": reference}
     costs = {k: [] for k in cases}
     for r in range(rounds):
         order = list(cases) if r % 2 == 0 else list(reversed(list(cases)))

@@ -96,6 +96,13 @@ fn check_now_output(out: &str) {
     // within its 1 ms maxerror (either side: the calibration may be a little fast or slow).
     let d = field(out, "clock_realtime_minus_page_ns ");
     assert!((-1_000_000..1_000_000).contains(&d), "CLOCK_REALTIME − page = {d} ns");
+    // The cap (1 ms either side is within 10 ms) and the bound of the CLOCK_REALTIME timestamp
+    // taken after the reading: earlier than the reading's bound, at least as wide, and holding
+    // the timestamp (this machine's clock is the page's, within its 1 ms).
+    assert!(out.contains("within_10ms ok"), "{out}");
+    let (pe, pl) = (field(out, "realtime_earliest_ns "), field(out, "realtime_latest_ns "));
+    assert!(pe <= pl && pl - pe >= l - e, "{out}");
+    assert!(pe <= t + d && t + d <= pl, "the timestamp {} outside [{pe}, {pl}]", t + d);
 }
 
 #[test]

@@ -64,9 +64,52 @@ pub struct KernelTimex {
 }
 
 impl KernelTimex {
+    /// What is assumed when the kernel's NTP state cannot be read (a seccomp filter that denies
+    /// `adjtimex`, as container runtimes' and systemd-nspawn's do without CAP_SYS_TIME): nothing
+    /// is known of it, so the clock is taken as the kernel reports a clock no daemon vouches
+    /// for: not synchronised (`STA_UNSYNC`, `TIME_ERROR`), maxerror and esterror at the kernel's
+    /// 16 s ceiling, nominal rate (tick 10 000, freq 0), no leap second announced, TAI − UTC
+    /// unset. A publisher fed this says FREERUNNING with a 16 s bound: honest whatever the
+    /// kernel's real state (the rate the kernel applies, at most ±500 ppm from its frequency
+    /// and PLL, is inside the page's default tolerance, and the page is republished when it
+    /// drifts from the sampled clock).
+    pub fn unreadable() -> Self {
+        KernelTimex {
+            state: TIME_ERROR,
+            freq: 0,
+            offset_ns: 0,
+            constant: 0,
+            tick: 10_000,
+            status: STA_UNSYNC,
+            maxerror_us: MAXERROR_LIMIT_US,
+            esterror_us: MAXERROR_LIMIT_US,
+            tai: 0,
+        }
+    }
+
     /// Synchronised: STA_UNSYNC clear and maxerror below 16 s.
     pub fn synchronized(&self) -> bool {
         self.status & STA_UNSYNC == 0 && self.maxerror_us < MAXERROR_LIMIT_US
+    }
+
+    /// What a host publisher says once, at start, when this clock is not synchronised: why every
+    /// bound it publishes is about ±16 s and its status FREERUNNING, and the fix. `None` when
+    /// synchronised.
+    pub fn unsynchronised_advice(&self) -> Option<String> {
+        if self.synchronized() {
+            return None;
+        }
+        let why = if self.status & STA_UNSYNC != 0 {
+            format!("adjtimex says STA_UNSYNC, maxerror {:.1} s", self.maxerror_us as f64 / 1e6)
+        } else {
+            format!("adjtimex says maxerror {:.1} s, at the kernel's 16 s limit", self.maxerror_us as f64 / 1e6)
+        };
+        Some(format!(
+            "this machine's clock is not synchronised ({why}): no NTP daemon disciplines it, so the page can \
+             promise nothing better: every bound is about ±16 s and its status FREERUNNING. Fix: run chrony \
+             or ntpd on this host (Debian: apt install chrony); the page follows once the kernel is \
+             synchronised, with no restart"
+        ))
     }
 
     /// The PLL's correction during the current second, ns. At each second the kernel takes
@@ -96,6 +139,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_unsynchronised_clock_is_explained_with_the_fix() {
+        let synced = KernelTimex { tick: 10_000, maxerror_us: 50_000, ..Default::default() };
+        assert_eq!(synced.unsynchronised_advice(), None);
+        let unsync = KernelTimex { status: STA_UNSYNC, maxerror_us: 16_000_000, ..synced };
+        let a = unsync.unsynchronised_advice().expect("advice");
+        assert!(a.contains("STA_UNSYNC, maxerror 16.0 s"), "{a}");
+        assert!(a.contains("±16 s") && a.contains("FREERUNNING") && a.contains("run chrony or ntpd"), "{a}");
+        // STA_UNSYNC clear, but maxerror grown to the limit (the NTP daemon stopped long ago).
+        let stale = KernelTimex { maxerror_us: MAXERROR_LIMIT_US, ..synced };
+        assert!(stale.unsynchronised_advice().expect("advice").contains("maxerror 16.0 s, at the kernel's 16 s limit"));
+    }
+
+    #[test]
     fn nominal_and_adjusted_rates() {
         let mut tx = KernelTimex { tick: 10_000, ..Default::default() };
         assert_eq!(tx.second_length_q16(), 1_000_000_000i128 << 16);
@@ -109,5 +165,15 @@ mod tests {
         tx.constant = 2; // the kernel took 1/16 of −1600: −100 ns this second, −1500 left
         assert_eq!(tx.pll_chunk_ns(), -100);
         assert!((tx.rate_ppb() + 100.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn an_unreadable_state_is_unsynchronised_at_the_ceiling_and_nominal_rate() {
+        let tx = KernelTimex::unreadable();
+        assert!(!tx.synchronized());
+        assert_eq!(tx.maxerror_us, MAXERROR_LIMIT_US);
+        assert_eq!(tx.esterror_us, MAXERROR_LIMIT_US);
+        assert_eq!(tx.second_length_q16(), 1_000_000_000i128 << 16);
+        assert_eq!((tx.state, tx.status & (STA_INS | STA_DEL), tx.tai), (TIME_ERROR, 0, 0));
     }
 }

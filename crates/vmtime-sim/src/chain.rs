@@ -350,7 +350,7 @@ impl Chain {
                 g.last_host = Some(hp);
                 if let Ok(p) = g.relay.guest_page(&hp) {
                     let new = Snapshot::new(p, 4096).ok();
-                    if new.is_some_and(|n| g.page.is_none_or(|o| o.disruption_marker() != n.disruption_marker())) {
+                    if new.is_some_and(|n| g.page.is_some_and(|o| o.disruption_marker() != n.disruption_marker())) {
                         g.disrupted_at.get_or_insert(g.sim.now());
                     }
                     g.page = new;

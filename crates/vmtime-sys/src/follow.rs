@@ -32,6 +32,17 @@ pub enum FollowError {
     /// A system call failed.
     #[error("cannot read {path}: {err}")]
     Io { path: String, err: io::Error },
+    /// A page file every user may write: any of them could set the time a daemon passes on.
+    #[error("{path}: a page file every user may write (mode {mode:04o}): any of them could set the time read from it; a daemon does not follow it (chmod o-w {path}, or give its publisher's own page)")]
+    WorldWritable { path: String, mode: u32 },
+    /// A page file in a directory others may write (not sticky): any of them could replace it.
+    #[error("{path}: its directory {dir} (mode {mode:04o}) lets other users replace it: a daemon does not follow a page there (chmod go-w {dir}, or give its publisher's own page)")]
+    OpenDir { path: String, dir: String, mode: u32 },
+    /// The path no longer names the file followed, and what is there now cannot be read as a
+    /// page (removed, or replaced by a fifo, a directory, junk): the old file is an orphan its
+    /// publisher may no longer be writing, so it is not read either.
+    #[error("{path} no longer names the page followed until now ({why}): holding over until a page is there again")]
+    Lost { path: String, why: String },
 }
 
 enum Source {
@@ -54,6 +65,8 @@ pub struct PageReader {
     path: PathBuf,
     source: Source,
     dev_ino: (u64, u64),
+    /// The mode of a regular file (not sysfs) that every user may write.
+    world_writable: Option<u32>,
 }
 
 impl std::fmt::Debug for PageReader {
@@ -92,12 +105,32 @@ impl PageReader {
                 "not a vmclock device or page file (a directory, fifo or socket)",
             )));
         };
-        Ok(PageReader { path: path.to_path_buf(), source, dev_ino: (m.dev(), m.ino()) })
+        let world_writable = (matches!(source, Source::File(_)) && m.mode() & 0o002 != 0).then_some(m.mode() & 0o7777);
+        Ok(PageReader { path: path.to_path_buf(), source, dev_ino: (m.dev(), m.ino()), world_writable })
     }
 
     /// The path it was opened by.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Refuses a page file every user may write ([`FollowError::WorldWritable`]), or one in a
+    /// directory others may write that is not sticky ([`FollowError::OpenDir`]): the rules the
+    /// publishers keep for their own pages.
+    fn trusted(&self) -> Result<(), FollowError> {
+        if let Some(mode) = self.world_writable {
+            return Err(FollowError::WorldWritable { path: self.name(), mode });
+        }
+        if matches!(self.source, Source::File(_)) {
+            let dir = self.path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            if let Ok(m) = std::fs::metadata(dir) {
+                let mode = m.mode() & 0o7777;
+                if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+                    return Err(FollowError::OpenDir { path: self.name(), dir: dir.display().to_string(), mode });
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Whether it is a device (which has its own notification by `poll`).
@@ -243,18 +276,26 @@ impl FileProbe {
 }
 
 /// A page followed across its publisher's restarts: when the file at the path is replaced (a
-/// new inode), the new one is opened.
+/// new inode), the new one is opened. When the path names nothing readable as a page any more
+/// (removed, or replaced by a fifo, a directory, a socket), the old file is not followed as an
+/// orphan: reads fail ([`FollowError::Lost`]) until a page is there again, so every follower
+/// (relay, feeds, sync) holds over alike.
 #[derive(Debug)]
 pub struct FollowedPage {
     reader: PageReader,
+    lost: Option<String>,
     /// For a page file: its mapping for the marker checks (made at the first check).
     probe: Option<FileProbe>,
 }
 
 impl FollowedPage {
-    /// Opens the page at `path`.
+    /// Opens the page at `path`. A daemon passes on the time it reads here, so a page *file*
+    /// every user may write (mode o+w) is refused: anyone could set that time. (Whose file it
+    /// is cannot be judged here: a host's page belongs to the host's user.)
     pub fn open(path: &Path) -> Result<Self, FollowError> {
-        Ok(FollowedPage { reader: PageReader::open(path)?, probe: None })
+        let reader = PageReader::open(path)?;
+        reader.trusted()?;
+        Ok(FollowedPage { reader, lost: None, probe: None })
     }
 
     /// The reader of the current file.
@@ -267,24 +308,49 @@ impl FollowedPage {
         self.reader.path()
     }
 
-    /// Re-opens the path if its file was replaced; returns whether it was. A path that is
-    /// briefly missing (mid-rename) or unreadable keeps the old file.
+    /// Re-opens the path if its file was replaced; returns whether a new file is followed.
+    /// A path that names nothing readable as a page now makes reads fail until it does again.
     pub fn refresh(&mut self) -> bool {
-        if self.reader.is_device() || !self.reader.replaced() {
+        if self.reader.is_device() {
             return false;
         }
-        match PageReader::open(&self.reader.path) {
-            Ok(r) => {
-                self.reader = r;
-                self.probe = None;
-                true
+        match std::fs::metadata(&self.reader.path) {
+            Ok(m) if (m.dev(), m.ino()) == self.reader.dev_ino => {
+                self.lost = None;
+                false
             }
-            Err(_) => false,
+            Err(e) => {
+                self.lost = Some(if e.kind() == io::ErrorKind::NotFound {
+                    "nothing is there".to_string()
+                } else {
+                    e.to_string()
+                });
+                false
+            }
+            Ok(_) => match PageReader::open(&self.reader.path).and_then(|r| r.trusted().map(|()| r)) {
+                Ok(r) => {
+                    self.reader = r;
+                    self.lost = None;
+                    self.probe = None;
+                    true
+                }
+                Err(FollowError::Io { err, .. }) => {
+                    self.lost = Some(err.to_string());
+                    false
+                }
+                Err(e) => {
+                    self.lost = Some(e.to_string());
+                    false
+                }
+            },
         }
     }
 
     /// A consistent, validated snapshot of the current file.
     pub fn read(&self) -> Result<Snapshot, FollowError> {
+        if let Some(why) = &self.lost {
+            return Err(FollowError::Lost { path: self.reader.name(), why: why.clone() });
+        }
         self.reader.read()
     }
 

@@ -4,6 +4,7 @@ pub mod check;
 pub mod gen;
 pub mod generate;
 pub mod kvm_tsc;
+pub mod man;
 pub mod now;
 pub mod phc;
 pub mod qemu;
