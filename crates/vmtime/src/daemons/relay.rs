@@ -353,7 +353,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
         }
     }
     let host = crate::page::FollowedPage::open(&host_path).map_err(|e| match e {
-        vmtime_sys::follow::FollowError::WorldWritable { .. } => anyhow::anyhow!("--host-page: {e}"),
+        vmtime_sys::follow::FollowError::WorldWritable { .. } | vmtime_sys::follow::FollowError::OpenDir { .. } => {
+            anyhow::anyhow!("--host-page: {e}")
+        }
         e => anyhow::anyhow!("no host page to follow: {e:#} (is vmtime host running? --host-page names its page)"),
     })?;
     // The guest page and the state checked before anything is made beside them (the state's
