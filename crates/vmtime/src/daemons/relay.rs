@@ -175,7 +175,7 @@ impl Relay {
         // A host page the guest could not read or should not believe (vmtime_core::relay::
         // host_fault) is not relayed: the guest page keeps its last update, as when the host
         // page cannot be read.
-        let page = match self.relay.guest_page(&host) {
+        let page = match self.relay.guest_page_at(&host, Some(vmclock::counter::read())) {
             Ok(p) => p,
             Err(e) => {
                 self.last_host_seq = Some(host.seq_count());
