@@ -778,3 +778,29 @@ fn adversarial_directories_others_own_or_may_write_are_refused() {
     let o = run_bounded(&["qemu", "--page", s(&host_page), "--ssdt", s(&theirs.join("vm.aml"))], LINE_WITHIN);
     assert!(o.status.success(), "{}", stderr(&o));
 }
+
+/// A listener at the host's socket path that accepts but never answers (a host stopped with
+/// SIGSTOP, a hung one, or a socket another user put there while no host ran): the relay's
+/// attempts to subscribe again wait a few ms, not the client's 2 s, so its loop (and its own
+/// control socket) never stall on it.
+#[test]
+fn adversarial_a_publisher_socket_that_never_answers_does_not_stall_the_relay() {
+    let d = tempfile::tempdir().unwrap();
+    let host_page = d.path().join("host.page");
+    gen(&host_page);
+    let _mute = std::os::unix::net::UnixListener::bind(sock(&host_page)).unwrap(); // never accepts
+    let guest = d.path().join("g.page");
+    let (relay, _rx) = common::spawn_ready(
+        &["relay", "--host-page", s(&host_page), "--guest-page", s(&guest), "--tsc-offset", "0", "--duration-s", "120"],
+        "control socket",
+    );
+    let mut worst = Duration::ZERO;
+    for _ in 0..20 {
+        let t = Instant::now();
+        status(&sock(&guest));
+        worst = worst.max(t.elapsed());
+    }
+    println!("FIGURES mute publisher: slowest of 20 relay status requests {worst:?}");
+    assert!(worst < Duration::from_secs(1), "the relay's loop stalled {worst:?} on a publisher that never answers");
+    relay.terminate();
+}

@@ -498,7 +498,8 @@ impl Daemon for Relay {
             self.last_file_check = Instant::now();
             result = result.and(self.follow_host_file());
             if self.host_sub.is_none() {
-                self.host_sub = subscribe_host(&self.host_socket);
+                // A short wait: the loop never stalls on a publisher that accepts but never answers.
+                self.host_sub = Subscription::reopen(&self.host_socket);
                 if self.host_sub.is_some() {
                     tracing::info!("following the host by notification again ({})", self.host_socket.display());
                 }

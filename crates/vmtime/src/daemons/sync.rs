@@ -1045,7 +1045,8 @@ impl Daemon for Sync {
         }
         if !self.is_device && self.sub.is_none() && self.last_resubscribe.elapsed() >= Duration::from_secs(1) {
             self.last_resubscribe = Instant::now();
-            self.sub = subscribe(&self.publisher);
+            // A short wait: the loop never stalls on a publisher that accepts but never answers.
+            self.sub = Subscription::reopen(&self.publisher);
         }
         self.m.notified = self.notes.device.is_some();
         self.m.observations_redone = self.redone;
