@@ -79,6 +79,26 @@ fn a_kernel_page_that_missed_a_step_is_not_followed() {
         matches!(notes[..], [HostNotice::KernelPageDisagrees { .. }, HostNotice::KernelPageUnusable { .. }]),
         "said once: {notes:?}"
     );
+    // A kernel page right at this instant but with a period 1 % off is not used either.
+    r.stale_kernel_page = None;
+    r.run_for(20 * NS, 10 * MS);
+    assert!(!r.publisher.stats().kernel_page.unusable);
+    let _ = r.publisher.take_notices();
+    let rejected = r.publisher.stats().kernel_page.rejected;
+    let mut abi = *r.host.kernel_page().raw();
+    abi.counter_period_frac_sec.set(abi.counter_period_frac_sec.get() / 100 * 101);
+    r.stale_kernel_page = Some(vmclock::Snapshot::new(abi, 4096).unwrap());
+    r.observe();
+    assert_eq!(r.publisher.stats().kernel_page.rejected, rejected + 1, "{:?}", r.publisher.stats().kernel_page);
+    r.stale_kernel_page = None;
+    r.run_for(20 * NS, 10 * MS);
+    let _ = r.publisher.take_notices();
+    r.stale_kernel_page = Some(r.host.kernel_page());
+    r.host.step(NS);
+    r.publisher.handle_event(vmtime_core::host::HostEvent::Stepped);
+    r.run_for(10 * NS, 10 * MS);
+    assert!(r.publisher.stats().kernel_page.unusable);
+    let _ = r.publisher.take_notices();
     // The kernel page is live again: used again after agreeing for a while.
     r.stale_kernel_page = None;
     r.run_for(20 * NS, 10 * MS);

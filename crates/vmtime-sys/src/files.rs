@@ -286,6 +286,16 @@ pub fn ensure_private_dir(dir: &Path) -> Result<()> {
 /// remove this daemon's files, but they can create any name first: O_NOFOLLOW, O_EXCL and
 /// [`check_trusted`] refuse what they planted.
 pub fn ensure_dir_for(file: &Path) -> Result<()> {
+    dir_for(file, true)
+}
+
+/// [`ensure_dir_for`] for a one-shot command's output (an SSDT, a simulation's files): the
+/// directory's owner is not judged (a user's own directory, written with sudo, is fine).
+pub fn ensure_output_dir_for(file: &Path) -> Result<()> {
+    dir_for(file, false)
+}
+
+fn dir_for(file: &Path, judge_owner: bool) -> Result<()> {
     let dir = parent_of(file);
     match lstat(dir) {
         Ok(None) => ensure_private_dir(dir),
@@ -311,6 +321,19 @@ pub fn ensure_dir_for(file: &Path) -> Result<()> {
                     path: d.clone(),
                     why: format!("mode {:o} lets other users replace its files", s.st_mode & 0o7777),
                     fix: format!("chmod go-w {d}, or use a private directory"),
+                });
+            }
+            // A directory's owner may rename or remove any file in it (a sticky one too): a
+            // daemon's page, state or lock in another user's directory is that user's to swap.
+            let me = euid();
+            if judge_owner && s.st_uid != me && s.st_uid != 0 {
+                return Err(FileError::UnsafeDir {
+                    path: d.clone(),
+                    why: format!(
+                        "owned by uid {}, who may replace or remove the files vmtime keeps there (uid {me})",
+                        s.st_uid
+                    ),
+                    fix: format!("use a directory of uid {me}'s or root's (or chown {me} {d})"),
                 });
             }
             Ok(())
@@ -794,7 +817,7 @@ pub fn replace_output(
     recognise: Option<Recognise<'_>>,
     protect: &[(&str, &Path)],
 ) -> Result<()> {
-    ensure_dir_for(path)?;
+    ensure_output_dir_for(path)?;
     let d = disp(path);
     let refuse = |found: String| FileError::NotReplaceable { path: d.clone(), found, what };
     let existing = match lstat(path) {

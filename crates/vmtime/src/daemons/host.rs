@@ -186,12 +186,14 @@ impl Host {
             tracing::warn!("{n}");
         }
         self.samples = samples;
+        // The publisher's figures after every observation, not only after a publish (the kernel
+        // page's check, the pairing, the error move without a new page).
+        self.m.stats.clone_from(self.publisher.stats());
         let mut published = None;
         if let Some(HostAction::Publish { page, reason, disrupted }) = action {
             let seq = self.writer.publish(&page);
             published = Some(seq);
             self.m.published_page(self.writer.memory(), self.publisher.stats());
-            self.m.stats.clone_from(self.publisher.stats());
             let st = abi::status_name(page.clock_status);
             let stats = self.publisher.stats();
             if disrupted {
