@@ -4,7 +4,7 @@
 //! Readings are `vmclock::realtime::Reading` (CLOCK_REALTIME's scale, ns rounded outwards);
 //! errors are `VmclockError` with the C API's code and text (`vmclock::realtime::Code`).
 use pyo3::create_exception;
-use pyo3::exceptions::PyException;
+use pyo3::exceptions::{PyException, PyValueError};
 use pyo3::prelude::*;
 use vmclock::guard::{protect, GuardError, Protection};
 use vmclock::realtime::{self, Code, MarkerWatch, Reading};
@@ -31,8 +31,8 @@ fn error(py: Python<'_>, code: Code, errno: Option<i32>, reading: Option<Reading
 /// One bounded reading. Times are ns since 1970-01-01 UTC (CLOCK_REALTIME's timescale), the
 /// bound rounded outwards; `earliest_ns`, `latest_ns` and `maxerror_ns` are None when the page
 /// gives no maximum error.
-#[pyclass(frozen, get_all, module = "vmclock", name = "Reading")]
-#[derive(Clone, Debug)]
+#[pyclass(frozen, eq, get_all, module = "vmclock", name = "Reading")]
+#[derive(Clone, Debug, PartialEq, Eq)]
 struct PyReading {
     /// The earliest the true time can be (None: not bounded).
     earliest_ns: Option<i64>,
@@ -116,17 +116,24 @@ fn opt<T: ToString>(v: Option<T>) -> String {
     v.map_or("None".into(), |v| v.to_string())
 }
 
-/// An open vmclock page (`/dev/vmclock0` or a page file), mapped read-only. Thread-safe.
-#[pyclass(frozen, module = "vmclock", name = "Clock")]
+/// An open vmclock page (`/dev/vmclock0` or a page file), mapped read-only. Thread-safe. Close it
+/// (`close()`, or `with vmclock.Clock(path) as clock:`) to release the mapping at once: a process
+/// may hold at most 64 page files open.
+#[pyclass(module = "vmclock", name = "Clock")]
 #[derive(Debug)]
 struct PyClock {
+    inner: Option<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
     // Dropped first: unregistered before the mapping is unmapped.
     protection: Option<Protection>,
     clock: Clock,
     watch: MarkerWatch,
 }
 
-impl PyClock {
+impl Inner {
     fn gone(&self) -> bool {
         self.protection.as_ref().is_some_and(|p| p.gone())
     }
@@ -140,11 +147,17 @@ impl PyClock {
     }
 }
 
+impl PyClock {
+    fn open(&self) -> PyResult<&Inner> {
+        self.inner.as_ref().ok_or_else(|| PyValueError::new_err("the vmclock.Clock is closed: open the page again"))
+    }
+}
+
 #[pymethods]
 impl PyClock {
     /// Maps the page at `path` and checks it once. A page file is guarded against SIGBUS (a file
     /// that shrinks gives VMCLOCK_E_GONE); at most 64 page files can be open at once in a process
-    /// (VMCLOCK_E_LIMIT). The mapping is released when the object is freed.
+    /// (VMCLOCK_E_LIMIT).
     #[new]
     fn new(py: Python<'_>, path: std::path::PathBuf) -> PyResult<Self> {
         let clock = Clock::open(&path).map_err(|e| {
@@ -164,33 +177,56 @@ impl PyClock {
             })?)
         };
         let watch = MarkerWatch::of(&clock).map_err(|c| error(py, c, None, None))?;
-        Ok(PyClock { protection, clock, watch })
+        Ok(PyClock { inner: Some(Inner { protection, clock, watch }) })
     }
 
     /// The time now: a Reading (no system call).
     fn now(&self, py: Python<'_>) -> PyResult<PyReading> {
-        self.read(py).map(PyReading::from)
+        self.open()?.read(py).map(PyReading::from)
     }
 
     /// The time now, refused (VmclockError VMCLOCK_E_UNSYNCHRONIZED or VMCLOCK_E_TOO_WIDE, with
     /// the refused reading as `reading`) unless the page is SYNCHRONIZED and
     /// `latest_ns - earliest_ns <= max_width_ns`.
     fn now_within(&self, py: Python<'_>, max_width_ns: u64) -> PyResult<PyReading> {
-        let r = self.read(py)?;
+        let r = self.open()?.read(py)?;
         realtime::check_cap(&r, max_width_ns).map_err(|c| error(py, c, None, Some(r)))?;
         Ok(r.into())
     }
 
     /// The interval holding the true time at the instant a CLOCK_REALTIME timestamp
     /// (`time.clock_gettime_ns(time.CLOCK_REALTIME)`) was taken, within the last second and
-    /// after this Clock was opened (docs/INTEROP.md): VMCLOCK_E_TOO_OLD, VMCLOCK_E_DISRUPTED
-    /// otherwise.
+    /// after this Clock was opened (docs/INTEROP.md): VMCLOCK_E_TOO_OLD, VMCLOCK_E_DISRUPTED or
+    /// VMCLOCK_E_SLEWING otherwise.
     fn bound_realtime(&self, py: Python<'_>, realtime_ns: i64) -> PyResult<PyReading> {
-        let r = realtime::bound_realtime(&self.clock, &self.watch, realtime_ns);
-        if self.gone() {
+        let inner = self.open()?;
+        let r = realtime::bound_realtime(&inner.clock, &inner.watch, realtime_ns);
+        if inner.gone() {
             return Err(error(py, Code::Gone, None, None));
         }
         r.map(PyReading::from).map_err(|c| error(py, c, None, None))
+    }
+
+    /// Releases the mapping (and its place among the 64 guarded page files). Idempotent; any
+    /// read after it raises ValueError.
+    fn close(&mut self) {
+        self.inner = None;
+    }
+
+    /// Whether close() was called.
+    #[getter]
+    fn closed(&self) -> bool {
+        self.inner.is_none()
+    }
+
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    #[pyo3(signature = (*_args))]
+    fn __exit__(&mut self, _args: &Bound<'_, pyo3::types::PyTuple>) -> bool {
+        self.close();
+        false
     }
 }
 

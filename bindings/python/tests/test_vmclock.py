@@ -62,6 +62,7 @@ class Vectors(unittest.TestCase):
                 }
                 self.assertEqual(got, want)
                 self.assertEqual(r.earliest_ns is None, r.maxerror_ns is None)
+                self.assertEqual(r, vmclock.read_page(page, case["counter"]), "readings compare by value")
         self.assertEqual(errors, {"VMCLOCK_E_INVALID", "VMCLOCK_E_NO_TIME", "VMCLOCK_E_NO_UTC",
                                   "VMCLOCK_E_OVERFLOW"})
 
@@ -98,6 +99,7 @@ class LivePage(unittest.TestCase):
         self.assertEqual(r.timescale, "TAI")
         self.assertEqual(r.page_time_ns // 1_000_000_000 - r.time_ns // 1_000_000_000, 37)
         self.assertIn("Reading(earliest_ns=", repr(r))
+        self.assertEqual(vmclock.__version__, "0.1.0")
 
     def test_readings_move_forward(self):
         clock = vmclock.Clock(self.page)
@@ -161,6 +163,32 @@ class LivePage(unittest.TestCase):
                 with self.assertRaises(vmclock.VmclockError) as e:
                     vmclock.Clock(p)
                 self.assertEqual(e.exception.code, vmclock.E_INVALID, name)
+
+    def test_close_releases_the_mapping_and_its_place(self):
+        with vmclock.Clock(self.page) as clock:
+            self.assertFalse(clock.closed)
+            clock.now()
+        self.assertTrue(clock.closed)
+        with self.assertRaises(ValueError):
+            clock.now()
+        clock.close()  # idempotent
+        # At most 64 page files are guarded at once per process: the next open is refused with
+        # VMCLOCK_E_LIMIT, and closing one frees a place.
+        held = []
+        try:
+            with self.assertRaises(vmclock.VmclockError) as e:
+                for _ in range(65):
+                    held.append(vmclock.Clock(self.page))
+            self.assertEqual(e.exception.code, vmclock.E_LIMIT)
+            self.assertLessEqual(len(held), 64)
+            held.pop().close()
+            held.append(vmclock.Clock(self.page))
+            held[-1].now()
+        finally:
+            for c in held:
+                c.close()
+        with vmclock.Clock(self.page) as clock:
+            clock.now()
 
     def test_a_truncated_page_file_raises_gone_not_sigbus(self):
         with tempfile.TemporaryDirectory() as d:

@@ -4,6 +4,7 @@
 
 pub mod cadence;
 pub mod check;
+pub mod crosscheck;
 pub mod feed;
 pub mod host;
 pub mod kernel;

@@ -57,24 +57,17 @@ pub enum FileError {
     TooLarge { path: String, len: u64, max: u64, what: &'static str },
     /// A file vmtime would publish time through (or read its own state or lock from) that is
     /// not its own: another user owns it, others may write it, or it has a second name.
-    #[error(
-        "{path}: {what} owned by uid {uid} with mode {mode:04o}{links}: {why}; vmtime never adopts such a file: {fix}"
-    )]
+    #[error("{path}: {detail}")]
     Untrusted {
         path: String,
-        what: &'static str,
-        uid: u32,
-        mode: u32,
-        /// ", 2 names (hard links)" when there is more than one.
-        links: String,
-        why: String,
-        fix: String,
+        /// What it is, its owner and mode, why it is refused and the fix.
+        detail: String,
     },
     /// A file in the way of an output that is not one vmtime may replace.
     #[error("{path}: {found} is there, not {what}: refusing to replace it (remove it yourself, or give another path)")]
     NotReplaceable { path: String, found: String, what: &'static str },
-    /// A system call failed.
-    #[error("cannot {op} {path}: {err}")]
+    /// A system call failed (out of descriptors: with the remedy).
+    #[error("cannot {op} {path}: {err}{hint}", hint = crate::limit_hint(.err))]
     Io { op: &'static str, path: String, err: io::Error },
 }
 
@@ -162,18 +155,59 @@ pub fn dry_run_dir() -> PathBuf {
     }
 }
 
+/// The system daemons' runtime directory (`RuntimeDirectory=vmtime` of the units).
+pub const SYSTEM_RUNTIME_DIR: &str = "/run/vmtime";
+
+/// Whose runtime directory a file was found in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Found {
+    /// This user's own ([`runtime_dir`]).
+    Own,
+    /// The system daemons' `/run/vmtime`.
+    System,
+}
+
 /// Where a query (status, watch, a relay's default host page) looks for `name`: this user's
-/// runtime directory, then root's `/run/vmtime` if it is a safe directory and `name` is there.
-/// Creates nothing.
+/// runtime directory, then the system daemons' `/run/vmtime` if `name` is there and the
+/// directory is safe: not writable by others and owned by root or by the `vmtime` system user
+/// (the units' `User=vmtime` owns it: systemd gives a `RuntimeDirectory=` to the service's
+/// user). Creates nothing.
 pub fn find_runtime_file(name: &str) -> PathBuf {
-    let own = runtime_dir().join(name);
-    if euid() != 0 && lstat(&own).ok().flatten().is_none() {
-        let system = Path::new("/run/vmtime");
-        if check_dir(system, 0).is_ok() && lstat(&system.join(name)).ok().flatten().is_some() {
-            return system.join(name);
+    locate_runtime_file(name).0
+}
+
+/// [`find_runtime_file`], saying which directory it is in.
+pub fn locate_runtime_file(name: &str) -> (PathBuf, Found) {
+    let mut trusted = vec![0];
+    trusted.extend(system_user_uid("vmtime"));
+    locate_in(name, &runtime_dir(), Path::new(SYSTEM_RUNTIME_DIR), &trusted)
+}
+
+fn locate_in(name: &str, own_dir: &Path, system: &Path, trusted: &[u32]) -> (PathBuf, Found) {
+    let own = own_dir.join(name);
+    if own_dir != system && lstat(&own).ok().flatten().is_none() {
+        let owner = lstat(system).ok().flatten().map(|s| s.st_uid);
+        let safe = owner.is_some_and(|o| trusted.contains(&o) && check_dir(system, o).is_ok());
+        if safe && lstat(&system.join(name)).ok().flatten().is_some() {
+            return (system.join(name), Found::System);
         }
     }
-    own
+    (own, Found::Own)
+}
+
+/// The uid of a user in `/etc/passwd` (where `systemd-sysusers` and `adduser --system` put the
+/// `vmtime` user), if it is there.
+fn system_user_uid(user: &str) -> Option<u32> {
+    let mut text = String::new();
+    File::open("/etc/passwd").ok()?.take(4 << 20).read_to_string(&mut text).ok()?;
+    passwd_uid(&text, user)
+}
+
+fn passwd_uid(passwd: &str, user: &str) -> Option<u32> {
+    passwd.lines().find_map(|l| {
+        let mut f = l.split(':');
+        (f.next() == Some(user)).then(|| f.nth(1)?.parse().ok()).flatten()
+    })
 }
 
 fn is_dir(s: &rfs::Stat) -> bool {
@@ -252,6 +286,16 @@ pub fn ensure_private_dir(dir: &Path) -> Result<()> {
 /// remove this daemon's files, but they can create any name first: O_NOFOLLOW, O_EXCL and
 /// [`check_trusted`] refuse what they planted.
 pub fn ensure_dir_for(file: &Path) -> Result<()> {
+    dir_for(file, true)
+}
+
+/// [`ensure_dir_for`] for a one-shot command's output (an SSDT, a simulation's files): the
+/// directory's owner is not judged (a user's own directory, written with sudo, is fine).
+pub fn ensure_output_dir_for(file: &Path) -> Result<()> {
+    dir_for(file, false)
+}
+
+fn dir_for(file: &Path, judge_owner: bool) -> Result<()> {
     let dir = parent_of(file);
     match lstat(dir) {
         Ok(None) => ensure_private_dir(dir),
@@ -279,6 +323,19 @@ pub fn ensure_dir_for(file: &Path) -> Result<()> {
                     fix: format!("chmod go-w {d}, or use a private directory"),
                 });
             }
+            // A directory's owner may rename or remove any file in it (a sticky one too): a
+            // daemon's page, state or lock in another user's directory is that user's to swap.
+            let me = euid();
+            if judge_owner && s.st_uid != me && s.st_uid != 0 {
+                return Err(FileError::UnsafeDir {
+                    path: d.clone(),
+                    why: format!(
+                        "owned by uid {}, who may replace or remove the files vmtime keeps there (uid {me})",
+                        s.st_uid
+                    ),
+                    fix: format!("use a directory of uid {me}'s or root's (or chown {me} {d})"),
+                });
+            }
             Ok(())
         }
         Err(e) => Err(FileError::io("inspect", dir, e)),
@@ -296,29 +353,50 @@ pub fn ensure_dir_for(file: &Path) -> Result<()> {
 /// `s` is the `fstat` of the open file (or the `lstat` of the path); `what` names it ("a page
 /// file").
 pub fn check_trusted(s: &rfs::Stat, path: &Path, what: &'static str) -> Result<()> {
+    trusted(s, path, what, true)
+}
+
+/// [`check_trusted`] for an input a daemon reads but never makes (its configuration): the
+/// same rule, and a fix that does not suggest removing it.
+pub fn check_trusted_input(s: &rfs::Stat, path: &Path, what: &'static str) -> Result<()> {
+    trusted(s, path, what, false)
+}
+
+fn trusted(s: &rfs::Stat, path: &Path, what: &'static str, daemon_makes_it: bool) -> Result<()> {
     let me = euid();
     let mode = s.st_mode & 0o7777;
     let d = disp(path);
     let links = if s.st_nlink > 1 { format!(", {} names (hard links)", s.st_nlink) } else { String::new() };
+    let rm = format!("rm {d}: the daemon then creates its own");
     let (why, fix) = if s.st_uid != me && s.st_uid != 0 {
         (
             format!("it belongs to another user (uid {}), who could rewrite it at any time", s.st_uid),
-            format!("remove it (rm {d}: the daemon then creates its own) or, if you trust it, chown {me} {d}; chmod go-w {d}"),
+            if daemon_makes_it {
+                format!("remove it ({rm}) or, if you trust it, chown {me} {d}; chmod go-w {d}")
+            } else {
+                format!("if you trust it, chown {me} {d}; chmod go-w {d}")
+            },
         )
     } else if mode & 0o022 != 0 {
         (
             format!("mode {mode:04o} lets {} write it", if mode & 0o002 != 0 { "every user" } else { "its group" }),
-            format!("chmod go-w {d}, or remove it (rm {d}: the daemon then creates its own)"),
+            if daemon_makes_it { format!("chmod go-w {d}, or remove it ({rm})") } else { format!("chmod go-w {d}") },
         )
     } else if s.st_nlink > 1 {
         (
             "a second name is a way to it that the checks of its directory do not cover".to_string(),
-            format!("remove it (rm {d}: the daemon then creates its own)"),
+            if daemon_makes_it {
+                format!("remove it ({rm})")
+            } else {
+                "give it one name (cp it, then use the copy)".to_string()
+            },
         )
     } else {
         return Ok(());
     };
-    Err(FileError::Untrusted { path: d, what, uid: s.st_uid, mode, links, why, fix })
+    let never = if daemon_makes_it { "vmtime never adopts such a file" } else { "vmtime does not read such a file" };
+    let detail = format!("{what} owned by uid {} with mode {mode:04o}{links}: {why}; {never}: {fix}", s.st_uid);
+    Err(FileError::Untrusted { path: d, detail })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -671,6 +749,18 @@ pub fn same_inode(a: &Path, b: &Path) -> bool {
 /// A missing file is `ErrorKind::NotFound`, a larger one `FileTooLarge`; anything else is
 /// named ("a fifo is there, not a regular file").
 pub fn read_small_regular(path: &Path, max: u64) -> io::Result<Vec<u8>> {
+    read_small(path, max, None)
+}
+
+/// [`read_small_regular`] for a file that decides what a daemon does (its configuration: the
+/// step limits, the command `sync` runs as its hook): it must also pass [`check_trusted`]
+/// (this user's or root's, writable by its owner only), as sshd's StrictModes has it; else
+/// `ErrorKind::PermissionDenied` with the refusal's one line.
+pub fn read_small_trusted(path: &Path, max: u64, what: &'static str) -> io::Result<Vec<u8>> {
+    read_small(path, max, Some(what))
+}
+
+fn read_small(path: &Path, max: u64, trusted: Option<&'static str>) -> io::Result<Vec<u8>> {
     let fd = rfs::openat(CWD, path, OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC, Mode::empty())?;
     let s = rfs::fstat(&fd)?;
     let t = FileType::from_raw_mode(s.st_mode);
@@ -679,6 +769,11 @@ pub fn read_small_regular(path: &Path, max: u64) -> io::Result<Vec<u8>> {
             io::ErrorKind::InvalidInput,
             format!("{} is there, not a regular file", kind_name(t)),
         ));
+    }
+    if let Some(what) = trusted {
+        if let Err(e) = check_trusted_input(&s, path, what) {
+            return Err(io::Error::new(io::ErrorKind::PermissionDenied, e.to_string()));
+        }
     }
     let too_large = || io::Error::new(io::ErrorKind::FileTooLarge, format!("more than the {max} bytes it may have"));
     if s.st_size as u64 > max {
@@ -722,7 +817,7 @@ pub fn replace_output(
     recognise: Option<Recognise<'_>>,
     protect: &[(&str, &Path)],
 ) -> Result<()> {
-    ensure_dir_for(path)?;
+    ensure_output_dir_for(path)?;
     let d = disp(path);
     let refuse = |found: String| FileError::NotReplaceable { path: d.clone(), found, what };
     let existing = match lstat(path) {
@@ -789,5 +884,45 @@ mod tests {
         assert!(e.to_string().contains(&format!("pid {}", std::process::id())), "{e}");
         drop(f);
         open_page(&p).unwrap();
+    }
+
+    #[test]
+    fn a_query_finds_the_system_daemons_file_when_the_user_has_none() {
+        // The system directory as systemd makes it for User=vmtime: owned by that user, 0755.
+        let d = tempfile::tempdir().unwrap();
+        let own = d.path().join("own");
+        let system = d.path().join("system");
+        std::fs::create_dir(&system).unwrap();
+        std::fs::set_permissions(&system, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(system.join("host.page.sock"), b"").unwrap();
+        let me = euid();
+        let vmtime_user = [0, me];
+        // Found there, and said so.
+        assert_eq!(
+            locate_in("host.page.sock", &own, &system, &vmtime_user),
+            (system.join("host.page.sock"), Found::System)
+        );
+        // The user's own file comes first.
+        std::fs::create_dir(&own).unwrap();
+        std::fs::write(own.join("host.page.sock"), b"").unwrap();
+        assert_eq!(locate_in("host.page.sock", &own, &system, &vmtime_user), (own.join("host.page.sock"), Found::Own));
+        std::fs::remove_file(own.join("host.page.sock")).unwrap();
+        // Not there: the user's own path (the error names it).
+        assert_eq!(locate_in("sync.sock", &own, &system, &vmtime_user), (own.join("sync.sock"), Found::Own));
+        // A directory owned by a user that is neither root nor vmtime, or writable by others,
+        // is not trusted.
+        let not_vmtime = [me.wrapping_add(1)];
+        assert_eq!(locate_in("host.page.sock", &own, &system, &not_vmtime).1, Found::Own);
+        std::fs::set_permissions(&system, std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert_eq!(locate_in("host.page.sock", &own, &system, &vmtime_user).1, Found::Own);
+    }
+
+    #[test]
+    fn the_vmtime_users_uid_comes_from_its_passwd_line() {
+        let passwd = "root:x:0:0:root:/root:/bin/bash\nvmtimex:x:7:7::/:/bin/false\nvmtime:x:996:993:vmtime:/nonexistent:/usr/sbin/nologin\n";
+        assert_eq!(passwd_uid(passwd, "vmtime"), Some(996));
+        assert_eq!(passwd_uid(passwd, "root"), Some(0));
+        assert_eq!(passwd_uid(passwd, "nobody"), None);
+        assert_eq!(passwd_uid("vmtime:x:notanumber:1::/:", "vmtime"), None);
     }
 }

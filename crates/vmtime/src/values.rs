@@ -503,7 +503,18 @@ pub const MAX_TEXT_FILE: u64 = 1 << 20;
 pub fn read_small_text(path: &std::path::Path) -> std::io::Result<String> {
     // Never waits (O_NONBLOCK: a fifo put at the path neither blocks the open nor a daemon's
     // SIGHUP) and reads only a regular file (vmtime_sys::files).
-    let bytes = vmtime_sys::files::read_small_regular(path, MAX_TEXT_FILE).map_err(|e| match e.kind() {
+    text(vmtime_sys::files::read_small_regular(path, MAX_TEXT_FILE))
+}
+
+/// [`read_small_text`] for a configuration: it decides what the daemons do (the command `sync`
+/// runs as its hook, its step limits), so it must also be this user's or root's and writable
+/// by its owner only (`vmtime_sys::files::check_trusted`).
+pub fn read_config_text(path: &std::path::Path) -> std::io::Result<String> {
+    text(vmtime_sys::files::read_small_trusted(path, MAX_TEXT_FILE, "a configuration file"))
+}
+
+fn text(r: std::io::Result<Vec<u8>>) -> std::io::Result<String> {
+    let bytes = r.map_err(|e| match e.kind() {
         std::io::ErrorKind::FileTooLarge => std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             format!("larger than {} KiB: not a vmtime text file", MAX_TEXT_FILE / 1024),
@@ -548,7 +559,60 @@ pub const NUMERIC: &[Numeric] = &[
     DriftPpb::NUMERIC,
     MaxErrorNs::NUMERIC,
     TimeoutS::NUMERIC,
+    SeedRange::NUMERIC,
 ];
+
+/// Seeds `A..B`: A through B, both included (`1..1000` is a thousand seeds); at most a million.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SeedRange {
+    /// The first seed.
+    pub first: u64,
+    /// The last seed (included).
+    pub last: u64,
+}
+
+impl SeedRange {
+    /// The most seeds one run takes.
+    pub const MAX_SEEDS: u64 = 1_000_000;
+
+    /// What is allowed, in words.
+    pub fn allowed() -> String {
+        format!("A..B, the seeds A through B (both included, A ≤ B, at most {} of them)", Self::MAX_SEEDS)
+    }
+
+    /// The registry entry.
+    pub const NUMERIC: Numeric = Numeric {
+        type_id: std::any::TypeId::of::<SeedRange>,
+        allowed: SeedRange::allowed,
+        accepts: |s| s.parse::<SeedRange>().is_ok(),
+    };
+
+    /// The seeds.
+    pub fn seeds(self) -> std::ops::RangeInclusive<u64> {
+        self.first..=self.last
+    }
+}
+
+impl fmt::Display for SeedRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}..{}", self.first, self.last)
+    }
+}
+
+impl FromStr for SeedRange {
+    type Err = ValueError;
+    fn from_str(s: &str) -> Result<Self, ValueError> {
+        let err = || ValueError { got: s.to_string(), allowed: Self::allowed() };
+        let (a, b) = s.split_once("..").ok_or_else(err)?;
+        let int =
+            |t: &str| parse_int(t).filter(|v| (0..=u64::MAX as i128).contains(v) && !t.trim().starts_with(['-', '+']));
+        let (a, b) = (int(a).ok_or_else(err)? as u64, int(b).ok_or_else(err)? as u64);
+        if a > b || b - a >= Self::MAX_SEEDS {
+            return Err(err());
+        }
+        Ok(SeedRange { first: a, last: b })
+    }
+}
 
 /// A simulated duration: "600", "600s", "10m", "1h", "1d"; from 1 s to 30 days (as a scenario file).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -230,6 +230,7 @@ fn item2_a_planted_relay_state_or_lock_is_refused_with_its_owner() {
     assert!(e.contains(&format!("{}: a state file owned by uid 65534 with mode 0600", state.display())), "{e}");
     assert_eq!(std::fs::read_to_string(&state).unwrap(), forged, "left as it was");
     assert!(!guest.exists(), "no guest page was published");
+    assert!(!d.path().join("g.page.state.json.lock").exists(), "no lock made beside a refused state");
     std::fs::remove_file(&state).unwrap();
 
     // A lock planted and held (flock) by another user: named for what it is, with the fix,
@@ -408,13 +409,18 @@ fn item11_a_fifo_configuration_is_refused_at_once_and_sighup_never_blocks() {
 // ---------------------------------------------------------------------------------------------
 // 12. Out of file descriptors
 
-/// Nanoseconds a process's main thread has been runnable (on a CPU, or waiting for one):
-/// `/proc/PID/schedstat`. A loop that never sleeps is runnable all the time, however busy the
-/// machine is; a loop that waits in poll is not.
+/// Nanoseconds the threads of a process have been runnable (on a CPU, or waiting for one), summed
+/// over `/proc/PID/task/*/schedstat`. A loop that never sleeps is runnable all the time,
+/// however busy the machine is; a loop that waits in poll or accept is not.
 fn runnable_ns(pid: u32) -> u64 {
-    let st = std::fs::read_to_string(format!("/proc/{pid}/schedstat")).unwrap();
-    let f: Vec<u64> = st.split_whitespace().map(|w| w.parse().unwrap()).collect();
-    f[0] + f[1]
+    let mut sum = 0;
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        if let Ok(st) = std::fs::read_to_string(t.unwrap().path().join("schedstat")) {
+            let f: Vec<u64> = st.split_whitespace().map(|w| w.parse().unwrap()).collect();
+            sum += f[0] + f[1];
+        }
+    }
+    sum
 }
 
 #[test]
@@ -422,7 +428,15 @@ fn item12_out_of_descriptors_is_no_clocksource_change_and_no_spin() {
     let d = tempfile::tempdir().unwrap();
     let page = d.path().join("host.page");
     let mut cmd = Command::new("sh");
-    cmd.args(["-c", &format!("ulimit -n 20 && exec {BIN} host --page {} --quiet --duration-s 120", s(&page))]);
+    // The metrics server too: its accept loop runs in a thread of its own.
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    cmd.args([
+        "-c",
+        &format!(
+            "ulimit -n 20 && exec {BIN} host --page {} --quiet --duration-s 120 --metrics-listen {metrics}",
+            s(&page)
+        ),
+    ]);
     let mut child = cmd.stderr(Stdio::piped()).spawn().unwrap();
     let err = BufReader::new(child.stderr.take().unwrap());
     let pid = child.id();
@@ -459,14 +473,20 @@ fn item12_out_of_descriptors_is_no_clocksource_change_and_no_spin() {
         }
     }
     // Now the host is out of descriptors: reading current_clocksource fails, and the queued
-    // connection keeps the listener readable.
+    // connection keeps the listener readable. A scrape waits in the metrics server's queue too.
+    let _scrape = std::net::TcpStream::connect(metrics).unwrap();
     wait_line(&rx, "cannot read the current clocksource", LINE_WITHIN);
+    wait_line(&rx, "metrics: cannot accept a connection", LINE_WITHIN);
     let (t0, r0) = (Instant::now(), runnable_ns(pid));
     // A measurement window (not a synchronisation): how much of 2 s the host was runnable.
     std::thread::sleep(Duration::from_secs(2));
     let share = (runnable_ns(pid) - r0) as f64 / t0.elapsed().as_nanos() as f64;
-    println!("FIGURES out-of-descriptors: host runnable {:.1} % of the time", share * 100.0);
-    assert!(share < 0.5, "the host spins: runnable {:.0} % of the time while out of descriptors", share * 100.0);
+    println!("FIGURES out-of-descriptors: host threads runnable {:.1} % of the time", share * 100.0);
+    assert!(
+        share < 0.5,
+        "the host spins: its threads runnable {:.0} % of the time while out of descriptors",
+        share * 100.0
+    );
     let now = common::show(&page);
     assert_eq!(now["fields"]["disruption_marker"], marker, "no false disruption");
     let st = now["fields"]["clock_status"]["name"].as_str().unwrap().to_string();
@@ -613,4 +633,174 @@ fn item16_messages_name_the_path_and_the_cause() {
     let e = stderr(&o);
     assert!(e.contains(&p0.display().to_string()) && e.contains("counter period is 0"), "{e}");
     assert!(!e.contains("ratio too far"), "{e}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The adversarial pass after the items: what else the same kinds of input reached
+
+/// A configuration decides what a daemon does (sync runs its `hook` command): one that another
+/// user owns or every user may write is refused, as sshd's StrictModes would.
+#[test]
+fn adversarial_a_configuration_others_may_write_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = d.path().join("vmtime.toml");
+    std::fs::write(&cfg, "[sync]\nhook = \"true\"\n").unwrap();
+    std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let o = run_bounded(&["config", "check", s(&cfg)], LINE_WITHIN);
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    assert!(e.contains("a configuration file owned by uid") && e.contains("mode 0666 lets every user write it"), "{e}");
+    assert!(e.contains(&format!("chmod go-w {}", cfg.display())) && !e.contains("rm "), "{e}");
+    let page = d.path().join("h.page");
+    let o = run_bounded(&["host", "--config", s(&cfg), "--page", s(&page), "--duration-s", "1"], LINE_WITHIN);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(!page.exists());
+    std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let o = run_bounded(&["config", "check", s(&cfg)], LINE_WITHIN);
+    assert!(o.status.success(), "{}", stderr(&o));
+    if is_root() {
+        std::os::unix::fs::chown(&cfg, Some(65534), None).unwrap();
+        let o = run_bounded(&["config", "check", s(&cfg)], LINE_WITHIN);
+        assert_eq!(o.status.code(), Some(2));
+        assert!(stderr(&o).contains("belongs to another user (uid 65534)"), "{}", stderr(&o));
+    }
+}
+
+/// A page every user may write is not followed by a daemon that passes its time on (relay,
+/// feeds): anyone could set that time. Refused before anything is made.
+#[test]
+fn adversarial_a_page_every_user_may_write_is_not_followed() {
+    let d = tempfile::tempdir().unwrap();
+    let host_page = d.path().join("host.page");
+    gen(&host_page);
+    std::fs::set_permissions(&host_page, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let guest = d.path().join("g.page");
+    let o = run_bounded(
+        &["relay", "--host-page", s(&host_page), "--guest-page", s(&guest), "--tsc-offset", "0", "--duration-s", "2"],
+        READY_WITHIN,
+    );
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    assert!(e.contains("a page file every user may write (mode 0666)"), "{e}");
+    let left: Vec<_> = std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left.len(), 1, "nothing made beside the refused pages: {left:?}");
+    let cb = d.path().join("cb");
+    let o = run_bounded(
+        &["feed", "clockbound", "--source", s(&host_page), "--dir", s(&cb), "--duration-s", "2"],
+        READY_WITHIN,
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("every user may write"), "{}", stderr(&o));
+}
+
+/// Under a small open-files limit the daemon that cannot start says what it could not do and
+/// the remedy, not a bare "Too many open files (os error 24)".
+#[test]
+fn adversarial_a_low_open_files_limit_is_named_with_its_remedy() {
+    let d = tempfile::tempdir().unwrap();
+    for n in 6..=12 {
+        let page = d.path().join(format!("h{n}.page"));
+        let o = Command::new("sh")
+            .args(["-c", &format!("ulimit -n {n} && exec {BIN} host --page {} --quiet --duration-s 1", s(&page))])
+            .output()
+            .unwrap();
+        let e = stderr(&o);
+        if !o.status.success() {
+            let last = e.lines().last().unwrap_or("");
+            assert!(last.contains("cannot ") && last.contains("open-files limit is too low"), "ulimit -n {n}: {e}");
+        }
+    }
+}
+
+/// A directory's owner may rename or remove any file in it, sticky or not: a daemon run as
+/// root keeps no page, state or lock in another user's directory (that user could swap the
+/// page under the guest), and a follower reads no page in a directory others may write.
+#[test]
+fn adversarial_directories_others_own_or_may_write_are_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let host_page = d.path().join("host.page");
+    gen(&host_page);
+    // Followed: a host page in a non-sticky directory every user may write.
+    let open = d.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    let open_page = open.join("host.page");
+    gen(&open_page);
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let guest = d.path().join("g.page");
+    let o = run_bounded(
+        &["relay", "--host-page", s(&open_page), "--guest-page", s(&guest), "--tsc-offset", "0", "--duration-s", "2"],
+        READY_WITHIN,
+    );
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    assert!(e.contains("lets other users replace it"), "{e}");
+    assert!(!guest.exists() && !d.path().join("g.page.state.json.lock").exists());
+    // The same directory made sticky (like /tmp): followed.
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let o = run_bounded(
+        &["relay", "--host-page", s(&open_page), "--guest-page", s(&guest), "--tsc-offset", "0", "--duration-s", "1"],
+        READY_WITHIN,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    if !is_root() {
+        println!("SKIP (the rest): needs root to give a directory to uid 65534");
+        return;
+    }
+    let theirs = d.path().join("theirs");
+    std::fs::create_dir(&theirs).unwrap();
+    std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+    for mode in [0o755, 0o1777] {
+        std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(mode)).unwrap();
+        let page = theirs.join("p.page");
+        let o = run_bounded(&["host", "--page", s(&page), "--quiet", "--duration-s", "1"], READY_WITHIN);
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{e}");
+        assert!(e.contains("owned by uid 65534, who may replace or remove the files vmtime keeps there"), "{e}");
+        let o = run_bounded(
+            &[
+                "relay",
+                "--host-page",
+                s(&host_page),
+                "--guest-page",
+                s(&page),
+                "--tsc-offset",
+                "0",
+                "--duration-s",
+                "1",
+            ],
+            READY_WITHIN,
+        );
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert_eq!(std::fs::read_dir(&theirs).unwrap().count(), 0, "nothing made there");
+    }
+    // A one-shot output may go there (the user's own directory, written with sudo).
+    let o = run_bounded(&["qemu", "--page", s(&host_page), "--ssdt", s(&theirs.join("vm.aml"))], LINE_WITHIN);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+/// A listener at the host's socket path that accepts but never answers (a host stopped with
+/// SIGSTOP, a hung one, or a socket another user put there while no host ran): the relay's
+/// attempts to subscribe again wait a few ms, not the client's 2 s, so its loop (and its own
+/// control socket) never stall on it.
+#[test]
+fn adversarial_a_publisher_socket_that_never_answers_does_not_stall_the_relay() {
+    let d = tempfile::tempdir().unwrap();
+    let host_page = d.path().join("host.page");
+    gen(&host_page);
+    let _mute = std::os::unix::net::UnixListener::bind(sock(&host_page)).unwrap(); // never accepts
+    let guest = d.path().join("g.page");
+    let (relay, _rx) = common::spawn_ready(
+        &["relay", "--host-page", s(&host_page), "--guest-page", s(&guest), "--tsc-offset", "0", "--duration-s", "120"],
+        "control socket",
+    );
+    let mut worst = Duration::ZERO;
+    for _ in 0..20 {
+        let t = Instant::now();
+        status(&sock(&guest));
+        worst = worst.max(t.elapsed());
+    }
+    println!("FIGURES mute publisher: slowest of 20 relay status requests {worst:?}");
+    assert!(worst < Duration::from_secs(1), "the relay's loop stalled {worst:?} on a publisher that never answers");
+    relay.terminate();
 }

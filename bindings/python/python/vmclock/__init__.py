@@ -35,10 +35,17 @@ from ._native import (  # noqa: F401
     PAST_RATE_PPM,
 )
 
+try:
+    from importlib.metadata import version as _version
+
+    __version__ = _version("vmclock")
+except Exception:  # not installed as a distribution (a source tree on sys.path)
+    __version__ = "0.0.0"
+
 STATUS_UNKNOWN = 0
 STATUS_INITIALIZING = 1
 STATUS_SYNCHRONIZED = 2
 STATUS_FREERUNNING = 3
 STATUS_UNRELIABLE = 4
 
-__all__ = ["Clock", "Reading", "VmclockError", "read_page", "strerror"]
+__all__ = ["Clock", "Reading", "VmclockError", "read_page", "strerror", "__version__"]

@@ -175,7 +175,7 @@ impl Relay {
         // A host page the guest could not read or should not believe (vmtime_core::relay::
         // host_fault) is not relayed: the guest page keeps its last update, as when the host
         // page cannot be read.
-        let page = match self.relay.guest_page(&host) {
+        let page = match self.relay.guest_page_at(&host, Some(vmclock::counter::read())) {
             Ok(p) => p,
             Err(e) => {
                 self.last_host_seq = Some(host.seq_count());
@@ -352,9 +352,17 @@ pub fn run(args: Args) -> Result<ExitCode> {
             bail!("--state {} is the {flag} {}: give the state its own file", state_path.display(), p.display());
         }
     }
-    // The guest page checked before anything is made beside it (the state's lock): a device, a
-    // link or a file another user planted is refused and leaves nothing behind.
+    let host = crate::page::FollowedPage::open(&host_path).map_err(|e| match e {
+        vmtime_sys::follow::FollowError::WorldWritable { .. } | vmtime_sys::follow::FollowError::OpenDir { .. } => {
+            anyhow::anyhow!("--host-page: {e}")
+        }
+        e => anyhow::anyhow!("no host page to follow: {e:#} (is vmtime host running? --host-page names its page)"),
+    })?;
+    // The guest page and the state checked before anything is made beside them (the state's
+    // lock): a device, a link or a file another user planted is refused and leaves nothing
+    // behind. (The state is read again under the lock.)
     files::check_page_path(&guest_page)?;
+    files::read_state(&state_path)?;
     // One relay per state and per guest page: both locked for the daemon's life.
     let state_lock = LockFile::acquire(&crate::paths::lock_for(&state_path))?;
     // Only "no such file" means a first start; any other problem stops here (a lost state
@@ -381,9 +389,6 @@ pub fn run(args: Args) -> Result<ExitCode> {
         relay.confirm_map(map);
     }
 
-    let host = crate::page::FollowedPage::open(&host_path).map_err(|e| {
-        anyhow::anyhow!("no host page to follow: {e:#} (is vmtime host running? --host-page names its page)")
-    })?;
     // The guest page's constant fields are fixed when it is created, from the host page now
     // (or kept from the saved state): a host restarted with another time type changes nothing.
     let now = host.read().context("reading the host page")?;
@@ -493,7 +498,8 @@ impl Daemon for Relay {
             self.last_file_check = Instant::now();
             result = result.and(self.follow_host_file());
             if self.host_sub.is_none() {
-                self.host_sub = subscribe_host(&self.host_socket);
+                // A short wait: the loop never stalls on a publisher that accepts but never answers.
+                self.host_sub = Subscription::reopen(&self.host_socket);
                 if self.host_sub.is_some() {
                     tracing::info!("following the host by notification again ({})", self.host_socket.display());
                 }

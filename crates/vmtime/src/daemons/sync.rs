@@ -87,6 +87,13 @@ pub struct Args {
     /// kernel's PLL is on, and keep running when another process changes the clock's state.
     #[arg(long)]
     allow_other_daemon: bool,
+    /// A second opinion: an NTP server, ADDRESS:PORT (no names: nothing is looked up), asked every
+    /// 16–64 s (backing off to 1024 s while it does not answer). It never steers the clock; when
+    /// it and the page disagree beyond both their bounds, the kernel's maxerror is widened to
+    /// cover it, the clock is left unsynchronised, and `status` says `"cross_check": {"state":
+    /// "disagree", …}`. A vmclock page source only.
+    #[arg(long, value_name = "ADDRESS:PORT")]
+    cross_check_ntp: Option<std::net::SocketAddr>,
 }
 
 impl Args {
@@ -178,7 +185,7 @@ impl PhcSync {
         // and a reading against it decide the PHC's timescale.
         let own_page = vmtime_sys::phc::vmclock_device(&info, std::path::Path::new("/dev"))
             .and_then(|p| vmclock::Mapping::open(&p).ok());
-        let kernel = vmtime_sys::read_timex()?;
+        let kernel = kernel_state(a.dry_run)?;
         let facts = vmtime_core::phc::TimescaleFacts {
             attribute: None, // no released kernel has the PTP timescale attributes yet
             page: own_page.as_ref().and_then(|m| vmtime_sys::phc::compare_with_page(&mut d, m, kernel.tai)),
@@ -238,7 +245,7 @@ impl PhcSync {
     /// page's news, and the source's facts handed to the servo.
     fn prepare(&mut self) -> Result<(vmtime_core::kernel::KernelTimex, vmtime_core::phc::PhcSourceState)> {
         use vmtime_core::phc::PhcSourceState;
-        let tx = vmtime_sys::read_timex()?;
+        let tx = kernel_state(self.dry_run)?;
         if let Some(w) = &mut self.rival {
             w.check(&tx).map_err(Interfered)?;
         }
@@ -432,7 +439,7 @@ fn run_once(a: &SyncSettings, source: &Path) -> Result<ExitCode> {
             None => once_failed(source, "it carries markers only and this machine has no PHC: no time source"),
         };
     }
-    let kernel = vmtime_sys::read_timex()?;
+    let kernel = kernel_state(a.dry_run)?;
     let got = sample_under_page(
         4,
         || page.read().map_err(anyhow::Error::from),
@@ -618,6 +625,8 @@ struct Sync {
     publisher: PathBuf,
     sub: Option<Subscription>,
     t_note: Option<Token>,
+    /// The cross-check's socket in this turn's poll.
+    t_cross: Option<Token>,
     is_device: bool,
     next_obs: Instant,
     last_resubscribe: Instant,
@@ -626,6 +635,8 @@ struct Sync {
     m: crate::ops::figures::SyncMetrics,
     /// Changes to the kernel's NTP state that this daemon did not make.
     rival: Option<ClockWatch>,
+    /// The NTP cross-check, when configured.
+    cross: Option<crate::daemons::crosscheck::NtpCross>,
     /// The checks of the page's markers between observations.
     cadence: Cadence,
 }
@@ -676,7 +687,7 @@ impl Sync {
 
     fn observe(&mut self) -> Result<()> {
         self.page.refresh();
-        let kernel = vmtime_sys::read_timex()?;
+        let kernel = kernel_state(self.dry_run)?;
         if let Some(w) = &mut self.rival {
             w.check(&kernel).map_err(Interfered)?;
         }
@@ -765,13 +776,34 @@ fn stopped_by(r: Result<()>) -> Result<Flow> {
     }
 }
 
+/// The kernel's NTP state. In a dry run it is advisory (nothing is changed): a read refused by a
+/// seccomp filter (a container) is said once and the discipline sees an unsynchronised kernel
+/// (`KernelTimex::unreadable`). Otherwise a refusal is an error naming the call, the cause and
+/// the fix: the discipline cannot run without it.
+fn kernel_state(dry_run: bool) -> Result<vmtime_core::kernel::KernelTimex> {
+    static READER: std::sync::Mutex<vmtime_sys::AdvisoryTimex> =
+        std::sync::Mutex::new(vmtime_sys::AdvisoryTimex::new());
+    if !dry_run {
+        return Ok(vmtime_sys::read_timex()?);
+    }
+    let (tx, refused) = READER.lock().unwrap_or_else(|p| p.into_inner()).read()?;
+    if let Some(e) = refused {
+        tracing::warn!("{e}");
+        tracing::warn!(
+            "dry run: going on as if the kernel clock were unsynchronised (its state is unknown; \
+             the checks for another time daemon's changes see nothing)"
+        );
+    }
+    Ok(tx)
+}
+
 /// Refuses to start next to another time daemon (a dry run only warns: it changes nothing).
 fn check_rivals(a: &SyncSettings) -> Result<Option<ExitCode>> {
     if a.allow_other_daemon {
         return Ok(None);
     }
     let procs = vmtime_sys::procs::list().context("cannot list the processes in /proc")?;
-    match vmtime_core::rival::may_start(&procs, &vmtime_sys::read_timex()?) {
+    match vmtime_core::rival::may_start(&procs, &kernel_state(a.dry_run)?) {
         Ok(()) => Ok(None),
         Err(r) if a.dry_run => {
             tracing::warn!("{r} (dry run: going on, nothing is changed)");
@@ -899,10 +931,12 @@ pub fn run(args: Args) -> Result<ExitCode> {
         redone: 0,
         m,
         rival: (!a.allow_other_daemon).then(ClockWatch::new),
+        cross: a.cross_check_ntp.map(crate::daemons::crosscheck::NtpCross::new).transpose()?,
         cadence: Cadence::default(),
         publisher,
         sub,
         t_note: None,
+        t_cross: None,
         is_device,
         next_obs: now,
         last_resubscribe: now,
@@ -951,7 +985,8 @@ impl Daemon for Sync {
         let raw_now = vmtime_sys::gettime(ClockId::MonotonicRaw).unwrap_or(0);
         let slew = self.discipline.next_deadline().map(|d| now + Duration::from_nanos((d - raw_now).max(0) as u64));
         let check = crate::daemons::next_check(&self.cadence);
-        [Some(self.next_obs), slew, check, Some(now + Duration::from_secs(1))].into_iter().flatten().min()
+        let cross = self.cross.as_ref().map(crate::daemons::crosscheck::NtpCross::deadline);
+        [Some(self.next_obs), slew, check, cross, Some(now + Duration::from_secs(1))].into_iter().flatten().min()
     }
 
     fn register(&mut self, p: &mut Poller) {
@@ -960,6 +995,7 @@ impl Daemon for Sync {
         } else {
             self.sub.as_ref().map(|x| p.add(x.fd(), serve::READABLE))
         };
+        self.t_cross = self.cross.as_ref().map(|c| p.add(c.sock.fd(), serve::READABLE));
     }
 
     fn turn(&mut self, t: &mut Turn<'_>) -> Result<Flow> {
@@ -973,6 +1009,15 @@ impl Daemon for Sync {
                 tracing::warn!("the publisher went away: polling the page");
                 self.sub = None;
             }
+        }
+        // The second opinion: never waited on; its verdict reaches the next update's bounds.
+        if let Some(c) = &mut self.cross {
+            if self.t_cross.is_some_and(|x| t.readable(x)) {
+                c.readable(&self.page);
+            }
+            c.log();
+            self.discipline.set_cross_check(c.cc.widen_ns());
+            self.m.cross_check = Some(c.cc.status().clone());
         }
         // The markers' check between observations: loads from the mapped page.
         let mono = crate::daemons::mono_ns()?;
@@ -991,9 +1036,17 @@ impl Daemon for Sync {
         }
         let a2 = self.discipline.handle_tick(vmtime_sys::gettime(ClockId::MonotonicRaw)?);
         self.apply(a2)?;
+        // A query (or a timeout) when due, after the observation: the answer is then read as
+        // soon as it comes, by the next wait, not after an observation's work.
+        if let Some(c) = &mut self.cross {
+            c.tick(&self.page);
+            c.log();
+            self.m.cross_check = Some(c.cc.status().clone());
+        }
         if !self.is_device && self.sub.is_none() && self.last_resubscribe.elapsed() >= Duration::from_secs(1) {
             self.last_resubscribe = Instant::now();
-            self.sub = subscribe(&self.publisher);
+            // A short wait: the loop never stalls on a publisher that accepts but never answers.
+            self.sub = Subscription::reopen(&self.publisher);
         }
         self.m.notified = self.notes.device.is_some();
         self.m.observations_redone = self.redone;

@@ -210,6 +210,10 @@ pub struct SyncSettings {
     /// Start and keep running next to another time daemon (or the kernel's PLL) that may
     /// discipline the clock: the check for one is off.
     pub allow_other_daemon: bool,
+    /// An NTP server (an address and port, never a name) asked now and then for a second opinion
+    /// on the page: it never steers the clock; a disagreement beyond both bounds widens the
+    /// kernel's maxerror and leaves the clock unsynchronised.
+    pub cross_check_ntp: Option<SocketAddr>,
 }
 
 impl Default for SyncSettings {
@@ -229,6 +233,7 @@ impl Default for SyncSettings {
             log_level: LogLevel::Info,
             metrics_listen: None,
             allow_other_daemon: false,
+            cross_check_ntp: None,
         }
     }
 }
@@ -334,6 +339,8 @@ pub struct FeedClockBoundSettings {
     pub log_level: LogLevel,
     /// Serve metrics here (default: [metrics] listen; none: off).
     pub metrics_listen: Option<SocketAddr>,
+    /// An NTP server asked for a second opinion on the page (never steers anything).
+    pub cross_check_ntp: Option<SocketAddr>,
 }
 
 impl Default for FeedClockBoundSettings {
@@ -347,6 +354,7 @@ impl Default for FeedClockBoundSettings {
             life_ms: LifeMs::new(5000).expect("in range"),
             drift_margin_ppb: DriftPpb::new(15_000).expect("in range"),
             disruption_support: DisruptionSupport::Auto,
+            cross_check_ntp: None,
             control_socket: None,
             duration_s: None,
             log_level: LogLevel::Info,
@@ -504,7 +512,7 @@ pub struct Loaded {
 /// the default file may be absent (then everything is default).
 pub fn load(explicit: Option<&Path>) -> Result<Loaded> {
     let path = explicit.unwrap_or(Path::new(DEFAULT_PATH));
-    let text = match read_small_text(path) {
+    let text = match crate::values::read_config_text(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && explicit.is_none() => {
             return Ok(Loaded { path: None, table: toml::Table::new(), file: FileConfig::default() })

@@ -32,6 +32,8 @@ pub struct HostMetrics {
     pub tai: String,
     /// Whether the kernel's own page was readable at the last observation (None: not used).
     pub kernel_page_readable: Option<bool>,
+    /// How the kernel's NTP state is had: read with adjtimex, or not (a seccomp filter).
+    pub kernel_state: &'static str,
     /// The publisher's tunables in force.
     pub config: vmtime_core::host::HostConfig,
     pub stats: vmtime_core::host::HostStats,
@@ -58,6 +60,7 @@ impl Figures for HostMetrics {
             },
             "kernel_page_readable": self.kernel_page_readable,
             "kernel_page_usable": self.kernel_page_readable.map(|_| !self.stats.kernel_page.unusable),
+            "kernel_state": self.kernel_state,
             "page": self.page,
             "clocksource": self.clocksource,
             "tai": self.tai,
@@ -302,6 +305,8 @@ pub struct SyncMetrics {
     pub markers_only: bool,
     /// Generation hooks run (markers only).
     pub hooks_run: u64,
+    /// The NTP cross-check (`--cross-check-ntp`), when configured.
+    pub cross_check: Option<vmtime_core::crosscheck::CrossStatus>,
     /// The runtime's figures.
     pub run: RunFigures,
 }
@@ -358,10 +363,16 @@ impl Figures for SyncMetrics {
                 m.insert("marker_checks".into(), c.into());
                 m.insert("check_ms".into(), self.check_ms.into());
             }
+            if let Some(c) = &self.cross_check {
+                m.insert("cross_check".into(), serde_json::to_value(c).unwrap_or_default());
+            }
         }
         v
     }
 }
+
+/// The cross-check's states.
+const CROSS_STATES: &[&str] = &["unknown", "agree", "disagree", "no_reply"];
 
 /// The discipline's states as `vmtime status` prints them.
 const SYNC_STATES: &[&str] = &["starting", "synchronised", "following a free-running source", "holdover"];
@@ -443,6 +454,33 @@ impl Expose for SyncMetrics {
             "1 when the daemon changes nothing (--dry-run).",
             Some(f64::from(u8::from(self.dry_run))),
         );
+        if let Some(c) = &self.cross_check {
+            e.state_set(
+                "vmtime_sync_cross_check_state",
+                "The NTP cross-check's verdict on the page.",
+                "state",
+                CROSS_STATES,
+                Some(c.state),
+            );
+            e.gauge(
+                "vmtime_sync_cross_check_disagree",
+                "1 while the NTP server and the page disagree beyond both their bounds.",
+                Some(f64::from(u8::from(c.state == "disagree"))),
+            );
+            e.gauge(
+                "vmtime_sync_cross_check_offset_seconds",
+                "The NTP server minus the page at the last answer.",
+                c.offset_ns.map(|n| n / 1e9),
+            );
+            e.counter("vmtime_sync_cross_check_queries_total", "NTP queries sent.", c.queries);
+            e.counter("vmtime_sync_cross_check_replies_total", "NTP answers used.", c.replies);
+            e.counter("vmtime_sync_cross_check_timeouts_total", "NTP queries not answered in time.", c.timeouts);
+            e.counter(
+                "vmtime_sync_cross_check_episodes_total",
+                "Times the NTP server and the page started to disagree.",
+                c.episodes,
+            );
+        }
     }
 }
 
@@ -632,6 +670,8 @@ pub struct FeedClockBoundMetrics {
     pub drift_ppb: Option<u32>,
     /// The last segment's status.
     pub status: Option<&'static str>,
+    /// The NTP cross-check (`--cross-check-ntp`), when configured.
+    pub cross_check: Option<vmtime_core::crosscheck::CrossStatus>,
 }
 
 impl FeedClockBoundMetrics {
@@ -713,6 +753,7 @@ impl Figures for FeedClockBoundMetrics {
             "bound_ns": self.bound_ns,
             "drift_ppb": self.drift_ppb,
             "segment_age_s": age(now, self.last_write),
+            "cross_check": self.cross_check,
         });
         with(self.common.status(now), own)
     }
@@ -797,5 +838,32 @@ mod tests {
         let text = render(&m, Instant::now());
         assert!(text.contains("\nvmtime_sync_frequency_ratio 0.000101\n"), "{text}");
         assert!(text.contains("vmtime_sync_state{state=\"synchronised\"} 1\n"));
+    }
+
+    #[test]
+    fn the_cross_check_is_exposed_when_configured() {
+        use crate::ops::metrics::render;
+        let now = Instant::now();
+        let none = render(&SyncMetrics::default(), now);
+        assert!(!none.contains("cross_check"), "not configured: no series");
+        assert!(SyncMetrics::default().status(now).get("cross_check").is_none());
+        let c = vmtime_core::crosscheck::CrossStatus {
+            state: "disagree",
+            offset_ns: Some(5e8),
+            server: "127.0.0.1:123".into(),
+            queries: 3,
+            replies: 2,
+            episodes: 1,
+            ..Default::default()
+        };
+        let m = SyncMetrics { cross_check: Some(c), ..Default::default() };
+        let text = render(&m, now);
+        assert!(text.contains("vmtime_sync_cross_check_disagree 1\n"), "{text}");
+        assert!(text.contains("vmtime_sync_cross_check_offset_seconds 0.5\n"), "{text}");
+        assert!(text.contains("vmtime_sync_cross_check_state{state=\"disagree\"} 1\n"), "{text}");
+        assert!(text.contains("vmtime_sync_cross_check_episodes_total 1\n"), "{text}");
+        let st = m.status(now);
+        assert_eq!(st["cross_check"]["state"], "disagree");
+        assert_eq!(st["cross_check"]["server"], "127.0.0.1:123");
     }
 }
