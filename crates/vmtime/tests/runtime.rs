@@ -4,7 +4,7 @@
 //! (The PHC path, which needs a PTP clock, is covered by the runtime's own unit test.)
 
 mod common;
-use common::{json, vmtime, wait_calibrated, Supervised};
+use common::{vmtime, wait_calibrated, Supervised};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
