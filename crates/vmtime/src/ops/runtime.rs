@@ -184,6 +184,8 @@ pub trait Daemon {
     const NAME: &'static str;
     /// The settings keys it applies on SIGHUP without a restart.
     const LIVE: &'static [&'static str];
+    /// What a stop on a signal leaves behind, in words, for the log line.
+    const STOPPED: &'static str = "";
     /// The requests it answers, in words, for the reply to an unknown one.
     const REQUESTS: &'static str = "status";
 
@@ -303,6 +305,9 @@ impl<S: Settings> Runtime<S> {
             self.poller.wait(wake.map(|w| w.saturating_duration_since(Instant::now())))?;
             match self.signals.take(&self.poller) {
                 Some(SignalEvent::Terminate(name)) => {
+                    if !D::STOPPED.is_empty() {
+                        tracing::info!("{name}: stopping ({})", D::STOPPED);
+                    }
                     d.stop(name)?;
                     break 0;
                 }
