@@ -316,6 +316,10 @@ pub struct Publisher {
     /// The last TAI − UTC known (to keep a TAI page in TAI when the offset stops being known).
     last_known_tai: Option<i16>,
     notices: Vec<HostNotice>,
+    /// The kernel's maxerror at the last observation (RAW ns, µs).
+    last_max: Option<(i128, i64)>,
+    /// The NTP daemon's last statement of its maxerror (RAW ns when seen, µs).
+    ntp_claim: Option<(i128, i64)>,
 }
 
 /// The kernel clock at one counter value, from a burst of samples.
@@ -409,7 +413,43 @@ impl Publisher {
             time_type,
             last_known_tai: cfg.tai_minus_utc,
             notices: Vec::new(),
+            last_max: None,
+            ntp_claim: None,
             cfg,
+        }
+    }
+
+    /// The page's time bound from the kernel's maxerror. The kernel grows maxerror by 500 µs
+    /// each second (its MAXFREQ) from what the NTP daemon last set; with a rate tolerance below
+    /// that (`tolerance_ppb`, the rate the page itself declares for its period's maximum error),
+    /// the bound grows at the declared rate instead, from the daemon's last statement, and is
+    /// never above the kernel's. The daemon's statement is found as a change of maxerror that
+    /// is not the kernel's growth (a whole number of 500 µs steps, one per second elapsed, ±1).
+    /// At 500 ppm or more, or from an unsynchronised kernel (16 s), the kernel's value is used.
+    fn claimed_maxerror_us(&mut self, raw_ns: i128, kernel_us: i64) -> i64 {
+        const STEP_US: i64 = 500;
+        let set = match self.last_max {
+            None => true,
+            Some((t, prev)) => {
+                let secs = ((raw_ns - t).max(0) / NS) as i64;
+                let grew = kernel_us - prev;
+                !(grew >= 0 && grew % STEP_US == 0 && (secs - 1..=secs + 1).contains(&(grew / STEP_US)))
+            }
+        };
+        self.last_max = Some((raw_ns, kernel_us));
+        if set {
+            self.ntp_claim = Some((raw_ns, kernel_us));
+        }
+        if self.cfg.tolerance_ppb >= crate::sync::KERNEL_MAX_FREQ_PPB as u64 || kernel_us >= 16_000_000 {
+            return kernel_us;
+        }
+        match self.ntp_claim {
+            Some((t0, m0)) => {
+                let grown =
+                    (self.cfg.tolerance_ppb as i128 * (raw_ns - t0).max(0) + 999_999_999_999) / 1_000_000_000_000;
+                kernel_us.min(m0.saturating_add(grown.min(i64::MAX as i128) as i64))
+            }
+            None => kernel_us,
         }
     }
 
@@ -700,7 +740,9 @@ impl Publisher {
         let base = self.raw_base.expect("set above");
         let calib_ppb =
             (((base.window_ns() + obs.raw.window_ns()) as f64 / 2.0 / baseline as f64 * 1e9).ceil() as u64).max(1);
-        let n = Next { k, model, status: st, leap: lp, tai, time_type, kernel: obs.kernel, calib_ppb, unsure_s };
+        let mut kernel = obs.kernel;
+        kernel.maxerror_us = self.claimed_maxerror_us(obs.raw.mid_ns(), obs.kernel.maxerror_us);
+        let n = Next { k, model, status: st, leap: lp, tai, time_type, kernel, calib_ppb, unsure_s };
 
         // A restart: continuity is proven when the kernel now lies within the old page's bounds.
         if let Some(prev) = self.resumed.take() {
@@ -930,6 +972,34 @@ struct Next {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn below_500_ppm_the_bound_grows_at_the_tolerance_from_the_daemons_last_statement() {
+        let s = |x: f64| (x * 1e9) as i128;
+        let mut p = Publisher::new(HostConfig { tolerance_ppb: 1_000, ..HostConfig::default() });
+        // The daemon sets 20 µs; the kernel then adds 500 µs a second.
+        assert_eq!(p.claimed_maxerror_us(s(10.0), 20), 20);
+        assert_eq!(p.claimed_maxerror_us(s(11.5), 520), 22, "20 µs + 1 ppm of 1.5 s, rounded up");
+        assert_eq!(p.claimed_maxerror_us(s(13.0), 1_520), 23);
+        // The daemon says less: taken at once.
+        assert_eq!(p.claimed_maxerror_us(s(13.2), 12), 12);
+        // The daemon says more (not the kernel's 500 µs steps): taken at once, never hidden.
+        assert_eq!(p.claimed_maxerror_us(s(13.4), 5_000), 5_000);
+        assert_eq!(p.claimed_maxerror_us(s(14.6), 5_500), 5_002);
+        // Never above the kernel's own value (400 ppm for 0.9 s is 360 µs; the kernel added none).
+        let mut h = Publisher::new(HostConfig { tolerance_ppb: 400_000, ..HostConfig::default() });
+        h.claimed_maxerror_us(s(0.0), 20);
+        assert_eq!(h.claimed_maxerror_us(s(0.9), 20), 20);
+        let mut q = Publisher::new(HostConfig { tolerance_ppb: 1_000, ..HostConfig::default() });
+        q.claimed_maxerror_us(s(0.0), 1);
+        assert_eq!(q.claimed_maxerror_us(s(0.5), 1), 1);
+        // An unsynchronised kernel (16 s) is the kernel's value.
+        assert_eq!(q.claimed_maxerror_us(s(1.0), 16_000_000), 16_000_000);
+        // At 500 ppm (the default) the kernel's value, as before.
+        let mut d = Publisher::new(HostConfig::default());
+        d.claimed_maxerror_us(s(0.0), 20);
+        assert_eq!(d.claimed_maxerror_us(s(1.1), 520), 520);
+    }
 
     #[test]
     fn a_burst_across_a_step_back_gives_no_reference() {
