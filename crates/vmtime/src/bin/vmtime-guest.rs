@@ -13,7 +13,7 @@ use vmtime::ops::{config, logging};
 
 /// Accurate, bounded time for virtual machines (Linux vmclock): the guest's commands.
 #[derive(Parser, Debug)]
-#[command(name = "vmtime", version, about, long_about = None)]
+#[command(name = "vmtime", version, long_about = None)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
