@@ -109,17 +109,19 @@ pub const SETTLE_NS: i128 = 10_000_000_000;
 
 /// What a frequency change not yet seen can do to the page's bounds before the next poll, ns.
 ///
-/// A page extrapolates the kernel clock at the rate it had at the page's reference. A change
+/// A page extrapolates the kernel clock at the rate it had at the page's reference t0. A change
 /// made at t_c after the last poll is seen at the next one, at most `longest_gap_ns` later, and
-/// a new page follows. Meanwhile the kernel clock leaves the page at up to [`UNSEEN_RATE_PPB`]
-/// · (t − t_c), while the page's maxerror grows by `tolerance_ppb` · (t − t0) ≥ `tolerance_ppb`
-/// · (t − t_c) since the page's reference t0. What the growth does not cover is
-/// (UNSEEN_RATE_PPB − tolerance_ppb) · (t − t_c) ≤ (UNSEEN_RATE_PPB − tolerance_ppb) ·
-/// `longest_gap_ns`: added to every page's maxerror, so the page's bounds hold the kernel
-/// clock itself through any frequency change, seen or not. At the defaults (500 ppm tolerance,
-/// 100 ms idle poll): 50 µs. Rounded up.
+/// a new page follows. Meanwhile the kernel clock leaves the page at up to Δ · (t − t_c), while
+/// the page's maxerror grows by `tolerance_ppb` · (t − t0) ≥ `tolerance_ppb` · (t − t_c). Δ is
+/// at most [`UNSEEN_RATE_PPB`] (the kernel's limit on `freq`), and at most 2 · `tolerance_ppb`
+/// (the page's rate term assumes the kernel's rate within the tolerance of true time, before
+/// and after the change). What the growth does not cover, (Δ − `tolerance_ppb`) ·
+/// `longest_gap_ns`, is added to every page's maxerror, so the page's bounds hold the kernel
+/// clock itself through any frequency change, seen or not. At the defaults (500 ppm, 100 ms
+/// idle poll): 50 µs; at 1 ppm: 100 ns. Rounded up.
 pub fn unseen_change_ns(longest_gap_ns: i128, tolerance_ppb: u64) -> u64 {
-    let ppb = UNSEEN_RATE_PPB.saturating_sub(tolerance_ppb) as u128;
+    let rate = UNSEEN_RATE_PPB.min(tolerance_ppb.saturating_mul(2));
+    let ppb = rate.saturating_sub(tolerance_ppb) as u128;
     (longest_gap_ns.max(0) as u128 * ppb).div_ceil(1_000_000_000) as u64
 }
 
@@ -321,6 +323,9 @@ struct Last {
 /// Slack beyond the samples' pairing window before the kernel's page is said to disagree with
 /// the clock, ns (the RFC page's time includes the NTP error term, a few ns).
 pub const KERNEL_PAGE_SLACK_NS: i128 = 1_000;
+/// The largest difference between the kernel page's period and the host's own model before the
+/// page is said to disagree, ppb (the model is calibrated to a few ppm within a second).
+pub const KERNEL_PAGE_MAX_RATE_PPB: f64 = 1_000_000.0;
 /// Observations in a row disagreeing that make the kernel's page unusable.
 pub const KERNEL_PAGE_UNUSABLE_AFTER: u64 = 3;
 /// Observations in a row agreeing that make an unusable kernel page usable again.
@@ -405,6 +410,10 @@ pub struct Publisher {
     /// The last TAI − UTC known (to keep a TAI page in TAI when the offset stops being known).
     last_known_tai: Option<i16>,
     notices: Vec<HostNotice>,
+    /// The kernel's maxerror at the last observation (RAW ns, µs).
+    last_max: Option<(i128, i64)>,
+    /// The NTP daemon's last statement of its maxerror (RAW ns when seen, µs).
+    ntp_claim: Option<(i128, i64)>,
 }
 
 /// The kernel clock at one counter value, from a burst of samples.
@@ -498,7 +507,43 @@ impl Publisher {
             time_type,
             last_known_tai: cfg.tai_minus_utc,
             notices: Vec::new(),
+            last_max: None,
+            ntp_claim: None,
             cfg,
+        }
+    }
+
+    /// The page's time bound from the kernel's maxerror. The kernel grows maxerror by 500 µs
+    /// each second (its MAXFREQ) from what the NTP daemon last set; with a rate tolerance below
+    /// that (`tolerance_ppb`, the rate the page itself declares for its period's maximum error),
+    /// the bound grows at the declared rate instead, from the daemon's last statement, and is
+    /// never above the kernel's. The daemon's statement is found as a change of maxerror that
+    /// is not the kernel's growth (a whole number of 500 µs steps, one per second elapsed, ±1).
+    /// At 500 ppm or more, or from an unsynchronised kernel (16 s), the kernel's value is used.
+    fn claimed_maxerror_us(&mut self, raw_ns: i128, kernel_us: i64) -> i64 {
+        const STEP_US: i64 = 500;
+        let set = match self.last_max {
+            None => true,
+            Some((t, prev)) => {
+                let secs = ((raw_ns - t).max(0) / NS) as i64;
+                let grew = kernel_us - prev;
+                !(grew >= 0 && grew % STEP_US == 0 && (secs - 1..=secs + 1).contains(&(grew / STEP_US)))
+            }
+        };
+        self.last_max = Some((raw_ns, kernel_us));
+        if set {
+            self.ntp_claim = Some((raw_ns, kernel_us));
+        }
+        if self.cfg.tolerance_ppb >= crate::sync::KERNEL_MAX_FREQ_PPB as u64 || kernel_us >= 16_000_000 {
+            return kernel_us;
+        }
+        match self.ntp_claim {
+            Some((t0, m0)) => {
+                let grown =
+                    (self.cfg.tolerance_ppb as i128 * (raw_ns - t0).max(0) + 999_999_999_999) / 1_000_000_000_000;
+                kernel_us.min(m0.saturating_add(grown.min(i64::MAX as i128) as i64))
+            }
+            None => kernel_us,
         }
     }
 
@@ -758,7 +803,11 @@ impl Publisher {
                 let at = r.raw_time_at(ks.counter).ok().map(|t| t as i128 + offset_s as i128 * UNIT);
                 let diff = at.map(|t| t - ks.time);
                 let window = ks.half + crate::ns_to_frac(KERNEL_PAGE_SLACK_NS, false);
-                let agrees = diff.is_some_and(|d| d.abs() <= window);
+                // Its rate too: a page right at this counter with a wrong period would be wrong
+                // a second later. The host's own model (RAW calibrated, scaled by the kernel's
+                // second length) is good to well within KERNEL_PAGE_MAX_RATE_PPB.
+                let rate_ppb = (model.hz() / period.hz() - 1.0) * 1e9;
+                let agrees = diff.is_some_and(|d| d.abs() <= window) && rate_ppb.abs() <= KERNEL_PAGE_MAX_RATE_PPB;
                 self.kernel_page_check(agrees, diff.map_or(f64::INFINITY, frac_to_ns_f64), frac_to_ns_f64(window))
                     .then_some((period, kref))
             }
@@ -787,7 +836,9 @@ impl Publisher {
         let base = self.raw_base.expect("set above");
         let calib_ppb =
             (((base.window_ns() + obs.raw.window_ns()) as f64 / 2.0 / baseline as f64 * 1e9).ceil() as u64).max(1);
-        let n = Next { k, model, status: st, leap: lp, tai, time_type, kernel: obs.kernel, calib_ppb, unsure_s };
+        let mut kernel = obs.kernel;
+        kernel.maxerror_us = self.claimed_maxerror_us(obs.raw.mid_ns(), obs.kernel.maxerror_us);
+        let n = Next { k, model, status: st, leap: lp, tai, time_type, kernel, calib_ppb, unsure_s };
 
         // A restart: continuity is proven when the kernel now lies within the old page's bounds.
         if let Some(prev) = self.resumed.take() {
@@ -1055,12 +1106,43 @@ mod tests {
     fn the_unseen_change_term_covers_the_rate_beyond_the_tolerance() {
         // 1000 ppm unseen for 100 ms is 100 µs; 500 ppm of it is in the page's rate already.
         assert_eq!(unseen_change_ns(100_000_000, 500_000), 50_000);
-        assert_eq!(unseen_change_ns(100_000_000, 15_000), 98_500);
         assert_eq!(unseen_change_ns(10_000_000, 500_000), 5_000);
+        // A tolerance of 15 ppm: the kernel's rate moves by at most 30 ppm, 15 of them covered.
+        assert_eq!(unseen_change_ns(100_000_000, 15_000), 1_500);
+        // Beyond 500 ppm the kernel's limit (1000 ppm) is below 2 × tolerance.
+        assert_eq!(unseen_change_ns(100_000_000, 700_000), 30_000);
         assert_eq!(unseen_change_ns(100_000_000, 2_000_000), 0);
-        assert_eq!(unseen_change_ns(1, 0), 1, "rounded up");
+        assert_eq!(unseen_change_ns(1, 1), 1, "rounded up");
         // And every page carries it.
         assert_eq!(HostConfig::default().longest_poll_gap_ns, DEFAULT_IDLE_POLL_NS);
+    }
+
+    #[test]
+    fn below_500_ppm_the_bound_grows_at_the_tolerance_from_the_daemons_last_statement() {
+        let s = |x: f64| (x * 1e9) as i128;
+        let mut p = Publisher::new(HostConfig { tolerance_ppb: 1_000, ..HostConfig::default() });
+        // The daemon sets 20 µs; the kernel then adds 500 µs a second.
+        assert_eq!(p.claimed_maxerror_us(s(10.0), 20), 20);
+        assert_eq!(p.claimed_maxerror_us(s(11.5), 520), 22, "20 µs + 1 ppm of 1.5 s, rounded up");
+        assert_eq!(p.claimed_maxerror_us(s(13.0), 1_520), 23);
+        // The daemon says less: taken at once.
+        assert_eq!(p.claimed_maxerror_us(s(13.2), 12), 12);
+        // The daemon says more (not the kernel's 500 µs steps): taken at once, never hidden.
+        assert_eq!(p.claimed_maxerror_us(s(13.4), 5_000), 5_000);
+        assert_eq!(p.claimed_maxerror_us(s(14.6), 5_500), 5_002);
+        // Never above the kernel's own value (400 ppm for 0.9 s is 360 µs; the kernel added none).
+        let mut h = Publisher::new(HostConfig { tolerance_ppb: 400_000, ..HostConfig::default() });
+        h.claimed_maxerror_us(s(0.0), 20);
+        assert_eq!(h.claimed_maxerror_us(s(0.9), 20), 20);
+        let mut q = Publisher::new(HostConfig { tolerance_ppb: 1_000, ..HostConfig::default() });
+        q.claimed_maxerror_us(s(0.0), 1);
+        assert_eq!(q.claimed_maxerror_us(s(0.5), 1), 1);
+        // An unsynchronised kernel (16 s) is the kernel's value.
+        assert_eq!(q.claimed_maxerror_us(s(1.0), 16_000_000), 16_000_000);
+        // At 500 ppm (the default) the kernel's value, as before.
+        let mut d = Publisher::new(HostConfig::default());
+        d.claimed_maxerror_us(s(0.0), 20);
+        assert_eq!(d.claimed_maxerror_us(s(1.1), 520), 520);
     }
 
     #[test]

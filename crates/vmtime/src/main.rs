@@ -131,8 +131,8 @@ fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vmtime::values;
     use std::any::TypeId;
+    use vmtime::values;
 
     #[test]
     fn a_word_outside_a_closed_set_is_refused_naming_the_set() {

@@ -185,7 +185,7 @@ impl PhcSync {
         // and a reading against it decide the PHC's timescale.
         let own_page = vmtime_sys::phc::vmclock_device(&info, std::path::Path::new("/dev"))
             .and_then(|p| vmclock::Mapping::open(&p).ok());
-        let kernel = vmtime_sys::read_timex()?;
+        let kernel = kernel_state(a.dry_run)?;
         let facts = vmtime_core::phc::TimescaleFacts {
             attribute: None, // no released kernel has the PTP timescale attributes yet
             page: own_page.as_ref().and_then(|m| vmtime_sys::phc::compare_with_page(&mut d, m, kernel.tai)),
@@ -245,7 +245,7 @@ impl PhcSync {
     /// page's news, and the source's facts handed to the servo.
     fn prepare(&mut self) -> Result<(vmtime_core::kernel::KernelTimex, vmtime_core::phc::PhcSourceState)> {
         use vmtime_core::phc::PhcSourceState;
-        let tx = vmtime_sys::read_timex()?;
+        let tx = kernel_state(self.dry_run)?;
         if let Some(w) = &mut self.rival {
             w.check(&tx).map_err(Interfered)?;
         }
@@ -439,7 +439,7 @@ fn run_once(a: &SyncSettings, source: &Path) -> Result<ExitCode> {
             None => once_failed(source, "it carries markers only and this machine has no PHC: no time source"),
         };
     }
-    let kernel = vmtime_sys::read_timex()?;
+    let kernel = kernel_state(a.dry_run)?;
     let got = sample_under_page(
         4,
         || page.read().map_err(anyhow::Error::from),
@@ -636,7 +636,7 @@ struct Sync {
     /// Changes to the kernel's NTP state that this daemon did not make.
     rival: Option<ClockWatch>,
     /// The NTP cross-check, when configured.
-    cross: Option<NtpCross>,
+    cross: Option<crate::daemons::crosscheck::NtpCross>,
     /// The checks of the page's markers between observations.
     cadence: Cadence,
 }
@@ -687,7 +687,7 @@ impl Sync {
 
     fn observe(&mut self) -> Result<()> {
         self.page.refresh();
-        let kernel = vmtime_sys::read_timex()?;
+        let kernel = kernel_state(self.dry_run)?;
         if let Some(w) = &mut self.rival {
             w.check(&kernel).map_err(Interfered)?;
         }
@@ -741,96 +741,6 @@ impl Sync {
     }
 }
 
-/// `--cross-check-ntp`: the socket (vmtime-sys) and the client (vmtime-core); times are ns since
-/// `start` (monotonic).
-struct NtpCross {
-    cc: vmtime_core::crosscheck::CrossCheck,
-    sock: vmtime_sys::ntp::SntpSocket,
-    start: Instant,
-}
-
-/// The page's UTC now (64.64 s since the epoch) and its maxerror (ns), if it gives them.
-fn page_utc(page: &crate::page::FollowedPage) -> Option<(i128, Option<u128>)> {
-    let p = page.read().ok().filter(|p| gives_time(p, vmclock::counter::NATIVE))?;
-    let u = p.utc_at(vmclock::counter::read()).ok()?;
-    Some((i128::try_from(u.time.raw()).ok()?, u.maxerror_ns()))
-}
-
-impl NtpCross {
-    fn new(server: std::net::SocketAddr) -> Result<Self> {
-        let sock = vmtime_sys::ntp::SntpSocket::connect(server)
-            .with_context(|| format!("--cross-check-ntp {server}: cannot open a UDP socket to it"))?;
-        Ok(NtpCross {
-            cc: vmtime_core::crosscheck::CrossCheck::new(server.to_string(), 0),
-            sock,
-            start: Instant::now(),
-        })
-    }
-
-    fn now_ns(&self) -> i128 {
-        self.start.elapsed().as_nanos() as i128
-    }
-
-    fn deadline(&self) -> Instant {
-        self.start + Duration::from_nanos(self.cc.next_deadline_ns().max(0) as u64)
-    }
-
-    /// A query or a timeout when due; never waits.
-    fn tick(&mut self, page: &crate::page::FollowedPage) {
-        let now = self.now_ns();
-        if now < self.cc.next_deadline_ns() {
-            return;
-        }
-        let cookie = vmtime_sys::event::random_u64().unwrap_or(now as u64 ^ 0x9E37_79B9_7F4A_7C15);
-        let Some((utc, max)) = page_utc(page) else {
-            // Nothing to judge: a query in flight may still time out; none is started.
-            if self.cc.in_flight() {
-                let _ = self.cc.tick(now, cookie);
-            } else {
-                self.cc.postpone(now);
-            }
-            return;
-        };
-        if let Some(vmtime_core::crosscheck::CrossAction::Send(p)) = self.cc.tick(now, cookie) {
-            match self.sock.send(&p) {
-                Ok(()) => self.cc.sent(self.now_ns(), utc, max),
-                Err(e) => {
-                    tracing::debug!("cross-check: cannot send to {}: {e}", self.sock.server());
-                    self.cc.send_failed(now);
-                }
-            }
-        }
-    }
-
-    /// The datagrams waiting (never waits).
-    fn readable(&mut self, page: &crate::page::FollowedPage) {
-        let mut buf = [0u8; 512];
-        // A few at most per turn: a flood cannot hold the loop.
-        for _ in 0..8 {
-            match self.sock.recv(&mut buf) {
-                Ok(Some(d)) => {
-                    let now = self.now_ns();
-                    if let Some((utc, max)) = page_utc(page) {
-                        self.cc.received(d, now, utc, max);
-                    }
-                }
-                // Nothing more; or an ICMP error (nobody listens there): the timeout says so.
-                Ok(None) | Err(_) => break,
-            }
-        }
-    }
-
-    fn log(&mut self) {
-        use vmtime_core::crosscheck::CrossNotice;
-        for n in self.cc.take_notices() {
-            match n {
-                CrossNotice::Disagree(_) | CrossNotice::NoReply => tracing::warn!("{n} ({})", self.sock.server()),
-                CrossNotice::Agree(_) | CrossNotice::Refused(_) => tracing::info!("{n} ({})", self.sock.server()),
-            }
-        }
-    }
-}
-
 /// Another process changed the kernel's NTP state.
 #[derive(Debug)]
 struct Interfered(Interference);
@@ -866,13 +776,34 @@ fn stopped_by(r: Result<()>) -> Result<Flow> {
     }
 }
 
+/// The kernel's NTP state. In a dry run it is advisory (nothing is changed): a read refused by a
+/// seccomp filter (a container) is said once and the discipline sees an unsynchronised kernel
+/// (`KernelTimex::unreadable`). Otherwise a refusal is an error naming the call, the cause and
+/// the fix: the discipline cannot run without it.
+fn kernel_state(dry_run: bool) -> Result<vmtime_core::kernel::KernelTimex> {
+    static READER: std::sync::Mutex<vmtime_sys::AdvisoryTimex> =
+        std::sync::Mutex::new(vmtime_sys::AdvisoryTimex::new());
+    if !dry_run {
+        return Ok(vmtime_sys::read_timex()?);
+    }
+    let (tx, refused) = READER.lock().unwrap_or_else(|p| p.into_inner()).read()?;
+    if let Some(e) = refused {
+        tracing::warn!("{e}");
+        tracing::warn!(
+            "dry run: going on as if the kernel clock were unsynchronised (its state is unknown; \
+             the checks for another time daemon's changes see nothing)"
+        );
+    }
+    Ok(tx)
+}
+
 /// Refuses to start next to another time daemon (a dry run only warns: it changes nothing).
 fn check_rivals(a: &SyncSettings) -> Result<Option<ExitCode>> {
     if a.allow_other_daemon {
         return Ok(None);
     }
     let procs = vmtime_sys::procs::list().context("cannot list the processes in /proc")?;
-    match vmtime_core::rival::may_start(&procs, &vmtime_sys::read_timex()?) {
+    match vmtime_core::rival::may_start(&procs, &kernel_state(a.dry_run)?) {
         Ok(()) => Ok(None),
         Err(r) if a.dry_run => {
             tracing::warn!("{r} (dry run: going on, nothing is changed)");
@@ -1000,7 +931,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         redone: 0,
         m,
         rival: (!a.allow_other_daemon).then(ClockWatch::new),
-        cross: a.cross_check_ntp.map(NtpCross::new).transpose()?,
+        cross: a.cross_check_ntp.map(crate::daemons::crosscheck::NtpCross::new).transpose()?,
         cadence: Cadence::default(),
         publisher,
         sub,
@@ -1054,7 +985,7 @@ impl Daemon for Sync {
         let raw_now = vmtime_sys::gettime(ClockId::MonotonicRaw).unwrap_or(0);
         let slew = self.discipline.next_deadline().map(|d| now + Duration::from_nanos((d - raw_now).max(0) as u64));
         let check = crate::daemons::next_check(&self.cadence);
-        let cross = self.cross.as_ref().map(NtpCross::deadline);
+        let cross = self.cross.as_ref().map(crate::daemons::crosscheck::NtpCross::deadline);
         [Some(self.next_obs), slew, check, cross, Some(now + Duration::from_secs(1))].into_iter().flatten().min()
     }
 
@@ -1114,7 +1045,8 @@ impl Daemon for Sync {
         }
         if !self.is_device && self.sub.is_none() && self.last_resubscribe.elapsed() >= Duration::from_secs(1) {
             self.last_resubscribe = Instant::now();
-            self.sub = subscribe(&self.publisher);
+            // A short wait: the loop never stalls on a publisher that accepts but never answers.
+            self.sub = Subscription::reopen(&self.publisher);
         }
         self.m.notified = self.notes.device.is_some();
         self.m.observations_redone = self.redone;

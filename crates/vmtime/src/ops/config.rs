@@ -342,6 +342,8 @@ pub struct FeedClockBoundSettings {
     pub log_level: LogLevel,
     /// Serve metrics here (default: [metrics] listen; none: off).
     pub metrics_listen: Option<SocketAddr>,
+    /// An NTP server asked for a second opinion on the page (never steers anything).
+    pub cross_check_ntp: Option<SocketAddr>,
 }
 
 impl Default for FeedClockBoundSettings {
@@ -355,6 +357,7 @@ impl Default for FeedClockBoundSettings {
             life_ms: LifeMs::new(5000).expect("in range"),
             drift_margin_ppb: DriftPpb::new(15_000).expect("in range"),
             disruption_support: DisruptionSupport::Auto,
+            cross_check_ntp: None,
             control_socket: None,
             duration_s: None,
             log_level: LogLevel::Info,

@@ -32,6 +32,8 @@ pub struct HostMetrics {
     pub tai: String,
     /// Whether the kernel's own page was readable at the last observation (None: not used).
     pub kernel_page_readable: Option<bool>,
+    /// How the kernel's NTP state is had: read with adjtimex, or not (a seccomp filter).
+    pub kernel_state: &'static str,
     /// The publisher's tunables in force.
     pub config: vmtime_core::host::HostConfig,
     pub stats: vmtime_core::host::HostStats,
@@ -58,6 +60,7 @@ impl Figures for HostMetrics {
             },
             "kernel_page_readable": self.kernel_page_readable,
             "kernel_page_usable": self.kernel_page_readable.map(|_| !self.stats.kernel_page.unusable),
+            "kernel_state": self.kernel_state,
             "page": self.page,
             "clocksource": self.clocksource,
             "tai": self.tai,
@@ -667,6 +670,8 @@ pub struct FeedClockBoundMetrics {
     pub drift_ppb: Option<u32>,
     /// The last segment's status.
     pub status: Option<&'static str>,
+    /// The NTP cross-check (`--cross-check-ntp`), when configured.
+    pub cross_check: Option<vmtime_core::crosscheck::CrossStatus>,
 }
 
 impl FeedClockBoundMetrics {
@@ -748,6 +753,7 @@ impl Figures for FeedClockBoundMetrics {
             "bound_ns": self.bound_ns,
             "drift_ppb": self.drift_ppb,
             "segment_age_s": age(now, self.last_write),
+            "cross_check": self.cross_check,
         });
         with(self.common.status(now), own)
     }
