@@ -414,6 +414,7 @@ impl Daemon for Host {
     type Settings = HostSettings;
     type Figures = crate::ops::figures::HostMetrics;
     const NAME: &'static str = "host";
+    const STOPPED: &'static str = "the page stays valid; the socket is removed";
     /// What `vmtime host` applies on SIGHUP: the log level, the tunables of the publishing loop
     /// and the status line. The page and socket paths, the kernel page, the smearing hint and
     /// TAI − UTC (constants of the page) and the metrics address need a restart.
@@ -536,12 +537,5 @@ impl Daemon for Host {
 
     fn status_line(&self) -> Option<&str> {
         (!self.line.is_empty()).then_some(self.line.as_str())
-    }
-
-    fn stop(&mut self, why: &str) -> Result<()> {
-        if why.starts_with("SIG") {
-            tracing::info!("{why}: stopping (the page stays valid; the socket is removed)");
-        }
-        Ok(())
     }
 }

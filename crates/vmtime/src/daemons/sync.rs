@@ -317,6 +317,7 @@ impl Daemon for PhcSync {
     type Settings = SyncSettings;
     type Figures = crate::ops::figures::SyncMetrics;
     const NAME: &'static str = "sync";
+    const STOPPED: &'static str = "the clock is left as it is";
     const LIVE: &'static [&'static str] = LIVE_PHC;
 
     fn next_turn(&self) -> Option<Instant> {
@@ -346,13 +347,6 @@ impl Daemon for PhcSync {
 
     fn status_line(&self) -> Option<&str> {
         (!self.line.is_empty()).then_some(self.line.as_str())
-    }
-
-    fn stop(&mut self, why: &str) -> Result<()> {
-        if why.starts_with("SIG") {
-            tracing::info!("{why}: stopping (the clock is left as it is)");
-        }
-        Ok(())
     }
 }
 
@@ -502,6 +496,7 @@ impl Daemon for MarkersOnly {
     type Settings = SyncSettings;
     type Figures = crate::ops::figures::SyncMetrics;
     const NAME: &'static str = "sync";
+    const STOPPED: &'static str = "the socket is removed";
     const LIVE: &'static [&'static str] = LIVE_PHC;
 
     fn next_turn(&self) -> Option<Instant> {
@@ -547,13 +542,6 @@ impl Daemon for MarkersOnly {
 
     fn status_line(&self) -> Option<&str> {
         (!self.line.is_empty()).then_some(self.line.as_str())
-    }
-
-    fn stop(&mut self, why: &str) -> Result<()> {
-        if why.starts_with("SIG") {
-            tracing::info!("{why}: stopping (the socket is removed)");
-        }
-        Ok(())
     }
 }
 
@@ -977,6 +965,7 @@ impl Daemon for Sync {
     type Settings = SyncSettings;
     type Figures = crate::ops::figures::SyncMetrics;
     const NAME: &'static str = "sync";
+    const STOPPED: &'static str = "the clock is left as it is; the socket is removed";
     const LIVE: &'static [&'static str] = LIVE;
 
     /// The next observation, or the end of a slew, at the latest in 1 s.
@@ -1072,13 +1061,6 @@ impl Daemon for Sync {
 
     fn status_line(&self) -> Option<&str> {
         (!self.line.is_empty()).then_some(self.line.as_str())
-    }
-
-    fn stop(&mut self, why: &str) -> Result<()> {
-        if why.starts_with("SIG") {
-            tracing::info!("{why}: stopping (the clock is left as it is; the socket is removed)");
-        }
-        Ok(())
     }
 }
 

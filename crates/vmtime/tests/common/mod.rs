@@ -250,3 +250,81 @@ pub fn sntp_responder(offset_ns: i64, answer: bool) -> std::net::SocketAddr {
     });
     addr
 }
+
+/// A daemon started as systemd starts a `Type=notify` service with `WatchdogSec=2s`:
+/// `NOTIFY_SOCKET`, `WATCHDOG_USEC=2000000` and `WATCHDOG_PID` (its own pid: the shell's, kept by
+/// `exec`). Tests wait on what it does (READY=1, WATCHDOG=1, `status` answering), never on its
+/// log wording.
+pub struct Supervised {
+    pub daemon: Daemon,
+    notify: std::os::unix::net::UnixDatagram,
+    /// The control socket `vmtime status` asks.
+    pub control: std::path::PathBuf,
+    /// Every notification so far, with when it came.
+    pub seen: Vec<(std::time::Instant, String)>,
+}
+
+/// The watchdog timeout the supervised daemons are given.
+pub const WATCHDOG: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl Supervised {
+    /// Starts `vmtime ARGS`; its notifications go to a datagram socket in `dir`; `control` is
+    /// its control socket.
+    pub fn start(dir: &Path, args: &[&str], control: &Path) -> Supervised {
+        let path = dir.join(format!("notify-{}.sock", args.iter().take(2).copied().collect::<Vec<_>>().join("-")));
+        let notify = std::os::unix::net::UnixDatagram::bind(&path).expect("bind the notify socket");
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg("export WATCHDOG_PID=$$; exec \"$0\" \"$@\"")
+            .arg(env!("CARGO_BIN_EXE_vmtime"))
+            .args(args)
+            .env("NOTIFY_SOCKET", &path)
+            .env("WATCHDOG_USEC", WATCHDOG.as_micros().to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the daemon");
+        Supervised { daemon: Daemon::from_child(child), notify, control: control.to_path_buf(), seen: Vec::new() }
+    }
+
+    /// The next notification within `within`, or None.
+    fn next(&mut self, within: std::time::Duration) -> Option<String> {
+        self.notify.set_read_timeout(Some(within)).unwrap();
+        let mut buf = [0u8; 4096];
+        let n = self.notify.recv(&mut buf).ok()?;
+        let m = String::from_utf8_lossy(&buf[..n]).to_string();
+        self.seen.push((std::time::Instant::now(), m.clone()));
+        Some(m)
+    }
+
+    /// Waits for READY=1 (the first notification), bounded by `within`; the time it took.
+    pub fn ready_within(&mut self, within: std::time::Duration) -> std::time::Duration {
+        let t0 = std::time::Instant::now();
+        let first = self.next(within).unwrap_or_else(|| panic!("no READY=1 within {within:?}"));
+        assert!(first.contains("READY=1") && first.contains("STATUS="), "READY=1 with a STATUS comes first: {first:?}");
+        t0.elapsed()
+    }
+
+    /// Collects `n` watchdog pings; the longest gap between two of them (the first gap counted
+    /// from now). Fails if a ping does not come within the watchdog timeout.
+    pub fn pings(&mut self, n: usize) -> std::time::Duration {
+        let mut last = std::time::Instant::now();
+        let mut longest = std::time::Duration::ZERO;
+        let mut got = 0;
+        while got < n {
+            let m = self.next(WATCHDOG).unwrap_or_else(|| panic!("no WATCHDOG=1 within {WATCHDOG:?}: {:?}", self.seen));
+            if m.contains("WATCHDOG=1") {
+                let now = std::time::Instant::now();
+                longest = longest.max(now - last);
+                last = now;
+                got += 1;
+            }
+        }
+        longest
+    }
+
+    /// `vmtime status` on its control socket, as JSON.
+    pub fn status(&self) -> serde_json::Value {
+        json(&["status", "--socket", self.control.to_str().unwrap(), "--json"])
+    }
+}
