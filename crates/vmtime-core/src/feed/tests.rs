@@ -206,8 +206,7 @@ fn hostile_page_sequences_never_reach_chrony() {
                     sent_total += 1;
                     let utc_s = T0 / NS + x.offset as i128;
                     assert!(
-                        (crate::sanity::EARLIEST_UNIX_S as i128..crate::sanity::LATEST_UNIX_S as i128)
-                            .contains(&utc_s),
+                        (crate::sanity::EARLIEST_UNIX_S as i128..crate::sanity::LATEST_UNIX_S as i128).contains(&utc_s),
                         "seed {seed} step {i}: sent {x:?}"
                     );
                     if let Some((o, m)) = last_sent {
@@ -425,12 +424,7 @@ fn clockbound3_maps_the_page_with_the_2x_bound() {
     assert!(pe >= want * (1.0 - 1e-15) && pe < want * (1.0 + 1e-12), "period_err {pe} vs {want}");
     // The 2.x bound, plus the client's roundings; the growth is at least the 2.x drift.
     assert_eq!(b.bound_ns, eb.bound_ns + v3::ROUNDING_NS as i64);
-    assert!(
-        b.max_drift_ppb as f64 + pe * 1e9 >= eb.max_drift_ppb as f64,
-        "{} {}",
-        b.max_drift_ppb,
-        eb.max_drift_ppb
-    );
+    assert!(b.max_drift_ppb as f64 + pe * 1e9 >= eb.max_drift_ppb as f64, "{} {}", b.max_drift_ppb, eb.max_drift_ppb);
     assert!(b.max_drift_ppb <= eb.max_drift_ppb + 2, "{} {}", b.max_drift_ppb, eb.max_drift_ppb);
     assert_eq!(b.void_after_ns, b.map.as_of_ns + ClockBoundConfig::default().life_ns);
     // What the 3.x client computes holds the page's interval and CLOCK_REALTIME (T0 at
@@ -511,8 +505,7 @@ fn clockbound3_period_error_is_rounded_up_with_its_significant_bits() {
     assert_eq!(ratio_ceil(0, 7), Some((0, 0)));
     assert_eq!(ratio_ceil(7, 7), None);
     assert_eq!(ratio_ceil(8, 7), None);
-    for (num, den) in [(1u64, 3u64), (1 << 20, 0x89705F4136B4A597), (1, u64::MAX), (u64::MAX - 1, u64::MAX), (3, 4)]
-    {
+    for (num, den) in [(1u64, 3u64), (1 << 20, 0x89705F4136B4A597), (1, u64::MAX), (u64::MAX - 1, u64::MAX), (3, 4)] {
         let (f, s) = ratio_ceil(num, den).unwrap();
         // f / 2^(64+s) ≥ num/den, by less than 2^-(64+s), and f uses its top bits.
         let (lhs, n) = ((f as u128) * den as u128, (num as u128) << (64 + s)); // exact, < 2^128
@@ -621,11 +614,7 @@ fn extreme_pages_and_samples_never_panic_and_are_never_sent_absurd() {
                 after_ns: i64::MAX as i128,
             });
             let mut inverted = sane.clone();
-            inverted.push(AbaSample {
-                before_ns: T0 + 2_050,
-                counter: c.wrapping_add(2_000),
-                after_ns: T0 + 2_020,
-            });
+            inverted.push(AbaSample { before_ns: T0 + 2_050, counter: c.wrapping_add(2_000), after_ns: T0 + 2_020 });
             [sane, wide, inverted]
         })
         .chain([Vec::new()])
@@ -655,11 +644,7 @@ fn extreme_pages_and_samples_never_panic_and_are_never_sent_absurd() {
                         let o = obs(p, samples, n * NS);
                         if samples.iter().any(|s| s.after_ns < s.before_ns) {
                             assert!(!matches!(chrony.handle(&o), ChronyAction::Send(_)), "sent across a step back");
-                            assert_eq!(
-                                cb.handle(&o, n * NS).status,
-                                CbStatus::Unknown,
-                                "a bound across a step back"
-                            );
+                            assert_eq!(cb.handle(&o, n * NS).status, CbStatus::Unknown, "a bound across a step back");
                             continue;
                         }
                         if let ChronyAction::Send(s) = chrony.handle(&o) {

@@ -384,11 +384,10 @@ impl ClockBoundFeed {
         // along the page's period, which assumes CLOCK_REALTIME runs at the page's rate
         // across the burst (a preempted burst spans milliseconds; ppm × ms is nanoseconds).
         let drift = rate as u128 + self.rate_ppb.unwrap_or(0) as u128 + self.cfg.drift_margin_ppb as u128;
-        let span =
-            match (obs.samples.iter().map(|s| s.before_ns).min(), obs.samples.iter().map(|s| s.after_ns).max()) {
-                (Some(a), Some(b)) if b > a => (b - a) as u128,
-                _ => 0,
-            };
+        let span = match (obs.samples.iter().map(|s| s.before_ns).min(), obs.samples.iter().map(|s| s.after_ns).max()) {
+            (Some(a), Some(b)) if b > a => (b - a) as u128,
+            _ => 0,
+        };
         let terms = BoundTerms {
             seq: p.seq,
             counter: p.counter,

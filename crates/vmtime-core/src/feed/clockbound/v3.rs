@@ -174,9 +174,8 @@ pub fn claimed(p: &Pairing, c: &Claim, page: &Snapshot, life_ns: i128, status: C
             void_after_ns = as_of_ns.max(edge - NS);
         }
     }
-    let drift = c.drift_ppb - c.page_rate_ppb.min(c.drift_ppb)
-        + (c.drift_ppb * c.drift_ppb).div_ceil(1_000_000_000)
-        + 1;
+    let drift =
+        c.drift_ppb - c.page_rate_ppb.min(c.drift_ppb) + (c.drift_ppb * c.drift_ppb).div_ceil(1_000_000_000) + 1;
     if drift >= MAX_DRIFT_PPB as u128 || c.bound_ns + ROUNDING_NS > i64::MAX as u128 / 2 {
         return None;
     }
@@ -195,12 +194,7 @@ pub fn claimed(p: &Pairing, c: &Claim, page: &Snapshot, life_ns: i128, status: C
 
 /// A body that claims nothing (`status` Unknown or Disrupted), on the last map if any
 /// (as ClockBound's daemon keeps its last parameters when it marks them Disrupted).
-pub fn held(
-    map: Option<Map>,
-    status: CbStatus,
-    disruption_marker: u64,
-    disruption_support: bool,
-) -> ErrorBound {
+pub fn held(map: Option<Map>, status: CbStatus, disruption_marker: u64, disruption_support: bool) -> ErrorBound {
     let map = map.unwrap_or_default();
     ErrorBound {
         map,
