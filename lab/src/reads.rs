@@ -1,0 +1,165 @@
+//! The guest's application reads, logged for judging: `vmtime-lab reads` (in the guest) reads
+//! the time through the driver's mmap (`vmclock::Clock` on /dev/vmclock0, the counter read
+//! inside the seqlock, as every application does) every `--every-us`, and appends one record per
+//! read to a log in shared memory (an ivshmem BAR the host maps as a file; with `master=on` it
+//! travels with the VM, so the destination's file holds the whole log).
+//!
+//! The host judges each bounded read against its own clock at the instant the guest read its
+//! counter: it harvests the records while the VM is stopped (so every record since the last
+//! harvest was made in the segment that just ended, under that segment's measured counter map).
+//!
+//! Log layout (little-endian): word64 0 = records written; records of [`RECORD`] bytes from
+//! byte 64: guest counter (u64), UTC time ns (i64), bound half-width ns (u64; 0 = no bound: the
+//! page was not SYNCHRONIZED/FREERUNNING or gave no maxerror), disruption marker (u64), status
+//! (u64).
+
+use anyhow::{Context, Result};
+use std::path::Path;
+use std::sync::atomic::Ordering::{Acquire, Release};
+use std::time::Duration;
+use vmclock::seqlock::PageMemory;
+
+pub const RECORD: usize = 40;
+const HEAD: usize = 64;
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct Args {
+    /// The page to read (through the driver's mmap).
+    #[arg(long)]
+    page: std::path::PathBuf,
+    /// The log (an ivshmem BAR's sysfs resource2).
+    #[arg(long)]
+    log: std::path::PathBuf,
+    /// The spacing of reads, µs.
+    #[arg(long, default_value_t = 500)]
+    every_us: u64,
+}
+
+/// One read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Read {
+    pub counter: u64,
+    pub time_ns: i64,
+    pub half_ns: u64,
+    pub marker: u64,
+    pub status: u64,
+}
+
+impl Read {
+    pub fn bounded(&self) -> bool {
+        self.half_ns > 0
+    }
+}
+
+/// The guest side: reads forever (until the VM is gone), one record per read.
+pub fn serve(a: &Args) -> Result<()> {
+    let clock = vmclock::Clock::open(&a.page).with_context(|| format!("open {}", a.page.display()))?;
+    // A sysfs resource file is mapped (the kernel fixes its size); its words are atomics.
+    let log = vmclock::Mapping::open_rw(&a.log).with_context(|| format!("map {}", a.log.display()))?;
+    let cap = (log_len(&a.log)? - HEAD) / RECORD;
+    let mut n = get64(&log, 0);
+    loop {
+        if n as usize >= cap {
+            return Ok(()); // full: the host has what it needs
+        }
+        let r = match clock.now() {
+            Ok(now) => {
+                let (t, half) = match now.utc() {
+                    Ok(b) if now.is_reliable() => {
+                        let half = b.maxerror.and_then(|m| m.checked_mul(1_000_000_000)).map_or(0, |x| (x >> 64) as u64 + 1);
+                        (b.time.as_nanos() as i64, half)
+                    }
+                    Ok(b) => (b.time.as_nanos() as i64, 0),
+                    Err(_) => (0, 0),
+                };
+                Read {
+                    counter: now.counter,
+                    time_ns: t,
+                    half_ns: half,
+                    marker: now.disruption_marker,
+                    status: u64::from(now.status),
+                }
+            }
+            Err(_) => Read { counter: vmclock::counter::read(), time_ns: 0, half_ns: 0, marker: 0, status: 255 },
+        };
+        let at = HEAD + n as usize * RECORD;
+        write_record(&log, at, &r);
+        n += 1;
+        put64(&log, 0, n);
+        std::thread::sleep(Duration::from_micros(a.every_us));
+    }
+}
+
+fn log_len(p: &Path) -> Result<usize> {
+    Ok(std::fs::metadata(p)?.len() as usize)
+}
+
+fn put64(m: &vmclock::Mapping, byte: usize, v: u64) {
+    let w = m.words();
+    // The count is published after the record (release); the record's words are relaxed.
+    w[byte / 4].store(v as u32, Release);
+    w[byte / 4 + 1].store((v >> 32) as u32, Release);
+}
+
+fn get64(m: &vmclock::Mapping, byte: usize) -> u64 {
+    let w = m.words();
+    u64::from(w[byte / 4].load(Acquire)) | (u64::from(w[byte / 4 + 1].load(Acquire)) << 32)
+}
+
+fn write_record(m: &vmclock::Mapping, at: usize, r: &Read) {
+    for (i, v) in [r.counter, r.time_ns as u64, r.half_ns, r.marker, r.status].into_iter().enumerate() {
+        put64(m, at + 8 * i, v);
+    }
+}
+
+/// The host side: the log file, harvested while the VM is stopped.
+pub struct Log {
+    path: std::path::PathBuf,
+    /// Records already taken.
+    pub taken: u64,
+}
+
+impl Log {
+    pub fn new(path: &Path) -> Log {
+        Log { path: path.to_path_buf(), taken: 0 }
+    }
+
+    /// Follows the guest to another file (the destination's, after a migration).
+    pub fn moved_to(&mut self, path: &Path) {
+        self.path = path.to_path_buf();
+    }
+
+    /// The records written since the last harvest. After a `loadvm` the count may be lower than
+    /// what was taken (the snapshot's log): then it restarts from there.
+    pub fn harvest(&mut self) -> Result<Vec<Read>> {
+        let bytes = std::fs::read(&self.path).with_context(|| format!("read {}", self.path.display()))?;
+        let u = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+        let n = u(0).min(((bytes.len() - HEAD) / RECORD) as u64);
+        if n < self.taken {
+            self.taken = n;
+        }
+        let out = (self.taken..n)
+            .map(|i| {
+                let at = HEAD + i as usize * RECORD;
+                Read {
+                    counter: u(at),
+                    time_ns: u(at + 8) as i64,
+                    half_ns: u(at + 16),
+                    marker: u(at + 24),
+                    status: u(at + 32),
+                }
+            })
+            .collect();
+        self.taken = n;
+        Ok(out)
+    }
+
+    /// After a `loadvm` (the VM stopped): the log is the snapshot's; what follows is new.
+    pub fn rewind(&mut self) -> Result<()> {
+        let mut head = [0u8; 8];
+        use std::io::Read as _;
+        std::fs::File::open(&self.path)?.read_exact(&mut head)?;
+        self.taken = u64::from_le_bytes(head);
+        Ok(())
+    }
+}
