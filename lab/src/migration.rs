@@ -43,7 +43,10 @@ const GUEST_LOG: &str = "/sys/bus/pci/devices/0000:00:06.0/resource2";
 /// How long after a resume the guest's clock may take to be within 1 ms of its host, for the
 /// check to pass (the issue's aim is 50 ms p99; both cores busy, TCG, and the counter map
 /// measured by the lab after the resume: generous, and stated).
-pub const RESUME_LIMIT_MS: f64 = 1000.0;
+pub const RESUME_LIMIT_MS: f64 = 2000.0;
+/// The issue's aim for the same figure (reported, not judged: it needs the guest's sync to look
+/// at the page's marker at a short cadence).
+pub const RESUME_AIM_MS: f64 = 50.0;
 
 /// (this machine's TSC, CLOCK_REALTIME) pairs, every 2 ms, for the truth at any past counter.
 struct Pairs {
@@ -193,17 +196,47 @@ pub struct Tally {
     pub first_violation: Option<String>,
     pub markers_seen: u64,
     pub max_gap_us: f64,
+    /// Disruptions (a new marker after a bounded read) after which ClockBound's segment said
+    /// Unknown or Disrupted before it said Synchronized/FreeRunning again, and those seen.
+    pub cb_disrupted: u64,
+    pub cb_events: u64,
+    /// chrony samples the feed sent while the page gave no bound (it must stay silent).
+    pub chrony_while_not_current: u64,
+    pub chrony_samples: u64,
 }
 
 impl Tally {
     fn judge(&mut self, rs: &[Read], seg: Segment, pairs: &Pairs, hz: f64) {
         let mut last_marker = None;
         let mut last_counter: Option<u64> = None;
+        let mut last_chrony: Option<(u64, bool)> = None;
+        // After a marker change: waiting to see ClockBound say Unknown/Disrupted, then good.
+        let mut cb_watch: Option<bool> = None;
         for r in rs {
+            if last_marker.is_some_and(|m| m != r.marker) && r.cb_status >= 0 {
+                self.cb_events += 1;
+                cb_watch = Some(false);
+            }
             if last_marker != Some(r.marker) {
                 self.markers_seen += 1;
                 last_marker = Some(r.marker);
             }
+            match (cb_watch, r.cb_status) {
+                (Some(false), 0 | 3) => cb_watch = Some(true),
+                (Some(true), 1 | 2) => {
+                    self.cb_disrupted += 1;
+                    cb_watch = None;
+                }
+                _ => {}
+            }
+            if let Some((c, bounded)) = last_chrony {
+                // A sample arrived between two reads that both found the page without a bound.
+                if r.chrony > c && !bounded && !r.bounded() {
+                    self.chrony_while_not_current += r.chrony - c;
+                }
+                self.chrony_samples += r.chrony.saturating_sub(c);
+            }
+            last_chrony = Some((r.chrony, r.bounded()));
             if let Some(c) = last_counter {
                 let gap = r.counter.wrapping_sub(c) as f64 / hz * 1e6;
                 if gap < 1e6 {
@@ -347,7 +380,7 @@ impl Harness {
     /// Measures the guest's counter map quickly after a resume: the tightest of at least 32
     /// round trips, more (within 200 ms) until one is no wider than 4 µs.
     fn quick_offset(&self, mb: &mut echo::Host) -> Result<echo::Offset> {
-        mb.measure_offset(32, (self.hz * 4e-6) as u64, Duration::from_millis(200))
+        mb.measure_offset(32, (self.hz * 4e-6) as u64, Duration::from_millis(300))
     }
 
     /// From `t0`: the time until a clean echo sees the guest clock within 1 ms of the host
@@ -355,7 +388,8 @@ impl Harness {
     fn to_1ms(&self, mb: &mut echo::Host, t0: Instant, ahead_ns: i128) -> Result<Option<Duration>> {
         while t0.elapsed() < 10 * SEC {
             let e = mb.ask()?;
-            if e.clock_noise() <= 50_000 && (e.clock_error() - ahead_ns).abs() < 1_000_000 {
+            // Within 1 ms whatever the echo's noise floor: |error| + noise < 1 ms.
+            if (e.clock_error() - ahead_ns).abs() + e.clock_noise() < 1_000_000 {
                 return Ok(Some(t0.elapsed()));
             }
             std::thread::sleep(Duration::from_millis(1)); // a sampling interval
@@ -393,6 +427,12 @@ impl Figures {
             "resume_to_1ms_ms_limit": RESUME_LIMIT_MS,
             "max_read_gap_us": num(self.tally.max_gap_us),
             "markers_seen_by_the_guest": self.tally.markers_seen,
+            "resume_to_1ms_ms_aim": RESUME_AIM_MS,
+            "resume_to_1ms_aim_met": p99 <= RESUME_AIM_MS,
+            "clockbound_disruptions_seen": self.tally.cb_events,
+            "clockbound_went_unknown_or_disrupted_then_good": self.tally.cb_disrupted,
+            "chrony_samples": self.tally.chrony_samples,
+            "chrony_samples_while_page_not_current": self.tally.chrony_while_not_current,
             "load_average": loadavg(),
             "summary": line,
         })
@@ -410,6 +450,15 @@ impl Figures {
         if self.tally.violations > 0 {
             why.push(format!("{} violations, first: {}", self.tally.violations, self.tally.first_violation.clone().unwrap_or_default()));
         }
+        if self.tally.chrony_while_not_current > 0 {
+            why.push(format!("the chrony feed sent {} samples while the page had no bound", self.tally.chrony_while_not_current));
+        }
+        if self.tally.cb_disrupted < self.tally.cb_events {
+            why.push(format!(
+                "ClockBound's segment went Unknown/Disrupted and back after {} of {} disruptions",
+                self.tally.cb_disrupted, self.tally.cb_events
+            ));
+        }
         if self.before_resume_ok < self.events {
             why.push(format!("the page was rewritten before the resume only {} of {} times", self.before_resume_ok, self.events));
         }
@@ -419,7 +468,8 @@ impl Figures {
         let line = format!(
             "{} events; {} bounded reads judged (+{} without bounds, {} outside the recorded host pairs), {} violations; \
              page rewritten before resume {}/{}; resume → |guest − host| < 1 ms p50 {p50:.0} ms p99 {p99:.0} ms; largest gap \
-             between reads {:.0} µs; {}",
+             between reads {:.0} µs; ClockBound Unknown/Disrupted then good after {}/{} disruptions; chrony feed: {} \
+             samples, {} while the page had no bound; {}",
             self.events,
             self.tally.reads,
             self.tally.unbounded,
@@ -428,6 +478,10 @@ impl Figures {
             self.before_resume_ok,
             self.events,
             self.tally.max_gap_us,
+            self.tally.cb_disrupted,
+            self.tally.cb_events,
+            self.tally.chrony_samples,
+            self.tally.chrony_while_not_current,
             self.notes.join("; ")
         );
         if why.is_empty() {
@@ -518,7 +572,17 @@ fn migrate_all(
     vm.sh_ok("vmtime sync --source /dev/vmclock0 --socket /tmp/sync.sock </dev/null >/tmp/sync.log 2>&1 &", 5 * SEC)?;
     let t = Instant::now();
     ensure!(h.to_1ms(&mut mb, t, 0)?.is_some(), "the guest did not get within 1 ms of host A after boot");
-    vm.sh_ok(&format!("vmtime-lab reads --page /dev/vmclock0 --log {GUEST_LOG} --every-us 500 </dev/null >/tmp/reads.log 2>&1 &"), 5 * SEC)?;
+    // The feeds, as a guest runs them: ClockBound's segment and chrony's samples (to a socket
+    // the logger listens on, as chronyd would).
+    vm.sh_ok("vmtime feed clockbound --source /dev/vmclock0 --dir /tmp/cb --layout 2 --interval-ms 100 </dev/null >/tmp/cb.log 2>&1 &", 5 * SEC)?;
+    vm.sh_ok(
+        &format!(
+            "vmtime-lab reads --page /dev/vmclock0 --log {GUEST_LOG} --every-us 500 --clockbound /tmp/cb/shm0 \
+             --chrony-socket /tmp/chrony.sock </dev/null >/tmp/reads.log 2>&1 &"
+        ),
+        5 * SEC,
+    )?;
+    vm.sh_ok("sleep 0.2; vmtime feed chrony --source /dev/vmclock0 --socket /tmp/chrony.sock --interval-ms 100 </dev/null >/tmp/chrony-feed.log 2>&1 &", 5 * SEC)?;
     let mut seg = Segment { offset: o, ahead_ns: 0 };
     let mut at = 0usize; // the side the guest is on
     std::thread::sleep(3 * SEC); // the first segment's reads

@@ -11,15 +11,15 @@
 //! Log layout (little-endian): word64 0 = records written; records of [`RECORD`] bytes from
 //! byte 64: guest counter (u64), UTC time ns (i64), bound half-width ns (u64; 0 = no bound: the
 //! page was not SYNCHRONIZED/FREERUNNING or gave no maxerror), disruption marker (u64), status
-//! (u64).
+//! (u64), the ClockBound 2.x segment's clock_status at that read (i64; -1 without one), and how
+//! many datagrams the chrony feed had sent to the socket this process listens on (u64).
 
 use anyhow::{Context, Result};
 use std::path::Path;
 use std::sync::atomic::Ordering::{Acquire, Release};
 use std::time::Duration;
-use vmclock::seqlock::PageMemory;
 
-pub const RECORD: usize = 40;
+pub const RECORD: usize = 56;
 const HEAD: usize = 64;
 
 #[derive(clap::Args, Clone, Debug)]
@@ -33,6 +33,13 @@ pub struct Args {
     /// The spacing of reads, µs.
     #[arg(long, default_value_t = 500)]
     every_us: u64,
+    /// A ClockBound 2.x segment (`vmtime feed clockbound`'s shm0): its clock_status is logged.
+    #[arg(long)]
+    clockbound: Option<std::path::PathBuf>,
+    /// Listen here as chronyd would (a datagram socket `vmtime feed chrony --socket` sends
+    /// to): the samples received are counted.
+    #[arg(long)]
+    chrony_socket: Option<std::path::PathBuf>,
 }
 
 /// One read.
@@ -43,6 +50,10 @@ pub struct Read {
     pub half_ns: u64,
     pub marker: u64,
     pub status: u64,
+    /// ClockBound's clock_status (0 Unknown, 1 Synchronized, 2 FreeRunning, 3 Disrupted; -1 none).
+    pub cb_status: i64,
+    /// chrony samples received so far.
+    pub chrony: u64,
 }
 
 impl Read {
@@ -54,11 +65,33 @@ impl Read {
 /// The guest side: reads forever (until the VM is gone), one record per read.
 pub fn serve(a: &Args) -> Result<()> {
     let clock = vmclock::Clock::open(&a.page).with_context(|| format!("open {}", a.page.display()))?;
-    // A sysfs resource file is mapped (the kernel fixes its size); its words are atomics.
-    let log = vmclock::Mapping::open_rw(&a.log).with_context(|| format!("map {}", a.log.display()))?;
-    let cap = (log_len(&a.log)? - HEAD) / RECORD;
+    // A sysfs resource file can only be mapped (the kernel fixes its size): all of it.
+    let log = vmtime_sys::files::SharedWords::map(&a.log).with_context(|| format!("map {}", a.log.display()))?;
+    let cap = (log.words().len() * 8 - HEAD) / RECORD;
     let mut n = get64(&log, 0);
+    let chrony = match &a.chrony_socket {
+        Some(p) => {
+            let _ = std::fs::remove_file(p);
+            let s = std::os::unix::net::UnixDatagram::bind(p).with_context(|| format!("bind {}", p.display()))?;
+            s.set_nonblocking(true)?;
+            Some(s)
+        }
+        None => None,
+    };
+    let mut samples = 0u64;
+    let mut buf = [0u8; 256];
     loop {
+        if let Some(s) = &chrony {
+            while s.recv(&mut buf).is_ok() {
+                samples += 1;
+            }
+        }
+        // The segment's clock_status (offset 68, native-endian i32), -1 when it cannot be read.
+        let cb = a.clockbound.as_ref().map_or(-1, |p| {
+            std::fs::read(p).ok().filter(|b| b.len() >= 72).map_or(-1, |b| {
+                i64::from(i32::from_ne_bytes(b[68..72].try_into().expect("4 bytes")))
+            })
+        });
         if n as usize >= cap {
             return Ok(()); // full: the host has what it needs
         }
@@ -78,9 +111,19 @@ pub fn serve(a: &Args) -> Result<()> {
                     half_ns: half,
                     marker: now.disruption_marker,
                     status: u64::from(now.status),
+                    cb_status: cb,
+                    chrony: samples,
                 }
             }
-            Err(_) => Read { counter: vmclock::counter::read(), time_ns: 0, half_ns: 0, marker: 0, status: 255 },
+            Err(_) => Read {
+                counter: vmclock::counter::read(),
+                time_ns: 0,
+                half_ns: 0,
+                marker: 0,
+                status: 255,
+                cb_status: cb,
+                chrony: samples,
+            },
         };
         let at = HEAD + n as usize * RECORD;
         write_record(&log, at, &r);
@@ -90,24 +133,20 @@ pub fn serve(a: &Args) -> Result<()> {
     }
 }
 
-fn log_len(p: &Path) -> Result<usize> {
-    Ok(std::fs::metadata(p)?.len() as usize)
+fn put64(m: &vmtime_sys::files::SharedWords, byte: usize, v: u64) {
+    // Little-endian in the file (x86 guests and hosts).
+    m.words()[byte / 8].store(v.to_le(), Release);
 }
 
-fn put64(m: &vmclock::Mapping, byte: usize, v: u64) {
-    let w = m.words();
-    // The count is published after the record (release); the record's words are relaxed.
-    w[byte / 4].store(v as u32, Release);
-    w[byte / 4 + 1].store((v >> 32) as u32, Release);
+fn get64(m: &vmtime_sys::files::SharedWords, byte: usize) -> u64 {
+    u64::from_le(m.words()[byte / 8].load(Acquire))
 }
 
-fn get64(m: &vmclock::Mapping, byte: usize) -> u64 {
-    let w = m.words();
-    u64::from(w[byte / 4].load(Acquire)) | (u64::from(w[byte / 4 + 1].load(Acquire)) << 32)
-}
-
-fn write_record(m: &vmclock::Mapping, at: usize, r: &Read) {
-    for (i, v) in [r.counter, r.time_ns as u64, r.half_ns, r.marker, r.status].into_iter().enumerate() {
+fn write_record(m: &vmtime_sys::files::SharedWords, at: usize, r: &Read) {
+    for (i, v) in [r.counter, r.time_ns as u64, r.half_ns, r.marker, r.status, r.cb_status as u64, r.chrony]
+        .into_iter()
+        .enumerate()
+    {
         put64(m, at + 8 * i, v);
     }
 }
@@ -147,6 +186,8 @@ impl Log {
                     half_ns: u(at + 16),
                     marker: u(at + 24),
                     status: u(at + 32),
+                    cb_status: u(at + 40) as i64,
+                    chrony: u(at + 48),
                 }
             })
             .collect();
