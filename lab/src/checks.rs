@@ -1196,7 +1196,9 @@ pub fn run(a: Args) -> Result<ExitCode> {
             }
             None => {
                 for name in ["migration", "restore"] {
-                    let line = format!("SKIP {name}: no QEMU that can migrate a guest with ivshmem (lab/run fetches QEMU 7.2)");
+                    let line = format!(
+                        "SKIP {name}: no QEMU that can migrate a guest with ivshmem (lab/run fetches QEMU 7.2)"
+                    );
                     println!("{line}");
                     results.push(serde_json::json!({"check": name, "pass": false, "skipped": true, "summary": line}));
                     lines.push(line);

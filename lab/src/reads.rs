@@ -88,9 +88,10 @@ pub fn serve(a: &Args) -> Result<()> {
         }
         // The segment's clock_status (offset 68, native-endian i32), -1 when it cannot be read.
         let cb = a.clockbound.as_ref().map_or(-1, |p| {
-            std::fs::read(p).ok().filter(|b| b.len() >= 72).map_or(-1, |b| {
-                i64::from(i32::from_ne_bytes(b[68..72].try_into().expect("4 bytes")))
-            })
+            std::fs::read(p)
+                .ok()
+                .filter(|b| b.len() >= 72)
+                .map_or(-1, |b| i64::from(i32::from_ne_bytes(b[68..72].try_into().expect("4 bytes"))))
         });
         if n as usize >= cap {
             return Ok(()); // full: the host has what it needs
@@ -99,7 +100,8 @@ pub fn serve(a: &Args) -> Result<()> {
             Ok(now) => {
                 let (t, half) = match now.utc() {
                     Ok(b) if now.is_reliable() => {
-                        let half = b.maxerror.and_then(|m| m.checked_mul(1_000_000_000)).map_or(0, |x| (x >> 64) as u64 + 1);
+                        let half =
+                            b.maxerror.and_then(|m| m.checked_mul(1_000_000_000)).map_or(0, |x| (x >> 64) as u64 + 1);
                         (b.time.as_nanos() as i64, half)
                     }
                     Ok(b) => (b.time.as_nanos() as i64, 0),

@@ -20,8 +20,8 @@ use rustix::io::Errno;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::ptr::NonNull;
 use std::path::{Path, PathBuf};
+use std::ptr::NonNull;
 use vmclock::abi::{MAGIC, PAGE_SIZE};
 
 /// What went wrong with a file or directory: one line naming the path, the cause and the fix.
@@ -616,11 +616,11 @@ impl SharedWords {
     /// Maps all of `path` (a regular or sysfs file of at least 8 bytes, opened read-write).
     pub fn map(path: &Path) -> Result<SharedWords> {
         let disp = || path.display().to_string();
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .map_err(|e| FileError::Io { op: "open", path: disp(), err: e })?;
+        let f = std::fs::OpenOptions::new().read(true).write(true).open(path).map_err(|e| FileError::Io {
+            op: "open",
+            path: disp(),
+            err: e,
+        })?;
         let len = f.metadata().map_err(|e| FileError::Io { op: "stat", path: disp(), err: e })?.len();
         let len = usize::try_from(len).unwrap_or(0) & !7;
         if len == 0 {
@@ -629,13 +629,23 @@ impl SharedWords {
         // SAFETY: a fresh shared mapping (addr null) of `len` bytes of a file opened read-write
         // that is at least that long (its size, rounded down); checked for MAP_FAILED before use.
         let p = unsafe {
-            libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, f.as_raw_fd(), 0)
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                f.as_raw_fd(),
+                0,
+            )
         };
         if p == libc::MAP_FAILED {
             return Err(FileError::Io { op: "map", path: disp(), err: io::Error::last_os_error() });
         }
-        let ptr = NonNull::new(p.cast::<u8>())
-            .ok_or_else(|| FileError::Io { op: "map", path: disp(), err: io::Error::other("mmap returned null") })?;
+        let ptr = NonNull::new(p.cast::<u8>()).ok_or_else(|| FileError::Io {
+            op: "map",
+            path: disp(),
+            err: io::Error::other("mmap returned null"),
+        })?;
         Ok(SharedWords { ptr, len })
     }
 

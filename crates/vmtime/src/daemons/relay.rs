@@ -326,6 +326,12 @@ impl Relay {
                 self.relay(true, Instant::now())?;
                 Reply::Line(self.status_json(srv).to_string())
             }
+            ["hold"] => {
+                // The map is about to change and nobody can tell it yet: no time until it is.
+                self.relay.map_changing();
+                self.relay(true, Instant::now())?;
+                Reply::Line(self.status_json(srv).to_string())
+            }
             ["restored", rest @ ..] => {
                 // The map the restored guest runs under: the one given, else the one in force.
                 let map = self.map_from(rest, "restored")?;
@@ -335,7 +341,7 @@ impl Relay {
                 Reply::Line(self.status_json(srv).to_string())
             }
             _ => Reply::Line(serve::error_json(
-                "unknown request: send status, subscribe, migrated [OFFSET [RATIO BITS]] or restored [OFFSET [RATIO BITS]]",
+                "unknown request: send status, subscribe, hold, migrated [OFFSET [RATIO BITS]] or restored [OFFSET [RATIO BITS]]",
             )),
         })
     }
