@@ -223,7 +223,9 @@ impl Tally {
             self.last = Some(*l);
         }
         for r in rs {
-            if last_marker.is_some_and(|m| m != r.marker) && r.cb_status >= 0 {
+            // One disruption may change the marker twice (the overwrite, then `restored`): one
+            // event, from the first change until ClockBound is good again.
+            if last_marker.is_some_and(|m| m != r.marker) && r.cb_status >= 0 && cb_watch.is_none() {
                 self.cb_events += 1;
                 cb_watch = Some(false);
             }
@@ -399,9 +401,11 @@ impl Harness {
     }
 
     /// Measures the guest's counter map quickly after a resume: the tightest of at least 32
-    /// round trips, more (within 200 ms) until one is no wider than 4 µs.
+    /// round trips, more (within 100 ms) until one is no wider than 20 µs. Its uncertainty (half
+    /// the tightest round trip) is the lab's, not vmtime's (under KVM the map is read exactly):
+    /// it widens the judging of each read (the noise floor) and is reported.
     fn quick_offset(&self, mb: &mut echo::Host) -> Result<echo::Offset> {
-        mb.measure_offset(32, (self.hz * 4e-6) as u64, Duration::from_millis(300))
+        mb.measure_offset(32, (self.hz * 20e-6) as u64, Duration::from_millis(100))
     }
 
     /// From `t0`: the time until a clean echo sees the guest clock within 1 ms of the host
@@ -641,7 +645,7 @@ fn migrate_all(
     vm.sh_ok("vmtime feed clockbound --source /dev/vmclock0 --dir /tmp/cb --layout 2 --interval-ms 100 </dev/null >/tmp/cb.log 2>&1 &", 5 * SEC)?;
     vm.sh_ok(
         &format!(
-            "vmtime-lab reads --page /dev/vmclock0 --log {GUEST_LOG} --every-us 500 --clockbound /tmp/cb/shm0 \
+            "vmtime-lab reads --page /dev/vmclock0 --log {GUEST_LOG} --every-us 250 --clockbound /tmp/cb/shm0 \
              --chrony-socket /tmp/chrony.sock </dev/null >/tmp/reads.log 2>&1 &"
         ),
         5 * SEC,
