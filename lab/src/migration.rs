@@ -505,7 +505,7 @@ impl Figures {
                 self.before_resume_ok, self.events
             ));
         }
-        if self.resume_ms.len() < self.events || !(p99 <= RESUME_LIMIT_MS) {
+        if self.resume_ms.len() < self.events || p99.is_nan() || p99 > RESUME_LIMIT_MS {
             why.push(format!(
                 "resume → within 1 ms p99 {p99:.0} ms (limit {RESUME_LIMIT_MS} ms; {} of {} reached it)",
                 self.resume_ms.len(),

@@ -26,16 +26,20 @@ int main(int argc, char **argv) {
         fprintf(stderr, "%s: %s\n", path, vmclock_strerror(err));
         return 2;
     }
-    struct vmclock_now n;
+    struct vmclock_now n, capped, then;
     struct timespec rt;
     int rc = vmclock_now(c, &n);
     clock_gettime(CLOCK_REALTIME, &rt);
+    long long realtime = (long long)rt.tv_sec * 1000000000LL + rt.tv_nsec;
+    /* A caller's cap (SYNCHRONIZED and at most 10 ms wide), and the bound of the true time at
+     * the instant the CLOCK_REALTIME timestamp above was taken. */
+    int rc_within = vmclock_now_within(c, 10000000, &capped);
+    int rc_past = vmclock_bound_realtime(c, realtime, &then);
     vmclock_close(c);
     if (rc != 0) {
         fprintf(stderr, "%s: %s\n", path, vmclock_strerror(rc));
         return 2;
     }
-    long long realtime = (long long)rt.tv_sec * 1000000000LL + rt.tv_nsec;
     printf("time_ns %lld\n", (long long)n.time_ns);
     if (n.flags & VMCLOCK_NOW_BOUNDED)
         printf("earliest_ns %lld\nlatest_ns %lld\nmaxerror_ns %lld\n", (long long)n.earliest_ns,
@@ -46,5 +50,11 @@ int main(int argc, char **argv) {
         printf("tai_minus_utc %d\n", n.tai_minus_utc);
     printf("status %s\ndisruption_marker %llu\n", status_name(n.status), (unsigned long long)n.disruption_marker);
     printf("clock_realtime_minus_page_ns %lld\n", realtime - (long long)n.time_ns);
+    printf("within_10ms %s\n", rc_within == 0 ? "ok" : vmclock_strerror(rc_within));
+    if (rc_past == 0)
+        printf("realtime_earliest_ns %lld\nrealtime_latest_ns %lld\n", (long long)then.earliest_ns,
+               (long long)then.latest_ns);
+    else
+        printf("realtime_bound %s\n", vmclock_strerror(rc_past));
     return (n.flags & VMCLOCK_NOW_RELIABLE) && (n.flags & VMCLOCK_NOW_BOUNDED) ? 0 : 1;
 }

@@ -87,6 +87,12 @@
 #define VMCLOCK_E_DISRUPTED -14
 
 /**
+ * vmclock_bound_realtime: the kernel is correcting CLOCK_REALTIME's rate by more than 500 ppm
+ * (a fast slew), so its elapsed time cannot bound a past timestamp.
+ */
+#define VMCLOCK_E_SLEWING -15
+
+/**
  * `flags`: `earliest_ns` and `latest_ns` bound the time (the page gives a maximum error).
  */
 #define VMCLOCK_NOW_BOUNDED 1
@@ -275,8 +281,10 @@ int vmclock_now_within(const struct vmclock *c, int64_t max_width_ns, struct vmc
  * each way (docs/INTEROP.md). VMCLOCK_E_TOO_OLD: older than 1 s or later than now;
  * VMCLOCK_E_DISRUPTED: taken before this handle first read the page's current disruption
  * marker (after vmclock_open, or after a live migration or restore this handle saw), or within
- * 1 s of the leap second the page announces. `*out` is unchanged on an error. Two
- * clock_gettime calls; thread-safe; no allocation.
+ * 1 s of the leap second the page announces; VMCLOCK_E_SLEWING: the kernel is correcting
+ * CLOCK_REALTIME's rate by more than 500 ppm now (read with adjtimex, modes 0). `*out` is
+ * unchanged on an error. Two or three clock_gettime calls, and one adjtimex per 10 ms (a passed
+ * check holds that long); thread-safe; no allocation.
  *
  * # Safety
  * As vmclock_now.

@@ -96,6 +96,13 @@ fn check_now_output(out: &str) {
     // within its 1 ms maxerror (either side: the calibration may be a little fast or slow).
     let d = field(out, "clock_realtime_minus_page_ns ");
     assert!((-1_000_000..1_000_000).contains(&d), "CLOCK_REALTIME − page = {d} ns");
+    // The cap (1 ms either side is within 10 ms) and the bound of the CLOCK_REALTIME timestamp
+    // taken after the reading: earlier than the reading's bound, at least as wide, and holding
+    // the timestamp (this machine's clock is the page's, within its 1 ms).
+    assert!(out.contains("within_10ms ok"), "{out}");
+    let (pe, pl) = (field(out, "realtime_earliest_ns "), field(out, "realtime_latest_ns "));
+    assert!(pe <= pl && pl - pe >= l - e, "{out}");
+    assert!(pe <= t + d && t + d <= pl, "the timestamp {} outside [{pe}, {pl}]", t + d);
 }
 
 #[test]
@@ -137,4 +144,29 @@ fn c_example_runs_against_the_static_and_the_shared_library() {
     let out = Command::new(&bench).arg(&p).arg("1000").output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("ratio "));
+}
+
+/// The conformance vectors from C: examples/vectors.c reads testdata/vectors.json itself and
+/// checks every case through vmclock_read_page and vmclock_strerror.
+#[test]
+fn c_program_agrees_with_every_vector() {
+    let lib = build_lib();
+    let dir = tempfile::tempdir().unwrap();
+    let prog = dir.path().join("vectors");
+    cc(&prog, "vectors.c", &[lib.join("libvmclock.a").to_str().unwrap(), "-lpthread", "-ldl", "-lm"]);
+    let vectors = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/vectors.json");
+    let out = Command::new(&prog).arg(&vectors).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let line = stdout.lines().last().unwrap_or_default();
+    assert!(line.starts_with("vectors: ") && line.ends_with(" passed, 0 failed"), "{stdout}");
+    // A wrong expectation is caught: one case's latest bound moved by 1 ns.
+    let text = std::fs::read_to_string(&vectors).unwrap();
+    let bad = dir.path().join("bad.json");
+    let changed = text.replacen("\"latest_ns\": 1795000000000001001", "\"latest_ns\": 1795000000000001002", 1);
+    assert_ne!(changed, text);
+    std::fs::write(&bad, changed).unwrap();
+    let out = Command::new(&prog).arg(&bad).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("FAIL counter/tai/at-reference"));
 }

@@ -7,6 +7,9 @@
 //! * [`time`]: typed fixed-point instants ([`Timestamp<Tai>`], [`Timestamp<Utc>`]).
 //! * [`Clock`]: bounded `now()` from a mapped page with no system call.
 //! * [`PageBuilder`]: writes valid pages for producers, tests and demos.
+//! * [`realtime`]: readings on CLOCK_REALTIME's scale (ns, rounded outwards), the C API's error
+//!   codes and texts, a caller's cap ([`realtime::now_within`]) and the bound of a past
+//!   CLOCK_REALTIME timestamp ([`realtime::bound_realtime`]).
 //!
 //! No I/O beyond mapping a page.
 #![cfg_attr(loom, allow(dead_code, unused_imports))]

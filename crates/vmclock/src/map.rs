@@ -56,6 +56,27 @@ impl Mapping {
     /// Maps the first system page of an open file.
     pub fn map(file: &File, writable: bool) -> io::Result<Self> {
         let meta = file.metadata()?;
+        let ft = meta.file_type();
+        if ft.is_dir() {
+            // mmap would say "No such device": the cause, with its errno (the C API passes it on).
+            return Err(io::Error::from_raw_os_error(libc::EISDIR));
+        }
+        if !(ft.is_file() || ft.is_char_device()) {
+            // Named for what it is: a fifo would read as an empty file. Not a page (InvalidData).
+            let found = if ft.is_fifo() {
+                "a fifo"
+            } else if ft.is_socket() {
+                "a socket"
+            } else if ft.is_block_device() {
+                "a block device"
+            } else {
+                "a file of unknown type"
+            };
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{found} is there, not a vmclock device or page file (give /dev/vmclock0 or a page file)"),
+            ));
+        }
         let len = system_page_size();
         let available = if meta.file_type().is_char_device() {
             len

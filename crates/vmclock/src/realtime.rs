@@ -60,11 +60,14 @@ pub enum Code {
     TooOld = -13,
     /// [`bound_realtime`]: a disruption or a leap second may lie between the timestamp and now.
     Disrupted = -14,
+    /// [`bound_realtime`]: the kernel is correcting CLOCK_REALTIME's rate by more than
+    /// [`PAST_SLEW_LIMIT_PPB`].
+    Slewing = -15,
 }
 
 impl Code {
     /// Every code, from -1 down.
-    pub const ALL: [Code; 14] = [
+    pub const ALL: [Code; 15] = [
         Code::Null,
         Code::Open,
         Code::Invalid,
@@ -79,6 +82,7 @@ impl Code {
         Code::TooWide,
         Code::TooOld,
         Code::Disrupted,
+        Code::Slewing,
     ];
 
     /// The code of a C API value, if it is one (0 is success, not a code).
@@ -103,6 +107,7 @@ impl Code {
             Code::TooWide => "VMCLOCK_E_TOO_WIDE",
             Code::TooOld => "VMCLOCK_E_TOO_OLD",
             Code::Disrupted => "VMCLOCK_E_DISRUPTED",
+            Code::Slewing => "VMCLOCK_E_SLEWING",
         }
     }
 
@@ -123,6 +128,7 @@ impl Code {
             Code::TooWide => c"the bound is wider than the cap asked for (or the page gives none): wait for a tighter bound, or raise the cap",
             Code::TooOld => c"the timestamp is older than 1 s or later than now: bound a CLOCK_REALTIME timestamp taken within the last second",
             Code::Disrupted => c"a disruption or a leap second may lie between the timestamp and now (or it predates this handle): take a new timestamp and bound that",
+            Code::Slewing => c"the kernel is slewing CLOCK_REALTIME faster than 500 ppm, so its elapsed time cannot bound a past timestamp: retry when the slew is over (chrony: maxslewrate 500)",
         }
     }
 
@@ -318,6 +324,14 @@ pub struct Capped {
     pub reading: Option<Reading>,
 }
 
+impl core::fmt::Display for Capped {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.code.text())
+    }
+}
+
+impl std::error::Error for Capped {}
+
 /// Checks a reading against a caller's cap: SYNCHRONIZED, and bounded with `latest_ns −
 /// earliest_ns ≤ max_width_ns`. FREERUNNING is refused too: the cap asks for a synchronised clock.
 pub fn check_cap(reading: &Reading, max_width_ns: u64) -> Result<(), Code> {
@@ -348,6 +362,71 @@ pub const PAST_MAX_AGE_NS: i64 = 1_000_000_000;
 /// 500 ppm). Over the 1 s limit it adds at most 1 ms on each side.
 pub const PAST_RATE_PPM: i64 = 1_000;
 
+/// The largest correction of CLOCK_REALTIME's rate the kernel may be applying when
+/// [`bound_realtime`] is called: 500 ppm, the kernel's own frequency limit. With at most as much
+/// again of calibration error (which the frequency correction exists to cancel), the clock runs
+/// within [`PAST_RATE_PPM`] of true time.
+pub const PAST_SLEW_LIMIT_PPB: u64 = 500_000;
+
+/// The kernel's discipline state that sets CLOCK_REALTIME's rate (`adjtimex` fields).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelRate {
+    /// `tick`, µs per clock tick.
+    pub tick: i64,
+    /// Nominal `tick`: 10^6 / USER_HZ.
+    pub nominal_tick: i64,
+    /// `freq`, ppm with a 16-bit fraction.
+    pub freq: i64,
+    /// `offset`, ns (the PLL's remaining offset).
+    pub offset_ns: i64,
+    /// `constant` (the PLL's time constant).
+    pub constant: i64,
+    /// `status` (STA_* bits).
+    pub status: i32,
+}
+
+impl KernelRate {
+    /// The correction of CLOCK_REALTIME's rate it applies, ppb, summed in absolute value: the
+    /// tick's deviation from nominal, the frequency offset, and the PLL's slew of its remaining
+    /// offset (a 2^-(2 + constant) share of it each second, as the kernel's `second_overflow`).
+    pub fn correction_ppb(&self) -> u64 {
+        let tick = (self.tick - self.nominal_tick).unsigned_abs() as u128 * 1_000_000_000
+            / self.nominal_tick.max(1).unsigned_abs() as u128;
+        let freq = self.freq.unsigned_abs() as u128 * 1_000 / 65_536;
+        let pll = if self.status & 0x0001 != 0 {
+            // STA_PLL; FLL mode (STA_FLL) applies the offset the same way or slower.
+            (self.offset_ns.unsigned_abs() as u128) >> (2 + self.constant.clamp(0, 10)) as u32
+        } else {
+            0
+        };
+        u64::try_from(tick + freq + pll).unwrap_or(u64::MAX)
+    }
+
+    /// The kernel's state now, read with `adjtimex` and `modes` 0 (no privilege; it changes
+    /// nothing). `None` when the call is refused (a sandbox's seccomp filter).
+    pub fn read() -> Option<KernelRate> {
+        // SAFETY: an all-zero `timex` is a valid value of this plain C struct.
+        let mut tx: libc::timex = unsafe { std::mem::zeroed() };
+        tx.modes = 0;
+        // SAFETY: `tx` is a valid, writable timex; modes 0 makes the call read-only.
+        if unsafe { libc::adjtimex(&mut tx) } < 0 {
+            return None;
+        }
+        // SAFETY: sysconf has no preconditions; an error gives -1, replaced by the usual 100.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        let hz = if hz > 0 { hz as i64 } else { 100 };
+        let nano = tx.status & libc::STA_NANO != 0;
+        Some(KernelRate {
+            tick: tx.tick as i64,
+            nominal_tick: 1_000_000 / hz,
+            freq: tx.freq as i64,
+            offset_ns: if nano { tx.offset as i64 } else { (tx.offset as i64).saturating_mul(1_000) },
+            constant: tx.constant as i64,
+            status: tx.status,
+        })
+    }
+}
+
 /// CLOCK_REALTIME now, ns since 1970 (negative before it).
 pub fn realtime_ns() -> i64 {
     match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
@@ -363,12 +442,43 @@ pub fn realtime_ns() -> i64 {
 pub struct MarkerWatch {
     marker: AtomicU64,
     since: AtomicI64,
+    /// CLOCK_REALTIME of the last check that found the kernel's rate correction within
+    /// [`PAST_SLEW_LIMIT_PPB`] (i64::MIN: none yet).
+    slew_ok_at: AtomicI64,
 }
+
+/// How long a passed check of the kernel's rate correction is taken as still true: 10 ms (so a
+/// caller bounding many timestamps makes one `adjtimex` call per 10 ms, not one per call).
+pub const SLEW_CHECK_VALID_NS: i64 = 10_000_000;
 
 impl MarkerWatch {
     /// A watch that saw `marker` in place at `seen_ns` (CLOCK_REALTIME).
     pub fn new(marker: u64, seen_ns: i64) -> Self {
-        MarkerWatch { marker: AtomicU64::new(marker), since: AtomicI64::new(seen_ns) }
+        MarkerWatch {
+            marker: AtomicU64::new(marker),
+            since: AtomicI64::new(seen_ns),
+            slew_ok_at: AtomicI64::new(i64::MIN),
+        }
+    }
+
+    /// Whether the kernel corrects CLOCK_REALTIME's rate by more than [`PAST_SLEW_LIMIT_PPB`]
+    /// now (`now_ns`: CLOCK_REALTIME): asked with `adjtimex` unless a check passed within the
+    /// last [`SLEW_CHECK_VALID_NS`]. Where `adjtimex` is refused, `false`.
+    pub fn slewing(&self, now_ns: i64) -> bool {
+        let last = self.slew_ok_at.load(Ordering::Relaxed);
+        if last != i64::MIN && (0..SLEW_CHECK_VALID_NS).contains(&now_ns.saturating_sub(last)) {
+            return false;
+        }
+        match KernelRate::read() {
+            Some(k) if k.correction_ppb() > PAST_SLEW_LIMIT_PPB => {
+                self.slew_ok_at.store(i64::MIN, Ordering::Relaxed);
+                true
+            }
+            _ => {
+                self.slew_ok_at.store(now_ns, Ordering::Relaxed);
+                false
+            }
+        }
     }
 
     /// A watch over `clock`'s page as it is now.
@@ -407,13 +517,24 @@ impl MarkerWatch {
 /// bound now, widened by `(b − a) + 2ρ(b − ts)`: the read's own width and the assumed rate error
 /// over the age (at most 2 ms at the 1 s limit).
 ///
-/// Refused: a timestamp later than `b` or older than 1 s ([`Code::TooOld`]); one from before the
+/// Without a bound on the page, the reading has none either (only the estimate moves back).
+///
+/// Refused: a timestamp later than `b` or older than 1 s ([`Code::TooOld`]); CLOCK_REALTIME going
+/// back between `a` and `b` ([`Code::Disrupted`]); a timestamp from before the
 /// first read of this handle that saw the page's current disruption marker (a live migration or
 /// restore may lie between, across which the kernel clock may have been stepped), or within 1 s
-/// of the leap second the page announces ([`Code::Disrupted`]). A step of CLOCK_REALTIME by other
-/// means (settimeofday) between the timestamp and the call is not seen: the result is then wrong
-/// by the step.
+/// of the leap second the page announces ([`Code::Disrupted`]); any call while the kernel corrects
+/// CLOCK_REALTIME's rate by more than [`PAST_SLEW_LIMIT_PPB`] (its tick, frequency and PLL slew,
+/// read with `adjtimex`; chrony slews up to 83,333 ppm by default) ([`Code::Slewing`]). The rate is
+/// checked at the call, not over the whole interval: a fast slew that began and ended between
+/// the timestamp and the call is not seen, nor is a step of CLOCK_REALTIME by other means
+/// (settimeofday): the result is then wrong by the slew's excess or the step. A passed check holds
+/// for [`SLEW_CHECK_VALID_NS`]. Where `adjtimex` is refused (a seccomp filter), the check is
+/// skipped.
 pub fn bound_realtime<M: PageMemory>(clock: &Clock<M>, watch: &MarkerWatch, ts_ns: i64) -> Result<Reading, Code> {
+    if watch.slewing(realtime_ns()) {
+        return Err(Code::Slewing);
+    }
     bound_realtime_with(clock, watch, ts_ns, realtime_ns, crate::counter::read)
 }
 
@@ -435,7 +556,11 @@ pub fn bound_realtime_with<M: PageMemory>(
 /// [`bound_realtime`]'s arithmetic: the reading `now` made between CLOCK_REALTIME `a` and `b`,
 /// its marker in place since `since`.
 pub fn past_from(now: &Reading, since: i64, a: i64, b: i64, ts_ns: i64) -> Result<Reading, Code> {
-    let (a, b, ts) = (a as i128, b.max(a) as i128, ts_ns as i128);
+    if b < a {
+        // CLOCK_REALTIME went back during the read: it was stepped.
+        return Err(Code::Disrupted);
+    }
+    let (a, b, ts) = (a as i128, b as i128, ts_ns as i128);
     if ts > b || b - ts > PAST_MAX_AGE_NS as i128 {
         return Err(Code::TooOld);
     }
@@ -502,7 +627,7 @@ mod tests {
             assert!(c.name().starts_with("VMCLOCK_E_"));
         }
         assert_eq!(Code::from_i32(0), None);
-        assert_eq!(Code::from_i32(-15), None);
+        assert_eq!(Code::from_i32(-16), None);
     }
 
     #[test]
@@ -564,11 +689,51 @@ mod tests {
         assert_eq!(past_from(&now, i64::MIN, 5_000, 5_100, 5_100 - PAST_MAX_AGE_NS - 1), Err(Code::TooOld));
         assert!(past_from(&now, i64::MIN, 5_000, 5_100, 5_100 - PAST_MAX_AGE_NS).is_ok());
         assert_eq!(past_from(&now, 4_500, 5_000, 5_100, 4_400), Err(Code::Disrupted), "before the marker was seen");
+        assert_eq!(past_from(&now, 0, 5_100, 5_000, 4_400), Err(Code::Disrupted), "CLOCK_REALTIME stepped back");
         // A leap second within a second of the timestamp or the read.
         let leap = Reading { leap: abi::leap::PRE_POS, leap_at_sec: Some(0), ..now };
         assert_eq!(past_from(&leap, 0, 5_000, 5_100, 4_400), Err(Code::Disrupted));
         let far = Reading { leap_at_sec: Some(100), ..leap };
         assert!(past_from(&far, 0, 5_000, 5_100, 4_400).is_ok());
+    }
+
+    #[test]
+    fn the_kernel_rate_correction_sums_tick_frequency_and_pll_slew() {
+        let quiet = KernelRate { tick: 10_000, nominal_tick: 10_000, freq: 0, offset_ns: 0, constant: 2, status: 0 };
+        assert_eq!(quiet.correction_ppb(), 0);
+        // chrony's fast slew: tick 10_050 µs is +5000 ppm.
+        assert_eq!(KernelRate { tick: 10_050, ..quiet }.correction_ppb(), 5_000_000);
+        // freq 500 ppm (the kernel's limit) and −12.5 ppm.
+        assert_eq!(KernelRate { freq: 500 << 16, ..quiet }.correction_ppb(), 500_000);
+        assert_eq!(KernelRate { freq: -(25 << 15), ..quiet }.correction_ppb(), 12_500);
+        // The PLL slews a 2^-(2 + constant) share of its 1 ms offset a second: 1e6 >> 4 ppb.
+        let pll = KernelRate { offset_ns: -1_000_000, status: 0x0001, ..quiet };
+        assert_eq!(pll.correction_ppb(), 62_500);
+        assert_eq!(KernelRate { status: 0, ..pll }.correction_ppb(), 0, "no PLL: the offset is not slewed");
+        // This machine's kernel answers (adjtimex with modes 0 needs no privilege).
+        let k = KernelRate::read().expect("adjtimex readable");
+        assert!(k.nominal_tick > 0 && k.tick > 0, "{k:?}");
+    }
+
+    #[test]
+    fn a_passed_slew_check_holds_for_10_ms() {
+        let w = MarkerWatch::new(0, 0);
+        if w.slewing(1_000) {
+            // This machine's kernel is slewing fast right now: nothing is remembered.
+            assert_eq!(w.slew_ok_at.load(Ordering::Relaxed), i64::MIN);
+            return;
+        }
+        assert_eq!(w.slew_ok_at.load(Ordering::Relaxed), 1_000);
+        assert!(!w.slewing(1_000 + SLEW_CHECK_VALID_NS - 1));
+        assert_eq!(w.slew_ok_at.load(Ordering::Relaxed), 1_000, "within 10 ms: not asked again");
+        let later = 1_000 + SLEW_CHECK_VALID_NS;
+        if !w.slewing(later) {
+            assert_eq!(w.slew_ok_at.load(Ordering::Relaxed), later, "10 ms on: asked again");
+        }
+        // CLOCK_REALTIME stepped back: asked again.
+        if !w.slewing(500) {
+            assert_eq!(w.slew_ok_at.load(Ordering::Relaxed), 500);
+        }
     }
 
     #[test]

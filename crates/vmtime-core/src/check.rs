@@ -38,6 +38,22 @@ pub enum CheckError {
     /// No samples.
     #[error("no samples")]
     NoSamples,
+    /// The memory for the figures of this many samples could not be had.
+    #[error("not enough memory for the figures of {samples} samples ({bytes} bytes): give fewer --samples")]
+    OutOfMemory {
+        /// The samples.
+        samples: usize,
+        /// The bytes asked for.
+        bytes: usize,
+    },
+}
+
+/// A vector of `n` f64 figures, or the error naming what could not be had.
+fn figures(n: usize) -> Result<Vec<f64>, CheckError> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n)
+        .map_err(|_| CheckError::OutOfMemory { samples: n, bytes: n.saturating_mul(std::mem::size_of::<f64>()) })?;
+    Ok(v)
 }
 
 /// Decides how to compare: the page's own TAI offset first, else the kernel's (`kernel_tai` from
@@ -142,10 +158,12 @@ pub fn check(
         Scale::Tai { tai_minus_utc, .. } => tai_minus_utc as i128 * NS,
     };
     let tol = crate::ns_to_frac(tolerance_ns as i128, true);
-    let mut errors = Vec::with_capacity(samples.len());
-    let mut outside = Vec::with_capacity(samples.len());
-    let mut windows = Vec::with_capacity(samples.len());
-    let mut maxerrs = Vec::new();
+    // Allocated fallibly: a million samples under a tight memory limit is an error to report,
+    // not an abort.
+    let mut errors = figures(samples.len())?;
+    let mut outside = figures(samples.len())?;
+    let mut windows = figures(samples.len())?;
+    let mut maxerrs = figures(samples.len())?;
     let (mut inside, mut within_bounds) = (0, 0);
     for s in samples {
         let t = reference.raw_time_at(s.counter)? as i128;

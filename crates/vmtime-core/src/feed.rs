@@ -336,6 +336,12 @@ pub mod chrony {
             self.gate.set_holdoff_ns(2 * interval_ns);
         }
 
+        /// Whether a disruption is pending (the page is not current yet): the next page is
+        /// urgent ([`crate::cadence::Look::observe_now`]).
+        pub fn disruption_pending(&self) -> bool {
+            self.gate.disrupted()
+        }
+
         /// One send slot.
         pub fn handle(&mut self, obs: &Observation<'_>) -> ChronyAction {
             match self.gate.pass(obs) {
@@ -603,6 +609,12 @@ pub mod clockbound {
     }
 
     impl ClockBoundFeed {
+        /// Whether a disruption is pending (the page is not current yet): the next page is
+        /// urgent ([`crate::cadence::Look::observe_now`]).
+        pub fn disruption_pending(&self) -> bool {
+            self.gate.disrupted()
+        }
+
         /// A feed.
         pub fn new(cfg: ClockBoundConfig) -> Self {
             ClockBoundFeed {
@@ -1139,6 +1151,82 @@ mod tests {
             panic!("held")
         };
         assert!((x.offset - 3600.0).abs() < 1e-6, "{}", x.offset);
+    }
+
+    /// Issue 20, the adversarial pass over the feeds' gate: page sequences with time jumps with
+    /// and without marker changes, status and time_type flips, extreme times: every sample sent
+    /// is in the believable range, and none moves more than the step limit (plus the page's
+    /// bound) from the last one sent unless the marker changed in between.
+    #[test]
+    fn hostile_page_sequences_never_reach_chrony() {
+        if vmclock::counter::NATIVE == counter_id::INVALID {
+            return;
+        }
+        let s = samples();
+        let mut sent_total = 0;
+        let mut held_jump = 0;
+        for seed in 1..=8u64 {
+            let mut rng = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let mut next = move || {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                rng
+            };
+            let mut f = ChronyFeed::new(NS);
+            let (mut marker, mut off) = (7u64, 0i128);
+            let mut last_sent: Option<(f64, u64)> = None;
+            for i in 1..400u32 {
+                let r = next();
+                if r % 5 == 0 {
+                    off = match next() % 5 {
+                        0 => 3_600 * NS,
+                        1 => -T0 + NS, // 1970
+                        2 => (next() % 1_000_000) as i128 * 86_400 * NS,
+                        3 => (next() % 4_000_000_000) as i128 - 2_000_000_000,
+                        _ => 0,
+                    };
+                }
+                if r % 9 == 0 {
+                    marker += 1;
+                }
+                let mut b = page(i, marker, status::SYNCHRONIZED, off, 0).to_bytes();
+                match next() % 8 {
+                    0 => b[34] = next() as u8,       // clock_status
+                    1 => b[11] = (next() % 6) as u8, // time_type
+                    2 => b[39] = next() as u8,       // counter_period_shift
+                    3 => b[72..80].fill(0xff),       // time_sec
+                    4 => b[96..104].fill(0xff),      // time_maxerror_nanosec
+                    _ => {}
+                }
+                let Ok(p) = Snapshot::decode(&b, 4096) else { continue };
+                let got = f.handle(&obs(p, &s, i as i128 * NS));
+                match got {
+                    ChronyAction::Send(x) => {
+                        sent_total += 1;
+                        let utc_s = T0 / NS + x.offset as i128;
+                        assert!(
+                            (crate::sanity::EARLIEST_UNIX_S as i128..crate::sanity::LATEST_UNIX_S as i128)
+                                .contains(&utc_s),
+                            "seed {seed} step {i}: sent {x:?}"
+                        );
+                        if let Some((o, m)) = last_sent {
+                            if m == p.disruption_marker() {
+                                assert!(
+                                    (x.offset - o).abs() <= 2.001,
+                                    "seed {seed} step {i}: {o} -> {} without a marker change",
+                                    x.offset
+                                );
+                            }
+                        }
+                        last_sent = Some((x.offset, p.disruption_marker()));
+                    }
+                    ChronyAction::Hold(Hold::Jump) => held_jump += 1,
+                    ChronyAction::Hold(_) => {}
+                }
+            }
+        }
+        assert!(sent_total > 200 && held_jump > 20, "sent {sent_total}, held for a jump {held_jump}");
     }
 
     #[test]

@@ -448,9 +448,9 @@ impl Publisher {
     }
 
     /// The page to write before the first publish: its constant fields (counter_id, time_type)
-    /// as they will stay, the marker, and no time yet. Its status is UNRELIABLE, not
-    /// INITIALIZING: the Linux driver refuses reads only on UNRELIABLE, and this page has no time
-    /// to give. `None` until the time type is fixed ([`HostConfig::time_type`]).
+    /// as they will stay, the marker, and no time yet. Its status is INITIALIZING (UNKNOWN with
+    /// counter INVALID): not to be relied upon until the first publish. `None` until the time
+    /// type is fixed ([`HostConfig::time_type`]).
     pub fn placeholder(&self) -> Option<PageBuilder> {
         let time_type = self.time_type?;
         let b = match self.cfg.tai_minus_utc.or(self.last_known_tai) {

@@ -69,6 +69,26 @@ impl KernelTimex {
         self.status & STA_UNSYNC == 0 && self.maxerror_us < MAXERROR_LIMIT_US
     }
 
+    /// What a host publisher says once, at start, when this clock is not synchronised: why every
+    /// bound it publishes is about ±16 s and its status FREERUNNING, and the fix. `None` when
+    /// synchronised.
+    pub fn unsynchronised_advice(&self) -> Option<String> {
+        if self.synchronized() {
+            return None;
+        }
+        let why = if self.status & STA_UNSYNC != 0 {
+            format!("adjtimex says STA_UNSYNC, maxerror {:.1} s", self.maxerror_us as f64 / 1e6)
+        } else {
+            format!("adjtimex says maxerror {:.1} s, at the kernel's 16 s limit", self.maxerror_us as f64 / 1e6)
+        };
+        Some(format!(
+            "this machine's clock is not synchronised ({why}): no NTP daemon disciplines it, so the page can \
+             promise nothing better: every bound is about ±16 s and its status FREERUNNING. Fix: run chrony \
+             or ntpd on this host (Debian: apt install chrony); the page follows once the kernel is \
+             synchronised, with no restart"
+        ))
+    }
+
     /// The PLL's correction during the current second, ns. At each second the kernel takes
     /// `chunk = offset >> s` (s = SHIFT_PLL + constant) and reports `offset − chunk`, so the
     /// chunk in force is the reported offset / (2^s − 1).
@@ -94,6 +114,19 @@ impl KernelTimex {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unsynchronised_clock_is_explained_with_the_fix() {
+        let synced = KernelTimex { tick: 10_000, maxerror_us: 50_000, ..Default::default() };
+        assert_eq!(synced.unsynchronised_advice(), None);
+        let unsync = KernelTimex { status: STA_UNSYNC, maxerror_us: 16_000_000, ..synced };
+        let a = unsync.unsynchronised_advice().expect("advice");
+        assert!(a.contains("STA_UNSYNC, maxerror 16.0 s"), "{a}");
+        assert!(a.contains("±16 s") && a.contains("FREERUNNING") && a.contains("run chrony or ntpd"), "{a}");
+        // STA_UNSYNC clear, but maxerror grown to the limit (the NTP daemon stopped long ago).
+        let stale = KernelTimex { maxerror_us: MAXERROR_LIMIT_US, ..synced };
+        assert!(stale.unsynchronised_advice().expect("advice").contains("maxerror 16.0 s, at the kernel's 16 s limit"));
+    }
 
     #[test]
     fn nominal_and_adjusted_rates() {

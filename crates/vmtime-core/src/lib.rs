@@ -2,11 +2,14 @@
 //! reads a clock or touches the system.
 #![forbid(unsafe_code)]
 
+pub mod cadence;
 pub mod check;
+pub mod crosscheck;
 pub mod feed;
 pub mod host;
 pub mod kernel;
 pub mod leapsecs;
+pub mod oneshot;
 pub mod overwrite;
 pub mod phc;
 pub mod relay;

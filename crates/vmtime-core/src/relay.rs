@@ -38,6 +38,9 @@ pub enum RelayError {
     /// The guest period does not fit the page's representation.
     #[error("the guest period cannot be represented (ratio too far from 1)")]
     PeriodRange,
+    /// The host page's counter period is 0: it relates no counter to time, whatever the map.
+    #[error("the host page's counter period is 0 (counter_period_frac_sec and shift relate no counter to time): it cannot be mapped to the guest's counter")]
+    ZeroPeriod,
     /// The host page claims time the guest could not read or should not believe: it is not
     /// relayed (the guest page keeps its last update: holdover).
     #[error("the host page is not relayed: {0}")]
@@ -206,6 +209,9 @@ pub fn transform(host: &Snapshot, map: &CounterMap) -> Result<VmclockAbi, RelayE
     };
     if map.is_identity() {
         return Ok(g);
+    }
+    if r.period == 0 {
+        return Err(RelayError::ZeroPeriod);
     }
     // P_g = P_h · 2^fb / ratio (units 2^-(64+s_h)), renormalised to units 2^-(64+s_g).
     let n = (r.period as u128) << map.frac_bits;

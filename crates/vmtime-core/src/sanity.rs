@@ -10,10 +10,11 @@
 //!   years included, but never outside this range.
 //! * **Continuity** ([`Continuity`]). Without a change of `disruption_marker` or
 //!   `vm_generation_counter`, an update may not move the time the page gives for a counter value
-//!   by more than the bound the previous update advertised there plus a step limit (the ABI
-//!   requires a later update to stay inside the earlier bounds; the step limit is the slack for
-//!   publishers that do not bound or bound loosely). A jump beyond that without a marker change
-//!   is held until the page comes back, or its markers change.
+//!   by more than the bound the previous update advertised there (counted up to the step limit)
+//!   plus the step limit (the ABI requires a later update to stay inside the earlier bounds; the
+//!   step limit is the slack for publishers that do not bound, and a loose bound earns no more).
+//!   A jump beyond that without a marker change is held until the page comes back, or its
+//!   markers change.
 
 use vmclock::Snapshot;
 
@@ -157,8 +158,11 @@ impl Continuity {
             return Ok(());
         };
         let jump = new.time.raw() as i128 - old.time.raw() as i128;
-        let bound = old.maxerror.map_or(0, |m| m.min(i128::MAX as u128 / 4) as i128);
-        let limit = bound.saturating_add(crate::ns_to_frac(self.max_jump_ns as i128, false));
+        // The previous bound counts up to the step limit: a page claiming ±584 years earns no
+        // licence to jump by centuries.
+        let step = crate::ns_to_frac(self.max_jump_ns as i128, false);
+        let bound = old.maxerror.map_or(0, |m| m.min(step as u128) as i128);
+        let limit = bound + step;
         if jump.abs() > limit {
             return Err(Jump { jump_ns: to_ns(jump), limit_ns: to_ns(limit) });
         }

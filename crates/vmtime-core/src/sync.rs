@@ -120,6 +120,27 @@ pub enum SyncAction {
     RunHook,
 }
 
+/// In words, as `vmtime sync` logs and prints it (`dry run: would …`).
+impl std::fmt::Display for SyncAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            SyncAction::Step { delta_ns } => write!(f, "step CLOCK_REALTIME by {:+.3} µs", delta_ns as f64 / 1e3),
+            SyncAction::SetFrequency { tick, freq } => {
+                write!(f, "set tick {tick} and frequency {:+.6} ppm", freq as f64 / 65536.0)
+            }
+            SyncAction::SetTai(t) => write!(f, "set the TAI offset to {t} s"),
+            SyncAction::SetState { insert, delete, synchronized, maxerror_us, esterror_us } => write!(
+                f,
+                "set {}{}{}, maxerror {maxerror_us} µs, esterror {esterror_us} µs",
+                if synchronized { "synchronised (STA_UNSYNC clear)" } else { "unsynchronised (STA_UNSYNC)" },
+                if insert { ", STA_INS (leap second at midnight)" } else { "" },
+                if delete { ", STA_DEL (leap second deleted at midnight)" } else { "" }
+            ),
+            SyncAction::RunHook => f.write_str("run the generation hook"),
+        }
+    }
+}
+
 /// The kernel's frequency range: ADJ_TICK moves ±10 % (9000–11000 µs per 1/100 s, refused
 /// outside), ADJ_FREQUENCY adds ±500 ppm (MAXFREQ, clamped); ppb.
 pub const KERNEL_MAX_PPB: i64 = KERNEL_MAX_TICK_PPB + KERNEL_MAX_FREQ_PPB;
@@ -230,6 +251,9 @@ pub struct Discipline {
     /// After a holdover: how far the kernel may have drifted meanwhile, ns (added to the limit
     /// until an update is made).
     drift_allowance_ns: f64,
+    /// A second opinion disagrees with the page ([`crate::crosscheck`]): what the kernel's
+    /// maxerror must cover, ns; the clock is left unsynchronised meanwhile.
+    cross_widen_ns: Option<f64>,
 }
 
 /// The kernel's (tick, freq) for a rate `ppb` away from RAW.
@@ -261,6 +285,7 @@ impl Discipline {
             lost: false,
             last_update_raw_ns: None,
             drift_allowance_ns: 0.0,
+            cross_widen_ns: None,
         }
     }
 
@@ -273,6 +298,13 @@ impl Discipline {
     /// calibration, the markers and the counts are kept.
     pub fn reconfigure(&mut self, cfg: SyncConfig) {
         self.cfg = cfg;
+    }
+
+    /// The cross-check's verdict ([`crate::crosscheck::CrossCheck::widen_ns`]): while a second
+    /// opinion disagrees with the page beyond both bounds, the kernel's maxerror covers the
+    /// disagreement and STA_UNSYNC stays set. It never moves the clock.
+    pub fn set_cross_check(&mut self, widen_ns: Option<f64>) {
+        self.cross_widen_ns = widen_ns;
     }
 
     /// What happened that the daemon should log, since the last call.
@@ -302,6 +334,13 @@ impl Discipline {
         } else {
             self.cfg.interval_ns
         }
+    }
+
+    /// Whether the page's markers changed and no update has been made since (the page that
+    /// carried the change was not usable yet): the next page is urgent
+    /// ([`crate::cadence::Look::observe_now`]).
+    pub fn disruption_pending(&self) -> bool {
+        self.disrupted || self.marker_pending
     }
 
     /// When the running slew ends (RAW ns); the caller calls [`Discipline::handle_tick`] then.
@@ -403,18 +442,20 @@ impl Discipline {
             self.holdover(&obs.kernel, &mut out);
             return out;
         };
-        let offset = k.time - src.time.raw() as i128; // kernel − source, 2^-64 s
-        let offset_ns = offset as f64 * 1e9 / UNIT as f64;
-        self.status.offset_ns = offset_ns;
-        self.status.pairing_ns = k.half as f64 * 1e9 / UNIT as f64;
-        self.status.source_maxerror_ns = src.maxerror_ns().map(|m| m as f64);
         // Never to a time before this program was written nor beyond what the kernel can hold,
-        // whatever the markers say (a disruption allows any step inside that range only).
-        if let Err(why) = crate::sanity::check_utc(src.time.raw() as i128) {
+        // whatever the markers say (a disruption allows any step inside that range only). A
+        // time beyond i128 (time_sec near 2^64) is beyond the range too, and never subtracted.
+        let src_time = i128::try_from(src.time.raw()).unwrap_or(i128::MAX);
+        if let Err(why) = crate::sanity::check_utc(src_time) {
             self.lost = true;
             self.refuse(SyncNotice::Implausible(why), &obs.kernel, &mut out);
             return out;
         }
+        let offset = k.time - src_time; // kernel − source, 2^-64 s
+        let offset_ns = offset as f64 * 1e9 / UNIT as f64;
+        self.status.offset_ns = offset_ns;
+        self.status.pairing_ns = k.half as f64 * 1e9 / UNIT as f64;
+        self.status.source_maxerror_ns = src.maxerror_ns().map(|m| m as f64);
         // Feed-forward: kernel rate against RAW = (page s/tick) / (RAW s/tick).
         if d_raw > 10_000_000 && d_c > 0 {
             let page_s_per_tick = r.period as f64 / 2f64.powi(64 + r.shift as i32);
@@ -474,10 +515,12 @@ impl Discipline {
         }
         let (insert, delete) = leap_arming(page, &src.time);
         let residual_ns = if step { self.status.pairing_ns } else { offset_ns.abs() + self.status.pairing_ns };
-        let maxerror_us = kernel_bound_us(src.maxerror_ns().unwrap_or(0) as f64 + residual_ns, 1);
+        let own_ns = src.maxerror_ns().unwrap_or(0) as f64 + residual_ns;
+        let maxerror_us = kernel_bound_us(self.cross_widen_ns.map_or(own_ns, |w| own_ns.max(w + residual_ns)), 1);
         let esterror_us = kernel_bound_us(src.esterror_ns().unwrap_or(0) as f64 + self.status.pairing_ns, 0);
-        self.last_state = Some((insert, delete, synchronized));
-        out.push(SyncAction::SetState { insert, delete, synchronized, maxerror_us, esterror_us });
+        let kernel_synchronized = synchronized && self.cross_widen_ns.is_none();
+        self.last_state = Some((insert, delete, kernel_synchronized));
+        out.push(SyncAction::SetState { insert, delete, synchronized: kernel_synchronized, maxerror_us, esterror_us });
         self.status.state = if synchronized { "synchronised" } else { "following a free-running source" };
         self.status.updates += 1;
         out
@@ -863,6 +906,160 @@ mod tests {
         let acts = w.observe(8);
         assert!(stepped(&acts).is_some_and(|d| (d as i128 - 5 * YEAR).abs() <= 1), "{acts:?}");
         assert_eq!(w.d.take_notices(), vec![SyncNotice::Recovered]);
+    }
+
+    /// The cross-check widens the kernel's maxerror and leaves the clock unsynchronised while
+    /// it disagrees; it never steps or slews towards the server.
+    #[test]
+    fn a_disagreeing_second_opinion_widens_the_bound_and_never_steers() {
+        let state = |acts: &[SyncAction]| {
+            acts.iter().find_map(|a| match a {
+                SyncAction::SetState { synchronized, maxerror_us, .. } => Some((*synchronized, *maxerror_us)),
+                _ => None,
+            })
+        };
+        let mut w = World::new();
+        for t in 0..4 {
+            let _ = w.observe(t);
+        }
+        let (sync0, max0) = state(&w.observe(4)).unwrap();
+        assert!(sync0 && max0 < 10, "{max0}");
+        w.d.set_cross_check(Some(50_000_000.0));
+        let acts = w.observe(5);
+        assert_eq!(stepped(&acts), None);
+        assert!(!acts.iter().any(|a| matches!(a, SyncAction::SetFrequency { .. })), "{acts:?}");
+        let (sync1, max1) = state(&acts).unwrap();
+        assert!(!sync1, "unsynchronised while they disagree");
+        assert!((50_000..50_010).contains(&max1), "{max1}");
+        assert_eq!(w.d.status().state, "synchronised", "the page is still followed");
+        w.d.set_cross_check(None);
+        assert_eq!(state(&w.observe(6)), Some((true, max0)));
+    }
+
+    /// Issue 20, the adversarial pass: a page mutated at every observation (time jumps with and
+    /// without marker changes, to 1970, to the end of u64, by years; status and time_type flips
+    /// through every value; extreme shifts, periods and bounds; leap values) never makes the
+    /// discipline step outside the believable range, step beyond the limit without start-up, a
+    /// marker change or a holdover, or call the clock synchronised on a page that is not
+    /// SYNCHRONIZED with a usable time type.
+    #[test]
+    fn hostile_page_sequences_never_step_wrong() {
+        use crate::sanity::{EARLIEST_UNIX_S, LATEST_UNIX_S};
+        use vmclock::abi::time_type;
+        let mut worst_ok_step = 0i128;
+        let mut steps_seen = 0;
+        for seed in 1..=8u64 {
+            let mut rng = seed.wrapping_mul(0x2545_F491_4F6C_DD1D);
+            let mut next = move || {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                rng
+            };
+            let mut d = Discipline::new(SyncConfig::default());
+            let mut kernel_off: i128 = 0;
+            let (mut marker, mut generation) = (1u64, 1u64);
+            let mut page_off: i128 = 0; // page − truth, ns
+            let mut since_update_markers_changed = false;
+            let mut lost_since_update = false;
+            for t in 0..400i128 {
+                // The page of this observation: mostly good, often mutated.
+                let r = next();
+                if r % 7 == 0 {
+                    page_off = match next() % 6 {
+                        0 => 3_600 * NS,
+                        1 => -UTC0, // 1970
+                        2 => (next() % (300 * 365 * 86_400)) as i128 * NS,
+                        3 => -((next() % 20) as i128) * 365 * 86_400 * NS,
+                        4 => (next() % 3_000_000_000) as i128 - 1_500_000_000,
+                        _ => 0,
+                    };
+                }
+                if r % 11 == 0 {
+                    marker = marker.wrapping_add(1);
+                    since_update_markers_changed = true;
+                }
+                if r % 13 == 0 {
+                    generation = generation.wrapping_add(1);
+                    since_update_markers_changed = true;
+                }
+                let c = C0 + (t * NS) as u64;
+                let ref_c = (C0 as i128 - page_off) as u64;
+                let mut abi = PageBuilder::new()
+                    .reference(
+                        counter_id::X86_TSC,
+                        ref_c,
+                        Timestamp::<Tai>::from_parts(1_795_000_037, 0),
+                        Period::from_hz(1_000_000_000).unwrap(),
+                    )
+                    .tai_minus_utc(37)
+                    .status(status::SYNCHRONIZED)
+                    .maxerror(1_000, 1 << 10)
+                    .disruption_marker(marker)
+                    .vm_generation(generation)
+                    .build();
+                match next() % 10 {
+                    0 => abi.clock_status = next() as u8,
+                    1 => abi.time_type = (next() % 6) as u8,
+                    2 => abi.counter_period_shift = next() as u8,
+                    3 => abi.counter_period_frac_sec.set(next()),
+                    4 => abi.time_sec.set([0, 1, u64::MAX, i64::MAX as u64, 1 << 40][(next() % 5) as usize]),
+                    5 => abi.time_maxerror_nanosec.set([0, u64::MAX, 1 << 40][(next() % 3) as usize]),
+                    6 => abi.leap_indicator = next() as u8,
+                    7 => abi.counter_period_maxerror_rate_frac_sec.set(u64::MAX),
+                    _ => {}
+                }
+                let Ok(page) = Snapshot::new(abi, 4096) else { continue };
+                let k = UTC0 + t * NS + kernel_off;
+                let samples = [AbaSample { before_ns: k - 5, counter: c, after_ns: k + 5 }];
+                let raw = AbaSample { before_ns: t * NS - 5, counter: c, after_ns: t * NS + 5 };
+                let updates_before = d.status().updates;
+                let acts = d.handle_observation(&SyncObservation {
+                    page,
+                    raw,
+                    samples: &samples,
+                    kernel: KernelTimex::default(),
+                });
+                let updated = d.status().updates > updates_before;
+                let starting = updates_before < u64::from(SyncConfig::default().step_updates.max(1));
+                for a in &acts {
+                    match *a {
+                        SyncAction::Step { delta_ns } => {
+                            steps_seen += 1;
+                            let to_s = (k + delta_ns as i128).div_euclid(NS) as i64;
+                            assert!(
+                                (EARLIEST_UNIX_S..LATEST_UNIX_S).contains(&to_s),
+                                "seed {seed} t {t}: stepped to {to_s} ({:?})",
+                                page.raw()
+                            );
+                            if (delta_ns as i128).abs() > DEFAULT_MAX_STEP_NS as i128 + 2 * NS {
+                                assert!(
+                                    starting || since_update_markers_changed || lost_since_update,
+                                    "seed {seed} t {t}: a {delta_ns} ns step without start-up, marker change or holdover"
+                                );
+                            } else {
+                                worst_ok_step = worst_ok_step.max((delta_ns as i128).abs());
+                            }
+                            kernel_off += delta_ns as i128;
+                        }
+                        SyncAction::SetState { synchronized: true, .. } => {
+                            assert_eq!(page.clock_status(), Some(status::SYNCHRONIZED), "seed {seed} t {t}");
+                            assert!(matches!(page.time_type(), time_type::TAI | time_type::UTC), "seed {seed} t {t}");
+                        }
+                        _ => {}
+                    }
+                }
+                if updated {
+                    since_update_markers_changed = false;
+                    lost_since_update = false;
+                } else {
+                    lost_since_update = true;
+                }
+            }
+        }
+        // Not vacuous: steps of both kinds happened.
+        assert!(steps_seen > 20, "{steps_seen}");
+        assert!(worst_ok_step > 0);
     }
 
     #[test]

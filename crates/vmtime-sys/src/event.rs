@@ -47,8 +47,9 @@ pub struct StepDetector {
 impl StepDetector {
     /// Arms the detector.
     pub fn new() -> io::Result<Self> {
-        let d = StepDetector { fd: timerfd(libc::CLOCK_REALTIME)? };
-        d.arm()?;
+        let doing = "create the timer that sees clock steps (timerfd)";
+        let d = StepDetector { fd: timerfd(libc::CLOCK_REALTIME).map_err(|e| crate::io_context(e, doing))? };
+        d.arm().map_err(|e| crate::io_context(e, doing))?;
         Ok(d)
     }
 

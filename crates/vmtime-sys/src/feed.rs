@@ -106,6 +106,29 @@ pub fn check_chrony_socket_path(path: &Path) -> Result<(), FileError> {
     }
 }
 
+/// Only a file of ours (or root's) that only its owner may write, with one name, is reused.
+fn owned_safely(path: &Path, st: &rfs::Stat) -> Result<(), FileError> {
+    let disp = || path.display().to_string();
+    let me = rustix::process::geteuid().as_raw();
+    if st.st_mode & 0o022 != 0 || (st.st_uid != me && st.st_uid != 0) {
+        return Err(FileError::UnsafeDir {
+            path: disp(),
+            why: format!("the segment is owned by uid {} with mode {:o}", st.st_uid, st.st_mode & 0o7777),
+            fix: "remove it (the feed creates a new one) or make it yours with mode 0644".into(),
+        });
+    }
+    // A second name for the file (a hard link) is a way to it that the directory's checks
+    // do not cover: write only a file that has one name.
+    if st.st_nlink != 1 {
+        return Err(FileError::UnsafeDir {
+            path: disp(),
+            why: format!("the file has {} names (hard links)", st.st_nlink),
+            fix: "remove it: the feed creates a new one".into(),
+        });
+    }
+    Ok(())
+}
+
 /// ClockBound's segment file, mapped for writing: the header, then one `ClockErrorBound`
 /// guarded by the header's generation (odd while written, never 0 once written). The layout is
 /// 2.x's (`shm0`) or 3.x's (`shm1`): the same header, another version word and body.
@@ -130,6 +153,31 @@ impl ClockBoundSegment {
     /// (not readable) until the first write.
     pub fn open_or_create(path: &Path) -> Result<Self, FileError> {
         Self::open_or_create_as(path, LAYOUT_V2)
+    }
+
+    /// Checks what is at `path` without creating or opening anything for writing: nothing, or
+    /// a regular file (not a link) of this user's or root's that only its owner may write, with
+    /// one name. A feed with two segments checks both before it creates either, so a refusal
+    /// leaves no new file behind.
+    pub fn check_path(path: &Path, layout: Layout) -> Result<(), FileError> {
+        let disp = || path.display().to_string();
+        match rfs::statat(CWD, path, AtFlags::SYMLINK_NOFOLLOW) {
+            Err(rustix::io::Errno::NOENT) => Ok(()),
+            Err(e) => Err(FileError::Io { op: "inspect", path: disp(), err: e.into() }),
+            Ok(st) => match FileType::from_raw_mode(st.st_mode) {
+                FileType::RegularFile => owned_safely(path, &st),
+                FileType::Symlink => Err(FileError::UnsafeDir {
+                    path: disp(),
+                    why: "a symbolic link is there (the feed never writes through one)".into(),
+                    fix: "remove it: the feed creates the segment".into(),
+                }),
+                t => Err(FileError::WrongKind {
+                    path: disp(),
+                    found: crate::files::kind_name(t).into(),
+                    what: layout.name,
+                }),
+            },
+        }
     }
 
     /// The same for a segment of `layout`.
@@ -181,23 +229,7 @@ impl ClockBoundSegment {
         // could be truncated under the mapping (SIGBUS in the feed) or overwritten between two
         // updates. Only a file of ours (or root's) that only its owner may write is reused.
         let st = rfs::fstat(&fd).map_err(|e| io("inspect", e))?;
-        let me = rustix::process::geteuid().as_raw();
-        if st.st_mode & 0o022 != 0 || (st.st_uid != me && st.st_uid != 0) {
-            return Err(FileError::UnsafeDir {
-                path: disp(),
-                why: format!("the segment is owned by uid {} with mode {:o}", st.st_uid, st.st_mode & 0o7777),
-                fix: "remove it (the feed creates a new one) or make it yours with mode 0644".into(),
-            });
-        }
-        // A second name for the file (a hard link) is a way to it that the directory's checks
-        // do not cover: write only a file that has one name.
-        if st.st_nlink != 1 {
-            return Err(FileError::UnsafeDir {
-                path: disp(),
-                why: format!("the file has {} names (hard links)", st.st_nlink),
-                fix: "remove it: the feed creates a new one".into(),
-            });
-        }
+        owned_safely(path, &st)?;
         let f = std::fs::File::from(fd);
         let mut b = Vec::new();
         std::io::Read::by_ref(&mut &f).take(size as u64 + 1).read_to_end(&mut b).map_err(|e| FileError::Io {

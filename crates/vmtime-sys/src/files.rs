@@ -8,6 +8,9 @@
 //! - nothing is written through a symbolic link (`O_NOFOLLOW`, and `lstat` before a rename);
 //! - new files are written under an `O_EXCL` temporary name in the target directory, fsynced,
 //!   renamed, and the directory fsynced;
+//! - a file found where a daemon publishes, keeps its state or its lock must be this user's or
+//!   root's, writable by its owner only, with one name ([`check_trusted`]): what another user
+//!   planted first (in /tmp, say) is refused, never adopted;
 //! - directories are keyed on the uid, created 0700, and an existing one is checked for its owner
 //!   and mode;
 //! - the page and the state are held with an exclusive `flock`; a second writer is refused with
@@ -53,8 +56,19 @@ pub enum FileError {
         "{path} is {len} bytes, more than the {max} a {what} can be: it is not one (remove it or give another path)"
     )]
     TooLarge { path: String, len: u64, max: u64, what: &'static str },
-    /// A system call failed.
-    #[error("cannot {op} {path}: {err}")]
+    /// A file vmtime would publish time through (or read its own state or lock from) that is
+    /// not its own: another user owns it, others may write it, or it has a second name.
+    #[error("{path}: {detail}")]
+    Untrusted {
+        path: String,
+        /// What it is, its owner and mode, why it is refused and the fix.
+        detail: String,
+    },
+    /// A file in the way of an output that is not one vmtime may replace.
+    #[error("{path}: {found} is there, not {what}: refusing to replace it (remove it yourself, or give another path)")]
+    NotReplaceable { path: String, found: String, what: &'static str },
+    /// A system call failed (out of descriptors: with the remedy).
+    #[error("cannot {op} {path}: {err}{hint}", hint = crate::limit_hint(.err))]
     Io { op: &'static str, path: String, err: io::Error },
 }
 
@@ -228,8 +242,9 @@ pub fn ensure_private_dir(dir: &Path) -> Result<()> {
 
 /// The directory that will hold a file a daemon writes (`page`, `state`, `socket`): a missing
 /// one is created 0700 (with missing parents); an existing one must not be writable by other
-/// users unless it is sticky (like /tmp, where O_NOFOLLOW, O_EXCL and the checks here protect
-/// the files).
+/// users unless it is sticky (like /tmp). In a sticky directory other users cannot replace or
+/// remove this daemon's files, but they can create any name first: O_NOFOLLOW, O_EXCL and
+/// [`check_trusted`] refuse what they planted.
 pub fn ensure_dir_for(file: &Path) -> Result<()> {
     let dir = parent_of(file);
     match lstat(dir) {
@@ -262,6 +277,63 @@ pub fn ensure_dir_for(file: &Path) -> Result<()> {
         }
         Err(e) => Err(FileError::io("inspect", dir, e)),
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Whose files are trusted
+
+/// Checks a file that already exists where a daemon publishes time (a page), keeps its state or
+/// its lock, as chrony's privilege separation would: it must belong to this user or to root,
+/// be writable by its owner only, and have one name. A file another user planted first (in a
+/// sticky directory like /tmp anyone may create names) fails, and is never adopted: whoever
+/// owns or may write it could rewrite the time (or the markers) published through it.
+/// `s` is the `fstat` of the open file (or the `lstat` of the path); `what` names it ("a page
+/// file").
+pub fn check_trusted(s: &rfs::Stat, path: &Path, what: &'static str) -> Result<()> {
+    trusted(s, path, what, true)
+}
+
+/// [`check_trusted`] for an input a daemon reads but never makes (its configuration): the
+/// same rule, and a fix that does not suggest removing it.
+pub fn check_trusted_input(s: &rfs::Stat, path: &Path, what: &'static str) -> Result<()> {
+    trusted(s, path, what, false)
+}
+
+fn trusted(s: &rfs::Stat, path: &Path, what: &'static str, daemon_makes_it: bool) -> Result<()> {
+    let me = euid();
+    let mode = s.st_mode & 0o7777;
+    let d = disp(path);
+    let links = if s.st_nlink > 1 { format!(", {} names (hard links)", s.st_nlink) } else { String::new() };
+    let rm = format!("rm {d}: the daemon then creates its own");
+    let (why, fix) = if s.st_uid != me && s.st_uid != 0 {
+        (
+            format!("it belongs to another user (uid {}), who could rewrite it at any time", s.st_uid),
+            if daemon_makes_it {
+                format!("remove it ({rm}) or, if you trust it, chown {me} {d}; chmod go-w {d}")
+            } else {
+                format!("if you trust it, chown {me} {d}; chmod go-w {d}")
+            },
+        )
+    } else if mode & 0o022 != 0 {
+        (
+            format!("mode {mode:04o} lets {} write it", if mode & 0o002 != 0 { "every user" } else { "its group" }),
+            if daemon_makes_it { format!("chmod go-w {d}, or remove it ({rm})") } else { format!("chmod go-w {d}") },
+        )
+    } else if s.st_nlink > 1 {
+        (
+            "a second name is a way to it that the checks of its directory do not cover".to_string(),
+            if daemon_makes_it {
+                format!("remove it ({rm})")
+            } else {
+                "give it one name (cp it, then use the copy)".to_string()
+            },
+        )
+    } else {
+        return Ok(());
+    };
+    let never = if daemon_makes_it { "vmtime never adopts such a file" } else { "vmtime does not read such a file" };
+    let detail = format!("{what} owned by uid {} with mode {mode:04o}{links}: {why}; {never}: {fix}", s.st_uid);
+    Err(FileError::Untrusted { path: d, detail })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -315,6 +387,9 @@ impl LockFile {
         if t != FileType::RegularFile {
             return Err(FileError::WrongKind { path: disp(path), found: kind_name(t).into(), what: "lock file" });
         }
+        // A lock file planted (and locked) by another user would stop this daemon for good,
+        // with a misleading "in use by another writer": named for what it is.
+        check_trusted(&s, path, "a lock file")?;
         lock(&fd, path)?;
         Ok(LockFile { _fd: fd })
     }
@@ -473,6 +548,7 @@ pub fn open_page(path: &Path) -> Result<PageFile> {
     if t != FileType::RegularFile {
         return Err(FileError::NotAPage { path: disp(path), found: kind_name(t).into(), action: "write" });
     }
+    check_trusted(&ro_stat, path, "a page file")?;
     let ro = File::from(ro);
     classify(&ro, path, "write")?;
     let flags = OFlags::RDWR | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
@@ -499,10 +575,27 @@ pub fn open_page(path: &Path) -> Result<PageFile> {
     Ok(PageFile { file })
 }
 
+/// What a publisher would find at `path`, checked without opening anything for writing or
+/// creating anything: a new path, or a page (or zero-filled) file of this user's or root's that
+/// only its owner may write ([`check_trusted`]). Lets a daemon refuse before it makes a lock or
+/// a state file beside the page.
+pub fn check_page_path(path: &Path) -> Result<PageTarget> {
+    let target = inspect_page(path, "write")?;
+    if target != PageTarget::Absent {
+        match lstat(path) {
+            Ok(Some(s)) => check_trusted(&s, path, "a page file")?,
+            Ok(None) => {}
+            Err(e) => return Err(FileError::io("inspect", path, e)),
+        }
+    }
+    Ok(target)
+}
+
 /// A publisher's page: the page file found at `path` taken over in place when it is a vmclock
-/// page (returns its first page's bytes too), else a new page with `blank`.
+/// page of this user's or root's that only its owner may write (returns its first page's bytes
+/// too), else a new page with `blank`. Anything else is refused ([`check_page_path`]).
 pub fn open_or_create_page(path: &Path, blank: &[u8]) -> Result<(PageFile, Option<Vec<u8>>)> {
-    match inspect_page(path, "write")? {
+    match check_page_path(path)? {
         PageTarget::Absent => Ok((create_page(path, blank)?, None)),
         PageTarget::Zeroed => Ok((open_page(path)?, None)),
         PageTarget::Page => {
@@ -540,6 +633,8 @@ pub fn read_state(path: &Path) -> Result<Option<Vec<u8>>> {
     if t != FileType::RegularFile {
         return Err(FileError::WrongKind { path: disp(path), found: kind_name(t).into(), what: "state file" });
     }
+    // Another user's state would choose the markers this daemon publishes.
+    check_trusted(&s, path, "a state file")?;
     if s.st_size as u64 > MAX_STATE {
         return Err(FileError::TooLarge {
             path: disp(path),
@@ -571,6 +666,138 @@ pub fn write_state(path: &Path, contents: &[u8]) -> Result<()> {
         Err(e) => return Err(FileError::io("inspect", path, e)),
     }
     write_new(path, contents, 0o600, true, false).map(drop)
+}
+
+/// Whether `a` and `b` reach the same existing file, following links (a symbolic link to a
+/// page is the page): compared by device and inode, not by name.
+pub fn same_inode(a: &Path, b: &Path) -> bool {
+    match (rfs::stat(a), rfs::stat(b)) {
+        (Ok(x), Ok(y)) => (x.st_dev, x.st_ino) == (y.st_dev, y.st_ino),
+        _ => false,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Small inputs and outputs
+
+/// Reads a small text input (a configuration, a scenario) of at most `max` bytes without ever
+/// waiting: opened `O_NONBLOCK` (a fifo at the path does not block the open, nor a daemon's
+/// SIGHUP), and only a regular file is read (links are followed: a configuration may be one).
+/// A missing file is `ErrorKind::NotFound`, a larger one `FileTooLarge`; anything else is
+/// named ("a fifo is there, not a regular file").
+pub fn read_small_regular(path: &Path, max: u64) -> io::Result<Vec<u8>> {
+    read_small(path, max, None)
+}
+
+/// [`read_small_regular`] for a file that decides what a daemon does (its configuration: the
+/// step limits, the command `sync` runs as its hook): it must also pass [`check_trusted`]
+/// (this user's or root's, writable by its owner only), as sshd's StrictModes has it; else
+/// `ErrorKind::PermissionDenied` with the refusal's one line.
+pub fn read_small_trusted(path: &Path, max: u64, what: &'static str) -> io::Result<Vec<u8>> {
+    read_small(path, max, Some(what))
+}
+
+fn read_small(path: &Path, max: u64, trusted: Option<&'static str>) -> io::Result<Vec<u8>> {
+    let fd = rfs::openat(CWD, path, OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC, Mode::empty())?;
+    let s = rfs::fstat(&fd)?;
+    let t = FileType::from_raw_mode(s.st_mode);
+    if t != FileType::RegularFile {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} is there, not a regular file", kind_name(t)),
+        ));
+    }
+    if let Some(what) = trusted {
+        if let Err(e) = check_trusted_input(&s, path, what) {
+            return Err(io::Error::new(io::ErrorKind::PermissionDenied, e.to_string()));
+        }
+    }
+    let too_large = || io::Error::new(io::ErrorKind::FileTooLarge, format!("more than the {max} bytes it may have"));
+    if s.st_size as u64 > max {
+        return Err(too_large());
+    }
+    let mut v = Vec::new();
+    File::from(fd).take(max + 1).read_to_end(&mut v)?;
+    if v.len() as u64 > max {
+        return Err(too_large());
+    }
+    Ok(v)
+}
+
+/// How [`replace_output`] recognises an earlier output it may replace: at most `max` bytes, and
+/// `is_one(contents)`.
+pub struct Recognise<'a> {
+    /// The largest earlier output.
+    pub max: u64,
+    /// Whether these contents are an earlier output.
+    pub is_one: &'a dyn Fn(&[u8]) -> bool,
+}
+
+impl std::fmt::Debug for Recognise<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recognise").field("max", &self.max).finish_non_exhaustive()
+    }
+}
+
+/// Writes an output file (an SSDT, a simulation's trace) at `path`, under the rules of the
+/// daemons' files: a new file under an `O_EXCL` temporary name, mode `mode`, fsynced and
+/// renamed into place. What is already there is replaced only if it is a regular file (never a
+/// link, a device, a fifo: nothing is opened that could block or write elsewhere), recognised
+/// by `recognise` when given as an earlier output of the same kind (`what`, "an ACPI SSDT"),
+/// and never when it is one of `protect` (compared by inode: e.g. the page itself; each with
+/// what it is called in the refusal, "the guest page given with --page").
+pub fn replace_output(
+    path: &Path,
+    contents: &[u8],
+    mode: u32,
+    what: &'static str,
+    recognise: Option<Recognise<'_>>,
+    protect: &[(&str, &Path)],
+) -> Result<()> {
+    ensure_dir_for(path)?;
+    let d = disp(path);
+    let refuse = |found: String| FileError::NotReplaceable { path: d.clone(), found, what };
+    let existing = match lstat(path) {
+        Ok(None) => None,
+        Ok(Some(s)) => Some(s),
+        Err(e) => return Err(FileError::io("inspect", path, e)),
+    };
+    for (name, p) in protect {
+        if same_inode(path, p) {
+            return Err(refuse(name.to_string()));
+        }
+    }
+    if let Some(s) = existing {
+        let t = FileType::from_raw_mode(s.st_mode);
+        if t == FileType::Symlink {
+            return Err(FileError::Symlink { path: d });
+        }
+        if t != FileType::RegularFile {
+            return Err(refuse(kind_name(t).to_string()));
+        }
+        if let Some(Recognise { max, is_one }) = recognise {
+            let fd = rfs::openat(
+                CWD,
+                path,
+                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| FileError::io("open", path, e))?;
+            let st = rfs::fstat(&fd).map_err(|e| FileError::io("inspect", path, e))?;
+            if (st.st_dev, st.st_ino) != (s.st_dev, s.st_ino) {
+                return Err(FileError::io("open (it was replaced meanwhile)", path, Errno::AGAIN));
+            }
+            if st.st_size as u64 > max {
+                return Err(refuse(format!("a file of {} bytes", st.st_size)));
+            }
+            let mut old = Vec::new();
+            File::from(fd).take(max + 1).read_to_end(&mut old).map_err(|e| FileError::io("read", path, e))?;
+            if !is_one(&old) {
+                return Err(refuse(format!("a regular file of {} bytes", old.len())));
+            }
+        }
+    }
+    write_new(path, contents, mode, existing.is_some(), false).map(drop)
 }
 
 #[cfg(test)]

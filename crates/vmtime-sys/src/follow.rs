@@ -32,6 +32,14 @@ pub enum FollowError {
     /// A system call failed.
     #[error("cannot read {path}: {err}")]
     Io { path: String, err: io::Error },
+    /// A page file every user may write: any of them could set the time a daemon passes on.
+    #[error("{path}: a page file every user may write (mode {mode:04o}): any of them could set the time read from it; a daemon does not follow it (chmod o-w {path}, or give its publisher's own page)")]
+    WorldWritable { path: String, mode: u32 },
+    /// The path no longer names the file followed, and what is there now cannot be read as a
+    /// page (removed, or replaced by a fifo, a directory, junk): the old file is an orphan its
+    /// publisher may no longer be writing, so it is not read either.
+    #[error("{path} no longer names the page followed until now ({why}): holding over until a page is there again")]
+    Lost { path: String, why: String },
 }
 
 enum Source {
@@ -54,6 +62,8 @@ pub struct PageReader {
     path: PathBuf,
     source: Source,
     dev_ino: (u64, u64),
+    /// The mode of a regular file (not sysfs) that every user may write.
+    world_writable: Option<u32>,
 }
 
 impl std::fmt::Debug for PageReader {
@@ -92,12 +102,21 @@ impl PageReader {
                 "not a vmclock device or page file (a directory, fifo or socket)",
             )));
         };
-        Ok(PageReader { path: path.to_path_buf(), source, dev_ino: (m.dev(), m.ino()) })
+        let world_writable = (matches!(source, Source::File(_)) && m.mode() & 0o002 != 0).then_some(m.mode() & 0o7777);
+        Ok(PageReader { path: path.to_path_buf(), source, dev_ino: (m.dev(), m.ino()), world_writable })
     }
 
     /// The path it was opened by.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Refuses a page file every user may write ([`FollowError::WorldWritable`]).
+    fn trusted(&self) -> Result<(), FollowError> {
+        match self.world_writable {
+            None => Ok(()),
+            Some(mode) => Err(FollowError::WorldWritable { path: self.name(), mode }),
+        }
     }
 
     /// Whether it is a device (which has its own notification by `poll`).
@@ -159,6 +178,29 @@ impl PageReader {
         }
     }
 
+    /// The page's markers (`seq_count`, `disruption_marker`, `vm_generation_counter`) now,
+    /// cheaply and without waiting: for a device or a BAR, loads from the mapping under the
+    /// seqlock (no system call); for a file, two `pread`s. `None` when a writer is mid-update,
+    /// the copies differ, or the bytes are not a valid page: the caller looks again at its next
+    /// check, and its next full read says what is wrong.
+    pub fn markers(&self) -> Option<vmtime_core::cadence::Markers> {
+        let (w, available) = match &self.source {
+            Source::Device(m) | Source::Sysfs(m) => {
+                let words = vmclock::seqlock::PageMemory::words(m);
+                ((0..4).find_map(|_| seqlock::try_read(words))?, PAGE_SIZE)
+            }
+            Source::File(f) => {
+                let a = pread_words(f).ok()??;
+                let b = pread_words(f).ok()??;
+                if a != b || u32::from_le(a[seqlock::SEQ_WORD]) & 1 != 0 {
+                    return None;
+                }
+                (a, PAGE_SIZE)
+            }
+        };
+        Snapshot::from_words(w, available).ok().map(|p| vmtime_core::cadence::Markers::of(&p))
+    }
+
     /// A consistent, validated snapshot.
     pub fn read(&self) -> Result<Snapshot, FollowError> {
         let (w, available) = self.read_raw()?;
@@ -201,16 +243,24 @@ fn pread_words(f: &File) -> io::Result<Option<RawWords>> {
 }
 
 /// A page followed across its publisher's restarts: when the file at the path is replaced (a
-/// new inode), the new one is opened.
+/// new inode), the new one is opened. When the path names nothing readable as a page any more
+/// (removed, or replaced by a fifo, a directory, a socket), the old file is not followed as an
+/// orphan: reads fail ([`FollowError::Lost`]) until a page is there again, so every follower
+/// (relay, feeds, sync) holds over alike.
 #[derive(Debug)]
 pub struct FollowedPage {
     reader: PageReader,
+    lost: Option<String>,
 }
 
 impl FollowedPage {
-    /// Opens the page at `path`.
+    /// Opens the page at `path`. A daemon passes on the time it reads here, so a page *file*
+    /// every user may write (mode o+w) is refused: anyone could set that time. (Whose file it
+    /// is cannot be judged here: a host's page belongs to the host's user.)
     pub fn open(path: &Path) -> Result<Self, FollowError> {
-        Ok(FollowedPage { reader: PageReader::open(path)? })
+        let reader = PageReader::open(path)?;
+        reader.trusted()?;
+        Ok(FollowedPage { reader, lost: None })
     }
 
     /// The reader of the current file.
@@ -223,24 +273,58 @@ impl FollowedPage {
         self.reader.path()
     }
 
-    /// Re-opens the path if its file was replaced; returns whether it was. A path that is
-    /// briefly missing (mid-rename) or unreadable keeps the old file.
+    /// Re-opens the path if its file was replaced; returns whether a new file is followed.
+    /// A path that names nothing readable as a page now makes reads fail until it does again.
     pub fn refresh(&mut self) -> bool {
-        if self.reader.is_device() || !self.reader.replaced() {
+        if self.reader.is_device() {
             return false;
         }
-        match PageReader::open(&self.reader.path) {
-            Ok(r) => {
-                self.reader = r;
-                true
+        match std::fs::metadata(&self.reader.path) {
+            Ok(m) if (m.dev(), m.ino()) == self.reader.dev_ino => {
+                self.lost = None;
+                false
             }
-            Err(_) => false,
+            Err(e) => {
+                self.lost = Some(if e.kind() == io::ErrorKind::NotFound {
+                    "nothing is there".to_string()
+                } else {
+                    e.to_string()
+                });
+                false
+            }
+            Ok(_) => match PageReader::open(&self.reader.path).and_then(|r| r.trusted().map(|()| r)) {
+                Ok(r) => {
+                    self.reader = r;
+                    self.lost = None;
+                    true
+                }
+                Err(FollowError::Io { err, .. }) => {
+                    self.lost = Some(err.to_string());
+                    false
+                }
+                Err(e) => {
+                    self.lost = Some(e.to_string());
+                    false
+                }
+            },
         }
     }
 
     /// A consistent, validated snapshot of the current file.
     pub fn read(&self) -> Result<Snapshot, FollowError> {
+        if let Some(why) = &self.lost {
+            return Err(FollowError::Lost { path: self.reader.name(), why: why.clone() });
+        }
         self.reader.read()
+    }
+
+    /// The markers now, cheaply ([`PageReader::markers`]); a page file replaced by its
+    /// publisher is opened again first (one `stat`; a device or a BAR is never replaced).
+    pub fn markers(&mut self) -> Option<vmtime_core::cadence::Markers> {
+        if matches!(self.reader.source, Source::File(_)) {
+            self.refresh();
+        }
+        self.reader.markers()
     }
 }
 

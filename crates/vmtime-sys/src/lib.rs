@@ -10,6 +10,7 @@ pub mod feed;
 pub mod files;
 pub mod follow;
 pub mod kvm;
+pub mod ntp;
 pub mod phc;
 pub mod procs;
 pub mod serve;
@@ -18,6 +19,23 @@ pub mod timex;
 
 pub use clock::{aba_sample, gettime, AbaSample, ClockId};
 pub use timex::{read_timex, KernelTimex};
+
+/// An OS error with what was being done, and the remedy when the cause is the open-files limit
+/// (a bare "Too many open files (os error 24)" names neither).
+pub fn io_context(e: std::io::Error, doing: &str) -> std::io::Error {
+    let hint = limit_hint(&e);
+    std::io::Error::new(e.kind(), format!("cannot {doing}: {e}{hint}"))
+}
+
+/// The remedy to add to an error whose cause is the open-files limit, else "".
+pub fn limit_hint(e: &std::io::Error) -> &'static str {
+    match e.raw_os_error() {
+        Some(libc::EMFILE) | Some(libc::ENFILE) => {
+            " (the open-files limit is too low: raise it, e.g. ulimit -n 1024, or LimitNOFILE= in the unit)"
+        }
+        _ => "",
+    }
+}
 
 /// Lets SIGPIPE end the process, as it does for other command-line tools: `vmtime show | head`
 /// then stops quietly instead of failing to print. Rust ignores SIGPIPE by default so a daemon

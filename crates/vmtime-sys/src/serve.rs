@@ -143,6 +143,8 @@ pub struct ServerStats {
     pub too_long: u64,
     /// Subscribers dropped because they fell behind.
     pub dropped_subscribers: u64,
+    /// Accepts that failed for want of resources (out of file descriptors, memory).
+    pub accept_failures: u64,
 }
 
 /// The answer to one request line.
@@ -191,7 +193,16 @@ pub struct Server {
     stats: ServerStats,
     tokens: Option<(Token, usize, usize)>,
     unlogged_drops: u64,
+    /// Accepting failed for want of resources (EMFILE, ENFILE, ENOBUFS, ENOMEM): the
+    /// connection stays queued and the listener readable, so it is left out of the wait until
+    /// then instead of waking the loop at once, forever (a spin).
+    accept_paused_until: Option<Instant>,
+    /// Set while accepting keeps failing (logged once per episode).
+    accept_failing_logged_at: Option<Instant>,
 }
+
+/// How long a listener is left out of the wait after accepting failed for want of resources.
+pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -275,6 +286,8 @@ impl Server {
             stats: ServerStats::default(),
             tokens: None,
             unlogged_drops: 0,
+            accept_paused_until: None,
+            accept_failing_logged_at: None,
         }
     }
 
@@ -310,7 +323,10 @@ impl Server {
             );
             self.unlogged_drops = 0;
         }
-        let l = p.add(self.listener.as_fd(), READABLE);
+        if self.accept_paused_until.is_some_and(|t| Instant::now() >= t) {
+            self.accept_paused_until = None;
+        }
+        let l = p.add(self.listener.as_fd(), if self.accept_paused_until.is_some() { 0 } else { READABLE });
         let first_conn = p.fds.len();
         for c in &self.conns {
             let ev = match c.phase {
@@ -328,7 +344,11 @@ impl Server {
 
     /// When the next request in progress reaches its deadline.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.conns.iter().map(|c| c.started + self.limits.request_deadline).min()
+        let requests = self.conns.iter().map(|c| c.started + self.limits.request_deadline).min();
+        match (requests, self.accept_paused_until) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Sends `seq` to every subscriber without waiting; drops those that fell behind (their
@@ -374,7 +394,7 @@ impl Server {
                     self.finish(i, next);
                 }
             }
-            if p.readable(l) {
+            if p.readable(l) && self.accept_paused_until.is_none() {
                 self.accept(&mut answer);
             }
         }
@@ -397,8 +417,23 @@ impl Server {
             let fd = match rnet::accept_with(&self.listener, SocketFlags::NONBLOCK | SocketFlags::CLOEXEC) {
                 Ok(fd) => fd,
                 Err(Errno::INTR) | Err(Errno::CONNABORTED) => continue,
+                Err(e @ (Errno::MFILE | Errno::NFILE | Errno::NOBUFS | Errno::NOMEM)) => {
+                    self.stats.accept_failures += 1;
+                    if self.accept_failing_logged_at.is_none() {
+                        tracing::warn!(
+                            "{}: cannot accept a connection ({}): pausing {} ms between tries (raise the open-files limit?)",
+                            self.name,
+                            std::io::Error::from(e),
+                            ACCEPT_BACKOFF.as_millis()
+                        );
+                        self.accept_failing_logged_at = Some(Instant::now());
+                    }
+                    self.accept_paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
+                    return;
+                }
                 Err(_) => return,
             };
+            self.accept_failing_logged_at = None;
             self.stats.accepted += 1;
             if self.conns.len() >= self.limits.max_connections {
                 self.stats.refused_busy += 1;

@@ -38,9 +38,10 @@ impl Signals {
             ids.push(signal_hook::low_level::pipe::register(sig, w)?);
             Ok(r)
         };
-        let term = pair(signal_hook::consts::SIGTERM)?;
-        let int = pair(signal_hook::consts::SIGINT)?;
-        let hup = pair(signal_hook::consts::SIGHUP)?;
+        let doing = "set up the signals' socket pairs";
+        let term = pair(signal_hook::consts::SIGTERM).map_err(|e| crate::io_context(e, doing))?;
+        let int = pair(signal_hook::consts::SIGINT).map_err(|e| crate::io_context(e, doing))?;
+        let hup = pair(signal_hook::consts::SIGHUP).map_err(|e| crate::io_context(e, doing))?;
         Ok(Signals { term, int, hup, ids, tokens: None })
     }
 

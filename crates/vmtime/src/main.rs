@@ -1,7 +1,7 @@
 //! `vmtime`: accurate, bounded time for virtual machines.
 #![forbid(unsafe_code)]
 
-use vmtime::commands::{check, gen, generate, kvm_tsc, now, phc, qemu, show, sim, status, watch};
+use vmtime::commands::{check, gen, generate, kvm_tsc, now, phc, qemu, show, sim, status, waitsync, watch};
 use vmtime::daemons::{feed, host, relay, sync};
 use vmtime::ops::{config, logging};
 use vmtime::values;
@@ -16,6 +16,10 @@ use std::process::ExitCode;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log level: error, warn, info, debug or trace (every command; for a daemon, over its
+    /// configuration's log_level) [default: info].
+    #[arg(long, value_enum, global = true)]
+    log_level: Option<config::LogLevel>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -38,6 +42,8 @@ enum Command {
     Phc(phc::Args),
     /// Keep this guest's CLOCK_REALTIME locked to a vmclock page (--dry-run: change nothing).
     Sync(sync::Args),
+    /// Wait until CLOCK_REALTIME lies inside the page's bounds (widened by --max-error-ns): exit 0, or 1 at the timeout.
+    Waitsync(waitsync::Args),
     /// Print each update of a page with the fields that changed.
     Watch(watch::Args),
     /// Give a stock guest under an unmodified QEMU a vmclock device on a page file: SSDT + QEMU arguments.
@@ -132,24 +138,39 @@ fn main() -> ExitCode {
     if !matches!(cli.command, Command::Host(_) | Command::Relay(_) | Command::Sync(_) | Command::Feed(_)) {
         vmtime_sys::sigpipe_default();
     }
-    // Log lines at info until a daemon has read its level (flag, then configuration).
-    logging::init(config::LogLevel::Info);
+    // Log lines at the flag's level (info by default) until a daemon has read its own (the flag
+    // over its configuration's log_level).
+    logging::init(cli.log_level.unwrap_or(config::LogLevel::Info));
+    let level = cli.log_level;
     let result: Result<ExitCode> = match cli.command {
         Command::Show(a) => show::run(a),
         Command::Check(a) => check::run(a),
         Command::Now(a) => now::run(a),
         Command::Gen(a) => gen::run(a),
-        Command::Host(a) => host::run(a),
-        Command::Relay(a) => relay::run(a),
+        Command::Host(mut a) => {
+            a.log_level = level;
+            host::run(a)
+        }
+        Command::Relay(mut a) => {
+            a.log_level = level;
+            relay::run(a)
+        }
         Command::Phc(a) => phc::run(a),
         Command::Sim(a) => sim::run(a),
-        Command::Sync(a) => sync::run(a),
+        Command::Sync(mut a) => {
+            a.log_level = level;
+            sync::run(a)
+        }
+        Command::Waitsync(a) => waitsync::run(a),
         Command::Watch(a) => watch::run(a),
         Command::Status(a) => status::run(a),
         Command::KvmTsc(a) => kvm_tsc::run(a),
         Command::Qemu(a) => qemu::run(a),
         Command::Config(a) => config::run(a),
-        Command::Feed(a) => feed::run(a),
+        Command::Feed(mut a) => {
+            a.set_log_level(level);
+            feed::run(a)
+        }
         Command::Generate(a) => generate::run(a, command()),
     };
     match result {

@@ -9,9 +9,23 @@ use vmtime_sys::files;
 /// The default page of a guest (the Linux driver's device).
 pub const DEFAULT_GUEST_PAGE: &str = "/dev/vmclock0";
 
-/// A page argument with the guest default.
+/// The page a reading command (show, check, now, watch) reads when none is given: the guest's
+/// /dev/vmclock0; where that is absent and this machine publishes a host page (a `vmtime host`
+/// runs here, at its default path), that page, said in one line on stderr.
 pub fn page_or_default(p: Option<PathBuf>) -> PathBuf {
-    p.unwrap_or_else(|| PathBuf::from(DEFAULT_GUEST_PAGE))
+    if let Some(p) = p {
+        return p;
+    }
+    let guest = PathBuf::from(DEFAULT_GUEST_PAGE);
+    if std::fs::symlink_metadata(&guest).is_ok() {
+        return guest;
+    }
+    let host = find_host_page();
+    if std::fs::symlink_metadata(&host).is_ok() {
+        eprintln!("vmtime: no {DEFAULT_GUEST_PAGE} (not a guest): reading this machine's host page {}", host.display());
+        return host;
+    }
+    guest
 }
 
 /// `path` with `suffix` appended to its last component.
@@ -66,6 +80,12 @@ pub fn sync_socket(dry_run: bool) -> PathBuf {
 /// discipline one clock.
 pub fn sync_lock() -> PathBuf {
     files::runtime_dir().join("sync.lock")
+}
+
+/// The default control socket of a feed (`feed-chrony`, `feed-clockbound`), in this uid's
+/// runtime directory.
+pub fn feed_socket(feed: &str) -> PathBuf {
+    files::runtime_dir().join(format!("{feed}.sock"))
 }
 
 #[cfg(test)]

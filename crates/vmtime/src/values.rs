@@ -383,6 +383,19 @@ int_value!(
     /// How many updates to print.
     Count: u64, 1, u64::MAX, "updates"
 );
+int_value!(
+    /// A process id (Linux's pid_max is at most 2^22).
+    ProcessId: u32, 1, 4_194_304, ""
+);
+
+int_value!(
+    /// A tolerance added to a page's bounds, ns (up to 1000 s).
+    MaxErrorNs: u64, 0, 1_000_000_000_000, "ns"
+);
+int_value!(
+    /// How long to wait before giving up, s (0: look once).
+    TimeoutS: u64, 0, TEN_YEARS_S, "s"
+);
 
 int_value!(
     /// An interval between a feed's samples or updates, ms (up to an hour).
@@ -488,17 +501,28 @@ pub const MAX_TEXT_FILE: u64 = 1 << 20;
 /// Reads a small text file whole, refusing one larger than [`MAX_TEXT_FILE`] (a careless path
 /// to a huge file must not grow the process).
 pub fn read_small_text(path: &std::path::Path) -> std::io::Result<String> {
-    use std::io::Read;
-    let f = std::fs::File::open(path)?;
-    let mut text = String::new();
-    f.take(MAX_TEXT_FILE + 1).read_to_string(&mut text)?;
-    if text.len() as u64 > MAX_TEXT_FILE {
-        return Err(std::io::Error::new(
+    // Never waits (O_NONBLOCK: a fifo put at the path neither blocks the open nor a daemon's
+    // SIGHUP) and reads only a regular file (vmtime_sys::files).
+    text(vmtime_sys::files::read_small_regular(path, MAX_TEXT_FILE))
+}
+
+/// [`read_small_text`] for a configuration: it decides what the daemons do (the command `sync`
+/// runs as its hook, its step limits), so it must also be this user's or root's and writable
+/// by its owner only (`vmtime_sys::files::check_trusted`).
+pub fn read_config_text(path: &std::path::Path) -> std::io::Result<String> {
+    text(vmtime_sys::files::read_small_trusted(path, MAX_TEXT_FILE, "a configuration file"))
+}
+
+fn text(r: std::io::Result<Vec<u8>>) -> std::io::Result<String> {
+    let bytes = r.map_err(|e| match e.kind() {
+        std::io::ErrorKind::FileTooLarge => std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             format!("larger than {} KiB: not a vmtime text file", MAX_TEXT_FILE / 1024),
-        ));
-    }
-    Ok(text)
+        ),
+        _ => e,
+    })?;
+    String::from_utf8(bytes)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text: not a vmtime text file"))
 }
 
 /// Every numeric value type: `vmtime` adds the range to each flag's help, lets each take a value
@@ -523,6 +547,7 @@ pub const NUMERIC: &[Numeric] = &[
     PageSize::NUMERIC,
     CounterIdByte::NUMERIC,
     Count::NUMERIC,
+    ProcessId::NUMERIC,
     TolerancePpm::NUMERIC,
     TscRatio::NUMERIC,
     PeriodPpb::NUMERIC,
@@ -532,6 +557,8 @@ pub const NUMERIC: &[Numeric] = &[
     Burst::NUMERIC,
     LifeMs::NUMERIC,
     DriftPpb::NUMERIC,
+    MaxErrorNs::NUMERIC,
+    TimeoutS::NUMERIC,
 ];
 
 /// A simulated duration: "600", "600s", "10m", "1h", "1d"; from 1 s to 30 days (as a scenario file).

@@ -55,10 +55,19 @@ fn samples_pause_while_unreliable_and_after_a_disruption() {
     let sock = UnixDatagram::bind(&path).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let _feed = start(
-        &["feed", "chrony", "--source", page.to_str().unwrap(), "--socket", path.to_str().unwrap()]
-            .into_iter()
-            .chain(["--interval-ms", "100", "--duration-s", "60"])
-            .collect::<Vec<_>>(),
+        &[
+            "feed",
+            "chrony",
+            "--source",
+            page.to_str().unwrap(),
+            "--socket",
+            path.to_str().unwrap(),
+            "--control-socket",
+            dir.path().join("ctl").to_str().unwrap(),
+        ]
+        .into_iter()
+        .chain(["--interval-ms", "100", "--duration-s", "60"])
+        .collect::<Vec<_>>(),
         "vmtime feed chrony",
     );
     for _ in 0..5 {
@@ -111,6 +120,7 @@ fn an_unreadable_page_is_logged_once_not_every_interval() {
     let path = dir.path().join("refclock.sock");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_vmtime"))
         .args(["feed", "chrony", "--source", page.to_str().unwrap(), "--socket", path.to_str().unwrap()])
+        .args(["--control-socket", dir.path().join("ctl").to_str().unwrap()])
         .args(["--interval-ms", "10", "--duration-s", "1"])
         .output()
         .unwrap();
@@ -131,7 +141,16 @@ fn the_socket_is_named_for_what_is_wrong_and_followed_across_chronyd_restarts() 
     gen_page(dir.path(), &page, &[]);
     let src = page.to_str().unwrap();
     // A directory can never be chronyd's socket: refused at once, in one line.
-    let out = common::vmtime(&["feed", "chrony", "--source", src, "--socket", dir.path().to_str().unwrap()]);
+    let out = common::vmtime(&[
+        "feed",
+        "chrony",
+        "--source",
+        src,
+        "--socket",
+        dir.path().to_str().unwrap(),
+        "--control-socket",
+        dir.path().join("ctl").to_str().unwrap(),
+    ]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
@@ -146,6 +165,8 @@ fn the_socket_is_named_for_what_is_wrong_and_followed_across_chronyd_restarts() 
         src,
         "--socket",
         path.to_str().unwrap(),
+        "--control-socket",
+        dir.path().join("ctl").to_str().unwrap(),
         "--interval-ms",
         "50",
         "--duration-s",
@@ -200,6 +221,7 @@ fn a_page_whose_writer_seems_stuck_is_logged_once() {
     let out = std::process::Command::new("sh")
         .args(["-c", "\"$0\" \"$@\" && times", env!("CARGO_BIN_EXE_vmtime")])
         .args(["feed", "chrony", "--source", page.to_str().unwrap(), "--socket", path.to_str().unwrap()])
+        .args(["--control-socket", dir.path().join("ctl").to_str().unwrap()])
         .args(["--interval-ms", "10", "--duration-s", "3"])
         .output()
         .unwrap();

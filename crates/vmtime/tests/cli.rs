@@ -1,4 +1,5 @@
 //! The `vmtime` binary end to end on page files in a temporary directory.
+mod common;
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -144,4 +145,83 @@ fn gen_tai_offset_is_tai_minus_utc_and_positive() {
     let out = vmtime(&["gen", page.to_str().unwrap(), "--tai-offset=-37", "--calibrate-ms", "50"]);
     assert_eq!(out.status.code(), Some(2), "a negative TAI − UTC is refused");
     assert!(String::from_utf8_lossy(&out.stderr).contains("--tai-offset"));
+}
+
+#[test]
+fn every_command_takes_the_global_log_level_before_or_after_its_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let page = dir.path().join("page");
+    gen(&page, &["--maxerror-ns", "2000"]);
+    let p = page.to_str().unwrap();
+    for args in [
+        vec!["check", p, "--samples", "10", "--tolerance", "1000000000", "--log-level", "debug"],
+        vec!["--log-level", "warn", "now", p],
+        vec!["show", "--log-level", "error", p],
+        vec!["gen", dir.path().join("p2").to_str().unwrap(), "--calibrate-ms", "10", "--log-level", "trace"],
+    ] {
+        let o = vmtime(&args);
+        assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    // status: the flag is accepted; what fails is the missing daemon, named.
+    let o = vmtime(&["status", "--log-level", "info", "--socket", dir.path().join("none.sock").to_str().unwrap()]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && !e.contains("unexpected argument") && e.contains("none.sock"), "{e}");
+    // A bad level is refused in one line naming the set.
+    let o = vmtime(&["now", p, "--log-level", "loud"]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(e.contains("error, warn, info, debug, trace"), "{e}");
+}
+
+#[test]
+fn watch_prints_a_state_line_while_the_page_stays_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let page = dir.path().join("page");
+    gen(&page, &["--maxerror-ns", "2000"]);
+    let (d, rx) = common::spawn_logged(&["watch", page.to_str().unwrap(), "--heartbeat-s", "1"]);
+    let start = common::wait_line(&rx, "(watching ", std::time::Duration::from_secs(20));
+    assert!(start.contains("a state line every 1 s"), "{start}");
+    // A page nobody updates: without the state line, watch would print nothing more.
+    let beat = common::wait_line(&rx, "unchanged for", std::time::Duration::from_secs(20));
+    assert!(beat.starts_with("seq ") && beat.contains("SYNCHRONIZED"), "{beat}");
+    drop(d);
+}
+
+/// On a host (no /dev/vmclock0) with `vmtime host` publishing at its default path, the reading
+/// commands read that page. Root's default is /run/vmtime: a fresh /run in a private mount
+/// namespace, so this machine's own /run is never touched.
+#[test]
+fn reading_commands_default_to_this_machines_host_page() {
+    if Path::new("/dev/vmclock0").exists() {
+        println!("SKIP: this machine is a guest (/dev/vmclock0): that stays the default");
+        return;
+    }
+    let probe = Command::new("unshare").args(["-m", "--propagation", "private", "true"]).output();
+    if !probe.is_ok_and(|o| o.status.success()) || rustix::process::geteuid().as_raw() != 0 {
+        println!("SKIP: needs root and unshare -m (the default host page is /run/vmtime/host.page)");
+        return;
+    }
+    let script = r#"
+        mount -t tmpfs tmpfs /run || exit 9
+        "$VMTIME" host --quiet --duration-s 60 >/dev/null 2>&1 & h=$!
+        i=0
+        while [ ! -S /run/vmtime/host.page.sock ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i + 1)); done
+        [ -S /run/vmtime/host.page.sock ] || { echo "no host socket"; kill $h; exit 9; }
+        "$VMTIME" show --json >/dev/null 2>show.err; echo "show $?"; cat show.err
+        "$VMTIME" now >/dev/null 2>now.err; echo "now $?"; cat now.err
+        timeout 10 "$VMTIME" watch --heartbeat-s 1 --count 1000 >/dev/null 2>watch.err; cat watch.err
+        kill $h; wait $h
+    "#;
+    let dir = tempfile::tempdir().unwrap();
+    let o = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", script])
+        .current_dir(dir.path())
+        .env("VMTIME", env!("CARGO_BIN_EXE_vmtime"))
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("show 0") && out.contains("now 0"), "{out}{}", String::from_utf8_lossy(&o.stderr));
+    let note = "no /dev/vmclock0 (not a guest): reading this machine's host page /run/vmtime/host.page";
+    assert_eq!(out.matches(note).count(), 3, "show, now and watch each say which page: {out}");
+    assert!(out.contains("unchanged for"), "watch's state line: {out}");
 }

@@ -178,7 +178,12 @@ fn feeds_serve_their_metrics_and_promtool_accepts_them() {
     let common = ["--source", p, "--interval-ms", "100", "--duration-s", "120"];
     let _chrony = start_ready(
         dir.path(),
-        &[&["feed", "chrony", "--socket", refclock.to_str().unwrap(), "--metrics-listen", &cl][..], &common].concat(),
+        &[
+            &["feed", "chrony", "--socket", refclock.to_str().unwrap(), "--metrics-listen", &cl][..],
+            &["--control-socket", dir.path().join("chrony-ctl").to_str().unwrap()],
+            &common,
+        ]
+        .concat(),
     );
     let _cb =
         start_ready(
@@ -315,6 +320,7 @@ fn feeds_tell_systemd_they_are_ready_and_ping_the_watchdog_between_turns() {
         .arg("export WATCHDOG_PID=$$; exec \"$0\" \"$@\"")
         .arg(env!("CARGO_BIN_EXE_vmtime"))
         .args(["feed", "chrony", "--source", p, "--socket", nowhere.to_str().unwrap()])
+        .args(["--control-socket", dir.path().join("ctl").to_str().unwrap()])
         .args(["--interval-ms", "3600000", "--duration-s", "60"])
         .env("NOTIFY_SOCKET", &path)
         .env("WATCHDOG_USEC", "200000")
@@ -349,10 +355,12 @@ fn feeds_tell_systemd_they_are_ready_and_ping_the_watchdog_between_turns() {
 fn under_journald_lines_carry_a_priority_and_no_timestamp() {
     use std::os::unix::fs::MetadataExt;
     let dir = tempfile::tempdir().unwrap();
-    let page = dir.path().join("host.page");
     let port = free_port();
     let run = |journal: bool| {
         let log = dir.path().join(format!("log{journal}"));
+        // A page of its own: a new page is published at once (a page taken over waits for an
+        // interval, as long as the whole run).
+        let page = dir.path().join(format!("host{journal}.page"));
         let f = std::fs::File::create(&log).unwrap();
         let m = f.metadata().unwrap();
         let mut c = Command::new(env!("CARGO_BIN_EXE_vmtime"));
@@ -439,7 +447,11 @@ fn man_pages_and_completions_cover_every_subcommand() {
         let page =
             std::fs::read_to_string(man.join(format!("vmtime-{s}.1"))).unwrap_or_else(|_| panic!("no page for {s}"));
         assert!(page.starts_with(".ie \\n(.g .ds Aq") || page.contains(".TH"), "{s}: not roff");
-        assert!(page.contains(&format!("vmtime\\-{s}")), "{s}: its name");
+        // roff writes every hyphen as \- (vmtime\-kvm\-tsc).
+        assert!(page.contains(&format!("vmtime\\-{}", s.replace('-', "\\-"))), "{s}: its name");
+        for section in [".SH EXAMPLES", ".SH \"EXIT STATUS\"", ".SH \"SEE ALSO\""] {
+            assert!(page.contains(section), "{s}: no {section}");
+        }
     }
     let top = std::fs::read_to_string(man.join("vmtime.1")).unwrap();
     assert!(top.contains(".TH vmtime 1"));

@@ -252,7 +252,18 @@ fn sighup_applies_the_feeds_live_keys_and_names_those_needing_a_restart() {
     let sock = dir.path().join("refclock.sock");
     std::fs::write(&cfg, "[feed.chrony]\ninterval_ms = 100\n").unwrap();
     let (ch, log) = spawn_ready(
-        &["feed", "chrony", "--config", c, "--source", &page, "--socket", sock.to_str().unwrap()],
+        &[
+            "feed",
+            "chrony",
+            "--config",
+            c,
+            "--source",
+            &page,
+            "--socket",
+            sock.to_str().unwrap(),
+            "--control-socket",
+            dir.path().join("ctl").to_str().unwrap(),
+        ],
         "vmtime feed chrony:",
     );
     std::fs::write(

@@ -142,3 +142,144 @@ fn a_markers_only_page_is_watched_for_the_hook() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// A tiny SNTP responder on loopback for the cross-check tests: answers each client request with
+/// this machine's CLOCK_REALTIME moved by `offset_ns` (root delay 0, root dispersion 1/1024 s),
+/// or never answers (`answer: false`). Returns its address; it runs until the test ends.
+fn sntp_responder(offset_ns: i64, answer: bool) -> std::net::SocketAddr {
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = sock.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok((n, from)) = sock.recv_from(&mut buf) {
+            if !answer || n < 48 || buf[0] & 7 != 3 {
+                continue;
+            }
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i128
+                + offset_ns as i128;
+            let secs = (now.div_euclid(1_000_000_000) + 2_208_988_800) as u64;
+            let frac = ((now.rem_euclid(1_000_000_000) << 32) / 1_000_000_000) as u64;
+            let ts = ((secs << 32) | frac).to_be_bytes();
+            let mut p = [0u8; 48];
+            p[0] = (4 << 3) | 4; // LI 0, version 4, server
+            p[1] = 2; // stratum
+            p[8..12].copy_from_slice(&64u32.to_be_bytes()); // root dispersion 64/65536 s
+            p[12..16].copy_from_slice(b"TEST");
+            p[24..32].copy_from_slice(&buf[40..48]); // origin = the client's transmit
+            p[32..40].copy_from_slice(&ts);
+            p[40..48].copy_from_slice(&ts);
+            let _ = sock.send_to(&p, from);
+        }
+    });
+    addr
+}
+
+/// `sync --dry-run --cross-check-ntp ADDR` against the responder; returns the status once the
+/// cross-check's state is `want` (waiting at most a bound), with the daemon and its stdout lines.
+fn cross_check_run(
+    server: std::net::SocketAddr,
+    want: &str,
+) -> (serde_json::Value, Daemon, mpsc::Receiver<String>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let page = dir.path().join("guest.page");
+    let sock = dir.path().join("sync.sock");
+    gen(&page, "1");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vmtime"))
+        .args([
+            "sync",
+            "--source",
+            page.to_str().unwrap(),
+            "--dry-run",
+            "--duration-s",
+            "60",
+            "--socket",
+            sock.to_str().unwrap(),
+            "--cross-check-ntp",
+            &server.to_string(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let out = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    let d = Daemon::from_child(child);
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = vmtime(&["status", "--socket", sock.to_str().unwrap(), "--json"]);
+        if let Ok(st) = serde_json::from_slice::<serde_json::Value>(&out.stdout) {
+            if st["cross_check"]["state"] == want && st["discipline"]["updates"].as_u64().unwrap_or(0) >= 3 {
+                return (st, d, rx, dir);
+            }
+            assert!(std::time::Instant::now() < until, "cross_check never {want}: {st}");
+        }
+        assert!(std::time::Instant::now() < until, "no status");
+        std::thread::sleep(Duration::from_millis(50)); // a poll interval between status requests, not a synchronisation
+    }
+}
+
+/// Whether a SetState line (synchronised?, maxerror µs) matching `ok` is printed, the lines
+/// since the start included, waiting at most a bound (the dry run prints changes only).
+fn state_printed(rx: &mpsc::Receiver<String>, ok: impl Fn(bool, u64) -> bool) -> bool {
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    let mut last = None;
+    while let Ok(l) = rx.recv_timeout(until.saturating_duration_since(std::time::Instant::now())) {
+        if let Some(rest) = l.split("maxerror ").nth(1) {
+            let us: u64 = rest.split(' ').next().unwrap().parse().unwrap();
+            last = Some((l.contains("would set synchronised"), us));
+        }
+        // The last state printed so far is the one in force; once it matches, done.
+        if last.is_some_and(|(s, us)| ok(s, us)) && rx.try_recv().is_err() {
+            return true;
+        }
+    }
+    last.is_some_and(|(s, us)| ok(s, us))
+}
+
+#[test]
+fn the_cross_check_agrees_with_a_server_that_agrees() {
+    let (st, _d, rx, _dir) = cross_check_run(sntp_responder(0, true), "agree");
+    let c = &st["cross_check"];
+    // Within both bounds (the server's includes half the round trip: loopback, but a loaded
+    // machine may delay either side by milliseconds).
+    let bound = c["last"]["server_bound_ns"].as_f64().unwrap() + c["last"]["page_bound_ns"].as_f64().unwrap();
+    assert!(c["offset_ns"].as_f64().unwrap().abs() <= bound, "{c}");
+    assert!(c["server"].as_str().unwrap().starts_with("127.0.0.1:"), "{c}");
+    assert_eq!((c["replies"].as_u64(), c["episodes"].as_u64()), (Some(1), Some(0)), "{c}");
+    // The kernel is told synchronised, with the page's own small bound.
+    assert!(state_printed(&rx, |synced, max_us| synced && max_us < 1_000));
+}
+
+#[test]
+fn the_cross_check_raises_the_alarm_when_the_server_disagrees() {
+    // The server is 500 ms ahead of this machine (and of the page made from its clock).
+    let (st, _d, rx, _dir) = cross_check_run(sntp_responder(500_000_000, true), "disagree");
+    let c = &st["cross_check"];
+    let off = c["offset_ns"].as_f64().unwrap();
+    // 500 ms, to within the server's bound (half the round trip: a loaded machine may delay
+    // either side by milliseconds).
+    assert!((off - 5e8).abs() <= c["last"]["server_bound_ns"].as_f64().unwrap(), "{c}");
+    assert_eq!(c["episodes"].as_u64(), Some(1), "{c}");
+    // Never steered: the page is still followed (a small offset to it), no step.
+    assert!(st["discipline"]["offset_ns"].as_f64().unwrap().abs() < 50_000.0, "{st}");
+    assert_eq!(st["discipline"]["steps"].as_u64(), Some(0), "{st}");
+    // The kernel's maxerror covers the disagreement and the clock is left unsynchronised.
+    assert!(state_printed(&rx, |synced, max_us| !synced && max_us >= 500_000));
+}
+
+#[test]
+fn a_server_that_never_answers_stalls_nothing() {
+    let (st, _d, rx, _dir) = cross_check_run(sntp_responder(0, false), "no_reply");
+    let c = &st["cross_check"];
+    assert_eq!((c["queries"].as_u64(), c["replies"].as_u64()), (Some(1), Some(0)), "{c}");
+    assert_eq!(c["timeouts"].as_u64(), Some(1), "{c}");
+    assert!(c["interval_s"].as_f64().unwrap() >= 16.0, "backed off: {c}");
+    // The discipline went on meanwhile: synchronised, updating every interval.
+    assert_eq!(st["discipline"]["state"], "synchronised", "{st}");
+    assert!(state_printed(&rx, |synced, _| synced), "no answer is no verdict");
+}

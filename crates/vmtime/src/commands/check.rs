@@ -20,9 +20,9 @@ use vmtime_sys::{aba_sample, ClockId};
     after_help = "Exit status: 0 PASS, 1 FAIL, 2 cannot check (error), 3 not yet calibrated (the page is INITIALIZING)."
 )]
 pub struct Args {
-    /// The page: /dev/vmclock0 or a page file.
-    #[arg(default_value = crate::paths::DEFAULT_GUEST_PAGE)]
-    page: PathBuf,
+    /// The page: /dev/vmclock0 or a page file [default: /dev/vmclock0; where that is absent
+    /// and this machine publishes a host page (vmtime host), that page].
+    page: Option<PathBuf>,
     /// Number of (clock, counter, clock) samples.
     #[arg(long, default_value = "1000")]
     samples: Samples,
@@ -39,9 +39,20 @@ pub struct Args {
 
 /// Samples against one unchanged page (retried if the page is updated meanwhile).
 pub fn sample(page: &Page, n: usize) -> Result<(vmclock::Snapshot, Vec<vmtime_core::AbaSample>)> {
+    // Allocated fallibly, once (a million samples under `ulimit -v` is an error, not an abort).
+    let mut samples = Vec::new();
+    samples.try_reserve_exact(n).map_err(|_| {
+        anyhow::anyhow!(
+            "not enough memory for {n} samples ({} bytes): give fewer --samples",
+            n.saturating_mul(std::mem::size_of::<vmtime_core::AbaSample>())
+        )
+    })?;
     for _ in 0..10 {
         let before = page.snapshot()?;
-        let samples = (0..n).map(|_| aba_sample(ClockId::Realtime)).collect::<std::io::Result<Vec<_>>>()?;
+        samples.clear();
+        for _ in 0..n {
+            samples.push(aba_sample(ClockId::Realtime)?);
+        }
         let after = page.snapshot()?;
         crate::page::warn_legacy_tai(&page.path, &after);
         if before.seq_count() == after.seq_count() {
@@ -81,11 +92,12 @@ fn print_human(path: &str, r: &CheckReport, verdict: Verdict) {
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
-    let page = Page::open(&a.page)?;
-    let (snap, samples) = sample(&page, a.samples.get() as usize).with_context(|| a.page.display().to_string())?;
+    let path = crate::paths::page_or_default(a.page.clone());
+    let page = Page::open(&path)?;
+    let (snap, samples) = sample(&page, a.samples.get() as usize).with_context(|| path.display().to_string())?;
     if snap.clock_status() == Some(abi::status::INITIALIZING) && snap.reference().is_err() {
         // A publisher that has just created its page and not yet published the first time.
-        println!("{}: {}", a.page.display(), Verdict::NotYetCalibrated);
+        println!("{}: {}", path.display(), Verdict::NotYetCalibrated);
         return Ok(ExitCode::from(3));
     }
     if snap.counter_id() != vmclock::counter::NATIVE {
@@ -96,17 +108,17 @@ pub fn run(a: Args) -> Result<ExitCode> {
         );
     }
     let kernel_tai = vmtime_sys::read_timex().context("adjtimex")?.tai;
-    let scale = scale_for(&snap, kernel_tai).with_context(|| a.page.display().to_string())?;
-    let r = check(&snap, scale, &samples, a.tolerance.get()).with_context(|| a.page.display().to_string())?;
+    let scale = scale_for(&snap, kernel_tai).with_context(|| path.display().to_string())?;
+    let r = check(&snap, scale, &samples, a.tolerance.get()).with_context(|| path.display().to_string())?;
     let verdict = Verdict::of(&r, snap.clock_status());
     if a.json {
         let mut v = serde_json::to_value(&r)?;
-        v["page"] = a.page.display().to_string().into();
+        v["page"] = path.display().to_string().into();
         v["passed"] = (verdict == Verdict::Pass).into();
         v["verdict"] = serde_json::to_value(verdict)?;
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        print_human(&a.page.display().to_string(), &r, verdict);
+        print_human(&path.display().to_string(), &r, verdict);
     }
     // Exit status: 0 PASS, 1 FAIL, 2 cannot check (an error), 3 not yet calibrated.
     Ok(match verdict {

@@ -35,14 +35,29 @@ fn mkdir(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))
 }
 
+/// The page of `cmd` and of each of its visible subcommands (vmtime-host.1, vmtime-phc-list.1, …).
+fn write_man(cmd: &clap::Command, dir: &Path) -> std::io::Result<()> {
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        write_man(sub, dir)?;
+    }
+    let name = cmd.get_display_name().unwrap_or_else(|| cmd.get_name()).to_string();
+    let mut page = Vec::new();
+    clap_mangen::Man::new(cmd.clone()).render(&mut page)?;
+    page.extend_from_slice(crate::commands::man::roff(&crate::commands::man::extra(&name)).as_bytes());
+    std::fs::write(dir.join(format!("{name}.1")), page)
+}
+
 /// Writes what `a` asks for from `cmd`: the command line as parsed, ranges and configured
 /// defaults in the help included (`main` hands it in).
 pub fn run(a: Args, cmd: clap::Command) -> Result<ExitCode> {
     match a.what {
         What::Man { dir } => {
             mkdir(&dir)?;
-            clap_mangen::generate_to(cmd, &dir)
-                .with_context(|| format!("cannot write man pages into {}", dir.display()))?;
+            // clap_mangen's pages (the --help text), each with EXAMPLES, FILES, EXIT STATUS and
+            // SEE ALSO appended (crate::commands::man).
+            let mut cmd = cmd.disable_help_subcommand(true);
+            cmd.build();
+            write_man(&cmd, &dir).with_context(|| format!("cannot write man pages into {}", dir.display()))?;
         }
         What::Completions { dir } => {
             use clap_complete::Shell;

@@ -7,6 +7,7 @@
 //! (docs/RELAY.md); `--tell` waits (bounded) until the relay says so *and* the offset differs
 //! from the one the fresh QEMU started with, then tells the relay the new map.
 
+use crate::values::{DurationS, ProcessId};
 use anyhow::{bail, Context, Result};
 use clap::Args as ClapArgs;
 use std::path::PathBuf;
@@ -18,7 +19,7 @@ use vmtime_sys::kvm::{self, VcpuTsc};
 pub struct Args {
     /// The pid of the guest's QEMU (the process that created the VM).
     #[arg(long)]
-    pid: u32,
+    pid: ProcessId,
     /// KVM's debugfs directory.
     #[arg(long, default_value = kvm::DEBUGFS_KVM)]
     debugfs: PathBuf,
@@ -30,8 +31,8 @@ pub struct Args {
     #[arg(long, value_names = ["SOCKET", "WHAT"], num_args = 2)]
     tell: Option<Vec<String>>,
     /// How long --tell waits (a migration's or a restore's whole length), seconds.
-    #[arg(long, default_value_t = 600)]
-    timeout_s: u64,
+    #[arg(long, default_value = "600")]
+    timeout_s: DurationS,
 }
 
 /// The one map of the guest: every vCPU must agree (KVM keeps them equal unless the guest wrote
@@ -72,9 +73,9 @@ fn relay_flags(m: &VcpuTsc) -> String {
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
-    let read = || -> Result<VcpuTsc> { one_map(&kvm::guest_tsc(&a.debugfs, a.pid)?) };
+    let read = || -> Result<VcpuTsc> { one_map(&kvm::guest_tsc(&a.debugfs, a.pid.get())?) };
     let Some(tell) = a.tell.as_deref() else {
-        let all = kvm::guest_tsc(&a.debugfs, a.pid)?;
+        let all = kvm::guest_tsc(&a.debugfs, a.pid.get())?;
         let m = one_map(&all)?;
         if a.json {
             let vcpus: Vec<_> = all
@@ -102,7 +103,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     }
     let socket = PathBuf::from(socket);
     let start = read().context("the TSC map before the incoming state")?;
-    let end = Instant::now() + Duration::from_secs(a.timeout_s);
+    let end = Instant::now() + Duration::from_secs(a.timeout_s.get());
     loop {
         let (line, _) = vmtime_sys::serve::request(&socket, "status", crate::ops::control::CLIENT_TIMEOUT)?;
         let st: serde_json::Value = serde_json::from_str(&line).context("the relay's status is not JSON")?;

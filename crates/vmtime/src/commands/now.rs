@@ -9,7 +9,8 @@ use vmclock::{abi, Clock};
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
-    /// The page: /dev/vmclock0 or a page file.
+    /// The page: /dev/vmclock0 or a page file [default: /dev/vmclock0; where that is absent
+    /// and this machine publishes a host page (vmtime host), that page].
     page: Option<PathBuf>,
     /// Print JSON.
     #[arg(long)]

@@ -262,6 +262,14 @@ fn shell_quote(s: &str) -> String {
     }
 }
 
+/// The largest file `vmtime qemu` replaces as an earlier SSDT (its own are a few hundred bytes).
+const MAX_SSDT: u64 = 64 * 1024;
+
+/// Whether `b` is an ACPI SSDT: its signature, and a length field that is its length.
+pub fn is_ssdt(b: &[u8]) -> bool {
+    b.len() >= 36 && &b[..4] == b"SSDT" && u32::from_le_bytes([b[4], b[5], b[6], b[7]]) as usize == b.len()
+}
+
 pub fn run(a: Args) -> Result<ExitCode> {
     let meta = std::fs::metadata(&a.page).with_context(|| {
         format!("page file {}: cannot read it; start `vmtime relay --guest-page` first", a.page.display())
@@ -276,7 +284,18 @@ pub fn run(a: Args) -> Result<ExitCode> {
         s.push(".ssdt.aml");
         PathBuf::from(s)
     });
-    std::fs::write(&out, &table).with_context(|| format!("cannot write the SSDT to {}", out.display()))?;
+    // Never through a link, into a device or a fifo, over the page, or over a file that is not
+    // an SSDT: a new file (O_EXCL temporary, fsync, rename), as the daemons write theirs.
+    let ssdt_only = vmtime_sys::files::Recognise { max: MAX_SSDT, is_one: &is_ssdt };
+    vmtime_sys::files::replace_output(
+        &out,
+        &table,
+        0o644,
+        "an ACPI SSDT",
+        Some(ssdt_only),
+        &[("the guest page given with --page", &a.page)],
+    )
+    .with_context(|| format!("cannot write the SSDT (--ssdt {})", out.display()))?;
     let page = std::path::absolute(&a.page)?;
     let out = std::path::absolute(&out)?;
     let args = qemu_args(&page, &out, spec);

@@ -12,9 +12,9 @@ use vmclock::{PageTime, Snapshot};
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
-    /// The page: /dev/vmclock0 or a page file.
-    #[arg(default_value = crate::paths::DEFAULT_GUEST_PAGE)]
-    page: PathBuf,
+    /// The page: /dev/vmclock0 or a page file [default: /dev/vmclock0; where that is absent
+    /// and this machine publishes a host page (vmtime host), that page].
+    page: Option<PathBuf>,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -387,9 +387,10 @@ fn print_human(r: &Report) {
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
-    let page = Page::open(&a.page)?;
+    let path = crate::paths::page_or_default(a.page);
+    let page = Page::open(&path)?;
     let bytes = page.bytes().map_err(anyhow::Error::from)?;
-    let r = report(&a.page.display().to_string(), &bytes, page.available(), a.counter.map(AnyU64::get));
+    let r = report(&path.display().to_string(), &bytes, page.available(), a.counter.map(AnyU64::get));
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {

@@ -39,6 +39,11 @@ pub fn run(a: Args) -> Result<ExitCode> {
     } else {
         Scenario::builtin(&a.scenario)?
     };
+    if let Some(dir) = &a.out {
+        // Before the run, not after it: a directory that cannot take the files is said at once.
+        vmtime_sys::files::ensure_dir_for(&dir.join("trace.csv"))
+            .with_context(|| format!("--out {}: not a directory vmtime can write its files in", dir.display()))?;
+    }
     let duration = a.duration.map(SimDuration::secs);
     let seed = a.seed.get();
     let t0 = Instant::now();
@@ -59,11 +64,17 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let s = &o.summary;
     let simulated = duration.unwrap_or(sc.duration_s) as f64;
     if let Some(dir) = &a.out {
-        std::fs::create_dir_all(dir)?;
-        std::fs::write(dir.join("trace.csv"), scenario::csv(&o))?;
-        std::fs::write(dir.join("summary.json"), serde_json::to_string_pretty(s)? + "\n")?;
+        // Each file new (O_EXCL temporary, rename), never through a link or into a fifo or a
+        // device; every error names the file.
+        let write = |name: &str, bytes: &[u8]| -> Result<()> {
+            let p = dir.join(name);
+            vmtime_sys::files::replace_output(&p, bytes, 0o644, "an output file", None, &[])
+                .with_context(|| format!("--out {}: cannot write {name}", dir.display()))
+        };
+        write("trace.csv", scenario::csv(&o).as_bytes())?;
+        write("summary.json", (serde_json::to_string_pretty(s)? + "\n").as_bytes())?;
         for (name, svg) in vmtime_sim::plot::plots(&o) {
-            std::fs::write(dir.join(name), svg)?;
+            write(name, svg.as_bytes())?;
         }
     }
     if a.json {

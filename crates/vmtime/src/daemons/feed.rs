@@ -4,9 +4,9 @@
 //! service side (systemd, metrics, SIGHUP) is crate::daemons::feed_service; their settings are the
 //! configuration's `[feed.chrony]` and `[feed.clockbound]` (crate::ops::config), flags over file.
 
-use crate::daemons::feed_service::{Service, Wake};
 use crate::ops::config::{DisruptionSupport, FeedChronySettings, FeedClockBoundSettings, Layout, LogLevel};
-use crate::ops::metrics::{cb_status_name, FeedChronyMetrics, FeedClockBoundMetrics};
+use crate::ops::figures::{cb_status_name, FeedChronyMetrics, FeedClockBoundMetrics};
+use crate::ops::runtime::{Daemon, Flow, Pace, Runtime, Turn};
 use crate::values::{Burst, DriftPpb, DurationS, FeedIntervalMs, LifeMs};
 use anyhow::Result;
 use clap::{Args as ClapArgs, Subcommand};
@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use vmclock::Snapshot;
+use vmtime_core::cadence::{Cadence, Markers};
 use vmtime_core::feed::chrony::{ChronyAction, ChronyFeed};
 use vmtime_core::feed::clockbound::{v3, CbStatus, ClockBoundConfig, ClockBoundFeed, ErrorBound, LAYOUT_V2};
 use vmtime_core::feed::{Hold, Observation};
@@ -27,6 +28,16 @@ use vmtime_sys::feed::{ChronySocket, ClockBoundSegment};
 pub struct Args {
     #[command(subcommand)]
     target: Target,
+}
+
+impl Args {
+    /// The global `--log-level`, over the configuration's `log_level`.
+    pub fn set_log_level(&mut self, level: Option<LogLevel>) {
+        match &mut self.target {
+            Target::Chrony(a) => a.common.log_level = level,
+            Target::Clockbound(a) => a.common.log_level = level,
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -56,12 +67,16 @@ struct Common {
     /// Exit after this many seconds.
     #[arg(long)]
     duration_s: Option<DurationS>,
-    /// Log level: error, warn, info, debug (a line per sample or segment write) or trace.
-    #[arg(long, value_enum)]
-    log_level: Option<LogLevel>,
+    /// The global `--log-level` (main sets it; a key of the configuration too).
+    #[arg(skip)]
+    pub log_level: Option<LogLevel>,
     /// Serve Prometheus metrics on this loopback address (default: [metrics] listen; off).
     #[arg(long)]
     metrics_listen: Option<SocketAddr>,
+    /// The feed's control socket, for `vmtime status` (default: feed-chrony.sock in the runtime
+    /// directory; feed-clockbound.sock in the segments' directory).
+    #[arg(long)]
+    control_socket: Option<PathBuf>,
 }
 
 #[derive(ClapArgs, Debug, Serialize)]
@@ -240,33 +255,162 @@ fn report(last: &mut Option<Option<Hold>>, now: Option<Hold>, what: &str) {
     }
 }
 
-/// Waits for the next turn, applying SIGHUPs meanwhile (`reload` re-reads the settings); the
-/// reason to stop, if it is time to.
-fn next_turn<M: crate::daemons::feed_service::FeedFigures>(
-    svc: &mut Service<M>,
-    mut reload: impl FnMut(&mut Service<M>),
-) -> Result<Option<&'static str>> {
-    loop {
-        match svc.wait()? {
-            Wake::Turn => return Ok(None),
-            Wake::Stop(why) => return Ok(Some(why)),
-            Wake::Reload => reload(svc),
+/// The control socket: the one given, else the feed's default in the runtime directory (made
+/// private if missing).
+fn control_socket(given: &Option<PathBuf>, feed: &str) -> Result<PathBuf> {
+    match given {
+        Some(p) => Ok(p.clone()),
+        None => {
+            vmtime_sys::files::ensure_private_dir(&vmtime_sys::files::runtime_dir())?;
+            Ok(crate::paths::feed_socket(feed))
         }
     }
 }
 
+/// A feed's pace: a turn every interval; between turns the page's markers are checked at the
+/// cadence (loads from the mapped page), and a disruption, or any update while one is pending,
+/// is a turn at once (the next one an interval after it).
+struct FeedPace {
+    pace: Pace,
+    cadence: Cadence,
+}
+
+impl FeedPace {
+    fn new(interval: Duration) -> Self {
+        FeedPace { pace: Pace::new(Instant::now(), interval), cadence: Cadence::default() }
+    }
+
+    fn next(&self) -> Instant {
+        crate::daemons::next_check(&self.cadence).map_or(self.pace.next(), |c| c.min(self.pace.next()))
+    }
+
+    /// Whether this wake-up is a turn: its time came, or the markers say now.
+    fn take(&mut self, now: Instant, page: &mut crate::page::FollowedPage, pending: bool) -> Result<bool> {
+        if now >= self.pace.next() {
+            self.pace.turned(now);
+            return Ok(true);
+        }
+        let mono = crate::daemons::mono_ns()?;
+        if self.cadence.due(mono) && self.cadence.look(mono, page.markers()).observe_now(pending) {
+            self.pace.restart(now);
+            return Ok(true);
+        }
+        Ok(false)
+    }
+}
+
+/// `vmtime feed chrony`: a sample per interval to chronyd's SOCK refclock.
+struct Chrony {
+    a: FeedChronySettings,
+    m: Measurer,
+    sock: ChronySocket,
+    feed: ChronyFeed,
+    pace: FeedPace,
+    last: Option<Option<Hold>>,
+    send_failing: Option<vmtime_sys::feed::SendProblem>,
+    errors: ReadErrors,
+    f: FeedChronyMetrics,
+    line: String,
+}
+
+impl Daemon for Chrony {
+    type Settings = FeedChronySettings;
+    type Figures = FeedChronyMetrics;
+    const NAME: &'static str = "feed chrony";
+    const LIVE: &'static [&'static str] = CHRONY_LIVE;
+
+    fn next_turn(&self) -> Option<Instant> {
+        Some(self.pace.next())
+    }
+
+    fn turn(&mut self, t: &mut Turn<'_>) -> Result<Flow> {
+        if !self.pace.take(t.now(), &mut self.m.page, self.feed.disruption_pending())? {
+            return Ok(Flow::Continue);
+        }
+        let a = &self.a;
+        let action = match self.m.measure(a.burst.get() as usize) {
+            Ok((before, after, mono_ns)) => {
+                self.errors.clear();
+                self.f.common.page_seen(before.seq_count(), Instant::now());
+                self.pace.cadence.seen(Markers::of(&after));
+                self.feed.handle(&Observation { before, after, samples: &self.m.samples, mono_ns })
+            }
+            Err(e) => {
+                if let Some(line) = self.errors.fresh(&e) {
+                    tracing::warn!("{line}");
+                }
+                ChronyAction::Hold(Hold::Unreadable)
+            }
+        };
+        self.line = match action {
+            ChronyAction::Send(s) => {
+                report(&mut self.last, None, "chrony feed");
+                match self.sock.send(&s.to_bytes()) {
+                    Ok(()) => {
+                        if self.send_failing.take().is_some() {
+                            tracing::info!("{}: chronyd receives samples again", a.socket.display());
+                        }
+                        self.f.sent += 1;
+                        self.f.last_sent = Some(Instant::now());
+                        self.f.last_offset_ns = Some(s.offset * 1e9);
+                    }
+                    Err(e) => {
+                        // Logged when the cause changes (a full queue after a missing socket is
+                        // news), not at every interval.
+                        let problem = self.sock.diagnose(&e);
+                        if self.send_failing != Some(problem) {
+                            tracing::warn!("{}: {problem}", a.socket.display());
+                            self.send_failing = Some(problem);
+                        }
+                        self.f.send_failures += 1;
+                    }
+                }
+                match self.send_failing {
+                    Some(problem) => format!("chronyd takes no sample at {}: {problem}", a.socket.display()),
+                    None => format!("sending {} to {}", a.source.display(), a.socket.display()),
+                }
+            }
+            ChronyAction::Hold(h) => {
+                report(&mut self.last, Some(h), "chrony feed");
+                self.f.common.held(Some(h));
+                format!("holding: {}", h.describe())
+            }
+        };
+        self.f.send_failing = self.send_failing.is_some();
+        self.f.common.state.clone_from(&self.line);
+        Ok(Flow::Continue)
+    }
+
+    fn reconfigure(&mut self, now: &FeedChronySettings) {
+        let interval = interval_of(now.interval_ms);
+        self.pace.pace.set_interval(interval);
+        self.feed.set_interval_ns(interval.as_nanos() as i128);
+        self.a = now.clone();
+    }
+
+    fn figures(&mut self) -> &mut FeedChronyMetrics {
+        &mut self.f
+    }
+
+    fn status_line(&self) -> Option<&str> {
+        (!self.line.is_empty()).then_some(self.line.as_str())
+    }
+
+    fn stop(&mut self, why: &str) -> Result<()> {
+        tracing::info!("{why}: stopping (chronyd gets no more samples)");
+        Ok(())
+    }
+}
+
 fn run_chrony(args: ChronyArgs) -> Result<ExitCode> {
-    let mut a = args.settings()?;
-    crate::ops::logging::set_level(a.log_level);
+    let a = args.settings()?;
     let interval = interval_of(a.interval_ms);
-    let mut m = Measurer::open(&a.source, a.burst.get() as usize)?;
+    let m = Measurer::open(&a.source, a.burst.get() as usize)?;
     vmtime_sys::feed::check_chrony_socket_path(&a.socket)?;
     let sock = ChronySocket::new(&a.socket)?;
+    let rt = Runtime::start(a.clone(), move || args.settings(), &control_socket(&a.control_socket, "feed-chrony")?)?;
     // chronyd reads a relative path in chrony.conf from its own working directory (/).
     let conf_path = std::path::absolute(&a.socket).unwrap_or_else(|_| a.socket.clone());
-    let mut feed = ChronyFeed::new(interval.as_nanos() as i128);
-    let mut svc =
-        Service::start(a.metrics_listen, FeedChronyMetrics::default(), interval, a.duration_s.map(DurationS::get))?;
     tracing::info!(
         "vmtime feed chrony: {} → {} every {} ms (chrony.conf: refclock SOCK {})",
         a.source.display(),
@@ -274,73 +418,22 @@ fn run_chrony(args: ChronyArgs) -> Result<ExitCode> {
         a.interval_ms,
         conf_path.display()
     );
-    let (mut last, mut send_failing, mut errors) = (None, None, ReadErrors::default());
-    loop {
-        let action = match m.measure(a.burst.get() as usize) {
-            Ok((before, after, mono_ns)) => {
-                errors.clear();
-                svc.m.common.page_seen(before.seq_count(), Instant::now());
-                feed.handle(&Observation { before, after, samples: &m.samples, mono_ns })
-            }
-            Err(e) => {
-                if let Some(line) = errors.fresh(&e) {
-                    tracing::warn!("{line}");
-                }
-                ChronyAction::Hold(Hold::Unreadable)
-            }
-        };
-        let status = match action {
-            ChronyAction::Send(s) => {
-                report(&mut last, None, "chrony feed");
-                match sock.send(&s.to_bytes()) {
-                    Ok(()) => {
-                        if send_failing.take().is_some() {
-                            tracing::info!("{}: chronyd receives samples again", a.socket.display());
-                        }
-                        svc.m.sent += 1;
-                        svc.m.last_sent = Some(Instant::now());
-                        svc.m.last_offset_ns = Some(s.offset * 1e9);
-                    }
-                    Err(e) => {
-                        // Logged when the cause changes (a full queue after a missing socket is
-                        // news), not at every interval.
-                        let problem = sock.diagnose(&e);
-                        if send_failing != Some(problem) {
-                            tracing::warn!("{}: {problem}", a.socket.display());
-                            send_failing = Some(problem);
-                        }
-                        svc.m.send_failures += 1;
-                    }
-                }
-                match send_failing {
-                    Some(problem) => format!("chronyd takes no sample at {}: {problem}", a.socket.display()),
-                    None => format!("sending {} to {}", a.source.display(), a.socket.display()),
-                }
-            }
-            ChronyAction::Hold(h) => {
-                report(&mut last, Some(h), "chrony feed");
-                svc.m.common.held(Some(h));
-                format!("holding: {}", h.describe())
-            }
-        };
-        svc.m.send_failing = send_failing.is_some();
-        svc.turned(&status);
-        let why = next_turn(&mut svc, |svc| {
-            if let Some((now, _)) = crate::ops::config::on_sighup("feed chrony", &a, args.settings(), CHRONY_LIVE) {
-                crate::ops::logging::set_level(now.log_level);
-                let interval = interval_of(now.interval_ms);
-                svc.set_interval(interval);
-                feed.set_interval_ns(interval.as_nanos() as i128);
-                a = now;
-            }
-        })?;
-        if let Some(why) = why {
-            tracing::info!("{why}: stopping (chronyd gets no more samples)");
-            break;
-        }
-    }
-    svc.stopping();
-    Ok(ExitCode::SUCCESS)
+    let mut f = FeedChronyMetrics::default();
+    f.common.source = a.source.display().to_string();
+    f.socket = a.socket.display().to_string();
+    let mut d = Chrony {
+        feed: ChronyFeed::new(interval.as_nanos() as i128),
+        pace: FeedPace::new(interval),
+        a,
+        m,
+        sock,
+        last: None,
+        send_failing: None,
+        errors: ReadErrors::default(),
+        f,
+        line: String::new(),
+    };
+    rt.run(&mut d)
 }
 
 /// The ClockBound settings of the core for the feed's settings.
@@ -357,45 +450,42 @@ fn clockbound_config(a: &FeedClockBoundSettings, disruption_support: bool, coars
 /// Looks at the coarse clock's lag per interval (each three vDSO reads).
 const COARSE_LAG_LOOKS: usize = 8;
 
-fn run_clockbound(args: ClockBoundArgs) -> Result<ExitCode> {
-    let mut a = args.settings()?;
-    crate::ops::logging::set_level(a.log_level);
-    let interval = interval_of(a.interval_ms);
-    let disruption_support = match a.disruption_support {
-        DisruptionSupport::On => true,
-        DisruptionSupport::Off => false,
-        DisruptionSupport::Auto => a.source == Path::new(crate::paths::DEFAULT_GUEST_PAGE),
-    };
-    let mut m = Measurer::open(&a.source, a.burst.get() as usize)?;
-    vmtime_sys::feed::ensure_segment_dir(&a.dir)?;
-    let open = |name: &str, layout| {
-        let path = a.dir.join(name);
-        ClockBoundSegment::open_or_create_as(&path, layout)
-    };
-    let mut seg0 = if a.layout == Layout::V3 { None } else { Some(open("shm0", LAYOUT_V2)?) };
-    let mut seg1 = if a.layout == Layout::V2 { None } else { Some(open("shm1", v3::LAYOUT)?) };
-    let paths: Vec<_> = seg0.iter().chain(&seg1).map(|s| s.path().display().to_string()).collect();
-    let paths = paths.join(" and ");
-    let coarse_tick_ns = vmtime_sys::clock::getres(ClockId::MonotonicCoarse)?.clamp(1, 1_000_000_000);
-    let mut feed = ClockBoundFeed::new(clockbound_config(&a, disruption_support, coarse_tick_ns));
-    let mut svc =
-        Service::start(a.metrics_listen, FeedClockBoundMetrics::default(), interval, a.duration_s.map(DurationS::get))?;
-    // A segment left by a previous run: its marker is the last one clients were given.
-    let mut last_marker = 0;
-    if let Some(seg) = seg0.as_ref().or(seg1.as_ref()) {
-        if let Some(m) = seg.body().and_then(|b| feed.resume(&b, seg.layout())) {
-            tracing::info!(
-                "{}: continuing from generation {}, disruption marker {m}",
-                seg.path().display(),
-                seg.generation()
-            );
-            last_marker = m;
-        }
+/// `vmtime feed clockbound`: ClockBound's segments, written every interval.
+struct ClockBound {
+    a: FeedClockBoundSettings,
+    m: Measurer,
+    seg0: Option<ClockBoundSegment>,
+    seg1: Option<ClockBoundSegment>,
+    paths: String,
+    feed: ClockBoundFeed,
+    disruption_support: bool,
+    coarse_tick_ns: i128,
+    pace: FeedPace,
+    /// The marker last written: the last one clients were given.
+    last_marker: u64,
+    /// The segments last written (voided at a stop on purpose).
+    last_written: Option<(ErrorBound, v3::ErrorBound)>,
+    last: Option<Option<Hold>>,
+    errors: ReadErrors,
+    f: FeedClockBoundMetrics,
+    line: String,
+}
+
+impl Daemon for ClockBound {
+    type Settings = FeedClockBoundSettings;
+    type Figures = FeedClockBoundMetrics;
+    const NAME: &'static str = "feed clockbound";
+    const LIVE: &'static [&'static str] = CLOCKBOUND_LIVE;
+
+    fn next_turn(&self) -> Option<Instant> {
+        Some(self.pace.next())
     }
-    let mut last = None;
-    let mut errors = ReadErrors::default();
-    let mut first = true;
-    loop {
+
+    fn turn(&mut self, t: &mut Turn<'_>) -> Result<Flow> {
+        if !self.pace.take(t.now(), &mut self.m.page, self.feed.disruption_pending())? {
+            return Ok(Flow::Continue);
+        }
+        let feed = &mut self.feed;
         let cfg = feed.config();
         // The clients' coarse clock lags the fine one: a few looks each interval keep the largest
         // lag seen, which `as_of` allows for.
@@ -405,22 +495,23 @@ fn run_clockbound(args: ClockBoundArgs) -> Result<ExitCode> {
             }
         }
         let start = gettime(ClockId::Monotonic)?;
-        let eb = match m.measure(a.burst.get() as usize) {
+        let eb = match self.m.measure(self.a.burst.get() as usize) {
             Ok((before, after, mono_ns)) => {
-                errors.clear();
-                svc.m.common.page_seen(before.seq_count(), Instant::now());
-                let eb = feed.handle(&Observation { before, after, samples: &m.samples, mono_ns }, start);
+                self.errors.clear();
+                self.f.common.page_seen(before.seq_count(), Instant::now());
+                self.pace.cadence.seen(Markers::of(&after));
+                let eb = feed.handle(&Observation { before, after, samples: &self.m.samples, mono_ns }, start);
                 if feed.last_hold.is_some() {
-                    svc.m.common.held(feed.last_hold);
+                    self.f.common.held(feed.last_hold);
                 }
                 eb
             }
             Err(e) => {
-                if let Some(line) = errors.fresh(&e) {
+                if let Some(line) = self.errors.fresh(&e) {
                     tracing::warn!("{line}");
                 }
                 feed.last_hold = Some(Hold::Unreadable);
-                svc.m.common.held(Some(Hold::Unreadable));
+                self.f.common.held(Some(Hold::Unreadable));
                 let as_of = start - feed.coarse_allowance_ns();
                 ErrorBound {
                     as_of_ns: as_of,
@@ -428,24 +519,24 @@ fn run_clockbound(args: ClockBoundArgs) -> Result<ExitCode> {
                     bound_ns: 0,
                     // Not the page's (it has none now): the last one written, so that clients
                     // comparing markers see no false change.
-                    disruption_marker: last_marker,
+                    disruption_marker: self.last_marker,
                     max_drift_ppb: 0,
                     status: CbStatus::Unknown,
-                    disruption_support,
+                    disruption_support: self.disruption_support,
                 }
             }
         };
         let eb3 = feed.v3(&eb);
-        seg0.iter_mut().for_each(|s| s.write(&eb.to_bytes()));
-        seg1.iter_mut().for_each(|s| s.write(&eb3.to_bytes()));
-        svc.m.written(&eb, Instant::now());
+        self.seg0.iter_mut().for_each(|s| s.write(&eb.to_bytes()));
+        self.seg1.iter_mut().for_each(|s| s.write(&eb3.to_bytes()));
+        self.f.written(&eb, Instant::now());
         if let Some(t) = feed.last_terms {
             tracing::debug!(
                 "segment generations shm0 {} shm1 {}: page seq {} counter {} maxerror {} ns, offset {} ns, pairing {} ns, span {} ns, \
                  rounding {} ns: bound {} ns; drift {} ppb (page {}, CLOCK_REALTIME {}, margin {}); as_of {} ns \
                  ({} ns early for the coarse clock)",
-                seg0.as_ref().map_or("-".into(), |s| s.generation().to_string()),
-                seg1.as_ref().map_or("-".into(), |s| s.generation().to_string()),
+                self.seg0.as_ref().map_or("-".into(), |s| s.generation().to_string()),
+                self.seg1.as_ref().map_or("-".into(), |s| s.generation().to_string()),
                 t.seq,
                 t.counter,
                 t.maxerror_ns,
@@ -462,50 +553,117 @@ fn run_clockbound(args: ClockBoundArgs) -> Result<ExitCode> {
                 feed.coarse_allowance_ns()
             );
         }
-        last_marker = eb.disruption_marker;
-        if first {
+        self.last_marker = eb.disruption_marker;
+        if self.last_written.is_none() {
             tracing::info!(
                 "vmtime feed clockbound: {} → {} every {} ms (life {} ms, disruption support {})",
-                a.source.display(),
-                paths,
-                a.interval_ms,
-                a.life_ms,
-                if disruption_support { "on" } else { "off" }
+                self.a.source.display(),
+                self.paths,
+                self.a.interval_ms,
+                self.a.life_ms,
+                if self.disruption_support { "on" } else { "off" }
             );
-            first = false;
         }
-        report(&mut last, feed.last_hold, "clockbound feed");
-        let status = match feed.last_hold {
-            Some(h) => format!("writing {paths}: {} (holding: {})", cb_status_name(eb.status), h.describe()),
-            None => format!("writing {paths}: {}", cb_status_name(eb.status)),
+        self.last_written = Some((eb, eb3));
+        report(&mut self.last, feed.last_hold, "clockbound feed");
+        self.line = match feed.last_hold {
+            Some(h) => format!("writing {}: {} (holding: {})", self.paths, cb_status_name(eb.status), h.describe()),
+            None => format!("writing {}: {}", self.paths, cb_status_name(eb.status)),
         };
-        svc.turned(&status);
-        let why = next_turn(&mut svc, |svc| {
-            if let Some((now, _)) =
-                crate::ops::config::on_sighup("feed clockbound", &a, args.settings(), CLOCKBOUND_LIVE)
-            {
-                crate::ops::logging::set_level(now.log_level);
-                svc.set_interval(interval_of(now.interval_ms));
-                feed.set_config(clockbound_config(&now, disruption_support, coarse_tick_ns));
-                a = now;
-            }
-        })?;
-        if let Some(why) = why {
-            if why.starts_with("SIG") {
+        self.f.common.state.clone_from(&self.line);
+        Ok(Flow::Continue)
+    }
+
+    fn reconfigure(&mut self, now: &FeedClockBoundSettings) {
+        self.pace.pace.set_interval(interval_of(now.interval_ms));
+        self.feed.set_config(clockbound_config(now, self.disruption_support, self.coarse_tick_ns));
+        self.a = now.clone();
+    }
+
+    fn figures(&mut self) -> &mut FeedClockBoundMetrics {
+        &mut self.f
+    }
+
+    fn status_line(&self) -> Option<&str> {
+        (!self.line.is_empty()).then_some(self.line.as_str())
+    }
+
+    fn stop(&mut self, why: &str) -> Result<()> {
+        match self.last_written {
+            Some((eb, eb3)) if why.starts_with("SIG") => {
                 // Stopped on purpose: void the segments now rather than at the end of their life.
                 let now = gettime(ClockId::MonotonicCoarse)?;
-                seg0.iter_mut().for_each(|s| {
+                self.seg0.iter_mut().for_each(|s| {
                     s.write(&ErrorBound { status: CbStatus::Unknown, void_after_ns: now, ..eb }.to_bytes())
                 });
                 let void = v3::ErrorBound { status: CbStatus::Unknown, void_after_ns: eb3.map.as_of_ns, ..eb3 };
-                seg1.iter_mut().for_each(|s| s.write(&void.to_bytes()));
+                self.seg1.iter_mut().for_each(|s| s.write(&void.to_bytes()));
                 tracing::info!("{why}: stopping (the segments now say Unknown)");
-            } else {
-                tracing::info!("{why}: stopping (the segments are void after their life)");
             }
-            break;
+            _ => tracing::info!("{why}: stopping (the segments are void after their life)"),
+        }
+        Ok(())
+    }
+}
+
+fn run_clockbound(args: ClockBoundArgs) -> Result<ExitCode> {
+    let a = args.settings()?;
+    let interval = interval_of(a.interval_ms);
+    let disruption_support = match a.disruption_support {
+        DisruptionSupport::On => true,
+        DisruptionSupport::Off => false,
+        DisruptionSupport::Auto => a.source == Path::new(crate::paths::DEFAULT_GUEST_PAGE),
+    };
+    let m = Measurer::open(&a.source, a.burst.get() as usize)?;
+    vmtime_sys::feed::ensure_segment_dir(&a.dir)?;
+    let open = |name: &str, layout| ClockBoundSegment::open_or_create_as(&a.dir.join(name), layout);
+    // Both segments checked before either is created: a refusal leaves no new file behind.
+    if a.layout != Layout::V3 {
+        ClockBoundSegment::check_path(&a.dir.join("shm0"), LAYOUT_V2)?;
+    }
+    if a.layout != Layout::V2 {
+        ClockBoundSegment::check_path(&a.dir.join("shm1"), v3::LAYOUT)?;
+    }
+    let seg0 = if a.layout == Layout::V3 { None } else { Some(open("shm0", LAYOUT_V2)?) };
+    let seg1 = if a.layout == Layout::V2 { None } else { Some(open("shm1", v3::LAYOUT)?) };
+    let paths: Vec<_> = seg0.iter().chain(&seg1).map(|s| s.path().display().to_string()).collect();
+    let paths = paths.join(" and ");
+    // The control socket goes with the segments (the unit's runtime directory is theirs).
+    let socket = a.control_socket.clone().unwrap_or_else(|| a.dir.join("feed-clockbound.sock"));
+    let rt = Runtime::start(a.clone(), move || args.settings(), &socket)?;
+    let coarse_tick_ns = vmtime_sys::clock::getres(ClockId::MonotonicCoarse)?.clamp(1, 1_000_000_000);
+    let mut feed = ClockBoundFeed::new(clockbound_config(&a, disruption_support, coarse_tick_ns));
+    // A segment left by a previous run: its marker is the last one clients were given.
+    let mut last_marker = 0;
+    if let Some(seg) = seg0.as_ref().or(seg1.as_ref()) {
+        if let Some(m) = seg.body().and_then(|b| feed.resume(&b, seg.layout())) {
+            tracing::info!(
+                "{}: continuing from generation {}, disruption marker {m}",
+                seg.path().display(),
+                seg.generation()
+            );
+            last_marker = m;
         }
     }
-    svc.stopping();
-    Ok(ExitCode::SUCCESS)
+    let mut f = FeedClockBoundMetrics::default();
+    f.common.source = a.source.display().to_string();
+    f.segments.clone_from(&paths);
+    let mut d = ClockBound {
+        pace: FeedPace::new(interval),
+        a,
+        m,
+        seg0,
+        seg1,
+        paths,
+        feed,
+        disruption_support,
+        coarse_tick_ns,
+        last_marker,
+        last_written: None,
+        last: None,
+        errors: ReadErrors::default(),
+        f,
+        line: String::new(),
+    };
+    rt.run(&mut d)
 }

@@ -2,6 +2,7 @@
 //! `vmtime_core::host` for the model). It only reads the clock; it never writes it.
 
 use crate::ops::config::{HostSettings, LogLevel, Smearing};
+use crate::ops::runtime::{Answer, Daemon, Flow, Runtime, Turn};
 use crate::tai::{self, Found};
 use crate::values::*;
 use anyhow::{bail, Context, Result};
@@ -17,8 +18,7 @@ use vmtime_core::leapsecs::{LeapSeconds, TaiOffset};
 use vmtime_sys::clock::{aba_sample, tightest, ClockId};
 use vmtime_sys::event::{self, StepDetector};
 use vmtime_sys::files::{self, PageFile};
-use vmtime_sys::serve::{self, Poller, Reply, Server};
-use vmtime_sys::signals::{SignalEvent, Signals};
+use vmtime_sys::serve::{self, Poller, Reply, Token};
 
 /// `vmtime host`'s flags: each one is also a key of the configuration's `[host]` section
 /// (crate::ops::config::HostSettings has the defaults); a flag overrides the file.
@@ -69,9 +69,9 @@ pub struct Args {
     /// Exit after this many seconds (tests, measurements).
     #[arg(long)]
     duration_s: Option<DurationS>,
-    /// Log level: error, warn, info, debug or trace.
-    #[arg(long, value_enum)]
-    log_level: Option<LogLevel>,
+    /// The global `--log-level` (main sets it; a key of the configuration too).
+    #[arg(skip)]
+    pub log_level: Option<LogLevel>,
     /// Serve Prometheus metrics on this loopback address (default: [metrics] listen; off).
     #[arg(long)]
     metrics_listen: Option<std::net::SocketAddr>,
@@ -111,16 +111,11 @@ impl TaiSource {
     }
 }
 
-struct Daemon {
-    page: PathBuf,
+struct Host {
     /// The kernel's own page (a device, or a file read with pread: never a SIGBUS).
     kernel_page: Option<vmtime_sys::follow::PageReader>,
     /// The kernel's page could not be read at the last observation (logged once).
     kernel_page_failing: bool,
-    /// SIGHUPs received (each one a reload request).
-    reload_requests: u64,
-    /// Changes re-read on SIGHUP that wait for a restart ("key = new (in force: old)").
-    restart_needed: Vec<String>,
     /// The observation's samples (reused).
     samples: Vec<vmtime_core::AbaSample>,
     writer: Writer<WritableMapping>,
@@ -128,18 +123,24 @@ struct Daemon {
     _page_file: PageFile,
     publisher: Publisher,
     tai: TaiSource,
-    started: Instant,
-    clocksource: String,
-    tai_note: String,
-    /// The figures offered to the metrics server.
-    m: crate::ops::metrics::HostMetrics,
-    /// The longest time between two turns of the publishing path (adjtimex poll, observation,
-    /// page write): what a client could at most have delayed a page by.
-    max_gap: Duration,
+    /// The figures (metrics and status).
+    m: crate::ops::figures::HostMetrics,
     poll_every: Duration,
+    quiet: bool,
+    /// The clock's steps (a timerfd cancelled when the clock is set).
+    steps: StepDetector,
+    t_step: Option<Token>,
+    next_poll: Instant,
+    last_obs: Option<Instant>,
+    last_line: Instant,
+    last_cs_check: Instant,
+    /// The clocksource could not be read at the last look (said once per episode).
+    cs_unreadable: bool,
+    last_turn: Option<Instant>,
+    line: String,
 }
 
-impl Daemon {
+impl Host {
     /// A full observation; `kernel` is the NTP state the poll has just read. Returns the new
     /// seq_count when a page was published (the loop notifies the subscribers).
     fn observe(&mut self, kernel: vmtime_core::kernel::KernelTimex) -> Result<Option<u32>> {
@@ -179,6 +180,7 @@ impl Daemon {
             let seq = self.writer.publish(&page);
             published = Some(seq);
             self.m.published_page(self.writer.memory(), self.publisher.stats());
+            self.m.stats.clone_from(self.publisher.stats());
             let st = abi::status_name(page.clock_status);
             let stats = self.publisher.stats();
             if disrupted {
@@ -203,49 +205,6 @@ impl Daemon {
         }
         Ok(published)
     }
-
-    fn status_json(&self, srv: &crate::ops::control::ServerView) -> serde_json::Value {
-        let snap = vmclock::seqlock::read(self.writer.memory(), vmclock::seqlock::DEFAULT_MAX_WAIT).ok();
-        serde_json::json!({
-            "role": "host",
-            "reload_requests": self.reload_requests,
-            "restart_needed": self.restart_needed,
-            "tunables": {
-                "threshold_ns": self.publisher.config().threshold_ns,
-                "tolerance_ppb": self.publisher.config().tolerance_ppb,
-                "interval_ms": self.publisher.config().interval_ns / 1_000_000,
-            },
-            "kernel_page_readable": self.kernel_page.as_ref().map(|_| !self.kernel_page_failing),
-            "kernel_page_usable": self.kernel_page.as_ref().map(|_| !self.publisher.stats().kernel_page.unusable),
-            "page": self.page.display().to_string(),
-            "uptime_s": self.started.elapsed().as_secs_f64(),
-            "clocksource": self.clocksource,
-            "tai": self.tai_note,
-            "seq_count": snap.map(|s| s.seq_count()),
-            "status": snap.and_then(|s| s.clock_status()).map(abi::status_name),
-            "time_type": snap.map(|s| abi::time_type_name(s.time_type())),
-            "tai_minus_utc": snap.and_then(|s| s.tai_minus_utc()),
-            "disruption_marker": snap.map(|s| s.disruption_marker()),
-            "maxerror_ns": snap.and_then(|s| s.time_maxerror_ns()),
-            "leap_indicator": snap.and_then(|s| s.leap_indicator()).map(abi::leap_name),
-            "subscribers": srv.subscribers,
-            "server": srv.json(),
-            "loop": { "max_gap_ms": self.max_gap.as_secs_f64() * 1e3, "poll_ms": self.poll_every.as_secs_f64() * 1e3 },
-            "stats": self.publisher.stats(),
-        })
-    }
-
-    /// The answer to one control request (the server bounds its size and time).
-    fn answer(&mut self, line: &str, srv: &crate::ops::control::ServerView) -> Reply {
-        match line.trim() {
-            "status" => Reply::Line(self.status_json(srv).to_string()),
-            "subscribe" => Reply::Subscribe(self.writer.seq_count().to_string()),
-            other => Reply::Line(serve::error_json(&format!(
-                "unknown request {}: send status or subscribe",
-                serde_json::Value::from(other.chars().take(64).collect::<String>())
-            ))),
-        }
-    }
 }
 
 /// Opens the page for writing (`vmtime_sys::files`): our own page file found there is taken
@@ -260,14 +219,8 @@ fn open_page(path: &Path, placeholder: PageBuilder) -> Result<(PageFile, Writabl
     Ok((pf, m, prev))
 }
 
-/// What `vmtime host` applies on SIGHUP: the log level, the tunables of the publishing loop and
-/// the status line. The page and socket paths, the kernel page, the smearing hint and TAI − UTC
-/// (constants of the page) and the metrics address need a restart.
-const HOST_LIVE: &[&str] = &["log_level", "interval_ms", "poll_ms", "threshold_ns", "tolerance_ppm", "quiet"];
-
 pub fn run(args: Args) -> Result<ExitCode> {
-    let mut a = args.settings()?;
-    crate::ops::logging::set_level(a.log_level);
+    let a = args.settings()?;
     let page_path = match a.page.clone() {
         Some(p) => {
             files::ensure_dir_for(&p)?;
@@ -329,6 +282,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         },
         ..HostConfig::default()
     };
+    let cfg_copy = cfg.clone();
     let placeholder = Publisher::new(cfg.clone()).placeholder().expect("the time type is fixed");
     let (page_file, mem, prev) = open_page(&page_path, placeholder)?;
     let resumed = prev.is_some();
@@ -336,8 +290,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         Some(p) => Publisher::resume(cfg, p),
         None => Publisher::new(cfg),
     };
-    let mut server = Server::bind_unix(&socket_path, 0o600, None, serve::Limits::default())?;
-    let mut signals = Signals::install()?;
+    let rt = Runtime::start(a.clone(), move || args.settings(), &socket_path)?;
 
     let mut source_note = "source: (clock, counter, clock) samples of the kernel clock".to_string();
     let kernel_page = if a.no_vmclock_host {
@@ -378,118 +331,128 @@ pub fn run(args: Args) -> Result<ExitCode> {
         kernel.maxerror_us,
         kernel.freq as f64 / 65536.0
     );
+    if let Some(advice) = kernel.unsynchronised_advice() {
+        tracing::warn!("{advice}");
+    }
     tracing::info!("{source_note}");
-    tracing::info!("control socket {} (vmtime status; vmtime watch)", socket_path.display());
     tracing::info!("calibrating the counter against CLOCK_MONOTONIC_RAW …");
 
-    let mut d = Daemon {
-        page: page_path,
+    let now = Instant::now();
+    let m = crate::ops::figures::HostMetrics {
+        page: page_path.display().to_string(),
+        clocksource,
+        tai: tai_note,
+        poll_every: Duration::from_millis(a.poll_ms.get()),
+        kernel_page_readable: kernel_page.as_ref().map(|_| true),
+        config: cfg_copy,
+        ..Default::default()
+    };
+    let mut d = Host {
         kernel_page,
         kernel_page_failing: false,
         samples: Vec::with_capacity(64),
-        reload_requests: 0,
-        restart_needed: Vec::new(),
         writer: Writer::new(mem),
         _page_file: page_file,
         publisher,
         tai,
-        max_gap: Duration::ZERO,
         poll_every: Duration::from_millis(a.poll_ms.get()),
-        started: Instant::now(),
-        clocksource,
-        tai_note,
-        m: Default::default(),
+        quiet: a.quiet,
+        steps: StepDetector::new()?,
+        t_step: None,
+        next_poll: now,
+        last_obs: None,
+        last_line: now,
+        last_cs_check: now,
+        cs_unreadable: false,
+        last_turn: None,
+        line: String::new(),
+        m,
     };
-    let board = crate::ops::metrics::Board::new(d.m.clone());
-    crate::ops::metrics::start(a.metrics_listen, &board)?;
-    let mut supervisor = crate::ops::systemd::Supervisor::new();
-    let mut gaps = crate::ops::metrics::GapWindow::new(Instant::now());
     if !usable {
         d.publisher.handle_event(HostEvent::CounterChanged { usable: false });
     }
-    let steps = StepDetector::new()?;
-    let mut poll_every = d.poll_every;
-    let mut next_poll = Instant::now();
-    let mut last_obs = Instant::now() - Duration::from_secs(3600);
-    let mut last_line = Instant::now();
-    let mut last_cs_check = Instant::now();
-    let mut last_turn: Option<Instant> = None;
-    let end = a.duration_s.map(|s| Instant::now() + Duration::from_secs(s.get()));
-    let mut poller = Poller::new();
-    loop {
-        // One event loop: the adjtimex poll is due, the clock was set, a signal, or a client.
-        // Clients are served without blocking, so they never delay the publishing path.
-        poller.clear();
-        signals.register(&mut poller);
-        server.register(&mut poller);
-        let t_step = poller.add(steps.as_fd(), serve::READABLE);
-        let wake = serve::earliest(Some(next_poll), server.next_deadline()).unwrap_or(next_poll);
-        poller.wait(Some(wake.saturating_duration_since(Instant::now()).min(Duration::from_secs(1))))?;
-        match signals.take(&poller) {
-            Some(SignalEvent::Terminate(name)) => {
-                tracing::info!("{name}: stopping (the page stays valid; the socket is removed)");
-                break;
-            }
-            Some(SignalEvent::Reload) => {
-                // Re-read and re-check the configuration (the same flags on top): the tunables
-                // are applied now, the rest named as needing a restart; a bad file keeps the
-                // settings in force.
-                d.reload_requests += 1;
-                if let Some((now, restart)) = crate::ops::config::on_sighup("host", &a, args.settings(), HOST_LIVE) {
-                    crate::ops::logging::set_level(now.log_level);
-                    d.publisher.retune(
-                        now.threshold_ns.get(),
-                        now.tolerance_ppm.fine(),
-                        now.interval_ms.get() as i128 * 1_000_000,
-                    );
-                    d.poll_every = Duration::from_millis(now.poll_ms.get());
-                    poll_every = d.poll_every;
-                    next_poll = next_poll.min(Instant::now() + poll_every);
-                    d.restart_needed = restart;
-                    a = now;
-                }
-            }
-            None => {}
-        }
-        if poller.readable(t_step) && steps.stepped()? {
+    let code = rt.run(&mut d)?;
+    if d.publisher.stats().published == 0 {
+        bail!("no page was published");
+    }
+    Ok(code)
+}
+
+impl Daemon for Host {
+    type Settings = HostSettings;
+    type Figures = crate::ops::figures::HostMetrics;
+    const NAME: &'static str = "host";
+    /// What `vmtime host` applies on SIGHUP: the log level, the tunables of the publishing loop
+    /// and the status line. The page and socket paths, the kernel page, the smearing hint and
+    /// TAI − UTC (constants of the page) and the metrics address need a restart.
+    const LIVE: &'static [&'static str] =
+        &["log_level", "interval_ms", "poll_ms", "threshold_ns", "tolerance_ppm", "quiet"];
+    const REQUESTS: &'static str = "status or subscribe";
+
+    fn next_turn(&self) -> Option<Instant> {
+        Some(self.next_poll)
+    }
+
+    fn register(&mut self, p: &mut Poller) {
+        self.t_step = Some(p.add(self.steps.as_fd(), serve::READABLE));
+    }
+
+    /// The adjtimex poll is due, or the clock was set: an observation when the publisher wants
+    /// one, a page when it decides to publish (subscribers told at once).
+    fn turn(&mut self, t: &mut Turn<'_>) -> Result<Flow> {
+        if self.t_step.is_some_and(|s| t.readable(s)) && self.steps.stepped()? {
             tracing::warn!("the kernel clock was set");
-            d.publisher.handle_event(HostEvent::Stepped);
-            next_poll = Instant::now();
+            self.publisher.handle_event(HostEvent::Stepped);
+            self.next_poll = Instant::now();
         }
-        if Instant::now() >= next_poll {
+        if Instant::now() >= self.next_poll {
             let now = Instant::now();
-            if let Some(t) = last_turn {
-                d.max_gap = d.max_gap.max(now - t);
+            if let Some(last) = self.last_turn {
+                self.m.max_gap = self.m.max_gap.max(now - last);
             }
-            last_turn = Some(now);
-            next_poll += poll_every;
-            if next_poll < Instant::now() {
-                next_poll = Instant::now() + poll_every;
+            self.last_turn = Some(now);
+            self.next_poll += self.poll_every;
+            if self.next_poll < Instant::now() {
+                self.next_poll = Instant::now() + self.poll_every;
             }
-            if last_cs_check.elapsed() >= Duration::from_secs(1) {
-                last_cs_check = Instant::now();
-                let cs = event::current_clocksource().unwrap_or_default();
-                if cs != d.clocksource {
-                    let usable = event::clocksource_uses_counter(&cs);
-                    tracing::warn!("clocksource changed: {} → {cs}", d.clocksource);
-                    d.clocksource = cs;
-                    d.publisher.handle_event(HostEvent::CounterChanged { usable });
+            if self.last_cs_check.elapsed() >= Duration::from_secs(1) {
+                self.last_cs_check = Instant::now();
+                // "Cannot read" (out of file descriptors, say) is not "changed": the clocksource
+                // is taken as unchanged until it can be read again (said once per episode).
+                match event::current_clocksource() {
+                    Ok(cs) => {
+                        if std::mem::take(&mut self.cs_unreadable) {
+                            tracing::info!("the current clocksource can be read again: {cs}");
+                        }
+                        if cs != self.m.clocksource {
+                            let usable = event::clocksource_uses_counter(&cs);
+                            tracing::warn!("clocksource changed: {} → {cs}", self.m.clocksource);
+                            self.m.clocksource = cs;
+                            self.publisher.handle_event(HostEvent::CounterChanged { usable });
+                        }
+                    }
+                    Err(e) => {
+                        if !std::mem::replace(&mut self.cs_unreadable, true) {
+                            tracing::warn!(
+                                "cannot read the current clocksource ({e}): taken as unchanged ({}) until it can be read",
+                                self.m.clocksource
+                            );
+                        }
+                    }
                 }
             }
             let tx = vmtime_sys::read_timex()?;
-            let since = last_obs.elapsed().as_nanos() as i128;
-            if d.publisher.wants_observation(&tx, since) {
-                last_obs = Instant::now();
-                if let Some(seq) = d.observe(tx)? {
-                    server.notify(seq);
+            let since = self.last_obs.map_or(3_600_000_000_000, |o| o.elapsed().as_nanos() as i128);
+            if self.publisher.wants_observation(&tx, since) {
+                self.last_obs = Some(Instant::now());
+                if let Some(seq) = self.observe(tx)? {
+                    t.notify(seq);
                 }
             }
         }
-        let view = crate::ops::control::ServerView::of(&server);
-        server.handle(&poller, |line| d.answer(line, &view));
-        if !a.quiet && last_line.elapsed() >= Duration::from_secs(5) {
-            last_line = Instant::now();
-            let s = d.publisher.stats();
+        if !self.quiet && self.last_line.elapsed() >= Duration::from_secs(5) {
+            self.last_line = Instant::now();
+            let s = self.publisher.stats();
             tracing::info!(
                 "pages {}, last: {}, page − kernel {:+.1} ns, pairing ±{:.1} ns, baseline {:.0} s, subscribers {}",
                 s.published,
@@ -497,27 +460,49 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 s.last_error_ns,
                 s.pairing_ns,
                 s.baseline_s,
-                server.subscribers()
+                self.m.run.subscribers
             );
         }
-        d.m.last_observation = Some(last_obs);
-        gaps.turn(Instant::now());
-        d.m.loop_gap_max = Some(gaps.max(Instant::now()));
-        d.m.subscribers = server.subscribers();
-        d.m.subscribers_dropped = server.stats().dropped_subscribers;
-        board.offer(&d.m);
-        if d.m.published > 0 {
-            supervisor.ready(&format!("publishing {}", d.page.display()));
+        self.m.last_observation = self.last_obs;
+        self.m.kernel_page_readable = self.kernel_page.as_ref().map(|_| !self.kernel_page_failing);
+        if self.m.published > 0 && self.line.is_empty() {
+            self.line = format!("publishing {}", self.m.page);
         }
-        supervisor.tick();
-        if end.is_some_and(|e| Instant::now() >= e) {
-            break;
+        Ok(Flow::Continue)
+    }
+
+    fn answer(&mut self, request: &str) -> Answer {
+        match request {
+            "subscribe" => Answer::Reply(Reply::Subscribe(self.writer.seq_count().to_string())),
+            _ => Answer::Unknown,
         }
     }
-    supervisor.stopping();
-    drop(server); // removes our socket (only if it is still ours)
-    if d.publisher.stats().published == 0 {
-        bail!("no page was published");
+
+    fn reconfigure(&mut self, now: &HostSettings) {
+        self.publisher.retune(
+            now.threshold_ns.get(),
+            now.tolerance_ppm.fine(),
+            now.interval_ms.get() as i128 * 1_000_000,
+        );
+        self.m.config = self.publisher.config().clone();
+        self.poll_every = Duration::from_millis(now.poll_ms.get());
+        self.m.poll_every = self.poll_every;
+        self.next_poll = self.next_poll.min(Instant::now() + self.poll_every);
+        self.quiet = now.quiet;
     }
-    Ok(ExitCode::SUCCESS)
+
+    fn figures(&mut self) -> &mut crate::ops::figures::HostMetrics {
+        &mut self.m
+    }
+
+    fn status_line(&self) -> Option<&str> {
+        (!self.line.is_empty()).then_some(self.line.as_str())
+    }
+
+    fn stop(&mut self, why: &str) -> Result<()> {
+        if why.starts_with("SIG") {
+            tracing::info!("{why}: stopping (the page stays valid; the socket is removed)");
+        }
+        Ok(())
+    }
 }

@@ -2,6 +2,7 @@
 //! domain, owning its disruption marker and generation counter (see `vmtime_core::relay`).
 
 use crate::ops::config::{LogLevel, RelaySettings};
+use crate::ops::runtime::{Answer, Daemon, Flow, Runtime, Turn};
 use crate::values::*;
 use anyhow::{bail, Context, Result};
 use clap::Args as ClapArgs;
@@ -15,8 +16,7 @@ use vmtime_core::overwrite::{Guard, Verdict, Written};
 use vmtime_core::relay::{CounterMap, GuestRelay, GuestState};
 use vmtime_sys::event;
 use vmtime_sys::files::{self, LockFile, PageFile};
-use vmtime_sys::serve::{self, Poller, Reply, Server, Subscription};
-use vmtime_sys::signals::{SignalEvent, Signals};
+use vmtime_sys::serve::{self, Poller, Reply, Subscription, Token};
 
 /// `vmtime relay`'s flags: each one, except the one-shot --migrated and --restored, is also a
 /// key of the configuration's `[relay]` section; a flag overrides the file.
@@ -29,6 +29,10 @@ pub struct Args {
     /// The host page to follow (from `vmtime host`).
     #[arg(long)]
     host_page: Option<PathBuf>,
+    /// The host daemon's control socket, for its notifications (default: the host page +
+    /// ".sock"; without one answering, the host page is polled every 1 ms).
+    #[arg(long)]
+    host_socket: Option<PathBuf>,
     /// The guest page to publish (a file the VMM shares with the guest, e.g. an ivshmem backend).
     #[arg(long)]
     guest_page: Option<PathBuf>,
@@ -61,9 +65,9 @@ pub struct Args {
     /// Exit after this many seconds.
     #[arg(long)]
     duration_s: Option<DurationS>,
-    /// Log level: error, warn, info, debug or trace.
-    #[arg(long, value_enum)]
-    log_level: Option<LogLevel>,
+    /// The global `--log-level` (main sets it; a key of the configuration too).
+    #[arg(skip)]
+    pub log_level: Option<LogLevel>,
     /// Serve Prometheus metrics on this loopback address (default: [metrics] listen; off).
     #[arg(long)]
     metrics_listen: Option<std::net::SocketAddr>,
@@ -131,22 +135,24 @@ struct Relay {
     state_path: PathBuf,
     last_host_seq: Option<u32>,
     relayed: u64,
-    last_latency_us: f64,
     /// The host page cannot be read (truncated, stuck writer, invalid): the guest page keeps
     /// its last update, whose bounds grow with time, until it can.
     holding: bool,
     /// A guest update the subscribers have not been told of.
     pending_notify: Option<u32>,
-    /// SIGHUPs received (each one a reload request).
-    reload_requests: u64,
-    /// Changes re-read on SIGHUP that wait for a restart ("key = new (in force: old)").
-    restart_needed: Vec<String>,
-    /// The figures offered to the metrics server.
-    m: crate::ops::metrics::RelayMetrics,
+    /// The host daemon's socket, and the subscription to its notifications while it answers.
+    host_socket: PathBuf,
+    host_sub: Option<Subscription>,
+    t_sub: Option<Token>,
+    last_turn: Instant,
+    last_file_check: Instant,
+    /// The last failure to relay (logged once per cause).
+    last_error: String,
+    line: String,
     /// The relay's last write into the guest page, to see another writer's.
     guard: Guard,
-    /// Overwrites seen (the guest page written by someone else).
-    overwrites: u64,
+    /// The figures (metrics and status).
+    m: crate::ops::figures::RelayMetrics,
 }
 
 impl Relay {
@@ -205,12 +211,13 @@ impl Relay {
         }
         let seq = self.writer.publish(&page);
         self.guard.wrote(Written::of(&page, seq));
-        self.last_latency_us = woke.elapsed().as_secs_f64() * 1e6;
         self.last_host_seq = Some(host.seq_count());
         self.relayed += 1;
         self.pending_notify = Some(seq);
         let disrupted = before.disruption_marker != after.disruption_marker;
-        self.m.relayed_page(self.writer.memory(), self.relayed, self.last_latency_us, disrupted);
+        self.m.relayed_page(self.writer.memory(), self.relayed, woke.elapsed().as_secs_f64() * 1e6, disrupted);
+        self.m.last_host_seq = self.last_host_seq;
+        self.m.state = Some(after);
         if (before.disruption_marker, before.vm_generation) != (after.disruption_marker, after.vm_generation) {
             tracing::info!(
                 "guest page {seq}: disruption marker {:#x}, generation {}",
@@ -233,7 +240,7 @@ impl Relay {
             b
         });
         let Verdict::Overwritten(o) = self.guard.look(look.as_ref()) else { return Ok(()) };
-        self.overwrites += 1;
+        self.m.overwrites += 1;
         self.relay.overwritten(&o);
         tracing::warn!(
             "the guest page was written by someone else ({}): a migration or a restore; the guest gets disruption marker {:#x} and no time until the counter map is confirmed (`migrated OFFSET` or `restored OFFSET` on the control socket)",
@@ -253,47 +260,8 @@ impl Relay {
             self.guard.wrote(Written::of(&page, seq));
             self.pending_notify = Some(seq);
         }
+        self.m.map_pending = self.relay.map_pending();
         Ok(())
-    }
-
-    /// Follows the host page's file if it was replaced, and relays the new file's page (its
-    /// seq_count says nothing against the old file's).
-    fn follow_host_file(&mut self) -> Result<()> {
-        if self.host.refresh() {
-            tracing::info!("the host page was replaced: following the new file");
-            self.relay(true, Instant::now())?;
-        }
-        Ok(())
-    }
-
-    fn status_json(&self, srv: &crate::ops::control::ServerView) -> serde_json::Value {
-        let st = *self.relay.state();
-        let g = seqlock::read(self.writer.memory(), seqlock::DEFAULT_MAX_WAIT).ok();
-        serde_json::json!({
-            "role": "relay",
-            "reload_requests": self.reload_requests,
-            "restart_needed": self.restart_needed,
-            "host_page": self.host.path().display().to_string(),
-            "state": st,
-            "relayed": self.relayed,
-            "last_host_seq": self.last_host_seq,
-            "guest_seq": g.map(|s| s.seq_count()),
-            "guest_status": g.and_then(|s| s.clock_status()).map(vmclock::abi::status_name),
-            "last_latency_us": self.last_latency_us,
-            "holdover": self.holding,
-            "map_pending": self.relay.map_pending(),
-            "overwrites": self.overwrites,
-            "subscribers": srv.subscribers,
-            "server": srv.json(),
-        })
-    }
-
-    /// The answer to one control request; a failure is answered as `{"error": …}`.
-    fn answer(&mut self, line: &str, srv: &crate::ops::control::ServerView) -> Reply {
-        match self.control(line, srv) {
-            Ok(r) => r,
-            Err(e) => Reply::Line(serve::error_json(&format!("{e:#}"))),
-        }
     }
 
     /// The counter map of a control request's words: none (the map in force), an offset (the
@@ -311,26 +279,38 @@ impl Relay {
         })
     }
 
-    fn control(&mut self, line: &str, srv: &crate::ops::control::ServerView) -> Result<Reply> {
+    /// Follows the host page's file if it was replaced, and relays the new file's page (its
+    /// seq_count says nothing against the old file's).
+    fn follow_host_file(&mut self) -> Result<()> {
+        if self.host.refresh() {
+            tracing::info!("the host page was replaced: following the new file");
+            self.relay(true, Instant::now())?;
+        }
+        Ok(())
+    }
+
+    /// A control request beyond `status`.
+    fn control(&mut self, line: &str) -> Result<Answer> {
         let words: Vec<&str> = line.split_whitespace().collect();
         Ok(match words.as_slice() {
-            ["status"] => Reply::Line(self.status_json(srv).to_string()),
             ["subscribe"] => {
                 let seq =
                     self.writer.memory().words()[vmclock::seqlock::SEQ_WORD].load(std::sync::atomic::Ordering::Acquire);
-                Reply::Subscribe(u32::from_le(seq).to_string())
+                Answer::Reply(Reply::Subscribe(u32::from_le(seq).to_string()))
             }
             ["migrated", rest @ ..] => {
                 let map = self.map_from(rest, "migrated")?;
                 self.relay.migrated_in(map);
                 self.relay(true, Instant::now())?;
-                Reply::Line(self.status_json(srv).to_string())
+                self.m.map_pending = self.relay.map_pending();
+                Answer::Status
             }
             ["hold"] => {
                 // The map is about to change and nobody can tell it yet: no time until it is.
                 self.relay.map_changing();
                 self.relay(true, Instant::now())?;
-                Reply::Line(self.status_json(srv).to_string())
+                self.m.map_pending = self.relay.map_pending();
+                Answer::Status
             }
             ["restored", rest @ ..] => {
                 // The map the restored guest runs under: the one given, else the one in force.
@@ -338,23 +318,22 @@ impl Relay {
                 self.relay.restored_from_snapshot();
                 self.relay.confirm_map(map);
                 self.relay(true, Instant::now())?;
-                Reply::Line(self.status_json(srv).to_string())
+                self.m.map_pending = self.relay.map_pending();
+                Answer::Status
             }
-            _ => Reply::Line(serve::error_json(
-                "unknown request: send status, subscribe, hold, migrated [OFFSET [RATIO BITS]] or restored [OFFSET [RATIO BITS]]",
-            )),
+            _ => Answer::Unknown,
         })
     }
 }
 
 /// Subscribes to the host daemon's notifications, if it answers in time.
-fn subscribe_host(host_page: &Path) -> Option<Subscription> {
-    Subscription::open(&crate::paths::socket_for(host_page), crate::ops::control::CLIENT_TIMEOUT).ok()
+fn subscribe_host(socket: &Path) -> Option<Subscription> {
+    Subscription::open(socket, crate::ops::control::CLIENT_TIMEOUT).ok()
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
-    let mut a = args.settings()?;
-    crate::ops::logging::set_level(a.log_level);
+    let a = args.settings()?;
+    let (migrated, restored) = (args.migrated, args.restored);
     let Some(guest_page) = a.guest_page.clone() else {
         bail!("no guest page: give --guest-page PATH (or [relay] guest_page in the configuration)");
     };
@@ -366,6 +345,29 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let state_path = a.state.clone().unwrap_or_else(|| crate::paths::state_for(&guest_page));
     files::ensure_dir_for(&guest_page)?;
     files::ensure_dir_for(&state_path)?;
+    // A relay whose guest page is its host page (or a link to it) would relay its own output,
+    // changing markers at every turn: compared by inode, whatever the names.
+    if files::same_inode(&host_path, &guest_page) {
+        bail!(
+            "--host-page {} and --guest-page {} are the same file: the relay would follow its own output; give the guest its own page",
+            host_path.display(),
+            guest_page.display()
+        );
+    }
+    for (flag, p) in [("--host-page", &host_path), ("--guest-page", &guest_page)] {
+        if files::same_inode(p, &state_path) {
+            bail!("--state {} is the {flag} {}: give the state its own file", state_path.display(), p.display());
+        }
+    }
+    let host = crate::page::FollowedPage::open(&host_path).map_err(|e| match e {
+        vmtime_sys::follow::FollowError::WorldWritable { .. } => anyhow::anyhow!("--host-page: {e}"),
+        e => anyhow::anyhow!("no host page to follow: {e:#} (is vmtime host running? --host-page names its page)"),
+    })?;
+    // The guest page and the state checked before anything is made beside them (the state's
+    // lock): a device, a link or a file another user planted is refused and leaves nothing
+    // behind. (The state is read again under the lock.)
+    files::check_page_path(&guest_page)?;
+    files::read_state(&state_path)?;
     // One relay per state and per guest page: both locked for the daemon's life.
     let state_lock = LockFile::acquire(&crate::paths::lock_for(&state_path))?;
     // Only "no such file" means a first start; any other problem stops here (a lost state
@@ -376,7 +378,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 .with_context(|| format!("{} is not a relay state", state_path.display()))?;
             // This relay has no way to notify the guest: NOTIFICATION_PRESENT stays clear.
             let mut r = GuestRelay::from_state(GuestState { notify: false, ..st });
-            if st.map != map && !args.migrated {
+            if st.map != map && !migrated {
                 tracing::warn!("the TSC map changed since the last run without --migrated: treating it as a migration");
                 r.migrated_in(map);
             }
@@ -384,17 +386,14 @@ pub fn run(args: Args) -> Result<ExitCode> {
         }
         None => GuestRelay::new(map, event::random_u64()?, false),
     };
-    if args.migrated {
+    if migrated {
         relay.migrated_in(map);
     }
-    if args.restored {
+    if restored {
         relay.restored_from_snapshot();
         relay.confirm_map(map);
     }
 
-    let host = crate::page::FollowedPage::open(&host_path).map_err(|e| {
-        anyhow::anyhow!("no host page to follow: {e:#} (is vmtime host running? --host-page names its page)")
-    })?;
     // The guest page's constant fields are fixed when it is created, from the host page now
     // (or kept from the saved state): a host restarted with another time type changes nothing.
     let now = host.read().context("reading the host page")?;
@@ -407,31 +406,37 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let mem = WritableMapping::new(Mapping::map(guest_file.file(), true)?)?;
     save(&state_path, relay.state())?;
     let guest_socket = crate::paths::socket_for(&guest_page);
-    let mut server = Server::bind_unix(&guest_socket, 0o600, None, serve::Limits::default())?;
-    let mut signals = Signals::install()?;
+    let host_socket = a.host_socket.clone().unwrap_or_else(|| crate::paths::socket_for(&host_path));
+    let rt = Runtime::start(a.clone(), move || args.settings(), &guest_socket)?;
     let saved = *relay.state();
+    let now = Instant::now();
+    let m = crate::ops::figures::RelayMetrics {
+        host_page: host_path.display().to_string(),
+        state: Some(saved),
+        ..Default::default()
+    };
     let mut r = Relay {
         host,
         relay,
         writer: Writer::new(mem),
         _guest_file: guest_file,
         _state_lock: state_lock,
+        guard: Guard::new(),
         saved,
         state_path,
         last_host_seq: None,
         relayed: 0,
-        last_latency_us: 0.0,
         holding: false,
         pending_notify: None,
-        reload_requests: 0,
-        restart_needed: Vec::new(),
-        m: Default::default(),
-        guard: Guard::new(),
-        overwrites: 0,
+        host_sub: None,
+        t_sub: None,
+        host_socket,
+        last_turn: now,
+        last_file_check: now,
+        last_error: String::new(),
+        line: String::new(),
+        m,
     };
-    let board = crate::ops::metrics::Board::new(r.m.clone());
-    crate::ops::metrics::start(a.metrics_listen, &board)?;
-    let mut supervisor = crate::ops::systemd::Supervisor::new();
     let st = *r.relay.state();
     tracing::info!("vmtime relay: {} → {}", host_path.display(), guest_page.display());
     tracing::info!("map: guest = ((host · {}) >> {}) + {:#x}", st.map.ratio, st.map.frac_bits, st.map.offset);
@@ -446,93 +451,104 @@ pub fn run(args: Args) -> Result<ExitCode> {
         st.vm_generation,
         r.state_path.display()
     );
-    tracing::info!("control socket {} (status, subscribe, migrated, restored)", guest_socket.display());
     r.relay(true, Instant::now())?;
+    r.host_sub = subscribe_host(&r.host_socket);
+    match r.host_sub {
+        Some(_) => tracing::info!("following the host by notification ({})", r.host_socket.display()),
+        None => tracing::warn!(
+            "following the host by polling its page every 1 ms: no host daemon answers at {} (--host-socket names it)",
+            r.host_socket.display()
+        ),
+    }
+    r.line = format!("relaying {} to {}", host_path.display(), guest_page.display());
+    rt.run(&mut r)
+}
 
-    let mut host_sub = subscribe_host(&host_path);
-    tracing::info!("following the host by {}", if host_sub.is_some() { "notification" } else { "polling every 1 ms" });
-    let end = a.duration_s.map(|s| Instant::now() + Duration::from_secs(s.get()));
-    let mut last_file_check = Instant::now();
-    let mut last_error = String::new();
-    let mut poller = Poller::new();
-    loop {
-        poller.clear();
-        signals.register(&mut poller);
-        server.register(&mut poller);
-        let t_sub = host_sub.as_ref().map(|s| poller.add(s.fd(), serve::READABLE));
-        // Without notifications (or while they are silent) the page is polled every 1 ms; the
-        // guest page is looked at every GUARD_EVERY in any case.
-        let timeout = if host_sub.is_some() { GUARD_EVERY } else { Duration::from_millis(1).min(GUARD_EVERY) };
-        let wake = serve::earliest(Some(Instant::now() + timeout), server.next_deadline());
-        poller.wait(wake.map(|w| w.saturating_duration_since(Instant::now())))?;
-        let woke = Instant::now();
-        match signals.take(&poller) {
-            Some(SignalEvent::Terminate(name)) => {
-                tracing::info!("{name}: stopping (the guest page stays valid; the socket is removed)");
-                break;
-            }
-            Some(SignalEvent::Reload) => {
-                // Re-read and re-check the configuration (the same flags on top): the log level
-                // is applied now; the pages, the state, the counter map (constants of the guest's
-                // page) and the metrics address need a restart, and are named. A bad file keeps
-                // the settings in force.
-                r.reload_requests += 1;
-                if let Some((now, restart)) =
-                    crate::ops::config::on_sighup("relay", &a, args.settings(), &["log_level"])
-                {
-                    crate::ops::logging::set_level(now.log_level);
-                    r.restart_needed = restart;
-                    a = now;
-                }
-            }
-            None => {}
-        }
-        let notified = t_sub.is_some_and(|t| poller.readable(t));
-        if notified && !host_sub.as_mut().is_some_and(|s| s.drain()) {
-            tracing::warn!("the host daemon went away: polling the page");
-            host_sub = None;
+impl Daemon for Relay {
+    type Settings = RelaySettings;
+    type Figures = crate::ops::figures::RelayMetrics;
+    const NAME: &'static str = "relay";
+    /// The log level is applied on SIGHUP; the pages, the sockets, the state, the counter map
+    /// (constants of the guest's page) and the metrics address need a restart.
+    const LIVE: &'static [&'static str] = &["log_level"];
+    const REQUESTS: &'static str =
+        "status, subscribe, hold, migrated [OFFSET [RATIO BITS]] or restored [OFFSET [RATIO BITS]]";
+
+    /// Without notifications (or while they are silent) the host page is polled every 1 ms; the
+    /// guest page is looked at every GUARD_EVERY in any case.
+    fn next_turn(&self) -> Option<Instant> {
+        let every = if self.host_sub.is_some() { GUARD_EVERY } else { Duration::from_millis(1).min(GUARD_EVERY) };
+        Some(self.last_turn + every)
+    }
+
+    fn register(&mut self, p: &mut Poller) {
+        self.t_sub = self.host_sub.as_ref().map(|s| p.add(s.fd(), serve::READABLE));
+    }
+
+    fn turn(&mut self, t: &mut Turn<'_>) -> Result<Flow> {
+        let woke = t.now();
+        self.last_turn = woke;
+        let notified = self.t_sub.is_some_and(|x| t.readable(x));
+        if notified && !self.host_sub.as_mut().is_some_and(|s| s.drain()) {
+            tracing::warn!("the host daemon went away: polling the page every 1 ms until it is back");
+            self.host_sub = None;
         }
         // A publisher that stays silent is not trusted to notify: the page is read anyway.
-        let silent = host_sub.as_ref().is_none_or(|s| s.last_notified().elapsed() >= Duration::from_secs(2));
-        let mut result = r.guard_guest_page();
+        let silent = self.host_sub.as_ref().is_none_or(|s| s.last_notified().elapsed() >= Duration::from_secs(2));
+        let mut result = self.guard_guest_page();
         if notified || silent {
-            result = result.and(r.relay(false, woke));
+            result = result.and(self.relay(false, woke));
         }
-        let view = crate::ops::control::ServerView::of(&server);
-        server.handle(&poller, |line| r.answer(line, &view));
-        if last_file_check.elapsed() >= Duration::from_secs(1) {
-            last_file_check = Instant::now();
-            result = result.and(r.follow_host_file());
-            if host_sub.is_none() {
-                host_sub = subscribe_host(&host_path);
+        if self.last_file_check.elapsed() >= Duration::from_secs(1) {
+            self.last_file_check = Instant::now();
+            result = result.and(self.follow_host_file());
+            if self.host_sub.is_none() {
+                self.host_sub = subscribe_host(&self.host_socket);
+                if self.host_sub.is_some() {
+                    tracing::info!("following the host by notification again ({})", self.host_socket.display());
+                }
             }
         }
-        if let Some(seq) = r.pending_notify.take() {
-            server.notify(seq);
+        if let Some(seq) = self.pending_notify.take() {
+            t.notify(seq);
         }
         // A failure (the state cannot be saved: the page that needs it is not published) is
         // logged once per cause; the guest page holds over until it works again.
         match result {
-            Err(e) if format!("{e:#}") != last_error => {
-                last_error = format!("{e:#}");
-                tracing::error!("cannot relay: {last_error}");
+            Err(e) if format!("{e:#}") != self.last_error => {
+                self.last_error = format!("{e:#}");
+                tracing::error!("cannot relay: {}", self.last_error);
             }
             Err(_) => {}
-            Ok(()) => last_error.clear(),
+            Ok(()) => self.last_error.clear(),
         }
-        r.m.holdover = r.holding;
-        r.m.subscribers = server.subscribers();
-        r.m.subscribers_dropped = server.stats().dropped_subscribers;
-        board.offer(&r.m);
-        if r.relayed > 0 {
-            supervisor.ready(&format!("relaying {} to {}", host_path.display(), guest_page.display()));
-        }
-        supervisor.tick();
-        if end.is_some_and(|e| Instant::now() >= e) {
-            break;
+        self.m.holdover = self.holding;
+        self.m.last_host_seq = self.last_host_seq;
+        Ok(Flow::Continue)
+    }
+
+    /// A failure is answered as `{"error": …}`.
+    fn answer(&mut self, request: &str) -> Answer {
+        match self.control(request) {
+            Ok(a) => a,
+            Err(e) => Answer::Reply(Reply::Line(serve::error_json(&format!("{e:#}")))),
         }
     }
-    supervisor.stopping();
-    drop(server); // removes our socket (only if it is still ours)
-    Ok(ExitCode::SUCCESS)
+
+    fn reconfigure(&mut self, _now: &RelaySettings) {}
+
+    fn figures(&mut self) -> &mut crate::ops::figures::RelayMetrics {
+        &mut self.m
+    }
+
+    fn status_line(&self) -> Option<&str> {
+        (self.relayed > 0).then_some(self.line.as_str())
+    }
+
+    fn stop(&mut self, why: &str) -> Result<()> {
+        if why.starts_with("SIG") {
+            tracing::info!("{why}: stopping (the guest page stays valid; the socket is removed)");
+        }
+        Ok(())
+    }
 }

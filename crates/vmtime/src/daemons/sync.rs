@@ -3,6 +3,7 @@
 //! mode to use on a machine whose clock must not be touched.
 
 use crate::ops::config::{LogLevel, SyncSettings, Timescale};
+use crate::ops::runtime::{Daemon, Flow, Pace, Runtime, Turn};
 use crate::values::*;
 use anyhow::{bail, Context, Result};
 use clap::Args as ClapArgs;
@@ -10,10 +11,11 @@ use serde::Serialize;
 use std::fs::File;
 use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use vmclock::abi::{self, flags};
+use vmtime_core::cadence::{Cadence, Markers};
 use vmtime_core::rival::{ClockWatch, Interference};
 use vmtime_core::sync::{
     gives_time, sample_under_page, Discipline, MarkerWatch, NotifyCheck, SyncAction, SyncConfig, SyncObservation,
@@ -21,8 +23,7 @@ use vmtime_core::sync::{
 };
 use vmtime_sys::clock::{aba_sample, tightest, ClockId};
 use vmtime_sys::files;
-use vmtime_sys::serve::{self, Poller, Reply, Server, Subscription};
-use vmtime_sys::signals::{SignalEvent, Signals};
+use vmtime_sys::serve::{self, Poller, Subscription, Token};
 
 /// `vmtime sync`'s flags: each one is also a key of the configuration's `[sync]` section; a flag
 /// overrides the file.
@@ -38,6 +39,11 @@ pub struct Args {
     /// Print the actions instead of applying them: nothing is changed.
     #[arg(long)]
     dry_run: bool,
+    /// One bounded step from the page (or PHC), with the TAI offset, leap state and bounds, then
+    /// exit: 0, or 1 with the reason on one line (for agents, init scripts, microVMs).
+    #[arg(long)]
+    #[serde(skip)]
+    pub once: bool,
     /// Interval between observations without notification, ms.
     #[arg(long)]
     interval_ms: Option<IntervalMs>,
@@ -71,9 +77,9 @@ pub struct Args {
     /// the page has it.
     #[arg(long)]
     tai_offset: Option<TaiUtcS>,
-    /// Log level: error, warn, info, debug or trace.
-    #[arg(long, value_enum)]
-    log_level: Option<LogLevel>,
+    /// The global `--log-level` (main sets it; a key of the configuration too).
+    #[arg(skip)]
+    pub log_level: Option<LogLevel>,
     /// Serve Prometheus metrics on this loopback address (default: [metrics] listen; off).
     #[arg(long)]
     metrics_listen: Option<std::net::SocketAddr>,
@@ -81,6 +87,13 @@ pub struct Args {
     /// kernel's PLL is on, and keep running when another process changes the clock's state.
     #[arg(long)]
     allow_other_daemon: bool,
+    /// A second opinion: an NTP server, ADDRESS:PORT (no names: nothing is looked up), asked every
+    /// 16–64 s (backing off to 1024 s while it does not answer). It never steers the clock; when
+    /// it and the page disagree beyond both their bounds, the kernel's maxerror is widened to
+    /// cover it, the clock is left unsynchronised, and `status` says `"cross_check": {"state":
+    /// "disagree", …}`. A vmclock page source only.
+    #[arg(long, value_name = "ADDRESS:PORT")]
+    cross_check_ntp: Option<std::net::SocketAddr>,
 }
 
 impl Args {
@@ -98,18 +111,6 @@ impl Args {
 const LIVE: &[&str] = &["log_level", "interval_ms", "makestep_ns", "makestep_updates", "max_step_s", "hook"];
 /// On a PHC source (or markers only) only the log level is applied live.
 const LIVE_PHC: &[&str] = &["log_level"];
-
-/// SIGHUP: re-reads and re-checks the configuration. The keys in `live` that changed are
-/// applied (the returned settings are those now in force, with the list of changes still
-/// needing a restart); the others are named in the log line as needing a restart. A bad file
-/// keeps the settings in force (None).
-fn reload(args: &Args, current: &SyncSettings, live: &[&str]) -> Option<(SyncSettings, Vec<String>)> {
-    let got = crate::ops::config::on_sighup("sync", current, args.settings(), live);
-    if let Some((now, _)) = &got {
-        crate::ops::logging::set_level(now.log_level);
-    }
-    got
-}
 
 /// The discipline's settings from `vmtime sync`'s.
 fn discipline_config(a: &SyncSettings) -> SyncConfig {
@@ -138,7 +139,7 @@ fn timescale_of(t: Option<Timescale>) -> Option<vmtime_core::phc::PhcTimescale> 
 /// Runs the hook for a new VM generation (prints it in a dry run).
 fn run_hook(hook: &Option<String>, dry_run: bool) {
     if dry_run {
-        println!("dry run: would {}", describe(&SyncAction::RunHook));
+        println!("dry run: would {}", SyncAction::RunHook);
     } else if let Some(h) = hook {
         tracing::info!("VM generation changed: running {h}");
         let _ = std::process::Command::new("sh").arg("-c").arg(h).status();
@@ -148,218 +149,423 @@ fn run_hook(hook: &Option<String>, dry_run: bool) {
 /// The PHC path: measurements every interval, the PI servo, the same actions. `markers` is a
 /// vmclock page that carries markers only (QEMU, Firecracker): its VM generation runs the hook
 /// and its disruption marker makes the next measurement step.
-fn run_phc(
-    a: &SyncSettings,
-    args: &Args,
-    info: vmtime_sys::phc::PhcInfo,
+struct PhcSync {
+    dev: PathBuf,
+    d: vmtime_sys::phc::PhcFile,
+    own_page: Option<vmclock::Mapping>,
     markers: Option<crate::page::FollowedPage>,
-) -> Result<ExitCode> {
-    use vmtime_core::phc::{decide_timescale, pure_source, read_best, PhcServo, PhcServoConfig, PhcSourceState};
-    let dev = info.dev.clone();
-    let clock_name = info.clock_name.clone();
-    let mut d = vmtime_sys::phc::PhcFile::open(&dev).with_context(|| format!("cannot open {}", dev.display()))?;
-    // The page of the vmclock device that registered this PHC, if any: its status, TAI − UTC,
-    // and a reading against it decide the PHC's timescale.
-    let own_page = vmtime_sys::phc::vmclock_device(&info, std::path::Path::new("/dev"))
-        .and_then(|p| vmclock::Mapping::open(&p).ok());
-    let kernel = vmtime_sys::read_timex()?;
-    let facts = vmtime_core::phc::TimescaleFacts {
-        attribute: None, // no released kernel has the PTP timescale attributes yet
-        page: own_page.as_ref().and_then(|m| vmtime_sys::phc::compare_with_page(&mut d, m, kernel.tai)),
-        driver: pure_source(&clock_name).flatten(),
-        configured: timescale_of(a.phc_timescale),
-    };
-    let (timescale, by) = match decide_timescale(&facts) {
-        Ok(t) => t,
-        Err(e) => bail!("{} ({clock_name}): {e}", dev.display()),
-    };
-    let scale = match timescale {
-        vmtime_core::phc::PhcTimescale::Utc => "UTC",
-        vmtime_core::phc::PhcTimescale::Tai => "TAI",
-    };
-    if facts.configured.is_some_and(|c| c != timescale) {
-        tracing::warn!("{}: --phc-timescale ignored: {by} shows the PHC keeps {scale}", dev.display());
-    }
-    let mut servo = PhcServo::new(PhcServoConfig { timescale, ..PhcServoConfig::default() });
-    tracing::info!(
-        "vmtime sync: {} ({clock_name}, {scale} by {by}) → CLOCK_REALTIME{}",
-        dev.display(),
-        if a.dry_run { " (dry run: nothing is changed)" } else { "" }
-    );
-    if let Some(m) = &markers {
-        tracing::info!("{} carries markers only: watching them for the hook and for steps", m.path().display());
-    }
-    let interval = Duration::from_millis(a.interval_ms.get());
-    let end = a.duration_s.map(|d| Instant::now() + Duration::from_secs(d.get()));
-    let mut signals = Signals::install()?;
-    let mut poller = Poller::new();
-    let mut watch = MarkerWatch::default();
-    let mut rival = (!a.allow_other_daemon).then(ClockWatch::new);
-    let mut fig =
-        crate::ops::metrics::SyncMetrics { dry_run: a.dry_run, state: Some("starting"), ..Default::default() };
-    let board = crate::ops::metrics::Board::new(fig.clone());
-    crate::ops::metrics::start(a.metrics_listen, &board)?;
-    let mut supervisor = crate::ops::systemd::Supervisor::new();
-    let mut printed = String::new();
-    let mut say = |act: &SyncAction, offset: f64, how: &str| {
-        let line = format!("dry run: would {} (offset {offset:+.1} ns{how})", describe(act));
-        if matches!(act, SyncAction::Step { .. }) || line != printed {
-            println!("{line}");
-            printed = line;
+    /// Between measurements the markers page (if any) is checked at the cadence: a new
+    /// disruption marker makes the next measurement come at once, and step.
+    cadence: Cadence,
+    clock_name: String,
+    servo: vmtime_core::phc::PhcServo,
+    watch: MarkerWatch,
+    rival: Option<ClockWatch>,
+    dry_run: bool,
+    hook: Option<String>,
+    tai_offset: Option<i16>,
+    pace: Pace,
+    interval: Duration,
+    printed: String,
+    line: String,
+    m: crate::ops::figures::SyncMetrics,
+}
+
+impl PhcSync {
+    fn open(
+        a: &SyncSettings,
+        info: vmtime_sys::phc::PhcInfo,
+        markers: Option<crate::page::FollowedPage>,
+    ) -> Result<Self> {
+        use vmtime_core::phc::{decide_timescale, pure_source, PhcServo, PhcServoConfig};
+        let dev = info.dev.clone();
+        let clock_name = info.clock_name.clone();
+        let mut d = vmtime_sys::phc::PhcFile::open(&dev).with_context(|| format!("cannot open {}", dev.display()))?;
+        // The page of the vmclock device that registered this PHC, if any: its status, TAI − UTC,
+        // and a reading against it decide the PHC's timescale.
+        let own_page = vmtime_sys::phc::vmclock_device(&info, std::path::Path::new("/dev"))
+            .and_then(|p| vmclock::Mapping::open(&p).ok());
+        let kernel = vmtime_sys::read_timex()?;
+        let facts = vmtime_core::phc::TimescaleFacts {
+            attribute: None, // no released kernel has the PTP timescale attributes yet
+            page: own_page.as_ref().and_then(|m| vmtime_sys::phc::compare_with_page(&mut d, m, kernel.tai)),
+            driver: pure_source(&clock_name).flatten(),
+            configured: timescale_of(a.phc_timescale),
+        };
+        let (timescale, by) = match decide_timescale(&facts) {
+            Ok(t) => t,
+            Err(e) => bail!("{} ({clock_name}): {e}", dev.display()),
+        };
+        let scale = match timescale {
+            vmtime_core::phc::PhcTimescale::Utc => "UTC",
+            vmtime_core::phc::PhcTimescale::Tai => "TAI",
+        };
+        if facts.configured.is_some_and(|c| c != timescale) {
+            tracing::warn!("{}: --phc-timescale ignored: {by} shows the PHC keeps {scale}", dev.display());
         }
-    };
-    while end.is_none_or(|e| Instant::now() < e) {
-        let tx = vmtime_sys::read_timex()?;
-        if let Some(w) = &mut rival {
-            if let Err(i) = w.check(&tx) {
-                return stopped_by(Interfered(i).into());
-            }
-        }
+        tracing::info!(
+            "vmtime sync: {} ({clock_name}, {scale} by {by}) → CLOCK_REALTIME{}",
+            dev.display(),
+            if a.dry_run { " (dry run: nothing is changed)" } else { "" }
+        );
         if let Some(m) = &markers {
+            tracing::info!("{} carries markers only: watching them for the hook and for steps", m.path().display());
+        }
+        let interval = Duration::from_millis(a.interval_ms.get());
+        Ok(PhcSync {
+            m: sync_figures(a, &dev, Some("starting")),
+            dev,
+            d,
+            own_page,
+            markers,
+            cadence: Cadence::default(),
+            clock_name,
+            servo: PhcServo::new(PhcServoConfig { timescale, ..PhcServoConfig::default() }),
+            watch: MarkerWatch::default(),
+            rival: (!a.allow_other_daemon).then(ClockWatch::new),
+            dry_run: a.dry_run,
+            hook: a.hook.clone(),
+            tai_offset: a.tai_offset.map(TaiUtcS::get),
+            pace: Pace::new(Instant::now(), interval),
+            interval,
+            printed: String::new(),
+            line: String::new(),
+        })
+    }
+
+    fn say(&mut self, act: &SyncAction, how: &str) {
+        let line = format!("dry run: would {act} (offset {:+.1} ns{how})", self.servo.last_offset_ns);
+        if matches!(act, SyncAction::Step { .. }) || line != self.printed {
+            println!("{line}");
+            self.printed = line;
+        }
+    }
+
+    /// Before a measurement: the kernel's state (another daemon's changes refused), the markers
+    /// page's news, and the source's facts handed to the servo.
+    fn prepare(&mut self) -> Result<(vmtime_core::kernel::KernelTimex, vmtime_core::phc::PhcSourceState)> {
+        use vmtime_core::phc::PhcSourceState;
+        let tx = vmtime_sys::read_timex()?;
+        if let Some(w) = &mut self.rival {
+            w.check(&tx).map_err(Interfered)?;
+        }
+        if let Some(m) = &self.markers {
             if let Ok(p) = m.read() {
-                let c = watch.observe(&p);
+                self.cadence.seen(Markers::of(&p));
+                let c = self.watch.observe(&p);
                 if c.disrupted {
                     tracing::info!("disruption marker changed: {:#x}; stepping from the PHC", p.disruption_marker());
-                    servo.disrupted();
+                    self.servo.disrupted();
                 }
                 if c.new_generation {
-                    run_hook(&a.hook, a.dry_run);
+                    run_hook(&self.hook, self.dry_run);
                 }
             }
         }
-        let page = own_page.as_ref().and_then(|m| vmclock::seqlock::read(m, vmclock::seqlock::DEFAULT_MAX_WAIT).ok());
-        servo.set_source(PhcSourceState::from_facts(page.as_ref(), tx.tai, a.tai_offset.map(TaiUtcS::get)));
-        let actions = match read_best(&mut d, 25) {
+        let page =
+            self.own_page.as_ref().and_then(|m| vmclock::seqlock::read(m, vmclock::seqlock::DEFAULT_MAX_WAIT).ok());
+        let src = PhcSourceState::from_facts(page.as_ref(), tx.tai, self.tai_offset);
+        self.servo.set_source(src);
+        Ok((tx, src))
+    }
+
+    /// One measurement and the servo's actions.
+    fn measure(&mut self) -> Result<()> {
+        use vmtime_core::phc::read_best;
+        let (tx, _) = self.prepare()?;
+        let actions = match read_best(&mut self.d, 25) {
             Ok((m, _)) => {
-                let acts = servo.handle_measurement(&m, tx.tick, tx.freq, interval.as_secs_f64());
-                fig.phc_measured(servo.last_offset_ns);
-                if a.dry_run {
+                let acts = self.servo.handle_measurement(&m, tx.tick, tx.freq, self.interval.as_secs_f64());
+                self.m.phc_measured(self.servo.last_offset_ns);
+                if self.dry_run {
+                    let how = match m.method {
+                        vmtime_core::phc::Method::Precise => " by PTP_SYS_OFFSET_PRECISE",
+                        vmtime_core::phc::Method::Extended => " by PTP_SYS_OFFSET_EXTENDED",
+                        vmtime_core::phc::Method::Basic => " by PTP_SYS_OFFSET",
+                    };
                     for act in &acts {
-                        let how = match m.method {
-                            vmtime_core::phc::Method::Precise => " by PTP_SYS_OFFSET_PRECISE",
-                            vmtime_core::phc::Method::Extended => " by PTP_SYS_OFFSET_EXTENDED",
-                            vmtime_core::phc::Method::Basic => " by PTP_SYS_OFFSET",
-                        };
-                        say(act, servo.last_offset_ns, how);
+                        self.say(act, how);
                     }
                 }
                 acts
             }
             Err(failed) => {
                 let first = failed.first().map(|(_, e)| e.as_str()).unwrap_or("no reading");
-                tracing::warn!("{}: no reading method works ({first}): holdover", dev.display());
-                servo.handle_failure(tx.maxerror_us, tx.esterror_us)
+                tracing::warn!("{}: no reading method works ({first}): holdover", self.dev.display());
+                self.servo.handle_failure(tx.maxerror_us, tx.esterror_us)
             }
         };
         for act in actions {
-            fig.phc_action(&act);
-            if a.dry_run {
-                say(&act, servo.last_offset_ns, "");
+            self.m.phc_action(&act);
+            if self.dry_run {
+                self.say(&act, "");
             } else {
-                vmtime_sys::timex::apply(&act).with_context(|| format!("cannot {}", describe(&act)))?;
-                if let Some(w) = &mut rival {
+                vmtime_sys::timex::apply(&act).with_context(|| format!("cannot {act}"))?;
+                if let Some(w) = &mut self.rival {
                     w.applied(&act);
                 }
             }
         }
-        board.offer(&fig);
-        if fig.updates > 0 {
-            supervisor.ready(&format!("following {}", dev.display()));
+        if self.m.updates > 0 && self.line.is_empty() {
+            self.line = format!("following {}", self.dev.display());
         }
-        supervisor.tick();
-        // The wait between measurements is also where signals arrive.
-        poller.clear();
-        signals.register(&mut poller);
-        poller.wait(Some(interval))?;
-        match signals.take(&poller) {
-            Some(SignalEvent::Terminate(name)) => {
-                tracing::info!("{name}: stopping (the clock is left as it is)");
-                break;
+        Ok(())
+    }
+}
+
+impl Daemon for PhcSync {
+    type Settings = SyncSettings;
+    type Figures = crate::ops::figures::SyncMetrics;
+    const NAME: &'static str = "sync";
+    const LIVE: &'static [&'static str] = LIVE_PHC;
+
+    fn next_turn(&self) -> Option<Instant> {
+        let check = self.markers.as_ref().and_then(|_| crate::daemons::next_check(&self.cadence));
+        Some(check.map_or(self.pace.next(), |c| c.min(self.pace.next())))
+    }
+
+    fn turn(&mut self, t: &mut Turn<'_>) -> Result<Flow> {
+        if t.now() >= self.pace.next() {
+            self.pace.turned(t.now());
+        } else {
+            let mono = crate::daemons::mono_ns()?;
+            let Some(m) = self.markers.as_mut().filter(|_| self.cadence.due(mono)) else { return Ok(Flow::Continue) };
+            if self.cadence.look(mono, m.markers()) != vmtime_core::cadence::Look::Disrupted {
+                return Ok(Flow::Continue);
             }
-            Some(SignalEvent::Reload) => {
-                let _ = reload(args, a, LIVE_PHC);
+            self.pace.restart(t.now());
+        }
+        stopped_by(self.measure())
+    }
+
+    fn reconfigure(&mut self, _now: &SyncSettings) {}
+
+    fn figures(&mut self) -> &mut crate::ops::figures::SyncMetrics {
+        &mut self.m
+    }
+
+    fn status_line(&self) -> Option<&str> {
+        (!self.line.is_empty()).then_some(self.line.as_str())
+    }
+
+    fn stop(&mut self, why: &str) -> Result<()> {
+        if why.starts_with("SIG") {
+            tracing::info!("{why}: stopping (the clock is left as it is)");
+        }
+        Ok(())
+    }
+}
+
+/// `--once` on a PTP clock: one reading, its step (when more than 1 µs off), the TAI offset and
+/// the bounds; after a real step, one more reading gives the bounds of the clock as now set.
+fn phc_once(mut p: PhcSync) -> Result<ExitCode> {
+    use vmtime_core::phc::read_best;
+    let dev = p.dev.clone();
+    let mut once_again = false;
+    loop {
+        let (tx, src) = match p.prepare() {
+            Ok(x) => x,
+            Err(e) => return once_failed(&dev, format!("{e:#}")),
+        };
+        let m = match read_best(&mut p.d, 25) {
+            Ok((m, _)) => m,
+            Err(failed) => {
+                let first = failed.first().map(|(_, e)| e.as_str()).unwrap_or("no reading");
+                return once_failed(&dev, format!("no reading method works ({first})"));
             }
-            None => {}
+        };
+        let acts = p.servo.handle_measurement(&m, tx.tick, tx.freq, p.interval.as_secs_f64());
+        if p.servo.in_holdover() {
+            return once_failed(&dev, "the source cannot be used now (UNRELIABLE, or TAI without TAI − UTC)");
+        }
+        let stepped = acts.iter().find_map(|x| match x {
+            SyncAction::Step { delta_ns } => Some(*delta_ns),
+            _ => None,
+        });
+        let mut acts: Vec<_> = acts.into_iter().filter(|x| !matches!(x, SyncAction::SetFrequency { .. })).collect();
+        if let Some(t) = src.tai_minus_utc.filter(|&t| i32::from(t) != tx.tai) {
+            acts.push(SyncAction::SetTai(i32::from(t)));
+        }
+        for act in &acts {
+            if p.dry_run {
+                println!("dry run: would {act}");
+            } else if let Err(e) = vmtime_sys::timex::apply(act) {
+                return once_failed(&dev, format!("cannot {act} ({e}; vmtime sync needs CAP_SYS_TIME)"));
+            }
+        }
+        if stepped.is_some() && !p.dry_run && !once_again {
+            once_again = true;
+            continue;
+        }
+        println!(
+            "vmtime sync --once: {} ({}): offset {:+.0} ns, {}{}",
+            dev.display(),
+            p.clock_name,
+            p.servo.last_offset_ns,
+            match stepped {
+                Some(d) if p.dry_run => format!("would step by {:+.3} µs", d as f64 / 1e3),
+                Some(d) => format!("stepped by {:+.3} µs", d as f64 / 1e3),
+                None if once_again => "stepped before".to_string(),
+                None => "not stepped".to_string(),
+            },
+            if p.dry_run { " (dry run: nothing was changed)" } else { "" }
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+}
+
+/// `--once` failed: one line naming the source and the reason, exit status 1.
+fn once_failed(source: &Path, why: impl std::fmt::Display) -> Result<ExitCode> {
+    eprintln!("vmtime sync --once: {}: {why}; the clock is left as it is", source.display());
+    Ok(ExitCode::from(1))
+}
+
+/// `vmtime sync --once` on a page: one observation (its samples paired with one version of the
+/// page: a page updated meanwhile, a migration or restore, is observed again), then the step,
+/// TAI offset, leap state and bounds of `vmtime_core::oneshot::once`, and exit. A page with
+/// markers only goes to the machine's PHC, if it has one.
+fn run_once(a: &SyncSettings, source: &Path) -> Result<ExitCode> {
+    let page = match crate::page::FollowedPage::open(source) {
+        Ok(p) => p,
+        Err(e) => return once_failed(source, e),
+    };
+    let first = match page.read() {
+        Ok(p) => p,
+        Err(e) => return once_failed(source, e),
+    };
+    if !gives_time(&first, vmclock::counter::NATIVE) {
+        return match find_phc() {
+            Some(info) => phc_once(PhcSync::open(a, info, Some(page))?),
+            None => once_failed(source, "it carries markers only and this machine has no PHC: no time source"),
+        };
+    }
+    let kernel = vmtime_sys::read_timex()?;
+    let got = sample_under_page(
+        4,
+        || page.read().map_err(anyhow::Error::from),
+        || -> Result<_> {
+            let raw = tightest(ClockId::MonotonicRaw, 16)?;
+            let samples = (0..64).map(|_| aba_sample(ClockId::Realtime)).collect::<std::io::Result<Vec<_>>>()?;
+            Ok((raw, samples))
+        },
+        || page.read().map_or(u32::MAX, |p| p.seq_count()),
+    );
+    let (p, (raw, samples)) = match got {
+        Ok(Some(x)) => x,
+        Ok(None) => return once_failed(source, "the page changed during every one of 4 observations"),
+        Err(e) => return once_failed(source, format!("{e:#}")),
+    };
+    crate::page::warn_legacy_tai(source, &p);
+    let obs = SyncObservation { page: p, raw, samples: &samples, kernel };
+    let once = match vmtime_core::oneshot::once(discipline_config(a), &obs, vmclock::counter::NATIVE) {
+        Ok(o) => o,
+        Err(e) => return once_failed(source, e),
+    };
+    for act in &once.actions {
+        if a.dry_run {
+            println!("dry run: would {act}");
+        } else if let Err(e) = vmtime_sys::timex::apply(act) {
+            return once_failed(source, format!("cannot {act} ({e}; vmtime sync needs CAP_SYS_TIME)"));
         }
     }
-    supervisor.stopping();
+    let what = match once.step_ns() {
+        Some(d) if a.dry_run => format!("would step by {:+.3} µs", d as f64 / 1e3),
+        Some(d) => format!("stepped by {:+.3} µs", d as f64 / 1e3),
+        None => "within 1 µs: not stepped".to_string(),
+    };
+    println!(
+        "vmtime sync --once: {}: offset {:+.0} ns, {what}; bound {:.0} ns (marker {:#x}){}",
+        source.display(),
+        once.offset_ns,
+        once.bound_ns,
+        p.disruption_marker(),
+        if a.dry_run { " (dry run: nothing was changed)" } else { "" }
+    );
     Ok(ExitCode::SUCCESS)
 }
 
 /// A page with markers only and no PHC on this machine: no time source. The markers are still
 /// watched and the hook run; the clock is left alone.
-fn run_markers_only(
-    a: &SyncSettings,
-    args: &Args,
-    mut page: crate::page::FollowedPage,
-    socket: PathBuf,
-) -> Result<ExitCode> {
-    let mut server = Server::bind_unix(&socket, 0o600, None, serve::Limits::default())?;
-    let mut signals = Signals::install()?;
-    let interval = Duration::from_millis(a.interval_ms.get());
-    tracing::info!(
-        "vmtime sync: {} carries markers only and this machine has no PHC: no time source; watching its disruption_marker and vm_generation_counter{}",
-        page.path().display(),
-        if a.hook.is_some() { " for the hook" } else { "" }
-    );
-    tracing::info!("control socket {}", socket.display());
-    let end = a.duration_s.map(|d| Instant::now() + Duration::from_secs(d.get()));
-    let mut watch = MarkerWatch::default();
-    let mut hooks = 0u64;
-    let mut last = None;
-    let mut poller = Poller::new();
-    let mut next = Instant::now();
-    while end.is_none_or(|e| Instant::now() < e) {
-        if Instant::now() >= next {
-            next = Instant::now() + interval;
-            page.refresh();
-            if let Ok(p) = page.read() {
-                let c = watch.observe(&p);
-                if c.disrupted {
-                    tracing::info!(
-                        "disruption marker changed: {:#x} (no time source to step from)",
-                        p.disruption_marker()
-                    );
-                }
-                if c.new_generation {
-                    hooks += 1;
-                    run_hook(&a.hook, a.dry_run);
-                }
-                last = Some(p);
-            }
-        }
-        let wake = serve::earliest(Some(next), server.next_deadline());
-        poller.clear();
-        signals.register(&mut poller);
-        server.register(&mut poller);
-        poller.wait(wake.map(|w| w.saturating_duration_since(Instant::now())))?;
-        match signals.take(&poller) {
-            Some(SignalEvent::Terminate(name)) => {
-                tracing::info!("{name}: stopping (the socket is removed)");
-                break;
-            }
-            Some(SignalEvent::Reload) => {
-                let _ = reload(args, a, LIVE_PHC);
-            }
-            None => {}
-        }
-        let status = serde_json::json!({
-            "role": "sync",
-            "source": page.path().display().to_string(),
-            "dry_run": a.dry_run,
-            "lock": LOCK.get(),
-            "discipline": { "state": "no time source (markers only)" },
-            "disruption_marker": last.map(|p| p.disruption_marker()),
-            "vm_generation_counter": last.and_then(|p| p.vm_generation_counter()),
-            "hooks_run": hooks,
-        });
-        server.handle(&poller, |line| match line.trim() {
-            "status" => Reply::Line(status.to_string()),
-            _ => Reply::Line(serve::error_json("unknown request: send status")),
-        });
+struct MarkersOnly {
+    page: crate::page::FollowedPage,
+    /// Between full reads (every interval) the markers are checked at the cadence.
+    cadence: Cadence,
+    watch: MarkerWatch,
+    dry_run: bool,
+    hook: Option<String>,
+    pace: Pace,
+    line: String,
+    m: crate::ops::figures::SyncMetrics,
+}
+
+impl Daemon for MarkersOnly {
+    type Settings = SyncSettings;
+    type Figures = crate::ops::figures::SyncMetrics;
+    const NAME: &'static str = "sync";
+    const LIVE: &'static [&'static str] = LIVE_PHC;
+
+    fn next_turn(&self) -> Option<Instant> {
+        let check = crate::daemons::next_check(&self.cadence);
+        Some(check.map_or(self.pace.next(), |c| c.min(self.pace.next())))
     }
-    drop(server); // removes our socket (only if it is still ours)
-    Ok(ExitCode::SUCCESS)
+
+    fn turn(&mut self, t: &mut Turn<'_>) -> Result<Flow> {
+        let mono = crate::daemons::mono_ns()?;
+        if t.now() >= self.pace.next() {
+            self.pace.turned(t.now());
+        } else if self.cadence.due(mono)
+            && self.cadence.look(mono, self.page.markers()) == vmtime_core::cadence::Look::Disrupted
+        {
+            self.pace.restart(t.now());
+        } else {
+            return Ok(Flow::Continue);
+        }
+        self.page.refresh();
+        if let Ok(p) = self.page.read() {
+            self.cadence.seen(Markers::of(&p));
+            let c = self.watch.observe(&p);
+            if c.disrupted {
+                tracing::info!("disruption marker changed: {:#x} (no time source to step from)", p.disruption_marker());
+            }
+            if c.new_generation {
+                self.m.hooks_run += 1;
+                run_hook(&self.hook, self.dry_run);
+            }
+            self.m.page_seen(&p);
+            if self.line.is_empty() {
+                self.line = format!("watching the markers of {} (no time source)", self.page.path().display());
+            }
+        }
+        Ok(Flow::Continue)
+    }
+
+    fn reconfigure(&mut self, _now: &SyncSettings) {}
+
+    fn figures(&mut self) -> &mut crate::ops::figures::SyncMetrics {
+        &mut self.m
+    }
+
+    fn status_line(&self) -> Option<&str> {
+        (!self.line.is_empty()).then_some(self.line.as_str())
+    }
+
+    fn stop(&mut self, why: &str) -> Result<()> {
+        if why.starts_with("SIG") {
+            tracing::info!("{why}: stopping (the socket is removed)");
+        }
+        Ok(())
+    }
+}
+
+/// The figures every sync path starts with.
+fn sync_figures(a: &SyncSettings, source: &Path, state: Option<&'static str>) -> crate::ops::figures::SyncMetrics {
+    crate::ops::figures::SyncMetrics {
+        dry_run: a.dry_run,
+        state,
+        source: source.display().to_string(),
+        lock: LOCK.get().cloned(),
+        ..Default::default()
+    }
 }
 
 /// The device's notifications, checked: a 6.13–6.19 driver's `poll()` is always readable.
@@ -403,23 +609,6 @@ fn find_device() -> Option<PathBuf> {
     (0..8).map(|i| PathBuf::from(format!("/dev/vmclock{i}"))).find(|p| p.exists())
 }
 
-fn describe(a: &SyncAction) -> String {
-    match *a {
-        SyncAction::Step { delta_ns } => format!("step CLOCK_REALTIME by {:+.3} µs", delta_ns as f64 / 1e3),
-        SyncAction::SetFrequency { tick, freq } => {
-            format!("set tick {tick} and frequency {:+.6} ppm", freq as f64 / 65536.0)
-        }
-        SyncAction::SetTai(t) => format!("set the TAI offset to {t} s"),
-        SyncAction::SetState { insert, delete, synchronized, maxerror_us, esterror_us } => format!(
-            "set {}{}{}, maxerror {maxerror_us} µs, esterror {esterror_us} µs",
-            if synchronized { "synchronised (STA_UNSYNC clear)" } else { "unsynchronised (STA_UNSYNC)" },
-            if insert { ", STA_INS (leap second at midnight)" } else { "" },
-            if delete { ", STA_DEL (leap second deleted at midnight)" } else { "" }
-        ),
-        SyncAction::RunHook => "run the generation hook".into(),
-    }
-}
-
 struct Sync {
     page: crate::page::FollowedPage,
     notes: DeviceNotes,
@@ -430,16 +619,26 @@ struct Sync {
     last_marker: Option<u64>,
     /// Dry run: the last line printed for each kind of action (only changes are printed).
     printed: std::collections::HashMap<std::mem::Discriminant<SyncAction>, String>,
-    /// SIGHUPs received (each one a reload request).
-    reload_requests: u64,
-    /// Changes re-read on SIGHUP that wait for a restart ("key = new (in force: old)").
-    restart_needed: Vec<String>,
     /// Observations redone because the page changed while their samples were taken.
     redone: u64,
+    /// The publisher's socket, when the source is a page file beside one.
+    publisher: PathBuf,
+    sub: Option<Subscription>,
+    t_note: Option<Token>,
+    /// The cross-check's socket in this turn's poll.
+    t_cross: Option<Token>,
+    is_device: bool,
+    next_obs: Instant,
+    last_resubscribe: Instant,
+    line: String,
     /// The figures offered to the metrics server.
-    m: crate::ops::metrics::SyncMetrics,
+    m: crate::ops::figures::SyncMetrics,
     /// Changes to the kernel's NTP state that this daemon did not make.
     rival: Option<ClockWatch>,
+    /// The NTP cross-check, when configured.
+    cross: Option<NtpCross>,
+    /// The checks of the page's markers between observations.
+    cadence: Cadence,
 }
 
 impl Sync {
@@ -448,7 +647,7 @@ impl Sync {
             self.applied += 1;
             if self.dry_run {
                 // The kernel is not changed, so the same action comes back: print changes only.
-                let line = describe(&a);
+                let line = a.to_string();
                 let kind = std::mem::discriminant(&a);
                 if matches!(a, SyncAction::Step { .. } | SyncAction::RunHook) || self.printed.get(&kind) != Some(&line)
                 {
@@ -461,7 +660,7 @@ impl Sync {
                 SyncAction::RunHook => run_hook(&self.hook, false),
                 a => {
                     vmtime_sys::timex::apply(&a).with_context(|| {
-                        format!("cannot {} (vmtime sync needs CAP_SYS_TIME; use --dry-run to watch)", describe(&a))
+                        format!("cannot {a} (vmtime sync needs CAP_SYS_TIME; use --dry-run to watch)")
                     })?;
                     if let Some(w) = &mut self.rival {
                         w.applied(&a);
@@ -469,7 +668,7 @@ impl Sync {
                 }
             }
             if matches!(a, SyncAction::Step { .. }) {
-                tracing::info!("{}", describe(&a));
+                tracing::info!("{a}");
             }
         }
         Ok(())
@@ -513,7 +712,11 @@ impl Sync {
         self.redone += tries.saturating_sub(1);
         let (page, (raw, samples)) = match got {
             Ok(Some((p, s))) if gives_time(&p, vmclock::counter::NATIVE) => (p, s),
-            Ok(_) | Err(_) => {
+            other => {
+                match &other {
+                    Ok(Some((p, _))) => self.m.page_seen(p),
+                    _ => self.m.page_lost(),
+                }
                 let a = self.discipline.handle_source_lost(&kernel);
                 self.log_notices();
                 self.m.discipline(self.discipline.status(), false);
@@ -528,30 +731,103 @@ impl Sync {
             );
         }
         self.last_marker = Some(page.disruption_marker());
+        self.cadence.seen(Markers::of(&page));
+        self.m.page_seen(&page);
         crate::page::warn_legacy_tai(self.page.path(), &page);
         let a = self.discipline.handle_observation(&SyncObservation { page, raw, samples: &samples, kernel });
         self.log_notices();
         self.m.discipline(self.discipline.status(), true);
         self.apply(a)
     }
+}
 
-    fn status_json(&self) -> serde_json::Value {
-        let page = self.page.read().ok();
-        serde_json::json!({
-            "role": "sync",
-            "reload_requests": self.reload_requests,
-            "restart_needed": self.restart_needed,
-            "step_policy": self.discipline.config(),
-            "source": self.page.path().display().to_string(),
-            "dry_run": self.dry_run,
-            "lock": LOCK.get(),
-            "discipline": self.discipline.status(),
-            "source_status": page.and_then(|p| p.clock_status()).map(abi::status_name),
-            "disruption_marker": page.map(|p| p.disruption_marker()),
-            "vm_generation_counter": page.and_then(|p| p.vm_generation_counter()),
-            "notified": self.notes.device.is_some(),
-            "observations_redone": self.redone,
+/// `--cross-check-ntp`: the socket (vmtime-sys) and the client (vmtime-core); times are ns since
+/// `start` (monotonic).
+struct NtpCross {
+    cc: vmtime_core::crosscheck::CrossCheck,
+    sock: vmtime_sys::ntp::SntpSocket,
+    start: Instant,
+}
+
+/// The page's UTC now (64.64 s since the epoch) and its maxerror (ns), if it gives them.
+fn page_utc(page: &crate::page::FollowedPage) -> Option<(i128, Option<u128>)> {
+    let p = page.read().ok().filter(|p| gives_time(p, vmclock::counter::NATIVE))?;
+    let u = p.utc_at(vmclock::counter::read()).ok()?;
+    Some((i128::try_from(u.time.raw()).ok()?, u.maxerror_ns()))
+}
+
+impl NtpCross {
+    fn new(server: std::net::SocketAddr) -> Result<Self> {
+        let sock = vmtime_sys::ntp::SntpSocket::connect(server)
+            .with_context(|| format!("--cross-check-ntp {server}: cannot open a UDP socket to it"))?;
+        Ok(NtpCross {
+            cc: vmtime_core::crosscheck::CrossCheck::new(server.to_string(), 0),
+            sock,
+            start: Instant::now(),
         })
+    }
+
+    fn now_ns(&self) -> i128 {
+        self.start.elapsed().as_nanos() as i128
+    }
+
+    fn deadline(&self) -> Instant {
+        self.start + Duration::from_nanos(self.cc.next_deadline_ns().max(0) as u64)
+    }
+
+    /// A query or a timeout when due; never waits.
+    fn tick(&mut self, page: &crate::page::FollowedPage) {
+        let now = self.now_ns();
+        if now < self.cc.next_deadline_ns() {
+            return;
+        }
+        let cookie = vmtime_sys::event::random_u64().unwrap_or(now as u64 ^ 0x9E37_79B9_7F4A_7C15);
+        let Some((utc, max)) = page_utc(page) else {
+            // Nothing to judge: a query in flight may still time out; none is started.
+            if self.cc.in_flight() {
+                let _ = self.cc.tick(now, cookie);
+            } else {
+                self.cc.postpone(now);
+            }
+            return;
+        };
+        if let Some(vmtime_core::crosscheck::CrossAction::Send(p)) = self.cc.tick(now, cookie) {
+            match self.sock.send(&p) {
+                Ok(()) => self.cc.sent(self.now_ns(), utc, max),
+                Err(e) => {
+                    tracing::debug!("cross-check: cannot send to {}: {e}", self.sock.server());
+                    self.cc.send_failed(now);
+                }
+            }
+        }
+    }
+
+    /// The datagrams waiting (never waits).
+    fn readable(&mut self, page: &crate::page::FollowedPage) {
+        let mut buf = [0u8; 512];
+        // A few at most per turn: a flood cannot hold the loop.
+        for _ in 0..8 {
+            match self.sock.recv(&mut buf) {
+                Ok(Some(d)) => {
+                    let now = self.now_ns();
+                    if let Some((utc, max)) = page_utc(page) {
+                        self.cc.received(d, now, utc, max);
+                    }
+                }
+                // Nothing more; or an ICMP error (nobody listens there): the timeout says so.
+                Ok(None) | Err(_) => break,
+            }
+        }
+    }
+
+    fn log(&mut self) {
+        use vmtime_core::crosscheck::CrossNotice;
+        for n in self.cc.take_notices() {
+            match n {
+                CrossNotice::Disagree(_) | CrossNotice::NoReply => tracing::warn!("{n} ({})", self.sock.server()),
+                CrossNotice::Agree(_) | CrossNotice::Refused(_) => tracing::info!("{n} ({})", self.sock.server()),
+            }
+        }
     }
 }
 
@@ -575,14 +851,18 @@ impl std::error::Error for Interfered {}
 /// Exit status when another daemon is in the way (the unit does not restart on it).
 pub const EXIT_OTHER_DAEMON: u8 = 3;
 
-/// Ends the daemon: with [`EXIT_OTHER_DAEMON`] for interference, else the error.
-fn stopped_by(e: anyhow::Error) -> Result<ExitCode> {
-    match e.downcast_ref::<Interfered>() {
-        Some(i) => {
-            tracing::error!("{i}");
-            Ok(ExitCode::from(EXIT_OTHER_DAEMON))
-        }
-        None => Err(e),
+/// A turn's end: interference stops the run with [`EXIT_OTHER_DAEMON`], another error is the
+/// run's.
+fn stopped_by(r: Result<()>) -> Result<Flow> {
+    match r {
+        Ok(()) => Ok(Flow::Continue),
+        Err(e) => match e.downcast_ref::<Interfered>() {
+            Some(i) => {
+                tracing::error!("{i}");
+                Ok(Flow::Stop(EXIT_OTHER_DAEMON))
+            }
+            None => Err(e),
+        },
     }
 }
 
@@ -633,8 +913,7 @@ fn take_lock_at(path: &std::path::Path) -> Result<Result<Option<files::LockFile>
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
-    let mut a = args.settings()?;
-    crate::ops::logging::set_level(a.log_level);
+    let a = args.settings()?;
     if let Some(code) = check_rivals(&a)? {
         return Ok(code);
     }
@@ -643,23 +922,23 @@ pub fn run(args: Args) -> Result<ExitCode> {
         Err(code) => return Ok(code),
     };
     // --source auto: a vmclock device first, then a pure PHC; or the path given.
-    let source = match a.source.clone().or_else(find_device) {
-        Some(s) => s,
+    let phc = match a.source.clone().or_else(find_device) {
+        Some(s) if s.to_string_lossy().starts_with("/dev/ptp") => Err(vmtime_sys::phc::list()
+            .into_iter()
+            .find(|i| i.dev == s)
+            .unwrap_or(vmtime_sys::phc::PhcInfo { dev: s.clone(), clock_name: String::new(), driver: None })),
+        Some(s) => Ok(s),
         None => match find_phc() {
-            Some(info) => return run_phc(&a, &args, info, None),
+            Some(info) => Err(info),
             None => bail!("no source here: no /dev/vmclock* and no pure PHC (ptp_kvm, VMclock, hyperv, VMware, virtio-rtc, s390); give --source PAGE"),
         },
     };
-    if source.to_string_lossy().starts_with("/dev/ptp") {
-        let info = vmtime_sys::phc::list().into_iter().find(|i| i.dev == source).unwrap_or(vmtime_sys::phc::PhcInfo {
-            dev: source.clone(),
-            clock_name: String::new(),
-            driver: None,
-        });
-        return run_phc(&a, &args, info, None);
+    if args.once {
+        return match phc {
+            Ok(page) => run_once(&a, &page),
+            Err(info) => phc_once(PhcSync::open(&a, info, None)?),
+        };
     }
-    let page = crate::page::FollowedPage::open(&source)?;
-    let first = page.read()?;
     let socket = match a.socket.clone() {
         Some(s) => s,
         None => {
@@ -667,22 +946,48 @@ pub fn run(args: Args) -> Result<ExitCode> {
             crate::paths::sync_socket(a.dry_run)
         }
     };
+    let rt = Runtime::start(a.clone(), move || args.settings(), &socket)?;
+    let source = match phc {
+        Ok(page) => page,
+        Err(info) => return rt.run(&mut PhcSync::open(&a, info, None)?),
+    };
+    let page = crate::page::FollowedPage::open(&source)?;
+    let first = page.read()?;
     if !gives_time(&first, vmclock::counter::NATIVE) {
         // Markers only (QEMU, Firecracker: counter INVALID, status UNKNOWN): time from a PHC if
         // there is one, the markers from the page either way.
         return match find_phc() {
-            Some(info) => run_phc(&a, &args, info, Some(page)),
-            None => run_markers_only(&a, &args, page, socket),
+            Some(info) => rt.run(&mut PhcSync::open(&a, info, Some(page))?),
+            None => {
+                tracing::info!(
+                    "vmtime sync: {} carries markers only and this machine has no PHC: no time source; watching its disruption_marker and vm_generation_counter{}",
+                    page.path().display(),
+                    if a.hook.is_some() { " for the hook" } else { "" }
+                );
+                let mut m = sync_figures(&a, page.path(), Some("no time source (markers only)"));
+                m.markers_only = true;
+                rt.run(&mut MarkersOnly {
+                    page,
+                    cadence: Cadence::default(),
+                    watch: MarkerWatch::default(),
+                    dry_run: a.dry_run,
+                    hook: a.hook.clone(),
+                    pace: Pace::new(Instant::now(), Duration::from_millis(a.interval_ms.get())),
+                    line: String::new(),
+                    m,
+                })
+            }
         };
     }
     // Notification: the device's poll() (read() acknowledges), or a publisher's socket.
     let is_device = page.reader().is_device();
     let device = (is_device && first.has(flags::NOTIFICATION_PRESENT)).then(|| File::open(&source)).transpose()?;
-    let subscribe = || Subscription::open(&crate::paths::socket_for(&source), crate::ops::control::CLIENT_TIMEOUT).ok();
-    let mut sub = if is_device { None } else { subscribe() };
-    let mut server = Server::bind_unix(&socket, 0o600, None, serve::Limits::default())?;
-    let mut signals = Signals::install()?;
+    let publisher = crate::paths::socket_for(&source);
+    let sub = if is_device { None } else { subscribe(&publisher) };
     let cfg = discipline_config(&a);
+    let mut m = sync_figures(&a, &source, None);
+    m.step_policy = Some(cfg.clone());
+    let now = Instant::now();
     let mut s = Sync {
         page,
         notes: DeviceNotes { device, check: NotifyCheck::default(), acked: None },
@@ -692,15 +997,21 @@ pub fn run(args: Args) -> Result<ExitCode> {
         applied: 0,
         last_marker: None,
         printed: Default::default(),
-        reload_requests: 0,
-        restart_needed: Vec::new(),
         redone: 0,
-        m: crate::ops::metrics::SyncMetrics { dry_run: a.dry_run, ..Default::default() },
+        m,
         rival: (!a.allow_other_daemon).then(ClockWatch::new),
+        cross: a.cross_check_ntp.map(NtpCross::new).transpose()?,
+        cadence: Cadence::default(),
+        publisher,
+        sub,
+        t_note: None,
+        t_cross: None,
+        is_device,
+        next_obs: now,
+        last_resubscribe: now,
+        line: String::new(),
     };
-    let board = crate::ops::metrics::Board::new(s.m.clone());
-    crate::ops::metrics::start(a.metrics_listen, &board)?;
-    let mut supervisor = crate::ops::systemd::Supervisor::new();
+    s.cadence.set_notified(s.notes.device.is_some());
     tracing::info!(
         "vmtime sync: {} → CLOCK_REALTIME{}",
         source.display(),
@@ -717,93 +1028,126 @@ pub fn run(args: Args) -> Result<ExitCode> {
         "woken by {}",
         if s.notes.device.is_some() {
             "the device's notifications"
-        } else if sub.is_some() {
+        } else if s.sub.is_some() {
             "the publisher's socket"
         } else {
             "polling"
         }
     );
-    tracing::info!("control socket {}", socket.display());
+    rt.run(&mut s)
+}
 
-    let end = a.duration_s.map(|d| Instant::now() + Duration::from_secs(d.get()));
-    let mut next_obs = Instant::now();
-    let mut last_resubscribe = Instant::now();
-    let mut poller = Poller::new();
-    loop {
+/// Subscribes to a publisher's notifications, if it answers in time.
+fn subscribe(socket: &Path) -> Option<Subscription> {
+    Subscription::open(socket, crate::ops::control::CLIENT_TIMEOUT).ok()
+}
+
+impl Daemon for Sync {
+    type Settings = SyncSettings;
+    type Figures = crate::ops::figures::SyncMetrics;
+    const NAME: &'static str = "sync";
+    const LIVE: &'static [&'static str] = LIVE;
+
+    /// The next observation, or the end of a slew, at the latest in 1 s.
+    fn next_turn(&self) -> Option<Instant> {
         let now = Instant::now();
-        let raw_now = vmtime_sys::gettime(ClockId::MonotonicRaw)?;
-        let slew_wait = s.discipline.next_deadline().map(|d| Duration::from_nanos((d - raw_now).max(0) as u64));
-        let wait = [Some(next_obs.saturating_duration_since(now)), slew_wait]
-            .into_iter()
-            .flatten()
-            .min()
-            .unwrap_or(Duration::from_secs(1))
-            .min(Duration::from_secs(1));
-        let wake = serve::earliest(Some(now + wait), server.next_deadline());
-        poller.clear();
-        signals.register(&mut poller);
-        server.register(&mut poller);
-        let t_note = if let Some(d) = &s.notes.device {
-            Some(poller.add(d.as_fd(), serve::READABLE))
-        } else {
-            sub.as_ref().map(|x| poller.add(x.fd(), serve::READABLE))
-        };
-        poller.wait(wake.map(|w| w.saturating_duration_since(Instant::now())))?;
-        match signals.take(&poller) {
-            Some(SignalEvent::Terminate(name)) => {
-                tracing::info!("{name}: stopping (the clock is left as it is; the socket is removed)");
-                break;
-            }
-            Some(SignalEvent::Reload) => {
-                s.reload_requests += 1;
-                if let Some((now, restart)) = reload(&args, &a, LIVE) {
-                    s.discipline.reconfigure(discipline_config(&now));
-                    s.hook = now.hook.clone();
-                    s.restart_needed = restart;
-                    a = now;
-                    next_obs = next_obs.min(Instant::now() + Duration::from_millis(a.interval_ms.get()));
-                }
-            }
-            None => {}
-        }
-        let mut notified = t_note.is_some_and(|t| poller.readable(t));
-        if notified {
-            if s.notes.device.is_some() {
-                let page = &s.page;
-                notified = s.notes.readable(|| page.read().map_or(u32::MAX, |p| p.seq_count()));
-            } else if !sub.as_mut().is_some_and(|x| x.drain()) {
-                tracing::warn!("the publisher went away: polling the page");
-                sub = None;
-            }
-        }
-        if notified || Instant::now() >= next_obs {
-            if let Err(e) = s.observe() {
-                return stopped_by(e);
-            }
-            next_obs = Instant::now() + Duration::from_nanos(s.discipline.poll_interval_ns() as u64);
-        }
-        let a2 = s.discipline.handle_tick(vmtime_sys::gettime(ClockId::MonotonicRaw)?);
-        s.apply(a2)?;
-        server.handle(&poller, |line| match line.trim() {
-            "status" => Reply::Line(s.status_json().to_string()),
-            _ => Reply::Line(serve::error_json("unknown request: send status")),
-        });
-        if !is_device && sub.is_none() && last_resubscribe.elapsed() >= Duration::from_secs(1) {
-            last_resubscribe = Instant::now();
-            sub = subscribe();
-        }
-        board.offer(&s.m);
-        if s.m.updates > 0 {
-            supervisor.ready(&format!("following {}", s.page.path().display()));
-        }
-        supervisor.tick();
-        if end.is_some_and(|e| Instant::now() >= e) {
-            break;
-        }
+        let raw_now = vmtime_sys::gettime(ClockId::MonotonicRaw).unwrap_or(0);
+        let slew = self.discipline.next_deadline().map(|d| now + Duration::from_nanos((d - raw_now).max(0) as u64));
+        let check = crate::daemons::next_check(&self.cadence);
+        let cross = self.cross.as_ref().map(NtpCross::deadline);
+        [Some(self.next_obs), slew, check, cross, Some(now + Duration::from_secs(1))].into_iter().flatten().min()
     }
-    supervisor.stopping();
-    drop(server); // removes our socket (only if it is still ours)
-    Ok(ExitCode::SUCCESS)
+
+    fn register(&mut self, p: &mut Poller) {
+        self.t_note = if let Some(d) = &self.notes.device {
+            Some(p.add(d.as_fd(), serve::READABLE))
+        } else {
+            self.sub.as_ref().map(|x| p.add(x.fd(), serve::READABLE))
+        };
+        self.t_cross = self.cross.as_ref().map(|c| p.add(c.sock.fd(), serve::READABLE));
+    }
+
+    fn turn(&mut self, t: &mut Turn<'_>) -> Result<Flow> {
+        let mut notified = self.t_note.is_some_and(|x| t.readable(x));
+        if notified {
+            if self.notes.device.is_some() {
+                let page = &self.page;
+                notified = self.notes.readable(|| page.read().map_or(u32::MAX, |p| p.seq_count()));
+                self.cadence.set_notified(self.notes.device.is_some());
+            } else if !self.sub.as_mut().is_some_and(|x| x.drain()) {
+                tracing::warn!("the publisher went away: polling the page");
+                self.sub = None;
+            }
+        }
+        // The second opinion: never waited on; its verdict reaches the next update's bounds.
+        if let Some(c) = &mut self.cross {
+            if self.t_cross.is_some_and(|x| t.readable(x)) {
+                c.readable(&self.page);
+            }
+            c.log();
+            self.discipline.set_cross_check(c.cc.widen_ns());
+            self.m.cross_check = Some(c.cc.status().clone());
+        }
+        // The markers' check between observations: loads from the mapped page.
+        let mono = crate::daemons::mono_ns()?;
+        if self.cadence.due(mono) {
+            let look = self.cadence.look(mono, self.page.markers());
+            if look.observe_now(self.discipline.disruption_pending()) {
+                tracing::debug!("the page's check found {look:?}: observing now");
+                notified = true;
+            }
+        }
+        if notified || Instant::now() >= self.next_obs {
+            if let Flow::Stop(code) = stopped_by(self.observe())? {
+                return Ok(Flow::Stop(code));
+            }
+            self.next_obs = Instant::now() + Duration::from_nanos(self.discipline.poll_interval_ns() as u64);
+        }
+        let a2 = self.discipline.handle_tick(vmtime_sys::gettime(ClockId::MonotonicRaw)?);
+        self.apply(a2)?;
+        // A query (or a timeout) when due, after the observation: the answer is then read as
+        // soon as it comes, by the next wait, not after an observation's work.
+        if let Some(c) = &mut self.cross {
+            c.tick(&self.page);
+            c.log();
+            self.m.cross_check = Some(c.cc.status().clone());
+        }
+        if !self.is_device && self.sub.is_none() && self.last_resubscribe.elapsed() >= Duration::from_secs(1) {
+            self.last_resubscribe = Instant::now();
+            self.sub = subscribe(&self.publisher);
+        }
+        self.m.notified = self.notes.device.is_some();
+        self.m.observations_redone = self.redone;
+        self.m.marker_checks = Some(self.cadence.checks());
+        self.m.check_ms = (!self.cadence.notified()).then(|| (self.cadence.check_ns() / 1_000_000) as u64);
+        if self.m.updates > 0 && self.line.is_empty() {
+            self.line = format!("following {}", self.page.path().display());
+        }
+        Ok(Flow::Continue)
+    }
+
+    fn reconfigure(&mut self, now: &SyncSettings) {
+        let cfg = discipline_config(now);
+        self.m.step_policy = Some(cfg.clone());
+        self.discipline.reconfigure(cfg);
+        self.hook = now.hook.clone();
+        self.next_obs = self.next_obs.min(Instant::now() + Duration::from_millis(now.interval_ms.get()));
+    }
+
+    fn figures(&mut self) -> &mut crate::ops::figures::SyncMetrics {
+        &mut self.m
+    }
+
+    fn status_line(&self) -> Option<&str> {
+        (!self.line.is_empty()).then_some(self.line.as_str())
+    }
+
+    fn stop(&mut self, why: &str) -> Result<()> {
+        if why.starts_with("SIG") {
+            tracing::info!("{why}: stopping (the clock is left as it is; the socket is removed)");
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -139,6 +139,8 @@ impl Default for HostSettings {
 pub struct RelaySettings {
     /// The host page to follow (default: the host's default page).
     pub host_page: Option<PathBuf>,
+    /// The host daemon's control socket (default: the host page + ".sock").
+    pub host_socket: Option<PathBuf>,
     /// The guest page to publish (required).
     pub guest_page: Option<PathBuf>,
     /// KVM's TSC offset for this guest.
@@ -161,6 +163,7 @@ impl Default for RelaySettings {
     fn default() -> Self {
         RelaySettings {
             host_page: None,
+            host_socket: None,
             guest_page: None,
             tsc_offset: "0".parse().expect("in range"),
             tsc_ratio: "1".parse().expect("in range"),
@@ -207,6 +210,10 @@ pub struct SyncSettings {
     /// Start and keep running next to another time daemon (or the kernel's PLL) that may
     /// discipline the clock: the check for one is off.
     pub allow_other_daemon: bool,
+    /// An NTP server (an address and port, never a name) asked now and then for a second opinion
+    /// on the page: it never steers the clock; a disagreement beyond both bounds widens the
+    /// kernel's maxerror and leaves the clock unsynchronised.
+    pub cross_check_ntp: Option<SocketAddr>,
 }
 
 impl Default for SyncSettings {
@@ -226,6 +233,7 @@ impl Default for SyncSettings {
             log_level: LogLevel::Info,
             metrics_listen: None,
             allow_other_daemon: false,
+            cross_check_ntp: None,
         }
     }
 }
@@ -269,6 +277,9 @@ pub struct FeedChronySettings {
     pub source: PathBuf,
     /// chronyd's SOCK refclock socket (chronyd creates it).
     pub socket: PathBuf,
+    /// The feed's control socket (`vmtime status`; default: feed-chrony.sock in the runtime
+    /// directory).
+    pub control_socket: Option<PathBuf>,
     /// Interval between samples.
     pub interval_ms: FeedIntervalMs,
     /// (CLOCK_REALTIME, counter, CLOCK_REALTIME) samples per measurement.
@@ -290,6 +301,7 @@ impl Default for FeedChronySettings {
         FeedChronySettings {
             source: PathBuf::from(crate::paths::DEFAULT_GUEST_PAGE),
             socket: PathBuf::from(DEFAULT_CHRONY_SOCKET),
+            control_socket: None,
             interval_ms: FeedIntervalMs::new(1000).expect("in range"),
             burst: Burst::new(16).expect("in range"),
             duration_s: None,
@@ -319,6 +331,8 @@ pub struct FeedClockBoundSettings {
     pub drift_margin_ppb: DriftPpb,
     /// Whether clients compare the segment's marker with /dev/vmclock0's.
     pub disruption_support: DisruptionSupport,
+    /// The feed's control socket (`vmtime status`; default: feed-clockbound.sock in `dir`).
+    pub control_socket: Option<PathBuf>,
     /// Exit after this long (tests).
     pub duration_s: Option<DurationS>,
     /// Log level.
@@ -338,6 +352,7 @@ impl Default for FeedClockBoundSettings {
             life_ms: LifeMs::new(5000).expect("in range"),
             drift_margin_ppb: DriftPpb::new(15_000).expect("in range"),
             disruption_support: DisruptionSupport::Auto,
+            control_socket: None,
             duration_s: None,
             log_level: LogLevel::Info,
             metrics_listen: None,
@@ -494,7 +509,7 @@ pub struct Loaded {
 /// the default file may be absent (then everything is default).
 pub fn load(explicit: Option<&Path>) -> Result<Loaded> {
     let path = explicit.unwrap_or(Path::new(DEFAULT_PATH));
-    let text = match read_small_text(path) {
+    let text = match crate::values::read_config_text(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && explicit.is_none() => {
             return Ok(Loaded { path: None, table: toml::Table::new(), file: FileConfig::default() })
@@ -668,6 +683,24 @@ pub fn feed_clockbound(config: Option<&Path>, flags: &impl Serialize) -> Result<
     Ok(s)
 }
 
+/// The keys the daemon runtime applies (crate::ops::runtime), the same in every section.
+macro_rules! runtime_settings {
+    ($($t:ty),*) => {$(
+        impl crate::ops::runtime::Settings for $t {
+            fn log_level(&self) -> LogLevel {
+                self.log_level
+            }
+            fn metrics_listen(&self) -> Option<SocketAddr> {
+                self.metrics_listen
+            }
+            fn duration_s(&self) -> Option<u64> {
+                self.duration_s.map(DurationS::get)
+            }
+        }
+    )*};
+}
+runtime_settings!(HostSettings, RelaySettings, SyncSettings, FeedChronySettings, FeedClockBoundSettings);
+
 /// `vmtime config`.
 #[derive(ClapArgs, Debug)]
 pub struct Args {
@@ -762,6 +795,7 @@ mod tests {
         all.host.duration_s = DurationS::new(1);
         all.host.metrics_listen = Some("127.0.0.1:1".parse().unwrap());
         all.relay.host_page = Some("/p".into());
+        all.relay.host_socket = Some("/s".into());
         all.relay.guest_page = Some("/p".into());
         all.relay.state = Some("/p".into());
         all.relay.duration_s = DurationS::new(1);
@@ -775,6 +809,8 @@ mod tests {
         all.sync.metrics_listen = Some("127.0.0.1:1".parse().unwrap());
         all.metrics.listen = Some("127.0.0.1:1".parse().unwrap());
         all.feed.chrony.duration_s = DurationS::new(1);
+        all.feed.chrony.control_socket = Some("/s".into());
+        all.feed.clockbound.control_socket = Some("/s".into());
         all.feed.chrony.metrics_listen = Some("127.0.0.1:1".parse().unwrap());
         all.feed.clockbound.duration_s = DurationS::new(1);
         all.feed.clockbound.metrics_listen = Some("127.0.0.1:1".parse().unwrap());

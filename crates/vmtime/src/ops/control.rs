@@ -27,6 +27,7 @@ impl ServerView {
             "timed_out": s.timed_out,
             "too_long": s.too_long,
             "dropped_subscribers": s.dropped_subscribers,
+            "accept_failures": s.accept_failures,
         })
     }
 }

@@ -3,6 +3,8 @@
 
 pub mod config;
 pub mod control;
+pub mod figures;
 pub mod logging;
 pub mod metrics;
+pub mod runtime;
 pub mod systemd;
