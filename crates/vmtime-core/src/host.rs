@@ -229,6 +229,9 @@ struct Last {
 /// Slack beyond the samples' pairing window before the kernel's page is said to disagree with
 /// the clock, ns (the RFC page's time includes the NTP error term, a few ns).
 pub const KERNEL_PAGE_SLACK_NS: i128 = 1_000;
+/// The largest difference between the kernel page's period and the host's own model before the
+/// page is said to disagree, ppb (the model is calibrated to a few ppm within a second).
+pub const KERNEL_PAGE_MAX_RATE_PPB: f64 = 1_000_000.0;
 /// Observations in a row disagreeing that make the kernel's page unusable.
 pub const KERNEL_PAGE_UNUSABLE_AFTER: u64 = 3;
 /// Observations in a row agreeing that make an unusable kernel page usable again.
@@ -664,7 +667,11 @@ impl Publisher {
                 let at = r.raw_time_at(ks.counter).ok().map(|t| t as i128 + offset_s as i128 * UNIT);
                 let diff = at.map(|t| t - ks.time);
                 let window = ks.half + crate::ns_to_frac(KERNEL_PAGE_SLACK_NS, false);
-                let agrees = diff.is_some_and(|d| d.abs() <= window);
+                // Its rate too: a page right at this counter with a wrong period would be wrong
+                // a second later. The host's own model (RAW calibrated, scaled by the kernel's
+                // second length) is good to well within KERNEL_PAGE_MAX_RATE_PPB.
+                let rate_ppb = (model.hz() / period.hz() - 1.0) * 1e9;
+                let agrees = diff.is_some_and(|d| d.abs() <= window) && rate_ppb.abs() <= KERNEL_PAGE_MAX_RATE_PPB;
                 self.kernel_page_check(agrees, diff.map_or(f64::INFINITY, frac_to_ns_f64), frac_to_ns_f64(window))
                     .then_some((period, kref))
             }

@@ -64,6 +64,29 @@ pub struct KernelTimex {
 }
 
 impl KernelTimex {
+    /// What is assumed when the kernel's NTP state cannot be read (a seccomp filter that denies
+    /// `adjtimex`, as container runtimes' and systemd-nspawn's do without CAP_SYS_TIME): nothing
+    /// is known of it, so the clock is taken as the kernel reports a clock no daemon vouches
+    /// for: not synchronised (`STA_UNSYNC`, `TIME_ERROR`), maxerror and esterror at the kernel's
+    /// 16 s ceiling, nominal rate (tick 10 000, freq 0), no leap second announced, TAI − UTC
+    /// unset. A publisher fed this says FREERUNNING with a 16 s bound: honest whatever the
+    /// kernel's real state (the rate the kernel applies, at most ±500 ppm from its frequency
+    /// and PLL, is inside the page's default tolerance, and the page is republished when it
+    /// drifts from the sampled clock).
+    pub fn unreadable() -> Self {
+        KernelTimex {
+            state: TIME_ERROR,
+            freq: 0,
+            offset_ns: 0,
+            constant: 0,
+            tick: 10_000,
+            status: STA_UNSYNC,
+            maxerror_us: MAXERROR_LIMIT_US,
+            esterror_us: MAXERROR_LIMIT_US,
+            tai: 0,
+        }
+    }
+
     /// Synchronised: STA_UNSYNC clear and maxerror below 16 s.
     pub fn synchronized(&self) -> bool {
         self.status & STA_UNSYNC == 0 && self.maxerror_us < MAXERROR_LIMIT_US
@@ -142,5 +165,15 @@ mod tests {
         tx.constant = 2; // the kernel took 1/16 of −1600: −100 ns this second, −1500 left
         assert_eq!(tx.pll_chunk_ns(), -100);
         assert!((tx.rate_ppb() + 100.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn an_unreadable_state_is_unsynchronised_at_the_ceiling_and_nominal_rate() {
+        let tx = KernelTimex::unreadable();
+        assert!(!tx.synchronized());
+        assert_eq!(tx.maxerror_us, MAXERROR_LIMIT_US);
+        assert_eq!(tx.esterror_us, MAXERROR_LIMIT_US);
+        assert_eq!(tx.second_length_q16(), 1_000_000_000i128 << 16);
+        assert_eq!((tx.state, tx.status & (STA_INS | STA_DEL), tx.tai), (TIME_ERROR, 0, 0));
     }
 }

@@ -83,8 +83,10 @@ impl std::fmt::Display for HostFault {
 
 /// Whether a host page may be relayed to a guest page of time type `guest_time_type`: a page
 /// without time (no counter, or no time fields) always may; one that claims time must give a
-/// usable relation, in a time type the guest page's can be given in, at a believable time.
-pub fn host_fault(host: &Snapshot, guest_time_type: u8) -> Option<HostFault> {
+/// usable relation, in a time type the guest page's can be given in, at a believable time: at its
+/// reference, and at `now`, the host counter's current value when the caller knows it (a
+/// reference counter far from now puts the time guests read far from the reference's).
+pub fn host_fault(host: &Snapshot, guest_time_type: u8, now: Option<u64>) -> Option<HostFault> {
     use vmclock::abi::time_type;
     if host.counter_id() == vmclock::abi::counter_id::INVALID || host.time_frac_sec().is_none() {
         return None;
@@ -100,16 +102,21 @@ pub fn host_fault(host: &Snapshot, guest_time_type: u8) -> Option<HostFault> {
     if r.time_type == time_type::MONOTONIC {
         return None;
     }
-    // UTC at the reference: a TAI page without its offset is judged by its TAI (37 s off at
-    // most: nothing the range cares about).
-    let t = match host.utc_at(r.counter_value) {
-        Ok(u) => u.time.raw(),
-        Err(_) => match r.time_at(r.counter_value) {
-            Ok(t) => t.raw(),
-            Err(_) => return Some(HostFault::Implausible(None)),
-        },
-    };
-    crate::sanity::check_utc(i128::try_from(t).unwrap_or(i128::MAX)).err().map(|e| HostFault::Implausible(Some(e)))
+    // UTC there: a TAI page without its offset is judged by its TAI (37 s off at most: nothing
+    // the range cares about).
+    for c in std::iter::once(r.counter_value).chain(now) {
+        let t = match host.utc_at(c) {
+            Ok(u) => u.time.raw(),
+            Err(_) => match r.time_at(c) {
+                Ok(t) => t.raw(),
+                Err(_) => return Some(HostFault::Implausible(None)),
+            },
+        };
+        if let Err(e) = crate::sanity::check_utc(i128::try_from(t).unwrap_or(i128::MAX)) {
+            return Some(HostFault::Implausible(Some(e)));
+        }
+    }
+    None
 }
 
 impl CounterMap {
@@ -425,8 +432,15 @@ impl GuestRelay {
     /// clock is not the one the guest was following.
     #[must_use = "the page must be written to the guest"]
     pub fn guest_page(&mut self, host: &Snapshot) -> Result<VmclockAbi, RelayError> {
+        self.guest_page_at(host, None)
+    }
+
+    /// [`GuestRelay::guest_page`], with the host counter's current value: the host page's time
+    /// there must be believable too (what guests will read, not only its reference).
+    #[must_use = "the page must be written to the guest"]
+    pub fn guest_page_at(&mut self, host: &Snapshot, host_counter_now: Option<u64>) -> Result<VmclockAbi, RelayError> {
         let guest_time_type = self.state.constants.map_or(host.time_type(), |c| c.1);
-        if let Some(fault) = host_fault(host, guest_time_type) {
+        if let Some(fault) = host_fault(host, guest_time_type, host_counter_now) {
             return Err(RelayError::BadHostPage(fault));
         }
         let mut g = transform(host, &self.state.map)?;
@@ -504,7 +518,13 @@ impl<M: WritableMemory, F: FnMut(u32)> GuestPageWriter<M, F> {
 
     /// Relays one host page: transform, seqlock write, notification. Returns the new seq_count.
     pub fn update(&mut self, host: &Snapshot) -> Result<u32, RelayError> {
-        let page = self.relay.guest_page(host)?;
+        self.update_at(host, None)
+    }
+
+    /// [`GuestPageWriter::update`] with the host counter's current value (see
+    /// [`GuestRelay::guest_page_at`]): a VMM that can read it should pass it.
+    pub fn update_at(&mut self, host: &Snapshot, host_counter_now: Option<u64>) -> Result<u32, RelayError> {
+        let page = self.relay.guest_page_at(host, host_counter_now)?;
         let seq = self.writer.publish(&page);
         if self.relay.state.notify {
             if let Some(n) = self.notify.as_mut() {
@@ -828,13 +848,19 @@ mod tests {
             assert!(matches!(e, RelayError::BadHostPage(_)), "{e}");
             assert_eq!(r.state().disruption_marker, 1, "{e}: nothing changes");
         }
-        assert_eq!(host_fault(&bad[0], TAI), Some(HostFault::Unusable(vmclock::TimeError::UnusableShift(160))));
-        assert_eq!(host_fault(&bad[4], TAI), Some(HostFault::TimeType { host: MONOTONIC, guest: TAI }));
+        assert_eq!(host_fault(&bad[0], TAI, None), Some(HostFault::Unusable(vmclock::TimeError::UnusableShift(160))));
+        assert_eq!(host_fault(&bad[4], TAI, None), Some(HostFault::TimeType { host: MONOTONIC, guest: TAI }));
         assert!(
-            host_fault(&bad[2], TAI).unwrap().to_string().contains("1970-01-01"),
+            host_fault(&bad[2], TAI, None).unwrap().to_string().contains("1970-01-01"),
             "{}",
-            host_fault(&bad[2], TAI).unwrap()
+            host_fault(&bad[2], TAI, None).unwrap()
         );
+        // A reference counter far from the host counter now: the time read now is 30 years
+        // before the reference's (2.5 GHz), out of range, though the reference is fine.
+        let far = with(&tai, |a| a.counter_value.set(a.counter_value.get() + 2_500_000_000 * 86_400 * 365 * 30));
+        assert!(host_fault(&far, TAI, None).is_none());
+        assert!(matches!(host_fault(&far, TAI, Some(1_000)), Some(HostFault::Implausible(Some(_)))));
+        assert!(matches!(r.guest_page_at(&far, Some(1_000)), Err(RelayError::BadHostPage(_))));
         // The same page again: relayed, markers unchanged.
         assert_eq!(r.guest_page(&tai).unwrap().disruption_marker.get(), g0.disruption_marker.get());
         // The host's time type changes to UTC (with its offset, the same time): converted, and

@@ -58,6 +58,9 @@ pub struct HostRun {
     pub leap_list: Option<vmtime_core::leapsecs::LeapSeconds>,
     /// Give the publisher the kernel's own page (the RFC's /dev/vmclock_host).
     pub use_kernel_page: bool,
+    /// The daemon cannot read the kernel's NTP state (a seccomp filter refuses adjtimex): the
+    /// publisher is given `KernelTimex::unreadable()` instead of the host's state.
+    pub kernel_unreadable: bool,
     /// A kernel page that stopped following the clock (the RFC's revision 1 after a step): given
     /// instead of the live one while set.
     pub stale_kernel_page: Option<Snapshot>,
@@ -80,6 +83,7 @@ impl HostRun {
             violation_log: Vec::new(),
             leap_list: None,
             use_kernel_page: false,
+            kernel_unreadable: false,
             stale_kernel_page: None,
             last_observation: i128::MIN / 2,
             next_poll: i128::MIN / 2,
@@ -90,6 +94,15 @@ impl HostRun {
         match self.sampled {
             Sampled::Tai => Clock::Tai,
             Sampled::Utc { .. } => Clock::Realtime,
+        }
+    }
+
+    /// The kernel state as the daemon reads it.
+    fn timex(&self) -> vmtime_core::kernel::KernelTimex {
+        if self.kernel_unreadable {
+            vmtime_core::kernel::KernelTimex::unreadable()
+        } else {
+            self.host.timex()
         }
     }
 
@@ -105,7 +118,7 @@ impl HostRun {
         }
         let raw = self.host.tightest(Clock::Raw, 8);
         let samples = self.host.burst(self.clock(), 64);
-        let kernel = self.host.timex();
+        let kernel = self.timex();
         self.last_observation = self.host.now();
         let kernel_page =
             self.use_kernel_page.then(|| self.stale_kernel_page.unwrap_or_else(|| self.host.kernel_page()));
@@ -201,7 +214,7 @@ impl HostRun {
         let end = self.host.now() + dur_ns;
         loop {
             if self.host.now() >= self.next_poll {
-                let tx = self.host.timex();
+                let tx = self.timex();
                 let since = self.host.now() - self.last_observation;
                 if self.publisher.wants_observation(&tx, since) {
                     self.observe();

@@ -79,6 +79,26 @@ fn a_kernel_page_that_missed_a_step_is_not_followed() {
         matches!(notes[..], [HostNotice::KernelPageDisagrees { .. }, HostNotice::KernelPageUnusable { .. }]),
         "said once: {notes:?}"
     );
+    // A kernel page right at this instant but with a period 1 % off is not used either.
+    r.stale_kernel_page = None;
+    r.run_for(20 * NS, 10 * MS);
+    assert!(!r.publisher.stats().kernel_page.unusable);
+    let _ = r.publisher.take_notices();
+    let rejected = r.publisher.stats().kernel_page.rejected;
+    let mut abi = *r.host.kernel_page().raw();
+    abi.counter_period_frac_sec.set(abi.counter_period_frac_sec.get() / 100 * 101);
+    r.stale_kernel_page = Some(vmclock::Snapshot::new(abi, 4096).unwrap());
+    r.observe();
+    assert_eq!(r.publisher.stats().kernel_page.rejected, rejected + 1, "{:?}", r.publisher.stats().kernel_page);
+    r.stale_kernel_page = None;
+    r.run_for(20 * NS, 10 * MS);
+    let _ = r.publisher.take_notices();
+    r.stale_kernel_page = Some(r.host.kernel_page());
+    r.host.step(NS);
+    r.publisher.handle_event(vmtime_core::host::HostEvent::Stepped);
+    r.run_for(10 * NS, 10 * MS);
+    assert!(r.publisher.stats().kernel_page.unusable);
+    let _ = r.publisher.take_notices();
     // The kernel page is live again: used again after agreeing for a while.
     r.stale_kernel_page = None;
     r.run_for(20 * NS, 10 * MS);
@@ -541,4 +561,38 @@ fn the_first_page_written_has_its_constant_fields() {
         assert_eq!(constants(&r), [(vmclock::abi::counter_id::X86_TSC, tt)]);
         assert_clean(&r);
     }
+}
+
+#[test]
+fn an_unreadable_kernel_state_gives_freerunning_pages_with_honest_bounds() {
+    // A container whose seccomp filter refuses adjtimex: the daemon publishes from
+    // KernelTimex::unreadable() while the real kernel is synchronised, runs at −20 ppm against
+    // the raw counter, slews 5 ms and is stepped. Every page says FREERUNNING with at least the
+    // kernel's 16 s ceiling, true time stays inside every page's bounds, and the page follows the
+    // sampled clock (republished as it drifts, the rate being unknown).
+    let cfg = HostConfig { marker_seed: 0x5eed_0031, ..HostConfig::default() };
+    let mut r = HostRun::new(synced_host(31), cfg, Sampled::Utc { tai_minus_utc: Some(37) });
+    r.kernel_unreadable = true;
+    r.run_for(60 * NS, 10 * MS);
+    r.host.set_offset_ns(-5_000_000);
+    r.host.ntp_sync(5_010, 5);
+    r.run_for(60 * NS, 10 * MS);
+    r.host.step(300 * MS);
+    r.run_for(60 * NS, 10 * MS);
+    assert_clean(&r);
+    let published: Vec<_> = r.pages.iter().filter(|p| p.snap.clock_status() != Some(status::INITIALIZING)).collect();
+    assert!(published.len() > 10, "{} pages", published.len());
+    for p in &published {
+        assert_eq!(p.snap.clock_status(), Some(status::FREERUNNING), "at {}", p.at_ns);
+        let m = p.snap.time_maxerror_ns().expect("a bound");
+        assert!(m >= 16_000_000_000, "maxerror {m} ns below the kernel's ceiling");
+        assert_eq!(p.snap.leap_indicator(), Some(leap::NONE));
+    }
+    // The rate is unknown (nominal assumed; the kernel runs 20 ppm off it, and up to 500 ppm
+    // while its PLL slews): the page is republished at each 1 s observation, so it stays
+    // within a second's drift at the kernel's largest rate.
+    let e = p99(&r.page_vs_kernel_ns[600..]);
+    eprintln!("unreadable kernel state: {} pages in 180 s, |page − kernel| p99 {e:.0} ns", r.pages.len());
+    assert!(e <= 500_000.0 + 20_000.0, "p99 {e}");
+    assert!(r.truth_checks > 10_000);
 }

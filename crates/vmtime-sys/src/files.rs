@@ -156,18 +156,59 @@ pub fn dry_run_dir() -> PathBuf {
     }
 }
 
+/// The system daemons' runtime directory (`RuntimeDirectory=vmtime` of the units).
+pub const SYSTEM_RUNTIME_DIR: &str = "/run/vmtime";
+
+/// Whose runtime directory a file was found in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Found {
+    /// This user's own ([`runtime_dir`]).
+    Own,
+    /// The system daemons' `/run/vmtime`.
+    System,
+}
+
 /// Where a query (status, watch, a relay's default host page) looks for `name`: this user's
-/// runtime directory, then root's `/run/vmtime` if it is a safe directory and `name` is there.
-/// Creates nothing.
+/// runtime directory, then the system daemons' `/run/vmtime` if `name` is there and the
+/// directory is safe: not writable by others and owned by root or by the `vmtime` system user
+/// (the units' `User=vmtime` owns it: systemd gives a `RuntimeDirectory=` to the service's
+/// user). Creates nothing.
 pub fn find_runtime_file(name: &str) -> PathBuf {
-    let own = runtime_dir().join(name);
-    if euid() != 0 && lstat(&own).ok().flatten().is_none() {
-        let system = Path::new("/run/vmtime");
-        if check_dir(system, 0).is_ok() && lstat(&system.join(name)).ok().flatten().is_some() {
-            return system.join(name);
+    locate_runtime_file(name).0
+}
+
+/// [`find_runtime_file`], saying which directory it is in.
+pub fn locate_runtime_file(name: &str) -> (PathBuf, Found) {
+    let mut trusted = vec![0];
+    trusted.extend(system_user_uid("vmtime"));
+    locate_in(name, &runtime_dir(), Path::new(SYSTEM_RUNTIME_DIR), &trusted)
+}
+
+fn locate_in(name: &str, own_dir: &Path, system: &Path, trusted: &[u32]) -> (PathBuf, Found) {
+    let own = own_dir.join(name);
+    if own_dir != system && lstat(&own).ok().flatten().is_none() {
+        let owner = lstat(system).ok().flatten().map(|s| s.st_uid);
+        let safe = owner.is_some_and(|o| trusted.contains(&o) && check_dir(system, o).is_ok());
+        if safe && lstat(&system.join(name)).ok().flatten().is_some() {
+            return (system.join(name), Found::System);
         }
     }
-    own
+    (own, Found::Own)
+}
+
+/// The uid of a user in `/etc/passwd` (where `systemd-sysusers` and `adduser --system` put the
+/// `vmtime` user), if it is there.
+fn system_user_uid(user: &str) -> Option<u32> {
+    let mut text = String::new();
+    File::open("/etc/passwd").ok()?.take(4 << 20).read_to_string(&mut text).ok()?;
+    passwd_uid(&text, user)
+}
+
+fn passwd_uid(passwd: &str, user: &str) -> Option<u32> {
+    passwd.lines().find_map(|l| {
+        let mut f = l.split(':');
+        (f.next() == Some(user)).then(|| f.nth(1)?.parse().ok()).flatten()
+    })
 }
 
 fn is_dir(s: &rfs::Stat) -> bool {
@@ -246,6 +287,16 @@ pub fn ensure_private_dir(dir: &Path) -> Result<()> {
 /// remove this daemon's files, but they can create any name first: O_NOFOLLOW, O_EXCL and
 /// [`check_trusted`] refuse what they planted.
 pub fn ensure_dir_for(file: &Path) -> Result<()> {
+    dir_for(file, true)
+}
+
+/// [`ensure_dir_for`] for a one-shot command's output (an SSDT, a simulation's files): the
+/// directory's owner is not judged (a user's own directory, written with sudo, is fine).
+pub fn ensure_output_dir_for(file: &Path) -> Result<()> {
+    dir_for(file, false)
+}
+
+fn dir_for(file: &Path, judge_owner: bool) -> Result<()> {
     let dir = parent_of(file);
     match lstat(dir) {
         Ok(None) => ensure_private_dir(dir),
@@ -271,6 +322,19 @@ pub fn ensure_dir_for(file: &Path) -> Result<()> {
                     path: d.clone(),
                     why: format!("mode {:o} lets other users replace its files", s.st_mode & 0o7777),
                     fix: format!("chmod go-w {d}, or use a private directory"),
+                });
+            }
+            // A directory's owner may rename or remove any file in it (a sticky one too): a
+            // daemon's page, state or lock in another user's directory is that user's to swap.
+            let me = euid();
+            if judge_owner && s.st_uid != me && s.st_uid != 0 {
+                return Err(FileError::UnsafeDir {
+                    path: d.clone(),
+                    why: format!(
+                        "owned by uid {}, who may replace or remove the files vmtime keeps there (uid {me})",
+                        s.st_uid
+                    ),
+                    fix: format!("use a directory of uid {me}'s or root's (or chown {me} {d})"),
                 });
             }
             Ok(())
@@ -754,7 +818,7 @@ pub fn replace_output(
     recognise: Option<Recognise<'_>>,
     protect: &[(&str, &Path)],
 ) -> Result<()> {
-    ensure_dir_for(path)?;
+    ensure_output_dir_for(path)?;
     let d = disp(path);
     let refuse = |found: String| FileError::NotReplaceable { path: d.clone(), found, what };
     let existing = match lstat(path) {
@@ -821,6 +885,46 @@ mod tests {
         assert!(e.to_string().contains(&format!("pid {}", std::process::id())), "{e}");
         drop(f);
         open_page(&p).unwrap();
+    }
+
+    #[test]
+    fn a_query_finds_the_system_daemons_file_when_the_user_has_none() {
+        // The system directory as systemd makes it for User=vmtime: owned by that user, 0755.
+        let d = tempfile::tempdir().unwrap();
+        let own = d.path().join("own");
+        let system = d.path().join("system");
+        std::fs::create_dir(&system).unwrap();
+        std::fs::set_permissions(&system, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(system.join("host.page.sock"), b"").unwrap();
+        let me = euid();
+        let vmtime_user = [0, me];
+        // Found there, and said so.
+        assert_eq!(
+            locate_in("host.page.sock", &own, &system, &vmtime_user),
+            (system.join("host.page.sock"), Found::System)
+        );
+        // The user's own file comes first.
+        std::fs::create_dir(&own).unwrap();
+        std::fs::write(own.join("host.page.sock"), b"").unwrap();
+        assert_eq!(locate_in("host.page.sock", &own, &system, &vmtime_user), (own.join("host.page.sock"), Found::Own));
+        std::fs::remove_file(own.join("host.page.sock")).unwrap();
+        // Not there: the user's own path (the error names it).
+        assert_eq!(locate_in("sync.sock", &own, &system, &vmtime_user), (own.join("sync.sock"), Found::Own));
+        // A directory owned by a user that is neither root nor vmtime, or writable by others,
+        // is not trusted.
+        let not_vmtime = [me.wrapping_add(1)];
+        assert_eq!(locate_in("host.page.sock", &own, &system, &not_vmtime).1, Found::Own);
+        std::fs::set_permissions(&system, std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert_eq!(locate_in("host.page.sock", &own, &system, &vmtime_user).1, Found::Own);
+    }
+
+    #[test]
+    fn the_vmtime_users_uid_comes_from_its_passwd_line() {
+        let passwd = "root:x:0:0:root:/root:/bin/bash\nvmtimex:x:7:7::/:/bin/false\nvmtime:x:996:993:vmtime:/nonexistent:/usr/sbin/nologin\n";
+        assert_eq!(passwd_uid(passwd, "vmtime"), Some(996));
+        assert_eq!(passwd_uid(passwd, "root"), Some(0));
+        assert_eq!(passwd_uid(passwd, "nobody"), None);
+        assert_eq!(passwd_uid("vmtime:x:notanumber:1::/:", "vmtime"), None);
     }
 }
 

@@ -35,6 +35,9 @@ pub enum FollowError {
     /// A page file every user may write: any of them could set the time a daemon passes on.
     #[error("{path}: a page file every user may write (mode {mode:04o}): any of them could set the time read from it; a daemon does not follow it (chmod o-w {path}, or give its publisher's own page)")]
     WorldWritable { path: String, mode: u32 },
+    /// A page file in a directory others may write (not sticky): any of them could replace it.
+    #[error("{path}: its directory {dir} (mode {mode:04o}) lets other users replace it: a daemon does not follow a page there (chmod go-w {dir}, or give its publisher's own page)")]
+    OpenDir { path: String, dir: String, mode: u32 },
     /// The path no longer names the file followed, and what is there now cannot be read as a
     /// page (removed, or replaced by a fifo, a directory, junk): the old file is an orphan its
     /// publisher may no longer be writing, so it is not read either.
@@ -111,12 +114,23 @@ impl PageReader {
         &self.path
     }
 
-    /// Refuses a page file every user may write ([`FollowError::WorldWritable`]).
+    /// Refuses a page file every user may write ([`FollowError::WorldWritable`]), or one in a
+    /// directory others may write that is not sticky ([`FollowError::OpenDir`]): the rules the
+    /// publishers keep for their own pages.
     fn trusted(&self) -> Result<(), FollowError> {
-        match self.world_writable {
-            None => Ok(()),
-            Some(mode) => Err(FollowError::WorldWritable { path: self.name(), mode }),
+        if let Some(mode) = self.world_writable {
+            return Err(FollowError::WorldWritable { path: self.name(), mode });
         }
+        if matches!(self.source, Source::File(_)) {
+            let dir = self.path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            if let Ok(m) = std::fs::metadata(dir) {
+                let mode = m.mode() & 0o7777;
+                if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+                    return Err(FollowError::OpenDir { path: self.name(), dir: dir.display().to_string(), mode });
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Whether it is a device (which has its own notification by `poll`).

@@ -18,7 +18,7 @@ pub mod signals;
 pub mod timex;
 
 pub use clock::{aba_sample, gettime, AbaSample, ClockId};
-pub use timex::{read_timex, KernelTimex};
+pub use timex::{read_timex, AdvisoryTimex, KernelTimex, TimexError};
 
 /// An OS error with what was being done, and the remedy when the cause is the open-files limit
 /// (a bare "Too many open files (os error 24)" names neither).

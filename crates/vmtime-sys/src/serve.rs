@@ -695,7 +695,18 @@ pub struct Subscription {
     last: Instant,
 }
 
+/// How long a daemon's loop waits when it subscribes again to a publisher that went away: a
+/// publisher that accepts but never answers (stopped with SIGSTOP, hung, or a listener another
+/// user put at the socket's path) would otherwise stall the loop for the whole client timeout
+/// at every try. A healthy publisher answers within a millisecond; a slow one is tried again.
+pub const RESUBSCRIBE_WAIT: Duration = Duration::from_millis(20);
+
 impl Subscription {
+    /// Subscribes again from a daemon's loop: [`Subscription::open`] within [`RESUBSCRIBE_WAIT`].
+    pub fn reopen(socket: &Path) -> Option<Self> {
+        Self::open(socket, RESUBSCRIBE_WAIT).ok()
+    }
+
     /// Subscribes at `socket` (within `timeout`).
     pub fn open(socket: &Path, timeout: Duration) -> Result<Self, ClientError> {
         let (_, stream) = request(socket, "subscribe", timeout)?;

@@ -711,3 +711,96 @@ fn adversarial_a_low_open_files_limit_is_named_with_its_remedy() {
         }
     }
 }
+
+/// A directory's owner may rename or remove any file in it, sticky or not: a daemon run as
+/// root keeps no page, state or lock in another user's directory (that user could swap the
+/// page under the guest), and a follower reads no page in a directory others may write.
+#[test]
+fn adversarial_directories_others_own_or_may_write_are_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let host_page = d.path().join("host.page");
+    gen(&host_page);
+    // Followed: a host page in a non-sticky directory every user may write.
+    let open = d.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    let open_page = open.join("host.page");
+    gen(&open_page);
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let guest = d.path().join("g.page");
+    let o = run_bounded(
+        &["relay", "--host-page", s(&open_page), "--guest-page", s(&guest), "--tsc-offset", "0", "--duration-s", "2"],
+        READY_WITHIN,
+    );
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    assert!(e.contains("lets other users replace it"), "{e}");
+    assert!(!guest.exists() && !d.path().join("g.page.state.json.lock").exists());
+    // The same directory made sticky (like /tmp): followed.
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let o = run_bounded(
+        &["relay", "--host-page", s(&open_page), "--guest-page", s(&guest), "--tsc-offset", "0", "--duration-s", "1"],
+        READY_WITHIN,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    if !is_root() {
+        println!("SKIP (the rest): needs root to give a directory to uid 65534");
+        return;
+    }
+    let theirs = d.path().join("theirs");
+    std::fs::create_dir(&theirs).unwrap();
+    std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+    for mode in [0o755, 0o1777] {
+        std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(mode)).unwrap();
+        let page = theirs.join("p.page");
+        let o = run_bounded(&["host", "--page", s(&page), "--quiet", "--duration-s", "1"], READY_WITHIN);
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{e}");
+        assert!(e.contains("owned by uid 65534, who may replace or remove the files vmtime keeps there"), "{e}");
+        let o = run_bounded(
+            &[
+                "relay",
+                "--host-page",
+                s(&host_page),
+                "--guest-page",
+                s(&page),
+                "--tsc-offset",
+                "0",
+                "--duration-s",
+                "1",
+            ],
+            READY_WITHIN,
+        );
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert_eq!(std::fs::read_dir(&theirs).unwrap().count(), 0, "nothing made there");
+    }
+    // A one-shot output may go there (the user's own directory, written with sudo).
+    let o = run_bounded(&["qemu", "--page", s(&host_page), "--ssdt", s(&theirs.join("vm.aml"))], LINE_WITHIN);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+/// A listener at the host's socket path that accepts but never answers (a host stopped with
+/// SIGSTOP, a hung one, or a socket another user put there while no host ran): the relay's
+/// attempts to subscribe again wait a few ms, not the client's 2 s, so its loop (and its own
+/// control socket) never stall on it.
+#[test]
+fn adversarial_a_publisher_socket_that_never_answers_does_not_stall_the_relay() {
+    let d = tempfile::tempdir().unwrap();
+    let host_page = d.path().join("host.page");
+    gen(&host_page);
+    let _mute = std::os::unix::net::UnixListener::bind(sock(&host_page)).unwrap(); // never accepts
+    let guest = d.path().join("g.page");
+    let (relay, _rx) = common::spawn_ready(
+        &["relay", "--host-page", s(&host_page), "--guest-page", s(&guest), "--tsc-offset", "0", "--duration-s", "120"],
+        "control socket",
+    );
+    let mut worst = Duration::ZERO;
+    for _ in 0..20 {
+        let t = Instant::now();
+        status(&sock(&guest));
+        worst = worst.max(t.elapsed());
+    }
+    println!("FIGURES mute publisher: slowest of 20 relay status requests {worst:?}");
+    assert!(worst < Duration::from_secs(1), "the relay's loop stalled {worst:?} on a publisher that never answers");
+    relay.terminate();
+}

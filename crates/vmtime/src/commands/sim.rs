@@ -41,7 +41,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     };
     if let Some(dir) = &a.out {
         // Before the run, not after it: a directory that cannot take the files is said at once.
-        vmtime_sys::files::ensure_dir_for(&dir.join("trace.csv"))
+        vmtime_sys::files::ensure_output_dir_for(&dir.join("trace.csv"))
             .with_context(|| format!("--out {}: not a directory vmtime can write its files in", dir.display()))?;
     }
     let duration = a.duration.map(SimDuration::secs);

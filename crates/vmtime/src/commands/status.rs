@@ -20,12 +20,38 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
-    let socket = a.socket.unwrap_or_else(|| crate::paths::socket_for(&crate::paths::find_host_page()));
-    let (line, _) = vmtime_sys::serve::request(
-        &socket,
-        a.request.as_deref().unwrap_or("status"),
-        crate::ops::control::CLIENT_TIMEOUT,
-    )?;
+    let request = a.request.as_deref().unwrap_or("status");
+    let (line, _) = match a.socket {
+        Some(socket) => vmtime_sys::serve::request(&socket, request, crate::ops::control::CLIENT_TIMEOUT)?,
+        None => {
+            // The host's socket: this user's own daemon's, else the system daemon's. Which one
+            // answers is said on stderr (stdout stays the reply).
+            use vmtime_sys::files::{locate_runtime_file, runtime_dir, Found, SYSTEM_RUNTIME_DIR};
+            let (socket, found) = locate_runtime_file("host.page.sock");
+            let whose = match found {
+                Found::Own if runtime_dir() == std::path::Path::new(SYSTEM_RUNTIME_DIR) => "the system daemon's",
+                Found::Own => "this user's own daemon's",
+                Found::System => "the system daemon's",
+            };
+            eprintln!("vmtime status: asking {} ({whose})", socket.display());
+            vmtime_sys::serve::request(&socket, request, crate::ops::control::CLIENT_TIMEOUT).map_err(|e| {
+                let looked = if found == Found::Own && runtime_dir() != std::path::Path::new(SYSTEM_RUNTIME_DIR) {
+                    format!(" (no system daemon's socket at {SYSTEM_RUNTIME_DIR}/host.page.sock either)")
+                } else {
+                    String::new()
+                };
+                let hint = match &e {
+                    vmtime_sys::serve::ClientError::NoDaemon { err, .. }
+                        if err.kind() == std::io::ErrorKind::PermissionDenied =>
+                    {
+                        "; the daemons' sockets are 0600: run this as root or as the daemon's user (sudo vmtime status)"
+                    }
+                    _ => "",
+                };
+                anyhow::anyhow!("{e}{looked}{hint}")
+            })?
+        }
+    };
     let v: serde_json::Value = serde_json::from_str(&line).context("the daemon's reply is not JSON")?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&v)?);

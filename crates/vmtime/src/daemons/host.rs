@@ -111,11 +111,22 @@ impl TaiSource {
     }
 }
 
+/// What the host says (once, and in its status) when a seccomp filter refuses the adjtimex read.
+const UNREADABLE_NOTE: &str = "the kernel's NTP state cannot be read (adjtimex refused), so whether \
+     the kernel clock is synchronised is unknown: the page says FREERUNNING with the kernel's 16 s \
+     ceiling as its maxerror, announces no leap second, and is republished whenever it drifts from \
+     the sampled clock";
+/// The status's `kernel_state` when the read works.
+const READ_NOTE: &str = "read with adjtimex";
+
 struct Host {
     /// The kernel's own page (a device, or a file read with pread: never a SIGBUS).
     kernel_page: Option<vmtime_sys::follow::PageReader>,
     /// The kernel's page could not be read at the last observation (logged once).
     kernel_page_failing: bool,
+    /// The kernel's NTP state (adjtimex): a read refused by a seccomp filter is said once and
+    /// the page goes on FREERUNNING with the kernel's 16 s ceiling as its bound.
+    timex: vmtime_sys::AdvisoryTimex,
     /// The observation's samples (reused).
     samples: Vec<vmtime_core::AbaSample>,
     writer: Writer<WritableMapping>,
@@ -175,12 +186,14 @@ impl Host {
             tracing::warn!("{n}");
         }
         self.samples = samples;
+        // The publisher's figures after every observation, not only after a publish (the kernel
+        // page's check, the pairing, the error move without a new page).
+        self.m.stats.clone_from(self.publisher.stats());
         let mut published = None;
         if let Some(HostAction::Publish { page, reason, disrupted }) = action {
             let seq = self.writer.publish(&page);
             published = Some(seq);
             self.m.published_page(self.writer.memory(), self.publisher.stats());
-            self.m.stats.clone_from(self.publisher.stats());
             let st = abi::status_name(page.clock_status);
             let stats = self.publisher.stats();
             if disrupted {
@@ -236,7 +249,14 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let usable = event::clocksource_uses_counter(&clocksource) && vmclock::counter::NATIVE != abi::counter_id::INVALID;
 
     // TAI − UTC: the kernel's, a stated one, or the leap-second list while it is current.
-    let kernel = vmtime_sys::read_timex()?;
+    // The kernel's NTP state is advisory here: where a seccomp filter refuses the read (a
+    // container), the page goes on unsynchronised with the kernel's ceiling as its bound.
+    let mut timex = vmtime_sys::AdvisoryTimex::new();
+    let (kernel, refused) = timex.read()?;
+    if let Some(e) = refused {
+        tracing::warn!("{e}");
+        tracing::warn!("going on: {UNREADABLE_NOTE}");
+    }
     let now_s = (vmtime_sys::gettime(ClockId::Realtime)? / 1_000_000_000) as i64;
     let (tai, tai_note) = match a.tai_offset.map(TaiUtcS::get) {
         Some(o) => (TaiSource::Fixed(o), format!("TAI − UTC = {o} s, as given"))
@@ -344,12 +364,14 @@ pub fn run(args: Args) -> Result<ExitCode> {
         tai: tai_note,
         poll_every: Duration::from_millis(a.poll_ms.get()),
         kernel_page_readable: kernel_page.as_ref().map(|_| true),
+        kernel_state: if timex.denied() { UNREADABLE_NOTE } else { READ_NOTE },
         config: cfg_copy,
         ..Default::default()
     };
     let mut d = Host {
         kernel_page,
         kernel_page_failing: false,
+        timex,
         samples: Vec::with_capacity(64),
         writer: Writer::new(mem),
         _page_file: page_file,
@@ -441,7 +463,12 @@ impl Daemon for Host {
                     }
                 }
             }
-            let tx = vmtime_sys::read_timex()?;
+            let (tx, refused) = self.timex.read()?;
+            if let Some(e) = refused {
+                tracing::warn!("{e}");
+                tracing::warn!("going on: {UNREADABLE_NOTE}");
+            }
+            self.m.kernel_state = if self.timex.denied() { UNREADABLE_NOTE } else { READ_NOTE };
             let since = self.last_obs.map_or(3_600_000_000_000, |o| o.elapsed().as_nanos() as i128);
             if self.publisher.wants_observation(&tx, since) {
                 self.last_obs = Some(Instant::now());
@@ -466,7 +493,9 @@ impl Daemon for Host {
         self.m.last_observation = self.last_obs;
         self.m.kernel_page_readable = self.kernel_page.as_ref().map(|_| !self.kernel_page_failing);
         if self.m.published > 0 && self.line.is_empty() {
-            self.line = format!("publishing {}", self.m.page);
+            let unread =
+                if self.timex.denied() { " (kernel NTP state unreadable: FREERUNNING, 16 s bound)" } else { "" };
+            self.line = format!("publishing {}{unread}", self.m.page);
         }
         Ok(Flow::Continue)
     }

@@ -175,7 +175,7 @@ impl Relay {
         // A host page the guest could not read or should not believe (vmtime_core::relay::
         // host_fault) is not relayed: the guest page keeps its last update, as when the host
         // page cannot be read.
-        let page = match self.relay.guest_page(&host) {
+        let page = match self.relay.guest_page_at(&host, Some(vmclock::counter::read())) {
             Ok(p) => p,
             Err(e) => {
                 self.last_host_seq = Some(host.seq_count());
@@ -360,7 +360,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
         }
     }
     let host = crate::page::FollowedPage::open(&host_path).map_err(|e| match e {
-        vmtime_sys::follow::FollowError::WorldWritable { .. } => anyhow::anyhow!("--host-page: {e}"),
+        vmtime_sys::follow::FollowError::WorldWritable { .. } | vmtime_sys::follow::FollowError::OpenDir { .. } => {
+            anyhow::anyhow!("--host-page: {e}")
+        }
         e => anyhow::anyhow!("no host page to follow: {e:#} (is vmtime host running? --host-page names its page)"),
     })?;
     // The guest page and the state checked before anything is made beside them (the state's
@@ -503,7 +505,8 @@ impl Daemon for Relay {
             self.last_file_check = Instant::now();
             result = result.and(self.follow_host_file());
             if self.host_sub.is_none() {
-                self.host_sub = subscribe_host(&self.host_socket);
+                // A short wait: the loop never stalls on a publisher that accepts but never answers.
+                self.host_sub = Subscription::reopen(&self.host_socket);
                 if self.host_sub.is_some() {
                     tracing::info!("following the host by notification again ({})", self.host_socket.display());
                 }

@@ -185,7 +185,7 @@ impl PhcSync {
         // and a reading against it decide the PHC's timescale.
         let own_page = vmtime_sys::phc::vmclock_device(&info, std::path::Path::new("/dev"))
             .and_then(|p| vmclock::Mapping::open(&p).ok());
-        let kernel = vmtime_sys::read_timex()?;
+        let kernel = kernel_state(a.dry_run)?;
         let facts = vmtime_core::phc::TimescaleFacts {
             attribute: None, // no released kernel has the PTP timescale attributes yet
             page: own_page.as_ref().and_then(|m| vmtime_sys::phc::compare_with_page(&mut d, m, kernel.tai)),
@@ -245,7 +245,7 @@ impl PhcSync {
     /// page's news, and the source's facts handed to the servo.
     fn prepare(&mut self) -> Result<(vmtime_core::kernel::KernelTimex, vmtime_core::phc::PhcSourceState)> {
         use vmtime_core::phc::PhcSourceState;
-        let tx = vmtime_sys::read_timex()?;
+        let tx = kernel_state(self.dry_run)?;
         if let Some(w) = &mut self.rival {
             w.check(&tx).map_err(Interfered)?;
         }
@@ -439,7 +439,7 @@ fn run_once(a: &SyncSettings, source: &Path) -> Result<ExitCode> {
             None => once_failed(source, "it carries markers only and this machine has no PHC: no time source"),
         };
     }
-    let kernel = vmtime_sys::read_timex()?;
+    let kernel = kernel_state(a.dry_run)?;
     let got = sample_under_page(
         4,
         || page.read().map_err(anyhow::Error::from),
@@ -687,7 +687,7 @@ impl Sync {
 
     fn observe(&mut self) -> Result<()> {
         self.page.refresh();
-        let kernel = vmtime_sys::read_timex()?;
+        let kernel = kernel_state(self.dry_run)?;
         if let Some(w) = &mut self.rival {
             w.check(&kernel).map_err(Interfered)?;
         }
@@ -866,13 +866,34 @@ fn stopped_by(r: Result<()>) -> Result<Flow> {
     }
 }
 
+/// The kernel's NTP state. In a dry run it is advisory (nothing is changed): a read refused by a
+/// seccomp filter (a container) is said once and the discipline sees an unsynchronised kernel
+/// (`KernelTimex::unreadable`). Otherwise a refusal is an error naming the call, the cause and
+/// the fix: the discipline cannot run without it.
+fn kernel_state(dry_run: bool) -> Result<vmtime_core::kernel::KernelTimex> {
+    static READER: std::sync::Mutex<vmtime_sys::AdvisoryTimex> =
+        std::sync::Mutex::new(vmtime_sys::AdvisoryTimex::new());
+    if !dry_run {
+        return Ok(vmtime_sys::read_timex()?);
+    }
+    let (tx, refused) = READER.lock().unwrap_or_else(|p| p.into_inner()).read()?;
+    if let Some(e) = refused {
+        tracing::warn!("{e}");
+        tracing::warn!(
+            "dry run: going on as if the kernel clock were unsynchronised (its state is unknown; \
+             the checks for another time daemon's changes see nothing)"
+        );
+    }
+    Ok(tx)
+}
+
 /// Refuses to start next to another time daemon (a dry run only warns: it changes nothing).
 fn check_rivals(a: &SyncSettings) -> Result<Option<ExitCode>> {
     if a.allow_other_daemon {
         return Ok(None);
     }
     let procs = vmtime_sys::procs::list().context("cannot list the processes in /proc")?;
-    match vmtime_core::rival::may_start(&procs, &vmtime_sys::read_timex()?) {
+    match vmtime_core::rival::may_start(&procs, &kernel_state(a.dry_run)?) {
         Ok(()) => Ok(None),
         Err(r) if a.dry_run => {
             tracing::warn!("{r} (dry run: going on, nothing is changed)");
@@ -1114,7 +1135,8 @@ impl Daemon for Sync {
         }
         if !self.is_device && self.sub.is_none() && self.last_resubscribe.elapsed() >= Duration::from_secs(1) {
             self.last_resubscribe = Instant::now();
-            self.sub = subscribe(&self.publisher);
+            // A short wait: the loop never stalls on a publisher that accepts but never answers.
+            self.sub = Subscription::reopen(&self.publisher);
         }
         self.m.notified = self.notes.device.is_some();
         self.m.observations_redone = self.redone;

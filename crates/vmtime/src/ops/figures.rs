@@ -32,6 +32,8 @@ pub struct HostMetrics {
     pub tai: String,
     /// Whether the kernel's own page was readable at the last observation (None: not used).
     pub kernel_page_readable: Option<bool>,
+    /// How the kernel's NTP state is had: read with adjtimex, or not (a seccomp filter).
+    pub kernel_state: &'static str,
     /// The publisher's tunables in force.
     pub config: vmtime_core::host::HostConfig,
     pub stats: vmtime_core::host::HostStats,
@@ -58,6 +60,7 @@ impl Figures for HostMetrics {
             },
             "kernel_page_readable": self.kernel_page_readable,
             "kernel_page_usable": self.kernel_page_readable.map(|_| !self.stats.kernel_page.unusable),
+            "kernel_state": self.kernel_state,
             "page": self.page,
             "clocksource": self.clocksource,
             "tai": self.tai,
