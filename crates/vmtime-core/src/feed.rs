@@ -593,6 +593,9 @@ pub mod clockbound {
         pub last_terms: Option<BoundTerms>,
         /// The largest lag of CLOCK_MONOTONIC_COARSE behind CLOCK_MONOTONIC observed, ns.
         coarse_lag_ns: i128,
+        /// A second opinion disagrees with the page ([`crate::crosscheck`]): |server − page| +
+        /// the server's bound, ns; the bound covers it and the status is FreeRunning meanwhile.
+        cross_widen_ns: Option<f64>,
     }
 
     /// The bound one pairing supports, shared by both layouts: `bound_ns` at the pairing's
@@ -627,7 +630,16 @@ pub mod clockbound {
                 last_map: None,
                 last_terms: None,
                 coarse_lag_ns: ASSUMED_COARSE_LAG_TICKS * cfg.coarse_tick_ns.max(0),
+                cross_widen_ns: None,
             }
+        }
+
+        /// The cross-check's verdict ([`crate::crosscheck::CrossCheck::widen_ns`]): while a
+        /// second opinion disagrees with the page beyond both bounds, every bound written covers
+        /// the disagreement (true time may be anywhere the server allows) and the status is
+        /// FreeRunning, never Synchronized.
+        pub fn set_cross_check(&mut self, widen_ns: Option<f64>) {
+            self.cross_widen_ns = widen_ns;
         }
 
         /// One observation of CLOCK_MONOTONIC minus CLOCK_MONOTONIC_COARSE (the fine clock read
@@ -717,7 +729,11 @@ pub mod clockbound {
             eb.bound_ns = c.bound_ns as i64;
             eb.max_drift_ppb = c.drift_ppb as u32;
             self.claimed = Some((as_of_ns, p, c, obs.before));
-            eb.status = if p.status == status::SYNCHRONIZED { CbStatus::Synchronized } else { CbStatus::FreeRunning };
+            eb.status = if p.status == status::SYNCHRONIZED && self.cross_widen_ns.is_none() {
+                CbStatus::Synchronized
+            } else {
+                CbStatus::FreeRunning
+            };
             eb
         }
 
@@ -747,7 +763,12 @@ pub mod clockbound {
                 page_rate_ppb: rate,
                 realtime_rate_ppb: self.rate_ppb.unwrap_or(0),
             };
-            let bound = terms.maxerror_ns + terms.pairing_ns + terms.span_ns + ROUNDING_NS;
+            let mut bound = terms.maxerror_ns + terms.pairing_ns + terms.span_ns + ROUNDING_NS;
+            if let Some(w) = self.cross_widen_ns {
+                // |true − REALTIME| ≤ |true − server| + |server − page| + |page − REALTIME|.
+                let w = if w.is_finite() { w.max(0.0).ceil().min(i64::MAX as f64) as u128 } else { i64::MAX as u128 };
+                bound = bound.max(w + terms.pairing_ns + terms.span_ns + ROUNDING_NS);
+            }
             if bound > i64::MAX as u128 / 2 || drift >= MAX_DRIFT_PPB as u128 {
                 return Err(Hold::Unbounded);
             }
@@ -1227,6 +1248,31 @@ mod tests {
             }
         }
         assert!(sent_total > 200 && held_jump > 20, "sent {sent_total}, held for a jump {held_jump}");
+    }
+
+    /// The cross-check reaches the ClockBound segment: while it disagrees, the bound covers the
+    /// disagreement and the status is FreeRunning; then back to the page's own bound.
+    #[test]
+    fn a_disagreeing_cross_check_widens_the_clockbound_bound() {
+        if vmclock::counter::NATIVE == counter_id::INVALID {
+            return;
+        }
+        let s = samples();
+        let mut f = ClockBoundFeed::new(ClockBoundConfig::default());
+        let p = page(1, 7, status::SYNCHRONIZED, 0, 0);
+        let eb = f.handle(&obs(p, &s, 0), 0);
+        assert_eq!(eb.status, CbStatus::Synchronized);
+        assert!(eb.bound_ns < 10_000, "{}", eb.bound_ns);
+        f.set_cross_check(Some(50_100_000.0));
+        let eb = f.handle(&obs(page(2, 7, status::SYNCHRONIZED, 0, 0), &s, NS), NS);
+        assert_eq!(eb.status, CbStatus::FreeRunning);
+        assert!((50_100_000..50_110_000).contains(&eb.bound_ns), "{}", eb.bound_ns);
+        let v3 = f.v3(&eb);
+        assert!(v3.bound_ns >= 50_100_000 && v3.status == CbStatus::FreeRunning, "shm1 too: {v3:?}");
+        f.set_cross_check(None);
+        let eb = f.handle(&obs(page(3, 7, status::SYNCHRONIZED, 0, 0), &s, 2 * NS), 2 * NS);
+        assert_eq!(eb.status, CbStatus::Synchronized);
+        assert!(eb.bound_ns < 10_000);
     }
 
     #[test]

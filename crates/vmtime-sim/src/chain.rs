@@ -5,6 +5,7 @@
 use crate::host::{Clock, SimHost};
 use crate::host_run::HostRun;
 use vmclock::Snapshot;
+use vmtime_core::cadence::{Cadence, Markers};
 use vmtime_core::host::{HostConfig, HostEvent, Sampled};
 use vmtime_core::relay::{CounterMap, GuestRelay};
 use vmtime_core::sync::{Discipline, SyncAction, SyncConfig, SyncObservation};
@@ -35,6 +36,100 @@ pub struct ChainGuest {
     pub kernel_bound_violations: u64,
     /// Hook runs.
     pub hooks: u32,
+    /// The guest counter up to which application reads were judged (`None` after a counter jump).
+    read_from: Option<u64>,
+    /// Without notification: vmtime sync's checks of the page's markers.
+    pub cadence: Option<Cadence>,
+    /// When the relay wrote a page with a new disruption marker that vmtime sync has not seen
+    /// yet (true ns), and the delays from such a write to the observation that saw it, ns.
+    disrupted_at: Option<i128>,
+    /// Delays from a new marker's page to vmtime sync's observation of it, ns.
+    pub detection_ns: Vec<i128>,
+}
+
+/// A histogram of ns values, log-linear (32 steps per power of two above 64 ns): quantiles
+/// within 3 %, merged by adding.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hist(pub Vec<u64>);
+
+impl Default for Hist {
+    fn default() -> Self {
+        Hist(vec![0; 64 + 58 * 32])
+    }
+}
+
+impl Hist {
+    fn bucket(v: u64) -> usize {
+        if v < 64 {
+            return v as usize;
+        }
+        let e = 63 - v.leading_zeros() as usize; // ≥ 6
+        64 + (e - 6) * 32 + ((v >> (e - 5)) & 31) as usize
+    }
+
+    fn lower(b: usize) -> u64 {
+        if b < 64 {
+            return b as u64;
+        }
+        let (e, sub) = ((b - 64) / 32 + 6, (b - 64) % 32);
+        (32 + sub as u64) << (e - 5)
+    }
+
+    /// Counts `v`.
+    #[inline]
+    pub fn add(&mut self, v: u64) {
+        self.0[Self::bucket(v)] += 1;
+    }
+
+    /// Adds another histogram's counts.
+    pub fn merge(&mut self, o: &Hist) {
+        self.0.iter_mut().zip(&o.0).for_each(|(a, b)| *a += b);
+    }
+
+    /// Values counted.
+    pub fn count(&self) -> u64 {
+        self.0.iter().sum()
+    }
+
+    /// The `q` quantile (0..=1): the lower edge of its bucket (within 3 % below the value).
+    pub fn quantile(&self, q: f64) -> u64 {
+        let n = self.count();
+        if n == 0 {
+            return 0;
+        }
+        let rank = ((n - 1) as f64 * q).round() as u64;
+        let mut seen = 0;
+        for (b, &c) in self.0.iter().enumerate() {
+            seen += c;
+            if seen > rank {
+                return Self::lower(b);
+            }
+        }
+        Self::lower(self.0.len() - 1)
+    }
+}
+
+/// Application reads of the guests' pages, each judged against true time at its counter value.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reads {
+    /// Reads judged.
+    pub reads: u64,
+    /// Reads whose true time lay outside the page's bounds.
+    pub violations: u64,
+    /// Each read's bound (the page's maximum error at its counter), ns.
+    pub bound_ns: Hist,
+    /// Each read's actual error |page time − truth|, ns.
+    pub error_ns: Hist,
+}
+
+impl Reads {
+    /// Adds another run's reads.
+    pub fn merge(&mut self, o: &Reads) {
+        self.reads += o.reads;
+        self.violations += o.violations;
+        self.bound_ns.merge(&o.bound_ns);
+        self.error_ns.merge(&o.error_ns);
+    }
 }
 
 /// One row of the trace (guest 0), every second.
@@ -71,11 +166,15 @@ pub struct NtpModel {
     pub slews: bool,
     /// Whether it is synchronised at all (false: the host is FREERUNNING).
     pub synced: bool,
+    /// Its offset measurements are off truth by up to ± this, uniformly (network asymmetry),
+    /// ns. With 0 it measures exactly and claims its error + 100 µs; otherwise it corrects the
+    /// offset it measured and claims, honestly, what it knows: |measured| + this + 1 µs.
+    pub offset_noise_ns: i64,
 }
 
 impl Default for NtpModel {
     fn default() -> Self {
-        NtpModel { poll_s: 16, freq_noise_ppb: 20, slews: true, synced: true }
+        NtpModel { poll_s: 16, freq_noise_ppb: 20, slews: true, synced: true, offset_noise_ns: 0 }
     }
 }
 
@@ -96,6 +195,16 @@ pub struct Chain {
     pub leap_at: Option<(i128, i8)>,
     /// Guest pages the relay wrote (every host page, for every guest).
     pub relayed: u64,
+    /// Application reads per guest per 10 ms step, spread evenly over the counter values the
+    /// step covered (0: none).
+    pub reads_per_step: u32,
+    /// The application reads judged so far.
+    pub reads: Reads,
+    /// The relay (the page's writer) is stalled until then (true ns): the guests keep their page.
+    pub stalled_until: Option<i128>,
+    /// The host publisher's rate tolerance (`--tolerance-ppm`), ppb: the default 500 ppm when
+    /// `None`. A migration's destination host gets the same.
+    pub host_tolerance_ppb: Option<u64>,
     start: i128,
     next_ntp: i128,
     next_row: i128,
@@ -136,6 +245,10 @@ impl Chain {
                 page_bound_violations: 0,
                 kernel_bound_violations: 0,
                 hooks: 0,
+                read_from: None,
+                cadence: None,
+                disrupted_at: None,
+                detection_ns: Vec::new(),
             })
             .collect();
         Chain {
@@ -146,6 +259,10 @@ impl Chain {
             rows: Vec::new(),
             leap_at: None,
             relayed: 0,
+            reads_per_step: 0,
+            reads: Reads::default(),
+            stalled_until: None,
+            host_tolerance_ppb: None,
             start: t0,
             next_ntp: t0,
             next_row: t0,
@@ -188,30 +305,83 @@ impl Chain {
         let err = h.oscillator_error_ppb();
         h.set_freq_ppb(-err + noise);
         let e = h.kernel_error_ns();
-        if self.ntp.slews {
-            h.set_offset_ns(-e as i64);
+        let u = self.ntp.offset_noise_ns.max(0);
+        if u == 0 {
+            if self.ntp.slews {
+                h.set_offset_ns(-e as i64);
+            }
+            // An honest maxerror: the error now, plus what it may drift before the next update.
+            h.ntp_sync((e.unsigned_abs() / 1000) as i64 + 100, 20);
+        } else {
+            // It measures the offset within ±u, corrects what it measured (the error left is
+            // within ±u, reached monotonically by the PLL) and says what it knows: the error now
+            // is within |measured| + u; the drift until the next update is the host's own claim
+            // to grow (its rate tolerance).
+            let measured = e + h.rng.range(0, 2 * u as u64 + 1) as i128 - u as i128;
+            if self.ntp.slews {
+                h.set_offset_ns(-measured as i64);
+            }
+            let max_us = (measured.unsigned_abs() + u as u128).div_ceil(1000) as i64 + 1;
+            h.ntp_sync(max_us, (u + 999) / 1000);
         }
-        // An honest maxerror: the error now, plus what it may drift before the next update.
-        h.ntp_sync((e.unsigned_abs() / 1000) as i64 + 100, 20);
+    }
+
+    /// Every guest judges its application reads from now on (after a counter jump).
+    fn restart_reads(&mut self) {
+        self.guests.iter_mut().for_each(|g| g.read_from = None);
     }
 
     fn guest_step(&mut self, i: usize) {
         let host_page = self.host.current;
+        let stalled = self.stalled_until.is_some_and(|t| self.host.host.now() < t);
+        let per_step = self.reads_per_step;
         let g = &mut self.guests[i];
         g.sim.follow(&self.host.host);
         g.sim.world_leap = self.host.host.world_leap;
-        if let Some(hp) = host_page {
+        // The application's reads since the last step, on the page it had meanwhile.
+        let c_now = g.sim.counter();
+        if let (Some(from), Some(page), true, true) = (g.read_from, g.page, g.source_up, per_step > 0) {
+            judge_reads(&g.sim, &page, from, c_now, per_step, &mut self.reads);
+        }
+        g.read_from = Some(c_now);
+        let mut notified = false;
+        if let (Some(hp), false) = (host_page, stalled) {
             if g.last_host != Some(hp) {
                 g.last_host = Some(hp);
                 if let Ok(p) = g.relay.guest_page(&hp) {
-                    g.page = Snapshot::new(p, 4096).ok();
+                    let new = Snapshot::new(p, 4096).ok();
+                    if new.is_some_and(|n| g.page.is_some_and(|o| o.disruption_marker() != n.disruption_marker())) {
+                        g.disrupted_at.get_or_insert(g.sim.now());
+                    }
+                    g.page = new;
                     self.relayed += 1;
                 }
-                g.last_observation = i128::MIN / 2; // notified: observe now
+                notified = true;
             }
+        }
+        // Notified (the default): a new page is observed at once. Otherwise vmtime sync's checks
+        // of the markers decide (vmtime_core::cadence), as on a 6.13–6.19 driver or a BAR.
+        let now = g.sim.now();
+        let urgent = match &mut g.cadence {
+            None => notified,
+            Some(c) if c.due(now) => {
+                let m = g.page.filter(|_| g.source_up).map(|p| Markers::of(&p));
+                c.look(now, m).observe_now(g.discipline.disruption_pending())
+            }
+            Some(_) => false,
+        };
+        if urgent {
+            g.last_observation = i128::MIN / 2;
         }
         let due = g.sim.now() - g.last_observation >= GUEST_INTERVAL.min(g.discipline.poll_interval_ns());
         if due {
+            if let (Some(c), Some(p), true) = (&mut g.cadence, g.page, g.source_up) {
+                c.seen(Markers::of(&p));
+            }
+            if let (Some(t), true, true) = (g.disrupted_at, g.source_up, g.page.is_some()) {
+                g.detection_ns.push(g.sim.now() - t);
+                g.disrupted_at = None;
+            }
             g.last_observation = g.sim.now();
             let kernel = g.sim.timex();
             let actions = match (g.source_up, g.page) {
@@ -314,6 +484,10 @@ impl Chain {
         h.ntp_sync((kernel_err_ns.unsigned_abs() / 1000) as i64 + 100, 20);
         h.wander_ppb = self.host.host.wander_ppb;
         let mut dest = HostRun::new(h, HostConfig { marker_seed: self.seed, ..HostConfig::default() }, Sampled::Tai);
+        if let Some(t) = self.host_tolerance_ppb {
+            let c = dest.publisher.config().clone();
+            dest.publisher.retune(c.threshold_ns, t, c.interval_ns, c.longest_poll_gap_ns);
+        }
         dest.run_for(now - dest.host.now(), 10 * MS);
         self.host = dest;
         self.next_ntp = self.host.host.now() + self.ntp.poll_s * NS;
@@ -330,6 +504,7 @@ impl Chain {
             g.sim.migrate_to(&self.host.host, map);
             g.relay.migrated_in(map);
         }
+        self.restart_reads();
         self.event("migration");
     }
 
@@ -348,15 +523,65 @@ impl Chain {
             g.relay.migrated_in(map);
             g.relay.restored_from_snapshot();
         }
+        self.restart_reads();
         self.next_row = self.host.host.now();
         self.event(format!("restore after {} s", pause_ns / NS));
     }
 
-    /// Steps the host clock (an operator's settimeofday).
+    /// Sets the host publisher's rate tolerance, ppb (and that of any later destination).
+    pub fn set_host_tolerance(&mut self, ppb: u64) {
+        self.host_tolerance_ppb = Some(ppb);
+        let c = self.host.publisher.config().clone();
+        self.host.publisher.retune(c.threshold_ns, ppb, c.interval_ns, c.longest_poll_gap_ns);
+    }
+
+    /// Steps the host clock (an operator's settimeofday: like the kernel's, it clears the NTP
+    /// state: maxerror 16 s, STA_UNSYNC, until the NTP daemon's next update).
     pub fn host_step(&mut self, ns: i128) {
         self.host.host.step(ns);
+        self.host.host.tx.maxerror_us = 16_000_000;
+        self.host.host.set_status(vmtime_core::kernel::STA_UNSYNC, true);
         self.host.publisher.handle_event(HostEvent::Stepped);
         self.event(format!("host step {:+} µs", ns / 1000));
+    }
+}
+
+/// Judges `n` application reads at counter values spread evenly over `(from, to]` on `page`
+/// against true time, in integer arithmetic: the page's time and bound at each counter (the
+/// ABI's formula, as `vmclock::Clock::now` computes it), truth interpolated in fixed point
+/// between its values at the two ends (it is linear in the counter within a step). Both are
+/// rounded down to whole ns, so the judge allows 1 ns.
+fn judge_reads(sim: &SimHost, page: &Snapshot, from: u64, to: u64, n: u32, out: &mut Reads) {
+    let span = to.wrapping_sub(from);
+    if span == 0 || span > 1 << 40 {
+        return; // no time passed, or the counter went back: nothing read in between
+    }
+    let Ok(r) = page.reference() else { return };
+    let tai = r.time_type == vmclock::abi::time_type::TAI;
+    let (t0, t1) = (sim.truth_at_counter(from), sim.truth_at_counter(to));
+    let slope_q32 = ((t1 - t0) << 32) / span as i128;
+    const NS: u128 = 1_000_000_000;
+    for i in 1..=n as u64 {
+        let d = span * i / n as u64;
+        let c = from.wrapping_add(d);
+        let truth = t0 + ((d as i128 * slope_q32) >> 32);
+        let (time_ns, max_ns) = if tai {
+            let (Ok(raw), Some(m)) = (r.raw_time_at(c), r.maxerror_at(c)) else { continue };
+            ((raw.wrapping_mul(NS) >> 64) as i128, m.saturating_mul(NS).saturating_add(u64::MAX as u128) >> 64)
+        } else {
+            let Some((t, m)) = page.tai_at(c).ok().and_then(|t| Some((t.time.as_nanos() as i128, t.maxerror_ns()?)))
+            else {
+                continue;
+            };
+            (t, m)
+        };
+        let err = (time_ns - truth).unsigned_abs();
+        out.reads += 1;
+        if err > max_ns + 1 {
+            out.violations += 1;
+        }
+        out.bound_ns.add(max_ns.min(u64::MAX as u128) as u64);
+        out.error_ns.add(err.min(u64::MAX as u128) as u64);
     }
 }
 

@@ -160,3 +160,20 @@ fn hostile_scenario_values_are_refused() {
         assert!(e.to_string().starts_with(field), "{text}: {e}");
     }
 }
+
+/// Without notification (a 6.13–6.19 driver, a PCI BAR), vmtime sync sees a migration through its
+/// checks of the page's markers every 20 ms (vmtime_core::cadence): the new marker's page is
+/// observed within one check (the chain's steps are 10 ms), and stepped from, as when notified.
+#[test]
+fn without_notification_the_marker_checks_see_a_migration_within_a_check() {
+    let mut s = Scenario::builtin("migration").unwrap();
+    s.guest_check_ms = Some(20);
+    let o = scenario::run(&s, 1, None, |_| {});
+    let m = &o.summary;
+    assert_eq!((m.bound_violations, m.monotonic_violations), (0, 0));
+    assert_eq!((m.steps, m.disruptions), (2, 1), "the start-up step and the migration's");
+    assert!(m.detection_ms.max <= 20.0, "{:?}", m.detection_ms);
+    assert!(chain_at(&o, 301.0) < 1_000.0, "within 1 µs a second after the migration");
+    // Checks only: far fewer observations than pages would have caused, reads judged all along.
+    assert!(m.reads > 900_000, "{}", m.reads);
+}

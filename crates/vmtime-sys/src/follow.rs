@@ -256,6 +256,25 @@ fn pread_words(f: &File) -> io::Result<Option<RawWords>> {
     Ok(Some(w))
 }
 
+/// A page file mapped read-only for the cheap checks of its markers (a few loads, no system
+/// call), guarded against SIGBUS ([`vmclock::guard`]): a file truncated under it reads as zeros,
+/// which is no page, and the guard says so. The full reads stay `pread`s.
+#[derive(Debug)]
+struct FileProbe {
+    // Declared first: unregistered before the mapping is unmapped.
+    guard: vmclock::guard::Protection,
+    map: Mapping,
+}
+
+impl FileProbe {
+    fn of(f: &File) -> Option<FileProbe> {
+        let map = Mapping::map(f, false).ok()?;
+        let (start, len) = map.region();
+        let guard = vmclock::guard::protect(start, len).ok()?;
+        Some(FileProbe { guard, map })
+    }
+}
+
 /// A page followed across its publisher's restarts: when the file at the path is replaced (a
 /// new inode), the new one is opened. When the path names nothing readable as a page any more
 /// (removed, or replaced by a fifo, a directory, a socket), the old file is not followed as an
@@ -265,6 +284,8 @@ fn pread_words(f: &File) -> io::Result<Option<RawWords>> {
 pub struct FollowedPage {
     reader: PageReader,
     lost: Option<String>,
+    /// For a page file: its mapping for the marker checks (made at the first check).
+    probe: Option<FileProbe>,
 }
 
 impl FollowedPage {
@@ -274,7 +295,7 @@ impl FollowedPage {
     pub fn open(path: &Path) -> Result<Self, FollowError> {
         let reader = PageReader::open(path)?;
         reader.trusted()?;
-        Ok(FollowedPage { reader, lost: None })
+        Ok(FollowedPage { reader, lost: None, probe: None })
     }
 
     /// The reader of the current file.
@@ -310,6 +331,7 @@ impl FollowedPage {
                 Ok(r) => {
                     self.reader = r;
                     self.lost = None;
+                    self.probe = None;
                     true
                 }
                 Err(FollowError::Io { err, .. }) => {
@@ -332,13 +354,28 @@ impl FollowedPage {
         self.reader.read()
     }
 
-    /// The markers now, cheaply ([`PageReader::markers`]); a page file replaced by its
-    /// publisher is opened again first (one `stat`; a device or a BAR is never replaced).
+    /// The markers now, cheaply: loads from the mapped page, no system call. A device or a BAR
+    /// is mapped already ([`PageReader::markers`]); a page file is mapped for these checks at the
+    /// first one, under the SIGBUS guard (where the guard cannot be had, two `pread`s). A file
+    /// replaced by its publisher is found at the next full read ([`FollowedPage::refresh`]).
     pub fn markers(&mut self) -> Option<vmtime_core::cadence::Markers> {
-        if matches!(self.reader.source, Source::File(_)) {
-            self.refresh();
+        let Source::File(f) = &self.reader.source else { return self.reader.markers() };
+        if self.probe.as_ref().is_some_and(|p| p.guard.gone()) {
+            self.probe = None; // truncated under us: look again by pread until it is replaced
+            return self.reader.markers();
         }
-        self.reader.markers()
+        if self.probe.is_none() {
+            self.probe = FileProbe::of(f);
+        }
+        match &self.probe {
+            Some(p) => {
+                let words = vmclock::seqlock::PageMemory::words(&p.map);
+                let w = (0..4).find_map(|_| seqlock::try_read(words))?;
+                let snap = Snapshot::from_words(w, PAGE_SIZE).ok()?;
+                (!p.guard.gone()).then(|| vmtime_core::cadence::Markers::of(&snap))
+            }
+            None => self.reader.markers(),
+        }
     }
 }
 
@@ -399,6 +436,33 @@ mod tests {
         let e = PageReader::open(&p).unwrap().read().unwrap_err();
         assert!(matches!(e, FollowError::Invalid { .. }), "{e}");
         assert!(e.to_string().contains("magic"), "{e}");
+    }
+
+    #[test]
+    fn markers_of_a_page_file_are_loads_that_survive_truncation() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("page");
+        let page = vmclock::PageBuilder::new().disruption_marker(5).page_bytes();
+        std::fs::write(&p, &page).unwrap();
+        let mut f = FollowedPage::open(&p).unwrap();
+        let m = f.markers().expect("markers");
+        assert_eq!(m.disruption_marker, 5);
+        assert!(f.probe.is_some(), "a page file is mapped for the checks");
+        // Written in place: the mapping sees it.
+        let w = vmclock::Mapping::open_rw(&p).unwrap();
+        let mut bytes = page.clone();
+        bytes[0x10..0x18].copy_from_slice(&9u64.to_le_bytes());
+        vmclock::seqlock::publish_words(vmclock::seqlock::PageMemory::words(&w), &bytes[..ABI_SIZE]);
+        let m2 = f.markers().expect("markers");
+        assert_eq!((m2.disruption_marker, m2.seq_count), (9, m.seq_count + 2));
+        drop(w);
+        // Truncated to nothing: a load beyond the file is caught by the guard, not a SIGBUS.
+        std::fs::OpenOptions::new().write(true).open(&p).unwrap().set_len(0).unwrap();
+        assert_eq!(f.markers(), None);
+        assert_eq!(f.markers(), None);
+        // A page again (same file): read again.
+        std::fs::write(&p, &page).unwrap();
+        assert_eq!(f.markers().map(|m| m.disruption_marker), Some(5));
     }
 
     #[test]

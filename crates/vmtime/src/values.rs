@@ -559,7 +559,60 @@ pub const NUMERIC: &[Numeric] = &[
     DriftPpb::NUMERIC,
     MaxErrorNs::NUMERIC,
     TimeoutS::NUMERIC,
+    SeedRange::NUMERIC,
 ];
+
+/// Seeds `A..B`: A through B, both included (`1..1000` is a thousand seeds); at most a million.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SeedRange {
+    /// The first seed.
+    pub first: u64,
+    /// The last seed (included).
+    pub last: u64,
+}
+
+impl SeedRange {
+    /// The most seeds one run takes.
+    pub const MAX_SEEDS: u64 = 1_000_000;
+
+    /// What is allowed, in words.
+    pub fn allowed() -> String {
+        format!("A..B, the seeds A through B (both included, A ≤ B, at most {} of them)", Self::MAX_SEEDS)
+    }
+
+    /// The registry entry.
+    pub const NUMERIC: Numeric = Numeric {
+        type_id: std::any::TypeId::of::<SeedRange>,
+        allowed: SeedRange::allowed,
+        accepts: |s| s.parse::<SeedRange>().is_ok(),
+    };
+
+    /// The seeds.
+    pub fn seeds(self) -> std::ops::RangeInclusive<u64> {
+        self.first..=self.last
+    }
+}
+
+impl fmt::Display for SeedRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}..{}", self.first, self.last)
+    }
+}
+
+impl FromStr for SeedRange {
+    type Err = ValueError;
+    fn from_str(s: &str) -> Result<Self, ValueError> {
+        let err = || ValueError { got: s.to_string(), allowed: Self::allowed() };
+        let (a, b) = s.split_once("..").ok_or_else(err)?;
+        let int =
+            |t: &str| parse_int(t).filter(|v| (0..=u64::MAX as i128).contains(v) && !t.trim().starts_with(['-', '+']));
+        let (a, b) = (int(a).ok_or_else(err)? as u64, int(b).ok_or_else(err)? as u64);
+        if a > b || b - a >= Self::MAX_SEEDS {
+            return Err(err());
+        }
+        Ok(SeedRange { first: a, last: b })
+    }
+}
 
 /// A simulated duration: "600", "600s", "10m", "1h", "1d"; from 1 s to 30 days (as a scenario file).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -270,3 +270,32 @@ fn bounds_stay_honest_while_a_host_publishes_updates() {
     }
     eprintln!("{} page versions", pages.len());
 }
+
+/// The NTP cross-check reaches the segment: a server 500 ms ahead of the page (a page wrong
+/// without saying so) makes the feed write FreeRunning with a bound covering the 500 ms, and its
+/// status says `"cross_check": {"state": "disagree", …}`.
+#[test]
+fn a_disagreeing_ntp_server_widens_the_segment() {
+    if !supported() {
+        return;
+    }
+    let (dir, page) = cb::dir_with_page("synchronized");
+    let seg_dir = dir.path().join("cb");
+    let server = common::sntp_responder(500_000_000, true).to_string();
+    let _feed = cb::start_feed(&page, &seg_dir, 100, &["--cross-check-ntp", &server]);
+    let shm0 = seg_dir.join("shm0");
+    let sock = seg_dir.join("feed-clockbound.sock");
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let b = std::fs::read(&shm0).unwrap();
+        let bound = i64::from_ne_bytes(b[48..56].try_into().unwrap());
+        let status = i32::from_ne_bytes(b[68..72].try_into().unwrap());
+        if status == 2 && bound >= 500_000_000 - 1_000_000 {
+            break;
+        }
+        assert!(std::time::Instant::now() < until, "never widened: status {status}, bound {bound} ns");
+        std::thread::sleep(Duration::from_millis(20)); // a poll interval on a file, not a synchronisation
+    }
+    let st = common::json(&["status", "--socket", sock.to_str().unwrap(), "--json"]);
+    assert_eq!(st["cross_check"]["state"], "disagree", "{st}");
+}

@@ -278,3 +278,21 @@ fn the_udev_rule_is_well_formed_and_covers_every_pure_source() {
         eprintln!("no `udevadm verify` here (systemd < 254 or no udev): the syntax check above stands alone");
     }
 }
+
+#[test]
+fn only_the_vmtime_user_owns_the_shared_runtime_directory() {
+    // systemd gives a unit's RuntimeDirectory= to the unit's User= (recursively, at each start):
+    // a unit running as another user that names /run/vmtime would take it, and every page and
+    // socket in it, from the vmtime daemons (seen in the booted container of
+    // scripts/test-systemd: the daemons could no longer remove their sockets).
+    for name in UNITS.iter().chain(&FEED_UNITS) {
+        let u = unit(name);
+        let dirs: Vec<&str> = values(&u, "RuntimeDirectory").iter().flat_map(|v| v.split(' ')).collect();
+        let user = values(&u, "User");
+        if dirs.iter().any(|d| *d == "vmtime" || d.starts_with("vmtime/")) {
+            assert_eq!(user, ["vmtime"], "{name} shares /run/vmtime but runs as {user:?}");
+        }
+        // Every ExecReload sends the main process SIGHUP (systemctl reload).
+        assert_eq!(values(&u, "ExecReload"), ["/bin/kill -HUP $MAINPID"], "{name}");
+    }
+}

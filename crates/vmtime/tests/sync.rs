@@ -32,7 +32,7 @@ fn dry_run_follows_a_page_and_changes_nothing() {
     let page = dir.path().join("guest.page");
     let sock = dir.path().join("sync.sock");
     gen(&page, "1");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vmtime"))
+    let mut child = Command::new(bin_for(&["sync"]))
         .args([
             "sync",
             "--source",
@@ -106,7 +106,7 @@ fn a_markers_only_page_is_watched_for_the_hook() {
     let f = std::fs::OpenOptions::new().read(true).write(true).open(&page).unwrap();
     let mut w = Writer::new(WritableMapping::new(Mapping::map(&f, true).unwrap()).unwrap());
     w.publish(&markers(1, 1));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vmtime"))
+    let mut child = Command::new(bin_for(&["sync"]))
         .args(["sync", "--source", page.to_str().unwrap(), "--dry-run", "--duration-s", "60"])
         .args(["--interval-ms", "20", "--hook", "true", "--socket", sock.to_str().unwrap()])
         .stdout(Stdio::piped())
@@ -143,37 +143,6 @@ fn a_markers_only_page_is_watched_for_the_hook() {
     let _ = child.wait();
 }
 
-/// A tiny SNTP responder on loopback for the cross-check tests: answers each client request with
-/// this machine's CLOCK_REALTIME moved by `offset_ns` (root delay 0, root dispersion 1/1024 s),
-/// or never answers (`answer: false`). Returns its address; it runs until the test ends.
-fn sntp_responder(offset_ns: i64, answer: bool) -> std::net::SocketAddr {
-    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let addr = sock.local_addr().unwrap();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 512];
-        while let Ok((n, from)) = sock.recv_from(&mut buf) {
-            if !answer || n < 48 || buf[0] & 7 != 3 {
-                continue;
-            }
-            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i128
-                + offset_ns as i128;
-            let secs = (now.div_euclid(1_000_000_000) + 2_208_988_800) as u64;
-            let frac = ((now.rem_euclid(1_000_000_000) << 32) / 1_000_000_000) as u64;
-            let ts = ((secs << 32) | frac).to_be_bytes();
-            let mut p = [0u8; 48];
-            p[0] = (4 << 3) | 4; // LI 0, version 4, server
-            p[1] = 2; // stratum
-            p[8..12].copy_from_slice(&64u32.to_be_bytes()); // root dispersion 64/65536 s
-            p[12..16].copy_from_slice(b"TEST");
-            p[24..32].copy_from_slice(&buf[40..48]); // origin = the client's transmit
-            p[32..40].copy_from_slice(&ts);
-            p[40..48].copy_from_slice(&ts);
-            let _ = sock.send_to(&p, from);
-        }
-    });
-    addr
-}
-
 /// `sync --dry-run --cross-check-ntp ADDR` against the responder; returns the status once the
 /// cross-check's state is `want` (waiting at most a bound), with the daemon and its stdout lines.
 fn cross_check_run(
@@ -184,7 +153,7 @@ fn cross_check_run(
     let page = dir.path().join("guest.page");
     let sock = dir.path().join("sync.sock");
     gen(&page, "1");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vmtime"))
+    let mut child = Command::new(bin_for(&["sync"]))
         .args([
             "sync",
             "--source",

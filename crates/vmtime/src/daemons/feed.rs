@@ -118,6 +118,11 @@ struct ClockBoundArgs {
     /// Whether clients compare the segment's marker with /dev/vmclock0's.
     #[arg(long, value_enum)]
     disruption_support: Option<DisruptionSupport>,
+    /// A second opinion: an NTP server, ADDRESS:PORT (no names), asked every 16–64 s; while it and
+    /// the page disagree beyond both bounds, every bound written covers the disagreement and the
+    /// status is FreeRunning (as `vmtime sync --cross-check-ntp`).
+    #[arg(long, value_name = "ADDRESS:PORT")]
+    cross_check_ntp: Option<SocketAddr>,
 }
 
 impl ClockBoundArgs {
@@ -469,6 +474,9 @@ struct ClockBound {
     errors: ReadErrors,
     f: FeedClockBoundMetrics,
     line: String,
+    /// The NTP cross-check, when configured, and its socket in this turn's poll.
+    cross: Option<crate::daemons::crosscheck::NtpCross>,
+    t_cross: Option<vmtime_sys::serve::Token>,
 }
 
 impl Daemon for ClockBound {
@@ -478,10 +486,25 @@ impl Daemon for ClockBound {
     const LIVE: &'static [&'static str] = CLOCKBOUND_LIVE;
 
     fn next_turn(&self) -> Option<Instant> {
-        Some(self.pace.next())
+        let cross = self.cross.as_ref().map(crate::daemons::crosscheck::NtpCross::deadline);
+        [Some(self.pace.next()), cross].into_iter().flatten().min()
+    }
+
+    fn register(&mut self, p: &mut vmtime_sys::serve::Poller) {
+        self.t_cross = self.cross.as_ref().map(|c| p.add(c.sock.fd(), vmtime_sys::serve::READABLE));
     }
 
     fn turn(&mut self, t: &mut Turn<'_>) -> Result<Flow> {
+        // The second opinion: never waited on; its verdict reaches the next segment's bound.
+        if let Some(c) = &mut self.cross {
+            if self.t_cross.is_some_and(|x| t.readable(x)) {
+                c.readable(&self.m.page);
+            }
+            c.tick(&self.m.page);
+            c.log();
+            self.feed.set_cross_check(c.cc.widen_ns());
+            self.f.cross_check = Some(c.cc.status().clone());
+        }
         if !self.pace.take(t.now(), &mut self.m.page, self.feed.disruption_pending())? {
             return Ok(Flow::Continue);
         }
@@ -664,6 +687,9 @@ fn run_clockbound(args: ClockBoundArgs) -> Result<ExitCode> {
         errors: ReadErrors::default(),
         f,
         line: String::new(),
+        cross: None,
+        t_cross: None,
     };
+    d.cross = d.a.cross_check_ntp.map(crate::daemons::crosscheck::NtpCross::new).transpose()?;
     rt.run(&mut d)
 }

@@ -1,5 +1,6 @@
 //! The daemons: each one's decisions and wiring.
 
+pub mod crosscheck;
 pub mod feed;
 pub mod host;
 pub mod relay;

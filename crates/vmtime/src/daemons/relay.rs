@@ -470,6 +470,7 @@ impl Daemon for Relay {
     type Settings = RelaySettings;
     type Figures = crate::ops::figures::RelayMetrics;
     const NAME: &'static str = "relay";
+    const STOPPED: &'static str = "the guest page stays valid; the socket is removed";
     /// The log level is applied on SIGHUP; the pages, the sockets, the state, the counter map
     /// (constants of the guest's page) and the metrics address need a restart.
     const LIVE: &'static [&'static str] = &["log_level"];
@@ -546,12 +547,5 @@ impl Daemon for Relay {
 
     fn status_line(&self) -> Option<&str> {
         (self.relayed > 0).then_some(self.line.as_str())
-    }
-
-    fn stop(&mut self, why: &str) -> Result<()> {
-        if why.starts_with("SIG") {
-            tracing::info!("{why}: stopping (the guest page stays valid; the socket is removed)");
-        }
-        Ok(())
     }
 }

@@ -317,6 +317,7 @@ impl Daemon for PhcSync {
     type Settings = SyncSettings;
     type Figures = crate::ops::figures::SyncMetrics;
     const NAME: &'static str = "sync";
+    const STOPPED: &'static str = "the clock is left as it is";
     const LIVE: &'static [&'static str] = LIVE_PHC;
 
     fn next_turn(&self) -> Option<Instant> {
@@ -346,13 +347,6 @@ impl Daemon for PhcSync {
 
     fn status_line(&self) -> Option<&str> {
         (!self.line.is_empty()).then_some(self.line.as_str())
-    }
-
-    fn stop(&mut self, why: &str) -> Result<()> {
-        if why.starts_with("SIG") {
-            tracing::info!("{why}: stopping (the clock is left as it is)");
-        }
-        Ok(())
     }
 }
 
@@ -502,6 +496,7 @@ impl Daemon for MarkersOnly {
     type Settings = SyncSettings;
     type Figures = crate::ops::figures::SyncMetrics;
     const NAME: &'static str = "sync";
+    const STOPPED: &'static str = "the socket is removed";
     const LIVE: &'static [&'static str] = LIVE_PHC;
 
     fn next_turn(&self) -> Option<Instant> {
@@ -547,13 +542,6 @@ impl Daemon for MarkersOnly {
 
     fn status_line(&self) -> Option<&str> {
         (!self.line.is_empty()).then_some(self.line.as_str())
-    }
-
-    fn stop(&mut self, why: &str) -> Result<()> {
-        if why.starts_with("SIG") {
-            tracing::info!("{why}: stopping (the socket is removed)");
-        }
-        Ok(())
     }
 }
 
@@ -636,7 +624,7 @@ struct Sync {
     /// Changes to the kernel's NTP state that this daemon did not make.
     rival: Option<ClockWatch>,
     /// The NTP cross-check, when configured.
-    cross: Option<NtpCross>,
+    cross: Option<crate::daemons::crosscheck::NtpCross>,
     /// The checks of the page's markers between observations.
     cadence: Cadence,
 }
@@ -738,96 +726,6 @@ impl Sync {
         self.log_notices();
         self.m.discipline(self.discipline.status(), true);
         self.apply(a)
-    }
-}
-
-/// `--cross-check-ntp`: the socket (vmtime-sys) and the client (vmtime-core); times are ns since
-/// `start` (monotonic).
-struct NtpCross {
-    cc: vmtime_core::crosscheck::CrossCheck,
-    sock: vmtime_sys::ntp::SntpSocket,
-    start: Instant,
-}
-
-/// The page's UTC now (64.64 s since the epoch) and its maxerror (ns), if it gives them.
-fn page_utc(page: &crate::page::FollowedPage) -> Option<(i128, Option<u128>)> {
-    let p = page.read().ok().filter(|p| gives_time(p, vmclock::counter::NATIVE))?;
-    let u = p.utc_at(vmclock::counter::read()).ok()?;
-    Some((i128::try_from(u.time.raw()).ok()?, u.maxerror_ns()))
-}
-
-impl NtpCross {
-    fn new(server: std::net::SocketAddr) -> Result<Self> {
-        let sock = vmtime_sys::ntp::SntpSocket::connect(server)
-            .with_context(|| format!("--cross-check-ntp {server}: cannot open a UDP socket to it"))?;
-        Ok(NtpCross {
-            cc: vmtime_core::crosscheck::CrossCheck::new(server.to_string(), 0),
-            sock,
-            start: Instant::now(),
-        })
-    }
-
-    fn now_ns(&self) -> i128 {
-        self.start.elapsed().as_nanos() as i128
-    }
-
-    fn deadline(&self) -> Instant {
-        self.start + Duration::from_nanos(self.cc.next_deadline_ns().max(0) as u64)
-    }
-
-    /// A query or a timeout when due; never waits.
-    fn tick(&mut self, page: &crate::page::FollowedPage) {
-        let now = self.now_ns();
-        if now < self.cc.next_deadline_ns() {
-            return;
-        }
-        let cookie = vmtime_sys::event::random_u64().unwrap_or(now as u64 ^ 0x9E37_79B9_7F4A_7C15);
-        let Some((utc, max)) = page_utc(page) else {
-            // Nothing to judge: a query in flight may still time out; none is started.
-            if self.cc.in_flight() {
-                let _ = self.cc.tick(now, cookie);
-            } else {
-                self.cc.postpone(now);
-            }
-            return;
-        };
-        if let Some(vmtime_core::crosscheck::CrossAction::Send(p)) = self.cc.tick(now, cookie) {
-            match self.sock.send(&p) {
-                Ok(()) => self.cc.sent(self.now_ns(), utc, max),
-                Err(e) => {
-                    tracing::debug!("cross-check: cannot send to {}: {e}", self.sock.server());
-                    self.cc.send_failed(now);
-                }
-            }
-        }
-    }
-
-    /// The datagrams waiting (never waits).
-    fn readable(&mut self, page: &crate::page::FollowedPage) {
-        let mut buf = [0u8; 512];
-        // A few at most per turn: a flood cannot hold the loop.
-        for _ in 0..8 {
-            match self.sock.recv(&mut buf) {
-                Ok(Some(d)) => {
-                    let now = self.now_ns();
-                    if let Some((utc, max)) = page_utc(page) {
-                        self.cc.received(d, now, utc, max);
-                    }
-                }
-                // Nothing more; or an ICMP error (nobody listens there): the timeout says so.
-                Ok(None) | Err(_) => break,
-            }
-        }
-    }
-
-    fn log(&mut self) {
-        use vmtime_core::crosscheck::CrossNotice;
-        for n in self.cc.take_notices() {
-            match n {
-                CrossNotice::Disagree(_) | CrossNotice::NoReply => tracing::warn!("{n} ({})", self.sock.server()),
-                CrossNotice::Agree(_) | CrossNotice::Refused(_) => tracing::info!("{n} ({})", self.sock.server()),
-            }
-        }
     }
 }
 
@@ -1021,7 +919,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         redone: 0,
         m,
         rival: (!a.allow_other_daemon).then(ClockWatch::new),
-        cross: a.cross_check_ntp.map(NtpCross::new).transpose()?,
+        cross: a.cross_check_ntp.map(crate::daemons::crosscheck::NtpCross::new).transpose()?,
         cadence: Cadence::default(),
         publisher,
         sub,
@@ -1067,6 +965,7 @@ impl Daemon for Sync {
     type Settings = SyncSettings;
     type Figures = crate::ops::figures::SyncMetrics;
     const NAME: &'static str = "sync";
+    const STOPPED: &'static str = "the clock is left as it is; the socket is removed";
     const LIVE: &'static [&'static str] = LIVE;
 
     /// The next observation, or the end of a slew, at the latest in 1 s.
@@ -1075,7 +974,7 @@ impl Daemon for Sync {
         let raw_now = vmtime_sys::gettime(ClockId::MonotonicRaw).unwrap_or(0);
         let slew = self.discipline.next_deadline().map(|d| now + Duration::from_nanos((d - raw_now).max(0) as u64));
         let check = crate::daemons::next_check(&self.cadence);
-        let cross = self.cross.as_ref().map(NtpCross::deadline);
+        let cross = self.cross.as_ref().map(crate::daemons::crosscheck::NtpCross::deadline);
         [Some(self.next_obs), slew, check, cross, Some(now + Duration::from_secs(1))].into_iter().flatten().min()
     }
 
@@ -1162,13 +1061,6 @@ impl Daemon for Sync {
 
     fn status_line(&self) -> Option<&str> {
         (!self.line.is_empty()).then_some(self.line.as_str())
-    }
-
-    fn stop(&mut self, why: &str) -> Result<()> {
-        if why.starts_with("SIG") {
-            tracing::info!("{why}: stopping (the clock is left as it is; the socket is removed)");
-        }
-        Ok(())
     }
 }
 

@@ -87,8 +87,10 @@ pub struct HostSettings {
     pub socket: Option<PathBuf>,
     /// Longest time between full observations.
     pub interval_ms: IntervalMs,
-    /// How often the kernel's NTP state is read.
+    /// How often the kernel's NTP state is read while it is changing.
     pub poll_ms: PollMs,
+    /// How often it is read once it has been still for 10 s.
+    pub idle_poll_ms: PollMs,
     /// Republish when the page is this far off the kernel clock.
     pub threshold_ns: ThresholdNs,
     /// Rate tolerance of the kernel clock against true time.
@@ -118,6 +120,7 @@ impl Default for HostSettings {
             socket: None,
             interval_ms: IntervalMs::new(1000).expect("in range"),
             poll_ms: PollMs::new(10).expect("in range"),
+            idle_poll_ms: PollMs::new(100).expect("in range"),
             threshold_ns: ThresholdNs::new(20).expect("in range"),
             tolerance_ppm: TolerancePpm::from_fine(500_000).expect("in range"),
             tai_offset: None,
@@ -339,6 +342,8 @@ pub struct FeedClockBoundSettings {
     pub log_level: LogLevel,
     /// Serve metrics here (default: [metrics] listen; none: off).
     pub metrics_listen: Option<SocketAddr>,
+    /// An NTP server asked for a second opinion on the page (never steers anything).
+    pub cross_check_ntp: Option<SocketAddr>,
 }
 
 impl Default for FeedClockBoundSettings {
@@ -352,6 +357,7 @@ impl Default for FeedClockBoundSettings {
             life_ms: LifeMs::new(5000).expect("in range"),
             drift_margin_ppb: DriftPpb::new(15_000).expect("in range"),
             disruption_support: DisruptionSupport::Auto,
+            cross_check_ntp: None,
             control_socket: None,
             duration_s: None,
             log_level: LogLevel::Info,

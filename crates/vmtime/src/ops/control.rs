@@ -17,17 +17,4 @@ impl ServerView {
     pub fn of(s: &Server) -> Self {
         ServerView { subscribers: s.subscribers(), stats: s.stats() }
     }
-
-    pub fn json(&self) -> serde_json::Value {
-        let s = self.stats;
-        serde_json::json!({
-            "accepted": s.accepted,
-            "answered": s.answered,
-            "refused_busy": s.refused_busy,
-            "timed_out": s.timed_out,
-            "too_long": s.too_long,
-            "dropped_subscribers": s.dropped_subscribers,
-            "accept_failures": s.accept_failures,
-        })
-    }
 }

@@ -670,6 +670,8 @@ pub struct FeedClockBoundMetrics {
     pub drift_ppb: Option<u32>,
     /// The last segment's status.
     pub status: Option<&'static str>,
+    /// The NTP cross-check (`--cross-check-ntp`), when configured.
+    pub cross_check: Option<vmtime_core::crosscheck::CrossStatus>,
 }
 
 impl FeedClockBoundMetrics {
@@ -751,6 +753,7 @@ impl Figures for FeedClockBoundMetrics {
             "bound_ns": self.bound_ns,
             "drift_ppb": self.drift_ppb,
             "segment_age_s": age(now, self.last_write),
+            "cross_check": self.cross_check,
         });
         with(self.common.status(now), own)
     }

@@ -184,6 +184,8 @@ pub trait Daemon {
     const NAME: &'static str;
     /// The settings keys it applies on SIGHUP without a restart.
     const LIVE: &'static [&'static str];
+    /// What a stop on a signal leaves behind, in words, for the log line.
+    const STOPPED: &'static str = "";
     /// The requests it answers, in words, for the reply to an unknown one.
     const REQUESTS: &'static str = "status";
 
@@ -303,6 +305,9 @@ impl<S: Settings> Runtime<S> {
             self.poller.wait(wake.map(|w| w.saturating_duration_since(Instant::now())))?;
             match self.signals.take(&self.poller) {
                 Some(SignalEvent::Terminate(name)) => {
+                    if !D::STOPPED.is_empty() {
+                        tracing::info!("{name}: stopping ({})", D::STOPPED);
+                    }
                     d.stop(name)?;
                     break 0;
                 }
@@ -504,6 +509,20 @@ mod tests {
                 serde_json::from_str::<serde_json::Value>(&line).unwrap()
             })
         };
+        // The notifications, read as they come (as systemd does).
+        let reader = std::thread::spawn(move || {
+            let mut msgs = Vec::new();
+            let mut buf = [0u8; 512];
+            while let Ok(n) = listener.recv(&mut buf) {
+                let m = String::from_utf8_lossy(&buf[..n]).to_string();
+                let last = m.contains("STOPPING=1");
+                msgs.push(m);
+                if last {
+                    break;
+                }
+            }
+            msgs
+        });
         let mut d = SlowPhc { next: Instant::now(), interval: Duration::from_secs(600), f: Measured::default() };
         let started = Instant::now();
         let code = rt.run(&mut d).unwrap();
@@ -512,19 +531,10 @@ mod tests {
         assert_eq!(d.f.updates, 1, "one measurement: the next is 600 s away");
         let status = asker.join().unwrap();
         assert_eq!((status["role"].as_str(), status["updates"].as_u64()), (Some("sync"), Some(1)), "{status}");
-        // READY first, then pings every 200 ms (half the timeout) for 2 s, then STOPPING.
-        let mut msgs = Vec::new();
-        let mut buf = [0u8; 512];
-        while let Ok(n) = listener.recv(&mut buf) {
-            let m = String::from_utf8_lossy(&buf[..n]).to_string();
-            let last = m.contains("STOPPING=1");
-            msgs.push(m);
-            if last {
-                break;
-            }
-        }
+        // READY first, then pings every 100 ms (a quarter of the timeout) for 2 s, then STOPPING.
+        let msgs = reader.join().unwrap();
         assert!(msgs[0].starts_with("READY=1\nSTATUS=following /dev/ptp0"), "{msgs:?}");
         let pings = msgs.iter().filter(|m| m.as_str() == "WATCHDOG=1").count();
-        assert!(pings >= 6, "{pings} pings in 2 s at a 400 ms watchdog: {msgs:?}");
+        assert!(pings >= 10, "{pings} pings in 2 s at a 400 ms watchdog: {msgs:?}");
     }
 }

@@ -6,8 +6,24 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 
+/// The guest's commands: with `VMTIME_BIN` set (scripts/test sets it to the guest binary,
+/// scripts/guest-binary), the tests run them on that binary, so the guest binary's behaviour is
+/// checked by the same tests as the full one's.
+pub const GUEST_COMMANDS: &[&str] = &["sync", "waitsync", "now", "status", "show"];
+
+/// The binary that runs `args`: `VMTIME_BIN` for a guest command when set, else the full
+/// `vmtime`.
+pub fn bin_for(args: &[&str]) -> std::ffi::OsString {
+    let sub =
+        args.iter().find(|a| !a.starts_with('-') && !matches!(**a, "debug" | "info" | "warn" | "error" | "trace"));
+    match std::env::var_os("VMTIME_BIN") {
+        Some(b) if sub.is_some_and(|s| GUEST_COMMANDS.contains(s)) => b,
+        _ => env!("CARGO_BIN_EXE_vmtime").into(),
+    }
+}
+
 pub fn vmtime(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vmtime")).args(args).output().expect("run vmtime")
+    Command::new(bin_for(args)).args(args).output().expect("run vmtime")
 }
 
 pub fn json(args: &[&str]) -> serde_json::Value {
@@ -201,5 +217,114 @@ pub fn wait_line(rx: &std::sync::mpsc::Receiver<String>, needle: &str, within: s
             Ok(l) => seen.push(l),
             Err(_) => panic!("no line with {needle:?} within {within:?}; saw {seen:#?}"),
         }
+    }
+}
+
+/// A tiny SNTP responder on loopback for the cross-check tests: answers each client request with
+/// this machine's CLOCK_REALTIME moved by `offset_ns` (root delay 0, root dispersion 1/1024 s),
+/// or never answers (`answer: false`). Returns its address; it runs until the test ends.
+pub fn sntp_responder(offset_ns: i64, answer: bool) -> std::net::SocketAddr {
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = sock.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok((n, from)) = sock.recv_from(&mut buf) {
+            if !answer || n < 48 || buf[0] & 7 != 3 {
+                continue;
+            }
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i128
+                + offset_ns as i128;
+            let secs = (now.div_euclid(1_000_000_000) + 2_208_988_800) as u64;
+            let frac = ((now.rem_euclid(1_000_000_000) << 32) / 1_000_000_000) as u64;
+            let ts = ((secs << 32) | frac).to_be_bytes();
+            let mut p = [0u8; 48];
+            p[0] = (4 << 3) | 4; // LI 0, version 4, server
+            p[1] = 2; // stratum
+            p[8..12].copy_from_slice(&64u32.to_be_bytes()); // root dispersion 64/65536 s
+            p[12..16].copy_from_slice(b"TEST");
+            p[24..32].copy_from_slice(&buf[40..48]); // origin = the client's transmit
+            p[32..40].copy_from_slice(&ts);
+            p[40..48].copy_from_slice(&ts);
+            let _ = sock.send_to(&p, from);
+        }
+    });
+    addr
+}
+
+/// A daemon started as systemd starts a `Type=notify` service with `WatchdogSec=2s`:
+/// `NOTIFY_SOCKET`, `WATCHDOG_USEC=2000000` and `WATCHDOG_PID` (its own pid: the shell's, kept by
+/// `exec`). Tests wait on what it does (READY=1, WATCHDOG=1, `status` answering), never on its
+/// log wording.
+pub struct Supervised {
+    pub daemon: Daemon,
+    notify: std::os::unix::net::UnixDatagram,
+    /// The control socket `vmtime status` asks.
+    pub control: std::path::PathBuf,
+    /// Every notification so far, with when it came.
+    pub seen: Vec<(std::time::Instant, String)>,
+}
+
+/// The watchdog timeout the supervised daemons are given.
+pub const WATCHDOG: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl Supervised {
+    /// Starts `vmtime ARGS`; its notifications go to a datagram socket in `dir`; `control` is
+    /// its control socket.
+    pub fn start(dir: &Path, args: &[&str], control: &Path) -> Supervised {
+        let path = dir.join(format!("notify-{}.sock", args.iter().take(2).copied().collect::<Vec<_>>().join("-")));
+        let notify = std::os::unix::net::UnixDatagram::bind(&path).expect("bind the notify socket");
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg("export WATCHDOG_PID=$$; exec \"$0\" \"$@\"")
+            .arg(env!("CARGO_BIN_EXE_vmtime"))
+            .args(args)
+            .env("NOTIFY_SOCKET", &path)
+            .env("WATCHDOG_USEC", WATCHDOG.as_micros().to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the daemon");
+        Supervised { daemon: Daemon::from_child(child), notify, control: control.to_path_buf(), seen: Vec::new() }
+    }
+
+    /// The next notification within `within`, or None.
+    fn next(&mut self, within: std::time::Duration) -> Option<String> {
+        self.notify.set_read_timeout(Some(within)).unwrap();
+        let mut buf = [0u8; 4096];
+        let n = self.notify.recv(&mut buf).ok()?;
+        let m = String::from_utf8_lossy(&buf[..n]).to_string();
+        self.seen.push((std::time::Instant::now(), m.clone()));
+        Some(m)
+    }
+
+    /// Waits for READY=1 (the first notification), bounded by `within`; the time it took.
+    pub fn ready_within(&mut self, within: std::time::Duration) -> std::time::Duration {
+        let t0 = std::time::Instant::now();
+        let first = self.next(within).unwrap_or_else(|| panic!("no READY=1 within {within:?}"));
+        assert!(first.contains("READY=1") && first.contains("STATUS="), "READY=1 with a STATUS comes first: {first:?}");
+        t0.elapsed()
+    }
+
+    /// Collects `n` watchdog pings; the longest gap between two of them (the first gap counted
+    /// from now). Fails if a ping does not come within the watchdog timeout.
+    pub fn pings(&mut self, n: usize) -> std::time::Duration {
+        let mut last = std::time::Instant::now();
+        let mut longest = std::time::Duration::ZERO;
+        let mut got = 0;
+        while got < n {
+            let m = self.next(WATCHDOG).unwrap_or_else(|| panic!("no WATCHDOG=1 within {WATCHDOG:?}: {:?}", self.seen));
+            if m.contains("WATCHDOG=1") {
+                let now = std::time::Instant::now();
+                longest = longest.max(now - last);
+                last = now;
+                got += 1;
+            }
+        }
+        longest
+    }
+
+    /// `vmtime status` on its control socket, as JSON.
+    pub fn status(&self) -> serde_json::Value {
+        json(&["status", "--socket", self.control.to_str().unwrap(), "--json"])
     }
 }
