@@ -67,6 +67,10 @@ pub struct HostConfig {
     /// (TAI_OFFSET_VALID), so a guest driver probing before the first calibrated page registers
     /// its PTP clock.
     pub tai_minus_utc: Option<i16>,
+    /// The longest gap between two `adjtimex` polls ([`PollSchedule::longest_gap_ns`]), ns:
+    /// what a change not yet seen can do meanwhile is added to every page's maxerror
+    /// ([`unseen_change_ns`]).
+    pub longest_poll_gap_ns: i128,
 }
 
 impl Default for HostConfig {
@@ -85,7 +89,97 @@ impl Default for HostConfig {
             notify: true,
             time_type: None,
             tai_minus_utc: None,
+            longest_poll_gap_ns: DEFAULT_IDLE_POLL_NS,
         }
+    }
+}
+
+/// The largest change of the kernel clock's rate one `adjtimex` write can make through the
+/// frequency (ADJ_FREQUENCY, what chrony and ntpd slew and steer with), ppb: the kernel clamps
+/// `freq` to ±MAXFREQ (500 ppm), so a change spans at most 2 × 500 ppm.
+pub const UNSEEN_RATE_PPB: u64 = 1_000_000;
+/// The poll while the kernel's NTP state is changing (and the default `poll_ms`), ns.
+pub const DEFAULT_ACTIVE_POLL_NS: i128 = 10_000_000;
+/// The poll once it has been still for [`SETTLE_NS`] (the default `idle_poll_ms`), ns.
+pub const DEFAULT_IDLE_POLL_NS: i128 = 100_000_000;
+/// How long the kernel's NTP state must stay unchanged before the poll lengthens, ns. A slew's
+/// end (chrony restores the frequency when the slew is done) then comes within one short poll
+/// for slews up to this long.
+pub const SETTLE_NS: i128 = 10_000_000_000;
+
+/// What a frequency change not yet seen can do to the page's bounds before the next poll, ns.
+///
+/// A page extrapolates the kernel clock at the rate it had at the page's reference t0. A change
+/// made at t_c after the last poll is seen at the next one, at most `longest_gap_ns` later, and
+/// a new page follows. Meanwhile the kernel clock leaves the page at up to Δ · (t − t_c), while
+/// the page's maxerror grows by `tolerance_ppb` · (t − t0) ≥ `tolerance_ppb` · (t − t_c). Δ is
+/// at most [`UNSEEN_RATE_PPB`] (the kernel's limit on `freq`), and at most 2 · `tolerance_ppb`
+/// (the page's rate term assumes the kernel's rate within the tolerance of true time, before
+/// and after the change). What the growth does not cover, (Δ − `tolerance_ppb`) ·
+/// `longest_gap_ns`, is added to every page's maxerror, so the page's bounds hold the kernel
+/// clock itself through any frequency change, seen or not. At the defaults (500 ppm, 100 ms
+/// idle poll): 50 µs; at 1 ppm: 100 ns. Rounded up.
+pub fn unseen_change_ns(longest_gap_ns: i128, tolerance_ppb: u64) -> u64 {
+    let rate = UNSEEN_RATE_PPB.min(tolerance_ppb.saturating_mul(2));
+    let ppb = rate.saturating_sub(tolerance_ppb) as u128;
+    (longest_gap_ns.max(0) as u128 * ppb).div_ceil(1_000_000_000) as u64
+}
+
+/// The host's wake-up schedule (the daemon and the simulator both follow it): one cheap
+/// `adjtimex` read per wake-up, every `active_ns` while the kernel's NTP state (tick, freq,
+/// PLL offset, status, leap state, TAI offset, time constant) is changing, and every `idle_ns`
+/// once it has been unchanged for [`SETTLE_NS`]. A PLL offset being slewed changes every
+/// second, so the short poll lasts as long as the slew. The first change after a still period
+/// is seen within `idle_ns`; what it can do meanwhile is in every page's maxerror
+/// ([`HostConfig::unseen_ns`]).
+#[derive(Clone, Debug)]
+pub struct PollSchedule {
+    active_ns: i128,
+    idle_ns: i128,
+    key: Option<(i64, i64, i64, i32, i32, i32, i64)>,
+    last_change_ns: Option<i128>,
+}
+
+impl PollSchedule {
+    /// A schedule polling every `active_ns` while the kernel changes and `idle_ns` when still
+    /// (`idle_ns` at least `active_ns`). It starts active.
+    pub fn new(active_ns: i128, idle_ns: i128) -> Self {
+        PollSchedule {
+            active_ns: active_ns.max(1),
+            idle_ns: idle_ns.max(active_ns).max(1),
+            key: None,
+            last_change_ns: None,
+        }
+    }
+
+    /// Changes the two polls (SIGHUP).
+    pub fn retune(&mut self, active_ns: i128, idle_ns: i128) {
+        self.active_ns = active_ns.max(1);
+        self.idle_ns = idle_ns.max(active_ns).max(1);
+    }
+
+    /// The longest gap between two polls: what [`unseen_change_ns`] is taken over.
+    pub fn longest_gap_ns(&self) -> i128 {
+        self.idle_ns
+    }
+
+    /// After a poll at `now_ns` that read `tx`: the delay to the next poll, ns.
+    pub fn after_poll(&mut self, tx: &KernelTimex, now_ns: i128) -> i128 {
+        let key = (tx.tick, tx.freq, tx.offset_ns, tx.status, tx.state, tx.tai, tx.constant);
+        if self.key != Some(key) {
+            self.key = Some(key);
+            self.last_change_ns = Some(now_ns);
+        }
+        if self.active(now_ns) {
+            self.active_ns
+        } else {
+            self.idle_ns
+        }
+    }
+
+    /// Whether the short poll is in force at `now_ns` (a change within [`SETTLE_NS`]).
+    pub fn active(&self, now_ns: i128) -> bool {
+        self.last_change_ns.is_none_or(|t| now_ns - t < SETTLE_NS)
     }
 }
 
@@ -453,13 +547,14 @@ impl Publisher {
         }
     }
 
-    /// Changes what may change live (SIGHUP): the republish threshold, the rate tolerance and the
-    /// longest interval between observations. The page's constant fields and the marker stay;
-    /// the next page uses the new values.
-    pub fn retune(&mut self, threshold_ns: u64, tolerance_ppb: u64, interval_ns: i128) {
+    /// Changes what may change live (SIGHUP): the republish threshold, the rate tolerance, the
+    /// longest interval between observations and the longest gap between polls. The page's
+    /// constant fields and the marker stay; the next page uses the new values.
+    pub fn retune(&mut self, threshold_ns: u64, tolerance_ppb: u64, interval_ns: i128, longest_poll_gap_ns: i128) {
         self.cfg.threshold_ns = threshold_ns;
         self.cfg.tolerance_ppb = tolerance_ppb;
         self.cfg.interval_ns = interval_ns;
+        self.cfg.longest_poll_gap_ns = longest_poll_gap_ns;
     }
 
     /// The settings in force.
@@ -528,8 +623,9 @@ impl Publisher {
     /// Whether a full observation is due: the kernel's NTP state changed in a way that matters
     /// (tick, freq, status bits, leap state, TAI offset, PLL time constant, a new offset), an
     /// event is pending, or `interval_ns` has passed since the last one. The daemon asks this
-    /// after every cheap `adjtimex` read (every 10 ms), so a frequency change reaches the page
-    /// within one poll.
+    /// after every cheap `adjtimex` read ([`PollSchedule`]: every 10 ms while the kernel's state
+    /// changes, every 100 ms once still), so a frequency change reaches the page within one
+    /// poll.
     pub fn wants_observation(&mut self, tx: &KernelTimex, since_last_ns: i128) -> bool {
         let key = (tx.tick, tx.freq, tx.status, tx.state, tx.tai, tx.constant);
         let changed = self.last_key.is_some_and(|k| k != key);
@@ -909,6 +1005,7 @@ impl Publisher {
             .saturating_add(half_ns)
             .saturating_add(gap_ns)
             .saturating_add(1)
+            .saturating_add(unseen_change_ns(self.cfg.longest_poll_gap_ns, self.cfg.tolerance_ppb))
             .saturating_add(n.unsure_s.saturating_mul(NS as u64));
         let esterror_ns = kernel_ns(n.kernel.esterror_us).saturating_add(half_ns);
         let rate = |ppb: u64| (period.frac as u128 * ppb as u128).div_ceil(1_000_000_000) as u64;
@@ -972,6 +1069,53 @@ struct Next {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn tx(freq: i64, offset_ns: i64) -> KernelTimex {
+        KernelTimex { tick: 10_000, freq, offset_ns, ..KernelTimex::default() }
+    }
+
+    #[test]
+    fn the_poll_is_short_while_the_kernel_changes_and_long_once_still() {
+        let mut s = PollSchedule::new(DEFAULT_ACTIVE_POLL_NS, DEFAULT_IDLE_POLL_NS);
+        let mut t = 0i128;
+        // Starts short; stays short for SETTLE_NS after the last change.
+        assert_eq!(s.after_poll(&tx(0, 0), t), DEFAULT_ACTIVE_POLL_NS);
+        while t < SETTLE_NS - DEFAULT_ACTIVE_POLL_NS {
+            t += DEFAULT_ACTIVE_POLL_NS;
+            assert_eq!(s.after_poll(&tx(0, 0), t), DEFAULT_ACTIVE_POLL_NS, "at {t}");
+        }
+        t += DEFAULT_ACTIVE_POLL_NS;
+        assert_eq!(s.after_poll(&tx(0, 0), t), DEFAULT_IDLE_POLL_NS);
+        assert_eq!(s.longest_gap_ns(), DEFAULT_IDLE_POLL_NS);
+        // A new frequency: short at once.
+        t += DEFAULT_IDLE_POLL_NS;
+        assert_eq!(s.after_poll(&tx(65_536, 0), t), DEFAULT_ACTIVE_POLL_NS);
+        // A PLL offset being slewed changes every second: short for as long as it runs.
+        for i in 1..30 {
+            t += 1_000_000_000;
+            assert_eq!(s.after_poll(&tx(65_536, 1_000_000 >> i), t), DEFAULT_ACTIVE_POLL_NS);
+        }
+        // maxerror alone grows every second: not a change.
+        t += SETTLE_NS;
+        let mut quiet = tx(65_536, 1_000_000 >> 29);
+        quiet.maxerror_us = 12_345;
+        assert_eq!(s.after_poll(&quiet, t), DEFAULT_IDLE_POLL_NS);
+    }
+
+    #[test]
+    fn the_unseen_change_term_covers_the_rate_beyond_the_tolerance() {
+        // 1000 ppm unseen for 100 ms is 100 µs; 500 ppm of it is in the page's rate already.
+        assert_eq!(unseen_change_ns(100_000_000, 500_000), 50_000);
+        assert_eq!(unseen_change_ns(10_000_000, 500_000), 5_000);
+        // A tolerance of 15 ppm: the kernel's rate moves by at most 30 ppm, 15 of them covered.
+        assert_eq!(unseen_change_ns(100_000_000, 15_000), 1_500);
+        // Beyond 500 ppm the kernel's limit (1000 ppm) is below 2 × tolerance.
+        assert_eq!(unseen_change_ns(100_000_000, 700_000), 30_000);
+        assert_eq!(unseen_change_ns(100_000_000, 2_000_000), 0);
+        assert_eq!(unseen_change_ns(1, 1), 1, "rounded up");
+        // And every page carries it.
+        assert_eq!(HostConfig::default().longest_poll_gap_ns, DEFAULT_IDLE_POLL_NS);
+    }
 
     #[test]
     fn below_500_ppm_the_bound_grows_at_the_tolerance_from_the_daemons_last_statement() {

@@ -486,7 +486,7 @@ impl Chain {
         let mut dest = HostRun::new(h, HostConfig { marker_seed: self.seed, ..HostConfig::default() }, Sampled::Tai);
         if let Some(t) = self.host_tolerance_ppb {
             let c = dest.publisher.config().clone();
-            dest.publisher.retune(c.threshold_ns, t, c.interval_ns);
+            dest.publisher.retune(c.threshold_ns, t, c.interval_ns, c.longest_poll_gap_ns);
         }
         dest.run_for(now - dest.host.now(), 10 * MS);
         self.host = dest;
@@ -532,7 +532,7 @@ impl Chain {
     pub fn set_host_tolerance(&mut self, ppb: u64) {
         self.host_tolerance_ppb = Some(ppb);
         let c = self.host.publisher.config().clone();
-        self.host.publisher.retune(c.threshold_ns, ppb, c.interval_ns);
+        self.host.publisher.retune(c.threshold_ns, ppb, c.interval_ns, c.longest_poll_gap_ns);
     }
 
     /// Steps the host clock (an operator's settimeofday: like the kernel's, it clears the NTP

@@ -4,7 +4,7 @@
 
 use crate::host::{Clock, SimHost};
 use vmclock::{abi::flags, Snapshot};
-use vmtime_core::host::{HostAction, HostConfig, Observation, Publisher, Reason, Sampled};
+use vmtime_core::host::{HostAction, HostConfig, Observation, PollSchedule, Publisher, Reason, Sampled};
 
 const NS: i128 = 1_000_000_000;
 
@@ -53,6 +53,12 @@ pub struct HostRun {
     pub truth_checks: u64,
     /// What each violation was, for diagnosis.
     pub violation_log: Vec<String>,
+    /// Polls where the kernel clock lay outside the page's maxerror bounds (the page's bounds
+    /// are about true time; this checks they also hold the kernel clock itself, unseen changes
+    /// included).
+    pub kernel_outside: u64,
+    /// Largest |page − kernel| / maxerror seen at a poll.
+    pub kernel_worst_fraction: f64,
     /// With UTC sampling: the leap-second list the daemon reads TAI − UTC from, looked up at
     /// the kernel's REALTIME second of each observation.
     pub leap_list: Option<vmtime_core::leapsecs::LeapSeconds>,
@@ -81,6 +87,8 @@ impl HostRun {
             page_vs_kernel_ns: Vec::new(),
             truth_checks: 0,
             violation_log: Vec::new(),
+            kernel_outside: 0,
+            kernel_worst_fraction: 0.0,
             leap_list: None,
             use_kernel_page: false,
             kernel_unreadable: false,
@@ -205,6 +213,44 @@ impl HostRun {
                 _ => 0,
             };
         self.page_vs_kernel_ns.push((t_ns - kernel) as f64);
+        if let Some(m) = r.maxerror_at(c) {
+            let m_ns = vmclock::snapshot::frac_to_nanos_ceil(m) as f64;
+            let off = (t_ns - kernel).abs() as f64;
+            self.kernel_worst_fraction = self.kernel_worst_fraction.max(off / m_ns.max(1.0));
+            if off > m_ns + 1.0 {
+                self.kernel_outside += 1;
+            }
+        }
+    }
+
+    /// When the next poll is due (true time, ns).
+    pub fn next_poll_at(&self) -> i128 {
+        self.next_poll
+    }
+
+    /// Runs for `dur_ns` on the daemon's wake-up schedule (the same [`PollSchedule`] as
+    /// `vmtime host`: short while the kernel's NTP state changes, long once still).
+    pub fn run_scheduled(&mut self, dur_ns: i128, schedule: &mut PollSchedule) {
+        let end = self.host.now() + dur_ns;
+        loop {
+            if self.host.now() >= self.next_poll {
+                // The page as readers find it just before the poll (the last moment an unseen
+                // change has acted on it), then after.
+                self.check_now();
+                let tx = self.timex();
+                let since = self.host.now() - self.last_observation;
+                if self.publisher.wants_observation(&tx, since) {
+                    self.observe();
+                    self.check_now();
+                }
+                self.next_poll = self.host.now() + schedule.after_poll(&tx, self.host.now());
+            }
+            if self.host.now() >= end {
+                break;
+            }
+            let step = (self.next_poll.min(end) - self.host.now()).max(1);
+            self.host.advance(step);
+        }
     }
 
     /// Runs for `dur_ns`, polling the kernel state every `poll_ns` as the daemon does (the poll

@@ -563,6 +563,63 @@ fn the_first_page_written_has_its_constant_fields() {
     }
 }
 
+/// Issue 23, part 2: the host's wake-up schedule at rest polls every 100 ms. The worst case for
+/// an unseen change: a page just published (a step, at an idle poll), then the largest frequency
+/// change one ADJ_FREQUENCY write can make (−500 ppm → +500 ppm) just after the poll, seen only
+/// 100 ms later. The page's bounds must hold the kernel clock all along (its maxerror carries
+/// `unseen_change_ns`), the change reaches the page within one idle poll, and the schedule turns
+/// to the short poll. Without the unseen-change term the same run leaves the bounds.
+#[test]
+fn an_unseen_frequency_change_at_rest_stays_inside_the_bounds() {
+    use vmtime_core::host::{PollSchedule, DEFAULT_ACTIVE_POLL_NS, DEFAULT_IDLE_POLL_NS, SETTLE_NS};
+    let run_case = |gap_term: bool| {
+        let mut h = SimHost::new(31, T0, 2_500_000_000, 500_000, 37, 2_000);
+        h.set_freq_ppb(-500_000);
+        h.set_kernel_tai(37);
+        h.ntp_sync(10, 5);
+        let cfg = HostConfig {
+            marker_seed: 31,
+            longest_poll_gap_ns: if gap_term { DEFAULT_IDLE_POLL_NS } else { 0 },
+            ..HostConfig::default()
+        };
+        let mut r = HostRun::new(h, cfg, Sampled::Tai);
+        let mut s = PollSchedule::new(DEFAULT_ACTIVE_POLL_NS, DEFAULT_IDLE_POLL_NS);
+        r.run_scheduled(SETTLE_NS + 20 * NS, &mut s);
+        assert!(!s.active(r.host.now()), "still for 30 s: the idle poll");
+        // A fresh page at an idle poll: the clock is stepped 3 µs (the kernel's maxerror just
+        // reset by the NTP daemon, so the page's bound is as tight as it gets).
+        r.host.step(3_000);
+        r.publisher.handle_event(vmtime_core::host::HostEvent::Stepped);
+        let to = r.next_poll_at() - r.host.now();
+        r.run_scheduled(to - 1, &mut s);
+        // The kernel adds 500 µs to its maxerror every second: reset just before the poll.
+        r.host.ntp_sync(10, 5);
+        let n = r.pages.len();
+        r.run_scheduled(2, &mut s);
+        assert_eq!(r.pages.len(), n + 1, "the step's page");
+        assert_eq!(r.pages.last().unwrap().reason, Reason::Step);
+        assert!(!s.active(r.host.now()), "a step is no change of the NTP state: still idle");
+        // Just after that poll: the frequency goes from −500 ppm to +500 ppm.
+        let t_change = r.host.now();
+        r.host.set_freq_ppb(500_000);
+        let n = r.pages.len();
+        r.kernel_worst_fraction = 0.0;
+        r.run_scheduled(2 * NS, &mut s);
+        let reaction = r.pages[n].at_ns - t_change;
+        (r.kernel_outside, r.kernel_worst_fraction, reaction, s.active(r.host.now()))
+    };
+    let (outside, worst, reaction, active) = run_case(true);
+    eprintln!(
+        "unseen 1000 ppm change at rest: reaction {:.3} ms, worst |page − kernel| / maxerror {worst:.3}",
+        reaction as f64 / 1e6
+    );
+    assert_eq!(outside, 0, "the kernel clock left the page's bounds (worst fraction {worst})");
+    assert!(reaction <= DEFAULT_IDLE_POLL_NS + 1_000_000, "reaction {reaction} ns");
+    assert!(active, "a change turns the short poll on");
+    let (outside, worst, _, _) = run_case(false);
+    assert!(outside > 0, "without the unseen-change term the bounds miss the kernel (worst {worst})");
+}
+
 #[test]
 fn an_unreadable_kernel_state_gives_freerunning_pages_with_honest_bounds() {
     // A container whose seccomp filter refuses adjtimex: the daemon publishes from

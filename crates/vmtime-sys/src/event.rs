@@ -116,8 +116,10 @@ pub fn clocksource_uses_counter(name: &str) -> bool {
 /// 64 random bits from the kernel.
 pub fn random_u64() -> io::Result<u64> {
     let mut v = 0u64;
-    // SAFETY: writes at most 8 bytes into `v`, which is 8 bytes long.
-    let rc = unsafe { libc::getrandom((&mut v as *mut u64).cast(), 8, 0) };
+    // The system call itself, not libc's wrapper: a static musl build (the guest binary,
+    // scripts/guest-binary) leaves the wrapper a null weak symbol.
+    // SAFETY: getrandom(2) writes at most 8 bytes into `v`, which is 8 bytes long.
+    let rc = unsafe { libc::syscall(libc::SYS_getrandom, (&mut v as *mut u64).cast::<libc::c_void>(), 8usize, 0u32) };
     if rc != 8 {
         return Err(io::Error::last_os_error());
     }

@@ -10,6 +10,7 @@
 //! - [`values`]: the validated value types of flags and configuration keys.
 #![forbid(unsafe_code)]
 
+pub mod cli;
 pub mod commands;
 pub mod daemons;
 pub mod ops;

@@ -116,7 +116,7 @@ fn waitsync_returns_once_the_page_says_the_clock_is_inside() {
     let dir = tempfile::tempdir().unwrap();
     let page = dir.path().join("page");
     gen_bounded_page(dir.path(), &page, 0, 50_000, 1, "initializing");
-    let child = Command::new(env!("CARGO_BIN_EXE_vmtime"))
+    let child = Command::new(bin_for(&["waitsync"]))
         .args(["waitsync", "--source", p(&page), "--max-error-ns", "0", "--timeout-s", "60"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -32,7 +32,7 @@ fn dry_run_follows_a_page_and_changes_nothing() {
     let page = dir.path().join("guest.page");
     let sock = dir.path().join("sync.sock");
     gen(&page, "1");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vmtime"))
+    let mut child = Command::new(bin_for(&["sync"]))
         .args([
             "sync",
             "--source",
@@ -106,7 +106,7 @@ fn a_markers_only_page_is_watched_for_the_hook() {
     let f = std::fs::OpenOptions::new().read(true).write(true).open(&page).unwrap();
     let mut w = Writer::new(WritableMapping::new(Mapping::map(&f, true).unwrap()).unwrap());
     w.publish(&markers(1, 1));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vmtime"))
+    let mut child = Command::new(bin_for(&["sync"]))
         .args(["sync", "--source", page.to_str().unwrap(), "--dry-run", "--duration-s", "60"])
         .args(["--interval-ms", "20", "--hook", "true", "--socket", sock.to_str().unwrap()])
         .stdout(Stdio::piped())
@@ -153,7 +153,7 @@ fn cross_check_run(
     let page = dir.path().join("guest.page");
     let sock = dir.path().join("sync.sock");
     gen(&page, "1");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vmtime"))
+    let mut child = Command::new(bin_for(&["sync"]))
         .args([
             "sync",
             "--source",

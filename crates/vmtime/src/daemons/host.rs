@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use vmclock::abi::{self, PAGE_SIZE};
 use vmclock::{Mapping, PageBuilder, Snapshot, WritableMapping, Writer};
-use vmtime_core::host::{HostAction, HostConfig, HostEvent, Observation, Publisher, Sampled};
+use vmtime_core::host::{HostAction, HostConfig, HostEvent, Observation, PollSchedule, Publisher, Sampled};
 use vmtime_core::leapsecs::{LeapSeconds, TaiOffset};
 use vmtime_sys::clock::{aba_sample, tightest, ClockId};
 use vmtime_sys::event::{self, StepDetector};
@@ -38,9 +38,13 @@ pub struct Args {
     /// Longest time between full observations, ms.
     #[arg(long)]
     interval_ms: Option<IntervalMs>,
-    /// How often the kernel's NTP state is read (cheap adjtimex), ms.
+    /// How often the kernel's NTP state is read (cheap adjtimex) while it is changing, ms.
     #[arg(long)]
     poll_ms: Option<PollMs>,
+    /// How often it is read once it has been still for 10 s, ms (the page's maxerror covers
+    /// what an unseen frequency change can do in this long: 500 ppm of it at the defaults).
+    #[arg(long)]
+    idle_poll_ms: Option<PollMs>,
     /// Republish when the page is this far off the kernel clock, ns.
     #[arg(long)]
     threshold_ns: Option<ThresholdNs>,
@@ -136,7 +140,10 @@ struct Host {
     tai: TaiSource,
     /// The figures (metrics and status).
     m: crate::ops::figures::HostMetrics,
-    poll_every: Duration,
+    /// The wake-up schedule: short while the kernel's NTP state changes, long once still.
+    schedule: PollSchedule,
+    /// When the daemon started (the schedule's time origin).
+    t0: Instant,
     quiet: bool,
     /// The clock's steps (a timerfd cancelled when the clock is set).
     steps: StepDetector,
@@ -277,6 +284,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         TaiSource::List(ref l) if !matches!(l.offset_at(now_s), TaiOffset::Known(_)) => abi::time_type::UTC,
         _ => abi::time_type::TAI,
     };
+    let schedule = PollSchedule::new(a.poll_ms.get() as i128 * 1_000_000, a.idle_poll_ms.get() as i128 * 1_000_000);
     let cfg = HostConfig {
         counter_id: if usable { vmclock::counter::NATIVE } else { abi::counter_id::INVALID },
         threshold_ns: a.threshold_ns.get(),
@@ -287,6 +295,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         },
         tolerance_ppb: a.tolerance_ppm.fine(),
         interval_ns: a.interval_ms.get() as i128 * 1_000_000,
+        longest_poll_gap_ns: schedule.longest_gap_ns(),
         marker_seed: event::random_u64()?,
         time_type: Some(time_type),
         // The placeholder carries TAI − UTC when it is known now (a guest driver probing it
@@ -377,7 +386,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
         _page_file: page_file,
         publisher,
         tai,
-        poll_every: Duration::from_millis(a.poll_ms.get()),
+        schedule,
+        t0: now,
         quiet: a.quiet,
         steps: StepDetector::new()?,
         t_step: None,
@@ -409,7 +419,7 @@ impl Daemon for Host {
     /// and the status line. The page and socket paths, the kernel page, the smearing hint and
     /// TAI − UTC (constants of the page) and the metrics address need a restart.
     const LIVE: &'static [&'static str] =
-        &["log_level", "interval_ms", "poll_ms", "threshold_ns", "tolerance_ppm", "quiet"];
+        &["log_level", "interval_ms", "poll_ms", "idle_poll_ms", "threshold_ns", "tolerance_ppm", "quiet"];
     const REQUESTS: &'static str = "status or subscribe";
 
     fn next_turn(&self) -> Option<Instant> {
@@ -434,10 +444,6 @@ impl Daemon for Host {
                 self.m.max_gap = self.m.max_gap.max(now - last);
             }
             self.last_turn = Some(now);
-            self.next_poll += self.poll_every;
-            if self.next_poll < Instant::now() {
-                self.next_poll = Instant::now() + self.poll_every;
-            }
             if self.last_cs_check.elapsed() >= Duration::from_secs(1) {
                 self.last_cs_check = Instant::now();
                 // "Cannot read" (out of file descriptors, say) is not "changed": the clocksource
@@ -470,6 +476,9 @@ impl Daemon for Host {
                 tracing::warn!("going on: {UNREADABLE_NOTE}");
             }
             self.m.kernel_state = if self.timex.denied() { UNREADABLE_NOTE } else { READ_NOTE };
+            let delay = self.schedule.after_poll(&tx, (now - self.t0).as_nanos() as i128);
+            self.next_poll = now + Duration::from_nanos(delay as u64);
+            self.m.poll_every = Duration::from_nanos(delay as u64);
             let since = self.last_obs.map_or(3_600_000_000_000, |o| o.elapsed().as_nanos() as i128);
             if self.publisher.wants_observation(&tx, since) {
                 self.last_obs = Some(Instant::now());
@@ -513,11 +522,12 @@ impl Daemon for Host {
             now.threshold_ns.get(),
             now.tolerance_ppm.fine(),
             now.interval_ms.get() as i128 * 1_000_000,
+            now.idle_poll_ms.get().max(now.poll_ms.get()) as i128 * 1_000_000,
         );
+        self.schedule.retune(now.poll_ms.get() as i128 * 1_000_000, now.idle_poll_ms.get() as i128 * 1_000_000);
         self.m.config = self.publisher.config().clone();
-        self.poll_every = Duration::from_millis(now.poll_ms.get());
-        self.m.poll_every = self.poll_every;
-        self.next_poll = self.next_poll.min(Instant::now() + self.poll_every);
+        let first = Duration::from_millis(now.poll_ms.get());
+        self.next_poll = self.next_poll.min(Instant::now() + first);
         self.quiet = now.quiet;
     }
 

@@ -87,8 +87,10 @@ pub struct HostSettings {
     pub socket: Option<PathBuf>,
     /// Longest time between full observations.
     pub interval_ms: IntervalMs,
-    /// How often the kernel's NTP state is read.
+    /// How often the kernel's NTP state is read while it is changing.
     pub poll_ms: PollMs,
+    /// How often it is read once it has been still for 10 s.
+    pub idle_poll_ms: PollMs,
     /// Republish when the page is this far off the kernel clock.
     pub threshold_ns: ThresholdNs,
     /// Rate tolerance of the kernel clock against true time.
@@ -118,6 +120,7 @@ impl Default for HostSettings {
             socket: None,
             interval_ms: IntervalMs::new(1000).expect("in range"),
             poll_ms: PollMs::new(10).expect("in range"),
+            idle_poll_ms: PollMs::new(100).expect("in range"),
             threshold_ns: ThresholdNs::new(20).expect("in range"),
             tolerance_ppm: TolerancePpm::from_fine(500_000).expect("in range"),
             tai_offset: None,

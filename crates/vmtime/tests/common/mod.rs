@@ -6,8 +6,24 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 
+/// The guest's commands: with `VMTIME_BIN` set (scripts/test sets it to the guest binary,
+/// scripts/guest-binary), the tests run them on that binary, so the guest binary's behaviour is
+/// checked by the same tests as the full one's.
+pub const GUEST_COMMANDS: &[&str] = &["sync", "waitsync", "now", "status", "show"];
+
+/// The binary that runs `args`: `VMTIME_BIN` for a guest command when set, else the full
+/// `vmtime`.
+pub fn bin_for(args: &[&str]) -> std::ffi::OsString {
+    let sub =
+        args.iter().find(|a| !a.starts_with('-') && !matches!(**a, "debug" | "info" | "warn" | "error" | "trace"));
+    match std::env::var_os("VMTIME_BIN") {
+        Some(b) if sub.is_some_and(|s| GUEST_COMMANDS.contains(s)) => b,
+        _ => env!("CARGO_BIN_EXE_vmtime").into(),
+    }
+}
+
 pub fn vmtime(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vmtime")).args(args).output().expect("run vmtime")
+    Command::new(bin_for(args)).args(args).output().expect("run vmtime")
 }
 
 pub fn json(args: &[&str]) -> serde_json::Value {
