@@ -250,6 +250,36 @@ macro_rules! field {
 }
 
 /// The fields that can be absent (everything after `flags`), in page order.
+/// The one rule for the sign of `tai_offset_sec`. The field stores UTC − TAI (−37 in 2026), as
+/// the Linux driver reads it in every version and as spec v1.1 says. A *positive* stored value is
+/// the legacy convention (spec v1.0, the RFC `/dev/vmclock_host`, older vmtime pages): TAI − UTC
+/// has been ≥ 10 s since 1972, so the sign alone tells the two apart, and a positive value is
+/// taken as TAI − UTC as it is.
+pub mod tai_offset {
+    /// TAI − UTC in seconds from a stored `tai_offset_sec` (either convention). `i16::MIN` has no
+    /// positive counterpart: `None`.
+    #[inline]
+    pub const fn tai_minus_utc(stored: i16) -> Option<i16> {
+        if stored < 0 {
+            stored.checked_neg()
+        } else {
+            Some(stored)
+        }
+    }
+
+    /// Whether a stored `tai_offset_sec` is in the legacy convention (positive: TAI − UTC).
+    #[inline]
+    pub const fn is_legacy(stored: i16) -> bool {
+        stored > 0
+    }
+
+    /// The value to store for TAI − UTC = `tai_minus_utc`, in the driver's convention (UTC − TAI).
+    #[inline]
+    pub const fn stored(tai_minus_utc: i16) -> i16 {
+        tai_minus_utc.wrapping_neg()
+    }
+}
+
 pub mod field {
     use super::*;
     /// `clock_status`.
@@ -348,6 +378,26 @@ pub fn leap_name(l: u8) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn tai_offset_sign_rule() {
+        use super::tai_offset::{is_legacy, stored, tai_minus_utc};
+        // The driver's convention: UTC − TAI stored, TAI − UTC meant.
+        assert_eq!(tai_minus_utc(-37), Some(37));
+        assert!(!is_legacy(-37));
+        // The legacy convention: TAI − UTC stored as it is.
+        assert_eq!(tai_minus_utc(37), Some(37));
+        assert!(is_legacy(37));
+        // Zero is zero in both; i16::MIN has no TAI − UTC.
+        assert_eq!((tai_minus_utc(0), is_legacy(0)), (Some(0), false));
+        assert_eq!(tai_minus_utc(i16::MIN), None);
+        // Writing always uses the driver's convention, and reads back unchanged.
+        assert_eq!(stored(37), -37);
+        for v in [0i16, 1, 10, 37, 38, i16::MAX] {
+            assert!(!is_legacy(stored(v)));
+            assert_eq!(tai_minus_utc(stored(v)), Some(v));
+        }
+    }
+
     use super::*;
 
     #[test]

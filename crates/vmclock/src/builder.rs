@@ -116,7 +116,7 @@ impl PageBuilder {
     /// TAI − UTC (37 in 2026), flagged valid. The page stores its negation, UTC − TAI (−37),
     /// the convention of the Linux driver and spec v1.1.
     pub fn tai_minus_utc(self, sec: i16) -> Self {
-        self.tai_offset_raw(sec.wrapping_neg())
+        self.tai_offset_raw(abi::tai_offset::stored(sec))
     }
 
     /// `tai_offset_sec` exactly as given, flagged valid (for legacy and test pages: a positive

@@ -282,13 +282,7 @@ fn compute(w: &[u32; COUNT], absent: u64, counter: u64) -> Result<Now, TimeError
         },
     };
     let tai_raw = w24 as u16 as i16;
-    let tai_minus_utc = if !has(flags::TAI_OFFSET_VALID) {
-        None
-    } else if tai_raw < 0 {
-        tai_raw.checked_neg()
-    } else {
-        Some(tai_raw)
-    };
+    let tai_minus_utc = if has(flags::TAI_OFFSET_VALID) { abi::tai_offset::tai_minus_utc(tai_raw) } else { None };
     let leap_indicator = (w24 >> 16) as u8;
     let leap = if leap_indicator == abi::leap::NONE { None } else { leap_of(&r, tai_minus_utc, leap_indicator) };
     Ok(Now {

@@ -208,17 +208,13 @@ impl Snapshot {
     #[inline]
     pub fn tai_minus_utc(&self) -> Option<i16> {
         let v = self.tai_offset_raw().filter(|_| self.has(flags::TAI_OFFSET_VALID))?;
-        if v < 0 {
-            v.checked_neg()
-        } else {
-            Some(v)
-        }
+        abi::tai_offset::tai_minus_utc(v)
     }
     /// Whether the page holds a valid TAI offset written in the legacy convention (a positive
     /// stored value, meaning TAI − UTC). Readers should warn once per page.
     #[inline]
     pub fn tai_offset_is_legacy(&self) -> bool {
-        self.has(flags::TAI_OFFSET_VALID) && self.tai_offset_raw().is_some_and(|v| v > 0)
+        self.has(flags::TAI_OFFSET_VALID) && self.tai_offset_raw().is_some_and(abi::tai_offset::is_legacy)
     }
     /// `leap_indicator`, if present.
     pub fn leap_indicator(&self) -> Option<u8> {

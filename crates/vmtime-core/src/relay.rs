@@ -208,7 +208,7 @@ pub fn transform(host: &Snapshot, map: &CounterMap) -> Result<VmclockAbi, RelayE
     let mut g = *host.raw();
     if host.tai_offset_is_legacy() {
         if let Some(v) = host.tai_minus_utc() {
-            g.tai_offset_sec.set(v.wrapping_neg() as u16);
+            g.tai_offset_sec.set(vmclock::abi::tai_offset::stored(v) as u16);
         }
     }
     let Ok(r) = host.reference() else {

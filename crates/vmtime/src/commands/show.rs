@@ -114,8 +114,8 @@ fn fields(a: &VmclockAbi, present_size: u32) -> Fields {
         leap_second_smearing_hint: p(field::SMEARING_HINT)
             .then(|| named(a.leap_second_smearing_hint, abi::smearing_name)),
         tai_offset_sec: p(field::TAI_OFFSET).then(|| a.tai_offset_sec.get() as i16),
-        tai_minus_utc: tai_valid.then(|| tai_minus_utc(a.tai_offset_sec.get() as i16)).flatten(),
-        tai_offset_legacy: tai_valid && (a.tai_offset_sec.get() as i16) > 0,
+        tai_minus_utc: tai_valid.then(|| abi::tai_offset::tai_minus_utc(a.tai_offset_sec.get() as i16)).flatten(),
+        tai_offset_legacy: tai_valid && abi::tai_offset::is_legacy(a.tai_offset_sec.get() as i16),
         leap_indicator: p(field::LEAP_INDICATOR).then(|| named(a.leap_indicator, abi::leap_name)),
         counter_period_shift: p(field::PERIOD_SHIFT).then_some(a.counter_period_shift),
         counter_value: p(field::COUNTER_VALUE).then(|| a.counter_value.get()),
@@ -129,15 +129,6 @@ fn fields(a: &VmclockAbi, present_size: u32) -> Fields {
         time_esterror_nanosec: p(field::TIME_ESTERROR).then(|| a.time_esterror_nanosec.get()),
         time_maxerror_nanosec: p(field::TIME_MAXERROR).then(|| a.time_maxerror_nanosec.get()),
         vm_generation_counter: p(field::VM_GENERATION).then(|| a.vm_generation_counter.get()),
-    }
-}
-
-/// TAI − UTC from a stored `tai_offset_sec` (UTC − TAI; a positive value is the legacy TAI − UTC).
-fn tai_minus_utc(stored: i16) -> Option<i16> {
-    if stored < 0 {
-        stored.checked_neg()
-    } else {
-        Some(stored)
     }
 }
 
