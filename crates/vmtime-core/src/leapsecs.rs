@@ -105,6 +105,61 @@ impl LeapSeconds {
     }
 }
 
+/// Where TAI − UTC was found, and how far it can be trusted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Found {
+    /// Known now, from `source`.
+    Known {
+        /// TAI − UTC, s.
+        offset: i16,
+        /// Where it came from, for the log.
+        source: String,
+    },
+    /// Only a stale value: the list expired.
+    Stale {
+        /// The list's last TAI − UTC, s.
+        offset: i16,
+        /// Why it is stale, for the log.
+        why: String,
+    },
+    /// Nothing at all.
+    Unknown {
+        /// Why, for the log.
+        why: String,
+    },
+}
+
+/// The one choice of TAI − UTC source at Unix time `now_s`: the kernel's (adjtimex `tai`) when it
+/// is set (non-zero), else the leap-second list named `list`, whose text is `text` (or the error
+/// reading it gave).
+pub fn choose(kernel_tai: i32, list: &str, text: Result<&str, &dyn std::fmt::Display>, now_s: i64) -> Found {
+    if kernel_tai != 0 {
+        return Found::Known { offset: kernel_tai as i16, source: "the kernel (adjtimex tai)".into() };
+    }
+    let text = match text {
+        Ok(t) => t,
+        Err(e) => {
+            return Found::Unknown { why: format!("the kernel's TAI offset is unset and {list} cannot be read: {e}") }
+        }
+    };
+    match LeapSeconds::parse(text) {
+        Err(e) => Found::Unknown { why: format!("the kernel's TAI offset is unset and {list} is malformed: {e}") },
+        Ok(l) => match l.offset_at(now_s) {
+            TaiOffset::Known(offset) => Found::Known { offset, source: list.to_string() },
+            TaiOffset::Expired { last, expired } => {
+                let d = vmclock::time::civil_from_days(expired.div_euclid(86_400));
+                Found::Stale {
+                    offset: last,
+                    why: format!(
+                        "the kernel's TAI offset is unset and {list} expired on {:04}-{:02}-{:02} (its last value is {last} s)",
+                        d.0, d.1, d.2
+                    ),
+                }
+            }
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,5 +193,30 @@ mod tests {
         assert_eq!(LeapSeconds::parse("2272060800 10\n"), Err(LeapError::NoExpiry));
         assert!(matches!(LeapSeconds::parse("#@ 1\nabc 10\n"), Err(LeapError::Syntax { line: 2, .. })));
         assert!(matches!(LeapSeconds::parse("#@ 1\n20 10\n10 11\n"), Err(LeapError::Syntax { line: 3, .. })));
+    }
+
+    #[test]
+    fn chooses_the_kernel_then_the_list() {
+        let unreadable: &dyn std::fmt::Display = &"No such file";
+        // The kernel's offset wins whenever it is set, whatever the list says.
+        assert_eq!(
+            choose(37, "L", Err(unreadable), 0),
+            Found::Known { offset: 37, source: "the kernel (adjtimex tai)".into() }
+        );
+        // Unset kernel: the list, current before its expiry, stale after it.
+        assert_eq!(choose(0, "L", Ok(SAMPLE), 1_700_000_000), Found::Known { offset: 37, source: "L".into() });
+        assert_eq!(
+            choose(0, "L", Ok(SAMPLE), 1_795_000_000),
+            Found::Stale {
+                offset: 37,
+                why: "the kernel's TAI offset is unset and L expired on 2026-06-28 (its last value is 37 s)".into()
+            }
+        );
+        // Unset kernel and no usable list: unknown, saying why.
+        assert_eq!(
+            choose(0, "L", Err(unreadable), 0),
+            Found::Unknown { why: "the kernel's TAI offset is unset and L cannot be read: No such file".into() }
+        );
+        assert!(matches!(choose(0, "L", Ok(""), 0), Found::Unknown { why } if why.contains("L is malformed")));
     }
 }

@@ -777,3 +777,36 @@ fn a_page_without_a_maximum_error_is_named_as_such() {
     assert_eq!(f.handle(&obs(p, &s, 1), NS).status, CbStatus::Unknown);
     assert_eq!(f.last_hold, Some(Hold::Unbounded));
 }
+
+#[test]
+fn clockbound_unreadable_and_stopped_segments() {
+    let cfg = ClockBoundConfig { disruption_support: true, ..ClockBoundConfig::default() };
+    let mut f = ClockBoundFeed::new(cfg);
+    // An unreadable page: Unknown, no bound, the last marker written, the configured life from
+    // an as_of early by the coarse allowance; the hold is recorded.
+    let eb = f.unreadable(10 * NS, 42);
+    let as_of = 10 * NS - f.coarse_allowance_ns();
+    assert!(f.coarse_allowance_ns() > 0);
+    assert_eq!(
+        eb,
+        ErrorBound {
+            as_of_ns: as_of,
+            void_after_ns: as_of + cfg.life_ns,
+            bound_ns: 0,
+            disruption_marker: 42,
+            max_drift_ppb: 0,
+            status: CbStatus::Unknown,
+            disruption_support: true,
+        }
+    );
+    assert_eq!(f.last_hold, Some(Hold::Unreadable));
+    // The 3.x body of it claims nothing.
+    let eb3 = f.v3(&eb);
+    assert_eq!(eb3.status, CbStatus::Unknown);
+    // Stopped on purpose: both void now, Unknown, everything else kept.
+    let live = ErrorBound { status: CbStatus::Synchronized, bound_ns: 5_000, max_drift_ppb: 15_000, ..eb };
+    let live3 = v3::ErrorBound { status: CbStatus::Synchronized, void_after_ns: eb3.map.as_of_ns + 5 * NS, ..eb3 };
+    let (void, void3) = ClockBoundFeed::stopped(&live, &live3, 11 * NS);
+    assert_eq!(void, ErrorBound { status: CbStatus::Unknown, void_after_ns: 11 * NS, ..live });
+    assert_eq!(void3, v3::ErrorBound { status: CbStatus::Unknown, void_after_ns: live3.map.as_of_ns, ..live3 });
+}

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use vmclock::Snapshot;
 use vmtime_core::cadence::{Cadence, Markers};
 use vmtime_core::feed::chrony::{ChronyAction, ChronyFeed};
-use vmtime_core::feed::clockbound::{v3, CbStatus, ClockBoundConfig, ClockBoundFeed, ErrorBound, LAYOUT_V2};
+use vmtime_core::feed::clockbound::{v3, ClockBoundConfig, ClockBoundFeed, ErrorBound, LAYOUT_V2};
 use vmtime_core::feed::{Hold, Observation};
 use vmtime_core::AbaSample;
 use vmtime_sys::clock::{aba_sample, gettime, ClockId};
@@ -533,20 +533,8 @@ impl Daemon for ClockBound {
                 if let Some(line) = self.errors.fresh(&e) {
                     tracing::warn!("{line}");
                 }
-                feed.last_hold = Some(Hold::Unreadable);
                 self.f.common.held(Some(Hold::Unreadable));
-                let as_of = start - feed.coarse_allowance_ns();
-                ErrorBound {
-                    as_of_ns: as_of,
-                    void_after_ns: as_of + cfg.life_ns,
-                    bound_ns: 0,
-                    // Not the page's (it has none now): the last one written, so that clients
-                    // comparing markers see no false change.
-                    disruption_marker: self.last_marker,
-                    max_drift_ppb: 0,
-                    status: CbStatus::Unknown,
-                    disruption_support: self.disruption_support,
-                }
+                feed.unreadable(start, self.last_marker)
             }
         };
         let eb3 = feed.v3(&eb);
@@ -616,11 +604,9 @@ impl Daemon for ClockBound {
             Some((eb, eb3)) if why.starts_with("SIG") => {
                 // Stopped on purpose: void the segments now rather than at the end of their life.
                 let now = gettime(ClockId::MonotonicCoarse)?;
-                self.seg0.iter_mut().for_each(|s| {
-                    s.write(&ErrorBound { status: CbStatus::Unknown, void_after_ns: now, ..eb }.to_bytes())
-                });
-                let void = v3::ErrorBound { status: CbStatus::Unknown, void_after_ns: eb3.map.as_of_ns, ..eb3 };
-                self.seg1.iter_mut().for_each(|s| s.write(&void.to_bytes()));
+                let (void, void3) = ClockBoundFeed::stopped(&eb, &eb3, now);
+                self.seg0.iter_mut().for_each(|s| s.write(&void.to_bytes()));
+                self.seg1.iter_mut().for_each(|s| s.write(&void3.to_bytes()));
                 tracing::info!("{why}: stopping (the segments now say Unknown)");
             }
             _ => tracing::info!("{why}: stopping (the segments are void after their life)"),

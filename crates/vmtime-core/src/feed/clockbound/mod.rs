@@ -412,6 +412,36 @@ impl ClockBoundFeed {
 }
 
 impl ClockBoundFeed {
+    /// The 2.x body when the page could not be read at all (measurement started at
+    /// CLOCK_MONOTONIC `start_mono_ns`): Unknown, no bound, living the configured life. The
+    /// marker is `last_marker`, the last one written, not the page's (it has none now), so that
+    /// clients comparing markers see no false change. Records the hold as [`Hold::Unreadable`].
+    pub fn unreadable(&mut self, start_mono_ns: i128, last_marker: u64) -> ErrorBound {
+        self.last_hold = Some(Hold::Unreadable);
+        let as_of = start_mono_ns - self.coarse_allowance_ns();
+        ErrorBound {
+            as_of_ns: as_of,
+            void_after_ns: as_of + self.cfg.life_ns,
+            bound_ns: 0,
+            disruption_marker: last_marker,
+            max_drift_ppb: 0,
+            status: CbStatus::Unknown,
+            disruption_support: self.cfg.disruption_support,
+        }
+    }
+
+    /// The bodies that void the last ones written (`eb`, `eb3`) when the feed is stopped on
+    /// purpose, rather than leaving them to the end of their life: Unknown, void from
+    /// CLOCK_MONOTONIC_COARSE `now_coarse_ns` (2.x) or from the map's own `as_of` (3.x).
+    pub fn stopped(eb: &ErrorBound, eb3: &v3::ErrorBound, now_coarse_ns: i128) -> (ErrorBound, v3::ErrorBound) {
+        (
+            ErrorBound { status: CbStatus::Unknown, void_after_ns: now_coarse_ns, ..*eb },
+            v3::ErrorBound { status: CbStatus::Unknown, void_after_ns: eb3.map.as_of_ns, ..*eb3 },
+        )
+    }
+}
+
+impl ClockBoundFeed {
     /// The 3.x body (`shm1`) for the observation whose 2.x body `handle` just returned as
     /// `eb`: the same pairing and the same bound, on the page's counter→UTC map (see
     /// [`v3`]). A pairing the 3.x layout cannot express gives Unknown.
