@@ -19,29 +19,39 @@ use vmclock::{PageBuilder, Period, Snapshot, Tai, Timestamp};
 pub struct Args {
     /// The extracted QEMU packages (usr/bin/qemu-system-x86_64 and its libraries).
     #[arg(long)]
-    qemu_root: PathBuf,
+    pub(crate) qemu_root: PathBuf,
     /// The guest kernel (vmlinuz).
     #[arg(long)]
-    kernel: PathBuf,
+    pub(crate) kernel: PathBuf,
     /// The guest kernel's ptp_vmclock module, uncompressed.
     #[arg(long)]
-    module: PathBuf,
+    pub(crate) module: PathBuf,
     /// A static busybox.
     #[arg(long)]
-    busybox: PathBuf,
+    pub(crate) busybox: PathBuf,
     /// A static vmtime (this lab's guest binary is itself, built static too).
     #[arg(long)]
-    vmtime: PathBuf,
+    pub(crate) vmtime: PathBuf,
     /// A qcow2 image for savevm/loadvm.
     #[arg(long)]
-    state_disk: PathBuf,
+    pub(crate) state_disk: PathBuf,
     /// Working directory (sockets, pages, logs).
     #[arg(long)]
-    work: PathBuf,
+    pub(crate) work: PathBuf,
     /// A directory tree with Debian's chronyd and its libraries (copied into the chrony guest's
     /// initramfs); without it, the chrony comparison is skipped.
     #[arg(long)]
-    chrony_tree: Option<PathBuf>,
+    pub(crate) chrony_tree: Option<PathBuf>,
+    /// A QEMU package tree that can live-migrate a guest with ivshmem devices (QEMU 7.2; the
+    /// main one, 10.0.2, aborts): without it the migration check is skipped.
+    #[arg(long)]
+    pub(crate) qemu_migration_root: Option<PathBuf>,
+    /// Where the results go, one JSON object per check (default: WORK/../results.json).
+    #[arg(long)]
+    pub(crate) results: Option<PathBuf>,
+    /// Only these checks (comma-separated names; the guests they need are booted).
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) only: Vec<String>,
 }
 
 /// The three guests the lab boots, one after the other.
@@ -72,15 +82,15 @@ const MAILBOX_SLOT: u8 = 5;
 const GUEST_MAILBOX: &str = "/sys/bus/pci/devices/0000:00:05.0/resource2";
 /// Echo samples whose noise floor is wider than this are set aside (counted, not judged): the
 /// host or the guest was descheduled between two of its counter reads.
-const NOISE_CAP_NS: i128 = 50_000;
+pub(crate) const NOISE_CAP_NS: i128 = 50_000;
 const SEC: Duration = Duration::from_secs(1);
 
 /// A daemon we started; ended by its pid when dropped.
-struct Daemon(Child);
+pub(crate) struct Daemon(Child);
 
 impl Daemon {
     /// Starts `bin ARGS` and returns once a stderr line contains `ready`.
-    fn start(bin: &Path, args: &[&str], ready: &str) -> Result<Daemon> {
+    pub(crate) fn start(bin: &Path, args: &[&str], ready: &str) -> Result<Daemon> {
         let mut child = Command::new(bin).args(args).stderr(Stdio::piped()).stdout(Stdio::null()).spawn()?;
         let mut err = BufReader::new(child.stderr.take().context("stderr")?);
         let mut seen = String::new();
@@ -150,7 +160,7 @@ fn add_tree<W: std::io::Write>(c: &mut Cpio<W>, tree: &Path, rel: &Path) -> Resu
     Ok(())
 }
 
-fn initramfs(a: &Args, out: &Path, extra_tree: Option<&Path>) -> Result<()> {
+pub(crate) fn initramfs(a: &Args, out: &Path, extra_tree: Option<&Path>) -> Result<()> {
     let f = std::io::BufWriter::new(std::fs::File::create(out)?);
     let mut c = Cpio::new(f);
     for d in ["bin", "dev", "proc", "sys", "tmp", "lib", "lab"] {
@@ -173,7 +183,7 @@ fn initramfs(a: &Args, out: &Path, extra_tree: Option<&Path>) -> Result<()> {
 
 /// `vmtime relay` from `host_page` to `guest_page` under a TSC offset (no notification: QEMU has
 /// no way to notify for a file).
-fn relay_daemon(vmtime: &Path, host_page: &Path, guest_page: &Path, offset: u64) -> Result<Daemon> {
+pub(crate) fn relay_daemon(vmtime: &Path, host_page: &Path, guest_page: &Path, offset: u64) -> Result<Daemon> {
     let seq_before = read_page(guest_page).map(|p| p.seq_count()).ok();
     let args = [
         "relay",
@@ -196,13 +206,13 @@ fn relay_daemon(vmtime: &Path, host_page: &Path, guest_page: &Path, offset: u64)
     Ok(d)
 }
 
-fn read_page(p: &Path) -> Result<Snapshot> {
+pub(crate) fn read_page(p: &Path) -> Result<Snapshot> {
     let m = vmclock::Mapping::open(p)?;
     Ok(vmclock::seqlock::read(&m, vmclock::seqlock::DEFAULT_MAX_WAIT)?)
 }
 
 /// A page's counter period.
-fn period_of(page: &Snapshot) -> Result<Period> {
+pub(crate) fn period_of(page: &Snapshot) -> Result<Period> {
     let r = page.reference()?;
     Ok(Period { frac: r.period, shift: r.shift })
 }
@@ -214,13 +224,13 @@ fn qemu_page(gdb: &mut crate::vm::Gdb) -> Result<Snapshot> {
     Ok(Snapshot::decode(&bytes, abi::PAGE_SIZE)?)
 }
 
-fn quantiles(mut v: Vec<f64>) -> (f64, f64, f64) {
+pub(crate) fn quantiles(mut v: Vec<f64>) -> (f64, f64, f64) {
     v.sort_by(f64::total_cmp);
     let q = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize];
     (q(0.5), q(0.99), *v.last().unwrap_or(&0.0))
 }
 
-fn us(ns: f64) -> String {
+pub(crate) fn us(ns: f64) -> String {
     format!("{:.1} µs", ns / 1e3)
 }
 
@@ -252,7 +262,7 @@ fn floor_of(e: &[Echo], noise: fn(&Echo) -> i128, aside: usize) -> String {
 }
 
 /// This machine's load average (1, 5, 15 min).
-fn loadavg() -> String {
+pub(crate) fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|_| "unknown".into())
@@ -1093,7 +1103,22 @@ fn summary_of_check(c: &serde_json::Value) -> String {
 type Check = fn(&mut Lab) -> Result<String>;
 
 /// Boots one guest and runs its checks; one PASS/FAIL line each.
-fn run_setup(a: &Args, setup: Setup, checks: &[(&'static str, Check)], lines: &mut Vec<String>) -> Option<Row> {
+/// Whether `--only` selects this check (no `--only`: every check).
+fn selected(a: &Args, name: &str) -> bool {
+    a.only.is_empty() || a.only.iter().any(|o| o == name)
+}
+
+fn run_setup(
+    a: &Args,
+    setup: Setup,
+    checks: &[(&'static str, Check)],
+    lines: &mut Vec<String>,
+    results: &mut Vec<serde_json::Value>,
+) -> Option<Row> {
+    let checks: Vec<_> = checks.iter().filter(|(n, _)| selected(a, n)).collect();
+    if checks.is_empty() {
+        return None;
+    }
     let mut lab = match Lab::start(a.clone(), setup) {
         Ok(l) => l,
         Err(e) => {
@@ -1104,6 +1129,7 @@ fn run_setup(a: &Args, setup: Setup, checks: &[(&'static str, Check)], lines: &m
                     loadavg()
                 );
                 println!("{line}");
+                results.push(serde_json::json!({"check": name, "pass": false, "summary": line}));
                 lines.push(line);
             }
             return None;
@@ -1111,11 +1137,23 @@ fn run_setup(a: &Args, setup: Setup, checks: &[(&'static str, Check)], lines: &m
     };
     for (name, f) in checks {
         let t = Instant::now();
-        let line = match f(&mut lab) {
-            Ok(s) => format!("PASS {name}: {s} ({:.1} s)", t.elapsed().as_secs_f64()),
+        let r = f(&mut lab);
+        let secs = t.elapsed().as_secs_f64();
+        let pass = r.is_ok();
+        let line = match r {
+            Ok(s) => format!("PASS {name}: {s} ({secs:.1} s)"),
             Err(e) => format!("FAIL {name}: {e:#}{}", lab.explain(name)),
         };
         println!("{line}");
+        let mut j = serde_json::json!({"check": name, "pass": pass, "seconds": (secs * 10.0).round() / 10.0,
+            "summary": line.lines().next().unwrap_or("")});
+        if let (true, Some(row)) = (matches!(*name, "sync-driver" | "chrony"), lab.row.as_ref()) {
+            // The boot figure: from the discipline's start to |CLOCK_REALTIME − host| ≤ 1 ms.
+            j["to_1ms_s"] = serde_json::json!(row.within_1ms.map(|d| d.as_secs_f64()));
+            j["to_10us_s"] = serde_json::json!(row.within_10us.map(|d| d.as_secs_f64()));
+            j["held_p99_us"] = serde_json::json!(row.held.p99 / 1e3);
+        }
+        results.push(j);
         lines.push(line);
     }
     if let Some(m) = lab.mailbox.as_mut() {
@@ -1134,17 +1172,44 @@ pub fn run(a: Args) -> Result<ExitCode> {
         ("phc", Lab::phc),
         ("disruption", Lab::disruption),
     ];
-    run_setup(&a, Setup::QemuVmclock, &qemu, &mut lines);
+    let mut results = Vec::new();
+    run_setup(&a, Setup::QemuVmclock, &qemu, &mut lines, &mut results);
     let mut rows = Vec::new();
     let stock: [(&str, Check); 2] = [("driver", Lab::driver), ("sync-driver", Lab::sync_driver)];
-    rows.extend(run_setup(&a, Setup::Stock, &stock, &mut lines));
+    rows.extend(run_setup(&a, Setup::Stock, &stock, &mut lines, &mut results));
     if a.chrony_tree.is_some() {
-        rows.extend(run_setup(&a, Setup::Chrony, &[("chrony", Lab::chrony)], &mut lines));
-    } else {
+        rows.extend(run_setup(&a, Setup::Chrony, &[("chrony", Lab::chrony)], &mut lines, &mut results));
+    } else if selected(&a, "chrony") {
         let line = "SKIP chrony: no chronyd tree (lab/run extracts Debian's chrony)".to_string();
         println!("{line}");
         lines.push(line);
     }
+    if selected(&a, "migration") || selected(&a, "restore") {
+        match a.qemu_migration_root.as_deref() {
+            Some(root) => {
+                for (name, pass, line, j) in crate::migration::run(&a, root, 6, 20) {
+                    let line = format!("{} {name}: {line}", if pass { "PASS" } else { "FAIL" });
+                    println!("{line}");
+                    lines.push(line);
+                    results.push(j);
+                }
+            }
+            None => {
+                for name in ["migration", "restore"] {
+                    let line = format!(
+                        "SKIP {name}: no QEMU that can migrate a guest with ivshmem (lab/run fetches QEMU 7.2)"
+                    );
+                    println!("{line}");
+                    results.push(serde_json::json!({"check": name, "pass": false, "skipped": true, "summary": line}));
+                    lines.push(line);
+                }
+            }
+        }
+    }
+    let results_path = a.results.clone().unwrap_or_else(|| a.work.with_file_name("results.json"));
+    std::fs::write(&results_path, serde_json::to_string_pretty(&results)?)
+        .with_context(|| format!("write {}", results_path.display()))?;
+    println!("lab: results in {}", results_path.display());
     let failed = lines.iter().filter(|l| l.starts_with("FAIL")).count();
     println!("\nlab results (load average now {}):", loadavg());
     for l in &lines {

@@ -93,16 +93,16 @@ pub struct HostPair {
 }
 
 impl HostPair {
-    fn read() -> Result<HostPair> {
+    pub fn read() -> Result<HostPair> {
         let c0 = vmclock::counter::read();
         let real = gettime(ClockId::Realtime)?;
         let c1 = vmclock::counter::read();
         Ok(HostPair { c0, real, c1 })
     }
-    fn mid(&self) -> u64 {
+    pub fn mid(&self) -> u64 {
         self.c0.wrapping_add(self.c1.wrapping_sub(self.c0) / 2)
     }
-    fn half_ticks(&self) -> u64 {
+    pub fn half_ticks(&self) -> u64 {
         self.c1.wrapping_sub(self.c0).div_ceil(2)
     }
 }
@@ -212,6 +212,14 @@ impl Host {
         let m = Mapping::open_rw(mailbox).with_context(|| format!("map {}", mailbox.display()))?;
         let seq = m.words()[0].load(Acquire);
         m.words()[READY_WORD].store(0, Release);
+        Ok(Host { m, seq, offset: None, hz })
+    }
+
+    /// The mailbox of a guest echo that already serves it (the destination's file after a
+    /// migration, or after a `loadvm`: the words came with the VM's state).
+    pub fn attach(mailbox: &Path, hz: f64) -> Result<Self> {
+        let m = Mapping::open_rw(mailbox).with_context(|| format!("map {}", mailbox.display()))?;
+        let seq = m.words()[0].load(Acquire);
         Ok(Host { m, seq, offset: None, hz })
     }
 

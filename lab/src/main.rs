@@ -6,6 +6,8 @@ mod checks;
 mod cpio;
 mod echo;
 mod leap;
+mod migration;
+mod reads;
 mod vm;
 
 use anyhow::Result;
@@ -36,6 +38,8 @@ enum Cmd {
     Leapwatch(leap::Args),
     /// (In the guest) the kernel's NTP state (adjtimex, read-only) as JSON.
     Timex,
+    /// (In the guest) read the time through a page's mmap every N µs, logging each read.
+    Reads(reads::Args),
 }
 
 fn timex() -> Result<()> {
@@ -60,6 +64,7 @@ fn main() -> ExitCode {
         Cmd::Echo { mailbox, page } => echo::serve(&mailbox, page.as_deref()).map(|()| ExitCode::SUCCESS),
         Cmd::Leapwatch(a) => leap::watch(&a).map(|()| ExitCode::SUCCESS),
         Cmd::Timex => timex().map(|()| ExitCode::SUCCESS),
+        Cmd::Reads(a) => reads::serve(&a).map(|()| ExitCode::SUCCESS),
     };
     r.unwrap_or_else(|e| {
         eprintln!("vmtime-lab: {e:#}");

@@ -23,7 +23,7 @@ pub struct VmConfig {
     pub work: PathBuf,
     /// The guest's RTC at power-on (a wrong clock for sync to correct).
     pub rtc_base: String,
-    /// ivshmem backing files (read-write, master) and their PCI slots.
+    /// ivshmem backing files (read-write, master; their size is the file's) and their PCI slots.
     pub shared: Vec<(PathBuf, u8)>,
     /// QEMU's own vmclock device (`-device vmclock`).
     pub qemu_vmclock: bool,
@@ -116,7 +116,11 @@ impl Vm {
         }
         for (i, (f, slot)) in c.shared.iter().enumerate() {
             cmd.arg("-object")
-                .arg(format!("memory-backend-file,id=shm{i},mem-path={},size=4096,share=on", f.display()))
+                .arg(format!(
+                    "memory-backend-file,id=shm{i},mem-path={},size={},share=on",
+                    f.display(),
+                    std::fs::metadata(f).map(|m| m.len()).unwrap_or(4096)
+                ))
                 .arg("-device")
                 // master=on: this side owns the memory, so the VM may be saved and loaded.
                 .arg(format!("ivshmem-plain,memdev=shm{i},master=on,addr={slot:#x}"));
@@ -280,6 +284,12 @@ impl Vm {
             bail!("gdbstub: physical memory mode refused ({r})");
         }
         Ok(g)
+    }
+
+    /// The guest's shell came over from `other` (a migration): carry on its command numbers
+    /// (the shell re-sends a number's output instead of running it twice).
+    pub fn continue_seq(&mut self, other: &Vm) {
+        self.seq = other.seq;
     }
 
     pub fn pid(&self) -> u32 {

@@ -372,6 +372,17 @@ impl GuestRelay {
         self.state.last_host_marker = None;
     }
 
+    /// The guest's counter map is about to change in a way nobody can tell yet (the VMM is
+    /// about to resume a guest whose counter stood still, under TCG; a VMM that rewrites the
+    /// TSC): the guest's calibration breaks, so a new marker, and no time until the map is
+    /// confirmed ([`GuestRelay::migrated_in`], [`GuestRelay::confirm_map`]).
+    pub fn map_changing(&mut self) {
+        if !self.state.map_pending {
+            self.state.disruption_marker = self.state.disruption_marker.wrapping_add(1);
+        }
+        self.state.map_pending = true;
+    }
+
     /// The counter map in force is `map` (told by whoever knows it: the VMM, KVM's debugfs, a
     /// measurement), without a marker change of its own: after an overwrite the guest has had
     /// its new marker already. The guest's pages carry time again.
@@ -725,6 +736,20 @@ mod tests {
         let again =
             GuestRelay::from_state(serde_json::from_str(&serde_json::to_string(dest.state()).unwrap()).unwrap());
         assert!(again.map_pending());
+    }
+
+    #[test]
+    fn a_map_about_to_change_holds_the_time_and_changes_the_marker_once() {
+        let h = host_page(1_000, 2_500_000_000);
+        let mut r = GuestRelay::new(CounterMap::offset_only(5), 40, false);
+        let _ = r.guest_page(&h).unwrap();
+        r.map_changing();
+        r.map_changing();
+        let p = Snapshot::new(r.guest_page(&h).unwrap(), 4096).unwrap();
+        assert_eq!((p.disruption_marker(), p.clock_status()), (41, Some(status::UNRELIABLE)));
+        r.migrated_in(CounterMap::offset_only(9));
+        let p = Snapshot::new(r.guest_page(&h).unwrap(), 4096).unwrap();
+        assert_eq!((p.disruption_marker(), p.clock_status()), (41, Some(status::SYNCHRONIZED)));
     }
 
     /// The marker after an overwrite differs from the one found whatever the relay's own is.

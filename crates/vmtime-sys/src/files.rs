@@ -22,8 +22,9 @@ use rustix::fs::{self as rfs, AtFlags, FileType, FlockOperation, Mode, OFlags, R
 use rustix::io::Errno;
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::ptr::NonNull;
 use vmclock::abi::{MAGIC, PAGE_SIZE};
 
 /// What went wrong with a file or directory: one line naming the path, the cause and the fix.
@@ -924,5 +925,75 @@ mod tests {
         assert_eq!(passwd_uid(passwd, "root"), Some(0));
         assert_eq!(passwd_uid(passwd, "nobody"), None);
         assert_eq!(passwd_uid("vmtime:x:notanumber:1::/:", "vmtime"), None);
+    }
+}
+
+/// A whole file mapped shared, read-write, as 64-bit atomic words: a region another process or
+/// a VM shares with this one (the lab's read log on an ivshmem BAR, a sysfs `resourceN` file,
+/// which can only be mapped). Its length is the file's, a multiple of 8 bytes.
+#[derive(Debug)]
+pub struct SharedWords {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain shared memory accessed only through atomics; nothing in it is
+// tied to the creating thread.
+unsafe impl Send for SharedWords {}
+// SAFETY: every access is through `&[AtomicU64]`.
+unsafe impl Sync for SharedWords {}
+
+impl SharedWords {
+    /// Maps all of `path` (a regular or sysfs file of at least 8 bytes, opened read-write).
+    pub fn map(path: &Path) -> Result<SharedWords> {
+        let disp = || path.display().to_string();
+        let f = std::fs::OpenOptions::new().read(true).write(true).open(path).map_err(|e| FileError::Io {
+            op: "open",
+            path: disp(),
+            err: e,
+        })?;
+        let len = f.metadata().map_err(|e| FileError::Io { op: "stat", path: disp(), err: e })?.len();
+        let len = usize::try_from(len).unwrap_or(0) & !7;
+        if len == 0 {
+            return Err(FileError::Io { op: "map", path: disp(), err: io::Error::other("shorter than 8 bytes") });
+        }
+        // SAFETY: a fresh shared mapping (addr null) of `len` bytes of a file opened read-write
+        // that is at least that long (its size, rounded down); checked for MAP_FAILED before use.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                f.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(FileError::Io { op: "map", path: disp(), err: io::Error::last_os_error() });
+        }
+        let ptr = NonNull::new(p.cast::<u8>()).ok_or_else(|| FileError::Io {
+            op: "map",
+            path: disp(),
+            err: io::Error::other("mmap returned null"),
+        })?;
+        Ok(SharedWords { ptr, len })
+    }
+
+    /// The region as words.
+    pub fn words(&self) -> &[std::sync::atomic::AtomicU64] {
+        // SAFETY: `ptr` is page-aligned (mmap) and valid for `len` bytes (a multiple of 8) until
+        // drop, which needs `&mut self`; AtomicU64 has u64's size and alignment; every access in
+        // this process is atomic (other processes are outside the abstract machine).
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().cast::<std::sync::atomic::AtomicU64>(), self.len / 8) }
+    }
+}
+
+impl Drop for SharedWords {
+    fn drop(&mut self) {
+        // SAFETY: `ptr` came from a successful mmap of `len` bytes; no borrow outlives self.
+        unsafe {
+            libc::munmap(self.ptr.as_ptr().cast(), self.len);
+        }
     }
 }

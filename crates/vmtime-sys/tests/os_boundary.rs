@@ -450,3 +450,23 @@ fn a_dry_run_directory_is_never_a_system_path() {
         assert_eq!(d, files::runtime_dir());
     }
 }
+
+#[test]
+fn shared_words_map_a_whole_file_both_ways() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("region");
+    std::fs::File::create(&p).unwrap().set_len(3 * 4096 + 12).unwrap();
+    let a = vmtime_sys::files::SharedWords::map(&p).unwrap();
+    let b = vmtime_sys::files::SharedWords::map(&p).unwrap();
+    // The whole file (rounded down to whole words), not one page.
+    assert_eq!(a.words().len(), (3 * 4096 + 8) / 8);
+    let last = a.words().len() - 1;
+    a.words()[last].store(0x0123_4567_89ab_cdef, SeqCst);
+    assert_eq!(b.words()[last].load(SeqCst), 0x0123_4567_89ab_cdef, "one shared mapping");
+    drop((a, b));
+    let bytes = std::fs::read(&p).unwrap();
+    assert_eq!(&bytes[last * 8..last * 8 + 8], &0x0123_4567_89ab_cdefu64.to_ne_bytes(), "in the file");
+    std::fs::File::create(dir.path().join("tiny")).unwrap().set_len(7).unwrap();
+    assert!(vmtime_sys::files::SharedWords::map(&dir.path().join("tiny")).is_err());
+}

@@ -237,6 +237,14 @@ fn a_guest_page_written_over_by_a_migration_gets_a_new_marker_at_once_and_no_tim
     assert!(m3 != 20816 && m3 != 20817, "{m3:#x}");
     assert_eq!(g3, 78, "a restore changes the generation");
     assert!(status3 == "SYNCHRONIZED" || status3 == "FREERUNNING", "{status3}");
+    // `hold`: the map is about to change (a VM paused under TCG): a new marker, no time, until
+    // the map is told.
+    json(&["status", "--socket", &socket(&guest), "--request", "hold", "--json"]);
+    let (m4, _, status4, _) = wait_page(&guest, "held", |f| f.2 == "UNRELIABLE");
+    assert_eq!((m4, status4.as_str()), (m3.wrapping_add(1), "UNRELIABLE"));
+    json(&["status", "--socket", &socket(&guest), "--request", "migrated 3000", "--json"]);
+    let (m5, _, _, _) = wait_page(&guest, "time after hold", |f| f.2 != "UNRELIABLE");
+    assert_eq!(m5, m4, "the map after a hold changes the marker no further");
 }
 
 /// Issue 20, item 7 at the daemon: random byte mutations of the host page written in place under

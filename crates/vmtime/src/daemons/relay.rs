@@ -305,6 +305,13 @@ impl Relay {
                 self.m.map_pending = self.relay.map_pending();
                 Answer::Status
             }
+            ["hold"] => {
+                // The map is about to change and nobody can tell it yet: no time until it is.
+                self.relay.map_changing();
+                self.relay(true, Instant::now())?;
+                self.m.map_pending = self.relay.map_pending();
+                Answer::Status
+            }
             ["restored", rest @ ..] => {
                 // The map the restored guest runs under: the one given, else the one in force.
                 let map = self.map_from(rest, "restored")?;
@@ -468,7 +475,7 @@ impl Daemon for Relay {
     /// (constants of the guest's page) and the metrics address need a restart.
     const LIVE: &'static [&'static str] = &["log_level"];
     const REQUESTS: &'static str =
-        "status, subscribe, migrated [OFFSET [RATIO BITS]] or restored [OFFSET [RATIO BITS]]";
+        "status, subscribe, hold, migrated [OFFSET [RATIO BITS]] or restored [OFFSET [RATIO BITS]]";
 
     /// Without notifications (or while they are silent) the host page is polled every 1 ms; the
     /// guest page is looked at every GUARD_EVERY in any case.
