@@ -1,0 +1,111 @@
+//! Reading the device for the discipline: taking samples under one page, telling real
+//! notifications from an always-readable `poll()`, and watching the page's markers.
+use super::*;
+
+/// Takes an observation's samples under one page. `read` gives a consistent copy of the page,
+/// `sample` the (clock, counter, clock) samples, `seq_after` the page's `seq_count` once they are
+/// taken. The samples are paired with the page only if that page was current throughout: when
+/// the `seq_count` changed (an update, or one in progress), the whole observation is taken again,
+/// at most `tries` times; `Ok(None)` if the page never held still.
+///
+/// Pairing samples with the page that preceded an update would give them the old calibration
+/// (and, around a migration or restore, the old disruption marker).
+pub fn sample_under_page<S, E>(
+    tries: u32,
+    mut read: impl FnMut() -> Result<Snapshot, E>,
+    mut sample: impl FnMut() -> Result<S, E>,
+    mut seq_after: impl FnMut() -> u32,
+) -> Result<Option<(Snapshot, S)>, E> {
+    for _ in 0..tries {
+        let page = read()?;
+        let samples = sample()?;
+        if seq_after() == page.seq_count() {
+            return Ok(Some((page, samples)));
+        }
+    }
+    Ok(None)
+}
+
+/// What a wake-up from the device's `poll()` turned out to be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wakeup {
+    /// The page changed: observe.
+    Update,
+    /// Readable, but the page has not changed since it was last read.
+    Spurious,
+    /// Readable again and again with nothing new: the driver has no `.poll` (Linux 6.13–6.19,
+    /// whose `poll()` always says readable). Stop polling the device; observe on the interval.
+    NoPoll,
+}
+
+/// Tells real notifications from a driver whose `poll()` is always readable. The newer driver
+/// wakes a reader only when `seq_count` differs from the one that file last read, so a wake-up
+/// with the `seq_count` unchanged cannot be a notification; [`NotifyCheck::LIMIT`] of them in a
+/// row (none between them an update) mean the driver cannot poll.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NotifyCheck {
+    spurious: u32,
+}
+
+impl NotifyCheck {
+    /// Spurious wake-ups in a row that prove the driver has no `.poll`.
+    pub const LIMIT: u32 = 3;
+
+    /// The device said readable; `last_seq` is the `seq_count` last read, `seq_now` the current one.
+    pub fn readable(&mut self, last_seq: Option<u32>, seq_now: u32) -> Wakeup {
+        if last_seq != Some(seq_now) {
+            self.spurious = 0;
+            return Wakeup::Update;
+        }
+        self.spurious += 1;
+        if self.spurious >= Self::LIMIT {
+            Wakeup::NoPoll
+        } else {
+            Wakeup::Spurious
+        }
+    }
+}
+
+/// What changed in a page's markers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MarkerChange {
+    /// `disruption_marker` changed: the counter's calibration is broken (migration, restore).
+    pub disrupted: bool,
+    /// `vm_generation_counter` changed: the VM was restored from a snapshot or cloned.
+    pub new_generation: bool,
+}
+
+/// Watches a page's markers, for a page that carries nothing else (QEMU's and Firecracker's
+/// devices: counter INVALID, status UNKNOWN) or next to another time source.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MarkerWatch {
+    marker: Option<u64>,
+    generation: Option<u64>,
+}
+
+impl MarkerWatch {
+    /// The markers of a new copy of the page; the first copy changes nothing.
+    pub fn observe(&mut self, page: &Snapshot) -> MarkerChange {
+        let disrupted = self.marker.is_some_and(|m| m != page.disruption_marker());
+        let g = page.vm_generation_counter();
+        let new_generation = g.is_some() && self.generation.is_some_and(|old| Some(old) != g);
+        self.marker = Some(page.disruption_marker());
+        self.generation = g.or(self.generation);
+        MarkerChange { disrupted, new_generation }
+    }
+
+    /// The hook's action for a change, if any.
+    pub fn actions(change: MarkerChange) -> Vec<SyncAction> {
+        if change.new_generation {
+            vec![SyncAction::RunHook]
+        } else {
+            Vec::new()
+        }
+    }
+}
+
+/// Whether a page gives time for this CPU's counter (`native`): its counter_id and the time
+/// fields. A page without (counter INVALID, or no time fields) carries markers only.
+pub fn gives_time(page: &Snapshot, native: u8) -> bool {
+    page.counter_id() == native && page.reference().is_ok()
+}
