@@ -4,7 +4,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 fn vmtime(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vmtime")).args(args).output().expect("run vmtime")
+    Command::new(common::bin_for(args)).args(args).output().expect("run vmtime")
 }
 
 fn json(out: &Output) -> serde_json::Value {
