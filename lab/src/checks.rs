@@ -794,16 +794,17 @@ impl Lab {
         Ok(None)
     }
 
-    /// 5. A leap second: the guest's page announces an insertion at the end of 2016-12-31; the
+    /// 5. A leap second: the guest's page announces an insertion at the end of 2026-12-31 (a leap second
+    ///    the page invents: none is scheduled, and the relay and sync refuse times before 2026-09-01); the
     ///    guest kernel, armed by vmtime sync, inserts it; CLOCK_TAI stays continuous.
     fn leap(&mut self) -> Result<String> {
         let host = read_page(&self.host_page)?;
         let period = period_of(&host)?;
-        // 2017-01-01T00:00:00Z, and TAI then (TAI − UTC was 36 s before the leap, 37 after).
-        let midnight_utc = 1_483_228_800u64;
-        let midnight_tai_oop = Timestamp::<Tai>::from_parts(midnight_utc + 36, 0);
-        let midnight_tai = Timestamp::<Tai>::from_parts(midnight_utc + 37, 0);
-        let start = Timestamp::<Tai>::from_parts(midnight_utc + 36 - 12, 0); // 23:59:48 UTC
+        // 2027-01-01T00:00:00Z, and TAI then (TAI − UTC 37 s before the leap, 38 after).
+        let midnight_utc = 1_798_761_600u64;
+        let midnight_tai_oop = Timestamp::<Tai>::from_parts(midnight_utc + 37, 0);
+        let midnight_tai = Timestamp::<Tai>::from_parts(midnight_utc + 38, 0);
+        let start = Timestamp::<Tai>::from_parts(midnight_utc + 37 - 12, 0); // 23:59:48 UTC
         let c0 = vmclock::counter::read();
         let page = |leap_state: u8, tai: i16 /* TAI − UTC */| {
             PageBuilder::new()
@@ -815,14 +816,14 @@ impl Lab {
         };
         // The lab publishes this page as a host would: one file, updated in place (seqlock).
         let leap_page = self.a.work.join("leap.page");
-        let file = vmtime_sys::files::create_page(&leap_page, &page(leap::PRE_POS, 36).page_bytes())?;
+        let file = vmtime_sys::files::create_page(&leap_page, &page(leap::PRE_POS, 37).page_bytes())?;
         let mut writer =
             vmclock::Writer::new(vmclock::WritableMapping::new(vmclock::Mapping::map(file.file(), true)?)?);
         let offset = self.offset.context("no counter map")?.ticks;
         self.start_relay(&leap_page, offset)?;
         // The counter values where the page's state changes (a TAI page is continuous): the
-        // inserted second 23:59:60 starts at TAI midnight+36 s (POS, and the TAI offset is already
-        // 37 there, as `vmtime host` publishes it from a kernel in TIME_OOP) and ends at +37 s.
+        // inserted second 23:59:60 starts at TAI midnight+37 s (POS, and the TAI offset is already
+        // 38 there, as `vmtime host` publishes it from a kernel in TIME_OOP) and ends at +38 s.
         let hz = period.hz();
         let counter_at = |t: Timestamp<Tai>| -> Result<u64> {
             let s = t.checked_sub(start).context("span")?.as_nanos_floor() as f64 / 1e9;
@@ -848,7 +849,7 @@ impl Lab {
                 ensure!(Instant::now() < deadline, "midnight did not come");
                 std::hint::spin_loop();
             }
-            writer.publish(&page(state, 37).build());
+            writer.publish(&page(state, 38).build());
         }
         // leapwatch ends 3 s after midnight (guest time).
         let t = Instant::now();
@@ -868,7 +869,7 @@ impl Lab {
             Err(format!("expected one UTC step of −1 s, saw {steps:?}"))
         } else if jump > 10_000_000 {
             Err(format!("CLOCK_TAI jumped by {jump} ns"))
-        } else if v["tai_minus_utc_before"] != 36 || v["tai_minus_utc_after"] != 37 {
+        } else if v["tai_minus_utc_before"] != 37 || v["tai_minus_utc_after"] != 38 {
             Err(format!("TAI offset {} → {}", v["tai_minus_utc_before"], v["tai_minus_utc_after"]))
         } else {
             Ok(())
@@ -878,9 +879,9 @@ impl Lab {
             bail!("{why}; leapwatch {v}; sync log: {log}");
         }
         Ok(format!(
-            "UTC stepped {:+.3} ms (±{}) at 2016-12-31T23:59:60 (inserted by the guest kernel); CLOCK_TAI's \
+            "UTC stepped {:+.3} ms (±{}) at 2026-12-31T23:59:60 (inserted by the guest kernel); CLOCK_TAI's \
              largest jump against MONOTONIC beyond its read brackets over {} 1 ms samples: {} (largest bracket, the \
-             guest descheduled between two reads: {}); TAI − UTC 36 → 37",
+             guest descheduled between two reads: {}); TAI − UTC 37 → 38",
             d as f64 / 1e6,
             us(unc as f64),
             v["samples"],
