@@ -4,7 +4,6 @@
 use crate::files::FileError;
 use rustix::fs::{self as rfs, AtFlags, FileType, FlockOperation, Mode, OFlags, RenameFlags, CWD};
 use std::io::{self, Read, Write};
-use std::os::unix::io::AsRawFd;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
@@ -249,27 +248,8 @@ impl ClockBoundSegment {
             };
             return Err(FileError::WrongKind { path: disp(), found, what: layout.name });
         }
-        // SAFETY: a fresh shared mapping (addr null) of `size` bytes of a regular file opened
-        // for reading and writing that is exactly that long (checked above, under our lock);
-        // checked for MAP_FAILED before use.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                size,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                f.as_raw_fd(),
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(FileError::Io { op: "map", path: disp(), err: io::Error::last_os_error() });
-        }
-        let ptr = NonNull::new(p.cast::<u8>()).ok_or_else(|| FileError::Io {
-            op: "map",
-            path: disp(),
-            err: io::Error::other("mmap returned null"),
-        })?;
+        // Exactly `size` bytes long: checked above, under our lock.
+        let ptr = crate::files::map_shared_rw(&f, size, &disp())?;
         Ok(ClockBoundSegment { ptr, path: path.to_path_buf(), layout, _lock: f })
     }
 

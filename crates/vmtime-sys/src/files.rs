@@ -957,26 +957,7 @@ impl SharedWords {
         if len == 0 {
             return Err(FileError::Io { op: "map", path: disp(), err: io::Error::other("shorter than 8 bytes") });
         }
-        // SAFETY: a fresh shared mapping (addr null) of `len` bytes of a file opened read-write
-        // that is at least that long (its size, rounded down); checked for MAP_FAILED before use.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                f.as_raw_fd(),
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(FileError::Io { op: "map", path: disp(), err: io::Error::last_os_error() });
-        }
-        let ptr = NonNull::new(p.cast::<u8>()).ok_or_else(|| FileError::Io {
-            op: "map",
-            path: disp(),
-            err: io::Error::other("mmap returned null"),
-        })?;
+        let ptr = map_shared_rw(&f, len, &disp())?;
         Ok(SharedWords { ptr, len })
     }
 
@@ -996,4 +977,19 @@ impl Drop for SharedWords {
             libc::munmap(self.ptr.as_ptr().cast(), self.len);
         }
     }
+}
+
+/// A fresh shared read-write mapping of the first `len` bytes of `f`, which the caller has
+/// opened for reading and writing and checked to be at least `len` bytes long.
+pub(crate) fn map_shared_rw(f: &File, len: usize, path: &str) -> std::result::Result<NonNull<u8>, FileError> {
+    let fail = |err| FileError::Io { op: "map", path: path.to_string(), err };
+    // SAFETY: a fresh shared mapping (addr null) of `len` bytes of a file opened read-write that
+    // is at least that long (the caller's check); checked for MAP_FAILED before use.
+    let p = unsafe {
+        libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, f.as_raw_fd(), 0)
+    };
+    if p == libc::MAP_FAILED {
+        return Err(fail(io::Error::last_os_error()));
+    }
+    NonNull::new(p.cast::<u8>()).ok_or_else(|| fail(io::Error::other("mmap returned null")))
 }
