@@ -404,18 +404,37 @@ fn trusted(s: &rfs::Stat, path: &Path, what: &'static str, daemon_makes_it: bool
 // Locks
 
 /// Who holds a lock on the file open as `fd`, from `/proc/locks` ("pid N", or a description).
+///
+/// `/proc/locks` names a file by its superblock's device and inode. `fstat` may report another
+/// device for the same file (btrfs subvolumes, overlayfs), so when no line matches both, a single
+/// FLOCK line for the inode alone is taken.
 pub(crate) fn lock_holder(fd: impl AsFd) -> String {
     let Ok(s) = rfs::fstat(fd) else { return "pid unknown".into() };
-    let want = format!("{:02x}:{:02x}:{}", rfs::major(s.st_dev), rfs::minor(s.st_dev), s.st_ino);
     let locks = std::fs::read_to_string("/proc/locks").unwrap_or_default();
+    holder_in(&locks, rfs::major(s.st_dev), rfs::minor(s.st_dev), s.st_ino)
+}
+
+fn holder_in(locks: &str, major: u32, minor: u32, ino: u64) -> String {
+    let want = format!("{major:02x}:{minor:02x}:{ino}");
+    let ino_suffix = format!(":{ino}");
+    let mut by_ino = Vec::new();
     for line in locks.lines() {
         let w: Vec<&str> = line.split_whitespace().collect();
-        // "1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF"
-        if w.len() >= 6 && w[1] == "FLOCK" && w[5] == want {
+        // "1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF"; a blocked waiter's line starts "1: ->".
+        if w.len() < 6 || w[1] != "FLOCK" {
+            continue;
+        }
+        if w[5] == want {
             return format!("pid {}", w[4]);
         }
+        if w[5].ends_with(&ino_suffix) && w[5].matches(':').count() == 2 && !by_ino.contains(&w[4]) {
+            by_ino.push(w[4]);
+        }
     }
-    "pid unknown".into()
+    match by_ino.as_slice() {
+        [pid] => format!("pid {pid}"),
+        _ => "pid unknown".into(),
+    }
 }
 
 fn lock(fd: impl AsFd, path: &Path) -> Result<()> {
@@ -871,6 +890,21 @@ mod tests {
 
     fn blank() -> Vec<u8> {
         vmclock::PageBuilder::new().page_bytes().to_vec()
+    }
+
+    #[test]
+    fn a_lock_holder_is_found_by_device_and_inode_or_by_a_unique_inode() {
+        let locks = "1: FLOCK  ADVISORY  WRITE 4242 00:2d:5678 0 EOF\n\
+                     1: -> FLOCK  ADVISORY  WRITE 4343 00:2d:5678 0 EOF\n\
+                     2: POSIX  ADVISORY  WRITE 99 08:01:777 0 EOF\n\
+                     3: FLOCK  ADVISORY  WRITE 11 08:01:15678 0 EOF\n";
+        assert_eq!(holder_in(locks, 0, 0x2d, 5678), "pid 4242");
+        // btrfs and overlayfs: fstat reports another device than /proc/locks does.
+        assert_eq!(holder_in(locks, 0, 0x31, 5678), "pid 4242");
+        assert_eq!(holder_in(locks, 8, 1, 777), "pid unknown", "only FLOCK locks are ours");
+        let two = "1: FLOCK  ADVISORY  WRITE 5 00:2d:9 0 EOF\n2: FLOCK  ADVISORY  WRITE 6 00:2e:9 0 EOF\n";
+        assert_eq!(holder_in(two, 0, 0x30, 9), "pid unknown", "an inode alone must be unique");
+        assert_eq!(holder_in(two, 0, 0x2e, 9), "pid 6");
     }
 
     #[test]
