@@ -411,28 +411,123 @@ impl Harness {
     /// From `t0`: the time until a clean echo sees the guest clock within 1 ms of the host
     /// `ahead_ns` from this machine (None: not within 10 s).
     fn to_1ms(&self, mb: &mut echo::Host, t0: Instant, ahead_ns: i128) -> Result<Option<Duration>> {
+        Ok(self.to_1ms_traced(mb, t0, ahead_ns)?.0)
+    }
+
+    /// As [`Harness::to_1ms`], and also when the first echo saw the page bounded (the page the
+    /// relay wrote reached the guest) and how many echoes it took.
+    fn to_1ms_traced(
+        &self,
+        mb: &mut echo::Host,
+        t0: Instant,
+        ahead_ns: i128,
+    ) -> Result<(Option<Duration>, Option<Duration>, usize)> {
+        let mut page_seen = None;
+        let mut n = 0;
         while t0.elapsed() < 10 * SEC {
             let e = mb.ask()?;
+            n += 1;
+            if page_seen.is_none() && e.page.is_some_and(|(_, h)| h < i128::from(u32::MAX)) {
+                page_seen = Some(t0.elapsed());
+            }
             // Within 1 ms whatever the echo's noise floor: |error| + noise < 1 ms.
             if (e.clock_error() - ahead_ns).abs() + e.clock_noise() < 1_000_000 {
-                return Ok(Some(t0.elapsed()));
+                return Ok((Some(t0.elapsed()), page_seen, n));
             }
             std::thread::sleep(Duration::from_millis(1)); // a sampling interval
         }
-        Ok(None)
+        Ok((None, page_seen, n))
     }
+
+    /// After `cont` at `t_resume`: the map measured and told to the relay (`verb` OFFSET), then
+    /// the time until the guest's clock is within 1 ms; each phase timed.
+    fn after_resume(
+        &self,
+        side: usize,
+        mb: &mut echo::Host,
+        t_resume: Instant,
+        verb: &str,
+        ahead_ns: i128,
+    ) -> Result<(echo::Offset, Phases)> {
+        mb.ask()?;
+        let t_first = t_resume.elapsed();
+        let o = self.quick_offset(mb)?;
+        let t_map = t_resume.elapsed();
+        self.sides[side].tell(&format!("{verb} {}", o.ticks as i64))?;
+        let t_told = t_resume.elapsed();
+        let (within, page, echoes) = self.to_1ms_traced(mb, t_resume, ahead_ns)?;
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        Ok((
+            o,
+            Phases {
+                first_echo_ms: ms(t_first),
+                map_ms: ms(t_map),
+                told_ms: ms(t_told),
+                page_ms: page.map(ms),
+                within_ms: within.map(ms),
+                map_half_us: o.half as f64 / self.hz * 1e6,
+                echoes,
+            },
+        ))
+    }
+}
+
+/// The phases of one resume, ms from `cont`'s answer: the guest's first echo, the counter map
+/// measured (the lab's part: under KVM the relay knows it before `cont`), the relay told (the
+/// page current), the first echo that saw a bounded page, |guest − host| < 1 ms.
+#[derive(Clone, Copy, Debug)]
+pub struct Phases {
+    pub first_echo_ms: f64,
+    pub map_ms: f64,
+    pub told_ms: f64,
+    pub page_ms: Option<f64>,
+    pub within_ms: Option<f64>,
+    pub map_half_us: f64,
+    pub echoes: usize,
 }
 
 /// The figures of one check (migration or restore).
 pub struct Figures {
     pub events: usize,
     pub resume_ms: Vec<f64>,
+    pub phases: Vec<Phases>,
     pub before_resume_ok: usize,
     pub tally: Tally,
     pub notes: Vec<String>,
 }
 
 impl Figures {
+    fn resumed(&mut self, ph: Phases) {
+        if let Some(ms) = ph.within_ms {
+            self.resume_ms.push(ms);
+        }
+        self.phases.push(ph);
+    }
+
+    /// p50/p99/max of each phase of the resumes.
+    fn phases_json(&self) -> serde_json::Value {
+        let q = |v: Vec<f64>| {
+            if v.is_empty() {
+                return serde_json::Value::Null;
+            }
+            let (a, b, c) = quantiles(v);
+            serde_json::json!({"p50": (a * 10.0).round() / 10.0, "p99": (b * 10.0).round() / 10.0, "max": (c * 10.0).round() / 10.0})
+        };
+        let p = &self.phases;
+        serde_json::json!({
+            "first_echo_ms": q(p.iter().map(|x| x.first_echo_ms).collect()),
+            "map_measured_ms": q(p.iter().map(|x| x.map_ms).collect()),
+            "relay_told_ms": q(p.iter().map(|x| x.told_ms).collect()),
+            "page_seen_ms": q(p.iter().filter_map(|x| x.page_ms).collect()),
+            "within_1ms_ms": q(p.iter().filter_map(|x| x.within_ms).collect()),
+            "told_to_within_1ms_ms": q(p.iter().filter_map(|x| x.within_ms.map(|w| w - x.told_ms)).collect()),
+            "map_half_us": q(p.iter().map(|x| x.map_half_us).collect()),
+            "echoes": q(p.iter().map(|x| x.echoes as f64).collect()),
+            "each": p.iter().map(|x| format!("{:.1}/{:.1}/{:.1}/{}/{}", x.first_echo_ms, x.map_ms, x.told_ms,
+                x.page_ms.map_or("-".into(), |v| format!("{v:.1}")), x.within_ms.map_or("-".into(), |v| format!("{v:.1}")))).collect::<Vec<_>>(),
+        })
+    }
+
     pub fn json(&self, check: &str, pass: bool, line: &str) -> serde_json::Value {
         let (p50, p99, max) =
             if self.resume_ms.is_empty() { (f64::NAN, f64::NAN, f64::NAN) } else { quantiles(self.resume_ms.clone()) };
@@ -458,6 +553,7 @@ impl Figures {
             "read_gap_us_p99": num(gp99),
             "markers_seen_by_the_guest": self.tally.markers_seen,
             "resume_to_1ms_ms_aim": RESUME_AIM_MS,
+            "resume_phases": self.phases_json(),
             "resume_to_1ms_aim_met": p99 <= RESUME_AIM_MS,
             "clockbound_disruptions_seen": self.tally.cb_events,
             "clockbound_went_unknown_or_disrupted_then_good": self.tally.cb_disrupted,
@@ -617,7 +713,7 @@ fn migrate_all(
     mb_out: &mut Option<echo::Host>,
 ) -> Result<Figures> {
     let mut f =
-        Figures { events: 0, resume_ms: Vec::new(), before_resume_ok: 0, tally: Tally::default(), notes: Vec::new() };
+        Figures { events: 0, resume_ms: Vec::new(), phases: Vec::new(), before_resume_ok: 0, tally: Tally::default(), notes: Vec::new() };
     // Boot on side A.
     let cfg = qemu_cfg(h, &h.sides[0], None);
     let t0 = Instant::now();
@@ -705,13 +801,9 @@ fn migrate_all(
         drop(std::mem::replace(&mut vm, dvm)); // the source QEMU quits
         h.log.moved_to(&h.sides[dst].log);
         mb = echo::Host::attach(&h.sides[dst].mailbox, h.hz)?;
-        let o = h.quick_offset(&mut mb)?;
-        h.sides[dst].tell(&format!("migrated {}", o.ticks as i64))?;
+        let (o, ph) = h.after_resume(dst, &mut mb, t_resume, "migrated", h.sides[dst].ahead_ns)?;
         seg = Segment { offset: o, ahead_ns: h.sides[dst].ahead_ns };
-        let took = h.to_1ms(&mut mb, t_resume, seg.ahead_ns)?;
-        if let Some(d) = took {
-            f.resume_ms.push(d.as_secs_f64() * 1e3);
-        }
+        f.resumed(ph);
         f.events += 1;
         if k == 0 {
             f.notes.push(format!(
@@ -741,7 +833,7 @@ fn restore_all(
     mig: &mut Figures,
 ) -> Result<Figures> {
     let mut f =
-        Figures { events: 0, resume_ms: Vec::new(), before_resume_ok: 0, tally: Tally::default(), notes: Vec::new() };
+        Figures { events: 0, resume_ms: Vec::new(), phases: Vec::new(), before_resume_ok: 0, tally: Tally::default(), notes: Vec::new() };
     let side = &h.sides[at];
     // The snapshot: taken once; every restore goes back to it.
     vm.qmp("stop", serde_json::json!({}))?;
@@ -789,12 +881,9 @@ fn restore_all(
         vm.qmp("cont", serde_json::json!({}))?;
         let t_resume = Instant::now();
         *mb = echo::Host::attach(&side.mailbox, h.hz)?;
-        let o = h.quick_offset(mb)?;
-        side.tell(&format!("restored {}", o.ticks as i64))?;
+        let (o, ph) = h.after_resume(at, mb, t_resume, "restored", seg.ahead_ns)?;
         seg.offset = o;
-        if let Some(d) = h.to_1ms(mb, t_resume, seg.ahead_ns)? {
-            f.resume_ms.push(d.as_secs_f64() * 1e3);
-        }
+        f.resumed(ph);
         f.events += 1;
         std::thread::sleep(Duration::from_millis(1500)); // reads after the restore
     }
