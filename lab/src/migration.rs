@@ -185,6 +185,30 @@ impl Side {
 struct Segment {
     offset: echo::Offset,
     ahead_ns: i128,
+    /// The resume that began it: this machine's CLOCK_REALTIME when `cont` was sent and when
+    /// the relay answered the new map (the page current), ns.
+    resume: Option<(i128, i128)>,
+}
+
+/// One resume as the guest's own reads saw it (ms from `cont`): its first read (the guest runs
+/// again), its first bounded read (the page current in the guest), its first read whose
+/// CLOCK_REALTIME was within 1 ms of the host (noise floor included); and ClockBound's statuses.
+#[derive(Clone, Debug, Default)]
+pub struct GuestResume {
+    pub run_ms: Option<f64>,
+    pub told_ms: f64,
+    pub page_ms: Option<f64>,
+    pub within_ms: Option<f64>,
+    /// ClockBound's clock_status over the segment, repeats dropped (0 Unknown, 1 Synchronized,
+    /// 2 FreeRunning, 3 Disrupted).
+    pub cb: Vec<i64>,
+}
+
+impl GuestResume {
+    /// ClockBound said Unknown or Disrupted, then Synchronized or FreeRunning.
+    pub fn cb_ok(&self) -> bool {
+        self.cb.iter().position(|&c| c == 0 || c == 3).is_some_and(|i| self.cb[i..].iter().any(|&c| c == 1 || c == 2))
+    }
 }
 
 /// The counts over all judged reads.
@@ -197,49 +221,38 @@ pub struct Tally {
     pub first_violation: Option<String>,
     pub markers_seen: u64,
     pub max_gap_us: f64,
-    /// Disruptions (a new marker after a bounded read) after which ClockBound's segment said
-    /// Unknown or Disrupted before it said Synchronized/FreeRunning again, and those seen.
-    pub cb_disrupted: u64,
-    pub cb_events: u64,
     /// chrony samples the feed sent while the page gave no bound (it must stay silent).
     pub chrony_while_not_current: u64,
     pub chrony_samples: u64,
     /// The last read judged (harvests follow one another).
     last: Option<Read>,
-    /// After a marker change: whether ClockBound has said Unknown/Disrupted yet.
-    cb_watch: Option<bool>,
     /// Gaps between consecutive reads, µs.
     gaps: Vec<f64>,
+    /// Each resume, from the guest's reads.
+    pub resumes: Vec<GuestResume>,
 }
 
 impl Tally {
+    /// Resumes after which ClockBound's segment said Unknown or Disrupted and then
+    /// Synchronized/FreeRunning again (within the segment's reads), and resumes.
+    pub fn cb(&self) -> (usize, usize) {
+        (self.resumes.iter().filter(|g| g.cb_ok()).count(), self.resumes.len())
+    }
+
     fn judge(&mut self, rs: &[Read], seg: Segment, pairs: &Pairs, hz: f64) {
+        if let Some((cont, told)) = seg.resume {
+            self.resumes.push(resume_of(rs, seg, cont, told, pairs, hz));
+        }
         let mut last_marker = self.last.map(|r| r.marker);
         let mut last_counter: Option<u64> = self.last.map(|r| r.counter);
         let mut last_chrony: Option<(u64, bool)> = self.last.map(|r| (r.chrony, r.bounded()));
-        // After a marker change: waiting to see ClockBound say Unknown/Disrupted, then good.
-        let mut cb_watch = self.cb_watch;
         if let Some(l) = rs.last() {
             self.last = Some(*l);
         }
         for r in rs {
-            // One disruption may change the marker twice (the overwrite, then `restored`): one
-            // event, from the first change until ClockBound is good again.
-            if last_marker.is_some_and(|m| m != r.marker) && r.cb_status >= 0 && cb_watch.is_none() {
-                self.cb_events += 1;
-                cb_watch = Some(false);
-            }
             if last_marker != Some(r.marker) {
                 self.markers_seen += 1;
                 last_marker = Some(r.marker);
-            }
-            match (cb_watch, r.cb_status) {
-                (Some(false), 0 | 3) => cb_watch = Some(true),
-                (Some(true), 1 | 2) => {
-                    self.cb_disrupted += 1;
-                    cb_watch = None;
-                }
-                _ => {}
             }
             if let Some((c, bounded)) = last_chrony {
                 // A sample arrived between two reads that both found the page without a bound.
@@ -249,7 +262,6 @@ impl Tally {
                 self.chrony_samples += r.chrony.saturating_sub(c);
             }
             last_chrony = Some((r.chrony, r.bounded()));
-            self.cb_watch = cb_watch;
             if let Some(c) = last_counter {
                 let gap = r.counter.wrapping_sub(c) as f64 / hz * 1e6;
                 if gap < 1e6 {
@@ -286,6 +298,27 @@ impl Tally {
             }
         }
     }
+}
+
+/// What the reads of the segment that began at a resume say about it.
+fn resume_of(rs: &[Read], seg: Segment, cont: i128, told: i128, pairs: &Pairs, hz: f64) -> GuestResume {
+    let ms = |t: i128| (t - cont) as f64 / 1e6;
+    let at = |r: &Read| pairs.at(r.counter.wrapping_sub(seg.offset.ticks), hz);
+    let mut g = GuestResume { told_ms: ms(told), ..Default::default() };
+    g.run_ms = rs.iter().find_map(|r| at(r)).map(|(t, _)| ms(t));
+    g.page_ms = rs.iter().filter(|r| r.bounded()).find_map(|r| at(r)).map(|(t, _)| ms(t));
+    g.within_ms = rs.iter().find_map(|r| {
+        let (truth, half) = at(r)?;
+        let noise = half + (seg.offset.half as f64 / hz * 1e9).ceil() as i128 + 1_000;
+        let err = i128::from(r.realtime_ns) - (truth + seg.ahead_ns);
+        (err.abs() + noise < 1_000_000).then(|| ms(truth))
+    });
+    for r in rs {
+        if g.cb.last() != Some(&r.cb_status) {
+            g.cb.push(r.cb_status);
+        }
+    }
+    g
 }
 
 struct Harness {
@@ -400,6 +433,22 @@ impl Harness {
         })
     }
 
+    /// Waits (at most `limit`) until the guest's last read finds ClockBound's segment
+    /// Synchronized or FreeRunning again: the next disruption then starts from a good segment.
+    /// Whether it did.
+    fn cb_settled(&self, limit: Duration) -> Result<bool> {
+        let t = Instant::now();
+        loop {
+            if self.log.peek_last()?.is_some_and(|r| matches!(r.cb_status, 1 | 2)) {
+                return Ok(true);
+            }
+            if t.elapsed() > limit {
+                return Ok(false);
+            }
+            std::thread::sleep(Duration::from_millis(10)); // polls a file, bounded
+        }
+    }
+
     /// Measures the guest's counter map quickly after a resume: the tightest of at least 32
     /// round trips, more (within 100 ms) until one is no wider than 20 µs. Its uncertainty (half
     /// the tightest round trip) is the lab's, not vmtime's (under KVM the map is read exactly):
@@ -455,6 +504,7 @@ impl Harness {
         let t_map = t_resume.elapsed();
         self.sides[side].tell(&format!("{verb} {}", o.ticks as i64))?;
         let t_told = t_resume.elapsed();
+        let told_real = host_realtime()?;
         let (within, page, echoes) = self.to_1ms_traced(mb, t_resume, ahead_ns)?;
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         Ok((
@@ -467,6 +517,7 @@ impl Harness {
                 within_ms: within.map(ms),
                 map_half_us: o.half as f64 / self.hz * 1e6,
                 echoes,
+                told_real,
             },
         ))
     }
@@ -484,6 +535,12 @@ pub struct Phases {
     pub within_ms: Option<f64>,
     pub map_half_us: f64,
     pub echoes: usize,
+    /// This machine's CLOCK_REALTIME when the relay answered, ns.
+    pub told_real: i128,
+}
+
+fn host_realtime() -> Result<i128> {
+    Ok(i128::from(vmtime_sys::clock::gettime(vmtime_sys::clock::ClockId::Realtime)?))
 }
 
 /// The figures of one check (migration or restore).
@@ -502,6 +559,29 @@ impl Figures {
             self.resume_ms.push(ms);
         }
         self.phases.push(ph);
+    }
+
+    /// The resumes as the guest's reads saw them: p50/p99/max of each phase, ms from `cont`.
+    fn guest_json(&self) -> serde_json::Value {
+        let q = |v: Vec<f64>| {
+            if v.is_empty() {
+                return serde_json::Value::Null;
+            }
+            let (a, b, c) = quantiles(v);
+            serde_json::json!({"p50": (a * 10.0).round() / 10.0, "p99": (b * 10.0).round() / 10.0, "max": (c * 10.0).round() / 10.0})
+        };
+        let g = &self.tally.resumes;
+        serde_json::json!({
+            "running_ms": q(g.iter().filter_map(|x| x.run_ms).collect()),
+            "relay_told_ms": q(g.iter().map(|x| x.told_ms).collect()),
+            "page_bounded_ms": q(g.iter().filter_map(|x| x.page_ms).collect()),
+            "within_1ms_ms": q(g.iter().filter_map(|x| x.within_ms).collect()),
+            "page_to_within_1ms_ms": q(g.iter().filter_map(|x| Some(x.within_ms? - x.page_ms?)).collect()),
+            "each": g.iter().map(|x| {
+                let o = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.1}"));
+                format!("{}/{:.1}/{}/{} cb {:?}", o(x.run_ms), x.told_ms, o(x.page_ms), o(x.within_ms), x.cb)
+            }).collect::<Vec<_>>(),
+        })
     }
 
     /// p50/p99/max of each phase of the resumes.
@@ -554,9 +634,10 @@ impl Figures {
             "markers_seen_by_the_guest": self.tally.markers_seen,
             "resume_to_1ms_ms_aim": RESUME_AIM_MS,
             "resume_phases": self.phases_json(),
+            "guest_resume": self.guest_json(),
             "resume_to_1ms_aim_met": p99 <= RESUME_AIM_MS,
-            "clockbound_disruptions_seen": self.tally.cb_events,
-            "clockbound_went_unknown_or_disrupted_then_good": self.tally.cb_disrupted,
+            "clockbound_disruptions_seen": self.tally.cb().1,
+            "clockbound_went_unknown_or_disrupted_then_good": self.tally.cb().0,
             "chrony_samples": self.tally.chrony_samples,
             "chrony_samples_while_page_not_current": self.tally.chrony_while_not_current,
             "load_average": loadavg(),
@@ -565,6 +646,7 @@ impl Figures {
     }
 
     fn verdict(&self, min_events: usize, min_reads: u64) -> (bool, String) {
+        let cb = self.tally.cb();
         let (p50, p99, _) =
             if self.resume_ms.is_empty() { (f64::NAN, f64::NAN, 0.0) } else { quantiles(self.resume_ms.clone()) };
         let (gp50, gp99, _) =
@@ -589,10 +671,10 @@ impl Figures {
                 self.tally.chrony_while_not_current
             ));
         }
-        if self.tally.cb_disrupted < self.tally.cb_events {
+        if cb.0 < cb.1 {
             why.push(format!(
                 "ClockBound's segment went Unknown/Disrupted and back after {} of {} disruptions",
-                self.tally.cb_disrupted, self.tally.cb_events
+                cb.0, cb.1
             ));
         }
         if self.before_resume_ok < self.events {
@@ -621,8 +703,8 @@ impl Figures {
             self.before_resume_ok,
             self.events,
             self.tally.max_gap_us,
-            self.tally.cb_disrupted,
-            self.tally.cb_events,
+            cb.0,
+            cb.1,
             self.tally.chrony_samples,
             self.tally.chrony_while_not_current,
             self.notes.join("; ")
@@ -747,7 +829,7 @@ fn migrate_all(
         5 * SEC,
     )?;
     vm.sh_ok("sleep 0.2; vmtime feed chrony --source /dev/vmclock0 --socket /tmp/chrony.sock --interval-ms 100 </dev/null >/tmp/chrony-feed.log 2>&1 &", 5 * SEC)?;
-    let mut seg = Segment { offset: o, ahead_ns: 0 };
+    let mut seg = Segment { offset: o, ahead_ns: 0, resume: None };
     let mut at = 0usize; // the side the guest is on
     std::thread::sleep(3 * SEC); // the first segment's reads
     for k in 0..n {
@@ -795,6 +877,7 @@ fn migrate_all(
             f.notes.push(format!("migration {k}: the destination page was not rewritten within 2 s of completion"));
         }
         let ov = h.sides[dst].tell("status")?;
+        let cont_real = host_realtime()?;
         dvm.qmp("cont", serde_json::json!({}))?;
         let t_resume = Instant::now();
         dvm.continue_seq(&vm);
@@ -802,7 +885,7 @@ fn migrate_all(
         h.log.moved_to(&h.sides[dst].log);
         mb = echo::Host::attach(&h.sides[dst].mailbox, h.hz)?;
         let (o, ph) = h.after_resume(dst, &mut mb, t_resume, "migrated", h.sides[dst].ahead_ns)?;
-        seg = Segment { offset: o, ahead_ns: h.sides[dst].ahead_ns };
+        seg = Segment { offset: o, ahead_ns: h.sides[dst].ahead_ns, resume: Some((cont_real, ph.told_real)) };
         f.resumed(ph);
         f.events += 1;
         if k == 0 {
@@ -814,6 +897,9 @@ fn migrate_all(
         }
         at = dst;
         std::thread::sleep(2 * SEC); // reads on the new host
+        if !h.cb_settled(5 * SEC)? {
+            f.notes.push(format!("migration {k}: ClockBound's segment not good again 7 s after the resume"));
+        }
     }
     // The last segment's reads are harvested (and judged for this check) at the restore
     // check's first stop.
@@ -851,6 +937,7 @@ fn restore_all(
     let o = h.quick_offset(mb)?;
     side.tell(&format!("migrated {}", o.ticks as i64))?;
     seg.offset = o;
+    seg.resume = None;
     std::thread::sleep(SEC);
     for k in 0..n {
         vm.qmp("stop", serde_json::json!({}))?;
@@ -878,14 +965,19 @@ fn restore_all(
         } else if k < 3 {
             f.notes.push(format!("restore {k}: the page was not rewritten within 2 s of loadvm"));
         }
+        let cont_real = host_realtime()?;
         vm.qmp("cont", serde_json::json!({}))?;
         let t_resume = Instant::now();
         *mb = echo::Host::attach(&side.mailbox, h.hz)?;
         let (o, ph) = h.after_resume(at, mb, t_resume, "restored", seg.ahead_ns)?;
         seg.offset = o;
+        seg.resume = Some((cont_real, ph.told_real));
         f.resumed(ph);
         f.events += 1;
         std::thread::sleep(Duration::from_millis(1500)); // reads after the restore
+        if !h.cb_settled(5 * SEC)? {
+            f.notes.push(format!("restore {k}: ClockBound's segment not good again 6.5 s after the resume"));
+        }
     }
     vm.qmp("stop", serde_json::json!({}))?;
     let rs = h.log.harvest()?;
