@@ -193,6 +193,7 @@ fn run_setup(
                     .iter()
                     .map(|b| serde_json::json!({
                         "to_1ms_s": r3(b.to_1ms_s),
+                        "exec_s": r3(b.exec_s),
                         "once_s": r3(b.once_s),
                         "once_rc": b.once_rc,
                         "waitsync_s": r3(b.waitsync_s),
