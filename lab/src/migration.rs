@@ -40,13 +40,18 @@ const MAILBOX_SLOT: u8 = 5;
 const LOG_SLOT: u8 = 6;
 const GUEST_MAILBOX: &str = "/sys/bus/pci/devices/0000:00:05.0/resource2";
 const GUEST_LOG: &str = "/sys/bus/pci/devices/0000:00:06.0/resource2";
-/// How long after a resume the guest's clock may take to be within 1 ms of its host, for the
-/// check to pass (the issue's aim is 50 ms p99; both cores busy, TCG, and the counter map
-/// measured by the lab after the resume: generous, and stated).
+/// How long after a resume (QMP `cont`) the guest's clock may take to be within 1 ms of its host,
+/// for the check to pass. Under TCG this is mostly not vmtime's time: QEMU resuming the guest,
+/// and the lab measuring the counter map after the resume (TCG freezes the guest's counter while
+/// stopped; under KVM the host knows the new map before `cont`). See [`CURRENT_LIMIT_MS`].
 pub const RESUME_LIMIT_MS: f64 = 2000.0;
-/// The issue's aim for the same figure (reported, not judged: it needs the guest's sync to look
-/// at the page's marker at a short cadence).
+/// The issue's aim for the same figure (reported as `resume_to_1ms_aim_met`).
 pub const RESUME_AIM_MS: f64 = 50.0;
+/// The limit judged for vmtime's own part, p99: from the guest's first read that finds the page
+/// current (bounded, the new map: what a KVM guest finds at the resume itself) to its first read
+/// whose CLOCK_REALTIME is within 1 ms of the host (both in the guest's read log, 250 µs apart):
+/// `vmtime sync`'s marker check, its observation and its step.
+pub const CURRENT_LIMIT_MS: f64 = 50.0;
 
 /// (this machine's TSC, CLOCK_REALTIME) pairs, every 2 ms, for the truth at any past counter.
 struct Pairs {
@@ -209,6 +214,26 @@ impl GuestResume {
     pub fn cb_ok(&self) -> bool {
         self.cb.iter().position(|&c| c == 0 || c == 3).is_some_and(|i| self.cb[i..].iter().any(|&c| c == 1 || c == 2))
     }
+
+    /// The guest's first read after the resume came only after the page was current on this
+    /// machine (its sleeping tasks ran late: seen under TCG after `loadvm`, 0.1–1.4 s).
+    pub fn first_read_late(&self) -> bool {
+        self.run_ms.is_none_or(|r| r > self.told_ms)
+    }
+
+    /// ClockBound's transition could not be seen: every read found the segment good, and the
+    /// first came after the page was current (the feed may have gone Disrupted and back before).
+    pub fn cb_unseen(&self) -> bool {
+        self.first_read_late() && self.cb.iter().all(|&c| c == 1 || c == 2)
+    }
+
+    /// Page current in the guest → its clock within 1 ms, ms; None when not measurable: the
+    /// guest's first read already found its clock within 1 ms (`vmtime sync` stepped before the
+    /// reader ran again), or either instant is missing.
+    pub fn current_to_1ms(&self) -> Option<f64> {
+        let (p, w) = (self.page_ms?, self.within_ms?);
+        (w > self.run_ms?).then_some(w - p)
+    }
 }
 
 /// The counts over all judged reads.
@@ -235,8 +260,15 @@ pub struct Tally {
 impl Tally {
     /// Resumes after which ClockBound's segment said Unknown or Disrupted and then
     /// Synchronized/FreeRunning again (within the segment's reads), and resumes.
+    /// Resumes whose transition could not be seen ([`GuestResume::cb_unseen`]) are left out of
+    /// both counts (see [`Tally::cb_unseen`]).
     pub fn cb(&self) -> (usize, usize) {
-        (self.resumes.iter().filter(|g| g.cb_ok()).count(), self.resumes.len())
+        let judged = self.resumes.iter().filter(|g| !g.cb_unseen());
+        (judged.clone().filter(|g| g.cb_ok()).count(), judged.count())
+    }
+
+    pub fn cb_unseen(&self) -> usize {
+        self.resumes.iter().filter(|g| g.cb_unseen()).count()
     }
 
     fn judge(&mut self, rs: &[Read], seg: Segment, pairs: &Pairs, hz: f64) {
@@ -554,6 +586,21 @@ pub struct Figures {
 }
 
 impl Figures {
+    /// From the page current in the guest to its clock within 1 ms, ms, for each resume whose
+    /// reads show both; (p50, p99, max) and how many.
+    fn current(&self) -> ((f64, f64, f64), usize) {
+        let v: Vec<f64> = self.tally.resumes.iter().filter_map(GuestResume::current_to_1ms).collect();
+        let n = v.len();
+        (if v.is_empty() { (f64::NAN, f64::NAN, f64::NAN) } else { quantiles(v) }, n)
+    }
+
+    /// Resumes after which the guest's first read came after the page was current on this
+    /// machine (the guest's sleeping tasks ran late: TCG after a `loadvm`): the guest then finds
+    /// the page current at its first read, as after a KVM resume.
+    fn stalled(&self) -> usize {
+        self.tally.resumes.iter().filter(|x| x.first_read_late()).count()
+    }
+
     fn resumed(&mut self, ph: Phases) {
         if let Some(ms) = ph.within_ms {
             self.resume_ms.push(ms);
@@ -609,6 +656,7 @@ impl Figures {
     }
 
     pub fn json(&self, check: &str, pass: bool, line: &str) -> serde_json::Value {
+        let (cq, _) = self.current();
         let (p50, p99, max) =
             if self.resume_ms.is_empty() { (f64::NAN, f64::NAN, f64::NAN) } else { quantiles(self.resume_ms.clone()) };
         let (gp50, gp99, _) =
@@ -636,8 +684,15 @@ impl Figures {
             "resume_phases": self.phases_json(),
             "guest_resume": self.guest_json(),
             "resume_to_1ms_aim_met": p99 <= RESUME_AIM_MS,
+            "current_to_1ms_ms_p50": num(cq.0),
+            "current_to_1ms_ms_p99": num(cq.1),
+            "current_to_1ms_ms_max": num(cq.2),
+            "current_to_1ms_ms_limit": CURRENT_LIMIT_MS,
+            "guest_stalled_resumes": self.stalled(),
             "clockbound_disruptions_seen": self.tally.cb().1,
             "clockbound_went_unknown_or_disrupted_then_good": self.tally.cb().0,
+            "clockbound_transition_not_seen": self.tally.cb_unseen(),
+            "current_to_1ms_measurable": self.current().1,
             "chrony_samples": self.tally.chrony_samples,
             "chrony_samples_while_page_not_current": self.tally.chrony_while_not_current,
             "load_average": loadavg(),
@@ -683,6 +738,16 @@ impl Figures {
                 self.before_resume_ok, self.events
             ));
         }
+        let ((c50, c99, cmax), cn) = self.current();
+        // Not measurable where the guest's reader ran only after sync had stepped; judged on the
+        // rest, and at least one must be measurable.
+        if cn == 0 || c99 > CURRENT_LIMIT_MS {
+            why.push(format!(
+                "page current in the guest → within 1 ms p99 {c99:.1} ms (limit {CURRENT_LIMIT_MS} ms; {cn} of {} resumes \
+                 measurable)",
+                self.events
+            ));
+        }
         if self.resume_ms.len() < self.events || p99.is_nan() || p99 > RESUME_LIMIT_MS {
             why.push(format!(
                 "resume → within 1 ms p99 {p99:.0} ms (limit {RESUME_LIMIT_MS} ms; {} of {} reached it)",
@@ -692,8 +757,11 @@ impl Figures {
         }
         let line = format!(
             "{} events; {} bounded reads judged (+{} without bounds, {} outside the recorded host pairs), {} violations; \
-             page rewritten before resume {}/{}; resume → |guest − host| < 1 ms p50 {p50:.0} ms p99 {p99:.0} ms; gap \
-             between reads p50 {gp50:.0} µs p99 {gp99:.0} µs max {:.0} µs; ClockBound Unknown/Disrupted then good after {}/{} disruptions; chrony feed: {} \
+             page rewritten before resume {}/{}; resume → |guest − host| < 1 ms p50 {p50:.0} ms p99 {p99:.0} ms \
+             (limit {RESUME_LIMIT_MS:.0} ms); page current in the guest → within 1 ms p50 {c50:.1} ms p99 {c99:.1} ms max \
+             {cmax:.1} ms (limit {CURRENT_LIMIT_MS:.0} ms; {cn} resumes measurable; {} where the guest's reader first ran \
+             after the page was current); gap \
+             between reads p50 {gp50:.0} µs p99 {gp99:.0} µs max {:.0} µs; ClockBound Unknown/Disrupted then good after {}/{} disruptions ({} more not seen: the reader ran only once it was good again); chrony feed: {} \
              samples, {} while the page had no bound; {}",
             self.events,
             self.tally.reads,
@@ -702,9 +770,11 @@ impl Figures {
             self.tally.violations,
             self.before_resume_ok,
             self.events,
+            self.stalled(),
             self.tally.max_gap_us,
             cb.0,
             cb.1,
+            self.tally.cb_unseen(),
             self.tally.chrony_samples,
             self.tally.chrony_while_not_current,
             self.notes.join("; ")
@@ -794,8 +864,14 @@ fn migrate_all(
     vm_out: &mut Option<(Vm, Segment, usize)>,
     mb_out: &mut Option<echo::Host>,
 ) -> Result<Figures> {
-    let mut f =
-        Figures { events: 0, resume_ms: Vec::new(), phases: Vec::new(), before_resume_ok: 0, tally: Tally::default(), notes: Vec::new() };
+    let mut f = Figures {
+        events: 0,
+        resume_ms: Vec::new(),
+        phases: Vec::new(),
+        before_resume_ok: 0,
+        tally: Tally::default(),
+        notes: Vec::new(),
+    };
     // Boot on side A.
     let cfg = qemu_cfg(h, &h.sides[0], None);
     let t0 = Instant::now();
@@ -918,8 +994,14 @@ fn restore_all(
     mb: &mut echo::Host,
     mig: &mut Figures,
 ) -> Result<Figures> {
-    let mut f =
-        Figures { events: 0, resume_ms: Vec::new(), phases: Vec::new(), before_resume_ok: 0, tally: Tally::default(), notes: Vec::new() };
+    let mut f = Figures {
+        events: 0,
+        resume_ms: Vec::new(),
+        phases: Vec::new(),
+        before_resume_ok: 0,
+        tally: Tally::default(),
+        notes: Vec::new(),
+    };
     let side = &h.sides[at];
     // The snapshot: taken once; every restore goes back to it.
     vm.qmp("stop", serde_json::json!({}))?;

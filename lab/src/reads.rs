@@ -154,9 +154,10 @@ fn get64(m: &vmtime_sys::files::SharedWords, byte: usize) -> u64 {
 }
 
 fn write_record(m: &vmtime_sys::files::SharedWords, at: usize, r: &Read) {
-    for (i, v) in [r.counter, r.time_ns as u64, r.half_ns, r.marker, r.status, r.cb_status as u64, r.chrony, r.realtime_ns as u64]
-        .into_iter()
-        .enumerate()
+    for (i, v) in
+        [r.counter, r.time_ns as u64, r.half_ns, r.marker, r.status, r.cb_status as u64, r.chrony, r.realtime_ns as u64]
+            .into_iter()
+            .enumerate()
     {
         put64(m, at + 8 * i, v);
     }
