@@ -4,10 +4,10 @@
 //! service side (systemd, metrics, SIGHUP) is crate::daemons::feed_service; their settings are the
 //! configuration's `[feed.chrony]` and `[feed.clockbound]` (crate::ops::config), flags over file.
 
-use crate::ops::config::{DisruptionSupport, FeedChronySettings, FeedClockBoundSettings, Layout, LogLevel};
+use crate::ops::config::{DaemonArgs, DisruptionSupport, FeedChronySettings, FeedClockBoundSettings, Layout, LogLevel};
 use crate::ops::figures::{cb_status_name, FeedChronyMetrics, FeedClockBoundMetrics};
 use crate::ops::runtime::{Daemon, Flow, Pace, Runtime, Turn};
-use crate::values::{Burst, DriftPpb, DurationS, FeedIntervalMs, LifeMs};
+use crate::values::{Burst, DriftPpb, FeedIntervalMs, LifeMs};
 use anyhow::Result;
 use clap::{Args as ClapArgs, Subcommand};
 use serde::Serialize;
@@ -34,8 +34,8 @@ impl Args {
     /// The global `--log-level`, over the configuration's `log_level`.
     pub fn set_log_level(&mut self, level: Option<LogLevel>) {
         match &mut self.target {
-            Target::Chrony(a) => a.common.log_level = level,
-            Target::Clockbound(a) => a.common.log_level = level,
+            Target::Chrony(a) => a.common.daemon.log_level = level,
+            Target::Clockbound(a) => a.common.daemon.log_level = level,
         }
     }
 }
@@ -48,13 +48,9 @@ enum Target {
     Clockbound(ClockBoundArgs),
 }
 
-/// The flags both feeds take: each one but --config is also a key of the feed's section.
+/// The flags both feeds take: each one is also a key of the feed's section.
 #[derive(ClapArgs, Debug, Serialize)]
 struct Common {
-    /// The configuration file (default: /etc/vmtime/vmtime.toml, if it exists).
-    #[arg(long)]
-    #[serde(skip)]
-    config: Option<PathBuf>,
     /// The page: a vmclock device or page file.
     #[arg(long)]
     source: Option<PathBuf>,
@@ -64,19 +60,13 @@ struct Common {
     /// (CLOCK_REALTIME, counter, CLOCK_REALTIME) samples per measurement.
     #[arg(long)]
     burst: Option<Burst>,
-    /// Exit after this many seconds.
-    #[arg(long)]
-    duration_s: Option<DurationS>,
-    /// The global `--log-level` (main sets it; a key of the configuration too).
-    #[arg(skip)]
-    pub log_level: Option<LogLevel>,
-    /// Serve Prometheus metrics on this loopback address (default: [metrics] listen; off).
-    #[arg(long)]
-    metrics_listen: Option<SocketAddr>,
     /// The feed's control socket, for `vmtime status` (default: feed-chrony.sock in the runtime
     /// directory; feed-clockbound.sock in the segments' directory).
     #[arg(long)]
     control_socket: Option<PathBuf>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub daemon: DaemonArgs,
 }
 
 #[derive(ClapArgs, Debug, Serialize)]
@@ -93,7 +83,7 @@ struct ChronyArgs {
 impl ChronyArgs {
     /// The settings: these flags over `[feed.chrony]` over the defaults (again on SIGHUP).
     fn settings(&self) -> Result<FeedChronySettings> {
-        crate::ops::config::feed_chrony(self.common.config.as_deref(), self)
+        crate::ops::config::settings(self.common.daemon.config.as_deref(), self)
     }
 }
 
@@ -128,7 +118,7 @@ struct ClockBoundArgs {
 impl ClockBoundArgs {
     /// The settings: these flags over `[feed.clockbound]` over the defaults (again on SIGHUP).
     fn settings(&self) -> Result<FeedClockBoundSettings> {
-        crate::ops::config::feed_clockbound(self.common.config.as_deref(), self)
+        crate::ops::config::settings(self.common.daemon.config.as_deref(), self)
     }
 }
 
@@ -315,7 +305,6 @@ struct Chrony {
     send_failing: Option<vmtime_sys::feed::SendProblem>,
     errors: ReadErrors,
     f: FeedChronyMetrics,
-    line: String,
 }
 
 impl Daemon for Chrony {
@@ -347,7 +336,7 @@ impl Daemon for Chrony {
                 ChronyAction::Hold(Hold::Unreadable)
             }
         };
-        self.line = match action {
+        self.f.common.state = match action {
             ChronyAction::Send(s) => {
                 report(&mut self.last, None, "chrony feed");
                 match self.sock.send(&s.to_bytes()) {
@@ -382,7 +371,6 @@ impl Daemon for Chrony {
             }
         };
         self.f.send_failing = self.send_failing.is_some();
-        self.f.common.state.clone_from(&self.line);
         Ok(Flow::Continue)
     }
 
@@ -395,10 +383,6 @@ impl Daemon for Chrony {
 
     fn figures(&mut self) -> &mut FeedChronyMetrics {
         &mut self.f
-    }
-
-    fn status_line(&self) -> Option<&str> {
-        (!self.line.is_empty()).then_some(self.line.as_str())
     }
 
     fn stop(&mut self, why: &str) -> Result<()> {
@@ -436,7 +420,6 @@ fn run_chrony(args: ChronyArgs) -> Result<ExitCode> {
         send_failing: None,
         errors: ReadErrors::default(),
         f,
-        line: String::new(),
     };
     rt.run(&mut d)
 }
@@ -473,7 +456,6 @@ struct ClockBound {
     last: Option<Option<Hold>>,
     errors: ReadErrors,
     f: FeedClockBoundMetrics,
-    line: String,
     /// The NTP cross-check, when configured, and its socket in this turn's poll.
     cross: Option<crate::daemons::crosscheck::NtpCross>,
     t_cross: Option<vmtime_sys::serve::Token>,
@@ -577,11 +559,10 @@ impl Daemon for ClockBound {
         }
         self.last_written = Some((eb, eb3));
         report(&mut self.last, feed.last_hold, "clockbound feed");
-        self.line = match feed.last_hold {
+        self.f.common.state = match feed.last_hold {
             Some(h) => format!("writing {}: {} (holding: {})", self.paths, cb_status_name(eb.status), h.describe()),
             None => format!("writing {}: {}", self.paths, cb_status_name(eb.status)),
         };
-        self.f.common.state.clone_from(&self.line);
         Ok(Flow::Continue)
     }
 
@@ -593,10 +574,6 @@ impl Daemon for ClockBound {
 
     fn figures(&mut self) -> &mut FeedClockBoundMetrics {
         &mut self.f
-    }
-
-    fn status_line(&self) -> Option<&str> {
-        (!self.line.is_empty()).then_some(self.line.as_str())
     }
 
     fn stop(&mut self, why: &str) -> Result<()> {
@@ -672,7 +649,6 @@ fn run_clockbound(args: ClockBoundArgs) -> Result<ExitCode> {
         last: None,
         errors: ReadErrors::default(),
         f,
-        line: String::new(),
         cross: None,
         t_cross: None,
     };
