@@ -80,13 +80,6 @@ struct ChronyArgs {
     socket: Option<PathBuf>,
 }
 
-impl ChronyArgs {
-    /// The settings: these flags over `[feed.chrony]` over the defaults (again on SIGHUP).
-    fn settings(&self) -> Result<FeedChronySettings> {
-        crate::ops::config::settings(self.common.daemon.config.as_deref(), self)
-    }
-}
-
 #[derive(ClapArgs, Debug, Serialize)]
 struct ClockBoundArgs {
     #[command(flatten)]
@@ -113,13 +106,6 @@ struct ClockBoundArgs {
     /// status is FreeRunning (as `vmtime sync --cross-check-ntp`).
     #[arg(long, value_name = "ADDRESS:PORT")]
     cross_check_ntp: Option<SocketAddr>,
-}
-
-impl ClockBoundArgs {
-    /// The settings: these flags over `[feed.clockbound]` over the defaults (again on SIGHUP).
-    fn settings(&self) -> Result<FeedClockBoundSettings> {
-        crate::ops::config::settings(self.common.daemon.config.as_deref(), self)
-    }
 }
 
 /// What each feed applies on SIGHUP without a restart.
@@ -392,12 +378,16 @@ impl Daemon for Chrony {
 }
 
 fn run_chrony(args: ChronyArgs) -> Result<ExitCode> {
-    let a = args.settings()?;
+    let a: FeedChronySettings = args.common.daemon.settings(&args)?;
     let interval = interval_of(a.interval_ms);
     let m = Measurer::open(&a.source, a.burst.get() as usize)?;
     vmtime_sys::feed::check_chrony_socket_path(&a.socket)?;
     let sock = ChronySocket::new(&a.socket)?;
-    let rt = Runtime::start(a.clone(), move || args.settings(), &control_socket(&a.control_socket, "feed-chrony")?)?;
+    let rt = Runtime::start(
+        a.clone(),
+        move || args.common.daemon.settings(&args),
+        &control_socket(&a.control_socket, "feed-chrony")?,
+    )?;
     // chronyd reads a relative path in chrony.conf from its own working directory (/).
     let conf_path = std::path::absolute(&a.socket).unwrap_or_else(|_| a.socket.clone());
     tracing::info!(
@@ -593,7 +583,7 @@ impl Daemon for ClockBound {
 }
 
 fn run_clockbound(args: ClockBoundArgs) -> Result<ExitCode> {
-    let a = args.settings()?;
+    let a: FeedClockBoundSettings = args.common.daemon.settings(&args)?;
     let interval = interval_of(a.interval_ms);
     let disruption_support = match a.disruption_support {
         DisruptionSupport::On => true,
@@ -616,7 +606,7 @@ fn run_clockbound(args: ClockBoundArgs) -> Result<ExitCode> {
     let paths = paths.join(" and ");
     // The control socket goes with the segments (the unit's runtime directory is theirs).
     let socket = a.control_socket.clone().unwrap_or_else(|| a.dir.join("feed-clockbound.sock"));
-    let rt = Runtime::start(a.clone(), move || args.settings(), &socket)?;
+    let rt = Runtime::start(a.clone(), move || args.common.daemon.settings(&args), &socket)?;
     let coarse_tick_ns = vmtime_sys::clock::getres(ClockId::MonotonicCoarse)?.clamp(1, 1_000_000_000);
     let mut feed = ClockBoundFeed::new(clockbound_config(&a, disruption_support, coarse_tick_ns));
     // A segment left by a previous run: its marker is the last one clients were given.

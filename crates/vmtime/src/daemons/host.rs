@@ -71,14 +71,6 @@ pub struct Args {
     pub daemon: DaemonArgs,
 }
 
-impl Args {
-    /// The settings: these flags over the configuration file over the defaults. Called again on
-    /// SIGHUP: an error there keeps the old settings.
-    pub fn settings(&self) -> Result<HostSettings> {
-        crate::ops::config::settings(self.daemon.config.as_deref(), self)
-    }
-}
-
 /// Where TAI − UTC comes from for each observation.
 enum TaiSource {
     Kernel,
@@ -229,7 +221,7 @@ fn open_page(path: &Path, placeholder: PageBuilder) -> Result<(PageFile, Writabl
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
-    let a = args.settings()?;
+    let a: HostSettings = args.daemon.settings(&args)?;
     let page_path = match a.page.clone() {
         Some(p) => {
             files::ensure_dir_for(&p)?;
@@ -308,7 +300,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         Some(p) => Publisher::resume(cfg, p),
         None => Publisher::new(cfg),
     };
-    let rt = Runtime::start(a.clone(), move || args.settings(), &socket_path)?;
+    let rt = Runtime::start(a.clone(), move || args.daemon.settings(&args), &socket_path)?;
 
     let mut source_note = "source: (clock, counter, clock) samples of the kernel clock".to_string();
     let kernel_page = if a.no_vmclock_host {

@@ -63,14 +63,6 @@ pub struct Args {
     pub daemon: DaemonArgs,
 }
 
-impl Args {
-    /// The settings: these flags over the configuration file over the defaults. Called again on
-    /// SIGHUP: an error there keeps the old settings.
-    pub fn settings(&self) -> Result<RelaySettings> {
-        crate::ops::config::settings(self.daemon.config.as_deref(), self)
-    }
-}
-
 /// Parses an offset given on the control socket: the same rules as --tsc-offset.
 fn parse_offset(s: &str) -> Result<u64> {
     s.parse::<TscOffset>().map(TscOffset::get).map_err(|e| anyhow::anyhow!("TSC offset {s:?}: {e}"))
@@ -321,7 +313,7 @@ fn subscribe_host(socket: &Path) -> Option<Subscription> {
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
-    let a = args.settings()?;
+    let a: RelaySettings = args.daemon.settings(&args)?;
     let (migrated, restored) = (args.migrated, args.restored);
     let Some(guest_page) = a.guest_page.clone() else {
         bail!("no guest page: give --guest-page PATH (or [relay] guest_page in the configuration)");
@@ -398,7 +390,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     save(&state_path, relay.state())?;
     let guest_socket = crate::paths::socket_for(&guest_page);
     let host_socket = a.host_socket.clone().unwrap_or_else(|| crate::paths::socket_for(&host_path));
-    let rt = Runtime::start(a.clone(), move || args.settings(), &guest_socket)?;
+    let rt = Runtime::start(a.clone(), move || args.daemon.settings(&args), &guest_socket)?;
     let saved = *relay.state();
     let now = Instant::now();
     let m = crate::ops::figures::RelayMetrics {

@@ -86,14 +86,6 @@ pub struct Args {
     pub daemon: DaemonArgs,
 }
 
-impl Args {
-    /// The settings: these flags over the configuration file over the defaults. Called again on
-    /// SIGHUP: an error there keeps the old settings.
-    pub fn settings(&self) -> Result<SyncSettings> {
-        crate::ops::config::settings(self.daemon.config.as_deref(), self)
-    }
-}
-
 /// The flags every daemon takes, as fields of `Args` (`vmtime-guest` sets `log_level` so).
 impl std::ops::Deref for Args {
     type Target = DaemonArgs;
@@ -818,7 +810,7 @@ fn take_lock_at(path: &std::path::Path) -> Result<Result<Option<files::LockFile>
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
-    let a = args.settings()?;
+    let a: SyncSettings = args.daemon.settings(&args)?;
     if let Some(code) = check_rivals(&a)? {
         return Ok(code);
     }
@@ -851,7 +843,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             crate::paths::sync_socket(a.dry_run)
         }
     };
-    let rt = Runtime::start(a.clone(), move || args.settings(), &socket)?;
+    let rt = Runtime::start(a.clone(), move || args.daemon.settings(&args), &socket)?;
     let source = match phc {
         Ok(page) => page,
         Err(info) => return rt.run(&mut PhcSync::open(&a, info, None)?),

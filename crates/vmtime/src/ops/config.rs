@@ -679,6 +679,14 @@ pub struct DaemonArgs {
     pub metrics_listen: Option<SocketAddr>,
 }
 
+impl DaemonArgs {
+    /// The settings of the daemon whose flags, these included, are `flags`: [`settings`] with
+    /// `--config` (also its SIGHUP reload).
+    pub fn settings<S: Section>(&self, flags: &impl Serialize) -> Result<S> {
+        settings(self.config.as_deref(), flags)
+    }
+}
+
 /// A daemon's section of the file: its name, and the checks across its keys.
 pub trait Section: DeserializeOwned {
     /// "host", "feed.chrony", …
