@@ -2,7 +2,7 @@
 //! `vmtime_core::sync`). With `--dry-run` it prints what it would do and changes nothing: the only
 //! mode to use on a machine whose clock must not be touched.
 
-use crate::ops::config::{DaemonArgs, SyncSettings, Timescale};
+use crate::ops::config::{DaemonArgs, SyncFlags, SyncSettings, Timescale};
 use crate::ops::runtime::{Daemon, Flow, Pace, Runtime, Turn};
 use crate::values::*;
 use anyhow::{bail, Context, Result};
@@ -25,62 +25,18 @@ use vmtime_sys::clock::{aba_sample, tightest, ClockId};
 use vmtime_sys::files;
 use vmtime_sys::serve::{self, Poller, Subscription, Token};
 
-/// `vmtime sync`'s flags: each one is also a key of the configuration's `[sync]` section; a flag
-/// overrides the file.
+/// `vmtime sync`'s flags: each one but `--config` and `--once` is also a key of the
+/// configuration's `[sync]` section; a flag overrides the file.
 #[derive(ClapArgs, Debug, Serialize)]
 pub struct Args {
-    /// The source: a vmclock device or page file (default: the first /dev/vmclock*).
-    #[arg(long)]
-    source: Option<PathBuf>,
-    /// Print the actions instead of applying them: nothing is changed.
-    #[arg(long)]
-    dry_run: bool,
+    #[command(flatten)]
+    #[serde(flatten)]
+    keys: SyncFlags,
     /// One bounded step from the page (or PHC), with the TAI offset, leap state and bounds, then
     /// exit: 0, or 1 with the reason on one line (for agents, init scripts, microVMs).
     #[arg(long)]
     #[serde(skip)]
     pub once: bool,
-    /// Interval between observations without notification, ms.
-    #[arg(long)]
-    interval_ms: Option<IntervalMs>,
-    /// Step instead of slewing when the offset exceeds this during the first updates, ns
-    /// (chrony's makestep).
-    #[arg(long)]
-    makestep_ns: Option<MakestepNs>,
-    /// How many first updates may step, by any amount (a changed disruption marker or VM
-    /// generation allows that too).
-    #[arg(long)]
-    makestep_updates: Option<MakestepUpdates>,
-    /// Outside start-up, a marker change and the return from holdover, an offset larger than
-    /// this (a page gone wrong or hostile) is refused and the clock holds over, s (steps of
-    /// 0.001; default 2: a missed leap second is still corrected). Applied live on SIGHUP.
-    #[arg(long)]
-    max_step_s: Option<MaxStepS>,
-    /// Command run (by sh -c) when the VM generation changes: reseed entropy, reset connections.
-    #[arg(long)]
-    hook: Option<String>,
-    /// Control socket (default: sync.sock beside the host page's default).
-    #[arg(long)]
-    socket: Option<PathBuf>,
-    /// The timescale of a PHC source, used only when the machine cannot tell: its vmclock page,
-    /// the kernel's timescale attribute and a driver of fixed timescale (ptp_kvm: UTC) come first.
-    #[arg(long, value_enum)]
-    phc_timescale: Option<Timescale>,
-    /// TAI − UTC in s (positive: 37), to read a TAI PHC when neither the kernel (adjtimex) nor
-    /// the page has it.
-    #[arg(long)]
-    tai_offset: Option<TaiUtcS>,
-    /// Start even while another time daemon (chronyd, ntpd, systemd-timesyncd, …) runs or the
-    /// kernel's PLL is on, and keep running when another process changes the clock's state.
-    #[arg(long)]
-    allow_other_daemon: bool,
-    /// A second opinion: an NTP server, ADDRESS:PORT (no names: nothing is looked up), asked every
-    /// 16–64 s (backing off to 1024 s while it does not answer). It never steers the clock; when
-    /// it and the page disagree beyond both their bounds, the kernel's maxerror is widened to
-    /// cover it, the clock is left unsynchronised, and `status` says `"cross_check": {"state":
-    /// "disagree", …}`. A vmclock page source only.
-    #[arg(long, value_name = "ADDRESS:PORT")]
-    cross_check_ntp: Option<std::net::SocketAddr>,
     #[command(flatten)]
     #[serde(flatten)]
     pub daemon: DaemonArgs,
