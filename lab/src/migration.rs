@@ -340,15 +340,15 @@ fn resume_of(rs: &[Read], seg: Segment, cont: i128, told: i128, pairs: &Pairs, h
     let ms = |t: i128| (t - cont) as f64 / 1e6;
     let at = |r: &Read| pairs.at(r.counter.wrapping_sub(seg.offset.ticks), hz);
     let mut g = GuestResume { told_ms: ms(told), ..Default::default() };
-    g.run_ms = rs.iter().find_map(|r| at(r)).map(|(t, _)| ms(t));
-    g.page_ms = rs.iter().filter(|r| r.bounded()).find_map(|r| at(r)).map(|(t, _)| ms(t));
+    g.run_ms = rs.iter().find_map(&at).map(|(t, _)| ms(t));
+    g.page_ms = rs.iter().filter(|r| r.bounded()).find_map(&at).map(|(t, _)| ms(t));
     g.within_ms = rs.iter().find_map(|r| {
         let (truth, half) = at(r)?;
         let noise = half + (seg.offset.half as f64 / hz * 1e9).ceil() as i128 + 1_000;
         let err = i128::from(r.realtime_ns) - (truth + seg.ahead_ns);
         (err.abs() + noise < 1_000_000).then(|| ms(truth))
     });
-    let times: Vec<f64> = rs.iter().filter_map(|r| at(r)).map(|(t, _)| ms(t)).filter(|&t| t <= 1000.0).collect();
+    let times: Vec<f64> = rs.iter().filter_map(at).map(|(t, _)| ms(t)).filter(|&t| t <= 1000.0).collect();
     g.gap_ms = times.windows(2).map(|w| w[1] - w[0]).reduce(f64::max);
     for r in rs {
         if g.cb.last() != Some(&r.cb_status) {
@@ -577,7 +577,7 @@ pub struct Phases {
 }
 
 fn host_realtime() -> Result<i128> {
-    Ok(i128::from(vmtime_sys::clock::gettime(vmtime_sys::clock::ClockId::Realtime)?))
+    Ok(vmtime_sys::clock::gettime(vmtime_sys::clock::ClockId::Realtime)?)
 }
 
 /// The figures of one check (migration or restore).
