@@ -278,25 +278,41 @@ fn control_socket(given: &Option<PathBuf>, feed: &str) -> Result<PathBuf> {
 struct FeedPace {
     pace: Pace,
     cadence: Cadence,
+    /// A check between turns ([`FeedPace::look`]) said observe now.
+    looked: bool,
 }
 
 impl FeedPace {
     fn new(interval: Duration) -> Self {
-        FeedPace { pace: Pace::new(Instant::now(), interval), cadence: Cadence::default() }
+        FeedPace { pace: Pace::new(Instant::now(), interval), cadence: Cadence::default(), looked: false }
     }
 
+    /// The next turn (the interval's); the markers' checks are looks between turns.
     fn next(&self) -> Instant {
-        crate::daemons::next_check(&self.cadence).map_or(self.pace.next(), |c| c.min(self.pace.next()))
+        self.pace.next()
+    }
+
+    /// When the next check of the markers is due.
+    fn next_look(&self) -> Option<Instant> {
+        crate::daemons::next_check(&self.cadence)
+    }
+
+    /// A check of the markers when due (loads from the mapped page): whether to observe now.
+    fn look(&mut self, page: &mut crate::page::FollowedPage, pending: bool) -> bool {
+        let Ok(mono) = crate::daemons::mono_ns() else { return false };
+        self.looked |= self.cadence.due(mono) && self.cadence.look(mono, page.markers()).observe_now(pending);
+        self.looked
     }
 
     /// Whether this wake-up is a turn: its time came, or the markers say now.
     fn take(&mut self, now: Instant, page: &mut crate::page::FollowedPage, pending: bool) -> Result<bool> {
         if now >= self.pace.next() {
+            self.looked = false;
             self.pace.turned(now);
             return Ok(true);
         }
-        let mono = crate::daemons::mono_ns()?;
-        if self.cadence.due(mono) && self.cadence.look(mono, page.markers()).observe_now(pending) {
+        if std::mem::take(&mut self.looked) || self.look(page, pending) {
+            self.looked = false;
             self.pace.restart(now);
             return Ok(true);
         }
@@ -326,6 +342,14 @@ impl Daemon for Chrony {
 
     fn next_turn(&self) -> Option<Instant> {
         Some(self.pace.next())
+    }
+
+    fn next_look(&self) -> Option<Instant> {
+        self.pace.next_look()
+    }
+
+    fn look(&mut self, _now: Instant) -> bool {
+        self.pace.look(&mut self.m.page, self.feed.disruption_pending())
     }
 
     fn turn(&mut self, t: &mut Turn<'_>) -> Result<Flow> {
@@ -488,6 +512,14 @@ impl Daemon for ClockBound {
     fn next_turn(&self) -> Option<Instant> {
         let cross = self.cross.as_ref().map(crate::daemons::crosscheck::NtpCross::deadline);
         [Some(self.pace.next()), cross].into_iter().flatten().min()
+    }
+
+    fn next_look(&self) -> Option<Instant> {
+        self.pace.next_look()
+    }
+
+    fn look(&mut self, _now: Instant) -> bool {
+        self.pace.look(&mut self.m.page, self.feed.disruption_pending())
     }
 
     fn register(&mut self, p: &mut vmtime_sys::serve::Poller) {

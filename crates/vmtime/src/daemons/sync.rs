@@ -627,6 +627,8 @@ struct Sync {
     cross: Option<crate::daemons::crosscheck::NtpCross>,
     /// The checks of the page's markers between observations.
     cadence: Cadence,
+    /// A check between turns ([`Daemon::look`]) found the page disrupted: observe at the turn.
+    looked_disrupted: bool,
 }
 
 impl Sync {
@@ -921,6 +923,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         rival: (!a.allow_other_daemon).then(ClockWatch::new),
         cross: a.cross_check_ntp.map(crate::daemons::crosscheck::NtpCross::new).transpose()?,
         cadence: Cadence::default(),
+        looked_disrupted: false,
         publisher,
         sub,
         t_note: None,
@@ -957,6 +960,23 @@ pub fn run(args: Args) -> Result<ExitCode> {
 }
 
 /// Subscribes to a publisher's notifications, if it answers in time.
+impl Sync {
+    /// The markers' check, when due: loads from the mapped page (no system call beyond the
+    /// vDSO's clock). Whether it says observe now.
+    fn check_markers(&mut self) -> bool {
+        let Ok(mono) = crate::daemons::mono_ns() else { return false };
+        if !self.cadence.due(mono) {
+            return false;
+        }
+        let look = self.cadence.look(mono, self.page.markers());
+        let now = look.observe_now(self.discipline.disruption_pending());
+        if now {
+            tracing::debug!("the page's check found {look:?}: observing now");
+        }
+        now
+    }
+}
+
 fn subscribe(socket: &Path) -> Option<Subscription> {
     Subscription::open(socket, crate::ops::control::CLIENT_TIMEOUT).ok()
 }
@@ -973,9 +993,19 @@ impl Daemon for Sync {
         let now = Instant::now();
         let raw_now = vmtime_sys::gettime(ClockId::MonotonicRaw).unwrap_or(0);
         let slew = self.discipline.next_deadline().map(|d| now + Duration::from_nanos((d - raw_now).max(0) as u64));
-        let check = crate::daemons::next_check(&self.cadence);
         let cross = self.cross.as_ref().map(crate::daemons::crosscheck::NtpCross::deadline);
-        [Some(self.next_obs), slew, check, cross, Some(now + Duration::from_secs(1))].into_iter().flatten().min()
+        [Some(self.next_obs), slew, cross, Some(now + Duration::from_secs(1))].into_iter().flatten().min()
+    }
+
+    /// The markers' check between observations (none when the device notifies).
+    fn next_look(&self) -> Option<Instant> {
+        crate::daemons::next_check(&self.cadence)
+    }
+
+    /// Loads from the mapped page; a turn only when they say observe now.
+    fn look(&mut self, _now: Instant) -> bool {
+        self.looked_disrupted |= self.check_markers();
+        self.looked_disrupted
     }
 
     fn register(&mut self, p: &mut Poller) {
@@ -1008,14 +1038,9 @@ impl Daemon for Sync {
             self.discipline.set_cross_check(c.cc.widen_ns());
             self.m.cross_check = Some(c.cc.status().clone());
         }
-        // The markers' check between observations: loads from the mapped page.
-        let mono = crate::daemons::mono_ns()?;
-        if self.cadence.due(mono) {
-            let look = self.cadence.look(mono, self.page.markers());
-            if look.observe_now(self.discipline.disruption_pending()) {
-                tracing::debug!("the page's check found {look:?}: observing now");
-                notified = true;
-            }
+        // The markers' check between observations (where a look between turns has not made it).
+        if std::mem::take(&mut self.looked_disrupted) || self.check_markers() {
+            notified = true;
         }
         if notified || Instant::now() >= self.next_obs {
             if let Flow::Stop(code) = stopped_by(self.observe())? {
