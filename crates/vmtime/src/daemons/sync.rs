@@ -557,18 +557,33 @@ fn sync_figures(a: &SyncSettings, source: &Path, state: Option<&'static str>) ->
 }
 
 /// The device's notifications, checked: a 6.13–6.19 driver's `poll()` is always readable.
-struct DeviceNotes {
-    device: Option<File>,
+/// (Sync's and the feeds'.)
+pub(crate) struct DeviceNotes {
+    pub(crate) device: Option<File>,
     check: NotifyCheck,
     /// The seq_count the device's read() last returned (what the driver's poll() compares with).
     acked: Option<u32>,
 }
 
 impl DeviceNotes {
+    /// The notifications of the page at `source`, when it is a device that notifies
+    /// (NOTIFICATION_PRESENT): its file, opened once more (each open file has its own seq).
+    /// No notifications: the markers are checked at the cadence.
+    pub(crate) fn none() -> Self {
+        DeviceNotes { device: None, check: NotifyCheck::default(), acked: None }
+    }
+
+    pub(crate) fn of(page: &crate::page::FollowedPage, first: &vmclock::Snapshot, source: &Path) -> Result<Self> {
+        let device = (page.reader().is_device() && first.has(flags::NOTIFICATION_PRESENT))
+            .then(|| File::open(source))
+            .transpose()?;
+        Ok(DeviceNotes { device, check: NotifyCheck::default(), acked: None })
+    }
+
     /// The device was readable: acknowledges with read() and says whether the page changed.
     /// `seq_now` reads the page's seq_count when read() fails. After [`NotifyCheck::LIMIT`]
     /// readable wake-ups in a row with nothing new, the device is no longer polled.
-    fn readable(&mut self, seq_now: impl Fn() -> u32) -> bool {
+    pub(crate) fn readable(&mut self, seq_now: impl Fn() -> u32) -> bool {
         let Some(d) = &self.device else { return false };
         // read() acknowledges this seq_count to the driver and says which it is: the driver's
         // poll() wakes a file only for a seq other than the one it last read.
@@ -902,7 +917,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     }
     // Notification: the device's poll() (read() acknowledges), or a publisher's socket.
     let is_device = page.reader().is_device();
-    let device = (is_device && first.has(flags::NOTIFICATION_PRESENT)).then(|| File::open(&source)).transpose()?;
+    let notes = DeviceNotes::of(&page, &first, &source)?;
     let publisher = crate::paths::socket_for(&source);
     let sub = if is_device { None } else { subscribe(&publisher) };
     let cfg = discipline_config(&a);
@@ -911,7 +926,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let now = Instant::now();
     let mut s = Sync {
         page,
-        notes: DeviceNotes { device, check: NotifyCheck::default(), acked: None },
+        notes,
         discipline: Discipline::new(cfg),
         dry_run: a.dry_run,
         hook: a.hook.clone(),
