@@ -4,16 +4,16 @@
 //! service side (systemd, metrics, SIGHUP) is crate::daemons::feed_service; their settings are the
 //! configuration's `[feed.chrony]` and `[feed.clockbound]` (crate::ops::config), flags over file.
 
+use crate::daemons::sync::DeviceNotes;
 use crate::ops::config::{DisruptionSupport, FeedChronySettings, FeedClockBoundSettings, Layout, LogLevel};
 use crate::ops::figures::{cb_status_name, FeedChronyMetrics, FeedClockBoundMetrics};
 use crate::ops::runtime::{Daemon, Flow, Pace, Runtime, Turn};
-use crate::daemons::sync::DeviceNotes;
 use crate::values::{Burst, DriftPpb, DurationS, FeedIntervalMs, LifeMs};
-use std::os::fd::AsFd;
 use anyhow::Result;
 use clap::{Args as ClapArgs, Subcommand};
 use serde::Serialize;
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};

@@ -587,6 +587,8 @@ impl Daemon for Relay {
         }
         self.m.holdover = self.holding;
         self.m.last_host_seq = self.last_host_seq;
+        self.m.host_notified = self.host_sub.is_some();
+        self.m.guard_ms = self.guard_every(woke).as_millis() as u64;
         Ok(Flow::Continue)
     }
 
