@@ -5,14 +5,16 @@
 //! configuration's `[feed.chrony]` and `[feed.clockbound]` (crate::ops::config), flags over file.
 
 use crate::daemons::sync::DeviceNotes;
-use crate::ops::config::{DisruptionSupport, FeedChronySettings, FeedClockBoundSettings, Layout, LogLevel};
+use crate::ops::config::{
+    DaemonArgs, DisruptionSupport, FeedChronyFlags, FeedChronySettings, FeedClockBoundFlags, FeedClockBoundSettings,
+    Layout, LogLevel,
+};
 use crate::ops::figures::{cb_status_name, FeedChronyMetrics, FeedClockBoundMetrics};
 use crate::ops::runtime::{Daemon, Flow, Pace, Runtime, Turn};
-use crate::values::{Burst, DriftPpb, DurationS, FeedIntervalMs, LifeMs};
+use crate::values::FeedIntervalMs;
 use anyhow::Result;
 use clap::{Args as ClapArgs, Subcommand};
 use serde::Serialize;
-use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -36,8 +38,8 @@ impl Args {
     /// The global `--log-level`, over the configuration's `log_level`.
     pub fn set_log_level(&mut self, level: Option<LogLevel>) {
         match &mut self.target {
-            Target::Chrony(a) => a.common.log_level = level,
-            Target::Clockbound(a) => a.common.log_level = level,
+            Target::Chrony(a) => a.daemon.log_level = level,
+            Target::Clockbound(a) => a.daemon.log_level = level,
         }
     }
 }
@@ -50,88 +52,26 @@ enum Target {
     Clockbound(ClockBoundArgs),
 }
 
-/// The flags both feeds take: each one but --config is also a key of the feed's section.
-#[derive(ClapArgs, Debug, Serialize)]
-struct Common {
-    /// The configuration file (default: /etc/vmtime/vmtime.toml, if it exists).
-    #[arg(long)]
-    #[serde(skip)]
-    config: Option<PathBuf>,
-    /// The page: a vmclock device or page file.
-    #[arg(long)]
-    source: Option<PathBuf>,
-    /// Interval between samples or updates, ms.
-    #[arg(long)]
-    interval_ms: Option<FeedIntervalMs>,
-    /// (CLOCK_REALTIME, counter, CLOCK_REALTIME) samples per measurement.
-    #[arg(long)]
-    burst: Option<Burst>,
-    /// Exit after this many seconds.
-    #[arg(long)]
-    duration_s: Option<DurationS>,
-    /// The global `--log-level` (main sets it; a key of the configuration too).
-    #[arg(skip)]
-    pub log_level: Option<LogLevel>,
-    /// Serve Prometheus metrics on this loopback address (default: [metrics] listen; off).
-    #[arg(long)]
-    metrics_listen: Option<SocketAddr>,
-    /// The feed's control socket, for `vmtime status` (default: feed-chrony.sock in the runtime
-    /// directory; feed-clockbound.sock in the segments' directory).
-    #[arg(long)]
-    control_socket: Option<PathBuf>,
-}
-
+/// `vmtime feed chrony`'s flags: each one but `--config` is also a key of `[feed.chrony]`.
 #[derive(ClapArgs, Debug, Serialize)]
 struct ChronyArgs {
     #[command(flatten)]
     #[serde(flatten)]
-    common: Common,
-    /// chronyd's SOCK refclock socket: the PATH of chrony.conf's `refclock SOCK PATH` (chronyd
-    /// creates it, as root: run the feed as root).
-    #[arg(long)]
-    socket: Option<PathBuf>,
+    keys: FeedChronyFlags,
+    #[command(flatten)]
+    #[serde(flatten)]
+    daemon: DaemonArgs,
 }
 
-impl ChronyArgs {
-    /// The settings: these flags over `[feed.chrony]` over the defaults (again on SIGHUP).
-    fn settings(&self) -> Result<FeedChronySettings> {
-        crate::ops::config::feed_chrony(self.common.config.as_deref(), self)
-    }
-}
-
+/// `vmtime feed clockbound`'s flags: each one but `--config` is also a key of `[feed.clockbound]`.
 #[derive(ClapArgs, Debug, Serialize)]
 struct ClockBoundArgs {
     #[command(flatten)]
     #[serde(flatten)]
-    common: Common,
-    /// The directory of the segments (`shm0` and/or `shm1` in it, as --layout says).
-    #[arg(long)]
-    dir: Option<PathBuf>,
-    /// Which segments: 2 (`shm0`, ClockBound 2.x clients), 3 (`shm1`, 3.x clients) or both.
-    #[arg(long, value_enum)]
-    layout: Option<Layout>,
-    /// How long the segments stay valid without an update, ms (at least two intervals, less
-    /// than 32767 intervals).
-    #[arg(long)]
-    life_ms: Option<LifeMs>,
-    /// Drift allowed to CLOCK_REALTIME beyond the rate measured, ppb (ClockBound assumes 15 ppm).
-    #[arg(long)]
-    drift_margin_ppb: Option<DriftPpb>,
-    /// Whether clients compare the segment's marker with /dev/vmclock0's.
-    #[arg(long, value_enum)]
-    disruption_support: Option<DisruptionSupport>,
-    /// A second opinion: an NTP server, ADDRESS:PORT (no names), asked every 16–64 s; while it and
-    /// the page disagree beyond both bounds, every bound written covers the disagreement and the
-    /// status is FreeRunning (as `vmtime sync --cross-check-ntp`).
-    #[arg(long, value_name = "ADDRESS:PORT")]
-    cross_check_ntp: Option<SocketAddr>,
-}
-
-impl ClockBoundArgs {
-    /// The settings: these flags over `[feed.clockbound]` over the defaults (again on SIGHUP).
-    fn settings(&self) -> Result<FeedClockBoundSettings> {
-        crate::ops::config::feed_clockbound(self.common.config.as_deref(), self)
-    }
+    keys: FeedClockBoundFlags,
+    #[command(flatten)]
+    #[serde(flatten)]
+    daemon: DaemonArgs,
 }
 
 /// What each feed applies on SIGHUP without a restart.
@@ -355,7 +295,6 @@ struct Chrony {
     send_failing: Option<vmtime_sys::feed::SendProblem>,
     errors: ReadErrors,
     f: FeedChronyMetrics,
-    line: String,
 }
 
 impl Daemon for Chrony {
@@ -399,7 +338,7 @@ impl Daemon for Chrony {
                 ChronyAction::Hold(Hold::Unreadable)
             }
         };
-        self.line = match action {
+        self.f.common.state = match action {
             ChronyAction::Send(s) => {
                 report(&mut self.last, None, "chrony feed");
                 match self.sock.send(&s.to_bytes()) {
@@ -434,7 +373,6 @@ impl Daemon for Chrony {
             }
         };
         self.f.send_failing = self.send_failing.is_some();
-        self.f.common.state.clone_from(&self.line);
         Ok(Flow::Continue)
     }
 
@@ -449,10 +387,6 @@ impl Daemon for Chrony {
         &mut self.f
     }
 
-    fn status_line(&self) -> Option<&str> {
-        (!self.line.is_empty()).then_some(self.line.as_str())
-    }
-
     fn stop(&mut self, why: &str) -> Result<()> {
         tracing::info!("{why}: stopping (chronyd gets no more samples)");
         Ok(())
@@ -460,12 +394,16 @@ impl Daemon for Chrony {
 }
 
 fn run_chrony(args: ChronyArgs) -> Result<ExitCode> {
-    let a = args.settings()?;
+    let a: FeedChronySettings = args.daemon.settings(&args)?;
     let interval = interval_of(a.interval_ms);
     let m = Measurer::open(&a.source, a.burst.get() as usize)?;
     vmtime_sys::feed::check_chrony_socket_path(&a.socket)?;
     let sock = ChronySocket::new(&a.socket)?;
-    let rt = Runtime::start(a.clone(), move || args.settings(), &control_socket(&a.control_socket, "feed-chrony")?)?;
+    let rt = Runtime::start(
+        a.clone(),
+        move || args.daemon.settings(&args),
+        &control_socket(&a.control_socket, "feed-chrony")?,
+    )?;
     // chronyd reads a relative path in chrony.conf from its own working directory (/).
     let conf_path = std::path::absolute(&a.socket).unwrap_or_else(|_| a.socket.clone());
     tracing::info!(
@@ -488,7 +426,6 @@ fn run_chrony(args: ChronyArgs) -> Result<ExitCode> {
         send_failing: None,
         errors: ReadErrors::default(),
         f,
-        line: String::new(),
     };
     rt.run(&mut d)
 }
@@ -525,7 +462,6 @@ struct ClockBound {
     last: Option<Option<Hold>>,
     errors: ReadErrors,
     f: FeedClockBoundMetrics,
-    line: String,
     /// The NTP cross-check, when configured, and its socket in this turn's poll.
     cross: Option<crate::daemons::crosscheck::NtpCross>,
     t_cross: Option<vmtime_sys::serve::Token>,
@@ -638,11 +574,10 @@ impl Daemon for ClockBound {
         }
         self.last_written = Some((eb, eb3));
         report(&mut self.last, feed.last_hold, "clockbound feed");
-        self.line = match feed.last_hold {
+        self.f.common.state = match feed.last_hold {
             Some(h) => format!("writing {}: {} (holding: {})", self.paths, cb_status_name(eb.status), h.describe()),
             None => format!("writing {}: {}", self.paths, cb_status_name(eb.status)),
         };
-        self.f.common.state.clone_from(&self.line);
         Ok(Flow::Continue)
     }
 
@@ -654,10 +589,6 @@ impl Daemon for ClockBound {
 
     fn figures(&mut self) -> &mut FeedClockBoundMetrics {
         &mut self.f
-    }
-
-    fn status_line(&self) -> Option<&str> {
-        (!self.line.is_empty()).then_some(self.line.as_str())
     }
 
     fn stop(&mut self, why: &str) -> Result<()> {
@@ -677,7 +608,7 @@ impl Daemon for ClockBound {
 }
 
 fn run_clockbound(args: ClockBoundArgs) -> Result<ExitCode> {
-    let a = args.settings()?;
+    let a: FeedClockBoundSettings = args.daemon.settings(&args)?;
     let interval = interval_of(a.interval_ms);
     let disruption_support = match a.disruption_support {
         DisruptionSupport::On => true,
@@ -700,7 +631,7 @@ fn run_clockbound(args: ClockBoundArgs) -> Result<ExitCode> {
     let paths = paths.join(" and ");
     // The control socket goes with the segments (the unit's runtime directory is theirs).
     let socket = a.control_socket.clone().unwrap_or_else(|| a.dir.join("feed-clockbound.sock"));
-    let rt = Runtime::start(a.clone(), move || args.settings(), &socket)?;
+    let rt = Runtime::start(a.clone(), move || args.daemon.settings(&args), &socket)?;
     let coarse_tick_ns = vmtime_sys::clock::getres(ClockId::MonotonicCoarse)?.clamp(1, 1_000_000_000);
     let mut feed = ClockBoundFeed::new(clockbound_config(&a, disruption_support, coarse_tick_ns));
     // A segment left by a previous run: its marker is the last one clients were given.
@@ -733,7 +664,6 @@ fn run_clockbound(args: ClockBoundArgs) -> Result<ExitCode> {
         last: None,
         errors: ReadErrors::default(),
         f,
-        line: String::new(),
         cross: None,
         t_cross: None,
     };
