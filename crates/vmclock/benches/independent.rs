@@ -86,9 +86,7 @@ fn diag_app_now_outlined(clock: &Clock) -> Result<u128, ClockError> {
     let mut sum = 0u128;
     for _ in 0..BLOCK {
         let t = now_outlined(clock)?.tai()?;
-        sum = sum
-            .wrapping_add(t.earliest().map_or(0, |e| e.raw()))
-            .wrapping_add(t.latest().map_or(0, |l| l.raw()));
+        sum = sum.wrapping_add(t.earliest().map_or(0, |e| e.raw())).wrapping_add(t.latest().map_or(0, |l| l.raw()));
     }
     Ok(sum)
 }

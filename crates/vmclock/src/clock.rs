@@ -10,7 +10,8 @@ use crate::abi::{self, flags, PAGE_SIZE};
 use crate::error::{ClockError, ReadError, TimeError};
 use crate::map::Mapping;
 use crate::seqlock::{self, fence, AtomicU32, Ordering, PageMemory, SEQ_WORD};
-use crate::snapshot::{utc_with_leap, Bounded, ErrorModel, LeapEdge, PageTime, Reference, Snapshot};
+use crate::snapshot::{bound_at, utc_with_leap, Bounded, ErrorModel, LeapEdge, PageTime, Reference, Snapshot};
+use crate::time::nanos_to_frac_ceil;
 use crate::time::{Tai, Timescale, Timestamp, Utc};
 use std::path::Path;
 use std::sync::atomic::AtomicU64;
@@ -52,8 +53,11 @@ pub struct Now {
     /// [`Now::utc`] applies it.
     pub leap: Option<LeapEdge>,
     /// The estimated error's terms, turned into a bound only when asked ([`Now::esterror`]):
-    /// an application that reads earliest and latest does not pay for it.
-    esterror_model: ErrorModel,
+    /// an application that reads earliest and latest does not pay for it. The time term is
+    /// already in 2^-64 s (rounded up, as [`ErrorModel::at`] converts it).
+    est_time: Option<u128>,
+    /// The estimated error's rate term, 2^-(64 + shift) s per tick.
+    est_rate: Option<u64>,
     /// C − C1 (two's complement of the wrapped difference), for [`Now::esterror`].
     delta: i64,
     /// The period's shift, for [`Now::esterror`].
@@ -70,7 +74,7 @@ impl Now {
     /// read with the time (exactly what [`Snapshot::time_at`] gives for the same counter).
     #[inline]
     pub fn esterror(&self) -> Option<u128> {
-        self.esterror_model.at(self.delta, self.shift)
+        bound_at(self.est_time?, self.est_rate, self.delta, self.shift)
     }
 
     /// The time and its bounds, in the page's timescale.
@@ -165,37 +169,69 @@ impl<M: PageMemory> Clock<M> {
         let Some(words) = words.get(..FIRST + COUNT) else {
             return Err(too_short(words.len()));
         };
-        if let Some(now) = self.fast.read(words, &mut read_counter) {
-            return Ok(now);
+        // Two passes of one code: the cache shared by every reader of this clock, and when it
+        // does not serve the read, the answer of a full read ([`Clock::now_full`]) written in
+        // the cache's form into a local one and taken from there. So the `Now` is built in one
+        // place (no merge of two results, which the compiler does through memory), and a full
+        // read costs one extra pass over registers.
+        let mut local: Option<Fast> = None;
+        let mut counter = None;
+        for _ in 0..2 {
+            let (src, trusted) = match &local {
+                Some(l) => (l, true),
+                None => (&self.fast, false),
+            };
+            if let Some(now) = src.read(words, trusted, || counter.unwrap_or_else(&mut read_counter)) {
+                return Ok(now);
+            }
+            if local.is_some() {
+                break;
+            }
+            let l = local.insert(Fast::default());
+            counter = Some(self.now_full(words, &mut read_counter, l)?);
         }
-        match self.attempt(words, &mut read_counter) {
-            Some(r) => Ok(r?),
-            None => self.now_contended(words, &mut read_counter),
-        }
+        // Not reached: a local form always serves (trusted, ΔC = 0).
+        Err(ReadError::Timeout { attempts: 0, waited_us: 0 }.into())
     }
 
-    /// The uncontended read of [`Clock::now_with_counter`] alone: `None` when the writer held
-    /// the seqlock, the constant fields are not checked yet, or the page memory is too short;
-    /// then [`Clock::now_with_counter`] (which retries and checks) gives the answer. Whenever this
-    /// gives `Some`, it is what [`Clock::now_with_counter`] would have given. `read_counter` may
-    /// be called twice (the cached path's attempt, then the full copy's).
+    /// The uncontended read of [`Clock::now_with_counter`] alone: `None` when the page's
+    /// constants are not cached (the first read of a page version, a writer holding the
+    /// seqlock, a page or a counter the cache does not serve, a page memory too short); then
+    /// [`Clock::now_with_counter`] gives the answer. Whenever this gives `Some`, it is what
+    /// [`Clock::now_with_counter`] would have given.
     ///
-    /// For callers that do more work with the `Now` (libvmclock): keeping the retry out of the
-    /// caller's hot path lets the compiler keep the `Now` in registers instead of merging the
-    /// two paths' results through memory.
+    /// For callers that do more work with the `Now` (libvmclock): keeping the full read out of
+    /// the caller's hot path lets the compiler keep the `Now` in registers instead of merging
+    /// the two paths' results through memory.
     #[inline(always)]
-    pub fn try_now_with_counter(&self, mut read_counter: impl FnMut() -> u64) -> Option<Result<Now, TimeError>> {
+    pub fn try_now_with_counter(&self, read_counter: impl FnOnce() -> u64) -> Option<Result<Now, TimeError>> {
         let words = self.mem.words().get(..FIRST + COUNT)?;
-        if let Some(now) = self.fast.read(words, &mut read_counter) {
-            return Some(Ok(now));
-        }
-        self.attempt(words, &mut read_counter)
+        self.fast.read(words, false, read_counter).map(Ok)
     }
 
-    /// One attempt over a full copy of the page's words (the path before [`Fast`], and the one
-    /// that fills it): `None` when the writer held the seqlock or the constant fields are not
-    /// checked yet. Out of line: the cached path is the hot one.
+    /// A read over a full copy of the page's words (retried while the writer is busy, the
+    /// constant fields checked once): its reading written into `local` in the cache's form
+    /// (see [`Fast::set_now`]), its counter returned; the shared cache filled when the page
+    /// version is not the one it holds.
+    #[cold]
     #[inline(never)]
+    fn now_full(
+        &self,
+        words: &[AtomicU32],
+        read_counter: &mut impl FnMut() -> u64,
+        local: &Fast,
+    ) -> Result<u64, ClockError> {
+        let now = match self.attempt(words, read_counter) {
+            Some(r) => r?,
+            None => self.now_contended(words, read_counter)?,
+        };
+        local.set_now(&now);
+        Ok(now.counter)
+    }
+
+    /// One attempt over a full copy of the page's words: `None` when the writer held the
+    /// seqlock or the constant fields are not checked yet.
+    #[inline(always)]
     fn attempt(&self, words: &[AtomicU32], read_counter: &mut impl FnMut() -> u64) -> Option<Result<Now, TimeError>> {
         let mut w = [0u32; COUNT];
         let counter = seqlock::try_read_with_counter(words, FIRST, &mut w, &mut *read_counter)?;
@@ -340,7 +376,8 @@ fn compute(w: &[u32; COUNT], absent: u64, counter: u64) -> Result<Now, TimeError
         disruption_marker,
         tai_minus_utc,
         leap,
-        esterror_model: r.esterror,
+        est_time: r.esterror.time_ns.map(nanos_to_frac_ceil),
+        est_rate: r.esterror.rate,
         delta: r.delta(counter),
         shift: r.shift,
     })
@@ -357,26 +394,57 @@ fn key_of(word08: u32, seq: u32) -> u64 {
 const C1: usize = 0;
 const PERIOD: usize = 1;
 const RATE: usize = 2;
-const T1_LO: usize = 3;
-const T1_HI: usize = 4;
-const TT_LO: usize = 5;
-const TT_HI: usize = 6;
-const DMAX: usize = 7;
-const MARKER: usize = 8;
-const EST_TIME: usize = 9;
-const EST_RATE: usize = 10;
-const LEAP_AT: usize = 11;
+/// 2^shift − 1: the rate term's rounding up.
+const ROUND: usize = 3;
+const T1_LO: usize = 4;
+const T1_HI: usize = 5;
+/// The maximum error's time term, 2^-64 s.
+const TT_LO: usize = 6;
+const TT_HI: usize = 7;
+const DMAX: usize = 8;
+const MARKER: usize = 9;
+/// The estimated error's time term, 2^-64 s.
+const EST_LO: usize = 10;
+const EST_HI: usize = 11;
+const EST_RATE: usize = 12;
+const LEAP_AT: usize = 13;
+/// Added to ΔC for `Now::delta` (0 but in a local form: see [`Fast::set_now`]).
+const DELTA: usize = 14;
 /// shift (bits 0..8), time_type (8..16), status (16..24), TAI − UTC (24..40), then one bit each:
 /// TAI − UTC valid, bounded, esterror time and rate present, leap present, leap before; the
 /// leap step (i8) in 48..56.
-const SMALL: usize = 12;
-const SLOTS: usize = 13;
+const SMALL: usize = 15;
+const SLOTS: usize = 16;
 const TAI_VALID: u64 = 1 << 40;
 const BOUNDED: u64 = 1 << 41;
 const EST_TIME_SOME: u64 = 1 << 42;
 const EST_RATE_SOME: u64 = 1 << 43;
 const LEAP_SOME: u64 = 1 << 44;
 const LEAP_BEFORE: u64 = 1 << 45;
+
+#[allow(clippy::too_many_arguments)]
+fn small_of(
+    shift: u8,
+    time_type: u8,
+    status: u8,
+    tai_minus_utc: Option<i16>,
+    bounded: bool,
+    est: ErrorModel,
+    leap: Option<LeapEdge>,
+) -> u64 {
+    let leap_bits = match leap {
+        Some(l) => LEAP_SOME | if l.before { LEAP_BEFORE } else { 0 } | (l.step as u8 as u64) << 48,
+        None => 0,
+    };
+    shift as u64
+        | (time_type as u64) << 8
+        | (status as u64) << 16
+        | tai_minus_utc.map_or(0, |t| (t as u16 as u64) << 24 | TAI_VALID)
+        | if bounded { BOUNDED } else { 0 }
+        | est.time_ns.map_or(0, |_| EST_TIME_SOME)
+        | est.rate.map_or(0, |_| EST_RATE_SOME)
+        | leap_bits
+}
 
 /// The constants of the page version last read, so that a read of an unchanged page is one
 /// seqlock read, the counter and two multiply-shifts: what a full copy gives, decoded and
@@ -400,6 +468,10 @@ const LEAP_BEFORE: u64 = 1 << 45;
 /// 2^shift⌉, exactly as [`Reference::raw_time_at`] and [`ErrorModel::at`] compute them (the
 /// property test `clock_now_equals_the_snapshot_path` compares both paths); anything else goes
 /// to the full copy.
+///
+/// **A local form.** The same slots also hold any one reading exactly, for one counter value
+/// (period, rate and rounding 0, ΔC 0, `DELTA` its ΔC): [`Clock::now_with_counter`] writes a
+/// full read's answer so into a local `Fast` and builds the `Now` from it with the same code.
 #[derive(Debug, Default)]
 struct Fast {
     /// Even: stable; odd: a fill in progress.
@@ -410,9 +482,10 @@ struct Fast {
 }
 
 impl Fast {
-    /// The reading from the cached constants, or `None` (then the full copy answers).
+    /// The reading from the cached constants, or `None` (then a full read answers). A
+    /// `trusted` (local) form is not checked against the page.
     #[inline(always)]
-    fn read(&self, words: &[AtomicU32], read_counter: &mut impl FnMut() -> u64) -> Option<Now> {
+    fn read(&self, words: &[AtomicU32], trusted: bool, read_counter: impl FnOnce() -> u64) -> Option<Now> {
         let seq = &words[SEQ_WORD];
         let s1 = seq.load(Ordering::Acquire);
         let g1 = self.gen.load(Ordering::Acquire);
@@ -424,27 +497,27 @@ impl Fast {
         let c1_lo = words[0x28 / 4].load(Ordering::Relaxed);
         let c1_hi = words[0x2c / 4].load(Ordering::Relaxed);
         let w = |i: usize| self.w[i].load(Ordering::Relaxed);
-        let (c1, period, rate, dmax, small) = (w(C1), w(PERIOD), w(RATE), w(DMAX), w(SMALL));
-        let t1 = (w(T1_HI) as u128) << 64 | w(T1_LO) as u128;
-        let tt = (w(TT_HI) as u128) << 64 | w(TT_LO) as u128;
-        let (marker, est_time, est_rate, leap_at) = (w(MARKER), w(EST_TIME), w(EST_RATE), w(LEAP_AT));
+        let (c1, period, rate, round, dmax, small) = (w(C1), w(PERIOD), w(RATE), w(ROUND), w(DMAX), w(SMALL));
+        let wide = |lo: usize, hi: usize| (w(hi) as u128) << 64 | w(lo) as u128;
+        let (t1, tt, est) = (wide(T1_LO, T1_HI), wide(TT_LO, TT_HI), wide(EST_LO, EST_HI));
+        let (marker, est_rate, leap_at, delta) = (w(MARKER), w(EST_RATE), w(LEAP_AT), w(DELTA));
         fence(Ordering::Acquire);
         let (s2, g2) = (seq.load(Ordering::Relaxed), self.gen.load(Ordering::Relaxed));
         let page_c1 = u32::from_le(c1_lo) as u64 | (u32::from_le(c1_hi) as u64) << 32;
-        if s1 != s2 || g1 != g2 || key != key_of(word08, s1) || g1 & 1 != 0 || page_c1 != c1 {
+        if !trusted && (s1 != s2 || g1 != g2 || key != key_of(word08, s1) || g1 & 1 != 0 || page_c1 != c1) {
             return None;
         }
         let d = counter.wrapping_sub(c1);
         if d > dmax {
             return None;
         }
-        let shift = small as u8 & 63;
+        let shift = small as u8;
+        let s = shift & 63;
         let some = |bit: u64, v: u64| (small & bit != 0).then_some(v);
-        let round = (1u128 << shift) - 1;
         Some(Now {
             time_type: (small >> 8) as u8,
-            raw: t1 + ((period as u128 * d as u128) >> shift),
-            maxerror: (small & BOUNDED != 0).then(|| tt + ((rate as u128 * d as u128 + round) >> shift)),
+            raw: t1.wrapping_add((period as u128 * d as u128) >> s),
+            maxerror: (small & BOUNDED != 0).then(|| tt.wrapping_add((rate as u128 * d as u128 + round as u128) >> s)),
             counter,
             status: (small >> 16) as u8,
             disruption_marker: marker,
@@ -454,20 +527,43 @@ impl Fast {
                 before: small & LEAP_BEFORE != 0,
                 step: (small >> 48) as u8 as i8,
             }),
-            esterror_model: ErrorModel { time_ns: some(EST_TIME_SOME, est_time), rate: some(EST_RATE_SOME, est_rate) },
-            delta: d as i64,
+            est_time: (small & EST_TIME_SOME != 0).then_some(est),
+            est_rate: some(EST_RATE_SOME, est_rate),
+            delta: (d as i64).wrapping_add(delta as i64),
             shift,
         })
     }
 
-    /// Caches the constants of a consistent, checked copy whose reading succeeded, when its page
-    /// needs no special case (see [`Fast`]). Another thread's fill in progress: left to it.
+    /// Writes `now` in the local form: exactly it, for its own counter value.
+    fn set_now(&self, now: &Now) {
+        let est = ErrorModel { time_ns: now.est_time.map(|_| 0), rate: now.est_rate };
+        let small =
+            small_of(now.shift, now.time_type, now.status, now.tai_minus_utc, now.maxerror.is_some(), est, now.leap);
+        let tt = now.maxerror.unwrap_or(0);
+        let e = now.est_time.unwrap_or(0);
+        let mut v = [0u64; SLOTS];
+        v[C1] = now.counter;
+        (v[T1_LO], v[T1_HI]) = (now.raw as u64, (now.raw >> 64) as u64);
+        (v[TT_LO], v[TT_HI]) = (tt as u64, (tt >> 64) as u64);
+        (v[EST_LO], v[EST_HI]) = (e as u64, (e >> 64) as u64);
+        v[MARKER] = now.disruption_marker;
+        v[EST_RATE] = now.est_rate.unwrap_or(0);
+        v[LEAP_AT] = now.leap.map_or(0, |l| l.at_sec);
+        v[DELTA] = now.delta as u64;
+        v[SMALL] = small;
+        for (slot, x) in self.w.iter().zip(v) {
+            slot.store(x, Ordering::Relaxed);
+        }
+    }
+
+    /// Caches the constants of a consistent, checked copy whose reading succeeded (see
+    /// [`Fast`]). Another thread's fill in progress: left to it.
     #[cold]
     #[inline(never)]
     fn fill(&self, w: &[u32; COUNT], absent: u64) {
         let Ok(Decoded { r, tai_minus_utc, leap, status, disruption_marker }) = decode(w, absent) else { return };
         let (bounded, tt, rate, special) = match (r.maxerror.time_ns, r.maxerror.rate) {
-            (Some(t), Some(rate)) => (true, crate::time::nanos_to_frac_ceil(t), rate, false),
+            (Some(t), Some(rate)) => (true, nanos_to_frac_ceil(t), rate, false),
             (None, _) => (false, 0, 0, false),
             // Bounded at the reference only: the full copy's special case.
             (Some(_), None) => (false, 0, 0, true),
@@ -480,40 +576,27 @@ impl Fast {
         let fit =
             |room: u128, k: u64| if k == 0 { u64::MAX } else { u64::try_from(room / k as u128).unwrap_or(u64::MAX) };
         let dmax = (i64::MAX as u64).min(fit(u128::MAX - r.time, r.period)).min(fit(u128::MAX - tt, rate));
-        let (leap_at, leap_bits) = match leap {
-            Some(l) => (l.at_sec, LEAP_SOME | if l.before { LEAP_BEFORE } else { 0 } | (l.step as u8 as u64) << 48),
-            None => (0, 0),
-        };
-        let small = r.shift as u64 & 63
-            | (r.time_type as u64) << 8
-            | (status as u64) << 16
-            | tai_minus_utc.map_or(0, |t| (t as u16 as u64) << 24 | TAI_VALID)
-            | if bounded { BOUNDED } else { 0 }
-            | r.esterror.time_ns.map_or(0, |_| EST_TIME_SOME)
-            | r.esterror.rate.map_or(0, |_| EST_RATE_SOME)
-            | leap_bits;
+        let est = r.esterror.time_ns.map_or(0, nanos_to_frac_ceil);
+        let mut v = [0u64; SLOTS];
+        v[C1] = if usable { r.counter_value } else { !r.counter_value };
+        v[PERIOD] = r.period;
+        v[RATE] = rate;
+        v[ROUND] = if usable { (1u64 << r.shift) - 1 } else { 0 };
+        (v[T1_LO], v[T1_HI]) = (r.time as u64, (r.time >> 64) as u64);
+        (v[TT_LO], v[TT_HI]) = (tt as u64, (tt >> 64) as u64);
+        v[DMAX] = dmax;
+        v[MARKER] = disruption_marker;
+        (v[EST_LO], v[EST_HI]) = (est as u64, (est >> 64) as u64);
+        v[EST_RATE] = r.esterror.rate.unwrap_or(0);
+        v[LEAP_AT] = leap.map_or(0, |l| l.at_sec);
+        v[SMALL] = small_of(r.shift, r.time_type, status, tai_minus_utc, bounded, r.esterror, leap);
         let g = self.gen.load(Ordering::Relaxed);
         if g & 1 != 0 || self.gen.compare_exchange(g, g + 1, Ordering::Acquire, Ordering::Relaxed).is_err() {
             return;
         }
         fence(Ordering::Release);
-        let values = [
-            if usable { r.counter_value } else { !r.counter_value },
-            r.period,
-            rate,
-            r.time as u64,
-            (r.time >> 64) as u64,
-            tt as u64,
-            (tt >> 64) as u64,
-            dmax,
-            disruption_marker,
-            r.esterror.time_ns.unwrap_or(0),
-            r.esterror.rate.unwrap_or(0),
-            leap_at,
-            small,
-        ];
-        for (slot, v) in self.w.iter().zip(values) {
-            slot.store(v, Ordering::Relaxed);
+        for (slot, x) in self.w.iter().zip(v) {
+            slot.store(x, Ordering::Relaxed);
         }
         self.key.store(key_of(w[0], w[SEQ_WORD - FIRST]), Ordering::Relaxed);
         self.gen.store(g.wrapping_add(2), Ordering::Release);
@@ -553,7 +636,8 @@ pub fn now_at(snap: &Snapshot, counter: u64) -> Result<Now, TimeError> {
         disruption_marker: snap.disruption_marker(),
         tai_minus_utc,
         leap: snap.leap_indicator().and_then(|l| LeapEdge::of(r.time_type, r.time, tai_minus_utc, l)),
-        esterror_model: r.esterror,
+        est_time: r.esterror.time_ns.map(nanos_to_frac_ceil),
+        est_rate: r.esterror.rate,
         delta: r.delta(counter),
         shift: r.shift,
     })
@@ -569,7 +653,7 @@ mod tests {
     use crate::{PageBuf, Writer};
 
     fn fast(clock: &Clock<&PageBuf>, counter: u64) -> Option<Now> {
-        clock.fast.read(&clock.mem.words()[..FIRST + COUNT], &mut || counter)
+        clock.fast.read(&clock.mem.words()[..FIRST + COUNT], false, || counter)
     }
 
     /// The second read of a page takes the cached constants and gives what the full copy
