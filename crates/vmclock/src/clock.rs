@@ -90,7 +90,19 @@ impl Now {
     /// The time in TAI (a UTC page needs a valid TAI offset).
     #[inline]
     pub fn tai(&self) -> Result<Bounded<Tai>, TimeError> {
-        self.time().tai(self.tai_minus_utc)
+        // What `self.time().tai(self.tai_minus_utc)` gives, with the errors decided before the
+        // bounds are built: the result's variant then does not depend on the estimated error
+        // (whose `Option` tag the compiler may use to store it), so an application that reads
+        // only earliest and latest does not compute it.
+        let time = match self.time_type {
+            abi::time_type::TAI => Timestamp::<Tai>::from_raw(self.raw),
+            abi::time_type::UTC => {
+                let off = self.tai_minus_utc.ok_or(TimeError::NoTaiOffset { from: "UTC", to: "TAI" })?;
+                Timestamp::<Utc>::from_raw(self.raw).to_tai(off).ok_or(TimeError::Overflow)?
+            }
+            _ => return Err(TimeError::NotWallClock("TAI")),
+        };
+        Ok(Bounded { time, maxerror: self.maxerror, esterror: self.esterror() })
     }
 
     /// The time in UTC (a TAI page needs a valid TAI offset), with a leap second announced
@@ -181,6 +193,9 @@ impl<M: PageMemory> Clock<M> {
                 Some(l) => (l, true),
                 None => (&self.fast, false),
             };
+            // One pointer, opaque to the optimiser: it would otherwise select between the two
+            // objects field by field (a pointer per field, kept on the stack).
+            let src = core::hint::black_box(src);
             if let Some(now) = src.read(words, trusted, || counter.unwrap_or_else(&mut read_counter)) {
                 return Ok(now);
             }
