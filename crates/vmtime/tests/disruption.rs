@@ -122,9 +122,9 @@ fn the_clockbound_feed_writes_the_new_marker_within_tens_of_ms() {
     let page = page(dir.path());
     let seg_dir = dir.path().join("cb");
     let args = ["feed", "clockbound", "--source", page.to_str().unwrap(), "--dir", seg_dir.to_str().unwrap()];
-    let (_feed, _lines) = start(
+    let (_feed, _log) = spawn_answering(
         &[&args[..], &["--interval-ms", "1000", "--life-ms", "20000", "--duration-s", "120"]].concat(),
-        "vmtime feed clockbound",
+        &seg_dir.join("feed-clockbound.sock"),
     );
     // shm0: a 16-byte header, then as_of, void_after (16 bytes each), bound (8), the marker.
     let marker = || {

@@ -17,7 +17,7 @@ fn start_relay(dir: &Path, extra: &[&str]) -> Daemon {
         "120",
     ];
     args.extend_from_slice(extra);
-    start(&args, "following the host").0
+    spawn_answering(&args, Path::new(&socket(&guest))).0
 }
 
 fn markers(page: &Path) -> (u64, u64) {
@@ -80,7 +80,7 @@ fn a_relay_restarted_on_another_host_page_changes_the_guest_marker() {
     let first;
     {
         let _r = start_relay(dir.path(), &[]);
-        // The relay writes the guest page before it says it is following the host.
+        // The relay writes the guest page before it answers on its control socket.
         first = markers(&guest).0;
     }
     // Another host's page (its own marker) replaces the file while the relay is down.
@@ -188,9 +188,9 @@ fn a_guest_page_written_over_by_a_migration_gets_a_new_marker_at_once_and_no_tim
     let (host, guest) = (dir.path().join("host.page"), dir.path().join("guest.page"));
     let (_h, _) = start_host(&host);
     wait_calibrated(&host);
-    let (_r, rx) = spawn_ready(
+    let (_r, rx) = spawn_answering(
         &["relay", "--host-page", host.to_str().unwrap(), "--guest-page", guest.to_str().unwrap()],
-        "following the host",
+        Path::new(&socket(&guest)),
     );
     wait_calibrated(&guest);
     // The source's page: another relay's, marker 0x5150 generation 77, another offset.

@@ -4,10 +4,10 @@
 //! service side (systemd, metrics, SIGHUP) is crate::daemons::feed_service; their settings are the
 //! configuration's `[feed.chrony]` and `[feed.clockbound]` (crate::ops::config), flags over file.
 
-use crate::ops::config::{DisruptionSupport, FeedChronySettings, FeedClockBoundSettings, Layout, LogLevel};
+use crate::ops::config::{DaemonArgs, DisruptionSupport, FeedChronySettings, FeedClockBoundSettings, Layout, LogLevel};
 use crate::ops::figures::{cb_status_name, FeedChronyMetrics, FeedClockBoundMetrics};
 use crate::ops::runtime::{Daemon, Flow, Pace, Runtime, Turn};
-use crate::values::{Burst, DriftPpb, DurationS, FeedIntervalMs, LifeMs};
+use crate::values::{Burst, DriftPpb, FeedIntervalMs, LifeMs};
 use anyhow::Result;
 use clap::{Args as ClapArgs, Subcommand};
 use serde::Serialize;
@@ -34,8 +34,8 @@ impl Args {
     /// The global `--log-level`, over the configuration's `log_level`.
     pub fn set_log_level(&mut self, level: Option<LogLevel>) {
         match &mut self.target {
-            Target::Chrony(a) => a.common.log_level = level,
-            Target::Clockbound(a) => a.common.log_level = level,
+            Target::Chrony(a) => a.common.daemon.log_level = level,
+            Target::Clockbound(a) => a.common.daemon.log_level = level,
         }
     }
 }
@@ -48,13 +48,9 @@ enum Target {
     Clockbound(ClockBoundArgs),
 }
 
-/// The flags both feeds take: each one but --config is also a key of the feed's section.
+/// The flags both feeds take: each one is also a key of the feed's section.
 #[derive(ClapArgs, Debug, Serialize)]
 struct Common {
-    /// The configuration file (default: /etc/vmtime/vmtime.toml, if it exists).
-    #[arg(long)]
-    #[serde(skip)]
-    config: Option<PathBuf>,
     /// The page: a vmclock device or page file.
     #[arg(long)]
     source: Option<PathBuf>,
@@ -64,19 +60,13 @@ struct Common {
     /// (CLOCK_REALTIME, counter, CLOCK_REALTIME) samples per measurement.
     #[arg(long)]
     burst: Option<Burst>,
-    /// Exit after this many seconds.
-    #[arg(long)]
-    duration_s: Option<DurationS>,
-    /// The global `--log-level` (main sets it; a key of the configuration too).
-    #[arg(skip)]
-    pub log_level: Option<LogLevel>,
-    /// Serve Prometheus metrics on this loopback address (default: [metrics] listen; off).
-    #[arg(long)]
-    metrics_listen: Option<SocketAddr>,
     /// The feed's control socket, for `vmtime status` (default: feed-chrony.sock in the runtime
     /// directory; feed-clockbound.sock in the segments' directory).
     #[arg(long)]
     control_socket: Option<PathBuf>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub daemon: DaemonArgs,
 }
 
 #[derive(ClapArgs, Debug, Serialize)]
@@ -88,13 +78,6 @@ struct ChronyArgs {
     /// creates it, as root: run the feed as root).
     #[arg(long)]
     socket: Option<PathBuf>,
-}
-
-impl ChronyArgs {
-    /// The settings: these flags over `[feed.chrony]` over the defaults (again on SIGHUP).
-    fn settings(&self) -> Result<FeedChronySettings> {
-        crate::ops::config::feed_chrony(self.common.config.as_deref(), self)
-    }
 }
 
 #[derive(ClapArgs, Debug, Serialize)]
@@ -123,13 +106,6 @@ struct ClockBoundArgs {
     /// status is FreeRunning (as `vmtime sync --cross-check-ntp`).
     #[arg(long, value_name = "ADDRESS:PORT")]
     cross_check_ntp: Option<SocketAddr>,
-}
-
-impl ClockBoundArgs {
-    /// The settings: these flags over `[feed.clockbound]` over the defaults (again on SIGHUP).
-    fn settings(&self) -> Result<FeedClockBoundSettings> {
-        crate::ops::config::feed_clockbound(self.common.config.as_deref(), self)
-    }
 }
 
 /// What each feed applies on SIGHUP without a restart.
@@ -315,7 +291,6 @@ struct Chrony {
     send_failing: Option<vmtime_sys::feed::SendProblem>,
     errors: ReadErrors,
     f: FeedChronyMetrics,
-    line: String,
 }
 
 impl Daemon for Chrony {
@@ -347,7 +322,7 @@ impl Daemon for Chrony {
                 ChronyAction::Hold(Hold::Unreadable)
             }
         };
-        self.line = match action {
+        self.f.common.state = match action {
             ChronyAction::Send(s) => {
                 report(&mut self.last, None, "chrony feed");
                 match self.sock.send(&s.to_bytes()) {
@@ -382,7 +357,6 @@ impl Daemon for Chrony {
             }
         };
         self.f.send_failing = self.send_failing.is_some();
-        self.f.common.state.clone_from(&self.line);
         Ok(Flow::Continue)
     }
 
@@ -397,10 +371,6 @@ impl Daemon for Chrony {
         &mut self.f
     }
 
-    fn status_line(&self) -> Option<&str> {
-        (!self.line.is_empty()).then_some(self.line.as_str())
-    }
-
     fn stop(&mut self, why: &str) -> Result<()> {
         tracing::info!("{why}: stopping (chronyd gets no more samples)");
         Ok(())
@@ -408,12 +378,16 @@ impl Daemon for Chrony {
 }
 
 fn run_chrony(args: ChronyArgs) -> Result<ExitCode> {
-    let a = args.settings()?;
+    let a: FeedChronySettings = args.common.daemon.settings(&args)?;
     let interval = interval_of(a.interval_ms);
     let m = Measurer::open(&a.source, a.burst.get() as usize)?;
     vmtime_sys::feed::check_chrony_socket_path(&a.socket)?;
     let sock = ChronySocket::new(&a.socket)?;
-    let rt = Runtime::start(a.clone(), move || args.settings(), &control_socket(&a.control_socket, "feed-chrony")?)?;
+    let rt = Runtime::start(
+        a.clone(),
+        move || args.common.daemon.settings(&args),
+        &control_socket(&a.control_socket, "feed-chrony")?,
+    )?;
     // chronyd reads a relative path in chrony.conf from its own working directory (/).
     let conf_path = std::path::absolute(&a.socket).unwrap_or_else(|_| a.socket.clone());
     tracing::info!(
@@ -436,7 +410,6 @@ fn run_chrony(args: ChronyArgs) -> Result<ExitCode> {
         send_failing: None,
         errors: ReadErrors::default(),
         f,
-        line: String::new(),
     };
     rt.run(&mut d)
 }
@@ -473,7 +446,6 @@ struct ClockBound {
     last: Option<Option<Hold>>,
     errors: ReadErrors,
     f: FeedClockBoundMetrics,
-    line: String,
     /// The NTP cross-check, when configured, and its socket in this turn's poll.
     cross: Option<crate::daemons::crosscheck::NtpCross>,
     t_cross: Option<vmtime_sys::serve::Token>,
@@ -577,11 +549,10 @@ impl Daemon for ClockBound {
         }
         self.last_written = Some((eb, eb3));
         report(&mut self.last, feed.last_hold, "clockbound feed");
-        self.line = match feed.last_hold {
+        self.f.common.state = match feed.last_hold {
             Some(h) => format!("writing {}: {} (holding: {})", self.paths, cb_status_name(eb.status), h.describe()),
             None => format!("writing {}: {}", self.paths, cb_status_name(eb.status)),
         };
-        self.f.common.state.clone_from(&self.line);
         Ok(Flow::Continue)
     }
 
@@ -593,10 +564,6 @@ impl Daemon for ClockBound {
 
     fn figures(&mut self) -> &mut FeedClockBoundMetrics {
         &mut self.f
-    }
-
-    fn status_line(&self) -> Option<&str> {
-        (!self.line.is_empty()).then_some(self.line.as_str())
     }
 
     fn stop(&mut self, why: &str) -> Result<()> {
@@ -616,7 +583,7 @@ impl Daemon for ClockBound {
 }
 
 fn run_clockbound(args: ClockBoundArgs) -> Result<ExitCode> {
-    let a = args.settings()?;
+    let a: FeedClockBoundSettings = args.common.daemon.settings(&args)?;
     let interval = interval_of(a.interval_ms);
     let disruption_support = match a.disruption_support {
         DisruptionSupport::On => true,
@@ -639,7 +606,7 @@ fn run_clockbound(args: ClockBoundArgs) -> Result<ExitCode> {
     let paths = paths.join(" and ");
     // The control socket goes with the segments (the unit's runtime directory is theirs).
     let socket = a.control_socket.clone().unwrap_or_else(|| a.dir.join("feed-clockbound.sock"));
-    let rt = Runtime::start(a.clone(), move || args.settings(), &socket)?;
+    let rt = Runtime::start(a.clone(), move || args.common.daemon.settings(&args), &socket)?;
     let coarse_tick_ns = vmtime_sys::clock::getres(ClockId::MonotonicCoarse)?.clamp(1, 1_000_000_000);
     let mut feed = ClockBoundFeed::new(clockbound_config(&a, disruption_support, coarse_tick_ns));
     // A segment left by a previous run: its marker is the last one clients were given.
@@ -672,7 +639,6 @@ fn run_clockbound(args: ClockBoundArgs) -> Result<ExitCode> {
         last: None,
         errors: ReadErrors::default(),
         f,
-        line: String::new(),
         cross: None,
         t_cross: None,
     };

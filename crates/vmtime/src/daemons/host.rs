@@ -1,7 +1,7 @@
 //! `vmtime host`: publishes this machine's kernel clock as a vmclock page (see
 //! `vmtime_core::host` for the model). It only reads the clock; it never writes it.
 
-use crate::ops::config::{HostSettings, LogLevel, Smearing};
+use crate::ops::config::{DaemonArgs, HostSettings, Smearing};
 use crate::ops::runtime::{Answer, Daemon, Flow, Runtime, Turn};
 use crate::tai::{self, Found};
 use crate::values::*;
@@ -24,10 +24,6 @@ use vmtime_sys::serve::{self, Poller, Reply, Token};
 /// (crate::ops::config::HostSettings has the defaults); a flag overrides the file.
 #[derive(ClapArgs, Debug, Serialize)]
 pub struct Args {
-    /// The configuration file (default: /etc/vmtime/vmtime.toml, if it exists).
-    #[arg(long)]
-    #[serde(skip)]
-    config: Option<PathBuf>,
     /// Where to publish the page (default: /run/vmtime/host.page for root, else
     /// $XDG_RUNTIME_DIR/vmtime/host.page or /tmp/vmtime-UID/host.page).
     #[arg(long)]
@@ -70,23 +66,9 @@ pub struct Args {
     /// No live status line.
     #[arg(long)]
     quiet: bool,
-    /// Exit after this many seconds (tests, measurements).
-    #[arg(long)]
-    duration_s: Option<DurationS>,
-    /// The global `--log-level` (main sets it; a key of the configuration too).
-    #[arg(skip)]
-    pub log_level: Option<LogLevel>,
-    /// Serve Prometheus metrics on this loopback address (default: [metrics] listen; off).
-    #[arg(long)]
-    metrics_listen: Option<std::net::SocketAddr>,
-}
-
-impl Args {
-    /// The settings: these flags over the configuration file over the defaults. Called again on
-    /// SIGHUP: an error there keeps the old settings.
-    pub fn settings(&self) -> Result<HostSettings> {
-        crate::ops::config::host(self.config.as_deref(), self)
-    }
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub daemon: DaemonArgs,
 }
 
 /// Where TAI − UTC comes from for each observation.
@@ -155,7 +137,6 @@ struct Host {
     /// The clocksource could not be read at the last look (said once per episode).
     cs_unreadable: bool,
     last_turn: Option<Instant>,
-    line: String,
 }
 
 impl Host {
@@ -240,7 +221,7 @@ fn open_page(path: &Path, placeholder: PageBuilder) -> Result<(PageFile, Writabl
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
-    let a = args.settings()?;
+    let a: HostSettings = args.daemon.settings(&args)?;
     let page_path = match a.page.clone() {
         Some(p) => {
             files::ensure_dir_for(&p)?;
@@ -319,7 +300,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         Some(p) => Publisher::resume(cfg, p),
         None => Publisher::new(cfg),
     };
-    let rt = Runtime::start(a.clone(), move || args.settings(), &socket_path)?;
+    let rt = Runtime::start(a.clone(), move || args.daemon.settings(&args), &socket_path)?;
 
     let mut source_note = "source: (clock, counter, clock) samples of the kernel clock".to_string();
     let kernel_page = if a.no_vmclock_host {
@@ -374,6 +355,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         poll_every: Duration::from_millis(a.poll_ms.get()),
         kernel_page_readable: kernel_page.as_ref().map(|_| true),
         kernel_state: if timex.denied() { UNREADABLE_NOTE } else { READ_NOTE },
+        timex_denied: timex.denied(),
         config: cfg_copy,
         ..Default::default()
     };
@@ -397,7 +379,6 @@ pub fn run(args: Args) -> Result<ExitCode> {
         last_cs_check: now,
         cs_unreadable: false,
         last_turn: None,
-        line: String::new(),
         m,
     };
     if !usable {
@@ -476,6 +457,7 @@ impl Daemon for Host {
                 tracing::warn!("going on: {UNREADABLE_NOTE}");
             }
             self.m.kernel_state = if self.timex.denied() { UNREADABLE_NOTE } else { READ_NOTE };
+            self.m.timex_denied = self.timex.denied();
             let delay = self.schedule.after_poll(&tx, (now - self.t0).as_nanos() as i128);
             self.next_poll = now + Duration::from_nanos(delay as u64);
             self.m.poll_every = Duration::from_nanos(delay as u64);
@@ -502,11 +484,6 @@ impl Daemon for Host {
         }
         self.m.last_observation = self.last_obs;
         self.m.kernel_page_readable = self.kernel_page.as_ref().map(|_| !self.kernel_page_failing);
-        if self.m.published > 0 && self.line.is_empty() {
-            let unread =
-                if self.timex.denied() { " (kernel NTP state unreadable: FREERUNNING, 16 s bound)" } else { "" };
-            self.line = format!("publishing {}{unread}", self.m.page);
-        }
         Ok(Flow::Continue)
     }
 
@@ -533,9 +510,5 @@ impl Daemon for Host {
 
     fn figures(&mut self) -> &mut crate::ops::figures::HostMetrics {
         &mut self.m
-    }
-
-    fn status_line(&self) -> Option<&str> {
-        (!self.line.is_empty()).then_some(self.line.as_str())
     }
 }

@@ -1,7 +1,7 @@
 //! `vmtime relay`: follows a host page and publishes one guest's page in the guest's counter
 //! domain, owning its disruption marker and generation counter (see `vmtime_core::relay`).
 
-use crate::ops::config::{LogLevel, RelaySettings};
+use crate::ops::config::{DaemonArgs, RelaySettings};
 use crate::ops::runtime::{Answer, Daemon, Flow, Runtime, Turn};
 use crate::values::*;
 use anyhow::{bail, Context, Result};
@@ -22,10 +22,6 @@ use vmtime_sys::serve::{self, Poller, Reply, Subscription, Token};
 /// key of the configuration's `[relay]` section; a flag overrides the file.
 #[derive(ClapArgs, Debug, Serialize)]
 pub struct Args {
-    /// The configuration file (default: /etc/vmtime/vmtime.toml, if it exists).
-    #[arg(long)]
-    #[serde(skip)]
-    config: Option<PathBuf>,
     /// The host page to follow (from `vmtime host`).
     #[arg(long)]
     host_page: Option<PathBuf>,
@@ -62,23 +58,9 @@ pub struct Args {
     #[arg(long, hide = true)]
     #[serde(skip)]
     no_notify: bool,
-    /// Exit after this many seconds.
-    #[arg(long)]
-    duration_s: Option<DurationS>,
-    /// The global `--log-level` (main sets it; a key of the configuration too).
-    #[arg(skip)]
-    pub log_level: Option<LogLevel>,
-    /// Serve Prometheus metrics on this loopback address (default: [metrics] listen; off).
-    #[arg(long)]
-    metrics_listen: Option<std::net::SocketAddr>,
-}
-
-impl Args {
-    /// The settings: these flags over the configuration file over the defaults. Called again on
-    /// SIGHUP: an error there keeps the old settings.
-    pub fn settings(&self) -> Result<RelaySettings> {
-        crate::ops::config::relay(self.config.as_deref(), self)
-    }
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub daemon: DaemonArgs,
 }
 
 /// Parses an offset given on the control socket: the same rules as --tsc-offset.
@@ -148,7 +130,6 @@ struct Relay {
     last_file_check: Instant,
     /// The last failure to relay (logged once per cause).
     last_error: String,
-    line: String,
     /// The relay's last write into the guest page, to see another writer's.
     guard: Guard,
     /// The figures (metrics and status).
@@ -332,7 +313,7 @@ fn subscribe_host(socket: &Path) -> Option<Subscription> {
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
-    let a = args.settings()?;
+    let a: RelaySettings = args.daemon.settings(&args)?;
     let (migrated, restored) = (args.migrated, args.restored);
     let Some(guest_page) = a.guest_page.clone() else {
         bail!("no guest page: give --guest-page PATH (or [relay] guest_page in the configuration)");
@@ -409,11 +390,12 @@ pub fn run(args: Args) -> Result<ExitCode> {
     save(&state_path, relay.state())?;
     let guest_socket = crate::paths::socket_for(&guest_page);
     let host_socket = a.host_socket.clone().unwrap_or_else(|| crate::paths::socket_for(&host_path));
-    let rt = Runtime::start(a.clone(), move || args.settings(), &guest_socket)?;
+    let rt = Runtime::start(a.clone(), move || args.daemon.settings(&args), &guest_socket)?;
     let saved = *relay.state();
     let now = Instant::now();
     let m = crate::ops::figures::RelayMetrics {
         host_page: host_path.display().to_string(),
+        guest_page: guest_page.display().to_string(),
         state: Some(saved),
         ..Default::default()
     };
@@ -436,7 +418,6 @@ pub fn run(args: Args) -> Result<ExitCode> {
         last_turn: now,
         last_file_check: now,
         last_error: String::new(),
-        line: String::new(),
         m,
     };
     let st = *r.relay.state();
@@ -462,7 +443,6 @@ pub fn run(args: Args) -> Result<ExitCode> {
             r.host_socket.display()
         ),
     }
-    r.line = format!("relaying {} to {}", host_path.display(), guest_page.display());
     rt.run(&mut r)
 }
 
@@ -543,9 +523,5 @@ impl Daemon for Relay {
 
     fn figures(&mut self) -> &mut crate::ops::figures::RelayMetrics {
         &mut self.m
-    }
-
-    fn status_line(&self) -> Option<&str> {
-        (self.relayed > 0).then_some(self.line.as_str())
     }
 }

@@ -2,7 +2,7 @@
 //! `vmtime_core::sync`). With `--dry-run` it prints what it would do and changes nothing: the only
 //! mode to use on a machine whose clock must not be touched.
 
-use crate::ops::config::{LogLevel, SyncSettings, Timescale};
+use crate::ops::config::{DaemonArgs, SyncSettings, Timescale};
 use crate::ops::runtime::{Daemon, Flow, Pace, Runtime, Turn};
 use crate::values::*;
 use anyhow::{bail, Context, Result};
@@ -29,10 +29,6 @@ use vmtime_sys::serve::{self, Poller, Subscription, Token};
 /// overrides the file.
 #[derive(ClapArgs, Debug, Serialize)]
 pub struct Args {
-    /// The configuration file (default: /etc/vmtime/vmtime.toml, if it exists).
-    #[arg(long)]
-    #[serde(skip)]
-    config: Option<PathBuf>,
     /// The source: a vmclock device or page file (default: the first /dev/vmclock*).
     #[arg(long)]
     source: Option<PathBuf>,
@@ -66,9 +62,6 @@ pub struct Args {
     /// Control socket (default: sync.sock beside the host page's default).
     #[arg(long)]
     socket: Option<PathBuf>,
-    /// Exit after this many seconds.
-    #[arg(long)]
-    duration_s: Option<DurationS>,
     /// The timescale of a PHC source, used only when the machine cannot tell: its vmclock page,
     /// the kernel's timescale attribute and a driver of fixed timescale (ptp_kvm: UTC) come first.
     #[arg(long, value_enum)]
@@ -77,12 +70,6 @@ pub struct Args {
     /// the page has it.
     #[arg(long)]
     tai_offset: Option<TaiUtcS>,
-    /// The global `--log-level` (main sets it; a key of the configuration too).
-    #[arg(skip)]
-    pub log_level: Option<LogLevel>,
-    /// Serve Prometheus metrics on this loopback address (default: [metrics] listen; off).
-    #[arg(long)]
-    metrics_listen: Option<std::net::SocketAddr>,
     /// Start even while another time daemon (chronyd, ntpd, systemd-timesyncd, …) runs or the
     /// kernel's PLL is on, and keep running when another process changes the clock's state.
     #[arg(long)]
@@ -94,13 +81,22 @@ pub struct Args {
     /// "disagree", …}`. A vmclock page source only.
     #[arg(long, value_name = "ADDRESS:PORT")]
     cross_check_ntp: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub daemon: DaemonArgs,
 }
 
-impl Args {
-    /// The settings: these flags over the configuration file over the defaults. Called again on
-    /// SIGHUP: an error there keeps the old settings.
-    pub fn settings(&self) -> Result<SyncSettings> {
-        crate::ops::config::sync(self.config.as_deref(), self)
+/// The flags every daemon takes, as fields of `Args` (`vmtime-guest` sets `log_level` so).
+impl std::ops::Deref for Args {
+    type Target = DaemonArgs;
+    fn deref(&self) -> &DaemonArgs {
+        &self.daemon
+    }
+}
+
+impl std::ops::DerefMut for Args {
+    fn deref_mut(&mut self) -> &mut DaemonArgs {
+        &mut self.daemon
     }
 }
 
@@ -167,7 +163,6 @@ struct PhcSync {
     pace: Pace,
     interval: Duration,
     printed: String,
-    line: String,
     m: crate::ops::figures::SyncMetrics,
 }
 
@@ -229,7 +224,6 @@ impl PhcSync {
             pace: Pace::new(Instant::now(), interval),
             interval,
             printed: String::new(),
-            line: String::new(),
         })
     }
 
@@ -306,9 +300,6 @@ impl PhcSync {
                 }
             }
         }
-        if self.m.updates > 0 && self.line.is_empty() {
-            self.line = format!("following {}", self.dev.display());
-        }
         Ok(())
     }
 }
@@ -343,10 +334,6 @@ impl Daemon for PhcSync {
 
     fn figures(&mut self) -> &mut crate::ops::figures::SyncMetrics {
         &mut self.m
-    }
-
-    fn status_line(&self) -> Option<&str> {
-        (!self.line.is_empty()).then_some(self.line.as_str())
     }
 }
 
@@ -488,7 +475,6 @@ struct MarkersOnly {
     dry_run: bool,
     hook: Option<String>,
     pace: Pace,
-    line: String,
     m: crate::ops::figures::SyncMetrics,
 }
 
@@ -527,9 +513,6 @@ impl Daemon for MarkersOnly {
                 run_hook(&self.hook, self.dry_run);
             }
             self.m.page_seen(&p);
-            if self.line.is_empty() {
-                self.line = format!("watching the markers of {} (no time source)", self.page.path().display());
-            }
         }
         Ok(Flow::Continue)
     }
@@ -538,10 +521,6 @@ impl Daemon for MarkersOnly {
 
     fn figures(&mut self) -> &mut crate::ops::figures::SyncMetrics {
         &mut self.m
-    }
-
-    fn status_line(&self) -> Option<&str> {
-        (!self.line.is_empty()).then_some(self.line.as_str())
     }
 }
 
@@ -618,7 +597,6 @@ struct Sync {
     is_device: bool,
     next_obs: Instant,
     last_resubscribe: Instant,
-    line: String,
     /// The figures offered to the metrics server.
     m: crate::ops::figures::SyncMetrics,
     /// Changes to the kernel's NTP state that this daemon did not make.
@@ -832,7 +810,7 @@ fn take_lock_at(path: &std::path::Path) -> Result<Result<Option<files::LockFile>
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
-    let a = args.settings()?;
+    let a: SyncSettings = args.daemon.settings(&args)?;
     if let Some(code) = check_rivals(&a)? {
         return Ok(code);
     }
@@ -865,7 +843,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             crate::paths::sync_socket(a.dry_run)
         }
     };
-    let rt = Runtime::start(a.clone(), move || args.settings(), &socket)?;
+    let rt = Runtime::start(a.clone(), move || args.daemon.settings(&args), &socket)?;
     let source = match phc {
         Ok(page) => page,
         Err(info) => return rt.run(&mut PhcSync::open(&a, info, None)?),
@@ -892,7 +870,6 @@ pub fn run(args: Args) -> Result<ExitCode> {
                     dry_run: a.dry_run,
                     hook: a.hook.clone(),
                     pace: Pace::new(Instant::now(), Duration::from_millis(a.interval_ms.get())),
-                    line: String::new(),
                     m,
                 })
             }
@@ -928,7 +905,6 @@ pub fn run(args: Args) -> Result<ExitCode> {
         is_device,
         next_obs: now,
         last_resubscribe: now,
-        line: String::new(),
     };
     s.cadence.set_notified(s.notes.device.is_some());
     tracing::info!(
@@ -1041,9 +1017,6 @@ impl Daemon for Sync {
         self.m.observations_redone = self.redone;
         self.m.marker_checks = Some(self.cadence.checks());
         self.m.check_ms = (!self.cadence.notified()).then(|| (self.cadence.check_ns() / 1_000_000) as u64);
-        if self.m.updates > 0 && self.line.is_empty() {
-            self.line = format!("following {}", self.page.path().display());
-        }
         Ok(Flow::Continue)
     }
 
@@ -1057,10 +1030,6 @@ impl Daemon for Sync {
 
     fn figures(&mut self) -> &mut crate::ops::figures::SyncMetrics {
         &mut self.m
-    }
-
-    fn status_line(&self) -> Option<&str> {
-        (!self.line.is_empty()).then_some(self.line.as_str())
     }
 }
 

@@ -660,33 +660,64 @@ pub fn on_sighup<S: Serialize + DeserializeOwned>(
     }
 }
 
-/// `vmtime host`'s settings (also its SIGHUP reload: an error keeps the old settings).
-pub fn host(config: Option<&Path>, flags: &impl Serialize) -> Result<HostSettings> {
-    resolve(&load(config)?, "host", flags, |s: &mut HostSettings| &mut s.metrics_listen)
+/// The flags every daemon takes, beside its own: each one but `--config` is also a key of its
+/// section (flattened into each daemon's `Args`, and into the flags laid over the file).
+#[derive(ClapArgs, Debug, Default, Serialize)]
+pub struct DaemonArgs {
+    /// The configuration file (default: /etc/vmtime/vmtime.toml, if it exists).
+    #[arg(long)]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Exit after this many seconds (tests, measurements).
+    #[arg(long)]
+    pub duration_s: Option<DurationS>,
+    /// The global `--log-level` (main sets it; a key of the configuration too).
+    #[arg(skip)]
+    pub log_level: Option<LogLevel>,
+    /// Serve Prometheus metrics on this loopback address (default: [metrics] listen; off).
+    #[arg(long)]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
-/// `vmtime relay`'s settings (also its SIGHUP reload).
-pub fn relay(config: Option<&Path>, flags: &impl Serialize) -> Result<RelaySettings> {
-    resolve(&load(config)?, "relay", flags, |s: &mut RelaySettings| &mut s.metrics_listen)
+impl DaemonArgs {
+    /// The settings of the daemon whose flags, these included, are `flags`: [`settings`] with
+    /// `--config` (also its SIGHUP reload).
+    pub fn settings<S: Section>(&self, flags: &impl Serialize) -> Result<S> {
+        settings(self.config.as_deref(), flags)
+    }
 }
 
-/// `vmtime sync`'s settings (also its SIGHUP reload).
-pub fn sync(config: Option<&Path>, flags: &impl Serialize) -> Result<SyncSettings> {
-    resolve(&load(config)?, "sync", flags, |s: &mut SyncSettings| &mut s.metrics_listen)
+/// A daemon's section of the file: its name, and the checks across its keys.
+pub trait Section: DeserializeOwned {
+    /// "host", "feed.chrony", …
+    const SECTION: &'static str;
+    /// `metrics_listen`, filled from `[metrics] listen` when neither the flag nor the section
+    /// gives it.
+    fn metrics_listen_mut(&mut self) -> &mut Option<SocketAddr>;
+    /// The checks across keys once the flags are laid over the file (which was checked alone
+    /// by [`load`]): an error names the flags.
+    fn check_flags(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
-/// `vmtime feed chrony`'s settings (also its SIGHUP reload).
-pub fn feed_chrony(config: Option<&Path>, flags: &impl Serialize) -> Result<FeedChronySettings> {
-    resolve(&load(config)?, "feed.chrony", flags, |s: &mut FeedChronySettings| &mut s.metrics_listen)
-}
-
-/// `vmtime feed clockbound`'s settings (also its SIGHUP reload): the segment's life must cover
-/// two intervals, whether they come from flags or the file.
-pub fn feed_clockbound(config: Option<&Path>, flags: &impl Serialize) -> Result<FeedClockBoundSettings> {
-    let s = resolve(&load(config)?, "feed.clockbound", flags, |s: &mut FeedClockBoundSettings| &mut s.metrics_listen)?;
-    // The file alone was checked by `load`: a flag made the pair wrong.
-    s.check(true).map_err(|m| anyhow!("{m}"))?;
+/// A daemon's settings: `flags` (its whole `Args`, serialised) over its section of the file
+/// `config` over the defaults. Also its SIGHUP reload: an error keeps the settings in force.
+pub fn settings<S: Section>(config: Option<&Path>, flags: &impl Serialize) -> Result<S> {
+    let s: S = resolve(&load(config)?, S::SECTION, flags, S::metrics_listen_mut)?;
+    s.check_flags().map_err(|m| anyhow!("{m}"))?;
     Ok(s)
+}
+
+impl Section for FeedClockBoundSettings {
+    const SECTION: &'static str = "feed.clockbound";
+    fn metrics_listen_mut(&mut self) -> &mut Option<SocketAddr> {
+        &mut self.metrics_listen
+    }
+    /// The segment's life must cover two intervals, whether they come from flags or the file.
+    fn check_flags(&self) -> Result<(), String> {
+        self.check(true)
+    }
 }
 
 /// The keys the daemon runtime applies (crate::ops::runtime), the same in every section.
@@ -706,6 +737,19 @@ macro_rules! runtime_settings {
     )*};
 }
 runtime_settings!(HostSettings, RelaySettings, SyncSettings, FeedChronySettings, FeedClockBoundSettings);
+
+/// The sections without checks across keys.
+macro_rules! plain_section {
+    ($($t:ty => $section:literal),*) => {$(
+        impl Section for $t {
+            const SECTION: &'static str = $section;
+            fn metrics_listen_mut(&mut self) -> &mut Option<SocketAddr> {
+                &mut self.metrics_listen
+            }
+        }
+    )*};
+}
+plain_section!(HostSettings => "host", RelaySettings => "relay", SyncSettings => "sync", FeedChronySettings => "feed.chrony");
 
 /// `vmtime config`.
 #[derive(ClapArgs, Debug)]
@@ -880,7 +924,7 @@ mod tests {
     fn flags_override_the_file_which_overrides_the_defaults() {
         let f = file("[host]\ninterval_ms = 500\npoll_ms = 20\nquiet = true\n[metrics]\nlisten = \"127.0.0.1:9100\"\n");
         let none = Flags::default();
-        let s = host(Some(f.path()), &none).unwrap();
+        let s: HostSettings = settings(Some(f.path()), &none).unwrap();
         assert_eq!((s.interval_ms.get(), s.poll_ms.get(), s.quiet), (500, 20, true));
         assert_eq!(s.threshold_ns, HostSettings::default().threshold_ns);
         assert_eq!(s.metrics_listen, Some("127.0.0.1:9100".parse().unwrap()));
@@ -889,11 +933,11 @@ mod tests {
             quiet: false,
             metrics_listen: Some("127.0.0.1:9200".parse().unwrap()),
         };
-        let s = host(Some(f.path()), &flags).unwrap();
+        let s: HostSettings = settings(Some(f.path()), &flags).unwrap();
         assert_eq!((s.interval_ms.get(), s.poll_ms.get(), s.quiet), (700, 20, true));
         assert_eq!(s.metrics_listen, Some("127.0.0.1:9200".parse().unwrap()));
         let flags = Flags { metrics_listen: Some("10.0.0.1:9200".parse().unwrap()), ..Flags::default() };
-        let e = format!("{:#}", host(Some(f.path()), &flags).unwrap_err());
+        let e = format!("{:#}", settings::<HostSettings>(Some(f.path()), &flags).unwrap_err());
         assert!(e.contains("--metrics-listen = \"10.0.0.1:9200\" is not a loopback address"), "{e}");
     }
 
