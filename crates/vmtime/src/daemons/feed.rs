@@ -4,14 +4,16 @@
 //! service side (systemd, metrics, SIGHUP) is crate::daemons::feed_service; their settings are the
 //! configuration's `[feed.chrony]` and `[feed.clockbound]` (crate::ops::config), flags over file.
 
-use crate::ops::config::{DaemonArgs, DisruptionSupport, FeedChronySettings, FeedClockBoundSettings, Layout, LogLevel};
+use crate::ops::config::{
+    DaemonArgs, DisruptionSupport, FeedChronyFlags, FeedChronySettings, FeedClockBoundFlags, FeedClockBoundSettings,
+    Layout, LogLevel,
+};
 use crate::ops::figures::{cb_status_name, FeedChronyMetrics, FeedClockBoundMetrics};
 use crate::ops::runtime::{Daemon, Flow, Pace, Runtime, Turn};
-use crate::values::{Burst, DriftPpb, FeedIntervalMs, LifeMs};
+use crate::values::FeedIntervalMs;
 use anyhow::Result;
 use clap::{Args as ClapArgs, Subcommand};
 use serde::Serialize;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -34,8 +36,8 @@ impl Args {
     /// The global `--log-level`, over the configuration's `log_level`.
     pub fn set_log_level(&mut self, level: Option<LogLevel>) {
         match &mut self.target {
-            Target::Chrony(a) => a.common.daemon.log_level = level,
-            Target::Clockbound(a) => a.common.daemon.log_level = level,
+            Target::Chrony(a) => a.daemon.log_level = level,
+            Target::Clockbound(a) => a.daemon.log_level = level,
         }
     }
 }
@@ -48,64 +50,26 @@ enum Target {
     Clockbound(ClockBoundArgs),
 }
 
-/// The flags both feeds take: each one is also a key of the feed's section.
-#[derive(ClapArgs, Debug, Serialize)]
-struct Common {
-    /// The page: a vmclock device or page file.
-    #[arg(long)]
-    source: Option<PathBuf>,
-    /// Interval between samples or updates, ms.
-    #[arg(long)]
-    interval_ms: Option<FeedIntervalMs>,
-    /// (CLOCK_REALTIME, counter, CLOCK_REALTIME) samples per measurement.
-    #[arg(long)]
-    burst: Option<Burst>,
-    /// The feed's control socket, for `vmtime status` (default: feed-chrony.sock in the runtime
-    /// directory; feed-clockbound.sock in the segments' directory).
-    #[arg(long)]
-    control_socket: Option<PathBuf>,
-    #[command(flatten)]
-    #[serde(flatten)]
-    pub daemon: DaemonArgs,
-}
-
+/// `vmtime feed chrony`'s flags: each one but `--config` is also a key of `[feed.chrony]`.
 #[derive(ClapArgs, Debug, Serialize)]
 struct ChronyArgs {
     #[command(flatten)]
     #[serde(flatten)]
-    common: Common,
-    /// chronyd's SOCK refclock socket: the PATH of chrony.conf's `refclock SOCK PATH` (chronyd
-    /// creates it, as root: run the feed as root).
-    #[arg(long)]
-    socket: Option<PathBuf>,
+    keys: FeedChronyFlags,
+    #[command(flatten)]
+    #[serde(flatten)]
+    daemon: DaemonArgs,
 }
 
+/// `vmtime feed clockbound`'s flags: each one but `--config` is also a key of `[feed.clockbound]`.
 #[derive(ClapArgs, Debug, Serialize)]
 struct ClockBoundArgs {
     #[command(flatten)]
     #[serde(flatten)]
-    common: Common,
-    /// The directory of the segments (`shm0` and/or `shm1` in it, as --layout says).
-    #[arg(long)]
-    dir: Option<PathBuf>,
-    /// Which segments: 2 (`shm0`, ClockBound 2.x clients), 3 (`shm1`, 3.x clients) or both.
-    #[arg(long, value_enum)]
-    layout: Option<Layout>,
-    /// How long the segments stay valid without an update, ms (at least two intervals, less
-    /// than 32767 intervals).
-    #[arg(long)]
-    life_ms: Option<LifeMs>,
-    /// Drift allowed to CLOCK_REALTIME beyond the rate measured, ppb (ClockBound assumes 15 ppm).
-    #[arg(long)]
-    drift_margin_ppb: Option<DriftPpb>,
-    /// Whether clients compare the segment's marker with /dev/vmclock0's.
-    #[arg(long, value_enum)]
-    disruption_support: Option<DisruptionSupport>,
-    /// A second opinion: an NTP server, ADDRESS:PORT (no names), asked every 16–64 s; while it and
-    /// the page disagree beyond both bounds, every bound written covers the disagreement and the
-    /// status is FreeRunning (as `vmtime sync --cross-check-ntp`).
-    #[arg(long, value_name = "ADDRESS:PORT")]
-    cross_check_ntp: Option<SocketAddr>,
+    keys: FeedClockBoundFlags,
+    #[command(flatten)]
+    #[serde(flatten)]
+    daemon: DaemonArgs,
 }
 
 /// What each feed applies on SIGHUP without a restart.
@@ -378,14 +342,14 @@ impl Daemon for Chrony {
 }
 
 fn run_chrony(args: ChronyArgs) -> Result<ExitCode> {
-    let a: FeedChronySettings = args.common.daemon.settings(&args)?;
+    let a: FeedChronySettings = args.daemon.settings(&args)?;
     let interval = interval_of(a.interval_ms);
     let m = Measurer::open(&a.source, a.burst.get() as usize)?;
     vmtime_sys::feed::check_chrony_socket_path(&a.socket)?;
     let sock = ChronySocket::new(&a.socket)?;
     let rt = Runtime::start(
         a.clone(),
-        move || args.common.daemon.settings(&args),
+        move || args.daemon.settings(&args),
         &control_socket(&a.control_socket, "feed-chrony")?,
     )?;
     // chronyd reads a relative path in chrony.conf from its own working directory (/).
@@ -583,7 +547,7 @@ impl Daemon for ClockBound {
 }
 
 fn run_clockbound(args: ClockBoundArgs) -> Result<ExitCode> {
-    let a: FeedClockBoundSettings = args.common.daemon.settings(&args)?;
+    let a: FeedClockBoundSettings = args.daemon.settings(&args)?;
     let interval = interval_of(a.interval_ms);
     let disruption_support = match a.disruption_support {
         DisruptionSupport::On => true,
@@ -606,7 +570,7 @@ fn run_clockbound(args: ClockBoundArgs) -> Result<ExitCode> {
     let paths = paths.join(" and ");
     // The control socket goes with the segments (the unit's runtime directory is theirs).
     let socket = a.control_socket.clone().unwrap_or_else(|| a.dir.join("feed-clockbound.sock"));
-    let rt = Runtime::start(a.clone(), move || args.common.daemon.settings(&args), &socket)?;
+    let rt = Runtime::start(a.clone(), move || args.daemon.settings(&args), &socket)?;
     let coarse_tick_ns = vmtime_sys::clock::getres(ClockId::MonotonicCoarse)?.clamp(1, 1_000_000_000);
     let mut feed = ClockBoundFeed::new(clockbound_config(&a, disruption_support, coarse_tick_ns));
     // A segment left by a previous run: its marker is the last one clients were given.

@@ -1,14 +1,14 @@
 //! `vmtime host`: publishes this machine's kernel clock as a vmclock page (see
 //! `vmtime_core::host` for the model). It only reads the clock; it never writes it.
 
-use crate::ops::config::{DaemonArgs, HostSettings, Smearing};
+use crate::ops::config::{DaemonArgs, HostFlags, HostSettings, Smearing};
 use crate::ops::runtime::{Answer, Daemon, Flow, Runtime, Turn};
 use crate::tai::{self, Found};
 use crate::values::*;
 use anyhow::{bail, Context, Result};
 use clap::Args as ClapArgs;
 use serde::Serialize;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use vmclock::abi::{self, PAGE_SIZE};
@@ -20,52 +20,13 @@ use vmtime_sys::event::{self, StepDetector};
 use vmtime_sys::files::{self, PageFile};
 use vmtime_sys::serve::{self, Poller, Reply, Token};
 
-/// `vmtime host`'s flags: each one is also a key of the configuration's `[host]` section
-/// (crate::ops::config::HostSettings has the defaults); a flag overrides the file.
+/// `vmtime host`'s flags: each one but `--config` is also a key of the configuration's `[host]`
+/// section (crate::ops::config::HostSettings declares them); a flag overrides the file.
 #[derive(ClapArgs, Debug, Serialize)]
 pub struct Args {
-    /// Where to publish the page (default: /run/vmtime/host.page for root, else
-    /// $XDG_RUNTIME_DIR/vmtime/host.page or /tmp/vmtime-UID/host.page).
-    #[arg(long)]
-    page: Option<PathBuf>,
-    /// Control socket (default: the page path + ".sock").
-    #[arg(long)]
-    socket: Option<PathBuf>,
-    /// Longest time between full observations, ms.
-    #[arg(long)]
-    interval_ms: Option<IntervalMs>,
-    /// How often the kernel's NTP state is read (cheap adjtimex) while it is changing, ms.
-    #[arg(long)]
-    poll_ms: Option<PollMs>,
-    /// How often it is read once it has been still for 10 s, ms (the page's maxerror covers
-    /// what an unseen frequency change can do in this long: 500 ppm of it at the defaults).
-    #[arg(long)]
-    idle_poll_ms: Option<PollMs>,
-    /// Republish when the page is this far off the kernel clock, ns.
-    #[arg(long)]
-    threshold_ns: Option<ThresholdNs>,
-    /// Rate tolerance of the kernel clock against true time, ppm (the page's period maximum
-    /// error rate; 500 is the kernel's own MAXFREQ).
-    #[arg(long)]
-    tolerance_ppm: Option<TolerancePpm>,
-    /// TAI − UTC in s, positive (37 in 2026); the page stores its negation, UTC − TAI, as the
-    /// driver and spec v1.1 read it (default: the kernel's, else the system leap-second list if
-    /// current).
-    #[arg(long)]
-    tai_offset: Option<TaiUtcS>,
-    /// leap_second_smearing_hint to publish.
-    #[arg(long, value_enum)]
-    smearing: Option<Smearing>,
-    /// The kernel's own vmclock page (RFC "/dev/vmclock_host"): used as the source of the
-    /// counter-to-clock relation when present; vmtime adds bounds, leap state, status and markers.
-    #[arg(long)]
-    vmclock_host: Option<PathBuf>,
-    /// Ignore the kernel's page even when it exists (sample the clock instead).
-    #[arg(long)]
-    no_vmclock_host: bool,
-    /// No live status line.
-    #[arg(long)]
-    quiet: bool,
+    #[command(flatten)]
+    #[serde(flatten)]
+    keys: HostFlags,
     #[command(flatten)]
     #[serde(flatten)]
     pub daemon: DaemonArgs,

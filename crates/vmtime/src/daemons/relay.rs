@@ -1,7 +1,7 @@
 //! `vmtime relay`: follows a host page and publishes one guest's page in the guest's counter
 //! domain, owning its disruption marker and generation counter (see `vmtime_core::relay`).
 
-use crate::ops::config::{DaemonArgs, RelaySettings};
+use crate::ops::config::{DaemonArgs, RelayFlags, RelaySettings};
 use crate::ops::runtime::{Answer, Daemon, Flow, Runtime, Turn};
 use crate::values::*;
 use anyhow::{bail, Context, Result};
@@ -22,28 +22,9 @@ use vmtime_sys::serve::{self, Poller, Reply, Subscription, Token};
 /// key of the configuration's `[relay]` section; a flag overrides the file.
 #[derive(ClapArgs, Debug, Serialize)]
 pub struct Args {
-    /// The host page to follow (from `vmtime host`).
-    #[arg(long)]
-    host_page: Option<PathBuf>,
-    /// The host daemon's control socket, for its notifications (default: the host page +
-    /// ".sock"; without one answering, the host page is polled every 1 ms).
-    #[arg(long)]
-    host_socket: Option<PathBuf>,
-    /// The guest page to publish (a file the VMM shares with the guest, e.g. an ivshmem backend).
-    #[arg(long)]
-    guest_page: Option<PathBuf>,
-    /// KVM's TSC offset for this guest (added after scaling, mod 2^64; negative values wrap).
-    #[arg(long)]
-    tsc_offset: Option<TscOffset>,
-    /// The TSC scaling ratio (guest ticks per host tick).
-    #[arg(long)]
-    tsc_ratio: Option<TscRatio>,
-    /// Fraction bits of KVM's ratio (Intel 48, AMD 32).
-    #[arg(long)]
-    tsc_frac_bits: Option<FracBits>,
-    /// Where the guest's markers are kept across restarts (default: guest page + ".state.json").
-    #[arg(long)]
-    state: Option<PathBuf>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    keys: RelayFlags,
     /// The guest has just been live-migrated in: change its disruption marker (this run only).
     #[arg(long)]
     #[serde(skip)]

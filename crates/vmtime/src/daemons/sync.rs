@@ -2,7 +2,7 @@
 //! `vmtime_core::sync`). With `--dry-run` it prints what it would do and changes nothing: the only
 //! mode to use on a machine whose clock must not be touched.
 
-use crate::ops::config::{DaemonArgs, SyncSettings, Timescale};
+use crate::ops::config::{DaemonArgs, SyncFlags, SyncSettings, Timescale};
 use crate::ops::runtime::{Daemon, Flow, Pace, Runtime, Turn};
 use crate::values::*;
 use anyhow::{bail, Context, Result};
@@ -25,62 +25,18 @@ use vmtime_sys::clock::{aba_sample, tightest, ClockId};
 use vmtime_sys::files;
 use vmtime_sys::serve::{self, Poller, Subscription, Token};
 
-/// `vmtime sync`'s flags: each one is also a key of the configuration's `[sync]` section; a flag
-/// overrides the file.
+/// `vmtime sync`'s flags: each one but `--config` and `--once` is also a key of the
+/// configuration's `[sync]` section; a flag overrides the file.
 #[derive(ClapArgs, Debug, Serialize)]
 pub struct Args {
-    /// The source: a vmclock device or page file (default: the first /dev/vmclock*).
-    #[arg(long)]
-    source: Option<PathBuf>,
-    /// Print the actions instead of applying them: nothing is changed.
-    #[arg(long)]
-    dry_run: bool,
+    #[command(flatten)]
+    #[serde(flatten)]
+    keys: SyncFlags,
     /// One bounded step from the page (or PHC), with the TAI offset, leap state and bounds, then
     /// exit: 0, or 1 with the reason on one line (for agents, init scripts, microVMs).
     #[arg(long)]
     #[serde(skip)]
     pub once: bool,
-    /// Interval between observations without notification, ms.
-    #[arg(long)]
-    interval_ms: Option<IntervalMs>,
-    /// Step instead of slewing when the offset exceeds this during the first updates, ns
-    /// (chrony's makestep).
-    #[arg(long)]
-    makestep_ns: Option<MakestepNs>,
-    /// How many first updates may step, by any amount (a changed disruption marker or VM
-    /// generation allows that too).
-    #[arg(long)]
-    makestep_updates: Option<MakestepUpdates>,
-    /// Outside start-up, a marker change and the return from holdover, an offset larger than
-    /// this (a page gone wrong or hostile) is refused and the clock holds over, s (steps of
-    /// 0.001; default 2: a missed leap second is still corrected). Applied live on SIGHUP.
-    #[arg(long)]
-    max_step_s: Option<MaxStepS>,
-    /// Command run (by sh -c) when the VM generation changes: reseed entropy, reset connections.
-    #[arg(long)]
-    hook: Option<String>,
-    /// Control socket (default: sync.sock beside the host page's default).
-    #[arg(long)]
-    socket: Option<PathBuf>,
-    /// The timescale of a PHC source, used only when the machine cannot tell: its vmclock page,
-    /// the kernel's timescale attribute and a driver of fixed timescale (ptp_kvm: UTC) come first.
-    #[arg(long, value_enum)]
-    phc_timescale: Option<Timescale>,
-    /// TAI − UTC in s (positive: 37), to read a TAI PHC when neither the kernel (adjtimex) nor
-    /// the page has it.
-    #[arg(long)]
-    tai_offset: Option<TaiUtcS>,
-    /// Start even while another time daemon (chronyd, ntpd, systemd-timesyncd, …) runs or the
-    /// kernel's PLL is on, and keep running when another process changes the clock's state.
-    #[arg(long)]
-    allow_other_daemon: bool,
-    /// A second opinion: an NTP server, ADDRESS:PORT (no names: nothing is looked up), asked every
-    /// 16–64 s (backing off to 1024 s while it does not answer). It never steers the clock; when
-    /// it and the page disagree beyond both their bounds, the kernel's maxerror is widened to
-    /// cover it, the clock is left unsynchronised, and `status` says `"cross_check": {"state":
-    /// "disagree", …}`. A vmclock page source only.
-    #[arg(long, value_name = "ADDRESS:PORT")]
-    cross_check_ntp: Option<std::net::SocketAddr>,
     #[command(flatten)]
     #[serde(flatten)]
     pub daemon: DaemonArgs,
@@ -367,12 +323,8 @@ fn phc_once(mut p: PhcSync) -> Result<ExitCode> {
         if let Some(t) = src.tai_minus_utc.filter(|&t| i32::from(t) != tx.tai) {
             acts.push(SyncAction::SetTai(i32::from(t)));
         }
-        for act in &acts {
-            if p.dry_run {
-                println!("dry run: would {act}");
-            } else if let Err(e) = vmtime_sys::timex::apply(act) {
-                return once_failed(&dev, format!("cannot {act} ({e}; vmtime sync needs CAP_SYS_TIME)"));
-            }
+        if let Err(why) = apply_once(&acts, p.dry_run) {
+            return once_failed(&dev, why);
         }
         if stepped.is_some() && !p.dry_run && !once_again {
             once_again = true;
@@ -401,37 +353,30 @@ fn once_failed(source: &Path, why: impl std::fmt::Display) -> Result<ExitCode> {
     Ok(ExitCode::from(1))
 }
 
-/// `vmtime sync --once` on a page: one observation (its samples paired with one version of the
-/// page: a page updated meanwhile, a migration or restore, is observed again), then the step,
-/// TAI offset, leap state and bounds of `vmtime_core::oneshot::once`, and exit. A page with
-/// markers only goes to the machine's PHC, if it has one.
-fn run_once(a: &SyncSettings, source: &Path) -> Result<ExitCode> {
-    let page = match crate::page::FollowedPage::open(source) {
-        Ok(p) => p,
-        Err(e) => return once_failed(source, e),
+/// `vmtime sync --once`: the source the settings name, opened as the daemon opens it; one
+/// bounded step from it, or one line saying why not (exit status 1).
+fn once(a: &SyncSettings) -> Result<ExitCode> {
+    let path = match pick_source(a)? {
+        Ok(path) => path,
+        Err(info) => return phc_once(PhcSync::open(a, info, None)?),
     };
-    let first = match page.read() {
-        Ok(p) => p,
-        Err(e) => return once_failed(source, e),
-    };
-    if !gives_time(&first, vmclock::counter::NATIVE) {
-        return match find_phc() {
-            Some(info) => phc_once(PhcSync::open(a, info, Some(page))?),
-            None => once_failed(source, "it carries markers only and this machine has no PHC: no time source"),
-        };
+    match open_page_source(&path) {
+        Err(e) => once_failed(&path, e),
+        Ok(Source::Page(page, _)) => page_once(a, &page),
+        Ok(Source::Phc(info, markers)) => phc_once(PhcSync::open(a, info, markers)?),
+        Ok(Source::MarkersOnly(_)) => {
+            once_failed(&path, "it carries markers only and this machine has no PHC: no time source")
+        }
     }
+}
+
+/// `--once` on a page: one observation (its samples paired with one version of the page: a page
+/// updated meanwhile, a migration or restore, is observed again), then the step, TAI offset,
+/// leap state and bounds of `vmtime_core::oneshot::once`.
+fn page_once(a: &SyncSettings, page: &crate::page::FollowedPage) -> Result<ExitCode> {
+    let source = page.path();
     let kernel = kernel_state(a.dry_run)?;
-    let got = sample_under_page(
-        4,
-        || page.read().map_err(anyhow::Error::from),
-        || -> Result<_> {
-            let raw = tightest(ClockId::MonotonicRaw, 16)?;
-            let samples = (0..64).map(|_| aba_sample(ClockId::Realtime)).collect::<std::io::Result<Vec<_>>>()?;
-            Ok((raw, samples))
-        },
-        || page.read().map_or(u32::MAX, |p| p.seq_count()),
-    );
-    let (p, (raw, samples)) = match got {
+    let (p, (raw, samples)) = match sample_page(page, &mut 0) {
         Ok(Some(x)) => x,
         Ok(None) => return once_failed(source, "the page changed during every one of 4 observations"),
         Err(e) => return once_failed(source, format!("{e:#}")),
@@ -442,12 +387,8 @@ fn run_once(a: &SyncSettings, source: &Path) -> Result<ExitCode> {
         Ok(o) => o,
         Err(e) => return once_failed(source, e),
     };
-    for act in &once.actions {
-        if a.dry_run {
-            println!("dry run: would {act}");
-        } else if let Err(e) = vmtime_sys::timex::apply(act) {
-            return once_failed(source, format!("cannot {act} ({e}; vmtime sync needs CAP_SYS_TIME)"));
-        }
+    if let Err(why) = apply_once(&once.actions, a.dry_run) {
+        return once_failed(source, why);
     }
     let what = match once.step_ns() {
         Some(d) if a.dry_run => format!("would step by {:+.3} µs", d as f64 / 1e3),
@@ -463,6 +404,40 @@ fn run_once(a: &SyncSettings, source: &Path) -> Result<ExitCode> {
         if a.dry_run { " (dry run: nothing was changed)" } else { "" }
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--once`'s actions: printed in a dry run, else applied; the first failure in words.
+fn apply_once(actions: &[SyncAction], dry_run: bool) -> Result<(), String> {
+    for act in actions {
+        if dry_run {
+            println!("dry run: would {act}");
+        } else if let Err(e) = vmtime_sys::timex::apply(act) {
+            return Err(format!("cannot {act} ({e}; vmtime sync needs CAP_SYS_TIME)"));
+        }
+    }
+    Ok(())
+}
+
+/// An observation's samples: the tightest CLOCK_MONOTONIC_RAW one, and 64 of CLOCK_REALTIME.
+type Samples = (vmtime_core::AbaSample, Vec<vmtime_core::AbaSample>);
+
+/// One observation's samples (CLOCK_MONOTONIC_RAW, and CLOCK_REALTIME against the counter),
+/// paired with the page that was current while they were taken: if its seq_count moved
+/// meanwhile, they are taken again (None after 4 tries). `reads` counts the page's reads.
+fn sample_page(page: &crate::page::FollowedPage, reads: &mut u64) -> Result<Option<(vmclock::Snapshot, Samples)>> {
+    sample_under_page(
+        4,
+        || {
+            *reads += 1;
+            page.read().map_err(anyhow::Error::from)
+        },
+        || -> Result<_> {
+            let raw = tightest(ClockId::MonotonicRaw, 16)?;
+            let samples = (0..64).map(|_| aba_sample(ClockId::Realtime)).collect::<std::io::Result<Vec<_>>>()?;
+            Ok((raw, samples))
+        },
+        || page.read().map_or(u32::MAX, |p| p.seq_count()),
+    )
 }
 
 /// A page with markers only and no PHC on this machine: no time source. The markers are still
@@ -660,21 +635,8 @@ impl Sync {
         // A page that cannot be read (a truncated file, a stuck writer) is a lost source:
         // holdover, never a crash. The samples are paired with the page that was current while
         // they were taken: if the seq_count moved meanwhile, the observation is taken again.
-        let page_src = &self.page;
         let mut tries = 0u64;
-        let got = sample_under_page(
-            4,
-            || {
-                tries += 1;
-                page_src.read().map_err(anyhow::Error::from)
-            },
-            || -> Result<_> {
-                let raw = tightest(ClockId::MonotonicRaw, 16)?;
-                let samples = (0..64).map(|_| aba_sample(ClockId::Realtime)).collect::<std::io::Result<Vec<_>>>()?;
-                Ok((raw, samples))
-            },
-            || page_src.read().map_or(u32::MAX, |p| p.seq_count()),
-        );
+        let got = sample_page(&self.page, &mut tries);
         self.redone += tries.saturating_sub(1);
         let (page, (raw, samples)) = match got {
             Ok(Some((p, s))) if gives_time(&p, vmclock::counter::NATIVE) => (p, s),
@@ -809,17 +771,20 @@ fn take_lock_at(path: &std::path::Path) -> Result<Result<Option<files::LockFile>
     }
 }
 
-pub fn run(args: Args) -> Result<ExitCode> {
-    let a: SyncSettings = args.daemon.settings(&args)?;
-    if let Some(code) = check_rivals(&a)? {
-        return Ok(code);
-    }
-    let _lock = match take_lock(&a)? {
-        Ok(l) => l,
-        Err(code) => return Ok(code),
-    };
-    // --source auto: a vmclock device first, then a pure PHC; or the path given.
-    let phc = match a.source.clone().or_else(find_device) {
+/// Where `vmtime sync` takes its time from, its source open.
+enum Source {
+    /// A vmclock page that gives time, and its first read.
+    Page(crate::page::FollowedPage, vmclock::Snapshot),
+    /// A PTP clock, and the page of markers only that led to it, if any.
+    Phc(vmtime_sys::phc::PhcInfo, Option<crate::page::FollowedPage>),
+    /// A page of markers only, and no PHC on this machine: no time source.
+    MarkersOnly(crate::page::FollowedPage),
+}
+
+/// The source the settings name: `--source` (a page, or a PHC under /dev/ptp*), else the first
+/// vmclock device, else a pure PHC. Ok: a page's path; Err: a PHC.
+fn pick_source(a: &SyncSettings) -> Result<Result<PathBuf, vmtime_sys::phc::PhcInfo>> {
+    Ok(match a.source.clone().or_else(find_device) {
         Some(s) if s.to_string_lossy().starts_with("/dev/ptp") => Err(vmtime_sys::phc::list()
             .into_iter()
             .find(|i| i.dev == s)
@@ -829,13 +794,39 @@ pub fn run(args: Args) -> Result<ExitCode> {
             Some(info) => Err(info),
             None => bail!("no source here: no /dev/vmclock* and no pure PHC (ptp_kvm, VMclock, hyperv, VMware, virtio-rtc, s390); give --source PAGE"),
         },
+    })
+}
+
+/// Opens a page source. A page with markers only (QEMU, Firecracker: counter INVALID, status
+/// UNKNOWN) gives time from a PHC if there is one, and its markers either way.
+fn open_page_source(path: &Path) -> Result<Source> {
+    let page = crate::page::FollowedPage::open(path)?;
+    let first = page.read()?;
+    if gives_time(&first, vmclock::counter::NATIVE) {
+        return Ok(Source::Page(page, first));
+    }
+    Ok(match find_phc() {
+        Some(info) => Source::Phc(info, Some(page)),
+        None => Source::MarkersOnly(page),
+    })
+}
+
+pub fn run(args: Args) -> Result<ExitCode> {
+    let a: SyncSettings = args.daemon.settings(&args)?;
+    if let Some(code) = check_rivals(&a)? {
+        return Ok(code);
+    }
+    let _lock = match take_lock(&a)? {
+        Ok(l) => l,
+        Err(code) => return Ok(code),
     };
     if args.once {
-        return match phc {
-            Ok(page) => run_once(&a, &page),
-            Err(info) => phc_once(PhcSync::open(&a, info, None)?),
-        };
+        return once(&a);
     }
+    let source = match pick_source(&a)? {
+        Ok(path) => open_page_source(&path)?,
+        Err(info) => Source::Phc(info, None),
+    };
     let socket = match a.socket.clone() {
         Some(s) => s,
         None => {
@@ -844,37 +835,29 @@ pub fn run(args: Args) -> Result<ExitCode> {
         }
     };
     let rt = Runtime::start(a.clone(), move || args.daemon.settings(&args), &socket)?;
-    let source = match phc {
-        Ok(page) => page,
-        Err(info) => return rt.run(&mut PhcSync::open(&a, info, None)?),
+    let (page, first) = match source {
+        Source::Page(page, first) => (page, first),
+        Source::Phc(info, markers) => return rt.run(&mut PhcSync::open(&a, info, markers)?),
+        Source::MarkersOnly(page) => {
+            tracing::info!(
+                "vmtime sync: {} carries markers only and this machine has no PHC: no time source; watching its disruption_marker and vm_generation_counter{}",
+                page.path().display(),
+                if a.hook.is_some() { " for the hook" } else { "" }
+            );
+            let mut m = sync_figures(&a, page.path(), Some("no time source (markers only)"));
+            m.markers_only = true;
+            return rt.run(&mut MarkersOnly {
+                page,
+                cadence: Cadence::default(),
+                watch: MarkerWatch::default(),
+                dry_run: a.dry_run,
+                hook: a.hook.clone(),
+                pace: Pace::new(Instant::now(), Duration::from_millis(a.interval_ms.get())),
+                m,
+            });
+        }
     };
-    let page = crate::page::FollowedPage::open(&source)?;
-    let first = page.read()?;
-    if !gives_time(&first, vmclock::counter::NATIVE) {
-        // Markers only (QEMU, Firecracker: counter INVALID, status UNKNOWN): time from a PHC if
-        // there is one, the markers from the page either way.
-        return match find_phc() {
-            Some(info) => rt.run(&mut PhcSync::open(&a, info, Some(page))?),
-            None => {
-                tracing::info!(
-                    "vmtime sync: {} carries markers only and this machine has no PHC: no time source; watching its disruption_marker and vm_generation_counter{}",
-                    page.path().display(),
-                    if a.hook.is_some() { " for the hook" } else { "" }
-                );
-                let mut m = sync_figures(&a, page.path(), Some("no time source (markers only)"));
-                m.markers_only = true;
-                rt.run(&mut MarkersOnly {
-                    page,
-                    cadence: Cadence::default(),
-                    watch: MarkerWatch::default(),
-                    dry_run: a.dry_run,
-                    hook: a.hook.clone(),
-                    pace: Pace::new(Instant::now(), Duration::from_millis(a.interval_ms.get())),
-                    m,
-                })
-            }
-        };
-    }
+    let source = page.path().to_path_buf();
     // Notification: the device's poll() (read() acknowledges), or a publisher's socket.
     let is_device = page.reader().is_device();
     let device = (is_device && first.has(flags::NOTIFICATION_PRESENT)).then(|| File::open(&source)).transpose()?;
