@@ -27,11 +27,11 @@ use vmtime_sys::serve::{self, Poller, Subscription, Token};
 
 /// `vmtime sync`'s flags: each one but `--config` and `--once` is also a key of the
 /// configuration's `[sync]` section; a flag overrides the file.
-#[derive(ClapArgs, Debug, Serialize)]
+#[derive(ClapArgs, Debug, Default, Serialize)]
 pub struct Args {
     #[command(flatten)]
     #[serde(flatten)]
-    keys: SyncFlags,
+    pub keys: SyncFlags,
     /// One bounded step from the page (or PHC), with the TAI offset, leap state and bounds, then
     /// exit: 0, or 1 with the reason on one line (for agents, init scripts, microVMs).
     #[arg(long)]

@@ -121,12 +121,12 @@ macro_rules! daemon_settings {
         }
 
         #[doc = concat!("The flags of `[", $section, "]`: one per key, of the same name; a flag given overrides the file.")]
-        #[derive(ClapArgs, Debug, Serialize)]
+        #[derive(ClapArgs, Debug, Default, Serialize)]
         pub struct $flags {
             $(
                 $(#[doc = $doc])*
                 #[arg($($arg)*)]
-                $name: Option<$ty>,
+                pub $name: Option<$ty>,
             )*
         }
 
