@@ -17,8 +17,9 @@ impl Lab {
             "vmtime sync --source /dev/vmclock0 --socket /tmp/sync2.sock </dev/null >/tmp/sync2.log 2>&1 &",
             5 * SEC,
         )?;
+        // Started once its control socket answers (after its first turn).
         let t = Instant::now();
-        while !self.vm.sh_ok("cat /tmp/sync2.log", 5 * SEC)?.contains("control socket") {
+        while self.vm.sh("vmtime status --socket /tmp/sync2.sock >/dev/null 2>&1", 5 * SEC)?.1 != 0 {
             ensure!(t.elapsed() < Duration::from_secs(10), "sync on /dev/vmclock0 did not start");
         }
         std::thread::sleep(Duration::from_secs(3)); // a few observations on the device

@@ -26,7 +26,7 @@ impl Lab {
         std::fs::write(&guest_page, vec![0u8; 4096])?;
         std::fs::write(&mailbox, vec![0u8; 4096])?;
         let vmtime = std::env::current_exe()?.with_file_name("vmtime");
-        let host = Daemon::start(
+        let host = Daemon::start_answering(
             &vmtime,
             // TAI − UTC is 37 s in 2026: given, because this machine's leap-second list may have
             // expired, and the kernel's PTP clock needs a TAI page (or UTC with the offset).
@@ -40,7 +40,7 @@ impl Lab {
                 "--tai-offset",
                 "37",
             ],
-            "control socket",
+            &work.join("host.page.sock"),
         )
         .context("start vmtime host")?;
         // The host page has a counter once `vmtime host` made its first observation.
