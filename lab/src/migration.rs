@@ -408,10 +408,10 @@ impl Harness {
         std::fs::create_dir_all(&work)?;
         let vmtime = std::env::current_exe()?.with_file_name("vmtime");
         let base = work.join("host.page");
-        let host = Daemon::start(
+        let host = Daemon::start_answering(
             &vmtime,
             &["host", "--page", base.to_str().context("path")?, "--quiet", "--poll-ms", "50", "--tai-offset", "37"],
-            "control socket",
+            &work.join("host.page.sock"),
         )?;
         let t = Instant::now();
         let hz = loop {
