@@ -185,6 +185,10 @@ pub struct RelayMetrics {
     pub map_pending: bool,
     /// Overwrites seen (the guest page written by someone else).
     pub overwrites: u64,
+    /// Subscribed to the host daemon's notifications (else polling the host page every 1 ms).
+    pub host_notified: bool,
+    /// The time between two looks at the guest page for another writer, ms.
+    pub guard_ms: u64,
     /// The runtime's figures.
     pub run: RunFigures,
 }
@@ -210,6 +214,8 @@ impl Figures for RelayMetrics {
             "holdover": self.holdover,
             "map_pending": self.map_pending,
             "overwrites": self.overwrites,
+            "host_notified": self.host_notified,
+            "guard_ms": self.guard_ms,
         })
     }
 }
