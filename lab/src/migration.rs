@@ -487,11 +487,11 @@ impl Harness {
     }
 
     /// Measures the guest's counter map quickly after a resume: the tightest of at least 32
-    /// round trips, more (within 100 ms) until one is no wider than 20 µs. Its uncertainty (half
+    /// round trips, more (within 250 ms) until one is no wider than 20 µs. Its uncertainty (half
     /// the tightest round trip) is the lab's, not vmtime's (under KVM the map is read exactly):
     /// it widens the judging of each read (the noise floor) and is reported.
     fn quick_offset(&self, mb: &mut echo::Host) -> Result<echo::Offset> {
-        mb.measure_offset(32, (self.hz * 20e-6) as u64, Duration::from_millis(100))
+        mb.measure_offset(32, (self.hz * 20e-6) as u64, Duration::from_millis(250))
     }
 
     /// From `t0`: the time until a clean echo sees the guest clock within 1 ms of the host
