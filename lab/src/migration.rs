@@ -44,7 +44,9 @@ const GUEST_LOG: &str = "/sys/bus/pci/devices/0000:00:06.0/resource2";
 /// for the check to pass. Under TCG this is mostly not vmtime's time: QEMU resuming the guest,
 /// and the lab measuring the counter map after the resume (TCG freezes the guest's counter while
 /// stopped; under KVM the host knows the new map before `cont`). See [`CURRENT_LIMIT_MS`].
-pub const RESUME_LIMIT_MS: f64 = 2000.0;
+/// 5 s: on this 2-core machine with both cores busy one relay answer to `restored` took 3.7 s to
+/// come back (the relay writes its state to disk, fsync, before a page with a new marker).
+pub const RESUME_LIMIT_MS: f64 = 5000.0;
 /// The aim for the same figure (reported as `resume_to_1ms_aim_met`).
 pub const RESUME_AIM_MS: f64 = 50.0;
 /// The aim for vmtime's own part, p99 (reported as `current_to_1ms_aim_met`, not judged: see
@@ -487,11 +489,21 @@ impl Harness {
     }
 
     /// Measures the guest's counter map quickly after a resume: the tightest of at least 32
-    /// round trips, more (within 250 ms) until one is no wider than 20 µs. Its uncertainty (half
+    /// round trips, more (within 250 ms) until one is no wider than 20 µs; if none was within
+    /// ±200 µs, up to 2 s more. Its uncertainty (half
     /// the tightest round trip) is the lab's, not vmtime's (under KVM the map is read exactly):
     /// it widens the judging of each read (the noise floor) and is reported.
     fn quick_offset(&self, mb: &mut echo::Host) -> Result<echo::Offset> {
-        mb.measure_offset(32, (self.hz * 20e-6) as u64, Duration::from_millis(250))
+        let o = mb.measure_offset(32, (self.hz * 20e-6) as u64, Duration::from_millis(250))?;
+        if o.half as f64 / self.hz <= 200e-6 {
+            return Ok(o);
+        }
+        // A loaded machine: no round trip within ±200 µs yet. A map that uncertain could not
+        // show the guest within 1 ms of its host at all: measure on (up to 2 s), keep the best.
+        let again = mb.measure_offset(32, (self.hz * 20e-6) as u64, 2 * SEC)?;
+        let best = if again.half < o.half { again } else { o };
+        mb.offset = Some(best);
+        Ok(best)
     }
 
     /// From `t0`: the time until a clean echo sees the guest clock within 1 ms of the host
