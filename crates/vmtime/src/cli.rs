@@ -15,6 +15,16 @@ pub fn command(cmd: clap::Command) -> clap::Command {
     harden(cmd, &defaults)
 }
 
+/// [`command`] for the guest binary, whose only section is `[sync]`: the same flags and help,
+/// without the other sections' serialisers.
+pub fn guest_command(cmd: clap::Command) -> clap::Command {
+    let mut defaults = toml::Table::new();
+    if let Ok(sync) = toml::Value::try_from(config::SyncSettings::default()) {
+        defaults.insert("sync".into(), sync);
+    }
+    harden(cmd, &defaults)
+}
+
 fn harden(cmd: clap::Command, defaults: &toml::Table) -> clap::Command {
     let section = defaults.get(cmd.get_name()).and_then(|v| v.as_table()).cloned();
     let cmd = cmd.mut_args(|arg| {
@@ -71,4 +81,33 @@ pub fn parse<C: FromArgMatches>(
             (ExitCode::from(2), format!("vmtime: {first}{valid} (see vmtime --help)"))
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Args;
+
+    /// The guest binary's commands, as the two binaries declare them.
+    fn guest_commands() -> clap::Command {
+        use crate::commands::{now, show, status, waitsync};
+        clap::Command::new("vmtime")
+            .subcommand(crate::daemons::sync::Args::augment_args(clap::Command::new("sync")))
+            .subcommand(waitsync::Args::augment_args(clap::Command::new("waitsync")))
+            .subcommand(now::Args::augment_args(clap::Command::new("now")))
+            .subcommand(status::Args::augment_args(clap::Command::new("status")))
+            .subcommand(show::Args::augment_args(clap::Command::new("show")))
+    }
+
+    #[test]
+    fn the_guest_binary_shows_the_same_ranges_and_defaults_as_the_full_one() {
+        let (mut full, mut guest) = (command(guest_commands()), guest_command(guest_commands()));
+        for name in ["sync", "waitsync", "now", "status", "show"] {
+            let f = full.find_subcommand_mut(name).expect("full").render_long_help().to_string();
+            let g = guest.find_subcommand_mut(name).expect("guest").render_long_help().to_string();
+            assert_eq!(f, g, "{name}");
+        }
+        let sync = guest.find_subcommand_mut("sync").expect("sync").render_long_help().to_string();
+        assert!(sync.contains("[allowed: an integer in [10, 600000] (ms)] [default: 1000]"), "{sync}");
+    }
 }

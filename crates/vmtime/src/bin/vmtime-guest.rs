@@ -38,7 +38,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli: Cli = match vmtime::cli::parse(vmtime::cli::command(Cli::command()), std::env::args_os()) {
+    let cli: Cli = match vmtime::cli::parse(vmtime::cli::guest_command(Cli::command()), std::env::args_os()) {
         Ok(c) => c,
         Err((code, line)) => {
             if !line.is_empty() {
@@ -55,7 +55,7 @@ fn main() -> ExitCode {
     let result: Result<ExitCode> = match cli.command {
         Command::Sync(mut a) => {
             a.log_level = cli.log_level;
-            sync::run(a)
+            sync::run_guest(a)
         }
         Command::Waitsync(a) => waitsync::run(a),
         Command::Now(a) => now::run(a),

@@ -32,13 +32,13 @@ pub struct Args {
     /// The configuration file (default: /etc/vmtime/vmtime.toml, if it exists).
     #[arg(long)]
     #[serde(skip)]
-    config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
     /// The source: a vmclock device or page file (default: the first /dev/vmclock*).
     #[arg(long)]
-    source: Option<PathBuf>,
+    pub(crate) source: Option<PathBuf>,
     /// Print the actions instead of applying them: nothing is changed.
     #[arg(long)]
-    dry_run: bool,
+    pub(crate) dry_run: bool,
     /// One bounded step from the page (or PHC), with the TAI offset, leap state and bounds, then
     /// exit: 0, or 1 with the reason on one line (for agents, init scripts, microVMs).
     #[arg(long)]
@@ -46,54 +46,54 @@ pub struct Args {
     pub once: bool,
     /// Interval between observations without notification, ms.
     #[arg(long)]
-    interval_ms: Option<IntervalMs>,
+    pub(crate) interval_ms: Option<IntervalMs>,
     /// Step instead of slewing when the offset exceeds this during the first updates, ns
     /// (chrony's makestep).
     #[arg(long)]
-    makestep_ns: Option<MakestepNs>,
+    pub(crate) makestep_ns: Option<MakestepNs>,
     /// How many first updates may step, by any amount (a changed disruption marker or VM
     /// generation allows that too).
     #[arg(long)]
-    makestep_updates: Option<MakestepUpdates>,
+    pub(crate) makestep_updates: Option<MakestepUpdates>,
     /// Outside start-up, a marker change and the return from holdover, an offset larger than
     /// this (a page gone wrong or hostile) is refused and the clock holds over, s (steps of
     /// 0.001; default 2: a missed leap second is still corrected). Applied live on SIGHUP.
     #[arg(long)]
-    max_step_s: Option<MaxStepS>,
+    pub(crate) max_step_s: Option<MaxStepS>,
     /// Command run (by sh -c) when the VM generation changes: reseed entropy, reset connections.
     #[arg(long)]
-    hook: Option<String>,
+    pub(crate) hook: Option<String>,
     /// Control socket (default: sync.sock beside the host page's default).
     #[arg(long)]
-    socket: Option<PathBuf>,
+    pub(crate) socket: Option<PathBuf>,
     /// Exit after this many seconds.
     #[arg(long)]
-    duration_s: Option<DurationS>,
+    pub(crate) duration_s: Option<DurationS>,
     /// The timescale of a PHC source, used only when the machine cannot tell: its vmclock page,
     /// the kernel's timescale attribute and a driver of fixed timescale (ptp_kvm: UTC) come first.
     #[arg(long, value_enum)]
-    phc_timescale: Option<Timescale>,
+    pub(crate) phc_timescale: Option<Timescale>,
     /// TAI − UTC in s (positive: 37), to read a TAI PHC when neither the kernel (adjtimex) nor
     /// the page has it.
     #[arg(long)]
-    tai_offset: Option<TaiUtcS>,
+    pub(crate) tai_offset: Option<TaiUtcS>,
     /// The global `--log-level` (main sets it; a key of the configuration too).
     #[arg(skip)]
     pub log_level: Option<LogLevel>,
     /// Serve Prometheus metrics on this loopback address (default: [metrics] listen; off).
     #[arg(long)]
-    metrics_listen: Option<std::net::SocketAddr>,
+    pub(crate) metrics_listen: Option<std::net::SocketAddr>,
     /// Start even while another time daemon (chronyd, ntpd, systemd-timesyncd, …) runs or the
     /// kernel's PLL is on, and keep running when another process changes the clock's state.
     #[arg(long)]
-    allow_other_daemon: bool,
+    pub(crate) allow_other_daemon: bool,
     /// A second opinion: an NTP server, ADDRESS:PORT (no names: nothing is looked up), asked every
     /// 16–64 s (backing off to 1024 s while it does not answer). It never steers the clock; when
     /// it and the page disagree beyond both their bounds, the kernel's maxerror is widened to
     /// cover it, the clock is left unsynchronised, and `status` says `"cross_check": {"state":
     /// "disagree", …}`. A vmclock page source only.
     #[arg(long, value_name = "ADDRESS:PORT")]
-    cross_check_ntp: Option<std::net::SocketAddr>,
+    pub(crate) cross_check_ntp: Option<std::net::SocketAddr>,
 }
 
 impl Args {
@@ -101,6 +101,11 @@ impl Args {
     /// SIGHUP: an error there keeps the old settings.
     pub fn settings(&self) -> Result<SyncSettings> {
         crate::ops::config::sync(self.config.as_deref(), self)
+    }
+
+    /// [`Args::settings`] in the guest binary ([`crate::ops::config::sync_guest`]).
+    pub fn guest_settings(&self) -> Result<SyncSettings> {
+        crate::ops::config::sync_guest(self.config.as_deref(), self)
     }
 }
 
@@ -832,7 +837,19 @@ fn take_lock_at(path: &std::path::Path) -> Result<Result<Option<files::LockFile>
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
-    let a = args.settings()?;
+    run_with(args, Args::settings)
+}
+
+/// `vmtime sync` in the guest binary (`vmtime-guest`): the configuration file read by
+/// [`Args::guest_settings`].
+pub fn run_guest(args: Args) -> Result<ExitCode> {
+    run_with(args, Args::guest_settings)
+}
+
+/// `vmtime sync` with `settings` reading the flags over the configuration file (at start and on
+/// SIGHUP).
+fn run_with(args: Args, settings: fn(&Args) -> Result<SyncSettings>) -> Result<ExitCode> {
+    let a = settings(&args)?;
     if let Some(code) = check_rivals(&a)? {
         return Ok(code);
     }
@@ -865,7 +882,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             crate::paths::sync_socket(a.dry_run)
         }
     };
-    let rt = Runtime::start(a.clone(), move || args.settings(), &socket)?;
+    let rt = Runtime::start(a.clone(), move || settings(&args), &socket)?;
     let source = match phc {
         Ok(page) => page,
         Err(info) => return rt.run(&mut PhcSync::open(&a, info, None)?),
