@@ -69,18 +69,21 @@ pub fn parse<C: FromArgMatches>(
             let _ = e.print();
             (ExitCode::SUCCESS, String::new())
         }
-        _ => {
-            let text = e.render().to_string();
-            let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("invalid command line");
-            let first = first.trim().strip_prefix("error: ").unwrap_or(first.trim());
-            // A word outside a closed set: name the set on the same line.
-            let valid = match e.get(clap::error::ContextKind::ValidValue) {
-                Some(clap::error::ContextValue::Strings(v)) if !v.is_empty() => format!(": one of {}", v.join(", ")),
-                _ => String::new(),
-            };
-            (ExitCode::from(2), format!("vmtime: {first}{valid} (see vmtime --help)"))
-        }
+        _ => (ExitCode::from(2), error_line(&e)),
     })
+}
+
+/// A clap error as one line: its first line, with the set of allowed words where there is one.
+pub(crate) fn error_line(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("invalid command line");
+    let first = first.trim().strip_prefix("error: ").unwrap_or(first.trim());
+    // A word outside a closed set: name the set on the same line.
+    let valid = match e.get(clap::error::ContextKind::ValidValue) {
+        Some(clap::error::ContextValue::Strings(v)) if !v.is_empty() => format!(": one of {}", v.join(", ")),
+        _ => String::new(),
+    };
+    format!("vmtime: {first}{valid} (see vmtime --help)")
 }
 
 #[cfg(test)]

@@ -27,7 +27,7 @@ use vmtime_sys::serve::{self, Poller, Subscription, Token};
 
 /// `vmtime sync`'s flags: each one is also a key of the configuration's `[sync]` section; a flag
 /// overrides the file.
-#[derive(ClapArgs, Debug, Serialize)]
+#[derive(ClapArgs, Debug, Default, Serialize)]
 pub struct Args {
     /// The configuration file (default: /etc/vmtime/vmtime.toml, if it exists).
     #[arg(long)]
