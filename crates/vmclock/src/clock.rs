@@ -9,8 +9,9 @@
 use crate::abi::{self, flags, PAGE_SIZE};
 use crate::error::{ClockError, ReadError, TimeError};
 use crate::map::Mapping;
-use crate::seqlock::{self, AtomicU32, Ordering, PageMemory, SEQ_WORD};
-use crate::snapshot::{utc_with_leap, Bounded, ErrorModel, LeapEdge, PageTime, Reference, Snapshot};
+use crate::seqlock::{self, fence, AtomicU32, Ordering, PageMemory, SEQ_WORD};
+use crate::snapshot::{bound_at, utc_with_leap, Bounded, ErrorModel, LeapEdge, PageTime, Reference, Snapshot};
+use crate::time::nanos_to_frac_ceil;
 use crate::time::{Tai, Timescale, Timestamp, Utc};
 use std::path::Path;
 use std::sync::atomic::AtomicU64;
@@ -25,6 +26,8 @@ pub struct Clock<M: PageMemory = Mapping> {
     /// time_type) in bits 0..32, and the flag bits whose fields the page's size leaves out in
     /// bits 32..48 (cleared from every read's flags). 0: not checked yet.
     checked: AtomicU64,
+    /// The hot path's constants for the page version last read ([`Fast`]).
+    fast: Fast,
 }
 
 /// One bounded reading of the clock. Flat, so it is returned in registers and a few stores;
@@ -50,8 +53,11 @@ pub struct Now {
     /// [`Now::utc`] applies it.
     pub leap: Option<LeapEdge>,
     /// The estimated error's terms, turned into a bound only when asked ([`Now::esterror`]):
-    /// an application that reads earliest and latest does not pay for it.
-    esterror_model: ErrorModel,
+    /// an application that reads earliest and latest does not pay for it. The time term is
+    /// already in 2^-64 s (rounded up, as [`ErrorModel::at`] converts it).
+    est_time: Option<u128>,
+    /// The estimated error's rate term, 2^-(64 + shift) s per tick.
+    est_rate: Option<u64>,
     /// C − C1 (two's complement of the wrapped difference), for [`Now::esterror`].
     delta: i64,
     /// The period's shift, for [`Now::esterror`].
@@ -68,7 +74,7 @@ impl Now {
     /// read with the time (exactly what [`Snapshot::time_at`] gives for the same counter).
     #[inline]
     pub fn esterror(&self) -> Option<u128> {
-        self.esterror_model.at(self.delta, self.shift)
+        bound_at(self.est_time?, self.est_rate, self.delta, self.shift)
     }
 
     /// The time and its bounds, in the page's timescale.
@@ -84,7 +90,19 @@ impl Now {
     /// The time in TAI (a UTC page needs a valid TAI offset).
     #[inline]
     pub fn tai(&self) -> Result<Bounded<Tai>, TimeError> {
-        self.time().tai(self.tai_minus_utc)
+        // What `self.time().tai(self.tai_minus_utc)` gives, with the errors decided before the
+        // bounds are built: the result's variant then does not depend on the estimated error
+        // (whose `Option` tag the compiler may use to store it), so an application that reads
+        // only earliest and latest does not compute it.
+        let time = match self.time_type {
+            abi::time_type::TAI => Timestamp::<Tai>::from_raw(self.raw),
+            abi::time_type::UTC => {
+                let off = self.tai_minus_utc.ok_or(TimeError::NoTaiOffset { from: "UTC", to: "TAI" })?;
+                Timestamp::<Utc>::from_raw(self.raw).to_tai(off).ok_or(TimeError::Overflow)?
+            }
+            _ => return Err(TimeError::NotWallClock("TAI")),
+        };
+        Ok(Bounded { time, maxerror: self.maxerror, esterror: self.esterror() })
     }
 
     /// The time in UTC (a TAI page needs a valid TAI offset), with a leap second announced
@@ -127,7 +145,7 @@ fn u64_of(w: &[u32; COUNT], byte_off: usize) -> u64 {
 impl<M: PageMemory> Clock<M> {
     /// A clock over any page memory.
     pub fn new(mem: M) -> Self {
-        Clock { mem, max_wait: seqlock::DEFAULT_MAX_WAIT, checked: AtomicU64::new(0) }
+        Clock { mem, max_wait: seqlock::DEFAULT_MAX_WAIT, checked: AtomicU64::new(0), fast: Fast::default() }
     }
 
     /// How long a read waits for a busy writer before failing (default 100 ms, as the kernel).
@@ -163,35 +181,92 @@ impl<M: PageMemory> Clock<M> {
         let Some(words) = words.get(..FIRST + COUNT) else {
             return Err(too_short(words.len()));
         };
-        let mut w = [0u32; COUNT];
-        // The uncontended path: one attempt, no wait state set up.
-        if let Some(counter) = seqlock::try_read_with_counter(words, FIRST, &mut w, &mut read_counter) {
-            let checked = self.checked.load(Ordering::Relaxed);
-            if checked & CHECKED != 0 && checked as u32 == w[0] {
-                return Ok(compute(&w, (checked >> 32) as u16 as u64, counter)?);
+        // Two passes of one code: the cache shared by every reader of this clock, and when it
+        // does not serve the read, the answer of a full read ([`Clock::now_full`]) written in
+        // the cache's form into a local one and taken from there. So the `Now` is built in one
+        // place (no merge of two results, which the compiler does through memory), and a full
+        // read costs one extra pass over registers.
+        let mut local: Option<Fast> = None;
+        let mut counter = None;
+        for _ in 0..2 {
+            let (src, trusted) = match &local {
+                Some(l) => (l, true),
+                None => (&self.fast, false),
+            };
+            // One pointer, opaque to the optimiser: it would otherwise select between the two
+            // objects field by field (a pointer per field, kept on the stack).
+            let src = core::hint::black_box(src);
+            if let Some(now) = src.read(words, trusted, || counter.unwrap_or_else(&mut read_counter)) {
+                return Ok(now);
             }
+            if local.is_some() {
+                break;
+            }
+            let l = local.insert(Fast::default());
+            counter = Some(self.now_full(words, &mut read_counter, l)?);
         }
-        self.now_contended(words, &mut read_counter)
+        // Not reached: a local form always serves (trusted, ΔC = 0).
+        Err(ReadError::Timeout { attempts: 0, waited_us: 0 }.into())
     }
 
-    /// The uncontended read of [`Clock::now_with_counter`] alone: `None` when the writer held
-    /// the seqlock, the constant fields are not checked yet, or the page memory is too short;
-    /// then [`Clock::now_with_counter`] (which retries and checks) gives the answer. Whenever this
-    /// gives `Some`, it is what [`Clock::now_with_counter`] would have given.
+    /// The uncontended read of [`Clock::now_with_counter`] alone: `None` when the page's
+    /// constants are not cached (the first read of a page version, a writer holding the
+    /// seqlock, a page or a counter the cache does not serve, a page memory too short); then
+    /// [`Clock::now_with_counter`] gives the answer. Whenever this gives `Some`, it is what
+    /// [`Clock::now_with_counter`] would have given.
     ///
-    /// For callers that do more work with the `Now` (libvmclock): keeping the retry out of the
-    /// caller's hot path lets the compiler keep the `Now` in registers instead of merging the
-    /// two paths' results through memory.
+    /// For callers that do more work with the `Now` (libvmclock): keeping the full read out of
+    /// the caller's hot path lets the compiler keep the `Now` in registers instead of merging
+    /// the two paths' results through memory.
     #[inline(always)]
     pub fn try_now_with_counter(&self, read_counter: impl FnOnce() -> u64) -> Option<Result<Now, TimeError>> {
         let words = self.mem.words().get(..FIRST + COUNT)?;
+        self.fast.read(words, false, read_counter).map(Ok)
+    }
+
+    /// A read over a full copy of the page's words (retried while the writer is busy, the
+    /// constant fields checked once): its reading written into `local` in the cache's form
+    /// (see [`Fast::set_now`]), its counter returned; the shared cache filled when the page
+    /// version is not the one it holds.
+    #[cold]
+    #[inline(never)]
+    fn now_full(
+        &self,
+        words: &[AtomicU32],
+        read_counter: &mut impl FnMut() -> u64,
+        local: &Fast,
+    ) -> Result<u64, ClockError> {
+        let now = match self.attempt(words, read_counter) {
+            Some(r) => r?,
+            None => self.now_contended(words, read_counter)?,
+        };
+        local.set_now(&now);
+        Ok(now.counter)
+    }
+
+    /// One attempt over a full copy of the page's words: `None` when the writer held the
+    /// seqlock or the constant fields are not checked yet.
+    #[inline(always)]
+    fn attempt(&self, words: &[AtomicU32], read_counter: &mut impl FnMut() -> u64) -> Option<Result<Now, TimeError>> {
         let mut w = [0u32; COUNT];
-        let counter = seqlock::try_read_with_counter(words, FIRST, &mut w, read_counter)?;
+        let counter = seqlock::try_read_with_counter(words, FIRST, &mut w, &mut *read_counter)?;
         let checked = self.checked.load(Ordering::Relaxed);
         if checked & CHECKED != 0 && checked as u32 == w[0] {
-            return Some(compute(&w, (checked >> 32) as u16 as u64, counter));
+            return Some(self.compute_and_cache(&w, checked, counter));
         }
         None
+    }
+
+    /// [`compute`] on a checked copy, and the copy's constants cached when the cache holds
+    /// another version's.
+    #[inline(always)]
+    fn compute_and_cache(&self, w: &[u32; COUNT], checked: u64, counter: u64) -> Result<Now, TimeError> {
+        let absent = (checked >> 32) as u16 as u64;
+        let r = compute(w, absent, counter);
+        if r.is_ok() && self.fast.key.load(Ordering::Relaxed) != key_of(w[0], w[SEQ_WORD - FIRST]) {
+            self.fast.fill(w, absent);
+        }
+        r
     }
 
     /// Retries while the writer is busy (bounded by `max_wait`), and checks the constant fields
@@ -206,7 +281,7 @@ impl<M: PageMemory> Clock<M> {
             if let Some(counter) = seqlock::try_read_with_counter(words, FIRST, &mut w, &mut *read_counter) {
                 let checked = self.checked.load(Ordering::Relaxed);
                 if checked & CHECKED != 0 && checked as u32 == w[0] {
-                    return Ok(compute(&w, (checked >> 32) as u16 as u64, counter)?);
+                    return Ok(self.compute_and_cache(&w, checked, counter)?);
                 }
                 // Checked, then read again; a page whose constant word keeps changing counts
                 // as a busy writer, so this loop is bounded by `max_wait` too.
@@ -253,10 +328,18 @@ fn too_short(words: usize) -> ClockError {
     ReadError::Page(crate::error::PageError::LargerThanMapping { size: 0, mapped: words * 4 }).into()
 }
 
-/// The time at `counter` from the words of one consistent read (0x08..0x68); `absent`: the flag
-/// bits of fields beyond the page's size.
+/// What one consistent copy of the words (0x08..0x68) says, apart from the counter; `absent`:
+/// the flag bits of fields beyond the page's size.
+struct Decoded {
+    r: Reference,
+    tai_minus_utc: Option<i16>,
+    leap: Option<LeapEdge>,
+    status: u8,
+    disruption_marker: u64,
+}
+
 #[inline(always)]
-fn compute(w: &[u32; COUNT], absent: u64, counter: u64) -> Result<Now, TimeError> {
+fn decode(w: &[u32; COUNT], absent: u64) -> Result<Decoded, TimeError> {
     let flags = u64_of(w, 0x18) & !absent;
     let w24 = u32::from_le(w[0x24 / 4 - FIRST]);
     let shift = (w24 >> 24) as u8;
@@ -285,19 +368,254 @@ fn compute(w: &[u32; COUNT], absent: u64, counter: u64) -> Result<Now, TimeError
     let tai_minus_utc = if has(flags::TAI_OFFSET_VALID) { abi::tai_offset::tai_minus_utc(tai_raw) } else { None };
     let leap_indicator = (w24 >> 16) as u8;
     let leap = if leap_indicator == abi::leap::NONE { None } else { leap_of(&r, tai_minus_utc, leap_indicator) };
+    Ok(Decoded {
+        r,
+        tai_minus_utc,
+        leap,
+        status: (u32::from_le(w[0x20 / 4 - FIRST]) >> 16) as u8,
+        disruption_marker: u64_of(w, 0x10),
+    })
+}
+
+/// The time at `counter` from the words of one consistent read (0x08..0x68); `absent`: the flag
+/// bits of fields beyond the page's size.
+#[inline(always)]
+fn compute(w: &[u32; COUNT], absent: u64, counter: u64) -> Result<Now, TimeError> {
+    let Decoded { r, tai_minus_utc, leap, status, disruption_marker } = decode(w, absent)?;
     Ok(Now {
-        time_type,
+        time_type: r.time_type,
         raw: r.raw_time_at(counter)?,
         maxerror: r.maxerror_at(counter),
         counter,
-        status: (u32::from_le(w[0x20 / 4 - FIRST]) >> 16) as u8,
-        disruption_marker: u64_of(w, 0x10),
+        status,
+        disruption_marker,
         tai_minus_utc,
         leap,
-        esterror_model: r.esterror,
+        est_time: r.esterror.time_ns.map(nanos_to_frac_ceil),
+        est_rate: r.esterror.rate,
         delta: r.delta(counter),
-        shift,
+        shift: r.shift,
     })
+}
+
+/// The key of a page version: its constant word (0x08: version, counter_id, time_type; never 0
+/// on a checked page, whose version is 1) and its `seq_count`, both as loaded.
+#[inline(always)]
+fn key_of(word08: u32, seq: u32) -> u64 {
+    (word08 as u64) << 32 | seq as u64
+}
+
+// The cached constants' slots in `Fast::w`.
+const C1: usize = 0;
+const PERIOD: usize = 1;
+const RATE: usize = 2;
+/// 2^shift − 1: the rate term's rounding up.
+const ROUND: usize = 3;
+const T1_LO: usize = 4;
+const T1_HI: usize = 5;
+/// The maximum error's time term, 2^-64 s.
+const TT_LO: usize = 6;
+const TT_HI: usize = 7;
+const DMAX: usize = 8;
+const MARKER: usize = 9;
+/// The estimated error's time term, 2^-64 s.
+const EST_LO: usize = 10;
+const EST_HI: usize = 11;
+const EST_RATE: usize = 12;
+const LEAP_AT: usize = 13;
+/// Added to ΔC for `Now::delta` (0 but in a local form: see [`Fast::set_now`]).
+const DELTA: usize = 14;
+/// shift (bits 0..8), time_type (8..16), status (16..24), TAI − UTC (24..40), then one bit each:
+/// TAI − UTC valid, bounded, esterror time and rate present, leap present, leap before; the
+/// leap step (i8) in 48..56.
+const SMALL: usize = 15;
+const SLOTS: usize = 16;
+const TAI_VALID: u64 = 1 << 40;
+const BOUNDED: u64 = 1 << 41;
+const EST_TIME_SOME: u64 = 1 << 42;
+const EST_RATE_SOME: u64 = 1 << 43;
+const LEAP_SOME: u64 = 1 << 44;
+const LEAP_BEFORE: u64 = 1 << 45;
+
+#[allow(clippy::too_many_arguments)]
+fn small_of(
+    shift: u8,
+    time_type: u8,
+    status: u8,
+    tai_minus_utc: Option<i16>,
+    bounded: bool,
+    est: ErrorModel,
+    leap: Option<LeapEdge>,
+) -> u64 {
+    let leap_bits = match leap {
+        Some(l) => LEAP_SOME | if l.before { LEAP_BEFORE } else { 0 } | (l.step as u8 as u64) << 48,
+        None => 0,
+    };
+    shift as u64
+        | (time_type as u64) << 8
+        | (status as u64) << 16
+        | tai_minus_utc.map_or(0, |t| (t as u16 as u64) << 24 | TAI_VALID)
+        | if bounded { BOUNDED } else { 0 }
+        | est.time_ns.map_or(0, |_| EST_TIME_SOME)
+        | est.rate.map_or(0, |_| EST_RATE_SOME)
+        | leap_bits
+}
+
+/// The constants of the page version last read, so that a read of an unchanged page is one
+/// seqlock read, the counter and two multiply-shifts: what a full copy gives, decoded and
+/// converted once per page version instead of once per read (the time term of the maximum
+/// error in 2^-64 s, the flags, the TAI offset, the leap second, the largest counter distance
+/// for which nothing can overflow).
+///
+/// **Validity.** Filled only from a consistent, checked copy whose reading succeeded, keyed by
+/// that copy's `seq_count` and constant word. A read uses it only when the page's `seq_count`
+/// (before and after the counter read, as any seqlock read) and constant word equal the key and
+/// the page's `counter_value` equals the cached one: then the page is the version the constants
+/// came from (a writer bumps `seq_count` on every change; a key seen again after exactly 2^31
+/// updates would also need the same reference counter value). The cache has its own seqlock
+/// (`gen`), so that threads sharing a `Clock` never see half a fill; a fill in progress sends
+/// readers to the full copy, never to a wait.
+///
+/// **Exactness.** Only pages whose reading needs no special case are cached: shift ≤ 63, the
+/// maximum error with both terms or neither, and a read takes it only for a counter at or after
+/// the reference and at most `DMAX` ticks from it, chosen so that no sum can overflow or
+/// saturate. There the time is T1 + ⌊P·ΔC / 2^shift⌋ and the maximum error time + ⌈R·ΔC /
+/// 2^shift⌉, exactly as [`Reference::raw_time_at`] and [`ErrorModel::at`] compute them (the
+/// property test `clock_now_equals_the_snapshot_path` compares both paths); anything else goes
+/// to the full copy.
+///
+/// **A local form.** The same slots also hold any one reading exactly, for one counter value
+/// (period, rate and rounding 0, ΔC 0, `DELTA` its ΔC): [`Clock::now_with_counter`] writes a
+/// full read's answer so into a local `Fast` and builds the `Now` from it with the same code.
+#[derive(Debug, Default)]
+struct Fast {
+    /// Even: stable; odd: a fill in progress.
+    gen: AtomicU32,
+    /// [`key_of`] the version the constants came from; 0: none.
+    key: AtomicU64,
+    w: [AtomicU64; SLOTS],
+}
+
+impl Fast {
+    /// The reading from the cached constants, or `None` (then a full read answers). A
+    /// `trusted` (local) form is not checked against the page.
+    #[inline(always)]
+    fn read(&self, words: &[AtomicU32], trusted: bool, read_counter: impl FnOnce() -> u64) -> Option<Now> {
+        let seq = &words[SEQ_WORD];
+        let s1 = seq.load(Ordering::Acquire);
+        let g1 = self.gen.load(Ordering::Acquire);
+        // The counter right after the count: nothing else before it, because the ordered read
+        // waits for every earlier instruction (the loads below run in its shadow instead).
+        let counter = read_counter();
+        let key = self.key.load(Ordering::Relaxed);
+        let word08 = words[FIRST].load(Ordering::Relaxed);
+        let c1_lo = words[0x28 / 4].load(Ordering::Relaxed);
+        let c1_hi = words[0x2c / 4].load(Ordering::Relaxed);
+        let w = |i: usize| self.w[i].load(Ordering::Relaxed);
+        let (c1, period, rate, round, dmax, small) = (w(C1), w(PERIOD), w(RATE), w(ROUND), w(DMAX), w(SMALL));
+        let wide = |lo: usize, hi: usize| (w(hi) as u128) << 64 | w(lo) as u128;
+        let (t1, tt, est) = (wide(T1_LO, T1_HI), wide(TT_LO, TT_HI), wide(EST_LO, EST_HI));
+        let (marker, est_rate, leap_at, delta) = (w(MARKER), w(EST_RATE), w(LEAP_AT), w(DELTA));
+        fence(Ordering::Acquire);
+        let (s2, g2) = (seq.load(Ordering::Relaxed), self.gen.load(Ordering::Relaxed));
+        let page_c1 = u32::from_le(c1_lo) as u64 | (u32::from_le(c1_hi) as u64) << 32;
+        if !trusted && (s1 != s2 || g1 != g2 || key != key_of(word08, s1) || g1 & 1 != 0 || page_c1 != c1) {
+            return None;
+        }
+        let d = counter.wrapping_sub(c1);
+        if d > dmax {
+            return None;
+        }
+        let shift = small as u8;
+        let s = shift & 63;
+        let some = |bit: u64, v: u64| (small & bit != 0).then_some(v);
+        Some(Now {
+            time_type: (small >> 8) as u8,
+            raw: t1.wrapping_add((period as u128 * d as u128) >> s),
+            maxerror: (small & BOUNDED != 0).then(|| tt.wrapping_add((rate as u128 * d as u128 + round as u128) >> s)),
+            counter,
+            status: (small >> 16) as u8,
+            disruption_marker: marker,
+            tai_minus_utc: (small & TAI_VALID != 0).then_some((small >> 24) as u16 as i16),
+            leap: (small & LEAP_SOME != 0).then_some(LeapEdge {
+                at_sec: leap_at,
+                before: small & LEAP_BEFORE != 0,
+                step: (small >> 48) as u8 as i8,
+            }),
+            est_time: (small & EST_TIME_SOME != 0).then_some(est),
+            est_rate: some(EST_RATE_SOME, est_rate),
+            delta: (d as i64).wrapping_add(delta as i64),
+            shift,
+        })
+    }
+
+    /// Writes `now` in the local form: exactly it, for its own counter value.
+    fn set_now(&self, now: &Now) {
+        let est = ErrorModel { time_ns: now.est_time.map(|_| 0), rate: now.est_rate };
+        let small =
+            small_of(now.shift, now.time_type, now.status, now.tai_minus_utc, now.maxerror.is_some(), est, now.leap);
+        let tt = now.maxerror.unwrap_or(0);
+        let e = now.est_time.unwrap_or(0);
+        let mut v = [0u64; SLOTS];
+        v[C1] = now.counter;
+        (v[T1_LO], v[T1_HI]) = (now.raw as u64, (now.raw >> 64) as u64);
+        (v[TT_LO], v[TT_HI]) = (tt as u64, (tt >> 64) as u64);
+        (v[EST_LO], v[EST_HI]) = (e as u64, (e >> 64) as u64);
+        v[MARKER] = now.disruption_marker;
+        v[EST_RATE] = now.est_rate.unwrap_or(0);
+        v[LEAP_AT] = now.leap.map_or(0, |l| l.at_sec);
+        v[DELTA] = now.delta as u64;
+        v[SMALL] = small;
+        for (slot, x) in self.w.iter().zip(v) {
+            slot.store(x, Ordering::Relaxed);
+        }
+    }
+
+    /// Caches the constants of a consistent, checked copy whose reading succeeded (see
+    /// [`Fast`]). Another thread's fill in progress: left to it.
+    #[cold]
+    #[inline(never)]
+    fn fill(&self, w: &[u32; COUNT], absent: u64) {
+        let Ok(Decoded { r, tai_minus_utc, leap, status, disruption_marker }) = decode(w, absent) else { return };
+        let (bounded, tt, rate, special) = match (r.maxerror.time_ns, r.maxerror.rate) {
+            (Some(t), Some(rate)) => (true, nanos_to_frac_ceil(t), rate, false),
+            (None, _) => (false, 0, 0, false),
+            // Bounded at the reference only: the full copy's special case.
+            (Some(_), None) => (false, 0, 0, true),
+        };
+        // A page the cache cannot serve is remembered too (so that it is not decoded again on
+        // every read), with a `counter_value` that never matches the page's.
+        let usable = r.shift <= 63 && !special;
+        // The largest ΔC for which T1 + P·ΔC and the bound's sum cannot overflow (P·ΔC ≥
+        // ⌊P·ΔC / 2^shift⌋, likewise for the rate's ceiling), and ΔC reads as a positive i64.
+        let fit =
+            |room: u128, k: u64| if k == 0 { u64::MAX } else { u64::try_from(room / k as u128).unwrap_or(u64::MAX) };
+        let dmax = (i64::MAX as u64).min(fit(u128::MAX - r.time, r.period)).min(fit(u128::MAX - tt, rate));
+        let est = r.esterror.time_ns.map_or(0, nanos_to_frac_ceil);
+        let mut v = [0u64; SLOTS];
+        v[C1] = if usable { r.counter_value } else { !r.counter_value };
+        v[PERIOD] = r.period;
+        v[RATE] = rate;
+        v[ROUND] = if usable { (1u64 << r.shift) - 1 } else { 0 };
+        (v[T1_LO], v[T1_HI]) = (r.time as u64, (r.time >> 64) as u64);
+        (v[TT_LO], v[TT_HI]) = (tt as u64, (tt >> 64) as u64);
+        v[DMAX] = dmax;
+        v[MARKER] = disruption_marker;
+        (v[EST_LO], v[EST_HI]) = (est as u64, (est >> 64) as u64);
+        v[EST_RATE] = r.esterror.rate.unwrap_or(0);
+        v[LEAP_AT] = leap.map_or(0, |l| l.at_sec);
+        v[SMALL] = small_of(r.shift, r.time_type, status, tai_minus_utc, bounded, r.esterror, leap);
+        let g = self.gen.load(Ordering::Relaxed);
+        if g & 1 != 0 || self.gen.compare_exchange(g, g + 1, Ordering::Acquire, Ordering::Relaxed).is_err() {
+            return;
+        }
+        fence(Ordering::Release);
+        for (slot, x) in self.w.iter().zip(v) {
+            slot.store(x, Ordering::Relaxed);
+        }
+        self.key.store(key_of(w[0], w[SEQ_WORD - FIRST]), Ordering::Relaxed);
+        self.gen.store(g.wrapping_add(2), Ordering::Release);
+    }
 }
 
 #[cold]
@@ -333,7 +651,8 @@ pub fn now_at(snap: &Snapshot, counter: u64) -> Result<Now, TimeError> {
         disruption_marker: snap.disruption_marker(),
         tai_minus_utc,
         leap: snap.leap_indicator().and_then(|l| LeapEdge::of(r.time_type, r.time, tai_minus_utc, l)),
-        esterror_model: r.esterror,
+        est_time: r.esterror.time_ns.map(nanos_to_frac_ceil),
+        est_rate: r.esterror.rate,
         delta: r.delta(counter),
         shift: r.shift,
     })
@@ -341,3 +660,73 @@ pub fn now_at(snap: &Snapshot, counter: u64) -> Result<Now, TimeError> {
 
 const _: () = assert!(PAGE_SIZE >= abi::ABI_SIZE);
 const _: () = assert!(SEQ_WORD >= FIRST && SEQ_WORD < FIRST + COUNT);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::synchronized_tai;
+    use crate::{PageBuf, Writer};
+
+    fn fast(clock: &Clock<&PageBuf>, counter: u64) -> Option<Now> {
+        clock.fast.read(&clock.mem.words()[..FIRST + COUNT], false, || counter)
+    }
+
+    /// The second read of a page takes the cached constants and gives what the full copy
+    /// gives; a new page version is never read from the old constants, and is cached in turn.
+    #[test]
+    fn the_cache_serves_only_the_version_it_came_from() {
+        if crate::counter::NATIVE == abi::counter_id::INVALID {
+            return;
+        }
+        let buf = PageBuf::new();
+        let mut w = Writer::new(&buf);
+        let c1 = 1 << 40;
+        w.publish(&synchronized_tai(crate::counter::NATIVE, c1, 1_000_000_000).esterror(100, 10).build());
+        let clock = Clock::new(&buf);
+        assert!(fast(&clock, c1 + 5).is_none(), "nothing cached before the first read");
+        let first = clock.now_with_counter(|| c1 + 5).unwrap();
+        let cached = fast(&clock, c1 + 5).expect("cached by the first read");
+        assert_eq!(cached, first);
+        assert_eq!(cached.tai(), first.tai());
+        // Before the reference, or past the distance where nothing can overflow: the full copy.
+        assert!(fast(&clock, c1 - 1).is_none());
+        assert_eq!(clock.now_with_counter(|| c1 - 1).unwrap().delta, -1);
+
+        // A new version (another reference, another marker): not served from the old constants.
+        let mut next = synchronized_tai(crate::counter::NATIVE, c1 + 1_000, 1_000_000_000).build();
+        next.disruption_marker.set(7);
+        w.publish(&next);
+        assert!(fast(&clock, c1 + 2_000).is_none(), "stale constants refused");
+        let n = clock.now_with_counter(|| c1 + 2_000).unwrap();
+        assert_eq!((n.disruption_marker, n.delta), (7, 1_000));
+        assert_eq!(fast(&clock, c1 + 2_000), Some(n), "the new version cached");
+
+        // A writer in the middle of an update: the cache is not used.
+        let seq = &buf.words()[SEQ_WORD];
+        let even = seq.load(Ordering::Relaxed);
+        seq.store(even | 1, Ordering::Relaxed);
+        assert!(fast(&clock, c1 + 2_000).is_none());
+        seq.store(even, Ordering::Relaxed);
+        assert!(fast(&clock, c1 + 2_000).is_some());
+    }
+
+    /// A page the cache cannot serve exactly (bounded at the reference only) is remembered as
+    /// such: every read goes to the full copy, which answers.
+    #[test]
+    fn a_page_with_a_special_case_is_never_served_from_the_cache() {
+        if crate::counter::NATIVE == abi::counter_id::INVALID {
+            return;
+        }
+        let buf = PageBuf::new();
+        let c1 = 1 << 40;
+        let page = synchronized_tai(crate::counter::NATIVE, c1, 1_000_000_000)
+            .flag(abi::flags::PERIOD_MAXERROR_VALID, false)
+            .build();
+        Writer::new(&buf).publish(&page);
+        let clock = Clock::new(&buf);
+        assert!(clock.now_with_counter(|| c1).unwrap().maxerror.is_some(), "bounded at the reference");
+        assert_eq!(clock.now_with_counter(|| c1 + 1).unwrap().maxerror, None, "and only there");
+        assert_ne!(clock.fast.key.load(Ordering::Relaxed), 0, "remembered");
+        assert!(fast(&clock, c1).is_none() && fast(&clock, c1 + 1).is_none());
+    }
+}

@@ -435,16 +435,21 @@ impl ErrorModel {
     /// the rate term.
     #[inline]
     pub fn at(self, delta: i64, shift: u8) -> Option<u128> {
-        let time = nanos_to_frac_ceil(self.time_ns?);
-        let delta = delta.unsigned_abs() as u128;
-        if delta == 0 {
-            return Some(time);
-        }
-        let x = self.rate? as u128 * delta; // < 2^128
-                                            // ceil(x / 2^shift) = floor((x − 1) / 2^shift) + 1 for x ≥ 1.
-        let rate = if x == 0 { 0 } else { ((x - 1) >> shift) + 1 };
-        Some(time.saturating_add(rate))
+        bound_at(nanos_to_frac_ceil(self.time_ns?), self.rate, delta, shift)
     }
+}
+
+/// [`ErrorModel::at`] with the time term already in 2^-64 s (`nanos_to_frac_ceil` of it).
+#[inline]
+pub(crate) fn bound_at(time: u128, rate: Option<u64>, delta: i64, shift: u8) -> Option<u128> {
+    let delta = delta.unsigned_abs() as u128;
+    if delta == 0 {
+        return Some(time);
+    }
+    let x = rate? as u128 * delta; // < 2^128
+                                   // ceil(x / 2^shift) = floor((x − 1) / 2^shift) + 1 for x ≥ 1.
+    let rate = if x == 0 { 0 } else { ((x - 1) >> shift) + 1 };
+    Some(time.saturating_add(rate))
 }
 
 /// The counter-to-time relation of a page: T(C) = T1 + P·(C − C1).

@@ -21,9 +21,10 @@
 
 use vmclock::Snapshot;
 
-/// The default time between two checks of the markers, ns (20 ms): a disruption is seen within
-/// 20 ms of the resume, plus the time to be scheduled; at rest that is 50 wake-ups a second.
-pub const DEFAULT_CHECK_NS: i128 = 20_000_000;
+/// The default time between two checks of the markers, ns (40 ms): a disruption is seen within
+/// 40 ms of the resume, plus the time to be scheduled (the aim is 50 ms at p99); at rest that is
+/// 25 wake-ups a second, each a few loads from the page (docs/BENCHMARKS.md, "Idle cost").
+pub const DEFAULT_CHECK_NS: i128 = 40_000_000;
 
 /// The shortest check interval accepted, ns (1 ms).
 pub const MIN_CHECK_NS: i128 = 1_000_000;

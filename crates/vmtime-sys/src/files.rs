@@ -408,10 +408,26 @@ fn trusted(s: &rfs::Stat, path: &Path, what: &'static str, daemon_makes_it: bool
 /// `/proc/locks` names a file by its superblock's device and inode. `fstat` may report another
 /// device for the same file (btrfs subvolumes, overlayfs), so when no line matches both, a single
 /// FLOCK line for the inode alone is taken.
+///
+/// `/proc/locks` is generated a page at a time: a lock taken or dropped between two `read`s can
+/// shift the list so that a line is never seen (std's `read_to_string` starts with a 32-byte probe
+/// read, which made that happen under parallel tests). So it is read with large reads, and read
+/// again, up to three times, when no line names the file.
 pub(crate) fn lock_holder(fd: impl AsFd) -> String {
+    use std::io::Read;
     let Ok(s) = rfs::fstat(fd) else { return "pid unknown".into() };
-    let locks = std::fs::read_to_string("/proc/locks").unwrap_or_default();
-    holder_in(&locks, rfs::major(s.st_dev), rfs::minor(s.st_dev), s.st_ino)
+    let mut found = String::from("pid unknown");
+    for _ in 0..3 {
+        let mut buf = Vec::with_capacity(1 << 16);
+        if std::fs::File::open("/proc/locks").and_then(|mut f| f.read_to_end(&mut buf)).is_err() {
+            break;
+        }
+        found = holder_in(&String::from_utf8_lossy(&buf), rfs::major(s.st_dev), rfs::minor(s.st_dev), s.st_ino);
+        if found != "pid unknown" {
+            break;
+        }
+    }
+    found
 }
 
 fn holder_in(locks: &str, major: u32, minor: u32, ino: u64) -> String {
@@ -886,6 +902,7 @@ pub fn replace_output(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::ops::Not;
     use std::os::unix::fs::PermissionsExt;
 
     fn blank() -> Vec<u8> {
@@ -905,6 +922,29 @@ mod tests {
         let two = "1: FLOCK  ADVISORY  WRITE 5 00:2d:9 0 EOF\n2: FLOCK  ADVISORY  WRITE 6 00:2e:9 0 EOF\n";
         assert_eq!(holder_in(two, 0, 0x30, 9), "pid unknown", "an inode alone must be unique");
         assert_eq!(holder_in(two, 0, 0x2e, 9), "pid 6");
+    }
+
+    #[test]
+    fn a_lock_holder_is_found_while_other_threads_take_and_drop_locks() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("page");
+        let _held = create_page(&p, &blank()).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let churn: Vec<_> = (0..4)
+            .map(|i| {
+                let (stop, path) = (stop.clone(), d.path().join(format!("churn{i}")));
+                std::thread::spawn(move || {
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        drop(LockFile::acquire(&path).unwrap());
+                    }
+                })
+            })
+            .collect();
+        let want = format!("pid {}", std::process::id());
+        let misses = (0..2000).filter(|_| open_page(&p).unwrap_err().to_string().contains(&want).not()).count();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        churn.into_iter().for_each(|t| t.join().unwrap());
+        assert_eq!(misses, 0, "the holder was missed in {misses} of 2000 looks");
     }
 
     #[test]

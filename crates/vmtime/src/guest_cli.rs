@@ -449,37 +449,40 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Cli, Stop> {
     let command = match &*name {
         "sync" => {
             let mut a = sync::Args::default();
+            let (mut dry_run, mut allow_other_daemon) = (false, false);
             let flags = vec![
-                path_flag("config", "--config <CONFIG>", &mut a.config),
-                path_flag("source", "--source <SOURCE>", &mut a.source),
-                switch("dry-run", "--dry-run", &mut a.dry_run),
+                path_flag("config", "--config <CONFIG>", &mut a.daemon.config),
+                path_flag("source", "--source <SOURCE>", &mut a.keys.source),
+                switch("dry-run", "--dry-run", &mut dry_run),
                 switch("once", "--once", &mut a.once),
-                number("interval-ms", "--interval-ms <INTERVAL_MS>", &mut a.interval_ms),
-                number("makestep-ns", "--makestep-ns <MAKESTEP_NS>", &mut a.makestep_ns),
-                number("makestep-updates", "--makestep-updates <MAKESTEP_UPDATES>", &mut a.makestep_updates),
-                number("max-step-s", "--max-step-s <MAX_STEP_S>", &mut a.max_step_s),
-                text_flag("hook", "--hook <HOOK>", &mut a.hook),
-                path_flag("socket", "--socket <SOCKET>", &mut a.socket),
-                number("duration-s", "--duration-s <DURATION_S>", &mut a.duration_s),
+                number("interval-ms", "--interval-ms <INTERVAL_MS>", &mut a.keys.interval_ms),
+                number("makestep-ns", "--makestep-ns <MAKESTEP_NS>", &mut a.keys.makestep_ns),
+                number("makestep-updates", "--makestep-updates <MAKESTEP_UPDATES>", &mut a.keys.makestep_updates),
+                number("max-step-s", "--max-step-s <MAX_STEP_S>", &mut a.keys.max_step_s),
+                text_flag("hook", "--hook <HOOK>", &mut a.keys.hook),
+                path_flag("socket", "--socket <SOCKET>", &mut a.keys.socket),
+                number("duration-s", "--duration-s <DURATION_S>", &mut a.daemon.duration_s),
                 one_of(
                     "phc-timescale",
                     "--phc-timescale <PHC_TIMESCALE>",
                     TIMESCALES,
                     "utc, tai",
-                    &mut a.phc_timescale,
+                    &mut a.keys.phc_timescale,
                 ),
-                number("tai-offset", "--tai-offset <TAI_OFFSET>", &mut a.tai_offset),
+                number("tai-offset", "--tai-offset <TAI_OFFSET>", &mut a.keys.tai_offset),
                 value("metrics-listen", "--metrics-listen <METRICS_LISTEN>", |v, shown| {
-                    a.metrics_listen = Some(parse_from_str(v, shown)?);
+                    a.daemon.metrics_listen = Some(parse_from_str(v, shown)?);
                     Ok(())
                 }),
-                switch("allow-other-daemon", "--allow-other-daemon", &mut a.allow_other_daemon),
+                switch("allow-other-daemon", "--allow-other-daemon", &mut allow_other_daemon),
                 value("cross-check-ntp", "--cross-check-ntp <ADDRESS:PORT>", |v, shown| {
-                    a.cross_check_ntp = Some(parse_from_str(v, shown)?);
+                    a.keys.cross_check_ntp = Some(parse_from_str(v, shown)?);
                     Ok(())
                 }),
             ];
             parse_command("sync", rest, flags, None, ll)?;
+            // As clap's SetTrue: false when not given.
+            (a.keys.dry_run, a.keys.allow_other_daemon) = (Some(dry_run), Some(allow_other_daemon));
             Command::Sync(a)
         }
         "waitsync" => {

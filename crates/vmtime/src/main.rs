@@ -94,17 +94,17 @@ fn main() -> ExitCode {
         Command::Now(a) => now::run(a),
         Command::Gen(a) => gen::run(a),
         Command::Host(mut a) => {
-            a.log_level = level;
+            a.daemon.log_level = level;
             host::run(a)
         }
         Command::Relay(mut a) => {
-            a.log_level = level;
+            a.daemon.log_level = level;
             relay::run(a)
         }
         Command::Phc(a) => phc::run(a),
         Command::Sim(a) => sim::run(a),
         Command::Sync(mut a) => {
-            a.log_level = level;
+            a.daemon.log_level = level;
             sync::run(a)
         }
         Command::Waitsync(a) => waitsync::run(a),

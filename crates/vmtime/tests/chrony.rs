@@ -2,7 +2,7 @@
 //! layout and values, silence while the page is unreliable, and after a disruption until the
 //! new page is current. (scripts/test-interop-chrony runs the real chronyd.)
 mod common;
-use common::start;
+use common::spawn_answering;
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::time::Duration;
@@ -54,7 +54,7 @@ fn samples_pause_while_unreliable_and_after_a_disruption() {
     let path = dir.path().join("refclock.sock");
     let sock = UnixDatagram::bind(&path).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let _feed = start(
+    let _feed = spawn_answering(
         &[
             "feed",
             "chrony",
@@ -68,7 +68,7 @@ fn samples_pause_while_unreliable_and_after_a_disruption() {
         .into_iter()
         .chain(["--interval-ms", "100", "--duration-s", "60"])
         .collect::<Vec<_>>(),
-        "vmtime feed chrony",
+        &dir.path().join("ctl"),
     );
     for _ in 0..5 {
         let s = recv(&sock).expect("a sample every 100 ms");

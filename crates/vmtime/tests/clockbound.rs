@@ -5,7 +5,7 @@ mod cb;
 mod common;
 use cb::{supported, Centre, Reader};
 use clock_bound_client::{ClockBoundClient, ClockStatus};
-use common::start;
+use common::spawn_answering;
 use std::path::Path;
 use std::time::{Duration, Instant};
 use vmtime_sys::clock::{gettime, ClockId};
@@ -192,7 +192,7 @@ fn bounds_stay_honest_while_a_host_publishes_updates() {
     // understates (CLOCK_MONOTONIC_COARSE lagging more than `as_of` allows for) falls short of
     // the page's growth at once: that was this test's failure, by 1 to 12 ns, before the feed
     // allowed for the largest coarse lag it sees.
-    let _host = start(
+    let _host = spawn_answering(
         &[
             "host",
             "--page",
@@ -205,9 +205,9 @@ fn bounds_stay_honest_while_a_host_publishes_updates() {
             "--threshold-ns",
             "1",
         ],
-        "control socket",
+        Path::new(&common::socket(&page)),
     );
-    let (_feed, log) = common::spawn_ready(
+    let (_feed, log) = spawn_answering(
         &[
             "feed",
             "clockbound",
@@ -226,7 +226,7 @@ fn bounds_stay_honest_while_a_host_publishes_updates() {
             "--log-level",
             "debug",
         ],
-        "vmtime feed clockbound",
+        &dir.path().join("feed-clockbound.sock"),
     );
     let (shm0, shm1) = (dir.path().join("shm0"), dir.path().join("shm1"));
     let mut c2x = ClockBoundClient::open(dir.path());

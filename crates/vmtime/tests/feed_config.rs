@@ -207,9 +207,9 @@ fn sighup_applies_the_feeds_live_keys_and_names_those_needing_a_restart() {
     let c = cfg.to_str().unwrap();
     let seg = dir.path().join("cb");
     std::fs::write(&cfg, "[feed.clockbound]\ninterval_ms = 100\nlife_ms = 60000\n").unwrap();
-    let (cb, log) = spawn_ready(
+    let (cb, log) = spawn_answering(
         &["feed", "clockbound", "--config", c, "--source", &page, "--dir", seg.to_str().unwrap()],
-        "vmtime feed clockbound:",
+        &seg.join("feed-clockbound.sock"),
     );
     let (as_of, void_after, _) = segment_life(&seg.join("shm0"));
     assert_eq!(void_after - as_of, 60_000_000_000, "the life in force");
@@ -251,7 +251,7 @@ fn sighup_applies_the_feeds_live_keys_and_names_those_needing_a_restart() {
     // chrony: the interval and log level are live, the metrics address needs a restart.
     let sock = dir.path().join("refclock.sock");
     std::fs::write(&cfg, "[feed.chrony]\ninterval_ms = 100\n").unwrap();
-    let (ch, log) = spawn_ready(
+    let (ch, log) = spawn_answering(
         &[
             "feed",
             "chrony",
@@ -264,7 +264,7 @@ fn sighup_applies_the_feeds_live_keys_and_names_those_needing_a_restart() {
             "--control-socket",
             dir.path().join("ctl").to_str().unwrap(),
         ],
-        "vmtime feed chrony:",
+        &dir.path().join("ctl"),
     );
     std::fs::write(
         &cfg,

@@ -95,6 +95,24 @@ impl Proc {
     fn running(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
     }
+
+    /// Waits until its control socket answers `status` (after the daemon's first turn),
+    /// bounded; a daemon that exits meanwhile fails at once, with what it said.
+    fn wait_answering(&mut self, control: &Path) {
+        let end = Instant::now() + DEADLINE;
+        loop {
+            if let Ok((line, _)) = vmtime_sys::serve::request(control, "status", Duration::from_secs(5)) {
+                if serde_json::from_str::<serde_json::Value>(&line).is_ok_and(|v| v.get("role").is_some()) {
+                    return;
+                }
+            }
+            if !self.running() || Instant::now() >= end {
+                self.seen.extend(self.rx.try_iter());
+                panic!("{} never answered status; seen: {:#?}", control.display(), self.seen);
+            }
+            std::thread::sleep(Duration::from_millis(10)); // polls the socket; bounded above
+        }
+    }
 }
 
 impl Drop for Proc {
@@ -143,7 +161,7 @@ fn wait_status(socket: &Path, what: &str, ok: impl Fn(&serde_json::Value) -> boo
 
 fn host(page: &Path) -> Proc {
     let mut h = spawn(&["host", "--page", page.to_str().unwrap(), "--quiet", "--duration-s", "120"]);
-    h.wait_line("control socket");
+    h.wait_answering(&sock(page));
     h
 }
 
@@ -152,7 +170,7 @@ fn relay(host_page: &Path, guest: &Path, extra: &[&str]) -> Proc {
     args.extend_from_slice(extra);
     args.extend_from_slice(&["--duration-s", "120"]);
     let mut r = spawn(&args);
-    r.wait_line("following the host");
+    r.wait_answering(&sock(guest));
     r
 }
 
@@ -256,7 +274,7 @@ fn class1_watch_and_relay_poll_the_page_when_the_publisher_does_not_answer() {
     let mut w = spawn(&["watch", page.to_str().unwrap(), "--count", "1", "--poll-ms", "5"]);
     w.wait_line("seq ");
     let mut r = relay(&page, &d.path().join("guest.page"), &[]);
-    assert!(r.seen.iter().any(|l| l.contains("by polling")), "{:?}", r.seen);
+    r.wait_line("by polling");
     // The page changes without any notification: both see it.
     let mut bytes = std::fs::read(&page).unwrap();
     let seq = u32::from_le_bytes(bytes[12..16].try_into().unwrap()) + 2;
@@ -427,7 +445,7 @@ fn class3_sockets_pages_and_state_are_private_whatever_the_umask() {
         .arg(&guest)
         .args(["--duration-s", "60"]);
     let mut r = spawn_cmd(c);
-    r.wait_line("following the host");
+    r.wait_answering(&sock(&guest));
     assert_eq!(mode(&sock(&guest)), 0o600, "socket");
     assert_eq!(mode(Path::new(&format!("{}.state.json", guest.display()))), 0o600, "state");
     assert_eq!(mode(&guest), 0o444, "page");
@@ -435,7 +453,7 @@ fn class3_sockets_pages_and_state_are_private_whatever_the_umask() {
     let mut c = Command::new("sh");
     c.args(["-c", "umask 000; exec \"$0\" \"$@\"", BIN, "host", "--quiet", "--duration-s", "60", "--page"]).arg(&p);
     let mut h = spawn_cmd(c);
-    h.wait_line("control socket");
+    h.wait_answering(&sock(&p));
     assert_eq!(mode(&sock(&p)), 0o600);
     assert_eq!(mode(&p), 0o444);
 }
@@ -490,7 +508,7 @@ fn class5_signals_stop_cleanly_or_are_logged() {
         "--duration-s",
         "120",
     ]);
-    s.wait_line("control socket");
+    s.wait_answering(&sync_sock);
     // SIGHUP: a reload request (no configuration file yet): counted, logged, still serving.
     for (p, sockp) in [(&h, sock(&page)), (&r, sock(&guest)), (&s, sync_sock.clone())] {
         p.signal("HUP");
@@ -533,7 +551,7 @@ fn class5_followers_survive_a_shrinking_page() {
         "--interval-ms",
         "50",
     ]);
-    s.wait_line("control socket");
+    s.wait_answering(&sync_sock);
     std::fs::set_permissions(&page, std::fs::Permissions::from_mode(0o644)).unwrap();
     std::fs::OpenOptions::new().write(true).open(&page).unwrap().set_len(0).unwrap();
     wait_status(&sock(&guest), "in holdover", |v| v["holdover"] == true);
@@ -619,7 +637,7 @@ fn class6_state_is_saved_before_the_page_and_a_failure_answers_json() {
         .arg("--state")
         .arg(&st);
     let mut r = spawn_cmd(c);
-    r.wait_line("following the host");
+    r.wait_answering(&sock(&guest));
     let m0 = marker(&guest);
     // The disk "fills": the state directory can no longer take a new file.
     std::fs::set_permissions(&state_dir, std::fs::Permissions::from_mode(0o500)).unwrap();
@@ -680,7 +698,7 @@ fn class5_the_host_survives_its_kernel_page_shrinking() {
         "120",
     ]);
     h.wait_line("source: the kernel's own page");
-    h.wait_line("control socket");
+    h.wait_answering(&sock(&page));
     std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o644)).unwrap();
     std::fs::OpenOptions::new().write(true).open(&fake).unwrap().set_len(0).unwrap();
     wait_status(&sock(&page), "off the kernel page", |v| v["kernel_page_readable"] == false);

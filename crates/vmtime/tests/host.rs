@@ -5,13 +5,14 @@ mod common;
 use common::*;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
+use std::path::Path;
 
 #[test]
 fn host_publishes_a_page_that_checks_out() {
     let dir = tempfile::tempdir().unwrap();
     let page = dir.path().join("host.page");
-    let (_d, banner) = start_host(&page);
-    assert!(banner.iter().any(|l| l.contains("new page")), "{banner:?}");
+    let (_d, log) = start_host(&page);
+    wait_line(&log, "new page", LINE_WITHIN);
     // From its first byte the page has its constant fields (the driver reads them once, at
     // probe): never a blank page with counter INVALID before the first publish.
     let first = show(&page)["fields"].clone();
@@ -54,8 +55,8 @@ fn a_restarted_host_takes_its_page_over_and_keeps_the_marker() {
        // A reader mapped the page before the restart: it must see the new daemon's updates.
     let clock = vmclock::Clock::open(&page).unwrap();
     let seq_before = clock.snapshot().unwrap().seq_count();
-    let (_d, banner) = start_host(&page);
-    assert!(banner.iter().any(|l| l.contains("taking over")), "{banner:?}");
+    let (_d, log) = start_host(&page);
+    wait_line(&log, "taking over", LINE_WITHIN);
     // Wait (on notifications) for the new daemon's first page.
     let mut s = UnixStream::connect(format!("{}.sock", page.display())).unwrap();
     writeln!(s, "subscribe").unwrap();
@@ -77,7 +78,7 @@ fn the_kernels_own_page_is_the_source_when_present() {
     let out = vmtime(&["gen", fake.to_str().unwrap(), "--time-type", "utc", "--calibrate-ms", "100"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let page = dir.path().join("host.page");
-    let (_d, banner) = start(
+    let (_d, log) = spawn_answering(
         &[
             "host",
             "--page",
@@ -88,9 +89,9 @@ fn the_kernels_own_page_is_the_source_when_present() {
             "--duration-s",
             "60",
         ],
-        "control socket",
+        Path::new(&socket(&page)),
     );
-    assert!(banner.iter().any(|l| l.contains("source: the kernel's own page")), "{banner:?}");
+    wait_line(&log, "source: the kernel's own page", LINE_WITHIN);
     let v = wait_calibrated(&page);
     let k = show(&fake);
     assert_eq!(
@@ -112,9 +113,9 @@ fn a_kernel_page_off_the_clock_is_not_used() {
     args.extend(["--time-type", "utc"].map(String::from));
     vmtime_ok(&args);
     let page = dir.path().join("host.page");
-    let (_d, rx) = spawn_ready(
+    let (_d, rx) = spawn_answering(
         &["host", "--page", page.to_str().unwrap(), "--vmclock-host", fake.to_str().unwrap(), "--duration-s", "60"],
-        "control socket",
+        Path::new(&socket(&page)),
     );
     let line = wait_line(&rx, "the kernel's page is", LINE_WITHIN);
     assert!(line.contains("sampling the clock instead"), "{line}");

@@ -154,15 +154,15 @@ fn check_is_a_health_probe_for_a_fresh_host() {
     let dir = tempfile::tempdir().unwrap();
     let page = dir.path().join("p");
     let socket = dir.path().join("s");
-    // Ready once its control socket listens; the page is written before that.
-    let (host, _) = common::start(
+    // Ready once its control socket answers; the page is written before that.
+    let (host, _) = common::spawn_answering(
         &["host", "--page", page.to_str().unwrap(), "--socket", socket.to_str().unwrap()]
             .into_iter()
             .chain(["--no-vmclock-host", "--quiet", "--duration-s", "20"])
             .collect::<Vec<_>>(),
-        "control socket",
+        &socket,
     );
-    assert!(page.exists(), "the page exists once the daemon listens");
+    assert!(page.exists(), "the page exists once the daemon answers");
     let mut codes = Vec::new();
     for _ in 0..60 {
         let out = vmtime(&["check", page.to_str().unwrap()]);

@@ -62,9 +62,9 @@ fn an_incoming_migration_through_libvirts_hook_gives_the_relay_kvms_new_map() {
     let page = e.guests.join("vm1.page");
     let (_h, _) = start_host(&host);
     wait_calibrated(&host);
-    let (_r, rx) = spawn_ready(
+    let (_r, rx) = spawn_answering(
         &["relay", "--host-page", host.to_str().unwrap(), "--guest-page", page.to_str().unwrap(), "--tsc-offset", "-1"],
-        "following the host",
+        Path::new(&socket(&page)),
     );
     wait_calibrated(&page);
     let sock = format!("{}.sock", page.display());

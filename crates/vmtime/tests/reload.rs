@@ -18,13 +18,13 @@ fn sighup_applies_live_settings_and_names_those_needing_a_restart() {
     let ssock = dir.path().join("sync.sock");
     std::fs::write(&cfg, "[host]\nquiet = true\nthreshold_ns = 30\n[sync]\nmax_step_s = 2\n").unwrap();
     let c = cfg.to_str().unwrap();
-    let (host, hlog) = spawn_ready(
+    let (host, hlog) = spawn_answering(
         &["host", "--config", c, "--page", page.to_str().unwrap(), "--socket", hsock.to_str().unwrap()],
-        "control socket",
+        &hsock,
     );
-    let (sync, slog) = spawn_ready(
+    let (sync, slog) = spawn_answering(
         &["sync", "--config", c, "--source", page.to_str().unwrap(), "--socket", ssock.to_str().unwrap(), "--dry-run"],
-        "control socket",
+        &ssock,
     );
     assert_eq!(status(&hsock)["tunables"]["threshold_ns"], 30);
     assert_eq!(status(&ssock)["step_policy"]["max_step_ns"], 2_000_000_000i64);
@@ -74,9 +74,9 @@ fn sighup_applies_live_settings_and_names_those_needing_a_restart() {
 
     // The relay: its log level is applied; its counter map (a constant of the guest's page) waits.
     let guest = dir.path().join("guest.page");
-    let (relay, rlog) = spawn_ready(
+    let (relay, rlog) = spawn_answering(
         &["relay", "--config", c, "--host-page", page.to_str().unwrap(), "--guest-page", guest.to_str().unwrap()],
-        "following the host",
+        Path::new(&socket(&guest)),
     );
     std::fs::write(&cfg, "[relay]\nlog_level = \"warn\"\ntsc_offset = 5\n").unwrap();
     hup(&relay);

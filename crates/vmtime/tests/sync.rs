@@ -113,22 +113,22 @@ fn a_markers_only_page_is_watched_for_the_hook() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut err = BufReader::new(child.stderr.take().unwrap());
-    let mut banner = String::new();
-    while !banner.contains("control socket") {
-        let mut l = String::new();
-        assert!(err.read_line(&mut l).unwrap() > 0, "vmtime sync exited on a markers-only page: {banner}");
-        banner += &l;
-    }
-    std::thread::spawn(move || for _ in err.lines() {});
-    assert!(banner.contains("no time source"), "{banner}");
-    // Its state, once it has seen the first page.
-    let st = json(&["status", "--socket", sock.to_str().unwrap(), "--json"]);
+    let err = BufReader::new(child.stderr.take().unwrap());
+    let (etx, log) = mpsc::channel();
+    std::thread::spawn(move || {
+        for l in err.lines().map_while(Result::ok) {
+            let _ = etx.send(l);
+        }
+    });
+    let out = child.stdout.take().unwrap();
+    let mut d = Daemon::from_child(child);
+    // Its state, once it has seen the first page (it answers after its first turn).
+    let st = wait_answering(&sock, &mut d, &log);
+    wait_line(&log, "no time source", LINE_WITHIN);
     assert_eq!(st["discipline"]["state"], "no time source (markers only)");
     assert_eq!(st["vm_generation_counter"], 1);
     // A restore from a snapshot: new generation, new marker → the hook.
     let (tx, rx) = mpsc::channel();
-    let out = child.stdout.take().unwrap();
     std::thread::spawn(move || {
         for l in BufReader::new(out).lines().map_while(Result::ok) {
             let _ = tx.send(l);
@@ -139,8 +139,7 @@ fn a_markers_only_page_is_watched_for_the_hook() {
     assert!(line.contains("would run the generation hook"), "{line}");
     let st = json(&["status", "--socket", sock.to_str().unwrap(), "--json"]);
     assert_eq!((st["hooks_run"].as_u64(), st["vm_generation_counter"].as_u64()), (Some(1), Some(2)));
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(d);
 }
 
 /// `sync --dry-run --cross-check-ntp ADDR` against the responder; returns the status once the

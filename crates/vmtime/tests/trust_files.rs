@@ -186,7 +186,7 @@ fn item1_pages_another_user_planted_are_refused_not_adopted() {
     gen(&own);
     let ino = std::fs::metadata(&own).unwrap().ino();
     let (host, _rx) =
-        common::spawn_ready(&["host", "--page", s(&own), "--quiet", "--duration-s", "60"], "control socket");
+        common::spawn_answering(&["host", "--page", s(&own), "--quiet", "--duration-s", "60"], &sock(&own));
     assert_eq!(std::fs::metadata(&own).unwrap().ino(), ino, "taken over in place");
     host.terminate();
 }
@@ -394,9 +394,9 @@ fn item11_a_fifo_configuration_is_refused_at_once_and_sighup_never_blocks() {
     // SIGHUP with the configuration replaced by a fifo: logged, the daemon keeps serving.
     let cfg = d.path().join("vmtime.toml");
     std::fs::write(&cfg, "[host]\nquiet = true\n").unwrap();
-    let (host, rx) = common::spawn_ready(
+    let (host, rx) = common::spawn_answering(
         &["host", "--config", s(&cfg), "--page", s(&page), "--duration-s", "120"],
-        "control socket",
+        &sock(&page),
     );
     std::fs::rename(&fifo, &cfg).unwrap();
     common::hup(&host);
@@ -444,14 +444,14 @@ fn item12_out_of_descriptors_is_no_clocksource_change_and_no_spin() {
     let mut child = cmd.stderr(Stdio::piped()).spawn().unwrap();
     let err = BufReader::new(child.stderr.take().unwrap());
     let pid = child.id();
-    let host = Daemon::from_child(child);
+    let mut host = Daemon::from_child(child);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for l in err.lines().map_while(Result::ok) {
             let _ = tx.send(l);
         }
     });
-    wait_line(&rx, "control socket", READY_WITHIN);
+    common::wait_answering(&sock(&page), &mut host, &rx);
     let marker = common::wait_calibrated(&page)["fields"]["disruption_marker"].clone();
 
     // Subscribers are kept: take every descriptor the host may open, until one more
@@ -528,12 +528,14 @@ fn item13_the_relay_holds_over_when_its_host_page_is_replaced_by_a_fifo() {
     let d = tempfile::tempdir().unwrap();
     let host_page = d.path().join("host.page");
     let guest = d.path().join("g.page");
-    let (host, _hrx) =
-        common::spawn_ready(&["host", "--page", s(&host_page), "--quiet", "--duration-s", "120"], "control socket");
+    let (host, _hrx) = common::spawn_answering(
+        &["host", "--page", s(&host_page), "--quiet", "--duration-s", "120"],
+        &sock(&host_page),
+    );
     common::wait_calibrated(&host_page);
-    let (relay, rx) = common::spawn_ready(
+    let (relay, rx) = common::spawn_answering(
         &["relay", "--host-page", s(&host_page), "--guest-page", s(&guest), "--tsc-offset", "0", "--duration-s", "120"],
-        "control socket",
+        &sock(&guest),
     );
     wait_status(&sock(&guest), "relaying", |v| v["holdover"] == false && v["relayed"].as_u64() > Some(0));
     // The host page replaced by a fifo (the host keeps writing its now nameless file).
@@ -813,9 +815,9 @@ fn adversarial_a_publisher_socket_that_never_answers_does_not_stall_the_relay() 
     gen(&host_page);
     let _mute = std::os::unix::net::UnixListener::bind(sock(&host_page)).unwrap(); // never accepts
     let guest = d.path().join("g.page");
-    let (relay, _rx) = common::spawn_ready(
+    let (relay, _rx) = common::spawn_answering(
         &["relay", "--host-page", s(&host_page), "--guest-page", s(&guest), "--tsc-offset", "0", "--duration-s", "120"],
-        "control socket",
+        &sock(&guest),
     );
     let mut worst = Duration::ZERO;
     for _ in 0..20 {

@@ -4,14 +4,18 @@
 //! service side (systemd, metrics, SIGHUP) is crate::daemons::feed_service; their settings are the
 //! configuration's `[feed.chrony]` and `[feed.clockbound]` (crate::ops::config), flags over file.
 
-use crate::ops::config::{DisruptionSupport, FeedChronySettings, FeedClockBoundSettings, Layout, LogLevel};
+use crate::daemons::sync::DeviceNotes;
+use crate::ops::config::{
+    DaemonArgs, DisruptionSupport, FeedChronyFlags, FeedChronySettings, FeedClockBoundFlags, FeedClockBoundSettings,
+    Layout, LogLevel,
+};
 use crate::ops::figures::{cb_status_name, FeedChronyMetrics, FeedClockBoundMetrics};
 use crate::ops::runtime::{Daemon, Flow, Pace, Runtime, Turn};
-use crate::values::{Burst, DriftPpb, DurationS, FeedIntervalMs, LifeMs};
+use crate::values::FeedIntervalMs;
 use anyhow::Result;
 use clap::{Args as ClapArgs, Subcommand};
 use serde::Serialize;
-use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -34,8 +38,8 @@ impl Args {
     /// The global `--log-level`, over the configuration's `log_level`.
     pub fn set_log_level(&mut self, level: Option<LogLevel>) {
         match &mut self.target {
-            Target::Chrony(a) => a.common.log_level = level,
-            Target::Clockbound(a) => a.common.log_level = level,
+            Target::Chrony(a) => a.daemon.log_level = level,
+            Target::Clockbound(a) => a.daemon.log_level = level,
         }
     }
 }
@@ -48,88 +52,26 @@ enum Target {
     Clockbound(ClockBoundArgs),
 }
 
-/// The flags both feeds take: each one but --config is also a key of the feed's section.
-#[derive(ClapArgs, Debug, Serialize)]
-struct Common {
-    /// The configuration file (default: /etc/vmtime/vmtime.toml, if it exists).
-    #[arg(long)]
-    #[serde(skip)]
-    config: Option<PathBuf>,
-    /// The page: a vmclock device or page file.
-    #[arg(long)]
-    source: Option<PathBuf>,
-    /// Interval between samples or updates, ms.
-    #[arg(long)]
-    interval_ms: Option<FeedIntervalMs>,
-    /// (CLOCK_REALTIME, counter, CLOCK_REALTIME) samples per measurement.
-    #[arg(long)]
-    burst: Option<Burst>,
-    /// Exit after this many seconds.
-    #[arg(long)]
-    duration_s: Option<DurationS>,
-    /// The global `--log-level` (main sets it; a key of the configuration too).
-    #[arg(skip)]
-    pub log_level: Option<LogLevel>,
-    /// Serve Prometheus metrics on this loopback address (default: [metrics] listen; off).
-    #[arg(long)]
-    metrics_listen: Option<SocketAddr>,
-    /// The feed's control socket, for `vmtime status` (default: feed-chrony.sock in the runtime
-    /// directory; feed-clockbound.sock in the segments' directory).
-    #[arg(long)]
-    control_socket: Option<PathBuf>,
-}
-
+/// `vmtime feed chrony`'s flags: each one but `--config` is also a key of `[feed.chrony]`.
 #[derive(ClapArgs, Debug, Serialize)]
 struct ChronyArgs {
     #[command(flatten)]
     #[serde(flatten)]
-    common: Common,
-    /// chronyd's SOCK refclock socket: the PATH of chrony.conf's `refclock SOCK PATH` (chronyd
-    /// creates it, as root: run the feed as root).
-    #[arg(long)]
-    socket: Option<PathBuf>,
+    keys: FeedChronyFlags,
+    #[command(flatten)]
+    #[serde(flatten)]
+    daemon: DaemonArgs,
 }
 
-impl ChronyArgs {
-    /// The settings: these flags over `[feed.chrony]` over the defaults (again on SIGHUP).
-    fn settings(&self) -> Result<FeedChronySettings> {
-        crate::ops::config::feed_chrony(self.common.config.as_deref(), self)
-    }
-}
-
+/// `vmtime feed clockbound`'s flags: each one but `--config` is also a key of `[feed.clockbound]`.
 #[derive(ClapArgs, Debug, Serialize)]
 struct ClockBoundArgs {
     #[command(flatten)]
     #[serde(flatten)]
-    common: Common,
-    /// The directory of the segments (`shm0` and/or `shm1` in it, as --layout says).
-    #[arg(long)]
-    dir: Option<PathBuf>,
-    /// Which segments: 2 (`shm0`, ClockBound 2.x clients), 3 (`shm1`, 3.x clients) or both.
-    #[arg(long, value_enum)]
-    layout: Option<Layout>,
-    /// How long the segments stay valid without an update, ms (at least two intervals, less
-    /// than 32767 intervals).
-    #[arg(long)]
-    life_ms: Option<LifeMs>,
-    /// Drift allowed to CLOCK_REALTIME beyond the rate measured, ppb (ClockBound assumes 15 ppm).
-    #[arg(long)]
-    drift_margin_ppb: Option<DriftPpb>,
-    /// Whether clients compare the segment's marker with /dev/vmclock0's.
-    #[arg(long, value_enum)]
-    disruption_support: Option<DisruptionSupport>,
-    /// A second opinion: an NTP server, ADDRESS:PORT (no names), asked every 16–64 s; while it and
-    /// the page disagree beyond both bounds, every bound written covers the disagreement and the
-    /// status is FreeRunning (as `vmtime sync --cross-check-ntp`).
-    #[arg(long, value_name = "ADDRESS:PORT")]
-    cross_check_ntp: Option<SocketAddr>,
-}
-
-impl ClockBoundArgs {
-    /// The settings: these flags over `[feed.clockbound]` over the defaults (again on SIGHUP).
-    fn settings(&self) -> Result<FeedClockBoundSettings> {
-        crate::ops::config::feed_clockbound(self.common.config.as_deref(), self)
-    }
+    keys: FeedClockBoundFlags,
+    #[command(flatten)]
+    #[serde(flatten)]
+    daemon: DaemonArgs,
 }
 
 /// What each feed applies on SIGHUP without a restart.
@@ -278,25 +220,63 @@ fn control_socket(given: &Option<PathBuf>, feed: &str) -> Result<PathBuf> {
 struct FeedPace {
     pace: Pace,
     cadence: Cadence,
+    /// A check between turns ([`FeedPace::look`]) said observe now.
+    looked: bool,
+    /// The device's notifications (7.0+ driver): no checks while it gives them.
+    notes: DeviceNotes,
+    t_note: Option<vmtime_sys::serve::Token>,
 }
 
 impl FeedPace {
-    fn new(interval: Duration) -> Self {
-        FeedPace { pace: Pace::new(Instant::now(), interval), cadence: Cadence::default() }
+    /// The pace of a feed of `m`'s page at `source`: notified by the device when it notifies.
+    fn new(interval: Duration, m: &Measurer, source: &Path) -> Self {
+        let notes = m.page.read().ok().and_then(|first| DeviceNotes::of(&m.page, &first, source).ok());
+        let notes = notes.unwrap_or_else(DeviceNotes::none);
+        let mut cadence = Cadence::default();
+        cadence.set_notified(notes.device.is_some());
+        FeedPace { pace: Pace::new(Instant::now(), interval), cadence, looked: false, notes, t_note: None }
     }
 
+    /// The next turn (the interval's); the markers' checks are looks between turns.
     fn next(&self) -> Instant {
-        crate::daemons::next_check(&self.cadence).map_or(self.pace.next(), |c| c.min(self.pace.next()))
+        self.pace.next()
     }
 
-    /// Whether this wake-up is a turn: its time came, or the markers say now.
-    fn take(&mut self, now: Instant, page: &mut crate::page::FollowedPage, pending: bool) -> Result<bool> {
+    /// When the next check of the markers is due (none while the device notifies).
+    fn next_look(&self) -> Option<Instant> {
+        crate::daemons::next_check(&self.cadence)
+    }
+
+    fn register(&mut self, p: &mut vmtime_sys::serve::Poller) {
+        self.t_note = self.notes.device.as_ref().map(|d| p.add(d.as_fd(), vmtime_sys::serve::READABLE));
+    }
+
+    /// A check of the markers when due (loads from the mapped page): whether to observe now.
+    fn look(&mut self, page: &mut crate::page::FollowedPage, pending: bool) -> bool {
+        let Ok(mono) = crate::daemons::mono_ns() else { return false };
+        self.looked |= self.cadence.due(mono) && self.cadence.look(mono, page.markers()).observe_now(pending);
+        self.looked
+    }
+
+    /// Whether this wake-up is a turn: its time came, the device notified a page that says
+    /// observe now, or the markers say now.
+    fn take(&mut self, t: &Turn<'_>, page: &mut crate::page::FollowedPage, pending: bool) -> Result<bool> {
+        if self.t_note.is_some_and(|x| t.readable(x)) {
+            let p = &*page;
+            if self.notes.readable(|| p.read().map_or(u32::MAX, |s| s.seq_count())) {
+                let mono = crate::daemons::mono_ns()?;
+                self.looked |= self.cadence.look(mono, page.markers()).observe_now(pending);
+            }
+            self.cadence.set_notified(self.notes.device.is_some());
+        }
+        let now = t.now();
         if now >= self.pace.next() {
+            self.looked = false;
             self.pace.turned(now);
             return Ok(true);
         }
-        let mono = crate::daemons::mono_ns()?;
-        if self.cadence.due(mono) && self.cadence.look(mono, page.markers()).observe_now(pending) {
+        if std::mem::take(&mut self.looked) || self.look(page, pending) {
+            self.looked = false;
             self.pace.restart(now);
             return Ok(true);
         }
@@ -315,7 +295,6 @@ struct Chrony {
     send_failing: Option<vmtime_sys::feed::SendProblem>,
     errors: ReadErrors,
     f: FeedChronyMetrics,
-    line: String,
 }
 
 impl Daemon for Chrony {
@@ -328,8 +307,20 @@ impl Daemon for Chrony {
         Some(self.pace.next())
     }
 
+    fn register(&mut self, p: &mut vmtime_sys::serve::Poller) {
+        self.pace.register(p);
+    }
+
+    fn next_look(&self) -> Option<Instant> {
+        self.pace.next_look()
+    }
+
+    fn look(&mut self, _now: Instant) -> bool {
+        self.pace.look(&mut self.m.page, self.feed.disruption_pending())
+    }
+
     fn turn(&mut self, t: &mut Turn<'_>) -> Result<Flow> {
-        if !self.pace.take(t.now(), &mut self.m.page, self.feed.disruption_pending())? {
+        if !self.pace.take(t, &mut self.m.page, self.feed.disruption_pending())? {
             return Ok(Flow::Continue);
         }
         let a = &self.a;
@@ -347,7 +338,7 @@ impl Daemon for Chrony {
                 ChronyAction::Hold(Hold::Unreadable)
             }
         };
-        self.line = match action {
+        self.f.common.state = match action {
             ChronyAction::Send(s) => {
                 report(&mut self.last, None, "chrony feed");
                 match self.sock.send(&s.to_bytes()) {
@@ -382,7 +373,6 @@ impl Daemon for Chrony {
             }
         };
         self.f.send_failing = self.send_failing.is_some();
-        self.f.common.state.clone_from(&self.line);
         Ok(Flow::Continue)
     }
 
@@ -397,10 +387,6 @@ impl Daemon for Chrony {
         &mut self.f
     }
 
-    fn status_line(&self) -> Option<&str> {
-        (!self.line.is_empty()).then_some(self.line.as_str())
-    }
-
     fn stop(&mut self, why: &str) -> Result<()> {
         tracing::info!("{why}: stopping (chronyd gets no more samples)");
         Ok(())
@@ -408,12 +394,16 @@ impl Daemon for Chrony {
 }
 
 fn run_chrony(args: ChronyArgs) -> Result<ExitCode> {
-    let a = args.settings()?;
+    let a: FeedChronySettings = args.daemon.settings(&args)?;
     let interval = interval_of(a.interval_ms);
     let m = Measurer::open(&a.source, a.burst.get() as usize)?;
     vmtime_sys::feed::check_chrony_socket_path(&a.socket)?;
     let sock = ChronySocket::new(&a.socket)?;
-    let rt = Runtime::start(a.clone(), move || args.settings(), &control_socket(&a.control_socket, "feed-chrony")?)?;
+    let rt = Runtime::start(
+        a.clone(),
+        move || args.daemon.settings(&args),
+        &control_socket(&a.control_socket, "feed-chrony")?,
+    )?;
     // chronyd reads a relative path in chrony.conf from its own working directory (/).
     let conf_path = std::path::absolute(&a.socket).unwrap_or_else(|_| a.socket.clone());
     tracing::info!(
@@ -428,7 +418,7 @@ fn run_chrony(args: ChronyArgs) -> Result<ExitCode> {
     f.socket = a.socket.display().to_string();
     let mut d = Chrony {
         feed: ChronyFeed::new(interval.as_nanos() as i128),
-        pace: FeedPace::new(interval),
+        pace: FeedPace::new(interval, &m, &a.source),
         a,
         m,
         sock,
@@ -436,7 +426,6 @@ fn run_chrony(args: ChronyArgs) -> Result<ExitCode> {
         send_failing: None,
         errors: ReadErrors::default(),
         f,
-        line: String::new(),
     };
     rt.run(&mut d)
 }
@@ -473,7 +462,6 @@ struct ClockBound {
     last: Option<Option<Hold>>,
     errors: ReadErrors,
     f: FeedClockBoundMetrics,
-    line: String,
     /// The NTP cross-check, when configured, and its socket in this turn's poll.
     cross: Option<crate::daemons::crosscheck::NtpCross>,
     t_cross: Option<vmtime_sys::serve::Token>,
@@ -490,7 +478,16 @@ impl Daemon for ClockBound {
         [Some(self.pace.next()), cross].into_iter().flatten().min()
     }
 
+    fn next_look(&self) -> Option<Instant> {
+        self.pace.next_look()
+    }
+
+    fn look(&mut self, _now: Instant) -> bool {
+        self.pace.look(&mut self.m.page, self.feed.disruption_pending())
+    }
+
     fn register(&mut self, p: &mut vmtime_sys::serve::Poller) {
+        self.pace.register(p);
         self.t_cross = self.cross.as_ref().map(|c| p.add(c.sock.fd(), vmtime_sys::serve::READABLE));
     }
 
@@ -505,7 +502,7 @@ impl Daemon for ClockBound {
             self.feed.set_cross_check(c.cc.widen_ns());
             self.f.cross_check = Some(c.cc.status().clone());
         }
-        if !self.pace.take(t.now(), &mut self.m.page, self.feed.disruption_pending())? {
+        if !self.pace.take(t, &mut self.m.page, self.feed.disruption_pending())? {
             return Ok(Flow::Continue);
         }
         let feed = &mut self.feed;
@@ -577,11 +574,10 @@ impl Daemon for ClockBound {
         }
         self.last_written = Some((eb, eb3));
         report(&mut self.last, feed.last_hold, "clockbound feed");
-        self.line = match feed.last_hold {
+        self.f.common.state = match feed.last_hold {
             Some(h) => format!("writing {}: {} (holding: {})", self.paths, cb_status_name(eb.status), h.describe()),
             None => format!("writing {}: {}", self.paths, cb_status_name(eb.status)),
         };
-        self.f.common.state.clone_from(&self.line);
         Ok(Flow::Continue)
     }
 
@@ -593,10 +589,6 @@ impl Daemon for ClockBound {
 
     fn figures(&mut self) -> &mut FeedClockBoundMetrics {
         &mut self.f
-    }
-
-    fn status_line(&self) -> Option<&str> {
-        (!self.line.is_empty()).then_some(self.line.as_str())
     }
 
     fn stop(&mut self, why: &str) -> Result<()> {
@@ -616,7 +608,7 @@ impl Daemon for ClockBound {
 }
 
 fn run_clockbound(args: ClockBoundArgs) -> Result<ExitCode> {
-    let a = args.settings()?;
+    let a: FeedClockBoundSettings = args.daemon.settings(&args)?;
     let interval = interval_of(a.interval_ms);
     let disruption_support = match a.disruption_support {
         DisruptionSupport::On => true,
@@ -639,7 +631,7 @@ fn run_clockbound(args: ClockBoundArgs) -> Result<ExitCode> {
     let paths = paths.join(" and ");
     // The control socket goes with the segments (the unit's runtime directory is theirs).
     let socket = a.control_socket.clone().unwrap_or_else(|| a.dir.join("feed-clockbound.sock"));
-    let rt = Runtime::start(a.clone(), move || args.settings(), &socket)?;
+    let rt = Runtime::start(a.clone(), move || args.daemon.settings(&args), &socket)?;
     let coarse_tick_ns = vmtime_sys::clock::getres(ClockId::MonotonicCoarse)?.clamp(1, 1_000_000_000);
     let mut feed = ClockBoundFeed::new(clockbound_config(&a, disruption_support, coarse_tick_ns));
     // A segment left by a previous run: its marker is the last one clients were given.
@@ -658,7 +650,7 @@ fn run_clockbound(args: ClockBoundArgs) -> Result<ExitCode> {
     f.common.source = a.source.display().to_string();
     f.segments.clone_from(&paths);
     let mut d = ClockBound {
-        pace: FeedPace::new(interval),
+        pace: FeedPace::new(interval, &m, &a.source),
         a,
         m,
         seg0,
@@ -672,7 +664,6 @@ fn run_clockbound(args: ClockBoundArgs) -> Result<ExitCode> {
         last: None,
         errors: ReadErrors::default(),
         f,
-        line: String::new(),
         cross: None,
         t_cross: None,
     };

@@ -1,14 +1,14 @@
 //! `vmtime host`: publishes this machine's kernel clock as a vmclock page (see
 //! `vmtime_core::host` for the model). It only reads the clock; it never writes it.
 
-use crate::ops::config::{HostSettings, LogLevel, Smearing};
+use crate::ops::config::{DaemonArgs, HostFlags, HostSettings, Smearing};
 use crate::ops::runtime::{Answer, Daemon, Flow, Runtime, Turn};
 use crate::tai::{self, Found};
 use crate::values::*;
 use anyhow::{bail, Context, Result};
 use clap::Args as ClapArgs;
 use serde::Serialize;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use vmclock::abi::{self, PAGE_SIZE};
@@ -20,73 +20,16 @@ use vmtime_sys::event::{self, StepDetector};
 use vmtime_sys::files::{self, PageFile};
 use vmtime_sys::serve::{self, Poller, Reply, Token};
 
-/// `vmtime host`'s flags: each one is also a key of the configuration's `[host]` section
-/// (crate::ops::config::HostSettings has the defaults); a flag overrides the file.
+/// `vmtime host`'s flags: each one but `--config` is also a key of the configuration's `[host]`
+/// section (crate::ops::config::HostSettings declares them); a flag overrides the file.
 #[derive(ClapArgs, Debug, Serialize)]
 pub struct Args {
-    /// The configuration file (default: /etc/vmtime/vmtime.toml, if it exists).
-    #[arg(long)]
-    #[serde(skip)]
-    config: Option<PathBuf>,
-    /// Where to publish the page (default: /run/vmtime/host.page for root, else
-    /// $XDG_RUNTIME_DIR/vmtime/host.page or /tmp/vmtime-UID/host.page).
-    #[arg(long)]
-    page: Option<PathBuf>,
-    /// Control socket (default: the page path + ".sock").
-    #[arg(long)]
-    socket: Option<PathBuf>,
-    /// Longest time between full observations, ms.
-    #[arg(long)]
-    interval_ms: Option<IntervalMs>,
-    /// How often the kernel's NTP state is read (cheap adjtimex) while it is changing, ms.
-    #[arg(long)]
-    poll_ms: Option<PollMs>,
-    /// How often it is read once it has been still for 10 s, ms (the page's maxerror covers
-    /// what an unseen frequency change can do in this long: 500 ppm of it at the defaults).
-    #[arg(long)]
-    idle_poll_ms: Option<PollMs>,
-    /// Republish when the page is this far off the kernel clock, ns.
-    #[arg(long)]
-    threshold_ns: Option<ThresholdNs>,
-    /// Rate tolerance of the kernel clock against true time, ppm (the page's period maximum
-    /// error rate; 500 is the kernel's own MAXFREQ).
-    #[arg(long)]
-    tolerance_ppm: Option<TolerancePpm>,
-    /// TAI − UTC in s, positive (37 in 2026); the page stores its negation, UTC − TAI, as the
-    /// driver and spec v1.1 read it (default: the kernel's, else the system leap-second list if
-    /// current).
-    #[arg(long)]
-    tai_offset: Option<TaiUtcS>,
-    /// leap_second_smearing_hint to publish.
-    #[arg(long, value_enum)]
-    smearing: Option<Smearing>,
-    /// The kernel's own vmclock page (RFC "/dev/vmclock_host"): used as the source of the
-    /// counter-to-clock relation when present; vmtime adds bounds, leap state, status and markers.
-    #[arg(long)]
-    vmclock_host: Option<PathBuf>,
-    /// Ignore the kernel's page even when it exists (sample the clock instead).
-    #[arg(long)]
-    no_vmclock_host: bool,
-    /// No live status line.
-    #[arg(long)]
-    quiet: bool,
-    /// Exit after this many seconds (tests, measurements).
-    #[arg(long)]
-    duration_s: Option<DurationS>,
-    /// The global `--log-level` (main sets it; a key of the configuration too).
-    #[arg(skip)]
-    pub log_level: Option<LogLevel>,
-    /// Serve Prometheus metrics on this loopback address (default: [metrics] listen; off).
-    #[arg(long)]
-    metrics_listen: Option<std::net::SocketAddr>,
-}
-
-impl Args {
-    /// The settings: these flags over the configuration file over the defaults. Called again on
-    /// SIGHUP: an error there keeps the old settings.
-    pub fn settings(&self) -> Result<HostSettings> {
-        crate::ops::config::host(self.config.as_deref(), self)
-    }
+    #[command(flatten)]
+    #[serde(flatten)]
+    keys: HostFlags,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub daemon: DaemonArgs,
 }
 
 /// Where TAI − UTC comes from for each observation.
@@ -155,7 +98,6 @@ struct Host {
     /// The clocksource could not be read at the last look (said once per episode).
     cs_unreadable: bool,
     last_turn: Option<Instant>,
-    line: String,
 }
 
 impl Host {
@@ -240,7 +182,7 @@ fn open_page(path: &Path, placeholder: PageBuilder) -> Result<(PageFile, Writabl
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
-    let a = args.settings()?;
+    let a: HostSettings = args.daemon.settings(&args)?;
     let page_path = match a.page.clone() {
         Some(p) => {
             files::ensure_dir_for(&p)?;
@@ -319,7 +261,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         Some(p) => Publisher::resume(cfg, p),
         None => Publisher::new(cfg),
     };
-    let rt = Runtime::start(a.clone(), move || args.settings(), &socket_path)?;
+    let rt = Runtime::start(a.clone(), move || args.daemon.settings(&args), &socket_path)?;
 
     let mut source_note = "source: (clock, counter, clock) samples of the kernel clock".to_string();
     let kernel_page = if a.no_vmclock_host {
@@ -374,6 +316,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         poll_every: Duration::from_millis(a.poll_ms.get()),
         kernel_page_readable: kernel_page.as_ref().map(|_| true),
         kernel_state: if timex.denied() { UNREADABLE_NOTE } else { READ_NOTE },
+        timex_denied: timex.denied(),
         config: cfg_copy,
         ..Default::default()
     };
@@ -397,7 +340,6 @@ pub fn run(args: Args) -> Result<ExitCode> {
         last_cs_check: now,
         cs_unreadable: false,
         last_turn: None,
-        line: String::new(),
         m,
     };
     if !usable {
@@ -476,6 +418,7 @@ impl Daemon for Host {
                 tracing::warn!("going on: {UNREADABLE_NOTE}");
             }
             self.m.kernel_state = if self.timex.denied() { UNREADABLE_NOTE } else { READ_NOTE };
+            self.m.timex_denied = self.timex.denied();
             let delay = self.schedule.after_poll(&tx, (now - self.t0).as_nanos() as i128);
             self.next_poll = now + Duration::from_nanos(delay as u64);
             self.m.poll_every = Duration::from_nanos(delay as u64);
@@ -502,11 +445,6 @@ impl Daemon for Host {
         }
         self.m.last_observation = self.last_obs;
         self.m.kernel_page_readable = self.kernel_page.as_ref().map(|_| !self.kernel_page_failing);
-        if self.m.published > 0 && self.line.is_empty() {
-            let unread =
-                if self.timex.denied() { " (kernel NTP state unreadable: FREERUNNING, 16 s bound)" } else { "" };
-            self.line = format!("publishing {}{unread}", self.m.page);
-        }
         Ok(Flow::Continue)
     }
 
@@ -533,9 +471,5 @@ impl Daemon for Host {
 
     fn figures(&mut self) -> &mut crate::ops::figures::HostMetrics {
         &mut self.m
-    }
-
-    fn status_line(&self) -> Option<&str> {
-        (!self.line.is_empty()).then_some(self.line.as_str())
     }
 }

@@ -1,7 +1,7 @@
 //! `vmtime relay`: follows a host page and publishes one guest's page in the guest's counter
 //! domain, owning its disruption marker and generation counter (see `vmtime_core::relay`).
 
-use crate::ops::config::{LogLevel, RelaySettings};
+use crate::ops::config::{DaemonArgs, RelayFlags, RelaySettings};
 use crate::ops::runtime::{Answer, Daemon, Flow, Runtime, Turn};
 use crate::values::*;
 use anyhow::{bail, Context, Result};
@@ -22,32 +22,9 @@ use vmtime_sys::serve::{self, Poller, Reply, Subscription, Token};
 /// key of the configuration's `[relay]` section; a flag overrides the file.
 #[derive(ClapArgs, Debug, Serialize)]
 pub struct Args {
-    /// The configuration file (default: /etc/vmtime/vmtime.toml, if it exists).
-    #[arg(long)]
-    #[serde(skip)]
-    config: Option<PathBuf>,
-    /// The host page to follow (from `vmtime host`).
-    #[arg(long)]
-    host_page: Option<PathBuf>,
-    /// The host daemon's control socket, for its notifications (default: the host page +
-    /// ".sock"; without one answering, the host page is polled every 1 ms).
-    #[arg(long)]
-    host_socket: Option<PathBuf>,
-    /// The guest page to publish (a file the VMM shares with the guest, e.g. an ivshmem backend).
-    #[arg(long)]
-    guest_page: Option<PathBuf>,
-    /// KVM's TSC offset for this guest (added after scaling, mod 2^64; negative values wrap).
-    #[arg(long)]
-    tsc_offset: Option<TscOffset>,
-    /// The TSC scaling ratio (guest ticks per host tick).
-    #[arg(long)]
-    tsc_ratio: Option<TscRatio>,
-    /// Fraction bits of KVM's ratio (Intel 48, AMD 32).
-    #[arg(long)]
-    tsc_frac_bits: Option<FracBits>,
-    /// Where the guest's markers are kept across restarts (default: guest page + ".state.json").
-    #[arg(long)]
-    state: Option<PathBuf>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    keys: RelayFlags,
     /// The guest has just been live-migrated in: change its disruption marker (this run only).
     #[arg(long)]
     #[serde(skip)]
@@ -62,23 +39,9 @@ pub struct Args {
     #[arg(long, hide = true)]
     #[serde(skip)]
     no_notify: bool,
-    /// Exit after this many seconds.
-    #[arg(long)]
-    duration_s: Option<DurationS>,
-    /// The global `--log-level` (main sets it; a key of the configuration too).
-    #[arg(skip)]
-    pub log_level: Option<LogLevel>,
-    /// Serve Prometheus metrics on this loopback address (default: [metrics] listen; off).
-    #[arg(long)]
-    metrics_listen: Option<std::net::SocketAddr>,
-}
-
-impl Args {
-    /// The settings: these flags over the configuration file over the defaults. Called again on
-    /// SIGHUP: an error there keeps the old settings.
-    pub fn settings(&self) -> Result<RelaySettings> {
-        crate::ops::config::relay(self.config.as_deref(), self)
-    }
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub daemon: DaemonArgs,
 }
 
 /// Parses an offset given on the control socket: the same rules as --tsc-offset.
@@ -118,9 +81,22 @@ fn save(path: &Path, st: &GuestState) -> Result<()> {
     Ok(())
 }
 
-/// How often the guest page is compared with the relay's last write: a page overwritten by a
-/// migration or a restore is rewritten within this, whatever the host page does.
+/// How often the guest page is compared with the relay's last write while polling the host
+/// page (the same wake-up), and for [`ALERT_FOR`] after an overwrite: a page overwritten again
+/// (a migration's RAM stream writes it during the copy and once more at the end) is rewritten
+/// within this.
 const GUARD_EVERY: Duration = Duration::from_millis(1);
+
+/// How often the guest page (and the host page's `seq_count`) is looked at while the host daemon
+/// notifies and nothing has overwritten the page for [`ALERT_FOR`]: each look is a few loads
+/// from the two mapped pages, but a wake-up every 1 ms cost more CPU (~1.5 % of a core on this
+/// machine kind) than the subscription saves. A first overwrite is seen within this; the
+/// resume that must not come before the rewrite waits for it (the destination is started with
+/// `-S` and resumed once the relay holds the page: docs/GUESTS.md).
+const GUARD_AT_REST: Duration = Duration::from_millis(20);
+
+/// After an overwrite the guard looks every [`GUARD_EVERY`] for this long.
+const ALERT_FOR: Duration = Duration::from_secs(60);
 
 struct Relay {
     host: crate::page::FollowedPage,
@@ -145,10 +121,13 @@ struct Relay {
     host_sub: Option<Subscription>,
     t_sub: Option<Token>,
     last_turn: Instant,
+    /// The last look at the pages (a turn's or one between turns).
+    last_look: Instant,
+    /// The guard looks every GUARD_EVERY until then (an overwrite was seen).
+    alert_until: Option<Instant>,
     last_file_check: Instant,
     /// The last failure to relay (logged once per cause).
     last_error: String,
-    line: String,
     /// The relay's last write into the guest page, to see another writer's.
     guard: Guard,
     /// The figures (metrics and status).
@@ -232,14 +211,8 @@ impl Relay {
     /// loading a migration's or a snapshot's RAM into the file) is a disruption for the guest:
     /// a new marker and no time until the counter map is confirmed, written at once.
     fn guard_guest_page(&mut self) -> Result<()> {
-        let look = seqlock::try_read(self.writer.memory().words()).map(|w| {
-            let mut b = [0u8; vmclock::abi::ABI_SIZE];
-            for (chunk, word) in b.chunks_exact_mut(4).zip(w) {
-                chunk.copy_from_slice(&word.to_ne_bytes());
-            }
-            b
-        });
-        let Verdict::Overwritten(o) = self.guard.look(look.as_ref()) else { return Ok(()) };
+        let Verdict::Overwritten(o) = self.guard.look(self.guest_bytes().as_ref()) else { return Ok(()) };
+        self.alert_until = Some(Instant::now() + ALERT_FOR);
         self.m.overwrites += 1;
         self.relay.overwritten(&o);
         tracing::warn!(
@@ -262,6 +235,36 @@ impl Relay {
         }
         self.m.map_pending = self.relay.map_pending();
         Ok(())
+    }
+
+    /// The guest page's structure now (one seqlock attempt; `None`: odd or moving seq_count).
+    fn guest_bytes(&self) -> Option<[u8; vmclock::abi::ABI_SIZE]> {
+        seqlock::try_read(self.writer.memory().words()).map(|w| {
+            let mut b = [0u8; vmclock::abi::ABI_SIZE];
+            for (chunk, word) in b.chunks_exact_mut(4).zip(w) {
+                chunk.copy_from_slice(&word.to_ne_bytes());
+            }
+            b
+        })
+    }
+
+    /// The look between turns while the host daemon notifies: whether the guest page is not
+    /// what this relay wrote, or the host page has another seq_count than the one relayed (a
+    /// notification lost or never sent), or the host page is being held over. Loads only.
+    fn pages_changed(&mut self) -> bool {
+        if self.guard.look(self.guest_bytes().as_ref()) != Verdict::Ours || self.holding {
+            return true;
+        }
+        self.host.markers().map(|m| m.seq_count) != self.last_host_seq
+    }
+
+    /// The time between two looks at the guest page.
+    fn guard_every(&self, now: Instant) -> Duration {
+        if self.host_sub.is_none() || self.alert_until.is_some_and(|t| now < t) {
+            GUARD_EVERY
+        } else {
+            GUARD_AT_REST
+        }
     }
 
     /// The counter map of a control request's words: none (the map in force), an offset (the
@@ -332,7 +335,7 @@ fn subscribe_host(socket: &Path) -> Option<Subscription> {
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
-    let a = args.settings()?;
+    let a: RelaySettings = args.daemon.settings(&args)?;
     let (migrated, restored) = (args.migrated, args.restored);
     let Some(guest_page) = a.guest_page.clone() else {
         bail!("no guest page: give --guest-page PATH (or [relay] guest_page in the configuration)");
@@ -409,11 +412,12 @@ pub fn run(args: Args) -> Result<ExitCode> {
     save(&state_path, relay.state())?;
     let guest_socket = crate::paths::socket_for(&guest_page);
     let host_socket = a.host_socket.clone().unwrap_or_else(|| crate::paths::socket_for(&host_path));
-    let rt = Runtime::start(a.clone(), move || args.settings(), &guest_socket)?;
+    let rt = Runtime::start(a.clone(), move || args.daemon.settings(&args), &guest_socket)?;
     let saved = *relay.state();
     let now = Instant::now();
     let m = crate::ops::figures::RelayMetrics {
         host_page: host_path.display().to_string(),
+        guest_page: guest_page.display().to_string(),
         state: Some(saved),
         ..Default::default()
     };
@@ -434,9 +438,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
         t_sub: None,
         host_socket,
         last_turn: now,
+        last_look: now,
+        alert_until: None,
         last_file_check: now,
         last_error: String::new(),
-        line: String::new(),
         m,
     };
     let st = *r.relay.state();
@@ -462,7 +467,6 @@ pub fn run(args: Args) -> Result<ExitCode> {
             r.host_socket.display()
         ),
     }
-    r.line = format!("relaying {} to {}", host_path.display(), guest_page.display());
     rt.run(&mut r)
 }
 
@@ -477,11 +481,26 @@ impl Daemon for Relay {
     const REQUESTS: &'static str =
         "status, subscribe, hold, migrated [OFFSET [RATIO BITS]] or restored [OFFSET [RATIO BITS]]";
 
-    /// Without notifications (or while they are silent) the host page is polled every 1 ms; the
-    /// guest page is looked at every GUARD_EVERY in any case.
+    /// Without notifications the host page is polled every 1 ms (and the guest page looked at
+    /// in the same turn); with them, a turn on each notification, on a look that finds a page
+    /// changed, and every second (the host page's file, the subscription).
     fn next_turn(&self) -> Option<Instant> {
-        let every = if self.host_sub.is_some() { GUARD_EVERY } else { Duration::from_millis(1).min(GUARD_EVERY) };
-        Some(self.last_turn + every)
+        Some(match self.host_sub {
+            Some(_) => self.last_file_check + Duration::from_secs(1),
+            None => self.last_turn + Duration::from_millis(1),
+        })
+    }
+
+    /// While notified: the looks at both pages, every GUARD_AT_REST (GUARD_EVERY after an
+    /// overwrite).
+    fn next_look(&self) -> Option<Instant> {
+        self.host_sub.as_ref()?;
+        Some(self.last_look + self.guard_every(self.last_look))
+    }
+
+    fn look(&mut self, now: Instant) -> bool {
+        self.last_look = now;
+        self.pages_changed()
     }
 
     fn register(&mut self, p: &mut Poller) {
@@ -491,6 +510,7 @@ impl Daemon for Relay {
     fn turn(&mut self, t: &mut Turn<'_>) -> Result<Flow> {
         let woke = t.now();
         self.last_turn = woke;
+        self.last_look = woke;
         let notified = self.t_sub.is_some_and(|x| t.readable(x));
         if notified && !self.host_sub.as_mut().is_some_and(|s| s.drain()) {
             tracing::warn!("the host daemon went away: polling the page every 1 ms until it is back");
@@ -528,6 +548,8 @@ impl Daemon for Relay {
         }
         self.m.holdover = self.holding;
         self.m.last_host_seq = self.last_host_seq;
+        self.m.host_notified = self.host_sub.is_some();
+        self.m.guard_ms = self.guard_every(woke).as_millis() as u64;
         Ok(Flow::Continue)
     }
 
@@ -543,9 +565,5 @@ impl Daemon for Relay {
 
     fn figures(&mut self) -> &mut crate::ops::figures::RelayMetrics {
         &mut self.m
-    }
-
-    fn status_line(&self) -> Option<&str> {
-        (self.relayed > 0).then_some(self.line.as_str())
     }
 }

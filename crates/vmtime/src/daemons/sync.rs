@@ -2,7 +2,7 @@
 //! `vmtime_core::sync`). With `--dry-run` it prints what it would do and changes nothing: the only
 //! mode to use on a machine whose clock must not be touched.
 
-use crate::ops::config::{LogLevel, SyncSettings, Timescale};
+use crate::ops::config::{DaemonArgs, SyncFlags, SyncSettings, Timescale};
 use crate::ops::runtime::{Daemon, Flow, Pace, Runtime, Turn};
 use crate::values::*;
 use anyhow::{bail, Context, Result};
@@ -25,87 +25,34 @@ use vmtime_sys::clock::{aba_sample, tightest, ClockId};
 use vmtime_sys::files;
 use vmtime_sys::serve::{self, Poller, Subscription, Token};
 
-/// `vmtime sync`'s flags: each one is also a key of the configuration's `[sync]` section; a flag
-/// overrides the file.
+/// `vmtime sync`'s flags: each one but `--config` and `--once` is also a key of the
+/// configuration's `[sync]` section; a flag overrides the file.
 #[derive(ClapArgs, Debug, Default, Serialize)]
 pub struct Args {
-    /// The configuration file (default: /etc/vmtime/vmtime.toml, if it exists).
-    #[arg(long)]
-    #[serde(skip)]
-    pub(crate) config: Option<PathBuf>,
-    /// The source: a vmclock device or page file (default: the first /dev/vmclock*).
-    #[arg(long)]
-    pub(crate) source: Option<PathBuf>,
-    /// Print the actions instead of applying them: nothing is changed.
-    #[arg(long)]
-    pub(crate) dry_run: bool,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub keys: SyncFlags,
     /// One bounded step from the page (or PHC), with the TAI offset, leap state and bounds, then
     /// exit: 0, or 1 with the reason on one line (for agents, init scripts, microVMs).
     #[arg(long)]
     #[serde(skip)]
     pub once: bool,
-    /// Interval between observations without notification, ms.
-    #[arg(long)]
-    pub(crate) interval_ms: Option<IntervalMs>,
-    /// Step instead of slewing when the offset exceeds this during the first updates, ns
-    /// (chrony's makestep).
-    #[arg(long)]
-    pub(crate) makestep_ns: Option<MakestepNs>,
-    /// How many first updates may step, by any amount (a changed disruption marker or VM
-    /// generation allows that too).
-    #[arg(long)]
-    pub(crate) makestep_updates: Option<MakestepUpdates>,
-    /// Outside start-up, a marker change and the return from holdover, an offset larger than
-    /// this (a page gone wrong or hostile) is refused and the clock holds over, s (steps of
-    /// 0.001; default 2: a missed leap second is still corrected). Applied live on SIGHUP.
-    #[arg(long)]
-    pub(crate) max_step_s: Option<MaxStepS>,
-    /// Command run (by sh -c) when the VM generation changes: reseed entropy, reset connections.
-    #[arg(long)]
-    pub(crate) hook: Option<String>,
-    /// Control socket (default: sync.sock beside the host page's default).
-    #[arg(long)]
-    pub(crate) socket: Option<PathBuf>,
-    /// Exit after this many seconds.
-    #[arg(long)]
-    pub(crate) duration_s: Option<DurationS>,
-    /// The timescale of a PHC source, used only when the machine cannot tell: its vmclock page,
-    /// the kernel's timescale attribute and a driver of fixed timescale (ptp_kvm: UTC) come first.
-    #[arg(long, value_enum)]
-    pub(crate) phc_timescale: Option<Timescale>,
-    /// TAI − UTC in s (positive: 37), to read a TAI PHC when neither the kernel (adjtimex) nor
-    /// the page has it.
-    #[arg(long)]
-    pub(crate) tai_offset: Option<TaiUtcS>,
-    /// The global `--log-level` (main sets it; a key of the configuration too).
-    #[arg(skip)]
-    pub log_level: Option<LogLevel>,
-    /// Serve Prometheus metrics on this loopback address (default: [metrics] listen; off).
-    #[arg(long)]
-    pub(crate) metrics_listen: Option<std::net::SocketAddr>,
-    /// Start even while another time daemon (chronyd, ntpd, systemd-timesyncd, …) runs or the
-    /// kernel's PLL is on, and keep running when another process changes the clock's state.
-    #[arg(long)]
-    pub(crate) allow_other_daemon: bool,
-    /// A second opinion: an NTP server, ADDRESS:PORT (no names: nothing is looked up), asked every
-    /// 16–64 s (backing off to 1024 s while it does not answer). It never steers the clock; when
-    /// it and the page disagree beyond both their bounds, the kernel's maxerror is widened to
-    /// cover it, the clock is left unsynchronised, and `status` says `"cross_check": {"state":
-    /// "disagree", …}`. A vmclock page source only.
-    #[arg(long, value_name = "ADDRESS:PORT")]
-    pub(crate) cross_check_ntp: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub daemon: DaemonArgs,
 }
 
-impl Args {
-    /// The settings: these flags over the configuration file over the defaults. Called again on
-    /// SIGHUP: an error there keeps the old settings.
-    pub fn settings(&self) -> Result<SyncSettings> {
-        crate::ops::config::sync(self.config.as_deref(), self)
+/// The flags every daemon takes, as fields of `Args` (`vmtime-guest` sets `log_level` so).
+impl std::ops::Deref for Args {
+    type Target = DaemonArgs;
+    fn deref(&self) -> &DaemonArgs {
+        &self.daemon
     }
+}
 
-    /// [`Args::settings`] in the guest binary ([`crate::ops::config::sync_guest`]).
-    pub fn guest_settings(&self) -> Result<SyncSettings> {
-        crate::ops::config::sync_guest(self.config.as_deref(), self)
+impl std::ops::DerefMut for Args {
+    fn deref_mut(&mut self) -> &mut DaemonArgs {
+        &mut self.daemon
     }
 }
 
@@ -172,7 +119,6 @@ struct PhcSync {
     pace: Pace,
     interval: Duration,
     printed: String,
-    line: String,
     m: crate::ops::figures::SyncMetrics,
 }
 
@@ -234,7 +180,6 @@ impl PhcSync {
             pace: Pace::new(Instant::now(), interval),
             interval,
             printed: String::new(),
-            line: String::new(),
         })
     }
 
@@ -311,9 +256,6 @@ impl PhcSync {
                 }
             }
         }
-        if self.m.updates > 0 && self.line.is_empty() {
-            self.line = format!("following {}", self.dev.display());
-        }
         Ok(())
     }
 }
@@ -349,10 +291,6 @@ impl Daemon for PhcSync {
     fn figures(&mut self) -> &mut crate::ops::figures::SyncMetrics {
         &mut self.m
     }
-
-    fn status_line(&self) -> Option<&str> {
-        (!self.line.is_empty()).then_some(self.line.as_str())
-    }
 }
 
 /// `--once` on a PTP clock: one reading, its step (when more than 1 µs off), the TAI offset and
@@ -385,12 +323,8 @@ fn phc_once(mut p: PhcSync) -> Result<ExitCode> {
         if let Some(t) = src.tai_minus_utc.filter(|&t| i32::from(t) != tx.tai) {
             acts.push(SyncAction::SetTai(i32::from(t)));
         }
-        for act in &acts {
-            if p.dry_run {
-                println!("dry run: would {act}");
-            } else if let Err(e) = vmtime_sys::timex::apply(act) {
-                return once_failed(&dev, format!("cannot {act} ({e}; vmtime sync needs CAP_SYS_TIME)"));
-            }
+        if let Err(why) = apply_once(&acts, p.dry_run) {
+            return once_failed(&dev, why);
         }
         if stepped.is_some() && !p.dry_run && !once_again {
             once_again = true;
@@ -419,37 +353,30 @@ fn once_failed(source: &Path, why: impl std::fmt::Display) -> Result<ExitCode> {
     Ok(ExitCode::from(1))
 }
 
-/// `vmtime sync --once` on a page: one observation (its samples paired with one version of the
-/// page: a page updated meanwhile, a migration or restore, is observed again), then the step,
-/// TAI offset, leap state and bounds of `vmtime_core::oneshot::once`, and exit. A page with
-/// markers only goes to the machine's PHC, if it has one.
-fn run_once(a: &SyncSettings, source: &Path) -> Result<ExitCode> {
-    let page = match crate::page::FollowedPage::open(source) {
-        Ok(p) => p,
-        Err(e) => return once_failed(source, e),
+/// `vmtime sync --once`: the source the settings name, opened as the daemon opens it; one
+/// bounded step from it, or one line saying why not (exit status 1).
+fn once(a: &SyncSettings) -> Result<ExitCode> {
+    let path = match pick_source(a)? {
+        Ok(path) => path,
+        Err(info) => return phc_once(PhcSync::open(a, info, None)?),
     };
-    let first = match page.read() {
-        Ok(p) => p,
-        Err(e) => return once_failed(source, e),
-    };
-    if !gives_time(&first, vmclock::counter::NATIVE) {
-        return match find_phc() {
-            Some(info) => phc_once(PhcSync::open(a, info, Some(page))?),
-            None => once_failed(source, "it carries markers only and this machine has no PHC: no time source"),
-        };
+    match open_page_source(&path) {
+        Err(e) => once_failed(&path, e),
+        Ok(Source::Page(page, _)) => page_once(a, &page),
+        Ok(Source::Phc(info, markers)) => phc_once(PhcSync::open(a, info, markers)?),
+        Ok(Source::MarkersOnly(_)) => {
+            once_failed(&path, "it carries markers only and this machine has no PHC: no time source")
+        }
     }
+}
+
+/// `--once` on a page: one observation (its samples paired with one version of the page: a page
+/// updated meanwhile, a migration or restore, is observed again), then the step, TAI offset,
+/// leap state and bounds of `vmtime_core::oneshot::once`.
+fn page_once(a: &SyncSettings, page: &crate::page::FollowedPage) -> Result<ExitCode> {
+    let source = page.path();
     let kernel = kernel_state(a.dry_run)?;
-    let got = sample_under_page(
-        4,
-        || page.read().map_err(anyhow::Error::from),
-        || -> Result<_> {
-            let raw = tightest(ClockId::MonotonicRaw, 16)?;
-            let samples = (0..64).map(|_| aba_sample(ClockId::Realtime)).collect::<std::io::Result<Vec<_>>>()?;
-            Ok((raw, samples))
-        },
-        || page.read().map_or(u32::MAX, |p| p.seq_count()),
-    );
-    let (p, (raw, samples)) = match got {
+    let (p, (raw, samples)) = match sample_page(page, &mut 0) {
         Ok(Some(x)) => x,
         Ok(None) => return once_failed(source, "the page changed during every one of 4 observations"),
         Err(e) => return once_failed(source, format!("{e:#}")),
@@ -460,12 +387,8 @@ fn run_once(a: &SyncSettings, source: &Path) -> Result<ExitCode> {
         Ok(o) => o,
         Err(e) => return once_failed(source, e),
     };
-    for act in &once.actions {
-        if a.dry_run {
-            println!("dry run: would {act}");
-        } else if let Err(e) = vmtime_sys::timex::apply(act) {
-            return once_failed(source, format!("cannot {act} ({e}; vmtime sync needs CAP_SYS_TIME)"));
-        }
+    if let Err(why) = apply_once(&once.actions, a.dry_run) {
+        return once_failed(source, why);
     }
     let what = match once.step_ns() {
         Some(d) if a.dry_run => format!("would step by {:+.3} µs", d as f64 / 1e3),
@@ -483,6 +406,40 @@ fn run_once(a: &SyncSettings, source: &Path) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `--once`'s actions: printed in a dry run, else applied; the first failure in words.
+fn apply_once(actions: &[SyncAction], dry_run: bool) -> Result<(), String> {
+    for act in actions {
+        if dry_run {
+            println!("dry run: would {act}");
+        } else if let Err(e) = vmtime_sys::timex::apply(act) {
+            return Err(format!("cannot {act} ({e}; vmtime sync needs CAP_SYS_TIME)"));
+        }
+    }
+    Ok(())
+}
+
+/// An observation's samples: the tightest CLOCK_MONOTONIC_RAW one, and 64 of CLOCK_REALTIME.
+type Samples = (vmtime_core::AbaSample, Vec<vmtime_core::AbaSample>);
+
+/// One observation's samples (CLOCK_MONOTONIC_RAW, and CLOCK_REALTIME against the counter),
+/// paired with the page that was current while they were taken: if its seq_count moved
+/// meanwhile, they are taken again (None after 4 tries). `reads` counts the page's reads.
+fn sample_page(page: &crate::page::FollowedPage, reads: &mut u64) -> Result<Option<(vmclock::Snapshot, Samples)>> {
+    sample_under_page(
+        4,
+        || {
+            *reads += 1;
+            page.read().map_err(anyhow::Error::from)
+        },
+        || -> Result<_> {
+            let raw = tightest(ClockId::MonotonicRaw, 16)?;
+            let samples = (0..64).map(|_| aba_sample(ClockId::Realtime)).collect::<std::io::Result<Vec<_>>>()?;
+            Ok((raw, samples))
+        },
+        || page.read().map_or(u32::MAX, |p| p.seq_count()),
+    )
+}
+
 /// A page with markers only and no PHC on this machine: no time source. The markers are still
 /// watched and the hook run; the clock is left alone.
 struct MarkersOnly {
@@ -493,7 +450,6 @@ struct MarkersOnly {
     dry_run: bool,
     hook: Option<String>,
     pace: Pace,
-    line: String,
     m: crate::ops::figures::SyncMetrics,
 }
 
@@ -532,9 +488,6 @@ impl Daemon for MarkersOnly {
                 run_hook(&self.hook, self.dry_run);
             }
             self.m.page_seen(&p);
-            if self.line.is_empty() {
-                self.line = format!("watching the markers of {} (no time source)", self.page.path().display());
-            }
         }
         Ok(Flow::Continue)
     }
@@ -543,10 +496,6 @@ impl Daemon for MarkersOnly {
 
     fn figures(&mut self) -> &mut crate::ops::figures::SyncMetrics {
         &mut self.m
-    }
-
-    fn status_line(&self) -> Option<&str> {
-        (!self.line.is_empty()).then_some(self.line.as_str())
     }
 }
 
@@ -562,18 +511,33 @@ fn sync_figures(a: &SyncSettings, source: &Path, state: Option<&'static str>) ->
 }
 
 /// The device's notifications, checked: a 6.13–6.19 driver's `poll()` is always readable.
-struct DeviceNotes {
-    device: Option<File>,
+/// (Sync's and the feeds'.)
+pub(crate) struct DeviceNotes {
+    pub(crate) device: Option<File>,
     check: NotifyCheck,
     /// The seq_count the device's read() last returned (what the driver's poll() compares with).
     acked: Option<u32>,
 }
 
 impl DeviceNotes {
+    /// The notifications of the page at `source`, when it is a device that notifies
+    /// (NOTIFICATION_PRESENT): its file, opened once more (each open file has its own seq).
+    /// No notifications: the markers are checked at the cadence.
+    pub(crate) fn none() -> Self {
+        DeviceNotes { device: None, check: NotifyCheck::default(), acked: None }
+    }
+
+    pub(crate) fn of(page: &crate::page::FollowedPage, first: &vmclock::Snapshot, source: &Path) -> Result<Self> {
+        let device = (page.reader().is_device() && first.has(flags::NOTIFICATION_PRESENT))
+            .then(|| File::open(source))
+            .transpose()?;
+        Ok(DeviceNotes { device, check: NotifyCheck::default(), acked: None })
+    }
+
     /// The device was readable: acknowledges with read() and says whether the page changed.
     /// `seq_now` reads the page's seq_count when read() fails. After [`NotifyCheck::LIMIT`]
     /// readable wake-ups in a row with nothing new, the device is no longer polled.
-    fn readable(&mut self, seq_now: impl Fn() -> u32) -> bool {
+    pub(crate) fn readable(&mut self, seq_now: impl Fn() -> u32) -> bool {
         let Some(d) = &self.device else { return false };
         // read() acknowledges this seq_count to the driver and says which it is: the driver's
         // poll() wakes a file only for a seq other than the one it last read.
@@ -623,7 +587,6 @@ struct Sync {
     is_device: bool,
     next_obs: Instant,
     last_resubscribe: Instant,
-    line: String,
     /// The figures offered to the metrics server.
     m: crate::ops::figures::SyncMetrics,
     /// Changes to the kernel's NTP state that this daemon did not make.
@@ -632,6 +595,8 @@ struct Sync {
     cross: Option<crate::daemons::crosscheck::NtpCross>,
     /// The checks of the page's markers between observations.
     cadence: Cadence,
+    /// A check between turns ([`Daemon::look`]) found the page disrupted: observe at the turn.
+    looked_disrupted: bool,
 }
 
 impl Sync {
@@ -687,21 +652,8 @@ impl Sync {
         // A page that cannot be read (a truncated file, a stuck writer) is a lost source:
         // holdover, never a crash. The samples are paired with the page that was current while
         // they were taken: if the seq_count moved meanwhile, the observation is taken again.
-        let page_src = &self.page;
         let mut tries = 0u64;
-        let got = sample_under_page(
-            4,
-            || {
-                tries += 1;
-                page_src.read().map_err(anyhow::Error::from)
-            },
-            || -> Result<_> {
-                let raw = tightest(ClockId::MonotonicRaw, 16)?;
-                let samples = (0..64).map(|_| aba_sample(ClockId::Realtime)).collect::<std::io::Result<Vec<_>>>()?;
-                Ok((raw, samples))
-            },
-            || page_src.read().map_or(u32::MAX, |p| p.seq_count()),
-        );
+        let got = sample_page(&self.page, &mut tries);
         self.redone += tries.saturating_sub(1);
         let (page, (raw, samples)) = match got {
             Ok(Some((p, s))) if gives_time(&p, vmclock::counter::NATIVE) => (p, s),
@@ -836,29 +788,20 @@ fn take_lock_at(path: &std::path::Path) -> Result<Result<Option<files::LockFile>
     }
 }
 
-pub fn run(args: Args) -> Result<ExitCode> {
-    run_with(args, Args::settings)
+/// Where `vmtime sync` takes its time from, its source open.
+enum Source {
+    /// A vmclock page that gives time, and its first read.
+    Page(crate::page::FollowedPage, vmclock::Snapshot),
+    /// A PTP clock, and the page of markers only that led to it, if any.
+    Phc(vmtime_sys::phc::PhcInfo, Option<crate::page::FollowedPage>),
+    /// A page of markers only, and no PHC on this machine: no time source.
+    MarkersOnly(crate::page::FollowedPage),
 }
 
-/// `vmtime sync` in the guest binary (`vmtime-guest`): the configuration file read by
-/// [`Args::guest_settings`].
-pub fn run_guest(args: Args) -> Result<ExitCode> {
-    run_with(args, Args::guest_settings)
-}
-
-/// `vmtime sync` with `settings` reading the flags over the configuration file (at start and on
-/// SIGHUP).
-fn run_with(args: Args, settings: fn(&Args) -> Result<SyncSettings>) -> Result<ExitCode> {
-    let a = settings(&args)?;
-    if let Some(code) = check_rivals(&a)? {
-        return Ok(code);
-    }
-    let _lock = match take_lock(&a)? {
-        Ok(l) => l,
-        Err(code) => return Ok(code),
-    };
-    // --source auto: a vmclock device first, then a pure PHC; or the path given.
-    let phc = match a.source.clone().or_else(find_device) {
+/// The source the settings name: `--source` (a page, or a PHC under /dev/ptp*), else the first
+/// vmclock device, else a pure PHC. Ok: a page's path; Err: a PHC.
+fn pick_source(a: &SyncSettings) -> Result<Result<PathBuf, vmtime_sys::phc::PhcInfo>> {
+    Ok(match a.source.clone().or_else(find_device) {
         Some(s) if s.to_string_lossy().starts_with("/dev/ptp") => Err(vmtime_sys::phc::list()
             .into_iter()
             .find(|i| i.dev == s)
@@ -868,13 +811,51 @@ fn run_with(args: Args, settings: fn(&Args) -> Result<SyncSettings>) -> Result<E
             Some(info) => Err(info),
             None => bail!("no source here: no /dev/vmclock* and no pure PHC (ptp_kvm, VMclock, hyperv, VMware, virtio-rtc, s390); give --source PAGE"),
         },
+    })
+}
+
+/// Opens a page source. A page with markers only (QEMU, Firecracker: counter INVALID, status
+/// UNKNOWN) gives time from a PHC if there is one, and its markers either way.
+fn open_page_source(path: &Path) -> Result<Source> {
+    let page = crate::page::FollowedPage::open(path)?;
+    let first = page.read()?;
+    if gives_time(&first, vmclock::counter::NATIVE) {
+        return Ok(Source::Page(page, first));
+    }
+    Ok(match find_phc() {
+        Some(info) => Source::Phc(info, Some(page)),
+        None => Source::MarkersOnly(page),
+    })
+}
+
+pub fn run(args: Args) -> Result<ExitCode> {
+    run_with(args, |a| a.daemon.settings(a))
+}
+
+/// `vmtime sync` in the guest binary (`vmtime-guest`): the configuration file read by
+/// [`crate::ops::config::sync_guest`] (its `[sync]` and `[metrics]` alone).
+pub fn run_guest(args: Args) -> Result<ExitCode> {
+    run_with(args, |a| crate::ops::config::sync_guest(a.daemon.config.as_deref(), a))
+}
+
+/// `vmtime sync` with `settings` reading the flags over the configuration file (at start and on
+/// SIGHUP).
+fn run_with(args: Args, settings: fn(&Args) -> Result<SyncSettings>) -> Result<ExitCode> {
+    let a: SyncSettings = settings(&args)?;
+    if let Some(code) = check_rivals(&a)? {
+        return Ok(code);
+    }
+    let _lock = match take_lock(&a)? {
+        Ok(l) => l,
+        Err(code) => return Ok(code),
     };
     if args.once {
-        return match phc {
-            Ok(page) => run_once(&a, &page),
-            Err(info) => phc_once(PhcSync::open(&a, info, None)?),
-        };
+        return once(&a);
     }
+    let source = match pick_source(&a)? {
+        Ok(path) => open_page_source(&path)?,
+        Err(info) => Source::Phc(info, None),
+    };
     let socket = match a.socket.clone() {
         Some(s) => s,
         None => {
@@ -883,41 +864,32 @@ fn run_with(args: Args, settings: fn(&Args) -> Result<SyncSettings>) -> Result<E
         }
     };
     let rt = Runtime::start(a.clone(), move || settings(&args), &socket)?;
-    let source = match phc {
-        Ok(page) => page,
-        Err(info) => return rt.run(&mut PhcSync::open(&a, info, None)?),
+    let (page, first) = match source {
+        Source::Page(page, first) => (page, first),
+        Source::Phc(info, markers) => return rt.run(&mut PhcSync::open(&a, info, markers)?),
+        Source::MarkersOnly(page) => {
+            tracing::info!(
+                "vmtime sync: {} carries markers only and this machine has no PHC: no time source; watching its disruption_marker and vm_generation_counter{}",
+                page.path().display(),
+                if a.hook.is_some() { " for the hook" } else { "" }
+            );
+            let mut m = sync_figures(&a, page.path(), Some("no time source (markers only)"));
+            m.markers_only = true;
+            return rt.run(&mut MarkersOnly {
+                page,
+                cadence: Cadence::default(),
+                watch: MarkerWatch::default(),
+                dry_run: a.dry_run,
+                hook: a.hook.clone(),
+                pace: Pace::new(Instant::now(), Duration::from_millis(a.interval_ms.get())),
+                m,
+            });
+        }
     };
-    let page = crate::page::FollowedPage::open(&source)?;
-    let first = page.read()?;
-    if !gives_time(&first, vmclock::counter::NATIVE) {
-        // Markers only (QEMU, Firecracker: counter INVALID, status UNKNOWN): time from a PHC if
-        // there is one, the markers from the page either way.
-        return match find_phc() {
-            Some(info) => rt.run(&mut PhcSync::open(&a, info, Some(page))?),
-            None => {
-                tracing::info!(
-                    "vmtime sync: {} carries markers only and this machine has no PHC: no time source; watching its disruption_marker and vm_generation_counter{}",
-                    page.path().display(),
-                    if a.hook.is_some() { " for the hook" } else { "" }
-                );
-                let mut m = sync_figures(&a, page.path(), Some("no time source (markers only)"));
-                m.markers_only = true;
-                rt.run(&mut MarkersOnly {
-                    page,
-                    cadence: Cadence::default(),
-                    watch: MarkerWatch::default(),
-                    dry_run: a.dry_run,
-                    hook: a.hook.clone(),
-                    pace: Pace::new(Instant::now(), Duration::from_millis(a.interval_ms.get())),
-                    line: String::new(),
-                    m,
-                })
-            }
-        };
-    }
+    let source = page.path().to_path_buf();
     // Notification: the device's poll() (read() acknowledges), or a publisher's socket.
     let is_device = page.reader().is_device();
-    let device = (is_device && first.has(flags::NOTIFICATION_PRESENT)).then(|| File::open(&source)).transpose()?;
+    let notes = DeviceNotes::of(&page, &first, &source)?;
     let publisher = crate::paths::socket_for(&source);
     let sub = if is_device { None } else { subscribe(&publisher) };
     let cfg = discipline_config(&a);
@@ -926,7 +898,7 @@ fn run_with(args: Args, settings: fn(&Args) -> Result<SyncSettings>) -> Result<E
     let now = Instant::now();
     let mut s = Sync {
         page,
-        notes: DeviceNotes { device, check: NotifyCheck::default(), acked: None },
+        notes,
         discipline: Discipline::new(cfg),
         dry_run: a.dry_run,
         hook: a.hook.clone(),
@@ -938,6 +910,7 @@ fn run_with(args: Args, settings: fn(&Args) -> Result<SyncSettings>) -> Result<E
         rival: (!a.allow_other_daemon).then(ClockWatch::new),
         cross: a.cross_check_ntp.map(crate::daemons::crosscheck::NtpCross::new).transpose()?,
         cadence: Cadence::default(),
+        looked_disrupted: false,
         publisher,
         sub,
         t_note: None,
@@ -945,7 +918,6 @@ fn run_with(args: Args, settings: fn(&Args) -> Result<SyncSettings>) -> Result<E
         is_device,
         next_obs: now,
         last_resubscribe: now,
-        line: String::new(),
     };
     s.cadence.set_notified(s.notes.device.is_some());
     tracing::info!(
@@ -974,6 +946,23 @@ fn run_with(args: Args, settings: fn(&Args) -> Result<SyncSettings>) -> Result<E
 }
 
 /// Subscribes to a publisher's notifications, if it answers in time.
+impl Sync {
+    /// The markers' check, when due: loads from the mapped page (no system call beyond the
+    /// vDSO's clock). Whether it says observe now.
+    fn check_markers(&mut self) -> bool {
+        let Ok(mono) = crate::daemons::mono_ns() else { return false };
+        if !self.cadence.due(mono) {
+            return false;
+        }
+        let look = self.cadence.look(mono, self.page.markers());
+        let now = look.observe_now(self.discipline.disruption_pending());
+        if now {
+            tracing::debug!("the page's check found {look:?}: observing now");
+        }
+        now
+    }
+}
+
 fn subscribe(socket: &Path) -> Option<Subscription> {
     Subscription::open(socket, crate::ops::control::CLIENT_TIMEOUT).ok()
 }
@@ -990,9 +979,19 @@ impl Daemon for Sync {
         let now = Instant::now();
         let raw_now = vmtime_sys::gettime(ClockId::MonotonicRaw).unwrap_or(0);
         let slew = self.discipline.next_deadline().map(|d| now + Duration::from_nanos((d - raw_now).max(0) as u64));
-        let check = crate::daemons::next_check(&self.cadence);
         let cross = self.cross.as_ref().map(crate::daemons::crosscheck::NtpCross::deadline);
-        [Some(self.next_obs), slew, check, cross, Some(now + Duration::from_secs(1))].into_iter().flatten().min()
+        [Some(self.next_obs), slew, cross, Some(now + Duration::from_secs(1))].into_iter().flatten().min()
+    }
+
+    /// The markers' check between observations (none when the device notifies).
+    fn next_look(&self) -> Option<Instant> {
+        crate::daemons::next_check(&self.cadence)
+    }
+
+    /// Loads from the mapped page; a turn only when they say observe now.
+    fn look(&mut self, _now: Instant) -> bool {
+        self.looked_disrupted |= self.check_markers();
+        self.looked_disrupted
     }
 
     fn register(&mut self, p: &mut Poller) {
@@ -1025,14 +1024,9 @@ impl Daemon for Sync {
             self.discipline.set_cross_check(c.cc.widen_ns());
             self.m.cross_check = Some(c.cc.status().clone());
         }
-        // The markers' check between observations: loads from the mapped page.
-        let mono = crate::daemons::mono_ns()?;
-        if self.cadence.due(mono) {
-            let look = self.cadence.look(mono, self.page.markers());
-            if look.observe_now(self.discipline.disruption_pending()) {
-                tracing::debug!("the page's check found {look:?}: observing now");
-                notified = true;
-            }
+        // The markers' check between observations (where a look between turns has not made it).
+        if std::mem::take(&mut self.looked_disrupted) || self.check_markers() {
+            notified = true;
         }
         if notified || Instant::now() >= self.next_obs {
             if let Flow::Stop(code) = stopped_by(self.observe())? {
@@ -1058,9 +1052,6 @@ impl Daemon for Sync {
         self.m.observations_redone = self.redone;
         self.m.marker_checks = Some(self.cadence.checks());
         self.m.check_ms = (!self.cadence.notified()).then(|| (self.cadence.check_ns() / 1_000_000) as u64);
-        if self.m.updates > 0 && self.line.is_empty() {
-            self.line = format!("following {}", self.page.path().display());
-        }
         Ok(Flow::Continue)
     }
 
@@ -1074,10 +1065,6 @@ impl Daemon for Sync {
 
     fn figures(&mut self) -> &mut crate::ops::figures::SyncMetrics {
         &mut self.m
-    }
-
-    fn status_line(&self) -> Option<&str> {
-        (!self.line.is_empty()).then_some(self.line.as_str())
     }
 }
 

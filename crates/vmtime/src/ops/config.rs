@@ -15,7 +15,7 @@
 
 use crate::values::*;
 use anyhow::{anyhow, bail, Context, Result};
-use clap::{Args as ClapArgs, Subcommand, ValueEnum};
+use clap::{ArgAction::SetTrue, Args as ClapArgs, Subcommand, ValueEnum};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -77,167 +77,215 @@ pub enum Timescale {
     Tai,
 }
 
-/// `[host]`: `vmtime host`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct HostSettings {
-    /// Where the page is published (default: /run/vmtime/host.page or a per-user directory).
-    pub page: Option<PathBuf>,
-    /// The control socket (default: the page path + ".sock").
-    pub socket: Option<PathBuf>,
-    /// Longest time between full observations.
-    pub interval_ms: IntervalMs,
-    /// How often the kernel's NTP state is read while it is changing.
-    pub poll_ms: PollMs,
-    /// How often it is read once it has been still for 10 s.
-    pub idle_poll_ms: PollMs,
-    /// Republish when the page is this far off the kernel clock.
-    pub threshold_ns: ThresholdNs,
-    /// Rate tolerance of the kernel clock against true time.
-    pub tolerance_ppm: TolerancePpm,
-    /// TAI − UTC (default: the kernel's, else the leap-second list while it is current).
-    pub tai_offset: Option<TaiUtcS>,
-    /// The leap second smearing hint published.
-    pub smearing: Smearing,
-    /// The kernel's own vmclock page, used as the source when present.
-    pub vmclock_host: PathBuf,
-    /// Ignore the kernel's page.
-    pub no_vmclock_host: bool,
-    /// No periodic status line.
-    pub quiet: bool,
-    /// Exit after this long (tests).
-    pub duration_s: Option<DurationS>,
-    /// Log level.
-    pub log_level: LogLevel,
-    /// Serve metrics here (default: [metrics] listen; none: off).
-    pub metrics_listen: Option<SocketAddr>,
+/// Declares a daemon's settings once: each key with its doc (also its flag's `--help`), its
+/// flag's attributes, its kind and its default. It makes the section's struct (`deny_unknown_fields`;
+/// every key defaulted), its `Default`, and the flags struct a daemon's `Args` flattens: one
+/// flag per key, of the same name, absent unless given. The keys every daemon has
+/// (`duration_s`, `log_level`, `metrics_listen`: [`DaemonArgs`]) are added, and the runtime's
+/// [`crate::ops::runtime::Settings`] and [`Section`] implemented.
+///
+/// Kinds: `key` (a value with a default), `maybe` (no value unless given), `switch` (false
+/// unless given; its flag, `#[arg(long, action = SetTrue)]`, takes no value). A flag not given
+/// is left out of the flags laid over the file (a switch's false too: [`flag_table`]).
+macro_rules! daemon_settings {
+    (
+        $(#[$meta:meta])*
+        $settings:ident, $flags:ident, $section:literal $(, check = $check:path)? {
+            $(
+                $(#[doc = $doc:literal])*
+                #[arg($($arg:tt)*)]
+                $kind:ident $name:ident: $ty:ty = $default:expr,
+            )*
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+        #[serde(default, deny_unknown_fields)]
+        pub struct $settings {
+            $(
+                $(#[doc = $doc])*
+                pub $name: daemon_settings!(@setting $kind $ty),
+            )*
+            /// Exit after this long (tests, measurements).
+            pub duration_s: Option<DurationS>,
+            /// Log level.
+            pub log_level: LogLevel,
+            /// Serve metrics here (default: [metrics] listen; none: off).
+            pub metrics_listen: Option<SocketAddr>,
+        }
+
+        impl Default for $settings {
+            fn default() -> Self {
+                $settings { $($name: $default,)* duration_s: None, log_level: LogLevel::Info, metrics_listen: None }
+            }
+        }
+
+        #[doc = concat!("The flags of `[", $section, "]`: one per key, of the same name; a flag given overrides the file.")]
+        #[derive(ClapArgs, Debug, Default, Serialize)]
+        pub struct $flags {
+            $(
+                $(#[doc = $doc])*
+                #[arg($($arg)*)]
+                pub $name: Option<$ty>,
+            )*
+        }
+
+        impl crate::ops::runtime::Settings for $settings {
+            fn log_level(&self) -> LogLevel {
+                self.log_level
+            }
+            fn metrics_listen(&self) -> Option<SocketAddr> {
+                self.metrics_listen
+            }
+            fn duration_s(&self) -> Option<u64> {
+                self.duration_s.map(DurationS::get)
+            }
+        }
+
+        impl Section for $settings {
+            const SECTION: &'static str = $section;
+            fn metrics_listen_mut(&mut self) -> &mut Option<SocketAddr> {
+                &mut self.metrics_listen
+            }
+            fn check_flags(&self) -> Result<(), String> {
+                let checks: &[fn(&Self, bool) -> Result<(), String>] = &[$($check)?];
+                checks.iter().try_for_each(|c| c(self, true))
+            }
+        }
+    };
+    (@setting key $ty:ty) => { $ty };
+    (@setting maybe $ty:ty) => { Option<$ty> };
+    (@setting switch $ty:ty) => { bool };
 }
 
-impl Default for HostSettings {
-    fn default() -> Self {
-        HostSettings {
-            page: None,
-            socket: None,
-            interval_ms: IntervalMs::new(1000).expect("in range"),
-            poll_ms: PollMs::new(10).expect("in range"),
-            idle_poll_ms: PollMs::new(100).expect("in range"),
-            threshold_ns: ThresholdNs::new(20).expect("in range"),
-            tolerance_ppm: TolerancePpm::from_fine(500_000).expect("in range"),
-            tai_offset: None,
-            smearing: Smearing::Strict,
-            vmclock_host: PathBuf::from("/dev/vmclock_host"),
-            no_vmclock_host: false,
-            quiet: false,
-            duration_s: None,
-            log_level: LogLevel::Info,
-            metrics_listen: None,
-        }
+daemon_settings! {
+    /// `[host]`: `vmtime host`.
+    HostSettings, HostFlags, "host" {
+        /// Where to publish the page (default: /run/vmtime/host.page for root, else
+        /// $XDG_RUNTIME_DIR/vmtime/host.page or /tmp/vmtime-UID/host.page).
+        #[arg(long)]
+        maybe page: PathBuf = None,
+        /// Control socket (default: the page path + ".sock").
+        #[arg(long)]
+        maybe socket: PathBuf = None,
+        /// Longest time between full observations, ms.
+        #[arg(long)]
+        key interval_ms: IntervalMs = IntervalMs::new(1000).expect("in range"),
+        /// How often the kernel's NTP state is read (cheap adjtimex) while it is changing, ms.
+        #[arg(long)]
+        key poll_ms: PollMs = PollMs::new(10).expect("in range"),
+        /// How often it is read once it has been still for 10 s, ms (the page's maxerror covers
+        /// what an unseen frequency change can do in this long: 500 ppm of it at the defaults).
+        #[arg(long)]
+        key idle_poll_ms: PollMs = PollMs::new(100).expect("in range"),
+        /// Republish when the page is this far off the kernel clock, ns.
+        #[arg(long)]
+        key threshold_ns: ThresholdNs = ThresholdNs::new(20).expect("in range"),
+        /// Rate tolerance of the kernel clock against true time, ppm (the page's period maximum
+        /// error rate; 500 is the kernel's own MAXFREQ).
+        #[arg(long)]
+        key tolerance_ppm: TolerancePpm = TolerancePpm::from_fine(500_000).expect("in range"),
+        /// TAI − UTC in s, positive (37 in 2026); the page stores its negation, UTC − TAI, as the
+        /// driver and spec v1.1 read it (default: the kernel's, else the system leap-second list if
+        /// current).
+        #[arg(long)]
+        maybe tai_offset: TaiUtcS = None,
+        /// leap_second_smearing_hint to publish.
+        #[arg(long, value_enum)]
+        key smearing: Smearing = Smearing::Strict,
+        /// The kernel's own vmclock page (RFC "/dev/vmclock_host"): used as the source of the
+        /// counter-to-clock relation when present; vmtime adds bounds, leap state, status and markers.
+        #[arg(long)]
+        key vmclock_host: PathBuf = PathBuf::from("/dev/vmclock_host"),
+        /// Ignore the kernel's page even when it exists (sample the clock instead).
+        #[arg(long, action = SetTrue)]
+        switch no_vmclock_host: bool = false,
+        /// No live status line.
+        #[arg(long, action = SetTrue)]
+        switch quiet: bool = false,
     }
 }
 
-/// `[relay]`: `vmtime relay` (one instance per guest; `--guest-page` is usually given by the
-/// service instance).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RelaySettings {
-    /// The host page to follow (default: the host's default page).
-    pub host_page: Option<PathBuf>,
-    /// The host daemon's control socket (default: the host page + ".sock").
-    pub host_socket: Option<PathBuf>,
-    /// The guest page to publish (required).
-    pub guest_page: Option<PathBuf>,
-    /// KVM's TSC offset for this guest.
-    pub tsc_offset: TscOffset,
-    /// The TSC scaling ratio.
-    pub tsc_ratio: TscRatio,
-    /// Fraction bits of KVM's ratio.
-    pub tsc_frac_bits: FracBits,
-    /// Where the guest's markers are kept (default: guest page + ".state.json").
-    pub state: Option<PathBuf>,
-    /// Exit after this long (tests).
-    pub duration_s: Option<DurationS>,
-    /// Log level.
-    pub log_level: LogLevel,
-    /// Serve metrics here (default: [metrics] listen; none: off).
-    pub metrics_listen: Option<SocketAddr>,
-}
-
-impl Default for RelaySettings {
-    fn default() -> Self {
-        RelaySettings {
-            host_page: None,
-            host_socket: None,
-            guest_page: None,
-            tsc_offset: "0".parse().expect("in range"),
-            tsc_ratio: "1".parse().expect("in range"),
-            tsc_frac_bits: FracBits::new(48).expect("in range"),
-            state: None,
-            duration_s: None,
-            log_level: LogLevel::Info,
-            metrics_listen: None,
-        }
+daemon_settings! {
+    /// `[relay]`: `vmtime relay` (one instance per guest; `--guest-page` is usually given by the
+    /// service instance).
+    RelaySettings, RelayFlags, "relay" {
+        /// The host page to follow (from `vmtime host`; default: the host's default page).
+        #[arg(long)]
+        maybe host_page: PathBuf = None,
+        /// The host daemon's control socket, for its notifications (default: the host page +
+        /// ".sock"; without one answering, the host page is polled every 1 ms).
+        #[arg(long)]
+        maybe host_socket: PathBuf = None,
+        /// The guest page to publish (a file the VMM shares with the guest, e.g. an ivshmem backend).
+        #[arg(long)]
+        maybe guest_page: PathBuf = None,
+        /// KVM's TSC offset for this guest (added after scaling, mod 2^64; negative values wrap).
+        #[arg(long)]
+        key tsc_offset: TscOffset = "0".parse().expect("in range"),
+        /// The TSC scaling ratio (guest ticks per host tick).
+        #[arg(long)]
+        key tsc_ratio: TscRatio = "1".parse().expect("in range"),
+        /// Fraction bits of KVM's ratio (Intel 48, AMD 32).
+        #[arg(long)]
+        key tsc_frac_bits: FracBits = FracBits::new(48).expect("in range"),
+        /// Where the guest's markers are kept across restarts (default: guest page + ".state.json").
+        #[arg(long)]
+        maybe state: PathBuf = None,
     }
 }
 
-/// `[sync]`: `vmtime sync`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct SyncSettings {
-    /// The source: a vmclock device, a page file or a PTP clock (default: the first found).
-    pub source: Option<PathBuf>,
-    /// Print the actions instead of applying them.
-    pub dry_run: bool,
-    /// Interval between observations without notification.
-    pub interval_ms: IntervalMs,
-    /// Step instead of slewing when the offset exceeds this during the first updates.
-    pub makestep_ns: MakestepNs,
-    /// How many first updates may step.
-    pub makestep_updates: MakestepUpdates,
-    /// Outside start-up, disruptions and the return from holdover, an offset larger than this is
-    /// refused: holdover.
-    pub max_step_s: MaxStepS,
-    /// Command run (by sh -c) when the VM generation changes.
-    pub hook: Option<String>,
-    /// Control socket (default: sync.sock beside the host page's default).
-    pub socket: Option<PathBuf>,
-    /// Exit after this long (tests).
-    pub duration_s: Option<DurationS>,
-    /// The timescale of a PHC source whose driver is not known.
-    pub phc_timescale: Option<Timescale>,
-    /// TAI − UTC, to read a TAI PHC when neither the kernel nor the page has it.
-    pub tai_offset: Option<TaiUtcS>,
-    /// Log level.
-    pub log_level: LogLevel,
-    /// Serve metrics here (default: [metrics] listen; none: off).
-    pub metrics_listen: Option<SocketAddr>,
-    /// Start and keep running next to another time daemon (or the kernel's PLL) that may
-    /// discipline the clock: the check for one is off.
-    pub allow_other_daemon: bool,
-    /// An NTP server (an address and port, never a name) asked now and then for a second opinion
-    /// on the page: it never steers the clock; a disagreement beyond both bounds widens the
-    /// kernel's maxerror and leaves the clock unsynchronised.
-    pub cross_check_ntp: Option<SocketAddr>,
-}
-
-impl Default for SyncSettings {
-    fn default() -> Self {
-        SyncSettings {
-            source: None,
-            dry_run: false,
-            interval_ms: IntervalMs::new(1000).expect("in range"),
-            makestep_ns: MakestepNs::new(1_000_000).expect("in range"),
-            makestep_updates: MakestepUpdates::new(3).expect("in range"),
-            max_step_s: MaxStepS::from_fine(2_000).expect("in range"),
-            hook: None,
-            socket: None,
-            duration_s: None,
-            phc_timescale: None,
-            tai_offset: None,
-            log_level: LogLevel::Info,
-            metrics_listen: None,
-            allow_other_daemon: false,
-            cross_check_ntp: None,
-        }
+daemon_settings! {
+    /// `[sync]`: `vmtime sync`.
+    SyncSettings, SyncFlags, "sync" {
+        /// The source: a vmclock device or page file, or a PTP clock (default: the first
+        /// /dev/vmclock*, else a pure PHC).
+        #[arg(long)]
+        maybe source: PathBuf = None,
+        /// Print the actions instead of applying them: nothing is changed.
+        #[arg(long, action = SetTrue)]
+        switch dry_run: bool = false,
+        /// Interval between observations without notification, ms.
+        #[arg(long)]
+        key interval_ms: IntervalMs = IntervalMs::new(1000).expect("in range"),
+        /// Step instead of slewing when the offset exceeds this during the first updates, ns
+        /// (chrony's makestep).
+        #[arg(long)]
+        key makestep_ns: MakestepNs = MakestepNs::new(1_000_000).expect("in range"),
+        /// How many first updates may step, by any amount (a changed disruption marker or VM
+        /// generation allows that too).
+        #[arg(long)]
+        key makestep_updates: MakestepUpdates = MakestepUpdates::new(3).expect("in range"),
+        /// Outside start-up, a marker change and the return from holdover, an offset larger than
+        /// this (a page gone wrong or hostile) is refused and the clock holds over, s (steps of
+        /// 0.001; default 2: a missed leap second is still corrected). Applied live on SIGHUP.
+        #[arg(long)]
+        key max_step_s: MaxStepS = MaxStepS::from_fine(2_000).expect("in range"),
+        /// Command run (by sh -c) when the VM generation changes: reseed entropy, reset connections.
+        #[arg(long)]
+        maybe hook: String = None,
+        /// Control socket (default: sync.sock beside the host page's default).
+        #[arg(long)]
+        maybe socket: PathBuf = None,
+        /// The timescale of a PHC source, used only when the machine cannot tell: its vmclock page,
+        /// the kernel's timescale attribute and a driver of fixed timescale (ptp_kvm: UTC) come first.
+        #[arg(long, value_enum)]
+        maybe phc_timescale: Timescale = None,
+        /// TAI − UTC in s (positive: 37), to read a TAI PHC when neither the kernel (adjtimex) nor
+        /// the page has it.
+        #[arg(long)]
+        maybe tai_offset: TaiUtcS = None,
+        /// Start even while another time daemon (chronyd, ntpd, systemd-timesyncd, …) runs or the
+        /// kernel's PLL is on, and keep running when another process changes the clock's state.
+        #[arg(long, action = SetTrue)]
+        switch allow_other_daemon: bool = false,
+        /// A second opinion: an NTP server, ADDRESS:PORT (no names: nothing is looked up), asked every
+        /// 16–64 s (backing off to 1024 s while it does not answer). It never steers the clock; when
+        /// it and the page disagree beyond both their bounds, the kernel's maxerror is widened to
+        /// cover it, the clock is left unsynchronised, and `status` says `"cross_check": {"state":
+        /// "disagree", …}`. A vmclock page source only.
+        #[arg(long, value_name = "ADDRESS:PORT")]
+        maybe cross_check_ntp: SocketAddr = None,
     }
 }
 
@@ -272,97 +320,70 @@ pub enum Layout {
     Both,
 }
 
-/// `[feed.chrony]`: `vmtime feed chrony`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct FeedChronySettings {
-    /// The page: a vmclock device or page file.
-    pub source: PathBuf,
-    /// chronyd's SOCK refclock socket (chronyd creates it).
-    pub socket: PathBuf,
-    /// The feed's control socket (`vmtime status`; default: feed-chrony.sock in the runtime
-    /// directory).
-    pub control_socket: Option<PathBuf>,
-    /// Interval between samples.
-    pub interval_ms: FeedIntervalMs,
-    /// (CLOCK_REALTIME, counter, CLOCK_REALTIME) samples per measurement.
-    pub burst: Burst,
-    /// Exit after this long (tests).
-    pub duration_s: Option<DurationS>,
-    /// Log level.
-    pub log_level: LogLevel,
-    /// Serve metrics here (default: [metrics] listen; none: off).
-    pub metrics_listen: Option<SocketAddr>,
-}
-
 /// The socket of `refclock SOCK` in docs/OPERATIONS.md's chrony.conf line (the `/run/chrony.NAME.sock`
 /// form of chrony's own example).
 pub const DEFAULT_CHRONY_SOCKET: &str = "/run/chrony.vmclock0.sock";
 
-impl Default for FeedChronySettings {
-    fn default() -> Self {
-        FeedChronySettings {
-            source: PathBuf::from(crate::paths::DEFAULT_GUEST_PAGE),
-            socket: PathBuf::from(DEFAULT_CHRONY_SOCKET),
-            control_socket: None,
-            interval_ms: FeedIntervalMs::new(1000).expect("in range"),
-            burst: Burst::new(16).expect("in range"),
-            duration_s: None,
-            log_level: LogLevel::Info,
-            metrics_listen: None,
-        }
+daemon_settings! {
+    /// `[feed.chrony]`: `vmtime feed chrony`.
+    FeedChronySettings, FeedChronyFlags, "feed.chrony" {
+        /// The page: a vmclock device or page file.
+        #[arg(long)]
+        key source: PathBuf = PathBuf::from(crate::paths::DEFAULT_GUEST_PAGE),
+        /// chronyd's SOCK refclock socket: the PATH of chrony.conf's `refclock SOCK PATH` (chronyd
+        /// creates it, as root: run the feed as root).
+        #[arg(long)]
+        key socket: PathBuf = PathBuf::from(DEFAULT_CHRONY_SOCKET),
+        /// The feed's control socket, for `vmtime status` (default: feed-chrony.sock in the
+        /// runtime directory).
+        #[arg(long)]
+        maybe control_socket: PathBuf = None,
+        /// Interval between samples, ms.
+        #[arg(long)]
+        key interval_ms: FeedIntervalMs = FeedIntervalMs::new(1000).expect("in range"),
+        /// (CLOCK_REALTIME, counter, CLOCK_REALTIME) samples per measurement.
+        #[arg(long)]
+        key burst: Burst = Burst::new(16).expect("in range"),
     }
 }
 
-/// `[feed.clockbound]`: `vmtime feed clockbound`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct FeedClockBoundSettings {
-    /// The page: a vmclock device or page file.
-    pub source: PathBuf,
-    /// The directory of the segments (`shm0` and/or `shm1` in it).
-    pub dir: PathBuf,
-    /// Which segments: "2" (`shm0`), "3" (`shm1`) or "both".
-    pub layout: Layout,
-    /// Interval between updates.
-    pub interval_ms: FeedIntervalMs,
-    /// (CLOCK_REALTIME, counter, CLOCK_REALTIME) samples per measurement.
-    pub burst: Burst,
-    /// How long the segment stays valid without an update (at least two intervals).
-    pub life_ms: LifeMs,
-    /// Drift allowed to CLOCK_REALTIME beyond the rate measured.
-    pub drift_margin_ppb: DriftPpb,
-    /// Whether clients compare the segment's marker with /dev/vmclock0's.
-    pub disruption_support: DisruptionSupport,
-    /// The feed's control socket (`vmtime status`; default: feed-clockbound.sock in `dir`).
-    pub control_socket: Option<PathBuf>,
-    /// Exit after this long (tests).
-    pub duration_s: Option<DurationS>,
-    /// Log level.
-    pub log_level: LogLevel,
-    /// Serve metrics here (default: [metrics] listen; none: off).
-    pub metrics_listen: Option<SocketAddr>,
-    /// An NTP server asked for a second opinion on the page (never steers anything).
-    pub cross_check_ntp: Option<SocketAddr>,
-}
-
-impl Default for FeedClockBoundSettings {
-    fn default() -> Self {
-        FeedClockBoundSettings {
-            source: PathBuf::from(crate::paths::DEFAULT_GUEST_PAGE),
-            dir: PathBuf::from("/var/run/clockbound"),
-            layout: Layout::Both,
-            interval_ms: FeedIntervalMs::new(1000).expect("in range"),
-            burst: Burst::new(16).expect("in range"),
-            life_ms: LifeMs::new(5000).expect("in range"),
-            drift_margin_ppb: DriftPpb::new(15_000).expect("in range"),
-            disruption_support: DisruptionSupport::Auto,
-            cross_check_ntp: None,
-            control_socket: None,
-            duration_s: None,
-            log_level: LogLevel::Info,
-            metrics_listen: None,
-        }
+daemon_settings! {
+    /// `[feed.clockbound]`: `vmtime feed clockbound`.
+    FeedClockBoundSettings, FeedClockBoundFlags, "feed.clockbound", check = FeedClockBoundSettings::check {
+        /// The page: a vmclock device or page file.
+        #[arg(long)]
+        key source: PathBuf = PathBuf::from(crate::paths::DEFAULT_GUEST_PAGE),
+        /// The directory of the segments (`shm0` and/or `shm1` in it, as --layout says).
+        #[arg(long)]
+        key dir: PathBuf = PathBuf::from("/var/run/clockbound"),
+        /// Which segments: 2 (`shm0`, ClockBound 2.x clients), 3 (`shm1`, 3.x clients) or both.
+        #[arg(long, value_enum)]
+        key layout: Layout = Layout::Both,
+        /// Interval between updates, ms.
+        #[arg(long)]
+        key interval_ms: FeedIntervalMs = FeedIntervalMs::new(1000).expect("in range"),
+        /// (CLOCK_REALTIME, counter, CLOCK_REALTIME) samples per measurement.
+        #[arg(long)]
+        key burst: Burst = Burst::new(16).expect("in range"),
+        /// How long the segments stay valid without an update, ms (at least two intervals, less
+        /// than 32767 intervals).
+        #[arg(long)]
+        key life_ms: LifeMs = LifeMs::new(5000).expect("in range"),
+        /// Drift allowed to CLOCK_REALTIME beyond the rate measured, ppb (ClockBound assumes 15 ppm).
+        #[arg(long)]
+        key drift_margin_ppb: DriftPpb = DriftPpb::new(15_000).expect("in range"),
+        /// Whether clients compare the segment's marker with /dev/vmclock0's.
+        #[arg(long, value_enum)]
+        key disruption_support: DisruptionSupport = DisruptionSupport::Auto,
+        /// The feed's control socket, for `vmtime status` (default: feed-clockbound.sock in the
+        /// segments' directory).
+        #[arg(long)]
+        maybe control_socket: PathBuf = None,
+        /// A second opinion: an NTP server, ADDRESS:PORT (no names), asked every 16–64 s; while it and
+        /// the page disagree beyond both bounds, every bound written covers the disagreement and the
+        /// status is FreeRunning (as `vmtime sync --cross-check-ntp`).
+        #[arg(long, value_name = "ADDRESS:PORT")]
+        maybe cross_check_ntp: SocketAddr = None,
     }
 }
 
@@ -703,73 +724,76 @@ pub fn on_sighup<S: Serialize + DeserializeOwned>(
     }
 }
 
-/// `vmtime host`'s settings (also its SIGHUP reload: an error keeps the old settings).
-pub fn host(config: Option<&Path>, flags: &impl Serialize) -> Result<HostSettings> {
-    resolve(&load(config)?, "host", flags, |s: &mut HostSettings| &mut s.metrics_listen)
+/// The flags every daemon takes, beside its own: each one but `--config` is also a key of its
+/// section (flattened into each daemon's `Args`, and into the flags laid over the file).
+#[derive(ClapArgs, Debug, Default, Serialize)]
+pub struct DaemonArgs {
+    /// The configuration file (default: /etc/vmtime/vmtime.toml, if it exists).
+    #[arg(long)]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Exit after this many seconds (tests, measurements).
+    #[arg(long)]
+    pub duration_s: Option<DurationS>,
+    /// The global `--log-level` (main sets it; a key of the configuration too).
+    #[arg(skip)]
+    pub log_level: Option<LogLevel>,
+    /// Serve Prometheus metrics on this loopback address (default: [metrics] listen; off).
+    #[arg(long)]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
-/// `vmtime relay`'s settings (also its SIGHUP reload).
-pub fn relay(config: Option<&Path>, flags: &impl Serialize) -> Result<RelaySettings> {
-    resolve(&load(config)?, "relay", flags, |s: &mut RelaySettings| &mut s.metrics_listen)
+impl DaemonArgs {
+    /// The settings of the daemon whose flags, these included, are `flags`: [`settings`] with
+    /// `--config` (also its SIGHUP reload).
+    pub fn settings<S: Section>(&self, flags: &impl Serialize) -> Result<S> {
+        settings(self.config.as_deref(), flags)
+    }
 }
 
-/// `vmtime sync`'s settings (also its SIGHUP reload).
-pub fn sync(config: Option<&Path>, flags: &impl Serialize) -> Result<SyncSettings> {
-    resolve(&load(config)?, "sync", flags, |s: &mut SyncSettings| &mut s.metrics_listen)
+/// A daemon's section of the file: its name, and the checks across its keys.
+pub trait Section: DeserializeOwned {
+    /// "host", "feed.chrony", …
+    const SECTION: &'static str;
+    /// `metrics_listen`, filled from `[metrics] listen` when neither the flag nor the section
+    /// gives it.
+    fn metrics_listen_mut(&mut self) -> &mut Option<SocketAddr>;
+    /// The checks across keys once the flags are laid over the file (which was checked alone
+    /// by [`load`]): an error names the flags.
+    fn check_flags(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
-/// `vmtime sync`'s settings in the guest binary (also its SIGHUP reload): as [`sync`], but of the
-/// file only `[sync]` and `[metrics]` are checked key by key ([`GuestFile`]), so that the other
-/// daemons' deserialisers stay out of the guest binary.
-pub fn sync_guest(config: Option<&Path>, flags: &impl Serialize) -> Result<SyncSettings> {
-    let Some((path, table)) = read_table(config)? else {
-        return resolve_in(
-            None,
-            &toml::Table::new(),
-            &MetricsSettings::default(),
-            "sync",
-            flags,
-            |s: &mut SyncSettings| &mut s.metrics_listen,
-        );
-    };
-    let file: GuestFile = typed(toml::Value::Table(table.clone())).map_err(|m| anyhow!("{}: {m}", path.display()))?;
-    check_metrics("[metrics] listen", file.metrics.listen, &file.metrics)
-        .and_then(|()| check_metrics("[sync] metrics_listen", file.sync.metrics_listen, &file.metrics))
-        .map_err(|e| anyhow!("{}: {e}", path.display()))?;
-    resolve_in(Some(&path), &table, &file.metrics, "sync", flags, |s: &mut SyncSettings| &mut s.metrics_listen)
-}
-
-/// `vmtime feed chrony`'s settings (also its SIGHUP reload).
-pub fn feed_chrony(config: Option<&Path>, flags: &impl Serialize) -> Result<FeedChronySettings> {
-    resolve(&load(config)?, "feed.chrony", flags, |s: &mut FeedChronySettings| &mut s.metrics_listen)
-}
-
-/// `vmtime feed clockbound`'s settings (also its SIGHUP reload): the segment's life must cover
-/// two intervals, whether they come from flags or the file.
-pub fn feed_clockbound(config: Option<&Path>, flags: &impl Serialize) -> Result<FeedClockBoundSettings> {
-    let s = resolve(&load(config)?, "feed.clockbound", flags, |s: &mut FeedClockBoundSettings| &mut s.metrics_listen)?;
-    // The file alone was checked by `load`: a flag made the pair wrong.
-    s.check(true).map_err(|m| anyhow!("{m}"))?;
+/// A daemon's settings: `flags` (its whole `Args`, serialised) over its section of the file
+/// `config` over the defaults. Also its SIGHUP reload: an error keeps the settings in force.
+pub fn settings<S: Section>(config: Option<&Path>, flags: &impl Serialize) -> Result<S> {
+    let s: S = resolve(&load(config)?, S::SECTION, flags, S::metrics_listen_mut)?;
+    s.check_flags().map_err(|m| anyhow!("{m}"))?;
     Ok(s)
 }
 
-/// The keys the daemon runtime applies (crate::ops::runtime), the same in every section.
-macro_rules! runtime_settings {
-    ($($t:ty),*) => {$(
-        impl crate::ops::runtime::Settings for $t {
-            fn log_level(&self) -> LogLevel {
-                self.log_level
-            }
-            fn metrics_listen(&self) -> Option<SocketAddr> {
-                self.metrics_listen
-            }
-            fn duration_s(&self) -> Option<u64> {
-                self.duration_s.map(DurationS::get)
-            }
+/// `vmtime sync`'s settings in the guest binary (also its SIGHUP reload): as [`settings`], but of
+/// the file only `[sync]` and `[metrics]` are checked key by key ([`GuestFile`]), so that the
+/// other daemons' deserialisers stay out of the guest binary.
+pub fn sync_guest(config: Option<&Path>, flags: &impl Serialize) -> Result<SyncSettings> {
+    let metrics = SyncSettings::metrics_listen_mut;
+    let s: SyncSettings = match read_table(config)? {
+        None => {
+            resolve_in(None, &toml::Table::new(), &MetricsSettings::default(), SyncSettings::SECTION, flags, metrics)?
         }
-    )*};
+        Some((path, table)) => {
+            let file: GuestFile =
+                typed(toml::Value::Table(table.clone())).map_err(|m| anyhow!("{}: {m}", path.display()))?;
+            check_metrics("[metrics] listen", file.metrics.listen, &file.metrics)
+                .and_then(|()| check_metrics("[sync] metrics_listen", file.sync.metrics_listen, &file.metrics))
+                .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+            resolve_in(Some(&path), &table, &file.metrics, SyncSettings::SECTION, flags, metrics)?
+        }
+    };
+    s.check_flags().map_err(|m| anyhow!("{m}"))?;
+    Ok(s)
 }
-runtime_settings!(HostSettings, RelaySettings, SyncSettings, FeedChronySettings, FeedClockBoundSettings);
 
 /// `vmtime config`.
 #[derive(ClapArgs, Debug)]
@@ -932,7 +956,7 @@ mod tests {
         let none = Flags { interval_ms: None };
         let both = |text: &str, flags: &Flags| {
             let f = file(text);
-            let full = sync(Some(f.path()), flags).map_err(|e| format!("{e:#}"));
+            let full = settings::<SyncSettings>(Some(f.path()), flags).map_err(|e| format!("{e:#}"));
             let guest = sync_guest(Some(f.path()), flags).map_err(|e| format!("{e:#}"));
             (full, guest)
         };
@@ -967,7 +991,7 @@ mod tests {
         let missing = tempfile::tempdir().unwrap();
         let path = missing.path().join("none.toml");
         assert_eq!(
-            sync(Some(&path), &none).map_err(|e| format!("{e:#}")),
+            settings::<SyncSettings>(Some(&path), &none).map_err(|e| format!("{e:#}")),
             sync_guest(Some(&path), &none).map_err(|e| format!("{e:#}"))
         );
         // The one difference: another daemon's key is not checked by the guest binary.
@@ -1000,7 +1024,7 @@ mod tests {
     fn flags_override_the_file_which_overrides_the_defaults() {
         let f = file("[host]\ninterval_ms = 500\npoll_ms = 20\nquiet = true\n[metrics]\nlisten = \"127.0.0.1:9100\"\n");
         let none = Flags::default();
-        let s = host(Some(f.path()), &none).unwrap();
+        let s: HostSettings = settings(Some(f.path()), &none).unwrap();
         assert_eq!((s.interval_ms.get(), s.poll_ms.get(), s.quiet), (500, 20, true));
         assert_eq!(s.threshold_ns, HostSettings::default().threshold_ns);
         assert_eq!(s.metrics_listen, Some("127.0.0.1:9100".parse().unwrap()));
@@ -1009,12 +1033,41 @@ mod tests {
             quiet: false,
             metrics_listen: Some("127.0.0.1:9200".parse().unwrap()),
         };
-        let s = host(Some(f.path()), &flags).unwrap();
+        let s: HostSettings = settings(Some(f.path()), &flags).unwrap();
         assert_eq!((s.interval_ms.get(), s.poll_ms.get(), s.quiet), (700, 20, true));
         assert_eq!(s.metrics_listen, Some("127.0.0.1:9200".parse().unwrap()));
         let flags = Flags { metrics_listen: Some("10.0.0.1:9200".parse().unwrap()), ..Flags::default() };
-        let e = format!("{:#}", host(Some(f.path()), &flags).unwrap_err());
+        let e = format!("{:#}", settings::<HostSettings>(Some(f.path()), &flags).unwrap_err());
         assert!(e.contains("--metrics-listen = \"10.0.0.1:9200\" is not a loopback address"), "{e}");
+    }
+
+    /// The flags as the command line gives them: a switch given is true (never left out: `--dry-run`
+    /// must reach the settings), one not given is absent, as is an option not given; the file's
+    /// values stand for what no flag gives.
+    #[test]
+    fn flags_given_reach_the_settings_and_absent_ones_leave_the_file() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            keys: SyncFlags,
+        }
+        let parse = |args: &[&str]| {
+            let cli =
+                <Cli as clap::Parser>::try_parse_from(std::iter::once("sync").chain(args.iter().copied())).unwrap();
+            flag_table(&cli.keys).unwrap()
+        };
+        let t = parse(&["--dry-run", "--interval-ms", "50"]);
+        assert_eq!(t.get("dry_run"), Some(&toml::Value::Boolean(true)));
+        assert_eq!(t.get("interval_ms"), Some(&toml::Value::Integer(50)));
+        assert!(parse(&[]).is_empty(), "nothing given, nothing laid over the file: {:?}", parse(&[]));
+        let f = file("[sync]\ndry_run = true\nmax_step_s = 0.5\n");
+        let s: SyncSettings = settings(Some(f.path()), &<Cli as clap::Parser>::parse_from(["sync"]).keys).unwrap();
+        assert!(s.dry_run, "a switch not given leaves the file's true");
+        assert_eq!(s.max_step_s.fine(), 500);
+        let empty = file("");
+        let s: SyncSettings =
+            settings(Some(empty.path()), &<Cli as clap::Parser>::parse_from(["sync", "--dry-run"]).keys).unwrap();
+        assert!(s.dry_run);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 use crate::ops::metrics::{age, Expose, Exposition};
 use crate::ops::runtime::{Figures, RunFigures};
+use std::fmt::Write;
 use std::time::{Duration, Instant};
 
 /// Clock status names, in the ABI's order.
@@ -34,6 +35,8 @@ pub struct HostMetrics {
     pub kernel_page_readable: Option<bool>,
     /// How the kernel's NTP state is had: read with adjtimex, or not (a seccomp filter).
     pub kernel_state: &'static str,
+    /// The adjtimex read is refused (a seccomp filter): the page is FREERUNNING, 16 s bound.
+    pub timex_denied: bool,
     /// The publisher's tunables in force.
     pub config: vmtime_core::host::HostConfig,
     pub stats: vmtime_core::host::HostStats,
@@ -48,6 +51,12 @@ pub struct HostMetrics {
 impl Figures for HostMetrics {
     fn run(&mut self) -> &mut RunFigures {
         &mut self.run
+    }
+    fn status_line(&self, line: &mut String) {
+        if self.published > 0 {
+            let unread = if self.timex_denied { " (kernel NTP state unreadable: FREERUNNING, 16 s bound)" } else { "" };
+            let _ = write!(line, "publishing {}{unread}", self.page);
+        }
     }
     fn status(&self, _now: Instant) -> serde_json::Value {
         use vmclock::abi;
@@ -166,6 +175,8 @@ pub struct RelayMetrics {
     pub status: Option<&'static str>,
     /// The host page followed.
     pub host_page: String,
+    /// The guest page written.
+    pub guest_page: String,
     /// The guest's state (markers, map) as last saved.
     pub state: Option<vmtime_core::relay::GuestState>,
     pub last_host_seq: Option<u32>,
@@ -174,6 +185,10 @@ pub struct RelayMetrics {
     pub map_pending: bool,
     /// Overwrites seen (the guest page written by someone else).
     pub overwrites: u64,
+    /// Subscribed to the host daemon's notifications (else polling the host page every 1 ms).
+    pub host_notified: bool,
+    /// The time between two looks at the guest page for another writer, ms.
+    pub guard_ms: u64,
     /// The runtime's figures.
     pub run: RunFigures,
 }
@@ -181,6 +196,11 @@ pub struct RelayMetrics {
 impl Figures for RelayMetrics {
     fn run(&mut self) -> &mut RunFigures {
         &mut self.run
+    }
+    fn status_line(&self, line: &mut String) {
+        if self.relayed > 0 {
+            let _ = write!(line, "relaying {} to {}", self.host_page, self.guest_page);
+        }
     }
     fn status(&self, _now: Instant) -> serde_json::Value {
         serde_json::json!({
@@ -194,6 +214,8 @@ impl Figures for RelayMetrics {
             "holdover": self.holdover,
             "map_pending": self.map_pending,
             "overwrites": self.overwrites,
+            "host_notified": self.host_notified,
+            "guard_ms": self.guard_ms,
         })
     }
 }
@@ -332,6 +354,15 @@ impl SyncMetrics {
 impl Figures for SyncMetrics {
     fn run(&mut self) -> &mut RunFigures {
         &mut self.run
+    }
+    /// Following its source once it has made an update; with markers only, watching them once
+    /// the page has been read.
+    fn status_line(&self, line: &mut String) {
+        if self.markers_only && self.disruption_marker.is_some() {
+            let _ = write!(line, "watching the markers of {} (no time source)", self.source);
+        } else if !self.markers_only && self.updates > 0 {
+            let _ = write!(line, "following {}", self.source);
+        }
     }
     fn status(&self, _now: Instant) -> serde_json::Value {
         let discipline = match (&self.discipline, self.markers_only) {
@@ -728,6 +759,9 @@ impl Figures for FeedChronyMetrics {
     fn run(&mut self) -> &mut RunFigures {
         &mut self.common.run
     }
+    fn status_line(&self, line: &mut String) {
+        line.push_str(&self.common.state);
+    }
     fn status(&self, now: Instant) -> serde_json::Value {
         let own = serde_json::json!({
             "socket": self.socket,
@@ -744,6 +778,9 @@ impl Figures for FeedChronyMetrics {
 impl Figures for FeedClockBoundMetrics {
     fn run(&mut self) -> &mut RunFigures {
         &mut self.common.run
+    }
+    fn status_line(&self, line: &mut String) {
+        line.push_str(&self.common.state);
     }
     fn status(&self, now: Instant) -> serde_json::Value {
         let own = serde_json::json!({

@@ -25,6 +25,9 @@
 //! impl Figures for Counted {
 //!     fn run(&mut self) -> &mut RunFigures { &mut self.run }
 //!     fn status(&self, _now: Instant) -> serde_json::Value { serde_json::json!({ "turns": self.turns }) }
+//!     fn status_line(&self, line: &mut String) {
+//!         if self.turns > 0 { line.push_str("ticking") }
+//!     }
 //! }
 //! struct Ticker { next: Instant, f: Counted }
 //! impl Daemon for Ticker {
@@ -42,7 +45,6 @@
 //!     }
 //!     fn reconfigure(&mut self, _s: &MySettings) {}
 //!     fn figures(&mut self) -> &mut Counted { &mut self.f }
-//!     fn status_line(&self) -> Option<&str> { (self.f.turns > 0).then_some("ticking") }
 //! }
 //! # fn main() -> anyhow::Result<()> {
 //! let settings = MySettings::default();
@@ -127,6 +129,9 @@ pub trait Figures: Expose + std::fmt::Debug {
     /// The daemon's own keys of the `status` answer (a JSON object); the runtime adds `role`,
     /// `reload_requests`, `restart_needed`, `subscribers`, `uptime_s` and `server`.
     fn status(&self, now: Instant) -> serde_json::Value;
+    /// Its STATUS line for systemd, written into `line` (given empty); left empty until its
+    /// first useful work (the first line is sent with READY=1).
+    fn status_line(&self, line: &mut String);
 }
 
 /// Whether a turn ends the run.
@@ -191,6 +196,18 @@ pub trait Daemon {
 
     /// When its next turn is due (None: only when one of its descriptors wakes it).
     fn next_turn(&self) -> Option<Instant>;
+    /// When it next wants a *look* between turns (None: no look): something cheap, such as a
+    /// page's markers, that mostly finds nothing. A look costs the wake-up and what
+    /// [`Daemon::look`] does, nothing else: the runtime waits again on the same descriptors
+    /// without a turn and without its own bookkeeping (at rest, most wake-ups are looks).
+    fn next_look(&self) -> Option<Instant> {
+        None
+    }
+    /// The look, at its time ([`Daemon::next_look`]): `true` when it found something a turn
+    /// must handle now (the turn follows at once).
+    fn look(&mut self, _now: Instant) -> bool {
+        false
+    }
     /// Adds the descriptors that wake it (a subscription, a device) to the next wait.
     fn register(&mut self, _poller: &mut Poller) {}
     /// One turn: its time came, or one of its descriptors (or a request, a signal) woke the
@@ -202,11 +219,8 @@ pub trait Daemon {
     }
     /// New settings (SIGHUP), the live keys changed.
     fn reconfigure(&mut self, settings: &Self::Settings);
-    /// Its figures.
+    /// Its figures (also its STATUS line for systemd: [`Figures::status_line`]).
     fn figures(&mut self) -> &mut Self::Figures;
-    /// Its STATUS line for systemd; None until its first useful work (the first one is sent
-    /// with READY=1).
-    fn status_line(&self) -> Option<&str>;
     /// The end of the run (`why`: a signal's name, or "--duration-s elapsed"): its last words.
     fn stop(&mut self, _why: &str) -> Result<()> {
         Ok(())
@@ -294,15 +308,35 @@ impl<S: Settings> Runtime<S> {
         metrics::start(self.settings.metrics_listen(), &board)?;
         tracing::info!("control socket {} (vmtime status --socket PATH)", self.socket.display());
         let role = D::NAME.split(' ').next().unwrap_or(D::NAME);
+        let mut line = String::new();
         let code = loop {
             let due = d.next_turn();
             self.poller.clear();
             self.signals.register(&mut self.poller);
             self.server.register(&mut self.poller);
             d.register(&mut self.poller);
-            let wake =
+            let deadline =
                 [due, self.server.next_deadline(), self.supervisor.next_ping(), self.end].into_iter().flatten().min();
-            self.poller.wait(wake.map(|w| w.saturating_duration_since(Instant::now())))?;
+            // Looks that find nothing wait again on the same descriptors: no turn, no bookkeeping.
+            let mut again = false;
+            loop {
+                let look = d.next_look();
+                let wake = [deadline, look].into_iter().flatten().min();
+                let timeout = wake.map(|w| w.saturating_duration_since(Instant::now()));
+                if again {
+                    self.poller.wait_again(timeout)?;
+                } else {
+                    self.poller.wait(timeout)?;
+                    again = true;
+                }
+                if self.poller.any_ready() {
+                    break;
+                }
+                let now = Instant::now();
+                if deadline.is_some_and(|w| now >= w) || (look.is_some_and(|l| now >= l) && d.look(now)) {
+                    break;
+                }
+            }
             match self.signals.take(&self.poller) {
                 Some(SignalEvent::Terminate(name)) => {
                     if !D::STOPPED.is_empty() {
@@ -350,8 +384,10 @@ impl<S: Settings> Runtime<S> {
             self.run.server = self.server.stats();
             d.figures().run().clone_from(&self.run);
             board.offer(d.figures());
-            if let Some(line) = d.status_line() {
-                self.supervisor.status(line);
+            line.clear();
+            d.figures().status_line(&mut line);
+            if !line.is_empty() {
+                self.supervisor.status(&line);
             }
             self.supervisor.tick(Instant::now());
             // The end comes after a turn due at the same time (a last page, a last sample).
@@ -437,6 +473,11 @@ mod tests {
         fn status(&self, _now: Instant) -> serde_json::Value {
             serde_json::json!({ "updates": self.updates })
         }
+        fn status_line(&self, line: &mut String) {
+            if self.updates > 0 {
+                line.push_str("following /dev/ptp0");
+            }
+        }
     }
 
     /// A daemon on a PTP clock's pace: one measurement per `interval_ms` (here 600 s, the
@@ -464,9 +505,6 @@ mod tests {
         fn reconfigure(&mut self, _s: &SyncSettings) {}
         fn figures(&mut self) -> &mut Measured {
             &mut self.f
-        }
-        fn status_line(&self) -> Option<&str> {
-            (self.f.updates > 0).then_some("following /dev/ptp0")
         }
     }
 

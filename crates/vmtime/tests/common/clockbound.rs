@@ -37,7 +37,7 @@ pub fn start_feed(page: &Path, dir: &Path, interval_ms: u64, extra: &[&str]) -> 
     let mut args = vec!["feed", "clockbound", "--source", page.to_str().unwrap(), "--dir", dir.to_str().unwrap()];
     args.extend(["--interval-ms", &interval, "--life-ms", &life, "--duration-s", "60"]);
     args.extend(extra);
-    common::start(&args, "vmtime feed clockbound").0
+    common::spawn_answering(&args, &dir.join("feed-clockbound.sock")).0
 }
 
 /// The page's time and maximum error now, in ns.
@@ -252,5 +252,5 @@ pub fn killed_feed<C: Reader>() -> (C, i128, tempfile::TempDir) {
 pub fn start_long_lived_feed(page: &Path, dir: &Path) -> common::Daemon {
     let mut args = vec!["feed", "clockbound", "--source", page.to_str().unwrap(), "--dir", dir.to_str().unwrap()];
     args.extend(["--interval-ms", "100", "--life-ms", "60000", "--duration-s", "60"]);
-    common::start(&args, "vmtime feed clockbound").0
+    common::spawn_answering(&args, &dir.join("feed-clockbound.sock")).0
 }

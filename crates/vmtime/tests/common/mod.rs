@@ -1,5 +1,6 @@
-//! Helpers shared by the daemon tests: start a daemon we own, wait on its own output and
-//! notifications (never on sleeps), and stop it by its pid.
+//! Helpers shared by the daemon tests: start a daemon we own, wait until it answers on its
+//! control socket or notifies (never on sleeps, never on its log wording as a readiness signal),
+//! and stop it by its pid.
 #![allow(dead_code)]
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -58,37 +59,45 @@ impl Drop for Daemon {
     }
 }
 
-/// Starts `vmtime ARGS` and returns once a stderr line contains `ready` (the daemon prints it
-/// when its socket is listening), with the lines before it.
-pub fn start(args: &[&str], ready: &str) -> (Daemon, Vec<String>) {
-    let (d, rx) = spawn_logged(args);
-    let mut lines = Vec::new();
-    loop {
-        match rx.recv_timeout(READY_WITHIN) {
-            Ok(l) => {
-                let done = l.contains(ready);
-                lines.push(l);
-                if done {
-                    return (d, lines);
-                }
-            }
-            Err(e) => panic!("no line with {ready:?} ({e}: the daemon exited or hung); saw {lines:#?}"),
-        }
-    }
-}
-
 /// How long a daemon may take to log an expected line after an event (a bound, not a pace).
 pub const LINE_WITHIN: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// How long a daemon may take to say it is ready (a bound, not a pace: a loaded machine).
 pub const READY_WITHIN: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// Starts `vmtime ARGS` and returns once a stderr line contains `ready`, with the later lines
-/// on the channel.
-pub fn spawn_ready(args: &[&str], ready: &str) -> (Daemon, std::sync::mpsc::Receiver<String>) {
-    let (d, rx) = spawn_logged(args);
-    wait_line(&rx, ready, READY_WITHIN);
+/// Starts the daemon `vmtime ARGS` and returns once its control socket `control` answers
+/// `status`: the runtime answers only after the daemon's first turn (a host's first page, a
+/// relay's first guest page, a feed's first sample or segment). Waits on that behaviour, never on
+/// log wording; the daemon's stderr lines come on the channel.
+pub fn spawn_answering(args: &[&str], control: &Path) -> (Daemon, std::sync::mpsc::Receiver<String>) {
+    let (mut d, rx) = spawn_logged(args);
+    wait_answering(control, &mut d, &rx);
     (d, rx)
+}
+
+/// Waits until the daemon's control socket `control` answers `status` (bounded by
+/// [`READY_WITHIN`]; a daemon that exits meanwhile fails at once, with what it logged).
+pub fn wait_answering(control: &Path, d: &mut Daemon, log: &std::sync::mpsc::Receiver<String>) -> serde_json::Value {
+    let end = std::time::Instant::now() + READY_WITHIN;
+    loop {
+        if let Ok((line, _)) = vmtime_sys::serve::request(control, "status", std::time::Duration::from_secs(5)) {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                if v.get("role").is_some() {
+                    return v;
+                }
+            }
+        }
+        let exited = d.0.try_wait().expect("try_wait");
+        if exited.is_some() || std::time::Instant::now() >= end {
+            let said: Vec<String> = log.try_iter().collect();
+            panic!(
+                "{} never answered status ({}); the daemon said {said:#?}",
+                control.display(),
+                exited.map_or(format!("not within {READY_WITHIN:?}"), |s| format!("it exited: {s}"))
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10)); // polls the socket; bounded above
+    }
 }
 
 /// Sends SIGHUP to a daemon the test started.
@@ -97,8 +106,12 @@ pub fn hup(d: &Daemon) {
     kill_process(Pid::from_raw(d.pid() as i32).expect("a pid"), Signal::HUP).expect("SIGHUP");
 }
 
-pub fn start_host(page: &Path) -> (Daemon, Vec<String>) {
-    start(&["host", "--page", page.to_str().unwrap(), "--quiet", "--duration-s", "120"], "control socket")
+/// `vmtime host` publishing `page`, once it answers on its control socket.
+pub fn start_host(page: &Path) -> (Daemon, std::sync::mpsc::Receiver<String>) {
+    spawn_answering(
+        &["host", "--page", page.to_str().unwrap(), "--quiet", "--duration-s", "120"],
+        Path::new(&socket(page)),
+    )
 }
 
 pub fn socket(page: &Path) -> String {

@@ -1,0 +1,237 @@
+//! `Clock::now()` + TAI earliest/latest against `clock_gettime(CLOCK_REALTIME)`, measured the way
+//! an outside harness does (issue 23), not the way `benches/now.rs` does:
+//!
+//! * each side is one `#[inline(never)]` function that makes 64 calls back to back and folds
+//!   every result into a sum it returns (no `black_box` between the calls, no closure, no
+//!   per-call store the compiler must keep);
+//! * the blocks of the sides are interleaved, the order rotating from block to block;
+//! * the figure is the median, over all blocks, of the per-block ratio (this side's block time
+//!   over the `clock_gettime` block next to it), so a shared machine's load cancels out.
+//!
+//! No criterion: one run prints the ratios (and, for orientation, the median ns per call).
+//!   cargo bench -p vmclock --bench independent                # 300,000 blocks
+//!   cargo bench -p vmclock --bench independent -- 1000000    # another number of blocks
+//! Under `cargo test` (no `--bench` argument) it runs 2,000 blocks: a smoke test, not a figure.
+//!
+//! The `diag_*` sides split the cost: the same read with the counter read replaced (no counter,
+//! unfenced RDTSC), and the ordered counter read alone.
+use std::hint::black_box;
+use std::io::Write;
+use std::time::Instant;
+use vmclock::{abi, Clock, ClockError, PageMemory};
+
+const BLOCK: usize = 64;
+
+fn app_page() -> Vec<u8> {
+    vmclock::test_support::synchronized_tai(abi::counter_id::X86_TSC, vmclock::counter::read(), 2_500_000_000)
+        .esterror(100, 10)
+        .page_bytes()
+}
+
+/// What an application does, 64 times: a bounded reading, TAI, earliest and latest.
+#[inline(never)]
+fn app(clock: &Clock) -> Result<u128, ClockError> {
+    let mut sum = 0u128;
+    for _ in 0..BLOCK {
+        let t = clock.now()?.tai()?;
+        sum = sum.wrapping_add(t.earliest().map_or(0, |e| e.raw())).wrapping_add(t.latest().map_or(0, |l| l.raw()));
+    }
+    Ok(sum)
+}
+
+/// The reference, 64 times: CLOCK_REALTIME through the vDSO.
+#[inline(never)]
+fn realtime() -> i64 {
+    let mut sum = 0i64;
+    for _ in 0..BLOCK {
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: `ts` is a valid, writable timespec for the duration of the call.
+        unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
+        sum = sum.wrapping_add(ts.tv_sec).wrapping_add(ts.tv_nsec);
+    }
+    sum
+}
+
+/// Diagnostic: [`app`] with `read_counter` in place of the ordered counter read.
+#[inline(always)]
+fn app_with(clock: &Clock, read_counter: impl Fn() -> u64) -> Result<u128, ClockError> {
+    let mut sum = 0u128;
+    for _ in 0..BLOCK {
+        let t = clock.now_with_counter(&read_counter)?.tai()?;
+        sum = sum.wrapping_add(t.earliest().map_or(0, |e| e.raw())).wrapping_add(t.latest().map_or(0, |l| l.raw()));
+    }
+    Ok(sum)
+}
+
+#[inline(never)]
+fn diag_no_counter(clock: &Clock) -> Result<u128, ClockError> {
+    let c = vmclock::counter::read();
+    app_with(clock, || black_box(c))
+}
+
+#[cfg(target_arch = "x86_64")]
+#[inline(never)]
+fn diag_rdtsc_unfenced(clock: &Clock) -> Result<u128, ClockError> {
+    // SAFETY: RDTSC has no preconditions on x86_64.
+    app_with(clock, || unsafe { core::arch::x86_64::_rdtsc() })
+}
+
+#[inline(never)]
+fn now_outlined(clock: &Clock) -> Result<vmclock::Now, ClockError> {
+    clock.now()
+}
+
+#[inline(never)]
+fn diag_app_now_outlined(clock: &Clock) -> Result<u128, ClockError> {
+    let mut sum = 0u128;
+    for _ in 0..BLOCK {
+        let t = now_outlined(clock)?.tai()?;
+        sum = sum.wrapping_add(t.earliest().map_or(0, |e| e.raw())).wrapping_add(t.latest().map_or(0, |l| l.raw()));
+    }
+    Ok(sum)
+}
+
+#[inline(never)]
+fn diag_counter_only() -> u64 {
+    let mut sum = 0u64;
+    for _ in 0..BLOCK {
+        sum = sum.wrapping_add(vmclock::counter::read());
+    }
+    sum
+}
+
+/// Prototype: the floor of a cached read (constants precomputed, only seq checked).
+#[derive(Clone, Copy)]
+struct Pre {
+    seq: u32,
+    c1: u64,
+    p: u64,
+    r: u64,
+    s: u32,
+    round: u128,
+    t1e: u128,
+    t1l: u128,
+    dmax: u64,
+}
+
+#[inline(always)]
+fn lean_with(clock: &Clock, k: &Pre, ctr: impl Fn() -> u64) -> u128 {
+    let seqw = &clock.memory().words()[3];
+    let mut sum = 0u128;
+    for _ in 0..BLOCK {
+        let s1 = seqw.load(std::sync::atomic::Ordering::Acquire);
+        if s1 != k.seq {
+            panic!("seq");
+        }
+        let c = ctr();
+        std::sync::atomic::fence(std::sync::atomic::Ordering::Acquire);
+        if seqw.load(std::sync::atomic::Ordering::Relaxed) != s1 {
+            panic!("seq2");
+        }
+        let d = c.wrapping_sub(k.c1);
+        if d > k.dmax {
+            panic!("d");
+        }
+        let a = (k.p as u128 * d as u128) >> k.s;
+        let b = (k.r as u128 * d as u128 + k.round) >> k.s;
+        let e = k.t1e + a - b;
+        let l = k.t1l + a + b;
+        sum = sum.wrapping_add(e).wrapping_add(l);
+    }
+    sum
+}
+
+fn pre_of(clock: &Clock) -> Pre {
+    let snap = clock.snapshot().unwrap();
+    let r = snap.reference().unwrap();
+    let tt = vmclock::time::nanos_to_frac_ceil(r.maxerror.time_ns.unwrap());
+    Pre {
+        seq: clock.memory().words()[3].load(std::sync::atomic::Ordering::Relaxed),
+        c1: r.counter_value,
+        p: r.period,
+        r: r.maxerror.rate.unwrap(),
+        s: r.shift as u32,
+        round: (1u128 << r.shift) - 1,
+        t1e: r.time - tt,
+        t1l: r.time + tt,
+        dmax: u64::MAX >> 1,
+    }
+}
+
+#[inline(never)]
+fn diag_lean_rdtscp(clock: &Clock, k: &Pre) -> u128 {
+    lean_with(clock, k, vmclock::counter::read)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[inline(never)]
+fn diag_lean_lfence(clock: &Clock, k: &Pre) -> u128 {
+    lean_with(clock, k, vmclock::counter::read_lfence_rdtsc)
+}
+
+type Side<'a> = (&'static str, Box<dyn Fn() -> u64 + 'a>);
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let full = args.iter().any(|a| a == "--bench");
+    let blocks: usize = args.iter().filter(|a| !a.starts_with('-')).find_map(|a| a.parse().ok()).unwrap_or(if full {
+        300_000
+    } else {
+        2_000
+    });
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("page");
+    std::fs::File::create(&path).unwrap().write_all(&app_page()).unwrap();
+    let clock = Clock::open(&path).unwrap();
+    let cl = &clock;
+
+    // Index 0 is the reference. Each side's result goes into one black_box per block.
+    let sides: Vec<Side> = vec![
+        ("clock_gettime_realtime", Box::new(|| realtime() as u64)),
+        ("app_now_tai_bounds", Box::new(move || app(cl).unwrap() as u64)),
+        ("diag_app_now_outlined", Box::new(move || diag_app_now_outlined(cl).unwrap() as u64)),
+        ("diag_now_no_counter", Box::new(move || diag_no_counter(cl).unwrap() as u64)),
+        #[cfg(target_arch = "x86_64")]
+        ("diag_now_rdtsc_unfenced", Box::new(move || diag_rdtsc_unfenced(cl).unwrap() as u64)),
+        ("diag_lean_rdtscp", Box::new(move || diag_lean_rdtscp(cl, &black_box(pre_of(cl))) as u64)),
+        #[cfg(target_arch = "x86_64")]
+        ("diag_lean_lfence", Box::new(move || diag_lean_lfence(cl, &black_box(pre_of(cl))) as u64)),
+        ("diag_counter_read_only", Box::new(diag_counter_only)),
+    ];
+    let n = sides.len();
+    // Warm up: every side a few thousand times (page in cache, CPUID asked, branch history).
+    for _ in 0..2_000 {
+        for (_, f) in &sides {
+            black_box(f());
+        }
+    }
+    let mut ns = vec![Vec::with_capacity(blocks); n];
+    let mut t = vec![0f64; n];
+    for b in 0..blocks {
+        // Rotate the order: block b starts with side b mod n.
+        for k in 0..n {
+            let i = (b + k) % n;
+            let t0 = Instant::now();
+            black_box(sides[i].1());
+            t[i] = t0.elapsed().as_nanos() as f64;
+        }
+        for i in 0..n {
+            ns[i].push(t[i]);
+        }
+    }
+    let q = |v: &mut Vec<f64>, p: f64| {
+        v.sort_by(f64::total_cmp);
+        v[((v.len() - 1) as f64 * p) as usize]
+    };
+    println!("independent harness: {blocks} blocks of {BLOCK} calls per side, order rotating, #[inline(never)] block functions");
+    for i in 1..n {
+        let mut r: Vec<f64> = ns[i].iter().zip(&ns[0]).map(|(a, b)| a / b).collect();
+        let (m, p25, p75) = (q(&mut r, 0.5), q(&mut r, 0.25), q(&mut r, 0.75));
+        println!("independent: {} / {} per block: median {m:.3} (p25 {p25:.3}, p75 {p75:.3})", sides[i].0, sides[0].0);
+    }
+    for i in 0..n {
+        let mut v = ns[i].clone();
+        println!("  {:<26} median {:.1} ns/call", sides[i].0, q(&mut v, 0.5) / BLOCK as f64);
+    }
+}

@@ -1,0 +1,108 @@
+//! The daemons the lab starts on this machine: `vmtime host` and `vmtime relay`.
+
+use super::page::read_page;
+use anyhow::{bail, ensure, Context, Result};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A daemon we started; ended by its pid when dropped.
+pub(crate) struct Daemon(Child);
+
+impl Daemon {
+    /// Starts the daemon `bin ARGS` and returns once its control socket `control` answers
+    /// `status`: the runtime answers after the daemon's first turn (a host's first page; a
+    /// relay's first guest page is written before that). What it logged is kept for the error
+    /// when it exits first, or does not answer within 30 s.
+    pub(crate) fn start_answering(bin: &Path, args: &[&str], control: &Path) -> Result<Daemon> {
+        let mut child = Command::new(bin).args(args).stderr(Stdio::piped()).stdout(Stdio::null()).spawn()?;
+        let err = BufReader::new(child.stderr.take().context("stderr")?);
+        let said = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let log = said.clone();
+        std::thread::spawn(move || {
+            for l in err.lines().map_while(Result::ok) {
+                let mut s = log.lock().unwrap_or_else(|p| p.into_inner());
+                if s.len() < 64 * 1024 {
+                    s.push_str(&l);
+                    s.push('\n');
+                }
+            }
+        });
+        let mut d = Daemon(child);
+        let said = || said.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let t = Instant::now();
+        loop {
+            if let Ok((line, _)) = vmtime_sys::serve::request(control, "status", Duration::from_secs(5)) {
+                if line.contains("\"role\"") {
+                    return Ok(d);
+                }
+            }
+            if let Some(status) = d.0.try_wait()? {
+                bail!("{} {args:?} exited ({status}): {}", bin.display(), said());
+            }
+            ensure!(
+                t.elapsed() < Duration::from_secs(30),
+                "{} {args:?} did not answer status on {} in 30 s: {}",
+                bin.display(),
+                control.display(),
+                said()
+            );
+            std::thread::sleep(Duration::from_millis(10)); // polls the socket, deadline above
+        }
+    }
+
+    /// Starts `bin ARGS` and returns once a stderr line contains `ready`.
+    pub(crate) fn start(bin: &Path, args: &[&str], ready: &str) -> Result<Daemon> {
+        let mut child = Command::new(bin).args(args).stderr(Stdio::piped()).stdout(Stdio::null()).spawn()?;
+        let mut err = BufReader::new(child.stderr.take().context("stderr")?);
+        let mut seen = String::new();
+        loop {
+            let mut l = String::new();
+            if err.read_line(&mut l)? == 0 {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("{} {args:?} exited: {seen}", bin.display());
+            }
+            seen.push_str(&l);
+            if l.contains(ready) {
+                break;
+            }
+        }
+        std::thread::spawn(move || for _ in err.lines() {});
+        Ok(Daemon(child))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `vmtime relay` from `host_page` to `guest_page` under a TSC offset (no notification: QEMU has
+/// no way to notify for a file).
+pub(crate) fn relay_daemon(vmtime: &Path, host_page: &Path, guest_page: &Path, offset: u64) -> Result<Daemon> {
+    let seq_before = read_page(guest_page).map(|p| p.seq_count()).ok();
+    let args = [
+        "relay",
+        "--host-page",
+        host_page.to_str().context("path")?,
+        "--guest-page",
+        guest_page.to_str().context("path")?,
+        "--tsc-offset",
+        &(offset as i64).to_string(),
+        "--no-notify",
+    ];
+    let control = PathBuf::from(format!("{}.sock", guest_page.display()));
+    let d = Daemon::start_answering(vmtime, &args, &control).context("start vmtime relay")?;
+    // What the lab reads next must be the new map's page: the relay's first write (the guest
+    // page's seq_count moves) comes before it answers; checked, bounded.
+    let t = Instant::now();
+    while read_page(guest_page).map(|p| p.seq_count()).ok() == seq_before {
+        ensure!(t.elapsed() < Duration::from_secs(10), "vmtime relay did not write {} in 10 s", guest_page.display());
+        std::thread::sleep(Duration::from_millis(10)); // polls a file, deadline above
+    }
+    Ok(d)
+}
