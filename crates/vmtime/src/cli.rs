@@ -1,6 +1,6 @@
-//! The command line's shared behaviour, for the full `vmtime` binary and the guest binary
-//! (`vmtime-guest`, the guest commands only): what the value types know is added to the flags,
-//! and a mistake is one line.
+//! The full `vmtime` binary's command line (clap): what the value types know is added to the
+//! flags, and a mistake is one line. The guest binary (`vmtime-guest`) parses its five commands
+//! by hand (crate::guest_cli), tested against this.
 
 use crate::ops::config;
 use crate::values;
@@ -12,16 +12,6 @@ use std::process::ExitCode;
 /// the allowed range and, for a daemon, the default from the configuration's defaults.
 pub fn command(cmd: clap::Command) -> clap::Command {
     let defaults = toml::Table::try_from(config::FileConfig::default()).unwrap_or_default();
-    harden(cmd, &defaults)
-}
-
-/// [`command`] for the guest binary, whose only section is `[sync]`: the same flags and help,
-/// without the other sections' serialisers.
-pub fn guest_command(cmd: clap::Command) -> clap::Command {
-    let mut defaults = toml::Table::new();
-    if let Ok(sync) = toml::Value::try_from(config::SyncSettings::default()) {
-        defaults.insert("sync".into(), sync);
-    }
     harden(cmd, &defaults)
 }
 
@@ -84,33 +74,4 @@ pub(crate) fn error_line(e: &clap::Error) -> String {
         _ => String::new(),
     };
     format!("vmtime: {first}{valid} (see vmtime --help)")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use clap::Args;
-
-    /// The guest binary's commands, as the two binaries declare them.
-    fn guest_commands() -> clap::Command {
-        use crate::commands::{now, show, status, waitsync};
-        clap::Command::new("vmtime")
-            .subcommand(crate::daemons::sync::Args::augment_args(clap::Command::new("sync")))
-            .subcommand(waitsync::Args::augment_args(clap::Command::new("waitsync")))
-            .subcommand(now::Args::augment_args(clap::Command::new("now")))
-            .subcommand(status::Args::augment_args(clap::Command::new("status")))
-            .subcommand(show::Args::augment_args(clap::Command::new("show")))
-    }
-
-    #[test]
-    fn the_guest_binary_shows_the_same_ranges_and_defaults_as_the_full_one() {
-        let (mut full, mut guest) = (command(guest_commands()), guest_command(guest_commands()));
-        for name in ["sync", "waitsync", "now", "status", "show"] {
-            let f = full.find_subcommand_mut(name).expect("full").render_long_help().to_string();
-            let g = guest.find_subcommand_mut(name).expect("guest").render_long_help().to_string();
-            assert_eq!(f, g, "{name}");
-        }
-        let sync = guest.find_subcommand_mut("sync").expect("sync").render_long_help().to_string();
-        assert!(sync.contains("[allowed: an integer in [10, 600000] (ms)] [default: 1000]"), "{sync}");
-    }
 }

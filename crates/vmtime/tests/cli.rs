@@ -261,3 +261,28 @@ fn guest_commands_print_the_full_binarys_help_and_mistakes() {
         assert!(!a.stdout.is_empty() || !a.stderr.is_empty(), "{args:?}: nothing printed");
     }
 }
+
+/// The guest binary's help texts (crates/vmtime/src/guest-help/, which it prints without clap)
+/// are the full binary's, byte for byte. VMTIME_UPDATE_GUEST_HELP=1 writes them anew.
+#[test]
+fn the_guest_binarys_help_texts_are_the_full_binarys() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/guest-help");
+    let update = std::env::var_os("VMTIME_UPDATE_GUEST_HELP").is_some();
+    for name in ["sync", "waitsync", "now", "status", "show"] {
+        for (flag, ext) in [("-h", "short"), ("--help", "long")] {
+            let out = Command::new(env!("CARGO_BIN_EXE_vmtime")).args([name, flag]).output().unwrap();
+            assert!(out.status.success(), "{name} {flag}");
+            let file = dir.join(format!("{name}.{ext}"));
+            if update {
+                std::fs::write(&file, &out.stdout).unwrap();
+            } else {
+                let kept = std::fs::read(&file).unwrap();
+                assert!(
+                    kept == out.stdout,
+                    "{}: not `vmtime {name} {flag}`'s text; VMTIME_UPDATE_GUEST_HELP=1 cargo test -p vmtime --test cli",
+                    file.display()
+                );
+            }
+        }
+    }
+}
