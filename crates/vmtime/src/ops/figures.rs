@@ -801,6 +801,44 @@ mod tests {
     use super::*;
     use crate::ops::metrics::render;
 
+    fn line_of(f: &impl Figures) -> String {
+        let mut line = String::new();
+        f.status_line(&mut line);
+        line
+    }
+
+    /// systemd's STATUS line comes from the figures: empty (no READY=1 yet) until the daemon's
+    /// first useful work, then what it does.
+    #[test]
+    fn the_status_line_follows_the_figures() {
+        let mut host = HostMetrics { page: "/run/vmtime/host.page".into(), ..Default::default() };
+        assert_eq!(line_of(&host), "", "nothing published yet");
+        host.published = 1;
+        assert_eq!(line_of(&host), "publishing /run/vmtime/host.page");
+        host.timex_denied = true;
+        assert_eq!(
+            line_of(&host),
+            "publishing /run/vmtime/host.page (kernel NTP state unreadable: FREERUNNING, 16 s bound)"
+        );
+        let mut relay =
+            RelayMetrics { host_page: "/h.page".into(), guest_page: "/g.page".into(), ..Default::default() };
+        assert_eq!(line_of(&relay), "");
+        relay.relayed = 1;
+        assert_eq!(line_of(&relay), "relaying /h.page to /g.page");
+        let mut sync = SyncMetrics { source: "/dev/vmclock0".into(), ..Default::default() };
+        assert_eq!(line_of(&sync), "", "no update yet");
+        sync.updates = 1;
+        assert_eq!(line_of(&sync), "following /dev/vmclock0");
+        let mut markers = SyncMetrics { source: "/dev/vmclock0".into(), markers_only: true, ..Default::default() };
+        assert_eq!(line_of(&markers), "", "the page not read yet");
+        markers.disruption_marker = Some(7);
+        assert_eq!(line_of(&markers), "watching the markers of /dev/vmclock0 (no time source)");
+        let mut chrony = FeedChronyMetrics::default();
+        assert_eq!(line_of(&chrony), "");
+        chrony.common.state = "sending /dev/vmclock0 to /run/chrony.vmclock0.sock".into();
+        assert_eq!(line_of(&chrony), "sending /dev/vmclock0 to /run/chrony.vmclock0.sock");
+    }
+
     #[test]
     fn values_and_families() {
         let t0 = Instant::now();
