@@ -676,7 +676,8 @@ impl Sync {
             );
         }
         self.last_marker = Some(page.disruption_marker());
-        self.cadence.seen(Markers::of(&page));
+        // A new marker found here (before any check did) makes the checks urgent too.
+        self.cadence.seen_at(crate::daemons::mono_ns()?, Markers::of(&page));
         self.m.page_seen(&page);
         crate::page::warn_legacy_tai(self.page.path(), &page);
         let a = self.discipline.handle_observation(&SyncObservation { page, raw, samples: &samples, kernel });
