@@ -88,19 +88,29 @@ impl Now {
     }
 
     /// The time in TAI (a UTC page needs a valid TAI offset).
-    #[inline]
+    #[inline(always)]
     pub fn tai(&self) -> Result<Bounded<Tai>, TimeError> {
         // What `self.time().tai(self.tai_minus_utc)` gives, with the errors decided before the
         // bounds are built: the result's variant then does not depend on the estimated error
         // (whose `Option` tag the compiler may use to store it), so an application that reads
         // only earliest and latest does not compute it.
+        // The errors come from a call: built in place, the error's unused bytes would be taken
+        // from an earlier reading's result (the same memory) and keep its estimated error live.
+        #[cold]
+        #[inline(never)]
+        fn fail(e: TimeError) -> Result<Bounded<Tai>, TimeError> {
+            Err(e)
+        }
         let time = match self.time_type {
             abi::time_type::TAI => Timestamp::<Tai>::from_raw(self.raw),
-            abi::time_type::UTC => {
-                let off = self.tai_minus_utc.ok_or(TimeError::NoTaiOffset { from: "UTC", to: "TAI" })?;
-                Timestamp::<Utc>::from_raw(self.raw).to_tai(off).ok_or(TimeError::Overflow)?
-            }
-            _ => return Err(TimeError::NotWallClock("TAI")),
+            abi::time_type::UTC => match self.tai_minus_utc {
+                Some(off) => match Timestamp::<Utc>::from_raw(self.raw).to_tai(off) {
+                    Some(t) => t,
+                    None => return fail(TimeError::Overflow),
+                },
+                None => return fail(TimeError::NoTaiOffset { from: "UTC", to: "TAI" }),
+            },
+            _ => return fail(TimeError::NotWallClock("TAI")),
         };
         Ok(Bounded { time, maxerror: self.maxerror, esterror: self.esterror() })
     }
@@ -503,10 +513,11 @@ impl Fast {
     fn read(&self, words: &[AtomicU32], trusted: bool, read_counter: impl FnOnce() -> u64) -> Option<Now> {
         let seq = &words[SEQ_WORD];
         let s1 = seq.load(Ordering::Acquire);
-        let g1 = self.gen.load(Ordering::Acquire);
         // The counter right after the count: nothing else before it, because the ordered read
-        // waits for every earlier instruction (the loads below run in its shadow instead).
+        // waits for every earlier instruction (the loads below run in its shadow instead; the
+        // cache's own seqlock needs no order against the counter).
         let counter = read_counter();
+        let g1 = self.gen.load(Ordering::Acquire);
         let key = self.key.load(Ordering::Relaxed);
         let word08 = words[FIRST].load(Ordering::Relaxed);
         let c1_lo = words[0x28 / 4].load(Ordering::Relaxed);
