@@ -52,9 +52,7 @@ fn rust_app(clock: &Clock) -> Result<u128, ClockError> {
     let mut sum = 0u128;
     for _ in 0..BLOCK {
         let t = clock.now()?.tai()?;
-        sum = sum
-            .wrapping_add(t.earliest().map_or(0, |e| e.raw()))
-            .wrapping_add(t.latest().map_or(0, |l| l.raw()));
+        sum = sum.wrapping_add(t.earliest().map_or(0, |e| e.raw())).wrapping_add(t.latest().map_or(0, |l| l.raw()));
     }
     Ok(sum)
 }
@@ -77,11 +75,11 @@ type Side<'a> = (&'static str, Box<dyn Fn() -> u64 + 'a>);
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let full = args.iter().any(|a| a == "--bench");
-    let blocks: usize = args
-        .iter()
-        .filter(|a| !a.starts_with('-'))
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(if full { 300_000 } else { 2_000 });
+    let blocks: usize = args.iter().filter(|a| !a.starts_with('-')).find_map(|a| a.parse().ok()).unwrap_or(if full {
+        300_000
+    } else {
+        2_000
+    });
 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("page");
@@ -128,6 +126,9 @@ fn main() {
         v[((v.len() - 1) as f64 * p) as usize]
     };
     println!("independent harness (libvmclock): {blocks} blocks of {BLOCK} calls per side, order rotating, #[inline(never)] block functions");
+    if !full {
+        println!("(a smoke run: no --bench argument, so `cargo test` built and ran it; not a figure)");
+    }
     for i in 1..n {
         let mut r: Vec<f64> = ns[i].iter().zip(&ns[0]).map(|(a, b)| a / b).collect();
         let (m, p25, p75) = (q(&mut r, 0.5), q(&mut r, 0.25), q(&mut r, 0.75));

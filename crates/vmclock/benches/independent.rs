@@ -238,6 +238,9 @@ fn main() {
         v[((v.len() - 1) as f64 * p) as usize]
     };
     println!("independent harness: {blocks} blocks of {BLOCK} calls per side, order rotating, #[inline(never)] block functions");
+    if !full {
+        println!("(a smoke run: no --bench argument, so `cargo test` built and ran it; not a figure)");
+    }
     for i in 1..n {
         let mut r: Vec<f64> = ns[i].iter().zip(&ns[0]).map(|(a, b)| a / b).collect();
         let (m, p25, p75) = (q(&mut r, 0.5), q(&mut r, 0.25), q(&mut r, 0.75));
