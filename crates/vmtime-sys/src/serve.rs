@@ -27,10 +27,15 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Token(usize);
 
-/// `poll(2)` over descriptors added anew before each wait (the array is reused).
+/// `poll(2)` over descriptors added anew before each wait (the array is reused). Repeated
+/// waits on the same descriptors ([`Poller::wait_again`]) go through an epoll set of them
+/// instead: a wake-up then costs no per-descriptor work in the kernel.
 #[derive(Debug)]
 pub struct Poller {
     fds: Vec<libc::pollfd>,
+    /// An epoll set holding exactly `fds` (with their events), made at the first
+    /// [`Poller::wait_again`] after the descriptors changed; `None` when they changed since.
+    again: Option<OwnedFd>,
 }
 
 impl Default for Poller {
@@ -47,18 +52,66 @@ pub const WRITABLE: i16 = libc::POLLOUT;
 impl Poller {
     /// An empty poller.
     pub fn new() -> Self {
-        Poller { fds: Vec::with_capacity(256) }
+        Poller { fds: Vec::with_capacity(256), again: None }
     }
 
     /// Forgets the descriptors of the last wait.
     pub fn clear(&mut self) {
         self.fds.clear();
+        self.again = None;
     }
 
     /// Adds a descriptor for the next wait.
     pub fn add(&mut self, fd: BorrowedFd<'_>, events: i16) -> Token {
         self.fds.push(libc::pollfd { fd: fd.as_raw_fd(), events, revents: 0 });
+        self.again = None;
         Token(self.fds.len() - 1)
+    }
+
+    /// Waits again on the descriptors of the last wait, as [`Poller::wait`] does, after a wait
+    /// that found none of them ready (the caller closed none of them since: it owns them).
+    /// Through an epoll set of them, made at the first such wait (one `epoll_ctl` each): the
+    /// kernel then does no per-descriptor work at each wake-up, which is what a loop waking
+    /// often with nothing to do pays for. Where the set cannot be made, a plain `poll`.
+    pub fn wait_again(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        use rustix::event::epoll;
+        if self.again.is_none() {
+            self.again = self.epoll_set();
+        }
+        let Some(ep) = &self.again else { return self.wait(timeout) };
+        self.fds.iter_mut().for_each(|p| p.revents = 0);
+        let ms = timeout.map(|t| t.as_micros().div_ceil(1000).min(i32::MAX as u128) as i64);
+        let ts = ms.map(|ms| rustix::event::Timespec { tv_sec: ms / 1000, tv_nsec: ms % 1000 * 1_000_000 });
+        let mut events = [epoll::Event { flags: epoll::EventFlags::empty(), data: epoll::EventData::new_u64(0) }; 8];
+        let n = match epoll::wait(ep, &mut events[..], ts.as_ref()) {
+            Ok(n) => n,
+            Err(Errno::INTR) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        for e in &events[..n] {
+            // Copies out of the packed record.
+            let (flags, data) = (e.flags, e.data);
+            if let Some(p) = usize::try_from(data.u64()).ok().and_then(|i| self.fds.get_mut(i)) {
+                // EPOLLIN, OUT, ERR and HUP have poll's values.
+                p.revents = (flags.bits() & 0xffff) as i16;
+            }
+        }
+        Ok(())
+    }
+
+    /// An epoll set of the descriptors (level-triggered, as poll), or None.
+    fn epoll_set(&self) -> Option<OwnedFd> {
+        use rustix::event::epoll;
+        let ep = epoll::create(epoll::CreateFlags::CLOEXEC).ok()?;
+        for (i, p) in self.fds.iter().enumerate() {
+            // SAFETY: the caller registered `p.fd` from a BorrowedFd for this wait and keeps it
+            // open until the next `clear` (see `wait_again`); it is only borrowed for the call.
+            let fd = unsafe { BorrowedFd::borrow_raw(p.fd) };
+            let flags = epoll::EventFlags::from_bits_truncate(p.events as u16 as u32);
+            // The same descriptor twice (EEXIST) or one epoll cannot hold: poll instead.
+            epoll::add(&ep, fd, epoll::EventData::new_u64(i as u64), flags).ok()?;
+        }
+        Some(ep)
     }
 
     /// Waits until a descriptor is ready or `timeout` passes (`None`: no timeout). A signal
@@ -76,6 +129,11 @@ impl Poller {
             return Err(e);
         }
         Ok(())
+    }
+
+    /// Whether the last wait saw any event on any descriptor (a signal's included).
+    pub fn any_ready(&self) -> bool {
+        self.fds.iter().any(|p| p.revents != 0)
     }
 
     /// The events seen on `t` in the last wait.
@@ -750,5 +808,40 @@ mod tests {
             let n = format_u32_line(v, &mut b);
             assert_eq!(&b[..n], format!("{v}\n").as_bytes());
         }
+    }
+
+    #[test]
+    fn waits_again_report_what_a_wait_would() {
+        let (a, a_peer) = UnixStream::pair().unwrap();
+        let (b, mut b_peer) = UnixStream::pair().unwrap();
+        let mut p = Poller::new();
+        let ta = p.add(a.as_fd(), READABLE);
+        let tb = p.add(b.as_fd(), READABLE);
+        p.wait(Some(Duration::ZERO)).unwrap();
+        assert!(!p.any_ready());
+        // Nothing ready: the repeated wait times out with nothing (the epoll set made now).
+        p.wait_again(Some(Duration::from_millis(1))).unwrap();
+        assert!(!p.any_ready() && p.again.is_some());
+        // The second descriptor readable: only its token says so, at every repeated wait
+        // (level-triggered, as poll).
+        b_peer.write_all(b"x").unwrap();
+        for _ in 0..2 {
+            p.wait_again(None).unwrap();
+            assert!(p.any_ready() && p.readable(tb) && !p.readable(ta));
+        }
+        // A hang-up is seen too.
+        drop(a_peer);
+        p.wait_again(None).unwrap();
+        assert!(p.readable(ta) && p.readable(tb));
+        // New descriptors: the set is made again from them.
+        p.clear();
+        assert!(p.again.is_none());
+        let (c, mut c_peer) = UnixStream::pair().unwrap();
+        let tc = p.add(c.as_fd(), READABLE);
+        p.wait_again(Some(Duration::from_millis(1))).unwrap();
+        assert!(!p.any_ready());
+        c_peer.write_all(b"y").unwrap();
+        p.wait_again(None).unwrap();
+        assert!(p.readable(tc));
     }
 }

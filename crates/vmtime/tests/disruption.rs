@@ -55,10 +55,10 @@ fn figures(mut v: Vec<Duration>) -> (f64, f64, f64) {
 const BUMPS: u64 = 20;
 
 /// A bump right after a reaction comes right after a check: the worst phase, every time. Each
-/// bump waits 0–19 ms more (k·7 mod 20) so the bumps fall at every phase of the 20 ms checks,
+/// bump waits 0–39 ms more (k·17 mod 40) so the bumps fall at every phase of the 40 ms checks,
 /// as a resume would. (Not a synchronisation: the reaction is waited for on its own.)
 fn spread(k: u64) {
-    std::thread::sleep(Duration::from_millis(k * 7 % 20));
+    std::thread::sleep(Duration::from_millis(k * 17 % 40));
 }
 
 #[test]
@@ -93,7 +93,7 @@ fn sync_steps_within_tens_of_ms_of_a_bumped_marker() {
     loop {
         let st = json(&["status", "--socket", sock.to_str().unwrap(), "--json"]);
         if st["discipline"]["baseline_s"].as_f64().unwrap_or(0.0) >= 1.5 {
-            assert_eq!(st["check_ms"], 20, "{st}");
+            assert_eq!(st["check_ms"], 40, "{st}");
             break;
         }
         assert!(Instant::now() < end, "never calibrated: {st}");

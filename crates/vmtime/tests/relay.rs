@@ -51,7 +51,12 @@ fn relay_follows_migrates_restores_and_remembers() {
         let after = markers(&guest);
         assert_eq!(after, (marker0.0.wrapping_add(1), marker0.1));
         let (h, g) = (show(&host)["fields"].clone(), show(&guest)["fields"].clone());
-        if h["seq_count"].as_u64().unwrap() == st["last_host_seq"].as_u64().unwrap() {
+        // Only when the host published nothing new from the status to after the guest's read
+        // (a new host page relayed between the two reads moves the guest's reference).
+        let h_after = show(&host)["fields"]["seq_count"].as_u64().unwrap();
+        if h["seq_count"].as_u64().unwrap() == st["last_host_seq"].as_u64().unwrap()
+            && h_after == h["seq_count"].as_u64().unwrap()
+        {
             assert_eq!(g["counter_value"].as_u64().unwrap(), h["counter_value"].as_u64().unwrap().wrapping_add(1000));
         }
     } // the relay stops here
@@ -193,6 +198,17 @@ fn a_guest_page_written_over_by_a_migration_gets_a_new_marker_at_once_and_no_tim
         Path::new(&socket(&guest)),
     );
     wait_calibrated(&guest);
+    // At rest, notified by the host: the guard looks every 20 ms (not a 1 ms wake-up).
+    let end = std::time::Instant::now() + LINE_WITHIN;
+    loop {
+        let st = json(&["status", "--socket", &socket(&guest), "--json"]);
+        if st["host_notified"] == true {
+            assert_eq!(st["guard_ms"], 20, "{st}");
+            break;
+        }
+        assert!(std::time::Instant::now() < end, "never subscribed to the host: {st}");
+        std::thread::sleep(std::time::Duration::from_millis(20)); // polls a condition, bounded
+    }
     // The source's page: another relay's, marker 0x5150 generation 77, another offset.
     let source = dir.path().join("source.page");
     let mut args = gen_ahead_args(dir.path(), &source, 0);
@@ -214,6 +230,7 @@ fn a_guest_page_written_over_by_a_migration_gets_a_new_marker_at_once_and_no_tim
     assert!(seq > 1000, "seq_count moves on from the page found ({seq})");
     let st = json(&["status", "--socket", &socket(&guest), "--json"]);
     assert_eq!((st["map_pending"].as_bool(), st["overwrites"].as_u64()), (Some(true), Some(1)), "{st}");
+    assert_eq!(st["guard_ms"], 1, "after an overwrite the guard looks every 1 ms: {st}");
     // Host updates meanwhile keep it so.
     std::thread::sleep(std::time::Duration::from_millis(1500)); // lets the host publish; a negative check
     assert_eq!(guest_fields(&guest).2, "UNRELIABLE");

@@ -4,6 +4,7 @@
 //! service side (systemd, metrics, SIGHUP) is crate::daemons::feed_service; their settings are the
 //! configuration's `[feed.chrony]` and `[feed.clockbound]` (crate::ops::config), flags over file.
 
+use crate::daemons::sync::DeviceNotes;
 use crate::ops::config::{
     DaemonArgs, DisruptionSupport, FeedChronyFlags, FeedChronySettings, FeedClockBoundFlags, FeedClockBoundSettings,
     Layout, LogLevel,
@@ -14,6 +15,7 @@ use crate::values::FeedIntervalMs;
 use anyhow::Result;
 use clap::{Args as ClapArgs, Subcommand};
 use serde::Serialize;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -218,25 +220,63 @@ fn control_socket(given: &Option<PathBuf>, feed: &str) -> Result<PathBuf> {
 struct FeedPace {
     pace: Pace,
     cadence: Cadence,
+    /// A check between turns ([`FeedPace::look`]) said observe now.
+    looked: bool,
+    /// The device's notifications (7.0+ driver): no checks while it gives them.
+    notes: DeviceNotes,
+    t_note: Option<vmtime_sys::serve::Token>,
 }
 
 impl FeedPace {
-    fn new(interval: Duration) -> Self {
-        FeedPace { pace: Pace::new(Instant::now(), interval), cadence: Cadence::default() }
+    /// The pace of a feed of `m`'s page at `source`: notified by the device when it notifies.
+    fn new(interval: Duration, m: &Measurer, source: &Path) -> Self {
+        let notes = m.page.read().ok().and_then(|first| DeviceNotes::of(&m.page, &first, source).ok());
+        let notes = notes.unwrap_or_else(DeviceNotes::none);
+        let mut cadence = Cadence::default();
+        cadence.set_notified(notes.device.is_some());
+        FeedPace { pace: Pace::new(Instant::now(), interval), cadence, looked: false, notes, t_note: None }
     }
 
+    /// The next turn (the interval's); the markers' checks are looks between turns.
     fn next(&self) -> Instant {
-        crate::daemons::next_check(&self.cadence).map_or(self.pace.next(), |c| c.min(self.pace.next()))
+        self.pace.next()
     }
 
-    /// Whether this wake-up is a turn: its time came, or the markers say now.
-    fn take(&mut self, now: Instant, page: &mut crate::page::FollowedPage, pending: bool) -> Result<bool> {
+    /// When the next check of the markers is due (none while the device notifies).
+    fn next_look(&self) -> Option<Instant> {
+        crate::daemons::next_check(&self.cadence)
+    }
+
+    fn register(&mut self, p: &mut vmtime_sys::serve::Poller) {
+        self.t_note = self.notes.device.as_ref().map(|d| p.add(d.as_fd(), vmtime_sys::serve::READABLE));
+    }
+
+    /// A check of the markers when due (loads from the mapped page): whether to observe now.
+    fn look(&mut self, page: &mut crate::page::FollowedPage, pending: bool) -> bool {
+        let Ok(mono) = crate::daemons::mono_ns() else { return false };
+        self.looked |= self.cadence.due(mono) && self.cadence.look(mono, page.markers()).observe_now(pending);
+        self.looked
+    }
+
+    /// Whether this wake-up is a turn: its time came, the device notified a page that says
+    /// observe now, or the markers say now.
+    fn take(&mut self, t: &Turn<'_>, page: &mut crate::page::FollowedPage, pending: bool) -> Result<bool> {
+        if self.t_note.is_some_and(|x| t.readable(x)) {
+            let p = &*page;
+            if self.notes.readable(|| p.read().map_or(u32::MAX, |s| s.seq_count())) {
+                let mono = crate::daemons::mono_ns()?;
+                self.looked |= self.cadence.look(mono, page.markers()).observe_now(pending);
+            }
+            self.cadence.set_notified(self.notes.device.is_some());
+        }
+        let now = t.now();
         if now >= self.pace.next() {
+            self.looked = false;
             self.pace.turned(now);
             return Ok(true);
         }
-        let mono = crate::daemons::mono_ns()?;
-        if self.cadence.due(mono) && self.cadence.look(mono, page.markers()).observe_now(pending) {
+        if std::mem::take(&mut self.looked) || self.look(page, pending) {
+            self.looked = false;
             self.pace.restart(now);
             return Ok(true);
         }
@@ -267,8 +307,20 @@ impl Daemon for Chrony {
         Some(self.pace.next())
     }
 
+    fn register(&mut self, p: &mut vmtime_sys::serve::Poller) {
+        self.pace.register(p);
+    }
+
+    fn next_look(&self) -> Option<Instant> {
+        self.pace.next_look()
+    }
+
+    fn look(&mut self, _now: Instant) -> bool {
+        self.pace.look(&mut self.m.page, self.feed.disruption_pending())
+    }
+
     fn turn(&mut self, t: &mut Turn<'_>) -> Result<Flow> {
-        if !self.pace.take(t.now(), &mut self.m.page, self.feed.disruption_pending())? {
+        if !self.pace.take(t, &mut self.m.page, self.feed.disruption_pending())? {
             return Ok(Flow::Continue);
         }
         let a = &self.a;
@@ -366,7 +418,7 @@ fn run_chrony(args: ChronyArgs) -> Result<ExitCode> {
     f.socket = a.socket.display().to_string();
     let mut d = Chrony {
         feed: ChronyFeed::new(interval.as_nanos() as i128),
-        pace: FeedPace::new(interval),
+        pace: FeedPace::new(interval, &m, &a.source),
         a,
         m,
         sock,
@@ -426,7 +478,16 @@ impl Daemon for ClockBound {
         [Some(self.pace.next()), cross].into_iter().flatten().min()
     }
 
+    fn next_look(&self) -> Option<Instant> {
+        self.pace.next_look()
+    }
+
+    fn look(&mut self, _now: Instant) -> bool {
+        self.pace.look(&mut self.m.page, self.feed.disruption_pending())
+    }
+
     fn register(&mut self, p: &mut vmtime_sys::serve::Poller) {
+        self.pace.register(p);
         self.t_cross = self.cross.as_ref().map(|c| p.add(c.sock.fd(), vmtime_sys::serve::READABLE));
     }
 
@@ -441,7 +502,7 @@ impl Daemon for ClockBound {
             self.feed.set_cross_check(c.cc.widen_ns());
             self.f.cross_check = Some(c.cc.status().clone());
         }
-        if !self.pace.take(t.now(), &mut self.m.page, self.feed.disruption_pending())? {
+        if !self.pace.take(t, &mut self.m.page, self.feed.disruption_pending())? {
             return Ok(Flow::Continue);
         }
         let feed = &mut self.feed;
@@ -589,7 +650,7 @@ fn run_clockbound(args: ClockBoundArgs) -> Result<ExitCode> {
     f.common.source = a.source.display().to_string();
     f.segments.clone_from(&paths);
     let mut d = ClockBound {
-        pace: FeedPace::new(interval),
+        pace: FeedPace::new(interval, &m, &a.source),
         a,
         m,
         seg0,

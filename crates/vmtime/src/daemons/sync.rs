@@ -511,18 +511,33 @@ fn sync_figures(a: &SyncSettings, source: &Path, state: Option<&'static str>) ->
 }
 
 /// The device's notifications, checked: a 6.13–6.19 driver's `poll()` is always readable.
-struct DeviceNotes {
-    device: Option<File>,
+/// (Sync's and the feeds'.)
+pub(crate) struct DeviceNotes {
+    pub(crate) device: Option<File>,
     check: NotifyCheck,
     /// The seq_count the device's read() last returned (what the driver's poll() compares with).
     acked: Option<u32>,
 }
 
 impl DeviceNotes {
+    /// The notifications of the page at `source`, when it is a device that notifies
+    /// (NOTIFICATION_PRESENT): its file, opened once more (each open file has its own seq).
+    /// No notifications: the markers are checked at the cadence.
+    pub(crate) fn none() -> Self {
+        DeviceNotes { device: None, check: NotifyCheck::default(), acked: None }
+    }
+
+    pub(crate) fn of(page: &crate::page::FollowedPage, first: &vmclock::Snapshot, source: &Path) -> Result<Self> {
+        let device = (page.reader().is_device() && first.has(flags::NOTIFICATION_PRESENT))
+            .then(|| File::open(source))
+            .transpose()?;
+        Ok(DeviceNotes { device, check: NotifyCheck::default(), acked: None })
+    }
+
     /// The device was readable: acknowledges with read() and says whether the page changed.
     /// `seq_now` reads the page's seq_count when read() fails. After [`NotifyCheck::LIMIT`]
     /// readable wake-ups in a row with nothing new, the device is no longer polled.
-    fn readable(&mut self, seq_now: impl Fn() -> u32) -> bool {
+    pub(crate) fn readable(&mut self, seq_now: impl Fn() -> u32) -> bool {
         let Some(d) = &self.device else { return false };
         // read() acknowledges this seq_count to the driver and says which it is: the driver's
         // poll() wakes a file only for a seq other than the one it last read.
@@ -580,6 +595,8 @@ struct Sync {
     cross: Option<crate::daemons::crosscheck::NtpCross>,
     /// The checks of the page's markers between observations.
     cadence: Cadence,
+    /// A check between turns ([`Daemon::look`]) found the page disrupted: observe at the turn.
+    looked_disrupted: bool,
 }
 
 impl Sync {
@@ -659,7 +676,8 @@ impl Sync {
             );
         }
         self.last_marker = Some(page.disruption_marker());
-        self.cadence.seen(Markers::of(&page));
+        // A new marker found here (before any check did) makes the checks urgent too.
+        self.cadence.seen_at(crate::daemons::mono_ns()?, Markers::of(&page));
         self.m.page_seen(&page);
         crate::page::warn_legacy_tai(self.page.path(), &page);
         let a = self.discipline.handle_observation(&SyncObservation { page, raw, samples: &samples, kernel });
@@ -860,7 +878,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let source = page.path().to_path_buf();
     // Notification: the device's poll() (read() acknowledges), or a publisher's socket.
     let is_device = page.reader().is_device();
-    let device = (is_device && first.has(flags::NOTIFICATION_PRESENT)).then(|| File::open(&source)).transpose()?;
+    let notes = DeviceNotes::of(&page, &first, &source)?;
     let publisher = crate::paths::socket_for(&source);
     let sub = if is_device { None } else { subscribe(&publisher) };
     let cfg = discipline_config(&a);
@@ -869,7 +887,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let now = Instant::now();
     let mut s = Sync {
         page,
-        notes: DeviceNotes { device, check: NotifyCheck::default(), acked: None },
+        notes,
         discipline: Discipline::new(cfg),
         dry_run: a.dry_run,
         hook: a.hook.clone(),
@@ -881,6 +899,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         rival: (!a.allow_other_daemon).then(ClockWatch::new),
         cross: a.cross_check_ntp.map(crate::daemons::crosscheck::NtpCross::new).transpose()?,
         cadence: Cadence::default(),
+        looked_disrupted: false,
         publisher,
         sub,
         t_note: None,
@@ -916,6 +935,23 @@ pub fn run(args: Args) -> Result<ExitCode> {
 }
 
 /// Subscribes to a publisher's notifications, if it answers in time.
+impl Sync {
+    /// The markers' check, when due: loads from the mapped page (no system call beyond the
+    /// vDSO's clock). Whether it says observe now.
+    fn check_markers(&mut self) -> bool {
+        let Ok(mono) = crate::daemons::mono_ns() else { return false };
+        if !self.cadence.due(mono) {
+            return false;
+        }
+        let look = self.cadence.look(mono, self.page.markers());
+        let now = look.observe_now(self.discipline.disruption_pending());
+        if now {
+            tracing::debug!("the page's check found {look:?}: observing now");
+        }
+        now
+    }
+}
+
 fn subscribe(socket: &Path) -> Option<Subscription> {
     Subscription::open(socket, crate::ops::control::CLIENT_TIMEOUT).ok()
 }
@@ -932,9 +968,19 @@ impl Daemon for Sync {
         let now = Instant::now();
         let raw_now = vmtime_sys::gettime(ClockId::MonotonicRaw).unwrap_or(0);
         let slew = self.discipline.next_deadline().map(|d| now + Duration::from_nanos((d - raw_now).max(0) as u64));
-        let check = crate::daemons::next_check(&self.cadence);
         let cross = self.cross.as_ref().map(crate::daemons::crosscheck::NtpCross::deadline);
-        [Some(self.next_obs), slew, check, cross, Some(now + Duration::from_secs(1))].into_iter().flatten().min()
+        [Some(self.next_obs), slew, cross, Some(now + Duration::from_secs(1))].into_iter().flatten().min()
+    }
+
+    /// The markers' check between observations (none when the device notifies).
+    fn next_look(&self) -> Option<Instant> {
+        crate::daemons::next_check(&self.cadence)
+    }
+
+    /// Loads from the mapped page; a turn only when they say observe now.
+    fn look(&mut self, _now: Instant) -> bool {
+        self.looked_disrupted |= self.check_markers();
+        self.looked_disrupted
     }
 
     fn register(&mut self, p: &mut Poller) {
@@ -967,14 +1013,9 @@ impl Daemon for Sync {
             self.discipline.set_cross_check(c.cc.widen_ns());
             self.m.cross_check = Some(c.cc.status().clone());
         }
-        // The markers' check between observations: loads from the mapped page.
-        let mono = crate::daemons::mono_ns()?;
-        if self.cadence.due(mono) {
-            let look = self.cadence.look(mono, self.page.markers());
-            if look.observe_now(self.discipline.disruption_pending()) {
-                tracing::debug!("the page's check found {look:?}: observing now");
-                notified = true;
-            }
+        // The markers' check between observations (where a look between turns has not made it).
+        if std::mem::take(&mut self.looked_disrupted) || self.check_markers() {
+            notified = true;
         }
         if notified || Instant::now() >= self.next_obs {
             if let Flow::Stop(code) = stopped_by(self.observe())? {

@@ -196,6 +196,18 @@ pub trait Daemon {
 
     /// When its next turn is due (None: only when one of its descriptors wakes it).
     fn next_turn(&self) -> Option<Instant>;
+    /// When it next wants a *look* between turns (None: no look): something cheap, such as a
+    /// page's markers, that mostly finds nothing. A look costs the wake-up and what
+    /// [`Daemon::look`] does, nothing else: the runtime waits again on the same descriptors
+    /// without a turn and without its own bookkeeping (at rest, most wake-ups are looks).
+    fn next_look(&self) -> Option<Instant> {
+        None
+    }
+    /// The look, at its time ([`Daemon::next_look`]): `true` when it found something a turn
+    /// must handle now (the turn follows at once).
+    fn look(&mut self, _now: Instant) -> bool {
+        false
+    }
     /// Adds the descriptors that wake it (a subscription, a device) to the next wait.
     fn register(&mut self, _poller: &mut Poller) {}
     /// One turn: its time came, or one of its descriptors (or a request, a signal) woke the
@@ -303,9 +315,28 @@ impl<S: Settings> Runtime<S> {
             self.signals.register(&mut self.poller);
             self.server.register(&mut self.poller);
             d.register(&mut self.poller);
-            let wake =
+            let deadline =
                 [due, self.server.next_deadline(), self.supervisor.next_ping(), self.end].into_iter().flatten().min();
-            self.poller.wait(wake.map(|w| w.saturating_duration_since(Instant::now())))?;
+            // Looks that find nothing wait again on the same descriptors: no turn, no bookkeeping.
+            let mut again = false;
+            loop {
+                let look = d.next_look();
+                let wake = [deadline, look].into_iter().flatten().min();
+                let timeout = wake.map(|w| w.saturating_duration_since(Instant::now()));
+                if again {
+                    self.poller.wait_again(timeout)?;
+                } else {
+                    self.poller.wait(timeout)?;
+                    again = true;
+                }
+                if self.poller.any_ready() {
+                    break;
+                }
+                let now = Instant::now();
+                if deadline.is_some_and(|w| now >= w) || (look.is_some_and(|l| now >= l) && d.look(now)) {
+                    break;
+                }
+            }
             match self.signals.take(&self.poller) {
                 Some(SignalEvent::Terminate(name)) => {
                     if !D::STOPPED.is_empty() {
