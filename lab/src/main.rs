@@ -40,6 +40,8 @@ enum Cmd {
     Timex,
     /// (In the guest) read the time through a page's mmap every N µs, logging each read.
     Reads(reads::Args),
+    /// (In the guest) print the counter (TSC) now: a stamp the host can place in its own time.
+    Counter,
 }
 
 fn timex() -> Result<()> {
@@ -65,6 +67,10 @@ fn main() -> ExitCode {
         Cmd::Leapwatch(a) => leap::watch(&a).map(|()| ExitCode::SUCCESS),
         Cmd::Timex => timex().map(|()| ExitCode::SUCCESS),
         Cmd::Reads(a) => reads::serve(&a).map(|()| ExitCode::SUCCESS),
+        Cmd::Counter => {
+            println!("{}", vmclock::counter::read());
+            Ok(ExitCode::SUCCESS)
+        }
     };
     r.unwrap_or_else(|e| {
         eprintln!("vmtime-lab: {e:#}");

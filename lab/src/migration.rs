@@ -40,13 +40,19 @@ const MAILBOX_SLOT: u8 = 5;
 const LOG_SLOT: u8 = 6;
 const GUEST_MAILBOX: &str = "/sys/bus/pci/devices/0000:00:05.0/resource2";
 const GUEST_LOG: &str = "/sys/bus/pci/devices/0000:00:06.0/resource2";
-/// How long after a resume the guest's clock may take to be within 1 ms of its host, for the
-/// check to pass (the issue's aim is 50 ms p99; both cores busy, TCG, and the counter map
-/// measured by the lab after the resume: generous, and stated).
+/// How long after a resume (QMP `cont`) the guest's clock may take to be within 1 ms of its host,
+/// for the check to pass. Under TCG this is mostly not vmtime's time: QEMU resuming the guest,
+/// and the lab measuring the counter map after the resume (TCG freezes the guest's counter while
+/// stopped; under KVM the host knows the new map before `cont`). See [`CURRENT_LIMIT_MS`].
 pub const RESUME_LIMIT_MS: f64 = 2000.0;
-/// The issue's aim for the same figure (reported, not judged: it needs the guest's sync to look
-/// at the page's marker at a short cadence).
+/// The issue's aim for the same figure (reported as `resume_to_1ms_aim_met`).
 pub const RESUME_AIM_MS: f64 = 50.0;
+/// The aim for vmtime's own part, p99 (reported as `current_to_1ms_aim_met`, not judged: see
+/// lab/README.md, "Where the time after a resume goes"): from the guest's first read that finds the page
+/// current (bounded, the new map: what a KVM guest finds at the resume itself) to its first read
+/// whose CLOCK_REALTIME is within 1 ms of the host (both in the guest's read log, 250 µs apart):
+/// `vmtime sync`'s marker check, its observation and its step.
+pub const CURRENT_LIMIT_MS: f64 = 50.0;
 
 /// (this machine's TSC, CLOCK_REALTIME) pairs, every 2 ms, for the truth at any past counter.
 struct Pairs {
@@ -185,6 +191,52 @@ impl Side {
 struct Segment {
     offset: echo::Offset,
     ahead_ns: i128,
+    /// The resume that began it: this machine's CLOCK_REALTIME when `cont` was sent and when
+    /// the relay answered the new map (the page current), ns.
+    resume: Option<(i128, i128)>,
+}
+
+/// One resume as the guest's own reads saw it (ms from `cont`): its first read (the guest runs
+/// again), its first bounded read (the page current in the guest), its first read whose
+/// CLOCK_REALTIME was within 1 ms of the host (noise floor included); and ClockBound's statuses.
+#[derive(Clone, Debug, Default)]
+pub struct GuestResume {
+    pub run_ms: Option<f64>,
+    pub told_ms: f64,
+    pub page_ms: Option<f64>,
+    pub within_ms: Option<f64>,
+    /// ClockBound's clock_status over the segment, repeats dropped (0 Unknown, 1 Synchronized,
+    /// 2 FreeRunning, 3 Disrupted).
+    pub cb: Vec<i64>,
+    /// The largest gap between two consecutive reads within the first second after `cont`, ms.
+    pub gap_ms: Option<f64>,
+}
+
+impl GuestResume {
+    /// ClockBound said Unknown or Disrupted, then Synchronized or FreeRunning.
+    pub fn cb_ok(&self) -> bool {
+        self.cb.iter().position(|&c| c == 0 || c == 3).is_some_and(|i| self.cb[i..].iter().any(|&c| c == 1 || c == 2))
+    }
+
+    /// The guest's first read after the resume came only after the page was current on this
+    /// machine (its sleeping tasks ran late: seen under TCG after `loadvm`, 0.1–1.4 s).
+    pub fn first_read_late(&self) -> bool {
+        self.run_ms.is_none_or(|r| r > self.told_ms)
+    }
+
+    /// ClockBound's transition could not be seen: every read found the segment good, and the
+    /// first came after the page was current (the feed may have gone Disrupted and back before).
+    pub fn cb_unseen(&self) -> bool {
+        self.first_read_late() && self.cb.iter().all(|&c| c == 1 || c == 2)
+    }
+
+    /// Page current in the guest → its clock within 1 ms, ms; None when not measurable: the
+    /// guest's first read already found its clock within 1 ms (`vmtime sync` stepped before the
+    /// reader ran again), or either instant is missing.
+    pub fn current_to_1ms(&self) -> Option<f64> {
+        let (p, w) = (self.page_ms?, self.within_ms?);
+        (w > self.run_ms?).then_some(w - p)
+    }
 }
 
 /// The counts over all judged reads.
@@ -197,49 +249,45 @@ pub struct Tally {
     pub first_violation: Option<String>,
     pub markers_seen: u64,
     pub max_gap_us: f64,
-    /// Disruptions (a new marker after a bounded read) after which ClockBound's segment said
-    /// Unknown or Disrupted before it said Synchronized/FreeRunning again, and those seen.
-    pub cb_disrupted: u64,
-    pub cb_events: u64,
     /// chrony samples the feed sent while the page gave no bound (it must stay silent).
     pub chrony_while_not_current: u64,
     pub chrony_samples: u64,
     /// The last read judged (harvests follow one another).
     last: Option<Read>,
-    /// After a marker change: whether ClockBound has said Unknown/Disrupted yet.
-    cb_watch: Option<bool>,
     /// Gaps between consecutive reads, µs.
     gaps: Vec<f64>,
+    /// Each resume, from the guest's reads.
+    pub resumes: Vec<GuestResume>,
 }
 
 impl Tally {
+    /// Resumes after which ClockBound's segment said Unknown or Disrupted and then
+    /// Synchronized/FreeRunning again (within the segment's reads), and resumes.
+    /// Resumes whose transition could not be seen ([`GuestResume::cb_unseen`]) are left out of
+    /// both counts (see [`Tally::cb_unseen`]).
+    pub fn cb(&self) -> (usize, usize) {
+        let judged = self.resumes.iter().filter(|g| !g.cb_unseen());
+        (judged.clone().filter(|g| g.cb_ok()).count(), judged.count())
+    }
+
+    pub fn cb_unseen(&self) -> usize {
+        self.resumes.iter().filter(|g| g.cb_unseen()).count()
+    }
+
     fn judge(&mut self, rs: &[Read], seg: Segment, pairs: &Pairs, hz: f64) {
+        if let Some((cont, told)) = seg.resume {
+            self.resumes.push(resume_of(rs, seg, cont, told, pairs, hz));
+        }
         let mut last_marker = self.last.map(|r| r.marker);
         let mut last_counter: Option<u64> = self.last.map(|r| r.counter);
         let mut last_chrony: Option<(u64, bool)> = self.last.map(|r| (r.chrony, r.bounded()));
-        // After a marker change: waiting to see ClockBound say Unknown/Disrupted, then good.
-        let mut cb_watch = self.cb_watch;
         if let Some(l) = rs.last() {
             self.last = Some(*l);
         }
         for r in rs {
-            // One disruption may change the marker twice (the overwrite, then `restored`): one
-            // event, from the first change until ClockBound is good again.
-            if last_marker.is_some_and(|m| m != r.marker) && r.cb_status >= 0 && cb_watch.is_none() {
-                self.cb_events += 1;
-                cb_watch = Some(false);
-            }
             if last_marker != Some(r.marker) {
                 self.markers_seen += 1;
                 last_marker = Some(r.marker);
-            }
-            match (cb_watch, r.cb_status) {
-                (Some(false), 0 | 3) => cb_watch = Some(true),
-                (Some(true), 1 | 2) => {
-                    self.cb_disrupted += 1;
-                    cb_watch = None;
-                }
-                _ => {}
             }
             if let Some((c, bounded)) = last_chrony {
                 // A sample arrived between two reads that both found the page without a bound.
@@ -249,7 +297,6 @@ impl Tally {
                 self.chrony_samples += r.chrony.saturating_sub(c);
             }
             last_chrony = Some((r.chrony, r.bounded()));
-            self.cb_watch = cb_watch;
             if let Some(c) = last_counter {
                 let gap = r.counter.wrapping_sub(c) as f64 / hz * 1e6;
                 if gap < 1e6 {
@@ -286,6 +333,29 @@ impl Tally {
             }
         }
     }
+}
+
+/// What the reads of the segment that began at a resume say about it.
+fn resume_of(rs: &[Read], seg: Segment, cont: i128, told: i128, pairs: &Pairs, hz: f64) -> GuestResume {
+    let ms = |t: i128| (t - cont) as f64 / 1e6;
+    let at = |r: &Read| pairs.at(r.counter.wrapping_sub(seg.offset.ticks), hz);
+    let mut g = GuestResume { told_ms: ms(told), ..Default::default() };
+    g.run_ms = rs.iter().find_map(&at).map(|(t, _)| ms(t));
+    g.page_ms = rs.iter().filter(|r| r.bounded()).find_map(&at).map(|(t, _)| ms(t));
+    g.within_ms = rs.iter().find_map(|r| {
+        let (truth, half) = at(r)?;
+        let noise = half + (seg.offset.half as f64 / hz * 1e9).ceil() as i128 + 1_000;
+        let err = i128::from(r.realtime_ns) - (truth + seg.ahead_ns);
+        (err.abs() + noise < 1_000_000).then(|| ms(truth))
+    });
+    let times: Vec<f64> = rs.iter().filter_map(at).map(|(t, _)| ms(t)).filter(|&t| t <= 1000.0).collect();
+    g.gap_ms = times.windows(2).map(|w| w[1] - w[0]).reduce(f64::max);
+    for r in rs {
+        if g.cb.last() != Some(&r.cb_status) {
+            g.cb.push(r.cb_status);
+        }
+    }
+    g
 }
 
 struct Harness {
@@ -338,10 +408,10 @@ impl Harness {
         std::fs::create_dir_all(&work)?;
         let vmtime = std::env::current_exe()?.with_file_name("vmtime");
         let base = work.join("host.page");
-        let host = Daemon::start(
+        let host = Daemon::start_answering(
             &vmtime,
             &["host", "--page", base.to_str().context("path")?, "--quiet", "--poll-ms", "50", "--tai-offset", "37"],
-            "control socket",
+            &work.join("host.page.sock"),
         )?;
         let t = Instant::now();
         let hz = loop {
@@ -400,6 +470,22 @@ impl Harness {
         })
     }
 
+    /// Waits (at most `limit`) until the guest's last read finds ClockBound's segment
+    /// Synchronized or FreeRunning again: the next disruption then starts from a good segment.
+    /// Whether it did.
+    fn cb_settled(&self, limit: Duration) -> Result<bool> {
+        let t = Instant::now();
+        loop {
+            if self.log.peek_last()?.is_some_and(|r| matches!(r.cb_status, 1 | 2)) {
+                return Ok(true);
+            }
+            if t.elapsed() > limit {
+                return Ok(false);
+            }
+            std::thread::sleep(Duration::from_millis(10)); // polls a file, bounded
+        }
+    }
+
     /// Measures the guest's counter map quickly after a resume: the tightest of at least 32
     /// round trips, more (within 100 ms) until one is no wider than 20 µs. Its uncertainty (half
     /// the tightest round trip) is the lab's, not vmtime's (under KVM the map is read exactly):
@@ -411,29 +497,182 @@ impl Harness {
     /// From `t0`: the time until a clean echo sees the guest clock within 1 ms of the host
     /// `ahead_ns` from this machine (None: not within 10 s).
     fn to_1ms(&self, mb: &mut echo::Host, t0: Instant, ahead_ns: i128) -> Result<Option<Duration>> {
+        Ok(self.to_1ms_traced(mb, t0, ahead_ns)?.0)
+    }
+
+    /// As [`Harness::to_1ms`], and also when the first echo saw the page bounded (the page the
+    /// relay wrote reached the guest) and how many echoes it took.
+    fn to_1ms_traced(
+        &self,
+        mb: &mut echo::Host,
+        t0: Instant,
+        ahead_ns: i128,
+    ) -> Result<(Option<Duration>, Option<Duration>, usize)> {
+        let mut page_seen = None;
+        let mut n = 0;
         while t0.elapsed() < 10 * SEC {
             let e = mb.ask()?;
+            n += 1;
+            if page_seen.is_none() && e.page.is_some_and(|(_, h)| h < i128::from(u32::MAX)) {
+                page_seen = Some(t0.elapsed());
+            }
             // Within 1 ms whatever the echo's noise floor: |error| + noise < 1 ms.
             if (e.clock_error() - ahead_ns).abs() + e.clock_noise() < 1_000_000 {
-                return Ok(Some(t0.elapsed()));
+                return Ok((Some(t0.elapsed()), page_seen, n));
             }
             std::thread::sleep(Duration::from_millis(1)); // a sampling interval
         }
-        Ok(None)
+        Ok((None, page_seen, n))
     }
+
+    /// After `cont` at `t_resume`: the map measured and told to the relay (`verb` OFFSET), then
+    /// the time until the guest's clock is within 1 ms; each phase timed.
+    fn after_resume(
+        &self,
+        side: usize,
+        mb: &mut echo::Host,
+        t_resume: Instant,
+        verb: &str,
+        ahead_ns: i128,
+    ) -> Result<(echo::Offset, Phases)> {
+        mb.ask()?;
+        let t_first = t_resume.elapsed();
+        let o = self.quick_offset(mb)?;
+        let t_map = t_resume.elapsed();
+        self.sides[side].tell(&format!("{verb} {}", o.ticks as i64))?;
+        let t_told = t_resume.elapsed();
+        let told_real = host_realtime()?;
+        let (within, page, echoes) = self.to_1ms_traced(mb, t_resume, ahead_ns)?;
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        Ok((
+            o,
+            Phases {
+                first_echo_ms: ms(t_first),
+                map_ms: ms(t_map),
+                told_ms: ms(t_told),
+                page_ms: page.map(ms),
+                within_ms: within.map(ms),
+                map_half_us: o.half as f64 / self.hz * 1e6,
+                echoes,
+                told_real,
+            },
+        ))
+    }
+}
+
+/// The phases of one resume, ms from `cont`'s answer: the guest's first echo, the counter map
+/// measured (the lab's part: under KVM the relay knows it before `cont`), the relay told (the
+/// page current), the first echo that saw a bounded page, |guest − host| < 1 ms.
+#[derive(Clone, Copy, Debug)]
+pub struct Phases {
+    pub first_echo_ms: f64,
+    pub map_ms: f64,
+    pub told_ms: f64,
+    pub page_ms: Option<f64>,
+    pub within_ms: Option<f64>,
+    pub map_half_us: f64,
+    pub echoes: usize,
+    /// This machine's CLOCK_REALTIME when the relay answered, ns.
+    pub told_real: i128,
+}
+
+fn host_realtime() -> Result<i128> {
+    Ok(vmtime_sys::clock::gettime(vmtime_sys::clock::ClockId::Realtime)?)
 }
 
 /// The figures of one check (migration or restore).
 pub struct Figures {
     pub events: usize,
     pub resume_ms: Vec<f64>,
+    pub phases: Vec<Phases>,
     pub before_resume_ok: usize,
     pub tally: Tally,
     pub notes: Vec<String>,
 }
 
 impl Figures {
+    /// From the page current in the guest to its clock within 1 ms, ms, for each resume whose
+    /// reads show both; (p50, p99, max) and how many.
+    fn current(&self) -> ((f64, f64, f64), usize) {
+        let v: Vec<f64> = self.tally.resumes.iter().filter_map(GuestResume::current_to_1ms).collect();
+        let n = v.len();
+        (if v.is_empty() { (f64::NAN, f64::NAN, f64::NAN) } else { quantiles(v) }, n)
+    }
+
+    /// Resumes after which the guest's first read came after the page was current on this
+    /// machine (the guest's sleeping tasks ran late: TCG after a `loadvm`): the guest then finds
+    /// the page current at its first read, as after a KVM resume.
+    fn stalled(&self) -> usize {
+        self.tally.resumes.iter().filter(|x| x.first_read_late()).count()
+    }
+
+    /// The largest gap between two of the guest's reads in the first second after each resume
+    /// (its reader asks for 250 µs): p50/p99/max, ms.
+    fn gap_json(&self) -> serde_json::Value {
+        let v: Vec<f64> = self.tally.resumes.iter().filter_map(|x| x.gap_ms).collect();
+        if v.is_empty() {
+            return serde_json::Value::Null;
+        }
+        let (a, b, c) = quantiles(v);
+        serde_json::json!({"p50": (a * 10.0).round() / 10.0, "p99": (b * 10.0).round() / 10.0, "max": (c * 10.0).round() / 10.0})
+    }
+
+    fn resumed(&mut self, ph: Phases) {
+        if let Some(ms) = ph.within_ms {
+            self.resume_ms.push(ms);
+        }
+        self.phases.push(ph);
+    }
+
+    /// The resumes as the guest's reads saw them: p50/p99/max of each phase, ms from `cont`.
+    fn guest_json(&self) -> serde_json::Value {
+        let q = |v: Vec<f64>| {
+            if v.is_empty() {
+                return serde_json::Value::Null;
+            }
+            let (a, b, c) = quantiles(v);
+            serde_json::json!({"p50": (a * 10.0).round() / 10.0, "p99": (b * 10.0).round() / 10.0, "max": (c * 10.0).round() / 10.0})
+        };
+        let g = &self.tally.resumes;
+        serde_json::json!({
+            "running_ms": q(g.iter().filter_map(|x| x.run_ms).collect()),
+            "relay_told_ms": q(g.iter().map(|x| x.told_ms).collect()),
+            "page_bounded_ms": q(g.iter().filter_map(|x| x.page_ms).collect()),
+            "within_1ms_ms": q(g.iter().filter_map(|x| x.within_ms).collect()),
+            "page_to_within_1ms_ms": q(g.iter().filter_map(|x| Some(x.within_ms? - x.page_ms?)).collect()),
+            "each": g.iter().map(|x| {
+                let o = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.1}"));
+                format!("{}/{:.1}/{}/{} gap {} cb {:?}", o(x.run_ms), x.told_ms, o(x.page_ms), o(x.within_ms), o(x.gap_ms), x.cb)
+            }).collect::<Vec<_>>(),
+        })
+    }
+
+    /// p50/p99/max of each phase of the resumes.
+    fn phases_json(&self) -> serde_json::Value {
+        let q = |v: Vec<f64>| {
+            if v.is_empty() {
+                return serde_json::Value::Null;
+            }
+            let (a, b, c) = quantiles(v);
+            serde_json::json!({"p50": (a * 10.0).round() / 10.0, "p99": (b * 10.0).round() / 10.0, "max": (c * 10.0).round() / 10.0})
+        };
+        let p = &self.phases;
+        serde_json::json!({
+            "first_echo_ms": q(p.iter().map(|x| x.first_echo_ms).collect()),
+            "map_measured_ms": q(p.iter().map(|x| x.map_ms).collect()),
+            "relay_told_ms": q(p.iter().map(|x| x.told_ms).collect()),
+            "page_seen_ms": q(p.iter().filter_map(|x| x.page_ms).collect()),
+            "within_1ms_ms": q(p.iter().filter_map(|x| x.within_ms).collect()),
+            "told_to_within_1ms_ms": q(p.iter().filter_map(|x| x.within_ms.map(|w| w - x.told_ms)).collect()),
+            "map_half_us": q(p.iter().map(|x| x.map_half_us).collect()),
+            "echoes": q(p.iter().map(|x| x.echoes as f64).collect()),
+            "each": p.iter().map(|x| format!("{:.1}/{:.1}/{:.1}/{}/{}", x.first_echo_ms, x.map_ms, x.told_ms,
+                x.page_ms.map_or("-".into(), |v| format!("{v:.1}")), x.within_ms.map_or("-".into(), |v| format!("{v:.1}")))).collect::<Vec<_>>(),
+        })
+    }
+
     pub fn json(&self, check: &str, pass: bool, line: &str) -> serde_json::Value {
+        let (cq, _) = self.current();
         let (p50, p99, max) =
             if self.resume_ms.is_empty() { (f64::NAN, f64::NAN, f64::NAN) } else { quantiles(self.resume_ms.clone()) };
         let (gp50, gp99, _) =
@@ -458,9 +697,20 @@ impl Figures {
             "read_gap_us_p99": num(gp99),
             "markers_seen_by_the_guest": self.tally.markers_seen,
             "resume_to_1ms_ms_aim": RESUME_AIM_MS,
+            "resume_phases": self.phases_json(),
+            "guest_resume": self.guest_json(),
             "resume_to_1ms_aim_met": p99 <= RESUME_AIM_MS,
-            "clockbound_disruptions_seen": self.tally.cb_events,
-            "clockbound_went_unknown_or_disrupted_then_good": self.tally.cb_disrupted,
+            "current_to_1ms_ms_p50": num(cq.0),
+            "current_to_1ms_ms_p99": num(cq.1),
+            "current_to_1ms_ms_max": num(cq.2),
+            "current_to_1ms_ms_aim": CURRENT_LIMIT_MS,
+            "current_to_1ms_aim_met": cq.1 <= CURRENT_LIMIT_MS,
+            "guest_read_gap_after_resume_ms": self.gap_json(),
+            "guest_stalled_resumes": self.stalled(),
+            "clockbound_disruptions_seen": self.tally.cb().1,
+            "clockbound_went_unknown_or_disrupted_then_good": self.tally.cb().0,
+            "clockbound_transition_not_seen": self.tally.cb_unseen(),
+            "current_to_1ms_measurable": self.current().1,
             "chrony_samples": self.tally.chrony_samples,
             "chrony_samples_while_page_not_current": self.tally.chrony_while_not_current,
             "load_average": loadavg(),
@@ -469,6 +719,7 @@ impl Figures {
     }
 
     fn verdict(&self, min_events: usize, min_reads: u64) -> (bool, String) {
+        let cb = self.tally.cb();
         let (p50, p99, _) =
             if self.resume_ms.is_empty() { (f64::NAN, f64::NAN, 0.0) } else { quantiles(self.resume_ms.clone()) };
         let (gp50, gp99, _) =
@@ -493,10 +744,10 @@ impl Figures {
                 self.tally.chrony_while_not_current
             ));
         }
-        if self.tally.cb_disrupted < self.tally.cb_events {
+        if cb.0 < cb.1 {
             why.push(format!(
                 "ClockBound's segment went Unknown/Disrupted and back after {} of {} disruptions",
-                self.tally.cb_disrupted, self.tally.cb_events
+                cb.0, cb.1
             ));
         }
         if self.before_resume_ok < self.events {
@@ -505,6 +756,11 @@ impl Figures {
                 self.before_resume_ok, self.events
             ));
         }
+        let ((c50, c99, cmax), cn) = self.current();
+        // Reported, not judged: under TCG on this loaded machine the guest does not run its
+        // sleeping tasks (sync among them) for tens to hundreds of ms after a resume (the largest
+        // gap between the reader's reads in each resume's first second says so).
+        let _ = cn;
         if self.resume_ms.len() < self.events || p99.is_nan() || p99 > RESUME_LIMIT_MS {
             why.push(format!(
                 "resume → within 1 ms p99 {p99:.0} ms (limit {RESUME_LIMIT_MS} ms; {} of {} reached it)",
@@ -514,8 +770,11 @@ impl Figures {
         }
         let line = format!(
             "{} events; {} bounded reads judged (+{} without bounds, {} outside the recorded host pairs), {} violations; \
-             page rewritten before resume {}/{}; resume → |guest − host| < 1 ms p50 {p50:.0} ms p99 {p99:.0} ms; gap \
-             between reads p50 {gp50:.0} µs p99 {gp99:.0} µs max {:.0} µs; ClockBound Unknown/Disrupted then good after {}/{} disruptions; chrony feed: {} \
+             page rewritten before resume {}/{}; resume → |guest − host| < 1 ms p50 {p50:.0} ms p99 {p99:.0} ms \
+             (limit {RESUME_LIMIT_MS:.0} ms); page current in the guest → within 1 ms p50 {c50:.1} ms p99 {c99:.1} ms max \
+             {cmax:.1} ms (aim {CURRENT_LIMIT_MS:.0} ms, not judged; {cn} resumes measurable; {} where the guest's reader first ran \
+             after the page was current); gap \
+             between reads p50 {gp50:.0} µs p99 {gp99:.0} µs max {:.0} µs; ClockBound Unknown/Disrupted then good after {}/{} disruptions ({} more not seen: the reader ran only once it was good again); chrony feed: {} \
              samples, {} while the page had no bound; {}",
             self.events,
             self.tally.reads,
@@ -524,9 +783,11 @@ impl Figures {
             self.tally.violations,
             self.before_resume_ok,
             self.events,
+            self.stalled(),
             self.tally.max_gap_us,
-            self.tally.cb_disrupted,
-            self.tally.cb_events,
+            cb.0,
+            cb.1,
+            self.tally.cb_unseen(),
             self.tally.chrony_samples,
             self.tally.chrony_while_not_current,
             self.notes.join("; ")
@@ -616,8 +877,14 @@ fn migrate_all(
     vm_out: &mut Option<(Vm, Segment, usize)>,
     mb_out: &mut Option<echo::Host>,
 ) -> Result<Figures> {
-    let mut f =
-        Figures { events: 0, resume_ms: Vec::new(), before_resume_ok: 0, tally: Tally::default(), notes: Vec::new() };
+    let mut f = Figures {
+        events: 0,
+        resume_ms: Vec::new(),
+        phases: Vec::new(),
+        before_resume_ok: 0,
+        tally: Tally::default(),
+        notes: Vec::new(),
+    };
     // Boot on side A.
     let cfg = qemu_cfg(h, &h.sides[0], None);
     let t0 = Instant::now();
@@ -651,7 +918,7 @@ fn migrate_all(
         5 * SEC,
     )?;
     vm.sh_ok("sleep 0.2; vmtime feed chrony --source /dev/vmclock0 --socket /tmp/chrony.sock --interval-ms 100 </dev/null >/tmp/chrony-feed.log 2>&1 &", 5 * SEC)?;
-    let mut seg = Segment { offset: o, ahead_ns: 0 };
+    let mut seg = Segment { offset: o, ahead_ns: 0, resume: None };
     let mut at = 0usize; // the side the guest is on
     std::thread::sleep(3 * SEC); // the first segment's reads
     for k in 0..n {
@@ -699,19 +966,16 @@ fn migrate_all(
             f.notes.push(format!("migration {k}: the destination page was not rewritten within 2 s of completion"));
         }
         let ov = h.sides[dst].tell("status")?;
+        let cont_real = host_realtime()?;
         dvm.qmp("cont", serde_json::json!({}))?;
         let t_resume = Instant::now();
         dvm.continue_seq(&vm);
         drop(std::mem::replace(&mut vm, dvm)); // the source QEMU quits
         h.log.moved_to(&h.sides[dst].log);
         mb = echo::Host::attach(&h.sides[dst].mailbox, h.hz)?;
-        let o = h.quick_offset(&mut mb)?;
-        h.sides[dst].tell(&format!("migrated {}", o.ticks as i64))?;
-        seg = Segment { offset: o, ahead_ns: h.sides[dst].ahead_ns };
-        let took = h.to_1ms(&mut mb, t_resume, seg.ahead_ns)?;
-        if let Some(d) = took {
-            f.resume_ms.push(d.as_secs_f64() * 1e3);
-        }
+        let (o, ph) = h.after_resume(dst, &mut mb, t_resume, "migrated", h.sides[dst].ahead_ns)?;
+        seg = Segment { offset: o, ahead_ns: h.sides[dst].ahead_ns, resume: Some((cont_real, ph.told_real)) };
+        f.resumed(ph);
         f.events += 1;
         if k == 0 {
             f.notes.push(format!(
@@ -722,6 +986,9 @@ fn migrate_all(
         }
         at = dst;
         std::thread::sleep(2 * SEC); // reads on the new host
+        if !h.cb_settled(5 * SEC)? {
+            f.notes.push(format!("migration {k}: ClockBound's segment not good again 7 s after the resume"));
+        }
     }
     // The last segment's reads are harvested (and judged for this check) at the restore
     // check's first stop.
@@ -740,8 +1007,14 @@ fn restore_all(
     mb: &mut echo::Host,
     mig: &mut Figures,
 ) -> Result<Figures> {
-    let mut f =
-        Figures { events: 0, resume_ms: Vec::new(), before_resume_ok: 0, tally: Tally::default(), notes: Vec::new() };
+    let mut f = Figures {
+        events: 0,
+        resume_ms: Vec::new(),
+        phases: Vec::new(),
+        before_resume_ok: 0,
+        tally: Tally::default(),
+        notes: Vec::new(),
+    };
     let side = &h.sides[at];
     // The snapshot: taken once; every restore goes back to it.
     vm.qmp("stop", serde_json::json!({}))?;
@@ -759,6 +1032,7 @@ fn restore_all(
     let o = h.quick_offset(mb)?;
     side.tell(&format!("migrated {}", o.ticks as i64))?;
     seg.offset = o;
+    seg.resume = None;
     std::thread::sleep(SEC);
     for k in 0..n {
         vm.qmp("stop", serde_json::json!({}))?;
@@ -786,17 +1060,19 @@ fn restore_all(
         } else if k < 3 {
             f.notes.push(format!("restore {k}: the page was not rewritten within 2 s of loadvm"));
         }
+        let cont_real = host_realtime()?;
         vm.qmp("cont", serde_json::json!({}))?;
         let t_resume = Instant::now();
         *mb = echo::Host::attach(&side.mailbox, h.hz)?;
-        let o = h.quick_offset(mb)?;
-        side.tell(&format!("restored {}", o.ticks as i64))?;
+        let (o, ph) = h.after_resume(at, mb, t_resume, "restored", seg.ahead_ns)?;
         seg.offset = o;
-        if let Some(d) = h.to_1ms(mb, t_resume, seg.ahead_ns)? {
-            f.resume_ms.push(d.as_secs_f64() * 1e3);
-        }
+        seg.resume = Some((cont_real, ph.told_real));
+        f.resumed(ph);
         f.events += 1;
         std::thread::sleep(Duration::from_millis(1500)); // reads after the restore
+        if !h.cb_settled(5 * SEC)? {
+            f.notes.push(format!("restore {k}: ClockBound's segment not good again 6.5 s after the resume"));
+        }
     }
     vm.qmp("stop", serde_json::json!({}))?;
     let rs = h.log.harvest()?;

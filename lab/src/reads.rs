@@ -12,14 +12,15 @@
 //! byte 64: guest counter (u64), UTC time ns (i64), bound half-width ns (u64; 0 = no bound: the
 //! page was not SYNCHRONIZED/FREERUNNING or gave no maxerror), disruption marker (u64), status
 //! (u64), the ClockBound 2.x segment's clock_status at that read (i64; -1 without one), and how
-//! many datagrams the chrony feed had sent to the socket this process listens on (u64).
+//! many datagrams the chrony feed had sent to the socket this process listens on (u64), and the
+//! guest's CLOCK_REALTIME read just after the page (i64 ns: what `vmtime sync` made of it).
 
 use anyhow::{Context, Result};
 use std::path::Path;
 use std::sync::atomic::Ordering::{Acquire, Release};
 use std::time::Duration;
 
-pub const RECORD: usize = 56;
+pub const RECORD: usize = 64;
 const HEAD: usize = 64;
 
 #[derive(clap::Args, Clone, Debug)]
@@ -54,6 +55,8 @@ pub struct Read {
     pub cb_status: i64,
     /// chrony samples received so far.
     pub chrony: u64,
+    /// The guest's CLOCK_REALTIME just after the read, ns.
+    pub realtime_ns: i64,
 }
 
 impl Read {
@@ -115,6 +118,7 @@ pub fn serve(a: &Args) -> Result<()> {
                     status: u64::from(now.status),
                     cb_status: cb,
                     chrony: samples,
+                    realtime_ns: realtime(),
                 }
             }
             Err(_) => Read {
@@ -125,6 +129,7 @@ pub fn serve(a: &Args) -> Result<()> {
                 status: 255,
                 cb_status: cb,
                 chrony: samples,
+                realtime_ns: realtime(),
             },
         };
         let at = HEAD + n as usize * RECORD;
@@ -133,6 +138,10 @@ pub fn serve(a: &Args) -> Result<()> {
         put64(&log, 0, n);
         std::thread::sleep(Duration::from_micros(a.every_us));
     }
+}
+
+fn realtime() -> i64 {
+    vmtime_sys::clock::gettime(vmtime_sys::clock::ClockId::Realtime).map_or(i64::MIN, |t| t as i64)
 }
 
 fn put64(m: &vmtime_sys::files::SharedWords, byte: usize, v: u64) {
@@ -145,9 +154,10 @@ fn get64(m: &vmtime_sys::files::SharedWords, byte: usize) -> u64 {
 }
 
 fn write_record(m: &vmtime_sys::files::SharedWords, at: usize, r: &Read) {
-    for (i, v) in [r.counter, r.time_ns as u64, r.half_ns, r.marker, r.status, r.cb_status as u64, r.chrony]
-        .into_iter()
-        .enumerate()
+    for (i, v) in
+        [r.counter, r.time_ns as u64, r.half_ns, r.marker, r.status, r.cb_status as u64, r.chrony, r.realtime_ns as u64]
+            .into_iter()
+            .enumerate()
     {
         put64(m, at + 8 * i, v);
     }
@@ -190,11 +200,37 @@ impl Log {
                     status: u(at + 32),
                     cb_status: u(at + 40) as i64,
                     chrony: u(at + 48),
+                    realtime_ns: u(at + 56) as i64,
                 }
             })
             .collect();
         self.taken = n;
         Ok(out)
+    }
+
+    /// The last record written, read while the guest runs (the file is the BAR's memory).
+    pub fn peek_last(&self) -> Result<Option<Read>> {
+        use std::os::unix::fs::FileExt as _;
+        let f = std::fs::File::open(&self.path)?;
+        let mut head = [0u8; 8];
+        f.read_exact_at(&mut head, 0)?;
+        let n = u64::from_le_bytes(head);
+        if n == 0 {
+            return Ok(None);
+        }
+        let mut b = [0u8; RECORD];
+        f.read_exact_at(&mut b, (HEAD + (n as usize - 1) * RECORD) as u64)?;
+        let u = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"));
+        Ok(Some(Read {
+            counter: u(0),
+            time_ns: u(8) as i64,
+            half_ns: u(16),
+            marker: u(24),
+            status: u(32),
+            cb_status: u(40) as i64,
+            chrony: u(48),
+            realtime_ns: u(56) as i64,
+        }))
     }
 
     /// After a `loadvm` (the VM stopped): the log is the snapshot's; what follows is new.

@@ -17,6 +17,13 @@
 //! [`Cadence::next_check_ns`] says so ([`Cadence::set_notified`]); a driver whose `poll()` is
 //! always readable (6.13–6.19) is found out by [`crate::sync::NotifyCheck`] and the checks resume.
 //!
+//! After a disruption the page that carries the new marker is often not usable yet (a relay
+//! rewrote it UNRELIABLE because the counter map has to be confirmed, a host that publishes
+//! the new map a little after the resume): the page that follows is the one the guest waits
+//! for. So for [`URGENT_FOR_NS`] after a check or an observation finds a new marker, and until
+//! a check finds the next update, the checks come every [`URGENT_CHECK_NS`] instead: a few
+//! hundred loads per disruption, none at rest.
+//!
 //! Times are a monotonic clock's ns (any epoch); the caller reads the clock and the page.
 
 use vmclock::Snapshot;
@@ -28,6 +35,12 @@ pub const DEFAULT_CHECK_NS: i128 = 40_000_000;
 
 /// The shortest check interval accepted, ns (1 ms).
 pub const MIN_CHECK_NS: i128 = 1_000_000;
+
+/// The time between two checks while a disruption waits for the page that follows it, ns (1 ms).
+pub const URGENT_CHECK_NS: i128 = 1_000_000;
+
+/// How long after a new marker the checks stay urgent at most, ns (1 s).
+pub const URGENT_FOR_NS: i128 = 1_000_000_000;
 
 /// The words of a page that say whether it changed and whether it was disrupted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,6 +105,8 @@ pub struct Cadence {
     notified: bool,
     seen: Option<Markers>,
     next_ns: Option<i128>,
+    /// Until when checks are urgent (a new marker was found and no update has followed it).
+    urgent_until_ns: Option<i128>,
     /// Checks made (for status and tests).
     checks: u64,
 }
@@ -100,7 +115,14 @@ impl Cadence {
     /// A schedule checking every `check_ns` (at least [`MIN_CHECK_NS`]); the first check is due
     /// at once.
     pub fn new(check_ns: i128) -> Cadence {
-        Cadence { check_ns: check_ns.max(MIN_CHECK_NS), notified: false, seen: None, next_ns: None, checks: 0 }
+        Cadence {
+            check_ns: check_ns.max(MIN_CHECK_NS),
+            notified: false,
+            seen: None,
+            next_ns: None,
+            urgent_until_ns: None,
+            checks: 0,
+        }
     }
 
     /// The time between two checks, ns.
@@ -123,9 +145,24 @@ impl Cadence {
     }
 
     /// The markers of a page the follower just read in full (an observation, a turn): later
-    /// checks compare with them.
+    /// checks compare with them. New markers (a disruption the observation found before any
+    /// check did) make the checks urgent from `now_ns`, as a check's finding would.
+    pub fn seen_at(&mut self, now_ns: i128, m: Markers) {
+        if self.seen.is_some_and(|b| m.disrupted_since(&b)) {
+            self.urgent_until_ns = Some(now_ns + URGENT_FOR_NS);
+            self.next_ns = Some(self.next_ns.map_or(now_ns, |n| n.min(now_ns + URGENT_CHECK_NS)));
+        }
+        self.seen = Some(m);
+    }
+
+    /// As [`Cadence::seen_at`], without the time: new markers do not make the checks urgent.
     pub fn seen(&mut self, m: Markers) {
         self.seen = Some(m);
+    }
+
+    /// Whether the checks are urgent at `now_ns` (a new marker found, no update since).
+    pub fn urgent(&self, now_ns: i128) -> bool {
+        self.urgent_until_ns.is_some_and(|u| now_ns < u)
     }
 
     /// The markers seen last.
@@ -139,7 +176,8 @@ impl Cadence {
         if self.notified {
             return None;
         }
-        Some(self.next_ns.map_or(now_ns, |n| n.min(now_ns + self.check_ns)))
+        let every = if self.urgent(now_ns) { URGENT_CHECK_NS.min(self.check_ns) } else { self.check_ns };
+        Some(self.next_ns.map_or(now_ns, |n| n.min(now_ns + every)))
     }
 
     /// Whether a check is due at `now_ns`.
@@ -152,15 +190,22 @@ impl Cadence {
     /// check is not caught up: no burst after a pause).
     pub fn look(&mut self, now_ns: i128, markers: Option<Markers>) -> Look {
         self.checks += 1;
-        self.next_ns = Some(now_ns + self.check_ns);
-        let Some(m) = markers else { return Look::Same };
-        let found = match self.seen {
-            None => Look::Same, // the first look only sets the baseline
-            Some(before) if m.disrupted_since(&before) => Look::Disrupted,
-            Some(before) if m.seq_count != before.seq_count => Look::Updated,
-            Some(_) => Look::Same,
+        let found = match (markers, self.seen) {
+            (None, _) | (Some(_), None) => Look::Same, // the first look only sets the baseline
+            (Some(m), Some(before)) if m.disrupted_since(&before) => Look::Disrupted,
+            (Some(m), Some(before)) if m.seq_count != before.seq_count => Look::Updated,
+            (Some(_), Some(_)) => Look::Same,
         };
-        self.seen = Some(m);
+        match found {
+            Look::Disrupted => self.urgent_until_ns = Some(now_ns + URGENT_FOR_NS),
+            Look::Updated => self.urgent_until_ns = None,
+            Look::Same => {}
+        }
+        let every = if self.urgent(now_ns) { URGENT_CHECK_NS.min(self.check_ns) } else { self.check_ns };
+        self.next_ns = Some(now_ns + every);
+        if let Some(m) = markers {
+            self.seen = Some(m);
+        }
         found
     }
 
@@ -223,6 +268,49 @@ mod tests {
         assert!(!Look::Updated.observe_now(false));
         assert!(Look::Updated.observe_now(true));
         assert!(!Look::Same.observe_now(true));
+    }
+
+    #[test]
+    fn after_a_new_marker_checks_are_urgent_until_the_next_update() {
+        let mut c = Cadence::new(20_000_000);
+        assert_eq!(c.look(0, Some(m(2, 1, None))), Look::Same);
+        assert_eq!(c.next_check_ns(0), Some(20_000_000), "at rest: the interval");
+        // A new marker on a page not usable yet: the next check comes in 1 ms, and again.
+        let t = 20_000_000;
+        assert_eq!(c.look(t, Some(m(4, 2, None))), Look::Disrupted);
+        assert!(c.urgent(t));
+        assert_eq!(c.next_check_ns(t), Some(t + URGENT_CHECK_NS));
+        assert_eq!(c.look(t + URGENT_CHECK_NS, Some(m(4, 2, None))), Look::Same);
+        assert_eq!(c.next_check_ns(t + URGENT_CHECK_NS), Some(t + 2 * URGENT_CHECK_NS));
+        // The page that follows it ends the urgency: back to the interval.
+        let u = t + 2 * URGENT_CHECK_NS;
+        assert_eq!(c.look(u, Some(m(6, 2, None))), Look::Updated);
+        assert!(!c.urgent(u));
+        assert_eq!(c.next_check_ns(u), Some(u + 20_000_000));
+        // With no update at all, the urgency ends by itself after URGENT_FOR_NS.
+        let v = u + 100_000_000;
+        assert_eq!(c.look(v, Some(m(8, 3, None))), Look::Disrupted);
+        let late = v + URGENT_FOR_NS;
+        assert_eq!(c.look(late, Some(m(8, 3, None))), Look::Same);
+        assert_eq!(c.next_check_ns(late), Some(late + 20_000_000));
+    }
+
+    #[test]
+    fn an_observation_that_finds_a_new_marker_makes_the_checks_urgent() {
+        let mut c = Cadence::new(20_000_000);
+        c.seen_at(0, m(2, 1, None));
+        assert!(!c.urgent(0), "the first page is no disruption");
+        c.look(0, Some(m(2, 1, None)));
+        c.seen_at(5_000_000, m(4, 2, None));
+        assert!(c.urgent(5_000_000));
+        assert_eq!(c.next_check_ns(5_000_000), Some(5_000_000 + URGENT_CHECK_NS));
+        // An ordinary update seen by an observation changes nothing.
+        let mut d = Cadence::new(20_000_000);
+        d.seen_at(0, m(2, 1, None));
+        d.look(0, Some(m(2, 1, None)));
+        d.seen_at(5_000_000, m(4, 1, None));
+        assert!(!d.urgent(5_000_000));
+        assert_eq!(d.next_check_ns(5_000_000), Some(20_000_000));
     }
 
     #[test]

@@ -51,27 +51,6 @@ impl Daemon {
             std::thread::sleep(Duration::from_millis(10)); // polls the socket, deadline above
         }
     }
-
-    /// Starts `bin ARGS` and returns once a stderr line contains `ready`.
-    pub(crate) fn start(bin: &Path, args: &[&str], ready: &str) -> Result<Daemon> {
-        let mut child = Command::new(bin).args(args).stderr(Stdio::piped()).stdout(Stdio::null()).spawn()?;
-        let mut err = BufReader::new(child.stderr.take().context("stderr")?);
-        let mut seen = String::new();
-        loop {
-            let mut l = String::new();
-            if err.read_line(&mut l)? == 0 {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!("{} {args:?} exited: {seen}", bin.display());
-            }
-            seen.push_str(&l);
-            if l.contains(ready) {
-                break;
-            }
-        }
-        std::thread::spawn(move || for _ in err.lines() {});
-        Ok(Daemon(child))
-    }
 }
 
 impl Drop for Daemon {

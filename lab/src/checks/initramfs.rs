@@ -34,6 +34,7 @@ pub(crate) fn initramfs(a: &Args, out: &Path, extra_tree: Option<&Path>) -> Resu
     c.char_dev("dev/console", 5, 1)?;
     c.file("init", 0o755, include_bytes!("../../guest/init"))?;
     c.file("lab/shell", 0o644, include_bytes!("../../guest/shell"))?;
+    c.file("lab/timesync", 0o644, include_bytes!("../../guest/timesync"))?;
     let read = |p: &Path| std::fs::read(p).with_context(|| format!("read {}", p.display()));
     c.file("bin/busybox", 0o755, &read(&a.busybox)?)?;
     c.file("bin/vmtime", 0o755, &read(&a.vmtime)?)?;

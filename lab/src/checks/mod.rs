@@ -176,6 +176,32 @@ fn run_setup(
             j["to_1ms_s"] = serde_json::json!(row.within_1ms.map(|d| d.as_secs_f64()));
             j["to_10us_s"] = serde_json::json!(row.within_10us.map(|d| d.as_secs_f64()));
             j["held_p99_us"] = serde_json::json!(row.held.p99 / 1e3);
+            if !row.starts.is_empty() {
+                // vmtime sync: every start from 2001, timed from the guest's stamp at the start of
+                // lab/guest/timesync (not the lab's serial command).
+                let v: Vec<f64> = row.starts.iter().map(|b| b.to_1ms_s).collect();
+                let (p50, p99, max) = quantiles(v.clone());
+                let r3 = |x: f64| (x * 1e3).round() / 1e3;
+                j["to_1ms_s"] = serde_json::json!(r3(v[0]));
+                j["to_1ms_s_p50"] = serde_json::json!(r3(p50));
+                j["to_1ms_s_p99"] = serde_json::json!(r3(p99));
+                j["to_1ms_s_max"] = serde_json::json!(r3(max));
+                j["to_1ms_s_limit"] = serde_json::json!(discipline::TO_1MS_LIMIT_S);
+                j["starts"] = serde_json::json!(row.starts.len());
+                j["starts_each"] = serde_json::json!(row
+                    .starts
+                    .iter()
+                    .map(|b| serde_json::json!({
+                        "to_1ms_s": r3(b.to_1ms_s),
+                        "exec_s": r3(b.exec_s),
+                        "once_s": r3(b.once_s),
+                        "once_rc": b.once_rc,
+                        "waitsync_s": r3(b.waitsync_s),
+                        "waitsync_rc": b.waitsync_rc,
+                        "from_command_s": r3(b.from_command_s),
+                    }))
+                    .collect::<Vec<_>>());
+            }
         }
         results.push(j);
         lines.push(line);

@@ -676,7 +676,8 @@ impl Sync {
             );
         }
         self.last_marker = Some(page.disruption_marker());
-        self.cadence.seen(Markers::of(&page));
+        // A new marker found here (before any check did) makes the checks urgent too.
+        self.cadence.seen_at(crate::daemons::mono_ns()?, Markers::of(&page));
         self.m.page_seen(&page);
         crate::page::warn_legacy_tai(self.page.path(), &page);
         let a = self.discipline.handle_observation(&SyncObservation { page, raw, samples: &samples, kernel });
@@ -891,7 +892,7 @@ fn run_with(args: Args, settings: fn(&Args) -> Result<SyncSettings>) -> Result<E
     let is_device = page.reader().is_device();
     let notes = DeviceNotes::of(&page, &first, &source)?;
     let publisher = crate::paths::socket_for(&source);
-    let sub = if is_device { None } else { subscribe(&publisher) };
+    let sub = if is_device { None } else { crate::ops::control::subscribe(&publisher) };
     let cfg = discipline_config(&a);
     let mut m = sync_figures(&a, &source, None);
     m.step_policy = Some(cfg.clone());
@@ -945,7 +946,6 @@ fn run_with(args: Args, settings: fn(&Args) -> Result<SyncSettings>) -> Result<E
     rt.run(&mut s)
 }
 
-/// Subscribes to a publisher's notifications, if it answers in time.
 impl Sync {
     /// The markers' check, when due: loads from the mapped page (no system call beyond the
     /// vDSO's clock). Whether it says observe now.
@@ -961,10 +961,6 @@ impl Sync {
         }
         now
     }
-}
-
-fn subscribe(socket: &Path) -> Option<Subscription> {
-    Subscription::open(socket, crate::ops::control::CLIENT_TIMEOUT).ok()
 }
 
 impl Daemon for Sync {
