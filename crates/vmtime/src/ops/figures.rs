@@ -50,12 +50,6 @@ impl Figures for HostMetrics {
     fn run(&mut self) -> &mut RunFigures {
         &mut self.run
     }
-    fn status_line(&self, line: &mut String) {
-        if self.published > 0 {
-            let unread = if self.timex_denied { " (kernel NTP state unreadable: FREERUNNING, 16 s bound)" } else { "" };
-            let _ = write!(line, "publishing {}{unread}", self.page);
-        }
-    }
     fn status(&self, _now: Instant) -> serde_json::Value {
         use vmclock::abi;
         let snap = self.snap;
@@ -81,6 +75,12 @@ impl Figures for HostMetrics {
             "loop": { "max_gap_ms": self.max_gap.as_secs_f64() * 1e3, "poll_ms": self.poll_every.as_secs_f64() * 1e3 },
             "stats": self.stats,
         })
+    }
+    fn status_line(&self, line: &mut String) {
+        if self.published > 0 {
+            let unread = if self.timex_denied { " (kernel NTP state unreadable: FREERUNNING, 16 s bound)" } else { "" };
+            let _ = write!(line, "publishing {}{unread}", self.page);
+        }
     }
 }
 
@@ -219,11 +219,6 @@ impl Figures for RelayMetrics {
     fn run(&mut self) -> &mut RunFigures {
         &mut self.run
     }
-    fn status_line(&self, line: &mut String) {
-        if self.relayed > 0 {
-            let _ = write!(line, "relaying {} to {}", self.host_page, self.guest_page);
-        }
-    }
     fn status(&self, _now: Instant) -> serde_json::Value {
         serde_json::json!({
             "host_page": self.host_page,
@@ -239,6 +234,11 @@ impl Figures for RelayMetrics {
             "host_notified": self.host_notified,
             "guard_ms": self.guard_ms,
         })
+    }
+    fn status_line(&self, line: &mut String) {
+        if self.relayed > 0 {
+            let _ = write!(line, "relaying {} to {}", self.host_page, self.guest_page);
+        }
     }
 }
 
@@ -348,15 +348,6 @@ impl Figures for SyncMetrics {
     fn run(&mut self) -> &mut RunFigures {
         &mut self.run
     }
-    /// Following its source once it has made an update; with markers only, watching them once
-    /// the page has been read.
-    fn status_line(&self, line: &mut String) {
-        if self.markers_only && self.disruption_marker.is_some() {
-            let _ = write!(line, "watching the markers of {} (no time source)", self.source);
-        } else if !self.markers_only && self.updates > 0 {
-            let _ = write!(line, "following {}", self.source);
-        }
-    }
     fn status(&self, _now: Instant) -> serde_json::Value {
         let discipline = match (&self.discipline, self.markers_only) {
             (Some(d), false) => serde_json::to_value(d).unwrap_or_default(),
@@ -392,6 +383,15 @@ impl Figures for SyncMetrics {
             }
         }
         v
+    }
+    /// Following its source once it has made an update; with markers only, watching them once
+    /// the page has been read.
+    fn status_line(&self, line: &mut String) {
+        if self.markers_only && self.disruption_marker.is_some() {
+            let _ = write!(line, "watching the markers of {} (no time source)", self.source);
+        } else if !self.markers_only && self.updates > 0 {
+            let _ = write!(line, "following {}", self.source);
+        }
     }
 }
 
@@ -752,9 +752,6 @@ impl Figures for FeedChronyMetrics {
     fn run(&mut self) -> &mut RunFigures {
         &mut self.common.run
     }
-    fn status_line(&self, line: &mut String) {
-        line.push_str(&self.common.state);
-    }
     fn status(&self, now: Instant) -> serde_json::Value {
         let own = serde_json::json!({
             "socket": self.socket,
@@ -766,14 +763,14 @@ impl Figures for FeedChronyMetrics {
         });
         with(self.common.status(now), own)
     }
+    fn status_line(&self, line: &mut String) {
+        line.push_str(&self.common.state);
+    }
 }
 
 impl Figures for FeedClockBoundMetrics {
     fn run(&mut self) -> &mut RunFigures {
         &mut self.common.run
-    }
-    fn status_line(&self, line: &mut String) {
-        line.push_str(&self.common.state);
     }
     fn status(&self, now: Instant) -> serde_json::Value {
         let own = serde_json::json!({
@@ -786,6 +783,9 @@ impl Figures for FeedClockBoundMetrics {
             "cross_check": self.cross_check,
         });
         with(self.common.status(now), own)
+    }
+    fn status_line(&self, line: &mut String) {
+        line.push_str(&self.common.state);
     }
 }
 
