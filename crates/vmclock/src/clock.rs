@@ -191,32 +191,29 @@ impl<M: PageMemory> Clock<M> {
         let Some(words) = words.get(..FIRST + COUNT) else {
             return Err(too_short(words.len()));
         };
-        // Two passes of one code: the cache shared by every reader of this clock, and when it
-        // does not serve the read, the answer of a full read ([`Clock::now_full`]) written in
-        // the cache's form into a local one and taken from there. So the `Now` is built in one
-        // place (no merge of two results, which the compiler does through memory), and a full
-        // read costs one extra pass over registers.
-        let mut local: Option<Fast> = None;
-        let mut counter = None;
-        for _ in 0..2 {
-            let (src, trusted) = match &local {
-                Some(l) => (l, true),
-                None => (&self.fast, false),
-            };
-            // One pointer, opaque to the optimiser: it would otherwise select between the two
-            // objects field by field (a pointer per field, kept on the stack).
-            let src = core::hint::black_box(src);
-            if let Some(l) = src.read(words, trusted, || counter.unwrap_or_else(&mut read_counter)) {
-                return Ok(l.now());
-            }
-            if local.is_some() {
-                break;
-            }
-            let l = local.insert(Fast::default());
-            counter = Some(self.now_full(words, &mut read_counter, l)?);
+        // The cache shared by every reader of this clock; when it does not serve the read, a full
+        // read ([`Clock::now_full_loaded`]) whose answer comes back in the cache's form. Both
+        // give plain integers (`Loaded`) and the `Now` is built from them by one code: the
+        // compiler does not merge two `Now`s (which it does through memory).
+        if let Some(l) = self.fast.read(words, false, &mut read_counter) {
+            return Ok(l.now());
         }
-        // Not reached: a local form always serves (trusted, ΔC = 0).
-        Err(ReadError::Timeout { attempts: 0, waited_us: 0 }.into())
+        Ok(self.now_full_loaded(words, &mut read_counter)?.now())
+    }
+
+    /// [`Clock::now_full`]'s reading in the cache's form: written into a local `Fast`, read
+    /// back from it (trusted: for its own counter value it is exactly that reading).
+    #[cold]
+    #[inline(never)]
+    fn now_full_loaded(
+        &self,
+        words: &[AtomicU32],
+        read_counter: &mut impl FnMut() -> u64,
+    ) -> Result<Loaded, ClockError> {
+        let local = Fast::default();
+        let counter = self.now_full(words, read_counter, &local)?;
+        // Always `Some` (trusted, ΔC = 0); the error is never returned.
+        local.read(words, true, || counter).ok_or(ReadError::Timeout { attempts: 0, waited_us: 0 }.into())
     }
 
     /// The uncontended read of [`Clock::now_with_counter`] alone: `None` when the page's
