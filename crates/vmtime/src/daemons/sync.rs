@@ -880,7 +880,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let is_device = page.reader().is_device();
     let notes = DeviceNotes::of(&page, &first, &source)?;
     let publisher = crate::paths::socket_for(&source);
-    let sub = if is_device { None } else { subscribe(&publisher) };
+    let sub = if is_device { None } else { crate::ops::control::subscribe(&publisher) };
     let cfg = discipline_config(&a);
     let mut m = sync_figures(&a, &source, None);
     m.step_policy = Some(cfg.clone());
@@ -934,7 +934,6 @@ pub fn run(args: Args) -> Result<ExitCode> {
     rt.run(&mut s)
 }
 
-/// Subscribes to a publisher's notifications, if it answers in time.
 impl Sync {
     /// The markers' check, when due: loads from the mapped page (no system call beyond the
     /// vDSO's clock). Whether it says observe now.
@@ -950,10 +949,6 @@ impl Sync {
         }
         now
     }
-}
-
-fn subscribe(socket: &Path) -> Option<Subscription> {
-    Subscription::open(socket, crate::ops::control::CLIENT_TIMEOUT).ok()
 }
 
 impl Daemon for Sync {
