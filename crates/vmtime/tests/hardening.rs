@@ -99,23 +99,16 @@ impl Proc {
     /// Waits until its control socket answers `status` (after the daemon's first turn),
     /// bounded; a daemon that exits meanwhile fails at once, with what it said.
     fn wait_answering(&mut self, control: &Path) {
-        if let Err(seen) = self.answering(control) {
-            panic!("{} never answered status; seen: {seen:#?}", control.display());
-        }
-    }
-
-    /// [`Proc::wait_answering`], the lines it said when it did not answer.
-    fn answering(&mut self, control: &Path) -> Result<(), Vec<String>> {
         let end = Instant::now() + DEADLINE;
         loop {
             if let Ok((line, _)) = vmtime_sys::serve::request(control, "status", Duration::from_secs(5)) {
                 if serde_json::from_str::<serde_json::Value>(&line).is_ok_and(|v| v.get("role").is_some()) {
-                    return Ok(());
+                    return;
                 }
             }
             if !self.running() || Instant::now() >= end {
                 self.seen.extend(self.rx.try_iter());
-                return Err(self.seen.clone());
+                panic!("{} never answered status; seen: {:#?}", control.display(), self.seen);
             }
             std::thread::sleep(Duration::from_millis(10)); // polls the socket; bounded above
         }
@@ -633,30 +626,21 @@ fn class6_state_is_saved_before_the_page_and_a_failure_answers_json() {
     let guest = pages.join("guest.page");
     let st = state_dir.join("relay.json");
     let bin = d.path().join("vmtime");
-    std::fs::copy(BIN, &bin).unwrap();
-    let relay = || {
-        let mut c = Command::new("setpriv");
-        c.args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
-            .arg(&bin)
-            .args(["relay", "--duration-s", "120", "--host-page"])
-            .arg(&host_page)
-            .arg("--guest-page")
-            .arg(&guest)
-            .arg("--state")
-            .arg(&st);
-        spawn_cmd(c)
-    };
-    // A process another test forks while the copy above is open holds the copy open until it
-    // execs: executing it then fails with ETXTBSY ("Text file busy"). That start is made again.
-    let mut tries = 0;
-    let mut r = loop {
-        let mut r = relay();
-        match r.answering(&sock(&guest)) {
-            Ok(()) => break r,
-            Err(seen) if tries < 5 && seen.iter().any(|l| l.contains("Text file busy")) => tries += 1,
-            Err(seen) => panic!("{} never answered status; seen: {seen:#?}", sock(&guest).display()),
-        }
-    };
+    // Copied by another process: a copy written by this one would be open for writing here, and a
+    // process another test forks meanwhile would hold it open until it execs, so that executing
+    // the copy fails with ETXTBSY ("Text file busy"; seen under load).
+    assert!(Command::new("cp").arg(BIN).arg(&bin).status().unwrap().success());
+    let mut c = Command::new("setpriv");
+    c.args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+        .arg(&bin)
+        .args(["relay", "--duration-s", "120", "--host-page"])
+        .arg(&host_page)
+        .arg("--guest-page")
+        .arg(&guest)
+        .arg("--state")
+        .arg(&st);
+    let mut r = spawn_cmd(c);
+    r.wait_answering(&sock(&guest));
     let m0 = marker(&guest);
     // The disk "fills": the state directory can no longer take a new file.
     std::fs::set_permissions(&state_dir, std::fs::Permissions::from_mode(0o500)).unwrap();
