@@ -510,15 +510,48 @@ fn syntax_error(path: &Path, text: &str, e: &toml::de::Error) -> anyhow::Error {
 /// Deserialises with the key's path in the message: "[host] interval_ms: 0 is refused; allowed: …"
 /// (a subsection's key: "[feed.chrony] interval_ms: …").
 fn typed<T: DeserializeOwned>(v: toml::Value) -> Result<T, String> {
-    serde_path_to_error::deserialize::<_, T>(v).map_err(|e| {
-        let path = e.path().to_string();
-        let msg = one_line(e.inner().message());
-        match path.rsplit_once('.') {
-            Some((section, key)) => format!("[{section}] {key}: {msg}"),
-            None if path == "." || path.is_empty() => msg,
-            None => format!("{path}: {msg}"),
-        }
+    let e = match T::deserialize(v.clone()) {
+        Ok(t) => return Ok(t),
+        Err(e) => e,
+    };
+    let path = match &v {
+        toml::Value::Table(t) => failing_path::<T>(t).join("."),
+        _ => String::new(),
+    };
+    let msg = one_line(e.message());
+    Err(match path.rsplit_once('.') {
+        Some((section, key)) => format!("[{section}] {key}: {msg}"),
+        None if path.is_empty() => msg,
+        None => format!("{path}: {msg}"),
     })
+}
+
+/// Where deserialising `T` from `root` fails: the keys down to the first one whose value is
+/// refused, in the order the deserialiser visits them (the table's), found by deserialising the
+/// path to one key at a time (no key refused alone: the failure is not at a key, []).
+fn failing_path<T: DeserializeOwned>(root: &toml::Table) -> Vec<String> {
+    /// `root` reduced to the one branch `path` → `leaf`.
+    fn branch(path: &[String], leaf: toml::Value) -> toml::Value {
+        path.iter().rev().fold(leaf, |v, k| toml::Value::Table(toml::Table::from_iter([(k.clone(), v)])))
+    }
+    let refused = |path: &[String], leaf: toml::Value| T::deserialize(branch(path, leaf)).is_err();
+    let mut path: Vec<String> = Vec::new();
+    let mut table = root;
+    loop {
+        let Some((k, v)) = table.iter().find(|(k, v)| {
+            let mut p = path.clone();
+            p.push((*k).clone());
+            refused(&p, (*v).clone())
+        }) else {
+            return path;
+        };
+        path.push(k.clone());
+        // A table refused as a whole (a value expected there): the failure is at this key.
+        match v.as_table() {
+            Some(t) if !refused(&path, toml::Value::Table(toml::Table::new())) => table = t,
+            _ => return path,
+        }
+    }
 }
 
 /// A loaded configuration file: its raw tables (for merging with flags) and its checked values.
@@ -999,6 +1032,62 @@ mod tests {
         assert!(full.unwrap_err().contains("[host] interval_ms: 0 is refused"));
         assert_eq!(guest, Ok(SyncSettings::default()));
         assert!(both("host = 5\n", &none).1.is_err(), "a section is a table");
+    }
+
+    /// The key paths of the one-line errors are those serde_path_to_error finds (what `typed`
+    /// used before it found them itself, to keep that crate out of the guest binary).
+    #[test]
+    fn the_key_paths_are_serde_path_to_errors() {
+        fn old<T: DeserializeOwned>(v: toml::Value) -> Result<T, String> {
+            serde_path_to_error::deserialize::<_, T>(v).map_err(|e| {
+                let path = e.path().to_string();
+                let msg = one_line(e.inner().message());
+                match path.rsplit_once('.') {
+                    Some((section, key)) => format!("[{section}] {key}: {msg}"),
+                    None if path == "." || path.is_empty() => msg,
+                    None => format!("{path}: {msg}"),
+                }
+            })
+        }
+        let files = [
+            "",
+            "[host]\ninterval_ms = 0\n",
+            "[host]\ntolerance_ppm = nan\n",
+            "[sync]\nmakestep_ns = -1\n",
+            "[relay]\ntsc_ratio = 1e30\n",
+            "[host]\nintervl_ms = 5\n",
+            "[hots]\n",
+            "host = 5\n",
+            "[host]\nsmearing = \"fast\"\n",
+            "[sync]\ninterval_ms = 250\nmakestep_ns = \"x\"\nzzz = 1\n",
+            "[sync]\nzzz = 1\ninterval_ms = 0\n",
+            "[sync.interval_ms]\n",
+            "[sync.nested]\nx = 1\n",
+            "[feed.chrony]\ninterval_ms = 0\n",
+            "[feed.chrny]\n",
+            "[feed]\nchrony = 3\n",
+            "[feed.clockbound]\nlayout = \"4\"\n",
+            "[metrics]\nlisten = \"localhost\"\n",
+            "[metrics]\nlisten = 5\nallow_non_loopback = \"yes\"\n",
+            "[relay]\nstate = 5\n[host]\npage = \"/p\"\n",
+            "[sync]\nhook = 5\n[aaa]\n",
+            "a = 1\n[sync]\nhook = 5\n",
+            "[sync]\nphc_timescale = \"TAI\"\ntai_offset = 37\n",
+            "[sync]\ndry_run = 1\n",
+            "[host]\ntai_offset = 3.5\n",
+        ];
+        for text in files {
+            let v = toml::Value::Table(text.parse::<toml::Table>().unwrap());
+            assert_eq!(typed::<FileConfig>(v.clone()), old::<FileConfig>(v.clone()), "{text}");
+            assert_eq!(typed::<GuestFile>(v.clone()).err(), old::<GuestFile>(v.clone()).err(), "{text}");
+            if let Some(t) = v.get("sync") {
+                assert_eq!(typed::<SyncSettings>(t.clone()), old::<SyncSettings>(t.clone()), "{text}");
+            }
+            if let Some(t) = v.get("feed").and_then(|f| f.get("clockbound")) {
+                let (new, was) = (typed::<FeedClockBoundSettings>(t.clone()), old::<FeedClockBoundSettings>(t.clone()));
+                assert_eq!(new, was, "{text}");
+            }
+        }
     }
 
     #[test]
