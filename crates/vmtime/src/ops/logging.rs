@@ -84,11 +84,14 @@ pub fn set_level(level: LogLevel) {
     tracing::callsite::rebuild_interest_cache();
 }
 
+/// Where a subscriber's lines go: stderr, or a test's buffer.
+type Sink = Box<dyn Fn(&[u8]) + Send + Sync>;
+
 /// The subscriber: each event at or above the level, one line, written whole.
 struct Lines {
     style: Style,
     level: &'static AtomicU8,
-    out: Box<dyn Fn(&[u8]) + Send + Sync>,
+    out: Sink,
 }
 
 impl Lines {
