@@ -987,11 +987,10 @@ mod tests {
         );
         assert!(n.earliest_ns <= b.earliest_ns && b.earliest_ns <= later.earliest_ns, "{n:?} {b:?} {later:?}");
         assert!(n.latest_ns <= b.latest_ns && b.latest_ns <= later.latest_ns, "{n:?} {b:?} {later:?}");
-        // SAFETY: NULL handle or out: the NULL code, nothing written.
-        unsafe {
-            assert_eq!(vmclock_now_bounds(std::ptr::null(), &mut b), VMCLOCK_E_NULL);
-            assert_eq!(vmclock_now_bounds(c, std::ptr::null_mut()), VMCLOCK_E_NULL);
-        }
+        // SAFETY: a NULL handle: the NULL code, nothing written.
+        assert_eq!(unsafe { vmclock_now_bounds(std::ptr::null(), &mut b) }, VMCLOCK_E_NULL);
+        // SAFETY: a NULL out: the NULL code.
+        assert_eq!(unsafe { vmclock_now_bounds(c, std::ptr::null_mut()) }, VMCLOCK_E_NULL);
         close(c);
     }
 
