@@ -470,7 +470,7 @@ fn fill_bounds(now: &vmclock_rs::Now, out: &mut MaybeUninit<vmclock_bounds>) -> 
     let (earliest_ns, latest_ns, mut flags) = match (utc.earliest(), utc.latest()) {
         (Some(e), Some(l)) => {
             // Nanoseconds rounded outwards: earliest down, latest up.
-            let (Some(e), Some(l)) = (clamp(ns_of(e.raw(), false)), clamp(ns_of(l.raw(), true))) else {
+            let (Some(e), Some(l)) = (ns_i64(e.raw(), false), ns_i64(l.raw(), true)) else {
                 return VMCLOCK_E_OVERFLOW;
             };
             (e, l, VMCLOCK_NOW_BOUNDED)
@@ -498,6 +498,26 @@ fn fill_bounds(now: &vmclock_rs::Now, out: &mut MaybeUninit<vmclock_bounds>) -> 
         reserved: 0,
     });
     VMCLOCK_OK
+}
+
+/// `clamp(ns_of(raw, ceil))` with 64-bit arithmetic where it fits (whole seconds below
+/// 2^63 ns, every time until 2262): the whole seconds by one 64-bit multiplication, the fraction
+/// by one 64×64 product. Equal to it for every `raw` (`ns_i64_equals_ns_of`).
+#[inline(always)]
+fn ns_i64(raw: u128, ceil: bool) -> Option<i64> {
+    let (sec, frac) = ((raw >> 64) as u64, raw as u64);
+    if raw >> 64 >= (i64::MAX as u64 / 1_000_000_000) as u128 {
+        return ns_wide(raw, ceil);
+    }
+    let f = frac as u128 * 1_000_000_000;
+    let ns = sec * 1_000_000_000 + (f >> 64) as u64 + u64::from(ceil && f as u64 != 0);
+    i64::try_from(ns).ok()
+}
+
+#[cold]
+#[inline(never)]
+fn ns_wide(raw: u128, ceil: bool) -> Option<i64> {
+    clamp(ns_of(raw, ceil))
 }
 
 /// Unmaps the page and frees the handle (NULL is ignored). No vmclock_now may run on it then.
@@ -856,6 +876,21 @@ mod tests {
             let bounds_clock = Clock::new(&buf);
             proptest::prop_assert_eq!(read_bounds_result(&bounds_clock, c), bounds_of(want));
             proptest::prop_assert_eq!(read_bounds_result(&bounds_clock, c), bounds_of(want));
+        }
+
+        /// The 64-bit conversion equals the 128-bit one, around its switch-over and anywhere.
+        #[test]
+        fn ns_i64_equals_ns_of(
+            sec in proptest::prop_oneof![
+                0u64..3_000_000_000,
+                9_223_372_030u64..9_223_372_040,
+                proptest::num::u64::ANY,
+            ],
+            frac in proptest::prop_oneof![proptest::num::u64::ANY, 0u64..3, u64::MAX - 3..=u64::MAX],
+            ceil in proptest::bool::ANY,
+        ) {
+            let raw = (sec as u128) << 64 | frac as u128;
+            proptest::prop_assert_eq!(ns_i64(raw, ceil), clamp(ns_of(raw, ceil)));
         }
 
         /// vmclock_now_bounds equals vmclock_now over random pages read at random counters
