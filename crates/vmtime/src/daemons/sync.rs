@@ -830,7 +830,19 @@ fn open_page_source(path: &Path) -> Result<Source> {
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
-    let a: SyncSettings = args.daemon.settings(&args)?;
+    run_with(args, |a| a.daemon.settings(a))
+}
+
+/// `vmtime sync` in the guest binary (`vmtime-guest`): the configuration file read by
+/// [`crate::ops::config::sync_guest`] (its `[sync]` and `[metrics]` alone).
+pub fn run_guest(args: Args) -> Result<ExitCode> {
+    run_with(args, |a| crate::ops::config::sync_guest(a.daemon.config.as_deref(), a))
+}
+
+/// `vmtime sync` with `settings` reading the flags over the configuration file (at start and on
+/// SIGHUP).
+fn run_with(args: Args, settings: fn(&Args) -> Result<SyncSettings>) -> Result<ExitCode> {
+    let a: SyncSettings = settings(&args)?;
     if let Some(code) = check_rivals(&a)? {
         return Ok(code);
     }
@@ -852,7 +864,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             crate::paths::sync_socket(a.dry_run)
         }
     };
-    let rt = Runtime::start(a.clone(), move || args.daemon.settings(&args), &socket)?;
+    let rt = Runtime::start(a.clone(), move || settings(&args), &socket)?;
     let (page, first) = match source {
         Source::Page(page, first) => (page, first),
         Source::Phc(info, markers) => return rt.run(&mut PhcSync::open(&a, info, markers)?),

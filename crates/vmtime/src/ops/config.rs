@@ -532,21 +532,52 @@ pub struct Loaded {
     pub file: FileConfig,
 }
 
-/// Reads and checks a configuration file. `explicit` is the `--config` given: it must exist;
-/// the default file may be absent (then everything is default).
-pub fn load(explicit: Option<&Path>) -> Result<Loaded> {
+/// Reads a configuration file as TOML: its path and table, or None when `explicit` is None and
+/// the default file does not exist (then everything is default). `explicit` must exist.
+fn read_table(explicit: Option<&Path>) -> Result<Option<(PathBuf, toml::Table)>> {
     let path = explicit.unwrap_or(Path::new(DEFAULT_PATH));
     let text = match crate::values::read_config_text(path) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && explicit.is_none() => {
-            return Ok(Loaded { path: None, table: toml::Table::new(), file: FileConfig::default() })
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && explicit.is_none() => return Ok(None),
         Err(e) => bail!("cannot read the configuration {}: {e}", path.display()),
     };
     let table: toml::Table = text.parse().map_err(|e| syntax_error(path, &text, &e))?;
+    Ok(Some((path.to_path_buf(), table)))
+}
+
+/// Reads and checks a configuration file. `explicit` is the `--config` given: it must exist;
+/// the default file may be absent (then everything is default).
+pub fn load(explicit: Option<&Path>) -> Result<Loaded> {
+    let Some((path, table)) = read_table(explicit)? else {
+        return Ok(Loaded { path: None, table: toml::Table::new(), file: FileConfig::default() });
+    };
     let file: FileConfig = typed(toml::Value::Table(table.clone())).map_err(|m| anyhow!("{}: {m}", path.display()))?;
     file.validate().map_err(|e| anyhow!("{}: {e}", path.display()))?;
-    Ok(Loaded { path: Some(path.to_path_buf()), table, file })
+    Ok(Loaded { path: Some(path), table, file })
+}
+
+/// The guest binary's view of the file (`vmtime-guest`, which has `sync` but no host, relay or
+/// feeds): `[sync]` and `[metrics]` are checked key by key exactly as by [`load`]; the other
+/// daemons' sections, whose code the guest binary leaves out, must be tables but their keys are
+/// not checked. An unknown section is refused, as by [`load`].
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[allow(dead_code, reason = "the other sections are read to be checked as tables, not used")]
+struct GuestFile {
+    host: toml::Table,
+    relay: toml::Table,
+    sync: SyncSettings,
+    metrics: MetricsSettings,
+    feed: GuestFeed,
+}
+
+/// `[feed]` for the guest binary: its subsections' names only.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[allow(dead_code, reason = "read to be checked as tables, not used")]
+struct GuestFeed {
+    chrony: toml::Table,
+    clockbound: toml::Table,
 }
 
 /// The flags the user gave, as a TOML table: absent options and false switches left out.
@@ -564,22 +595,34 @@ fn resolve<S: DeserializeOwned>(
     flags: &impl Serialize,
     metrics: impl FnOnce(&mut S) -> &mut Option<SocketAddr>,
 ) -> Result<S> {
+    resolve_in(loaded.path.as_deref(), &loaded.table, &loaded.file.metrics, section, flags, metrics)
+}
+
+/// [`resolve`] on a file's table and its checked `[metrics]`.
+fn resolve_in<S: DeserializeOwned>(
+    path: Option<&Path>,
+    table: &toml::Table,
+    file_metrics: &MetricsSettings,
+    section: &str,
+    flags: &impl Serialize,
+    metrics: impl FnOnce(&mut S) -> &mut Option<SocketAddr>,
+) -> Result<S> {
     // A subsection ("feed.chrony") is looked up table by table.
-    let mut found = Some(&loaded.table);
+    let mut found = Some(table);
     for part in section.split('.') {
         found = found.and_then(|t| t.get(part)).and_then(toml::Value::as_table);
     }
     let mut merged = found.cloned().unwrap_or_default();
     merged.extend(flag_table(flags)?);
-    let mut s: S = typed(toml::Value::Table(merged)).map_err(|m| match &loaded.path {
+    let mut s: S = typed(toml::Value::Table(merged)).map_err(|m| match path {
         Some(p) => anyhow!("{}: [{section}] {m}", p.display()),
         None => anyhow!("[{section}] {m}"),
     })?;
     let addr = metrics(&mut s);
     if addr.is_none() {
-        *addr = loaded.file.metrics.listen;
+        *addr = file_metrics.listen;
     }
-    check_metrics("--metrics-listen", *addr, &loaded.file.metrics)?;
+    check_metrics("--metrics-listen", *addr, file_metrics)?;
     Ok(s)
 }
 
@@ -726,6 +769,28 @@ pub trait Section: DeserializeOwned {
 /// `config` over the defaults. Also its SIGHUP reload: an error keeps the settings in force.
 pub fn settings<S: Section>(config: Option<&Path>, flags: &impl Serialize) -> Result<S> {
     let s: S = resolve(&load(config)?, S::SECTION, flags, S::metrics_listen_mut)?;
+    s.check_flags().map_err(|m| anyhow!("{m}"))?;
+    Ok(s)
+}
+
+/// `vmtime sync`'s settings in the guest binary (also its SIGHUP reload): as [`settings`], but of
+/// the file only `[sync]` and `[metrics]` are checked key by key ([`GuestFile`]), so that the
+/// other daemons' deserialisers stay out of the guest binary.
+pub fn sync_guest(config: Option<&Path>, flags: &impl Serialize) -> Result<SyncSettings> {
+    let metrics = SyncSettings::metrics_listen_mut;
+    let s: SyncSettings = match read_table(config)? {
+        None => {
+            resolve_in(None, &toml::Table::new(), &MetricsSettings::default(), SyncSettings::SECTION, flags, metrics)?
+        }
+        Some((path, table)) => {
+            let file: GuestFile =
+                typed(toml::Value::Table(table.clone())).map_err(|m| anyhow!("{}: {m}", path.display()))?;
+            check_metrics("[metrics] listen", file.metrics.listen, &file.metrics)
+                .and_then(|()| check_metrics("[sync] metrics_listen", file.sync.metrics_listen, &file.metrics))
+                .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+            resolve_in(Some(&path), &table, &file.metrics, SyncSettings::SECTION, flags, metrics)?
+        }
+    };
     s.check_flags().map_err(|m| anyhow!("{m}"))?;
     Ok(s)
 }
@@ -878,6 +943,62 @@ mod tests {
         let e = err("[host\n");
         assert!(e.contains("line 1:"), "{e}");
         assert_eq!(e.lines().count(), 1, "{e}");
+    }
+
+    /// The guest binary's reading of a file gives the same `[sync]` settings and the same errors
+    /// as the full binary's, except in the keys of the sections the guest binary leaves out.
+    #[test]
+    fn the_guest_binary_reads_sync_as_the_full_binary_does() {
+        #[derive(Serialize)]
+        struct Flags {
+            interval_ms: Option<u32>,
+        }
+        let none = Flags { interval_ms: None };
+        let both = |text: &str, flags: &Flags| {
+            let f = file(text);
+            let full = settings::<SyncSettings>(Some(f.path()), flags).map_err(|e| format!("{e:#}"));
+            let guest = sync_guest(Some(f.path()), flags).map_err(|e| format!("{e:#}"));
+            (full, guest)
+        };
+        for text in [
+            "",
+            "[sync]\ninterval_ms = 250\nmakestep_ns = 5000\ndry_run = true\nhook = \"true\"\n",
+            "[sync]\nmetrics_listen = \"127.0.0.1:9100\"\n[host]\ninterval_ms = 100\n[feed.chrony]\n",
+            "[metrics]\nlisten = \"127.0.0.1:9100\"\n",
+            "[sync]\ninterval_ms = 0\n",
+            "[sync]\nintervl_ms = 5\n",
+            "[sync]\nphc_timescale = \"gps\"\n",
+            "[hots]\n",
+            "[feed.chrny]\n",
+            "[sync\n",
+            "[metrics]\nlisten = \"0.0.0.0:9100\"\n",
+            "[sync]\nmetrics_listen = \"192.0.2.1:9100\"\n",
+            "[metrics]\nallow_non_loopback = true\n[sync]\nmetrics_listen = \"192.0.2.1:9100\"\n",
+        ] {
+            let (full, guest) = both(text, &none);
+            assert_eq!(full, guest, "{text}");
+        }
+        assert!(both("[sync]\ninterval_ms = 0\n", &none).1.unwrap_err().contains("[sync] interval_ms: 0 is refused"));
+        assert!(both("[feed.chrny]\n", &none).1.unwrap_err().contains("unknown field `chrny`"));
+        // A flag over the file, and a flag out of range, named.
+        let (full, guest) = both("[sync]\ninterval_ms = 250\n", &Flags { interval_ms: Some(500) });
+        assert_eq!(full.as_ref().map(|s| s.interval_ms.get()), Ok(500));
+        assert_eq!(full, guest);
+        let (full, guest) = both("", &Flags { interval_ms: Some(5) });
+        assert_eq!(full, guest);
+        assert!(guest.unwrap_err().contains("interval_ms: 5 is refused"));
+        // No file at all: the defaults.
+        let missing = tempfile::tempdir().unwrap();
+        let path = missing.path().join("none.toml");
+        assert_eq!(
+            settings::<SyncSettings>(Some(&path), &none).map_err(|e| format!("{e:#}")),
+            sync_guest(Some(&path), &none).map_err(|e| format!("{e:#}"))
+        );
+        // The one difference: another daemon's key is not checked by the guest binary.
+        let (full, guest) = both("[host]\ninterval_ms = 0\n", &none);
+        assert!(full.unwrap_err().contains("[host] interval_ms: 0 is refused"));
+        assert_eq!(guest, Ok(SyncSettings::default()));
+        assert!(both("host = 5\n", &none).1.is_err(), "a section is a table");
     }
 
     #[test]
