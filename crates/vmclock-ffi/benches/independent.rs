@@ -1,10 +1,10 @@
-//! libvmclock's `vmclock_now()` against `clock_gettime(CLOCK_REALTIME)`, measured the way an
+//! libvmclock's `vmclock_now()` and `vmclock_now_bounds()` against `clock_gettime(CLOCK_REALTIME)`, measured the way an
 //! outside harness does (issue 23; the same harness as `cargo bench -p vmclock --bench
 //! independent`): each side one `#[inline(never)]` function making 64 calls back to back and
 //! folding every result into a sum, the blocks interleaved with the order rotating, the median
 //! of the per-block ratios.
 //!
-//! `vmclock_now` is called through a function pointer the optimiser cannot see through (a real
+//! Each C function is called through a function pointer the optimiser cannot see through (a real
 //! call across the library boundary, the whole struct written to the caller's memory), as a C
 //! program calls it.
 //!   cargo bench -p vmclock-ffi --bench independent              # 300,000 blocks
@@ -15,13 +15,14 @@ use std::hint::black_box;
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::time::Instant;
-use vmclock::{vmclock_close, vmclock_now, vmclock_open};
+use vmclock::{vmclock_close, vmclock_now, vmclock_now_bounds, vmclock_open};
 use vmclock_rs::test_support::synchronized_tai;
 use vmclock_rs::{Clock, ClockError};
 
 const BLOCK: usize = 64;
 
 type NowFn = unsafe extern "C" fn(*const vmclock::vmclock, *mut vmclock::vmclock_now) -> c_int;
+type BoundsFn = unsafe extern "C" fn(*const vmclock::vmclock, *mut vmclock::vmclock_bounds) -> c_int;
 
 /// The page of `cargo bench -p vmclock --bench now`: TAI, bounds on, a 2.5 GHz counter.
 fn app_page() -> Vec<u8> {
@@ -42,6 +43,40 @@ fn c_now(f: NowFn, h: *const vmclock::vmclock) -> i64 {
             panic!("vmclock_now: {rc}");
         }
         sum = sum.wrapping_add(n.earliest_ns).wrapping_add(n.latest_ns);
+    }
+    sum
+}
+
+/// The lean C read, 64 times: `vmclock_now_bounds`, earliest and latest.
+#[inline(never)]
+fn c_bounds(f: BoundsFn, h: *const vmclock::vmclock) -> i64 {
+    let mut sum = 0i64;
+    for _ in 0..BLOCK {
+        let mut b = vmclock::vmclock_bounds::default();
+        // SAFETY: an open handle and a local struct, as a C caller passes them.
+        let rc = unsafe { f(h, &mut b) };
+        if rc != 0 {
+            panic!("vmclock_now_bounds: {rc}");
+        }
+        sum = sum.wrapping_add(b.earliest_ns).wrapping_add(b.latest_ns);
+    }
+    sum
+}
+
+/// `vmclock_now_bounds`' reading inlined into the block (no call across the library boundary), 64
+/// times: the cost of the work without the call.
+#[inline(never)]
+fn diag_bounds_inline(h: &vmclock::vmclock) -> i64 {
+    let mut sum = 0i64;
+    for _ in 0..BLOCK {
+        let mut b = std::mem::MaybeUninit::uninit();
+        let rc = vmclock::now_bounds_inline(h, &mut b);
+        if rc != 0 {
+            panic!("vmclock_now_bounds: {rc}");
+        }
+        // SAFETY: written by now_bounds_inline, which returned 0.
+        let b = unsafe { b.assume_init() };
+        sum = sum.wrapping_add(b.earliest_ns).wrapping_add(b.latest_ns);
     }
     sum
 }
@@ -91,13 +126,18 @@ fn main() {
     assert!(!handle.is_null(), "vmclock_open: {err}");
     let clock = Clock::open(&path).unwrap();
     let f: NowFn = black_box(vmclock_now);
+    let fb: BoundsFn = black_box(vmclock_now_bounds);
     let cl = &clock;
     let h = handle as usize;
+    // SAFETY: the open handle, alive until vmclock_close below.
+    let hr = unsafe { &*handle };
 
     // Index 0 is the reference.
     let sides: Vec<Side> = vec![
         ("clock_gettime_realtime", Box::new(|| realtime() as u64)),
         ("c_vmclock_now", Box::new(move || c_now(f, black_box(h) as *const vmclock::vmclock) as u64)),
+        ("c_vmclock_now_bounds", Box::new(move || c_bounds(fb, black_box(h) as *const vmclock::vmclock) as u64)),
+        ("diag_bounds_inline", Box::new(move || diag_bounds_inline(hr) as u64)),
         ("rust_now_tai_bounds", Box::new(move || rust_app(cl).unwrap() as u64)),
     ];
     let n = sides.len();
