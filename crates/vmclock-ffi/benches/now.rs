@@ -1,4 +1,4 @@
-//! libvmclock's `vmclock_now()` as C calls it, against `clock_gettime(CLOCK_REALTIME)` measured
+//! libvmclock's `vmclock_now()` and the lean `vmclock_now_bounds()` as C calls them, against `clock_gettime(CLOCK_REALTIME)` measured
 //! in the same run, with the Rust application's read (`Clock::now()`, TAI earliest and latest:
 //! the figure `cargo bench -p vmclock --bench now` reports) beside it.
 //!
@@ -13,11 +13,12 @@ use std::ffi::{c_char, c_int, CString};
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::time::{Duration, Instant};
-use vmclock::{vmclock_close, vmclock_now, vmclock_open};
+use vmclock::{vmclock_close, vmclock_now, vmclock_now_bounds, vmclock_open};
 use vmclock_rs::test_support::synchronized_tai;
 use vmclock_rs::Clock;
 
 type NowFn = unsafe extern "C" fn(*const vmclock::vmclock, *mut vmclock::vmclock_now) -> c_int;
+type BoundsFn = unsafe extern "C" fn(*const vmclock::vmclock, *mut vmclock::vmclock_bounds) -> c_int;
 
 fn clock_gettime(id: libc::clockid_t) -> libc::timespec {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
@@ -44,6 +45,7 @@ fn paired(c: &mut Criterion) {
     assert!(!handle.is_null(), "vmclock_open: {err}");
     let clock = Clock::open(&path).unwrap();
     let c_now: NowFn = black_box(vmclock_now);
+    let c_bounds: BoundsFn = black_box(vmclock_now_bounds);
     const BLOCK: u64 = 64;
     let c_call = || {
         let mut n = vmclock::vmclock_now::default();
@@ -51,6 +53,13 @@ fn paired(c: &mut Criterion) {
         let rc = unsafe { c_now(black_box(handle), &mut n) };
         assert_eq!(rc, 0);
         black_box((n.earliest_ns, n.latest_ns));
+    };
+    let c_bounds_call = || {
+        let mut b = vmclock::vmclock_bounds::default();
+        // SAFETY: an open handle and a local struct, as a C caller passes them.
+        let rc = unsafe { c_bounds(black_box(handle), &mut b) };
+        assert_eq!(rc, 0);
+        black_box((b.earliest_ns, b.latest_ns));
     };
     let rust_app = || {
         let n = clock.now().unwrap();
@@ -70,9 +79,9 @@ fn paired(c: &mut Criterion) {
         black_box(clock_gettime(libc::CLOCK_REALTIME));
     };
     // Per block: each one's time / realtime's.
-    let ratios = std::cell::RefCell::new(Vec::<[f64; 3]>::new());
+    let ratios = std::cell::RefCell::new(Vec::<[f64; 4]>::new());
     let run = |iters: u64, which: usize| {
-        let mut total = [Duration::ZERO; 4];
+        let mut total = [Duration::ZERO; 5];
         for _ in 0..iters.div_ceil(BLOCK) {
             let t0 = Instant::now();
             for _ in 0..BLOCK {
@@ -91,12 +100,16 @@ fn paired(c: &mut Criterion) {
                 inline_full();
             }
             let t4 = Instant::now();
-            total[0] += t1 - t0;
-            total[1] += t2 - t1;
-            total[2] += t3 - t2;
-            total[3] += t4 - t3;
-            let rt = (t3 - t2).as_secs_f64();
-            ratios.borrow_mut().push([t1 - t0, t2 - t1, t4 - t3].map(|d| d.as_secs_f64() / rt));
+            for _ in 0..BLOCK {
+                c_bounds_call();
+            }
+            let t5 = Instant::now();
+            let d = [t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4];
+            for (t, d) in total.iter_mut().zip(d) {
+                *t += d;
+            }
+            let rt = d[2].as_secs_f64();
+            ratios.borrow_mut().push([d[0], d[1], d[3], d[4]].map(|d| d.as_secs_f64() / rt));
         }
         total[which].mul_f64(iters as f64 / (iters.div_ceil(BLOCK) * BLOCK) as f64)
     };
@@ -105,12 +118,15 @@ fn paired(c: &mut Criterion) {
     g.bench_function("rust_now_tai_bounds", |b| b.iter_custom(|iters| run(iters, 1)));
     g.bench_function("clock_gettime_realtime", |b| b.iter_custom(|iters| run(iters, 2)));
     g.bench_function("diag_c_read_inlined", |b| b.iter_custom(|iters| run(iters, 3)));
+    g.bench_function("c_vmclock_now_bounds", |b| b.iter_custom(|iters| run(iters, 4)));
     g.finish();
     // SAFETY: the handle from vmclock_open, closed once.
     unsafe { vmclock_close(handle) };
     let r = ratios.into_inner();
     if !r.is_empty() {
-        for (name, pick) in [("c_vmclock_now", 0), ("rust_now_tai_bounds", 1), ("diag_c_read_inlined", 2)] {
+        for (name, pick) in
+            [("c_vmclock_now", 0), ("rust_now_tai_bounds", 1), ("diag_c_read_inlined", 2), ("c_vmclock_now_bounds", 3)]
+        {
             let mut v: Vec<f64> = r.iter().map(|x| x[pick]).collect();
             v.sort_by(f64::total_cmp);
             let q = |p: f64| v[((v.len() - 1) as f64 * p) as usize];

@@ -35,6 +35,9 @@ int main(int argc, char **argv) {
      * the instant the CLOCK_REALTIME timestamp above was taken. */
     int rc_within = vmclock_now_within(c, 10000000, &capped);
     int rc_past = vmclock_bound_realtime(c, realtime, &then);
+    /* The lean read: only the bounds and what decides whether to trust them. */
+    struct vmclock_bounds b;
+    int rc_bounds = vmclock_now_bounds(c, &b);
     vmclock_close(c);
     if (rc != 0) {
         fprintf(stderr, "%s: %s\n", path, vmclock_strerror(rc));
@@ -56,5 +59,10 @@ int main(int argc, char **argv) {
                (long long)then.latest_ns);
     else
         printf("realtime_bound %s\n", vmclock_strerror(rc_past));
+    if (rc_bounds == 0 && (b.flags & VMCLOCK_NOW_BOUNDED))
+        printf("bounds_earliest_ns %lld\nbounds_latest_ns %lld\nbounds_flags %u\nbounds_status %s\n",
+               (long long)b.earliest_ns, (long long)b.latest_ns, (unsigned)b.flags, status_name(b.status));
+    else
+        printf("bounds %s\n", rc_bounds == 0 ? "unknown" : vmclock_strerror(rc_bounds));
     return (n.flags & VMCLOCK_NOW_RELIABLE) && (n.flags & VMCLOCK_NOW_BOUNDED) ? 0 : 1;
 }

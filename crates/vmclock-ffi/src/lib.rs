@@ -122,6 +122,30 @@ pub struct vmclock_now {
     pub reserved: [u8; 6],
 }
 
+/// One lean bounded reading (vmclock_now_bounds): the interval and what decides whether to
+/// trust it, nothing else. Exactly vmclock_now's fields of the same names for the same page
+/// and counter.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct vmclock_bounds {
+    /// The earliest the true time can be, ns since 1970-01-01 UTC (CLOCK_REALTIME's
+    /// timescale), rounded down (INT64_MIN without VMCLOCK_NOW_BOUNDED).
+    pub earliest_ns: i64,
+    /// The latest the true time can be, rounded up (INT64_MAX without VMCLOCK_NOW_BOUNDED).
+    pub latest_ns: i64,
+    /// The page's disruption marker: a change means the counter's calibration broke (live
+    /// migration, restore).
+    pub disruption_marker: u64,
+    /// VMCLOCK_NOW_* bits.
+    pub flags: u32,
+    /// TAI − UTC, s (with VMCLOCK_NOW_TAI_VALID).
+    pub tai_minus_utc: i16,
+    /// The page's clock_status (VMCLOCK_STATUS_*).
+    pub status: u8,
+    /// Zero.
+    pub reserved: u8,
+}
+
 /// An open page (opaque).
 #[derive(Debug)]
 pub struct vmclock {
@@ -356,6 +380,144 @@ fn fill(now: &vmclock_rs::Now, out: &mut MaybeUninit<vmclock_now>) -> c_int {
 fn ns_of(raw: u128, ceil: bool) -> u128 {
     let f = (raw & ((1u128 << 64) - 1)) * 1_000_000_000;
     (raw >> 64) * 1_000_000_000 + (f >> 64) + u128::from(ceil && f & ((1u128 << 64) - 1) != 0)
+}
+
+/// Reads the time now as vmclock_now does, and gives only the bounds (rounded outwards), the
+/// flags, the status, the TAI offset and the disruption marker: 0, or the code vmclock_now
+/// would give (then `*out` is unchanged). For the same page and counter, every field is
+/// vmclock_now's field of the same name. Leaner: no estimate, no estimated error, fewer
+/// conversions to ns and a smaller struct to write (docs/BENCHMARKS.md). Thread-safe; no
+/// allocation; no system call.
+///
+/// # Safety
+/// `c` is NULL or a handle from vmclock_open not yet closed; `out` is NULL or points to a
+/// writable struct vmclock_bounds.
+#[no_mangle]
+pub unsafe extern "C" fn vmclock_now_bounds(c: *const vmclock, out: *mut vmclock_bounds) -> c_int {
+    if c.is_null() || out.is_null() {
+        return VMCLOCK_E_NULL;
+    }
+    // SAFETY: `c` is not null and came from vmclock_open (not yet closed), per the API.
+    let c = unsafe { &*c };
+    // SAFETY: `out` is not null and points to a writable vmclock_bounds, per the API; seen as
+    // possibly uninitialised memory, which is only written.
+    let out = unsafe { &mut *out.cast::<MaybeUninit<vmclock_bounds>>() };
+    read_bounds(&c.clock, || c.protection.as_ref().is_some_and(|p| p.gone()), vmclock_rs::counter::read, out)
+}
+
+/// `vmclock_now_bounds` inlined into a Rust caller (the criterion bench's diagnostic).
+#[doc(hidden)]
+#[inline(always)]
+pub fn now_bounds_inline(c: &vmclock, out: &mut MaybeUninit<vmclock_bounds>) -> c_int {
+    read_bounds(&c.clock, || c.protection.as_ref().is_some_and(|p| p.gone()), vmclock_rs::counter::read, out)
+}
+
+/// [`read`] for `vmclock_now_bounds`: the same paths and codes, [`fill_bounds`] instead of
+/// [`fill`].
+#[inline(always)]
+fn read_bounds<M: vmclock_rs::PageMemory>(
+    clock: &Clock<M>,
+    gone: impl Fn() -> bool,
+    mut read_counter: impl FnMut() -> u64,
+    out: &mut MaybeUninit<vmclock_bounds>,
+) -> c_int {
+    match clock.try_now_with_counter(&mut read_counter) {
+        Some(Ok(now)) if !gone() => fill_bounds(&now, out),
+        Some(Ok(_)) => VMCLOCK_E_GONE,
+        Some(Err(e)) => {
+            if gone() {
+                VMCLOCK_E_GONE
+            } else {
+                time_code(&e)
+            }
+        }
+        None => read_bounds_contended(clock, gone, read_counter, out),
+    }
+}
+
+/// [`read_contended`] for `vmclock_now_bounds`.
+#[cold]
+#[inline(never)]
+fn read_bounds_contended<M: vmclock_rs::PageMemory>(
+    clock: &Clock<M>,
+    gone: impl Fn() -> bool,
+    read_counter: impl FnMut() -> u64,
+    out: &mut MaybeUninit<vmclock_bounds>,
+) -> c_int {
+    match clock.now_with_counter(read_counter) {
+        Ok(now) if !gone() => fill_bounds(&now, out),
+        Ok(_) => VMCLOCK_E_GONE,
+        Err(e) => {
+            if gone() {
+                VMCLOCK_E_GONE
+            } else {
+                code_of(&e)
+            }
+        }
+    }
+}
+
+/// [`fill`]'s bounds, flags, status, offset and marker, with its codes. A bounded reading
+/// converts only earliest and latest: [`fill`]'s other two conversions cannot fail when latest
+/// fits (0 ≤ time ≤ latest, and the maximum error ≤ latest, both in 64.64, and the ns
+/// conversion is monotonic), so they decide nothing here.
+#[inline(always)]
+fn fill_bounds(now: &vmclock_rs::Now, out: &mut MaybeUninit<vmclock_bounds>) -> c_int {
+    let utc = match now.utc() {
+        Ok(u) => u,
+        Err(e) => return time_code(&e),
+    };
+    let (earliest_ns, latest_ns, mut flags) = match (utc.earliest(), utc.latest()) {
+        (Some(e), Some(l)) => {
+            // Nanoseconds rounded outwards: earliest down, latest up.
+            let (Some(e), Some(l)) = (ns_i64(e.raw(), false), ns_i64(l.raw(), true)) else {
+                return VMCLOCK_E_OVERFLOW;
+            };
+            (e, l, VMCLOCK_NOW_BOUNDED)
+        }
+        _ => {
+            if clamp(ns_of(utc.time.raw(), false)).is_none() {
+                return VMCLOCK_E_OVERFLOW;
+            }
+            (i64::MIN, i64::MAX, 0)
+        }
+    };
+    if now.tai_minus_utc.is_some() {
+        flags |= VMCLOCK_NOW_TAI_VALID;
+    }
+    if now.is_reliable() {
+        flags |= VMCLOCK_NOW_RELIABLE;
+    }
+    out.write(vmclock_bounds {
+        earliest_ns,
+        latest_ns,
+        disruption_marker: now.disruption_marker,
+        flags,
+        tai_minus_utc: now.tai_minus_utc.unwrap_or(0),
+        status: now.status,
+        reserved: 0,
+    });
+    VMCLOCK_OK
+}
+
+/// `clamp(ns_of(raw, ceil))` with 64-bit arithmetic where it fits (whole seconds below
+/// 2^63 ns, every time until 2262): the whole seconds by one 64-bit multiplication, the fraction
+/// by one 64×64 product. Equal to it for every `raw` (`ns_i64_equals_ns_of`).
+#[inline(always)]
+fn ns_i64(raw: u128, ceil: bool) -> Option<i64> {
+    let (sec, frac) = ((raw >> 64) as u64, raw as u64);
+    if raw >> 64 >= (i64::MAX as u64 / 1_000_000_000) as u128 {
+        return ns_wide(raw, ceil);
+    }
+    let f = frac as u128 * 1_000_000_000;
+    let ns = sec * 1_000_000_000 + (f >> 64) as u64 + u64::from(ceil && f as u64 != 0);
+    i64::try_from(ns).ok()
+}
+
+#[cold]
+#[inline(never)]
+fn ns_wide(raw: u128, ceil: bool) -> Option<i64> {
+    clamp(ns_of(raw, ceil))
 }
 
 /// Unmaps the page and frees the handle (NULL is ignored). No vmclock_now may run on it then.
@@ -619,6 +781,41 @@ mod tests {
         }
     }
 
+    /// What vmclock_now_bounds must give, from vmclock_now's answer.
+    fn bounds_of(r: Result<vmclock_now, c_int>) -> Result<vmclock_bounds, c_int> {
+        r.map(|n| vmclock_bounds {
+            earliest_ns: n.earliest_ns,
+            latest_ns: n.latest_ns,
+            disruption_marker: n.disruption_marker,
+            flags: n.flags,
+            tai_minus_utc: i16::try_from(n.tai_minus_utc).unwrap(),
+            status: n.status,
+            reserved: 0,
+        })
+    }
+
+    fn read_bounds_result<M: vmclock_rs::PageMemory>(clock: &Clock<M>, counter: u64) -> Result<vmclock_bounds, c_int> {
+        let mut out = MaybeUninit::uninit();
+        match read_bounds(clock, || false, || counter, &mut out) {
+            // SAFETY: `read_bounds` wrote `out` when it returned 0.
+            VMCLOCK_OK => Ok(unsafe { out.assume_init() }),
+            code => Err(code),
+        }
+    }
+
+    /// vmclock_now and vmclock_now_bounds on one page at one counter, each on a clock of its
+    /// own (each first read checks the page and fills the cache; the second takes the cached
+    /// path): the bounds reading is vmclock_now's, field for field, or the same code.
+    fn both_ways<M: vmclock_rs::PageMemory>(
+        now_clock: &Clock<M>,
+        bounds_clock: &Clock<M>,
+        counter: u64,
+    ) -> Vec<(Result<vmclock_bounds, c_int>, Result<vmclock_bounds, c_int>)> {
+        (0..2)
+            .map(|_| (read_bounds_result(bounds_clock, counter), bounds_of(read_result(now_clock, counter))))
+            .collect()
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig { cases: 4096, ..Default::default() })]
 
@@ -675,6 +872,60 @@ mod tests {
             };
             proptest::prop_assert_eq!(read_result(&clock, c), want);
             proptest::prop_assert_eq!(read_result(&clock, c), want);
+            // vmclock_now_bounds: vmclock_now's fields, on its first read and its cached one.
+            let bounds_clock = Clock::new(&buf);
+            proptest::prop_assert_eq!(read_bounds_result(&bounds_clock, c), bounds_of(want));
+            proptest::prop_assert_eq!(read_bounds_result(&bounds_clock, c), bounds_of(want));
+        }
+
+        /// The 64-bit conversion equals the 128-bit one, around its switch-over and anywhere.
+        #[test]
+        fn ns_i64_equals_ns_of(
+            sec in proptest::prop_oneof![
+                0u64..3_000_000_000,
+                9_223_372_030u64..9_223_372_040,
+                proptest::num::u64::ANY,
+            ],
+            frac in proptest::prop_oneof![proptest::num::u64::ANY, 0u64..3, u64::MAX - 3..=u64::MAX],
+            ceil in proptest::bool::ANY,
+        ) {
+            let raw = (sec as u128) << 64 | frac as u128;
+            proptest::prop_assert_eq!(ns_i64(raw, ceil), clamp(ns_of(raw, ceil)));
+        }
+
+        /// vmclock_now_bounds equals vmclock_now over random pages read at random counters
+        /// near the reference (the fast path's range), both clocks warm.
+        #[test]
+        fn bounds_reading_equals_vmclock_now(
+            utc in proptest::bool::ANY,
+            sec in proptest::prop_oneof![1_700_000_000u64..1_900_000_000, proptest::num::u64::ANY, 0u64..3],
+            frac in proptest::num::u64::ANY,
+            cv in proptest::num::u64::ANY,
+            period in proptest::num::u64::ANY,
+            shift in proptest::prop_oneof![0u8..64, proptest::strategy::Just(32u8)],
+            bounds in proptest::prop_oneof![
+                proptest::array::uniform4(proptest::num::u64::ANY),
+                proptest::array::uniform4(0u64..1_000_000),
+            ],
+            valid in proptest::num::u8::ANY,
+            tai_raw in proptest::prop_oneof![proptest::strategy::Just(-37i16), proptest::num::i16::ANY],
+            leap in 0u8..7,
+            status in 0u8..6,
+            ds in proptest::collection::vec(0u64..10_000_000_000, 1..8),
+        ) {
+            let p = Period { frac: period, shift };
+            let abi = vmclock_rs::test_support::random_page(utc, sec, frac, cv, p, bounds, valid, tai_raw, leap)
+                .status(status)
+                .disruption_marker(cv ^ sec)
+                .build();
+            let buf = vmclock_rs::PageBuf::new();
+            vmclock_rs::Writer::new(&buf).publish(&abi);
+            let (now_clock, bounds_clock) = (Clock::new(&buf), Clock::new(&buf));
+            for d in ds {
+                for (got, want) in both_ways(&now_clock, &bounds_clock, cv.wrapping_add(d)) {
+                    proptest::prop_assert_eq!(got, want);
+                }
+            }
         }
     }
 
@@ -724,6 +975,10 @@ mod tests {
             // The first read (constants checked) and the fast path.
             assert_eq!(read_result(&clock, 1_000), want, "{name}");
             assert_eq!(read_result(&clock, 1_000), want, "{name}");
+            let bounds_clock = Clock::new(&buf);
+            for _ in 0..2 {
+                assert_eq!(read_bounds_result(&bounds_clock, 1_000), bounds_of(want), "{name}");
+            }
             if name.starts_with('α') {
                 assert!(want.is_ok(), "{name}");
             }
@@ -754,6 +1009,23 @@ mod tests {
         // Exactly the Rust API's reading of the same page at the same counter.
         let snap = vmclock_rs::Snapshot::from_bytes(&std::fs::read(&p).unwrap()).unwrap();
         assert_eq!(Ok(n), reference(&snap, n.counter));
+        // The lean call, between n and a later reading: the same flags, status, offset and
+        // marker, and bounds that moved forward with the counter.
+        let mut b = vmclock_bounds::default();
+        // SAFETY: an open handle and a local struct.
+        assert_eq!(unsafe { vmclock_now_bounds(c, &mut b) }, VMCLOCK_OK);
+        let mut later = vmclock_now::default();
+        assert_eq!(now(c, &mut later), 0);
+        assert_eq!(
+            (b.flags, b.status, b.tai_minus_utc, b.disruption_marker),
+            (n.flags, n.status, 37, n.disruption_marker)
+        );
+        assert!(n.earliest_ns <= b.earliest_ns && b.earliest_ns <= later.earliest_ns, "{n:?} {b:?} {later:?}");
+        assert!(n.latest_ns <= b.latest_ns && b.latest_ns <= later.latest_ns, "{n:?} {b:?} {later:?}");
+        // SAFETY: a NULL handle: the NULL code, nothing written.
+        assert_eq!(unsafe { vmclock_now_bounds(std::ptr::null(), &mut b) }, VMCLOCK_E_NULL);
+        // SAFETY: a NULL out: the NULL code.
+        assert_eq!(unsafe { vmclock_now_bounds(c, std::ptr::null_mut()) }, VMCLOCK_E_NULL);
         close(c);
     }
 
@@ -932,6 +1204,10 @@ mod tests {
         std::fs::OpenOptions::new().write(true).open(&p).unwrap().set_len(0).unwrap();
         assert_eq!(now(c, &mut n), VMCLOCK_E_GONE);
         assert_eq!(now(c, &mut n), VMCLOCK_E_GONE);
+        let mut b = vmclock_bounds::default();
+        // SAFETY: an open handle and a local struct.
+        assert_eq!(unsafe { vmclock_now_bounds(c, &mut b) }, VMCLOCK_E_GONE);
+        assert_eq!(b, vmclock_bounds::default(), "unchanged on an error");
         close(c);
         // A new handle on a new page works again.
         let p = page_file(dir.path(), abi::status::FREERUNNING);
@@ -1038,6 +1314,10 @@ mod tests {
             let buf = vmclock_rs::PageBuf::with_available(page.len());
             buf.store_bytes(&page);
             let clock = Clock::new(&buf);
+            // vmclock_now_bounds gives vmclock_now's fields or its code, first read and cached.
+            for (got, want) in both_ways(&Clock::new(&buf), &Clock::new(&buf), counter) {
+                assert_eq!(got, want, "{name}");
+            }
             for _ in 0..2 {
                 match read_result(&clock, counter) {
                     Err(code) => {

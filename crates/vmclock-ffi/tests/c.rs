@@ -103,6 +103,13 @@ fn check_now_output(out: &str) {
     let (pe, pl) = (field(out, "realtime_earliest_ns "), field(out, "realtime_latest_ns "));
     assert!(pe <= pl && pl - pe >= l - e, "{out}");
     assert!(pe <= t + d && t + d <= pl, "the timestamp {} outside [{pe}, {pl}]", t + d);
+    // vmclock_now_bounds, read after the others: the same flags and status, bounds of the same
+    // width (±1 ns of rounding; the page's maxerror has no rate) that moved forward.
+    let (be, bl) = (field(out, "bounds_earliest_ns "), field(out, "bounds_latest_ns "));
+    assert!(e <= be && l <= bl && (bl - be - (l - e)).abs() <= 1, "{out}");
+    let all = i128::from(vmclock::VMCLOCK_NOW_BOUNDED | vmclock::VMCLOCK_NOW_TAI_VALID | vmclock::VMCLOCK_NOW_RELIABLE);
+    assert_eq!(field(out, "bounds_flags "), all, "{out}");
+    assert!(out.contains("bounds_status SYNCHRONIZED"), "{out}");
 }
 
 #[test]
@@ -143,7 +150,8 @@ fn c_example_runs_against_the_static_and_the_shared_library() {
     cc(&bench, "bench.c", &[lib.join("libvmclock.a").to_str().unwrap(), "-lpthread", "-ldl", "-lm"]);
     let out = Command::new(&bench).arg(&p).arg("1000").output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("ratio "));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("ratio ") && stdout.contains("ratio_bounds "), "{stdout}");
 }
 
 /// The conformance vectors from C: examples/vectors.c reads testdata/vectors.json itself and

@@ -88,19 +88,29 @@ impl Now {
     }
 
     /// The time in TAI (a UTC page needs a valid TAI offset).
-    #[inline]
+    #[inline(always)]
     pub fn tai(&self) -> Result<Bounded<Tai>, TimeError> {
         // What `self.time().tai(self.tai_minus_utc)` gives, with the errors decided before the
         // bounds are built: the result's variant then does not depend on the estimated error
         // (whose `Option` tag the compiler may use to store it), so an application that reads
         // only earliest and latest does not compute it.
+        // The errors come from a call: built in place, the error's unused bytes would be taken
+        // from an earlier reading's result (the same memory) and keep its estimated error live.
+        #[cold]
+        #[inline(never)]
+        fn fail(e: TimeError) -> Result<Bounded<Tai>, TimeError> {
+            Err(e)
+        }
         let time = match self.time_type {
             abi::time_type::TAI => Timestamp::<Tai>::from_raw(self.raw),
-            abi::time_type::UTC => {
-                let off = self.tai_minus_utc.ok_or(TimeError::NoTaiOffset { from: "UTC", to: "TAI" })?;
-                Timestamp::<Utc>::from_raw(self.raw).to_tai(off).ok_or(TimeError::Overflow)?
-            }
-            _ => return Err(TimeError::NotWallClock("TAI")),
+            abi::time_type::UTC => match self.tai_minus_utc {
+                Some(off) => match Timestamp::<Utc>::from_raw(self.raw).to_tai(off) {
+                    Some(t) => t,
+                    None => return fail(TimeError::Overflow),
+                },
+                None => return fail(TimeError::NoTaiOffset { from: "UTC", to: "TAI" }),
+            },
+            _ => return fail(TimeError::NotWallClock("TAI")),
         };
         Ok(Bounded { time, maxerror: self.maxerror, esterror: self.esterror() })
     }
@@ -181,32 +191,29 @@ impl<M: PageMemory> Clock<M> {
         let Some(words) = words.get(..FIRST + COUNT) else {
             return Err(too_short(words.len()));
         };
-        // Two passes of one code: the cache shared by every reader of this clock, and when it
-        // does not serve the read, the answer of a full read ([`Clock::now_full`]) written in
-        // the cache's form into a local one and taken from there. So the `Now` is built in one
-        // place (no merge of two results, which the compiler does through memory), and a full
-        // read costs one extra pass over registers.
-        let mut local: Option<Fast> = None;
-        let mut counter = None;
-        for _ in 0..2 {
-            let (src, trusted) = match &local {
-                Some(l) => (l, true),
-                None => (&self.fast, false),
-            };
-            // One pointer, opaque to the optimiser: it would otherwise select between the two
-            // objects field by field (a pointer per field, kept on the stack).
-            let src = core::hint::black_box(src);
-            if let Some(now) = src.read(words, trusted, || counter.unwrap_or_else(&mut read_counter)) {
-                return Ok(now);
-            }
-            if local.is_some() {
-                break;
-            }
-            let l = local.insert(Fast::default());
-            counter = Some(self.now_full(words, &mut read_counter, l)?);
+        // The cache shared by every reader of this clock; when it does not serve the read, a full
+        // read ([`Clock::now_full_loaded`]) whose answer comes back in the cache's form. Both
+        // give plain integers (`Loaded`) and the `Now` is built from them by one code: the
+        // compiler does not merge two `Now`s (which it does through memory).
+        if let Some(l) = self.fast.read(words, false, &mut read_counter) {
+            return Ok(l.now());
         }
-        // Not reached: a local form always serves (trusted, ΔC = 0).
-        Err(ReadError::Timeout { attempts: 0, waited_us: 0 }.into())
+        Ok(self.now_full_loaded(words, &mut read_counter)?.now())
+    }
+
+    /// [`Clock::now_full`]'s reading in the cache's form: written into a local `Fast`, read
+    /// back from it (trusted: for its own counter value it is exactly that reading).
+    #[cold]
+    #[inline(never)]
+    fn now_full_loaded(
+        &self,
+        words: &[AtomicU32],
+        read_counter: &mut impl FnMut() -> u64,
+    ) -> Result<Loaded, ClockError> {
+        let local = Fast::default();
+        let counter = self.now_full(words, read_counter, &local)?;
+        // Always `Some` (trusted, ΔC = 0); the error is never returned.
+        local.read(words, true, || counter).ok_or(ReadError::Timeout { attempts: 0, waited_us: 0 }.into())
     }
 
     /// The uncontended read of [`Clock::now_with_counter`] alone: `None` when the page's
@@ -221,7 +228,7 @@ impl<M: PageMemory> Clock<M> {
     #[inline(always)]
     pub fn try_now_with_counter(&self, read_counter: impl FnOnce() -> u64) -> Option<Result<Now, TimeError>> {
         let words = self.mem.words().get(..FIRST + COUNT)?;
-        self.fast.read(words, false, read_counter).map(Ok)
+        self.fast.read(words, false, read_counter).map(|l| Ok(l.now()))
     }
 
     /// A read over a full copy of the page's words (retried while the writer is busy, the
@@ -500,13 +507,14 @@ impl Fast {
     /// The reading from the cached constants, or `None` (then a full read answers). A
     /// `trusted` (local) form is not checked against the page.
     #[inline(always)]
-    fn read(&self, words: &[AtomicU32], trusted: bool, read_counter: impl FnOnce() -> u64) -> Option<Now> {
+    fn read(&self, words: &[AtomicU32], trusted: bool, read_counter: impl FnOnce() -> u64) -> Option<Loaded> {
         let seq = &words[SEQ_WORD];
         let s1 = seq.load(Ordering::Acquire);
-        let g1 = self.gen.load(Ordering::Acquire);
         // The counter right after the count: nothing else before it, because the ordered read
-        // waits for every earlier instruction (the loads below run in its shadow instead).
+        // waits for every earlier instruction (the loads below run in its shadow instead; the
+        // cache's own seqlock needs no order against the counter).
         let counter = read_counter();
+        let g1 = self.gen.load(Ordering::Acquire);
         let key = self.key.load(Ordering::Relaxed);
         let word08 = words[FIRST].load(Ordering::Relaxed);
         let c1_lo = words[0x28 / 4].load(Ordering::Relaxed);
@@ -526,10 +534,39 @@ impl Fast {
         if d > dmax {
             return None;
         }
+        Some(Loaded { counter, d, period, rate, round, small, t1, tt, est, marker, est_rate, leap_at, delta })
+    }
+}
+
+/// What [`Fast::read`] loaded: integers only, so that `Option<Loaded>` has a tag of its own (an
+/// `Option<Now>` would keep its `None` in one of the `Now`'s `Option` tags, which makes the
+/// compiler pack and unpack that field on the read's critical path).
+#[derive(Clone, Copy)]
+struct Loaded {
+    counter: u64,
+    d: u64,
+    period: u64,
+    rate: u64,
+    round: u64,
+    small: u64,
+    t1: u128,
+    tt: u128,
+    est: u128,
+    marker: u64,
+    est_rate: u64,
+    leap_at: u64,
+    delta: u64,
+}
+
+impl Loaded {
+    /// The reading (see [`Fast`] for why it is exact).
+    #[inline(always)]
+    fn now(self) -> Now {
+        let Loaded { counter, d, period, rate, round, small, t1, tt, est, marker, est_rate, leap_at, delta } = self;
         let shift = small as u8;
         let s = shift & 63;
         let some = |bit: u64, v: u64| (small & bit != 0).then_some(v);
-        Some(Now {
+        Now {
             time_type: (small >> 8) as u8,
             raw: t1.wrapping_add((period as u128 * d as u128) >> s),
             maxerror: (small & BOUNDED != 0).then(|| tt.wrapping_add((rate as u128 * d as u128 + round as u128) >> s)),
@@ -546,9 +583,11 @@ impl Fast {
             est_rate: some(EST_RATE_SOME, est_rate),
             delta: (d as i64).wrapping_add(delta as i64),
             shift,
-        })
+        }
     }
+}
 
+impl Fast {
     /// Writes `now` in the local form: exactly it, for its own counter value.
     fn set_now(&self, now: &Now) {
         let est = ErrorModel { time_ns: now.est_time.map(|_| 0), rate: now.est_rate };
@@ -668,7 +707,7 @@ mod tests {
     use crate::{PageBuf, Writer};
 
     fn fast(clock: &Clock<&PageBuf>, counter: u64) -> Option<Now> {
-        clock.fast.read(&clock.mem.words()[..FIRST + COUNT], false, || counter)
+        clock.fast.read(&clock.mem.words()[..FIRST + COUNT], false, || counter).map(Loaded::now)
     }
 
     /// The second read of a page takes the cached constants and gives what the full copy

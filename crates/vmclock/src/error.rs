@@ -38,6 +38,7 @@ pub enum PageError {
 
 /// Why no time (or no time in the wanted timescale) can be computed from a page.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[repr(u64)]
 pub enum TimeError {
     /// `counter_id` is INVALID: the page carries markers only.
     #[error("the page has no counter (counter_id INVALID): it carries disruption markers only, no time")]

@@ -105,3 +105,87 @@ fn dead_writer_times_out() {
     assert_eq!(w.publish(&PageBuilder::new().build()), 2);
     assert!(seqlock::read(w.memory(), seqlock::DEFAULT_MAX_WAIT).is_ok());
 }
+
+/// A page on this CPU's counter for `Clock`: every field a function of `v` (reference counter
+/// `v`, a second per version, marker `v`).
+fn clock_page_for(v: u64) -> vmclock::VmclockAbi {
+    vmclock::test_support::synchronized_tai(vmclock::counter::NATIVE, v, 1_000_000_000)
+        .reference(
+            vmclock::counter::NATIVE,
+            v,
+            Timestamp::<Tai>::from_parts(1_795_000_000 + v, v.rotate_left(40)),
+            Period::from_hz(1_000_000_000 + v % 1000).unwrap(),
+        )
+        .maxerror(1_000 + v % 7, 100 + v % 11)
+        .esterror(100 + v % 13, 10)
+        .disruption_marker(v)
+        .build()
+}
+
+/// Readers sharing one `Clock` (and so its cache of the page's constants, filled and refilled
+/// by whichever reader sees a new version first) while the writer publishes: every reading is
+/// exactly the reading of the version its marker names, at the counter it was read with.
+#[test]
+fn clock_readers_sharing_the_cache_never_see_a_mix() {
+    if vmclock::counter::NATIVE == abi::counter_id::INVALID {
+        return;
+    }
+    const WRITES: u64 = 50_000;
+    const READERS: usize = 2;
+    const MIN_READS: u64 = 100;
+    const COUNTER: u64 = 1 << 40;
+    let buf = PageBuf::new();
+    let mut writer = Writer::new(&buf);
+    writer.publish(&clock_page_for(1));
+    let clock = vmclock::Clock::new(&buf);
+    let done = AtomicBool::new(false);
+    let seen: [AtomicU64; READERS] = std::array::from_fn(|_| AtomicU64::new(0));
+    let (total, busy, writes) = std::thread::scope(|scope| {
+        let readers: Vec<_> = (0..READERS)
+            .map(|i| {
+                let (done, clock, seen) = (&done, &clock, &seen[i]);
+                scope.spawn(move || {
+                    let (mut checked, mut busy, mut last) = (0u64, 0u64, 0u64);
+                    while !done.load(Ordering::Relaxed) {
+                        let now = match clock.now_with_counter(|| COUNTER) {
+                            Ok(now) => now,
+                            // The writer changed the page throughout the 100 ms wait (a debug
+                            // build's full copy on a loaded machine): the documented refusal.
+                            Err(vmclock::ClockError::Read(vmclock::ReadError::Timeout { .. })) => {
+                                busy += 1;
+                                continue;
+                            }
+                            Err(e) => panic!("no reading: {e:?}"),
+                        };
+                        let v = now.disruption_marker;
+                        let snap = Snapshot::new(clock_page_for(v), 4096).unwrap();
+                        assert_eq!(now, vmclock::now_at(&snap, COUNTER).unwrap(), "version {v}");
+                        assert_eq!(now.tai(), snap.tai_at(COUNTER));
+                        assert!(v >= last, "went back from {last} to {v}");
+                        last = v;
+                        checked += 1;
+                        seen.store(checked, Ordering::Relaxed);
+                    }
+                    (checked, busy)
+                })
+            })
+            .collect();
+        let mut v = 1;
+        while v < WRITES || seen.iter().any(|s| s.load(Ordering::Relaxed) < MIN_READS) {
+            v += 1;
+            writer.publish(&clock_page_for(v));
+            if v >= WRITES {
+                // Past the planned count and a reader still short of its reads: let it run.
+                std::thread::yield_now();
+            }
+        }
+        done.store(true, Ordering::Relaxed);
+        let (t, b) = readers.into_iter().map(|r| r.join().unwrap()).fold((0, 0), |(a, b), (c, d)| (a + c, b + d));
+        (t, b, v)
+    });
+    eprintln!("clock stress: {writes} writes, {total} readings checked, {busy} refused as busy");
+    assert!(total >= READERS as u64 * MIN_READS);
+    // Quiet now: the last version, from the cache.
+    let now = clock.now_with_counter(|| COUNTER).unwrap();
+    assert_eq!(now.disruption_marker, writes);
+}

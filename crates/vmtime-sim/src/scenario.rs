@@ -61,14 +61,18 @@ pub struct Scenario {
     #[serde(default = "d_leap_in")]
     pub leap_in_s: u64,
     /// The host publisher's rate tolerance (`vmtime host --tolerance-ppm`), ppm: how fast the
-    /// host clock may drift from true time between its NTP daemon's updates. The default is the
-    /// daemon's, 500 ppm (the kernel's MAXFREQ); the sim's host drifts by at most ~0.4 ppm (20
-    /// ppb of frequency noise, 2 ppb/s of wander over a 200 s NTP loss, ±100 ppb of temperature).
+    /// host clock may drift from true time between its NTP daemon's updates. The default, 1 ppm,
+    /// is what an NTP-disciplined server's clock is held to (chrony's own default
+    /// `maxclockerror`, the rate at which it grows its error bound between updates); the sim's
+    /// host drifts by at most ~0.4 ppm (20 ppb of frequency noise, 2 ppb/s of wander over a
+    /// 200 s NTP loss, ±100 ppb of temperature). 500 is `vmtime host`'s own default (the
+    /// kernel's MAXFREQ, honest for any oscillator): bounds ~500 times looser.
     #[serde(default = "d_tolerance")]
     pub host_tolerance_ppm: f64,
-    /// The host NTP daemon's measurement error, ± µs (uniform); it claims |measured| + this.
-    /// 0 (the default): it measures exactly and claims its error + 100 µs.
-    #[serde(default)]
+    /// The host NTP daemon's measurement error, ± µs (uniform); it claims |measured| + this +
+    /// 1 µs. The default, 10 µs, is an NTP server on the same network. 0: it measures exactly
+    /// (no real daemon does) and claims its error + 100 µs.
+    #[serde(default = "d_ntp_noise")]
     pub ntp_noise_us: f64,
     /// Application reads of each guest's page per 10 ms step, each judged against true time.
     #[serde(default = "d_reads")]
@@ -182,7 +186,10 @@ fn d_reads() -> u32 {
     16
 }
 fn d_tolerance() -> f64 {
-    500.0
+    1.0
+}
+fn d_ntp_noise() -> f64 {
+    10.0
 }
 
 /// A scenario that cannot run.
@@ -483,9 +490,7 @@ pub fn run(s: &Scenario, seed: u64, duration_s: Option<u64>, mut progress: impl 
     c.ntp = NtpModel { poll_s: s.ntp_poll_s as i128, slews: s.host_slews, ..NtpModel::default() };
     c.reads_per_step = s.reads_per_step;
     c.ntp.offset_noise_ns = (s.ntp_noise_us * 1000.0) as i64;
-    if s.host_tolerance_ppm != d_tolerance() {
-        c.set_host_tolerance((s.host_tolerance_ppm * 1000.0).round() as u64);
-    }
+    c.set_host_tolerance((s.host_tolerance_ppm * 1000.0).round() as u64);
     if let Some(ms) = s.guest_check_ms {
         let check_ns = ms as i128 * 1_000_000;
         c.guests.iter_mut().for_each(|g| g.cadence = Some(vmtime_core::cadence::Cadence::new(check_ns)));

@@ -23,11 +23,32 @@ fn chain_at(o: &scenario::Outcome, t_s: f64) -> f64 {
 
 #[test]
 fn steady_and_startup() {
+    // The default host: its NTP measures within ±10 µs and slews on what it measures, so its
+    // rate changes at every update and the guest, following, lags it by up to ~1 µs.
     let o = run("steady", Some(600));
-    assert!(o.summary.chain_offset_ns.p99 <= 50.0, "{:?}", o.summary.chain_offset_ns);
+    assert!(o.summary.chain_offset_ns.p99 <= 1_000.0, "{:?}", o.summary.chain_offset_ns);
     assert_eq!(o.summary.steps, 1, "only the start-up step");
+    // Tight bounds at the defaults (issue 19: median bound ≤ 4 × p99 error).
+    let m = &o.summary;
+    assert!(
+        m.read_bound_p50_ns <= 4 * m.read_error_p99_ns,
+        "bound {} error {}",
+        m.read_bound_p50_ns,
+        m.read_error_p99_ns
+    );
+    // A host whose NTP measures exactly holds its rate: the guest follows it within tens of ns.
+    let mut quiet = Scenario::builtin("steady").unwrap();
+    quiet.ntp_noise_us = 0.0;
+    let q = scenario::run(&quiet, 1, Some(600), |_| {}).summary;
+    assert_eq!((q.bound_violations, q.monotonic_violations), (0, 0));
+    assert!(q.chain_offset_ns.p99 <= 50.0, "{:?}", q.chain_offset_ns);
+    // Start-up: within 1 µs of a host that holds its rate in 2 s; of the default host (its slews
+    // move it by up to ~1 µs against the guest) for good after ~100 s.
     let o = run("startup", None);
-    assert!(o.summary.convergence_s.unwrap() <= 2.0);
+    assert!(o.summary.convergence_s.unwrap() <= 300.0, "{:?}", o.summary.convergence_s);
+    let mut quiet = Scenario::builtin("startup").unwrap();
+    quiet.ntp_noise_us = 0.0;
+    assert!(scenario::run(&quiet, 1, None, |_| {}).summary.convergence_s.unwrap() <= 2.0);
 }
 
 #[test]

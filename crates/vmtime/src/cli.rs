@@ -1,6 +1,6 @@
-//! The command line's shared behaviour, for the full `vmtime` binary and the guest binary
-//! (`vmtime-guest`, the guest commands only): what the value types know is added to the flags,
-//! and a mistake is one line.
+//! The full `vmtime` binary's command line (clap): what the value types know is added to the
+//! flags, and a mistake is one line. The guest binary (`vmtime-guest`) parses its five commands
+//! by hand (crate::guest_cli), tested against this.
 
 use crate::ops::config;
 use crate::values;
@@ -59,16 +59,19 @@ pub fn parse<C: FromArgMatches>(
             let _ = e.print();
             (ExitCode::SUCCESS, String::new())
         }
-        _ => {
-            let text = e.render().to_string();
-            let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("invalid command line");
-            let first = first.trim().strip_prefix("error: ").unwrap_or(first.trim());
-            // A word outside a closed set: name the set on the same line.
-            let valid = match e.get(clap::error::ContextKind::ValidValue) {
-                Some(clap::error::ContextValue::Strings(v)) if !v.is_empty() => format!(": one of {}", v.join(", ")),
-                _ => String::new(),
-            };
-            (ExitCode::from(2), format!("vmtime: {first}{valid} (see vmtime --help)"))
-        }
+        _ => (ExitCode::from(2), error_line(&e)),
     })
+}
+
+/// A clap error as one line: its first line, with the set of allowed words where there is one.
+pub(crate) fn error_line(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("invalid command line");
+    let first = first.trim().strip_prefix("error: ").unwrap_or(first.trim());
+    // A word outside a closed set: name the set on the same line.
+    let valid = match e.get(clap::error::ContextKind::ValidValue) {
+        Some(clap::error::ContextValue::Strings(v)) if !v.is_empty() => format!(": one of {}", v.join(", ")),
+        _ => String::new(),
+    };
+    format!("vmtime: {first}{valid} (see vmtime --help)")
 }

@@ -8,11 +8,14 @@
 //!   systemd supervision, the control socket.
 //! - [`paths`]: where pages, sockets, states and locks live by convention.
 //! - [`values`]: the validated value types of flags and configuration keys.
+//! - [`cli`], [`guest_cli`]: the command lines of the full binary (clap) and of the guest binary
+//!   (by hand, tested against clap's).
 #![forbid(unsafe_code)]
 
 pub mod cli;
 pub mod commands;
 pub mod daemons;
+pub mod guest_cli;
 pub mod ops;
 pub mod page;
 pub mod paths;

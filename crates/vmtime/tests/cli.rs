@@ -225,3 +225,64 @@ fn reading_commands_default_to_this_machines_host_page() {
     assert_eq!(out.matches(note).count(), 3, "show, now and watch each say which page: {out}");
     assert!(out.contains("unchanged for"), "watch's state line: {out}");
 }
+
+/// The guest commands' help and command-line mistakes: the binary under test (`VMTIME_BIN`, the
+/// guest binary in scripts/test) prints what the full binary prints, byte for byte, with the same
+/// exit status. (Without `VMTIME_BIN` both are the full binary.)
+#[test]
+fn guest_commands_print_the_full_binarys_help_and_mistakes() {
+    let full = env!("CARGO_BIN_EXE_vmtime");
+    let cases: &[&[&str]] = &[
+        &["sync", "--help"],
+        &["sync", "-h"],
+        &["waitsync", "--help"],
+        &["now", "--help"],
+        &["status", "-h"],
+        &["show", "--help"],
+        &["help", "sync"],
+        &["sync", "--interval-ms", "5"],
+        &["sync", "--tai-offset", "-5"],
+        &["sync", "--phc-timescale", "gps"],
+        &["sync", "--bogus"],
+        &["sync", "--dry-run", "--dry-run"],
+        &["sync", "--source"],
+        &["sync", "--cross-check-ntp", "ntp.example:123"],
+        &["waitsync", "--max-error-ns", "1000"],
+        &["now", "a", "b"],
+        &["show", "--counter", "1.5"],
+        &["now", "--log-level", "loud"],
+        &["status", "--json=yes"],
+    ];
+    for args in cases {
+        let (a, b) = (vmtime(args), Command::new(full).args(*args).output().unwrap());
+        assert_eq!(a.status.code(), b.status.code(), "{args:?}");
+        assert_eq!(String::from_utf8_lossy(&a.stdout), String::from_utf8_lossy(&b.stdout), "{args:?}");
+        assert_eq!(String::from_utf8_lossy(&a.stderr), String::from_utf8_lossy(&b.stderr), "{args:?}");
+        assert!(!a.stdout.is_empty() || !a.stderr.is_empty(), "{args:?}: nothing printed");
+    }
+}
+
+/// The guest binary's help texts (crates/vmtime/src/guest-help/, which it prints without clap)
+/// are the full binary's, byte for byte. VMTIME_UPDATE_GUEST_HELP=1 writes them anew.
+#[test]
+fn the_guest_binarys_help_texts_are_the_full_binarys() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/guest-help");
+    let update = std::env::var_os("VMTIME_UPDATE_GUEST_HELP").is_some();
+    for name in ["sync", "waitsync", "now", "status", "show"] {
+        for (flag, ext) in [("-h", "short"), ("--help", "long")] {
+            let out = Command::new(env!("CARGO_BIN_EXE_vmtime")).args([name, flag]).output().unwrap();
+            assert!(out.status.success(), "{name} {flag}");
+            let file = dir.join(format!("{name}.{ext}"));
+            if update {
+                std::fs::write(&file, &out.stdout).unwrap();
+            } else {
+                let kept = std::fs::read(&file).unwrap();
+                assert!(
+                    kept == out.stdout,
+                    "{}: not `vmtime {name} {flag}`'s text; VMTIME_UPDATE_GUEST_HELP=1 cargo test -p vmtime --test cli",
+                    file.display()
+                );
+            }
+        }
+    }
+}

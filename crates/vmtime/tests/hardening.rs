@@ -626,7 +626,10 @@ fn class6_state_is_saved_before_the_page_and_a_failure_answers_json() {
     let guest = pages.join("guest.page");
     let st = state_dir.join("relay.json");
     let bin = d.path().join("vmtime");
-    std::fs::copy(BIN, &bin).unwrap();
+    // Copied by another process: a copy written by this one would be open for writing here, and a
+    // process another test forks meanwhile would hold it open until it execs, so that executing
+    // the copy fails with ETXTBSY ("Text file busy"; seen under load).
+    assert!(Command::new("cp").arg(BIN).arg(&bin).status().unwrap().success());
     let mut c = Command::new("setpriv");
     c.args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
         .arg(&bin)

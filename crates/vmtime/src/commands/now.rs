@@ -11,10 +11,10 @@ use vmclock::{abi, Clock};
 pub struct Args {
     /// The page: /dev/vmclock0 or a page file [default: /dev/vmclock0; where that is absent
     /// and this machine publishes a host page (vmtime host), that page].
-    page: Option<PathBuf>,
+    pub(crate) page: Option<PathBuf>,
     /// Print JSON.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 #[derive(Serialize)]

@@ -14,13 +14,13 @@ use vmclock::{PageTime, Snapshot};
 pub struct Args {
     /// The page: /dev/vmclock0 or a page file [default: /dev/vmclock0; where that is absent
     /// and this machine publishes a host page (vmtime host), that page].
-    page: Option<PathBuf>,
+    pub(crate) page: Option<PathBuf>,
     /// Print JSON.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
     /// Compute the time at this counter value instead of now.
     #[arg(long)]
-    counter: Option<AnyU64>,
+    pub(crate) counter: Option<AnyU64>,
 }
 
 /// A value with its name.

@@ -26,12 +26,13 @@ pub struct Args {
     #[arg(long, default_value = "1")]
     jobs: Burst,
     /// The host NTP daemon measures its offset within ± this and claims what it knows
-    /// (|measured| + this + 1 µs) instead of measuring exactly and claiming its error + 100 µs, ns
-    /// (sets every scenario's ntp_noise_us).
+    /// (|measured| + this + 1 µs), ns (sets every scenario's ntp_noise_us; default 10000; 0: it
+    /// measures exactly and claims its error + 100 µs).
     #[arg(long)]
     ntp_noise_ns: Option<ToleranceNs>,
     /// The host publisher's rate tolerance (vmtime host --tolerance-ppm), ppm (sets every
-    /// scenario's host_tolerance_ppm; default 500).
+    /// scenario's host_tolerance_ppm; default 1, an NTP-disciplined server's; 500 is vmtime
+    /// host's own default).
     #[arg(long)]
     host_tolerance_ppm: Option<TolerancePpm>,
     /// Simulated duration (e.g. 600, 10m, 1h, 1d; default: the scenario's).

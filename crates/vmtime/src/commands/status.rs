@@ -9,14 +9,14 @@ use std::process::ExitCode;
 pub struct Args {
     /// The daemon's control socket (default: the host page's).
     #[arg(long)]
-    socket: Option<PathBuf>,
+    pub(crate) socket: Option<PathBuf>,
     /// Print the raw JSON.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
     /// Send this request instead of "status" (a relay takes "migrated [OFFSET [RATIO BITS]]" and
     /// "restored").
     #[arg(long)]
-    request: Option<String>,
+    pub(crate) request: Option<String>,
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {

@@ -18,13 +18,13 @@ use vmtime_sys::clock::{aba_sample, ClockId};
 pub struct Args {
     /// The page: a vmclock device or page file (default: /dev/vmclock0).
     #[arg(long)]
-    source: Option<PathBuf>,
+    pub(crate) source: Option<PathBuf>,
     /// How far beyond the page's bounds CLOCK_REALTIME may still lie, ns.
     #[arg(long)]
-    max_error_ns: MaxErrorNs,
+    pub(crate) max_error_ns: MaxErrorNs,
     /// Give up after this long, s (0: look once).
     #[arg(long)]
-    timeout_s: TimeoutS,
+    pub(crate) timeout_s: TimeoutS,
 }
 
 /// Time between two looks.

@@ -329,11 +329,6 @@ impl Relay {
     }
 }
 
-/// Subscribes to the host daemon's notifications, if it answers in time.
-fn subscribe_host(socket: &Path) -> Option<Subscription> {
-    Subscription::open(socket, crate::ops::control::CLIENT_TIMEOUT).ok()
-}
-
 pub fn run(args: Args) -> Result<ExitCode> {
     let a: RelaySettings = args.daemon.settings(&args)?;
     let (migrated, restored) = (args.migrated, args.restored);
@@ -459,7 +454,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         r.state_path.display()
     );
     r.relay(true, Instant::now())?;
-    r.host_sub = subscribe_host(&r.host_socket);
+    r.host_sub = crate::ops::control::subscribe(&r.host_socket);
     match r.host_sub {
         Some(_) => tracing::info!("following the host by notification ({})", r.host_socket.display()),
         None => tracing::warn!(

@@ -830,7 +830,19 @@ fn open_page_source(path: &Path) -> Result<Source> {
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
-    let a: SyncSettings = args.daemon.settings(&args)?;
+    run_with(args, |a| a.daemon.settings(a))
+}
+
+/// `vmtime sync` in the guest binary (`vmtime-guest`): the configuration file read by
+/// [`crate::ops::config::sync_guest`] (its `[sync]` and `[metrics]` alone).
+pub fn run_guest(args: Args) -> Result<ExitCode> {
+    run_with(args, |a| crate::ops::config::sync_guest(a.daemon.config.as_deref(), a))
+}
+
+/// `vmtime sync` with `settings` reading the flags over the configuration file (at start and on
+/// SIGHUP).
+fn run_with(args: Args, settings: fn(&Args) -> Result<SyncSettings>) -> Result<ExitCode> {
+    let a: SyncSettings = settings(&args)?;
     if let Some(code) = check_rivals(&a)? {
         return Ok(code);
     }
@@ -852,7 +864,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             crate::paths::sync_socket(a.dry_run)
         }
     };
-    let rt = Runtime::start(a.clone(), move || args.daemon.settings(&args), &socket)?;
+    let rt = Runtime::start(a.clone(), move || settings(&args), &socket)?;
     let (page, first) = match source {
         Source::Page(page, first) => (page, first),
         Source::Phc(info, markers) => return rt.run(&mut PhcSync::open(&a, info, markers)?),
@@ -880,7 +892,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let is_device = page.reader().is_device();
     let notes = DeviceNotes::of(&page, &first, &source)?;
     let publisher = crate::paths::socket_for(&source);
-    let sub = if is_device { None } else { subscribe(&publisher) };
+    let sub = if is_device { None } else { crate::ops::control::subscribe(&publisher) };
     let cfg = discipline_config(&a);
     let mut m = sync_figures(&a, &source, None);
     m.step_policy = Some(cfg.clone());
@@ -934,7 +946,6 @@ pub fn run(args: Args) -> Result<ExitCode> {
     rt.run(&mut s)
 }
 
-/// Subscribes to a publisher's notifications, if it answers in time.
 impl Sync {
     /// The markers' check, when due: loads from the mapped page (no system call beyond the
     /// vDSO's clock). Whether it says observe now.
@@ -950,10 +961,6 @@ impl Sync {
         }
         now
     }
-}
-
-fn subscribe(socket: &Path) -> Option<Subscription> {
-    Subscription::open(socket, crate::ops::control::CLIENT_TIMEOUT).ok()
 }
 
 impl Daemon for Sync {

@@ -510,15 +510,48 @@ fn syntax_error(path: &Path, text: &str, e: &toml::de::Error) -> anyhow::Error {
 /// Deserialises with the key's path in the message: "[host] interval_ms: 0 is refused; allowed: …"
 /// (a subsection's key: "[feed.chrony] interval_ms: …").
 fn typed<T: DeserializeOwned>(v: toml::Value) -> Result<T, String> {
-    serde_path_to_error::deserialize::<_, T>(v).map_err(|e| {
-        let path = e.path().to_string();
-        let msg = one_line(e.inner().message());
-        match path.rsplit_once('.') {
-            Some((section, key)) => format!("[{section}] {key}: {msg}"),
-            None if path == "." || path.is_empty() => msg,
-            None => format!("{path}: {msg}"),
-        }
+    let e = match T::deserialize(v.clone()) {
+        Ok(t) => return Ok(t),
+        Err(e) => e,
+    };
+    let path = match &v {
+        toml::Value::Table(t) => failing_path::<T>(t).join("."),
+        _ => String::new(),
+    };
+    let msg = one_line(e.message());
+    Err(match path.rsplit_once('.') {
+        Some((section, key)) => format!("[{section}] {key}: {msg}"),
+        None if path.is_empty() => msg,
+        None => format!("{path}: {msg}"),
     })
+}
+
+/// Where deserialising `T` from `root` fails: the keys down to the first one whose value is
+/// refused, in the order the deserialiser visits them (the table's), found by deserialising the
+/// path to one key at a time (no key refused alone: the failure is not at a key, []).
+fn failing_path<T: DeserializeOwned>(root: &toml::Table) -> Vec<String> {
+    /// `root` reduced to the one branch `path` → `leaf`.
+    fn branch(path: &[String], leaf: toml::Value) -> toml::Value {
+        path.iter().rev().fold(leaf, |v, k| toml::Value::Table(toml::Table::from_iter([(k.clone(), v)])))
+    }
+    let refused = |path: &[String], leaf: toml::Value| T::deserialize(branch(path, leaf)).is_err();
+    let mut path: Vec<String> = Vec::new();
+    let mut table = root;
+    loop {
+        let Some((k, v)) = table.iter().find(|(k, v)| {
+            let mut p = path.clone();
+            p.push((*k).clone());
+            refused(&p, (*v).clone())
+        }) else {
+            return path;
+        };
+        path.push(k.clone());
+        // A table refused as a whole (a value expected there): the failure is at this key.
+        match v.as_table() {
+            Some(t) if !refused(&path, toml::Value::Table(toml::Table::new())) => table = t,
+            _ => return path,
+        }
+    }
 }
 
 /// A loaded configuration file: its raw tables (for merging with flags) and its checked values.
@@ -532,21 +565,52 @@ pub struct Loaded {
     pub file: FileConfig,
 }
 
-/// Reads and checks a configuration file. `explicit` is the `--config` given: it must exist;
-/// the default file may be absent (then everything is default).
-pub fn load(explicit: Option<&Path>) -> Result<Loaded> {
+/// Reads a configuration file as TOML: its path and table, or None when `explicit` is None and
+/// the default file does not exist (then everything is default). `explicit` must exist.
+fn read_table(explicit: Option<&Path>) -> Result<Option<(PathBuf, toml::Table)>> {
     let path = explicit.unwrap_or(Path::new(DEFAULT_PATH));
     let text = match crate::values::read_config_text(path) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && explicit.is_none() => {
-            return Ok(Loaded { path: None, table: toml::Table::new(), file: FileConfig::default() })
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && explicit.is_none() => return Ok(None),
         Err(e) => bail!("cannot read the configuration {}: {e}", path.display()),
     };
     let table: toml::Table = text.parse().map_err(|e| syntax_error(path, &text, &e))?;
+    Ok(Some((path.to_path_buf(), table)))
+}
+
+/// Reads and checks a configuration file. `explicit` is the `--config` given: it must exist;
+/// the default file may be absent (then everything is default).
+pub fn load(explicit: Option<&Path>) -> Result<Loaded> {
+    let Some((path, table)) = read_table(explicit)? else {
+        return Ok(Loaded { path: None, table: toml::Table::new(), file: FileConfig::default() });
+    };
     let file: FileConfig = typed(toml::Value::Table(table.clone())).map_err(|m| anyhow!("{}: {m}", path.display()))?;
     file.validate().map_err(|e| anyhow!("{}: {e}", path.display()))?;
-    Ok(Loaded { path: Some(path.to_path_buf()), table, file })
+    Ok(Loaded { path: Some(path), table, file })
+}
+
+/// The guest binary's view of the file (`vmtime-guest`, which has `sync` but no host, relay or
+/// feeds): `[sync]` and `[metrics]` are checked key by key exactly as by [`load`]; the other
+/// daemons' sections, whose code the guest binary leaves out, must be tables but their keys are
+/// not checked. An unknown section is refused, as by [`load`].
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[allow(dead_code, reason = "the other sections are read to be checked as tables, not used")]
+struct GuestFile {
+    host: toml::Table,
+    relay: toml::Table,
+    sync: SyncSettings,
+    metrics: MetricsSettings,
+    feed: GuestFeed,
+}
+
+/// `[feed]` for the guest binary: its subsections' names only.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[allow(dead_code, reason = "read to be checked as tables, not used")]
+struct GuestFeed {
+    chrony: toml::Table,
+    clockbound: toml::Table,
 }
 
 /// The flags the user gave, as a TOML table: absent options and false switches left out.
@@ -564,22 +628,34 @@ fn resolve<S: DeserializeOwned>(
     flags: &impl Serialize,
     metrics: impl FnOnce(&mut S) -> &mut Option<SocketAddr>,
 ) -> Result<S> {
+    resolve_in(loaded.path.as_deref(), &loaded.table, &loaded.file.metrics, section, flags, metrics)
+}
+
+/// [`resolve`] on a file's table and its checked `[metrics]`.
+fn resolve_in<S: DeserializeOwned>(
+    path: Option<&Path>,
+    table: &toml::Table,
+    file_metrics: &MetricsSettings,
+    section: &str,
+    flags: &impl Serialize,
+    metrics: impl FnOnce(&mut S) -> &mut Option<SocketAddr>,
+) -> Result<S> {
     // A subsection ("feed.chrony") is looked up table by table.
-    let mut found = Some(&loaded.table);
+    let mut found = Some(table);
     for part in section.split('.') {
         found = found.and_then(|t| t.get(part)).and_then(toml::Value::as_table);
     }
     let mut merged = found.cloned().unwrap_or_default();
     merged.extend(flag_table(flags)?);
-    let mut s: S = typed(toml::Value::Table(merged)).map_err(|m| match &loaded.path {
+    let mut s: S = typed(toml::Value::Table(merged)).map_err(|m| match path {
         Some(p) => anyhow!("{}: [{section}] {m}", p.display()),
         None => anyhow!("[{section}] {m}"),
     })?;
     let addr = metrics(&mut s);
     if addr.is_none() {
-        *addr = loaded.file.metrics.listen;
+        *addr = file_metrics.listen;
     }
-    check_metrics("--metrics-listen", *addr, &loaded.file.metrics)?;
+    check_metrics("--metrics-listen", *addr, file_metrics)?;
     Ok(s)
 }
 
@@ -726,6 +802,28 @@ pub trait Section: DeserializeOwned {
 /// `config` over the defaults. Also its SIGHUP reload: an error keeps the settings in force.
 pub fn settings<S: Section>(config: Option<&Path>, flags: &impl Serialize) -> Result<S> {
     let s: S = resolve(&load(config)?, S::SECTION, flags, S::metrics_listen_mut)?;
+    s.check_flags().map_err(|m| anyhow!("{m}"))?;
+    Ok(s)
+}
+
+/// `vmtime sync`'s settings in the guest binary (also its SIGHUP reload): as [`settings`], but of
+/// the file only `[sync]` and `[metrics]` are checked key by key ([`GuestFile`]), so that the
+/// other daemons' deserialisers stay out of the guest binary.
+pub fn sync_guest(config: Option<&Path>, flags: &impl Serialize) -> Result<SyncSettings> {
+    let metrics = SyncSettings::metrics_listen_mut;
+    let s: SyncSettings = match read_table(config)? {
+        None => {
+            resolve_in(None, &toml::Table::new(), &MetricsSettings::default(), SyncSettings::SECTION, flags, metrics)?
+        }
+        Some((path, table)) => {
+            let file: GuestFile =
+                typed(toml::Value::Table(table.clone())).map_err(|m| anyhow!("{}: {m}", path.display()))?;
+            check_metrics("[metrics] listen", file.metrics.listen, &file.metrics)
+                .and_then(|()| check_metrics("[sync] metrics_listen", file.sync.metrics_listen, &file.metrics))
+                .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+            resolve_in(Some(&path), &table, &file.metrics, SyncSettings::SECTION, flags, metrics)?
+        }
+    };
     s.check_flags().map_err(|m| anyhow!("{m}"))?;
     Ok(s)
 }
@@ -878,6 +976,118 @@ mod tests {
         let e = err("[host\n");
         assert!(e.contains("line 1:"), "{e}");
         assert_eq!(e.lines().count(), 1, "{e}");
+    }
+
+    /// The guest binary's reading of a file gives the same `[sync]` settings and the same errors
+    /// as the full binary's, except in the keys of the sections the guest binary leaves out.
+    #[test]
+    fn the_guest_binary_reads_sync_as_the_full_binary_does() {
+        #[derive(Serialize)]
+        struct Flags {
+            interval_ms: Option<u32>,
+        }
+        let none = Flags { interval_ms: None };
+        let both = |text: &str, flags: &Flags| {
+            let f = file(text);
+            let full = settings::<SyncSettings>(Some(f.path()), flags).map_err(|e| format!("{e:#}"));
+            let guest = sync_guest(Some(f.path()), flags).map_err(|e| format!("{e:#}"));
+            (full, guest)
+        };
+        for text in [
+            "",
+            "[sync]\ninterval_ms = 250\nmakestep_ns = 5000\ndry_run = true\nhook = \"true\"\n",
+            "[sync]\nmetrics_listen = \"127.0.0.1:9100\"\n[host]\ninterval_ms = 100\n[feed.chrony]\n",
+            "[metrics]\nlisten = \"127.0.0.1:9100\"\n",
+            "[sync]\ninterval_ms = 0\n",
+            "[sync]\nintervl_ms = 5\n",
+            "[sync]\nphc_timescale = \"gps\"\n",
+            "[hots]\n",
+            "[feed.chrny]\n",
+            "[sync\n",
+            "[metrics]\nlisten = \"0.0.0.0:9100\"\n",
+            "[sync]\nmetrics_listen = \"192.0.2.1:9100\"\n",
+            "[metrics]\nallow_non_loopback = true\n[sync]\nmetrics_listen = \"192.0.2.1:9100\"\n",
+        ] {
+            let (full, guest) = both(text, &none);
+            assert_eq!(full, guest, "{text}");
+        }
+        assert!(both("[sync]\ninterval_ms = 0\n", &none).1.unwrap_err().contains("[sync] interval_ms: 0 is refused"));
+        assert!(both("[feed.chrny]\n", &none).1.unwrap_err().contains("unknown field `chrny`"));
+        // A flag over the file, and a flag out of range, named.
+        let (full, guest) = both("[sync]\ninterval_ms = 250\n", &Flags { interval_ms: Some(500) });
+        assert_eq!(full.as_ref().map(|s| s.interval_ms.get()), Ok(500));
+        assert_eq!(full, guest);
+        let (full, guest) = both("", &Flags { interval_ms: Some(5) });
+        assert_eq!(full, guest);
+        assert!(guest.unwrap_err().contains("interval_ms: 5 is refused"));
+        // No file at all: the defaults.
+        let missing = tempfile::tempdir().unwrap();
+        let path = missing.path().join("none.toml");
+        assert_eq!(
+            settings::<SyncSettings>(Some(&path), &none).map_err(|e| format!("{e:#}")),
+            sync_guest(Some(&path), &none).map_err(|e| format!("{e:#}"))
+        );
+        // The one difference: another daemon's key is not checked by the guest binary.
+        let (full, guest) = both("[host]\ninterval_ms = 0\n", &none);
+        assert!(full.unwrap_err().contains("[host] interval_ms: 0 is refused"));
+        assert_eq!(guest, Ok(SyncSettings::default()));
+        assert!(both("host = 5\n", &none).1.is_err(), "a section is a table");
+    }
+
+    /// The key paths of the one-line errors are those serde_path_to_error finds (what `typed`
+    /// used before it found them itself, to keep that crate out of the guest binary).
+    #[test]
+    fn the_key_paths_are_serde_path_to_errors() {
+        fn old<T: DeserializeOwned>(v: toml::Value) -> Result<T, String> {
+            serde_path_to_error::deserialize::<_, T>(v).map_err(|e| {
+                let path = e.path().to_string();
+                let msg = one_line(e.inner().message());
+                match path.rsplit_once('.') {
+                    Some((section, key)) => format!("[{section}] {key}: {msg}"),
+                    None if path == "." || path.is_empty() => msg,
+                    None => format!("{path}: {msg}"),
+                }
+            })
+        }
+        let files = [
+            "",
+            "[host]\ninterval_ms = 0\n",
+            "[host]\ntolerance_ppm = nan\n",
+            "[sync]\nmakestep_ns = -1\n",
+            "[relay]\ntsc_ratio = 1e30\n",
+            "[host]\nintervl_ms = 5\n",
+            "[hots]\n",
+            "host = 5\n",
+            "[host]\nsmearing = \"fast\"\n",
+            "[sync]\ninterval_ms = 250\nmakestep_ns = \"x\"\nzzz = 1\n",
+            "[sync]\nzzz = 1\ninterval_ms = 0\n",
+            "[sync.interval_ms]\n",
+            "[sync.nested]\nx = 1\n",
+            "[feed.chrony]\ninterval_ms = 0\n",
+            "[feed.chrny]\n",
+            "[feed]\nchrony = 3\n",
+            "[feed.clockbound]\nlayout = \"4\"\n",
+            "[metrics]\nlisten = \"localhost\"\n",
+            "[metrics]\nlisten = 5\nallow_non_loopback = \"yes\"\n",
+            "[relay]\nstate = 5\n[host]\npage = \"/p\"\n",
+            "[sync]\nhook = 5\n[aaa]\n",
+            "a = 1\n[sync]\nhook = 5\n",
+            "[sync]\nphc_timescale = \"TAI\"\ntai_offset = 37\n",
+            "[sync]\ndry_run = 1\n",
+            "[host]\ntai_offset = 3.5\n",
+        ];
+        for text in files {
+            let v = toml::Value::Table(text.parse::<toml::Table>().unwrap());
+            assert_eq!(typed::<FileConfig>(v.clone()), old::<FileConfig>(v.clone()), "{text}");
+            assert_eq!(typed::<GuestFile>(v.clone()).err(), old::<GuestFile>(v.clone()).err(), "{text}");
+            if let Some(t) = v.get("sync") {
+                assert_eq!(typed::<SyncSettings>(t.clone()), old::<SyncSettings>(t.clone()), "{text}");
+            }
+            if let Some(t) = v.get("feed").and_then(|f| f.get("clockbound")) {
+                let (new, was) = (typed::<FeedClockBoundSettings>(t.clone()), old::<FeedClockBoundSettings>(t.clone()));
+                assert_eq!(new, was, "{text}");
+            }
+        }
     }
 
     #[test]

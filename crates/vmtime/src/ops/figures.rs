@@ -17,13 +17,11 @@ pub struct HostMetrics {
     /// When the kernel clock was last observed (at least every --interval-ms, page or not).
     pub last_observation: Option<Instant>,
     pub disruptions: u64,
-    pub last_publish: Option<Instant>,
-    pub maxerror_ns: Option<u64>,
-    pub esterror_ns: Option<u64>,
+    /// The page as last published.
+    pub written: PageFigures,
     /// Page − kernel clock at the last observation, ns.
     pub error_ns: Option<f64>,
     pub pairing_ns: Option<f64>,
-    pub status: Option<&'static str>,
     /// The page published.
     pub page: String,
     /// The page as last published.
@@ -52,12 +50,6 @@ impl Figures for HostMetrics {
     fn run(&mut self) -> &mut RunFigures {
         &mut self.run
     }
-    fn status_line(&self, line: &mut String) {
-        if self.published > 0 {
-            let unread = if self.timex_denied { " (kernel NTP state unreadable: FREERUNNING, 16 s bound)" } else { "" };
-            let _ = write!(line, "publishing {}{unread}", self.page);
-        }
-    }
     fn status(&self, _now: Instant) -> serde_json::Value {
         use vmclock::abi;
         let snap = self.snap;
@@ -84,20 +76,22 @@ impl Figures for HostMetrics {
             "stats": self.stats,
         })
     }
+    fn status_line(&self, line: &mut String) {
+        if self.published > 0 {
+            let unread = if self.timex_denied { " (kernel NTP state unreadable: FREERUNNING, 16 s bound)" } else { "" };
+            let _ = write!(line, "publishing {}{unread}", self.page);
+        }
+    }
 }
 
 impl HostMetrics {
     /// Takes the figures of a page just published.
     pub fn published_page(&mut self, page: &impl vmclock::seqlock::PageMemory, stats: &vmtime_core::host::HostStats) {
-        self.last_publish = Some(Instant::now());
         self.published = stats.published;
         self.disruptions = stats.disruptions;
         self.error_ns = Some(stats.last_error_ns);
         self.pairing_ns = Some(stats.pairing_ns);
-        if let Ok(s) = vmclock::seqlock::read(page, vmclock::seqlock::DEFAULT_MAX_WAIT) {
-            self.maxerror_ns = s.time_maxerror_ns();
-            self.esterror_ns = s.time_esterror_ns();
-            self.status = s.clock_status().map(vmclock::abi::status_name);
+        if let Some(s) = self.written.page(page) {
             self.snap = Some(s);
         }
     }
@@ -106,11 +100,7 @@ impl HostMetrics {
 impl Expose for HostMetrics {
     fn render(&self, now: Instant, e: &mut Exposition) {
         e.build_info("host");
-        e.gauge(
-            "vmtime_host_page_age_seconds",
-            "Time since the host page was last published.",
-            age(now, self.last_publish),
-        );
+        self.written.render(now, e, "host", "host page", &self.run);
         e.gauge(
             "vmtime_host_last_observation_age_seconds",
             "Time since the kernel clock was last observed (the page is checked against it then, republished only if it drifted).",
@@ -128,16 +118,6 @@ impl Expose for HostMetrics {
             self.disruptions,
         );
         e.gauge(
-            "vmtime_host_page_maxerror_seconds",
-            "The page's maximum error at its reference point (time_maxerror).",
-            self.maxerror_ns.map(|n| n as f64 / 1e9),
-        );
-        e.gauge(
-            "vmtime_host_page_esterror_seconds",
-            "The page's estimated error at its reference point (time_esterror).",
-            self.esterror_ns.map(|n| n as f64 / 1e9),
-        );
-        e.gauge(
             "vmtime_host_page_error_seconds",
             "Page time minus the kernel clock, measured at the last observation.",
             self.error_ns.map(|n| n / 1e9),
@@ -147,16 +127,60 @@ impl Expose for HostMetrics {
             "Half-width of the last (clock, counter, clock) pairing.",
             self.pairing_ns.map(|n| n / 1e9),
         );
-        e.state_set("vmtime_host_clock_status", "The page's clock_status.", "status", STATUSES, self.status);
+    }
+}
+
+/// What a daemon shows of the page it writes (the host's page, a relay's guest page), as last
+/// written.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PageFigures {
+    pub last_publish: Option<Instant>,
+    pub maxerror_ns: Option<u64>,
+    pub esterror_ns: Option<u64>,
+    pub status: Option<&'static str>,
+}
+
+impl PageFigures {
+    /// Takes the figures of the page just written; the page as read back.
+    fn page(&mut self, page: &impl vmclock::seqlock::PageMemory) -> Option<vmclock::Snapshot> {
+        self.last_publish = Some(Instant::now());
+        let s = vmclock::seqlock::read(page, vmclock::seqlock::DEFAULT_MAX_WAIT).ok()?;
+        self.maxerror_ns = s.time_maxerror_ns();
+        self.esterror_ns = s.time_esterror_ns();
+        self.status = s.clock_status().map(vmclock::abi::status_name);
+        Some(s)
+    }
+
+    /// `vmtime_ROLE_page_age_seconds`, `_page_maxerror_seconds`, `_page_esterror_seconds`,
+    /// `_clock_status`, and the subscribers to the page's notifications (`_subscribers`,
+    /// `_subscribers_dropped_total`); `page` names the page in the help texts.
+    fn render(&self, now: Instant, e: &mut Exposition, role: &str, page: &str, run: &RunFigures) {
+        let name = |n: &str| format!("vmtime_{role}_{n}");
         e.gauge(
-            "vmtime_host_subscribers",
-            "Processes subscribed to page notifications.",
-            Some(self.run.subscribers as f64),
+            &name("page_age_seconds"),
+            &format!("Time since the {page} was last written."),
+            age(now, self.last_publish),
+        );
+        e.gauge(
+            &name("page_maxerror_seconds"),
+            &format!("The {page}'s maximum error at its reference point (time_maxerror)."),
+            self.maxerror_ns.map(|n| n as f64 / 1e9),
+        );
+        e.gauge(
+            &name("page_esterror_seconds"),
+            &format!("The {page}'s estimated error at its reference point (time_esterror)."),
+            self.esterror_ns.map(|n| n as f64 / 1e9),
+        );
+        e.state_set(&name("clock_status"), &format!("The {page}'s clock_status."), "status", STATUSES, self.status);
+        e.gauge(
+            &name("subscribers"),
+            &format!("Processes subscribed to {page} notifications."),
+            Some(run.subscribers as f64),
         );
         e.counter(
-            "vmtime_host_subscribers_dropped_total",
+            &name("subscribers_dropped_total"),
             "Subscribers dropped because a notification could not be written.",
-            self.run.server.dropped_subscribers,
+            run.server.dropped_subscribers,
         );
     }
 }
@@ -168,11 +192,9 @@ pub struct RelayMetrics {
     /// The host page cannot be read: the guest page keeps its last update.
     pub holdover: bool,
     pub disruptions: u64,
-    pub last_publish: Option<Instant>,
-    pub maxerror_ns: Option<u64>,
-    pub esterror_ns: Option<u64>,
+    /// The guest page as last written.
+    pub written: PageFigures,
     pub latency_us: Option<f64>,
-    pub status: Option<&'static str>,
     /// The host page followed.
     pub host_page: String,
     /// The guest page written.
@@ -197,11 +219,6 @@ impl Figures for RelayMetrics {
     fn run(&mut self) -> &mut RunFigures {
         &mut self.run
     }
-    fn status_line(&self, line: &mut String) {
-        if self.relayed > 0 {
-            let _ = write!(line, "relaying {} to {}", self.host_page, self.guest_page);
-        }
-    }
     fn status(&self, _now: Instant) -> serde_json::Value {
         serde_json::json!({
             "host_page": self.host_page,
@@ -209,7 +226,7 @@ impl Figures for RelayMetrics {
             "relayed": self.relayed,
             "last_host_seq": self.last_host_seq,
             "guest_seq": self.guest_seq,
-            "guest_status": self.status,
+            "guest_status": self.written.status,
             "last_latency_us": self.latency_us.unwrap_or(0.0),
             "holdover": self.holdover,
             "map_pending": self.map_pending,
@@ -217,6 +234,11 @@ impl Figures for RelayMetrics {
             "host_notified": self.host_notified,
             "guard_ms": self.guard_ms,
         })
+    }
+    fn status_line(&self, line: &mut String) {
+        if self.relayed > 0 {
+            let _ = write!(line, "relaying {} to {}", self.host_page, self.guest_page);
+        }
     }
 }
 
@@ -229,14 +251,10 @@ impl RelayMetrics {
         latency_us: f64,
         disrupted: bool,
     ) {
-        self.last_publish = Some(Instant::now());
         self.relayed = relayed;
         self.latency_us = Some(latency_us);
         self.disruptions += u64::from(disrupted);
-        if let Ok(s) = vmclock::seqlock::read(page, vmclock::seqlock::DEFAULT_MAX_WAIT) {
-            self.maxerror_ns = s.time_maxerror_ns();
-            self.esterror_ns = s.time_esterror_ns();
-            self.status = s.clock_status().map(vmclock::abi::status_name);
+        if let Some(s) = self.written.page(page) {
             self.guest_seq = Some(s.seq_count());
         }
     }
@@ -245,11 +263,7 @@ impl RelayMetrics {
 impl Expose for RelayMetrics {
     fn render(&self, now: Instant, e: &mut Exposition) {
         e.build_info("relay");
-        e.gauge(
-            "vmtime_relay_page_age_seconds",
-            "Time since the guest page was last written.",
-            age(now, self.last_publish),
-        );
+        self.written.render(now, e, "relay", "guest page", &self.run);
         e.counter("vmtime_relay_guest_pages_total", "Guest pages written (relayed host pages).", self.relayed);
         e.gauge(
             "vmtime_relay_holdover",
@@ -262,30 +276,9 @@ impl Expose for RelayMetrics {
             self.disruptions,
         );
         e.gauge(
-            "vmtime_relay_page_maxerror_seconds",
-            "The guest page's maximum error at its reference point.",
-            self.maxerror_ns.map(|n| n as f64 / 1e9),
-        );
-        e.gauge(
-            "vmtime_relay_page_esterror_seconds",
-            "The guest page's estimated error at its reference point.",
-            self.esterror_ns.map(|n| n as f64 / 1e9),
-        );
-        e.gauge(
             "vmtime_relay_latency_seconds",
             "From the host's notification to the guest page written, last update.",
             self.latency_us.map(|u| u / 1e6),
-        );
-        e.state_set("vmtime_relay_clock_status", "The guest page's clock_status.", "status", STATUSES, self.status);
-        e.gauge(
-            "vmtime_relay_subscribers",
-            "Processes subscribed to guest page notifications.",
-            Some(self.run.subscribers as f64),
-        );
-        e.counter(
-            "vmtime_relay_subscribers_dropped_total",
-            "Subscribers dropped because a notification could not be written.",
-            self.run.server.dropped_subscribers,
         );
     }
 }
@@ -355,15 +348,6 @@ impl Figures for SyncMetrics {
     fn run(&mut self) -> &mut RunFigures {
         &mut self.run
     }
-    /// Following its source once it has made an update; with markers only, watching them once
-    /// the page has been read.
-    fn status_line(&self, line: &mut String) {
-        if self.markers_only && self.disruption_marker.is_some() {
-            let _ = write!(line, "watching the markers of {} (no time source)", self.source);
-        } else if !self.markers_only && self.updates > 0 {
-            let _ = write!(line, "following {}", self.source);
-        }
-    }
     fn status(&self, _now: Instant) -> serde_json::Value {
         let discipline = match (&self.discipline, self.markers_only) {
             (Some(d), false) => serde_json::to_value(d).unwrap_or_default(),
@@ -399,6 +383,15 @@ impl Figures for SyncMetrics {
             }
         }
         v
+    }
+    /// Following its source once it has made an update; with markers only, watching them once
+    /// the page has been read.
+    fn status_line(&self, line: &mut String) {
+        if self.markers_only && self.disruption_marker.is_some() {
+            let _ = write!(line, "watching the markers of {} (no time source)", self.source);
+        } else if !self.markers_only && self.updates > 0 {
+            let _ = write!(line, "following {}", self.source);
+        }
     }
 }
 
@@ -759,9 +752,6 @@ impl Figures for FeedChronyMetrics {
     fn run(&mut self) -> &mut RunFigures {
         &mut self.common.run
     }
-    fn status_line(&self, line: &mut String) {
-        line.push_str(&self.common.state);
-    }
     fn status(&self, now: Instant) -> serde_json::Value {
         let own = serde_json::json!({
             "socket": self.socket,
@@ -773,14 +763,14 @@ impl Figures for FeedChronyMetrics {
         });
         with(self.common.status(now), own)
     }
+    fn status_line(&self, line: &mut String) {
+        line.push_str(&self.common.state);
+    }
 }
 
 impl Figures for FeedClockBoundMetrics {
     fn run(&mut self) -> &mut RunFigures {
         &mut self.common.run
-    }
-    fn status_line(&self, line: &mut String) {
-        line.push_str(&self.common.state);
     }
     fn status(&self, now: Instant) -> serde_json::Value {
         let own = serde_json::json!({
@@ -793,6 +783,9 @@ impl Figures for FeedClockBoundMetrics {
             "cross_check": self.cross_check,
         });
         with(self.common.status(now), own)
+    }
+    fn status_line(&self, line: &mut String) {
+        line.push_str(&self.common.state);
     }
 }
 
@@ -844,9 +837,12 @@ mod tests {
         let t0 = Instant::now();
         let m = HostMetrics {
             published: 12,
-            last_publish: Some(t0),
-            maxerror_ns: Some(1_500),
-            status: Some("SYNCHRONIZED"),
+            written: PageFigures {
+                last_publish: Some(t0),
+                maxerror_ns: Some(1_500),
+                status: Some("SYNCHRONIZED"),
+                ..Default::default()
+            },
             ..Default::default()
         };
         let text = render(&m, t0 + Duration::from_millis(250));

@@ -5,23 +5,21 @@
 //!   timestamp (the journal adds its own) and a `<N>` syslog priority prefix, which journald turns
 //!   into the entry's priority, so `journalctl -p warning` works.
 //!
-//! `tracing` + `tracing-subscriber` (the `fmt` layer with a formatter of our own) rather than
-//! hand-written `eprintln!`: levels, filtering and the journald/terminal switch in one place, and
-//! the daemons' call sites stay one line each. Fields are written with `Display`; a field given
-//! with `?` (Debug) is a bug at the call site (the developers' guide forbids Debug in user text).
+//! `tracing` with a subscriber of our own (no spans are used: an event is formatted and written
+//! in one `write`) rather than hand-written `eprintln!`: levels, filtering and the
+//! journald/terminal switch in one place, and the daemons' call sites stay one line each. Fields
+//! are written with `Display`; a field given with `?` (Debug) is a bug at the call site (the
+//! developers' guide forbids Debug in user text).
 
 use std::fmt::{self, Write as _};
+use std::sync::atomic::{AtomicU8, Ordering};
 use tracing::field::{Field, Visit};
-use tracing::{Event, Level, Subscriber};
-use tracing_subscriber::fmt::format::Writer;
-use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
-use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
-use tracing_subscriber::registry::LookupSpan;
+use tracing::level_filters::LevelFilter;
+use tracing::{span, Event, Level, Metadata, Subscriber};
 
 pub use crate::ops::config::LogLevel;
 
-fn filter(level: LogLevel) -> tracing_subscriber::filter::LevelFilter {
-    use tracing_subscriber::filter::LevelFilter;
+fn filter(level: LogLevel) -> LevelFilter {
     match level {
         LogLevel::Error => LevelFilter::ERROR,
         LogLevel::Warn => LevelFilter::WARN,
@@ -55,29 +53,97 @@ pub fn detect_style() -> Style {
     }
 }
 
-/// Changes the level of the installed subscriber (see [`set_level`]).
-static LEVEL: std::sync::OnceLock<
-    tracing_subscriber::reload::Handle<tracing_subscriber::filter::LevelFilter, tracing_subscriber::Registry>,
-> = std::sync::OnceLock::new();
+/// The installed subscriber's level ([`set_level`] changes it).
+static LEVEL: AtomicU8 = AtomicU8::new(LogLevel::Info as u8);
+
+fn level_of(n: u8) -> LogLevel {
+    [LogLevel::Error, LogLevel::Warn, LogLevel::Info, LogLevel::Debug, LogLevel::Trace]
+        .into_iter()
+        .find(|l| *l as u8 == n)
+        .unwrap_or(LogLevel::Info)
+}
 
 /// Installs the subscriber. Called once, by `main`; a second call (tests) is ignored. A daemon
 /// that learns its level later (from its configuration, or on SIGHUP) calls [`set_level`].
 pub fn init(level: LogLevel) {
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
-    let style = detect_style();
-    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter(level));
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).event_format(LineFormat { style });
-    if tracing_subscriber::registry().with(filter).with(fmt).try_init().is_ok() {
-        let _ = LEVEL.set(handle);
+    let lines = Lines { style: detect_style(), level: &LEVEL, out: Box::new(to_stderr) };
+    if tracing::subscriber::set_global_default(lines).is_ok() {
+        set_level(level);
     }
+}
+
+fn to_stderr(line: &[u8]) {
+    use std::io::Write;
+    let _ = std::io::stderr().lock().write_all(line);
 }
 
 /// Sets the level from now on (a daemon's configured `log_level`, re-read on SIGHUP).
 pub fn set_level(level: LogLevel) {
-    if let Some(h) = LEVEL.get() {
-        let _ = h.modify(|f| *f = filter(level));
+    LEVEL.store(level as u8, Ordering::Relaxed);
+    // The callsites' cached interest and tracing's global maximum follow the new level.
+    tracing::callsite::rebuild_interest_cache();
+}
+
+/// Where a subscriber's lines go: stderr, or a test's buffer.
+type Sink = Box<dyn Fn(&[u8]) + Send + Sync>;
+
+/// The subscriber: each event at or above the level, one line, written whole.
+struct Lines {
+    style: Style,
+    level: &'static AtomicU8,
+    out: Sink,
+}
+
+impl Lines {
+    fn filter(&self) -> LevelFilter {
+        filter(level_of(self.level.load(Ordering::Relaxed)))
     }
+}
+
+impl Subscriber for Lines {
+    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+        *metadata.level() <= self.filter()
+    }
+    fn max_level_hint(&self) -> Option<LevelFilter> {
+        Some(self.filter())
+    }
+    fn new_span(&self, _: &span::Attributes<'_>) -> span::Id {
+        span::Id::from_u64(1)
+    }
+    fn record(&self, _: &span::Id, _: &span::Record<'_>) {}
+    fn record_follows_from(&self, _: &span::Id, _: &span::Id) {}
+    fn event(&self, event: &Event<'_>) {
+        if self.enabled(event.metadata()) {
+            (self.out)(line(self.style, event, std::time::SystemTime::now()).as_bytes());
+        }
+    }
+    fn enter(&self, _: &span::Id) {}
+    fn exit(&self, _: &span::Id) {}
+}
+
+/// An instant as RFC 3339 UTC with microseconds: `2026-11-23T10:22:46.123456Z`.
+fn timestamp(t: std::time::SystemTime, w: &mut String) {
+    let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    // Days since 1970-01-01 to a civil date (proleptic Gregorian).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let _ = write!(
+        w,
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        d.subsec_micros()
+    );
 }
 
 /// The syslog priority journald reads from a `<N>` prefix.
@@ -91,31 +157,24 @@ pub fn syslog_priority(level: &Level) -> u8 {
 }
 
 /// One event → one line.
-#[derive(Debug)]
-struct LineFormat {
-    style: Style,
-}
-
-impl<S, N> FormatEvent<S, N> for LineFormat
-where
-    S: Subscriber + for<'a> LookupSpan<'a>,
-    N: for<'a> FormatFields<'a> + 'static,
-{
-    fn format_event(&self, _ctx: &FmtContext<'_, S, N>, mut w: Writer<'_>, event: &Event<'_>) -> fmt::Result {
-        let level = event.metadata().level();
-        match self.style {
-            Style::Journal => write!(w, "<{}>", syslog_priority(level))?,
-            Style::Plain => {
-                SystemTime.format_time(&mut w)?;
-                write!(w, " {level:>5} ")?;
-            }
+fn line(style: Style, event: &Event<'_>, now: std::time::SystemTime) -> String {
+    let level = event.metadata().level();
+    let mut w = String::new();
+    match style {
+        Style::Journal => {
+            let _ = write!(w, "<{}>", syslog_priority(level));
         }
-        let mut v = LineVisitor::default();
-        event.record(&mut v);
-        // One line per event, whatever the message holds.
-        let line = v.line.replace(['\n', '\r'], " ");
-        writeln!(w, "{line}")
+        Style::Plain => {
+            timestamp(now, &mut w);
+            let _ = write!(w, " {level:>5} ");
+        }
     }
+    let mut v = LineVisitor::default();
+    event.record(&mut v);
+    // One line per event, whatever the message holds.
+    w.push_str(&v.line.replace(['\n', '\r'], " "));
+    w.push('\n');
+    w
 }
 
 /// The message first, then `key=value` for each other field.
@@ -155,35 +214,14 @@ impl Visit for LineVisitor {
 mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
-    use tracing_subscriber::fmt::MakeWriter;
-
-    #[derive(Clone, Default)]
-    struct Buf(Arc<Mutex<Vec<u8>>>);
-    impl std::io::Write for Buf {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    impl<'a> MakeWriter<'a> for Buf {
-        type Writer = Buf;
-        fn make_writer(&'a self) -> Buf {
-            self.clone()
-        }
-    }
 
     fn capture(style: Style, level: LogLevel, f: impl FnOnce()) -> String {
-        let buf = Buf::default();
-        let sub = tracing_subscriber::fmt()
-            .with_max_level(filter(level))
-            .with_writer(buf.clone())
-            .event_format(LineFormat { style })
-            .finish();
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let sink = buf.clone();
+        let level: &'static AtomicU8 = Box::leak(Box::new(AtomicU8::new(level as u8)));
+        let sub = Lines { style, level, out: Box::new(move |b| sink.lock().unwrap().extend_from_slice(b)) };
         tracing::subscriber::with_default(sub, f);
-        let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let out = String::from_utf8(buf.lock().unwrap().clone()).unwrap();
         out
     }
 
@@ -202,7 +240,22 @@ mod tests {
         let out = capture(Style::Plain, LogLevel::Debug, || tracing::debug!(path = "/run/x", "opened"));
         let (ts, rest) = out.split_once(' ').unwrap();
         assert!(ts.len() >= 20 && ts.ends_with('Z') && ts.as_bytes()[10] == b'T', "timestamp {ts}");
-        assert_eq!(rest, "DEBUG opened path=/run/x\n");
+        assert_eq!(rest, " DEBUG opened path=/run/x\n".trim_start());
+        let out = capture(Style::Plain, LogLevel::Info, || tracing::info!("x"));
+        assert_eq!(&out[27..], "  INFO x\n", "{out}");
+    }
+
+    #[test]
+    fn timestamps_are_utc_civil_dates() {
+        let at = |s: u64, us: u32| {
+            let mut w = String::new();
+            timestamp(std::time::UNIX_EPOCH + std::time::Duration::new(s, us * 1000), &mut w);
+            w
+        };
+        assert_eq!(at(0, 0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(at(951_782_400, 7), "2000-02-29T00:00:00.000007Z");
+        assert_eq!(at(1_798_761_599, 999_999), "2026-12-31T23:59:59.999999Z");
+        assert_eq!(at(4_107_542_400, 0), "2100-03-01T00:00:00.000000Z");
     }
 
     #[test]
@@ -216,7 +269,6 @@ mod tests {
 
     #[test]
     fn the_level_can_change_after_start() {
-        use tracing::level_filters::LevelFilter;
         init(LogLevel::Info);
         set_level(LogLevel::Debug);
         assert_eq!(LevelFilter::current(), LevelFilter::DEBUG);
