@@ -11,6 +11,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+/// `sync_names_another_time_daemon` runs a process named chronyd: every other test here that
+/// starts a sync holds this for reading, so that no sync of theirs sees that rival (tests run in
+/// parallel threads).
+static RIVAL: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+fn no_rival() -> std::sync::RwLockReadGuard<'static, ()> {
+    RIVAL.read().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A loopback port nobody listens on right now.
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -91,6 +100,7 @@ fn start_ready(dir: &Path, args: &[&str]) -> Daemon {
 
 #[test]
 fn each_daemon_serves_its_metrics_and_promtool_accepts_them() {
+    let _rival = no_rival();
     let dir = tempfile::tempdir().unwrap();
     let host_page = dir.path().join("host.page");
     let guest_page = dir.path().join("guest.page");
@@ -286,6 +296,7 @@ fn ready_and_pings(dir: &Path, args: &[&str]) -> Daemon {
 
 #[test]
 fn daemons_tell_systemd_they_are_ready_and_ping_the_watchdog() {
+    let _rival = no_rival();
     let dir = tempfile::tempdir().unwrap();
     let page = dir.path().join("host.page");
     let (p, g) = (page.to_str().unwrap(), dir.path().join("guest.page"));
@@ -386,6 +397,7 @@ fn under_journald_lines_carry_a_priority_and_no_timestamp() {
 
 #[test]
 fn sync_names_another_time_daemon() {
+    let _rival = RIVAL.write().unwrap_or_else(|e| e.into_inner());
     // A process named chronyd (a copy of sleep), not started with -x: a dry run names it and goes
     // on (it changes nothing); without --dry-run the same check refuses to start (exit 3), which
     // this test does not run because it would be a clock-changing daemon on this machine.
