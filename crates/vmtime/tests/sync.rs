@@ -108,7 +108,8 @@ fn a_markers_only_page_is_watched_for_the_hook() {
     w.publish(&markers(1, 1));
     let mut child = Command::new(bin_for(&["sync"]))
         .args(["sync", "--source", page.to_str().unwrap(), "--dry-run", "--duration-s", "60"])
-        .args(["--interval-ms", "20", "--hook", "true", "--socket", sock.to_str().unwrap()])
+        // A turn every 10 min: the restore below is seen by a look at the markers between turns.
+        .args(["--interval-ms", "600000", "--hook", "true", "--socket", sock.to_str().unwrap()])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -135,7 +136,9 @@ fn a_markers_only_page_is_watched_for_the_hook() {
         }
     });
     w.publish(&markers(2, 2));
+    let t0 = std::time::Instant::now();
     let line = rx.recv_timeout(Duration::from_secs(20)).expect("the hook line");
+    println!("FIGURES markers only: the hook {:?} after the restore", t0.elapsed());
     assert!(line.contains("would run the generation hook"), "{line}");
     let st = json(&["status", "--socket", sock.to_str().unwrap(), "--json"]);
     assert_eq!((st["hooks_run"].as_u64(), st["vm_generation_counter"].as_u64()), (Some(1), Some(2)));

@@ -4,23 +4,22 @@
 //! service side (systemd, metrics, SIGHUP) is crate::daemons::feed_service; their settings are the
 //! configuration's `[feed.chrony]` and `[feed.clockbound]` (crate::ops::config), flags over file.
 
-use crate::daemons::sync::DeviceNotes;
+use crate::daemons::MarkerPace;
 use crate::ops::config::{
     DaemonArgs, DisruptionSupport, FeedChronyFlags, FeedChronySettings, FeedClockBoundFlags, FeedClockBoundSettings,
     Layout, LogLevel,
 };
 use crate::ops::figures::{cb_status_name, FeedChronyMetrics, FeedClockBoundMetrics};
-use crate::ops::runtime::{Daemon, Flow, Pace, Runtime, Turn};
+use crate::ops::runtime::{Daemon, Flow, Runtime, Turn};
 use crate::values::FeedIntervalMs;
 use anyhow::Result;
 use clap::{Args as ClapArgs, Subcommand};
 use serde::Serialize;
-use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use vmclock::Snapshot;
-use vmtime_core::cadence::{Cadence, Markers};
+use vmtime_core::cadence::Markers;
 use vmtime_core::feed::chrony::{ChronyAction, ChronyFeed};
 use vmtime_core::feed::clockbound::{v3, ClockBoundConfig, ClockBoundFeed, ErrorBound, LAYOUT_V2};
 use vmtime_core::feed::{Hold, Observation};
@@ -214,83 +213,13 @@ fn control_socket(given: &Option<PathBuf>, feed: &str) -> Result<PathBuf> {
     }
 }
 
-/// A feed's pace: a turn every interval; between turns the page's markers are checked at the
-/// cadence (loads from the mapped page), and a disruption, or any update while one is pending,
-/// is a turn at once (the next one an interval after it).
-struct FeedPace {
-    pace: Pace,
-    cadence: Cadence,
-    /// A check between turns ([`FeedPace::look`]) said observe now.
-    looked: bool,
-    /// The device's notifications (7.0+ driver): no checks while it gives them.
-    notes: DeviceNotes,
-    t_note: Option<vmtime_sys::serve::Token>,
-}
-
-impl FeedPace {
-    /// The pace of a feed of `m`'s page at `source`: notified by the device when it notifies.
-    fn new(interval: Duration, m: &Measurer, source: &Path) -> Self {
-        let notes = m.page.read().ok().and_then(|first| DeviceNotes::of(&m.page, &first, source).ok());
-        let notes = notes.unwrap_or_else(DeviceNotes::none);
-        let mut cadence = Cadence::default();
-        cadence.set_notified(notes.device.is_some());
-        FeedPace { pace: Pace::new(Instant::now(), interval), cadence, looked: false, notes, t_note: None }
-    }
-
-    /// The next turn (the interval's); the markers' checks are looks between turns.
-    fn next(&self) -> Instant {
-        self.pace.next()
-    }
-
-    /// When the next check of the markers is due (none while the device notifies).
-    fn next_look(&self) -> Option<Instant> {
-        crate::daemons::next_check(&self.cadence)
-    }
-
-    fn register(&mut self, p: &mut vmtime_sys::serve::Poller) {
-        self.t_note = self.notes.device.as_ref().map(|d| p.add(d.as_fd(), vmtime_sys::serve::READABLE));
-    }
-
-    /// A check of the markers when due (loads from the mapped page): whether to observe now.
-    fn look(&mut self, page: &mut crate::page::FollowedPage, pending: bool) -> bool {
-        let Ok(mono) = crate::daemons::mono_ns() else { return false };
-        self.looked |= self.cadence.due(mono) && self.cadence.look(mono, page.markers()).observe_now(pending);
-        self.looked
-    }
-
-    /// Whether this wake-up is a turn: its time came, the device notified a page that says
-    /// observe now, or the markers say now.
-    fn take(&mut self, t: &Turn<'_>, page: &mut crate::page::FollowedPage, pending: bool) -> Result<bool> {
-        if self.t_note.is_some_and(|x| t.readable(x)) {
-            let p = &*page;
-            if self.notes.readable(|| p.read().map_or(u32::MAX, |s| s.seq_count())) {
-                let mono = crate::daemons::mono_ns()?;
-                self.looked |= self.cadence.look(mono, page.markers()).observe_now(pending);
-            }
-            self.cadence.set_notified(self.notes.device.is_some());
-        }
-        let now = t.now();
-        if now >= self.pace.next() {
-            self.looked = false;
-            self.pace.turned(now);
-            return Ok(true);
-        }
-        if std::mem::take(&mut self.looked) || self.look(page, pending) {
-            self.looked = false;
-            self.pace.restart(now);
-            return Ok(true);
-        }
-        Ok(false)
-    }
-}
-
 /// `vmtime feed chrony`: a sample per interval to chronyd's SOCK refclock.
 struct Chrony {
     a: FeedChronySettings,
     m: Measurer,
     sock: ChronySocket,
     feed: ChronyFeed,
-    pace: FeedPace,
+    pace: MarkerPace,
     last: Option<Option<Hold>>,
     send_failing: Option<vmtime_sys::feed::SendProblem>,
     errors: ReadErrors,
@@ -316,11 +245,11 @@ impl Daemon for Chrony {
     }
 
     fn look(&mut self, _now: Instant) -> bool {
-        self.pace.look(&mut self.m.page, self.feed.disruption_pending())
+        self.pace.look(Some(&mut self.m.page), self.feed.disruption_pending())
     }
 
     fn turn(&mut self, t: &mut Turn<'_>) -> Result<Flow> {
-        if !self.pace.take(t, &mut self.m.page, self.feed.disruption_pending())? {
+        if !self.pace.take(t, Some(&mut self.m.page), self.feed.disruption_pending())? {
             return Ok(Flow::Continue);
         }
         let a = &self.a;
@@ -418,7 +347,7 @@ fn run_chrony(args: ChronyArgs) -> Result<ExitCode> {
     f.socket = a.socket.display().to_string();
     let mut d = Chrony {
         feed: ChronyFeed::new(interval.as_nanos() as i128),
-        pace: FeedPace::new(interval, &m, &a.source),
+        pace: MarkerPace::new(interval, Some(&m.page), &a.source),
         a,
         m,
         sock,
@@ -454,7 +383,7 @@ struct ClockBound {
     feed: ClockBoundFeed,
     disruption_support: bool,
     coarse_tick_ns: i128,
-    pace: FeedPace,
+    pace: MarkerPace,
     /// The marker last written: the last one clients were given.
     last_marker: u64,
     /// The segments last written (voided at a stop on purpose).
@@ -483,7 +412,7 @@ impl Daemon for ClockBound {
     }
 
     fn look(&mut self, _now: Instant) -> bool {
-        self.pace.look(&mut self.m.page, self.feed.disruption_pending())
+        self.pace.look(Some(&mut self.m.page), self.feed.disruption_pending())
     }
 
     fn register(&mut self, p: &mut vmtime_sys::serve::Poller) {
@@ -502,7 +431,7 @@ impl Daemon for ClockBound {
             self.feed.set_cross_check(c.cc.widen_ns());
             self.f.cross_check = Some(c.cc.status().clone());
         }
-        if !self.pace.take(t, &mut self.m.page, self.feed.disruption_pending())? {
+        if !self.pace.take(t, Some(&mut self.m.page), self.feed.disruption_pending())? {
             return Ok(Flow::Continue);
         }
         let feed = &mut self.feed;
@@ -650,7 +579,7 @@ fn run_clockbound(args: ClockBoundArgs) -> Result<ExitCode> {
     f.common.source = a.source.display().to_string();
     f.segments.clone_from(&paths);
     let mut d = ClockBound {
-        pace: FeedPace::new(interval, &m, &a.source),
+        pace: MarkerPace::new(interval, Some(&m.page), &a.source),
         a,
         m,
         seg0,

@@ -2,8 +2,9 @@
 //! `vmtime_core::sync`). With `--dry-run` it prints what it would do and changes nothing: the only
 //! mode to use on a machine whose clock must not be touched.
 
+use crate::daemons::MarkerPace;
 use crate::ops::config::{DaemonArgs, SyncFlags, SyncSettings, Timescale};
-use crate::ops::runtime::{Daemon, Flow, Pace, Runtime, Turn};
+use crate::ops::runtime::{Daemon, Flow, Runtime, Turn};
 use crate::values::*;
 use anyhow::{bail, Context, Result};
 use clap::Args as ClapArgs;
@@ -106,9 +107,10 @@ struct PhcSync {
     d: vmtime_sys::phc::PhcFile,
     own_page: Option<vmclock::Mapping>,
     markers: Option<crate::page::FollowedPage>,
-    /// Between measurements the markers page (if any) is checked at the cadence: a new
-    /// disruption marker makes the next measurement come at once, and step.
-    cadence: Cadence,
+    /// A measurement every interval; between them the markers page (if any) is looked at, at
+    /// the cadence (or notified): a new disruption marker makes the next measurement come at
+    /// once, and step.
+    pace: MarkerPace,
     clock_name: String,
     servo: vmtime_core::phc::PhcServo,
     watch: MarkerWatch,
@@ -116,7 +118,6 @@ struct PhcSync {
     dry_run: bool,
     hook: Option<String>,
     tai_offset: Option<i16>,
-    pace: Pace,
     interval: Duration,
     printed: String,
     m: crate::ops::figures::SyncMetrics,
@@ -163,13 +164,14 @@ impl PhcSync {
             tracing::info!("{} carries markers only: watching them for the hook and for steps", m.path().display());
         }
         let interval = Duration::from_millis(a.interval_ms.get());
+        let pace = MarkerPace::new(interval, markers.as_ref(), markers.as_ref().map_or(dev.as_path(), |m| m.path()));
         Ok(PhcSync {
             m: sync_figures(a, &dev, Some("starting")),
             dev,
             d,
             own_page,
+            pace,
             markers,
-            cadence: Cadence::default(),
             clock_name,
             servo: PhcServo::new(PhcServoConfig { timescale, ..PhcServoConfig::default() }),
             watch: MarkerWatch::default(),
@@ -177,7 +179,6 @@ impl PhcSync {
             dry_run: a.dry_run,
             hook: a.hook.clone(),
             tai_offset: a.tai_offset.map(TaiUtcS::get),
-            pace: Pace::new(Instant::now(), interval),
             interval,
             printed: String::new(),
         })
@@ -201,7 +202,7 @@ impl PhcSync {
         }
         if let Some(m) = &self.markers {
             if let Ok(p) = m.read() {
-                self.cadence.seen(Markers::of(&p));
+                self.pace.cadence.seen(Markers::of(&p));
                 let c = self.watch.observe(&p);
                 if c.disrupted {
                     tracing::info!("disruption marker changed: {:#x}; stepping from the PHC", p.disruption_marker());
@@ -268,20 +269,24 @@ impl Daemon for PhcSync {
     const LIVE: &'static [&'static str] = LIVE_PHC;
 
     fn next_turn(&self) -> Option<Instant> {
-        let check = self.markers.as_ref().and_then(|_| crate::daemons::next_check(&self.cadence));
-        Some(check.map_or(self.pace.next(), |c| c.min(self.pace.next())))
+        Some(self.pace.next())
+    }
+
+    fn register(&mut self, p: &mut vmtime_sys::serve::Poller) {
+        self.pace.register(p);
+    }
+
+    fn next_look(&self) -> Option<Instant> {
+        self.pace.next_look()
+    }
+
+    fn look(&mut self, _now: Instant) -> bool {
+        self.pace.look(self.markers.as_mut(), false)
     }
 
     fn turn(&mut self, t: &mut Turn<'_>) -> Result<Flow> {
-        if t.now() >= self.pace.next() {
-            self.pace.turned(t.now());
-        } else {
-            let mono = crate::daemons::mono_ns()?;
-            let Some(m) = self.markers.as_mut().filter(|_| self.cadence.due(mono)) else { return Ok(Flow::Continue) };
-            if self.cadence.look(mono, m.markers()) != vmtime_core::cadence::Look::Disrupted {
-                return Ok(Flow::Continue);
-            }
-            self.pace.restart(t.now());
+        if !self.pace.take(t, self.markers.as_mut(), false)? {
+            return Ok(Flow::Continue);
         }
         stopped_by(self.measure())
     }
@@ -444,12 +449,12 @@ fn sample_page(page: &crate::page::FollowedPage, reads: &mut u64) -> Result<Opti
 /// watched and the hook run; the clock is left alone.
 struct MarkersOnly {
     page: crate::page::FollowedPage,
-    /// Between full reads (every interval) the markers are checked at the cadence.
-    cadence: Cadence,
+    /// A full read every interval; between them the markers are looked at, at the cadence (or
+    /// notified).
+    pace: MarkerPace,
     watch: MarkerWatch,
     dry_run: bool,
     hook: Option<String>,
-    pace: Pace,
     m: crate::ops::figures::SyncMetrics,
 }
 
@@ -461,24 +466,28 @@ impl Daemon for MarkersOnly {
     const LIVE: &'static [&'static str] = LIVE_PHC;
 
     fn next_turn(&self) -> Option<Instant> {
-        let check = crate::daemons::next_check(&self.cadence);
-        Some(check.map_or(self.pace.next(), |c| c.min(self.pace.next())))
+        Some(self.pace.next())
+    }
+
+    fn register(&mut self, p: &mut vmtime_sys::serve::Poller) {
+        self.pace.register(p);
+    }
+
+    fn next_look(&self) -> Option<Instant> {
+        self.pace.next_look()
+    }
+
+    fn look(&mut self, _now: Instant) -> bool {
+        self.pace.look(Some(&mut self.page), false)
     }
 
     fn turn(&mut self, t: &mut Turn<'_>) -> Result<Flow> {
-        let mono = crate::daemons::mono_ns()?;
-        if t.now() >= self.pace.next() {
-            self.pace.turned(t.now());
-        } else if self.cadence.due(mono)
-            && self.cadence.look(mono, self.page.markers()) == vmtime_core::cadence::Look::Disrupted
-        {
-            self.pace.restart(t.now());
-        } else {
+        if !self.pace.take(t, Some(&mut self.page), false)? {
             return Ok(Flow::Continue);
         }
         self.page.refresh();
         if let Ok(p) = self.page.read() {
-            self.cadence.seen(Markers::of(&p));
+            self.pace.cadence.seen(Markers::of(&p));
             let c = self.watch.observe(&p);
             if c.disrupted {
                 tracing::info!("disruption marker changed: {:#x} (no time source to step from)", p.disruption_marker());
@@ -876,13 +885,14 @@ fn run_with(args: Args, settings: fn(&Args) -> Result<SyncSettings>) -> Result<E
             );
             let mut m = sync_figures(&a, page.path(), Some("no time source (markers only)"));
             m.markers_only = true;
+            let interval = Duration::from_millis(a.interval_ms.get());
+            let source = page.path().to_path_buf();
             return rt.run(&mut MarkersOnly {
+                pace: MarkerPace::new(interval, Some(&page), &source),
                 page,
-                cadence: Cadence::default(),
                 watch: MarkerWatch::default(),
                 dry_run: a.dry_run,
                 hook: a.hook.clone(),
-                pace: Pace::new(Instant::now(), Duration::from_millis(a.interval_ms.get())),
                 m,
             });
         }
