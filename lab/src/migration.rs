@@ -930,7 +930,7 @@ fn migrate_all(
     ensure!(h.to_1ms(&mut mb, t, 0)?.is_some(), "the guest did not get within 1 ms of host A after boot");
     // The feeds, as a guest runs them: ClockBound's segment and chrony's samples (to a socket
     // the logger listens on, as chronyd would).
-    vm.sh_ok("vmtime feed clockbound --source /dev/vmclock0 --dir /tmp/cb --layout 2 --interval-ms 100 </dev/null >/tmp/cb.log 2>&1 &", 5 * SEC)?;
+    vm.sh_ok("vmtime-full feed clockbound --source /dev/vmclock0 --dir /tmp/cb --layout 2 --interval-ms 100 </dev/null >/tmp/cb.log 2>&1 &", 5 * SEC)?;
     vm.sh_ok(
         &format!(
             "vmtime-lab reads --page /dev/vmclock0 --log {GUEST_LOG} --every-us 250 --clockbound /tmp/cb/shm0 \
@@ -938,7 +938,7 @@ fn migrate_all(
         ),
         5 * SEC,
     )?;
-    vm.sh_ok("sleep 0.2; vmtime feed chrony --source /dev/vmclock0 --socket /tmp/chrony.sock --interval-ms 100 </dev/null >/tmp/chrony-feed.log 2>&1 &", 5 * SEC)?;
+    vm.sh_ok("sleep 0.2; vmtime-full feed chrony --source /dev/vmclock0 --socket /tmp/chrony.sock --interval-ms 100 </dev/null >/tmp/chrony-feed.log 2>&1 &", 5 * SEC)?;
     let mut seg = Segment { offset: o, ahead_ns: 0, resume: None };
     let mut at = 0usize; // the side the guest is on
     std::thread::sleep(3 * SEC); // the first segment's reads

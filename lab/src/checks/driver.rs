@@ -43,7 +43,7 @@ impl Lab {
         let page_minus_rt = |e: &Echo| e.page.map(|p| p.0 - e.guest_realtime).unwrap_or(i128::MAX);
         let b = page_minus_rt(&self.mailbox()?.ask()?);
         let read: serde_json::Value =
-            serde_json::from_str(&self.vm.sh_ok("vmtime phc read /dev/ptp0 --json", 20 * SEC)?)?;
+            serde_json::from_str(&self.vm.sh_ok("vmtime-full phc read /dev/ptp0 --json", 20 * SEC)?)?;
         let a = page_minus_rt(&self.mailbox()?.ask()?);
         // The 7.3 driver's PHC reads TAI: TAI − UTC = 37 s (as `vmtime host --tai-offset 37`).
         // Page − CLOCK_REALTIME moves only as fast as the guest clock's rate error (it is not

@@ -1,4 +1,8 @@
 //! The guest's initramfs: busybox, vmtime, this lab, the driver module and the guest scripts.
+//!
+//! The guest's `vmtime` is the guest binary (`scripts/guest-binary`: sync, including --once,
+//! waitsync, now, status, show); the full binary is there as `vmtime-full`, used only for what
+//! the guest binary does not have (`feed`, `check`, `phc`).
 
 use super::Args;
 use crate::cpio::Cpio;
@@ -37,7 +41,8 @@ pub(crate) fn initramfs(a: &Args, out: &Path, extra_tree: Option<&Path>) -> Resu
     c.file("lab/timesync", 0o644, include_bytes!("../../guest/timesync"))?;
     let read = |p: &Path| std::fs::read(p).with_context(|| format!("read {}", p.display()));
     c.file("bin/busybox", 0o755, &read(&a.busybox)?)?;
-    c.file("bin/vmtime", 0o755, &read(&a.vmtime)?)?;
+    c.file("bin/vmtime", 0o755, &read(&a.vmtime_guest)?)?;
+    c.file("bin/vmtime-full", 0o755, &read(&a.vmtime)?)?;
     c.file("bin/vmtime-lab", 0o755, &read(&std::env::current_exe()?)?)?;
     c.file("lib/ptp_vmclock.ko", 0o644, &read(&a.module)?)?;
     if let Some(t) = extra_tree {

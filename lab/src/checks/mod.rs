@@ -46,9 +46,14 @@ pub struct Args {
     /// A static busybox.
     #[arg(long)]
     pub(crate) busybox: PathBuf,
-    /// A static vmtime (this lab's guest binary is itself, built static too).
+    /// A static full vmtime: in the guest, `vmtime-full`, only for what the guest binary lacks
+    /// (`feed`, `check`, `phc`). This lab's own guest helper is itself, built static too.
     #[arg(long)]
     pub(crate) vmtime: PathBuf,
+    /// The static guest binary (`scripts/guest-binary`): the guest's `vmtime`, which runs every
+    /// guest command it has (sync, including --once, waitsync, now, status, show).
+    #[arg(long)]
+    pub(crate) vmtime_guest: PathBuf,
     /// A qcow2 image for savevm/loadvm.
     #[arg(long)]
     pub(crate) state_disk: PathBuf,
@@ -177,6 +182,8 @@ fn run_setup(
             j["to_10us_s"] = serde_json::json!(row.within_10us.map(|d| d.as_secs_f64()));
             j["held_p99_us"] = serde_json::json!(row.held.p99 / 1e3);
             if !row.starts.is_empty() {
+                // Which binary the guest's `vmtime` (sync --once, waitsync, the daemon) was.
+                j["guest_vmtime"] = guest_binary(a);
                 // vmtime sync: every start from 2001, timed from the guest's stamp at the start of
                 // lab/guest/timesync (not the lab's serial command).
                 let v: Vec<f64> = row.starts.iter().map(|b| b.to_1ms_s).collect();
@@ -212,8 +219,23 @@ fn run_setup(
     lab.row.take()
 }
 
+/// The guest's `vmtime`: the guest binary's file name and size (results.json).
+fn guest_binary(a: &Args) -> serde_json::Value {
+    let name = a.vmtime_guest.file_name().map(|n| n.to_string_lossy().into_owned());
+    let bytes = std::fs::metadata(&a.vmtime_guest).ok().map(|m| m.len());
+    let full_bytes = std::fs::metadata(&a.vmtime).ok().map(|m| m.len());
+    serde_json::json!({"binary": name, "bytes": bytes, "full_binary_bytes": full_bytes})
+}
+
 pub fn run(a: Args) -> Result<ExitCode> {
     let mut lines = Vec::new();
+    let size = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len()).with_context(|| format!("{}", p.display()));
+    println!(
+        "lab: the guest's vmtime is {} ({} bytes); vmtime-full ({} bytes) only for feed, check and phc",
+        a.vmtime_guest.display(),
+        size(&a.vmtime_guest)?,
+        size(&a.vmtime)?
+    );
     let qemu: [(&str, Check); 6] = [
         ("show", Lab::show),
         ("relay", Lab::relay),

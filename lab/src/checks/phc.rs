@@ -15,7 +15,7 @@ impl Lab {
         // QEMU's page is off by the map prediction, within its budget (in its maxerror).
         let tolerance_ns = 2e6 + self.budget_ns;
         self.vm.sh_ok("insmod /lib/ptp_vmclock.ko", 10 * SEC)?;
-        let list = self.vm.sh_ok("vmtime phc list --json", 10 * SEC)?;
+        let list = self.vm.sh_ok("vmtime-full phc list --json", 10 * SEC)?;
         let list: serde_json::Value = serde_json::from_str(&list)?;
         let Some(dev) = list.as_array().and_then(|l| l.iter().find(|d| d["driver"] == "vmclock")) else {
             bail!("the driver registered no VMclock PTP clock: {list}")
@@ -27,7 +27,7 @@ impl Lab {
             ensure!(t.elapsed() < Duration::from_secs(5), "the guest clock did not return within 1 ms of the host");
             std::thread::sleep(Duration::from_millis(20));
         }
-        let read = self.vm.sh_ok(&format!("vmtime phc read {path} --json"), 20 * SEC)?;
+        let read = self.vm.sh_ok(&format!("vmtime-full phc read {path} --json"), 20 * SEC)?;
         let read: serde_json::Value = serde_json::from_str(&read)?;
         let rows = read.as_array().cloned().unwrap_or_default();
         let works: Vec<String> = rows

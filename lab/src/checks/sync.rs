@@ -25,7 +25,7 @@ impl Lab {
             self.clean_echoes(200, Duration::from_millis(100), Duration::from_secs(60), Echo::clock_noise)?;
         let d = dist(e.iter().map(Echo::clock_error));
         let floor = floor_of(&e, Echo::clock_noise, aside);
-        let (check, _) = self.vm.sh(&format!("vmtime check {GUEST_PAGE} --samples 1000 --json"), 30 * SEC)?;
+        let (check, _) = self.vm.sh(&format!("vmtime-full check {GUEST_PAGE} --samples 1000 --json"), 30 * SEC)?;
         let check = serde_json::from_str::<serde_json::Value>(&check).ok();
         let steps = log.lines().filter(|l| l.contains("step CLOCK_REALTIME")).count();
         ensure!(steps >= 1, "no start-up step in the sync log: {log}");
