@@ -56,7 +56,7 @@ impl StepDetector {
     fn arm(&self) -> io::Result<()> {
         let far = libc::itimerspec {
             it_interval: libc::timespec { tv_sec: 0, tv_nsec: 0 },
-            it_value: libc::timespec { tv_sec: i32::MAX as libc::time_t, tv_nsec: 0 },
+            it_value: libc::timespec { tv_sec: i32::MAX as _, tv_nsec: 0 },
         };
         settime(&self.fd, libc::TFD_TIMER_ABSTIME | libc::TFD_TIMER_CANCEL_ON_SET, far)
     }

@@ -129,8 +129,8 @@ pub fn apply(action: &vmtime_core::sync::SyncAction) -> io::Result<()> {
     match *action {
         SyncAction::Step { delta_ns } => {
             tx.modes = libc::ADJ_SETOFFSET | libc::ADJ_NANO;
-            tx.time.tv_sec = delta_ns.div_euclid(1_000_000_000) as libc::time_t;
-            tx.time.tv_usec = delta_ns.rem_euclid(1_000_000_000) as libc::suseconds_t;
+            tx.time.tv_sec = delta_ns.div_euclid(1_000_000_000) as _;
+            tx.time.tv_usec = delta_ns.rem_euclid(1_000_000_000) as _;
         }
         SyncAction::SetFrequency { tick, freq } => {
             tx.modes = libc::ADJ_TICK | libc::ADJ_FREQUENCY;

@@ -144,7 +144,9 @@ fn run_setup(
     lines: &mut Vec<String>,
     results: &mut Vec<serde_json::Value>,
 ) -> Option<Row> {
-    let checks: Vec<_> = checks.iter().filter(|(n, _)| selected(a, n)).collect();
+    // `sync` follows the page the `relay` check's relay fills: selecting it selects the relay.
+    let needed = |n: &str| selected(a, n) || (n == "relay" && !a.only.is_empty() && selected(a, "sync"));
+    let checks: Vec<_> = checks.iter().filter(|(n, _)| needed(n)).collect();
     if checks.is_empty() {
         return None;
     }
