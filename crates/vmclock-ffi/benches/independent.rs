@@ -14,22 +14,16 @@ use std::ffi::{c_char, c_int, CString};
 use std::hint::black_box;
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
-use std::time::Instant;
 use vmclock::{vmclock_close, vmclock_now, vmclock_now_bounds, vmclock_open};
-use vmclock_rs::test_support::synchronized_tai;
-use vmclock_rs::{Clock, ClockError};
+use vmclock_rs as rs;
+use vmclock_rs::Clock;
 
-const BLOCK: usize = 64;
+#[path = "../../vmclock/benches/harness/mod.rs"]
+mod harness;
+use harness::*;
 
 type NowFn = unsafe extern "C" fn(*const vmclock::vmclock, *mut vmclock::vmclock_now) -> c_int;
 type BoundsFn = unsafe extern "C" fn(*const vmclock::vmclock, *mut vmclock::vmclock_bounds) -> c_int;
-
-/// The page of `cargo bench -p vmclock --bench now`: TAI, bounds on, a 2.5 GHz counter.
-fn app_page() -> Vec<u8> {
-    synchronized_tai(vmclock_rs::counter::NATIVE, vmclock_rs::counter::read(), 2_500_000_000)
-        .esterror(100, 10)
-        .page_bytes()
-}
 
 /// A C program's read, 64 times: `vmclock_now`, earliest and latest.
 #[inline(never)]
@@ -81,40 +75,8 @@ fn diag_bounds_inline(h: &vmclock::vmclock) -> i64 {
     sum
 }
 
-/// The Rust application's read, 64 times (as `benches/independent.rs` of vmclock).
-#[inline(never)]
-fn rust_app(clock: &Clock) -> Result<u128, ClockError> {
-    let mut sum = 0u128;
-    for _ in 0..BLOCK {
-        let t = clock.now()?.tai()?;
-        sum = sum.wrapping_add(t.earliest().map_or(0, |e| e.raw())).wrapping_add(t.latest().map_or(0, |l| l.raw()));
-    }
-    Ok(sum)
-}
-
-/// The reference, 64 times: CLOCK_REALTIME through the vDSO.
-#[inline(never)]
-fn realtime() -> i64 {
-    let mut sum = 0i64;
-    for _ in 0..BLOCK {
-        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-        // SAFETY: `ts` is a valid, writable timespec for the duration of the call.
-        unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
-        sum = sum.wrapping_add(ts.tv_sec).wrapping_add(ts.tv_nsec);
-    }
-    sum
-}
-
-type Side<'a> = (&'static str, Box<dyn Fn() -> u64 + 'a>);
-
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let full = args.iter().any(|a| a == "--bench");
-    let blocks: usize = args.iter().filter(|a| !a.starts_with('-')).find_map(|a| a.parse().ok()).unwrap_or(if full {
-        300_000
-    } else {
-        2_000
-    });
+    let (blocks, full) = blocks();
 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("page");
@@ -138,44 +100,9 @@ fn main() {
         ("c_vmclock_now", Box::new(move || c_now(f, black_box(h) as *const vmclock::vmclock) as u64)),
         ("c_vmclock_now_bounds", Box::new(move || c_bounds(fb, black_box(h) as *const vmclock::vmclock) as u64)),
         ("diag_bounds_inline", Box::new(move || diag_bounds_inline(hr) as u64)),
-        ("rust_now_tai_bounds", Box::new(move || rust_app(cl).unwrap() as u64)),
+        ("rust_now_tai_bounds", Box::new(move || app(cl).unwrap() as u64)),
     ];
-    let n = sides.len();
-    for _ in 0..2_000 {
-        for (_, s) in &sides {
-            black_box(s());
-        }
-    }
-    let mut ns = vec![Vec::with_capacity(blocks); n];
-    let mut t = vec![0f64; n];
-    for b in 0..blocks {
-        for k in 0..n {
-            let i = (b + k) % n;
-            let t0 = Instant::now();
-            black_box(sides[i].1());
-            t[i] = t0.elapsed().as_nanos() as f64;
-        }
-        for i in 0..n {
-            ns[i].push(t[i]);
-        }
-    }
+    run("independent harness (libvmclock)", &sides, blocks, full);
     // SAFETY: the handle from vmclock_open, closed once.
     unsafe { vmclock_close(handle) };
-    let q = |v: &mut Vec<f64>, p: f64| {
-        v.sort_by(f64::total_cmp);
-        v[((v.len() - 1) as f64 * p) as usize]
-    };
-    println!("independent harness (libvmclock): {blocks} blocks of {BLOCK} calls per side, order rotating, #[inline(never)] block functions");
-    if !full {
-        println!("(a smoke run: no --bench argument, so `cargo test` built and ran it; not a figure)");
-    }
-    for i in 1..n {
-        let mut r: Vec<f64> = ns[i].iter().zip(&ns[0]).map(|(a, b)| a / b).collect();
-        let (m, p25, p75) = (q(&mut r, 0.5), q(&mut r, 0.25), q(&mut r, 0.75));
-        println!("independent: {} / {} per block: median {m:.3} (p25 {p25:.3}, p75 {p75:.3})", sides[i].0, sides[0].0);
-    }
-    for i in 0..n {
-        let mut v = ns[i].clone();
-        println!("  {:<24} median {:.1} ns/call", sides[i].0, q(&mut v, 0.5) / BLOCK as f64);
-    }
 }

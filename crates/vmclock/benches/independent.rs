@@ -17,40 +17,12 @@
 //! unfenced RDTSC), and the ordered counter read alone.
 use std::hint::black_box;
 use std::io::Write;
-use std::time::Instant;
-use vmclock::{abi, Clock, ClockError, PageMemory};
+use vmclock as rs;
+use vmclock::{Clock, ClockError, PageMemory};
 
-const BLOCK: usize = 64;
-
-fn app_page() -> Vec<u8> {
-    vmclock::test_support::synchronized_tai(abi::counter_id::X86_TSC, vmclock::counter::read(), 2_500_000_000)
-        .esterror(100, 10)
-        .page_bytes()
-}
-
-/// What an application does, 64 times: a bounded reading, TAI, earliest and latest.
-#[inline(never)]
-fn app(clock: &Clock) -> Result<u128, ClockError> {
-    let mut sum = 0u128;
-    for _ in 0..BLOCK {
-        let t = clock.now()?.tai()?;
-        sum = sum.wrapping_add(t.earliest().map_or(0, |e| e.raw())).wrapping_add(t.latest().map_or(0, |l| l.raw()));
-    }
-    Ok(sum)
-}
-
-/// The reference, 64 times: CLOCK_REALTIME through the vDSO.
-#[inline(never)]
-fn realtime() -> i64 {
-    let mut sum = 0i64;
-    for _ in 0..BLOCK {
-        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-        // SAFETY: `ts` is a valid, writable timespec for the duration of the call.
-        unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
-        sum = sum.wrapping_add(ts.tv_sec).wrapping_add(ts.tv_nsec);
-    }
-    sum
-}
+#[path = "harness/mod.rs"]
+mod harness;
+use harness::*;
 
 /// Diagnostic: [`app`] with `read_counter` in place of the ordered counter read.
 #[inline(always)]
@@ -181,16 +153,8 @@ fn diag_lean_lfence(clock: &Clock, k: &Pre) -> u128 {
     lean_with(clock, k, vmclock::counter::read_lfence_rdtsc)
 }
 
-type Side<'a> = (&'static str, Box<dyn Fn() -> u64 + 'a>);
-
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let full = args.iter().any(|a| a == "--bench");
-    let blocks: usize = args.iter().filter(|a| !a.starts_with('-')).find_map(|a| a.parse().ok()).unwrap_or(if full {
-        300_000
-    } else {
-        2_000
-    });
+    let (blocks, full) = blocks();
 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("page");
@@ -212,42 +176,5 @@ fn main() {
         ("diag_lean_lfence", Box::new(move || diag_lean_lfence(cl, &black_box(pre_of(cl))) as u64)),
         ("diag_counter_read_only", Box::new(diag_counter_only)),
     ];
-    let n = sides.len();
-    // Warm up: every side a few thousand times (page in cache, CPUID asked, branch history).
-    for _ in 0..2_000 {
-        for (_, f) in &sides {
-            black_box(f());
-        }
-    }
-    let mut ns = vec![Vec::with_capacity(blocks); n];
-    let mut t = vec![0f64; n];
-    for b in 0..blocks {
-        // Rotate the order: block b starts with side b mod n.
-        for k in 0..n {
-            let i = (b + k) % n;
-            let t0 = Instant::now();
-            black_box(sides[i].1());
-            t[i] = t0.elapsed().as_nanos() as f64;
-        }
-        for i in 0..n {
-            ns[i].push(t[i]);
-        }
-    }
-    let q = |v: &mut Vec<f64>, p: f64| {
-        v.sort_by(f64::total_cmp);
-        v[((v.len() - 1) as f64 * p) as usize]
-    };
-    println!("independent harness: {blocks} blocks of {BLOCK} calls per side, order rotating, #[inline(never)] block functions");
-    if !full {
-        println!("(a smoke run: no --bench argument, so `cargo test` built and ran it; not a figure)");
-    }
-    for i in 1..n {
-        let mut r: Vec<f64> = ns[i].iter().zip(&ns[0]).map(|(a, b)| a / b).collect();
-        let (m, p25, p75) = (q(&mut r, 0.5), q(&mut r, 0.25), q(&mut r, 0.75));
-        println!("independent: {} / {} per block: median {m:.3} (p25 {p25:.3}, p75 {p75:.3})", sides[i].0, sides[0].0);
-    }
-    for i in 0..n {
-        let mut v = ns[i].clone();
-        println!("  {:<26} median {:.1} ns/call", sides[i].0, q(&mut v, 0.5) / BLOCK as f64);
-    }
+    run("independent harness", &sides, blocks, full);
 }
