@@ -14,7 +14,8 @@
 
 use acpi_tables::aml::{
     self, Add, And, CreateQWordField, Device, Else, Equal, FieldAccessType, FieldEntry, FieldLockRule, FieldUpdateRule,
-    If, Local, Method, Name, OpRegion, OpRegionSpace, Or, Path as AmlPath, ResourceTemplate, Return, Scope, ShiftLeft,
+    If, Local, Method, Name, Notify, OpRegion, OpRegionSpace, Or, Path as AmlPath, ResourceTemplate, Return, Scope,
+    ShiftLeft, Store,
 };
 use acpi_tables::{Aml, AmlSink};
 use anyhow::{bail, Context, Result};
@@ -41,6 +42,42 @@ pub struct Args {
     /// relay then rewrites it, docs/GUESTS.md).
     #[arg(long)]
     migratable: bool,
+    /// A doorbell, so that the guest's vmclock device notifies: QEMU serves a UART's chardev on
+    /// this Unix socket, `vmtime relay --doorbell` (the same path) writes one byte to it after
+    /// every guest page, and the SSDT's Generic Event Device (`ACPI0013`) turns the UART's
+    /// receive interrupt into `Notify (VCLK, 0x80)`. The guest must leave that UART to ACPI: its
+    /// 8250 driver must not claim it (e.g. `8250.nr_uarts=N` with N the UARTs before it).
+    /// See docs/GUESTS.md.
+    #[arg(long, value_name = "SOCKET")]
+    notify: Option<PathBuf>,
+    /// The doorbell UART's I/O base (a free 16550 slot: 0x2f8 is COM2, 0x3e8 COM3, 0x2e8 COM4).
+    #[arg(long, default_value = "0x2f8", value_parser = parse_io_base, requires = "notify")]
+    notify_io: u16,
+    /// The doorbell UART's ISA interrupt (3–15 except 8 and 9; COM2 uses 3).
+    #[arg(long, default_value = "3", value_parser = parse_isa_irq, requires = "notify")]
+    notify_irq: u8,
+}
+
+/// An I/O base for a 16550 (eight ports, 8-aligned), decimal or 0x-hex.
+fn parse_io_base(s: &str) -> Result<u16, String> {
+    let v = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(h) => u16::from_str_radix(h, 16),
+        None => s.parse(),
+    }
+    .map_err(|e| format!("{s:?} is not an I/O port ({e}); give e.g. 0x2f8"))?;
+    if v % 8 != 0 || v < 0x100 || v > 0xfff8 {
+        return Err(format!("{v:#x} is not a UART's I/O base: use an 8-aligned port in 0x100–0xfff8, e.g. 0x2f8"));
+    }
+    Ok(v)
+}
+
+/// An ISA interrupt a UART may raise: 3–15, except 8 (the RTC) and 9 (ACPI's SCI).
+fn parse_isa_irq(s: &str) -> Result<u8, String> {
+    let v: u8 = s.parse().map_err(|e| format!("{s:?} is not an ISA interrupt ({e}); give e.g. 3"))?;
+    if !(3..=15).contains(&v) || v == 8 || v == 9 {
+        return Err(format!("ISA interrupt {v} cannot be the doorbell's: use 3–15 except 8 (RTC) and 9 (ACPI SCI)"));
+    }
+    Ok(v)
 }
 
 /// PCI vendor and device ID of QEMU's ivshmem (Red Hat 0x1af4, 0x1110), as config dword 0.
@@ -55,6 +92,30 @@ pub struct SsdtSpec {
     pub slot: u8,
     /// Bytes of the region the vmclock device covers (the page file's size).
     pub len: u64,
+    /// A doorbell UART whose receive interrupt notifies the vmclock device.
+    pub doorbell: Option<Doorbell>,
+}
+
+/// The doorbell: a 16550 UART that QEMU feeds from a socket, whose received-data interrupt the
+/// SSDT's Generic Event Device turns into `Notify (VCLK, 0x80)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Doorbell {
+    /// The UART's I/O base (its receive buffer register; the interrupt enable register is +1).
+    pub io: u16,
+    /// Its ISA interrupt (edge-triggered, active high).
+    pub irq: u8,
+}
+
+/// An ISA IRQ descriptor (ACPI 6.5 §6.4.2.1): one interrupt, edge-triggered, active high,
+/// exclusive (acpi_tables has only the extended descriptor).
+struct IsaIrq(u8);
+
+impl Aml for IsaIrq {
+    fn to_aml_bytes(&self, sink: &mut dyn AmlSink) {
+        sink.byte(0x23); // small item, IRQ, 3 bytes follow
+        sink.word(1u16 << self.0); // the mask
+        sink.byte(0x01); // edge-triggered, active high, exclusive
+    }
 }
 
 /// The four-character ACPI name of the ivshmem device's node: "VT" + slot in hex.
@@ -95,6 +156,10 @@ pub fn ssdt(spec: SsdtSpec) -> Result<Vec<u8>> {
     }
     if spec.len < 4096 || !spec.len.is_power_of_two() {
         bail!("a region of {} bytes cannot be an ivshmem BAR: it must be a power of two ≥ 4096", spec.len);
+    }
+    if let Some(d) = spec.doorbell {
+        parse_io_base(&d.io.to_string()).map_err(anyhow::Error::msg)?;
+        parse_isa_irq(&d.irq.to_string()).map_err(anyhow::Error::msg)?;
     }
     let mut body = Vec::new();
     // QEMU's DSDT already has a node for a device on the root bus ("S" + devfn in hex, with its
@@ -207,7 +272,58 @@ fn contents(spec: SsdtSpec, with_adr: bool) -> Vec<u8> {
     for part in [&pcfg as &dyn Aml, &fields_d, &fields_w, &vclk] {
         part.to_aml_bytes(&mut out);
     }
+    if let Some(d) = spec.doorbell {
+        doorbell(d).to_aml_bytes(&mut out);
+    }
     out
+}
+
+/// The doorbell's Generic Event Device (`ACPI0013`, Linux's drivers/acpi/evged.c), beside VCLK:
+///
+/// ```text
+/// Device (VDBL) {
+///     Name (_HID, "ACPI0013")
+///     Name (_UID, Zero)
+///     Name (_CRS, ResourceTemplate () { IRQ (Edge, ActiveHigh, Exclusive) {irq} })
+///     OperationRegion (VDBR, SystemIO, io, 8)
+///     Field (VDBR, ByteAcc, NoLock, Preserve) { VRBR, 8, VIER, 8 }
+///     Method (_INI) { VIER = One }            // the UART's received-data interrupt on
+///     Method (_EVT, 1, Serialized) {
+///         Local0 = VRBR                       // take the byte: the interrupt goes down
+///         VIER = One                          // (again, should anything have cleared it)
+///         Notify (VCLK, 0x80)                 // VCLK: found in the parent scope
+///     }
+/// }
+/// ```
+///
+/// QEMU's 16550 raises its interrupt without MCR.OUT2, and without a FIFO it takes the next
+/// byte from the socket only once this one is read: one interrupt, one Notify, per byte.
+fn doorbell(d: Doorbell) -> Raw {
+    let hid = Name::new("_HID".into(), &"ACPI0013");
+    let uid = Name::new("_UID".into(), &aml::ZERO);
+    let irq = IsaIrq(d.irq);
+    let crs_tpl = ResourceTemplate::new(vec![&irq]);
+    let crs = Name::new("_CRS".into(), &crs_tpl);
+    let io = d.io;
+    let region = OpRegion::new("VDBR".into(), OpRegionSpace::SystemIO, &io, &8u8);
+    let fields = aml::Field::new(
+        "VDBR".into(),
+        FieldAccessType::Byte,
+        FieldLockRule::NoLock,
+        FieldUpdateRule::Preserve,
+        vec![FieldEntry::Named(*b"VRBR", 8), FieldEntry::Named(*b"VIER", 8)],
+    );
+    let (rbr, ier, vclk) = (AmlPath::new("VRBR"), AmlPath::new("VIER"), AmlPath::new("VCLK"));
+    let arm = Store::new(&ier, &aml::ONE);
+    let ini = Method::new("_INI".into(), 0, false, vec![&arm]);
+    let l0 = Local(0);
+    let take = Store::new(&l0, &rbr);
+    let notify = Notify::new(&vclk, &0x80u8);
+    let evt = Method::new("_EVT".into(), 1, true, vec![&take, &arm, &notify]);
+    let dev = Device::new("VDBL".into(), vec![&hid, &uid, &crs, &region, &fields, &ini, &evt]);
+    let mut out = Vec::new();
+    dev.to_aml_bytes(&mut out);
+    Raw(out)
 }
 
 /// An SSDT around `body`: revision 2 (64-bit AML integers: the BAR may lie above 4 GiB).
@@ -249,6 +365,18 @@ pub fn qemu_args(page: &Path, ssdt: &Path, spec: SsdtSpec) -> Vec<String> {
     ]
 }
 
+/// QEMU's arguments for the doorbell: a chardev served on `socket` (QEMU listens; the relay
+/// connects; `wait=off`: QEMU starts without it) feeding an ISA 16550 at the doorbell's port
+/// and interrupt.
+pub fn doorbell_args(socket: &Path, d: Doorbell) -> Vec<String> {
+    vec![
+        "-chardev".into(),
+        format!("socket,id=vmtime-doorbell,path={},server=on,wait=off", qemu_escape(socket)),
+        "-device".into(),
+        format!("isa-serial,chardev=vmtime-doorbell,iobase={:#x},irq={}", d.io, d.irq),
+    ]
+}
+
 /// A path inside a QEMU option value: commas are doubled.
 fn qemu_escape(p: &Path) -> String {
     p.display().to_string().replace(',', ",,")
@@ -274,7 +402,8 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let meta = std::fs::metadata(&a.page).with_context(|| {
         format!("page file {}: cannot read it; start `vmtime relay --guest-page` first", a.page.display())
     })?;
-    let spec = SsdtSpec { slot: a.slot.get(), len: meta.len(), migratable: a.migratable };
+    let doorbell = a.notify.as_ref().map(|_| Doorbell { io: a.notify_io, irq: a.notify_irq });
+    let spec = SsdtSpec { slot: a.slot.get(), len: meta.len(), migratable: a.migratable, doorbell };
     if !meta.is_file() {
         bail!("page file {}: not a regular file", a.page.display());
     }
@@ -298,7 +427,10 @@ pub fn run(a: Args) -> Result<ExitCode> {
     .with_context(|| format!("cannot write the SSDT (--ssdt {})", out.display()))?;
     let page = std::path::absolute(&a.page)?;
     let out = std::path::absolute(&out)?;
-    let args = qemu_args(&page, &out, spec);
+    let mut args = qemu_args(&page, &out, spec);
+    if let (Some(sock), Some(d)) = (&a.notify, doorbell) {
+        args.extend(doorbell_args(&std::path::absolute(sock)?, d));
+    }
     if a.json {
         println!("{}", serde_json::to_string(&args)?);
     } else {
@@ -315,7 +447,7 @@ mod tests {
 
     #[test]
     fn table_has_a_valid_header_and_checksum() {
-        let t = ssdt(SsdtSpec { migratable: false, slot: 4, len: 4096 }).unwrap();
+        let t = ssdt(SsdtSpec { doorbell: None, migratable: false, slot: 4, len: 4096 }).unwrap();
         assert_eq!(&t[0..4], b"SSDT");
         assert_eq!(u32::from_le_bytes(t[4..8].try_into().unwrap()) as usize, t.len());
         assert_eq!(t[8], 2, "revision 2: 64-bit integers");
@@ -329,24 +461,87 @@ mod tests {
 
     #[test]
     fn bad_specs_are_refused() {
-        assert!(ssdt(SsdtSpec { migratable: false, slot: 0, len: 4096 }).is_err());
-        assert!(ssdt(SsdtSpec { migratable: false, slot: 32, len: 4096 }).is_err());
-        assert!(ssdt(SsdtSpec { migratable: false, slot: 4, len: 4095 }).is_err());
-        assert!(ssdt(SsdtSpec { migratable: false, slot: 4, len: 6144 }).is_err());
-        assert!(ssdt(SsdtSpec { migratable: false, slot: 4, len: 8192 }).is_ok());
+        assert!(ssdt(SsdtSpec { doorbell: None, migratable: false, slot: 0, len: 4096 }).is_err());
+        assert!(ssdt(SsdtSpec { doorbell: None, migratable: false, slot: 32, len: 4096 }).is_err());
+        assert!(ssdt(SsdtSpec { doorbell: None, migratable: false, slot: 4, len: 4095 }).is_err());
+        assert!(ssdt(SsdtSpec { doorbell: None, migratable: false, slot: 4, len: 6144 }).is_err());
+        assert!(ssdt(SsdtSpec { doorbell: None, migratable: false, slot: 4, len: 8192 }).is_ok());
     }
 
     #[test]
     fn qemu_args_escape_commas() {
-        let a =
-            qemu_args(Path::new("/a,b/page"), Path::new("/t.aml"), SsdtSpec { migratable: false, slot: 5, len: 4096 });
+        let a = qemu_args(
+            Path::new("/a,b/page"),
+            Path::new("/t.aml"),
+            SsdtSpec { doorbell: None, migratable: false, slot: 5, len: 4096 },
+        );
         assert!(a[1].contains("mem-path=/a,,b/page,size=4096,share=on,readonly=on"), "{}", a[1]);
         assert!(a[3].ends_with("memdev=vmtime-page,addr=0x5"), "{}", a[3]);
         // Migratable: master=on, writable (QEMU blocks migration without master=on, and an
         // incoming migration cannot load into a read-only mapping).
-        let m = qemu_args(Path::new("/p"), Path::new("/t.aml"), SsdtSpec { migratable: true, slot: 5, len: 4096 });
+        let m = qemu_args(
+            Path::new("/p"),
+            Path::new("/t.aml"),
+            SsdtSpec { doorbell: None, migratable: true, slot: 5, len: 4096 },
+        );
         assert!(m[1].ends_with("size=4096,share=on"), "{}", m[1]);
         assert!(m[3].ends_with("memdev=vmtime-page,master=on,addr=0x5"), "{}", m[3]);
         assert_eq!(shell_quote("it's"), "'it'\\''s'");
+    }
+}
+
+#[cfg(test)]
+mod doorbell_tests {
+    use super::*;
+
+    fn find(t: &[u8], needle: &[u8]) -> Option<usize> {
+        t.windows(needle.len()).position(|w| w == needle)
+    }
+
+    #[test]
+    fn the_doorbell_is_a_generic_event_device_on_the_uart() {
+        let spec = SsdtSpec { doorbell: Some(Doorbell { io: 0x3e8, irq: 5 }), migratable: false, slot: 4, len: 4096 };
+        let t = ssdt(spec).unwrap();
+        assert_eq!(t.iter().fold(0u8, |a, b| a.wrapping_add(*b)), 0, "checksum");
+        // Twice: once inside QEMU's node for the slot, once inside the table's own node.
+        let hid = b"\x08_HID\x0dACPI0013\0";
+        let first = find(&t, hid).expect("a GED");
+        assert!(find(&t[first + 1..], hid).is_some(), "one in each branch");
+        // IRQ descriptor: IRQ 5 (mask 0x0020), edge, active high, exclusive.
+        assert!(find(&t, &[0x23, 0x20, 0x00, 0x01]).is_some());
+        // OperationRegion (VDBR, SystemIO, 0x03E8, 8).
+        assert!(find(&t, &[0x5b, 0x80, b'V', b'D', b'B', b'R', 0x01, 0x0b, 0xe8, 0x03, 0x0a, 0x08]).is_some());
+        // Notify (VCLK, 0x80).
+        assert!(find(&t, &[0x86, b'V', b'C', b'L', b'K', 0x0a, 0x80]).is_some());
+        // _EVT takes one argument and is serialized; _INI arms the interrupt (VIER = One).
+        assert!(find(&t, b"_EVT\x09").is_some());
+        assert!(find(&t, &[0x70, 0x01, b'V', b'I', b'E', b'R']).is_some());
+        // The same table without the doorbell has none of it.
+        let plain = ssdt(SsdtSpec { doorbell: None, ..spec }).unwrap();
+        assert!(find(&plain, b"ACPI0013").is_none() && find(&plain, b"VDBR").is_none());
+    }
+
+    #[test]
+    fn doorbell_ports_and_interrupts_are_checked() {
+        assert_eq!(parse_io_base("0x2f8"), Ok(0x2f8));
+        assert_eq!(parse_io_base("1000"), Ok(1000));
+        assert!(parse_io_base("0x2f9").is_err(), "not 8-aligned");
+        assert!(parse_io_base("0x10000").is_err());
+        assert!(parse_io_base("0x20").is_err(), "the PIC's ports");
+        assert_eq!(parse_isa_irq("3"), Ok(3));
+        for bad in ["0", "2", "8", "9", "16", "x"] {
+            assert!(parse_isa_irq(bad).is_err(), "{bad}");
+        }
+        let bad = SsdtSpec { doorbell: Some(Doorbell { io: 0x2f8, irq: 9 }), migratable: false, slot: 4, len: 4096 };
+        assert!(ssdt(bad).is_err());
+    }
+
+    #[test]
+    fn doorbell_args_serve_a_socket_into_an_isa_uart() {
+        let a = doorbell_args(Path::new("/r,un/db.sock"), Doorbell { io: 0x2f8, irq: 3 });
+        assert_eq!(a[0], "-chardev");
+        assert_eq!(a[1], "socket,id=vmtime-doorbell,path=/r,,un/db.sock,server=on,wait=off");
+        assert_eq!(a[2], "-device");
+        assert_eq!(a[3], "isa-serial,chardev=vmtime-doorbell,iobase=0x2f8,irq=3");
     }
 }
