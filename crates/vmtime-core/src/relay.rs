@@ -345,7 +345,8 @@ impl GuestRelay {
             b.constants(counter_id, time_type)
                 .status(vmclock::abi::status::UNRELIABLE)
                 .disruption_marker(self.state.disruption_marker)
-                .vm_generation(self.state.vm_generation),
+                .vm_generation(self.state.vm_generation)
+                .flag(flags::NOTIFICATION_PRESENT, self.state.notify),
         )
     }
 
@@ -792,6 +793,12 @@ mod tests {
         // its PTP clock).
         let ph = Snapshot::new(r.placeholder_for(Some(&tai)).unwrap().build(), 4096).unwrap();
         assert_eq!((ph.tai_minus_utc(), ph.tai_offset_raw()), (Some(37), Some(-37)));
+        assert!(ph.flags() & flags::NOTIFICATION_PRESENT == 0, "this guest is not notified");
+        // A notified guest's placeholder says so too (a driver probing it installs its handler).
+        let mut n = GuestRelay::new(CounterMap::offset_only(5), 1, true);
+        n.fix_constants(counter_id::X86_TSC, TAI);
+        let nph = Snapshot::new(n.placeholder().unwrap().build(), 4096).unwrap();
+        assert!(nph.flags() & flags::NOTIFICATION_PRESENT != 0);
         let g0 = Snapshot::new(r.guest_page(&tai).unwrap(), 4096).unwrap();
         assert_eq!(g0.time_type(), TAI);
         // The host restarts with a UTC page (and the offset): the guest page stays TAI, same time.

@@ -5,6 +5,7 @@
 //! called only by `vmtime sync` outside a dry run. Everything else only reads clocks.
 
 pub mod clock;
+pub mod doorbell;
 pub mod event;
 pub mod feed;
 pub mod files;

@@ -78,3 +78,60 @@ fn a_page_ivshmem_cannot_share_is_one_clear_line() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("vmtime relay"), "{err}");
 }
+
+/// `--notify`: a Generic Event Device on the doorbell UART's interrupt, whose event method takes
+/// the UART's byte and notifies VCLK (0x80); and QEMU's arguments serve the UART's chardev on
+/// the socket the relay's --doorbell connects to.
+#[test]
+fn notify_adds_a_generic_event_device_on_the_doorbell_uart() {
+    let dir = tempfile::tempdir().unwrap();
+    let page = dir.path().join("guest.page");
+    std::fs::write(&page, vec![0u8; 4096]).unwrap();
+    let aml = dir.path().join("vmclock.aml");
+    let sock = dir.path().join("doorbell.sock");
+    let (p, a, s) = (page.to_str().unwrap(), aml.to_str().unwrap(), sock.to_str().unwrap());
+    let out = vmtime(&[
+        "qemu",
+        "--page",
+        p,
+        "--ssdt",
+        a,
+        "--notify",
+        s,
+        "--notify-io",
+        "0x3e8",
+        "--notify-irq",
+        "5",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let args: Vec<String> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(args.len(), 10, "{args:?}");
+    assert_eq!(args[7], format!("socket,id=vmtime-doorbell,path={s},server=on,wait=off"));
+    assert_eq!(args[9], "isa-serial,chardev=vmtime-doorbell,iobase=0x3e8,irq=5");
+    let Some(dsl) = disassemble(&aml) else { return };
+    let squash = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+    let dsl = squash(&dsl);
+    for want in [
+        "Device (VDBL) { Name (_HID, \"ACPI0013\" /* Generic Event Device */)",
+        "IRQ (Edge, ActiveHigh, Exclusive, ) {5}",
+        "OperationRegion (VDBR, SystemIO, 0x03E8, 0x08) Field (VDBR, ByteAcc, NoLock, Preserve) { VRBR, 8, VIER, 8 }",
+        "Method (_INI, 0, NotSerialized) // _INI: Initialize { VIER = One }",
+        "Method (_EVT, 1, Serialized) // _EVT: Event { Local0 = VRBR",
+        "VIER = One Notify (VCLK, 0x80)",
+    ] {
+        assert!(dsl.contains(&squash(want)), "missing {want:?} in:\n{dsl}");
+    }
+    assert_eq!(dsl.matches("Device (VDBL)").count(), 2, "beside VCLK in both branches");
+    // Without --notify: no doorbell.
+    let out = vmtime(&["qemu", "--page", p, "--ssdt", a, "--json"]);
+    assert!(out.status.success());
+    let plain = disassemble(&aml).unwrap();
+    assert!(!plain.contains("ACPI0013") && !plain.contains("VDBR"));
+    // A port or an interrupt a UART cannot use is refused in one line.
+    for bad in [["--notify-irq", "9"], ["--notify-io", "0x2f9"]] {
+        let out = vmtime(&["qemu", "--page", p, "--ssdt", a, "--notify", s, bad[0], bad[1]]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(bad[1]), "{err}");
+    }
+}

@@ -339,3 +339,66 @@ fn every_guest_page_the_relay_publishes_is_readable_under_host_mutations() {
     }
     assert!(checked == 240 && reliable > 50, "checked {checked}, reliable {reliable}");
 }
+
+/// Accepts one connection on `listener` within 20 s (a thread: the test never waits unbounded).
+fn accept_within(listener: std::os::unix::net::UnixListener) -> std::os::unix::net::UnixStream {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(listener.accept().map(|(s, _)| s));
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(20)).expect("the relay connected to the doorbell").unwrap()
+}
+
+/// Reads doorbell bytes until `n` in all have come (each read bounded by 20 s).
+fn read_rings(peer: &mut std::os::unix::net::UnixStream, got: &mut u64, n: u64) {
+    use std::io::Read;
+    peer.set_read_timeout(Some(std::time::Duration::from_secs(20))).unwrap();
+    let mut buf = [0u8; 256];
+    while *got < n {
+        let k = peer.read(&mut buf).expect("a ring within 20 s");
+        assert!(k > 0, "the relay closed the doorbell");
+        assert!(buf[..k].iter().all(|&b| b == 1));
+        *got += k as u64;
+    }
+}
+
+/// `--doorbell`: the guest page says NOTIFICATION_PRESENT, and every page written (host
+/// updates, and the rewrite after a migration) is followed by one byte on the socket, which
+/// stands in for QEMU's chardev server.
+#[test]
+fn a_relay_with_a_doorbell_notifies_after_every_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let (host, guest) = (dir.path().join("host.page"), dir.path().join("guest.page"));
+    let sock = dir.path().join("doorbell.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let (_h, _) = start_host(&host);
+    wait_calibrated(&host);
+    let _r = start_relay(dir.path(), &["--doorbell", sock.to_str().unwrap()]);
+    let mut peer = accept_within(listener);
+    let g = wait_calibrated(&guest);
+    let flag_names = g["fields"]["flag_names"].as_array().unwrap().clone();
+    assert!(flag_names.iter().any(|n| n == "NOTIFICATION_PRESENT"), "{flag_names:?}");
+    let status = |req: &str| json(&["status", "--socket", &socket(&guest), "--request", req, "--json"]);
+    let st = status("status");
+    let d = &st["doorbell"];
+    assert_eq!(d["connected"], true, "{st}");
+    assert_eq!(d["rung"], st["relayed"], "one ring per page: {st}");
+    assert_eq!(d["dropped"], 0, "{st}");
+    let mut got = 0;
+    read_rings(&mut peer, &mut got, d["sent"].as_u64().unwrap());
+    // A migration: the page rewritten under a new marker, and rung for.
+    let before = markers(&guest);
+    let st = status("migrated 1000");
+    assert_ne!(markers(&guest).0, before.0);
+    let sent = st["doorbell"]["sent"].as_u64().unwrap();
+    assert!(sent > got, "the rewrite rang: {st}");
+    read_rings(&mut peer, &mut got, sent);
+    // The VMM goes away: the relay goes on publishing (never stalls), dropping its rings.
+    drop(peer);
+    let before = markers(&guest);
+    let st = status("migrated 2000");
+    assert_ne!(markers(&guest).0, before.0, "published without its VMM");
+    assert_eq!(st["doorbell"]["connected"], false, "{st}");
+    assert!(st["doorbell"]["dropped"].as_u64().unwrap() >= 1, "{st}");
+    assert_eq!(st["doorbell"]["rung"], st["relayed"], "{st}");
+}

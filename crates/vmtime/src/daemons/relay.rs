@@ -33,9 +33,8 @@ pub struct Args {
     #[arg(long)]
     #[serde(skip)]
     restored: bool,
-    /// Accepted for old command lines: this relay has no way to notify the guest, so
-    /// NOTIFICATION_PRESENT is always clear (a VMM that notifies uses the library's
-    /// `GuestPageWriter::new` with its notifier). Not a configuration key.
+    /// Accepted for old command lines: without --doorbell this relay has no way to notify the
+    /// guest, so NOTIFICATION_PRESENT is clear. Not a configuration key.
     #[arg(long, hide = true)]
     #[serde(skip)]
     no_notify: bool,
@@ -130,6 +129,10 @@ struct Relay {
     last_error: String,
     /// The relay's last write into the guest page, to see another writer's.
     guard: Guard,
+    /// The VMM's doorbell (--doorbell): rung after every guest page.
+    doorbell: Option<vmtime_sys::doorbell::Doorbell>,
+    /// The doorbell's last failure, logged once until a ring goes through.
+    doorbell_error: Option<String>,
     /// The figures (metrics and status).
     m: crate::ops::figures::RelayMetrics,
 }
@@ -188,8 +191,7 @@ impl Relay {
             save(&self.state_path, &after)?;
             self.saved = after;
         }
-        let seq = self.writer.publish(&page);
-        self.guard.wrote(Written::of(&page, seq));
+        let seq = self.publish(&page);
         self.last_host_seq = Some(host.seq_count());
         self.relayed += 1;
         self.pending_notify = Some(seq);
@@ -205,6 +207,40 @@ impl Relay {
             );
         }
         Ok(())
+    }
+
+    /// Writes a guest page (seqlock), remembers it for the guard, and rings the doorbell: the
+    /// new even seq_count is in the page before the byte is sent.
+    fn publish(&mut self, page: &vmclock::abi::VmclockAbi) -> u32 {
+        let seq = self.writer.publish(page);
+        self.guard.wrote(Written::of(page, seq));
+        if let Some(d) = self.doorbell.as_mut() {
+            let ring = d.ring(Instant::now());
+            let problem = match ring {
+                vmtime_sys::doorbell::Ring::Sent => None,
+                vmtime_sys::doorbell::Ring::Full => {
+                    Some("the socket is full (the VMM or the guest does not take the bytes): rings are dropped".to_string())
+                }
+                vmtime_sys::doorbell::Ring::NotConnected(Some(e)) => Some(format!(
+                    "cannot connect ({e}): is the VMM running with `vmtime qemu --notify` on this socket? (retrying at the next page, at most every {} ms)",
+                    vmtime_sys::doorbell::RETRY.as_millis()
+                )),
+                vmtime_sys::doorbell::Ring::NotConnected(None) => None,
+            };
+            match problem {
+                Some(p) if self.doorbell_error.as_ref() != Some(&p) => {
+                    tracing::warn!("doorbell {}: {p}", d.path().display());
+                    self.doorbell_error = Some(p);
+                }
+                None if ring == vmtime_sys::doorbell::Ring::Sent && self.doorbell_error.take().is_some() => {
+                    tracing::info!("doorbell {}: ringing again", d.path().display());
+                }
+                _ => {}
+            }
+            self.m.doorbell = Some(d.figures());
+            self.m.doorbell_connected = d.connected();
+        }
+        seq
     }
 
     /// Compares the guest page with this relay's last write. A page written by someone else (QEMU
@@ -229,8 +265,7 @@ impl Relay {
             save(&self.state_path, &after)?;
             self.saved = after;
             let page = self.relay.placeholder().context("the guest page's constants are fixed at start")?.build();
-            let seq = self.writer.publish(&page);
-            self.guard.wrote(Written::of(&page, seq));
+            let seq = self.publish(&page);
             self.pending_notify = Some(seq);
         }
         self.m.map_pending = self.relay.map_pending();
@@ -376,15 +411,16 @@ pub fn run(args: Args) -> Result<ExitCode> {
         Some(bytes) => {
             let st: GuestState = serde_json::from_slice(&bytes)
                 .with_context(|| format!("{} is not a relay state", state_path.display()))?;
-            // This relay has no way to notify the guest: NOTIFICATION_PRESENT stays clear.
-            let mut r = GuestRelay::from_state(GuestState { notify: false, ..st });
+            // NOTIFICATION_PRESENT only with a doorbell to ring (a guest told to wait for
+            // notifications that never come would wait forever).
+            let mut r = GuestRelay::from_state(GuestState { notify: a.doorbell.is_some(), ..st });
             if st.map != map && !migrated {
                 tracing::warn!("the TSC map changed since the last run without --migrated: treating it as a migration");
                 r.migrated_in(map);
             }
             r
         }
-        None => GuestRelay::new(map, event::random_u64()?, false),
+        None => GuestRelay::new(map, event::random_u64()?, a.doorbell.is_some()),
     };
     if migrated {
         relay.migrated_in(map);
@@ -423,6 +459,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
         _guest_file: guest_file,
         _state_lock: state_lock,
         guard: Guard::new(),
+        doorbell: a.doorbell.as_deref().map(vmtime_sys::doorbell::Doorbell::new),
+        doorbell_error: None,
         saved,
         state_path,
         last_host_seq: None,
@@ -441,6 +479,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
     };
     let st = *r.relay.state();
     tracing::info!("vmtime relay: {} → {}", host_path.display(), guest_page.display());
+    if let Some(d) = &a.doorbell {
+        tracing::info!("notifying the guest: NOTIFICATION_PRESENT, a byte to {} after every page", d.display());
+    }
     tracing::info!("map: guest = ((host · {}) >> {}) + {:#x}", st.map.ratio, st.map.frac_bits, st.map.offset);
     tracing::info!(
         "guest page: counter {}, time type {} (constant for the page's life)",

@@ -232,6 +232,11 @@ daemon_settings! {
         /// Where the guest's markers are kept across restarts (default: guest page + ".state.json").
         #[arg(long)]
         maybe state: PathBuf = None,
+        /// The VMM's doorbell socket (`vmtime qemu --notify SOCKET`): the guest page says
+        /// NOTIFICATION_PRESENT, and one byte is written to this socket after every page (the
+        /// VMM turns it into the guest's vmclock notification). Without it the guest polls.
+        #[arg(long, value_name = "SOCKET")]
+        maybe doorbell: PathBuf = None,
     }
 }
 

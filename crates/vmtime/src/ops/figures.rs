@@ -211,6 +211,9 @@ pub struct RelayMetrics {
     pub host_notified: bool,
     /// The time between two looks at the guest page for another writer, ms.
     pub guard_ms: u64,
+    /// The doorbell's counts (--doorbell), and whether it is connected.
+    pub doorbell: Option<vmtime_sys::doorbell::DoorbellFigures>,
+    pub doorbell_connected: bool,
     /// The runtime's figures.
     pub run: RunFigures,
 }
@@ -233,6 +236,13 @@ impl Figures for RelayMetrics {
             "overwrites": self.overwrites,
             "host_notified": self.host_notified,
             "guard_ms": self.guard_ms,
+            "doorbell": self.doorbell.map(|d| serde_json::json!({
+                "connected": self.doorbell_connected,
+                "rung": d.rung,
+                "sent": d.sent,
+                "dropped": d.dropped,
+                "connects": d.connects,
+            })),
         })
     }
     fn status_line(&self, line: &mut String) {
