@@ -7,6 +7,7 @@ mod cpio;
 mod echo;
 mod leap;
 mod migration;
+mod pollwatch;
 mod reads;
 mod vm;
 
@@ -40,6 +41,8 @@ enum Cmd {
     Timex,
     /// (In the guest) read the time through a page's mmap every N µs, logging each read.
     Reads(reads::Args),
+    /// (In the guest) wait in poll() on a vmclock device and log each wake-up.
+    Pollwatch(pollwatch::Args),
     /// (In the guest) print the counter (TSC) now: a stamp the host can place in its own time.
     Counter,
 }
@@ -67,6 +70,7 @@ fn main() -> ExitCode {
         Cmd::Leapwatch(a) => leap::watch(&a).map(|()| ExitCode::SUCCESS),
         Cmd::Timex => timex().map(|()| ExitCode::SUCCESS),
         Cmd::Reads(a) => reads::serve(&a).map(|()| ExitCode::SUCCESS),
+        Cmd::Pollwatch(a) => pollwatch::watch(&a).map(|()| ExitCode::SUCCESS),
         Cmd::Counter => {
             println!("{}", vmclock::counter::read());
             Ok(ExitCode::SUCCESS)

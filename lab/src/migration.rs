@@ -394,6 +394,7 @@ fn qemu_cfg(h: &Harness, s: &Side, incoming: Option<&Path>) -> VmConfig {
         extra,
         tsc_khz: (h.hz / 1e3).round() as u64,
         state_disk: s.disk.clone(),
+        append: String::new(),
     }
 }
 
@@ -438,7 +439,7 @@ impl Harness {
             let disk = dir.join("state.qcow2");
             std::fs::copy(&a.state_disk, &disk)?;
             let host_page = work.join(format!("host-{name}.page"));
-            let relay = relay_daemon(&vmtime, &host_page, &page, 0)?;
+            let relay = relay_daemon(&vmtime, &host_page, &page, 0, None)?;
             let out = std::process::Command::new(&vmtime)
                 .args([
                     "qemu",

@@ -36,6 +36,9 @@ pub struct VmConfig {
     pub tsc_khz: u64,
     /// A qcow2 image for savevm/loadvm.
     pub state_disk: PathBuf,
+    /// More on the guest kernel's command line (e.g. `8250.nr_uarts=2`: the doorbell UART is
+    /// left to ACPI).
+    pub append: String,
 }
 
 pub struct Vm {
@@ -95,8 +98,10 @@ impl Vm {
             .arg(&c.initrd)
             .arg("-append")
             .arg(format!(
-                "console=ttyS0 panic=-1 quiet loglevel=4 tsc=reliable clocksource=tsc tsc_early_khz={}",
-                c.tsc_khz
+                "console=ttyS0 panic=-1 quiet loglevel=4 tsc=reliable clocksource=tsc tsc_early_khz={}{}{}",
+                c.tsc_khz,
+                if c.append.is_empty() { "" } else { " " },
+                c.append
             ))
             .args(["-rtc", &format!("base={},clock=host", c.rtc_base)])
             .arg("-serial")

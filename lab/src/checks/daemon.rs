@@ -60,10 +60,20 @@ impl Drop for Daemon {
     }
 }
 
-/// `vmtime relay` from `host_page` to `guest_page` under a TSC offset (no notification: QEMU has
-/// no way to notify for a file).
-pub(crate) fn relay_daemon(vmtime: &Path, host_page: &Path, guest_page: &Path, offset: u64) -> Result<Daemon> {
+/// `vmtime relay` from `host_page` to `guest_page` under a TSC offset; with `doorbell`, it
+/// notifies the guest through QEMU's doorbell socket (`vmtime qemu --notify`), else not at all.
+pub(crate) fn relay_daemon(
+    vmtime: &Path,
+    host_page: &Path,
+    guest_page: &Path,
+    offset: u64,
+    doorbell: Option<&Path>,
+) -> Result<Daemon> {
     let seq_before = read_page(guest_page).map(|p| p.seq_count()).ok();
+    let notify = match doorbell {
+        Some(d) => vec!["--doorbell", d.to_str().context("path")?],
+        None => vec!["--no-notify"],
+    };
     let args = [
         "relay",
         "--host-page",
@@ -72,8 +82,8 @@ pub(crate) fn relay_daemon(vmtime: &Path, host_page: &Path, guest_page: &Path, o
         guest_page.to_str().context("path")?,
         "--tsc-offset",
         &(offset as i64).to_string(),
-        "--no-notify",
     ];
+    let args: Vec<&str> = args.iter().copied().chain(notify).collect();
     let control = PathBuf::from(format!("{}.sock", guest_page.display()));
     let d = Daemon::start_answering(vmtime, &args, &control).context("start vmtime relay")?;
     // What the lab reads next must be the new map's page: the relay's first write (the guest

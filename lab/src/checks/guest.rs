@@ -73,19 +73,28 @@ impl Lab {
             extra: Vec::new(),
             tsc_khz: (hz / 1e3).round() as u64,
             state_disk: a.state_disk.clone(),
+            append: String::new(),
         };
         let mut relay = None;
+        let doorbell = (setup == Setup::Notify).then(|| work.join("doorbell.sock"));
         if setup == Setup::QemuVmclock {
             cfg.shared.insert(0, (guest_page.clone(), 4));
         } else {
             // What an operator does: the relay writes the guest's page file (its counter map is
             // measured once the guest runs, and the relay restarted with it), and `vmtime qemu`
             // gives QEMU that file as the guest's vmclock device.
-            relay = Some(relay_daemon(&vmtime, &host_page, &guest_page, 0)?);
-            let out = Command::new(&vmtime)
-                .args(["qemu", "--page", guest_page.to_str().context("path")?, "--slot", "4", "--json", "--ssdt"])
-                .arg(work.join("vmclock-ssdt.aml"))
-                .output()?;
+            relay = Some(relay_daemon(&vmtime, &host_page, &guest_page, 0, doorbell.as_deref())?);
+            let mut qemu = Command::new(&vmtime);
+            qemu.args(["qemu", "--page", guest_page.to_str().context("path")?, "--slot", "4", "--json", "--ssdt"])
+                .arg(work.join("vmclock-ssdt.aml"));
+            if let Some(d) = &doorbell {
+                // The doorbell UART beside the lab's two (ttyS0 0x3f8/4, ttyS1 0x2f8/3): COM3's
+                // port on a free interrupt. savevm/loadvm need a migratable page (master=on).
+                qemu.arg("--notify").arg(d).args(["--notify-io", "0x3e8", "--notify-irq", "5", "--migratable"]);
+                // The guest's 8250 driver takes only the lab's two UARTs: the third is ACPI's.
+                cfg.append = "8250.nr_uarts=2".into();
+            }
+            let out = qemu.output()?;
             ensure!(out.status.success(), "vmtime qemu: {}", String::from_utf8_lossy(&out.stderr).trim());
             cfg.extra = serde_json::from_slice(&out.stdout).context("vmtime qemu --json")?;
             std::fs::write(work.join("qemu-args.txt"), cfg.extra.join(" "))?;
@@ -113,6 +122,7 @@ impl Lab {
             vmtime,
             _host: host,
             relay,
+            doorbell,
             mailbox: None,
             host_page,
             guest_page,
@@ -121,6 +131,7 @@ impl Lab {
             row: None,
             budget_ns: 0.0,
             cont_slack: 0,
+            figures: None,
         })
     }
 
@@ -190,7 +201,7 @@ impl Lab {
 
     pub(super) fn start_relay(&mut self, host_page: &Path, offset: u64) -> Result<()> {
         self.relay = None;
-        self.relay = Some(relay_daemon(&self.vmtime, host_page, &self.guest_page, offset)?);
+        self.relay = Some(relay_daemon(&self.vmtime, host_page, &self.guest_page, offset, self.doorbell.as_deref())?);
         Ok(())
     }
 
@@ -257,6 +268,7 @@ impl Lab {
             "leap" => &["/tmp/sync.log", "/tmp/leap.json"],
             "disruption" => &["/tmp/sync2.log"],
             "chrony" => &["/tmp/chrony.log"],
+            "notify" => &["/tmp/sync.log", "/tmp/poll.log", "/tmp/polled.log"],
             _ => &["/tmp/echo.log"],
         };
         let mut cmd = String::from("dmesg | tail -n 6");

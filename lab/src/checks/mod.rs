@@ -11,6 +11,7 @@ mod driver;
 mod guest;
 mod initramfs;
 mod leap;
+mod notify;
 mod page;
 mod phc;
 mod relay;
@@ -86,6 +87,9 @@ enum Setup {
     Stock,
     /// The same, chronyd on the driver's PTP clock instead of `vmtime sync`.
     Chrony,
+    /// The stock setup with a doorbell (`vmtime qemu --notify`, `vmtime relay --doorbell`): the
+    /// guest's vmclock device notifies.
+    Notify,
 }
 
 impl Setup {
@@ -94,6 +98,7 @@ impl Setup {
             Setup::QemuVmclock => "qemu-vmclock",
             Setup::Stock => "stock",
             Setup::Chrony => "chrony",
+            Setup::Notify => "notify",
         }
     }
 }
@@ -114,6 +119,8 @@ struct Lab {
     vmtime: PathBuf,
     _host: Daemon,
     relay: Option<Daemon>,
+    /// The doorbell socket QEMU serves and the relay rings (the notify guest).
+    doorbell: Option<PathBuf>,
     mailbox: Option<echo::Host>,
     host_page: PathBuf,
     guest_page: PathBuf,
@@ -127,6 +134,8 @@ struct Lab {
     budget_ns: f64,
     /// What QEMU's page allows for QEMU acting on `cont` late (ticks), learnt from misses.
     cont_slack: u64,
+    /// A check's own figures for results.json (taken after it ran, pass or fail).
+    figures: Option<serde_json::Value>,
 }
 
 type Check = fn(&mut Lab) -> Result<String>;
@@ -178,6 +187,9 @@ fn run_setup(
         println!("{line}");
         let mut j = serde_json::json!({"check": name, "pass": pass, "seconds": (secs * 10.0).round() / 10.0,
             "summary": line.lines().next().unwrap_or("")});
+        if let (Some(serde_json::Value::Object(f)), Some(o)) = (lab.figures.take(), j.as_object_mut()) {
+            o.extend(f);
+        }
         if let (true, Some(row)) = (matches!(*name, "sync-driver" | "chrony"), lab.row.as_ref()) {
             // The boot figure: from the discipline's start to |CLOCK_REALTIME − host| ≤ 1 ms.
             j["to_1ms_s"] = serde_json::json!(row.within_1ms.map(|d| d.as_secs_f64()));
@@ -258,6 +270,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         println!("{line}");
         lines.push(line);
     }
+    run_setup(&a, Setup::Notify, &[("notify", Lab::notify)], &mut lines, &mut results);
     if selected(&a, "migration") || selected(&a, "restore") {
         match a.qemu_migration_root.as_deref() {
             Some(root) => {
