@@ -89,8 +89,9 @@ impl Lab {
                 .arg(work.join("vmclock-ssdt.aml"));
             if let Some(d) = &doorbell {
                 // The doorbell UART beside the lab's two (ttyS0 0x3f8/4, ttyS1 0x2f8/3): COM3's
-                // port on a free interrupt. savevm/loadvm need a migratable page (master=on).
-                qemu.arg("--notify").arg(d).args(["--notify-io", "0x3e8", "--notify-irq", "5", "--migratable"]);
+                // port on a free ISA interrupt (7: QEMU's MADT makes 5, 9, 10 and 11 level-triggered
+                // PCI interrupts). savevm/loadvm need a migratable page (master=on).
+                qemu.arg("--notify").arg(d).args(["--notify-io", "0x3e8", "--notify-irq", "7", "--migratable"]);
                 // The guest's 8250 driver takes only the lab's two UARTs: the third is ACPI's.
                 cfg.append = "8250.nr_uarts=2".into();
             }
