@@ -65,7 +65,7 @@ fn parse_io_base(s: &str) -> Result<u16, String> {
         None => s.parse(),
     }
     .map_err(|e| format!("{s:?} is not an I/O port ({e}); give e.g. 0x2f8"))?;
-    if v % 8 != 0 || v < 0x100 || v > 0xfff8 {
+    if v % 8 != 0 || !(0x100..=0xfff8).contains(&v) {
         return Err(format!("{v:#x} is not a UART's I/O base: use an 8-aligned port in 0x100–0xfff8, e.g. 0x2f8"));
     }
     Ok(v)
