@@ -930,6 +930,7 @@ mod tests {
         all.relay.host_socket = Some("/s".into());
         all.relay.guest_page = Some("/p".into());
         all.relay.state = Some("/p".into());
+        all.relay.doorbell = Some("/d".into());
         all.relay.duration_s = DurationS::new(1);
         all.relay.metrics_listen = Some("127.0.0.1:1".parse().unwrap());
         all.sync.source = Some("/p".into());
