@@ -31,6 +31,8 @@ use std::ffi::{c_char, c_int, CStr};
 use std::mem::MaybeUninit;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Mutex;
 use vmclock_rs::guard::{protect, GuardError, Protection};
 use vmclock_rs::realtime::{Code, MarkerWatch, Reading};
 use vmclock_rs::{Clock, ClockError, TimeError};
@@ -154,6 +156,205 @@ pub struct vmclock {
     clock: Clock,
     /// The page's disruption marker as this handle has seen it (vmclock_bound_realtime).
     watch: MarkerWatch,
+    /// The header-only reader's published constants (vmclock_reader), and a reader that always
+    /// calls the library (for a header this library cannot serve).
+    reader: vmclock_reader,
+    reader_off: vmclock_reader,
+    /// One publisher at a time; the key of the version last considered for publication.
+    publishing: Mutex<u64>,
+}
+
+/// `vmclock_reader_get`'s `abi` for vmclock.h's inline reader on x86_64: layout 1, the counter read
+/// with RDTSCP.
+pub const VMCLOCK_READER_X86_RDTSCP: u32 = 0x0101;
+/// `vmclock_reader_get`'s `abi` for a header that reads nothing inline (other architectures and
+/// compilers): every read is a library call.
+pub const VMCLOCK_READER_CALL: u32 = 0;
+
+/// The constants vmclock.h's inline reader (`vmclock_now_bounds_inline`) uses for the page
+/// version this handle read last, published under a seqlock of their own (`gen`: odd while
+/// written, or before the first publication). Hand-written in the header (src/reader.h) with the
+/// same layout (asserted on both sides); nothing outside this file writes it. The inline reader
+/// answers only for that version (`key`, `counter_value`, the page's `seq_count` unchanged
+/// around its counter read) and for ΔC ≤ `dmax`, where its answer is exactly
+/// vmclock_now_bounds' (docs/INTEROP.md); otherwise it calls [`vmclock_reader_now_bounds`].
+#[repr(C)]
+#[derive(Debug)]
+pub struct vmclock_reader {
+    gen: AtomicU32,
+    reserved: u32,
+    /// The mapped page (`const uint32_t *`; 0 in a reader that always calls the library).
+    page: usize,
+    /// The handle (`const struct vmclock *`).
+    handle: usize,
+    /// `word08 << 32 | seq_count` of the version, as loaded.
+    key: AtomicU64,
+    counter_value: AtomicU64,
+    period: AtomicU64,
+    rate: AtomicU64,
+    round: AtomicU64,
+    /// The time at `counter_value`, UTC (CLOCK_REALTIME's timescale), 64.64 s.
+    time_lo: AtomicU64,
+    time_hi: AtomicU64,
+    /// The maximum error's time term, 2^-64 s.
+    maxerror_lo: AtomicU64,
+    maxerror_hi: AtomicU64,
+    dmax: AtomicU64,
+    /// flags (bits 0..8), status (8..16), TAI − UTC as u16 (16..32), shift (32..40).
+    info: AtomicU64,
+    disruption_marker: AtomicU64,
+}
+
+#[cfg(target_pointer_width = "64")]
+const _: () = {
+    assert!(std::mem::size_of::<vmclock_reader>() == 120);
+    assert!(std::mem::offset_of!(vmclock_reader, page) == 8);
+    assert!(std::mem::offset_of!(vmclock_reader, handle) == 16);
+    assert!(std::mem::offset_of!(vmclock_reader, key) == 24);
+    assert!(std::mem::offset_of!(vmclock_reader, time_lo) == 64);
+    assert!(std::mem::offset_of!(vmclock_reader, dmax) == 96);
+    assert!(std::mem::offset_of!(vmclock_reader, disruption_marker) == 112);
+};
+
+impl vmclock_reader {
+    fn new(page: usize) -> Self {
+        let z = || AtomicU64::new(0);
+        vmclock_reader {
+            // Odd: nothing published yet.
+            gen: AtomicU32::new(1),
+            reserved: 0,
+            page,
+            handle: 0,
+            key: z(),
+            counter_value: z(),
+            period: z(),
+            rate: z(),
+            round: z(),
+            time_lo: z(),
+            time_hi: z(),
+            maxerror_lo: z(),
+            maxerror_hi: z(),
+            dmax: z(),
+            info: z(),
+            disruption_marker: z(),
+        }
+    }
+}
+
+/// What the inline reader publishes for one page version: the cached read's constants with the
+/// time moved to UTC and the largest ΔC for which vmclock_now_bounds' answer is exactly the
+/// inline reader's arithmetic: bounded, a UTC time without overflow, no leap second step. `None`
+/// for a page it does not serve (no maximum error, MONOTONIC, TAI without its offset, a time
+/// the offset moves out of range, the reference on the far side of a leap second).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Published {
+    /// `word08 << 32 | seq_count`.
+    pub key: u64,
+    pub counter_value: u64,
+    pub period: u64,
+    pub rate: u64,
+    pub round: u64,
+    pub time: u128,
+    pub maxerror: u128,
+    pub dmax: u64,
+    pub info: u64,
+    pub disruption_marker: u64,
+}
+
+/// [`Published`] from the cached read's constants (see there).
+pub fn published(c: &vmclock_rs::Cached) -> Option<Published> {
+    use vmclock_rs::abi::time_type;
+    let maxerror = c.maxerror_time?;
+    let time = match c.time_type {
+        time_type::UTC => c.time,
+        time_type::TAI => {
+            let off = c.tai_minus_utc?;
+            let shift = (off.unsigned_abs() as u128) << 64;
+            if off >= 0 {
+                c.time.checked_sub(shift)?
+            } else {
+                c.time.checked_add(shift)?
+            }
+        }
+        _ => return None,
+    };
+    let fit = |room: u128, k: u64| if k == 0 { u64::MAX } else { u64::try_from(room / k as u128).unwrap_or(u64::MAX) };
+    // UTC time + P·ΔC must not overflow either (≥ the time term P·ΔC / 2^shift).
+    let mut dmax = c.dmax.min(fit(u128::MAX - time, c.period));
+    if let Some(l) = c.leap.filter(|l| l.step != 0) {
+        let edge = (l.at_sec as u128) << 64;
+        if l.before {
+            // The step applies below the edge: served only when the reference is at or past it
+            // (the time only grows with ΔC ≥ 0).
+            if time < edge {
+                return None;
+            }
+        } else {
+            // The step applies at and past the edge: ΔC with ⌊P·ΔC / 2^s⌋ < edge − time, which
+            // P·ΔC ≤ (edge − time)·2^s − 1 guarantees.
+            let room = edge.checked_sub(time).filter(|&r| r > 0)?;
+            if c.period != 0 && room <= u128::MAX >> c.shift {
+                dmax = dmax.min(fit((room << c.shift) - 1, c.period));
+            }
+        }
+    }
+    let flags = VMCLOCK_NOW_BOUNDED
+        | if c.tai_minus_utc.is_some() { VMCLOCK_NOW_TAI_VALID } else { 0 }
+        | if matches!(c.status, VMCLOCK_STATUS_SYNCHRONIZED | VMCLOCK_STATUS_FREERUNNING) {
+            VMCLOCK_NOW_RELIABLE
+        } else {
+            0
+        };
+    let info = flags as u64
+        | (c.status as u64) << 8
+        | (c.tai_minus_utc.unwrap_or(0) as u16 as u64) << 16
+        | (c.shift as u64) << 32;
+    Some(Published {
+        key: (c.word08 as u64) << 32 | c.seq as u64,
+        counter_value: c.counter_value,
+        period: c.period,
+        rate: c.rate,
+        round: c.round,
+        time,
+        maxerror,
+        dmax,
+        info,
+        disruption_marker: c.disruption_marker,
+    })
+}
+
+impl vmclock {
+    /// Publishes the constants of the version the clock cached last, if the inline reader can
+    /// serve it and it is not the one considered last. Another thread publishing: left to it.
+    #[cold]
+    #[inline(never)]
+    fn publish(&self) {
+        let Some(cached) = self.clock.cached() else { return };
+        let key = (cached.word08 as u64) << 32 | cached.seq as u64;
+        let Ok(mut last) = self.publishing.try_lock() else { return };
+        if *last == key {
+            return;
+        }
+        *last = key;
+        let Some(p) = published(&cached) else { return };
+        let r = &self.reader;
+        let g = r.gen.load(Ordering::Relaxed);
+        r.gen.store(g | 1, Ordering::Relaxed);
+        std::sync::atomic::fence(Ordering::Release);
+        r.key.store(p.key, Ordering::Relaxed);
+        r.counter_value.store(p.counter_value, Ordering::Relaxed);
+        r.period.store(p.period, Ordering::Relaxed);
+        r.rate.store(p.rate, Ordering::Relaxed);
+        r.round.store(p.round, Ordering::Relaxed);
+        r.time_lo.store(p.time as u64, Ordering::Relaxed);
+        r.time_hi.store((p.time >> 64) as u64, Ordering::Relaxed);
+        r.maxerror_lo.store(p.maxerror as u64, Ordering::Relaxed);
+        r.maxerror_hi.store((p.maxerror >> 64) as u64, Ordering::Relaxed);
+        r.dmax.store(p.dmax, Ordering::Relaxed);
+        r.info.store(p.info, Ordering::Relaxed);
+        r.disruption_marker.store(p.disruption_marker, Ordering::Relaxed);
+        r.gen.store((g | 1).wrapping_add(1), Ordering::Release);
+    }
 }
 
 fn code_of(e: &ClockError) -> c_int {
@@ -252,7 +453,74 @@ pub unsafe extern "C" fn vmclock_open(path: *const c_char, err: *mut c_int) -> *
     };
     // SAFETY: `err` is NULL or writable, per this function's contract.
     unsafe { set_err(err, VMCLOCK_OK) };
-    Box::into_raw(Box::new(vmclock { protection, clock, watch }))
+    let page = vmclock_rs::PageMemory::words(clock.memory()).as_ptr() as usize;
+    let handle = Box::into_raw(Box::new(vmclock {
+        protection,
+        clock,
+        watch,
+        reader: vmclock_reader::new(page),
+        reader_off: vmclock_reader::new(0),
+        publishing: Mutex::new(0),
+    }));
+    // SAFETY: just allocated and not yet shared; the readers learn their handle's address.
+    unsafe {
+        (*handle).reader.handle = handle as usize;
+        (*handle).reader_off.handle = handle as usize;
+    }
+    handle
+}
+
+/// The handle's reader for vmclock.h's inline `vmclock_now_bounds_inline` (call it through the
+/// header's `vmclock_reader_of(c)`, which passes the header's `abi`). Valid until
+/// vmclock_close(c). NULL only when `c` is NULL. A reader whose `abi` this library or CPU does
+/// not serve calls the library on every read.
+///
+/// # Safety
+/// `c` is NULL or a handle from vmclock_open not yet closed.
+#[no_mangle]
+pub unsafe extern "C" fn vmclock_reader_get(c: *const vmclock, abi: u32) -> *const vmclock_reader {
+    if c.is_null() {
+        return std::ptr::null();
+    }
+    // SAFETY: `c` is not null and came from vmclock_open (not yet closed), per the API.
+    let c = unsafe { &*c };
+    if abi == VMCLOCK_READER_X86_RDTSCP && reader_serves_rdtscp() {
+        &c.reader
+    } else {
+        &c.reader_off
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn reader_serves_rdtscp() -> bool {
+    vmclock_rs::counter::has_rdtscp()
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn reader_serves_rdtscp() -> bool {
+    false
+}
+
+/// The library call behind vmclock.h's inline reader: what vmclock_now_bounds gives for the
+/// reader's handle, and the reader's constants published for the page version read (when the
+/// inline reader can serve it).
+///
+/// # Safety
+/// `r` is NULL or a reader from vmclock_reader_get whose handle is not yet closed; `out` is NULL
+/// or points to a writable struct vmclock_bounds.
+#[no_mangle]
+pub unsafe extern "C" fn vmclock_reader_now_bounds(r: *const vmclock_reader, out: *mut vmclock_bounds) -> c_int {
+    if r.is_null() {
+        return VMCLOCK_E_NULL;
+    }
+    // SAFETY: `r` is not null and came from vmclock_reader on a handle not yet closed.
+    let c = unsafe { &*((*r).handle as *const vmclock) };
+    // SAFETY: as vmclock_now_bounds' contract, which this one's implies.
+    let rc = unsafe { vmclock_now_bounds(c, out) };
+    if rc == VMCLOCK_OK && std::ptr::eq(r, &c.reader) && !c.protection.as_ref().is_some_and(|p| p.gone()) {
+        c.publish();
+    }
+    rc
 }
 
 /// Reads the time now into `*out`: 0, or a negative VMCLOCK_E_* code (then `*out` is
@@ -410,6 +678,13 @@ pub unsafe extern "C" fn vmclock_now_bounds(c: *const vmclock, out: *mut vmclock
 #[inline(always)]
 pub fn now_bounds_inline(c: &vmclock, out: &mut MaybeUninit<vmclock_bounds>) -> c_int {
     read_bounds(&c.clock, || c.protection.as_ref().is_some_and(|p| p.gone()), vmclock_rs::counter::read, out)
+}
+
+/// `vmclock_now_bounds` with the counter value given (its tests: the inline reader's answer is
+/// compared with this one for the same page and counter).
+#[doc(hidden)]
+pub fn now_bounds_at(c: &vmclock, counter: u64, out: &mut MaybeUninit<vmclock_bounds>) -> c_int {
+    read_bounds(&c.clock, || c.protection.as_ref().is_some_and(|p| p.gone()), || counter, out)
 }
 
 /// [`read`] for `vmclock_now_bounds`: the same paths and codes, [`fill_bounds`] instead of

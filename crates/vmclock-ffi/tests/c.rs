@@ -66,19 +66,25 @@ fn build_lib() -> PathBuf {
 
 fn cc(out: &Path, src: &str, lib: &[&str]) {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    cc_file(out, &manifest.join("examples").join(src), lib);
+}
+
+fn cc_file(out: &Path, src: &Path, lib: &[&str]) {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
     let st = Command::new("cc")
         .arg("-O2")
         .arg("-Wall")
+        .arg("-Wextra")
         .arg("-Werror")
         .arg("-I")
         .arg(manifest.join("include"))
-        .arg(manifest.join("examples").join(src))
+        .arg(src)
         .args(lib)
         .arg("-o")
         .arg(out)
         .status()
         .expect("run cc");
-    assert!(st.success(), "cc {src} failed");
+    assert!(st.success(), "cc {} failed", src.display());
 }
 
 fn field(out: &str, name: &str) -> i128 {
@@ -177,4 +183,151 @@ fn c_program_agrees_with_every_vector() {
     let out = Command::new(&prog).arg(&bad).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("FAIL counter/tai/at-reference"));
+}
+
+/// A small PRNG (xorshift64*), so that the cases are the same on every run.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// tests/reader.c, built against libvmclock.a, run over `commands`; its output lines.
+fn run_reader(dir: &Path, commands: &str) -> Vec<String> {
+    let lib = build_lib();
+    let prog = dir.join("reader");
+    if !prog.exists() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reader.c");
+        cc_file(&prog, &src, &[lib.join("libvmclock.a").to_str().unwrap(), "-lpthread", "-ldl", "-lm"]);
+    }
+    let cmds = dir.join("commands");
+    std::fs::write(&cmds, commands).unwrap();
+    let out = Command::new(&prog).arg(&cmds).output().unwrap();
+    assert!(out.status.success(), "reader: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect()
+}
+
+fn bounds_line(b: &vmclock::vmclock_bounds) -> String {
+    format!(
+        "{} {} {} {} {} {} {}",
+        b.earliest_ns, b.latest_ns, b.disruption_marker, b.flags, b.tai_minus_utc, b.status, b.reserved
+    )
+}
+
+/// What vmclock_now_bounds gives for the page at `path` and `counter` (the library's own read
+/// with that counter value), as reader.c prints it.
+fn expected(path: &Path, counter: u64) -> Result<String, i32> {
+    let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    let mut err = 0;
+    // SAFETY: a NUL-terminated path and a local int.
+    let h = unsafe { vmclock::vmclock_open(c.as_ptr(), &mut err) };
+    if h.is_null() {
+        return Err(err);
+    }
+    let mut out = std::mem::MaybeUninit::uninit();
+    // SAFETY: an open handle, closed below.
+    let rc = vmclock::now_bounds_at(unsafe { &*h }, counter, &mut out);
+    // SAFETY: the handle from vmclock_open, closed once.
+    unsafe { vmclock::vmclock_close(h) };
+    if rc != 0 {
+        return Err(rc);
+    }
+    // SAFETY: now_bounds_at returned 0, so it wrote `out`.
+    Ok(bounds_line(&unsafe { out.assume_init() }))
+}
+
+/// The inline reader (vmclock.h, compiled by `cc` into tests/reader.c) gives exactly what
+/// vmclock_now_bounds gives for the same page and counter, wherever it answers: 1,500 random
+/// pages (UTC and TAI, any period and shift, random bounds, every VALID combination, any TAI
+/// offset, every leap indicator, any status), each published by a library read and then read
+/// inline at counters at, near, far from and before the reference and at the edges of u64.
+#[test]
+fn inline_reader_equals_vmclock_now_bounds_over_random_pages() {
+    if vmclock_rs::counter::NATIVE != abi::counter_id::X86_TSC {
+        return; // the inline arithmetic exists on x86_64 only (elsewhere every read is a call)
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut commands = String::new();
+    let mut cases = Vec::new();
+    for i in 0..1_500u64 {
+        let now = vmclock_rs::counter::read();
+        // The reference just before now (so the publishing read, at the real counter, succeeds
+        // for most pages), or anywhere.
+        let cv = if rng.below(8) == 0 { rng.next() } else { now.wrapping_sub(rng.below(1 << 36)) };
+        let sec = match rng.below(6) {
+            0 => rng.next(),
+            1 => rng.below(40),
+            2 => 9_223_372_030 + rng.below(10),
+            _ => 1_700_000_000 + rng.below(200_000_000),
+        };
+        let shift = match rng.below(5) {
+            0 => rng.below(128) as u8,
+            1 => 0,
+            2 => 63,
+            _ => 32 + rng.below(8) as u8,
+        };
+        let period = match rng.below(4) {
+            0 => rng.next(),
+            1 => 0,
+            _ => (rng.next() >> (rng.below(40) + 1)) << shift.min(63) >> 32,
+        };
+        let bounds = match rng.below(3) {
+            0 => [rng.next(), rng.next(), rng.next(), rng.next()],
+            1 => [rng.below(1_000_000), rng.below(1 << 40), rng.below(1_000_000), rng.below(1 << 40)],
+            _ => [rng.below(1_000_000_000), rng.below(100), 0, 0],
+        };
+        let valid = if rng.below(4) != 0 { 0x1f } else { rng.below(32) as u8 };
+        let tai_raw = match rng.below(4) {
+            0 | 1 => -37,
+            2 => 37,
+            _ => rng.next() as i16,
+        };
+        let leap = if rng.below(3) == 0 { rng.below(7) as u8 } else { 0 };
+        let p = vmclock_rs::Period { frac: period, shift };
+        let bytes = vmclock_rs::test_support::random_page(rng.below(2) == 0, sec, rng.next(), cv, p, bounds, valid, tai_raw, leap)
+            .status(rng.below(6) as u8)
+            .disruption_marker(rng.next())
+            .page_bytes();
+        let path = dir.path().join(format!("p{i}"));
+        std::fs::write(&path, bytes).unwrap();
+        commands += &format!("page {}\nwarm\n", path.display());
+        for _ in 0..8 {
+            let c = match rng.below(10) {
+                0 => cv,
+                8 | 9 => cv.wrapping_add(rng.below(1 << 30)),
+                1 => cv.wrapping_add(rng.below(3)),
+                2 => cv.wrapping_add(rng.below(1 << 36)),
+                3 => cv.wrapping_add(rng.below(1 << 50)),
+                4 => cv.wrapping_sub(1 + rng.below(1000)),
+                5 => cv.wrapping_add(1 << 63),
+                6 => now.wrapping_add(rng.below(1 << 20)),
+                _ => rng.next(),
+            };
+            commands += &format!("c {c}\n");
+            cases.push((path.clone(), c));
+        }
+    }
+    let out = run_reader(dir.path(), &commands);
+    let answers: Vec<&String> = out.iter().filter(|l| l.starts_with("ok") || *l == "declined").collect();
+    assert_eq!(answers.len(), cases.len(), "{out:?}");
+    let mut served = 0;
+    for ((path, counter), line) in cases.iter().zip(answers) {
+        if let Some(fields) = line.strip_prefix("ok ") {
+            served += 1;
+            let want = expected(path, *counter);
+            assert_eq!(Ok(fields.to_owned()), want, "page {} at counter {counter}", path.display());
+        }
+    }
+    // Most pages are ordinary (bounded, near now): the inline path must serve many of the cases.
+    assert!(served >= cases.len() / 5, "only {served} of {} cases served inline", cases.len());
+    println!("inline reader: {served} of {} cases served inline, all equal to vmclock_now_bounds", cases.len());
 }
