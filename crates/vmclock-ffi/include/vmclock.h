@@ -445,23 +445,22 @@ struct vmclock_reader {
   const struct vmclock *handle;
   uint64_t key; /* word at 0x08 << 32 | seq_count */
   uint64_t counter_value;
-  uint64_t period;
-  uint64_t rate;
-  uint64_t round;
-  uint64_t time_lo, time_hi; /* UTC at counter_value, 64.64 s */
-  uint64_t maxerror_lo, maxerror_hi; /* 2^-64 s */
   uint64_t dmax;
-  uint64_t info; /* flags 0..8, status 8..16, TAI - UTC 16..32, shift 32..40 */
+  uint64_t info; /* flags 0..8, status 8..16, TAI - UTC 16..32 */
   uint64_t disruption_marker;
+  uint64_t e_a_lo, e_a_hi, e_k_lo, e_k_hi; /* earliest: A (2^-64 ns), K (2^-64 ns per tick) */
+  uint64_t l_a_lo, l_a_hi, l_k_lo, l_k_hi; /* latest: A, K */
 };
 
-typedef char vmclock_reader_layout_[(sizeof(struct vmclock_reader) == 120 &&
+typedef char vmclock_reader_layout_[(sizeof(struct vmclock_reader) == 128 &&
                                      offsetof(struct vmclock_reader, page) == 8 &&
                                      offsetof(struct vmclock_reader, handle) == 16 &&
                                      offsetof(struct vmclock_reader, key) == 24 &&
-                                     offsetof(struct vmclock_reader, time_lo) == 64 &&
-                                     offsetof(struct vmclock_reader, dmax) == 96 &&
-                                     offsetof(struct vmclock_reader, disruption_marker) == 112)
+                                     offsetof(struct vmclock_reader, dmax) == 40 &&
+                                     offsetof(struct vmclock_reader, disruption_marker) == 56 &&
+                                     offsetof(struct vmclock_reader, e_a_lo) == 64 &&
+                                     offsetof(struct vmclock_reader, l_a_lo) == 96 &&
+                                     offsetof(struct vmclock_reader, l_k_hi) == 120)
                                         ? 1
                                         : -1];
 
@@ -473,51 +472,39 @@ __extension__ typedef unsigned __int128 vmclock_u128_;
  * The inline arithmetic for a counter value read between the page's seq_count `s1` (loaded with
  * acquire order) and this call: 0 and `*out` written, exactly as vmclock_now_bounds for that page
  * and counter, or VMCLOCK_READER_DECLINED (`*out` untouched). Exposed for tests.
+ *
+ * Earliest and latest in 2^-64 ns are A + K*dC (one 64x64 product each): within dC + 2^31 of
+ * the library's exact figures (src/lib.rs, Published). When the fraction is at least dC + 2^32
+ * away from a whole ns, the whole ns are the library's (earliest rounded down, latest up);
+ * otherwise (about 2 in 2^32 reads a second from the reference) the library answers.
  */
 static inline int vmclock_reader_try_at(const struct vmclock_reader *r, const uint32_t *page, uint32_t s1,
                                         uint64_t counter, struct vmclock_bounds *out) {
   uint32_t g1 = __atomic_load_n(&r->gen, __ATOMIC_ACQUIRE);
-  uint64_t key = VMCLOCK_LD_(&r->key);
-  uint32_t w08 = VMCLOCK_LD_(&page[2]);
-  uint32_t c1_lo = VMCLOCK_LD_(&page[10]);
-  uint32_t c1_hi = VMCLOCK_LD_(&page[11]);
   uint64_t c1 = VMCLOCK_LD_(&r->counter_value);
-  uint64_t period = VMCLOCK_LD_(&r->period);
-  uint64_t rate = VMCLOCK_LD_(&r->rate);
-  uint64_t round = VMCLOCK_LD_(&r->round);
-  uint64_t t_lo = VMCLOCK_LD_(&r->time_lo), t_hi = VMCLOCK_LD_(&r->time_hi);
-  uint64_t m_lo = VMCLOCK_LD_(&r->maxerror_lo), m_hi = VMCLOCK_LD_(&r->maxerror_hi);
-  uint64_t dmax = VMCLOCK_LD_(&r->dmax);
+  uint64_t d = counter - c1;
+  uint64_t tol = d + ((uint64_t)1 << 32);
+  vmclock_u128_ pe = (vmclock_u128_)VMCLOCK_LD_(&r->e_k_lo) * d;
+  vmclock_u128_ pl = (vmclock_u128_)VMCLOCK_LD_(&r->l_k_lo) * d;
+  /* A + K*dC in 64-bit halves (what compilers do best). */
+  uint64_t el = VMCLOCK_LD_(&r->e_a_lo) + (uint64_t)pe;
+  uint64_t eh = VMCLOCK_LD_(&r->e_a_hi) + (uint64_t)(pe >> 64) + VMCLOCK_LD_(&r->e_k_hi) * d + (el < (uint64_t)pe);
+  uint64_t ll = VMCLOCK_LD_(&r->l_a_lo) + (uint64_t)pl;
+  uint64_t lh = VMCLOCK_LD_(&r->l_a_hi) + (uint64_t)(pl >> 64) + VMCLOCK_LD_(&r->l_k_hi) * d + (ll < (uint64_t)pl);
+  /* The fractions at least `tol` from a whole ns, and dC in range. */
+  int bad = (el - tol >= 0 - 2 * tol) | (ll - tol >= 0 - 2 * tol) | (d > VMCLOCK_LD_(&r->dmax));
+  uint64_t key = VMCLOCK_LD_(&r->key) ^ (((uint64_t)VMCLOCK_LD_(&page[2]) << 32) | s1);
+  uint64_t pc1 = c1 ^ (((uint64_t)VMCLOCK_LD_(&page[11]) << 32) | VMCLOCK_LD_(&page[10]));
   uint64_t info = VMCLOCK_LD_(&r->info);
   uint64_t marker = VMCLOCK_LD_(&r->disruption_marker);
   uint32_t s2, g2;
-  uint64_t d;
-  unsigned s;
-  vmclock_u128_ t, m, e, l, fe, fl;
-  uint64_t sec_e, sec_l;
   __atomic_thread_fence(__ATOMIC_ACQUIRE);
   s2 = VMCLOCK_LD_(&page[3]);
   g2 = VMCLOCK_LD_(&r->gen);
-  if (s1 != s2 || g1 != g2 || (g1 & 1) || key != (((uint64_t)w08 << 32) | s1) ||
-      (((uint64_t)c1_hi << 32) | c1_lo) != c1)
+  if (bad | (key != 0) | (pc1 != 0) | (s1 != s2) | (g1 != g2) | (g1 & 1))
     return VMCLOCK_READER_DECLINED;
-  d = counter - c1;
-  if (d > dmax)
-    return VMCLOCK_READER_DECLINED;
-  s = (unsigned)(info >> 32) & 63;
-  t = (((vmclock_u128_)t_hi << 64) | t_lo) + (((vmclock_u128_)period * d) >> s);
-  m = (((vmclock_u128_)m_hi << 64) | m_lo) + (((vmclock_u128_)rate * d + round) >> s);
-  e = t >= m ? t - m : 0;
-  l = t + m;
-  sec_l = (uint64_t)(l >> 64);
-  /* Past 2262 (or a sum that wrapped): the library's wider conversion. */
-  if (l < t || sec_l >= 9223372036u)
-    return VMCLOCK_READER_DECLINED;
-  sec_e = (uint64_t)(e >> 64);
-  fe = (vmclock_u128_)(uint64_t)e * 1000000000u;
-  fl = (vmclock_u128_)(uint64_t)l * 1000000000u;
-  out->earliest_ns = (int64_t)(sec_e * 1000000000u + (uint64_t)(fe >> 64));
-  out->latest_ns = (int64_t)(sec_l * 1000000000u + (uint64_t)(fl >> 64) + ((uint64_t)fl != 0));
+  out->earliest_ns = (int64_t)eh;
+  out->latest_ns = (int64_t)(lh + 1);
   out->disruption_marker = marker;
   out->flags = (uint32_t)(info & 0xff);
   out->tai_minus_utc = (int16_t)(uint16_t)(info >> 16);
@@ -536,8 +523,9 @@ static inline int vmclock_now_bounds_inline(const struct vmclock_reader *r, stru
   if (r == NULL || out == NULL || (page = r->page) == NULL)
     return vmclock_reader_now_bounds(r, out);
   s1 = __atomic_load_n(&page[3], __ATOMIC_ACQUIRE);
-  /* RDTSCP waits for every earlier instruction (the seq_count load) before reading. */
-  __asm__ __volatile__("rdtscp" : "=a"(lo), "=d"(hi), "=c"(aux) : : "memory");
+  /* RDTSCP waits for every earlier instruction (the seq_count load, an input here) before
+   * reading; the page pointer passes through it, so the second seq_count load comes after. */
+  __asm__ __volatile__("rdtscp" : "=a"(lo), "=d"(hi), "=c"(aux), "+r"(page) : "r"(s1));
   (void)aux;
   if (vmclock_reader_try_at(r, page, s1, ((uint64_t)hi << 32) | lo, out) == 0)
     return 0;

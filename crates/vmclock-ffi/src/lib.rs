@@ -174,10 +174,14 @@ pub const VMCLOCK_READER_CALL: u32 = 0;
 /// The constants vmclock.h's inline reader (`vmclock_now_bounds_inline`) uses for the page
 /// version this handle read last, published under a seqlock of their own (`gen`: odd while
 /// written, or before the first publication). Hand-written in the header (src/reader.h) with the
-/// same layout (asserted on both sides); nothing outside this file writes it. The inline reader
-/// answers only for that version (`key`, `counter_value`, the page's `seq_count` unchanged
-/// around its counter read) and for ΔC ≤ `dmax`, where its answer is exactly
-/// vmclock_now_bounds' (docs/INTEROP.md); otherwise it calls [`vmclock_reader_now_bounds`].
+/// same layout (asserted on both sides); nothing outside this file writes it.
+///
+/// The inline reader answers only for that version (`key`, `counter_value`, the page's
+/// `seq_count` unchanged around its counter read) and for ΔC ≤ `dmax`. There it computes
+/// earliest and latest in 2^-64 ns as `A + K·ΔC` (see [`Published`]), which is within
+/// `ΔC + 2^31` units of the library's exact value; when the fraction of that figure is at least
+/// `ΔC + 2^32` from a whole ns, the ns (earliest rounded down, latest up) are exactly the
+/// library's. Otherwise, and for anything else, it calls [`vmclock_reader_now_bounds`].
 #[repr(C)]
 #[derive(Debug)]
 pub struct vmclock_reader {
@@ -190,30 +194,33 @@ pub struct vmclock_reader {
     /// `word08 << 32 | seq_count` of the version, as loaded.
     key: AtomicU64,
     counter_value: AtomicU64,
-    period: AtomicU64,
-    rate: AtomicU64,
-    round: AtomicU64,
-    /// The time at `counter_value`, UTC (CLOCK_REALTIME's timescale), 64.64 s.
-    time_lo: AtomicU64,
-    time_hi: AtomicU64,
-    /// The maximum error's time term, 2^-64 s.
-    maxerror_lo: AtomicU64,
-    maxerror_hi: AtomicU64,
     dmax: AtomicU64,
-    /// flags (bits 0..8), status (8..16), TAI − UTC as u16 (16..32), shift (32..40).
+    /// flags (bits 0..8), status (8..16), TAI − UTC as u16 (16..32).
     info: AtomicU64,
     disruption_marker: AtomicU64,
+    /// Earliest: A (2^-64 ns, 128 bits) and K (2^-64 ns per tick, 128 bits).
+    e_a_lo: AtomicU64,
+    e_a_hi: AtomicU64,
+    e_k_lo: AtomicU64,
+    e_k_hi: AtomicU64,
+    /// Latest: A and K.
+    l_a_lo: AtomicU64,
+    l_a_hi: AtomicU64,
+    l_k_lo: AtomicU64,
+    l_k_hi: AtomicU64,
 }
 
 #[cfg(target_pointer_width = "64")]
 const _: () = {
-    assert!(std::mem::size_of::<vmclock_reader>() == 120);
+    assert!(std::mem::size_of::<vmclock_reader>() == 128);
     assert!(std::mem::offset_of!(vmclock_reader, page) == 8);
     assert!(std::mem::offset_of!(vmclock_reader, handle) == 16);
     assert!(std::mem::offset_of!(vmclock_reader, key) == 24);
-    assert!(std::mem::offset_of!(vmclock_reader, time_lo) == 64);
-    assert!(std::mem::offset_of!(vmclock_reader, dmax) == 96);
-    assert!(std::mem::offset_of!(vmclock_reader, disruption_marker) == 112);
+    assert!(std::mem::offset_of!(vmclock_reader, dmax) == 40);
+    assert!(std::mem::offset_of!(vmclock_reader, disruption_marker) == 56);
+    assert!(std::mem::offset_of!(vmclock_reader, e_a_lo) == 64);
+    assert!(std::mem::offset_of!(vmclock_reader, l_a_lo) == 96);
+    assert!(std::mem::offset_of!(vmclock_reader, l_k_hi) == 120);
 };
 
 impl vmclock_reader {
@@ -227,44 +234,55 @@ impl vmclock_reader {
             handle: 0,
             key: z(),
             counter_value: z(),
-            period: z(),
-            rate: z(),
-            round: z(),
-            time_lo: z(),
-            time_hi: z(),
-            maxerror_lo: z(),
-            maxerror_hi: z(),
             dmax: z(),
             info: z(),
             disruption_marker: z(),
+            e_a_lo: z(),
+            e_a_hi: z(),
+            e_k_lo: z(),
+            e_k_hi: z(),
+            l_a_lo: z(),
+            l_a_hi: z(),
+            l_k_lo: z(),
+            l_k_hi: z(),
         }
     }
 }
 
-/// What the inline reader publishes for one page version: the cached read's constants with the
-/// time moved to UTC and the largest ΔC for which vmclock_now_bounds' answer is exactly the
-/// inline reader's arithmetic: bounded, a UTC time without overflow, no leap second step. `None`
-/// for a page it does not serve (no maximum error, MONOTONIC, TAI without its offset, a time
-/// the offset moves out of range, the reference on the far side of a leap second).
+/// The largest ΔC the inline reader is given: its tolerance `ΔC + 2^32` stays far below 2^63.
+const READER_DMAX: u64 = 1 << 56;
+
+/// What the inline reader publishes for one page version. With T the time at C1 in UTC and M the
+/// maximum error's time term (2^-64 s), P the period, R the maximum error's rate and s the
+/// shift, the library computes earliest = T − M + ⌊P·ΔC/2^s⌋ − ⌈R·ΔC/2^s⌉ and latest = T + M +
+/// ⌊P·ΔC/2^s⌋ + ⌈R·ΔC/2^s⌉ (2^-64 s), then ns (earliest rounded down, latest up). Here
+/// `A = (T ∓ M)·10^9` (exact, 2^-64 ns) and `K = ⌊(P ∓ R)·10^9 / 2^s⌋` (2^-64 ns per tick):
+/// `A + K·ΔC` differs from the exact value times 10^9 by less than 2·10^9 (the two roundings
+/// to 2^-64 s) plus ΔC (K's rounding), below `ΔC + 2^31`.
+///
+/// Served only where that arithmetic is the library's: bounded, a UTC time (a TAI page with its
+/// offset), P ≥ R and T − M ≥ 1 s (earliest never saturates), ΔC ≤ the cached read's range
+/// (no sum overflows), no leap second step, latest below 2^62 ns. `None` for a page it does not
+/// serve.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Published {
     /// `word08 << 32 | seq_count`.
     pub key: u64,
     pub counter_value: u64,
-    pub period: u64,
-    pub rate: u64,
-    pub round: u64,
-    pub time: u128,
-    pub maxerror: u128,
     pub dmax: u64,
     pub info: u64,
     pub disruption_marker: u64,
+    pub earliest_a: u128,
+    pub earliest_k: u128,
+    pub latest_a: u128,
+    pub latest_k: u128,
 }
 
 /// [`Published`] from the cached read's constants (see there).
 pub fn published(c: &vmclock_rs::Cached) -> Option<Published> {
     use vmclock_rs::abi::time_type;
-    let maxerror = c.maxerror_time?;
+    const NS: u128 = 1_000_000_000;
+    let tt = c.maxerror_time?;
     let time = match c.time_type {
         time_type::UTC => c.time,
         time_type::TAI => {
@@ -278,9 +296,12 @@ pub fn published(c: &vmclock_rs::Cached) -> Option<Published> {
         }
         _ => return None,
     };
-    let fit = |room: u128, k: u64| if k == 0 { u64::MAX } else { u64::try_from(room / k as u128).unwrap_or(u64::MAX) };
-    // UTC time + P·ΔC must not overflow either (≥ the time term P·ΔC / 2^shift).
-    let mut dmax = c.dmax.min(fit(u128::MAX - time, c.period));
+    if c.rate > c.period || time.checked_sub(tt)? < 1 << 64 {
+        return None;
+    }
+    let fit = |room: u128, k: u128| if k == 0 { u64::MAX } else { u64::try_from(room / k).unwrap_or(u64::MAX) };
+    // The UTC time + P·ΔC must not overflow either (≥ the time term P·ΔC / 2^shift).
+    let mut dmax = c.dmax.min(fit(u128::MAX - time, c.period as u128)).min(READER_DMAX);
     if let Some(l) = c.leap.filter(|l| l.step != 0) {
         let edge = (l.at_sec as u128) << 64;
         if l.before {
@@ -294,10 +315,18 @@ pub fn published(c: &vmclock_rs::Cached) -> Option<Published> {
             // P·ΔC ≤ (edge − time)·2^s − 1 guarantees.
             let room = edge.checked_sub(time).filter(|&r| r > 0)?;
             if c.period != 0 && room <= u128::MAX >> c.shift {
-                dmax = dmax.min(fit((room << c.shift) - 1, c.period));
+                dmax = dmax.min(fit((room << c.shift) - 1, c.period as u128));
             }
         }
     }
+    let s = c.shift & 63;
+    let earliest_a = (time - tt).checked_mul(NS)?;
+    let latest_a = time.checked_add(tt)?.checked_mul(NS)?;
+    let earliest_k = ((c.period - c.rate) as u128 * NS) >> s;
+    let latest_k = ((c.period as u128 + c.rate as u128) * NS) >> s;
+    // Latest (and so earliest) below 2^62 ns: A + K·ΔC + the tolerance < 2^126.
+    let limit = 1u128 << 126;
+    dmax = dmax.min(fit(limit.checked_sub(latest_a)?, latest_k.max(1)));
     let flags = VMCLOCK_NOW_BOUNDED
         | if c.tai_minus_utc.is_some() { VMCLOCK_NOW_TAI_VALID } else { 0 }
         | if matches!(c.status, VMCLOCK_STATUS_SYNCHRONIZED | VMCLOCK_STATUS_FREERUNNING) {
@@ -305,21 +334,17 @@ pub fn published(c: &vmclock_rs::Cached) -> Option<Published> {
         } else {
             0
         };
-    let info = flags as u64
-        | (c.status as u64) << 8
-        | (c.tai_minus_utc.unwrap_or(0) as u16 as u64) << 16
-        | (c.shift as u64) << 32;
+    let info = flags as u64 | (c.status as u64) << 8 | (c.tai_minus_utc.unwrap_or(0) as u16 as u64) << 16;
     Some(Published {
         key: (c.word08 as u64) << 32 | c.seq as u64,
         counter_value: c.counter_value,
-        period: c.period,
-        rate: c.rate,
-        round: c.round,
-        time,
-        maxerror,
         dmax,
         info,
         disruption_marker: c.disruption_marker,
+        earliest_a,
+        earliest_k,
+        latest_a,
+        latest_k,
     })
 }
 
@@ -341,18 +366,19 @@ impl vmclock {
         let g = r.gen.load(Ordering::Relaxed);
         r.gen.store(g | 1, Ordering::Relaxed);
         std::sync::atomic::fence(Ordering::Release);
+        let wide = |lo: &AtomicU64, hi: &AtomicU64, v: u128| {
+            lo.store(v as u64, Ordering::Relaxed);
+            hi.store((v >> 64) as u64, Ordering::Relaxed);
+        };
         r.key.store(p.key, Ordering::Relaxed);
         r.counter_value.store(p.counter_value, Ordering::Relaxed);
-        r.period.store(p.period, Ordering::Relaxed);
-        r.rate.store(p.rate, Ordering::Relaxed);
-        r.round.store(p.round, Ordering::Relaxed);
-        r.time_lo.store(p.time as u64, Ordering::Relaxed);
-        r.time_hi.store((p.time >> 64) as u64, Ordering::Relaxed);
-        r.maxerror_lo.store(p.maxerror as u64, Ordering::Relaxed);
-        r.maxerror_hi.store((p.maxerror >> 64) as u64, Ordering::Relaxed);
         r.dmax.store(p.dmax, Ordering::Relaxed);
         r.info.store(p.info, Ordering::Relaxed);
         r.disruption_marker.store(p.disruption_marker, Ordering::Relaxed);
+        wide(&r.e_a_lo, &r.e_a_hi, p.earliest_a);
+        wide(&r.e_k_lo, &r.e_k_hi, p.earliest_k);
+        wide(&r.l_a_lo, &r.l_a_hi, p.latest_a);
+        wide(&r.l_k_lo, &r.l_k_hi, p.latest_k);
         r.gen.store((g | 1).wrapping_add(1), Ordering::Release);
     }
 }
