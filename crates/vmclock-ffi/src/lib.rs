@@ -191,36 +191,34 @@ pub struct vmclock_reader {
     page: usize,
     /// The handle (`const struct vmclock *`).
     handle: usize,
-    /// `word08 << 32 | seq_count` of the version, as loaded.
+    /// `seq_count << 32 | word08` of the version (one little-endian 64-bit load of 0x08).
     key: AtomicU64,
     counter_value: AtomicU64,
     dmax: AtomicU64,
     /// flags (bits 0..8), status (8..16), TAI − UTC as u16 (16..32).
     info: AtomicU64,
     disruption_marker: AtomicU64,
-    /// Earliest: A (2^-64 ns, 128 bits) and K (2^-64 ns per tick, 128 bits).
+    /// Earliest: A (2^-64 ns, 128 bits) and K (2^-64 ns per tick, below 2^64).
     e_a_lo: AtomicU64,
     e_a_hi: AtomicU64,
-    e_k_lo: AtomicU64,
-    e_k_hi: AtomicU64,
+    e_k: AtomicU64,
     /// Latest: A and K.
     l_a_lo: AtomicU64,
     l_a_hi: AtomicU64,
-    l_k_lo: AtomicU64,
-    l_k_hi: AtomicU64,
+    l_k: AtomicU64,
 }
 
 #[cfg(target_pointer_width = "64")]
 const _: () = {
-    assert!(std::mem::size_of::<vmclock_reader>() == 128);
+    assert!(std::mem::size_of::<vmclock_reader>() == 112);
     assert!(std::mem::offset_of!(vmclock_reader, page) == 8);
     assert!(std::mem::offset_of!(vmclock_reader, handle) == 16);
     assert!(std::mem::offset_of!(vmclock_reader, key) == 24);
     assert!(std::mem::offset_of!(vmclock_reader, dmax) == 40);
     assert!(std::mem::offset_of!(vmclock_reader, disruption_marker) == 56);
     assert!(std::mem::offset_of!(vmclock_reader, e_a_lo) == 64);
-    assert!(std::mem::offset_of!(vmclock_reader, l_a_lo) == 96);
-    assert!(std::mem::offset_of!(vmclock_reader, l_k_hi) == 120);
+    assert!(std::mem::offset_of!(vmclock_reader, l_a_lo) == 88);
+    assert!(std::mem::offset_of!(vmclock_reader, l_k) == 104);
 };
 
 impl vmclock_reader {
@@ -239,12 +237,10 @@ impl vmclock_reader {
             disruption_marker: z(),
             e_a_lo: z(),
             e_a_hi: z(),
-            e_k_lo: z(),
-            e_k_hi: z(),
+            e_k: z(),
             l_a_lo: z(),
             l_a_hi: z(),
-            l_k_lo: z(),
-            l_k_hi: z(),
+            l_k: z(),
         }
     }
 }
@@ -266,16 +262,16 @@ const READER_DMAX: u64 = 1 << 56;
 /// serve.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Published {
-    /// `word08 << 32 | seq_count`.
+    /// `seq_count << 32 | word08`.
     pub key: u64,
     pub counter_value: u64,
     pub dmax: u64,
     pub info: u64,
     pub disruption_marker: u64,
     pub earliest_a: u128,
-    pub earliest_k: u128,
+    pub earliest_k: u64,
     pub latest_a: u128,
-    pub latest_k: u128,
+    pub latest_k: u64,
 }
 
 /// [`Published`] from the cached read's constants (see there).
@@ -323,10 +319,12 @@ pub fn published(c: &vmclock_rs::Cached) -> Option<Published> {
     let earliest_a = (time - tt).checked_mul(NS)?;
     let latest_a = time.checked_add(tt)?.checked_mul(NS)?;
     let earliest_k = ((c.period - c.rate) as u128 * NS) >> s;
-    let latest_k = ((c.period as u128 + c.rate as u128) * NS) >> s;
+    // Below 2^64 (a counter of about 1 GHz or more), so that K·ΔC is one 64×64 product.
+    let latest_k = u64::try_from(((c.period as u128 + c.rate as u128) * NS) >> s).ok()?;
+    let earliest_k = earliest_k as u64; // ≤ latest_k
     // Latest (and so earliest) below 2^62 ns: A + K·ΔC + the tolerance < 2^126.
     let limit = 1u128 << 126;
-    dmax = dmax.min(fit(limit.checked_sub(latest_a)?, latest_k.max(1)));
+    dmax = dmax.min(fit(limit.checked_sub(latest_a)?, latest_k.max(1) as u128));
     let flags = VMCLOCK_NOW_BOUNDED
         | if c.tai_minus_utc.is_some() { VMCLOCK_NOW_TAI_VALID } else { 0 }
         | if matches!(c.status, VMCLOCK_STATUS_SYNCHRONIZED | VMCLOCK_STATUS_FREERUNNING) {
@@ -336,7 +334,7 @@ pub fn published(c: &vmclock_rs::Cached) -> Option<Published> {
         };
     let info = flags as u64 | (c.status as u64) << 8 | (c.tai_minus_utc.unwrap_or(0) as u16 as u64) << 16;
     Some(Published {
-        key: (c.word08 as u64) << 32 | c.seq as u64,
+        key: (c.seq as u64) << 32 | c.word08 as u64,
         counter_value: c.counter_value,
         dmax,
         info,
@@ -376,9 +374,9 @@ impl vmclock {
         r.info.store(p.info, Ordering::Relaxed);
         r.disruption_marker.store(p.disruption_marker, Ordering::Relaxed);
         wide(&r.e_a_lo, &r.e_a_hi, p.earliest_a);
-        wide(&r.e_k_lo, &r.e_k_hi, p.earliest_k);
+        r.e_k.store(p.earliest_k, Ordering::Relaxed);
         wide(&r.l_a_lo, &r.l_a_hi, p.latest_a);
-        wide(&r.l_k_lo, &r.l_k_hi, p.latest_k);
+        r.l_k.store(p.latest_k, Ordering::Relaxed);
         r.gen.store((g | 1).wrapping_add(1), Ordering::Release);
     }
 }

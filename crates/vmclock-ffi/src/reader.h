@@ -42,30 +42,38 @@ struct vmclock_reader {
   uint32_t reserved;
   const uint32_t *page; /* NULL: every read calls the library */
   const struct vmclock *handle;
-  uint64_t key; /* word at 0x08 << 32 | seq_count */
+  uint64_t key; /* seq_count << 32 | the word at 0x08, as one 64-bit load of 0x08 gives it */
   uint64_t counter_value;
   uint64_t dmax;
   uint64_t info; /* flags 0..8, status 8..16, TAI - UTC 16..32 */
   uint64_t disruption_marker;
-  uint64_t e_a_lo, e_a_hi, e_k_lo, e_k_hi; /* earliest: A (2^-64 ns), K (2^-64 ns per tick) */
-  uint64_t l_a_lo, l_a_hi, l_k_lo, l_k_hi; /* latest: A, K */
+  uint64_t e_a_lo, e_a_hi, e_k; /* earliest: A (2^-64 ns), K (2^-64 ns per tick) */
+  uint64_t l_a_lo, l_a_hi, l_k; /* latest: A, K */
 };
 
-typedef char vmclock_reader_layout_[(sizeof(struct vmclock_reader) == 128 &&
+typedef char vmclock_reader_layout_[(sizeof(struct vmclock_reader) == 112 &&
                                      offsetof(struct vmclock_reader, page) == 8 &&
                                      offsetof(struct vmclock_reader, handle) == 16 &&
                                      offsetof(struct vmclock_reader, key) == 24 &&
                                      offsetof(struct vmclock_reader, dmax) == 40 &&
                                      offsetof(struct vmclock_reader, disruption_marker) == 56 &&
                                      offsetof(struct vmclock_reader, e_a_lo) == 64 &&
-                                     offsetof(struct vmclock_reader, l_a_lo) == 96 &&
-                                     offsetof(struct vmclock_reader, l_k_hi) == 120)
+                                     offsetof(struct vmclock_reader, l_a_lo) == 88 &&
+                                     offsetof(struct vmclock_reader, l_k) == 104)
                                         ? 1
                                         : -1];
 
 __extension__ typedef unsigned __int128 vmclock_u128_;
 
 #define VMCLOCK_LD_(p) __atomic_load_n((p), __ATOMIC_RELAXED)
+
+/* The 128-bit product of two 64-bit values, as two halves. */
+#define VMCLOCK_MUL_(a, b, hi, lo)                                                                                     \
+  do {                                                                                                                 \
+    vmclock_u128_ p_ = (vmclock_u128_)(a) * (b);                                                                       \
+    (lo) = (uint64_t)p_;                                                                                               \
+    (hi) = (uint64_t)(p_ >> 64);                                                                                       \
+  } while (0)
 
 /**
  * The inline arithmetic for a counter value read between the page's seq_count `s1` (loaded with
@@ -83,24 +91,28 @@ static inline int vmclock_reader_try_at(const struct vmclock_reader *r, const ui
   uint64_t c1 = VMCLOCK_LD_(&r->counter_value);
   uint64_t d = counter - c1;
   uint64_t tol = d + ((uint64_t)1 << 32);
-  vmclock_u128_ pe = (vmclock_u128_)VMCLOCK_LD_(&r->e_k_lo) * d;
-  vmclock_u128_ pl = (vmclock_u128_)VMCLOCK_LD_(&r->l_k_lo) * d;
-  /* A + K*dC in 64-bit halves (what compilers do best). */
-  uint64_t el = VMCLOCK_LD_(&r->e_a_lo) + (uint64_t)pe;
-  uint64_t eh = VMCLOCK_LD_(&r->e_a_hi) + (uint64_t)(pe >> 64) + VMCLOCK_LD_(&r->e_k_hi) * d + (el < (uint64_t)pe);
-  uint64_t ll = VMCLOCK_LD_(&r->l_a_lo) + (uint64_t)pl;
-  uint64_t lh = VMCLOCK_LD_(&r->l_a_hi) + (uint64_t)(pl >> 64) + VMCLOCK_LD_(&r->l_k_hi) * d + (ll < (uint64_t)pl);
+  uint64_t pe_lo, pe_hi, pl_lo, pl_hi, el, eh, ll, lh, w08_seq, pc1, info, marker;
+  uint32_t g2;
+  int bad;
+  /* A + K*dC in 64-bit halves (what compilers do best); K < 2^64 (the library publishes no
+   * other). */
+  VMCLOCK_MUL_(VMCLOCK_LD_(&r->e_k), d, pe_hi, pe_lo);
+  VMCLOCK_MUL_(VMCLOCK_LD_(&r->l_k), d, pl_hi, pl_lo);
+  el = VMCLOCK_LD_(&r->e_a_lo) + pe_lo;
+  eh = VMCLOCK_LD_(&r->e_a_hi) + pe_hi + (el < pe_lo);
+  ll = VMCLOCK_LD_(&r->l_a_lo) + pl_lo;
+  lh = VMCLOCK_LD_(&r->l_a_hi) + pl_hi + (ll < pl_lo);
   /* The fractions at least `tol` from a whole ns, and dC in range. */
-  int bad = (el - tol >= 0 - 2 * tol) | (ll - tol >= 0 - 2 * tol) | (d > VMCLOCK_LD_(&r->dmax));
-  uint64_t key = VMCLOCK_LD_(&r->key) ^ (((uint64_t)VMCLOCK_LD_(&page[2]) << 32) | s1);
-  uint64_t pc1 = c1 ^ (((uint64_t)VMCLOCK_LD_(&page[11]) << 32) | VMCLOCK_LD_(&page[10]));
-  uint64_t info = VMCLOCK_LD_(&r->info);
-  uint64_t marker = VMCLOCK_LD_(&r->disruption_marker);
-  uint32_t s2, g2;
+  bad = (el - tol >= 0 - 2 * tol) | (ll - tol >= 0 - 2 * tol) | (d > VMCLOCK_LD_(&r->dmax));
+  pc1 = c1 ^ VMCLOCK_LD_((const uint64_t *)(const void *)(page + 10));
+  info = VMCLOCK_LD_(&r->info);
+  marker = VMCLOCK_LD_(&r->disruption_marker);
   __atomic_thread_fence(__ATOMIC_ACQUIRE);
-  s2 = VMCLOCK_LD_(&page[3]);
+  /* The word at 0x08 and seq_count (0x0c) in one load (little-endian). */
+  w08_seq = VMCLOCK_LD_((const uint64_t *)(const void *)(page + 2));
   g2 = VMCLOCK_LD_(&r->gen);
-  if (bad | (key != 0) | (pc1 != 0) | (s1 != s2) | (g1 != g2) | (g1 & 1))
+  if (bad | (pc1 != 0) | ((w08_seq ^ VMCLOCK_LD_(&r->key)) != 0) | ((uint32_t)(w08_seq >> 32) != s1) |
+      (g1 != g2) | (g1 & 1))
     return VMCLOCK_READER_DECLINED;
   out->earliest_ns = (int64_t)eh;
   out->latest_ns = (int64_t)(lh + 1);
@@ -132,6 +144,7 @@ static inline int vmclock_now_bounds_inline(const struct vmclock_reader *r, stru
 }
 
 #undef VMCLOCK_LD_
+#undef VMCLOCK_MUL_
 
 #else /* no inline reader: the library call */
 
