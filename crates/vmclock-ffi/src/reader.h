@@ -85,8 +85,8 @@ __extension__ typedef unsigned __int128 vmclock_u128_;
  * away from a whole ns, the whole ns are the library's (earliest rounded down, latest up);
  * otherwise (about 2 in 2^32 reads a second from the reference) the library answers.
  */
-static inline int vmclock_reader_try_at(const struct vmclock_reader *r, const uint32_t *page, uint32_t s1,
-                                        uint64_t counter, struct vmclock_bounds *out) {
+static inline __attribute__((always_inline)) int vmclock_reader_try_at(const struct vmclock_reader *r, const uint32_t *page, uint32_t s1,
+                                                                     uint64_t counter, struct vmclock_bounds *out) {
   uint32_t g1 = __atomic_load_n(&r->gen, __ATOMIC_ACQUIRE);
   uint64_t c1 = VMCLOCK_LD_(&r->counter_value);
   uint64_t d = counter - c1;
@@ -128,7 +128,8 @@ static inline int vmclock_reader_try_at(const struct vmclock_reader *r, const ui
  * Reads the time now: what vmclock_now_bounds(c, out) gives (0, or its VMCLOCK_E_* code with
  * `*out` unchanged), inline where it can. `r` from vmclock_reader_of(c).
  */
-static inline int vmclock_now_bounds_inline(const struct vmclock_reader *r, struct vmclock_bounds *out) {
+static inline __attribute__((always_inline)) int vmclock_now_bounds_inline(const struct vmclock_reader *r,
+                                                                          struct vmclock_bounds *out) {
   const uint32_t *page;
   uint32_t s1, lo, hi, aux;
   if (r == NULL || out == NULL || (page = r->page) == NULL)
