@@ -365,3 +365,156 @@ fn inline_reader_serves_the_bench_page() {
     let want = expected(&path, now).unwrap();
     assert_eq!(out[3], format!("ok {want}"));
 }
+
+/// A page file at `name` in `dir` with `seq_count` set.
+fn page_with(dir: &Path, name: &str, b: PageBuilder, seq: u32) -> PathBuf {
+    let mut bytes = b.page_bytes();
+    bytes[12..16].copy_from_slice(&seq.to_le_bytes());
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).unwrap();
+    p
+}
+
+/// The fields after the rc of an "inline", "lib" or "off" line, and the rc.
+fn rc_of(line: &str) -> (i32, &str) {
+    let mut it = line.splitn(3, ' ');
+    it.next();
+    let rc = it.next().unwrap().parse().unwrap();
+    (rc, it.next().unwrap_or(""))
+}
+
+/// Each reason the inline reader does not answer sends the read to the library, which gives
+/// vmclock_now_bounds' answer (or its code): nothing published yet, a new page version, a page
+/// being written, a counter before the reference or beyond the constants' range, a leap second
+/// ahead, a page the inline arithmetic does not serve (unbounded, MONOTONIC, TAI without its
+/// offset, a counter slower than 1 GHz), a header the library does not serve, a page file gone.
+#[test]
+fn inline_reader_falls_back_to_the_library() {
+    if vmclock_rs::counter::NATIVE != abi::counter_id::X86_TSC {
+        return;
+    }
+    use vmclock_rs::test_support::synchronized_tai;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let native = vmclock_rs::counter::NATIVE;
+    let cv = vmclock_rs::counter::read();
+    let tai = |c: u64| synchronized_tai(native, c, 2_500_000_000).esterror(100, 10);
+    let live = page_with(d, "live", tai(cv), 2);
+    let v2 = page_with(d, "v2", tai(cv).disruption_marker(99).maxerror(5_000, 3), 4);
+    let busy = page_with(d, "busy", tai(cv).disruption_marker(99), 5);
+    // Counter distances whose bounds are not whole ns (a whole ns is the library's: the inline
+    // arithmetic declines within its tolerance of one).
+    let at = |c: u64| format!("c {c}\n");
+    let mut cmds = format!("page {}\n", live.display());
+    let mut want: Vec<Option<String>> = Vec::new();
+    // 1. Nothing published before the first library read.
+    cmds += &at(cv + 1_234_567);
+    want.push(None);
+    cmds += "warm\n";
+    cmds += &at(cv + 1_234_567);
+    want.push(Some(expected(&live, cv + 1_234_567).unwrap()));
+    // 2. Before the reference, and beyond the constants' range (2^56 ticks).
+    cmds += &at(cv - 1);
+    want.push(None);
+    cmds += &at(cv + (1 << 57));
+    want.push(None);
+    // 3. A new version: declined until the library has read (and published) it.
+    cmds += &format!("copy {}\n", v2.display());
+    cmds += &at(cv + 1_234_567);
+    want.push(None);
+    cmds += "warm\n";
+    cmds += &at(cv + 1_234_567);
+    want.push(Some(expected(&v2, cv + 1_234_567).unwrap()));
+    // 4. A writer holding the seqlock (odd seq_count): declined; the library waits 100 ms and
+    // gives VMCLOCK_E_BUSY, and so does the inline read.
+    cmds += &format!("copy {}\n", busy.display());
+    cmds += &at(cv + 1_234_567);
+    want.push(None);
+    cmds += "inline\n";
+    let out = run_reader(d, &cmds);
+    let answers: Vec<&String> = out.iter().filter(|l| l.starts_with("ok") || *l == "declined").collect();
+    assert_eq!(answers.len(), want.len(), "{out:?}");
+    for (i, (got, w)) in answers.iter().zip(&want).enumerate() {
+        match w {
+            None => assert_eq!(*got, "declined", "case {i}: {out:?}"),
+            Some(f) => assert_eq!(**got, format!("ok {f}"), "case {i}"),
+        }
+    }
+    assert_eq!(rc_of(out.last().unwrap()).0, vmclock::VMCLOCK_E_BUSY, "{out:?}");
+
+    // 5. A leap second 0.5 s after the reference (UTC 2026-12-31 23:59:59.5, PRE_POS): served
+    // before the edge, declined past it (where the library steps the time back 1 s).
+    let leap = PageBuilder::new()
+        .reference(native, cv, Timestamp::<Utc>::from_parts(1_798_761_599, 1 << 63), Period::from_hz(2_500_000_000).unwrap())
+        .maxerror(1_000, 1)
+        .tai_minus_utc(37)
+        .leap(abi::leap::PRE_POS)
+        .status(abi::status::SYNCHRONIZED);
+    let leap = page_with(d, "leap", leap, 2);
+    let before = cv + 1_000_000_001; // 0.4 s
+    let past = cv + 1_500_000_001; // 0.6 s
+    let out = run_reader(d, &format!("page {}\nwarm\n{}{}", leap.display(), at(before), at(past)));
+    assert_eq!(out[2], format!("ok {}", expected(&leap, before).unwrap()));
+    assert_eq!(out[3], "declined");
+    let stepped = expected(&leap, past).unwrap();
+    let e: i64 = stepped.split(' ').next().unwrap().parse().unwrap();
+    assert!(e < 1_798_761_600_000_000_000, "the library's time past the edge is stepped back: {stepped}");
+
+    // 6. Pages the inline arithmetic does not serve: every read is the library's.
+    let unbounded = tai(cv).flag(flags::TIME_MAXERROR_VALID, false).flag(flags::PERIOD_MAXERROR_VALID, false);
+    let monotonic = tai(cv).constants(native, abi::time_type::MONOTONIC);
+    let no_offset = tai(cv).flag(flags::TAI_OFFSET_VALID, false);
+    let slow = synchronized_tai(native, cv, 500_000_000);
+    for (name, b) in [("unbounded", unbounded), ("monotonic", monotonic), ("no-offset", no_offset), ("slow", slow)] {
+        let p = page_with(d, name, b, 2);
+        let out = run_reader(d, &format!("page {}\nwarm\n{}inline\nlib\n", p.display(), at(cv + 1_234_567)));
+        assert_eq!(out[2], "declined", "{name}: {out:?}");
+        let (inline_rc, inline) = rc_of(&out[3]);
+        let (lib_rc, lib) = rc_of(&out[4]);
+        assert_eq!(inline_rc, lib_rc, "{name}: {out:?}");
+        if lib_rc == 0 {
+            // Read at different instants: the flags, TAI offset, status and marker agree.
+            let tail = |s: &str| s.split(' ').skip(2).collect::<Vec<_>>().join(" ");
+            assert_eq!(tail(inline), tail(lib), "{name}: {out:?}");
+        }
+        match name {
+            "unbounded" | "slow" => assert_eq!(lib_rc, 0, "{name}: {out:?}"),
+            _ => assert_eq!(lib_rc, vmclock::VMCLOCK_E_NO_UTC, "{name}: {out:?}"),
+        }
+    }
+
+    // 7. A reader for a header the library does not serve reads through the library; 8. a page
+    // file that is gone gives VMCLOCK_E_GONE, inline as from the library.
+    let gone = page_with(d, "gone", tai(cv), 2);
+    let out = run_reader(d, &format!("page {}\nwarm\noff\ntruncate\n{}inline\nlib\n", gone.display(), at(cv + 1_234_567)));
+    assert_eq!(rc_of(&out[2]).0, 0, "{out:?}");
+    assert_eq!(out[4], "declined", "{out:?}");
+    assert_eq!(rc_of(&out[5]).0, vmclock::VMCLOCK_E_GONE, "{out:?}");
+    assert_eq!(rc_of(&out[6]).0, vmclock::VMCLOCK_E_GONE, "{out:?}");
+}
+
+/// vmclock.h compiles warning-free (-Wall -Wextra -pedantic -Werror) as C99, C11 and C++11,
+/// with the inline reader and without it (VMCLOCK_NO_INLINE_READER), with and without
+/// optimisation.
+#[test]
+fn header_compiles_cleanly_as_c99_c11_and_cxx() {
+    let dir = tempfile::tempdir().unwrap();
+    let include = Path::new(env!("CARGO_MANIFEST_DIR")).join("include");
+    let src = "#include \"vmclock.h\"\nint f(const struct vmclock *c, struct vmclock_bounds *b) {\n  return vmclock_now_bounds_inline(vmclock_reader_of(c), b);\n}\n";
+    for (compiler, file, std) in [("cc", "t.c", "-std=c99"), ("cc", "t.c", "-std=c11"), ("c++", "t.cc", "-std=c++11")] {
+        let path = dir.path().join(file);
+        std::fs::write(&path, src).unwrap();
+        for extra in [&["-O2"][..], &["-O0"], &["-O2", "-DVMCLOCK_NO_INLINE_READER"]] {
+            let out = Command::new(compiler)
+                .args([std, "-Wall", "-Wextra", "-pedantic", "-Werror", "-c", "-o"])
+                .arg(dir.path().join("t.o"))
+                .arg("-I")
+                .arg(&include)
+                .args(extra)
+                .arg(&path)
+                .output()
+                .unwrap_or_else(|e| panic!("run {compiler}: {e}"));
+            assert!(out.status.success(), "{compiler} {std} {extra:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+    }
+}
