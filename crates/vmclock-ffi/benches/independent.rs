@@ -121,7 +121,10 @@ fn main() {
         // publishes the page's constants (the inline reader's first read would do the same).
         assert_eq!(unsafe { vmclock::vmclock_reader_now_bounds(r as *const _, &mut b) }, 0);
         // SAFETY: the reader of the open handle, alive until vmclock_close below.
-        sides.push(("c_inline_bounds", Box::new(move || unsafe { vmclock_bench_inline_sum(black_box(r) as *const _) } as u64)));
+        sides.push((
+            "c_inline_bounds",
+            Box::new(move || unsafe { vmclock_bench_inline_sum(black_box(r) as *const _) } as u64),
+        ));
         sides
     };
     run("independent harness (libvmclock)", &sides, blocks, full);

@@ -156,15 +156,13 @@ fn paired(c: &mut Criterion) {
     unsafe { vmclock_close(handle) };
     let r = ratios.into_inner();
     if !r.is_empty() {
-        for (name, pick) in
-            [
-                ("c_vmclock_now", 0),
-                ("rust_now_tai_bounds", 1),
-                ("diag_c_read_inlined", 2),
-                ("c_vmclock_now_bounds", 3),
-                ("c_inline_bounds", 4),
-            ]
-        {
+        for (name, pick) in [
+            ("c_vmclock_now", 0),
+            ("rust_now_tai_bounds", 1),
+            ("diag_c_read_inlined", 2),
+            ("c_vmclock_now_bounds", 3),
+            ("c_inline_bounds", 4),
+        ] {
             let mut v: Vec<f64> = r.iter().map(|x| x[pick]).collect();
             v.sort_by(f64::total_cmp);
             let q = |p: f64| v[((v.len() - 1) as f64 * p) as usize];

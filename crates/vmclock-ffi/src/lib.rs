@@ -295,7 +295,7 @@ pub fn published(c: &vmclock_rs::Cached) -> Option<Published> {
     if c.rate > c.period || time.checked_sub(tt)? < 1 << 64 {
         return None;
     }
-    let fit = |room: u128, k: u128| if k == 0 { u64::MAX } else { u64::try_from(room / k).unwrap_or(u64::MAX) };
+    let fit = |room: u128, k: u128| room.checked_div(k).map_or(u64::MAX, |q| u64::try_from(q).unwrap_or(u64::MAX));
     // The UTC time + P·ΔC must not overflow either (≥ the time term P·ΔC / 2^shift).
     let mut dmax = c.dmax.min(fit(u128::MAX - time, c.period as u128)).min(READER_DMAX);
     if let Some(l) = c.leap.filter(|l| l.step != 0) {
@@ -322,7 +322,7 @@ pub fn published(c: &vmclock_rs::Cached) -> Option<Published> {
     // Below 2^64 (a counter of about 1 GHz or more), so that K·ΔC is one 64×64 product.
     let latest_k = u64::try_from(((c.period as u128 + c.rate as u128) * NS) >> s).ok()?;
     let earliest_k = earliest_k as u64; // ≤ latest_k
-    // Latest (and so earliest) below 2^62 ns: A + K·ΔC + the tolerance < 2^126.
+                                        // Latest (and so earliest) below 2^62 ns: A + K·ΔC + the tolerance < 2^126.
     let limit = 1u128 << 126;
     dmax = dmax.min(fit(limit.checked_sub(latest_a)?, latest_k.max(1) as u128));
     let flags = VMCLOCK_NOW_BOUNDED
@@ -486,11 +486,11 @@ pub unsafe extern "C" fn vmclock_open(path: *const c_char, err: *mut c_int) -> *
         reader_off: vmclock_reader::new(0),
         publishing: Mutex::new(0),
     }));
-    // SAFETY: just allocated and not yet shared; the readers learn their handle's address.
-    unsafe {
-        (*handle).reader.handle = handle as usize;
-        (*handle).reader_off.handle = handle as usize;
-    }
+    // SAFETY: just allocated by Box::into_raw and not yet shared.
+    let h = unsafe { &mut *handle };
+    // The readers learn their handle's address.
+    h.reader.handle = handle as usize;
+    h.reader_off.handle = handle as usize;
     handle
 }
 
@@ -537,8 +537,10 @@ pub unsafe extern "C" fn vmclock_reader_now_bounds(r: *const vmclock_reader, out
     if r.is_null() {
         return VMCLOCK_E_NULL;
     }
-    // SAFETY: `r` is not null and came from vmclock_reader on a handle not yet closed.
-    let c = unsafe { &*((*r).handle as *const vmclock) };
+    // SAFETY: `r` is not null and came from vmclock_reader_get on a handle not yet closed.
+    let handle = unsafe { (*r).handle } as *const vmclock;
+    // SAFETY: a reader's handle is the open handle it belongs to.
+    let c = unsafe { &*handle };
     // SAFETY: as vmclock_now_bounds' contract, which this one's implies.
     let rc = unsafe { vmclock_now_bounds(c, out) };
     if rc == VMCLOCK_OK && std::ptr::eq(r, &c.reader) && !c.protection.as_ref().is_some_and(|p| p.gone()) {

@@ -304,10 +304,20 @@ fn inline_reader_equals_vmclock_now_bounds_over_random_pages() {
         };
         let leap = if rng.below(3) == 0 { rng.below(7) as u8 } else { 0 };
         let p = vmclock_rs::Period { frac: period, shift };
-        let bytes = vmclock_rs::test_support::random_page(rng.below(2) == 0, sec, rng.next(), cv, p, bounds, valid, tai_raw, leap)
-            .status(rng.below(6) as u8)
-            .disruption_marker(rng.next())
-            .page_bytes();
+        let bytes = vmclock_rs::test_support::random_page(
+            rng.below(2) == 0,
+            sec,
+            rng.next(),
+            cv,
+            p,
+            bounds,
+            valid,
+            tai_raw,
+            leap,
+        )
+        .status(rng.below(6) as u8)
+        .disruption_marker(rng.next())
+        .page_bytes();
         let path = dir.path().join(format!("p{i}"));
         std::fs::write(&path, bytes).unwrap();
         commands += &format!("page {}\nwarm\n", path.display());
@@ -445,7 +455,12 @@ fn inline_reader_falls_back_to_the_library() {
     // 5. A leap second 0.5 s after the reference (UTC 2026-12-31 23:59:59.5, PRE_POS): served
     // before the edge, declined past it (where the library steps the time back 1 s).
     let leap = PageBuilder::new()
-        .reference(native, cv, Timestamp::<Utc>::from_parts(1_798_761_599, 1 << 63), Period::from_hz(2_500_000_000).unwrap())
+        .reference(
+            native,
+            cv,
+            Timestamp::<Utc>::from_parts(1_798_761_599, 1 << 63),
+            Period::from_hz(2_500_000_000).unwrap(),
+        )
         .maxerror(1_000, 1)
         .tai_minus_utc(37)
         .leap(abi::leap::PRE_POS)
@@ -486,7 +501,8 @@ fn inline_reader_falls_back_to_the_library() {
     // 7. A reader for a header the library does not serve reads through the library; 8. a page
     // file that is gone gives VMCLOCK_E_GONE, inline as from the library.
     let gone = page_with(d, "gone", tai(cv), 2);
-    let out = run_reader(d, &format!("page {}\nwarm\noff\ntruncate\n{}inline\nlib\n", gone.display(), at(cv + 1_234_567)));
+    let out =
+        run_reader(d, &format!("page {}\nwarm\noff\ntruncate\n{}inline\nlib\n", gone.display(), at(cv + 1_234_567)));
     assert_eq!(rc_of(&out[2]).0, 0, "{out:?}");
     assert_eq!(out[4], "declined", "{out:?}");
     assert_eq!(rc_of(&out[5]).0, vmclock::VMCLOCK_E_GONE, "{out:?}");
