@@ -484,7 +484,7 @@ __extension__ typedef unsigned __int128 vmclock_u128_;
  * Earliest and latest in 2^-64 ns are A + K*dC (one 64x64 product each): within dC + 2^31 of
  * the library's exact figures (src/lib.rs, Published). When the fraction is at least dC + 2^32
  * away from a whole ns, the whole ns are the library's (earliest rounded down, latest up);
- * otherwise (about 2 in 2^32 reads a second from the reference) the library answers.
+ * otherwise (about 4 (dC + 2^32) / 2^64 of the reads) the library answers.
  */
 static inline __attribute__((always_inline)) int vmclock_reader_try_at(const struct vmclock_reader *r, const uint32_t *page, uint32_t s1,
                                                                      uint64_t counter, struct vmclock_bounds *out) {

@@ -116,6 +116,11 @@ fn check_now_output(out: &str) {
     let all = i128::from(vmclock::VMCLOCK_NOW_BOUNDED | vmclock::VMCLOCK_NOW_TAI_VALID | vmclock::VMCLOCK_NOW_RELIABLE);
     assert_eq!(field(out, "bounds_flags "), all, "{out}");
     assert!(out.contains("bounds_status SYNCHRONIZED"), "{out}");
+    // The inline read, after those: the same flags, bounds of the same width (±1 ns) that moved
+    // forward.
+    let (ie, il) = (field(out, "inline_earliest_ns "), field(out, "inline_latest_ns "));
+    assert!(be <= ie && bl <= il && (il - ie - (bl - be)).abs() <= 1, "{out}");
+    assert_eq!(field(out, "inline_flags "), all, "{out}");
 }
 
 #[test]
