@@ -804,6 +804,36 @@ mod tests {
         clock.fast.read(&clock.mem.words()[..FIRST + COUNT], false, || counter).map(Loaded::now)
     }
 
+    /// `Clock::cached` gives nothing before the first read, then the version's constants, whose
+    /// `time_at` and `maxerror_at` are the reading's; a page the cache does not serve gives
+    /// nothing.
+    #[test]
+    fn cached_gives_the_constants_of_the_version_read() {
+        if crate::counter::NATIVE == abi::counter_id::INVALID {
+            return;
+        }
+        let buf = PageBuf::new();
+        let c1 = 1 << 40;
+        Writer::new(&buf).publish(&synchronized_tai(crate::counter::NATIVE, c1, 1_000_000_000).build());
+        let clock = Clock::new(&buf);
+        assert_eq!(clock.cached(), None, "nothing read yet");
+        let now = clock.now_with_counter(|| c1 + 12_345).unwrap();
+        let c = clock.cached().expect("cached by the read");
+        assert_eq!((c.counter_value, c.time_type, c.tai_minus_utc, c.leap), (c1, abi::time_type::TAI, Some(37), None));
+        assert_eq!(c.seq, u32::from_le(buf.words()[SEQ_WORD].load(Ordering::Relaxed)));
+        assert_eq!(c.time_at(12_345), now.raw);
+        assert_eq!(c.maxerror_at(12_345), now.maxerror);
+        // Bounded at the reference only (no rate): the full copy's special case, never cached.
+        let buf = PageBuf::new();
+        let page = synchronized_tai(crate::counter::NATIVE, c1, 1_000_000_000)
+            .flag(flags::PERIOD_MAXERROR_VALID, false)
+            .build();
+        Writer::new(&buf).publish(&page);
+        let clock = Clock::new(&buf);
+        clock.now_with_counter(|| c1 + 5).unwrap();
+        assert_eq!(clock.cached(), None);
+    }
+
     /// The second read of a page takes the cached constants and gives what the full copy
     /// gives; a new page version is never read from the old constants, and is cached in turn.
     #[test]
