@@ -545,3 +545,70 @@ fn header_compiles_cleanly_as_c99_c11_and_cxx() {
         }
     }
 }
+
+/// At the rounding edges: pages whose earliest (or latest) at one counter lies within a few
+/// units of 2^-64 ns on either side of a whole ns, up to 2^40 units away, where the inline
+/// arithmetic's approximation (within ΔC + 2^31 units) could round the other way. Every inline
+/// answer must still be the library's (near the edge the inline reader declines); a tolerance
+/// smaller than the approximation's error fails here.
+#[test]
+fn inline_reader_is_exact_at_the_rounding_edges() {
+    if vmclock_rs::counter::NATIVE != abi::counter_id::X86_TSC {
+        return;
+    }
+    use vmclock_rs::time::nanos_to_frac_ceil;
+    let dir = tempfile::tempdir().unwrap();
+    let cv = vmclock_rs::counter::read();
+    let (shift, maxerror_ns) = (29u8, 7_777u64);
+    let mut commands = String::new();
+    let mut cases = Vec::new();
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    for i in 0..400u64 {
+        let hz = 1_000_000_000 + rng.below(3_000_000_000) as u128;
+        let period = ((1u128 << (64 + shift)) / hz) as u64;
+        let rate = rng.below(period >> 12);
+        let d = 1 + rng.below(1 << 28);
+        let x = (period as u128 * d as u128) >> shift;
+        let y = (rate as u128 * d as u128 + (1u128 << shift) - 1) >> shift;
+        let tt = nanos_to_frac_ceil(maxerror_ns);
+        // The bound's fraction of a ns (2^-64 ns units) placed at `target` from a whole ns.
+        let magnitude: i128 = [0, 1, 1 << 10, 1 << 20, 1 << 28, 1 << 31, 1 << 33, 1 << 40][(i % 8) as usize];
+        let target = if i % 16 < 8 { magnitude } else { -magnitude };
+        let k = 1_000_000_000i128 + rng.below(1 << 30) as i128;
+        let whole = (k << 64) + target; // the bound · 10^9, in 2^-64 ns
+        let frac = (whole as u128).div_ceil(1_000_000_000); // the bound's fraction of a second, ≥
+        let bound = (1_800_000_000u128 << 64) + frac;
+        let latest = i % 32 >= 16;
+        // earliest = T − M + x − y, latest = T + M + x + y (2^-64 s).
+        let t = if latest { bound - tt - x - y } else { bound + tt - x + y };
+        let page = PageBuilder::new()
+            .reference(vmclock_rs::counter::NATIVE, cv, Timestamp::<Utc>::from_raw(t), Period { frac: period, shift })
+            .maxerror(maxerror_ns, rate)
+            .tai_minus_utc(37)
+            .status(abi::status::SYNCHRONIZED);
+        let path = page_with(dir.path(), &format!("e{i}"), page, 2);
+        commands += &format!("page {}\nwarm\nc {}\n", path.display(), cv + d);
+        cases.push((path, cv + d));
+    }
+    let out = run_reader(dir.path(), &commands);
+    let answers: Vec<&String> = out.iter().filter(|l| l.starts_with("ok") || *l == "declined").collect();
+    assert_eq!(answers.len(), cases.len(), "{out:?}");
+    let (mut served, mut declined) = (0, 0);
+    for ((path, counter), line) in cases.iter().zip(answers) {
+        match line.strip_prefix("ok ") {
+            Some(fields) => {
+                served += 1;
+                assert_eq!(
+                    Ok(fields.to_owned()),
+                    expected(path, *counter),
+                    "page {} at counter {counter}",
+                    path.display()
+                );
+            }
+            None => declined += 1,
+        }
+    }
+    // Far from the edge (2^33 units and more) the inline reader serves; at it, it declines.
+    assert!(served > 0 && declined > 0, "served {served}, declined {declined}");
+    println!("rounding edges: {served} served (all equal to vmclock_now_bounds), {declined} declined");
+}
