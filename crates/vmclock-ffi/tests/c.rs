@@ -162,7 +162,10 @@ fn c_example_runs_against_the_static_and_the_shared_library() {
     let out = Command::new(&bench).arg(&p).arg("1000").output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("ratio ") && stdout.contains("ratio_bounds "), "{stdout}");
+    assert!(
+        stdout.contains("ratio ") && stdout.contains("ratio_bounds ") && stdout.contains("ratio_inline "),
+        "{stdout}"
+    );
 }
 
 /// The conformance vectors from C: examples/vectors.c reads testdata/vectors.json itself and
