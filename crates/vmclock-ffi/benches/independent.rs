@@ -10,6 +10,10 @@
 //!   cargo bench -p vmclock-ffi --bench independent              # 300,000 blocks
 //!   cargo bench -p vmclock-ffi --bench independent -- 1000000  # another number of blocks
 //! Under `cargo test` (no `--bench` argument) it runs 2,000 blocks: a smoke test, not a figure.
+//!
+//! `c_inline_bounds` is vmclock.h's `vmclock_now_bounds_inline` compiled by the C compiler
+//! (benches/inline.c, `cc -O2`, built by build.rs): one C function making the 64 reads, as a C
+//! program's loop does.
 use std::ffi::{c_char, c_int, CString};
 use std::hint::black_box;
 use std::io::Write;
@@ -75,6 +79,11 @@ fn diag_bounds_inline(h: &vmclock::vmclock) -> i64 {
     sum
 }
 
+#[cfg(vmclock_inline_bench)]
+extern "C" {
+    fn vmclock_bench_inline_sum(r: *const vmclock::vmclock_reader) -> i64;
+}
+
 fn main() {
     let (blocks, full) = blocks();
 
@@ -102,6 +111,22 @@ fn main() {
         ("diag_bounds_inline", Box::new(move || diag_bounds_inline(hr) as u64)),
         ("rust_now_tai_bounds", Box::new(move || app(cl).unwrap() as u64)),
     ];
+    #[cfg(vmclock_inline_bench)]
+    let sides = {
+        let mut sides = sides;
+        // SAFETY: the open handle; the reader lives as long as it.
+        let r = unsafe { vmclock::vmclock_reader_get(handle, vmclock::VMCLOCK_READER_X86_RDTSCP) } as usize;
+        let mut b = vmclock::vmclock_bounds::default();
+        // SAFETY: the reader of the open handle and a local struct: the library read, which
+        // publishes the page's constants (the inline reader's first read would do the same).
+        assert_eq!(unsafe { vmclock::vmclock_reader_now_bounds(r as *const _, &mut b) }, 0);
+        // SAFETY: the reader of the open handle, alive until vmclock_close below.
+        sides.push((
+            "c_inline_bounds",
+            Box::new(move || unsafe { vmclock_bench_inline_sum(black_box(r) as *const _) } as u64),
+        ));
+        sides
+    };
     run("independent harness (libvmclock)", &sides, blocks, full);
     // SAFETY: the handle from vmclock_open, closed once.
     unsafe { vmclock_close(handle) };

@@ -17,6 +17,12 @@ use vmclock::{vmclock_close, vmclock_now, vmclock_now_bounds, vmclock_open};
 use vmclock_rs::test_support::synchronized_tai;
 use vmclock_rs::Clock;
 
+// vmclock.h's inline reader compiled by the C compiler (benches/inline.c, built by build.rs).
+#[cfg(vmclock_inline_bench)]
+extern "C" {
+    fn vmclock_bench_inline_each(r: *const vmclock::vmclock_reader, n: c_int, sink: *mut i64);
+}
+
 type NowFn = unsafe extern "C" fn(*const vmclock::vmclock, *mut vmclock::vmclock_now) -> c_int;
 type BoundsFn = unsafe extern "C" fn(*const vmclock::vmclock, *mut vmclock::vmclock_bounds) -> c_int;
 
@@ -78,10 +84,33 @@ fn paired(c: &mut Criterion) {
     let realtime = || {
         black_box(clock_gettime(libc::CLOCK_REALTIME));
     };
+    // SAFETY: the open handle; the reader lives as long as it.
+    let reader = unsafe { vmclock::vmclock_reader_get(handle, vmclock::VMCLOCK_READER_X86_RDTSCP) };
+    let mut b = vmclock::vmclock_bounds::default();
+    // SAFETY: the reader of the open handle and a local struct (the library read, which publishes).
+    assert_eq!(unsafe { vmclock::vmclock_reader_now_bounds(reader, &mut b) }, 0);
+    // 64 reads by the C code, each stored (as black_box stores the others'); without a C
+    // compiler at build time, the library call instead.
+    let inline_block = || {
+        let mut sink = [0i64; 2];
+        #[cfg(vmclock_inline_bench)]
+        // SAFETY: the reader of the open handle and a local array of two.
+        unsafe {
+            vmclock_bench_inline_each(black_box(reader), BLOCK as c_int, sink.as_mut_ptr())
+        };
+        #[cfg(not(vmclock_inline_bench))]
+        for _ in 0..BLOCK {
+            let mut b = vmclock::vmclock_bounds::default();
+            // SAFETY: the reader of the open handle and a local struct.
+            unsafe { vmclock::vmclock_reader_now_bounds(black_box(reader), &mut b) };
+            sink = [b.earliest_ns, b.latest_ns];
+        }
+        black_box(&sink);
+    };
     // Per block: each one's time / realtime's.
-    let ratios = std::cell::RefCell::new(Vec::<[f64; 4]>::new());
+    let ratios = std::cell::RefCell::new(Vec::<[f64; 5]>::new());
     let run = |iters: u64, which: usize| {
-        let mut total = [Duration::ZERO; 5];
+        let mut total = [Duration::ZERO; 6];
         for _ in 0..iters.div_ceil(BLOCK) {
             let t0 = Instant::now();
             for _ in 0..BLOCK {
@@ -104,12 +133,14 @@ fn paired(c: &mut Criterion) {
                 c_bounds_call();
             }
             let t5 = Instant::now();
-            let d = [t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4];
+            inline_block();
+            let t6 = Instant::now();
+            let d = [t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5];
             for (t, d) in total.iter_mut().zip(d) {
                 *t += d;
             }
             let rt = d[2].as_secs_f64();
-            ratios.borrow_mut().push([d[0], d[1], d[3], d[4]].map(|d| d.as_secs_f64() / rt));
+            ratios.borrow_mut().push([d[0], d[1], d[3], d[4], d[5]].map(|d| d.as_secs_f64() / rt));
         }
         total[which].mul_f64(iters as f64 / (iters.div_ceil(BLOCK) * BLOCK) as f64)
     };
@@ -119,14 +150,19 @@ fn paired(c: &mut Criterion) {
     g.bench_function("clock_gettime_realtime", |b| b.iter_custom(|iters| run(iters, 2)));
     g.bench_function("diag_c_read_inlined", |b| b.iter_custom(|iters| run(iters, 3)));
     g.bench_function("c_vmclock_now_bounds", |b| b.iter_custom(|iters| run(iters, 4)));
+    g.bench_function("c_inline_bounds", |b| b.iter_custom(|iters| run(iters, 5)));
     g.finish();
     // SAFETY: the handle from vmclock_open, closed once.
     unsafe { vmclock_close(handle) };
     let r = ratios.into_inner();
     if !r.is_empty() {
-        for (name, pick) in
-            [("c_vmclock_now", 0), ("rust_now_tai_bounds", 1), ("diag_c_read_inlined", 2), ("c_vmclock_now_bounds", 3)]
-        {
+        for (name, pick) in [
+            ("c_vmclock_now", 0),
+            ("rust_now_tai_bounds", 1),
+            ("diag_c_read_inlined", 2),
+            ("c_vmclock_now_bounds", 3),
+            ("c_inline_bounds", 4),
+        ] {
             let mut v: Vec<f64> = r.iter().map(|x| x[pick]).collect();
             v.sort_by(f64::total_cmp);
             let q = |p: f64| v[((v.len() - 1) as f64 * p) as usize];

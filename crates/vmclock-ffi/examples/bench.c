@@ -1,5 +1,6 @@
-/* libvmclock: cost of vmclock_now() and vmclock_now_bounds() per call against
- * clock_gettime(CLOCK_REALTIME), measured in the same run, as ratios. The three are interleaved in
+/* libvmclock: cost of vmclock_now(), vmclock_now_bounds() and vmclock.h's inline
+ * vmclock_now_bounds_inline() per call against clock_gettime(CLOCK_REALTIME), measured in the
+ * same run, as ratios. The four are interleaved in
  * blocks of 64 calls (so all see the same machine); each block gives a ratio per function, and the
  * median over all blocks is the figure.
  *   ./bench PAGE [BLOCKS]     (default 200,000 blocks of 64 calls each) */
@@ -39,12 +40,14 @@ int main(int argc, char **argv) {
     }
     double *ratio = malloc(sizeof(double) * (size_t)blocks);
     double *ratio_b = malloc(sizeof(double) * (size_t)blocks);
-    if (!ratio || !ratio_b) {
+    double *ratio_i = malloc(sizeof(double) * (size_t)blocks);
+    const struct vmclock_reader *r = vmclock_reader_of(c);
+    if (!ratio || !ratio_b || !ratio_i) {
         fprintf(stderr, "bench: out of memory\n");
         return 2;
     }
     volatile long long sink = 0;
-    long long total_vm = 0, total_cg = 0, total_b = 0;
+    long long total_vm = 0, total_cg = 0, total_b = 0, total_i = 0;
     for (long b = 0; b < blocks; b++) {
         struct vmclock_now n;
         struct timespec ts;
@@ -73,11 +76,23 @@ int main(int argc, char **argv) {
             sink += lean.latest_ns;
         }
         long long t3 = now_ns();
+        for (int i = 0; i < BLOCK; i++) {
+            struct vmclock_bounds lean;
+            int rc = vmclock_now_bounds_inline(r, &lean);
+            if (rc != 0) {
+                fprintf(stderr, "%s: %s\n", argv[1], vmclock_strerror(rc));
+                return 2;
+            }
+            sink += lean.latest_ns;
+        }
+        long long t4 = now_ns();
         total_vm += t1 - t0;
         total_cg += t2 - t1;
         total_b += t3 - t2;
+        total_i += t4 - t3;
         ratio[b] = (double)(t1 - t0) / (double)(t2 > t1 ? t2 - t1 : 1);
         ratio_b[b] = (double)(t3 - t2) / (double)(t2 > t1 ? t2 - t1 : 1);
+        ratio_i[b] = (double)(t4 - t3) / (double)(t2 > t1 ? t2 - t1 : 1);
     }
     vmclock_close(c);
     qsort(ratio, (size_t)blocks, sizeof(double), by_value);
@@ -89,7 +104,12 @@ int main(int argc, char **argv) {
     printf("vmclock_now_bounds %.2f ns/call\n", (double)total_b / (blocks * BLOCK));
     printf("ratio_bounds %.3f (median per block of %d calls; p25 %.3f, p75 %.3f; %ld blocks)\n", ratio_b[blocks / 2],
            BLOCK, ratio_b[blocks / 4], ratio_b[blocks * 3 / 4], blocks);
+    qsort(ratio_i, (size_t)blocks, sizeof(double), by_value);
+    printf("vmclock_now_bounds_inline %.2f ns/call\n", (double)total_i / (blocks * BLOCK));
+    printf("ratio_inline %.3f (median per block of %d calls; p25 %.3f, p75 %.3f; %ld blocks)\n", ratio_i[blocks / 2],
+           BLOCK, ratio_i[blocks / 4], ratio_i[blocks * 3 / 4], blocks);
     free(ratio);
     free(ratio_b);
+    free(ratio_i);
     return 0;
 }

@@ -31,6 +31,8 @@ use std::ffi::{c_char, c_int, CStr};
 use std::mem::MaybeUninit;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Mutex;
 use vmclock_rs::guard::{protect, GuardError, Protection};
 use vmclock_rs::realtime::{Code, MarkerWatch, Reading};
 use vmclock_rs::{Clock, ClockError, TimeError};
@@ -154,6 +156,229 @@ pub struct vmclock {
     clock: Clock,
     /// The page's disruption marker as this handle has seen it (vmclock_bound_realtime).
     watch: MarkerWatch,
+    /// The header-only reader's published constants (vmclock_reader), and a reader that always
+    /// calls the library (for a header this library cannot serve).
+    reader: vmclock_reader,
+    reader_off: vmclock_reader,
+    /// One publisher at a time; the key of the version last considered for publication.
+    publishing: Mutex<u64>,
+}
+
+/// `vmclock_reader_get`'s `abi` for vmclock.h's inline reader on x86_64: layout 1, the counter read
+/// with RDTSCP.
+pub const VMCLOCK_READER_X86_RDTSCP: u32 = 0x0101;
+/// `vmclock_reader_get`'s `abi` for a header that reads nothing inline (other architectures and
+/// compilers): every read is a library call.
+pub const VMCLOCK_READER_CALL: u32 = 0;
+
+/// The constants vmclock.h's inline reader (`vmclock_now_bounds_inline`) uses for the page
+/// version this handle read last, published under a seqlock of their own (`gen`: odd while
+/// written, or before the first publication). Hand-written in the header (src/reader.h) with the
+/// same layout (asserted on both sides); nothing outside this file writes it.
+///
+/// The inline reader answers only for that version (`key`, `counter_value`, the page's
+/// `seq_count` unchanged around its counter read) and for ΔC ≤ `dmax`. There it computes
+/// earliest and latest in 2^-64 ns as `A + K·ΔC` (see [`Published`]), which is within
+/// `ΔC + 2^31` units of the library's exact value; when the fraction of that figure is at least
+/// `ΔC + 2^32` from a whole ns, the ns (earliest rounded down, latest up) are exactly the
+/// library's. Otherwise, and for anything else, it calls [`vmclock_reader_now_bounds`].
+#[repr(C)]
+#[derive(Debug)]
+pub struct vmclock_reader {
+    gen: AtomicU32,
+    reserved: u32,
+    /// The mapped page (`const uint32_t *`; 0 in a reader that always calls the library).
+    page: usize,
+    /// The handle (`const struct vmclock *`).
+    handle: usize,
+    /// `seq_count << 32 | word08` of the version (one little-endian 64-bit load of 0x08).
+    key: AtomicU64,
+    counter_value: AtomicU64,
+    dmax: AtomicU64,
+    /// flags (bits 0..8), status (8..16), TAI − UTC as u16 (16..32).
+    info: AtomicU64,
+    disruption_marker: AtomicU64,
+    /// Earliest: A (2^-64 ns, 128 bits) and K (2^-64 ns per tick, below 2^64).
+    e_a_lo: AtomicU64,
+    e_a_hi: AtomicU64,
+    e_k: AtomicU64,
+    /// Latest: A and K.
+    l_a_lo: AtomicU64,
+    l_a_hi: AtomicU64,
+    l_k: AtomicU64,
+}
+
+#[cfg(target_pointer_width = "64")]
+const _: () = {
+    assert!(std::mem::size_of::<vmclock_reader>() == 112);
+    assert!(std::mem::offset_of!(vmclock_reader, page) == 8);
+    assert!(std::mem::offset_of!(vmclock_reader, handle) == 16);
+    assert!(std::mem::offset_of!(vmclock_reader, key) == 24);
+    assert!(std::mem::offset_of!(vmclock_reader, dmax) == 40);
+    assert!(std::mem::offset_of!(vmclock_reader, disruption_marker) == 56);
+    assert!(std::mem::offset_of!(vmclock_reader, e_a_lo) == 64);
+    assert!(std::mem::offset_of!(vmclock_reader, l_a_lo) == 88);
+    assert!(std::mem::offset_of!(vmclock_reader, l_k) == 104);
+};
+
+impl vmclock_reader {
+    fn new(page: usize) -> Self {
+        let z = || AtomicU64::new(0);
+        vmclock_reader {
+            // Odd: nothing published yet.
+            gen: AtomicU32::new(1),
+            reserved: 0,
+            page,
+            handle: 0,
+            key: z(),
+            counter_value: z(),
+            dmax: z(),
+            info: z(),
+            disruption_marker: z(),
+            e_a_lo: z(),
+            e_a_hi: z(),
+            e_k: z(),
+            l_a_lo: z(),
+            l_a_hi: z(),
+            l_k: z(),
+        }
+    }
+}
+
+/// The largest ΔC the inline reader is given: its tolerance `ΔC + 2^32` stays far below 2^63.
+const READER_DMAX: u64 = 1 << 56;
+
+/// What the inline reader publishes for one page version. With T the time at C1 in UTC and M the
+/// maximum error's time term (2^-64 s), P the period, R the maximum error's rate and s the
+/// shift, the library computes earliest = T − M + ⌊P·ΔC/2^s⌋ − ⌈R·ΔC/2^s⌉ and latest = T + M +
+/// ⌊P·ΔC/2^s⌋ + ⌈R·ΔC/2^s⌉ (2^-64 s), then ns (earliest rounded down, latest up). Here
+/// `A = (T ∓ M)·10^9` (exact, 2^-64 ns) and `K = ⌊(P ∓ R)·10^9 / 2^s⌋` (2^-64 ns per tick):
+/// `A + K·ΔC` differs from the exact value times 10^9 by less than 2·10^9 (the two roundings
+/// to 2^-64 s) plus ΔC (K's rounding), below `ΔC + 2^31`.
+///
+/// Served only where that arithmetic is the library's: bounded, a UTC time (a TAI page with its
+/// offset), P ≥ R and T − M ≥ 1 s (earliest never saturates), ΔC ≤ the cached read's range
+/// (no sum overflows), no leap second step, latest below 2^62 ns. `None` for a page it does not
+/// serve.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Published {
+    /// `seq_count << 32 | word08`.
+    pub key: u64,
+    pub counter_value: u64,
+    pub dmax: u64,
+    pub info: u64,
+    pub disruption_marker: u64,
+    pub earliest_a: u128,
+    pub earliest_k: u64,
+    pub latest_a: u128,
+    pub latest_k: u64,
+}
+
+/// [`Published`] from the cached read's constants (see there).
+pub fn published(c: &vmclock_rs::Cached) -> Option<Published> {
+    use vmclock_rs::abi::time_type;
+    const NS: u128 = 1_000_000_000;
+    let tt = c.maxerror_time?;
+    let time = match c.time_type {
+        time_type::UTC => c.time,
+        time_type::TAI => {
+            let off = c.tai_minus_utc?;
+            let shift = (off.unsigned_abs() as u128) << 64;
+            if off >= 0 {
+                c.time.checked_sub(shift)?
+            } else {
+                c.time.checked_add(shift)?
+            }
+        }
+        _ => return None,
+    };
+    if c.rate > c.period || time.checked_sub(tt)? < 1 << 64 {
+        return None;
+    }
+    let fit = |room: u128, k: u128| room.checked_div(k).map_or(u64::MAX, |q| u64::try_from(q).unwrap_or(u64::MAX));
+    // The UTC time + P·ΔC must not overflow either (≥ the time term P·ΔC / 2^shift).
+    let mut dmax = c.dmax.min(fit(u128::MAX - time, c.period as u128)).min(READER_DMAX);
+    if let Some(l) = c.leap.filter(|l| l.step != 0) {
+        let edge = (l.at_sec as u128) << 64;
+        if l.before {
+            // The step applies below the edge: served only when the reference is at or past it
+            // (the time only grows with ΔC ≥ 0).
+            if time < edge {
+                return None;
+            }
+        } else {
+            // The step applies at and past the edge: ΔC with ⌊P·ΔC / 2^s⌋ < edge − time, which
+            // P·ΔC ≤ (edge − time)·2^s − 1 guarantees.
+            let room = edge.checked_sub(time).filter(|&r| r > 0)?;
+            if c.period != 0 && room <= u128::MAX >> c.shift {
+                dmax = dmax.min(fit((room << c.shift) - 1, c.period as u128));
+            }
+        }
+    }
+    let s = c.shift & 63;
+    let earliest_a = (time - tt).checked_mul(NS)?;
+    let latest_a = time.checked_add(tt)?.checked_mul(NS)?;
+    let earliest_k = ((c.period - c.rate) as u128 * NS) >> s;
+    // Below 2^64 (a counter of about 1 GHz or more), so that K·ΔC is one 64×64 product.
+    let latest_k = u64::try_from(((c.period as u128 + c.rate as u128) * NS) >> s).ok()?;
+    let earliest_k = earliest_k as u64; // ≤ latest_k
+                                        // Latest (and so earliest) below 2^62 ns: A + K·ΔC + the tolerance < 2^126.
+    let limit = 1u128 << 126;
+    dmax = dmax.min(fit(limit.checked_sub(latest_a)?, latest_k.max(1) as u128));
+    let flags = VMCLOCK_NOW_BOUNDED
+        | if c.tai_minus_utc.is_some() { VMCLOCK_NOW_TAI_VALID } else { 0 }
+        | if matches!(c.status, VMCLOCK_STATUS_SYNCHRONIZED | VMCLOCK_STATUS_FREERUNNING) {
+            VMCLOCK_NOW_RELIABLE
+        } else {
+            0
+        };
+    let info = flags as u64 | (c.status as u64) << 8 | (c.tai_minus_utc.unwrap_or(0) as u16 as u64) << 16;
+    Some(Published {
+        key: (c.seq as u64) << 32 | c.word08 as u64,
+        counter_value: c.counter_value,
+        dmax,
+        info,
+        disruption_marker: c.disruption_marker,
+        earliest_a,
+        earliest_k,
+        latest_a,
+        latest_k,
+    })
+}
+
+impl vmclock {
+    /// Publishes the constants of the version the clock cached last, if the inline reader can
+    /// serve it and it is not the one considered last. Another thread publishing: left to it.
+    #[cold]
+    #[inline(never)]
+    fn publish(&self) {
+        let Some(cached) = self.clock.cached() else { return };
+        let key = (cached.word08 as u64) << 32 | cached.seq as u64;
+        let Ok(mut last) = self.publishing.try_lock() else { return };
+        if *last == key {
+            return;
+        }
+        *last = key;
+        let Some(p) = published(&cached) else { return };
+        let r = &self.reader;
+        let g = r.gen.load(Ordering::Relaxed);
+        r.gen.store(g | 1, Ordering::Relaxed);
+        std::sync::atomic::fence(Ordering::Release);
+        let wide = |lo: &AtomicU64, hi: &AtomicU64, v: u128| {
+            lo.store(v as u64, Ordering::Relaxed);
+            hi.store((v >> 64) as u64, Ordering::Relaxed);
+        };
+        r.key.store(p.key, Ordering::Relaxed);
+        r.counter_value.store(p.counter_value, Ordering::Relaxed);
+        r.dmax.store(p.dmax, Ordering::Relaxed);
+        r.info.store(p.info, Ordering::Relaxed);
+        r.disruption_marker.store(p.disruption_marker, Ordering::Relaxed);
+        wide(&r.e_a_lo, &r.e_a_hi, p.earliest_a);
+        r.e_k.store(p.earliest_k, Ordering::Relaxed);
+        wide(&r.l_a_lo, &r.l_a_hi, p.latest_a);
+        r.l_k.store(p.latest_k, Ordering::Relaxed);
+        r.gen.store((g | 1).wrapping_add(1), Ordering::Release);
+    }
 }
 
 fn code_of(e: &ClockError) -> c_int {
@@ -252,7 +477,76 @@ pub unsafe extern "C" fn vmclock_open(path: *const c_char, err: *mut c_int) -> *
     };
     // SAFETY: `err` is NULL or writable, per this function's contract.
     unsafe { set_err(err, VMCLOCK_OK) };
-    Box::into_raw(Box::new(vmclock { protection, clock, watch }))
+    let page = vmclock_rs::PageMemory::words(clock.memory()).as_ptr() as usize;
+    let handle = Box::into_raw(Box::new(vmclock {
+        protection,
+        clock,
+        watch,
+        reader: vmclock_reader::new(page),
+        reader_off: vmclock_reader::new(0),
+        publishing: Mutex::new(0),
+    }));
+    // SAFETY: just allocated by Box::into_raw and not yet shared.
+    let h = unsafe { &mut *handle };
+    // The readers learn their handle's address.
+    h.reader.handle = handle as usize;
+    h.reader_off.handle = handle as usize;
+    handle
+}
+
+/// The handle's reader for vmclock.h's inline `vmclock_now_bounds_inline` (call it through the
+/// header's `vmclock_reader_of(c)`, which passes the header's `abi`). Valid until
+/// vmclock_close(c). NULL only when `c` is NULL. A reader whose `abi` this library or CPU does
+/// not serve calls the library on every read.
+///
+/// # Safety
+/// `c` is NULL or a handle from vmclock_open not yet closed.
+#[no_mangle]
+pub unsafe extern "C" fn vmclock_reader_get(c: *const vmclock, abi: u32) -> *const vmclock_reader {
+    if c.is_null() {
+        return std::ptr::null();
+    }
+    // SAFETY: `c` is not null and came from vmclock_open (not yet closed), per the API.
+    let c = unsafe { &*c };
+    if abi == VMCLOCK_READER_X86_RDTSCP && reader_serves_rdtscp() {
+        &c.reader
+    } else {
+        &c.reader_off
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn reader_serves_rdtscp() -> bool {
+    vmclock_rs::counter::has_rdtscp()
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn reader_serves_rdtscp() -> bool {
+    false
+}
+
+/// The library call behind vmclock.h's inline reader: what vmclock_now_bounds gives for the
+/// reader's handle, and the reader's constants published for the page version read (when the
+/// inline reader can serve it).
+///
+/// # Safety
+/// `r` is NULL or a reader from vmclock_reader_get whose handle is not yet closed; `out` is NULL
+/// or points to a writable struct vmclock_bounds.
+#[no_mangle]
+pub unsafe extern "C" fn vmclock_reader_now_bounds(r: *const vmclock_reader, out: *mut vmclock_bounds) -> c_int {
+    if r.is_null() {
+        return VMCLOCK_E_NULL;
+    }
+    // SAFETY: `r` is not null and came from vmclock_reader_get on a handle not yet closed.
+    let handle = unsafe { (*r).handle } as *const vmclock;
+    // SAFETY: a reader's handle is the open handle it belongs to.
+    let c = unsafe { &*handle };
+    // SAFETY: as vmclock_now_bounds' contract, which this one's implies.
+    let rc = unsafe { vmclock_now_bounds(c, out) };
+    if rc == VMCLOCK_OK && std::ptr::eq(r, &c.reader) && !c.protection.as_ref().is_some_and(|p| p.gone()) {
+        c.publish();
+    }
+    rc
 }
 
 /// Reads the time now into `*out`: 0, or a negative VMCLOCK_E_* code (then `*out` is
@@ -410,6 +704,13 @@ pub unsafe extern "C" fn vmclock_now_bounds(c: *const vmclock, out: *mut vmclock
 #[inline(always)]
 pub fn now_bounds_inline(c: &vmclock, out: &mut MaybeUninit<vmclock_bounds>) -> c_int {
     read_bounds(&c.clock, || c.protection.as_ref().is_some_and(|p| p.gone()), vmclock_rs::counter::read, out)
+}
+
+/// `vmclock_now_bounds` with the counter value given (its tests: the inline reader's answer is
+/// compared with this one for the same page and counter).
+#[doc(hidden)]
+pub fn now_bounds_at(c: &vmclock, counter: u64, out: &mut MaybeUninit<vmclock_bounds>) -> c_int {
+    read_bounds(&c.clock, || c.protection.as_ref().is_some_and(|p| p.gone()), || counter, out)
 }
 
 /// [`read`] for `vmclock_now_bounds`: the same paths and codes, [`fill_bounds`] instead of

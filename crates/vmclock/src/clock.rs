@@ -231,6 +231,49 @@ impl<M: PageMemory> Clock<M> {
         self.fast.read(words, false, read_counter).map(|l| Ok(l.now()))
     }
 
+    /// The constants the cached read uses for the page version this clock read last (see
+    /// docs/PROTOCOL.md, "The cached read"), for a reader that does the same read elsewhere
+    /// (libvmclock's header-only reader). `None`: nothing cached yet, a fill in progress, or a
+    /// page version the cache does not serve. For a counter value `c` with `ΔC = c −
+    /// counter_value` (wrapping) at most `dmax`, read inside the page's seqlock while its
+    /// `seq_count` and constant word are the key's and its `counter_value` is this one, the
+    /// reading is the [`Cached::time_at`] and [`Cached::maxerror_at`] of `ΔC` with these
+    /// fields, exactly what [`Clock::now`] gives.
+    pub fn cached(&self) -> Option<Cached> {
+        let f = &self.fast;
+        let g1 = f.gen.load(Ordering::Acquire);
+        let key = f.key.load(Ordering::Relaxed);
+        let v: [u64; SLOTS] = std::array::from_fn(|i| f.w[i].load(Ordering::Relaxed));
+        fence(Ordering::Acquire);
+        let g2 = f.gen.load(Ordering::Relaxed);
+        let small = v[SMALL];
+        if g1 != g2 || g1 & 1 != 0 || key == 0 || small & USABLE == 0 {
+            return None;
+        }
+        let wide = |lo: usize, hi: usize| (v[hi] as u128) << 64 | v[lo] as u128;
+        Some(Cached {
+            seq: key as u32,
+            word08: (key >> 32) as u32,
+            counter_value: v[C1],
+            period: v[PERIOD],
+            shift: small as u8,
+            rate: v[RATE],
+            round: v[ROUND],
+            time: wide(T1_LO, T1_HI),
+            maxerror_time: (small & BOUNDED != 0).then(|| wide(TT_LO, TT_HI)),
+            dmax: v[DMAX],
+            disruption_marker: v[MARKER],
+            time_type: (small >> 8) as u8,
+            status: (small >> 16) as u8,
+            tai_minus_utc: (small & TAI_VALID != 0).then_some((small >> 24) as u16 as i16),
+            leap: (small & LEAP_SOME != 0).then_some(LeapEdge {
+                at_sec: v[LEAP_AT],
+                before: small & LEAP_BEFORE != 0,
+                step: (small >> 48) as u8 as i8,
+            }),
+        })
+    }
+
     /// A read over a full copy of the page's words (retried while the writer is busy, the
     /// constant fields checked once): its reading written into `local` in the cache's form
     /// (see [`Fast::set_now`]), its counter returned; the shared cache filled when the page
@@ -443,6 +486,8 @@ const EST_TIME_SOME: u64 = 1 << 42;
 const EST_RATE_SOME: u64 = 1 << 43;
 const LEAP_SOME: u64 = 1 << 44;
 const LEAP_BEFORE: u64 = 1 << 45;
+/// Set by [`Fast::fill`] for a page the cache serves (for [`Clock::cached`]).
+const USABLE: u64 = 1 << 46;
 
 #[allow(clippy::too_many_arguments)]
 fn small_of(
@@ -535,6 +580,54 @@ impl Fast {
             return None;
         }
         Some(Loaded { counter, d, period, rate, round, small, t1, tt, est, marker, est_rate, leap_at, delta })
+    }
+}
+
+/// The cached read's constants for one page version ([`Clock::cached`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cached {
+    /// The version's `seq_count`, as loaded from the page (native-endian).
+    pub seq: u32,
+    /// The version's word at 0x08 (version, counter_id, time_type), as loaded; never 0.
+    pub word08: u32,
+    /// The page's `counter_value` (the reference counter C1).
+    pub counter_value: u64,
+    /// The page's period, 2^-(64 + shift) s per tick.
+    pub period: u64,
+    /// The period's shift, at most 63.
+    pub shift: u8,
+    /// The maximum error's rate term, 2^-(64 + shift) s per tick (0 when unbounded).
+    pub rate: u64,
+    /// 2^shift − 1 (the rate term rounded up).
+    pub round: u64,
+    /// The time at C1, 64.64 s in the page's timescale.
+    pub time: u128,
+    /// The maximum error's time term, 2^-64 s (`None`: the page gives no maximum error).
+    pub maxerror_time: Option<u128>,
+    /// The largest ΔC the constants serve (no sum can overflow up to it).
+    pub dmax: u64,
+    /// The page's disruption marker.
+    pub disruption_marker: u64,
+    /// The page's time_type.
+    pub time_type: u8,
+    /// The page's clock_status.
+    pub status: u8,
+    /// TAI − UTC, when the page gives it.
+    pub tai_minus_utc: Option<i16>,
+    /// The leap second the page announces, placed in time.
+    pub leap: Option<LeapEdge>,
+}
+
+impl Cached {
+    /// The time `d` ticks after C1 (`d` ≤ `dmax`), 64.64 s in the page's timescale.
+    pub fn time_at(&self, d: u64) -> u128 {
+        self.time.wrapping_add((self.period as u128 * d as u128) >> (self.shift & 63))
+    }
+
+    /// The maximum error `d` ticks after C1 (`d` ≤ `dmax`), 2^-64 s.
+    pub fn maxerror_at(&self, d: u64) -> Option<u128> {
+        let tt = self.maxerror_time?;
+        Some(tt.wrapping_add((self.rate as u128 * d as u128 + self.round as u128) >> (self.shift & 63)))
     }
 }
 
@@ -643,7 +736,8 @@ impl Fast {
         (v[EST_LO], v[EST_HI]) = (est as u64, (est >> 64) as u64);
         v[EST_RATE] = r.esterror.rate.unwrap_or(0);
         v[LEAP_AT] = leap.map_or(0, |l| l.at_sec);
-        v[SMALL] = small_of(r.shift, r.time_type, status, tai_minus_utc, bounded, r.esterror, leap);
+        v[SMALL] = small_of(r.shift, r.time_type, status, tai_minus_utc, bounded, r.esterror, leap)
+            | if usable { USABLE } else { 0 };
         let g = self.gen.load(Ordering::Relaxed);
         if g & 1 != 0 || self.gen.compare_exchange(g, g + 1, Ordering::Acquire, Ordering::Relaxed).is_err() {
             return;
@@ -708,6 +802,36 @@ mod tests {
 
     fn fast(clock: &Clock<&PageBuf>, counter: u64) -> Option<Now> {
         clock.fast.read(&clock.mem.words()[..FIRST + COUNT], false, || counter).map(Loaded::now)
+    }
+
+    /// `Clock::cached` gives nothing before the first read, then the version's constants, whose
+    /// `time_at` and `maxerror_at` are the reading's; a page the cache does not serve gives
+    /// nothing.
+    #[test]
+    fn cached_gives_the_constants_of_the_version_read() {
+        if crate::counter::NATIVE == abi::counter_id::INVALID {
+            return;
+        }
+        let buf = PageBuf::new();
+        let c1 = 1 << 40;
+        Writer::new(&buf).publish(&synchronized_tai(crate::counter::NATIVE, c1, 1_000_000_000).build());
+        let clock = Clock::new(&buf);
+        assert_eq!(clock.cached(), None, "nothing read yet");
+        let now = clock.now_with_counter(|| c1 + 12_345).unwrap();
+        let c = clock.cached().expect("cached by the read");
+        assert_eq!((c.counter_value, c.time_type, c.tai_minus_utc, c.leap), (c1, abi::time_type::TAI, Some(37), None));
+        assert_eq!(c.seq, u32::from_le(buf.words()[SEQ_WORD].load(Ordering::Relaxed)));
+        assert_eq!(c.time_at(12_345), now.raw);
+        assert_eq!(c.maxerror_at(12_345), now.maxerror);
+        // Bounded at the reference only (no rate): the full copy's special case, never cached.
+        let buf = PageBuf::new();
+        let page = synchronized_tai(crate::counter::NATIVE, c1, 1_000_000_000)
+            .flag(flags::PERIOD_MAXERROR_VALID, false)
+            .build();
+        Writer::new(&buf).publish(&page);
+        let clock = Clock::new(&buf);
+        clock.now_with_counter(|| c1 + 5).unwrap();
+        assert_eq!(clock.cached(), None);
     }
 
     /// The second read of a page takes the cached constants and gives what the full copy

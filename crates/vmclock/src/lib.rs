@@ -37,7 +37,7 @@ pub mod time;
 pub use abi::VmclockAbi;
 pub use builder::{PageBuilder, Period};
 #[cfg(not(loom))]
-pub use clock::{now_at, Clock, Now};
+pub use clock::{now_at, Cached, Clock, Now};
 pub use error::{ClockError, PageError, ReadError, TimeError};
 #[cfg(not(loom))]
 pub use map::{Mapping, WritableMapping};

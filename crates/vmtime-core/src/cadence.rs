@@ -21,7 +21,8 @@
 //! rewrote it UNRELIABLE because the counter map has to be confirmed, a host that publishes
 //! the new map a little after the resume): the page that follows is the one the guest waits
 //! for. So for [`URGENT_FOR_NS`] after a check or an observation finds a new marker, and until
-//! a check finds the next update, the checks come every [`URGENT_CHECK_NS`] instead: a few
+//! a check finds an update while no disruption is pending, the checks come every
+//! [`URGENT_CHECK_NS`] instead: a few
 //! hundred loads per disruption, none at rest.
 //!
 //! Times are a monotonic clock's ns (any epoch); the caller reads the clock and the page.
@@ -186,9 +187,12 @@ impl Cadence {
     }
 
     /// A check at `now_ns` found `markers` (`None`: the page could not be read, or a writer was
-    /// mid-update: look again next time). Schedules the next check one interval later (a late
-    /// check is not caught up: no burst after a pause).
-    pub fn look(&mut self, now_ns: i128, markers: Option<Markers>) -> Look {
+    /// mid-update: look again next time), while a disruption is `pending` or not (the
+    /// follower's: seen, not acted on yet). Schedules the next check one interval later (a late
+    /// check is not caught up: no burst after a pause). An update ends the urgency only when no
+    /// disruption is pending: a relay may write more pages without time (another host update
+    /// before it knows the counter map) before the one the follower can act on.
+    pub fn look(&mut self, now_ns: i128, markers: Option<Markers>, pending: bool) -> Look {
         self.checks += 1;
         let found = match (markers, self.seen) {
             (None, _) | (Some(_), None) => Look::Same, // the first look only sets the baseline
@@ -198,7 +202,8 @@ impl Cadence {
         };
         match found {
             Look::Disrupted => self.urgent_until_ns = Some(now_ns + URGENT_FOR_NS),
-            Look::Updated => self.urgent_until_ns = None,
+            Look::Updated if !pending => self.urgent_until_ns = None,
+            Look::Updated => {}
             Look::Same => {}
         }
         let every = if self.urgent(now_ns) { URGENT_CHECK_NS.min(self.check_ns) } else { self.check_ns };
@@ -233,12 +238,12 @@ mod tests {
     fn checks_come_every_interval_and_a_late_one_is_not_caught_up() {
         let mut c = Cadence::new(20_000_000);
         assert!(c.due(5), "the first check is due at once");
-        assert_eq!(c.look(5, Some(m(2, 1, None))), Look::Same);
+        assert_eq!(c.look(5, Some(m(2, 1, None)), false), Look::Same);
         assert_eq!(c.next_check_ns(5), Some(20_000_005));
         assert!(!c.due(20_000_004) && c.due(20_000_005));
         // A check taken 10 s late (the machine was paused): the next is an interval after it.
         let late = 10_000_000_000;
-        assert_eq!(c.look(late, Some(m(2, 1, None))), Look::Same);
+        assert_eq!(c.look(late, Some(m(2, 1, None)), false), Look::Same);
         assert_eq!(c.next_check_ns(late), Some(late + 20_000_000));
         // A clock that went back (another epoch): never more than one interval away.
         assert_eq!(c.next_check_ns(0), Some(20_000_000));
@@ -249,16 +254,16 @@ mod tests {
     fn markers_decide_what_a_check_means() {
         let mut c = Cadence::default();
         c.seen(m(2, 7, Some(1)));
-        assert_eq!(c.look(0, Some(m(2, 7, Some(1)))), Look::Same);
-        assert_eq!(c.look(1, Some(m(4, 7, Some(1)))), Look::Updated);
-        assert_eq!(c.look(2, Some(m(6, 8, Some(1)))), Look::Disrupted, "a new disruption marker");
-        assert_eq!(c.look(3, Some(m(8, 8, Some(2)))), Look::Disrupted, "a new generation");
+        assert_eq!(c.look(0, Some(m(2, 7, Some(1))), false), Look::Same);
+        assert_eq!(c.look(1, Some(m(4, 7, Some(1))), false), Look::Updated);
+        assert_eq!(c.look(2, Some(m(6, 8, Some(1))), false), Look::Disrupted, "a new disruption marker");
+        assert_eq!(c.look(3, Some(m(8, 8, Some(2))), false), Look::Disrupted, "a new generation");
         // The same seq but another marker (a page rewritten from scratch by someone else).
-        assert_eq!(c.look(4, Some(m(8, 9, Some(2)))), Look::Disrupted);
+        assert_eq!(c.look(4, Some(m(8, 9, Some(2))), false), Look::Disrupted);
         // A generation that appears is not a restore; an unreadable page is nothing new.
-        assert_eq!(c.look(5, Some(m(10, 9, None))), Look::Updated);
-        assert_eq!(c.look(6, Some(m(12, 9, Some(5)))), Look::Updated);
-        assert_eq!(c.look(7, None), Look::Same);
+        assert_eq!(c.look(5, Some(m(10, 9, None)), false), Look::Updated);
+        assert_eq!(c.look(6, Some(m(12, 9, Some(5))), false), Look::Updated);
+        assert_eq!(c.look(7, None, false), Look::Same);
         assert_eq!(c.last_seen(), Some(m(12, 9, Some(5))));
     }
 
@@ -273,26 +278,45 @@ mod tests {
     #[test]
     fn after_a_new_marker_checks_are_urgent_until_the_next_update() {
         let mut c = Cadence::new(20_000_000);
-        assert_eq!(c.look(0, Some(m(2, 1, None))), Look::Same);
+        assert_eq!(c.look(0, Some(m(2, 1, None)), false), Look::Same);
         assert_eq!(c.next_check_ns(0), Some(20_000_000), "at rest: the interval");
         // A new marker on a page not usable yet: the next check comes in 1 ms, and again.
         let t = 20_000_000;
-        assert_eq!(c.look(t, Some(m(4, 2, None))), Look::Disrupted);
+        assert_eq!(c.look(t, Some(m(4, 2, None)), false), Look::Disrupted);
         assert!(c.urgent(t));
         assert_eq!(c.next_check_ns(t), Some(t + URGENT_CHECK_NS));
-        assert_eq!(c.look(t + URGENT_CHECK_NS, Some(m(4, 2, None))), Look::Same);
+        assert_eq!(c.look(t + URGENT_CHECK_NS, Some(m(4, 2, None)), false), Look::Same);
         assert_eq!(c.next_check_ns(t + URGENT_CHECK_NS), Some(t + 2 * URGENT_CHECK_NS));
         // The page that follows it ends the urgency: back to the interval.
         let u = t + 2 * URGENT_CHECK_NS;
-        assert_eq!(c.look(u, Some(m(6, 2, None))), Look::Updated);
+        assert_eq!(c.look(u, Some(m(6, 2, None)), false), Look::Updated);
         assert!(!c.urgent(u));
         assert_eq!(c.next_check_ns(u), Some(u + 20_000_000));
         // With no update at all, the urgency ends by itself after URGENT_FOR_NS.
         let v = u + 100_000_000;
-        assert_eq!(c.look(v, Some(m(8, 3, None))), Look::Disrupted);
+        assert_eq!(c.look(v, Some(m(8, 3, None)), false), Look::Disrupted);
         let late = v + URGENT_FOR_NS;
-        assert_eq!(c.look(late, Some(m(8, 3, None))), Look::Same);
+        assert_eq!(c.look(late, Some(m(8, 3, None)), false), Look::Same);
         assert_eq!(c.next_check_ns(late), Some(late + 20_000_000));
+    }
+
+    #[test]
+    fn updates_while_a_disruption_is_pending_keep_the_checks_urgent() {
+        let mut c = Cadence::new(40_000_000);
+        assert_eq!(c.look(0, Some(m(2, 1, None)), false), Look::Same);
+        let t = 40_000_000;
+        assert_eq!(c.look(t, Some(m(4, 2, None)), false), Look::Disrupted);
+        // A second page without time (the host's next update, the map still unknown): the
+        // follower's disruption is still pending, so the page after it is looked for every 1 ms.
+        let u = t + 5 * URGENT_CHECK_NS;
+        assert_eq!(c.look(u, Some(m(6, 2, None)), true), Look::Updated);
+        assert!(c.urgent(u));
+        assert_eq!(c.next_check_ns(u), Some(u + URGENT_CHECK_NS));
+        // The page it acted on was seen; the next update with nothing pending: at rest again.
+        let v = u + 3 * URGENT_CHECK_NS;
+        assert_eq!(c.look(v, Some(m(8, 2, None)), false), Look::Updated);
+        assert!(!c.urgent(v));
+        assert_eq!(c.next_check_ns(v), Some(v + 40_000_000));
     }
 
     #[test]
@@ -300,14 +324,14 @@ mod tests {
         let mut c = Cadence::new(20_000_000);
         c.seen_at(0, m(2, 1, None));
         assert!(!c.urgent(0), "the first page is no disruption");
-        c.look(0, Some(m(2, 1, None)));
+        c.look(0, Some(m(2, 1, None)), false);
         c.seen_at(5_000_000, m(4, 2, None));
         assert!(c.urgent(5_000_000));
         assert_eq!(c.next_check_ns(5_000_000), Some(5_000_000 + URGENT_CHECK_NS));
         // An ordinary update seen by an observation changes nothing.
         let mut d = Cadence::new(20_000_000);
         d.seen_at(0, m(2, 1, None));
-        d.look(0, Some(m(2, 1, None)));
+        d.look(0, Some(m(2, 1, None)), false);
         d.seen_at(5_000_000, m(4, 1, None));
         assert!(!d.urgent(5_000_000));
         assert_eq!(d.next_check_ns(5_000_000), Some(20_000_000));
@@ -316,7 +340,7 @@ mod tests {
     #[test]
     fn a_notifying_source_needs_no_checks_until_it_stops() {
         let mut c = Cadence::new(20_000_000);
-        c.look(0, Some(m(2, 1, None)));
+        c.look(0, Some(m(2, 1, None)), false);
         c.set_notified(true);
         assert_eq!(c.next_check_ns(100), None);
         assert!(!c.due(1 << 40));

@@ -366,7 +366,8 @@ impl Chain {
             None => notified,
             Some(c) if c.due(now) => {
                 let m = g.page.filter(|_| g.source_up).map(|p| Markers::of(&p));
-                c.look(now, m).observe_now(g.discipline.disruption_pending())
+                let pending = g.discipline.disruption_pending();
+                c.look(now, m, pending).observe_now(pending)
             }
             Some(_) => false,
         };

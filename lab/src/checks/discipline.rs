@@ -25,10 +25,13 @@ pub(super) struct Row {
 /// a guest clock set to 2001, in seconds from the script's start (its counter stamp): the first
 /// echo that saw |guest CLOCK_REALTIME − host| + noise floor < 1 ms, `--once`'s exit and
 /// `waitsync`'s exit (their exit statuses), and the same 1 ms from the lab's command (its serial
-/// round trip included).
+/// round trip included). `to_1ms_s`, the boot figure, is from the stamp taken just before
+/// `vmtime sync --once` starts (`exec`): the script's first stamp is earlier by one more start of
+/// a static binary (the stamp itself), which is the lab's, not vmtime's.
 #[derive(Clone, Debug)]
 pub(super) struct BootStart {
     pub(super) to_1ms_s: f64,
+    pub(super) script_to_1ms_s: f64,
     pub(super) exec_s: f64,
     pub(super) once_s: f64,
     pub(super) once_rc: i64,
@@ -37,8 +40,8 @@ pub(super) struct BootStart {
     pub(super) from_command_s: f64,
 }
 
-/// The boot figure's limit: `vmtime sync` starting → |CLOCK_REALTIME − host| < 1 ms, p99 over
-/// the starts (the issue's aim).
+/// The boot figure's limit: `vmtime sync` starting (the `exec` stamp) → |CLOCK_REALTIME − host|
+/// < 1 ms, p99 over the starts (the issue's aim).
 pub(super) const TO_1MS_LIMIT_S: f64 = 0.1;
 
 /// How many times the stock guest's `vmtime sync` starts from 2001 (the boot, then restarts).
@@ -152,9 +155,11 @@ impl Lab {
         let s = |c: u64| c.wrapping_sub(start) as i64 as f64 / self.hz;
         // The echo's counter midway between the guest's two counter reads around its clock read.
         let at = hit.guest_counter.wrapping_add(hit.guest_counter_after.wrapping_sub(hit.guest_counter) / 2);
+        let exec_s = s(word("exec", 1)?);
         Ok(BootStart {
-            to_1ms_s: s(at),
-            exec_s: s(word("exec", 1)?),
+            to_1ms_s: s(at) - exec_s,
+            script_to_1ms_s: s(at),
+            exec_s,
             once_s: s(word("once", 2)?),
             once_rc: word("once", 1)? as i64,
             waitsync_s: s(word("waitsync", 2)?),
@@ -187,7 +192,7 @@ impl Lab {
             let (o50, o99, _) = super::quantiles(once);
             line.push_str(&format!(
                 "; {} starts from 2001 (lab/guest/timesync: sync --once, waitsync, daemon): within 1 ms of the host \
-                 p50 {p50:.1} ms p99 {p99:.1} ms max {max:.1} ms after the start (limit {:.0} ms; `--once` exited after \
+                 p50 {p50:.1} ms p99 {p99:.1} ms max {max:.1} ms after `vmtime sync --once` started (limit {:.0} ms; `--once` exited after \
                  p50 {o50:.1} ms p99 {o99:.1} ms); each {:?} ms",
                 v.len(),
                 TO_1MS_LIMIT_S * 1e3,

@@ -198,8 +198,8 @@ fn run_setup(
             if !row.starts.is_empty() {
                 // Which binary the guest's `vmtime` (sync --once, waitsync, the daemon) was.
                 j["guest_vmtime"] = guest_binary(a);
-                // vmtime sync: every start from 2001, timed from the guest's stamp at the start of
-                // lab/guest/timesync (not the lab's serial command).
+                // vmtime sync: every start from 2001, timed from the guest's stamp just before
+                // `vmtime sync --once` starts (not the lab's serial command).
                 let v: Vec<f64> = row.starts.iter().map(|b| b.to_1ms_s).collect();
                 let (p50, p99, max) = quantiles(v.clone());
                 let r3 = |x: f64| (x * 1e3).round() / 1e3;
@@ -214,6 +214,7 @@ fn run_setup(
                     .iter()
                     .map(|b| serde_json::json!({
                         "to_1ms_s": r3(b.to_1ms_s),
+                        "script_to_1ms_s": r3(b.script_to_1ms_s),
                         "exec_s": r3(b.exec_s),
                         "once_s": r3(b.once_s),
                         "once_rc": b.once_rc,

@@ -393,16 +393,22 @@ impl Discipline {
         out
     }
 
-    /// One observation.
-    pub fn handle_observation(&mut self, obs: &SyncObservation<'_>) -> Vec<SyncAction> {
+    /// A page read whole that gives no time for this machine's counter (no time fields, no
+    /// counter, another CPU's counter): its markers still count. A new
+    /// marker makes the disruption pending ([`Discipline::disruption_pending`]), so the page
+    /// that follows with time is observed at once and stepped from, and a new VM generation
+    /// runs the hook; then the holdover of [`Discipline::handle_source_lost`].
+    pub fn handle_timeless_page(&mut self, page: &Snapshot, kernel: &KernelTimex) -> Vec<SyncAction> {
         let mut out = Vec::new();
-        let page = &obs.page;
-        // A usable, bounded source: synchronised, or free-running (followed, kernel left unsynchronised).
-        let synchronized = page.clock_status() == Some(status::SYNCHRONIZED);
-        let usable = (synchronized || page.clock_status() == Some(status::FREERUNNING))
-            && page.reference().is_ok()
-            && page.time_maxerror_ns().is_some();
-        // Markers first: a disruption is acted on even in holdover.
+        self.note_markers(page, &mut out);
+        self.lost = true;
+        self.holdover(kernel, &mut out);
+        out
+    }
+
+    /// The page's markers against those seen last: a new disruption marker or VM generation
+    /// allows a step of any size until the next update, and a new generation runs the hook.
+    fn note_markers(&mut self, page: &Snapshot, out: &mut Vec<SyncAction>) {
         let marker_changed = self.marker.is_some_and(|m| m != page.disruption_marker());
         let generation_changed = page.vm_generation_counter().is_some()
             && self.generation.is_some_and(|g| Some(g) != page.vm_generation_counter());
@@ -418,6 +424,19 @@ impl Discipline {
         if generation_changed {
             out.push(SyncAction::RunHook);
         }
+    }
+
+    /// One observation.
+    pub fn handle_observation(&mut self, obs: &SyncObservation<'_>) -> Vec<SyncAction> {
+        let mut out = Vec::new();
+        let page = &obs.page;
+        // A usable, bounded source: synchronised, or free-running (followed, kernel left unsynchronised).
+        let synchronized = page.clock_status() == Some(status::SYNCHRONIZED);
+        let usable = (synchronized || page.clock_status() == Some(status::FREERUNNING))
+            && page.reference().is_ok()
+            && page.time_maxerror_ns().is_some();
+        // Markers first: a disruption is acted on even in holdover.
+        self.note_markers(page, &mut out);
         // Calibration of RAW against the counter (its slope survives counter jumps).
         let base = *self.raw_base.get_or_insert(obs.raw);
         let d_raw = obs.raw.mid_ns() - base.mid_ns();

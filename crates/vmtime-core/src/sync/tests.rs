@@ -413,3 +413,46 @@ fn tick_and_freq_split() {
     assert_eq!(t, 9_988);
     assert!(((t - 10_000) as f64 * 100_000.0 + f as f64 / 65.536 - -1_234_567.0).abs() < 0.02);
 }
+
+/// A page read whole that gives no time for this machine's counter (no time fields, another
+/// counter) but carries a new marker: the marker must count, so the page with time that follows
+/// is observed at once (pending) and stepped from, and a new generation runs the hook.
+#[test]
+fn a_new_marker_on_a_page_without_time_makes_the_next_page_urgent() {
+    const MS: i128 = 1_000_000;
+    let mut w = World::new();
+    w.kernel_off_ns = -5 * MS;
+    assert_eq!(stepped(&w.observe(0)), Some(5 * MS as i64), "start-up");
+    for t in 1..5 {
+        w.observe(t);
+    }
+    assert!(!w.d.disruption_pending());
+    // The guest was stopped 300 ms (its clock stood still); a page without time comes first.
+    w.kernel_off_ns -= 300 * MS;
+    let placeholder = PageBuilder::new()
+        .constants(counter_id::X86_TSC, vmclock::abi::time_type::TAI)
+        .status(status::UNRELIABLE)
+        .disruption_marker(w.marker + 1)
+        .vm_generation(w.generation)
+        .build();
+    let placeholder = Snapshot::new(placeholder, 4096).unwrap();
+    let acts = w.d.handle_timeless_page(&placeholder, &KernelTimex::default());
+    assert_eq!(stepped(&acts), None, "no time: nothing to step to");
+    assert!(w.d.disruption_pending(), "the next page with time must be observed at once");
+    assert_eq!(w.d.status().disruptions, 1);
+    // The page with the new map and the same new marker: a step, whatever its size.
+    w.marker += 1;
+    assert_eq!(stepped(&w.observe(5)), Some(300 * MS as i64));
+    assert!(!w.d.disruption_pending());
+    assert_eq!(w.d.status().disruptions, 1, "one disruption, counted once");
+    // A placeholder with a new VM generation runs the hook (a restore before the map is known).
+    w.generation += 1;
+    let restored = PageBuilder::new()
+        .constants(counter_id::X86_TSC, vmclock::abi::time_type::TAI)
+        .status(status::UNRELIABLE)
+        .disruption_marker(w.marker)
+        .vm_generation(w.generation)
+        .build();
+    let acts = w.d.handle_timeless_page(&Snapshot::new(restored, 4096).unwrap(), &KernelTimex::default());
+    assert!(acts.contains(&SyncAction::RunHook), "{acts:?}");
+}

@@ -70,7 +70,7 @@ impl MarkerPace {
     /// A look at the markers when due (loads from the mapped page): whether to observe now.
     pub(crate) fn look(&mut self, page: Option<&mut vmtime_sys::follow::FollowedPage>, pending: bool) -> bool {
         let (Some(page), Ok(mono)) = (page, mono_ns()) else { return self.looked };
-        self.looked |= self.cadence.due(mono) && self.cadence.look(mono, page.markers()).observe_now(pending);
+        self.looked |= self.cadence.due(mono) && self.cadence.look(mono, page.markers(), pending).observe_now(pending);
         self.looked
     }
 
@@ -86,7 +86,7 @@ impl MarkerPace {
             let seen = &*p;
             if self.notes.readable(|| seen.read().map_or(u32::MAX, |s| s.seq_count())) {
                 let mono = mono_ns()?;
-                self.looked |= self.cadence.look(mono, p.markers()).observe_now(pending);
+                self.looked |= self.cadence.look(mono, p.markers(), pending).observe_now(pending);
             }
             self.cadence.set_notified(self.notes.device.is_some());
         }

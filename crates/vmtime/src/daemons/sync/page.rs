@@ -94,6 +94,18 @@ pub(super) struct Sync {
 }
 
 impl Sync {
+    /// Says so when the page's disruption marker is not the one seen last.
+    fn warn_marker(&mut self, page: &vmclock::Snapshot) {
+        if self.last_marker.is_some_and(|m| m != page.disruption_marker()) {
+            tracing::warn!(
+                "disruption marker changed: {:#x} → {:#x}",
+                self.last_marker.unwrap_or(0),
+                page.disruption_marker()
+            );
+        }
+        self.last_marker = Some(page.disruption_marker());
+    }
+
     fn apply(&mut self, actions: Vec<SyncAction>) -> Result<()> {
         for a in actions {
             self.applied += 1;
@@ -152,24 +164,27 @@ impl Sync {
         let (page, (raw, samples)) = match got {
             Ok(Some((p, s))) if gives_time(&p, vmclock::counter::NATIVE) => (p, s),
             other => {
-                match &other {
-                    Ok(Some((p, _))) => self.m.page_seen(p),
-                    _ => self.m.page_lost(),
-                }
-                let a = self.discipline.handle_source_lost(&kernel);
+                let a = match &other {
+                    // Read whole, but no time for this counter (no time fields, no counter):
+                    // its markers still count, so the page with time that follows a new
+                    // marker is observed at once.
+                    Ok(Some((p, _))) => {
+                        self.m.page_seen(p);
+                        self.warn_marker(p);
+                        self.cadence.seen_at(crate::daemons::mono_ns()?, Markers::of(p));
+                        self.discipline.handle_timeless_page(p, &kernel)
+                    }
+                    _ => {
+                        self.m.page_lost();
+                        self.discipline.handle_source_lost(&kernel)
+                    }
+                };
                 self.log_notices();
                 self.m.discipline(self.discipline.status(), false);
                 return self.apply(a);
             }
         };
-        if self.last_marker.is_some_and(|m| m != page.disruption_marker()) {
-            tracing::warn!(
-                "disruption marker changed: {:#x} → {:#x}",
-                self.last_marker.unwrap_or(0),
-                page.disruption_marker()
-            );
-        }
-        self.last_marker = Some(page.disruption_marker());
+        self.warn_marker(&page);
         // A new marker found here (before any check did) makes the checks urgent too.
         self.cadence.seen_at(crate::daemons::mono_ns()?, Markers::of(&page));
         self.m.page_seen(&page);
@@ -189,8 +204,9 @@ impl Sync {
         if !self.cadence.due(mono) {
             return false;
         }
-        let look = self.cadence.look(mono, self.page.markers());
-        let now = look.observe_now(self.discipline.disruption_pending());
+        let pending = self.discipline.disruption_pending();
+        let look = self.cadence.look(mono, self.page.markers(), pending);
+        let now = look.observe_now(pending);
         if now {
             tracing::debug!("the page's check found {look:?}: observing now");
         }
