@@ -91,7 +91,7 @@ static inline __attribute__((always_inline)) int vmclock_reader_try_at(const str
   uint64_t c1 = VMCLOCK_LD_(&r->counter_value);
   uint64_t d = counter - c1;
   uint64_t tol = d + ((uint64_t)1 << 32);
-  uint64_t pe_lo, pe_hi, pl_lo, pl_hi, el, eh, ll, lh, w08_seq, pc1, info, marker;
+  uint64_t pe_lo, pe_hi, pl_lo, pl_hi, el, eh, ll, lh, w08_seq, pc1, info, marker, key;
   uint32_t g2;
   int bad;
   /* A + K*dC in 64-bit halves (what compilers do best); K < 2^64 (the library publishes no
@@ -107,11 +107,14 @@ static inline __attribute__((always_inline)) int vmclock_reader_try_at(const str
   pc1 = c1 ^ VMCLOCK_LD_((const uint64_t *)(const void *)(page + 10));
   info = VMCLOCK_LD_(&r->info);
   marker = VMCLOCK_LD_(&r->disruption_marker);
+  /* The key too inside the publication's window: read after g2, a newer publication's key
+   * (a new marker on the same counter_value) could vouch for this one's figures. */
+  key = VMCLOCK_LD_(&r->key);
   __atomic_thread_fence(__ATOMIC_ACQUIRE);
   /* The word at 0x08 and seq_count (0x0c) in one load (little-endian). */
   w08_seq = VMCLOCK_LD_((const uint64_t *)(const void *)(page + 2));
   g2 = VMCLOCK_LD_(&r->gen);
-  if (bad | (pc1 != 0) | ((w08_seq ^ VMCLOCK_LD_(&r->key)) != 0) | ((uint32_t)(w08_seq >> 32) != s1) |
+  if (bad | (pc1 != 0) | ((w08_seq ^ key) != 0) | ((uint32_t)(w08_seq >> 32) != s1) |
       (g1 != g2) | (g1 & 1))
     return VMCLOCK_READER_DECLINED;
   out->earliest_ns = (int64_t)eh;
@@ -136,7 +139,8 @@ static inline __attribute__((always_inline)) int vmclock_now_bounds_inline(const
     return vmclock_reader_now_bounds(r, out);
   s1 = __atomic_load_n(&page[3], __ATOMIC_ACQUIRE);
   /* RDTSCP waits for every earlier instruction (the seq_count load, an input here) before
-   * reading; the page pointer passes through it, so the second seq_count load comes after. */
+   * reading; the page pointer passes through it, so the compiler places the second seq_count
+   * load after it (the same ordering as the kernel's rdtsc_ordered() and the Rust read). */
   __asm__ __volatile__("rdtscp" : "=a"(lo), "=d"(hi), "=c"(aux), "+r"(page) : "r"(s1));
   (void)aux;
   if (vmclock_reader_try_at(r, page, s1, ((uint64_t)hi << 32) | lo, out) == 0)
