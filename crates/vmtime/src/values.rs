@@ -525,9 +525,74 @@ fn text(r: std::io::Result<Vec<u8>>) -> std::io::Result<String> {
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text: not a vmtime text file"))
 }
 
+/// Defines a value type whose allowed set is a range with exceptions (`$ok` says which values
+/// of `$t` are allowed; `$allowed` says so in words), parsed like the integers above.
+macro_rules! picked_value {
+    ($(#[$m:meta])* $name:ident: $t:ty, $ok:expr, $allowed:expr) => {
+        $(#[$m])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub struct $name($t);
+
+        impl $name {
+            /// The value, if it is allowed.
+            pub fn new(v: $t) -> Option<Self> {
+                let ok: fn($t) -> bool = $ok;
+                ok(v).then_some($name(v))
+            }
+
+            /// The value.
+            pub const fn get(self) -> $t {
+                self.0
+            }
+
+            /// What is allowed, in words.
+            pub fn allowed() -> String {
+                $allowed.to_string()
+            }
+
+            /// The registry entry.
+            pub const NUMERIC: Numeric =
+                Numeric { type_id: std::any::TypeId::of::<$name>, allowed: $name::allowed, accepts: |s| s.parse::<$name>().is_ok() };
+        }
+
+        impl FromStr for $name {
+            type Err = ValueError;
+            fn from_str(s: &str) -> Result<Self, ValueError> {
+                parse_int(s)
+                    .and_then(|v| <$t>::try_from(v).ok())
+                    .and_then(Self::new)
+                    .ok_or_else(|| ValueError { got: s.to_string(), allowed: Self::allowed() })
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+    };
+}
+
+picked_value!(
+    /// A 16550 UART's I/O base for the doorbell (`vmtime qemu --notify-io`): eight ports, so
+    /// 8-aligned, above the legacy PC's own (the PICs, the PIT, the keyboard).
+    UartIoBase: u16,
+    |v| v % 8 == 0 && (0x100..=0xfff8).contains(&v),
+    "an 8-aligned I/O port in [0x100, 0xfff8] (0x2f8 is COM2, 0x3e8 COM3, 0x2e8 COM4)"
+);
+picked_value!(
+    /// The doorbell UART's ISA interrupt (`vmtime qemu --notify-irq`): 3–15, except 8 (the RTC)
+    /// and 9 (ACPI's SCI).
+    IsaIrq: u8,
+    |v| (3..=15).contains(&v) && v != 8 && v != 9,
+    "an ISA interrupt in [3, 15] other than 8 (RTC) and 9 (ACPI SCI)"
+);
+
 /// Every numeric value type: `vmtime` adds the range to each flag's help, lets each take a value
 /// starting with '-' (so -5 is a number, not a flag), and the hostile-input test finds them here.
 pub const NUMERIC: &[Numeric] = &[
+    UartIoBase::NUMERIC,
+    IsaIrq::NUMERIC,
     IntervalMs::NUMERIC,
     PciSlot::NUMERIC,
     PollMs::NUMERIC,

@@ -51,33 +51,11 @@ pub struct Args {
     #[arg(long, value_name = "SOCKET")]
     notify: Option<PathBuf>,
     /// The doorbell UART's I/O base (a free 16550 slot: 0x2f8 is COM2, 0x3e8 COM3, 0x2e8 COM4).
-    #[arg(long, default_value = "0x2f8", value_parser = parse_io_base, requires = "notify")]
-    notify_io: u16,
+    #[arg(long, default_value = "0x2f8", requires = "notify")]
+    notify_io: crate::values::UartIoBase,
     /// The doorbell UART's ISA interrupt (3–15 except 8 and 9; COM2 uses 3).
-    #[arg(long, default_value = "3", value_parser = parse_isa_irq, requires = "notify")]
-    notify_irq: u8,
-}
-
-/// An I/O base for a 16550 (eight ports, 8-aligned), decimal or 0x-hex.
-fn parse_io_base(s: &str) -> Result<u16, String> {
-    let v = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
-        Some(h) => u16::from_str_radix(h, 16),
-        None => s.parse(),
-    }
-    .map_err(|e| format!("{s:?} is not an I/O port ({e}); give e.g. 0x2f8"))?;
-    if v % 8 != 0 || !(0x100..=0xfff8).contains(&v) {
-        return Err(format!("{v:#x} is not a UART's I/O base: use an 8-aligned port in 0x100–0xfff8, e.g. 0x2f8"));
-    }
-    Ok(v)
-}
-
-/// An ISA interrupt a UART may raise: 3–15, except 8 (the RTC) and 9 (ACPI's SCI).
-fn parse_isa_irq(s: &str) -> Result<u8, String> {
-    let v: u8 = s.parse().map_err(|e| format!("{s:?} is not an ISA interrupt ({e}); give e.g. 3"))?;
-    if !(3..=15).contains(&v) || v == 8 || v == 9 {
-        return Err(format!("ISA interrupt {v} cannot be the doorbell's: use 3–15 except 8 (RTC) and 9 (ACPI SCI)"));
-    }
-    Ok(v)
+    #[arg(long, default_value = "3", requires = "notify")]
+    notify_irq: crate::values::IsaIrq,
 }
 
 /// PCI vendor and device ID of QEMU's ivshmem (Red Hat 0x1af4, 0x1110), as config dword 0.
@@ -158,8 +136,12 @@ pub fn ssdt(spec: SsdtSpec) -> Result<Vec<u8>> {
         bail!("a region of {} bytes cannot be an ivshmem BAR: it must be a power of two ≥ 4096", spec.len);
     }
     if let Some(d) = spec.doorbell {
-        parse_io_base(&d.io.to_string()).map_err(anyhow::Error::msg)?;
-        parse_isa_irq(&d.irq.to_string()).map_err(anyhow::Error::msg)?;
+        if crate::values::UartIoBase::new(d.io).is_none() {
+            bail!("{:#x} is not a doorbell UART's I/O base: {}", d.io, crate::values::UartIoBase::allowed());
+        }
+        if crate::values::IsaIrq::new(d.irq).is_none() {
+            bail!("ISA interrupt {} cannot be the doorbell's: {}", d.irq, crate::values::IsaIrq::allowed());
+        }
     }
     let mut body = Vec::new();
     // QEMU's DSDT already has a node for a device on the root bus ("S" + devfn in hex, with its
@@ -402,7 +384,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let meta = std::fs::metadata(&a.page).with_context(|| {
         format!("page file {}: cannot read it; start `vmtime relay --guest-page` first", a.page.display())
     })?;
-    let doorbell = a.notify.as_ref().map(|_| Doorbell { io: a.notify_io, irq: a.notify_irq });
+    let doorbell = a.notify.as_ref().map(|_| Doorbell { io: a.notify_io.get(), irq: a.notify_irq.get() });
     let spec = SsdtSpec { slot: a.slot.get(), len: meta.len(), migratable: a.migratable, doorbell };
     if !meta.is_file() {
         bail!("page file {}: not a regular file", a.page.display());
@@ -523,14 +505,16 @@ mod doorbell_tests {
 
     #[test]
     fn doorbell_ports_and_interrupts_are_checked() {
-        assert_eq!(parse_io_base("0x2f8"), Ok(0x2f8));
-        assert_eq!(parse_io_base("1000"), Ok(1000));
-        assert!(parse_io_base("0x2f9").is_err(), "not 8-aligned");
-        assert!(parse_io_base("0x10000").is_err());
-        assert!(parse_io_base("0x20").is_err(), "the PIC's ports");
-        assert_eq!(parse_isa_irq("3"), Ok(3));
-        for bad in ["0", "2", "8", "9", "16", "x"] {
-            assert!(parse_isa_irq(bad).is_err(), "{bad}");
+        use crate::values::{IsaIrq, UartIoBase};
+        let io = |s: &str| s.parse::<UartIoBase>().map(UartIoBase::get);
+        assert_eq!(io("0x2f8"), Ok(0x2f8));
+        assert_eq!(io("1000"), Ok(1000));
+        assert!(io("0x2f9").is_err(), "not 8-aligned");
+        assert!(io("0x10000").is_err());
+        assert!(io("0x20").is_err(), "the PIC's ports");
+        assert_eq!("3".parse::<IsaIrq>().map(IsaIrq::get), Ok(3));
+        for bad in ["0", "2", "8", "9", "16", "x", "-3"] {
+            assert!(bad.parse::<IsaIrq>().is_err(), "{bad}");
         }
         let bad = SsdtSpec { doorbell: Some(Doorbell { io: 0x2f8, irq: 9 }), migratable: false, slot: 4, len: 4096 };
         assert!(ssdt(bad).is_err());

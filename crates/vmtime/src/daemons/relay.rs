@@ -221,6 +221,14 @@ impl Relay {
                 vmtime_sys::doorbell::Ring::Full => {
                     Some("the socket is full (the VMM or the guest does not take the bytes): rings are dropped".to_string())
                 }
+                vmtime_sys::doorbell::Ring::NotConnected(Some(e))
+                    if std::io::Error::from(e).kind() == std::io::ErrorKind::PermissionDenied =>
+                {
+                    Some(format!(
+                        "cannot connect ({e}): the socket (or its directory) must be writable by this relay's user; give it to a group both the VMM and the relay are in (retrying at the next page, at most every {} ms)",
+                        vmtime_sys::doorbell::RETRY.as_millis()
+                    ))
+                }
                 vmtime_sys::doorbell::Ring::NotConnected(Some(e)) => Some(format!(
                     "cannot connect ({e}): is the VMM running with `vmtime qemu --notify` on this socket? (retrying at the next page, at most every {} ms)",
                     vmtime_sys::doorbell::RETRY.as_millis()
