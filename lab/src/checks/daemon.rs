@@ -95,3 +95,14 @@ pub(crate) fn relay_daemon(
     }
     Ok(d)
 }
+
+/// One request to a daemon's control socket (`line`), its answer; an answer with an error is
+/// an error.
+pub(crate) fn tell(socket: &Path, line: &str) -> Result<serde_json::Value> {
+    let (l, _) = vmtime_sys::serve::request(socket, line, std::time::Duration::from_secs(5))?;
+    let v: serde_json::Value = serde_json::from_str(&l)?;
+    if let Some(e) = v.get("error") {
+        anyhow::bail!("{}: `{line}`: {e}", socket.display());
+    }
+    Ok(v)
+}

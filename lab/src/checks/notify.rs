@@ -21,6 +21,13 @@ const FORCED: usize = 16;
 const IDLE_AIM_PCT: f64 = 0.05;
 
 /// A `vmtime status --json` answer from the guest.
+/// The first echo that saw the guest's clock within 1 ms (from a start), and how many echoes
+/// were clean enough (round trip under the noise cap) to judge it.
+struct Within {
+    at: Option<Duration>,
+    clean: usize,
+}
+
 fn status(lab: &mut Lab, socket: &str) -> Result<serde_json::Value> {
     let out = lab.vm.sh_ok(&format!("vmtime status --socket {socket} --json"), 10 * SEC)?;
     serde_json::from_str(out.trim()).with_context(|| format!("status of {socket}: {out}"))
@@ -82,18 +89,22 @@ impl Lab {
     }
 
     /// From `t0`: until a clean echo (2 ms apart) sees the guest within 1 ms (None: not in 10 s).
-    fn within_1ms_from(&mut self, t0: Instant) -> Result<Option<Duration>> {
+    fn within_1ms_from(&mut self, t0: Instant) -> Result<Within> {
+        let mut clean = 0usize;
         while t0.elapsed() < 10 * SEC {
             let e = self.mailbox()?.ask()?;
-            if e.clock_noise() <= super::NOISE_CAP_NS && e.clock_error().abs() + e.clock_noise() < 1_000_000 {
-                return Ok(Some(t0.elapsed()));
+            if e.clock_noise() <= super::NOISE_CAP_NS {
+                clean += 1;
+                if e.clock_error().abs() + e.clock_noise() < 1_000_000 {
+                    return Ok(Within { at: Some(t0.elapsed()), clean });
+                }
             }
             std::thread::sleep(Duration::from_millis(2)); // a sampling interval
         }
-        Ok(None)
+        Ok(Within { at: None, clean })
     }
 
-    /// 10. The notifying device: the driver installs its notification handler (the page says
+    /// 12. The notifying device: the driver installs its notification handler (the page says
     ///     NOTIFICATION_PRESENT at probe), the doorbell's interrupt is the Generic Event Device's,
     ///     `vmtime sync` on /dev/vmclock0 is notified and makes no marker checks, poll() wakes on
     ///     the relay's updates, each savevm/loadvm restore reaches sync through the notification,
@@ -215,9 +226,10 @@ impl Lab {
         self.vm.qmp("cont", serde_json::json!({}))?;
         let o = self.remeasure()?;
         self.tell_relay(&format!("migrated {}", o.ticks as i64))?;
-        ensure!(self.within_1ms_from(Instant::now())?.is_some(), "not within 1 ms after the snapshot");
+        ensure!(self.within_1ms_from(Instant::now())?.at.is_some(), "not within 1 ms after the snapshot");
         let (mut detect_ms, mut to1_told_ms, mut to1_cont_ms) = (Vec::new(), Vec::new(), Vec::new());
         let mut notes = Vec::new();
+        let mut unmeasured = 0usize;
         for k in 0..RESTORES {
             let overwrites = self.tell_relay("status")?["overwrites"].as_u64().unwrap_or(0);
             self.vm.qmp("stop", serde_json::json!({}))?;
@@ -245,11 +257,16 @@ impl Lab {
             let marker2 = told["state"]["disruption_marker"].as_u64().context("marker")?;
             let to1 = self.within_1ms_from(t_told)?;
             match to1 {
-                Some(d) => {
+                Within { at: Some(d), .. } => {
                     to1_told_ms.push(d.as_secs_f64() * 1e3);
                     to1_cont_ms.push((t_told - t_cont + d).as_secs_f64() * 1e3);
                 }
-                None => notes.push(format!("restore {k}: not within 1 ms 10 s after the map was told")),
+                // Every echo's round trip was too slow to judge 1 ms (a loaded machine): the
+                // guest's clock could not be measured, which is not a clock found wrong.
+                Within { at: None, clean: 0 } => unmeasured += 1,
+                Within { at: None, clean } => notes.push(format!(
+                    "restore {k}: not within 1 ms 10 s after the map was told ({clean} echoes clean enough to judge)"
+                )),
             }
             // The guest's first poll() wake-up on a page written after the snapshot was loaded
             // (its log went back with the VM), in this machine's counter: from `cont`.
@@ -281,7 +298,8 @@ impl Lab {
             && updates > 0
             && new_wakes * 10 >= updates * 9
             && detect_ms.len() == RESTORES
-            && to1_told_ms.len() == RESTORES;
+            && to1_told_ms.len() + unmeasured == RESTORES
+            && to1_told_ms.len() * 2 >= RESTORES;
         self.figures = Some(serde_json::json!({
             "ged_interrupt": ged_line,
             "ged_interrupts": ged2,
@@ -311,6 +329,7 @@ impl Lab {
             "to_1ms_from_told_ms_max": r1(tmax),
             "to_1ms_from_cont_ms_p50": r1(c50),
             "to_1ms_from_cont_ms_p99": r1(c99),
+            "to_1ms_unmeasured": unmeasured,
             "relay_doorbell": relay["doorbell"],
             "notes": notes,
             "load_average": loadavg(),
@@ -335,6 +354,11 @@ impl Lab {
             c99,
             if notes.is_empty() { String::new() } else { format!("; {}", notes.join("; ")) }
         );
+        let summary = if unmeasured > 0 {
+            format!("{summary}; {unmeasured} restores not measurable (no echo clean enough to judge 1 ms in 10 s)")
+        } else {
+            summary
+        };
         ensure!(pass, "{summary}; sync status after: {s2}");
         Ok(summary)
     }
