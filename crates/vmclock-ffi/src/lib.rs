@@ -576,59 +576,75 @@ pub fn now_inline(c: &vmclock, out: &mut MaybeUninit<vmclock_now>) -> c_int {
     read(&c.clock, || c.protection.as_ref().is_some_and(|p| p.gone()), vmclock_rs::counter::read, out)
 }
 
-/// One reading as `vmclock_now` gives it, written to `out` (0), or a VMCLOCK_E_* code (`out`
-/// untouched): the page read with `read_counter` inside the seqlock (`Clock::now_with_counter`),
-/// `VMCLOCK_E_GONE` when `gone()` says the page file vanished (asked after the read, so a copy
-/// that met the zero page is never returned), then the UTC fields.
-///
-/// Shaped for the compiler (the cost per call halved, docs/BENCHMARKS.md): the uncontended
-/// attempt alone is inlined here and its `Now` used at once, and the struct is built in one
-/// expression and written straight to `out`. Before, the `Result<Now, ClockError>` of the full
-/// read (whose retry path returns through memory) and a finished `struct vmclock_now` went
-/// through the stack and were loaded back in other widths: store-forwarding stalls.
-#[inline(always)]
-fn read<M: vmclock_rs::PageMemory>(
-    clock: &Clock<M>,
-    gone: impl Fn() -> bool,
-    mut read_counter: impl FnMut() -> u64,
-    out: &mut MaybeUninit<vmclock_now>,
-) -> c_int {
-    match clock.try_now_with_counter(&mut read_counter) {
-        Some(Ok(now)) if !gone() => fill(&now, out),
-        Some(Ok(_)) => VMCLOCK_E_GONE,
-        Some(Err(e)) => {
-            if gone() {
-                VMCLOCK_E_GONE
-            } else {
-                time_code(&e)
+/// The read paths of one C entry point: `$read`, whose uncontended attempt is inlined into the
+/// entry point, and its cold `$contended` (the full read: retries, the once-per-mapping checks),
+/// both ending in `$fill`. A macro rather than one function generic over the fill: that
+/// compiled worse (`cargo bench -p vmclock-ffi --bench independent`: vmclock_now_bounds 1.44×
+/// clock_gettime against 1.17×, vmclock_now 1.57× against 1.43×, run back to back on
+/// 2026-12-07); each expansion is the concrete code of one entry point.
+macro_rules! read_paths {
+    ($(#[$m:meta])* $read:ident, $contended:ident, $fill:ident, $out:ty) => {
+        $(#[$m])*
+        #[inline(always)]
+        fn $read<M: vmclock_rs::PageMemory>(
+            clock: &Clock<M>,
+            gone: impl Fn() -> bool,
+            mut read_counter: impl FnMut() -> u64,
+            out: &mut MaybeUninit<$out>,
+        ) -> c_int {
+            match clock.try_now_with_counter(&mut read_counter) {
+                Some(Ok(now)) if !gone() => $fill(&now, out),
+                Some(Ok(_)) => VMCLOCK_E_GONE,
+                Some(Err(e)) => {
+                    if gone() {
+                        VMCLOCK_E_GONE
+                    } else {
+                        time_code(&e)
+                    }
+                }
+                None => $contended(clock, gone, read_counter, out),
             }
         }
-        None => read_contended(clock, gone, read_counter, out),
-    }
+
+        #[cold]
+        #[inline(never)]
+        fn $contended<M: vmclock_rs::PageMemory>(
+            clock: &Clock<M>,
+            gone: impl Fn() -> bool,
+            read_counter: impl FnMut() -> u64,
+            out: &mut MaybeUninit<$out>,
+        ) -> c_int {
+            match clock.now_with_counter(read_counter) {
+                Ok(now) if !gone() => $fill(&now, out),
+                Ok(_) => VMCLOCK_E_GONE,
+                Err(e) => {
+                    if gone() {
+                        VMCLOCK_E_GONE
+                    } else {
+                        code_of(&e)
+                    }
+                }
+            }
+        }
+    };
 }
 
-/// [`read`] when the uncontended attempt gave no answer: the full read (retries, the
-/// once-per-mapping checks), out of the hot path.
-#[cold]
-#[inline(never)]
-fn read_contended<M: vmclock_rs::PageMemory>(
-    clock: &Clock<M>,
-    gone: impl Fn() -> bool,
-    read_counter: impl FnMut() -> u64,
-    out: &mut MaybeUninit<vmclock_now>,
-) -> c_int {
-    match clock.now_with_counter(read_counter) {
-        Ok(now) if !gone() => fill(&now, out),
-        Ok(_) => VMCLOCK_E_GONE,
-        Err(e) => {
-            if gone() {
-                VMCLOCK_E_GONE
-            } else {
-                code_of(&e)
-            }
-        }
-    }
-}
+read_paths!(
+    /// One reading as `vmclock_now` gives it, written to `out` (0), or a VMCLOCK_E_* code (`out`
+    /// untouched): the page read with `read_counter` inside the seqlock (`Clock::now_with_counter`),
+    /// `VMCLOCK_E_GONE` when `gone()` says the page file vanished (asked after the read, so a copy
+    /// that met the zero page is never returned), then the UTC fields.
+    ///
+    /// Shaped for the compiler (the cost per call halved, docs/BENCHMARKS.md): the uncontended
+    /// attempt alone is inlined here and its `Now` used at once, and the struct is built in one
+    /// expression and written straight to `out`. Before, the `Result<Now, ClockError>` of the full
+    /// read (whose retry path returns through memory) and a finished `struct vmclock_now` went
+    /// through the stack and were loaded back in other widths: store-forwarding stalls.
+    read,
+    read_contended,
+    fill,
+    vmclock_now
+);
 
 /// The C reading from a Rust one, written to `out` (0) or a code (`out` untouched): UTC (a
 /// leap second applied, as `Now::utc`), ns rounded outwards.
@@ -713,52 +729,14 @@ pub fn now_bounds_at(c: &vmclock, counter: u64, out: &mut MaybeUninit<vmclock_bo
     read_bounds(&c.clock, || c.protection.as_ref().is_some_and(|p| p.gone()), || counter, out)
 }
 
-/// [`read`] for `vmclock_now_bounds`: the same paths and codes, [`fill_bounds`] instead of
-/// [`fill`]. Kept apart on purpose: one `read` generic over the fill function compiled worse
-/// (`cargo bench -p vmclock-ffi --bench independent`: vmclock_now_bounds 1.44× clock_gettime
-/// against 1.17×, vmclock_now 1.57× against 1.43×, run back to back on 2026-12-07).
-#[inline(always)]
-fn read_bounds<M: vmclock_rs::PageMemory>(
-    clock: &Clock<M>,
-    gone: impl Fn() -> bool,
-    mut read_counter: impl FnMut() -> u64,
-    out: &mut MaybeUninit<vmclock_bounds>,
-) -> c_int {
-    match clock.try_now_with_counter(&mut read_counter) {
-        Some(Ok(now)) if !gone() => fill_bounds(&now, out),
-        Some(Ok(_)) => VMCLOCK_E_GONE,
-        Some(Err(e)) => {
-            if gone() {
-                VMCLOCK_E_GONE
-            } else {
-                time_code(&e)
-            }
-        }
-        None => read_bounds_contended(clock, gone, read_counter, out),
-    }
-}
-
-/// [`read_contended`] for `vmclock_now_bounds`.
-#[cold]
-#[inline(never)]
-fn read_bounds_contended<M: vmclock_rs::PageMemory>(
-    clock: &Clock<M>,
-    gone: impl Fn() -> bool,
-    read_counter: impl FnMut() -> u64,
-    out: &mut MaybeUninit<vmclock_bounds>,
-) -> c_int {
-    match clock.now_with_counter(read_counter) {
-        Ok(now) if !gone() => fill_bounds(&now, out),
-        Ok(_) => VMCLOCK_E_GONE,
-        Err(e) => {
-            if gone() {
-                VMCLOCK_E_GONE
-            } else {
-                code_of(&e)
-            }
-        }
-    }
-}
+read_paths!(
+    /// [`read`] for `vmclock_now_bounds`: the same paths and codes, [`fill_bounds`] instead of
+    /// [`fill`].
+    read_bounds,
+    read_bounds_contended,
+    fill_bounds,
+    vmclock_bounds
+);
 
 /// [`fill`]'s bounds, flags, status, offset and marker, with its codes. A bounded reading
 /// converts only earliest and latest: [`fill`]'s other two conversions cannot fail when latest
