@@ -130,6 +130,7 @@ impl Lab {
         });
         ready?;
         if let Some(n) = boot_rings {
+            ensure!(n > 0, "the relay never answered `migrated 0` while the notify guest booted: no ring to check");
             println!("lab: the doorbell rang {n} times while the notify guest booted");
         }
         println!(

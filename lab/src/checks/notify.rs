@@ -185,10 +185,21 @@ impl Lab {
             std::thread::sleep(Duration::from_millis(500)); // the spacing of the updates
         }
         let forced_seq = self.tell_relay("status")?["guest_seq"].as_u64().context("guest_seq")?;
-        std::thread::sleep(SEC); // the last one's wake-up
+        // poll(): every wake-up and the page's seq_counts it saw, once it has woken on the last
+        // page (or 5 s have passed: the counts below then say what was missed).
+        let t_last = Instant::now();
+        let log = loop {
+            let log = self.vm.sh_ok("cat /tmp/poll.log", 10 * SEC)?;
+            let woke_on_last = log.lines().any(|l| {
+                let w: Vec<&str> = l.split_whitespace().collect();
+                matches!(w.as_slice(), ["wake", _, s, _] if s.parse::<u64>().ok() == Some(forced_seq))
+            });
+            if woke_on_last || t_last.elapsed() > 5 * SEC {
+                break log;
+            }
+            std::thread::sleep(Duration::from_millis(50)); // polls the guest's log, bounded above
+        };
         let (_, ged2b) = ged(self)?;
-        // poll(): every wake-up and the page's seq_counts it saw.
-        let log = self.vm.sh_ok("cat /tmp/poll.log", 10 * SEC)?;
         let mut seqs: Vec<(u64, u32)> = Vec::new();
         let mut wakes = 0u64;
         for l in log.lines() {
