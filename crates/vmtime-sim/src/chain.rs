@@ -5,7 +5,7 @@
 use crate::host::{Clock, SimHost};
 use crate::host_run::HostRun;
 use vmclock::Snapshot;
-use vmtime_core::cadence::{Cadence, Markers};
+use vmtime_core::cadence::{Cadence, Look, Markers};
 use vmtime_core::host::{HostConfig, HostEvent, Sampled};
 use vmtime_core::relay::{CounterMap, GuestRelay};
 use vmtime_core::sync::{Discipline, SyncAction, SyncConfig, SyncObservation};
@@ -28,6 +28,8 @@ pub struct ChainGuest {
     pub source_up: bool,
     last_host: Option<Snapshot>,
     last_observation: i128,
+    /// A check found a new page while the interval had grown.
+    page_news: bool,
     /// Steps vmtime sync took.
     pub steps: u32,
     /// Times true time lay outside the guest page's bounds at the guest's counter.
@@ -211,9 +213,6 @@ pub struct Chain {
     seed: u64,
 }
 
-/// The guest-side interval.
-const GUEST_INTERVAL: i128 = NS;
-
 impl Chain {
     /// A host (oscillator `err_ppb`, kernel `kernel_err_ns` off) at true TAI `t0`, with guests
     /// under `maps`, each starting `guest_err_ns` off.
@@ -241,6 +240,7 @@ impl Chain {
                 source_up: true,
                 last_host: None,
                 last_observation: i128::MIN / 2,
+                page_news: false,
                 steps: 0,
                 page_bound_violations: 0,
                 kernel_bound_violations: 0,
@@ -367,14 +367,21 @@ impl Chain {
             Some(c) if c.due(now) => {
                 let m = g.page.filter(|_| g.source_up).map(|p| Markers::of(&p));
                 let pending = g.discipline.disruption_pending();
-                c.look(now, m, pending).observe_now(pending)
+                let look = c.look(now, m, pending);
+                // A new page while the interval has grown: observed within the shortest one.
+                g.page_news |= look == Look::Updated && g.discipline.resting();
+                look.observe_now(pending)
             }
             Some(_) => false,
         };
         if urgent {
             g.last_observation = i128::MIN / 2;
         }
-        let due = g.sim.now() - g.last_observation >= GUEST_INTERVAL.min(g.discipline.poll_interval_ns());
+        // The discipline's own interval (it grows at rest up to SyncConfig::max_interval_ns), as
+        // vmtime sync follows it.
+        let interval = g.discipline.poll_interval_ns();
+        let interval = if g.page_news { interval.min(g.discipline.config().interval_ns) } else { interval };
+        let due = g.sim.now() - g.last_observation >= interval;
         if due {
             if let (Some(c), Some(p), true) = (&mut g.cadence, g.page, g.source_up) {
                 c.seen(Markers::of(&p));
@@ -384,6 +391,7 @@ impl Chain {
                 g.disrupted_at = None;
             }
             g.last_observation = g.sim.now();
+            g.page_news = false;
             let kernel = g.sim.timex();
             let actions = match (g.source_up, g.page) {
                 (true, Some(page)) => {

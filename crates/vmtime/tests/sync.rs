@@ -254,3 +254,59 @@ fn a_server_that_never_answers_stalls_nothing() {
     assert_eq!(st["discipline"]["state"], "synchronised", "{st}");
     assert!(state_printed(&rx, |synced, _| synced), "no answer is no verdict");
 }
+
+/// At rest the interval between observations grows (here from 50 ms towards 600 s), and a new
+/// page is still observed within the shortest interval: the marker checks see its `seq_count`.
+/// Once the interval in force is 6.4 s or more, an ordinary update (the page's maxerror changed
+/// in place, markers unchanged) must be observed within 5 s of the write, before the next
+/// observation the interval alone would bring.
+#[test]
+fn a_new_page_is_observed_at_once_when_the_interval_has_grown() {
+    let dir = tempfile::tempdir().unwrap();
+    let page = dir.path().join("guest.page");
+    let sock = dir.path().join("sync.sock");
+    gen(&page, "1");
+    let mut child = Command::new(bin_for(&["sync"]))
+        .args(["sync", "--source", page.to_str().unwrap(), "--dry-run", "--duration-s", "120"])
+        .args(["--interval-ms", "50", "--max-interval-ms", "600000", "--socket", sock.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let status = || {
+        let out = vmtime(&["status", "--socket", sock.to_str().unwrap(), "--json"]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default()
+    };
+    let updates = |st: &serde_json::Value| st["updates"].as_u64().unwrap_or(0);
+    let interval_s = |st: &serde_json::Value| st["discipline"]["interval_s"].as_f64().unwrap_or(0.0);
+    // Quiet updates double the interval: 0.1, 0.2, … 6.4 s after ~13 s.
+    let t0 = std::time::Instant::now();
+    let mut st = status();
+    while interval_s(&st) < 6.4 {
+        assert!(t0.elapsed() < Duration::from_secs(60), "the interval did not grow: {st}");
+        std::thread::sleep(Duration::from_millis(50));
+        st = status();
+    }
+    assert_eq!(st["discipline"]["state"], "synchronised", "{st}");
+    let before = updates(&st);
+    let maxerror = st["discipline"]["source_maxerror_ns"].as_f64().unwrap();
+    // An ordinary update in place: a new seq_count and maxerror, the same markers.
+    let mut bytes = std::fs::read(&page).unwrap();
+    let at = std::mem::offset_of!(vmclock::abi::VmclockAbi, time_maxerror_nanosec);
+    let m = u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap());
+    bytes[at..at + 8].copy_from_slice(&(m + 7_000).to_le_bytes());
+    let written = std::time::Instant::now();
+    let map = vmclock::Mapping::open_rw(&page).expect("the page file maps writable");
+    vmclock::seqlock::publish_words(vmclock::seqlock::PageMemory::words(&map), &bytes[..vmclock::abi::ABI_SIZE]);
+    loop {
+        let st = status();
+        let seen = st["discipline"]["source_maxerror_ns"].as_f64().unwrap_or(0.0);
+        if updates(&st) > before && seen > maxerror + 5_000.0 {
+            break;
+        }
+        assert!(written.elapsed() < Duration::from_secs(5), "the new page was not observed within 5 s: {st}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -51,8 +51,11 @@ pub struct SyncConfig {
     pub step_threshold_ns: i64,
     /// How many first updates may step (chrony's makestep limit); disruptions always step.
     pub step_updates: u32,
-    /// Interval between observations, ns.
+    /// Interval between observations, ns (the shortest, after start-up).
     pub interval_ns: i128,
+    /// The longest interval between observations at rest, ns: it doubles from `interval_ns` up
+    /// to this after each quiet update ([`REST_OFFSET_NS`]). At most `interval_ns` means never.
+    pub max_interval_ns: i128,
     /// Fastest phase slew, ppb (on top of the feed-forward frequency).
     pub max_slew_ppb: i64,
     /// Outside start-up, disruptions and the return from holdover, an offset beyond this is
@@ -66,6 +69,7 @@ impl Default for SyncConfig {
             step_threshold_ns: 1_000_000,
             step_updates: 3,
             interval_ns: NS,
+            max_interval_ns: DEFAULT_MAX_INTERVAL_NS,
             max_slew_ppb: 200_000,
             max_step_ns: DEFAULT_MAX_STEP_NS,
         }
@@ -152,6 +156,14 @@ pub const KERNEL_MAX_FREQ_PPB: i64 = 500_000;
 /// 1 s-resolution RTC after a suspend is still corrected; anything larger needs a disruption
 /// marker, start-up or holdover to explain it.
 pub const DEFAULT_MAX_STEP_NS: i64 = 2_000_000_000;
+/// The default longest interval between observations at rest, ns (16 s). The kernel's own
+/// maxerror grows by 500 µs per second between updates (its MAXFREQ), so at this interval it
+/// reads at most 8 ms above the page's bound just before an update; `vmtime_sync_last_good_`
+/// `observation_age_seconds` stays below the 30 s alert.
+pub const DEFAULT_MAX_INTERVAL_NS: i128 = 16 * NS;
+/// An update is quiet, and the next interval may double, when the offset it measured is within
+/// this much beyond its own pairing half-width, ns (50 µs: 5 % of the 1 ms a guest aims for).
+pub const REST_OFFSET_NS: f64 = 50_000.0;
 /// The kernel's limit on maxerror and esterror (NTP_PHASE_LIMIT, 16 s), µs.
 pub const KERNEL_MAX_ERROR_US: i64 = 16_000_000;
 
@@ -224,6 +236,10 @@ pub struct SyncStatus {
     pub updates: u64,
     /// The RAW calibration baseline, s.
     pub baseline_s: f64,
+    /// The interval until the next observation, s: `interval_ms` after start-up, a disruption,
+    /// a holdover or an update that was not quiet, doubling after each quiet one up to
+    /// `max_interval_ms`.
+    pub interval_s: f64,
 }
 
 /// The discipline.
@@ -254,6 +270,8 @@ pub struct Discipline {
     /// A second opinion disagrees with the page ([`crate::crosscheck`]): what the kernel's
     /// maxerror must cover, ns; the clock is left unsynchronised meanwhile.
     cross_widen_ns: Option<f64>,
+    /// The interval in force after start-up, ns (between `interval_ns` and `max_interval_ns`).
+    rest_ns: i128,
 }
 
 /// The kernel's (tick, freq) for a rate `ppb` away from RAW.
@@ -269,12 +287,11 @@ impl Discipline {
     /// A discipline starting from nothing.
     pub fn new(cfg: SyncConfig) -> Self {
         Discipline {
-            cfg,
             raw_base: None,
             marker: None,
             generation: None,
             ff_ppb: None,
-            status: SyncStatus { state: "starting", ..Default::default() },
+            status: SyncStatus { state: "starting", interval_s: cfg_interval(&cfg) as f64 / 1e9, ..Default::default() },
             slew_end_raw_ns: None,
             last_freq: None,
             last_state: None,
@@ -286,6 +303,8 @@ impl Discipline {
             last_update_raw_ns: None,
             drift_allowance_ns: 0.0,
             cross_widen_ns: None,
+            rest_ns: cfg_interval(&cfg),
+            cfg,
         }
     }
 
@@ -297,6 +316,8 @@ impl Discipline {
     /// Changes the settings live (SIGHUP): the step policy, the limits and the interval. The
     /// calibration, the markers and the counts are kept.
     pub fn reconfigure(&mut self, cfg: SyncConfig) {
+        self.rest_ns = cfg_interval(&cfg);
+        self.status.interval_s = self.rest_ns as f64 / 1e9;
         self.cfg = cfg;
     }
 
@@ -327,13 +348,34 @@ impl Discipline {
     }
 
     /// How long until the next observation: 100 ms while the frequency is still being
-    /// calibrated (the first second), then the configured interval.
+    /// calibrated (the first second), then the configured interval, doubled after each quiet
+    /// update up to the longest ([`SyncConfig::max_interval_ns`]).
     pub fn poll_interval_ns(&self) -> i128 {
-        if self.ff_ppb.is_none() || self.status.baseline_s < 1.0 {
+        if self.calibrating() {
             (self.cfg.interval_ns / 10).max(1)
         } else {
-            self.cfg.interval_ns
+            self.rest_ns
         }
+    }
+
+    /// Whether the frequency is still being calibrated (the first second).
+    fn calibrating(&self) -> bool {
+        self.ff_ppb.is_none() || self.status.baseline_s < 1.0
+    }
+
+    /// Whether the interval has grown beyond the configured one: the follower then observes a
+    /// new page (`seq_count`) at once instead of at the interval, which may be far.
+    pub fn resting(&self) -> bool {
+        self.rest_ns > cfg_interval(&self.cfg)
+    }
+
+    /// The next interval after an update: back to the shortest unless it was `quiet`, else
+    /// doubled up to the longest.
+    fn next_rest(&mut self, quiet: bool) {
+        let base = cfg_interval(&self.cfg);
+        self.rest_ns =
+            if quiet { self.rest_ns.saturating_mul(2).clamp(base, self.cfg.max_interval_ns.max(base)) } else { base };
+        self.status.interval_s = self.rest_ns as f64 / 1e9;
     }
 
     /// Whether the page's markers changed and no update has been made since (the page that
@@ -370,6 +412,7 @@ impl Discipline {
 
     fn holdover(&mut self, kernel: &KernelTimex, out: &mut Vec<SyncAction>) {
         self.status.state = "holdover";
+        self.next_rest(false);
         self.slew_end_raw_ns = None;
         self.set_rate(0.0, out);
         if self.last_state.is_none_or(|(_, _, s)| s) {
@@ -511,6 +554,15 @@ impl Discipline {
         let step = disrupted
             || (may_step && offset_ns.abs() > self.cfg.step_threshold_ns as f64)
             || self.status.updates == 0 && offset_ns.abs() > 1_000.0;
+        // The next interval (before the slew, which must end within half of it): longer only
+        // after a quiet update of a settled clock, back to the shortest after anything else.
+        let quiet = !step
+            && !self.calibrating()
+            && !new_markers
+            && !after_holdover
+            && self.status.updates >= u64::from(self.cfg.step_updates)
+            && offset_ns.abs() <= self.status.pairing_ns + REST_OFFSET_NS;
+        self.next_rest(quiet);
         if step {
             out.push(SyncAction::Step { delta_ns: (-offset_ns).round() as i64 });
             self.status.steps += 1;
@@ -544,6 +596,11 @@ impl Discipline {
         self.status.updates += 1;
         out
     }
+}
+
+/// The configured shortest interval, at least 1 ns.
+fn cfg_interval(cfg: &SyncConfig) -> i128 {
+    cfg.interval_ns.max(1)
 }
 
 /// A bound for the kernel, µs: `ns` rounded up plus `extra` µs, saturating at the kernel's 16 s

@@ -456,3 +456,59 @@ fn a_new_marker_on_a_page_without_time_makes_the_next_page_urgent() {
     let acts = w.d.handle_timeless_page(&Snapshot::new(restored, 4096).unwrap(), &KernelTimex::default());
     assert!(acts.contains(&SyncAction::RunHook), "{acts:?}");
 }
+
+/// At rest the interval doubles after each quiet update, up to the longest; an offset beyond
+/// [`REST_OFFSET_NS`], a disruption and a holdover bring it back to the shortest, and a slew
+/// still ends within half of the interval that follows it.
+#[test]
+fn the_interval_grows_at_rest_and_falls_back_on_anything_else() {
+    let mut w = World::new();
+    let mut t = 0;
+    let mut intervals = Vec::new();
+    let mut step = |w: &mut World, t: &mut i128| {
+        let acts = w.observe(*t);
+        let iv = w.d.poll_interval_ns();
+        *t += (iv / NS).max(1);
+        (acts, iv)
+    };
+    for _ in 0..9 {
+        intervals.push(step(&mut w, &mut t).1 / 1_000_000);
+    }
+    // The first observation calibrates (100 ms), start-up's updates keep 1 s, then 2, 4, 8, 16, 16 s.
+    assert_eq!(intervals, [100, 1_000, 1_000, 2_000, 4_000, 8_000, 16_000, 16_000, 16_000]);
+    assert!(w.d.resting());
+    assert_eq!(w.d.status().interval_s, 16.0);
+    // 40 µs off: still quiet; the slew ends within half of the 16 s that follow.
+    w.kernel_off_ns += 40_000;
+    let (acts, iv) = step(&mut w, &mut t);
+    assert_eq!(iv, 16 * NS);
+    assert!(acts.iter().any(|a| matches!(a, SyncAction::SetFrequency { .. })), "{acts:?}");
+    let end = w.d.next_deadline().expect("a slew");
+    assert!(end - (t - 16) * NS <= 8 * NS, "the slew ends {} s after the observation", (end - (t - 16) * NS) / NS);
+    // 80 µs off: not quiet, back to 1 s, and the slew ends within 0.5 s.
+    w.kernel_off_ns += 40_000;
+    let (_, iv) = step(&mut w, &mut t);
+    assert_eq!(iv, NS);
+    assert!(!w.d.resting());
+    let end = w.d.next_deadline().expect("a slew");
+    assert!(end - (t - 1) * NS <= NS / 2);
+    w.kernel_off_ns = 0;
+    assert_eq!(step(&mut w, &mut t).1, 2 * NS, "quiet again: doubling again");
+    // A disruption (a step): back to 1 s.
+    w.marker += 1;
+    w.page_off_ns = 3_000_000;
+    let (acts, iv) = step(&mut w, &mut t);
+    assert!(stepped(&acts).is_some());
+    assert_eq!(iv, NS);
+    let _ = step(&mut w, &mut t);
+    assert_eq!(step(&mut w, &mut t).1, 4 * NS);
+    // A holdover: back to 1 s.
+    let _ = w.d.handle_source_lost(&KernelTimex::default());
+    assert_eq!(w.d.poll_interval_ns(), NS);
+    // A longest interval at or below the shortest: a fixed interval.
+    w.d.reconfigure(SyncConfig { max_interval_ns: NS / 2, ..w.d.config().clone() });
+    for _ in 0..4 {
+        assert_eq!(step(&mut w, &mut t).1, NS);
+    }
+    assert!(!w.d.resting());
+}

@@ -250,9 +250,17 @@ daemon_settings! {
         /// Print the actions instead of applying them: nothing is changed.
         #[arg(long, action = SetTrue)]
         switch dry_run: bool = false,
-        /// Interval between observations without notification, ms.
+        /// Interval between observations, ms: the shortest, and the longest a new page waits to be
+        /// observed (the markers are checked every 40 ms, or the device or publisher notifies).
         #[arg(long)]
         key interval_ms: IntervalMs = IntervalMs::new(1000).expect("in range"),
+        /// The longest interval between observations at rest, ms: after start-up it doubles from
+        /// interval_ms after each update whose offset was within 50 µs (beyond the measurement's
+        /// own width), up to this; any other update, a disruption or a holdover brings it back to
+        /// interval_ms. A new page is observed within interval_ms whatever the interval. Equal to
+        /// interval_ms (or less): a fixed interval.
+        #[arg(long)]
+        key max_interval_ms: IntervalMs = IntervalMs::new(16_000).expect("in range"),
         /// Step instead of slewing when the offset exceeds this during the first updates, ns
         /// (chrony's makestep).
         #[arg(long)]

@@ -465,6 +465,11 @@ impl Expose for SyncMetrics {
             self.frequency_ppb.map(|p| p / 1e9),
         );
         e.gauge(
+            "vmtime_sync_interval_seconds",
+            "Time from the last observation to the next one (a vmclock page: doubles at rest up to max_interval_ms).",
+            self.discipline.filter(|_| !self.markers_only).map(|d| d.interval_s),
+        );
+        e.gauge(
             "vmtime_sync_source_maxerror_seconds",
             "The source page's maximum error at the last observation.",
             self.maxerror_ns.map(|n| n / 1e9),

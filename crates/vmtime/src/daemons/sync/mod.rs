@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use vmclock::abi::{self, flags};
-use vmtime_core::cadence::{Cadence, Markers};
+use vmtime_core::cadence::{Cadence, Look, Markers};
 use vmtime_core::rival::{ClockWatch, Interference};
 use vmtime_core::sync::{
     gives_time, sample_under_page, Discipline, MarkerWatch, NotifyCheck, SyncAction, SyncConfig, SyncObservation,
@@ -72,7 +72,8 @@ impl std::ops::DerefMut for Args {
 /// and its limits, the interval and the hook. The source, the socket, `dry_run` (never switched
 /// to changing the clock behind the operator's back), the run time, the PHC's timescale and
 /// TAI offset and the metrics address need a restart.
-const LIVE: &[&str] = &["log_level", "interval_ms", "makestep_ns", "makestep_updates", "max_step_s", "hook"];
+const LIVE: &[&str] =
+    &["log_level", "interval_ms", "max_interval_ms", "makestep_ns", "makestep_updates", "max_step_s", "hook"];
 /// On a PHC source (or markers only) only the log level is applied live.
 const LIVE_PHC: &[&str] = &["log_level"];
 
@@ -82,6 +83,7 @@ fn discipline_config(a: &SyncSettings) -> SyncConfig {
         step_threshold_ns: a.makestep_ns.get() as i64,
         step_updates: a.makestep_updates.get(),
         interval_ns: a.interval_ms.get() as i128 * 1_000_000,
+        max_interval_ns: a.max_interval_ms.get() as i128 * 1_000_000,
         max_step_ns: (a.max_step_s.fine() as i64).saturating_mul(1_000_000),
         ..SyncConfig::default()
     }
@@ -353,6 +355,8 @@ fn run_with(args: Args, settings: fn(&Args) -> Result<SyncSettings>) -> Result<E
         t_cross: None,
         is_device,
         next_obs: now,
+        last_obs: now,
+        rescheduled: false,
         last_resubscribe: now,
     };
     s.cadence.set_notified(s.notes.device.is_some());

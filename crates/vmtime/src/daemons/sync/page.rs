@@ -80,6 +80,11 @@ pub(super) struct Sync {
     pub(super) t_cross: Option<Token>,
     pub(super) is_device: bool,
     pub(super) next_obs: Instant,
+    /// When the last observation started.
+    pub(super) last_obs: Instant,
+    /// A look moved the next observation nearer: the look asks for a turn (the runtime then
+    /// waits for the new time).
+    pub(super) rescheduled: bool,
     pub(super) last_resubscribe: Instant,
     /// The figures offered to the metrics server.
     pub(super) m: crate::ops::figures::SyncMetrics,
@@ -209,8 +214,22 @@ impl Sync {
         let now = look.observe_now(pending);
         if now {
             tracing::debug!("the page's check found {look:?}: observing now");
+        } else if look == Look::Updated && self.discipline.resting() {
+            // A new page while the interval has grown: observed within the shortest interval of
+            // the last observation (at once if that is past), not at the long one.
+            self.next_obs = self.next_obs.min(self.last_obs + self.base_interval());
+            if Instant::now() >= self.next_obs {
+                return true;
+            }
+            // A turn all the same, so that the runtime waits for the nearer observation.
+            self.rescheduled = true;
         }
         now
+    }
+
+    /// The configured (shortest) interval between observations.
+    fn base_interval(&self) -> Duration {
+        Duration::from_nanos(self.discipline.config().interval_ns.clamp(1, i128::from(u64::MAX)) as u64)
     }
 }
 
@@ -221,13 +240,15 @@ impl Daemon for Sync {
     const STOPPED: &'static str = "the clock is left as it is; the socket is removed";
     const LIVE: &'static [&'static str] = LIVE;
 
-    /// The next observation, or the end of a slew, at the latest in 1 s.
+    /// The next observation, the end of a slew or the cross-check's next query; while a page
+    /// file's publisher does not answer, at the latest in 1 s (to subscribe again).
     fn next_turn(&self) -> Option<Instant> {
         let now = Instant::now();
         let raw_now = vmtime_sys::gettime(ClockId::MonotonicRaw).unwrap_or(0);
         let slew = self.discipline.next_deadline().map(|d| now + Duration::from_nanos((d - raw_now).max(0) as u64));
         let cross = self.cross.as_ref().map(crate::daemons::crosscheck::NtpCross::deadline);
-        [Some(self.next_obs), slew, cross, Some(now + Duration::from_secs(1))].into_iter().flatten().min()
+        let resubscribe = (!self.is_device && self.sub.is_none()).then(|| now + Duration::from_secs(1));
+        [Some(self.next_obs), slew, cross, resubscribe].into_iter().flatten().min()
     }
 
     /// The markers' check between observations (none when the device notifies).
@@ -238,7 +259,7 @@ impl Daemon for Sync {
     /// Loads from the mapped page; a turn only when they say observe now.
     fn look(&mut self, _now: Instant) -> bool {
         self.looked_disrupted |= self.check_markers();
-        self.looked_disrupted
+        self.looked_disrupted || std::mem::take(&mut self.rescheduled)
     }
 
     fn register(&mut self, p: &mut Poller) {
@@ -276,10 +297,12 @@ impl Daemon for Sync {
             notified = true;
         }
         if notified || Instant::now() >= self.next_obs {
+            self.last_obs = Instant::now();
             if let Flow::Stop(code) = stopped_by(self.observe())? {
                 return Ok(Flow::Stop(code));
             }
-            self.next_obs = Instant::now() + Duration::from_nanos(self.discipline.poll_interval_ns() as u64);
+            let next = self.discipline.poll_interval_ns().clamp(1, i128::from(u64::MAX)) as u64;
+            self.next_obs = Instant::now() + Duration::from_nanos(next);
         }
         let a2 = self.discipline.handle_tick(vmtime_sys::gettime(ClockId::MonotonicRaw)?);
         self.apply(a2)?;
