@@ -627,7 +627,7 @@ fn leap_arming(page: &Snapshot, utc: &vmclock::Timestamp<vmclock::Utc>) -> (bool
 }
 
 mod page;
-pub use page::{gives_time, sample_under_page, MarkerChange, MarkerWatch, NotifyCheck, Wakeup};
+pub use page::{gives_time, sample_under_page, MarkerChange, MarkerWatch, NotifyCheck, Silence, Wakeup};
 
 #[cfg(test)]
 mod tests;

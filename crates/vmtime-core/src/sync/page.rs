@@ -45,6 +45,22 @@ pub enum Wakeup {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NotifyCheck {
     spurious: u32,
+    /// The acknowledged `seq_count` when an observation found a newer page unannounced.
+    unannounced_since: Option<u32>,
+}
+
+/// What an observation that no notification woke found about the notifications
+/// ([`NotifyCheck::at_observation`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Silence {
+    /// The page is the one last acknowledged: nothing was missed.
+    Kept,
+    /// A newer page than the one last acknowledged, the first time: its notification may still be
+    /// on its way. Observe again within the shortest interval.
+    Suspect,
+    /// Still a newer page a whole observation later, and no notification in between: the
+    /// notifications do not come (no interrupt, no doorbell). Check the markers instead.
+    Missed,
 }
 
 impl NotifyCheck {
@@ -62,6 +78,28 @@ impl NotifyCheck {
             Wakeup::NoPoll
         } else {
             Wakeup::Spurious
+        }
+    }
+
+    /// An observation that no notification woke found the page at `seq_now`; `acked` is the
+    /// `seq_count` the device's `read()` last returned. A notifying device wakes its reader on
+    /// every page, so a newer page seen twice, an observation apart, without a wake-up means the
+    /// notifications stopped: a follower whose interval grew at rest would otherwise see
+    /// disruptions only at that long interval. (A notification read between the two
+    /// observations, even of an older page, clears the suspicion: it was on its way.)
+    pub fn at_observation(&mut self, acked: Option<u32>, seq_now: u32) -> Silence {
+        match acked {
+            Some(a) if a != seq_now => {
+                if self.unannounced_since.replace(a) == Some(a) {
+                    Silence::Missed
+                } else {
+                    Silence::Suspect
+                }
+            }
+            _ => {
+                self.unannounced_since = None;
+                Silence::Kept
+            }
         }
     }
 }

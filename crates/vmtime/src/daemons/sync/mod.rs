@@ -30,8 +30,8 @@ use vmclock::abi::{self, flags};
 use vmtime_core::cadence::{Cadence, Look, Markers};
 use vmtime_core::rival::{ClockWatch, Interference};
 use vmtime_core::sync::{
-    gives_time, sample_under_page, Discipline, MarkerWatch, NotifyCheck, SyncAction, SyncConfig, SyncObservation,
-    Wakeup,
+    gives_time, sample_under_page, Discipline, MarkerWatch, NotifyCheck, Silence, SyncAction, SyncConfig,
+    SyncObservation, Wakeup,
 };
 use vmtime_sys::clock::{aba_sample, tightest, ClockId};
 use vmtime_sys::files;

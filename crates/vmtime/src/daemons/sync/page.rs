@@ -55,6 +55,26 @@ impl DeviceNotes {
     }
 }
 
+impl DeviceNotes {
+    /// An observation that no notification woke found the page at `seq`: whether notifications
+    /// were missed ([`NotifyCheck::at_observation`]); on [`Silence::Missed`] the device is no
+    /// longer polled (the markers are checked at the cadence instead), with one log line.
+    pub(crate) fn at_observation(&mut self, seq: u32) -> Silence {
+        if self.device.is_none() {
+            return Silence::Kept;
+        }
+        let s = self.check.at_observation(self.acked, seq);
+        if s == Silence::Missed {
+            tracing::warn!(
+                "the vmclock device did not notify page seq_count {seq} (the last notified was {}): checking the markers every 40 ms instead (is the VMM's doorbell or the guest's GED interrupt working?)",
+                self.acked.unwrap_or(0)
+            );
+            self.device = None;
+        }
+        s
+    }
+}
+
 /// The first vmclock device, if any.
 pub(super) fn find_device() -> Option<PathBuf> {
     (0..8).map(|i| PathBuf::from(format!("/dev/vmclock{i}"))).find(|p| p.exists())
@@ -303,6 +323,14 @@ impl Daemon for Sync {
             }
             let next = self.discipline.poll_interval_ns().clamp(1, i128::from(u64::MAX)) as u64;
             self.next_obs = Instant::now() + Duration::from_nanos(next);
+            // Woken by the interval on a notifying device: was a page left unannounced?
+            if let (false, Some(seen)) = (notified, self.cadence.last_seen()) {
+                match self.notes.at_observation(seen.seq_count) {
+                    Silence::Kept => {}
+                    Silence::Suspect => self.next_obs = self.next_obs.min(Instant::now() + self.base_interval()),
+                    Silence::Missed => self.cadence.set_notified(false),
+                }
+            }
         }
         let a2 = self.discipline.handle_tick(vmtime_sys::gettime(ClockId::MonotonicRaw)?);
         self.apply(a2)?;
