@@ -146,3 +146,63 @@ mod tests {
         assert!(!current_clocksource().unwrap().is_empty());
     }
 }
+
+/// Whether a descriptor's wait queue was woken: an epoll set holding only that descriptor, made
+/// once and never waited on, only asked ([`WakeProbe::woke`]). A level-triggered epoll set
+/// looks at a descriptor again only when its driver wakes it (and once when it is added), so
+/// it tells a notification from a state that changed silently, which `poll()`, asking the
+/// driver afresh every time, cannot: a vmclock device's `poll()` is readable whenever its page
+/// differs from the one last read, whether or not the device notified that page.
+#[derive(Debug)]
+pub struct WakeProbe {
+    ep: OwnedFd,
+}
+
+impl WakeProbe {
+    /// A probe of `fd` (readable events). Fails where the descriptor cannot be polled by epoll
+    /// (a driver without `.poll`: EPERM).
+    pub fn new(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<Self> {
+        use rustix::event::epoll;
+        let ep = epoll::create(epoll::CreateFlags::CLOEXEC)?;
+        epoll::add(&ep, fd, epoll::EventData::new_u64(0), epoll::EventFlags::IN)?;
+        Ok(WakeProbe { ep })
+    }
+
+    /// Whether the descriptor was woken since it was last found not ready by this probe (or
+    /// added), and is readable now. Never waits. Asked right after the readable state was
+    /// consumed (a `read()`), it finds it not ready and forgets older wake-ups.
+    pub fn woke(&self) -> io::Result<bool> {
+        use rustix::event::epoll;
+        let mut ev = [epoll::Event { flags: epoll::EventFlags::empty(), data: epoll::EventData::new_u64(0) }; 1];
+        let zero = rustix::event::Timespec { tv_sec: 0, tv_nsec: 0 };
+        loop {
+            match epoll::wait(&self.ep, &mut ev[..], Some(&zero)) {
+                Ok(n) => return Ok(n > 0),
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod probe_tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn a_probe_reports_a_wake_up_until_the_state_is_consumed() {
+        let (mut r, mut w) = std::io::pipe().unwrap();
+        let p = WakeProbe::new(r.as_fd()).unwrap();
+        assert!(!p.woke().unwrap(), "nothing written");
+        w.write_all(b"x").unwrap();
+        assert!(p.woke().unwrap(), "woken and readable");
+        assert!(p.woke().unwrap(), "still readable: still reported");
+        let mut b = [0u8; 1];
+        r.read_exact(&mut b).unwrap();
+        assert!(!p.woke().unwrap(), "consumed");
+        w.write_all(b"y").unwrap();
+        assert!(p.woke().unwrap(), "woken again");
+    }
+}

@@ -315,6 +315,30 @@ impl Lab {
         let relay = self.tell_relay("status")?;
         let (_, ged2) = ged(self)?;
 
+        // Notifications that stop coming: the relay restarted with a doorbell nobody answers
+        // (its page still says NOTIFICATION_PRESENT, and no interrupt comes) writes the guest's
+        // page and nothing announces it. sync must find out from its own observations (a newer
+        // page than the last notified, twice with no wake-up between them) and check the
+        // markers instead of waiting up to its longest interval for the next disruption.
+        let bell = self.doorbell.replace(self.a.work.join("nobody-answers.sock"));
+        let ticks = self.offset.context("the counter map")?.ticks;
+        self.start_relay(&self.host_page.clone(), ticks)?;
+        let t_silent = Instant::now();
+        let silenced = loop {
+            let st = status(self, "/tmp/sync.sock")?;
+            if st["notified"] == false && st["marker_checks"].as_u64().unwrap_or(0) > 0 {
+                break Some(t_silent.elapsed());
+            }
+            if t_silent.elapsed() > 60 * SEC {
+                break None;
+            }
+            std::thread::sleep(SEC / 2); // polls the guest's status, bounded above
+        };
+        let said = self.vm.sh("grep -c 'did not notify' /tmp/sync.log", 5 * SEC)?.0.trim().parse::<u32>().unwrap_or(0);
+        let sync_log = self.vm.sh("tail -n 6 /tmp/sync.log", 5 * SEC)?.0;
+        self.doorbell = bell;
+        self.start_relay(&self.host_page.clone(), ticks)?;
+
         let r1 = |x: f64| (x * 10.0).round() / 10.0;
         let q = |v: &Vec<f64>| if v.is_empty() { (f64::NAN, f64::NAN, f64::NAN) } else { quantiles(v.clone()) };
         let (d50, d99, dmax) = q(&detect_ms);
@@ -330,7 +354,9 @@ impl Lab {
             && new_wakes * 10 >= updates * 9
             && detect_ms.len() == RESTORES
             && to1_told_ms.len() + unmeasured == RESTORES
-            && to1_told_ms.len() * 2 >= RESTORES;
+            && to1_told_ms.len() * 2 >= RESTORES
+            && silenced.is_some()
+            && said == 1;
         self.figures = Some(serde_json::json!({
             "ged_interrupt": ged_line,
             "ged_interrupts": ged2,
@@ -348,6 +374,8 @@ impl Lab {
             "forced_ged_interrupts": ged2b.saturating_sub(ged1b),
             "poll_wakes": wakes,
             "sync_rest_wait_s": r1(rest_wait_s),
+            "silent_doorbell_found_s": silenced.map(|d| r1(d.as_secs_f64())),
+            "silent_doorbell_logged": said,
             "sync_interval_s": [interval0, s1["discipline"]["interval_s"].clone()],
             "sync_observations_in_window": s1["updates"].as_u64().unwrap_or(0).saturating_sub(updates0),
             "sync_cpu_pct": (sync_pct * 1e4).round() / 1e4,
@@ -388,6 +416,14 @@ impl Lab {
             c99,
             if notes.is_empty() { String::new() } else { format!("; {}", notes.join("; ")) }
         );
+        let summary = match silenced {
+            Some(d) => format!(
+                "{summary}; the doorbell silenced: sync checked the markers instead {:.1} s later (logged {said} time(s))",
+                d.as_secs_f64()
+            ),
+            None => format!("{summary}; the doorbell silenced: sync still trusted the notifications 60 s later"),
+        };
+        let summary = if said == 1 { summary } else { format!("{summary}; sync's log ends: {sync_log:?}") };
         let summary = if unmeasured > 0 {
             format!("{summary}; {unmeasured} restores not measurable (no echo with a noise under 1 ms in 10 s)")
         } else {

@@ -402,15 +402,43 @@ mod tests {
         assert!(matches!(take_lock_at(&path), Ok(Ok(Some(_)))));
     }
 
+    /// A page that stops saying NOTIFICATION_PRESENT (a relay restarted without its doorbell):
+    /// the driver's poll() then says POLLHUP at every wait. The first wake-up sets the device
+    /// aside (the markers are checked instead); it is not taken for an update.
+    #[test]
+    fn a_page_without_notification_present_is_not_polled() {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = dir.path().join("vmclock0");
+        let mut page = vec![0u8; 4096];
+        page[12..16].copy_from_slice(&6u32.to_le_bytes());
+        std::fs::write(&dev, page).unwrap();
+        let mut notes = DeviceNotes {
+            device: Some(File::open(&dev).unwrap()),
+            check: NotifyCheck::default(),
+            acked: Some(4),
+            probe: None,
+        };
+        assert!(!notes.readable(|| 6), "a new seq_count, but the page no longer notifies");
+        assert!(notes.device.is_none());
+    }
+
     /// A 6.13–6.19 driver's poll() is always readable. A regular file is too: the daemon must
     /// find that out after a few wake-ups and then wait out its intervals, not spin.
     #[test]
     fn an_always_readable_device_falls_back_to_the_interval() {
         let dir = tempfile::tempdir().unwrap();
         let dev = dir.path().join("vmclock0");
-        std::fs::write(&dev, vec![0u8; 4096]).unwrap();
-        let mut notes =
-            DeviceNotes { device: Some(File::open(&dev).unwrap()), check: NotifyCheck::default(), acked: None };
+        // A page whose seq_count is always 0 and that says NOTIFICATION_PRESENT (as the host's
+        // page does; the old driver ignores it).
+        let mut page = vec![0u8; 4096];
+        page[0x18..0x20].copy_from_slice(&flags::NOTIFICATION_PRESENT.to_le_bytes());
+        std::fs::write(&dev, page).unwrap();
+        let mut notes = DeviceNotes {
+            device: Some(File::open(&dev).unwrap()),
+            check: NotifyCheck::default(),
+            acked: None,
+            probe: None,
+        };
         let mut poller = Poller::new();
         let start = Instant::now();
         let mut updates = 0;

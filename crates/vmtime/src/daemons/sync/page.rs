@@ -11,6 +11,9 @@ pub(crate) struct DeviceNotes {
     pub(super) check: NotifyCheck,
     /// The seq_count the device's read() last returned (what the driver's poll() compares with).
     pub(super) acked: Option<u32>,
+    /// Whether the device was woken (notified) since its page was last read: its `poll()`
+    /// alone cannot say (`vmtime_sys::event::WakeProbe`).
+    pub(super) probe: Option<vmtime_sys::event::WakeProbe>,
 }
 
 impl DeviceNotes {
@@ -18,14 +21,15 @@ impl DeviceNotes {
     /// (NOTIFICATION_PRESENT): its file, opened once more (each open file has its own seq).
     /// No notifications: the markers are checked at the cadence.
     pub(crate) fn none() -> Self {
-        DeviceNotes { device: None, check: NotifyCheck::default(), acked: None }
+        DeviceNotes { device: None, check: NotifyCheck::default(), acked: None, probe: None }
     }
 
     pub(crate) fn of(page: &crate::page::FollowedPage, first: &vmclock::Snapshot, source: &Path) -> Result<Self> {
         let device = (page.reader().is_device() && first.has(flags::NOTIFICATION_PRESENT))
             .then(|| File::open(source))
             .transpose()?;
-        Ok(DeviceNotes { device, check: NotifyCheck::default(), acked: None })
+        let probe = device.as_ref().and_then(|d| vmtime_sys::event::WakeProbe::new(d.as_fd()).ok());
+        Ok(DeviceNotes { device, check: NotifyCheck::default(), acked: None, probe })
     }
 
     /// The device was readable: acknowledges with read() and says whether the page changed.
@@ -36,10 +40,25 @@ impl DeviceNotes {
         // read() acknowledges this seq_count to the driver and says which it is: the driver's
         // poll() wakes a file only for a seq other than the one it last read.
         let mut buf = [0u8; abi::ABI_SIZE];
-        let seq = match d.read_at(&mut buf, 0) {
-            Ok(n) if n >= 16 => u32::from_le_bytes([buf[12], buf[13], buf[14], buf[15]]),
-            _ => seq_now(),
+        let (seq, notifies) = match d.read_at(&mut buf, 0) {
+            Ok(n) if n >= 0x20 => {
+                let flags = u64::from_le_bytes(buf[0x18..0x20].try_into().unwrap_or_default());
+                (u32::from_le_bytes([buf[12], buf[13], buf[14], buf[15]]), flags & flags::NOTIFICATION_PRESENT != 0)
+            }
+            _ => (seq_now(), true),
         };
+        // Read: older wake-ups are forgotten by the probe (the page is the one read).
+        if let Some(p) = &self.probe {
+            let _ = p.woke();
+        }
+        if !notifies {
+            // The driver's poll() then says POLLHUP, always: not a notification.
+            tracing::warn!(
+                "the vmclock page no longer says NOTIFICATION_PRESENT: checking the markers every 40 ms instead"
+            );
+            self.device = None;
+            return false;
+        }
         let last = self.acked.replace(seq);
         match self.check.readable(last, seq) {
             Wakeup::Update => true,
@@ -63,7 +82,11 @@ impl DeviceNotes {
         if self.device.is_none() {
             return Silence::Kept;
         }
-        let s = self.check.at_observation(self.acked, seq);
+        // A wake-up since the page was last read: its notification came (the loop reads it next).
+        let Some(announced) = self.probe.as_ref().map(|p| p.woke().unwrap_or(true)) else {
+            return Silence::Kept;
+        };
+        let s = self.check.at_observation(if announced { Some(seq) } else { self.acked }, seq);
         if s == Silence::Missed {
             tracing::warn!(
                 "the vmclock device did not notify page seq_count {seq} (the last notified was {}): checking the markers every 40 ms instead (is the VMM's doorbell or the guest's GED interrupt working?)",
