@@ -13,8 +13,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::str::FromStr;
 
-/// A guest command with its flags.
+/// A guest command with its flags (made once per run: its size does not matter).
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// `sync`.
     Sync(sync::Args),
@@ -573,6 +574,7 @@ mod tests {
         }
 
         #[derive(Subcommand, Debug)]
+        #[allow(clippy::large_enum_variant)]
         pub enum Command {
             /// Keep this guest's CLOCK_REALTIME locked to a vmclock page (--dry-run: change nothing).
             Sync(sync::Args),

@@ -315,6 +315,11 @@ int_value!(
     IntervalMs: u64, 10, 600_000, "ms"
 );
 int_value!(
+    /// The longest interval between a follower's observations at rest, ms: at most 30 s, the
+    /// age at which the shipped alert on the last good observation fires.
+    MaxIntervalMs: u64, 10, 30_000, "ms"
+);
+int_value!(
     /// How often a cheap poll runs (the host's adjtimex read; watch's page poll), ms. At most 1 s so
     /// a state change is always seen within a second.
     PollMs: u64, 1, 1_000, "ms"
@@ -594,6 +599,7 @@ pub const NUMERIC: &[Numeric] = &[
     UartIoBase::NUMERIC,
     IsaIrq::NUMERIC,
     IntervalMs::NUMERIC,
+    MaxIntervalMs::NUMERIC,
     PciSlot::NUMERIC,
     PollMs::NUMERIC,
     ThresholdNs::NUMERIC,

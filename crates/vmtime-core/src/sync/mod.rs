@@ -560,6 +560,7 @@ impl Discipline {
             && !self.calibrating()
             && !new_markers
             && !after_holdover
+            && self.cross_widen_ns.is_none()
             && self.status.updates >= u64::from(self.cfg.step_updates)
             && offset_ns.abs() <= self.status.pairing_ns + REST_OFFSET_NS;
         self.next_rest(quiet);

@@ -45,21 +45,21 @@ pub enum Wakeup {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NotifyCheck {
     spurious: u32,
-    /// The acknowledged `seq_count` when an observation found a newer page unannounced.
-    unannounced_since: Option<u32>,
+    /// New pages found in a row that no wake-up announced.
+    silent: u32,
 }
 
-/// What an observation that no notification woke found about the notifications
-/// ([`NotifyCheck::at_observation`]).
+/// What a new page found without a wake-up says about the notifications
+/// ([`NotifyCheck::page_found`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Silence {
-    /// The page is the one last acknowledged: nothing was missed.
+    /// Announced (the device was woken since its page was last read).
     Kept,
-    /// A newer page than the one last acknowledged, the first time: its notification may still be
-    /// on its way. Observe again within the shortest interval.
+    /// Not announced, the first in a row: one ring lost, or a page found a moment before its
+    /// notification arrived.
     Suspect,
-    /// Still a newer page a whole observation later, and no notification in between: the
-    /// notifications do not come (no interrupt, no doorbell). Check the markers instead.
+    /// [`NotifyCheck::SILENT_LIMIT`] new pages in a row without a wake-up: the notifications do
+    /// not come (no interrupt, no doorbell). Check the markers instead.
     Missed,
 }
 
@@ -81,25 +81,26 @@ impl NotifyCheck {
         }
     }
 
-    /// An observation that no notification woke found the page at `seq_now`; `acked` is the
-    /// `seq_count` the device's `read()` last returned. A notifying device wakes its reader on
-    /// every page, so a newer page seen twice, an observation apart, without a wake-up means the
-    /// notifications stopped: a follower whose interval grew at rest would otherwise see
-    /// disruptions only at that long interval. (A notification read between the two
-    /// observations, even of an older page, clears the suspicion: it was on its way.)
-    pub fn at_observation(&mut self, acked: Option<u32>, seq_now: u32) -> Silence {
-        match acked {
-            Some(a) if a != seq_now => {
-                if self.unannounced_since.replace(a) == Some(a) {
-                    Silence::Missed
-                } else {
-                    Silence::Suspect
-                }
-            }
-            _ => {
-                self.unannounced_since = None;
-                Silence::Kept
-            }
+    /// New pages found without a wake-up in a row that mean the notifications stopped.
+    pub const SILENT_LIMIT: u32 = 2;
+
+    /// A new page was found (its `seq_count` differs from the one last read), `woken`: whether
+    /// the device's wait queue was woken since the last read. A notifying device wakes its
+    /// readers on every page, but its `poll()` is readable for any unread page, so a follower
+    /// whose wait ends for another reason (its interval, a request) finds unannounced pages as
+    /// readable as announced ones: only the wake-up tells them apart. Without this, a follower
+    /// whose interval grew at rest would see disruptions only at that long interval once the
+    /// notifications stopped.
+    pub fn page_found(&mut self, woken: bool) -> Silence {
+        if woken {
+            self.silent = 0;
+            return Silence::Kept;
+        }
+        self.silent += 1;
+        if self.silent >= Self::SILENT_LIMIT {
+            Silence::Missed
+        } else {
+            Silence::Suspect
         }
     }
 }

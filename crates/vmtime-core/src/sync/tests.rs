@@ -67,24 +67,12 @@ fn a_poll_that_is_always_readable_is_found_out() {
 #[test]
 fn notifications_that_stop_coming_are_found_out() {
     let mut n = NotifyCheck::default();
-    assert_eq!(n.at_observation(None, 8), Silence::Kept, "nothing acknowledged yet: no judgement");
-    assert_eq!(n.at_observation(Some(8), 8), Silence::Kept);
-    // A page newer than the last notification: maybe still on its way.
-    assert_eq!(n.at_observation(Some(8), 10), Silence::Suspect);
-    // Its notification came (read() acknowledged 10): all is well.
-    assert_eq!(n.at_observation(Some(10), 10), Silence::Kept);
-    // Another one, seen at the next observation too without a wake-up: missed.
-    assert_eq!(n.at_observation(Some(10), 12), Silence::Suspect);
-    assert_eq!(n.at_observation(Some(10), 12), Silence::Missed);
-    // A page that keeps changing while no notification comes: missed at the second look.
-    let mut n = NotifyCheck::default();
-    assert_eq!(n.at_observation(Some(2), 4), Silence::Suspect);
-    assert_eq!(n.at_observation(Some(2), 6), Silence::Missed);
-    // Notifications that come, each a little behind the page: never missed.
-    let mut n = NotifyCheck::default();
-    for k in 1..10u32 {
-        assert_eq!(n.at_observation(Some(2 * k), 2 * k + 2), Silence::Suspect, "{k}");
-    }
+    assert_eq!(n.page_found(true), Silence::Kept);
+    // One page without a wake-up (a lost ring, a notification still on its way): suspect only.
+    assert_eq!(n.page_found(false), Silence::Suspect);
+    assert_eq!(n.page_found(true), Silence::Kept, "the next one announced: all is well");
+    assert_eq!(n.page_found(false), Silence::Suspect);
+    assert_eq!(n.page_found(false), Silence::Missed, "two in a row: the notifications stopped");
 }
 
 #[test]
@@ -488,7 +476,7 @@ fn the_interval_grows_at_rest_and_falls_back_on_anything_else() {
     let mut w = World::new();
     let mut t = 0;
     let mut intervals = Vec::new();
-    let mut step = |w: &mut World, t: &mut i128| {
+    let step = |w: &mut World, t: &mut i128| {
         let acts = w.observe(*t);
         let iv = w.d.poll_interval_ns();
         *t += (iv / NS).max(1);

@@ -258,9 +258,10 @@ daemon_settings! {
         /// interval_ms after each update whose offset was within 50 µs (beyond the measurement's
         /// own width), up to this; any other update, a disruption or a holdover brings it back to
         /// interval_ms. A new page is observed within interval_ms whatever the interval. Equal to
-        /// interval_ms (or less): a fixed interval.
+        /// interval_ms (or less): a fixed interval. At most 30 s (the alert on the last good
+        /// observation's age).
         #[arg(long)]
-        key max_interval_ms: IntervalMs = IntervalMs::new(16_000).expect("in range"),
+        key max_interval_ms: MaxIntervalMs = MaxIntervalMs::new(16_000).expect("in range"),
         /// Step instead of slewing when the offset exceeds this during the first updates, ns
         /// (chrony's makestep).
         #[arg(long)]

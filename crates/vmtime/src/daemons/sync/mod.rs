@@ -356,6 +356,7 @@ fn run_with(args: Args, settings: fn(&Args) -> Result<SyncSettings>) -> Result<E
         is_device,
         next_obs: now,
         last_obs: now,
+        last_refresh: now,
         rescheduled: false,
         last_resubscribe: now,
     };

@@ -37,6 +37,8 @@ impl DeviceNotes {
     /// readable wake-ups in a row with nothing new, the device is no longer polled.
     pub(crate) fn readable(&mut self, seq_now: impl Fn() -> u32) -> bool {
         let Some(d) = &self.device else { return false };
+        // Whether a notification woke the device, asked before read() consumes its state.
+        let woken = self.probe.as_ref().map(|p| p.woke().unwrap_or(true));
         // read() acknowledges this seq_count to the driver and says which it is: the driver's
         // poll() wakes a file only for a seq other than the one it last read.
         let mut buf = [0u8; abi::ABI_SIZE];
@@ -61,7 +63,18 @@ impl DeviceNotes {
         }
         let last = self.acked.replace(seq);
         match self.check.readable(last, seq) {
-            Wakeup::Update => true,
+            Wakeup::Update => {
+                // Found readable without a wake-up (the wait ended for another reason): a page
+                // the device did not announce. Two in a row: the notifications stopped.
+                if woken.is_some_and(|w| self.check.page_found(w) == Silence::Missed) {
+                    tracing::warn!(
+                        "the vmclock device did not notify its last {} pages (seq_count now {seq}): checking the markers every 40 ms instead (is the VMM's doorbell or the guest's GED interrupt working?)",
+                        NotifyCheck::SILENT_LIMIT
+                    );
+                    self.device = None;
+                }
+                true
+            }
             Wakeup::Spurious => false,
             Wakeup::NoPoll => {
                 tracing::warn!(
@@ -71,30 +84,6 @@ impl DeviceNotes {
                 false
             }
         }
-    }
-}
-
-impl DeviceNotes {
-    /// An observation that no notification woke found the page at `seq`: whether notifications
-    /// were missed ([`NotifyCheck::at_observation`]); on [`Silence::Missed`] the device is no
-    /// longer polled (the markers are checked at the cadence instead), with one log line.
-    pub(crate) fn at_observation(&mut self, seq: u32) -> Silence {
-        if self.device.is_none() {
-            return Silence::Kept;
-        }
-        // A wake-up since the page was last read: its notification came (the loop reads it next).
-        let Some(announced) = self.probe.as_ref().map(|p| p.woke().unwrap_or(true)) else {
-            return Silence::Kept;
-        };
-        let s = self.check.at_observation(if announced { Some(seq) } else { self.acked }, seq);
-        if s == Silence::Missed {
-            tracing::warn!(
-                "the vmclock device did not notify page seq_count {seq} (the last notified was {}): checking the markers every 40 ms instead (is the VMM's doorbell or the guest's GED interrupt working?)",
-                self.acked.unwrap_or(0)
-            );
-            self.device = None;
-        }
-        s
     }
 }
 
@@ -125,6 +114,8 @@ pub(super) struct Sync {
     pub(super) next_obs: Instant,
     /// When the last observation started.
     pub(super) last_obs: Instant,
+    /// When a page file was last looked for a replacement between observations.
+    pub(super) last_refresh: Instant,
     /// A look moved the next observation nearer: the look asks for a turn (the runtime then
     /// waits for the new time).
     pub(super) rescheduled: bool,
@@ -252,6 +243,15 @@ impl Sync {
         if !self.cadence.due(mono) {
             return false;
         }
+        // A page file replaced by its publisher is mapped again at an observation; while the
+        // interval is long, it is looked for every interval_ms (one stat).
+        if self.discipline.resting() && !self.is_device && self.last_refresh.elapsed() >= self.base_interval() {
+            self.last_refresh = Instant::now();
+            if self.page.refresh() {
+                tracing::debug!("{} was replaced: observing now", self.page.path().display());
+                return true;
+            }
+        }
         let pending = self.discipline.disruption_pending();
         let look = self.cadence.look(mono, self.page.markers(), pending);
         let now = look.observe_now(pending);
@@ -260,12 +260,15 @@ impl Sync {
         } else if look == Look::Updated && self.discipline.resting() {
             // A new page while the interval has grown: observed within the shortest interval of
             // the last observation (at once if that is past), not at the long one.
-            self.next_obs = self.next_obs.min(self.last_obs + self.base_interval());
-            if Instant::now() >= self.next_obs {
+            let sooner = self.last_obs + self.base_interval();
+            if Instant::now() >= sooner {
                 return true;
             }
-            // A turn all the same, so that the runtime waits for the nearer observation.
-            self.rescheduled = true;
+            if sooner < self.next_obs {
+                self.next_obs = sooner;
+                // A turn all the same, so that the runtime waits for the nearer observation.
+                self.rescheduled = true;
+            }
         }
         now
     }
@@ -346,14 +349,6 @@ impl Daemon for Sync {
             }
             let next = self.discipline.poll_interval_ns().clamp(1, i128::from(u64::MAX)) as u64;
             self.next_obs = Instant::now() + Duration::from_nanos(next);
-            // Woken by the interval on a notifying device: was a page left unannounced?
-            if let (false, Some(seen)) = (notified, self.cadence.last_seen()) {
-                match self.notes.at_observation(seen.seq_count) {
-                    Silence::Kept => {}
-                    Silence::Suspect => self.next_obs = self.next_obs.min(Instant::now() + self.base_interval()),
-                    Silence::Missed => self.cadence.set_notified(false),
-                }
-            }
         }
         let a2 = self.discipline.handle_tick(vmtime_sys::gettime(ClockId::MonotonicRaw)?);
         self.apply(a2)?;
