@@ -296,7 +296,8 @@ impl Daemon for Sync {
         let raw_now = vmtime_sys::gettime(ClockId::MonotonicRaw).unwrap_or(0);
         let slew = self.discipline.next_deadline().map(|d| now + Duration::from_nanos((d - raw_now).max(0) as u64));
         let cross = self.cross.as_ref().map(crate::daemons::crosscheck::NtpCross::deadline);
-        let resubscribe = (!self.is_device && self.sub.is_none()).then(|| self.last_resubscribe + self.resubscribe_every);
+        let resubscribe =
+            (!self.is_device && self.sub.is_none()).then(|| self.last_resubscribe + self.resubscribe_every);
         [Some(self.next_obs), slew, cross, resubscribe].into_iter().flatten().min()
     }
 
