@@ -595,6 +595,8 @@ impl Discipline {
         out.push(SyncAction::SetState { insert, delete, synchronized: kernel_synchronized, maxerror_us, esterror_us });
         self.status.state = if synchronized { "synchronised" } else { "following a free-running source" };
         self.status.updates += 1;
+        // What the daemon waits now (the calibration's shorter interval included).
+        self.status.interval_s = self.poll_interval_ns() as f64 / 1e9;
         out
     }
 }

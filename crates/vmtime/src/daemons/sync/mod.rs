@@ -359,6 +359,7 @@ fn run_with(args: Args, settings: fn(&Args) -> Result<SyncSettings>) -> Result<E
         last_refresh: now,
         rescheduled: false,
         last_resubscribe: now,
+        resubscribe_every: Duration::from_secs(1),
     };
     s.cadence.set_notified(s.notes.device.is_some());
     tracing::info!(

@@ -120,6 +120,9 @@ pub(super) struct Sync {
     /// waits for the new time).
     pub(super) rescheduled: bool,
     pub(super) last_resubscribe: Instant,
+    /// How long after the last attempt the publisher's socket is tried again (1 s, doubling to
+    /// 16 s while nobody answers).
+    pub(super) resubscribe_every: Duration,
     /// The figures offered to the metrics server.
     pub(super) m: crate::ops::figures::SyncMetrics,
     /// Changes to the kernel's NTP state that this daemon did not make.
@@ -287,13 +290,14 @@ impl Daemon for Sync {
     const LIVE: &'static [&'static str] = LIVE;
 
     /// The next observation, the end of a slew or the cross-check's next query; while a page
-    /// file's publisher does not answer, at the latest in 1 s (to subscribe again).
+    /// file's publisher does not answer, the next attempt to subscribe again (1–16 s).
     fn next_turn(&self) -> Option<Instant> {
         let now = Instant::now();
         let raw_now = vmtime_sys::gettime(ClockId::MonotonicRaw).unwrap_or(0);
         let slew = self.discipline.next_deadline().map(|d| now + Duration::from_nanos((d - raw_now).max(0) as u64));
         let cross = self.cross.as_ref().map(crate::daemons::crosscheck::NtpCross::deadline);
-        let resubscribe = (!self.is_device && self.sub.is_none()).then(|| now + Duration::from_secs(1));
+        let resubscribe =
+            (!self.is_device && self.sub.is_none()).then(|| self.last_resubscribe + self.resubscribe_every);
         [Some(self.next_obs), slew, cross, resubscribe].into_iter().flatten().min()
     }
 
@@ -359,10 +363,17 @@ impl Daemon for Sync {
             c.log();
             self.m.cross_check = Some(c.cc.status().clone());
         }
-        if !self.is_device && self.sub.is_none() && self.last_resubscribe.elapsed() >= Duration::from_secs(1) {
+        if !self.is_device && self.sub.is_none() && self.last_resubscribe.elapsed() >= self.resubscribe_every {
             self.last_resubscribe = Instant::now();
             // A short wait: the loop never stalls on a publisher that accepts but never answers.
             self.sub = Subscription::reopen(&self.publisher);
+            // Tried again 1 s later, backing off to 16 s while nobody answers (the marker looks
+            // see every page meanwhile): a page with no publisher (a PCI BAR) costs no turn a second.
+            self.resubscribe_every = if self.sub.is_some() {
+                Duration::from_secs(1)
+            } else {
+                (self.resubscribe_every * 2).min(Duration::from_secs(16))
+            };
         }
         self.m.notified = self.notes.device.is_some();
         self.m.observations_redone = self.redone;
