@@ -108,7 +108,8 @@ pub struct Cadence {
     next_ns: Option<i128>,
     /// Until when checks are urgent (a new marker was found and no update has followed it).
     urgent_until_ns: Option<i128>,
-    /// Checks made (for status and tests).
+    /// Checks made at the cadence (for status and tests): a look a notification asks for is
+    /// not one.
     checks: u64,
 }
 
@@ -192,8 +193,12 @@ impl Cadence {
     /// check is not caught up: no burst after a pause). An update ends the urgency only when no
     /// disruption is pending: a relay may write more pages without time (another host update
     /// before it knows the counter map) before the one the follower can act on.
+    /// While the source notifies, a look is the one its notification asked for (the feeds read
+    /// the markers of the page they were woken for) and is not counted as a check.
     pub fn look(&mut self, now_ns: i128, markers: Option<Markers>, pending: bool) -> Look {
-        self.checks += 1;
+        if !self.notified {
+            self.checks += 1;
+        }
         let found = match (markers, self.seen) {
             (None, _) | (Some(_), None) => Look::Same, // the first look only sets the baseline
             (Some(m), Some(before)) if m.disrupted_since(&before) => Look::Disrupted,
@@ -214,7 +219,7 @@ impl Cadence {
         found
     }
 
-    /// Checks made so far.
+    /// Checks made at the cadence so far (not the looks made while notified).
     pub fn checks(&self) -> u64 {
         self.checks
     }
@@ -344,8 +349,14 @@ mod tests {
         c.set_notified(true);
         assert_eq!(c.next_check_ns(100), None);
         assert!(!c.due(1 << 40));
+        // The look a notification asks for still finds the disruption, and is not a check.
+        assert_eq!(c.checks(), 1);
+        assert_eq!(c.look(200, Some(m(4, 2, None)), false), Look::Disrupted);
+        assert_eq!(c.checks(), 1, "a look while notified is not a check at the cadence");
         c.set_notified(false);
         assert_eq!(c.next_check_ns(100), Some(100), "checks resume at once");
+        c.look(300, Some(m(4, 2, None)), false);
+        assert_eq!(c.checks(), 2);
         // A tiny interval is raised to the minimum.
         assert_eq!(Cadence::new(5).check_ns(), MIN_CHECK_NS);
     }

@@ -154,3 +154,55 @@ fn the_clockbound_feed_writes_the_new_marker_within_tens_of_ms() {
     assert!(p50 <= 50.0, "median reaction {p50:.1} ms: {lat:?}");
     assert!(max <= 900.0, "slowest reaction {max:.1} ms: {lat:?}");
 }
+
+/// Both feeds on a page file (no device, so no notifications) say `"notified": false` in their
+/// status and count the checks of the page's markers they make between turns (every 40 ms; a
+/// turn every 1 s). The notified case needs the 7.0+ driver: the lab's `notify` check.
+#[test]
+fn the_feeds_on_a_page_file_are_not_notified_and_count_their_marker_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    let page = page(dir.path());
+    let src = page.to_str().unwrap();
+    let seg_dir = dir.path().join("cb");
+    let cb_sock = seg_dir.join("feed-clockbound.sock");
+    let (_cb, _cb_log) = spawn_answering(
+        &["feed", "clockbound", "--source", src, "--dir", seg_dir.to_str().unwrap()]
+            .into_iter()
+            .chain(["--interval-ms", "1000", "--life-ms", "20000", "--duration-s", "120"])
+            .collect::<Vec<_>>(),
+        &cb_sock,
+    );
+    let refclock = dir.path().join("refclock.sock");
+    let _chronyd = std::os::unix::net::UnixDatagram::bind(&refclock).unwrap();
+    let ch_sock = dir.path().join("chrony.ctl");
+    let (_ch, _ch_log) = spawn_answering(
+        &["feed", "chrony", "--source", src, "--socket", refclock.to_str().unwrap()]
+            .into_iter()
+            .chain(["--control-socket", ch_sock.to_str().unwrap(), "--interval-ms", "1000", "--duration-s", "120"])
+            .collect::<Vec<_>>(),
+        &ch_sock,
+    );
+    for sock in [&cb_sock, &ch_sock] {
+        let end = Instant::now() + Duration::from_secs(30);
+        let first = loop {
+            let st = json(&["status", "--socket", sock.to_str().unwrap(), "--json"]);
+            assert_eq!(st["notified"], false, "a page file cannot notify: {st}");
+            let checks = st["marker_checks"].as_u64().unwrap_or_else(|| panic!("no marker_checks: {st}"));
+            if checks >= 3 {
+                break checks;
+            }
+            assert!(Instant::now() < end, "the marker checks never came: {st}");
+            std::thread::sleep(Duration::from_millis(50)); // polling a condition, with a bound
+        };
+        // Still counting: the checks go on between turns.
+        let end = Instant::now() + Duration::from_secs(30);
+        loop {
+            let st = json(&["status", "--socket", sock.to_str().unwrap(), "--json"]);
+            if st["marker_checks"].as_u64().unwrap_or(0) > first {
+                break;
+            }
+            assert!(Instant::now() < end, "the marker checks stopped at {first}: {st}");
+            std::thread::sleep(Duration::from_millis(50)); // polling a condition, with a bound
+        }
+    }
+}

@@ -16,6 +16,8 @@ const PAGE_FILE: &str = "/sys/bus/pci/devices/0000:00:04.0/resource2";
 const WINDOW: Duration = Duration::from_secs(48);
 /// The interval at rest the window waits for (sync's default `max_interval_ms`), s.
 const REST_INTERVAL_S: f64 = 16.0;
+/// The ClockBound feed's control socket in the guest.
+const FEED_SOCK: &str = "/tmp/cbn.sock";
 /// Restores from the snapshot.
 const RESTORES: usize = 8;
 /// Guest page updates made on demand, 0.5 s apart.
@@ -115,6 +117,9 @@ impl Lab {
     ///     `vmtime sync` on /dev/vmclock0 is notified and makes no marker checks, poll() wakes on
     ///     the relay's updates, each savevm/loadvm restore reaches sync through the notification,
     ///     and the daemons' CPU at rest (beside a polled sync on the same page, in the same guest).
+    ///     `vmtime feed clockbound` on /dev/vmclock0 is notified too: no marker checks through the
+    ///     window and the restores, its segment bounded again after them (the page's status); with the doorbell
+    ///     silenced both it and sync fall back to the checks.
     pub(super) fn notify(&mut self) -> Result<String> {
         self.vm.sh_ok("insmod /lib/ptp_vmclock.ko", 10 * SEC)?;
         let dmesg = self.vm.sh("dmesg | grep -i -e vmclock -e ged -e notif", 5 * SEC)?.0;
@@ -140,6 +145,12 @@ impl Lab {
             "vmtime sync --source /dev/vmclock0 --socket /tmp/sync.sock </dev/null >/tmp/sync.log 2>&1",
             "/tmp/sync.sock",
         )?;
+        // The ClockBound feed on the same device: notified as sync is (the pace they share).
+        let feed_pid = start_daemon(
+            self,
+            &format!("vmtime-full feed clockbound --source /dev/vmclock0 --dir /tmp/cbn --layout 2 --control-socket {FEED_SOCK} </dev/null >/tmp/cbn.log 2>&1"),
+            FEED_SOCK,
+        )?;
         let first = self.converge(1_000_000, Duration::from_secs(20))?;
         ensure!(first.is_some(), "vmtime sync on the notifying /dev/vmclock0 did not reach 1 ms in 20 s");
         // The same page as a file, polled at the markers' cadence (a dry run: one discipline).
@@ -156,6 +167,9 @@ impl Lab {
         let checks0 = s0["marker_checks"].as_u64().context("marker_checks")?;
         let p0 = status(self, "/tmp/polled.sock")?;
         ensure!(p0["notified"] == false, "the sync on the page file says notified: {p0}");
+        let f0 = status(self, FEED_SOCK)?;
+        ensure!(f0["notified"] == true, "vmtime feed clockbound on /dev/vmclock0 is not notified: {f0}");
+        let feed_checks0 = f0["marker_checks"].as_u64().context("the feed's marker_checks")?;
         // At rest: the interval between observations has grown to its longest (it doubles after
         // each quiet update: ~31 s after start-up). Waited for, at most 90 s; a sync that never
         // gets there (offsets beyond 50 µs) is measured all the same and says so.
@@ -188,7 +202,9 @@ impl Lab {
         let r1 = self.tell_relay("status")?;
         let s1 = status(self, "/tmp/sync.sock")?;
         let p1 = status(self, "/tmp/polled.sock")?;
+        let f1 = status(self, FEED_SOCK)?;
         let checks1 = s1["marker_checks"].as_u64().context("marker_checks")?;
+        let feed_checks1 = f1["marker_checks"].as_u64().context("the feed's marker_checks")?;
         let polled_checks1 = p1["marker_checks"].as_u64().unwrap_or(0);
         let pct = |i: usize| (cpu1[i] - cpu0[i]) as f64 / ((up1 - up0) * 1e9) * 100.0;
         let (sync_pct, polled_pct) = (pct(0), pct(1));
@@ -314,6 +330,22 @@ impl Lab {
         let s2 = status(self, "/tmp/sync.sock")?;
         let relay = self.tell_relay("status")?;
         let (_, ged2) = ged(self)?;
+        // The feed after the restores: still notified, no checks, and its segment bounded again
+        // once it has the page the relay wrote with the map told (waited for, at most 10 s):
+        // SYNCHRONIZED, or FREE_RUNNING where the page itself says FREERUNNING (this machine's
+        // kernel clock not synchronised: the host page then says so, and ClockBound with it).
+        let want = if s2["source_status"] == "FREERUNNING" { "FREE_RUNNING" } else { "SYNCHRONIZED" };
+        let t_feed = Instant::now();
+        let f2 = loop {
+            let f = status(self, FEED_SOCK)?;
+            if f["segment_status"] == want || t_feed.elapsed() > 10 * SEC {
+                break f;
+            }
+            std::thread::sleep(Duration::from_millis(200)); // polls the guest's status, bounded above
+        };
+        let feed_sync_s = (f2["segment_status"] == want).then(|| t_feed.elapsed().as_secs_f64());
+        let feed_checks2 = f2["marker_checks"].as_u64().unwrap_or(u64::MAX);
+        let feed_disrupted = |f: &serde_json::Value| f["held"]["disrupted"].as_u64().unwrap_or(0);
 
         // Notifications that stop coming: the relay restarted with a doorbell nobody answers
         // (its page still says NOTIFICATION_PRESENT, and no interrupt comes) writes the guest's
@@ -325,13 +357,20 @@ impl Lab {
         self.start_relay(&self.host_page.clone(), ticks)?;
         let t_silent = Instant::now();
         let mut last_page = Instant::now();
-        let silenced = loop {
-            let st = status(self, "/tmp/sync.sock")?;
-            if st["notified"] == false && st["marker_checks"].as_u64().unwrap_or(0) > 0 {
-                break Some(t_silent.elapsed());
+        // The feed shares sync's DeviceNotes: it must find out too (its turns, 1 s apart, find the
+        // unannounced pages sooner).
+        let (mut silenced, mut feed_silenced) = (None, None);
+        let fallen_back =
+            |st: &serde_json::Value| st["notified"] == false && st["marker_checks"].as_u64().unwrap_or(0) > 0;
+        loop {
+            if silenced.is_none() && fallen_back(&status(self, "/tmp/sync.sock")?) {
+                silenced = Some(t_silent.elapsed());
             }
-            if t_silent.elapsed() > 60 * SEC {
-                break None;
+            if feed_silenced.is_none() && fallen_back(&status(self, FEED_SOCK)?) {
+                feed_silenced = Some(t_silent.elapsed());
+            }
+            if (silenced.is_some() && feed_silenced.is_some()) || t_silent.elapsed() > 60 * SEC {
+                break;
             }
             // Unannounced pages, 3 s apart (the map in force, a new marker: each a disruption
             // sync must still follow); sync finds each at its next observation.
@@ -340,9 +379,13 @@ impl Lab {
                 last_page = Instant::now();
             }
             std::thread::sleep(SEC / 2); // polls the guest's status, bounded above
-        };
+        }
         let said = self.vm.sh("grep -c 'did not notify' /tmp/sync.log", 5 * SEC)?.0.trim().parse::<u32>().unwrap_or(0);
         let sync_log = self.vm.sh("tail -n 6 /tmp/sync.log", 5 * SEC)?.0;
+        let feed_said =
+            self.vm.sh("grep -c 'did not notify' /tmp/cbn.log", 5 * SEC)?.0.trim().parse::<u32>().unwrap_or(0);
+        let feed_log = self.vm.sh("tail -n 6 /tmp/cbn.log", 5 * SEC)?.0;
+        self.vm.sh(&format!("kill {feed_pid}"), 5 * SEC)?;
         self.doorbell = bell;
         self.start_relay(&self.host_page.clone(), ticks)?;
         // The doorbell back: pages announced again, 1 s apart; sync must trust the device again
@@ -385,7 +428,25 @@ impl Lab {
             && silenced.is_some()
             && said == 1
             && rearmed.is_some()
-            && said_back == 1;
+            && said_back == 1
+            && feed_checks0 == 0
+            && feed_checks1 == 0
+            && feed_checks2 == 0
+            && f2["notified"] == true
+            && feed_sync_s.is_some()
+            && feed_silenced.is_some()
+            && feed_said == 1;
+        // The feed's figures (a second object: one json! of all of them is past its recursion limit).
+        let feed_figures = serde_json::json!({
+            "feed_notified": [f0["notified"].clone(), f1["notified"].clone(), f2["notified"].clone()],
+            "feed_marker_checks": [feed_checks0, feed_checks1, feed_checks2],
+            "feed_segment_status_after_restores": f2["segment_status"],
+            "feed_bounded_after_restores_s": feed_sync_s.map(r1),
+            "feed_held_disrupted": feed_disrupted(&f2).saturating_sub(feed_disrupted(&f0)),
+            "feed_segment_writes": f2["segment_writes"],
+            "feed_silent_doorbell_found_s": feed_silenced.map(|d| r1(d.as_secs_f64())),
+            "feed_silent_doorbell_logged": feed_said,
+        });
         self.figures = Some(serde_json::json!({
             "ged_interrupt": ged_line,
             "ged_interrupts": ged2,
@@ -426,6 +487,10 @@ impl Lab {
             "notes": notes,
             "load_average": loadavg(),
         }));
+        if let (Some(serde_json::Value::Object(m)), serde_json::Value::Object(more)) = (&mut self.figures, feed_figures)
+        {
+            m.extend(more);
+        }
         let summary = format!(
             "{ged_line:?}; sync on /dev/vmclock0 notified, marker checks {checks0} → {checks1} → {sync_checks_after}; \
              at rest {:.0} s: {relayed} pages relayed, {rung} rings, poll() woke {rest_wakes} times for \
@@ -446,6 +511,16 @@ impl Lab {
             c99,
             if notes.is_empty() { String::new() } else { format!("; {}", notes.join("; ")) }
         );
+        let summary = format!(
+            "{summary}; feed clockbound on /dev/vmclock0 notified {}, marker checks {feed_checks0} → {feed_checks1} → \
+             {feed_checks2}, {} turns held disrupted over the restores, segment {} {}",
+            f2["notified"],
+            feed_disrupted(&f2).saturating_sub(feed_disrupted(&f0)),
+            f2["segment_status"].as_str().unwrap_or("?"),
+            feed_sync_s.map_or(format!("10 s after the restores (the page's status is {want})"), |s| format!(
+                "{s:.1} s after the restores (the page's status)"
+            )),
+        );
         let summary = match silenced {
             Some(d) => format!(
                 "{summary}; the doorbell silenced: sync checked the markers instead {:.1} s later (logged {said} time(s))",
@@ -453,11 +528,17 @@ impl Lab {
             ),
             None => format!("{summary}; the doorbell silenced: sync still trusted the notifications 60 s later"),
         };
+        let summary = match feed_silenced {
+            Some(d) => format!("{summary}, the feed {:.1} s later (logged {feed_said} time(s))", d.as_secs_f64()),
+            None => format!("{summary}, the feed still trusted the notifications 60 s later"),
+        };
         let summary = match rearmed {
-            Some(d) => format!("{summary}; the doorbell back: notified again {:.1} s later", d.as_secs_f64()),
+            Some(d) => format!("{summary}; the doorbell back: sync notified again {:.1} s later", d.as_secs_f64()),
             None => format!("{summary}; the doorbell back: sync still checking the markers 60 s later"),
         };
-        let summary = if said == 1 && said_back == 1 { summary } else { format!("{summary}; sync's log ends: {sync_log:?}") };
+        let summary =
+            if said == 1 && said_back == 1 { summary } else { format!("{summary}; sync's log ends: {sync_log:?}") };
+        let summary = if feed_said == 1 { summary } else { format!("{summary}; the feed's log ends: {feed_log:?}") };
         let summary = if unmeasured > 0 {
             format!("{summary}; {unmeasured} restores not measurable (no echo with a noise under 1 ms in 10 s)")
         } else {

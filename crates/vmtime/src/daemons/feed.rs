@@ -313,6 +313,7 @@ impl Daemon for Chrony {
     }
 
     fn figures(&mut self) -> &mut FeedChronyMetrics {
+        self.pace.report(&mut self.f.common);
         &mut self.f
     }
 
@@ -517,6 +518,7 @@ impl Daemon for ClockBound {
     }
 
     fn figures(&mut self) -> &mut FeedClockBoundMetrics {
+        self.pace.report(&mut self.f.common);
         &mut self.f
     }
 

@@ -57,6 +57,12 @@ impl MarkerPace {
         self.pace.next()
     }
 
+    /// The pace's figures in a feed's status: whether the device notifies, and the checks made.
+    pub(crate) fn report(&self, c: &mut crate::ops::figures::FeedCommon) {
+        c.notified = self.notes.device.is_some();
+        c.marker_checks = self.cadence.checks();
+    }
+
     /// When the next look at the markers is due (none while the device notifies).
     pub(crate) fn next_look(&self) -> Option<Instant> {
         next_check(&self.cadence)

@@ -569,6 +569,11 @@ pub struct FeedCommon {
     pub source: String,
     /// What the last turn did, in words (systemd's STATUS line).
     pub state: String,
+    /// Woken by the vmclock device's notifications (7.0+ driver, NOTIFICATION_PRESENT): no
+    /// marker checks while so.
+    pub notified: bool,
+    /// Checks of the page's markers between turns (every 40 ms while not notified).
+    pub marker_checks: u64,
     /// The runtime's figures.
     pub run: RunFigures,
 }
@@ -619,6 +624,8 @@ impl FeedCommon {
             "state": self.state,
             "held": held,
             "page_age_s": age(now, self.page_changed),
+            "notified": self.notified,
+            "marker_checks": self.marker_checks,
         })
     }
 }
