@@ -388,6 +388,26 @@ impl Lab {
         self.vm.sh(&format!("kill {feed_pid}"), 5 * SEC)?;
         self.doorbell = bell;
         self.start_relay(&self.host_page.clone(), ticks)?;
+        // The doorbell back: pages announced again, 1 s apart; sync must trust the device again
+        // after 3 announced pages in a row (vmtime_core::sync::Rearm) and stop its looks.
+        let t_back = Instant::now();
+        let mut last_page = Instant::now() - 2 * SEC;
+        let rearmed = loop {
+            let st = status(self, "/tmp/sync.sock")?;
+            if st["notified"] == true {
+                break Some(t_back.elapsed());
+            }
+            if t_back.elapsed() > 60 * SEC {
+                break None;
+            }
+            if last_page.elapsed() >= SEC {
+                self.tell_relay(&format!("migrated {}", ticks as i64))?;
+                last_page = Instant::now();
+            }
+            std::thread::sleep(SEC / 4); // polls the guest's status, bounded above
+        };
+        let said_back =
+            self.vm.sh("grep -c 'notifies again' /tmp/sync.log", 5 * SEC)?.0.trim().parse::<u32>().unwrap_or(0);
 
         let r1 = |x: f64| (x * 10.0).round() / 10.0;
         let q = |v: &Vec<f64>| if v.is_empty() { (f64::NAN, f64::NAN, f64::NAN) } else { quantiles(v.clone()) };
@@ -407,6 +427,8 @@ impl Lab {
             && to1_told_ms.len() * 2 >= RESTORES
             && silenced.is_some()
             && said == 1
+            && rearmed.is_some()
+            && said_back == 1
             && feed_checks0 == 0
             && feed_checks1 == 0
             && feed_checks2 == 0
@@ -444,6 +466,7 @@ impl Lab {
             "sync_rest_wait_s": r1(rest_wait_s),
             "silent_doorbell_found_s": silenced.map(|d| r1(d.as_secs_f64())),
             "silent_doorbell_logged": said,
+            "doorbell_back_trusted_s": rearmed.map(|d| r1(d.as_secs_f64())),
             "sync_interval_s": [interval0, s1["discipline"]["interval_s"].clone()],
             "sync_observations_in_window": s1["updates"].as_u64().unwrap_or(0).saturating_sub(updates0),
             "sync_cpu_pct": (sync_pct * 1e4).round() / 1e4,
@@ -509,7 +532,12 @@ impl Lab {
             Some(d) => format!("{summary}, the feed {:.1} s later (logged {feed_said} time(s))", d.as_secs_f64()),
             None => format!("{summary}, the feed still trusted the notifications 60 s later"),
         };
-        let summary = if said == 1 { summary } else { format!("{summary}; sync's log ends: {sync_log:?}") };
+        let summary = match rearmed {
+            Some(d) => format!("{summary}; the doorbell back: sync notified again {:.1} s later", d.as_secs_f64()),
+            None => format!("{summary}; the doorbell back: sync still checking the markers 60 s later"),
+        };
+        let summary =
+            if said == 1 && said_back == 1 { summary } else { format!("{summary}; sync's log ends: {sync_log:?}") };
         let summary = if feed_said == 1 { summary } else { format!("{summary}; the feed's log ends: {feed_log:?}") };
         let summary = if unmeasured > 0 {
             format!("{summary}; {unmeasured} restores not measurable (no echo with a noise under 1 ms in 10 s)")

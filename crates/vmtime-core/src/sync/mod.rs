@@ -630,7 +630,9 @@ fn leap_arming(page: &Snapshot, utc: &vmclock::Timestamp<vmclock::Utc>) -> (bool
 }
 
 mod page;
-pub use page::{gives_time, sample_under_page, MarkerChange, MarkerWatch, NotifyCheck, Silence, Wakeup};
+pub use page::{
+    gives_time, sample_under_page, MarkerChange, MarkerWatch, NotifyCheck, Rearm, RearmStep, Silence, Wakeup,
+};
 
 #[cfg(test)]
 mod tests;

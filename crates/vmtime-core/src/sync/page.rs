@@ -105,6 +105,68 @@ impl NotifyCheck {
     }
 }
 
+/// A device set aside because its notifications stopped ([`Silence::Missed`]), watched for
+/// them to come back: while the follower looks at the markers, each new page it finds is
+/// judged, within [`Rearm::WAIT_NS`], by whether the device was woken for it. After
+/// [`Rearm::NEEDED`] announced pages in a row the device is trusted again (the looks stop);
+/// one unannounced page starts the count again.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Rearm {
+    /// A new page found without a wake-up yet, and when (monotonic ns).
+    pending: Option<(u32, i128)>,
+    announced: u32,
+}
+
+/// What the follower does after a look at a set-aside device ([`Rearm::look`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RearmStep {
+    /// Nothing yet.
+    Wait,
+    /// The page is judged: `read()` the device (acknowledging it) so the next page is judged
+    /// on its own wake-up.
+    Acknowledge,
+    /// Notifications are back: acknowledge, and wait on the device again.
+    Trust,
+}
+
+impl Rearm {
+    /// Announced pages in a row that bring the device back.
+    pub const NEEDED: u32 = 3;
+    /// How long a new page may wait for its notification, ns (1 s: a notification under TCG
+    /// takes up to a few hundred ms).
+    pub const WAIT_NS: i128 = 1_000_000_000;
+
+    /// A look at `now_ns` found the page at `seq`; the device's `read()` last returned `acked`,
+    /// and `woken` says whether the device was woken since.
+    pub fn look(&mut self, now_ns: i128, seq: u32, acked: Option<u32>, woken: bool) -> RearmStep {
+        if acked == Some(seq) {
+            self.pending = None;
+            return RearmStep::Wait;
+        }
+        if woken {
+            self.pending = None;
+            self.announced += 1;
+            if self.announced >= Self::NEEDED {
+                self.announced = 0;
+                return RearmStep::Trust;
+            }
+            return RearmStep::Acknowledge;
+        }
+        match self.pending {
+            Some((_, since)) if now_ns - since >= Self::WAIT_NS => {
+                self.pending = None;
+                self.announced = 0;
+                RearmStep::Acknowledge
+            }
+            Some(_) => RearmStep::Wait,
+            None => {
+                self.pending = Some((seq, now_ns));
+                RearmStep::Wait
+            }
+        }
+    }
+}
+
 /// What changed in a page's markers.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MarkerChange {

@@ -76,6 +76,33 @@ fn notifications_that_stop_coming_are_found_out() {
 }
 
 #[test]
+fn a_silent_device_is_trusted_again_once_its_notifications_come_back() {
+    const MS: i128 = 1_000_000;
+    let mut r = Rearm::default();
+    // Nothing new: nothing to judge.
+    assert_eq!(r.look(0, 10, Some(10), false), RearmStep::Wait);
+    // A new page, no wake-up yet: it may still come (up to 1 s).
+    assert_eq!(r.look(40 * MS, 12, Some(10), false), RearmStep::Wait);
+    assert_eq!(r.look(80 * MS, 12, Some(10), false), RearmStep::Wait);
+    // It never came: judged silent, acknowledged.
+    assert_eq!(r.look(1_040 * MS, 12, Some(10), false), RearmStep::Acknowledge);
+    // Three pages, each woken (one of them late, within the second): trusted again.
+    assert_eq!(r.look(2_000 * MS, 14, Some(12), true), RearmStep::Acknowledge);
+    assert_eq!(r.look(3_000 * MS, 16, Some(14), false), RearmStep::Wait);
+    assert_eq!(r.look(3_300 * MS, 16, Some(14), true), RearmStep::Acknowledge);
+    assert_eq!(r.look(4_000 * MS, 18, Some(16), true), RearmStep::Trust);
+    // A silent page in between starts the count again.
+    let mut r = Rearm::default();
+    assert_eq!(r.look(0, 4, Some(2), true), RearmStep::Acknowledge);
+    assert_eq!(r.look(MS, 6, Some(4), true), RearmStep::Acknowledge);
+    assert_eq!(r.look(2 * MS, 8, Some(6), false), RearmStep::Wait);
+    assert_eq!(r.look(2_000 * MS, 8, Some(6), false), RearmStep::Acknowledge);
+    assert_eq!(r.look(2_001 * MS, 10, Some(8), true), RearmStep::Acknowledge);
+    assert_eq!(r.look(2_002 * MS, 12, Some(10), true), RearmStep::Acknowledge);
+    assert_eq!(r.look(2_003 * MS, 14, Some(12), true), RearmStep::Trust);
+}
+
+#[test]
 fn markers_only_pages_are_watched() {
     // QEMU/Firecracker: counter INVALID, status UNKNOWN, markers only.
     let mk = |marker, generation| {

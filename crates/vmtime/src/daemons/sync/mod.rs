@@ -30,8 +30,8 @@ use vmclock::abi::{self, flags};
 use vmtime_core::cadence::{Cadence, Look, Markers};
 use vmtime_core::rival::{ClockWatch, Interference};
 use vmtime_core::sync::{
-    gives_time, sample_under_page, Discipline, MarkerWatch, NotifyCheck, Silence, SyncAction, SyncConfig,
-    SyncObservation, Wakeup,
+    gives_time, sample_under_page, Discipline, MarkerWatch, NotifyCheck, Rearm, RearmStep, Silence, SyncAction,
+    SyncConfig, SyncObservation, Wakeup,
 };
 use vmtime_sys::clock::{aba_sample, tightest, ClockId};
 use vmtime_sys::files;
@@ -414,12 +414,8 @@ mod tests {
         let mut page = vec![0u8; 4096];
         page[12..16].copy_from_slice(&6u32.to_le_bytes());
         std::fs::write(&dev, page).unwrap();
-        let mut notes = DeviceNotes {
-            device: Some(File::open(&dev).unwrap()),
-            check: NotifyCheck::default(),
-            acked: Some(4),
-            probe: None,
-        };
+        let mut notes = DeviceNotes::with(Some(File::open(&dev).unwrap()), None);
+        notes.acked = Some(4);
         assert!(!notes.readable(|| 6), "a new seq_count, but the page no longer notifies");
         assert!(notes.device.is_none());
     }
@@ -435,12 +431,7 @@ mod tests {
         let mut page = vec![0u8; 4096];
         page[0x18..0x20].copy_from_slice(&flags::NOTIFICATION_PRESENT.to_le_bytes());
         std::fs::write(&dev, page).unwrap();
-        let mut notes = DeviceNotes {
-            device: Some(File::open(&dev).unwrap()),
-            check: NotifyCheck::default(),
-            acked: None,
-            probe: None,
-        };
+        let mut notes = DeviceNotes::with(Some(File::open(&dev).unwrap()), None);
         let mut poller = Poller::new();
         let start = Instant::now();
         let mut updates = 0;

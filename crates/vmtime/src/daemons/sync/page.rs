@@ -14,6 +14,9 @@ pub(crate) struct DeviceNotes {
     /// Whether the device was woken (notified) since its page was last read: its `poll()`
     /// alone cannot say (`vmtime_sys::event::WakeProbe`).
     pub(super) probe: Option<vmtime_sys::event::WakeProbe>,
+    /// The device set aside because its notifications stopped, watched for them to come back.
+    pub(super) silenced: Option<File>,
+    rearm: Rearm,
 }
 
 impl DeviceNotes {
@@ -21,7 +24,7 @@ impl DeviceNotes {
     /// (NOTIFICATION_PRESENT): its file, opened once more (each open file has its own seq).
     /// No notifications: the markers are checked at the cadence.
     pub(crate) fn none() -> Self {
-        DeviceNotes { device: None, check: NotifyCheck::default(), acked: None, probe: None }
+        DeviceNotes::with(None, None)
     }
 
     pub(crate) fn of(page: &crate::page::FollowedPage, first: &vmclock::Snapshot, source: &Path) -> Result<Self> {
@@ -29,7 +32,50 @@ impl DeviceNotes {
             .then(|| File::open(source))
             .transpose()?;
         let probe = device.as_ref().and_then(|d| vmtime_sys::event::WakeProbe::new(d.as_fd()).ok());
-        Ok(DeviceNotes { device, check: NotifyCheck::default(), acked: None, probe })
+        Ok(DeviceNotes::with(device, probe))
+    }
+
+    /// Notifications from `device` (none: the markers are checked), with its wake-up probe.
+    pub(super) fn with(device: Option<File>, probe: Option<vmtime_sys::event::WakeProbe>) -> Self {
+        DeviceNotes {
+            device,
+            check: NotifyCheck::default(),
+            acked: None,
+            probe,
+            silenced: None,
+            rearm: Rearm::default(),
+        }
+    }
+
+    /// A look (the markers checked, the device set aside as silent) found the page at `seq`:
+    /// whether the device notifies again ([`Rearm`]); then it is waited on again.
+    pub(crate) fn look_silenced(&mut self, now_ns: i128, seq: u32) -> bool {
+        let Some(d) = &self.silenced else { return false };
+        let woken = self.probe.as_ref().is_some_and(|p| p.woke().unwrap_or(false));
+        let step = self.rearm.look(now_ns, seq, self.acked, woken);
+        if step == RearmStep::Wait {
+            return false;
+        }
+        // Judged: read() acknowledges the page, and the probe forgets the wake-up.
+        let mut buf = [0u8; abi::ABI_SIZE];
+        if let Ok(n) = d.read_at(&mut buf, 0) {
+            if n >= 16 {
+                self.acked = Some(u32::from_le_bytes([buf[12], buf[13], buf[14], buf[15]]));
+            }
+        }
+        if let Some(p) = &self.probe {
+            let _ = p.woke();
+        }
+        if step != RearmStep::Trust {
+            return false;
+        }
+        tracing::info!(
+            "the vmclock device notifies again ({} pages in a row): waiting on its notifications instead of checking the markers",
+            Rearm::NEEDED
+        );
+        self.device = self.silenced.take();
+        self.check = NotifyCheck::default();
+        true
     }
 
     /// The device was readable: acknowledges with read() and says whether the page changed.
@@ -71,7 +117,7 @@ impl DeviceNotes {
                         "the vmclock device did not notify its last {} pages (seq_count now {seq}): checking the markers every 40 ms instead (is the VMM's doorbell or the guest's GED interrupt working?)",
                         NotifyCheck::SILENT_LIMIT
                     );
-                    self.device = None;
+                    self.silenced = self.device.take();
                 }
                 true
             }
@@ -256,7 +302,16 @@ impl Sync {
             }
         }
         let pending = self.discipline.disruption_pending();
-        let look = self.cadence.look(mono, self.page.markers(), pending);
+        let markers = self.page.markers();
+        let look = self.cadence.look(mono, markers, pending);
+        // A device set aside as silent: do its notifications come back?
+        if let Some(m) = markers.filter(|_| self.notes.silenced.is_some()) {
+            if self.notes.look_silenced(mono, m.seq_count) {
+                self.cadence.set_notified(true);
+                // A turn, so that the runtime waits on the device again.
+                self.rescheduled = true;
+            }
+        }
         let now = look.observe_now(pending);
         if now {
             tracing::debug!("the page's check found {look:?}: observing now");
