@@ -385,29 +385,35 @@ impl Lab {
         let feed_said =
             self.vm.sh("grep -c 'did not notify' /tmp/cbn.log", 5 * SEC)?.0.trim().parse::<u32>().unwrap_or(0);
         let feed_log = self.vm.sh("tail -n 6 /tmp/cbn.log", 5 * SEC)?.0;
-        self.vm.sh(&format!("kill {feed_pid}"), 5 * SEC)?;
         self.doorbell = bell;
         self.start_relay(&self.host_page.clone(), ticks)?;
-        // The doorbell back: pages announced again, 1 s apart; sync must trust the device again
-        // after 3 announced pages in a row (vmtime_core::sync::Rearm) and stop its looks.
+        // The doorbell back: pages announced again, 1 s apart; sync and the feed must trust the
+        // device again after 3 announced pages in a row (vmtime_core::sync::Rearm) and stop
+        // their looks.
         let t_back = Instant::now();
         let mut last_page = Instant::now() - 2 * SEC;
-        let rearmed = loop {
-            let st = status(self, "/tmp/sync.sock")?;
-            if st["notified"] == true {
-                break Some(t_back.elapsed());
+        let (mut rearmed, mut feed_rearmed) = (None, None);
+        loop {
+            if rearmed.is_none() && status(self, "/tmp/sync.sock")?["notified"] == true {
+                rearmed = Some(t_back.elapsed());
             }
-            if t_back.elapsed() > 60 * SEC {
-                break None;
+            if feed_rearmed.is_none() && status(self, FEED_SOCK)?["notified"] == true {
+                feed_rearmed = Some(t_back.elapsed());
+            }
+            if (rearmed.is_some() && feed_rearmed.is_some()) || t_back.elapsed() > 60 * SEC {
+                break;
             }
             if last_page.elapsed() >= SEC {
                 self.tell_relay(&format!("migrated {}", ticks as i64))?;
                 last_page = Instant::now();
             }
             std::thread::sleep(SEC / 4); // polls the guest's status, bounded above
-        };
+        }
         let said_back =
             self.vm.sh("grep -c 'notifies again' /tmp/sync.log", 5 * SEC)?.0.trim().parse::<u32>().unwrap_or(0);
+        let feed_said_back =
+            self.vm.sh("grep -c 'notifies again' /tmp/cbn.log", 5 * SEC)?.0.trim().parse::<u32>().unwrap_or(0);
+        self.vm.sh(&format!("kill {feed_pid}"), 5 * SEC)?;
 
         let r1 = |x: f64| (x * 10.0).round() / 10.0;
         let q = |v: &Vec<f64>| if v.is_empty() { (f64::NAN, f64::NAN, f64::NAN) } else { quantiles(v.clone()) };
@@ -429,6 +435,8 @@ impl Lab {
             && said == 1
             && rearmed.is_some()
             && said_back == 1
+            && feed_rearmed.is_some()
+            && feed_said_back == 1
             && feed_checks0 == 0
             && feed_checks1 == 0
             && feed_checks2 == 0
@@ -446,6 +454,7 @@ impl Lab {
             "feed_segment_writes": f2["segment_writes"],
             "feed_silent_doorbell_found_s": feed_silenced.map(|d| r1(d.as_secs_f64())),
             "feed_silent_doorbell_logged": feed_said,
+            "feed_doorbell_back_trusted_s": feed_rearmed.map(|d| r1(d.as_secs_f64())),
         });
         self.figures = Some(serde_json::json!({
             "ged_interrupt": ged_line,
@@ -535,6 +544,10 @@ impl Lab {
         let summary = match rearmed {
             Some(d) => format!("{summary}; the doorbell back: sync notified again {:.1} s later", d.as_secs_f64()),
             None => format!("{summary}; the doorbell back: sync still checking the markers 60 s later"),
+        };
+        let summary = match feed_rearmed {
+            Some(d) => format!("{summary}, the feed {:.1} s later", d.as_secs_f64()),
+            None => format!("{summary}, the feed still checking the markers 60 s later"),
         };
         let summary =
             if said == 1 && said_back == 1 { summary } else { format!("{summary}; sync's log ends: {sync_log:?}") };

@@ -76,7 +76,19 @@ impl MarkerPace {
     /// A look at the markers when due (loads from the mapped page): whether to observe now.
     pub(crate) fn look(&mut self, page: Option<&mut vmtime_sys::follow::FollowedPage>, pending: bool) -> bool {
         let (Some(page), Ok(mono)) = (page, mono_ns()) else { return self.looked };
-        self.looked |= self.cadence.due(mono) && self.cadence.look(mono, page.markers(), pending).observe_now(pending);
+        if !self.cadence.due(mono) {
+            return self.looked;
+        }
+        let markers = page.markers();
+        self.looked |= self.cadence.look(mono, markers, pending).observe_now(pending);
+        // A device set aside as silent: do its notifications come back? Then a turn, so that
+        // the runtime waits on the device again.
+        if let Some(m) = markers.filter(|_| self.notes.silenced.is_some()) {
+            if self.notes.look_silenced(mono, m.seq_count) {
+                self.cadence.set_notified(true);
+                self.looked = true;
+            }
+        }
         self.looked
     }
 

@@ -15,7 +15,7 @@ pub(crate) struct DeviceNotes {
     /// alone cannot say (`vmtime_sys::event::WakeProbe`).
     pub(super) probe: Option<vmtime_sys::event::WakeProbe>,
     /// The device set aside because its notifications stopped, watched for them to come back.
-    pub(super) silenced: Option<File>,
+    pub(crate) silenced: Option<File>,
     rearm: Rearm,
 }
 
