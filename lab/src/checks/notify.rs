@@ -391,7 +391,7 @@ impl Lab {
         // device again after 3 announced pages in a row (vmtime_core::sync::Rearm) and stop
         // their looks.
         let t_back = Instant::now();
-        let mut last_page = Instant::now() - 2 * SEC;
+        let mut last_page: Option<Instant> = None; // a page at once
         let (mut rearmed, mut feed_rearmed) = (None, None);
         loop {
             if rearmed.is_none() && status(self, "/tmp/sync.sock")?["notified"] == true {
@@ -403,9 +403,9 @@ impl Lab {
             if (rearmed.is_some() && feed_rearmed.is_some()) || t_back.elapsed() > 60 * SEC {
                 break;
             }
-            if last_page.elapsed() >= SEC {
+            if last_page.is_none_or(|t| t.elapsed() >= SEC) {
                 self.tell_relay(&format!("migrated {}", ticks as i64))?;
-                last_page = Instant::now();
+                last_page = Some(Instant::now());
             }
             std::thread::sleep(SEC / 4); // polls the guest's status, bounded above
         }

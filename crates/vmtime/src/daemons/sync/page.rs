@@ -57,14 +57,8 @@ impl DeviceNotes {
             return false;
         }
         // Judged: read() acknowledges the page, and the probe forgets the wake-up.
-        let mut buf = [0u8; abi::ABI_SIZE];
-        if let Ok(n) = d.read_at(&mut buf, 0) {
-            if n >= 16 {
-                self.acked = Some(u32::from_le_bytes([buf[12], buf[13], buf[14], buf[15]]));
-            }
-        }
-        if let Some(p) = &self.probe {
-            let _ = p.woke();
+        if let Some((seq, _)) = acknowledge(d, self.probe.as_ref()) {
+            self.acked = Some(seq);
         }
         if step != RearmStep::Trust {
             return false;
@@ -87,18 +81,10 @@ impl DeviceNotes {
         let woken = self.probe.as_ref().map(|p| p.woke().unwrap_or(true));
         // read() acknowledges this seq_count to the driver and says which it is: the driver's
         // poll() wakes a file only for a seq other than the one it last read.
-        let mut buf = [0u8; abi::ABI_SIZE];
-        let (seq, notifies) = match d.read_at(&mut buf, 0) {
-            Ok(n) if n >= 0x20 => {
-                let flags = u64::from_le_bytes(buf[0x18..0x20].try_into().unwrap_or_default());
-                (u32::from_le_bytes([buf[12], buf[13], buf[14], buf[15]]), flags & flags::NOTIFICATION_PRESENT != 0)
-            }
-            _ => (seq_now(), true),
+        let (seq, notifies) = match acknowledge(d, self.probe.as_ref()) {
+            Some((seq, flags)) => (seq, flags & flags::NOTIFICATION_PRESENT != 0),
+            None => (seq_now(), true),
         };
-        // Read: older wake-ups are forgotten by the probe (the page is the one read).
-        if let Some(p) = &self.probe {
-            let _ = p.woke();
-        }
         if !notifies {
             // The driver's poll() then says POLLHUP, always: not a notification.
             tracing::warn!(
@@ -131,6 +117,23 @@ impl DeviceNotes {
             }
         }
     }
+}
+
+/// Reads the device's page (`read()` acknowledges its `seq_count` to the driver) and makes the
+/// probe forget the wake-ups before it: the page's (seq_count, flags), None when the read fails.
+fn acknowledge(d: &File, probe: Option<&vmtime_sys::event::WakeProbe>) -> Option<(u32, u64)> {
+    let mut buf = [0u8; abi::ABI_SIZE];
+    let page = match d.read_at(&mut buf, 0) {
+        Ok(n) if n >= 0x20 => Some((
+            u32::from_le_bytes([buf[12], buf[13], buf[14], buf[15]]),
+            u64::from_le_bytes(buf[0x18..0x20].try_into().unwrap_or_default()),
+        )),
+        _ => None,
+    };
+    if let Some(p) = probe {
+        let _ = p.woke();
+    }
+    page
 }
 
 /// The first vmclock device, if any.
